@@ -1,0 +1,249 @@
+"""The one typed configuration schema of lorakit.
+
+Every section is a dataclass; every field carries its documentation and its constraints in
+``metadata`` so that the TOML loader, the CLI, the JSON schema (web UI forms) and the LoRA metadata all
+read the same source. Field names in DESIGN.md's config contract are fixed: extend, never rename.
+
+Metadata keys understood by :mod:`lorakit.config.load`:
+
+``doc``       one-line description (required on every field)
+``choices``   allowed values
+``ge``/``gt``/``le``/``lt``  numeric bounds
+``families``  model families the field applies to; setting it to a non-default value for another
+              family is an error, never a silent no-op.
+``kind``      extra parsing hint: ``"path"`` (string path), ``"resolution"`` (int or [w, h]),
+              ``"indices"`` (block-index list such as ``"0,2-5"``), ``"table"`` (free string→int table)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def f(default: Any = None, doc: str = "", *, factory: Any = None, **meta: Any) -> Any:
+    """Declare a schema field with its documentation and constraints."""
+    md = {"doc": doc, **meta}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+FAMILIES = ("sdxl", "flux1")
+
+
+@dataclass
+class ModelCfg:
+    """The base model to train against."""
+
+    family: str = f(None, "Model family: sdxl or flux1 (dev or schnell, detected from the weights).",
+                    choices=FAMILIES, required=True)
+    checkpoint: Optional[str] = f(None, "Base model: a single .safetensors file, a diffusers folder, or a hub id.",
+                                  required=True, kind="path")
+    vae: Optional[str] = f(None, "Optional separate VAE file (e.g. the SDXL fp16-fix VAE).", kind="path",
+                           families=("sdxl",))
+    clip_l: Optional[str] = f(None, "FLUX.1: CLIP-L text encoder file (clip_l.safetensors).", kind="path",
+                              families=("flux1",))
+    t5xxl: Optional[str] = f(None, "FLUX.1: T5-XXL text encoder file (t5xxl_fp16.safetensors or fp8).", kind="path",
+                             families=("flux1",))
+    ae: Optional[str] = f(None, "FLUX.1: autoencoder file (ae.safetensors).", kind="path", families=("flux1",))
+    variant: str = f("auto", "FLUX.1 variant; 'auto' detects dev/schnell from the guidance embedding.",
+                     choices=("auto", "dev", "schnell"), families=("flux1",))
+    config_dir: Optional[str] = f(None, "Diffusers config folder for single-file loading (default: the one "
+                                  "shipped with lorakit for the family).", kind="path")
+    tokenizer_dir: Optional[str] = f(None, "Folder with tokenizer files; default: next to a diffusers folder, "
+                                     "else built from lorakit's package data.", kind="path")
+    allow_pickle: bool = f(False, "Allow loading pickle-based checkpoints (.ckpt/.pt/.bin). Unsafe: they can run "
+                           "code. Off by default.")
+
+
+@dataclass
+class DataCfg:
+    """Images and captions, buckets and caches."""
+
+    dir: Optional[str] = f(None, "Parent folder of kohya-style 'N_trigger class' subfolders (N = repeats).",
+                           kind="path")
+    config: Optional[str] = f(None, "A kohya dataset TOML ([general]/[[datasets]]/[[datasets.subsets]]); "
+                              "replaces data.dir.", kind="path")
+    reg_dir: Optional[str] = f(None, "Parent folder of regularisation 'N_class' subfolders.", kind="path")
+    prior_loss_weight: float = f(1.0, "Loss weight of regularisation images.", ge=0.0)
+    resolution: Any = f(1024, "Training resolution: one int (square area) or [width, height].",
+                        kind="resolution")
+    caption_extension: str = f(".txt", "Extension of caption files next to each image.")
+    enable_bucket: bool = f(True, "Group images into aspect-ratio buckets instead of square crops.")
+    min_bucket_reso: int = f(256, "Smallest bucket side in pixels.", ge=64)
+    max_bucket_reso: int = f(2048, "Largest bucket side in pixels (2048 keeps 832x1216-style sizes at 1024²).",
+                             ge=64)
+    bucket_reso_steps: int = f(64, "Bucket side granularity in pixels (multiple of 32 for SDXL/FLUX).", ge=8)
+    bucket_no_upscale: bool = f(False, "Never upscale small images; buckets follow each image's own size.")
+    shuffle_caption: bool = f(False, "Shuffle comma-separated tags after the first keep_tokens.")
+    caption_separator: str = f(",", "Tag separator for shuffle and tag dropout.")
+    keep_tokens: int = f(0, "Number of leading tags never shuffled or dropped.", ge=0)
+    caption_prefix: str = f("", "Text put before every caption.")
+    caption_suffix: str = f("", "Text put after every caption.")
+    caption_dropout_rate: float = f(0.0, "Probability of training a sample with an empty caption.", ge=0.0, le=1.0)
+    caption_tag_dropout_rate: float = f(0.0, "Probability of dropping each non-kept tag.", ge=0.0, le=1.0)
+    flip_aug: bool = f(False, "Random horizontal flips (a flipped latent is cached too).")
+    trigger: Optional[str] = f(None, "Trigger word the data check expects in every caption (default: the "
+                               "first word of each folder's class tokens).")
+    cache_dir: Optional[str] = f(None, "Folder for latent and text-encoder caches (default: <save.dir>/cache).",
+                                 kind="path")
+    cache_next_to_images: bool = f(False, "Write caches next to the images instead of cache_dir.")
+
+
+@dataclass
+class NetworkCfg:
+    """The LoRA network."""
+
+    rank: int = f(32, "LoRA rank (dim).", ge=1)
+    alpha: float = f(16.0, "LoRA alpha; the update is scaled by alpha / rank.", gt=0.0)
+    dropout: float = f(0.0, "Dropout on the LoRA path during training.", ge=0.0, lt=1.0)
+    conv_rank: int = f(0, "SDXL: rank of LoRA on 3x3 convolutions (LoCon); 0 = off.", ge=0, families=("sdxl",))
+    conv_alpha: float = f(1.0, "SDXL: alpha of the convolution LoRA.", gt=0.0, families=("sdxl",))
+    train_text_encoder: bool = f(False, "Also train LoRA on the CLIP text encoder(s).")
+    text_encoder_lr: Optional[float] = f(None, "Learning rate of the text-encoder LoRA (default: optimizer.lr).",
+                                         gt=0.0)
+    train_blocks: str = f("all", "FLUX.1: which transformer blocks get LoRA.", choices=("all", "double", "single"),
+                          families=("flux1",))
+    double_block_indices: Optional[str] = f(None, "FLUX.1: double-block indices, e.g. '0,2-5' (default all).",
+                                            kind="indices", families=("flux1",))
+    single_block_indices: Optional[str] = f(None, "FLUX.1: single-block indices, e.g. '0-10' (default all).",
+                                            kind="indices", families=("flux1",))
+    module_ranks: dict = f(None, "Per-module-type ranks (FLUX.1: img_attn, txt_attn, img_mlp, txt_mlp, img_mod, "
+                           "txt_mod, single, single_mod); 0 skips the type.", factory=dict, kind="table",
+                           families=("flux1",))
+
+
+@dataclass
+class OptimizerCfg:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = f("adamw8bit", "Optimizer.", choices=("adamw", "adamw8bit", "prodigy", "adafactor"))
+    lr: float = f(1e-4, "Learning rate (Prodigy: 1.0).", gt=0.0)
+    weight_decay: float = f(0.01, "Decoupled weight decay.", ge=0.0)
+    betas: list = f(None, "Adam betas [beta1, beta2].", factory=lambda: [0.9, 0.999])
+    eps: float = f(1e-8, "Adam epsilon.", gt=0.0)
+    scheduler: str = f("constant", "Learning-rate schedule (each with warmup).",
+                       choices=("constant", "linear", "cosine", "cosine_with_min_lr"))
+    warmup_steps: int = f(0, "Linear warmup steps.", ge=0)
+    min_lr_ratio: float = f(0.1, "cosine_with_min_lr: final lr as a fraction of lr.", ge=0.0, le=1.0)
+    max_grad_norm: float = f(1.0, "Gradient clipping norm; 0 disables clipping.", ge=0.0)
+
+
+@dataclass
+class TrainingCfg:
+    """The training objective and run length."""
+
+    max_steps: int = f(1500, "Optimizer steps to train.", ge=1)
+    batch_size: int = f(1, "Images per step (one bucket per batch).", ge=1)
+    gradient_accumulation: int = f(1, "Micro-batches accumulated per optimizer step.", ge=1)
+    seed: int = f(42, "Seed for data order, noise, timesteps and LoRA init.", ge=0)
+    mixed_precision: str = f("bf16", "Compute precision; LoRA weights stay fp32.", choices=("bf16", "fp16", "no"))
+    device: str = f("auto", "Device: auto (cuda if available), cuda, cuda:N or cpu.")
+    prediction: str = f("epsilon", "SDXL: prediction type of the base model.", choices=("epsilon", "v_prediction"),
+                        families=("sdxl",))
+    min_timestep: int = f(0, "SDXL: lowest training timestep.", ge=0, le=1000, families=("sdxl",))
+    max_timestep: int = f(1000, "SDXL: highest training timestep (exclusive).", ge=1, le=1000, families=("sdxl",))
+    noise_offset: float = f(0.0, "SDXL: noise offset (per-channel constant added to the noise).", ge=0.0,
+                            families=("sdxl",))
+    min_snr_gamma: float = f(0.0, "SDXL: min-SNR-gamma loss weighting; 0 = off (5 is common).", ge=0.0,
+                             families=("sdxl",))
+    loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
+    huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
+    timestep_sampling: str = f("flux_shift", "FLUX.1: sigma sampling.",
+                               choices=("uniform", "sigmoid", "logit_normal", "shift", "flux_shift"),
+                               families=("flux1",))
+    sigmoid_scale: float = f(1.0, "FLUX.1: scale of the normal sample before the sigmoid.", gt=0.0,
+                             families=("flux1",))
+    logit_mean: float = f(0.0, "FLUX.1: logit-normal mean.", families=("flux1",))
+    logit_std: float = f(1.0, "FLUX.1: logit-normal std.", gt=0.0, families=("flux1",))
+    discrete_flow_shift: float = f(3.1582, "FLUX.1: shift for timestep_sampling = 'shift'.", gt=0.0,
+                                   families=("flux1",))
+    guidance_scale: float = f(1.0, "FLUX.1-dev: guidance embedding value during training.", ge=0.0,
+                              families=("flux1",))
+    t5_max_length: Optional[int] = f(None, "FLUX.1: T5 tokens (default 512 dev, 256 schnell).", ge=1, le=512,
+                                     families=("flux1",))
+    apply_t5_attn_mask: bool = f(False, "FLUX.1: mask T5 padding tokens in attention.", families=("flux1",))
+    nan_policy: str = f("stop", "On a NaN/Inf loss or gradient: stop (default) or skip the step.",
+                        choices=("stop", "skip"))
+    stall_timeout: float = f(600.0, "Seconds without progress before the watchdog reports a stall; 0 = off.",
+                             ge=0.0)
+
+
+@dataclass
+class MemoryCfg:
+    """Memory and speed features."""
+
+    gradient_checkpointing: bool = f(True, "Recompute activations in backward to save memory.")
+    vram_gb: Optional[float] = f(None, "Memory budget in GiB: picks checkpointing, fp8, block swap and batch size.",
+                                 gt=0.0)
+    fp8_base: bool = f(False, "Store frozen base weights in float8 (e4m3).")
+    blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
+                            families=("flux1",))
+    cache_latents: bool = f(True, "Encode images once and cache the latents on disk.")
+    cache_text_encoder_outputs: bool = f(True, "Encode captions once and cache the outputs on disk "
+                                         "(not with caption shuffle/dropout or text-encoder training).")
+    compile: bool = f(False, "torch.compile the transformer/U-Net blocks (CUDA only; falls back cleanly).")
+    fused_backward: bool = f(False, "Step each LoRA parameter as soon as its gradient is ready (saves memory).")
+
+
+@dataclass
+class SampleCfg:
+    """Preview images during training."""
+
+    every_n_steps: int = f(0, "Sample every N steps; 0 = only before and after training.", ge=0)
+    prompts: list = f(None, "Prompts (kohya syntax allowed: '--n neg --w 1024 --h 1024 --s 28 --d 1 --l 7 --g 3.5').",
+                      factory=list)
+    prompts_file: Optional[str] = f(None, "A kohya prompt file (.txt, one prompt per line) or .toml list.",
+                                    kind="path")
+    at_start: bool = f(True, "Sample once before training (the 'before' of the before/after grid).")
+    steps: Optional[int] = f(None, "Sampling steps (default: SDXL 28, FLUX dev 20, schnell 4).", ge=1)
+    cfg_scale: float = f(7.0, "Classifier-free guidance scale (FLUX: 1.0 = off).", ge=0.0)
+    guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, families=("flux1",))
+    sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), families=("sdxl",))
+    negative_prompt: str = f("", "Default negative prompt.")
+    width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
+    height: Optional[int] = f(None, "Sample height (default: training resolution).", ge=64)
+    seed: int = f(0, "Base seed of sample images.", ge=0)
+
+
+@dataclass
+class SaveCfg:
+    """Where and how the LoRA is written."""
+
+    dir: str = f("output", "Parent folder of runs.", kind="path")
+    name: str = f("lora", "Run and file name; outputs go to <dir>/<name>/.")
+    format: str = f("kohya", "LoRA file format: kohya (ComfyUI/A1111/Forge/kohya) or diffusers.",
+                    choices=("kohya", "diffusers"))
+    every_n_steps: int = f(500, "Save a checkpoint every N steps; 0 = only at the end.", ge=0)
+    keep_last: int = f(3, "Step checkpoints to keep (older ones are deleted).", ge=1)
+    precision: str = f("fp16", "dtype of saved LoRA tensors.", choices=("fp16", "bf16", "fp32"))
+    comment: str = f("", "Free text stored as ss_training_comment.")
+
+
+@dataclass
+class LogCfg:
+    """Progress and metrics."""
+
+    every_n_steps: int = f(1, "Write metrics every N steps.", ge=1)
+    tensorboard: bool = f(True, "Write TensorBoard events under <run>/tensorboard.")
+    progress: bool = f(True, "Show a progress bar.")
+
+
+@dataclass
+class Config:
+    """A whole lorakit run."""
+
+    preset: Optional[str] = f(None, "A shipped recipe to start from, e.g. 'sdxl/character'.")
+    model: ModelCfg = f(None, "The base model.", factory=ModelCfg)
+    data: DataCfg = f(None, "Images, captions, buckets, caches.", factory=DataCfg)
+    network: NetworkCfg = f(None, "The LoRA network.", factory=NetworkCfg)
+    optimizer: OptimizerCfg = f(None, "Optimizer and schedule.", factory=OptimizerCfg)
+    training: TrainingCfg = f(None, "Objective and run length.", factory=TrainingCfg)
+    memory: MemoryCfg = f(None, "Memory and speed features.", factory=MemoryCfg)
+    sample: SampleCfg = f(None, "Preview images.", factory=SampleCfg)
+    save: SaveCfg = f(None, "Outputs.", factory=SaveCfg)
+    log: LogCfg = f(None, "Progress and metrics.", factory=LogCfg)
+
+
+SECTIONS = ("model", "data", "network", "optimizer", "training", "memory", "sample", "save", "log")

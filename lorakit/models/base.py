@@ -1,0 +1,127 @@
+"""What every model family provides: a frozen ModelSpec (facts as data) and a ModelAdapter (behaviour).
+
+Shared code (the loop, the data pipeline, the CLI) talks to a family only through these two types and
+never asks "is this FLUX?". A family is one package under ``lorakit/models/<family>/`` that exposes
+``SPEC`` and ``Adapter`` in its ``__init__``; :mod:`lorakit.models.registry` finds it by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Facts about a model family, as data."""
+
+    family: str                       # "sdxl", "flux1"
+    latent_channels: int              # 4 (SDXL), 16 (FLUX)
+    vae_scale: float                  # latents = (z - vae_shift) * vae_scale
+    vae_shift: float
+    vae_downscale: int                # pixels per latent pixel (8)
+    patch_size: int                   # latent patching of the denoiser (1 SDXL, 2 FLUX)
+    bucket_divisibility: int          # bucket sides must be multiples of this (pixels)
+    prediction: str                   # "epsilon" | "v_prediction" | "flow"
+    default_resolution: int           # 1024
+    text_encoders: tuple[str, ...]    # ("clip_l", "clip_g") / ("clip_l", "t5xxl")
+    max_caption_tokens: int           # the limit the data check warns about (77 for CLIP incl. bos/eos)
+    default_sample_steps: int
+    metadata_base_version: str        # ss_base_model_version: "sdxl_base_v1-0" / "flux1"
+    network_module: str               # ss_network_module: "networks.lora" / "networks.lora_flux"
+
+
+@dataclass
+class Batch:
+    """One training batch as the loop hands it to an adapter. All images of a batch share one bucket."""
+
+    latents: torch.Tensor                     # [B, C, h, w], already shifted/scaled (spec.vae_*)
+    text: dict[str, torch.Tensor]             # encoded captions, batched on dim 0 (family-defined keys)
+    original_sizes: list[tuple[int, int]]     # (height, width) of each source image before resizing
+    crop_top_lefts: list[tuple[int, int]]     # (top, left) of the crop inside the resized image
+    target_sizes: list[tuple[int, int]]       # (height, width) of the bucket
+    loss_weight: torch.Tensor                 # [B] per-sample weight (prior_loss_weight on reg images)
+    captions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NoisedInput:
+    """What a family's noising returns: the denoiser input, its timestep and the regression target."""
+
+    model_input: torch.Tensor                 # noisy latents
+    timesteps: torch.Tensor                   # [B], in the family's own convention
+    target: torch.Tensor                      # same shape as the prediction
+    weight: torch.Tensor                      # [B] loss weights from the objective (min-SNR etc.), 1 if none
+
+
+@dataclass
+class SamplePrompt:
+    """One preview image to draw (kohya prompt syntax maps onto these fields)."""
+
+    prompt: str
+    negative: str = ""
+    width: int = 1024
+    height: int = 1024
+    steps: Optional[int] = None
+    seed: int = 0
+    cfg_scale: float = 7.0
+    guidance: Optional[float] = None
+    sampler: Optional[str] = None
+
+
+@dataclass
+class LoraModule:
+    """One trained LoRA pair in peft's orientation: delta W = (alpha / rank) * up @ down."""
+
+    down: torch.Tensor      # [rank, in] (or [rank, in, kh, kw])
+    up: torch.Tensor        # [out, rank] (or [out, rank, 1, 1])
+    alpha: float
+
+
+class ModelAdapter(Protocol):
+    """The behaviour of a model family. An instance is made per run with the config sections it needs."""
+
+    spec: ModelSpec
+
+    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+        """Load the base model (frozen) from ``ModelCfg``; encoders may stay on the CPU until needed."""
+
+    def identity(self) -> dict[str, str]:
+        """Stable strings that identify the loaded VAE and text encoders (cache keys), e.g. file hashes."""
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] → latents [B,C,h,w], shifted and scaled as the denoiser expects."""
+
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Captions → family-defined tensors, batched on dim 0, on the CPU (cacheable per caption)."""
+
+    def offload_encoders(self) -> None:
+        """Move VAE and text encoders off the accelerator (after caching)."""
+
+    def denoiser(self) -> nn.Module:
+        """The U-Net / transformer that gets the LoRA."""
+
+    def text_encoder_modules(self) -> dict[str, nn.Module]:
+        """Trainable-with-LoRA text encoders by component name ("te1", "te2")."""
+
+    def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
+        """component name → {module path: rank} for the LoRA, from ``NetworkCfg``."""
+
+    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
+              generator: torch.Generator) -> NoisedInput:
+        """Pick timesteps and noise the latents (pure maths from train/objectives.py)."""
+
+    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
+        """Run the denoiser (with LoRA) on a noised batch; returns the prediction compared with the target."""
+
+    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
+        """Draw one preview image (PIL.Image) with the current weights (LoRA active)."""
+
+    def export(self, lora: dict[str, dict[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
+        """Trained LoRA (component → module path → LoraModule) → a state dict in ``fmt`` (kohya|diffusers)."""
+
+    def metadata(self, config: Any) -> dict[str, str]:
+        """Family-specific ss_*/modelspec.* metadata entries (strings)."""
