@@ -1,0 +1,4 @@
+from lorakit.cli import main
+import sys
+
+sys.exit(main())

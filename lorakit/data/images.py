@@ -1,0 +1,184 @@
+"""Image decoding: every file a user may drop in a folder becomes the same 8-bit RGB picture.
+
+Decisions (documented in the data report too):
+* EXIF orientation is applied first, so sizes, buckets and crops refer to the picture as people see it.
+* Transparency (RGBA, LA, PA, P with a transparent index) is composited on white: a LoRA trained on a
+  black background it never saw in a viewer learns the wrong thing.
+* 16-bit (I;16*) and 32-bit integer (I) images are read as 16-bit data and scaled by 255/65535; float (F)
+  images in [0, 1] are scaled by 255. CMYK, palette and grayscale are converted by Pillow.
+* Multi-frame files (animated GIF/WebP/PNG): the first frame is used and the report says so.
+* Bad files raise :class:`ImageProblem` with a short reason; the scan turns that into a report line.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lorakit.data.scan import ImageItem
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half-grey training data
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"} | ({".avif"} if features.check("avif") else set()))
+"""Extensions the scan trains on (kohya's list, plus .gif: first frame; .avif when Pillow has it)."""
+
+UNSUPPORTED_IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".tif", ".tiff", ".heic", ".heif", ".jxl", ".psd", ".svg", ".raw", ".cr2", ".nef", ".dng", ".avif"}
+) - IMAGE_EXTENSIONS
+"""Image-like files the scan lists as skipped (so a user sees why they are not trained on)."""
+
+_FORMAT_EXTENSIONS = {"PNG": {".png"}, "JPEG": {".jpg", ".jpeg"}, "WEBP": {".webp"}, "BMP": {".bmp"},
+                      "GIF": {".gif"}, "AVIF": {".avif"}}
+
+
+class ImageProblem(Exception):
+    """A file cannot be used as an image; `reason` is the short text shown in the report."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the scan learns from one full decode."""
+
+    size: tuple[int, int]      # (w, h) after EXIF orientation
+    format: str                # Pillow's format name of the content (PNG, JPEG, ...)
+    frames: int                # > 1 for animations; the first frame is used
+    mode: str                  # the file's own mode before conversion
+
+
+def _open_checked(path: Path) -> Image.Image:
+    """Open `path` or raise ImageProblem with a reason a user understands."""
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageProblem("zero-byte file")
+    except OSError as e:
+        raise ImageProblem(f"unreadable ({e.strerror or e})") from None
+    try:
+        fh = open(path, "rb")
+    except OSError as e:
+        raise ImageProblem(f"unreadable ({e.strerror or e})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(fh)
+    except UnidentifiedImageError:
+        fh.close()
+        raise ImageProblem("not an image despite its extension") from None
+    except Image.DecompressionBombError:
+        fh.close()
+        raise ImageProblem("image too large to decode safely (decompression bomb limit)") from None
+    except OSError as e:
+        fh.close()
+        raise ImageProblem(f"unreadable ({e})") from None
+    return im
+
+
+def _full_load(im: Image.Image) -> None:
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        msg = str(e)
+        if "truncated" in msg or "broken data stream" in msg or "image file is" in msg:
+            raise ImageProblem("truncated file") from None
+        raise ImageProblem(f"cannot decode ({msg})") from None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (see module docstring for the rules)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        if mode == "F":
+            arr = arr * 255.0 if arr.size and float(arr.max()) <= 1.0 else arr
+        else:
+            arr = arr * (255.0 / 65535.0)
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return im.convert("RGB")
+
+
+def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
+    """Fully decode `path` (first frame) to RGB with EXIF applied; raise ImageProblem if it is unusable."""
+    im = _open_checked(path)
+    try:
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        fmt = im.format or "?"
+        if frames > 1:
+            im.seek(0)
+        _full_load(im)
+        mode = im.mode
+        try:
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # a broken EXIF block must not lose an otherwise good image
+            pass
+        rgb = _to_rgb(im)
+        rgb.load()
+    finally:
+        fp = getattr(im, "fp", None)
+        if fp is not None:
+            fp.close()
+    return rgb, ImageInfo(size=rgb.size, format=fmt, frames=frames, mode=mode)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image as 8-bit RGB with EXIF orientation applied (raises ImageProblem on bad files)."""
+    return decode(Path(path))[0]
+
+
+def extension_mismatch(path: Path, fmt: str) -> bool:
+    """True when the content's format does not match the file extension (e.g. a PNG named .jpg)."""
+    exts = _FORMAT_EXTENSIONS.get(fmt)
+    return exts is not None and path.suffix.lower() not in exts
+
+
+def resize_and_crop(img: Image.Image, resized: tuple[int, int], crop: tuple[int, int],
+                    bucket: tuple[int, int]) -> Image.Image:
+    """The bucket window of `img` resized to `resized`, without materialising the full resized image.
+
+    Pillow's `box` argument resamples only the source region that maps onto the window, so a 20000×50
+    panorama does not become a 200-megapixel intermediate. Lanczos is used (it is area-averaging when
+    downscaling, sharp when upscaling).
+    """
+    w, h = img.size
+    rw, rh = resized
+    sx, sy = w / rw, h / rh
+    left, top = crop
+    box = (left * sx, top * sy, (left + bucket[0]) * sx, (top + bucket[1]) * sy)
+    return img.resize(bucket, Image.Resampling.LANCZOS, box=box)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image → float32 [3, H, W] in [-1, 1]."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def load_for_bucket(item: "ImageItem", flip: bool = False) -> torch.Tensor:
+    """The training tensor of `item`: resized to cover its bucket, centre-cropped as recorded, flipped if asked."""
+    img = open_image(item.path)
+    if img.size != tuple(item.original_size):
+        raise ImageProblem(f"{item.path}: size changed since the scan ({item.original_size} → {img.size}); "
+                           f"run the scan again")
+    out = to_tensor(resize_and_crop(img, item.resized_size, item.crop, item.bucket))
+    return torch.flip(out, dims=[2]) if flip else out

@@ -1,0 +1,139 @@
+"""The dataset QA report: what will be trained, and every file that was skipped or looks wrong.
+
+It is printed before any GPU work so that a user learns about a truncated JPEG or a missing trigger word
+in seconds, not after an hour of training. Decisions (thresholds) live in :mod:`lorakit.data.scan`; this
+module only collects and presents them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lorakit.data.scan import Dataset
+
+Action = Literal["skipped", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One report line: the file (or folder), why, and what lorakit did about it."""
+
+    file: str
+    reason: str
+    action: Action
+
+
+@dataclass(frozen=True)
+class SubsetSummary:
+    dir: str
+    is_reg: bool
+    images: int          # usable images
+    repeats: int         # folder repeats (reg: before balancing)
+    samples: int         # images × effective repeats = samples per epoch
+
+
+@dataclass
+class DataReport:
+    """Counts, buckets and problems of one scanned dataset."""
+
+    subsets: list[SubsetSummary] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    buckets: dict[tuple[int, int], int] = field(default_factory=dict)          # (w, h) → images
+    bucket_samples: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (group, w, h) → samples
+    group_batch_sizes: dict[int, int] = field(default_factory=dict)          # TOML per-dataset batch_size
+
+    @property
+    def usable(self) -> int:
+        return sum(s.images for s in self.subsets)
+
+    @property
+    def skipped(self) -> list[Problem]:
+        return [p for p in self.problems if p.action == "skipped"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.action == "warning"]
+
+    def samples_per_epoch(self) -> int:
+        return sum(self.bucket_samples.values())
+
+    def steps_per_epoch(self, batch_size: int = 1) -> int:
+        """Batches per epoch: each (bucket) is cut into batches separately, so partial batches add up."""
+        return sum(math.ceil(n / self.group_batch_sizes.get(g, batch_size))
+                   for (g, _w, _h), n in self.bucket_samples.items())
+
+    def to_json(self, batch_size: int = 1) -> dict:
+        return {
+            "usable": self.usable,
+            "skipped": len(self.skipped),
+            "warnings": len(self.warnings),
+            "samples_per_epoch": self.samples_per_epoch(),
+            "steps_per_epoch": self.steps_per_epoch(batch_size),
+            "batch_size": batch_size,
+            "subsets": [vars(s).copy() for s in self.subsets],
+            "buckets": {f"{w}x{h}": n for (w, h), n in sorted(self.buckets.items())},
+            "problems": [vars(p).copy() for p in self.problems],
+        }
+
+    def to_table(self, batch_size: int = 1) -> str:
+        """A fixed-width text table for the terminal (problem paths relative to the dataset's parent folder)."""
+        base = _common_parent([s.dir for s in self.subsets] + [p.file for p in self.problems])
+        lines = [f"{'subset':<40} {'kind':<5} {'images':>6} {'repeats':>7} {'samples':>7}"]
+        for s in self.subsets:
+            lines.append(f"{_clip(Path(s.dir).name, 40):<40} {'reg' if s.is_reg else 'train':<5} "
+                         f"{s.images:>6} {s.repeats:>7} {s.samples:>7}")
+        lines.append(f"usable images: {self.usable}   skipped: {len(self.skipped)}   warnings: "
+                     f"{len(self.warnings)}   samples/epoch: {self.samples_per_epoch()}   "
+                     f"steps/epoch (batch {batch_size}): {self.steps_per_epoch(batch_size)}")
+        if self.buckets:
+            lines.append("buckets: " + ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(self.buckets.items())))
+        if self.problems:
+            lines.append(f"{'action':<8} {'file':<40} reason")
+            for p in sorted(self.problems, key=lambda p: (p.file, p.action)):
+                lines.append(f"{p.action:<8} {_clip(_rel(p.file, base), 40):<40} {p.reason}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    def dumps(self, batch_size: int = 1) -> str:
+        return json.dumps(self.to_json(batch_size), indent=2)
+
+
+def _common_parent(paths: list[str]) -> str | None:
+    try:
+        return os.path.dirname(os.path.commonpath([os.path.abspath(p) for p in paths])) if paths else None
+    except ValueError:  # different drives
+        return None
+
+
+def _rel(path: str, base: str | None) -> str:
+    return os.path.relpath(os.path.abspath(path), base) if base else path
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def check(dataset: "Dataset") -> DataReport:
+    """Build the report of a scanned dataset from its items, subsets and the problems the scan found."""
+    report = DataReport(problems=list(dataset.problems))
+    for idx, sub in enumerate(dataset.subsets):
+        items = [it for it in dataset.items if it.subset == idx]
+        report.subsets.append(SubsetSummary(dir=str(sub.dir), is_reg=sub.is_reg, images=len(items),
+                                            repeats=sub.repeats, samples=sum(it.repeats for it in items)))
+    report.buckets = dict(Counter(it.bucket for it in dataset.items))
+    samples: Counter[tuple[int, int, int]] = Counter()
+    for it in dataset.items:
+        samples[(it.group, *it.bucket)] += it.repeats
+    report.bucket_samples = {k: v for k, v in samples.items() if v > 0}
+    report.group_batch_sizes = {g: spec.batch_size for g, spec in enumerate(dataset.groups)
+                                if spec.batch_size is not None}
+    return report

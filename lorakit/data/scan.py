@@ -1,0 +1,360 @@
+"""Dataset scan: folders (or a kohya dataset TOML) → a list of checked, bucketed images with captions.
+
+Decisions, in one place (the report shows each as a line with action `skipped` or `warning`):
+
+* Folder convention (reference/kohya-format.md §2.1): `data.dir` holds `N_class tokens` subfolders,
+  N = repeats. A subfolder with images but no `N_` prefix, or with N = 0, is *skipped and reported*;
+  images lying directly in `data.dir` are reported too. Hidden folders are ignored.
+* Captions: `<stem><caption_extension>`, first line, BOM stripped. Missing, empty or non-UTF-8 caption
+  files fall back to the class tokens (else the empty caption) with a warning; a subset with no caption
+  files at all gets one line instead of one per image.
+* Skipped: unreadable paths (permission, a folder or broken link named like an image), zero-byte,
+  truncated, not-an-image, images with a side shorter than one bucket step (nothing left to train on),
+  exact duplicates (same content sha256; the first in scan order is kept: a duplicate would silently
+  double an image's weight), files with an image-like extension lorakit cannot read (.tiff, .heic…).
+* Warnings (image still used): content format does not match the extension, animated (first frame
+  used), too small (area under 25 % of the training area: upscaled more than 2× per side, so blurry;
+  not checked with bucket_no_upscale, which never upscales), extreme aspect ratio (cropping keeps less
+  than half of the picture), caption longer than the text encoder's token limit, trigger word missing.
+* Regularisation images are repeated until they match training images × repeats, as kohya does: a first
+  pass gives each its folder repeats (stopping once the target is reached), later passes add one each.
+* Nothing under `data.dir` is ever written or modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lorakit.config.schema import DataCfg
+from lorakit.data.buckets import BucketSettings, bucket_list, check_divisibility, place
+from lorakit.data.captions import CaptionSettings, add_prefix_suffix
+from lorakit.data.images import (IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageProblem, decode,
+                                 extension_mismatch)
+from lorakit.data.kohya_toml import (GroupSpec, SubsetSpec, bucket_settings, caption_settings,
+                                     load_dataset_toml)
+from lorakit.data.report import DataReport, Problem, check
+from lorakit.errors import ConfigError, DataError
+
+TOO_SMALL_AREA_FRACTION = 0.25
+EXTREME_CROP_KEPT_FRACTION = 0.5
+_FOLDER_RE = re.compile(r"^(\d+)_(.*)$", re.DOTALL)
+
+
+@dataclass
+class ImageItem:
+    """One usable image: where it is, its caption, and exactly how it becomes a training tensor."""
+
+    path: Path
+    caption: str                         # raw caption after fall-back (no prefix/suffix/shuffle)
+    caption_source: str                  # 'file' | 'class_tokens' | 'empty'
+    subset: int                          # index into Dataset.subsets
+    repeats: int                         # effective repeats per epoch (reg: after balancing)
+    is_reg: bool
+    loss_weight: float
+    original_size: tuple[int, int]       # (w, h) after EXIF orientation
+    bucket: tuple[int, int]              # (w, h) of the training tensor
+    crop: tuple[int, int]                # (left, top) of the bucket window in the resized image
+    resized_size: tuple[int, int]        # (w, h) the image is resized to before cropping
+    sha256: str                          # of the file's bytes
+    group: int = 0                       # [[datasets]] index (buckets and batch size are per group)
+
+
+@dataclass
+class Subset:
+    """One folder with its resolved settings and its usable items."""
+
+    dir: Path
+    repeats: int
+    class_tokens: str
+    is_reg: bool
+    caption: CaptionSettings
+    caption_extension: str
+    flip_aug: bool
+    loss_weight: float
+    group: int = 0
+    items: list[ImageItem] = field(default_factory=list)
+
+
+@dataclass
+class Dataset:
+    """The result of a scan: subsets, usable items, problems, per-group bucket settings and the report."""
+
+    subsets: list[Subset]
+    items: list[ImageItem]
+    groups: list[GroupSpec]
+    problems: list[Problem]
+    report: DataReport = field(default_factory=DataReport)
+
+    @property
+    def buckets(self) -> dict[tuple[int, int], int]:
+        """Histogram (w, h) → number of images (not × repeats)."""
+        return dict(Counter(it.bucket for it in self.items))
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+def _has_images(folder: Path) -> bool:
+    try:
+        return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+    except OSError:
+        return False
+
+
+def folder_subsets(root: Path, *, is_reg: bool, data: DataCfg, key: str) -> tuple[list[SubsetSpec], list[Problem]]:
+    """Subsets of a kohya-style parent folder; folders that cannot be used are reported, not dropped silently."""
+    if not root.is_dir():
+        raise ConfigError(f"{key}: folder {root} not found (it should hold subfolders like '10_ohwx woman')")
+    cap = caption_settings(lambda k: getattr(data, k))
+    specs: list[SubsetSpec] = []
+    problems: list[Problem] = []
+    loose = 0
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            loose += entry.suffix.lower() in IMAGE_EXTENSIONS
+            continue
+        m = _FOLDER_RE.match(entry.name)
+        if m is None or int(m.group(1)) == 0:
+            if _has_images(entry):
+                why = ("0 repeats" if m else "folder name has no repeats prefix")
+                problems.append(Problem(str(entry), f"{why}: not used; rename it like '10_{entry.name}' "
+                                        f"(10 = repeats)", "skipped"))
+            continue
+        specs.append(SubsetSpec(dir=entry, repeats=int(m.group(1)), class_tokens=m.group(2).strip(),
+                                is_reg=is_reg, caption=cap, caption_extension=data.caption_extension,
+                                flip_aug=data.flip_aug, group=0, key=str(entry)))
+    if loose:
+        problems.append(Problem(str(root), f"{loose} image(s) directly in this folder are not used: move them "
+                                f"into a subfolder named like '10_ohwx woman'", "skipped"))
+    return specs, problems
+
+
+# ---------------------------------------------------------------------------------------------- captions
+
+def read_caption(image: Path, extension: str) -> tuple[str | None, str | None]:
+    """(caption, problem) for `image`: caption None means 'use the fall-back'; problem explains why."""
+    cap_path = image.parent / (image.stem + extension)
+    if not cap_path.exists():
+        return None, "missing caption"
+    try:
+        raw = cap_path.read_bytes()
+    except OSError as e:
+        return None, f"caption file unreadable ({e.strerror or e})"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None, f"caption file {cap_path.name} is not UTF-8: ignored; re-save it as UTF-8"
+    lines = text.splitlines()
+    first = lines[0].strip() if lines else ""
+    if not first:
+        return None, "empty caption"
+    extra = sum(1 for ln in lines[1:] if ln.strip())
+    return first, (f"caption has {extra + 1} lines; only the first is used" if extra else None)
+
+
+# ---------------------------------------------------------------------------------------------- scan
+
+@dataclass
+class _Ctx:
+    data: DataCfg
+    groups: list[GroupSpec]
+    bucket_lists: list[list[tuple[int, int]]]
+    count_tokens: Callable[[str], int] | None
+    max_tokens: int | None
+    problems: list[Problem]
+    seen: dict[str, Path]
+
+
+def _warn(ctx: _Ctx, path: Path, reason: str, action: str = "warning") -> None:
+    ctx.problems.append(Problem(str(path), reason, action))  # type: ignore[arg-type]
+
+
+def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[Path]) -> ImageItem | None:
+    try:
+        img, info = decode(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except ImageProblem as e:
+        _warn(ctx, path, e.reason, "skipped")
+        return None
+    except OSError as e:
+        _warn(ctx, path, f"unreadable ({e.strerror or e})", "skipped")
+        return None
+    del img
+    if digest in ctx.seen:
+        _warn(ctx, path, f"exact duplicate of {ctx.seen[digest]}", "skipped")
+        return None
+    settings: BucketSettings = ctx.groups[spec.group].buckets
+    w, h = info.size
+    if min(w, h) < settings.step:
+        _warn(ctx, path, f"too small to train: {w}x{h} has a side under {settings.step} px", "skipped")
+        return None
+    ctx.seen[digest] = path
+    if info.frames > 1:
+        _warn(ctx, path, f"animated ({info.frames} frames): only the first frame is used")
+    if extension_mismatch(path, info.format):
+        _warn(ctx, path, f"content is {info.format} but the extension is {path.suffix}; used as {info.format}")
+    pl = place(info.size, settings, ctx.bucket_lists[spec.group])
+    if not settings.no_upscale and w * h < TOO_SMALL_AREA_FRACTION * settings.area:
+        pct = 100 * w * h / settings.area
+        _warn(ctx, path, f"too small: {w}x{h} is {pct:.0f}% of the training area "
+              f"{settings.resolution[0]}x{settings.resolution[1]}; it will be upscaled (blurry)")
+    kept = pl.bucket[0] * pl.bucket[1] / (pl.resized[0] * pl.resized[1])
+    if kept < EXTREME_CROP_KEPT_FRACTION:
+        _warn(ctx, path, f"extreme aspect ratio {w}x{h}: cropping to bucket {pl.bucket[0]}x{pl.bucket[1]} "
+              f"keeps only {100 * kept:.0f}% of the picture")
+    caption, source = _caption_for(ctx, path, spec, missing)
+    _check_caption(ctx, path, spec, caption)
+    return ImageItem(path=path, caption=caption, caption_source=source, subset=si, repeats=spec.repeats,
+                     is_reg=spec.is_reg, loss_weight=ctx.data.prior_loss_weight if spec.is_reg else 1.0,
+                     original_size=info.size, bucket=pl.bucket, crop=pl.crop, resized_size=pl.resized,
+                     sha256=digest, group=spec.group)
+
+
+def _caption_for(ctx: _Ctx, path: Path, spec: SubsetSpec, missing: list[Path]) -> tuple[str, str]:
+    text, problem = read_caption(path, spec.caption_extension)
+    if text is not None:
+        if problem:
+            _warn(ctx, path, problem)
+        return text, "file"
+    fallback = (f"class tokens '{spec.class_tokens}' used" if spec.class_tokens
+                else "trained with an empty caption")
+    if problem == "missing caption":
+        missing.append(path)
+    else:
+        _warn(ctx, path, f"{problem}: {fallback}")
+    return (spec.class_tokens, "class_tokens") if spec.class_tokens else ("", "empty")
+
+
+def _check_caption(ctx: _Ctx, path: Path, spec: SubsetSpec, caption: str) -> None:
+    full = add_prefix_suffix(caption, spec.caption)
+    if ctx.count_tokens is not None and ctx.max_tokens is not None and full:
+        n = ctx.count_tokens(full)
+        if n > ctx.max_tokens:
+            _warn(ctx, path, f"caption is {n} tokens; the text encoder only sees the first {ctx.max_tokens}")
+    if spec.is_reg:
+        return
+    trigger = ctx.data.trigger or (spec.class_tokens.split()[0] if spec.class_tokens.split() else "")
+    if trigger and not re.search(rf"(?<!\w){re.escape(trigger)}(?!\w)", full, re.IGNORECASE):
+        _warn(ctx, path, f"trigger word '{trigger}' not in the caption")
+
+
+def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
+    items: list[ImageItem] = []
+    missing: list[Path] = []
+    files = sorted(spec.dir.iterdir())
+    for path in files:
+        ext = path.suffix.lower()
+        if path.name.startswith("."):
+            continue
+        if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
+            _warn(ctx, path, f"{ext} images are not supported: convert it to PNG or JPEG", "skipped")
+            continue
+        if ext not in IMAGE_EXTENSIONS:
+            continue
+        item = _scan_image(ctx, path, si, spec, missing)
+        if item is not None:
+            items.append(item)
+    fallback = f"class tokens '{spec.class_tokens}' used" if spec.class_tokens else "empty captions used"
+    if missing and len(missing) == len(items) and len(items) > 1:
+        _warn(ctx, spec.dir, f"no caption files ({spec.caption_extension}) for any of the {len(items)} images: "
+              f"{fallback}")
+    else:
+        for p in missing:
+            _warn(ctx, p, f"missing caption ({p.stem}{spec.caption_extension}): {fallback}")
+    return items
+
+
+def balance_reg(items: list[ImageItem], problems: list[Problem], subsets: list[SubsetSpec]) -> list[ImageItem]:
+    """Give regularisation images repeats so that they total the training samples per epoch."""
+    target = sum(it.repeats for it in items if not it.is_reg)
+    reg = [it for it in items if it.is_reg]
+    if not reg:
+        return items
+    for it in reg:
+        it.repeats = 0
+    total = 0
+    for it in reg:  # first pass: folder repeats, until the target is met
+        if total >= target:
+            break
+        it.repeats = subsets[it.subset].repeats
+        total += it.repeats
+    while total < target:
+        for it in reg:
+            if total >= target:
+                break
+            it.repeats += 1
+            total += 1
+    unused = [it for it in reg if it.repeats == 0]
+    for sub_idx in sorted({it.subset for it in unused}):
+        n = sum(1 for it in unused if it.subset == sub_idx)
+        problems.append(Problem(str(subsets[sub_idx].dir), f"{n} regularisation image(s) not needed: the others "
+                                f"already match the {target} training samples per epoch", "skipped"))
+    return [it for it in items if not (it.is_reg and it.repeats == 0)]
+
+
+def _resolve_specs(data: DataCfg) -> tuple[list[GroupSpec], list[SubsetSpec], list[Problem], str]:
+    problems: list[Problem] = []
+    if data.config:
+        groups, specs = load_dataset_toml(data.config, data)
+        where = str(data.config)
+    elif data.dir:
+        groups = [GroupSpec(bucket_settings(lambda k: getattr(data, k)), None, key="data")]
+        specs, problems = folder_subsets(Path(data.dir), is_reg=False, data=data, key="data.dir")
+        where = str(data.dir)
+    else:
+        raise ConfigError("data.dir: set data.dir (a folder of 'N_trigger class' subfolders) or data.config "
+                          "(a kohya dataset TOML)")
+    if data.reg_dir:
+        reg, reg_problems = folder_subsets(Path(data.reg_dir), is_reg=True, data=data, key="data.reg_dir")
+        specs += reg
+        problems += reg_problems
+    return groups, specs, problems, where
+
+
+def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callable[[str], int] | None = None,
+                 max_tokens: int | None = None) -> Dataset:
+    """Scan, check and bucket the dataset described by `data`; raise DataError if nothing is usable.
+
+    `divisibility` is the model's required multiple for bucket sides; `count_tokens`/`max_tokens` enable
+    the caption-length check (a family passes its tokenizer's counter and limit).
+    """
+    groups, specs, problems, where = _resolve_specs(data)
+    for g in groups:
+        check_divisibility(g.buckets, divisibility, "data" if g.key == "data" else f"{data.config}: {g.key}")
+    ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {})
+    items: list[ImageItem] = []
+    for si, spec in enumerate(specs):
+        items += _scan_subset(ctx, si, spec)
+    items = balance_reg(items, problems, specs)
+    subsets = [Subset(dir=s.dir, repeats=s.repeats, class_tokens=s.class_tokens, is_reg=s.is_reg,
+                      caption=s.caption, caption_extension=s.caption_extension, flip_aug=s.flip_aug,
+                      loss_weight=data.prior_loss_weight if s.is_reg else 1.0, group=s.group) for s in specs]
+    for it in items:
+        subsets[it.subset].items.append(it)
+    dataset = Dataset(subsets=subsets, items=items, groups=groups, problems=problems)
+    dataset.report = check(dataset)
+    if not any(not it.is_reg for it in items):
+        raise _no_usable(where, specs, problems, dataset.report)
+    return dataset
+
+
+def _no_usable(where: str, specs: list[SubsetSpec], problems: list[Problem], report: DataReport) -> DataError:
+    skipped = Counter(p.reason.split(":")[0].split(" (")[0] for p in problems if p.action == "skipped")
+    if not any(not s.is_reg for s in specs):
+        why = "no training subfolder named like '10_ohwx woman'"
+        if skipped:
+            why += "; " + ", ".join(f"{n}× {r}" for r, n in skipped.most_common(3))
+    elif skipped:
+        why = f"{sum(skipped.values())} file(s) skipped (" + ", ".join(
+            f"{n}× {r}" for r, n in skipped.most_common(4)) + ")"
+    else:
+        why = "the training folders hold no images (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")"
+    err = DataError(f"no usable image in {where}: {why}; see the data report")
+    err.report = report  # type: ignore[attr-defined]
+    return err

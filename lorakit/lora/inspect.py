@@ -1,0 +1,101 @@
+"""`lorakit inspect FILE`: what is in a LoRA file, and which base model its keys fit.
+
+Reads the header without trusting it (the safe loader validates sizes and offsets), groups tensors into
+modules (kohya ``<name>.lora_down/.lora_up/.alpha`` or diffusers/PEFT ``<name>.lora_A/.lora_B``), and
+matches module names against every registered family's full-size key universe (built on the meta device,
+no weights needed), reporting the keys that fit nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from lorakit.lora.io import load_lora_file
+
+SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_A.weight", ".lora_B.weight",
+            ".lora_A.default.weight", ".lora_B.default.weight")
+
+
+def split_key(key: str) -> tuple[str, str]:
+    for suffix in SUFFIXES:
+        if key.endswith(suffix):
+            return key[: -len(suffix)], suffix
+    return key, ""
+
+
+def inspect_file(path: Path) -> dict[str, Any]:
+    tensors, meta = load_lora_file(path)
+    modules: dict[str, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        name, suffix = split_key(key)
+        modules.setdefault(name, {})[suffix] = value
+    ranks: Counter = Counter()
+    alphas: Counter = Counter()
+    prefixes: Counter = Counter()
+    dtypes: Counter = Counter(str(v.dtype).replace("torch.", "") for v in tensors.values())
+    for name, parts in modules.items():
+        down = parts.get(".lora_down.weight", parts.get(".lora_A.weight"))
+        if down is not None:
+            ranks[int(down.shape[0])] += 1
+        if ".alpha" in parts:
+            alphas[float(parts[".alpha"].float().item())] += 1
+        prefixes[name.split("_")[0] + "_" + name.split("_")[1] if name.startswith("lora_") else name.split(".")[0]] += 1
+    fits = family_fit(set(modules))
+    return {
+        "file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "modules": len(modules),
+        "module_groups": dict(prefixes), "ranks": dict(ranks), "alphas": dict(alphas), "dtypes": dict(dtypes),
+        "fits": fits, "metadata": {k: _maybe_json(v) for k, v in sorted(meta.items())},
+    }
+
+
+def family_fit(names: set[str]) -> dict[str, Any]:
+    """For each family with a key universe: how many of the file's modules it knows, and which it doesn't."""
+    from lorakit.models.registry import families, get_family
+
+    out = {}
+    for fam in families():
+        universe_fn = getattr(get_family(fam), "lora_key_universe", None)
+        if universe_fn is None:
+            continue
+        universe = universe_fn()
+        known = names & universe
+        out[fam] = {"matched": len(known), "of": len(names), "unmatched": sorted(names - universe)[:20]}
+    return out
+
+
+def render(info: dict[str, Any]) -> str:
+    lines = [f"{info['file']}  ({info['size_bytes'] / 2**20:.2f} MiB, {info['tensors']} tensors, "
+             f"{info['modules']} modules)"]
+    lines.append("modules by group: " + ", ".join(f"{k} {v}" for k, v in sorted(info["module_groups"].items())))
+    lines.append("rank: " + ", ".join(f"{k} ({v} modules)" for k, v in sorted(info["ranks"].items())))
+    if info["alphas"]:
+        lines.append("alpha: " + ", ".join(f"{k:g} ({v} modules)" for k, v in sorted(info["alphas"].items())))
+    lines.append("dtypes: " + ", ".join(f"{k} {v}" for k, v in info["dtypes"].items()))
+    best = None
+    for fam, fit in info["fits"].items():
+        lines.append(f"fits {fam}: {fit['matched']}/{fit['of']} modules")
+        if fit["matched"] and (best is None or fit["matched"] > info["fits"][best]["matched"]):
+            best = fam
+    if best is not None:
+        unmatched = info["fits"][best]["unmatched"]
+        lines.append(f"base model: {best}" + (f"; keys that fit nothing: {', '.join(unmatched)}" if unmatched
+                                              else "; every key fits"))
+    else:
+        lines.append("base model: no known family matches these keys")
+    lines.append("metadata:")
+    for key, value in info["metadata"].items():
+        text = json.dumps(value) if not isinstance(value, str) else value
+        lines.append(f"  {key}: {text[:200]}{'…' if len(text) > 200 else ''}")
+    return "\n".join(lines)
+
+
+def _maybe_json(value: str) -> Any:
+    if value[:1] in "{[":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

@@ -1,0 +1,5 @@
+"""FLUX.1 (dev / schnell) model family: BFL single files or diffusers folders, kohya-format fused LoRA export."""
+
+from .adapter import SPEC, Adapter
+
+__all__ = ["SPEC", "Adapter"]

@@ -1,0 +1,296 @@
+"""The FLUX.1 (dev / schnell) family adapter: rectified flow on 2x2-packed 16-channel latents.
+
+Conventions (checked against diffusers' FluxPipeline in the tests):
+* latents = (z − 0.1159) · 0.3611; x_σ = (1−σ)·x0 + σ·ε; target ε − x0; the raw prediction is compared.
+* diffusers' FluxTransformer2DModel multiplies ``timestep`` and ``guidance`` by 1000 itself, so it gets
+  σ ∈ [0, 1] directly (FluxPipeline passes t/1000) and the guidance value as is (e.g. 3.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt
+
+SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
+                 patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
+                 text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,
+                 metadata_base_version="flux1", network_module="networks.lora_flux")
+
+T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
+SAMPLE_STEPS = {"dev": 20, "schnell": 4}
+CLIP_LENGTH = 77
+
+
+def file_identity(path: Path) -> str:
+    """Cheap stable identity: name, size, mtime and a hash of the safetensors header (never 24 GB of data)."""
+    st = path.stat()
+    h = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) == 8:
+                n = struct.unpack("<Q", head)[0]
+                h.update(fh.read(min(n, 64 << 20)))
+    else:
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                s = p.stat()
+                h.update(f"{p.relative_to(path)}:{s.st_size}:{s.st_mtime_ns};".encode())
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
+
+
+def variant_from_header(path: Path) -> Optional[str]:
+    """dev/schnell from a safetensors header alone (no tensor read); None if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            n = struct.unpack("<Q", fh.read(8))[0]
+            keys = json.loads(fh.read(n))
+    except (OSError, ValueError, struct.error):
+        return None
+    return "dev" if any("guidance_in." in k for k in keys) else "schnell"
+
+
+class Adapter:
+    """ModelAdapter for FLUX.1; one instance per run, made with the whole Config."""
+
+    spec = SPEC
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.comps: Any = None
+        self.device = torch.device("cpu")
+        self.dtype = torch.bfloat16
+
+    # ------------------------------------------------------------------------------------------ loading
+    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+        """Load the frozen base; the transformer goes to ``device``, encoders stay on the CPU until used.
+
+        fp8 files are upcast to ``dtype`` here; fp8 *storage* (memory.fp8_base) is applied by train/memory.
+        """
+        from .load import load_components
+        self.comps = load_components(model, dtype)
+        self.device, self.dtype = torch.device(device), dtype
+        self.comps.transformer.to(self.device)
+
+    def _c(self) -> Any:
+        if self.comps is None:
+            raise RuntimeError("flux1 adapter: load() must be called first")
+        return self.comps
+
+    @property
+    def variant(self) -> str:
+        if self.comps is not None:
+            return self.comps.variant
+        v = getattr(self.cfg.model, "variant", "auto")
+        if v in ("dev", "schnell"):
+            return v
+        ckpt = getattr(self.cfg.model, "checkpoint", None)
+        found = variant_from_header(Path(ckpt)) if ckpt and Path(ckpt).is_file() else None
+        return found or "dev"
+
+    def t5_length(self) -> int:
+        return int(self.cfg.training.t5_max_length or T5_DEFAULT_LENGTH[self.variant])
+
+    def identity(self) -> dict[str, str]:
+        c = self._c()
+        out = {role: file_identity(p) for role, p in c.files.items() if role != "checkpoint" and p.exists()}
+        if not out:                                   # diffusers folder / hub id: one source for all parts
+            src = c.files.get("checkpoint")
+            out["model"] = file_identity(src) if src is not None and src.exists() else str(src)
+        out["text_settings"] = f"t5_len={self.t5_length()};t5_mask={int(bool(self.cfg.training.apply_t5_attn_mask))}"
+        return out
+
+    @contextlib.contextmanager
+    def _on_device(self, module: nn.Module) -> Iterator[nn.Module]:
+        """Encoders live on the CPU between uses; offload_encoders() sends them back after caching."""
+        module.to(self.device)
+        yield module
+
+    def offload_encoders(self) -> None:
+        c = self._c()
+        for m in (c.clip_l, c.t5, c.ae):
+            m.to("cpu")
+
+    def denoiser(self) -> nn.Module:
+        return self._c().transformer
+
+    def text_encoder_modules(self) -> dict[str, nn.Module]:
+        return {"te1": self._c().clip_l}
+
+    # ------------------------------------------------------------------------------------------ encoding
+    def _downscale(self) -> int:
+        return 2 ** (len(self._c().ae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> (z − shift)·scale, z the AE posterior mean (deterministic, cache-stable)."""
+        ae = self._c().ae
+        f = self._downscale() * 2                          # AE downscale x the 2x2 packing
+        if pixels.shape[-1] % f or pixels.shape[-2] % f:
+            raise ValueError(f"flux1: image size {pixels.shape[-1]}x{pixels.shape[-2]} must be a multiple of {f}")
+        with self._on_device(ae):
+            dt = next(ae.parameters()).dtype
+            z = ae.encode(pixels.to(self.device, dt)).latent_dist.mode()
+        return ((z.float() - SPEC.vae_shift) * SPEC.vae_scale).cpu()
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """{"pooled": CLIP-L pooled [B,768] (77 tokens), "t5": T5 last hidden [B,L,4096], "t5_mask": [B,L]}."""
+        c = self._c()
+        clip_ids = c.clip_tokenizer(captions, padding="max_length", max_length=CLIP_LENGTH, truncation=True,
+                                    return_tensors="pt").input_ids
+        t5_tok = c.t5_tokenizer(captions, padding="max_length", max_length=self.t5_length(), truncation=True,
+                                return_tensors="pt")
+        with self._on_device(c.clip_l):
+            pooled = c.clip_l(clip_ids.to(self.device)).pooler_output
+        mask = t5_tok.attention_mask
+        with self._on_device(c.t5):
+            kw = {"attention_mask": mask.to(self.device)} if self.cfg.training.apply_t5_attn_mask else {}
+            hidden = c.t5(t5_tok.input_ids.to(self.device), **kw).last_hidden_state
+        return {"pooled": pooled.cpu(), "t5": hidden.cpu(), "t5_mask": mask.to(torch.int64)}
+
+    # ------------------------------------------------------------------------------------------ objective
+    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
+              generator: torch.Generator) -> NoisedInput:
+        """σ from training.timestep_sampling (flux_shift uses the packed token count); rectified-flow noising."""
+        from lorakit.train.objectives import flow_noise, flow_target, sample_sigmas
+        b, _, h, w = latents.shape
+        sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
+                               logit_mean=training.logit_mean, logit_std=training.logit_std,
+                               shift=training.discrete_flow_shift, seq_len=(h // 2) * (w // 2))
+        sigmas = sigmas.to(latents.device)
+        return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
+                           target=flow_target(latents, noise),
+                           weight=torch.ones(b, device=latents.device, dtype=torch.float32))
+
+    def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor],
+                 guidance: Optional[float]) -> torch.Tensor:
+        """Pack, run the transformer (σ as timestep; it scales by 1000 itself), unpack. Raw velocity out."""
+        from lorakit.train.objectives import image_position_ids, pack_latents, unpack_latents
+        tr = self._c().transformer
+        p = next(tr.parameters())
+        dev, dt = p.device, p.dtype
+        b, _, h, w = x.shape
+        t5 = text["t5"].to(dev, dt)
+        kwargs: dict[str, Any] = {}
+        if self.cfg.training.apply_t5_attn_mask and "t5_mask" in text:
+            img = torch.ones(b, (h // 2) * (w // 2), dtype=torch.bool, device=dev)
+            joint = torch.cat([text["t5_mask"].to(dev).bool(), img], dim=1)
+            kwargs["joint_attention_kwargs"] = {"attention_mask": joint[:, None, None, :]}
+        g = None
+        if self.variant == "dev":
+            g = torch.full((b,), float(guidance if guidance is not None else 1.0), device=dev, dtype=torch.float32)
+        out = tr(hidden_states=pack_latents(x).to(dev, dt), encoder_hidden_states=t5,
+                 pooled_projections=text["pooled"].to(dev, dt), timestep=sigmas.to(dev, torch.float32).expand(b),
+                 img_ids=image_position_ids(h, w).to(dev), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
+                 guidance=g, return_dict=False, **kwargs)[0]
+        return unpack_latents(out, h, w).float()
+
+    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
+        """The transformer's raw velocity prediction for a noised batch (guidance = training.guidance_scale)."""
+        return self._forward(noised.model_input, noised.timesteps, batch.text, self.cfg.training.guidance_scale)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
+        """Flow-match Euler from σ=1 to 0: FLUX resolution shift (dev) / linear schedule (schnell), dev guidance,
+        CFG only when cfg_scale != 1 and a negative prompt is given (as kohya)."""
+        from PIL import Image
+
+        from lorakit.train.objectives import flow_schedule
+        c = self._c()
+        down = self._downscale()
+        f = down * 2
+        width, height = max(f, prompt.width // f * f), max(f, prompt.height // f * f)
+        h, w = height // down, width // down
+        steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or SAMPLE_STEPS[self.variant]
+        guidance = prompt.guidance if prompt.guidance is not None else getattr(self.cfg.sample, "guidance", 3.5)
+        x = torch.randn((1, SPEC.latent_channels, h, w), generator=generator, device=generator.device,
+                        dtype=torch.float32).to(self.device)
+        seq = (h // 2) * (w // 2)
+        sigmas = flow_schedule(steps, seq_len=seq) if self.variant == "dev" else flow_schedule(steps)
+        cond = self.encode_text([prompt.prompt])
+        use_cfg = prompt.cfg_scale != 1.0 and bool(prompt.negative)
+        neg = self.encode_text([prompt.negative]) if use_cfg else None
+        tr = c.transformer
+        was_training = tr.training
+        tr.eval()
+        try:
+            for i in range(steps):
+                s = sigmas[i].reshape(1)
+                v = self._forward(x, s, cond, guidance)
+                if neg is not None:
+                    v_neg = self._forward(x, s, neg, guidance)
+                    v = v_neg + prompt.cfg_scale * (v - v_neg)
+                x = x + (sigmas[i + 1] - sigmas[i]).item() * v
+        finally:
+            tr.train(was_training)
+        with self._on_device(c.ae):
+            dt = next(c.ae.parameters()).dtype
+            img = c.ae.decode((x / SPEC.vae_scale + SPEC.vae_shift).to(self.device, dt)).sample
+        arr = ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(arr)
+
+    # ------------------------------------------------------------------------------------------ LoRA
+    def _depths(self) -> tuple[int, int]:
+        if self.comps is not None:
+            cfg = self.comps.transformer.config
+            return int(cfg.num_layers), int(cfg.num_single_layers)
+        return 19, 38
+
+    def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
+        """{"transformer": {diffusers path: rank}} over the double/single block Linears; "te1" for CLIP-L."""
+        from .lora_format import clip_targets, transformer_targets
+        nd, ns = self._depths()
+        out = {"transformer": transformer_targets(network, nd, ns)}
+        if not out["transformer"]:
+            raise ConfigError("network: the block selection and module_ranks leave no FLUX.1 module to train")
+        if getattr(network, "train_text_encoder", False):
+            out["te1"] = clip_targets(self._c().clip_l, int(network.rank))
+        return out
+
+    def export(self, lora: dict[str, dict[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
+        """kohya FLUX names (fused qkv/linear1, exact alphas) or diffusers lora_A/lora_B names."""
+        from .lora_format import to_diffusers, to_kohya
+        if fmt == "diffusers":
+            return to_diffusers(lora)
+        if fmt != "kohya":
+            raise ConfigError(f"save.format: {fmt!r} is not supported for flux1; use kohya or diffusers")
+        tr = self._c().transformer
+        outs = {n: m.out_features for n, m in tr.named_modules() if isinstance(m, nn.Linear)}
+        nd, ns = self._depths()
+        return to_kohya(lora, outs, nd, ns)
+
+    def metadata(self, config: Any) -> dict[str, str]:
+        """FLUX ss_* keys as kohya writes them, and modelspec architecture/implementation."""
+        t = config.training
+        variant = self.variant
+        return {
+            "ss_base_model_version": SPEC.metadata_base_version,
+            "ss_network_module": SPEC.network_module,
+            "ss_model_type": "flux",
+            "ss_flux_variant": variant,
+            "ss_guidance_scale": str(float(t.guidance_scale)),
+            "ss_timestep_sampling": str(t.timestep_sampling),
+            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
+            "ss_logit_mean": str(float(t.logit_mean)),
+            "ss_logit_std": str(float(t.logit_std)),
+            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            "ss_model_prediction_type": "raw",
+            "ss_weighting_scheme": "none",
+            "ss_apply_t5_attn_mask": str(bool(t.apply_t5_attn_mask)),
+            "ss_t5xxl_max_token_length": str(int(t.t5_max_length or T5_DEFAULT_LENGTH[variant])),
+            "modelspec.architecture": f"flux-1-{variant}/lora",
+            "modelspec.implementation": "https://github.com/black-forest-labs/flux",
+        }
+

@@ -1,0 +1,325 @@
+"""Loading FLUX.1 components: BFL single files (+ clip_l / t5xxl / ae), a diffusers folder, or a hub id.
+
+Single files load fully offline: models are built on the meta device from the shipped configs (widths
+replaced by what the weights say) and the tensors are assigned, so no 24 GB random init happens and tiny
+test checkpoints go through exactly the same code as the real ones.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError, ModelLoadError
+
+from . import configs
+from .convert import (ae_bfl_to_diffusers, bfl_to_diffusers, detect_variant, infer_ae_config,
+                      infer_transformer_config, is_bfl_transformer, load_safetensors, save_bfl_files, strip_prefix,
+                      upcast)
+
+
+@dataclass
+class FluxComponents:
+    """The loaded FLUX.1 model parts (frozen, eval mode) and where they came from."""
+
+    transformer: nn.Module
+    clip_l: nn.Module
+    t5: nn.Module
+    ae: nn.Module
+    variant: str                                       # "dev" | "schnell"
+    files: dict[str, Path] = field(default_factory=dict)   # role -> source file or folder
+    clip_tokenizer: Any = None
+    t5_tokenizer: Any = None
+
+
+# ----------------------------------------------------------------------------------------------- building
+
+def _fill_meta_buffers(model: nn.Module, where: str) -> None:
+    """Non-persistent buffers stay on meta after an assign-load; rebuild the known ones, refuse the rest."""
+    for name, mod in model.named_modules():
+        for bname, buf in list(mod.named_buffers(recurse=False)):
+            if buf is not None and buf.is_meta:
+                if bname == "position_ids":
+                    mod.register_buffer(bname, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+                else:
+                    raise ModelLoadError(f"{where}: internal error, buffer {name}.{bname} was not loaded")
+    for pname, p in model.named_parameters():
+        if p.is_meta:
+            raise ModelLoadError(f"{where}: tensor {pname!r} is missing from the file")
+
+
+def _assign(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if unexpected:
+        raise ModelLoadError(f"{where}: unexpected tensors such as {sorted(unexpected)[0]!r} "
+                             f"({len(unexpected)} in all); wrong file for this role?")
+    real_missing = [k for k in missing if not k.endswith("position_ids")]
+    if real_missing:
+        raise ModelLoadError(f"{where}: missing tensors such as {sorted(real_missing)[0]!r} "
+                             f"({len(real_missing)} in all); truncated or wrong file?")
+    _fill_meta_buffers(model, where)
+    if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
+        model.to(dtype)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
+                      where: str = "transformer") -> nn.Module:
+    """FluxTransformer2DModel from a BFL (or diffusers-layout) state dict; widths from the weights."""
+    from diffusers import FluxTransformer2DModel
+    sd = strip_prefix(sd)
+    if not is_bfl_transformer(sd):
+        if not any(k.startswith("transformer_blocks.") for k in sd):
+            raise ModelLoadError(f"{where}: not a FLUX.1 transformer (no double_blocks.* / transformer_blocks.*)")
+        from .convert import diffusers_to_bfl
+        sd = diffusers_to_bfl(sd)
+    cfg = infer_transformer_config(sd, base or configs.transformer_config(detect_variant(sd)))
+    dsd = bfl_to_diffusers(upcast(sd, dtype))
+    init = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**init)
+    return _assign(model, dsd, where, dtype)
+
+
+def _clip_config(sd: dict[str, torch.Tensor], base: dict[str, Any]) -> dict[str, Any]:
+    emb = sd["embeddings.token_embedding.weight"]
+    cfg = dict(base)
+    hidden = emb.shape[1]
+    if hidden != base.get("hidden_size") and hidden % base.get("num_attention_heads", 1):
+        cfg["num_attention_heads"] = max(1, hidden // 64)
+    cfg.update(vocab_size=emb.shape[0], hidden_size=hidden,
+               max_position_embeddings=sd["embeddings.position_embedding.weight"].shape[0],
+               intermediate_size=sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
+               num_hidden_layers=max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
+               + 1)
+    return cfg
+
+
+def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
+               where: str = "clip_l") -> nn.Module:
+    """CLIPTextModel from an HF-layout file (``text_model.`` prefix optional; projection ignored)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    sd = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if k not in ("text_projection.weight", "logit_scale")
+          and not k.endswith("position_ids")}
+    if "embeddings.token_embedding.weight" not in sd:
+        raise ModelLoadError(f"{where}: not a CLIP text encoder (no text_model.embeddings.token_embedding.weight)")
+    cfg = _clip_config(sd, base or configs.clip_l_config())
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
+    expected = set(model.state_dict())
+    if not any(k in expected for k in sd):                      # an older transformers with text_model.*
+        sd = {"text_model." + k: v for k, v in sd.items()}
+    return _assign(model, upcast(sd, dtype), where, dtype)
+
+
+def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
+             where: str = "t5xxl") -> nn.Module:
+    """T5EncoderModel from an HF-layout file (``shared.weight`` or ``encoder.embed_tokens.weight``)."""
+    from transformers import T5Config, T5EncoderModel
+    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.") and k != "lm_head.weight"}
+    emb = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
+    if emb is None or "encoder.block.0.layer.0.SelfAttention.q.weight" not in sd:
+        raise ModelLoadError(f"{where}: not a T5 encoder (no shared.weight / encoder.block.0.*)")
+    sd["shared.weight"] = emb
+    sd.pop("encoder.embed_tokens.weight", None)
+    rel = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    heads = rel.shape[1]
+    cfg = dict(base or configs.t5_config())
+    cfg.update(vocab_size=emb.shape[0], d_model=emb.shape[1], num_heads=heads,
+               relative_attention_num_buckets=rel.shape[0],
+               d_kv=sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // heads,
+               d_ff=sd["encoder.block.0.layer.1.DenseReluDense.wo.weight"].shape[1],
+               num_layers=max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k))) + 1)
+    with torch.device("meta"):
+        model = T5EncoderModel(T5Config(**{k: v for k, v in cfg.items() if k != "architectures"}))
+    sd = upcast(sd, dtype)
+    sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
+    model = _assign(model, sd, where, dtype)
+    model.encoder.embed_tokens.weight = model.shared.weight       # keep the tie after assign
+    return model
+
+
+def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
+             where: str = "ae") -> nn.Module:
+    """AutoencoderKL from a BFL ``ae.safetensors`` (no prefix) or a ``first_stage_model.``/``vae.`` one."""
+    from diffusers import AutoencoderKL
+    for p in ("first_stage_model.", "vae."):
+        if any(k.startswith(p) for k in sd):
+            sd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+    if "encoder.conv_in.weight" not in sd:
+        raise ModelLoadError(f"{where}: not an autoencoder (no encoder.conv_in.weight)")
+    if any(k.startswith("encoder.down_blocks.") for k in sd):          # already diffusers layout
+        from .convert import ae_diffusers_to_bfl
+        sd = ae_diffusers_to_bfl(sd)
+    cfg = infer_ae_config(sd, base or configs.ae_config())
+    dsd = ae_bfl_to_diffusers(upcast(sd, dtype), cfg)
+    with torch.device("meta"):
+        model = AutoencoderKL(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    return _assign(model, dsd, where, dtype)
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+def _is_hub_id(s: str) -> bool:
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", s)) and not Path(s).exists()
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def _need(model_cfg: Any, role: str) -> Path:
+    value = getattr(model_cfg, role, None)
+    if not value:
+        raise ConfigError(f"model.{role}: required with a FLUX.1 single-file checkpoint "
+                          f"(e.g. {role}.safetensors from ComfyUI's models folder)")
+    p = Path(value).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"model.{role}: file not found: {p}")
+    return p
+
+
+def _check_variant(model_cfg: Any, detected: str, where: str) -> str:
+    wanted = getattr(model_cfg, "variant", "auto") or "auto"
+    if wanted not in ("auto", detected):
+        raise ConfigError(f"model.variant: set to {wanted!r} but {where} is FLUX.1-{detected} "
+                          f"({'has' if detected == 'dev' else 'has no'} guidance embedding); use 'auto'")
+    return detected
+
+
+def load_single_files(model_cfg: Any, dtype: torch.dtype = torch.bfloat16) -> FluxComponents:
+    """BFL transformer + clip_l + t5xxl + ae single files, offline, configs from model.config_dir or shipped."""
+    ckpt = Path(model_cfg.checkpoint).expanduser()
+    allow = bool(getattr(model_cfg, "allow_pickle", False))
+    cdir = getattr(model_cfg, "config_dir", None)
+    files = {"checkpoint": ckpt, **{r: _need(model_cfg, r) for r in ("clip_l", "t5xxl", "ae")}}
+    tsd = load_safetensors(ckpt, allow)
+    variant = _check_variant(model_cfg, detect_variant(tsd), str(ckpt))
+    transformer = build_transformer(tsd, dtype, configs.read_config(cdir, "transformer"), str(ckpt))
+    del tsd
+    clip = build_clip(load_safetensors(files["clip_l"], allow), dtype, configs.read_config(cdir, "text_encoder"),
+                      str(files["clip_l"]))
+    t5 = build_t5(load_safetensors(files["t5xxl"], allow), dtype, configs.read_config(cdir, "text_encoder_2"),
+                  str(files["t5xxl"]))
+    ae_dtype = torch.float32 if dtype == torch.float16 else dtype        # fp16 AE overflows
+    ae = build_ae(load_safetensors(files["ae"], allow), ae_dtype, configs.read_config(cdir, "vae"), str(files["ae"]))
+    return FluxComponents(transformer, clip, t5, ae, variant, files)
+
+
+def load_pretrained(model_cfg: Any, dtype: torch.dtype = torch.bfloat16) -> FluxComponents:
+    """A diffusers FLUX folder or hub id (hub only when online)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5EncoderModel
+    src = str(model_cfg.checkpoint)
+    if not Path(src).exists() and _offline():
+        raise ConfigError(f"model.checkpoint: {src!r} is not a local path and the Hub is offline "
+                          "(HF_HUB_OFFLINE=1); give a local file or diffusers folder")
+    kw: dict[str, Any] = {"torch_dtype": dtype}
+    if not allow_pickle_ok(model_cfg):
+        kw["use_safetensors"] = True
+    try:
+        tr = FluxTransformer2DModel.from_pretrained(src, subfolder="transformer", **kw)
+        clip = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw)
+        t5 = T5EncoderModel.from_pretrained(src, subfolder="text_encoder_2", **kw)
+        ae = AutoencoderKL.from_pretrained(src, subfolder="vae", **{**kw, "torch_dtype": torch.float32
+                                                                     if dtype == torch.float16 else dtype})
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.checkpoint: cannot load FLUX.1 diffusers model from {src!r}: {e}") from None
+    variant = _check_variant(model_cfg, "dev" if tr.config.guidance_embeds else "schnell", src)
+    for m in (tr, clip, t5, ae):
+        m.requires_grad_(False).eval()
+    comps = FluxComponents(tr, clip, t5, ae, variant, {"checkpoint": Path(src)})
+    root = Path(src)
+    if (root / "tokenizer").is_dir() and (root / "tokenizer_2").is_dir():
+        from transformers import CLIPTokenizer, T5TokenizerFast
+        comps.clip_tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", model_max_length=77)
+        comps.t5_tokenizer = T5TokenizerFast.from_pretrained(root / "tokenizer_2")
+    return comps
+
+
+def allow_pickle_ok(model_cfg: Any) -> bool:
+    return bool(getattr(model_cfg, "allow_pickle", False))
+
+
+def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16) -> FluxComponents:
+    """Dispatch on model.checkpoint: a single file, a diffusers folder, or a hub id."""
+    if not getattr(model_cfg, "checkpoint", None):
+        raise ConfigError("model.checkpoint: required (flux1-dev.safetensors, a diffusers folder or a hub id)")
+    p = Path(model_cfg.checkpoint).expanduser()
+    if p.is_file():
+        comps = load_single_files(model_cfg, dtype)
+    elif p.is_dir():
+        if not (p / "model_index.json").is_file() and not (p / "transformer").is_dir():
+            raise ConfigError(f"model.checkpoint: folder {p} is not a diffusers FLUX.1 model (no model_index.json)")
+        comps = load_pretrained(model_cfg, dtype)
+    elif _is_hub_id(str(model_cfg.checkpoint)):
+        comps = load_pretrained(model_cfg, dtype)
+    else:
+        raise ConfigError(f"model.checkpoint: {p} not found")
+    if comps.clip_tokenizer is None:
+        comps.clip_tokenizer, comps.t5_tokenizer = default_tokenizers(getattr(model_cfg, "tokenizer_dir", None))
+    return comps
+
+
+def default_tokenizers(folder: Optional[str] = None) -> tuple[Any, Any]:
+    """CLIP (pad = <|endoftext|>, as FLUX uses it) and T5 tokenizers from a folder or lorakit's package data."""
+    from lorakit.models.tokenizers import clip_tokenizer, t5_tokenizer
+    clip_dir = t5_dir = None
+    if folder:
+        root = Path(folder)
+        clip_dir = root / "tokenizer" if (root / "tokenizer").is_dir() else root
+        t5_dir = root / "tokenizer_2" if (root / "tokenizer_2").is_dir() else root
+    return clip_tokenizer(pad_token="<|endoftext|>", folder=clip_dir), t5_tokenizer(folder=t5_dir)
+
+
+# ----------------------------------------------------------------------------------------------- tiny fixture
+
+TINY_TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                        axes_dims_rope=[4, 6, 6])
+TINY_CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
+                 bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+TINY_T5 = dict(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+               relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+               use_cache=False)
+TINY_AE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16], layers_per_block=1,
+               norm_num_groups=4, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+               scaling_factor=0.3611, shift_factor=0.1159, sample_size=64)
+
+
+def tiny_models(variant: str = "dev", seed: int = 0) -> dict[str, nn.Module]:
+    """Tiny random FLUX-architecture components (diffusers/transformers classes), seeded."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tr = FluxTransformer2DModel(**TINY_TRANSFORMER, guidance_embeds=variant == "dev")
+        clip = CLIPTextModel(CLIPTextConfig(**TINY_CLIP))
+        t5 = T5EncoderModel(T5Config(**TINY_T5))
+        ae = AutoencoderKL(**TINY_AE)
+    return {"transformer": tr.eval(), "clip_l": clip.eval(), "t5": t5.eval(), "ae": ae.eval()}
+
+
+def write_tiny_checkpoint(directory: str | os.PathLike[str], variant: str = "dev", seed: int = 0,
+                          dtype: torch.dtype = torch.bfloat16) -> dict[str, Path]:
+    """Write tiny FLUX.1 files in the ComfyUI layouts + a config folder; roles: checkpoint, clip_l, t5xxl, ae, config.
+
+    Load them with model.checkpoint/clip_l/t5xxl/ae = the paths and model.config_dir = the "config" path.
+    """
+    root = Path(directory)
+    m = tiny_models(variant, seed)
+    files = save_bfl_files(root, transformer=m["transformer"], clip_l=m["clip_l"], t5=m["t5"], ae=m["ae"],
+                           dtype=dtype)
+    cfg_dir = configs.write_config_folder(root / "config", variant, transformer=TINY_TRANSFORMER, clip_l=TINY_CLIP,
+                                          t5=TINY_T5, ae=TINY_AE)
+    return {**files, "config": cfg_dir}

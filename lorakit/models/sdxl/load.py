@@ -1,0 +1,231 @@
+"""Loading SDXL base models: single SGM file (offline), diffusers folder, or hub id; tiny test models.
+
+Single files go through diffusers' ``from_single_file`` with a local config folder, always (without
+``config=`` diffusers guesses a Hub repo). SDXL's two text encoders are told apart by their width, so
+tiny models must give TE1 and TE2 different hidden sizes (stack.md pitfalls 6/7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.sdxl import configs
+from lorakit.models.sdxl.convert import TE1_PREFIX, TE2_PREFIX, UNET_PREFIX, VAE_PREFIX, save_sgm_checkpoint
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class SDXLComponents:
+    """The loaded base model, as diffusers/transformers modules."""
+
+    unet: Any
+    vae: Any
+    te1: Any
+    te2: Any
+    tokenizer1: Any
+    tokenizer2: Any
+    scheduler_config: dict
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """Tensor name → header entry of a .safetensors file, validated, without reading tensor data.
+
+    Uses :func:`lorakit.lora.io.read_safetensors_header` (raises ModelLoadError naming the file).
+    """
+    from lorakit.lora.io import read_safetensors_header
+
+    header, _meta = read_safetensors_header(path)
+    return header
+
+
+def check_weights_file(path: Path, allow_pickle: bool, key: str = "model.checkpoint") -> None:
+    """Refuse pickle files unless allowed, and broken safetensors files, with one clear line."""
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ConfigError(f"{key}: {path} is a pickle file, which can run code when loaded; convert it to "
+                              f".safetensors or set model.allow_pickle = true if you trust it")
+        return
+    read_header(path)
+
+
+def _has_sdxl_parts(header: dict[str, Any], path: Path) -> None:
+    keys = [k for k in header if k != "__metadata__"]
+    missing = [name for name, prefix in (("UNet", UNET_PREFIX), ("VAE", VAE_PREFIX), ("text encoder 1", TE1_PREFIX),
+                                         ("text encoder 2", TE2_PREFIX)) if not any(k.startswith(prefix) for k in keys)]
+    if missing:
+        raise ModelLoadError(f"{path}: not an SDXL checkpoint in the original layout (no {', '.join(missing)} "
+                             f"weights); give a full SDXL .safetensors file or a diffusers folder")
+
+
+def _is_hub_id(text: str) -> bool:
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).exists()
+
+
+def _tokenizer_pair(base: Path) -> tuple[Any, Any]:
+    """A folder holding tokenizer/ (+ tokenizer_2/), or one CLIP tokenizer folder used for both."""
+    from lorakit.models.tokenizers import clip_tokenizer
+
+    if (base / "tokenizer").is_dir():
+        t1 = clip_tokenizer(folder=base / "tokenizer")
+        t2 = clip_tokenizer(folder=base / "tokenizer_2") if (base / "tokenizer_2").is_dir() else _with_pad(t1, "!")
+        return t1, t2
+    t1 = clip_tokenizer(folder=base)
+    return t1, _with_pad(t1, "!")
+
+
+def _tokenizers(model_dir: Optional[Path], tokenizer_dir: Optional[str]) -> tuple[Any, Any]:
+    """model.tokenizer_dir, else the tokenizer folders next to the model, else lorakit's package data."""
+    from lorakit.models.tokenizers import clip_tokenizer
+
+    if tokenizer_dir:
+        return _tokenizer_pair(Path(tokenizer_dir).expanduser())
+    if model_dir is not None and any((model_dir / "tokenizer" / n).is_file() for n in ("vocab.json", "tokenizer.json")):
+        return _tokenizer_pair(model_dir)
+    return clip_tokenizer(), clip_tokenizer(pad_token="!")
+
+
+def _with_pad(tok: Any, pad: str) -> Any:
+    import copy
+
+    tok = copy.deepcopy(tok)
+    tok.pad_token = pad
+    return tok
+
+
+def load_components(model_cfg: Any, dtype: torch.dtype = torch.float32) -> SDXLComponents:
+    """Load UNet, VAE, both text encoders and tokenizers from ``ModelCfg`` (frozen, on the CPU).
+
+    The VAE is kept in fp32 (SDXL's VAE overflows in fp16); the rest uses ``dtype``.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    source = model_cfg.checkpoint
+    if not source:
+        raise ConfigError("model.checkpoint: missing; give an SDXL .safetensors file, a diffusers folder or a hub id")
+    path = Path(str(source)).expanduser()
+    cfg_dir = Path(model_cfg.config_dir).expanduser() if model_cfg.config_dir else None
+    if cfg_dir is not None and not (cfg_dir / "model_index.json").is_file():
+        raise ConfigError(f"model.config_dir: {cfg_dir} has no model_index.json; point it at a diffusers SDXL "
+                          f"config folder")
+    allow_pickle = bool(getattr(model_cfg, "allow_pickle", False))
+    if path.is_file():
+        check_weights_file(path, allow_pickle)
+        if path.suffix.lower() not in PICKLE_SUFFIXES:
+            _has_sdxl_parts(read_header(path), path)
+        cfg_dir = cfg_dir or configs.shipped_config_dir()
+        try:
+            pipe = StableDiffusionXLPipeline.from_single_file(str(path), config=str(cfg_dir), torch_dtype=dtype,
+                                                              local_files_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: could not be loaded as SDXL with configs from {cfg_dir} ({exc})") from exc
+        tok_dir = cfg_dir
+    elif path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(f"model.checkpoint: {path} is a folder without model_index.json; give a diffusers "
+                              f"SDXL folder or a .safetensors file")
+        try:
+            pipe = StableDiffusionXLPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: could not be loaded as a diffusers SDXL folder ({exc})") from exc
+        tok_dir = path
+    elif _is_hub_id(str(source)):
+        try:
+            pipe = StableDiffusionXLPipeline.from_pretrained(str(source), torch_dtype=dtype,
+                                                             use_safetensors=not allow_pickle)
+        except Exception as exc:
+            raise ModelLoadError(f"model.checkpoint: hub id {source!r} could not be loaded ({exc}); offline, "
+                                 f"give a local .safetensors file or diffusers folder instead") from exc
+        tok_dir = None
+    else:
+        raise ConfigError(f"model.checkpoint: {source} does not exist (not a file, folder or hub id)")
+
+    vae = pipe.vae
+    if getattr(model_cfg, "vae", None):
+        vae_path = Path(model_cfg.vae).expanduser()
+        check_weights_file(vae_path, allow_pickle, key="model.vae")
+        vae_cfg = cfg_dir or configs.shipped_config_dir()
+        try:
+            vae = AutoencoderKL.from_single_file(str(vae_path), config=str(vae_cfg), subfolder="vae",
+                                                 local_files_only=True)
+        except Exception as exc:
+            raise ModelLoadError(f"model.vae: {vae_path} could not be loaded as an SDXL VAE ({exc})") from exc
+    tokenizer_dir = getattr(model_cfg, "tokenizer_dir", None)
+    if tok_dir is None and not tokenizer_dir:
+        tok1, tok2 = pipe.tokenizer, pipe.tokenizer_2  # hub id: the repo's own tokenizers
+    else:
+        tok1, tok2 = _tokenizers(tok_dir, tokenizer_dir)
+    vae = vae.to(torch.float32)
+    for module in (pipe.unet, vae, pipe.text_encoder, pipe.text_encoder_2):
+        module.requires_grad_(False)
+        module.eval()
+    return SDXLComponents(unet=pipe.unet, vae=vae, te1=pipe.text_encoder, te2=pipe.text_encoder_2,
+                          tokenizer1=tok1, tokenizer2=tok2, scheduler_config=dict(pipe.scheduler.config))
+
+
+# ---- tiny SDXL-architecture models (tests, toy world) ----
+
+TINY_TE1_HIDDEN = 32
+TINY_TE2_HIDDEN = 48
+TINY_TE2_PROJ = 32
+TINY_TIME_DIM = 8
+
+
+def tiny_configs() -> dict[str, dict[str, Any]]:
+    """Configs of a tiny model with SDXL's topology: 3 levels (first without attention), 2 layers per
+    block, several transformer blocks, TE1 width ≠ TE2 width, 6 micro-conditioning ids."""
+    unet = dict(configs.UNET)
+    unet.update(sample_size=8, block_out_channels=[32, 64, 64], layers_per_block=2, attention_head_dim=[2, 4, 4],
+                transformer_layers_per_block=[1, 1, 2], norm_num_groups=8,
+                cross_attention_dim=TINY_TE1_HIDDEN + TINY_TE2_HIDDEN, addition_time_embed_dim=TINY_TIME_DIM,
+                projection_class_embeddings_input_dim=6 * TINY_TIME_DIM + TINY_TE2_PROJ)
+    vae = dict(configs.VAE)
+    vae.update(block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=4, sample_size=64)
+    te1 = dict(configs.TE1)
+    te1.update(hidden_size=TINY_TE1_HIDDEN, intermediate_size=2 * TINY_TE1_HIDDEN, num_hidden_layers=3,
+               num_attention_heads=4, projection_dim=TINY_TE1_HIDDEN, torch_dtype="float32")
+    te2 = dict(configs.TE2)
+    te2.update(hidden_size=TINY_TE2_HIDDEN, intermediate_size=2 * TINY_TE2_HIDDEN, num_hidden_layers=3,
+               num_attention_heads=4, projection_dim=TINY_TE2_PROJ, torch_dtype="float32")
+    return {"unet": unet, "vae": vae, "te1": te1, "te2": te2}
+
+
+def build_models(cfgs: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Random-weight UNet, VAE and text encoders from config dicts (deterministic for a seed)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def clean(cfg: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "torch_dtype")}
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**clean(cfgs["unet"]))
+    vae = AutoencoderKL(**clean(cfgs["vae"]))
+    te1 = CLIPTextModel(CLIPTextConfig(**clean(cfgs["te1"])))
+    te2 = CLIPTextModelWithProjection(CLIPTextConfig(**clean(cfgs["te2"])))
+    # diffusers zero-initialises some output layers; random values make conversions and LoRA tests meaningful
+    with torch.no_grad():
+        for module in (unet, vae):
+            for p in module.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0, 0.05)
+    return {"unet": unet.eval(), "vae": vae.eval(), "te1": te1.eval(), "te2": te2.eval()}
+
+
+def write_tiny_checkpoint(folder: Path | str, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
+    """Write a tiny random SDXL-architecture model: ``checkpoint`` (one SGM .safetensors file) and
+    ``config`` (its diffusers config folder). The fixture of unit and end-to-end tests."""
+    folder = Path(folder)
+    cfgs = tiny_configs()
+    config_dir = configs.write_config_folder(folder / "config", unet=cfgs["unet"], vae=cfgs["vae"],
+                                             te1=cfgs["te1"], te2=cfgs["te2"])
+    models = build_models(cfgs, seed=seed)
+    ckpt = save_sgm_checkpoint(folder / "tiny_sdxl.safetensors", dtype=dtype, **models)
+    return {"checkpoint": ckpt, "config": config_dir}

@@ -1,0 +1,88 @@
+"""Writing the LoRA file a user ships (with metadata and hashes), and checking it afterwards.
+
+The family adapter names the tensors (kohya or diffusers layout); this module adds the ``ss_*`` and
+``modelspec.*`` metadata CivitAI and the WebUIs read, computes ``sshs_*`` hashes, writes atomically, and
+verifies the written file: it reloads through the safe loader, holds exactly the expected keys, and every
+LoRA pair fits the base module it was trained on.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from lorakit.config.schema import Config
+from lorakit.lora.io import load_lora_file, model_hashes, save_safetensors_atomic
+from lorakit.lora.metadata import common_metadata
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+_STARTED_AT = time.time()
+
+
+def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, step: int) -> Path:
+    """Write ``lora`` (component → module → LoraModule) to ``path`` in ``cfg.save.format`` with metadata."""
+    tensors = adapter.export(lora, cfg.save.format)
+    dtype = SAVE_DTYPES[cfg.save.precision]
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in tensors.items()}
+    epochs = getattr(dataset, "epochs_for", lambda steps, bs: 0)(step, cfg.training.batch_size)
+    meta = common_metadata(cfg=cfg, spec=adapter.spec, dataset_info=dataset.metadata_info(), steps=step,
+                           epochs=epochs, started_at=_STARTED_AT, finished_at=time.time(),
+                           base_model_file=cfg.model.checkpoint, session_id=_session_id())
+    meta.update(adapter.metadata(cfg))
+    meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
+    save_safetensors_atomic(path, tensors, meta)
+    return path
+
+
+def verify_export(path: Path, adapter, lora: dict, fmt: str) -> list[str]:
+    """Problems with a written LoRA file (empty list when it is sound)."""
+    problems: list[str] = []
+    try:
+        tensors, meta = load_lora_file(path)
+    except Exception as exc:  # report, never crash after a finished run
+        return [f"{path} does not load: {exc}"]
+    expected = adapter.export(lora, fmt)
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        problems.append(f"{len(missing)} expected keys missing, e.g. {missing[:3]}")
+    if extra:
+        problems.append(f"{len(extra)} keys that map onto no trained module, e.g. {extra[:3]}")
+    for key in sorted(set(expected) & set(tensors)):
+        if tuple(tensors[key].shape) != tuple(expected[key].shape):
+            problems.append(f"{key}: shape {tuple(tensors[key].shape)} != {tuple(expected[key].shape)}")
+    denoiser = adapter.denoiser()
+    for component, modules in lora.items():
+        root = denoiser if component in ("unet", "transformer") else adapter.text_encoder_modules().get(component)
+        if root is None:
+            problems.append(f"component {component!r} has no module in the base model")
+            continue
+        for name, pair in modules.items():
+            try:
+                base = root.get_submodule(name)
+            except AttributeError:
+                problems.append(f"{component}: {name} is not a module of the base model")
+                continue
+            weight = getattr(base, "base_layer", base).weight
+            if pair.down.shape[1] != weight.shape[1] or pair.up.shape[0] != weight.shape[0]:
+                problems.append(f"{component}: {name}: LoRA {tuple(pair.up.shape)}@{tuple(pair.down.shape)} does "
+                                f"not fit weight {tuple(weight.shape)}")
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            problems.append(f"metadata {key} is not a string")
+    return problems
+
+
+_SESSION = None
+
+
+def _session_id() -> str:
+    global _SESSION
+    if _SESSION is None:
+        import uuid
+
+        _SESSION = uuid.uuid4().hex
+    return _SESSION

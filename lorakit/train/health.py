@@ -1,0 +1,84 @@
+"""Health checks of a run: NaN/Inf losses and gradients, bad preview images, stalls, no-effect LoRAs."""
+
+from __future__ import annotations
+
+import faulthandler
+import sys
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+NAN_CAUSES = (
+    "the learning rate is too high for this model (try optimizer.lr 2-10x lower)",
+    "fp16 mixed precision overflowed (use training.mixed_precision = \"bf16\" on GPUs that support it, "
+    "or \"no\")",
+    "an fp8 base model on a path that does not support it (try memory.fp8_base = false)",
+)
+
+
+def is_finite(value: torch.Tensor | float) -> bool:
+    """True when a loss or gradient norm is a finite number."""
+    if isinstance(value, torch.Tensor):
+        return bool(torch.isfinite(value).all())
+    return bool(np.isfinite(value))
+
+
+def image_problem(img: Image.Image) -> Optional[str]:
+    """Why a preview image looks broken ("black", "constant", "nan"), or None if it looks like an image."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    if not np.isfinite(arr).all():
+        return "nan"
+    if arr.max() <= 8:
+        return "black"
+    if arr.reshape(-1, arr.shape[-1]).std(axis=0).max() < 1.0:
+        return "constant"
+    return None
+
+
+class StallWatchdog:
+    """Reports when the run makes no progress for ``timeout`` seconds, with what it was doing.
+
+    The loop calls :meth:`beat` with a phase name ("caching latents", "step 120", "saving") whenever it
+    makes progress. A background thread prints a report (and all thread stacks) once per stall; it never
+    kills the run, because a slow step on a swapping machine is not a dead one.
+    """
+
+    def __init__(self, timeout: float, log=print) -> None:
+        self.timeout = timeout
+        self.log = log
+        self.phase = "starting"
+        self.last = time.monotonic()
+        self.stalls = 0
+        self._reported = False
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "StallWatchdog":
+        if self.timeout > 0:
+            self._thread = threading.Thread(target=self._run, name="lorakit-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def beat(self, phase: str) -> None:
+        self.phase = phase
+        self.last = time.monotonic()
+        self._reported = False
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(5.0, self.timeout / 4)):
+            idle = time.monotonic() - self.last
+            if idle > self.timeout and not self._reported:
+                self._reported = True
+                self.stalls += 1
+                self.log(f"lorakit: no progress for {idle:.0f} s while {self.phase}; the run may be stalled "
+                         "(dead data loader, hung device, swapping). Thread stacks follow on stderr.")
+                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1)

@@ -1,0 +1,468 @@
+"""The training run, top to bottom: data → caches → LoRA → loop (noise → loss → backward → step) → samples,
+checkpoints → export and verification.
+
+Model-family knowledge stays behind the adapter (lorakit/models/<family>); this file never asks which
+family it trains. Every file a user may depend on is written atomically, and the resume state holds
+everything needed to continue bit-for-bit (LoRA, optimizer, scheduler, RNG, data position).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from lorakit.config.load import config_to_dict, dump_toml
+from lorakit.config.schema import Config
+from lorakit.data.cache import LatentCache, TextCache
+from lorakit.data.scan import scan_dataset
+from lorakit.data.stream import BatchStream
+from lorakit.errors import ConfigError, DataError, TrainingError
+from lorakit.lora.inject import extract_lora, inject_lora, load_lora_into, set_lora_enabled
+from lorakit.lora.io import save_safetensors_atomic
+from lorakit.models.base import Batch, SamplePrompt
+from lorakit.models.registry import get_family
+from lorakit.train import checkpoint, health, optim
+from lorakit.train.export import export_lora, verify_export
+from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
+from lorakit.train.rundir import RunDir
+from lorakit.train.sampling import load_prompts, sample_filename
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    lora_path: Path
+    steps: int
+    final_loss: float
+    samples: list[Path]
+
+
+def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> RunResult:
+    """Run (or continue) one training run described by ``cfg``."""
+    # ------------------------------------------------------------------ run folder, family, device
+    run = RunDir(Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
+    state_dir = run.latest_state() if resume else None
+    if resume and state_dir is None and not run.root.exists():
+        raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
+    if not resume:
+        run.create()
+    family = get_family(cfg.model.family)
+    spec = family.SPEC
+    device = pick_device(cfg.training.device)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
+    weight_dtype = compute_dtype if device.type == "cuda" else torch.float32
+    check_unsupported(cfg, device)
+    watchdog = health.StallWatchdog(cfg.training.stall_timeout, log=log).start()
+
+    # ------------------------------------------------------------------ dataset check before any GPU work
+    watchdog.beat("scanning the dataset")
+    dataset = scan_dataset(cfg.data, divisibility=spec.bucket_divisibility)
+    report = dataset.report
+    (run.root / "data_report.json").write_text(_json(report.to_json()))
+    log(report.to_table())
+    if report.usable == 0:
+        raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
+    stream = BatchStream(dataset, cfg.training.batch_size, cfg.training.seed)
+    check_disk(cfg, run, dataset, spec)
+
+    # ------------------------------------------------------------------ model and caches
+    watchdog.beat("loading the base model")
+    adapter = family.Adapter(cfg)
+    adapter.load(cfg.model, cfg.memory, device, weight_dtype)
+    identity = adapter.identity()
+    cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.save.dir) / "cache"
+    latents = LatentCache(cache_root / "latents", identity["vae"])
+    watchdog.beat("caching latents")
+    latents.ensure(dataset.items, adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)
+    texts: Optional[TextCache] = None
+    if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
+        texts = TextCache(cache_root / "text", identity["text"])
+        watchdog.beat("caching text-encoder outputs")
+        texts.ensure(sorted({c for c in stream.all_captions()}), adapter.encode_text, progress=cfg.log.progress)
+        adapter.offload_encoders()
+
+    # ------------------------------------------------------------------ LoRA, optimizer, schedule
+    targets = adapter.lora_targets(cfg.network)
+    modules = {"denoiser": adapter.denoiser(), **adapter.text_encoder_modules()}
+    torch.manual_seed(cfg.training.seed)
+    groups = []
+    for component, module_targets in targets.items():
+        module = modules["denoiser"] if component in ("unet", "transformer") else modules[component]
+        alpha = {name: (cfg.network.conv_alpha if _is_conv(module, name) else cfg.network.alpha)
+                 for name in module_targets}
+        params = inject_lora(module, module_targets, alpha, cfg.network.dropout)
+        lr = cfg.optimizer.lr if component in ("unet", "transformer") else (
+            cfg.network.text_encoder_lr or cfg.optimizer.lr)
+        groups.append({"params": params, "lr": lr, "name": component})
+    trainable = [p for g in groups for p in g["params"]]
+    log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
+    optimizer = optim.build_optimizer(groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
+                                      cfg.optimizer.betas, cfg.optimizer.eps)
+    scheduler = optim.build_scheduler(optimizer, cfg.optimizer.scheduler, cfg.optimizer.warmup_steps,
+                                      cfg.training.max_steps, cfg.optimizer.min_lr_ratio)
+    scaler = torch.amp.GradScaler(device.type) if cfg.training.mixed_precision == "fp16" else None
+    generator = torch.Generator().manual_seed(cfg.training.seed)
+    fingerprint = run_fingerprint(cfg, dataset)
+    start_step = 0
+    if state_dir is not None:
+        start_step = restore(state_dir, fingerprint, force, modules, targets, optimizer, scheduler, stream,
+                             generator, log)
+    else:
+        (run.root / "config.toml").write_text(dump_toml(cfg))
+
+    # ------------------------------------------------------------------ previews
+    defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt,
+                            width=cfg.sample.width or _res(cfg)[0], height=cfg.sample.height or _res(cfg)[1],
+                            steps=cfg.sample.steps, seed=cfg.sample.seed, cfg_scale=cfg.sample.cfg_scale)
+    prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults)
+    samples: list[Path] = []
+
+    def make_samples(step: int, tag: str = "") -> list[Path]:
+        watchdog.beat(f"sampling at step {step}")
+        out = []
+        for i, p in enumerate(prompts):
+            with torch.no_grad(), autocast(device, compute_dtype):
+                img = adapter.sample(p, torch.Generator().manual_seed(p.seed))
+            path = run.samples / sample_filename(cfg.save.name, step, i, p.seed, tag)
+            img.save(path)
+            problem = health.image_problem(img)
+            if problem:
+                log(f"warning: sample {path.name} looks {problem}: often NaN weights in disguise; check the "
+                    "loss curve and try a lower learning rate")
+                metrics.write({"step": step, "sample_problem": problem, "sample": path.name})
+            out.append(path)
+        return out
+
+    metrics = MetricsWriter(run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step)
+    run.write_status(status="running", step=start_step, max_steps=cfg.training.max_steps)
+    if prompts and cfg.sample.at_start and start_step == 0:
+        samples += make_samples(0, "before")
+
+    # ------------------------------------------------------------------ the loop
+    def next_batch() -> Batch:
+        picked = next(stream)
+        if texts is not None:
+            per = [texts.get(caption) for _, _, caption in picked]
+            text = {k: torch.stack([t[k] for t in per]) for k in per[0]}
+        else:
+            text = adapter.encode_text([caption for _, _, caption in picked])
+        return Batch(
+            latents=torch.stack([latents.get(item, flipped) for item, flipped, _ in picked]),
+            text=text,
+            original_sizes=[(it.original_size[1], it.original_size[0]) for it, _, _ in picked],
+            crop_top_lefts=[(it.crop[1], it.crop[0]) for it, _, _ in picked],
+            target_sizes=[(it.bucket[1], it.bucket[0]) for it, _, _ in picked],
+            loss_weight=torch.tensor([it.loss_weight for it, _, _ in picked], dtype=torch.float32),
+            captions=[caption for _, _, caption in picked],
+        )
+
+    last_saved: Optional[Path] = None
+    loss_value = float("nan")
+    skipped = 0
+    progress = make_progress(cfg, start_step)
+    t_last = time.perf_counter()
+    try:
+        for step in range(start_step + 1, cfg.training.max_steps + 1):
+            watchdog.beat(f"training step {step}")
+            loss_value, grad_norm = train_step(adapter, next_batch, cfg, generator, optimizer, trainable, scaler,
+                                               device, compute_dtype)
+            if not (health.is_finite(loss_value) and health.is_finite(grad_norm)):
+                if cfg.training.nan_policy == "stop":
+                    raise TrainingError(
+                        f"step {step}: loss {loss_value} / gradient norm {grad_norm} is not finite; stopped. "
+                        f"Last good checkpoint: {last_saved or 'none yet'}. Likely causes: "
+                        + "; ".join(health.NAN_CAUSES))
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                log(f"warning: step {step}: non-finite loss/gradient, step skipped ({skipped} so far)")
+            else:
+                optimizer_step(optimizer, scaler)
+            scheduler.step()
+            now = time.perf_counter()
+            row = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[-1], "seconds": now - t_last,
+                   "grad_norm": float(grad_norm), "epoch": stream.epoch, "peak_mem_gib": peak_memory_gib(device)}
+            t_last = now
+            if step % cfg.log.every_n_steps == 0 or step == cfg.training.max_steps:
+                metrics.write(row)
+            progress.update(row)
+            if cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps:
+                watchdog.beat(f"saving step {step}")
+                last_saved = save_checkpoint(run, cfg, adapter, modules, targets, optimizer, scheduler, stream,
+                                             generator, step, fingerprint, dataset)
+            if cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0 and prompts \
+                    and step < cfg.training.max_steps:
+                samples += make_samples(step)
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(
+            f"out of GPU memory at step {step} (batch {cfg.training.batch_size}, resolution {cfg.data.resolution}). "
+            "Settings that fit in less memory: training.batch_size = 1, memory.gradient_checkpointing = true, "
+            "memory.blocks_to_swap (FLUX), memory.fp8_base = true, or a lower data.resolution. "
+            f"Last checkpoint kept: {last_saved or 'none yet'}.") from None
+    finally:
+        progress.close()
+        watchdog.stop()
+
+    # ------------------------------------------------------------------ final save, samples, checks
+    final_step = cfg.training.max_steps
+    save_checkpoint(run, cfg, adapter, modules, targets, optimizer, scheduler, stream, generator, final_step,
+                    fingerprint, dataset, final=True)
+    if prompts:
+        samples += make_samples(final_step, "after")
+        grid = before_after_grid(run, cfg.save.name, len(prompts))
+        if grid:
+            log(f"before/after grid: {grid}")
+    metrics.close()
+    plot_loss(read_metrics(run.root / "metrics.jsonl"), run.root / "loss.png")
+    effect = lora_effect(adapter, modules, next_batch, cfg.training, generator, device, compute_dtype)
+    if effect == 0.0:
+        log("warning: the trained LoRA does not change the model's output at all on the training data "
+            "(the most common silent failure): check optimizer.lr and the LoRA targets")
+    problems = verify_export(run.lora_path(), adapter, extract_all(modules, targets), cfg.save.format)
+    for p in problems:
+        log(f"warning: export check: {p}")
+    run.write_status(status="finished", step=final_step, lora=str(run.lora_path()), lora_effect=effect,
+                     skipped_steps=skipped, export_problems=problems)
+    log(f"LoRA: {run.lora_path()}")
+    return RunResult(run.root, run.lora_path(), final_step, loss_value, samples)
+
+
+# ====================================================================== one step
+
+
+def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable, scaler, device, compute_dtype):
+    """One optimizer step's worth of forward/backward (with gradient accumulation); returns (loss, grad norm)."""
+    from lorakit.train import objectives
+
+    accumulation = cfg.training.gradient_accumulation
+    total = 0.0
+    for _ in range(accumulation):
+        batch = to_device(next_batch(), device)
+        noise = torch.randn(batch.latents.shape, generator=generator).to(device)
+        noised = adapter.noise(batch.latents, noise, batch, cfg.training, generator)
+        with autocast(device, compute_dtype):
+            pred = adapter.predict(noised, batch)
+        per_sample = objectives.loss_per_sample(pred.float(), noised.target.float(), cfg.training.loss,
+                                                cfg.training.huber_c)
+        loss = objectives.weighted_mean(per_sample, noised.weight.to(device) * batch.loss_weight) / accumulation
+        (scaler.scale(loss) if scaler else loss).backward()
+        total += float(loss.detach())
+    if scaler:
+        scaler.unscale_(optimizer)
+    if cfg.optimizer.max_grad_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optimizer.max_grad_norm)
+    else:
+        grad_norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))
+    return total, float(grad_norm)
+
+
+def optimizer_step(optimizer, scaler) -> None:
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+# ====================================================================== saving and resuming
+
+
+def extract_all(modules, targets) -> dict[str, dict]:
+    """Trained LoRA of every component: component → module path → LoraModule."""
+    out = {}
+    for component in targets:
+        module = modules["denoiser"] if component in ("unet", "transformer") else modules[component]
+        out[component] = extract_lora(module)
+    return out
+
+
+def save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimizer, scheduler, stream, generator,
+                    step: int, fingerprint: dict, dataset, final: bool = False) -> Path:
+    """Write the LoRA file (atomic) and the resume state (atomic folder), then prune old ones."""
+    lora = extract_all(modules, targets)
+    path = export_lora(run.lora_path(None if final else step), adapter, lora, cfg, dataset, step)
+    rng = checkpoint.capture_rng()
+    rng["loop_generator"] = generator.get_state()
+    checkpoint.save_state(run.state_path(step), lora=lora, optimizer_state=optimizer.state_dict(),
+                          scheduler_state=scheduler.state_dict(), rng=rng, data_state=stream.state_dict(),
+                          step=step, config_fingerprint=fingerprint)
+    run.prune(cfg.save.keep_last)
+    run.write_status(step=step, last_checkpoint=str(path))
+    return path
+
+
+def restore(state_dir: Path, fingerprint: dict, force: bool, modules, targets, optimizer, scheduler, stream,
+            generator, log) -> int:
+    state = checkpoint.load_state(state_dir)
+    changed = checkpoint.fingerprint_diff(state["config_fingerprint"], fingerprint)
+    if changed and not force:
+        raise TrainingError(f"cannot resume {state_dir}: the run's settings changed ({'; '.join(changed)}). "
+                            "Use --force-resume to continue anyway, or start a new run.")
+    for component in targets:
+        module = modules["denoiser"] if component in ("unet", "transformer") else modules[component]
+        load_lora_into(module, state["lora"][component])
+    optimizer.load_state_dict(state["optimizer_state"])
+    scheduler.load_state_dict(state["scheduler_state"])
+    stream.load_state_dict(state["data_state"])
+    rng = dict(state["rng"])
+    generator.set_state(rng.pop("loop_generator"))
+    checkpoint.restore_rng(rng)
+    log(f"resumed from {state_dir} at step {state['step']}")
+    return int(state["step"])
+
+
+def run_fingerprint(cfg: Config, dataset) -> dict:
+    """What must not change between a run and its resume."""
+    d = config_to_dict(cfg)
+    return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
+            "dataset": dataset.fingerprint(), "training": {k: v for k, v in d.get("training", {}).items()
+                                                             if k not in ("max_steps", "stall_timeout", "device")},
+            "optimizer": d.get("optimizer", {})}
+
+
+# ====================================================================== helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"training.device: {name!r} asked for, but no CUDA device is available; use \"auto\" or \"cpu\"")
+    return dev
+
+
+def check_unsupported(cfg: Config, device: torch.device) -> None:
+    """Options that exist in the schema but not yet in this build are errors, never silent no-ops."""
+    from lorakit.train import memory
+
+    memory.check_supported(cfg, device)
+
+
+def check_disk(cfg: Config, run: RunDir, dataset, spec) -> None:
+    """Stop before training when the disk cannot hold what the run will write."""
+    w, h = _res(cfg)
+    lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
+    n = len(dataset.items) * (2 if cfg.data.flip_aug else 1)
+    rank_params = cfg.network.rank * 2 * 3072 * 800  # generous upper bound of LoRA parameters
+    ckpt = rank_params * 2 + rank_params * 4 * 3
+    need = n * lat * 1.2 + ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
+    free = shutil.disk_usage(run.root if run.root.exists() else Path(cfg.save.dir).resolve().anchor).free
+    if free < need:
+        raise TrainingError(f"not enough disk space in {run.root}: about {need / 2**30:.2f} GiB needed "
+                            f"(caches, {cfg.save.keep_last} checkpoints, samples), {free / 2**30:.2f} GiB free")
+
+
+def lora_effect(adapter, modules, next_batch, training, generator, device, compute_dtype) -> float:
+    """Mean |output with LoRA − output without| on one training batch (0 means the LoRA does nothing)."""
+    batch = to_device(next_batch(), device)
+    noise = torch.randn(batch.latents.shape, generator=generator).to(device)
+    with torch.no_grad(), autocast(device, compute_dtype):
+        noised = adapter.noise(batch.latents, noise, batch, training, generator)
+        with_lora = adapter.predict(noised, batch).float()
+        set_lora_enabled(modules.values(), False)
+        try:
+            without = adapter.predict(noised, batch).float()
+        finally:
+            set_lora_enabled(modules.values(), True)
+    return float((with_lora - without).abs().mean())
+
+
+def before_after_grid(run: RunDir, name: str, n: int) -> Optional[Path]:
+    from PIL import Image
+
+    before = sorted(run.samples.glob(f"{glob_safe(name)}_before_*.png"))
+    after = sorted(run.samples.glob(f"{glob_safe(name)}_after_*.png"))
+    if not before or len(before) != len(after):
+        return None
+    w, h = Image.open(before[0]).size
+    grid = Image.new("RGB", (w * len(before), h * 2), "white")
+    for i, (b, a) in enumerate(zip(before, after)):
+        grid.paste(Image.open(b).convert("RGB").resize((w, h)), (i * w, 0))
+        grid.paste(Image.open(a).convert("RGB").resize((w, h)), (i * w, h))
+    path = run.samples / "before_after.png"
+    grid.save(path)
+    return path
+
+
+def glob_safe(text: str) -> str:
+    from lorakit.train.rundir import glob_escape
+
+    return glob_escape(text)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    batch.latents = batch.latents.to(device)
+    batch.text = {k: v.to(device) for k, v in batch.text.items()}
+    batch.loss_weight = batch.loss_weight.to(device)
+    return batch
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    except ImportError:
+        return float("nan")
+
+
+def make_progress(cfg: Config, start: int):
+    return Progress(cfg.training.max_steps, start, enabled=cfg.log.progress)
+
+
+class Progress:
+    """A tqdm bar showing loss, it/s, ETA and memory."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=start, disable=not enabled, unit="step", dynamic_ncols=True)
+        self.ema: Optional[float] = None
+
+    def update(self, row: dict[str, Any]) -> None:
+        loss = row["loss"]
+        if math.isfinite(loss):
+            self.ema = loss if self.ema is None else 0.95 * self.ema + 0.05 * loss
+        self.bar.set_postfix(loss=f"{self.ema:.4f}" if self.ema is not None else "nan",
+                             lr=f"{row['lr']:.2e}", mem=f"{row['peak_mem_gib']:.1f}G", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _is_conv(module: torch.nn.Module, name: str) -> bool:
+    sub = module.get_submodule(name)
+    return isinstance(sub, torch.nn.Conv2d) and sub.kernel_size != (1, 1)
+
+
+def _res(cfg: Config) -> tuple[int, int]:
+    r = cfg.data.resolution
+    return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, default=str)
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,33 @@
+"""Memory and speed features: which apply where, and a clear error for the ones that do not.
+
+A flag that does nothing is a bug: every option of ``[memory]`` either takes effect for the chosen
+family and device or stops the run before any work with a message saying why.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lorakit.config.schema import Config
+from lorakit.errors import ConfigError
+
+
+def check_supported(cfg: Config, device: torch.device) -> None:
+    """Raise ConfigError for options this build cannot honour on ``device``."""
+    mem = cfg.memory
+    if mem.fp8_base and device.type != "cuda":
+        raise ConfigError("memory.fp8_base: float8 base weights need a CUDA GPU; set it to false on the CPU")
+    if mem.compile and device.type != "cuda":
+        raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
+    if mem.blocks_to_swap and device.type != "cuda":
+        raise ConfigError("memory.blocks_to_swap: block swap streams blocks to a GPU; set it to 0 on the CPU")
+    if cfg.training.mixed_precision == "fp16" and device.type != "cuda":
+        raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU; use \"bf16\" or \"no\" on the CPU")
+    for key in ("fp8_base", "compile", "fused_backward", "vram_gb", "blocks_to_swap"):
+        value = getattr(mem, key)
+        if value and key not in IMPLEMENTED:
+            raise ConfigError(f"memory.{key}: not available in this version of lorakit yet; remove it")
+
+
+# Options whose code path exists; the others are rejected by check_supported until they land.
+IMPLEMENTED: set[str] = set()

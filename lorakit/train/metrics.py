@@ -1,0 +1,112 @@
+"""Run metrics: metrics.jsonl (read by the UI and `lorakit` tools), TensorBoard events, and loss.png.
+
+metrics.jsonl is appended one JSON object per logged step and flushed+fsynced every write, so a killed
+run keeps every line it reported; on resume, lines past the resumed step are dropped so the file tells
+one consistent story.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from PIL import Image, ImageDraw
+
+
+class MetricsWriter:
+    """Appends step metrics to metrics.jsonl and (optionally) TensorBoard."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, resume_step: int = 0) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step > 0 and self.path.exists():
+            self._truncate_after(resume_step)
+        self._fh = open(self.path, "a", encoding="utf-8")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step or None)
+            except ImportError:  # tensorboard is a declared dependency; keep metrics.jsonl either way
+                self._tb = None
+
+    def _truncate_after(self, step: int) -> None:
+        kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in kept:
+                fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(row) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        if self._tb is not None:
+            step = int(row.get("step", 0))
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key.replace("_", "/", 1) if key.startswith("loss_") else key, value, step)
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All complete JSON lines of a metrics file (a torn last line from a crash is ignored)."""
+    rows = []
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def plot_loss(rows: list[dict[str, Any]], out: Path, *, size: tuple[int, int] = (640, 360)) -> Optional[Path]:
+    """Draw loss (raw and smoothed) against step as a PNG, with Pillow only."""
+    points = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))
+              and math.isfinite(r["loss"])]
+    if len(points) < 2:
+        return None
+    w, h = size
+    left, right, top, bottom = 60, 20, 20, 40
+    steps = [p[0] for p in points]
+    losses = [p[1] for p in points]
+    smooth, ema = [], losses[0]
+    for v in losses:
+        ema = 0.9 * ema + 0.1 * v
+        smooth.append(ema)
+    lo, hi = min(losses), max(losses)
+    if hi - lo < 1e-12:
+        hi = lo + 1e-12
+    s0, s1 = steps[0], max(steps[-1], steps[0] + 1)
+
+    def xy(s: float, v: float) -> tuple[float, float]:
+        return (left + (s - s0) / (s1 - s0) * (w - left - right),
+                top + (1 - (v - lo) / (hi - lo)) * (h - top - bottom))
+
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    d.rectangle([left, top, w - right, h - bottom], outline=(180, 180, 180))
+    d.line([xy(s, v) for s, v in zip(steps, losses)], fill=(150, 180, 230), width=1)
+    d.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(20, 60, 160), width=2)
+    d.text((5, top), f"{hi:.4g}", fill="black")
+    d.text((5, h - bottom - 10), f"{lo:.4g}", fill="black")
+    d.text((left, h - bottom + 8), f"step {s0}", fill="black")
+    d.text((w - right - 80, h - bottom + 8), f"step {steps[-1]}", fill="black")
+    d.text((w // 2 - 40, 4), "training loss", fill="black")
+    tmp = out.with_suffix(".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, out)
+    return out

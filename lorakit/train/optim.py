@@ -1,0 +1,146 @@
+"""Optimizers and learning-rate schedules for the LoRA parameters.
+
+``build_optimizer`` maps ``optimizer.name`` onto a library class; optional libraries (bitsandbytes,
+prodigyopt) are imported only when chosen, and a missing one gives a one-line error that says how to install
+it or what to choose instead. ``build_scheduler`` returns a ``LambdaLR`` whose multiplier is a pure function of
+the step, so resuming only needs ``last_epoch`` back (and a changed ``max_steps`` takes effect on resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from lorakit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
+SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_min_lr")
+
+
+def _missing(name: str, package: str, extra: str) -> ConfigError:
+    return ConfigError(f'optimizer.name = "{name}" needs {package}: pip install \'lorakit[{extra}]\', '
+                       f'or set optimizer.name = "adamw"')
+
+
+def _groups_with_lr(params_groups: list[dict], lr: float) -> list[dict]:
+    """Copy the groups, give each one without its own ``lr`` the default, and refuse empty input."""
+    groups = []
+    for g in params_groups:
+        g = dict(g)
+        g["params"] = list(g["params"])
+        if g.get("lr") is None:
+            g["lr"] = lr
+        groups.append(g)
+    if not any(len(g["params"]) for g in groups):
+        raise ConfigError("optimizer: there are no trainable parameters (is the LoRA injected into anything?)")
+    return groups
+
+
+def build_optimizer(params_groups: list[dict], name: str, lr: float, weight_decay: float,
+                    betas: Sequence[float], eps: float) -> torch.optim.Optimizer:
+    """Create the optimizer for ``params_groups`` (dicts with ``params`` and optionally ``lr``).
+
+    adafactor runs with ``relative_step=False, scale_parameter=False, warmup_init=False`` so that
+    ``optimizer.lr`` and the schedule are honoured (its defaults would silently replace them); it has no
+    Adam betas/eps and ignores those two values.
+    """
+    groups = _groups_with_lr(params_groups, lr)
+    b1, b2 = (float(b) for b in betas)
+    if name == "adamw":
+        # fused kernels exist only for accelerators; foreach is the fast path on CPU.
+        on_cpu = any(p.device.type == "cpu" for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
+                                 fused=False if on_cpu else None)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise _missing(name, "bitsandbytes", "bnb") from e
+        return bnb.optim.AdamW8bit(groups, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
+    if name == "prodigy":
+        try:
+            from prodigyopt import Prodigy
+        except ImportError as e:
+            raise _missing(name, "prodigyopt", "prodigy") from e
+        if lr < 0.1:
+            log.warning("optimizer.lr = %g with prodigy: Prodigy estimates the step size itself and expects "
+                        "lr around 1.0; a small lr scales its estimate down", lr)
+        return Prodigy(groups, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, weight_decay=weight_decay, relative_step=False,
+                         scale_parameter=False, warmup_init=False)
+    raise ConfigError(f"optimizer.name: unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def lr_multiplier(name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+    """The schedule as a function step → lr multiplier (exposed for tests and for plotting a plan).
+
+    Warmup is linear, (step+1)/warmup for step < warmup, so the first step already learns and the last
+    warmup step runs at full lr. The decay runs over [warmup, total) with progress
+    p = (step − warmup)/(total − warmup); steps past the end are clamped to the last step
+    (total − 1), so the lr never reaches 0 and never turns negative or back up (cosine) when a run is resumed
+    with more steps than it was planned for.
+    """
+    if name not in SCHEDULERS:
+        raise ConfigError(f"optimizer.scheduler: unknown schedule {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    if total_steps < 1:
+        raise ConfigError(f"training.max_steps: must be >= 1, got {total_steps}")
+    if warmup_steps < 0:
+        raise ConfigError(f"optimizer.warmup_steps: must be >= 0, got {warmup_steps}")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ConfigError(f"optimizer.min_lr_ratio: must be in [0, 1], got {min_lr_ratio}")
+
+    def multiplier(step: int) -> float:
+        step = min(max(step, 0), total_steps - 1)
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if name == "constant":
+            return 1.0
+        if name == "linear":
+            return 1.0 - p
+        cos = 0.5 * (1.0 + math.cos(math.pi * p))
+        if name == "cosine":
+            return cos
+        return min_lr_ratio + (1.0 - min_lr_ratio) * cos
+
+    return multiplier
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int,
+                    min_lr_ratio: float = 0.0) -> LambdaLR:
+    """A ``LambdaLR`` following :func:`lr_multiplier` for every parameter group.
+
+    The multiplier is a plain function (not an object with state), so ``state_dict()`` holds only the step
+    counters; the schedule's shape always comes from the current config.
+    """
+    fn = lr_multiplier(name, warmup_steps, total_steps, min_lr_ratio)
+
+    def lr_lambda(step: int) -> float:
+        return fn(step)
+
+    return LambdaLR(optimizer, lr_lambda)
+
+
+def describe_optimizer(name: str, weight_decay: float, betas: Sequence[float], eps: float) -> str:
+    """The ``ss_optimizer`` string kohya writes: the class path and its non-lr arguments."""
+    paths: dict[str, str] = {
+        "adamw": "torch.optim.adamw.AdamW",
+        "adamw8bit": "bitsandbytes.optim.adamw.AdamW8bit",
+        "prodigy": "prodigyopt.prodigy.Prodigy",
+        "adafactor": "transformers.optimization.Adafactor",
+    }
+    args: dict[str, Any] = {"weight_decay": weight_decay}
+    if name == "adafactor":
+        args.update(relative_step=False, scale_parameter=False, warmup_init=False)
+    else:
+        args.update(betas=tuple(float(b) for b in betas), eps=eps)
+    return f"{paths.get(name, name)}({','.join(f'{k}={v}' for k, v in args.items())})"

@@ -1,0 +1,655 @@
+"""lorakit.config.load: TOML loading, merge order, overrides, validation messages, dump/load round trip."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from lorakit.config.load import (
+    cfg_notes,
+    config_to_dict,
+    dump_toml,
+    explicit_keys,
+    field_specs,
+    list_presets,
+    load_config,
+    parse_indices,
+    parse_override,
+)
+from lorakit.config.schema import Config, SECTIONS
+from lorakit.errors import ConfigError
+
+BASE = """
+[model]
+family = "sdxl"
+checkpoint = "/models/sdxl.safetensors"
+[data]
+dir = "/data/ohwx"
+"""
+FLUX_BASE = BASE.replace('"sdxl"', '"flux1"')
+
+
+def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def load_text(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> Config:
+    return load_config(write(tmp_path, text), overrides)
+
+
+def err(tmp_path: Path, text: str, overrides: tuple[str, ...] = ()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text, overrides)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------------------------- basics
+
+
+def test_minimal_file_gives_typed_config_with_schema_defaults(tmp_path):
+    cfg = load_text(tmp_path, BASE)
+    assert isinstance(cfg, Config)
+    assert cfg.model.family == "sdxl"
+    assert cfg.model.checkpoint == "/models/sdxl.safetensors"
+    assert cfg.network.rank == 32 and cfg.network.alpha == 16.0
+    assert cfg.optimizer.name == "adamw8bit" and cfg.optimizer.betas == [0.9, 0.999]
+    assert cfg.data.resolution == 1024
+    assert cfg.preset is None
+    assert cfg_notes(cfg) == []
+
+
+def test_values_are_coerced_to_field_types(tmp_path):
+    cfg = load_text(tmp_path, BASE + "[network]\nalpha = 8\nrank = 16.0\n[optimizer]\nlr = 2e-4\n")
+    assert cfg.network.alpha == 8.0 and type(cfg.network.alpha) is float
+    assert cfg.network.rank == 16 and type(cfg.network.rank) is int
+    assert cfg.optimizer.lr == pytest.approx(2e-4)
+
+
+def test_design_contract_example_loads(tmp_path):
+    text = """
+[model]
+family = "sdxl"
+checkpoint = "models/sd_xl_base_1.0.safetensors"
+[data]
+dir = "datasets/ohwx"
+resolution = 1024
+[network]
+rank = 32
+alpha = 16
+[optimizer]
+name = "adamw8bit"
+lr = 1e-4
+[training]
+max_steps = 1500
+batch_size = 1
+seed = 42
+[save]
+dir = "output"
+name = "ohwx"
+format = "kohya"
+every_n_steps = 500
+"""
+    cfg = load_text(tmp_path, text)
+    assert cfg.save.name == "ohwx" and cfg.training.max_steps == 1500
+    assert cfg.save.dir == str(tmp_path / "output")
+
+
+# ---------------------------------------------------------------------------------- type errors
+
+
+@pytest.mark.parametrize(
+    "snippet, message",
+    [
+        ('[network]\nrank = "abc"', r'^network\.rank: must be an integer ≥ 1, got "abc"$'),
+        ("[network]\nrank = 0", r"^network\.rank: must be an integer ≥ 1, got 0$"),
+        ("[network]\nrank = true", r"^network\.rank: must be an integer ≥ 1, got true$"),
+        ("[network]\nrank = 1.5", r"^network\.rank: must be an integer ≥ 1, got 1\.5$"),
+        ("[network]\nalpha = 0", r"^network\.alpha: must be a number > 0, got 0$"),
+        ('[network]\nalpha = "16"', r'^network\.alpha: must be a number > 0, got "16"$'),
+        ("[network]\ndropout = 1.0", r"^network\.dropout: must be a number ≥ 0 and < 1, got 1\.0$"),
+        ("[data]\ncaption_dropout_rate = 1.5", r"^data\.caption_dropout_rate: must be a number ≥ 0 and ≤ 1"),
+        ("[optimizer]\nlr = nan", r"^optimizer\.lr: must be a number > 0, got nan$"),
+        ("[optimizer]\nlr = inf", r"^optimizer\.lr: must be a number > 0, got inf$"),
+        ("[memory]\ngradient_checkpointing = 1", r"^memory\.gradient_checkpointing: must be true or false, got 1$"),
+        ('[memory]\ngradient_checkpointing = "yes"', r"^memory\.gradient_checkpointing: must be true or false"),
+        ("[save]\nname = 3", r"^save\.name: must be a string, got 3$"),
+        ("[save]\nname = [1]", r"^save\.name: must be a string, got \[1\]$"),
+        ('[save]\nname = "a/b"', r"^save\.name: must be a plain file name"),
+        ("[optimizer]\nbetas = [0.9]", r"^optimizer\.betas: must be a list of two numbers ≥ 0 and < 1"),
+        ("[optimizer]\nbetas = [0.9, 1.0]", r"^optimizer\.betas: must be a list of two numbers"),
+        ('[sample]\nprompts = "a cat"', r'^sample\.prompts: must be a list of strings, got "a cat"$'),
+        ("[sample]\nprompts = [1, 2]", r"^sample\.prompts: must be a list of strings, got \[1, 2\]$"),
+        ("[training]\nmax_steps = 2024-01-01", r"^training\.max_steps: must be an integer ≥ 1, got a date$"),
+        ("[training]\nseed = -1", r"^training\.seed: must be an integer ≥ 0, got -1$"),
+        ('[training]\ndevice = "gpu"', r'^training\.device: must be auto, cpu, cuda or cuda:N, got "gpu"$'),
+        ('[data]\ncaption_extension = "txt"', r'^data\.caption_extension: must start with a dot'),
+        ('[model]\ncheckpoint = ""', r"^model\.checkpoint: must be a path, got an empty string"),
+        ("[model]\ncheckpoint = 3", r"^model\.checkpoint: must be a path \(string\), got 3$"),
+    ],
+)
+def test_type_and_bound_errors_name_the_key_the_rule_and_the_value(tmp_path, snippet, message):
+    section, body = snippet.split("\n", 1)
+    # merge the snippet into BASE's table of the same name, or append it as a new table
+    key = body.split("=")[0].strip()
+    base = "\n".join(line for line in BASE.splitlines() if not line.startswith(key + " ="))
+    text = base.replace(section, section + "\n" + body) if section in base else base + "\n" + snippet + "\n"
+    msg = err(tmp_path, text)
+    assert re.search(message, msg), msg
+
+
+def test_choices_error_lists_the_allowed_values_and_suggests(tmp_path):
+    msg = err(tmp_path, BASE + '[optimizer]\nname = "adam"\n')
+    assert msg.startswith('optimizer.name: must be one of adamw, adamw8bit, prodigy, adafactor, got "adam"')
+    assert "did you mean adamw?" in msg
+    msg = err(tmp_path, BASE + '[optimizer]\nname = "AdamW8bit"\n')
+    assert "did you mean adamw8bit?" in msg
+
+
+def test_family_must_be_known(tmp_path):
+    msg = err(tmp_path, BASE.replace('"sdxl"', '"sd15"'))
+    assert msg.startswith('model.family: must be one of sdxl, flux1, got "sd15"')
+
+
+# ------------------------------------------------------------------------------ kinds
+
+
+def test_resolution_accepts_int_or_pair(tmp_path):
+    assert load_text(tmp_path, BASE.replace("[data]", "[data]\nresolution = 768")).data.resolution == 768
+    cfg = load_text(tmp_path, BASE.replace("[data]", "[data]\nresolution = [832, 1216]"))
+    assert cfg.data.resolution == [832, 1216]
+    for bad in ("[832]", "[832, true]", '"1024"', "32", "[1024, 1024, 3]", "1024.5"):
+        msg = err(tmp_path, BASE.replace("[data]", f"[data]\nresolution = {bad}"))
+        assert msg.startswith("data.resolution: must be an integer ≥ 64 (square side) or [width, height]"), msg
+
+
+def test_indices_syntax(tmp_path):
+    cfg = load_text(tmp_path, FLUX_BASE + '[network]\ndouble_block_indices = "0, 2-5"\nsingle_block_indices = "7"\n')
+    assert cfg.network.double_block_indices == "0, 2-5"
+    assert parse_indices(cfg.network.double_block_indices) == [0, 2, 3, 4, 5]
+    for bad in ('"0,,2"', '"a-b"', '"-1"', "3", '"1-"', '""'):
+        msg = err(tmp_path, FLUX_BASE + f"[network]\ndouble_block_indices = {bad}\n")
+        assert msg.startswith('network.double_block_indices: must be a block-index list such as "0,2-5"'), msg
+    msg = err(tmp_path, FLUX_BASE + '[network]\nsingle_block_indices = "5-2"\n')
+    assert msg.startswith("network.single_block_indices: range 5-2 runs backwards")
+
+
+def test_table_kind(tmp_path):
+    cfg = load_text(tmp_path, FLUX_BASE + "[network]\nmodule_ranks = { img_attn = 32, single_mod = 0 }\n")
+    assert cfg.network.module_ranks == {"img_attn": 32, "single_mod": 0}
+    msg = err(tmp_path, FLUX_BASE + "[network]\nmodule_ranks = { img_attn = -1 }\n")
+    assert msg == "network.module_ranks.img_attn: must be an integer ≥ 0, got -1"
+    msg = err(tmp_path, FLUX_BASE + "[network]\nmodule_ranks = { img_atn = 4 }\n")
+    assert msg == "network.module_ranks.img_atn: unknown name; did you mean network.module_ranks.img_attn?"
+    msg = err(tmp_path, FLUX_BASE + "[network]\nmodule_ranks = 4\n")
+    assert msg.startswith("network.module_ranks: must be a table")
+
+
+# ---------------------------------------------------------------------------- unknown names
+
+
+def test_unknown_key_suggests_the_close_one(tmp_path):
+    msg = err(tmp_path, BASE + "[network]\nrnak = 16\n")
+    assert msg == "network.rnak: unknown key; did you mean network.rank?"
+
+
+def test_key_in_wrong_section_points_to_the_right_one(tmp_path):
+    msg = err(tmp_path, BASE + "[training]\nrank = 16\n")
+    assert msg == "training.rank: unknown key; did you mean network.rank?"
+    msg = err(tmp_path, "rank = 16\n" + BASE)
+    assert msg.startswith("rank: not a section; did you mean network.rank")
+
+
+def test_unknown_key_without_suggestion_lists_the_keys(tmp_path):
+    msg = err(tmp_path, BASE + "[log]\nzzzzzz = 1\n")
+    assert msg == "log.zzzzzz: unknown key in [log]; keys are every_n_steps, tensorboard, progress"
+
+
+def test_unknown_section(tmp_path):
+    assert err(tmp_path, BASE + "[netwrok]\nrank = 1\n") == "netwrok: unknown section; did you mean network?"
+    msg = err(tmp_path, BASE + "[qqq]\n")
+    assert msg.startswith("qqq: unknown section; sections are model, data, network")
+
+
+def test_odd_key_names_are_quoted_on_one_line(tmp_path):
+    msg = err(tmp_path, BASE + '[network]\n"a\\nb" = 1\n')
+    assert msg.startswith('network."a\\nb": unknown key') and "\n" not in msg
+
+
+def test_section_must_be_a_table(tmp_path):
+    assert err(tmp_path, 'network = 3\n' + BASE) == "network: must be a table ([network]), got 3"
+
+
+# ------------------------------------------------------------------------------- required
+
+
+def test_required_fields(tmp_path):
+    msg = err(tmp_path, '[model]\nfamily = "sdxl"\n[data]\ndir = "/d"\n')
+    assert msg.startswith("model.checkpoint: required (Base model:")
+    assert err(tmp_path, '[model]\ncheckpoint = "/c"\n').startswith("model.family: required")
+    msg = err(tmp_path, '[model]\nfamily = "sdxl"\ncheckpoint = "/c"\n')
+    assert msg.startswith("data.dir: required (or data.config)")
+
+
+def test_dir_and_config_are_exclusive(tmp_path):
+    msg = err(tmp_path, BASE.replace("[data]", '[data]\nconfig = "/ds.toml"'))
+    assert msg == "data.config: set either data.dir or data.config, not both"
+    cfg = load_text(tmp_path, BASE.replace('dir = "/data/ohwx"', 'config = "ds.toml"'))
+    assert cfg.data.config == str(tmp_path / "ds.toml") and cfg.data.dir is None
+
+
+# -------------------------------------------------------------------------------- families
+
+
+def test_flux_only_field_on_sdxl_is_rejected(tmp_path):
+    msg = err(tmp_path, BASE + "[training]\nguidance_scale = 3.5\n")
+    assert msg == "training.guidance_scale: applies only to flux1, not sdxl; remove it"
+
+
+def test_sdxl_only_field_on_flux_is_rejected(tmp_path):
+    msg = err(tmp_path, FLUX_BASE + "[training]\nmin_snr_gamma = 5.0\n")
+    assert msg == "training.min_snr_gamma: applies only to sdxl, not flux1; remove it"
+    msg = err(tmp_path, FLUX_BASE + "[network]\nconv_rank = 8\n")
+    assert msg == "network.conv_rank: applies only to sdxl, not flux1; remove it"
+
+
+def test_family_field_at_its_default_is_accepted(tmp_path):
+    cfg = load_text(tmp_path, BASE + "[training]\nguidance_scale = 1\n")
+    assert cfg.training.guidance_scale == 1.0
+    cfg = load_text(tmp_path, FLUX_BASE.replace("[model]", '[model]\nclip_l = "/c.safetensors"\nvariant = "dev"'))
+    assert cfg.model.clip_l == "/c.safetensors"
+    msg = err(tmp_path, BASE.replace("[model]", '[model]\nclip_l = "/c.safetensors"'))
+    assert msg == "model.clip_l: applies only to flux1, not sdxl; remove it"
+
+
+# ---------------------------------------------------------------------------- cross-field
+
+
+def test_timestep_range(tmp_path):
+    msg = err(tmp_path, BASE + "[training]\nmin_timestep = 500\nmax_timestep = 500\n")
+    assert msg == "training.min_timestep: must be < training.max_timestep (500), got 500"
+    assert load_text(tmp_path, BASE + "[training]\nmin_timestep = 499\nmax_timestep = 500\n").training.min_timestep == 499
+
+
+def test_bucket_range_and_steps(tmp_path):
+    msg = err(tmp_path, BASE.replace("[data]", "[data]\nmin_bucket_reso = 1024\nmax_bucket_reso = 512"))
+    assert msg == "data.min_bucket_reso: must be ≤ data.max_bucket_reso (512), got 1024"
+    assert load_text(tmp_path, BASE.replace("[data]", "[data]\nmin_bucket_reso = 512\nmax_bucket_reso = 512"))
+    msg = err(tmp_path, BASE.replace("[data]", "[data]\nbucket_reso_steps = 48"))
+    assert msg.startswith("data.bucket_reso_steps: must be a multiple of 32 for sdxl (")
+    assert msg.endswith("got 48")
+    msg = err(tmp_path, FLUX_BASE.replace("[data]", "[data]\nbucket_reso_steps = 16"))
+    assert msg.startswith("data.bucket_reso_steps: must be a multiple of 32 for flux1")
+    assert load_text(tmp_path, BASE.replace("[data]", "[data]\nbucket_reso_steps = 32")).data.bucket_reso_steps == 32
+
+
+@pytest.mark.parametrize("option", ["data.shuffle_caption=true", "data.caption_dropout_rate=0.1",
+                                    "data.caption_tag_dropout_rate=0.05", "network.train_text_encoder=true"])
+def test_te_cache_defaulted_is_turned_off_with_a_note(tmp_path, option):
+    cfg = load_text(tmp_path, BASE, (option,))
+    assert cfg.memory.cache_text_encoder_outputs is False
+    notes = cfg_notes(cfg)
+    assert len(notes) == 1 and notes[0].startswith("memory.cache_text_encoder_outputs: turned off because")
+    assert option.split("=")[0] in notes[0]
+
+
+@pytest.mark.parametrize("where", ["file", "override"])
+def test_te_cache_explicitly_true_with_shuffle_is_an_error(tmp_path, where):
+    if where == "file":
+        text = BASE.replace("[data]", "[data]\nshuffle_caption = true") + "[memory]\ncache_text_encoder_outputs = true\n"
+        overrides: tuple[str, ...] = ()
+    else:
+        text, overrides = BASE, ("data.shuffle_caption=true", "memory.cache_text_encoder_outputs=true")
+    msg = err(tmp_path, text, overrides)
+    assert msg.startswith("memory.cache_text_encoder_outputs: cannot be true: data.shuffle_caption makes")
+    assert msg.endswith("set it to false")
+
+
+def test_te_cache_from_preset_is_not_explicit(tmp_path):
+    # sdxl/character sets cache_text_encoder_outputs = true; the user only turns shuffle on
+    cfg = load_text(tmp_path, 'preset = "sdxl/character"\n' + BASE, ("data.shuffle_caption=true",))
+    assert cfg.memory.cache_text_encoder_outputs is False and cfg_notes(cfg)
+    assert "memory.cache_text_encoder_outputs" not in explicit_keys(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("network.text_encoder_lr=1e-5",), "network.text_encoder_lr: only has an effect with network.train_text_encoder = true"),
+        (("network.conv_alpha=4",), "network.conv_alpha: only has an effect with network.conv_rank > 0"),
+        (("optimizer.min_lr_ratio=0.2",), 'optimizer.min_lr_ratio: only has an effect with optimizer.scheduler = "cosine_with_min_lr"'),
+        (("training.huber_c=0.3",), 'training.huber_c: only has an effect with training.loss = "huber"'),
+        (("data.prior_loss_weight=0.5",), "data.prior_loss_weight: only has an effect with data.reg_dir"),
+    ],
+)
+def test_settings_that_would_do_nothing_are_rejected(tmp_path, overrides, message):
+    assert err(tmp_path, BASE, overrides).startswith(message)
+
+
+def test_settings_with_their_partner_are_accepted(tmp_path):
+    cfg = load_text(tmp_path, BASE, ("network.train_text_encoder=true", "network.text_encoder_lr=1e-5",
+                                     "network.conv_rank=8", "network.conv_alpha=4", "training.loss=huber",
+                                     "training.huber_c=0.3", "optimizer.scheduler=cosine_with_min_lr",
+                                     "optimizer.min_lr_ratio=0.2"))
+    assert cfg.network.text_encoder_lr == 1e-5 and cfg.network.conv_alpha == 4.0 and cfg.training.huber_c == 0.3
+    msg = err(tmp_path, FLUX_BASE, ("training.discrete_flow_shift=2.0",))
+    assert msg.startswith('training.discrete_flow_shift: only has an effect with training.timestep_sampling = "shift"')
+    cfg = load_text(tmp_path, FLUX_BASE, ("training.timestep_sampling=shift", "training.discrete_flow_shift=2.0"))
+    assert cfg.training.discrete_flow_shift == 2.0
+
+
+def test_fused_backward_with_accumulation(tmp_path):
+    msg = err(tmp_path, BASE, ("memory.fused_backward=true", "training.gradient_accumulation=4"))
+    assert msg.startswith("memory.fused_backward: cannot be used with training.gradient_accumulation > 1")
+
+
+# ------------------------------------------------------------------------------- overrides
+
+
+def test_override_parsing():
+    assert parse_override("network.rank=16") == (["network", "rank"], 16)
+    assert parse_override("save.name=ohwx") == (["save", "name"], "ohwx")
+    assert parse_override("save.name=1234") == (["save", "name"], "1234")
+    assert parse_override('save.name="a b"') == (["save", "name"], "a b")
+    assert parse_override('sample.prompts=["a","b"]') == (["sample", "prompts"], ["a", "b"])
+    assert parse_override("model.checkpoint=/x/y.safetensors") == (["model", "checkpoint"], "/x/y.safetensors")
+    assert parse_override("optimizer.lr=1e-4") == (["optimizer", "lr"], 1e-4)
+    assert parse_override("memory.fp8_base=true") == (["memory", "fp8_base"], True)
+    assert parse_override("network.module_ranks.img_attn=8") == (["network", "module_ranks", "img_attn"], 8)
+    assert parse_override("preset=sdxl/style") == (["preset"], "sdxl/style")
+    assert parse_override("network.rank = 16") == (["network", "rank"], 16)
+
+
+@pytest.mark.parametrize("bad", ["abc", "network=3", "a.b.c.d=1", ".rank=1", "=3", "network.=1"])
+def test_bad_override_syntax(tmp_path, bad):
+    msg = err(tmp_path, BASE, (bad,))
+    assert msg == f'override "{bad}": expected section.key=value'
+
+
+def test_overrides_validate_like_the_file(tmp_path):
+    assert err(tmp_path, BASE, ("network.rank=abc",)) == 'network.rank: must be an integer ≥ 1, got "abc"'
+    assert err(tmp_path, BASE, ("network.rnak=3",)) == "network.rnak: unknown key; did you mean network.rank?"
+    assert err(tmp_path, BASE, ("netwrk.rank=3",)) == "netwrk: unknown section; did you mean network?"
+    msg = err(tmp_path, BASE, ("network.rank.x=3",))
+    assert msg == 'override "network.rank.x=3": network.rank is not a table; use network.rank=value'
+
+
+def test_override_sets_table_entries_and_lists(tmp_path):
+    cfg = load_text(tmp_path, FLUX_BASE + "[network]\nmodule_ranks = { img_attn = 4 }\n",
+                    ("network.module_ranks.txt_attn=8", 'sample.prompts=["a cat", "a dog"]'))
+    assert cfg.network.module_ranks == {"img_attn": 4, "txt_attn": 8}
+    assert cfg.sample.prompts == ["a cat", "a dog"]
+
+
+def test_overrides_must_be_a_list(tmp_path):
+    with pytest.raises(ConfigError, match=r"^override "):
+        load_config(write(tmp_path, BASE), "network.rank=3")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------ merge order & presets
+
+
+def test_merge_order_preset_then_file_then_overrides(tmp_path):
+    text = 'preset = "sdxl/style"\n' + BASE + "[network]\nrank = 24\nalpha = 12\n[training]\nmax_steps = 900\n"
+    preset = tomllib.loads((Path(__file__).parents[2] / "lorakit/presets/sdxl/style.toml").read_text())
+    cfg = load_text(tmp_path, text, ("network.rank=8",))
+    assert cfg.preset == "sdxl/style"
+    assert cfg.network.rank == 8                     # override beats file and preset
+    assert cfg.network.alpha == 12.0                 # file beats preset
+    assert cfg.training.max_steps == 900
+    assert cfg.training.noise_offset == preset["training"]["noise_offset"]  # preset beats schema default
+    assert cfg.data.flip_aug is preset["data"]["flip_aug"] is True
+    assert explicit_keys(cfg) >= {"network.rank", "network.alpha", "training.max_steps", "data.dir"}
+    assert "training.noise_offset" not in explicit_keys(cfg)
+
+
+def test_preset_chosen_by_override(tmp_path):
+    cfg = load_text(tmp_path, 'preset = "sdxl/style"\n' + BASE, ("preset=sdxl/product",))
+    assert cfg.preset == "sdxl/product" and cfg.data.flip_aug is False
+
+
+def test_unknown_preset(tmp_path):
+    msg = err(tmp_path, 'preset = "sdxl/foo"\n' + BASE)
+    assert msg.startswith('preset: unknown preset "sdxl/foo"; available: ' + ", ".join(list_presets()))
+    assert err(tmp_path, 'preset = "../../etc/passwd"\n' + BASE).startswith('preset: unknown preset "../../etc/passwd"')
+    assert err(tmp_path, "preset = 3\n" + BASE).startswith('preset: must be a string like "sdxl/character", got 3')
+
+
+def test_preset_family_mismatch(tmp_path):
+    msg = err(tmp_path, 'preset = "sdxl/character"\n' + FLUX_BASE)
+    assert msg.startswith("model.family: preset sdxl/character is for sdxl, got flux1; use a flux1/... preset")
+
+
+# ------------------------------------------------------------------------------------ paths
+
+
+def test_relative_paths_resolve_against_the_file_folder(tmp_path):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    text = """
+[model]
+family = "sdxl"
+checkpoint = "../models/base.safetensors"
+vae = "~/vae.safetensors"
+[data]
+dir = "datasets/ohwx"
+[save]
+dir = "/abs/out"
+"""
+    cfg = load_config(write(sub, text))
+    assert cfg.model.checkpoint == os.path.normpath(str(tmp_path / "models/base.safetensors"))
+    assert cfg.model.vae == os.path.join(os.path.expanduser("~"), "vae.safetensors")
+    assert cfg.data.dir == str(sub / "datasets/ohwx")
+    assert cfg.save.dir == "/abs/out"
+
+
+def test_override_paths_resolve_against_cwd(tmp_path, monkeypatch):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cfg = load_config(write(sub, BASE), ["data.dir=imgs", "save.dir=out"])
+    assert cfg.data.dir == str(work / "imgs") and cfg.save.dir == str(work / "out")
+
+
+def test_hub_id_checkpoint_is_kept_unless_it_exists(tmp_path):
+    cfg = load_text(tmp_path, BASE.replace("/models/sdxl.safetensors", "stabilityai/stable-diffusion-xl-base-1.0"))
+    assert cfg.model.checkpoint == "stabilityai/stable-diffusion-xl-base-1.0"
+    (tmp_path / "models" / "base").mkdir(parents=True)
+    cfg = load_text(tmp_path, BASE.replace("/models/sdxl.safetensors", "models/base"))
+    assert cfg.model.checkpoint == str(tmp_path / "models/base")
+
+
+def test_data_dict_input_resolves_against_cwd_or_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = {"model": {"family": "sdxl", "checkpoint": "m.safetensors"}, "data": {"dir": "d", "trigger": None}}
+    cfg = load_config(data=data)
+    assert cfg.model.checkpoint == str(tmp_path / "m.safetensors") and cfg.data.trigger is None
+    assert data["model"]["checkpoint"] == "m.safetensors"  # the caller's dict is not modified
+    cfg = load_config(tmp_path / "x" / "run.toml", data=data)
+    assert cfg.data.dir == str(tmp_path / "x" / "d")
+
+
+# ------------------------------------------------------------------------------ file errors
+
+
+def test_invalid_toml_names_file_and_line(tmp_path):
+    p = write(tmp_path, '[model]\nfamily = "sdxl"\nrank = = 3\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{p}: invalid TOML:") and "line 3" in msg
+
+
+def test_missing_and_binary_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"nope\.toml: cannot read the config file"):
+        load_config(tmp_path / "nope.toml")
+    p = tmp_path / "bin.toml"
+    p.write_bytes(b"\xff\xfe\x00a = 1")
+    with pytest.raises(ConfigError, match=r"bin\.toml: not UTF-8 text"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"^config: data must be a table"):
+        load_config(data=[1, 2])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- round trip
+
+
+def test_dump_and_load_round_trip(tmp_path):
+    text = 'preset = "flux1/character"\n' + FLUX_BASE + """
+[network]
+module_ranks = { img_attn = 8, txt_mlp = 0 }
+double_block_indices = "0-3"
+[sample]
+prompts = ["ohwx woman, \\"quoted\\"", "tab\\there", "ünïcödé ✓"]
+negative_prompt = "line1\\nline2 \\\\ back"
+[optimizer]
+lr = 3.5e-05
+betas = [0.85, 0.99]
+"""
+    text = text.replace("[data]", '[data]\nresolution = [832, 1216]\ncaption_prefix = "a\\u0001b"')
+    cfg = load_text(tmp_path, text)
+    assert cfg.data.caption_prefix == "a\x01b" and cfg.sample.negative_prompt == "line1\nline2 \\ back"
+    dumped = dump_toml(cfg)
+    again = load_config(write(tmp_path, dumped, "dumped.toml"))
+    assert again == cfg
+    assert tomllib.loads(dumped) == config_to_dict(cfg)
+    assert dump_toml(again) == dumped
+
+
+def test_config_to_dict_drops_none_and_is_plain(tmp_path):
+    cfg = load_text(tmp_path, BASE)
+    d = config_to_dict(cfg)
+    assert set(d) == set(SECTIONS)
+    assert "vae" not in d["model"] and "config" not in d["data"]
+    assert d["network"]["rank"] == 32 and d["sample"]["prompts"] == []
+
+    def plain(v):
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return isinstance(v, (str, int, float, bool))
+
+    assert plain(d)
+
+
+def test_field_specs_cover_the_schema():
+    import dataclasses
+
+    from lorakit.config import schema
+
+    for section in SECTIONS:
+        cls = type(getattr(Config(), section))
+        assert list(field_specs()[section]) == [f.name for f in dataclasses.fields(cls)]
+        for spec in field_specs()[section].values():
+            assert spec.doc, spec.key
+    assert field_specs()["network"]["rank"].base is int
+    assert field_specs()["network"]["text_encoder_lr"].base is float
+    assert field_specs()["network"]["text_encoder_lr"].optional
+    assert schema.FAMILIES == ("sdxl", "flux1")
+
+
+# ------------------------------------------------------------------------------ JSON schema
+
+
+def _validate(value, schema) -> list[str]:
+    """A small, independent validator for the JSON Schema subset json_schema() uses."""
+    errors: list[str] = []
+    types = {"boolean": lambda v: isinstance(v, bool), "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+             "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+             "string": lambda v: isinstance(v, str), "array": lambda v: isinstance(v, list),
+             "object": lambda v: isinstance(v, dict)}
+    if "type" in schema:
+        allowed = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(types[t](value) for t in allowed):
+            return [f"type {type(value).__name__} not in {allowed}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append("enum")
+    for key, ok in (("minimum", lambda v, b: v >= b), ("exclusiveMinimum", lambda v, b: v > b),
+                    ("maximum", lambda v, b: v <= b), ("exclusiveMaximum", lambda v, b: v < b)):
+        if key in schema and isinstance(value, (int, float)) and not ok(value, schema[key]):
+            errors.append(key)
+    if "pattern" in schema and isinstance(value, str) and not re.search(schema["pattern"], value):
+        errors.append("pattern")
+    if "minLength" in schema and isinstance(value, str) and len(value) < schema["minLength"]:
+        errors.append("minLength")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", 10**9):
+            errors.append("items count")
+        for item in value:
+            errors += _validate(item, schema.get("items", {}))
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for k, v in value.items():
+            if k in props:
+                errors += [f"{k}: {e}" for e in _validate(v, props[k])]
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{k}: not allowed")
+            elif isinstance(schema.get("additionalProperties"), dict):
+                errors += _validate(v, schema["additionalProperties"])
+            if "propertyNames" in schema:
+                errors += _validate(k, schema["propertyNames"])
+        errors += [f"{k}: required" for k in schema.get("required", []) if k not in value]
+    if "oneOf" in schema and sum(not _validate(value, s) for s in schema["oneOf"]) != 1:
+        errors.append("oneOf")
+    if "not" in schema and not _validate(value, schema["not"]):
+        errors.append("not")
+    return errors
+
+
+def test_json_schema_covers_every_field_with_a_description():
+    import json
+
+    from lorakit.config.jsonschema import json_schema
+
+    schema = json_schema()
+    json.dumps(schema)  # serialisable for the web UI
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["properties"]["preset"]["enum"] == list_presets()
+    for section in SECTIONS:
+        sec = schema["properties"][section]
+        assert sec["description"] and sec["additionalProperties"] is False
+        assert list(sec["properties"]) == list(field_specs()[section])
+        for name, spec in field_specs()[section].items():
+            prop = sec["properties"][name]
+            assert prop["description"] == spec.doc and prop["description"], spec.key
+            if "choices" in spec.meta:
+                assert prop["enum"] == list(spec.meta["choices"])
+            if spec.meta.get("families"):
+                assert prop["x-families"] == list(spec.meta["families"])
+            for meta_key, js_key in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum"),
+                                     ("lt", "exclusiveMaximum")):
+                if meta_key in spec.meta:
+                    assert prop[js_key] == spec.meta[meta_key], spec.key
+            # the default satisfies the field's own constraints
+            if spec.default is not None:
+                assert prop["default"] == spec.default
+                assert _validate(spec.default, prop) == [], spec.key
+    assert schema["properties"]["model"]["required"] == ["family", "checkpoint"]
+
+
+def test_json_schema_agrees_with_the_loader(tmp_path):
+    from lorakit.config.jsonschema import json_schema
+
+    schema = json_schema()
+    cfg = load_text(tmp_path, 'preset = "flux1/character"\n' + FLUX_BASE,
+                    ("network.module_ranks.img_attn=8", "network.double_block_indices=0-3"))
+    assert _validate(config_to_dict(cfg), schema) == []
+    # values the loader rejects, the schema rejects too
+    for override, section, bad in (("network.rank=0", "network", {"rank": 0}),
+                                   ("optimizer.name=adam", "optimizer", {"name": "adam"}),
+                                   ("network.dropout=1.0", "network", {"dropout": 1.0}),
+                                   ("data.resolution=[1,2,3]", "data", {"resolution": [1, 2, 3], "dir": "/d"}),
+                                   ("network.double_block_indices=x", "network", {"double_block_indices": "x"})):
+        with pytest.raises(ConfigError):
+            load_text(tmp_path, FLUX_BASE, (override,))
+        assert _validate(bad, schema["properties"][section]) != [], override
+    assert _validate({"dir": "/a", "config": "/b"}, schema["properties"]["data"]) == ["oneOf"]
+    assert _validate({}, schema["properties"]["data"]) == ["oneOf"]
