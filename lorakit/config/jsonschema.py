@@ -8,14 +8,15 @@ The web UI builds its forms from this, so it must say everything a form needs: t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from lorakit.config.load import _LIST_RULES, _TABLE_KEYS, FieldSpec, field_specs, list_presets, section_doc
+from lorakit.config.load import _INDICES_RE, _LIST_RULES, _TABLE_KEYS, FieldSpec, field_specs, list_presets, section_doc
 from lorakit.config.schema import SECTIONS, Config
 
 _SCALAR = {bool: "boolean", int: "integer", float: "number", str: "string"}
 _BOUND_KEYS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
-INDICES_PATTERN = r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$"
+INDICES_PATTERN = _INDICES_RE.pattern
 
 
 def _bounds(spec: FieldSpec) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def section_schema(section: str) -> dict[str, Any]:
 
 def json_schema() -> dict[str, Any]:
     """The whole Config as a JSON Schema document."""
-    top_docs = {name: spec for name, spec in _top_fields().items()}
+    top_docs = _top_fields()
     props: dict[str, Any] = {
         "preset": {"type": "string", "enum": list_presets(), "description": top_docs["preset"]},
     }
@@ -109,6 +110,4 @@ def json_schema() -> dict[str, Any]:
 
 
 def _top_fields() -> dict[str, str]:
-    import dataclasses
-
     return {f.name: str(f.metadata.get("doc", "")) for f in dataclasses.fields(Config)}

@@ -308,6 +308,9 @@ def _unknown_top_level(name: Any) -> ConfigError:
     specs = field_specs()
     text = str(name)
     owners = [s for s in SECTIONS if text in specs[s]]
+    kohya = _kohya_name(text)
+    if kohya:
+        return _err(_seg(text), f"not a section; kohya's {text} is {kohya} in lorakit (under [{kohya.split('.')[0]}])")
     if owners:
         return _err(_seg(text), f"not a section; did you mean {owners[0]}.{text} (under [{owners[0]}])?")
     hint = _suggest(text, list(SECTIONS) + ["preset"])
@@ -318,6 +321,9 @@ def _unknown_top_level(name: Any) -> ConfigError:
 def _unknown_key(section: str, key: Any) -> ConfigError:
     specs = field_specs()
     text = str(key)
+    kohya = _kohya_name(text)
+    if kohya:
+        return _err(f"{section}.{_seg(text)}", f"unknown key; kohya's {text} is {kohya} in lorakit")
     hint = _suggest(text, list(specs[section]))
     if hint:
         return _err(f"{section}.{_seg(text)}", f"unknown key; did you mean {section}.{hint}?")
@@ -325,6 +331,14 @@ def _unknown_key(section: str, key: Any) -> ConfigError:
     if owners:
         return _err(f"{section}.{_seg(text)}", f"unknown key; did you mean {owners[0]}.{text}?")
     return _err(f"{section}.{_seg(text)}", f"unknown key in [{section}]; keys are {', '.join(specs[section])}")
+
+
+def _kohya_name(name: str) -> str | None:
+    """The lorakit key of a kohya option name that differs from lorakit's (for friendlier errors)."""
+    from lorakit.config.kohya_import import KOHYA_KEYS  # late: kohya_import imports this module
+
+    target = KOHYA_KEYS.get(name)
+    return target[0] if target and target[0].split(".")[1] != name else None
 
 
 def _resolve_paths(layer: dict[str, Any], base: Path) -> None:
@@ -689,7 +703,7 @@ def _value(cfg: Config, key: str) -> Any:
 
 def _check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
     """Rules that involve more than one field (after the family rules, so messages stay specific)."""
-    d, t, m, n = cfg.data, cfg.training, cfg.memory, cfg.network
+    d, t, m = cfg.data, cfg.training, cfg.memory
     if d.dir is not None and d.config is not None:
         raise _err("data.config", "set either data.dir or data.config, not both")
     if d.dir is None and d.config is None:

@@ -25,8 +25,6 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 if TYPE_CHECKING:  # pragma: no cover
     from lorakit.data.scan import ImageItem
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half-grey training data
-
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"} | ({".avif"} if features.check("avif") else set()))
 """Extensions the scan trains on (kohya's list, plus .gif: first frame; .avif when Pillow has it)."""
@@ -86,6 +84,10 @@ def _open_checked(path: Path) -> Image.Image:
 
 
 def _full_load(im: Image.Image) -> None:
+    """Decode every pixel; a truncated file is an error, never half-grey training data."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone flipped Pillow's global switch: refuse to hide truncation
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; lorakit needs it False to detect "
+                           "truncated images")
     try:
         im.load()
     except (OSError, SyntaxError, ValueError) as e:

@@ -84,7 +84,7 @@ class DataReport:
 
     def to_table(self, batch_size: int = 1) -> str:
         """A fixed-width text table for the terminal (problem paths relative to the dataset's parent folder)."""
-        base = _common_parent([s.dir for s in self.subsets] + [p.file for p in self.problems])
+        base = _common_dir([os.path.dirname(os.path.abspath(s.dir)) for s in self.subsets])
         lines = [f"{'subset':<40} {'kind':<5} {'images':>6} {'repeats':>7} {'samples':>7}"]
         for s in self.subsets:
             lines.append(f"{_clip(Path(s.dir).name, 40):<40} {'reg' if s.is_reg else 'train':<5} "
@@ -107,15 +107,19 @@ class DataReport:
         return json.dumps(self.to_json(batch_size), indent=2)
 
 
-def _common_parent(paths: list[str]) -> str | None:
+def _common_dir(paths: list[str]) -> str | None:
     try:
-        return os.path.dirname(os.path.commonpath([os.path.abspath(p) for p in paths])) if paths else None
+        return os.path.commonpath(paths) if paths else None
     except ValueError:  # different drives
         return None
 
 
 def _rel(path: str, base: str | None) -> str:
-    return os.path.relpath(os.path.abspath(path), base) if base else path
+    """`path` relative to the dataset root when it lies inside it, else unchanged."""
+    full = os.path.abspath(path)
+    if base and full != base and full.startswith(base.rstrip(os.sep) + os.sep):
+        return os.path.relpath(full, base)
+    return path
 
 
 def _clip(text: str, width: int) -> str:

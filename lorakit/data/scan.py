@@ -200,6 +200,10 @@ def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[
     if extension_mismatch(path, info.format):
         _warn(ctx, path, f"content is {info.format} but the extension is {path.suffix}; used as {info.format}")
     pl = place(info.size, settings, ctx.bucket_lists[spec.group])
+    if min(pl.bucket) < settings.step:  # only with bucket_no_upscale: a side shrinks below one step
+        _warn(ctx, path, f"too small to train: {w}x{h} scaled to the training area has a side under "
+              f"{settings.step} px", "skipped")
+        return None
     if not settings.no_upscale and w * h < TOO_SMALL_AREA_FRACTION * settings.area:
         pct = 100 * w * h / settings.area
         _warn(ctx, path, f"too small: {w}x{h} is {pct:.0f}% of the training area "
@@ -263,11 +267,19 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
     fallback = f"class tokens '{spec.class_tokens}' used" if spec.class_tokens else "empty captions used"
     if missing and len(missing) == len(items) and len(items) > 1:
         _warn(ctx, spec.dir, f"no caption files ({spec.caption_extension}) for any of the {len(items)} images: "
-              f"{fallback}")
+              f"{fallback}{_other_extension_hint(missing, spec.caption_extension)}")
     else:
         for p in missing:
             _warn(ctx, p, f"missing caption ({p.stem}{spec.caption_extension}): {fallback}")
     return items
+
+
+def _other_extension_hint(images: list[Path], extension: str) -> str:
+    """Suggest the caption extension actually present (kohya's default is .caption, lorakit's .txt)."""
+    for other in (".txt", ".caption", ".cap"):
+        if other != extension and any((p.parent / (p.stem + other)).is_file() for p in images):
+            return f"; {other} files exist: set data.caption_extension = \"{other}\""
+    return ""
 
 
 def balance_reg(items: list[ImageItem], problems: list[Problem], subsets: list[SubsetSpec]) -> list[ImageItem]:

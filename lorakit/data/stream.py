@@ -98,5 +98,8 @@ class BatchStream:
         if "seed" in state and state["seed"] != self.seed:
             raise ValueError(f"resume: the data stream was saved with seed {state['seed']}, this run uses "
                              f"{self.seed}; set training.seed = {state['seed']} to resume exactly")
+        if "batch_size" in state and state["batch_size"] != self.batch_size:
+            raise ValueError(f"resume: the data stream was saved with batch size {state['batch_size']}, this run "
+                             f"uses {self.batch_size}; set training.batch_size = {state['batch_size']} to resume")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

@@ -41,6 +41,21 @@ DTYPE_SIZES: dict[str, int] = {
 # ------------------------------------------------------------------------------------------------ write
 
 
+def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, and no two entries sharing storage (safetensors refuses shared tensors, which
+    exporters easily produce with views, e.g. one down matrix reused for split q/k/v)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        t = v.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if t.numel() and ptr in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
     try:
@@ -70,7 +85,7 @@ def save_safetensors_atomic(path: PathLike, tensors: dict[str, torch.Tensor], me
         raise LorakitError(f"{path}: already exists; choose another save.name or move the file away")
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    prepared = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    prepared = _prepare(tensors)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
@@ -209,7 +224,7 @@ def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     uses), so the hashes match kohya's for the same tensors and ss_* metadata.
     """
     ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
-    prepared = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    prepared = _prepare(tensors)
     blob = safetensors.torch.save(prepared, metadata=ss_only)
     (n,) = struct.unpack("<Q", blob[:8])
     model_hash = hashlib.sha256(blob[8 + n:]).hexdigest()

@@ -62,7 +62,7 @@ class Plan:
 
 
 PLANS = {
-    "full": Plan(n_vae_images=2400, vae_steps=1500, vae_batch=16, n_images=4000, steps=5000, batch=32),
+    "full": Plan(n_vae_images=2400, vae_steps=1000, vae_batch=16, n_images=4000, steps=3500, batch=32),
     "quick": Plan(n_vae_images=32, vae_steps=3, vae_batch=4, n_images=32, steps=3, batch=4),
 }
 
@@ -81,7 +81,7 @@ def _clip_config(hidden: int, layers: int, heads: int, projection: int, pad_id: 
 def _vae_config(latent_channels: int, flux: bool) -> dict[str, Any]:
     cfg = {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
            "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-           "block_out_channels": [16, 32, 64, 64], "layers_per_block": 1, "act_fn": "silu",
+           "block_out_channels": [8, 16, 32, 32], "layers_per_block": 1, "act_fn": "silu",
            "latent_channels": latent_channels, "norm_num_groups": 8, "sample_size": 64,
            "scaling_factor": 1.0, "force_upcast": True, "mid_block_add_attention": True}
     if flux:
@@ -92,16 +92,16 @@ def _vae_config(latent_channels: int, flux: bool) -> dict[str, Any]:
 
 
 def sdxl_configs() -> dict[str, dict[str, Any]]:
-    """Tiny SDXL: 2-level UNet with SDXL's text_time add-embedding; TE1 (32) and TE2 (48) differ in width."""
-    te1 = _clip_config(32, 2, 2, 32, 49407)
-    te2 = {**_clip_config(48, 2, 2, 32, 0), "architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu"}
+    """Tiny SDXL: 2-level UNet with SDXL's text_time add-embedding; TE1 (16) and TE2 (24) differ in width."""
+    te1 = _clip_config(16, 2, 2, 16, 49407)
+    te2 = {**_clip_config(24, 2, 2, 16, 0), "architectures": ["CLIPTextModelWithProjection"], "hidden_act": "gelu"}
     unet = {"_class_name": "UNet2DConditionModel", "sample_size": LATENT_RES, "in_channels": 4, "out_channels": 4,
-            "layers_per_block": 1, "block_out_channels": [64, 128],
+            "layers_per_block": 1, "block_out_channels": [32, 64],
             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
             "attention_head_dim": [4, 8], "use_linear_projection": True, "transformer_layers_per_block": [1, 1],
-            "norm_num_groups": 16, "cross_attention_dim": 32 + 48, "addition_embed_type": "text_time",
-            "addition_time_embed_dim": 16, "projection_class_embeddings_input_dim": 6 * 16 + 32,
+            "norm_num_groups": 16, "cross_attention_dim": 16 + 24, "addition_embed_type": "text_time",
+            "addition_time_embed_dim": 16, "projection_class_embeddings_input_dim": 6 * 16 + 16,
             "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "center_input_sample": False}
     return {"unet": unet, "vae": _vae_config(4, flux=False), "te1": te1, "te2": te2}
 
@@ -110,11 +110,11 @@ def flux1_configs() -> dict[str, dict[str, Any]]:
     """Tiny FLUX.1-dev: inner dim 64 (2 heads of 32), 2 double + 2 single blocks, guidance embedding."""
     transformer = {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": 64,
                    "out_channels": None, "num_layers": 2, "num_single_layers": 2, "attention_head_dim": 32,
-                   "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 32,
+                   "num_attention_heads": 2, "joint_attention_dim": 16, "pooled_projection_dim": 16,
                    "guidance_embeds": True, "axes_dims_rope": [8, 12, 12]}
-    clip_l = _clip_config(32, 2, 2, 32, 49407)
-    t5 = {"architectures": ["T5EncoderModel"], "model_type": "t5", "vocab_size": 32128, "d_model": 32,
-          "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 2, "relative_attention_num_buckets": 32,
+    clip_l = _clip_config(16, 2, 2, 16, 49407)
+    t5 = {"architectures": ["T5EncoderModel"], "model_type": "t5", "vocab_size": 32128, "d_model": 16,
+          "d_kv": 8, "d_ff": 32, "num_layers": 2, "num_heads": 2, "relative_attention_num_buckets": 32,
           "relative_attention_max_distance": 128, "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6,
           "initializer_factor": 1.0, "feed_forward_proj": "gated-gelu", "is_gated_act": True,
           "dense_act_fn": "gelu_new", "tie_word_embeddings": False, "is_encoder_decoder": False,

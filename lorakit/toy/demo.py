@@ -109,7 +109,7 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
 
 def lora_generator(cfg, run_dir: Path):
     """generate(prompts, seeds, with_lora) over a fresh base model with the run's last trained LoRA."""
-    from lorakit.lora.inject import inject_lora, load_lora_into, set_lora_enabled
+    from lorakit.lora.inject import enable_lora, inject_lora, load_lora_into
     from lorakit.models.base import SamplePrompt
     from lorakit.models.registry import get_family
     from lorakit.train import checkpoint
@@ -129,14 +129,16 @@ def lora_generator(cfg, run_dir: Path):
     s = DEMO_SETTINGS[cfg.model.family]
 
     def generate(prompts: list[str], seeds: list[int], with_lora: bool):
-        set_lora_enabled(roots, with_lora)
+        for m in roots:
+            enable_lora(m, with_lora)
         images = []
         for prompt, seed in zip(prompts, seeds):
             p = SamplePrompt(prompt=prompt, width=64, height=64, steps=s["sample_steps"], seed=seed,
                              cfg_scale=s["cfg_scale"])
             with torch.no_grad():
                 images.append(adapter.sample(p, torch.Generator().manual_seed(seed)))
-        set_lora_enabled(roots, True)
+        for m in roots:
+            enable_lora(m, True)
         return images
 
     return generate

@@ -25,7 +25,7 @@ from lorakit.data.cache import LatentCache, TextCache
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
 from lorakit.errors import ConfigError, DataError, TrainingError
-from lorakit.lora.inject import extract_lora, inject_lora, load_lora_into, set_lora_enabled
+from lorakit.lora.inject import enable_lora, extract_lora, inject_lora, load_lora_into
 from lorakit.lora.io import save_safetensors_atomic
 from lorakit.models.base import Batch, SamplePrompt
 from lorakit.models.registry import get_family
@@ -368,11 +368,13 @@ def lora_effect(adapter, modules, next_batch, training, generator, device, compu
     with torch.no_grad(), autocast(device, compute_dtype):
         noised = adapter.noise(batch.latents, noise, batch, training, generator)
         with_lora = adapter.predict(noised, batch).float()
-        set_lora_enabled(modules.values(), False)
+        for m in modules.values():
+            enable_lora(m, False)
         try:
             without = adapter.predict(noised, batch).float()
         finally:
-            set_lora_enabled(modules.values(), True)
+            for m in modules.values():
+                enable_lora(m, True)
     return float((with_lora - without).abs().mean())
 
 

@@ -653,3 +653,56 @@ def test_json_schema_agrees_with_the_loader(tmp_path):
         assert _validate(bad, schema["properties"][section]) != [], override
     assert _validate({"dir": "/a", "config": "/b"}, schema["properties"]["data"]) == ["oneOf"]
     assert _validate({}, schema["properties"]["data"]) == ["oneOf"]
+
+
+# ------------------------------------------------------------------------------ kohya import
+
+
+def test_kohya_option_names_get_a_translation(tmp_path):
+    assert err(tmp_path, BASE + "[network]\nnetwork_dim = 16\n") == (
+        "network.network_dim: unknown key; kohya's network_dim is network.rank in lorakit")
+    assert err(tmp_path, "learning_rate = 1e-4\n" + BASE).startswith(
+        "learning_rate: not a section; kohya's learning_rate is optimizer.lr in lorakit (under [optimizer])")
+
+
+def test_import_kohya_config_file(tmp_path):
+    from lorakit.config.kohya_import import import_kohya_toml
+
+    p = write(tmp_path, """
+[model_arguments]
+pretrained_model_name_or_path = "/m/flux1-dev.safetensors"
+clip_l = "/m/clip_l.safetensors"
+t5xxl = "/m/t5xxl_fp16.safetensors"
+ae = "/m/ae.safetensors"
+[additional_network_arguments]
+network_module = "networks.lora_flux"
+network_dim = 16
+network_alpha = 16
+network_train_unet_only = true
+[optimizer_arguments]
+optimizer_type = "AdamW8bit"
+learning_rate = 1e-4
+lr_scheduler = "constant_with_warmup"
+[dataset_arguments]
+dataset_config = "ds.toml"
+resolution = "1024,1024"
+cache_latents_to_disk = true
+[training_arguments]
+max_train_steps = 1600
+timestep_sampling = "shift"
+discrete_flow_shift = 3.1582
+guidance_scale = 1.0
+model_prediction_type = "raw"
+output_dir = "/out"
+output_name = "ohwx"
+save_precision = "bf16"
+""", "kohya.toml")
+    data, skipped = import_kohya_toml(p)
+    assert skipped == ["model_prediction_type"]
+    assert data["model"]["family"] == "flux1" and data["network"]["train_text_encoder"] is False
+    cfg = load_config(tmp_path / "imported.toml", data=data)
+    assert cfg.model.t5xxl == "/m/t5xxl_fp16.safetensors" and cfg.data.config == str(tmp_path / "ds.toml")
+    assert (cfg.network.rank, cfg.network.alpha, cfg.optimizer.name, cfg.optimizer.scheduler) == (16, 16.0, "adamw8bit", "constant")
+    assert cfg.data.resolution == 1024 and cfg.training.max_steps == 1600
+    assert cfg.training.timestep_sampling == "shift" and cfg.training.discrete_flow_shift == 3.1582
+    assert (cfg.save.dir, cfg.save.name, cfg.save.precision) == ("/out", "ohwx", "bf16")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from lorakit.config.schema import DataCfg
@@ -179,3 +180,47 @@ def test_tag_frequency(tmp_path):
     freq = tag_frequency(ds)
     assert freq == {"1_ohwx": {"ohwx": 4, "picture 0": 1, "picture 1": 1, "picture 2": 1, "picture 3": 1,
                                "tag0": 2, "tag1": 1, "tag2": 1}}
+
+
+def test_empty_caption_zero_repeats_hidden_and_unsupported(tmp_path):
+    root = tmp_path / "d"
+    p = save(rgb(64, 64, 1), root / "4_ohwx" / "a.png")
+    caption(p, "   \n")
+    q = save(rgb(64, 64, 2), root / "4_ohwx" / "b.png")
+    caption(q, "ohwx, fine")
+    save(rgb(64, 64, 3), root / "4_ohwx" / "c.tiff")
+    save(rgb(64, 64, 4), root / "0_zero" / "z.png")
+    save(rgb(64, 64, 5), root / ".hidden" / "h.png")
+    save(rgb(64, 64, 6), root / "4_ohwx" / ".thumb.png")
+    ds = scan_dataset(DataCfg(dir=str(root), **SMALL), divisibility=32)
+    by = {it.path.name: it for it in ds.items}
+    assert set(by) == {"a.png", "b.png"}
+    assert (by["a.png"].caption, by["a.png"].caption_source) == ("ohwx", "class_tokens")
+    assert ("warning", "empty caption: class tokens 'ohwx' used") in _problems(ds, p)
+    assert _problems(ds, root / "4_ohwx" / "c.tiff")[0][0] == "skipped"
+    assert _problems(ds, root / "0_zero")[0][1].startswith("0 repeats")
+    assert not [x for x in ds.report.problems if "hidden" in x.file or "thumb" in x.file]
+
+
+def test_other_caption_extension_hint(tmp_path):
+    root = tmp_path / "d"
+    for i in range(2):
+        caption(save(rgb(64, 64, i), root / "1_ohwx" / f"{i}.png"), "ohwx, tag", ext=".caption")
+    ds = scan_dataset(DataCfg(dir=str(root), **SMALL), divisibility=32)
+    assert any('set data.caption_extension = ".caption"' in x.reason for x in ds.report.problems)
+    ds = scan_dataset(DataCfg(dir=str(root), caption_extension=".caption", **SMALL), divisibility=32)
+    assert {it.caption_source for it in ds.items} == {"file"} and not ds.report.problems
+
+
+def test_no_upscale_buckets_follow_image_size(tmp_path):
+    root = tmp_path / "d"
+    save(rgb(200, 100, 1), root / "1_ohwx" / "big.png")       # area 20000 > 128²: scaled down
+    save(rgb(70, 100, 2), root / "1_ohwx" / "small.png")      # smaller: never upscaled, floored to 32s
+    save(Image.new("RGB", (4000, 40)), root / "1_ohwx" / "strip.png")  # scaled down, height < one step
+    ds = scan_dataset(DataCfg(dir=str(root), bucket_no_upscale=True, **SMALL), divisibility=32)
+    by = {it.path.name: it for it in ds.items}
+    # big: scale √(16384/20000) = 0.905 → 181x91 → bucket 160x64
+    assert (by["big.png"].resized_size, by["big.png"].bucket, by["big.png"].crop) == ((181, 91), (160, 64), (10, 13))
+    assert (by["small.png"].resized_size, by["small.png"].bucket) == ((70, 100), (64, 96))
+    assert _problems(ds, root / "1_ohwx" / "strip.png")[0][0] == "skipped"
+    assert not any(x.reason.startswith("too small:") for x in ds.report.problems)

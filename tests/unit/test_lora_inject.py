@@ -1,6 +1,5 @@
 """LoRA injection through peft: exact targets, zero-init up, the (alpha/r)·up@down maths, round trips, on/off."""
 
-import copy
 
 import pytest
 import torch

@@ -24,6 +24,7 @@ def test_atomic_save_round_trip_leaves_no_temp(tmp_path):
     path = tmp_path / "out" / "a.safetensors"
     t = _tensors()
     t["nc"] = torch.randn(4, 6).t()  # non-contiguous is fine
+    t["shared"] = t["lora_unet_x.lora_down.weight"]  # so is a tensor stored twice
     lio.save_safetensors_atomic(path, t, {"ss_network_dim": "4", "k": "v"})
     assert os.listdir(path.parent) == ["a.safetensors"]
     back, md = lio.load_lora_file(path)

@@ -1,0 +1,127 @@
+"""Import a kohya sd-scripts training config (``--config_file`` TOML or an args dict) into lorakit's shape.
+
+sd-scripts flattens every table of its config file into one namespace of command-line option names; this
+module maps the options lorakit has an equivalent for onto ``section.key`` and reports every other option
+by name (never silently dropped) so the user can see what did not carry over. The result is a plain dict
+for :func:`lorakit.config.load.load_config` (``data=``), which then validates it like any other config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from lorakit.config.load import _read_toml
+from lorakit.errors import ConfigError
+
+_SAME = lambda v: v  # noqa: E731
+
+_OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "prodigy": "prodigy", "adafactor": "adafactor",
+               "bitsandbytes.optim.adamw8bit": "adamw8bit", "prodigyopt.prodigy": "prodigy"}
+_SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine",
+               "cosine_with_min_lr": "cosine_with_min_lr"}
+_PRECISION = {"fp16": "fp16", "bf16": "bf16", "float": "fp32", "fp32": "fp32"}
+
+
+def _resolution(v: Any) -> Any:
+    """kohya writes ``"1024"`` or ``"832,1216"``; lorakit wants 1024 or [832, 1216]."""
+    if isinstance(v, str):
+        parts = [p.strip() for p in v.split(",")]
+        if all(p.isdigit() for p in parts) and len(parts) in (1, 2):
+            nums = [int(p) for p in parts]
+            return nums[0] if len(nums) == 1 or nums[0] == nums[1] else nums
+    return v
+
+
+def _lookup(table: Mapping[str, str]) -> Callable[[Any], Any]:
+    return lambda v: table.get(v.lower(), v) if isinstance(v, str) else v
+
+
+# kohya option → (lorakit key, value conversion)
+KOHYA_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "pretrained_model_name_or_path": ("model.checkpoint", _SAME),
+    "vae": ("model.vae", _SAME), "clip_l": ("model.clip_l", _SAME), "t5xxl": ("model.t5xxl", _SAME),
+    "ae": ("model.ae", _SAME),
+    "train_data_dir": ("data.dir", _SAME), "dataset_config": ("data.config", _SAME),
+    "reg_data_dir": ("data.reg_dir", _SAME), "prior_loss_weight": ("data.prior_loss_weight", _SAME),
+    "resolution": ("data.resolution", _resolution),
+    **{k: (f"data.{k}", _SAME) for k in (
+        "caption_extension", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps",
+        "bucket_no_upscale", "shuffle_caption", "caption_separator", "keep_tokens", "caption_prefix",
+        "caption_suffix", "caption_dropout_rate", "caption_tag_dropout_rate", "flip_aug")},
+    "network_dim": ("network.rank", _SAME), "network_alpha": ("network.alpha", _SAME),
+    "network_dropout": ("network.dropout", _SAME),
+    "network_train_unet_only": ("network.train_text_encoder", lambda v: (not v) if isinstance(v, bool) else v),
+    "text_encoder_lr": ("network.text_encoder_lr", lambda v: v[0] if isinstance(v, list) and v else v),
+    "learning_rate": ("optimizer.lr", _SAME), "unet_lr": ("optimizer.lr", _SAME),
+    "optimizer_type": ("optimizer.name", _lookup(_OPTIMIZERS)),
+    "lr_scheduler": ("optimizer.scheduler", _lookup(_SCHEDULERS)),
+    "lr_warmup_steps": ("optimizer.warmup_steps", _SAME), "max_grad_norm": ("optimizer.max_grad_norm", _SAME),
+    "max_train_steps": ("training.max_steps", _SAME), "train_batch_size": ("training.batch_size", _SAME),
+    "gradient_accumulation_steps": ("training.gradient_accumulation", _SAME), "seed": ("training.seed", _SAME),
+    "mixed_precision": ("training.mixed_precision", _SAME),
+    "v_parameterization": ("training.prediction", lambda v: "v_prediction" if v is True else "epsilon"),
+    **{k: (f"training.{k}", _SAME) for k in (
+        "min_timestep", "max_timestep", "noise_offset", "min_snr_gamma", "huber_c", "timestep_sampling",
+        "sigmoid_scale", "discrete_flow_shift", "guidance_scale", "apply_t5_attn_mask")},
+    "t5xxl_max_token_length": ("training.t5_max_length", _SAME),
+    "loss_type": ("training.loss", _SAME),
+    "gradient_checkpointing": ("memory.gradient_checkpointing", _SAME), "fp8_base": ("memory.fp8_base", _SAME),
+    "blocks_to_swap": ("memory.blocks_to_swap", _SAME), "cache_latents": ("memory.cache_latents", _SAME),
+    "cache_text_encoder_outputs": ("memory.cache_text_encoder_outputs", _SAME),
+    "fused_backward_pass": ("memory.fused_backward", _SAME),
+    "sample_every_n_steps": ("sample.every_n_steps", _SAME), "sample_prompts": ("sample.prompts_file", _SAME),
+    "sample_at_first": ("sample.at_start", _SAME),
+    "output_dir": ("save.dir", _SAME), "output_name": ("save.name", _SAME),
+    "save_every_n_steps": ("save.every_n_steps", _SAME),
+    "save_precision": ("save.precision", _lookup(_PRECISION)), "training_comment": ("save.comment", _SAME),
+}
+# Options that need no equivalent because lorakit always behaves that way.
+_BUILT_IN = frozenset({"cache_latents_to_disk", "cache_text_encoder_outputs_to_disk", "save_model_as",
+                       "sdpa", "xformers", "persistent_data_loader_workers", "max_data_loader_n_workers"})
+
+
+def kohya_family(args: Mapping[str, Any]) -> str | None:
+    """Guess the family from ``network_module`` (lora_flux → flux1; networks.lora → sdxl)."""
+    module = str(args.get("network_module", ""))
+    if module.endswith("lora_flux"):
+        return "flux1"
+    if module == "networks.lora":
+        return "sdxl"
+    return None
+
+
+def flatten_kohya(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """sd-scripts ignores table names in its config file: flatten them into one option namespace."""
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update(flatten_kohya(value))
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """kohya options → (lorakit config dict, names of options that were not carried over)."""
+    out: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
+    fam = family or kohya_family(args)
+    if fam:
+        out["model"] = {"family": fam}
+    for key, value in args.items():
+        if key in KOHYA_KEYS:
+            target, convert = KOHYA_KEYS[key]
+            section, name = target.split(".")
+            out.setdefault(section, {})[name] = convert(value)
+        elif key not in _BUILT_IN and key != "network_module":
+            skipped.append(key)
+    return out, sorted(skipped)
+
+
+def import_kohya_toml(path: str | Path, family: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Read a kohya ``--config_file`` TOML; see :func:`import_kohya_args`."""
+    raw = _read_toml(Path(path), str(path))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a table of kohya options")
+    return import_kohya_args(flatten_kohya(raw), family)

@@ -1,0 +1,429 @@
+"""The SDXL family: conditioning, objective, sampling, LoRA targets and export names.
+
+Conditioning as SDXL was trained: the penultimate hidden states of CLIP-L (768) and OpenCLIP bigG (1280)
+concatenated into the cross-attention context, bigG's projected pooled output at the EOS token, and
+six micro-conditioning ids (original h, w; crop top, left; target h, w) from each image's real bucket.
+
+LoRA targets follow kohya's ``networks/lora.py``: every Linear in a Transformer2DModel (722 modules on the
+full-size UNet), optionally the resnet/resampler convolutions (LoCon), optionally CLIP attention and MLP
+linears. Module paths are diffusers paths; export renames them to kohya's SGM-based names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt
+from lorakit.models.sdxl import configs
+from lorakit.models.sdxl.convert import unet_module_to_sgm
+
+SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=0.0, vae_downscale=8, patch_size=1,
+                 bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
+                 text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,
+                 metadata_base_version="sdxl_base_v1-0", network_module="networks.lora")
+
+# Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
+_ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+                  "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+_TE_SUFFIXES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
+                "mlp.fc1", "mlp.fc2")
+
+
+# ---------------------------------------------------------------------------------------- LoRA targets
+
+def unet_lora_targets(unet: nn.Module, rank: int, conv_rank: int = 0) -> dict[str, int]:
+    """kohya's SDXL UNet targets as {diffusers module path: rank}.
+
+    Always: the Linear/1×1 layers of every Transformer2DModel (proj_in/out, attn1/attn2 q/k/v/out, ff).
+    With ``conv_rank`` > 0 (LoCon): 3×3 convs of resnets and down/up-samplers at ``conv_rank``, plus each
+    resnet's time-embedding Linear and 1×1 shortcut conv at ``rank``.
+    """
+    from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    targets: dict[str, int] = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, Transformer2DModel):
+            for sub_name, sub in module.named_modules():
+                if sub_name.endswith(_ATTN_SUFFIXES) and _is_linear_like(sub):
+                    targets[f"{name}.{sub_name}"] = rank
+        elif conv_rank > 0 and isinstance(module, ResnetBlock2D):
+            for sub_name, sub in module.named_children():
+                if isinstance(sub, nn.Conv2d) and sub.kernel_size == (3, 3):
+                    targets[f"{name}.{sub_name}"] = conv_rank
+                elif _is_linear_like(sub) and sub_name in ("time_emb_proj", "conv_shortcut"):
+                    targets[f"{name}.{sub_name}"] = rank
+        elif conv_rank > 0 and isinstance(module, (Downsample2D, Upsample2D)):
+            conv = getattr(module, "conv", None)
+            if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+                targets[f"{name}.conv"] = conv_rank
+    return targets
+
+
+def _is_linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))
+
+
+def text_encoder_lora_targets(te: nn.Module, rank: int) -> dict[str, int]:
+    """CLIP attention q/k/v/out_proj and MLP fc1/fc2 of every encoder layer (not the text projection)."""
+    return {name: rank for name, module in te.named_modules()
+            if isinstance(module, nn.Linear) and ".encoder.layers." in f".{name}" and name.endswith(_TE_SUFFIXES)}
+
+
+# -------------------------------------------------------------------------------------------- export
+
+def kohya_name(component: str, path: str, unet_config: Any) -> str:
+    """kohya's module name: ``lora_unet_<SGM path>``, ``lora_te1_text_model_…``, ``lora_te2_text_model_…``."""
+    if component in ("unet", "denoiser"):
+        return "lora_unet_" + unet_module_to_sgm(path, unet_config).replace(".", "_")
+    if component in ("te1", "te2"):
+        # transformers >= 5.6 flattened CLIPTextModel (no ``text_model.``); ComfyUI/A1111 need it back
+        full = path if path.startswith("text_model.") else "text_model." + path
+        return f"lora_{component}_" + full.replace(".", "_")
+    raise ValueError(f"SDXL LoRA export: unknown component {component!r} (expected unet, te1, te2)")
+
+
+_DIFFUSERS_PREFIX = {"unet": "unet", "denoiser": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+
+
+def export_kohya(lora: dict[str, dict[str, LoraModule]], unet_config: Any) -> dict[str, torch.Tensor]:
+    """kohya/ComfyUI/A1111 layout: ``<name>.lora_down.weight``, ``.lora_up.weight`` and a real ``.alpha``."""
+    out: dict[str, torch.Tensor] = {}
+    for component, modules in lora.items():
+        for path, m in modules.items():
+            name = kohya_name(component, path, unet_config)
+            if name + ".alpha" in out:
+                raise ValueError(f"SDXL LoRA export: two modules map to {name}")
+            out[name + ".lora_down.weight"] = m.down
+            out[name + ".lora_up.weight"] = m.up
+            out[name + ".alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+    return out
+
+
+def export_diffusers(lora: dict[str, dict[str, LoraModule]]) -> dict[str, torch.Tensor]:
+    """diffusers/PEFT layout: ``unet.<path>.lora_A.weight`` / ``lora_B.weight`` (``text_encoder.``,
+    ``text_encoder_2.`` for the CLIPs).
+
+    A PEFT file carries no alpha tensor, and without adapter metadata diffusers loads every module with
+    scale 1 (alpha = rank). So the trained scale alpha/rank is folded into ``lora_B``: the loaded delta
+    B·A equals the trained (alpha/r)·up·down exactly, whatever loader reads the file.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for component, modules in lora.items():
+        prefix = _DIFFUSERS_PREFIX.get(component)
+        if prefix is None:
+            raise ValueError(f"SDXL LoRA export: unknown component {component!r} (expected unet, te1, te2)")
+        for path, m in modules.items():
+            full = path
+            if component == "te1" and not path.startswith("text_model."):
+                full = "text_model." + path  # the name older transformers and ComfyUI use; diffusers maps it
+            scale = float(m.alpha) / m.down.shape[0]
+            out[f"{prefix}.{full}.lora_A.weight"] = m.down
+            out[f"{prefix}.{full}.lora_B.weight"] = m.up * scale
+    return out
+
+
+# ------------------------------------------------------------------------------------------- identity
+
+def file_fingerprint(path: Path, samples: int = 16, chunk: int = 1 << 16) -> str:
+    """A cheap content fingerprint of a (possibly 7 GB) weights file, for cache keys.
+
+    sha256 over: file size, mtime (ns), the safetensors header, and ``samples`` 64 KiB chunks spread evenly
+    over the file. The header and size pin the layout; the sampled chunks tell apart fine-tunes with the same
+    layout; mtime makes any in-place edit invalidate the caches. Costs ~1 MiB of reads instead of a full hash.
+    A copied file (new mtime) only re-encodes its caches once.
+    """
+    st = path.stat()
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        h.update(head)
+        if len(head) == 8:
+            n = int.from_bytes(head, "little")
+            if 0 < n < min(st.st_size, 100 << 20):
+                h.update(fh.read(n))
+        for i in range(samples):
+            fh.seek(max(0, (st.st_size - chunk) * i // max(1, samples - 1)))
+            h.update(fh.read(chunk))
+    return h.hexdigest()
+
+
+def _source_fingerprint(source: Optional[str], sub: str = "") -> str:
+    """Fingerprint of a file, of the weights of a diffusers folder's component, or a hub id as text."""
+    if not source:
+        return "none"
+    path = Path(source).expanduser()
+    if path.is_file():
+        return file_fingerprint(path)
+    if path.is_dir():
+        files = sorted(p for p in (path / sub if sub else path).rglob("*") if p.is_file()
+                       and p.suffix in (".safetensors", ".bin", ".json"))
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(path)).encode())
+            h.update(file_fingerprint(p, samples=4).encode())
+        return h.hexdigest()
+    return hashlib.sha256(f"hub:{source}".encode()).hexdigest()
+
+
+# -------------------------------------------------------------------------------------------- adapter
+
+class Adapter:
+    """SDXL behind the ModelAdapter protocol; made per run with the config sections it needs."""
+
+    spec = SPEC
+
+    def __init__(self, cfg: Any) -> None:
+        self.model_cfg = cfg.model
+        self.training = cfg.training
+        self.network = cfg.network
+        self.sample_cfg = cfg.sample
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.unet: Any = None
+        self.vae: Any = None
+        self.te1: Any = None
+        self.te2: Any = None
+        self.tokenizer1: Any = None
+        self.tokenizer2: Any = None
+        self.scheduler_config: dict = dict(configs.SCHEDULER)
+        self._alphas_cumprod: Optional[torch.Tensor] = None
+
+    # ---- loading
+    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+        """Load the frozen base model; UNet and text encoders in ``dtype``, the VAE in fp32."""
+        from lorakit.models.sdxl.load import load_components
+
+        comps = load_components(model, dtype=dtype)
+        self.attach(comps.unet, comps.vae, comps.te1, comps.te2, comps.tokenizer1, comps.tokenizer2,
+                    comps.scheduler_config, device=device, dtype=dtype)
+        self.model_cfg = model
+        if memory is not None and getattr(memory, "gradient_checkpointing", False):
+            self.unet.enable_gradient_checkpointing()
+
+    def attach(self, unet: Any, vae: Any, te1: Any, te2: Any, tokenizer1: Any, tokenizer2: Any,
+               scheduler_config: Optional[dict] = None, *, device: torch.device = torch.device("cpu"),
+               dtype: torch.dtype = torch.float32) -> None:
+        """Use already built modules (tests, the toy world): the same state ``load`` leaves."""
+        self.device, self.dtype = torch.device(device), dtype
+        self.unet = unet.to(self.device, dtype)
+        self.vae = vae.to(self.device, torch.float32)
+        self.te1 = te1.to(self.device, dtype)
+        self.te2 = te2.to(self.device, dtype)
+        for m in (self.unet, self.vae, self.te1, self.te2):
+            m.requires_grad_(False)
+            m.eval()
+        self.tokenizer1, self.tokenizer2 = tokenizer1, tokenizer2
+        if scheduler_config:
+            self.scheduler_config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+
+    def _need(self) -> None:
+        if self.unet is None:
+            raise RuntimeError("SDXL adapter: call load() first")
+
+    def identity(self) -> dict[str, str]:
+        """Cache keys: ``vae`` (VAE weights + scaling), ``text`` (both encoders + tokenizers), ``model``."""
+        ckpt = getattr(self.model_cfg, "checkpoint", None)
+        base = _source_fingerprint(ckpt)
+        vae_file = getattr(self.model_cfg, "vae", None)
+        vae_fp = _source_fingerprint(vae_file) if vae_file else _source_fingerprint(ckpt, "vae")
+        scaling = getattr(getattr(self.vae, "config", None), "scaling_factor", SPEC.vae_scale)
+        tok = getattr(self.model_cfg, "tokenizer_dir", None) or "builtin"
+        text_fp = base if not Path(str(ckpt)).is_dir() else (
+            _source_fingerprint(ckpt, "text_encoder") + _source_fingerprint(ckpt, "text_encoder_2"))
+
+        def digest(*parts: str) -> str:
+            return "sdxl-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+        return {"vae": digest("vae", vae_fp, str(scaling), str(SPEC.vae_shift)),
+                "text": digest("text", text_fp, str(tok), "penultimate+pooled"),
+                "model": digest("model", base)}
+
+    # ---- encoders
+    def vae_downscale(self) -> int:
+        """Pixels per latent pixel of the loaded VAE (8 for SDXL; tiny test VAEs may differ)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] → a sample of the VAE posterior, shifted and scaled; float32 on the CPU."""
+        self._need()
+        ds = self.vae_downscale()
+        if pixels.shape[-1] % ds or pixels.shape[-2] % ds:
+            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the VAE's {ds}")
+        dist = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist
+        z = dist.sample()
+        shift = getattr(self.vae.config, "shift_factor", None) or SPEC.vae_shift
+        return ((z - shift) * self.vae.config.scaling_factor).float().cpu()
+
+    def _tokens(self, tokenizer: Any, captions: list[str]) -> torch.Tensor:
+        return tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
+                         return_tensors="pt").input_ids
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Captions → ``context`` [B,77,768+1280] (penultimate states of both encoders, concatenated) and
+        ``pooled`` [B,1280] (bigG's projection at the EOS token); float32 on the CPU."""
+        self._need()
+        ids1 = self._tokens(self.tokenizer1, captions).to(self.te1.device)
+        ids2 = self._tokens(self.tokenizer2, captions).to(self.te2.device)
+        out1 = self.te1(ids1, output_hidden_states=True)
+        out2 = self.te2(ids2, output_hidden_states=True)
+        context = torch.cat([out1.hidden_states[-2].float().cpu(), out2.hidden_states[-2].float().cpu()], dim=-1)
+        return {"context": context, "pooled": out2.text_embeds.float().cpu()}
+
+    def offload_encoders(self) -> None:
+        """Text encoders and VAE go to the CPU (after caching) to free accelerator memory."""
+        for m in (self.te1, self.te2, self.vae):
+            if m is not None:
+                m.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def denoiser(self) -> nn.Module:
+        self._need()
+        return self.unet
+
+    def text_encoder_modules(self) -> dict[str, nn.Module]:
+        self._need()
+        return {"te1": self.te1, "te2": self.te2}
+
+    # ---- LoRA
+    def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
+        """{"unet": {path: rank}} (+ "te1"/"te2" when network.train_text_encoder)."""
+        self._need()
+        targets = {"unet": unet_lora_targets(self.unet, network.rank, getattr(network, "conv_rank", 0))}
+        if getattr(network, "train_text_encoder", False):
+            targets["te1"] = text_encoder_lora_targets(self.te1, network.rank)
+            targets["te2"] = text_encoder_lora_targets(self.te2, network.rank)
+        return targets
+
+    def _unet_config(self) -> Any:
+        return self.unet.config if self.unet is not None else configs.UNET
+
+    def export(self, lora: dict[str, dict[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
+        """kohya (default; ComfyUI/A1111/Forge/kohya) or diffusers (PEFT keys, scale folded into lora_B)."""
+        if fmt == "kohya":
+            return export_kohya(lora, self._unet_config())
+        if fmt == "diffusers":
+            return export_diffusers(lora)
+        raise ValueError(f"save.format: {fmt!r} is not a LoRA format for SDXL; use 'kohya' or 'diffusers'")
+
+    def metadata(self, config: Any) -> dict[str, str]:
+        """SDXL's entries of the ss_*/modelspec.* metadata."""
+        prediction = getattr(getattr(config, "training", None), "prediction", SPEC.prediction)
+        return {
+            "ss_base_model_version": SPEC.metadata_base_version,
+            "ss_network_module": SPEC.network_module,
+            "ss_v2": "False",
+            "modelspec.sai_model_spec": "1.0.1",
+            "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+            "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+            "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
+        }
+
+    # ---- objective
+    def alphas_cumprod(self) -> torch.Tensor:
+        if self._alphas_cumprod is None:
+            from lorakit.train.objectives import ddpm_alphas_cumprod
+
+            self._alphas_cumprod = ddpm_alphas_cumprod(self.scheduler_config.get("num_train_timesteps", 1000),
+                                                       self.scheduler_config.get("beta_start", 0.00085),
+                                                       self.scheduler_config.get("beta_end", 0.012))
+        return self._alphas_cumprod
+
+    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
+              generator: torch.Generator) -> NoisedInput:
+        """DDPM: t ~ U[min_timestep, max_timestep), noise offset, x_t, ε or v target, min-SNR-γ weight."""
+        from lorakit.train import objectives as obj
+
+        ac = self.alphas_cumprod()
+        prediction = getattr(training, "prediction", SPEC.prediction)
+        noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
+        t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
+                                         generator).to(latents.device)
+        x_t = obj.ddpm_add_noise(latents, noise, t, ac)
+        target = obj.ddpm_target(latents, noise, t, ac, prediction)
+        gamma = float(getattr(training, "min_snr_gamma", 0.0))
+        weight = (obj.min_snr_weight(t, gamma, ac, prediction) if gamma > 0
+                  else torch.ones(latents.shape[0], device=latents.device))
+        return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
+
+    @staticmethod
+    def time_ids(batch: Batch) -> torch.Tensor:
+        """[B,6] micro-conditioning: original (h, w), crop (top, left), target (h, w) in pixels."""
+        rows = [[*o, *c, *t] for o, c, t in zip(batch.original_sizes, batch.crop_top_lefts, batch.target_sizes)]
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
+                   time_ids: torch.Tensor) -> torch.Tensor:
+        dev, dt = self.unet.device, self.unet.dtype
+        return self.unet(x.to(dev, dt), t.to(dev), encoder_hidden_states=context.to(dev, dt),
+                         added_cond_kwargs={"text_embeds": pooled.to(dev, dt), "time_ids": time_ids.to(dev, dt)},
+                         return_dict=False)[0]
+
+    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
+        """The UNet (with LoRA) on a noised batch, conditioned on the batch's text and real sizes."""
+        self._need()
+        return self._unet_call(noised.model_input, noised.timesteps, batch.text["context"], batch.text["pooled"],
+                               self.time_ids(batch))
+
+    # ---- sampling
+    def _scheduler(self, name: str) -> Any:
+        from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+        cfg = dict(self.scheduler_config)
+        cfg["prediction_type"] = getattr(self.training, "prediction", cfg.get("prediction_type", "epsilon"))
+        if name == "euler":
+            return EulerDiscreteScheduler.from_config(cfg)
+        if name == "dpmpp_2m":
+            return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
+                                                           use_karras_sigmas=True)
+        raise ValueError(f"sample.sampler: {name!r} is not an SDXL sampler; use 'euler' or 'dpmpp_2m'")
+
+    @torch.no_grad()
+    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
+        """One preview image (PIL) with CFG and negative prompt, drawn with the current (LoRA) weights.
+
+        An empty negative prompt gives zero embeddings, as SDXL's pipeline does (force_zeros_for_empty_prompt).
+        """
+        from PIL import Image
+
+        self._need()
+        steps = prompt.steps or getattr(self.sample_cfg, "steps", None) or SPEC.default_sample_steps
+        sched = self._scheduler(prompt.sampler or getattr(self.sample_cfg, "sampler", "euler"))
+        unit = self.vae_downscale() * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        height = max(unit, int(round(prompt.height / unit)) * unit)
+        width = max(unit, int(round(prompt.width / unit)) * unit)
+        cond = self.encode_text([prompt.prompt])
+        uncond = (self.encode_text([prompt.negative]) if prompt.negative
+                  else {k: torch.zeros_like(v) for k, v in cond.items()})
+        cfg_scale = float(prompt.cfg_scale)
+        use_cfg = cfg_scale > 1.0
+        context = torch.cat([uncond["context"], cond["context"]]) if use_cfg else cond["context"]
+        pooled = torch.cat([uncond["pooled"], cond["pooled"]]) if use_cfg else cond["pooled"]
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * context.shape[0], dtype=torch.float32)
+        ds = self.vae_downscale()
+        shape = (1, self.unet.config.in_channels, height // ds, width // ds)
+        latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        sched.set_timesteps(steps)
+        latents = latents.to(self.unet.device) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = torch.cat([latents] * 2) if use_cfg else latents
+            inp = sched.scale_model_input(inp, t)
+            pred = self._unet_call(inp, t.expand(inp.shape[0]), context, pooled, time_ids).float()
+            if use_cfg:
+                u, c = pred.chunk(2)
+                pred = u + cfg_scale * (c - u)
+            latents = sched.step(pred, t, latents, return_dict=False)[0]
+        shift = getattr(self.vae.config, "shift_factor", None) or SPEC.vae_shift
+        z = latents.to(self.vae.device, torch.float32) / self.vae.config.scaling_factor + shift
+        image = self.vae.decode(z).sample[0]
+        array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(array)
