@@ -72,6 +72,20 @@ def check_divisibility(settings: BucketSettings, divisibility: int, key_prefix: 
                               f"when buckets are off")
 
 
+def validate(settings: BucketSettings, divisibility: int, key_prefix: str = "data") -> None:
+    """All checks of one group's bucket settings (divisibility, min ≤ square side ≤ max)."""
+    check_divisibility(settings, divisibility, key_prefix)
+    if settings.enable_bucket and not settings.no_upscale:
+        side = _snap(math.isqrt(settings.area), settings.step)
+        if settings.min_reso > settings.max_reso:
+            raise ConfigError(f"{key_prefix}.min_bucket_reso: {settings.min_reso} is larger than "
+                              f"max_bucket_reso {settings.max_reso}")
+        if not settings.min_reso <= side <= settings.max_reso:
+            raise ConfigError(f"{key_prefix}.max_bucket_reso: the square bucket of the resolution ({side}) must lie "
+                              f"between min_bucket_reso {settings.min_reso} and max_bucket_reso "
+                              f"{settings.max_reso}")
+
+
 def _snap(x: int, step: int) -> int:
     return x // step * step
 

@@ -26,10 +26,23 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 from tqdm import tqdm
 
+from lorakit.config.schema import DataCfg
 from lorakit.data.images import load_for_bucket
 from lorakit.data.scan import ImageItem
 
 CACHE_VERSION = "1"
+
+
+def cache_folder(data: DataCfg, save_dir: str | Path) -> Path:
+    """Where caches go: data.cache_dir, else `<save.dir>/cache`; with data.cache_next_to_images a hidden
+    `.lorakit-cache` folder inside the dataset folder (new files only: no user file is touched, and the
+    scan ignores hidden folders)."""
+    if data.cache_next_to_images:
+        base = data.dir or (Path(data.config).parent if data.config else None)
+        if base is None:
+            raise ValueError("data.cache_next_to_images: needs data.dir or data.config")
+        return Path(base) / ".lorakit-cache"
+    return Path(data.cache_dir) if data.cache_dir else Path(save_dir) / "cache"
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

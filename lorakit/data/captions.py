@@ -83,3 +83,22 @@ def tag_frequency(dataset: "Dataset") -> dict[str, dict[str, int]]:
             if item.subset == idx:
                 counts.update(split_tags(item.caption, ","))
     return {k: dict(v) for k, v in out.items()}
+
+
+def fixed_captions(dataset: "Dataset") -> list[str]:
+    """The exact text of every item's caption when it never varies (what a text-encoder cache stores).
+
+    Text-encoder outputs can only be cached when a caption always gives the same text; shuffle, caption
+    dropout and tag dropout break that, so they are refused here with the key to change (kohya refuses the
+    same combination). The texts match what :class:`BatchStream` yields for these settings.
+    """
+    from lorakit.errors import ConfigError
+
+    for sub in dataset.subsets:
+        s = sub.caption
+        if s.varies:
+            key = ("shuffle_caption" if s.shuffle else
+                   "caption_dropout_rate" if s.dropout_rate > 0 else "caption_tag_dropout_rate")
+            raise ConfigError(f"memory.cache_text_encoder_outputs: cannot cache captions that change every step "
+                              f"(data.{key} is set for {Path(sub.dir).name}); turn one of them off")
+    return [add_prefix_suffix(it.caption, dataset.subsets[it.subset].caption) for it in dataset.items]

@@ -56,31 +56,18 @@ class ImageInfo:
     mode: str                  # the file's own mode before conversion
 
 
-def _open_checked(path: Path) -> Image.Image:
-    """Open `path` or raise ImageProblem with a reason a user understands."""
-    try:
-        if os.path.getsize(path) == 0:
-            raise ImageProblem("zero-byte file")
-    except OSError as e:
-        raise ImageProblem(f"unreadable ({e.strerror or e})") from None
-    try:
-        fh = open(path, "rb")
-    except OSError as e:
-        raise ImageProblem(f"unreadable ({e.strerror or e})") from None
+def _open_checked(path: Path, fh) -> Image.Image:
+    """Identify the open file `fh` of `path` as an image or raise ImageProblem with a readable reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(fh)
+            return Image.open(fh)
     except UnidentifiedImageError:
-        fh.close()
         raise ImageProblem("not an image despite its extension") from None
     except Image.DecompressionBombError:
-        fh.close()
         raise ImageProblem("image too large to decode safely (decompression bomb limit)") from None
     except OSError as e:
-        fh.close()
         raise ImageProblem(f"unreadable ({e})") from None
-    return im
 
 
 def _full_load(im: Image.Image) -> None:
@@ -120,10 +107,19 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _open_file(path: Path):
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageProblem("zero-byte file")
+        return open(path, "rb")
+    except OSError as e:
+        raise ImageProblem(f"unreadable ({e.strerror or e})") from None
+
+
 def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
     """Fully decode `path` (first frame) to RGB with EXIF applied; raise ImageProblem if it is unusable."""
-    im = _open_checked(path)
-    try:
+    with _open_file(path) as fh:
+        im = _open_checked(path, fh)
         frames = int(getattr(im, "n_frames", 1) or 1)
         fmt = im.format or "?"
         if frames > 1:
@@ -136,10 +132,6 @@ def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
             pass
         rgb = _to_rgb(im)
         rgb.load()
-    finally:
-        fp = getattr(im, "fp", None)
-        if fp is not None:
-            fp.close()
     return rgb, ImageInfo(size=rgb.size, format=fmt, frames=frames, mode=mode)
 
 

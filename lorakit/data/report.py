@@ -141,3 +141,24 @@ def check(dataset: "Dataset") -> DataReport:
     report.group_batch_sizes = {g: spec.batch_size for g, spec in enumerate(dataset.groups)
                                 if spec.batch_size is not None}
     return report
+
+
+def dataset_dirs(dataset: "Dataset", is_reg: bool = False) -> dict[str, dict[str, int]]:
+    """kohya's ss_dataset_dirs / ss_reg_dataset_dirs: {folder name: {"n_repeats": n, "img_count": images}}."""
+    out: dict[str, dict[str, int]] = {}
+    for idx, sub in enumerate(dataset.subsets):
+        if sub.is_reg == is_reg:
+            count = sum(1 for it in dataset.items if it.subset == idx)
+            out[Path(sub.dir).name] = {"n_repeats": sub.repeats, "img_count": count}
+    return out
+
+
+def bucket_info(dataset: "Dataset") -> dict:
+    """kohya's ss_bucket_info shape: {"buckets": {i: {"resolution": [w, h], "count": samples}},
+    "mean_img_ar_error": mean |image aspect − bucket aspect|} (count includes repeats, like kohya's)."""
+    samples: Counter[tuple[int, int]] = Counter()
+    for it in dataset.items:
+        samples[it.bucket] += it.repeats
+    buckets = {i: {"resolution": [w, h], "count": n} for i, ((w, h), n) in enumerate(sorted(samples.items()))}
+    errs = [abs(it.original_size[0] / it.original_size[1] - it.bucket[0] / it.bucket[1]) for it in dataset.items]
+    return {"buckets": buckets, "mean_img_ar_error": sum(errs) / len(errs) if errs else 0.0}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from lorakit.config.schema import DataCfg
-from lorakit.data.buckets import BucketSettings, bucket_list, check_divisibility, place
+from lorakit.data.buckets import BucketSettings, bucket_list, place, validate
 from lorakit.data.captions import CaptionSettings, add_prefix_suffix
 from lorakit.data.images import (IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageProblem, decode,
                                  extension_mismatch)
@@ -62,6 +62,19 @@ class ImageItem:
     resized_size: tuple[int, int]        # (w, h) the image is resized to before cropping
     sha256: str                          # of the file's bytes
     group: int = 0                       # [[datasets]] index (buckets and batch size are per group)
+
+    # The (height, width)-ordered views that models.base.Batch and SDXL's size conditioning use.
+    @property
+    def original_hw(self) -> tuple[int, int]:
+        return (self.original_size[1], self.original_size[0])
+
+    @property
+    def crop_top_left(self) -> tuple[int, int]:
+        return (self.crop[1], self.crop[0])
+
+    @property
+    def target_hw(self) -> tuple[int, int]:
+        return (self.bucket[1], self.bucket[0])
 
 
 @dataclass
@@ -220,14 +233,17 @@ def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[
                      sha256=digest, group=spec.group)
 
 
+def _fallback_text(spec: SubsetSpec) -> str:
+    return f"class tokens '{spec.class_tokens}' used" if spec.class_tokens else "trained with an empty caption"
+
+
 def _caption_for(ctx: _Ctx, path: Path, spec: SubsetSpec, missing: list[Path]) -> tuple[str, str]:
     text, problem = read_caption(path, spec.caption_extension)
     if text is not None:
         if problem:
             _warn(ctx, path, problem)
         return text, "file"
-    fallback = (f"class tokens '{spec.class_tokens}' used" if spec.class_tokens
-                else "trained with an empty caption")
+    fallback = _fallback_text(spec)
     if problem == "missing caption":
         missing.append(path)
     else:
@@ -264,7 +280,7 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
         item = _scan_image(ctx, path, si, spec, missing)
         if item is not None:
             items.append(item)
-    fallback = f"class tokens '{spec.class_tokens}' used" if spec.class_tokens else "empty captions used"
+    fallback = _fallback_text(spec)
     if missing and len(missing) == len(items) and len(items) > 1:
         _warn(ctx, spec.dir, f"no caption files ({spec.caption_extension}) for any of the {len(items)} images: "
               f"{fallback}{_other_extension_hint(missing, spec.caption_extension)}")
@@ -312,6 +328,10 @@ def balance_reg(items: list[ImageItem], problems: list[Problem], subsets: list[S
 
 def _resolve_specs(data: DataCfg) -> tuple[list[GroupSpec], list[SubsetSpec], list[Problem], str]:
     problems: list[Problem] = []
+    if data.config and (data.dir or data.reg_dir):
+        key = "data.dir" if data.dir else "data.reg_dir"
+        raise ConfigError(f"{key}: not used when data.config is set (the dataset TOML lists every folder); "
+                          f"remove it, or add the folder to the TOML as a subset (is_reg = true for reg images)")
     if data.config:
         groups, specs = load_dataset_toml(data.config, data)
         where = str(data.config)
@@ -338,7 +358,7 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     """
     groups, specs, problems, where = _resolve_specs(data)
     for g in groups:
-        check_divisibility(g.buckets, divisibility, "data" if g.key == "data" else f"{data.config}: {g.key}")
+        validate(g.buckets, divisibility, "data" if g.key == "data" else f"{Path(str(data.config)).name}: {g.key}")
     ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {})
     items: list[ImageItem] = []
     for si, spec in enumerate(specs):

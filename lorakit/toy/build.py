@@ -404,12 +404,13 @@ def build(family: str, out: Path, plan_name: str = "full", seed: int = SEED) -> 
     target = Path(out) / family
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target}: already exists and is not empty; remove it or pass another --out")
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     models, facts = pretrain(family, PLANS[plan_name], seed, t0)
     paths = save_family(family, models, facts, target)
-    seconds = time.time() - t0
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
     files = {role: p for role, p in paths.items() if p.is_file()}
     report = {"family": family, "plan": plan_name, "seconds": round(seconds, 1),
+              "cpu_seconds": round(cpu_seconds, 1),
               "scaling_factor": facts["scaling_factor"], "shift_factor": facts["shift_factor"],
               "loss_curve": [round(x, 5) for x in facts["loss_curve"]],
               "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256(p)}

@@ -21,14 +21,35 @@ SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 _STARTED_AT = time.time()
 
 
-def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, step: int) -> Path:
+def dataset_info(dataset, stream) -> dict:
+    """What the ss_* metadata says about the data: tag frequency, folders, image counts, buckets."""
+    from collections import Counter
+
+    from lorakit.data.captions import tag_frequency
+
+    dirs = {}
+    for idx, sub in enumerate(dataset.subsets):
+        dirs[Path(sub.dir).name] = {"n_repeats": sub.repeats,
+                                    "img_count": sum(1 for it in dataset.items if it.subset == idx)}
+    buckets = Counter(f"{w}x{h}" for w, h in (it.bucket for it in dataset.items))
+    return {"tag_frequency": tag_frequency(dataset), "dataset_dirs": dirs,
+            "num_train_images": sum(1 for it in dataset.items if not it.is_reg),
+            "num_reg_images": sum(1 for it in dataset.items if it.is_reg),
+            "num_batches_per_epoch": stream.steps_per_epoch, "num_epochs": None,
+            "bucket_info": {"buckets": dict(buckets)}}
+
+
+def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, step: int) -> Path:
     """Write ``lora`` (component → module → LoraModule) to ``path`` in ``cfg.save.format`` with metadata."""
     tensors = adapter.export(lora, cfg.save.format)
     dtype = SAVE_DTYPES[cfg.save.precision]
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
                for k, v in tensors.items()}
-    epochs = getattr(dataset, "epochs_for", lambda steps, bs: 0)(step, cfg.training.batch_size)
-    meta = common_metadata(cfg=cfg, spec=adapter.spec, dataset_info=dataset.metadata_info(), steps=step,
+    per_epoch = max(stream.steps_per_epoch, 1)
+    epochs = -(-step // per_epoch)
+    info = dataset_info(dataset, stream)
+    info["num_epochs"] = -(-cfg.training.max_steps // per_epoch)
+    meta = common_metadata(cfg=cfg, spec=adapter.spec, dataset_info=info, steps=step,
                            epochs=epochs, started_at=_STARTED_AT, finished_at=time.time(),
                            base_model_file=cfg.model.checkpoint, session_id=_session_id())
     meta.update(adapter.metadata(cfg))

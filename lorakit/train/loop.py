@@ -22,6 +22,7 @@ import torch
 from lorakit.config.load import config_to_dict, dump_toml
 from lorakit.config.schema import Config
 from lorakit.data.cache import LatentCache, TextCache
+from lorakit.data.captions import fixed_captions
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
 from lorakit.errors import ConfigError, DataError, TrainingError
@@ -86,7 +87,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         texts = TextCache(cache_root / "text", identity["text"])
         watchdog.beat("caching text-encoder outputs")
-        texts.ensure(sorted({c for c in stream.all_captions()}), adapter.encode_text, progress=cfg.log.progress)
+        texts.ensure(sorted(set(fixed_captions(dataset))), adapter.encode_text, progress=cfg.log.progress)
         adapter.offload_encoders()
 
     # ------------------------------------------------------------------ LoRA, optimizer, schedule
@@ -288,7 +289,7 @@ def save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimiz
                     step: int, fingerprint: dict, dataset, final: bool = False) -> Path:
     """Write the LoRA file (atomic) and the resume state (atomic folder), then prune old ones."""
     lora = extract_all(modules, targets)
-    path = export_lora(run.lora_path(None if final else step), adapter, lora, cfg, dataset, step)
+    path = export_lora(run.lora_path(None if final else step), adapter, lora, cfg, dataset, stream, step)
     rng = checkpoint.capture_rng()
     rng["loop_generator"] = generator.get_state()
     checkpoint.save_state(run.state_path(step), lora=lora, optimizer_state=optimizer.state_dict(),
@@ -323,12 +324,22 @@ def run_fingerprint(cfg: Config, dataset) -> dict:
     """What must not change between a run and its resume."""
     d = config_to_dict(cfg)
     return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
-            "dataset": dataset.fingerprint(), "training": {k: v for k, v in d.get("training", {}).items()
+            "dataset": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
                                                              if k not in ("max_steps", "stall_timeout", "device")},
             "optimizer": d.get("optimizer", {})}
 
 
 # ====================================================================== helpers
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A hash of what the model sees: every usable image's bytes, caption, bucket, crop and repeats."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in dataset.items:
+        h.update(f"{it.sha256}|{it.caption}|{it.bucket}|{it.crop}|{it.repeats}|{it.is_reg}|{it.loss_weight}\n".encode())
+    return h.hexdigest()
 
 
 def pick_device(name: str) -> torch.device:

@@ -120,3 +120,12 @@ def test_divisibility():
         check_divisibility(BucketSettings((1024, 1024), step=32), 64)
     with pytest.raises(ConfigError, match="^data.resolution"):
         check_divisibility(BucketSettings((1000, 1000), enable_bucket=False, step=64), 64)
+
+
+def test_validate_min_max():
+    from lorakit.data.buckets import validate
+    validate(BucketSettings((1024, 1024), max_reso=2048), 64)
+    with pytest.raises(ConfigError, match="^data.max_bucket_reso: the square bucket of the resolution .1024."):
+        validate(BucketSettings((1024, 1024), max_reso=512), 64)
+    with pytest.raises(ConfigError, match="^data.min_bucket_reso: 1024 is larger"):
+        validate(BucketSettings((768, 768), min_reso=1024, max_reso=512), 64)

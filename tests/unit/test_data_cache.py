@@ -156,3 +156,11 @@ def test_text_cache(tmp_path):
     TextCache(tmp_path / "c", "te-2").ensure(["a"], fake_te(calls), progress=False)
     assert calls == [["a"]]
     assert not [f for f in os.listdir(tmp_path / "c" / "text") if not f.endswith(".safetensors")]
+
+
+def test_cache_folder(tmp_path):
+    from lorakit.data.cache import cache_folder
+    assert cache_folder(DataCfg(dir="d"), tmp_path / "out") == tmp_path / "out" / "cache"
+    assert cache_folder(DataCfg(dir="d", cache_dir=str(tmp_path / "c")), "out") == tmp_path / "c"
+    assert cache_folder(DataCfg(dir=str(tmp_path / "d"), cache_next_to_images=True), "out") == \
+        tmp_path / "d" / ".lorakit-cache"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 
@@ -60,3 +61,24 @@ def test_custom_separator_rejoined_with_comma_space():
     p = CaptionPipeline(CaptionSettings(shuffle=True, separator="|", keep_tokens=1))
     out = p.make("a | b | c", random.Random(0))
     assert out.startswith("a, ") and sorted(out.split(", ")) == ["a", "b", "c"]
+
+
+def test_fixed_captions_and_refusal(tmp_path):
+    import pytest
+
+    from lorakit.config.schema import DataCfg
+    from lorakit.data.captions import fixed_captions
+    from lorakit.data.scan import scan_dataset
+    from lorakit.data.stream import BatchStream
+    from lorakit.errors import ConfigError
+    from tests.unit.data_corpus import simple_dataset
+    root = simple_dataset(tmp_path / "d", {"2_ohwx": [(64, 64)] * 3})
+    small = dict(resolution=64, min_bucket_reso=64, bucket_reso_steps=32)
+    ds = scan_dataset(DataCfg(dir=str(root), caption_prefix="photo of", **small), divisibility=32)
+    caps = fixed_captions(ds)
+    assert caps == [f"photo of ohwx, picture {i}, tag{i}" for i in range(3)]
+    streamed = {c for b in itertools.islice(BatchStream(ds, 2, seed=0), 6) for _, _, c in b}
+    assert streamed == set(caps)
+    ds = scan_dataset(DataCfg(dir=str(root), caption_tag_dropout_rate=0.1, **small), divisibility=32)
+    with pytest.raises(ConfigError, match=r"data.caption_tag_dropout_rate is set for 2_ohwx"):
+        fixed_captions(ds)

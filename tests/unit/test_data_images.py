@@ -119,7 +119,8 @@ def test_crop_is_centred_and_flip_mirrors(tmp_path):
 
 
 def test_panorama_loads_without_huge_intermediate(files):
-    size = Image.open(files["pano"]).size
+    with Image.open(files["pano"]) as im:
+        size = im.size
     settings = BucketSettings((128, 128), min_reso=64, max_reso=256, step=32)
     item = _item(files["pano"], size, settings)
     t = load_for_bucket(item)

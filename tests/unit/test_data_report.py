@@ -49,3 +49,17 @@ def test_table_and_json(tmp_path):
     assert any(ln.split()[-3:] == ["7", "3", "21"] for ln in lines)
     assert "steps/epoch (batch 2): 14" in table
     assert any(ln.startswith("skipped  3_ohwx/broken.png") and ln.endswith("zero-byte file") for ln in lines)
+
+
+def test_metadata_helpers(tmp_path):
+    from lorakit.data.report import bucket_info, dataset_dirs
+    ds = _ds(tmp_path)
+    assert dataset_dirs(ds) == {"3_ohwx": {"n_repeats": 3, "img_count": 7}, "2_sks": {"n_repeats": 2, "img_count": 3}}
+    assert dataset_dirs(ds, is_reg=True) == {}
+    info = bucket_info(ds)
+    assert info["buckets"] == {0: {"resolution": [96, 160], "count": 6}, 1: {"resolution": [128, 128], "count": 15},
+                               2: {"resolution": [160, 96], "count": 6}}
+    # 64x96 in 96x160: |0.6667-0.6|; 64x64 in 128: 0; 96x64 in 160x96: |1.5-1.6667|
+    want = (3 * abs(64 / 96 - 96 / 160) + 2 * abs(96 / 64 - 160 / 96)) / 10
+    assert abs(info["mean_img_ar_error"] - want) < 1e-12
+    json.dumps(info)

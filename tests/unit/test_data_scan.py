@@ -13,7 +13,7 @@ from lorakit.data.captions import tag_frequency
 from lorakit.data.images import load_for_bucket
 from lorakit.data.scan import scan_dataset
 from lorakit.errors import ConfigError, DataError
-from tests.unit.data_corpus import TRAIN, bad_corpus, caption, rgb, save, simple_dataset, snapshot
+from tests.unit.data_corpus import bad_corpus, caption, rgb, save, simple_dataset, snapshot
 
 SMALL = dict(resolution=128, min_bucket_reso=64, max_bucket_reso=256, bucket_reso_steps=32)
 
@@ -84,6 +84,7 @@ def test_corpus_geometry(corpus):
     pano = by_path[files["pano"]]
     assert pano.original_size == (20000, 50) and pano.bucket == (256, 64)
     assert pano.resized_size == (25600, 64) and pano.crop == ((25600 - 256) // 2, 0)
+    assert (pano.original_hw, pano.crop_top_left, pano.target_hw) == ((50, 20000), (0, 12672), (64, 256))
     for it in ds.items:
         assert it.bucket[0] % 32 == 0 and it.bucket[1] % 32 == 0
         assert it.subset == 0 and it.repeats == 10 and not it.is_reg and it.loss_weight == 1.0

@@ -139,3 +139,11 @@ def test_toml_subset_without_class_tokens_gets_empty_caption(tmp_path):
     (it,) = ds.items
     assert (it.caption, it.caption_source, it.repeats) == ("", "empty", 3)
     assert ds.report.problems[0].reason == "missing caption (a.txt): trained with an empty caption"
+
+
+def test_config_with_dir_or_reg_dir_refused(dirs):
+    p = write(dirs, "[[datasets]]\n[[datasets.subsets]]\nimage_dir = '1_a'\n")
+    with pytest.raises(ConfigError, match="^data.reg_dir: not used when data.config is set"):
+        scan_dataset(DataCfg(config=str(p), reg_dir=str(dirs)))
+    with pytest.raises(ConfigError, match="^data.dir: not used"):
+        scan_dataset(DataCfg(config=str(p), dir=str(dirs)))

@@ -104,7 +104,8 @@ def test_noise_is_rectified_flow_with_flux_shift(adapter):
 def test_encode_text_and_images(adapter):
     text = adapter.encode_text(["a photo", "b"])
     assert text["pooled"].shape == (2, 32) and text["t5"].shape == (2, 16, 32)
-    assert text["t5_mask"].tolist()[1][:3] == [1, 1, 0]             # "b" + eos, then padding
+    n = len(adapter.comps.t5_tokenizer("b").input_ids)                # pieces + eos, then padding
+    assert text["t5_mask"][1].tolist() == [1] * n + [0] * (16 - n)
     ids = adapter.comps.clip_tokenizer(["a photo"], padding="max_length", max_length=77, return_tensors="pt").input_ids
     eos = int((ids[0] == 49407).nonzero()[0])
     with torch.no_grad():

@@ -93,3 +93,20 @@ def test_text_encoder_names():
     assert sd["lora_te2_text_model_encoder_layers_31_mlp_fc1.lora_up.weight"].shape == (5120, RANK)
     assert all(k.startswith(("lora_te1_text_model_encoder_layers_", "lora_te2_text_model_encoder_layers_"))
                for k in sd)
+
+
+def test_shipped_full_size_config_folder(tmp_path, monkeypatch):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    from lorakit.models.sdxl.configs import shipped_config_dir
+    from lorakit.models.tokenizers import clip_tokenizer
+
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
+    folder = shipped_config_dir()
+    assert folder.is_relative_to(tmp_path) and shipped_config_dir() == folder
+    assert UNet2DConditionModel.load_config(str(folder / "unet"))["cross_attention_dim"] == 2048
+    assert CLIPTextConfig.from_pretrained(str(folder / "text_encoder_2")).hidden_size == 1280
+    assert CLIPTextConfig.from_pretrained(str(folder / "text_encoder")).hidden_size == 768
+    assert clip_tokenizer(folder=folder / "tokenizer_2").pad_token_id == 0
+    assert clip_tokenizer(folder=folder / "tokenizer")("a photo of a cat").input_ids[-1] == 49407

@@ -267,7 +267,9 @@ class Adapter:
         if fmt != "kohya":
             raise ConfigError(f"save.format: {fmt!r} is not supported for flux1; use kohya or diffusers")
         tr = self._c().transformer
-        outs = {n: m.out_features for n, m in tr.named_modules() if isinstance(m, nn.Linear)}
+        # after peft injection a target is a wrapper whose original Linear sits at "<path>.base_layer"
+        outs = {n.removesuffix(".base_layer"): m.out_features for n, m in tr.named_modules()
+                if isinstance(m, nn.Linear)}
         nd, ns = self._depths()
         return to_kohya(lora, outs, nd, ns)
 

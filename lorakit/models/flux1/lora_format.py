@@ -124,8 +124,9 @@ def te1_kohya_name(path: str) -> str:
 
 
 def _pack(out: dict[str, torch.Tensor], name: str, down: torch.Tensor, up: torch.Tensor, alpha: float) -> None:
-    out[f"{name}.lora_down.weight"] = down.contiguous()
-    out[f"{name}.lora_up.weight"] = up.contiguous()
+    # fresh tensors: loaders (diffusers' kohya converter) scale in place; the trained LoRA must not change
+    out[f"{name}.lora_down.weight"] = down.detach().clone().contiguous()
+    out[f"{name}.lora_up.weight"] = up.detach().clone().contiguous()
     out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=torch.float32)
 
 
@@ -173,7 +174,7 @@ def to_diffusers(lora: Mapping[str, Mapping[str, LoraModule]]) -> dict[str, torc
             raise ValueError(f"flux1 export: unknown LoRA component {comp!r} (expected transformer, te1)")
         for path, p in mods.items():
             scale = float(p.alpha) / p.down.shape[0]
-            out[f"{prefixes[comp]}{path}.lora_A.weight"] = p.down.float().contiguous()
+            out[f"{prefixes[comp]}{path}.lora_A.weight"] = p.down.float().detach().clone().contiguous()
             out[f"{prefixes[comp]}{path}.lora_B.weight"] = (p.up.float() * scale).contiguous()
     return out
 

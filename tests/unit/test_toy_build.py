@@ -1,0 +1,105 @@
+"""The toy base models: bit-for-bit rebuilds, the shipped files, loading through the real loaders, and
+whether the base draws what the prompt says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lorakit.errors import ModelLoadError
+from lorakit.toy import build, eval as toy_eval, paths
+
+
+def _has_assets(family: str) -> bool:
+    try:
+        paths.toy_paths(family)
+        return True
+    except ModelLoadError:
+        return False
+
+
+needs = {f: pytest.mark.skipif(not _has_assets(f), reason=f"toy {f} assets not built") for f in paths.FAMILIES}
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+def test_quick_build_is_bit_for_bit(tmp_path, family):
+    a = build.build(family, tmp_path / "a", plan_name="quick")
+    b = build.build(family, tmp_path / "b", plan_name="quick")
+    ha = {r: f["sha256"] for r, f in a["files"].items()}
+    assert ha == {r: f["sha256"] for r, f in b["files"].items()}
+    assert len(ha) == (1 if family == "sdxl" else 4)
+    # the config folder is identical too
+    for p in sorted((tmp_path / "a" / family / "config").rglob("*.json")):
+        q = tmp_path / "b" / family / "config" / p.relative_to(tmp_path / "a" / family / "config")
+        assert p.read_bytes() == q.read_bytes()
+    with pytest.raises(FileExistsError, match="not empty"):
+        build.build(family, tmp_path / "a", plan_name="quick")
+
+
+def test_missing_assets_name_the_build_command(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"python -m lorakit.toy build --family flux1"):
+        paths.toy_paths("flux1", root=tmp_path)
+    with pytest.raises(ModelLoadError, match="toy families are"):
+        paths.toy_paths("sd15")
+
+
+def test_sdxl_text_encoders_differ_in_width():
+    cfg = build.sdxl_configs()
+    assert cfg["te1"]["hidden_size"] != cfg["te2"]["hidden_size"]           # stack.md pitfall 6
+    assert cfg["unet"]["cross_attention_dim"] == cfg["te1"]["hidden_size"] + cfg["te2"]["hidden_size"]
+    assert cfg["unet"]["projection_class_embeddings_input_dim"] == (
+        6 * cfg["unet"]["addition_time_embed_dim"] + cfg["te2"]["projection_dim"])
+
+
+@pytest.mark.skipif(not all(_has_assets(f) for f in paths.FAMILIES), reason="toy assets not built")
+def test_shipped_assets_fit_the_budget_and_match_build_json():
+    total = 0
+    for fam in paths.FAMILIES:
+        p = paths.toy_paths(fam)
+        report = json.loads((p["config"].parent / "build.json").read_text())
+        for role, f in report["files"].items():
+            assert p[role].stat().st_size == f["bytes"]
+            assert build.sha256(p[role]) == f["sha256"]
+        total += sum(f.stat().st_size for f in p["config"].parent.rglob("*") if f.is_file())
+    assert total <= 20 * 1024 * 1024
+
+
+@needs["sdxl"]
+def test_sdxl_loads_in_diffusers_from_single_file():
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import load_file
+
+    p = paths.toy_paths("sdxl")
+    pipe = StableDiffusionXLPipeline.from_single_file(str(p["checkpoint"]), config=str(p["config"]),
+                                                      torch_dtype=torch.float32)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        for t in getattr(pipe, name).parameters():
+            assert t.device.type == "cpu" and torch.isfinite(t).all()
+    sd = load_file(str(p["checkpoint"]))
+    # one tensor per component, compared with the file itself
+    assert torch.equal(pipe.unet.conv_in.weight, sd["model.diffusion_model.input_blocks.0.0.weight"].float())
+    assert torch.equal(pipe.vae.decoder.conv_out.weight, sd["first_stage_model.decoder.conv_out.weight"].float())
+    te1 = pipe.text_encoder.get_input_embeddings().weight
+    assert torch.equal(te1, sd["conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"].float())
+    te2 = pipe.text_encoder_2.get_input_embeddings().weight
+    assert torch.equal(te2, sd["conditioner.embedders.1.model.token_embedding.weight"].float())
+    assert pipe.vae.config.scaling_factor == json.loads((p["config"] / "vae" / "config.json").read_text())["scaling_factor"]
+
+
+PROMPTS = ["a red circle on a blue background", "a green square on a white background",
+           "a yellow triangle on a black background", "a white circle on a red background",
+           "a blue square on a yellow background", "a black triangle on a green background"]
+
+
+@pytest.mark.parametrize("family", [pytest.param(f, marks=needs[f]) for f in paths.FAMILIES])
+def test_base_draws_what_the_prompt_says(family):
+    model = toy_eval.load_toy(family)
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20)
+    r = toy_eval.prompt_following(imgs, prompts)
+    # chance: background 1/6, colour 1/6, shape 1/3 (1/4 counting the concept class)
+    assert r["background"] >= 0.6, r
+    assert r["colour"] >= 0.5, r
+    assert r["shape"] >= 0.5, r
