@@ -198,7 +198,8 @@ class SampleCfg:
                                     kind="path")
     at_start: bool = f(True, "Sample once before training (the 'before' of the before/after grid).")
     steps: Optional[int] = f(None, "Sampling steps (default: SDXL 28, FLUX dev 20, schnell 4).", ge=1)
-    cfg_scale: float = f(7.0, "Classifier-free guidance scale (FLUX: 1.0 = off).", ge=0.0)
+    cfg_scale: Optional[float] = f(None, "Classifier-free guidance scale (default: SDXL 7.0, FLUX 1.0 = off).",
+                                   ge=0.0)
     guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, families=("flux1",))
     sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), families=("sdxl",))
     negative_prompt: str = f("", "Default negative prompt.")

@@ -32,6 +32,7 @@ class ModelSpec:
     default_sample_steps: int
     metadata_base_version: str        # ss_base_model_version: "sdxl_base_v1-0" / "flux1"
     network_module: str               # ss_network_module: "networks.lora" / "networks.lora_flux"
+    default_cfg_scale: float = 7.0    # preview CFG when sample.cfg_scale is unset (FLUX: 1.0 = off)
 
 
 @dataclass

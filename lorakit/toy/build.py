@@ -45,6 +45,8 @@ SEED = 20260
 LATENT_RES = 8            # 64 px / VAE factor 8
 T5_MAX_LENGTH = 64        # toy FLUX text length (see TOY_TEXT in paths.py; real dev uses 512)
 CAPTION_DROPOUT = 0.1
+# The real families' latent constants; adapters may read them from their ModelSpec instead of the config.
+REAL_LATENT = {"sdxl": (0.13025, 0.0), "flux1": (0.3611, 0.1159)}
 
 
 @dataclass(frozen=True)
@@ -348,11 +350,13 @@ def pretrain(family: str, plan: Plan, seed: int = SEED, log_t0: float | None = N
     scenes = world.sample_scenes(plan.n_images, seed + 3)
     pixels = images_to_tensor([world.render(s) for s in scenes])
     means, stds = encode_latents(models[vae_key], pixels)
-    shift = float(means.mean()) if family == "flux1" else 0.0
-    scale = float(1.0 / (means - shift).std())
-    scale, shift = round(scale, 4), round(shift, 4)
+    scale = round(float(1.0 / (means - means.mean()).std()), 4)
+    # The shift is chosen so that re-targeting to the real constants needs no additive term (see
+    # retarget_latents: FLUX's 3×3 conv_in cannot absorb one exactly); SDXL has none.
+    real_scale, real_shift = REAL_LATENT[family]
+    shift = real_shift * real_scale / scale
     means, stds = (means - shift) * scale, stds * scale
-    _log(f"{family}: latent scale {scale} shift {shift}; encoding captions", t0)
+    _log(f"{family}: latent scale {scale} shift {shift:.5f}; encoding captions", t0)
     distinct, cap_idx = caption_index([world.caption(s) for s in scenes])
     tok_a, tok_b = tokenizers(family)
     if family == "sdxl":
@@ -362,6 +366,32 @@ def pretrain(family: str, plan: Plan, seed: int = SEED, log_t0: float | None = N
     _log(f"{family}: training the denoiser on {len(scenes)} images, {len(distinct) - 1} captions", t0)
     curve = train_denoiser(family, models[den_key], means, stds, cap_idx, text, plan, gen, t0)
     return models, {"scaling_factor": scale, "shift_factor": shift, "loss_curve": curve}
+
+
+@torch.no_grad()
+def retarget_latents(vae: torch.nn.Module, scale: float, shift: float, new_scale: float, new_shift: float) -> None:
+    """Re-parametrise a trained VAE so its latents have the real family's scale/shift, in place.
+
+    The latent z becomes z' = a·z + b with a = scale / new_scale and b = new_shift − a·shift, so that
+    (z' − new_shift)·new_scale == (z − shift)·scale: the denoiser sees the very same normalised latents.
+    The encoder's last layer (quant_conv, or conv_out without quant convs) gets the affine map on its mean
+    channels (+2·ln a on the log-variance); the decoder's first layer (post_quant_conv, or conv_in) gets
+    the inverse. With a 1×1 post_quant_conv (SDXL) this is exact; with FLUX's 3×3 conv_in it is exact
+    except that the zero padding at the image border now stands for z = −b/a instead of 0 (b is small).
+    """
+    a = scale / new_scale
+    b = new_shift - a * shift
+    if abs(b) < 1e-9:                                    # the build picks shift so that b == 0 (exact)
+        b = 0.0
+    enc = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder.conv_out
+    dec = vae.post_quant_conv if getattr(vae, "post_quant_conv", None) is not None else vae.decoder.conv_in
+    c = vae.config.latent_channels
+    enc.weight[:c] *= a
+    enc.bias[:c] = a * enc.bias[:c] + b
+    enc.bias[c:] += 2.0 * math.log(a)
+    w = dec.weight / a                                   # [out, c, kh, kw]
+    dec.bias -= (w * b).sum(dim=(1, 2, 3))
+    dec.weight.copy_(w)
 
 
 def _final_configs(family: str, facts: dict) -> dict[str, dict[str, Any]]:
@@ -376,6 +406,11 @@ def _final_configs(family: str, facts: dict) -> dict[str, dict[str, Any]]:
 
 def save_family(family: str, models: dict, facts: dict, out: Path) -> dict[str, Path]:
     """Write the single files + config folder with the family converters; returns role → path."""
+    vae_key = "vae" if family == "sdxl" else "ae"
+    new_scale, new_shift = REAL_LATENT[family]
+    retarget_latents(models[vae_key], facts["scaling_factor"], facts["shift_factor"], new_scale, new_shift)
+    facts = {**facts, "trained_scaling_factor": facts["scaling_factor"], "trained_shift_factor": facts["shift_factor"],
+             "scaling_factor": new_scale, "shift_factor": new_shift}
     cfg = _final_configs(family, facts)
     out.mkdir(parents=True, exist_ok=True)
     if family == "sdxl":
@@ -406,16 +441,26 @@ def build(family: str, out: Path, plan_name: str = "full", seed: int = SEED) -> 
         raise FileExistsError(f"{target}: already exists and is not empty; remove it or pass another --out")
     t0, c0 = time.time(), time.process_time()
     models, facts = pretrain(family, PLANS[plan_name], seed, t0)
+    return finish(family, models, facts, target, plan_name, t0, c0)
+
+
+def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str, t0: float,
+           c0: float) -> dict[str, Any]:
+    """Save the trained models and write ``build.json`` (time, sizes, hashes, loss curve)."""
     paths = save_family(family, models, facts, target)
+    facts = {**facts, "trained_scaling_factor": facts["scaling_factor"], "trained_shift_factor": facts["shift_factor"],
+             "scaling_factor": REAL_LATENT[family][0], "shift_factor": REAL_LATENT[family][1]}
     seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
     files = {role: p for role, p in paths.items() if p.is_file()}
     report = {"family": family, "plan": plan_name, "seconds": round(seconds, 1),
               "cpu_seconds": round(cpu_seconds, 1),
               "scaling_factor": facts["scaling_factor"], "shift_factor": facts["shift_factor"],
+              "trained_scaling_factor": facts["trained_scaling_factor"],
+              "trained_shift_factor": facts["trained_shift_factor"],
               "loss_curve": [round(x, 5) for x in facts["loss_curve"]],
               "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256(p)}
                         for role, p in files.items()},
               "torch": torch.__version__}
     (target / "build.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    _log(f"{family}: done in {seconds:.0f}s", t0)
+    _log(f"{family}: done in {seconds:.0f}s ({cpu_seconds:.0f} s CPU)", t0)
     return report

@@ -27,6 +27,20 @@ def is_finite(value: torch.Tensor | float) -> bool:
     return bool(np.isfinite(value))
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """True when a write failed because the disk is full.
+
+    Python raises OSError(ENOSPC); safetensors' Rust writer and torch's zip writer raise their own errors whose
+    text carries the OS message ("No space left on device", "StorageFull", or "os error 28").
+    """
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded"))
+
+
 def image_problem(img: Image.Image) -> Optional[str]:
     """Why a preview image looks broken ("black", "constant", "nan"), or None if it looks like an image."""
     arr = np.asarray(img.convert("RGB"), dtype=np.float32)
@@ -76,7 +90,10 @@ class StallWatchdog:
                 self.stalls += 1
                 self.log(f"lorakit: no progress for {idle:.0f} s while {self.phase}; the run may be stalled "
                          "(dead data loader, hung device, swapping). Thread stacks follow on stderr.")
-                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                try:
+                    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                except (ValueError, OSError, AttributeError):  # stderr without a file descriptor (UI, tests)
+                    faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
 
     def stop(self) -> None:
         self._stop.set()

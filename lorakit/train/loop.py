@@ -21,7 +21,7 @@ import torch
 
 from lorakit.config.load import config_to_dict, dump_toml
 from lorakit.config.schema import Config
-from lorakit.data.cache import LatentCache, TextCache
+from lorakit.data.cache import LatentCache, TextCache, atomic_write_bytes
 from lorakit.data.captions import fixed_captions
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
@@ -30,7 +30,7 @@ from lorakit.lora.inject import enable_lora, extract_lora, inject_lora, load_lor
 from lorakit.lora.io import save_safetensors_atomic
 from lorakit.models.base import Batch, SamplePrompt
 from lorakit.models.registry import get_family
-from lorakit.train import checkpoint, health, optim
+from lorakit.train import checkpoint, health, optim, speed
 from lorakit.train.export import export_lora, verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.rundir import RunDir
@@ -50,11 +50,11 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
     """Run (or continue) one training run described by ``cfg``."""
     # ------------------------------------------------------------------ run folder, family, device
     run = RunDir(Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
-    state_dir = run.latest_state() if resume else None
-    if resume and state_dir is None and not run.root.exists():
+    if resume and not run.root.exists():
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
     if not resume:
         run.create()
+        atomic_write_bytes(run.root / "config.toml", dump_toml(cfg).encode())  # first: makes --resume possible
     family = get_family(cfg.model.family)
     spec = family.SPEC
     device = pick_device(cfg.training.device)
@@ -67,8 +67,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
     watchdog.beat("scanning the dataset")
     dataset = scan_dataset(cfg.data, divisibility=spec.bucket_divisibility)
     report = dataset.report
-    (run.root / "data_report.json").write_text(_json(report.to_json()))
-    log(report.to_table())
+    (run.root / "data_report.json").write_text(_json(report.to_json(cfg.training.batch_size)))
+    log(report.to_table(cfg.training.batch_size))
     if report.usable == 0:
         raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
     stream = BatchStream(dataset, cfg.training.batch_size, cfg.training.seed)
@@ -80,12 +80,12 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
     adapter.load(cfg.model, cfg.memory, device, weight_dtype)
     identity = adapter.identity()
     cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.save.dir) / "cache"
-    latents = LatentCache(cache_root / "latents", identity["vae"])
+    latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
     latents.ensure(dataset.items, adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)
     texts: Optional[TextCache] = None
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
-        texts = TextCache(cache_root / "text", identity["text"])
+        texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")
         texts.ensure(sorted(set(fixed_captions(dataset))), adapter.encode_text, progress=cfg.log.progress)
         adapter.offload_encoders()
@@ -104,6 +104,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
             cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
     trainable = [p for g in groups for p in g["params"]]
+    speed.prepare_denoiser(modules["denoiser"], cfg.memory, device, log=log)  # checkpointing, regional compile
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
     optimizer = optim.build_optimizer(groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
                                       cfg.optimizer.betas, cfg.optimizer.eps)
@@ -113,16 +114,16 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
     generator = torch.Generator().manual_seed(cfg.training.seed)
     fingerprint = run_fingerprint(cfg, dataset)
     start_step = 0
-    if state_dir is not None:
-        start_step = restore(state_dir, fingerprint, force, modules, targets, optimizer, scheduler, stream,
-                             generator, log)
-    else:
-        (run.root / "config.toml").write_text(dump_toml(cfg))
+    if resume:
+        start_step = restore(run, fingerprint, force, modules, targets, optimizer, scheduler, stream, generator, log)
+        if start_step == 0:  # steps logged before the kill are redone: drop them
+            (run.root / "metrics.jsonl").unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ previews
     defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt,
                             width=cfg.sample.width or _res(cfg)[0], height=cfg.sample.height or _res(cfg)[1],
-                            steps=cfg.sample.steps, seed=cfg.sample.seed, cfg_scale=cfg.sample.cfg_scale)
+                            steps=cfg.sample.steps, seed=cfg.sample.seed,
+                            cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None else cfg.sample.cfg_scale)
     prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults)
     samples: list[Path] = []
 
@@ -184,6 +185,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 log(f"warning: step {step}: non-finite loss/gradient, step skipped ({skipped} so far)")
+                metrics.write({"step": step, "skipped_step": True, "skipped_total": skipped})
             else:
                 optimizer_step(optimizer, scaler)
             scheduler.step()
@@ -202,11 +204,16 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
                     and step < cfg.training.max_steps:
                 samples += make_samples(step)
     except torch.cuda.OutOfMemoryError:
-        raise TrainingError(
+        failure = TrainingError(
             f"out of GPU memory at step {step} (batch {cfg.training.batch_size}, resolution {cfg.data.resolution}). "
             "Settings that fit in less memory: training.batch_size = 1, memory.gradient_checkpointing = true, "
             "memory.blocks_to_swap (FLUX), memory.fp8_base = true, or a lower data.resolution. "
-            f"Last checkpoint kept: {last_saved or 'none yet'}.") from None
+            f"Last checkpoint kept: {last_saved or 'none yet'}.")
+        run.write_status(status="failed", step=step, error=str(failure))
+        raise failure from None
+    except TrainingError as exc:
+        run.write_status(status="failed", step=step, error=str(exc))
+        raise
     finally:
         progress.close()
         watchdog.stop()
@@ -287,29 +294,58 @@ def extract_all(modules, targets) -> dict[str, dict]:
 
 def save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimizer, scheduler, stream, generator,
                     step: int, fingerprint: dict, dataset, final: bool = False) -> Path:
-    """Write the LoRA file (atomic) and the resume state (atomic folder), then prune old ones."""
+    """Write the LoRA file (atomic) and the resume state (atomic folder), then prune old ones.
+
+    A full disk stops the run with a TrainingError naming the file; the atomic writes leave the previous
+    checkpoint untouched, so the run resumes from it once there is space."""
+    previous = run.latest_state()
     lora = extract_all(modules, targets)
-    path = export_lora(run.lora_path(None if final else step), adapter, lora, cfg, dataset, stream, step)
-    rng = checkpoint.capture_rng()
-    rng["loop_generator"] = generator.get_state()
-    checkpoint.save_state(run.state_path(step), lora=lora, optimizer_state=optimizer.state_dict(),
-                          scheduler_state=scheduler.state_dict(), rng=rng, data_state=stream.state_dict(),
-                          step=step, config_fingerprint=fingerprint)
+    target = run.lora_path(None if final else step)
+    try:
+        path = export_lora(target, adapter, lora, cfg, dataset, stream, step)
+        target = run.state_path(step)
+        rng = checkpoint.capture_rng()
+        rng["loop_generator"] = generator.get_state()
+        checkpoint.save_state(target, lora=lora, optimizer_state=optimizer.state_dict(),
+                              scheduler_state=scheduler.state_dict(), rng=rng, data_state=stream.state_dict(),
+                              step=step, config_fingerprint=fingerprint)
+    except Exception as exc:
+        if not health.is_disk_full(exc):
+            raise
+        raise TrainingError(
+            f"disk full while writing {target} (step {step}): nothing was "
+            f"overwritten; the last complete checkpoint is {previous or 'none yet'}. Free some space (or lower "
+            f"save.keep_last) and continue with `lorakit train --resume {run.root}`.") from None
     run.prune(cfg.save.keep_last)
     run.write_status(step=step, last_checkpoint=str(path))
     return path
 
 
-def restore(state_dir: Path, fingerprint: dict, force: bool, modules, targets, optimizer, scheduler, stream,
+def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optimizer, scheduler, stream,
             generator, log) -> int:
-    state = checkpoint.load_state(state_dir)
+    """Load the newest resume state that verifies (a damaged one is reported and skipped); 0 when none."""
+    state = None
+    for state_dir in reversed(run.complete_states()):
+        try:
+            state = checkpoint.load_state(state_dir)
+            break
+        except checkpoint.IncompleteStateError as exc:
+            log(f"warning: {exc}; trying the checkpoint before it")
+    if state is None:
+        log(f"--resume: {run.root} has no complete checkpoint (the run stopped before its first save finished); "
+            "starting again from step 0. Caches already written are reused.")
+        return 0
     changed = checkpoint.fingerprint_diff(state["config_fingerprint"], fingerprint)
     if changed and not force:
         raise TrainingError(f"cannot resume {state_dir}: the run's settings changed ({'; '.join(changed)}). "
                             "Use --force-resume to continue anyway, or start a new run.")
     for component in targets:
         module = modules["denoiser"] if component in ("unet", "transformer") else modules[component]
-        load_lora_into(module, state["lora"][component])
+        try:
+            load_lora_into(module, state["lora"][component])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TrainingError(f"--force-resume: the LoRA saved in {state_dir} does not fit this run's network "
+                                f"settings ({str(exc)[:200]}); resume without changing network.*") from None
     optimizer.load_state_dict(state["optimizer_state"])
     scheduler.load_state_dict(state["scheduler_state"])
     stream.load_state_dict(state["data_state"])

@@ -30,4 +30,4 @@ def check_supported(cfg: Config, device: torch.device) -> None:
 
 
 # Options whose code path exists; the others are rejected by check_supported until they land.
-IMPLEMENTED: set[str] = set()
+IMPLEMENTED: set[str] = {"compile"}

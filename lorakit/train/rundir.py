@@ -52,13 +52,18 @@ class RunDir:
     def state_path(self, step: int) -> Path:
         return self.state_root / f"step{step:08d}"
 
-    def latest_state(self) -> Optional[Path]:
-        """The newest complete resume state (incomplete ones, e.g. from a kill mid-save, are ignored)."""
+    def complete_states(self) -> list[Path]:
+        """Complete resume states, oldest first (half-written ones from a kill mid-save are ignored)."""
         if not self.state_root.is_dir():
-            return None
+            return []
         found = sorted((int(m.group(1)), p) for p in self.state_root.iterdir()
                        if (m := STATE_RE.match(p.name)) and (p / "COMPLETE").exists())
-        return found[-1][1] if found else None
+        return [p for _, p in found]
+
+    def latest_state(self) -> Optional[Path]:
+        """The newest complete resume state (incomplete ones, e.g. from a kill mid-save, are ignored)."""
+        states = self.complete_states()
+        return states[-1] if states else None
 
     def prune(self, keep_last: int) -> None:
         """Keep the newest ``keep_last`` step checkpoints and resume states; leftovers of killed saves go too."""

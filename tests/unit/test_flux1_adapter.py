@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lorakit.config.schema import Config
-from lorakit.models.base import Batch, NoisedInput, SamplePrompt
+from lorakit.models.base import Batch, SamplePrompt
 from lorakit.models.flux1 import SPEC, Adapter
 from lorakit.models.flux1.load import write_tiny_checkpoint
 
@@ -160,6 +160,46 @@ def test_te1_targets_and_export(adapter):
 
 def test_identity_is_cheap_and_tracks_files(adapter, files):
     ident = adapter.identity()
-    assert set(ident) >= {"clip_l", "t5xxl", "ae", "text_settings"}
-    assert ident == adapter.identity()
-    assert "t5_len=16" in ident["text_settings"]
+    assert set(ident) >= {"vae", "text", "model"} and ident == adapter.identity()
+    adapter.cfg.training.t5_max_length = 8                 # text settings change the text key only
+    try:
+        other = adapter.identity()
+    finally:
+        adapter.cfg.training.t5_max_length = 16
+    assert other["text"] != ident["text"] and other["vae"] == ident["vae"]
+
+
+def test_schnell_t5_mask_hides_padding(tmp_path):
+    """schnell: no guidance input; with apply_t5_attn_mask, padded T5 positions cannot change the output."""
+    files = write_tiny_checkpoint(tmp_path, "schnell", seed=4, dtype=torch.float32)
+    a = Adapter(_config(files, apply_t5_attn_mask=True))
+    a.load(a.cfg.model, a.cfg.memory, torch.device("cpu"), torch.float32)
+    assert a.variant == "schnell" and a.metadata(a.cfg)["modelspec.architecture"] == "flux-1-schnell/lora"
+    text = a.encode_text(["a cat"])
+    batch = _batch(text)
+    n = a.noise(torch.randn(1, 16, 8, 8), torch.randn(1, 16, 8, 8), batch, a.cfg.training,
+                torch.Generator().manual_seed(0))
+    k = int(text["t5_mask"].sum())
+    assert 0 < k < 16
+    changed = dict(text, t5=text["t5"].clone())
+    changed["t5"][:, k:] += 5.0
+    with torch.no_grad():
+        p1 = a.predict(n, batch)
+        p2 = a.predict(n, _batch(changed))
+        a.cfg.training.apply_t5_attn_mask = False
+        p3 = a.predict(n, _batch(changed))
+    torch.testing.assert_close(p1, p2, rtol=0, atol=1e-6)
+    assert not torch.allclose(p1, p3)
+
+
+def test_text_encoder_lora_gets_gradients(files):
+    from lorakit.lora.inject import inject_lora
+    a = Adapter(_config(files))
+    a.load(a.cfg.model, a.cfg.memory, torch.device("cpu"), torch.float32)
+    a.cfg.network.train_text_encoder = True
+    targets = a.lora_targets(a.cfg.network)["te1"]
+    params = inject_lora(a.text_encoder_modules()["te1"], targets, 1.0, 0.0, seed=0)
+    text = a.encode_text(["a cat"])
+    assert text["pooled"].requires_grad and not text["t5"].requires_grad
+    (text["pooled"] * torch.randn(text["pooled"].shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)

@@ -117,3 +117,33 @@ def test_kohya_linear1_at_full_width():
     _check_kohya(base, targets, lambda p: 2.0)
     linear1 = {p: r for p, r in targets.items() if p not in _no_linear1(targets)}
     _check_kohya(base, {p: 2 + i % 3 for i, p in enumerate(sorted(linear1))}, lambda p: 1.0 + len(p) % 4)
+
+
+@pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
+def test_te1_export_loads_in_diffusers(fmt):
+    """lora_te1_text_model_* (kohya) and text_encoder.* (diffusers) give the merged CLIP-L exactly; the
+    exported tensors are independent of the trained LoRA (diffusers' converter scales in place)."""
+    m = tiny_models("dev", seed=7)
+    clip = m["clip_l"]
+    targets = lora_format.clip_targets(clip, 2)
+    assert len(targets) == 12
+    g = torch.Generator().manual_seed(0)
+    mods = dict(clip.named_modules())
+    lora = {p: LoraModule(torch.randn(2, mods[p].in_features, generator=g),
+                          torch.randn(mods[p].out_features, 2, generator=g), 3.0) for p in targets}
+    before = {p: (l.down.clone(), l.up.clone()) for p, l in lora.items()}
+    merged = copy.deepcopy(clip)                       # independent reference: W += alpha/r · up @ down
+    with torch.no_grad():
+        for p, l in lora.items():
+            dict(merged.named_modules())[p].weight += l.alpha / 2 * l.up @ l.down
+    ids = torch.tensor([[49406, 320, 1125, 539, 320, 2368, 49407] + [49407] * 4])
+    sd = (lora_format.to_kohya({"te1": lora}, {}, 2, 2) if fmt == "kohya"
+          else lora_format.to_diffusers({"te1": lora}))
+    loaded = copy.deepcopy(clip)
+    from diffusers import FluxPipeline
+    FluxPipeline(scheduler=None, vae=None, text_encoder=loaded, tokenizer=None, text_encoder_2=None,
+                 tokenizer_2=None, transformer=copy.deepcopy(m["transformer"])).load_lora_weights(sd)
+    with torch.no_grad():
+        want, got, plain = merged(ids).pooler_output, loaded(ids).pooler_output, clip(ids).pooler_output
+    assert _rel(plain, want) > 1e-2 and _rel(got, want) <= 1e-5
+    assert all(torch.equal(lora[p].down, d) and torch.equal(lora[p].up, u) for p, (d, u) in before.items())

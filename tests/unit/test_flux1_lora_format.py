@@ -48,10 +48,16 @@ def test_golden_kohya_keys_full_size(full_meta):
     got = [f"{k} {list(v.shape)}" for k, v in sorted(sd.items())]
     assert got == GOLDEN.read_text().splitlines()
     # the §3.2 table, independently: widths of the real model at rank 4 (fused parts stack their ranks)
-    table = {"double_blocks_7_img_attn_qkv": ([12, 3072], [9216, 12]), "double_blocks_7_txt_attn_proj": ([4, 3072], [3072, 4]),
-             "double_blocks_7_img_mlp_0": ([4, 3072], [12288, 4]), "double_blocks_7_txt_mlp_2": ([4, 12288], [3072, 4]),
-             "double_blocks_7_img_mod_lin": ([4, 3072], [18432, 4]), "single_blocks_37_linear1": ([16, 3072], [21504, 16]),
-             "single_blocks_37_linear2": ([4, 15360], [3072, 4]), "single_blocks_37_modulation_lin": ([4, 3072], [9216, 4])}
+    table = {
+        "double_blocks_7_img_attn_qkv": ([12, 3072], [9216, 12]),
+        "double_blocks_7_txt_attn_proj": ([4, 3072], [3072, 4]),
+        "double_blocks_7_img_mlp_0": ([4, 3072], [12288, 4]),
+        "double_blocks_7_txt_mlp_2": ([4, 12288], [3072, 4]),
+        "double_blocks_7_img_mod_lin": ([4, 3072], [18432, 4]),
+        "single_blocks_37_linear1": ([16, 3072], [21504, 16]),
+        "single_blocks_37_linear2": ([4, 15360], [3072, 4]),
+        "single_blocks_37_modulation_lin": ([4, 3072], [9216, 4]),
+    }
     for name, (down, up) in table.items():
         assert list(sd[f"lora_unet_{name}.lora_down.weight"].shape) == down
         assert list(sd[f"lora_unet_{name}.lora_up.weight"].shape) == up

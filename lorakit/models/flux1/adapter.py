@@ -24,7 +24,8 @@ from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, Sampl
 SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,
-                 metadata_base_version="flux1", network_module="networks.lora_flux")
+                 metadata_base_version="flux1", network_module="networks.lora_flux",
+                 default_cfg_scale=1.0)
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}
@@ -102,13 +103,28 @@ class Adapter:
         return int(self.cfg.training.t5_max_length or T5_DEFAULT_LENGTH[self.variant])
 
     def identity(self) -> dict[str, str]:
+        """Cache keys: ``vae`` (AE weights + scale/shift), ``text`` (CLIP-L + T5 + tokenizers + T5 settings),
+        ``model`` (the transformer). Cheap: sizes, mtimes and safetensors headers, never a 24 GB hash."""
         c = self._c()
-        out = {role: file_identity(p) for role, p in c.files.items() if role != "checkpoint" and p.exists()}
-        if not out:                                   # diffusers folder / hub id: one source for all parts
-            src = c.files.get("checkpoint")
-            out["model"] = file_identity(src) if src is not None and src.exists() else str(src)
-        out["text_settings"] = f"t5_len={self.t5_length()};t5_mask={int(bool(self.cfg.training.apply_t5_attn_mask))}"
-        return out
+        src = c.files.get("checkpoint")
+        folder = src is not None and src.is_dir()
+
+        def ident(role: str, sub: str) -> str:
+            if role in c.files:
+                return file_identity(c.files[role])
+            if folder and (src / sub).exists():
+                return file_identity(src / sub)
+            return str(src)                                   # a hub id: its name is its identity
+
+        def digest(*parts: str) -> str:
+            return "flux1-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+        tok = str(getattr(self.cfg.model, "tokenizer_dir", None) or ("folder" if folder else "builtin"))
+        settings = f"t5_len={self.t5_length()};t5_mask={int(bool(self.cfg.training.apply_t5_attn_mask))}"
+        return {"vae": digest("vae", ident("ae", "vae"), str(SPEC.vae_scale), str(SPEC.vae_shift), "mean"),
+                "text": digest("text", ident("clip_l", "text_encoder"), ident("t5xxl", "text_encoder_2"), tok,
+                               settings, "clip_pooled+t5_last"),
+                "model": digest("model", ident("checkpoint", "transformer"))}
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[nn.Module]:
@@ -143,18 +159,21 @@ class Adapter:
             z = ae.encode(pixels.to(self.device, dt)).latent_dist.mode()
         return ((z.float() - SPEC.vae_shift) * SPEC.vae_scale).cpu()
 
-    @torch.no_grad()
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """{"pooled": CLIP-L pooled [B,768] (77 tokens), "t5": T5 last hidden [B,L,4096], "t5_mask": [B,L]}."""
+        """{"pooled": CLIP-L pooled [B,768] (77 tokens), "t5": T5 last hidden [B,L,4096], "t5_mask": [B,L]}.
+
+        Gradients flow through CLIP-L only while it has trainable (LoRA) parameters; T5 is always frozen.
+        """
         c = self._c()
         clip_ids = c.clip_tokenizer(captions, padding="max_length", max_length=CLIP_LENGTH, truncation=True,
                                     return_tensors="pt").input_ids
         t5_tok = c.t5_tokenizer(captions, padding="max_length", max_length=self.t5_length(), truncation=True,
                                 return_tensors="pt")
-        with self._on_device(c.clip_l):
+        trains_clip = torch.is_grad_enabled() and any(p.requires_grad for p in c.clip_l.parameters())
+        with self._on_device(c.clip_l), torch.set_grad_enabled(trains_clip):
             pooled = c.clip_l(clip_ids.to(self.device)).pooler_output
         mask = t5_tok.attention_mask
-        with self._on_device(c.t5):
+        with self._on_device(c.t5), torch.no_grad():
             kw = {"attention_mask": mask.to(self.device)} if self.cfg.training.apply_t5_attn_mask else {}
             hidden = c.t5(t5_tok.input_ids.to(self.device), **kw).last_hidden_state
         return {"pooled": pooled.cpu(), "t5": hidden.cpu(), "t5_mask": mask.to(torch.int64)}
@@ -274,14 +293,15 @@ class Adapter:
         return to_kohya(lora, outs, nd, ns)
 
     def metadata(self, config: Any) -> dict[str, str]:
-        """FLUX ss_* keys as kohya writes them, and modelspec architecture/implementation."""
+        """The FLUX ss_* keys kohya writes (no invented ones), and modelspec architecture/implementation.
+
+        ``ss_model_prediction_type`` is always "raw": the only choice consistent with the ε − x0 target."""
         t = config.training
         variant = self.variant
         return {
             "ss_base_model_version": SPEC.metadata_base_version,
             "ss_network_module": SPEC.network_module,
             "ss_model_type": "flux",
-            "ss_flux_variant": variant,
             "ss_guidance_scale": str(float(t.guidance_scale)),
             "ss_timestep_sampling": str(t.timestep_sampling),
             "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
@@ -289,9 +309,7 @@ class Adapter:
             "ss_logit_std": str(float(t.logit_std)),
             "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
             "ss_model_prediction_type": "raw",
-            "ss_weighting_scheme": "none",
             "ss_apply_t5_attn_mask": str(bool(t.apply_t5_attn_mask)),
-            "ss_t5xxl_max_token_length": str(int(t.t5_max_length or T5_DEFAULT_LENGTH[variant])),
             "modelspec.architecture": f"flux-1-{variant}/lora",
             "modelspec.implementation": "https://github.com/black-forest-labs/flux",
         }

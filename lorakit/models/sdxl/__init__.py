@@ -1,5 +1,6 @@
 """SDXL base 1.0: single-file/diffusers loading, conditioning, DDPM objective, sampling, kohya LoRA names."""
 
 from lorakit.models.sdxl.adapter import SPEC, Adapter
+from lorakit.models.sdxl.keys import lora_key_universe
 
-__all__ = ["SPEC", "Adapter"]
+__all__ = ["SPEC", "Adapter", "lora_key_universe"]

@@ -1,0 +1,105 @@
+"""Generic speed features of the denoiser: gradient checkpointing and regional ``torch.compile``.
+
+Why regional: a diffusion denoiser is a stack of a few block classes repeated many times (SDXL: 70
+``BasicTransformerBlock`` and 22 ``ResnetBlock2D``; FLUX.1: 19 double + 38 single blocks). Compiling each
+block class once fuses its element-wise work (norms, modulation, GELU, RoPE) and cuts kernel launches, at a
+fraction of the compile time of the whole model, and leaves diffusers' per-block gradient checkpointing
+outside the compiled graphs. Blocks are compiled with static shapes (``dynamic=False``): training sees one
+bucket shape per block most of the time, and a new shape just compiles once more.
+
+Fallback: ``torch._dynamo.config.suppress_errors`` is switched on, so a block that fails to compile (no
+Triton, an unsupported op, a compiler bug) runs eagerly with a logged warning instead of stopping the run.
+A fault *inside* a compiled kernel at run time cannot be caught in-process; ``benchmarks/bench.py`` runs
+compiled training after an eager forward in the same process to check that path on the card.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+
+# Block classes compiled in addition to a model's own ``_repeated_blocks`` (diffusers' list). SDXL's list
+# names only the transformer block; its resnets carry most of the remaining element-wise kernels.
+EXTRA_REGIONS: dict[str, tuple[str, ...]] = {"UNet2DConditionModel": ("ResnetBlock2D",)}
+
+# Enough compiled variants for every (block class, shape) pair of SDXL/FLUX plus a few buckets.
+RECOMPILE_LIMIT = 64
+
+
+def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Apply ``memory.gradient_checkpointing`` and ``memory.compile`` to the (LoRA-injected) denoiser.
+
+    Call after LoRA injection (peft replaces the Linears that the compiled blocks contain) and before the
+    first step. Returns what was done, for logs and the benchmark.
+    """
+    report: dict[str, Any] = {"gradient_checkpointing": set_gradient_checkpointing(
+        model, bool(getattr(memory, "gradient_checkpointing", False)), log)}
+    report["compiled_blocks"] = 0
+    if getattr(memory, "compile", False):
+        if device.type != "cuda":
+            raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
+        report["compiled_blocks"] = compile_regions(model, log=log)
+    return report
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[str], None] = print) -> bool:
+    """Switch diffusers' per-block checkpointing on or off; returns whether it is on afterwards."""
+    if not getattr(model, "_supports_gradient_checkpointing", False) or \
+            not hasattr(model, "enable_gradient_checkpointing"):
+        if enabled:
+            log(f"note: memory.gradient_checkpointing: {type(model).__name__} has no checkpointing; running without")
+        return False
+    if enabled:
+        model.enable_gradient_checkpointing()
+    elif getattr(model, "is_gradient_checkpointing", False):
+        model.disable_gradient_checkpointing()
+    return enabled
+
+
+def region_names(model: nn.Module) -> tuple[str, ...]:
+    """Class names of the blocks to compile: the model's ``_repeated_blocks`` plus :data:`EXTRA_REGIONS`."""
+    names = tuple(getattr(model, "_repeated_blocks", None) or ())
+    return names + EXTRA_REGIONS.get(type(model).__name__, ())
+
+
+def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, backend: Any = "inductor",
+                    mode: Optional[str] = None, dynamic: Optional[bool] = False,
+                    log: Callable[[str], None] = print) -> int:
+    """``torch.compile`` every submodule whose class name is in ``names`` (default :func:`region_names`),
+    in place (``nn.Module.compile``); returns how many were compiled. Compilation itself happens lazily
+    at each block's first call; a block that fails to compile falls back to eager (see the module doc)."""
+    import torch._dynamo
+
+    wanted = set(region_names(model) if names is None else names)
+    if not wanted:
+        raise ConfigError(f"memory.compile: {type(model).__name__} has no repeated blocks lorakit knows how to "
+                          "compile; set memory.compile = false")
+    torch._dynamo.config.suppress_errors = True
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, key):
+            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), RECOMPILE_LIMIT))
+    count = 0
+    for sub in model.modules():
+        if type(sub).__name__ in wanted:
+            sub.compile(backend=backend, mode=mode, dynamic=dynamic)
+            count += 1
+    if count == 0:
+        raise ConfigError(f"memory.compile: none of {sorted(wanted)} found in {type(model).__name__}; "
+                          "set memory.compile = false")
+    log(f"compile: {count} blocks of {sorted(wanted)} compiled (first steps include compilation)")
+    return count
+
+
+def uncompile_regions(model: nn.Module) -> int:
+    """Undo :func:`compile_regions` (blocks run eagerly again); returns how many were reset."""
+    count = 0
+    for sub in model.modules():
+        if getattr(sub, "_compiled_call_impl", None) is not None:
+            sub._compiled_call_impl = None
+            count += 1
+    return count

@@ -1,0 +1,261 @@
+"""A real `lorakit train` process killed with SIGKILL mid-step, mid-save and mid-caching leaves the previous
+complete checkpoint readable and resumes to the end; a resume through a kill is bit-exact (with caption
+shuffle/dropout and flips on); resume refuses changed settings; an existing run folder is never reused.
+
+The child process (tests/integration/_run_child.py) runs the real CLI and pauses at a named point so the kill
+lands exactly there; the parent waits for the pause marker, then sends SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorakit.cli import main
+from lorakit.lora.io import load_lora_file
+from lorakit.train import checkpoint
+from lorakit.train.rundir import RunDir
+from tests.integration.test_train_e2e import tiny_model, write_run_toml
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+
+REPO = Path(__file__).resolve().parents[2]
+CHILD = Path(__file__).with_name("_run_child.py")
+NO_SAMPLES = "sample.prompts=[]"
+AUGMENT = ("data.shuffle_caption=true", "data.caption_dropout_rate=0.2", "data.flip_aug=true")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", **extra)
+    env.pop("LORAKIT_PAUSE_AT", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m lorakit.cli ARGS` to the end."""
+    return subprocess.run([sys.executable, "-m", "lorakit.cli", *args], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def kill_at(point: str, tmp: Path, *args: str) -> str:
+    """Start `lorakit ARGS` in a child that pauses at ``point``; SIGKILL it there. Returns its stderr."""
+    marker = tmp / f"paused-{point.replace(':', '_').replace('/', '_')}"
+    err_path = tmp / f"{marker.name}.stderr"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(CHILD), *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=err, env=_env(LORAKIT_PAUSE_AT=point, LORAKIT_PAUSE_MARKER=str(marker)))
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            if proc.poll() is not None:
+                raise AssertionError(f"child ended (rc {proc.returncode}) before {point}: {err_path.read_text()}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"child never reached {point}")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    return err_path.read_text()
+
+
+def assert_consistent(run: Path, name: str, complete_steps: list[int]) -> None:
+    """The invariant after any kill: every visible LoRA loads, exactly ``complete_steps`` have a complete
+    state, each verifies (COMPLETE + manifest checksums), and nothing half-written is mistaken for complete."""
+    for f in run.glob("*.safetensors"):
+        tensors, _ = load_lora_file(f)
+        assert tensors and all(torch.isfinite(t.float()).all() for t in tensors.values()), f
+    rd = RunDir(run, name)
+    assert [int(p.name[4:]) for p in rd.complete_states()] == complete_steps
+    for p in rd.complete_states():
+        state = checkpoint.load_state(p, verify=True)
+        assert state["step"] == int(p.name[4:])
+
+
+def loss_rows(run: Path) -> list[tuple]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"], r["lr"], r["grad_norm"], r["epoch"]) for r in rows if "loss" in r]
+
+
+def assert_same_lora(a: Path, b: Path) -> None:
+    ta, tb = load_file(a), load_file(b)
+    assert ta.keys() == tb.keys() and ta
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+def assert_finished(run: Path, name: str, proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 6 and status["export_problems"] == []
+    assert_consistent(run, name, [3, 6])
+    assert [r[0] for r in loss_rows(run)] == [1, 2, 3, 4, 5, 6]
+    assert not list((run / "state").glob("*.tmp-*")) and not list((run / "state").glob("*.old-*"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("crash")
+    paths = tiny_model("sdxl", tmp / "model")
+    return tmp, paths
+
+
+def test_kill_mid_step_resumes_exactly_with_augmentation(world):
+    """SIGKILL in step 5 (after the step-3 checkpoint); the resumed run equals an uninterrupted one bitwise,
+    loss curve included, with caption shuffle, caption dropout and flips on (so no text-encoder cache)."""
+    tmp, paths = world
+    toml = write_run_toml(tmp, "sdxl", paths, name="aug")
+    assert main(["train", str(toml), NO_SAMPLES, *AUGMENT, "save.name=full"]) == 0
+    full = tmp / "out" / "full"
+    assert not (tmp / "cache" / "text").exists() or not any((tmp / "cache" / "text").iterdir())
+
+    kill_at("step:5", tmp, "train", str(toml), NO_SAMPLES, *AUGMENT)
+    run = tmp / "out" / "aug"
+    assert_consistent(run, "aug", [3])
+    assert [r[0] for r in loss_rows(run)] == [1, 2, 3, 4]
+    proc = run_cli("train", "--resume", str(run))
+    assert "resumed from" in proc.stdout and "step00000003" in proc.stdout
+    assert_finished(run, "aug", proc)
+    assert_same_lora(full / "full.safetensors", run / "aug.safetensors")
+    assert_same_lora(full / "full-step00000003.safetensors", run / "aug-step00000003.safetensors")
+    assert loss_rows(full) == loss_rows(run)
+
+
+@pytest.mark.parametrize("point, survivors", [
+    # the final save's state: lora.safetensors written into the temporary folder, optimizer.pt not yet
+    ("torchsave:step00000006.tmp-", [3]),
+    # the step-3 LoRA file fully written to its temporary name, not yet renamed: no checkpoint exists yet
+    ("replace:tiny-step00000003.safetensors", []),
+])
+def test_kill_mid_save_keeps_previous_checkpoint(world, point, survivors):
+    tmp, paths = world
+    toml = write_run_toml(tmp, "sdxl", paths, name="tiny")
+    run = tmp / "out" / "tiny"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    kill_at(point, tmp, "train", str(toml), NO_SAMPLES)
+    assert_consistent(run, "tiny", survivors)
+    if survivors:
+        assert (run / "tiny-step00000006.safetensors").exists() is False or True  # final LoRA name differs
+        assert list((run / "state").glob("step00000006.tmp-*")), "the kill should leave a partial state"
+        assert not (run / "state" / "step00000006").exists()
+    else:
+        assert list(run.glob(".tiny-step00000003.safetensors.*.tmp")), "the kill should leave a temp file"
+        assert not (run / "tiny-step00000003.safetensors").exists()
+    proc = run_cli("train", "--resume", str(run))
+    if survivors:
+        assert "resumed from" in proc.stdout and "step00000003" in proc.stdout
+    else:
+        assert "has no complete checkpoint" in proc.stdout and "starting again from step 0" in proc.stdout
+    assert_finished(run, "tiny", proc)
+
+
+def test_kill_mid_caching_then_resume(world):
+    """Killed while the first latent is being written: no checkpoint, a config.toml, a resumable folder."""
+    tmp, paths = world
+    toml = write_run_toml(tmp, "sdxl", paths, name="cachekill")
+    cache = tmp / "cache-kill"
+    kill_at("replace:latents", tmp, "train", str(toml), NO_SAMPLES, f"data.cache_dir={json.dumps(str(cache))}")
+    run = tmp / "out" / "cachekill"
+    assert (run / "config.toml").is_file()
+    assert_consistent(run, "cachekill", [])
+    assert not list((cache / "latents").glob("*.safetensors")), "no latent was complete at the kill"
+    assert list((cache / "latents").glob(".*.tmp"))
+    proc = run_cli("train", "--resume", str(run))
+    assert "has no complete checkpoint" in proc.stdout
+    assert_finished(run, "cachekill", proc)
+    assert len(list((cache / "latents").glob("*.safetensors"))) == 4
+
+
+def test_partial_state_is_never_taken_for_complete(tmp_path):
+    """A step folder without COMPLETE, or with COMPLETE but a damaged file, is skipped with a warning."""
+    run = RunDir(tmp_path / "r", "x")
+    run.create()
+    lora = {"unet": {"a.b": checkpoint.LoraModule(down=torch.ones(2, 3), up=torch.zeros(3, 2), alpha=1.0)}}
+    for step in (3, 6):
+        checkpoint.save_state(run.state_path(step), lora=lora, optimizer_state={"state": {}, "param_groups": []},
+                              scheduler_state={}, rng=checkpoint.capture_rng(), data_state={}, step=step,
+                              config_fingerprint={})
+    (run.state_path(9)).mkdir()
+    (run.state_path(9) / "lora.safetensors").write_bytes(b"partial")
+    assert run.latest_state() == run.state_path(6)
+    with open(run.state_path(6) / "optimizer.pt", "r+b") as fh:
+        fh.seek(40)
+        fh.write(b"\x00\xff")
+    import lorakit.train.loop as loop
+
+    lines: list[str] = []
+    with pytest.raises(RuntimeError, match="stop after choosing"):
+        class Stop(RuntimeError):
+            pass
+
+        def stop(*a, **k):
+            raise Stop("stop after choosing")
+
+        real = checkpoint.fingerprint_diff
+        checkpoint.fingerprint_diff = stop
+        try:
+            loop.restore(run, {}, False, {}, {}, None, None, None, None, lines.append)
+        finally:
+            checkpoint.fingerprint_diff = real
+    assert any("step00000006: optimizer.pt is damaged" in x for x in lines), lines
+
+
+def test_resume_refuses_changed_dataset_and_rank(world, capsys):
+    tmp, paths = world
+    data = tmp / "data-changed"
+    from lorakit.toy.world import write_demo_dataset
+
+    write_demo_dataset(data, n=4, repeats=2)
+    toml = write_run_toml(tmp, "sdxl", paths, name="changed")
+    assert main(["train", str(toml), NO_SAMPLES, "training.max_steps=3", f"data.dir={json.dumps(str(data))}"]) == 0
+    run = tmp / "out" / "changed"
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "network.rank=8", "training.max_steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "network.rank: 4 → 8" in err and "--force-resume" in err
+    # --force-resume cannot load a rank-4 LoRA into a rank-8 network: a clear error, no traceback
+    assert main(["train", "--resume", str(run), "network.rank=8", "training.max_steps=4", "--force-resume"]) == 2
+    assert "does not fit this run's network settings" in capsys.readouterr().err
+
+    imgs = sorted(p for p in data.rglob("*.png"))
+    extra = imgs[0].with_name("added.png")
+    extra.write_bytes(imgs[1].read_bytes()[:-1] + b"\x00" if False else imgs[1].read_bytes())
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(extra)
+    extra.with_suffix(".txt").write_text("a green square")
+    assert main(["train", "--resume", str(run), "training.max_steps=4"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "data.dataset" not in err and "dataset: changed" in err
+    before = load_file(run / "changed.safetensors")
+    assert main(["train", "--resume", str(run), "training.max_steps=4", "--force-resume"]) == 0
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 4
+    after = load_file(run / "changed.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_new_run_into_existing_folder_is_refused(world, capsys):
+    tmp, paths = world
+    toml = write_run_toml(tmp, "sdxl", paths, name="taken")
+    run = tmp / "out" / "taken"
+    run.mkdir(parents=True)
+    (run / "my-notes.txt").write_text("mine")
+    assert main(["train", str(toml), NO_SAMPLES]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lorakit: error: ") and err.count("\n") == 1
+    assert f"{run} already holds a run; nothing was overwritten" in err and f"--resume {run}" in err
+    assert sorted(p.name for p in run.iterdir()) == ["my-notes.txt"]
+    assert (run / "my-notes.txt").read_text() == "mine"
