@@ -341,11 +341,7 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
                             "Use --force-resume to continue anyway, or start a new run.")
     for component in targets:
         module = modules["denoiser"] if component in ("unet", "transformer") else modules[component]
-        try:
-            load_lora_into(module, state["lora"][component])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise TrainingError(f"--force-resume: the LoRA saved in {state_dir} does not fit this run's network "
-                                f"settings ({str(exc)[:200]}); resume without changing network.*") from None
+        load_lora_into(module, state["lora"][component])
     optimizer.load_state_dict(state["optimizer_state"])
     scheduler.load_state_dict(state["scheduler_state"])
     stream.load_state_dict(state["data_state"])
@@ -360,7 +356,7 @@ def run_fingerprint(cfg: Config, dataset) -> dict:
     """What must not change between a run and its resume."""
     d = config_to_dict(cfg)
     return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
-            "dataset": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
+            "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
                                                              if k not in ("max_steps", "stall_timeout", "device")},
             "optimizer": d.get("optimizer", {})}
 

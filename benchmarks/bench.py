@@ -1,0 +1,364 @@
+"""GPU speed and memory benchmark of lorakit's training step (issue 6).
+
+Builds the full-size SDXL U-Net and FLUX.1-dev transformer with random weights directly on the GPU (bf16;
+diffusers' default init keeps bf16 activations finite: the loss is checked), feeds cached-latent and text
+tensors of the real 1024² shapes, injects LoRA as ``lorakit train`` does (the adapter's ``lora_targets`` and
+``inject_lora``), applies the memory/speed settings through ``lorakit.train.speed.prepare_denoiser`` and
+runs ``lorakit.train.loop.train_step`` + ``optimizer_step`` — the training code itself, not a copy.
+
+Each row runs in a fresh process (clean memory peaks, and compile never follows an eager run unless the
+row asks for it). Usage (on a CUDA machine, repository root on PYTHONPATH)::
+
+    python benchmarks/bench.py                      # every row
+    python benchmarks/bench.py sdxl/gc sdxl/nogc    # chosen rows
+    python benchmarks/bench.py --list
+
+Writes one table to stdout, appends it to benchmarks/RESULTS.md (and to $OUT/RESULTS.md and
+$OUT/bench.jsonl when OUT is set).
+"""
+
+from __future__ import annotations
+
+import time
+
+T_IMPORT = time.time()
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = os.environ.get("BENCH_TINY") == "1"  # CPU smoke test of the harness with tiny models (no timings)
+
+# Model FLOPs per training step with checkpointing, as counted in issue 6 (forward + recomputed forward +
+# input-gradient backward; the frozen base needs no weight gradients). Without checkpointing the recompute
+# is not done, but MFU is always taken against the same useful work: these numbers / 4 * 3 would be the
+# FLOPs actually executed without checkpointing. We report MFU = FLOP_STEP / time / PEAK.
+FLOP_STEP = {"sdxl": 21.6e12, "flux1": 240e12}
+PEAK = 790e12  # bf16 dense matmul on random data, measured on this workplace's H200 (KINDS.md)
+
+# row name -> settings. keys: family, gc, compile (False | "regions" | "repeated"), mode, eager_first
+ROWS: dict[str, dict[str, Any]] = {
+    "sdxl/gc": {"family": "sdxl", "gc": True},
+    "sdxl/nogc": {"family": "sdxl", "gc": False},
+    "sdxl/gc+compile": {"family": "sdxl", "gc": True, "compile": "regions"},
+    "sdxl/nogc+compile": {"family": "sdxl", "gc": False, "compile": "regions"},
+    "sdxl/gc+compile-tblocks": {"family": "sdxl", "gc": True, "compile": "repeated"},
+    "sdxl/gc+compile-after-eager": {"family": "sdxl", "gc": True, "compile": "regions", "eager_first": True},
+    "flux1/gc": {"family": "flux1", "gc": True},
+    "flux1/nogc": {"family": "flux1", "gc": False},
+    "flux1/gc+compile": {"family": "flux1", "gc": True, "compile": "regions"},
+    "flux1/nogc+compile": {"family": "flux1", "gc": False, "compile": "regions"},
+    "flux1/gc+compile-after-eager": {"family": "flux1", "gc": True, "compile": "regions", "eager_first": True},
+}
+
+
+# ====================================================================== one row (child process)
+
+
+def build_config(family: str, gc: bool, compile_: bool) -> Any:
+    from lorakit.config.load import load_config
+
+    rank = 32 if family == "sdxl" else 16
+    data = {
+        "model": {"family": family, "checkpoint": "random-weights.safetensors"},
+        "data": {"dir": str(ROOT), "resolution": 1024},
+        "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0},
+        "optimizer": {"name": "adamw", "lr": 1e-4, "max_grad_norm": 1.0},
+        "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000},
+        "memory": {"gradient_checkpointing": gc, "compile": compile_},
+    }
+    return load_config(None, data=data)
+
+
+def build_sdxl(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size U-Net on ``device`` (bf16); tiny stand-ins for the unused encoders."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.models.sdxl import configs
+    from lorakit.models.sdxl.adapter import Adapter
+
+    conf = {k: v for k, v in configs.UNET.items() if not k.startswith("_")}
+    if TINY:
+        conf.update(block_out_channels=[32, 64, 64], attention_head_dim=[2, 4, 4], transformer_layers_per_block=[1, 1, 1])
+    with torch.device(device):
+        unet = UNet2DConditionModel(**conf)
+    adapter = Adapter(cfg)
+    stub = torch.nn.Linear(1, 1)
+    adapter.attach(unet, stub, torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), None, None, device=device,
+                   dtype=torch.bfloat16)
+    text = {"context": torch.randn(1, 77, 2048), "pooled": torch.randn(1, 1280)}
+    return adapter, adapter.unet, text
+
+
+def build_flux(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size FLUX.1-dev transformer on ``device`` (bf16).
+
+    The FLUX adapter has no attach(); its ``comps`` is set the way load() leaves it (transformer + variant),
+    which is all that lora_targets/noise/predict read.
+    """
+    import types
+
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from lorakit.models.flux1 import configs
+    from lorakit.models.flux1.adapter import Adapter
+
+    conf = {k: v for k, v in configs.transformer_config("dev").items() if not k.startswith("_")}
+    if TINY:
+        conf.update(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                    axes_dims_rope=[4, 6, 6])
+    with torch.device(device):
+        tr = FluxTransformer2DModel(**conf)
+    tr.to(torch.bfloat16).requires_grad_(False).eval()
+    adapter = Adapter(cfg)
+    adapter.comps = types.SimpleNamespace(transformer=tr, variant="dev", files={})
+    adapter.device, adapter.dtype = torch.device(device), torch.bfloat16
+    text = {"t5": torch.randn(1, 512, 4096), "pooled": torch.randn(1, 768),
+            "t5_mask": torch.ones(1, 512, dtype=torch.int64)}
+    return adapter, tr, text
+
+
+def count_forward_flops(adapter: Any, next_batch: Any, cfg: Any, device: Any) -> float:
+    """FLOPs of one forward (torch's FlopCounterMode: matmuls, convs, attention) under no_grad."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lorakit.train.loop import autocast, to_device
+
+    batch = to_device(next_batch(), device)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(batch.latents.shape, generator=g).to(device)
+    noised = adapter.noise(batch.latents, noise, batch, cfg.training, g)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), autocast(device, torch.bfloat16), counter:
+        adapter.predict(noised, batch)
+    return float(counter.get_total_flops())
+
+
+def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
+    import torch
+
+    from lorakit.lora.inject import inject_lora
+    from lorakit.models.base import Batch
+    from lorakit.train import optim, speed
+    from lorakit.train.loop import optimizer_step, train_step
+
+    s = ROWS[name]
+    family = s["family"]
+    device = torch.device("cpu" if TINY else "cuda")
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    cfg = build_config(family, s["gc"], bool(s.get("compile")))
+    t0 = time.time()
+    torch.set_default_dtype(torch.bfloat16)  # build the base directly in bf16 (no fp32 copy of 12B weights)
+    try:
+        adapter, model, text = (build_sdxl if family == "sdxl" else build_flux)(cfg, device)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    sync(device)
+    t_build = time.time() - t0
+
+    targets = adapter.lora_targets(cfg.network)
+    component = "unet" if family == "sdxl" else "transformer"
+    params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout)
+    side = 16 if TINY else 128
+    latent_shape = (1, 4, side, side) if family == "sdxl" else (1, 16, side, side)
+    gen_data = torch.Generator().manual_seed(123)
+
+    def next_batch() -> Batch:
+        """A cached batch as the loop builds it: float32 CPU tensors of the real shapes."""
+        return Batch(latents=torch.randn(latent_shape, generator=gen_data), text={k: v.clone() for k, v in text.items()},
+                     original_sizes=[(1024, 1024)], crop_top_lefts=[(0, 0)], target_sizes=[(1024, 1024)],
+                     loss_weight=torch.ones(1), captions=["a photo"])
+
+    fwd_flops = None
+    if not s.get("compile") or s.get("eager_first"):
+        fwd_flops = count_forward_flops(adapter, next_batch, cfg, device)  # also "an eager run first"
+    log_lines: list[str] = []
+    if s.get("compile") == "repeated":
+        speed.set_gradient_checkpointing(model, cfg.memory.gradient_checkpointing, log_lines.append)
+        compiled = speed.compile_regions(model, names=getattr(model, "_repeated_blocks"), log=log_lines.append)
+        prep = {"compiled_blocks": compiled}
+    else:
+        prep = speed.prepare_denoiser(model, cfg.memory, device, log=log_lines.append)
+    optimizer = optim.build_optimizer([{"params": params, "lr": cfg.optimizer.lr, "name": component}],
+                                      cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
+                                      cfg.optimizer.betas, cfg.optimizer.eps)
+    generator = torch.Generator().manual_seed(cfg.training.seed)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    t_prev = time.time()
+    t_first = None
+    for i in range(steps):
+        loss, gnorm = train_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
+                                 torch.bfloat16)
+        optimizer_step(optimizer, None)
+        sync(device)
+        now = time.time()
+        if t_first is None:
+            t_first = now
+        times.append(now - t_prev)
+        losses.append(loss)
+        t_prev = now
+        if i == 0:
+            print(f"  first step done: loss {loss:.4f}, grad norm {gnorm:.4g}", flush=True)
+    steady = times[5:] or times
+    return {
+        "row": name, "family": family, "settings": settings_text(s, cfg), "steps": steps,
+        "median_s": statistics.median(steady), "min_s": min(steady), "max_s": max(steady),
+        "first_step_s": times[0], "start_to_first_step_s": t_first - t_spawn, "build_s": t_build,
+        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan"),
+        "fwd_tflop_counted": fwd_flops / 1e12 if fwd_flops else None,
+        "losses": losses, "finite": all(x == x and abs(x) != float("inf") for x in losses),
+        "lora_modules": len(targets[component]), "lora_params": sum(p.numel() for p in params),
+        "lora_dtype": str(params[0].dtype), "compiled_blocks": prep.get("compiled_blocks", 0), "log": log_lines,
+    }
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def settings_text(s: dict, cfg: Any) -> str:
+    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", "AdamW", "SDPA", "ckpt" if s["gc"] else "no-ckpt"]
+    if s.get("compile") == "regions":
+        parts.append("compile(regions)")
+    elif s.get("compile") == "repeated":
+        parts.append("compile(_repeated_blocks only)")
+    if s.get("eager_first"):
+        parts.append("after eager fwd")
+    return " ".join(parts)
+
+
+# ====================================================================== driver
+
+
+def environment() -> dict[str, str]:
+    import torch
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = os.environ.get("BENCH_COMMIT") or git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = os.environ.get("BENCH_DIRTY")
+    if dirty is None:
+        dirty = "dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
+    import diffusers
+
+    return {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
+            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "commit": f"{commit}{' ' + dirty if dirty else ''}",
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def table(results: list[dict], env: dict[str, str]) -> str:
+    head = (f"### {env['date']} · {env['card']} · torch {env['torch']} · diffusers {env['diffusers']} · "
+            f"commit {env['commit']}\n\n"
+            "| row | settings | s/step median (min–max) | peak alloc / reserved GiB | MFU | "
+            "start→1st step s (1st step s) | fwd TFLOP counted | loss finite, Δ vs row 1 |\n"
+            "|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    base: dict[str, list[float]] = {}
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['row']} | {r.get('settings', '')} | FAILED: {r['error'][:160]} | | | | | |")
+            continue
+        fam = r["family"]
+        base.setdefault(fam, r["losses"])
+        ref = base[fam]
+        n = min(len(ref), len(r["losses"]), 3)
+        delta = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(r["losses"][:n], ref[:n])) if n else 0.0
+        mfu = FLOP_STEP[fam] / r["median_s"] / PEAK
+        fwd = f"{r['fwd_tflop_counted']:.1f}" if r.get("fwd_tflop_counted") else "–"
+        lines.append(f"| {r['row']} | {r['settings']} | {r['median_s']:.3f} ({r['min_s']:.3f}–{r['max_s']:.3f}) | "
+                     f"{r['peak_alloc_gib']:.2f} / {r['peak_reserved_gib']:.2f} | {mfu:.1%} | "
+                     f"{r['start_to_first_step_s']:.1f} ({r['first_step_s']:.1f}) | {fwd} | "
+                     f"{'yes' if r['finite'] else 'NO'}, {delta:.1e} (first {n} steps) |")
+    notes = ("\nMFU = issue-6 model FLOPs per step (SDXL 21.6 T, FLUX.1-dev 240 T, with checkpointing) / median "
+             f"time / {PEAK / 1e12:.0f} TFLOP/s (bf16 matmul measured on this workplace's H200). "
+             "start→1st step: process spawn to the end of the first step, building random weights on the GPU "
+             "(no file loading) and any compilation included. Δ: max relative loss difference over the first "
+             "steps against the family's first row (same weights, batches and noise).\n")
+    return head + "\n".join(lines) + "\n" + notes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("rows", nargs="*", help="rows to run (default: all); see --list")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--timeout", type=float, default=420, help="seconds per row")
+    ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    if args.list:
+        print("\n".join(ROWS))
+        return
+    if args.one:
+        sys.path.insert(0, str(ROOT))
+        print(json.dumps(run_row(args.one, args.steps, args.spawned or T_IMPORT)), flush=True)
+        return
+    rows = args.rows or list(ROWS)
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        sys.exit(f"bench: unknown row(s) {unknown}; see --list")
+    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    env = environment()
+    results = []
+    for name in rows:
+        print(f"== {name}", flush=True)
+        t_spawn = time.time()
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps),
+                                   "--spawned", repr(t_spawn)], capture_output=True, text=True,
+                                  timeout=args.timeout, env={**os.environ, "PYTHONPATH": _pythonpath()})
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                results.append({"row": name, "error": f"exit {proc.returncode}: {' / '.join(tail)}"})
+                print(proc.stderr[-3000:], flush=True)
+            else:
+                results.append(json.loads(lines[-1]))
+                print("  " + " ".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("{")), flush=True)
+        except subprocess.TimeoutExpired:
+            results.append({"row": name, "error": f"timed out after {args.timeout:.0f} s"})
+        r = results[-1]
+        print(f"  -> {r.get('median_s', r.get('error'))}", flush=True)
+        if out:
+            with open(out / "bench.jsonl", "a") as fh:
+                fh.write(json.dumps({**r, **env}) + "\n")
+    text = table(results, env)
+    print(text)
+    if out:
+        (out / "RESULTS.md").write_text(text)
+    if not args.no_append:
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:
+            fh.write("\n" + text)
+
+
+def _pythonpath() -> str:
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(parts + [str(ROOT)])
+
+
+if __name__ == "__main__":
+    main()
