@@ -15,7 +15,12 @@ from lorakit.toy.world import write_demo_dataset
 
 # Losses of the first steps of the seeded run below, pinned from lorakit itself: they guard against
 # unnoticed change of the data order, noise, objective or LoRA init (correctness is shown elsewhere).
-GOLDEN_LOSSES: dict[str, list[float]] = {}
+GOLDEN_LOSSES: dict[str, list[float]] = {
+    "sdxl": [0.975058376789093, 1.126382827758789, 1.162561297416687, 1.1192669868469238, 1.1540634632110596,
+             1.1164205074310303],
+    "flux1": [1.364974856376648, 1.4979991912841797, 1.3887183666229248, 1.407793641090393, 1.4748165607452393,
+              1.419875144958496],
+}
 
 
 def tiny_model(family: str, folder: Path) -> dict[str, Path]:
@@ -91,8 +96,7 @@ def test_train_cli_end_to_end(tmp_path, family):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
-    if family in GOLDEN_LOSSES:
-        assert losses == pytest.approx(GOLDEN_LOSSES[family], rel=1e-4)
+    assert losses == pytest.approx(GOLDEN_LOSSES[family], rel=1e-4)
     tensors = load_file(run / "tiny.safetensors")
     prefix = "lora_unet_"
     assert tensors and all(k.startswith(prefix) for k in tensors)
