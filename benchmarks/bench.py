@@ -43,17 +43,24 @@ TINY = os.environ.get("BENCH_TINY") == "1"  # CPU smoke test of the harness with
 FLOP_STEP = {"sdxl": 21.6e12, "flux1": 240e12}
 PEAK = 790e12  # bf16 dense matmul on random data, measured on this workplace's H200 (KINDS.md)
 
-# row name -> settings. keys: family, gc, compile (False | "regions" | "repeated"), mode, eager_first
+# row name -> settings. keys: family; gc (checkpointing); compile: False | "regions" (lorakit's default path,
+# prepare_denoiser) | "outer" (diffusers' checkpoint around compiled blocks) | "repeated" (diffusers'
+# _repeated_blocks only); mode (torch.compile mode); eager_first (an eager no-grad forward before training,
+# which is also where forward FLOPs are counted); cudnn (leave SDPA's cuDNN backend on).
 ROWS: dict[str, dict[str, Any]] = {
-    "sdxl/gc": {"family": "sdxl", "gc": True},
-    "sdxl/nogc": {"family": "sdxl", "gc": False},
+    "sdxl/gc": {"family": "sdxl", "gc": True, "eager_first": True},
+    "sdxl/nogc": {"family": "sdxl", "gc": False, "eager_first": True},
     "sdxl/gc+compile": {"family": "sdxl", "gc": True, "compile": "regions"},
+    "sdxl/gc+compile-outer": {"family": "sdxl", "gc": True, "compile": "outer"},
     "sdxl/nogc+compile": {"family": "sdxl", "gc": False, "compile": "regions"},
-    "sdxl/gc+compile-tblocks": {"family": "sdxl", "gc": True, "compile": "repeated"},
+    "sdxl/gc+compile-cudagraphs": {"family": "sdxl", "gc": True, "compile": "regions", "mode": "reduce-overhead"},
     "sdxl/gc+compile-after-eager": {"family": "sdxl", "gc": True, "compile": "regions", "eager_first": True},
-    "flux1/gc": {"family": "flux1", "gc": True},
-    "flux1/nogc": {"family": "flux1", "gc": False},
+    "flux1/gc": {"family": "flux1", "gc": True, "eager_first": True},
+    "flux1/gc-cudnn": {"family": "flux1", "gc": True, "cudnn": True},
+    "flux1/gc-cudnn-after-eager": {"family": "flux1", "gc": True, "cudnn": True, "eager_first": True},
+    "flux1/nogc": {"family": "flux1", "gc": False, "eager_first": True},
     "flux1/gc+compile": {"family": "flux1", "gc": True, "compile": "regions"},
+    "flux1/gc+compile-outer": {"family": "flux1", "gc": True, "compile": "outer"},
     "flux1/nogc+compile": {"family": "flux1", "gc": False, "compile": "regions"},
     "flux1/gc+compile-after-eager": {"family": "flux1", "gc": True, "compile": "regions", "eager_first": True},
 }
@@ -180,14 +187,23 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
                      original_sizes=[(1024, 1024)], crop_top_lefts=[(0, 0)], target_sizes=[(1024, 1024)],
                      loss_weight=torch.ones(1), captions=["a photo"])
 
+    speed.DISABLE_CUDNN_SDPA = not s.get("cudnn")
+    speed.CHECKPOINT_INSIDE_COMPILE = s.get("compile") != "outer"
+    if cuda:
+        speed.configure_attention()
     fwd_flops = None
-    if not s.get("compile") or s.get("eager_first"):
+    if s.get("eager_first"):
         fwd_flops = count_forward_flops(adapter, next_batch, cfg, device)  # also "an eager run first"
     log_lines: list[str] = []
     if s.get("compile") == "repeated":
         speed.set_gradient_checkpointing(model, cfg.memory.gradient_checkpointing, log_lines.append)
         compiled = speed.compile_regions(model, names=getattr(model, "_repeated_blocks"), log=log_lines.append)
         prep = {"compiled_blocks": compiled}
+    elif s.get("mode"):
+        inside = cfg.memory.gradient_checkpointing
+        speed.set_gradient_checkpointing(model, False, log_lines.append)
+        prep = {"compiled_blocks": speed.compile_regions(model, mode=s["mode"], checkpoint=inside,
+                                                         log=log_lines.append)}
     else:
         prep = speed.prepare_denoiser(model, cfg.memory, device, log=log_lines.append)
     optimizer = optim.build_optimizer([{"params": params, "lr": cfg.optimizer.lr, "name": component}],
@@ -236,12 +252,14 @@ def sync(device: Any) -> None:
 
 def settings_text(s: dict, cfg: Any) -> str:
     parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", "AdamW", "SDPA", "ckpt" if s["gc"] else "no-ckpt"]
-    if s.get("compile") == "regions":
-        parts.append("compile(regions)")
-    elif s.get("compile") == "repeated":
-        parts.append("compile(_repeated_blocks only)")
+    parts += {"regions": ["compile(regions, ckpt inside)" if s["gc"] else "compile(regions)"],
+              "outer": ["compile(regions, diffusers ckpt outside)"],
+              "repeated": ["compile(_repeated_blocks only)"]}.get(s.get("compile") or "", [])
+    if s.get("mode"):
+        parts.append(f"mode={s['mode']}")
+    parts.append("cuDNN-SDPA on" if s.get("cudnn") else "cuDNN-SDPA off")
     if s.get("eager_first"):
-        parts.append("after eager fwd")
+        parts.append("after an eager fwd")
     return " ".join(parts)
 
 
@@ -334,13 +352,15 @@ def main() -> None:
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
             if proc.returncode != 0 or not lines:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                results.append({"row": name, "error": f"exit {proc.returncode}: {' / '.join(tail)}"})
+                results.append({"row": name, "settings": json.dumps(ROWS[name]),
+                                "error": f"exit {proc.returncode}: {' / '.join(tail)}"})
                 print(proc.stderr[-3000:], flush=True)
             else:
                 results.append(json.loads(lines[-1]))
                 print("  " + " ".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("{")), flush=True)
         except subprocess.TimeoutExpired:
-            results.append({"row": name, "error": f"timed out after {args.timeout:.0f} s"})
+            results.append({"row": name, "settings": json.dumps(ROWS[name]),
+                            "error": f"timed out after {args.timeout:.0f} s"})
         r = results[-1]
         print(f"  -> {r.get('median_s', r.get('error'))}", flush=True)
         if out:

@@ -47,7 +47,16 @@ class RunResult:
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> RunResult:
-    """Run (or continue) one training run described by ``cfg``."""
+    """Run (or continue) one training run described by ``cfg``; the stall watchdog watches every phase, from
+    the dataset scan to the checks after the final save."""
+    watchdog = health.StallWatchdog(cfg.training.stall_timeout, log=log).start()
+    try:
+        return _train(cfg, resume, force, log, watchdog)
+    finally:
+        watchdog.stop()
+
+
+def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], watchdog) -> RunResult:
     # ------------------------------------------------------------------ run folder, family, device
     run = RunDir(Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
     if resume and not run.root.exists():
@@ -61,18 +70,20 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
     weight_dtype = compute_dtype if device.type == "cuda" else torch.float32
     check_unsupported(cfg, device)
-    watchdog = health.StallWatchdog(cfg.training.stall_timeout, log=log).start()
 
     # ------------------------------------------------------------------ dataset check before any GPU work
     watchdog.beat("scanning the dataset")
     dataset = scan_dataset(cfg.data, divisibility=spec.bucket_divisibility)
     report = dataset.report
-    (run.root / "data_report.json").write_text(_json(report.to_json(cfg.training.batch_size)))
+    atomic_write_bytes(run.root / "data_report.json", _json(report.to_json(cfg.training.batch_size)).encode())
     log(report.to_table(cfg.training.batch_size))
     if report.usable == 0:
         raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
     stream = BatchStream(dataset, cfg.training.batch_size, cfg.training.seed)
     check_disk(cfg, run, dataset, spec)
+    fingerprint = run_fingerprint(cfg, dataset)
+    if resume and not force:
+        check_unchanged(run, fingerprint)  # refuse a changed run before minutes of model loading and caching
 
     # ------------------------------------------------------------------ model and caches
     watchdog.beat("loading the base model")
@@ -112,7 +123,6 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
                                       cfg.training.max_steps, cfg.optimizer.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type) if cfg.training.mixed_precision == "fp16" else None
     generator = torch.Generator().manual_seed(cfg.training.seed)
-    fingerprint = run_fingerprint(cfg, dataset)
     start_step = 0
     if resume:
         start_step = restore(run, fingerprint, force, modules, targets, optimizer, scheduler, stream, generator, log)
@@ -216,10 +226,10 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
         raise
     finally:
         progress.close()
-        watchdog.stop()
 
     # ------------------------------------------------------------------ final save, samples, checks
     final_step = cfg.training.max_steps
+    watchdog.beat(f"saving the final LoRA (step {final_step})")
     save_checkpoint(run, cfg, adapter, modules, targets, optimizer, scheduler, stream, generator, final_step,
                     fingerprint, dataset, final=True)
     if prompts:
@@ -229,6 +239,7 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
             log(f"before/after grid: {grid}")
     metrics.close()
     plot_loss(read_metrics(run.root / "metrics.jsonl"), run.root / "loss.png")
+    watchdog.beat("checking the trained LoRA")
     effect = lora_effect(adapter, modules, next_batch, cfg.training, generator, device, compute_dtype)
     if effect == 0.0:
         log("warning: the trained LoRA does not change the model's output at all on the training data "
@@ -337,8 +348,7 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
         return 0
     changed = checkpoint.fingerprint_diff(state["config_fingerprint"], fingerprint)
     if changed and not force:
-        raise TrainingError(f"cannot resume {state_dir}: the run's settings changed ({'; '.join(changed)}). "
-                            "Use --force-resume to continue anyway, or start a new run.")
+        raise settings_changed(state_dir, changed)
     for component in targets:
         module = modules["denoiser"] if component in ("unet", "transformer") else modules[component]
         load_lora_into(module, state["lora"][component])
@@ -350,6 +360,25 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
     checkpoint.restore_rng(rng)
     log(f"resumed from {state_dir} at step {state['step']}")
     return int(state["step"])
+
+
+def check_unchanged(run: RunDir, fingerprint: dict) -> None:
+    """Compare with the newest state's saved fingerprint (a cheap read; restore() verifies the state fully)."""
+    import json
+
+    latest = run.latest_state()
+    try:
+        saved = json.loads((latest / "train_state.json").read_text())["config_fingerprint"] if latest else None
+    except (OSError, ValueError, KeyError):
+        return  # a damaged state: restore() reports it and falls back to an earlier one
+    changed = checkpoint.fingerprint_diff(saved, fingerprint) if saved is not None else []
+    if changed:
+        raise settings_changed(latest, changed)
+
+
+def settings_changed(state_dir: Path, changed: list[str]) -> TrainingError:
+    return TrainingError(f"cannot resume {state_dir}: the run's settings changed ({'; '.join(changed)}). "
+                         "Use --force-resume to continue anyway, or start a new run.")
 
 
 def run_fingerprint(cfg: Config, dataset) -> dict:

@@ -44,7 +44,9 @@ class MetricsWriter:
         os.replace(tmp, self.path)
 
     def write(self, row: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(row) + "\n")
+        # JSON has no NaN/Infinity: write null so every JSON reader (the UI's too) can parse the line
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+        self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
         if self._tb is not None:

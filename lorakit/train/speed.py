@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from lorakit.errors import ConfigError
@@ -25,6 +26,14 @@ from lorakit.errors import ConfigError
 # Block classes compiled in addition to a model's own ``_repeated_blocks`` (diffusers' list). SDXL's list
 # names only the transformer block; its resnets carry most of the remaining element-wise kernels.
 EXTRA_REGIONS: dict[str, tuple[str, ...]] = {"UNet2DConditionModel": ("ResnetBlock2D",)}
+
+# With compile and checkpointing both on, checkpoint *inside* each compiled block (torch.utils.checkpoint
+# traced by dynamo) instead of diffusers' checkpoint around it: the recomputation is then compiled too.
+CHECKPOINT_INSIDE_COMPILE = True
+
+# SDPA's cuDNN backend: FLUX.1 training (eager or compiled) hit "CUDA error: an illegal memory access" on
+# H100/H200 after an earlier forward of the same shapes in the process (see benchmarks/RESULTS.md).
+DISABLE_CUDNN_SDPA = True
 
 # Enough compiled variants for every (block class, shape) pair of SDXL/FLUX plus a few buckets.
 RECOMPILE_LIMIT = 64
@@ -37,14 +46,23 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     Call after LoRA injection (peft replaces the Linears that the compiled blocks contain) and before the
     first step. Returns what was done, for logs and the benchmark.
     """
-    report: dict[str, Any] = {"gradient_checkpointing": set_gradient_checkpointing(
-        model, bool(getattr(memory, "gradient_checkpointing", False)), log)}
-    report["compiled_blocks"] = 0
-    if getattr(memory, "compile", False):
-        if device.type != "cuda":
-            raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
-        report["compiled_blocks"] = compile_regions(model, log=log)
+    checkpointing = bool(getattr(memory, "gradient_checkpointing", False))
+    compile_ = bool(getattr(memory, "compile", False))
+    if compile_ and device.type != "cuda":
+        raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
+    if device.type == "cuda":
+        configure_attention()
+    inside = compile_ and checkpointing and CHECKPOINT_INSIDE_COMPILE
+    report: dict[str, Any] = {"gradient_checkpointing": set_gradient_checkpointing(model, checkpointing and not inside,
+                                                                                   log) or inside}
+    report["compiled_blocks"] = compile_regions(model, checkpoint=inside, log=log) if compile_ else 0
     return report
+
+
+def configure_attention() -> None:
+    """Keep SDPA off its cuDNN backend when :data:`DISABLE_CUDNN_SDPA` (see there for why)."""
+    if DISABLE_CUDNN_SDPA and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[str], None] = print) -> bool:
@@ -68,11 +86,13 @@ def region_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, backend: Any = "inductor",
-                    mode: Optional[str] = None, dynamic: Optional[bool] = False,
+                    mode: Optional[str] = None, dynamic: Optional[bool] = False, checkpoint: bool = False,
                     log: Callable[[str], None] = print) -> int:
     """``torch.compile`` every submodule whose class name is in ``names`` (default :func:`region_names`),
     in place (``nn.Module.compile``); returns how many were compiled. Compilation itself happens lazily
-    at each block's first call; a block that fails to compile falls back to eager (see the module doc)."""
+    at each block's first call; a block that fails to compile falls back to eager (see the module doc).
+    With ``checkpoint`` each block's forward is wrapped in non-reentrant ``torch.utils.checkpoint`` (only
+    while gradients are on) before compiling, so the compiled backward recomputes the block itself."""
     import torch._dynamo
 
     wanted = set(region_names(model) if names is None else names)
@@ -86,6 +106,8 @@ def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, 
     count = 0
     for sub in model.modules():
         if type(sub).__name__ in wanted:
+            if checkpoint:
+                checkpoint_forward(sub)
             sub.compile(backend=backend, mode=mode, dynamic=dynamic)
             count += 1
     if count == 0:
@@ -93,6 +115,21 @@ def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, 
                           "set memory.compile = false")
     log(f"compile: {count} blocks of {sorted(wanted)} compiled (first steps include compilation)")
     return count
+
+
+def checkpoint_forward(block: nn.Module) -> None:
+    """Make ``block`` recompute its activations in backward (instance-level forward wrapper, idempotent)."""
+    if getattr(block, "_lorakit_checkpointed", False):
+        return
+    inner = block.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return inner(*args, **kwargs)
+
+    block.forward = forward
+    block._lorakit_checkpointed = True
 
 
 def uncompile_regions(model: nn.Module) -> int:

@@ -228,8 +228,9 @@ def test_resume_refuses_changed_dataset_and_rank(world, capsys):
     run = tmp / "out" / "changed"
     capsys.readouterr()
     assert main(["train", "--resume", str(run), "network.rank=8", "training.max_steps=4"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot resume" in err and "network.rank: 4 → 8" in err and "--force-resume" in err
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("lorakit: error: cannot resume") and "(network.rank: 4 → 8)" in err
+    assert "Use --force-resume to continue anyway" in err
     # --force-resume cannot load a rank-4 LoRA into a rank-8 network: a clear error, no traceback
     assert main(["train", "--resume", str(run), "network.rank=8", "training.max_steps=4", "--force-resume"]) == 2
     err = capsys.readouterr().err.splitlines()[-1]
@@ -241,9 +242,12 @@ def test_resume_refuses_changed_dataset_and_rank(world, capsys):
 
     Image.new("RGB", (64, 64), (10, 200, 30)).save(extra)
     extra.with_suffix(".txt").write_text("a green square")
+    cached = sorted((tmp / "cache" / "latents").iterdir())
     assert main(["train", "--resume", str(run), "training.max_steps=4"]) == 2
-    err = capsys.readouterr().err
-    assert "cannot resume" in err and "dataset_hash: changed" in err and err.count("\n") == 1
+    assert sorted((tmp / "cache" / "latents").iterdir()) == cached  # refused before any model work
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith(f"lorakit: error: cannot resume {run / 'state' / 'step00000003'}: the run's settings "
+                          "changed (dataset_hash: changed (") and "--force-resume" in err
     before = load_file(run / "changed.safetensors")
     assert main(["train", "--resume", str(run), "training.max_steps=4", "--force-resume"]) == 0
     status = json.loads((run / "run.json").read_text())
@@ -264,3 +268,48 @@ def test_new_run_into_existing_folder_is_refused(world, capsys):
     assert f"{run} already holds a run; nothing was overwritten" in err and f"--resume {run}" in err
     assert sorted(p.name for p in run.iterdir()) == ["my-notes.txt"]
     assert (run / "my-notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_kill_at_random_times_then_resume(world, capsys):
+    """SIGKILL a real `python -m lorakit train` at random moments, resuming each time; after every kill the
+    invariant holds (visible LoRAs load, complete states verify); the last resume finishes the run."""
+    import random
+    import shutil
+
+    tmp, paths = world
+    toml = write_run_toml(tmp, "sdxl", paths, name="random")
+    run = tmp / "out" / "random"
+    rng = random.Random()
+    args = ["train", str(toml), NO_SAMPLES, "training.max_steps=12", "save.every_n_steps=2"]
+    kills: list[float] = []
+    for attempt in range(4):
+        if not (run / "config.toml").exists():  # killed before the run folder was set up: start it afresh
+            shutil.rmtree(run, ignore_errors=True)
+            cmd = args
+        else:
+            cmd = ["train", "--resume", str(run)]
+        proc = subprocess.Popen([sys.executable, "-m", "lorakit", *cmd], cwd=REPO, env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        delay = rng.uniform(3.0, 9.0)  # a whole run takes ~10-15 s, its imports ~4 s
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            kills.append(round(delay, 1))
+        if proc.returncode == 0:
+            break
+        assert proc.returncode == -signal.SIGKILL, (attempt, delay, proc.returncode)
+        if run.exists():
+            states = [int(p.name[4:]) for p in RunDir(run, "random").complete_states()]
+            assert_consistent(run, "random", states)
+    if not (run / "run.json").exists() or json.loads((run / "run.json").read_text()).get("status") != "finished":
+        rc, out, err = resume(run, capsys) if (run / "config.toml").exists() else (main(args), "", "")
+        assert rc == 0, err[-2000:]
+    assert kills, "no kill happened: the test proved nothing"
+    print("killed after", kills, "s")
+    st = json.loads((run / "run.json").read_text())
+    assert st["status"] == "finished" and st["step"] == 12 and st["export_problems"] == []
+    assert [r[0] for r in loss_rows(run)] == list(range(1, 13))
+    assert_consistent(run, "random", [10, 12])

@@ -103,3 +103,25 @@ def test_base_draws_what_the_prompt_says(family):
     assert r["background"] >= 0.6, r
     assert r["colour"] >= 0.5, r
     assert r["shape"] >= 0.5, r
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
+    """The saved VAE speaks the real family's latent constants without changing what the denoiser sees."""
+    from lorakit.toy import world
+
+    torch.manual_seed(0)
+    vae = (build.make_sdxl(0)["vae"] if family == "sdxl" else build.make_flux1(0)["ae"]).eval()
+    x = build.images_to_tensor([world.render(s) for s in world.sample_scenes(2, 0)])
+    real_scale, real_shift = build.REAL_LATENT[family]
+    scale = 1.7
+    shift = real_shift * real_scale / scale                       # as pretrain() chooses it
+    with torch.no_grad():
+        post = vae.encode(x).latent_dist
+        norm0, std0, img0 = (post.mean - shift) * scale, post.std * scale, vae.decode(post.mean).sample
+        build.retarget_latents(vae, scale, shift, real_scale, real_shift)
+        post = vae.encode(x).latent_dist
+        norm1, std1 = (post.mean - real_shift) * real_scale, post.std * real_scale
+        img1 = vae.decode(post.mean).sample
+    assert torch.allclose(norm0, norm1, atol=1e-5) and torch.allclose(std0, std1, atol=1e-5)
+    assert torch.allclose(img0, img1, atol=1e-4)
