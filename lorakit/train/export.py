@@ -18,7 +18,6 @@ from lorakit.lora.io import load_lora_file, model_hashes, save_safetensors_atomi
 from lorakit.lora.metadata import common_metadata
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-_STARTED_AT = time.time()
 
 
 def dataset_info(dataset, stream) -> dict:
@@ -39,7 +38,8 @@ def dataset_info(dataset, stream) -> dict:
             "bucket_info": {"buckets": dict(buckets)}}
 
 
-def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, step: int) -> Path:
+def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, step: int,
+                session: tuple[str, float]) -> Path:
     """Write ``lora`` (component → module → LoraModule) to ``path`` in ``cfg.save.format`` with metadata."""
     tensors = adapter.export(lora, cfg.save.format)
     dtype = SAVE_DTYPES[cfg.save.precision]
@@ -50,8 +50,8 @@ def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, s
     info = dataset_info(dataset, stream)
     info["num_epochs"] = -(-cfg.training.max_steps // per_epoch)
     meta = common_metadata(cfg=cfg, spec=adapter.spec, dataset_info=info, steps=step,
-                           epochs=epochs, started_at=_STARTED_AT, finished_at=time.time(),
-                           base_model_file=cfg.model.checkpoint, session_id=_session_id())
+                           epochs=epochs, started_at=session[1], finished_at=time.time(),
+                           base_model_file=cfg.model.checkpoint, session_id=session[0])
     meta.update(adapter.metadata(cfg))
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
     save_safetensors_atomic(path, tensors, meta)
@@ -95,15 +95,3 @@ def verify_export(path: Path, adapter, lora: dict, fmt: str) -> list[str]:
         if not isinstance(value, str):
             problems.append(f"metadata {key} is not a string")
     return problems
-
-
-_SESSION = None
-
-
-def _session_id() -> str:
-    global _SESSION
-    if _SESSION is None:
-        import uuid
-
-        _SESSION = uuid.uuid4().hex
-    return _SESSION

@@ -12,7 +12,6 @@ import contextlib
 import math
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -313,7 +312,7 @@ def save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimiz
     lora = extract_all(modules, targets)
     target = run.lora_path(None if final else step)
     try:
-        path = export_lora(target, adapter, lora, cfg, dataset, stream, step)
+        path = export_lora(target, adapter, lora, cfg, dataset, stream, step, run.session())
         target = run.state_path(step)
         rng = checkpoint.capture_rng()
         rng["loop_generator"] = generator.get_state()
@@ -536,7 +535,3 @@ def _json(obj: Any) -> str:
     import json
 
     return json.dumps(obj, indent=2, default=str)
-
-
-def new_session_id() -> str:
-    return uuid.uuid4().hex

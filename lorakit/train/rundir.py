@@ -78,6 +78,17 @@ class RunDir:
         for p in self.state_root.glob("*.tmp-*") if self.state_root.is_dir() else []:
             shutil.rmtree(p, ignore_errors=True)
 
+    def session(self) -> tuple[str, float]:
+        """(session id, start time) of this run, created on first use and kept across resumes."""
+        path = self.root / "run.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        if "session_id" not in data:
+            import uuid
+
+            self.write_status(session_id=uuid.uuid4().hex, started_at=time.time())
+            data = json.loads(path.read_text())
+        return data["session_id"], float(data["started_at"])
+
     def write_status(self, **fields: Any) -> None:
         path = self.root / "run.json"
         data = json.loads(path.read_text()) if path.exists() else {}

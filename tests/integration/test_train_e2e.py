@@ -80,7 +80,7 @@ keep_last = 2
 
 
 @pytest.mark.parametrize("family", ["sdxl", "flux1"])
-def test_train_cli_end_to_end(tmp_path, family):
+def test_train_cli_end_to_end(tmp_path, family, capsys):
     paths = tiny_model(family, tmp_path / "model")
     run_toml = write_run_toml(tmp_path, family, paths)
     assert main(["train", str(run_toml)]) == 0
@@ -105,8 +105,13 @@ def test_train_cli_end_to_end(tmp_path, family):
     before = (run / "tiny.safetensors").read_bytes()
     assert main(["train", str(run_toml)]) == 2
     assert (run / "tiny.safetensors").read_bytes() == before
-    # inspect knows the family
+    # inspect knows the family and finds no stray key
+    capsys.readouterr()
     assert main(["inspect", str(run / "tiny.safetensors")]) == 0
+    shown = capsys.readouterr().out
+    modules = len(tensors) // 3
+    assert f"fits {family}: {modules}/{modules} modules" in shown and "every key fits" in shown
+    assert f"ss_base_model_version: {'sdxl_base_v1-0' if family == 'sdxl' else 'flux1'}" in shown
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):
