@@ -41,13 +41,16 @@ def _most_common(values: dict[str, float]) -> float:
 
 
 def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, dict[str, float]],
-                dropout: float, *, adapter_name: str = "default", seed: int | None = None) -> list[nn.Parameter]:
+                dropout: float, *, adapter_name: str = "default", seed: int | None = None,
+                dtype: torch.dtype = torch.float32) -> list[nn.Parameter]:
     """Inject LoRA into the Linear/Conv2d modules named in ``targets`` (exact path → rank); return the
     trainable LoRA parameters, with every other parameter of ``module`` frozen.
 
     ``alpha`` is one value or a per-path dict (missing paths are an error). The up matrix (peft's lora_B)
     starts at zero, so the model's output is unchanged until training moves it; the down matrix is
     Kaiming-uniform, drawn from ``seed`` when given without touching the global RNG stream.
+    The LoRA weights are kept in ``dtype`` (fp32 by default) whatever the base model's dtype: peft would cast
+    them to a bf16 base's dtype, where AdamW's small updates round away; mixed precision happens in autocast.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -98,6 +101,7 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
             raise RuntimeError(f"inject_lora: peft gave {path!r} r={layer.r[adapter_name]} "
                                f"alpha={layer.lora_alpha[adapter_name]}, expected {ranks.get(path)}/{alphas.get(path)}")
         for sub in (layer.lora_A[adapter_name], layer.lora_B[adapter_name]):
+            sub.to(dtype)
             for p in sub.parameters():
                 p.requires_grad_(True)
                 params.append(p)

@@ -140,7 +140,9 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         watchdog.beat(f"sampling at step {step}")
         out = []
         for i, p in enumerate(prompts):
-            with torch.no_grad(), autocast(device, compute_dtype):
+            # previews run eager: compiled training regions would recompile for every sample shape
+            eager = torch.compiler.set_stance("force_eager") if cfg.memory.compile else contextlib.nullcontext()
+            with torch.no_grad(), autocast(device, compute_dtype), eager:
                 img = adapter.sample(p, torch.Generator().manual_seed(p.seed))
             path = run.samples / sample_filename(cfg.save.name, step, i, p.seed, tag)
             img.save(path)

@@ -200,3 +200,14 @@ def test_dropout_only_in_training():
     torch.manual_seed(0)
     with torch.no_grad():
         assert not torch.equal(m(v, img)[0], m(v, img)[0])
+
+
+def test_lora_weights_stay_fp32_on_a_bf16_base():
+    """peft casts adapters to the base dtype; lorakit keeps fp32 master weights (mixed precision via autocast)."""
+    base = torch.nn.Sequential(torch.nn.Linear(8, 8)).to(torch.bfloat16)
+    params = inj.inject_lora(base, {"0": 2}, 2.0, 0.0)
+    assert params and all(p.dtype == torch.float32 for p in params)
+    assert base[0].base_layer.weight.dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = base(torch.randn(3, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

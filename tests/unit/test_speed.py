@@ -1,0 +1,168 @@
+"""Speed features (lorakit.train.speed) against the plain eager path on a tiny FLUX transformer with LoRA.
+
+torch.compile runs with the ``aot_eager`` backend here (dynamo tracing + AOT autograd, no code generation):
+on a CPU without a C compiler that is the part of the compile path lorakit's code can get wrong (tracing
+through peft's LoRA layers and the checkpoint wrapper, the eager fallback). The inductor backend itself is
+exercised on the GPU by benchmarks/bench.py, which checks the loss against the eager rows.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lorakit.errors import ConfigError
+from lorakit.lora.inject import inject_lora
+from lorakit.train import memory, speed
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def tiny_flux() -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """A 1+1-block FLUX transformer with rank-4 LoRA on its block Linears; LoRA weights non-zero."""
+    torch.manual_seed(0)
+    model = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=8, guidance_embeds=False,
+        axes_dims_rope=[4, 6, 6])
+    targets = {n: 4 for n, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and "transformer_blocks" in n}
+    params = inject_lora(model, targets, 4.0, 0.0, seed=1)
+    with torch.no_grad():
+        for p in params:  # lora_B starts at 0: make both factors matter for the gradients
+            p.normal_(0.0, 0.1)
+    return model, params
+
+
+def step(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> tuple[float, list[torch.Tensor]]:
+    """One loss + backward on fixed inputs; returns the loss and the LoRA gradients."""
+    g = torch.Generator().manual_seed(2)
+    out = model(hidden_states=torch.randn(1, 16, 16, generator=g),
+                encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                pooled_projections=torch.randn(1, 8, generator=g), timestep=torch.tensor([0.5]),
+                img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)[0]
+    loss = out.float().pow(2).mean()
+    loss.backward()
+    grads = [p.grad.detach().clone() for p in params]
+    for p in params:
+        p.grad = None
+    return float(loss.detach()), grads
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+@pytest.fixture(scope="module")
+def reference() -> tuple[float, list[torch.Tensor]]:
+    model, params = tiny_flux()
+    return step(model, params)
+
+
+def test_reference_gradients_are_not_trivial(reference):
+    loss, grads = reference
+    assert loss > 0 and all(g.abs().sum() > 0 for g in grads)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(reference):
+    model, params = tiny_flux()
+    assert speed.set_gradient_checkpointing(model, True, log=lambda s: None) is True
+    assert model.is_gradient_checkpointing
+    loss, grads = step(model, params)
+    assert loss == pytest.approx(reference[0], rel=1e-6)
+    assert max(rel(a, b) for a, b in zip(grads, reference[1])) < 1e-5
+    assert speed.set_gradient_checkpointing(model, False, log=lambda s: None) is False
+    assert not model.is_gradient_checkpointing
+
+
+def test_regional_compile_with_checkpoint_inside_matches_eager(reference):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model, params = tiny_flux()
+    n = speed.compile_regions(model, backend="aot_eager", checkpoint=True, log=lambda s: None)
+    assert n == 2  # one double and one single block: FLUX's _repeated_blocks
+    blocks = [m for m in model.modules() if type(m).__name__ in speed.region_names(model)]
+    assert all(m._compiled_call_impl is not None and m._lorakit_checkpointed for m in blocks)
+    for _ in range(2):  # the second call runs the cached graphs
+        loss, grads = step(model, params)
+        assert loss == pytest.approx(reference[0], rel=1e-5)
+        assert max(rel(a, b) for a, b in zip(grads, reference[1])) < 1e-4
+    with torch.no_grad():  # inference (sampling) still works: no checkpoint without gradients
+        out = model(hidden_states=torch.randn(1, 16, 16), encoder_hidden_states=torch.randn(1, 8, 32),
+                    pooled_projections=torch.randn(1, 8), timestep=torch.tensor([0.5]),
+                    img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), return_dict=False)[0]
+    assert torch.isfinite(out).all()
+    assert speed.uncompile_regions(model) == 2
+    assert all(m._compiled_call_impl is None for m in blocks)
+
+
+def test_a_backend_that_fails_falls_back_to_eager(reference):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    calls = []
+
+    def broken_backend(gm, example_inputs):
+        calls.append(1)
+        raise RuntimeError("simulated compiler failure")
+
+    model, params = tiny_flux()
+    speed.compile_regions(model, backend=broken_backend, log=lambda s: None)
+    loss, grads = step(model, params)
+    assert calls, "the backend was never asked to compile: the test would prove nothing"
+    assert loss == pytest.approx(reference[0], rel=1e-6)
+    assert max(rel(a, b) for a, b in zip(grads, reference[1])) < 1e-5
+
+
+def test_checkpoint_forward_is_idempotent_and_skipped_without_grad():
+    lin = torch.nn.Linear(3, 3)
+    speed.checkpoint_forward(lin)
+    wrapped = lin.forward
+    speed.checkpoint_forward(lin)
+    assert lin.forward is wrapped
+    x = torch.randn(2, 3, requires_grad=True)
+    y = lin(x)
+    assert y.grad_fn is not None and torch.allclose(y, torch.nn.functional.linear(x, lin.weight, lin.bias))
+    with torch.no_grad():
+        assert lin(x).grad_fn is None
+
+
+def test_compile_refuses_models_without_known_blocks():
+    with pytest.raises(ConfigError, match="memory.compile"):
+        speed.compile_regions(torch.nn.Sequential(torch.nn.Linear(2, 2)), log=lambda s: None)
+    with pytest.raises(ConfigError, match="memory.compile"):
+        speed.compile_regions(torch.nn.Sequential(torch.nn.Linear(2, 2)), names=["NoSuchBlock"], log=lambda s: None)
+
+
+def test_sdxl_regions_include_resnets():
+    unet = SimpleNamespace()
+    assert speed.region_names(unet) == ()
+    cls = type("UNet2DConditionModel", (), {"_repeated_blocks": ["BasicTransformerBlock"]})
+    assert speed.region_names(cls()) == ("BasicTransformerBlock", "ResnetBlock2D")
+
+
+def cfg(**mem):
+    base = dict(gradient_checkpointing=True, compile=False, fp8_base=False, fused_backward=False, vram_gb=None,
+                blocks_to_swap=0)
+    base.update(mem)
+    return SimpleNamespace(memory=SimpleNamespace(**base), training=SimpleNamespace(mixed_precision="bf16"))
+
+
+def test_prepare_denoiser_compile_needs_cuda():
+    model, _ = tiny_flux()
+    with pytest.raises(ConfigError, match="memory.compile"):
+        speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cpu"), log=lambda s: None)
+    report = speed.prepare_denoiser(model, cfg().memory, torch.device("cpu"), log=lambda s: None)
+    assert report == {"gradient_checkpointing": True, "compiled_blocks": 0}
+
+
+def test_memory_check_accepts_compile_on_cuda_and_still_rejects_the_rest():
+    memory.check_supported(cfg(compile=True), torch.device("cuda"))  # implemented: no error
+    with pytest.raises(ConfigError, match="memory.compile"):
+        memory.check_supported(cfg(compile=True), torch.device("cpu"))
+    for key, value in (("fused_backward", True), ("vram_gb", 12.0), ("fp8_base", True), ("blocks_to_swap", 4)):
+        with pytest.raises(ConfigError, match=f"memory.{key}"):
+            memory.check_supported(cfg(**{key: value}), torch.device("cuda"))
