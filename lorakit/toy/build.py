@@ -45,6 +45,10 @@ SEED = 20260
 LATENT_RES = 8            # 64 px / VAE factor 8
 T5_MAX_LENGTH = 64        # toy FLUX text length (see TOY_TEXT in paths.py; real dev uses 512)
 CAPTION_DROPOUT = 0.1
+# SDXL's scaled-linear schedule leaves ~7 % of the signal at t=999, so without an offset the per-channel
+# latent mean (here: the background colour) leaks through training and the sampler's starting noise picks
+# the background instead of the prompt. A noise offset (SDXL itself used one) teaches the UNet to set it.
+SDXL_NOISE_OFFSET = 0.15
 # The real families' latent constants; adapters may read them from their ModelSpec instead of the config.
 REAL_LATENT = {"sdxl": (0.13025, 0.0), "flux1": (0.3611, 0.1159)}
 
@@ -302,6 +306,7 @@ def train_denoiser(family: str, model: torch.nn.Module, means: torch.Tensor, std
         cond = {k: v[ci] for k, v in text.items()}
         if family == "sdxl":
             t = obj.sample_timesteps_uniform(plan.batch, 0, 1000, generator=gen)
+            noise = obj.apply_noise_offset(noise, SDXL_NOISE_OFFSET, generator=gen)
             pred = sdxl_predict(model, obj.ddpm_add_noise(x0, noise, t, acp), t, cond)
             target = obj.ddpm_target(x0, noise, t, acp, "epsilon")
         else:

@@ -9,6 +9,7 @@ adapters; the lead wires ``evaluate`` to the adapters' own sampling and the trai
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -54,11 +55,12 @@ def from_modules(family: str, modules: dict[str, Any], scaling_factor: float, sh
     return ToyModel(family, modules["transformer"], modules["ae"], enc, scaling_factor, shift_factor)
 
 
-def load_toy(family: str, dtype: torch.dtype = torch.float32) -> ToyModel:
-    """Load the shipped toy model through diffusers' single-file loaders (SDXL) / lorakit's FLUX converters."""
+def load_toy(family: str, dtype: torch.dtype = torch.float32, root: Optional[Path] = None) -> ToyModel:
+    """Load the shipped toy model (or one built under ``root``) through diffusers' single-file loader (SDXL)
+    or lorakit's FLUX converters."""
     from lorakit.toy.paths import toy_paths
 
-    p = toy_paths(family)
+    p = toy_paths(family, root)
     if family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 

@@ -93,16 +93,21 @@ PROMPTS = ["a red circle on a blue background", "a green square on a white backg
            "a blue square on a yellow background", "a black triangle on a green background"]
 
 
+# Conservative floors, well under what BUILD.md records (chance: shape 1/4 with the concept class, colour and
+# background 1/6). The toy FLUX draws the right colours but blobby shapes, hence its lower shape floor.
+FLOORS = {"sdxl": {"shape": 0.5, "colour": 0.6, "background": 0.6},
+          "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5}}
+
+
 @pytest.mark.parametrize("family", [pytest.param(f, marks=needs[f]) for f in paths.FAMILIES])
 def test_base_draws_what_the_prompt_says(family):
     model = toy_eval.load_toy(family)
     prompts = [p for p in PROMPTS for _ in range(2)]
-    imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20)
+    cfg = 4.0 if family == "sdxl" else 1.0              # FLUX dev style: no true CFG
+    imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20, cfg=cfg)
     r = toy_eval.prompt_following(imgs, prompts)
-    # chance: background 1/6, colour 1/6, shape 1/3 (1/4 counting the concept class)
-    assert r["background"] >= 0.6, r
-    assert r["colour"] >= 0.5, r
-    assert r["shape"] >= 0.5, r
+    for key, floor in FLOORS[family].items():
+        assert r[key] >= floor, (key, r)
 
 
 @pytest.mark.parametrize("family", ["sdxl", "flux1"])
