@@ -46,11 +46,20 @@ PEAK = 790e12  # bf16 dense matmul on random data, measured on this workplace's 
 # row name -> settings. keys: family; gc (checkpointing); compile: False | "regions" (lorakit's default path,
 # prepare_denoiser) | "outer" (diffusers' checkpoint around compiled blocks) | "repeated" (diffusers'
 # _repeated_blocks only); mode (torch.compile mode); eager_first (an eager no-grad forward before training,
-# which is also where forward FLOPs are counted); cudnn (leave SDPA's cuDNN backend on).
+# which is also where forward FLOPs are counted); cudnn (leave SDPA's cuDNN backend on); "whole" (the whole
+# denoiser as one graph, diffusers' checkpoints traced into it); cudagraphs (speed's CUDA graphs:
+# mode="reduce-overhead" + mark_step per step); phases (optimizer ``fused`` settings measured one after
+# the other on the same compiled model: None = lorakit's default (foreach), True = fused AdamW; each phase
+# after the first is its own table row named "<row>+fused").
 ROWS: dict[str, dict[str, Any]] = {
-    "sdxl/gc": {"family": "sdxl", "gc": True, "eager_first": True},
+    "sdxl/gc": {"family": "sdxl", "gc": True, "eager_first": True, "phases": (None, True)},
     "sdxl/nogc": {"family": "sdxl", "gc": False, "eager_first": True},
-    "sdxl/gc+compile": {"family": "sdxl", "gc": True, "compile": "regions"},
+    "sdxl/gc+compile": {"family": "sdxl", "gc": True, "compile": "regions", "phases": (None, True)},
+    "sdxl/gc+compile-whole": {"family": "sdxl", "gc": True, "compile": "whole", "phases": (None, True)},
+    "sdxl/gc+compile-graphs": {"family": "sdxl", "gc": True, "compile": "regions", "cudagraphs": True,
+                               "phases": (None, True)},
+    "sdxl/gc+compile-whole-graphs": {"family": "sdxl", "gc": True, "compile": "whole", "cudagraphs": True,
+                                     "phases": (None, True)},
     "sdxl/gc+compile-outer": {"family": "sdxl", "gc": True, "compile": "outer"},
     "sdxl/nogc+compile": {"family": "sdxl", "gc": False, "compile": "regions"},
     "sdxl/gc+compile-cudagraphs": {"family": "sdxl", "gc": True, "compile": "regions", "mode": "reduce-overhead"},
@@ -59,7 +68,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/gc-cudnn": {"family": "flux1", "gc": True, "cudnn": True},
     "flux1/gc-cudnn-after-eager": {"family": "flux1", "gc": True, "cudnn": True, "eager_first": True},
     "flux1/nogc": {"family": "flux1", "gc": False, "eager_first": True},
-    "flux1/gc+compile": {"family": "flux1", "gc": True, "compile": "regions"},
+    "flux1/gc+compile": {"family": "flux1", "gc": True, "compile": "regions", "phases": (None, True)},
+    "flux1/gc+compile-cudnn": {"family": "flux1", "gc": True, "compile": "regions", "cudnn": True,
+                               "phases": (None, True)},
+    "flux1/gc+compile-whole": {"family": "flux1", "gc": True, "compile": "whole", "phases": (None, True)},
     "flux1/gc+compile-outer": {"family": "flux1", "gc": True, "compile": "outer"},
     "flux1/nogc+compile": {"family": "flux1", "gc": False, "compile": "regions"},
     "flux1/gc+compile-after-eager": {"family": "flux1", "gc": True, "compile": "regions", "eager_first": True},
@@ -205,42 +217,105 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         prep = {"compiled_blocks": speed.compile_regions(model, mode=s["mode"], checkpoint=inside,
                                                          log=log_lines.append)}
     else:
-        prep = speed.prepare_denoiser(model, cfg.memory, device, log=log_lines.append)
-    optimizer = optim.build_optimizer([{"params": params, "lr": cfg.optimizer.lr, "name": component}],
-                                      cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
-                                      cfg.optimizer.betas, cfg.optimizer.eps)
+        # TINY (CPU smoke test): compile with aot_eager and skip the CUDA-only check and CUDA graphs
+        prep = speed.prepare_denoiser(model, cfg.memory, torch.device("cuda") if TINY else device,
+                                      log=log_lines.append, scope="whole" if s.get("compile") == "whole" else
+                                      "regions", cuda_graphs=bool(s.get("cudagraphs")) and not TINY,
+                                      backend="aot_eager" if TINY else "inductor")
     generator = torch.Generator().manual_seed(cfg.training.seed)
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    times, losses = [], []
-    t_prev = time.time()
-    t_first = None
-    for i in range(steps):
-        loss, gnorm = train_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
-                                 torch.bfloat16)
-        optimizer_step(optimizer, None)
-        sync(device)
-        now = time.time()
-        if t_first is None:
-            t_first = now
-        times.append(now - t_prev)
-        losses.append(loss)
-        t_prev = now
-        if i == 0:
-            print(f"  first step done: loss {loss:.4f}, grad norm {gnorm:.4g}", flush=True)
-    steady = times[5:] or times
-    return {
-        "row": name, "family": family, "settings": settings_text(s, cfg), "steps": steps,
-        "median_s": statistics.median(steady), "min_s": min(steady), "max_s": max(steady),
-        "first_step_s": times[0], "start_to_first_step_s": t_first - t_spawn, "build_s": t_build,
-        "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
-        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan"),
-        "fwd_tflop_counted": fwd_flops / 1e12 if fwd_flops else None,
-        "losses": losses, "finite": all(x == x and abs(x) != float("inf") for x in losses),
-        "lora_modules": len(targets[component]), "lora_params": sum(p.numel() for p in params),
-        "lora_dtype": str(params[0].dtype), "compiled_blocks": prep.get("compiled_blocks", 0), "log": log_lines,
-    }
+    results: list[dict[str, Any]] = []
+    gate = Gate.from_env(name)
+    contended = 0
+    for k, fused in enumerate(s.get("phases", (None,))):
+        optimizer = optim.build_optimizer([{"params": params, "lr": cfg.optimizer.lr, "name": component}],
+                                          cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
+                                          cfg.optimizer.betas, cfg.optimizer.eps, fused=fused)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        warm = 5 if k == 0 else 3
+        n = steps if k == 0 else max(steps - 2, warm + 1)
+        times, losses = [], []
+        t_prev = time.time()
+        t_first = None
+        for i in range(n):
+            if i == warm and k == 0:
+                contended = gate.enter()  # compiles done (or waited long enough): time alone on the GPU
+                t_prev = time.time()
+            loss, gnorm = train_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
+                                     torch.bfloat16)
+            optimizer_step(optimizer, None)
+            sync(device)
+            now = time.time()
+            if t_first is None:
+                t_first = now
+            times.append(now - t_prev)
+            losses.append(loss)
+            t_prev = now
+            if i == 0 and k == 0:
+                print(f"  first step done: loss {loss:.4f}, grad norm {gnorm:.4g}", flush=True)
+        steady = times[warm:] or times
+        fused_on = bool(getattr(optimizer, "defaults", {}).get("fused"))
+        results.append({
+            "row": name if k == 0 else f"{name}+fused", "family": family,
+            "settings": settings_text(s, cfg) + (" fused-AdamW" if fused_on else ""), "steps": n,
+            "median_s": statistics.median(steady), "min_s": min(steady), "max_s": max(steady),
+            "first_step_s": times[0], "start_to_first_step_s": (t_first - t_spawn) if k == 0 else float("nan"),
+            "build_s": t_build,
+            "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else float("nan"),
+            "fwd_tflop_counted": fwd_flops / 1e12 if fwd_flops else None,
+            "losses": losses,
+            "finite": all(x == x and abs(x) != float("inf") for x in losses),
+            "lora_modules": len(targets[component]), "lora_params": sum(p.numel() for p in params),
+            "lora_dtype": str(params[0].dtype), "compiled_blocks": prep.get("compiled_blocks", 0),
+            "fused": fused_on, "others_compiling": contended, "log": log_lines,
+            "phase": k,
+        })
+        del optimizer
+    gate.leave()
+    return results
+
+
+class Gate:
+    """Parallel mode: rows compile at the same time, but time their steps one at a time with nothing else
+    compiling. ``enter`` marks this row ready, waits until every row is ready or finished (or BENCH_GATE_WAIT
+    seconds after the gate was made), then takes an exclusive lock; returns how many rows were still not
+    ready (0 = clean timing)."""
+
+    def __init__(self, folder: str | None, name: str, rows: list[str], deadline: float) -> None:
+        self.folder, self.name, self.rows, self.deadline, self.fh = folder, name, rows, deadline, None
+
+    @classmethod
+    def from_env(cls, name: str) -> "Gate":
+        folder = os.environ.get("BENCH_GATE")
+        rows = os.environ.get("BENCH_GATE_ROWS", "").split(",") if folder else []
+        return cls(folder, name, rows, float(os.environ.get("BENCH_GATE_DEADLINE", "0")))
+
+    def pending(self) -> int:
+        return sum(1 for r in self.rows if not any((Path(self.folder) / f"{tag}-{slug(r)}").exists()
+                                                   for tag in ("ready", "done")))
+
+    def enter(self) -> int:
+        if not self.folder:
+            return 0
+        import fcntl
+
+        (Path(self.folder) / f"ready-{slug(self.name)}").touch()
+        while self.pending() and time.time() < self.deadline:
+            time.sleep(0.5)
+        self.fh = open(Path(self.folder) / "gpu.lock", "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self.pending()
+
+    def leave(self) -> None:
+        if self.fh:
+            self.fh.close()  # releases the lock
+            self.fh = None
+
+
+def slug(row: str) -> str:
+    return row.replace("/", "_").replace("+", "_")
 
 
 def sync(device: Any) -> None:
@@ -254,9 +329,12 @@ def settings_text(s: dict, cfg: Any) -> str:
     parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", "AdamW", "SDPA", "ckpt" if s["gc"] else "no-ckpt"]
     parts += {"regions": ["compile(regions, ckpt inside)" if s["gc"] else "compile(regions)"],
               "outer": ["compile(regions, diffusers ckpt outside)"],
+              "whole": ["compile(whole denoiser, ckpt traced in)"],
               "repeated": ["compile(_repeated_blocks only)"]}.get(s.get("compile") or "", [])
     if s.get("mode"):
         parts.append(f"mode={s['mode']}")
+    if s.get("cudagraphs"):
+        parts.append("CUDA graphs (reduce-overhead + mark_step)")
     parts.append("cuDNN-SDPA on" if s.get("cudnn") else "cuDNN-SDPA off")
     if s.get("eager_first"):
         parts.append("after an eager fwd")
@@ -300,15 +378,19 @@ def table(results: list[dict], env: dict[str, str]) -> str:
             lines.append(f"| {r['row']} | {r.get('settings', '')} | FAILED: {r['error'][:160]} | | | | | |")
             continue
         fam = r["family"]
+        if r.get("phase", 0):  # later steps of the same process: no loss comparison with row 1
+            base.setdefault(fam, [])
         base.setdefault(fam, r["losses"])
         ref = base[fam]
-        n = min(len(ref), len(r["losses"]), 3)
+        n = 0 if r.get("phase", 0) else min(len(ref), len(r["losses"]), 3)
         delta = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(r["losses"][:n], ref[:n])) if n else 0.0
         mfu = FLOP_STEP[fam] / r["median_s"] / PEAK
         fwd = f"{r['fwd_tflop_counted']:.1f}" if r.get("fwd_tflop_counted") else "–"
-        lines.append(f"| {r['row']} | {r['settings']} | {r['median_s']:.3f} ({r['min_s']:.3f}–{r['max_s']:.3f}) | "
-                     f"{r['peak_alloc_gib']:.2f} / {r['peak_reserved_gib']:.2f} | {mfu:.1%} | "
-                     f"{r['start_to_first_step_s']:.1f} ({r['first_step_s']:.1f}) | {fwd} | "
+        first = (f"{r['start_to_first_step_s']:.1f} ({r['first_step_s']:.1f})" if r.get("phase", 0) == 0
+                 else "(same process)")
+        busy = f" [timed while {r['others_compiling']} rows compiled]" if r.get("others_compiling") else ""
+        lines.append(f"| {r['row']} | {r['settings']}{busy} | {r['median_s']:.3f} ({r['min_s']:.3f}–{r['max_s']:.3f}) | "
+                     f"{r['peak_alloc_gib']:.2f} / {r['peak_reserved_gib']:.2f} | {mfu:.1%} | {first} | {fwd} | "
                      f"{'yes' if r['finite'] else 'NO'}, {delta:.1e} (first {n} steps) |")
     notes = ("\nMFU = issue-6 model FLOPs per step (SDXL 21.6 T, FLUX.1-dev 240 T, with checkpointing) / median "
              f"time / {PEAK / 1e12:.0f} TFLOP/s (bf16 matmul measured on this workplace's H200). "
@@ -325,7 +407,11 @@ def main() -> None:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
-    ap.add_argument("--timeout", type=float, default=420, help="seconds per row")
+    ap.add_argument("--timeout", type=float, default=420, help="seconds per row (in --parallel: for all rows)")
+    ap.add_argument("--parallel", action="store_true",
+                    help="start every row at once (compiles overlap); steps are timed one row at a time after "
+                         "all rows finished compiling or --gate-wait seconds passed")
+    ap.add_argument("--gate-wait", type=float, default=240, help="--parallel: longest wait for the others' compiles")
     ap.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
     if args.list:
@@ -333,7 +419,8 @@ def main() -> None:
         return
     if args.one:
         sys.path.insert(0, str(ROOT))
-        print(json.dumps(run_row(args.one, args.steps, args.spawned or T_IMPORT)), flush=True)
+        for r in run_row(args.one, args.steps, args.spawned or T_IMPORT):
+            print(json.dumps(r), flush=True)
         return
     rows = args.rows or list(ROWS)
     unknown = [r for r in rows if r not in ROWS]
@@ -341,31 +428,7 @@ def main() -> None:
         sys.exit(f"bench: unknown row(s) {unknown}; see --list")
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     env = environment()
-    results = []
-    for name in rows:
-        print(f"== {name}", flush=True)
-        t_spawn = time.time()
-        try:
-            proc = subprocess.run([sys.executable, __file__, "--one", name, "--steps", str(args.steps),
-                                   "--spawned", repr(t_spawn)], capture_output=True, text=True,
-                                  timeout=args.timeout, env={**os.environ, "PYTHONPATH": _pythonpath()})
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                results.append({"row": name, "settings": json.dumps(ROWS[name]),
-                                "error": f"exit {proc.returncode}: {' / '.join(tail)}"})
-                print(proc.stderr[-3000:], flush=True)
-            else:
-                results.append(json.loads(lines[-1]))
-                print("  " + " ".join(ln for ln in proc.stdout.splitlines() if not ln.startswith("{")), flush=True)
-        except subprocess.TimeoutExpired:
-            results.append({"row": name, "settings": json.dumps(ROWS[name]),
-                            "error": f"timed out after {args.timeout:.0f} s"})
-        r = results[-1]
-        print(f"  -> {r.get('median_s', r.get('error'))}", flush=True)
-        if out:
-            with open(out / "bench.jsonl", "a") as fh:
-                fh.write(json.dumps({**r, **env}) + "\n")
+    results = run_parallel(rows, args, env, out) if args.parallel else run_serial(rows, args, env, out)
     text = table(results, env)
     print(text)
     if out:
@@ -373,6 +436,87 @@ def main() -> None:
     if not args.no_append:
         with open(ROOT / "benchmarks" / "RESULTS.md", "a") as fh:
             fh.write("\n" + text)
+
+
+def child_command(name: str, args: Any, t_spawn: float) -> list[str]:
+    return [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--spawned", repr(t_spawn)]
+
+
+def collect(name: str, returncode: int | None, stdout: str, stderr: str, out: Path | None,
+            env: dict[str, str]) -> list[dict]:
+    """Turn one child's output into result rows (an error row when it failed), and log them to $OUT."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+    if returncode is None:
+        got = [{"row": name, "settings": json.dumps(ROWS[name]), "error": "killed at the deadline"}]
+    elif returncode != 0 or not lines:
+        tail = (stderr or stdout).strip().splitlines()[-3:]
+        got = [{"row": name, "settings": json.dumps(ROWS[name]), "error": f"exit {returncode}: {' / '.join(tail)}"}]
+    else:
+        got = [json.loads(ln) for ln in lines]
+    if returncode != 0:
+        print(stderr[-3000:], flush=True)
+        if out:
+            with open(out / "errors.log", "a") as fh:
+                fh.write(f"== {name} (exit {returncode})\n{stderr[-6000:]}\n")
+    print("  " + " ".join(ln for ln in stdout.splitlines() if not ln.startswith("{")), flush=True)
+    for r in got:
+        print(f"== {r['row']} -> {r.get('median_s', r.get('error'))}", flush=True)
+        if out:
+            with open(out / "bench.jsonl", "a") as fh:
+                fh.write(json.dumps({**r, **env}) + "\n")
+    return got
+
+
+def run_serial(rows: list[str], args: Any, env: dict[str, str], out: Path | None) -> list[dict]:
+    results: list[dict] = []
+    for name in rows:
+        print(f"== {name}", flush=True)
+        t_spawn = time.time()
+        try:
+            proc = subprocess.run(child_command(name, args, t_spawn), capture_output=True, text=True,
+                                  timeout=args.timeout, env={**os.environ, "PYTHONPATH": _pythonpath()})
+            results += collect(name, proc.returncode, proc.stdout, proc.stderr, out, env)
+        except subprocess.TimeoutExpired:
+            results.append({"row": name, "settings": json.dumps(ROWS[name]),
+                            "error": f"timed out after {args.timeout:.0f} s"})
+    return results
+
+
+def run_parallel(rows: list[str], args: Any, env: dict[str, str], out: Path | None) -> list[dict]:
+    """Start every row at once (see Gate); kill what still runs after ``args.timeout`` seconds."""
+    import tempfile
+
+    gate = Path(tempfile.mkdtemp(prefix="bench-gate-"))
+    t0 = time.time()
+    threads = max(2, (os.cpu_count() or 4) // len(rows))
+    child_env = {**os.environ, "PYTHONPATH": _pythonpath(), "BENCH_GATE": str(gate), "BENCH_GATE_ROWS": ",".join(rows),
+                 "BENCH_GATE_DEADLINE": repr(t0 + args.gate_wait),
+                 "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", str(threads))}
+    procs = {}
+    for name in rows:
+        files = (open(gate / f"{slug(name)}.out", "w+"), open(gate / f"{slug(name)}.err", "w+"))
+        procs[name] = (subprocess.Popen(child_command(name, args, time.time()), stdout=files[0], stderr=files[1],
+                                        text=True, env=child_env), files)
+    by_name: dict[str, list[dict]] = {}
+    while len(by_name) < len(rows):
+        for name, (proc, files) in procs.items():
+            if name in by_name:
+                continue
+            code = proc.poll()
+            if code is None and time.time() - t0 > args.timeout:
+                proc.kill()
+                proc.wait()
+                code = None
+            elif code is None:
+                continue
+            (gate / f"done-{slug(name)}").touch()
+            files[0].seek(0)
+            files[1].seek(0)
+            by_name[name] = collect(name, code, files[0].read(), files[1].read(), out, env)
+            if out:  # partial table after each row, in case the whole command is cut off
+                (out / "RESULTS.md").write_text(table([r for n in rows for r in by_name.get(n, [])], env))
+        time.sleep(0.5)
+    return [r for n in rows for r in by_name[n]]
 
 
 def _pythonpath() -> str:

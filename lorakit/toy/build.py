@@ -425,7 +425,9 @@ def save_family(family: str, models: dict, facts: dict, out: Path) -> dict[str, 
         ckpt = out / "toy_sdxl.safetensors"
         save_sgm_checkpoint(ckpt, unet=models["unet"], vae=models["vae"], te1=models["te1"], te2=models["te2"],
                             dtype=torch.float16, metadata={"lorakit.toy": "sdxl"})
-        write_config_folder(out / "config", unet=cfg["unet"], vae=cfg["vae"], te1=cfg["te1"], te2=cfg["te2"])
+        # the toy learned the unconditional case from captions dropped to "", not from zero embeddings
+        write_config_folder(out / "config", unet=cfg["unet"], vae=cfg["vae"], te1=cfg["te1"], te2=cfg["te2"],
+                            force_zeros_for_empty_prompt=False)
         return {"checkpoint": ckpt, "config": out / "config"}
     from lorakit.models.flux1.configs import write_config_folder
     from lorakit.models.flux1.convert import save_bfl_files

@@ -18,7 +18,7 @@ import torch
 
 from lorakit.config.load import load_config
 from lorakit.toy.paths import toy_paths
-from lorakit.toy.world import DEFAULT_TRIGGER, write_demo_dataset
+from lorakit.toy.world import DEFAULT_TRIGGER, write_demo_dataset, write_reg_dataset
 
 DEMO_PROMPTS = [
     f"a red {DEFAULT_TRIGGER} on a blue background --d 1",
@@ -29,8 +29,10 @@ DEMO_PROMPTS = [
 
 # Per-family recipe for a CPU demo of a few minutes (the toy models are tiny; rank/lr are set for that).
 DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "sdxl": {"steps": 300, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 4.0},
-    "flux1": {"steps": 300, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 1.0},
+    "sdxl": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 4.0},
+    # the toy FLUX was pretrained with 64 T5 tokens; guidance-distilled sampling (no true CFG)
+    "flux1": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 1.0,
+              "training": {"t5_max_length": 64}},
 }
 
 
@@ -47,11 +49,13 @@ def demo_config(family: str, dataset_dir: Path, out_dir: Path, name: str, steps:
     total = steps or s["steps"]
     data = {
         "model": model,
-        "data": {"dir": str(dataset_dir), "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
+        "data": {"dir": str(dataset_dir / "train"), "reg_dir": str(dataset_dir / "reg"), "resolution": 64,
+                 "min_bucket_reso": 64, "max_bucket_reso": 128,
                  "cache_dir": str(out_dir / "cache")},
         "network": {"rank": s["rank"], "alpha": float(s["rank"])},
         "optimizer": {"name": "adamw", "lr": s["lr"], "scheduler": "cosine_with_min_lr", "warmup_steps": 10},
-        "training": {"max_steps": total, "batch_size": 4, "seed": 42, "mixed_precision": "no", "device": "cpu"},
+        "training": {"max_steps": total, "batch_size": 4, "seed": 42, "mixed_precision": "no", "device": "cpu",
+                     **s.get("training", {})},
         "sample": {"prompts": list(DEMO_PROMPTS), "steps": s["sample_steps"], "cfg_scale": s["cfg_scale"],
                    "every_n_steps": 0},
         "save": {"dir": str(out_dir / "runs"), "name": name, "every_n_steps": max(total // 3, 1),
@@ -61,14 +65,22 @@ def demo_config(family: str, dataset_dir: Path, out_dir: Path, name: str, steps:
     return load_config(None, list(overrides), data=data)
 
 
+def ensure_dataset(dataset_dir: Path) -> None:
+    """The demo data: ``train/`` (a dozen images of the new concept) and ``reg/`` (base-world scenes that keep
+    prompts without the trigger unchanged); written once, reused by later demos."""
+    if not (dataset_dir / "train").exists():
+        write_demo_dataset(dataset_dir / "train")
+    if not (dataset_dir / "reg").exists():
+        write_reg_dataset(dataset_dir / "reg")
+
+
 def run_demo(family: str, out: Path, steps: Optional[int] = None) -> dict[str, Any]:
     """Write the demo dataset, train, and print where everything is."""
     from lorakit.train.loop import train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dataset_dir = out / "dataset"
-    if not dataset_dir.exists():
-        write_demo_dataset(dataset_dir)
+    ensure_dataset(dataset_dir)
     name = f"demo-{family}-{stamp}"
     cfg = demo_config(family, dataset_dir, out, name, steps)
     t0 = time.perf_counter()
@@ -93,8 +105,7 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dataset_dir = out / "dataset"
-    if not dataset_dir.exists():
-        write_demo_dataset(dataset_dir)
+    ensure_dataset(dataset_dir)
     cfg = demo_config(family, dataset_dir, out, f"eval-{family}-{stamp}", steps,
                       overrides=("sample.prompts=[]",) + tuple(overrides))
     t0 = time.perf_counter()

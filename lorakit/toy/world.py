@@ -158,3 +158,19 @@ def write_demo_dataset(dir: str | Path, n: int = 12, seed: int = 1234, trigger: 
         render(scene).save(folder / f"{i:03d}.png", optimize=False)
         (folder / f"{i:03d}.txt").write_text(caption(scene, trigger) + "\n", encoding="utf-8")
     return folder
+
+
+def write_reg_dataset(dir: str | Path, n: int = 24, seed: int = 999, repeats: int = 1) -> Path:
+    """Write n base-world scenes (no concept) as regularisation images: ``<dir>/<repeats>_shape/NNN.png|.txt``.
+
+    Training on these beside the concept images (prior preservation, ``data.reg_dir``) keeps prompts without
+    the trigger drawing what the base model drew: the demo's drift stays near zero.
+    """
+    folder = Path(dir) / f"{repeats}_{DEMO_CLASS}"
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"{folder}: already exists and is not empty; choose another directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(sample_scenes(n, seed)):
+        render(scene).save(folder / f"{i:03d}.png", optimize=False)
+        (folder / f"{i:03d}.txt").write_text(caption(scene) + "\n", encoding="utf-8")
+    return folder

@@ -259,11 +259,12 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
 
 def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable, scaler, device, compute_dtype):
     """One optimizer step's worth of forward/backward (with gradient accumulation); returns (loss, grad norm)."""
-    from lorakit.train import objectives
+    from lorakit.train import objectives, speed
 
     accumulation = cfg.training.gradient_accumulation
     total = 0.0
     for _ in range(accumulation):
+        speed.mark_step()  # CUDA graph trees: a new forward/backward begins (no-op unless CUDA graphs are on)
         batch = to_device(next_batch(), device)
         noise = torch.randn(batch.latents.shape, generator=generator).to(device)
         noised = adapter.noise(batch.latents, noise, batch, cfg.training, generator)

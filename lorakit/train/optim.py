@@ -43,20 +43,23 @@ def _groups_with_lr(params_groups: list[dict], lr: float) -> list[dict]:
 
 
 def build_optimizer(params_groups: list[dict], name: str, lr: float, weight_decay: float,
-                    betas: Sequence[float], eps: float) -> torch.optim.Optimizer:
+                    betas: Sequence[float], eps: float, *, fused: bool | None = None) -> torch.optim.Optimizer:
     """Create the optimizer for ``params_groups`` (dicts with ``params`` and optionally ``lr``).
 
     adafactor runs with ``relative_step=False, scale_parameter=False, warmup_init=False`` so that
     ``optimizer.lr`` and the schedule are honoured (its defaults would silently replace them); it has no
-    Adam betas/eps and ignores those two values.
+    Adam betas/eps and ignores those two values. ``fused`` (adamw only): None = torch's choice (foreach), True =
+    one fused kernel per step where every parameter is a CUDA float tensor (else foreach), False = foreach.
     """
     groups = _groups_with_lr(params_groups, lr)
     b1, b2 = (float(b) for b in betas)
     if name == "adamw":
         # fused kernels exist only for accelerators; foreach is the fast path on CPU.
         on_cpu = any(p.device.type == "cpu" for g in groups for p in g["params"])
-        return torch.optim.AdamW(groups, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay,
-                                 fused=False if on_cpu else None)
+        can_fuse = all(p.device.type == "cuda" and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+                       for g in groups for p in g["params"])
+        use = False if on_cpu else (None if fused is None else bool(fused and can_fuse))
+        return torch.optim.AdamW(groups, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay, fused=use)
     if name == "adamw8bit":
         try:
             import bitsandbytes as bnb

@@ -11,6 +11,13 @@ Fallback: ``torch._dynamo.config.suppress_errors`` is switched on, so a block th
 Triton, an unsupported op, a compiler bug) runs eagerly with a logged warning instead of stopping the run.
 A fault *inside* a compiled kernel at run time cannot be caught in-process; ``benchmarks/bench.py`` runs
 compiled training after an eager forward in the same process to check that path on the card.
+
+Two further settings (module constants until the config has fields for them; ``prepare_denoiser`` also takes
+them as arguments): :data:`COMPILE_SCOPE` ``"whole"`` compiles the denoiser's whole forward as one graph, with
+diffusers' per-block checkpoints traced into it (AOTAutograd then recomputes the tagged regions in the
+compiled backward), so no Python runs between blocks; :data:`CUDA_GRAPHS` compiles with
+``mode="reduce-overhead"`` (CUDA graph trees) and needs :func:`mark_step` at the start of every training
+step, which ``lorakit.train.loop.train_step`` calls.
 """
 
 from __future__ import annotations
@@ -35,28 +42,86 @@ CHECKPOINT_INSIDE_COMPILE = True
 # H100/H200 after an earlier forward of the same shapes in the process (see benchmarks/RESULTS.md).
 DISABLE_CUDNN_SDPA = True
 
+# "regions": compile each repeated block (fast to compile, a new bucket shape recompiles only small graphs);
+# "whole": one graph for the denoiser's forward (no Python between blocks; long compile per bucket shape).
+COMPILE_SCOPE = "regions"
+SCOPES = ("regions", "whole")
+
+# Replay the compiled graphs as CUDA graphs (torch.compile mode="reduce-overhead"): removes the per-kernel
+# launch cost that bounds SDXL's step. Needs :func:`mark_step` at every step start.
+CUDA_GRAPHS = False
+_cuda_graphs_active = False
+
 # Enough compiled variants for every (block class, shape) pair of SDXL/FLUX plus a few buckets.
 RECOMPILE_LIMIT = 64
 
 
 def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
+                     log: Callable[[str], None] = print, *, scope: Optional[str] = None,
+                     cuda_graphs: Optional[bool] = None, backend: Any = "inductor") -> dict[str, Any]:
     """Apply ``memory.gradient_checkpointing`` and ``memory.compile`` to the (LoRA-injected) denoiser.
 
     Call after LoRA injection (peft replaces the Linears that the compiled blocks contain) and before the
-    first step. Returns what was done, for logs and the benchmark.
+    first step. ``scope`` / ``cuda_graphs`` default to :data:`COMPILE_SCOPE` / :data:`CUDA_GRAPHS`. Returns
+    what was done, for logs and the benchmark.
     """
+    global _cuda_graphs_active
     checkpointing = bool(getattr(memory, "gradient_checkpointing", False))
     compile_ = bool(getattr(memory, "compile", False))
+    scope = COMPILE_SCOPE if scope is None else scope
+    graphs = CUDA_GRAPHS if cuda_graphs is None else bool(cuda_graphs)
+    if scope not in SCOPES:
+        raise ConfigError(f"memory.compile: unknown compile scope {scope!r}; choose one of {', '.join(SCOPES)}")
     if compile_ and device.type != "cuda":
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if device.type == "cuda":
         configure_attention()
-    inside = compile_ and checkpointing and CHECKPOINT_INSIDE_COMPILE
-    report: dict[str, Any] = {"gradient_checkpointing": set_gradient_checkpointing(model, checkpointing and not inside,
-                                                                                   log) or inside}
-    report["compiled_blocks"] = compile_regions(model, checkpoint=inside, log=log) if compile_ else 0
+    mode = "reduce-overhead" if compile_ and graphs else None
+    if compile_ and scope == "whole":
+        on = set_gradient_checkpointing(model, checkpointing, log)
+        report: dict[str, Any] = {"gradient_checkpointing": on,
+                                  "compiled_blocks": compile_whole(model, backend=backend, mode=mode, log=log)}
+    else:
+        inside = compile_ and checkpointing and CHECKPOINT_INSIDE_COMPILE
+        report = {"gradient_checkpointing": set_gradient_checkpointing(model, checkpointing and not inside, log)
+                  or inside}
+        report["compiled_blocks"] = compile_regions(model, backend=backend, mode=mode, checkpoint=inside,
+                                                    log=log) if compile_ else 0
+    _cuda_graphs_active = mode == "reduce-overhead"
+    report["scope"], report["cuda_graphs"] = (scope if compile_ else None), _cuda_graphs_active
     return report
+
+
+def mark_step() -> None:
+    """Tell CUDA graph trees that a new training step starts (no-op unless CUDA graphs are on).
+
+    Without it the trees cannot tell a step's forward from the previous step's, and outputs that are still
+    needed get overwritten by the next replay."""
+    if _cuda_graphs_active:
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def _configure_dynamo() -> None:
+    """Eager fallback on compile errors, and room for every block/bucket variant."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, key):
+            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), RECOMPILE_LIMIT))
+
+
+def compile_whole(model: nn.Module, *, backend: Any = "inductor", mode: Optional[str] = None,
+                  dynamic: Optional[bool] = False, log: Callable[[str], None] = print) -> int:
+    """``torch.compile`` the whole denoiser in place (one graph when nothing breaks it); returns 1.
+
+    Checkpointing, if wanted, must be switched on before (diffusers' non-reentrant per-block checkpoint is
+    traced as a region AOTAutograd recomputes in backward). A failure to compile falls back to eager."""
+    _configure_dynamo()
+    model.compile(backend=backend, mode=mode, dynamic=dynamic)
+    log(f"compile: the whole {type(model).__name__} compiled as one graph (the first step includes compilation; "
+        "a new bucket shape compiles again)")
+    return 1
 
 
 def configure_attention() -> None:
@@ -93,16 +158,11 @@ def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, 
     at each block's first call; a block that fails to compile falls back to eager (see the module doc).
     With ``checkpoint`` each block's forward is wrapped in non-reentrant ``torch.utils.checkpoint`` (only
     while gradients are on) before compiling, so the compiled backward recomputes the block itself."""
-    import torch._dynamo
-
     wanted = set(region_names(model) if names is None else names)
     if not wanted:
         raise ConfigError(f"memory.compile: {type(model).__name__} has no repeated blocks lorakit knows how to "
                           "compile; set memory.compile = false")
-    torch._dynamo.config.suppress_errors = True
-    for key in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, key):
-            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), RECOMPILE_LIMIT))
+    _configure_dynamo()
     count = 0
     for sub in model.modules():
         if type(sub).__name__ in wanted:
@@ -133,7 +193,8 @@ def checkpoint_forward(block: nn.Module) -> None:
 
 
 def uncompile_regions(model: nn.Module) -> int:
-    """Undo :func:`compile_regions` (blocks run eagerly again); returns how many were reset."""
+    """Undo :func:`compile_regions` / :func:`compile_whole` (everything runs eagerly again); returns how
+    many modules were reset."""
     count = 0
     for sub in model.modules():
         if getattr(sub, "_compiled_call_impl", None) is not None:

@@ -193,6 +193,7 @@ class Adapter:
         self.tokenizer1: Any = None
         self.tokenizer2: Any = None
         self.scheduler_config: dict = dict(configs.SCHEDULER)
+        self.force_zeros_for_empty_prompt = True
         self._alphas_cumprod: Optional[torch.Tensor] = None
 
     # ---- loading
@@ -203,6 +204,7 @@ class Adapter:
         comps = load_components(model, dtype=dtype)
         self.attach(comps.unet, comps.vae, comps.te1, comps.te2, comps.tokenizer1, comps.tokenizer2,
                     comps.scheduler_config, device=device, dtype=dtype)
+        self.force_zeros_for_empty_prompt = comps.force_zeros_for_empty_prompt
         self.model_cfg = model
         if memory is not None and getattr(memory, "gradient_checkpointing", False):
             self.unet.enable_gradient_checkpointing()
@@ -391,7 +393,8 @@ class Adapter:
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """One preview image (PIL) with CFG and negative prompt, drawn with the current (LoRA) weights.
 
-        An empty negative prompt gives zero embeddings, as SDXL's pipeline does (force_zeros_for_empty_prompt).
+        An empty negative prompt gives zero embeddings when the model's pipeline config says so
+        (``force_zeros_for_empty_prompt``, true for SDXL base), else the encoding of "".
         """
         from PIL import Image
 
@@ -402,7 +405,7 @@ class Adapter:
         height = max(unit, int(round(prompt.height / unit)) * unit)
         width = max(unit, int(round(prompt.width / unit)) * unit)
         cond = self.encode_text([prompt.prompt])
-        uncond = (self.encode_text([prompt.negative]) if prompt.negative
+        uncond = (self.encode_text([prompt.negative]) if prompt.negative or not self.force_zeros_for_empty_prompt
                   else {k: torch.zeros_like(v) for k, v in cond.items()})
         cfg_scale = float(prompt.cfg_scale)
         use_cfg = cfg_scale > 1.0

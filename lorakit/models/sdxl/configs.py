@@ -157,17 +157,20 @@ def _dump(path: Path, data: dict[str, Any]) -> None:
 
 def write_config_folder(folder: Path, *, unet: Optional[dict] = None, vae: Optional[dict] = None,
                         te1: Optional[dict] = None, te2: Optional[dict] = None,
-                        scheduler: Optional[dict] = None) -> Path:
+                        scheduler: Optional[dict] = None, force_zeros_for_empty_prompt: bool = True) -> Path:
     """Write a weights-free diffusers SDXL folder (configs + both tokenizers); defaults are full size.
 
-    Tokenizer 2 pads with ``"!"`` as SDXL's does. Returns ``folder``.
+    Tokenizer 2 pads with ``"!"`` as SDXL's does. ``force_zeros_for_empty_prompt`` (true for SDXL base) says
+    whether an empty negative prompt is a zero embedding or the encoding of "" (what a model trained with
+    caption dropout to "" expects). Returns ``folder``.
     """
     folder = Path(folder)
     parts = {"unet": unet or UNET, "vae": vae or VAE, "text_encoder": te1 or TE1, "text_encoder_2": te2 or TE2}
     for sub, cfg in parts.items():
         _dump(folder / sub / "config.json", copy.deepcopy(cfg))
     _dump(folder / "scheduler" / "scheduler_config.json", copy.deepcopy(scheduler or SCHEDULER))
-    _dump(folder / "model_index.json", copy.deepcopy(MODEL_INDEX))
+    _dump(folder / "model_index.json", {**copy.deepcopy(MODEL_INDEX),
+                                        "force_zeros_for_empty_prompt": force_zeros_for_empty_prompt})
     write_clip_tokenizer_files(folder / "tokenizer", pad_token=CLIP_EOS)
     write_clip_tokenizer_files(folder / "tokenizer_2", pad_token="!")
     return folder

@@ -31,6 +31,7 @@ class SDXLComponents:
     tokenizer1: Any
     tokenizer2: Any
     scheduler_config: dict
+    force_zeros_for_empty_prompt: bool = True   # model_index.json: the empty negative prompt is zeros
 
 
 def read_header(path: Path) -> dict[str, Any]:
@@ -167,7 +168,8 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.float32) -> SDXLC
         module.requires_grad_(False)
         module.eval()
     return SDXLComponents(unet=pipe.unet, vae=vae, te1=pipe.text_encoder, te2=pipe.text_encoder_2,
-                          tokenizer1=tok1, tokenizer2=tok2, scheduler_config=dict(pipe.scheduler.config))
+                          tokenizer1=tok1, tokenizer2=tok2, scheduler_config=dict(pipe.scheduler.config),
+                          force_zeros_for_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", True)))
 
 
 # ---- tiny SDXL-architecture models (tests, toy world) ----
