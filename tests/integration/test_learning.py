@@ -2,7 +2,8 @@
 concept (a cross bound to "zkx") and leaves prompts without the trigger alone — and a deliberately broken
 objective scores clearly worse, so this test fails when the training maths is wrong.
 
-Thresholds are conservative; the measured numbers are in benchmarks/RESULTS.md ("toy learning benchmark").
+Thresholds are conservative and per family (the toy FLUX draws blobbier shapes than the toy SDXL); the
+measured numbers are in benchmarks/RESULTS.md ("toy learning benchmark").
 """
 
 from __future__ import annotations
@@ -13,26 +14,33 @@ from lorakit.models.registry import get_family
 from lorakit.toy.demo import run_eval
 
 STEPS = 400
+# family: (min concept rate after, min concept-score gain, min colour match, min drift shape agreement,
+#          max concept leak)
+THRESHOLDS = {"sdxl": (0.25, 0.08, 0.6, 0.75, 0.25), "flux1": (0.15, 0.02, 0.3, 0.5, 0.25)}
 
 
-@pytest.fixture(scope="module")
-def sdxl_real(tmp_path_factory):
-    return run_eval("sdxl", tmp_path_factory.mktemp("real"), steps=STEPS, overrides=("log.progress=false",))
+@pytest.fixture(scope="module", params=sorted(THRESHOLDS))
+def trained(request, tmp_path_factory):
+    family = request.param
+    return family, run_eval(family, tmp_path_factory.mktemp(f"real-{family}"), steps=STEPS,
+                            overrides=("log.progress=false",))
 
 
-def test_sdxl_lora_learns_the_concept_without_drift(sdxl_real):
-    r = sdxl_real
+def test_lora_learns_the_concept_without_drift(trained):
+    family, r = trained
+    rate, gain, colour, agreement, leak = THRESHOLDS[family]
     assert r["concept_rate_before"] <= 0.1                    # the base model cannot draw a zkx
-    assert r["concept_rate_after"] >= 0.25                    # the LoRA draws it
-    assert r["concept_score_after"] >= r["concept_score_before"] + 0.08
-    assert r["concept_colour_match_after"] >= 0.6             # and keeps the prompted colour
-    assert r["drift_shape_agreement"] >= 0.75                 # prompts without the trigger: same shapes
-    assert r["drift_concept_leak"] <= 0.25                    # and no crosses leaking in
+    assert r["concept_rate_after"] >= rate                    # the LoRA draws it
+    assert r["concept_score_after"] >= r["concept_score_before"] + gain
+    assert r["concept_colour_match_after"] >= colour          # and keeps the prompted colour
+    assert r["drift_shape_agreement"] >= agreement            # prompts without the trigger: same shapes
+    assert r["drift_concept_leak"] <= leak                    # and no crosses leaking in
 
 
-def test_broken_objective_scores_clearly_worse(sdxl_real, tmp_path, monkeypatch):
-    """Regress onto the clean latents instead of the noise (a wrong target): the concept is not learned."""
-    adapter_cls = get_family("sdxl").Adapter
+def test_broken_objective_scores_clearly_worse(trained, tmp_path, monkeypatch):
+    """Regress onto the clean latents instead of the family's target (ε or ε − x0): nothing is learned."""
+    family, good = trained
+    adapter_cls = get_family(family).Adapter
     real_noise = adapter_cls.noise
 
     def wrong_target(self, latents, noise, batch, training, generator):
@@ -41,7 +49,7 @@ def test_broken_objective_scores_clearly_worse(sdxl_real, tmp_path, monkeypatch)
         return noised
 
     monkeypatch.setattr(adapter_cls, "noise", wrong_target)
-    broken = run_eval("sdxl", tmp_path, steps=STEPS, overrides=("log.progress=false",))
-    good = sdxl_real
-    assert broken["concept_rate_after"] <= good["concept_rate_after"] - 0.2
-    assert broken["concept_score_after"] <= good["concept_score_after"] - 0.05
+    broken = run_eval(family, tmp_path, steps=STEPS, overrides=("log.progress=false",))
+    print(family, "broken objective:", broken)
+    assert broken["concept_rate_after"] <= good["concept_rate_after"] - 0.1
+    assert broken["concept_score_after"] <= good["concept_score_after"] - 0.02
