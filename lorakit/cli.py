@@ -22,6 +22,9 @@ from lorakit.errors import LorakitError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from lorakit.logs import quiet_third_party
+
+    quiet_third_party()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -156,7 +156,9 @@ def test_prepare_denoiser_compile_needs_cuda():
     with pytest.raises(ConfigError, match="memory.compile"):
         speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cpu"), log=lambda s: None)
     report = speed.prepare_denoiser(model, cfg().memory, torch.device("cpu"), log=lambda s: None)
-    assert report == {"gradient_checkpointing": True, "compiled_blocks": 0}
+    assert report == {"gradient_checkpointing": True, "compiled_blocks": 0, "scope": None, "cuda_graphs": False}
+    with pytest.raises(ConfigError, match="compile scope"):
+        speed.prepare_denoiser(model, cfg().memory, torch.device("cpu"), log=lambda s: None, scope="everything")
 
 
 def test_memory_check_accepts_compile_on_cuda_and_still_rejects_the_rest():
@@ -166,3 +168,61 @@ def test_memory_check_accepts_compile_on_cuda_and_still_rejects_the_rest():
     for key, value in (("fused_backward", True), ("vram_gb", 12.0), ("fp8_base", True), ("blocks_to_swap", 4)):
         with pytest.raises(ConfigError, match=f"memory.{key}"):
             memory.check_supported(cfg(**{key: value}), torch.device("cuda"))
+
+
+def test_whole_denoiser_compile_with_traced_checkpoints_matches_eager(reference):
+    """scope="whole": one graph for the forward; diffusers' checkpoints are traced into it (no graph break)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model, params = tiny_flux()
+    # device "cuda" only passes the CUDA-only check: the model stays on the CPU, aot_eager generates no code
+    report = speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lambda s: None,
+                                    scope="whole", cuda_graphs=False, backend="aot_eager")
+    assert report == {"gradient_checkpointing": True, "compiled_blocks": 1, "scope": "whole", "cuda_graphs": False}
+    assert model._compiled_call_impl is not None and model.is_gradient_checkpointing
+    for _ in range(2):
+        loss, grads = step(model, params)
+        assert loss == pytest.approx(reference[0], rel=1e-5)
+        assert max(rel(a, b) for a, b in zip(grads, reference[1])) < 1e-4
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["graph_break"])
+    assert speed.uncompile_regions(model) == 1
+
+
+def test_mark_step_marks_cuda_graph_steps_only_when_they_are_on(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
+    monkeypatch.setattr(speed, "_cuda_graphs_active", False)
+    speed.mark_step()
+    assert calls == []
+    monkeypatch.setattr(speed, "_cuda_graphs_active", True)
+    speed.mark_step()
+    assert calls == [1]
+
+
+def test_prepare_denoiser_turns_cuda_graphs_on_only_with_compile(monkeypatch):
+    seen = {}
+
+    def fake_compile_regions(model, *, backend, mode, checkpoint, log):
+        seen.update(mode=mode, checkpoint=checkpoint)
+        return 3
+
+    monkeypatch.setattr(speed, "compile_regions", fake_compile_regions)
+    model, _ = tiny_flux()
+    report = speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lambda s: None,
+                                    cuda_graphs=True)
+    assert seen == {"mode": "reduce-overhead", "checkpoint": True} and report["cuda_graphs"] is True
+    assert speed._cuda_graphs_active
+    report = speed.prepare_denoiser(model, cfg().memory, torch.device("cpu"), log=lambda s: None, cuda_graphs=True)
+    assert report["cuda_graphs"] is False and not speed._cuda_graphs_active
+
+
+def test_fused_adamw_is_asked_for_only_where_it_exists():
+    from lorakit.train.optim import build_optimizer
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    for fused in (None, True, False):  # CPU parameters: never fused (torch has no fused CPU AdamW path here)
+        opt = build_optimizer([{"params": [p]}], "adamw", 1e-3, 0.0, (0.9, 0.999), 1e-8, fused=fused)
+        assert not opt.defaults["fused"]
