@@ -358,7 +358,8 @@ def _resolve_one(key: str, value: str, base: Path) -> str:
     if os.path.isabs(expanded):
         return os.path.normpath(expanded)
     candidate = os.path.normpath(os.path.join(str(base), expanded))
-    if key in _HUB_ID_FIELDS and _HUB_ID_RE.match(value) and not os.path.exists(candidate):
+    weights_file = value.lower().endswith((".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf"))
+    if key in _HUB_ID_FIELDS and _HUB_ID_RE.match(value) and not weights_file and not os.path.exists(candidate):
         return value  # a hub id such as "stabilityai/stable-diffusion-xl-base-1.0"
     return candidate
 
@@ -824,9 +825,27 @@ def toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
+def _drop_other_family_defaults(data: dict[str, Any], family: str) -> dict[str, Any]:
+    """Leave out fields that only apply to other families while they hold their defaults (they cannot hold
+    anything else: the loader rejects that), so a dumped SDXL config shows no FLUX knobs and vice versa."""
+    specs = field_specs()
+    out: dict[str, Any] = {}
+    for section, body in data.items():
+        if not isinstance(body, dict) or section not in specs:
+            out[section] = body
+            continue
+        out[section] = {k: v for k, v in body.items()
+                        if not (k in specs[section] and specs[section][k].meta.get("families")
+                                and family not in specs[section][k].meta["families"]
+                                and v == specs[section][k].default)}
+    return out
+
+
 def dump_toml(cfg: Config | Mapping[str, Any]) -> str:
     """The config as TOML text that :func:`load_config` reads back to an equal Config."""
     data = config_to_dict(cfg) if isinstance(cfg, Config) else dict(cfg)
+    if isinstance(cfg, Config) and cfg.model.family:
+        data = _drop_other_family_defaults(data, cfg.model.family)
     lines: list[str] = []
     for key, value in data.items():
         if not isinstance(value, dict):

@@ -184,6 +184,9 @@ class MemoryCfg:
     cache_text_encoder_outputs: bool = f(True, "Encode captions once and cache the outputs on disk "
                                          "(not with caption shuffle/dropout or text-encoder training).")
     compile: bool = f(False, "torch.compile the transformer/U-Net blocks (CUDA only; falls back cleanly).")
+    cuda_graphs: bool = f(False, "With memory.compile: replay each step as CUDA graphs (SDXL: 2-3x faster steps; "
+                          "one graph set per bucket shape).")
+    fused_optimizer: bool = f(False, "CUDA: one fused AdamW kernel per step instead of per-tensor launches.")
     fused_backward: bool = f(False, "Step each LoRA parameter as soon as its gradient is ready (saves memory).")
 
 

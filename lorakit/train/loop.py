@@ -114,10 +114,12 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
     trainable = [p for g in groups for p in g["params"]]
-    speed.prepare_denoiser(modules["denoiser"], cfg.memory, device, log=log)  # checkpointing, regional compile
+    speed.prepare_denoiser(modules["denoiser"], cfg.memory, device, log=log,  # checkpointing, regional compile
+                           cuda_graphs=cfg.memory.cuda_graphs)
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
     optimizer = optim.build_optimizer(groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
-                                      cfg.optimizer.betas, cfg.optimizer.eps)
+                                      cfg.optimizer.betas, cfg.optimizer.eps,
+                                      fused=True if cfg.memory.fused_optimizer else None)
     scheduler = optim.build_scheduler(optimizer, cfg.optimizer.scheduler, cfg.optimizer.warmup_steps,
                                       cfg.training.max_steps, cfg.optimizer.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type) if cfg.training.mixed_precision == "fp16" else None

@@ -21,6 +21,13 @@ def check_supported(cfg: Config, device: torch.device) -> None:
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if mem.blocks_to_swap and device.type != "cuda":
         raise ConfigError("memory.blocks_to_swap: block swap streams blocks to a GPU; set it to 0 on the CPU")
+    if mem.cuda_graphs and not mem.compile:
+        raise ConfigError("memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too")
+    if mem.cuda_graphs and device.type != "cuda":
+        raise ConfigError("memory.cuda_graphs: needs a CUDA GPU; set it to false on the CPU")
+    if mem.fused_optimizer and (device.type != "cuda" or cfg.optimizer.name != "adamw"):
+        raise ConfigError("memory.fused_optimizer: the fused kernel is torch's AdamW on CUDA; it needs "
+                          "optimizer.name = \"adamw\" and a GPU")
     if cfg.training.mixed_precision == "fp16" and device.type != "cuda":
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU; use \"bf16\" or \"no\" on the CPU")
     for key in ("fp8_base", "compile", "fused_backward", "vram_gb", "blocks_to_swap"):

@@ -146,9 +146,10 @@ def test_sdxl_regions_include_resnets():
 
 def cfg(**mem):
     base = dict(gradient_checkpointing=True, compile=False, fp8_base=False, fused_backward=False, vram_gb=None,
-                blocks_to_swap=0)
+                blocks_to_swap=0, cuda_graphs=False, fused_optimizer=False)
     base.update(mem)
-    return SimpleNamespace(memory=SimpleNamespace(**base), training=SimpleNamespace(mixed_precision="bf16"))
+    return SimpleNamespace(memory=SimpleNamespace(**base), training=SimpleNamespace(mixed_precision="bf16"),
+                           optimizer=SimpleNamespace(name="adamw"))
 
 
 def test_prepare_denoiser_compile_needs_cuda():
@@ -226,3 +227,14 @@ def test_fused_adamw_is_asked_for_only_where_it_exists():
     for fused in (None, True, False):  # CPU parameters: never fused (torch has no fused CPU AdamW path here)
         opt = build_optimizer([{"params": [p]}], "adamw", 1e-3, 0.0, (0.9, 0.999), 1e-8, fused=fused)
         assert not opt.defaults["fused"]
+
+
+def test_cuda_graphs_and_fused_optimizer_rules():
+    with pytest.raises(ConfigError, match="memory.cuda_graphs: CUDA graphs replay the compiled blocks"):
+        memory.check_supported(cfg(cuda_graphs=True), torch.device("cuda"))
+    memory.check_supported(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
+    with pytest.raises(ConfigError, match="memory.cuda_graphs: needs a CUDA GPU|memory.compile"):
+        memory.check_supported(cfg(compile=True, cuda_graphs=True), torch.device("cpu"))
+    memory.check_supported(cfg(fused_optimizer=True), torch.device("cuda"))
+    with pytest.raises(ConfigError, match="memory.fused_optimizer"):
+        memory.check_supported(cfg(fused_optimizer=True), torch.device("cpu"))
