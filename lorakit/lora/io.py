@@ -56,7 +56,7 @@ def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make a rename durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -98,7 +98,7 @@ def save_safetensors_atomic(path: PathLike, tensors: dict[str, torch.Tensor], me
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 # ------------------------------------------------------------------------------------------------- read

@@ -24,7 +24,6 @@ Recipe (per family, all on one CPU thread, deterministic):
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lorakit.lora.io import file_sha256
 from lorakit.toy import world
 
 FAMILIES = ("sdxl", "flux1")
@@ -332,12 +332,6 @@ def train_denoiser(family: str, model: torch.nn.Module, means: torch.Tensor, std
 
 # ------------------------------------------------------------------------------------------ build
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pretrain(family: str, plan: Plan, seed: int = SEED, log_t0: float | None = None) -> tuple[dict, dict]:
@@ -465,7 +459,7 @@ def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str,
               "trained_scaling_factor": facts["trained_scaling_factor"],
               "trained_shift_factor": facts["trained_shift_factor"],
               "loss_curve": [round(x, 5) for x in facts["loss_curve"]],
-              "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256(p)}
+              "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                         for role, p in files.items()},
               "torch": torch.__version__}
     (target / "build.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -22,7 +22,6 @@ in the short window between the renames the old state sits at ``<folder>.old-<pi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -35,6 +34,7 @@ import safetensors.torch
 import torch
 
 from lorakit.errors import TrainingError
+from lorakit.lora.io import file_sha256, fsync_dir
 from lorakit.models.base import LoraModule
 
 FORMAT_VERSION = 1
@@ -109,30 +109,10 @@ def _unflatten_lora(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Lor
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -163,12 +143,12 @@ def save_state(folder: Path, *, lora: dict[str, dict[str, LoraModule]], optimize
         manifest = {"format": FORMAT_VERSION, "step": int(step), "files": {}}
         for name in FILES:
             _fsync_file(tmp / name)
-            manifest["files"][name] = {"sha256": _sha256(tmp / name), "size": (tmp / name).stat().st_size}
+            manifest["files"][name] = {"sha256": file_sha256(tmp / name), "size": (tmp / name).stat().st_size}
         _write_json(tmp / "manifest.json", manifest)
         _fsync_file(tmp / "manifest.json")
         (tmp / "COMPLETE").write_text(f"step {int(step)}\n", encoding="utf-8")
         _fsync_file(tmp / "COMPLETE")
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -178,7 +158,7 @@ def save_state(folder: Path, *, lora: dict[str, dict[str, LoraModule]], optimize
             shutil.rmtree(old)
         os.replace(folder, old)
     os.replace(tmp, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
@@ -216,7 +196,7 @@ def load_state(folder: Path, *, verify: bool = True) -> dict[str, Any]:
         path = folder / name
         if entry is None or not path.is_file():
             raise IncompleteStateError(f"{folder}: {name} is missing")
-        if path.stat().st_size != entry["size"] or (verify and _sha256(path) != entry["sha256"]):
+        if path.stat().st_size != entry["size"] or (verify and file_sha256(path) != entry["sha256"]):
             raise IncompleteStateError(f"{folder}: {name} is damaged (size or checksum differs from the manifest)")
     train_state = json.loads((folder / "train_state.json").read_text(encoding="utf-8"))
     return {
