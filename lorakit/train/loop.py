@@ -9,6 +9,7 @@ everything needed to continue bit-for-bit (LoRA, optimizer, scheduler, RNG, data
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import shutil
 import time
@@ -29,7 +30,7 @@ from lorakit.lora.inject import enable_lora, extract_lora, inject_lora, load_lor
 from lorakit.lora.io import save_safetensors_atomic
 from lorakit.models.base import Batch, SamplePrompt
 from lorakit.models.registry import get_family
-from lorakit.train import checkpoint, health, optim, speed
+from lorakit.train import checkpoint, fp8, fused, health, optim, speed
 from lorakit.train.export import export_lora, verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.rundir import RunDir
@@ -114,12 +115,16 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
     trainable = [p for g in groups for p in g["params"]]
+    if cfg.memory.fp8_base:  # after injection (peft wraps the Linears first), before compile
+        fp8.apply_fp8_base(modules["denoiser"], log=log)
     speed.prepare_denoiser(modules["denoiser"], cfg.memory, device, log=log,  # checkpointing, regional compile
                            cuda_graphs=cfg.memory.cuda_graphs)
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
-    optimizer = optim.build_optimizer(groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
-                                      cfg.optimizer.betas, cfg.optimizer.eps,
-                                      fused=True if cfg.memory.fused_optimizer else None)
+    build = optim.build_optimizer
+    if cfg.memory.fused_backward:  # each LoRA parameter is stepped inside backward; same optimizer interface
+        build = functools.partial(fused.build_fused_optimizer, nan_policy=cfg.training.nan_policy)
+    optimizer = build(groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
+                      cfg.optimizer.betas, cfg.optimizer.eps, fused=True if cfg.memory.fused_optimizer else None)
     scheduler = optim.build_scheduler(optimizer, cfg.optimizer.scheduler, cfg.optimizer.warmup_steps,
                                       cfg.training.max_steps, cfg.optimizer.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type) if cfg.training.mixed_precision == "fp16" else None
@@ -279,7 +284,9 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
         total += float(loss.detach())
     if scaler:
         scaler.unscale_(optimizer)
-    if cfg.optimizer.max_grad_norm > 0:
+    if getattr(optimizer, "steps_in_backward", False):  # memory.fused_backward: stepped, grads already freed
+        grad_norm = optimizer.grad_norm()
+    elif cfg.optimizer.max_grad_norm > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optimizer.max_grad_norm)
     else:
         grad_norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))

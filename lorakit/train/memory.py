@@ -15,8 +15,8 @@ from lorakit.errors import ConfigError
 def check_supported(cfg: Config, device: torch.device) -> None:
     """Raise ConfigError for options this build cannot honour on ``device``."""
     mem = cfg.memory
-    if mem.fp8_base and device.type != "cuda":
-        raise ConfigError("memory.fp8_base: float8 base weights need a CUDA GPU; set it to false on the CPU")
+    if mem.fp8_base and getattr(torch, "float8_e4m3fn", None) is None:
+        raise ConfigError("memory.fp8_base: this PyTorch has no float8_e4m3fn; upgrade torch or set it to false")
     if mem.compile and device.type != "cuda":
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if mem.blocks_to_swap and device.type != "cuda":
@@ -30,6 +30,8 @@ def check_supported(cfg: Config, device: torch.device) -> None:
                           "optimizer.name = \"adamw\" and a GPU")
     if cfg.training.mixed_precision == "fp16" and device.type != "cuda":
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU; use \"bf16\" or \"no\" on the CPU")
+    if mem.fused_backward:
+        check_fused_backward(cfg)
     for key in ("fp8_base", "compile", "fused_backward", "vram_gb", "blocks_to_swap"):
         value = getattr(mem, key)
         if value and key not in IMPLEMENTED:
@@ -37,4 +39,22 @@ def check_supported(cfg: Config, device: torch.device) -> None:
 
 
 # Options whose code path exists; the others are rejected by check_supported until they land.
-IMPLEMENTED: set[str] = {"compile"}
+IMPLEMENTED: set[str] = {"compile", "fused_backward", "fp8_base"}
+
+
+def check_fused_backward(cfg: Config) -> None:
+    """memory.fused_backward steps each parameter inside backward (lorakit/train/fused.py): what needs every
+    gradient of the step at once cannot be combined with it, and is refused rather than silently changed."""
+    from lorakit.train.fused import PER_TENSOR_OPTIMIZERS
+
+    if cfg.optimizer.max_grad_norm > 0:
+        raise ConfigError(f"optimizer.max_grad_norm: clipping by the global gradient norm "
+                          f"({cfg.optimizer.max_grad_norm}) needs every gradient before the first step, which "
+                          "memory.fused_backward never holds; set optimizer.max_grad_norm = 0 or "
+                          "memory.fused_backward = false")
+    if cfg.optimizer.name not in PER_TENSOR_OPTIMIZERS:
+        raise ConfigError(f'memory.fused_backward: optimizer.name = "{cfg.optimizer.name}" needs every gradient '
+                          f"of the step at once; choose one of {', '.join(PER_TENSOR_OPTIMIZERS)}")
+    if cfg.training.mixed_precision == "fp16":
+        raise ConfigError("memory.fused_backward: fp16 loss scaling must unscale and check all gradients before "
+                          "any step; use training.mixed_precision = \"bf16\"")
