@@ -15,23 +15,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from lorakit.models.registry import get_family
-from lorakit.toy.demo import run_eval
+import contextlib
+
+from lorakit.toy.demo import broken_objective, run_eval
 
 KEYS = ("concept_rate_before", "concept_rate_after", "concept_score_before", "concept_score_after",
         "concept_colour_match_after", "drift_shape_agreement", "drift_concept_leak", "drift_pixel", "train_seconds")
-
-
-def broken_target(family: str):
-    cls = get_family(family).Adapter
-    real = cls.noise
-
-    def wrong(self, latents, noise, batch, training, generator):
-        out = real(self, latents, noise, batch, training, generator)
-        out.target = latents
-        return out
-
-    return cls, real, wrong
 
 
 def main() -> None:
@@ -42,14 +31,10 @@ def main() -> None:
     rows = []
     for family in ("sdxl", "flux1"):
         for variant in ("real objective", "broken (target = x0)"):
-            cls, real, wrong = broken_target(family)
-            if variant.startswith("broken"):
-                cls.noise = wrong
-            try:
+            broken = broken_objective(family) if variant.startswith("broken") else contextlib.nullcontext()
+            with broken:
                 r = run_eval(family, Path(tempfile.mkdtemp(prefix=f"toyeval-{family}-")), steps=args.steps,
                              overrides=("log.progress=false",))
-            finally:
-                cls.noise = real
             rows.append((family, variant, r))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,

@@ -9,6 +9,7 @@ without the LoRA, and measures drift on prompts without the trigger.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -153,3 +154,24 @@ def lora_generator(cfg, run_dir: Path):
         return images
 
     return generate
+
+
+@contextlib.contextmanager
+def broken_objective(family: str):
+    """A deliberately wrong objective for the learning benchmark's control: the family's noising is kept but
+    the regression target becomes the clean latents (x0) instead of ε or ε − x0. Restored on exit."""
+    from lorakit.models.registry import get_family
+
+    cls = get_family(family).Adapter
+    real = cls.noise
+
+    def wrong_target(self, latents, noise, batch, training, generator):
+        noised = real(self, latents, noise, batch, training, generator)
+        noised.target = latents
+        return noised
+
+    cls.noise = wrong_target
+    try:
+        yield
+    finally:
+        cls.noise = real
