@@ -21,7 +21,7 @@ import torch
 
 from lorakit.config.load import config_to_dict, dump_toml
 from lorakit.config.schema import Config
-from lorakit.data.cache import LatentCache, TextCache, atomic_write_bytes
+from lorakit.data.cache import LatentCache, TextCache, cache_folder, atomic_write_bytes
 from lorakit.data.captions import fixed_captions
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
@@ -90,7 +90,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     adapter = family.Adapter(cfg)
     adapter.load(cfg.model, cfg.memory, device, weight_dtype)
     identity = adapter.identity()
-    cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.save.dir) / "cache"
+    cache_root = cache_folder(cfg.data, cfg.save.dir)
     latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
     latents.ensure(dataset.items, adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)

@@ -154,3 +154,14 @@ def test_resume_refuses_changed_settings(tmp_path):
     run = tmp_path / "out" / "tiny"
     assert main(["train", "--resume", str(run), "network.rank=8"]) == 2
     assert main(["train", "--resume", str(run), "training.max_steps=4"]) == 0
+
+
+def test_cache_next_to_images_is_honoured(tmp_path):
+    """data.cache_next_to_images puts the caches in a hidden folder inside the dataset (and nowhere else)."""
+    paths = tiny_model("sdxl", tmp_path / "model")
+    run_toml = write_run_toml(tmp_path, "sdxl", paths)
+    text = run_toml.read_text().replace(f'cache_dir = "{tmp_path / "cache"}"', "cache_next_to_images = true")
+    run_toml.write_text(text)
+    assert main(["train", str(run_toml), "sample.prompts=[]", "training.max_steps=2"]) == 0
+    hidden = tmp_path / "data" / ".lorakit-cache"
+    assert list(hidden.rglob("*.safetensors")) and not (tmp_path / "cache").exists()
