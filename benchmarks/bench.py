@@ -75,14 +75,41 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/gc+compile-outer": {"family": "flux1", "gc": True, "compile": "outer"},
     "flux1/nogc+compile": {"family": "flux1", "gc": False, "compile": "regions"},
     "flux1/gc+compile-after-eager": {"family": "flux1", "gc": True, "compile": "regions", "eager_first": True},
+    # round 3: fp8 storage, block swap and VRAM tiers, all through the loop's own path (LoRA injected on the CPU,
+    # then swap.place_denoiser moves the model block by block); "vram" rows run under
+    # torch.cuda.set_per_process_memory_fraction((vram - CONTEXT_GIB) / total) from before placement on
+    "flux1/fp8": {"family": "flux1", "gc": True, "fp8": True},
+    "flux1/fp8+compile": {"family": "flux1", "gc": True, "fp8": True, "compile": "regions"},
+    "flux1/swap18": {"family": "flux1", "gc": True, "swap": 18},
+    "flux1/swap18+compile": {"family": "flux1", "gc": True, "swap": 18, "compile": "regions"},
+    "flux1/swap30": {"family": "flux1", "gc": True, "swap": 30},
+    "flux1/swap30+compile": {"family": "flux1", "gc": True, "swap": 30, "compile": "regions"},
+    "flux1/fp8+swap18+compile": {"family": "flux1", "gc": True, "fp8": True, "swap": 18, "compile": "regions"},
+    "flux1/vram24+compile": {"family": "flux1", "gc": True, "vram": 24, "compile": "regions"},
+    "flux1/vram16+compile": {"family": "flux1", "gc": True, "vram": 16, "compile": "regions"},
+    "flux1/vram12+compile": {"family": "flux1", "gc": True, "vram": 12, "compile": "regions"},
+    "flux1/vram8+compile": {"family": "flux1", "gc": True, "vram": 8, "compile": "regions"},
+    "flux1/vram12": {"family": "flux1", "gc": True, "vram": 12},
+    "sdxl/vram8+graphs": {"family": "sdxl", "gc": True, "vram": 8, "compile": "regions", "cudagraphs": True},
+    "sdxl/vram12+graphs": {"family": "sdxl", "gc": True, "vram": 12, "compile": "regions", "cudagraphs": True},
+    "sdxl/vram24+graphs": {"family": "sdxl", "gc": True, "vram": 24, "compile": "regions", "cudagraphs": True},
+    "sdxl/fp8+graphs": {"family": "sdxl", "gc": True, "fp8": True, "compile": "regions", "cudagraphs": True},
 }
+CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
+
+
+def placed(s: dict) -> bool:
+    """Rows that take the loop's placement path (fp8 storage, block swap, VRAM budget)."""
+    return bool(s.get("fp8") or s.get("swap") or s.get("vram"))
 
 
 # ====================================================================== one row (child process)
 
 
-def build_config(family: str, gc: bool, compile_: bool) -> Any:
+def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -> Any:
     from lorakit.config.load import load_config
+
+    s = s or {}
 
     rank = 32 if family == "sdxl" else 16
     data = {
@@ -91,7 +118,9 @@ def build_config(family: str, gc: bool, compile_: bool) -> Any:
         "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0},
         "optimizer": {"name": "adamw", "lr": 1e-4, "max_grad_norm": 1.0},
         "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000},
-        "memory": {"gradient_checkpointing": gc, "compile": compile_},
+        "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
+                   "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
+                   "cuda_graphs": bool(s.get("cudagraphs"))},
     }
     return load_config(None, data=data)
 
@@ -133,7 +162,7 @@ def build_flux(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
 
     conf = {k: v for k, v in configs.transformer_config("dev").items() if not k.startswith("_")}
     if TINY:
-        conf.update(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        conf.update(num_layers=2, num_single_layers=4, attention_head_dim=16, num_attention_heads=2,
                     axes_dims_rope=[4, 6, 6])
     with torch.device(device):
         tr = FluxTransformer2DModel(**conf)
@@ -176,7 +205,9 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     device = torch.device("cpu" if TINY else "cuda")
     cuda = device.type == "cuda"
     torch.manual_seed(0)
-    cfg = build_config(family, s["gc"], bool(s.get("compile")))
+    cfg = build_config(family, s["gc"], bool(s.get("compile")), s)
+    if TINY:  # the tiny models have 6 (FLUX) blocks
+        cfg.memory.blocks_to_swap = min(cfg.memory.blocks_to_swap, 3)
     t0 = time.time()
     torch.set_default_dtype(torch.bfloat16)  # build the base directly in bf16 (no fp32 copy of 12B weights)
     try:
@@ -186,9 +217,49 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     sync(device)
     t_build = time.time() - t0
 
+    speed.DISABLE_CUDNN_SDPA = {True: False, False: True}.get(s.get("cudnn"), "eager")  # default: lorakit's
+    if placed(s):  # as `lorakit train` does: the base waits on the CPU, LoRA is injected there
+        model.to("cpu")
+        sync(device)
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    cap = None
+    if cuda:
+        from lorakit.train import memory as memory_features
+
+        memory_features.configure_allocator(cfg, device)  # what `lorakit train` does under vram_gb / swap
+    if s.get("vram") and cuda:
+        total = torch.cuda.get_device_properties(0).total_memory
+        cap = (s["vram"] - CONTEXT_GIB) * 2**30
+        torch.cuda.set_per_process_memory_fraction(cap / total)
     targets = adapter.lora_targets(cfg.network)
     component = "unet" if family == "sdxl" else "transformer"
     params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout)
+    swapper, plan, t_place, h2d_gbps = None, None, 0.0, None
+    if placed(s):
+        from lorakit.train import budget, swap
+
+        t1 = time.time()
+        blocks = speed.repeated_blocks(model)
+        if cfg.memory.vram_gb:
+            plan = budget.apply_budget(cfg, adapter.spec, model, blocks, params, swap.LOOKAHEAD, log=print)
+        swapper = swap.place_denoiser(model, blocks, device, fp8_base=cfg.memory.fp8_base,
+                                      blocks_to_swap=cfg.memory.blocks_to_swap, log=print)
+        sync(device)
+        t_place = time.time() - t1
+        if swapper is not None and cuda:  # host-to-device bandwidth of this machine, pinned, one 1 GiB copy
+            host = torch.empty(2**30, dtype=torch.uint8, pin_memory=True)
+            dev = torch.empty(2**30, dtype=torch.uint8, device=device)
+            dev.copy_(host, non_blocking=True)
+            sync(device)
+            t2 = time.time()
+            dev.copy_(host, non_blocking=True)
+            sync(device)
+            h2d_gbps = 2**30 / (time.time() - t2) / 1e9
+            del host, dev
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
     side = 16 if TINY else 128
     latent_shape = (1, 4, side, side) if family == "sdxl" else (1, 16, side, side)
     gen_data = torch.Generator().manual_seed(123)
@@ -199,10 +270,9 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
                      original_sizes=[(1024, 1024)], crop_top_lefts=[(0, 0)], target_sizes=[(1024, 1024)],
                      loss_weight=torch.ones(1), captions=["a photo"])
 
-    speed.DISABLE_CUDNN_SDPA = not s.get("cudnn")
     speed.CHECKPOINT_INSIDE_COMPILE = s.get("compile") != "outer"
     if cuda:
-        speed.configure_attention()
+        speed.configure_attention(compiled=bool(s.get("compile")))
     fwd_flops = None
     if s.get("eager_first"):
         fwd_flops = count_forward_flops(adapter, next_batch, cfg, device)  # also "an eager run first"
@@ -221,7 +291,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         prep = speed.prepare_denoiser(model, cfg.memory, torch.device("cuda") if TINY else device,
                                       log=log_lines.append, scope="whole" if s.get("compile") == "whole" else
                                       "regions", cuda_graphs=bool(s.get("cudagraphs")) and not TINY,
-                                      backend="aot_eager" if TINY else "inductor")
+                                      backend="aot_eager" if TINY else "inductor", swapper=swapper)
     generator = torch.Generator().manual_seed(cfg.training.seed)
     results: list[dict[str, Any]] = []
     gate = Gate.from_env(name)
@@ -270,7 +340,11 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             "lora_modules": len(targets[component]), "lora_params": sum(p.numel() for p in params),
             "lora_dtype": str(params[0].dtype), "compiled_blocks": prep.get("compiled_blocks", 0),
             "fused": fused_on, "others_compiling": contended, "log": log_lines,
-            "phase": k,
+            "phase": k, "cap_gib": cap / 2**30 if cap else None, "place_s": t_place,
+            "plan": plan.describe() if plan else None,
+            "swap": {"blocks": len(swapper.packs), "host_gib": swapper.host_bytes / 2**30, "loads": swapper.loads,
+                     "max_resident": swapper.max_resident, "h2d_gbps": h2d_gbps} if swapper else None,
+            "cudnn_sdpa": bool(cuda and torch.backends.cuda.cudnn_sdp_enabled()),
         })
         del optimizer
     gate.leave()
@@ -335,7 +409,14 @@ def settings_text(s: dict, cfg: Any) -> str:
         parts.append(f"mode={s['mode']}")
     if s.get("cudagraphs"):
         parts.append("CUDA graphs (reduce-overhead + mark_step)")
-    parts.append("cuDNN-SDPA on" if s.get("cudnn") else "cuDNN-SDPA off")
+    if s.get("vram"):
+        m = cfg.memory
+        parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
+                     f"fp8={m.fp8_base} swap={m.blocks_to_swap}")
+    else:
+        parts += (["fp8 storage"] if s.get("fp8") else []) + ([f"swap {s['swap']} blocks"] if s.get("swap") else [])
+    cudnn = {True: True, False: False}.get(s.get("cudnn"), bool(s.get("compile")))
+    parts.append("cuDNN-SDPA on" if cudnn else "cuDNN-SDPA off")
     if s.get("eager_first"):
         parts.append("after an eager fwd")
     return " ".join(parts)
@@ -347,21 +428,14 @@ def settings_text(s: dict, cfg: Any) -> str:
 def environment() -> dict[str, str]:
     import torch
 
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from first_step import commit_label  # one commit/dirty labelling for every benchmark
 
-    commit = os.environ.get("BENCH_COMMIT") or git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = os.environ.get("BENCH_DIRTY")
-    if dirty is None:
-        dirty = "dirty" if git("status", "--porcelain", "--untracked-files=no") else ""
     import diffusers
 
     return {"card": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
             "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "commit": f"{commit}{' ' + dirty if dirty else ''}",
+            "commit": commit_label(ROOT),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 

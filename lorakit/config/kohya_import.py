@@ -116,6 +116,12 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             out.setdefault(section, {})[name] = convert(value)
         elif key not in _BUILT_IN and key != "network_module":
             skipped.append(key)
+    if args.get("fused_backward_pass"):
+        # sd-scripts clips each gradient on its own under fused_backward_pass; lorakit offers no per-tensor
+        # clipping there (global clipping needs every gradient at once), so clipping does not carry over
+        if float(out.get("optimizer", {}).get("max_grad_norm", 1.0) or 0) > 0 and "max_grad_norm" in args:
+            skipped.append("max_grad_norm")
+        out.setdefault("optimizer", {})["max_grad_norm"] = 0.0
     return out, sorted(skipped)
 
 

@@ -175,7 +175,8 @@ class MemoryCfg:
     """Memory and speed features."""
 
     gradient_checkpointing: bool = f(True, "Recompute activations in backward to save memory.")
-    vram_gb: Optional[float] = f(None, "Memory budget in GiB: picks checkpointing, fp8, block swap and batch size.",
+    vram_gb: Optional[float] = f(None, "GPU memory in GiB: picks checkpointing, fp8 storage and block swap to fit "
+                                 "(and names the largest batch size that fits when none does).",
                                  gt=0.0)
     fp8_base: bool = f(False, "Store frozen base weights in float8 (e4m3).")
     blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,

@@ -106,9 +106,11 @@ class _Fp8Matmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         w8, scale = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
+        if not getattr(ctx, "needs_input_grad_x", False) and not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        w = w8.to(ctx.dtype)
+        # Upcast through the transpose, not as forward does: under torch.compile an identical upcast is merged
+        # with forward's and invites the partitioner to save it (see OPAQUE_UNDER_COMPILE below).
+        w = w8.transpose(0, 1).to(ctx.dtype).transpose(0, 1)
         g = grad.to(ctx.dtype)
         if ctx.conv is None:
             gx = (g * scale.to(ctx.dtype)) @ w
@@ -116,6 +118,70 @@ class _Fp8Matmul(torch.autograd.Function):
             g = g * scale.to(ctx.dtype).reshape(1, -1, 1, 1)
             gx = torch.nn.grad.conv2d_input(ctx.in_shape, w, g, *ctx.conv)
         return gx.to(ctx.in_dtype), None, None, None, None
+
+
+# Under torch.compile the compiler traces *into* the Function above, and inductor's partitioner may then
+# save an upcast copy of every layer's weight for backward: FLUX.1-dev fp8 + compile peaked at 45 GiB on an
+# H200 (29 GiB with the transposed upcast in backward) instead of ~14.6 (benchmarks/RESULTS.md runs 5-6). Two
+# ways out, chosen by lorakit.train.speed.prepare_denoiser: (1) lorakit's own checkpoint *around* each compiled
+# block (whatever the compiled block saves lives only while that block runs; the block-swap layout, FLUX.1:
+# 0.65 s/step under a 12 GiB cap), or (2) with :data:`OPAQUE_UNDER_COMPILE` the matmul becomes an opaque custom
+# op the compiler cannot look into, whose backward sees only the fp8 weight and the scale (measured: FLUX.1-dev
+# 14.6 GiB; SDXL with CUDA graphs 4.85 GiB, 0.31 s/step). (2) is for CUDA graphs, which (1) cannot replay.
+OPAQUE_UNDER_COMPILE = False
+
+
+def _conv_args(conv: list[int]) -> tuple:
+    return (conv[0:2], conv[2:4], conv[4:6], conv[6])
+
+
+@torch.library.custom_op("lorakit::fp8_matmul", mutates_args=())
+def _fp8_matmul_op(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+                   conv: list[int]) -> torch.Tensor:
+    """``conv`` = [] for a Linear, else [stride h, w, padding h, w, dilation h, w, groups]."""
+    w = w8.to(dtype)
+    if not conv:
+        return F.linear(x.to(dtype), w) * scale.to(dtype)
+    return F.conv2d(x.to(dtype), w, None, *_conv_args(conv)) * scale.to(dtype).reshape(1, -1, 1, 1)
+
+
+@_fp8_matmul_op.register_fake
+def _fp8_matmul_fake(x, w8, scale, dtype, conv):
+    if not conv:
+        return x.new_empty((*x.shape[:-1], w8.shape[0]), dtype=dtype)
+    stride, padding, dilation, _ = _conv_args(conv)
+    size = [(x.shape[2 + d] + 2 * padding[d] - dilation[d] * (w8.shape[2 + d] - 1) - 1) // stride[d] + 1
+            for d in range(2)]
+    return x.new_empty((x.shape[0], w8.shape[0], *size), dtype=dtype)
+
+
+def _fp8_setup(ctx, inputs, output):
+    x, w8, scale, dtype, conv = inputs
+    ctx.save_for_backward(w8, scale)
+    ctx.dtype, ctx.conv, ctx.in_dtype, ctx.in_shape = dtype, (_conv_args(conv) if conv else None), x.dtype, x.shape
+    ctx.needs_input_grad_x = True
+
+
+def _fp8_backward(ctx, grad):
+    gx = _Fp8Matmul.backward(ctx, grad)[0]
+    return gx, None, None, None, None
+
+
+_fp8_matmul_op.register_autograd(_fp8_backward, setup_context=_fp8_setup)
+
+
+def fp8_matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+               conv: Optional[tuple]) -> torch.Tensor:
+    """``op(x, upcast(w8)) · scale``: the autograd.Function, or the opaque op under compile when asked."""
+    if OPAQUE_UNDER_COMPILE and torch.compiler.is_compiling():
+        flat: list[int] = []
+        if conv is not None:
+            stride, padding, dilation, groups = conv
+            if isinstance(padding, str):
+                return _Fp8Matmul.apply(x, w8, scale, dtype, conv)
+            flat = [*stride, *padding, *dilation, groups]
+        return _fp8_matmul_op(x, w8, scale, dtype, flat)
+    return _Fp8Matmul.apply(x, w8, scale, dtype, conv)
 
 
 class Fp8Linear(nn.Linear):
@@ -128,7 +194,7 @@ class Fp8Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
-        y = _Fp8Matmul.apply(x, self.weight, self.weight_scale, dtype, None)
+        y = fp8_matmul(x, self.weight, self.weight_scale, dtype, None)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
@@ -139,8 +205,8 @@ class Fp8Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
-        y = _Fp8Matmul.apply(x, self.weight, self.weight_scale, dtype,
-                             (self.stride, self.padding, self.dilation, self.groups))
+        y = fp8_matmul(x, self.weight, self.weight_scale, dtype,
+                       (tuple(self.stride), self.padding, tuple(self.dilation), self.groups))
         return y if self.bias is None else y + self.bias.to(y.dtype).reshape(1, -1, 1, 1)
 
 
@@ -167,12 +233,17 @@ def _lora_parts(model: nn.Module) -> set[int]:
     return ids
 
 
-def candidates(model: nn.Module, convs: bool = False) -> list[tuple[str, nn.Module]]:
-    """(path, module) of every frozen Linear (and Conv2d with ``convs``) that :func:`apply_fp8_base` converts."""
-    lora = _lora_parts(model)
+def candidates(model: nn.Module, convs: bool = False,
+               within: Optional[nn.Module] = None) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every frozen Linear (and Conv2d with ``convs``) that :func:`apply_fp8_base` converts;
+    only those inside ``within`` when given (paths stay relative to ``model``, so the choice is the same)."""
+    lora = _lora_parts(model if within is None else within)
     kinds: tuple[type, ...] = (nn.Linear, nn.Conv2d) if convs else (nn.Linear,)
+    allowed = None if within is None else {id(m) for m in within.modules()}
     out = []
     for path, sub in model.named_modules():
+        if allowed is not None and id(sub) not in allowed:
+            continue
         if type(sub) not in kinds or id(sub) in lora or keep_full_precision(path):
             continue
         if sub.weight.requires_grad or (sub.bias is not None and sub.bias.requires_grad):
@@ -184,21 +255,23 @@ def candidates(model: nn.Module, convs: bool = False) -> list[tuple[str, nn.Modu
 
 
 def apply_fp8_base(model: nn.Module, *, scaling: str = "row", convs: bool = False,
-                   log: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+                   log: Optional[Callable[[str], None]] = None,
+                   within: Optional[nn.Module] = None) -> dict[str, Any]:
     """Store the frozen Linear/Conv2d weights of ``model`` in float8 in place (call after LoRA injection,
     before ``speed.prepare_denoiser``); returns counts and parameter bytes before/after for the logs.
 
     Works on any device (CPU included; float8 is storage there too) and on the meta device (for memory
-    estimates). Idempotent: converted layers are no longer candidates."""
-    before = parameter_bytes(model)
+    estimates). Idempotent: converted layers are no longer candidates. ``within``: convert only that
+    submodule (``lorakit.train.swap.place_denoiser`` quantises block by block on the GPU)."""
+    before = parameter_bytes(model if within is None else within)
     converted = 0
-    for _, sub in candidates(model, convs):
+    for _, sub in candidates(model, convs, within):
         w8, scale = quantize(sub.weight, scaling)
         sub.weight = nn.Parameter(w8, requires_grad=False)
         sub.register_buffer("weight_scale", scale, persistent=False)
         sub.__class__ = Fp8Linear if isinstance(sub, nn.Linear) else Fp8Conv2d
         converted += 1
-    after = parameter_bytes(model)
+    after = parameter_bytes(model if within is None else within)
     report = {"layers": converted, "bytes_before": before, "bytes_after": after, "scaling": scaling}
     if log is not None:
         log(f"fp8_base: {converted} frozen layers stored as float8_e4m3fn ({scaling} scaling); parameters "

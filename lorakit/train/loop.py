@@ -30,7 +30,7 @@ from lorakit.lora.inject import enable_lora, extract_lora, inject_lora, load_lor
 from lorakit.lora.io import save_safetensors_atomic
 from lorakit.models.base import Batch, SamplePrompt
 from lorakit.models.registry import get_family
-from lorakit.train import checkpoint, fp8, fused, health, optim, speed
+from lorakit.train import budget, checkpoint, fused, health, memory, optim, speed, swap
 from lorakit.train.export import export_lora, verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.rundir import RunDir
@@ -70,6 +70,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
     weight_dtype = compute_dtype if device.type == "cuda" else torch.float32
     check_unsupported(cfg, device)
+    memory.configure_allocator(cfg, device)
 
     # ------------------------------------------------------------------ dataset check before any GPU work
     watchdog.beat("scanning the dataset")
@@ -115,10 +116,15 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
     trainable = [p for g in groups for p in g["params"]]
-    if cfg.memory.fp8_base:  # after injection (peft wraps the Linears first), before compile
-        fp8.apply_fp8_base(modules["denoiser"], log=log)
+    # after injection (peft wraps the Linears first), before compile: the memory budget's choices, then fp8
+    # storage and block swap, applied block by block while the denoiser moves to the device
+    blocks = speed.repeated_blocks(modules["denoiser"])
+    if cfg.memory.vram_gb:
+        budget.apply_budget(cfg, spec, modules["denoiser"], blocks, trainable, swap.LOOKAHEAD, log=log)
+    swapper = swap.place_denoiser(modules["denoiser"], blocks, device, fp8_base=cfg.memory.fp8_base,
+                                  blocks_to_swap=cfg.memory.blocks_to_swap, log=log)
     speed.prepare_denoiser(modules["denoiser"], cfg.memory, device, log=log,  # checkpointing, regional compile
-                           cuda_graphs=cfg.memory.cuda_graphs)
+                           cuda_graphs=cfg.memory.cuda_graphs, swapper=swapper)
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
     build = optim.build_optimizer
     if cfg.memory.fused_backward:  # each LoRA parameter is stepped inside backward; same optimizer interface
@@ -424,9 +430,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_unsupported(cfg: Config, device: torch.device) -> None:
-    """Options that exist in the schema but not yet in this build are errors, never silent no-ops."""
-    from lorakit.train import memory
-
+    """Options that cannot apply to this family/device are errors, never silent no-ops."""
     memory.check_supported(cfg, device)
 
 

@@ -38,9 +38,10 @@ EXTRA_REGIONS: dict[str, tuple[str, ...]] = {"UNet2DConditionModel": ("ResnetBlo
 # traced by dynamo) instead of diffusers' checkpoint around it: the recomputation is then compiled too.
 CHECKPOINT_INSIDE_COMPILE = True
 
-# SDPA's cuDNN backend: FLUX.1 training (eager or compiled) hit "CUDA error: an illegal memory access" on
-# H100/H200 after an earlier forward of the same shapes in the process (see benchmarks/RESULTS.md).
-DISABLE_CUDNN_SDPA = True
+# SDPA's cuDNN backend: eager FLUX.1 training hit "CUDA error: an illegal memory access" in its first
+# backward on H100/H200 (benchmarks/RESULTS.md, runs 1-2), while compiled training with it on ran clean and
+# 12 % faster (run 4). "eager": off unless memory.compile is on; True: always off; False: never touched.
+DISABLE_CUDNN_SDPA: "bool | str" = "eager"
 
 # "regions": compile each repeated block (fast to compile, a new bucket shape recompiles only small graphs);
 # "whole": one graph for the denoiser's forward (no Python between blocks; long compile per bucket shape).
@@ -58,12 +59,15 @@ RECOMPILE_LIMIT = 64
 
 def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
                      log: Callable[[str], None] = print, *, scope: Optional[str] = None,
-                     cuda_graphs: Optional[bool] = None, backend: Any = "inductor") -> dict[str, Any]:
+                     cuda_graphs: Optional[bool] = None, backend: Any = "inductor",
+                     swapper: Any = None) -> dict[str, Any]:
     """Apply ``memory.gradient_checkpointing`` and ``memory.compile`` to the (LoRA-injected) denoiser.
 
     Call after LoRA injection (peft replaces the Linears that the compiled blocks contain) and before the
-    first step. ``scope`` / ``cuda_graphs`` default to :data:`COMPILE_SCOPE` / :data:`CUDA_GRAPHS`. Returns
-    what was done, for logs and the benchmark.
+    first step. ``scope`` / ``cuda_graphs`` default to :data:`COMPILE_SCOPE` / :data:`CUDA_GRAPHS`. With a
+    ``swapper`` (:func:`lorakit.train.swap.place_denoiser`), every block runs through it, with lorakit's own
+    checkpoint around the (compiled) block so that the swap happens in eager code in forward and in the
+    recomputation. Returns what was done, for logs and the benchmark.
     """
     global _cuda_graphs_active
     checkpointing = bool(getattr(memory, "gradient_checkpointing", False))
@@ -75,7 +79,14 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     if compile_ and device.type != "cuda":
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if device.type == "cuda":
-        configure_attention()
+        configure_attention(compiled=compile_)
+    from lorakit.train import fp8
+
+    fp8_on = bool(getattr(memory, "fp8_base", False))
+    if wrapped_layout(swapper, compile_=compile_, fp8_on=fp8_on, checkpointing=checkpointing, graphs=graphs):
+        fp8.OPAQUE_UNDER_COMPILE = False  # the outer checkpoint bounds what a compiled block saves
+        return _prepare_wrapped(model, swapper, checkpointing, compile_, graphs, backend, log)
+    fp8.OPAQUE_UNDER_COMPILE = compile_ and fp8_on  # see lorakit/train/fp8.py
     mode = "reduce-overhead" if compile_ and graphs else None
     if compile_ and scope == "whole":
         on = set_gradient_checkpointing(model, checkpointing, log)
@@ -90,6 +101,62 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     _cuda_graphs_active = mode == "reduce-overhead"
     report["scope"], report["cuda_graphs"] = (scope if compile_ else None), _cuda_graphs_active
     return report
+
+
+def wrapped_layout(swapper: Any, *, compile_: bool, fp8_on: bool, checkpointing: bool, graphs: bool) -> bool:
+    """Whether the blocks run inside lorakit's own checkpoint (:func:`_prepare_wrapped`): with block swap, and
+    for fp8 storage under compile without CUDA graphs (see lorakit/train/fp8.py for why)."""
+    return swapper is not None or (compile_ and fp8_on and checkpointing and not graphs)
+
+
+def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compile_: bool, graphs: bool,
+                     backend: Any, log: Callable[[str], None]) -> dict[str, Any]:
+    """lorakit's checkpoint around each (compiled) block, with the block swap inside it when ``swapper``:
+    the layout for block swap, and for fp8 storage under compile without CUDA graphs."""
+    from lorakit.train import swap
+
+    global _cuda_graphs_active
+    if not checkpointing:
+        raise ConfigError("memory.blocks_to_swap: needs memory.gradient_checkpointing = true (without it every "
+                          "block's weights stay alive until backward, so swapping frees nothing)")
+    if graphs:
+        raise ConfigError("memory.cuda_graphs: CUDA graphs replay fixed weight addresses, which block swap changes "
+                          "every step; set memory.cuda_graphs = false or memory.blocks_to_swap = 0")
+    set_gradient_checkpointing(model, False, log)  # lorakit's checkpoint wraps each block instead
+    compile_fn = None
+    if compile_:
+        _configure_dynamo()
+
+        def compile_fn(fn: Callable) -> Callable:
+            return torch.compile(fn, backend=backend, dynamic=False)
+
+    blocks = swapper.blocks if swapper is not None else repeated_blocks(model)
+    if not blocks:
+        raise ConfigError(f"memory.compile: {type(model).__name__} has no repeated blocks lorakit knows how to "
+                          "compile; set memory.compile = false")
+    swap.install(swapper, blocks, checkpoint=True, compile_fn=compile_fn)
+    if compile_:
+        log(f"compile: {len(blocks)} blocks compiled, each inside lorakit's checkpoint (first steps include "
+            "compilation)")
+    _cuda_graphs_active = False
+    return {"gradient_checkpointing": True, "compiled_blocks": len(blocks) if compile_ else 0,
+            "scope": "regions" if compile_ else None, "cuda_graphs": False,
+            "swapped_blocks": len(swapper.packs) if swapper is not None else 0}
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks (:func:`region_names`) in module order, outermost only: for FLUX.1 the 19
+    double then 38 single blocks, the order the forward runs them."""
+    wanted = set(region_names(model))
+    out: list[nn.Module] = []
+    inside: set[int] = set()
+    for sub in model.modules():
+        if id(sub) in inside:
+            continue
+        if type(sub).__name__ in wanted:
+            out.append(sub)
+            inside.update(id(m) for m in sub.modules())
+    return out
 
 
 def mark_step() -> None:
@@ -124,10 +191,12 @@ def compile_whole(model: nn.Module, *, backend: Any = "inductor", mode: Optional
     return 1
 
 
-def configure_attention() -> None:
-    """Keep SDPA off its cuDNN backend when :data:`DISABLE_CUDNN_SDPA` (see there for why)."""
-    if DISABLE_CUDNN_SDPA and hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
-        torch.backends.cuda.enable_cudnn_sdp(False)
+def configure_attention(compiled: bool = False) -> None:
+    """Switch SDPA's cuDNN backend per :data:`DISABLE_CUDNN_SDPA` (see there for why)."""
+    if not hasattr(torch.backends.cuda, "enable_cudnn_sdp") or DISABLE_CUDNN_SDPA is False:
+        return
+    off = DISABLE_CUDNN_SDPA is True or (DISABLE_CUDNN_SDPA == "eager" and not compiled)
+    torch.backends.cuda.enable_cudnn_sdp(not off)
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[str], None] = print) -> bool:

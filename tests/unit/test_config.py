@@ -713,3 +713,21 @@ save_precision = "bf16"
     assert cfg.data.resolution == 1024 and cfg.training.max_steps == 1600
     assert cfg.training.timestep_sampling == "shift" and cfg.training.discrete_flow_shift == 3.1582
     assert (cfg.save.dir, cfg.save.name, cfg.save.precision) == ("/out", "ohwx", "bf16")
+
+
+def test_import_kohya_fused_backward_pass_turns_global_clipping_off(tmp_path):
+    """lorakit refuses global clipping with memory.fused_backward; an imported sd-scripts config with
+    fused_backward_pass must load, with clipping off and the dropped option named."""
+    from lorakit.config.kohya_import import import_kohya_args
+
+    args = {"pretrained_model_name_or_path": "/m/sd_xl_base_1.0.safetensors", "network_module": "networks.lora",
+            "fused_backward_pass": True, "max_grad_norm": 1.0, "optimizer_type": "Adafactor", "train_data_dir": "/d"}
+    data, skipped = import_kohya_args(args, family="sdxl")
+    assert data["memory"]["fused_backward"] is True and data["optimizer"]["max_grad_norm"] == 0.0
+    assert "max_grad_norm" in skipped
+    cfg = load_config(tmp_path / "imported.toml", data=data)
+    from lorakit.train import memory
+
+    memory.check_fused_backward(cfg)  # accepted: no clipping left
+    data, skipped = import_kohya_args({**args, "fused_backward_pass": False}, family="sdxl")
+    assert data["optimizer"]["max_grad_norm"] == 1.0 and "max_grad_norm" not in skipped

@@ -196,3 +196,36 @@ def test_wrong_file_and_diffusers_folder(tmp_path, tiny, adapter):
     ad.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
     torch.testing.assert_close(ad.encode_text(["a cat"])["context"], adapter.encode_text(["a cat"])["context"])
     assert ad.tokenizer2.pad_token == "!"
+
+
+def test_text_encoder_lora_gets_gradients_only_when_trained(tiny):
+    """network.train_text_encoder: the encoders' LoRA must receive gradients through encode_text (it once ran
+    under no_grad, so text-encoder LoRA silently never trained); caching (no trainable parameters) stays
+    gradient-free."""
+    from lorakit.lora.inject import inject_lora
+
+    cfg = _cfg(tiny["checkpoint"], tiny["config"])
+    cfg.network.train_text_encoder = True
+    ad = Adapter(cfg)
+    ad.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
+    assert not ad.encode_text(["a cat"])["context"].requires_grad  # frozen: nothing to train
+    targets = ad.lora_targets(cfg.network)
+    params, last = [], []
+    for name in ("te1", "te2"):
+        module = ad.text_encoder_modules()[name]
+        got = inject_lora(module, targets[name], 2.0, 0.0, seed=1)
+        params += got
+        if name == "te1":  # CLIP-L's last layer feeds nothing SDXL uses (context = penultimate states)
+            n = module.config.num_hidden_layers - 1
+            last = [p for k, p in module.named_parameters() if p.requires_grad and f"layers.{n}." in k]
+    with torch.no_grad():
+        for p in params:
+            p.normal_(0, 0.1)
+    text = ad.encode_text(["a photo of a cat"])
+    assert text["context"].requires_grad and text["pooled"].requires_grad
+    (text["context"].square().mean() + text["pooled"].square().mean()).backward()
+    used = [p for p in params if all(p is not q for q in last)]
+    assert last and len(used) == len(params) - len(last)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in used)
+    with torch.no_grad():
+        assert not ad.encode_text(["a cat"])["context"].requires_grad

@@ -162,13 +162,14 @@ def test_prepare_denoiser_compile_needs_cuda():
         speed.prepare_denoiser(model, cfg().memory, torch.device("cpu"), log=lambda s: None, scope="everything")
 
 
-def test_memory_check_accepts_compile_on_cuda_and_still_rejects_the_rest():
-    memory.check_supported(cfg(compile=True), torch.device("cuda"))  # implemented: no error
-    with pytest.raises(ConfigError, match="memory.compile"):
-        memory.check_supported(cfg(compile=True), torch.device("cpu"))
-    for key, value in (("vram_gb", 12.0), ("blocks_to_swap", 4)):  # not implemented yet: rejected
+def test_memory_check_accepts_cuda_options_on_cuda_and_rejects_them_on_the_cpu():
+    for key, value in (("compile", True), ("vram_gb", 12.0), ("blocks_to_swap", 4)):
+        memory.check_supported(cfg(**{key: value}), torch.device("cuda"))  # no error
         with pytest.raises(ConfigError, match=f"memory.{key}"):
-            memory.check_supported(cfg(**{key: value}), torch.device("cuda"))
+            memory.check_supported(cfg(**{key: value}), torch.device("cpu"))
+    for extra in ({"fp8_base": True}, {"blocks_to_swap": 3}):  # vram_gb chooses these itself
+        with pytest.raises(ConfigError, match="memory.vram_gb: it chooses"):
+            memory.check_supported(cfg(vram_gb=12.0, **extra), torch.device("cuda"))
 
 
 def test_whole_denoiser_compile_with_traced_checkpoints_matches_eager(reference):
@@ -238,3 +239,30 @@ def test_cuda_graphs_and_fused_optimizer_rules():
     memory.check_supported(cfg(fused_optimizer=True), torch.device("cuda"))
     with pytest.raises(ConfigError, match="memory.fused_optimizer"):
         memory.check_supported(cfg(fused_optimizer=True), torch.device("cpu"))
+
+
+def test_fp8_under_compile_takes_the_outer_checkpoint_layout_unless_cuda_graphs(reference):
+    """memory.fp8_base + compile: without CUDA graphs each compiled block runs inside lorakit's own checkpoint
+    (what a compiled block saves then lives only while it runs) and gives the unquantised reference's loss and
+    gradients to fp8 precision (aot_eager on the CPU: traced, no code generated); with CUDA graphs (GPU only)
+    the checkpoint stays inside the compiled blocks and fp8 matmuls become opaque ops."""
+    import torch._dynamo
+
+    from lorakit.train import fp8
+
+    assert speed.wrapped_layout(None, compile_=True, fp8_on=True, checkpointing=True, graphs=False)
+    assert not speed.wrapped_layout(None, compile_=True, fp8_on=True, checkpointing=True, graphs=True)
+    assert not speed.wrapped_layout(None, compile_=True, fp8_on=False, checkpointing=True, graphs=False)
+    assert speed.wrapped_layout(object(), compile_=False, fp8_on=False, checkpointing=True, graphs=False)
+    ref_loss, ref_grads = reference
+    torch._dynamo.reset()
+    model, params = tiny_flux()
+    fp8.apply_fp8_base(model)
+    report = speed.prepare_denoiser(model, cfg(compile=True, fp8_base=True).memory, torch.device("cuda"),
+                                    log=lambda s: None, cuda_graphs=False, backend="aot_eager")
+    wrapped = [b for b in speed.repeated_blocks(model) if getattr(b, "_lorakit_swap_wrapped", False)]
+    assert report["compiled_blocks"] == 2 and len(wrapped) == 2 and not fp8.OPAQUE_UNDER_COMPILE
+    loss, grads = step(model, params)
+    assert loss == pytest.approx(ref_loss, rel=0.05)
+    assert all(rel(g, r) < 0.1 for g, r in zip(grads, ref_grads))
+    assert sum(1 for p in model.parameters() if p.dtype == fp8.FP8) > 0

@@ -25,7 +25,7 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,
                  metadata_base_version="flux1", network_module="networks.lora_flux",
-                 default_cfg_scale=1.0)
+                 default_cfg_scale=1.0, activation_gib=(2.3, 38.0))
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}
@@ -61,6 +61,12 @@ def variant_from_header(path: Path) -> Optional[str]:
     return "dev" if any("guidance_in." in k for k in keys) else "schnell"
 
 
+def deferred_placement(memory: Any) -> bool:
+    """Whether the transformer stays on the CPU after load() (the loop places it block by block)."""
+    return bool(memory is not None and (getattr(memory, "blocks_to_swap", 0) or getattr(memory, "fp8_base", False)
+                                        or getattr(memory, "vram_gb", None)))
+
+
 class Adapter:
     """ModelAdapter for FLUX.1; one instance per run, made with the whole Config."""
 
@@ -74,14 +80,20 @@ class Adapter:
 
     # ------------------------------------------------------------------------------------------ loading
     def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
-        """Load the frozen base; the transformer goes to ``device``, encoders stay on the CPU until used.
+        """Load the frozen base; the transformer goes to ``device`` (block by block later, by
+        ``lorakit.train.swap.place_denoiser``, when fp8 storage, block swap or a VRAM budget is asked for, so
+        that the bf16 model never has to fit on the GPU at once); encoders stay on the CPU until used.
 
         fp8 files are upcast to ``dtype`` here; fp8 *storage* (memory.fp8_base) is applied by train/memory.
+        Only the transformer is read now: CLIP-L, T5, the AE and the tokenizers are read on first use
+        (encoding, sampling, or ``text_encoder_modules`` when CLIP-L is trained), so a run whose caches are
+        complete never reads them; ``identity`` reads file headers only.
         """
         from .load import load_components
-        self.comps = load_components(model, dtype)
+        self.comps = load_components(model, dtype, lazy=True)
         self.device, self.dtype = torch.device(device), dtype
-        self.comps.transformer.to(self.device)
+        if not deferred_placement(memory):
+            self.comps.transformer.to(self.device)
 
     def _c(self) -> Any:
         if self.comps is None:
@@ -132,15 +144,26 @@ class Adapter:
         module.to(self.device)
         yield module
 
+    def _loaded(self, name: str) -> bool:
+        """Whether an encoder is in memory (asking never reads it)."""
+        loaded = getattr(self._c(), "loaded", None)
+        return True if loaded is None else bool(loaded(name))
+
     def offload_encoders(self) -> None:
+        """Encoders in memory go to the CPU; encoders never read stay unread."""
         c = self._c()
-        for m in (c.clip_l, c.t5, c.ae):
-            m.to("cpu")
+        for name in ("clip_l", "t5", "ae"):
+            if self._loaded(name):
+                getattr(c, name).to("cpu")
 
     def denoiser(self) -> nn.Module:
         return self._c().transformer
 
     def text_encoder_modules(self) -> dict[str, nn.Module]:
+        """{"te1": CLIP-L}: read from disk if needed when ``network.train_text_encoder`` is on; otherwise only
+        when it is in memory already ({} when caches made reading it unnecessary)."""
+        if not getattr(self.cfg.network, "train_text_encoder", False) and not self._loaded("clip_l"):
+            return {}
         return {"te1": self._c().clip_l}
 
     # ------------------------------------------------------------------------------------------ encoding

@@ -3,15 +3,21 @@
 Single files load fully offline: models are built on the meta device from the shipped configs (widths
 replaced by what the weights say) and the tensors are assigned, so no 24 GB random init happens and tiny
 test checkpoints go through exactly the same code as the real ones.
+
+``load_components(..., lazy=True)`` (what the adapter uses) reads the transformer only; CLIP-L, T5, the AE
+and the tokenizers are read on first access (:class:`LazyFluxComponents`) by the same builders, so a run
+whose latent and text caches are complete never reads the 9.5 GB T5 file. The encoder files are still
+checked at once (present, allowed, the right kind of weights, from their headers).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -36,6 +42,51 @@ class FluxComponents:
     files: dict[str, Path] = field(default_factory=dict)   # role -> source file or folder
     clip_tokenizer: Any = None
     t5_tokenizer: Any = None
+
+    def loaded(self, name: str) -> bool:
+        """Whether a part is in memory (always, here; see LazyFluxComponents)."""
+        return getattr(self, name, None) is not None
+
+
+class _Part:
+    """A LazyFluxComponents attribute read by its loader on first access, then kept."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        if self.name not in obj._parts:
+            obj._parts[self.name] = obj._loaders[self.name]()
+        return obj._parts[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj._parts[self.name] = value
+
+
+class LazyFluxComponents:
+    """FluxComponents whose encoders (``clip_l``, ``t5``, ``ae``) and tokenizers are read on first access.
+
+    Same attributes as :class:`FluxComponents`; ``loaded(name)`` says whether a part is in memory without
+    reading it. Each loader returns exactly what the eager load builds (frozen, eval mode)."""
+
+    clip_l = _Part()
+    t5 = _Part()
+    ae = _Part()
+    clip_tokenizer = _Part()
+    t5_tokenizer = _Part()
+
+    def __init__(self, transformer: nn.Module, variant: str, files: dict[str, Path],
+                 loaders: dict[str, Callable[[], Any]]) -> None:
+        self.transformer = transformer
+        self.variant = variant
+        self.files = files
+        self._parts: dict[str, Any] = {}
+        self._loaders = dict(loaders)
+
+    def loaded(self, name: str) -> bool:
+        return name in self._parts
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -195,27 +246,71 @@ def _check_variant(model_cfg: Any, detected: str, where: str) -> str:
     return detected
 
 
-def load_single_files(model_cfg: Any, dtype: torch.dtype = torch.bfloat16) -> FluxComponents:
-    """BFL transformer + clip_l + t5xxl + ae single files, offline, configs from model.config_dir or shipped."""
+# What each encoder file must hold (any one of the names), checked from its header; messages as the builders'.
+_ROLE_KEYS = {
+    "clip_l": (("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight"),
+               "not a CLIP text encoder (no text_model.embeddings.token_embedding.weight)"),
+    "t5xxl": (("encoder.block.0.layer.0.SelfAttention.q.weight",),
+              "not a T5 encoder (no shared.weight / encoder.block.0.*)"),
+    "ae": (("encoder.conv_in.weight", "first_stage_model.encoder.conv_in.weight", "vae.encoder.conv_in.weight"),
+           "not an autoencoder (no encoder.conv_in.weight)"),
+}
+
+
+def check_encoder_file(path: Path, role: str, allow_pickle: bool) -> None:
+    """Refuse, before anything is read, an encoder file that the lazy load would refuse on first use: a
+    pickle file not allowed, a broken safetensors header, or the weights of another role."""
+    if path.suffix != ".safetensors":
+        if not allow_pickle:
+            raise ModelLoadError(f"{path}: only .safetensors files are loaded; set model.allow_pickle = true to "
+                                 "load pickle-based files (unsafe: they can run code)")
+        return
+    from lorakit.lora.io import read_safetensors_header
+    header, _meta = read_safetensors_header(path)
+    names, problem = _ROLE_KEYS[role]
+    if not any(n in header for n in names):
+        raise ModelLoadError(f"{path}: {problem}")
+
+
+def _single_file_loaders(files: dict[str, Path], dtype: torch.dtype, allow: bool, cdir: Optional[str]
+                         ) -> dict[str, Callable[[], nn.Module]]:
+    """Builders of CLIP-L, T5 and the AE from their files (each reads its file when called)."""
+    ae_dtype = torch.float32 if dtype == torch.float16 else dtype        # fp16 AE overflows
+    return {
+        "clip_l": lambda: build_clip(load_safetensors(files["clip_l"], allow), dtype,
+                                     configs.read_config(cdir, "text_encoder"), str(files["clip_l"])),
+        "t5": lambda: build_t5(load_safetensors(files["t5xxl"], allow), dtype,
+                               configs.read_config(cdir, "text_encoder_2"), str(files["t5xxl"])),
+        "ae": lambda: build_ae(load_safetensors(files["ae"], allow), ae_dtype, configs.read_config(cdir, "vae"),
+                               str(files["ae"])),
+    }
+
+
+def load_single_files(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy: bool = False
+                      ) -> FluxComponents | LazyFluxComponents:
+    """BFL transformer + clip_l + t5xxl + ae single files, offline, configs from model.config_dir or shipped.
+
+    ``lazy``: read the transformer now, the encoders on first access (their files are checked now)."""
     ckpt = Path(model_cfg.checkpoint).expanduser()
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     files = {"checkpoint": ckpt, **{r: _need(model_cfg, r) for r in ("clip_l", "t5xxl", "ae")}}
+    if lazy:
+        for role in ("clip_l", "t5xxl", "ae"):
+            check_encoder_file(files[role], role, allow)
     tsd = load_safetensors(ckpt, allow)
     variant = _check_variant(model_cfg, detect_variant(tsd), str(ckpt))
     transformer = build_transformer(tsd, dtype, configs.read_config(cdir, "transformer"), str(ckpt))
     del tsd
-    clip = build_clip(load_safetensors(files["clip_l"], allow), dtype, configs.read_config(cdir, "text_encoder"),
-                      str(files["clip_l"]))
-    t5 = build_t5(load_safetensors(files["t5xxl"], allow), dtype, configs.read_config(cdir, "text_encoder_2"),
-                  str(files["t5xxl"]))
-    ae_dtype = torch.float32 if dtype == torch.float16 else dtype        # fp16 AE overflows
-    ae = build_ae(load_safetensors(files["ae"], allow), ae_dtype, configs.read_config(cdir, "vae"), str(files["ae"]))
-    return FluxComponents(transformer, clip, t5, ae, variant, files)
+    loaders = _single_file_loaders(files, dtype, allow, cdir)
+    if lazy:
+        return LazyFluxComponents(transformer, variant, files, loaders)
+    return FluxComponents(transformer, loaders["clip_l"](), loaders["t5"](), loaders["ae"](), variant, files)
 
 
-def load_pretrained(model_cfg: Any, dtype: torch.dtype = torch.bfloat16) -> FluxComponents:
-    """A diffusers FLUX folder or hub id (hub only when online)."""
+def load_pretrained(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy: bool = False
+                    ) -> FluxComponents | LazyFluxComponents:
+    """A diffusers FLUX folder or hub id (hub only when online); ``lazy``: encoders read on first access."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5EncoderModel
     src = str(model_cfg.checkpoint)
@@ -225,23 +320,32 @@ def load_pretrained(model_cfg: Any, dtype: torch.dtype = torch.bfloat16) -> Flux
     kw: dict[str, Any] = {"torch_dtype": dtype}
     if not allow_pickle_ok(model_cfg):
         kw["use_safetensors"] = True
-    try:
-        tr = FluxTransformer2DModel.from_pretrained(src, subfolder="transformer", **kw)
-        clip = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", **kw)
-        t5 = T5EncoderModel.from_pretrained(src, subfolder="text_encoder_2", **kw)
-        ae = AutoencoderKL.from_pretrained(src, subfolder="vae", **{**kw, "torch_dtype": torch.float32
-                                                                     if dtype == torch.float16 else dtype})
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"model.checkpoint: cannot load FLUX.1 diffusers model from {src!r}: {e}") from None
+
+    def part(cls: Any, sub: str, **extra: Any) -> Callable[[], nn.Module]:
+        def read() -> nn.Module:
+            try:
+                return cls.from_pretrained(src, subfolder=sub, **{**kw, **extra}).requires_grad_(False).eval()
+            except (OSError, ValueError) as e:
+                raise ModelLoadError(f"model.checkpoint: cannot load FLUX.1 diffusers model from {src!r}: {e}"
+                                     ) from None
+        return read
+
+    loaders: dict[str, Callable[[], Any]] = {
+        "clip_l": part(CLIPTextModel, "text_encoder"), "t5": part(T5EncoderModel, "text_encoder_2"),
+        "ae": part(AutoencoderKL, "vae", torch_dtype=torch.float32 if dtype == torch.float16 else dtype)}
+    tr = part(FluxTransformer2DModel, "transformer")()
     variant = _check_variant(model_cfg, "dev" if tr.config.guidance_embeds else "schnell", src)
-    for m in (tr, clip, t5, ae):
-        m.requires_grad_(False).eval()
-    comps = FluxComponents(tr, clip, t5, ae, variant, {"checkpoint": Path(src)})
     root = Path(src)
     if (root / "tokenizer").is_dir() and (root / "tokenizer_2").is_dir():
         from transformers import CLIPTokenizer, T5TokenizerFast
-        comps.clip_tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer", model_max_length=77)
-        comps.t5_tokenizer = T5TokenizerFast.from_pretrained(root / "tokenizer_2")
+        loaders["clip_tokenizer"] = lambda: CLIPTokenizer.from_pretrained(root / "tokenizer", model_max_length=77)
+        loaders["t5_tokenizer"] = lambda: T5TokenizerFast.from_pretrained(root / "tokenizer_2")
+    files = {"checkpoint": Path(src)}
+    if lazy:
+        return LazyFluxComponents(tr, variant, files, loaders)
+    comps = FluxComponents(tr, loaders["clip_l"](), loaders["t5"](), loaders["ae"](), variant, files)
+    if "clip_tokenizer" in loaders:
+        comps.clip_tokenizer, comps.t5_tokenizer = loaders["clip_tokenizer"](), loaders["t5_tokenizer"]()
     return comps
 
 
@@ -249,23 +353,32 @@ def allow_pickle_ok(model_cfg: Any) -> bool:
     return bool(getattr(model_cfg, "allow_pickle", False))
 
 
-def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16) -> FluxComponents:
-    """Dispatch on model.checkpoint: a single file, a diffusers folder, or a hub id."""
+def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy: bool = False
+                    ) -> FluxComponents | LazyFluxComponents:
+    """Dispatch on model.checkpoint: a single file, a diffusers folder, or a hub id.
+
+    ``lazy``: only the transformer is read now; encoders and tokenizers on first access."""
     if not getattr(model_cfg, "checkpoint", None):
         raise ConfigError("model.checkpoint: required (flux1-dev.safetensors, a diffusers folder or a hub id)")
     p = Path(model_cfg.checkpoint).expanduser()
     if p.is_file():
-        comps = load_single_files(model_cfg, dtype)
+        comps = load_single_files(model_cfg, dtype, lazy=lazy)
     elif p.is_dir():
         if not (p / "model_index.json").is_file() and not (p / "transformer").is_dir():
             raise ConfigError(f"model.checkpoint: folder {p} is not a diffusers FLUX.1 model (no model_index.json)")
-        comps = load_pretrained(model_cfg, dtype)
+        comps = load_pretrained(model_cfg, dtype, lazy=lazy)
     elif _is_hub_id(str(model_cfg.checkpoint)):
-        comps = load_pretrained(model_cfg, dtype)
+        comps = load_pretrained(model_cfg, dtype, lazy=lazy)
     else:
         raise ConfigError(f"model.checkpoint: {p} not found")
-    if comps.clip_tokenizer is None:
-        comps.clip_tokenizer, comps.t5_tokenizer = default_tokenizers(getattr(model_cfg, "tokenizer_dir", None))
+    tokenizer_dir = getattr(model_cfg, "tokenizer_dir", None)
+    if isinstance(comps, LazyFluxComponents):
+        if "clip_tokenizer" not in comps._loaders:
+            pair = functools.cache(lambda: default_tokenizers(tokenizer_dir))
+            comps._loaders["clip_tokenizer"] = lambda: pair()[0]
+            comps._loaders["t5_tokenizer"] = lambda: pair()[1]
+    elif comps.clip_tokenizer is None:
+        comps.clip_tokenizer, comps.t5_tokenizer = default_tokenizers(tokenizer_dir)
     return comps
 
 

@@ -26,7 +26,8 @@ from lorakit.models.sdxl.convert import unet_module_to_sgm
 SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=0.0, vae_downscale=8, patch_size=1,
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,
-                 metadata_base_version="sdxl_base_v1-0", network_module="networks.lora")
+                 metadata_base_version="sdxl_base_v1-0", network_module="networks.lora",
+                 activation_gib=(0.9, 7.5))
 
 # Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
 _ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -174,10 +175,40 @@ def _source_fingerprint(source: Optional[str], sub: str = "") -> str:
 
 # -------------------------------------------------------------------------------------------- adapter
 
+class _OnFirstUse:
+    """An adapter attribute (VAE, text encoder, tokenizer) read from disk the first time it is used.
+
+    ``load()`` reads only the UNet; a run whose latent and text caches are complete never touches the VAE
+    or the text encoders, so they are loaded here, on first access, and moved to the adapter's device.
+    Setting the attribute (``attach``) stores the module as given.
+    """
+
+    def __init__(self, part: str) -> None:
+        self.part = part                      # "vae" or "text": what is read together
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        if obj.__dict__.get(self.slot) is None and obj.__dict__.get("_parts") is not None:
+            obj._read_part(self.part)
+        return obj.__dict__.get(self.slot)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = value
+
+
 class Adapter:
     """SDXL behind the ModelAdapter protocol; made per run with the config sections it needs."""
 
     spec = SPEC
+    vae = _OnFirstUse("vae")
+    te1 = _OnFirstUse("text")
+    te2 = _OnFirstUse("text")
+    tokenizer1 = _OnFirstUse("text")
+    tokenizer2 = _OnFirstUse("text")
 
     def __init__(self, cfg: Any) -> None:
         self.model_cfg = cfg.model
@@ -186,6 +217,7 @@ class Adapter:
         self.sample_cfg = cfg.sample
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self._parts: Any = None               # lorakit.models.sdxl.load.SDXLParts: what is still to be read
         self.unet: Any = None
         self.vae: Any = None
         self.te1: Any = None
@@ -198,21 +230,46 @@ class Adapter:
 
     # ---- loading
     def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
-        """Load the frozen base model; UNet and text encoders in ``dtype``, the VAE in fp32."""
-        from lorakit.models.sdxl.load import load_components
+        """Load the frozen base model; UNet and text encoders in ``dtype``, the VAE in fp32.
 
-        comps = load_components(model, dtype=dtype)
-        self.attach(comps.unet, comps.vae, comps.te1, comps.te2, comps.tokenizer1, comps.tokenizer2,
-                    comps.scheduler_config, device=device, dtype=dtype)
-        self.force_zeros_for_empty_prompt = comps.force_zeros_for_empty_prompt
+        Only the UNet is read now; the VAE and the text encoders (with their tokenizers) are read on first
+        use (``encode_images``, ``encode_text``, ``sample``, or ``text_encoder_modules`` when the text
+        encoders are trained), to the same modules an eager load gives. ``identity`` reads no weights.
+        """
+        from lorakit.models.sdxl.load import open_components
+
+        parts = open_components(model, dtype=dtype, device=torch.device(device))
+        self._parts = None
+        self.device, self.dtype = torch.device(device), dtype
+        self.unet = parts.unet.to(self.device, dtype)
+        self.unet.requires_grad_(False)
+        self.unet.eval()
+        self.vae = self.te1 = self.te2 = self.tokenizer1 = self.tokenizer2 = None
+        self.scheduler_config = {k: v for k, v in dict(parts.scheduler_config).items() if not k.startswith("_")}
+        self.force_zeros_for_empty_prompt = parts.force_zeros_for_empty_prompt
         self.model_cfg = model
+        self._parts = parts
         if memory is not None and getattr(memory, "gradient_checkpointing", False):
             self.unet.enable_gradient_checkpointing()
+
+    def _read_part(self, part: str) -> None:
+        """Read the VAE ("vae") or both text encoders and tokenizers ("text") and put them where ``attach``
+        would: the VAE in fp32 and the encoders in the load dtype, on the adapter's device, frozen."""
+        if part == "vae":
+            self.vae = self._parts.load_vae().to(self.device, torch.float32)
+        else:
+            te1, te2, self.tokenizer1, self.tokenizer2 = self._parts.load_text()
+            self.te1, self.te2 = te1.to(self.device, self.dtype), te2.to(self.device, self.dtype)
+
+    def loaded_parts(self) -> list[str]:
+        """Which of the parts read on first use are in memory ("vae", "text"); for tests and benchmarks."""
+        return [name for name, slot in (("vae", "_vae"), ("text", "_te1")) if self.__dict__.get(slot) is not None]
 
     def attach(self, unet: Any, vae: Any, te1: Any, te2: Any, tokenizer1: Any, tokenizer2: Any,
                scheduler_config: Optional[dict] = None, *, device: torch.device = torch.device("cpu"),
                dtype: torch.dtype = torch.float32) -> None:
         """Use already built modules (tests, the toy world): the same state ``load`` leaves."""
+        self._parts = None
         self.device, self.dtype = torch.device(device), dtype
         self.unet = unet.to(self.device, dtype)
         self.vae = vae.to(self.device, torch.float32)
@@ -230,12 +287,17 @@ class Adapter:
             raise RuntimeError("SDXL adapter: call load() first")
 
     def identity(self) -> dict[str, str]:
-        """Cache keys: ``vae`` (VAE weights + scaling), ``text`` (both encoders + tokenizers), ``model``."""
+        """Cache keys: ``vae`` (VAE weights + scaling), ``text`` (both encoders + tokenizers), ``model``.
+
+        Reads file fingerprints and configs only: it never makes the VAE or the text encoders load."""
         ckpt = getattr(self.model_cfg, "checkpoint", None)
         base = _source_fingerprint(ckpt)
         vae_file = getattr(self.model_cfg, "vae", None)
         vae_fp = _source_fingerprint(vae_file) if vae_file else _source_fingerprint(ckpt, "vae")
-        scaling = getattr(getattr(self.vae, "config", None), "scaling_factor", SPEC.vae_scale)
+        if self.__dict__.get("_vae") is None and self._parts is not None:
+            scaling = self._parts.vae_scaling_factor
+        else:
+            scaling = getattr(getattr(self.vae, "config", None), "scaling_factor", SPEC.vae_scale)
         tok = getattr(self.model_cfg, "tokenizer_dir", None) or "builtin"
         text_fp = base if not Path(str(ckpt)).is_dir() else (
             _source_fingerprint(ckpt, "text_encoder") + _source_fingerprint(ckpt, "text_encoder_2"))
@@ -268,21 +330,25 @@ class Adapter:
         return tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
                          return_tensors="pt").input_ids
 
-    @torch.no_grad()
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Captions → ``context`` [B,77,768+1280] (penultimate states of both encoders, concatenated) and
-        ``pooled`` [B,1280] (bigG's projection at the EOS token); float32 on the CPU."""
+        ``pooled`` [B,1280] (bigG's projection at the EOS token); float32 on the CPU. Gradients flow only while
+        an encoder has trainable (LoRA) parameters and the caller has gradients on (text-encoder training)."""
         self._need()
         ids1 = self._tokens(self.tokenizer1, captions).to(self.te1.device)
         ids2 = self._tokens(self.tokenizer2, captions).to(self.te2.device)
-        out1 = self.te1(ids1, output_hidden_states=True)
-        out2 = self.te2(ids2, output_hidden_states=True)
+        trains = torch.is_grad_enabled() and any(p.requires_grad for m in (self.te1, self.te2)
+                                                 for p in m.parameters())
+        with torch.set_grad_enabled(trains):
+            out1 = self.te1(ids1, output_hidden_states=True)
+            out2 = self.te2(ids2, output_hidden_states=True)
         context = torch.cat([out1.hidden_states[-2].float().cpu(), out2.hidden_states[-2].float().cpu()], dim=-1)
         return {"context": context, "pooled": out2.text_embeds.float().cpu()}
 
     def offload_encoders(self) -> None:
-        """Text encoders and VAE go to the CPU (after caching) to free accelerator memory."""
-        for m in (self.te1, self.te2, self.vae):
+        """Text encoders and VAE go to the CPU (after caching) to free accelerator memory; parts never read
+        stay unread."""
+        for m in (self.__dict__.get("_te1"), self.__dict__.get("_te2"), self.__dict__.get("_vae")):
             if m is not None:
                 m.to("cpu")
         if self.device.type == "cuda":
@@ -293,7 +359,11 @@ class Adapter:
         return self.unet
 
     def text_encoder_modules(self) -> dict[str, nn.Module]:
+        """{"te1", "te2"}: read from disk if needed when ``network.train_text_encoder`` is on; otherwise only
+        when they are in memory already ({} when caches made reading them unnecessary)."""
         self._need()
+        if not getattr(self.network, "train_text_encoder", False) and self.__dict__.get("_te1") is None:
+            return {}
         return {"te1": self.te1, "te2": self.te2}
 
     # ---- LoRA

@@ -1,0 +1,172 @@
+"""``memory.vram_gb``: choose checkpointing, fp8 storage and block-swap depth so that a run fits a GPU.
+
+The estimate is made from the model actually loaded (LoRA injected, nothing on the GPU yet), so it counts
+exactly what each setting keeps on the device:
+
+* frozen weights outside the repeated blocks, and those of every resident block — in their dtype, or in
+  float8 plus one fp32 scale per row for the Linears that ``memory.fp8_base`` converts (same choice of
+  layers as :mod:`lorakit.train.fp8`);
+* with block swap, the ``1 + lookahead`` largest swapped blocks that can be on the device at once;
+* LoRA: fp32 weights and gradients plus the optimizer's state per parameter;
+* activations: the family's measured GiB per 1024² image (``ModelSpec.activation_gib``, with and without
+  checkpointing) times the batch's pixels;
+* :data:`RESERVE_GIB` for the CUDA context, library workspaces and allocator fragmentation.
+
+Settings are tried from fastest to leanest — no checkpointing, checkpointing, + fp8 storage, + 1, 2, …
+swapped blocks — and the first that fits is used. When even the leanest does not fit, the run stops
+with the largest batch size that would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+
+GIB = 2**30
+RESERVE_GIB = 0.75
+# optimizer state bytes per trainable parameter (fp32 LoRA weights)
+STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor": 4}
+GRAPH_POOL = 1.2  # CUDA graph pool / activations with checkpointing (SDXL at 1024²: 0.99 GiB pool, H200 run 5)
+
+
+@dataclass
+class Plan:
+    budget_gib: float
+    gradient_checkpointing: bool
+    fp8_base: bool
+    blocks_to_swap: int
+    estimate_gib: float
+    parts: dict[str, float]
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
+        return (f"vram_gb = {self.budget_gib:g}: gradient_checkpointing = {str(self.gradient_checkpointing).lower()}, "
+                f"fp8_base = {str(self.fp8_base).lower()}, blocks_to_swap = {self.blocks_to_swap} "
+                f"(estimated peak {self.estimate_gib:.2f} GiB: {parts}, reserve {RESERVE_GIB})")
+
+
+def _frozen_bytes(module: nn.Module, exclude: set[int]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for sub in module.modules():
+        if id(sub) in exclude:
+            continue
+        for t in list(sub._parameters.values()) + list(sub._buffers.values()):
+            if t is None or id(t) in seen or (isinstance(t, nn.Parameter) and t.requires_grad):
+                continue
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _fp8_saving(model: nn.Module, within: Optional[nn.Module], exclude: set[int]) -> int:
+    """Bytes that fp8 storage saves on the layers it converts (weight → 1 byte/value + fp32 row scales)."""
+    from lorakit.train import fp8
+
+    saved = 0
+    for _, sub in fp8.candidates(model, within=within):
+        if id(sub) in exclude:
+            continue
+        w = sub.weight
+        saved += w.numel() * (w.element_size() - 1) - w.shape[0] * 4
+    return saved
+
+
+@dataclass
+class Sizes:
+    """Byte counts of a loaded model, for every setting."""
+
+    outside: tuple[int, int]          # frozen bytes outside the blocks: (as loaded, with fp8 storage)
+    blocks: list[tuple[int, int]]     # per block, the same pair
+    lora_params: int                  # trainable parameter count
+
+    @classmethod
+    def of(cls, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor]) -> "Sizes":
+        inside = {id(m) for b in blocks for m in b.modules()}
+        whole = _frozen_bytes(model, inside)
+        outside = (whole, whole - _fp8_saving(model, None, inside))
+        per_block = []
+        for b in blocks:
+            n = _frozen_bytes(b, set())
+            per_block.append((n, n - _fp8_saving(model, b, set())))
+        return cls(outside, per_block, sum(int(p.numel()) for p in trainable))
+
+
+def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointing: bool, fp8_base: bool,
+             swapped: Sequence[int], lookahead: int, cuda_graphs: bool = False) -> dict[str, float]:
+    """GiB per part for one setting (see the module doc); ``sum(values)`` + :data:`RESERVE_GIB` is the peak."""
+    k = 1 if fp8_base else 0
+    swapped_set = set(swapped)
+    resident = sum(b[k] for i, b in enumerate(sizes.blocks) if i not in swapped_set)
+    window = [max(sizes.blocks[i][k] for i in swapped_set)] * (1 + lookahead) if swapped_set else []  # fixed slots
+    lora = sizes.lora_params * (4 + 4 + STATE_BYTES.get(optimizer, 8))
+    parts = {"weights": (sizes.outside[k] + resident) / GIB, "swap window": sum(window) / GIB,
+             "LoRA+optimizer": lora / GIB, "activations": activation_gib}
+    if cuda_graphs:  # graph trees keep their own memory pool, about one step's activations (SDXL: 1.0 GiB)
+        parts["CUDA graph pool"] = GRAPH_POOL * activation_gib
+    return parts
+
+
+def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float, float], images: float,
+                optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False) -> Plan:
+    """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
+    1024² images; ``activation_gib`` = (with checkpointing, without) per such image."""
+    from lorakit.train.swap import spread
+
+    n = len(sizes.blocks)
+    options: list[tuple[bool, bool, int]] = [(False, False, 0), (True, False, 0), (True, True, 0)]
+    if can_swap and n > 1:
+        options += [(True, True, k) for k in range(1, n)]
+    room = budget_gib - RESERVE_GIB
+    best: Optional[Plan] = None
+    for ckpt, use_fp8, k in options:
+        act = activation_gib[0 if ckpt else 1] * images
+        if cuda_graphs and k:
+            break  # CUDA graphs cannot replay swapped weights
+        parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
+                         swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs)
+        total = sum(parts.values())
+        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts)
+        if total <= room:
+            return plan
+        best = plan
+    # nothing fits: say which batch size would, at the leanest setting
+    assert best is not None
+    per_image = activation_gib[0] * images / max(batch_size, 1) * (1 + (GRAPH_POOL if cuda_graphs else 0))
+    fixed = best.estimate_gib - per_image * batch_size
+    fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
+    hint = (f"training.batch_size = {fits} fits (raise training.gradient_accumulation to keep the effective batch)"
+            if 1 <= fits < batch_size else "lower data.resolution or the LoRA rank, or use a larger card")
+    if cuda_graphs:
+        hint += "; memory.cuda_graphs = false saves the graph pool and allows block swap"
+    raise ConfigError(f"memory.vram_gb = {budget_gib:g}: even the leanest setting (checkpointing, fp8 storage, "
+                      f"{best.blocks_to_swap} swapped blocks) needs about {best.estimate_gib:.1f} GiB at "
+                      f"training.batch_size = {batch_size}; {hint}")
+
+
+def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
+                 lookahead: int, log=print) -> Plan:
+    """Plan for ``cfg.memory.vram_gb`` and write the choice into ``cfg.memory`` (checkpointing, fp8 storage,
+    swap depth); call after LoRA injection and before the denoiser is placed on the GPU."""
+    from dataclasses import fields
+
+    from lorakit.config.schema import MemoryCfg
+
+    swap_field = next(f for f in fields(MemoryCfg) if f.name == "blocks_to_swap")
+    can_swap = spec.family in (swap_field.metadata.get("families") or (spec.family,))
+    r = cfg.data.resolution
+    w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+    images = cfg.training.batch_size * (w * h) / 1024**2
+    plan = plan_memory(float(cfg.memory.vram_gb), Sizes.of(model, blocks, trainable), activation_gib=spec.activation_gib,
+                       images=images, optimizer=cfg.optimizer.name, batch_size=cfg.training.batch_size,
+                       can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs))
+    cfg.memory.gradient_checkpointing = plan.gradient_checkpointing
+    cfg.memory.fp8_base = plan.fp8_base
+    cfg.memory.blocks_to_swap = plan.blocks_to_swap
+    log(plan.describe())
+    return plan

@@ -1,0 +1,89 @@
+"""`lorakit train` through its CUDA-only memory paths (block swap, fp8 storage under compile, VRAM budgets,
+CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the lent GPU with
+``python3 tests/integration/test_cuda_paths.py`` (no pytest there). The full-size speed and memory of the same
+paths are measured by benchmarks/bench.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+try:
+    import pytest
+except ImportError:  # the lent GPU machine runs this file as a script
+    pytest = None
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lorakit.cli import main  # noqa: E402
+from tests.integration.test_train_e2e import tiny_model, write_run_toml  # noqa: E402
+
+if pytest is not None:
+    pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU)")
+
+
+_MODELS: dict[tuple[Path, str], dict] = {}
+
+
+def train(tmp: Path, family: str, name: str, memory: dict) -> list[float]:
+    if (tmp, family) not in _MODELS:
+        _MODELS[(tmp, family)] = tiny_model(family, tmp / f"model-{family}")
+    paths = _MODELS[(tmp, family)]
+    toml = write_run_toml(tmp, family, paths, name=name)
+    text = toml.read_text().replace('mixed_precision = "no"', 'mixed_precision = "bf16"').replace(
+        'device = "cpu"', 'device = "cuda"')
+    text += "\n[memory]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in memory.items()) + "\n"
+    toml.write_text(text)
+    assert main(["train", str(toml)]) == 0, (name, memory)
+    run = tmp / "out" / name
+    status = json.loads((run / "run.json").read_text())
+    assert status["status"] == "finished" and status["export_problems"] == [], status
+    assert (run / f"{name}.safetensors").stat().st_size > 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 6 and all(x == x for x in losses), losses
+    return losses
+
+
+def close(a: list[float], b: list[float], rel: float) -> bool:
+    return all(abs(x - y) <= rel * max(abs(y), 1e-6) for x, y in zip(a, b))
+
+
+def test_flux_block_swap_fp8_and_budget_train_and_export(tmp_path):
+    plain = train(tmp_path, "flux1", "plain", {"gradient_checkpointing": True})
+    swapped = train(tmp_path, "flux1", "swap", {"gradient_checkpointing": True, "blocks_to_swap": 2})
+    assert close(swapped, plain, 1e-3), (swapped, plain)  # same maths, weights streamed in
+    compiled = train(tmp_path, "flux1", "swapc", {"gradient_checkpointing": True, "blocks_to_swap": 2,
+                                                  "compile": True})
+    assert close(compiled, plain, 5e-2), (compiled, plain)
+    fp8c = train(tmp_path, "flux1", "fp8c", {"fp8_base": True, "compile": True})
+    assert close(fp8c, plain, 0.1), (fp8c, plain)
+    train(tmp_path, "flux1", "vram", {"vram_gb": 8, "compile": True})
+
+
+def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
+    plain = train(tmp_path, "sdxl", "plain", {"gradient_checkpointing": True})
+    graphs = train(tmp_path, "sdxl", "graphs", {"vram_gb": 8, "compile": True, "cuda_graphs": True})
+    assert close(graphs, plain, 5e-2), (graphs, plain)
+
+
+if __name__ == "__main__":
+    failed = 0
+    for test in (test_flux_block_swap_fp8_and_budget_train_and_export, test_sdxl_budget_with_cuda_graphs_trains_and_exports):
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                test(Path(tmp))
+                print(f"PASS {test.__name__}", flush=True)
+            except Exception as exc:  # report every test, then fail
+                import traceback
+
+                traceback.print_exc()
+                print(f"FAIL {test.__name__}: {exc!r}"[:2000], flush=True)
+                failed += 1
+    sys.exit(1 if failed else 0)

@@ -1,0 +1,149 @@
+"""memory.vram_gb (lorakit/train/budget.py): byte counts against an independent count, and the settings it
+picks for the full-size models (built on the meta device: no memory used). The GPU benchmark runs each tier
+under torch.cuda.set_per_process_memory_fraction (benchmarks/bench.py, RESULTS.md)."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+from lorakit.train import budget, fp8, speed, swap
+from tests.unit.test_swap import flux_with_blocks, with_lora
+
+
+def frozen_bytes(model: nn.Module) -> int:
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers()) if not t.requires_grad}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def test_sizes_match_the_bytes_after_placing_with_and_without_fp8():
+    base, _ = flux_with_blocks(2, 3)
+    params = with_lora(base)
+    sizes = budget.Sizes.of(base, speed.repeated_blocks(base), params)
+    assert sizes.lora_params == sum(p.numel() for p in params)
+    assert sizes.outside[0] + sum(b[0] for b in sizes.blocks) == frozen_bytes(base)
+    model = copy.deepcopy(base)
+    swap.place_denoiser(model, speed.repeated_blocks(model), torch.device("cpu"), fp8_base=True, log=lambda _: None)
+    assert sizes.outside[1] + sum(b[1] for b in sizes.blocks) == frozen_bytes(model)
+    assert any(p.dtype == fp8.FP8 for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def flux_sizes() -> budget.Sizes:
+    from diffusers import FluxTransformer2DModel
+
+    from lorakit.models.flux1 import configs
+    from lorakit.models.flux1.lora_format import transformer_targets
+
+    conf = {k: v for k, v in configs.transformer_config("dev").items() if not k.startswith("_")}
+    with torch.device("meta"):
+        tr = FluxTransformer2DModel(**conf).to(torch.bfloat16).requires_grad_(False)
+    network = SimpleNamespace(rank=16, module_ranks={}, train_blocks="all", block_ranks=None)
+    targets = transformer_targets(network, 19, 38)
+    lora = [torch.empty(r * (tr.get_submodule(p).in_features + tr.get_submodule(p).out_features), device="meta")
+            for p, r in targets.items()]
+    return budget.Sizes.of(tr, speed.repeated_blocks(tr), lora)
+
+
+@pytest.fixture(scope="module")
+def sdxl_sizes() -> budget.Sizes:
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.models.sdxl import configs
+    from lorakit.models.sdxl.adapter import unet_lora_targets
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**{k: v for k, v in configs.UNET.items() if not k.startswith("_")})
+    unet.to(torch.bfloat16).requires_grad_(False)
+    targets = unet_lora_targets(unet, 32)
+    lora = []
+    for p, r in targets.items():
+        w = unet.get_submodule(p).weight
+        lora.append(torch.empty(r * (w[0].numel() + w.shape[0]), device="meta"))
+    return budget.Sizes.of(unet, speed.repeated_blocks(unet), lora)
+
+
+def plan(sizes, gib, family, batch=1, optimizer="adamw"):
+    from lorakit.models.registry import get_family
+
+    spec = get_family(family).SPEC
+    return budget.plan_memory(gib, sizes, activation_gib=spec.activation_gib, images=batch, optimizer=optimizer,
+                              batch_size=batch, can_swap=family == "flux1", lookahead=swap.LOOKAHEAD)
+
+
+def test_full_size_counts(flux_sizes, sdxl_sizes):
+    gib = 2**30
+    # FLUX.1-dev: 11.9 B parameters, bf16 22.2 GiB -> fp8 storage about half; 57 blocks; rank-16 LoRA 85.9 M
+    assert len(flux_sizes.blocks) == 57
+    total = (flux_sizes.outside[0] + sum(b[0] for b in flux_sizes.blocks)) / gib
+    total8 = (flux_sizes.outside[1] + sum(b[1] for b in flux_sizes.blocks)) / gib
+    assert 22.0 < total < 22.4 and 11.0 < total8 < 11.4
+    assert flux_sizes.lora_params == pytest.approx(85.9e6, rel=0.01)
+    sd = (sdxl_sizes.outside[0] + sum(b[0] for b in sdxl_sizes.blocks)) / gib
+    assert 4.7 < sd < 4.9 and sdxl_sizes.lora_params == pytest.approx(85.1e6, rel=0.01)
+
+
+def test_flux_tiers_get_leaner_as_the_budget_shrinks(flux_sizes):
+    plans = {gib: plan(flux_sizes, gib, "flux1") for gib in (80, 48, 24, 16, 12, 8)}
+    for gib, p in plans.items():
+        assert p.estimate_gib <= gib, (gib, p.describe())
+    assert not plans[80].gradient_checkpointing and not plans[80].fp8_base   # the fastest setting fits
+    assert plans[48].gradient_checkpointing and not plans[48].fp8_base and plans[48].blocks_to_swap == 0
+    assert plans[24].fp8_base and plans[24].blocks_to_swap == 0
+    assert plans[12].fp8_base and 0 < plans[12].blocks_to_swap < plans[8].blocks_to_swap < 57
+    # each tier is the first that fits: one block fewer swapped would not
+    for gib in (12, 8):
+        p = plans[gib]
+        fewer = budget.estimate(flux_sizes, activation_gib=p.parts["activations"], optimizer="adamw",
+                                checkpointing=True, fp8_base=True, swapped=swap.spread(57, p.blocks_to_swap - 1),
+                                lookahead=swap.LOOKAHEAD)
+        assert sum(fewer.values()) + budget.RESERVE_GIB > gib
+
+
+def test_sdxl_tiers_never_swap(sdxl_sizes):
+    plans = {gib: plan(sdxl_sizes, gib, "sdxl") for gib in (24, 12, 8, 6)}
+    assert not plans[24].gradient_checkpointing
+    assert plans[12].gradient_checkpointing and not plans[12].fp8_base
+    assert plans[6].fp8_base
+    assert all(p.blocks_to_swap == 0 and p.estimate_gib <= gib for gib, p in plans.items())
+
+
+def test_too_small_a_budget_names_the_batch_size_that_fits(flux_sizes):
+    with pytest.raises(ConfigError, match=r"memory.vram_gb = 8: .*training.batch_size = [1-3] fits"):
+        plan(flux_sizes, 8, "flux1", batch=4)
+    with pytest.raises(ConfigError, match="memory.vram_gb = 2: .*lower data.resolution"):
+        plan(flux_sizes, 2, "flux1")
+
+
+def test_apply_budget_writes_the_choice_into_the_config(flux_sizes, monkeypatch):
+    from lorakit.config.load import load_config
+    from lorakit.models.registry import get_family
+
+    cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                  "memory": {"vram_gb": 12}})
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    lines: list[str] = []
+    p = budget.apply_budget(cfg, get_family("flux1").SPEC, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
+    assert (cfg.memory.fp8_base, cfg.memory.blocks_to_swap, cfg.memory.gradient_checkpointing) == \
+        (True, p.blocks_to_swap, True) and p.blocks_to_swap > 0
+    assert lines and lines[0].startswith("vram_gb = 12: gradient_checkpointing = true, fp8_base = true")
+
+
+def test_cuda_graphs_count_their_pool_and_never_swap(sdxl_sizes, flux_sizes):
+    from lorakit.models.registry import get_family
+
+    def with_graphs(sizes, gib, family):
+        spec = get_family(family).SPEC
+        return budget.plan_memory(gib, sizes, activation_gib=spec.activation_gib, images=1, optimizer="adamw",
+                                  batch_size=1, can_swap=family == "flux1", lookahead=swap.LOOKAHEAD, cuda_graphs=True)
+
+    plain, graphs = plan(sdxl_sizes, 8, "sdxl"), with_graphs(sdxl_sizes, 8, "sdxl")
+    assert not plain.fp8_base and graphs.fp8_base  # the ~1 GiB graph pool pushes SDXL at 8 GiB to fp8 storage
+    assert graphs.parts["CUDA graph pool"] == pytest.approx(budget.GRAPH_POOL * 0.9)
+    with pytest.raises(ConfigError, match="memory.cuda_graphs = false"):
+        with_graphs(flux_sizes, 12, "flux1")
