@@ -187,7 +187,8 @@ class MemoryCfg:
     compile: bool = f(False, "torch.compile the transformer/U-Net blocks (CUDA only; falls back cleanly).")
     cuda_graphs: bool = f(False, "With memory.compile: replay each step as CUDA graphs (SDXL: 2-3x faster steps; "
                           "one graph set per bucket shape).")
-    fused_optimizer: bool = f(False, "CUDA: one fused AdamW kernel per step instead of per-tensor launches.")
+    fused_optimizer: Optional[bool] = f(None, "AdamW on CUDA: one fused kernel per step (default: on there; "
+                                        "false = multi-tensor kernels). Faster and ~0.7 GiB leaner on SDXL.")
     fused_backward: bool = f(False, "Step each LoRA parameter as soon as its gradient is ready (saves memory).")
 
 

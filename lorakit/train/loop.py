@@ -130,7 +130,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     if cfg.memory.fused_backward:  # each LoRA parameter is stepped inside backward; same optimizer interface
         build = functools.partial(fused.build_fused_optimizer, nan_policy=cfg.training.nan_policy)
     optimizer = build(groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
-                      cfg.optimizer.betas, cfg.optimizer.eps, fused=True if cfg.memory.fused_optimizer else None)
+                      cfg.optimizer.betas, cfg.optimizer.eps, fused=fused_adamw(cfg, device))
     scheduler = optim.build_scheduler(optimizer, cfg.optimizer.scheduler, cfg.optimizer.warmup_steps,
                                       cfg.training.max_steps, cfg.optimizer.min_lr_ratio)
     scaler = torch.amp.GradScaler(device.type) if cfg.training.mixed_precision == "fp16" else None
@@ -217,6 +217,9 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             row = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[-1], "seconds": now - t_last,
                    "grad_norm": float(grad_norm), "epoch": stream.epoch, "peak_mem_gib": peak_memory_gib(device)}
             t_last = now
+            if step == start_step + 1 and cfg.memory.compile:  # compile cost, reported apart from step speed
+                log(f"first step: {row['seconds']:.1f} s including compilation (inductor keeps compiled kernels "
+                    "in its on-disk cache: later runs with the same shapes compile faster)")
             if step % cfg.log.every_n_steps == 0 or step == cfg.training.max_steps:
                 metrics.write(row)
             progress.update(row)
@@ -230,8 +233,9 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     except torch.cuda.OutOfMemoryError:
         failure = TrainingError(
             f"out of GPU memory at step {step} (batch {cfg.training.batch_size}, resolution {cfg.data.resolution}). "
-            "Settings that fit in less memory: training.batch_size = 1, memory.gradient_checkpointing = true, "
-            "memory.blocks_to_swap (FLUX), memory.fp8_base = true, or a lower data.resolution. "
+            "Set memory.vram_gb to your card's memory to have lorakit choose settings that fit, or lower it if "
+            "already set; by hand: training.batch_size = 1, memory.gradient_checkpointing = true, "
+            "memory.fp8_base = true, memory.blocks_to_swap (FLUX), or a lower data.resolution. "
             f"Last checkpoint kept: {last_saved or 'none yet'}.")
         run.write_status(status="failed", step=step, error=str(failure))
         raise failure from None
@@ -427,6 +431,13 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"training.device: {name!r} asked for, but no CUDA device is available; use \"auto\" or \"cpu\"")
     return dev
+
+
+def fused_adamw(cfg: Config, device: torch.device) -> Optional[bool]:
+    """memory.fused_optimizer, unset = on for AdamW on CUDA (measured faster and leaner: RESULTS.md run 4)."""
+    if cfg.memory.fused_optimizer is not None:
+        return cfg.memory.fused_optimizer
+    return True if device.type == "cuda" and cfg.optimizer.name == "adamw" else None
 
 
 def check_unsupported(cfg: Config, device: torch.device) -> None:

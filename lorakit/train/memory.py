@@ -25,7 +25,7 @@ def check_supported(cfg: Config, device: torch.device) -> None:
         raise ConfigError("memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too")
     if mem.cuda_graphs and device.type != "cuda":
         raise ConfigError("memory.cuda_graphs: needs a CUDA GPU; set it to false on the CPU")
-    if mem.fused_optimizer and (device.type != "cuda" or cfg.optimizer.name != "adamw"):
+    if mem.fused_optimizer is True and (device.type != "cuda" or cfg.optimizer.name != "adamw"):
         raise ConfigError("memory.fused_optimizer: the fused kernel is torch's AdamW on CUDA; it needs "
                           "optimizer.name = \"adamw\" and a GPU")
     if cfg.training.mixed_precision == "fp16" and device.type != "cuda":

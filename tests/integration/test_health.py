@@ -187,7 +187,7 @@ def test_out_of_memory_reports_settings_and_keeps_checkpoint(world, monkeypatch,
     assert rc == 2
     msg = last_line(err)
     assert msg.startswith("lorakit: error: out of GPU memory at step 5 (batch 2, resolution 64).")
-    for setting in ("training.batch_size = 1", "memory.gradient_checkpointing = true", "memory.blocks_to_swap",
+    for setting in ("memory.vram_gb", "training.batch_size = 1", "memory.gradient_checkpointing = true", "memory.blocks_to_swap",
                     "memory.fp8_base = true", "data.resolution"):
         assert setting in msg
     assert msg.endswith(f"Last checkpoint kept: {run / 'oom-step00000003.safetensors'}.")

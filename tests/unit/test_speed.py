@@ -266,3 +266,16 @@ def test_fp8_under_compile_takes_the_outer_checkpoint_layout_unless_cuda_graphs(
     assert loss == pytest.approx(ref_loss, rel=0.05)
     assert all(rel(g, r) < 0.1 for g, r in zip(grads, ref_grads))
     assert sum(1 for p in model.parameters() if p.dtype == fp8.FP8) > 0
+
+
+def test_fused_adamw_is_the_cuda_default_and_can_be_turned_off():
+    from lorakit.train.loop import fused_adamw
+
+    c = cfg(fused_optimizer=None)
+    assert fused_adamw(c, torch.device("cuda")) is True and fused_adamw(c, torch.device("cpu")) is None
+    c.optimizer.name = "adafactor"
+    assert fused_adamw(c, torch.device("cuda")) is None
+    c = cfg(fused_optimizer=False)
+    assert fused_adamw(c, torch.device("cuda")) is False
+    memory.check_supported(cfg(fused_optimizer=None), torch.device("cpu"))  # unset: no error on the CPU
+    memory.check_supported(cfg(fused_optimizer=False), torch.device("cpu"))
