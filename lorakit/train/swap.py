@@ -119,6 +119,11 @@ def pack_block(block: nn.Module, pin: bool) -> _Pack:
 # ---------------------------------------------------------------------------------------------- schedule
 
 
+def _graph_task_id() -> int:
+    get = getattr(torch._C, "_current_graph_task_id", None)
+    return get() if get is not None else -1
+
+
 class BlockSwapper:
     """Streams the frozen tensors of ``blocks[i]`` for i in ``swapped`` onto ``device`` just in time.
 
@@ -178,7 +183,9 @@ class BlockSwapper:
     def enter(self, i: int) -> None:
         """Block ``i`` is about to run: make it resident, evict what is not needed soon, prefetch the rest."""
         n = len(self.blocks)
-        backward = torch._C._current_graph_task_id() != -1   # a checkpoint recomputation inside backward
+        # a checkpoint recomputation inside backward (private API; without it every use counts as forward,
+        # which only makes prefetching less timely: the block itself is always made resident below)
+        backward = _graph_task_id() != -1
         training = backward or torch.is_grad_enabled()
         cycle = 2 * n if training else n
         pos = 2 * n - 1 - i if backward else i
