@@ -94,6 +94,11 @@ ROWS: dict[str, dict[str, Any]] = {
     "sdxl/vram12+graphs": {"family": "sdxl", "gc": True, "vram": 12, "compile": "regions", "cudagraphs": True},
     "sdxl/vram24+graphs": {"family": "sdxl", "gc": True, "vram": 24, "compile": "regions", "cudagraphs": True},
     "sdxl/fp8+graphs": {"family": "sdxl", "gc": True, "fp8": True, "compile": "regions", "cudagraphs": True},
+    # selective checkpointing (memory.checkpoint_fraction): not measured yet
+    "flux1/gc50+compile": {"family": "flux1", "gc": True, "ckpt_fraction": 0.5, "compile": "regions"},
+    "flux1/fp8+gc50+compile": {"family": "flux1", "gc": True, "fp8": True, "ckpt_fraction": 0.5, "compile": "regions"},
+    "sdxl/gc50+compile-graphs": {"family": "sdxl", "gc": True, "ckpt_fraction": 0.5, "compile": "regions",
+                                 "cudagraphs": True},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
@@ -120,7 +125,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
         "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000},
         "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
-                   "cuda_graphs": bool(s.get("cudagraphs"))},
+                   "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0)},
     }
     return load_config(None, data=data)
 
@@ -400,8 +405,17 @@ def sync(device: Any) -> None:
 
 
 def settings_text(s: dict, cfg: Any) -> str:
-    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", "AdamW", "SDPA", "ckpt" if s["gc"] else "no-ckpt"]
-    parts += {"regions": ["compile(regions, ckpt inside)" if s["gc"] else "compile(regions)"],
+    ckpt = ("ckpt" if s.get("ckpt_fraction", 1.0) == 1.0 else f"ckpt {s['ckpt_fraction']:.0%} of blocks") \
+        if s["gc"] else "no-ckpt"
+    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", "AdamW", "SDPA", ckpt]
+    from lorakit.train import speed
+
+    m = cfg.memory  # after the budget's choices
+    wrapped = speed.wrapped_layout(object() if m.blocks_to_swap else None, compile_=bool(s.get("compile")),
+                                   fp8_on=m.fp8_base, checkpointing=m.gradient_checkpointing,
+                                   graphs=bool(s.get("cudagraphs")))
+    parts += {"regions": ["compile(regions, lorakit ckpt around)" if s["gc"] and wrapped else
+                          "compile(regions, ckpt inside)" if s["gc"] else "compile(regions)"],
               "outer": ["compile(regions, diffusers ckpt outside)"],
               "whole": ["compile(whole denoiser, ckpt traced in)"],
               "repeated": ["compile(_repeated_blocks only)"]}.get(s.get("compile") or "", [])

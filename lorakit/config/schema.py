@@ -175,6 +175,9 @@ class MemoryCfg:
     """Memory and speed features."""
 
     gradient_checkpointing: bool = f(True, "Recompute activations in backward to save memory.")
+    checkpoint_fraction: float = f(1.0, "With gradient_checkpointing: share of the repeated blocks recomputed in "
+                                   "backward (spread evenly); lower is faster and needs more memory.", gt=0.0,
+                                   le=1.0)
     vram_gb: Optional[float] = f(None, "GPU memory in GiB: picks checkpointing, fp8 storage and block swap to fit "
                                  "(and names the largest batch size that fits when none does).",
                                  gt=0.0)

@@ -113,7 +113,8 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
 
 
 def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float, float], images: float,
-                optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False) -> Plan:
+                optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False,
+                checkpoint_fraction: float = 1.0) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image."""
     from lorakit.train.swap import spread
@@ -125,7 +126,9 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     room = budget_gib - RESERVE_GIB
     best: Optional[Plan] = None
     for ckpt, use_fp8, k in options:
-        act = activation_gib[0 if ckpt else 1] * images
+        # blocks left out of checkpointing (memory.checkpoint_fraction < 1) keep their activations
+        share = checkpoint_fraction if ckpt else 0.0
+        act = (share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
         if cuda_graphs and k:
             break  # CUDA graphs cannot replay swapped weights
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
@@ -137,7 +140,7 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         best = plan
     # nothing fits: say which batch size would, at the leanest setting
     assert best is not None
-    per_image = activation_gib[0] * images / max(batch_size, 1) * (1 + (GRAPH_POOL if cuda_graphs else 0))
+    per_image = best.parts["activations"] / max(batch_size, 1) * (1 + (GRAPH_POOL if cuda_graphs else 0))
     fixed = best.estimate_gib - per_image * batch_size
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
     hint = (f"training.batch_size = {fits} fits (raise training.gradient_accumulation to keep the effective batch)"
@@ -164,7 +167,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     images = cfg.training.batch_size * (w * h) / 1024**2
     plan = plan_memory(float(cfg.memory.vram_gb), Sizes.of(model, blocks, trainable), activation_gib=spec.activation_gib,
                        images=images, optimizer=cfg.optimizer.name, batch_size=cfg.training.batch_size,
-                       can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs))
+                       can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
+                       checkpoint_fraction=float(cfg.memory.checkpoint_fraction))
     cfg.memory.gradient_checkpointing = plan.gradient_checkpointing
     cfg.memory.fp8_base = plan.fp8_base
     cfg.memory.blocks_to_swap = plan.blocks_to_swap

@@ -35,6 +35,9 @@ def check_supported(cfg: Config, device: torch.device) -> None:
     if mem.vram_gb and (mem.fp8_base or mem.blocks_to_swap):
         raise ConfigError("memory.vram_gb: it chooses fp8_base and blocks_to_swap itself; remove memory.fp8_base / "
                           "memory.blocks_to_swap, or remove memory.vram_gb to set them by hand")
+    if mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing:
+        raise ConfigError("memory.checkpoint_fraction: only has an effect with memory.gradient_checkpointing = true; "
+                          "remove it or turn checkpointing on")
     if mem.blocks_to_swap and not mem.gradient_checkpointing:
         raise ConfigError("memory.blocks_to_swap: needs memory.gradient_checkpointing = true (without it every "
                           "block's weights stay alive until backward, so swapping frees nothing)")

@@ -83,23 +83,27 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     from lorakit.train import fp8
 
     fp8_on = bool(getattr(memory, "fp8_base", False))
+    selected = checkpoint_selection(model, float(getattr(memory, "checkpoint_fraction", 1.0))) \
+        if checkpointing else None
     if wrapped_layout(swapper, compile_=compile_, fp8_on=fp8_on, checkpointing=checkpointing, graphs=graphs):
         fp8.OPAQUE_UNDER_COMPILE = False  # the outer checkpoint bounds what a compiled block saves
-        return _prepare_wrapped(model, swapper, checkpointing, compile_, graphs, backend, log)
+        return _prepare_wrapped(model, swapper, checkpointing, compile_, graphs, backend, log, selected)
     fp8.OPAQUE_UNDER_COMPILE = compile_ and fp8_on  # see lorakit/train/fp8.py
     mode = "reduce-overhead" if compile_ and graphs else None
     if compile_ and scope == "whole":
-        on = set_gradient_checkpointing(model, checkpointing, log)
+        on = set_gradient_checkpointing(model, checkpointing, log, selected)
         report: dict[str, Any] = {"gradient_checkpointing": on,
                                   "compiled_blocks": compile_whole(model, backend=backend, mode=mode, log=log)}
     else:
         inside = compile_ and checkpointing and CHECKPOINT_INSIDE_COMPILE
-        report = {"gradient_checkpointing": set_gradient_checkpointing(model, checkpointing and not inside, log)
-                  or inside}
+        report = {"gradient_checkpointing": set_gradient_checkpointing(model, checkpointing and not inside, log,
+                                                                       selected) or inside}
         report["compiled_blocks"] = compile_regions(model, backend=backend, mode=mode, checkpoint=inside,
-                                                    log=log) if compile_ else 0
+                                                    log=log, selected=selected) if compile_ else 0
     _cuda_graphs_active = mode == "reduce-overhead"
     report["scope"], report["cuda_graphs"] = (scope if compile_ else None), _cuda_graphs_active
+    if selected is not None:
+        report["checkpointed_blocks"] = len(selected)
     return report
 
 
@@ -110,7 +114,7 @@ def wrapped_layout(swapper: Any, *, compile_: bool, fp8_on: bool, checkpointing:
 
 
 def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compile_: bool, graphs: bool,
-                     backend: Any, log: Callable[[str], None]) -> dict[str, Any]:
+                     backend: Any, log: Callable[[str], None], selected: Optional[set[int]] = None) -> dict[str, Any]:
     """lorakit's checkpoint around each (compiled) block, with the block swap inside it when ``swapper``:
     the layout for block swap, and for fp8 storage under compile without CUDA graphs."""
     from lorakit.train import swap
@@ -134,14 +138,18 @@ def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compil
     if not blocks:
         raise ConfigError(f"memory.compile: {type(model).__name__} has no repeated blocks lorakit knows how to "
                           "compile; set memory.compile = false")
-    swap.install(swapper, blocks, checkpoint=True, compile_fn=compile_fn)
+    # swapped blocks are always checkpointed (their weights must not be saved for backward)
+    keep = set() if selected is None else {i for i, b in enumerate(blocks) if id(b) not in selected
+                                           and (swapper is None or i not in swapper.packs)}
+    swap.install(swapper, blocks, checkpoint=True, compile_fn=compile_fn, no_checkpoint=keep)
     if compile_:
         log(f"compile: {len(blocks)} blocks compiled, each inside lorakit's checkpoint (first steps include "
             "compilation)")
     _cuda_graphs_active = False
     return {"gradient_checkpointing": True, "compiled_blocks": len(blocks) if compile_ else 0,
             "scope": "regions" if compile_ else None, "cuda_graphs": False,
-            "swapped_blocks": len(swapper.packs) if swapper is not None else 0}
+            "swapped_blocks": len(swapper.packs) if swapper is not None else 0,
+            "checkpointed_blocks": len(blocks) - len(keep)}
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
@@ -199,14 +207,36 @@ def configure_attention(compiled: bool = False) -> None:
     torch.backends.cuda.enable_cudnn_sdp(not off)
 
 
-def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[str], None] = print) -> bool:
-    """Switch diffusers' per-block checkpointing on or off; returns whether it is on afterwards."""
+def checkpoint_selection(model: nn.Module, fraction: float) -> Optional[set[int]]:
+    """ids of the repeated blocks to checkpoint for ``memory.checkpoint_fraction`` (spread evenly over the
+    stack); None when all are (fraction 1)."""
+    if fraction >= 1.0:
+        return None
+    blocks = repeated_blocks(model)
+    k = round(fraction * len(blocks))
+    picked = {min(len(blocks) - 1, int((j + 0.5) * len(blocks) / k)) for j in range(k)} if k else set()
+    return {id(blocks[i]) for i in picked}
+
+
+def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[str], None] = print,
+                               selected: Optional[set[int]] = None) -> bool:
+    """Switch diffusers' per-block checkpointing on or off; returns whether it is on afterwards. With
+    ``selected`` (:func:`checkpoint_selection`), the repeated blocks outside it run without checkpointing."""
     if not getattr(model, "_supports_gradient_checkpointing", False) or \
             not hasattr(model, "enable_gradient_checkpointing"):
         if enabled:
             log(f"note: memory.gradient_checkpointing: {type(model).__name__} has no checkpointing; running without")
         return False
-    if enabled:
+    if enabled and selected is not None:
+        skipped = {id(b) for b in repeated_blocks(model)} - selected
+
+        def checkpoint_some(module: nn.Module, *args: Any) -> Any:
+            if id(module) in skipped:
+                return module(*args)
+            return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
+
+        model.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint_some)
+    elif enabled:
         model.enable_gradient_checkpointing()
     elif getattr(model, "is_gradient_checkpointing", False):
         model.disable_gradient_checkpointing()
@@ -221,7 +251,7 @@ def region_names(model: nn.Module) -> tuple[str, ...]:
 
 def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, backend: Any = "inductor",
                     mode: Optional[str] = None, dynamic: Optional[bool] = False, checkpoint: bool = False,
-                    log: Callable[[str], None] = print) -> int:
+                    log: Callable[[str], None] = print, selected: Optional[set[int]] = None) -> int:
     """``torch.compile`` every submodule whose class name is in ``names`` (default :func:`region_names`),
     in place (``nn.Module.compile``); returns how many were compiled. Compilation itself happens lazily
     at each block's first call; a block that fails to compile falls back to eager (see the module doc).
@@ -235,7 +265,7 @@ def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, 
     count = 0
     for sub in model.modules():
         if type(sub).__name__ in wanted:
-            if checkpoint:
+            if checkpoint and (selected is None or id(sub) in selected):
                 checkpoint_forward(sub)
             sub.compile(backend=backend, mode=mode, dynamic=dynamic)
             count += 1

@@ -308,10 +308,14 @@ def place_denoiser(model: nn.Module, blocks: Sequence[nn.Module], device: torch.
 
 
 def install(swapper: Optional[BlockSwapper], blocks: Sequence[nn.Module], *, checkpoint: bool,
-            compile_fn: Optional[Callable[[Callable], Callable]] = None) -> None:
+            compile_fn: Optional[Callable[[Callable], Callable]] = None,
+            no_checkpoint: Iterable[int] = ()) -> None:
     """Wrap each block's forward: ``swapper.enter(i)`` (when swapping), then the block's own forward —
     compiled with ``compile_fn`` when given — under non-reentrant checkpointing when ``checkpoint`` and
-    gradients are on. Idempotent per block."""
+    gradients are on, except for the block indices in ``no_checkpoint``. Idempotent per block."""
+    skip = set(no_checkpoint)
+    if swapper is not None and skip & set(swapper.packs):
+        raise ValueError("swapped blocks must be checkpointed")
     for i, block in enumerate(blocks):
         if getattr(block, "_lorakit_swap_wrapped", False):
             continue
@@ -324,8 +328,9 @@ def install(swapper: Optional[BlockSwapper], blocks: Sequence[nn.Module], *, che
                 swapper.enter(_i)
             return _inner(*args, **kwargs)
 
-        def forward(*args: Any, _run: Callable = run, **kwargs: Any) -> Any:
-            if checkpoint and torch.is_grad_enabled():
+        def forward(*args: Any, _run: Callable = run, _ckpt: bool = checkpoint and i not in skip,
+                    **kwargs: Any) -> Any:
+            if _ckpt and torch.is_grad_enabled():
                 return torch.utils.checkpoint.checkpoint(_run, *args, use_reentrant=False, **kwargs)
             return _run(*args, **kwargs)
 

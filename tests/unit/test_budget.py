@@ -147,3 +147,15 @@ def test_cuda_graphs_count_their_pool_and_never_swap(sdxl_sizes, flux_sizes):
     assert graphs.parts["CUDA graph pool"] == pytest.approx(budget.GRAPH_POOL * 0.9)
     with pytest.raises(ConfigError, match="memory.cuda_graphs = false"):
         with_graphs(flux_sizes, 12, "flux1")
+
+
+def test_a_lower_checkpoint_fraction_is_counted(flux_sizes):
+    from lorakit.models.registry import get_family
+
+    spec = get_family("flux1").SPEC
+    full = plan(flux_sizes, 40, "flux1")
+    half = budget.plan_memory(40, flux_sizes, activation_gib=spec.activation_gib, images=1, optimizer="adamw",
+                              batch_size=1, can_swap=True, lookahead=swap.LOOKAHEAD, checkpoint_fraction=0.5)
+    ckpt, none = spec.activation_gib
+    assert half.parts["activations"] == pytest.approx(0.5 * ckpt + 0.5 * none)
+    assert half.fp8_base and not full.fp8_base  # half the blocks' activations push bf16 over 40 GiB

@@ -146,7 +146,7 @@ def test_sdxl_regions_include_resnets():
 
 def cfg(**mem):
     base = dict(gradient_checkpointing=True, compile=False, fp8_base=False, fused_backward=False, vram_gb=None,
-                blocks_to_swap=0, cuda_graphs=False, fused_optimizer=False)
+                blocks_to_swap=0, cuda_graphs=False, fused_optimizer=False, checkpoint_fraction=1.0)
     base.update(mem)
     return SimpleNamespace(memory=SimpleNamespace(**base), training=SimpleNamespace(mixed_precision="bf16"),
                            optimizer=SimpleNamespace(name="adamw"))
@@ -207,7 +207,7 @@ def test_mark_step_marks_cuda_graph_steps_only_when_they_are_on(monkeypatch):
 def test_prepare_denoiser_turns_cuda_graphs_on_only_with_compile(monkeypatch):
     seen = {}
 
-    def fake_compile_regions(model, *, backend, mode, checkpoint, log):
+    def fake_compile_regions(model, *, backend, mode, checkpoint, log, selected=None):
         seen.update(mode=mode, checkpoint=checkpoint)
         return 3
 

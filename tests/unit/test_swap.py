@@ -197,3 +197,73 @@ def test_swap_settings_are_checked():
     memory.check_supported(cfg(blocks_to_swap=4, compile=True), torch.device("cuda"))  # accepted
     with pytest.raises(ConfigError, match="blocks_to_swap"):
         load_config(None, data={"model": {"family": "sdxl", "checkpoint": "f.safetensors"}, "data": {"dir": "."}, "memory": {"blocks_to_swap": 2}})
+
+
+# ---------------------------------------------------------------------------------------------- selective
+
+
+def counting_checkpoint(monkeypatch) -> list[int]:
+    import torch.utils.checkpoint as tuc
+
+    calls: list[int] = []
+    real = tuc.checkpoint
+
+    def counted(fn, *args, **kwargs):
+        calls.append(1)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(tuc, "checkpoint", counted)
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "wrapped", "compiled-inside"])
+def test_checkpoint_fraction_recomputes_only_the_chosen_blocks_with_the_same_gradients(layout, monkeypatch):
+    """memory.checkpoint_fraction = 0.5 on 6 blocks: 3 are checkpointed (spread evenly), 3 keep their activations;
+    losses and LoRA gradients equal the fully checkpointed run (recomputation is exact on the CPU). In the
+    swap layout, swapped blocks are always checkpointed."""
+    import torch._dynamo
+
+    base, kwargs = flux_with_blocks(2, 4)
+    results = {}
+    for fraction in (1.0, 0.5):
+        torch._dynamo.reset()
+        model = copy.deepcopy(base)
+        params = with_lora(model)
+        memory = type("M", (), {"gradient_checkpointing": True, "compile": layout == "compiled-inside",
+                                "checkpoint_fraction": fraction})()
+        swapper = None
+        if layout == "wrapped":
+            swapper = swap.place_denoiser(model, speed.repeated_blocks(model), torch.device("cpu"), blocks_to_swap=2,
+                                          log=lambda _: None)
+        calls = counting_checkpoint(monkeypatch)
+        report = speed.prepare_denoiser(model, memory, torch.device("cuda" if memory.compile else "cpu"),
+                                        log=lambda _: None, swapper=swapper, cuda_graphs=False, backend="aot_eager")
+        if layout == "compiled-inside":
+            marked = [b for b in speed.repeated_blocks(model) if getattr(b, "_lorakit_checkpointed", False)]
+            assert len(marked) == (6 if fraction == 1.0 else 3)
+        results[fraction] = run_steps(model, kwargs, params, steps=2)
+        if layout != "compiled-inside":  # traced checkpoints are not Python calls at run time
+            blocks = speed.repeated_blocks(model)
+            chosen = {i for i, b in enumerate(blocks) if fraction == 1.0 or id(b) in speed.checkpoint_selection(model, 0.5)}
+            if swapper is not None:
+                chosen |= set(swapper.packs)
+            assert len(chosen) == (6 if fraction == 1.0 else 3 if layout == "diffusers" else len(chosen))
+            assert len(calls) == 2 * len(chosen), (layout, fraction, len(calls))  # 2 steps
+        if fraction < 1.0:
+            assert report["checkpointed_blocks"] >= 3
+    assert results[0.5][0] == pytest.approx(results[1.0][0], rel=1e-6)
+    for ga, gb in zip(results[0.5][1], results[1.0][1]):
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(ga, gb))
+
+
+def test_checkpoint_fraction_needs_checkpointing():
+    from lorakit.config.load import load_config
+    from lorakit.train import memory
+
+    cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                  "memory": {"gradient_checkpointing": False, "checkpoint_fraction": 0.5}})
+    with pytest.raises(ConfigError, match="memory.checkpoint_fraction: only has an effect"):
+        memory.check_supported(cfg, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="checkpoint_fraction"):
+        load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                "memory": {"checkpoint_fraction": 0.0}})
