@@ -85,6 +85,9 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     fp8_on = bool(getattr(memory, "fp8_base", False))
     selected = checkpoint_selection(model, float(getattr(memory, "checkpoint_fraction", 1.0))) \
         if checkpointing else None
+    if selected is not None:
+        log(f"checkpointing: {len(selected)} of {len(repeated_blocks(model))} blocks recompute their activations "
+            f"(memory.checkpoint_fraction = {getattr(memory, 'checkpoint_fraction')}; swapped blocks always do)")
     if wrapped_layout(swapper, compile_=compile_, fp8_on=fp8_on, checkpointing=checkpointing, graphs=graphs):
         fp8.OPAQUE_UNDER_COMPILE = False  # the outer checkpoint bounds what a compiled block saves
         return _prepare_wrapped(model, swapper, checkpointing, compile_, graphs, backend, log, selected)

@@ -4,6 +4,7 @@ every output file present, the LoRA reloads, losses finite and equal to golden v
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,19 @@ def test_cache_next_to_images_is_honoured(tmp_path):
     assert main(["train", str(run_toml), "sample.prompts=[]", "training.max_steps=2"]) == 0
     hidden = tmp_path / "data" / ".lorakit-cache"
     assert list(hidden.rglob("*.safetensors")) and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+def test_checkpoint_fraction_trains_to_the_same_losses(tmp_path, family, capsys):
+    """memory.checkpoint_fraction = 0.5 through `lorakit train`: half the blocks keep their activations instead of
+    recomputing them, which must not change the maths: the losses equal the fully checkpointed golden run's."""
+    paths = tiny_model(family, tmp_path / "model")
+    run_toml = write_run_toml(tmp_path, family, paths, name="half")
+    run_toml.write_text(run_toml.read_text() + "\n[memory]\ncheckpoint_fraction = 0.5\n")
+    assert main(["train", str(run_toml)]) == 0
+    out = capsys.readouterr()
+    found = re.search(r"checkpointing: ([0-9]+) of ([0-9]+) blocks recompute", out.out + out.err)
+    assert found and int(found[1]) == round(int(found[2]) / 2) and (family == "sdxl" or found[2] == "4")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "half" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses == pytest.approx(GOLDEN_LOSSES[family], rel=1e-4)
