@@ -178,8 +178,8 @@ class MemoryCfg:
     checkpoint_fraction: float = f(1.0, "With gradient_checkpointing: share of the repeated blocks recomputed in "
                                    "backward (spread evenly); lower is faster and needs more memory.", gt=0.0,
                                    le=1.0)
-    vram_gb: Optional[float] = f(None, "GPU memory in GiB: picks checkpointing, fp8 storage and block swap to fit "
-                                 "(and names the largest batch size that fits when none does).",
+    vram_gb: Optional[float] = f(None, "GPU memory in GiB: picks checkpointing, fp8 storage, block swap and, when "
+                                 "needed, a smaller batch with gradient accumulation (same effective batch) to fit.",
                                  gt=0.0)
     fp8_base: bool = f(False, "Store frozen base weights in float8 (e4m3).")
     blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,

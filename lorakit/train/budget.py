@@ -13,8 +13,9 @@ exactly what each setting keeps on the device:
 * :data:`RESERVE_GIB` for the CUDA context, library workspaces and allocator fragmentation.
 
 Settings are tried from fastest to leanest — no checkpointing, checkpointing, + fp8 storage, + 1, 2, …
-swapped blocks — and the first that fits is used. When even the leanest does not fit, the run stops
-with the largest batch size that would.
+swapped blocks — and the first that fits is used. When even the leanest does not fit the batch,
+:func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits, with
+``training.gradient_accumulation`` raised so that the effective batch stays the same.
 """
 
 from __future__ import annotations
@@ -164,11 +165,31 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     can_swap = spec.family in (swap_field.metadata.get("families") or (spec.family,))
     r = cfg.data.resolution
     w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
-    images = cfg.training.batch_size * (w * h) / 1024**2
-    plan = plan_memory(float(cfg.memory.vram_gb), Sizes.of(model, blocks, trainable), activation_gib=spec.activation_gib,
-                       images=images, optimizer=cfg.optimizer.name, batch_size=cfg.training.batch_size,
-                       can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
-                       checkpoint_fraction=float(cfg.memory.checkpoint_fraction))
+    sizes = Sizes.of(model, blocks, trainable)
+    wanted = cfg.training.batch_size
+
+    def plan_for(batch: int) -> Plan:
+        return plan_memory(float(cfg.memory.vram_gb), sizes, activation_gib=spec.activation_gib,
+                           images=batch * (w * h) / 1024**2, optimizer=cfg.optimizer.name, batch_size=batch,
+                           can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
+                           checkpoint_fraction=float(cfg.memory.checkpoint_fraction))
+
+    try:
+        plan = plan_for(wanted)
+    except ConfigError as too_big:
+        # a smaller batch with gradient accumulation keeps the effective batch: the largest divisor that fits
+        for batch in [b for b in range(wanted - 1, 0, -1) if wanted % b == 0]:
+            try:
+                plan = plan_for(batch)
+                break
+            except ConfigError:
+                continue
+        else:
+            raise too_big from None
+        cfg.training.gradient_accumulation *= wanted // batch
+        cfg.training.batch_size = batch
+        log(f"vram_gb = {cfg.memory.vram_gb:g}: training.batch_size {wanted} does not fit; using batch_size = {batch} "
+            f"with gradient_accumulation = {cfg.training.gradient_accumulation} (the same effective batch)")
     cfg.memory.gradient_checkpointing = plan.gradient_checkpointing
     cfg.memory.fp8_base = plan.fp8_base
     cfg.memory.blocks_to_swap = plan.blocks_to_swap

@@ -159,3 +159,32 @@ def test_a_lower_checkpoint_fraction_is_counted(flux_sizes):
     ckpt, none = spec.activation_gib
     assert half.parts["activations"] == pytest.approx(0.5 * ckpt + 0.5 * none)
     assert half.fp8_base and not full.fp8_base  # half the blocks' activations push bf16 over 40 GiB
+
+
+def test_apply_budget_splits_a_batch_that_does_not_fit(flux_sizes, monkeypatch):
+    """vram_gb picks the batch size too: a batch of 4 that fits at no setting becomes the largest divisor that
+    does, with gradient accumulation raised to keep the effective batch; no divisor fitting is an error."""
+    from lorakit.config.load import load_config
+    from lorakit.models.registry import get_family
+
+    spec = get_family("flux1").SPEC
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+
+    def cfg_for(vram, batch, accumulation=1):
+        return load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
+                                       "data": {"dir": "."}, "memory": {"vram_gb": vram},
+                                       "training": {"batch_size": batch, "gradient_accumulation": accumulation}})
+
+    with pytest.raises(ConfigError):
+        plan(flux_sizes, 8, "flux1", batch=4)  # as asked, batch 4 does not fit in 8 GiB
+    cfg = cfg_for(8, 4, 2)
+    lines: list[str] = []
+    p = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
+    b = cfg.training.batch_size
+    assert b in (1, 2) and cfg.training.gradient_accumulation == 2 * 4 // b  # effective batch 8 kept
+    assert p.estimate_gib <= 8 and "does not fit; using batch_size" in lines[0]
+    with pytest.raises(ConfigError, match="memory.vram_gb = 2"):
+        budget.apply_budget(cfg_for(2, 4), spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
+    cfg = cfg_for(24, 1)
+    budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
+    assert (cfg.training.batch_size, cfg.training.gradient_accumulation) == (1, 1)  # untouched when it fits
