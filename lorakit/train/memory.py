@@ -83,3 +83,32 @@ def configure_allocator(cfg: Config, device: torch.device) -> bool:
         warnings.simplefilter("ignore", FutureWarning)
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     return True
+
+
+ENCODER_MARGIN_GIB = 1.0  # activations and workspaces of one encoder call
+
+
+def device_for(module: torch.nn.Module, device: torch.device, vram_gb: float | None = None,
+               log=None) -> torch.device:
+    """Where a frozen encoder should run: ``device`` when its weights fit in what is free there (what the
+    driver reports plus what PyTorch holds unused, and within ``memory.vram_gb`` when set), else the CPU.
+
+    FLUX.1's T5-XXL alone is 8.9 GiB in bf16: on a 12 GiB card next to the resident transformer, or on an 8 GiB
+    card at all, moving it to the GPU to encode captions or preview prompts would run out of memory."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    tensors = list(module.parameters()) + list(module.buffers())
+    if all(t.device.type == "cuda" for t in tensors):
+        return device
+    need = sum(t.numel() * t.element_size() for t in tensors) + ENCODER_MARGIN_GIB * 2**30
+    free_driver, _ = torch.cuda.mem_get_info(device)
+    free = free_driver + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if vram_gb:
+        free = min(free, vram_gb * 2**30 - torch.cuda.memory_allocated(device))
+    if need <= free:
+        return device
+    if log is not None:
+        log(f"note: {type(module).__name__} ({need / 2**30 - ENCODER_MARGIN_GIB:.1f} GiB) does not fit next to the "
+            f"training state on the GPU ({free / 2**30:.1f} GiB free); it runs on the CPU (slower, same result)")
+    return torch.device("cpu")

@@ -188,3 +188,30 @@ def test_apply_budget_splits_a_batch_that_does_not_fit(flux_sizes, monkeypatch):
     cfg = cfg_for(24, 1)
     budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
     assert (cfg.training.batch_size, cfg.training.gradient_accumulation) == (1, 1)  # untouched when it fits
+
+
+def test_encoders_run_on_the_cpu_when_they_do_not_fit_next_to_training(monkeypatch):
+    """memory.device_for: T5-XXL (8.9 GiB) must not be moved onto a card it does not fit; the decision uses the
+    driver's free memory plus PyTorch's unused reserve, capped by vram_gb. (CUDA queries faked on the CPU.)"""
+    from lorakit.train import memory
+
+    gib = 2**30
+    with torch.device("meta"):
+        t5_like = nn.Linear(1, 1)
+    t5_like.weight = nn.Parameter(torch.empty(int(8.9 * gib / 2), dtype=torch.bfloat16), requires_grad=False)
+    state = {"free": 40 * gib, "reserved": 2 * gib, "allocated": 1 * gib}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (state["free"], 141 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: state["reserved"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: state["allocated"])
+    cuda = torch.device("cuda")
+    assert memory.device_for(t5_like, cuda) == cuda                        # a big card: on the GPU
+    assert memory.device_for(t5_like, cuda, vram_gb=12) == cuda             # 12 GiB budget, 1 GiB in use
+    notes: list[str] = []
+    state.update(allocated=6 * gib)                                          # the training state is on the card
+    assert memory.device_for(t5_like, cuda, vram_gb=12, log=notes.append).type == "cpu"
+    assert "runs on the CPU" in notes[0]
+    state.update(free=int(8.5 * gib), reserved=7 * gib)                      # 9.5 GiB usable < 8.9 + 1 margin
+    assert memory.device_for(t5_like, cuda) == torch.device("cpu")
+    state.update(free=9 * gib)                                               # 10 GiB usable: fits
+    assert memory.device_for(t5_like, cuda) == cuda
+    assert memory.device_for(t5_like, torch.device("cpu")) == torch.device("cpu")

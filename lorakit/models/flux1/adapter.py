@@ -139,10 +139,15 @@ class Adapter:
                 "model": digest("model", ident("checkpoint", "transformer"))}
 
     @contextlib.contextmanager
-    def _on_device(self, module: nn.Module) -> Iterator[nn.Module]:
-        """Encoders live on the CPU between uses; offload_encoders() sends them back after caching."""
-        module.to(self.device)
-        yield module
+    def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
+        """Move an encoder to where it runs and yield that device: the training device, or the CPU when it
+        does not fit there (T5-XXL on small cards). Encoders live on the CPU between uses; offload_encoders()
+        sends them back after caching."""
+        from lorakit.train.memory import device_for
+
+        where = device_for(module, self.device, getattr(self.cfg.memory, "vram_gb", None), log=print)
+        module.to(where)
+        yield where
 
     def _loaded(self, name: str) -> bool:
         """Whether an encoder is in memory (asking never reads it)."""
@@ -177,9 +182,9 @@ class Adapter:
         f = self._downscale() * 2                          # AE downscale x the 2x2 packing
         if pixels.shape[-1] % f or pixels.shape[-2] % f:
             raise ValueError(f"flux1: image size {pixels.shape[-1]}x{pixels.shape[-2]} must be a multiple of {f}")
-        with self._on_device(ae):
+        with self._on_device(ae) as where:
             dt = next(ae.parameters()).dtype
-            z = ae.encode(pixels.to(self.device, dt)).latent_dist.mode()
+            z = ae.encode(pixels.to(where, dt)).latent_dist.mode()
         return ((z.float() - SPEC.vae_shift) * SPEC.vae_scale).cpu()
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -193,12 +198,12 @@ class Adapter:
         t5_tok = c.t5_tokenizer(captions, padding="max_length", max_length=self.t5_length(), truncation=True,
                                 return_tensors="pt")
         trains_clip = torch.is_grad_enabled() and any(p.requires_grad for p in c.clip_l.parameters())
-        with self._on_device(c.clip_l), torch.set_grad_enabled(trains_clip):
-            pooled = c.clip_l(clip_ids.to(self.device)).pooler_output
+        with self._on_device(c.clip_l) as where, torch.set_grad_enabled(trains_clip):
+            pooled = c.clip_l(clip_ids.to(where)).pooler_output
         mask = t5_tok.attention_mask
-        with self._on_device(c.t5), torch.no_grad():
-            kw = {"attention_mask": mask.to(self.device)} if self.cfg.training.apply_t5_attn_mask else {}
-            hidden = c.t5(t5_tok.input_ids.to(self.device), **kw).last_hidden_state
+        with self._on_device(c.t5) as where, torch.no_grad():
+            kw = {"attention_mask": mask.to(where)} if self.cfg.training.apply_t5_attn_mask else {}
+            hidden = c.t5(t5_tok.input_ids.to(where), **kw).last_hidden_state
         return {"pooled": pooled.cpu(), "t5": hidden.cpu(), "t5_mask": mask.to(torch.int64)}
 
     # ------------------------------------------------------------------------------------------ objective
@@ -277,9 +282,9 @@ class Adapter:
                 x = x + (sigmas[i + 1] - sigmas[i]).item() * v
         finally:
             tr.train(was_training)
-        with self._on_device(c.ae):
+        with self._on_device(c.ae) as where:
             dt = next(c.ae.parameters()).dtype
-            img = c.ae.decode((x / SPEC.vae_scale + SPEC.vae_shift).to(self.device, dt)).sample
+            img = c.ae.decode((x / SPEC.vae_scale + SPEC.vae_shift).to(where, dt)).sample
         arr = ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(arr)
 
