@@ -83,6 +83,36 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+            conv: Optional[tuple]) -> torch.Tensor:
+    """``op(x, upcast(w8)) · scale``; ``conv`` None for a Linear, else ``(stride, padding, dilation, groups)``."""
+    w, s = w8.to(dtype), scale.to(dtype)
+    if conv is None:
+        return F.linear(x.to(dtype), w) * s
+    return F.conv2d(x.to(dtype), w, None, *conv) * s.reshape(1, -1, 1, 1)
+
+
+def _input_grad(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+    """The input's gradient from the saved fp8 weight and scale (both backward paths use it)."""
+    w8, scale = ctx.saved_tensors
+    # Upcast through the transpose, not as forward does: under torch.compile an identical upcast is merged
+    # with forward's and invites the partitioner to save it (see OPAQUE_UNDER_COMPILE below).
+    w = w8.transpose(0, 1).to(ctx.dtype).transpose(0, 1)
+    g = grad.to(ctx.dtype)
+    if ctx.conv is None:
+        gx = (g * scale.to(ctx.dtype)) @ w
+    else:
+        g = g * scale.to(ctx.dtype).reshape(1, -1, 1, 1)
+        gx = torch.nn.grad.conv2d_input(ctx.in_shape, w, g, *ctx.conv)
+    return gx.to(ctx.in_dtype)
+
+
+def _save(ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
+          conv: Optional[tuple]) -> None:
+    ctx.save_for_backward(w8, scale)
+    ctx.dtype, ctx.conv, ctx.in_dtype, ctx.in_shape = dtype, conv, x.dtype, x.shape
+
+
 class _Fp8Matmul(torch.autograd.Function):
     """``op(x, upcast(w8)) · scale`` with only the fp8 weight saved for backward (see the module doc).
 
@@ -91,33 +121,14 @@ class _Fp8Matmul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
                 conv: Optional[tuple]) -> torch.Tensor:
-        w = w8.to(dtype)
-        xc = x.to(dtype)
-        if conv is None:
-            y = F.linear(xc, w)
-            s = scale.to(dtype)
-        else:
-            y = F.conv2d(xc, w, None, *conv)
-            s = scale.to(dtype).reshape(1, -1, 1, 1)
-        ctx.save_for_backward(w8, scale)
-        ctx.dtype, ctx.conv, ctx.in_dtype, ctx.in_shape = dtype, conv, x.dtype, x.shape
-        return y * s
+        _save(ctx, x, w8, scale, dtype, conv)
+        return _matmul(x, w8, scale, dtype, conv)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        w8, scale = ctx.saved_tensors
-        if not getattr(ctx, "needs_input_grad_x", False) and not ctx.needs_input_grad[0]:
+        if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        # Upcast through the transpose, not as forward does: under torch.compile an identical upcast is merged
-        # with forward's and invites the partitioner to save it (see OPAQUE_UNDER_COMPILE below).
-        w = w8.transpose(0, 1).to(ctx.dtype).transpose(0, 1)
-        g = grad.to(ctx.dtype)
-        if ctx.conv is None:
-            gx = (g * scale.to(ctx.dtype)) @ w
-        else:
-            g = g * scale.to(ctx.dtype).reshape(1, -1, 1, 1)
-            gx = torch.nn.grad.conv2d_input(ctx.in_shape, w, g, *ctx.conv)
-        return gx.to(ctx.in_dtype), None, None, None, None
+        return _input_grad(ctx, grad), None, None, None, None
 
 
 # Under torch.compile the compiler traces *into* the Function above, and inductor's partitioner may then
@@ -139,10 +150,7 @@ def _conv_args(conv: list[int]) -> tuple:
 def _fp8_matmul_op(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,
                    conv: list[int]) -> torch.Tensor:
     """``conv`` = [] for a Linear, else [stride h, w, padding h, w, dilation h, w, groups]."""
-    w = w8.to(dtype)
-    if not conv:
-        return F.linear(x.to(dtype), w) * scale.to(dtype)
-    return F.conv2d(x.to(dtype), w, None, *_conv_args(conv)) * scale.to(dtype).reshape(1, -1, 1, 1)
+    return _matmul(x, w8, scale, dtype, _conv_args(conv) if conv else None)
 
 
 @_fp8_matmul_op.register_fake
@@ -157,17 +165,11 @@ def _fp8_matmul_fake(x, w8, scale, dtype, conv):
 
 def _fp8_setup(ctx, inputs, output):
     x, w8, scale, dtype, conv = inputs
-    ctx.save_for_backward(w8, scale)
-    ctx.dtype, ctx.conv, ctx.in_dtype, ctx.in_shape = dtype, (_conv_args(conv) if conv else None), x.dtype, x.shape
-    ctx.needs_input_grad_x = True
+    _save(ctx, x, w8, scale, dtype, _conv_args(conv) if conv else None)
 
 
-def _fp8_backward(ctx, grad):
-    gx = _Fp8Matmul.backward(ctx, grad)[0]
-    return gx, None, None, None, None
-
-
-_fp8_matmul_op.register_autograd(_fp8_backward, setup_context=_fp8_setup)
+_fp8_matmul_op.register_autograd(lambda ctx, grad: (_input_grad(ctx, grad), None, None, None, None),
+                                 setup_context=_fp8_setup)
 
 
 def fp8_matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype,

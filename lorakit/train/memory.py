@@ -38,14 +38,21 @@ def check_supported(cfg: Config, device: torch.device) -> None:
     if mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing:
         raise ConfigError("memory.checkpoint_fraction: only has an effect with memory.gradient_checkpointing = true; "
                           "remove it or turn checkpointing on")
-    if mem.blocks_to_swap and not mem.gradient_checkpointing:
-        raise ConfigError("memory.blocks_to_swap: needs memory.gradient_checkpointing = true (without it every "
-                          "block's weights stay alive until backward, so swapping frees nothing)")
-    if mem.blocks_to_swap and mem.cuda_graphs:
-        raise ConfigError("memory.cuda_graphs: CUDA graphs replay fixed weight addresses, which block swap changes "
-                          "every step; set memory.cuda_graphs = false or memory.blocks_to_swap = 0")
+    if mem.blocks_to_swap:
+        check_block_swap(mem.gradient_checkpointing, mem.cuda_graphs)
     if mem.fused_backward:
         check_fused_backward(cfg)
+
+
+def check_block_swap(checkpointing: bool, cuda_graphs: bool) -> None:
+    """What block swap cannot be combined with (checked before loading, and again where it is installed,
+    since memory.vram_gb may turn swap on after loading)."""
+    if not checkpointing:
+        raise ConfigError("memory.blocks_to_swap: needs memory.gradient_checkpointing = true (without it every "
+                          "block's weights stay alive until backward, so swapping frees nothing)")
+    if cuda_graphs:
+        raise ConfigError("memory.cuda_graphs: CUDA graphs replay fixed weight addresses, which block swap changes "
+                          "every step; set memory.cuda_graphs = false or memory.blocks_to_swap = 0")
 
 
 def check_fused_backward(cfg: Config) -> None:

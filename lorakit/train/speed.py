@@ -120,15 +120,10 @@ def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compil
                      backend: Any, log: Callable[[str], None], selected: Optional[set[int]] = None) -> dict[str, Any]:
     """lorakit's checkpoint around each (compiled) block, with the block swap inside it when ``swapper``:
     the layout for block swap, and for fp8 storage under compile without CUDA graphs."""
-    from lorakit.train import swap
+    from lorakit.train import memory, swap
 
     global _cuda_graphs_active
-    if not checkpointing:
-        raise ConfigError("memory.blocks_to_swap: needs memory.gradient_checkpointing = true (without it every "
-                          "block's weights stay alive until backward, so swapping frees nothing)")
-    if graphs:
-        raise ConfigError("memory.cuda_graphs: CUDA graphs replay fixed weight addresses, which block swap changes "
-                          "every step; set memory.cuda_graphs = false or memory.blocks_to_swap = 0")
+    memory.check_block_swap(checkpointing, graphs)  # the fp8 route only comes here with both fine
     set_gradient_checkpointing(model, False, log)  # lorakit's checkpoint wraps each block instead
     compile_fn = None
     if compile_:
