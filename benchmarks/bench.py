@@ -99,6 +99,16 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/fp8+gc50+compile": {"family": "flux1", "gc": True, "fp8": True, "ckpt_fraction": 0.5, "compile": "regions"},
     "sdxl/gc50+compile-graphs": {"family": "sdxl", "gc": True, "ckpt_fraction": 0.5, "compile": "regions",
                                  "cudagraphs": True},
+    # round 4: fp8 compute (memory.fp8_compute: float8 matmuls on the tensor cores), alone and with the memory it
+    # frees spent on fewer checkpointed blocks
+    "flux1/fp8c": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True},
+    "flux1/fp8c+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "compile": "regions"},
+    "flux1/fp8c+gc70+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "ckpt_fraction": 0.7,
+                                "compile": "regions"},
+    "flux1/vram24+fp8c+compile": {"family": "flux1", "gc": True, "vram": 24, "fp8c": True, "compile": "regions"},
+    "flux1/vram12+fp8c+compile": {"family": "flux1", "gc": True, "vram": 12, "fp8c": True, "compile": "regions"},
+    "sdxl/fp8c+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
+                         "cudagraphs": True},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
@@ -124,6 +134,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
         "optimizer": {"name": "adamw", "lr": 1e-4, "max_grad_norm": 1.0},
         "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000},
         "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
+                   "fp8_compute": bool(s.get("fp8c")),
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
                    "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0)},
     }
@@ -250,6 +261,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         if cfg.memory.vram_gb:
             plan = budget.apply_budget(cfg, adapter.spec, model, blocks, params, swap.LOOKAHEAD, log=print)
         swapper = swap.place_denoiser(model, blocks, device, fp8_base=cfg.memory.fp8_base,
+                                      fp8_compute=cfg.memory.fp8_compute,
                                       blocks_to_swap=cfg.memory.blocks_to_swap, log=print)
         sync(device)
         t_place = time.time() - t1
@@ -412,7 +424,8 @@ def settings_text(s: dict, cfg: Any) -> str:
 
     m = cfg.memory  # after the budget's choices
     wrapped = speed.wrapped_layout(object() if m.blocks_to_swap else None, compile_=bool(s.get("compile")),
-                                   fp8_on=m.fp8_base, checkpointing=m.gradient_checkpointing,
+                                   fp8_on=m.fp8_base and not m.fp8_compute,
+                                   checkpointing=m.gradient_checkpointing,
                                    graphs=bool(s.get("cudagraphs")))
     parts += {"regions": ["compile(regions, lorakit ckpt around)" if s["gc"] and wrapped else
                           "compile(regions, ckpt inside)" if s["gc"] else "compile(regions)"],
@@ -426,9 +439,11 @@ def settings_text(s: dict, cfg: Any) -> str:
     if s.get("vram"):
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
-                     f"fp8={m.fp8_base} swap={m.blocks_to_swap}")
+                     f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}")
+        parts += ["fp8 compute"] if s.get("fp8c") else []
     else:
-        parts += (["fp8 storage"] if s.get("fp8") else []) + ([f"swap {s['swap']} blocks"] if s.get("swap") else [])
+        parts += ([("fp8 compute" if s.get("fp8c") else "fp8 storage")] if s.get("fp8") else []) + \
+            ([f"swap {s['swap']} blocks"] if s.get("swap") else [])
     cudnn = {True: True, False: False}.get(s.get("cudnn"), bool(s.get("compile")))
     parts.append("cuDNN-SDPA on" if cudnn else "cuDNN-SDPA off")
     if s.get("eager_first"):

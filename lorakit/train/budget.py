@@ -13,7 +13,8 @@ exactly what each setting keeps on the device:
 * :data:`RESERVE_GIB` for the CUDA context, library workspaces and allocator fragmentation.
 
 Settings are tried from fastest to leanest — no checkpointing, checkpointing, + fp8 storage, + 1, 2, …
-swapped blocks — and the first that fits is used. When even the leanest does not fit the batch,
+swapped blocks — and the first that fits is used. With ``memory.fp8_compute`` (float8 matmuls, faster than
+bf16) only the fp8 settings are tried, starting with no checkpointing. When even the leanest does not fit the batch,
 :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits, with
 ``training.gradient_accumulation`` raised so that the effective batch stays the same.
 """
@@ -115,13 +116,15 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
 
 def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float, float], images: float,
                 optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False,
-                checkpoint_fraction: float = 1.0) -> Plan:
+                checkpoint_fraction: float = 1.0, fp8_only: bool = False) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image."""
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
     options: list[tuple[bool, bool, int]] = [(False, False, 0), (True, False, 0), (True, True, 0)]
+    if fp8_only:  # memory.fp8_compute: the weights must be float8
+        options = [(False, True, 0), (True, True, 0)]
     if can_swap and n > 1:
         options += [(True, True, k) for k in range(1, n)]
     room = budget_gib - RESERVE_GIB
@@ -172,7 +175,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
         return plan_memory(float(cfg.memory.vram_gb), sizes, activation_gib=spec.activation_gib,
                            images=batch * (w * h) / 1024**2, optimizer=cfg.optimizer.name, batch_size=batch,
                            can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
-                           checkpoint_fraction=float(cfg.memory.checkpoint_fraction))
+                           checkpoint_fraction=float(cfg.memory.checkpoint_fraction),
+                           fp8_only=bool(cfg.memory.fp8_compute))
 
     try:
         plan = plan_for(wanted)

@@ -2,7 +2,8 @@
 
 What it saves: the frozen Linear (and Conv2d) weights of the denoiser take 1 byte per value instead of 2
 (bf16) or 4 (fp32). The compute stays in the run's dtype (bf16 under autocast, fp32 without): each layer
-upcasts its weight just for its own matmul/convolution ("fp8 storage only"; fp8 matmuls are out of scope).
+upcasts its weight just for its own matmul/convolution ("fp8 storage only"). With ``memory.fp8_compute`` the
+Linears instead multiply in float8 on the tensor cores (:class:`_Fp8Compute`, see "fp8 compute" below).
 
 Why a scale: e4m3 keeps 3 mantissa bits over the range 2**-9 … 448; typical weights (|w| ≈ 0.01–0.05) sit
 in its subnormal range, where plain casting (what kohya does) loses most of their bits. Each output row
@@ -186,6 +187,82 @@ def fp8_matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: to
     return _Fp8Matmul.apply(x, w8, scale, dtype, conv)
 
 
+# ---------------------------------------------------------------------------------------------- fp8 compute
+#
+# ``memory.fp8_compute``: the frozen Linears multiply in float8 (``torch._scaled_mm``, the tensor cores' fp8
+# path: twice the bf16 rate on Hopper and Ada). The weight is already e4m3 with a scale per output row. The
+# input is quantised per row (one scale per token, ``amax / 448``, not rounded to a power of two: the scales
+# are applied in fp32 after the product). Forward: ``y = (x8 @ w8ᵀ) · sx · sw``. Backward (input gradient
+# only, the weight is frozen): the per-output-row weight scale lies along the contraction, so it is folded
+# into the incoming gradient first, which is then quantised per row: ``gx = ((g · sw)8 @ w8) · sg``.
+# ``_scaled_mm`` wants its second operand column-major: ``w8ᵀ`` already is (forward); for backward a
+# transposed copy of the fp8 weight is made per call (1 byte per value, freed right after).
+# Only the fp8 weight and its scale are saved for backward. Layers whose shapes ``_scaled_mm`` cannot take
+# (a dimension not a multiple of 16) or runs that do not compute in bf16 use the storage path above.
+
+ALIGN = 16  # _scaled_mm: both dims of the weight must be multiples of 16; rows of the input are padded to it
+
+
+def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t8, scale)`` for a 2-D ``t``: float8_e4m3fn values and an fp32 ``[rows, 1]`` scale with
+    ``t ≈ t8 · scale`` (each row's largest magnitude maps to 448; an all-zero row gets scale 1)."""
+    amax = t.abs().amax(dim=1, keepdim=True).float()
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+
+
+def _pad_rows(t: torch.Tensor) -> torch.Tensor:
+    extra = (-t.shape[0]) % ALIGN
+    return F.pad(t, (0, 0, 0, extra)) if extra else t
+
+
+def _scaled(a: torch.Tensor, b_cols: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
+    """``a @ b_cols`` in float8 for a bf16 ``a`` [M, K] and an e4m3 column-major ``b_cols`` [K, N] with an fp32
+    ``b_scale`` [1, N]; returns bf16 [M, N]."""
+    rows = a.shape[0]
+    a8, a_scale = quantize_rows(_pad_rows(a))
+    out = torch._scaled_mm(a8, b_cols, scale_a=a_scale, scale_b=b_scale, out_dtype=torch.bfloat16)
+    return out[:rows] if out.shape[0] != rows else out
+
+
+class _Fp8Compute(torch.autograd.Function):
+    """``x @ (w8 · scale)ᵀ`` computed in float8 (see above); saves only ``w8`` and ``scale`` for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w8, scale)
+        ctx.in_dtype = x.dtype
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        y = _scaled(flat, w8.t(), scale.float().reshape(1, -1))
+        return y.reshape(*x.shape[:-1], w8.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        w8, scale = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1]).float() * scale.float()
+        ones = torch.ones(1, w8.shape[1], dtype=torch.float32, device=w8.device)
+        gx = _scaled(g, w8.t().contiguous().t(), ones)
+        return gx.reshape(*grad.shape[:-1], w8.shape[1]).to(ctx.in_dtype), None, None
+
+
+def can_compute(w8: torch.Tensor) -> bool:
+    """Whether a Linear's fp8 weight has shapes ``torch._scaled_mm`` accepts."""
+    return w8.dim() == 2 and w8.shape[0] % ALIGN == 0 and w8.shape[1] % ALIGN == 0
+
+
+def check_compute(device: torch.device) -> None:
+    """``memory.fp8_compute`` needs float8 tensor cores: compute capability 8.9 (Ada) or newer on CUDA."""
+    if FP8 is None or not hasattr(torch, "_scaled_mm"):
+        raise ConfigError("memory.fp8_compute: this PyTorch has no float8 matmul (torch._scaled_mm); upgrade torch "
+                          "or set it to false")
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise ConfigError(f"memory.fp8_compute: {name} has no float8 tensor cores (needs compute capability 8.9+, "
+                          "e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for the memory saving")
+
+
 class Fp8Linear(nn.Linear):
     """An ``nn.Linear`` whose frozen weight is float8 (``weight``) times a per-row ``weight_scale``.
 
@@ -193,10 +270,14 @@ class Fp8Linear(nn.Linear):
     peft and for ``isinstance`` checks)."""
 
     weight_scale: torch.Tensor
+    fp8_compute = False  # set per layer by apply_fp8_base(compute=True) where the shapes allow
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
-        y = fp8_matmul(x, self.weight, self.weight_scale, dtype, None)
+        if self.fp8_compute and dtype == torch.bfloat16:
+            y = _Fp8Compute.apply(x, self.weight, self.weight_scale)
+        else:
+            y = fp8_matmul(x, self.weight, self.weight_scale, dtype, None)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
@@ -258,23 +339,28 @@ def candidates(model: nn.Module, convs: bool = False,
 
 def apply_fp8_base(model: nn.Module, *, scaling: str = "row", convs: bool = False,
                    log: Optional[Callable[[str], None]] = None,
-                   within: Optional[nn.Module] = None) -> dict[str, Any]:
+                   within: Optional[nn.Module] = None, compute: bool = False) -> dict[str, Any]:
     """Store the frozen Linear/Conv2d weights of ``model`` in float8 in place (call after LoRA injection,
     before ``speed.prepare_denoiser``); returns counts and parameter bytes before/after for the logs.
 
     Works on any device (CPU included; float8 is storage there too) and on the meta device (for memory
     estimates). Idempotent: converted layers are no longer candidates. ``within``: convert only that
-    submodule (``lorakit.train.swap.place_denoiser`` quantises block by block on the GPU)."""
+    submodule (``lorakit.train.swap.place_denoiser`` quantises block by block on the GPU). ``compute``: the
+    converted Linears multiply in float8 (``memory.fp8_compute``) where :func:`can_compute` allows."""
     before = parameter_bytes(model if within is None else within)
-    converted = 0
+    converted = computed = 0
     for _, sub in candidates(model, convs, within):
         w8, scale = quantize(sub.weight, scaling)
         sub.weight = nn.Parameter(w8, requires_grad=False)
         sub.register_buffer("weight_scale", scale, persistent=False)
         sub.__class__ = Fp8Linear if isinstance(sub, nn.Linear) else Fp8Conv2d
+        if compute and isinstance(sub, Fp8Linear) and can_compute(w8):
+            sub.fp8_compute = True
+            computed += 1
         converted += 1
     after = parameter_bytes(model if within is None else within)
-    report = {"layers": converted, "bytes_before": before, "bytes_after": after, "scaling": scaling}
+    report = {"layers": converted, "bytes_before": before, "bytes_after": after, "scaling": scaling,
+              "computed": computed}
     if log is not None:
         log(f"fp8_base: {converted} frozen layers stored as float8_e4m3fn ({scaling} scaling); parameters "
             f"{before / 2**30:.3f} → {after / 2**30:.3f} GiB")

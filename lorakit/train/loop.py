@@ -124,7 +124,8 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         if cfg.training.batch_size != stream.batch_size:  # the budget split the batch (gradient accumulation)
             stream = BatchStream(dataset, cfg.training.batch_size, cfg.training.seed)
     swapper = swap.place_denoiser(modules["denoiser"], blocks, device, fp8_base=cfg.memory.fp8_base,
-                                  blocks_to_swap=cfg.memory.blocks_to_swap, log=log)
+                                  fp8_compute=cfg.memory.fp8_compute, blocks_to_swap=cfg.memory.blocks_to_swap,
+                                  log=log)
     speed.prepare_denoiser(modules["denoiser"], cfg.memory, device, log=log,  # checkpointing, regional compile
                            cuda_graphs=cfg.memory.cuda_graphs, swapper=swapper)
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")

@@ -17,6 +17,8 @@ def check_supported(cfg: Config, device: torch.device) -> None:
     mem = cfg.memory
     if mem.fp8_base and getattr(torch, "float8_e4m3fn", None) is None:
         raise ConfigError("memory.fp8_base: this PyTorch has no float8_e4m3fn; upgrade torch or set it to false")
+    if mem.fp8_compute:
+        check_fp8_compute(cfg, device)
     if mem.compile and device.type != "cuda":
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if mem.blocks_to_swap and device.type != "cuda":
@@ -32,7 +34,7 @@ def check_supported(cfg: Config, device: torch.device) -> None:
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU; use \"bf16\" or \"no\" on the CPU")
     if mem.vram_gb and device.type != "cuda":
         raise ConfigError("memory.vram_gb: a GPU memory budget; remove it when training on the CPU")
-    if mem.vram_gb and (mem.fp8_base or mem.blocks_to_swap):
+    if mem.vram_gb and (mem.fp8_base or mem.blocks_to_swap):  # fp8_compute stays allowed: it asks for fp8 tiers
         raise ConfigError("memory.vram_gb: it chooses fp8_base and blocks_to_swap itself; remove memory.fp8_base / "
                           "memory.blocks_to_swap, or remove memory.vram_gb to set them by hand")
     if mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing:
@@ -42,6 +44,19 @@ def check_supported(cfg: Config, device: torch.device) -> None:
         check_block_swap(mem.gradient_checkpointing, mem.cuda_graphs)
     if mem.fused_backward:
         check_fused_backward(cfg)
+
+
+def check_fp8_compute(cfg: Config, device: torch.device) -> None:
+    """memory.fp8_compute multiplies the float8-stored weights directly, in bf16 runs on fp8 tensor cores."""
+    from lorakit.train import fp8
+
+    if not (cfg.memory.fp8_base or cfg.memory.vram_gb):
+        raise ConfigError("memory.fp8_compute: multiplies the float8-stored base weights; set memory.fp8_base = true "
+                          "(or memory.vram_gb) too")
+    if cfg.training.mixed_precision != "bf16":
+        raise ConfigError(f'memory.fp8_compute: float8 matmuls produce bf16; set training.mixed_precision = "bf16" '
+                          f'(it is "{cfg.training.mixed_precision}") or memory.fp8_compute = false')
+    fp8.check_compute(device)
 
 
 def check_block_swap(checkpointing: bool, cuda_graphs: bool) -> None:

@@ -82,7 +82,8 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
         configure_attention(compiled=compile_)
     from lorakit.train import fp8
 
-    fp8_on = bool(getattr(memory, "fp8_base", False))
+    # fp8 compute never upcasts a weight, so only fp8 *storage* needs the guarded layouts below
+    fp8_on = bool(getattr(memory, "fp8_base", False)) and not bool(getattr(memory, "fp8_compute", False))
     selected = checkpoint_selection(model, float(getattr(memory, "checkpoint_fraction", 1.0))) \
         if checkpointing else None
     if selected is not None:
@@ -91,7 +92,8 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     if wrapped_layout(swapper, compile_=compile_, fp8_on=fp8_on, checkpointing=checkpointing, graphs=graphs):
         fp8.OPAQUE_UNDER_COMPILE = False  # the outer checkpoint bounds what a compiled block saves
         return _prepare_wrapped(model, swapper, checkpointing, compile_, graphs, backend, log, selected)
-    fp8.OPAQUE_UNDER_COMPILE = compile_ and fp8_on  # see lorakit/train/fp8.py
+    # see lorakit/train/fp8.py; with fp8 compute it still guards the few layers that fall back to upcasting
+    fp8.OPAQUE_UNDER_COMPILE = compile_ and bool(getattr(memory, "fp8_base", False))
     mode = "reduce-overhead" if compile_ and graphs else None
     if compile_ and scope == "whole":
         on = set_gradient_checkpointing(model, checkpointing, log, selected)

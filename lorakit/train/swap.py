@@ -273,10 +273,11 @@ def _inside(blocks: Sequence[nn.Module]) -> set[int]:
 
 
 def place_denoiser(model: nn.Module, blocks: Sequence[nn.Module], device: torch.device, *, fp8_base: bool = False,
-                   blocks_to_swap: int = 0, lookahead: int = LOOKAHEAD,
+                   fp8_compute: bool = False, blocks_to_swap: int = 0, lookahead: int = LOOKAHEAD,
                    log: Callable[[str], None] = print) -> Optional[BlockSwapper]:
     """Move the (LoRA-injected) denoiser to ``device`` one block at a time, storing frozen weights in fp8 when
-    ``fp8_base`` and packing ``blocks_to_swap`` blocks into CPU memory; returns the swapper (None without
+    ``fp8_base`` (multiplied in float8 with ``fp8_compute``) and packing ``blocks_to_swap`` blocks into CPU
+    memory; returns the swapper (None without
     swap). The whole model never needs to fit on the device at once: at most the resident part plus one
     block in the load dtype. Works for a model that is already on ``device`` too."""
     from lorakit.train import fp8
@@ -288,17 +289,21 @@ def place_denoiser(model: nn.Module, blocks: Sequence[nn.Module], device: torch.
         if id(mod) not in inside:
             mod._apply(lambda t: t.to(device), recurse=False)
     swapper = BlockSwapper(blocks, swapped, device, lookahead) if swapped else None
-    layers = 0
+    layers = computed = 0
     for i, block in enumerate(blocks):
         block.to(device)
         if fp8_base:
-            layers += fp8.apply_fp8_base(model, within=block)["layers"]
+            done = fp8.apply_fp8_base(model, within=block, compute=fp8_compute)
+            layers, computed = layers + done["layers"], computed + done["computed"]
         if swapper is not None and i in swapped:
             swapper.offload(i)
     if fp8_base:
-        layers += fp8.apply_fp8_base(model)["layers"]  # what lies outside the blocks
+        done = fp8.apply_fp8_base(model, compute=fp8_compute)  # what lies outside the blocks
+        layers, computed = layers + done["layers"], computed + done["computed"]
         log(f"fp8_base: {layers} frozen layers stored as float8_e4m3fn (row scaling); parameters now "
             f"{fp8.parameter_bytes(model) / 2**30:.2f} GiB")
+        if fp8_compute:
+            log(f"fp8_compute: {computed} of them multiply in float8 (per-token input scales); the rest upcast")
     if swapper is not None:
         if device.type == "cuda":
             torch.cuda.empty_cache()

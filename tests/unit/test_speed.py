@@ -145,7 +145,7 @@ def test_sdxl_regions_include_resnets():
 
 
 def cfg(**mem):
-    base = dict(gradient_checkpointing=True, compile=False, fp8_base=False, fused_backward=False, vram_gb=None,
+    base = dict(gradient_checkpointing=True, compile=False, fp8_base=False, fp8_compute=False, fused_backward=False, vram_gb=None,
                 blocks_to_swap=0, cuda_graphs=False, fused_optimizer=False, checkpoint_fraction=1.0)
     base.update(mem)
     return SimpleNamespace(memory=SimpleNamespace(**base), training=SimpleNamespace(mixed_precision="bf16"),
