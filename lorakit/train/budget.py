@@ -12,8 +12,9 @@ exactly what each setting keeps on the device:
   checkpointing) times the batch's pixels;
 * :data:`RESERVE_GIB` for the CUDA context, library workspaces and allocator fragmentation.
 
-Settings are tried from fastest to leanest — no checkpointing, checkpointing, + fp8 storage, + 1, 2, …
-swapped blocks — and the first that fits is used. With ``memory.fp8_compute`` (float8 matmuls, faster than
+Settings are tried from fastest to leanest — no checkpointing, checkpointing of the fewest blocks that fit
+(``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
+blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used. With ``memory.fp8_compute`` (float8 matmuls, faster than
 bf16) only the fp8 settings are tried, starting with no checkpointing. When even the leanest does not fit the batch,
 :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits, with
 ``training.gradient_accumulation`` raised so that the effective batch stays the same.
@@ -44,11 +45,13 @@ class Plan:
     blocks_to_swap: int
     estimate_gib: float
     parts: dict[str, float]
+    checkpoint_fraction: float = 1.0
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
-        return (f"vram_gb = {self.budget_gib:g}: gradient_checkpointing = {str(self.gradient_checkpointing).lower()}, "
-                f"fp8_base = {str(self.fp8_base).lower()}, blocks_to_swap = {self.blocks_to_swap} "
+        share = f" (checkpoint_fraction = {self.checkpoint_fraction:.3g})" if self.checkpoint_fraction < 1 else ""
+        return (f"vram_gb = {self.budget_gib:g}: gradient_checkpointing = {str(self.gradient_checkpointing).lower()}"
+                f"{share}, fp8_base = {str(self.fp8_base).lower()}, blocks_to_swap = {self.blocks_to_swap} "
                 f"(estimated peak {self.estimate_gib:.2f} GiB: {parts}, reserve {RESERVE_GIB})")
 
 
@@ -122,23 +125,28 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
-    options: list[tuple[bool, bool, int]] = [(False, False, 0), (True, False, 0), (True, True, 0)]
-    if fp8_only:  # memory.fp8_compute: the weights must be float8
-        options = [(False, True, 0), (True, True, 0)]
+    # (share of the blocks checkpointed, fp8 storage, swapped blocks), fastest first. Between no checkpointing
+    # and full checkpointing lie the partial settings: the fewest checkpointed blocks that fit (each block left
+    # out keeps its activations, skips its recomputation). A fraction the user set is kept as given.
+    user_set = checkpoint_fraction < 1.0
+    shares = [checkpoint_fraction] if user_set else [j / n for j in range(1, n)] + [1.0]
+    options: list[tuple[float, bool, int]] = []
+    for use_fp8 in ([True] if fp8_only else [False, True]):  # fp8_only: memory.fp8_compute needs float8 weights
+        options += [(0.0, use_fp8, 0)] + [(share, use_fp8, 0) for share in shares]
     if can_swap and n > 1:
-        options += [(True, True, k) for k in range(1, n)]
+        options += [(checkpoint_fraction, True, k) for k in range(1, n)]
     room = budget_gib - RESERVE_GIB
     best: Optional[Plan] = None
-    for ckpt, use_fp8, k in options:
-        # blocks left out of checkpointing (memory.checkpoint_fraction < 1) keep their activations
-        share = checkpoint_fraction if ckpt else 0.0
-        act = (share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
+    for share, use_fp8, k in options:
         if cuda_graphs and k:
             break  # CUDA graphs cannot replay swapped weights
+        ckpt = share > 0
+        # blocks left out of checkpointing keep their activations
+        act = (share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
                          swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs)
         total = sum(parts.values())
-        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts)
+        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts, share if ckpt else 1.0)
         if total <= room:
             return plan
         best = plan
@@ -195,6 +203,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
         log(f"vram_gb = {cfg.memory.vram_gb:g}: training.batch_size {wanted} does not fit; using batch_size = {batch} "
             f"with gradient_accumulation = {cfg.training.gradient_accumulation} (the same effective batch)")
     cfg.memory.gradient_checkpointing = plan.gradient_checkpointing
+    cfg.memory.checkpoint_fraction = plan.checkpoint_fraction
     cfg.memory.fp8_base = plan.fp8_base
     cfg.memory.blocks_to_swap = plan.blocks_to_swap
     log(plan.describe())
