@@ -242,7 +242,27 @@ class _Fp8Compute(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None
         w8, scale = ctx.saved_tensors
-        return _fp8_input_grad_op(grad, w8, scale, ctx.in_dtype), None, None
+        if COMPUTE_BACKWARD == "fp8":
+            return _fp8_input_grad_op(grad, w8, scale, ctx.in_dtype), None, None
+        if COMPUTE_BACKWARD == "fp8-traced":
+            return _fp8_input_grad(grad, w8, scale, ctx.in_dtype), None, None
+        # "upcast": the bf16 product with the weight upcast (through the transpose, see _input_grad)
+        w = w8.transpose(0, 1).to(torch.bfloat16).transpose(0, 1)
+        gx = (grad.to(torch.bfloat16) * scale.to(torch.bfloat16)) @ w
+        return gx.to(ctx.in_dtype), None, None
+
+
+# How _Fp8Compute's input gradient is computed: "fp8" (float8 product in the opaque op below), "fp8-traced" (the
+# same maths, visible to the compiler, which can fuse the quantisation), "upcast" (bf16 product with the weight
+# upcast). Hopper's float8 instructions need both operands K-major, so the fp8 variants copy the weight transposed.
+COMPUTE_BACKWARD = "fp8"
+
+
+def _fp8_input_grad(grad: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, in_dtype: torch.dtype) -> torch.Tensor:
+    g = grad.reshape(-1, grad.shape[-1]).float() * scale.float()
+    ones = torch.ones(1, w8.shape[1], dtype=torch.float32, device=w8.device)
+    gx = _scaled(g, w8.t().contiguous().t(), ones)
+    return gx.reshape(*grad.shape[:-1], w8.shape[1]).to(in_dtype)
 
 
 # The input gradient is an opaque op: traced into a compiled backward, the transposed weight copy it makes depends
@@ -252,10 +272,7 @@ class _Fp8Compute(torch.autograd.Function):
 @torch.library.custom_op("lorakit::fp8_input_grad", mutates_args=())
 def _fp8_input_grad_op(grad: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor,
                        in_dtype: torch.dtype) -> torch.Tensor:
-    g = grad.reshape(-1, grad.shape[-1]).float() * scale.float()
-    ones = torch.ones(1, w8.shape[1], dtype=torch.float32, device=w8.device)
-    gx = _scaled(g, w8.t().contiguous().t(), ones)
-    return gx.reshape(*grad.shape[:-1], w8.shape[1]).to(in_dtype)
+    return _fp8_input_grad(grad, w8, scale, in_dtype)
 
 
 @_fp8_input_grad_op.register_fake

@@ -1,5 +1,5 @@
-"""`lorakit train` through its CUDA-only memory paths (block swap, fp8 storage under compile, VRAM budgets,
-CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the lent GPU with
+"""`lorakit train` through its CUDA-only memory paths (block swap, fp8 storage and fp8 compute under compile,
+VRAM budgets, CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the lent GPU with
 ``python3 tests/integration/test_cuda_paths.py`` (no pytest there). The full-size speed and memory of the same
 paths are measured by benchmarks/bench.py."""
 
@@ -64,6 +64,8 @@ def test_flux_block_swap_fp8_and_budget_train_and_export(tmp_path):
     assert close(compiled, plain, 5e-2), (compiled, plain)
     fp8c = train(tmp_path, "flux1", "fp8c", {"fp8_base": True, "compile": True})
     assert close(fp8c, plain, 0.1), (fp8c, plain)
+    fp8mm = train(tmp_path, "flux1", "fp8mm", {"fp8_base": True, "fp8_compute": True, "compile": True})
+    assert close(fp8mm, plain, 0.1), (fp8mm, plain)  # float8 matmuls on the tensor cores
     train(tmp_path, "flux1", "vram", {"vram_gb": 8, "compile": True})
 
 
@@ -71,6 +73,8 @@ def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
     plain = train(tmp_path, "sdxl", "plain", {"gradient_checkpointing": True})
     graphs = train(tmp_path, "sdxl", "graphs", {"vram_gb": 8, "compile": True, "cuda_graphs": True})
     assert close(graphs, plain, 5e-2), (graphs, plain)
+    fp8mm = train(tmp_path, "sdxl", "fp8mm", {"vram_gb": 8, "fp8_compute": True, "compile": True, "cuda_graphs": True})
+    assert close(fp8mm, plain, 0.1), (fp8mm, plain)  # SDXL's permuted proj_in inputs included
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""What one compiled FLUX.1-dev block saves for backward, and how fast it steps, per weight mode (CUDA only).
+
+A diagnostic for ``memory.fp8_base`` / ``memory.fp8_compute`` under ``memory.compile``: one full-size double block
+(4096 image + 512 text tokens) and one single block (4608 tokens), rank-16 LoRA on every Linear, compiled the way
+``lorakit.train.speed`` compiles blocks with checkpointing (``checkpoint_forward`` + ``nn.Module.compile``),
+under bf16 autocast. Per mode it prints: bytes the forward saves for backward (from ``saved_tensors_hooks``), of
+which how many alias a parameter (no new memory), the memory still allocated after forward, the peak over
+forward + backward above the weights, and the forward+backward time (median of 10, each mode timed alone).
+
+Modes: ``bf16``; ``fp8`` (storage, opaque op as under CUDA graphs); ``fp8c`` (fp8 compute with
+``fp8.COMPUTE_BACKWARD`` = "fp8"), ``fp8c-traced`` ("fp8-traced"), ``fp8c-upcast`` ("upcast").
+
+    python3 benchmarks/probe_blocks.py            # all modes, each in its own process, compiled in parallel
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = ("bf16", "fp8", "fp8c", "fp8c-traced", "fp8c-upcast")
+
+
+def one(mode: str, sync_dir: Path) -> dict:
+    import torch
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+    from torch import nn
+
+    from lorakit.lora.inject import inject_lora
+    from lorakit.train import fp8, speed
+
+    tiny = not torch.cuda.is_available()  # CPU smoke test of the script: tiny blocks, no timings worth reading
+    dev = torch.device("cpu" if tiny else "cuda")
+    torch.manual_seed(0)
+    if not tiny:
+        speed.configure_attention(compiled=True)
+    dim, heads, hd, n_img, n_txt = (64, 2, 32, 64, 16) if tiny else (3072, 24, 128, 4096, 512)
+    blocks = {"double": FluxTransformerBlock(dim=dim, num_attention_heads=heads, attention_head_dim=hd),
+              "single": FluxSingleTransformerBlock(dim=dim, num_attention_heads=heads, attention_head_dim=hd)}
+    out: dict = {"mode": mode}
+    inputs = {}
+    for name, block in blocks.items():
+        block.to(dev, torch.bfloat16).requires_grad_(False)
+        targets = {n: 16 for n, m in block.named_modules() if type(m) is nn.Linear}
+        inject_lora(block, targets, 16.0, 0.0, seed=1)
+        if mode != "bf16":
+            fp8.apply_fp8_base(nn.Sequential(block), compute=mode.startswith("fp8c"))
+        fp8.OPAQUE_UNDER_COMPILE = mode == "fp8"
+        fp8.COMPUTE_BACKWARD = {"fp8c": "fp8", "fp8c-traced": "fp8-traced", "fp8c-upcast": "upcast"}.get(mode, "fp8")
+        speed.checkpoint_forward(block)
+        block.compile(dynamic=False, backend="aot_eager" if tiny else "inductor")
+        g = torch.Generator(device=dev).manual_seed(1)
+        img = torch.randn(1, n_img, dim, device=dev, dtype=torch.bfloat16, generator=g)
+        txt = torch.randn(1, n_txt, dim, device=dev, dtype=torch.bfloat16, generator=g)
+        temb = torch.randn(1, dim, device=dev, dtype=torch.bfloat16, generator=g)
+        rope = (torch.ones(n_img + n_txt, hd, device=dev), torch.zeros(n_img + n_txt, hd, device=dev))
+        inputs[name] = (img.requires_grad_(True), txt.requires_grad_(True), temb, rope)
+
+    def step(name: str, record: list | None = None):
+        img, txt, temb, rope = inputs[name]
+        with torch.autocast(dev.type, torch.bfloat16):
+            if record is None:
+                res = blocks[name](img, txt, temb, image_rotary_emb=rope)
+            else:
+                with torch.autograd.graph.saved_tensors_hooks(lambda t: record.append(t) or t, lambda t: t):
+                    res = blocks[name](img, txt, temb, image_rotary_emb=rope)
+        outs = [r for r in (res if isinstance(res, tuple) else (res,)) if r is not None]
+        return sum((o.float() * 1e-3).sum() for o in outs)
+
+    for name in blocks:  # compile + warm up
+        for _ in range(3):
+            step(name).backward()
+    sync = torch.cuda.synchronize if not tiny else (lambda: None)
+    mem = torch.cuda.memory_allocated if not tiny else (lambda: 0)
+    peak_mem = torch.cuda.max_memory_allocated if not tiny else (lambda: 0)
+    sync()
+    (sync_dir / f"compiled-{mode}").touch()
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(sync_dir.glob("compiled-*"))) < int(os.environ.get("PROBE_N", "1")):
+        time.sleep(1)
+    with open(sync_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for name, block in blocks.items():
+            params = {p.untyped_storage().data_ptr() for p in block.parameters()} | \
+                {b.untyped_storage().data_ptr() for b in block.buffers()}
+            sync()
+            if not tiny:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            base = mem()
+            saved: list = []
+            loss = step(name, saved)
+            after_fwd = mem() - base
+            loss.backward()
+            sync()
+            peak = peak_mem() - base
+            seen, total, aliased, shapes = set(), 0, 0, []
+            for t in saved:
+                key = (t.untyped_storage().data_ptr(), tuple(t.shape))
+                if key in seen:
+                    continue
+                seen.add(key)
+                nbytes = t.numel() * t.element_size()
+                total += nbytes
+                if t.untyped_storage().data_ptr() in params:
+                    aliased += nbytes
+                elif nbytes > 4 * 2**20:
+                    shapes.append(f"{tuple(t.shape)}:{str(t.dtype).replace('torch.', '')}")
+            times = []
+            for _ in range(10):
+                sync()
+                t0 = time.perf_counter()
+                step(name).backward()
+                sync()
+                times.append(time.perf_counter() - t0)
+            weights = sum(p.numel() * p.element_size() for p in block.parameters())
+            out[name] = {"weights_MiB": weights / 2**20, "saved_MiB": total / 2**20, "saved_params_MiB": aliased / 2**20,
+                         "after_fwd_MiB": after_fwd / 2**20, "peak_MiB": peak / 2**20,
+                         "ms": statistics.median(times) * 1e3, "big_saved": shapes[:12]}
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("modes", nargs="*", default=list(MODES))
+    ap.add_argument("--one")
+    ap.add_argument("--sync")
+    args = ap.parse_args()
+    if args.one:
+        print("PROBE " + json.dumps(one(args.one, Path(args.sync))), flush=True)
+        return
+    sync = Path(tempfile.mkdtemp())
+    env = dict(os.environ, PROBE_N=str(len(args.modes)))
+    procs = {m: subprocess.Popen([sys.executable, __file__, "--one", m, "--sync", str(sync)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for m in args.modes}
+    print("| mode | block | weights MiB | saved MiB (of it params) | after fwd MiB | peak MiB | fwd+bwd ms | large saved |")
+    print("|---|---|---|---|---|---|---|---|")
+    for m, p in procs.items():
+        text, _ = p.communicate(timeout=560)
+        rows = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("PROBE ")]
+        if not rows:
+            print(f"| {m} | FAILED | {' / '.join(text.strip().splitlines()[-3:])[:300]} |")
+            continue
+        for name in ("double", "single"):
+            r = rows[0][name]
+            print(f"| {m} | {name} | {r['weights_MiB']:.0f} | {r['saved_MiB']:.0f} ({r['saved_params_MiB']:.0f}) | "
+                  f"{r['after_fwd_MiB']:.0f} | {r['peak_MiB']:.0f} | {r['ms']:.2f} | {', '.join(r['big_saved'])} |")
+
+
+if __name__ == "__main__":
+    main()
