@@ -107,6 +107,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                 "compile": "regions"},
     "flux1/fp8c+gc40+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "ckpt_fraction": 0.4,
                                 "compile": "regions"},
+    "flux1/fp8c+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "ckpt_fraction": 0.6,
+                                "compile": "regions"},
     "flux1/vram26+fp8c+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "compile": "regions"},
     "flux1/vram24+fp8c+compile": {"family": "flux1", "gc": True, "vram": 24, "fp8c": True, "compile": "regions"},
     "flux1/vram12+fp8c+compile": {"family": "flux1", "gc": True, "vram": 12, "fp8c": True, "compile": "regions"},

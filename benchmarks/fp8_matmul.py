@@ -3,8 +3,9 @@
 For each (tokens M, in K, out N) it times, with CUDA events over ``--iters`` calls after a warm-up:
   bf16      ``F.linear`` forward and its input gradient (``grad @ W``),
   fp8 mm    ``torch._scaled_mm`` alone on pre-quantised operands (the ceiling),
-  fp8 layer lorakit's ``_Fp8Compute`` forward (per-token quantisation included) and its input gradient
-            (weight-scale folding, quantisation and the transposed weight copy included), eager and compiled.
+  fp8 layer lorakit's ``fp8_linear`` op (per-token quantisation included) and its input gradient op
+            (weight-scale folding, quantisation and the transposed weight copy included), called eagerly and from a
+            compiled function.
 Prints one markdown table (TFLOP/s = 2·M·K·N / time).
 
     python3 benchmarks/fp8_matmul.py [--iters 50]
@@ -47,8 +48,8 @@ def main() -> None:
     print("| M×K×N | bf16 fwd | fp8 mm only | fp8 layer fwd | fp8 layer fwd compiled | bf16 grad | "
           "fp8 layer grad | fp8 grad compiled |")
     print("|---|---|---|---|---|---|---|---|")
-    fwd_c = torch.compile(lambda x, w8, s: fp8._Fp8Compute.apply(x, w8, s), dynamic=False)
-    grad_c = torch.compile(lambda g, w8, s: fp8._fp8_input_grad_op(g, w8, s, torch.bfloat16), dynamic=False)
+    fwd_c = torch.compile(lambda x, w8, s: fp8.fp8_linear(x, w8, s))
+    grad_c = torch.compile(lambda g, w8, s: fp8._fp8_linear_grad_op(g, w8, s, torch.bfloat16))
     totals = {"bf16": 0.0, "fp8": 0.0, "fp8c": 0.0}
     for m, k, n in SHAPES:
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
@@ -61,10 +62,10 @@ def main() -> None:
             "bf16 fwd": timed(lambda: F.linear(x, w), args.iters),
             "fp8 mm": timed(lambda: torch._scaled_mm(x8, w8.t(), scale_a=sx, scale_b=scale.reshape(1, -1),
                                                      out_dtype=torch.bfloat16), args.iters),
-            "fp8 fwd": timed(lambda: fp8._Fp8Compute.apply(x, w8, scale), args.iters),
+            "fp8 fwd": timed(lambda: fp8.fp8_linear(x, w8, scale), args.iters),
             "fp8 fwd c": timed(lambda: fwd_c(x, w8, scale), args.iters),
             "bf16 grad": timed(lambda: g @ w, args.iters),
-            "fp8 grad": timed(lambda: fp8._fp8_input_grad_op(g, w8, scale, torch.bfloat16), args.iters),
+            "fp8 grad": timed(lambda: fp8._fp8_linear_grad_op(g, w8, scale, torch.bfloat16), args.iters),
             "fp8 grad c": timed(lambda: grad_c(g, w8, scale), args.iters),
         }
         totals["bf16"] += t["bf16 fwd"] + t["bf16 grad"]

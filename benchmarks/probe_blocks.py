@@ -7,8 +7,7 @@ under bf16 autocast. Per mode it prints: bytes the forward saves for backward (f
 which how many alias a parameter (no new memory), the memory still allocated after forward, the peak over
 forward + backward above the weights, and the forward+backward time (median of 10, each mode timed alone).
 
-Modes: ``bf16``; ``fp8`` (storage, opaque op as under CUDA graphs); ``fp8c`` (fp8 compute with
-``fp8.COMPUTE_BACKWARD`` = "fp8"), ``fp8c-traced`` ("fp8-traced"), ``fp8c-upcast`` ("upcast").
+Modes: ``bf16``; ``fp8`` (storage, opaque op as under CUDA graphs); ``fp8c`` (fp8 compute).
 
     python3 benchmarks/probe_blocks.py            # all modes, each in its own process, compiled in parallel
 """
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("bf16", "fp8", "fp8c", "fp8c-traced", "fp8c-upcast")
+MODES = ("bf16", "fp8", "fp8c")
 
 
 def one(mode: str, sync_dir: Path) -> dict:
@@ -54,7 +53,6 @@ def one(mode: str, sync_dir: Path) -> dict:
         if mode != "bf16":
             fp8.apply_fp8_base(nn.Sequential(block), compute=mode.startswith("fp8c"))
         fp8.OPAQUE_UNDER_COMPILE = mode == "fp8"
-        fp8.COMPUTE_BACKWARD = {"fp8c": "fp8", "fp8c-traced": "fp8-traced", "fp8c-upcast": "upcast"}.get(mode, "fp8")
         speed.checkpoint_forward(block)
         block.compile(dynamic=False, backend="aot_eager" if tiny else "inductor")
         g = torch.Generator(device=dev).manual_seed(1)

@@ -3,7 +3,7 @@
 What it saves: the frozen Linear (and Conv2d) weights of the denoiser take 1 byte per value instead of 2
 (bf16) or 4 (fp32). The compute stays in the run's dtype (bf16 under autocast, fp32 without): each layer
 upcasts its weight just for its own matmul/convolution ("fp8 storage only"). With ``memory.fp8_compute`` the
-Linears instead multiply in float8 on the tensor cores (:class:`_Fp8Compute`, see "fp8 compute" below).
+Linears instead multiply in float8 on the tensor cores (:func:`fp8_linear`, see "fp8 compute" below).
 
 Why a scale: e4m3 keeps 3 mantissa bits over the range 2**-9 … 448; typical weights (|w| ≈ 0.01–0.05) sit
 in its subnormal range, where plain casting (what kohya does) loses most of their bits. Each output row
@@ -190,25 +190,66 @@ def fp8_matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: to
 # ---------------------------------------------------------------------------------------------- fp8 compute
 #
 # ``memory.fp8_compute``: the frozen Linears multiply in float8 (``torch._scaled_mm``, the tensor cores' fp8
-# path: twice the bf16 rate on Hopper and Ada). The weight is already e4m3 with a scale per output row. The
-# input is quantised per row (one scale per token, ``amax / 448``, not rounded to a power of two: the scales
-# are applied in fp32 after the product). Forward: ``y = (x8 @ w8ᵀ) · sx · sw``. Backward (input gradient
-# only, the weight is frozen): the per-output-row weight scale lies along the contraction, so it is folded
-# into the incoming gradient first, which is then quantised per row: ``gx = ((g · sw)8 @ w8) · sg``.
-# ``_scaled_mm`` wants its second operand column-major: ``w8ᵀ`` already is (forward); for backward a
-# transposed copy of the fp8 weight is made per call (1 byte per value, freed right after).
-# Only the fp8 weight and its scale are saved for backward. Layers whose shapes ``_scaled_mm`` cannot take
-# (a dimension not a multiple of 16) or runs that do not compute in bf16 use the storage path above.
+# path: 1.3-1.4k TFLOP/s against bf16's ~0.8k on an H200, benchmarks/RESULTS.md). The weight is already e4m3 with a
+# scale per output row. The input is quantised per row (one scale per token, ``amax / 448``, not rounded to a power
+# of two: the scales are applied in fp32 after the product). Forward: ``y = (x8 @ w8ᵀ) · sx · sw``. Backward (input
+# gradient only, the weight is frozen): the per-output-row weight scale lies along the contraction, so it is folded
+# into the incoming gradient first, which is then quantised per row: ``gx = ((g · sw)8 @ w8) · sg``. Hopper's fp8
+# instructions want both operands K-major: forward's ``w8ᵀ`` already is; backward makes a transposed copy of the
+# fp8 weight per call (1 byte per value, freed right after).
+#
+# Both directions are opaque custom ops (``lorakit::fp8_linear`` and its backward ``lorakit::fp8_linear_grad``),
+# for two measured reasons (H200, FLUX.1-dev, benchmarks/probe_blocks.py): traced by torch.compile inside a
+# checkpointed block, (1) ``_scaled_mm`` counts as "compute intensive" and its outputs were *saved* instead of
+# recomputed (+0.25 GiB per block, +14 GiB in all), and (2) the transposed weight copy depends on the weight alone,
+# so the partitioner may move it into forward and keep it. Opaque, the forward is recomputed like any checkpointed
+# op and the copy can only happen in backward. The element-wise work inside them (quantisation, the transpose) runs
+# through small ``torch.compile``d helpers on CUDA so it stays one or two fused kernels per call.
+#
+# Only the fp8 weight and its scale are kept for backward. Layers whose shapes ``_scaled_mm`` cannot take (a
+# dimension not a multiple of 16) or runs that do not compute in bf16 use the storage path above.
 
 ALIGN = 16  # _scaled_mm: both dims of the weight must be multiples of 16; rows of the input are padded to it
 
 
 def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(t8, scale)`` for a 2-D ``t``: float8_e4m3fn values and an fp32 ``[rows, 1]`` scale with
+    """``(t8, scale)`` for a 2-D ``t``: float8_e4m3fn values (row-major) and an fp32 ``[rows, 1]`` scale with
     ``t ≈ t8 · scale`` (each row's largest magnitude maps to 448; an all-zero row gets scale 1)."""
     amax = t.abs().amax(dim=1, keepdim=True).float()
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-    return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
+    return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).contiguous(), scale
+
+
+def _fold_and_quantize(grad: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward's left operand: ``grad · w_scale`` (per column) quantised per row."""
+    return quantize_rows(grad.float() * w_scale.float())
+
+
+def _transposed(w8: torch.Tensor) -> torch.Tensor:
+    """``w8`` laid out column-major (a transposed copy): backward's right operand."""
+    return w8.t().contiguous().t()
+
+
+_HELPERS: dict[str, Callable] = {}
+
+
+def _helper(fn: Callable, device: torch.device) -> Callable:
+    """``fn`` compiled once for CUDA (dynamic shapes after the first recompile), plain elsewhere; a helper that
+    fails to compile runs eagerly (same results, more kernels)."""
+    if device.type != "cuda":
+        return fn
+    if fn.__name__ not in _HELPERS:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+        _HELPERS[fn.__name__] = torch.compile(fn)
+    return _HELPERS[fn.__name__]
+
+
+def _scaled(a8: torch.Tensor, a_scale: torch.Tensor, b_cols: torch.Tensor, b_scale: torch.Tensor,
+            rows: int) -> torch.Tensor:
+    out = torch._scaled_mm(a8, b_cols, scale_a=a_scale, scale_b=b_scale, out_dtype=torch.bfloat16)
+    return out[:rows] if out.shape[0] != rows else out
 
 
 def _pad_rows(t: torch.Tensor) -> torch.Tensor:
@@ -216,68 +257,54 @@ def _pad_rows(t: torch.Tensor) -> torch.Tensor:
     return F.pad(t, (0, 0, 0, extra)) if extra else t
 
 
-def _scaled(a: torch.Tensor, b_cols: torch.Tensor, b_scale: torch.Tensor) -> torch.Tensor:
-    """``a @ b_cols`` in float8 for a float ``a`` [M, K] and an e4m3 column-major ``b_cols`` [K, N] with an fp32
-    ``b_scale`` [1, N]; returns bf16 [M, N]."""
-    rows = a.shape[0]
-    a8, a_scale = quantize_rows(_pad_rows(a))
-    a8 = a8.contiguous()  # row-major; a permuted input (SDXL's proj_in) would otherwise keep its strides
-    out = torch._scaled_mm(a8, b_cols, scale_a=a_scale, scale_b=b_scale, out_dtype=torch.bfloat16)
-    return out[:rows] if out.shape[0] != rows else out
+@torch.library.custom_op("lorakit::fp8_linear", mutates_args=())
+def _fp8_linear_op(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x @ (w8 · scale)ᵀ`` in float8, bf16 out (see above)."""
+    flat = x.reshape(-1, x.shape[-1])
+    a8, a_scale = _helper(quantize_rows, x.device)(_pad_rows(flat))
+    y = _scaled(a8, a_scale, w8.t(), scale.float().reshape(1, -1), flat.shape[0])
+    return y.reshape(*x.shape[:-1], w8.shape[0])
 
 
-class _Fp8Compute(torch.autograd.Function):
-    """``x @ (w8 · scale)ᵀ`` computed in float8 (see above); saves only ``w8`` and ``scale`` for backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(w8, scale)
-        ctx.in_dtype = x.dtype
-        # quantised from x's own dtype: a detour through bf16 would round twice (1.9 % more error, measured)
-        y = _scaled(x.reshape(-1, x.shape[-1]), w8.t(), scale.float().reshape(1, -1))
-        return y.reshape(*x.shape[:-1], w8.shape[0])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        w8, scale = ctx.saved_tensors
-        if COMPUTE_BACKWARD == "fp8":
-            return _fp8_input_grad_op(grad, w8, scale, ctx.in_dtype), None, None
-        if COMPUTE_BACKWARD == "fp8-traced":
-            return _fp8_input_grad(grad, w8, scale, ctx.in_dtype), None, None
-        # "upcast": the bf16 product with the weight upcast (through the transpose, see _input_grad)
-        w = w8.transpose(0, 1).to(torch.bfloat16).transpose(0, 1)
-        gx = (grad.to(torch.bfloat16) * scale.to(torch.bfloat16)) @ w
-        return gx.to(ctx.in_dtype), None, None
+@_fp8_linear_op.register_fake
+def _fp8_linear_fake(x, w8, scale):
+    return x.new_empty((*x.shape[:-1], w8.shape[0]), dtype=torch.bfloat16)
 
 
-# How _Fp8Compute's input gradient is computed: "fp8" (float8 product in the opaque op below), "fp8-traced" (the
-# same maths, visible to the compiler, which can fuse the quantisation), "upcast" (bf16 product with the weight
-# upcast). Hopper's float8 instructions need both operands K-major, so the fp8 variants copy the weight transposed.
-COMPUTE_BACKWARD = "fp8"
-
-
-def _fp8_input_grad(grad: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, in_dtype: torch.dtype) -> torch.Tensor:
-    g = grad.reshape(-1, grad.shape[-1]).float() * scale.float()
+@torch.library.custom_op("lorakit::fp8_linear_grad", mutates_args=())
+def _fp8_linear_grad_op(grad: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor,
+                        in_dtype: torch.dtype) -> torch.Tensor:
+    """The input gradient of :func:`_fp8_linear_op`: ``(grad · scale) @ w8`` in float8."""
+    flat = grad.reshape(-1, grad.shape[-1])
+    g8, g_scale = _helper(_fold_and_quantize, grad.device)(_pad_rows(flat), scale)
     ones = torch.ones(1, w8.shape[1], dtype=torch.float32, device=w8.device)
-    gx = _scaled(g, w8.t().contiguous().t(), ones)
+    gx = _scaled(g8, g_scale, _helper(_transposed, w8.device)(w8), ones, flat.shape[0])
     return gx.reshape(*grad.shape[:-1], w8.shape[1]).to(in_dtype)
 
 
-# The input gradient is an opaque op: traced into a compiled backward, the transposed weight copy it makes depends
-# only on the weight, and inductor's partitioner then moved it into the forward and saved it for backward — one
-# extra fp8 copy of every weight (FLUX.1-dev fp8 compute + compile: 27.2 GiB instead of ~16, H200 run 8). Inside
-# an opaque op that depends on the incoming gradient it can only run in backward.
-@torch.library.custom_op("lorakit::fp8_input_grad", mutates_args=())
-def _fp8_input_grad_op(grad: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor,
-                       in_dtype: torch.dtype) -> torch.Tensor:
-    return _fp8_input_grad(grad, w8, scale, in_dtype)
-
-
-@_fp8_input_grad_op.register_fake
-def _fp8_input_grad_fake(grad, w8, scale, in_dtype):
+@_fp8_linear_grad_op.register_fake
+def _fp8_linear_grad_fake(grad, w8, scale, in_dtype):
     return grad.new_empty((*grad.shape[:-1], w8.shape[1]), dtype=in_dtype)
+
+
+def _fp8_linear_setup(ctx, inputs, output):
+    x, w8, scale = inputs
+    ctx.save_for_backward(w8, scale)
+    ctx.in_dtype = x.dtype
+
+
+def _fp8_linear_backward(ctx, grad):
+    w8, scale = ctx.saved_tensors
+    return _fp8_linear_grad_op(grad, w8, scale, ctx.in_dtype), None, None
+
+
+_fp8_linear_op.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
+
+
+def fp8_linear(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x @ (w8 · scale)ᵀ`` multiplied in float8 (``memory.fp8_compute``); bf16 out. Only the fp8 weight and its
+    scale are kept for backward; the frozen weight gets no gradient."""
+    return _fp8_linear_op(x, w8, scale)
 
 
 def can_compute(w8: torch.Tensor) -> bool:
@@ -308,7 +335,7 @@ class Fp8Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(x)
         if self.fp8_compute and dtype == torch.bfloat16:
-            y = _Fp8Compute.apply(x, self.weight, self.weight_scale)
+            y = fp8_linear(x, self.weight, self.weight_scale)
         else:
             y = fp8_matmul(x, self.weight, self.weight_scale, dtype, None)
         return y if self.bias is None else y + self.bias.to(y.dtype)
