@@ -429,7 +429,8 @@ def settings_text(s: dict, cfg: Any) -> str:
 
     m = cfg.memory  # after the budget's choices
     wrapped = speed.wrapped_layout(object() if m.blocks_to_swap else None, compile_=bool(s.get("compile")),
-                                   fp8_on=m.fp8_base, checkpointing=m.gradient_checkpointing,
+                                   fp8_on=m.fp8_base and not m.fp8_compute,
+                                   checkpointing=m.gradient_checkpointing,
                                    graphs=bool(s.get("cudagraphs")))
     parts += {"regions": ["compile(regions, lorakit ckpt around)" if s["gc"] and wrapped else
                           "compile(regions, ckpt inside)" if s["gc"] else "compile(regions)"],

@@ -301,42 +301,9 @@ def _fp8_linear_backward(ctx, grad):
 _fp8_linear_op.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
 
 
-class _TracedFp8Linear(torch.autograd.Function):
-    """The same maths as the ops above in plain traceable code, so that inductor fuses the quantisation with the
-    surrounding element-wise work. Used under compile in lorakit's wrapped layout only (lorakit's checkpoint around
-    each compiled block, lorakit.train.speed): there whatever a compiled block saves lives only while that block
-    runs, so the partitioner's choices above cost no memory across blocks."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(w8, scale)
-        ctx.in_dtype = x.dtype
-        flat = x.reshape(-1, x.shape[-1])
-        a8, a_scale = quantize_rows(_pad_rows(flat))
-        y = _scaled(a8, a_scale, w8.t(), scale.float().reshape(1, -1), flat.shape[0])
-        return y.reshape(*x.shape[:-1], w8.shape[0])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        w8, scale = ctx.saved_tensors
-        flat = grad.reshape(-1, grad.shape[-1])
-        g8, g_scale = _fold_and_quantize(_pad_rows(flat), scale)
-        ones = torch.ones(1, w8.shape[1], dtype=torch.float32, device=w8.device)
-        gx = _scaled(g8, g_scale, _transposed(w8), ones, flat.shape[0])
-        return gx.reshape(*grad.shape[:-1], w8.shape[1]).to(ctx.in_dtype), None, None
-
-
-# Set by lorakit.train.speed.prepare_denoiser for its wrapped layout (see _TracedFp8Linear).
-TRACED_UNDER_COMPILE = False
-
-
 def fp8_linear(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x @ (w8 · scale)ᵀ`` multiplied in float8 (``memory.fp8_compute``); bf16 out. Only the fp8 weight and its
     scale are kept for backward; the frozen weight gets no gradient."""
-    if TRACED_UNDER_COMPILE and torch.compiler.is_compiling():
-        return _TracedFp8Linear.apply(x, w8, scale)
     return _fp8_linear_op(x, w8, scale)
 
 

@@ -82,7 +82,8 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
         configure_attention(compiled=compile_)
     from lorakit.train import fp8
 
-    fp8_on = bool(getattr(memory, "fp8_base", False))
+    # fp8 compute never upcasts a weight, so only fp8 *storage* needs the guarded layouts below
+    fp8_on = bool(getattr(memory, "fp8_base", False)) and not bool(getattr(memory, "fp8_compute", False))
     selected = checkpoint_selection(model, float(getattr(memory, "checkpoint_fraction", 1.0))) \
         if checkpointing else None
     if selected is not None:
@@ -113,7 +114,7 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
 
 def wrapped_layout(swapper: Any, *, compile_: bool, fp8_on: bool, checkpointing: bool, graphs: bool) -> bool:
     """Whether the blocks run inside lorakit's own checkpoint (:func:`_prepare_wrapped`): with block swap, and
-    for fp8 weights (storage or compute) under compile without CUDA graphs (see lorakit/train/fp8.py for why)."""
+    for fp8 storage under compile without CUDA graphs (see lorakit/train/fp8.py for why)."""
     return swapper is not None or (compile_ and fp8_on and checkpointing and not graphs)
 
 
