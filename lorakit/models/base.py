@@ -36,6 +36,8 @@ class ModelSpec:
     # GiB of activations (and workspaces) per 1024x1024 image in a bf16 LoRA step: (with gradient
     # checkpointing, without); used by memory.vram_gb (lorakit/train/budget.py); measured, see RESULTS.md
     activation_gib: tuple[float, float] = (1.0, 8.0)
+    # the same with memory.compile (compiled blocks keep fewer intermediates); None = as activation_gib
+    activation_gib_compiled: Optional[tuple[float, float]] = None
 
 
 @dataclass

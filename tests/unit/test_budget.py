@@ -257,3 +257,47 @@ def test_encoders_run_on_the_cpu_when_they_do_not_fit_next_to_training(monkeypat
     assert memory.device_for(t5_like, cuda) == cuda
     assert memory.device_for(t5_like, torch.device("cpu")) == torch.device("cpu")
 
+
+
+def test_compiled_blocks_are_budgeted_with_their_own_activation_rate(flux_sizes, monkeypatch):
+    """memory.compile: compiled blocks keep fewer intermediates (measured, ModelSpec.activation_gib_compiled), so at
+    the same budget fewer blocks need checkpointing; the activations part follows the compiled rate exactly."""
+    from lorakit.config.load import load_config
+    from lorakit.models.registry import get_family
+
+    spec = get_family("flux1").SPEC
+    assert spec.activation_gib_compiled[1] < spec.activation_gib[1]
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    plans = {}
+    for compile_ in (False, True):
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
+                                      "data": {"dir": "."}, "memory": {"vram_gb": 34, "compile": compile_}})
+        plans[compile_] = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
+        assert cfg.memory.checkpoint_fraction == plans[compile_].checkpoint_fraction < 1
+    eager, compiled = plans[False], plans[True]
+    assert not eager.fp8_base and not compiled.fp8_base
+    assert compiled.checkpoint_fraction < eager.checkpoint_fraction
+    ckpt, none = spec.activation_gib_compiled
+    share = compiled.checkpoint_fraction
+    assert compiled.parts["activations"] == pytest.approx(share * ckpt + (1 - share) * none)
+
+
+def test_fp8_storage_under_compile_is_planned_with_every_block_checkpointed(flux_sizes, monkeypatch):
+    """fp8 storage + compile without CUDA graphs runs in lorakit's wrapped layout, where a block left out of
+    checkpointing keeps upcast weights: the budget then plans fp8 storage only with full checkpointing (and swap
+    when that does not fit), while fp8 compute may leave blocks out."""
+    from lorakit.config.load import load_config
+    from lorakit.models.registry import get_family
+
+    spec = get_family("flux1").SPEC
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+
+    def planned(**memory):
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
+                                      "data": {"dir": "."}, "memory": {"vram_gb": 24, **memory}})
+        return budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
+
+    storage, compute, eager = planned(compile=True), planned(compile=True, fp8_compute=True), planned()
+    assert storage.fp8_base and storage.checkpoint_fraction == 1.0 and storage.gradient_checkpointing
+    assert compute.fp8_base and compute.checkpoint_fraction < 1.0
+    assert eager.fp8_base and eager.checkpoint_fraction < 1.0  # eager fp8 layers save only the fp8 weight

@@ -25,7 +25,8 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,
                  metadata_base_version="flux1", network_module="networks.lora_flux",
-                 default_cfg_scale=1.0, activation_gib=(2.3, 38.0))
+                 default_cfg_scale=1.0, activation_gib=(2.3, 38.0),
+                 activation_gib_compiled=(2.3, 29.0))
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}
