@@ -15,9 +15,9 @@ exactly what each setting keeps on the device:
 
 Settings are tried from fastest to leanest — no checkpointing, checkpointing of the fewest blocks that fit
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
-blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used. With ``memory.fp8_compute`` (float8 matmuls, faster than
-bf16) only the fp8 settings are tried, starting with no checkpointing. When even the leanest does not fit the batch,
-:func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits, with
+blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
+With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
+with no checkpointing. When even the leanest does not fit the batch, :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits, with
 ``training.gradient_accumulation`` raised so that the effective batch stays the same.
 """
 
@@ -132,12 +132,13 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     # out keeps its activations, skips its recomputation). A fraction the user set is kept as given.
     user_set = checkpoint_fraction < 1.0
     shares = [checkpoint_fraction] if user_set else [j / n for j in range(1, n)] + [1.0]
+    fp8_share = checkpoint_fraction if partial_fp8 else 1.0  # see apply_budget for partial_fp8
     options: list[tuple[float, bool, int]] = []
     for use_fp8 in ([True] if fp8_only else [False, True]):  # fp8_only: memory.fp8_compute needs float8 weights
         options += [(0.0, use_fp8, 0)] + [(share, use_fp8, 0) for share in
-                                          (shares if partial_fp8 or not use_fp8 or user_set else [1.0])]
+                                          (shares if partial_fp8 or not use_fp8 else [1.0])]
     if can_swap and n > 1:
-        options += [(checkpoint_fraction, True, k) for k in range(1, n)]
+        options += [(fp8_share, True, k) for k in range(1, n)]
     room = budget_gib - RESERVE_GIB
     best: Optional[Plan] = None
     for share, use_fp8, k in options:
@@ -160,6 +161,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
     hint = (f"training.batch_size = {fits} fits (raise training.gradient_accumulation to keep the effective batch)"
             if 1 <= fits < batch_size else "lower data.resolution or the LoRA rank, or use a larger card")
+    if user_set and best.checkpoint_fraction < 1:
+        hint += f"; memory.checkpoint_fraction = {checkpoint_fraction:g} keeps activations: raise it toward 1"
     if cuda_graphs:
         hint += "; memory.cuda_graphs = false saves the graph pool and allows block swap"
     raise ConfigError(f"memory.vram_gb = {budget_gib:g}: even the leanest setting (checkpointing, fp8 storage, "
@@ -188,6 +191,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     # (lorakit/train/speed.py): a block left out of it would keep bf16 upcasts of its weights, which the
     # activation rates do not count, so that setting is only planned with every block checkpointed
     partial_fp8 = bool(cfg.memory.fp8_compute or cfg.memory.cuda_graphs or not cfg.memory.compile)
+    wanted_fraction = float(cfg.memory.checkpoint_fraction)
 
     def plan_for(batch: int) -> Plan:
         return plan_memory(float(cfg.memory.vram_gb), sizes, activation_gib=activations,
@@ -212,6 +216,9 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
         cfg.training.batch_size = batch
         log(f"vram_gb = {cfg.memory.vram_gb:g}: training.batch_size {wanted} does not fit; using batch_size = {batch} "
             f"with gradient_accumulation = {cfg.training.gradient_accumulation} (the same effective batch)")
+    if wanted_fraction < 1.0 and plan.gradient_checkpointing and plan.checkpoint_fraction != wanted_fraction:
+        log(f"vram_gb = {cfg.memory.vram_gb:g}: memory.checkpoint_fraction {wanted_fraction:g} → 1 (fp8 storage "
+            "under compile without CUDA graphs checkpoints every block)")
     cfg.memory.gradient_checkpointing = plan.gradient_checkpointing
     cfg.memory.checkpoint_fraction = plan.checkpoint_fraction
     cfg.memory.fp8_base = plan.fp8_base

@@ -234,15 +234,24 @@ _HELPERS: dict[str, Callable] = {}
 
 
 def _helper(fn: Callable, device: torch.device) -> Callable:
-    """``fn`` compiled once for CUDA (dynamic shapes after the first recompile), plain elsewhere; a helper that
-    fails to compile runs eagerly (same results, more kernels)."""
+    """``fn`` compiled once for CUDA (dynamic shapes after the first recompile), plain elsewhere. A helper that
+    fails to compile is replaced by ``fn`` itself for the rest of the run (same results, more kernels)."""
     if device.type != "cuda":
         return fn
     if fn.__name__ not in _HELPERS:
-        import torch._dynamo
+        compiled = torch.compile(fn)
 
-        torch._dynamo.config.suppress_errors = True
-        _HELPERS[fn.__name__] = torch.compile(fn)
+        def run(*args: Any) -> Any:
+            try:
+                return compiled(*args)
+            except Exception as exc:  # no Triton, a compiler bug: keep training with the eager helper
+                import warnings
+
+                warnings.warn(f"fp8_compute: compiling {fn.__name__} failed ({exc!r}); running it eagerly")
+                _HELPERS[fn.__name__] = fn
+                return fn(*args)
+
+        _HELPERS[fn.__name__] = run
     return _HELPERS[fn.__name__]
 
 
@@ -313,14 +322,34 @@ def can_compute(w8: torch.Tensor) -> bool:
 
 
 def check_compute(device: torch.device) -> None:
-    """``memory.fp8_compute`` needs float8 tensor cores: compute capability 8.9 (Ada) or newer on CUDA."""
+    """``memory.fp8_compute`` needs float8 tensor cores (compute capability 8.9, Ada, or newer on CUDA) and a
+    PyTorch whose ``_scaled_mm`` takes per-row scales there: tried once on a 16×16 product before any loading."""
     if FP8 is None or not hasattr(torch, "_scaled_mm"):
         raise ConfigError("memory.fp8_compute: this PyTorch has no float8 matmul (torch._scaled_mm); upgrade torch "
                           "or set it to false")
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
-        name = torch.cuda.get_device_name(device)
-        raise ConfigError(f"memory.fp8_compute: {name} has no float8 tensor cores (needs compute capability 8.9+, "
-                          "e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for the memory saving")
+    where = "the CPU"
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+        if torch.cuda.get_device_capability(device) < (8, 9):
+            raise ConfigError(f"memory.fp8_compute: {where} has no float8 tensor cores (needs compute capability "
+                              "8.9+, e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for the "
+                              "memory saving")
+    problem = row_scaled_mm_problem(device)
+    if problem:
+        raise ConfigError(f"memory.fp8_compute: PyTorch {torch.__version__} has no row-scaled float8 matmul on "
+                          f"{where} ({problem}); upgrade torch or set it to false")
+
+
+def row_scaled_mm_problem(device: torch.device) -> Optional[str]:
+    """None when a 16×16 float8 product with per-row scales runs on ``device`` (Hopper has it since torch 2.5, Ada
+    and the CPU only later), else the first line of the error."""
+    try:
+        a8 = torch.ones(ALIGN, ALIGN, device=device).to(FP8)
+        ones = torch.ones(ALIGN, 1, device=device)
+        out = torch._scaled_mm(a8, a8.t(), scale_a=ones, scale_b=ones.t(), out_dtype=torch.bfloat16)
+    except (RuntimeError, NotImplementedError) as exc:
+        return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+    return None if float(out[0, 0]) == ALIGN else f"16x16 ones gave {float(out[0, 0])}"
 
 
 class Fp8Linear(nn.Linear):

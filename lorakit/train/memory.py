@@ -40,6 +40,10 @@ def check_supported(cfg: Config, device: torch.device) -> None:
     if mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing:
         raise ConfigError("memory.checkpoint_fraction: only has an effect with memory.gradient_checkpointing = true; "
                           "remove it or turn checkpointing on")
+    if mem.checkpoint_fraction < 1.0 and mem.fp8_base and mem.compile and not (mem.fp8_compute or mem.cuda_graphs):
+        raise ConfigError("memory.checkpoint_fraction: with fp8_base under compile (no cuda_graphs) every block runs "
+                          "inside lorakit's own checkpoint; a block left out would keep bf16 copies of its float8 "
+                          "weights. Set checkpoint_fraction = 1, or add memory.fp8_compute or memory.cuda_graphs")
     if mem.blocks_to_swap:
         check_block_swap(mem.gradient_checkpointing, mem.cuda_graphs)
     if mem.fused_backward:

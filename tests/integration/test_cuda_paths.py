@@ -1,6 +1,6 @@
 """`lorakit train` through its CUDA-only memory paths (block swap, fp8 storage and fp8 compute under compile,
-VRAM budgets, CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the lent GPU with
-``python3 tests/integration/test_cuda_paths.py`` (no pytest there). The full-size speed and memory of the same
+VRAM budgets, CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the
+lent GPU with ``python3 tests/integration/test_cuda_paths.py`` (no pytest there). The full-size speed and memory of the same
 paths are measured by benchmarks/bench.py."""
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
 
 if __name__ == "__main__":
     failed = 0
-    for test in (test_flux_block_swap_fp8_and_budget_train_and_export, test_sdxl_budget_with_cuda_graphs_trains_and_exports):
+    for test in (test_flux_block_swap_fp8_and_budget_train_and_export,
+                 test_sdxl_budget_with_cuda_graphs_trains_and_exports):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 test(Path(tmp))

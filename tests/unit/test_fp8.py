@@ -433,6 +433,11 @@ def test_fp8_compute_falls_back_where_it_cannot_apply():
     without bf16 autocast (fp32 compute): then the output is the exact dequantised product."""
     odd = computed_layer(50, 48)
     assert not odd.fp8_compute and fp8.is_fp8(odd)
+    x = torch.randn(5, 50)
+    with torch.autocast("cpu", torch.bfloat16):
+        y = odd(x)
+    w = fp8.dequantize(odd.weight, odd.weight_scale, torch.bfloat16)
+    assert torch.equal(y, F.linear(x.to(torch.bfloat16), w) + odd.bias.to(torch.bfloat16))  # the storage path exactly
     layer = computed_layer()
     x = torch.randn(5, 64)
     w = fp8.dequantize(layer.weight, layer.weight_scale)
@@ -508,9 +513,31 @@ def test_fp8_compute_config_checks(monkeypatch):
     with pytest.raises(ConfigError, match="RTX 3090 has no float8 tensor cores"):
         memory.check_supported(cfg, torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(fp8, "row_scaled_mm_problem", lambda device: None)  # (no GPU here to try it on)
     memory.check_supported(cfg, torch.device("cuda"))
     cfg.memory.fp8_base, cfg.memory.vram_gb = False, 12.0  # the budget chooses fp8 storage itself
     memory.check_supported(cfg, torch.device("cuda"))
+
+
+def test_fp8_compute_is_refused_where_row_scaled_matmul_is_missing(monkeypatch):
+    """Older PyTorch builds lack per-row scaled float8 products on some devices (Ada before ~2.7, the CPU in 2.5):
+    the one-line error comes before any loading, from a real 16×16 product (here: _scaled_mm made to fail)."""
+    from lorakit.config.schema import Config
+    from lorakit.errors import ConfigError
+    from lorakit.train import memory
+
+    assert fp8.row_scaled_mm_problem(torch.device("cpu")) is None  # this torch has it on the CPU
+
+    def missing(*args, **kwargs):
+        raise RuntimeError("Invalid scaling configuration\nmore text")
+
+    monkeypatch.setattr(torch, "_scaled_mm", missing)
+    assert fp8.row_scaled_mm_problem(torch.device("cpu")) == "Invalid scaling configuration"
+    cfg = Config()
+    cfg.memory.fp8_base = cfg.memory.fp8_compute = True
+    with pytest.raises(ConfigError, match=r"memory.fp8_compute: PyTorch .* no row-scaled float8 matmul on the CPU "
+                                          r"\(Invalid scaling configuration\); upgrade torch"):
+        memory.check_supported(cfg, torch.device("cpu"))
 
 
 def test_compiled_fp8_compute_saves_no_weight_copy():
