@@ -17,8 +17,9 @@ Settings are tried from fastest to leanest — no checkpointing, checkpointing o
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
 blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
-with no checkpointing. When even the leanest does not fit the batch, :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits, with
-``training.gradient_accumulation`` raised so that the effective batch stays the same.
+with no checkpointing. When even the leanest does not fit the batch, :func:`apply_budget` splits it: the
+largest divisor of ``training.batch_size`` that fits, with ``training.gradient_accumulation`` raised so that
+the effective batch stays the same.
 """
 
 from __future__ import annotations
