@@ -114,6 +114,15 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/vram12+fp8c+compile": {"family": "flux1", "gc": True, "vram": 12, "fp8c": True, "compile": "regions"},
     "sdxl/fp8c+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
                          "cudagraphs": True},
+    # fp8 compute's split variant (fp8.COMPUTE_SPLIT): traced quantisation, opaque products only; not measured yet
+    "flux1/fp8s+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "split": True,
+                           "compile": "regions"},
+    "flux1/fp8s+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "split": True,
+                                "ckpt_fraction": 0.6, "compile": "regions"},
+    "flux1/vram26+fp8s+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "split": True,
+                                  "compile": "regions"},
+    "sdxl/fp8s+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "split": True,
+                         "compile": "regions", "cudagraphs": True},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
@@ -239,6 +248,10 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     t_build = time.time() - t0
 
     speed.DISABLE_CUDNN_SDPA = {True: False, False: True}.get(s.get("cudnn"), "eager")  # default: lorakit's
+    if s.get("split"):  # fp8 compute's split variant (lorakit/train/fp8.py COMPUTE_SPLIT)
+        from lorakit.train import fp8 as fp8_module
+
+        fp8_module.COMPUTE_SPLIT = True
     if placed(s):  # as `lorakit train` does: the base waits on the CPU, LoRA is injected there
         model.to("cpu")
         sync(device)
@@ -445,9 +458,10 @@ def settings_text(s: dict, cfg: Any) -> str:
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
                      f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}")
-        parts += ["fp8 compute"] if s.get("fp8c") else []
+        parts += [("fp8 compute (split)" if s.get("split") else "fp8 compute")] if s.get("fp8c") else []
     else:
-        parts += ([("fp8 compute" if s.get("fp8c") else "fp8 storage")] if s.get("fp8") else []) + \
+        parts += ([("fp8 compute (split)" if s.get("split") else "fp8 compute" if s.get("fp8c") else "fp8 storage")]
+                  if s.get("fp8") else []) + \
             ([f"swap {s['swap']} blocks"] if s.get("swap") else [])
     cudnn = {True: True, False: False}.get(s.get("cudnn"), bool(s.get("compile")))
     parts.append("cuDNN-SDPA on" if cudnn else "cuDNN-SDPA off")

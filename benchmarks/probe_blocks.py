@@ -7,7 +7,8 @@ under bf16 autocast. Per mode it prints: bytes the forward saves for backward (f
 which how many alias a parameter (no new memory), the memory still allocated after forward, the peak over
 forward + backward above the weights, and the forward+backward time (median of 10, each mode timed alone).
 
-Modes: ``bf16``; ``fp8`` (storage, opaque op as under CUDA graphs); ``fp8c`` (fp8 compute).
+Modes: ``bf16``; ``fp8`` (storage, opaque op as under CUDA graphs); ``fp8c`` (fp8 compute); ``fp8s`` (fp8 compute,
+split variant: ``fp8.COMPUTE_SPLIT``).
 
     python3 benchmarks/probe_blocks.py            # all modes, each in its own process, compiled in parallel
 """
@@ -25,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("bf16", "fp8", "fp8c")
+MODES = ("bf16", "fp8", "fp8c", "fp8s")
 
 
 def one(mode: str, sync_dir: Path) -> dict:
@@ -51,7 +52,8 @@ def one(mode: str, sync_dir: Path) -> dict:
         targets = {n: 16 for n, m in block.named_modules() if type(m) is nn.Linear}
         inject_lora(block, targets, 16.0, 0.0, seed=1)
         if mode != "bf16":
-            fp8.apply_fp8_base(nn.Sequential(block), compute=mode.startswith("fp8c"))
+            fp8.apply_fp8_base(nn.Sequential(block), compute=mode in ("fp8c", "fp8s"))
+        fp8.COMPUTE_SPLIT = mode == "fp8s"
         fp8.OPAQUE_UNDER_COMPILE = mode == "fp8"
         speed.checkpoint_forward(block)
         block.compile(dynamic=False, backend="aot_eager" if tiny else "inductor")

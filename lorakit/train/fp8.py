@@ -310,10 +310,67 @@ def _fp8_linear_backward(ctx, grad):
 _fp8_linear_op.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
 
 
+# "split" variant (:data:`COMPUTE_SPLIT`, for the benchmark; not the default until measured on a GPU): only the
+# products are opaque ops and the rest stays visible to the compiler. Forward: the per-token quantisation is traced
+# (fused by inductor with the surrounding element-wise work), then ``lorakit::fp8_mm`` multiplies; the op takes
+# ``x`` too, only to carry the gradient edge. Backward: the weight-scale fold is traced, then ``lorakit::fp8_grad_mm``
+# multiplies the gradient with the weight upcast to bf16 inside the op (no transposed copy, no gradient
+# quantisation: a bf16 product, as fast as the float8 one once the transpose and quantisation are counted,
+# benchmarks/probe_blocks.py run 9). The idea is to keep the memory behaviour of the ops above (both products are
+# recomputed inside checkpointed blocks, nothing weight-sized outlives backward) at a fraction of their per-call
+# host cost, which bounded FLUX.1-dev's step without CUDA graphs (RESULTS.md round 4).
+COMPUTE_SPLIT = False
+
+
+@torch.library.custom_op("lorakit::fp8_mm", mutates_args=())
+def _fp8_mm_op(x: torch.Tensor, a8: torch.Tensor, a_scale: torch.Tensor, w8: torch.Tensor,
+               scale: torch.Tensor) -> torch.Tensor:
+    """``(a8 · a_scale) @ (w8 · scale)ᵀ`` in float8 for the first ``x.numel() / x.shape[-1]`` rows, shaped like
+    ``x[..., :out]``; ``x`` itself is not read (it carries the gradient)."""
+    rows = x.numel() // x.shape[-1]
+    y = _scaled(a8, a_scale, w8.t(), scale.float().reshape(1, -1), rows)
+    return y.reshape(*x.shape[:-1], w8.shape[0])
+
+
+@_fp8_mm_op.register_fake
+def _fp8_mm_fake(x, a8, a_scale, w8, scale):
+    return x.new_empty((*x.shape[:-1], w8.shape[0]), dtype=torch.bfloat16)
+
+
+@torch.library.custom_op("lorakit::fp8_grad_mm", mutates_args=())
+def _fp8_grad_mm_op(g: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
+    """``g @ upcast(w8)`` in bf16 (``g`` already carries the weight's row scales)."""
+    return g @ w8.to(torch.bfloat16)
+
+
+@_fp8_grad_mm_op.register_fake
+def _fp8_grad_mm_fake(g, w8):
+    return g.new_empty((*g.shape[:-1], w8.shape[1]), dtype=torch.bfloat16)
+
+
+def _fp8_mm_setup(ctx, inputs, output):
+    x, _, _, w8, scale = inputs
+    ctx.save_for_backward(w8, scale)
+    ctx.in_dtype = x.dtype
+
+
+def _fp8_mm_backward(ctx, grad):
+    w8, scale = ctx.saved_tensors
+    g = grad.to(torch.bfloat16) * scale.to(torch.bfloat16)  # power-of-two scales: exact in bf16
+    return _fp8_grad_mm_op(g, w8).to(ctx.in_dtype), None, None, None, None
+
+
+_fp8_mm_op.register_autograd(_fp8_mm_backward, setup_context=_fp8_mm_setup)
+
+
 def fp8_linear(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x @ (w8 · scale)ᵀ`` multiplied in float8 (``memory.fp8_compute``); bf16 out. Only the fp8 weight and its
     scale are kept for backward; the frozen weight gets no gradient."""
-    return _fp8_linear_op(x, w8, scale)
+    if not COMPUTE_SPLIT:
+        return _fp8_linear_op(x, w8, scale)
+    with torch.no_grad():
+        a8, a_scale = quantize_rows(_pad_rows(x.reshape(-1, x.shape[-1])))
+    return _fp8_mm_op(x, a8, a_scale, w8, scale)
 
 
 def can_compute(w8: torch.Tensor) -> bool:
