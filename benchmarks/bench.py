@@ -148,7 +148,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
         "optimizer": {"name": "adamw", "lr": 1e-4, "max_grad_norm": 1.0},
         "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000},
         "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
-                   "fp8_compute": bool(s.get("fp8c")),
+                   "fp8_compute": True if s.get("fp8c") else None,  # None: lorakit's default (vram_gb may choose)
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
                    "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0)},
     }
@@ -277,7 +277,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         t1 = time.time()
         blocks = speed.repeated_blocks(model)
         if cfg.memory.vram_gb:
-            plan = budget.apply_budget(cfg, adapter.spec, model, blocks, params, swap.LOOKAHEAD, log=print)
+            plan = budget.apply_budget(cfg, adapter.spec, model, blocks, params, swap.LOOKAHEAD, log=print,
+                                       device=device)
         swapper = swap.place_denoiser(model, blocks, device, fp8_base=cfg.memory.fp8_base,
                                       fp8_compute=cfg.memory.fp8_compute,
                                       blocks_to_swap=cfg.memory.blocks_to_swap, log=print)
@@ -458,7 +459,7 @@ def settings_text(s: dict, cfg: Any) -> str:
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
                      f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}")
-        parts += [("fp8 compute (split)" if s.get("split") else "fp8 compute")] if s.get("fp8c") else []
+        parts += [("fp8 compute (split)" if s.get("split") else "fp8 compute")] if m.fp8_compute else []
     else:
         parts += ([("fp8 compute (split)" if s.get("split") else "fp8 compute" if s.get("fp8c") else "fp8 storage")]
                   if s.get("fp8") else []) + \

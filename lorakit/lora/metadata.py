@@ -97,7 +97,7 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_batch_size_per_device": tr.batch_size,
         "ss_total_batch_size": tr.batch_size * tr.gradient_accumulation,
         "ss_fp8_base": mem.fp8_base,
-        "lorakit_fp8_compute": mem.fp8_compute,  # float8 matmuls change the numerics, not only the storage
+        "lorakit_fp8_compute": bool(mem.fp8_compute),  # float8 matmuls change the numerics, not only the storage
         "ss_resolution": f"({w}, {h})",
         "ss_enable_bucket": data.enable_bucket,
         "ss_min_bucket_reso": data.min_bucket_reso,

@@ -120,7 +120,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     # storage and block swap, applied block by block while the denoiser moves to the device
     blocks = speed.repeated_blocks(modules["denoiser"])
     if cfg.memory.vram_gb:
-        budget.apply_budget(cfg, spec, modules["denoiser"], blocks, trainable, swap.LOOKAHEAD, log=log)
+        budget.apply_budget(cfg, spec, modules["denoiser"], blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
         if cfg.training.batch_size != stream.batch_size:  # the budget split the batch (gradient accumulation)
             stream = BatchStream(dataset, cfg.training.batch_size, cfg.training.seed)
     swapper = swap.place_denoiser(modules["denoiser"], blocks, device, fp8_base=cfg.memory.fp8_base,

@@ -304,3 +304,45 @@ def test_fp8_storage_under_compile_is_planned_with_every_block_checkpointed(flux
     assert planned(compile=True, checkpoint_fraction=0.5).checkpoint_fraction == 1.0
     assert compute.fp8_base and compute.checkpoint_fraction < 1.0
     assert eager.fp8_base and eager.checkpoint_fraction < 1.0  # eager fp8 layers save only the fp8 weight
+
+
+def test_the_budget_turns_fp8_compute_on_with_cuda_graphs_where_the_gpu_has_it(sdxl_sizes, monkeypatch):
+    """memory.fp8_compute unset: when vram_gb picks fp8 storage under CUDA graphs (SDXL at 8 GiB), the float8
+    matmuls come on, measured faster at the same memory, if the device passes fp8.check_compute; an explicit
+    false, a CPU run, a GPU without them, or no CUDA graphs leave them off."""
+    from lorakit.config.load import load_config
+    from lorakit.errors import ConfigError
+    from lorakit.models.registry import get_family
+    from lorakit.train import fp8
+
+    spec = get_family("sdxl").SPEC
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: sdxl_sizes))
+    have = {"ok": True}
+
+    def check(device):
+        if not have["ok"]:
+            raise ConfigError("memory.fp8_compute: NVIDIA GeForce RTX 3090 has no float8 tensor cores")
+
+    monkeypatch.setattr(fp8, "check_compute", check)
+    cuda = torch.device("cuda")
+
+    def chosen(device=cuda, **memory):
+        cfg = load_config(None, data={"model": {"family": "sdxl", "checkpoint": "s.safetensors"}, "data": {"dir": "."},
+                                      "memory": {"vram_gb": 8, "compile": True, "cuda_graphs": True, **memory}})
+        lines: list[str] = []
+        plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append, device=device)
+        assert plan.fp8_base
+        return cfg.memory.fp8_compute, lines
+
+    on, lines = chosen()
+    assert on is True and any("fp8_compute = true" in line for line in lines)
+    assert chosen(fp8_compute=False)[0] is False
+    assert chosen(device=torch.device("cpu"))[0] is False
+    have["ok"] = False
+    off, lines = chosen()
+    assert off is False and any("RTX 3090 has no float8 tensor cores" in line for line in lines)
+    have["ok"] = True
+    cfg = load_config(None, data={"model": {"family": "sdxl", "checkpoint": "s.safetensors"}, "data": {"dir": "."},
+                                  "memory": {"vram_gb": 6, "compile": True}})
+    budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None, device=cuda)
+    assert cfg.memory.fp8_base and cfg.memory.fp8_compute is None  # no CUDA graphs: not measured faster, left off
