@@ -127,7 +127,8 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
                                   fp8_compute=cfg.memory.fp8_compute, blocks_to_swap=cfg.memory.blocks_to_swap,
                                   log=log)
     speed.prepare_denoiser(modules["denoiser"], cfg.memory, device, log=log,  # checkpointing, regional compile
-                           cuda_graphs=cfg.memory.cuda_graphs, swapper=swapper)
+                           cuda_graphs=cfg.memory.cuda_graphs, swapper=swapper,
+                           buckets=len({item.bucket for item in dataset.items}))
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
     build = optim.build_optimizer
     if cfg.memory.fused_backward:  # each LoRA parameter is stepped inside backward; same optimizer interface

@@ -53,21 +53,25 @@ SCOPES = ("regions", "whole")
 CUDA_GRAPHS = False
 _cuda_graphs_active = False
 
-# Enough compiled variants for every (block class, shape) pair of SDXL/FLUX plus a few buckets.
+# Enough compiled variants for every (block class, shape) pair of SDXL/FLUX plus a few buckets; raised to
+# PER_BUCKET per bucket shape of the dataset (SDXL's resnet block alone sees ~12 shapes per bucket), so that no
+# bucket falls back to eager because dynamo's limit was reached.
 RECOMPILE_LIMIT = 64
+PER_BUCKET = 16
 
 
 def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
                      log: Callable[[str], None] = print, *, scope: Optional[str] = None,
                      cuda_graphs: Optional[bool] = None, backend: Any = "inductor",
-                     swapper: Any = None) -> dict[str, Any]:
+                     swapper: Any = None, buckets: int = 1) -> dict[str, Any]:
     """Apply ``memory.gradient_checkpointing`` and ``memory.compile`` to the (LoRA-injected) denoiser.
 
     Call after LoRA injection (peft replaces the Linears that the compiled blocks contain) and before the
     first step. ``scope`` / ``cuda_graphs`` default to :data:`COMPILE_SCOPE` / :data:`CUDA_GRAPHS`. With a
     ``swapper`` (:func:`lorakit.train.swap.place_denoiser`), every block runs through it, with lorakit's own
     checkpoint around the (compiled) block so that the swap happens in eager code in forward and in the
-    recomputation. Returns what was done, for logs and the benchmark.
+    recomputation. ``buckets``: how many bucket shapes the dataset has (each compiles, and with CUDA graphs records,
+    once when first seen). Returns what was done, for logs and the benchmark.
     """
     global _cuda_graphs_active
     checkpointing = bool(getattr(memory, "gradient_checkpointing", False))
@@ -80,6 +84,11 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if device.type == "cuda":
         configure_attention(compiled=compile_)
+    if compile_:
+        _configure_dynamo(buckets)
+        if buckets > 1:
+            log(f"compile: {buckets} bucket shapes; each compiles its blocks{' and records CUDA graphs' if graphs else ''}"
+                " once, the first time a batch of that shape comes (later runs reuse inductor's on-disk cache)")
     from lorakit.train import fp8
 
     # fp8 compute never upcasts a weight, so only fp8 *storage* needs the guarded layouts below
@@ -179,14 +188,15 @@ def mark_step() -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
-def _configure_dynamo() -> None:
+def _configure_dynamo(buckets: int = 1) -> None:
     """Eager fallback on compile errors, and room for every block/bucket variant."""
     import torch._dynamo
 
     torch._dynamo.config.suppress_errors = True
+    limit = max(RECOMPILE_LIMIT, PER_BUCKET * buckets)
     for key in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, key):
-            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), RECOMPILE_LIMIT))
+            setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), limit))
 
 
 def compile_whole(model: nn.Module, *, backend: Any = "inductor", mode: Optional[str] = None,

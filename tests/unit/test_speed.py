@@ -204,6 +204,26 @@ def test_mark_step_marks_cuda_graph_steps_only_when_they_are_on(monkeypatch):
     assert calls == [1]
 
 
+def test_compile_makes_room_for_every_bucket_shape(monkeypatch):
+    """Each bucket shape compiles each block class again (SDXL's resnet block ~12 shapes per bucket): the dynamo
+    recompile limit grows with the dataset's bucket count so no bucket silently falls back to eager, and the log
+    says that each shape compiles (and records CUDA graphs) once."""
+    import torch._dynamo
+
+    monkeypatch.setattr(speed, "compile_regions", lambda model, **kw: 3)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    model, _ = tiny_flux()
+    lines: list[str] = []
+    speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lines.append,
+                           cuda_graphs=True, buckets=11)
+    assert torch._dynamo.config.recompile_limit == speed.PER_BUCKET * 11 > speed.RECOMPILE_LIMIT
+    assert any(line.startswith("compile: 11 bucket shapes; each compiles its blocks and records CUDA graphs once")
+               for line in lines)
+    lines.clear()
+    speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lines.append, buckets=1)
+    assert not any("bucket shapes" in line for line in lines)
+
+
 def test_prepare_denoiser_turns_cuda_graphs_on_only_with_compile(monkeypatch):
     seen = {}
 
