@@ -1,0 +1,43 @@
+"""The GPU benchmark harnesses in their CPU smoke modes (tiny models), so that a broken row or probe is found here
+and not after a GPU machine has started: benchmarks/bench.py with BENCH_TINY=1 (fp8 storage, fp8 compute and its
+split variant, each in its own process, losses compared with fp8 storage's) and benchmarks/probe_blocks.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", OUT=str(tmp_path),
+                   **env)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=environ, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_bench_rows_for_fp8_compute_run_and_agree_with_fp8_storage(tmp_path):
+    rows = ["flux1/fp8", "flux1/fp8c", "flux1/fp8s+compile"]  # the same placement path: same weights and batches
+    done = run(["benchmarks/bench.py", *rows, "--steps", "6", "--no-append"], tmp_path, BENCH_TINY="1")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = {r["row"]: r for r in map(json.loads, (tmp_path / "bench.jsonl").read_text().splitlines())}
+    assert set(rows) <= set(results), results.keys()
+    base = results["flux1/fp8"]["losses"]
+    for name in rows[1:]:
+        losses = results[name]["losses"]
+        assert len(losses) == 6 and all(abs(a - b) <= 0.01 * abs(b) for a, b in zip(losses, base)), (name, losses)
+    table = (tmp_path / "RESULTS.md").read_text()
+    assert "fp8 compute (split)" in table and "| flux1/fp8c |" in table
+
+
+def test_block_probe_reports_every_mode(tmp_path):
+    done = run(["benchmarks/probe_blocks.py", "bf16", "fp8c", "fp8s"], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    modes = {(cells[1].strip(), cells[2].strip()) for cells in (line.split("|") for line in lines[1:])}
+    assert modes == {(m, b) for m in ("bf16", "fp8c", "fp8s") for b in ("double", "single")}, lines
+    assert not any("FAILED" in line for line in lines)
