@@ -36,7 +36,10 @@ GIB = 2**30
 RESERVE_GIB = 0.75
 # optimizer state bytes per trainable parameter (fp32 LoRA weights)
 STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor": 4}
-GRAPH_POOL = 1.2  # CUDA graph pool / activations with checkpointing (SDXL at 1024²: 0.99 GiB pool, H200 run 5)
+# CUDA graph trees' extra reserve, per GiB of *fully checkpointed* activations (SDXL at 1024²: 0.99 GiB, H200 run 5).
+# It does not grow with partial checkpointing: SDXL with half the blocks checkpointed kept the same ~0.9 GiB gap
+# between reserved and allocated memory (run 8: 9.58 / 10.45 GiB).
+GRAPH_POOL = 1.2
 
 
 @dataclass
@@ -105,7 +108,8 @@ class Sizes:
 
 
 def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointing: bool, fp8_base: bool,
-             swapped: Sequence[int], lookahead: int, cuda_graphs: bool = False) -> dict[str, float]:
+             swapped: Sequence[int], lookahead: int, cuda_graphs: bool = False,
+             checkpointed_gib: Optional[float] = None) -> dict[str, float]:
     """GiB per part for one setting (see the module doc); ``sum(values)`` + :data:`RESERVE_GIB` is the peak."""
     k = 1 if fp8_base else 0
     swapped_set = set(swapped)
@@ -114,8 +118,8 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
     lora = sizes.lora_params * (4 + 4 + STATE_BYTES.get(optimizer, 8))
     parts = {"weights": (sizes.outside[k] + resident) / GIB, "swap window": sum(window) / GIB,
              "LoRA+optimizer": lora / GIB, "activations": activation_gib}
-    if cuda_graphs:  # graph trees keep their own memory pool, about one step's activations (SDXL: 1.0 GiB)
-        parts["CUDA graph pool"] = GRAPH_POOL * activation_gib
+    if cuda_graphs:  # graph trees keep their own memory pool (SDXL: 1.0 GiB); checkpointed_gib: see GRAPH_POOL
+        parts["CUDA graph pool"] = GRAPH_POOL * (activation_gib if checkpointed_gib is None else checkpointed_gib)
     return parts
 
 
@@ -149,7 +153,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         # blocks left out of checkpointing keep their activations
         act = (share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
-                         swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs)
+                         swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs,
+                         checkpointed_gib=activation_gib[0] * images)
         total = sum(parts.values())
         plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts, share if ckpt else 1.0)
         if total <= room:
@@ -157,7 +162,7 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         best = plan
     # nothing fits: say which batch size would, at the leanest setting
     assert best is not None
-    per_image = best.parts["activations"] / max(batch_size, 1) * (1 + (GRAPH_POOL if cuda_graphs else 0))
+    per_image = (best.parts["activations"] + best.parts.get("CUDA graph pool", 0.0)) / max(batch_size, 1)
     fixed = best.estimate_gib - per_image * batch_size
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
     hint = (f"training.batch_size = {fits} fits (raise training.gradient_accumulation to keep the effective batch)"

@@ -27,7 +27,7 @@ SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,
                  metadata_base_version="sdxl_base_v1-0", network_module="networks.lora",
-                 activation_gib=(0.9, 7.5), activation_gib_compiled=(0.9, 5.6))
+                 activation_gib=(0.9, 7.5), activation_gib_compiled=(0.9, 6.2))
 
 # Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
 _ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
