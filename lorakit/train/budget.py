@@ -239,12 +239,12 @@ def _fp8_compute_available(cfg, device: Optional[torch.device], log) -> bool:
     """memory.fp8_compute left unset: with fp8 storage under CUDA graphs the float8 matmuls are measurably faster at
     the same memory (SDXL, H200: 0.222 against 0.308 s/step at 4.85 GiB, RESULTS.md rounds 3-4), so the budget turns
     them on where the GPU and PyTorch have them."""
-    from lorakit.train import fp8
+    from lorakit.train import memory
 
-    if device is None or device.type != "cuda" or cfg.training.mixed_precision != "bf16":
+    if device is None or device.type != "cuda":
         return False
     try:
-        fp8.check_compute(device)
+        memory.check_fp8_compute(cfg, device)  # the same checks as a hand-set memory.fp8_compute = true
     except ConfigError as why:
         log(f"vram_gb = {cfg.memory.vram_gb:g}: fp8 storage without fp8 compute ({why})")
         return False

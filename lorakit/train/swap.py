@@ -277,9 +277,8 @@ def place_denoiser(model: nn.Module, blocks: Sequence[nn.Module], device: torch.
                    log: Callable[[str], None] = print) -> Optional[BlockSwapper]:
     """Move the (LoRA-injected) denoiser to ``device`` one block at a time, storing frozen weights in fp8 when
     ``fp8_base`` (multiplied in float8 with ``fp8_compute``) and packing ``blocks_to_swap`` blocks into CPU
-    memory; returns the swapper (None without
-    swap). The whole model never needs to fit on the device at once: at most the resident part plus one
-    block in the load dtype. Works for a model that is already on ``device`` too."""
+    memory; returns the swapper (None without swap). The whole model never needs to fit on the device at once:
+    at most the resident part plus one block in the load dtype. Works for a model that is already on ``device`` too."""
     from lorakit.train import fp8
 
     device = torch.device(device)

@@ -14,6 +14,7 @@ from torch import nn
 
 from lorakit.lora.inject import enable_lora, extract_lora, inject_lora
 from lorakit.train import fp8
+from tests.unit.tiny_inputs import flux_forward_kwargs
 
 E4M3 = torch.float8_e4m3fn
 
@@ -38,13 +39,7 @@ def tiny_flux() -> tuple[nn.Module, tuple, dict]:
     from lorakit.models.flux1.load import tiny_models
 
     tr = tiny_models("dev")["transformer"]
-    g = torch.Generator().manual_seed(3)
-    c = tr.config
-    kwargs = {"hidden_states": torch.randn(2, 64, c.in_channels, generator=g),
-              "encoder_hidden_states": torch.randn(2, 7, c.joint_attention_dim, generator=g),
-              "pooled_projections": torch.randn(2, c.pooled_projection_dim, generator=g),
-              "timestep": torch.tensor([0.3, 0.8]), "img_ids": torch.zeros(64, 3), "txt_ids": torch.zeros(7, 3),
-              "guidance": torch.tensor([3.5, 3.5]), "return_dict": False}
+    kwargs = flux_forward_kwargs(tr.config, images=64, texts=7)
     return tr, (), kwargs
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
 from lorakit.train import fp8, speed, swap
+from tests.unit.tiny_inputs import flux_forward_kwargs
 
 
 def flux_with_blocks(double: int = 2, single: int = 4) -> tuple[nn.Module, dict]:
@@ -25,13 +26,7 @@ def flux_with_blocks(double: int = 2, single: int = 4) -> tuple[nn.Module, dict]
         torch.manual_seed(0)
         tr = FluxTransformer2DModel(**{**TINY_TRANSFORMER, "num_layers": double, "num_single_layers": single},
                                     guidance_embeds=True).eval().requires_grad_(False)
-    g = torch.Generator().manual_seed(3)
-    c = tr.config
-    kwargs = {"hidden_states": torch.randn(2, 16, c.in_channels, generator=g),
-              "encoder_hidden_states": torch.randn(2, 5, c.joint_attention_dim, generator=g),
-              "pooled_projections": torch.randn(2, c.pooled_projection_dim, generator=g),
-              "timestep": torch.tensor([0.3, 0.8]), "img_ids": torch.zeros(16, 3), "txt_ids": torch.zeros(5, 3),
-              "guidance": torch.tensor([3.5, 3.5]), "return_dict": False}
+    kwargs = flux_forward_kwargs(tr.config, images=16, texts=5)
     return tr, kwargs
 
 
