@@ -72,6 +72,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/gc+compile-cudnn": {"family": "flux1", "gc": True, "compile": "regions", "cudnn": True,
                                "phases": (None, True)},
     "flux1/gc+compile-whole": {"family": "flux1", "gc": True, "compile": "whole", "phases": (None, True)},
+    "flux1/gc+compile-graphs": {"family": "flux1", "gc": True, "compile": "regions", "cudagraphs": True,
+                                "phases": (None, True)},
     "flux1/gc+compile-outer": {"family": "flux1", "gc": True, "compile": "outer"},
     "flux1/nogc+compile": {"family": "flux1", "gc": False, "compile": "regions"},
     "flux1/gc+compile-after-eager": {"family": "flux1", "gc": True, "compile": "regions", "eager_first": True},
@@ -114,14 +116,29 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/vram12+fp8c+compile": {"family": "flux1", "gc": True, "vram": 12, "fp8c": True, "compile": "regions"},
     "sdxl/fp8c+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
                          "cudagraphs": True},
-    # fp8 compute's split variant (fp8.COMPUTE_SPLIT): traced quantisation, opaque products only; not measured yet
-    "flux1/fp8s+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "split": True,
+    # fp8 compute's other implementations (fp8.COMPUTE_VARIANT): "split" (traced quantisation, opaque products) and
+    # "traced" (everything traced, matmuls tagged for recomputation inside checkpointed blocks)
+    "flux1/fp8s+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "split",
                            "compile": "regions"},
-    "flux1/fp8s+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "split": True,
+    "flux1/fp8s+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "split",
                                 "ckpt_fraction": 0.6, "compile": "regions"},
-    "flux1/vram26+fp8s+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "split": True,
+    "flux1/vram26+fp8s+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "variant": "split",
                                   "compile": "regions"},
-    "sdxl/fp8s+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "split": True,
+    "flux1/fp8t+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
+                           "compile": "regions"},
+    "flux1/fp8t+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
+                                "ckpt_fraction": 0.6, "compile": "regions"},
+    "flux1/fp8t+gc40+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
+                                "ckpt_fraction": 0.4, "compile": "regions"},
+    "flux1/vram26+fp8t+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "variant": "traced",
+                                  "compile": "regions"},
+    "flux1/vram16+fp8t+compile": {"family": "flux1", "gc": True, "vram": 16, "fp8c": True, "variant": "traced",
+                                  "compile": "regions"},
+    "sdxl/fp8t+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
+                         "compile": "regions", "cudagraphs": True},
+    "sdxl/fp8t+compile": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
+                          "compile": "regions"},
+    "sdxl/fp8s+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "variant": "split",
                          "compile": "regions", "cudagraphs": True},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
@@ -248,10 +265,10 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     t_build = time.time() - t0
 
     speed.DISABLE_CUDNN_SDPA = {True: False, False: True}.get(s.get("cudnn"), "eager")  # default: lorakit's
-    if s.get("split"):  # fp8 compute's split variant (lorakit/train/fp8.py COMPUTE_SPLIT)
+    if s.get("variant"):  # fp8 compute's implementation (lorakit/train/fp8.py COMPUTE_VARIANT)
         from lorakit.train import fp8 as fp8_module
 
-        fp8_module.COMPUTE_SPLIT = True
+        fp8_module.COMPUTE_VARIANT = s["variant"]
     if placed(s):  # as `lorakit train` does: the base waits on the CPU, LoRA is injected there
         model.to("cpu")
         sync(device)
@@ -459,9 +476,10 @@ def settings_text(s: dict, cfg: Any) -> str:
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
                      f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}")
-        parts += [("fp8 compute (split)" if s.get("split") else "fp8 compute")] if m.fp8_compute else []
+        parts += [(f"fp8 compute ({s['variant']})" if s.get("variant") else "fp8 compute")] if m.fp8_compute else []
     else:
-        parts += ([("fp8 compute (split)" if s.get("split") else "fp8 compute" if s.get("fp8c") else "fp8 storage")]
+        parts += ([(f"fp8 compute ({s['variant']})" if s.get("variant") else "fp8 compute" if s.get("fp8c")
+                    else "fp8 storage")]
                   if s.get("fp8") else []) + \
             ([f"swap {s['swap']} blocks"] if s.get("swap") else [])
     cudnn = {True: True, False: False}.get(s.get("cudnn"), bool(s.get("compile")))

@@ -7,10 +7,12 @@ under bf16 autocast. Per mode it prints: bytes the forward saves for backward (f
 which how many alias a parameter (no new memory), the memory still allocated after forward, the peak over
 forward + backward above the weights, and the forward+backward time (median of 10, each mode timed alone).
 
-Modes: ``bf16``; ``fp8`` (storage, opaque op as under CUDA graphs); ``fp8c`` (fp8 compute); ``fp8s`` (fp8 compute,
-split variant: ``fp8.COMPUTE_SPLIT``).
+Modes: ``bf16``; ``bf16nl`` (bf16 without LoRA: what the LoRA side costs); ``fp8`` (storage, opaque op as under
+CUDA graphs); ``fp8c`` (fp8 compute); ``fp8s`` / ``fp8t`` (fp8 compute, "split" / "traced" variant:
+``fp8.COMPUTE_VARIANT``).
 
     python3 benchmarks/probe_blocks.py            # all modes, each in its own process, compiled in parallel
+    python3 benchmarks/probe_blocks.py bf16 --profile   # + GPU time per kernel kind (matmul, attention, ...)
 """
 
 from __future__ import annotations
@@ -26,10 +28,41 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("bf16", "fp8", "fp8c", "fp8s")
+MODES = ("bf16", "fp8", "fp8c", "fp8s", "fp8t")
+EXTRA_MODES = ("bf16nl",)
+# kernel kinds for --profile, first match wins (attention kernels' names can contain "gemm"/"sm90" too)
+KINDS = (("attention", ("fmha", "flash", "attention", "sdpa", "attn")), ("matmul", ("gemm", "xmma", "nvjet", "cutlass",
+         "scaled_mm", "matmul", "sm90_", "sm100_")), ("fused (triton)", ("triton",)), ("other", ("",)))
 
 
-def one(mode: str, sync_dir: Path) -> dict:
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next(kind for kind, keys in KINDS if any(k in low for k in keys))
+
+
+def profile_kernels(run, steps: int = 3) -> dict:
+    """GPU time per kernel kind (ms per step) and the ten costliest kernels, over ``steps`` calls of ``run``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            run()
+    kinds: dict = {}
+    names: dict = {}
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None)
+        if us is None:
+            us = ev.cuda_time_total
+        if not us or ev.key.startswith(("ProfilerStep", "aten::", "cudaLaunch")) or ev.count == 0:
+            continue
+        kind = kernel_kind(ev.key)
+        kinds[kind] = kinds.get(kind, 0.0) + us / 1e3 / steps
+        names[ev.key] = (us / 1e3 / steps, ev.count // steps, kind)
+    top = sorted(names.items(), key=lambda kv: -kv[1][0])[:10]
+    return {"kinds_ms": kinds, "top": [(k[:90], round(v[0], 3), v[1], v[2]) for k, v in top]}
+
+
+def one(mode: str, sync_dir: Path, profiled: bool = False) -> dict:
     import torch
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
     from torch import nn
@@ -50,10 +83,12 @@ def one(mode: str, sync_dir: Path) -> dict:
     for name, block in blocks.items():
         block.to(dev, torch.bfloat16).requires_grad_(False)
         targets = {n: 16 for n, m in block.named_modules() if type(m) is nn.Linear}
-        inject_lora(block, targets, 16.0, 0.0, seed=1)
-        if mode != "bf16":
-            fp8.apply_fp8_base(nn.Sequential(block), compute=mode in ("fp8c", "fp8s"))
-        fp8.COMPUTE_SPLIT = mode == "fp8s"
+        if mode != "bf16nl":
+            inject_lora(block, targets, 16.0, 0.0, seed=1)
+        if mode not in ("bf16", "bf16nl"):
+            fp8.apply_fp8_base(nn.Sequential(block), compute=mode in ("fp8c", "fp8s", "fp8t"))
+        fp8.COMPUTE_VARIANT = {"fp8s": "split", "fp8t": "traced"}.get(mode, "ops")
+        fp8.install_recompute_pass()
         fp8.OPAQUE_UNDER_COMPILE = mode == "fp8"
         speed.checkpoint_forward(block)
         block.compile(dynamic=False, backend="aot_eager" if tiny else "inductor")
@@ -122,6 +157,9 @@ def one(mode: str, sync_dir: Path) -> dict:
                 sync()
                 times.append(time.perf_counter() - t0)
             weights = sum(p.numel() * p.element_size() for p in block.parameters())
+            if profiled:
+                out[name + "_profile"] = profile_kernels(lambda: step(name).backward()) if not tiny else \
+                    {"kinds_ms": {}, "top": []}
             out[name] = {"weights_MiB": weights / 2**20, "saved_MiB": total / 2**20, "saved_params_MiB": aliased / 2**20,
                          "after_fwd_MiB": after_fwd / 2**20, "peak_MiB": peak / 2**20,
                          "ms": statistics.median(times) * 1e3, "big_saved": shapes[:12]}
@@ -134,26 +172,48 @@ def main() -> None:
     ap.add_argument("modes", nargs="*", default=list(MODES))
     ap.add_argument("--one")
     ap.add_argument("--sync")
+    ap.add_argument("--profile", action="store_true", help="also GPU time per kernel kind (torch.profiler)")
     args = ap.parse_args()
+    unknown = [m for m in args.modes if m not in MODES + EXTRA_MODES]
+    if unknown:
+        ap.error(f"unknown mode(s) {unknown}; choose from {MODES + EXTRA_MODES}")
     if args.one:
-        print("PROBE " + json.dumps(one(args.one, Path(args.sync))), flush=True)
+        print("PROBE " + json.dumps(one(args.one, Path(args.sync), args.profile)), flush=True)
         return
     sync = Path(tempfile.mkdtemp())
     env = dict(os.environ, PROBE_N=str(len(args.modes)))
-    procs = {m: subprocess.Popen([sys.executable, __file__, "--one", m, "--sync", str(sync)], env=env,
+    extra = ["--profile"] if args.profile else []
+    procs = {m: subprocess.Popen([sys.executable, __file__, "--one", m, "--sync", str(sync), *extra], env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for m in args.modes}
     print("| mode | block | weights MiB | saved MiB (of it params) | after fwd MiB | peak MiB | fwd+bwd ms | large saved |")
     print("|---|---|---|---|---|---|---|---|")
+    results = {}
     for m, p in procs.items():
         text, _ = p.communicate(timeout=560)
         rows = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("PROBE ")]
         if not rows:
             print(f"| {m} | FAILED | {' / '.join(text.strip().splitlines()[-3:])[:300]} |")
             continue
+        results[m] = rows[0]
         for name in ("double", "single"):
             r = rows[0][name]
             print(f"| {m} | {name} | {r['weights_MiB']:.0f} | {r['saved_MiB']:.0f} ({r['saved_params_MiB']:.0f}) | "
                   f"{r['after_fwd_MiB']:.0f} | {r['peak_MiB']:.0f} | {r['ms']:.2f} | {', '.join(r['big_saved'])} |")
+    if args.profile:
+        kinds = [k for k, _ in KINDS]
+        print("\nGPU time per fwd+bwd (ms), by kernel kind (torch.profiler, 3 calls)\n")
+        print("| mode | block | " + " | ".join(kinds) + " | sum |")
+        print("|---|---|" + "---|" * (len(kinds) + 1))
+        for m, r in results.items():
+            for name in ("double", "single"):
+                k = r[name + "_profile"]["kinds_ms"]
+                print(f"| {m} | {name} | " + " | ".join(f"{k.get(x, 0.0):.2f}" for x in kinds) +
+                      f" | {sum(k.values()):.2f} |")
+        for m, r in results.items():
+            for name in ("double", "single"):
+                print(f"\n{m} {name}, costliest kernels (ms per call of the block, launches, kind):")
+                for row in r[name + "_profile"]["top"]:
+                    print("  ", row)
 
 
 if __name__ == "__main__":

@@ -310,16 +310,25 @@ def _fp8_linear_backward(ctx, grad):
 _fp8_linear_op.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
 
 
-# "split" variant (:data:`COMPUTE_SPLIT`, for the benchmark; not the default until measured on a GPU): only the
-# products are opaque ops and the rest stays visible to the compiler. Forward: the per-token quantisation is traced
-# (fused by inductor with the surrounding element-wise work), then ``lorakit::fp8_mm`` multiplies; the op takes
-# ``x`` too, only to carry the gradient edge. Backward: the weight-scale fold is traced, then ``lorakit::fp8_grad_mm``
-# multiplies the gradient with the weight upcast to bf16 inside the op (no transposed copy, no gradient
-# quantisation: a bf16 product, as fast as the float8 one once the transpose and quantisation are counted,
-# benchmarks/probe_blocks.py run 9). The idea is to keep the memory behaviour of the ops above (both products are
-# recomputed inside checkpointed blocks, nothing weight-sized outlives backward) at a fraction of their per-call
-# host cost, which bounded FLUX.1-dev's step without CUDA graphs (RESULTS.md round 4).
-COMPUTE_SPLIT = False
+# Three implementations of the same arithmetic, chosen by :data:`COMPUTE_VARIANT`:
+#
+# "ops": the two opaque custom ops above. Under CUDA graphs their per-call host cost disappears (SDXL 0.222 s/step),
+#   without them it bounded FLUX.1-dev's step (0.80 s, RESULTS.md round 4).
+#
+# "split": only the products are opaque ops and the rest stays visible to the compiler. Forward: the per-token
+#   quantisation is traced, then ``lorakit::fp8_mm`` multiplies (it takes ``x`` only to carry the gradient edge).
+#   Backward: ``lorakit::fp8_grad_mm`` multiplies the scale-folded gradient with the weight upcast to bf16 inside the op
+#   (a bf16 product: no transposed copy, no gradient quantisation). Measured better than "ops" but still host-bound
+#   on FLUX.1-dev (RESULTS.md run 12).
+#
+# "traced": a plain autograd.Function the compiler traces whole (quantisation, ``_scaled_mm``, and the same bf16
+#   input gradient as "split"). Alone it would repeat problem (1) above: the Function's body is traced as a nested
+#   graph whose nodes miss the "recompute" tag that ``torch.utils.checkpoint`` puts on everything else in the block,
+#   so the partitioner treats ``_scaled_mm`` as a compute-intensive op it must not recompute. :class:`RecomputeInCheckpoint`
+#   (installed by ``lorakit.train.speed.prepare_denoiser``) gives those nodes the tag of the checkpoint region they sit
+#   in, before partitioning: they are then recomputed like the rest of the block and no matmul output is kept.
+COMPUTE_VARIANTS = ("ops", "split", "traced")
+COMPUTE_VARIANT = "ops"
 
 
 @torch.library.custom_op("lorakit::fp8_mm", mutates_args=())
@@ -354,23 +363,120 @@ def _fp8_mm_setup(ctx, inputs, output):
     ctx.in_dtype = x.dtype
 
 
+def _fold(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return grad.to(torch.bfloat16) * scale.to(torch.bfloat16)  # power-of-two scales: exact in bf16
+
+
 def _fp8_mm_backward(ctx, grad):
     w8, scale = ctx.saved_tensors
-    g = grad.to(torch.bfloat16) * scale.to(torch.bfloat16)  # power-of-two scales: exact in bf16
-    return _fp8_grad_mm_op(g, w8).to(ctx.in_dtype), None, None, None, None
+    return _fp8_grad_mm_op(_fold(grad, scale), w8).to(ctx.in_dtype), None, None, None, None
 
 
 _fp8_mm_op.register_autograd(_fp8_mm_backward, setup_context=_fp8_mm_setup)
 
 
+class _Fp8LinearTraced(torch.autograd.Function):
+    """The "traced" variant: ``x @ (w8 · scale)ᵀ`` in float8 forward, bf16 input gradient; saves only ``w8``/``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        quant = quantize_rows if torch.compiler.is_compiling() else _helper(quantize_rows, x.device)
+        a8, a_scale = quant(_pad_rows(flat))
+        y = _scaled(a8, a_scale, w8.t(), scale.float().reshape(1, -1), flat.shape[0])
+        ctx.save_for_backward(w8, scale)
+        ctx.in_dtype = x.dtype
+        return y.reshape(*x.shape[:-1], w8.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        w8, scale = ctx.saved_tensors
+        return (_fold(grad, scale) @ w8.to(torch.bfloat16)).to(ctx.in_dtype), None, None
+
+
 def fp8_linear(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x @ (w8 · scale)ᵀ`` multiplied in float8 (``memory.fp8_compute``); bf16 out. Only the fp8 weight and its
     scale are kept for backward; the frozen weight gets no gradient."""
-    if not COMPUTE_SPLIT:
+    if COMPUTE_VARIANT == "traced":
+        return _Fp8LinearTraced.apply(x, w8, scale)
+    if COMPUTE_VARIANT == "ops":
         return _fp8_linear_op(x, w8, scale)
     with torch.no_grad():
         a8, a_scale = quantize_rows(_pad_rows(x.reshape(-1, x.shape[-1])))
     return _fp8_mm_op(x, a8, a_scale, w8, scale)
+
+
+def tag_checkpointed_scaled_mm(graph: torch.fx.Graph) -> int:
+    """Give the untagged forward nodes of a checkpointed region the region's recompute tag, in joint graphs that hold
+    a ``_scaled_mm`` (see "traced" above); returns how many nodes were tagged.
+
+    A node counts as inside a region when a tagged node feeds it (directly or through other untagged nodes) and it
+    feeds a tagged node of the same region: the body of a Function traced inside the checkpoint. Nodes on the
+    backward side (reachable from a tangent) and nodes between two regions are left alone."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    nodes = list(graph.nodes)
+    if not any(n.op == "call_function" and n.target is torch.ops.aten._scaled_mm.default for n in nodes):
+        return 0
+    wanted = (CheckpointPolicy.PREFER_RECOMPUTE, CheckpointPolicy.MUST_RECOMPUTE)
+    backward: set = set()
+    for n in nodes:
+        if (n.op == "placeholder" and n.name.startswith("tangents")) or any(a in backward for a in n.all_input_nodes):
+            backward.add(n)
+
+    def region(n: Any) -> Any:
+        return n.meta.get("ac_graph_id") if n.meta.get("recompute") in wanted else None
+
+    untagged = [n for n in nodes if n.op == "call_function" and n not in backward and region(n) is None]
+    below: dict = {}  # node -> region of a tagged producer above it
+    for n in untagged:
+        ids = {region(a) if region(a) is not None else below.get(a) for a in n.all_input_nodes} - {None}
+        if len(ids) == 1:
+            below[n] = ids.pop()
+    above: dict = {}  # node -> region of a tagged consumer below it
+    for n in reversed(untagged):
+        ids = {region(u) if region(u) is not None else above.get(u) for u in n.users} - {None}
+        if len(ids) == 1:
+            above[n] = ids.pop()
+    policy = {region(n): n.meta["recompute"] for n in nodes if region(n) is not None}
+    tagged = 0
+    for n in untagged:
+        if n in below and above.get(n) == below[n]:
+            n.meta["recompute"] = policy[below[n]]
+            n.meta["ac_graph_id"] = below[n]
+            tagged += 1
+    return tagged
+
+
+try:
+    from torch._inductor.custom_graph_pass import CustomGraphPass as _GraphPass
+except ImportError:  # older torch: a plain callable (inductor then skips its graph cache for these compiles)
+    _GraphPass = object  # type: ignore[misc,assignment]
+
+
+class RecomputeInCheckpoint(_GraphPass):  # type: ignore[misc,valid-type]
+    """Inductor joint-graph pass running :func:`tag_checkpointed_scaled_mm` (then any pass installed before it)."""
+
+    def __init__(self, previous: Optional[Callable] = None) -> None:
+        self.previous = previous
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        tag_checkpointed_scaled_mm(graph)
+        if self.previous is not None:
+            self.previous(graph)
+
+    def uuid(self) -> Any:
+        before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
+        return f"lorakit-fp8-recompute-1:{before}"
+
+
+def install_recompute_pass() -> None:
+    """Install :class:`RecomputeInCheckpoint` as inductor's joint-graph pre-pass (idempotent; keeps one set before)."""
+    import torch._inductor.config as inductor_config
+
+    current = inductor_config.joint_custom_pre_pass
+    if not isinstance(current, RecomputeInCheckpoint):
+        inductor_config.joint_custom_pre_pass = RecomputeInCheckpoint(current)
 
 
 def can_compute(w8: torch.Tensor) -> bool:

@@ -21,7 +21,7 @@ def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProc
 
 
 def test_bench_rows_for_fp8_compute_run_and_agree_with_fp8_storage(tmp_path):
-    rows = ["flux1/fp8", "flux1/fp8c", "flux1/fp8s+compile"]  # the same placement path: same weights and batches
+    rows = ["flux1/fp8", "flux1/fp8c", "flux1/fp8s+compile", "flux1/fp8t+compile"]  # the same placement path: same weights and batches
     done = run(["benchmarks/bench.py", *rows, "--steps", "6", "--no-append"], tmp_path, BENCH_TINY="1")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = {r["row"]: r for r in map(json.loads, (tmp_path / "bench.jsonl").read_text().splitlines())}
@@ -31,13 +31,13 @@ def test_bench_rows_for_fp8_compute_run_and_agree_with_fp8_storage(tmp_path):
         losses = results[name]["losses"]
         assert len(losses) == 6 and all(abs(a - b) <= 0.01 * abs(b) for a, b in zip(losses, base)), (name, losses)
     table = (tmp_path / "RESULTS.md").read_text()
-    assert "fp8 compute (split)" in table and "| flux1/fp8c |" in table
+    assert "fp8 compute (split)" in table and "fp8 compute (traced)" in table and "| flux1/fp8c |" in table
 
 
 def test_block_probe_reports_every_mode(tmp_path):
-    done = run(["benchmarks/probe_blocks.py", "bf16", "fp8c", "fp8s"], tmp_path)
+    done = run(["benchmarks/probe_blocks.py", "bf16", "fp8c", "fp8t"], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     modes = {(cells[1].strip(), cells[2].strip()) for cells in (line.split("|") for line in lines[1:])}
-    assert modes == {(m, b) for m in ("bf16", "fp8c", "fp8s") for b in ("double", "single")}, lines
+    assert modes == {(m, b) for m in ("bf16", "fp8c", "fp8t") for b in ("double", "single")}, lines
     assert not any("FAILED" in line for line in lines)
