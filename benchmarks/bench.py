@@ -101,8 +101,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/fp8+gc50+compile": {"family": "flux1", "gc": True, "fp8": True, "ckpt_fraction": 0.5, "compile": "regions"},
     "sdxl/gc50+compile-graphs": {"family": "sdxl", "gc": True, "ckpt_fraction": 0.5, "compile": "regions",
                                  "cudagraphs": True},
-    # round 4: fp8 compute (memory.fp8_compute: float8 matmuls on the tensor cores), alone and with the memory it
-    # frees spent on fewer checkpointed blocks
+    # rounds 4-5: fp8 compute (memory.fp8_compute: float8 matmuls on the tensor cores), alone and with the memory it
+    # frees spent on fewer checkpointed blocks. Round 4 ran them with opaque custom ops, round 5 also with the traced
+    # autograd.Function + joint-graph recompute pass, now the only implementation (lorakit/train/fp8.py)
     "flux1/fp8c": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True},
     "flux1/fp8c+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "compile": "regions"},
     "flux1/fp8c+gc70+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "ckpt_fraction": 0.7,
@@ -111,35 +112,19 @@ ROWS: dict[str, dict[str, Any]] = {
                                 "compile": "regions"},
     "flux1/fp8c+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "ckpt_fraction": 0.6,
                                 "compile": "regions"},
+    # experiment (not a lorakit setting): no block checkpoint; the min-cut partitioner keeps a share ("amb") of each
+    # compiled block's activations, recomputing what is cheapest (torch._functorch.config.activation_memory_budget)
+    "flux1/fp8c+amb40+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.4,
+                                 "compile": "regions"},
+    "flux1/fp8c+amb25+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.25,
+                                 "compile": "regions"},
     "flux1/vram26+fp8c+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "compile": "regions"},
     "flux1/vram24+fp8c+compile": {"family": "flux1", "gc": True, "vram": 24, "fp8c": True, "compile": "regions"},
+    "flux1/vram16+fp8c+compile": {"family": "flux1", "gc": True, "vram": 16, "fp8c": True, "compile": "regions"},
     "flux1/vram12+fp8c+compile": {"family": "flux1", "gc": True, "vram": 12, "fp8c": True, "compile": "regions"},
     "sdxl/fp8c+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
                          "cudagraphs": True},
-    # fp8 compute's other implementations (fp8.COMPUTE_VARIANT): "split" (traced quantisation, opaque products) and
-    # "traced" (everything traced, matmuls tagged for recomputation inside checkpointed blocks)
-    "flux1/fp8s+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "split",
-                           "compile": "regions"},
-    "flux1/fp8s+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "split",
-                                "ckpt_fraction": 0.6, "compile": "regions"},
-    "flux1/vram26+fp8s+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "variant": "split",
-                                  "compile": "regions"},
-    "flux1/fp8t+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
-                           "compile": "regions"},
-    "flux1/fp8t+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
-                                "ckpt_fraction": 0.6, "compile": "regions"},
-    "flux1/fp8t+gc40+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
-                                "ckpt_fraction": 0.4, "compile": "regions"},
-    "flux1/vram26+fp8t+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "variant": "traced",
-                                  "compile": "regions"},
-    "flux1/vram16+fp8t+compile": {"family": "flux1", "gc": True, "vram": 16, "fp8c": True, "variant": "traced",
-                                  "compile": "regions"},
-    "sdxl/fp8t+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
-                         "compile": "regions", "cudagraphs": True},
-    "sdxl/fp8t+compile": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "variant": "traced",
-                          "compile": "regions"},
-    "sdxl/fp8s+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "variant": "split",
-                         "compile": "regions", "cudagraphs": True},
+    "sdxl/fp8c+compile": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions"},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
@@ -265,10 +250,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     t_build = time.time() - t0
 
     speed.DISABLE_CUDNN_SDPA = {True: False, False: True}.get(s.get("cudnn"), "eager")  # default: lorakit's
-    if s.get("variant"):  # fp8 compute's implementation (lorakit/train/fp8.py COMPUTE_VARIANT)
-        from lorakit.train import fp8 as fp8_module
-
-        fp8_module.COMPUTE_VARIANT = s["variant"]
+    if s.get("amb") is not None:  # experiment: the partitioner picks what each compiled block recomputes
+        torch._functorch.config.activation_memory_budget = float(s["amb"])
     if placed(s):  # as `lorakit train` does: the base waits on the CPU, LoRA is injected there
         model.to("cpu")
         sync(device)
@@ -472,15 +455,15 @@ def settings_text(s: dict, cfg: Any) -> str:
         parts.append(f"mode={s['mode']}")
     if s.get("cudagraphs"):
         parts.append("CUDA graphs (reduce-overhead + mark_step)")
+    if s.get("amb") is not None:
+        parts.append(f"activation_memory_budget={s['amb']:g}")
     if s.get("vram"):
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
                      f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}")
-        parts += [(f"fp8 compute ({s['variant']})" if s.get("variant") else "fp8 compute")] if m.fp8_compute else []
+        parts += ["fp8 compute"] if m.fp8_compute else []
     else:
-        parts += ([(f"fp8 compute ({s['variant']})" if s.get("variant") else "fp8 compute" if s.get("fp8c")
-                    else "fp8 storage")]
-                  if s.get("fp8") else []) + \
+        parts += (["fp8 compute" if s.get("fp8c") else "fp8 storage"] if s.get("fp8") else []) + \
             ([f"swap {s['swap']} blocks"] if s.get("swap") else [])
     cudnn = {True: True, False: False}.get(s.get("cudnn"), bool(s.get("compile")))
     parts.append("cuDNN-SDPA on" if cudnn else "cuDNN-SDPA off")

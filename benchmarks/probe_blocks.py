@@ -8,8 +8,7 @@ which how many alias a parameter (no new memory), the memory still allocated aft
 forward + backward above the weights, and the forward+backward time (median of 10, each mode timed alone).
 
 Modes: ``bf16``; ``bf16nl`` (bf16 without LoRA: what the LoRA side costs); ``fp8`` (storage, opaque op as under
-CUDA graphs); ``fp8c`` (fp8 compute); ``fp8s`` / ``fp8t`` (fp8 compute, "split" / "traced" variant:
-``fp8.COMPUTE_VARIANT``).
+CUDA graphs); ``fp8c`` (fp8 compute, with the joint-graph recompute pass ``lorakit.train`` installs for it).
 
     python3 benchmarks/probe_blocks.py            # all modes, each in its own process, compiled in parallel
     python3 benchmarks/probe_blocks.py bf16 --profile   # + GPU time per kernel kind (matmul, attention, ...)
@@ -28,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("bf16", "fp8", "fp8c", "fp8s", "fp8t")
+MODES = ("bf16", "fp8", "fp8c")
 EXTRA_MODES = ("bf16nl",)
 # kernel kinds for --profile, first match wins (attention kernels' names can contain "gemm"/"sm90" too)
 KINDS = (("attention", ("fmha", "flash", "attention", "sdpa", "attn")), ("matmul", ("gemm", "xmma", "nvjet", "cutlass",
@@ -86,9 +85,9 @@ def one(mode: str, sync_dir: Path, profiled: bool = False) -> dict:
         if mode != "bf16nl":
             inject_lora(block, targets, 16.0, 0.0, seed=1)
         if mode not in ("bf16", "bf16nl"):
-            fp8.apply_fp8_base(nn.Sequential(block), compute=mode in ("fp8c", "fp8s", "fp8t"))
-        fp8.COMPUTE_VARIANT = {"fp8s": "split", "fp8t": "traced"}.get(mode, "ops")
-        fp8.install_recompute_pass()
+            fp8.apply_fp8_base(nn.Sequential(block), compute=mode == "fp8c")
+        if mode == "fp8c":
+            fp8.install_recompute_pass()
         fp8.OPAQUE_UNDER_COMPILE = mode == "fp8"
         speed.checkpoint_forward(block)
         block.compile(dynamic=False, backend="aot_eager" if tiny else "inductor")

@@ -184,7 +184,7 @@ class MemoryCfg:
     fp8_base: bool = f(False, "Store frozen base weights in float8 (e4m3).")
     fp8_compute: Optional[bool] = f(None, "With fp8_base (or vram_gb): run the frozen Linears' matmuls in float8 on "
                                     "the tensor cores (compute capability 8.9+: RTX 40xx, L4, H100; bf16 runs). "
-                                    "Default: on when vram_gb picks fp8 storage with cuda_graphs (measured faster "
+                                    "Default: on when vram_gb picks fp8 storage under compile (measured faster "
                                     "there); false: never.")
     blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
                             families=("flux1",))

@@ -17,9 +17,10 @@ Settings are tried from fastest to leanest — no checkpointing, checkpointing o
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
 blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
-with no checkpointing. When even the leanest does not fit the batch, :func:`apply_budget` splits it: the
-largest divisor of ``training.batch_size`` that fits, with ``training.gradient_accumulation`` raised so that
-the effective batch stays the same.
+with no checkpointing; left unset, it is turned on after planning when the plan stores weights in fp8 under
+``memory.compile`` and the GPU has float8 matmuls (faster than upcasting there). When even the leanest does
+not fit the batch, :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits,
+with ``training.gradient_accumulation`` raised so that the effective batch stays the same.
 """
 
 from __future__ import annotations
@@ -196,7 +197,11 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     # fp8 *storage* under compile without CUDA graphs runs each block inside lorakit's own checkpoint
     # (lorakit/train/speed.py): a block left out of it would keep bf16 upcasts of its weights, which the
     # activation rates do not count, so that setting is only planned with every block checkpointed
-    partial_fp8 = bool(cfg.memory.fp8_compute or cfg.memory.cuda_graphs or not cfg.memory.compile)
+    # fp8_compute left unset is decided here, before planning: where the GPU multiplies in float8, fp8 tiers are
+    # planned as fp8 compute (partial checkpointing allowed) and it is switched on if the plan picks fp8
+    why_not = _fp8_compute_problem(cfg, device) if cfg.memory.fp8_compute is None and cfg.memory.compile else "unset"
+    auto_compute = why_not is None
+    partial_fp8 = bool(cfg.memory.fp8_compute or auto_compute or cfg.memory.cuda_graphs or not cfg.memory.compile)
     wanted_fraction = float(cfg.memory.checkpoint_fraction)
 
     def plan_for(batch: int) -> Plan:
@@ -230,24 +235,25 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     cfg.memory.fp8_base = plan.fp8_base
     cfg.memory.blocks_to_swap = plan.blocks_to_swap
     log(plan.describe())
-    if cfg.memory.fp8_compute is None and plan.fp8_base and cfg.memory.cuda_graphs:
-        cfg.memory.fp8_compute = _fp8_compute_available(cfg, device, log)
+    if cfg.memory.fp8_compute is None and plan.fp8_base and cfg.memory.compile:
+        cfg.memory.fp8_compute = auto_compute
+        log(f"vram_gb = {cfg.memory.vram_gb:g}: " + ("fp8_compute = true (float8 matmuls; under compile faster than "
+            "upcasting the fp8 weights; memory.fp8_compute = false keeps the upcast)" if auto_compute else
+            f"fp8 storage without fp8 compute ({why_not})"))
     return plan
 
 
-def _fp8_compute_available(cfg, device: Optional[torch.device], log) -> bool:
-    """memory.fp8_compute left unset: with fp8 storage under CUDA graphs the float8 matmuls are measurably faster at
-    the same memory (SDXL, H200: 0.222 against 0.308 s/step at 4.85 GiB, RESULTS.md rounds 3-4), so the budget turns
-    them on where the GPU and PyTorch have them."""
+def _fp8_compute_problem(cfg, device: Optional[torch.device]) -> Optional[str]:
+    """None where memory.fp8_compute, left unset, can be switched on, else why not. Under compile (with or without
+    CUDA graphs) the float8 matmuls are measurably faster than fp8 storage at about the same memory (H200: FLUX.1-dev
+    0.519 against 0.607 s/step at 14.6/14.5 GiB; SDXL with CUDA graphs 0.230 against 0.308 at 4.85 GiB;
+    benchmarks/RESULTS.md), so the budget uses them where the GPU and PyTorch have them."""
     from lorakit.train import memory
 
     if device is None or device.type != "cuda":
-        return False
+        return "not on a CUDA GPU"
     try:
         memory.check_fp8_compute(cfg, device)  # the same checks as a hand-set memory.fp8_compute = true
     except ConfigError as why:
-        log(f"vram_gb = {cfg.memory.vram_gb:g}: fp8 storage without fp8 compute ({why})")
-        return False
-    log(f"vram_gb = {cfg.memory.vram_gb:g}: fp8_compute = true (float8 matmuls; with CUDA graphs faster than upcasting "
-        "the fp8 weights; memory.fp8_compute = false keeps the upcast)")
-    return True
+        return str(why)
+    return None

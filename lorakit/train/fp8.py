@@ -189,25 +189,27 @@ def fp8_matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: to
 
 # ---------------------------------------------------------------------------------------------- fp8 compute
 #
-# ``memory.fp8_compute``: the frozen Linears multiply in float8 (``torch._scaled_mm``, the tensor cores' fp8
-# path: 1.3-1.4k TFLOP/s against bf16's ~0.8k on an H200, benchmarks/RESULTS.md). The weight is already e4m3 with a
-# scale per output row. The input is quantised per row (one scale per token, ``amax / 448``, not rounded to a power
-# of two: the scales are applied in fp32 after the product). Forward: ``y = (x8 @ w8ᵀ) · sx · sw``. Backward (input
-# gradient only, the weight is frozen): the per-output-row weight scale lies along the contraction, so it is folded
-# into the incoming gradient first, which is then quantised per row: ``gx = ((g · sw)8 @ w8) · sg``. Hopper's fp8
-# instructions want both operands K-major: forward's ``w8ᵀ`` already is; backward makes a transposed copy of the
-# fp8 weight per call (1 byte per value, freed right after).
+# ``memory.fp8_compute``: the frozen Linears multiply in float8 (``torch._scaled_mm``, the tensor cores' fp8 path:
+# 1.3-1.4k TFLOP/s against bf16's ~0.8k on an H200, benchmarks/RESULTS.md). The weight is already e4m3 with a scale
+# ``sw`` per output row. Forward: the input is quantised per row (one scale per token, ``sx = amax / 448``, not a power
+# of two: the scales are applied in fp32 after the product), then ``y = (x8 @ w8ᵀ) · sx · sw``. Backward (the input's
+# gradient only, the weight is frozen): ``gx = (g · sw) @ upcast(w8)`` in bf16; the power-of-two row scales fold
+# exactly into the gradient, so there is no transposed copy of the weight and no quantisation of the gradient. Only
+# the fp8 weight and its scale are kept for backward. Layers whose shapes ``_scaled_mm`` cannot take (a dimension not
+# a multiple of 16) and runs that do not compute in bf16 use the storage path above.
 #
-# Both directions are opaque custom ops (``lorakit::fp8_linear`` and its backward ``lorakit::fp8_linear_grad``),
-# for two measured reasons (H200, FLUX.1-dev, benchmarks/probe_blocks.py): traced by torch.compile inside a
-# checkpointed block, (1) ``_scaled_mm`` counts as "compute intensive" and its outputs were *saved* instead of
-# recomputed (+0.25 GiB per block, +14 GiB in all), and (2) the transposed weight copy depends on the weight alone,
-# so the partitioner may move it into forward and keep it. Opaque, the forward is recomputed like any checkpointed
-# op and the copy can only happen in backward. The element-wise work inside them (quantisation, the transpose) runs
-# through small ``torch.compile``d helpers on CUDA so it stays one or two fused kernels per call.
+# :class:`_Fp8LinearTraced` is a plain autograd.Function, traced whole by torch.compile (eager calls quantise through
+# a small compiled helper on CUDA). Why a joint-graph pass goes with it: under torch 2.11 the Function's body, traced
+# inside ``torch.utils.checkpoint``, lacks the "recompute" tag the rest of the checkpointed region carries, so
+# inductor's min-cut partitioner treats ``_scaled_mm`` as compute-intensive, never recomputes it, and saves every
+# layer's output for backward (+14 GiB on FLUX.1-dev). :class:`RecomputeInCheckpoint` (installed under compile by
+# ``lorakit.train.speed.prepare_denoiser``) gives those nodes their region's tag before partitioning.
 #
-# Only the fp8 weight and its scale are kept for backward. Layers whose shapes ``_scaled_mm`` cannot take (a
-# dimension not a multiple of 16) or runs that do not compute in bf16 use the storage path above.
+# Measured (H200, torch 2.11, FLUX.1-dev, compile, every block checkpointed): 0.519 s/step at 14.61 GiB, against
+# 0.553 at 25.63 for bf16 and 0.607 at 14.50 for fp8 storage; with 60 % of the blocks checkpointed 0.467 at 25.73.
+# SDXL with CUDA graphs: 0.230 at 4.85 GiB. Losses within 1.8e-4 (relative) of bf16. Earlier versions ran the layer
+# as opaque custom ops; they were host-bound under compile without CUDA graphs and are gone (benchmarks/RESULTS.md
+# rounds 4-5).
 
 ALIGN = 16  # _scaled_mm: both dims of the weight must be multiples of 16; rows of the input are padded to it
 
@@ -218,16 +220,6 @@ def quantize_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     amax = t.abs().amax(dim=1, keepdim=True).float()
     scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
     return (t.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).contiguous(), scale
-
-
-def _fold_and_quantize(grad: torch.Tensor, w_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The backward's left operand: ``grad · w_scale`` (per column) quantised per row."""
-    return quantize_rows(grad.float() * w_scale.float())
-
-
-def _transposed(w8: torch.Tensor) -> torch.Tensor:
-    """``w8`` laid out column-major (a transposed copy): backward's right operand."""
-    return w8.t().contiguous().t()
 
 
 _HELPERS: dict[str, Callable] = {}
@@ -266,117 +258,12 @@ def _pad_rows(t: torch.Tensor) -> torch.Tensor:
     return F.pad(t, (0, 0, 0, extra)) if extra else t
 
 
-@torch.library.custom_op("lorakit::fp8_linear", mutates_args=())
-def _fp8_linear_op(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x @ (w8 · scale)ᵀ`` in float8, bf16 out (see above)."""
-    flat = x.reshape(-1, x.shape[-1])
-    a8, a_scale = _helper(quantize_rows, x.device)(_pad_rows(flat))
-    y = _scaled(a8, a_scale, w8.t(), scale.float().reshape(1, -1), flat.shape[0])
-    return y.reshape(*x.shape[:-1], w8.shape[0])
-
-
-@_fp8_linear_op.register_fake
-def _fp8_linear_fake(x, w8, scale):
-    return x.new_empty((*x.shape[:-1], w8.shape[0]), dtype=torch.bfloat16)
-
-
-@torch.library.custom_op("lorakit::fp8_linear_grad", mutates_args=())
-def _fp8_linear_grad_op(grad: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor,
-                        in_dtype: torch.dtype) -> torch.Tensor:
-    """The input gradient of :func:`_fp8_linear_op`: ``(grad · scale) @ w8`` in float8."""
-    flat = grad.reshape(-1, grad.shape[-1])
-    g8, g_scale = _helper(_fold_and_quantize, grad.device)(_pad_rows(flat), scale)
-    ones = torch.ones(1, w8.shape[1], dtype=torch.float32, device=w8.device)
-    gx = _scaled(g8, g_scale, _helper(_transposed, w8.device)(w8), ones, flat.shape[0])
-    return gx.reshape(*grad.shape[:-1], w8.shape[1]).to(in_dtype)
-
-
-@_fp8_linear_grad_op.register_fake
-def _fp8_linear_grad_fake(grad, w8, scale, in_dtype):
-    return grad.new_empty((*grad.shape[:-1], w8.shape[1]), dtype=in_dtype)
-
-
-def _fp8_linear_setup(ctx, inputs, output):
-    x, w8, scale = inputs
-    ctx.save_for_backward(w8, scale)
-    ctx.in_dtype = x.dtype
-
-
-def _fp8_linear_backward(ctx, grad):
-    w8, scale = ctx.saved_tensors
-    return _fp8_linear_grad_op(grad, w8, scale, ctx.in_dtype), None, None
-
-
-_fp8_linear_op.register_autograd(_fp8_linear_backward, setup_context=_fp8_linear_setup)
-
-
-# Three implementations of the same arithmetic, chosen by :data:`COMPUTE_VARIANT`:
-#
-# "ops": the two opaque custom ops above. Under CUDA graphs their per-call host cost disappears (SDXL 0.222 s/step),
-#   without them it bounded FLUX.1-dev's step (0.80 s, RESULTS.md round 4).
-#
-# "split": only the products are opaque ops and the rest stays visible to the compiler. Forward: the per-token
-#   quantisation is traced, then ``lorakit::fp8_mm`` multiplies (it takes ``x`` only to carry the gradient edge).
-#   Backward: ``lorakit::fp8_grad_mm`` multiplies the scale-folded gradient with the weight upcast to bf16 inside the op
-#   (a bf16 product: no transposed copy, no gradient quantisation). Measured better than "ops" but still host-bound
-#   on FLUX.1-dev (RESULTS.md run 12).
-#
-# "traced": a plain autograd.Function the compiler traces whole (quantisation, ``_scaled_mm``, and the same bf16
-#   input gradient as "split"). Alone it would repeat problem (1) above: the Function's body is traced as a nested
-#   graph whose nodes miss the "recompute" tag that ``torch.utils.checkpoint`` puts on everything else in the block,
-#   so the partitioner treats ``_scaled_mm`` as a compute-intensive op it must not recompute. :class:`RecomputeInCheckpoint`
-#   (installed by ``lorakit.train.speed.prepare_denoiser``) gives those nodes the tag of the checkpoint region they sit
-#   in, before partitioning: they are then recomputed like the rest of the block and no matmul output is kept.
-COMPUTE_VARIANTS = ("ops", "split", "traced")
-COMPUTE_VARIANT = "ops"
-
-
-@torch.library.custom_op("lorakit::fp8_mm", mutates_args=())
-def _fp8_mm_op(x: torch.Tensor, a8: torch.Tensor, a_scale: torch.Tensor, w8: torch.Tensor,
-               scale: torch.Tensor) -> torch.Tensor:
-    """``(a8 · a_scale) @ (w8 · scale)ᵀ`` in float8 for the first ``x.numel() / x.shape[-1]`` rows, shaped like
-    ``x[..., :out]``; ``x`` itself is not read (it carries the gradient)."""
-    rows = x.numel() // x.shape[-1]
-    y = _scaled(a8, a_scale, w8.t(), scale.float().reshape(1, -1), rows)
-    return y.reshape(*x.shape[:-1], w8.shape[0])
-
-
-@_fp8_mm_op.register_fake
-def _fp8_mm_fake(x, a8, a_scale, w8, scale):
-    return x.new_empty((*x.shape[:-1], w8.shape[0]), dtype=torch.bfloat16)
-
-
-@torch.library.custom_op("lorakit::fp8_grad_mm", mutates_args=())
-def _fp8_grad_mm_op(g: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
-    """``g @ upcast(w8)`` in bf16 (``g`` already carries the weight's row scales)."""
-    return g @ w8.to(torch.bfloat16)
-
-
-@_fp8_grad_mm_op.register_fake
-def _fp8_grad_mm_fake(g, w8):
-    return g.new_empty((*g.shape[:-1], w8.shape[1]), dtype=torch.bfloat16)
-
-
-def _fp8_mm_setup(ctx, inputs, output):
-    x, _, _, w8, scale = inputs
-    ctx.save_for_backward(w8, scale)
-    ctx.in_dtype = x.dtype
-
-
 def _fold(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return grad.to(torch.bfloat16) * scale.to(torch.bfloat16)  # power-of-two scales: exact in bf16
 
 
-def _fp8_mm_backward(ctx, grad):
-    w8, scale = ctx.saved_tensors
-    return _fp8_grad_mm_op(_fold(grad, scale), w8).to(ctx.in_dtype), None, None, None, None
-
-
-_fp8_mm_op.register_autograd(_fp8_mm_backward, setup_context=_fp8_mm_setup)
-
-
 class _Fp8LinearTraced(torch.autograd.Function):
-    """The "traced" variant: ``x @ (w8 · scale)ᵀ`` in float8 forward, bf16 input gradient; saves only ``w8``/``scale``."""
+    """``x @ (w8 · scale)ᵀ`` in float8 forward, bf16 input gradient; saves only ``w8``/``scale`` (see above)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -397,18 +284,12 @@ class _Fp8LinearTraced(torch.autograd.Function):
 def fp8_linear(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``x @ (w8 · scale)ᵀ`` multiplied in float8 (``memory.fp8_compute``); bf16 out. Only the fp8 weight and its
     scale are kept for backward; the frozen weight gets no gradient."""
-    if COMPUTE_VARIANT == "traced":
-        return _Fp8LinearTraced.apply(x, w8, scale)
-    if COMPUTE_VARIANT == "ops":
-        return _fp8_linear_op(x, w8, scale)
-    with torch.no_grad():
-        a8, a_scale = quantize_rows(_pad_rows(x.reshape(-1, x.shape[-1])))
-    return _fp8_mm_op(x, a8, a_scale, w8, scale)
+    return _Fp8LinearTraced.apply(x, w8, scale)
 
 
 def tag_checkpointed_scaled_mm(graph: torch.fx.Graph) -> int:
     """Give the untagged forward nodes of a checkpointed region the region's recompute tag, in joint graphs that hold
-    a ``_scaled_mm`` (see "traced" above); returns how many nodes were tagged.
+    a ``_scaled_mm`` (see "fp8 compute" above); returns how many nodes were tagged.
 
     A node counts as inside a region when a tagged node feeds it (directly or through other untagged nodes) and it
     feeds a tagged node of the same region: the body of a Function traced inside the checkpoint. Nodes on the

@@ -104,10 +104,7 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     # see lorakit/train/fp8.py; with fp8 compute it still guards the few layers that fall back to upcasting
     fp8.OPAQUE_UNDER_COMPILE = compile_ and bool(getattr(memory, "fp8_base", False))
     if getattr(memory, "fp8_compute", False) and compile_:
-        fp8.install_recompute_pass()  # the traced variant's matmuls are recomputed inside checkpointed blocks
-        if fp8.COMPUTE_VARIANT != "traced" and not graphs:
-            log("note: memory.fp8_compute without memory.cuda_graphs: each float8 layer is an opaque op whose launch "
-                "cost bounds the step (FLUX.1-dev measured slower than fp8 storage alone, benchmarks/RESULTS.md round 4)")
+        fp8.install_recompute_pass()  # the float8 matmuls are recomputed inside checkpointed blocks
     mode = "reduce-overhead" if compile_ and graphs else None
     if compile_ and scope == "whole":
         on = set_gradient_checkpointing(model, checkpointing, log, selected)

@@ -373,13 +373,6 @@ def test_compiled_forward_saves_the_fp8_weight_not_an_upcast_copy(opaque, monkey
 # ------------------------------------------------------------------------------------------------ fp8 compute
 
 
-@pytest.fixture(params=fp8.COMPUTE_VARIANTS)
-def compute_variant(request, monkeypatch):
-    """Every fp8-compute implementation: whole-layer opaque ops, the split variant and the traced one."""
-    monkeypatch.setattr(fp8, "COMPUTE_VARIANT", request.param)
-    return request.param
-
-
 def e4m3_rows(t: torch.Tensor) -> torch.Tensor:
     """Reference per-row quantisation, written out row by row in float64: each row scaled so that its largest
     magnitude is 448, rounded to e4m3 and scaled back."""
@@ -401,10 +394,10 @@ def computed_layer(in_features: int = 64, out_features: int = 48, bias: bool = T
     return holder[0]
 
 
-def test_fp8_compute_forward_and_input_gradient_match_a_quantised_reference(compute_variant):
+def test_fp8_compute_forward_and_input_gradient_match_a_quantised_reference():
     """Under bf16 autocast the layer multiplies per-token-quantised inputs with the fp8 weight: the output equals
     the float64 product of the independently quantised input and the dequantised weight (to bf16 rounding),
-    and the input gradient equals the product of the quantised (gradient · weight scale) and the fp8 weight.
+    and the input gradient equals the (unquantised) bf16 gradient times the dequantised weight.
     21 rows (not a multiple of 16: padded inside), one all-zero row."""
     layer = computed_layer()
     assert layer.fp8_compute
@@ -425,8 +418,7 @@ def test_fp8_compute_forward_and_input_gradient_match_a_quantised_reference(comp
     g = torch.randn(3, 7, 48)
     y.backward(g.to(torch.bfloat16))
     scaled = g.to(torch.bfloat16).reshape(-1, 48).double() * layer.weight_scale.double()
-    # the opaque ops quantise the scaled gradient too; the split and traced variants multiply it in bf16
-    expected_gx = (e4m3_rows(scaled) if compute_variant == "ops" else scaled) @ layer.weight.double()
+    expected_gx = scaled @ layer.weight.double()  # the gradient is not quantised: a bf16 product
     assert x.grad.dtype == torch.float32 and rel(x.grad.reshape(-1, 64), expected_gx) < 0.006
     assert layer.weight.grad is None
 
@@ -458,7 +450,7 @@ def test_fp8_compute_saves_only_the_fp8_weight():
     assert sum(t.numel() * t.element_size() for t in saved) == 64 * 64 + 64 * 4  # weight + fp32 row scales
 
 
-def test_fp8_compute_training_tracks_the_bf16_run_and_compiles(compute_variant):
+def test_fp8_compute_training_tracks_the_bf16_run_and_compiles():
     """Five AdamW steps of LoRA on the tiny FLUX transformer under bf16 autocast: with fp8 compute the losses stay
     within 5 % of the unquantised bf16 run and it learns; torch.compile (aot_eager, full graph) traces a computed
     layer stack without a graph break and agrees with eager within fp8 rounding."""
@@ -543,10 +535,10 @@ def test_fp8_compute_is_refused_where_row_scaled_matmul_is_missing(monkeypatch):
         memory.check_supported(cfg, torch.device("cpu"))
 
 
-def _compile_checkpointed_fp8(variant: str, tag_pass: bool = True) -> dict:
+def _compile_checkpointed_fp8(tag_pass: bool = True) -> dict:
     """A small LoRA'd, fp8-computed Linear stack under bf16 autocast, compiled with the checkpoint traced inside and
-    inductor's min-cut partitioner (joint-graph pass first, as inductor orders them). For the traced variant the
-    Function body's nodes lose their recompute tags first, as torch 2.11 (the GPU machine's) leaves them."""
+    inductor's min-cut partitioner (joint-graph pass first, as inductor orders them). The fp8 Function body's nodes
+    lose their recompute tags first, as torch 2.11 (the GPU machine's) leaves them."""
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
     from torch._functorch.partitioners import min_cut_rematerialization_partition
@@ -560,7 +552,7 @@ def _compile_checkpointed_fp8(variant: str, tag_pass: bool = True) -> dict:
         if "lora_B" in name:
             nn.init.normal_(p, 0, 0.1)
     fp8.apply_fp8_base(net, compute=True)
-    got: dict = {"saved": [], "ops": set(), "tagged": [], "stripped": 0}
+    got: dict = {"saved": [], "tagged": [], "stripped": 0, "bw_graphs": []}
 
     def fw(gm, example_inputs):
         out = [n for n in gm.graph.nodes if n.op == "output"][0]
@@ -569,16 +561,15 @@ def _compile_checkpointed_fp8(variant: str, tag_pass: bool = True) -> dict:
         return make_boxed_func(gm.forward)
 
     def bw(gm, example_inputs):
-        got["ops"].update(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        got["bw_graphs"].append(gm)
         return make_boxed_func(gm.forward)
 
     def partition(gm, joint_inputs, **kwargs):
-        if variant == "traced":
-            for n in gm.graph.nodes:
-                if n.op == "call_function" and "lorakit/train/fp8.py" in (n.meta.get("stack_trace") or "") \
-                        and "_scaled_mm" in str(n.target) + str([u.target for u in n.users]):
-                    n.meta.pop("recompute", None)
-                    got["stripped"] += 1
+        for n in gm.graph.nodes:
+            if n.op == "call_function" and "lorakit/train/fp8.py" in (n.meta.get("stack_trace") or "") \
+                    and "_scaled_mm" in str(n.target) + str([u.target for u in n.users]):
+                n.meta.pop("recompute", None)
+                got["stripped"] += 1
         if tag_pass:
             got["tagged"].append(fp8.tag_checkpointed_scaled_mm(gm.graph))
         got["untagged_mm"] = [n.name for n in gm.graph.nodes if n.target is torch.ops.aten._scaled_mm.default
@@ -603,26 +594,27 @@ def _compile_checkpointed_fp8(variant: str, tag_pass: bool = True) -> dict:
     return got
 
 
-def test_compiled_fp8_compute_saves_no_weight_copy(compute_variant):
+def test_compiled_fp8_compute_saves_no_weight_copy():
     """fp8 compute under torch.compile with the checkpoint traced inside (lorakit's compiled-block layout) and
-    inductor's min-cut partitioner: forward saves no transposed (or any other) copy of the fp8 weights for
-    backward, and no layer output: the checkpointed layers are recomputed. (On the H200 with torch 2.11, traced
-    ``_scaled_mm`` outputs were saved instead, +14 GiB on FLUX.1-dev.) The opaque ops are recomputed like any
-    checkpointed op; the traced variant gets there through ``fp8.tag_checkpointed_scaled_mm``. Gradients match
-    eager within fp8 rounding."""
-    got = _compile_checkpointed_fp8(compute_variant)
+    inductor's min-cut partitioner: with ``fp8.tag_checkpointed_scaled_mm`` tagging the traced ``_scaled_mm`` nodes,
+    forward saves no transposed (or any other) copy of the fp8 weights for backward, and no layer output: the
+    checkpointed layers are recomputed. (On the H200 with torch 2.11, untagged ``_scaled_mm`` outputs were saved
+    instead, +14 GiB on FLUX.1-dev.) The input gradient is a plain bf16 ``aten.mm``. Gradients match eager within fp8
+    rounding."""
+    got = _compile_checkpointed_fp8()
     saved, shapes = got["saved"], got["shapes"]
     assert rel(got["out"], got["eager"]) < 0.03
     assert all(rel(g, got["eager_grads"][n]) < 0.05 for n, g in got["grads"].items())
-    if compute_variant == "traced":
-        assert got["stripped"] >= 3 and got["tagged"][0] >= 3 and got["untagged_mm"] == [], got
-    else:
-        assert got["tagged"] == [0]  # the pass leaves graphs without a traced _scaled_mm alone
+    assert got["stripped"] >= 3 and got["tagged"][0] >= 3 and got["untagged_mm"] == [], got
     assert len(shapes) == 3 and saved
     copies = [s for s in saved if s[:-1] in shapes | {(b, a) for a, b in shapes}]
     assert len(copies) <= len(shapes) and all(s[:-1] in shapes and s[-1] == fp8.FP8 for s in copies), copies
-    grad_op = {"ops": "lorakit.fp8_linear_grad", "split": "lorakit.fp8_grad_mm", "traced": "aten.mm"}[compute_variant]
-    assert any(grad_op in o for o in got["ops"]), got["ops"]
+    # the input gradients: bf16 ``aten.mm`` with the fp8 weight upcast as it is stored (no transposed copy), for the
+    # two layers whose input needs a gradient (the first one's is the stack's input, which does not)
+    upcast_mms = {tuple(n.args[1].meta["val"].shape) for gm in got["bw_graphs"] for n in gm.graph.nodes
+                  if n.target is torch.ops.aten.mm.default and n.args[1].target is torch.ops.aten._to_copy.default
+                  and n.args[1].args[0].meta["val"].dtype == fp8.FP8}
+    assert upcast_mms == {(48, 96), (16, 48)}, upcast_mms
     assert not [s for s in saved if s[:-1] in OUTPUTS and s[-1] == torch.bfloat16], saved
 
 
@@ -631,11 +623,10 @@ def test_compiled_fp8_compute_saves_no_weight_copy(compute_variant):
 OUTPUTS = {(40, 96), (40, 48), (48, 96), (48, 48)}
 
 
-def test_untagged_scaled_mm_outputs_are_saved_without_the_pass(monkeypatch):
+def test_untagged_scaled_mm_outputs_are_saved_without_the_pass():
     """The failure the pass repairs, reproduced: traced ``_scaled_mm`` nodes without a recompute tag are banned from
     recomputation by the min-cut partitioner, so forward keeps the layers' bf16 outputs for backward."""
-    monkeypatch.setattr(fp8, "COMPUTE_VARIANT", "traced")
-    got = _compile_checkpointed_fp8("traced", tag_pass=False)
+    got = _compile_checkpointed_fp8(tag_pass=False)
     assert got["stripped"] >= 3 and len(got["untagged_mm"]) == 3
     assert [s for s in got["saved"] if s[:-1] in OUTPUTS and s[-1] == torch.bfloat16], got["saved"]
 
