@@ -236,6 +236,9 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     cfg.memory.blocks_to_swap = plan.blocks_to_swap
     log(plan.describe())
     if cfg.memory.fp8_compute is None and plan.fp8_base and cfg.memory.compile:
+        if plan.blocks_to_swap:  # swapped blocks run inside lorakit's own checkpoint, where fp8 compute was slower
+            auto_compute, why_not = False, ("blocks are swapped: measured slower than fp8 storage there, 0.73 against "
+                                            "0.65 s/step at vram_gb = 12")
         cfg.memory.fp8_compute = auto_compute
         log(f"vram_gb = {cfg.memory.vram_gb:g}: " + ("fp8_compute = true (float8 matmuls; under compile faster than "
             "upcasting the fp8 weights; memory.fp8_compute = false keeps the upcast)" if auto_compute else

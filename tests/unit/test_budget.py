@@ -363,9 +363,9 @@ def test_unset_fp8_compute_lets_the_budget_plan_partial_checkpointing(flux_sizes
     monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
     monkeypatch.setattr(fp8, "check_compute", lambda device: None)
 
-    def chosen(**memory):
+    def chosen(vram_gb=26, **memory):
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
-                                      "memory": {"vram_gb": 26, "compile": True, **memory}})
+                                      "memory": {"vram_gb": vram_gb, "compile": True, **memory}})
         plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda line: None,
                                    device=torch.device("cuda"))
         return plan, cfg.memory
@@ -375,3 +375,5 @@ def test_unset_fp8_compute_lets_the_budget_plan_partial_checkpointing(flux_sizes
     assert plan.estimate_gib <= 26
     plan, mem = chosen(fp8_compute=False)
     assert plan.fp8_base and mem.fp8_compute is False and mem.checkpoint_fraction == 1.0
+    plan, mem = chosen(vram_gb=12)  # swapped blocks: fp8 storage (measured faster there than fp8 compute)
+    assert plan.blocks_to_swap > 0 and mem.fp8_compute is False and mem.checkpoint_fraction == 1.0
