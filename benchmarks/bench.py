@@ -116,6 +116,8 @@ ROWS: dict[str, dict[str, Any]] = {
     # compiled block's activations, recomputing what is cheapest (torch._functorch.config.activation_memory_budget)
     "flux1/fp8c+amb40+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.4,
                                  "compile": "regions"},
+    "flux1/fp8c+amb35+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.35,
+                                 "compile": "regions"},
     "flux1/fp8c+amb25+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.25,
                                  "compile": "regions"},
     "flux1/vram26+fp8c+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "compile": "regions"},
