@@ -112,8 +112,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                 "compile": "regions"},
     "flux1/fp8c+gc60+compile": {"family": "flux1", "gc": True, "fp8": True, "fp8c": True, "ckpt_fraction": 0.6,
                                 "compile": "regions"},
-    # experiment (not a lorakit setting): no block checkpoint; the min-cut partitioner keeps a share ("amb") of each
-    # compiled block's activations, recomputing what is cheapest (torch._functorch.config.activation_memory_budget)
+    # selective recomputation (memory.activation_budget = "amb"): no block checkpoint; the compiler keeps that share of
+    # each compiled block's activations and recomputes the cheapest rest
     "flux1/fp8c+amb40+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.4,
                                  "compile": "regions"},
     "flux1/fp8c+amb35+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.35,
@@ -154,7 +154,8 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
         "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
                    "fp8_compute": True if s.get("fp8c") else None,  # None: lorakit's default (vram_gb may choose)
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
-                   "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0)},
+                   "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0),
+                   "activation_budget": s.get("amb")},
     }
     return load_config(None, data=data)
 
@@ -252,8 +253,6 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     t_build = time.time() - t0
 
     speed.DISABLE_CUDNN_SDPA = {True: False, False: True}.get(s.get("cudnn"), "eager")  # default: lorakit's
-    if s.get("amb") is not None:  # experiment: the partitioner picks what each compiled block recomputes
-        torch._functorch.config.activation_memory_budget = float(s["amb"])
     if placed(s):  # as `lorakit train` does: the base waits on the CPU, LoRA is injected there
         model.to("cpu")
         sync(device)
@@ -458,7 +457,7 @@ def settings_text(s: dict, cfg: Any) -> str:
     if s.get("cudagraphs"):
         parts.append("CUDA graphs (reduce-overhead + mark_step)")
     if s.get("amb") is not None:
-        parts.append(f"activation_memory_budget={s['amb']:g}")
+        parts.append(f"activation_budget={s['amb']:g}")
     if s.get("vram"):
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "

@@ -44,10 +44,27 @@ def check_supported(cfg: Config, device: torch.device) -> None:
         raise ConfigError("memory.checkpoint_fraction: with fp8_base under compile (no cuda_graphs) every block runs "
                           "inside lorakit's own checkpoint; a block left out would keep bf16 copies of its float8 "
                           "weights. Set checkpoint_fraction = 1, or add memory.fp8_compute or memory.cuda_graphs")
+    if mem.activation_budget is not None:
+        check_activation_budget(cfg)
     if mem.blocks_to_swap:
         check_block_swap(mem.gradient_checkpointing, mem.cuda_graphs)
     if mem.fused_backward:
         check_fused_backward(cfg)
+
+
+def check_activation_budget(cfg: Config) -> None:
+    """memory.activation_budget: the compiler's selective recomputation inside each compiled block, in place of
+    block checkpointing (lorakit/train/speed.py)."""
+    mem = cfg.memory
+    if not mem.compile:
+        raise ConfigError("memory.activation_budget: the compiler chooses what to recompute; set memory.compile = true "
+                          "or remove it")
+    if mem.gradient_checkpointing:
+        raise ConfigError("memory.activation_budget: replaces block checkpointing; set memory.gradient_checkpointing = "
+                          "false, or remove it and use memory.checkpoint_fraction")
+    if mem.vram_gb:
+        raise ConfigError("memory.activation_budget: memory.vram_gb plans block checkpointing itself; remove one of "
+                          "the two")
 
 
 def check_fp8_compute(cfg: Config, device: torch.device) -> None:

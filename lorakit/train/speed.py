@@ -84,6 +84,14 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if device.type == "cuda":
         configure_attention(compiled=compile_)
+    import torch._functorch.config
+
+    budget = getattr(memory, "activation_budget", None)
+    # process-wide, read by the partitioner when each block compiles; 1.0 (torch's default) when unset
+    torch._functorch.config.activation_memory_budget = float(budget) if compile_ and budget else 1.0
+    if compile_ and budget:
+        log(f"activation_budget: each compiled block keeps about {budget:.0%} of its activations; the compiler "
+            "recomputes the rest in backward, cheapest first")
     if compile_:
         _configure_dynamo(buckets)
         if buckets > 1:

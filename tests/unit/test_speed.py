@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
@@ -146,7 +147,8 @@ def test_sdxl_regions_include_resnets():
 
 def cfg(**mem):
     base = dict(gradient_checkpointing=True, compile=False, fp8_base=False, fp8_compute=False, fused_backward=False,
-                vram_gb=None, blocks_to_swap=0, cuda_graphs=False, fused_optimizer=False, checkpoint_fraction=1.0)
+                vram_gb=None, blocks_to_swap=0, cuda_graphs=False, fused_optimizer=False, checkpoint_fraction=1.0,
+                activation_budget=None)
     base.update(mem)
     return SimpleNamespace(memory=SimpleNamespace(**base), training=SimpleNamespace(mixed_precision="bf16"),
                            optimizer=SimpleNamespace(name="adamw"))
@@ -211,17 +213,17 @@ def test_compile_makes_room_for_every_bucket_shape(monkeypatch):
     import torch._dynamo
 
     monkeypatch.setattr(speed, "compile_regions", lambda model, **kw: 3)
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    model, _ = tiny_flux()
-    lines: list[str] = []
-    speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lines.append,
-                           cuda_graphs=True, buckets=11)
-    assert torch._dynamo.config.recompile_limit == speed.PER_BUCKET * 11 > speed.RECOMPILE_LIMIT
-    assert any(line.startswith("compile: 11 bucket shapes; each compiles its blocks and records CUDA graphs once")
-               for line in lines)
-    lines.clear()
-    speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lines.append, buckets=1)
-    assert not any("bucket shapes" in line for line in lines)
+    with torch._dynamo.config.patch(recompile_limit=8):  # (monkeypatch cannot restore a config module's entry)
+        model, _ = tiny_flux()
+        lines: list[str] = []
+        speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lines.append,
+                               cuda_graphs=True, buckets=11)
+        assert torch._dynamo.config.recompile_limit == speed.PER_BUCKET * 11 > speed.RECOMPILE_LIMIT
+        assert any(line.startswith("compile: 11 bucket shapes; each compiles its blocks and records CUDA graphs once")
+                   for line in lines)
+        lines.clear()
+        speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lines.append, buckets=1)
+        assert not any("bucket shapes" in line for line in lines)
 
 
 def test_prepare_denoiser_turns_cuda_graphs_on_only_with_compile(monkeypatch):
@@ -327,3 +329,81 @@ def test_fused_adamw_is_the_cuda_default_and_can_be_turned_off():
     assert fused_adamw(c, torch.device("cuda")) is False
     memory.check_supported(cfg(fused_optimizer=None), torch.device("cpu"))  # unset: no error on the CPU
     memory.check_supported(cfg(fused_optimizer=False), torch.device("cpu"))
+
+
+def test_activation_budget_needs_compile_and_replaces_block_checkpointing():
+    from lorakit.config.load import load_config
+
+    def check(**mem):
+        c = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                    "memory": mem})
+        memory.check_supported(c, torch.device("cuda"))
+
+    check(activation_budget=0.35, compile=True, gradient_checkpointing=False)  # the supported combination
+    with pytest.raises(ConfigError, match=r"memory.activation_budget: the compiler chooses .* memory.compile = true"):
+        check(activation_budget=0.35, gradient_checkpointing=False)
+    with pytest.raises(ConfigError, match="memory.activation_budget: replaces block checkpointing"):
+        check(activation_budget=0.35, compile=True)
+    with pytest.raises(ConfigError, match="memory.activation_budget: memory.vram_gb plans"):
+        check(activation_budget=0.35, compile=True, gradient_checkpointing=False, vram_gb=24)
+    with pytest.raises(ConfigError, match="activation_budget"):
+        check(activation_budget=1.5, compile=True, gradient_checkpointing=False)  # outside (0, 1]
+
+
+def test_prepare_denoiser_sets_the_partitioners_activation_budget(monkeypatch):
+    """memory.activation_budget reaches torch's partitioner setting when the denoiser is compiled, and a later run in
+    the same process without it gets the default (1.0) back."""
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+
+    torch._dynamo.reset()
+    model, _ = tiny_flux()
+    lines: list[str] = []
+    with functorch_config.patch(activation_memory_budget=1.0):
+        speed.prepare_denoiser(model, cfg(compile=True, gradient_checkpointing=False, activation_budget=0.35).memory,
+                               torch.device("cuda"), log=lines.append, cuda_graphs=False, backend="aot_eager")
+        assert functorch_config.activation_memory_budget == 0.35
+        assert any(line.startswith("activation_budget: each compiled block keeps about 35%") for line in lines)
+        model, _ = tiny_flux()
+        speed.prepare_denoiser(model, cfg(compile=True).memory, torch.device("cuda"), log=lambda s: None,
+                               cuda_graphs=False, backend="aot_eager")
+        assert functorch_config.activation_memory_budget == 1.0
+
+
+def test_a_lower_activation_budget_saves_less_for_backward_with_the_same_gradients():
+    """The mechanism behind memory.activation_budget, on the CPU with inductor's min-cut partitioner: a compiled
+    MLP block without checkpointing saves fewer bytes for backward at budget 0.3 than at 1.0 (it recomputes some),
+    and the gradients are identical."""
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 256), nn.SiLU(), nn.LayerNorm(256),
+                          nn.Linear(256, 64))
+    x = torch.randn(128, 64, requires_grad=True)
+    results = {}
+    for budget in (1.0, 0.3):
+        torch._dynamo.reset()
+        saved: list[int] = []
+
+        def fw(gm, example_inputs):
+            out = [n for n in gm.graph.nodes if n.op == "output"][0]
+            saved.append(sum(a.meta["val"].numel() * a.meta["val"].element_size() for a in out.args[0]
+                             if hasattr(a, "meta") and isinstance(a.meta.get("val"), torch.Tensor)
+                             and a.op != "placeholder"))
+            return make_boxed_func(gm.forward)
+
+        backend = aot_autograd(fw_compiler=fw, bw_compiler=lambda gm, ex: make_boxed_func(gm.forward),
+                               partition_fn=min_cut_rematerialization_partition)
+        with functorch_config.patch(activation_memory_budget=budget):
+            y = torch.compile(block, backend=backend, fullgraph=True)(x)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        (y * torch.linspace(-1, 1, 64)).sum().backward()
+        results[budget] = (saved[0], x.grad.clone(), block[0].weight.grad.clone())
+    assert results[0.3][0] < 0.8 * results[1.0][0], (results[0.3][0], results[1.0][0])
+    assert torch.allclose(results[0.3][1], results[1.0][1], atol=1e-6)
+    assert torch.allclose(results[0.3][2], results[1.0][2], atol=1e-6)
