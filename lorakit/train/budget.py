@@ -199,8 +199,9 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     # activation rates do not count, so that setting is only planned with every block checkpointed
     # fp8_compute left unset is decided here, before planning: where the GPU multiplies in float8, fp8 tiers are
     # planned as fp8 compute (partial checkpointing allowed) and it is switched on if the plan picks fp8
-    why_not = _fp8_compute_problem(cfg, device) if cfg.memory.fp8_compute is None and cfg.memory.compile else "unset"
-    auto_compute = why_not is None
+    deciding = cfg.memory.fp8_compute is None and cfg.memory.compile
+    why_not = _fp8_compute_problem(cfg, device) if deciding else None
+    auto_compute = deciding and why_not is None
     partial_fp8 = bool(cfg.memory.fp8_compute or auto_compute or cfg.memory.cuda_graphs or not cfg.memory.compile)
     wanted_fraction = float(cfg.memory.checkpoint_fraction)
 
@@ -235,7 +236,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     cfg.memory.fp8_base = plan.fp8_base
     cfg.memory.blocks_to_swap = plan.blocks_to_swap
     log(plan.describe())
-    if cfg.memory.fp8_compute is None and plan.fp8_base and cfg.memory.compile:
+    if deciding and plan.fp8_base:
         if plan.blocks_to_swap:  # swapped blocks run inside lorakit's own checkpoint, where fp8 compute was slower
             auto_compute, why_not = False, ("blocks are swapped: measured slower than fp8 storage there, 0.73 against "
                                             "0.65 s/step at vram_gb = 12")

@@ -199,10 +199,10 @@ def fp8_matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: to
 # a multiple of 16) and runs that do not compute in bf16 use the storage path above.
 #
 # :class:`_Fp8LinearTraced` is a plain autograd.Function, traced whole by torch.compile (eager calls quantise through
-# a small compiled helper on CUDA). Why a joint-graph pass goes with it: under torch 2.11 the Function's body, traced
-# inside ``torch.utils.checkpoint``, lacks the "recompute" tag the rest of the checkpointed region carries, so
-# inductor's min-cut partitioner treats ``_scaled_mm`` as compute-intensive, never recomputes it, and saves every
-# layer's output for backward (+14 GiB on FLUX.1-dev). :class:`RecomputeInCheckpoint` (installed under compile by
+# a small compiled helper on CUDA). Why a joint-graph pass goes with it: where the Function's body, traced inside
+# ``torch.utils.checkpoint``, lacks the "recompute" tag the rest of the checkpointed region carries (evidently torch
+# 2.11 on the GPU; torch 2.13 tags it), inductor's min-cut partitioner treats ``_scaled_mm`` as compute-intensive,
+# never recomputes it, and saves every layer's output for backward (+14 GiB on FLUX.1-dev). :class:`RecomputeInCheckpoint` (installed under compile by
 # ``lorakit.train.speed.prepare_denoiser``) gives those nodes their region's tag before partitioning.
 #
 # Measured (H200, torch 2.11, FLUX.1-dev, compile, every block checkpointed): 0.519 s/step at 14.61 GiB, against

@@ -1,6 +1,7 @@
 """The GPU benchmark harnesses in their CPU smoke modes (tiny models), so that a broken row or probe is found here
 and not after a GPU machine has started: benchmarks/bench.py with BENCH_TINY=1 (fp8 storage and fp8 compute, eager
-and compiled, each in its own process, losses compared with fp8 storage's) and benchmarks/probe_blocks.py."""
+and compiled, each in its own process, losses compared with fp8 storage's), benchmarks/probe_blocks.py and
+benchmarks/lora_linear.py."""
 
 from __future__ import annotations
 
@@ -44,3 +45,12 @@ def test_block_probe_reports_every_mode(tmp_path):
     modes = {(cells[1].strip(), cells[2].strip()) for cells in (line.split("|") for line in lines[1:])}
     assert modes == {(m, b) for m in ("bf16", "fp8c") for b in ("double", "single")}, lines
     assert not any("FAILED" in line for line in lines)
+
+
+def test_lora_linear_formulations_agree_and_print_a_row_per_shape(tmp_path):
+    """benchmarks/lora_linear.py on the CPU: it first checks that its four LoRA formulations give peft's output and
+    input gradient (it exits non-zero otherwise), then prints one row per shape with a cell per formulation."""
+    done = run(["benchmarks/lora_linear.py"], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and line.split("|")[1].strip()[:1].isdigit()]
+    assert len(rows) == 2 and all(line.count("|") == 7 and "failed" not in line for line in rows), rows
