@@ -118,6 +118,11 @@ ROWS: dict[str, dict[str, Any]] = {
                                  "compile": "regions"},
     "flux1/fp8c+amb35+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.35,
                                  "compile": "regions"},
+    # not measured yet: bf16 with a small activation budget (all of bf16's 25.7 GiB target left for activations is
+    # ~2 GiB), and the vram_gb = 24 tier with more allocator headroom (run 16: reserved memory hit the cap, 0.59 s)
+    "flux1/amb06+compile": {"family": "flux1", "gc": False, "amb": 0.06, "compile": "regions"},
+    "flux1/amb10+compile": {"family": "flux1", "gc": False, "amb": 0.10, "compile": "regions"},
+    "flux1/vram24r150+compile": {"family": "flux1", "gc": True, "vram": 24, "reserve": 1.5, "compile": "regions"},
     "flux1/fp8c+amb25+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.25,
                                  "compile": "regions"},
     "flux1/vram26+fp8c+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "compile": "regions"},
@@ -277,6 +282,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
 
         t1 = time.time()
         blocks = speed.repeated_blocks(model)
+        if s.get("reserve") is not None:  # experiment: the budget's headroom for the allocator (budget.RESERVE_GIB)
+            budget.RESERVE_GIB = float(s["reserve"])
         if cfg.memory.vram_gb:
             plan = budget.apply_budget(cfg, adapter.spec, model, blocks, params, swap.LOOKAHEAD, log=print,
                                        device=device)
@@ -462,6 +469,7 @@ def settings_text(s: dict, cfg: Any) -> str:
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
                      f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}")
+        parts += [f"reserve {s['reserve']:g} GiB"] if s.get("reserve") is not None else []
         parts += ["fp8 compute"] if m.fp8_compute else []
     else:
         parts += (["fp8 compute" if s.get("fp8c") else "fp8 storage"] if s.get("fp8") else []) + \
