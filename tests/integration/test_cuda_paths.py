@@ -1,5 +1,5 @@
-"""`lorakit train` through its CUDA-only memory paths (block swap, fp8 storage and fp8 compute under compile,
-VRAM budgets, CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the
+"""`lorakit train` through its CUDA-only memory paths (block swap, fp8 storage and fp8 compute under compile, selective
+recomputation, VRAM budgets, CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the
 lent GPU with ``python3 tests/integration/test_cuda_paths.py`` (no pytest there). The full-size speed and memory of the same
 paths are measured by benchmarks/bench.py."""
 
@@ -66,6 +66,9 @@ def test_flux_block_swap_fp8_and_budget_train_and_export(tmp_path):
     assert close(fp8c, plain, 0.1), (fp8c, plain)
     fp8mm = train(tmp_path, "flux1", "fp8mm", {"fp8_base": True, "fp8_compute": True, "compile": True})
     assert close(fp8mm, plain, 0.1), (fp8mm, plain)  # float8 matmuls on the tensor cores
+    selective = train(tmp_path, "flux1", "amb", {"gradient_checkpointing": False, "compile": True,
+                                                 "activation_budget": 0.3})
+    assert close(selective, plain, 5e-2), (selective, plain)  # the compiler's selective recomputation
     train(tmp_path, "flux1", "vram", {"vram_gb": 8, "compile": True})
 
 
