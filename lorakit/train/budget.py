@@ -17,9 +17,10 @@ Settings are tried from fastest to leanest — no checkpointing, checkpointing o
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
 blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
-with no checkpointing; left unset, it is turned on after planning when the plan stores weights in fp8 under
-``memory.compile`` and the GPU has float8 matmuls (faster than upcasting there). When even the leanest does
-not fit the batch, :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits,
+with no checkpointing. Left unset under ``memory.compile``, it is decided before planning: where the GPU has
+float8 matmuls, the fp8 settings are planned as fp8 compute (partial checkpointing allowed), and it is switched
+on when the plan stores the weights in fp8 without swapping blocks (faster than upcasting there; with swapped
+blocks fp8 storage measured faster). When even the leanest does not fit the batch, :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits,
 with ``training.gradient_accumulation`` raised so that the effective batch stays the same.
 """
 
