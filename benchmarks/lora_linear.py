@@ -12,7 +12,7 @@ for these formulations of ``y = x Wᵀ + b + s · (x Aᵀ) Bᵀ``:
   into the element-wise kernel that adds it (no ``N × M`` LoRA output in memory);
 - ``cat``: one matmul over ``[x, s · x Aᵀ]`` and ``[W, B]`` (the LoRA up-weight stored next to the frozen weight).
 
-    python3 benchmarks/lora_linear.py            # median ms of 20, per shape and formulation
+    python3 benchmarks/lora_linear.py            # per shape and formulation: median wall ms of 20 and GPU kernel ms
 """
 
 from __future__ import annotations
@@ -92,10 +92,14 @@ def agree(n: int, k: int, m: int, device: torch.device) -> float:
     return worst
 
 
-def timed(run, device: torch.device, iters: int) -> float:
+def timed(run, device: torch.device, iters: int) -> tuple[float, float]:
+    """(wall ms per call with a sync after each, GPU ms per call summed over its kernels); zeros on the CPU. The
+    wall time includes launch latency, which dominates single layers of this size; the kernel sum does not."""
     if device.type != "cuda":
         run()
-        return 0.0
+        return 0.0, 0.0
+    from probe_blocks import profile_kernels  # same folder
+
     for _ in range(3):
         run()
     times = []
@@ -106,7 +110,8 @@ def timed(run, device: torch.device, iters: int) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    kernels = profile_kernels(run, steps=5)["kinds_ms"]
+    return statistics.median(times), sum(kernels.values())
 
 
 def main() -> None:
@@ -117,7 +122,7 @@ def main() -> None:
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     backend = "inductor" if cuda else "aot_eager"
-    print("| N×K×M | " + " | ".join(f"{v} fwd / fwd+bwd ms" for v in args.variants) + " |")
+    print("| N×K×M | " + " | ".join(f"{v} fwd / fwd+bwd ms: wall [GPU kernels]" for v in args.variants) + " |")
     print("|---|" + "---|" * len(args.variants))
     for n, k, m in (SHAPES if cuda else TINY):
         worst = agree(n, k, m, device)
@@ -141,7 +146,8 @@ def main() -> None:
 
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
-                cells.append(f"{timed(fwd, device, args.iters):.3f} / {timed(both, device, args.iters):.3f}"
+                (fw, fk), (bw, bk) = timed(fwd, device, args.iters), timed(both, device, args.iters)
+                cells.append(f"{fw:.3f} [{fk:.3f}] / {bw:.3f} [{bk:.3f}]"
                              + (f" ({torch.cuda.max_memory_allocated() / 2**20:.0f} MiB)" if cuda else ""))
             except Exception as exc:  # one formulation failing to compile must not hide the others
                 cells.append(f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}")
