@@ -645,3 +645,44 @@ def test_recompute_pass_installs_once_and_keeps_an_earlier_pass():
     graph.output(graph.placeholder("x"))
     installed(graph)
     assert calls == [graph] and "lorakit-fp8-recompute" in installed.uuid()
+
+
+def test_the_recompute_pass_tags_only_nodes_inside_one_checkpointed_region():
+    """On a hand-built joint graph: an untagged node between two nodes of region 1 takes region 1's tag; an untagged
+    node between region 1 and region 2, one fed only by a graph input, and every node on the backward side (fed by a
+    tangent) stay untagged; a graph without ``_scaled_mm`` is not touched at all."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    def build(with_scaled_mm: bool = True):
+        g = torch.fx.Graph()
+        x, w, tangent = g.placeholder("primals_1"), g.placeholder("primals_2"), g.placeholder("tangents_1")
+        nodes = {}
+
+        def op(name, target, *args, region=None):
+            n = g.call_function(target, args)
+            n.name = name
+            if region is not None:
+                n.meta["recompute"], n.meta["ac_graph_id"] = CheckpointPolicy.PREFER_RECOMPUTE, region
+            nodes[name] = n
+            return n
+
+        mm = torch.ops.aten._scaled_mm.default if with_scaled_mm else torch.ops.aten.mm.default
+        a1 = op("a1", torch.ops.aten.relu.default, x, region=1)
+        inner = op("inner", mm, a1, w)  # untagged, between two region-1 nodes
+        a2 = op("a2", torch.ops.aten.relu.default, inner, region=1)
+        between = op("between", mm, a2, w)  # untagged, from region 1 into region 2
+        b1 = op("b1", torch.ops.aten.relu.default, between, region=2)
+        weight_only = op("weight_only", torch.ops.aten.t.default, w)  # fed by a graph input only
+        op("b2", torch.ops.aten.mul.Tensor, b1, weight_only, region=2)
+        op("grad", torch.ops.aten.mul.Tensor, tangent, a2)  # backward side
+        g.output(tuple(nodes.values()))
+        return g, nodes
+
+    graph, nodes = build()
+    assert fp8.tag_checkpointed_scaled_mm(graph) == 1
+    assert nodes["inner"].meta["recompute"] == CheckpointPolicy.PREFER_RECOMPUTE
+    assert nodes["inner"].meta["ac_graph_id"] == 1
+    for name in ("between", "weight_only", "grad"):
+        assert nodes[name].meta.get("recompute") is None, name
+    graph, nodes = build(with_scaled_mm=False)
+    assert fp8.tag_checkpointed_scaled_mm(graph) == 0 and nodes["inner"].meta.get("recompute") is None
