@@ -202,8 +202,9 @@ def fp8_matmul(x: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor, dtype: to
 # a small compiled helper on CUDA). Why a joint-graph pass goes with it: where the Function's body, traced inside
 # ``torch.utils.checkpoint``, lacks the "recompute" tag the rest of the checkpointed region carries (evidently torch
 # 2.11 on the GPU; torch 2.13 tags it), inductor's min-cut partitioner treats ``_scaled_mm`` as compute-intensive,
-# never recomputes it, and saves every layer's output for backward (+14 GiB on FLUX.1-dev). :class:`RecomputeInCheckpoint` (installed under compile by
-# ``lorakit.train.speed.prepare_denoiser``) gives those nodes their region's tag before partitioning.
+# never recomputes it, and saves every layer's output for backward (+14 GiB on FLUX.1-dev).
+# :class:`RecomputeInCheckpoint` (installed under compile by ``lorakit.train.speed.prepare_denoiser``) gives those
+# nodes their region's tag before partitioning.
 #
 # Measured (H200, torch 2.11, FLUX.1-dev, compile, every block checkpointed): 0.519 s/step at 14.61 GiB, against
 # 0.553 at 25.63 for bf16 and 0.607 at 14.50 for fp8 storage; with 60 % of the blocks checkpointed 0.467 at 25.73.

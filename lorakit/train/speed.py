@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+import torch._functorch.config
 import torch.utils.checkpoint
 from torch import nn
 
@@ -84,8 +85,6 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if device.type == "cuda":
         configure_attention(compiled=compile_)
-    import torch._functorch.config
-
     budget = getattr(memory, "activation_budget", None)
     # process-wide, read by the partitioner when each block compiles; 1.0 (torch's default) when unset
     torch._functorch.config.activation_memory_budget = float(budget) if compile_ and budget else 1.0
