@@ -4,7 +4,9 @@ Builds the full-size SDXL U-Net and FLUX.1-dev transformer with random weights d
 diffusers' default init keeps bf16 activations finite: the loss is checked), feeds cached-latent and text
 tensors of the real 1024² shapes, injects LoRA as ``lorakit train`` does (the adapter's ``lora_targets`` and
 ``inject_lora``), applies the memory/speed settings through ``lorakit.train.speed.prepare_denoiser`` and
-runs ``lorakit.train.loop.train_step`` + ``optimizer_step`` — the training code itself, not a copy.
+runs ``lorakit.train.loop.update_step`` (``train_step`` + the optimizer update) — the training code itself, not
+a copy — and waits for each step's numbers as the loop does: with a fused AdamW a step late (the update of a
+non-finite step is skipped on the GPU), otherwise at once. Step time = host clock between those waits.
 
 Each row runs in a fresh process (clean memory peaks, and compile never follows an eager run unless the
 row asks for it). Usage (on a CUDA machine, repository root on PYTHONPATH)::
@@ -131,6 +133,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/vram12+fp8c+compile": {"family": "flux1", "gc": True, "vram": 12, "fp8c": True, "compile": "regions"},
     "sdxl/fp8c+graphs": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
                          "cudagraphs": True},
+    "flux1/gc+compile+8bit": {"family": "flux1", "gc": True, "compile": "regions", "optim": "adamw8bit"},
+    "sdxl/fp8c+graphs+8bit": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
+                              "cudagraphs": True, "optim": "adamw8bit"},
     "sdxl/fp8c+compile": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions"},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
@@ -154,7 +159,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
         "model": {"family": family, "checkpoint": "random-weights.safetensors"},
         "data": {"dir": str(ROOT), "resolution": 1024},
         "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0},
-        "optimizer": {"name": "adamw", "lr": 1e-4, "max_grad_norm": 1.0},
+        "optimizer": {"name": s.get("optim", "adamw"), "lr": 1e-4, "max_grad_norm": 1.0},
         "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000},
         "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
                    "fp8_compute": True if s.get("fp8c") else None,  # None: lorakit's default (vram_gb may choose)
@@ -238,7 +243,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     from lorakit.lora.inject import inject_lora
     from lorakit.models.base import Batch
     from lorakit.train import optim, speed
-    from lorakit.train.loop import optimizer_step, train_step
+    from lorakit.train.loop import update_step
 
     s = ROWS[name]
     family = s["family"]
@@ -349,25 +354,32 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
         warm = 5 if k == 0 else 3
         n = steps if k == 0 else max(steps - 2, warm + 1)
-        times, losses = [], []
+        times, stats = [], []
         t_prev = time.time()
         t_first = None
         for i in range(n):
             if i == warm and k == 0:
+                sync(device)
                 contended = gate.enter()  # compiles done (or waited long enough): time alone on the GPU
                 t_prev = time.time()
-            loss, gnorm = train_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
-                                     torch.bfloat16)
-            optimizer_step(optimizer, None)
-            sync(device)
+            # as the loop of `lorakit train` steps: the update, then the previous step's numbers (a fused AdamW
+            # skips a non-finite step on the GPU, so the host reads them a step late and never idles the GPU)
+            stats.append(update_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
+                                     torch.bfloat16))
+            if i == 0 or not stats[-1].deferred:
+                stats[-1].read()
+            else:
+                stats[-2].read()
             now = time.time()
             if t_first is None:
                 t_first = now
             times.append(now - t_prev)
-            losses.append(loss)
             t_prev = now
             if i == 0 and k == 0:
+                loss, gnorm = stats[0].read()
                 print(f"  first step done: loss {loss:.4f}, grad norm {gnorm:.4g}", flush=True)
+        sync(device)
+        losses = [st.read()[0] for st in stats]
         steady = times[warm:] or times
         fused_on = bool(getattr(optimizer, "defaults", {}).get("fused"))
         results.append({
@@ -390,6 +402,13 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
                      "max_resident": swapper.max_resident, "h2d_gbps": h2d_gbps} if swapper else None,
             "cudnn_sdpa": bool(cuda and torch.backends.cuda.cudnn_sdp_enabled()),
         })
+        if k == 0 and cuda and os.environ.get("BENCH_PROFILE"):  # GPU time of a whole step by kernel kind
+            from probe_blocks import profile_kernels  # same folder
+
+            def one_step() -> None:
+                update_step(adapter, next_batch, cfg, generator, optimizer, params, None, device, torch.bfloat16)
+
+            results[-1]["profile"] = profile_kernels(one_step, steps=2, top_n=25, gaps=True)
         del optimizer
     gate.leave()
     return results
@@ -446,7 +465,8 @@ def sync(device: Any) -> None:
 def settings_text(s: dict, cfg: Any) -> str:
     ckpt = ("ckpt" if s.get("ckpt_fraction", 1.0) == 1.0 else f"ckpt {s['ckpt_fraction']:.0%} of blocks") \
         if s["gc"] else "no-ckpt"
-    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", "AdamW", "SDPA", ckpt]
+    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", {"adamw8bit": "AdamW8bit"}.get(cfg.optimizer.name, "AdamW"),
+             "SDPA", ckpt]
     from lorakit.train import speed
 
     m = cfg.memory  # after the budget's choices

@@ -8,9 +8,14 @@ for these formulations of ``y = x Wᵀ + b + s · (x Aᵀ) Bᵀ``:
 - ``base``: no LoRA (the floor);
 - ``peft``: what peft's Linear computes (``base + lora_B(lora_A(x)) * s``);
 - ``addmm``: the up-projection accumulated onto the base output by ``torch.addmm``;
-- ``bcast``: the up-projection written as a broadcast multiply-and-sum over the rank, so that inductor can fuse it
-  into the element-wise kernel that adds it (no ``N × M`` LoRA output in memory);
-- ``cat``: one matmul over ``[x, s · x Aᵀ]`` and ``[W, B]`` (the LoRA up-weight stored next to the frozen weight).
+- ``sk``: peft's forward as one autograd Function whose backward forms the two weight gradients (reductions over
+  all tokens into ``r × K`` and ``N × r``) as batched matmuls over token chunks summed afterwards (split-K), since
+  one such reduction leaves most of the GPU idle;
+- ``wa``: the down-weight stored as ``r`` extra rows of the frozen weight (``[W; A]``), so the base matmul also
+  yields ``x Aᵀ`` without reading ``x`` again, the up-projection accumulated by ``addmm``; split-K weight gradients.
+
+Round 5 also timed ``bcast`` (a broadcast multiply-sum for inductor to fuse) and ``cat`` (one matmul over
+``[x, s·xAᵀ]`` and ``[W, B]``): neither paid (benchmarks/RESULTS.md, run 14).
 
     python3 benchmarks/lora_linear.py            # per shape and formulation: median wall ms of 20 and GPU kernel ms
 """
@@ -28,26 +33,58 @@ RANK = 16
 # the single blocks' fused in-projection and out-projection
 SHAPES = [(4096, 3072, 3072), (4096, 3072, 12288), (4608, 3072, 21504), (4608, 15360, 3072)]
 TINY = [(64, 32, 48), (64, 48, 32)]
-VARIANTS = ("base", "peft", "addmm", "bcast", "cat")
+VARIANTS = ("base", "peft", "addmm", "sk", "wa")
+CHUNKS = 16  # token chunks of the split-K weight gradients
 
 
-class _CatLoRA(torch.autograd.Function):
-    """``[x, s·h] @ W_extᵀ`` with ``W_ext = [W, B]`` one stored tensor (``b_param`` is B as the trainable leaf the
-    gradient goes to; for timing only, ``W_ext`` holds a copy of it)."""
+def _wgrad(a: torch.Tensor, b: torch.Tensor, chunks: int) -> torch.Tensor:
+    """``aᵀ b`` for ``a`` (T × p), ``b`` (T × q), reduced over T as ``chunks`` batched products summed in fp32."""
+    t = a.shape[0]
+    if chunks <= 1 or t % chunks:
+        return (a.t() @ b).float()
+    return torch.bmm(a.reshape(chunks, t // chunks, -1).transpose(1, 2),
+                     b.reshape(chunks, t // chunks, -1)).sum(0, dtype=torch.float32)
+
+
+class _SplitKLoRA(torch.autograd.Function):
+    """The LoRA side ``s · (x Aᵀ) Bᵀ`` of a 2-D ``x`` with split-K weight gradients."""
 
     @staticmethod
-    def forward(ctx, x, h, w_ext, b_param, k: int, scale: float):
-        ctx.save_for_backward(h, w_ext)
-        ctx.k, ctx.scale = k, scale
-        return torch.cat([x, h * scale], dim=-1) @ w_ext.t()
+    def forward(ctx, x, a, b, scale: float):
+        ab, bb = a.to(x.dtype), b.to(x.dtype)
+        h = (x @ ab.t()) * scale
+        ctx.save_for_backward(x, h, ab, bb)
+        ctx.scale = scale
+        return h @ bb.t()
 
     @staticmethod
     def backward(ctx, g):
-        h, w_ext = ctx.saved_tensors
-        gxc = g @ w_ext
-        gx, gh = gxc[..., :ctx.k], gxc[..., ctx.k:] * ctx.scale
-        gb = g.reshape(-1, g.shape[-1]).t() @ (h.reshape(-1, h.shape[-1]) * ctx.scale)
-        return gx, gh, None, gb.float(), None, None
+        x, h, ab, bb = ctx.saved_tensors
+        gh = (g @ bb) * ctx.scale
+        return gh @ ab, _wgrad(gh, x, CHUNKS), _wgrad(g, h, CHUNKS), None
+
+
+class _StackedLoRA(torch.autograd.Function):
+    """``x Wᵀ + bias + s · (x Aᵀ) Bᵀ`` with ``wa = [W; A]`` one bf16 tensor (``a`` is A's trainable fp32 leaf)."""
+
+    @staticmethod
+    def forward(ctx, x, wa, a, b, bias, scale: float):
+        n = wa.shape[0] - a.shape[0]
+        out = x @ wa.t()
+        h = out[:, n:].contiguous()
+        bb = b.to(x.dtype)
+        y = torch.addmm(out[:, :n], h, bb.t(), alpha=scale) + bias
+        ctx.save_for_backward(x, h, wa, bb)
+        ctx.scale, ctx.n = scale, n
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, h, wa, bb = ctx.saved_tensors
+        s, n = ctx.scale, ctx.n
+        gh = (g @ bb) * s
+        gx = torch.addmm(g @ wa[:n], gh, wa[n:])
+        return gx, None, _wgrad(gh, x, CHUNKS), _wgrad(g, h * s, CHUNKS), None, None
 
 
 def build(variant: str, n: int, k: int, m: int, device: torch.device):
@@ -59,36 +96,37 @@ def build(variant: str, n: int, k: int, m: int, device: torch.device):
     s = 1.0
     x = torch.randn(1, n, k, device=device, dtype=torch.bfloat16, generator=g).requires_grad_(True)
     gy = torch.randn(1, n, m, device=device, dtype=torch.bfloat16, generator=g)
-    w_ext = torch.cat([w, bb.detach().to(torch.bfloat16)], dim=1).contiguous() if variant == "cat" else None
+    wa = torch.cat([w, a.detach().to(torch.bfloat16)]).contiguous() if variant == "wa" else None
 
     def fn(x):
         base = F.linear(x, w, b)
         if variant == "base":
             return base
+        if variant == "sk":
+            return base + _SplitKLoRA.apply(x.reshape(-1, k), a, bb, s).reshape(base.shape)
+        if variant == "wa":
+            return _StackedLoRA.apply(x.reshape(-1, k), wa, a, bb, b, s).reshape(base.shape)
         h = F.linear(x, a)
         if variant == "peft":
             return base + F.linear(h, bb) * s
-        if variant == "addmm":
-            return torch.addmm(base.reshape(-1, m), h.reshape(-1, RANK), bb.t().to(h.dtype), alpha=s).reshape(base.shape)
-        if variant == "bcast":
-            return base + s * (h.unsqueeze(-2) * bb.to(h.dtype)).sum(-1)
-        return _CatLoRA.apply(x, h, w_ext, bb, k, s) + b  # cat
+        return torch.addmm(base.reshape(-1, m), h.reshape(-1, RANK), bb.t().to(h.dtype), alpha=s).reshape(base.shape)
 
-    return fn, x, gy
+    return fn, x, gy, (a, bb)
 
 
 def agree(n: int, k: int, m: int, device: torch.device) -> float:
-    """Largest relative difference of any formulation's output and input gradient from peft's (eager)."""
+    """Largest relative difference of any formulation's output, input gradient and LoRA weight gradients from
+    peft's (eager)."""
     ref = None
     worst = 0.0
     for v in VARIANTS[1:]:
-        fn, x, gy = build(v, n, k, m, device)
+        fn, x, gy, (a, bb) = build(v, n, k, m, device)
         with torch.autocast(device.type, torch.bfloat16):
             y = fn(x)
         y.backward(gy)
-        got = torch.cat([y.float().flatten(), x.grad.float().flatten()])
+        got = [t.float().flatten() for t in (y, x.grad, a.grad, bb.grad)]
         ref = got if ref is None else ref
-        worst = max(worst, float((got - ref).abs().max().detach() / ref.abs().max().detach()))
+        worst = max(worst, *(float((u - r).abs().max().detach() / r.abs().max().detach()) for u, r in zip(got, ref)))
     return worst
 
 
@@ -131,7 +169,7 @@ def main() -> None:
         for v in args.variants:
             torch._dynamo.reset()
             try:
-                fn, x, gy = build(v, n, k, m, device)
+                fn, x, gy, _ = build(v, n, k, m, device)
                 compiled = torch.compile(fn, backend=backend, dynamic=False)
 
                 def fwd():

@@ -8,7 +8,9 @@ which how many alias a parameter (no new memory), the memory still allocated aft
 forward + backward above the weights, and the forward+backward time (median of 10, each mode timed alone).
 
 Modes: ``bf16``; ``bf16nl`` (bf16 without LoRA: what the LoRA side costs); ``fp8`` (storage, opaque op as under
-CUDA graphs); ``fp8c`` (fp8 compute, with the joint-graph recompute pass ``lorakit.train`` installs for it).
+CUDA graphs); ``fp8c`` (fp8 compute, with the joint-graph recompute pass ``lorakit.train`` installs for it). A mode
+with ``+at`` appended compiles with inductor's GEMM autotuning (``max_autotune_gemm``: Triton matmul templates
+against cuBLAS, per shape).
 
     python3 benchmarks/probe_blocks.py            # all modes, each in its own process, compiled in parallel
     python3 benchmarks/probe_blocks.py bf16 --profile   # + GPU time per kernel kind (matmul, attention, ...)
@@ -39,11 +41,18 @@ def kernel_kind(name: str) -> str:
     return next(kind for kind, keys in KINDS if any(k in low for k in keys))
 
 
-def profile_kernels(run, steps: int = 3) -> dict:
-    """GPU time per kernel kind (ms per step) and the ten costliest kernels, over ``steps`` calls of ``run``."""
+def profile_kernels(run, steps: int = 3, top_n: int = 10, gaps: bool = False, host: bool = False) -> dict:
+    """GPU time per kernel kind (ms per step) and the ``top_n`` costliest kernels, over ``steps`` calls of ``run``.
+
+    With ``gaps`` the result also says how long the GPU sat idle between kernels (ms per step, over the span from
+    the first kernel to the last) and, for the ``top_n`` longest idle gaps, the kernels on either side. With
+    ``host`` the host calls are recorded too and each gap names the innermost ones that covered most of it (what
+    the GPU waited for); recording them slows the host, so the idle time is then overstated and the per-kind
+    sums count kernels twice (under their host calls as well)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if host else [])
+    with profile(activities=acts) as prof:
         for _ in range(steps):
             run()
     kinds: dict = {}
@@ -57,8 +66,41 @@ def profile_kernels(run, steps: int = 3) -> dict:
         kind = kernel_kind(ev.key)
         kinds[kind] = kinds.get(kind, 0.0) + us / 1e3 / steps
         names[ev.key] = (us / 1e3 / steps, ev.count // steps, kind)
-    top = sorted(names.items(), key=lambda kv: -kv[1][0])[:10]
-    return {"kinds_ms": kinds, "top": [(k[:90], round(v[0], 3), v[1], v[2]) for k, v in top]}
+    top = sorted(names.items(), key=lambda kv: -kv[1][0])[:top_n]
+    out = {"kinds_ms": kinds, "top": [(k[:90], round(v[0], 3), v[1], v[2]) for k, v in top]}
+    if gaps:
+        out.update(idle_gaps(prof.events(), steps, top_n))
+    return out
+
+
+def idle_gaps(events, steps: int, top_n: int) -> dict:
+    """GPU idle time between kernels and the host calls that covered the longest gaps (see profile_kernels)."""
+    from torch.autograd import DeviceType
+
+    gpu, host = [], []
+    for ev in events:
+        start, end = ev.time_range.start, ev.time_range.end
+        if ev.device_type == DeviceType.CUDA:
+            gpu.append((start, end, ev.name))
+        elif not ev.name.startswith("ProfilerStep"):
+            host.append((start, end, ev.name))
+    gpu.sort()
+    if not gpu:
+        return {"idle_ms": 0.0, "span_ms": 0.0, "gaps": []}
+    found, busy_end, before = [], gpu[0][1], gpu[0][2]
+    for start, end, name in gpu[1:]:
+        if start > busy_end:
+            found.append((start - busy_end, busy_end, start, before, name))
+        if end >= busy_end:
+            busy_end, before = end, name
+    span = (busy_end - gpu[0][0]) / 1e3 / steps
+    idle = sum(g[0] for g in found) / 1e3 / steps
+    longest = []
+    for length, g0, g1, before, after in sorted(found, reverse=True)[:top_n]:
+        covering = sorted((e - s, name) for s, e, name in host if min(e, g1) - max(s, g0) > 0.5 * (g1 - g0))
+        longest.append({"ms": round(length / 1e3, 3), "after_kernel": before[:60], "before_kernel": after[:60],
+                        "host": [name[:60] for _, name in covering[:4]]})
+    return {"idle_ms": idle, "span_ms": span, "gaps": longest}
 
 
 def one(mode: str, sync_dir: Path, profiled: bool = False) -> dict:
@@ -78,6 +120,11 @@ def one(mode: str, sync_dir: Path, profiled: bool = False) -> dict:
     blocks = {"double": FluxTransformerBlock(dim=dim, num_attention_heads=heads, attention_head_dim=hd),
               "single": FluxSingleTransformerBlock(dim=dim, num_attention_heads=heads, attention_head_dim=hd)}
     out: dict = {"mode": mode}
+    mode, autotune = mode.removesuffix("+at"), mode.endswith("+at")
+    if autotune:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.max_autotune_gemm = True
     inputs = {}
     for name, block in blocks.items():
         block.to(dev, torch.bfloat16).requires_grad_(False)
@@ -173,7 +220,7 @@ def main() -> None:
     ap.add_argument("--sync")
     ap.add_argument("--profile", action="store_true", help="also GPU time per kernel kind (torch.profiler)")
     args = ap.parse_args()
-    unknown = [m for m in args.modes if m not in MODES + EXTRA_MODES]
+    unknown = [m for m in args.modes if m.removesuffix("+at") not in MODES + EXTRA_MODES]
     if unknown:
         ap.error(f"unknown mode(s) {unknown}; choose from {MODES + EXTRA_MODES}")
     if args.one:

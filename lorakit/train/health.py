@@ -27,6 +27,56 @@ def is_finite(value: torch.Tensor | float) -> bool:
     return bool(np.isfinite(value))
 
 
+class StepStats:
+    """One optimizer step's loss and gradient norm.
+
+    On a GPU both numbers are copied into pinned host memory behind the step's own work and read only when asked
+    for: reading waits for that step alone, not for the work the host queued after it. ``finite`` stays on the
+    device for an optimizer that can skip a step by itself (``skip_on_device``)."""
+
+    def __init__(self, loss: torch.Tensor, grad_norm: torch.Tensor | float) -> None:
+        values = torch.stack([loss.detach().float().reshape(()),
+                              torch.as_tensor(grad_norm, device=loss.device).detach().float().reshape(())])
+        self.finite = torch.isfinite(values).all()
+        self.deferred = False  # set by skip_on_device: the loop may read the numbers a step later
+        self._event = None
+        if values.device.type == "cuda":
+            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+            values = host
+        self._values = values
+        self._read: Optional[tuple[float, float]] = None
+
+    def read(self) -> tuple[float, float]:
+        """(loss, gradient norm) as Python floats; waits for the step that produced them."""
+        if self._read is None:
+            if self._event is not None:
+                self._event.synchronize()
+            loss, norm = self._values.tolist()
+            self._read = (loss, norm)
+        return self._read
+
+    def ok(self) -> bool:
+        loss, norm = self.read()
+        return is_finite(loss) and is_finite(norm)
+
+
+def skip_on_device(optimizer: torch.optim.Optimizer, stats: StepStats) -> bool:
+    """Have a fused torch Adam/AdamW skip this step by itself if the loss or gradient is not finite.
+
+    Its ``found_inf`` input (the one GradScaler uses) makes the fused kernel leave parameters, moments and step
+    counts untouched, so the loop can queue the update without first waiting for the numbers, and the GPU never
+    idles between steps. Returns False, setting nothing, for any other optimizer (they step on the host's
+    decision)."""
+    if not (isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)) and optimizer.defaults.get("fused")):
+        return False
+    optimizer.found_inf = (~stats.finite).float()
+    stats.deferred = True
+    return True
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True when a write failed because the disk is full.
 

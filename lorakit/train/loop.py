@@ -199,41 +199,62 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     skipped = 0
     progress = make_progress(cfg, start_step)
     t_last = time.perf_counter()
+    pending: list[tuple[int, health.StepStats, dict]] = []  # steps whose numbers are not read yet
+    failed_at: list[int] = []
+
+    def report(step: int, stats: health.StepStats, at_step: dict) -> None:
+        """A finished step's numbers: the NaN policy, the metrics row, the progress bar. ``at_step``: what the loop
+        knew when it queued the step (seconds since the previous one, learning rate, epoch)."""
+        nonlocal loss_value, skipped
+        loss_value, grad_norm = stats.read()
+        if not stats.ok():
+            if cfg.training.nan_policy == "stop":
+                failed_at.append(step)
+                raise TrainingError(
+                    f"step {step}: loss {loss_value} / gradient norm {grad_norm} is not finite; stopped. "
+                    f"Last good checkpoint: {last_saved or 'none yet'}. Likely causes: "
+                    + "; ".join(health.NAN_CAUSES))
+            skipped += 1
+            log(f"warning: step {step}: non-finite loss/gradient, step skipped ({skipped} so far)")
+            metrics.write({"step": step, "skipped_step": True, "skipped_total": skipped})
+        row = {"step": step, "loss": loss_value, "lr": at_step["lr"], "seconds": at_step["seconds"],
+               "grad_norm": grad_norm, "epoch": at_step["epoch"], "peak_mem_gib": peak_memory_gib(device)}
+        if step == start_step + 1 and cfg.memory.compile:  # compile cost, reported apart from step speed
+            log(f"first step: {row['seconds']:.1f} s including compilation (inductor keeps compiled kernels "
+                "in its on-disk cache: later runs with the same shapes compile faster)")
+        if step % cfg.log.every_n_steps == 0 or step == cfg.training.max_steps:
+            metrics.write(row)
+        progress.update(row)
+
+    def report_pending() -> None:
+        while pending:
+            report(*pending.pop(0))
+
     try:
         for step in range(start_step + 1, cfg.training.max_steps + 1):
             watchdog.beat(f"training step {step}")
-            loss_value, grad_norm = train_step(adapter, next_batch, cfg, generator, optimizer, trainable, scaler,
-                                               device, compute_dtype)
-            if not (health.is_finite(loss_value) and health.is_finite(grad_norm)):
-                if cfg.training.nan_policy == "stop":
-                    raise TrainingError(
-                        f"step {step}: loss {loss_value} / gradient norm {grad_norm} is not finite; stopped. "
-                        f"Last good checkpoint: {last_saved or 'none yet'}. Likely causes: "
-                        + "; ".join(health.NAN_CAUSES))
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                log(f"warning: step {step}: non-finite loss/gradient, step skipped ({skipped} so far)")
-                metrics.write({"step": step, "skipped_step": True, "skipped_total": skipped})
-            else:
-                optimizer_step(optimizer, scaler)
+            stats = update_step(adapter, next_batch, cfg, generator, optimizer, trainable, scaler, device,
+                                compute_dtype)
             scheduler.step()
             now = time.perf_counter()
-            row = {"step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[-1], "seconds": now - t_last,
-                   "grad_norm": float(grad_norm), "epoch": stream.epoch, "peak_mem_gib": peak_memory_gib(device)}
+            report_pending()  # the previous step's numbers: by now the GPU is busy with this step's work
+            pending.append((step, stats, {"seconds": now - t_last, "lr": scheduler.get_last_lr()[-1],
+                                          "epoch": stream.epoch}))
             t_last = now
-            if step == start_step + 1 and cfg.memory.compile:  # compile cost, reported apart from step speed
-                log(f"first step: {row['seconds']:.1f} s including compilation (inductor keeps compiled kernels "
-                    "in its on-disk cache: later runs with the same shapes compile faster)")
-            if step % cfg.log.every_n_steps == 0 or step == cfg.training.max_steps:
-                metrics.write(row)
-            progress.update(row)
-            if cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps:
+            if not stats.deferred:
+                report_pending()
+            save_now = cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps
+            sample_now = cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0 and prompts \
+                and step < cfg.training.max_steps
+            if save_now or sample_now:
+                report_pending()  # a step that went non-finite stops the run before anything is saved after it
+            if save_now:
                 watchdog.beat(f"saving step {step}")
                 last_saved = save_checkpoint(run, cfg, adapter, modules, targets, optimizer, scheduler, stream,
                                              generator, step, fingerprint, dataset)
-            if cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0 and prompts \
-                    and step < cfg.training.max_steps:
+            if sample_now:
                 samples += make_samples(step)
+        report_pending()
     except torch.cuda.OutOfMemoryError:
         failure = TrainingError(
             f"out of GPU memory at step {step} (batch {cfg.training.batch_size}, resolution {cfg.data.resolution}). "
@@ -244,7 +265,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         run.write_status(status="failed", step=step, error=str(failure))
         raise failure from None
     except TrainingError as exc:
-        run.write_status(status="failed", step=step, error=str(exc))
+        run.write_status(status="failed", step=failed_at[0] if failed_at else step, error=str(exc))
         raise
     finally:
         progress.close()
@@ -278,16 +299,37 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
 # ====================================================================== one step
 
 
-def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable, scaler, device, compute_dtype):
-    """One optimizer step's worth of forward/backward (with gradient accumulation); returns (loss, grad norm)."""
+def update_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable, scaler, device,
+                compute_dtype) -> health.StepStats:
+    """``train_step``, then the optimizer update unless the loss or the gradient is not finite (the loop's
+    ``nan_policy`` then stops the run or counts the step as skipped).
+
+    A fused torch AdamW (the CUDA default) makes that decision on the GPU (``health.skip_on_device``), so the host
+    queues the update and the next step without waiting, and reads this step's numbers later. Any other optimizer
+    waits here for the numbers: one GPU synchronisation per step."""
+    stats = train_step(adapter, next_batch, cfg, generator, optimizer, trainable, scaler, device, compute_dtype)
+    in_backward = getattr(optimizer, "steps_in_backward", False)  # memory.fused_backward: already stepped
+    if scaler is None and not in_backward and health.skip_on_device(optimizer, stats):
+        optimizer_step(optimizer, scaler)
+    elif stats.ok():
+        optimizer_step(optimizer, scaler)
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
+def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable, scaler, device,
+               compute_dtype) -> health.StepStats:
+    """One optimizer step's worth of forward/backward (with gradient accumulation); returns its loss and gradient
+    norm as ``health.StepStats`` (read without a synchronisation until asked for)."""
     from lorakit.train import objectives, speed
 
     accumulation = cfg.training.gradient_accumulation
-    total = 0.0
+    total = torch.zeros((), device=device)  # summed on the device: reading it would wait for the GPU
     for _ in range(accumulation):
         speed.mark_step()  # CUDA graph trees: a new forward/backward begins (no-op unless CUDA graphs are on)
         batch = to_device(next_batch(), device)
-        noise = torch.randn(batch.latents.shape, generator=generator).to(device)
+        noise = torch.randn(batch.latents.shape, generator=generator).to(device, non_blocking=True)
         noised = adapter.noise(batch.latents, noise, batch, cfg.training, generator)
         with autocast(device, compute_dtype):
             pred = adapter.predict(noised, batch)
@@ -295,7 +337,7 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
                                                 cfg.training.huber_c)
         loss = objectives.weighted_mean(per_sample, noised.weight.to(device) * batch.loss_weight) / accumulation
         (scaler.scale(loss) if scaler else loss).backward()
-        total += float(loss.detach())
+        total += loss.detach().float()
     if scaler:
         scaler.unscale_(optimizer)
     if getattr(optimizer, "steps_in_backward", False):  # memory.fused_backward: stepped, grads already freed
@@ -304,7 +346,7 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optimizer.max_grad_norm)
     else:
         grad_norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))
-    return total, float(grad_norm)
+    return health.StepStats(total, grad_norm)
 
 
 def optimizer_step(optimizer, scaler) -> None:
@@ -504,9 +546,11 @@ def glob_safe(text: str) -> str:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    batch.latents = batch.latents.to(device)
-    batch.text = {k: v.to(device) for k, v in batch.text.items()}
-    batch.loss_weight = batch.loss_weight.to(device)
+    """Move a batch to ``device`` without waiting for the GPU: a blocking host-to-device copy synchronises with
+    all queued work (PyTorch waits for the stream after it), so every step would start from an idle GPU."""
+    batch.latents = batch.latents.to(device, non_blocking=True)
+    batch.text = {k: v.to(device, non_blocking=True) for k, v in batch.text.items()}
+    batch.loss_weight = batch.loss_weight.to(device, non_blocking=True)
     return batch
 
 

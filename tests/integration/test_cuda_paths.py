@@ -1,7 +1,7 @@
-"""`lorakit train` through its CUDA-only memory paths (block swap, fp8 storage and fp8 compute under compile, selective
-recomputation, VRAM budgets, CUDA graphs) on the tiny models. Needs a CUDA GPU: skipped on CPU-only machines (CI), run on the
-lent GPU with ``python3 tests/integration/test_cuda_paths.py`` (no pytest there). The full-size speed and memory of the same
-paths are measured by benchmarks/bench.py."""
+"""`lorakit train` through its CUDA-only paths (block swap, fp8 storage and fp8 compute under compile, selective
+recomputation, VRAM budgets, CUDA graphs, bitsandbytes' 8-bit AdamW) on the tiny models. Needs a CUDA GPU: skipped on
+CPU-only machines (CI), run on the lent GPU with ``python3 tests/integration/test_cuda_paths.py`` (no pytest there).
+The full-size speed and memory of the same paths are measured by benchmarks/bench.py."""
 
 from __future__ import annotations
 
@@ -31,13 +31,13 @@ if pytest is not None:
 _MODELS: dict[tuple[Path, str], dict] = {}
 
 
-def train(tmp: Path, family: str, name: str, memory: dict) -> list[float]:
+def train(tmp: Path, family: str, name: str, memory: dict, optimizer: str = "adamw") -> list[float]:
     if (tmp, family) not in _MODELS:
         _MODELS[(tmp, family)] = tiny_model(family, tmp / f"model-{family}")
     paths = _MODELS[(tmp, family)]
     toml = write_run_toml(tmp, family, paths, name=name)
     text = toml.read_text().replace('mixed_precision = "no"', 'mixed_precision = "bf16"').replace(
-        'device = "cpu"', 'device = "cuda"')
+        'device = "cpu"', 'device = "cuda"').replace('name = "adamw"', f'name = "{optimizer}"')
     text += "\n[memory]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in memory.items()) + "\n"
     toml.write_text(text)
     assert main(["train", str(toml)]) == 0, (name, memory)
@@ -78,6 +78,12 @@ def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
     assert close(graphs, plain, 5e-2), (graphs, plain)
     fp8mm = train(tmp_path, "sdxl", "fp8mm", {"vram_gb": 8, "fp8_compute": True, "compile": True, "cuda_graphs": True})
     assert close(fp8mm, plain, 0.1), (fp8mm, plain)  # SDXL's permuted proj_in inputs included
+    # bitsandbytes' AdamW8bit (the presets' optimizer) on its CUDA kernels, alone and stepped inside backward
+    eight = train(tmp_path, "sdxl", "adamw8bit", {"gradient_checkpointing": True}, optimizer="adamw8bit")
+    assert close(eight, plain, 5e-2), (eight, plain)
+    eight_fb = train(tmp_path, "sdxl", "adamw8bit-fb", {"gradient_checkpointing": True, "fused_backward": True},
+                     optimizer="adamw8bit")
+    assert close(eight_fb, eight, 1e-2), (eight_fb, eight)
 
 
 if __name__ == "__main__":

@@ -76,23 +76,46 @@ def assert_checkpoint_ok(run: Path, name: str, step: int) -> None:
     assert checkpoint.load_state(run / "state" / f"step{step:08d}")["step"] == step
 
 
-def test_nan_loss_stops_at_once(world, monkeypatch, capsys):
+def fused_adamw_on_cpu(monkeypatch) -> None:
+    """The CUDA default (a fused torch AdamW) on the CPU: the loop then lets the optimizer skip a non-finite step
+    itself and reads each step's numbers one step late (health.skip_on_device)."""
+    def build(groups, name, lr, weight_decay, betas, eps, *, fused=None):
+        assert name == "adamw"
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True)
+
+    monkeypatch.setattr(loop.optim, "build_optimizer", build)
+
+
+DEFERRED = pytest.mark.parametrize("deferred", [False, True], ids=["host-decides", "fused-adamw-skips-on-device"])
+
+
+@DEFERRED
+def test_nan_loss_stops_at_once(world, monkeypatch, capsys, deferred):
+    """With a fused AdamW the NaN step's update is skipped on the device and the loop learns of it a step later:
+    the same message, metrics, status and checkpoints as when the host decides before stepping."""
     nan_on_calls(monkeypatch, {4})
-    rc, run, out, err = run_cli(world, "nanstop", NO_SAMPLES, capsys=capsys)
+    if deferred:
+        fused_adamw_on_cpu(monkeypatch)
+    name = "nanstop-fused" if deferred else "nanstop"
+    rc, run, out, err = run_cli(world, name, NO_SAMPLES, capsys=capsys)
     assert rc == 2
     msg = last_line(err)
     assert msg.startswith("lorakit: error: step 4: loss nan / gradient norm nan is not finite; stopped.")
-    assert f"Last good checkpoint: {run / 'nanstop-step00000003.safetensors'}." in msg
+    assert f"Last good checkpoint: {run / f'{name}-step00000003.safetensors'}." in msg
     assert all(cause in msg for cause in health.NAN_CAUSES)
     assert [r["step"] for r in rows(run)] == [1, 2, 3]  # the NaN step never reached the metrics as trained
     assert status(run)["status"] == "failed" and status(run)["step"] == 4 and "step 4" in status(run)["error"]
-    assert_checkpoint_ok(run, "nanstop", 3)
-    assert not (run / "nanstop.safetensors").exists()
+    assert_checkpoint_ok(run, name, 3)
+    assert not (run / f"{name}.safetensors").exists()
 
 
-def test_nan_skip_policy_skips_counts_and_continues(world, monkeypatch, capsys):
+@DEFERRED
+def test_nan_skip_policy_skips_counts_and_continues(world, monkeypatch, capsys, deferred):
     nan_on_calls(monkeypatch, {2, 5})
-    rc, run, out, err = run_cli(world, "nanskip", NO_SAMPLES, "training.nan_policy=\"skip\"", capsys=capsys)
+    if deferred:
+        fused_adamw_on_cpu(monkeypatch)
+    name = "nanskip-fused" if deferred else "nanskip"
+    rc, run, out, err = run_cli(world, name, NO_SAMPLES, "training.nan_policy=\"skip\"", capsys=capsys)
     assert rc == 0, err
     assert "warning: step 2: non-finite loss/gradient, step skipped (1 so far)" in out
     assert "warning: step 5: non-finite loss/gradient, step skipped (2 so far)" in out
@@ -103,7 +126,7 @@ def test_nan_skip_policy_skips_counts_and_continues(world, monkeypatch, capsys):
     losses = {r["step"]: r["loss"] for r in rows(run) if "loss" in r}
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     assert [s for s, v in losses.items() if v is None] == [2, 5]  # non-finite is written as JSON null
-    lora = load_file(run / "nanskip.safetensors")
+    lora = load_file(run / f"{name}.safetensors")
     assert all(torch.isfinite(t.float()).all() for t in lora.values())
     assert any(t.abs().max() > 0 for k, t in lora.items() if "lora_up" in k)  # the other steps trained
 

@@ -219,7 +219,7 @@ class Adapter:
         sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
                                logit_mean=training.logit_mean, logit_std=training.logit_std,
                                shift=training.discrete_flow_shift, seq_len=(h // 2) * (w // 2))
-        sigmas = sigmas.to(latents.device)
+        sigmas = sigmas.to(latents.device, non_blocking=True)
         return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
                            target=flow_target(latents, noise),
                            weight=torch.ones(b, device=latents.device, dtype=torch.float32))
@@ -232,18 +232,18 @@ class Adapter:
         p = next(tr.parameters())
         dev, dt = p.device, p.dtype
         b, _, h, w = x.shape
-        t5 = text["t5"].to(dev, dt)
+        t5 = text["t5"].to(dev, dt, non_blocking=True)
         kwargs: dict[str, Any] = {}
         if self.cfg.training.apply_t5_attn_mask and "t5_mask" in text:
             img = torch.ones(b, (h // 2) * (w // 2), dtype=torch.bool, device=dev)
-            joint = torch.cat([text["t5_mask"].to(dev).bool(), img], dim=1)
+            joint = torch.cat([text["t5_mask"].to(dev, non_blocking=True).bool(), img], dim=1)
             kwargs["joint_attention_kwargs"] = {"attention_mask": joint[:, None, None, :]}
         g = None
         if self.variant == "dev":
             g = torch.full((b,), float(guidance if guidance is not None else 1.0), device=dev, dtype=torch.float32)
-        out = tr(hidden_states=pack_latents(x).to(dev, dt), encoder_hidden_states=t5,
-                 pooled_projections=text["pooled"].to(dev, dt), timestep=sigmas.to(dev, torch.float32).expand(b),
-                 img_ids=image_position_ids(h, w).to(dev), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
+        out = tr(hidden_states=pack_latents(x).to(dev, dt, non_blocking=True), encoder_hidden_states=t5,
+                 pooled_projections=text["pooled"].to(dev, dt, non_blocking=True), timestep=sigmas.to(dev, torch.float32, non_blocking=True).expand(b),
+                 img_ids=image_position_ids(h, w).to(dev, non_blocking=True), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
                  guidance=g, return_dict=False, **kwargs)[0]
         return unpack_latents(out, h, w).float()
 

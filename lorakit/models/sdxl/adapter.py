@@ -286,6 +286,14 @@ class Adapter:
         if self.unet is None:
             raise RuntimeError("SDXL adapter: call load() first")
 
+    def _unet_place(self) -> tuple[torch.device, torch.dtype]:
+        """The U-Net's device and compute dtype, read from its first parameter (``conv_in``, never swapped or
+        stored in fp8). diffusers' ``unet.device`` / ``unet.dtype`` first walk every submodule looking for
+        casting hooks: with the LoRA layers injected that is about 7,700 modules and 15 ms each (run 21 showed
+        the GPU idle about 40 ms per SDXL step at that spot)."""
+        p = next(self.unet.parameters())
+        return p.device, p.dtype
+
     def identity(self) -> dict[str, str]:
         """Cache keys: ``vae`` (VAE weights + scaling), ``text`` (both encoders + tokenizers), ``model``.
 
@@ -419,7 +427,7 @@ class Adapter:
         prediction = getattr(training, "prediction", SPEC.prediction)
         noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
         t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
-                                         generator).to(latents.device)
+                                         generator).to(latents.device, non_blocking=True)
         x_t = obj.ddpm_add_noise(latents, noise, t, ac)
         target = obj.ddpm_target(latents, noise, t, ac, prediction)
         gamma = float(getattr(training, "min_snr_gamma", 0.0))
@@ -435,9 +443,11 @@ class Adapter:
 
     def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
                    time_ids: torch.Tensor) -> torch.Tensor:
-        dev, dt = self.unet.device, self.unet.dtype
-        return self.unet(x.to(dev, dt), t.to(dev), encoder_hidden_states=context.to(dev, dt),
-                         added_cond_kwargs={"text_embeds": pooled.to(dev, dt), "time_ids": time_ids.to(dev, dt)},
+        dev, dt = self._unet_place()
+        nb = {"non_blocking": True}  # host-to-device without waiting for the GPU (loop.to_device says why)
+        return self.unet(x.to(dev, dt, **nb), t.to(dev, **nb), encoder_hidden_states=context.to(dev, dt, **nb),
+                         added_cond_kwargs={"text_embeds": pooled.to(dev, dt, **nb),
+                                            "time_ids": time_ids.to(dev, dt, **nb)},
                          return_dict=False)[0]
 
     def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
@@ -486,7 +496,7 @@ class Adapter:
         shape = (1, self.unet.config.in_channels, height // ds, width // ds)
         latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
         sched.set_timesteps(steps)
-        latents = latents.to(self.unet.device) * sched.init_noise_sigma
+        latents = latents.to(self._unet_place()[0]) * sched.init_noise_sigma
         for t in sched.timesteps:
             inp = torch.cat([latents] * 2) if use_cfg else latents
             inp = sched.scale_model_input(inp, t)
