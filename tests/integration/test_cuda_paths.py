@@ -86,10 +86,13 @@ def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
     assert close(eight_fb, eight, 1e-2), (eight_fb, eight)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python3 tests/integration/test_cuda_paths.py [flux|sdxl]`: both, or one family's test
     failed = 0
+    chosen = sys.argv[1:] or ["flux", "sdxl"]
     for test in (test_flux_block_swap_fp8_and_budget_train_and_export,
                  test_sdxl_budget_with_cuda_graphs_trains_and_exports):
+        if not any(test.__name__.startswith(f"test_{family}") for family in chosen):
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 test(Path(tmp))
