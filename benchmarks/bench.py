@@ -465,8 +465,8 @@ def sync(device: Any) -> None:
 def settings_text(s: dict, cfg: Any) -> str:
     ckpt = ("ckpt" if s.get("ckpt_fraction", 1.0) == 1.0 else f"ckpt {s['ckpt_fraction']:.0%} of blocks") \
         if s["gc"] else "no-ckpt"
-    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", {"adamw8bit": "AdamW8bit"}.get(cfg.optimizer.name, "AdamW"),
-             "SDPA", ckpt]
+    optimizer = {"adamw8bit": "AdamW8bit"}.get(cfg.optimizer.name, "AdamW")
+    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", optimizer, "SDPA", ckpt]
     from lorakit.train import speed
 
     m = cfg.memory  # after the budget's choices

@@ -35,8 +35,9 @@ class StepStats:
     device for an optimizer that can skip a step by itself (``skip_on_device``)."""
 
     def __init__(self, loss: torch.Tensor, grad_norm: torch.Tensor | float) -> None:
-        values = torch.stack([loss.detach().float().reshape(()),
-                              torch.as_tensor(grad_norm, device=loss.device).detach().float().reshape(())])
+        if not isinstance(grad_norm, torch.Tensor):  # a number (fused_backward's): filled in, no host-to-device copy
+            grad_norm = torch.full((), float(grad_norm), device=loss.device)
+        values = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())])
         self.finite = torch.isfinite(values).all()
         self.deferred = False  # set by skip_on_device: the loop may read the numbers a step later
         self._event = None

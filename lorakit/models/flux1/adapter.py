@@ -241,9 +241,11 @@ class Adapter:
         g = None
         if self.variant == "dev":
             g = torch.full((b,), float(guidance if guidance is not None else 1.0), device=dev, dtype=torch.float32)
-        out = tr(hidden_states=pack_latents(x).to(dev, dt, non_blocking=True), encoder_hidden_states=t5,
-                 pooled_projections=text["pooled"].to(dev, dt, non_blocking=True), timestep=sigmas.to(dev, torch.float32, non_blocking=True).expand(b),
-                 img_ids=image_position_ids(h, w).to(dev, non_blocking=True), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
+        nb = {"non_blocking": True}  # host-to-device without waiting for the GPU (loop.to_device says why)
+        out = tr(hidden_states=pack_latents(x).to(dev, dt, **nb), encoder_hidden_states=t5,
+                 pooled_projections=text["pooled"].to(dev, dt, **nb),
+                 timestep=sigmas.to(dev, torch.float32, **nb).expand(b),
+                 img_ids=image_position_ids(h, w).to(dev, **nb), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
                  guidance=g, return_dict=False, **kwargs)[0]
         return unpack_latents(out, h, w).float()
 
