@@ -230,6 +230,12 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         while pending:
             report(*pending.pop(0))
 
+    def report_finished_steps() -> None:
+        """After an out-of-memory error or an interrupt: write the rows of the steps that did finish (their own
+        NaN check no longer matters; the run stops anyway)."""
+        with contextlib.suppress(Exception):
+            report_pending()
+
     try:
         for step in range(start_step + 1, cfg.training.max_steps + 1):
             watchdog.beat(f"training step {step}")
@@ -255,7 +261,11 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             if sample_now:
                 samples += make_samples(step)
         report_pending()
+    except KeyboardInterrupt:
+        report_finished_steps()
+        raise
     except torch.cuda.OutOfMemoryError:
+        report_finished_steps()
         failure = TrainingError(
             f"out of GPU memory at step {step} (batch {cfg.training.batch_size}, resolution {cfg.data.resolution}). "
             "Set memory.vram_gb to your card's memory to have lorakit choose settings that fit, or lower it if "
