@@ -131,6 +131,25 @@ def test_nan_skip_policy_skips_counts_and_continues(world, monkeypatch, capsys, 
     assert any(t.abs().max() > 0 for k, t in lora.items() if "lora_up" in k)  # the other steps trained
 
 
+def test_numbers_read_a_step_late_match_the_host_decided_run(world, monkeypatch, capsys):
+    """The same run with the loop reading each step's numbers at once (foreach AdamW) and a step late (fused AdamW
+    skipping on the device): every metrics row carries its own step's loss, gradient norm, learning rate and
+    epoch (a cosine schedule: every row has another rate)."""
+    extra = (NO_SAMPLES, "optimizer.scheduler=\"cosine\"")
+    rc, host, _, err = run_cli(world, "order-host", *extra, capsys=capsys)
+    assert rc == 0, err
+    fused_adamw_on_cpu(monkeypatch)
+    rc, late, _, err = run_cli(world, "order-late", *extra, capsys=capsys)
+    assert rc == 0, err
+    a, b = [r for r in rows(host) if "loss" in r], [r for r in rows(late) if "loss" in r]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert len({r["lr"] for r in a}) > 2  # the check below can tell rows apart
+    for x, y in zip(a, b):
+        assert x["lr"] == y["lr"] and x["epoch"] == y["epoch"]
+        assert math.isclose(x["loss"], y["loss"], rel_tol=1e-4) and math.isclose(x["grad_norm"], y["grad_norm"],
+                                                                                  rel_tol=1e-3)
+
+
 def test_black_preview_flagged_and_watchdog_phases(world, monkeypatch, capsys):
     """Black previews are flagged (log + metrics); the watchdog follows every phase and reports a stall at
     caching with that phase; a normal run's LoRA changes the output and its keys all map."""
