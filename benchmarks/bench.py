@@ -280,7 +280,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(cap / total)
     targets = adapter.lora_targets(cfg.network)
     component = "unet" if family == "sdxl" else "transformer"
-    params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout)
+    params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout,
+                         under_autocast=True)  # as `lorakit train` in bf16: every step runs in autocast
     swapper, plan, t_place, h2d_gbps = None, None, 0.0, None
     if placed(s):
         from lorakit.train import budget, swap

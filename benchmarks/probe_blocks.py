@@ -130,7 +130,7 @@ def one(mode: str, sync_dir: Path, profiled: bool = False) -> dict:
         block.to(dev, torch.bfloat16).requires_grad_(False)
         targets = {n: 16 for n, m in block.named_modules() if type(m) is nn.Linear}
         if mode != "bf16nl":
-            inject_lora(block, targets, 16.0, 0.0, seed=1)
+            inject_lora(block, targets, 16.0, 0.0, seed=1, under_autocast=True)
         if mode not in ("bf16", "bf16nl"):
             fp8.apply_fp8_base(nn.Sequential(block), compute=mode == "fp8c")
         if mode == "fp8c":

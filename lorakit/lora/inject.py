@@ -42,7 +42,7 @@ def _most_common(values: dict[str, float]) -> float:
 
 def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, dict[str, float]],
                 dropout: float, *, adapter_name: str = "default", seed: int | None = None,
-                dtype: torch.dtype = torch.float32) -> list[nn.Parameter]:
+                dtype: torch.dtype = torch.float32, under_autocast: bool = False) -> list[nn.Parameter]:
     """Inject LoRA into the Linear/Conv2d modules named in ``targets`` (exact path → rank); return the
     trainable LoRA parameters, with every other parameter of ``module`` frozen.
 
@@ -51,6 +51,12 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
     Kaiming-uniform, drawn from ``seed`` when given without touching the global RNG stream.
     The LoRA weights are kept in ``dtype`` (fp32 by default) whatever the base model's dtype: peft would cast
     them to a bf16 base's dtype, where AdamW's small updates round away; mixed precision happens in autocast.
+
+    ``under_autocast``: every call of ``module`` will run under autocast (a bf16/fp16 run). peft then need not cast
+    each LoRA layer's input to the LoRA weights' dtype: it turns a bf16 activation into an fp32 copy that autocast
+    turns straight back into a bf16 copy for the down-projection, which also saves that copy for backward. Without
+    the casts the layer reads the activation as it is; outputs and gradients are bit-identical (the round trip
+    bf16 → fp32 → bf16 is exact).
     """
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -100,6 +106,8 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
         if layer.r[adapter_name] != ranks.get(path) or layer.lora_alpha[adapter_name] != alphas.get(path):
             raise RuntimeError(f"inject_lora: peft gave {path!r} r={layer.r[adapter_name]} "
                                f"alpha={layer.lora_alpha[adapter_name]}, expected {ranks.get(path)}/{alphas.get(path)}")
+        if under_autocast:
+            layer.cast_input_dtype_enabled = False  # read by peft's _cast_input_dtype
         for sub in (layer.lora_A[adapter_name], layer.lora_B[adapter_name]):
             sub.to(dtype)
             for p in sub.parameters():

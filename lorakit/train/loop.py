@@ -111,8 +111,12 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         module = modules["denoiser"] if component in ("unet", "transformer") else modules[component]
         alpha = {name: (cfg.network.conv_alpha if _is_conv(module, name) else cfg.network.alpha)
                  for name in module_targets}
-        params = inject_lora(module, module_targets, alpha, cfg.network.dropout)
-        lr = cfg.optimizer.lr if component in ("unet", "transformer") else (
+        # every call of the denoiser runs in autocast (steps, previews, the LoRA check); a trained text encoder
+        # also runs outside it (next_batch encodes the captions)
+        denoiser = component in ("unet", "transformer")
+        params = inject_lora(module, module_targets, alpha, cfg.network.dropout,
+                             under_autocast=denoiser and compute_dtype != torch.float32)
+        lr = cfg.optimizer.lr if denoiser else (
             cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
     trainable = [p for g in groups for p in g["params"]]

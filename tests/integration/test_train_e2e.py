@@ -115,6 +115,40 @@ def test_train_cli_end_to_end(tmp_path, family, capsys):
     assert f"ss_base_model_version: {'sdxl_base_v1-0' if family == 'sdxl' else 'flux1'}" in shown
 
 
+@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+def test_bf16_run_without_peft_input_casts_matches_with_them(tmp_path, family, monkeypatch):
+    """A bf16 (autocast) run injects the denoiser's LoRA with ``under_autocast``: peft no longer round-trips each
+    layer's input through fp32. Losses and the exported LoRA equal those of the same run with the casts, bit for
+    bit; previews (denoiser calls outside the step) work; a trained text encoder, whose captions are encoded
+    outside autocast, keeps its casts (SDXL)."""
+    import lorakit.train.loop as loop
+
+    paths = tiny_model(family, tmp_path / "model")
+    real = loop.inject_lora
+    results = {}
+    for casts in (True, False):
+        name = "casts" if casts else "nocasts"
+        toml = write_run_toml(tmp_path, family, paths, name=name)
+        if casts:
+            monkeypatch.setattr(loop, "inject_lora", lambda *a, **k: real(*a, **{**k, "under_autocast": False}))
+        else:
+            monkeypatch.setattr(loop, "inject_lora", real)
+        extra = ["network.train_text_encoder=true"] if family == "sdxl" else []
+        assert main(["train", str(toml), "training.mixed_precision=\"bf16\"", "training.max_steps=4", *extra]) == 0
+        run = tmp_path / "out" / name
+        status = json.loads((run / "run.json").read_text())
+        assert status["status"] == "finished" and status["export_problems"] == [] and status["lora_effect"] > 0
+        assert (run / "samples" / "before_after.png").exists()
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        results[casts] = ([r["loss"] for r in rows if "loss" in r], load_file(run / f"{name}.safetensors"))
+    (with_losses, with_lora), (without_losses, without_lora) = results[True], results[False]
+    assert len(with_losses) == 4 and with_losses == without_losses
+    assert with_lora.keys() == without_lora.keys()
+    assert all(torch.equal(with_lora[k], without_lora[k]) for k in with_lora)
+    if family == "sdxl":
+        assert any(k.startswith("lora_te1_") for k in with_lora)
+
+
 def test_resume_is_exact(tmp_path, monkeypatch):
     """A run stopped after a checkpoint and resumed gives the same final LoRA (bitwise) and loss curve."""
     paths = tiny_model("sdxl", tmp_path / "model")

@@ -211,3 +211,58 @@ def test_lora_weights_stay_fp32_on_a_bf16_base():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = base(torch.randn(3, 8, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+class _QKV(nn.Module):
+    """One activation read by three projections, as attention's q/k/v."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(64, 32), nn.Linear(64, 32), nn.Linear(64, 32)
+
+    def forward(self, x):
+        return self.q(x) * self.k(x) + self.v(x)
+
+
+def test_under_autocast_skips_the_input_round_trip_with_identical_results():
+    """On a bf16 base under autocast, peft casts each LoRA layer's input to fp32 and autocast casts it straight back
+    to bf16 for the down-projection, which saves that copy for backward. ``under_autocast`` skips the round trip:
+    same outputs and gradients bit for bit, no activation-sized copies, and q/k/v save their shared input once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.copies = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == (256, 64):
+                self.copies += 1
+            return func(*args, **(kwargs or {}))
+
+    results, saved, copies = [], [], []
+    for skip in (False, True):
+        torch.manual_seed(0)
+        base = _QKV().to(torch.bfloat16)
+        params = inj.inject_lora(base, {"q": 4, "k": 4, "v": 4}, 4.0, 0.0, seed=3, under_autocast=skip)
+        with torch.no_grad():
+            for p in params:  # a non-zero up-projection, so the LoRA side shows in every output and gradient
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+        x = torch.randn(256, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).requires_grad_(True)
+        storages: dict[int, int] = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with Record() as rec, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            out = base(x)
+        out.float().square().sum().backward()
+        results.append([out.detach(), x.grad] + [p.grad for p in params])
+        saved.append(sum(storages.values()))
+        copies.append(rec.copies)
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    assert copies == [6, 0]  # to fp32 and back, for each of q, k, v
+    assert saved[0] - saved[1] == 2 * 256 * 64 * 2  # three bf16 copies of the input saved, against x itself once
