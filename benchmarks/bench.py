@@ -137,6 +137,21 @@ ROWS: dict[str, dict[str, Any]] = {
     "sdxl/fp8c+graphs+8bit": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
                               "cudagraphs": True, "optim": "adamw8bit"},
     "sdxl/fp8c+compile": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions"},
+    # round 6 A/B rows: the fused AdamW (lorakit's CUDA default) with its step-late reading of the numbers, against
+    # the same optimizer with the host deciding each step ("host_sync"); peft's input casts kept ("peft_casts")
+    "sdxl/fp8c+graphs+fusedopt": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
+                                  "cudagraphs": True, "phases": (True,)},
+    "sdxl/fp8c+graphs+fusedopt-hostsync": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
+                                           "compile": "regions", "cudagraphs": True, "phases": (True,),
+                                           "host_sync": True},
+    "flux1/gc+compile+fusedopt-hostsync": {"family": "flux1", "gc": True, "compile": "regions", "phases": (True,),
+                                           "host_sync": True},
+    "flux1/fp8c+amb35+compile+fusedopt": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.35,
+                                          "compile": "regions", "phases": (True,)},
+    "flux1/gc-peftcasts": {"family": "flux1", "gc": True, "peft_casts": True},
+    "flux1/gc-nocasts": {"family": "flux1", "gc": True},
+    "sdxl/gc-peftcasts": {"family": "sdxl", "gc": True, "peft_casts": True},
+    "sdxl/gc-nocasts": {"family": "sdxl", "gc": True},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
@@ -280,8 +295,13 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(cap / total)
     targets = adapter.lora_targets(cfg.network)
     component = "unet" if family == "sdxl" else "transformer"
+    # as `lorakit train` in bf16 (every step runs in autocast); "peft_casts": as before round 6
     params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout,
-                         under_autocast=True)  # as `lorakit train` in bf16: every step runs in autocast
+                         under_autocast=not s.get("peft_casts"))
+    if s.get("host_sync"):  # the loop's other path: the host reads each step's numbers before the update
+        from lorakit.train import health
+
+        health.skip_on_device = lambda optimizer, stats: False
     swapper, plan, t_place, h2d_gbps = None, None, 0.0, None
     if placed(s):
         from lorakit.train import budget, swap
@@ -499,6 +519,10 @@ def settings_text(s: dict, cfg: Any) -> str:
     parts.append("cuDNN-SDPA on" if cudnn else "cuDNN-SDPA off")
     if s.get("eager_first"):
         parts.append("after an eager fwd")
+    if s.get("host_sync"):
+        parts.append("host reads each step's numbers before the update")
+    if s.get("peft_casts"):
+        parts.append("peft's fp32 input casts")
     return " ".join(parts)
 
 
