@@ -151,6 +151,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/gc-peftcasts": {"family": "flux1", "gc": True, "peft_casts": True},
     "flux1/gc-nocasts": {"family": "flux1", "gc": True},
     "sdxl/gc-peftcasts": {"family": "sdxl", "gc": True, "peft_casts": True},
+    "flux1/gc-peft": {"family": "flux1", "gc": True, "peft_casts": True, "peft_forward": True},
+    "sdxl/gc-peft": {"family": "sdxl", "gc": True, "peft_casts": True, "peft_forward": True},
     "sdxl/gc-nocasts": {"family": "sdxl", "gc": True},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
@@ -298,6 +300,10 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     # as `lorakit train` in bf16 (every step runs in autocast); "peft_casts": as before round 6
     params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout,
                          under_autocast=not s.get("peft_casts"))
+    if s.get("peft_forward"):  # peft's own LoRA forward in eager mode, instead of lorakit's in-place addmm one
+        for sub in model.modules():
+            if "forward" in vars(sub) and hasattr(sub, "lora_A"):
+                del sub.forward
     if s.get("host_sync"):  # the loop's other path: the host reads each step's numbers before the update
         from lorakit.train import health
 
@@ -523,6 +529,8 @@ def settings_text(s: dict, cfg: Any) -> str:
         parts.append("host reads each step's numbers before the update")
     if s.get("peft_casts"):
         parts.append("peft's fp32 input casts")
+    if s.get("peft_forward"):
+        parts.append("peft's LoRA forward")
     return " ".join(parts)
 
 

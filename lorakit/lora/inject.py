@@ -40,6 +40,33 @@ def _most_common(values: dict[str, float]) -> float:
     return Counter(values.values()).most_common(1)[0][0]
 
 
+def _lean_forward(layer: nn.Module, peft_forward):
+    """peft's Linear LoRA forward, ``base(x) + B(A(dropout(x))) · scale``, with the up-projection accumulated onto
+    the base output by one in-place ``addmm`` (the scale as its alpha): no LoRA-sized output, no separate scale and
+    add kernels, forward or backward. Eager only: under ``torch.compile`` (and in any case this does not cover:
+    adapters off or merged, several adapters, a LoRA variant, extra arguments) peft's own forward runs, which the
+    compiler fuses better. The base output may be overwritten because a Linear's backward never reads it."""
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        active = layer.active_adapters
+        if (args or kwargs or torch.compiler.is_compiling() or layer.disable_adapters or layer.merged
+                or len(active) != 1 or active[0] not in layer.lora_A or active[0] in layer.lora_variant):
+            return peft_forward(x, *args, **kwargs)
+        name = active[0]
+        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        flat = x.reshape(-1, x.shape[-1])
+        out = layer.base_layer(flat)
+        h = lora_a(layer.lora_dropout[name](layer._cast_input_dtype(flat, lora_a.weight.dtype)))
+        up = (h.to(out.dtype), lora_b.weight.to(out.dtype).t())
+        if out._base is None:  # a fresh tensor (a view, e.g. from fp8 compute's Function, may not change in place)
+            out.addmm_(*up, alpha=layer.scaling[name])
+        else:
+            out = torch.addmm(out, *up, alpha=layer.scaling[name])
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    return forward
+
+
 def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, dict[str, float]],
                 dropout: float, *, adapter_name: str = "default", seed: int | None = None,
                 dtype: torch.dtype = torch.float32, under_autocast: bool = False) -> list[nn.Parameter]:
@@ -108,6 +135,8 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
                                f"alpha={layer.lora_alpha[adapter_name]}, expected {ranks.get(path)}/{alphas.get(path)}")
         if under_autocast:
             layer.cast_input_dtype_enabled = False  # read by peft's _cast_input_dtype
+        if isinstance(layer.base_layer, nn.Linear) and "forward" not in vars(layer):
+            layer.forward = _lean_forward(layer, layer.forward)
         for sub in (layer.lora_A[adapter_name], layer.lora_B[adapter_name]):
             sub.to(dtype)
             for p in sub.parameters():

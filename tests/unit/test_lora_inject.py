@@ -266,3 +266,69 @@ def test_under_autocast_skips_the_input_round_trip_with_identical_results():
         assert a.dtype == b.dtype and torch.equal(a, b)
     assert copies == [6, 0]  # to fp32 and back, for each of q, k, v
     assert saved[0] - saved[1] == 2 * 256 * 64 * 2  # three bf16 copies of the input saved, against x itself once
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_lean_forward_matches_peft_without_the_lora_sized_temporaries(autocast):
+    """Eager LoRA Linears accumulate the up-projection onto the base output in place (one addmm, the scale as its
+    alpha) instead of peft's separate up-projection output, scale and add: outputs and gradients match peft's own
+    forward (fp32: to rounding; bf16: to bf16 rounding), with no element-wise op left on a tokens × out tensor."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.elementwise = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mul.Tensor, torch.ops.aten.add.Tensor) and tuple(out.shape)[-1] == 32 \
+                    and out.numel() >= 128 * 32:
+                self.elementwise.append(func.__name__)
+            return out
+
+    results, counts = [], []
+    for lean in (False, True):
+        torch.manual_seed(0)
+        base = _QKV().to(torch.bfloat16 if autocast else torch.float32)
+        params = inj.inject_lora(base, {"q": 4, "k": 4, "v": 4}, 8.0, 0.0, seed=3, under_autocast=autocast)
+        if not lean:
+            for layer in (base.q, base.k, base.v):
+                del layer.forward  # peft's own forward
+        with torch.no_grad():
+            for p in params:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+        x = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(1))
+        x = x.to(torch.bfloat16 if autocast else torch.float32).requires_grad_(True)
+        with Record() as rec, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = base(x)
+        assert out.shape == (2, 64, 32)
+        out.float().square().sum().backward()
+        results.append([out.detach().float(), x.grad.float()] + [p.grad for p in params])
+        counts.append(len(rec.elementwise))
+    for a, b in zip(*results):
+        if autocast:  # one rounding of base + LoRA against peft's three: compare whole tensors
+            assert float((b - a).norm() / a.norm()) < 1e-2  # bf16 keeps 8 bits: 2^-8 = 3.9e-3
+        else:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert counts[0] >= 6 and counts[1] == 2  # peft: scale + add per layer; lean: the block's own mul and add only
+
+
+def test_lean_forward_steps_aside_when_off_scaled_or_compiled():
+    """Adapters switched off and a changed scale behave as peft's; under torch.compile peft's forward is traced."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8))
+    params = inj.inject_lora(model, {"0": 4}, 4.0, 0.0, seed=1)
+    with torch.no_grad():
+        params[1].normal_(0, 0.5)
+    x = torch.randn(5, 16)
+    layer = model[0]
+    base = layer.base_layer(x)
+    lora = (x @ params[0].T @ params[1].T) * 1.0  # alpha 4 / rank 4
+    torch.testing.assert_close(model(x), base + lora)
+    with inj.lora_disabled(model):
+        torch.testing.assert_close(model(x), base)
+    inj.set_lora_scale(model, 0.5)
+    torch.testing.assert_close(model(x), base + 0.5 * lora)
+    compiled = torch.compile(model, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), base + 0.5 * lora)
