@@ -43,9 +43,9 @@ def _most_common(values: dict[str, float]) -> float:
 def _lean_forward(layer: nn.Module, peft_forward):
     """peft's Linear LoRA forward, ``base(x) + B(A(dropout(x))) · scale``, with the up-projection accumulated onto
     the base output by one in-place ``addmm`` (the scale as its alpha): no LoRA-sized output, no separate scale and
-    add kernels, forward or backward. Eager only: under ``torch.compile`` (and in any case this does not cover:
-    adapters off or merged, several adapters, a LoRA variant, extra arguments) peft's own forward runs, which the
-    compiler fuses better. The base output may be overwritten because a Linear's backward never reads it."""
+    add kernels, forward or backward. Eager only: under ``torch.compile`` peft's own forward runs (the compiler
+    fuses it better), as in every case this does not cover (adapters off or merged, several adapters, a LoRA
+    variant or bias, extra arguments). The base output may be overwritten: a Linear's backward never reads it."""
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         active = layer.active_adapters
@@ -54,6 +54,8 @@ def _lean_forward(layer: nn.Module, peft_forward):
             return peft_forward(x, *args, **kwargs)
         name = active[0]
         lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        if lora_b.bias is not None:  # peft's lora_bias: not covered here
+            return peft_forward(x, *args, **kwargs)
         flat = x.reshape(-1, x.shape[-1])
         out = layer.base_layer(flat)
         h = lora_a(layer.lora_dropout[name](layer._cast_input_dtype(flat, lora_a.weight.dtype)))
