@@ -38,7 +38,7 @@ class StepStats:
         if not isinstance(grad_norm, torch.Tensor):  # a number (fused_backward's): filled in, no host-to-device copy
             grad_norm = torch.full((), float(grad_norm), device=loss.device)
         values = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())])
-        self.finite = torch.isfinite(values).all()
+        self._device_values = values
         self.deferred = False  # set by skip_on_device: the loop may read the numbers a step later
         self._event = None
         if values.device.type == "cuda":
@@ -49,6 +49,11 @@ class StepStats:
             values = host
         self._values = values
         self._read: Optional[tuple[float, float]] = None
+
+    @property
+    def finite(self) -> torch.Tensor:
+        """Whether both numbers are finite, as a tensor on their device (no synchronisation)."""
+        return torch.isfinite(self._device_values).all()
 
     def read(self) -> tuple[float, float]:
         """(loss, gradient norm) as Python floats; waits for the step that produced them."""

@@ -247,17 +247,17 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
                                 compute_dtype)
             scheduler.step()
             now = time.perf_counter()
+            save_now = cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps
+            sample_now = cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0 and prompts \
+                and step < cfg.training.max_steps
             report_pending()  # the previous step's numbers: by now the GPU is busy with this step's work
             pending.append((step, stats, {"seconds": now - t_last, "lr": scheduler.get_last_lr()[-1],
                                           "epoch": stream.epoch}))
             t_last = now
-            if not stats.deferred:
+            # this step's too when they are read already, or before a save or preview (a step that went
+            # non-finite stops the run before anything is saved after it)
+            if not stats.deferred or save_now or sample_now:
                 report_pending()
-            save_now = cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps
-            sample_now = cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0 and prompts \
-                and step < cfg.training.max_steps
-            if save_now or sample_now:
-                report_pending()  # a step that went non-finite stops the run before anything is saved after it
             if save_now:
                 watchdog.beat(f"saving step {step}")
                 last_saved = save_checkpoint(run, cfg, adapter, modules, targets, optimizer, scheduler, stream,

@@ -126,13 +126,19 @@ def test_bf16_run_without_peft_input_casts_matches_with_them(tmp_path, family, m
     paths = tiny_model(family, tmp_path / "model")
     real = loop.inject_lora
     results = {}
+    asked: list[bool] = []  # what the loop asked for, per injected component (denoiser first)
+
+    def spy(*a, **k):
+        asked.append(k.get("under_autocast", False))
+        return real(*a, **k)
+
     for casts in (True, False):
         name = "casts" if casts else "nocasts"
         toml = write_run_toml(tmp_path, family, paths, name=name)
         if casts:
             monkeypatch.setattr(loop, "inject_lora", lambda *a, **k: real(*a, **{**k, "under_autocast": False}))
         else:
-            monkeypatch.setattr(loop, "inject_lora", real)
+            monkeypatch.setattr(loop, "inject_lora", spy)
         extra = ["network.train_text_encoder=true"] if family == "sdxl" else []
         assert main(["train", str(toml), "training.mixed_precision=\"bf16\"", "training.max_steps=4", *extra]) == 0
         run = tmp_path / "out" / name
@@ -145,8 +151,9 @@ def test_bf16_run_without_peft_input_casts_matches_with_them(tmp_path, family, m
     assert len(with_losses) == 4 and with_losses == without_losses
     assert with_lora.keys() == without_lora.keys()
     assert all(torch.equal(with_lora[k], without_lora[k]) for k in with_lora)
+    assert asked[0] is True and not any(asked[1:])  # the denoiser skips the casts; a text encoder keeps them
     if family == "sdxl":
-        assert any(k.startswith("lora_te1_") for k in with_lora)
+        assert any(k.startswith("lora_te1_") for k in with_lora) and len(asked) > 1
 
 
 def test_resume_is_exact(tmp_path, monkeypatch):
