@@ -154,6 +154,12 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/gc-peft": {"family": "flux1", "gc": True, "peft_casts": True, "peft_forward": True},
     "sdxl/gc-peft": {"family": "sdxl", "gc": True, "peft_casts": True, "peft_forward": True},
     "sdxl/gc-nocasts": {"family": "sdxl", "gc": True},
+    # round 7: every host-to-device copy of the step from pinned memory (models.base.to_gpu), against pageable copies
+    "flux1/gc+compile-pageable": {"family": "flux1", "gc": True, "compile": "regions", "phases": (None, True),
+                                  "pageable": True},
+    "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
+                                           "compile": "regions", "cudagraphs": True, "phases": (True,),
+                                           "pageable": True},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
@@ -308,6 +314,11 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         from lorakit.train import health
 
         health.skip_on_device = lambda optimizer, stats: False
+    if s.get("pageable"):  # host-to-device copies from pageable memory, as before round 7 (models.base.to_gpu pins)
+        import importlib
+
+        for mod in ("lorakit.train.loop", "lorakit.train.objectives", f"lorakit.models.{family}.adapter"):
+            importlib.import_module(mod).to_gpu = lambda t, device, dtype=None: t.to(device, non_blocking=True).to(dtype)
     swapper, plan, t_place, h2d_gbps = None, None, 0.0, None
     if placed(s):
         from lorakit.train import budget, swap
@@ -515,7 +526,8 @@ def settings_text(s: dict, cfg: Any) -> str:
     if s.get("vram"):
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
-                     f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}")
+                     f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}"
+                     + (f" activation_budget={m.activation_budget:g}" if m.activation_budget is not None else ""))
         parts += [f"reserve {s['reserve']:g} GiB"] if s.get("reserve") is not None else []
         parts += ["fp8 compute"] if m.fp8_compute else []
     else:
@@ -529,6 +541,8 @@ def settings_text(s: dict, cfg: Any) -> str:
         parts.append("host reads each step's numbers before the update")
     if s.get("peft_casts"):
         parts.append("peft's fp32 input casts")
+    if s.get("pageable"):
+        parts.append("pageable host copies")
     if s.get("peft_forward"):
         parts.append("peft's LoRA forward")
     return " ".join(parts)

@@ -14,6 +14,22 @@ import torch
 from torch import nn
 
 
+def to_gpu(t: torch.Tensor, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``t.to(device, dtype)`` for the training step, without making the host wait for the GPU.
+
+    A copy from ordinary (pageable) host memory to a CUDA device first waits for everything queued on the stream
+    (the driver stages pageable memory), so each such copy in a step leaves the GPU idle until the host catches up.
+    From page-locked memory the copy is queued like a kernel; PyTorch's pinned-memory cache keeps the staging block
+    alive until the copy has run. A dtype change happens on the device after the copy (asked of the copy itself, it
+    would convert into a pageable host tensor first)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        if not t.is_pinned():
+            t = t.pin_memory()
+        return t.to(device, non_blocking=True).to(dtype)
+    return t.to(device, dtype)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Facts about a model family, as data."""
@@ -38,6 +54,9 @@ class ModelSpec:
     activation_gib: tuple[float, float] = (1.0, 8.0)
     # the same with memory.compile (compiled blocks keep fewer intermediates); None = as activation_gib
     activation_gib_compiled: Optional[tuple[float, float]] = None
+    # memory.activation_budget points measured with compile + fp8 compute, no block checkpointing: (budget, GiB of
+    # activations per 1024² image), fastest first. memory.vram_gb plans them before partial block checkpointing
+    activation_budget_gib: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass

@@ -17,7 +17,10 @@ Settings are tried from fastest to leanest — no checkpointing, checkpointing o
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
 blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
-with no checkpointing. Left unset under ``memory.compile``, it is decided before planning: where the GPU has
+with no checkpointing. Under compile with fp8 compute (and no CUDA graphs), the family's measured
+``memory.activation_budget`` settings (``ModelSpec.activation_budget_gib``: selective recomputation inside each
+compiled block, no block checkpointing) come right after no checkpointing: on FLUX.1-dev they were faster than
+any partial checkpointing that fits the same memory. Left unset under ``memory.compile``, it is decided before planning: where the GPU has
 float8 matmuls, the fp8 settings are planned as fp8 compute (partial checkpointing allowed), and it is switched
 on when the plan stores the weights in fp8 without swapping blocks (faster than upcasting there; with swapped
 blocks fp8 storage measured faster). When even the leanest does not fit the batch, :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits,
@@ -53,10 +56,13 @@ class Plan:
     estimate_gib: float
     parts: dict[str, float]
     checkpoint_fraction: float = 1.0
+    activation_budget: Optional[float] = None
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
         share = f" (checkpoint_fraction = {self.checkpoint_fraction:.3g})" if self.checkpoint_fraction < 1 else ""
+        if self.activation_budget is not None:
+            share = f", activation_budget = {self.activation_budget:g}"
         return (f"vram_gb = {self.budget_gib:g}: gradient_checkpointing = {str(self.gradient_checkpointing).lower()}"
                 f"{share}, fp8_base = {str(self.fp8_base).lower()}, blocks_to_swap = {self.blocks_to_swap} "
                 f"(estimated peak {self.estimate_gib:.2f} GiB: {parts}, reserve {RESERVE_GIB})")
@@ -127,10 +133,13 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
 
 def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float, float], images: float,
                 optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False,
-                checkpoint_fraction: float = 1.0, fp8_only: bool = False, partial_fp8: bool = True) -> Plan:
+                checkpoint_fraction: float = 1.0, fp8_only: bool = False, partial_fp8: bool = True,
+                activation_budgets: Sequence[tuple[float, float]] = ()) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
-    storage only full checkpointing is counted on (see :func:`apply_budget`)."""
+    storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
+    per image) settings of ``memory.activation_budget`` tried with fp8 storage after no checkpointing and before
+    partial checkpointing (fp8 compute under compile, where they were measured faster)."""
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
@@ -140,25 +149,29 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     user_set = checkpoint_fraction < 1.0
     shares = [checkpoint_fraction] if user_set else [j / n for j in range(1, n)] + [1.0]
     fp8_share = checkpoint_fraction if partial_fp8 else 1.0  # see apply_budget for partial_fp8
-    options: list[tuple[float, bool, int]] = []
+    # (share, fp8 storage, swapped blocks, activation budget)
+    options: list[tuple[float, bool, int, Optional[float]]] = []
     for use_fp8 in ([True] if fp8_only else [False, True]):  # fp8_only: memory.fp8_compute needs float8 weights
-        options += [(0.0, use_fp8, 0)] + [(share, use_fp8, 0) for share in
-                                          (shares if partial_fp8 or not use_fp8 else [1.0])]
+        options += [(0.0, use_fp8, 0, None)]
+        if use_fp8 and not user_set:
+            options += [(0.0, True, 0, amb) for amb, _ in activation_budgets]
+        options += [(share, use_fp8, 0, None) for share in (shares if partial_fp8 or not use_fp8 else [1.0])]
     if can_swap and n > 1:
-        options += [(fp8_share, True, k) for k in range(1, n)]
+        options += [(fp8_share, True, k, None) for k in range(1, n)]
+    rates = dict(activation_budgets)
     room = budget_gib - RESERVE_GIB
     best: Optional[Plan] = None
-    for share, use_fp8, k in options:
+    for share, use_fp8, k, amb in options:
         if cuda_graphs and k:
             break  # CUDA graphs cannot replay swapped weights
         ckpt = share > 0
         # blocks left out of checkpointing keep their activations
-        act = (share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
+        act = (rates[amb] if amb is not None else share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
                          swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs,
                          checkpointed_gib=activation_gib[0] * images)
         total = sum(parts.values())
-        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts, share if ckpt else 1.0)
+        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts, share if ckpt else 1.0, amb)
         if total <= room:
             return plan
         best = plan
@@ -205,13 +218,16 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     auto_compute = deciding and why_not is None
     partial_fp8 = bool(cfg.memory.fp8_compute or auto_compute or cfg.memory.cuda_graphs or not cfg.memory.compile)
     wanted_fraction = float(cfg.memory.checkpoint_fraction)
+    # selective recomputation was measured with fp8 compute under compile, without CUDA graphs
+    budgets = (spec.activation_budget_gib if cfg.memory.compile and not cfg.memory.cuda_graphs
+               and (cfg.memory.fp8_compute or auto_compute) else ())
 
     def plan_for(batch: int) -> Plan:
         return plan_memory(float(cfg.memory.vram_gb), sizes, activation_gib=activations,
                            images=batch * (w * h) / 1024**2, optimizer=cfg.optimizer.name, batch_size=batch,
                            can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
                            checkpoint_fraction=float(cfg.memory.checkpoint_fraction),
-                           fp8_only=bool(cfg.memory.fp8_compute), partial_fp8=partial_fp8)
+                           fp8_only=bool(cfg.memory.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets)
 
     try:
         plan = plan_for(wanted)
@@ -234,6 +250,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
             "under compile without CUDA graphs checkpoints every block)")
     cfg.memory.gradient_checkpointing = plan.gradient_checkpointing
     cfg.memory.checkpoint_fraction = plan.checkpoint_fraction
+    cfg.memory.activation_budget = plan.activation_budget
     cfg.memory.fp8_base = plan.fp8_base
     cfg.memory.blocks_to_swap = plan.blocks_to_swap
     log(plan.describe())

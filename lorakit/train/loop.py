@@ -28,7 +28,7 @@ from lorakit.data.stream import BatchStream
 from lorakit.errors import ConfigError, DataError, TrainingError
 from lorakit.lora.inject import enable_lora, extract_lora, inject_lora, load_lora_into
 from lorakit.lora.io import save_safetensors_atomic
-from lorakit.models.base import Batch, SamplePrompt
+from lorakit.models.base import Batch, SamplePrompt, to_gpu
 from lorakit.models.registry import get_family
 from lorakit.train import budget, checkpoint, fused, health, memory, optim, speed, swap
 from lorakit.train.export import export_lora, verify_export
@@ -343,7 +343,7 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
     for _ in range(accumulation):
         speed.mark_step()  # CUDA graph trees: a new forward/backward begins (no-op unless CUDA graphs are on)
         batch = to_device(next_batch(), device)
-        noise = torch.randn(batch.latents.shape, generator=generator).to(device, non_blocking=True)
+        noise = to_gpu(torch.randn(batch.latents.shape, generator=generator), device)
         noised = adapter.noise(batch.latents, noise, batch, cfg.training, generator)
         with autocast(device, compute_dtype):
             pred = adapter.predict(noised, batch)
@@ -560,11 +560,11 @@ def glob_safe(text: str) -> str:
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move a batch to ``device`` without waiting for the GPU: a blocking host-to-device copy synchronises with
-    all queued work (PyTorch waits for the stream after it), so every step would start from an idle GPU."""
-    batch.latents = batch.latents.to(device, non_blocking=True)
-    batch.text = {k: v.to(device, non_blocking=True) for k, v in batch.text.items()}
-    batch.loss_weight = batch.loss_weight.to(device, non_blocking=True)
+    """Move a batch to ``device`` without waiting for the GPU (``models.base.to_gpu``: a copy that waits would
+    start every step from an idle GPU)."""
+    batch.latents = to_gpu(batch.latents, device)
+    batch.text = {k: to_gpu(v, device) for k, v in batch.text.items()}
+    batch.loss_weight = to_gpu(batch.loss_weight, device)
     return batch
 
 

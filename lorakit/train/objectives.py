@@ -19,6 +19,8 @@ from typing import Literal, Optional, Union
 
 import torch
 
+from lorakit.models.base import to_gpu
+
 Prediction = Literal["epsilon", "v_prediction"]
 SigmaMode = Literal["uniform", "sigmoid", "logit_normal", "shift", "flux_shift"]
 LossKind = Literal["l2", "l1", "huber"]
@@ -57,7 +59,7 @@ def sample_timesteps_uniform(batch: int, min_t: int, max_t: int,
 
 def _gather_alphas(t: torch.Tensor, alphas_cumprod: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """ᾱ_t for integer timesteps t, as float32 broadcastable against ``like``."""
-    a = alphas_cumprod.to(device=t.device, non_blocking=True)[t.long()].to(torch.float32)
+    a = to_gpu(alphas_cumprod, t.device)[t.long()].to(torch.float32)
     return _per_sample(a, like)
 
 
@@ -88,12 +90,12 @@ def apply_noise_offset(noise: torch.Tensor, offset: float,
     shape = (noise.shape[0], noise.shape[1]) + (1,) * (noise.ndim - 2)
     device = generator.device if generator is not None else noise.device
     extra = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-    return (noise.float() + offset * extra.to(noise.device, non_blocking=True)).to(noise.dtype)
+    return (noise.float() + offset * to_gpu(extra, noise.device)).to(noise.dtype)
 
 
 def snr(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at integer timesteps t, float32 [B]."""
-    a = alphas_cumprod.to(device=t.device, dtype=torch.float64, non_blocking=True)[t.long()]
+    a = to_gpu(alphas_cumprod, t.device, torch.float64)[t.long()]
     return (a / (1.0 - a)).to(torch.float32)
 
 

@@ -286,19 +286,19 @@ def test_compiled_blocks_are_budgeted_with_their_own_activation_rate(flux_sizes,
 def test_fp8_storage_under_compile_is_planned_with_every_block_checkpointed(flux_sizes, monkeypatch):
     """fp8 storage + compile without CUDA graphs runs in lorakit's wrapped layout, where a block left out of
     checkpointing keeps upcast weights: the budget then plans fp8 storage only with full checkpointing (and swap
-    when that does not fit), while fp8 compute may leave blocks out."""
+    when that does not fit), while fp8 compute may leave blocks out (or, with room, use selective recomputation)."""
     from lorakit.config.load import load_config
     from lorakit.models.registry import get_family
 
     spec = get_family("flux1").SPEC
     monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
 
-    def planned(**memory):
+    def planned(vram_gb=24, **memory):
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
-                                      "data": {"dir": "."}, "memory": {"vram_gb": 24, **memory}})
+                                      "data": {"dir": "."}, "memory": {"vram_gb": vram_gb, **memory}})
         return budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
 
-    storage, compute, eager = planned(compile=True), planned(compile=True, fp8_compute=True), planned()
+    storage, compute, eager = planned(compile=True), planned(20, compile=True, fp8_compute=True), planned()
     assert storage.fp8_base and storage.checkpoint_fraction == 1.0 and storage.gradient_checkpointing
     # a fraction the user set is not applied to fp8 storage under compile either (nor to its swap tiers)
     assert planned(compile=True, checkpoint_fraction=0.5).checkpoint_fraction == 1.0
@@ -370,10 +370,52 @@ def test_unset_fp8_compute_lets_the_budget_plan_partial_checkpointing(flux_sizes
                                    device=torch.device("cuda"))
         return plan, cfg.memory
 
-    plan, mem = chosen()
+    plan, mem = chosen(vram_gb=20)
     assert plan.fp8_base and mem.fp8_compute is True and 0.3 < mem.checkpoint_fraction < 1.0
-    assert plan.estimate_gib <= 26
+    assert plan.estimate_gib <= 20 and mem.activation_budget is None
     plan, mem = chosen(fp8_compute=False)
     assert plan.fp8_base and mem.fp8_compute is False and mem.checkpoint_fraction == 1.0
     plan, mem = chosen(vram_gb=12)  # swapped blocks: fp8 storage (measured faster there than fp8 compute)
     assert plan.blocks_to_swap > 0 and mem.fp8_compute is False and mem.checkpoint_fraction == 1.0
+
+
+def test_the_budget_plans_selective_recomputation_where_it_was_measured_fastest(flux_sizes, monkeypatch):
+    """FLUX.1-dev under compile with fp8 compute: with room for them, vram_gb picks memory.activation_budget (no block
+    checkpointing; the compiler keeps that share of each block's activations) before partial checkpointing, the
+    largest measured budget that fits (H200: 0.35 → 0.416 s/step at 24.1 GiB, against 0.50 s for the partial
+    checkpointing vram_gb = 26 chose before; RESULTS.md); the activations part is that setting's measured rate
+    times the images. Not with CUDA graphs, fp8 storage only, a checkpoint_fraction the user set, or a bigger batch
+    that does not fit it."""
+    from lorakit.config.load import load_config
+    from lorakit.models.registry import get_family
+    from lorakit.train import fp8
+
+    spec = get_family("flux1").SPEC
+    rates = dict(spec.activation_budget_gib)
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(fp8, "check_compute", lambda device: None)
+
+    def chosen(vram_gb, batch=1, **memory):
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                      "training": {"batch_size": batch},
+                                      "memory": {"vram_gb": vram_gb, "compile": True, **memory}})
+        lines: list[str] = []
+        plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append,
+                                   device=torch.device("cuda"))
+        return plan, cfg, lines
+
+    plan, cfg, lines = chosen(26)
+    assert (cfg.memory.activation_budget, cfg.memory.gradient_checkpointing, cfg.memory.fp8_base,
+            cfg.memory.fp8_compute, cfg.memory.blocks_to_swap) == (0.35, False, True, True, 0)
+    assert plan.parts["activations"] == pytest.approx(rates[0.35]) and plan.estimate_gib <= 26
+    assert lines[0].startswith("vram_gb = 26: gradient_checkpointing = false, activation_budget = 0.35, fp8_base = true")
+    plan, cfg, _ = chosen(24)  # 0.35 does not fit: the next measured setting
+    assert cfg.memory.activation_budget == 0.25 and plan.estimate_gib <= 24
+    assert plan.estimate_gib - plan.parts["activations"] + rates[0.35] > 24
+    plan, cfg, _ = chosen(20)  # neither fits: partial block checkpointing, as before
+    assert cfg.memory.activation_budget is None and cfg.memory.gradient_checkpointing and plan.checkpoint_fraction < 1
+    for memory in ({"fp8_compute": False}, {"checkpoint_fraction": 0.5}, {"cuda_graphs": True}):
+        _, cfg, _ = chosen(26, **memory)
+        assert cfg.memory.activation_budget is None and cfg.memory.gradient_checkpointing, memory
+    plan, cfg, _ = chosen(26, batch=2)  # twice the activations: 0.35 and 0.25 no longer fit
+    assert cfg.memory.activation_budget is None and plan.estimate_gib <= 26

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt
+from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 
 SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
@@ -29,7 +29,11 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                  # compiled, without checkpointing: 29.9 GiB per 1024² image, from fp8 compute's 0.483 GiB per block
                  # left out of checkpointing (H200, RESULTS.md round 5; bf16 gave 0.46); the larger of the two so that a
                  # partial-checkpointing plan errs towards fitting
-                 activation_gib_compiled=(2.3, 29.9))
+                 activation_gib_compiled=(2.3, 29.9),
+                 # fp8 compute + compile, activation_budget 0.35 / 0.25: peak 24.12 / 20.56 GiB (H200, RESULTS.md rounds
+                 # 5-7) less the 12.43 GiB of fp8 weights, LoRA and AdamW state those runs held; 0.35 was the fastest
+                 # setting measured within 25.7 GiB (0.416 s/step), 0.25 0.466 s, both faster than partial checkpointing
+                 activation_budget_gib=((0.35, 11.7), (0.25, 8.2)))
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}
@@ -219,7 +223,7 @@ class Adapter:
         sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
                                logit_mean=training.logit_mean, logit_std=training.logit_std,
                                shift=training.discrete_flow_shift, seq_len=(h // 2) * (w // 2))
-        sigmas = sigmas.to(latents.device, non_blocking=True)
+        sigmas = to_gpu(sigmas, latents.device)
         return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
                            target=flow_target(latents, noise),
                            weight=torch.ones(b, device=latents.device, dtype=torch.float32))
@@ -232,20 +236,19 @@ class Adapter:
         p = next(tr.parameters())
         dev, dt = p.device, p.dtype
         b, _, h, w = x.shape
-        t5 = text["t5"].to(dev, dt, non_blocking=True)
+        t5 = to_gpu(text["t5"], dev, dt)
         kwargs: dict[str, Any] = {}
         if self.cfg.training.apply_t5_attn_mask and "t5_mask" in text:
             img = torch.ones(b, (h // 2) * (w // 2), dtype=torch.bool, device=dev)
-            joint = torch.cat([text["t5_mask"].to(dev, non_blocking=True).bool(), img], dim=1)
+            joint = torch.cat([to_gpu(text["t5_mask"], dev).bool(), img], dim=1)
             kwargs["joint_attention_kwargs"] = {"attention_mask": joint[:, None, None, :]}
         g = None
         if self.variant == "dev":
             g = torch.full((b,), float(guidance if guidance is not None else 1.0), device=dev, dtype=torch.float32)
-        nb = {"non_blocking": True}  # host-to-device without waiting for the GPU (loop.to_device says why)
-        out = tr(hidden_states=pack_latents(x).to(dev, dt, **nb), encoder_hidden_states=t5,
-                 pooled_projections=text["pooled"].to(dev, dt, **nb),
-                 timestep=sigmas.to(dev, torch.float32, **nb).expand(b),
-                 img_ids=image_position_ids(h, w).to(dev, **nb), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
+        out = tr(hidden_states=to_gpu(pack_latents(x), dev, dt), encoder_hidden_states=t5,
+                 pooled_projections=to_gpu(text["pooled"], dev, dt),
+                 timestep=to_gpu(sigmas, dev, torch.float32).expand(b),
+                 img_ids=to_gpu(image_position_ids(h, w), dev), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
                  guidance=g, return_dict=False, **kwargs)[0]
         return unpack_latents(out, h, w).float()
 

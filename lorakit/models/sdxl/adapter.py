@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt
+from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models.sdxl import configs
 from lorakit.models.sdxl.convert import unet_module_to_sgm
 
@@ -427,7 +427,8 @@ class Adapter:
         prediction = getattr(training, "prediction", SPEC.prediction)
         noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
         t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
-                                         generator).to(latents.device, non_blocking=True)
+                                         generator)
+        t = to_gpu(t, latents.device)
         x_t = obj.ddpm_add_noise(latents, noise, t, ac)
         target = obj.ddpm_target(latents, noise, t, ac, prediction)
         gamma = float(getattr(training, "min_snr_gamma", 0.0))
@@ -444,10 +445,9 @@ class Adapter:
     def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
                    time_ids: torch.Tensor) -> torch.Tensor:
         dev, dt = self._unet_place()
-        nb = {"non_blocking": True}  # host-to-device without waiting for the GPU (loop.to_device says why)
-        return self.unet(x.to(dev, dt, **nb), t.to(dev, **nb), encoder_hidden_states=context.to(dev, dt, **nb),
-                         added_cond_kwargs={"text_embeds": pooled.to(dev, dt, **nb),
-                                            "time_ids": time_ids.to(dev, dt, **nb)},
+        return self.unet(to_gpu(x, dev, dt), to_gpu(t, dev), encoder_hidden_states=to_gpu(context, dev, dt),
+                         added_cond_kwargs={"text_embeds": to_gpu(pooled, dev, dt),
+                                            "time_ids": to_gpu(time_ids, dev, dt)},
                          return_dict=False)[0]
 
     def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
