@@ -440,7 +440,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
                      "max_resident": swapper.max_resident, "h2d_gbps": h2d_gbps} if swapper else None,
             "cudnn_sdpa": bool(cuda and torch.backends.cuda.cudnn_sdp_enabled()),
         })
-        if k == 0 and cuda and os.environ.get("BENCH_PROFILE"):  # GPU time of a whole step by kernel kind
+        if k == len(s.get("phases", (None,))) - 1 and cuda and os.environ.get("BENCH_PROFILE"):
+            # GPU time of a whole step by kernel kind, in the last phase (the fused AdamW: lorakit's CUDA default)
             from probe_blocks import profile_kernels  # same folder
 
             def one_step() -> None:

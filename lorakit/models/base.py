@@ -14,20 +14,43 @@ import torch
 from torch import nn
 
 
+# page-locked staging buffers of to_gpu: (shape, dtype) -> [(buffer, event of its last copy)]
+_STAGING: dict[tuple, list[tuple[torch.Tensor, Any]]] = {}
+_SLOTS = 4  # per shape: a step queued ahead of the GPU holds at most a few copies of each in flight
+
+
 def to_gpu(t: torch.Tensor, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """``t.to(device, dtype)`` for the training step, without making the host wait for the GPU.
 
-    A copy from ordinary (pageable) host memory to a CUDA device first waits for everything queued on the stream
-    (the driver stages pageable memory), so each such copy in a step leaves the GPU idle until the host catches up.
-    From page-locked memory the copy is queued like a kernel; PyTorch's pinned-memory cache keeps the staging block
-    alive until the copy has run. A dtype change happens on the device after the copy (asked of the copy itself, it
-    would convert into a pageable host tensor first)."""
+    A copy from ordinary (pageable) host memory to a CUDA device may first wait for everything queued on the stream
+    (the driver stages pageable memory), and pinning each tensor anew (``pin_memory()``) allocates page-locked memory,
+    which is slower still (8 ms per copy on an H200 host, RESULTS.md round 7). So the data goes through a few
+    page-locked buffers per shape, kept for the run: the host copies into one whose last transfer has finished and
+    queues the transfer like a kernel, with an event that says when the buffer is free again. A dtype change
+    happens on the device after the copy."""
     device = torch.device(device)
-    if device.type == "cuda" and t.device.type == "cpu":
-        if not t.is_pinned():
-            t = t.pin_memory()
-        return t.to(device, non_blocking=True).to(dtype)
-    return t.to(device, dtype)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device, dtype)
+    buffer, done = staging_slot(_STAGING.setdefault((tuple(t.shape), t.dtype), []),
+                                lambda: (torch.empty(t.shape, dtype=t.dtype, pin_memory=True), torch.cuda.Event()))
+    buffer.copy_(t)
+    out = torch.empty(t.shape, dtype=t.dtype, device=device)
+    out.copy_(buffer, non_blocking=True)
+    done.record(torch.cuda.current_stream(device))
+    return out.to(dtype)
+
+
+def staging_slot(slots: list, make) -> tuple[torch.Tensor, Any]:
+    """A (buffer, event) of ``slots`` whose last copy has finished: the first free one, else a new one from
+    ``make()`` while there are fewer than :data:`_SLOTS`, else the oldest after waiting for its copy (the slot used
+    last moves to the end, so the front is always the least recently used)."""
+    free = next((i for i, slot in enumerate(slots) if slot[1].query()), None)
+    if free is None and len(slots) < _SLOTS:
+        slots.append(make())
+    else:
+        slots.append(slots.pop(free or 0))
+        slots[-1][1].synchronize()  # returns at once for a free slot
+    return slots[-1]
 
 
 @dataclass(frozen=True)

@@ -87,19 +87,24 @@ def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
 
 
 def test_host_copies_do_not_wait_for_the_gpu():
-    """models.base.to_gpu (every host-to-device copy of a training step): queued behind a long kernel, the copy of an
-    ordinary (pageable) 64 MiB tensor returns while the GPU is still busy, and the values arrive intact."""
-    from lorakit.models.base import to_gpu
+    """models.base.to_gpu (every host-to-device copy of a training step): queued behind a long kernel, copies of
+    ordinary (pageable) 64 MiB tensors return while the GPU is still busy, each through its own staging buffer, and
+    the values arrive intact and in the asked dtype."""
+    from lorakit.models import base
 
-    host = torch.randn(16, 1024, 1024)
-    assert not host.is_pinned()
+    tensors = [torch.randn(16, 1024, 1024) for _ in range(3)]
+    assert not tensors[0].is_pinned()
+    for t in tensors:  # the first copies of a shape allocate its page-locked buffers (which may wait for the GPU)
+        base.to_gpu(t, "cuda")
     stream = torch.cuda.current_stream()
     torch.cuda.synchronize()
     torch.cuda._sleep(2_000_000_000)  # about a second of GPU time on any current card
-    out = to_gpu(host, "cuda", torch.bfloat16)
-    assert not stream.query(), "the host waited for the GPU before the copy"
+    outs = [base.to_gpu(t, "cuda", torch.bfloat16) for t in tensors]
+    assert not stream.query(), "the host waited for the GPU before a copy"
     torch.cuda.synchronize()
-    assert out.dtype == torch.bfloat16 and torch.equal(out.cpu(), host.to(torch.bfloat16))
+    for t, out in zip(tensors, outs):
+        assert out.dtype == torch.bfloat16 and torch.equal(out.cpu(), t.to(torch.bfloat16))
+    assert len(base._STAGING[((16, 1024, 1024), torch.float32)]) == 3
 
 
 if __name__ == "__main__":  # `python3 tests/integration/test_cuda_paths.py [host|flux|sdxl]`: all, or the ones named
