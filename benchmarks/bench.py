@@ -157,6 +157,10 @@ ROWS: dict[str, dict[str, Any]] = {
     # round 7: every host-to-device copy of the step from pinned memory (models.base.to_gpu), against pageable copies
     "flux1/gc+compile-pageable": {"family": "flux1", "gc": True, "compile": "regions", "phases": (None, True),
                                   "pageable": True},
+    # round 8 experiment (not measured yet): bf16 weights, selective recomputation, and the activations each compiled
+    # block keeps offloaded to pinned CPU memory by torch's partitioner (see offload_saved_activations)
+    "flux1/amb05+offload+compile": {"family": "flux1", "gc": False, "amb": 0.05, "compile": "regions", "offload": 4},
+    "flux1/amb10+offload+compile": {"family": "flux1", "gc": False, "amb": 0.10, "compile": "regions", "offload": 4},
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
                                            "compile": "regions", "cudagraphs": True, "phases": (True,),
                                            "pageable": True},
@@ -357,6 +361,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
                      original_sizes=[(1024, 1024)], crop_top_lefts=[(0, 0)], target_sizes=[(1024, 1024)],
                      loss_weight=torch.ones(1), captions=["a photo"])
 
+    if s.get("offload"):
+        offload_saved_activations(float(s["offload"]))
     speed.CHECKPOINT_INSIDE_COMPILE = s.get("compile") != "outer"
     if cuda:
         speed.configure_attention(compiled=bool(s.get("compile")))
@@ -490,6 +496,56 @@ class Gate:
             self.fh = None
 
 
+class _MarkForOffload:
+    """Inductor joint-graph pass: every computed tensor of at least ``min_mib`` may be offloaded (torch's partitioner
+    then moves those it saves for backward to CPU memory, on a side stream, and prefetches them back)."""
+
+    def __init__(self, min_mib: float, previous: Any) -> None:
+        self.min_bytes, self.previous = min_mib * 2**20, previous
+
+    def __call__(self, graph: Any) -> None:
+        import torch
+
+        for node in graph.nodes:
+            val = node.meta.get("val")
+            if node.op == "call_function" and isinstance(val, torch.Tensor) and \
+                    val.numel() * val.element_size() >= self.min_bytes:
+                node.meta["should_offload"] = True
+        if self.previous is not None:
+            self.previous(graph)
+
+    def uuid(self) -> Any:
+        before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
+        return f"bench-offload-{self.min_bytes}:{before}"
+
+
+def offload_saved_activations(min_mib: float) -> None:
+    """torch's experimental partitioner offloading (torch._functorch.config.enable_activation_offloading), for the
+    "offload" rows: saved activations of each compiled block of at least ``min_mib`` MiB go to pinned CPU memory."""
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    if not hasattr(functorch_config, "enable_activation_offloading"):
+        raise RuntimeError(f"torch {torch_version()} has no partitioner activation offloading")
+    functorch_config.enable_activation_offloading = True
+    for flag in ("activation_offload_separate_stream", "activation_offload_sink_wait", "activation_reload_prefetch"):
+        if hasattr(functorch_config, flag):
+            setattr(functorch_config, flag, True)
+    try:  # reuse pinned buffers across steps where this torch has the pool (else ~3 ms of cudaHostAlloc per tensor)
+        from torch._functorch._activation_offloading import offload_ops
+
+        offload_ops.pinned_memory_pool().__enter__()
+    except (ImportError, AttributeError):
+        pass
+    inductor_config.joint_custom_pre_pass = _MarkForOffload(min_mib, inductor_config.joint_custom_pre_pass)
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def slug(row: str) -> str:
     return row.replace("/", "_").replace("+", "_")
 
@@ -544,6 +600,8 @@ def settings_text(s: dict, cfg: Any) -> str:
         parts.append("peft's fp32 input casts")
     if s.get("pageable"):
         parts.append("pageable host copies")
+    if s.get("offload"):
+        parts.append(f"saved activations ≥ {s['offload']:g} MiB offloaded to CPU (torch partitioner)")
     if s.get("peft_forward"):
         parts.append("peft's LoRA forward")
     return " ".join(parts)

@@ -29,7 +29,7 @@ def to_gpu(t: torch.Tensor, device: torch.device | str, dtype: Optional[torch.dt
     queues the transfer like a kernel, with an event that says when the buffer is free again. A dtype change
     happens on the device after the copy."""
     device = torch.device(device)
-    if device.type != "cuda" or t.device.type != "cpu":
+    if device.type != "cuda" or t.device.type != "cpu" or t.requires_grad:  # (a staging copy would cut the graph)
         return t.to(device, dtype)
     buffer, done = staging_slot(_STAGING.setdefault((tuple(t.shape), t.dtype), []),
                                 lambda: (torch.empty(t.shape, dtype=t.dtype, pin_memory=True), torch.cuda.Event()))
