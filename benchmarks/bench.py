@@ -161,6 +161,11 @@ ROWS: dict[str, dict[str, Any]] = {
     # block keeps offloaded to pinned CPU memory by torch's partitioner (see offload_saved_activations)
     "flux1/amb05+offload+compile": {"family": "flux1", "gc": False, "amb": 0.05, "compile": "regions", "offload": 4},
     "flux1/amb10+offload+compile": {"family": "flux1", "gc": False, "amb": 0.10, "compile": "regions", "offload": 4},
+    # the fused LoRA Linear (lorakit/train/lora_kernel.py, Triton) in place of every LoRA Linear's forward: slower than
+    # peft's ops per Linear in run 24; these rows measure the whole step (not measured yet)
+    "flux1/gc+compile+fusedlora": {"family": "flux1", "gc": True, "compile": "regions", "phases": (True,),
+                                   "fused_lora": True},
+    "flux1/gc-fusedlora": {"family": "flux1", "gc": True, "fused_lora": True},
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
                                            "compile": "regions", "cudagraphs": True, "phases": (True,),
                                            "pageable": True},
@@ -314,6 +319,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         for sub in model.modules():
             if "forward" in vars(sub) and hasattr(sub, "lora_A"):
                 del sub.forward
+    if s.get("fused_lora"):
+        use_fused_lora(model)
     if s.get("host_sync"):  # the loop's other path: the host reads each step's numbers before the update
         from lorakit.train import health
 
@@ -496,6 +503,28 @@ class Gate:
             self.fh = None
 
 
+def use_fused_lora(model: Any) -> int:
+    """Every LoRA Linear of ``model`` computes ``base(x) + s · B(A(x))`` with lorakit.train.lora_kernel's fused
+    Linear (the "fused_lora" rows; dropout 0, one adapter); returns how many were switched."""
+    from torch import nn
+
+    from lorakit.train.lora_kernel import fused_lora_linear
+
+    def forward_of(layer: Any) -> Any:
+        base, a, b = layer.base_layer, layer.lora_A["default"], layer.lora_B["default"]
+        scale = layer.scaling["default"]
+        return lambda x, *args, **kwargs: fused_lora_linear(x, base.weight, base.bias, a.weight, b.weight, scale)
+
+    n = 0
+    for sub in model.modules():
+        if hasattr(sub, "lora_A") and isinstance(getattr(sub, "base_layer", None), nn.Linear):
+            sub.forward = forward_of(sub)
+            n += 1
+    if not n:
+        raise RuntimeError("fused_lora: no LoRA Linear found")
+    return n
+
+
 class _MarkForOffload:
     """Inductor joint-graph pass: every computed tensor of at least ``min_mib`` may be offloaded (torch's partitioner
     then moves those it saves for backward to CPU memory, on a side stream, and prefetches them back)."""
@@ -600,6 +629,8 @@ def settings_text(s: dict, cfg: Any) -> str:
         parts.append("peft's fp32 input casts")
     if s.get("pageable"):
         parts.append("pageable host copies")
+    if s.get("fused_lora"):
+        parts.append("fused LoRA Linear (Triton)")
     if s.get("offload"):
         parts.append(f"saved activations ≥ {s['offload']:g} MiB offloaded to CPU (torch partitioner)")
     if s.get("peft_forward"):
