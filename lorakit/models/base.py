@@ -93,6 +93,7 @@ class Batch:
     target_sizes: list[tuple[int, int]]       # (height, width) of the bucket
     loss_weight: torch.Tensor                 # [B] per-sample weight (prior_loss_weight on reg images)
     captions: list[str] = field(default_factory=list)
+    host_text: dict[str, torch.Tensor] = field(default_factory=dict)  # ``text`` as it was on the host (to_device)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class NoisedInput:
     timesteps: torch.Tensor                   # [B], in the family's own convention
     target: torch.Tensor                      # same shape as the prediction
     weight: torch.Tensor                      # [B] loss weights from the objective (min-SNR etc.), 1 if none
+    host_timesteps: Optional[torch.Tensor] = None  # ``timesteps`` as drawn on the host, where a family keeps them
 
 
 @dataclass
@@ -148,6 +150,10 @@ class ModelAdapter(Protocol):
 
     def offload_encoders(self) -> None:
         """Move VAE and text encoders off the accelerator (after caching)."""
+
+    def before_placement(self, memory: Any, log: Any) -> None:
+        """Family-specific memory settings applied after LoRA injection, before the denoiser is placed on the
+        device and the memory budget is planned (e.g. FLUX.1's ``memory.modulation_on_cpu``)."""
 
     def denoiser(self) -> nn.Module:
         """The U-Net / transformer that gets the LoRA."""

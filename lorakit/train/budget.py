@@ -200,7 +200,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     from lorakit.config.schema import MemoryCfg
 
     swap_field = next(f for f in fields(MemoryCfg) if f.name == "blocks_to_swap")
-    can_swap = spec.family in (swap_field.metadata.get("families") or (spec.family,))
+    can_swap = spec.family in (swap_field.metadata.get("families") or (spec.family,)) and \
+        not getattr(cfg.memory, "modulation_on_cpu", False)  # the two are not combined (memory.check_supported)
     r = cfg.data.resolution
     w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
     sizes = Sizes.of(model, blocks, trainable)

@@ -122,6 +122,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     trainable = [p for g in groups for p in g["params"]]
     # after injection (peft wraps the Linears first), before compile: the memory budget's choices, then fp8
     # storage and block swap, applied block by block while the denoiser moves to the device
+    adapter.before_placement(cfg.memory, log)
     blocks = speed.repeated_blocks(modules["denoiser"])
     if cfg.memory.vram_gb:
         budget.apply_budget(cfg, spec, modules["denoiser"], blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
@@ -563,6 +564,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     """Move a batch to ``device`` without waiting for the GPU (``models.base.to_gpu``: a copy that waits would
     start every step from an idle GPU)."""
     batch.latents = to_gpu(batch.latents, device)
+    batch.host_text = batch.text
     batch.text = {k: to_gpu(v, device) for k, v in batch.text.items()}
     batch.loss_weight = to_gpu(batch.loss_weight, device)
     return batch

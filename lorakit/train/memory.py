@@ -50,6 +50,14 @@ def check_supported(cfg: Config, device: torch.device) -> None:
         check_block_swap(mem.gradient_checkpointing, mem.cuda_graphs)
     if mem.fused_backward:
         check_fused_backward(cfg)
+    on_cpu = getattr(mem, "modulation_on_cpu", False)
+    if on_cpu and mem.blocks_to_swap:
+        raise ConfigError("memory.modulation_on_cpu: not with memory.blocks_to_swap (swapped blocks stream all their "
+                          "weights anyway); remove one of the two")
+    if on_cpu and cfg.network.train_text_encoder:
+        raise ConfigError("memory.modulation_on_cpu: the modulation outputs are computed on the CPU without "
+                          "gradients, so CLIP-L cannot be trained through them; set network.train_text_encoder = "
+                          "false or memory.modulation_on_cpu = false")
 
 
 def check_activation_budget(cfg: Config) -> None:

@@ -72,7 +72,8 @@ def variant_from_header(path: Path) -> Optional[str]:
 def deferred_placement(memory: Any) -> bool:
     """Whether the transformer stays on the CPU after load() (the loop places it block by block)."""
     return bool(memory is not None and (getattr(memory, "blocks_to_swap", 0) or getattr(memory, "fp8_base", False)
-                                        or getattr(memory, "vram_gb", None)))
+                                        or getattr(memory, "vram_gb", None)
+                                        or getattr(memory, "modulation_on_cpu", False)))
 
 
 class Adapter:
@@ -85,6 +86,7 @@ class Adapter:
         self.comps: Any = None
         self.device = torch.device("cpu")
         self.dtype = torch.bfloat16
+        self.host_modulation: Any = None  # memory.modulation_on_cpu (modulation.HostModulations)
 
     # ------------------------------------------------------------------------------------------ loading
     def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
@@ -102,6 +104,12 @@ class Adapter:
         self.device, self.dtype = torch.device(device), dtype
         if not deferred_placement(memory):
             self.comps.transformer.to(self.device)
+
+    def before_placement(self, memory: Any, log: Any) -> None:
+        """memory.modulation_on_cpu: the modulation Linears' weights stay on the CPU (modulation.py)."""
+        if getattr(memory, "modulation_on_cpu", False) and self.host_modulation is None:
+            from .modulation import HostModulations
+            self.host_modulation = HostModulations.install(self._c().transformer, log)
 
     def _c(self) -> Any:
         if self.comps is None:
@@ -223,14 +231,18 @@ class Adapter:
         sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
                                logit_mean=training.logit_mean, logit_std=training.logit_std,
                                shift=training.discrete_flow_shift, seq_len=(h // 2) * (w // 2))
+        host = sigmas
         sigmas = to_gpu(sigmas, latents.device)
         return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
                            target=flow_target(latents, noise),
-                           weight=torch.ones(b, device=latents.device, dtype=torch.float32))
+                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
 
     def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor],
-                 guidance: Optional[float]) -> torch.Tensor:
-        """Pack, run the transformer (σ as timestep; it scales by 1000 itself), unpack. Raw velocity out."""
+                 guidance: Optional[float], host_sigmas: Optional[torch.Tensor] = None,
+                 host_text: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Pack, run the transformer (σ as timestep; it scales by 1000 itself), unpack. Raw velocity out.
+        ``host_sigmas`` / ``host_text``: the same values still on the host, if the caller has them (for
+        memory.modulation_on_cpu, which would otherwise read them back from the device)."""
         from lorakit.train.objectives import image_position_ids, pack_latents, unpack_latents
         tr = self._c().transformer
         p = next(tr.parameters())
@@ -243,8 +255,13 @@ class Adapter:
             joint = torch.cat([to_gpu(text["t5_mask"], dev).bool(), img], dim=1)
             kwargs["joint_attention_kwargs"] = {"attention_mask": joint[:, None, None, :]}
         g = None
+        value = float(guidance if guidance is not None else 1.0)
         if self.variant == "dev":
-            g = torch.full((b,), float(guidance if guidance is not None else 1.0), device=dev, dtype=torch.float32)
+            g = torch.full((b,), value, device=dev, dtype=torch.float32)
+        if self.host_modulation is not None:  # the modulation outputs of this call, computed from host tensors
+            self.host_modulation.prepare((sigmas if host_sigmas is None else host_sigmas).reshape(-1).expand(b),
+                                         None if g is None else torch.full((b,), value),
+                                         (host_text or text)["pooled"], dev)
         out = tr(hidden_states=to_gpu(pack_latents(x), dev, dt), encoder_hidden_states=t5,
                  pooled_projections=to_gpu(text["pooled"], dev, dt),
                  timestep=to_gpu(sigmas, dev, torch.float32).expand(b),
@@ -254,7 +271,8 @@ class Adapter:
 
     def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
         """The transformer's raw velocity prediction for a noised batch (guidance = training.guidance_scale)."""
-        return self._forward(noised.model_input, noised.timesteps, batch.text, self.cfg.training.guidance_scale)
+        return self._forward(noised.model_input, noised.timesteps, batch.text, self.cfg.training.guidance_scale,
+                             noised.host_timesteps, batch.host_text or None)
 
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()

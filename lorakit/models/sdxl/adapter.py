@@ -353,6 +353,9 @@ class Adapter:
         context = torch.cat([out1.hidden_states[-2].float().cpu(), out2.hidden_states[-2].float().cpu()], dim=-1)
         return {"context": context, "pooled": out2.text_embeds.float().cpu()}
 
+    def before_placement(self, memory: Any, log: Any) -> None:
+        """Nothing SDXL-specific to apply before placement."""
+
     def offload_encoders(self) -> None:
         """Text encoders and VAE go to the CPU (after caching) to free accelerator memory; parts never read
         stay unread."""

@@ -1,0 +1,109 @@
+"""memory.modulation_on_cpu (lorakit/models/flux1/modulation.py): FLUX.1's modulation Linears leave the model and
+their outputs come from the host; checked against the unchanged transformer, with LoRA on the modulation Linears
+and the rest, outputs and LoRA gradients."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+from lorakit.lora.inject import inject_lora
+from lorakit.models.flux1.modulation import DOUBLE, SINGLE, HostModulation, HostModulations
+from tests.unit.test_swap import flux_with_blocks
+
+
+def modulation_paths(model: nn.Module) -> list[str]:
+    return ([f"transformer_blocks.{i}.{p}" for i in range(len(model.transformer_blocks)) for p in DOUBLE]
+            + [f"single_transformer_blocks.{i}.{p}" for i in range(len(model.single_transformer_blocks)) for p in SINGLE])
+
+
+def lora_everywhere(model: nn.Module) -> list[nn.Parameter]:
+    targets = {n: 4 for n, m in model.named_modules() if isinstance(m, nn.Linear) and "transformer_blocks" in n}
+    params = inject_lora(model, targets, 4.0, 0.0, seed=1)
+    with torch.no_grad():  # non-zero ups: the LoRA changes every output and every LoRA gets a gradient
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    return params
+
+
+def test_host_modulations_give_the_same_outputs_and_gradients_without_the_weights():
+    plain, kwargs = flux_with_blocks(2, 3)
+    paths = modulation_paths(plain)
+    weights = sum(plain.get_submodule(p).weight.numel() + plain.get_submodule(p).bias.numel() for p in paths)
+    host = copy.deepcopy(plain)
+    params = {"plain": lora_everywhere(plain), "host": lora_everywhere(host)}
+    before = sum(p.numel() for p in host.parameters())
+    lines: list[str] = []
+    mods = HostModulations.install(host, lines.append)
+    assert sum(p.numel() for p in host.parameters()) == before - weights  # the weights left the model
+    assert len(mods.modules) == len(paths) and all(isinstance(host.get_submodule(p).base_layer, HostModulation)
+                                                   for p in paths)
+    assert lines and lines[0].startswith(f"modulation_on_cpu: {len(paths)} modulation Linears")
+    host.to(torch.float64)  # moving the model leaves the host weights where and as they are
+    host.to(torch.float32)
+    assert all(m.host["weight"].dtype == torch.float32 and m.host["weight"].device.type == "cpu" for m in mods.modules)
+
+    results = {}
+    for name, model in (("plain", plain), ("host", host)):
+        if name == "host":
+            mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
+        out = model(**kwargs)[0]
+        grads = torch.autograd.grad(out.square().mean(), params[name])
+        results[name] = (out, grads)
+    torch.testing.assert_close(results["host"][0], results["plain"][0], rtol=1e-5, atol=1e-6)
+    for g_host, g_plain in zip(results["host"][1], results["plain"][1]):
+        torch.testing.assert_close(g_host, g_plain, rtol=1e-4, atol=1e-7)
+    assert all(g.abs().sum() > 0 for g in results["host"][1])
+
+
+def test_a_call_without_prepared_outputs_is_refused():
+    model, kwargs = flux_with_blocks(1, 1)
+    mods = HostModulations.install(model, lambda _: None)
+    with pytest.raises(RuntimeError, match="modulation_on_cpu: transformer_blocks.0.norm1.linear was called without"):
+        model(**kwargs)
+    mods.prepare(kwargs["timestep"][:1], kwargs["guidance"][:1], kwargs["pooled_projections"][:1], torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="for a batch of 2"):  # prepared for another batch size
+        model(**kwargs)
+
+
+def test_modulation_on_cpu_settings_are_checked():
+    from lorakit.config.load import load_config
+    from lorakit.train import memory
+
+    def cfg(family="flux1", network=None, **mem):
+        return load_config(None, data={"model": {"family": family, "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                       "network": network or {}, "memory": {"modulation_on_cpu": True, **mem}})
+
+    memory.check_supported(cfg(), torch.device("cpu"))  # accepted
+    with pytest.raises(ConfigError, match="memory.modulation_on_cpu: not with memory.blocks_to_swap"):
+        memory.check_supported(cfg(blocks_to_swap=4), torch.device("cuda"))
+    with pytest.raises(ConfigError, match="memory.modulation_on_cpu: .*network.train_text_encoder"):
+        memory.check_supported(cfg(network={"train_text_encoder": True}), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="modulation_on_cpu"):
+        cfg(family="sdxl")
+
+
+def test_the_budget_never_plans_block_swap_with_modulation_on_cpu(monkeypatch):
+    """vram_gb with modulation_on_cpu: the two are not combined, so a budget that would need swapped blocks is
+    refused with the leanest unswapped setting's estimate instead of planning a swap the checks refuse."""
+    from lorakit.config.load import load_config
+    from lorakit.models.registry import get_family
+    from lorakit.train import budget, swap
+    from tests.unit.test_budget import flux_sizes
+
+    sizes = flux_sizes.__wrapped__()
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: sizes))
+
+    def plan(**memory):
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                      "memory": {"vram_gb": 12, **memory}})
+        return budget.apply_budget(cfg, get_family("flux1").SPEC, nn.Linear(1, 1), [], [], swap.LOOKAHEAD,
+                                   log=lambda _: None)
+
+    assert plan().blocks_to_swap > 0
+    with pytest.raises(ConfigError, match=r"memory.vram_gb = 12: even the leanest setting .* 0 swapped blocks"):
+        plan(modulation_on_cpu=True)
