@@ -72,6 +72,20 @@ def test_flux_block_swap_fp8_and_budget_train_and_export(tmp_path):
     train(tmp_path, "flux1", "vram", {"vram_gb": 8, "compile": True})
 
 
+def test_flux_modulation_on_cpu_trains_eager_and_compiled(tmp_path):
+    """memory.modulation_on_cpu on CUDA: the host-computed modulations reach the compiled blocks through one device
+    buffer rewritten each step (no recompilation per step), eager and compiled, and with selective recomputation."""
+    plain = train(tmp_path, "flux1", "plain", {"gradient_checkpointing": True})
+    eager = train(tmp_path, "flux1", "modcpu", {"gradient_checkpointing": True, "modulation_on_cpu": True})
+    assert close(eager, plain, 2e-2), (eager, plain)
+    compiled = train(tmp_path, "flux1", "modcpuc", {"gradient_checkpointing": True, "modulation_on_cpu": True,
+                                                    "compile": True})
+    assert close(compiled, plain, 5e-2), (compiled, plain)
+    selective = train(tmp_path, "flux1", "modcpua", {"gradient_checkpointing": False, "modulation_on_cpu": True,
+                                                     "compile": True, "activation_budget": 0.3})
+    assert close(selective, plain, 5e-2), (selective, plain)
+
+
 def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
     plain = train(tmp_path, "sdxl", "plain", {"gradient_checkpointing": True})
     graphs = train(tmp_path, "sdxl", "graphs", {"vram_gb": 8, "compile": True, "cuda_graphs": True})
@@ -110,7 +124,8 @@ def test_host_copies_do_not_wait_for_the_gpu():
 if __name__ == "__main__":  # `python3 tests/integration/test_cuda_paths.py [host|flux|sdxl]`: all, or the ones named
     failed = 0
     chosen = sys.argv[1:] or ["flux", "sdxl", "host"]
-    for test in (test_host_copies_do_not_wait_for_the_gpu, test_flux_block_swap_fp8_and_budget_train_and_export,
+    for test in (test_host_copies_do_not_wait_for_the_gpu, test_flux_modulation_on_cpu_trains_eager_and_compiled,
+                 test_flux_block_swap_fp8_and_budget_train_and_export,
                  test_sdxl_budget_with_cuda_graphs_trains_and_exports):
         if not any(test.__name__.startswith(f"test_{name}") for name in chosen):
             continue
