@@ -630,23 +630,17 @@ def settings_text(s: dict, cfg: Any) -> str:
             ([f"swap {s['swap']} blocks"] if s.get("swap") else [])
     cudnn = {True: True, False: False}.get(s.get("cudnn"), bool(s.get("compile")))
     parts.append("cuDNN-SDPA on" if cudnn else "cuDNN-SDPA off")
-    if s.get("eager_first"):
-        parts.append("after an eager fwd")
-    if s.get("host_sync"):
-        parts.append("host reads each step's numbers before the update")
-    if s.get("peft_casts"):
-        parts.append("peft's fp32 input casts")
-    if s.get("pageable"):
-        parts.append("pageable host copies")
-    if s.get("modcpu"):
-        parts.append("modulation on CPU")
-    if s.get("fused_lora"):
-        parts.append("fused LoRA Linear (Triton)")
+    parts += [label for key, label in FLAG_LABELS.items() if s.get(key)]
     if s.get("offload"):
         parts.append(f"saved activations ≥ {s['offload']:g} MiB offloaded to CPU (torch partitioner)")
-    if s.get("peft_forward"):
-        parts.append("peft's LoRA forward")
     return " ".join(parts)
+
+
+# on/off row keys and how the settings column names them
+FLAG_LABELS = {"eager_first": "after an eager fwd", "host_sync": "host reads each step's numbers before the update",
+               "peft_casts": "peft's fp32 input casts", "pageable": "pageable host copies",
+               "modcpu": "modulation on CPU", "fused_lora": "fused LoRA Linear (Triton)",
+               "peft_forward": "peft's LoRA forward"}
 
 
 # ====================================================================== driver
