@@ -33,7 +33,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = os.environ.get("BENCH_TINY") == "1"  # CPU smoke test of the harness with tiny models (no timings)
@@ -174,6 +174,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/modcpu+amb15+compile": {"family": "flux1", "gc": False, "amb": 0.15, "compile": "regions",
                                    "phases": (True,), "modcpu": True},
     "flux1/modcpu+gc": {"family": "flux1", "gc": True, "phases": (True,), "modcpu": True},
+    "flux1/modcpu+amb20+compile": {"family": "flux1", "gc": False, "amb": 0.20, "compile": "regions",
+                                   "phases": (True,), "modcpu": True},
+    "flux1/modcpu+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
+                                   "phases": (True,), "modcpu": True},
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
                                            "compile": "regions", "cudagraphs": True, "phases": (True,),
                                            "pageable": True},
@@ -469,7 +473,12 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             def one_step() -> None:
                 update_step(adapter, next_batch, cfg, generator, optimizer, params, None, device, torch.bfloat16)
 
-            results[-1]["profile"] = profile_kernels(one_step, steps=2, top_n=25, gaps=True)
+            results[-1]["profile"] = profile_kernels(one_step, steps=2, top_n=25, gaps=True,
+                                                     host=os.environ["BENCH_PROFILE"] == "host")
+        if k == len(s.get("phases", (None,))) - 1 and cuda and os.environ.get("BENCH_SYNC_DEBUG"):
+            results[-1]["host_syncs"] = host_syncs(
+                lambda: update_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
+                                    torch.bfloat16))
         del optimizer
     gate.leave()
     return results
@@ -555,6 +564,40 @@ class _MarkForOffload:
     def uuid(self) -> Any:
         before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
         return f"bench-offload-{self.min_bytes}:{before}"
+
+
+def host_syncs(one_step: Callable[[], Any], steps: int = 2) -> list[str]:
+    """Where the host waits for the GPU inside a training step: ``steps`` steps under
+    ``torch.cuda.set_sync_debug_mode("warn")``, each synchronising call reported with the innermost lorakit /
+    benchmark frames that made it (BENCH_SYNC_DEBUG=1)."""
+    import traceback
+    import warnings
+
+    found: list[str] = []
+    original = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        frames = [f for f in traceback.extract_stack()[:-1] if "lorakit" in f.filename or "bench" in f.filename]
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-4:]))
+        found.append(f"{str(message)[:80]} @ {where}")
+
+    warnings.showwarning = record
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            for _ in range(steps):
+                one_step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = original
+    counts: dict[str, int] = {}
+    for entry in found:
+        counts[entry] = counts.get(entry, 0) + 1
+    for entry, n in counts.items():
+        print(f"  host sync ×{n}: {entry}", flush=True)
+    return [f"×{n} {entry}" for n, entry in counts.items()]
 
 
 def offload_saved_activations(min_mib: float) -> None:

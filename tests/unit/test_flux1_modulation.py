@@ -70,6 +70,72 @@ def test_a_call_without_prepared_outputs_is_refused():
         model(**kwargs)
 
 
+def test_calls_in_a_row_checkpointed_and_compiled_each_get_their_own_modulations():
+    """The worker pipeline across calls: two calls with different timesteps (the host buffers alternate) each match
+    the unchanged model, with every block checkpointed (the recomputation in backward reads the buffer again, no
+    second copy) and with every block compiled (the custom op runs inside the compiled blocks, and the blocks of a
+    class share one graph: the stand-in's key is a tensor input, not a constant)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from lorakit.train import speed
+
+    plain, kwargs = flux_with_blocks(2, 3)
+    host = copy.deepcopy(plain)
+    params = {"plain": lora_everywhere(plain), "host": lora_everywhere(host)}
+    mods = HostModulations.install(host, lambda _: None)
+    assert [len(g) for g in mods.groups] == [2, 2, 1, 1, 1]  # per block, in the order the blocks run
+    copies = []
+    original = mods.ensure
+
+    def counting(group: int) -> None:
+        if not mods._copied[group]:
+            copies.append(group)
+        original(group)
+
+    mods.ensure = counting  # type: ignore[method-assign]
+    calls = [dict(kwargs, timestep=kwargs["timestep"] * f, guidance=kwargs["guidance"] + f) for f in (1.0, 0.3)]
+
+    def run(model: nn.Module, name: str, call: dict) -> tuple:
+        if name == "host":
+            mods.prepare(call["timestep"], call["guidance"], call["pooled_projections"], torch.device("cpu"))
+        out = model(**call)[0]
+        return (out, *torch.autograd.grad(out.square().mean(), params[name]))
+
+    for setup in ("checkpointed", "compiled"):
+        for model in (plain, host):
+            for block in [*model.transformer_blocks, *model.single_transformer_blocks]:
+                if setup == "checkpointed":
+                    speed.checkpoint_forward(block)
+                else:
+                    block.compile(backend="aot_eager", dynamic=False)
+        torch._dynamo.reset()
+        counters.clear()
+        copies.clear()
+        graphs = []
+        for call in calls:
+            want = run(plain, "plain", call)
+            graphs.append(counters["stats"]["unique_graphs"])
+            got = run(host, "host", call)
+            graphs.append(counters["stats"]["unique_graphs"])
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+        assert copies == [0, 1, 2, 3, 4] * 2  # each block's outputs copied once per call, in block order
+        if setup == "compiled":  # the stand-ins add no graph per block: as many graphs as the plain model's, once
+            assert graphs[0] > 0 and graphs[1] == 2 * graphs[0] and graphs[3] == graphs[1], graphs
+
+
+def test_a_failure_on_the_host_is_raised_where_the_block_asks():
+    model, kwargs = flux_with_blocks(1, 1)
+    mods = HostModulations.install(model, lambda _: None)
+    mods.modules[-1].host["weight"] = mods.modules[-1].host["weight"][:, :-1]  # a wrong shape for the worker
+    mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="modulation_on_cpu: computing the modulations on the host failed"):
+        model(**kwargs)
+    with pytest.raises(RuntimeError, match="modulation_on_cpu: computing the modulations on the host failed"):
+        mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
+
+
 def test_modulation_on_cpu_settings_are_checked():
     from lorakit.config.load import load_config
     from lorakit.train import memory

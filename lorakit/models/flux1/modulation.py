@@ -14,13 +14,25 @@ Linear before, and its down/up projections still run and train on the device, on
 Nothing that needs a gradient changes: ``temb`` has none (no LoRA before it; training CLIP-L is refused with this
 option), so the frozen part of these outputs never needed the weights in backward.
 
+The host work (6 GiB of weights read per step: about 0.1 s on a 16-core server, 0.2-0.3 s on 2 cores) is
+pipelined with the forward pass: :meth:`HostModulations.prepare` hands it to a worker thread, which computes the
+outputs block by block in the order the blocks run, into a page-locked host buffer. Each stand-in's forward is an
+opaque custom op (``lorakit::host_modulation``, so a compiled block calls it at run time) that waits only for its
+own block's outputs and queues their copy to the device. The GPU starts the step at once and waits only if the host
+falls behind the blocks (measured on an H200: see benchmarks/RESULTS.md, round 8).
+
 The outputs live in one device buffer, written in place each step (stream-ordered, so a backward still queued on
-the device reads the step it belongs to): the compiled blocks see the same tensors every step.
+the device reads the step it belongs to); a recomputation in backward finds its block already copied and reads the
+buffer again. Two host buffers alternate, and the worker reuses one only after the device has finished the copies
+from it, so the host never overwrites values a queued copy still has to read.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 import torch
@@ -32,6 +44,27 @@ from lorakit.models.base import to_gpu
 # the modulation Linears: attribute paths inside a double / single block
 DOUBLE = ("norm1.linear", "norm1_context.linear")
 SINGLE = ("norm.linear",)
+
+
+# every HostModulation by key (the int in its ``key`` tensor), for the custom op to find at run time
+_REGISTRY: "weakref.WeakValueDictionary[int, HostModulation]" = weakref.WeakValueDictionary()
+_KEYS = iter(range(2**62))
+
+
+@torch.library.custom_op("lorakit::host_modulation", mutates_args=())
+def _host_modulation_op(value: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The host-computed output of the stand-in ``key``: waits for its block's outputs, queues their copy (once per
+    transformer call), returns a copy of its slice. ``value`` (that slice of the device buffer) only gives the
+    compiler the output's shape, device and dtype; the slice is read from the stand-in itself."""
+    module = _REGISTRY[int(key)]
+    assert module.owner is not None and module.value is not None
+    module.owner.ensure(module.group)
+    return module.value.clone()
+
+
+@_host_modulation_op.register_fake
+def _host_modulation_fake(value: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(value)
 
 
 class HostModulation(nn.Module):
@@ -46,6 +79,14 @@ class HostModulation(nn.Module):
         bias = linear.bias.detach().to("cpu") if linear.bias is not None else None
         self.host = {"weight": linear.weight.detach().to("cpu"), "bias": bias}
         self.value: Optional[torch.Tensor] = None  # [B, out] on the device, a view of HostModulations.out
+        self.owner: Optional[HostModulations] = None
+        self.group = 0  # the index of its block, in the order the blocks run
+        self.columns = (0, 0)  # its slice of HostModulations.out
+        index = next(_KEYS)
+        _REGISTRY[index] = self
+        # a tensor, not an int: the compiler then treats it as an input of the block, so the 57 blocks share one
+        # compiled graph per block class instead of one each
+        self.key = torch.tensor(index, dtype=torch.int64)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -60,19 +101,40 @@ class HostModulation(nn.Module):
         if self.value is None or self.value.shape[0] != x.shape[0]:
             raise RuntimeError(f"modulation_on_cpu: {self.name} was called without its host-computed output for a "
                                f"batch of {x.shape[0]} (the FLUX.1 adapter prepares it before each transformer call)")
-        return self.value.clone()  # the caller may add its LoRA output in place
+        return _host_modulation_op(self.value, self.key)  # a new tensor: the caller may add its LoRA output in place
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, on the host"
 
 
 class HostModulations:
-    """Every :class:`HostModulation` of one transformer, and the host-side ``time_text_embed`` that feeds them."""
+    """Every :class:`HostModulation` of one transformer, the host-side ``time_text_embed`` that feeds them, and the
+    worker thread that computes their outputs block by block (see the module doc)."""
 
     def __init__(self, modules: list[HostModulation], embed: nn.Module) -> None:
         self.modules = modules
         self.embed = embed
         self.out: Optional[torch.Tensor] = None  # [B, sum of out_features] on the device
+        self.groups: list[list[HostModulation]] = []  # the stand-ins of each block, in the order the blocks run
+        for m in modules:
+            if not self.groups or self.groups[-1][0].name.rsplit(".", 2)[0] != m.name.rsplit(".", 2)[0]:
+                self.groups.append([])
+            m.group = len(self.groups) - 1
+            m.owner = self
+            self.groups[-1].append(m)
+        start = 0
+        for m in modules:
+            m.columns = (start, start + m.out_features)
+            start += m.out_features
+        self.width = start
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._job: Optional[Future] = None
+        self._ready: list[threading.Event] = []
+        self._copied: list[bool] = []
+        self._error: Optional[BaseException] = None
+        self._host: list[Optional[torch.Tensor]] = [None, None]  # alternating host buffers [B, width]
+        self._done: list[Any] = [None, None]  # per host buffer: a CUDA event after the last copy from it
+        self._turn = 0
 
     @classmethod
     def install(cls, transformer: nn.Module, log: Callable[[str], Any] = print) -> "HostModulations":
@@ -99,27 +161,93 @@ class HostModulations:
         dtype = modules[0].host["weight"].dtype
         log(f"modulation_on_cpu: {len(modules)} modulation Linears ({moved / 1e9:.2f} B parameters, "
             f"{moved * torch.finfo(dtype).bits / 8 / 2**30:.2f} GiB) stay on the CPU; their outputs are computed "
-            "there each step")
+            "there each step, block by block while the GPU runs the blocks before")
         return cls(modules, embed)
 
     @torch.no_grad()
     def prepare(self, timesteps: torch.Tensor, guidance: Optional[torch.Tensor], pooled: torch.Tensor,
                 device: torch.device) -> None:
-        """Compute every modulation output for a transformer call with these host tensors (σ in [0, 1] as the
-        transformer gets them, guidance or None, pooled CLIP [B, 768]) and write them to the device buffer."""
+        """Start the modulation outputs of a transformer call with these host tensors (σ in [0, 1] as the
+        transformer gets them, guidance or None, pooled CLIP [B, 768]): ``temb`` here, the Linears on the worker
+        thread; each block's outputs reach the device buffer when the block asks for them (:meth:`ensure`)."""
+        self.wait()
         dtype = self.modules[0].host["weight"].dtype
+        # a CPU run under bf16 autocast: the Linears give that dtype
+        out_dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else dtype
         t = timesteps.detach().to("cpu", dtype) * 1000  # as FluxTransformer2DModel.forward scales them
         p = pooled.detach().to("cpu", dtype)
         temb = self.embed(t, p) if guidance is None else self.embed(t, guidance.detach().to("cpu", dtype) * 1000, p)
         x = F.silu(temb)
-        host = torch.cat([F.linear(x, m.host["weight"], m.host["bias"]) for m in self.modules], dim=1)
-        if self.out is None or self.out.shape != host.shape or self.out.device != torch.device(device):
-            self.out = torch.empty(host.shape, dtype=host.dtype, device=device)
-            start = 0
+        device = torch.device(device)
+        shape = (x.shape[0], self.width)
+        if self.out is None or self.out.shape != shape or self.out.device != device or self.out.dtype != out_dtype:
+            self.out = torch.empty(shape, dtype=out_dtype, device=device)
             for m in self.modules:
-                m.value = self.out[:, start:start + m.out_features]
-                start += m.out_features
-        self.out.copy_(to_gpu(host, device) if self.out.device.type == "cuda" else host)
+                m.value = self.out[:, m.columns[0]:m.columns[1]]
+            pinned = device.type == "cuda"
+            self._host = [torch.empty(shape, dtype=out_dtype, pin_memory=pinned) for _ in range(2)]
+            self._done = [None, None]
+        self._turn ^= 1
+        self._ready = [threading.Event() for _ in self.groups]
+        self._copied = [False] * len(self.groups)
+        self._error = None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorakit-modulation")
+        # the caller's CPU autocast (a CPU training run in bf16) holds on the worker too (autocast is per thread)
+        autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        self._job = self._pool.submit(self._compute, x, self._turn, autocast)
+
+    @torch.no_grad()
+    def _compute(self, x: torch.Tensor, turn: int, autocast: tuple[bool, torch.dtype]) -> None:
+        """Worker thread: every block's outputs into host buffer ``turn``, in block order, flagging each block."""
+        try:
+            with torch.autocast("cpu", dtype=autocast[1], enabled=autocast[0]):
+                self._compute_all(x, turn)
+        except BaseException as err:  # surfaced on the main thread by ensure() / wait()
+            self._error = err
+            for event in self._ready:
+                event.set()
+
+    def _compute_all(self, x: torch.Tensor, turn: int) -> None:
+        if self._done[turn] is not None:  # the device has read what the copies from this buffer queued
+            self._done[turn].synchronize()
+        host = self._host[turn]
+        assert host is not None
+        for g, members in enumerate(self.groups):
+            for m in members:
+                host[:, m.columns[0]:m.columns[1]] = F.linear(x, m.host["weight"], m.host["bias"])
+            self._ready[g].set()
+
+    def ensure(self, group: int) -> None:
+        """Main thread, as block ``group`` runs: once per transformer call, wait for that block's host outputs and
+        queue their copy into the device buffer (asynchronous from the page-locked buffer)."""
+        if self._copied[group]:
+            return  # a recomputation in backward: the buffer still holds this call's values (stream order)
+        self._ready[group].wait()
+        if self._error is not None:
+            raise RuntimeError(f"modulation_on_cpu: computing the modulations on the host failed: {self._error}") \
+                from self._error
+        members = self.groups[group]
+        a, b = members[0].columns[0], members[-1].columns[1]
+        host = self._host[self._turn]
+        assert self.out is not None and host is not None
+        # through .data: a write that leaves the views' version counter alone, since a compiled block may have
+        # saved an earlier block's view for backward (whose values this copy does not touch)
+        self.out.data[:, a:b].copy_(host[:, a:b], non_blocking=True)
+        self._copied[group] = True
+        if self.out.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+            self._done[self._turn] = event
+
+    def wait(self) -> None:
+        """Wait for the worker to finish the current call's host work (raising what it raised, if anything)."""
+        if self._job is not None:
+            self._job.result()
+            self._job = None
+        if self._error is not None:
+            raise RuntimeError(f"modulation_on_cpu: computing the modulations on the host failed: {self._error}") \
+                from self._error
 
     def host_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for m in self.modules for t in m.host.values() if t is not None)
