@@ -576,6 +576,8 @@ def host_syncs(one_step: Callable[[], Any], steps: int = 2) -> list[str]:
     import traceback
     import warnings
 
+    import torch
+
     found: list[str] = []
     original = warnings.showwarning
 
