@@ -54,6 +54,10 @@ def check_supported(cfg: Config, device: torch.device) -> None:
     if on_cpu and mem.blocks_to_swap:
         raise ConfigError("memory.modulation_on_cpu: not with memory.blocks_to_swap (swapped blocks stream all their "
                           "weights anyway); remove one of the two")
+    if on_cpu and mem.cuda_graphs:
+        raise ConfigError("memory.modulation_on_cpu: CUDA graphs would replay one step's host-to-device copy of the "
+                          "modulations, which change every step; set memory.cuda_graphs = false or "
+                          "memory.modulation_on_cpu = false")
     if on_cpu and cfg.network.train_text_encoder:
         raise ConfigError("memory.modulation_on_cpu: the modulation outputs are computed on the CPU without "
                           "gradients, so CLIP-L cannot be trained through them; set network.train_text_encoder = "

@@ -147,6 +147,8 @@ def test_modulation_on_cpu_settings_are_checked():
     memory.check_supported(cfg(), torch.device("cpu"))  # accepted
     with pytest.raises(ConfigError, match="memory.modulation_on_cpu: not with memory.blocks_to_swap"):
         memory.check_supported(cfg(blocks_to_swap=4), torch.device("cuda"))
+    with pytest.raises(ConfigError, match="memory.modulation_on_cpu: CUDA graphs would replay"):
+        memory.check_supported(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
     with pytest.raises(ConfigError, match="memory.modulation_on_cpu: .*network.train_text_encoder"):
         memory.check_supported(cfg(network={"train_text_encoder": True}), torch.device("cpu"))
     with pytest.raises(ConfigError, match="modulation_on_cpu"):
