@@ -27,6 +27,7 @@ T_IMPORT = time.time()
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import statistics  # noqa: E402
@@ -174,6 +175,13 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/modcpu+amb15+compile": {"family": "flux1", "gc": False, "amb": 0.15, "compile": "regions",
                                    "phases": (True,), "modcpu": True},
     "flux1/modcpu+gc": {"family": "flux1", "gc": True, "phases": (True,), "modcpu": True},
+    # round 8 (not measured yet): is the GPU's idle time at the step boundary the optimizer step and the clipping?
+    # The same step without clipping, and with each parameter stepped inside backward (fused_backward)
+    "flux1/gc+compile-noclip": {"family": "flux1", "gc": True, "compile": "regions", "phases": (True,), "noclip": True},
+    "flux1/gc+compile+fusedbwd": {"family": "flux1", "gc": True, "compile": "regions", "phases": (True,),
+                                  "fbwd": True},
+    "flux1/modcpu+amb25+compile+fusedbwd": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
+                                            "phases": (True,), "modcpu": True, "fbwd": True},
     "flux1/modcpu+amb20+compile": {"family": "flux1", "gc": False, "amb": 0.20, "compile": "regions",
                                    "phases": (True,), "modcpu": True},
     "flux1/modcpu+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
@@ -203,13 +211,18 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
         "model": {"family": family, "checkpoint": "random-weights.safetensors"},
         "data": {"dir": str(ROOT), "resolution": 1024},
         "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0},
-        "optimizer": {"name": s.get("optim", "adamw"), "lr": 1e-4, "max_grad_norm": 1.0},
-        "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000},
+        # fused_backward steps each parameter inside backward: no clipping by the global norm there (nor in "noclip")
+        "optimizer": {"name": s.get("optim", "adamw"), "lr": 1e-4,
+                      "max_grad_norm": 0.0 if s.get("noclip") or s.get("fbwd") else 1.0},
+        # fused_backward with nan_policy "skip" checks each gradient on the host (a wait per parameter): "stop"
+        "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000,
+                     **({"nan_policy": "stop"} if s.get("fbwd") else {})},
         "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
                    "fp8_compute": True if s.get("fp8c") else None,  # None: lorakit's default (vram_gb may choose)
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
                    "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0),
-                   "activation_budget": s.get("amb"), "modulation_on_cpu": bool(s.get("modcpu"))},
+                   "activation_budget": s.get("amb"), "modulation_on_cpu": bool(s.get("modcpu")),
+                   "fused_backward": bool(s.get("fbwd"))},
     }
     return load_config(None, data=data)
 
@@ -410,9 +423,14 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     gate = Gate.from_env(name)
     contended = 0
     for k, fused in enumerate(s.get("phases", (None,))):
-        optimizer = optim.build_optimizer([{"params": params, "lr": cfg.optimizer.lr, "name": component}],
-                                          cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
-                                          cfg.optimizer.betas, cfg.optimizer.eps, fused=fused)
+        build = optim.build_optimizer
+        if cfg.memory.fused_backward:  # as the loop builds it: each parameter stepped inside backward
+            from lorakit.train import fused as fused_bwd
+
+            build = functools.partial(fused_bwd.build_fused_optimizer, nan_policy=cfg.training.nan_policy)
+        optimizer = build([{"params": params, "lr": cfg.optimizer.lr, "name": component}],
+                          cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
+                          cfg.optimizer.betas, cfg.optimizer.eps, fused=fused)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -690,7 +708,8 @@ def settings_text(s: dict, cfg: Any) -> str:
 FLAG_LABELS = {"eager_first": "after an eager fwd", "host_sync": "host reads each step's numbers before the update",
                "peft_casts": "peft's fp32 input casts", "pageable": "pageable host copies",
                "modcpu": "modulation on CPU", "fused_lora": "fused LoRA Linear (Triton)",
-               "peft_forward": "peft's LoRA forward"}
+               "peft_forward": "peft's LoRA forward", "noclip": "no clipping",
+               "fbwd": "fused_backward (no clipping, nan_policy stop)"}
 
 
 # ====================================================================== driver
