@@ -80,6 +80,9 @@ class ModelSpec:
     # memory.activation_budget points measured with compile + fp8 compute, no block checkpointing: (budget, GiB of
     # activations per 1024² image), fastest first. memory.vram_gb plans them before partial block checkpointing
     activation_budget_gib: tuple[tuple[float, float], ...] = ()
+    # names, inside a repeated block, of the frozen Linears memory.modulation_on_cpu keeps on the host (FLUX.1's
+    # modulation Linears); memory.vram_gb counts their bytes when it considers that setting. () = not offered
+    host_linears: tuple[str, ...] = ()
 
 
 @dataclass
@@ -153,7 +156,8 @@ class ModelAdapter(Protocol):
 
     def before_placement(self, memory: Any, log: Any) -> None:
         """Family-specific memory settings applied after LoRA injection, before the denoiser is placed on the
-        device and the memory budget is planned (e.g. FLUX.1's ``memory.modulation_on_cpu``)."""
+        device (e.g. FLUX.1's ``memory.modulation_on_cpu``). Called before ``memory.vram_gb`` is planned and again
+        after it (the budget may switch such a setting on), so it must do nothing for what is already applied."""
 
     def denoiser(self) -> nn.Module:
         """The U-Net / transformer that gets the LoRA."""

@@ -17,7 +17,9 @@ Settings are tried from fastest to leanest — no checkpointing, checkpointing o
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
 blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
-with no checkpointing. Under compile with fp8 compute (and no CUDA graphs), the family's measured
+with no checkpointing. Where the fp8 settings would store weights in fp8 without multiplying in fp8, and the family
+names Linears it can keep on the host (``ModelSpec.host_linears``: FLUX.1's modulation Linears, 6.0 GiB), the bf16
+settings are tried once more with ``memory.modulation_on_cpu`` before them (as fast on an H200, exact weights). Under compile with fp8 compute (and no CUDA graphs), the family's measured
 ``memory.activation_budget`` settings (``ModelSpec.activation_budget_gib``: selective recomputation inside each
 compiled block, no block checkpointing) come right after no checkpointing: on FLUX.1-dev they were faster than
 any partial checkpointing that fits the same memory. Left unset under ``memory.compile``, it is decided before planning: where the GPU has
@@ -57,6 +59,7 @@ class Plan:
     parts: dict[str, float]
     checkpoint_fraction: float = 1.0
     activation_budget: Optional[float] = None
+    modulation_on_cpu: bool = False
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
@@ -64,7 +67,8 @@ class Plan:
         if self.activation_budget is not None:
             share = f", activation_budget = {self.activation_budget:g}"
         return (f"vram_gb = {self.budget_gib:g}: gradient_checkpointing = {str(self.gradient_checkpointing).lower()}"
-                f"{share}, fp8_base = {str(self.fp8_base).lower()}, blocks_to_swap = {self.blocks_to_swap} "
+                f"{share}, fp8_base = {str(self.fp8_base).lower()}, blocks_to_swap = {self.blocks_to_swap}"
+                f"{', modulation_on_cpu = true' if self.modulation_on_cpu else ''} "
                 f"(estimated peak {self.estimate_gib:.2f} GiB: {parts}, reserve {RESERVE_GIB})")
 
 
@@ -102,9 +106,11 @@ class Sizes:
     outside: tuple[int, int]          # frozen bytes outside the blocks: (as loaded, with fp8 storage)
     blocks: list[tuple[int, int]]     # per block, the same pair
     lora_params: int                  # trainable parameter count
+    host_linears: int = 0             # bytes (as loaded) of the blocks' Linears modulation_on_cpu keeps on the host
 
     @classmethod
-    def of(cls, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor]) -> "Sizes":
+    def of(cls, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
+           host_linears: Sequence[str] = ()) -> "Sizes":
         inside = {id(m) for b in blocks for m in b.modules()}
         whole = _frozen_bytes(model, inside)
         outside = (whole, whole - _fp8_saving(model, None, inside))
@@ -112,16 +118,23 @@ class Sizes:
         for b in blocks:
             n = _frozen_bytes(b, set())
             per_block.append((n, n - _fp8_saving(model, b, set())))
-        return cls(outside, per_block, sum(int(p.numel()) for p in trainable))
+        # a Linear wrapped by peft's LoRA layer sits at <name>.base_layer
+        host = sum(_frozen_bytes(m, set()) for b in blocks for name, m in b.named_modules()
+                   if isinstance(m, nn.Linear) and name.removesuffix(".base_layer") in set(host_linears))
+        return cls(outside, per_block, sum(int(p.numel()) for p in trainable), host)
 
 
 def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointing: bool, fp8_base: bool,
              swapped: Sequence[int], lookahead: int, cuda_graphs: bool = False,
-             checkpointed_gib: Optional[float] = None) -> dict[str, float]:
-    """GiB per part for one setting (see the module doc); ``sum(values)`` + :data:`RESERVE_GIB` is the peak."""
+             checkpointed_gib: Optional[float] = None, modulation_on_cpu: bool = False) -> dict[str, float]:
+    """GiB per part for one setting (see the module doc); ``sum(values)`` + :data:`RESERVE_GIB` is the peak.
+    ``modulation_on_cpu`` (bf16 weights, nothing swapped): ``sizes.host_linears`` stay off the device."""
     k = 1 if fp8_base else 0
     swapped_set = set(swapped)
     resident = sum(b[k] for i, b in enumerate(sizes.blocks) if i not in swapped_set)
+    if modulation_on_cpu:
+        assert not fp8_base and not swapped_set, "modulation_on_cpu is planned with bf16 weights and no swap"
+        resident -= sizes.host_linears
     window = [max(sizes.blocks[i][k] for i in swapped_set)] * (1 + lookahead) if swapped_set else []  # fixed slots
     lora = sizes.lora_params * (4 + 4 + STATE_BYTES.get(optimizer, 8))
     parts = {"weights": (sizes.outside[k] + resident) / GIB, "swap window": sum(window) / GIB,
@@ -134,12 +147,14 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
 def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float, float], images: float,
                 optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False,
                 checkpoint_fraction: float = 1.0, fp8_only: bool = False, partial_fp8: bool = True,
-                activation_budgets: Sequence[tuple[float, float]] = ()) -> Plan:
+                activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
     storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
     per image) settings of ``memory.activation_budget`` tried with fp8 storage after no checkpointing and before
-    partial checkpointing (fp8 compute under compile, where they were measured faster)."""
+    partial checkpointing (fp8 compute under compile, where they were measured faster). ``host_linears``: the bf16
+    settings are tried once more with ``memory.modulation_on_cpu`` before any fp8 setting (for fp8 *storage*, which
+    measured no faster than bf16 with the modulations on the CPU: see :func:`apply_budget`)."""
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
@@ -149,19 +164,21 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     user_set = checkpoint_fraction < 1.0
     shares = [checkpoint_fraction] if user_set else [j / n for j in range(1, n)] + [1.0]
     fp8_share = checkpoint_fraction if partial_fp8 else 1.0  # see apply_budget for partial_fp8
-    # (share, fp8 storage, swapped blocks, activation budget)
-    options: list[tuple[float, bool, int, Optional[float]]] = []
+    # (share, fp8 storage, swapped blocks, activation budget, modulation_on_cpu)
+    options: list[tuple[float, bool, int, Optional[float], bool]] = []
     for use_fp8 in ([True] if fp8_only else [False, True]):  # fp8_only: memory.fp8_compute needs float8 weights
-        options += [(0.0, use_fp8, 0, None)]
+        if use_fp8 and host_linears:  # bf16 with the modulation Linears on the host, before any fp8 storage
+            options += [(0.0, False, 0, None, True)] + [(share, False, 0, None, True) for share in shares]
+        options += [(0.0, use_fp8, 0, None, False)]
         if use_fp8 and not user_set:
-            options += [(0.0, True, 0, amb) for amb, _ in activation_budgets]
-        options += [(share, use_fp8, 0, None) for share in (shares if partial_fp8 or not use_fp8 else [1.0])]
+            options += [(0.0, True, 0, amb, False) for amb, _ in activation_budgets]
+        options += [(share, use_fp8, 0, None, False) for share in (shares if partial_fp8 or not use_fp8 else [1.0])]
     if can_swap and n > 1:
-        options += [(fp8_share, True, k, None) for k in range(1, n)]
+        options += [(fp8_share, True, k, None, False) for k in range(1, n)]
     rates = dict(activation_budgets)
     room = budget_gib - RESERVE_GIB
     best: Optional[Plan] = None
-    for share, use_fp8, k, amb in options:
+    for share, use_fp8, k, amb, on_cpu in options:
         if cuda_graphs and k:
             break  # CUDA graphs cannot replay swapped weights
         ckpt = share > 0
@@ -169,9 +186,9 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         act = (rates[amb] if amb is not None else share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
                          swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs,
-                         checkpointed_gib=activation_gib[0] * images)
+                         checkpointed_gib=activation_gib[0] * images, modulation_on_cpu=on_cpu)
         total = sum(parts.values())
-        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts, share if ckpt else 1.0, amb)
+        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts, share if ckpt else 1.0, amb, on_cpu)
         if total <= room:
             return plan
         best = plan
@@ -204,7 +221,6 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
         not getattr(cfg.memory, "modulation_on_cpu", False)  # the two are not combined (memory.check_supported)
     r = cfg.data.resolution
     w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
-    sizes = Sizes.of(model, blocks, trainable)
     wanted = cfg.training.batch_size
 
     # compiled blocks keep fewer intermediates (FLUX.1-dev without checkpointing: 28.4 GiB against 38 eager)
@@ -222,13 +238,22 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     # selective recomputation was measured with fp8 compute under compile, without CUDA graphs
     budgets = (spec.activation_budget_gib if cfg.memory.compile and not cfg.memory.cuda_graphs
                and (cfg.memory.fp8_compute or auto_compute) else ())
+    # memory.modulation_on_cpu left unset: where the fp8 settings would be fp8 *storage* (no float8 matmuls), bf16
+    # with the modulation Linears on the host comes first. On an H200 under compile both ran at 0.607 s/step
+    # (FLUX.1-dev: fp8 storage 14.5 GiB, RESULTS.md round 4; modulations on the host 19.6 GiB, round 8), and bf16
+    # keeps the weights exact. Not where it cannot run (CUDA graphs, CLIP-L training) or was switched off.
+    host_linears = bool(spec.host_linears) and cfg.memory.modulation_on_cpu is None and \
+        not cfg.memory.cuda_graphs and not cfg.network.train_text_encoder and \
+        not (cfg.memory.fp8_compute or auto_compute)
+    sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
 
     def plan_for(batch: int) -> Plan:
         return plan_memory(float(cfg.memory.vram_gb), sizes, activation_gib=activations,
                            images=batch * (w * h) / 1024**2, optimizer=cfg.optimizer.name, batch_size=batch,
                            can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
                            checkpoint_fraction=float(cfg.memory.checkpoint_fraction),
-                           fp8_only=bool(cfg.memory.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets)
+                           fp8_only=bool(cfg.memory.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
+                           host_linears=host_linears)
 
     try:
         plan = plan_for(wanted)
@@ -254,6 +279,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     cfg.memory.activation_budget = plan.activation_budget
     cfg.memory.fp8_base = plan.fp8_base
     cfg.memory.blocks_to_swap = plan.blocks_to_swap
+    if plan.modulation_on_cpu:
+        cfg.memory.modulation_on_cpu = True  # installed by the adapter's before_placement, which the loop calls again
     log(plan.describe())
     if deciding and plan.fp8_base:
         if plan.blocks_to_swap:  # swapped blocks run inside lorakit's own checkpoint, where fp8 compute was slower

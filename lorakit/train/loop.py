@@ -126,6 +126,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     blocks = speed.repeated_blocks(modules["denoiser"])
     if cfg.memory.vram_gb:
         budget.apply_budget(cfg, spec, modules["denoiser"], blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
+        adapter.before_placement(cfg.memory, log)  # what the budget chose that the adapter applies (modulation_on_cpu)
         if cfg.training.batch_size != stream.batch_size:  # the budget split the batch (gradient accumulation)
             stream = BatchStream(dataset, cfg.training.batch_size, cfg.training.seed)
     swapper = swap.place_denoiser(modules["denoiser"], blocks, device, fp8_base=cfg.memory.fp8_base,

@@ -248,6 +248,38 @@ def test_flux_modulation_on_cpu_trains_to_the_same_losses(tmp_path, capsys):
     assert list((run / "samples").glob("*.png"))
 
 
+def test_a_budget_that_picks_modulation_on_cpu_gets_it_installed(tmp_path, capsys, monkeypatch):
+    """memory.vram_gb = 24 on FLUX.1 without fp8 compute plans bf16 with the modulation Linears on the host (the
+    full-size FLUX.1-dev byte counts stand in for the tiny model's, so that the plan is the real one); the loop then
+    has the adapter install it after the budget, and the run trains to the golden losses."""
+    from lorakit.models.registry import get_family
+    from lorakit.train import budget, memory
+    from tests.unit.test_budget import full_flux_sizes
+
+    full = full_flux_sizes(get_family("flux1").SPEC.host_linears)
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): full))
+    checks = memory.check_supported
+
+    def on_a_gpu(cfg, device):  # vram_gb is refused on the CPU; every other check still runs
+        vram, cfg.memory.vram_gb = cfg.memory.vram_gb, None
+        try:
+            checks(cfg, device)
+        finally:
+            cfg.memory.vram_gb = vram
+
+    monkeypatch.setattr(memory, "check_supported", on_a_gpu)
+    paths = tiny_model("flux1", tmp_path / "model")
+    run_toml = write_run_toml(tmp_path, "flux1", paths, name="budget")
+    run_toml.write_text(run_toml.read_text() + "\n[memory]\nvram_gb = 24\n")
+    assert main(["train", str(run_toml), "sample.prompts=[]"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert re.search(r"vram_gb = 24: .*fp8_base = false, blocks_to_swap = 0, modulation_on_cpu = true", text), text
+    assert re.search(r"modulation_on_cpu: 6 modulation Linears", text), text
+    rows = [json.loads(line) for line in (tmp_path / "out" / "budget" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows if "loss" in r] == pytest.approx(GOLDEN_LOSSES["flux1"], rel=1e-5)
+
+
 def test_flux_modulation_on_cpu_in_bf16_matches_the_plain_bf16_run(tmp_path):
     """The same in a bf16 (autocast) run, where the host computes the modulations in bf16 while the plain run does
     it under autocast on the device: the losses agree to bf16 precision."""

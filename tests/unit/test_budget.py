@@ -35,6 +35,10 @@ def test_sizes_match_the_bytes_after_placing_with_and_without_fp8():
 
 @pytest.fixture(scope="module")
 def flux_sizes() -> budget.Sizes:
+    return full_flux_sizes()
+
+
+def full_flux_sizes(host_linears: tuple[str, ...] = ()) -> budget.Sizes:
     from diffusers import FluxTransformer2DModel
 
     from lorakit.models.flux1 import configs
@@ -47,7 +51,14 @@ def flux_sizes() -> budget.Sizes:
     targets = transformer_targets(network, 19, 38)
     lora = [torch.empty(r * (tr.get_submodule(p).in_features + tr.get_submodule(p).out_features), device="meta")
             for p, r in targets.items()]
-    return budget.Sizes.of(tr, speed.repeated_blocks(tr), lora)
+    return budget.Sizes.of(tr, speed.repeated_blocks(tr), lora, host_linears)
+
+
+@pytest.fixture(scope="module")
+def flux_host_sizes() -> budget.Sizes:
+    from lorakit.models.registry import get_family
+
+    return full_flux_sizes(get_family("flux1").SPEC.host_linears)
 
 
 @pytest.fixture(scope="module")
@@ -419,3 +430,63 @@ def test_the_budget_plans_selective_recomputation_where_it_was_measured_fastest(
         assert cfg.memory.activation_budget is None and cfg.memory.gradient_checkpointing, memory
     plan, cfg, _ = chosen(26, batch=2)  # twice the activations: 0.35 and 0.25 no longer fit
     assert cfg.memory.activation_budget is None and plan.estimate_gib <= 26
+
+
+def test_modulation_on_cpu_is_planned_before_fp8_storage(flux_host_sizes):
+    """FLUX.1-dev: with the modulation Linears offered (ModelSpec.host_linears), a budget that bf16 fits only without
+    them gets bf16 + modulation_on_cpu instead of fp8 storage; one that needs fp8 either way gets fp8; one that fits
+    bf16 as it is does not move anything to the host."""
+    gib = 2**30
+    # FLUX.1-dev's modulation Linears: 19 double blocks x 2 and 38 single blocks, 3072 -> 6 x 3072 / 3 x 3072, bf16
+    expected = 2 * (19 * 2 * (3072 * 18432 + 18432) + 38 * (3072 * 9216 + 9216))
+    assert flux_host_sizes.host_linears == expected and abs(expected / gib - 6.01) < 0.01
+
+    def host_plan(vram):
+        spec = get_family_spec("flux1")
+        return budget.plan_memory(vram, flux_host_sizes, activation_gib=spec.activation_gib, images=1,
+                                  optimizer="adamw", batch_size=1, can_swap=True, lookahead=swap.LOOKAHEAD,
+                                  host_linears=True)
+
+    p24 = host_plan(24)
+    assert p24.modulation_on_cpu and not p24.fp8_base and p24.blocks_to_swap == 0 and p24.estimate_gib <= 24
+    bf16 = flux_host_sizes.outside[0] + sum(b[0] for b in flux_host_sizes.blocks)
+    assert p24.parts["weights"] == pytest.approx((bf16 - expected) / gib)
+    assert "modulation_on_cpu = true" in p24.describe()
+    assert plan(flux_host_sizes, 24, "flux1").fp8_base  # not offered: fp8 storage, as before
+    p16 = host_plan(16)  # 16.2 GiB of bf16 weights even without the modulations: fp8 storage
+    assert p16.fp8_base and not p16.modulation_on_cpu
+    p48 = host_plan(48)  # bf16 fits with the weights where they are
+    assert not p48.fp8_base and not p48.modulation_on_cpu
+
+
+def get_family_spec(family: str):
+    from lorakit.models.registry import get_family
+
+    return get_family(family).SPEC
+
+
+def test_apply_budget_offers_modulation_on_cpu_only_where_fp8_would_be_storage(flux_host_sizes, flux_sizes,
+                                                                                  monkeypatch):
+    """vram_gb = 24 on FLUX.1-dev: modulation_on_cpu is chosen and written into the config when it is unset and the
+    fp8 settings would be fp8 storage; an explicit false, fp8 compute, CUDA graphs or CLIP-L training keep fp8."""
+    from lorakit.config.load import load_config
+
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): (
+        flux_host_sizes if host else flux_sizes)))
+
+    def apply(memory=None, network=None):
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
+                                      "data": {"dir": "."}, "network": network or {},
+                                      "memory": {"vram_gb": 24, **(memory or {})}})
+        lines: list[str] = []
+        budget.apply_budget(cfg, get_family_spec("flux1"), nn.Linear(1, 1), [], [], swap.LOOKAHEAD,
+                            log=lines.append)
+        return cfg, lines
+
+    cfg, lines = apply()
+    assert cfg.memory.modulation_on_cpu is True and cfg.memory.fp8_base is False and cfg.memory.blocks_to_swap == 0
+    assert any("modulation_on_cpu = true" in line for line in lines), lines
+    for memory, network in (({"modulation_on_cpu": False}, None), ({"fp8_compute": True}, None),
+                            ({"compile": True, "cuda_graphs": True}, None), (None, {"train_text_encoder": True})):
+        cfg, lines = apply(memory, network)
+        assert not cfg.memory.modulation_on_cpu and cfg.memory.fp8_base, (memory, network, lines)

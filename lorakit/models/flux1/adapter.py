@@ -21,6 +21,8 @@ from torch import nn
 from lorakit.errors import ConfigError
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 
+from .modulation import DOUBLE, SINGLE
+
 SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,
@@ -33,7 +35,8 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                  # fp8 compute + compile, activation_budget 0.35 / 0.25: peak 24.12 / 20.56 GiB (H200, RESULTS.md rounds
                  # 5-7) less the 12.43 GiB of fp8 weights, LoRA and AdamW state those runs held; 0.35 was the fastest
                  # setting measured within 25.7 GiB (0.416 s/step), 0.25 0.466 s, both faster than partial checkpointing
-                 activation_budget_gib=((0.35, 11.7), (0.25, 8.2)))
+                 activation_budget_gib=((0.35, 11.7), (0.25, 8.2)),
+                 host_linears=DOUBLE + SINGLE)  # the modulation Linears (memory.modulation_on_cpu)
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}
