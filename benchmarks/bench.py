@@ -17,6 +17,11 @@ row asks for it). Usage (on a CUDA machine, repository root on PYTHONPATH)::
 
 Writes one table to stdout, appends it to benchmarks/RESULTS.md (and to $OUT/RESULTS.md and
 $OUT/bench.jsonl when OUT is set).
+
+Diagnostics, after each row's timed steps (their results land in bench.jsonl; the timings are not affected):
+``BENCH_PROFILE=1`` GPU time per kernel kind and the longest idle gaps (``=host``: with the host calls that covered
+them), ``BENCH_TIMELINE=1`` how far ahead of the GPU the host is at each stage of a step (``step_timeline``),
+``BENCH_SYNC_DEBUG=1`` every host synchronisation torch's sync debug mode reports inside a step.
 """
 
 from __future__ import annotations
@@ -493,6 +498,13 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
 
             results[-1]["profile"] = profile_kernels(one_step, steps=2, top_n=25, gaps=True,
                                                      host=os.environ["BENCH_PROFILE"] == "host")
+        if k == len(s.get("phases", (None,))) - 1 and cuda and os.environ.get("BENCH_TIMELINE"):
+            try:
+                results[-1]["timeline"] = step_timeline(
+                    lambda: update_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
+                                        torch.bfloat16), adapter, optimizer)
+            except Exception as err:  # a diagnostic: the row's timings stand
+                print(f"  step timeline failed: {err!r}", flush=True)
         if k == len(s.get("phases", (None,))) - 1 and cuda and os.environ.get("BENCH_SYNC_DEBUG"):
             try:
                 results[-1]["host_syncs"] = host_syncs(
@@ -585,6 +597,61 @@ class _MarkForOffload:
     def uuid(self) -> Any:
         before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
         return f"bench-offload-{self.min_bytes}:{before}"
+
+
+def step_timeline(one_step: Callable[[], Any], adapter: Any, optimizer: Any, steps: int = 3) -> list[dict]:
+    """How far ahead of the GPU the host is at each stage of a training step (BENCH_TIMELINE=1): ``steps`` steps
+    after a synchronisation, with a host timestamp and a CUDA event taken where the host begins and finishes queueing
+    the forward (``adapter.predict``), the backward, the gradient clipping and the optimizer step, and where each step
+    begins and returns. ``lead_ms`` = when the GPU reached that point minus when the host queued it: near zero, the
+    GPU was waiting for the host there (idle); large, the host was that far ahead."""
+    import torch
+
+    marks: list[tuple[str, float, Any]] = []
+
+    def mark(label: str) -> None:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        marks.append((label, time.perf_counter(), event))
+
+    def timed(label: str, fn: Callable) -> Callable:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            mark(f"{label} begins")
+            out = fn(*args, **kwargs)
+            mark(f"{label} queued")
+            return out
+        return inner
+
+    patches = [(adapter, "predict", "forward"), (optimizer, "step", "optimizer step"),
+               (torch.Tensor, "backward", "backward"), (torch.nn.utils, "clip_grad_norm_", "clipping")]
+    # what to put back: the attribute where it was defined on the object itself, else nothing (an instance then
+    # finds its class's method again)
+    saved = [(obj, name, vars(obj).get(name)) for obj, name, _ in patches]
+    try:
+        for obj, name, label in patches:
+            setattr(obj, name, timed(label, getattr(obj, name)))
+        torch.cuda.synchronize()
+        mark("synchronised")
+        for _ in range(steps):
+            mark("step begins")
+            one_step()
+            mark("step returns")
+        torch.cuda.synchronize()
+    finally:
+        for obj, name, original in saved:
+            if original is None:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, original)
+    host0, event0 = marks[0][1], marks[0][2]
+    rows = []
+    for label, host, event in marks:
+        gpu_ms, host_ms = event0.elapsed_time(event), (host - host0) * 1e3
+        rows.append({"point": label, "host_ms": round(host_ms, 2), "gpu_ms": round(gpu_ms, 2),
+                     "lead_ms": round(gpu_ms - host_ms, 2)})
+        print(f"  timeline {label:24s} host {host_ms:9.2f} ms  GPU {gpu_ms:9.2f} ms  lead {gpu_ms - host_ms:8.2f} ms",
+              flush=True)
+    return rows
 
 
 def host_syncs(one_step: Callable[[], Any], steps: int = 2) -> list[str]:
