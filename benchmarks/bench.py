@@ -427,6 +427,10 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     gate = Gate.from_env(name)
     contended = 0
+    import gc  # as the loop does before its first step (lorakit/train/loop.py)
+
+    gc.collect()
+    gc.freeze()
     for k, fused in enumerate(s.get("phases", (None,))):
         build = optim.build_optimizer
         if cfg.memory.fused_backward:  # as the loop builds it: each parameter stepped inside backward

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import math
 import shutil
 import time
@@ -242,6 +243,10 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         with contextlib.suppress(Exception):
             report_pending()
 
+    # what lives for the whole run (models, compiled graphs, caches) leaves the garbage collector's sight, so that no
+    # full collection walks it between steps (272 ms each for a FLUX.1-sized object graph on a 2-core CPU)
+    gc.collect()
+    gc.freeze()
     try:
         for step in range(start_step + 1, cfg.training.max_steps + 1):
             watchdog.beat(f"training step {step}")
@@ -285,6 +290,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         raise
     finally:
         progress.close()
+        gc.unfreeze()
 
     # ------------------------------------------------------------------ final save, samples, checks
     final_step = cfg.training.max_steps

@@ -156,6 +156,29 @@ def test_bf16_run_without_peft_input_casts_matches_with_them(tmp_path, family, m
         assert any(k.startswith("lora_te1_") for k in with_lora) and len(asked) > 1
 
 
+def test_the_objects_built_before_the_steps_are_frozen_while_they_run(tmp_path, monkeypatch):
+    """The loop moves what it built before the first step (models, graphs, caches) out of the garbage collector's
+    sight for the steps (no full collection walks them between steps) and gives them back afterwards."""
+    import gc
+
+    from lorakit.train import loop
+
+    before = gc.get_freeze_count()
+    seen = []
+    real = loop.update_step
+
+    def spy(*args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "update_step", spy)
+    paths = tiny_model("sdxl", tmp_path / "model")
+    run_toml = write_run_toml(tmp_path, "sdxl", paths, name="frozen")
+    assert main(["train", str(run_toml), "sample.prompts=[]"]) == 0
+    assert len(seen) == 6 and all(n > before + 10_000 for n in seen), seen  # the models' objects among them
+    assert gc.get_freeze_count() == before
+
+
 def test_resume_is_exact(tmp_path, monkeypatch):
     """A run stopped after a checkpoint and resumed gives the same final LoRA (bitwise) and loss curve."""
     paths = tiny_model("sdxl", tmp_path / "model")
