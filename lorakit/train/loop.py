@@ -253,6 +253,8 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             stats = update_step(adapter, next_batch, cfg, generator, optimizer, trainable, scaler, device,
                                 compute_dtype)
             scheduler.step()
+            if step == start_step + 1:
+                gc.freeze()  # and what the first step built (compiled blocks, CUDA graphs)
             now = time.perf_counter()
             save_now = cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps
             sample_now = cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0 and prompts \

@@ -176,6 +176,7 @@ def test_the_objects_built_before_the_steps_are_frozen_while_they_run(tmp_path, 
     run_toml = write_run_toml(tmp_path, "sdxl", paths, name="frozen")
     assert main(["train", str(run_toml), "sample.prompts=[]"]) == 0
     assert len(seen) == 6 and all(n > before + 10_000 for n in seen), seen  # the models' objects among them
+    assert seen[1] > seen[0]  # and, from the second step on, what the first step built
     assert gc.get_freeze_count() == before
 
 
