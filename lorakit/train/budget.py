@@ -19,7 +19,8 @@ blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
 with no checkpointing. Where the fp8 settings would store weights in fp8 without multiplying in fp8, and the family
 names Linears it can keep on the host (``ModelSpec.host_linears``: FLUX.1's modulation Linears, 6.0 GiB), the bf16
-settings are tried once more with ``memory.modulation_on_cpu`` before them (as fast on an H200, exact weights). Under compile with fp8 compute (and no CUDA graphs), the family's measured
+settings are tried once more with ``memory.modulation_on_cpu`` before them (as fast on an H200, exact weights).
+Under compile with fp8 compute (and no CUDA graphs), the family's measured
 ``memory.activation_budget`` settings (``ModelSpec.activation_budget_gib``: selective recomputation inside each
 compiled block, no block checkpointing) come right after no checkpointing: on FLUX.1-dev they were faster than
 any partial checkpointing that fits the same memory. Left unset under ``memory.compile``, it is decided before planning: where the GPU has
