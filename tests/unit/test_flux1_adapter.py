@@ -79,6 +79,20 @@ def test_predict_at_step0_equals_plain_transformer(adapter):
     assert plain.shape == x0.shape
     torch.testing.assert_close(plain, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(with_lora, plain, rtol=0, atol=0)
+    # another bucket shape in between (the adapter keeps the position ids per shape): its own ids, and the first
+    # shape's output unchanged afterwards
+    x1 = torch.randn(2, 16, 8, 8, generator=g)
+    square = adapter.noise(x1, torch.randn(2, 16, 8, 8, generator=g), _batch(text, 2, 8, 8), adapter.cfg.training,
+                           torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref_sq = tr(hidden_states=FluxPipeline._pack_latents(square.model_input, 2, 16, 8, 8),
+                    timestep=square.timesteps, guidance=torch.full([2], 1.0), pooled_projections=text["pooled"],
+                    encoder_hidden_states=text["t5"], txt_ids=torch.zeros(16, 3),
+                    img_ids=FluxPipeline._prepare_latent_image_ids(2, 4, 4, "cpu", torch.float32),
+                    return_dict=False)[0]
+        torch.testing.assert_close(adapter.predict(square, _batch(text, 2, 8, 8)),
+                                   FluxPipeline._unpack_latents(ref_sq, 64, 64, 8), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(adapter.predict(noised, batch), plain, rtol=0, atol=0)
     # guidance really enters (dev): a different guidance value changes the output
     adapter.cfg.training.guidance_scale = 4.0
     try:

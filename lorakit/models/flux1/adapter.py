@@ -90,6 +90,9 @@ class Adapter:
         self.device = torch.device("cpu")
         self.dtype = torch.bfloat16
         self.host_modulation: Any = None  # memory.modulation_on_cpu (modulation.HostModulations)
+        # position ids on the device per (latent h, w, T5 length, device): the same every step of a bucket, so
+        # built and copied once instead of each call
+        self._ids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------ loading
     def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
@@ -265,11 +268,14 @@ class Adapter:
             self.host_modulation.prepare((sigmas if host_sigmas is None else host_sigmas).reshape(-1).expand(b),
                                          None if g is None else torch.full((b,), value),
                                          (host_text or text)["pooled"], dev)
+        key = (h, w, t5.shape[1], dev)
+        if key not in self._ids:  # (the transformer only reads them)
+            self._ids[key] = (to_gpu(image_position_ids(h, w), dev), torch.zeros(t5.shape[1], 3, device=dev))
+        img_ids, txt_ids = self._ids[key]
         out = tr(hidden_states=to_gpu(pack_latents(x), dev, dt), encoder_hidden_states=t5,
                  pooled_projections=to_gpu(text["pooled"], dev, dt),
                  timestep=to_gpu(sigmas, dev, torch.float32).expand(b),
-                 img_ids=to_gpu(image_position_ids(h, w), dev), txt_ids=torch.zeros(t5.shape[1], 3, device=dev),
-                 guidance=g, return_dict=False, **kwargs)[0]
+                 img_ids=img_ids, txt_ids=txt_ids, guidance=g, return_dict=False, **kwargs)[0]
         return unpack_latents(out, h, w).float()
 
     def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
