@@ -674,7 +674,10 @@ def _check_families(cfg: Config) -> None:
             fams = spec.meta.get("families")
             if not fams or family in fams:
                 continue
-            if getattr(getattr(cfg, section), name) != spec.default:
+            value = getattr(getattr(cfg, section), name)
+            if value is False and spec.default is None:  # an explicit "never" of an unset-means-auto switch
+                continue
+            if value != spec.default:
                 raise _err(spec.key, f"applies only to {', '.join(fams)}, not {family}; remove it")
 
 

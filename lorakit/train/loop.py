@@ -244,17 +244,21 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             report_pending()
 
     # what lives for the whole run (models, compiled graphs, caches) leaves the garbage collector's sight, so that no
-    # full collection walks it between steps (272 ms each for a FLUX.1-sized object graph on a 2-core CPU)
-    gc.collect()
-    gc.freeze()
+    # full collection walks it between steps (272 ms each for a FLUX.1-sized object graph on a 2-core CPU); not
+    # when the caller froze objects itself (unfreezing is all or nothing)
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.collect()
+        gc.freeze()
     try:
         for step in range(start_step + 1, cfg.training.max_steps + 1):
             watchdog.beat(f"training step {step}")
             stats = update_step(adapter, next_batch, cfg, generator, optimizer, trainable, scaler, device,
                                 compute_dtype)
             scheduler.step()
-            if step == start_step + 1:
-                gc.freeze()  # and what the first step built (compiled blocks, CUDA graphs)
+            if step == start_step + 1 and freeze:  # and what the first step built (compiled blocks, CUDA graphs)
+                gc.collect()
+                gc.freeze()
             now = time.perf_counter()
             save_now = cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps
             sample_now = cfg.sample.every_n_steps and step % cfg.sample.every_n_steps == 0 and prompts \
@@ -292,7 +296,8 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         raise
     finally:
         progress.close()
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
 
     # ------------------------------------------------------------------ final save, samples, checks
     final_step = cfg.training.max_steps

@@ -125,6 +125,25 @@ def test_calls_in_a_row_checkpointed_and_compiled_each_get_their_own_modulations
             assert graphs[0] > 0 and graphs[1] == 2 * graphs[0] and graphs[3] == graphs[1], graphs
 
 
+def test_each_block_copies_one_contiguous_slab_and_a_call_without_prepare_is_refused():
+    """At batch 2 each block's outputs are one contiguous [B, width] slab on both sides (one page-locked transfer per
+    block, not a strided copy staged through pageable memory); a second transformer call that nobody prepared is an
+    error rather than a silent reuse of the previous call's modulations."""
+    model, kwargs = flux_with_blocks(1, 2)
+    mods = HostModulations.install(model, lambda _: None)
+    mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
+    assert kwargs["timestep"].shape[0] == 2
+    for g in range(len(mods.groups)):
+        assert mods.block(mods.out, g).is_contiguous() and mods.block(mods._host[mods._turn], g).is_contiguous()
+        assert mods.block(mods.out, g).shape == (2, sum(m.out_features for m in mods.groups[g]))
+    with torch.no_grad():
+        model(**kwargs)
+        with pytest.raises(RuntimeError, match="modulation_on_cpu: transformer_blocks.0.norm1.linear ran again outside backward"):
+            model(**kwargs)
+        mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
+        model(**kwargs)  # prepared again: fine
+
+
 def test_a_failure_on_the_host_is_raised_where_the_block_asks():
     model, kwargs = flux_with_blocks(1, 1)
     mods = HostModulations.install(model, lambda _: None)
@@ -153,6 +172,9 @@ def test_modulation_on_cpu_settings_are_checked():
         memory.check_supported(cfg(network={"train_text_encoder": True}), torch.device("cpu"))
     with pytest.raises(ConfigError, match="modulation_on_cpu"):
         cfg(family="sdxl")
+    # false (never let vram_gb pick it) is harmless on another family, as in a config shared between families
+    assert load_config(None, data={"model": {"family": "sdxl", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                   "memory": {"modulation_on_cpu": False}}).memory.modulation_on_cpu is False
 
 
 def test_the_budget_never_plans_block_swap_with_modulation_on_cpu(monkeypatch):

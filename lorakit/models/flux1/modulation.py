@@ -23,7 +23,8 @@ falls behind the blocks (measured on an H200: see benchmarks/RESULTS.md, round 8
 
 The outputs live in one device buffer, written in place each step (stream-ordered, so a backward still queued on
 the device reads the step it belongs to); a recomputation in backward finds its block already copied and reads the
-buffer again. Two host buffers alternate, and the worker reuses one only after the device has finished the copies
+buffer again. The buffers are laid out block after block, each block's ``[B, width]`` outputs contiguous, so that
+every copy is one page-locked transfer at any batch size. Two host buffers alternate, and the worker reuses one only after the device has finished the copies
 from it, so the host never overwrites values a queued copy still has to read.
 """
 
@@ -51,6 +52,12 @@ _REGISTRY: "weakref.WeakValueDictionary[int, HostModulation]" = weakref.WeakValu
 _KEYS = iter(range(2**62))
 
 
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass on this thread (where checkpointed blocks are recomputed)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is None or task() != -1
+
+
 @torch.library.custom_op("lorakit::host_modulation", mutates_args=())
 def _host_modulation_op(value: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """The host-computed output of the stand-in ``key``: waits for its block's outputs, queues their copy (once per
@@ -59,6 +66,7 @@ def _host_modulation_op(value: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     module = _REGISTRY[int(key)]
     assert module.owner is not None and module.value is not None
     module.owner.ensure(module.group)
+    module.owner.serve(module)
     return module.value.clone()
 
 
@@ -81,6 +89,7 @@ class HostModulation(nn.Module):
         self.value: Optional[torch.Tensor] = None  # [B, out] on the device, a view of HostModulations.out
         self.owner: Optional[HostModulations] = None
         self.group = 0  # the index of its block, in the order the blocks run
+        self.index = 0  # its place in HostModulations.modules
         self.columns = (0, 0)  # its slice of HostModulations.out
         index = next(_KEYS)
         _REGISTRY[index] = self
@@ -127,6 +136,10 @@ class HostModulations:
             m.columns = (start, start + m.out_features)
             start += m.out_features
         self.width = start
+        self.batch = 0
+        for i, m in enumerate(modules):
+            m.index = i
+        self._served: list[bool] = [False] * len(modules)
         self._pool: Optional[ThreadPoolExecutor] = None
         self._job: Optional[Future] = None
         self._ready: list[threading.Event] = []
@@ -179,17 +192,20 @@ class HostModulations:
         temb = self.embed(t, p) if guidance is None else self.embed(t, guidance.detach().to("cpu", dtype) * 1000, p)
         x = F.silu(temb)
         device = torch.device(device)
-        shape = (x.shape[0], self.width)
-        if self.out is None or self.out.shape != shape or self.out.device != device or self.out.dtype != out_dtype:
-            self.out = torch.empty(shape, dtype=out_dtype, device=device)
+        self.batch = x.shape[0]
+        size = self.batch * self.width
+        if self.out is None or self.out.numel() != size or self.out.device != device or self.out.dtype != out_dtype:
+            self.out = torch.empty(size, dtype=out_dtype, device=device)
             for m in self.modules:
-                m.value = self.out[:, m.columns[0]:m.columns[1]]
+                m.value = self.block(self.out, m.group)[:, m.columns[0] - self.start(m.group):
+                                                        m.columns[1] - self.start(m.group)]
             pinned = device.type == "cuda"
-            self._host = [torch.empty(shape, dtype=out_dtype, pin_memory=pinned) for _ in range(2)]
+            self._host = [torch.empty(size, dtype=out_dtype, pin_memory=pinned) for _ in range(2)]
             self._done = [None, None]
         self._turn ^= 1
         self._ready = [threading.Event() for _ in self.groups]
         self._copied = [False] * len(self.groups)
+        self._served = [False] * len(self.modules)
         self._error = None
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorakit-modulation")
@@ -214,31 +230,48 @@ class HostModulations:
         host = self._host[turn]
         assert host is not None
         for g, members in enumerate(self.groups):
+            block = self.block(host, g)
             for m in members:
-                host[:, m.columns[0]:m.columns[1]] = F.linear(x, m.host["weight"], m.host["bias"])
+                block[:, m.columns[0] - self.start(g):m.columns[1] - self.start(g)] = \
+                    F.linear(x, m.host["weight"], m.host["bias"])
             self._ready[g].set()
+
+    def start(self, group: int) -> int:
+        """The first output column of block ``group``."""
+        return self.groups[group][0].columns[0]
+
+    def block(self, flat: torch.Tensor, group: int) -> torch.Tensor:
+        """Block ``group``'s ``[B, width]`` outputs in a flat buffer laid out block after block (contiguous)."""
+        a, b = self.start(group), self.groups[group][-1].columns[1]
+        return flat[self.batch * a:self.batch * b].view(self.batch, b - a)
 
     def ensure(self, group: int) -> None:
         """Main thread, as block ``group`` runs: once per transformer call, wait for that block's host outputs and
         queue their copy into the device buffer (asynchronous from the page-locked buffer)."""
         if self._copied[group]:
-            return  # a recomputation in backward: the buffer still holds this call's values (stream order)
+            return  # the block's other Linear, or a recomputation in backward: the buffer holds this call's values
         self._ready[group].wait()
         if self._error is not None:
             raise RuntimeError(f"modulation_on_cpu: computing the modulations on the host failed: {self._error}") \
                 from self._error
-        members = self.groups[group]
-        a, b = members[0].columns[0], members[-1].columns[1]
         host = self._host[self._turn]
         assert self.out is not None and host is not None
         # through .data: a write that leaves the views' version counter alone, since a compiled block may have
         # saved an earlier block's view for backward (whose values this copy does not touch)
-        self.out.data[:, a:b].copy_(host[:, a:b], non_blocking=True)
+        self.block(self.out.data, group).copy_(self.block(host, group), non_blocking=True)
         self._copied[group] = True
         if self.out.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
             self._done[self._turn] = event
+
+    def serve(self, module: "HostModulation") -> None:
+        """Once per transformer call outside backward: a stand-in asked again (a transformer call nobody prepared)
+        would silently get the previous call's outputs."""
+        if self._served[module.index] and not _in_backward():
+            raise RuntimeError(f"modulation_on_cpu: {module.name} ran again outside backward without new "
+                               "host-computed outputs (the FLUX.1 adapter prepares them before each transformer call)")
+        self._served[module.index] = True
 
     def wait(self) -> None:
         """Wait for the worker to finish the current call's host work (raising what it raised, if anything)."""
