@@ -120,8 +120,9 @@ class Sizes:
             n = _frozen_bytes(b, set())
             per_block.append((n, n - _fp8_saving(model, b, set())))
         # a Linear wrapped by peft's LoRA layer sits at <name>.base_layer
+        names = set(host_linears)
         host = sum(_frozen_bytes(m, set()) for b in blocks for name, m in b.named_modules()
-                   if isinstance(m, nn.Linear) and name.removesuffix(".base_layer") in set(host_linears))
+                   if isinstance(m, nn.Linear) and name.removesuffix(".base_layer") in names)
         return cls(outside, per_block, sum(int(p.numel()) for p in trainable), host)
 
 

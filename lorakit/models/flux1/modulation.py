@@ -24,8 +24,8 @@ falls behind the blocks (measured on an H200: see benchmarks/RESULTS.md, round 8
 The outputs live in one device buffer, written in place each step (stream-ordered, so a backward still queued on
 the device reads the step it belongs to); a recomputation in backward finds its block already copied and reads the
 buffer again. The buffers are laid out block after block, each block's ``[B, width]`` outputs contiguous, so that
-every copy is one page-locked transfer at any batch size. Two host buffers alternate, and the worker reuses one only after the device has finished the copies
-from it, so the host never overwrites values a queued copy still has to read.
+every copy is one page-locked transfer at any batch size. Two host buffers alternate, and the worker reuses one only
+after the device has finished the copies from it, so the host never overwrites values a queued copy still reads.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class HostModulation(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         bias = linear.bias.detach().to("cpu") if linear.bias is not None else None
         self.host = {"weight": linear.weight.detach().to("cpu"), "bias": bias}
-        self.value: Optional[torch.Tensor] = None  # [B, out] on the device, a view of HostModulations.out
+        self.value: Optional[torch.Tensor] = None  # [B, out] on the device, a view into HostModulations.out
         self.owner: Optional[HostModulations] = None
         self.group = 0  # the index of its block, in the order the blocks run
         self.index = 0  # its place in HostModulations.modules
@@ -123,29 +123,25 @@ class HostModulations:
     def __init__(self, modules: list[HostModulation], embed: nn.Module) -> None:
         self.modules = modules
         self.embed = embed
-        self.out: Optional[torch.Tensor] = None  # [B, sum of out_features] on the device
+        self.out: Optional[torch.Tensor] = None  # B · width values on the device, block after block (see block())
         self.groups: list[list[HostModulation]] = []  # the stand-ins of each block, in the order the blocks run
-        for m in modules:
+        start = 0
+        for i, m in enumerate(modules):
             if not self.groups or self.groups[-1][0].name.rsplit(".", 2)[0] != m.name.rsplit(".", 2)[0]:
                 self.groups.append([])
-            m.group = len(self.groups) - 1
-            m.owner = self
             self.groups[-1].append(m)
-        start = 0
-        for m in modules:
+            m.owner, m.group, m.index = self, len(self.groups) - 1, i
             m.columns = (start, start + m.out_features)
             start += m.out_features
         self.width = start
         self.batch = 0
-        for i, m in enumerate(modules):
-            m.index = i
         self._served: list[bool] = [False] * len(modules)
         self._pool: Optional[ThreadPoolExecutor] = None
         self._job: Optional[Future] = None
         self._ready: list[threading.Event] = []
         self._copied: list[bool] = []
         self._error: Optional[BaseException] = None
-        self._host: list[Optional[torch.Tensor]] = [None, None]  # alternating host buffers [B, width]
+        self._host: list[Optional[torch.Tensor]] = [None, None]  # alternating host buffers, laid out as out
         self._done: list[Any] = [None, None]  # per host buffer: a CUDA event after the last copy from it
         self._turn = 0
 
@@ -197,8 +193,7 @@ class HostModulations:
         if self.out is None or self.out.numel() != size or self.out.device != device or self.out.dtype != out_dtype:
             self.out = torch.empty(size, dtype=out_dtype, device=device)
             for m in self.modules:
-                m.value = self.block(self.out, m.group)[:, m.columns[0] - self.start(m.group):
-                                                        m.columns[1] - self.start(m.group)]
+                m.value = self.slice(self.out, m)
             pinned = device.type == "cuda"
             self._host = [torch.empty(size, dtype=out_dtype, pin_memory=pinned) for _ in range(2)]
             self._done = [None, None]
@@ -230,20 +225,19 @@ class HostModulations:
         host = self._host[turn]
         assert host is not None
         for g, members in enumerate(self.groups):
-            block = self.block(host, g)
             for m in members:
-                block[:, m.columns[0] - self.start(g):m.columns[1] - self.start(g)] = \
-                    F.linear(x, m.host["weight"], m.host["bias"])
+                self.slice(host, m)[:] = F.linear(x, m.host["weight"], m.host["bias"])
             self._ready[g].set()
-
-    def start(self, group: int) -> int:
-        """The first output column of block ``group``."""
-        return self.groups[group][0].columns[0]
 
     def block(self, flat: torch.Tensor, group: int) -> torch.Tensor:
         """Block ``group``'s ``[B, width]`` outputs in a flat buffer laid out block after block (contiguous)."""
-        a, b = self.start(group), self.groups[group][-1].columns[1]
+        a, b = self.groups[group][0].columns[0], self.groups[group][-1].columns[1]
         return flat[self.batch * a:self.batch * b].view(self.batch, b - a)
+
+    def slice(self, flat: torch.Tensor, m: "HostModulation") -> torch.Tensor:
+        """Stand-in ``m``'s ``[B, out]`` outputs in such a buffer (a strided view of its block's)."""
+        first = self.groups[m.group][0].columns[0]
+        return self.block(flat, m.group)[:, m.columns[0] - first:m.columns[1] - first]
 
     def ensure(self, group: int) -> None:
         """Main thread, as block ``group`` runs: once per transformer call, wait for that block's host outputs and
