@@ -138,7 +138,8 @@ def test_each_block_copies_one_contiguous_slab_and_a_call_without_prepare_is_ref
         assert mods.block(mods.out, g).shape == (2, sum(m.out_features for m in mods.groups[g]))
     with torch.no_grad():
         model(**kwargs)
-        with pytest.raises(RuntimeError, match="modulation_on_cpu: transformer_blocks.0.norm1.linear ran again outside backward"):
+        with pytest.raises(RuntimeError, match="modulation_on_cpu: transformer_blocks.0.norm1.linear ran again "
+                                               "outside backward"):
             model(**kwargs)
         mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
         model(**kwargs)  # prepared again: fine
