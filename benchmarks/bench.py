@@ -191,6 +191,16 @@ ROWS: dict[str, dict[str, Any]] = {
                                    "phases": (True,), "modcpu": True},
     "flux1/modcpu+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
                                    "phases": (True,), "modcpu": True},
+    # round 9: which modulation Linears the GPU applies from copied weights (modulation.STREAMED; default norm1)
+    "flux1/modcpu-hostonly+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
+                                            "phases": (True,), "modcpu": True, "modstream": ()},
+    "flux1/modcpu-allstream+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
+                                             "phases": (True,), "modcpu": True,
+                                             "modstream": ("norm1.linear", "norm1_context.linear", "norm.linear")},
+    "flux1/modcpu+amb23+compile": {"family": "flux1", "gc": False, "amb": 0.23, "compile": "regions",
+                                   "phases": (True,), "modcpu": True},
+    "flux1/modcpu+amb22+compile": {"family": "flux1", "gc": False, "amb": 0.22, "compile": "regions",
+                                   "phases": (True,), "modcpu": True},
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
                                            "compile": "regions", "cudagraphs": True, "phases": (True,),
                                            "pageable": True},
@@ -346,6 +356,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout,
                          under_autocast=not s.get("peft_casts"))
     adapter.before_placement(cfg.memory, print)  # as the loop does (memory.modulation_on_cpu)
+    if "modstream" in s and getattr(adapter, "host_modulation", None) is not None:  # which Linears the GPU applies
+        adapter.host_modulation.streamed_paths = tuple(s["modstream"])
     if s.get("peft_forward"):  # peft's own LoRA forward in eager mode, instead of lorakit's in-place addmm one
         for sub in model.modules():
             if "forward" in vars(sub) and hasattr(sub, "lora_A"):
@@ -772,6 +784,8 @@ def settings_text(s: dict, cfg: Any) -> str:
     parts += [label for key, label in FLAG_LABELS.items() if s.get(key)]
     if s.get("offload"):
         parts.append(f"saved activations ≥ {s['offload']:g} MiB offloaded to CPU (torch partitioner)")
+    if "modstream" in s:
+        parts.append(f"GPU applies {'/'.join(s['modstream']) or 'none'}")
     return " ".join(parts)
 
 

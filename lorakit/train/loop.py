@@ -374,7 +374,8 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
     elif cfg.optimizer.max_grad_norm > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optimizer.max_grad_norm)
     else:
-        grad_norm = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in trainable if p.grad is not None))
+        # one foreach reduction (a per-parameter sum would queue thousands of kernels every step)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad.float() for p in trainable if p.grad is not None])
     return health.StepStats(total, grad_norm)
 
 

@@ -135,7 +135,9 @@ def test_each_block_copies_one_contiguous_slab_and_a_call_without_prepare_is_ref
     assert kwargs["timestep"].shape[0] == 2
     for g in range(len(mods.groups)):
         assert mods.block(mods.out, g).is_contiguous() and mods.block(mods._host[mods._turn], g).is_contiguous()
-        assert mods.block(mods.out, g).shape == (2, sum(m.out_features for m in mods.groups[g]))
+        assert mods.block(mods.out, g).numel() == 2 * sum(m.out_features for m in mods.groups[g])
+        assert all(mods.slice(mods.out, m).is_contiguous() and mods.slice(mods.out, m).shape == (2, m.out_features)
+                   for m in mods.groups[g])
     with torch.no_grad():
         model(**kwargs)
         with pytest.raises(RuntimeError, match="modulation_on_cpu: transformer_blocks.0.norm1.linear ran again "
@@ -143,6 +145,47 @@ def test_each_block_copies_one_contiguous_slab_and_a_call_without_prepare_is_ref
             model(**kwargs)
         mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
         model(**kwargs)  # prepared again: fine
+
+
+def test_streamed_linears_are_applied_on_the_device_side_and_match_the_plain_model():
+    """The GPU split (STREAMED): the double blocks' image-stream Linears are applied from weights copied to the
+    device instead of by the host worker, which never touches them; each block's host outputs stay one contiguous
+    range after its streamed ones moved to the end. Forced here on the CPU (``stream_anywhere``), at batch 2, against
+    the unchanged model."""
+    from lorakit.models.flux1 import modulation
+
+    plain, kwargs = flux_with_blocks(2, 2)
+    host = copy.deepcopy(plain)
+    params = {"plain": lora_everywhere(plain), "host": lora_everywhere(host)}
+    installed = HostModulations.install(host, lambda _: None)
+    mods = HostModulations(installed.modules, installed.embed, stream_anywhere=True)
+    assert modulation.STREAMED == ("norm1.linear",)
+    worker_saw: list[str] = []
+    original = torch.nn.functional.linear
+
+    def spying(x, weight, bias=None):
+        worker_saw.extend(m.name for m in mods.modules if m.host["weight"] is weight)
+        return original(x, weight, bias)
+
+    modulation.F.linear = spying  # the worker's calls only: the model's own Linears are nn.Linear modules
+    try:
+        mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
+        mods.wait()
+    finally:
+        modulation.F.linear = original
+    streamed = [m.name for m in mods.modules if m.streamed]
+    assert streamed == ["transformer_blocks.0.norm1.linear", "transformer_blocks.1.norm1.linear"]
+    assert sorted(worker_saw) == sorted(m.name for m in mods.modules if not m.streamed)
+    for g, members in enumerate(mods.groups):
+        a, b = mods.host_spans[g]
+        assert b - a == sum(m.out_features for m in members if not m.streamed)
+        assert all(m.columns[0] >= b for m in members if m.streamed)  # after the host range
+    results = {}
+    for name, model in (("plain", plain), ("host", host)):
+        out = model(**kwargs)[0]
+        results[name] = (out, *torch.autograd.grad(out.square().mean(), params[name]))
+    for got, want in zip(results["host"], results["plain"]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_a_failure_on_the_host_is_raised_where_the_block_asks():
