@@ -197,6 +197,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/modcpu-allstream+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
                                              "phases": (True,), "modcpu": True,
                                              "modstream": ("norm1.linear", "norm1_context.linear", "norm.linear")},
+    "flux1/modcpu-noprefetch+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
+                                              "phases": (True,), "modcpu": True, "noprefetch": True},
     "flux1/modcpu+amb23+compile": {"family": "flux1", "gc": False, "amb": 0.23, "compile": "regions",
                                    "phases": (True,), "modcpu": True},
     "flux1/modcpu+amb22+compile": {"family": "flux1", "gc": False, "amb": 0.22, "compile": "regions",
@@ -358,6 +360,10 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     adapter.before_placement(cfg.memory, print)  # as the loop does (memory.modulation_on_cpu)
     if "modstream" in s and getattr(adapter, "host_modulation", None) is not None:  # which Linears the GPU applies
         adapter.host_modulation.streamed_paths = tuple(s["modstream"])
+    if s.get("noprefetch"):  # every streamed weight copied at the call, none during the previous backward
+        from lorakit.models.flux1 import modulation
+
+        modulation.PREFETCH_BLOCKS = 0
     if s.get("peft_forward"):  # peft's own LoRA forward in eager mode, instead of lorakit's in-place addmm one
         for sub in model.modules():
             if "forward" in vars(sub) and hasattr(sub, "lora_A"):
@@ -794,7 +800,8 @@ FLAG_LABELS = {"eager_first": "after an eager fwd", "host_sync": "host reads eac
                "peft_casts": "peft's fp32 input casts", "pageable": "pageable host copies",
                "modcpu": "modulation on CPU", "fused_lora": "fused LoRA Linear (Triton)",
                "peft_forward": "peft's LoRA forward", "noclip": "no clipping",
-               "fbwd": "fused_backward (no clipping, nan_policy stop)"}
+               "fbwd": "fused_backward (no clipping, nan_policy stop)",
+               "noprefetch": "no modulation prefetch"}
 
 
 # ====================================================================== driver

@@ -87,6 +87,42 @@ def test_flux_modulation_on_cpu_trains_eager_and_compiled(tmp_path):
     assert close(selective, plain, 5e-2), (selective, plain)
 
 
+def test_flux_modulation_streams_and_prefetches_on_the_gpu():
+    """On CUDA every modulation Linear is applied on the device from weights copied over on a side stream; each
+    backward (the hook on the last double block's LoRA) copies the first blocks' weights for the next call, which
+    uses them instead of copying again. Outputs and LoRA gradients match the unchanged model over three calls."""
+    import copy
+
+    from lorakit.models.flux1.modulation import PREFETCH_BLOCKS, HostModulations
+    from tests.unit.test_flux1_modulation import lora_everywhere
+    from tests.unit.test_swap import flux_with_blocks
+
+    plain, kwargs = flux_with_blocks(2, 3)
+    host = copy.deepcopy(plain)
+    params = {"plain": lora_everywhere(plain), "host": lora_everywhere(host)}
+    mods = HostModulations.install(host, lambda _: None)
+    plain.cuda()
+    host.cuda()
+    device = torch.device("cuda")
+    first = {m.index for members in mods.groups[:PREFETCH_BLOCKS] for m in members}
+    for f in (1.0, 0.5, 0.2):
+        call = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        call["timestep"] = call["timestep"] * f
+        results = {}
+        for name, model in (("plain", plain), ("host", host)):
+            if name == "host":
+                mods.prepare(kwargs["timestep"] * f, kwargs["guidance"], kwargs["pooled_projections"], device)
+                assert all(m.streamed for m in mods.modules) and not mods._prefetched  # prefetched ones: used
+            for p in params[name]:
+                p.grad = None
+            out = model(**call)[0]
+            out.square().mean().backward()
+            results[name] = (out.detach(), *[p.grad for p in params[name]])
+        assert set(mods._prefetched) == first  # copied during that backward, for the next call
+        for got, want in zip(results["host"], results["plain"]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
 def test_sdxl_budget_with_cuda_graphs_trains_and_exports(tmp_path):
     plain = train(tmp_path, "sdxl", "plain", {"gradient_checkpointing": True})
     graphs = train(tmp_path, "sdxl", "graphs", {"vram_gb": 8, "compile": True, "cuda_graphs": True})
@@ -137,7 +173,8 @@ def test_host_copies_do_not_wait_for_the_gpu():
 if __name__ == "__main__":  # `python3 tests/integration/test_cuda_paths.py [host|flux|sdxl]`: all, or the ones named
     failed = 0
     chosen = sys.argv[1:] or ["flux", "sdxl", "host"]
-    for test in (test_host_copies_do_not_wait_for_the_gpu, test_flux_modulation_on_cpu_trains_eager_and_compiled,
+    for test in (test_host_copies_do_not_wait_for_the_gpu, test_flux_modulation_streams_and_prefetches_on_the_gpu,
+                 test_flux_modulation_on_cpu_trains_eager_and_compiled,
                  test_flux_block_swap_fp8_and_budget_train_and_export,
                  test_sdxl_budget_with_cuda_graphs_trains_and_exports):
         if not any(test.__name__.startswith(f"test_{name}") for name in chosen):

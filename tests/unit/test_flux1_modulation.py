@@ -148,18 +148,18 @@ def test_each_block_copies_one_contiguous_slab_and_a_call_without_prepare_is_ref
 
 
 def test_streamed_linears_are_applied_on_the_device_side_and_match_the_plain_model():
-    """The GPU split (STREAMED): the double blocks' image-stream Linears are applied from weights copied to the
-    device instead of by the host worker, which never touches them; each block's host outputs stay one contiguous
-    range after its streamed ones moved to the end. Forced here on the CPU (``stream_anywhere``), at batch 2, against
-    the unchanged model."""
+    """Streamed Linears (on a GPU: all of them, STREAMED) are applied from weights copied to the device instead of
+    by the host worker, which never touches them. A split (here the double blocks' image-stream Linears streamed, the
+    rest on the host) keeps each block's host outputs one contiguous range, its streamed ones after it. Forced on the
+    CPU (``stream_anywhere``), at batch 2, against the unchanged model."""
     from lorakit.models.flux1 import modulation
 
     plain, kwargs = flux_with_blocks(2, 2)
     host = copy.deepcopy(plain)
     params = {"plain": lora_everywhere(plain), "host": lora_everywhere(host)}
     installed = HostModulations.install(host, lambda _: None)
-    mods = HostModulations(installed.modules, installed.embed, stream_anywhere=True)
-    assert modulation.STREAMED == ("norm1.linear",)
+    mods = HostModulations(installed.modules, installed.embed, streamed=("norm1.linear",), stream_anywhere=True)
+    assert modulation.STREAMED == DOUBLE + SINGLE
     worker_saw: list[str] = []
     original = torch.nn.functional.linear
 

@@ -4,9 +4,10 @@ Every FLUX.1 block starts with an adaptive norm whose Linear (``norm1.linear`` a
 19 double blocks, ``norm.linear`` in the 38 single blocks) maps one vector, ``silu(temb)``, to that block's shifts,
 scales and gates. Those Linears hold 3.2 B of FLUX.1-dev's 11.9 B parameters (6.0 GiB in bf16) but do almost no
 work: one row in, one row out. ``temb`` depends only on the timestep, the guidance value and the pooled CLIP
-text, which the host has before the step starts. So the host computes, per step, ``temb`` with its own copy of
-``time_text_embed`` (60 MB) and every modulation Linear's frozen output, and sends them to the device in one
-copy (2 MB per image); the Linears' weights never reach the GPU.
+text, which the host has before the step starts. So their weights live in host memory, not among the model's
+parameters: on the CPU the host computes, per call, ``temb`` with its own copy of ``time_text_embed`` (60 MB) and
+every modulation Linear's frozen output; on a GPU the weights pass through the device one Linear at a time (below),
+so the 6 GiB are never resident there together.
 
 Inside the model, each of those Linears becomes a :class:`HostModulation` that returns the output the host
 prepared for this call. A LoRA on them (FLUX.1 LoRAs target them) is untouched: peft wraps the stand-in like the
@@ -23,18 +24,19 @@ falls behind the blocks (measured on an H200: see benchmarks/RESULTS.md, round 8
 
 The outputs live in one device buffer, written in place each step (stream-ordered, so a backward still queued on
 the device reads the step it belongs to); a recomputation in backward finds its block already copied and reads the
-buffer again. The buffers are laid out block after block, each block's ``[B, width]`` outputs contiguous, so that
-every copy is one page-locked transfer at any batch size. Two host buffers alternate, and the worker reuses one only
+buffer again. The buffers are laid out block after block, each Linear's ``[B, out]`` outputs contiguous and a
+block's host-computed ones together, so that every copy is one page-locked transfer at any batch size. Two host buffers alternate, and the worker reuses one only
 after the device has finished the copies from it, so the host never overwrites values a queued copy still reads.
 
-On a GPU the work is split between the two sides (:data:`STREAMED`): each double block's image-stream Linear
-(``norm1.linear``, 113 MB in bf16) is not computed by the host but copied to the device from page-locked memory on a
-side stream and applied there (a matrix-vector product, microseconds on the GPU), while the host computes the text
-stream's Linear and the single blocks'. A fast GPU runs a double block's forward in about 3 ms; alone, the host
-needs about 3.7 ms for a double block's two Linears and would hold every block back (round 8), and alone, the copy
-engine needs about 4.2 ms for the same 226 MB. Split, each side has about 2 ms of work per double block, and both
-run ahead of the blocks. The side stream starts when the device reaches the call (its outputs share the device
-buffer with the previous call's queued backward), and each block waits only for its own block's event.
+On a GPU the host computes none of them (:data:`STREAMED`): each Linear's weight is copied to the device from
+page-locked memory on a side stream and applied there (a matrix-vector product, microseconds on the GPU). The host's
+own cores are then free to queue the blocks: on an H200 the host worker slowed the main thread's queueing of the
+forward from about 130 to 205 ms, and the GPU waited for it (round 9 in benchmarks/RESULTS.md). The copy engine
+needs about 4.2 ms for a double block's 226 MB against about 3 ms of compute, so the first :data:`PREFETCH_BLOCKS`
+blocks' weights are copied during the previous backward, once it reaches the double blocks and the single blocks'
+activations are freed; the rest are copied as the call runs. The side stream starts when the device reaches the call
+(its outputs share the device buffer with the previous call's queued backward), and each block waits only for its
+own block's event. The host worker stays for runs on the CPU and for any Linear left out of :data:`STREAMED`.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ from torch import nn
 DOUBLE = ("norm1.linear", "norm1_context.linear")
 SINGLE = ("norm.linear",)
 # on a GPU, the Linears applied on the device from weights copied over each call (see the module doc)
-STREAMED = ("norm1.linear",)
+STREAMED = DOUBLE + SINGLE
+# the first blocks whose streamed weights are copied during the previous backward, not at the call
+PREFETCH_BLOCKS = 8
 
 
 # every HostModulation by key (the int in its ``key`` tensor), for the custom op to find at run time
@@ -161,6 +165,7 @@ class HostModulations:
         self._turn = 0
         self._side: Any = None  # the CUDA stream that copies and applies the streamed Linears
         self._streamed_ready: list[Any] = []  # per block: a CUDA event after its streamed outputs, or None
+        self._prefetched: dict[int, torch.Tensor] = {}  # module index → its weight, copied during a backward
 
     def lay_out(self, streaming: bool) -> None:
         """Columns of every output in the flat buffers: block after block; in a block the host-computed Linears
@@ -168,6 +173,7 @@ class HostModulations:
         outputs are then one contiguous range (one copy), and each streamed output one contiguous matrix."""
         start = 0
         self.host_spans = []
+        self._prefetched = {}
         for members in self.groups:
             for m in members:
                 m.streamed = streaming and m.name.split(".", 2)[2] in self.streamed_paths
@@ -207,7 +213,13 @@ class HostModulations:
             "there each step, block by block while the GPU runs the blocks before (on a GPU, the "
             f"{'/'.join(STREAMED)} ones, {streamed / 2**30:.2f} GiB, are copied over block by block and applied "
             "there)")
-        return cls(modules, embed)
+        mods = cls(modules, embed)
+        # the prefetch trigger: a trainable parameter of the last double block gets its gradient when the backward
+        # has left the single blocks (their activations freed) and reaches the double blocks
+        last = [p for p in transformer.transformer_blocks[-1].parameters() if p.requires_grad]
+        if last:
+            last[0].register_post_accumulate_grad_hook(mods.prefetch)
+        return mods
 
     @torch.no_grad()
     def prepare(self, timesteps: torch.Tensor, guidance: Optional[torch.Tensor], pooled: torch.Tensor,
@@ -266,13 +278,13 @@ class HostModulations:
             for g, members in enumerate(self.groups):
                 streamed = [m for m in members if m.streamed]
                 for m in streamed:
-                    weight, bias = m.host["weight"], m.host["bias"]
-                    if cuda and not weight.is_pinned():
-                        weight = m.host["weight"] = weight.pin_memory()  # once: the copies are then asynchronous
+                    bias = m.host["bias"]
                     if bias is not None and (m.device_bias is None or m.device_bias.device != device):
                         m.device_bias = bias.to(device, self.out.dtype)
-                    w = torch.empty(weight.shape, dtype=self.out.dtype, device=device)
-                    w.copy_(weight, non_blocking=True)
+                    w = self._prefetched.pop(m.index, None)
+                    if w is None:
+                        w = torch.empty(m.host["weight"].shape, dtype=self.out.dtype, device=device)
+                        w.copy_(self._pinned(m, cuda), non_blocking=True)
                     target = self.slice(self.out.data, m)  # .data: as ensure(), no version-counter bump
                     if m.device_bias is not None:
                         torch.addmm(m.device_bias, xd, w.t(), out=target)
@@ -282,6 +294,32 @@ class HostModulations:
                     event = torch.cuda.Event()
                     event.record(self._side)
                     self._streamed_ready[g] = event
+
+    @staticmethod
+    def _pinned(m: HostModulation, cuda: bool) -> torch.Tensor:
+        """A streamed Linear's host weight, page-locked on a GPU (once) so that its copies are asynchronous."""
+        if cuda and not m.host["weight"].is_pinned():
+            m.host["weight"] = m.host["weight"].pin_memory()
+        return m.host["weight"]
+
+    @torch.no_grad()
+    def prefetch(self, _param: Any = None) -> None:
+        """During a backward (the hook ``install`` registers), start copying the streamed weights of the first
+        :data:`PREFETCH_BLOCKS` blocks for the next call, so that its first blocks need not wait for their copies
+        (the copy engine would otherwise trail the double blocks: 226 MB each against about 3 ms of compute on an
+        H200). The copies run on the side stream from the point the caller's stream has reached; the matrices come
+        from the caller's stream's memory, so that once the next call has used them, its activations reuse it."""
+        out = self.out
+        if self._prefetched or out is None or out.device.type != "cuda" or self._side is None:
+            return
+        first = [m for members in self.groups[:PREFETCH_BLOCKS] for m in members if m.streamed]
+        buffers = {m.index: torch.empty(m.host["weight"].shape, dtype=out.dtype, device=out.device) for m in first}
+        self._side.wait_stream(torch.cuda.current_stream(out.device))
+        with torch.cuda.stream(self._side):
+            for m in first:
+                buffers[m.index].record_stream(self._side)
+                buffers[m.index].copy_(self._pinned(m, True), non_blocking=True)
+        self._prefetched = buffers
 
     @torch.no_grad()
     def _compute(self, x: torch.Tensor, turn: int, autocast: tuple[bool, torch.dtype]) -> None:
