@@ -133,6 +133,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/vram24r150+compile": {"family": "flux1", "gc": True, "vram": 24, "reserve": 1.5, "compile": "regions"},
     "flux1/fp8c+amb25+compile": {"family": "flux1", "gc": False, "fp8": True, "fp8c": True, "amb": 0.25,
                                  "compile": "regions"},
+    "flux1/vram26-bf16+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": False, "compile": "regions",
+                                  "phases": (True,)},
     "flux1/vram26+fp8c+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "compile": "regions"},
     "flux1/vram24+fp8c+compile": {"family": "flux1", "gc": True, "vram": 24, "fp8c": True, "compile": "regions"},
     "flux1/vram16+fp8c+compile": {"family": "flux1", "gc": True, "vram": 16, "fp8c": True, "compile": "regions"},
@@ -235,7 +237,8 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
         "training": {"batch_size": 1, "mixed_precision": "bf16", "seed": 0, "max_steps": 1000,
                      **({"nan_policy": "stop"} if s.get("fbwd") else {})},
         "memory": {"gradient_checkpointing": gc, "compile": compile_, "fp8_base": bool(s.get("fp8")),
-                   "fp8_compute": True if s.get("fp8c") else None,  # None: lorakit's default (vram_gb may choose)
+                   # None: lorakit's default (vram_gb may choose)
+                   "fp8_compute": s["fp8c"] if isinstance(s.get("fp8c"), bool) else None,
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
                    "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0),
                    "activation_budget": s.get("amb"), "modulation_on_cpu": bool(s.get("modcpu")),
@@ -487,6 +490,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             if i == 0 and k == 0:
                 loss, gnorm = stats[0].read()
                 print(f"  first step done: loss {loss:.4f}, grad norm {gnorm:.4g}", flush=True)
+                gc.collect()  # and what the first step built (compiled blocks), as the loop does
+                gc.freeze()
         sync(device)
         losses = [st.read()[0] for st in stats]
         steady = times[warm:] or times
@@ -495,6 +500,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             "row": name if k == 0 else f"{name}+fused", "family": family,
             "settings": settings_text(s, cfg) + (" fused-AdamW" if fused_on else ""), "steps": n,
             "median_s": statistics.median(steady), "min_s": min(steady), "max_s": max(steady),
+            "step_s": [round(t, 4) for t in times],
             "first_step_s": times[0], "start_to_first_step_s": (t_first - t_spawn) if k == 0 else float("nan"),
             "build_s": t_build,
             "peak_alloc_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),

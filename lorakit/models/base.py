@@ -83,6 +83,9 @@ class ModelSpec:
     # names, inside a repeated block, of the frozen Linears memory.modulation_on_cpu keeps on the host (FLUX.1's
     # modulation Linears); memory.vram_gb counts their bytes when it considers that setting. () = not offered
     host_linears: tuple[str, ...] = ()
+    # memory.activation_budget points measured with compile, bf16 weights and memory.modulation_on_cpu: (budget, GiB
+    # of activations per 1024² image), fastest first; planned before bf16 partial block checkpointing
+    host_activation_budget_gib: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass

@@ -17,17 +17,25 @@ Settings are tried from fastest to leanest — no checkpointing, checkpointing o
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
 blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
-with no checkpointing. Where the fp8 settings would store weights in fp8 without multiplying in fp8, and the family
-names Linears it can keep on the host (``ModelSpec.host_linears``: FLUX.1's modulation Linears, 6.0 GiB), the bf16
-settings are tried once more with ``memory.modulation_on_cpu`` before them (as fast on an H200, exact weights).
-Under compile with fp8 compute (and no CUDA graphs), the family's measured
-``memory.activation_budget`` settings (``ModelSpec.activation_budget_gib``: selective recomputation inside each
-compiled block, no block checkpointing) come right after no checkpointing: on FLUX.1-dev they were faster than
-any partial checkpointing that fits the same memory. Left unset under ``memory.compile``, it is decided before planning: where the GPU has
-float8 matmuls, the fp8 settings are planned as fp8 compute (partial checkpointing allowed), and it is switched
-on when the plan stores the weights in fp8 without swapping blocks (faster than upcasting there; with swapped
-blocks fp8 storage measured faster). When even the leanest does not fit the batch, :func:`apply_budget` splits it: the largest divisor of ``training.batch_size`` that fits,
-with ``training.gradient_accumulation`` raised so that the effective batch stays the same.
+with no checkpointing.
+
+Where the fp8 settings would store weights in fp8 without multiplying in fp8, and the family names Linears it can
+keep on the host (``ModelSpec.host_linears``: FLUX.1's modulation Linears, 6.0 GiB), bf16 with
+``memory.modulation_on_cpu`` is offered too: under compile, its measured ``memory.activation_budget`` settings
+(``ModelSpec.host_activation_budget_gib``) right after bf16 without checkpointing (on FLUX.1-dev faster than any bf16
+block checkpointing, in less memory), and its checkpointing settings before any fp8 setting.
+
+Under compile with fp8 compute (and no CUDA graphs), the family's measured ``memory.activation_budget`` settings
+(``ModelSpec.activation_budget_gib``: selective recomputation inside each compiled block, no block checkpointing)
+come right after no checkpointing: on FLUX.1-dev they were faster than any partial checkpointing that fits the same
+memory. Left unset under ``memory.compile``, fp8 compute is decided before planning: where the GPU has float8
+matmuls, the fp8 settings are planned as fp8 compute (partial checkpointing allowed), and it is switched on when the
+plan stores the weights in fp8 without swapping blocks (faster than upcasting there; with swapped blocks fp8
+storage measured faster).
+
+When even the leanest does not fit the batch, :func:`apply_budget` splits it: the largest divisor of
+``training.batch_size`` that fits, with ``training.gradient_accumulation`` raised so that the effective batch stays
+the same.
 """
 
 from __future__ import annotations
@@ -149,14 +157,17 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
 def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float, float], images: float,
                 optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False,
                 checkpoint_fraction: float = 1.0, fp8_only: bool = False, partial_fp8: bool = True,
-                activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False) -> Plan:
+                activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False,
+                host_budgets: Sequence[tuple[float, float]] = ()) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
     storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
     per image) settings of ``memory.activation_budget`` tried with fp8 storage after no checkpointing and before
     partial checkpointing (fp8 compute under compile, where they were measured faster). ``host_linears``: the bf16
     settings are tried once more with ``memory.modulation_on_cpu`` before any fp8 setting (for fp8 *storage*, which
-    measured no faster than bf16 with the modulations on the CPU: see :func:`apply_budget`)."""
+    measured no faster than bf16 with the modulations on the CPU: see :func:`apply_budget`); ``host_budgets``: (budget,
+    GiB per image) settings of ``memory.activation_budget`` with bf16 and the modulations on the host, tried right
+    after bf16 without checkpointing (faster than any bf16 block checkpointing, in less memory)."""
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
@@ -172,12 +183,14 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         if use_fp8 and host_linears:  # bf16 with the modulation Linears on the host, before any fp8 storage
             options += [(0.0, False, 0, None, True)] + [(share, False, 0, None, True) for share in shares]
         options += [(0.0, use_fp8, 0, None, False)]
+        if not use_fp8 and host_linears and not user_set:
+            options += [(0.0, False, 0, amb, True) for amb, _ in host_budgets]
         if use_fp8 and not user_set:
             options += [(0.0, True, 0, amb, False) for amb, _ in activation_budgets]
         options += [(share, use_fp8, 0, None, False) for share in (shares if partial_fp8 or not use_fp8 else [1.0])]
     if can_swap and n > 1:
         options += [(fp8_share, True, k, None, False) for k in range(1, n)]
-    rates = dict(activation_budgets)
+    rates = {(amb, False): gib for amb, gib in activation_budgets} | {(amb, True): gib for amb, gib in host_budgets}
     room = budget_gib - RESERVE_GIB
     best: Optional[Plan] = None
     for share, use_fp8, k, amb, on_cpu in options:
@@ -185,7 +198,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
             break  # CUDA graphs cannot replay swapped weights
         ckpt = share > 0
         # blocks left out of checkpointing keep their activations
-        act = (rates[amb] if amb is not None else share * activation_gib[0] + (1 - share) * activation_gib[1]) * images
+        act = (rates[amb, on_cpu] if amb is not None else share * activation_gib[0] + (1 - share) * activation_gib[1]) \
+            * images
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
                          swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs,
                          checkpointed_gib=activation_gib[0] * images, modulation_on_cpu=on_cpu)
@@ -248,6 +262,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
         not cfg.memory.cuda_graphs and not cfg.network.train_text_encoder and \
         not (cfg.memory.fp8_compute or auto_compute)
     sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
+    # selective recomputation with the modulations on the host was measured under compile without CUDA graphs
+    host_budgets = spec.host_activation_budget_gib if host_linears and cfg.memory.compile else ()
 
     def plan_for(batch: int) -> Plan:
         return plan_memory(float(cfg.memory.vram_gb), sizes, activation_gib=activations,
@@ -255,7 +271,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
                            can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
                            checkpoint_fraction=float(cfg.memory.checkpoint_fraction),
                            fp8_only=bool(cfg.memory.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
-                           host_linears=host_linears)
+                           host_linears=host_linears, host_budgets=host_budgets)
 
     try:
         plan = plan_for(wanted)

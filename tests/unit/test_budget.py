@@ -283,7 +283,8 @@ def test_compiled_blocks_are_budgeted_with_their_own_activation_rate(flux_sizes,
     plans = {}
     for compile_ in (False, True):
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
-                                      "data": {"dir": "."}, "memory": {"vram_gb": 34, "compile": compile_}})
+                                      "data": {"dir": "."},
+                                      "memory": {"vram_gb": 34, "compile": compile_, "modulation_on_cpu": False}})
         plans[compile_] = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
         assert cfg.memory.checkpoint_fraction == plans[compile_].checkpoint_fraction < 1
     eager, compiled = plans[False], plans[True]
@@ -490,3 +491,39 @@ def test_apply_budget_offers_modulation_on_cpu_only_where_fp8_would_be_storage(f
                             ({"compile": True, "cuda_graphs": True}, None), (None, {"train_text_encoder": True})):
         cfg, lines = apply(memory, network)
         assert not cfg.memory.modulation_on_cpu and cfg.memory.fp8_base, (memory, network, lines)
+
+
+def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_under_compile(flux_host_sizes,
+                                                                                           flux_sizes, monkeypatch):
+    """Under compile (no fp8 compute), bf16 + modulation_on_cpu + activation_budget (measured:
+    ModelSpec.host_activation_budget_gib) comes right after bf16 without checkpointing: vram_gb = 28 gets budget 0.25,
+    26 gets 0.22 (0.25 no longer fits), 24 neither (block checkpointing with the modulations on the host); without
+    compile, or with modulation_on_cpu = false, no activation budget is planned."""
+    from lorakit.config.load import load_config
+
+    spec = get_family_spec("flux1")
+    assert [amb for amb, _ in spec.host_activation_budget_gib] == [0.25, 0.22]
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): (
+        flux_host_sizes if host else flux_sizes)))
+
+    def apply(vram, **memory):
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
+                                      "data": {"dir": "."}, "memory": {"vram_gb": vram, "compile": True, **memory}})
+        plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
+        return plan, cfg
+
+    weights = (flux_host_sizes.outside[0] + sum(b[0] for b in flux_host_sizes.blocks)
+               - flux_host_sizes.host_linears) / 2**30
+    for vram, amb in ((28, 0.25), (26, 0.22)):
+        plan, cfg = apply(vram)
+        assert (cfg.memory.activation_budget, cfg.memory.modulation_on_cpu) == (amb, True), vram
+        assert not cfg.memory.gradient_checkpointing and not cfg.memory.fp8_base
+        assert plan.parts["weights"] == pytest.approx(weights)
+        assert plan.parts["activations"] == pytest.approx(dict(spec.host_activation_budget_gib)[amb])
+        assert plan.estimate_gib <= vram
+    plan, cfg = apply(24)
+    assert cfg.memory.activation_budget is None and cfg.memory.modulation_on_cpu and cfg.memory.gradient_checkpointing
+    plan, cfg = apply(26, modulation_on_cpu=False)
+    assert cfg.memory.activation_budget is None and not cfg.memory.modulation_on_cpu
+    plan, cfg = apply(26, compile=False)
+    assert cfg.memory.activation_budget is None

@@ -25,8 +25,9 @@ falls behind the blocks (measured on an H200: see benchmarks/RESULTS.md, round 8
 The outputs live in one device buffer, written in place each step (stream-ordered, so a backward still queued on
 the device reads the step it belongs to); a recomputation in backward finds its block already copied and reads the
 buffer again. The buffers are laid out block after block, each Linear's ``[B, out]`` outputs contiguous and a
-block's host-computed ones together, so that every copy is one page-locked transfer at any batch size. Two host buffers alternate, and the worker reuses one only
-after the device has finished the copies from it, so the host never overwrites values a queued copy still reads.
+block's host-computed ones together, so that every copy is one page-locked transfer at any batch size. Two host
+buffers alternate, and the worker reuses one only after the device has finished the copies from it, so the host
+never overwrites values a queued copy still reads.
 
 On a GPU the host computes none of them (:data:`STREAMED`): each Linear's weight is copied to the device from
 page-locked memory on a side stream and applied there (a matrix-vector product, microseconds on the GPU). The host's
