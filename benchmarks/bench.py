@@ -241,7 +241,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
                    "fp8_compute": s["fp8c"] if isinstance(s.get("fp8c"), bool) else None,
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
                    "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0),
-                   "activation_budget": s.get("amb"), "modulation_on_cpu": bool(s.get("modcpu")),
+                   "activation_budget": s.get("amb"), "modulation_on_cpu": True if s.get("modcpu") else None,
                    "fused_backward": bool(s.get("fbwd"))},
     }
     return load_config(None, data=data)

@@ -53,6 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakit.models.base import to_gpu
+
 
 # the modulation Linears: attribute paths inside a double / single block
 DOUBLE = ("norm1.linear", "norm1_context.linear")
@@ -275,7 +277,9 @@ class HostModulations:
             # the buffer is still read by the previous call's backward, queued on the caller's stream
             self._side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(self._side) if cuda else contextlib.nullcontext():
-            xd = x.to(device, self.out.dtype, non_blocking=True)
+            # through a page-locked buffer: a pageable copy would make the host wait for this stream, which has
+            # just been made to wait for the previous call's backward
+            xd = to_gpu(x, device, self.out.dtype)
             for g, members in enumerate(self.groups):
                 streamed = [m for m in members if m.streamed]
                 for m in streamed:
