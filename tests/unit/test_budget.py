@@ -496,9 +496,9 @@ def test_apply_budget_offers_modulation_on_cpu_only_where_fp8_would_be_storage(f
 def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_under_compile(flux_host_sizes,
                                                                                            flux_sizes, monkeypatch):
     """Under compile (no fp8 compute), bf16 + modulation_on_cpu + activation_budget (measured:
-    ModelSpec.host_activation_budget_gib) comes right after bf16 without checkpointing: vram_gb = 28 gets budget 0.25,
-    27 gets 0.22 (0.25 no longer fits), 26 neither (block checkpointing with the modulations on the host); without
-    compile, or with modulation_on_cpu = false, no activation budget is planned."""
+    ModelSpec.host_activation_budget_gib) comes right after bf16 without checkpointing: a budget that holds the 0.25
+    setting's estimate gets 0.25, one just below it 0.22, one just below that neither (block checkpointing with the
+    modulations on the host); without compile, or with modulation_on_cpu = false, no activation budget is planned."""
     from lorakit.config.load import load_config
 
     spec = get_family_spec("flux1")
@@ -514,16 +514,20 @@ def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_und
 
     weights = (flux_host_sizes.outside[0] + sum(b[0] for b in flux_host_sizes.blocks)
                - flux_host_sizes.host_linears) / 2**30
-    for vram, amb in ((28, 0.25), (27, 0.22)):
+    optimizer = apply(100)[1].optimizer.name  # the default one (its state bytes per parameter differ)
+    lora = flux_host_sizes.lora_params * (4 + 4 + budget.STATE_BYTES[optimizer]) / 2**30  # fp32 weights, gradients
+    need = {amb: weights + lora + gib + budget.RESERVE_GIB for amb, gib in spec.host_activation_budget_gib}
+    assert need[0.25] > need[0.22] > weights + lora + spec.activation_gib_compiled[0] + budget.RESERVE_GIB
+    for vram, amb in ((need[0.25] + 0.01, 0.25), (need[0.25] - 0.01, 0.22)):
         plan, cfg = apply(vram)
         assert (cfg.memory.activation_budget, cfg.memory.modulation_on_cpu) == (amb, True), vram
         assert not cfg.memory.gradient_checkpointing and not cfg.memory.fp8_base
         assert plan.parts["weights"] == pytest.approx(weights)
         assert plan.parts["activations"] == pytest.approx(dict(spec.host_activation_budget_gib)[amb])
-        assert plan.estimate_gib <= vram
-    plan, cfg = apply(26)
+        assert plan.estimate_gib == pytest.approx(need[amb])
+    plan, cfg = apply(need[0.22] - 0.01)
     assert cfg.memory.activation_budget is None and cfg.memory.modulation_on_cpu and cfg.memory.gradient_checkpointing
-    plan, cfg = apply(27, modulation_on_cpu=False)
+    plan, cfg = apply(need[0.25] + 0.01, modulation_on_cpu=False)
     assert cfg.memory.activation_budget is None and not cfg.memory.modulation_on_cpu
-    plan, cfg = apply(27, compile=False)
+    plan, cfg = apply(need[0.25] + 0.01, compile=False)
     assert cfg.memory.activation_budget is None
