@@ -395,6 +395,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         if cfg.memory.vram_gb:
             plan = budget.apply_budget(cfg, adapter.spec, model, blocks, params, swap.LOOKAHEAD, log=print,
                                        device=device)
+            adapter.before_placement(cfg.memory, print)  # as the loop does: what the plan chose (modulation_on_cpu)
         swapper = swap.place_denoiser(model, blocks, device, fp8_base=cfg.memory.fp8_base,
                                       fp8_compute=cfg.memory.fp8_compute,
                                       blocks_to_swap=cfg.memory.blocks_to_swap, log=print)
