@@ -194,12 +194,13 @@ class MemoryCfg:
     blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
                             families=("flux1",))
     modulation_on_cpu: Optional[bool] = f(None, "FLUX.1: keep the 3.2 B frozen modulation weights (6 GiB in bf16, a "
-                                         "quarter of the transformer) in CPU memory and compute their outputs, which "
-                                         "depend only on the timestep, guidance and pooled text, on the CPU each step "
-                                         "(their LoRA still trains on the GPU). Not with block swap, CUDA graphs or "
-                                         "text-encoder training. Unset: off, unless vram_gb picks it (bf16 weights "
-                                         "where they would otherwise need fp8 storage without fp8 compute); false: "
-                                         "never.", families=("flux1",))
+                                         "quarter of the transformer) in CPU memory; their outputs depend only on the "
+                                         "timestep, guidance and pooled text, so each step copies the weights in one "
+                                         "Linear at a time on a side CUDA stream (on the CPU: computes them there). "
+                                         "Their LoRA still trains. Not with block swap, CUDA graphs or text-encoder "
+                                         "training. Unset: off, unless vram_gb picks it (bf16 weights with "
+                                         "activation_budget under compile, or where they would otherwise need fp8 "
+                                         "storage without fp8 compute); false: never.", families=("flux1",))
     cache_latents: bool = f(True, "Encode images once and cache the latents on disk.")
     cache_text_encoder_outputs: bool = f(True, "Encode captions once and cache the outputs on disk "
                                          "(not with caption shuffle/dropout or text-encoder training).")
