@@ -228,8 +228,9 @@ class HostModulations:
     def prepare(self, timesteps: torch.Tensor, guidance: Optional[torch.Tensor], pooled: torch.Tensor,
                 device: torch.device) -> None:
         """Start the modulation outputs of a transformer call with these host tensors (σ in [0, 1] as the
-        transformer gets them, guidance or None, pooled CLIP [B, 768]): ``temb`` here, the Linears on the worker
-        thread; each block's outputs reach the device buffer when the block asks for them (:meth:`ensure`)."""
+        transformer gets them, guidance or None, pooled CLIP [B, 768]): ``temb`` here, the streamed Linears queued
+        on the side stream (on a GPU), the others on the worker thread; each block's outputs reach the device buffer
+        when the block asks for them (:meth:`ensure`)."""
         self.wait()
         dtype = self.modules[0].host["weight"].dtype
         # a CPU run under bf16 autocast: the Linears give that dtype
