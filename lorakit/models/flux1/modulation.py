@@ -55,7 +55,6 @@ from torch import nn
 
 from lorakit.models.base import to_gpu
 
-
 # the modulation Linears: attribute paths inside a double / single block
 DOUBLE = ("norm1.linear", "norm1_context.linear")
 SINGLE = ("norm.linear",)
@@ -110,7 +109,7 @@ class HostModulation(nn.Module):
         self.index = 0  # its place in HostModulations.modules
         self.columns = (0, 0)  # its slice of HostModulations.out
         self.streamed = False  # applied on the device from weights copied over (STREAMED, on a GPU)
-        self.device_bias: Optional[torch.Tensor] = None  # a streamed Linear's bias, kept on the device
+        self.device_bias: Optional[torch.Tensor] = None  # a streamed Linear's bias, on the device (set by prepare)
         index = next(_KEYS)
         _REGISTRY[index] = self
         # a tensor, not an int: the compiler then treats it as an input of the block, so the 57 blocks share one
@@ -209,13 +208,10 @@ class HostModulations:
                     modules.append(stand_in)
         embed = copy.deepcopy(transformer.time_text_embed).to("cpu").requires_grad_(False)
         dtype = modules[0].host["weight"].dtype
-        streamed = sum(m.host["weight"].numel() * torch.finfo(dtype).bits / 8 for m in modules
-                       if m.name.split(".", 2)[2] in STREAMED)
         log(f"modulation_on_cpu: {len(modules)} modulation Linears ({moved / 1e9:.2f} B parameters, "
-            f"{moved * torch.finfo(dtype).bits / 8 / 2**30:.2f} GiB) stay on the CPU; their outputs are computed "
-            "there each step, block by block while the GPU runs the blocks before (on a GPU, the "
-            f"{'/'.join(STREAMED)} ones, {streamed / 2**30:.2f} GiB, are copied over block by block and applied "
-            "there)")
+            f"{moved * torch.finfo(dtype).bits / 8 / 2**30:.2f} GiB) stay in CPU memory; on a GPU each step copies "
+            f"them in one at a time on a side stream (the first {PREFETCH_BLOCKS} blocks' during the previous "
+            "backward) and applies them there; on the CPU a worker thread computes their outputs")
         mods = cls(modules, embed)
         # the prefetch trigger: a trainable parameter of the last double block gets its gradient when the backward
         # has left the single blocks (their activations freed) and reaches the double blocks
@@ -245,6 +241,11 @@ class HostModulations:
         streaming = bool(self.streamed_paths) and (device.type == "cuda" or self.stream_anywhere)
         if self.out is None or self.out.numel() != size or self.out.device != device or self.out.dtype != out_dtype:
             self.lay_out(streaming)
+            for m in self.modules:
+                if m.streamed and device.type == "cuda" and not m.host["weight"].is_pinned():
+                    m.host["weight"] = m.host["weight"].pin_memory()  # once: the copies are then asynchronous
+                bias = m.host["bias"]
+                m.device_bias = bias.to(device, out_dtype) if m.streamed and bias is not None else None
             self.out = torch.empty(size, dtype=out_dtype, device=device)
             for m in self.modules:
                 m.value = self.slice(self.out, m)
@@ -284,13 +285,10 @@ class HostModulations:
             for g, members in enumerate(self.groups):
                 streamed = [m for m in members if m.streamed]
                 for m in streamed:
-                    bias = m.host["bias"]
-                    if bias is not None and (m.device_bias is None or m.device_bias.device != device):
-                        m.device_bias = bias.to(device, self.out.dtype)
                     w = self._prefetched.pop(m.index, None)
                     if w is None:
                         w = torch.empty(m.host["weight"].shape, dtype=self.out.dtype, device=device)
-                        w.copy_(self._pinned(m, cuda), non_blocking=True)
+                        w.copy_(m.host["weight"], non_blocking=True)
                     target = self.slice(self.out.data, m)  # .data: as ensure(), no version-counter bump
                     if m.device_bias is not None:
                         torch.addmm(m.device_bias, xd, w.t(), out=target)
@@ -300,13 +298,6 @@ class HostModulations:
                     event = torch.cuda.Event()
                     event.record(self._side)
                     self._streamed_ready[g] = event
-
-    @staticmethod
-    def _pinned(m: HostModulation, cuda: bool) -> torch.Tensor:
-        """A streamed Linear's host weight, page-locked on a GPU (once) so that its copies are asynchronous."""
-        if cuda and not m.host["weight"].is_pinned():
-            m.host["weight"] = m.host["weight"].pin_memory()
-        return m.host["weight"]
 
     @torch.no_grad()
     def prefetch(self, _param: Any = None) -> None:
@@ -324,7 +315,7 @@ class HostModulations:
         with torch.cuda.stream(self._side):
             for m in first:
                 buffers[m.index].record_stream(self._side)
-                buffers[m.index].copy_(self._pinned(m, True), non_blocking=True)
+                buffers[m.index].copy_(m.host["weight"], non_blocking=True)
         self._prefetched = buffers
 
     @torch.no_grad()
