@@ -59,6 +59,12 @@ PEAK = 790e12  # bf16 dense matmul on random data, measured on this workplace's 
 # mode="reduce-overhead" + mark_step per step); phases (optimizer ``fused`` settings measured one after
 # the other on the same compiled model: None = lorakit's default (foreach), True = fused AdamW; each phase
 # after the first is its own table row named "<row>+fused").
+def modcpu(amb: float, **extra: Any) -> dict[str, Any]:
+    """A FLUX.1-dev row with memory.modulation_on_cpu, compile and ``activation_budget = amb`` (fused AdamW)."""
+    return {"family": "flux1", "gc": False, "amb": amb, "compile": "regions", "phases": (True,), "modcpu": True,
+            **extra}
+
+
 ROWS: dict[str, dict[str, Any]] = {
     "sdxl/gc": {"family": "sdxl", "gc": True, "eager_first": True, "phases": (None, True)},
     "sdxl/nogc": {"family": "sdxl", "gc": False, "eager_first": True},
@@ -179,42 +185,30 @@ ROWS: dict[str, dict[str, Any]] = {
     # memory.modulation_on_cpu: FLUX.1's 6 GiB of modulation weights stay on the host (not measured yet); with bf16
     # weights, the memory it frees is spent on selective recomputation instead of checkpointing every block
     "flux1/modcpu+gc+compile": {"family": "flux1", "gc": True, "compile": "regions", "phases": (True,), "modcpu": True},
-    "flux1/modcpu+amb10+compile": {"family": "flux1", "gc": False, "amb": 0.10, "compile": "regions",
-                                   "phases": (True,), "modcpu": True},
-    "flux1/modcpu+amb15+compile": {"family": "flux1", "gc": False, "amb": 0.15, "compile": "regions",
-                                   "phases": (True,), "modcpu": True},
+    "flux1/modcpu+amb10+compile": modcpu(0.10),
+    "flux1/modcpu+amb15+compile": modcpu(0.15),
     "flux1/modcpu+gc": {"family": "flux1", "gc": True, "phases": (True,), "modcpu": True},
     # round 8 (not measured yet): is the GPU's idle time at the step boundary the optimizer step and the clipping?
     # The same step without clipping, and with each parameter stepped inside backward (fused_backward)
     "flux1/gc+compile-noclip": {"family": "flux1", "gc": True, "compile": "regions", "phases": (True,), "noclip": True},
     "flux1/gc+compile+fusedbwd": {"family": "flux1", "gc": True, "compile": "regions", "phases": (True,),
                                   "fbwd": True},
-    "flux1/modcpu+amb25+compile+fusedbwd": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
-                                            "phases": (True,), "modcpu": True, "fbwd": True},
-    "flux1/modcpu+amb20+compile": {"family": "flux1", "gc": False, "amb": 0.20, "compile": "regions",
-                                   "phases": (True,), "modcpu": True},
-    "flux1/modcpu+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
-                                   "phases": (True,), "modcpu": True},
-    # round 9: which modulation Linears the GPU applies from copied weights (modulation.STREAMED; default norm1)
-    "flux1/modcpu-hostonly+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
-                                            "phases": (True,), "modcpu": True, "modstream": ()},
-    "flux1/modcpu-allstream+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
-                                             "phases": (True,), "modcpu": True,
-                                             "modstream": ("norm1.linear", "norm1_context.linear", "norm.linear")},
-    "flux1/modcpu-noprefetch+amb25+compile": {"family": "flux1", "gc": False, "amb": 0.25, "compile": "regions",
-                                              "phases": (True,), "modcpu": True, "noprefetch": True},
-    "flux1/modcpu+amb23+compile": {"family": "flux1", "gc": False, "amb": 0.23, "compile": "regions",
-                                   "phases": (True,), "modcpu": True},
+    "flux1/modcpu+amb25+compile+fusedbwd": modcpu(0.25, fbwd=True),
+    "flux1/modcpu+amb20+compile": modcpu(0.20),
+    "flux1/modcpu+amb25+compile": modcpu(0.25),
+    # round 9: which modulation Linears the GPU applies from copied weights (modulation.STREAMED: all, the default)
+    "flux1/modcpu-hostonly+amb25+compile": modcpu(0.25, modstream=()),
+    "flux1/modcpu-split+amb25+compile": modcpu(0.25, modstream=("norm1.linear",)),
+    "flux1/modcpu-allstream+amb25+compile": modcpu(0.25, modstream=("norm1.linear", "norm1_context.linear",
+                                                                    "norm.linear")),
+    "flux1/modcpu-noprefetch+amb25+compile": modcpu(0.25, noprefetch=True),
+    "flux1/modcpu+amb23+compile": modcpu(0.23),
     # next to measure: what the partitioner keeps at a budget between 0.22 and 0.25, attention outputs kept instead of
     # recomputed, the partitioner's runtime estimates from profiling instead of FLOP counts
-    "flux1/modcpu+amb24+compile": {"family": "flux1", "gc": False, "amb": 0.24, "compile": "regions",
-                                   "phases": (True,), "modcpu": True},
-    "flux1/modcpu+amb22+compile-saveattn": {"family": "flux1", "gc": False, "amb": 0.22, "compile": "regions",
-                                            "phases": (True,), "modcpu": True, "save_attn": True},
-    "flux1/modcpu+amb22+compile-profileest": {"family": "flux1", "gc": False, "amb": 0.22, "compile": "regions",
-                                              "phases": (True,), "modcpu": True, "amb_est": "profile"},
-    "flux1/modcpu+amb22+compile": {"family": "flux1", "gc": False, "amb": 0.22, "compile": "regions",
-                                   "phases": (True,), "modcpu": True},
+    "flux1/modcpu+amb24+compile": modcpu(0.24),
+    "flux1/modcpu+amb22+compile-saveattn": modcpu(0.22, save_attn=True),
+    "flux1/modcpu+amb22+compile-profileest": modcpu(0.22, amb_est="profile"),
+    "flux1/modcpu+amb22+compile": modcpu(0.22),
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
                                            "compile": "regions", "cudagraphs": True, "phases": (True,),
                                            "pageable": True},
@@ -621,60 +615,46 @@ def use_fused_lora(model: Any) -> int:
     return n
 
 
-class _MarkForOffload:
-    """Inductor joint-graph pass: every computed tensor of at least ``min_mib`` may be offloaded (torch's partitioner
-    then moves those it saves for backward to CPU memory, on a side stream, and prefetches them back)."""
+class _JointPass:
+    """An inductor joint-graph pre-pass for the experiment rows: ``mark(graph)``, then the pass installed before it.
+    ``name`` keys inductor's cache (with the previous pass's key)."""
 
-    def __init__(self, min_mib: float, previous: Any) -> None:
-        self.min_bytes, self.previous = min_mib * 2**20, previous
+    def __init__(self, name: str, mark: Callable[[Any], None], previous: Any) -> None:
+        self.name, self.mark, self.previous = name, mark, previous
 
     def __call__(self, graph: Any) -> None:
-        import torch
-
-        for node in graph.nodes:
-            val = node.meta.get("val")
-            if node.op == "call_function" and isinstance(val, torch.Tensor) and \
-                    val.numel() * val.element_size() >= self.min_bytes:
-                node.meta["should_offload"] = True
+        self.mark(graph)
         if self.previous is not None:
             self.previous(graph)
 
     def uuid(self) -> Any:
         before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
-        return f"bench-offload-{self.min_bytes}:{before}"
+        return f"bench-{self.name}:{before}"
 
 
-class _SaveAttention:
-    """Inductor joint-graph pass: every SDPA forward is tagged MUST_SAVE, so that the partitioner keeps its outputs
-    for backward instead of running the attention again there (under ``activation_budget`` it otherwise recomputed
-    all 57 attentions of a FLUX.1-dev step, 24 ms on an H200, round 9)."""
+def add_joint_pass(name: str, mark: Callable[[Any], None]) -> None:
+    from torch._inductor import config as inductor_config
 
-    def __init__(self, previous: Any) -> None:
-        self.previous = previous
-
-    def __call__(self, graph: Any) -> None:
-        import torch
-        from torch.utils.checkpoint import CheckpointPolicy
-
-        aten = torch.ops.aten
-        attention = {aten._scaled_dot_product_cudnn_attention.default, aten._scaled_dot_product_flash_attention.default,
-                     aten._scaled_dot_product_efficient_attention.default}
-        for node in graph.nodes:
-            if node.op == "call_function" and node.target in attention:
-                node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
-        if self.previous is not None:
-            self.previous(graph)
-
-    def uuid(self) -> Any:
-        before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
-        return f"bench-save-attention:{before}"
+    inductor_config.joint_custom_pre_pass = _JointPass(name, mark, inductor_config.joint_custom_pre_pass)
 
 
 def save_attention_outputs() -> None:
-    """The "save_attn" rows: see :class:`_SaveAttention`."""
-    from torch._inductor import config as inductor_config
+    """The "save_attn" rows: every SDPA forward is tagged MUST_SAVE, so that the partitioner keeps its outputs for
+    backward instead of running the attention again there (under ``activation_budget`` it otherwise recomputed all
+    57 attentions of a FLUX.1-dev step, 24 ms on an H200, round 9)."""
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy
 
-    inductor_config.joint_custom_pre_pass = _SaveAttention(inductor_config.joint_custom_pre_pass)
+    aten = torch.ops.aten
+    attention = {aten._scaled_dot_product_cudnn_attention.default, aten._scaled_dot_product_flash_attention.default,
+                 aten._scaled_dot_product_efficient_attention.default}
+
+    def mark(graph: Any) -> None:
+        for node in graph.nodes:
+            if node.op == "call_function" and node.target in attention:
+                node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+
+    add_joint_pass("save-attention", mark)
 
 
 def step_timeline(one_step: Callable[[], Any], adapter: Any, optimizer: Any, steps: int = 3) -> list[dict]:
@@ -774,7 +754,6 @@ def offload_saved_activations(min_mib: float) -> None:
     """torch's experimental partitioner offloading (torch._functorch.config.enable_activation_offloading), for the
     "offload" rows: saved activations of each compiled block of at least ``min_mib`` MiB go to pinned CPU memory."""
     import torch._functorch.config as functorch_config
-    import torch._inductor.config as inductor_config
 
     if not hasattr(functorch_config, "enable_activation_offloading"):
         raise RuntimeError(f"torch {torch_version()} has no partitioner activation offloading")
@@ -788,7 +767,18 @@ def offload_saved_activations(min_mib: float) -> None:
         offload_ops.pinned_memory_pool().__enter__()
     except (ImportError, AttributeError):
         pass
-    inductor_config.joint_custom_pre_pass = _MarkForOffload(min_mib, inductor_config.joint_custom_pre_pass)
+    min_bytes = min_mib * 2**20
+
+    def mark(graph: Any) -> None:  # every computed tensor of at least min_mib may be offloaded
+        import torch
+
+        for node in graph.nodes:
+            val = node.meta.get("val")
+            if node.op == "call_function" and isinstance(val, torch.Tensor) and \
+                    val.numel() * val.element_size() >= min_bytes:
+                node.meta["should_offload"] = True
+
+    add_joint_pass(f"offload-{min_bytes}", mark)
 
 
 def torch_version() -> str:
