@@ -207,6 +207,8 @@ ROWS: dict[str, dict[str, Any]] = {
     # recomputed, the partitioner's runtime estimates from profiling instead of FLOP counts
     "flux1/modcpu+amb24+compile": modcpu(0.24),
     "flux1/modcpu+amb22+compile-saveattn": modcpu(0.22, save_attn=True),
+    "flux1/modcpu+amb18+compile-saveattn": modcpu(0.18, save_attn=True),
+    "flux1/modcpu+amb15+compile-saveattn": modcpu(0.15, save_attn=True),
     "flux1/modcpu+amb22+compile-profileest": modcpu(0.22, amb_est="profile"),
     "flux1/modcpu+amb22+compile": modcpu(0.22),
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
