@@ -21,7 +21,8 @@ $OUT/bench.jsonl when OUT is set).
 Diagnostics, after each row's timed steps (their results land in bench.jsonl; the timings are not affected):
 ``BENCH_PROFILE=1`` GPU time per kernel kind and the longest idle gaps (``=host``: with the host calls that covered
 them), ``BENCH_TIMELINE=1`` how far ahead of the GPU the host is at each stage of a step (``step_timeline``),
-``BENCH_SYNC_DEBUG=1`` every host synchronisation torch's sync debug mode reports inside a step.
+``BENCH_SYNC_DEBUG=1`` every host synchronisation torch's sync debug mode reports inside a step, ``BENCH_CPROFILE=1``
+where the host's main thread spends a steady step (``host_profile``).
 """
 
 from __future__ import annotations
@@ -546,6 +547,10 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
                                         torch.bfloat16), adapter, optimizer)
             except Exception as err:  # a diagnostic: the row's timings stand
                 print(f"  step timeline failed: {err!r}", flush=True)
+        if k == len(s.get("phases", (None,))) - 1 and cuda and os.environ.get("BENCH_CPROFILE"):
+            results[-1]["host_profile"] = host_profile(
+                lambda: update_step(adapter, next_batch, cfg, generator, optimizer, params, None, device,
+                                    torch.bfloat16))
         if k == len(s.get("phases", (None,))) - 1 and cuda and os.environ.get("BENCH_SYNC_DEBUG"):
             try:
                 results[-1]["host_syncs"] = host_syncs(
@@ -682,7 +687,10 @@ def step_timeline(one_step: Callable[[], Any], adapter: Any, optimizer: Any, ste
             return out
         return inner
 
-    patches = [(adapter, "predict", "forward"), (optimizer, "step", "optimizer step"),
+    from lorakit.train import loop
+
+    patches = [(loop, "to_device", "batch to device"), (adapter, "noise", "noising"),
+               (adapter, "predict", "forward"), (optimizer, "step", "optimizer step"),
                (torch.Tensor, "backward", "backward"), (torch.nn.utils, "clip_grad_norm_", "clipping")]
     # what to put back: the attribute where it was defined on the object itself, else nothing (an instance then
     # finds its class's method again)
@@ -712,6 +720,35 @@ def step_timeline(one_step: Callable[[], Any], adapter: Any, optimizer: Any, ste
         print(f"  timeline {label:24s} host {host_ms:9.2f} ms  GPU {gpu_ms:9.2f} ms  lead {gpu_ms - host_ms:8.2f} ms",
               flush=True)
     return rows
+
+
+def host_profile(one_step: Callable[[], Any], steps: int = 3, top_n: int = 40) -> list[str]:
+    """Where the main thread's time goes in ``steps`` steady steps (BENCH_CPROFILE=1): cProfile's functions by own
+    time and by cumulative time, printed and kept in the row. cProfile slows Python calls, so the shares, not the
+    absolute times, are what to read; the autograd thread's backward work is not in it (only the main thread's
+    wait for it, under ``backward``)."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        one_step()
+    torch.cuda.synchronize()
+    prof.disable()
+    lines = []
+    for key in ("tottime", "cumtime"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(top_n)
+        text = buf.getvalue()
+        lines += [line for line in text.splitlines() if line.strip()]
+    for line in lines:
+        print(f"  cprofile {line}", flush=True)
+    return lines
 
 
 def host_syncs(one_step: Callable[[], Any], steps: int = 2) -> list[str]:
