@@ -61,9 +61,11 @@ PEAK = 790e12  # bf16 dense matmul on random data, measured on this workplace's 
 # the other on the same compiled model: None = lorakit's default (foreach), True = fused AdamW; each phase
 # after the first is its own table row named "<row>+fused").
 def modcpu(amb: float, **extra: Any) -> dict[str, Any]:
-    """A FLUX.1-dev row with memory.modulation_on_cpu, compile and ``activation_budget = amb`` (fused AdamW)."""
+    """A FLUX.1-dev row with memory.modulation_on_cpu, compile and ``activation_budget = amb`` (fused AdamW);
+    attention recomputed (memory.save_attention = false, as these rows ran before it existed) unless ``extra`` says
+    ``save_attn=True``."""
     return {"family": "flux1", "gc": False, "amb": amb, "compile": "regions", "phases": (True,), "modcpu": True,
-            **extra}
+            "save_attn": False, **extra}
 
 
 ROWS: dict[str, dict[str, Any]] = {
@@ -210,6 +212,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/modcpu+amb22+compile-saveattn": modcpu(0.22, save_attn=True),
     "flux1/modcpu+amb18+compile-saveattn": modcpu(0.18, save_attn=True),
     "flux1/modcpu+amb15+compile-saveattn": modcpu(0.15, save_attn=True),
+    "flux1/modcpu+amb12+compile-saveattn": modcpu(0.12, save_attn=True),
+    "flux1/modcpu+amb17+compile-saveattn": modcpu(0.17, save_attn=True),
+    "flux1/modcpu+amb20+compile-saveattn": modcpu(0.20, save_attn=True),
     "flux1/modcpu+amb22+compile-profileest": modcpu(0.22, amb_est="profile"),
     "flux1/modcpu+amb22+compile": modcpu(0.22),
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
@@ -249,7 +254,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
                    "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0),
                    "activation_budget": s.get("amb"), "modulation_on_cpu": True if s.get("modcpu") else None,
-                   "fused_backward": bool(s.get("fbwd"))},
+                   "fused_backward": bool(s.get("fbwd")), "save_attention": s.get("save_attn")},
     }
     return load_config(None, data=data)
 
@@ -430,8 +435,6 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
 
     if s.get("offload"):
         offload_saved_activations(float(s["offload"]))
-    if s.get("save_attn"):
-        save_attention_outputs()
     if s.get("amb_est"):  # how the partitioner estimates each op's recomputation time (torch's default: "flops")
         import torch._functorch.config as functorch_config
 
@@ -645,25 +648,6 @@ def add_joint_pass(name: str, mark: Callable[[Any], None]) -> None:
     inductor_config.joint_custom_pre_pass = _JointPass(name, mark, inductor_config.joint_custom_pre_pass)
 
 
-def save_attention_outputs() -> None:
-    """The "save_attn" rows: every SDPA forward is tagged MUST_SAVE, so that the partitioner keeps its outputs for
-    backward instead of running the attention again there (under ``activation_budget`` it otherwise recomputed all
-    57 attentions of a FLUX.1-dev step, 24 ms on an H200, round 9)."""
-    import torch
-    from torch.utils.checkpoint import CheckpointPolicy
-
-    aten = torch.ops.aten
-    attention = {aten._scaled_dot_product_cudnn_attention.default, aten._scaled_dot_product_flash_attention.default,
-                 aten._scaled_dot_product_efficient_attention.default}
-
-    def mark(graph: Any) -> None:
-        for node in graph.nodes:
-            if node.op == "call_function" and node.target in attention:
-                node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
-
-    add_joint_pass("save-attention", mark)
-
-
 def step_timeline(one_step: Callable[[], Any], adapter: Any, optimizer: Any, steps: int = 3) -> list[dict]:
     """How far ahead of the GPU the host is at each stage of a training step (BENCH_TIMELINE=1): ``steps`` steps
     after a synchronisation, with a host timestamp and a CUDA event taken where the host begins and finishes queueing
@@ -859,12 +843,13 @@ def settings_text(s: dict, cfg: Any) -> str:
     if s.get("cudagraphs"):
         parts.append("CUDA graphs (reduce-overhead + mark_step)")
     if s.get("amb") is not None:
-        parts.append(f"activation_budget={s['amb']:g}")
+        parts.append(f"activation_budget={s['amb']:g}" + (" attention saved" if speed.saves_attention(m) else ""))
     if s.get("vram"):
         m = cfg.memory
         parts.append(f"vram_gb={s['vram']} (cap {s['vram'] - CONTEXT_GIB:g} GiB) → ckpt={m.gradient_checkpointing} "
                      f"fraction={m.checkpoint_fraction:g} fp8={m.fp8_base} swap={m.blocks_to_swap}"
-                     + (f" activation_budget={m.activation_budget:g}" if m.activation_budget is not None else ""))
+                     + (f" activation_budget={m.activation_budget:g}" if m.activation_budget is not None else "")
+                     + (" attention saved" if m.activation_budget is not None and speed.saves_attention(m) else ""))
         parts += [f"reserve {s['reserve']:g} GiB"] if s.get("reserve") is not None else []
         parts += ["fp8 compute"] if m.fp8_compute else []
     else:
@@ -888,7 +873,7 @@ FLAG_LABELS = {"eager_first": "after an eager fwd", "host_sync": "host reads eac
                "modcpu": "modulation on CPU", "fused_lora": "fused LoRA Linear (Triton)",
                "peft_forward": "peft's LoRA forward", "noclip": "no clipping",
                "fbwd": "fused_backward (no clipping, nan_policy stop)",
-               "noprefetch": "no modulation prefetch", "save_attn": "attention outputs saved (MUST_SAVE)"}
+               "noprefetch": "no modulation prefetch"}
 
 
 # ====================================================================== driver

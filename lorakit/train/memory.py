@@ -46,6 +46,9 @@ def check_supported(cfg: Config, device: torch.device) -> None:
                           "weights. Set checkpoint_fraction = 1, or add memory.fp8_compute or memory.cuda_graphs")
     if mem.activation_budget is not None:
         check_activation_budget(cfg)
+    if getattr(mem, "save_attention", None) and mem.activation_budget is None and not mem.vram_gb:
+        raise ConfigError("memory.save_attention: applies to the compiler's selective recomputation only; set "
+                          "memory.activation_budget (with memory.compile = true) or remove it")
     if mem.blocks_to_swap:
         check_block_swap(mem.gradient_checkpointing, mem.cuda_graphs)
     if mem.fused_backward:

@@ -30,6 +30,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from lorakit.errors import ConfigError
+from lorakit.train.fp8 import _GraphPass
 
 # Block classes compiled in addition to a model's own ``_repeated_blocks`` (diffusers' list). SDXL's list
 # names only the transformer block; its resnets carry most of the remaining element-wise kernels.
@@ -88,9 +89,12 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     budget = getattr(memory, "activation_budget", None)
     # process-wide, read by the partitioner when each block compiles; 1.0 (torch's default) when unset
     torch._functorch.config.activation_memory_budget = float(budget) if compile_ and budget else 1.0
+    keep_attention = compile_ and bool(budget) and saves_attention(memory)
+    set_save_attention(keep_attention)
     if compile_ and budget:
         log(f"activation_budget: each compiled block keeps about {budget:.0%} of its activations; the compiler "
-            "recomputes the rest in backward, cheapest first")
+            "recomputes the rest in backward, cheapest first" +
+            ("; every attention output is kept (memory.save_attention)" if keep_attention else ""))
     if compile_:
         _configure_dynamo(buckets)
         if buckets > 1:
@@ -128,6 +132,68 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     if selected is not None:
         report["checkpointed_blocks"] = len(selected)
     return report
+
+
+def saves_attention(memory: Any) -> bool:
+    """``memory.save_attention`` resolved: unset means on, except with fp8 compute (whose activation budgets in the
+    model specs were measured with attention recomputed)."""
+    wanted = getattr(memory, "save_attention", None)
+    return bool(wanted) if wanted is not None else not getattr(memory, "fp8_compute", False)
+
+
+# the attention ops of the joint graphs inductor partitions (the backends SDPA dispatches to; the last on the CPU)
+_ATTENTION_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+                  "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+
+
+def tag_attention_saved(graph: torch.fx.Graph) -> int:
+    """Mark every forward attention of a joint graph MUST_SAVE: the partitioner then keeps its output (and its
+    log-sum-exp) for backward instead of running the attention again there. Under ``activation_budget`` it otherwise
+    recomputed all 57 attentions of a FLUX.1-dev step (24 ms on an H200, RESULTS.md round 9), since their outputs
+    are large for one op. Returns how many nodes were tagged."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    ops = {getattr(torch.ops.aten, name).default for name in _ATTENTION_OPS if hasattr(torch.ops.aten, name)}
+    tagged = 0
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in ops:
+            node.meta["recompute"] = CheckpointPolicy.MUST_SAVE
+            tagged += 1
+    return tagged
+
+
+class SaveAttention(_GraphPass):  # type: ignore[misc,valid-type]
+    """Inductor joint-graph pre-pass running :func:`tag_attention_saved`, then any pass installed before it."""
+
+    def __init__(self, previous: Optional[Callable] = None) -> None:
+        self.previous = previous
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        tag_attention_saved(graph)
+        if self.previous is not None:
+            self.previous(graph)
+
+    def uuid(self) -> Any:
+        before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
+        return f"lorakit-save-attention-1:{before}"
+
+
+def set_save_attention(on: bool) -> None:
+    """Install (``on``) or remove :class:`SaveAttention` from inductor's joint-graph pre-pass chain; process-wide,
+    read when each block compiles (and part of inductor's cache key through ``uuid``)."""
+    import torch._inductor.config as inductor_config
+
+    chain, link = [], inductor_config.joint_custom_pre_pass  # the passes above a SaveAttention, if one is installed
+    while link is not None and not isinstance(link, SaveAttention) and hasattr(link, "previous"):
+        chain.append(link)
+        link = link.previous
+    if isinstance(link, SaveAttention) and not on:  # unlink it, keeping the passes above and below
+        if chain:
+            chain[-1].previous = link.previous
+        else:
+            inductor_config.joint_custom_pre_pass = link.previous
+    elif on and not isinstance(link, SaveAttention):
+        inductor_config.joint_custom_pre_pass = SaveAttention(inductor_config.joint_custom_pre_pass)
 
 
 def wrapped_layout(swapper: Any, *, compile_: bool, fp8_on: bool, checkpointing: bool, graphs: bool) -> bool:

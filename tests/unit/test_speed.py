@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import ConfigError
@@ -407,3 +408,127 @@ def test_a_lower_activation_budget_saves_less_for_backward_with_the_same_gradien
     assert results[0.3][0] < 0.8 * results[1.0][0], (results[0.3][0], results[1.0][0])
     assert torch.allclose(results[0.3][1], results[1.0][1], atol=1e-6)
     assert torch.allclose(results[0.3][2], results[1.0][2], atol=1e-6)
+
+
+class _AttentionBlock(nn.Module):
+    """Attention then an MLP, as a transformer block has them (for the save_attention tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.out = nn.Linear(64, 192), nn.Linear(64, 64)
+        self.mlp = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).view(1, -1, 3, 4, 16).permute(2, 0, 3, 1, 4)
+        h = x + self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(1, -1, 64))
+        return h + self.mlp(h)
+
+
+def test_saved_attention_is_not_run_again_in_backward_and_gives_the_same_gradients():
+    """memory.save_attention's graph pass, with torch's min-cut partitioner on the CPU: at activation budget 0.3 an
+    untagged block runs its attention forward again inside backward; tagged by tag_attention_saved, backward holds
+    only the attention's backward op, and the gradients are the same."""
+    import torch._dynamo
+    import torch._functorch.config as functorch_config
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    torch.manual_seed(0)
+    block, x = _AttentionBlock(), torch.randn(1, 256, 64, requires_grad=True)
+    found = {}
+    for tag in (False, True):
+        torch._dynamo.reset()
+        backward_ops: list[str] = []
+        tagged: list[int] = []
+
+        def partition(joint, inputs, **kwargs):
+            if tag:
+                tagged.append(speed.tag_attention_saved(joint.graph))
+            return min_cut_rematerialization_partition(joint, inputs, **kwargs)
+
+        def bw(gm, example_inputs):
+            backward_ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+            return make_boxed_func(gm.forward)
+
+        backend = aot_autograd(fw_compiler=lambda gm, ex: make_boxed_func(gm.forward), bw_compiler=bw,
+                               partition_fn=partition)
+        with functorch_config.patch(activation_memory_budget=0.3):
+            y = torch.compile(block, backend=backend, fullgraph=True)(x)
+        block.zero_grad(set_to_none=True)
+        x.grad = None
+        (y * torch.linspace(-1, 1, 64)).sum().backward()
+        attention = [op for op in backward_ops if "scaled_dot_product" in op]
+        found[tag] = (attention, tagged, x.grad.clone(), block.qkv.weight.grad.clone())
+    assert sorted(found[False][0]) == ["aten._scaled_dot_product_flash_attention_for_cpu.default",
+                                       "aten._scaled_dot_product_flash_attention_for_cpu_backward.default"]
+    assert found[True][0] == ["aten._scaled_dot_product_flash_attention_for_cpu_backward.default"]
+    assert found[True][1] == [1]
+    assert torch.allclose(found[True][2], found[False][2], atol=1e-6)
+    assert torch.allclose(found[True][3], found[False][3], atol=1e-6)
+
+
+def test_save_attention_pass_is_installed_once_and_removed_keeping_other_passes():
+    """set_save_attention puts SaveAttention in inductor's joint-graph pre-pass chain once, and takes it out again
+    without dropping a pass installed below or above it (fp8's recompute pass)."""
+    import torch._inductor.config as inductor_config
+
+    def below(graph):
+        return None
+
+    with inductor_config.patch(joint_custom_pre_pass=below):
+        _install_and_remove(below)
+
+
+def _install_and_remove(below) -> None:
+    import torch._inductor.config as inductor_config
+
+    from lorakit.train import fp8
+
+    speed.set_save_attention(True)
+    speed.set_save_attention(True)
+    top = inductor_config.joint_custom_pre_pass
+    assert isinstance(top, speed.SaveAttention) and top.previous is below
+    assert top.uuid().startswith("lorakit-save-attention-1:")
+    fp8.install_recompute_pass()  # a pass on top of it
+    above = inductor_config.joint_custom_pre_pass
+    assert isinstance(above, fp8.RecomputeInCheckpoint) and above.previous is top
+    speed.set_save_attention(False)
+    assert inductor_config.joint_custom_pre_pass is above and above.previous is below
+    speed.set_save_attention(False)  # nothing to remove
+    assert inductor_config.joint_custom_pre_pass is above
+
+
+def test_save_attention_default_and_where_it_applies():
+    """Unset, attention is saved under an activation budget except with fp8 compute; prepare_denoiser installs the
+    pass only under compile with a budget and says so; set without an activation budget (or vram_gb) it is an
+    error that names the key."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    assert speed.saves_attention(cfg().memory) is True
+    assert speed.saves_attention(cfg(fp8_base=True, fp8_compute=True).memory) is False
+    assert speed.saves_attention(cfg(fp8_base=True, fp8_compute=True, save_attention=True).memory) is True
+    assert speed.saves_attention(cfg(save_attention=False).memory) is False
+    torch._dynamo.reset()
+    with inductor_config.patch(joint_custom_pre_pass=None):
+        _prepare_with_and_without()
+    from lorakit.config.load import load_config
+
+    c = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                "memory": {"save_attention": True, "compile": True}})
+    with pytest.raises(ConfigError, match="memory.save_attention: applies to the compiler's selective recomputation"):
+        memory.check_supported(c, torch.device("cuda"))
+
+
+def _prepare_with_and_without() -> None:
+    import torch._inductor.config as inductor_config
+
+    for mem, installed in ((dict(activation_budget=0.3), True), (dict(activation_budget=0.3, save_attention=False),
+                                                                  False), ({}, False)):
+        model, _ = tiny_flux()
+        lines: list[str] = []
+        speed.prepare_denoiser(model, cfg(compile=True, gradient_checkpointing=False, **mem).memory,
+                               torch.device("cuda"), log=lines.append, cuda_graphs=False, backend="aot_eager")
+        assert isinstance(inductor_config.joint_custom_pre_pass, speed.SaveAttention) is installed, mem
+        assert any("every attention output is kept" in line for line in lines) is installed, lines
