@@ -215,6 +215,11 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux1/modcpu+amb12+compile-saveattn": modcpu(0.12, save_attn=True),
     "flux1/modcpu+amb17+compile-saveattn": modcpu(0.17, save_attn=True),
     "flux1/modcpu+amb20+compile-saveattn": modcpu(0.20, save_attn=True),
+    # the compiled blocks replayed as CUDA graphs around the modulation op (inductor's graph partitions): the host
+    # queues a few graph launches per block instead of hundreds of kernels (round 10: the host bounds the step)
+    "flux1/modcpu+amb15+compile-saveattn-graphs": modcpu(0.15, save_attn=True, cudagraphs=True),
+    "flux1/modcpu+amb12+compile-saveattn-graphs": modcpu(0.12, save_attn=True, cudagraphs=True),
+    "flux1/modcpu+amb08+compile-saveattn-graphs": modcpu(0.08, save_attn=True, cudagraphs=True),
     "flux1/modcpu+amb22+compile-profileest": modcpu(0.22, amb_est="profile"),
     "flux1/modcpu+amb22+compile": modcpu(0.22),
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,

@@ -57,14 +57,21 @@ def check_supported(cfg: Config, device: torch.device) -> None:
     if on_cpu and mem.blocks_to_swap:
         raise ConfigError("memory.modulation_on_cpu: not with memory.blocks_to_swap (swapped blocks stream all their "
                           "weights anyway); remove one of the two")
-    if on_cpu and mem.cuda_graphs:
-        raise ConfigError("memory.modulation_on_cpu: CUDA graphs would replay one step's host-to-device copy of the "
-                          "modulations, which change every step; set memory.cuda_graphs = false or "
-                          "memory.modulation_on_cpu = false")
+    if on_cpu and mem.cuda_graphs and not modulation_graph_safe():
+        raise ConfigError(f"memory.modulation_on_cpu: this PyTorch ({torch.__version__}) cannot keep the modulation "
+                          "op out of CUDA graphs, which would replay one step's modulations every step; set "
+                          "memory.cuda_graphs = false or memory.modulation_on_cpu = false")
     if on_cpu and cfg.network.train_text_encoder:
         raise ConfigError("memory.modulation_on_cpu: the modulation outputs are computed on the CPU without "
                           "gradients, so CLIP-L cannot be trained through them; set network.train_text_encoder = "
                           "false or memory.modulation_on_cpu = false")
+
+
+def modulation_graph_safe() -> bool:
+    """Whether FLUX.1's modulation op runs eagerly between CUDA-graph pieces (lorakit/models/flux1/modulation.py)."""
+    from lorakit.models.flux1 import modulation
+
+    return modulation.GRAPH_SAFE
 
 
 def check_activation_budget(cfg: Config) -> None:

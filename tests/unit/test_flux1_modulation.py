@@ -199,7 +199,7 @@ def test_a_failure_on_the_host_is_raised_where_the_block_asks():
         mods.prepare(kwargs["timestep"], kwargs["guidance"], kwargs["pooled_projections"], torch.device("cpu"))
 
 
-def test_modulation_on_cpu_settings_are_checked():
+def test_modulation_on_cpu_settings_are_checked(monkeypatch):
     from lorakit.config.load import load_config
     from lorakit.train import memory
 
@@ -210,7 +210,15 @@ def test_modulation_on_cpu_settings_are_checked():
     memory.check_supported(cfg(), torch.device("cpu"))  # accepted
     with pytest.raises(ConfigError, match="memory.modulation_on_cpu: not with memory.blocks_to_swap"):
         memory.check_supported(cfg(blocks_to_swap=4), torch.device("cuda"))
-    with pytest.raises(ConfigError, match="memory.modulation_on_cpu: CUDA graphs would replay"):
+    # with CUDA graphs: accepted where the modulation op can stay out of the graphs, an error naming torch elsewhere
+    from lorakit.models.flux1 import modulation
+
+    assert modulation.GRAPH_SAFE  # the pinned torch has the tag
+    memory.check_supported(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
+    assert torch.Tag.cudagraph_unsafe in torch.ops.lorakit.host_modulation.default.tags
+    monkeypatch.setattr(modulation, "GRAPH_SAFE", False)
+    with pytest.raises(ConfigError, match=r"memory.modulation_on_cpu: this PyTorch \(.*\) cannot keep the modulation op "
+                                          "out of CUDA graphs"):
         memory.check_supported(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
     with pytest.raises(ConfigError, match="memory.modulation_on_cpu: .*network.train_text_encoder"):
         memory.check_supported(cfg(network={"train_text_encoder": True}), torch.device("cpu"))

@@ -38,6 +38,9 @@ blocks' weights are copied during the previous backward, once it reaches the dou
 activations are freed; the rest are copied as the call runs. The side stream starts when the device reaches the call
 (its outputs share the device buffer with the previous call's queued backward), and each block waits only for its
 own block's event. The host worker stays for runs on the CPU and for any Linear left out of :data:`STREAMED`.
+
+With CUDA graphs the compiled blocks replay as graphs around the custom op, which stays eager (:data:`GRAPH_SAFE`):
+the host then queues a handful of graph launches per block instead of hundreds of kernels.
 """
 
 from __future__ import annotations
@@ -75,7 +78,15 @@ def _in_backward() -> bool:
     return task is None or task() != -1
 
 
-@torch.library.custom_op("lorakit::host_modulation", mutates_args=())
+# Under CUDA graphs (memory.cuda_graphs) inductor splits each compiled block at this op and replays the pieces around
+# it as graphs, while the op itself runs eagerly, every call: its waits and copies are then queued each step instead of
+# being replayed from the first one. Needs a torch with that tag (and inductor's graph partitioning); without it the
+# two options are not combined (lorakit.train.memory).
+GRAPH_SAFE = hasattr(torch, "Tag") and hasattr(torch.Tag, "cudagraph_unsafe")
+
+
+@torch.library.custom_op("lorakit::host_modulation", mutates_args=(),
+                         **({"tags": (torch.Tag.cudagraph_unsafe,)} if GRAPH_SAFE else {}))
 def _host_modulation_op(value: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """The host-computed output of the stand-in ``key``: waits for its block's outputs, queues their copy (once per
     transformer call), returns a copy of its slice. ``value`` (that slice of the device buffer) only gives the
