@@ -146,6 +146,8 @@ ROWS: dict[str, dict[str, Any]] = {
                                   "phases": (True,)},
     "flux1/vram27-bf16+compile": {"family": "flux1", "gc": True, "vram": 27, "fp8c": False, "compile": "regions",
                                   "phases": (True,)},
+    "flux1/vram30-bf16+compile-graphs": {"family": "flux1", "gc": True, "vram": 30, "fp8c": False,
+                                         "compile": "regions", "cudagraphs": True, "phases": (True,)},
     "flux1/vram26+fp8c+compile": {"family": "flux1", "gc": True, "vram": 26, "fp8c": True, "compile": "regions"},
     "flux1/vram24+fp8c+compile": {"family": "flux1", "gc": True, "vram": 24, "fp8c": True, "compile": "regions"},
     "flux1/vram16+fp8c+compile": {"family": "flux1", "gc": True, "vram": 16, "fp8c": True, "compile": "regions"},

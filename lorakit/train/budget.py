@@ -258,11 +258,14 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     # with the modulation Linears on the host comes first. On an H200 under compile both ran at 0.607 s/step
     # (FLUX.1-dev: fp8 storage 14.5 GiB, RESULTS.md round 4; modulations on the host 19.6 GiB, round 8), and bf16
     # keeps the weights exact. Not where it cannot run (CUDA graphs, CLIP-L training) or was switched off.
+    from lorakit.train.memory import modulation_graph_safe
+
     host_linears = bool(spec.host_linears) and cfg.memory.modulation_on_cpu is None and \
-        not cfg.memory.cuda_graphs and not cfg.network.train_text_encoder and \
+        (not cfg.memory.cuda_graphs or modulation_graph_safe()) and not cfg.network.train_text_encoder and \
         not (cfg.memory.fp8_compute or auto_compute)
     sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
-    # selective recomputation with the modulations on the host was measured under compile without CUDA graphs
+    # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate
+    # adds the graph pool on top: on an H200 it measured 1.9 GiB against the 2.8 GiB counted, RESULTS.md round 10)
     host_budgets = spec.host_activation_budget_gib if host_linears and cfg.memory.compile else ()
 
     def plan_for(batch: int) -> Plan:

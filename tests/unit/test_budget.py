@@ -469,7 +469,8 @@ def get_family_spec(family: str):
 def test_apply_budget_offers_modulation_on_cpu_only_where_fp8_would_be_storage(flux_host_sizes, flux_sizes,
                                                                                   monkeypatch):
     """vram_gb = 24 on FLUX.1-dev: modulation_on_cpu is chosen and written into the config when it is unset and the
-    fp8 settings would be fp8 storage; an explicit false, fp8 compute, CUDA graphs or CLIP-L training keep fp8."""
+    fp8 settings would be fp8 storage; an explicit false, fp8 compute or CLIP-L training keep fp8 (CUDA graphs only
+    where torch cannot keep the modulation op out of the graphs)."""
     from lorakit.config.load import load_config
 
     monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): (
@@ -488,21 +489,31 @@ def test_apply_budget_offers_modulation_on_cpu_only_where_fp8_would_be_storage(f
     assert cfg.memory.modulation_on_cpu is True and cfg.memory.fp8_base is False and cfg.memory.blocks_to_swap == 0
     assert any("modulation_on_cpu = true" in line for line in lines), lines
     for memory, network in (({"modulation_on_cpu": False}, None), ({"fp8_compute": True}, None),
-                            ({"compile": True, "cuda_graphs": True}, None), (None, {"train_text_encoder": True})):
+                            (None, {"train_text_encoder": True})):
         cfg, lines = apply(memory, network)
         assert not cfg.memory.modulation_on_cpu and cfg.memory.fp8_base, (memory, network, lines)
+    # CUDA graphs replay the blocks around the modulation op (modulation.GRAPH_SAFE): offered there too, unless this
+    # torch could not keep the op out of the graphs
+    cfg, lines = apply({"compile": True, "cuda_graphs": True})
+    assert cfg.memory.modulation_on_cpu is True and cfg.memory.fp8_base is False, lines
+    from lorakit.models.flux1 import modulation
+
+    monkeypatch.setattr(modulation, "GRAPH_SAFE", False)
+    cfg, lines = apply({"compile": True, "cuda_graphs": True})
+    assert not cfg.memory.modulation_on_cpu and cfg.memory.fp8_base, lines
 
 
 def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_under_compile(flux_host_sizes,
                                                                                            flux_sizes, monkeypatch):
     """Under compile (no fp8 compute), bf16 + modulation_on_cpu + activation_budget (measured:
-    ModelSpec.host_activation_budget_gib) comes right after bf16 without checkpointing: a budget that holds the 0.25
-    setting's estimate gets 0.25, one just below it 0.22, one just below that neither (block checkpointing with the
-    modulations on the host); without compile, or with modulation_on_cpu = false, no activation budget is planned."""
+    ModelSpec.host_activation_budget_gib) comes right after bf16 without checkpointing: a budget that holds the 0.15
+    setting's estimate gets 0.15, one just below it 0.12, one just below that neither (block checkpointing with the
+    modulations on the host); without compile, or with modulation_on_cpu = false, no activation budget is planned.
+    With CUDA graphs the same settings are planned, with the graph pool counted on top."""
     from lorakit.config.load import load_config
 
     spec = get_family_spec("flux1")
-    assert [amb for amb, _ in spec.host_activation_budget_gib] == [0.25, 0.22]
+    assert [amb for amb, _ in spec.host_activation_budget_gib] == [0.15, 0.12]
     monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): (
         flux_host_sizes if host else flux_sizes)))
 
@@ -517,17 +528,25 @@ def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_und
     optimizer = apply(100)[1].optimizer.name  # the default one (its state bytes per parameter differ)
     lora = flux_host_sizes.lora_params * (4 + 4 + budget.STATE_BYTES[optimizer]) / 2**30  # fp32 weights, gradients
     need = {amb: weights + lora + gib + budget.RESERVE_GIB for amb, gib in spec.host_activation_budget_gib}
-    assert need[0.25] > need[0.22] > weights + lora + spec.activation_gib_compiled[0] + budget.RESERVE_GIB
-    for vram, amb in ((need[0.25] + 0.01, 0.25), (need[0.25] - 0.01, 0.22)):
+    assert need[0.15] > need[0.12] > weights + lora + spec.activation_gib_compiled[0] + budget.RESERVE_GIB
+    for vram, amb in ((need[0.15] + 0.01, 0.15), (need[0.15] - 0.01, 0.12)):
         plan, cfg = apply(vram)
         assert (cfg.memory.activation_budget, cfg.memory.modulation_on_cpu) == (amb, True), vram
         assert not cfg.memory.gradient_checkpointing and not cfg.memory.fp8_base
         assert plan.parts["weights"] == pytest.approx(weights)
         assert plan.parts["activations"] == pytest.approx(dict(spec.host_activation_budget_gib)[amb])
         assert plan.estimate_gib == pytest.approx(need[amb])
-    plan, cfg = apply(need[0.22] - 0.01)
+    plan, cfg = apply(need[0.12] - 0.01)
     assert cfg.memory.activation_budget is None and cfg.memory.modulation_on_cpu and cfg.memory.gradient_checkpointing
-    plan, cfg = apply(need[0.25] + 0.01, modulation_on_cpu=False)
+    plan, cfg = apply(need[0.15] + 0.01, modulation_on_cpu=False)
     assert cfg.memory.activation_budget is None and not cfg.memory.modulation_on_cpu
-    plan, cfg = apply(need[0.25] + 0.01, compile=False)
+    plan, cfg = apply(need[0.15] + 0.01, compile=False)
+    assert cfg.memory.activation_budget is None
+    # CUDA graphs: the pool (GRAPH_POOL per GiB of fully checkpointed activations) comes on top of the same rates
+    pool = budget.GRAPH_POOL * spec.activation_gib_compiled[0]
+    plan, cfg = apply(need[0.12] + pool + 0.01, cuda_graphs=True)
+    assert (cfg.memory.activation_budget, cfg.memory.modulation_on_cpu) == (0.12, True)
+    assert plan.parts["CUDA graph pool"] == pytest.approx(pool)
+    assert plan.estimate_gib == pytest.approx(need[0.12] + pool)
+    plan, cfg = apply(need[0.12] + pool - 0.01, cuda_graphs=True)
     assert cfg.memory.activation_budget is None

@@ -37,10 +37,12 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                  # setting measured within 25.7 GiB (0.416 s/step), 0.25 0.466 s, both faster than partial checkpointing
                  activation_budget_gib=((0.35, 11.7), (0.25, 8.2)),
                  host_linears=DOUBLE + SINGLE,  # the modulation Linears (memory.modulation_on_cpu)
-                 # bf16 + modulation_on_cpu + compile, activation_budget 0.25 / 0.22: peak *reserved* 26.68 / 25.64
-                 # GiB (H200, RESULTS.md round 9; allocated 25.99 / 24.77, and a 25.5 GiB cap on the allocated rate
-                 # ran out of memory) less the 16.16 GiB of bf16 weights left on the GPU and 1.28 GiB of LoRA + AdamW
-                 host_activation_budget_gib=((0.25, 9.3), (0.22, 8.2)))
+                 # bf16 + modulation_on_cpu + compile, attention saved (memory.save_attention's default), activation
+                 # budget 0.15 / 0.12: peak *reserved* 25.68 / 25.14 GiB (H200, RESULTS.md round 10; allocated 24.56 /
+                 # 24.29; a cap on the allocated figure ran out of memory in round 9) less the 16.16 GiB of bf16
+                 # weights left on the GPU and 1.28 GiB of LoRA + AdamW. Both ran within noise of each other and
+                 # 6-10 % faster than budget 0.22 with attention recomputed (round 9's setting)
+                 host_activation_budget_gib=((0.15, 8.24), (0.12, 7.70)))
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}
