@@ -22,8 +22,10 @@ with no checkpointing.
 Where the fp8 settings would store weights in fp8 without multiplying in fp8, and the family names Linears it can
 keep on the host (``ModelSpec.host_linears``: FLUX.1's modulation Linears, 6.0 GiB), bf16 with
 ``memory.modulation_on_cpu`` is offered too: under compile, its measured ``memory.activation_budget`` settings
-(``ModelSpec.host_activation_budget_gib``) right after bf16 without checkpointing (on FLUX.1-dev faster than any bf16
-block checkpointing, in less memory), and its checkpointing settings before any fp8 setting.
+(``ModelSpec.host_activation_budget_gib``, measured with ``memory.save_attention``'s default) right after bf16
+without checkpointing (on FLUX.1-dev faster than any bf16 block checkpointing, in less memory), and its checkpointing
+settings before any fp8 setting. With CUDA graphs too (the modulation op stays out of the graphs), the graph pool
+counted on top.
 
 Under compile with fp8 compute (and no CUDA graphs), the family's measured ``memory.activation_budget`` settings
 (``ModelSpec.activation_budget_gib``: selective recomputation inside each compiled block, no block checkpointing)
