@@ -87,6 +87,16 @@ def test_flux_modulation_on_cpu_trains_eager_and_compiled(tmp_path):
     assert close(selective, plain, 5e-2), (selective, plain)
 
 
+def test_flux_modulation_on_cpu_with_cuda_graphs_trains_like_the_plain_model(tmp_path):
+    """memory.modulation_on_cpu + cuda_graphs: inductor replays each compiled block as graphs around the modulation
+    op, which stays eager, so every step's new modulations reach the blocks (a replayed copy would train on the first
+    step's timestep for ever); the losses follow the plain eager run, with attention saved under the budget."""
+    plain = train(tmp_path, "flux1", "plain", {"gradient_checkpointing": True})
+    graphs = train(tmp_path, "flux1", "modcpug", {"gradient_checkpointing": False, "modulation_on_cpu": True,
+                                                  "compile": True, "cuda_graphs": True, "activation_budget": 0.3})
+    assert close(graphs, plain, 5e-2), (graphs, plain)
+
+
 def test_flux_modulation_streams_and_prefetches_on_the_gpu():
     """On CUDA every modulation Linear is applied on the device from weights copied over on a side stream; each
     backward (the hook on the last double block's LoRA) copies the first blocks' weights for the next call, which
@@ -175,6 +185,7 @@ if __name__ == "__main__":  # `python3 tests/integration/test_cuda_paths.py [hos
     chosen = sys.argv[1:] or ["flux", "sdxl", "host"]
     for test in (test_host_copies_do_not_wait_for_the_gpu, test_flux_modulation_streams_and_prefetches_on_the_gpu,
                  test_flux_modulation_on_cpu_trains_eager_and_compiled,
+                 test_flux_modulation_on_cpu_with_cuda_graphs_trains_like_the_plain_model,
                  test_flux_block_swap_fp8_and_budget_train_and_export,
                  test_sdxl_budget_with_cuda_graphs_trains_and_exports):
         if not any(test.__name__.startswith(f"test_{name}") for name in chosen):
