@@ -714,10 +714,10 @@ def step_timeline(one_step: Callable[[], Any], adapter: Any, optimizer: Any, ste
 
 
 def host_profile(one_step: Callable[[], Any], steps: int = 3, top_n: int = 40) -> list[str]:
-    """Where the main thread's time goes in ``steps`` steady steps (BENCH_CPROFILE=1): cProfile's functions by own
+    """Where the host's time goes in ``steps`` steady steps (BENCH_CPROFILE=1): cProfile's functions by own
     time and by cumulative time, printed and kept in the row. cProfile slows Python calls, so the shares, not the
-    absolute times, are what to read; the autograd thread's backward work is not in it (only the main thread's
-    wait for it, under ``backward``)."""
+    absolute times, are what to read. From Python 3.12 on it sees every thread, so the autograd thread's compiled
+    backward is in it too (run 39 in RESULTS.md)."""
     import cProfile
     import io
     import pstats

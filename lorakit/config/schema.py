@@ -203,9 +203,10 @@ class MemoryCfg:
                                          "timestep, guidance and pooled text, so each step copies the weights in one "
                                          "Linear at a time on a side CUDA stream (on the CPU: computes them there). "
                                          "Their LoRA still trains. Not with block swap or text-encoder training; with "
-                                         "cuda_graphs the blocks replay as graphs around the modulation op. Unset: off, unless vram_gb picks it (bf16 weights with "
-                                         "activation_budget under compile, or where they would otherwise need fp8 "
-                                         "storage without fp8 compute); false: never.", families=("flux1",))
+                                         "cuda_graphs the blocks replay as graphs around the modulation op. Unset: "
+                                         "off, unless vram_gb picks it (bf16 weights with activation_budget under "
+                                         "compile, or where they would otherwise need fp8 storage without fp8 "
+                                         "compute); false: never.", families=("flux1",))
     cache_latents: bool = f(True, "Encode images once and cache the latents on disk.")
     cache_text_encoder_outputs: bool = f(True, "Encode captions once and cache the outputs on disk "
                                          "(not with caption shuffle/dropout or text-encoder training).")
