@@ -632,27 +632,20 @@ def use_fused_lora(model: Any) -> int:
     return n
 
 
-class _JointPass:
-    """An inductor joint-graph pre-pass for the experiment rows: ``mark(graph)``, then the pass installed before it.
-    ``name`` keys inductor's cache (with the previous pass's key)."""
-
-    def __init__(self, name: str, mark: Callable[[Any], None], previous: Any) -> None:
-        self.name, self.mark, self.previous = name, mark, previous
-
-    def __call__(self, graph: Any) -> None:
-        self.mark(graph)
-        if self.previous is not None:
-            self.previous(graph)
-
-    def uuid(self) -> Any:
-        before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
-        return f"bench-{self.name}:{before}"
-
-
 def add_joint_pass(name: str, mark: Callable[[Any], None]) -> None:
+    """An inductor joint-graph pre-pass for the experiment rows: ``mark(graph)``, then the pass installed before it;
+    ``name`` keys inductor's cache."""
     from torch._inductor import config as inductor_config
 
-    inductor_config.joint_custom_pre_pass = _JointPass(name, mark, inductor_config.joint_custom_pre_pass)
+    from lorakit.train.graph_pass import ChainedPass
+
+    class JointPass(ChainedPass):
+        key = f"bench-{name}"
+
+        def edit(self, graph: Any) -> None:
+            mark(graph)
+
+    inductor_config.joint_custom_pre_pass = JointPass(inductor_config.joint_custom_pre_pass)
 
 
 def step_timeline(one_step: Callable[[], Any], adapter: Any, optimizer: Any, steps: int = 3) -> list[dict]:

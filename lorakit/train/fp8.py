@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.errors import ConfigError
+from lorakit.train.graph_pass import ChainedPass
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
@@ -330,26 +331,13 @@ def tag_checkpointed_scaled_mm(graph: torch.fx.Graph) -> int:
     return tagged
 
 
-try:
-    from torch._inductor.custom_graph_pass import CustomGraphPass as _GraphPass
-except ImportError:  # older torch: a plain callable (inductor then skips its graph cache for these compiles)
-    _GraphPass = object  # type: ignore[misc,assignment]
-
-
-class RecomputeInCheckpoint(_GraphPass):  # type: ignore[misc,valid-type]
+class RecomputeInCheckpoint(ChainedPass):
     """Inductor joint-graph pass running :func:`tag_checkpointed_scaled_mm` (then any pass installed before it)."""
 
-    def __init__(self, previous: Optional[Callable] = None) -> None:
-        self.previous = previous
+    key = "lorakit-fp8-recompute-1"
 
-    def __call__(self, graph: torch.fx.Graph) -> None:
+    def edit(self, graph: torch.fx.Graph) -> None:
         tag_checkpointed_scaled_mm(graph)
-        if self.previous is not None:
-            self.previous(graph)
-
-    def uuid(self) -> Any:
-        before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
-        return f"lorakit-fp8-recompute-1:{before}"
 
 
 def install_recompute_pass() -> None:

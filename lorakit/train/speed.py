@@ -30,7 +30,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.train.fp8 import _GraphPass
+from lorakit.train.graph_pass import ChainedPass
 
 # Block classes compiled in addition to a model's own ``_repeated_blocks`` (diffusers' list). SDXL's list
 # names only the transformer block; its resnets carry most of the remaining element-wise kernels.
@@ -162,20 +162,13 @@ def tag_attention_saved(graph: torch.fx.Graph) -> int:
     return tagged
 
 
-class SaveAttention(_GraphPass):  # type: ignore[misc,valid-type]
+class SaveAttention(ChainedPass):
     """Inductor joint-graph pre-pass running :func:`tag_attention_saved`, then any pass installed before it."""
 
-    def __init__(self, previous: Optional[Callable] = None) -> None:
-        self.previous = previous
+    key = "lorakit-save-attention-1"
 
-    def __call__(self, graph: torch.fx.Graph) -> None:
+    def edit(self, graph: torch.fx.Graph) -> None:
         tag_attention_saved(graph)
-        if self.previous is not None:
-            self.previous(graph)
-
-    def uuid(self) -> Any:
-        before = self.previous.uuid() if hasattr(self.previous, "uuid") else repr(self.previous)
-        return f"lorakit-save-attention-1:{before}"
 
 
 def set_save_attention(on: bool) -> None:
