@@ -4,7 +4,7 @@ Builds the full-size SDXL U-Net and FLUX.1-dev transformer with random weights d
 diffusers' default init keeps bf16 activations finite: the loss is checked), feeds cached-latent and text
 tensors of the real 1024² shapes, injects LoRA as ``lorakit train`` does (the adapter's ``lora_targets`` and
 ``inject_lora``), applies the memory/speed settings through ``lorakit.train.speed.prepare_denoiser`` and
-runs ``lorakit.train.loop.update_step`` (``train_step`` + the optimizer update) — the training code itself, not
+runs ``lorakit.train.steps.update_step`` (``train_step`` + the optimizer update) — the training code itself, not
 a copy — and waits for each step's numbers as the loop does: with a fused AdamW a step late (the update of a
 non-finite step is skipped on the GPU), otherwise at once. Step time = host clock between those waits.
 
@@ -321,7 +321,7 @@ def count_forward_flops(adapter: Any, next_batch: Any, cfg: Any, device: Any) ->
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from lorakit.train.loop import autocast, to_device
+    from lorakit.train.steps import autocast, to_device
 
     batch = to_device(next_batch(), device)
     g = torch.Generator().manual_seed(1)
@@ -339,7 +339,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     from lorakit.lora.inject import inject_lora
     from lorakit.models.base import Batch
     from lorakit.train import optim, speed
-    from lorakit.train.loop import update_step
+    from lorakit.train.steps import update_step
 
     s = ROWS[name]
     family = s["family"]
@@ -399,7 +399,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     if s.get("pageable"):  # host-to-device copies from pageable memory, as before round 7 (models.base.to_gpu pins)
         import importlib
 
-        for mod in ("lorakit.train.loop", "lorakit.train.objectives", f"lorakit.models.{family}.adapter"):
+        for mod in ("lorakit.train.loop", "lorakit.diffusion.objectives", f"lorakit.models.{family}.adapter"):
             importlib.import_module(mod).to_gpu = lambda t, device, dtype=None: t.to(device, non_blocking=True).to(dtype)
     swapper, plan, t_place, h2d_gbps = None, None, 0.0, None
     if placed(s):

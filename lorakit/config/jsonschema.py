@@ -62,8 +62,14 @@ def field_schema(spec: FieldSpec) -> dict[str, Any]:
     out["description"] = spec.doc
     if spec.default is not None:
         out["default"] = spec.default
-    if spec.meta.get("families"):
-        out["x-families"] = list(spec.meta["families"])
+    if spec.meta.get("family_only"):
+        from lorakit.config import families
+
+        out["x-families"] = list(families.applies_to(spec.key))
+    if spec.meta.get("kind") == "family":
+        from lorakit.config import families
+
+        out["enum"] = list(families.installed())
     if kind:
         out["x-kind"] = kind
     return out

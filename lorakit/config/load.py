@@ -10,7 +10,7 @@ no other exception escapes for any input, which the fuzz tests check.
 Rules worth knowing (DESIGN.md principle 7: reject, never silently fix):
 
 * Unknown sections and keys are errors with a did-you-mean suggestion.
-* A field restricted to some families (``families=`` metadata) set to a non-default value for another
+* A family-only field (``family_only`` metadata; the families' specs list the keys they honour) set to a non-default value for another
   family is an error, and so is a setting that only acts together with another one (for example
   ``network.text_encoder_lr`` without ``network.train_text_encoder``).
 * ``memory.cache_text_encoder_outputs`` cannot work with caption shuffle/dropout or text-encoder training
@@ -668,17 +668,25 @@ def _check_preset_family(cfg: Config, preset_layer: dict[str, Any], preset_name:
 
 
 def _check_families(cfg: Config) -> None:
+    from lorakit.config import families
+
     family = cfg.model.family
+    known = families.installed()
+    if family not in known:
+        raise _err("model.family", f"must be one of {', '.join(known)}, got {_show(family)}")
     for section, specs in field_specs().items():
         for name, spec in specs.items():
-            fams = spec.meta.get("families")
-            if not fams or family in fams:
+            if not spec.meta.get("family_only"):
+                continue
+            fams = families.applies_to(spec.key)
+            if family in fams:
                 continue
             value = getattr(getattr(cfg, section), name)
             if value is False and spec.default is None:  # an explicit "never" of an unset-means-auto switch
                 continue
             if value != spec.default:
-                raise _err(spec.key, f"applies only to {', '.join(fams)}, not {family}; remove it")
+                raise _err(spec.key, f"applies only to {', '.join(fams) or 'no installed family'}, not {family}; "
+                           "remove it")
 
 
 # (field, "only acts with" description, predicate on cfg) for settings that would otherwise do nothing.
@@ -717,7 +725,7 @@ def _check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
     if d.min_bucket_reso > d.max_bucket_reso:
         raise _err("data.min_bucket_reso",
                    f"must be ≤ data.max_bucket_reso ({d.max_bucket_reso}), got {d.min_bucket_reso}")
-    if cfg.model.family in ("sdxl", "flux1") and d.bucket_reso_steps % 32:
+    if d.bucket_reso_steps % 32:  # every family's data check also holds buckets to its own divisibility
         raise _err("data.bucket_reso_steps",
                    f"must be a multiple of 32 for {cfg.model.family} (bucket sides must divide evenly through the "
                    f"VAE's 8x and the model's further 4x down-sampling), got {d.bucket_reso_steps}")
@@ -831,6 +839,8 @@ def toml_value(value: Any) -> str:
 def _drop_other_family_defaults(data: dict[str, Any], family: str) -> dict[str, Any]:
     """Leave out fields that only apply to other families while they hold their defaults (they cannot hold
     anything else: the loader rejects that), so a dumped SDXL config shows no FLUX knobs and vice versa."""
+    from lorakit.config import families
+
     specs = field_specs()
     out: dict[str, Any] = {}
     for section, body in data.items():
@@ -838,8 +848,8 @@ def _drop_other_family_defaults(data: dict[str, Any], family: str) -> dict[str, 
             out[section] = body
             continue
         out[section] = {k: v for k, v in body.items()
-                        if not (k in specs[section] and specs[section][k].meta.get("families")
-                                and family not in specs[section][k].meta["families"]
+                        if not (k in specs[section] and specs[section][k].meta.get("family_only")
+                                and family not in families.applies_to(specs[section][k].key)
                                 and v == specs[section][k].default)}
     return out
 

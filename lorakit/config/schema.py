@@ -9,8 +9,9 @@ Metadata keys understood by :mod:`lorakit.config.load`:
 ``doc``       one-line description (required on every field)
 ``choices``   allowed values
 ``ge``/``gt``/``le``/``lt``  numeric bounds
-``families``  model families the field applies to; setting it to a non-default value for another
-              family is an error, never a silent no-op.
+``family_only`` the field applies only to the families whose ``ModelSpec.config_keys`` list it (the family
+              packages say which; none is named here); setting it to a non-default value for another family is an
+              error, never a silent no-op.
 ``kind``      extra parsing hint: ``"path"`` (string path), ``"resolution"`` (int or [w, h]),
               ``"indices"`` (block-index list such as ``"0,2-5"``), ``"table"`` (free string→int table)
 """
@@ -29,26 +30,23 @@ def f(default: Any = None, doc: str = "", *, factory: Any = None, **meta: Any) -
     return field(default=default, metadata=md)
 
 
-FAMILIES = ("sdxl", "flux1")
-
-
 @dataclass
 class ModelCfg:
     """The base model to train against."""
 
-    family: str = f(None, "Model family: sdxl or flux1 (dev or schnell, detected from the weights).",
-                    choices=FAMILIES, required=True)
+    family: str = f(None, "Model family: one of the installed family packages (`lorakit config families`: sdxl, "
+                    "flux1, ...; variants are detected from the weights).", required=True, kind="family")
     checkpoint: Optional[str] = f(None, "Base model: a single .safetensors file, a diffusers folder, or a hub id.",
                                   required=True, kind="path")
     vae: Optional[str] = f(None, "Optional separate VAE file (e.g. the SDXL fp16-fix VAE).", kind="path",
-                           families=("sdxl",))
+                           family_only=True)
     clip_l: Optional[str] = f(None, "FLUX.1: CLIP-L text encoder file (clip_l.safetensors).", kind="path",
-                              families=("flux1",))
+                              family_only=True)
     t5xxl: Optional[str] = f(None, "FLUX.1: T5-XXL text encoder file (t5xxl_fp16.safetensors or fp8).", kind="path",
-                             families=("flux1",))
-    ae: Optional[str] = f(None, "FLUX.1: autoencoder file (ae.safetensors).", kind="path", families=("flux1",))
+                             family_only=True)
+    ae: Optional[str] = f(None, "FLUX.1: autoencoder file (ae.safetensors).", kind="path", family_only=True)
     variant: str = f("auto", "FLUX.1 variant; 'auto' detects dev/schnell from the guidance embedding.",
-                     choices=("auto", "dev", "schnell"), families=("flux1",))
+                     choices=("auto", "dev", "schnell"), family_only=True)
     config_dir: Optional[str] = f(None, "Diffusers config folder for single-file loading (default: the one "
                                   "shipped with lorakit for the family).", kind="path")
     tokenizer_dir: Optional[str] = f(None, "Folder with tokenizer files; default: next to a diffusers folder, "
@@ -98,20 +96,20 @@ class NetworkCfg:
     rank: int = f(32, "LoRA rank (dim).", ge=1)
     alpha: float = f(16.0, "LoRA alpha; the update is scaled by alpha / rank.", gt=0.0)
     dropout: float = f(0.0, "Dropout on the LoRA path during training.", ge=0.0, lt=1.0)
-    conv_rank: int = f(0, "SDXL: rank of LoRA on 3x3 convolutions (LoCon); 0 = off.", ge=0, families=("sdxl",))
-    conv_alpha: float = f(1.0, "SDXL: alpha of the convolution LoRA.", gt=0.0, families=("sdxl",))
+    conv_rank: int = f(0, "SDXL: rank of LoRA on 3x3 convolutions (LoCon); 0 = off.", ge=0, family_only=True)
+    conv_alpha: float = f(1.0, "SDXL: alpha of the convolution LoRA.", gt=0.0, family_only=True)
     train_text_encoder: bool = f(False, "Also train LoRA on the CLIP text encoder(s).")
     text_encoder_lr: Optional[float] = f(None, "Learning rate of the text-encoder LoRA (default: optimizer.lr).",
                                          gt=0.0)
     train_blocks: str = f("all", "FLUX.1: which transformer blocks get LoRA.", choices=("all", "double", "single"),
-                          families=("flux1",))
+                          family_only=True)
     double_block_indices: Optional[str] = f(None, "FLUX.1: double-block indices, e.g. '0,2-5' (default all).",
-                                            kind="indices", families=("flux1",))
+                                            kind="indices", family_only=True)
     single_block_indices: Optional[str] = f(None, "FLUX.1: single-block indices, e.g. '0-10' (default all).",
-                                            kind="indices", families=("flux1",))
+                                            kind="indices", family_only=True)
     module_ranks: dict = f(None, "Per-module-type ranks (FLUX.1: img_attn, txt_attn, img_mlp, txt_mlp, img_mod, "
                            "txt_mod, single, single_mod); 0 skips the type.", factory=dict, kind="table",
-                           families=("flux1",))
+                           family_only=True)
 
 
 @dataclass
@@ -141,29 +139,29 @@ class TrainingCfg:
     mixed_precision: str = f("bf16", "Compute precision; LoRA weights stay fp32.", choices=("bf16", "fp16", "no"))
     device: str = f("auto", "Device: auto (cuda if available), cuda, cuda:N or cpu.")
     prediction: str = f("epsilon", "SDXL: prediction type of the base model.", choices=("epsilon", "v_prediction"),
-                        families=("sdxl",))
-    min_timestep: int = f(0, "SDXL: lowest training timestep.", ge=0, le=1000, families=("sdxl",))
-    max_timestep: int = f(1000, "SDXL: highest training timestep (exclusive).", ge=1, le=1000, families=("sdxl",))
+                        family_only=True)
+    min_timestep: int = f(0, "SDXL: lowest training timestep.", ge=0, le=1000, family_only=True)
+    max_timestep: int = f(1000, "SDXL: highest training timestep (exclusive).", ge=1, le=1000, family_only=True)
     noise_offset: float = f(0.0, "SDXL: noise offset (per-channel constant added to the noise).", ge=0.0,
-                            families=("sdxl",))
+                            family_only=True)
     min_snr_gamma: float = f(0.0, "SDXL: min-SNR-gamma loss weighting; 0 = off (5 is common).", ge=0.0,
-                             families=("sdxl",))
+                             family_only=True)
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
     timestep_sampling: str = f("flux_shift", "FLUX.1: sigma sampling.",
                                choices=("uniform", "sigmoid", "logit_normal", "shift", "flux_shift"),
-                               families=("flux1",))
+                               family_only=True)
     sigmoid_scale: float = f(1.0, "FLUX.1: scale of the normal sample before the sigmoid.", gt=0.0,
-                             families=("flux1",))
-    logit_mean: float = f(0.0, "FLUX.1: logit-normal mean.", families=("flux1",))
-    logit_std: float = f(1.0, "FLUX.1: logit-normal std.", gt=0.0, families=("flux1",))
+                             family_only=True)
+    logit_mean: float = f(0.0, "FLUX.1: logit-normal mean.", family_only=True)
+    logit_std: float = f(1.0, "FLUX.1: logit-normal std.", gt=0.0, family_only=True)
     discrete_flow_shift: float = f(3.1582, "FLUX.1: shift for timestep_sampling = 'shift'.", gt=0.0,
-                                   families=("flux1",))
+                                   family_only=True)
     guidance_scale: float = f(1.0, "FLUX.1-dev: guidance embedding value during training.", ge=0.0,
-                              families=("flux1",))
+                              family_only=True)
     t5_max_length: Optional[int] = f(None, "FLUX.1: T5 tokens (default 512 dev, 256 schnell).", ge=1, le=512,
-                                     families=("flux1",))
-    apply_t5_attn_mask: bool = f(False, "FLUX.1: mask T5 padding tokens in attention.", families=("flux1",))
+                                     family_only=True)
+    apply_t5_attn_mask: bool = f(False, "FLUX.1: mask T5 padding tokens in attention.", family_only=True)
     nan_policy: str = f("stop", "On a NaN/Inf loss or gradient: stop (default) or skip the step.",
                         choices=("stop", "skip"))
     stall_timeout: float = f(600.0, "Seconds without progress before the watchdog reports a stall; 0 = off.",
@@ -197,7 +195,7 @@ class MemoryCfg:
                                     "Default: on when vram_gb picks fp8 storage under compile (measured faster "
                                     "there); false: never.")
     blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
-                            families=("flux1",))
+                            family_only=True)
     modulation_on_cpu: Optional[bool] = f(None, "FLUX.1: keep the 3.2 B frozen modulation weights (6 GiB in bf16, a "
                                          "quarter of the transformer) in CPU memory; their outputs depend only on the "
                                          "timestep, guidance and pooled text, so each step copies the weights in one "
@@ -206,7 +204,7 @@ class MemoryCfg:
                                          "cuda_graphs the blocks replay as graphs around the modulation op. Unset: "
                                          "off, unless vram_gb picks it (bf16 weights with activation_budget under "
                                          "compile, or where they would otherwise need fp8 storage without fp8 "
-                                         "compute); false: never.", families=("flux1",))
+                                         "compute); false: never.", family_only=True)
     cache_latents: bool = f(True, "Encode images once and cache the latents on disk.")
     cache_text_encoder_outputs: bool = f(True, "Encode captions once and cache the outputs on disk "
                                          "(not with caption shuffle/dropout or text-encoder training).")
@@ -231,8 +229,8 @@ class SampleCfg:
     steps: Optional[int] = f(None, "Sampling steps (default: SDXL 28, FLUX dev 20, schnell 4).", ge=1)
     cfg_scale: Optional[float] = f(None, "Classifier-free guidance scale (default: SDXL 7.0, FLUX 1.0 = off).",
                                    ge=0.0)
-    guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, families=("flux1",))
-    sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), families=("sdxl",))
+    guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, family_only=True)
+    sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), family_only=True)
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
     height: Optional[int] = f(None, "Sample height (default: training resolution).", ge=64)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lorakit
 from lorakit.config.schema import Config
 from lorakit.models.base import ModelSpec
-from lorakit.train.optim import describe_optimizer
 
 MODELSPEC_VERSION = "1.0.1"
 
@@ -48,6 +47,22 @@ def _network_args(cfg: Config) -> dict[str, str]:
     for kind, rank in sorted((net.module_ranks or {}).items()):
         args[f"{kind}_dim"] = str(rank)
     return args
+
+
+def describe_optimizer(name: str, weight_decay: float, betas: Sequence[float], eps: float) -> str:
+    """The ``ss_optimizer`` string kohya writes: the class path and its non-lr arguments."""
+    paths: dict[str, str] = {
+        "adamw": "torch.optim.adamw.AdamW",
+        "adamw8bit": "bitsandbytes.optim.adamw.AdamW8bit",
+        "prodigy": "prodigyopt.prodigy.Prodigy",
+        "adafactor": "transformers.optimization.Adafactor",
+    }
+    args: dict[str, Any] = {"weight_decay": weight_decay}
+    if name == "adafactor":
+        args.update(relative_step=False, scale_parameter=False, warmup_init=False)
+    else:
+        args.update(betas=tuple(float(b) for b in betas), eps=eps)
+    return f"{paths.get(name, name)}({','.join(f'{k}={v}' for k, v in args.items())})"
 
 
 def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: int, epochs: int,

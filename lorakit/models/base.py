@@ -8,49 +8,13 @@ never asks "is this FLUX?". A family is one package under ``lorakit/models/<fami
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import nn
 
 
-# page-locked staging buffers of to_gpu: (shape, dtype) -> [(buffer, event of its last copy)]
-_STAGING: dict[tuple, list[tuple[torch.Tensor, Any]]] = {}
-_SLOTS = 4  # per shape: a step queued ahead of the GPU holds at most a few copies of each in flight
-
-
-def to_gpu(t: torch.Tensor, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """``t.to(device, dtype)`` for the training step, without making the host wait for the GPU.
-
-    A copy from ordinary (pageable) host memory to a CUDA device may first wait for everything queued on the stream
-    (the driver stages pageable memory), and pinning each tensor anew (``pin_memory()``) allocates page-locked memory,
-    which is slower still (8 ms per copy on an H200 host, RESULTS.md round 7). So the data goes through a few
-    page-locked buffers per shape, kept for the run: the host copies into one whose last transfer has finished and
-    queues the transfer like a kernel, with an event that says when the buffer is free again. A dtype change
-    happens on the device after the copy."""
-    device = torch.device(device)
-    if device.type != "cuda" or t.device.type != "cpu" or t.requires_grad:  # (a staging copy would cut the graph)
-        return t.to(device, dtype)
-    buffer, done = staging_slot(_STAGING.setdefault((tuple(t.shape), t.dtype), []),
-                                lambda: (torch.empty(t.shape, dtype=t.dtype, pin_memory=True), torch.cuda.Event()))
-    buffer.copy_(t)
-    out = torch.empty(t.shape, dtype=t.dtype, device=device)
-    out.copy_(buffer, non_blocking=True)
-    done.record(torch.cuda.current_stream(device))
-    return out.to(dtype)
-
-
-def staging_slot(slots: list, make) -> tuple[torch.Tensor, Any]:
-    """A (buffer, event) of ``slots`` whose last copy has finished: the first free one, else a new one from
-    ``make()`` while there are fewer than :data:`_SLOTS`, else the oldest after waiting for its copy (the slot used
-    last moves to the end, so the front is always the least recently used)."""
-    free = next((i for i, slot in enumerate(slots) if slot[1].query()), None)
-    if free is None and len(slots) < _SLOTS:
-        slots.append(make())
-    else:
-        slots.append(slots.pop(free or 0))
-        slots[-1][1].synchronize()  # returns at once for a free slot
-    return slots[-1]
+from lorakit.device import _SLOTS, _STAGING, staging_slot, to_gpu  # noqa: F401  (shared by families)
 
 
 @dataclass(frozen=True)
@@ -86,6 +50,15 @@ class ModelSpec:
     # memory.activation_budget points measured with compile, bf16 weights and memory.modulation_on_cpu: (budget, GiB
     # of activations per 1024² image), fastest first; planned before bf16 partial block checkpointing
     host_activation_budget_gib: tuple[tuple[float, float], ...] = ()
+    # whether the host Linears' op stays out of CUDA graphs in this PyTorch (read at plan time; tests switch it off)
+    host_linears_graph_safe: Callable[[], bool] = lambda: True
+    # the denoiser's component name: in lora_targets() / the LoRA dict handed to export() ("unet", "transformer")
+    denoiser_name: str = "transformer"
+    # block classes compiled (memory.compile) besides the denoiser's own ``_repeated_blocks`` (diffusers' list)
+    compile_blocks: tuple[str, ...] = ()
+    # the family-only config keys this family honours ("training.guidance_scale", "memory.blocks_to_swap", ...): the
+    # schema marks such keys ``family_only``; setting one for a family that does not list it is an error naming both
+    config_keys: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -142,6 +115,11 @@ class ModelAdapter(Protocol):
 
     spec: ModelSpec
 
+    @staticmethod
+    def check_config(cfg: Any, device: torch.device) -> None:
+        """Raise ConfigError (naming the key) for a combination of settings this family cannot honour; called before
+        any loading."""
+
     def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
         """Load the base model (frozen) from ``ModelCfg``; encoders may stay on the CPU until needed."""
 
@@ -173,7 +151,7 @@ class ModelAdapter(Protocol):
 
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
-        """Pick timesteps and noise the latents (pure maths from train/objectives.py)."""
+        """Pick timesteps and noise the latents (pure maths from lorakit/diffusion/)."""
 
     def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
         """Run the denoiser (with LoRA) on a noised batch; returns the prediction compared with the target."""

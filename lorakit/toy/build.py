@@ -276,7 +276,7 @@ def sdxl_predict(unet, x_t: torch.Tensor, t: torch.Tensor, text: dict[str, torch
 def flux_predict(transformer, x_t: torch.Tensor, sigma: torch.Tensor, text: dict[str, torch.Tensor],
                  guidance: torch.Tensor) -> torch.Tensor:
     """Velocity prediction of the FLUX transformer on packed 2×2 latent patches."""
-    from lorakit.train.objectives import image_position_ids, pack_latents, unpack_latents
+    from lorakit.diffusion.packing import image_position_ids, pack_latents, unpack_latents
 
     b, _, h, w = x_t.shape
     txt = text["encoder_hidden_states"]
@@ -290,7 +290,7 @@ def train_denoiser(family: str, model: torch.nn.Module, means: torch.Tensor, std
                    cap_idx: torch.Tensor, text: dict[str, torch.Tensor], plan: Plan, gen: torch.Generator,
                    t0: float) -> list[float]:
     """Full-weight training with the family's real objective; returns the loss curve (every 100 steps)."""
-    from lorakit.train import objectives as obj
+    from lorakit.diffusion import objectives as obj
 
     opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, plan.steps))

@@ -125,7 +125,7 @@ def sample(model: ToyModel, prompts: list[str], seeds: Sequence[int], steps: int
            guidance: float = 3.5) -> list[Image.Image]:
     """Draw one image per (prompt, seed): DDIM (SDXL) or flow Euler (FLUX), with classifier-free guidance."""
     from lorakit.toy import build
-    from lorakit.train import objectives as obj
+    from lorakit.diffusion import objectives as obj
 
     x = _initial_noise(model, seeds)
     b = x.shape[0]

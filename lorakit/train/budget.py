@@ -43,7 +43,7 @@ the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -60,8 +60,11 @@ STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor": 4}
 GRAPH_POOL = 1.2
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
+    """What :func:`plan_memory` chose, and (from :func:`apply_budget`) the batch split, the fp8 compute decision and the
+    run's effective config (``applied``: a copy; the loaded config is never written)."""
+
     budget_gib: float
     gradient_checkpointing: bool
     fp8_base: bool
@@ -71,6 +74,11 @@ class Plan:
     checkpoint_fraction: float = 1.0
     activation_budget: Optional[float] = None
     modulation_on_cpu: bool = False
+    batch_size: Optional[int] = None
+    gradient_accumulation: Optional[int] = None
+    fp8_compute: Optional[bool] = None
+    notes: tuple[str, ...] = ()
+    applied: Any = None
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
@@ -160,7 +168,7 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
                 optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False,
                 checkpoint_fraction: float = 1.0, fp8_only: bool = False, partial_fp8: bool = True,
                 activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False,
-                host_budgets: Sequence[tuple[float, float]] = ()) -> Plan:
+                host_budgets: Sequence[tuple[float, float]] = (), keep: Optional[dict[str, Any]] = None) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
     storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
@@ -169,7 +177,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     settings are tried once more with ``memory.modulation_on_cpu`` before any fp8 setting (for fp8 *storage*, which
     measured no faster than bf16 with the modulations on the CPU: see :func:`apply_budget`); ``host_budgets``: (budget,
     GiB per image) settings of ``memory.activation_budget`` with bf16 and the modulations on the host, tried right
-    after bf16 without checkpointing (faster than any bf16 block checkpointing, in less memory)."""
+    after bf16 without checkpointing (faster than any bf16 block checkpointing, in less memory). ``keep``: the knobs
+    the user set by hand, each a constraint every considered setting keeps (see :data:`CONSTRAINTS`)."""
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
@@ -193,6 +202,18 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     if can_swap and n > 1:
         options += [(fp8_share, True, k, None, False) for k in range(1, n)]
     rates = {(amb, False): gib for amb, gib in activation_budgets} | {(amb, True): gib for amb, gib in host_budgets}
+    keep = dict(keep or {})
+    if keep.get("activation_budget") is not None:  # a hand-set budget: that budget only, at the nearest measured rate
+        amb = float(keep["activation_budget"])
+        for on_cpu, measured in ((False, activation_budgets), (True, host_budgets)):
+            above = [gib for b, gib in measured if b >= amb]  # a larger budget keeps more: an upper bound
+            rates[amb, on_cpu] = min(above) if above else activation_gib[1]
+        options += [(0.0, f, 0, amb, c) for f, c in ((False, False), (True, False), (False, True))
+                    if (0.0, f, 0, amb, c) not in options]
+    options = [o for o in options if _keeps(o, keep)]
+    if not options:
+        raise ConfigError(f"memory.vram_gb = {budget_gib:g}: no setting lorakit plans keeps {_listed(keep)} together; "
+                          "remove one of them")
     room = budget_gib - RESERVE_GIB
     best: Optional[Plan] = None
     for share, use_fp8, k, amb, on_cpu in options:
@@ -215,6 +236,10 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     per_image = (best.parts["activations"] + best.parts.get("CUDA graph pool", 0.0)) / max(batch_size, 1)
     fixed = best.estimate_gib - per_image * batch_size
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
+    if keep:
+        hint_fixed = f"; you fixed {_listed(keep)}: removing some lets the plan choose them"
+    else:
+        hint_fixed = ""
     hint = (f"training.batch_size = {fits} fits (raise training.gradient_accumulation to keep the effective batch)"
             if 1 <= fits < batch_size else "lower data.resolution or the LoRA rank, or use a larger card")
     if user_set and best.checkpoint_fraction < 1:
@@ -223,61 +248,89 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         hint += "; memory.cuda_graphs = false saves the graph pool and allows block swap"
     raise ConfigError(f"memory.vram_gb = {budget_gib:g}: even the leanest setting (checkpointing, fp8 storage, "
                       f"{best.blocks_to_swap} swapped blocks) needs about {best.estimate_gib:.1f} GiB at "
-                      f"training.batch_size = {batch_size}; {hint}")
+                      f"training.batch_size = {batch_size}; {hint}{hint_fixed}")
+
+
+# the [memory] knobs memory.vram_gb plans; each one set by hand (in the file or an override, not a preset) is a
+# constraint: every setting considered keeps it, and a budget nothing fits under says which ones were fixed
+CONSTRAINTS = ("gradient_checkpointing", "checkpoint_fraction", "activation_budget", "fp8_base", "fp8_compute",
+               "blocks_to_swap", "modulation_on_cpu")
+
+
+def _keeps(option: tuple, fixed: dict[str, Any]) -> bool:
+    share, use_fp8, swapped, amb, on_cpu = option
+    checks = {"gradient_checkpointing": lambda v: (share > 0) == bool(v),
+              "fp8_base": lambda v: use_fp8 == bool(v),
+              "blocks_to_swap": lambda v: swapped == int(v),
+              "modulation_on_cpu": lambda v: on_cpu == bool(v),
+              "activation_budget": lambda v: amb == (None if v is None else float(v)),
+              "checkpoint_fraction": lambda v: share == float(v)}
+    return all(checks[k](v) for k, v in fixed.items() if k in checks)
+
+
+def _listed(fixed: dict[str, Any]) -> str:
+    return ", ".join(f"memory.{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in fixed.items()) \
+        or "nothing"
+
 
 
 def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
                  lookahead: int, log=print, device: Optional[torch.device] = None) -> Plan:
-    """Plan for ``cfg.memory.vram_gb`` and write the choice into ``cfg.memory`` (checkpointing, fp8 storage,
-    swap depth); call after LoRA injection and before the denoiser is placed on the GPU."""
-    from dataclasses import fields
+    """Plan for ``cfg.memory.vram_gb``; call after LoRA injection and before the denoiser is placed on the GPU.
 
-    from lorakit.config.schema import MemoryCfg
+    Returns a frozen :class:`Plan` whose ``applied`` is the config the run uses (a copy with the chosen
+    checkpointing, fp8 storage / compute, swap depth, host modulations and batch split); ``cfg`` itself is never
+    written. The knobs in :data:`CONSTRAINTS` that the user set by hand are kept by every setting considered
+    (``memory.modulation_on_cpu`` and ``memory.fp8_compute`` as before: true is applied / planned as fp8 compute,
+    false is never planned)."""
+    from dataclasses import replace
 
-    swap_field = next(f for f in fields(MemoryCfg) if f.name == "blocks_to_swap")
-    can_swap = spec.family in (swap_field.metadata.get("families") or (spec.family,)) and \
-        not getattr(cfg.memory, "modulation_on_cpu", False)  # the two are not combined (memory.check_supported)
+    from lorakit.config.load import explicit_keys
+
+    mem = cfg.memory
+    fixed = {k: getattr(mem, k) for k in CONSTRAINTS
+             if f"memory.{k}" in explicit_keys(cfg) and k not in ("modulation_on_cpu", "fp8_compute")}
+    can_swap = "memory.blocks_to_swap" in spec.config_keys and not getattr(mem, "modulation_on_cpu", False)
     r = cfg.data.resolution
     w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
     wanted = cfg.training.batch_size
+    notes: list[str] = []
 
     # compiled blocks keep fewer intermediates (FLUX.1-dev without checkpointing: 28.4 GiB against 38 eager)
-    activations = (spec.activation_gib_compiled or spec.activation_gib) if cfg.memory.compile else spec.activation_gib
+    activations = (spec.activation_gib_compiled or spec.activation_gib) if mem.compile else spec.activation_gib
     # fp8 *storage* under compile without CUDA graphs runs each block inside lorakit's own checkpoint
     # (lorakit/train/speed.py): a block left out of it would keep bf16 upcasts of its weights, which the
     # activation rates do not count, so that setting is only planned with every block checkpointed
     # fp8_compute left unset is decided here, before planning: where the GPU multiplies in float8, fp8 tiers are
     # planned as fp8 compute (partial checkpointing allowed) and it is switched on if the plan picks fp8
-    deciding = cfg.memory.fp8_compute is None and cfg.memory.compile
+    deciding = mem.fp8_compute is None and mem.compile
     why_not = _fp8_compute_problem(cfg, device) if deciding else None
     auto_compute = deciding and why_not is None
-    partial_fp8 = bool(cfg.memory.fp8_compute or auto_compute or cfg.memory.cuda_graphs or not cfg.memory.compile)
-    wanted_fraction = float(cfg.memory.checkpoint_fraction)
+    partial_fp8 = bool(mem.fp8_compute or auto_compute or mem.cuda_graphs or not mem.compile)
     # selective recomputation was measured with fp8 compute under compile, without CUDA graphs
-    budgets = (spec.activation_budget_gib if cfg.memory.compile and not cfg.memory.cuda_graphs
-               and (cfg.memory.fp8_compute or auto_compute) else ())
+    budgets = (spec.activation_budget_gib if mem.compile and not mem.cuda_graphs
+               and (mem.fp8_compute or auto_compute) else ())
     # memory.modulation_on_cpu left unset: where the fp8 settings would be fp8 *storage* (no float8 matmuls), bf16
     # with the modulation Linears on the host comes first. On an H200 under compile both ran at 0.607 s/step
     # (FLUX.1-dev: fp8 storage 14.5 GiB, RESULTS.md round 4; modulations on the host 19.6 GiB, round 8), and bf16
     # keeps the weights exact. Not where it cannot run (CUDA graphs, CLIP-L training) or was switched off.
-    from lorakit.train.memory import modulation_graph_safe
-
-    host_linears = bool(spec.host_linears) and cfg.memory.modulation_on_cpu is None and \
-        (not cfg.memory.cuda_graphs or modulation_graph_safe()) and not cfg.network.train_text_encoder and \
-        not (cfg.memory.fp8_compute or auto_compute)
+    host_linears = bool(spec.host_linears) and mem.modulation_on_cpu is None and \
+        (not mem.cuda_graphs or spec.host_linears_graph_safe()) and not cfg.network.train_text_encoder and \
+        not (mem.fp8_compute or auto_compute)
     sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
     # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate
     # adds the graph pool on top: on an H200 it measured 1.9 GiB against the 2.8 GiB counted, RESULTS.md round 10)
-    host_budgets = spec.host_activation_budget_gib if host_linears and cfg.memory.compile else ()
+    host_budgets = spec.host_activation_budget_gib if host_linears and mem.compile else ()
 
     def plan_for(batch: int) -> Plan:
-        return plan_memory(float(cfg.memory.vram_gb), sizes, activation_gib=activations,
+        return plan_memory(float(mem.vram_gb), sizes, activation_gib=activations,
                            images=batch * (w * h) / 1024**2, optimizer=cfg.optimizer.name, batch_size=batch,
-                           can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(cfg.memory.cuda_graphs),
-                           checkpoint_fraction=float(cfg.memory.checkpoint_fraction),
-                           fp8_only=bool(cfg.memory.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
-                           host_linears=host_linears, host_budgets=host_budgets)
+                           can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(mem.cuda_graphs),
+                           checkpoint_fraction=float(mem.checkpoint_fraction),
+                           fp8_only=bool(mem.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
+                           host_linears=host_linears, host_budgets=host_budgets, keep=fixed)
 
+    batch, accumulation = wanted, cfg.training.gradient_accumulation
     try:
         plan = plan_for(wanted)
     except ConfigError as too_big:
@@ -290,30 +343,31 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
                 continue
         else:
             raise too_big from None
-        cfg.training.gradient_accumulation *= wanted // batch
-        cfg.training.batch_size = batch
-        log(f"vram_gb = {cfg.memory.vram_gb:g}: training.batch_size {wanted} does not fit; using batch_size = {batch} "
-            f"with gradient_accumulation = {cfg.training.gradient_accumulation} (the same effective batch)")
-    if wanted_fraction < 1.0 and plan.gradient_checkpointing and plan.checkpoint_fraction != wanted_fraction:
-        log(f"vram_gb = {cfg.memory.vram_gb:g}: memory.checkpoint_fraction {wanted_fraction:g} → 1 (fp8 storage "
-            "under compile without CUDA graphs checkpoints every block)")
-    cfg.memory.gradient_checkpointing = plan.gradient_checkpointing
-    cfg.memory.checkpoint_fraction = plan.checkpoint_fraction
-    cfg.memory.activation_budget = plan.activation_budget
-    cfg.memory.fp8_base = plan.fp8_base
-    cfg.memory.blocks_to_swap = plan.blocks_to_swap
-    if plan.modulation_on_cpu:
-        cfg.memory.modulation_on_cpu = True  # installed by the adapter's before_placement, which the loop calls again
-    log(plan.describe())
+        accumulation *= wanted // batch
+        notes.append(f"vram_gb = {mem.vram_gb:g}: training.batch_size {wanted} does not fit; using batch_size = "
+                     f"{batch} with gradient_accumulation = {accumulation} (the same effective batch)")
+    notes.append(plan.describe())
+    fp8_compute = mem.fp8_compute
     if deciding and plan.fp8_base:
         if plan.blocks_to_swap:  # swapped blocks run inside lorakit's own checkpoint, where fp8 compute was slower
             auto_compute, why_not = False, ("blocks are swapped: measured slower than fp8 storage there, 0.73 against "
                                             "0.65 s/step at vram_gb = 12")
-        cfg.memory.fp8_compute = auto_compute
-        log(f"vram_gb = {cfg.memory.vram_gb:g}: " + ("fp8_compute = true (float8 matmuls; under compile faster than "
-            "upcasting the fp8 weights; memory.fp8_compute = false keeps the upcast)" if auto_compute else
+        fp8_compute = auto_compute
+        notes.append(f"vram_gb = {mem.vram_gb:g}: " + (
+            "fp8_compute = true (float8 matmuls; under compile faster than upcasting the fp8 weights; "
+            "memory.fp8_compute = false keeps the upcast)" if auto_compute else
             f"fp8 storage without fp8 compute ({why_not})"))
-    return plan
+    for line in notes:
+        log(line)
+    memory = replace(mem, gradient_checkpointing=plan.gradient_checkpointing,
+                     checkpoint_fraction=plan.checkpoint_fraction, activation_budget=plan.activation_budget,
+                     fp8_base=plan.fp8_base, blocks_to_swap=plan.blocks_to_swap, fp8_compute=fp8_compute,
+                     # installed by the adapter's before_placement, which the loop calls again with this config
+                     modulation_on_cpu=True if plan.modulation_on_cpu else mem.modulation_on_cpu)
+    training = replace(cfg.training, batch_size=batch, gradient_accumulation=accumulation)
+    applied = replace(cfg, memory=memory, training=training)
+    return replace(plan, batch_size=batch, gradient_accumulation=accumulation, fp8_compute=fp8_compute,
+                   notes=tuple(notes), applied=applied)
 
 
 def _fp8_compute_problem(cfg, device: Optional[torch.device]) -> Optional[str]:

@@ -9,12 +9,18 @@ from __future__ import annotations
 import torch
 
 from lorakit.config.schema import Config
+from lorakit.device import ENCODER_MARGIN_GIB, device_for  # noqa: F401  (re-exported)
 from lorakit.errors import ConfigError
 
 
-def check_supported(cfg: Config, device: torch.device) -> None:
-    """Raise ConfigError for options this build cannot honour on ``device``."""
+def check_supported(cfg: Config, device: torch.device, planned: bool = False) -> None:
+    """Raise ConfigError for options this build cannot honour on ``device``.
+
+    With ``memory.vram_gb`` the planner chooses checkpointing, its fraction, the activation budget, fp8 storage and
+    the swap depth (keeping any of them the user set as a constraint), so how those combine is checked on the plan's
+    config (``planned``), not on the one loaded."""
     mem = cfg.memory
+    combos = planned or not mem.vram_gb
     if mem.fp8_base and getattr(torch, "float8_e4m3fn", None) is None:
         raise ConfigError("memory.fp8_base: this PyTorch has no float8_e4m3fn; upgrade torch or set it to false")
     if mem.fp8_compute:
@@ -34,59 +40,35 @@ def check_supported(cfg: Config, device: torch.device) -> None:
         raise ConfigError("training.mixed_precision: fp16 needs a CUDA GPU; use \"bf16\" or \"no\" on the CPU")
     if mem.vram_gb and device.type != "cuda":
         raise ConfigError("memory.vram_gb: a GPU memory budget; remove it when training on the CPU")
-    if mem.vram_gb and (mem.fp8_base or mem.blocks_to_swap):  # fp8_compute stays allowed: it asks for fp8 tiers
-        raise ConfigError("memory.vram_gb: it chooses fp8_base and blocks_to_swap itself; remove memory.fp8_base / "
-                          "memory.blocks_to_swap, or remove memory.vram_gb to set them by hand")
-    if mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing:
+    if combos and mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing:
         raise ConfigError("memory.checkpoint_fraction: only has an effect with memory.gradient_checkpointing = true; "
                           "remove it or turn checkpointing on")
-    if mem.checkpoint_fraction < 1.0 and mem.fp8_base and mem.compile and not (mem.fp8_compute or mem.cuda_graphs):
+    if combos and mem.checkpoint_fraction < 1.0 and mem.fp8_base and mem.compile and \
+            not (mem.fp8_compute or mem.cuda_graphs):
         raise ConfigError("memory.checkpoint_fraction: with fp8_base under compile (no cuda_graphs) every block runs "
                           "inside lorakit's own checkpoint; a block left out would keep bf16 copies of its float8 "
                           "weights. Set checkpoint_fraction = 1, or add memory.fp8_compute or memory.cuda_graphs")
     if mem.activation_budget is not None:
-        check_activation_budget(cfg)
+        check_activation_budget(cfg, combos)
     if getattr(mem, "save_attention", None) and mem.activation_budget is None and not mem.vram_gb:
         raise ConfigError("memory.save_attention: applies to the compiler's selective recomputation only; set "
                           "memory.activation_budget (with memory.compile = true) or remove it")
-    if mem.blocks_to_swap:
+    if mem.blocks_to_swap and combos:
         check_block_swap(mem.gradient_checkpointing, mem.cuda_graphs)
     if mem.fused_backward:
         check_fused_backward(cfg)
-    on_cpu = getattr(mem, "modulation_on_cpu", False)
-    if on_cpu and mem.blocks_to_swap:
-        raise ConfigError("memory.modulation_on_cpu: not with memory.blocks_to_swap (swapped blocks stream all their "
-                          "weights anyway); remove one of the two")
-    if on_cpu and mem.cuda_graphs and not modulation_graph_safe():
-        raise ConfigError(f"memory.modulation_on_cpu: this PyTorch ({torch.__version__}) cannot keep the modulation "
-                          "op out of CUDA graphs, which would replay one step's modulations every step; set "
-                          "memory.cuda_graphs = false or memory.modulation_on_cpu = false")
-    if on_cpu and cfg.network.train_text_encoder:
-        raise ConfigError("memory.modulation_on_cpu: the modulation outputs are computed on the CPU without "
-                          "gradients, so CLIP-L cannot be trained through them; set network.train_text_encoder = "
-                          "false or memory.modulation_on_cpu = false")
 
 
-def modulation_graph_safe() -> bool:
-    """Whether FLUX.1's modulation op runs eagerly between CUDA-graph pieces (lorakit/models/flux1/modulation.py)."""
-    from lorakit.models.flux1 import modulation
-
-    return modulation.GRAPH_SAFE
-
-
-def check_activation_budget(cfg: Config) -> None:
+def check_activation_budget(cfg: Config, combos: bool = True) -> None:
     """memory.activation_budget: the compiler's selective recomputation inside each compiled block, in place of
     block checkpointing (lorakit/train/speed.py)."""
     mem = cfg.memory
     if not mem.compile:
         raise ConfigError("memory.activation_budget: the compiler chooses what to recompute; set memory.compile = true "
                           "or remove it")
-    if mem.gradient_checkpointing:
+    if combos and mem.gradient_checkpointing:
         raise ConfigError("memory.activation_budget: replaces block checkpointing; set memory.gradient_checkpointing = "
                           "false, or remove it and use memory.checkpoint_fraction")
-    if mem.vram_gb:
-        raise ConfigError("memory.activation_budget: memory.vram_gb plans block checkpointing itself; remove one of "
-                          "the two")
 
 
 def check_fp8_compute(cfg: Config, device: torch.device) -> None:
@@ -148,32 +130,3 @@ def configure_allocator(cfg: Config, device: torch.device) -> bool:
         warnings.simplefilter("ignore", FutureWarning)
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     return True
-
-
-ENCODER_MARGIN_GIB = 1.0  # activations and workspaces of one encoder call
-
-
-def device_for(module: torch.nn.Module, device: torch.device, vram_gb: float | None = None,
-               log=None) -> torch.device:
-    """Where a frozen encoder should run: ``device`` when its weights fit in what is free there (what the
-    driver reports plus what PyTorch holds unused, and within ``memory.vram_gb`` when set), else the CPU.
-
-    FLUX.1's T5-XXL alone is 8.9 GiB in bf16: on a 12 GiB card next to the resident transformer, or on an 8 GiB
-    card at all, moving it to the GPU to encode captions or preview prompts would run out of memory."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return device
-    tensors = list(module.parameters()) + list(module.buffers())
-    if all(t.device.type == "cuda" for t in tensors):
-        return device
-    need = sum(t.numel() * t.element_size() for t in tensors) + ENCODER_MARGIN_GIB * 2**30
-    free_driver, _ = torch.cuda.mem_get_info(device)
-    free = free_driver + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    if vram_gb:
-        free = min(free, vram_gb * 2**30 - torch.cuda.memory_allocated(device))
-    if need <= free:
-        return device
-    if log is not None:
-        log(f"note: {type(module).__name__} ({need / 2**30 - ENCODER_MARGIN_GIB:.1f} GiB) does not fit next to the "
-            f"training state on the GPU ({free / 2**30:.1f} GiB free); it runs on the CPU (slower, same result)")
-    return torch.device("cpu")

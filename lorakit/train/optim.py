@@ -16,6 +16,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lorakit.errors import ConfigError
+from lorakit.lora.metadata import describe_optimizer  # noqa: F401  (ss_optimizer's form)
+
+
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +134,3 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: i
         return fn(step)
 
     return LambdaLR(optimizer, lr_lambda)
-
-
-def describe_optimizer(name: str, weight_decay: float, betas: Sequence[float], eps: float) -> str:
-    """The ``ss_optimizer`` string kohya writes: the class path and its non-lr arguments."""
-    paths: dict[str, str] = {
-        "adamw": "torch.optim.adamw.AdamW",
-        "adamw8bit": "bitsandbytes.optim.adamw.AdamW8bit",
-        "prodigy": "prodigyopt.prodigy.Prodigy",
-        "adafactor": "transformers.optimization.Adafactor",
-    }
-    args: dict[str, Any] = {"weight_decay": weight_decay}
-    if name == "adafactor":
-        args.update(relative_step=False, scale_parameter=False, warmup_init=False)
-    else:
-        args.update(betas=tuple(float(b) for b in betas), eps=eps)
-    return f"{paths.get(name, name)}({','.join(f'{k}={v}' for k, v in args.items())})"

@@ -32,9 +32,8 @@ from torch import nn
 from lorakit.errors import ConfigError
 from lorakit.train.graph_pass import ChainedPass
 
-# Block classes compiled in addition to a model's own ``_repeated_blocks`` (diffusers' list). SDXL's list
-# names only the transformer block; its resnets carry most of the remaining element-wise kernels.
-EXTRA_REGIONS: dict[str, tuple[str, ...]] = {"UNet2DConditionModel": ("ResnetBlock2D",)}
+# Block classes compiled in addition to a model's own ``_repeated_blocks`` (diffusers' list) come from the family's
+# ``ModelSpec.compile_blocks`` (the loop passes them as ``extra``/``extra_regions``).
 
 # With compile and checkpointing both on, checkpoint *inside* each compiled block (torch.utils.checkpoint
 # traced by dynamo) instead of diffusers' checkpoint around it: the recomputation is then compiled too.
@@ -65,7 +64,7 @@ PER_BUCKET = 16
 def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
                      log: Callable[[str], None] = print, *, scope: Optional[str] = None,
                      cuda_graphs: Optional[bool] = None, backend: Any = "inductor",
-                     swapper: Any = None, buckets: int = 1) -> dict[str, Any]:
+                     swapper: Any = None, buckets: int = 1, extra_regions: tuple[str, ...] = ()) -> dict[str, Any]:
     """Apply ``memory.gradient_checkpointing`` and ``memory.compile`` to the (LoRA-injected) denoiser.
 
     Call after LoRA injection (peft replaces the Linears that the compiled blocks contain) and before the
@@ -73,7 +72,8 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
     ``swapper`` (:func:`lorakit.train.swap.place_denoiser`), every block runs through it, with lorakit's own
     checkpoint around the (compiled) block so that the swap happens in eager code in forward and in the
     recomputation. ``buckets``: how many bucket shapes the dataset has (each compiles, and with CUDA graphs records,
-    once when first seen). Returns what was done, for logs and the benchmark.
+    once when first seen). ``extra_regions``: block classes compiled besides the model's own ``_repeated_blocks``
+    (the family's ``ModelSpec.compile_blocks``). Returns what was done, for logs and the benchmark.
     """
     global _cuda_graphs_active
     checkpointing = bool(getattr(memory, "gradient_checkpointing", False))
@@ -104,29 +104,31 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
 
     # fp8 compute never upcasts a weight, so only fp8 *storage* needs the guarded layouts below
     fp8_on = bool(getattr(memory, "fp8_base", False)) and not bool(getattr(memory, "fp8_compute", False))
-    selected = checkpoint_selection(model, float(getattr(memory, "checkpoint_fraction", 1.0))) \
+    selected = checkpoint_selection(model, float(getattr(memory, "checkpoint_fraction", 1.0)), extra_regions) \
         if checkpointing else None
     if selected is not None:
-        log(f"checkpointing: {len(selected)} of {len(repeated_blocks(model))} blocks recompute their activations "
+        log(f"checkpointing: {len(selected)} of {len(repeated_blocks(model, extra_regions))} blocks recompute their "
+            "activations "
             f"(memory.checkpoint_fraction = {getattr(memory, 'checkpoint_fraction')}; swapped blocks always do)")
     if wrapped_layout(swapper, compile_=compile_, fp8_on=fp8_on, checkpointing=checkpointing, graphs=graphs):
         fp8.OPAQUE_UNDER_COMPILE = False  # the outer checkpoint bounds what a compiled block saves
-        return _prepare_wrapped(model, swapper, checkpointing, compile_, graphs, backend, log, selected)
+        return _prepare_wrapped(model, swapper, checkpointing, compile_, graphs, backend, log, selected, extra_regions)
     # see lorakit/train/fp8.py; with fp8 compute it still guards the few layers that fall back to upcasting
     fp8.OPAQUE_UNDER_COMPILE = compile_ and bool(getattr(memory, "fp8_base", False))
     if getattr(memory, "fp8_compute", False) and compile_:
         fp8.install_recompute_pass()  # the float8 matmuls are recomputed inside checkpointed blocks
     mode = "reduce-overhead" if compile_ and graphs else None
     if compile_ and scope == "whole":
-        on = set_gradient_checkpointing(model, checkpointing, log, selected)
+        on = set_gradient_checkpointing(model, checkpointing, log, selected, extra_regions)
         report: dict[str, Any] = {"gradient_checkpointing": on,
                                   "compiled_blocks": compile_whole(model, backend=backend, mode=mode, log=log)}
     else:
         inside = compile_ and checkpointing and CHECKPOINT_INSIDE_COMPILE
         report = {"gradient_checkpointing": set_gradient_checkpointing(model, checkpointing and not inside, log,
-                                                                       selected) or inside}
-        report["compiled_blocks"] = compile_regions(model, backend=backend, mode=mode, checkpoint=inside,
-                                                    log=log, selected=selected) if compile_ else 0
+                                                                       selected, extra_regions) or inside}
+        report["compiled_blocks"] = compile_regions(model, region_names(model, extra_regions), backend=backend,
+                                                    mode=mode, checkpoint=inside, log=log,
+                                                    selected=selected) if compile_ else 0
     _cuda_graphs_active = mode == "reduce-overhead"
     report["scope"], report["cuda_graphs"] = (scope if compile_ else None), _cuda_graphs_active
     if selected is not None:
@@ -196,7 +198,8 @@ def wrapped_layout(swapper: Any, *, compile_: bool, fp8_on: bool, checkpointing:
 
 
 def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compile_: bool, graphs: bool,
-                     backend: Any, log: Callable[[str], None], selected: Optional[set[int]] = None) -> dict[str, Any]:
+                     backend: Any, log: Callable[[str], None], selected: Optional[set[int]] = None,
+                     extra_regions: tuple[str, ...] = ()) -> dict[str, Any]:
     """lorakit's checkpoint around each (compiled) block, with the block swap inside it when ``swapper``:
     the layout for block swap, and for fp8 storage under compile without CUDA graphs."""
     from lorakit.train import memory, swap
@@ -211,7 +214,7 @@ def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compil
         def compile_fn(fn: Callable) -> Callable:
             return torch.compile(fn, backend=backend, dynamic=False)
 
-    blocks = swapper.blocks if swapper is not None else repeated_blocks(model)
+    blocks = swapper.blocks if swapper is not None else repeated_blocks(model, extra_regions)
     if not blocks:
         raise ConfigError(f"memory.compile: {type(model).__name__} has no repeated blocks lorakit knows how to "
                           "compile; set memory.compile = false")
@@ -229,10 +232,10 @@ def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compil
             "checkpointed_blocks": len(blocks) - len(keep)}
 
 
-def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+def repeated_blocks(model: nn.Module, extra: tuple[str, ...] = ()) -> list[nn.Module]:
     """The model's repeated blocks (:func:`region_names`) in module order, outermost only: for FLUX.1 the 19
     double then 38 single blocks, the order the forward runs them."""
-    wanted = set(region_names(model))
+    wanted = set(region_names(model, extra))
     out: list[nn.Module] = []
     inside: set[int] = set()
     for sub in model.modules():
@@ -285,19 +288,20 @@ def configure_attention(compiled: bool = False) -> None:
     torch.backends.cuda.enable_cudnn_sdp(not off)
 
 
-def checkpoint_selection(model: nn.Module, fraction: float) -> Optional[set[int]]:
+def checkpoint_selection(model: nn.Module, fraction: float,
+                         extra_regions: tuple[str, ...] = ()) -> Optional[set[int]]:
     """ids of the repeated blocks to checkpoint for ``memory.checkpoint_fraction`` (spread evenly over the
     stack); None when all are (fraction 1)."""
     if fraction >= 1.0:
         return None
-    blocks = repeated_blocks(model)
+    blocks = repeated_blocks(model, extra_regions)
     k = round(fraction * len(blocks))
     picked = {min(len(blocks) - 1, int((j + 0.5) * len(blocks) / k)) for j in range(k)} if k else set()
     return {id(blocks[i]) for i in picked}
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[str], None] = print,
-                               selected: Optional[set[int]] = None) -> bool:
+                               selected: Optional[set[int]] = None, extra_regions: tuple[str, ...] = ()) -> bool:
     """Switch diffusers' per-block checkpointing on or off; returns whether it is on afterwards. With
     ``selected`` (:func:`checkpoint_selection`), the repeated blocks outside it run without checkpointing."""
     if not getattr(model, "_supports_gradient_checkpointing", False) or \
@@ -306,7 +310,7 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[s
             log(f"note: memory.gradient_checkpointing: {type(model).__name__} has no checkpointing; running without")
         return False
     if enabled and selected is not None:
-        skipped = {id(b) for b in repeated_blocks(model)} - selected
+        skipped = {id(b) for b in repeated_blocks(model, extra_regions)} - selected
 
         def checkpoint_some(module: nn.Module, *args: Any) -> Any:
             if id(module) in skipped:
@@ -321,10 +325,11 @@ def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[s
     return enabled
 
 
-def region_names(model: nn.Module) -> tuple[str, ...]:
-    """Class names of the blocks to compile: the model's ``_repeated_blocks`` plus :data:`EXTRA_REGIONS`."""
+def region_names(model: nn.Module, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Class names of the blocks to compile: the model's ``_repeated_blocks`` plus ``extra`` (the family's
+    ``ModelSpec.compile_blocks``)."""
     names = tuple(getattr(model, "_repeated_blocks", None) or ())
-    return names + EXTRA_REGIONS.get(type(model).__name__, ())
+    return names + tuple(n for n in extra if n not in names)
 
 
 def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, backend: Any = "inductor",

@@ -31,7 +31,7 @@ def _pause(marker: str) -> None:
 def _install(point: str, marker: str) -> None:
     kind, _, arg = point.partition(":")
     if kind == "step":
-        import lorakit.train.loop as loop
+        import lorakit.train.steps as loop
 
         real_step, calls = loop.train_step, {"n": 0}
 

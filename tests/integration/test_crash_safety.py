@@ -195,7 +195,7 @@ def test_partial_state_is_never_taken_for_complete(tmp_path, monkeypatch):
     with open(run.state_path(6) / "optimizer.pt", "r+b") as fh:
         fh.seek(40)
         fh.write(b"\x00\xff")
-    import lorakit.train.loop as loop
+    import lorakit.train.resume as loop
 
     lines: list[str] = []
     chosen = []

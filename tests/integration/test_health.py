@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import lorakit.train.loop as loop
+import lorakit.train.steps as steps
 from lorakit.cli import main
 from lorakit.models.registry import get_family
 from lorakit.train import checkpoint, health
@@ -191,7 +192,7 @@ def test_black_preview_flagged_and_watchdog_phases(world, monkeypatch, capsys):
 
 def test_no_effect_lora_warned_and_export_check_can_fail(world, monkeypatch, capsys):
     """No optimizer step ever happens: the LoRA's up matrices stay zero, lora_effect == 0 and a warning."""
-    monkeypatch.setattr(loop, "optimizer_step", lambda optimizer, scaler: optimizer.zero_grad(set_to_none=True))
+    monkeypatch.setattr(steps, "optimizer_step", lambda optimizer, scaler: optimizer.zero_grad(set_to_none=True))
     seen: list[list[str]] = []
     real_verify = loop.verify_export
 
@@ -217,7 +218,7 @@ def test_no_effect_lora_warned_and_export_check_can_fail(world, monkeypatch, cap
 
 @DEFERRED
 def test_out_of_memory_reports_settings_and_keeps_checkpoint(world, monkeypatch, capsys, deferred):
-    real, n = loop.train_step, {"i": 0}
+    real, n = steps.train_step, {"i": 0}
     if deferred:  # step 4's numbers are still unread when step 5 runs out of memory: its row is written anyway
         fused_adamw_on_cpu(monkeypatch)
 
@@ -227,7 +228,7 @@ def test_out_of_memory_reports_settings_and_keeps_checkpoint(world, monkeypatch,
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*a, **k)
 
-    monkeypatch.setattr(loop, "train_step", oom_step)
+    monkeypatch.setattr(steps, "train_step", oom_step)
     name = "oom-fused" if deferred else "oom"
     rc, run, out, err = run_cli(world, name, NO_SAMPLES, capsys=capsys)
     assert rc == 2

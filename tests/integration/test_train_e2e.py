@@ -121,7 +121,7 @@ def test_bf16_run_without_peft_input_casts_matches_with_them(tmp_path, family, m
     layer's input through fp32. Losses and the exported LoRA equal those of the same run with the casts, bit for
     bit; previews (denoiser calls outside the step) work; a trained text encoder, whose captions are encoded
     outside autocast, keeps its casts (SDXL)."""
-    import lorakit.train.loop as loop
+    import lorakit.train.placement as loop
 
     paths = tiny_model(family, tmp_path / "model")
     real = loop.inject_lora
@@ -161,7 +161,7 @@ def test_the_objects_built_before_the_steps_are_frozen_while_they_run(tmp_path, 
     sight for the steps (no full collection walks them between steps) and gives them back afterwards."""
     import gc
 
-    from lorakit.train import loop
+    from lorakit.train import steps as loop
 
     before = gc.get_freeze_count()
     seen = []
@@ -187,7 +187,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     assert main(["train", str(full), "sample.prompts=[]"]) == 0
 
     part = write_run_toml(tmp_path, "sdxl", paths, name="part")
-    import lorakit.train.loop as loop
+    import lorakit.train.steps as loop
 
     real_step = loop.train_step
     calls = {"n": 0}
@@ -284,12 +284,10 @@ def test_a_budget_that_picks_modulation_on_cpu_gets_it_installed(tmp_path, capsy
     monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): full))
     checks = memory.check_supported
 
-    def on_a_gpu(cfg, device):  # vram_gb is refused on the CPU; every other check still runs
-        vram, cfg.memory.vram_gb = cfg.memory.vram_gb, None
-        try:
-            checks(cfg, device)
-        finally:
-            cfg.memory.vram_gb = vram
+    def on_a_gpu(cfg, device, planned=False):  # vram_gb is refused on the CPU; every other check still runs
+        from dataclasses import replace
+
+        checks(replace(cfg, memory=replace(cfg.memory, vram_gb=None)), device)
 
     monkeypatch.setattr(memory, "check_supported", on_a_gpu)
     paths = tiny_model("flux1", tmp_path / "model")

@@ -131,7 +131,7 @@ def test_too_small_a_budget_names_the_batch_size_that_fits(flux_sizes):
         plan(flux_sizes, 2, "flux1")
 
 
-def test_apply_budget_writes_the_choice_into_the_config(flux_sizes, monkeypatch):
+def test_apply_budget_returns_the_choice_and_leaves_the_config_as_loaded(flux_sizes, monkeypatch):
     from lorakit.config.load import load_config
     from lorakit.models.registry import get_family
 
@@ -139,7 +139,10 @@ def test_apply_budget_writes_the_choice_into_the_config(flux_sizes, monkeypatch)
                                   "memory": {"vram_gb": 12}})
     monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
     lines: list[str] = []
+    loaded = copy.deepcopy(cfg)
     p = budget.apply_budget(cfg, get_family("flux1").SPEC, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
+    assert cfg == loaded  # the plan is a copy: config.toml and the loaded config stay what the user asked
+    cfg = p.applied
     assert (cfg.memory.fp8_base, cfg.memory.blocks_to_swap, cfg.memory.gradient_checkpointing) == \
         (True, p.blocks_to_swap, True) and p.blocks_to_swap > 0
     assert lines and lines[0].startswith("vram_gb = 12: gradient_checkpointing = true, fp8_base = true")
@@ -233,13 +236,14 @@ def test_apply_budget_splits_a_batch_that_does_not_fit(flux_sizes, monkeypatch):
     cfg = cfg_for(8, 4, 2)
     lines: list[str] = []
     p = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
+    cfg = p.applied
     b = cfg.training.batch_size
     assert b in (1, 2) and cfg.training.gradient_accumulation == 2 * 4 // b  # effective batch 8 kept
     assert p.estimate_gib <= 8 and "does not fit; using batch_size" in lines[0]
     with pytest.raises(ConfigError, match="memory.vram_gb = 2"):
         budget.apply_budget(cfg_for(2, 4), spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
     cfg = cfg_for(24, 1)
-    budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
+    cfg = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append).applied
     assert (cfg.training.batch_size, cfg.training.gradient_accumulation) == (1, 1)  # untouched when it fits
 
 
@@ -286,6 +290,7 @@ def test_compiled_blocks_are_budgeted_with_their_own_activation_rate(flux_sizes,
                                       "data": {"dir": "."},
                                       "memory": {"vram_gb": 34, "compile": compile_, "modulation_on_cpu": False}})
         plans[compile_] = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
+        cfg = plans[compile_].applied
         assert cfg.memory.checkpoint_fraction == plans[compile_].checkpoint_fraction < 1
     eager, compiled = plans[False], plans[True]
     assert not eager.fp8_base and not compiled.fp8_base
@@ -312,8 +317,14 @@ def test_fp8_storage_under_compile_is_planned_with_every_block_checkpointed(flux
 
     storage, compute, eager = planned(compile=True), planned(20, compile=True, fp8_compute=True), planned()
     assert storage.fp8_base and storage.checkpoint_fraction == 1.0 and storage.gradient_checkpointing
-    # a fraction the user set is not applied to fp8 storage under compile either (nor to its swap tiers)
-    assert planned(compile=True, checkpoint_fraction=0.5).checkpoint_fraction == 1.0
+    # a fraction the user set is a constraint: fp8 storage under compile cannot keep it, so that setting is not
+    # planned (never silently changed to 1), and a budget only it would fit says which key was fixed
+    from lorakit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"you fixed memory.checkpoint_fraction = 0.5"):
+        planned(compile=True, checkpoint_fraction=0.5)
+    kept = planned(48, compile=True, checkpoint_fraction=0.5)
+    assert kept.checkpoint_fraction == 0.5 and not kept.fp8_base and kept.applied.memory.checkpoint_fraction == 0.5
     assert compute.fp8_base and compute.checkpoint_fraction < 1.0
     assert eager.fp8_base and eager.checkpoint_fraction < 1.0  # eager fp8 layers save only the fp8 weight
 
@@ -344,6 +355,7 @@ def test_the_budget_turns_fp8_compute_on_under_compile_where_the_gpu_has_it(sdxl
                                       "memory": {"vram_gb": vram_gb, **memory}})
         lines: list[str] = []
         plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append, device=device)
+        cfg = plan.applied
         assert plan.fp8_base
         return cfg.memory.fp8_compute, lines
 
@@ -380,6 +392,7 @@ def test_unset_fp8_compute_lets_the_budget_plan_partial_checkpointing(flux_sizes
                                       "memory": {"vram_gb": vram_gb, "compile": True, **memory}})
         plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda line: None,
                                    device=torch.device("cuda"))
+        cfg = plan.applied
         return plan, cfg.memory
 
     plan, mem = chosen(vram_gb=20)
@@ -414,6 +427,7 @@ def test_the_budget_plans_selective_recomputation_where_it_was_measured_fastest(
         lines: list[str] = []
         plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append,
                                    device=torch.device("cuda"))
+        cfg = plan.applied
         return plan, cfg, lines
 
     plan, cfg, lines = chosen(26)
@@ -481,8 +495,8 @@ def test_apply_budget_offers_modulation_on_cpu_only_where_fp8_would_be_storage(f
                                       "data": {"dir": "."}, "network": network or {},
                                       "memory": {"vram_gb": 24, **(memory or {})}})
         lines: list[str] = []
-        budget.apply_budget(cfg, get_family_spec("flux1"), nn.Linear(1, 1), [], [], swap.LOOKAHEAD,
-                            log=lines.append)
+        cfg = budget.apply_budget(cfg, get_family_spec("flux1"), nn.Linear(1, 1), [], [], swap.LOOKAHEAD,
+                                  log=lines.append).applied
         return cfg, lines
 
     cfg, lines = apply()
@@ -521,6 +535,7 @@ def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_und
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
                                       "data": {"dir": "."}, "memory": {"vram_gb": vram, "compile": True, **memory}})
         plan = budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
+        cfg = plan.applied
         return plan, cfg
 
     weights = (flux_host_sizes.outside[0] + sum(b[0] for b in flux_host_sizes.blocks)

@@ -45,7 +45,7 @@ def _batch(text, b=1, h=8, w=8):
 def test_pack_and_ids_match_flux_pipeline():
     from diffusers import FluxPipeline
 
-    from lorakit.train.objectives import image_position_ids, pack_latents, unpack_latents
+    from lorakit.diffusion.packing import image_position_ids, pack_latents, unpack_latents
     x = torch.randn(2, 16, 6, 10)
     ref = FluxPipeline._pack_latents(x, 2, 16, 6, 10)
     assert torch.equal(pack_latents(x), ref)

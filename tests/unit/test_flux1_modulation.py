@@ -203,25 +203,31 @@ def test_modulation_on_cpu_settings_are_checked(monkeypatch):
     from lorakit.config.load import load_config
     from lorakit.train import memory
 
+    from lorakit.models.flux1 import Adapter
+
+    def check(c, device):  # the shared checks, then FLUX.1's own (the loop runs both before loading)
+        memory.check_supported(c, device)
+        Adapter.check_config(c, device)
+
     def cfg(family="flux1", network=None, **mem):
         return load_config(None, data={"model": {"family": family, "checkpoint": "f.safetensors"}, "data": {"dir": "."},
                                        "network": network or {}, "memory": {"modulation_on_cpu": True, **mem}})
 
-    memory.check_supported(cfg(), torch.device("cpu"))  # accepted
+    check(cfg(), torch.device("cpu"))  # accepted
     with pytest.raises(ConfigError, match="memory.modulation_on_cpu: not with memory.blocks_to_swap"):
-        memory.check_supported(cfg(blocks_to_swap=4), torch.device("cuda"))
+        check(cfg(blocks_to_swap=4), torch.device("cuda"))
     # with CUDA graphs: accepted where the modulation op can stay out of the graphs, an error naming torch elsewhere
     from lorakit.models.flux1 import modulation
 
     assert modulation.GRAPH_SAFE  # the pinned torch has the tag
-    memory.check_supported(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
+    check(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
     assert torch.Tag.cudagraph_unsafe in torch.ops.lorakit.host_modulation.default.tags
     monkeypatch.setattr(modulation, "GRAPH_SAFE", False)
     with pytest.raises(ConfigError, match=r"memory.modulation_on_cpu: this PyTorch \(.*\) cannot keep the modulation op "
                                           "out of CUDA graphs"):
-        memory.check_supported(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
+        check(cfg(compile=True, cuda_graphs=True), torch.device("cuda"))
     with pytest.raises(ConfigError, match="memory.modulation_on_cpu: .*network.train_text_encoder"):
-        memory.check_supported(cfg(network={"train_text_encoder": True}), torch.device("cpu"))
+        check(cfg(network={"train_text_encoder": True}), torch.device("cpu"))
     with pytest.raises(ConfigError, match="modulation_on_cpu"):
         cfg(family="sdxl")
     # false (never let vram_gb pick it) is harmless on another family, as in a config shared between families

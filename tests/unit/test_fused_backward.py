@@ -282,7 +282,7 @@ def test_training_run_resumes_exactly_and_matches_plain(tmp_path, monkeypatch):
     (clipping off in both), and a fused run killed after its step-3 checkpoint resumes to the same result."""
     from safetensors.torch import load_file
 
-    import lorakit.train.loop as loop
+    import lorakit.train.steps as loop
     from lorakit.cli import main
     from tests.integration.test_train_e2e import tiny_model, write_run_toml
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lorakit.train import objectives as ob
+from lorakit.diffusion import objectives as ob
+from lorakit.diffusion import packing as pk
 
 
 def _np_alphas(n=1000, b0=0.00085, b1=0.012):
@@ -171,7 +172,7 @@ def test_flow_schedule():
 
 def test_pack_unpack_roundtrip_and_explicit_loop():
     x = torch.randn(2, 3, 4, 6)
-    p = ob.pack_latents(x)
+    p = pk.pack_latents(x)
     assert p.shape == (2, 6, 12)
     ref = torch.empty(2, 6, 12)
     for b in range(2):
@@ -180,13 +181,13 @@ def test_pack_unpack_roundtrip_and_explicit_loop():
                 feats = [x[b, ch, 2 * r + dy, 2 * c + dx] for ch in range(3) for dy in range(2) for dx in range(2)]
                 ref[b, r * 3 + c] = torch.stack(feats)
     assert torch.equal(p, ref)
-    assert torch.equal(ob.unpack_latents(p, 4, 6), x)
+    assert torch.equal(pk.unpack_latents(p, 4, 6), x)
     with pytest.raises(ValueError):
-        ob.pack_latents(torch.zeros(1, 1, 3, 4))
+        pk.pack_latents(torch.zeros(1, 1, 3, 4))
 
 
 def test_image_position_ids():
-    ids = ob.image_position_ids(4, 6)
+    ids = pk.image_position_ids(4, 6)
     assert ids.shape == (6, 3)
     expected = [[0, r, c] for r in range(2) for c in range(3)]
     assert ids.tolist() == expected

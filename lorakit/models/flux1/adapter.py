@@ -42,7 +42,16 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                  # 24.29; a cap on the allocated figure ran out of memory in round 9) less the 16.16 GiB of bf16
                  # weights left on the GPU and 1.28 GiB of LoRA + AdamW. Both ran within noise of each other and
                  # 6-10 % faster than budget 0.22 with attention recomputed (round 9's setting)
-                 host_activation_budget_gib=((0.15, 8.24), (0.12, 7.70)))
+                 host_activation_budget_gib=((0.15, 8.24), (0.12, 7.70)),
+                 host_linears_graph_safe=lambda: _graph_safe(),
+                 denoiser_name="transformer",
+                 config_keys=frozenset({
+                     "model.clip_l", "model.t5xxl", "model.ae", "model.variant", "network.train_blocks",
+                     "network.double_block_indices", "network.single_block_indices", "network.module_ranks",
+                     "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
+                     "training.discrete_flow_shift", "training.guidance_scale", "training.t5_max_length",
+                     "training.apply_t5_attn_mask", "memory.blocks_to_swap", "memory.modulation_on_cpu",
+                     "sample.guidance"}))
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}
@@ -78,6 +87,13 @@ def variant_from_header(path: Path) -> Optional[str]:
     return "dev" if any("guidance_in." in k for k in keys) else "schnell"
 
 
+def _graph_safe() -> bool:
+    """Whether the modulation op runs eagerly between CUDA-graph pieces (read live: tests switch it off)."""
+    from . import modulation
+
+    return modulation.GRAPH_SAFE
+
+
 def deferred_placement(memory: Any) -> bool:
     """Whether the transformer stays on the CPU after load() (the loop places it block by block)."""
     return bool(memory is not None and (getattr(memory, "blocks_to_swap", 0) or getattr(memory, "fp8_base", False)
@@ -99,6 +115,23 @@ class Adapter:
         # position ids on the device per (latent h, w, T5 length, device): the same every step of a bucket, so
         # built and copied once instead of each call
         self._ids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def check_config(cfg: Any, device: torch.device) -> None:
+        """FLUX.1's own memory options that cannot apply with the rest of the config (ConfigError naming the key)."""
+        mem = cfg.memory
+        on_cpu = getattr(mem, "modulation_on_cpu", False)
+        if on_cpu and mem.blocks_to_swap:
+            raise ConfigError("memory.modulation_on_cpu: not with memory.blocks_to_swap (swapped blocks stream all their "
+                              "weights anyway); remove one of the two")
+        if on_cpu and mem.cuda_graphs and not _graph_safe():
+            raise ConfigError(f"memory.modulation_on_cpu: this PyTorch ({torch.__version__}) cannot keep the modulation "
+                              "op out of CUDA graphs, which would replay one step's modulations every step; set "
+                              "memory.cuda_graphs = false or memory.modulation_on_cpu = false")
+        if on_cpu and cfg.network.train_text_encoder:
+            raise ConfigError("memory.modulation_on_cpu: the modulation outputs are computed on the CPU without "
+                              "gradients, so CLIP-L cannot be trained through them; set network.train_text_encoder = "
+                              "false or memory.modulation_on_cpu = false")
 
     # ------------------------------------------------------------------------------------------ loading
     def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
@@ -171,7 +204,7 @@ class Adapter:
         """Move an encoder to where it runs and yield that device: the training device, or the CPU when it
         does not fit there (T5-XXL on small cards). Encoders live on the CPU between uses; offload_encoders()
         sends them back after caching."""
-        from lorakit.train.memory import device_for
+        from lorakit.device import device_for
 
         where = device_for(module, self.device, getattr(self.cfg.memory, "vram_gb", None), log=print)
         module.to(where)
@@ -238,7 +271,7 @@ class Adapter:
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
         """σ from training.timestep_sampling (flux_shift uses the packed token count); rectified-flow noising."""
-        from lorakit.train.objectives import flow_noise, flow_target, sample_sigmas
+        from lorakit.diffusion.objectives import flow_noise, flow_target, sample_sigmas
         b, _, h, w = latents.shape
         sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
                                logit_mean=training.logit_mean, logit_std=training.logit_std,
@@ -255,7 +288,7 @@ class Adapter:
         """Pack, run the transformer (σ as timestep; it scales by 1000 itself), unpack. Raw velocity out.
         ``host_sigmas`` / ``host_text``: the same values still on the host, if the caller has them (for
         memory.modulation_on_cpu, which would otherwise read them back from the device)."""
-        from lorakit.train.objectives import image_position_ids, pack_latents, unpack_latents
+        from lorakit.diffusion.packing import image_position_ids, pack_latents, unpack_latents
         tr = self._c().transformer
         p = next(tr.parameters())
         dev, dt = p.device, p.dtype
@@ -296,7 +329,7 @@ class Adapter:
         CFG only when cfg_scale != 1 and a negative prompt is given (as kohya)."""
         from PIL import Image
 
-        from lorakit.train.objectives import flow_schedule
+        from lorakit.diffusion.objectives import flow_schedule
         c = self._c()
         down = self._downscale()
         f = down * 2

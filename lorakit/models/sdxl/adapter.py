@@ -27,7 +27,13 @@ SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,
                  metadata_base_version="sdxl_base_v1-0", network_module="networks.lora",
-                 activation_gib=(0.9, 7.5), activation_gib_compiled=(0.9, 6.2))
+                 activation_gib=(0.9, 7.5), activation_gib_compiled=(0.9, 6.2),
+                 denoiser_name="unet",
+                 compile_blocks=("ResnetBlock2D",),  # diffusers' list names only the transformer block; the resnets
+                 #                                     carry most of the remaining element-wise kernels
+                 config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
+                                        "training.min_timestep", "training.max_timestep", "training.noise_offset",
+                                        "training.min_snr_gamma", "sample.sampler"}))
 
 # Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
 _ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -229,6 +235,10 @@ class Adapter:
         self._alphas_cumprod: Optional[torch.Tensor] = None
 
     # ---- loading
+    @staticmethod
+    def check_config(cfg: Any, device: torch.device) -> None:
+        """SDXL adds no checks beyond the shared ones."""
+
     def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
         """Load the frozen base model; UNet and text encoders in ``dtype``, the VAE in fp32.
 
@@ -414,7 +424,7 @@ class Adapter:
     # ---- objective
     def alphas_cumprod(self) -> torch.Tensor:
         if self._alphas_cumprod is None:
-            from lorakit.train.objectives import ddpm_alphas_cumprod
+            from lorakit.diffusion.objectives import ddpm_alphas_cumprod
 
             self._alphas_cumprod = ddpm_alphas_cumprod(self.scheduler_config.get("num_train_timesteps", 1000),
                                                        self.scheduler_config.get("beta_start", 0.00085),
@@ -424,7 +434,7 @@ class Adapter:
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
         """DDPM: t ~ U[min_timestep, max_timestep), noise offset, x_t, ε or v target, min-SNR-γ weight."""
-        from lorakit.train import objectives as obj
+        from lorakit.diffusion import objectives as obj
 
         ac = self.alphas_cumprod()
         prediction = getattr(training, "prediction", SPEC.prediction)

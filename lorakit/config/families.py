@@ -1,0 +1,34 @@
+"""Which family honours which family-only key, asked of the installed family packages.
+
+The schema marks a key ``family_only`` and names no family; each family's ``ModelSpec.config_keys`` lists the
+family-only keys it honours. So a new family package adds its keys without touching the config layer. The model
+registry (a shared module that discovers the family packages, not a family) is imported only when asked.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+def installed() -> tuple[str, ...]:
+    """Names of the installed families (the registry's discovery)."""
+    from lorakit.models.registry import families
+
+    return tuple(families())
+
+
+@lru_cache(maxsize=None)
+def _keys() -> dict[str, frozenset[str]]:
+    from lorakit.models.registry import get_family
+
+    return {name: frozenset(getattr(get_family(name).SPEC, "config_keys", ())) for name in installed()}
+
+
+def applies_to(key: str) -> tuple[str, ...]:
+    """The families whose spec lists the family-only ``key`` ("section.field")."""
+    return tuple(name for name, keys in _keys().items() if key in keys)
+
+
+def clear() -> None:
+    """Forget what was read (after a family is registered at run time)."""
+    _keys.cache_clear()

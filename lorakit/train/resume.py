@@ -1,0 +1,132 @@
+"""Saving and resuming: the LoRA file and the resume state of a step, the newest state that verifies, and what must
+not change between a run and its resume (the config's fingerprint and the memory plan)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorakit.config.load import config_to_dict
+from lorakit.config.schema import Config
+from lorakit.errors import TrainingError
+from lorakit.lora.inject import extract_lora, load_lora_into
+from lorakit.train import checkpoint, health
+from lorakit.train.export import export_lora
+from lorakit.train.rundir import RunDir
+
+
+def extract_all(modules, targets) -> dict[str, dict]:
+    """Trained LoRA of every component: component → module path → LoraModule (``modules`` by component name)."""
+    return {component: extract_lora(modules[component]) for component in targets}
+
+
+def save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimizer, scheduler, stream, generator,
+                    step: int, fingerprint: dict, dataset, final: bool = False) -> Path:
+    """Write the LoRA file (atomic) and the resume state (atomic folder), then prune old ones. ``cfg`` is the config
+    the run uses (the plan applied), so the LoRA's metadata records what ran.
+
+    A full disk stops the run with a TrainingError naming the file; the atomic writes leave the previous
+    checkpoint untouched, so the run resumes from it once there is space."""
+    previous = run.latest_state()
+    lora = extract_all(modules, targets)
+    target = run.lora_path(None if final else step)
+    try:
+        path = export_lora(target, adapter, lora, cfg, dataset, stream, step, run.session())
+        target = run.state_path(step)
+        rng = checkpoint.capture_rng()
+        rng["loop_generator"] = generator.get_state()
+        checkpoint.save_state(target, lora=lora, optimizer_state=optimizer.state_dict(),
+                              scheduler_state=scheduler.state_dict(), rng=rng, data_state=stream.state_dict(),
+                              step=step, config_fingerprint=fingerprint)
+    except Exception as exc:
+        if not health.is_disk_full(exc):
+            raise
+        raise TrainingError(
+            f"disk full while writing {target} (step {step}): nothing was "
+            f"overwritten; the last complete checkpoint is {previous or 'none yet'}. Free some space (or lower "
+            f"save.keep_last) and continue with `lorakit train --resume {run.root}`.") from None
+    run.prune(cfg.save.keep_last)
+    run.write_status(step=step, last_checkpoint=str(path))
+    return path
+
+
+def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optimizer, scheduler, stream,
+            generator, log) -> int:
+    """Load the newest resume state that verifies (a damaged one is reported and skipped); 0 when none."""
+    state = None
+    for state_dir in reversed(run.complete_states()):
+        try:
+            state = checkpoint.load_state(state_dir)
+            break
+        except checkpoint.IncompleteStateError as exc:
+            log(f"warning: {exc}; trying the checkpoint before it")
+    if state is None:
+        log(f"--resume: {run.root} has no complete checkpoint (the run stopped before its first save finished); "
+            "starting again from step 0. Caches already written are reused.")
+        return 0
+    changed = checkpoint.fingerprint_diff(state["config_fingerprint"], fingerprint)
+    if changed and not force:
+        raise settings_changed(state_dir, changed)
+    for component in targets:
+        load_lora_into(modules[component], state["lora"][component])
+    optimizer.load_state_dict(state["optimizer_state"])
+    scheduler.load_state_dict(state["scheduler_state"])
+    stream.load_state_dict(state["data_state"])
+    rng = dict(state["rng"])
+    generator.set_state(rng.pop("loop_generator"))
+    checkpoint.restore_rng(rng)
+    log(f"resumed from {state_dir} at step {state['step']}")
+    return int(state["step"])
+
+
+def check_unchanged(run: RunDir, fingerprint: dict) -> None:
+    """Compare with the newest state's saved fingerprint (a cheap read; restore() verifies the state fully)."""
+    latest = run.latest_state()
+    try:
+        saved = json.loads((latest / "train_state.json").read_text())["config_fingerprint"] if latest else None
+    except (OSError, ValueError, KeyError):
+        return  # a damaged state: restore() reports it and falls back to an earlier one
+    changed = checkpoint.fingerprint_diff(saved, fingerprint) if saved is not None else []
+    if changed:
+        raise settings_changed(latest, changed)
+
+
+def settings_changed(state_dir: Path, changed: list[str]) -> TrainingError:
+    return TrainingError(f"cannot resume {state_dir}: the run's settings changed ({'; '.join(changed)}). "
+                         "Use --force-resume to continue anyway, or start a new run.")
+
+
+def check_plan(run: RunDir, plan: dict, force: bool) -> None:
+    """A resumed run must run as it ran: the plan derived now against ``plan.json`` (what the first start chose).
+    A different plan (another card, another PyTorch, a changed estimate) is refused naming each difference, unless
+    ``force``; the new plan is then recorded."""
+    path = run.root / "plan.json"
+    try:
+        saved = json.loads(path.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no plan recorded yet (a run stopped before planning): this one is written
+    changed = [f"{key}: {saved.get(key)!r} then, {plan['settings'].get(key)!r} now"
+               for key in sorted(set(saved) | set(plan["settings"])) if saved.get(key) != plan["settings"].get(key)]
+    if changed and not force:
+        raise TrainingError(f"cannot resume {run.root}: the memory plan differs from the one it ran with "
+                            f"({'; '.join(changed)}). Resume on the same card and settings, or use --force-resume "
+                            "to continue with the new plan.")
+
+
+def run_fingerprint(cfg: Config, dataset) -> dict:
+    """What must not change between a run and its resume."""
+    d = config_to_dict(cfg)
+    return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
+            "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
+                                                             if k not in ("max_steps", "stall_timeout", "device")},
+            "optimizer": d.get("optimizer", {})}
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A hash of what the model sees: every usable image's bytes, caption, bucket, crop and repeats."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for it in dataset.items:
+        h.update(f"{it.sha256}|{it.caption}|{it.bucket}|{it.crop}|{it.repeats}|{it.is_reg}|{it.loss_weight}\n".encode())
+    return h.hexdigest()
