@@ -399,19 +399,20 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     if s.get("pageable"):  # host-to-device copies from pageable memory, as before round 7 (models.base.to_gpu pins)
         import importlib
 
-        for mod in ("lorakit.train.loop", "lorakit.diffusion.objectives", f"lorakit.models.{family}.adapter"):
+        for mod in ("lorakit.train.steps", "lorakit.diffusion.objectives", f"lorakit.models.{family}.adapter"):
             importlib.import_module(mod).to_gpu = lambda t, device, dtype=None: t.to(device, non_blocking=True).to(dtype)
     swapper, plan, t_place, h2d_gbps = None, None, 0.0, None
     if placed(s):
         from lorakit.train import budget, swap
 
         t1 = time.time()
-        blocks = speed.repeated_blocks(model)
+        blocks = speed.repeated_blocks(model, adapter.spec.compile_blocks)
         if s.get("reserve") is not None:  # experiment: the budget's headroom for the allocator (budget.RESERVE_GIB)
             budget.RESERVE_GIB = float(s["reserve"])
         if cfg.memory.vram_gb:
             plan = budget.apply_budget(cfg, adapter.spec, model, blocks, params, swap.LOOKAHEAD, log=print,
                                        device=device)
+            cfg = plan.applied  # the run's config with the plan's choices (the loaded one is never written)
             adapter.before_placement(cfg.memory, print)  # as the loop does: what the plan chose (modulation_on_cpu)
         swapper = swap.place_denoiser(model, blocks, device, fp8_base=cfg.memory.fp8_base,
                                       fp8_compute=cfg.memory.fp8_compute,
@@ -460,14 +461,15 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     elif s.get("mode"):
         inside = cfg.memory.gradient_checkpointing
         speed.set_gradient_checkpointing(model, False, log_lines.append)
-        prep = {"compiled_blocks": speed.compile_regions(model, mode=s["mode"], checkpoint=inside,
-                                                         log=log_lines.append)}
+        prep = {"compiled_blocks": speed.compile_regions(model, speed.region_names(model, adapter.spec.compile_blocks),
+                                                         mode=s["mode"], checkpoint=inside, log=log_lines.append)}
     else:
         # TINY (CPU smoke test): compile with aot_eager and skip the CUDA-only check and CUDA graphs
         prep = speed.prepare_denoiser(model, cfg.memory, torch.device("cuda") if TINY else device,
                                       log=log_lines.append, scope="whole" if s.get("compile") == "whole" else
                                       "regions", cuda_graphs=bool(s.get("cudagraphs")) and not TINY,
-                                      backend="aot_eager" if TINY else "inductor", swapper=swapper)
+                                      backend="aot_eager" if TINY else "inductor", swapper=swapper,
+                                      extra_regions=adapter.spec.compile_blocks)
     generator = torch.Generator().manual_seed(cfg.training.seed)
     results: list[dict[str, Any]] = []
     gate = Gate.from_env(name)

@@ -65,6 +65,8 @@ def flux_host_sizes() -> budget.Sizes:
 def sdxl_sizes() -> budget.Sizes:
     from diffusers import UNet2DConditionModel
 
+    from lorakit.models.registry import get_family
+
     from lorakit.models.sdxl import configs
     from lorakit.models.sdxl.adapter import unet_lora_targets
 
@@ -76,7 +78,7 @@ def sdxl_sizes() -> budget.Sizes:
     for p, r in targets.items():
         w = unet.get_submodule(p).weight
         lora.append(torch.empty(r * (w[0].numel() + w.shape[0]), device="meta"))
-    return budget.Sizes.of(unet, speed.repeated_blocks(unet), lora)
+    return budget.Sizes.of(unet, speed.repeated_blocks(unet, get_family("sdxl").SPEC.compile_blocks), lora)
 
 
 def plan(sizes, gib, family, batch=1, optimizer="adamw"):

@@ -140,10 +140,17 @@ def test_compile_refuses_models_without_known_blocks():
 
 
 def test_sdxl_regions_include_resnets():
+    """The blocks compiled besides diffusers' ``_repeated_blocks`` come from the family's spec (SDXL: the resnets),
+    never from a class name the engine knows."""
+    from lorakit.models.registry import get_family
+
     unet = SimpleNamespace()
     assert speed.region_names(unet) == ()
     cls = type("UNet2DConditionModel", (), {"_repeated_blocks": ["BasicTransformerBlock"]})
-    assert speed.region_names(cls()) == ("BasicTransformerBlock", "ResnetBlock2D")
+    assert speed.region_names(cls()) == ("BasicTransformerBlock",)
+    extra = get_family("sdxl").SPEC.compile_blocks
+    assert speed.region_names(cls(), extra) == ("BasicTransformerBlock", "ResnetBlock2D")
+    assert speed.region_names(cls(), ("BasicTransformerBlock",)) == ("BasicTransformerBlock",)  # no repeats
 
 
 def cfg(**mem):
@@ -170,9 +177,13 @@ def test_memory_check_accepts_cuda_options_on_cuda_and_rejects_them_on_the_cpu()
         memory.check_supported(cfg(**{key: value}), torch.device("cuda"))  # no error
         with pytest.raises(ConfigError, match=f"memory.{key}"):
             memory.check_supported(cfg(**{key: value}), torch.device("cpu"))
-    for extra in ({"fp8_base": True}, {"blocks_to_swap": 3}):  # vram_gb chooses these itself
-        with pytest.raises(ConfigError, match="memory.vram_gb: it chooses"):
-            memory.check_supported(cfg(vram_gb=12.0, **extra), torch.device("cuda"))
+    for extra in ({"fp8_base": True}, {"blocks_to_swap": 3}):  # with vram_gb: constraints the plan keeps
+        memory.check_supported(cfg(vram_gb=12.0, **extra), torch.device("cuda"))
+    # how the planned knobs combine is checked on the plan's config, not the loaded one (checkpointing is off there)
+    memory.check_supported(cfg(vram_gb=12.0, blocks_to_swap=3, gradient_checkpointing=False), torch.device("cuda"))
+    with pytest.raises(ConfigError, match="memory.blocks_to_swap: needs memory.gradient_checkpointing"):
+        memory.check_supported(cfg(vram_gb=12.0, blocks_to_swap=3, gradient_checkpointing=False),
+                               torch.device("cuda"), planned=True)
 
 
 def test_whole_denoiser_compile_with_traced_checkpoints_matches_eager(reference):
@@ -213,7 +224,7 @@ def test_compile_makes_room_for_every_bucket_shape(monkeypatch):
     says that each shape compiles (and records CUDA graphs) once."""
     import torch._dynamo
 
-    monkeypatch.setattr(speed, "compile_regions", lambda model, **kw: 3)
+    monkeypatch.setattr(speed, "compile_regions", lambda model, *names, **kw: 3)
     with torch._dynamo.config.patch(recompile_limit=8):  # (monkeypatch cannot restore a config module's entry)
         model, _ = tiny_flux()
         lines: list[str] = []
@@ -230,7 +241,7 @@ def test_compile_makes_room_for_every_bucket_shape(monkeypatch):
 def test_prepare_denoiser_turns_cuda_graphs_on_only_with_compile(monkeypatch):
     seen = {}
 
-    def fake_compile_regions(model, *, backend, mode, checkpoint, log, selected=None):
+    def fake_compile_regions(model, names=None, *, backend, mode, checkpoint, log, selected=None):
         seen.update(mode=mode, checkpoint=checkpoint)
         return 3
 
@@ -345,8 +356,8 @@ def test_activation_budget_needs_compile_and_replaces_block_checkpointing():
         check(activation_budget=0.35, gradient_checkpointing=False)
     with pytest.raises(ConfigError, match="memory.activation_budget: replaces block checkpointing"):
         check(activation_budget=0.35, compile=True)
-    with pytest.raises(ConfigError, match="memory.activation_budget: memory.vram_gb plans"):
-        check(activation_budget=0.35, compile=True, gradient_checkpointing=False, vram_gb=24)
+    # with vram_gb a hand-set budget is a constraint the plan keeps (checked on the plan's config)
+    check(activation_budget=0.35, compile=True, vram_gb=24)
     with pytest.raises(ConfigError, match="activation_budget"):
         check(activation_budget=1.5, compile=True, gradient_checkpointing=False)  # outside (0, 1]
 
