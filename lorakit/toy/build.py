@@ -24,7 +24,6 @@ Recipe (per family, all on one CPU thread, deterministic):
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import random
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lorakit.fsutil import write_json
 from lorakit.lora.io import file_sha256
 from lorakit.toy import world
 
@@ -462,6 +462,6 @@ def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str,
               "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                         for role, p in files.items()},
               "torch": torch.__version__}
-    (target / "build.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(target / "build.json", report)
     _log(f"{family}: done in {seconds:.0f}s ({cpu_seconds:.0f} s CPU)", t0)
     return report

@@ -22,7 +22,9 @@ import torch
 
 from lorakit.config.load import config_to_dict, dump_toml
 from lorakit.config.schema import Config
-from lorakit.data.cache import LatentCache, TextCache, cache_folder, atomic_write_bytes
+from lorakit.data.cache import LatentCache, TextCache, cache_folder
+from lorakit.data.images import save_image
+from lorakit.fsutil import write_text
 from lorakit.data.captions import fixed_captions
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
@@ -64,7 +66,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
     if not resume:
         run.create()
-        atomic_write_bytes(run.root / "config.toml", dump_toml(cfg).encode())  # first: makes --resume possible
+        write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
     family = get_family(cfg.model.family)
     spec = family.SPEC
     device = pick_device(cfg.training.device)
@@ -77,7 +79,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
     watchdog.beat("scanning the dataset")
     dataset = scan_dataset(cfg.data, divisibility=spec.bucket_divisibility)
     report = dataset.report
-    atomic_write_bytes(run.root / "data_report.json", _json(report.to_json(cfg.training.batch_size)).encode())
+    write_text(run.root / "data_report.json", _json(report.to_json(cfg.training.batch_size)))
     log(report.to_table(cfg.training.batch_size))
     if report.usable == 0:
         raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
@@ -169,7 +171,7 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
             with torch.no_grad(), autocast(device, compute_dtype), eager:
                 img = adapter.sample(p, torch.Generator().manual_seed(p.seed))
             path = run.samples / sample_filename(cfg.save.name, step, i, p.seed, tag)
-            img.save(path)
+            save_image(img, path)
             problem = health.image_problem(img)
             if problem:
                 log(f"warning: sample {path.name} looks {problem}: often NaN weights in disguise; check the "
@@ -565,7 +567,7 @@ def before_after_grid(run: RunDir, name: str, n: int) -> Optional[Path]:
         grid.paste(Image.open(b).convert("RGB").resize((w, h)), (i * w, 0))
         grid.paste(Image.open(a).convert("RGB").resize((w, h)), (i * w, h))
     path = run.samples / "before_after.png"
-    grid.save(path)
+    save_image(grid, path)
     return path
 
 

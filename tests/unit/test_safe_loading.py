@@ -11,7 +11,7 @@ import pytest
 import safetensors.torch
 import torch
 
-import lorakit.lora.io as lio
+import lorakit.safetensors_header as sth
 from lorakit.config.schema import ModelCfg
 from lorakit.errors import ConfigError, LorakitError, ModelLoadError
 from lorakit.lora.io import load_lora_file, read_safetensors_header
@@ -143,7 +143,7 @@ def test_crafted_headers_rejected_before_any_read(tmp_path, no_tensor_reads, mon
             reads.append(n)
             return self.fh.read(n)
 
-    monkeypatch.setattr(lio, "open", lambda p, mode="r", *a, **k: Spy(real_open(p, mode, *a, **k)), raising=False)
+    monkeypatch.setattr(sth, "open", lambda p, mode="r", *a, **k: Spy(real_open(p, mode, *a, **k)), raising=False)
     with pytest.raises(ModelLoadError) as e:
         load_lora_file(f)
     assert expected in one_line_naming(e.value, f)
