@@ -26,6 +26,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any, Iterator, Union
@@ -115,8 +116,11 @@ def atomic_path(path: PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     if not overwrite and path.exists():
         raise LorakitError(f"{path}: already exists; nothing was overwritten (choose another name or move it away)")
     tmp = _create_temp(path)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # 0o666 less the umask, as the kernel applied it
     try:
         yield tmp
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:  # a writer that replaced the file (safetensors makes 0600)
+            os.chmod(tmp, mode)
         fsync_file(tmp)
         _publish(tmp, path, overwrite)
     except BaseException:
