@@ -19,8 +19,8 @@ import safetensors.torch
 import torch
 
 from lorakit.errors import ModelLoadError
-from lorakit.fsutil import atomic_path, fsync_dir  # noqa: F401  (fsync_dir: re-exported)
-from lorakit.safetensors_header import DTYPE_SIZES, MAX_HEADER_BYTES, read_safetensors_header  # noqa: F401
+from lorakit.fsutil import atomic_path, fsync_dir  # noqa: F401  (fsync_dir: re-exported for older callers)
+from lorakit.safetensors_header import read_safetensors_header
 
 PathLike = Union[str, os.PathLike]
 

@@ -48,6 +48,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from lorakit.config.resolution import resolution_wh
 from lorakit.errors import ConfigError
 
 GIB = 2**30
@@ -237,8 +238,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     swap_field = next(f for f in fields(MemoryCfg) if f.name == "blocks_to_swap")
     can_swap = spec.family in (swap_field.metadata.get("families") or (spec.family,)) and \
         not getattr(cfg.memory, "modulation_on_cpu", False)  # the two are not combined (memory.check_supported)
-    r = cfg.data.resolution
-    w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+    w, h = resolution_wh(cfg.data.resolution)
     wanted = cfg.training.batch_size
 
     # compiled blocks keep fewer intermediates (FLUX.1-dev without checkpointing: 28.4 GiB against 38 eager)

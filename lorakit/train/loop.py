@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from lorakit.config.load import config_to_dict, dump_toml
+from lorakit.config.resolution import resolution_wh
 from lorakit.config.schema import Config
 from lorakit.data.cache import LatentCache, TextCache, cache_folder
 from lorakit.data.images import save_image
@@ -156,7 +157,8 @@ def _train(cfg: Config, resume: bool, force: bool, log: Callable[[str], None], w
 
     # ------------------------------------------------------------------ previews
     defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt,
-                            width=cfg.sample.width or _res(cfg)[0], height=cfg.sample.height or _res(cfg)[1],
+                            width=cfg.sample.width or resolution_wh(cfg.data.resolution)[0],
+                            height=cfg.sample.height or resolution_wh(cfg.data.resolution)[1],
                             steps=cfg.sample.steps, seed=cfg.sample.seed,
                             cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None else cfg.sample.cfg_scale)
     prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults)
@@ -525,7 +527,7 @@ def check_unsupported(cfg: Config, device: torch.device) -> None:
 
 def check_disk(cfg: Config, run: RunDir, dataset, spec) -> None:
     """Stop before training when the disk cannot hold what the run will write."""
-    w, h = _res(cfg)
+    w, h = resolution_wh(cfg.data.resolution)
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
     n = len(dataset.items) * (2 if cfg.data.flip_aug else 1)
     rank_params = cfg.network.rank * 2 * 3072 * 800  # generous upper bound of LoRA parameters
@@ -632,11 +634,6 @@ class Progress:
 def _is_conv(module: torch.nn.Module, name: str) -> bool:
     sub = module.get_submodule(name)
     return isinstance(sub, torch.nn.Conv2d) and sub.kernel_size != (1, 1)
-
-
-def _res(cfg: Config) -> tuple[int, int]:
-    r = cfg.data.resolution
-    return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
 
 
 def _json(obj: Any) -> str:
