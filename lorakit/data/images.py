@@ -173,11 +173,9 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 def to_images(x: torch.Tensor) -> list[Image.Image]:
     """The inverse of :func:`to_tensor`: [3, H, W] or [B, 3, H, W] in [-1, 1] (any dtype or device) → 8-bit
     RGB images (values outside [-1, 1] are clipped; rounding to nearest, so to_tensor → to_images is exact)."""
-    x = x.detach().float()
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4 or x.shape[1] != 3:
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
         raise ValueError(f"to_images: expected [3, H, W] or [B, 3, H, W], got {tuple(x.shape)}")
+    x = x.detach().float().reshape(-1, *x.shape[-3:])
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
 
