@@ -5,6 +5,7 @@ the JSON schema)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -88,3 +89,14 @@ def section_doc(section: str) -> str:
     """The docstring of a section's dataclass (for forms and ``--help``)."""
     cls = typing.get_type_hints(Config, vars(schema))[section]
     return (cls.__doc__ or "").strip()
+
+
+def as_int(value: Any) -> int | None:
+    """An int from a TOML int or an integral float (``1500.0``); None if it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None

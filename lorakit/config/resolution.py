@@ -8,28 +8,18 @@ call :func:`resolution_wh`, so the rule is written once.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
+from lorakit.config.fields import as_int
 from lorakit.config.messages import show
 from lorakit.errors import ConfigError
-
-
-def _side(v: Any) -> Optional[int]:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
-        return int(v)
-    return None
 
 
 def resolution_wh(value: Any, key: str = "data.resolution", *, minimum: int = 1,
                   maximum: Optional[int] = None) -> tuple[int, int]:
     """``n`` → ``(n, n)``; ``[w, h]`` → ``(w, h)``; each side within [minimum, maximum]; else ConfigError."""
     pair = list(value) if isinstance(value, (list, tuple)) else None
-    sides = [_side(v) for v in pair] if pair is not None else [_side(value)] * 2
+    sides = [as_int(v) for v in pair] if pair is not None else [as_int(value)] * 2
     if (pair is None or len(pair) == 2) and all(s is not None and s >= minimum and (maximum is None or s <= maximum)
                                                 for s in sides):
         return sides[0], sides[1]  # type: ignore[return-value]

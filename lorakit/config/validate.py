@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lorakit.config import schema
-from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, FieldSpec, field_specs
+from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, FieldSpec, as_int, field_specs
 from lorakit.config.kohya_import import KOHYA_KEYS
 from lorakit.config.messages import BARE_KEY_RE, err, num, quote, seg, show, suggest
 from lorakit.config.resolution import resolution_wh
@@ -161,17 +161,6 @@ def _in_bounds(spec: FieldSpec, x: float) -> bool:
                 or ("lt" in m and x >= m["lt"]))
 
 
-def _as_int(value: Any) -> int | None:
-    """An int from a TOML int or an integral float (``1500.0``); None if it is not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    return None
-
-
 def _as_float(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -199,7 +188,7 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
             raise err(key, f"must be true or false, got {show(value)}")
         return value
     if spec.base is int:
-        n = _as_int(value)
+        n = as_int(value)
         if n is None or not _in_bounds(spec, n):
             raise err(key, f"must be {_describe(spec, 'an integer')}, got {show(value)}")
         return n
@@ -273,7 +262,7 @@ def _check_table(spec: FieldSpec, value: Any) -> dict[str, int]:
             hint = suggest(str(name), allowed or ())
             extra = f"did you mean {spec.key}.{hint}?" if hint else f"names are {', '.join(allowed or ())}"
             raise err(sub, f"unknown name; {extra}")
-        n = _as_int(entry)
+        n = as_int(entry)
         if n is None or n < 0:
             raise err(sub, f"must be an integer ≥ 0, got {show(entry)}")
         out[name] = n

@@ -21,6 +21,7 @@ from lorakit.data.images import save_image
 from lorakit.errors import LorakitError
 from lorakit.lora.io import load_lora_file, save_safetensors_atomic
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
+from tests.unit.read_spy import spy_reads
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,28 +202,7 @@ def test_identity_of_a_big_file_reads_about_a_mebibyte(tmp_path, monkeypatch):
     f = tmp_path / "big.safetensors"
     with open(f, "wb") as fh:
         fh.truncate(64 << 20)
-    reads: list[int] = []
-    real_open = open
-
-    class Spy:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def read(self, n=-1):
-            data = self.fh.read(n)
-            reads.append(len(data))
-            return data
-
-        def seek(self, *a):
-            return self.fh.seek(*a)
-
-    monkeypatch.setattr(fsutil, "open", lambda p, mode="r", *a, **k: Spy(real_open(p, mode, *a, **k)), raising=False)
+    reads = spy_reads(monkeypatch, fsutil)
     fsutil.file_identity(f)
     assert sum(reads) <= 16 * (1 << 16) + 8
 
