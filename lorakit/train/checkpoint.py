@@ -34,7 +34,7 @@ import safetensors.torch
 import torch
 
 from lorakit.errors import TrainingError
-from lorakit.fsutil import fsync_dir, fsync_file, write_json, write_text
+from lorakit.fsutil import atomic_path, fsync_dir, fsync_file, write_json, write_text
 from lorakit.lora.io import file_sha256
 from lorakit.models.base import LoraModule
 
@@ -124,8 +124,8 @@ def save_state(folder: Path, *, lora: dict[str, dict[str, LoraModule]], optimize
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        safetensors.torch.save_file(_flatten_lora(lora), str(tmp / "lora.safetensors"),
-                                    metadata={"lorakit_state": str(FORMAT_VERSION)})
+        with atomic_path(tmp / "lora.safetensors") as part:  # safetensors alone would make it 0600
+            safetensors.torch.save_file(_flatten_lora(lora), str(part), metadata={"lorakit_state": str(FORMAT_VERSION)})
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler_state, tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")

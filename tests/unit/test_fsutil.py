@@ -20,6 +20,7 @@ from lorakit.data.cache import _save as save_cache_entry
 from lorakit.data.images import save_image
 from lorakit.errors import LorakitError
 from lorakit.lora.io import load_lora_file, save_safetensors_atomic
+from lorakit.train import checkpoint
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from tests.unit.read_spy import spy_reads
 
@@ -44,7 +45,13 @@ def _write_every_kind(folder: Path) -> list[Path]:
     m.close()
     loss = plot_loss(read_metrics(folder / "run" / "metrics.jsonl"), folder / "run" / "loss.png")
     assert loss is not None
-    return [lora, cfg, rep, png, cache, folder / "run" / "metrics.jsonl", loss]
+    state = folder / "run" / "state" / "step00000001"
+    lora_state = {"unet": {"a.b": checkpoint.LoraModule(down=torch.ones(2, 3), up=torch.zeros(3, 2), alpha=1.0)}}
+    checkpoint.save_state(state, lora=lora_state, optimizer_state={"state": {}, "param_groups": []},
+                          scheduler_state={}, rng={}, data_state={}, step=1, config_fingerprint={})
+    state_files = sorted(state.iterdir())
+    assert {p.name for p in state_files} >= {"lora.safetensors", "optimizer.pt", "manifest.json", "COMPLETE"}
+    return [lora, cfg, rep, png, cache, folder / "run" / "metrics.jsonl", loss, *state_files]
 
 
 @pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
@@ -54,7 +61,7 @@ def test_files_get_the_mode_the_umask_asks_for(tmp_path, umask, expected):
         paths = _write_every_kind(tmp_path)
     finally:
         os.umask(old)
-    assert {p.name: oct(_mode(p)) for p in paths} == {p.name: oct(expected) for p in paths}
+    assert {str(p): oct(_mode(p)) for p in paths} == {str(p): oct(expected) for p in paths}
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
     assert load_lora_file(paths[0])[1] == {"ss_network_dim": "2"}
 
