@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from lorakit.config.schema import DataCfg
 from lorakit.data.images import load_for_bucket
-from lorakit.fsutil import write_bytes
+from lorakit.fsutil import remove_stale_temps, write_bytes
 from lorakit.data.scan import ImageItem
 
 CACHE_VERSION = "1"
@@ -72,6 +72,7 @@ class LatentCache:
     def __init__(self, folder: Path, identity: str):
         self.folder = Path(folder) / "latents"
         self.identity = identity
+        remove_stale_temps(self.folder)  # leftovers of a killed run's writes
         self._shape_ref: tuple[int, int] | None = None  # (channels, downscale factor) seen so far
 
     def key(self, item: ImageItem) -> dict:
@@ -154,6 +155,7 @@ class TextCache:
     def __init__(self, folder: Path, identity: str):
         self.folder = Path(folder) / "text"
         self.identity = identity
+        remove_stale_temps(self.folder)  # leftovers of a killed run's writes
         self._ref: dict[str, tuple] | None = None  # name → (dtype, ndim, last dim) seen so far
 
     def key(self, caption: str) -> dict:

@@ -144,6 +144,26 @@ def test_a_killed_writer_leaves_the_old_file_and_a_temp_that_cleanup_finds(tmp_p
     assert fsutil.remove_stale_temps(tmp_path) == [live]
 
 
+def test_caches_and_run_folders_clear_dead_writers_temps(tmp_path):
+    from lorakit.data.cache import LatentCache, TextCache
+    from lorakit.train.rundir import RunDir
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)                                            # a pid that has exited
+    run = RunDir(tmp_path / "run", "x")
+    run.create()
+    folders = [tmp_path / "cache" / "latents", tmp_path / "cache" / "text", run.root, run.samples]
+    for f in folders:
+        f.mkdir(parents=True, exist_ok=True)
+        (f / f".e.safetensors.lk{dead}-00aa11bb.tmp").write_bytes(b"partial")
+        (f / "kept.safetensors").write_bytes(b"whole")
+    LatentCache(tmp_path / "cache", "id")
+    TextCache(tmp_path / "cache", "id")
+    run.prune(keep_last=1)
+    assert {f.name: sorted(p.name for p in f.iterdir() if p.is_file()) for f in folders} == \
+        {f.name: ["kept.safetensors"] for f in folders}
+
+
 def test_no_overwrite_refuses_and_keeps_the_file(tmp_path):
     path = tmp_path / "mine.safetensors"
     path.write_bytes(b"the user's file")
