@@ -10,8 +10,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import struct
 from pathlib import Path
 from typing import Union
 
@@ -20,7 +20,7 @@ import torch
 
 from lorakit.errors import ModelLoadError
 from lorakit.fsutil import atomic_path, fsync_dir  # noqa: F401  (fsync_dir: re-exported for older callers)
-from lorakit.safetensors_header import read_safetensors_header
+from lorakit.safetensors_header import raw_header, read_safetensors_header
 
 PathLike = Union[str, os.PathLike]
 
@@ -122,8 +122,9 @@ def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
     prepared = _prepare(tensors)
     blob = safetensors.torch.save(prepared, metadata=ss_only)
-    (n,) = struct.unpack("<Q", blob[:8])
-    model_hash = hashlib.sha256(blob[8 + n:]).hexdigest()
+    header = raw_header(io.BytesIO(blob), len(blob))
+    assert header is not None, "safetensors.torch.save wrote no header"
+    model_hash = hashlib.sha256(blob[8 + len(header):]).hexdigest()
     legacy = hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
     return model_hash, legacy
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lorakit.data.images import to_tensor
 from lorakit.fsutil import write_json
 from lorakit.lora.io import file_sha256
 from lorakit.toy import world
@@ -144,9 +145,8 @@ def set_determinism(seed: int) -> None:
 
 
 def images_to_tensor(images: list) -> torch.Tensor:
-    """PIL images → [N, 3, H, W] float32 in [-1, 1]."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    """PIL images → [N, 3, H, W] float32 in [-1, 1] (:func:`lorakit.data.images.to_tensor` of each)."""
+    return torch.stack([to_tensor(im) for im in images])
 
 
 def _log(msg: str, t0: float) -> None:
