@@ -24,12 +24,12 @@ from lorakit.config.load import config_to_dict, dump_toml
 from lorakit.config.resolution import resolution_wh
 from lorakit.config.schema import Config
 from lorakit.data.cache import LatentCache, TextCache, cache_folder
-from lorakit.data.images import save_image
-from lorakit.fsutil import write_text
 from lorakit.data.captions import fixed_captions
+from lorakit.data.images import save_image
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
 from lorakit.errors import ConfigError, DataError, TrainingError
+from lorakit.fsutil import write_text
 from lorakit.lora.inject import enable_lora, extract_lora, inject_lora, load_lora_into
 from lorakit.lora.io import save_safetensors_atomic
 from lorakit.models.base import Batch, SamplePrompt, to_gpu
