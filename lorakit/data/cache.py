@@ -26,8 +26,10 @@ from tqdm import tqdm
 
 from lorakit.config.schema import DataCfg
 from lorakit.data.images import load_for_bucket
-from lorakit.fsutil import remove_stale_temps, write_bytes
 from lorakit.data.scan import ImageItem
+from lorakit.fsutil import remove_stale_temps, write_bytes
+
+atomic_write_bytes = write_bytes  # the name this module exported before lorakit.fsutil (other branches use it)
 
 CACHE_VERSION = "1"
 
