@@ -143,6 +143,7 @@ def cmd_data_check(args) -> int:
     from lorakit.config.load import load_config
     from lorakit.config.schema import DataCfg
     from lorakit.data.scan import scan_dataset
+    from lorakit.fsutil import write_json
 
     target = Path(args.target)
     batch_size = args.batch_size or 1
@@ -164,7 +165,7 @@ def cmd_data_check(args) -> int:
     print(report.to_table(batch_size=batch_size) if _accepts(report.to_table, "batch_size") else report.to_table())
     out = Path(args.json) if args.json else None
     if out:
-        out.write_text(json.dumps(report.to_json(), indent=2, default=str))
+        write_json(out, report.to_json(), default=str)
         print(f"report written to {out}")
     return 0 if report.usable else 1
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lorakit.config.load import _INDICES_RE, _LIST_RULES, _TABLE_KEYS, FieldSpec, field_specs, list_presets, section_doc
+from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, FieldSpec, field_specs, section_doc
 from lorakit.config.schema import SECTIONS, Config
+from lorakit.config.toml_io import list_presets
 
 _SCALAR = {bool: "boolean", int: "integer", float: "number", str: "string"}
 _BOUND_KEYS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
-INDICES_PATTERN = _INDICES_RE.pattern
+INDICES_PATTERN = INDICES_RE.pattern
 
 
 def _bounds(spec: FieldSpec) -> dict[str, Any]:
@@ -34,11 +35,11 @@ def field_schema(spec: FieldSpec) -> dict[str, Any]:
         out = {"type": "string", "pattern": INDICES_PATTERN}
     elif kind == "table" or spec.base is dict:
         out = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
-        names = _TABLE_KEYS.get(spec.key)
+        names = TABLE_KEYS.get(spec.key)
         if names:
             out["propertyNames"] = {"enum": list(names)}
     elif spec.base is list:
-        rule, length = _LIST_RULES.get(spec.key, ("scalar", None))
+        rule, length = LIST_RULES.get(spec.key, ("scalar", None))
         if rule == "beta":
             out = {"type": "array", "items": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                    "minItems": 2, "maxItems": 2}

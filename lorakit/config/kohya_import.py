@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from lorakit.config.load import _read_toml
+from lorakit.config.toml_io import read_toml
 from lorakit.errors import ConfigError
 
 _SAME = lambda v: v  # noqa: E731
@@ -127,7 +127,7 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
 
 def import_kohya_toml(path: str | Path, family: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """Read a kohya ``--config_file`` TOML; see :func:`import_kohya_args`."""
-    raw = _read_toml(Path(path), str(path))
+    raw = read_toml(Path(path), str(path))
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a table of kohya options")
     return import_kohya_args(flatten_kohya(raw), family)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from lorakit.config.resolution import resolution_wh as parse_resolution  # noqa: F401  (the data/ name)
 from lorakit.errors import ConfigError
 
 
@@ -44,20 +45,6 @@ class Placement:
     bucket: tuple[int, int]      # (w, h) of the training tensor
     resized: tuple[int, int]     # (w, h) the whole image is resized to (covers the bucket)
     crop: tuple[int, int]        # (left, top) of the bucket window inside the resized image
-
-
-def parse_resolution(value: object, key: str = "data.resolution") -> tuple[int, int]:
-    """An int means a square; [w, h] means that rectangle (its area drives the buckets)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: must be an int or [width, height], got {value!r}")
-    if isinstance(value, int):
-        if value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
-        return (value, value)
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
-        return (int(value[0]), int(value[1]))
-    raise ConfigError(f"{key}: must be an int or [width, height] of positive ints, got {value!r}")
 
 
 def check_divisibility(settings: BucketSettings, divisibility: int, key_prefix: str = "data") -> None:

@@ -7,7 +7,7 @@ re-encoded and a stale entry can never be read, while unchanged entries are reus
 name is the SHA-1 of the key; the key fields are repeated in the safetensors header for debugging.
 
 A file that fails to load, lacks a key, or has a shape that disagrees with its bucket or its neighbours is
-treated as missing and rebuilt. Writes are atomic (temp file in the same folder, fsync, os.replace), so a
+treated as missing and rebuilt. Writes are atomic (:func:`lorakit.fsutil.write_bytes`), so a
 killed run leaves either the old file or the new one, never half of one.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -29,6 +27,9 @@ from tqdm import tqdm
 from lorakit.config.schema import DataCfg
 from lorakit.data.images import load_for_bucket
 from lorakit.data.scan import ImageItem
+from lorakit.fsutil import remove_stale_temps, write_bytes
+
+atomic_write_bytes = write_bytes  # the name this module exported before lorakit.fsutil (other branches use it)
 
 CACHE_VERSION = "1"
 
@@ -45,27 +46,9 @@ def cache_folder(data: DataCfg, save_dir: str | Path) -> Path:
     return Path(data.cache_dir) if data.cache_dir else Path(save_dir) / "cache"
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write `payload` to `path` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _save(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(clean, metadata=meta))
+    write_bytes(path, st_save(clean, metadata=meta))
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
@@ -91,6 +74,7 @@ class LatentCache:
     def __init__(self, folder: Path, identity: str):
         self.folder = Path(folder) / "latents"
         self.identity = identity
+        remove_stale_temps(self.folder)  # leftovers of a killed run's writes
         self._shape_ref: tuple[int, int] | None = None  # (channels, downscale factor) seen so far
 
     def key(self, item: ImageItem) -> dict:
@@ -173,6 +157,7 @@ class TextCache:
     def __init__(self, folder: Path, identity: str):
         self.folder = Path(folder) / "text"
         self.identity = identity
+        remove_stale_temps(self.folder)  # leftovers of a killed run's writes
         self._ref: dict[str, tuple] | None = None  # name → (dtype, ndim, last dim) seen so far
 
     def key(self, caption: str) -> dict:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError, features
 
+from lorakit.fsutil import atomic_path
+
 if TYPE_CHECKING:  # pragma: no cover
     from lorakit.data.scan import ImageItem
 
@@ -166,6 +168,27 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image → float32 [3, H, W] in [-1, 1]."""
     arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+
+def to_images(x: torch.Tensor) -> list[Image.Image]:
+    """The inverse of :func:`to_tensor`: [3, H, W] or [B, 3, H, W] in [-1, 1] (any dtype or device) → 8-bit
+    RGB images (values outside [-1, 1] are clipped; rounding to nearest, so to_tensor → to_images is exact)."""
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(f"to_images: expected [3, H, W] or [B, 3, H, W], got {tuple(x.shape)}")
+    x = x.detach().float().reshape(-1, *x.shape[-3:])
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def save_image(img: Image.Image, path: str | os.PathLike) -> Path:
+    """Save ``img`` atomically (:func:`lorakit.fsutil.atomic_path`), in the format of the file's extension."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: no image format for the extension {path.suffix!r}")
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt)
+    return path
 
 
 def load_for_bucket(item: "ImageItem", flip: bool = False) -> torch.Tensor:

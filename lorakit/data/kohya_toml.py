@@ -18,8 +18,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lorakit.config.resolution import resolution_wh
 from lorakit.config.schema import DataCfg
-from lorakit.data.buckets import BucketSettings, parse_resolution
+from lorakit.data.buckets import BucketSettings
 from lorakit.data.captions import CaptionSettings
 from lorakit.errors import ConfigError
 
@@ -80,7 +81,7 @@ def _check_value(where: str, key: str, value: Any) -> None:
     elif key in _STR and not isinstance(value, str):
         bad = "must be a string"
     elif key == "resolution":
-        parse_resolution(value, f"{where}.{key}")
+        resolution_wh(value, f"{where}.{key}")
     if bad:
         raise ConfigError(f"{where}.{key}: {bad}, got {value!r}")
 
@@ -124,7 +125,7 @@ def caption_settings(get: Any) -> CaptionSettings:
 
 def bucket_settings(get: Any, key: str = "data") -> BucketSettings:
     """BucketSettings from a lookup function that applies the fall-back chain."""
-    return BucketSettings(resolution=parse_resolution(get("resolution"), f"{key}.resolution"),
+    return BucketSettings(resolution=resolution_wh(get("resolution"), f"{key}.resolution"),
                           enable_bucket=get("enable_bucket"), min_reso=get("min_bucket_reso"),
                           max_reso=get("max_bucket_reso"), step=get("bucket_reso_steps"),
                           no_upscale=get("bucket_no_upscale"))

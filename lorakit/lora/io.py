@@ -1,41 +1,30 @@
 """Reading and writing LoRA files safely, and the hashes kohya/A1111/CivitAI use to identify them.
 
-* Writes are atomic: a temporary file in the target folder, flushed and fsynced, then ``os.replace``; a crash
-  leaves either the old file or the new one, never half of one.
-* Reads check the safetensors header before anything is allocated, so a truncated or crafted file gives a
-  one-line ``ModelLoadError`` naming the file instead of a crash or a huge allocation.
+* Writes go through :func:`lorakit.fsutil.atomic_path` (temp file, fsync, ``os.replace``, the user's umask):
+  a crash leaves either the old file or the new one, never half of one.
+* Reads check the header with :func:`lorakit.safetensors_header.read_safetensors_header` before anything is
+  allocated, so a truncated or crafted file gives a one-line ``ModelLoadError`` naming the file.
 * Pickle formats (.ckpt/.pt/.bin/.pth) can run code when loaded and are refused unless explicitly allowed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import math
+import io
 import os
-import struct
-import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import safetensors.torch
 import torch
 
-from lorakit.errors import LorakitError, ModelLoadError
+from lorakit.errors import ModelLoadError
+from lorakit.fsutil import atomic_path, fsync_dir  # noqa: F401  (fsync_dir: re-exported for older callers)
+from lorakit.safetensors_header import raw_header, read_safetensors_header
 
 PathLike = Union[str, os.PathLike]
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-# bytes per element of every dtype name the safetensors format defines that torch can hold
-DTYPE_SIZES: dict[str, int] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}
 
 
 # ------------------------------------------------------------------------------------------------ write
@@ -56,20 +45,6 @@ def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); silently skipped where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_safetensors_atomic(path: PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str], *,
                             overwrite: bool = True) -> None:
     """Write ``tensors`` + ``metadata`` to ``path`` atomically (temp file in the same folder, fsync, replace).
@@ -81,24 +56,9 @@ def save_safetensors_atomic(path: PathLike, tensors: dict[str, torch.Tensor], me
     path = Path(path)
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     assert not bad, f"metadata values must be str; not str: {bad[:5]}"
-    if path.exists() and not overwrite:
-        raise LorakitError(f"{path}: already exists; choose another save.name or move the file away")
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(tensors)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(prepared, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(folder)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        safetensors.torch.save_file(prepared, str(tmp), metadata=metadata)
 
 
 # ------------------------------------------------------------------------------------------------- read
@@ -106,70 +66,6 @@ def save_safetensors_atomic(path: PathLike, tensors: dict[str, torch.Tensor], me
 
 def _fail(path: PathLike, why: str) -> ModelLoadError:
     return ModelLoadError(f"{path}: {why}")
-
-
-def read_safetensors_header(path: PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Read and validate the header of a .safetensors file without reading any tensor data.
-
-    Returns (tensor name → {"dtype", "shape", "data_offsets"}, metadata). Usable on multi-GB base models.
-    Checks: header length sane (< 100 MB and inside the file), JSON object, metadata str → str, known dtypes,
-    integer shapes, offsets inside the data section, byte span == elements × dtype size, no overlaps.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise _fail(path, f"not a safetensors file ({size} bytes, too short for a header)")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES:
-                raise _fail(path, f"not a safetensors file (header length {n} is over {MAX_HEADER_BYTES} bytes)")
-            if 8 + n > size:
-                raise _fail(path, f"truncated or not a safetensors file (header of {n} bytes, file of {size})")
-            raw = fh.read(n)
-    except OSError as e:
-        raise _fail(path, f"cannot read ({e.strerror or e})") from e
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _fail(path, f"corrupt safetensors header (not JSON: {e})") from e
-    if not isinstance(header, dict):
-        raise _fail(path, "corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
-        raise _fail(path, "corrupt safetensors header (__metadata__ must map strings to strings)")
-    data_size = size - 8 - n
-    spans = []
-    for name, info in header.items():
-        _check_entry(path, name, info, data_size)
-        spans.append((info["data_offsets"][0], info["data_offsets"][1], name))
-    spans.sort()
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0:
-            raise _fail(path, f"corrupt safetensors header (tensors {n0!r} and {n1!r} overlap)")
-    return header, metadata
-
-
-def _check_entry(path: Path, name: str, info: Any, data_size: int) -> None:
-    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-        raise _fail(path, f"corrupt safetensors header (entry {name!r} lacks dtype/shape/data_offsets)")
-    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-    if dtype not in DTYPE_SIZES:
-        raise _fail(path, f"tensor {name!r} has unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _fail(path, f"corrupt safetensors header (tensor {name!r} has shape {shape!r})")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-            or not 0 <= offsets[0] <= offsets[1]):
-        raise _fail(path, f"corrupt safetensors header (tensor {name!r} has offsets {offsets!r})")
-    if offsets[1] > data_size:
-        raise _fail(path, f"truncated file: tensor {name!r} ends at byte {offsets[1]} of a {data_size}-byte "
-                          "data section")
-    nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
-    if offsets[1] - offsets[0] != nbytes:
-        raise _fail(path, f"corrupt safetensors header (tensor {name!r} is {dtype}{shape} = {nbytes} bytes "
-                          f"but spans {offsets[1] - offsets[0]})")
 
 
 def load_lora_file(path: PathLike, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -226,8 +122,9 @@ def model_hashes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> 
     ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
     prepared = _prepare(tensors)
     blob = safetensors.torch.save(prepared, metadata=ss_only)
-    (n,) = struct.unpack("<Q", blob[:8])
-    model_hash = hashlib.sha256(blob[8 + n:]).hexdigest()
+    header = raw_header(io.BytesIO(blob), len(blob))
+    assert header is not None, "safetensors.torch.save wrote no header"
+    model_hash = hashlib.sha256(blob[8 + len(header):]).hexdigest()
     legacy = hashlib.sha256(blob[0x100000:0x110000]).hexdigest()[:8]
     return model_hash, legacy
 

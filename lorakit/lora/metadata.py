@@ -13,6 +13,7 @@ import os
 from typing import Any, Optional, Sequence
 
 import lorakit
+from lorakit.config.resolution import resolution_wh
 from lorakit.config.schema import Config
 from lorakit.models.base import ModelSpec
 
@@ -22,13 +23,6 @@ MODELSPEC_VERSION = "1.0.1"
 def _s(value: Any) -> str:
     """kohya's string form: str() for scalars (so True → "True", None → "None")."""
     return str(value)
-
-
-def _resolution(res: Any) -> tuple[int, int]:
-    """data.resolution (int or [w, h]) → (w, h)."""
-    if isinstance(res, (list, tuple)):
-        return int(res[0]), int(res[1])
-    return int(res), int(res)
 
 
 def _network_args(cfg: Config) -> dict[str, str]:
@@ -77,7 +71,7 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
     ``finished_at`` None (an intermediate checkpoint) leaves ``ss_training_finished_at`` out.
     """
     net, opt, tr, data, mem = cfg.network, cfg.optimizer, cfg.training, cfg.data, cfg.memory
-    w, h = _resolution(data.resolution)
+    w, h = resolution_wh(data.resolution)
     te_lr = (net.text_encoder_lr or opt.lr) if net.train_text_encoder else None
     md: dict[str, Any] = {
         "ss_session_id": session_id,

@@ -20,6 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
+from lorakit.fsutil import write_json, write_text
+
 CLIP_MAX_LENGTH = 77
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
@@ -64,15 +66,15 @@ def write_clip_tokenizer_files(folder: Path, pad_token: str = CLIP_EOS) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = clip_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    write_text(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
     merge_lines = ["#version: 0.2"] + [f"{a} {b}" for a, b in merges]
-    (folder / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
+    write_text(folder / "merges.txt", "\n".join(merge_lines) + "\n")
     config = {
         "tokenizer_class": "CLIPTokenizer", "model_max_length": CLIP_MAX_LENGTH, "bos_token": CLIP_BOS,
         "eos_token": CLIP_EOS, "unk_token": CLIP_EOS, "pad_token": pad_token, "do_lower_case": True,
         "clean_up_tokenization_spaces": False, "add_prefix_space": False,
     }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    write_json(folder / "tokenizer_config.json", config)
     return folder
 
 

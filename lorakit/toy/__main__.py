@@ -61,6 +61,8 @@ def write_report(root: Path) -> Path:
 
     import torch
 
+    from lorakit.data.images import save_image
+    from lorakit.fsutil import write_text
     from lorakit.toy import eval as toy_eval
 
     torch.set_num_threads(1)
@@ -92,7 +94,7 @@ def write_report(root: Path) -> Path:
             seeds = list(range(6))
             cfg = 4.0 if fam == "sdxl" else 1.0          # FLUX dev style: guidance input 3.5, no true CFG
             grid = toy_eval.sample_grid(model, REPORT_PROMPTS, seeds, cfg=cfg)
-            grid.save(root / f"samples_{fam}.png")
+            save_image(grid, root / f"samples_{fam}.png")
             base = [p for p in REPORT_PROMPTS if "zkx" not in p]
             prompts = [p for p in base for _ in seeds]
             imgs = toy_eval.sample(model, prompts, seeds * len(base), cfg=cfg)
@@ -104,8 +106,7 @@ def write_report(root: Path) -> Path:
             lines += [f"{i + 1}. {p}" for i, p in enumerate(REPORT_PROMPTS)]
         lines.append("")
     out = root / "BUILD.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+    return write_text(out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

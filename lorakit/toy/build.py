@@ -24,7 +24,6 @@ Recipe (per family, all on one CPU thread, deterministic):
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import random
@@ -37,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lorakit.data.images import to_tensor
+from lorakit.fsutil import write_json
 from lorakit.lora.io import file_sha256
 from lorakit.toy import world
 
@@ -144,9 +145,8 @@ def set_determinism(seed: int) -> None:
 
 
 def images_to_tensor(images: list) -> torch.Tensor:
-    """PIL images → [N, 3, H, W] float32 in [-1, 1]."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    """PIL images → [N, 3, H, W] float32 in [-1, 1] (:func:`lorakit.data.images.to_tensor` of each)."""
+    return torch.stack([to_tensor(im) for im in images])
 
 
 def _log(msg: str, t0: float) -> None:
@@ -462,6 +462,6 @@ def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str,
               "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                         for role, p in files.items()},
               "torch": torch.__version__}
-    (target / "build.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(target / "build.json", report)
     _log(f"{family}: done in {seconds:.0f}s ({cpu_seconds:.0f} s CPU)", t0)
     return report

@@ -10,7 +10,6 @@ without the LoRA, and measures drift on prompts without the trigger.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -18,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from lorakit.config.load import load_config
+from lorakit.fsutil import write_json
 from lorakit.toy.paths import toy_paths
 from lorakit.toy.world import DEFAULT_TRIGGER, write_demo_dataset, write_reg_dataset
 
@@ -115,7 +115,7 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
     scores = evaluate(generate, DEFAULT_TRIGGER)
     scores.update(family=family, steps=result.steps, train_seconds=time.perf_counter() - t0,
                   final_loss=result.final_loss)
-    (result.run_dir / "eval.json").write_text(json.dumps(scores, indent=2, default=str))
+    write_json(result.run_dir / "eval.json", scores, default=str)
     return scores
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from lorakit.data.images import to_images
 from lorakit.toy import detector, world
 
 # Fixed benchmark prompts. The concept prompts name the trigger; the drift prompts never do.
@@ -116,8 +117,7 @@ def _initial_noise(model: ToyModel, seeds: Sequence[int]) -> torch.Tensor:
 def decode(model: ToyModel, latents: torch.Tensor) -> list[Image.Image]:
     """Unscale/unshift latents, decode with the VAE, convert to 8-bit RGB images."""
     x = model.vae.decode(latents / model.scaling_factor + model.shift_factor).sample
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(a) for a in arr]
+    return to_images(x)
 
 
 @torch.no_grad()

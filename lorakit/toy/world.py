@@ -13,7 +13,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from lorakit.data.images import save_image
 from lorakit.errors import DataError
+from lorakit.fsutil import write_text
 
 IMAGE_SIZE = 64
 SUPERSAMPLE = 4                      # draw 4x larger, then downsample: smooth (antialiased) edges
@@ -155,8 +157,8 @@ def write_demo_dataset(dir: str | Path, n: int = 12, seed: int = 1234, trigger: 
         colour = names[i % len(names)]
         background = scene.background if scene.background != colour else names[(i + 3) % len(names)]
         scene = replace(scene, colour=colour, background=background)
-        render(scene).save(folder / f"{i:03d}.png", optimize=False)
-        (folder / f"{i:03d}.txt").write_text(caption(scene, trigger) + "\n", encoding="utf-8")
+        save_image(render(scene), folder / f"{i:03d}.png")
+        write_text(folder / f"{i:03d}.txt", caption(scene, trigger) + "\n")
     return folder
 
 
@@ -171,6 +173,6 @@ def write_reg_dataset(dir: str | Path, n: int = 24, seed: int = 999, repeats: in
         raise DataError(f"{folder}: already exists and is not empty; choose another directory")
     folder.mkdir(parents=True, exist_ok=True)
     for i, scene in enumerate(sample_scenes(n, seed)):
-        render(scene).save(folder / f"{i:03d}.png", optimize=False)
-        (folder / f"{i:03d}.txt").write_text(caption(scene) + "\n", encoding="utf-8")
+        save_image(render(scene), folder / f"{i:03d}.png")
+        write_text(folder / f"{i:03d}.txt", caption(scene) + "\n")
     return folder

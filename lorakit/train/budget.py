@@ -48,6 +48,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from lorakit.config.resolution import resolution_wh
 from lorakit.errors import ConfigError
 
 GIB = 2**30
@@ -291,8 +292,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     fixed = {k: getattr(mem, k) for k in CONSTRAINTS
              if f"memory.{k}" in explicit_keys(cfg) and k not in ("modulation_on_cpu", "fp8_compute")}
     can_swap = "memory.blocks_to_swap" in spec.config_keys and not getattr(mem, "modulation_on_cpu", False)
-    r = cfg.data.resolution
-    w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+    w, h = resolution_wh(cfg.data.resolution)
     wanted = cfg.training.batch_size
     notes: list[str] = []
 

@@ -14,10 +14,10 @@ Why torch.save for three files: optimizer/scheduler state dicts are nested dicts
 tuples that safetensors cannot hold. They are loaded back with ``torch.load(weights_only=True)``, which only
 rebuilds tensors and plain containers and cannot run code; these are files lorakit itself wrote.
 
-Atomicity: everything is written into ``<folder>.tmp-<pid>``, fsynced, and only then moved into place. An
-existing state of the same name is moved aside first and deleted after the new one is in place, so at every
-moment either the old or the new complete state exists on disk (POSIX cannot swap two folders in one step;
-in the short window between the renames the old state sits at ``<folder>.old-<pid>``).
+Atomicity: everything is written into ``<folder>.tmp-<pid>`` (with :mod:`lorakit.fsutil`), fsynced, and only
+then moved into place. An existing state of the same name is moved aside first and deleted after the new one
+is in place, so at every moment either the old or the new complete state exists on disk (POSIX cannot swap
+two folders in one step; in the short window between the renames the old state sits at ``<folder>.old-<pid>``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import safetensors.torch
 import torch
 
 from lorakit.errors import TrainingError
-from lorakit.lora.io import file_sha256, fsync_dir
+from lorakit.fsutil import atomic_path, fsync_dir, fsync_file, write_json, write_text
+from lorakit.lora.io import file_sha256
 from lorakit.models.base import LoraModule
 
 FORMAT_VERSION = 1
@@ -109,16 +110,6 @@ def _unflatten_lora(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Lor
     return out
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1, sort_keys=True), encoding="utf-8")
-
-
 def save_state(folder: Path, *, lora: dict[str, dict[str, LoraModule]], optimizer_state: dict,
                scheduler_state: dict, rng: dict, data_state: dict, step: int, config_fingerprint: dict) -> None:
     """Write a complete resumable state to ``folder`` atomically (see the module docstring).
@@ -133,21 +124,19 @@ def save_state(folder: Path, *, lora: dict[str, dict[str, LoraModule]], optimize
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        safetensors.torch.save_file(_flatten_lora(lora), str(tmp / "lora.safetensors"),
-                                    metadata={"lorakit_state": str(FORMAT_VERSION)})
+        with atomic_path(tmp / "lora.safetensors") as part:  # safetensors alone would make it 0600
+            safetensors.torch.save_file(_flatten_lora(lora), str(part), metadata={"lorakit_state": str(FORMAT_VERSION)})
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler_state, tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
-        _write_json(tmp / "train_state.json", {"format": FORMAT_VERSION, "step": int(step),
-                                               "data_state": data_state, "config_fingerprint": config_fingerprint})
+        write_json(tmp / "train_state.json", {"format": FORMAT_VERSION, "step": int(step), "data_state": data_state,
+                                              "config_fingerprint": config_fingerprint}, indent=1, sort_keys=True)
         manifest = {"format": FORMAT_VERSION, "step": int(step), "files": {}}
         for name in FILES:
-            _fsync_file(tmp / name)
+            fsync_file(tmp / name)
             manifest["files"][name] = {"sha256": file_sha256(tmp / name), "size": (tmp / name).stat().st_size}
-        _write_json(tmp / "manifest.json", manifest)
-        _fsync_file(tmp / "manifest.json")
-        (tmp / "COMPLETE").write_text(f"step {int(step)}\n", encoding="utf-8")
-        _fsync_file(tmp / "COMPLETE")
+        write_json(tmp / "manifest.json", manifest, indent=1, sort_keys=True)
+        write_text(tmp / "COMPLETE", f"step {int(step)}\n")
         fsync_dir(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

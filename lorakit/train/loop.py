@@ -24,11 +24,13 @@ import torch
 
 from lorakit.config.load import dump_toml
 from lorakit.config.schema import Config
-from lorakit.data.cache import LatentCache, TextCache, atomic_write_bytes, cache_folder
+from lorakit.config.resolution import resolution_wh
+from lorakit.data.cache import LatentCache, TextCache, cache_folder
 from lorakit.data.captions import fixed_captions
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
 from lorakit.errors import ConfigError, DataError, TrainingError
+from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
 from lorakit.train import fused, health, memory, optim, placement, resume, steps
@@ -86,7 +88,7 @@ def _train(cfg: Config, resume_: bool, force: bool, log: Callable[[str], None], 
     run_cfg = r.placed.cfg
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force)
-    atomic_write_bytes(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str).encode())
+    write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))
     if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
         r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed)
     optimizer, scheduler, scaler = make_optimizer(run_cfg, r)
@@ -121,7 +123,7 @@ def start(cfg: Config, resume_: bool, log: Callable[[str], None]) -> Run:
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
     if not resume_:
         run.create()
-        atomic_write_bytes(run.root / "config.toml", dump_toml(cfg).encode())  # first: makes --resume possible
+        write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
     family = get_family(cfg.model.family)
     device = pick_device(cfg.training.device)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
@@ -136,7 +138,7 @@ def scan(r: Run, resume_: bool, force: bool, log: Callable[[str], None]) -> None
     cfg, spec = r.cfg, r.adapter.spec
     r.dataset = scan_dataset(cfg.data, divisibility=spec.bucket_divisibility)
     report = r.dataset.report
-    atomic_write_bytes(r.run.root / "data_report.json", _json(report.to_json(cfg.training.batch_size)).encode())
+    write_text(r.run.root / "data_report.json", _json(report.to_json(cfg.training.batch_size)))
     log(report.to_table(cfg.training.batch_size))
     if report.usable == 0:
         raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
@@ -313,8 +315,7 @@ def fused_adamw(cfg: Config, device: torch.device) -> Optional[bool]:
 
 def check_disk(cfg: Config, run: RunDir, dataset, spec) -> None:
     """Stop before training when the disk cannot hold what the run will write."""
-    r = cfg.data.resolution
-    w, h = (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))
+    w, h = resolution_wh(cfg.data.resolution)
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
     n = len(dataset.items) * (2 if cfg.data.flip_aug else 1)
     rank_params = cfg.network.rank * 2 * 3072 * 800  # generous upper bound of LoRA parameters

@@ -15,6 +15,9 @@ from typing import Any, Optional
 
 from PIL import Image, ImageDraw
 
+from lorakit.data.images import save_image
+from lorakit.fsutil import write_text
+
 
 class MetricsWriter:
     """Appends step metrics to metrics.jsonl and (optionally) TensorBoard."""
@@ -35,13 +38,7 @@ class MetricsWriter:
 
     def _truncate_after(self, step: int) -> None:
         kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in kept:
-                fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, row: dict[str, Any]) -> None:
         # JSON has no NaN/Infinity: write null so every JSON reader (the UI's too) can parse the line
@@ -108,7 +105,4 @@ def plot_loss(rows: list[dict[str, Any]], out: Path, *, size: tuple[int, int] = 
     d.text((left, h - bottom + 8), f"step {s0}", fill="black")
     d.text((w - right - 80, h - bottom + 8), f"step {steps[-1]}", fill="black")
     d.text((w // 2 - 40, 4), "training loss", fill="black")
-    tmp = out.with_suffix(".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, out)
-    return out
+    return save_image(img, out)

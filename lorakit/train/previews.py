@@ -8,6 +8,8 @@ from typing import Callable, Optional
 
 import torch
 
+from lorakit.config.resolution import resolution_wh
+from lorakit.data.images import save_image
 from lorakit.models.base import SamplePrompt
 from lorakit.train import health
 from lorakit.train.rundir import RunDir, glob_escape
@@ -20,7 +22,7 @@ class Previews:
 
     def __init__(self, cfg, spec, adapter, run: RunDir, device: torch.device, compute_dtype: torch.dtype,
                  watchdog, log: Callable[[str], None]) -> None:
-        w, h = _res(cfg)
+        w, h = resolution_wh(cfg.data.resolution)
         defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=cfg.sample.width or w,
                                 height=cfg.sample.height or h, steps=cfg.sample.steps, seed=cfg.sample.seed,
                                 cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None
@@ -44,7 +46,7 @@ class Previews:
             with torch.no_grad(), autocast(self.device, self.dtype), eager:
                 img = self.adapter.sample(p, torch.Generator().manual_seed(p.seed))
             path = self.run.samples / sample_filename(self.cfg.save.name, step, i, p.seed, tag)
-            img.save(path)
+            save_image(img, path)
             problem = health.image_problem(img)
             if problem:
                 self.log(f"warning: sample {path.name} looks {problem}: often NaN weights in disguise; check the "
@@ -72,10 +74,6 @@ def before_after_grid(run: RunDir, name: str, n: int) -> Optional[Path]:
         grid.paste(Image.open(b).convert("RGB").resize((w, h)), (i * w, 0))
         grid.paste(Image.open(a).convert("RGB").resize((w, h)), (i * w, h))
     path = run.samples / "before_after.png"
-    grid.save(path)
+    save_image(grid, path)
     return path
 
-
-def _res(cfg) -> tuple[int, int]:
-    r = cfg.data.resolution
-    return (r, r) if isinstance(r, int) else (int(r[0]), int(r[1]))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorakit.errors import TrainingError
+from lorakit.fsutil import remove_stale_temps, write_json
 
 STATE_RE = re.compile(r"^step(\d{8})$")
 
@@ -77,6 +78,8 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         for p in self.state_root.glob("*.tmp-*") if self.state_root.is_dir() else []:
             shutil.rmtree(p, ignore_errors=True)
+        remove_stale_temps(self.root)
+        remove_stale_temps(self.samples)
 
     def session(self) -> tuple[str, float]:
         """(session id, start time) of this run, created on first use and kept across resumes."""
@@ -93,9 +96,7 @@ class RunDir:
         path = self.root / "run.json"
         data = json.loads(path.read_text()) if path.exists() else {}
         data.update(fields, updated_at=time.time(), pid=os.getpid())
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, path)
+        write_json(path, data)
 
 
 def glob_escape(text: str) -> str:

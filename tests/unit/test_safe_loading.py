@@ -11,11 +11,12 @@ import pytest
 import safetensors.torch
 import torch
 
-import lorakit.lora.io as lio
+import lorakit.safetensors_header as sth
 from lorakit.config.schema import ModelCfg
 from lorakit.errors import ConfigError, LorakitError, ModelLoadError
 from lorakit.lora.io import load_lora_file, read_safetensors_header
 from lorakit.models.sdxl.load import load_components, write_tiny_checkpoint
+from tests.unit.read_spy import spy_reads
 
 
 @pytest.fixture(scope="module")
@@ -126,24 +127,7 @@ GOOD = {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
 def test_crafted_headers_rejected_before_any_read(tmp_path, no_tensor_reads, monkeypatch, header, data,
                                                    header_len, expected):
     f = crafted(tmp_path / "lora.safetensors", header, data, header_len)
-    reads: list[int] = []
-    real_open = open
-
-    class Spy:
-        def __init__(self, fh):
-            self.fh = fh
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.fh.close()
-
-        def read(self, n=-1):
-            reads.append(n)
-            return self.fh.read(n)
-
-    monkeypatch.setattr(lio, "open", lambda p, mode="r", *a, **k: Spy(real_open(p, mode, *a, **k)), raising=False)
+    reads = spy_reads(monkeypatch, sth)
     with pytest.raises(ModelLoadError) as e:
         load_lora_file(f)
     assert expected in one_line_naming(e.value, f)

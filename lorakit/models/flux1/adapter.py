@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import struct
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.fsutil import path_identity
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.safetensors_header import read_safetensors_header
 
 from .modulation import DOUBLE, SINGLE
 
@@ -58,33 +58,13 @@ SAMPLE_STEPS = {"dev": 20, "schnell": 4}
 CLIP_LENGTH = 77
 
 
-def file_identity(path: Path) -> str:
-    """Cheap stable identity: name, size, mtime and a hash of the safetensors header (never 24 GB of data)."""
-    st = path.stat()
-    h = hashlib.sha256()
-    if path.is_file():
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) == 8:
-                n = struct.unpack("<Q", head)[0]
-                h.update(fh.read(min(n, 64 << 20)))
-    else:
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                s = p.stat()
-                h.update(f"{p.relative_to(path)}:{s.st_size}:{s.st_mtime_ns};".encode())
-    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()[:16]}"
-
-
 def variant_from_header(path: Path) -> Optional[str]:
-    """dev/schnell from a safetensors header alone (no tensor read); None if unreadable."""
+    """dev/schnell from a validated safetensors header alone (no tensor read); None if unreadable."""
     try:
-        with open(path, "rb") as fh:
-            n = struct.unpack("<Q", fh.read(8))[0]
-            keys = json.loads(fh.read(n))
-    except (OSError, ValueError, struct.error):
+        header, _meta = read_safetensors_header(path)
+    except ModelLoadError:
         return None
-    return "dev" if any("guidance_in." in k for k in keys) else "schnell"
+    return "dev" if any("guidance_in." in k for k in header) else "schnell"
 
 
 def _graph_safe() -> bool:
@@ -184,9 +164,9 @@ class Adapter:
 
         def ident(role: str, sub: str) -> str:
             if role in c.files:
-                return file_identity(c.files[role])
+                return path_identity(c.files[role])
             if folder and (src / sub).exists():
-                return file_identity(src / sub)
+                return path_identity(src / sub)
             return str(src)                                   # a hub id: its name is its identity
 
         def digest(*parts: str) -> str:
@@ -327,7 +307,7 @@ class Adapter:
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler from σ=1 to 0: FLUX resolution shift (dev) / linear schedule (schnell), dev guidance,
         CFG only when cfg_scale != 1 and a negative prompt is given (as kohya)."""
-        from PIL import Image
+        from lorakit.data.images import to_images
 
         from lorakit.diffusion.objectives import flow_schedule
         c = self._c()
@@ -360,8 +340,7 @@ class Adapter:
         with self._on_device(c.ae) as where:
             dt = next(c.ae.parameters()).dtype
             img = c.ae.decode((x / SPEC.vae_scale + SPEC.vae_shift).to(where, dt)).sample
-        arr = ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(arr)
+        return to_images(img[0])[0]
 
     # ------------------------------------------------------------------------------------------ LoRA
     def _depths(self) -> tuple[int, int]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
+
+from lorakit.fsutil import write_json
 
 VARIANTS = ("dev", "schnell")
 
@@ -128,15 +129,6 @@ SUBFOLDERS = {"transformer": "config.json", "text_encoder": "config.json", "text
               "vae": "config.json", "scheduler": "scheduler_config.json"}
 
 
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temp file + rename so a crash never leaves a half-written config."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def write_config_folder(directory: str | os.PathLike[str], variant: str = "dev", *,
                         transformer: Optional[dict[str, Any]] = None, clip_l: Optional[dict[str, Any]] = None,
                         t5: Optional[dict[str, Any]] = None, ae: Optional[dict[str, Any]] = None) -> Path:
@@ -153,8 +145,8 @@ def write_config_folder(directory: str | os.PathLike[str], variant: str = "dev",
         "scheduler": scheduler_config(),
     }
     for sub, cfg in parts.items():
-        _atomic_json(root / sub / SUBFOLDERS[sub], cfg)
-    _atomic_json(root / "model_index.json", {
+        write_json(root / sub / SUBFOLDERS[sub], cfg, sort_keys=True)
+    write_json(root / "model_index.json", {
         "_class_name": "FluxPipeline",
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
@@ -163,7 +155,7 @@ def write_config_folder(directory: str | os.PathLike[str], variant: str = "dev",
         "tokenizer_2": ["transformers", "T5TokenizerFast"],
         "transformer": ["diffusers", "FluxTransformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-    })
+    }, sort_keys=True)
     return root
 
 

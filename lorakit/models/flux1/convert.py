@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
@@ -18,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 
 from lorakit.errors import ModelLoadError
+from lorakit.fsutil import atomic_path
 
 BFL_PREFIXES = ("model.diffusion_model.",)
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -256,17 +256,10 @@ def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -
 
 def save_safetensors_atomic(sd: Mapping[str, torch.Tensor], path: Path,
                             metadata: Optional[dict[str, str]] = None) -> Path:
-    """Write through a temp file + rename, so an interrupted write never leaves a broken file."""
+    """Write through :func:`lorakit.fsutil.atomic_path`, so an interrupted write never leaves a broken file."""
     from safetensors.torch import save_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in sd.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=metadata)
     return path
 
 

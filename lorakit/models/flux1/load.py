@@ -265,7 +265,7 @@ def check_encoder_file(path: Path, role: str, allow_pickle: bool) -> None:
             raise ModelLoadError(f"{path}: only .safetensors files are loaded; set model.allow_pickle = true to "
                                  "load pickle-based files (unsafe: they can run code)")
         return
-    from lorakit.lora.io import read_safetensors_header
+    from lorakit.safetensors_header import read_safetensors_header
     header, _meta = read_safetensors_header(path)
     names, problem = _ROLE_KEYS[role]
     if not any(n in header for n in names):

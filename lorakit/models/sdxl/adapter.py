@@ -19,6 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lorakit.fsutil import path_identity
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models.sdxl import configs
 from lorakit.models.sdxl.convert import unet_module_to_sgm
@@ -138,44 +139,13 @@ def export_diffusers(lora: dict[str, dict[str, LoraModule]]) -> dict[str, torch.
 
 # ------------------------------------------------------------------------------------------- identity
 
-def file_fingerprint(path: Path, samples: int = 16, chunk: int = 1 << 16) -> str:
-    """A cheap content fingerprint of a (possibly 7 GB) weights file, for cache keys.
-
-    sha256 over: file size, mtime (ns), the safetensors header, and ``samples`` 64 KiB chunks spread evenly
-    over the file. The header and size pin the layout; the sampled chunks tell apart fine-tunes with the same
-    layout; mtime makes any in-place edit invalidate the caches. Costs ~1 MiB of reads instead of a full hash.
-    A copied file (new mtime) only re-encodes its caches once.
-    """
-    st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode())
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        h.update(head)
-        if len(head) == 8:
-            n = int.from_bytes(head, "little")
-            if 0 < n < min(st.st_size, 100 << 20):
-                h.update(fh.read(n))
-        for i in range(samples):
-            fh.seek(max(0, (st.st_size - chunk) * i // max(1, samples - 1)))
-            h.update(fh.read(chunk))
-    return h.hexdigest()
-
-
 def _source_fingerprint(source: Optional[str], sub: str = "") -> str:
-    """Fingerprint of a file, of the weights of a diffusers folder's component, or a hub id as text."""
+    """:func:`lorakit.fsutil.path_identity` of a file or a diffusers folder's component, or a hub id as text."""
     if not source:
         return "none"
     path = Path(source).expanduser()
-    if path.is_file():
-        return file_fingerprint(path)
-    if path.is_dir():
-        files = sorted(p for p in (path / sub if sub else path).rglob("*") if p.is_file()
-                       and p.suffix in (".safetensors", ".bin", ".json"))
-        h = hashlib.sha256()
-        for p in files:
-            h.update(str(p.relative_to(path)).encode())
-            h.update(file_fingerprint(p, samples=4).encode())
-        return h.hexdigest()
+    if path.is_file() or (path / sub).is_dir():
+        return path_identity(path, sub)
     return hashlib.sha256(f"hub:{source}".encode()).hexdigest()
 
 
@@ -489,7 +459,7 @@ class Adapter:
         An empty negative prompt gives zero embeddings when the model's pipeline config says so
         (``force_zeros_for_empty_prompt``, true for SDXL base), else the encoding of "".
         """
-        from PIL import Image
+        from lorakit.data.images import to_images
 
         self._need()
         steps = prompt.steps or getattr(self.sample_cfg, "steps", None) or SPEC.default_sample_steps
@@ -521,5 +491,4 @@ class Adapter:
         shift = getattr(self.vae.config, "shift_factor", None) or SPEC.vae_shift
         z = latents.to(self.vae.device, torch.float32) / self.vae.config.scaling_factor + shift
         image = self.vae.decode(z).sample[0]
-        array = ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(array)
+        return to_images(image)[0]

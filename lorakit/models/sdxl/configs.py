@@ -8,13 +8,13 @@ to guess one. lorakit ships the configs as dicts here and writes the folder at r
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from lorakit.fsutil import write_json
 from lorakit.models.tokenizers import CLIP_EOS, write_clip_tokenizer_files
 
 CONFIG_VERSION = "sdxl-base-1.0-v1"  # bump when the dicts below change: the cache folder name follows it
@@ -150,11 +150,6 @@ MODEL_INDEX: dict[str, Any] = {
 }
 
 
-def _dump(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def write_config_folder(folder: Path, *, unet: Optional[dict] = None, vae: Optional[dict] = None,
                         te1: Optional[dict] = None, te2: Optional[dict] = None,
                         scheduler: Optional[dict] = None, force_zeros_for_empty_prompt: bool = True) -> Path:
@@ -167,10 +162,11 @@ def write_config_folder(folder: Path, *, unet: Optional[dict] = None, vae: Optio
     folder = Path(folder)
     parts = {"unet": unet or UNET, "vae": vae or VAE, "text_encoder": te1 or TE1, "text_encoder_2": te2 or TE2}
     for sub, cfg in parts.items():
-        _dump(folder / sub / "config.json", copy.deepcopy(cfg))
-    _dump(folder / "scheduler" / "scheduler_config.json", copy.deepcopy(scheduler or SCHEDULER))
-    _dump(folder / "model_index.json", {**copy.deepcopy(MODEL_INDEX),
-                                        "force_zeros_for_empty_prompt": force_zeros_for_empty_prompt})
+        write_json(folder / sub / "config.json", copy.deepcopy(cfg), sort_keys=True)
+    write_json(folder / "scheduler" / "scheduler_config.json", copy.deepcopy(scheduler or SCHEDULER), sort_keys=True)
+    write_json(folder / "model_index.json", {**copy.deepcopy(MODEL_INDEX),
+                                             "force_zeros_for_empty_prompt": force_zeros_for_empty_prompt},
+               sort_keys=True)
     write_clip_tokenizer_files(folder / "tokenizer", pad_token=CLIP_EOS)
     write_clip_tokenizer_files(folder / "tokenizer_2", pad_token="!")
     return folder

@@ -14,13 +14,13 @@ SGM prefixes: UNet ``model.diffusion_model.``, VAE ``first_stage_model.``, CLIP-
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
+
+from lorakit.fsutil import atomic_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -255,14 +255,7 @@ def save_sgm_checkpoint(path: Path | str, *, unet: Any, vae: Any, te1: Any, te2:
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose another name or remove it first")
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = sgm_state_dict(unet=unet, vae=vae, te1=te1, te2=te2, dtype=dtype)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, overwrite=False) as tmp:
+        save_file(sd, str(tmp), metadata=dict(metadata or {}))
     return path

@@ -47,9 +47,9 @@ class SDXLComponents:
 def read_header(path: Path) -> dict[str, Any]:
     """Tensor name → header entry of a .safetensors file, validated, without reading tensor data.
 
-    Uses :func:`lorakit.lora.io.read_safetensors_header` (raises ModelLoadError naming the file).
+    Uses :func:`lorakit.safetensors_header.read_safetensors_header` (raises ModelLoadError naming the file).
     """
-    from lorakit.lora.io import read_safetensors_header
+    from lorakit.safetensors_header import read_safetensors_header
 
     header, _meta = read_safetensors_header(path)
     return header

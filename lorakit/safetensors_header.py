@@ -1,0 +1,140 @@
+"""The one reader of safetensors headers: validated before anything is allocated.
+
+A ``.safetensors`` file is an 8-byte little-endian header length ``n``, ``n`` bytes of JSON (tensor name →
+``{"dtype", "shape", "data_offsets"}``, plus an optional ``"__metadata__"`` of strings), then the tensor data.
+:func:`read_safetensors_header` checks that header without trusting it, so a truncated, corrupt or crafted
+file gives one :class:`~lorakit.errors.ModelLoadError` line naming the file instead of a crash, a huge
+allocation or a deep recursion. :func:`raw_header` returns the header bytes unparsed (for fingerprints).
+
+Layer-neutral (standard library only): data, lora, models and train all import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO, Optional, Union
+
+from lorakit.errors import ModelLoadError
+
+PathLike = Union[str, os.PathLike]
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+"""Largest header accepted (safetensors' own limit); a real one is a few hundred KiB."""
+
+MAX_HEADER_DEPTH = 8
+"""Deepest JSON nesting accepted; a valid header needs 3 (object → entry → shape list)."""
+
+# bytes per element of every dtype name the safetensors format defines that torch can hold
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}
+
+
+def _fail(path: PathLike, why: str) -> ModelLoadError:
+    return ModelLoadError(f"{path}: {why}")
+
+
+def raw_header(fh: BinaryIO, size: int) -> Optional[bytes]:
+    """The header bytes of an open file of ``size`` bytes (read from its start), or None when the length
+    field is missing, zero, over :data:`MAX_HEADER_BYTES` or past the end of the file. Never parses it."""
+    fh.seek(0)
+    head = fh.read(8)
+    if len(head) < 8:
+        return None
+    (n,) = struct.unpack("<Q", head)
+    if not 0 < n <= MAX_HEADER_BYTES or 8 + n > size:
+        return None
+    return fh.read(n)
+
+
+def _too_deep(obj: Any, limit: int) -> bool:
+    """Whether ``obj`` nests dicts/lists deeper than ``limit`` (iterative: no recursion to exhaust)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return False
+
+
+def read_safetensors_header(path: PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Read and validate the header of a .safetensors file without reading any tensor data.
+
+    Returns (tensor name → {"dtype", "shape", "data_offsets"}, metadata). Usable on multi-GB base models.
+    Checks: header length sane (≤ 100 MB and inside the file), JSON object nested at most
+    :data:`MAX_HEADER_DEPTH` deep, metadata str → str, known dtypes, integer shapes, offsets inside the data
+    section, byte span == elements × dtype size, no overlaps. Raises :class:`ModelLoadError` naming the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise _fail(path, f"not a safetensors file ({size} bytes, too short for a header)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise _fail(path, f"not a safetensors file (header length {n} is over {MAX_HEADER_BYTES} bytes)")
+            if 8 + n > size:
+                raise _fail(path, f"truncated or not a safetensors file (header of {n} bytes, file of {size})")
+            raw = fh.read(n)
+    except OSError as e:
+        raise _fail(path, f"cannot read ({e.strerror or e})") from e
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise _fail(path, f"corrupt safetensors header (JSON nested more than {MAX_HEADER_DEPTH} deep)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _fail(path, f"corrupt safetensors header (not JSON: {e})") from e
+    if not isinstance(header, dict):
+        raise _fail(path, "corrupt safetensors header (not a JSON object)")
+    if _too_deep(header, MAX_HEADER_DEPTH):
+        raise _fail(path, f"corrupt safetensors header (JSON nested more than {MAX_HEADER_DEPTH} deep)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise _fail(path, "corrupt safetensors header (__metadata__ must map strings to strings)")
+    data_size = size - 8 - n
+    spans = []
+    for name, info in header.items():
+        _check_entry(path, name, info, data_size)
+        spans.append((info["data_offsets"][0], info["data_offsets"][1], name))
+    spans.sort()
+    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise _fail(path, f"corrupt safetensors header (tensors {n0!r} and {n1!r} overlap)")
+    return header, metadata
+
+
+def _check_entry(path: Path, name: str, info: Any, data_size: int) -> None:
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise _fail(path, f"corrupt safetensors header (entry {name!r} lacks dtype/shape/data_offsets)")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if dtype not in DTYPE_SIZES:
+        raise _fail(path, f"tensor {name!r} has unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise _fail(path, f"corrupt safetensors header (tensor {name!r} has shape {shape!r})")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise _fail(path, f"corrupt safetensors header (tensor {name!r} has offsets {offsets!r})")
+    if offsets[1] > data_size:
+        raise _fail(path, f"truncated file: tensor {name!r} ends at byte {offsets[1]} of a {data_size}-byte "
+                          "data section")
+    nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+    if offsets[1] - offsets[0] != nbytes:
+        raise _fail(path, f"corrupt safetensors header (tensor {name!r} is {dtype}{shape} = {nbytes} bytes "
+                          f"but spans {offsets[1] - offsets[0]})")
