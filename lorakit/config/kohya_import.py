@@ -82,13 +82,12 @@ _BUILT_IN = frozenset({"cache_latents_to_disk", "cache_text_encoder_outputs_to_d
 
 
 def kohya_family(args: Mapping[str, Any]) -> str | None:
-    """Guess the family from ``network_module`` (lora_flux → flux1; networks.lora → sdxl)."""
+    """The family whose ``ModelSpec.network_module`` is the config's ``network_module`` (sd-scripts' own module
+    names: ``networks.lora_flux``, ``networks.lora``), asked of the installed family packages."""
+    from lorakit.models.registry import families, get_family
+
     module = str(args.get("network_module", ""))
-    if module.endswith("lora_flux"):
-        return "flux1"
-    if module == "networks.lora":
-        return "sdxl"
-    return None
+    return next((name for name in families() if get_family(name).SPEC.network_module == module), None)
 
 
 def flatten_kohya(raw: Mapping[str, Any]) -> dict[str, Any]:

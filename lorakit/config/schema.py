@@ -205,7 +205,8 @@ class MemoryCfg:
                                          "off, unless vram_gb picks it (bf16 weights with activation_budget under "
                                          "compile, or where they would otherwise need fp8 storage without fp8 "
                                          "compute); false: never.", family_only=True)
-    cache_latents: bool = f(True, "Encode images once and cache the latents on disk.")
+    cache_latents: bool = f(True, "Latents are always cached on disk, keyed by each image's content (an edited image "
+                            "is re-encoded); true is accepted for configs of earlier releases, false is refused.")
     cache_text_encoder_outputs: bool = f(True, "Encode captions once and cache the outputs on disk "
                                          "(not with caption shuffle/dropout or text-encoder training).")
     compile: bool = f(False, "torch.compile the transformer/U-Net blocks (CUDA only; falls back cleanly).")

@@ -409,6 +409,10 @@ def _value(cfg: Config, key: str) -> Any:
 def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
     """Rules that involve more than one field (after the family rules, so messages stay specific)."""
     d, t, m = cfg.data, cfg.training, cfg.memory
+    if not m.cache_latents:
+        raise err("memory.cache_latents", "false is not offered: latents are always cached on disk, keyed by each "
+                  "image's content (an edited image is re-encoded, nothing stale is used) and the VAE then leaves "
+                  "the GPU; remove the key")
     if d.dir is not None and d.config is not None:
         raise err("data.config", "set either data.dir or data.config, not both")
     if d.dir is None and d.config is None:

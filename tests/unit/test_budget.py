@@ -567,3 +567,32 @@ def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_und
     assert plan.estimate_gib == pytest.approx(need[0.12] + pool)
     plan, cfg = apply(need[0.12] + pool - 0.01, cuda_graphs=True)
     assert cfg.memory.activation_budget is None
+
+
+def test_hand_set_knobs_are_constraints_the_plan_keeps(flux_sizes, monkeypatch):
+    """With memory.vram_gb, every knob in budget.CONSTRAINTS the user set by hand is kept by the plan (one rule, stated
+    in the schema's help): gradient_checkpointing, fp8_base, blocks_to_swap, checkpoint_fraction and
+    activation_budget; a preset's value is not a constraint; nothing fits → one line naming the fixed keys."""
+    from lorakit.config.load import load_config
+    from lorakit.models.registry import get_family
+
+    spec = get_family("flux1").SPEC
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+
+    def plan(vram_gb, **memory):
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
+                                      "data": {"dir": "."}, "memory": {"vram_gb": vram_gb, "modulation_on_cpu": False,
+                                                                       **memory}})
+        return budget.apply_budget(cfg, spec, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lambda _: None)
+
+    free = plan(40)
+    assert free.gradient_checkpointing and not free.fp8_base  # 40 GiB: bf16 with some checkpointing
+    bf16_full = plan(40, fp8_base=True)
+    assert bf16_full.fp8_base and bf16_full.applied.memory.fp8_base
+    swapped = plan(40, blocks_to_swap=5)
+    assert swapped.blocks_to_swap == 5 and swapped.fp8_base and swapped.applied.memory.blocks_to_swap == 5
+    half = plan(60, checkpoint_fraction=0.5)
+    assert half.checkpoint_fraction == 0.5 and half.gradient_checkpointing
+    with pytest.raises(ConfigError, match=r"you fixed memory.gradient_checkpointing = false"):
+        plan(16, gradient_checkpointing=False)  # no setting without checkpointing fits 16 GiB
+    assert not plan(80, gradient_checkpointing=False).gradient_checkpointing

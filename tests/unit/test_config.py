@@ -741,3 +741,14 @@ def test_import_kohya_fused_backward_pass_turns_global_clipping_off(tmp_path):
     memory.check_fused_backward(cfg)  # accepted: no clipping left
     data, skipped = import_kohya_args({**args, "fused_backward_pass": False}, family="sdxl")
     assert data["optimizer"]["max_grad_norm"] == 1.0 and "max_grad_norm" not in skipped
+
+
+def test_cache_latents_false_is_refused_and_true_still_loads():
+    """memory.cache_latents: latents are always cached; a config of an earlier release with true still loads, false
+    (which would be a silent no-op) is refused in one line naming the key."""
+    from lorakit.config.load import load_config
+
+    base = {"model": {"family": "sdxl", "checkpoint": "c.safetensors"}, "data": {"dir": "."}}
+    assert load_config(None, data={**base, "memory": {"cache_latents": True}}).memory.cache_latents is True
+    with pytest.raises(ConfigError, match=r"^memory.cache_latents: false is not offered: latents are always cached"):
+        load_config(None, data={**base, "memory": {"cache_latents": False}})
