@@ -186,9 +186,11 @@ class MemoryCfg:
                                        "bf16 at 0.15: 0.455 s/step, 24.6 GiB, against 0.483 s at 0.22 without, on an "
                                        "H200). Default: on, except with fp8_compute (its budgets were measured "
                                        "without); false: never.")
-    vram_gb: Optional[float] = f(None, "GPU memory in GiB: picks checkpointing, fp8 storage, block swap and, when "
-                                 "needed, a smaller batch with gradient accumulation (same effective batch) to fit.",
-                                 gt=0.0)
+    vram_gb: Optional[float] = f(None, "GPU memory in GiB: picks checkpointing (and its fraction), activation_budget, "
+                                 "fp8 storage and compute, block swap, modulation_on_cpu and, when needed, a smaller "
+                                 "batch with gradient accumulation (same effective batch) to fit. Each of those you "
+                                 "set by hand (file or override, not a preset) is a constraint the plan keeps; "
+                                 "plan.json in the run folder records what ran.", gt=0.0)
     fp8_base: bool = f(False, "Store frozen base weights in float8 (e4m3).")
     fp8_compute: Optional[bool] = f(None, "With fp8_base (or vram_gb): run the frozen Linears' matmuls in float8 on "
                                     "the tensor cores (compute capability 8.9+: RTX 40xx, L4, H100; bf16 runs). "
