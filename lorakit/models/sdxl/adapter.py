@@ -310,9 +310,18 @@ class Adapter:
         if pixels.shape[-1] % ds or pixels.shape[-2] % ds:
             raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the VAE's {ds}")
         dist = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist
-        z = dist.sample()
+        # the posterior sample (as kohya caches SDXL latents), with noise drawn from a generator derived from the run's
+        # seed and each image's own pixels: the same config and data give the same latents, batch or no batch
+        eps = torch.stack([torch.randn(tuple(dist.mean.shape[1:]), generator=self._item_generator(p))
+                           for p in pixels])
+        z = dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)
         shift = getattr(self.vae.config, "shift_factor", None) or SPEC.vae_shift
         return ((z - shift) * self.vae.config.scaling_factor).float().cpu()
+
+    def _item_generator(self, pixels: torch.Tensor) -> torch.Generator:
+        seed = int(getattr(self.training, "seed", 0) or 0)
+        digest = hashlib.sha256(f"{seed}:".encode() + pixels.detach().float().cpu().numpy().tobytes()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
     def _tokens(self, tokenizer: Any, captions: list[str]) -> torch.Tensor:
         return tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
