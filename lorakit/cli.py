@@ -4,6 +4,7 @@
     lorakit config show run.toml [overrides]           the resolved config (after preset and overrides)
     lorakit config schema                              the JSON schema of the config (web UI forms)
     lorakit data check DIR|run.toml                    dataset report before any GPU work
+    lorakit caption DIR|dataset.toml --captioner ...   write captions with a local captioner
     lorakit inspect FILE.safetensors                   metadata, modules, rank/alpha, which base it fits
     lorakit toy path FAMILY | toy dataset DIR | toy build | toy eval
     lorakit demo                                       the toy-world demo (what `make demo` runs)
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--json", metavar="FILE", help="also write the report as JSON here")
     dc.add_argument("--batch-size", type=int, default=None)
     dc.set_defaults(func=cmd_data_check)
+
+    from lorakit.caption.cli import add_parser as add_caption_parser  # light: argparse only
+
+    add_caption_parser(sub)
 
     i = sub.add_parser("inspect", help="show a LoRA file's metadata, modules and fit")
     i.add_argument("file")
