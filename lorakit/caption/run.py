@@ -6,7 +6,8 @@
   ``<name>.bak`` (``.bak2``, … when that exists). Every write is atomic (temp file, fsync, rename).
 * Progress: ``.lorakit-caption.json`` in the dataset folder (beside a TOML: ``<toml>.caption.json``) lists the
   images this run has finished, rewritten atomically after every batch; a run started again with the same
-  settings skips them (so an overwriting run never overwrites its own captions, nor backs them up).
+  settings skips them (so an overwriting run never overwrites its own captions, nor backs them up); the
+  backups it made are recorded before each caption is replaced, so a kill between the two is safe too.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def caption_dataset(targets: list[Target], captioner: Captioner, opts: TextOptio
                         f"rerun it with the same options to resume, or pass --restart to start over")
     resume = bool(prev) and not prev.get("finished") and prev.get("settings") == key
     state = {"settings": key, "captioner": captioner.name, "model": model, "finished": False,
-             "done": dict(prev["done"]) if resume else {}}
+             "done": dict(prev["done"]) if resume else {},
+             "backups": dict(prev.get("backups") or {}) if resume else {}}
     summary = Summary(resumed=len(state["done"]) if resume else 0)
     todo: list[Target] = []
     for t in targets:
@@ -177,7 +179,8 @@ def caption_dataset(targets: list[Target], captioner: Captioner, opts: TextOptio
     started = time.perf_counter()
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        summary.outcomes += _caption_batch(batch, captioner, opts, count_tokens, rel, state, overwrite)
+        summary.outcomes += _caption_batch(batch, captioner, opts, count_tokens, rel, state, overwrite,
+                                           lambda: _write_json(progress_file, state))
         _write_json(progress_file, state)
         done = start + len(batch)
         rate = done / max(time.perf_counter() - started, 1e-9)
@@ -190,7 +193,7 @@ def caption_dataset(targets: list[Target], captioner: Captioner, opts: TextOptio
 
 
 def _caption_batch(batch: list[Target], captioner: Captioner, opts: TextOptions, count_tokens, rel,
-                   state: dict[str, Any], overwrite: bool) -> list[Outcome]:
+                   state: dict[str, Any], overwrite: bool, save_state: Callable[[], None]) -> list[Outcome]:
     outcomes: dict[Path, Outcome] = {}
     images, ok = [], []
     for t in batch:
@@ -218,8 +221,14 @@ def _caption_batch(batch: list[Target], captioner: Captioner, opts: TextOptions,
             if not overwrite:  # appeared while we worked: still never overwritten
                 outcomes[t.image] = Outcome(rel(t.image), "kept", "a caption appeared during the run")
                 continue
-            bak = backup_path(t.caption)
-            shutil.copy2(t.caption, bak)
+            made = state["backups"].get(rel(t.image))
+            if made and t.caption.with_name(made).is_file():
+                bak = t.caption.with_name(made)   # backed up before an interruption: the file there is ours
+            else:
+                bak = backup_path(t.caption)
+                shutil.copy2(t.caption, bak)
+                state["backups"][rel(t.image)] = bak.name
+                save_state()                      # recorded before the caption is replaced
             reason = "; ".join(filter(None, [f"old caption kept as {bak.name}", reason]))
         try:
             atomic_write_bytes(t.caption, (done.text + "\n").encode("utf-8"))

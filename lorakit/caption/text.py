@@ -71,12 +71,13 @@ def finish(raw: Raw, opts: TextOptions, kind: Mode, count_tokens: Optional[Calla
     if trigger and opts.replace:
         for word in opts.replace:
             body = [_words(word).sub(trigger, b) for b in body]
-    key = trigger or (head.split()[0] if head else "")
-    if key and any(has_word(b, key) for b in body):
-        head = ""           # the trigger already names the subject in the text (e.g. after replace)
-    if mode == "tags":
+    if mode == "tags":      # the lead is the first tag; the same words later are repeats
         drop = {t.lower() for t in (trigger, opts.class_word.strip(), head) if t}
         body = [b for b in body if b.lower() not in drop]
+    else:
+        key = trigger or (head.split()[0] if head else "")
+        if key and any(has_word(b, key) for b in body):
+            head = ""       # the trigger already names the subject in the sentence (e.g. after replace)
 
     def join(parts: list[str]) -> str:
         return opts.separator.join(p for p in [opts.prefix.strip(), head, *parts, opts.suffix.strip()] if p)
