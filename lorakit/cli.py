@@ -163,8 +163,12 @@ def cmd_data_check(args) -> int:
         divisibility = 64
     else:
         raise LorakitError(f"data check: {target} is neither a dataset folder nor a .toml file")
-    counter = _clip_token_counter()
-    dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=77)
+    counter, limit = _clip_token_counter(), 77
+    if target.suffix == ".toml":  # the family's own limit and tokenizer (FLUX.1: T5, 512)
+        from lorakit.caption.text import family_limit
+
+        limit, counter = family_limit(cfg.model.family)
+    dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
     report = dataset.report
     print(report.to_table(batch_size=batch_size) if _accepts(report.to_table, "batch_size") else report.to_table())
     out = Path(args.json) if args.json else None

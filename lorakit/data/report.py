@@ -128,7 +128,7 @@ def _clip(text: str, width: int) -> str:
 
 def check(dataset: "Dataset") -> DataReport:
     """Build the report of a scanned dataset from its items, subsets and the problems the scan found."""
-    report = DataReport(problems=list(dataset.problems))
+    report = DataReport(problems=list(dataset.problems) + duplicate_captions(dataset))
     for idx, sub in enumerate(dataset.subsets):
         items = [it for it in dataset.items if it.subset == idx]
         report.subsets.append(SubsetSummary(dir=str(sub.dir), is_reg=sub.is_reg, images=len(items),
@@ -141,6 +141,22 @@ def check(dataset: "Dataset") -> DataReport:
     report.group_batch_sizes = {g: spec.batch_size for g, spec in enumerate(dataset.groups)
                                 if spec.batch_size is not None}
     return report
+
+
+def duplicate_captions(dataset: "Dataset") -> list[Problem]:
+    """A warning for each training image whose caption file says exactly what another image's says (a
+    captioner that saw nothing, or a pasted caption): the model then cannot tell those pictures apart."""
+    groups: dict[str, list] = {}
+    for it in dataset.items:
+        if it.caption_source == "file" and not it.is_reg and it.caption.strip():
+            groups.setdefault(" ".join(it.caption.lower().split()), []).append(it)
+    out = []
+    for same in groups.values():
+        for it in same if len(same) > 1 else ():
+            other = next(o for o in same if o is not it)
+            out.append(Problem(str(it.path), f"same caption as {len(same) - 1} other image(s) (e.g. "
+                               f"{other.path.name}); say what differs between them", "warning"))
+    return out
 
 
 def dataset_dirs(dataset: "Dataset", is_reg: bool = False) -> dict[str, dict[str, int]]:

@@ -78,6 +78,9 @@ def _byte_vocab(specials: list[str]) -> dict[str, int]:
 
 
 def build_blip(folder: Path) -> Path:
+    import torch
+
+    torch.manual_seed(0)
     from lorakit.caption.toy import build_model, build_processor
 
     processor = build_processor(image_size=32)
@@ -88,6 +91,9 @@ def build_blip(folder: Path) -> Path:
 
 
 def build_florence2(folder: Path) -> Path:
+    import torch
+
+    torch.manual_seed(0)
     from transformers import BartConfig, BartTokenizer, Florence2Config, Florence2ForConditionalGeneration, \
         Florence2Processor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -122,6 +128,9 @@ def build_qwen_vl(folder: Path, family: str = "qwen2_5_vl") -> Path:
 
     The processor class itself is not saved: transformers builds it only with a video processor, which needs
     torchvision; lorakit's VLM back-end then assembles the inputs from the tokenizer and image processor."""
+    import torch
+
+    torch.manual_seed(0)
     from transformers import Qwen2TokenizerFast
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
