@@ -94,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--family", default="sdxl")
     te.add_argument("--out", default="demo-output/eval")
     te.add_argument("--steps", type=int, default=None)
+    te.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
     te.set_defaults(func=cmd_toy_eval)
 
     demo = sub.add_parser("demo", help="train a LoRA on the toy world (what `make demo` runs)")
     demo.add_argument("--family", default="sdxl")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--steps", type=int, default=None)
+    demo.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
     demo.set_defaults(func=cmd_demo)
     return p
 
@@ -170,6 +172,9 @@ def cmd_data_check(args) -> int:
         limit, counter = family_limit(cfg.model.family)
     dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
     report = dataset.report
+    from lorakit.data.report import duplicate_captions
+
+    report.problems += duplicate_captions(dataset)
     print(report.to_table(batch_size=batch_size) if _accepts(report.to_table, "batch_size") else report.to_table())
     out = Path(args.json) if args.json else None
     if out:
@@ -211,7 +216,7 @@ def cmd_toy_build(args) -> int:
 def cmd_toy_eval(args) -> int:
     from lorakit.toy.demo import run_eval
 
-    result = run_eval(args.family, Path(args.out), steps=args.steps)
+    result = run_eval(args.family, Path(args.out), steps=args.steps, caption=args.caption)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -219,7 +224,7 @@ def cmd_toy_eval(args) -> int:
 def cmd_demo(args) -> int:
     from lorakit.toy.demo import run_demo
 
-    run_demo(args.family, Path(args.out), steps=args.steps)
+    run_demo(args.family, Path(args.out), steps=args.steps, caption=args.caption)
     return 0
 
 

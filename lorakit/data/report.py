@@ -128,7 +128,7 @@ def _clip(text: str, width: int) -> str:
 
 def check(dataset: "Dataset") -> DataReport:
     """Build the report of a scanned dataset from its items, subsets and the problems the scan found."""
-    report = DataReport(problems=list(dataset.problems) + duplicate_captions(dataset))
+    report = DataReport(problems=list(dataset.problems))
     for idx, sub in enumerate(dataset.subsets):
         items = [it for it in dataset.items if it.subset == idx]
         report.subsets.append(SubsetSummary(dir=str(sub.dir), is_reg=sub.is_reg, images=len(items),
@@ -145,7 +145,8 @@ def check(dataset: "Dataset") -> DataReport:
 
 def duplicate_captions(dataset: "Dataset") -> list[Problem]:
     """A warning for each training image whose caption file says exactly what another image's says (a
-    captioner that saw nothing, or a pasted caption): the model then cannot tell those pictures apart."""
+    captioner that saw nothing, or a pasted caption): the model then cannot tell those pictures apart.
+    `lorakit data check` adds these to its report (a caption review, not a reason to stop a run)."""
     groups: dict[str, list] = {}
     for it in dataset.items:
         if it.caption_source == "file" and not it.is_reg and it.caption.strip():
