@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lorakit.errors import ConfigError
@@ -111,9 +112,14 @@ def cmd_caption(args) -> int:
     opts = TextOptions(trigger=args.trigger, class_word=args.class_word, prefix=args.prefix, suffix=args.suffix,
                        replace=tuple(args.replace), mode=args.mode, max_tokens=args.max_tokens or limit)
     batch = args.batch_size or (8 if device.startswith("cuda") else 1)
-    summary = caption_dataset(targets, captioner, opts, progress_file=progress, model=str(args.model or ""),
-                              overwrite=args.overwrite, restart=args.restart, batch_size=batch,
-                              count_tokens=counter, root=target if target.is_dir() else target.parent)
+    try:
+        summary = caption_dataset(targets, captioner, opts, progress_file=progress, model=str(args.model or ""),
+                                  overwrite=args.overwrite, restart=args.restart, batch_size=batch,
+                                  count_tokens=counter, root=target if target.is_dir() else target.parent)
+    except KeyboardInterrupt:
+        print(f"lorakit: interrupted; the captions written are kept and {progress} records them: run the same "
+              f"command again to resume", file=sys.stderr)
+        return 130
     summary.problems = problems
     print(summary.table())
     return 1 if summary.count("failed") else 0

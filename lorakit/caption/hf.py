@@ -192,7 +192,11 @@ class VLMCaptioner(_HF):
 
             processor = AutoProcessor.from_pretrained(folder)
         except (ImportError, AttributeError, ValueError, TypeError):   # no torchvision: no video processor
-            processor = QwenVLInputs(folder)
+            try:
+                processor = QwenVLInputs(folder)
+            except (OSError, ValueError, KeyError) as e:
+                raise ModelLoadError(f"{folder}: the VLM's tokenizer or image processor cannot be loaded "
+                                     f"({str(e).splitlines()[0]}); {self.WHERE}") from None
         self.processor, self.model = _load(AutoModelForImageTextToText, folder, device, dtype, "VLM", processor)
         self.processor.tokenizer.padding_side = "left"     # batched generation continues every row at its end
         self.device = device
