@@ -55,6 +55,9 @@ def _dtype(device: str, dtype: Optional[str]):
 
 def _load(cls, folder: Path, device: str, dtype: Optional[str], what: str, processor=None):
     from transformers import AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # lorakit prints its own progress
 
     try:
         processor = processor or AutoProcessor.from_pretrained(folder)
