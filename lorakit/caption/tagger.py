@@ -9,6 +9,7 @@ probability ≥ ``general_threshold``, character tags ≥ ``character_threshold`
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -73,7 +74,7 @@ class WD14Tagger:
         providers = (["CUDAExecutionProvider"] if device.startswith("cuda") and "CUDAExecutionProvider"
                      in ort.get_available_providers() else []) + ["CPUExecutionProvider"]
         so = ort.SessionOptions()
-        so.intra_op_num_threads = 1 if device == "cpu" else 0
+        so.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)   # 0: onnxruntime's choice
         try:
             self.session = ort.InferenceSession(str(folder / "model.onnx"), so, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types

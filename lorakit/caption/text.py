@@ -9,6 +9,7 @@ the toy concept): each is replaced by the trigger, so the subject is named by th
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
@@ -102,6 +103,7 @@ def finish(raw: Raw, opts: TextOptions, kind: Mode, count_tokens: Optional[Calla
     return done
 
 
+@lru_cache(maxsize=None)
 def family_limit(family: str) -> tuple[int, Callable[[str], int]]:
     """(max caption tokens, token counter) of a model family, both from its ModelSpec.
 
