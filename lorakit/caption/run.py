@@ -91,6 +91,8 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
         ext = extension or DataCfg().caption_extension
         if _images(target):
             folders = [(target, "", ext)]
+            problems = [f"{d}: images in this subfolder are not captioned (caption it on its own)"
+                        for d in sorted(target.iterdir()) if d.is_dir() and not d.name.startswith(".") and _images(d)]
         else:
             specs, found = folder_subsets(target, is_reg=False, data=DataCfg(dir=str(target)), key=str(target))
             folders = [(s.dir, s.class_tokens, ext) for s in specs]

@@ -75,11 +75,14 @@ def test_an_option_of_another_captioner_is_refused(tmp_path, tagger, capsys):
 
 def test_unreadable_image_fails_with_a_reason_and_the_rest_is_captioned(tmp_path, tagger, capsys):
     folder = make_folder(tmp_path, 2, "plain")
+    make_folder(folder, 1, "sub")
     (folder / "bad.png").write_bytes(b"not a png")
     assert run(folder, "--captioner", "wd14", "--model", tagger) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[1].split() == ["2", "0", "1"]
     assert "failed    bad.png" in out and "unreadable image" in out
+    assert f"skipped   {folder / 'sub'}: images in this subfolder are not captioned" in out
+    assert not list((folder / "sub").glob("*.txt"))
     assert not (folder / "bad.txt").exists()
 
 
