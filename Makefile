@@ -15,7 +15,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints-cpu.txt torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,bnb]'
+	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev,bnb,caption]'
 	touch $@
 
 demo: venv

@@ -4,6 +4,7 @@
     lorakit config show run.toml [overrides]           the resolved config (after preset and overrides)
     lorakit config schema                              the JSON schema of the config (web UI forms)
     lorakit data check DIR|run.toml                    dataset report before any GPU work
+    lorakit caption DIR|dataset.toml --captioner ...   write captions with a local captioner
     lorakit inspect FILE.safetensors                   metadata, modules, rank/alpha, which base it fits
     lorakit toy path FAMILY | toy dataset DIR | toy build | toy eval
     lorakit demo                                       the toy-world demo (what `make demo` runs)
@@ -69,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--batch-size", type=int, default=None)
     dc.set_defaults(func=cmd_data_check)
 
+    from lorakit.caption.cli import add_parser as add_caption_parser  # light: argparse only
+
+    add_caption_parser(sub)
+
     i = sub.add_parser("inspect", help="show a LoRA file's metadata, modules and fit")
     i.add_argument("file")
     i.add_argument("--json", action="store_true", help="print JSON")
@@ -89,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--family", default="sdxl")
     te.add_argument("--out", default="demo-output/eval")
     te.add_argument("--steps", type=int, default=None)
+    te.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
     te.set_defaults(func=cmd_toy_eval)
 
     demo = sub.add_parser("demo", help="train a LoRA on the toy world (what `make demo` runs)")
     demo.add_argument("--family", default="sdxl")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--steps", type=int, default=None)
+    demo.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
     demo.set_defaults(func=cmd_demo)
     return p
 
@@ -159,9 +166,16 @@ def cmd_data_check(args) -> int:
         divisibility = 64
     else:
         raise LorakitError(f"data check: {target} is neither a dataset folder nor a .toml file")
-    counter = _clip_token_counter()
-    dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=77)
+    counter, limit = _clip_token_counter(), 77
+    if target.suffix == ".toml":  # the family's own limit and tokenizer (FLUX.1: T5, 512)
+        from lorakit.caption.text import family_limit
+
+        limit, counter = family_limit(cfg.model.family)
+    dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
     report = dataset.report
+    from lorakit.data.report import duplicate_captions
+
+    report.problems += duplicate_captions(dataset)
     print(report.to_table(batch_size=batch_size) if _accepts(report.to_table, "batch_size") else report.to_table())
     out = Path(args.json) if args.json else None
     if out:
@@ -203,7 +217,7 @@ def cmd_toy_build(args) -> int:
 def cmd_toy_eval(args) -> int:
     from lorakit.toy.demo import run_eval
 
-    result = run_eval(args.family, Path(args.out), steps=args.steps)
+    result = run_eval(args.family, Path(args.out), steps=args.steps, caption=args.caption)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -211,7 +225,7 @@ def cmd_toy_eval(args) -> int:
 def cmd_demo(args) -> int:
     from lorakit.toy.demo import run_demo
 
-    run_demo(args.family, Path(args.out), steps=args.steps)
+    run_demo(args.family, Path(args.out), steps=args.steps, caption=args.caption)
     return 0
 
 

@@ -143,6 +143,23 @@ def check(dataset: "Dataset") -> DataReport:
     return report
 
 
+def duplicate_captions(dataset: "Dataset") -> list[Problem]:
+    """A warning for each training image whose caption file says exactly what another image's says (a
+    captioner that saw nothing, or a pasted caption): the model then cannot tell those pictures apart.
+    `lorakit data check` adds these to its report (a caption review, not a reason to stop a run)."""
+    groups: dict[str, list] = {}
+    for it in dataset.items:
+        if it.caption_source == "file" and not it.is_reg and it.caption.strip():
+            groups.setdefault(" ".join(it.caption.lower().split()), []).append(it)
+    out = []
+    for same in groups.values():
+        for it in same if len(same) > 1 else ():
+            other = next(o for o in same if o is not it)
+            out.append(Problem(str(it.path), f"same caption as {len(same) - 1} other image(s) (e.g. "
+                               f"{other.path.name}); say what differs between them", "warning"))
+    return out
+
+
 def dataset_dirs(dataset: "Dataset", is_reg: bool = False) -> dict[str, dict[str, int]]:
     """kohya's ss_dataset_dirs / ss_reg_dataset_dirs: {folder name: {"n_repeats": n, "img_count": images}}."""
     out: dict[str, dict[str, int]] = {}

@@ -66,22 +66,29 @@ def demo_config(family: str, dataset_dir: Path, out_dir: Path, name: str, steps:
     return load_config(None, list(overrides), data=data)
 
 
-def ensure_dataset(dataset_dir: Path) -> None:
+def ensure_dataset(dataset_dir: Path, caption: bool = False) -> None:
     """The demo data: ``train/`` (a dozen images of the new concept) and ``reg/`` (base-world scenes that keep
-    prompts without the trigger unchanged); written once, reused by later demos."""
-    if not (dataset_dir / "train").exists():
-        write_demo_dataset(dataset_dir / "train")
-    if not (dataset_dir / "reg").exists():
-        write_reg_dataset(dataset_dir / "reg")
+    prompts without the trigger unchanged); written once, reused by later demos. With ``caption`` the toy
+    captioner writes the captions instead of the world (``lorakit demo --caption``)."""
+    for name, write in (("train", write_demo_dataset), ("reg", write_reg_dataset)):
+        if not (dataset_dir / name).exists():
+            write(dataset_dir / name)
+            if caption:  # the world's captions were just written here by us: the captioner replaces them
+                for txt in (dataset_dir / name).rglob("*.txt"):
+                    txt.unlink()
+    if caption:
+        from lorakit.caption.toy import caption_demo_dataset
+
+        caption_demo_dataset(dataset_dir, DEFAULT_TRIGGER)
 
 
-def run_demo(family: str, out: Path, steps: Optional[int] = None) -> dict[str, Any]:
-    """Write the demo dataset, train, and print where everything is."""
+def run_demo(family: str, out: Path, steps: Optional[int] = None, caption: bool = False) -> dict[str, Any]:
+    """Write the demo dataset (captioned by the toy captioner with ``caption``), train, print where things are."""
     from lorakit.train.loop import train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    dataset_dir = out / "dataset"
-    ensure_dataset(dataset_dir)
+    dataset_dir = out / ("dataset-captioned" if caption else "dataset")
+    ensure_dataset(dataset_dir, caption)
     name = f"demo-{family}-{stamp}"
     cfg = demo_config(family, dataset_dir, out, name, steps)
     t0 = time.perf_counter()
@@ -99,21 +106,21 @@ def run_demo(family: str, out: Path, steps: Optional[int] = None) -> dict[str, A
 
 
 def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: tuple[str, ...] = (),
-             seeds: int = 8) -> dict[str, Any]:
+             seeds: int = 8, caption: bool = False) -> dict[str, Any]:
     """The learning benchmark: train on the demo dataset, then score concept and drift."""
     from lorakit.toy.eval import evaluate
     from lorakit.train.loop import train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    dataset_dir = out / "dataset"
-    ensure_dataset(dataset_dir)
+    dataset_dir = out / ("dataset-captioned" if caption else "dataset")
+    ensure_dataset(dataset_dir, caption)
     cfg = demo_config(family, dataset_dir, out, f"eval-{family}-{stamp}", steps,
                       overrides=("sample.prompts=[]",) + tuple(overrides))
     t0 = time.perf_counter()
     result = train(cfg, log=lambda *_: None)
     generate = lora_generator(cfg, result.run_dir)
     scores = evaluate(generate, DEFAULT_TRIGGER)
-    scores.update(family=family, steps=result.steps, train_seconds=time.perf_counter() - t0,
+    scores.update(family=family, steps=result.steps, captioned_by="toy captioner" if caption else "toy world", train_seconds=time.perf_counter() - t0,
                   final_loss=result.final_loss)
     write_json(result.run_dir / "eval.json", scores, default=str)
     return scores
