@@ -1,0 +1,141 @@
+"""LoRA tools (convert, resize, merge, extract, verify) checked against ΔW = (alpha/rank)·up@down computed here.
+
+Tiny SDXL and FLUX.1 models of the real classes give the key maps; LoRAs are random (up ≠ 0).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lorakit.errors import LorakitError
+from lorakit.lora.formats.layouts import read_lora, write_lora
+from lorakit.lora.tools import files, ops
+from lorakit.lora.tools.verify import verify
+
+
+@pytest.fixture(scope="module")
+def sdxl_keys():
+    from lorakit.models.sdxl.keys import lora_keymap
+    from lorakit.models.sdxl.load import build_models, tiny_configs
+
+    m = build_models(tiny_configs())
+    return lora_keymap(m["unet"], m["te1"], m["te2"])
+
+
+@pytest.fixture(scope="module")
+def flux_keys():
+    from lorakit.models.flux1.keys import lora_keymap
+    from lorakit.models.flux1.load import tiny_models
+
+    m = tiny_models()
+    return lora_keymap(m["transformer"], m["clip_l"], m["t5"])
+
+
+def kohya_lora(keys, rank=4, alpha=2.0, every=1, seed=0, dtype=torch.float32):
+    """A random kohya-layout LoRA on every ``every``-th module of ``keys``."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for m in keys.modules[::every]:
+        name = keys.kohya_name(m)
+        sd[name + ".lora_down.weight"] = torch.randn(rank, m.in_features, *m.kernel, generator=g).to(dtype)
+        if m.kernel == (1, 1):
+            sd[name + ".lora_down.weight"] = sd[name + ".lora_down.weight"].reshape(rank, m.in_features)
+        up = torch.randn(m.out_features, rank, generator=g)
+        sd[name + ".lora_up.weight"] = (up if m.kernel == (1, 1) else up.reshape(m.out_features, rank, 1, 1)).to(dtype)
+        sd[name + ".alpha"] = torch.tensor(alpha)
+    return sd
+
+
+def ref_delta(sd, name):
+    """ΔW of one kohya module, computed here: (alpha / rank) · up @ down."""
+    down, up = sd[name + ".lora_down.weight"].double(), sd[name + ".lora_up.weight"].double()
+    r = down.shape[0]
+    alpha = float(sd[name + ".alpha"]) if name + ".alpha" in sd else r
+    d = up.reshape(up.shape[0], r) @ down.reshape(r, -1)
+    return (d * alpha / r).reshape(up.shape[0], *down.shape[1:])
+
+
+def diffusers_delta(sd, keys, module):
+    """ΔW of a (possibly split) module from a diffusers-layout dict: rows of each part's lora_B @ lora_A."""
+    rows = []
+    for path in module.diffusers:
+        stem = keys.diffusers_prefix[module.component] + path
+        a, b = sd[stem + ".lora_A.weight"].double(), sd[stem + ".lora_B.weight"].double()
+        rows.append(b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1))
+    return torch.cat(rows, 0).reshape(module.out_features, module.in_features, *((module.kernel,) if False else ()))
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("fam", ["sdxl", "flux1"])
+def test_convert_every_layout_keeps_delta(fam, sdxl_keys, flux_keys):
+    keys = sdxl_keys if fam == "sdxl" else flux_keys
+    sd = kohya_lora(keys, rank=4, alpha=3.0)
+    state = read_lora(sd, {"ss_output_name": "x"}, [sdxl_keys, flux_keys], where="t")
+    assert state.family == fam and state.layout == "kohya" and not state.unmatched
+    for layout in ("comfyui", "diffusers"):
+        written = write_lora(state, keys, layout)["tensors"]
+        if layout == "diffusers":  # independent check: the diffusers dict's own B@A per module
+            for m in keys.modules:
+                if m.kernel != (1, 1):
+                    continue
+                got = diffusers_delta(written, keys, m)
+                assert rel(got, ref_delta(sd, keys.kohya_name(m)).reshape(got.shape)) < 1e-6
+        back = read_lora(written, {}, [sdxl_keys, flux_keys], where="t")
+        assert back.family == fam and back.layout == layout and set(back.modules) == set(state.modules)
+        for name, p in back.modules.items():
+            assert rel(p.delta(), ref_delta(sd, name)) < 1e-6, (layout, name)
+
+
+def test_flux_fused_alpha_from_split_parts(flux_keys):
+    """diffusers q/k/v with rank 2, alpha 1 -> one kohya qkv module of rank 6, alpha 3 (scale kept 1/2)."""
+    m = next(x for x in flux_keys.modules if x.native == "double_blocks.0.img_attn.qkv")
+    g = torch.Generator().manual_seed(1)
+    sd, parts = {}, []
+    for path in m.diffusers:
+        a, b = torch.randn(2, m.in_features, generator=g), torch.randn(m.out_features // 3, 2, generator=g)
+        sd[f"transformer.{path}.lora_A.weight"], sd[f"transformer.{path}.lora_B.weight"] = a, b
+        sd[f"transformer.{path}.alpha"] = torch.tensor(1.0)
+        parts.append(b @ a * 0.5)
+    state = read_lora(sd, {}, [flux_keys], where="t")
+    out = write_lora(state, flux_keys, "kohya")["tensors"]
+    name = "lora_unet_double_blocks_0_img_attn_qkv"
+    assert out[name + ".lora_down.weight"].shape[0] == 6 and float(out[name + ".alpha"]) == 3.0
+    assert rel(ref_delta(out, name), torch.cat(parts, 0)) < 1e-6
+
+
+def test_fp16_roundtrip_within_rounding(sdxl_keys, tmp_path):
+    sd = kohya_lora(sdxl_keys, every=7, dtype=torch.float16)
+    src = tmp_path / "a.safetensors"
+    save_file(sd, src, metadata={"ss_output_name": "a", "ss_network_dim": "4"})
+    state = files.load_state(src, [sdxl_keys])
+    out = files.save_state(state, sdxl_keys, "diffusers", tmp_path / "b.safetensors")[0]
+    back = files.load_state(out, [sdxl_keys])
+    from lorakit.lora.io import read_safetensors_header
+    assert read_safetensors_header(out)[1]["ss_output_name"] == "a"
+    for name, p in back.modules.items():
+        assert rel(p.delta(), ref_delta(sd, name)) < 2e-3
+
+
+def test_peft_folder_roundtrip(sdxl_keys, tmp_path):
+    sd = kohya_lora(sdxl_keys, every=5, alpha=8.0)
+    state = read_lora(sd, {}, [sdxl_keys], where="t")
+    files.save_state(state, sdxl_keys, "peft", tmp_path / "peft", dtype=torch.float32)
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0
+    assert (tmp_path / "peft" / "text_encoder_2" / "adapter_model.safetensors").is_file()
+    back = files.load_state(tmp_path / "peft", [sdxl_keys])
+    assert set(back.modules) == set(state.modules)
+    for name, p in back.modules.items():
+        assert rel(p.delta(), ref_delta(sd, name)) < 1e-6
+
+
+def test_unknown_layout_is_one_line(sdxl_keys):
+    with pytest.raises(LorakitError, match="unknown LoRA layout"):
+        read_lora({"foo.hada_w1_a": torch.zeros(2, 2)}, {}, [sdxl_keys], where="x.safetensors")
