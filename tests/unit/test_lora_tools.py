@@ -139,3 +139,111 @@ def test_peft_folder_roundtrip(sdxl_keys, tmp_path):
 def test_unknown_layout_is_one_line(sdxl_keys):
     with pytest.raises(LorakitError, match="unknown LoRA layout"):
         read_lora({"foo.hada_w1_a": torch.zeros(2, 2)}, {}, [sdxl_keys], where="x.safetensors")
+
+
+def test_resize_fixed_and_dynamic(sdxl_keys):
+    sd = kohya_lora(sdxl_keys, rank=8, alpha=4.0, every=9)
+    state = read_lora(sd, {}, [sdxl_keys], where="t")
+    # make one module exactly rank 2 so sv_ratio finds it
+    name = next(iter(state.modules))
+    p = state.modules[name]
+    p.up[:, 2:] = 0
+    out, rows = ops.resize(state.modules, "rank", 3)
+    for row in rows:
+        new = out[row["module"]]
+        full = ref_delta(sd, row["module"]) if row["module"] != name else p.delta()
+        s = torch.linalg.svdvals(full.reshape(full.shape[0], -1).double())
+        best = (s[3:] ** 2).sum().sqrt() / (s ** 2).sum().sqrt()   # Eckart–Young: the optimum at rank 3
+        assert new.rank == 3 and abs(new.scale - p.scale) < 1e-9 if row["module"] == name else new.rank == 3
+        assert rel(new.delta(), full) == pytest.approx(float(best), abs=1e-4)
+        assert row["energy"] == pytest.approx(float((s[:3] ** 2).sum() / (s ** 2).sum()), abs=1e-5)
+    dyn, rows = ops.resize(state.modules, "sv_ratio", 1e6)
+    assert dict((r["module"], r["new_rank"]) for r in rows)[name] == 2
+    assert rel(dyn[name].delta(), p.delta()) < 1e-5
+    fro, rows = ops.resize(state.modules, "sv_fro", 0.9)
+    for row in rows:
+        assert row["energy"] >= 0.81 - 1e-6
+    with pytest.raises(LorakitError, match="fraction"):
+        ops.resize(state.modules, "sv_fro", 1.5)
+
+
+def test_merge_concat_exact_and_svd(sdxl_keys):
+    a = read_lora(kohya_lora(sdxl_keys, rank=4, alpha=2.0, every=11, seed=1), {}, [sdxl_keys], where="a")
+    b = read_lora(kohya_lora(sdxl_keys, rank=2, alpha=2.0, every=11, seed=2), {}, [sdxl_keys], where="b")
+    out, _ = ops.merge([(a.modules, 0.7), (b.modules, -0.3)])
+    for name, p in out.items():
+        want = 0.7 * a.modules[name].delta() - 0.3 * b.modules[name].delta()
+        assert p.rank == 6 and rel(p.delta(), want) < 1e-5
+    svd, rows = ops.merge([(a.modules, 1.0), (b.modules, 1.0)], rank=6)
+    name = next(iter(svd))
+    assert rel(svd[name].delta(), a.modules[name].delta() + b.modules[name].delta()) < 1e-4
+    small, rows = ops.merge([(a.modules, 1.0), (b.modules, 1.0)], rank=1)
+    assert all(0 < r["energy"] < 1 for r in rows)
+    bad = {name: type(a.modules[name])(torch.zeros(1, 3), torch.zeros(5, 1), 1.0)}
+    with pytest.raises(LorakitError, match="different base models"):
+        ops.merge([(a.modules, 1.0), (bad, 1.0)])
+
+
+def test_merge_into_and_extract_tiny_checkpoint(sdxl_keys, tmp_path):
+    from safetensors import safe_open
+
+    from lorakit.models.sdxl.load import write_tiny_checkpoint
+
+    base = write_tiny_checkpoint(tmp_path / "m")["checkpoint"]
+    sd = kohya_lora(sdxl_keys, rank=2, alpha=1.0, every=3)
+    state = read_lora(sd, {}, [sdxl_keys], where="t")
+    keys = files.base_keymap(sdxl_keys, base)
+    merged = tmp_path / "merged.safetensors"
+    info = files.merge_into(base, [(state, 0.5)], keys, merged)
+    assert info["weights_changed"] > 0
+    with safe_open(str(base), "pt") as fb, safe_open(str(merged), "pt") as fm:
+        assert list(fb.keys()) == list(fm.keys())
+        for m in keys.modules:
+            name = keys.kohya_name(m)
+            if name not in state.modules:
+                continue
+            w0, w1 = fb.get_tensor(m.checkpoint_key), fm.get_tensor(m.checkpoint_key)
+            if m.checkpoint_rows:
+                w0, w1 = w0[m.checkpoint_rows[0]:m.checkpoint_rows[1]], w1[m.checkpoint_rows[0]:m.checkpoint_rows[1]]
+            assert rel(w1 - w0, 0.5 * ref_delta(sd, name).reshape(w0.shape)) < 1e-5, name
+        untouched = [k for k in fb.keys() if "norm" in k][0]
+        assert torch.equal(fb.get_tensor(untouched), fm.get_tensor(untouched))
+    # extract at full rank recovers the merged ΔW (a 2-rank difference at rank 2: error ~0)
+    lora, rows = files.extract_from(merged, base, keys, rank=2, min_diff=1e-7)
+    assert {r["module"] for r in rows if r["rank"]} == set(state.modules)
+    for name, p in lora.modules.items():
+        want = 0.5 * ref_delta(sd, name)
+        assert rel(p.delta().reshape(want.shape), want) < 1e-3
+    with pytest.raises(LorakitError, match="larger than layer"):
+        files.extract_from(merged, base, keys, rank=100000, min_diff=1e-7)
+
+
+def test_verify_loaders(sdxl_keys, flux_keys):
+    sd = kohya_lora(sdxl_keys, every=13)
+    report = verify(sd, sdxl_keys)
+    assert report["ok"], report["loaders"]
+    assert all(v["applied"] == len(sd) for v in report["loaders"].values())
+    # a diffusers-layout SDXL file: ComfyUI/Forge map attention only under .processor. names, so they drop to_q
+    state = read_lora(sd, {}, [sdxl_keys], where="t")
+    d = write_lora(state, sdxl_keys, "diffusers")["tensors"]
+    r = verify(d, sdxl_keys)
+    assert not r["ok"] and r["loaders"]["diffusers"]["applied"] == len(d)
+    assert any(".attn1.to_q." in k for k in r["loaders"]["comfyui"]["ignored"]) or \
+        not any(".attn1.to_q." in k for k in d)
+    # FLUX: T5 keys are applied by ComfyUI/kohya, dropped by diffusers
+    f = kohya_lora(flux_keys, every=1)
+    rf = verify(f, flux_keys)
+    t5 = [k for k in f if k.startswith("lora_te3_")]
+    assert set(t5) <= set(rf["loaders"]["diffusers"]["ignored"])
+    assert rf["loaders"]["comfyui"]["applied"] == len(f)
+    assert any(k.startswith("lora_unet_final_layer") for k in rf["loaders"]["kohya"]["ignored"])
+    # a wrong shape is a mismatch, an unknown name is ignored everywhere
+    bad = dict(sd)
+    k = next(x for x in sd if x.endswith(".lora_up.weight"))
+    bad[k] = torch.zeros(sd[k].shape[0] + 1, sd[k].shape[1])
+    bad["lora_unet_nowhere.lora_down.weight"] = torch.zeros(1, 1)
+    rb = verify(bad, sdxl_keys)
+    assert all(any(x[0] == k for x in v["mismatched"]) for v in rb["loaders"].values())
+    assert all("lora_unet_nowhere.lora_down.weight" in v["ignored"] for v in rb["loaders"].values())
+    mod = rb["modules"][0]
+    assert mod["rank"] == 4 and mod["alpha"] == 2.0 and mod["scale"] == 0.5 and mod["effective_rank"] == 4

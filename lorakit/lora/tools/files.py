@@ -192,6 +192,9 @@ def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: Famil
                 d = pair.delta() * w
                 rows = m.checkpoint_rows
                 target = w32[rows[0]:rows[1]] if rows else w32
+                if tuple(d.shape) != tuple(target.shape) and d.numel() == target.numel() and \
+                        d.shape[0] == target.shape[0]:
+                    d = d.reshape(target.shape)  # a 1×1 conv stored 4-D, its LoRA 2-D (or the reverse)
                 if tuple(d.shape) != tuple(target.shape):
                     raise LorakitError(f"merge --into: {keys.kohya_name(m)} ΔW {tuple(d.shape)} does not fit "
                                        f"{key} {tuple(target.shape)}")
