@@ -330,10 +330,15 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _refuse_unmatched(state, src: Path) -> None:
-    if state.unmatched:
-        raise LorakitError(f"{src}: {len(state.unmatched)} keys fit no {state.family} module (e.g. "
-                           f"{state.unmatched[0]}); nothing written (`lorakit verify` lists them)")
+def _refuse_unmatched(state, src: Path, keep_foreign: bool = False) -> None:
+    """convert needs every key placed; resize/merge keep kohya modules of another topology by name."""
+    left = state.unplaced() if keep_foreign else state.unmatched
+    if left:
+        raise LorakitError(f"{src}: {len(left)} keys fit no {state.family} module (e.g. {left[0]}); nothing "
+                           "written (`lorakit verify` lists them)")
+    if keep_foreign and state.foreign:
+        print(f"note: {len(state.foreign)} modules fit no full-size {state.family} module (another topology, e.g. "
+              f"{sorted(state.foreign)[0]}); kept under their names")
 
 
 def cmd_resize(args) -> int:
@@ -344,7 +349,7 @@ def cmd_resize(args) -> int:
     src = Path(args.file)
     maps = _keymaps(args.family)
     state = load_state(src, maps, args.family)
-    _refuse_unmatched(state, src)
+    _refuse_unmatched(state, src, keep_foreign=True)
     if args.rank is not None:
         method, value = "rank", float(args.rank)
     else:
@@ -356,7 +361,8 @@ def cmd_resize(args) -> int:
     keys = next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
     out = Path(args.out) if args.out else _default_out(src, tag, state.layout)
-    save_state(LoraState(modules, state.metadata, state.layout, state.family), keys, state.layout, out,
+    save_state(LoraState(modules, state.metadata, state.layout, state.family, foreign=state.foreign), keys,
+               state.layout, out,
                dtype=common_dtype(state), metadata={"lorakit_resized": f"{method}={value:g}"})
     _print_rows(rows, "new_rank", args.verbose)
     print(f"written to {out}")
@@ -394,7 +400,7 @@ def cmd_merge(args) -> int:
     for text in args.loras:
         path, w = _weighted_path(text)
         state = load_state(path, maps, args.family)
-        _refuse_unmatched(state, path)
+        _refuse_unmatched(state, path, keep_foreign=True)
         loras.append((state, w))
     fams = {s.family for s, _ in loras}
     if len(fams) > 1:
@@ -417,7 +423,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from lorakit.lora.tools.files import _checkpoint_modules, extract_from, save_state
+    from lorakit.lora.tools.files import _checkpoint_modules, base_keymap, extract_from, save_state
     from lorakit.lora.io import read_safetensors_header
     from lorakit.models.registry import get_family
 
@@ -427,7 +433,7 @@ def cmd_extract(args) -> int:
     keys = max(maps, key=lambda k: len(_checkpoint_modules(k, header)[0]))
     if not _checkpoint_modules(keys, header)[0]:
         raise LorakitError(f"extract: {tuned} holds no weight of a known family's LoRA targets")
-    state, rows = extract_from(tuned, base, keys, args.rank, min_diff=args.min_diff)
+    state, rows = extract_from(tuned, base, base_keymap(keys, tuned), args.rank, min_diff=args.min_diff)
     if not state.modules:
         raise LorakitError(f"extract: {tuned} and {base} do not differ (max |Δ| ≤ {args.min_diff}); nothing to extract")
     spec = get_family(keys.family).SPEC

@@ -35,7 +35,15 @@ class BaseModule:
     kernel: tuple[int, int] = (1, 1)
     parts_rule: str = ""                 # "", "equal", "in3_rest"
     checkpoint_key: str = ""             # the weight's key in the single-file checkpoint ("" = not in it)
-    checkpoint_rows: Optional[tuple[int, int]] = None  # rows of that tensor this module owns (fused storage)
+    checkpoint_split: Optional[tuple[int, int]] = None  # (i, n): the module owns the i-th of n equal row blocks
+
+    def rows_in(self, out_rows: int) -> Optional[tuple[int, int]]:
+        """Rows of the checkpoint tensor (``out_rows`` rows in all) this module owns; None = the whole tensor."""
+        if self.checkpoint_split is None:
+            return None
+        i, n = self.checkpoint_split
+        size = out_rows // n
+        return i * size, (i + 1) * size
 
     def part_sizes(self, out_rows: Optional[int] = None) -> tuple[int, ...]:
         """Output rows of each diffusers part (sums to ``out_rows`` or ``out_features``)."""
@@ -104,9 +112,10 @@ class FamilyKeys:
             shape = shapes.get(m.checkpoint_key)
             if not m.checkpoint_key or shape is None:
                 continue
-            out = (m.checkpoint_rows[1] - m.checkpoint_rows[0]) if m.checkpoint_rows else int(shape[0])
+            rows = m.rows_in(int(shape[0]))
+            out = (rows[1] - rows[0]) if rows else int(shape[0])
             kernel = (int(shape[2]), int(shape[3])) if len(shape) == 4 else (1, 1)
             mods.append(BaseModule(m.component, m.native, m.diffusers, out, int(shape[1]), kernel, m.parts_rule,
-                                   m.checkpoint_key, m.checkpoint_rows))
+                                   m.checkpoint_key, m.checkpoint_split))
         return FamilyKeys(self.family, tuple(mods), self.kohya_prefix, self.diffusers_prefix, self.comfy_prefix,
                           self.checkpoint_prefix)

@@ -42,6 +42,16 @@ class LoraState:
     layout: str
     family: str
     unmatched: list[str] = field(default_factory=list)   # file keys that map onto no module of the family
+    foreign: set[str] = field(default_factory=set)      # kohya modules kept by name though the family lacks them
+
+    def unplaced(self) -> list[str]:
+        """Unmatched keys that are not part of a module kept by name."""
+        out = []
+        for key in self.unmatched:
+            stem = next((key[: -len(s)] for s in PAIR_SUFFIXES if key.endswith(s)), key)
+            if stem not in self.foreign:
+                out.append(key)
+        return out
 
 
 def group_keys(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
@@ -125,12 +135,16 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
         raise LorakitError(f"{where}: {layout} layout, but no module name fits "
                            f"{' or '.join(f.family for f in pool)} (e.g. {stems[0] if stems else '-'})")
     modules: dict[str, Pair] = {}
+    foreign: set[str] = set()
     fused_parts: dict[str, tuple[BaseModule, dict[int, Pair]]] = {}
     unmatched = list(loose)
     for stem in stems:
         hit = _lookup(layout, stem, keys)
         if hit is None:
             unmatched += [stem + s for s in PAIR_SUFFIXES if stem + s in tensors]
+            if layout == "kohya" and stem.startswith("lora_") and {"down", "up"} <= set(groups[stem]):
+                modules[stem] = _pair(stem, groups[stem], where)  # kept by name (a model of another topology)
+                foreign.add(stem)
             continue
         pair = _pair(stem, groups[stem], where)
         if layout == "peft" and peft_config is not None and pair.alpha is None:
@@ -150,7 +164,7 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
         in_features = int(some.down.reshape(some.rank, -1).shape[1])
         sizes = _part_sizes(module, parts, in_features)
         modules[name] = fuse([parts.get(i) for i in range(len(module.diffusers))], sizes)
-    return LoraState(modules, dict(metadata), layout, keys.family, sorted(unmatched))
+    return LoraState(modules, dict(metadata), layout, keys.family, sorted(unmatched), foreign)
 
 
 def _part_sizes(module: BaseModule, parts: dict[int, Pair], in_features: int) -> list[int]:
@@ -193,8 +207,8 @@ def write_lora(state: LoraState, keys: FamilyKeys, layout: str) -> dict[str, Any
     out: dict[str, torch.Tensor] = {}
     if layout in ("kohya", "comfyui"):
         for name, p in state.modules.items():
-            m = _module(keys, name)
-            stem = name if layout == "kohya" else keys.comfy_prefix[m.component] + m.native
+            stem = name if layout == "kohya" else keys.comfy_prefix[_module(keys, name).component] + \
+                _module(keys, name).native
             out[stem + ".lora_down.weight"] = p.down.float()
             out[stem + ".lora_up.weight"] = p.up.float()
             out[stem + ".alpha"] = torch.tensor(float(p.alpha if p.alpha is not None else p.rank))
@@ -202,6 +216,8 @@ def write_lora(state: LoraState, keys: FamilyKeys, layout: str) -> dict[str, Any
     adapters: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
     for name, p in state.modules.items():
         m = _module(keys, name)
+        if not m.diffusers:
+            raise LorakitError(f"module {name} has no diffusers name in this key map; cannot write {layout}")
         parts = [p] if len(m.diffusers) == 1 else split(p, m.part_sizes(int(p.up.shape[0])))
         for path, part in zip(m.diffusers, parts):
             if part is None:

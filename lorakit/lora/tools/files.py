@@ -142,8 +142,20 @@ def _checkpoint_modules(keys: FamilyKeys, header: dict[str, Any]) -> tuple[dict[
     return out, prefix
 
 
+def _pattern(native: str) -> str:
+    import re
+
+    return re.sub(r"\d+", "#", native)
+
+
 def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
-    """``keys`` with the shapes of the actual base file; components the file does not hold keep theirs."""
+    """``keys`` with the shapes of the actual base file; components the file does not hold keep theirs.
+
+    A base whose topology differs from the full-size one (a pruned or toy model) has LoRA targets the
+    full-size table lacks: every 2-D/4-D weight of the file whose path has the shape of a known target
+    (digits aside, e.g. ``input_blocks.#.#.transformer_blocks.#.attn#.to_q``) is added under its native
+    name (diffusers names are unknown for those, so only native-name rules can match them).
+    """
     header, _ = read_safetensors_header(base)
     by_key, prefix = _checkpoint_modules(keys, header)
     if not by_key:
@@ -153,8 +165,22 @@ def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
     present = {m.component for ms in by_key.values() for m in ms}
     fitted = keys.with_shapes(shapes)
     kept = [m for m in keys.modules if m.component not in present]
-    return FamilyKeys(keys.family, fitted.modules + tuple(kept), keys.kohya_prefix, keys.diffusers_prefix,
-                      keys.comfy_prefix, keys.checkpoint_prefix)
+    known = {m.checkpoint_key for m in keys.modules}
+    patterns = {(m.component, _pattern(m.native)) for m in keys.modules if not m.checkpoint_split}
+    extra = []
+    for comp in present:
+        cprefix = prefix + keys.checkpoint_prefix.get(comp, "")
+        for key, info in header.items():
+            if not key.startswith(cprefix) or not key.endswith(".weight") or key[len(prefix):] in known:
+                continue
+            native = key[len(cprefix):-len(".weight")]
+            shape = info["shape"]
+            if (comp, _pattern(native)) in patterns and len(shape) in (2, 4):
+                kernel = (int(shape[2]), int(shape[3])) if len(shape) == 4 else (1, 1)
+                extra.append(BaseModule(comp, native, (), int(shape[0]), int(shape[1]), kernel,
+                                        checkpoint_key=key[len(prefix):]))
+    return FamilyKeys(keys.family, fitted.modules + tuple(extra) + tuple(kept), keys.kohya_prefix,
+                      keys.diffusers_prefix, keys.comfy_prefix, keys.checkpoint_prefix)
 
 
 def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: FamilyKeys, out: Path, *,
@@ -190,7 +216,7 @@ def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: Famil
             w32 = t.float()
             for m, pair, w in wanted[key]:
                 d = pair.delta() * w
-                rows = m.checkpoint_rows
+                rows = m.rows_in(int(w32.shape[0]))
                 target = w32[rows[0]:rows[1]] if rows else w32
                 if tuple(d.shape) != tuple(target.shape) and d.numel() == target.numel() and \
                         d.shape[0] == target.shape[0]:
@@ -236,7 +262,8 @@ def extract_from(tuned: Path, base: Path, keys: FamilyKeys, rank: int, *, min_di
                                    "not the same architecture")
             diff = a.float() - b.float()
             for m in bt[key]:
-                d = diff[m.checkpoint_rows[0]:m.checkpoint_rows[1]] if m.checkpoint_rows else diff
+                span = m.rows_in(int(diff.shape[0]))
+                d = diff[span[0]:span[1]] if span else diff
                 name = keys.kohya_name(m)
                 if float(d.abs().max()) <= min_diff:
                     rows.append({"module": name, "rank": 0, "rel_error": 0.0 if float(d.abs().max()) == 0 else 1.0,

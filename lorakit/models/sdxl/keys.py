@@ -39,7 +39,7 @@ TE2_CKPT_PARTS = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", 
 
 
 def _te2_checkpoint(native: str, hidden: int) -> tuple[str, Any]:
-    """OpenCLIP key (and rows) of a CLIP-bigG Linear: q/k/v live in rows of ``attn.in_proj_weight``."""
+    """OpenCLIP key (and which third of it) of a CLIP-bigG Linear: q/k/v are row blocks of ``attn.in_proj_weight``."""
     import re
 
     from lorakit.models.sdxl.convert import TE2_PREFIX
@@ -50,7 +50,7 @@ def _te2_checkpoint(native: str, hidden: int) -> tuple[str, Any]:
     qkv = {"self_attn.q_proj": 0, "self_attn.k_proj": 1, "self_attn.v_proj": 2}
     if m[2] in qkv:
         i = qkv[m[2]]
-        return base + "attn.in_proj_weight", (i * hidden, (i + 1) * hidden)
+        return base + "attn.in_proj_weight", (i, 3)
     return base + TE2_CKPT_PARTS[m[2]] + ".weight", None
 
 
@@ -85,7 +85,7 @@ def lora_keymap(unet: Any = None, te1: Any = None, te2: Any = None):
             else:
                 key, rows = _te2_checkpoint(native, hidden)
             mods.append(BaseModule(comp, native, (native,), int(w.shape[0]), int(w.shape[1]),
-                                   checkpoint_key=key, checkpoint_rows=rows))
+                                   checkpoint_key=key, checkpoint_split=rows))
     return FamilyKeys(
         "sdxl", tuple(mods),
         kohya_prefix={"denoiser": "lora_unet_", "te1": "lora_te1_", "te2": "lora_te2_"},
