@@ -151,7 +151,7 @@ def package_run(run_dir: Path, out: Optional[Path] = None, *, step: Optional[int
     out.mkdir(parents=True, exist_ok=True)
     meta = _meta(lora)
     variant = _variant(meta, cfg.model.family)
-    shutil.copy2(lora, out / lora.name)
+    shutil.copyfile(lora, out / lora.name)  # not its mode: the package follows the user's umask
     from lorakit.lora.io import file_sha256
     sha = file_sha256(out / lora.name)
     prompts = _prompts(cfg)
@@ -263,6 +263,10 @@ def push_run(run_dir: Path, repo: str, *, private: bool = False, dry_run: bool =
             from huggingface_hub import HfApi
         except ImportError:
             raise LorakitError("push: needs huggingface_hub (pip install huggingface_hub)") from None
+        from huggingface_hub import get_token
+
+        if not get_token():
+            raise LorakitError("push: no Hugging Face token (run `hf auth login` or set HF_TOKEN); nothing uploaded")
         api = HfApi()
         try:
             api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
@@ -270,7 +274,7 @@ def push_run(run_dir: Path, repo: str, *, private: bool = False, dry_run: bool =
                               commit_message=f"lorakit push of {Path(run_dir).name}")
         except Exception as exc:  # network, auth: one line
             kind = type(exc).__name__
-            if "Connection" in kind or "Offline" in kind or "Timeout" in kind:
+            if any(s in kind for s in ("Connect", "Offline", "Timeout", "Network")):
                 raise LorakitError(f"push: the Hub cannot be reached ({kind}); nothing uploaded") from None
             raise LorakitError(f"push: upload to {repo} failed ({kind}: {str(exc).splitlines()[0][:200]})") from None
         print(f"uploaded {len(files)} files to https://huggingface.co/{repo}")
