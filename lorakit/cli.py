@@ -238,6 +238,7 @@ def _add_lora_tools(sub) -> None:
     c.add_argument("file")
     c.add_argument("--to", required=True, choices=("kohya", "diffusers", "peft", "comfyui"))
     c.add_argument("-o", "--out", help="output file (a folder for peft); default next to the input")
+    c.add_argument("--base", help="single-file base checkpoint whose own module names to use (other topologies)")
     c.add_argument("--family")
     c.set_defaults(func=cmd_convert)
     r = sub.add_parser("resize", help="lower a LoRA's rank by SVD, reporting the kept energy per module")
@@ -316,13 +317,16 @@ def cmd_verify(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from lorakit.lora.tools.files import load_state, save_state
+    from lorakit.lora.tools.files import base_keymap, load_state, save_state
 
     src = Path(args.file)
     maps = _keymaps(args.family)
     state = load_state(src, maps, args.family)
-    _refuse_unmatched(state, src)
     keys = next(k for k in maps if k.family == state.family)
+    if args.base:
+        keys = base_keymap(keys, Path(args.base))
+        state = load_state(src, [keys], keys.family)
+    _refuse_unmatched(state, src)
     out = Path(args.out) if args.out else _default_out(src, f"-{args.to}", args.to)
     files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
     print(f"{state.layout} -> {args.to}: {len(state.modules)} modules ({state.family}) written to "

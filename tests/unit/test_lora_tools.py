@@ -248,3 +248,13 @@ def test_verify_loaders(sdxl_keys, flux_keys):
     assert all("lora_unet_nowhere.lora_down.weight" in v["ignored"] for v in rb["loaders"].values())
     mod = rb["modules"][0]
     assert mod["rank"] == 4 and mod["alpha"] == 2.0 and mod["scale"] == 0.5 and mod["effective_rank"] == 4
+
+
+def test_flux_split_and_fuse_back_keeps_rank(flux_keys):
+    """kohya qkv (rank 4, dense up) -> diffusers q/k/v (each the full down) -> kohya: rank 4 again, same ΔW."""
+    sd = kohya_lora(flux_keys, rank=4, alpha=2.0)
+    state = read_lora(sd, {}, [flux_keys], where="t")
+    d = write_lora(state, flux_keys, "diffusers")["tensors"]
+    back = read_lora(d, {}, [flux_keys], where="t")
+    name = "lora_unet_single_blocks_0_linear1"
+    assert back.modules[name].rank == 4 and rel(back.modules[name].delta(), ref_delta(sd, name)) < 1e-6

@@ -10,7 +10,8 @@ sd-scripts' split_qkv forgot, #2204); otherwise each part's scale is folded into
 and alpha = total rank (scale 1). A missing part contributes zero rows.
 
 Splitting is exact too: a block-diagonal up gives each part its own down rows and rank; otherwise every
-part keeps the full down and its own rows of up (same ΔW, rank r per part).
+part keeps the full down and its own rows of up (same ΔW, rank r per part). Parts that share one down are
+fused back by stacking their ups (rank r, not k·r).
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def fuse(parts: Sequence[Optional[Pair]], out_sizes: Sequence[int]) -> Pair:
     for i, p in present:
         if p.up.shape[0] != out_sizes[i]:
             raise ValueError(f"fuse: part {i} has {p.up.shape[0]} output rows, expected {out_sizes[i]}")
+    if len(present) == len(parts) > 1 and all(torch.equal(p.down, present[0][1].down) for _, p in present[1:]):
+        # every part shares one down (what splitting a non-block-diagonal module writes): stack the ups, keep rank r
+        first = present[0][1]
+        up = torch.cat([p.up.float().reshape(p.up.shape[0], -1) * (p.scale / first.scale) for _, p in present], 0)
+        return Pair(first.down.float(), up, first.alpha)
     uniform = len({(p.rank, None if p.alpha is None else float(p.alpha)) for _, p in present}) == 1
     down = torch.cat([p.down.float().reshape(p.rank, -1) for _, p in present], dim=0)
     total = down.shape[0]
