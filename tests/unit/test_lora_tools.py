@@ -258,3 +258,29 @@ def test_flux_split_and_fuse_back_keeps_rank(flux_keys):
     back = read_lora(d, {}, [flux_keys], where="t")
     name = "lora_unet_single_blocks_0_linear1"
     assert back.modules[name].rank == 4 and rel(back.modules[name].delta(), ref_delta(sd, name)) < 1e-6
+
+
+def test_flux_merge_into_bfl_file_and_verify_base(flux_keys, tmp_path):
+    """A fused qkv/linear1 LoRA merged into a BFL single file lands on the fused weight's rows."""
+    from safetensors import safe_open
+
+    from lorakit.models.flux1.load import write_tiny_checkpoint
+
+    base = write_tiny_checkpoint(tmp_path / "f", dtype=torch.float32)["checkpoint"]
+    sd = {k: v for k, v in kohya_lora(flux_keys, rank=2, alpha=1.0).items() if k.startswith("lora_unet_")}
+    keys = files.base_keymap(flux_keys, base)
+    assert verify(sd, keys)["ok"] is False  # kohya has no final_layer module
+    assert all(not v["mismatched"] for v in verify(sd, keys)["loaders"].values())
+    state = read_lora(sd, {}, [flux_keys], where="t")
+    out = tmp_path / "merged.safetensors"
+    files.merge_into(base, [(state, 1.0)], keys, out)
+    with safe_open(str(base), "pt") as fb, safe_open(str(out), "pt") as fm:
+        prefix = "" if "double_blocks.0.img_attn.qkv.weight" in fb.keys() else "model.diffusion_model."
+        for native in ("double_blocks.0.img_attn.qkv", "single_blocks.1.linear1", "double_blocks.1.txt_mod.lin"):
+            k = prefix + native + ".weight"
+            want = ref_delta(sd, "lora_unet_" + native.replace(".", "_"))
+            assert rel(fm.get_tensor(k) - fb.get_tensor(k), want) < 1e-5, native
+    wrong = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(2, 7),
+             "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(5, 2)}
+    bad = verify(wrong, keys)
+    assert len(bad["loaders"]["comfyui"]["mismatched"]) == 2
