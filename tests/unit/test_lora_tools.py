@@ -284,3 +284,12 @@ def test_flux_merge_into_bfl_file_and_verify_base(flux_keys, tmp_path):
              "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(5, 2)}
     bad = verify(wrong, keys)
     assert len(bad["loaders"]["comfyui"]["mismatched"]) == 2
+
+
+def test_reads_text_encoder_names_without_text_model(sdxl_keys):
+    te = next(m for m in sdxl_keys.modules if m.component == "te1")
+    path = te.native[len("text_model."):]
+    sd = {f"text_encoder.{path}.lora_A.weight": torch.ones(2, te.in_features),
+          f"text_encoder.{path}.lora_B.weight": torch.ones(te.out_features, 2)}
+    state = read_lora(sd, {}, [sdxl_keys], where="t")
+    assert list(state.modules) == [sdxl_keys.kohya_name(te)] and not state.unmatched

@@ -86,6 +86,8 @@ class FamilyKeys:
         for m in self.modules:
             for i, path in enumerate(m.diffusers):
                 out[self.diffusers_prefix[m.component] + path] = (m, i)
+                if path.startswith("text_model."):  # transformers >= 5.6 names CLIPTextModel without text_model.
+                    out.setdefault(self.diffusers_prefix[m.component] + path[len("text_model."):], (m, i))
         return out
 
     @cached_property
