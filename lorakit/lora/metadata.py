@@ -123,9 +123,6 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
     }
     if "bucket_info" in dataset_info:
         md["ss_bucket_info"] = json.dumps(kohya_bucket_info(dataset_info["bucket_info"]))
-    for key in ("sd_model_hash", "new_sd_model_hash"):
-        if dataset_info.get(key):
-            md[f"ss_{key}"] = dataset_info[key]
     if finished_at is not None:
         md["ss_training_finished_at"] = finished_at
     return {k: _s(v) for k, v in md.items()}
