@@ -6,6 +6,11 @@
     lorakit data check DIR|run.toml                    dataset report before any GPU work
     lorakit caption DIR|dataset.toml --captioner ...   write captions with a local captioner
     lorakit inspect FILE.safetensors                   metadata, modules, rank/alpha, which base it fits
+    lorakit verify FILE [--base MODEL]                 per loader: keys applied / ignored / shape mismatches
+    lorakit convert FILE --to kohya|diffusers|peft|comfyui   lossless layout conversion
+    lorakit resize FILE --rank R | --dynamic sv_fro=0.9 ;  merge A[:w] B[:w] -o OUT [--rank R | --into BASE]
+    lorakit extract TUNED BASE --rank R -o OUT ;  package RUN_DIR ;  push RUN_DIR --repo user/name
+    lorakit import kohya CONFIG.toml [--dataset D.toml] -o run.toml
     lorakit toy path FAMILY | toy dataset DIR | toy build | toy eval
     lorakit demo                                       the toy-world demo (what `make demo` runs)
 """
@@ -78,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("file")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_inspect)
+
+    _add_lora_tools(sub)
 
     toy = sub.add_parser("toy", help="the embedded toy world")
     tsub = toy.add_subparsers(dest="toy_command")
@@ -154,7 +161,10 @@ def cmd_data_check(args) -> int:
 
     target = Path(args.target)
     batch_size = args.batch_size or 1
-    if target.suffix == ".toml" and target.is_file():
+    if target.suffix == ".toml" and target.is_file() and _is_kohya_dataset_toml(target):
+        data = DataCfg(config=str(target))  # a kohya dataset TOML ([[datasets]]) given directly
+        divisibility = 64
+    elif target.suffix == ".toml" and target.is_file():
         cfg = load_config(target, args.overrides)
         data = cfg.data
         batch_size = args.batch_size or cfg.training.batch_size
@@ -227,6 +237,282 @@ def cmd_demo(args) -> int:
 
     run_demo(args.family, Path(args.out), steps=args.steps, caption=args.caption)
     return 0
+
+
+# ------------------------------------------------------------------------------- LoRA tools (issue 22)
+
+
+def _add_lora_tools(sub) -> None:
+    v = sub.add_parser("verify", help="how ComfyUI, Forge, diffusers and kohya would load a LoRA file")
+    v.add_argument("file")
+    v.add_argument("--base", help="also check shapes against this single-file base checkpoint")
+    v.add_argument("--family", help="force the family (default: the one the names fit)")
+    v.add_argument("--json", action="store_true", help="print JSON")
+    v.set_defaults(func=cmd_verify)
+    c = sub.add_parser("convert", help="convert a LoRA between layouts (ΔW kept exactly)")
+    c.add_argument("file")
+    c.add_argument("--to", required=True, choices=("kohya", "diffusers", "peft", "comfyui"))
+    c.add_argument("-o", "--out", help="output file (a folder for peft); default next to the input")
+    c.add_argument("--base", help="single-file base checkpoint whose own module names to use (other topologies)")
+    c.add_argument("--family")
+    c.set_defaults(func=cmd_convert)
+    r = sub.add_parser("resize", help="lower a LoRA's rank by SVD, reporting the kept energy per module")
+    r.add_argument("file")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--rank", type=int)
+    g.add_argument("--dynamic", metavar="METHOD=X", help="sv_ratio=X, sv_fro=X or sv_cumulative=X")
+    r.add_argument("-o", "--out")
+    r.add_argument("--family")
+    r.add_argument("--verbose", action="store_true", help="one line per module")
+    r.set_defaults(func=cmd_resize)
+    m = sub.add_parser("merge", help="merge LoRAs (concat or SVD), or bake them into a checkpoint (--into)")
+    m.add_argument("loras", nargs="+", metavar="LORA[:weight]")
+    m.add_argument("-o", "--out", required=True)
+    m.add_argument("--rank", type=int, help="SVD to this rank (default: exact concatenation)")
+    m.add_argument("--into", metavar="BASE", help="single-file checkpoint to merge into (streamed)")
+    m.add_argument("--family")
+    m.set_defaults(func=cmd_merge)
+    e = sub.add_parser("extract", help="a LoRA from the difference of two checkpoints (SVD)")
+    e.add_argument("tuned")
+    e.add_argument("base")
+    e.add_argument("--rank", type=int, required=True)
+    e.add_argument("-o", "--out", required=True)
+    e.add_argument("--min-diff", type=float, default=1e-6, help="skip weights whose max |Δ| is at most this")
+    e.add_argument("--verbose", action="store_true")
+    e.set_defaults(func=cmd_extract)
+    p = sub.add_parser("package", help="a CivitAI-ready folder from a run (LoRA, previews, README, civitai.json)")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--out")
+    p.add_argument("--step", type=int, help="package this step's checkpoint (default: the final LoRA)")
+    p.add_argument("--license", help="licence text for the model card (default: the base model's)")
+    p.set_defaults(func=cmd_package)
+    u = sub.add_parser("push", help="upload a run's package to the Hugging Face Hub")
+    u.add_argument("run_dir")
+    u.add_argument("--repo", required=True, metavar="user/name")
+    u.add_argument("--private", action="store_true")
+    u.add_argument("--dry-run", action="store_true")
+    u.add_argument("--step", type=int)
+    u.set_defaults(func=cmd_push)
+    im = sub.add_parser("import", help="import a config from another trainer")
+    isub = im.add_subparsers(dest="import_command")
+    ik = isub.add_parser("kohya", help="an sd-scripts --config_file TOML (and dataset TOML) -> run.toml")
+    ik.add_argument("config")
+    ik.add_argument("--dataset", help="the sd-scripts --dataset_config TOML")
+    ik.add_argument("-o", "--out", required=True)
+    ik.add_argument("--family", choices=("sdxl", "flux1"))
+    ik.set_defaults(func=cmd_import_kohya)
+
+
+def _keymaps(family: Optional[str] = None) -> list:
+    from lorakit.models.registry import families, get_family
+
+    names = [family] if family else families()
+    return [get_family(n).full_lora_keymap() for n in names if hasattr(get_family(n), "full_lora_keymap")]
+
+
+def _default_out(src: Path, suffix: str, layout: str) -> Path:
+    return src.with_name(src.stem + suffix + ("" if layout == "peft" else ".safetensors"))
+
+
+def cmd_verify(args) -> int:
+    from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys
+    from lorakit.lora.io import load_lora_file
+    from lorakit.lora.tools.files import base_keymap
+    from lorakit.lora.tools.verify import render, verify
+
+    tensors, _ = load_lora_file(Path(args.file))
+    maps = _keymaps(args.family)
+    layout = detect_layout(tensors) or "kohya"
+    keys, n = choose_family(layout, sorted(group_keys(tensors)[0]), maps)
+    if args.base:
+        keys = base_keymap(keys, Path(args.base))
+    report = verify(tensors, keys)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0 if report["ok"] else 1
+
+
+def cmd_convert(args) -> int:
+    from lorakit.lora.tools.files import base_keymap, load_state, save_state
+
+    src = Path(args.file)
+    maps = _keymaps(args.family)
+    state = load_state(src, maps, args.family)
+    keys = next(k for k in maps if k.family == state.family)
+    if args.base:
+        keys = base_keymap(keys, Path(args.base))
+        state = load_state(src, [keys], keys.family)
+    _refuse_unmatched(state, src)
+    out = Path(args.out) if args.out else _default_out(src, f"-{args.to}", args.to)
+    files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
+    print(f"{state.layout} -> {args.to}: {len(state.modules)} modules ({state.family}) written to "
+          + ", ".join(str(f) for f in files))
+    return 0
+
+
+def _refuse_unmatched(state, src: Path, keep_foreign: bool = False) -> None:
+    """convert needs every key placed; resize/merge keep kohya modules of another topology by name."""
+    left = state.unplaced() if keep_foreign else state.unmatched
+    if left:
+        raise LorakitError(f"{src}: {len(left)} keys fit no {state.family} module (e.g. {left[0]}); nothing "
+                           "written (`lorakit verify` lists them)")
+    if keep_foreign and state.foreign:
+        print(f"note: {len(state.foreign)} modules fit no full-size {state.family} module (another topology, e.g. "
+              f"{sorted(state.foreign)[0]}); kept under their names")
+
+
+def cmd_resize(args) -> int:
+    from lorakit.lora.formats.layouts import LoraState
+    from lorakit.lora.tools.files import common_dtype, load_state, save_state
+    from lorakit.lora.tools.ops import resize
+
+    src = Path(args.file)
+    maps = _keymaps(args.family)
+    state = load_state(src, maps, args.family)
+    _refuse_unmatched(state, src, keep_foreign=True)
+    if args.rank is not None:
+        method, value = "rank", float(args.rank)
+    else:
+        method, _, x = args.dynamic.partition("=")
+        if method not in ("sv_ratio", "sv_fro", "sv_cumulative") or not x:
+            raise LorakitError(f"--dynamic {args.dynamic}: use sv_ratio=X, sv_fro=X or sv_cumulative=X")
+        value = float(x)
+    modules, rows = resize(state.modules, method, value)
+    keys = next(k for k in maps if k.family == state.family)
+    tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
+    out = Path(args.out) if args.out else _default_out(src, tag, state.layout)
+    save_state(LoraState(modules, state.metadata, state.layout, state.family, foreign=state.foreign), keys,
+               state.layout, out,
+               dtype=common_dtype(state), metadata={"lorakit_resized": f"{method}={value:g}"})
+    _print_rows(rows, "new_rank", args.verbose)
+    print(f"written to {out}")
+    return 0
+
+
+def _print_rows(rows: list, rank_key: str, verbose: bool, err_key: str = "energy") -> None:
+    if verbose:
+        for r in rows:
+            print(f"  {r['module']}: rank {r.get('rank')} -> {r.get(rank_key)}  {err_key} {r[err_key]:.4f}")
+    vals = sorted(r[err_key] for r in rows)
+    ranks = sorted(r[rank_key] for r in rows)
+    if vals:
+        print(f"{len(rows)} modules; rank min {ranks[0]} / median {ranks[len(ranks) // 2]} / max {ranks[-1]}; "
+              f"{err_key} min {vals[0]:.4f} / median {vals[len(vals) // 2]:.4f} / max {vals[-1]:.4f}")
+
+
+def _weighted_path(text: str) -> tuple[Path, float]:
+    head, sep, tail = text.rpartition(":")
+    if sep and not Path(text).exists():
+        try:
+            return Path(head), float(tail)
+        except ValueError:
+            pass
+    return Path(text), 1.0
+
+
+def cmd_merge(args) -> int:
+    from lorakit.lora.formats.layouts import LoraState
+    from lorakit.lora.tools.files import base_keymap, common_dtype, load_state, merge_into, save_state
+    from lorakit.lora.tools.ops import merge
+
+    maps = _keymaps(args.family)
+    loras = []
+    for text in args.loras:
+        path, w = _weighted_path(text)
+        state = load_state(path, maps, args.family)
+        _refuse_unmatched(state, path, keep_foreign=True)
+        loras.append((state, w))
+    fams = {s.family for s, _ in loras}
+    if len(fams) > 1:
+        raise LorakitError(f"merge: the LoRAs are for different families ({', '.join(sorted(fams))})")
+    keys = next(k for k in maps if k.family == loras[0][0].family)
+    out = Path(args.out)
+    if args.into:
+        if args.rank:
+            raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
+        info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into)), out)
+        print(f"{info['weights_changed']} of {info['tensors']} tensors changed; written to {out}")
+        return 0
+    modules, rows = merge([(s.modules, w) for s, w in loras], rank=args.rank)
+    meta = dict(loras[0][0].metadata)
+    meta["lorakit_merged_from"] = json.dumps([{"file": Path(t).name, "weight": w} for t, (_, w) in zip(args.loras, loras)])
+    save_state(LoraState(modules, meta, "kohya", keys.family), keys, "kohya", out, dtype=common_dtype(loras[0][0]))
+    _print_rows(rows, "rank", False)
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from lorakit.lora.tools.files import _checkpoint_modules, base_keymap, extract_from, save_state
+    from lorakit.lora.io import read_safetensors_header
+    from lorakit.models.registry import get_family
+
+    tuned, base = Path(args.tuned), Path(args.base)
+    header, _ = read_safetensors_header(tuned)
+    maps = _keymaps()
+    keys = max(maps, key=lambda k: len(_checkpoint_modules(k, header)[0]))
+    if not _checkpoint_modules(keys, header)[0]:
+        raise LorakitError(f"extract: {tuned} holds no weight of a known family's LoRA targets")
+    state, rows = extract_from(tuned, base, base_keymap(keys, tuned), args.rank, min_diff=args.min_diff)
+    if not state.modules:
+        raise LorakitError(f"extract: {tuned} and {base} do not differ (max |Δ| ≤ {args.min_diff}); nothing to extract")
+    spec = get_family(keys.family).SPEC
+    state.metadata.update(ss_network_module=spec.network_module, ss_base_model_version=spec.metadata_base_version)
+    save_state(state, keys, "kohya", Path(args.out), dtype=torch_dtype_of(base))
+    _print_rows([r for r in rows if r["rank"]], "rank", args.verbose, "rel_error")
+    skipped = sum(1 for r in rows if not r["rank"])
+    print(f"{len(state.modules)} modules extracted" + (f", {skipped} unchanged weights skipped" if skipped else "")
+          + f"; written to {args.out}")
+    return 0
+
+
+def torch_dtype_of(path: Path):
+    from lorakit.lora.tools.files import checkpoint_dtype
+
+    return checkpoint_dtype(path)
+
+
+def cmd_package(args) -> int:
+    from lorakit.publish import package_run
+
+    out = package_run(Path(args.run_dir), Path(args.out) if args.out else None, step=args.step,
+                      license_text=args.license)
+    print(f"package written to {out}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from lorakit.publish import push_run
+
+    return push_run(Path(args.run_dir), args.repo, private=args.private, dry_run=args.dry_run, step=args.step)
+
+
+def cmd_import_kohya(args) -> int:
+    from lorakit.config.kohya_import import import_kohya_files
+
+    text, mapped, dropped, notes = import_kohya_files(Path(args.config), Path(args.dataset) if args.dataset else None,
+                                               family=args.family)
+    out = Path(args.out)
+    if out.exists():
+        raise LorakitError(f"{out}: already exists; choose another -o")
+    out.write_text(text)
+    for src, dst in mapped:
+        print(f"mapped   {src} -> {dst}")
+    for key, why in dropped:
+        print(f"dropped  {key}: {why}")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{len(mapped)} keys mapped, {len(dropped)} dropped; written to {out}")
+    return 0
+
+
+def _is_kohya_dataset_toml(path: Path) -> bool:
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError):
+        return False
+    return isinstance(doc.get("datasets"), list)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

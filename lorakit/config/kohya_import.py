@@ -130,3 +130,56 @@ def import_kohya_toml(path: str | Path, family: str | None = None) -> tuple[dict
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a table of kohya options")
     return import_kohya_args(flatten_kohya(raw), family)
+
+
+# why an sd-scripts option has no lorakit key (anything not listed: "no lorakit equivalent")
+_DROP_REASONS = {
+    "network_module": "read to choose model.family",
+    "network_args": "kohya network_args are not imported one by one; set network.* keys (conv_rank, train_blocks, "
+                    "module_ranks) by hand",
+    "save_state": "lorakit always saves resume state",
+    "logging_dir": "metrics and TensorBoard logs go to the run folder",
+    "log_with": "lorakit writes metrics.jsonl and TensorBoard (log.tensorboard)",
+    "highvram": "placement is planned by memory.vram_gb",
+    "lowram": "placement is planned by memory.vram_gb",
+    "save_every_n_epochs": "lorakit counts in steps (save.every_n_steps)",
+    "max_train_epochs": "lorakit counts in steps (training.max_steps)",
+    "sample_every_n_epochs": "lorakit counts in steps (sample.every_n_steps)",
+    "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
+    "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
+}
+
+
+def import_kohya_files(config: Path, dataset: Path | None = None, family: str | None = None
+                       ) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+    """`lorakit import kohya`: an sd-scripts config TOML (+ its dataset TOML) -> (run.toml text, mapped
+    (kohya key, lorakit key), dropped (kohya key, why), notes). The dataset TOML is referenced as data.config,
+    which lorakit reads in sd-scripts' own schema."""
+    from lorakit.config.load import dump_toml, load_config
+
+    raw = _read_toml(Path(config), str(config))
+    flat = flatten_kohya(raw)
+    if dataset is not None:
+        if not Path(dataset).is_file():
+            raise ConfigError(f"--dataset: {dataset} not found")
+        flat["dataset_config"] = str(Path(dataset).resolve())
+    if flat.get("dataset_config") and flat.get("train_data_dir"):
+        flat.pop("train_data_dir")
+        dropped_first = [("train_data_dir", "replaced by the dataset config (sd-scripts does the same)")]
+    else:
+        dropped_first = []
+    out, skipped = import_kohya_args(flat, family)
+    if "model" not in out or "family" not in out.get("model", {}):
+        raise ConfigError(f"{config}: cannot tell SDXL from FLUX.1 (network_module is "
+                          f"{flat.get('network_module', 'missing')!r}); pass --family sdxl or --family flux1")
+    mapped = [(k, KOHYA_KEYS[k][0]) for k in flat if k in KOHYA_KEYS and k not in skipped]
+    mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
+    dropped = dropped_first + [(k, _DROP_REASONS.get(k, "no lorakit equivalent")) for k in skipped]
+    notes: list[str] = []
+    try:
+        load_config(data=out)
+    except ConfigError as exc:
+        notes.append(f"lorakit refuses the imported config as it stands: {exc}")
+    header = f"# imported from {Path(config).name}" + (f" and {Path(dataset).name}" if dataset else "") + \
+        " by `lorakit import kohya`\n"
+    return header + dump_toml(out), mapped, dropped, notes

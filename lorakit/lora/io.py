@@ -146,3 +146,51 @@ def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
                 break
             h.update(block)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- streaming
+
+TORCH_TO_ST = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+               torch.bool: "BOOL"}
+for _name in ("float8_e4m3fn", "float8_e5m2"):
+    if hasattr(torch, _name):
+        TORCH_TO_ST[getattr(torch, _name)] = "F8_E4M3" if _name.endswith("e4m3fn") else "F8_E5M2"
+
+
+def save_safetensors_streaming(path: PathLike, entries: list[tuple[str, str, list[int]]], produce,
+                               metadata: dict[str, str]) -> None:
+    """Write a safetensors file one tensor at a time (RAM: one tensor), atomically.
+
+    ``entries``: (name, safetensors dtype, shape) in file order; ``produce(name)`` returns that tensor (its dtype
+    and shape must match the entry). The header is laid out first from the entries, so nothing is held back.
+    """
+    path = Path(path)
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, dtype, shape in entries:
+        n = math.prod(shape) * DTYPE_SIZES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(struct.pack("<Q", len(raw)))
+            fh.write(raw)
+            for name, dtype, shape in entries:
+                t = produce(name).detach().to("cpu").contiguous()
+                if TORCH_TO_ST.get(t.dtype) != dtype or list(t.shape) != list(shape):
+                    raise ValueError(f"{name}: produced {t.dtype}{list(t.shape)}, header says {dtype}{shape}")
+                fh.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(folder)

@@ -122,7 +122,7 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_num_train_images": dataset_info.get("num_train_images", 0),
         "ss_num_reg_images": dataset_info.get("num_reg_images", 0),
         "ss_prior_loss_weight": data.prior_loss_weight,
-        "ss_tag_frequency": json.dumps(dataset_info.get("tag_frequency", {}), ensure_ascii=False),
+        "ss_tag_frequency": json.dumps(lower_tags(dataset_info.get("tag_frequency", {})), ensure_ascii=False),
         "ss_dataset_dirs": json.dumps(dataset_info.get("dataset_dirs", {}), ensure_ascii=False),
         "ss_noise_offset": tr.noise_offset,
         "ss_min_snr_gamma": tr.min_snr_gamma,
@@ -131,10 +131,46 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "lorakit_version": lorakit.__version__,
     }
     if "bucket_info" in dataset_info:
-        md["ss_bucket_info"] = json.dumps(dataset_info["bucket_info"])
+        md["ss_bucket_info"] = json.dumps(kohya_bucket_info(dataset_info["bucket_info"]))
     if finished_at is not None:
         md["ss_training_finished_at"] = finished_at
     return {k: _s(v) for k, v in md.items()}
+
+
+def lower_tags(freq: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """sd-scripts counts tags lower-cased ("Smile" and "smile" are one tag in ss_tag_frequency)."""
+    out: dict[str, dict[str, int]] = {}
+    for folder, tags in freq.items():
+        merged = out.setdefault(folder, {})
+        for tag, n in tags.items():
+            merged[tag.lower()] = merged.get(tag.lower(), 0) + int(n)
+    return out
+
+
+def kohya_bucket_info(info: Any) -> dict[str, Any]:
+    """ss_bucket_info in sd-scripts' structure, {"buckets": {"0": {"resolution": [w, h], "count": n}, …},
+    "mean_img_ar_error": x}; A1111/Forge's metadata card crashes on the flat {"WxH": n} form, which is
+    converted here."""
+    buckets = info.get("buckets", {}) if isinstance(info, dict) else {}
+    if buckets and all(isinstance(v, int) for v in buckets.values()):  # flat {"1024x1024": n}
+        rows = sorted((tuple(int(x) for x in str(k).split("x")), n) for k, n in buckets.items())
+        buckets = {i: {"resolution": list(wh), "count": n} for i, (wh, n) in enumerate(rows)}
+    return {"buckets": {str(i): {"resolution": list(b["resolution"]), "count": int(b["count"])}
+                        for i, b in buckets.items()},
+            "mean_img_ar_error": float(info.get("mean_img_ar_error", 0.0)) if isinstance(info, dict) else 0.0}
+
+
+def run_modelspec(*, cfg: Config, family_md: dict[str, str], trigger_words: list[str], date: str) -> dict[str, str]:
+    """Every ``modelspec.*`` key for a run (all families): the family's architecture / implementation /
+    prediction type (from its adapter's metadata) completed with spec version, title, resolution, date,
+    implementation_version and trigger_phrase."""
+    w, h = _resolution(cfg.data.resolution)
+    extra = {"trigger_phrase": ", ".join(trigger_words) if trigger_words else None,
+             "description": cfg.save.comment or None}
+    return modelspec_metadata(architecture=family_md["modelspec.architecture"], title=cfg.save.name,
+                              resolution=f"{w}x{h}", date=date,
+                              prediction_type=family_md.get("modelspec.prediction_type"),
+                              implementation=family_md["modelspec.implementation"], extra=extra)
 
 
 def modelspec_metadata(*, architecture: str, title: str, resolution: str, date: str,

@@ -22,20 +22,15 @@ SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 
 def dataset_info(dataset, stream) -> dict:
     """What the ss_* metadata says about the data: tag frequency, folders, image counts, buckets."""
-    from collections import Counter
-
     from lorakit.data.captions import tag_frequency
+    from lorakit.data.report import bucket_info, dataset_dirs
 
-    dirs = {}
-    for idx, sub in enumerate(dataset.subsets):
-        dirs[Path(sub.dir).name] = {"n_repeats": sub.repeats,
-                                    "img_count": sum(1 for it in dataset.items if it.subset == idx)}
-    buckets = Counter(f"{w}x{h}" for w, h in (it.bucket for it in dataset.items))
-    return {"tag_frequency": tag_frequency(dataset), "dataset_dirs": dirs,
-            "num_train_images": sum(1 for it in dataset.items if not it.is_reg),
-            "num_reg_images": sum(1 for it in dataset.items if it.is_reg),
+    # counts with repeats, bucket_info in sd-scripts' nested structure (issue 22)
+    return {"tag_frequency": tag_frequency(dataset), "dataset_dirs": dataset_dirs(dataset),
+            "num_train_images": sum(it.repeats for it in dataset.items if not it.is_reg),
+            "num_reg_images": sum(it.repeats for it in dataset.items if it.is_reg),
             "num_batches_per_epoch": stream.steps_per_epoch, "num_epochs": None,
-            "bucket_info": {"buckets": dict(buckets)}}
+            "bucket_info": bucket_info(dataset)}
 
 
 def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, step: int,
@@ -53,9 +48,46 @@ def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, s
                            epochs=epochs, started_at=session[1], finished_at=time.time(),
                            base_model_file=cfg.model.checkpoint, session_id=session[0])
     meta.update(adapter.metadata(cfg))
+    meta.update(_modelspec_and_base_hashes(cfg, dataset, meta))
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
     save_safetensors_atomic(path, tensors, meta)
     return path
+
+
+def _modelspec_and_base_hashes(cfg: Config, dataset, family_md: dict) -> dict:
+    """modelspec.* complete for every family (issue 22) and ss_sd_model_hash / ss_new_sd_model_hash of the base
+    file (A1111's legacy hash and the full SHA-256; hashed once per file and cached by size and mtime)."""
+    import datetime
+
+    from lorakit.lora.metadata import run_modelspec
+
+    triggers = []
+    for sub in dataset.subsets:
+        words = (getattr(sub, "class_tokens", "") or "").split()
+        if words and not sub.is_reg and words[0] not in triggers:
+            triggers.append(words[0])
+    if cfg.data.trigger:
+        triggers = [cfg.data.trigger]
+    out = run_modelspec(cfg=cfg, family_md=family_md, trigger_words=triggers,
+                        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    out.update(base_hashes(cfg.model.checkpoint))
+    return out
+
+
+_HASHES: dict = {}
+
+
+def base_hashes(checkpoint) -> dict:
+    from lorakit.lora.io import file_legacy_hash, file_sha256
+
+    path = Path(checkpoint) if checkpoint else None
+    if path is None or not path.is_file():
+        return {}
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = {"ss_sd_model_hash": file_legacy_hash(path), "ss_new_sd_model_hash": file_sha256(path)}
+    return dict(_HASHES[key])
 
 
 def verify_export(path: Path, adapter, lora: dict, fmt: str) -> list[str]:

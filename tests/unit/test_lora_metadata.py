@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lorakit.config.schema import Config
 from lorakit.lora.metadata import common_metadata, modelspec_metadata
 from lorakit.models.base import ModelSpec
@@ -93,3 +95,32 @@ def test_modelspec():
     flux = modelspec_metadata(architecture="flux-1-dev/lora", title="t", resolution="1024x1024", date="d",
                               prediction_type=None, implementation="https://github.com/black-forest-labs/flux")
     assert "modelspec.prediction_type" not in flux
+
+
+def test_bucket_info_kohya_structure_and_lower_tags():
+    from lorakit.lora.metadata import kohya_bucket_info, lower_tags
+
+    flat = {"buckets": {"1024x1024": 30, "832x1216": 12}}
+    got = kohya_bucket_info(flat)
+    assert got == {"buckets": {"0": {"resolution": [832, 1216], "count": 12},
+                               "1": {"resolution": [1024, 1024], "count": 30}}, "mean_img_ar_error": 0.0}
+    nested = {"buckets": {0: {"resolution": [1024, 1024], "count": 20}}, "mean_img_ar_error": 0.25}
+    assert kohya_bucket_info(nested)["buckets"]["0"]["count"] == 20
+    assert lower_tags({"10_x": {"Smile": 2, "smile": 1, "OHWX": 3}}) == {"10_x": {"smile": 3, "ohwx": 3}}
+
+
+@pytest.mark.parametrize("family_md", [
+    {"modelspec.architecture": "flux-1-dev/lora", "modelspec.implementation": "https://github.com/black-forest-labs/flux"},
+    {"modelspec.architecture": "stable-diffusion-xl-v1-base/lora", "modelspec.prediction_type": "epsilon",
+     "modelspec.implementation": "https://github.com/Stability-AI/generative-models"}])
+def test_run_modelspec_complete_for_every_family(family_md):
+    from lorakit.lora.metadata import run_modelspec
+
+    cfg = Config()
+    cfg.save.name = "ohwx"
+    md = run_modelspec(cfg=cfg, family_md=family_md, trigger_words=["ohwx"], date="2026-01-01T00:00:00+00:00")
+    for key in ("sai_model_spec", "architecture", "implementation", "implementation_version", "title", "resolution",
+                "date", "trigger_phrase"):
+        assert md[f"modelspec.{key}"], key
+    assert md["modelspec.sai_model_spec"] == "1.0.1" and md["modelspec.trigger_phrase"] == "ohwx"
+    assert md["modelspec.resolution"] == "1024x1024" and md["modelspec.title"] == "ohwx"

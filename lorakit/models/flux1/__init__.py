@@ -1,6 +1,6 @@
 """FLUX.1 (dev / schnell) model family: BFL single files or diffusers folders, kohya-format fused LoRA export."""
 
 from .adapter import SPEC, Adapter
-from .keys import lora_key_universe
+from .keys import full_lora_keymap, lora_key_universe, lora_keymap
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe"]
+__all__ = ["SPEC", "Adapter", "lora_key_universe", "lora_keymap", "full_lora_keymap"]

@@ -1,0 +1,255 @@
+"""LoRA file layouts <-> one canonical form: kohya module name -> :class:`Pair` (pure state_dict functions).
+
+Layouts read and written:
+
+* ``kohya``: ``lora_unet_<native>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` (also read:
+  kohya-style names built from diffusers paths, ``lora_unet_down_blocks_…``, which older trainers wrote).
+* ``comfyui``: ComfyUI's own names, ``diffusion_model.<native>.lora_up/.lora_down.weight`` + ``.alpha`` and
+  ``text_encoders.<clip_l|clip_g|t5xxl>.transformer.<native>`` (its "generic" key form; lora_A/B also read).
+* ``diffusers``: ``unet.|transformer.|text_encoder.|text_encoder_2.<diffusers path>.lora_A/.lora_B.weight``,
+  written with alpha/rank folded into lora_B (a diffusers file without alpha loads at scale 1); fused
+  modules split into their diffusers parts.
+* ``peft``: PEFT's adapter layout ``base_model.model.<diffusers path>.lora_A/.lora_B.weight`` with
+  ``adapter_config.json`` (r, lora_alpha, rank_pattern, alpha_pattern); one adapter per component.
+
+Every conversion keeps ΔW of every module (exact up to the storage dtype); anything that cannot be mapped
+is reported, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+import torch
+
+from lorakit.errors import LorakitError
+from lorakit.lora.formats.fused import Pair, fuse, split
+from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
+
+LAYOUTS = ("kohya", "comfyui", "diffusers", "peft")
+PAIR_SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".lora_A.weight": "down",
+                 ".lora_B.weight": "up", ".alpha": "alpha"}
+PEFT_PREFIX = "base_model.model."
+
+
+@dataclass
+class LoraState:
+    """A LoRA in canonical form: kohya names (fused where the single file is fused) -> Pair."""
+
+    modules: dict[str, Pair]
+    metadata: dict[str, str]
+    layout: str
+    family: str
+    unmatched: list[str] = field(default_factory=list)   # file keys that map onto no module of the family
+    foreign: set[str] = field(default_factory=set)      # kohya modules kept by name though the family lacks them
+
+    def unplaced(self) -> list[str]:
+        """Unmatched keys that are not part of a module kept by name."""
+        out = []
+        for key in self.unmatched:
+            stem = next((key[: -len(s)] for s in PAIR_SUFFIXES if key.endswith(s)), key)
+            if stem not in self.foreign:
+                out.append(key)
+        return out
+
+
+def group_keys(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
+    """file keys -> {module stem: {"down"/"up"/"alpha": tensor}} and the keys of no known LoRA suffix."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    loose: list[str] = []
+    for key, value in tensors.items():
+        for suffix, role in PAIR_SUFFIXES.items():
+            if key.endswith(suffix):
+                groups.setdefault(key[: -len(suffix)], {})[role] = value
+                break
+        else:
+            loose.append(key)
+    return groups, loose
+
+
+def detect_layout(keys: Iterable[str]) -> Optional[str]:
+    keys = list(keys)
+    if any(k.startswith(PEFT_PREFIX) for k in keys):
+        return "peft"
+    if any(k.startswith(("diffusion_model.", "text_encoders.")) for k in keys):
+        return "comfyui"
+    if any(k.startswith("lora_") and (k.endswith(".lora_down.weight") or k.endswith(".lora_up.weight")) for k in keys):
+        return "kohya"
+    if any(k.startswith(("unet.", "transformer.", "text_encoder.", "text_encoder_2.")) and
+           (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")) for k in keys):
+        return "diffusers"
+    return None
+
+
+def _pair(stem: str, parts: dict[str, torch.Tensor], where: str) -> Pair:
+    if "down" not in parts or "up" not in parts:
+        missing = "down (lora_down/lora_A)" if "down" not in parts else "up (lora_up/lora_B)"
+        raise LorakitError(f"{where}: module {stem} has no {missing} matrix; the file is incomplete")
+    alpha = parts.get("alpha")
+    return Pair(parts["down"], parts["up"], None if alpha is None else float(alpha.float().item()))
+
+
+def _lookup(layout: str, stem: str, keys: FamilyKeys) -> Optional[tuple[BaseModule, int]]:
+    """(module, part index) a file stem names in ``layout``, None when the family has no such module."""
+    if layout == "kohya":
+        m = keys.by_kohya.get(stem)
+        return (m, -1) if m is not None else keys.by_kohya_diffusers.get(stem)
+    if layout == "comfyui":
+        m = keys.by_comfy.get(stem)
+        return (m, -1) if m is not None else None
+    if layout == "diffusers":
+        return keys.by_diffusers.get(stem)
+    if layout == "peft":
+        return keys.by_diffusers.get(keys.diffusers_prefix["denoiser"] + stem[len(PEFT_PREFIX):])
+    raise ValueError(layout)
+
+
+def choose_family(layout: str, stems: Sequence[str], families: Sequence[FamilyKeys]) -> tuple[FamilyKeys, int]:
+    best, best_n = None, -1
+    for keys in families:
+        n = sum(1 for s in stems if _lookup(layout, s, keys) is not None)
+        if n > best_n:
+            best, best_n = keys, n
+    if best is None or best_n == 0:
+        return (best or families[0]), 0
+    return best, best_n
+
+
+def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], families: Sequence[FamilyKeys], *,
+              where: str, peft_config: Optional[dict[str, Any]] = None,
+              family: Optional[str] = None) -> LoraState:
+    """Any supported layout -> :class:`LoraState`. ``families``: the keymaps to match names against
+    (``family`` forces one). Raises a one-line error for an unknown layout or a file no family fits."""
+    layout = detect_layout(tensors)
+    if layout is None:
+        raise LorakitError(f"{where}: unknown LoRA layout (no lora_down/lora_up or lora_A/lora_B keys); "
+                           f"supported: {', '.join(LAYOUTS)} (LyCORIS LoHa/LoKr are not)")
+    groups, loose = group_keys(tensors)
+    stems = sorted(groups)
+    pool = [f for f in families if family is None or f.family == family]
+    if not pool:
+        raise LorakitError(f"{where}: no key map for family {family!r}")
+    keys, n = choose_family(layout, stems, pool)
+    if n == 0:
+        raise LorakitError(f"{where}: {layout} layout, but no module name fits "
+                           f"{' or '.join(f.family for f in pool)} (e.g. {stems[0] if stems else '-'})")
+    modules: dict[str, Pair] = {}
+    foreign: set[str] = set()
+    fused_parts: dict[str, tuple[BaseModule, dict[int, Pair]]] = {}
+    unmatched = list(loose)
+    for stem in stems:
+        hit = _lookup(layout, stem, keys)
+        if hit is None:
+            unmatched += [stem + s for s in PAIR_SUFFIXES if stem + s in tensors]
+            if layout == "kohya" and stem.startswith("lora_") and {"down", "up"} <= set(groups[stem]):
+                modules[stem] = _pair(stem, groups[stem], where)  # kept by name (a model of another topology)
+                foreign.add(stem)
+            continue
+        pair = _pair(stem, groups[stem], where)
+        if layout == "peft" and peft_config is not None and pair.alpha is None:
+            pair.alpha = _peft_alpha(peft_config, stem[len(PEFT_PREFIX):], pair.rank)
+        module, part = hit
+        if part < 0 or len(module.diffusers) == 1:
+            name = keys.kohya_name(module)
+            if name in modules:
+                raise LorakitError(f"{where}: two entries for module {name}")
+            modules[name] = pair
+        else:
+            fused_parts.setdefault(keys.kohya_name(module), (module, {}))[1][part] = pair
+    for name, (module, parts) in fused_parts.items():
+        if name in modules:
+            raise LorakitError(f"{where}: module {name} is stored both fused and split")
+        some = next(iter(parts.values()))
+        in_features = int(some.down.reshape(some.rank, -1).shape[1])
+        sizes = _part_sizes(module, parts, in_features)
+        modules[name] = fuse([parts.get(i) for i in range(len(module.diffusers))], sizes)
+    return LoraState(modules, dict(metadata), layout, keys.family, sorted(unmatched), foreign)
+
+
+def _part_sizes(module: BaseModule, parts: dict[int, Pair], in_features: int) -> list[int]:
+    """Output rows of each part: the present parts' own, the absent ones from the module's rule."""
+    probe = BaseModule(module.component, module.native, module.diffusers, 0, in_features, parts_rule=module.parts_rule)
+    if module.parts_rule == "equal":
+        n = next(iter(parts.values())).up.shape[0]
+        return [n] * len(module.diffusers)
+    if module.parts_rule == "in3_rest":
+        if 3 in parts:
+            return [in_features] * 3 + [int(parts[3].up.shape[0])]
+        full = probe.part_sizes(module.out_features) if module.in_features == in_features else None
+        if full is None:
+            raise LorakitError(f"{module.native}: the MLP part is missing and its width is unknown at this size")
+        return list(full)
+    return [int(p.up.shape[0]) for p in parts.values()]
+
+
+def _peft_alpha(cfg: dict[str, Any], path: str, rank: int) -> float:
+    for pattern, alpha in (cfg.get("alpha_pattern") or {}).items():
+        if path == pattern or path.endswith("." + pattern):
+            return float(alpha)
+    return float(cfg.get("lora_alpha", rank))
+
+
+# ------------------------------------------------------------------------------------------------ write
+
+def _module(keys: FamilyKeys, name: str) -> BaseModule:
+    m = keys.by_kohya.get(name)
+    if m is None:
+        raise LorakitError(f"module {name} is not a {keys.family} module")
+    return m
+
+
+def write_lora(state: LoraState, keys: FamilyKeys, layout: str) -> dict[str, Any]:
+    """Canonical -> {"tensors": {...}} for kohya/comfyui/diffusers, or for peft
+    {"adapters": {component folder: (tensors, adapter_config)}}. Tensors in float32 (the caller casts)."""
+    if layout not in LAYOUTS:
+        raise LorakitError(f"--to {layout}: unknown layout; use {', '.join(LAYOUTS)}")
+    out: dict[str, torch.Tensor] = {}
+    if layout in ("kohya", "comfyui"):
+        for name, p in state.modules.items():
+            stem = name if layout == "kohya" else keys.comfy_prefix[_module(keys, name).component] + \
+                _module(keys, name).native
+            out[stem + ".lora_down.weight"] = p.down.float()
+            out[stem + ".lora_up.weight"] = p.up.float()
+            out[stem + ".alpha"] = torch.tensor(float(p.alpha if p.alpha is not None else p.rank))
+        return {"tensors": out}
+    adapters: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+    for name, p in state.modules.items():
+        m = _module(keys, name)
+        if not m.diffusers:
+            raise LorakitError(f"module {name} has no diffusers name in this key map; cannot write {layout}")
+        parts = [p] if len(m.diffusers) == 1 else split(p, m.part_sizes(int(p.up.shape[0])))
+        for path, part in zip(m.diffusers, parts):
+            if part is None:
+                continue
+            if layout == "diffusers":
+                stem = keys.diffusers_prefix[m.component] + path
+                out[stem + ".lora_A.weight"] = part.down.float()
+                out[stem + ".lora_B.weight"] = part.up.float() * part.scale
+            else:
+                folder = "" if m.component == "denoiser" else keys.diffusers_prefix[m.component].rstrip(".")
+                tensors, cfg = adapters.setdefault(folder, ({}, {"rank_pattern": {}, "alpha_pattern": {}}))
+                tensors[PEFT_PREFIX + path + ".lora_A.weight"] = part.down.float()
+                tensors[PEFT_PREFIX + path + ".lora_B.weight"] = part.up.float()
+                cfg["rank_pattern"][path] = part.rank
+                cfg["alpha_pattern"][path] = float(part.alpha if part.alpha is not None else part.rank)
+    if layout == "diffusers":
+        return {"tensors": out}
+    return {"adapters": {folder: (t, _peft_config(c)) for folder, (t, c) in adapters.items()}}
+
+
+def _peft_config(c: dict[str, Any]) -> dict[str, Any]:
+    """adapter_config.json: the most common rank/alpha as r/lora_alpha, the rest as exact per-module patterns."""
+    from collections import Counter
+
+    r = Counter(c["rank_pattern"].values()).most_common(1)[0][0]
+    a = Counter(c["alpha_pattern"].values()).most_common(1)[0][0]
+    return {"peft_type": "LORA", "r": r, "lora_alpha": a, "target_modules": sorted(c["rank_pattern"]),
+            "rank_pattern": {k: v for k, v in c["rank_pattern"].items() if v != r},
+            "alpha_pattern": {k: v for k, v in c["alpha_pattern"].items() if v != a},
+            "bias": "none", "lora_dropout": 0.0, "init_lora_weights": True, "use_dora": False}
+
+
+def deltas(state: LoraState) -> dict[str, torch.Tensor]:
+    """ΔW of every module (float32), by canonical name."""
+    return {name: p.delta() for name, p in state.modules.items()}

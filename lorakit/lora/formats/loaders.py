@@ -1,0 +1,154 @@
+"""Which LoRA key names each loader applies: the key maps of ComfyUI, Forge, diffusers and kohya's sd-scripts,
+re-derived from their sources and kept here as data (with the commit each was read from).
+
+A rule is (component, name template, pair style). Templates expand over a family's modules
+(:class:`~lorakit.lora.formats.keymap.FamilyKeys`):
+
+* ``{native}`` / ``{native_}``: the single-file module path, as is / with "." -> "_";
+* ``{diff}`` / ``{diff_}``: each diffusers module path (a part of a fused module maps onto its rows);
+* ``{diff_proc}``: the diffusers path with ".to_" -> ".processor.to_" and a final ".to_out.0" -> ".to_out"
+  (the attention-processor names ComfyUI and Forge map for SDXL; PEFT-style ``attn1.to_q`` is not among them).
+
+Pair styles: "kohya" = ``.lora_up.weight``/``.lora_down.weight``; "peft" = ``.lora_B.weight``/``.lora_A.weight``;
+"any" = both (ComfyUI's LoRA adapter also reads ``_lora.up``, ``.lora.up`` and ``.lora_linear_layer.up``,
+which lorakit never writes). ``.alpha`` is read wherever a pair is.
+
+What each loader does with a key no rule names (``unknown``) is recorded with it: ComfyUI and Forge log
+"lora key not loaded" and skip it, sd-scripts loads non-strictly (silently ignored), diffusers ignores or
+raises depending on the path. Every rule below cites the function it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SOURCES = {
+    "comfyui": "Comfy-Org/ComfyUI@ec93dcacb96b922f7cb1417b3ba22bccb082df32 comfy/lora.py "
+               "(load_lora, model_lora_keys_clip, model_lora_keys_unet), comfy/lora_convert.py@2bffe2f4",
+    "forge": "lllyasviel/stable-diffusion-webui-forge@dfdcbab685e57677014f05a3309b48cc87383167 "
+             "backend/patcher/lora.py, packages_3rdparty/comfyui_lora_collection/lora.py",
+    "diffusers": "huggingface/diffusers@58eb52c0803ea9af3abec60841c2a093bdf1f951 "
+                 "src/diffusers/loaders/lora_conversion_utils.py (_convert_non_diffusers_lora_to_diffusers, "
+                 "_convert_kohya_flux_lora_to_diffusers), loaders/lora_pipeline.py",
+    "kohya": "kohya-ss/sd-scripts@48d368fa557731ad0488c07304dfeba8c07910eb networks/lora.py "
+             "(create_network_from_weights, convert_diffusers_to_sai_if_needed), networks/lora_flux.py",
+}
+
+UNKNOWN = {
+    "comfyui": "logs 'lora key not loaded' and skips the key",
+    "forge": "prints '[LORA] Loading … with unmatched keys' and skips them",
+    "diffusers": "drops it (T5 keys: 'Unsupported keys' warning) or refuses the file with a ValueError",
+    "kohya": "loads the network with strict=False: the key is silently ignored",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    component: str
+    template: str
+    style: str  # "kohya", "peft", "any"
+
+
+_CLIP_L_COMFY = (Rule("te1", "lora_te_{native_}", "any"), Rule("te1", "lora_te1_{native_}", "any"),
+                 Rule("te1", "text_encoder.{native}", "any"))
+
+RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
+    "comfyui": {
+        "sdxl": (
+            # model_lora_keys_unet: every diffusion_model.* weight, then unet_to_diffusers for SD UNets
+            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            Rule("denoiser", "lora_unet_{diff_}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
+            Rule("denoiser", "{diff_proc}", "any"), Rule("denoiser", "unet.{diff_proc}", "any"),
+            # model_lora_keys_clip: clip_l then clip_g (te2 names only when clip_l is present: SDXL base)
+            *_CLIP_L_COMFY, Rule("te1", "text_encoders.clip_l.transformer.{native}", "any"),
+            Rule("te2", "lora_te2_{native_}", "any"), Rule("te2", "text_encoder_2.{native}", "any"),
+            Rule("te2", "text_encoders.clip_g.transformer.{native}", "any"),
+        ),
+        "flux1": (
+            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            # isinstance(model, Flux): flux_to_diffusers -> transformer.*, lycoris_*, lora_transformer_*, bare
+            Rule("denoiser", "transformer.{diff}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
+            Rule("denoiser", "lora_transformer_{diff_}", "any"), Rule("denoiser", "{diff}", "any"),
+            *_CLIP_L_COMFY, Rule("te1", "text_encoders.clip_l.transformer.{native}", "any"),
+            # t5xxl with clip_l present: both lora_te2_ (OneTrainer) and lora_te3_
+            Rule("te3", "lora_te2_{native_}", "any"), Rule("te3", "lora_te3_{native_}", "any"),
+            Rule("te3", "text_encoders.t5xxl.transformer.{native}", "any"),
+        ),
+    },
+    "forge": {
+        "sdxl": (
+            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            Rule("denoiser", "lora_unet_{diff_}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
+            Rule("denoiser", "{diff_proc}", "any"), Rule("denoiser", "unet.{diff_proc}", "any"),
+            *_CLIP_L_COMFY,
+            Rule("te2", "lora_te2_{native_}", "any"), Rule("te2", "text_encoder_2.{native}", "any"),
+        ),
+        "flux1": (
+            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            Rule("denoiser", "transformer.{diff}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
+            Rule("denoiser", "lora_transformer_{diff_}", "any"),
+            *_CLIP_L_COMFY,
+            # backend/patcher/lora.py adds lora_te1_/te2_/te3_ for every t5xxl.transformer.* weight
+            Rule("te3", "lora_te1_{native_}", "any"), Rule("te3", "lora_te2_{native_}", "any"),
+            Rule("te3", "lora_te3_{native_}", "any"),
+        ),
+    },
+    "diffusers": {
+        "sdxl": (
+            # kohya files: _convert_non_diffusers_lora_to_diffusers (lora_unet_ SGM or diffusers-named, lora_te1/2_)
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("denoiser", "lora_unet_{diff_}", "kohya"),
+            Rule("te1", "lora_te_{native_}", "kohya"), Rule("te1", "lora_te1_{native_}", "kohya"),
+            Rule("te2", "lora_te2_{native_}", "kohya"),
+            # PEFT-style files, prefixed by component
+            Rule("denoiser", "unet.{diff}", "peft"), Rule("te1", "text_encoder.{native}", "peft"),
+            Rule("te2", "text_encoder_2.{native}", "peft"),
+        ),
+        "flux1": (
+            # _convert_kohya_flux_lora_to_diffusers: block modules, in/time/vector/guidance layers, final_layer;
+            # lora_te1_ for CLIP-L; lora_te3_ (T5) is left over and dropped with a warning
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("te1", "lora_te1_{native_}", "kohya"),
+            Rule("te1", "lora_te_{native_}", "kohya"),
+            Rule("denoiser", "transformer.{diff}", "any"), Rule("te1", "text_encoder.{native}", "peft"),
+        ),
+    },
+    "kohya": {
+        "sdxl": (
+            # networks/lora.py: Transformer2DModel Linears + (with conv dims) resnet/sampler convs; SAI names,
+            # diffusers-named lora_unet_ keys converted first (convert_diffusers_to_sai_if_needed)
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("denoiser", "lora_unet_{diff_}", "kohya"),
+            Rule("te1", "lora_te1_{native_}", "kohya"), Rule("te2", "lora_te2_{native_}", "kohya"),
+        ),
+        "flux1": (
+            # networks/lora_flux.py: Double/SingleStreamBlock Linears, in_dims layers; lora_te1_ CLIP, lora_te3_ T5
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("te1", "lora_te1_{native_}", "kohya"),
+            Rule("te3", "lora_te3_{native_}", "kohya"),
+        ),
+    },
+}
+
+# modules a loader's rules name but that loader never creates a LoRA module for (kohya's FLUX network has no
+# final_layer target; it only wraps the in_dims layers and the blocks)
+EXCLUDED_NATIVE: dict[tuple[str, str], tuple[str, ...]] = {
+    ("kohya", "flux1"): ("final_layer.",),
+}
+
+PAIRS = {"kohya": ((".lora_up.weight", ".lora_down.weight"),),
+         "peft": ((".lora_B.weight", ".lora_A.weight"),),
+         "any": ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"))}
+
+
+def _proc(path: str) -> str:
+    out = path.replace(".to_", ".processor.to_")
+    return out[:-2] if out.endswith(".to_out.0") else out
+
+
+def expand(template: str, native: str, diffusers: tuple[str, ...]) -> list[tuple[str, int]]:
+    """Names a template gives one module: (name, part index or -1 for the whole module)."""
+    if "{native" in template:
+        return [(template.replace("{native_}", native.replace(".", "_")).replace("{native}", native), -1)]
+    out = []
+    for i, d in enumerate(diffusers):
+        name = (template.replace("{diff_proc}", _proc(d)).replace("{diff_}", d.replace(".", "_"))
+                .replace("{diff}", d))
+        out.append((name, i if len(diffusers) > 1 else -1))
+    return out

@@ -1,0 +1,288 @@
+"""File-level LoRA tools: read any layout, write a layout, merge into a checkpoint and extract from two, streamed.
+
+The family key maps (:class:`~lorakit.lora.formats.keymap.FamilyKeys`) are passed in by the caller (the CLI
+gets them from the model registry); nothing here imports a family.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from lorakit.errors import LorakitError
+from lorakit.lora.formats.fused import Pair
+from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
+from lorakit.lora.formats.layouts import LoraState, read_lora, write_lora
+from lorakit.lora.io import (TORCH_TO_ST, load_lora_file, model_hashes, read_safetensors_header,
+                             save_safetensors_atomic, save_safetensors_streaming)
+
+ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+
+
+def _keymap(families: Sequence[FamilyKeys], name: str) -> FamilyKeys:
+    for f in families:
+        if f.family == name:
+            return f
+    raise LorakitError(f"no key map for family {name!r}")
+
+
+def load_state(path: Path, families: Sequence[FamilyKeys], family: Optional[str] = None) -> LoraState:
+    """Read a LoRA file (or a PEFT adapter folder) of any supported layout into the canonical form."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_peft_folder(path, families, family)
+    tensors, meta = load_lora_file(path)
+    cfg = None
+    side = path.parent / PEFT_CONFIG
+    if side.is_file() and any(k.startswith("base_model.model.") for k in tensors):
+        cfg = json.loads(side.read_text())
+    return read_lora(tensors, meta, families, where=str(path), peft_config=cfg, family=family)
+
+
+def _load_peft_folder(path: Path, families: Sequence[FamilyKeys], family: Optional[str]) -> LoraState:
+    weights = path / PEFT_WEIGHTS
+    if not weights.is_file():
+        raise LorakitError(f"{path}: a folder, but no {PEFT_WEIGHTS} in it; give a .safetensors file or a PEFT "
+                           "adapter folder")
+    tensors, meta = load_lora_file(weights)
+    cfg = json.loads((path / PEFT_CONFIG).read_text()) if (path / PEFT_CONFIG).is_file() else None
+    state = read_lora(tensors, meta, families, where=str(weights), peft_config=cfg, family=family)
+    keys = _keymap(families, state.family)
+    for comp, prefix in keys.diffusers_prefix.items():
+        sub = path / prefix.rstrip(".")
+        if comp == "denoiser" or not (sub / PEFT_WEIGHTS).is_file():
+            continue
+        t, _ = load_lora_file(sub / PEFT_WEIGHTS)
+        c = json.loads((sub / PEFT_CONFIG).read_text()) if (sub / PEFT_CONFIG).is_file() else None
+        renamed = {prefix + k[len("base_model.model."):]: v for k, v in t.items()}
+        part = read_lora(renamed, {}, [keys], where=str(sub / PEFT_WEIGHTS), family=keys.family)
+        if c is not None:  # alphas of the text encoder adapter
+            for name, p in part.modules.items():
+                m = keys.by_kohya[name]
+                p.alpha = _alpha_from(c, m.diffusers[0], p.rank)
+        state.modules.update(part.modules)
+        state.unmatched += part.unmatched
+    return state
+
+
+def _alpha_from(cfg: dict[str, Any], path: str, rank: int) -> float:
+    for pattern, alpha in (cfg.get("alpha_pattern") or {}).items():
+        if path == pattern or path.endswith("." + pattern):
+            return float(alpha)
+    return float(cfg.get("lora_alpha", rank))
+
+
+def common_dtype(state: LoraState) -> torch.dtype:
+    """The storage dtype most of the input's factors used (fp16 if none was recorded)."""
+    dtypes = Counter(p.up.dtype for p in state.modules.values() if p.up.is_floating_point())
+    dtype = dtypes.most_common(1)[0][0] if dtypes else torch.float16
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float16
+
+
+def save_state(state: LoraState, keys: FamilyKeys, layout: str, out: Path, *, dtype: Optional[torch.dtype] = None,
+               metadata: Optional[dict[str, str]] = None, overwrite: bool = False) -> list[Path]:
+    """Write ``state`` in ``layout`` to ``out`` (a file; a folder for peft). Metadata: the input's plus
+    ``metadata``; ss_network_dim/alpha follow the modules; sshs_* hashes recomputed. Returns the files written."""
+    out = Path(out)
+    dtype = dtype or common_dtype(state)
+    meta = dict(state.metadata)
+    meta.update(metadata or {})
+    ranks = Counter(p.rank for p in state.modules.values())
+    alphas = Counter(float(p.alpha if p.alpha is not None else p.rank) for p in state.modules.values())
+    if ranks and "ss_network_dim" in meta:
+        meta["ss_network_dim"] = str(ranks.most_common(1)[0][0])
+    if alphas and "ss_network_alpha" in meta:
+        meta["ss_network_alpha"] = f"{alphas.most_common(1)[0][0]:g}"
+    written = write_lora(state, keys, layout)
+    cast = (lambda t: t.to(dtype) if t.dim() > 0 else t.float())
+    if layout != "peft":
+        tensors = {k: cast(v) for k, v in written["tensors"].items()}
+        _check_target(out, overwrite)
+        if "sshs_model_hash" in meta or layout in ("kohya", "comfyui"):
+            meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
+        save_safetensors_atomic(out, tensors, meta)
+        return [out]
+    _check_target(out, overwrite)
+    files = []
+    for folder, (tensors, cfg) in written["adapters"].items():
+        target = out / folder if folder else out
+        target.mkdir(parents=True, exist_ok=True)
+        save_safetensors_atomic(target / PEFT_WEIGHTS, {k: cast(v) for k, v in tensors.items()},
+                                meta if not folder else {})
+        (target / PEFT_CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        files += [target / PEFT_WEIGHTS, target / PEFT_CONFIG]
+    return files
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise LorakitError(f"{out}: already exists; choose another -o or move the file away")
+
+
+# --------------------------------------------------------------------------------------- checkpoints
+
+def _checkpoint_modules(keys: FamilyKeys, header: dict[str, Any]) -> tuple[dict[str, list[BaseModule]], str]:
+    """checkpoint key -> modules stored in it, and the key prefix the file actually uses (FLUX files from
+    ComfyUI carry ``model.diffusion_model.``)."""
+    prefix = ""
+    if not any(m.checkpoint_key in header for m in keys.modules):
+        for p in ("model.diffusion_model.",):
+            if any(p + m.checkpoint_key in header for m in keys.modules):
+                prefix = p
+    out: dict[str, list[BaseModule]] = {}
+    for m in keys.modules:
+        if m.checkpoint_key and prefix + m.checkpoint_key in header:
+            out.setdefault(prefix + m.checkpoint_key, []).append(m)
+    return out, prefix
+
+
+def _pattern(native: str) -> str:
+    import re
+
+    return re.sub(r"\d+", "#", native)
+
+
+def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
+    """``keys`` with the shapes of the actual base file; components the file does not hold keep theirs.
+
+    A base whose topology differs from the full-size one (a pruned or toy model) has LoRA targets the
+    full-size table lacks: every 2-D/4-D weight of the file whose path has the shape of a known target
+    (digits aside, e.g. ``input_blocks.#.#.transformer_blocks.#.attn#.to_q``) is added under its native
+    name (diffusers names are unknown for those, so only native-name rules can match them).
+    """
+    header, _ = read_safetensors_header(base)
+    by_key, prefix = _checkpoint_modules(keys, header)
+    if not by_key:
+        raise LorakitError(f"--base {base}: no {keys.family} weight of any LoRA target in it; is it a "
+                           f"{keys.family} single-file checkpoint?")
+    shapes = {k[len(prefix):]: tuple(header[k]["shape"]) for k in by_key}
+    present = {m.component for ms in by_key.values() for m in ms}
+    fitted = keys.with_shapes(shapes)
+    kept = [m for m in keys.modules if m.component not in present]
+    known = {m.checkpoint_key for m in keys.modules}
+    patterns = {(m.component, _pattern(m.native)) for m in keys.modules if not m.checkpoint_split}
+    extra = []
+    for comp in present:
+        cprefix = prefix + keys.checkpoint_prefix.get(comp, "")
+        for key, info in header.items():
+            if not key.startswith(cprefix) or not key.endswith(".weight") or key[len(prefix):] in known:
+                continue
+            native = key[len(cprefix):-len(".weight")]
+            shape = info["shape"]
+            if (comp, _pattern(native)) in patterns and len(shape) in (2, 4):
+                kernel = (int(shape[2]), int(shape[3])) if len(shape) == 4 else (1, 1)
+                extra.append(BaseModule(comp, native, (), int(shape[0]), int(shape[1]), kernel,
+                                        checkpoint_key=key[len(prefix):]))
+    return FamilyKeys(keys.family, fitted.modules + tuple(extra) + tuple(kept), keys.kohya_prefix,
+                      keys.diffusers_prefix, keys.comfy_prefix, keys.checkpoint_prefix)
+
+
+def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: FamilyKeys, out: Path, *,
+               overwrite: bool = False) -> dict[str, Any]:
+    """Stream ``base`` tensor by tensor into ``out`` (same keys, dtypes, order), adding Σ w·ΔW where a LoRA
+    module lands. RAM: one tensor of the base plus the LoRAs. Every LoRA module must find its weight."""
+    from safetensors import safe_open
+
+    header, meta = read_safetensors_header(base)
+    by_key, _ = _checkpoint_modules(keys, header)
+    wanted: dict[str, list[tuple[BaseModule, Pair, float]]] = {}
+    missing = []
+    for state, w in loras:
+        for name, pair in state.modules.items():
+            m = keys.by_kohya.get(name)
+            key = next((k for k, ms in by_key.items() if m in ms), None) if m is not None else None
+            if key is None:
+                missing.append(name)
+                continue
+            wanted.setdefault(key, []).append((m, pair, w))
+    if missing:
+        raise LorakitError(f"merge --into {base}: {len(missing)} LoRA modules have no weight in this checkpoint "
+                           f"(e.g. {missing[0]}); is it the base the LoRA was trained for?")
+    _check_target(out, overwrite)
+    order = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+    entries = [(k, header[k]["dtype"], header[k]["shape"]) for k in order]
+    touched: list[str] = []
+    with safe_open(str(base), framework="pt") as fh:
+        def produce(key: str) -> torch.Tensor:
+            t = fh.get_tensor(key)
+            if key not in wanted:
+                return t
+            w32 = t.float()
+            for m, pair, w in wanted[key]:
+                d = pair.delta() * w
+                rows = m.rows_in(int(w32.shape[0]))
+                target = w32[rows[0]:rows[1]] if rows else w32
+                if tuple(d.shape) != tuple(target.shape) and d.numel() == target.numel() and \
+                        d.shape[0] == target.shape[0]:
+                    d = d.reshape(target.shape)  # a 1×1 conv stored 4-D, its LoRA 2-D (or the reverse)
+                if tuple(d.shape) != tuple(target.shape):
+                    raise LorakitError(f"merge --into: {keys.kohya_name(m)} ΔW {tuple(d.shape)} does not fit "
+                                       f"{key} {tuple(target.shape)}")
+                target += d
+            touched.append(key)
+            return w32.to(t.dtype)
+
+        md = dict(meta)
+        md["lorakit_merged_loras"] = json.dumps([{"modules": len(s.modules), "weight": w,
+                                                  "output_name": s.metadata.get("ss_output_name", "")}
+                                                 for s, w in loras])
+        save_safetensors_streaming(out, entries, produce, md)
+    return {"weights_changed": len(touched), "tensors": len(entries)}
+
+
+def extract_from(tuned: Path, base: Path, keys: FamilyKeys, rank: int, *, min_diff: float = 0.0,
+                 progress: Optional[Callable[[str], None]] = None) -> tuple[LoraState, list[dict[str, Any]]]:
+    """A LoRA of rank ``rank`` from ``tuned − base`` for every LoRA-target weight the two files share.
+    Modules whose difference is ≤ ``min_diff`` (max |Δ|) are left out and listed with rank 0."""
+    from safetensors import safe_open
+
+    from lorakit.lora.tools.ops import extract_module
+
+    ht, _ = read_safetensors_header(tuned)
+    hb, _ = read_safetensors_header(base)
+    bt, pt = _checkpoint_modules(keys, ht)
+    bb, pb = _checkpoint_modules(keys, hb)
+    shared = [k for k in bt if k[len(pt):] in {x[len(pb):] for x in bb}]
+    if not shared:
+        raise LorakitError(f"extract: {tuned} and {base} share no {keys.family} LoRA-target weight; are they "
+                           "the same model family and layout?")
+    modules: dict[str, Pair] = {}
+    rows: list[dict[str, Any]] = []
+    with safe_open(str(tuned), framework="pt") as ft, safe_open(str(base), framework="pt") as fb:
+        for key in shared:
+            a, b = ft.get_tensor(key), fb.get_tensor(pb + key[len(pt):])
+            if a.shape != b.shape:
+                raise LorakitError(f"extract: {key} is {tuple(a.shape)} in {tuned} but {tuple(b.shape)} in {base}; "
+                                   "not the same architecture")
+            diff = a.float() - b.float()
+            for m in bt[key]:
+                span = m.rows_in(int(diff.shape[0]))
+                d = diff[span[0]:span[1]] if span else diff
+                name = keys.kohya_name(m)
+                if float(d.abs().max()) <= min_diff:
+                    rows.append({"module": name, "rank": 0, "rel_error": 0.0 if float(d.abs().max()) == 0 else 1.0,
+                                 "energy": 0.0, "diff_norm": float(torch.linalg.norm(d))})
+                    continue
+                pair, row = extract_module(d, rank, name)
+                modules[name] = pair
+                rows.append(row)
+                if progress:
+                    progress(name)
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
+            "lorakit_extracted_from": json.dumps({"tuned": tuned.name, "base": base.name})}
+    return LoraState(modules, meta, "kohya", keys.family), rows
+
+
+def checkpoint_dtype(path: Path) -> torch.dtype:
+    header, _ = read_safetensors_header(path)
+    c = Counter(v["dtype"] for v in header.values())
+    name = c.most_common(1)[0][0] if c else "F16"
+    return ST_TO_TORCH.get(name, torch.float16) if name in ("F16", "BF16", "F32") else torch.float16
+
+
