@@ -150,9 +150,11 @@ class Adapter:
     # ---- encoders
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] → (z − shift)·scale, a posterior sample, float32 on the CPU."""
+        """[B,3,H,W] in [-1,1] → (z − shift)·scale with z the posterior's mean, float32 on the CPU. The mean, not a
+        sample: a sample draws from torch's global generator, which lorakit does not seed before caching, so two runs
+        with their own caches would train on different latents."""
         self._need()
-        z = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist.sample()
+        z = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist.mode()
         return ((z - self.vae.config.shift_factor) * self.vae.config.scaling_factor).float().cpu()
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
