@@ -52,7 +52,9 @@ def inspect_file(path: Path) -> dict[str, Any]:
 
 
 def family_fit(names: set[str]) -> dict[str, Any]:
-    """For each family with a key universe: how many of the file's modules it knows, and which it doesn't."""
+    """For each family with a key universe (the family package's optional ``lora_key_universe()``, asked of every
+    family the registry finds, shipped or named in ``LORAKIT_FAMILIES`` / entry points): how many of the file's modules
+    it knows, and which it doesn't."""
     from lorakit.models.registry import families, get_family
 
     out = {}
