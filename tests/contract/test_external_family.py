@@ -268,3 +268,23 @@ def test_family_sources_and_their_errors(tmp_path, monkeypatch):
     finally:
         monkeypatch.setattr(registry, "_registered", [])
         config_families.clear()
+
+
+def test_inspect_names_a_family_package_whose_key_universe_fails(with_tinydit, monkeypatch):
+    """`lorakit inspect` asks every registered family; a package whose lora_key_universe() raises is one line naming
+    it (only tinydit is asked here, so no full-size key universe is built)."""
+    import tests.families.tinydit as tinydit
+    from lorakit.errors import LorakitError
+    from lorakit.lora.inspect import family_fit
+
+    monkeypatch.setattr(registry, "families", lambda: ["tinydit"])
+    assert family_fit({"lora_unet_transformer_blocks_0_attn1_to_q", "lora_unet_nowhere"})["tinydit"] == {
+        "matched": 1, "of": 2, "unmatched": ["lora_unet_nowhere"]}
+
+    def broken():
+        raise ValueError("no such block\nsecond line")
+
+    monkeypatch.setattr(tinydit, "lora_key_universe", broken)
+    with pytest.raises(LorakitError, match=r"^inspect: tests\.families\.tinydit\.lora_key_universe\(\) failed: "
+                                           r"ValueError: no such block$"):
+        family_fit({"lora_unet_x"})
