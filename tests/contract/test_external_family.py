@@ -153,7 +153,9 @@ def test_train_sample_export_inspect_resume_through_the_cli(tmp_path):
     for n in names:
         assert kohya[n + ".lora_down.weight"].shape[0] == 4 and kohya[n + ".lora_up.weight"].shape[1] == 4
         assert kohya[n + ".alpha"].item() == 2.0
-    assert "lora_unet_transformer_blocks_1_attn2_to_k" in names and "lora_unet_transformer_blocks_0_ff_net_0_proj" in names
+    layers = ("attn1_to_q", "attn1_to_k", "attn1_to_v", "attn1_to_out_0", "attn2_to_q", "attn2_to_k", "attn2_to_v",
+              "attn2_to_out_0", "ff_net_0_proj", "ff_net_2")  # every Linear of PixArt's 2 BasicTransformerBlocks
+    assert names == {f"lora_unet_transformer_blocks_{i}_{layer}" for i in range(2) for layer in layers}
     from safetensors import safe_open
 
     with safe_open(str(run / "full.safetensors"), "pt") as fh:
@@ -218,8 +220,10 @@ def test_the_family_honours_timestep_sampling():
                                    discrete_flow_shift=3.0)
         noised = Adapter.noise(None, latents, noise, None, training, torch.Generator().manual_seed(3))
         g = torch.Generator().manual_seed(3)
-        expected = torch.rand(3, generator=g) if mode == "uniform" else torch.sigmoid(0.5 + 2.0 * torch.randn(3,
-                                                                                                             generator=g))
+        if mode == "uniform":
+            expected = torch.rand(3, generator=g)
+        else:
+            expected = torch.sigmoid(0.5 + 2.0 * torch.randn(3, generator=g))
         assert torch.allclose(noised.timesteps, expected * 1000.0)
         assert torch.allclose(noised.model_input[:, 0, 0, 0], expected)  # (1-σ)·0 + σ·1
         assert torch.equal(noised.target, noise - latents)
