@@ -18,17 +18,22 @@ def installed() -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=None)
-def _keys() -> dict[str, frozenset[str]]:
+def _keys(names: tuple[str, ...]) -> dict[str, frozenset[str]]:
     from lorakit.models.registry import get_family
 
-    return {name: frozenset(getattr(get_family(name).SPEC, "config_keys", ())) for name in installed()}
+    return {name: frozenset(getattr(get_family(name).SPEC, "config_keys", ())) for name in names}
 
 
 def applies_to(key: str) -> tuple[str, ...]:
-    """The families whose spec lists the family-only ``key`` ("section.field")."""
-    return tuple(name for name, keys in _keys().items() if key in keys)
+    """The families whose spec lists the family-only ``key`` ("section.field"), among those installed now (a family
+    that ``LORAKIT_FAMILIES`` adds later is asked too)."""
+    return tuple(name for name, keys in _keys(installed()).items() if key in keys)
 
 
 def clear() -> None:
-    """Forget what was read (after a family is registered at run time)."""
+    """Forget what was read, here and in the registry's discovery (after a family is registered at run time or
+    ``LORAKIT_FAMILIES`` changed), so that the keys asked next come from the families installed now."""
+    from lorakit.models.registry import forget
+
+    forget()
     _keys.cache_clear()

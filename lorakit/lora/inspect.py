@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from lorakit.errors import LorakitError
 from lorakit.lora.io import load_lora_file
 
 SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_A.weight", ".lora_B.weight",
@@ -52,15 +53,22 @@ def inspect_file(path: Path) -> dict[str, Any]:
 
 
 def family_fit(names: set[str]) -> dict[str, Any]:
-    """For each family with a key universe: how many of the file's modules it knows, and which it doesn't."""
+    """For each family with a key universe (the family package's optional ``lora_key_universe()``, asked of every
+    family the registry finds, shipped or named in ``LORAKIT_FAMILIES`` / entry points): how many of the file's modules
+    it knows, and which it doesn't."""
     from lorakit.models.registry import families, get_family
 
     out = {}
     for fam in families():
-        universe_fn = getattr(get_family(fam), "lora_key_universe", None)
+        package = get_family(fam)
+        universe_fn = getattr(package, "lora_key_universe", None)
         if universe_fn is None:
             continue
-        universe = universe_fn()
+        try:
+            universe = universe_fn()
+        except Exception as exc:  # noqa: BLE001  (a family package's bug: one line naming it, not a traceback)
+            raise LorakitError(f"inspect: {package.__name__}.lora_key_universe() failed: {type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
         known = names & universe
         out[fam] = {"matched": len(known), "of": len(names), "unmatched": sorted(names - universe)[:20]}
     return out

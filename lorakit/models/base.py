@@ -1,8 +1,12 @@
 """What every model family provides: a frozen ModelSpec (facts as data) and a ModelAdapter (behaviour).
 
 Shared code (the loop, the data pipeline, the CLI) talks to a family only through these two types and
-never asks "is this FLUX?". A family is one package under ``lorakit/models/<family>/`` that exposes
-``SPEC`` and ``Adapter`` in its ``__init__``; :mod:`lorakit.models.registry` finds it by name.
+never asks "is this FLUX?". A family is one package that exposes ``SPEC`` and ``Adapter`` in its ``__init__``: under
+``lorakit/models/<family>/``, or anywhere importable and named in ``LORAKIT_FAMILIES`` or a ``lorakit.families`` entry
+point; :mod:`lorakit.models.registry` finds it by ``SPEC.family``. Optional module-level functions of the package:
+``lora_key_universe() -> frozenset[str]`` (every LoRA module name, in the layouts ``export`` writes, that a full-size
+base accepts; `lorakit inspect` matches files against it) and ``write_tiny_checkpoint(folder) -> dict`` (a tiny random
+base model and the ModelCfg roles that load it; the contract tests run over it). docs/families.md walks through it all.
 """
 
 from __future__ import annotations

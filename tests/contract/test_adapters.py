@@ -1,7 +1,8 @@
 """The ModelAdapter contract, run over every registered family on its tiny checkpoint.
 
 Adding a family package makes these tests run for it with no edit here: each family must provide
-``load.write_tiny_checkpoint(dir)`` returning the roles its ModelCfg needs.
+``write_tiny_checkpoint(dir)`` (in its package or its ``load`` module) returning the roles its ModelCfg needs. A family
+outside lorakit joins through ``LORAKIT_FAMILIES`` (e.g. ``LORAKIT_FAMILIES=tests.families.tinydit``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from lorakit.models.registry import families, get_family
 def loaded(request, tmp_path_factory):
     family = request.param
     folder = tmp_path_factory.mktemp(family)
-    paths = importlib.import_module(f"lorakit.models.{family}.load").write_tiny_checkpoint(folder / "model")
-    model = {"family": family, "checkpoint": str(paths["checkpoint"]), "config_dir": str(paths["config"])}
-    for role in ("clip_l", "t5xxl", "ae"):
-        if role in paths:
-            model[role] = str(paths[role])
+    package = get_family(family)
+    writer = getattr(package, "write_tiny_checkpoint", None) or \
+        importlib.import_module(f"{package.__name__}.load").write_tiny_checkpoint
+    paths = writer(folder / "model")
+    model = {"family": family, "checkpoint": str(paths["checkpoint"])}
+    for role in ("config_dir", "clip_l", "t5xxl", "ae"):
+        if role.replace("_dir", "") in paths:
+            model[role] = str(paths[role.replace("_dir", "")])
     (folder / "data").mkdir()
     cfg = load_config(None, data={"model": model, "data": {"dir": str(folder / "data"), "resolution": 64},
                                   "network": {"rank": 4, "alpha": 2.0},
