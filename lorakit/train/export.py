@@ -109,7 +109,7 @@ def verify_export(path: Path, adapter, lora: dict, fmt: str) -> list[str]:
             problems.append(f"{key}: shape {tuple(tensors[key].shape)} != {tuple(expected[key].shape)}")
     denoiser = adapter.denoiser()
     for component, modules in lora.items():
-        root = denoiser if component in ("unet", "transformer") else adapter.text_encoder_modules().get(component)
+        root = denoiser if component == adapter.spec.denoiser_name else adapter.text_encoder_modules().get(component)
         if root is None:
             problems.append(f"component {component!r} has no module in the base model")
             continue
