@@ -28,21 +28,22 @@ from lorakit.errors import LorakitError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from lorakit.logs import quiet_third_party
-
-    quiet_third_party()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # --help ends here, before any heavy import
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from lorakit.logs import quiet_third_party
+
+    quiet_third_party()
     try:
         return int(args.func(args) or 0)
     except LorakitError as exc:
         print(f"lorakit: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("lorakit: interrupted; the last complete checkpoint is kept (resume with --resume)", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cmd_train turns it into one)
+        print(f"lorakit: {exc or 'interrupted; the last complete checkpoint is kept (resume with --resume)'}",
+              file=sys.stderr)
         return 130
 
 
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("overrides", nargs="*")
     dc.add_argument("--json", metavar="FILE", help="also write the report as JSON here")
     dc.add_argument("--batch-size", type=int, default=None)
+    dc.add_argument("--family", default=None, help="check for this model family (default: a run.toml's, else the "
+                    "strictest installed)")
     dc.set_defaults(func=cmd_data_check)
 
     from lorakit.caption.cli import add_parser as add_caption_parser  # light: argparse only
@@ -117,8 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
+    import signal
+
     from lorakit.config.load import load_config
     from lorakit.train.loop import train
+
+    def stop(signum, frame):  # SIGTERM (a scheduler, `kill`, a UI's stop) ends the run as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -157,30 +167,32 @@ def cmd_data_check(args) -> int:
     from lorakit.config.load import load_config
     from lorakit.config.schema import DataCfg
     from lorakit.data.scan import scan_dataset
+    import math
+
+    from lorakit.caption.text import family_limit
     from lorakit.fsutil import write_json
+    from lorakit.models.registry import families, get_family
 
     target = Path(args.target)
     batch_size = args.batch_size or 1
+    family = args.family
     if target.suffix == ".toml" and target.is_file() and _is_kohya_dataset_toml(target):
         data = DataCfg(config=str(target))  # a kohya dataset TOML ([[datasets]]) given directly
-        divisibility = 64
     elif target.suffix == ".toml" and target.is_file():
         cfg = load_config(target, args.overrides)
-        data = cfg.data
+        data, family = cfg.data, cfg.model.family
         batch_size = args.batch_size or cfg.training.batch_size
-        from lorakit.models.registry import get_family
-
-        divisibility = get_family(cfg.model.family).SPEC.bucket_divisibility
     elif target.is_dir():
         data = DataCfg(dir=str(target))
-        divisibility = 64
     else:
         raise LorakitError(f"data check: {target} is neither a dataset folder nor a .toml file")
-    counter, limit = _clip_token_counter(), 77
-    if target.suffix == ".toml":  # the family's own limit and tokenizer (FLUX.1: T5, 512)
-        from lorakit.caption.text import family_limit
-
-        limit, counter = family_limit(cfg.model.family)
+    # the family's bucket divisibility, caption limit and tokenizer; without one, the strictest installed family's
+    checked = [family] if family else families()
+    divisibility = math.lcm(*(get_family(f).SPEC.bucket_divisibility for f in checked))
+    limit, counter = min((family_limit(f) for f in checked), key=lambda lc: lc[0])
+    if not family:
+        print(f"no family given: buckets and caption lengths checked for the strictest of {', '.join(checked)} "
+              "(--family, or a run.toml, checks one)")
     dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
     report = dataset.report
     from lorakit.data.report import duplicate_captions
@@ -516,16 +528,6 @@ def _is_kohya_dataset_toml(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _clip_token_counter():
-    try:
-        from lorakit.models.tokenizers import clip_tokenizer
-
-        tok = clip_tokenizer()
-        return lambda text: len(tok(text, truncation=False)["input_ids"])
-    except Exception:  # the data check still runs without token counts; the report says so
-        return None
 
 
 def _accepts(fn, name: str) -> bool:

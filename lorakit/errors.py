@@ -19,3 +19,7 @@ class ModelLoadError(LorakitError):
 
 class TrainingError(LorakitError):
     """Training stopped for a reason the user must act on (NaN, out of memory, disk full, stall)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; the message names the last complete checkpoint (or says there is none)."""

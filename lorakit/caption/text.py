@@ -117,6 +117,9 @@ def family_limit(family: str) -> tuple[int, Callable[[str], int]]:
         spec = get_family(family).SPEC
     except ConfigError as e:
         raise ConfigError(f"--family: {str(e).split(': ', 1)[-1]}") from None
+    own = getattr(get_family(family), "caption_token_counter", None)  # a family package may count its own way
+    if own is not None:
+        return spec.max_caption_tokens, own()
     tok = tokenizers.t5_tokenizer() if any(e.startswith("t5") for e in spec.text_encoders) \
         else tokenizers.clip_tokenizer()
     return spec.max_caption_tokens, lambda text: len(tok(text, truncation=False)["input_ids"])

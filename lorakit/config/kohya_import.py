@@ -157,7 +157,7 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     which lorakit reads in sd-scripts' own schema."""
     from lorakit.config.load import dump_toml, load_config
 
-    raw = _read_toml(Path(config), str(config))
+    raw = read_toml(Path(config), str(config))
     flat = flatten_kohya(raw)
     if dataset is not None:
         if not Path(dataset).is_file():

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import math
 import os
+import struct
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import safetensors.torch
 import torch
 
 from lorakit.errors import ModelLoadError
 from lorakit.fsutil import atomic_path, fsync_dir  # noqa: F401  (fsync_dir: re-exported for older callers)
-from lorakit.safetensors_header import raw_header, read_safetensors_header
+from lorakit.safetensors_header import DTYPE_SIZES, raw_header, read_safetensors_header
 
 PathLike = Union[str, os.PathLike]
 
@@ -174,23 +177,11 @@ def save_safetensors_streaming(path: PathLike, entries: list[tuple[str, str, lis
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(struct.pack("<Q", len(raw)))
-            fh.write(raw)
-            for name, dtype, shape in entries:
-                t = produce(name).detach().to("cpu").contiguous()
-                if TORCH_TO_ST.get(t.dtype) != dtype or list(t.shape) != list(shape):
-                    raise ValueError(f"{name}: produced {t.dtype}{list(t.shape)}, header says {dtype}{shape}")
-                fh.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(folder)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # the one atomic writer: umask mode, fsync, rename
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name, dtype, shape in entries:
+            t = produce(name).detach().to("cpu").contiguous()
+            if TORCH_TO_ST.get(t.dtype) != dtype or list(t.shape) != list(shape):
+                raise ValueError(f"{name}: produced {t.dtype}{list(t.shape)}, header says {dtype}{shape}")
+            fh.write(t.reshape(-1).view(torch.uint8).numpy().tobytes())

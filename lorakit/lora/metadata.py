@@ -164,7 +164,7 @@ def run_modelspec(*, cfg: Config, family_md: dict[str, str], trigger_words: list
     """Every ``modelspec.*`` key for a run (all families): the family's architecture / implementation /
     prediction type (from its adapter's metadata) completed with spec version, title, resolution, date,
     implementation_version and trigger_phrase."""
-    w, h = _resolution(cfg.data.resolution)
+    w, h = resolution_wh(cfg.data.resolution)
     extra = {"trigger_phrase": ", ".join(trigger_words) if trigger_words else None,
              "description": cfg.save.comment or None}
     return modelspec_metadata(architecture=family_md["modelspec.architecture"], title=cfg.save.name,

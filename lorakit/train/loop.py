@@ -29,7 +29,7 @@ from lorakit.data.cache import LatentCache, TextCache, cache_folder
 from lorakit.data.captions import fixed_captions
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
-from lorakit.errors import ConfigError, DataError, TrainingError
+from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
@@ -79,6 +79,23 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
 
 def _train(cfg: Config, resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> RunResult:
     r = start(cfg, resume_, log)
+    try:
+        ready = prepare(r, resume_, force, log, watchdog)
+    except BaseException:
+        # a failed (or interrupted) start costs nothing: the folder it made goes, the caches (outside it) stay
+        if not resume_ and r.run.discard():
+            log(f"nothing was trained; {r.run.root} was removed, so the corrected command starts cleanly "
+                "(caches already written are kept)")
+        raise
+    run_cfg, next_batch, generator, optimizer, scheduler, scaler, previews, reporter, metrics, start_step = ready
+    loop_steps(r, run_cfg, next_batch, generator, optimizer, scheduler, scaler, previews, reporter, start_step,
+               watchdog)
+    return finish(r, run_cfg, next_batch, generator, optimizer, scheduler, previews, reporter, metrics, watchdog, log)
+
+
+def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> tuple:
+    """Everything before the first step: dataset, model, caches, plan, optimizer, resume state, first previews."""
+    cfg = r.cfg
     watchdog.beat("scanning the dataset")
     scan(r, resume_, force, log)
     watchdog.beat("loading the base model")
@@ -107,10 +124,8 @@ def _train(cfg: Config, resume_: bool, force: bool, log: Callable[[str], None], 
         previews.draw(0, "before")
     reporter = StepReporter(run_cfg, metrics, Progress(cfg.training.max_steps, start_step, cfg.log.progress), log,
                             start_step, r.device)
-    next_batch = batches(r, run_cfg)
-    loop_steps(r, run_cfg, next_batch, generator, optimizer, scheduler, scaler, previews, reporter, start_step,
-               watchdog)
-    return finish(r, run_cfg, next_batch, generator, optimizer, scheduler, previews, reporter, metrics, watchdog, log)
+    return (run_cfg, batches(r, run_cfg), generator, optimizer, scheduler, scaler, previews, reporter, metrics,
+            start_step)
 
 
 # ====================================================================== phases before the loop
@@ -121,14 +136,14 @@ def start(cfg: Config, resume_: bool, log: Callable[[str], None]) -> Run:
     run = RunDir(Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
     if resume_ and not run.root.exists():
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
-    if not resume_:
-        run.create()
-        write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
     family = get_family(cfg.model.family)
     device = pick_device(cfg.training.device)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
     memory.check_supported(cfg, device)
     family.Adapter.check_config(cfg, device)
+    if not resume_:  # after the checks that need no file: a refused config leaves no folder behind
+        run.create()
+        write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
     memory.configure_allocator(cfg, device)
     return Run(cfg, run, device, compute_dtype, adapter=family.Adapter(cfg))
 
@@ -241,7 +256,7 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
         reporter.flush()
     except KeyboardInterrupt:
         reporter.flush_quietly()
-        raise
+        raise interrupted(r.run, step) from None
     except torch.cuda.OutOfMemoryError:
         reporter.flush_quietly()
         failure = TrainingError(
@@ -295,6 +310,19 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
 
 
 # ====================================================================== helpers
+
+
+def interrupted(run: RunDir, step: int) -> Interrupted:
+    """Ctrl-C or SIGTERM during the steps: run.json says "interrupted", and one line names the checkpoint a resume
+    continues from."""
+    last = run.latest_state()
+    where = (f"the last complete checkpoint is step {int(last.name.removeprefix('step'))}; `lorakit train --resume "
+             f"{run.root}` continues from there" if last else
+             f"no checkpoint was complete yet; `lorakit train --resume {run.root}` starts again from step 0 and "
+             "reuses the caches")
+    message = f"interrupted at step {step}: {where}"
+    run.write_status(status="interrupted", step=step, error=message)
+    return Interrupted(message)
 
 
 def pick_device(name: str) -> torch.device:

@@ -45,6 +45,16 @@ class RunDir:
         self.samples.mkdir(exist_ok=True)
         self.state_root.mkdir(exist_ok=True)
 
+    def discard(self) -> bool:
+        """Remove a run folder that a failed start left with nothing of value (no LoRA file, no complete resume
+        state), so the corrected command starts cleanly; returns whether it was removed. Caches live outside."""
+        import shutil
+
+        if not self.root.is_dir() or self.complete_states() or any(self.root.glob("*.safetensors")):
+            return False
+        shutil.rmtree(self.root, ignore_errors=True)
+        return not self.root.exists()
+
     def lora_path(self, step: Optional[int] = None) -> Path:
         if step is None:
             return self.root / f"{self.name}.safetensors"
