@@ -568,7 +568,8 @@ def _train_fill_events(gr, state: UIState, u, keys, comps) -> None:
                         vals[key] = fm.to_widget(field_by_key[key], base[key])
         return [vals[k] for k in keys]
 
-    u.tr_preset.change(preset_changed, [u.tr_preset, *comps], comps)
+    # on the user's pick only: a loaded TOML sets the preset too, and its own values must stay
+    u.tr_preset.input(preset_changed, [u.tr_preset, *comps], comps)
 
 
 def _jobs_events(gr, state: UIState, u):

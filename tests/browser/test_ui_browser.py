@@ -253,6 +253,18 @@ def test_ui_end_to_end(tmp_path, capsys):
             expect(page.locator("#tr-toml")).to_contain_text('name = "toyjob"')
             assert "max_steps = 30" in toml_text and f'dir = "{ds_root}"' in toml_text
             _shot(page, "2-train")
+            # family-only fields follow the family; a loaded TOML fills the form back
+            expect(_field(page, "training.guidance_scale")).to_be_hidden()
+            _pick(page, "tr-family", "flux1")
+            expect(_field(page, "training.guidance_scale")).to_be_visible(timeout=10_000)
+            expect(_field(page, "training.noise_offset")).to_be_hidden()
+            _field(page, "save.name").locator("textarea").fill("changed")
+            with page.expect_file_chooser() as chooser:
+                page.locator("#tr-load").click()
+            chooser.value.set_files(str(home / "toml" / "toyjob.toml"))
+            expect(page.locator("#tr-status")).to_contain_text("loaded toyjob.toml", timeout=20_000)
+            expect(_field(page, "save.name").locator("textarea")).to_have_value("toyjob")
+            expect(_field(page, "training.noise_offset")).to_be_visible(timeout=10_000)  # sdxl again, from the file
 
             page.locator("#tr-start").click()
             expect(page.locator("#tr-status")).to_contain_text("job 1 (toyjob) running", timeout=20_000)
