@@ -13,6 +13,7 @@
     lorakit import kohya CONFIG.toml [--dataset D.toml] -o run.toml
     lorakit toy path FAMILY | toy dataset DIR | toy build | toy eval
     lorakit demo                                       the toy-world demo (what `make demo` runs)
+    lorakit ui [--listen --auth user:pass]             the web UI (dataset, train, jobs, watch, compare)
 """
 
 from __future__ import annotations
@@ -113,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None)
     demo.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
     demo.set_defaults(func=cmd_demo)
+
+    ui = sub.add_parser("ui", help="the web UI (Gradio; needs the ui extra)")
+    ui.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    ui.add_argument("--listen", action="store_true", help="serve other hosts too (needs --auth or --auth-file)")
+    ui.add_argument("--auth", metavar="USER:PASSWORD", help="credentials for the page")
+    ui.add_argument("--auth-file", metavar="FILE", help="a file of user:password lines")
+    ui.add_argument("--home", default=os.environ.get("LORAKIT_HOME", "~/.lorakit"),
+                    help="where jobs, uploads and runs are kept (default: $LORAKIT_HOME or ~/.lorakit)")
+    ui.add_argument("--allow-root", action="append", default=[], metavar="DIR",
+                    help="with --listen: a folder the page may use besides --home and the current folder")
+    ui.add_argument("--max-upload-mb", type=float, default=200.0, help="largest upload (one file or zip), in MB")
+    ui.set_defaults(func=cmd_ui)
     return p
 
 
@@ -249,6 +262,26 @@ def cmd_demo(args) -> int:
 
     run_demo(args.family, Path(args.out), steps=args.steps, caption=args.caption)
     return 0
+
+
+def cmd_ui(args) -> int:
+    from lorakit.ui.app import parse_auth
+
+    if args.listen and not parse_auth(args.auth, args.auth_file):  # refused before anything starts
+        raise LorakitError("ui --listen: refusing to serve other hosts without a password; add --auth user:password "
+                           "or --auth-file FILE (lines of user:password)")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise LorakitError("ui: Gradio is not installed; pip install 'lorakit[ui]'") from None
+    from lorakit.ui.app import serve
+
+    serve(home=Path(args.home), port=args.port, listen=args.listen, auth=args.auth, auth_file=args.auth_file,
+          allow_roots=args.allow_root, max_upload_mb=args.max_upload_mb)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- helpers
 
 
 # ------------------------------------------------------------------------------- LoRA tools (issue 22)

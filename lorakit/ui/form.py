@@ -1,0 +1,240 @@
+"""The Train page's form, generated from the config schema, and its exact TOML.
+
+Every schema field (:func:`lorakit.config.load.field_specs`) becomes one widget: a checkbox (true/false), a
+three-way choice ``default / true / false`` (switches whose unset value means "decide for me"), a drop-down
+(``choices``), a multi-line box (``sample.prompts``: one prompt per line) or a text box holding a TOML literal
+(numbers, ``[0.9, 0.999]``, ``{ img_attn = 8 }``, ``[1024, 768]``) or plain text (strings, paths). Help text and
+bounds come from the field's metadata; fields restricted to some families are shown only for those.
+
+The TOML the form shows is the one a job runs: the preset (if any) plus every field whose value differs from what
+the preset and the schema would give anyway, paths made absolute. It is validated by the same loader as the CLI
+(:func:`lorakit.config.load.load_config`), and its one-line message is shown next to the field it names.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence
+
+from lorakit.config.load import (FieldSpec, _parse_override_value, config_to_dict, dump_toml, field_specs, load_config,
+                                 parse_override, preset_path, toml_value)
+from lorakit.config.schema import SECTIONS, Config
+from lorakit.errors import ConfigError
+
+TRISTATE = ("default", "true", "false")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One form widget: the schema field, its widget kind, label and help text."""
+
+    spec: FieldSpec
+    widget: str  # checkbox | tristate | choice | lines | text
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return tuple(self.spec.meta.get("families") or ())
+
+    @property
+    def choices(self) -> list[str]:
+        if self.widget == "tristate":
+            return list(TRISTATE)
+        return [str(c) for c in self.spec.meta.get("choices", ())]
+
+    def help(self) -> str:
+        """The field's doc, its bounds and default, as shown under the widget."""
+        m = self.spec.meta
+        bits = []
+        for name, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if name in m:
+                bits.append(f"{sym} {m[name]:g}")
+        extra = f" [{' and '.join(bits)}]" if bits else ""
+        default = self.spec.default
+        shown = "unset" if default is None or default == {} or default == [] else toml_value(default)
+        return f"{self.spec.doc}{extra} (default: {shown})"
+
+    def visible(self, family: Optional[str]) -> bool:
+        return not self.families or family in self.families
+
+
+def fields() -> list[Field]:
+    """Every schema field in schema order (section by section)."""
+    out = []
+    for section in SECTIONS:
+        for spec in field_specs()[section].values():
+            out.append(Field(spec, _widget(spec)))
+    return out
+
+
+def _widget(spec: FieldSpec) -> str:
+    if spec.base is bool:
+        return "tristate" if spec.default is None else "checkbox"
+    if "choices" in spec.meta:
+        return "choice"
+    if spec.key == "sample.prompts":
+        return "lines"
+    return "text"
+
+
+# ------------------------------------------------------------------------------------------- values
+
+
+def to_widget(field: Field, value: Any) -> Any:
+    """A config value as its widget shows it."""
+    if field.widget == "checkbox":
+        return bool(value)
+    if field.widget == "tristate":
+        return "default" if value is None else ("true" if value else "false")
+    if field.widget == "choice":
+        return "" if value is None else str(value)
+    if field.widget == "lines":
+        return "\n".join(value or [])
+    if value is None or value == {} and field.spec.base is dict:
+        return ""
+    if field.spec.base is str:
+        return str(value)
+    return toml_value(value)
+
+
+def from_widget(field: Field, shown: Any) -> tuple[bool, Any]:
+    """(set, value) from a widget: ``set`` False means "leave it to the preset / schema default". Text that is no
+    valid value is passed on as typed, so the loader names the key and what it must be (the CLI's message)."""
+    spec = field.spec
+    if field.widget == "checkbox":
+        return True, bool(shown)
+    if field.widget == "tristate":
+        if shown in (None, "", "default"):
+            return False, None
+        return True, shown == "true"
+    if field.widget == "choice":
+        return (False, None) if shown in (None, "") else (True, shown)
+    if field.widget == "lines":
+        lines = [ln.strip() for ln in str(shown or "").splitlines() if ln.strip()]
+        return True, lines
+    text = "" if shown is None else str(shown)
+    if spec.base is str:
+        if spec.meta.get("kind") == "path":
+            text = text.strip()
+            if not text:
+                return False, None
+            return True, os.path.abspath(os.path.expanduser(text))
+        if text == "" and spec.default is None:
+            return False, None
+        return True, text
+    if not text.strip():
+        if spec.optional or spec.base is dict:
+            return False, None
+        return True, ""  # the loader says what the key must be
+    return True, _parse_override_value(text, spec)
+
+
+def baseline(preset: Optional[str]) -> dict[str, Any]:
+    """key → the value a field has when the form leaves it out: the preset's value, else the schema default."""
+    out = {f.key: f.spec.default for f in fields()}
+    if preset:
+        with open(preset_path(preset), "rb") as fh:
+            layer = tomllib.load(fh)
+        for section, body in layer.items():
+            if isinstance(body, dict):
+                for key, value in body.items():
+                    out[f"{section}.{key}"] = value
+    return out
+
+
+def form_to_data(values: Mapping[str, Any], preset: Optional[str] = None) -> dict[str, Any]:
+    """The TOML-shaped dict a form holds: ``preset`` plus every shown field that differs from :func:`baseline`.
+    ``values``: key → widget value. Fields of other families are left out (hidden, never half-applied)."""
+    family = values.get("model.family") or None
+    base = baseline(preset) if preset else baseline(None)
+    data: dict[str, Any] = {}
+    if preset:
+        data["preset"] = preset
+    for field in fields():
+        if field.key not in values or not field.visible(family):
+            continue
+        present, value = from_widget(field, values[field.key])
+        if not present:
+            continue
+        default = base.get(field.key)
+        if _same(value, default) and field.key not in ("model.family",):
+            continue
+        data.setdefault(field.spec.section, {})[field.spec.name] = value
+    return data
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def data_to_toml(data: Mapping[str, Any]) -> str:
+    return dump_toml(dict(data))
+
+
+def form_to_toml(values: Mapping[str, Any], preset: Optional[str] = None) -> str:
+    return data_to_toml(form_to_data(values, preset))
+
+
+def validate_toml(text: str) -> Config:
+    """The Config the CLI would build from this TOML (paths in it are absolute); ConfigError otherwise."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"TOML: {str(exc).splitlines()[0]}") from None
+    return load_config(None, data=data)
+
+
+def config_to_widgets(cfg: Config) -> dict[str, Any]:
+    """key → widget value of every field, from a loaded Config (the "load TOML" button)."""
+    flat = config_to_dict(cfg)
+    out = {}
+    for field in fields():
+        value = flat.get(field.spec.section, {}).get(field.spec.name)
+        out[field.key] = to_widget(field, value)
+    return out
+
+
+def error_key(message: str) -> Optional[str]:
+    """The ``section.key`` a loader message starts with, when it names one the form has."""
+    head = message.split(":", 1)[0].strip()
+    parts = head.split(".")
+    if len(parts) >= 2:
+        key = f"{parts[0]}.{parts[1]}"
+        if parts[0] in field_specs() and parts[1] in field_specs()[parts[0]]:
+            return key
+    return None
+
+
+def apply_overrides_to_toml(text: str, overrides: Sequence[str]) -> str:
+    """``section.key=value`` changes applied to a TOML text (duplicate with changes); relative paths in the
+    changes are made absolute against the current folder, as the CLI's overrides are."""
+    data = tomllib.loads(text)
+    for item in overrides:
+        parts, value = parse_override(item)
+        if parts == ["preset"]:
+            data["preset"] = value
+            continue
+        section = data.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{parts[0]}: must be a table")
+        spec = field_specs().get(parts[0], {}).get(parts[1])
+        if spec is not None and spec.meta.get("kind") == "path" and isinstance(value, str) and value.strip():
+            value = os.path.abspath(os.path.expanduser(value.strip()))
+        if len(parts) == 3:
+            table = section.get(parts[1])
+            table = dict(table) if isinstance(table, dict) else {}
+            table[parts[2]] = value
+            value = table
+        section[parts[1]] = value
+    return dump_toml(data)

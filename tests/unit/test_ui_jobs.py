@@ -1,0 +1,256 @@
+"""The UI's job store: states after crashes are read from the processes and the run folder, never assumed.
+
+Jobs here run a stand-in command instead of training (``JobStore.python`` points at a tiny script that behaves like
+``python -m lorakit train``: it writes run.json and metrics, then exits as told), so every crash case takes a moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from lorakit.errors import ConfigError
+from lorakit.ui.jobs import JobError, JobStore, alive, tail
+from lorakit.ui.runner import process_start
+
+FAKE = textwrap.dedent('''
+    """Stands in for `python -m lorakit ...`: behaves as told by $FAKE_MODE."""
+    import json, os, sys, time, tomllib, signal
+    from pathlib import Path
+    args = sys.argv[1:]
+    if args[:2] == ["-m", "lorakit.ui.runner"]:   # the runner itself is real
+        sys.path.insert(0, os.environ["LORAKIT_SRC"])
+        from lorakit.ui.runner import main
+        sys.exit(main(args[2:]))
+    assert args[:3] == ["-m", "lorakit", "train"], args
+    if args[3] == "--resume":
+        run = Path(args[4])
+    else:
+        cfg = tomllib.loads(Path(args[3]).read_text())
+        run = Path(cfg["save"]["dir"]) / cfg["save"]["name"]
+        run.mkdir(parents=True)
+        (run / "config.toml").write_text(Path(args[3]).read_text())
+    mode = os.environ.get("FAKE_MODE", "finish")
+    def status(**kw):
+        p = run / "run.json"
+        d = json.loads(p.read_text()) if p.exists() else {}
+        d.update(kw, pid=os.getpid())
+        p.write_text(json.dumps(d))
+    status(status="running", step=0, max_steps=10)
+    print("step 1 of 10", flush=True)
+    if mode == "finish":
+        status(status="finished", step=10)
+    elif mode == "error":
+        print("Traceback: boom", flush=True)
+        sys.exit(1)
+    elif mode == "failed":
+        status(status="failed", step=3, error="step 3: loss nan is not finite; stopped")
+        sys.exit(2)
+    elif mode in ("hang", "sigint"):
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            print("lorakit: interrupted", flush=True)
+            sys.exit(130)
+''')
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    script = tmp_path / "fake_python.py"
+    script.write_text(FAKE)
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("LORAKIT_SRC", str(Path(__file__).resolve().parents[2]))
+    started: list[JobStore] = []
+
+    def make(mode: str = "finish") -> JobStore:
+        env = dict(os.environ, FAKE_MODE=mode)
+        store = JobStore(tmp_path / "home", python=str(wrapper), env=env)
+        started.append(store)
+        return store
+
+    yield make
+    for store in started:  # end what this test started (pid and start time checked), never anything else
+        for job in store.list():
+            runner = _read(job.job_dir / "runner.json")
+            for pid, start in ((job.pid, job.pid_start), (runner.get("child_pid"), runner.get("child_start"))):
+                if alive(pid, start):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _toml(tmp_path: Path, name: str = "job", device: str = "cpu") -> str:
+    data = tmp_path / "data" / "10_zkx shape"
+    data.mkdir(parents=True, exist_ok=True)
+    return textwrap.dedent(f'''
+        [model]
+        family = "sdxl"
+        checkpoint = "{tmp_path / 'base.safetensors'}"
+        [data]
+        dir = "{tmp_path / 'data'}"
+        [training]
+        device = "{device}"
+        [save]
+        dir = "{tmp_path / 'runs'}"
+        name = "{name}"
+    ''')
+
+
+def _wait_running(job, timeout: float = 30.0) -> None:
+    """Until the stand-in run is in its loop (it printed its first step)."""
+    deadline = time.time() + timeout
+    while "step 1 of 10" not in (job.log_path.read_text() if job.log_path.exists() else ""):
+        assert time.time() < deadline, "the job never started"
+        time.sleep(0.05)
+    _wait_file(job.job_dir / "runner.json")
+
+
+def _settle(store: JobStore, job_id: int, states=("finished", "failed", "stopped"), timeout: float = 30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = store.reconcile_one(store.get(job_id))
+        if job.state in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {store.get(job_id).state}")
+
+
+def _wait_file(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_finished_job_and_exact_toml(fake, tmp_path):
+    store = fake("finish")
+    text = _toml(tmp_path)
+    job = store.add(text)
+    assert job.state == "running" and job.toml_path.read_text() == text
+    job = _settle(store, job.id)
+    assert job.state == "finished"
+    exit_info = json.loads((job.job_dir / "exit.json").read_text())
+    assert exit_info == {"attempt": 1, "rc": 0, "ended_at": exit_info["ended_at"]}
+    assert "step 1 of 10" in job.log_path.read_text()
+
+
+def test_dead_pid_with_run_json_running_is_failed_with_log_tail(fake, tmp_path):
+    """A run killed outright (no exit status): run.json still says running, the UI must not."""
+    store = fake("hang")
+    job = store.add(_toml(tmp_path))
+    _wait_running(job)
+    runner = json.loads((job.job_dir / "runner.json").read_text())
+    os.kill(runner["child_pid"], signal.SIGKILL)
+    os.kill(runner["runner_pid"], signal.SIGKILL)
+    job = _settle(store, job.id)
+    assert json.loads((job.run_dir / "run.json").read_text())["status"] == "running"
+    assert job.state == "failed"
+    assert "without an exit status" in job.note and "step 1 of 10" in job.note
+
+
+def test_restarted_store_finds_running_job_and_stop_resume(fake, tmp_path):
+    store = fake("sigint")
+    job = store.add(_toml(tmp_path))
+    _wait_running(job)
+    again = fake("sigint")  # a restarted UI: a new store on the same home, no child handles
+    found = again.reconcile_one(again.get(job.id))
+    assert found.state == "running" and alive(found.pid, found.pid_start)
+    assert again.stop(job.id).state == "stopping"
+    job = _settle(again, job.id)
+    assert job.state == "stopped" and "interrupted" in job.note
+    assert job.note.startswith("stopped at step 0; Resume continues from step 0 (the last complete checkpoint)")
+    assert json.loads((job.job_dir / "exit.json").read_text())["rc"] == 130
+    resumed = again.resume(job.id)
+    assert resumed.state == "running" and resumed.attempt == 2
+    deadline = time.time() + 30
+    while job.log_path.read_text().count("step 1 of 10") < 2:
+        assert time.time() < deadline, "the resumed job never started"
+        time.sleep(0.05)
+    again.stop(job.id)
+    assert _settle(again, job.id).state == "stopped"
+    assert "--resume" in job.log_path.read_text()
+
+
+def test_failed_run_json_and_crash_exit(fake, tmp_path):
+    store = fake("failed")
+    a = _settle(store, store.add(_toml(tmp_path, "a")).id)
+    assert a.state == "failed" and a.note.startswith("step 3: loss nan is not finite")
+    store2 = fake("error")
+    b = _settle(store2, store2.add(_toml(tmp_path, "b")).id)
+    assert b.state == "failed" and "exited with status 1" in b.note and "Traceback: boom" in b.note
+
+
+def test_reused_pid_is_not_the_job(fake, tmp_path):
+    """A pid that now belongs to another process (another start time) does not keep a job running."""
+    store = fake("finish")
+    job = _settle(store, store.add(_toml(tmp_path)).id)
+    store._set(job.id, state="running", pid=os.getpid(), pid_start="1")  # our pid, another start time
+    (job.job_dir / "runner.json").unlink()
+    assert alive(os.getpid(), process_start(os.getpid())) and not alive(os.getpid(), "1")
+    assert store.reconcile_one(store.get(job.id)).state == "finished"  # from run.json, not "running"
+
+
+def test_one_job_per_device_and_queue(fake, tmp_path):
+    store = fake("sigint")
+    first = store.add(_toml(tmp_path, "one"))
+    second = store.add(_toml(tmp_path, "two"))
+    assert (first.state, store.get(second.id).state) == ("running", "queued")
+    _wait_running(first)
+    store.stop(first.id)
+    _settle(store, first.id)
+    store.schedule()
+    assert store.get(second.id).state == "running"
+
+
+def test_refusals(fake, tmp_path):
+    store = fake("sigint")
+    job = store.add(_toml(tmp_path, "same"))
+    with pytest.raises(ConfigError, match=r"^save.name: .*already the output folder of job 1"):
+        store.add(_toml(tmp_path, "same"))
+    with pytest.raises(JobError, match="stop it first"):
+        store.delete(job.id)
+    with pytest.raises(JobError, match="only a stopped or failed job can be resumed"):
+        store.resume(job.id)
+    with pytest.raises(ConfigError, match=r"^network.rank: must be an integer ≥ 1, got 0"):
+        store.add(_toml(tmp_path, "other") + "[network]\nrank = 0\n")
+    assert [j.name for j in store.list()] == ["same"]  # nothing half-added
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    (tmp_path / "runs" / "taken" / "mine.txt").write_text("user file")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        store.add(_toml(tmp_path, "taken"))
+    assert (tmp_path / "runs" / "taken" / "mine.txt").read_text() == "user file"
+
+
+def test_duplicate_with_changes_and_delete_keeps_run(fake, tmp_path):
+    store = fake("finish")
+    job = _settle(store, store.add(_toml(tmp_path, "base")).id)
+    dup = store.duplicate(job.id, ["training.max_steps=7"])
+    assert dup.name == "base-2" and dup.state == "stopped" and dup.parent == job.id
+    text = dup.toml_path.read_text()
+    assert "max_steps = 7" in text and 'name = "base-2"' in text
+    store.delete(job.id)
+    assert not job.job_dir.exists() and (job.run_dir / "run.json").exists()
+    with pytest.raises(JobError, match="no such job"):
+        store.get(job.id)
+
+
+def test_tail_keeps_last_progress_state(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("a\nbar 1%\rbar 50%\rbar 100%\nwarning: x\n\n")
+    assert tail(log, 2) == "bar 100%\nwarning: x"
