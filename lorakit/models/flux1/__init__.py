@@ -2,5 +2,6 @@
 
 from .adapter import SPEC, Adapter
 from .keys import lora_key_universe
+from .toy import TOY
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe"]
+__all__ = ["SPEC", "TOY", "Adapter", "lora_key_universe"]

@@ -2,5 +2,6 @@
 
 from lorakit.models.sdxl.adapter import SPEC, Adapter
 from lorakit.models.sdxl.keys import lora_key_universe
+from lorakit.models.sdxl.toy import TOY
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe"]
+__all__ = ["SPEC", "TOY", "Adapter", "lora_key_universe"]
