@@ -2,7 +2,8 @@
 
 Shared code (the loop, the data pipeline, the CLI) talks to a family only through these two types and
 never asks "is this FLUX?". A family is one package under ``lorakit/models/<family>/`` that exposes
-``SPEC`` and ``Adapter`` in its ``__init__``; :mod:`lorakit.models.registry` finds it by name.
+``SPEC`` and ``Adapter`` in its ``__init__``; :mod:`lorakit.models.registry` finds it by name. It may also expose
+``TOY`` (a :class:`ToyRecipe`): tiny components for the toy world (docs/toy.md).
 """
 
 from __future__ import annotations
