@@ -40,9 +40,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     out = Path(args.out) if args.out else ASSETS
+    from lorakit.errors import LorakitError
+
     families = toy_families() if args.family == "all" else [args.family]
-    for fam in families:
-        toy_recipe(fam)                                   # an unknown family fails before any build starts
+    try:
+        for fam in families:
+            toy_recipe(fam)                               # an unknown family fails before any build starts
+    except LorakitError as exc:
+        print(f"python -m lorakit.toy build: {exc}", file=sys.stderr)
+        return 2
     for fam in families:
         report = build(fam, out, args.plan)
         print(f"{fam}: {report['seconds']} s")
