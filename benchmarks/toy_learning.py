@@ -18,6 +18,7 @@ from pathlib import Path
 import contextlib
 
 from lorakit.toy.demo import broken_objective, run_eval
+from lorakit.toy.paths import toy_families
 
 KEYS = ("concept_rate_before", "concept_rate_after", "concept_score_before", "concept_score_after",
         "concept_colour_match_after", "drift_shape_agreement", "drift_concept_leak", "drift_pixel", "train_seconds")
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--append", action="store_true")
     args = ap.parse_args()
     rows = []
-    for family in ("sdxl", "flux1"):
+    for family in toy_families():
         for variant in ("real objective", "broken (target = x0)"):
             broken = broken_objective(family) if variant.startswith("broken") else contextlib.nullcontext()
             with broken:

@@ -92,24 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("toy", help="the embedded toy world")
     tsub = toy.add_subparsers(dest="toy_command")
-    tp = tsub.add_parser("path", help="print the toy base files as 'role path' lines")
-    tp.add_argument("family")
+    tp = tsub.add_parser("path", help="print the toy base files as 'role path' lines (no FAMILY: the toy families)")
+    tp.add_argument("family", nargs="?")
     tp.set_defaults(func=cmd_toy_path)
     td = tsub.add_parser("dataset", help="write the demo dataset (kohya folder layout)")
     td.add_argument("dir")
     td.set_defaults(func=cmd_toy_dataset)
     tb = tsub.add_parser("build", help="rebuild the toy base models")
-    tb.add_argument("--family", default="all")
+    tb.add_argument("--family", default="all", help="a family with a toy, or 'all'")
     tb.set_defaults(func=cmd_toy_build)
     te = tsub.add_parser("eval", help="learning benchmark: train on the toy world and score the concept")
-    te.add_argument("--family", default="sdxl")
+    te.add_argument("--family", default=None, help="a family with a toy (default: the demo's)")
     te.add_argument("--out", default="demo-output/eval")
     te.add_argument("--steps", type=int, default=None)
     te.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
     te.set_defaults(func=cmd_toy_eval)
 
     demo = sub.add_parser("demo", help="train a LoRA on the toy world (what `make demo` runs)")
-    demo.add_argument("--family", default="sdxl")
+    demo.add_argument("--family", default=None, help="a family with a toy (`lorakit toy path` lists them); default: "
+                      "the one whose toy recipe says default_demo")
     demo.add_argument("--out", default="demo-output")
     demo.add_argument("--steps", type=int, default=None)
     demo.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
@@ -228,8 +229,11 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_toy_path(args) -> int:
-    from lorakit.toy.paths import toy_paths
+    from lorakit.toy.paths import toy_families, toy_paths
 
+    if args.family is None:
+        print("\n".join(toy_families()))
+        return 0
     for role, path in toy_paths(args.family).items():
         print(f"{role} {path}")
     return 0
@@ -244,23 +248,25 @@ def cmd_toy_dataset(args) -> int:
 
 
 def cmd_toy_build(args) -> int:
-    from lorakit.toy.build import main as build_main
+    from lorakit.toy.__main__ import main as toy_main
 
-    return int(build_main(["--family", args.family]) or 0)
+    return int(toy_main(["build", "--family", args.family]) or 0)
 
 
 def cmd_toy_eval(args) -> int:
     from lorakit.toy.demo import run_eval
+    from lorakit.toy.paths import default_toy_family
 
-    result = run_eval(args.family, Path(args.out), steps=args.steps, caption=args.caption)
+    result = run_eval(args.family or default_toy_family(), Path(args.out), steps=args.steps, caption=args.caption)
     print(json.dumps(result, indent=2))
     return 0
 
 
 def cmd_demo(args) -> int:
     from lorakit.toy.demo import run_demo
+    from lorakit.toy.paths import default_toy_family
 
-    run_demo(args.family, Path(args.out), steps=args.steps, caption=args.caption)
+    run_demo(args.family or default_toy_family(), Path(args.out), steps=args.steps, caption=args.caption)
     return 0
 
 

@@ -6,13 +6,14 @@ never asks "is this FLUX?". A family is one package that exposes ``SPEC`` and ``
 point; :mod:`lorakit.models.registry` finds it by ``SPEC.family``. Optional module-level functions of the package:
 ``lora_key_universe() -> frozenset[str]`` (every LoRA module name, in the layouts ``export`` writes, that a full-size
 base accepts; `lorakit inspect` matches files against it) and ``write_tiny_checkpoint(folder) -> dict`` (a tiny random
-base model and the ModelCfg roles that load it; the contract tests run over it). docs/families.md walks through it all.
+base model and the ModelCfg roles that load it; the contract tests run over it). docs/families.md walks through it all. It may also expose
+``TOY`` (a :class:`ToyRecipe`): tiny components for the toy world (docs/toy.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import torch
 from torch import nn
@@ -168,3 +169,56 @@ class ModelAdapter(Protocol):
 
     def metadata(self, config: Any) -> dict[str, str]:
         """Family-specific ss_*/modelspec.* metadata entries (strings)."""
+
+
+@dataclass(frozen=True)
+class ToyDemo:
+    """How ``lorakit demo`` / ``lorakit toy eval`` train and sample a LoRA on a family's toy (a CPU run of minutes)."""
+
+    steps: int = 400                  # LoRA training steps
+    lr: float = 1e-3
+    rank: int = 8
+    sample_steps: int = 20            # sampling steps of previews and of the learning benchmark
+    cfg_scale: float = 4.0            # classifier-free guidance when sampling (1.0 = off, e.g. guidance-distilled)
+
+
+@dataclass(frozen=True)
+class ToyRecipe:
+    """A family's toy base model: tiny modules of its real classes, pretrained on lorakit's toy world.
+
+    A family package exposes one as ``TOY`` in its ``__init__`` (optional: a family without ``TOY`` has no toy).
+    The toy world (:mod:`lorakit.toy`) builds, trains, samples and ships it only through this recipe and the family's
+    own Adapter; it never names a family. Roles are the keys of ``make()``'s dict (the family's own names).
+    """
+
+    # role -> file (or folder) name under ``lorakit/toy/assets/<family>/``. Roles other than "config" are ``[model]``
+    # keys of the config (``checkpoint``, ``clip_l``, ...); "config" is the diffusers config folder (``model.config_dir``)
+    files: Mapping[str, str]
+    # the tiny component configs by role (diffusers / transformers kwargs, with ``_class_name`` etc.)
+    configs: Callable[[], dict[str, dict[str, Any]]]
+    # fresh, seeded modules of the real classes by role (text encoders in eval mode)
+    make: Callable[[int], dict[str, nn.Module]]
+    # the role of the AutoencoderKL in ``make()``'s dict (pretrained first, then re-targeted to the SPEC's vae_scale and
+    # vae_shift by lorakit.toy.build)
+    vae: str
+    # (modules, Config) -> the family's Adapter bound to these in-memory modules (frozen, eval mode, on the CPU), in the
+    # state ``Adapter.load`` leaves; the toy build trains ``adapter.denoiser()`` through ``noise`` and ``predict``
+    adapter: Callable[[dict[str, nn.Module], Any], "ModelAdapter"]
+    # (modules, facts, out folder) -> role -> path: the real single-file layouts written with the family's converters,
+    # plus the diffusers config folder (role "config"). ``facts`` has ``scaling_factor`` / ``shift_factor`` (the SPEC's)
+    save: Callable[[dict[str, nn.Module], dict[str, Any], Any], dict[str, Any]]
+    demo: ToyDemo = ToyDemo()
+    # [training] keys every toy run sets: pretraining, the demo, the learning benchmark (FLUX.1: t5_max_length = 64)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    # [training] keys of the pretraining only (e.g. SDXL's noise_offset), applied over ``training``
+    pretrain: Mapping[str, Any] = field(default_factory=dict)
+    # (adapter, noised, batch, generator) -> prediction: how pretraining calls the denoiser when it needs more than
+    # ``adapter.predict`` (FLUX.1-dev draws a random guidance value per sample); None = ``adapter.predict``
+    pretrain_predict: Optional[Callable[[Any, NoisedInput, Batch, torch.Generator], torch.Tensor]] = None
+    # the family ``lorakit demo`` trains when no --family is given (the first toy family that says so)
+    default_demo: bool = False
+
+
+def init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers / transformers config dict (as ``config.json`` holds it) → constructor keyword arguments."""
+    return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "model_type")}

@@ -18,7 +18,7 @@ import torch
 
 from lorakit.config.load import load_config
 from lorakit.fsutil import write_json
-from lorakit.toy.paths import toy_paths
+from lorakit.toy.paths import model_section, toy_recipe
 from lorakit.toy.world import DEFAULT_TRIGGER, write_demo_dataset, write_reg_dataset
 
 DEMO_PROMPTS = [
@@ -28,36 +28,24 @@ DEMO_PROMPTS = [
     "a red circle on a blue background --d 4",
 ]
 
-# Per-family recipe for a CPU demo of a few minutes (the toy models are tiny; rank/lr are set for that).
-DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "sdxl": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 4.0},
-    # the toy FLUX was pretrained with 64 T5 tokens; guidance-distilled sampling (no true CFG)
-    "flux1": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 1.0,
-              "training": {"t5_max_length": 64}},
-}
-
 
 def demo_config(family: str, dataset_dir: Path, out_dir: Path, name: str, steps: Optional[int] = None,
                 overrides: tuple[str, ...] = ()):
-    """The resolved Config of a toy-world run (the same schema a user's run.toml fills)."""
-    s = DEMO_SETTINGS[family]
-    paths = toy_paths(family)
-    model: dict[str, Any] = {"family": family, "checkpoint": str(paths["checkpoint"]),
-                             "config_dir": str(paths["config"])}
-    for role in ("clip_l", "t5xxl", "ae"):
-        if role in paths:
-            model[role] = str(paths[role])
-    total = steps or s["steps"]
+    """The resolved Config of a toy-world run (the same schema a user's run.toml fills); the family's toy recipe
+    (``TOY.demo``, ``TOY.training``) sets rank, lr, steps, sampling and its own [training] keys."""
+    recipe = toy_recipe(family)
+    s = recipe.demo
+    total = steps or s.steps
     data = {
-        "model": model,
+        "model": model_section(family),
         "data": {"dir": str(dataset_dir / "train"), "reg_dir": str(dataset_dir / "reg"), "resolution": 64,
                  "min_bucket_reso": 64, "max_bucket_reso": 128,
                  "cache_dir": str(out_dir / "cache")},
-        "network": {"rank": s["rank"], "alpha": float(s["rank"])},
-        "optimizer": {"name": "adamw", "lr": s["lr"], "scheduler": "cosine_with_min_lr", "warmup_steps": 10},
+        "network": {"rank": s.rank, "alpha": float(s.rank)},
+        "optimizer": {"name": "adamw", "lr": s.lr, "scheduler": "cosine_with_min_lr", "warmup_steps": 10},
         "training": {"max_steps": total, "batch_size": 4, "seed": 42, "mixed_precision": "no", "device": "cpu",
-                     **s.get("training", {})},
-        "sample": {"prompts": list(DEMO_PROMPTS), "steps": s["sample_steps"], "cfg_scale": s["cfg_scale"],
+                     **recipe.training},
+        "sample": {"prompts": list(DEMO_PROMPTS), "steps": s.sample_steps, "cfg_scale": s.cfg_scale,
                    "every_n_steps": 0},
         "save": {"dir": str(out_dir / "runs"), "name": name, "every_n_steps": max(total // 3, 1),
                  "keep_last": 2},
@@ -138,22 +126,22 @@ def lora_generator(cfg, run_dir: Path):
     adapter = family.Adapter(cfg)
     adapter.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
     state = checkpoint.load_state(RunDir(run_dir, cfg.save.name).latest_state())
-    modules = {"unet": adapter.denoiser(), "transformer": adapter.denoiser(), **adapter.text_encoder_modules()}
+    modules = {adapter.spec.denoiser_name: adapter.denoiser(), **adapter.text_encoder_modules()}
     for component, loras in state["lora"].items():
         module = modules[component]
         inject_lora(module, {n: int(m.down.shape[0]) for n, m in loras.items()},
                     {n: float(m.alpha) for n, m in loras.items()}, 0.0)
         load_lora_into(module, loras)
     roots = list({id(m): m for m in modules.values()}.values())
-    s = DEMO_SETTINGS[cfg.model.family]
+    s = toy_recipe(cfg.model.family).demo
 
     def generate(prompts: list[str], seeds: list[int], with_lora: bool):
         for m in roots:
             enable_lora(m, with_lora)
         images = []
         for prompt, seed in zip(prompts, seeds):
-            p = SamplePrompt(prompt=prompt, width=64, height=64, steps=s["sample_steps"], seed=seed,
-                             cfg_scale=s["cfg_scale"])
+            p = SamplePrompt(prompt=prompt, width=64, height=64, steps=s.sample_steps, seed=seed,
+                             cfg_scale=s.cfg_scale)
             with torch.no_grad():
                 images.append(adapter.sample(p, torch.Generator().manual_seed(seed)))
         for m in roots:

@@ -1,9 +1,10 @@
-"""Sampling straight from the toy models, and the learning benchmark (concept score before/after, drift).
+"""Sampling the toy models through their family adapters, and the learning benchmark (concept score before/after,
+drift).
 
-The samplers here use the modules directly (no pipeline): DDIM for SDXL's ε-prediction UNet and flow Euler
-for FLUX, both with classifier-free guidance (the toy bases were trained with 10 % caption dropout).
-They exist so the build and the tests can check what a toy base draws without depending on the family
-adapters; the lead wires ``evaluate`` to the adapters' own sampling and the trained LoRA.
+A toy model here is its family's Adapter, loaded from the shipped files (``load_toy``: the same ``Adapter.load`` a
+run uses) or bound to freshly built modules (``from_modules``); images are drawn with ``Adapter.sample`` (the
+family's own sampler, classifier-free guidance as the recipe's demo settings say: the toy bases were trained with
+10 % caption dropout). Nothing here knows a family.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from lorakit.data.images import to_images
 from lorakit.toy import detector, world
 
 # Fixed benchmark prompts. The concept prompts name the trigger; the drift prompts never do.
@@ -34,123 +34,51 @@ Generate = Callable[[list[str], list[int], bool], list[Image.Image]]
 
 @dataclass
 class ToyModel:
-    """One family's toy modules in diffusers/transformers classes, plus what sampling needs."""
+    """One family's toy: its Adapter (loaded or bound to in-memory modules) and the recipe's demo settings."""
 
     family: str
-    denoiser: torch.nn.Module
-    vae: torch.nn.Module
-    encode_text: Callable[[list[str]], dict[str, torch.Tensor]]
-    scaling_factor: float
-    shift_factor: float
+    adapter: Any
+    demo: Any                          # lorakit.models.base.ToyDemo
 
 
-def from_modules(family: str, modules: dict[str, Any], scaling_factor: float, shift_factor: float) -> ToyModel:
-    """Wrap freshly built (or loaded) modules; tokenizers are lorakit's shipped ones."""
-    from lorakit.toy import build
+def from_modules(family: str, modules: dict[str, Any]) -> ToyModel:
+    """Freshly built (or loaded) modules of ``family``'s toy, behind the family Adapter (``TOY.adapter``)."""
+    from lorakit.toy.build import toy_config
+    from lorakit.toy.paths import toy_recipe
 
-    tok_a, tok_b = build.tokenizers(family)
-    if family == "sdxl":
-        enc = lambda p: build.sdxl_encode_text(modules["te1"], modules["te2"], tok_a, tok_b, p)  # noqa: E731
-        return ToyModel(family, modules["unet"], modules["vae"], enc, scaling_factor, shift_factor)
-    enc = lambda p: build.flux_encode_text(modules["clip_l"], modules["t5"], tok_a, tok_b, p)  # noqa: E731
-    return ToyModel(family, modules["transformer"], modules["ae"], enc, scaling_factor, shift_factor)
+    recipe = toy_recipe(family)
+    return ToyModel(family, recipe.adapter(modules, toy_config(family)), recipe.demo)
 
 
 def load_toy(family: str, dtype: torch.dtype = torch.float32, root: Optional[Path] = None) -> ToyModel:
-    """Load the shipped toy model (or one built under ``root``) through diffusers' single-file loader (SDXL)
-    or lorakit's FLUX converters."""
-    from lorakit.toy.paths import toy_paths
+    """The shipped toy model (or one built under ``root``), loaded by the family Adapter from its files."""
+    from lorakit.models.registry import get_family
+    from lorakit.toy.build import toy_config
+    from lorakit.toy.paths import model_section, toy_recipe
 
-    p = toy_paths(family, root)
-    if family == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline.from_single_file(str(p["checkpoint"]), config=str(p["config"]),
-                                                          torch_dtype=dtype)
-        mods = {"unet": pipe.unet, "vae": pipe.vae, "te1": pipe.text_encoder, "te2": pipe.text_encoder_2}
-        vcfg = pipe.vae.config
-        return from_modules(family, mods, vcfg.scaling_factor, 0.0)
-    mods = _load_flux_modules(p, dtype)
-    vcfg = mods["ae"].config
-    return from_modules(family, mods, vcfg.scaling_factor, vcfg.shift_factor or 0.0)
-
-
-def _load_flux_modules(p: dict, dtype: torch.dtype) -> dict[str, Any]:
-    """BFL transformer + AE through lorakit's converters, CLIP-L/T5 through transformers (HF key layout)."""
-    import json
-
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-    from safetensors.torch import load_file
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    from lorakit.models.flux1 import convert
-
-    cfg_dir = p["config"]
-    read = lambda sub: json.loads((cfg_dir / sub / "config.json").read_text())  # noqa: E731
-    strip = lambda c: {k: v for k, v in c.items() if not k.startswith("_") and k not in ("architectures", "model_type")}  # noqa: E731
-    tr = FluxTransformer2DModel(**strip(read("transformer")))
-    tr.load_state_dict(convert.bfl_to_diffusers(load_file(str(p["checkpoint"]))))
-    ae_cfg = read("vae")
-    ae = AutoencoderKL(**strip(ae_cfg))
-    ae.load_state_dict(convert.ae_bfl_to_diffusers(load_file(str(p["ae"])), ae_cfg))
-    clip = CLIPTextModel(CLIPTextConfig(**strip(read("text_encoder"))))
-    csd = {k.removeprefix("text_model."): v for k, v in load_file(str(p["clip_l"])).items()}
-    clip.load_state_dict(csd, strict=False)
-    t5 = T5EncoderModel(T5Config(**strip(read("text_encoder_2"))))
-    tsd = load_file(str(p["t5xxl"]))
-    tsd.setdefault("encoder.embed_tokens.weight", tsd["shared.weight"])
-    t5.load_state_dict(tsd, strict=False)
-    return {k: m.to(dtype).eval() for k, m in
-            {"transformer": tr, "ae": ae, "clip_l": clip.eval(), "t5": t5.eval()}.items()}
+    cfg = toy_config(family, model=model_section(family, root))
+    adapter = get_family(family).Adapter(cfg)
+    adapter.load(cfg.model, cfg.memory, torch.device("cpu"), dtype)
+    return ToyModel(family, adapter, toy_recipe(family).demo)
 
 
 # --------------------------------------------------------------------------------------- sampling
 
-def _initial_noise(model: ToyModel, seeds: Sequence[int]) -> torch.Tensor:
-    ch = model.vae.config.latent_channels
-    res = world.IMAGE_SIZE // (2 ** (len(model.vae.config.block_out_channels) - 1))
-    return torch.cat([torch.randn(1, ch, res, res, generator=torch.Generator().manual_seed(int(s)))
-                      for s in seeds])
-
-
 @torch.no_grad()
-def decode(model: ToyModel, latents: torch.Tensor) -> list[Image.Image]:
-    """Unscale/unshift latents, decode with the VAE, convert to 8-bit RGB images."""
-    x = model.vae.decode(latents / model.scaling_factor + model.shift_factor).sample
-    return to_images(x)
+def sample(model: ToyModel, prompts: list[str], seeds: Sequence[int], steps: Optional[int] = None,
+           cfg: Optional[float] = None, guidance: float = 3.5) -> list[Image.Image]:
+    """One image per (prompt, seed) with the family's own sampler (``Adapter.sample``), at the world's size; an
+    empty negative prompt. ``steps`` / ``cfg`` default to the recipe's demo settings; ``guidance`` is the
+    guidance-embedding value of families that have one."""
+    from lorakit.models.base import SamplePrompt
 
-
-@torch.no_grad()
-def sample(model: ToyModel, prompts: list[str], seeds: Sequence[int], steps: int = 20, cfg: float = 4.0,
-           guidance: float = 3.5) -> list[Image.Image]:
-    """Draw one image per (prompt, seed): DDIM (SDXL) or flow Euler (FLUX), with classifier-free guidance."""
-    from lorakit.toy import build
-    from lorakit.diffusion import objectives as obj
-
-    x = _initial_noise(model, seeds)
-    b = x.shape[0]
-    text = model.encode_text(list(prompts) + [""] * b)
-    def both(fn):
-        out = fn(torch.cat([x, x]), text)
-        cond, unc = out.chunk(2)
-        return unc + cfg * (cond - unc)
-    if model.family == "sdxl":
-        acp = obj.ddpm_alphas_cumprod()
-        ts = torch.linspace(999, 0, steps).round().long()
-        for i, t in enumerate(ts):
-            eps = both(lambda xx, tx: build.sdxl_predict(model.denoiser, xx, t.repeat(xx.shape[0]), tx))
-            a = acp[t]
-            a_prev = acp[ts[i + 1]] if i + 1 < steps else torch.tensor(1.0)
-            x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
-            x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
-    else:
-        sigmas = obj.flow_schedule(steps, seq_len=(x.shape[-1] // 2) * (x.shape[-2] // 2))
-        for i in range(steps):
-            s = sigmas[i].repeat(2 * b)
-            g = torch.full((2 * b,), guidance)
-            v = both(lambda xx, tx: build.flux_predict(model.denoiser, xx, s, tx, g))
-            x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return decode(model, x)
+    steps = steps or model.demo.sample_steps
+    cfg = model.demo.cfg_scale if cfg is None else cfg
+    size = world.IMAGE_SIZE
+    return [model.adapter.sample(SamplePrompt(prompt=p, width=size, height=size, steps=steps, seed=int(s),
+                                              cfg_scale=float(cfg), guidance=guidance),
+                                 torch.Generator().manual_seed(int(s)))
+            for p, s in zip(prompts, seeds)]
 
 
 # --------------------------------------------------------------------------------------- benchmark

@@ -24,17 +24,25 @@ def _has_assets(family: str) -> bool:
 # The toy assets ship in the repository: a missing file is a failure, never a skip.
 
 
-@pytest.mark.parametrize("family", paths.FAMILIES)
+TOY_FAMILIES = paths.toy_families()
+
+
+def test_the_shipped_families_have_toys():
+    assert {"sdxl", "flux1"} <= set(TOY_FAMILIES)
+
+
+@pytest.mark.parametrize("family", TOY_FAMILIES)
 def test_toy_assets_are_shipped(family):
     assert _has_assets(family), f"lorakit/toy/assets/{family} is missing: run python -m lorakit.toy build"
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+@pytest.mark.parametrize("family", TOY_FAMILIES)
 def test_quick_build_is_bit_for_bit(tmp_path, family):
     a = build.build(family, tmp_path / "a", plan_name="quick")
     b = build.build(family, tmp_path / "b", plan_name="quick")
     ha = {r: f["sha256"] for r, f in a["files"].items()}
     assert ha == {r: f["sha256"] for r, f in b["files"].items()}
+    assert set(ha) == set(paths.toy_recipe(family).files) - {"config"}      # every file of the recipe's table
     assert len(ha) == (1 if family == "sdxl" else 4)
     # the config folder is identical too
     for p in sorted((tmp_path / "a" / family / "config").rglob("*.json")):
@@ -52,7 +60,7 @@ def test_missing_assets_name_the_build_command(tmp_path):
 
 
 def test_sdxl_text_encoders_differ_in_width():
-    cfg = build.sdxl_configs()
+    cfg = paths.toy_recipe("sdxl").configs()
     assert cfg["te1"]["hidden_size"] != cfg["te2"]["hidden_size"]           # stack.md pitfall 6
     assert cfg["unet"]["cross_attention_dim"] == cfg["te1"]["hidden_size"] + cfg["te2"]["hidden_size"]
     assert cfg["unet"]["projection_class_embeddings_input_dim"] == (
@@ -61,7 +69,7 @@ def test_sdxl_text_encoders_differ_in_width():
 
 def test_shipped_assets_fit_the_budget_and_match_build_json():
     total = 0
-    for fam in paths.FAMILIES:
+    for fam in TOY_FAMILIES:
         p = paths.toy_paths(fam)
         report = json.loads((p["config"].parent / "build.json").read_text())
         for role, f in report["files"].items():
@@ -103,26 +111,30 @@ FLOORS = {"sdxl": {"shape": 0.5, "colour": 0.6, "background": 0.6},
           "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5}}
 
 
-@pytest.mark.parametrize("family", paths.FAMILIES)
+@pytest.mark.parametrize("family", TOY_FAMILIES)
 def test_base_draws_what_the_prompt_says(family):
+    """Loaded by the family Adapter from the shipped files, drawn by its sampler with the recipe's CFG (SDXL 4,
+    FLUX.1-dev 1 = guidance input only)."""
     model = toy_eval.load_toy(family)
+    assert model.demo.cfg_scale == (4.0 if family == "sdxl" else 1.0)
     prompts = [p for p in PROMPTS for _ in range(2)]
-    cfg = 4.0 if family == "sdxl" else 1.0              # FLUX dev style: no true CFG
-    imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20, cfg=cfg)
+    imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20)
     r = toy_eval.prompt_following(imgs, prompts)
     for key, floor in FLOORS[family].items():
         assert r[key] >= floor, (key, r)
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+@pytest.mark.parametrize("family", TOY_FAMILIES)
 def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
     """The saved VAE speaks the real family's latent constants without changing what the denoiser sees."""
     from lorakit.toy import world
 
     torch.manual_seed(0)
-    vae = (build.make_sdxl(0)["vae"] if family == "sdxl" else build.make_flux1(0)["ae"]).eval()
+    recipe = paths.toy_recipe(family)
+    vae = recipe.make(0)[recipe.vae].eval()
     x = build.images_to_tensor([world.render(s) for s in world.sample_scenes(2, 0)])
-    real_scale, real_shift = build.REAL_LATENT[family]
+    real_scale, real_shift = build.real_latent(family)
+    assert (real_scale, real_shift) == {"sdxl": (0.13025, 0.0), "flux1": (0.3611, 0.1159)}[family]
     scale = 1.7
     shift = real_shift * real_scale / scale                       # as pretrain() chooses it
     with torch.no_grad():

@@ -2,5 +2,6 @@
 
 from .adapter import SPEC, Adapter
 from .keys import full_lora_keymap, lora_key_universe, lora_keymap
+from .toy import TOY
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe", "lora_keymap", "full_lora_keymap"]
+__all__ = ["SPEC", "TOY", "Adapter", "lora_key_universe", "lora_keymap", "full_lora_keymap"]

@@ -130,6 +130,28 @@ class Adapter:
         if not deferred_placement(memory):
             self.comps.transformer.to(self.device)
 
+    def attach(self, transformer: nn.Module, clip_l: nn.Module, t5: nn.Module, ae: nn.Module, clip_tokenizer: Any,
+               t5_tokenizer: Any, variant: str = "dev", *, device: torch.device = torch.device("cpu"),
+               dtype: torch.dtype = torch.float32) -> None:
+        """Use already built modules (tests, the toy world) instead of ``load``: the same state it leaves (frozen,
+        eval mode, the transformer on ``device`` in ``dtype``, the encoders on the CPU)."""
+        from .load import FluxComponents
+
+        if variant not in T5_DEFAULT_LENGTH:
+            raise ValueError(f"flux1 adapter: variant {variant!r} is not one of {sorted(T5_DEFAULT_LENGTH)}")
+        self.device, self.dtype = torch.device(device), dtype
+        def to(m: nn.Module, where: torch.device) -> nn.Module:   # (diffusers warns about a cast that changes nothing)
+            p = next(m.parameters())
+            return m if (p.device, p.dtype) == (where, dtype) else m.to(where, dtype)
+
+        parts = {"transformer": to(transformer, self.device), "clip_l": to(clip_l, torch.device("cpu")),
+                 "t5": to(t5, torch.device("cpu")), "ae": ae}
+        for m in parts.values():
+            m.requires_grad_(False)
+            m.eval()
+        self.comps = FluxComponents(**parts, variant=variant, clip_tokenizer=clip_tokenizer, t5_tokenizer=t5_tokenizer)
+        self._ids.clear()
+
     def before_placement(self, memory: Any, log: Any) -> None:
         """memory.modulation_on_cpu: the modulation Linears' weights stay on the CPU (modulation.py)."""
         if getattr(memory, "modulation_on_cpu", False) and self.host_modulation is None:
@@ -263,11 +285,12 @@ class Adapter:
                            weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
 
     def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor],
-                 guidance: Optional[float], host_sigmas: Optional[torch.Tensor] = None,
+                 guidance: Optional[float | torch.Tensor], host_sigmas: Optional[torch.Tensor] = None,
                  host_text: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Pack, run the transformer (σ as timestep; it scales by 1000 itself), unpack. Raw velocity out.
         ``host_sigmas`` / ``host_text``: the same values still on the host, if the caller has them (for
-        memory.modulation_on_cpu, which would otherwise read them back from the device)."""
+        memory.modulation_on_cpu, which would otherwise read them back from the device). ``guidance``: one value,
+        or one per sample (a [B] tensor on the host)."""
         from lorakit.diffusion.packing import image_position_ids, pack_latents, unpack_latents
         tr = self._c().transformer
         p = next(tr.parameters())
@@ -280,12 +303,15 @@ class Adapter:
             joint = torch.cat([to_gpu(text["t5_mask"], dev).bool(), img], dim=1)
             kwargs["joint_attention_kwargs"] = {"attention_mask": joint[:, None, None, :]}
         g = None
-        value = float(guidance if guidance is not None else 1.0)
+        per_sample = isinstance(guidance, torch.Tensor)
+        value = 1.0 if per_sample or guidance is None else float(guidance)
         if self.variant == "dev":
-            g = torch.full((b,), value, device=dev, dtype=torch.float32)
+            g = (to_gpu(guidance.float().reshape(-1).expand(b), dev) if per_sample
+                 else torch.full((b,), value, device=dev, dtype=torch.float32))
         if self.host_modulation is not None:  # the modulation outputs of this call, computed from host tensors
+            host_g = guidance.detach().float().cpu().reshape(-1).expand(b) if per_sample else torch.full((b,), value)
             self.host_modulation.prepare((sigmas if host_sigmas is None else host_sigmas).reshape(-1).expand(b),
-                                         None if g is None else torch.full((b,), value),
+                                         None if g is None else host_g,
                                          (host_text or text)["pooled"], dev)
         key = (h, w, t5.shape[1], dev)
         if key not in self._ids:  # (the transformer only reads them)
@@ -297,10 +323,12 @@ class Adapter:
                  img_ids=img_ids, txt_ids=txt_ids, guidance=g, return_dict=False, **kwargs)[0]
         return unpack_latents(out, h, w).float()
 
-    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
-        """The transformer's raw velocity prediction for a noised batch (guidance = training.guidance_scale)."""
-        return self._forward(noised.model_input, noised.timesteps, batch.text, self.cfg.training.guidance_scale,
-                             noised.host_timesteps, batch.host_text or None)
+    def predict(self, noised: NoisedInput, batch: Batch, guidance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The transformer's raw velocity prediction for a noised batch (guidance = training.guidance_scale, or
+        ``guidance``: one value per sample, as the toy's pretraining draws them)."""
+        g = self.cfg.training.guidance_scale if guidance is None else guidance
+        return self._forward(noised.model_input, noised.timesteps, batch.text, g, noised.host_timesteps,
+                             batch.host_text or None)
 
     # ------------------------------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -2,5 +2,6 @@
 
 from lorakit.models.sdxl.adapter import SPEC, Adapter
 from lorakit.models.sdxl.keys import full_lora_keymap, lora_key_universe, lora_keymap
+from lorakit.models.sdxl.toy import TOY
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe", "lora_keymap", "full_lora_keymap"]
+__all__ = ["SPEC", "TOY", "Adapter", "lora_key_universe", "lora_keymap", "full_lora_keymap"]

@@ -247,8 +247,9 @@ class Adapter:
 
     def attach(self, unet: Any, vae: Any, te1: Any, te2: Any, tokenizer1: Any, tokenizer2: Any,
                scheduler_config: Optional[dict] = None, *, device: torch.device = torch.device("cpu"),
-               dtype: torch.dtype = torch.float32) -> None:
-        """Use already built modules (tests, the toy world): the same state ``load`` leaves."""
+               dtype: torch.dtype = torch.float32, force_zeros_for_empty_prompt: Optional[bool] = None) -> None:
+        """Use already built modules (tests, the toy world): the same state ``load`` leaves.
+        ``force_zeros_for_empty_prompt``: what the model's ``model_index.json`` would say (None keeps the current)."""
         self._parts = None
         self.device, self.dtype = torch.device(device), dtype
         self.unet = unet.to(self.device, dtype)
@@ -261,6 +262,8 @@ class Adapter:
         self.tokenizer1, self.tokenizer2 = tokenizer1, tokenizer2
         if scheduler_config:
             self.scheduler_config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+        if force_zeros_for_empty_prompt is not None:
+            self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
 
     def _need(self) -> None:
         if self.unet is None:
