@@ -170,7 +170,9 @@ def run_modelspec(*, cfg: Config, family_md: dict[str, str], trigger_words: list
     return modelspec_metadata(architecture=family_md["modelspec.architecture"], title=cfg.save.name,
                               resolution=f"{w}x{h}", date=date,
                               prediction_type=family_md.get("modelspec.prediction_type"),
-                              implementation=family_md["modelspec.implementation"], extra=extra)
+                              # every lorakit family's denoiser is a diffusers class: the default implementation
+                              implementation=family_md.get("modelspec.implementation",
+                                                           "https://github.com/huggingface/diffusers"), extra=extra)
 
 
 def modelspec_metadata(*, architecture: str, title: str, resolution: str, date: str,

@@ -249,6 +249,7 @@ def _download_page(gr, state: UIState, u) -> None:
         u.dl_pick = gr.Dropdown(label="Job", choices=_job_choices(state.store), elem_id="dl-pick")
         u.dl_file = gr.Dropdown(label="LoRA file", choices=[], elem_id="dl-filepick")
         u.dl_inspect = gr.Button("Inspect", elem_id="dl-inspect")
+        u.dl_package = gr.Button("Package for CivitAI / the Hub", elem_id="dl-package")
     u.dl_download = gr.File(label="Download", interactive=False, elem_id="dl-download")
     u.dl_out = gr.Code(label="lorakit inspect", language=None, elem_id="dl-out")
 
@@ -790,6 +791,24 @@ def _download_events(gr, state: UIState, u) -> None:
         return (proc.stdout + proc.stderr).strip()
 
     u.dl_inspect.click(inspect, [u.dl_pick, u.dl_file], [u.dl_out])
+
+    def package(pick):
+        """`lorakit package` on the job's run (a new folder in it each time), offered as one zip to download."""
+        import shutil
+        import time
+
+        if not pick:
+            return None, "pick a job"
+        j = store.get(int(pick))
+        out = j.run_dir / time.strftime("package-%Y%m%d-%H%M%S")
+        proc = subprocess.run([_python(), "-m", "lorakit", "package", str(j.run_dir), "-o", str(out)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not out.is_dir():
+            return None, (proc.stdout + proc.stderr).strip()
+        archive = shutil.make_archive(str(out), "zip", root_dir=out)
+        return archive, (proc.stdout + proc.stderr).strip() + f"\nzip: {archive}"
+
+    u.dl_package.click(package, [u.dl_pick], [u.dl_download, u.dl_out])
 
 
 def _family_of(job) -> Optional[str]:

@@ -195,6 +195,7 @@ class Adapter:
     def metadata(self, config: Any) -> dict[str, str]:
         return {"ss_base_model_version": SPEC.metadata_base_version, "ss_network_module": SPEC.network_module,
                 "modelspec.architecture": "tinydit/lora", "modelspec.prediction_type": "flow",
+                "modelspec.implementation": "https://github.com/huggingface/diffusers",
                 "lorakit_timestep_sampling": str(config.training.timestep_sampling)}
 
     # ---- objective
