@@ -721,6 +721,9 @@ def _check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         raise _err("data.bucket_reso_steps",
                    f"must be a multiple of 32 for {cfg.model.family} (bucket sides must divide evenly through the "
                    f"VAE's 8x and the model's further 4x down-sampling), got {d.bucket_reso_steps}")
+    if cfg.model.family == "flux2" and d.bucket_reso_steps % 16:
+        raise _err("data.bucket_reso_steps", f"must be a multiple of 16 for flux2 (the AE's 8x and the 2x2 latent "
+                   f"patches), got {d.bucket_reso_steps}")
     if not cfg.save.name.strip() or any(c in cfg.save.name for c in '/\\:\x00') or cfg.save.name in (".", ".."):
         raise _err("save.name", f"must be a plain file name (no / \\ or :), got {_show(cfg.save.name)}")
     if not _DEVICE_RE.match(t.device):

@@ -29,14 +29,15 @@ def f(default: Any = None, doc: str = "", *, factory: Any = None, **meta: Any) -
     return field(default=default, metadata=md)
 
 
-FAMILIES = ("sdxl", "flux1")
+FAMILIES = ("sdxl", "flux1", "flux2")
 
 
 @dataclass
 class ModelCfg:
     """The base model to train against."""
 
-    family: str = f(None, "Model family: sdxl or flux1 (dev or schnell, detected from the weights).",
+    family: str = f(None, "Model family: sdxl, flux1 (dev or schnell, detected from the weights) or flux2 "
+                    "(Klein 4B / 9B or dev, detected from the weights).",
                     choices=FAMILIES, required=True)
     checkpoint: Optional[str] = f(None, "Base model: a single .safetensors file, a diffusers folder, or a hub id.",
                                   required=True, kind="path")
@@ -46,9 +47,14 @@ class ModelCfg:
                               families=("flux1",))
     t5xxl: Optional[str] = f(None, "FLUX.1: T5-XXL text encoder file (t5xxl_fp16.safetensors or fp8).", kind="path",
                              families=("flux1",))
-    ae: Optional[str] = f(None, "FLUX.1: autoencoder file (ae.safetensors).", kind="path", families=("flux1",))
-    variant: str = f("auto", "FLUX.1 variant; 'auto' detects dev/schnell from the guidance embedding.",
-                     choices=("auto", "dev", "schnell"), families=("flux1",))
+    ae: Optional[str] = f(None, "FLUX.1 / FLUX.2: autoencoder file (each its own ae.safetensors).", kind="path",
+                          families=("flux1", "flux2"))
+    text_encoder: Optional[str] = f(None, "FLUX.2: text encoder file, first of its split files, or folder (Klein 4B: "
+                                    "Qwen3-4B, Klein 9B: Qwen3-8B, dev: Mistral Small 3.1).", kind="path",
+                                    families=("flux2",))
+    variant: str = f("auto", "FLUX.1: 'auto' detects dev/schnell from the guidance embedding. FLUX.2 Klein: base or "
+                     "distilled (their weights look alike; auto reads model_index.json, else the file name).",
+                     choices=("auto", "dev", "schnell", "base", "distilled"), families=("flux1", "flux2"))
     config_dir: Optional[str] = f(None, "Diffusers config folder for single-file loading (default: the one "
                                   "shipped with lorakit for the family).", kind="path")
     tokenizer_dir: Optional[str] = f(None, "Folder with tokenizer files; default: next to a diffusers folder, "
@@ -104,14 +110,14 @@ class NetworkCfg:
     text_encoder_lr: Optional[float] = f(None, "Learning rate of the text-encoder LoRA (default: optimizer.lr).",
                                          gt=0.0)
     train_blocks: str = f("all", "FLUX.1: which transformer blocks get LoRA.", choices=("all", "double", "single"),
-                          families=("flux1",))
+                          families=("flux1", "flux2"))
     double_block_indices: Optional[str] = f(None, "FLUX.1: double-block indices, e.g. '0,2-5' (default all).",
-                                            kind="indices", families=("flux1",))
+                                            kind="indices", families=("flux1", "flux2"))
     single_block_indices: Optional[str] = f(None, "FLUX.1: single-block indices, e.g. '0-10' (default all).",
-                                            kind="indices", families=("flux1",))
+                                            kind="indices", families=("flux1", "flux2"))
     module_ranks: dict = f(None, "Per-module-type ranks (FLUX.1: img_attn, txt_attn, img_mlp, txt_mlp, img_mod, "
                            "txt_mod, single, single_mod); 0 skips the type.", factory=dict, kind="table",
-                           families=("flux1",))
+                           families=("flux1", "flux2"))
 
 
 @dataclass
@@ -152,18 +158,20 @@ class TrainingCfg:
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
     timestep_sampling: str = f("flux_shift", "FLUX.1: sigma sampling.",
                                choices=("uniform", "sigmoid", "logit_normal", "shift", "flux_shift"),
-                               families=("flux1",))
+                               families=("flux1", "flux2"))
     sigmoid_scale: float = f(1.0, "FLUX.1: scale of the normal sample before the sigmoid.", gt=0.0,
-                             families=("flux1",))
-    logit_mean: float = f(0.0, "FLUX.1: logit-normal mean.", families=("flux1",))
-    logit_std: float = f(1.0, "FLUX.1: logit-normal std.", gt=0.0, families=("flux1",))
+                             families=("flux1", "flux2"))
+    logit_mean: float = f(0.0, "FLUX.1: logit-normal mean.", families=("flux1", "flux2"))
+    logit_std: float = f(1.0, "FLUX.1: logit-normal std.", gt=0.0, families=("flux1", "flux2"))
     discrete_flow_shift: float = f(3.1582, "FLUX.1: shift for timestep_sampling = 'shift'.", gt=0.0,
-                                   families=("flux1",))
+                                   families=("flux1", "flux2"))
     guidance_scale: float = f(1.0, "FLUX.1-dev: guidance embedding value during training.", ge=0.0,
-                              families=("flux1",))
+                              families=("flux1", "flux2"))
     t5_max_length: Optional[int] = f(None, "FLUX.1: T5 tokens (default 512 dev, 256 schnell).", ge=1, le=512,
                                      families=("flux1",))
     apply_t5_attn_mask: bool = f(False, "FLUX.1: mask T5 padding tokens in attention.", families=("flux1",))
+    text_max_length: Optional[int] = f(None, "FLUX.2: tokens of the prompt embedding (default 512, as the pipelines).",
+                                       ge=1, le=512, families=("flux2",))
     nan_policy: str = f("stop", "On a NaN/Inf loss or gradient: stop (default) or skip the step.",
                         choices=("stop", "skip"))
     stall_timeout: float = f(600.0, "Seconds without progress before the watchdog reports a stall; 0 = off.",
@@ -197,7 +205,7 @@ class MemoryCfg:
                                     "Default: on when vram_gb picks fp8 storage under compile (measured faster "
                                     "there); false: never.")
     blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
-                            families=("flux1",))
+                            families=("flux1", "flux2"))
     modulation_on_cpu: Optional[bool] = f(None, "FLUX.1: keep the 3.2 B frozen modulation weights (6 GiB in bf16, a "
                                          "quarter of the transformer) in CPU memory; their outputs depend only on the "
                                          "timestep, guidance and pooled text, so each step copies the weights in one "
@@ -231,7 +239,7 @@ class SampleCfg:
     steps: Optional[int] = f(None, "Sampling steps (default: SDXL 28, FLUX dev 20, schnell 4).", ge=1)
     cfg_scale: Optional[float] = f(None, "Classifier-free guidance scale (default: SDXL 7.0, FLUX 1.0 = off).",
                                    ge=0.0)
-    guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, families=("flux1",))
+    guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, families=("flux1", "flux2"))
     sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), families=("sdxl",))
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)

@@ -1,0 +1,7 @@
+"""FLUX.2 model family (Klein 4B / 9B, base and distilled, and dev): BFL single files, ComfyUI split files or
+diffusers folders; ComfyUI- and diffusers-layout LoRA export."""
+
+from .adapter import SPEC, Adapter
+from .keys import lora_key_universe
+
+__all__ = ["SPEC", "Adapter", "lora_key_universe"]

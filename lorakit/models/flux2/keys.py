@@ -1,0 +1,37 @@
+"""The LoRA module names full-size FLUX.2 models accept (``lorakit inspect``, export checks), per size.
+
+Derived from the transformers themselves, built on the meta device from the shipped configs: ComfyUI maps
+``lora_unet_`` + the underscored BFL path of each Linear weight, diffusers/PEFT ``transformer.<diffusers path>``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from . import configs
+
+
+@lru_cache(maxsize=None)
+def size_universe(size: str) -> frozenset[str]:
+    """ComfyUI (``lora_unet_*``) and diffusers (``transformer.*``) names of every Linear of a full-size model."""
+    import torch
+    from diffusers import Flux2Transformer2DModel
+
+    from .convert import diffusers_to_bfl
+    cfg = {k: v for k, v in configs.transformer_config(size).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        model = Flux2Transformer2DModel(**cfg)
+    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    bfl = {k.removesuffix(".weight") for k in diffusers_to_bfl(model.state_dict()) if k.endswith(".weight")
+           and not k.endswith("norm.scale")}
+    return frozenset({"lora_unet_" + n.replace(".", "_") for n in bfl} | {f"transformer.{n}" for n in linears})
+
+
+@lru_cache(maxsize=1)
+def lora_key_universe() -> frozenset[str]:
+    """Names any FLUX.2 size accepts (dev's depths contain both Klein sizes' block indices)."""
+    return frozenset().union(*(size_universe(s) for s in configs.SIZES))
+
+
+def fitting_sizes(names: set[str]) -> list[str]:
+    """The sizes whose universe holds every one of ``names`` (widths aside: names only)."""
+    return [s for s in configs.SIZES if names <= size_universe(s)]
