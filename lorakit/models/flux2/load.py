@@ -333,3 +333,19 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     log(f"FLUX.2 {comps.variant} ({shape.num_double} double / {shape.num_single} single blocks, width {shape.hidden}); "
         f"{'distilled' if distilled else 'base'} from {how}")
     return comps
+
+
+# ----------------------------------------------------------------------------------------------- tiny fixture
+
+def write_tiny_checkpoint(directory: str | Path, seed: int = 0, dtype: torch.dtype = torch.bfloat16
+                          ) -> dict[str, Path]:
+    """Tiny FLUX.2 (Klein layout) files as a ComfyUI user keeps them, plus a config folder; roles: checkpoint,
+    text_encoder, ae, tokenizer, config (model.checkpoint / text_encoder / ae / tokenizer_dir / config_dir)."""
+    from .tiny import TINY_TRANSFORMER, save_files, tiny_models
+    root = Path(directory)
+    files = save_files(root, tiny_models(seed), dtype)
+    cfg_dir = root / "config"
+    (cfg_dir / "transformer").mkdir(parents=True, exist_ok=True)
+    (cfg_dir / "transformer" / "config.json").write_text(json.dumps(
+        {**configs.transformer_config("klein-4b"), **TINY_TRANSFORMER}, indent=2), encoding="utf-8")
+    return {**files, "config": cfg_dir}

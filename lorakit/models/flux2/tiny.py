@@ -13,7 +13,7 @@ from torch import nn
 from . import configs
 
 TINY_QWEN_WIDTH = 16
-TINY_TRANSFORMER = dict(patch_size=1, in_channels=32, num_layers=2, num_single_layers=2, attention_head_dim=16,
+TINY_TRANSFORMER = dict(patch_size=1, in_channels=128, num_layers=2, num_single_layers=2, attention_head_dim=16,
                         num_attention_heads=2, joint_attention_dim=3 * TINY_QWEN_WIDTH, timestep_guidance_channels=256,
                         mlp_ratio=3.0, axes_dims_rope=[4, 4, 4, 4], rope_theta=2000, guidance_embeds=False)
 TINY_QWEN3 = dict(hidden_size=TINY_QWEN_WIDTH, intermediate_size=32, num_hidden_layers=max(configs.QWEN3_LAYERS) + 1,
@@ -21,7 +21,7 @@ TINY_QWEN3 = dict(hidden_size=TINY_QWEN_WIDTH, intermediate_size=32, num_hidden_
                   rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, use_cache=False)
 TINY_AE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
                up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16], layers_per_block=1,
-               latent_channels=8, norm_num_groups=8, sample_size=64, use_quant_conv=True, use_post_quant_conv=True,
+               latent_channels=32, norm_num_groups=8, sample_size=64, use_quant_conv=True, use_post_quant_conv=True,
                batch_norm_eps=1e-4, patch_size=[2, 2])
 
 
