@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lorakit.toy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="pretrain the toy base models and save them in the real layouts")
-    b.add_argument("--family", default="all", choices=("sdxl", "flux1", "all"))
+    b.add_argument("--family", default="all", choices=("sdxl", "flux1", "flux2", "all"))
     b.add_argument("--out", default=None, help="output folder (default: lorakit/toy/assets)")
     b.add_argument("--plan", default="full", choices=("full", "quick"),
                    help="'quick' trains a few steps only (for reproducibility checks)")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from lorakit.lora.io import file_sha256
 from lorakit.toy import world
 
-FAMILIES = ("sdxl", "flux1")
+FAMILIES = ("sdxl", "flux1", "flux2")
 SEED = 20260
 LATENT_RES = 8            # 64 px / VAE factor 8
 T5_MAX_LENGTH = 64        # toy FLUX text length (see TOY_TEXT in paths.py; real dev uses 512)
@@ -440,6 +440,9 @@ def build(family: str, out: Path, plan_name: str = "full", seed: int = SEED) -> 
     target = Path(out) / family
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target}: already exists and is not empty; remove it or pass another --out")
+    if family == "flux2":                        # its own recipe (128-channel normalised latents, Qwen3 text)
+        from lorakit.toy import build_flux2
+        return build_flux2.build(target, plan_name, seed)
     t0, c0 = time.time(), time.process_time()
     models, facts = pretrain(family, PLANS[plan_name], seed, t0)
     return finish(family, models, facts, target, plan_name, t0, c0)

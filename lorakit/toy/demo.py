@@ -34,6 +34,9 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     # the toy FLUX was pretrained with 64 T5 tokens; guidance-distilled sampling (no true CFG)
     "flux1": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 1.0,
               "training": {"t5_max_length": 64}},
+    # the toy FLUX.2 is a Klein *base* model pretrained with 64 prompt tokens: sampled with true CFG
+    "flux2": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 4.0,
+              "training": {"text_max_length": 64}},
 }
 
 
@@ -44,9 +47,11 @@ def demo_config(family: str, dataset_dir: Path, out_dir: Path, name: str, steps:
     paths = toy_paths(family)
     model: dict[str, Any] = {"family": family, "checkpoint": str(paths["checkpoint"]),
                              "config_dir": str(paths["config"])}
-    for role in ("clip_l", "t5xxl", "ae"):
+    for role in ("clip_l", "t5xxl", "ae", "text_encoder"):
         if role in paths:
             model[role] = str(paths[role])
+    if "tokenizer" in paths:
+        model["tokenizer_dir"] = str(paths["tokenizer"])
     total = steps or s["steps"]
     data = {
         "model": model,

@@ -2,6 +2,6 @@
 diffusers folders; ComfyUI- and diffusers-layout LoRA export."""
 
 from .adapter import SPEC, Adapter
-from .keys import lora_key_universe
+from .keys import lora_key_universe, lora_sizes
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe"]
+__all__ = ["SPEC", "Adapter", "lora_key_universe", "lora_sizes"]

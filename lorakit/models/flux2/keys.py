@@ -35,3 +35,13 @@ def lora_key_universe() -> frozenset[str]:
 def fitting_sizes(names: set[str]) -> list[str]:
     """The sizes whose universe holds every one of ``names`` (widths aside: names only)."""
     return [s for s in configs.SIZES if names <= size_universe(s)]
+
+
+def lora_sizes(names: set[str], out_widths: dict[str, int]) -> list[str]:
+    """The full-size FLUX.2 models a LoRA fits: every name known to the size and, where the file tells the output
+    width of a module that writes the hidden state (attention / single-block output), that width equal to the
+    size's hidden width (Klein 4B 3072, Klein 9B 4096, dev 6144). ``out_widths``: module name -> rows of its up."""
+    hidden_of = {v: k for k, v in configs.HIDDEN_TO_SIZE.items()}
+    writers = ("_img_attn_proj", "_txt_attn_proj", "_linear2", ".attn.to_out.0", ".attn.to_add_out", ".attn.to_out")
+    widths = {w for n, w in out_widths.items() if n.endswith(writers)}
+    return [s for s in fitting_sizes(names) if not widths or widths == {hidden_of[s]}]
