@@ -153,7 +153,7 @@ def test_choices_error_lists_the_allowed_values_and_suggests(tmp_path):
 
 def test_family_must_be_known(tmp_path):
     msg = err(tmp_path, BASE.replace('"sdxl"', '"sd15"'))
-    assert msg.startswith('model.family: must be one of sdxl, flux1, got "sd15"')
+    assert msg.startswith('model.family: must be one of sdxl, flux1, flux2, got "sd15"')
 
 
 # ------------------------------------------------------------------------------ kinds
@@ -248,7 +248,7 @@ def test_dir_and_config_are_exclusive(tmp_path):
 
 def test_flux_only_field_on_sdxl_is_rejected(tmp_path):
     msg = err(tmp_path, BASE + "[training]\nguidance_scale = 3.5\n")
-    assert msg == "training.guidance_scale: applies only to flux1, not sdxl; remove it"
+    assert msg == "training.guidance_scale: applies only to flux1, flux2, not sdxl; remove it"
 
 
 def test_sdxl_only_field_on_flux_is_rejected(tmp_path):
@@ -560,7 +560,7 @@ def test_field_specs_cover_the_schema():
     assert field_specs()["network"]["rank"].base is int
     assert field_specs()["network"]["text_encoder_lr"].base is float
     assert field_specs()["network"]["text_encoder_lr"].optional
-    assert schema.FAMILIES == ("sdxl", "flux1")
+    assert schema.FAMILIES == ("sdxl", "flux1", "flux2")
 
 
 # ------------------------------------------------------------------------------ JSON schema

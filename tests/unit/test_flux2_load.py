@@ -152,3 +152,21 @@ def test_diffusers_folder_loads_with_is_distilled(models, tmp_path):
     _same(models["text_encoder"].model, c.text_encoder)
     _same(models["ae"], c.ae)
     assert c.tokenizer("a red circle").input_ids == models["tokenizer"]("a red circle").input_ids
+
+
+def test_settings_a_klein_model_cannot_honour_are_refused(models, tmp_path):
+    from lorakit.config.load import load_config
+    from lorakit.models.flux2 import Adapter
+    files = tiny.save_files(tmp_path, models, torch.float32)
+    (tmp_path / "d").mkdir()
+    base = {"family": "flux2", "checkpoint": str(files["checkpoint"]), "text_encoder": str(files["text_encoder"]),
+            "ae": str(files["ae"]), "tokenizer_dir": str(files["tokenizer"])}
+    cases = [({"training": {"guidance_scale": 3.5}}, "training.guidance_scale: FLUX.2 klein-custom has no guidance"),
+             ({"sample": {"guidance": 4.0}}, "sample.guidance: FLUX.2 klein-custom has no guidance"),
+             ({"sample": {"cfg_scale": 4.0}}, "sample.cfg_scale: klein-custom is step-distilled")]
+    for extra, msg in cases:
+        cfg = load_config(None, data={"model": base, "data": {"dir": str(tmp_path / "d")},
+                                      "training": {"device": "cpu", **extra.get("training", {})},
+                                      **{k: v for k, v in extra.items() if k != "training"}})
+        with pytest.raises(ConfigError, match=msg):
+            Adapter(cfg).load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)

@@ -68,6 +68,14 @@ class Adapter:
         if getattr(self.cfg.network, "train_text_encoder", False):
             raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
                               "false")
+        from lorakit.config.load import field_specs
+        sample = self.cfg.sample
+        if not self._c().shape.guidance and sample.guidance != field_specs()["sample"]["guidance"].default:
+            raise ConfigError(f"sample.guidance: FLUX.2 {self._c().variant} has no guidance input (only dev has); "
+                              "base Klein previews use sample.cfg_scale; remove it")
+        if self._c().distilled and self._c().shape.klein and sample.cfg_scale not in (None, 1.0):
+            raise ConfigError(f"sample.cfg_scale: {self._c().variant} is step-distilled and runs without CFG; remove "
+                              "it (or train on the base model, as recommended)")
 
     def before_placement(self, memory: Any, log: Any) -> None:
         """Nothing FLUX.2-specific to apply (memory.modulation_on_cpu is FLUX.1's)."""
