@@ -25,7 +25,7 @@ from lorakit.toy import world
 from lorakit.toy.build import (CAPTION_DROPOUT, PLANS, Plan, _cosine_lr, _log, caption_index, encode_latents,
                                images_to_tensor, set_determinism, train_vae)
 
-TEXT_LENGTH = 64          # toy prompt tokens (the real pipelines use 512)
+TEXT_LENGTH = 32          # toy prompt tokens, chat wrapper included (captions take 21-24; the pipelines use 512)
 QWEN_WIDTH = 16
 TRANSFORMER = {"patch_size": 1, "in_channels": 128, "num_layers": 2, "num_single_layers": 2,
                "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 3 * QWEN_WIDTH,
@@ -42,6 +42,12 @@ FILES = {"checkpoint": "flux2-klein-base-toy.safetensors", "text_encoder": "qwen
          "ae": "flux2-ae.safetensors", "tokenizer": "tokenizer", "config": "config"}
 
 
+# shorter than the other toys' plan (VAE 1000 / denoiser 3500 steps): the 28-layer text path and 32 text tokens make
+# each step several times dearer, and the 32-channel AE reconstructs the scenes sooner
+PLANS_FLUX2 = {"full": Plan(n_vae_images=2400, vae_steps=600, vae_batch=16, n_images=4000, steps=2000, batch=32),
+               "quick": PLANS["quick"]}
+
+
 def world_words() -> list[str]:
     """Every word of the base world's captions (one token each in the toy tokenizer), sorted."""
     scenes = world.sample_scenes(2000, 7)
@@ -53,7 +59,7 @@ def make(seed: int) -> dict[str, Any]:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from lorakit.models.flux2.text import tiny_qwen_tokenizer
-    tok = tiny_qwen_tokenizer(world_words())
+    tok = tiny_qwen_tokenizer(world_words(), bare=("user", "assistant", "\n\n"))
     torch.manual_seed(seed)
     te = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None,
                                       eos_token_id=tok.eos_token_id, **QWEN3)).eval()
@@ -156,7 +162,7 @@ def save(models: dict, out: Path) -> dict[str, Path]:
 def build(target: Path, plan_name: str = "full", seed: int = 20260) -> dict[str, Any]:
     """Pretrain, save under ``target`` and write ``build.json``."""
     t0, c0 = time.time(), time.process_time()
-    models, facts = pretrain(PLANS[plan_name], seed, t0)
+    models, facts = pretrain(PLANS_FLUX2[plan_name], seed, t0)
     paths = save(models, target)
     seconds, cpu = time.time() - t0, time.process_time() - c0
     files = {role: p for role, p in paths.items() if p.is_file()}

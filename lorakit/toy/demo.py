@@ -34,9 +34,9 @@ DEMO_SETTINGS: dict[str, dict[str, Any]] = {
     # the toy FLUX was pretrained with 64 T5 tokens; guidance-distilled sampling (no true CFG)
     "flux1": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 1.0,
               "training": {"t5_max_length": 64}},
-    # the toy FLUX.2 is a Klein *base* model pretrained with 64 prompt tokens: sampled with true CFG
+    # the toy FLUX.2 is a Klein *base* model pretrained with 32 prompt tokens: sampled with true CFG
     "flux2": {"steps": 400, "lr": 1e-3, "rank": 8, "sample_steps": 20, "cfg_scale": 4.0,
-              "training": {"text_max_length": 64}},
+              "training": {"text_max_length": 32}},
 }
 
 

@@ -29,13 +29,13 @@ def test_toy_assets_are_shipped(family):
     assert _has_assets(family), f"lorakit/toy/assets/{family} is missing: run python -m lorakit.toy build"
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+@pytest.mark.parametrize("family", ["sdxl", "flux1", "flux2"])
 def test_quick_build_is_bit_for_bit(tmp_path, family):
     a = build.build(family, tmp_path / "a", plan_name="quick")
     b = build.build(family, tmp_path / "b", plan_name="quick")
     ha = {r: f["sha256"] for r, f in a["files"].items()}
     assert ha == {r: f["sha256"] for r, f in b["files"].items()}
-    assert len(ha) == (1 if family == "sdxl" else 4)
+    assert len(ha) == {"sdxl": 1, "flux1": 4, "flux2": 3}[family]
     # the config folder is identical too
     for p in sorted((tmp_path / "a" / family / "config").rglob("*.json")):
         q = tmp_path / "b" / family / "config" / p.relative_to(tmp_path / "a" / family / "config")

@@ -94,10 +94,11 @@ def text_position_ids(length: int) -> torch.Tensor:
     return ids
 
 
-def tiny_qwen_tokenizer(words: Sequence[str] = ()) -> Any:
+def tiny_qwen_tokenizer(words: Sequence[str] = (), bare: Sequence[str] = ()) -> Any:
     """A small byte-level BPE tokenizer of the real class (``Qwen2TokenizerFast``) with Qwen3's special tokens and
-    the user-turn part of its chat template: 256 byte symbols, one merge chain per word of ``words`` (so the toy
-    world's captions take few tokens), then the specials. For tests and the toy world only."""
+    the user-turn part of its chat template: 256 byte symbols, one merge chain per word of ``words`` (as a word
+    after a space, so the toy world's captions take few tokens) and per string of ``bare`` (as is: "user",
+    "assistant", "\n\n" are single tokens in Qwen's vocabulary too), then the specials. Tests and the toy only."""
     from transformers import Qwen2TokenizerFast
 
     from lorakit.models.tokenizers import _byte_symbols
@@ -105,8 +106,8 @@ def tiny_qwen_tokenizer(words: Sequence[str] = ()) -> Any:
     byte_to_sym = {b: s for b, s in zip(sorted(range(256), key=lambda b: (chr(b) not in symbols, b)), symbols)}
     vocab = {s: i for i, s in enumerate(symbols)}
     merges: list[tuple[str, str]] = []
-    for word in words:
-        pieces = [byte_to_sym[b] for b in (" " + word).encode("utf-8")]
+    for word in [" " + w for w in words] + list(bare):
+        pieces = [byte_to_sym[b] for b in word.encode("utf-8")]
         acc = pieces[0]
         for p in pieces[1:]:
             if acc + p not in vocab:
