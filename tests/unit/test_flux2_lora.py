@@ -115,6 +115,10 @@ def test_full_size_export_key_lists(size, count):
     nd, ns, _, _ = configs.SIZE_FACTS[size]
     names = lora_format.comfy_module_names(nd, ns)
     assert len(names) == count and set(names) <= keys.size_universe(size)
+    # ai-toolkit's names (diffusion_model.<BFL path>) and diffusers' (transformer.<path>) are known too
+    assert "diffusion_model.double_blocks.0.img_attn.qkv" in keys.size_universe(size)
+    assert f"transformer.single_transformer_blocks.{ns - 1}.attn.to_qkv_mlp_proj" in keys.size_universe(size)
+    assert f"lora_unet_single_blocks_{ns}_linear1" not in keys.size_universe(size)
     assert keys.fitting_sizes(set(names)) == [s for s in configs.SIZES if configs.SIZE_FACTS[s][0] >= nd
                                               and configs.SIZE_FACTS[s][1] >= ns]
     # diffusers' kohya reader maps every one of these names (nothing "unsupported"), onto Linears of the model

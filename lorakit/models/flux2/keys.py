@@ -1,7 +1,8 @@
 """The LoRA module names full-size FLUX.2 models accept (``lorakit inspect``, export checks), per size.
 
-Derived from the transformers themselves, built on the meta device from the shipped configs: ComfyUI maps
-``lora_unet_`` + the underscored BFL path of each Linear weight, diffusers/PEFT ``transformer.<diffusers path>``."""
+Derived from the transformers themselves, built on the meta device from the shipped configs: ComfyUI / kohya /
+musubi-tuner ``lora_unet_`` + the underscored BFL path of each Linear weight, ai-toolkit's
+``diffusion_model.<BFL path>`` and diffusers/PEFT ``transformer.<diffusers path>``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ def size_universe(size: str) -> frozenset[str]:
     linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     bfl = {k.removesuffix(".weight") for k in diffusers_to_bfl(model.state_dict()) if k.endswith(".weight")
            and not k.endswith("norm.scale")}
-    return frozenset({"lora_unet_" + n.replace(".", "_") for n in bfl} | {f"transformer.{n}" for n in linears})
+    return frozenset({"lora_unet_" + n.replace(".", "_") for n in bfl} | {f"diffusion_model.{n}" for n in bfl}
+                     | {f"transformer.{n}" for n in linears})
 
 
 @lru_cache(maxsize=1)
