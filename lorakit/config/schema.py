@@ -109,14 +109,14 @@ class NetworkCfg:
     train_text_encoder: bool = f(False, "Also train LoRA on the CLIP text encoder(s).")
     text_encoder_lr: Optional[float] = f(None, "Learning rate of the text-encoder LoRA (default: optimizer.lr).",
                                          gt=0.0)
-    train_blocks: str = f("all", "FLUX.1: which transformer blocks get LoRA.", choices=("all", "double", "single"),
+    train_blocks: str = f("all", "FLUX.1/2: which transformer blocks get LoRA.", choices=("all", "double", "single"),
                           families=("flux1", "flux2"))
-    double_block_indices: Optional[str] = f(None, "FLUX.1: double-block indices, e.g. '0,2-5' (default all).",
+    double_block_indices: Optional[str] = f(None, "FLUX.1/2: double-block indices, e.g. '0,2-5' (default all).",
                                             kind="indices", families=("flux1", "flux2"))
-    single_block_indices: Optional[str] = f(None, "FLUX.1: single-block indices, e.g. '0-10' (default all).",
+    single_block_indices: Optional[str] = f(None, "FLUX.1/2: single-block indices, e.g. '0-10' (default all).",
                                             kind="indices", families=("flux1", "flux2"))
     module_ranks: dict = f(None, "Per-module-type ranks (FLUX.1: img_attn, txt_attn, img_mlp, txt_mlp, img_mod, "
-                           "txt_mod, single, single_mod); 0 skips the type.", factory=dict, kind="table",
+                           "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the type.", factory=dict, kind="table",
                            families=("flux1", "flux2"))
 
 
@@ -156,16 +156,16 @@ class TrainingCfg:
                              families=("sdxl",))
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
-    timestep_sampling: str = f("flux_shift", "FLUX.1: sigma sampling.",
+    timestep_sampling: str = f("flux_shift", "FLUX.1/2: sigma sampling (flux_shift: FLUX's shift by the image token count).",
                                choices=("uniform", "sigmoid", "logit_normal", "shift", "flux_shift"),
                                families=("flux1", "flux2"))
-    sigmoid_scale: float = f(1.0, "FLUX.1: scale of the normal sample before the sigmoid.", gt=0.0,
+    sigmoid_scale: float = f(1.0, "FLUX.1/2: scale of the normal sample before the sigmoid.", gt=0.0,
                              families=("flux1", "flux2"))
-    logit_mean: float = f(0.0, "FLUX.1: logit-normal mean.", families=("flux1", "flux2"))
-    logit_std: float = f(1.0, "FLUX.1: logit-normal std.", gt=0.0, families=("flux1", "flux2"))
-    discrete_flow_shift: float = f(3.1582, "FLUX.1: shift for timestep_sampling = 'shift'.", gt=0.0,
+    logit_mean: float = f(0.0, "FLUX.1/2: logit-normal mean.", families=("flux1", "flux2"))
+    logit_std: float = f(1.0, "FLUX.1/2: logit-normal std.", gt=0.0, families=("flux1", "flux2"))
+    discrete_flow_shift: float = f(3.1582, "FLUX.1/2: shift for timestep_sampling = 'shift'.", gt=0.0,
                                    families=("flux1", "flux2"))
-    guidance_scale: float = f(1.0, "FLUX.1-dev: guidance embedding value during training.", ge=0.0,
+    guidance_scale: float = f(1.0, "FLUX.1-dev / FLUX.2-dev: guidance embedding value during training.", ge=0.0,
                               families=("flux1", "flux2"))
     t5_max_length: Optional[int] = f(None, "FLUX.1: T5 tokens (default 512 dev, 256 schnell).", ge=1, le=512,
                                      families=("flux1",))
@@ -204,7 +204,7 @@ class MemoryCfg:
                                     "the tensor cores (compute capability 8.9+: RTX 40xx, L4, H100; bf16 runs). "
                                     "Default: on when vram_gb picks fp8 storage under compile (measured faster "
                                     "there); false: never.")
-    blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
+    blocks_to_swap: int = f(0, "FLUX.1/2: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
                             families=("flux1", "flux2"))
     modulation_on_cpu: Optional[bool] = f(None, "FLUX.1: keep the 3.2 B frozen modulation weights (6 GiB in bf16, a "
                                          "quarter of the transformer) in CPU memory; their outputs depend only on the "
@@ -239,7 +239,7 @@ class SampleCfg:
     steps: Optional[int] = f(None, "Sampling steps (default: SDXL 28, FLUX dev 20, schnell 4).", ge=1)
     cfg_scale: Optional[float] = f(None, "Classifier-free guidance scale (default: SDXL 7.0, FLUX 1.0 = off).",
                                    ge=0.0)
-    guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, families=("flux1", "flux2"))
+    guidance: float = f(3.5, "FLUX.1-dev / FLUX.2-dev: distilled guidance value for sampling (FLUX.2-dev: 4.0).", ge=0.0, families=("flux1", "flux2"))
     sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), families=("sdxl",))
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
