@@ -116,7 +116,8 @@ class NetworkCfg:
     single_block_indices: Optional[str] = f(None, "FLUX.1/2: single-block indices, e.g. '0-10' (default all).",
                                             kind="indices", families=("flux1", "flux2"))
     module_ranks: dict = f(None, "Per-module-type ranks (FLUX.1: img_attn, txt_attn, img_mlp, txt_mlp, img_mod, "
-                           "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the type.", factory=dict, kind="table",
+                           "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the "
+                           "type.", factory=dict, kind="table",
                            families=("flux1", "flux2"))
 
 
@@ -156,7 +157,8 @@ class TrainingCfg:
                              families=("sdxl",))
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
-    timestep_sampling: str = f("flux_shift", "FLUX.1/2: sigma sampling (flux_shift: FLUX's shift by the image token count).",
+    timestep_sampling: str = f("flux_shift", "FLUX.1/2: sigma sampling (flux_shift: FLUX's shift by the image "
+                               "token count).",
                                choices=("uniform", "sigmoid", "logit_normal", "shift", "flux_shift"),
                                families=("flux1", "flux2"))
     sigmoid_scale: float = f(1.0, "FLUX.1/2: scale of the normal sample before the sigmoid.", gt=0.0,
@@ -239,7 +241,8 @@ class SampleCfg:
     steps: Optional[int] = f(None, "Sampling steps (default: SDXL 28, FLUX dev 20, schnell 4).", ge=1)
     cfg_scale: Optional[float] = f(None, "Classifier-free guidance scale (default: SDXL 7.0, FLUX 1.0 = off).",
                                    ge=0.0)
-    guidance: float = f(3.5, "FLUX.1-dev / FLUX.2-dev: distilled guidance value for sampling (FLUX.2-dev: 4.0).", ge=0.0, families=("flux1", "flux2"))
+    guidance: float = f(3.5, "FLUX.1-dev / FLUX.2-dev: distilled guidance value for sampling (FLUX.2-dev: 4.0).",
+                        ge=0.0, families=("flux1", "flux2"))
     sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), families=("sdxl",))
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)

@@ -194,7 +194,8 @@ DOUBLE_NAMES = {  # inside double block i: BFL -> diffusers (qkv are fused in BF
     "txt_mlp.0": ("ff_context.linear_in",), "txt_mlp.2": ("ff_context.linear_out",),
 }
 SINGLE_NAMES = {"linear1": ("attn.to_qkv_mlp_proj",), "linear2": ("attn.to_out",)}
-_NORMS_DOUBLE = {"img_attn.norm.query_norm.scale": "attn.norm_q.weight", "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
+_NORMS_DOUBLE = {"img_attn.norm.query_norm.scale": "attn.norm_q.weight",
+                 "img_attn.norm.key_norm.scale": "attn.norm_k.weight",
                  "txt_attn.norm.query_norm.scale": "attn.norm_added_q.weight",
                  "txt_attn.norm.key_norm.scale": "attn.norm_added_k.weight"}
 _NORMS_SINGLE = {"norm.query_norm.scale": "attn.norm_q.weight", "norm.key_norm.scale": "attn.norm_k.weight"}

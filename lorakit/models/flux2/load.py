@@ -32,6 +32,9 @@ from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infe
                       text_encoder_state, transformer_config, what_is)
 
 
+NEEDED_ENCODER = {"klein-4b": "Qwen3-4B", "klein-9b": "Qwen3-8B", "dev": "Mistral Small 3.1"}
+
+
 def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     from lorakit.models.flux1.convert import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
     return upcast(sd, dtype)
@@ -217,7 +220,8 @@ def _shards(path: Path) -> list[Path]:
     if not m:
         return [path]
     n = int(m.group(3))
-    parts = [path.with_name(f"{m.group(1)}-{i:0{len(m.group(2))}d}-of-{m.group(3)}.safetensors") for i in range(1, n + 1)]
+    width = len(m.group(2))
+    parts = [path.with_name(f"{m.group(1)}-{i:0{width}d}-of-{m.group(3)}.safetensors") for i in range(1, n + 1)]
     absent = [p for p in parts if not p.is_file()]
     if absent:
         raise ConfigError(f"model.text_encoder: part {absent[0].name} of the split file is missing next to {path.name}")
@@ -243,7 +247,8 @@ def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[],
                               "lorakit does not ship it. Point model.tokenizer_dir at that folder")
         if not where.is_dir() or not any((where / n).is_file() for n in ("tokenizer.json", "vocab.json",
                                                                          "tekken.json", "tokenizer_config.json")):
-            raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / vocab.json)")
+            raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / "
+                              "vocab.json)")
         if kind() == "mistral":
             from transformers import AutoProcessor
             try:
@@ -317,17 +322,18 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         kind_box["kind"] = kind
         want = "mistral" if shape.size == "dev" else "qwen3"
         if kind != want or 3 * model.config.hidden_size != shape.text_dim:
+            need = NEEDED_ENCODER.get(shape.size, "its own encoder")
             raise ModelLoadError(f"model.text_encoder: {te_src} is a {kind} encoder of width {model.config.hidden_size}"
-                                 f" (prompt width {3 * model.config.hidden_size}); this FLUX.2 {shape.size} transformer "
-                                 f"takes {shape.text_dim}: use "
-                                 f"{ {'klein-4b': 'Qwen3-4B', 'klein-9b': 'Qwen3-8B', 'dev': 'Mistral Small 3.1'}.get(shape.size, 'its own encoder')}")
+                                 f" (prompt width {3 * model.config.hidden_size}); this FLUX.2 {shape.size} "
+                                 f"transformer takes {shape.text_dim}: use {need}")
         return model
 
     def kind() -> str:
         return "mistral" if shape.size == "dev" else "qwen3"
 
     loaders = {"text_encoder": te,
-               "ae": lambda: build_ae(read_file(ae_file, allow), ae_dtype, str(ae_file), configs.read_config(cdir, "vae")),
+               "ae": lambda: build_ae(read_file(ae_file, allow), ae_dtype, str(ae_file),
+                                      configs.read_config(cdir, "vae")),
                "tokenizer": _tokenizer_loader(model_cfg, tok_folder, kind)}
     comps = Flux2Components(transformer, shape, variant_name(shape, distilled), distilled, how, files, loaders)
     log(f"FLUX.2 {comps.variant} ({shape.num_double} double / {shape.num_single} single blocks, width {shape.hidden}); "

@@ -18,7 +18,8 @@ import torch
 SIGMA_MODES = ("uniform", "sigmoid", "logit_normal", "shift", "flux_shift")
 
 
-def flow_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:  # moves to lorakit/diffusion
+# moves to lorakit/diffusion
+def flow_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     s = sigma.to(torch.float32).reshape(-1, *([1] * (x0.ndim - 1))).to(x0.device)
     return ((1.0 - s) * x0.float() + s * noise.float()).to(x0.dtype)
 
