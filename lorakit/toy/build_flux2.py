@@ -90,7 +90,7 @@ def pretrain(plan: Plan, seed: int, t0: float) -> tuple[dict, dict]:
     _log(f"flux2: training the AE on {len(vae_scenes)} images", t0)
     train_vae(models["ae"], images_to_tensor([world.render(s) for s in vae_scenes]), plan, gen, t0)
     scenes = world.sample_scenes(plan.n_images, seed + 3)
-    means, stds = encode_latents(models["ae"], images_to_tensor([world.render(s) for s in scenes]))
+    means, _stds = encode_latents(models["ae"], images_to_tensor([world.render(s) for s in scenes]))
     packed = maths.patchify(means)                                   # [N, 128, 4, 4]
     mu = packed.mean(dim=(0, 2, 3))
     var = packed.var(dim=(0, 2, 3), unbiased=False)
@@ -110,8 +110,9 @@ def pretrain(plan: Plan, seed: int, t0: float) -> tuple[dict, dict]:
     curve, running = [], []
     for step in range(plan.steps):
         idx = torch.randint(0, means.shape[0], (plan.batch,), generator=gen)
-        z = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
-        x0 = (maths.patchify(z) - mu.view(1, -1, 1, 1)) / std
+        # the posterior mean, as lorakit's adapter and the pipelines encode (a sampled z would put the unused AE
+        # channels' unit posterior noise, scaled up by their small batch-norm std, into the target)
+        x0 = (maths.patchify(means[idx]) - mu.view(1, -1, 1, 1)) / std
         noise = torch.randn(x0.shape, generator=gen)
         ci = cap_idx[idx].clone()
         ci[torch.rand(plan.batch, generator=gen) < CAPTION_DROPOUT] = 0
