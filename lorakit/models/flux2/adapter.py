@@ -68,6 +68,10 @@ class Adapter:
         if getattr(self.cfg.network, "train_text_encoder", False):
             raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
                               "false")
+        if getattr(self.cfg.memory, "vram_gb", None):
+            raise ConfigError("memory.vram_gb: FLUX.2's activation sizes are not measured yet, so the planner cannot "
+                              "fit a FLUX.2 run to a budget; remove it and set gradient_checkpointing, fp8_base and "
+                              "blocks_to_swap by hand")
         from lorakit.config.load import field_specs
         sample = self.cfg.sample
         if not self._c().shape.guidance and sample.guidance != field_specs()["sample"]["guidance"].default:
