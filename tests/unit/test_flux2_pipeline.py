@@ -129,3 +129,24 @@ def test_sampled_latents_equal_the_pipeline(world, monkeypatch, distilled):
     got = maths.unpatchify(captured["x"] * std + mean)
     assert got.shape == want.shape and torch.allclose(got, want, atol=1e-4, rtol=0)
     world.pipe.register_to_config(is_distilled=False)
+
+
+def test_dev_prompt_embeddings_equal_flux2_pipeline_on_a_tiny_mistral():
+    """FLUX.2 dev: BFL's system message + the user turn, no generation prompt, layers 10/20/30 stacked."""
+    from diffusers import Flux2Pipeline
+    from transformers import MistralConfig, MistralModel
+
+    from lorakit.models.flux2.text import encode_mistral, tiny_qwen_tokenizer
+    tok = tiny_qwen_tokenizer(["red", "circle"])
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}<|im_start|>{{ m['content'][0]['text'] }}"
+                         "<|im_end|>{% else %}<think>{{ m['content'][0]['text'] }}</think>{% endif %}{% endfor %}")
+    torch.manual_seed(0)
+    model = MistralModel(MistralConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=31,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                       pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=None)).eval()
+    prompts = ["a red circle", "a [IMG] circle"]
+    with torch.no_grad():
+        want = Flux2Pipeline._get_mistral_3_small_prompt_embeds(model, tok, prompts, max_sequence_length=300)
+        got, ids, _mask = encode_mistral(model, tok, prompts, max_length=300)
+    assert got.shape == (2, 300, 24) and torch.equal(got, want)
+    assert "[IMG]" not in tok.decode(ids[1]) and "You are an AI that reasons" in tok.decode(ids[0])

@@ -30,9 +30,9 @@ TINY_QWEN3_TEMPLATE = (
     "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
     "{%- endif %}")
-# BFL's system message for FLUX.2 dev's prompt encoding (diffusers' pipelines/flux2/system_messages.py)
+# BFL's system message for FLUX.2 dev's prompt encoding (flux2/system_messages.py; the line break is part of it)
 DEV_SYSTEM_MESSAGE = ("You are an AI that reasons about image descriptions. You give structured responses focusing on "
-                      "object relationships, object attribution and actions without speculation.")
+                      "object relationships, object\nattribution and actions without speculation.")
 
 
 def qwen3_texts(tokenizer: Any, prompts: Sequence[str]) -> list[str]:
