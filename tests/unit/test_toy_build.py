@@ -101,9 +101,10 @@ PROMPTS = ["a red circle on a blue background", "a green square on a white backg
 # background 1/6). The toy FLUX draws the right colours but blobby shapes, hence its lower shape floor.
 FLOORS = {"sdxl": {"shape": 0.5, "colour": 0.6, "background": 0.6},
           "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5}}
+FLOORS_FLUX2 = {"shape": 0.3, "colour": 0.5, "background": 0.5}   # provisional: see the build record
 
 
-@pytest.mark.parametrize("family", paths.FAMILIES)
+@pytest.mark.parametrize("family", ["sdxl", "flux1"])
 def test_base_draws_what_the_prompt_says(family):
     model = toy_eval.load_toy(family)
     prompts = [p for p in PROMPTS for _ in range(2)]
@@ -134,3 +135,20 @@ def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
         img1 = vae.decode(post.mean).sample
     assert torch.allclose(norm0, norm1, atol=1e-5) and torch.allclose(std0, std1, atol=1e-5)
     assert torch.allclose(img0, img1, atol=1e-4)
+
+
+def test_toy_flux2_base_draws_what_the_prompt_says(tmp_path):
+    """The toy FLUX.2 (a Klein base model) through lorakit's own adapter and sampler, with CFG as the demo runs it."""
+    from lorakit.models.base import SamplePrompt
+    from lorakit.models.flux2 import Adapter
+    from lorakit.toy.demo import demo_config
+    cfg = demo_config("flux2", tmp_path, tmp_path, "base")
+    adapter = Adapter(cfg)
+    adapter.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
+    assert adapter.variant == "klein-base-custom"
+    prompts = [p for p in PROMPTS for _ in range(2)]
+    imgs = [adapter.sample(SamplePrompt(prompt=p, width=64, height=64, steps=20, seed=i, cfg_scale=4.0),
+                           torch.Generator().manual_seed(i)) for i, p in enumerate(prompts)]
+    r = toy_eval.prompt_following(imgs, prompts)
+    for key, floor in FLOORS_FLUX2.items():
+        assert r[key] >= floor, (key, r)
