@@ -350,7 +350,7 @@ def _add_lora_tools(sub) -> None:
     ik.add_argument("config")
     ik.add_argument("--dataset", help="the sd-scripts --dataset_config TOML")
     ik.add_argument("-o", "--out", required=True)
-    ik.add_argument("--family", choices=("sdxl", "flux1"))
+    ik.add_argument("--family", help="the model family (default: from network_module)")
     ik.set_defaults(func=cmd_import_kohya)
 
 

@@ -30,6 +30,13 @@ def applies_to(key: str) -> tuple[str, ...]:
     return tuple(name for name, keys in _keys(installed()).items() if key in keys)
 
 
+def bucket_step(family: str) -> int:
+    """The multiple ``data.bucket_reso_steps`` must be for ``family`` (its ``ModelSpec.bucket_step``)."""
+    from lorakit.models.registry import get_family
+
+    return int(getattr(get_family(family).SPEC, "bucket_step", 32))
+
+
 def clear() -> None:
     """Forget what was read, here and in the registry's discovery (after a family is registered at run time or
     ``LORAKIT_FAMILIES`` changed), so that the keys asked next come from the families installed now."""

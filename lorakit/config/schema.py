@@ -34,8 +34,8 @@ def f(default: Any = None, doc: str = "", *, factory: Any = None, **meta: Any) -
 class ModelCfg:
     """The base model to train against."""
 
-    family: str = f(None, "Model family: one of the installed family packages (`lorakit config families`: sdxl, "
-                    "flux1, ...; variants are detected from the weights).", required=True, kind="family")
+    family: str = f(None, "Model family: one of the installed family packages (sdxl, flux1, flux2, ...; variants are "
+                    "detected from the weights).", required=True, kind="family")
     checkpoint: Optional[str] = f(None, "Base model: a single .safetensors file, a diffusers folder, or a hub id.",
                                   required=True, kind="path")
     vae: Optional[str] = f(None, "Optional separate VAE file (e.g. the SDXL fp16-fix VAE).", kind="path",
@@ -44,9 +44,14 @@ class ModelCfg:
                               family_only=True)
     t5xxl: Optional[str] = f(None, "FLUX.1: T5-XXL text encoder file (t5xxl_fp16.safetensors or fp8).", kind="path",
                              family_only=True)
-    ae: Optional[str] = f(None, "FLUX.1: autoencoder file (ae.safetensors).", kind="path", family_only=True)
-    variant: str = f("auto", "FLUX.1 variant; 'auto' detects dev/schnell from the guidance embedding.",
-                     choices=("auto", "dev", "schnell"), family_only=True)
+    ae: Optional[str] = f(None, "FLUX.1 / FLUX.2: autoencoder file (each its own ae.safetensors).", kind="path",
+                          family_only=True)
+    text_encoder: Optional[str] = f(None, "FLUX.2: text encoder file, first of its split files, or folder (Klein 4B: "
+                                    "Qwen3-4B, Klein 9B: Qwen3-8B, dev: Mistral Small 3.1).", kind="path",
+                                    family_only=True)
+    variant: str = f("auto", "FLUX.1: 'auto' detects dev/schnell from the guidance embedding. FLUX.2 Klein: base or "
+                     "distilled (their weights look alike; auto reads model_index.json, else the file name).",
+                     choices=("auto", "dev", "schnell", "base", "distilled"), family_only=True)
     config_dir: Optional[str] = f(None, "Diffusers config folder for single-file loading (default: the one "
                                   "shipped with lorakit for the family).", kind="path")
     tokenizer_dir: Optional[str] = f(None, "Folder with tokenizer files; default: next to a diffusers folder, "
@@ -101,14 +106,15 @@ class NetworkCfg:
     train_text_encoder: bool = f(False, "Also train LoRA on the CLIP text encoder(s).")
     text_encoder_lr: Optional[float] = f(None, "Learning rate of the text-encoder LoRA (default: optimizer.lr).",
                                          gt=0.0)
-    train_blocks: str = f("all", "FLUX.1: which transformer blocks get LoRA.", choices=("all", "double", "single"),
+    train_blocks: str = f("all", "FLUX.1/2: which transformer blocks get LoRA.", choices=("all", "double", "single"),
                           family_only=True)
-    double_block_indices: Optional[str] = f(None, "FLUX.1: double-block indices, e.g. '0,2-5' (default all).",
+    double_block_indices: Optional[str] = f(None, "FLUX.1/2: double-block indices, e.g. '0,2-5' (default all).",
                                             kind="indices", family_only=True)
-    single_block_indices: Optional[str] = f(None, "FLUX.1: single-block indices, e.g. '0-10' (default all).",
+    single_block_indices: Optional[str] = f(None, "FLUX.1/2: single-block indices, e.g. '0-10' (default all).",
                                             kind="indices", family_only=True)
     module_ranks: dict = f(None, "Per-module-type ranks (FLUX.1: img_attn, txt_attn, img_mlp, txt_mlp, img_mod, "
-                           "txt_mod, single, single_mod); 0 skips the type.", factory=dict, kind="table",
+                           "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the "
+                           "type.", factory=dict, kind="table",
                            family_only=True)
 
 
@@ -148,20 +154,23 @@ class TrainingCfg:
                              family_only=True)
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
-    timestep_sampling: str = f("flux_shift", "FLUX.1: sigma sampling.",
+    timestep_sampling: str = f("flux_shift", "FLUX.1/2: sigma sampling (flux_shift: FLUX's shift by the image "
+                               "token count).",
                                choices=("uniform", "sigmoid", "logit_normal", "shift", "flux_shift"),
                                family_only=True)
-    sigmoid_scale: float = f(1.0, "FLUX.1: scale of the normal sample before the sigmoid.", gt=0.0,
+    sigmoid_scale: float = f(1.0, "FLUX.1/2: scale of the normal sample before the sigmoid.", gt=0.0,
                              family_only=True)
-    logit_mean: float = f(0.0, "FLUX.1: logit-normal mean.", family_only=True)
-    logit_std: float = f(1.0, "FLUX.1: logit-normal std.", gt=0.0, family_only=True)
-    discrete_flow_shift: float = f(3.1582, "FLUX.1: shift for timestep_sampling = 'shift'.", gt=0.0,
+    logit_mean: float = f(0.0, "FLUX.1/2: logit-normal mean.", family_only=True)
+    logit_std: float = f(1.0, "FLUX.1/2: logit-normal std.", gt=0.0, family_only=True)
+    discrete_flow_shift: float = f(3.1582, "FLUX.1/2: shift for timestep_sampling = 'shift'.", gt=0.0,
                                    family_only=True)
-    guidance_scale: float = f(1.0, "FLUX.1-dev: guidance embedding value during training.", ge=0.0,
+    guidance_scale: float = f(1.0, "FLUX.1-dev / FLUX.2-dev: guidance embedding value during training.", ge=0.0,
                               family_only=True)
     t5_max_length: Optional[int] = f(None, "FLUX.1: T5 tokens (default 512 dev, 256 schnell).", ge=1, le=512,
                                      family_only=True)
     apply_t5_attn_mask: bool = f(False, "FLUX.1: mask T5 padding tokens in attention.", family_only=True)
+    text_max_length: Optional[int] = f(None, "FLUX.2: tokens of the prompt embedding (default 512, as the pipelines).",
+                                       ge=1, le=512, family_only=True)
     nan_policy: str = f("stop", "On a NaN/Inf loss or gradient: stop (default) or skip the step.",
                         choices=("stop", "skip"))
     stall_timeout: float = f(600.0, "Seconds without progress before the watchdog reports a stall; 0 = off.",
@@ -196,7 +205,7 @@ class MemoryCfg:
                                     "the tensor cores (compute capability 8.9+: RTX 40xx, L4, H100; bf16 runs). "
                                     "Default: on when vram_gb picks fp8 storage under compile (measured faster "
                                     "there); false: never.")
-    blocks_to_swap: int = f(0, "FLUX.1: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
+    blocks_to_swap: int = f(0, "FLUX.1/2: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
                             family_only=True)
     modulation_on_cpu: Optional[bool] = f(None, "FLUX.1: keep the 3.2 B frozen modulation weights (6 GiB in bf16, a "
                                          "quarter of the transformer) in CPU memory; their outputs depend only on the "
@@ -232,7 +241,8 @@ class SampleCfg:
     steps: Optional[int] = f(None, "Sampling steps (default: SDXL 28, FLUX dev 20, schnell 4).", ge=1)
     cfg_scale: Optional[float] = f(None, "Classifier-free guidance scale (default: SDXL 7.0, FLUX 1.0 = off).",
                                    ge=0.0)
-    guidance: float = f(3.5, "FLUX.1-dev: distilled guidance value for sampling.", ge=0.0, family_only=True)
+    guidance: float = f(3.5, "FLUX.1-dev / FLUX.2-dev: distilled guidance value for sampling (FLUX.2-dev: 4.0).",
+                        ge=0.0, family_only=True)
     sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), family_only=True)
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)

@@ -422,10 +422,13 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
     if d.min_bucket_reso > d.max_bucket_reso:
         raise err("data.min_bucket_reso",
                    f"must be ≤ data.max_bucket_reso ({d.max_bucket_reso}), got {d.min_bucket_reso}")
-    if d.bucket_reso_steps % 32:  # every family's data check also holds buckets to its own divisibility
+    from lorakit.config import families
+
+    step = families.bucket_step(cfg.model.family)
+    if d.bucket_reso_steps % step:
         raise err("data.bucket_reso_steps",
-                   f"must be a multiple of 32 for {cfg.model.family} (bucket sides must divide evenly through the "
-                   f"VAE's 8x and the model's further 4x down-sampling), got {d.bucket_reso_steps}")
+                   f"must be a multiple of {step} for {cfg.model.family} (bucket sides must divide evenly through the "
+                   f"VAE's and the model's down-sampling), got {d.bucket_reso_steps}")
     if not cfg.save.name.strip() or any(c in cfg.save.name for c in '/\\:\x00') or cfg.save.name in (".", ".."):
         raise err("save.name", f"must be a plain file name (no / \\ or :), got {show(cfg.save.name)}")
     if not _DEVICE_RE.match(t.device):

@@ -44,7 +44,8 @@ def inspect_file(path: Path) -> dict[str, Any]:
         if ".alpha" in parts:
             alphas[float(parts[".alpha"].float().item())] += 1
         prefixes[name.split("_")[0] + "_" + name.split("_")[1] if name.startswith("lora_") else name.split(".")[0]] += 1
-    fits = family_fit(set(modules))
+    outs = {n: int(p[s].shape[0]) for n, p in modules.items() for s in (".lora_up.weight", ".lora_B.weight") if s in p}
+    fits = family_fit(set(modules), outs)
     return {
         "file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "modules": len(modules),
         "module_groups": dict(prefixes), "ranks": dict(ranks), "alphas": dict(alphas), "dtypes": dict(dtypes),
@@ -52,10 +53,11 @@ def inspect_file(path: Path) -> dict[str, Any]:
     }
 
 
-def family_fit(names: set[str]) -> dict[str, Any]:
+def family_fit(names: set[str], out_widths: dict[str, int] | None = None) -> dict[str, Any]:
     """For each family with a key universe (the family package's optional ``lora_key_universe()``, asked of every
     family the registry finds, shipped or named in ``LORAKIT_FAMILIES`` / entry points): how many of the file's modules
-    it knows, and which it doesn't."""
+    it knows, and which it doesn't; with ``lora_sizes`` (a family of several sizes) also the sizes the file fits,
+    from names and output widths."""
     from lorakit.models.registry import families, get_family
 
     out = {}
@@ -71,6 +73,9 @@ def family_fit(names: set[str]) -> dict[str, Any]:
                                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
         known = names & universe
         out[fam] = {"matched": len(known), "of": len(names), "unmatched": sorted(names - universe)[:20]}
+        sizes_fn = getattr(get_family(fam), "lora_sizes", None)
+        if sizes_fn is not None and known:
+            out[fam]["sizes"] = sizes_fn(names, out_widths or {})
     return out
 
 
@@ -83,10 +88,13 @@ def render(info: dict[str, Any]) -> str:
         lines.append("alpha: " + ", ".join(f"{k:g} ({v} modules)" for k, v in sorted(info["alphas"].items())))
     lines.append("dtypes: " + ", ".join(f"{k} {v}" for k, v in info["dtypes"].items()))
     best = None
+    version = str(info["metadata"].get("ss_base_model_version", ""))
     for fam, fit in info["fits"].items():
-        lines.append(f"fits {fam}: {fit['matched']}/{fit['of']} modules")
-        if fit["matched"] and (best is None or fit["matched"] > info["fits"][best]["matched"]):
-            best = fam
+        sizes = f" (sizes: {', '.join(fit['sizes']) or 'none at full size'})" if "sizes" in fit else ""
+        lines.append(f"fits {fam}: {fit['matched']}/{fit['of']} modules{sizes}")
+        if fit["matched"] and (best is None or fit["matched"] > info["fits"][best]["matched"]
+                               or (fit["matched"] == info["fits"][best]["matched"] and _claims(fam, version))):
+            best = fam  # on equal names (FLUX.1 and FLUX.2 share BFL block names) the file's own version decides
     if best is not None:
         unmatched = info["fits"][best]["unmatched"]
         lines.append(f"base model: {best}" + (f"; keys that fit nothing: {', '.join(unmatched)}" if unmatched
@@ -98,6 +106,13 @@ def render(info: dict[str, Any]) -> str:
         text = json.dumps(value) if not isinstance(value, str) else value
         lines.append(f"  {key}: {text[:200]}{'…' if len(text) > 200 else ''}")
     return "\n".join(lines)
+
+
+def _claims(family: str, version: str) -> bool:
+    """Whether ``ss_base_model_version`` names this family (its spec's version is a prefix of it)."""
+    from lorakit.models.registry import get_family
+    base = get_family(family).SPEC.metadata_base_version
+    return bool(version) and version.startswith(base)
 
 
 def _maybe_json(value: str) -> Any:

@@ -59,6 +59,8 @@ class ModelSpec:
     host_linears_graph_safe: Callable[[], bool] = lambda: True
     # the denoiser's component name: in lora_targets() / the LoRA dict handed to export() ("unet", "transformer")
     denoiser_name: str = "transformer"
+    # data.bucket_reso_steps must be a multiple of this (through the VAE's and the denoiser's down-sampling)
+    bucket_step: int = 32
     # block classes compiled (memory.compile) besides the denoiser's own ``_repeated_blocks`` (diffusers' list)
     compile_blocks: tuple[str, ...] = ()
     # the family-only config keys this family honours ("training.guidance_scale", "memory.blocks_to_swap", ...): the
@@ -217,6 +219,11 @@ class ToyRecipe:
     pretrain_predict: Optional[Callable[[Any, NoisedInput, Batch, torch.Generator], torch.Tensor]] = None
     # the family ``lorakit demo`` trains when no --family is given (the first toy family that says so)
     default_demo: bool = False
+    # (kit, plan name, seed, t0) -> (modules, facts): a family whose latents need more than the shared recipe's scale
+    # and shift (FLUX.2's batch-norm statistics) pretrains itself. ``kit`` carries the toy world's shared pieces (the
+    # scenes, the VAE trainer, the plans, the log), so the family imports nothing from lorakit.toy; its ``save`` then
+    # writes the modules as they are (no re-targeting). None = the shared recipe (lorakit.toy.build.pretrain)
+    build: Optional[Callable[[Any, str, int, float], tuple[dict, dict]]] = None
 
 
 def init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -278,8 +278,10 @@ def save_family(family: str, models: dict, facts: dict, out: Path) -> dict[str, 
     config folder with the family converters); returns role → path."""
     recipe = toy_recipe(family)
     new_scale, new_shift = real_latent(family)
-    retarget_latents(models[recipe.vae], facts["scaling_factor"], facts["shift_factor"], new_scale, new_shift)
     out.mkdir(parents=True, exist_ok=True)
+    if recipe.build is not None:  # a family that pretrained itself saves its modules as they are
+        return recipe.save(models, facts, out)
+    retarget_latents(models[recipe.vae], facts["scaling_factor"], facts["shift_factor"], new_scale, new_shift)
     return recipe.save(models, {**facts, "scaling_factor": new_scale, "shift_factor": new_shift}, out)
 
 
@@ -290,8 +292,21 @@ def build(family: str, out: Path, plan_name: str = "full", seed: int = SEED) -> 
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target}: already exists and is not empty; remove it or pass another --out")
     t0, c0 = time.time(), time.process_time()
-    models, facts = pretrain(family, PLANS[plan_name], seed, t0)
+    recipe = toy_recipe(family)
+    if recipe.build is not None:  # the family pretrains itself with the toy world's kit (see ToyRecipe.build)
+        models, facts = recipe.build(kit(), plan_name, seed, t0)
+    else:
+        models, facts = pretrain(family, PLANS[plan_name], seed, t0)
     return finish(family, models, facts, target, plan_name, t0, c0)
+
+
+def kit() -> Any:
+    """What a family's own toy pretraining (``ToyRecipe.build``) may use of the toy world."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(world=world, Plan=Plan, PLANS=PLANS, CAPTION_DROPOUT=CAPTION_DROPOUT, log=_log,
+                           cosine_lr=_cosine_lr, set_determinism=set_determinism, images_to_tensor=images_to_tensor,
+                           train_vae=train_vae, encode_latents=encode_latents, caption_index=caption_index)
 
 
 def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str, t0: float,
@@ -304,8 +319,8 @@ def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str,
     report = {"family": family, "plan": plan_name, "seconds": round(seconds, 1),
               "cpu_seconds": round(cpu_seconds, 1),
               "scaling_factor": real_scale, "shift_factor": real_shift,
-              "trained_scaling_factor": facts["scaling_factor"],
-              "trained_shift_factor": facts["shift_factor"],
+              "trained_scaling_factor": facts.get("scaling_factor"),
+              "trained_shift_factor": facts.get("shift_factor"),
               "loss_curve": [round(x, 5) for x in facts["loss_curve"]],
               "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                         for role, p in files.items()},

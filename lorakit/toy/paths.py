@@ -45,7 +45,8 @@ def toy_paths(family: str, root: Optional[Path] = None) -> dict[str, Path]:
     base = (root or ASSETS) / family
     paths = {role: base / name for role, name in toy_recipe(family).files.items()}
     for role, p in paths.items():
-        ok = (p / "model_index.json").is_file() if role == "config" else p.is_file()
+        ok = (p / "model_index.json").is_file() if role == "config" else p.is_dir() if role.endswith("_dir") else \
+            p.is_file()
         if not ok:
             raise ModelLoadError(f"{p}: the toy {family} base model is missing ({role}); "
                                  f"run `python -m lorakit.toy build --family {family}`")

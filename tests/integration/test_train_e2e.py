@@ -21,12 +21,16 @@ GOLDEN_LOSSES: dict[str, list[float]] = {
              1.1164205074310303],
     "flux1": [1.364974856376648, 1.4979991912841797, 1.3887183666229248, 1.407793641090393, 1.4748165607452393,
               1.419875144958496],
+    "flux2": [1.419177770614624, 1.355936050415039, 1.3724106550216675, 1.448216438293457, 1.3676836490631104,
+              1.4052627086639404],
 }
 
 
 def tiny_model(family: str, folder: Path) -> dict[str, Path]:
     if family == "sdxl":
         from lorakit.models.sdxl.load import write_tiny_checkpoint
+    elif family == "flux2":
+        from lorakit.models.flux2.load import write_tiny_checkpoint
     else:
         from lorakit.models.flux1.load import write_tiny_checkpoint
     return write_tiny_checkpoint(folder)
@@ -37,9 +41,11 @@ def write_run_toml(tmp: Path, family: str, paths: dict[str, Path], **extra: str)
     if not dataset.exists():
         write_demo_dataset(dataset, n=4, repeats=2)
     model_lines = [f'family = "{family}"', f'checkpoint = "{paths["checkpoint"]}"', f'config_dir = "{paths["config"]}"']
-    for role in ("clip_l", "t5xxl", "ae"):
+    for role in ("clip_l", "t5xxl", "ae", "text_encoder"):
         if role in paths:
             model_lines.append(f'{role} = "{paths[role]}"')
+    if "tokenizer" in paths:
+        model_lines.append(f'tokenizer_dir = "{paths["tokenizer"]}"')
     body = f"""
 [model]
 {chr(10).join(model_lines)}
@@ -80,7 +86,7 @@ keep_last = 2
     return path
 
 
-@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+@pytest.mark.parametrize("family", ["sdxl", "flux1", "flux2"])
 def test_train_cli_end_to_end(tmp_path, family, capsys):
     paths = tiny_model(family, tmp_path / "model")
     run_toml = write_run_toml(tmp_path, family, paths)
@@ -112,7 +118,8 @@ def test_train_cli_end_to_end(tmp_path, family, capsys):
     shown = capsys.readouterr().out
     modules = len(tensors) // 3
     assert f"fits {family}: {modules}/{modules} modules" in shown and "every key fits" in shown
-    assert f"ss_base_model_version: {'sdxl_base_v1-0' if family == 'sdxl' else 'flux1'}" in shown
+    version = {"sdxl": "sdxl_base_v1-0", "flux1": "flux1", "flux2": "flux_2_klein_4b"}[family]
+    assert f"ss_base_model_version: {version}" in shown and f"base model: {family};" in shown
 
 
 @pytest.mark.parametrize("family", ["sdxl", "flux1"])

@@ -251,7 +251,7 @@ def test_dir_and_config_are_exclusive(tmp_path):
 
 def test_flux_only_field_on_sdxl_is_rejected(tmp_path):
     msg = err(tmp_path, BASE + "[training]\nguidance_scale = 3.5\n")
-    assert msg == "training.guidance_scale: applies only to flux1, not sdxl; remove it"
+    assert msg == "training.guidance_scale: applies only to flux1, flux2, not sdxl; remove it"
 
 
 def test_sdxl_only_field_on_flux_is_rejected(tmp_path):
@@ -566,7 +566,7 @@ def test_field_specs_cover_the_schema():
     assert not hasattr(schema, "FAMILIES")  # the installed family packages say which families exist
     from lorakit.config import families
 
-    assert families.applies_to("training.guidance_scale") == ("flux1",)
+    assert families.applies_to("training.guidance_scale") == ("flux1", "flux2")
     assert families.applies_to("training.min_snr_gamma") == ("sdxl",)
 
 

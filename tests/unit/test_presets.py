@@ -10,7 +10,8 @@ import pytest
 from lorakit.config.load import PRESET_DIR, dump_toml, field_specs, list_presets, load_config
 from lorakit.errors import ConfigError
 
-EXPECTED = ["flux1/character", "flux1/product", "flux1/style", "sdxl/character", "sdxl/product", "sdxl/style"]
+EXPECTED = ["flux1/character", "flux1/product", "flux1/style", "flux2/character", "flux2/product", "flux2/style",
+            "sdxl/character", "sdxl/product", "sdxl/style"]
 DUMMY = ("model.checkpoint=/models/base.safetensors", "data.dir=/datasets/ohwx")
 
 
@@ -65,7 +66,10 @@ def test_preset_follows_the_guide(name):
     else:
         assert 16 <= d["network"]["rank"] <= 32 and 1000 <= steps <= 2500
         assert d["network"]["alpha"] == 16
-        assert d["sample"]["cfg_scale"] == 1.0
+        if family == "flux1":
+            assert d["sample"]["cfg_scale"] == 1.0
+        else:  # FLUX.2: the variant's own sampler (base Klein CFG 4, distilled none), so not set
+            assert "cfg_scale" not in d["sample"] and "guidance_scale" not in d["training"]
     if purpose == "character":
         assert steps == 1500
     # products and faces have handedness; styles do not

@@ -42,8 +42,9 @@ def test_quick_build_is_bit_for_bit(tmp_path, family):
     b = build.build(family, tmp_path / "b", plan_name="quick")
     ha = {r: f["sha256"] for r, f in a["files"].items()}
     assert ha == {r: f["sha256"] for r, f in b["files"].items()}
-    assert set(ha) == set(paths.toy_recipe(family).files) - {"config"}      # every file of the recipe's table
-    assert len(ha) == (1 if family == "sdxl" else 4)
+    files = paths.toy_recipe(family).files
+    assert set(ha) == {r for r in files if r != "config" and not r.endswith("_dir")}  # every file of the table
+    assert ha and all(len(h) == 64 for h in ha.values())
     # the config folder is identical too
     for p in sorted((tmp_path / "a" / family / "config").rglob("*.json")):
         q = tmp_path / "b" / family / "config" / p.relative_to(tmp_path / "a" / family / "config")
@@ -108,7 +109,8 @@ PROMPTS = ["a red circle on a blue background", "a green square on a white backg
 # Conservative floors, well under what BUILD.md records (chance: shape 1/4 with the concept class, colour and
 # background 1/6). The toy FLUX draws the right colours but blobby shapes, hence its lower shape floor.
 FLOORS = {"sdxl": {"shape": 0.5, "colour": 0.6, "background": 0.6},
-          "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5}}
+          "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5},
+          "flux2": {"colour": 0.4, "background": 0.5}}   # flux2 measured 0.58 / 0.75 (CFG 4); shapes at chance
 
 
 @pytest.mark.parametrize("family", TOY_FAMILIES)
@@ -116,7 +118,7 @@ def test_base_draws_what_the_prompt_says(family):
     """Loaded by the family Adapter from the shipped files, drawn by its sampler with the recipe's CFG (SDXL 4,
     FLUX.1-dev 1 = guidance input only)."""
     model = toy_eval.load_toy(family)
-    assert model.demo.cfg_scale == (4.0 if family == "sdxl" else 1.0)
+    assert model.demo.cfg_scale == {"sdxl": 4.0, "flux1": 1.0, "flux2": 4.0}[family]  # FLUX.2 toy: Klein base
     prompts = [p for p in PROMPTS for _ in range(2)]
     imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20)
     r = toy_eval.prompt_following(imgs, prompts)
@@ -124,7 +126,7 @@ def test_base_draws_what_the_prompt_says(family):
         assert r[key] >= floor, (key, r)
 
 
-@pytest.mark.parametrize("family", TOY_FAMILIES)
+@pytest.mark.parametrize("family", [f for f in TOY_FAMILIES if paths.toy_recipe(f).build is None])
 def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
     """The saved VAE speaks the real family's latent constants without changing what the denoiser sees."""
     from lorakit.toy import world

@@ -1,0 +1,8 @@
+"""FLUX.2 model family (Klein 4B / 9B, base and distilled, and dev): BFL single files, ComfyUI split files or
+diffusers folders; ComfyUI- and diffusers-layout LoRA export."""
+
+from .adapter import SPEC, Adapter
+from .keys import lora_key_universe, lora_sizes
+from .toy import TOY
+
+__all__ = ["SPEC", "TOY", "Adapter", "lora_key_universe", "lora_sizes"]

@@ -1,0 +1,328 @@
+"""The FLUX.2 family adapter (Klein 4B / 9B, base and distilled, and dev): rectified flow on 128-channel latents.
+
+Conventions (checked against diffusers' Flux2KleinPipeline in the tests):
+* latents: the AE posterior mean, patchified 2×2 (32 -> 128 channels) and normalised per channel with the AE's
+  batch-norm statistics; [B, 128, H/16, W/16]; one token per latent pixel, position ids (0, row, col, 0).
+* x_σ = (1−σ)·x0 + σ·ε, target ε − x0; the transformer gets σ (it multiplies by 1000 itself).
+* guidance: Klein has no guidance input (base: true CFG when sampling; distilled: 4 steps, no CFG); dev takes the
+  guidance value through its guidance embedder (``training.guidance_scale`` while training, ``sample.guidance``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+
+from . import configs, maths
+
+SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0.0, vae_downscale=16, patch_size=1,
+                 bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),
+                 max_caption_tokens=configs.MAX_TEXT_TOKENS, default_sample_steps=4,
+                 metadata_base_version="flux_2", network_module="networks.lora_flux_2", default_cfg_scale=1.0,
+                 denoiser_name="transformer", bucket_step=16,
+                 config_keys=frozenset({
+                     "model.ae", "model.text_encoder", "model.variant", "network.train_blocks",
+                     "network.double_block_indices", "network.single_block_indices", "network.module_ranks",
+                     "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
+                     "training.discrete_flow_shift", "training.guidance_scale", "training.text_max_length",
+                     "memory.blocks_to_swap", "sample.guidance"}))
+# activation_gib etc. stay at ModelSpec's defaults: not measured for FLUX.2 yet (the GPU rounds are the lead's)
+
+ARCHITECTURE = {"klein-4b": "Flux.2-klein-4b", "klein-9b": "Flux.2-klein-9b", "dev": "Flux.2-dev"}
+BASE_VERSION = {"klein-4b": "flux_2_klein_4b", "klein-9b": "flux_2_klein_9b", "dev": "flux_2_dev"}
+
+
+def deferred_placement(memory: Any) -> bool:
+    """Whether the transformer stays on the CPU after load() (the loop places it block by block)."""
+    return bool(memory is not None and (getattr(memory, "blocks_to_swap", 0) or getattr(memory, "fp8_base", False)
+                                        or getattr(memory, "vram_gb", None)))
+
+
+class Adapter:
+    """ModelAdapter for FLUX.2; one instance per run, made with the whole Config."""
+
+    spec = SPEC
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.comps: Any = None
+        self.device = torch.device("cpu")
+        self.dtype = torch.bfloat16
+        self._ids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------------------------------ loading
+    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+        from .load import load_components
+        self.comps = load_components(model, dtype)
+        self.device, self.dtype = torch.device(device), dtype
+        self._check_settings()
+        if not deferred_placement(memory):
+            self.comps.transformer.to(self.device)
+
+    def _check_settings(self) -> None:
+        t = self.cfg.training
+        if not self._c().shape.guidance and float(t.guidance_scale) != 1.0:
+            raise ConfigError(f"training.guidance_scale: FLUX.2 {self._c().variant} has no guidance input (only dev "
+                              "has); remove it")
+        if getattr(self.cfg.network, "train_text_encoder", False):
+            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
+                              "false")
+        if getattr(self.cfg.memory, "vram_gb", None):
+            raise ConfigError("memory.vram_gb: FLUX.2's activation sizes are not measured yet, so the planner cannot "
+                              "fit a FLUX.2 run to a budget; remove it and set gradient_checkpointing, fp8_base and "
+                              "blocks_to_swap by hand")
+        from lorakit.config.load import field_specs
+        sample = self.cfg.sample
+        if not self._c().shape.guidance and sample.guidance != field_specs()["sample"]["guidance"].default:
+            raise ConfigError(f"sample.guidance: FLUX.2 {self._c().variant} has no guidance input (only dev has); "
+                              "base Klein previews use sample.cfg_scale; remove it")
+        if self._c().distilled and self._c().shape.klein and sample.cfg_scale not in (None, 1.0):
+            raise ConfigError(f"sample.cfg_scale: {self._c().variant} is step-distilled and runs without CFG; remove "
+                              "it (or train on the base model, as recommended)")
+
+    def before_placement(self, memory: Any, log: Any) -> None:
+        """Nothing FLUX.2-specific to apply (memory.modulation_on_cpu is FLUX.1's)."""
+
+    def _c(self) -> Any:
+        if self.comps is None:
+            raise RuntimeError("flux2 adapter: load() must be called first")
+        return self.comps
+
+    @property
+    def variant(self) -> str:
+        return self._c().variant
+
+    def text_length(self) -> int:
+        return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
+
+    def identity(self) -> dict[str, str]:
+        """Cache keys from file identities (size, mtime, header hash) and the encoding settings."""
+        from lorakit.models.flux1.adapter import file_identity  # the one cheap file-identity helper
+        c = self._c()
+
+        def ident(role: str) -> str:
+            p = c.files.get(role)
+            return file_identity(Path(p)) if p is not None else "none"
+
+        def digest(*parts: str) -> str:
+            return "flux2-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+        tok = str(getattr(self.cfg.model, "tokenizer_dir", None) or "folder")
+        layers = configs.MISTRAL_LAYERS if c.shape.size == "dev" else configs.QWEN3_LAYERS
+        return {"vae": digest("vae", ident("ae"), "mean+patchify+bn"),
+                "text": digest("text", ident("text_encoder"), tok, f"len={self.text_length()}", str(layers)),
+                "model": digest("model", ident("checkpoint"))}
+
+    @contextlib.contextmanager
+    def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
+        """Run an encoder on the training device, or on the CPU when it does not fit beside training."""
+        where = self.device
+        vram = getattr(self.cfg.memory, "vram_gb", None)
+        if where.type == "cuda" and vram:
+            need = sum(p.numel() * p.element_size() for p in module.parameters()) / 2**30
+            if need > 0.8 * float(vram):
+                print(f"flux2: the {need:.1f} GiB encoder runs on the CPU (memory.vram_gb = {vram})")
+                where = torch.device("cpu")
+        module.to(where)
+        yield where
+
+    def offload_encoders(self) -> None:
+        c = self._c()
+        for name in ("text_encoder", "ae"):
+            if c.loaded(name):
+                getattr(c, name).to("cpu")
+
+    def denoiser(self) -> nn.Module:
+        return self._c().transformer
+
+    def text_encoder_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    # ------------------------------------------------------------------------------------------ encoding
+    def _bn(self, ae: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = ae.bn.running_mean.view(1, -1, 1, 1).to(like.device, torch.float32)
+        std = torch.sqrt(ae.bn.running_var.view(1, -1, 1, 1).to(like.device, torch.float32) + ae.config.batch_norm_eps)
+        return mean, std
+
+    def _factor(self) -> int:
+        return 2 ** (len(self._c().ae.config.block_out_channels) - 1) * 2
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> normalised 128-channel latents (the pipelines' ``_encode_vae_image``)."""
+        ae = self._c().ae
+        f = self._factor()
+        if pixels.shape[-1] % f or pixels.shape[-2] % f:
+            raise ValueError(f"flux2: image size {pixels.shape[-1]}x{pixels.shape[-2]} must be a multiple of {f}")
+        with self._on_device(ae) as where:
+            dt = next(ae.parameters()).dtype
+            z = maths.patchify(ae.encode(pixels.to(where, dt)).latent_dist.mode().float())
+            mean, std = self._bn(ae, z)
+        return ((z - mean) / std).cpu()
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """{"prompt_embeds": [B, L, 3H]}: three hidden layers of Qwen3 (Klein) or Mistral (dev), L = 512."""
+        from .text import encode_mistral, encode_qwen3
+        c = self._c()
+        fn = encode_mistral if c.shape.size == "dev" else encode_qwen3
+        with self._on_device(c.text_encoder):
+            emb, _ids, _mask = fn(c.text_encoder, c.tokenizer, captions, max_length=self.text_length())
+        return {"prompt_embeds": emb.cpu()}
+
+    # ------------------------------------------------------------------------------------------ objective
+    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
+              generator: torch.Generator) -> NoisedInput:
+        """σ from training.timestep_sampling (flux_shift with the image token count h·w); rectified-flow noising."""
+        b, _, h, w = latents.shape
+        sigmas = maths.sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
+                                     logit_mean=training.logit_mean, logit_std=training.logit_std,
+                                     shift=training.discrete_flow_shift, seq_len=h * w)
+        host = sigmas
+        sigmas = to_gpu(sigmas, latents.device)
+        return NoisedInput(model_input=maths.flow_noise(latents, noise, sigmas), timesteps=sigmas,
+                           target=maths.flow_target(latents, noise),
+                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
+
+    def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor],
+                 guidance: Optional[float]) -> torch.Tensor:
+        """Pack, run the transformer (σ as timestep), unpack; the raw velocity, float32."""
+        tr = self._c().transformer
+        p = next(tr.parameters())
+        dev, dt = p.device, p.dtype
+        b, _, h, w = x.shape
+        emb = to_gpu(text["prompt_embeds"], dev, dt)
+        key = (h, w, emb.shape[1], dev)
+        if key not in self._ids:
+            from .text import text_position_ids
+            self._ids[key] = (maths.image_position_ids(h, w).to(dev), text_position_ids(emb.shape[1]).to(dev))
+        img_ids, txt_ids = self._ids[key]
+        g = None
+        if self._c().shape.guidance:
+            g = torch.full((b,), float(1.0 if guidance is None else guidance), device=dev, dtype=torch.float32)
+        out = tr(hidden_states=to_gpu(maths.pack(x), dev, dt), encoder_hidden_states=emb,
+                 timestep=to_gpu(sigmas, dev, torch.float32).reshape(-1).expand(b), img_ids=img_ids,
+                 txt_ids=txt_ids, guidance=g, return_dict=False)[0]
+        return maths.unpack(out, h, w).float()
+
+    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
+        return self._forward(noised.model_input, noised.timesteps, batch.text, self.cfg.training.guidance_scale)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def sample_settings(self, prompt: SamplePrompt) -> tuple[int, float, Optional[float]]:
+        """(steps, CFG scale, guidance) for a preview: the variant's defaults where neither the prompt nor
+        ``sample.*`` set them (distilled Klein 4 steps without CFG, base 50 steps with CFG 4, dev 50 steps with
+        guidance 4; CFG on a distilled model is refused, as the pipelines ignore it)."""
+        c = self._c()
+        steps_default, value = configs.SAMPLE_DEFAULTS.get(c.variant, (28, 4.0) if not c.distilled else (4, 1.0))
+        steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or steps_default
+        cfg_set = getattr(self.cfg.sample, "cfg_scale", None) is not None or prompt.cfg_scale != SPEC.default_cfg_scale
+        if c.shape.size == "dev":
+            guidance = prompt.guidance if prompt.guidance is not None else float(self.cfg.sample.guidance)
+            return steps, (prompt.cfg_scale if cfg_set else 1.0), guidance
+        if c.distilled:
+            if cfg_set and prompt.cfg_scale != 1.0:
+                raise ConfigError(f"sample.cfg_scale: {c.variant} is step-distilled and runs without CFG; set it to 1 "
+                                  "(or train/sample a base model)")
+            return steps, 1.0, None
+        return steps, (prompt.cfg_scale if cfg_set else value), None
+
+    @torch.no_grad()
+    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
+        """Flow-match Euler along the FLUX.2 pipelines' schedule; CFG for base Klein (negative prompt: the
+        prompt's, else empty, as the pipeline)."""
+        from PIL import Image
+        c = self._c()
+        steps, cfg_scale, guidance = self.sample_settings(prompt)
+        f = self._factor()
+        width, height = max(f, prompt.width // f * f), max(f, prompt.height // f * f)
+        h, w = height // f, width // f
+        x = torch.randn((1, SPEC.latent_channels, h, w), generator=generator, device=generator.device,
+                        dtype=torch.float32).to(self.device)
+        sigmas = maths.sample_schedule(steps, h * w)
+        cond = self.encode_text([prompt.prompt])
+        neg = self.encode_text([prompt.negative]) if cfg_scale != 1.0 else None
+        tr = c.transformer
+        was_training = tr.training
+        tr.eval()
+        try:
+            for i in range(steps):
+                s = sigmas[i].reshape(1)
+                v = self._forward(x, s, cond, guidance)
+                if neg is not None:
+                    v_neg = self._forward(x, s, neg, guidance)
+                    v = v_neg + cfg_scale * (v - v_neg)
+                x = x + (sigmas[i + 1] - sigmas[i]).item() * v
+        finally:
+            tr.train(was_training)
+        return self.decode(x, Image)
+
+    def decode(self, x: torch.Tensor, image_module: Any = None) -> Any:
+        """Normalised latents [1,128,h,w] -> PIL image (batch-norm undone, unpatchified, AE decode)."""
+        ae = self._c().ae
+        with self._on_device(ae) as where:
+            mean, std = self._bn(ae, x)
+            z = maths.unpatchify(x.float().to(mean.device) * std + mean)
+            img = ae.decode(z.to(where, next(ae.parameters()).dtype)).sample
+        arr = ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if image_module is None:
+            from PIL import Image as image_module
+        return image_module.fromarray(arr)
+
+    # ------------------------------------------------------------------------------------------ LoRA
+    def _depths(self) -> tuple[int, int]:
+        s = self._c().shape
+        return s.num_double, s.num_single
+
+    def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
+        from .lora_format import transformer_targets
+        if getattr(network, "train_text_encoder", False):
+            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
+                              "false")
+        out = {"transformer": transformer_targets(network, *self._depths())}
+        if not out["transformer"]:
+            raise ConfigError("network: the block selection and module_ranks leave no FLUX.2 module to train")
+        return out
+
+    def export(self, lora: dict[str, dict[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
+        """ComfyUI/kohya names (BFL paths, fused qkv; save.format = "kohya") or diffusers lora_A/lora_B names."""
+        from .lora_format import to_comfy, to_diffusers
+        if fmt == "diffusers":
+            return to_diffusers(lora)
+        if fmt != "kohya":
+            raise ConfigError(f"save.format: {fmt!r} is not supported for flux2; use kohya or diffusers")
+        tr = self._c().transformer
+        outs = {n.removesuffix(".base_layer"): m.out_features for n, m in tr.named_modules()
+                if isinstance(m, nn.Linear)}
+        return to_comfy(lora, outs, *self._depths())
+
+    def metadata(self, config: Any) -> dict[str, str]:
+        """The ss_* keys musubi-tuner writes for FLUX.2 and the modelspec architecture SwarmUI sorts by
+        (``Flux.2-klein-4b/lora``, ``Flux.2-klein-9b/lora``, ``Flux.2-dev/lora``; base and distilled Klein share
+        theirs: one LoRA serves both)."""
+        t = config.training
+        c = self._c()
+        size = c.shape.size if c.shape.size in ARCHITECTURE else "klein-4b"
+        return {
+            "ss_base_model_version": BASE_VERSION[size],
+            "ss_network_module": SPEC.network_module,
+            "ss_model_type": "flux2",
+            "ss_guidance_scale": str(float(t.guidance_scale)),
+            "ss_timestep_sampling": str(t.timestep_sampling),
+            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
+            "ss_logit_mean": str(float(t.logit_mean)),
+            "ss_logit_std": str(float(t.logit_std)),
+            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            "ss_model_prediction_type": "raw",
+            "lorakit_flux2_variant": c.variant,
+            "modelspec.architecture": f"{ARCHITECTURE[size]}/lora",
+            "modelspec.implementation": "https://github.com/black-forest-labs/flux2",
+        }
