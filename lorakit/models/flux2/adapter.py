@@ -105,7 +105,7 @@ class Adapter:
 
     def identity(self) -> dict[str, str]:
         """Cache keys from file identities (size, mtime, header hash) and the encoding settings."""
-        from lorakit.models.flux1.adapter import file_identity  # the one cheap file-identity helper
+        from lorakit.fsutil import path_identity as file_identity  # the one file-identity algorithm
         c = self._c()
 
         def ident(role: str) -> str:

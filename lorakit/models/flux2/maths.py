@@ -1,4 +1,4 @@
-"""FLUX.2's rectified-flow maths, pure tensor functions. # moves to lorakit/diffusion
+"""FLUX.2's rectified-flow maths, pure tensor functions (what it shares with FLUX.1 comes from lorakit.diffusion).
 
 Training: x_σ = (1−σ)·x0 + σ·ε, target ε − x0, σ drawn by FLUX's samplers; ``flux_shift`` uses the number of image
 tokens, which for FLUX.2 is latent h·w of the 128-channel (already 2×2-patchified) latent (musubi-tuner's
@@ -10,55 +10,11 @@ batch-norm statistics; tokens are the 128-vectors in row-major order with positi
 
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import torch
 
-SIGMA_MODES = ("uniform", "sigmoid", "logit_normal", "shift", "flux_shift")
-
-
-# moves to lorakit/diffusion
-def flow_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    s = sigma.to(torch.float32).reshape(-1, *([1] * (x0.ndim - 1))).to(x0.device)
-    return ((1.0 - s) * x0.float() + s * noise.float()).to(x0.dtype)
-
-
-def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:  # moves to lorakit/diffusion
-    return noise - x0
-
-
-def flux_mu(seq_len: float, base_seq: int = 256, max_seq: int = 4096, base_shift: float = 0.5,
-            max_shift: float = 1.15) -> float:  # moves to lorakit/diffusion
-    return base_shift + (max_shift - base_shift) / (max_seq - base_seq) * (float(seq_len) - base_seq)
-
-
-def time_shift(mu: float, sigma):  # moves to lorakit/diffusion
-    """σ' = e^μ / (e^μ + 1/σ − 1), written k·σ / (1 + (k−1)·σ) with k = e^μ (no division by σ)."""
-    k = math.exp(mu)
-    return k * sigma / (1.0 + (k - 1.0) * sigma)
-
-
-def sample_sigmas(batch: int, mode: str, generator: Optional[torch.Generator] = None, *, sigmoid_scale: float = 1.0,
-                  logit_mean: float = 0.0, logit_std: float = 1.0, shift: float = 3.1582,
-                  seq_len: Optional[int] = None) -> torch.Tensor:  # moves to lorakit/diffusion
-    """σ ∈ (0, 1) per sample, float32 [batch] (the same draws as FLUX.1's samplers for the same generator)."""
-    device = generator.device if generator is not None else torch.device("cpu")
-    if mode == "uniform":
-        return torch.rand((batch,), generator=generator, device=device, dtype=torch.float32)
-    if mode not in SIGMA_MODES:
-        raise ValueError(f"timestep_sampling must be one of {SIGMA_MODES}, got {mode!r}")
-    normal = torch.randn((batch,), generator=generator, device=device, dtype=torch.float32)
-    if mode == "logit_normal":
-        return torch.sigmoid(logit_mean + logit_std * normal)
-    s = torch.sigmoid(sigmoid_scale * normal)
-    if mode == "sigmoid":
-        return s
-    if mode == "shift":
-        return shift * s / (1.0 + (shift - 1.0) * s)
-    if seq_len is None:
-        raise ValueError("timestep_sampling 'flux_shift' needs seq_len (the number of image tokens)")
-    return time_shift(flux_mu(seq_len), s)
+# the rectified-flow maths FLUX.2 shares with FLUX.1 (checked identical: same draws, same values)
+from lorakit.diffusion.objectives import SIGMA_MODES, flow_noise, flow_target, flux_mu, sample_sigmas  # noqa: F401
+from lorakit.diffusion.objectives import flux_time_shift as time_shift  # noqa: F401
 
 
 def empirical_mu(image_seq_len: int, num_steps: int) -> float:
