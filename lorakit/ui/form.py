@@ -39,12 +39,21 @@ class Field:
 
     @property
     def families(self) -> tuple[str, ...]:
-        return tuple(self.spec.meta.get("families") or ())
+        """The families a family-only key applies to (their specs list it); () for a key of every family."""
+        if not self.spec.meta.get("family_only"):
+            return ()
+        from lorakit.config import families
+
+        return families.applies_to(self.spec.key)
 
     @property
     def choices(self) -> list[str]:
         if self.widget == "tristate":
             return list(TRISTATE)
+        if self.spec.meta.get("kind") == "family":  # the installed family packages
+            from lorakit.config import families
+
+            return list(families.installed())
         return [str(c) for c in self.spec.meta.get("choices", ())]
 
     def help(self) -> str:

@@ -195,8 +195,8 @@ def test_registered_family_keys_are_honoured_and_others_refused(tmp_path, with_t
     from lorakit.config.load import load_config
 
     assert "tinydit" in registry.families()
-    assert config_families.applies_to("training.timestep_sampling") == ("flux1", "tinydit")
-    assert config_families.applies_to("training.guidance_scale") == ("flux1",)
+    assert config_families.applies_to("training.timestep_sampling") == ("flux1", "flux2", "tinydit")
+    assert config_families.applies_to("training.guidance_scale") == ("flux1", "flux2")
     model = {"family": "tinydit", "checkpoint": str(tmp_path / "x.safetensors")}
     base = {"model": model, "data": {"dir": str(tmp_path)}}
     cfg = load_config(None, data={**base, "training": {"timestep_sampling": "uniform"}})
@@ -237,7 +237,7 @@ def test_family_sources_and_their_errors(tmp_path, monkeypatch):
     config_families.clear()
     try:
         assert "tinydit" not in registry.families()
-        assert config_families.applies_to("training.timestep_sampling") == ("flux1",)
+        assert config_families.applies_to("training.timestep_sampling") == ("flux1", "flux2")
         # an installed distribution's entry point
         dist = tmp_path / "lorakit_tinydit_ep-0.1.dist-info"
         dist.mkdir()
