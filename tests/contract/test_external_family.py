@@ -201,7 +201,7 @@ def test_registered_family_keys_are_honoured_and_others_refused(tmp_path, with_t
     base = {"model": model, "data": {"dir": str(tmp_path)}}
     cfg = load_config(None, data={**base, "training": {"timestep_sampling": "uniform"}})
     assert cfg.training.timestep_sampling == "uniform"
-    with pytest.raises(ConfigError, match=r"^training\.guidance_scale: applies only to flux1, not tinydit"):
+    with pytest.raises(ConfigError, match=r"^training\.guidance_scale: applies only to flux1, flux2, not tinydit"):
         load_config(None, data={**base, "training": {"guidance_scale": 2.0}})
     with pytest.raises(ConfigError, match=r"^network\.conv_rank: applies only to sdxl, not tinydit"):
         load_config(None, data={**base, "network": {"conv_rank": 4}})
