@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -21,6 +23,7 @@ def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProc
                           timeout=600)
 
 
+@pytest.mark.slow  # 50-95 s of CPU: outside make test's budget (run with -m slow)
 def test_bench_rows_for_fp8_compute_run_and_agree_with_fp8_storage(tmp_path):
     rows = ["flux1/fp8", "flux1/fp8c", "flux1/fp8c+compile"]  # the same placement path: same weights and batches
     done = run(["benchmarks/bench.py", *rows, "--steps", "6", "--no-append"], tmp_path, BENCH_TINY="1")
@@ -38,6 +41,7 @@ def test_bench_rows_for_fp8_compute_run_and_agree_with_fp8_storage(tmp_path):
     assert all("fp8 compute" in settings[name] and "fp8 storage" not in settings[name] for name in rows[1:])
 
 
+@pytest.mark.slow  # 50-95 s of CPU: outside make test's budget (run with -m slow)
 def test_block_probe_reports_every_mode(tmp_path):
     done = run(["benchmarks/probe_blocks.py", "bf16", "fp8c"], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

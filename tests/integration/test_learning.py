@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+# minutes of CPU (two families, a trained and a broken-objective run each): kept out of `make test`'s 15-minute
+# budget; run with `pytest -m slow tests/integration/test_learning.py` (numbers in benchmarks/RESULTS.md)
+pytestmark = pytest.mark.slow
+
 from lorakit.toy.demo import broken_objective, run_eval
 
 STEPS = 400

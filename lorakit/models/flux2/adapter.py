@@ -67,6 +67,17 @@ class Adapter:
         if not deferred_placement(memory):
             self.comps.transformer.to(self.device)
 
+    @staticmethod
+    def check_config(cfg: Any, device: torch.device) -> None:
+        """What FLUX.2 refuses before anything is read (the checks that need the variant run at load)."""
+        if getattr(cfg.network, "train_text_encoder", False):
+            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
+                              "false")
+        if getattr(cfg.memory, "vram_gb", None):
+            raise ConfigError("memory.vram_gb: FLUX.2's activation sizes are not measured yet, so the planner cannot "
+                              "fit a FLUX.2 run to a budget; remove it and set gradient_checkpointing, fp8_base and "
+                              "blocks_to_swap by hand")
+
     def _check_settings(self) -> None:
         t = self.cfg.training
         if not self._c().shape.guidance and float(t.guidance_scale) != 1.0:
