@@ -288,7 +288,7 @@ def test_ui_end_to_end(tmp_path, capsys):
             stopped_at = max(_metrics_steps(run_dir))
             assert stopped_at < 30, "the job ended before it could be stopped"
             status = json.loads((run_dir / "run.json").read_text())
-            assert status["status"] == "running"  # what the run wrote before SIGINT; the UI still shows stopped
+            assert status["status"] == "interrupted"  # the run marks itself on SIGINT; the UI shows stopped
             _open_tab(page, "Jobs")
             _pick(page, "jb-pick", "1: toyjob")
             expect(page.locator("#jb-table")).to_contain_text("stopped", timeout=10_000)
