@@ -49,7 +49,7 @@ TINY = os.environ.get("BENCH_TINY") == "1"  # CPU smoke test of the harness with
 # input-gradient backward; the frozen base needs no weight gradients). Without checkpointing the recompute
 # is not done, but MFU is always taken against the same useful work: these numbers / 4 * 3 would be the
 # FLOPs actually executed without checkpointing. We report MFU = FLOP_STEP / time / PEAK.
-FLOP_STEP = {"sdxl": 21.6e12, "flux1": 240e12}
+FLOP_STEP = {"sdxl": 21.6e12, "flux1": 240e12}  # FLUX.2: measured by the rows with eager_first
 PEAK = 790e12  # bf16 dense matmul on random data, measured on this workplace's H200 (KINDS.md)
 
 # row name -> settings. keys: family; gc (checkpointing); compile: False | "regions" (lorakit's default path,
@@ -227,6 +227,30 @@ ROWS: dict[str, dict[str, Any]] = {
     "sdxl/fp8c+graphs+fusedopt-pageable": {"family": "sdxl", "gc": True, "fp8": True, "fp8c": True,
                                            "compile": "regions", "cudagraphs": True, "phases": (True,),
                                            "pageable": True},
+    # FLUX.2 (issue 19): Klein 4B / 9B (base and distilled share the architecture) and dev, random full-size weights
+    "flux2-4b/gc": {"family": "flux2", "size": "klein-4b", "gc": True, "eager_first": True},
+    "flux2-4b/nogc": {"family": "flux2", "size": "klein-4b", "gc": False},
+    "flux2-4b/gc+compile": {"family": "flux2", "size": "klein-4b", "gc": True, "compile": "regions", "phases": (True,)},
+    "flux2-4b/nogc+compile": {"family": "flux2", "size": "klein-4b", "gc": False, "compile": "regions",
+                              "phases": (True,)},
+    "flux2-4b/nogc+compile-graphs": {"family": "flux2", "size": "klein-4b", "gc": False, "compile": "regions",
+                                     "cudagraphs": True, "phases": (True,)},
+    "flux2-4b/gc+compile-graphs": {"family": "flux2", "size": "klein-4b", "gc": True, "compile": "regions",
+                                   "cudagraphs": True, "phases": (True,)},
+    "flux2-4b/fp8c+compile": {"family": "flux2", "size": "klein-4b", "gc": True, "fp8": True, "fp8c": True,
+                              "compile": "regions", "phases": (True,)},
+    "flux2-9b/gc": {"family": "flux2", "size": "klein-9b", "gc": True, "eager_first": True},
+    "flux2-9b/gc+compile": {"family": "flux2", "size": "klein-9b", "gc": True, "compile": "regions", "phases": (True,)},
+    "flux2-9b/nogc+compile": {"family": "flux2", "size": "klein-9b", "gc": False, "compile": "regions",
+                              "phases": (True,)},
+    "flux2-9b/gc+compile-graphs": {"family": "flux2", "size": "klein-9b", "gc": True, "compile": "regions",
+                                   "cudagraphs": True, "phases": (True,)},
+    "flux2-9b/fp8c+compile": {"family": "flux2", "size": "klein-9b", "gc": True, "fp8": True, "fp8c": True,
+                              "compile": "regions", "phases": (True,)},
+    "flux2-dev/fp8+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "compile": "regions",
+                              "phases": (True,)},
+    "flux2-dev/fp8c+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "fp8c": True,
+                               "compile": "regions", "phases": (True,)},
 }
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
@@ -316,6 +340,35 @@ def build_flux(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
     return adapter, tr, text
 
 
+def build_flux2(cfg: Any, device: Any, size: str) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size FLUX.2 transformer (Klein 4B / 9B or dev) on ``device`` (bf16); the
+    components set the way load() leaves them (transformer, shape, variant), which is all training reads."""
+    import torch
+    from diffusers import Flux2Transformer2DModel
+
+    from lorakit.models.flux2 import configs
+    from lorakit.models.flux2.adapter import Adapter
+    from lorakit.models.flux2.convert import Shape
+    from lorakit.models.flux2.load import Flux2Components
+
+    conf = {k: v for k, v in configs.transformer_config(size).items() if not k.startswith("_")}
+    if TINY:
+        conf.update(num_layers=2, num_single_layers=4, attention_head_dim=16, num_attention_heads=2,
+                    axes_dims_rope=[4, 4, 4, 4], joint_attention_dim=48)
+    with torch.device(device):
+        tr = Flux2Transformer2DModel(**conf)
+    tr.to(torch.bfloat16).requires_grad_(False).eval()
+    hidden = conf["num_attention_heads"] * conf["attention_head_dim"]
+    shape = Shape(size=size, hidden=hidden, num_double=conf["num_layers"], num_single=conf["num_single_layers"],
+                  text_dim=conf["joint_attention_dim"], in_channels=conf["in_channels"],
+                  guidance=bool(conf["guidance_embeds"]), head_dim=conf["attention_head_dim"])
+    adapter = Adapter(cfg)
+    adapter.comps = Flux2Components(transformer=tr, shape=shape, variant=size, distilled=False, how="bench")
+    adapter.device, adapter.dtype = torch.device(device), torch.bfloat16
+    text = {"prompt_embeds": torch.randn(1, 512, conf["joint_attention_dim"])}
+    return adapter, tr, text
+
+
 def count_forward_flops(adapter: Any, next_batch: Any, cfg: Any, device: Any) -> float:
     """FLOPs of one forward (torch's FlopCounterMode: matmuls, convs, attention) under no_grad."""
     import torch
@@ -352,7 +405,10 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     t0 = time.time()
     torch.set_default_dtype(torch.bfloat16)  # build the base directly in bf16 (no fp32 copy of 12B weights)
     try:
-        adapter, model, text = (build_sdxl if family == "sdxl" else build_flux)(cfg, device)
+        if family == "flux2":
+            adapter, model, text = build_flux2(cfg, device, s["size"])
+        else:
+            adapter, model, text = (build_sdxl if family == "sdxl" else build_flux)(cfg, device)
     finally:
         torch.set_default_dtype(torch.float32)
     sync(device)
@@ -432,7 +488,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     side = 16 if TINY else 128
-    latent_shape = (1, 4, side, side) if family == "sdxl" else (1, 16, side, side)
+    latent_shape = {"sdxl": (1, 4, side, side), "flux2": (1, 128, side // 2, side // 2)}.get(family, (1, 16, side, side))
     gen_data = torch.Generator().manual_seed(123)
 
     def next_batch() -> Batch:
@@ -907,14 +963,14 @@ def table(results: list[dict], env: dict[str, str]) -> str:
         if "error" in r:
             lines.append(f"| {r['row']} | {r.get('settings', '')} | FAILED: {r['error'][:160]} | | | | | |")
             continue
-        fam = r["family"]
+        fam = r["row"].split("/")[0]  # "sdxl", "flux1", "flux2-4b", ...: rows of one model compare losses
         if r.get("phase", 0):  # later steps of the same process: no loss comparison with row 1
             base.setdefault(fam, [])
         base.setdefault(fam, r["losses"])
         ref = base[fam]
         n = 0 if r.get("phase", 0) else min(len(ref), len(r["losses"]), 3)
         delta = max(abs(a - b) / max(abs(b), 1e-8) for a, b in zip(r["losses"][:n], ref[:n])) if n else 0.0
-        mfu = FLOP_STEP[fam] / r["median_s"] / PEAK
+        mfu = FLOP_STEP[r["family"]] / r["median_s"] / PEAK if r["family"] in FLOP_STEP else float("nan")
         fwd = f"{r['fwd_tflop_counted']:.1f}" if r.get("fwd_tflop_counted") else "–"
         first = (f"{r['start_to_first_step_s']:.1f} ({r['first_step_s']:.1f})" if r.get("phase", 0) == 0
                  else "(same process)")
