@@ -19,6 +19,7 @@ from torch import nn
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.fsutil import path_identity
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models import common
 from lorakit.safetensors_header import read_safetensors_header
 
 from .modulation import DOUBLE, SINGLE
@@ -76,9 +77,7 @@ def _graph_safe() -> bool:
 
 def deferred_placement(memory: Any) -> bool:
     """Whether the transformer stays on the CPU after load() (the loop places it block by block)."""
-    return bool(memory is not None and (getattr(memory, "blocks_to_swap", 0) or getattr(memory, "fp8_base", False)
-                                        or getattr(memory, "vram_gb", None)
-                                        or getattr(memory, "modulation_on_cpu", False)))
+    return common.deferred_placement(memory, "modulation_on_cpu")
 
 
 class Adapter:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import LazyPart
 
 from . import configs
 from .convert import (ae_bfl_to_diffusers, bfl_to_diffusers, detect_variant, infer_ae_config,
@@ -48,34 +49,17 @@ class FluxComponents:
         return getattr(self, name, None) is not None
 
 
-class _Part:
-    """A LazyFluxComponents attribute read by its loader on first access, then kept."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
-        if obj is None:
-            return self
-        if self.name not in obj._parts:
-            obj._parts[self.name] = obj._loaders[self.name]()
-        return obj._parts[self.name]
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj._parts[self.name] = value
-
-
 class LazyFluxComponents:
     """FluxComponents whose encoders (``clip_l``, ``t5``, ``ae``) and tokenizers are read on first access.
 
     Same attributes as :class:`FluxComponents`; ``loaded(name)`` says whether a part is in memory without
     reading it. Each loader returns exactly what the eager load builds (frozen, eval mode)."""
 
-    clip_l = _Part()
-    t5 = _Part()
-    ae = _Part()
-    clip_tokenizer = _Part()
-    t5_tokenizer = _Part()
+    clip_l = LazyPart()
+    t5 = LazyPart()
+    ae = LazyPart()
+    clip_tokenizer = LazyPart()
+    t5_tokenizer = LazyPart()
 
     def __init__(self, transformer: nn.Module, variant: str, files: dict[str, Path],
                  loaders: dict[str, Callable[[], Any]]) -> None:

@@ -15,12 +15,12 @@ A part that was not trained contributes zero output rows.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
-from lorakit.errors import ConfigError
 from lorakit.models.base import LoraModule
+from lorakit.models.common import chosen_blocks, module_ranks
 
 from .convert import module_table
 
@@ -29,47 +29,10 @@ CLIP_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "sel
                 "mlp.fc2")
 
 
-def parse_indices(value: Any, count: int, key: str) -> list[int]:
-    """'0,2-5' / [0, 2] / None (all) / 'all' / 'none' -> sorted block indices, checked against ``count``."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
-        return list(range(count))
-    if isinstance(value, str) and value.strip().lower() == "none":
-        return []
-    items: list[int] = []
-    parts: Iterable[Any] = value.split(",") if isinstance(value, str) else value
-    for part in parts:
-        s = str(part).strip()
-        try:
-            if "-" in s:
-                a, b = (int(x) for x in s.split("-", 1))
-                items.extend(range(a, b + 1))
-            else:
-                items.append(int(s))
-        except ValueError:
-            raise ConfigError(f"{key}: cannot read {s!r}; use indices like '0,2-5'") from None
-    bad = [i for i in items if not 0 <= i < count]
-    if bad:
-        raise ConfigError(f"{key}: index {bad[0]} out of range; this model has {count} blocks (0-{count - 1})")
-    return sorted(set(items))
-
-
 def transformer_targets(network: Any, num_double: int, num_single: int) -> dict[str, int]:
     """diffusers module path -> rank for the transformer, from NetworkCfg (blocks, indices, per-type ranks)."""
-    ranks = dict(getattr(network, "module_ranks", None) or {})
-    unknown = sorted(set(ranks) - set(MODULE_TYPES))
-    if unknown:
-        raise ConfigError(f"network.module_ranks: unknown module type {unknown[0]!r}; use {', '.join(MODULE_TYPES)}")
-    for k, v in ranks.items():
-        if not isinstance(v, int) or v < 0:
-            raise ConfigError(f"network.module_ranks.{k}: must be an integer >= 0 (0 skips), got {v!r}")
-    blocks = getattr(network, "train_blocks", "all") or "all"
-    if blocks not in ("all", "double", "single"):
-        raise ConfigError(f"network.train_blocks: {blocks!r}; use all, double or single")
-    doubles = parse_indices(getattr(network, "double_block_indices", None), num_double,
-                            "network.double_block_indices") if blocks in ("all", "double") else []
-    singles = parse_indices(getattr(network, "single_block_indices", None), num_single,
-                            "network.single_block_indices") if blocks in ("all", "single") else []
-    chosen = {f"double_blocks.{i}." for i in doubles} | {f"single_blocks.{i}." for i in singles}
+    ranks = module_ranks(network, MODULE_TYPES, "FLUX.1")
+    chosen = chosen_blocks(network, num_double, num_single)
     out: dict[str, int] = {}
     for m in module_table(num_double, num_single, guidance=False):
         if not m.lora or not any(m.bfl.startswith(c) for c in chosen):

@@ -20,6 +20,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models import common
 
 from . import configs, maths
 
@@ -42,8 +43,7 @@ BASE_VERSION = {"klein-4b": "flux_2_klein_4b", "klein-9b": "flux_2_klein_9b", "d
 
 def deferred_placement(memory: Any) -> bool:
     """Whether the transformer stays on the CPU after load() (the loop places it block by block)."""
-    return bool(memory is not None and (getattr(memory, "blocks_to_swap", 0) or getattr(memory, "fp8_base", False)
-                                        or getattr(memory, "vram_gb", None)))
+    return common.deferred_placement(memory)
 
 
 class Adapter:

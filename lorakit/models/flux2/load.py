@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import LazyPart
 
 from . import configs
 from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infer_ae_config, layout, strip_prefix,
@@ -141,23 +142,6 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mode
 
 # ----------------------------------------------------------------------------------------------- components
 
-class _Part:
-    """An attribute of Flux2Components read by its loader on first access, then kept."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
-        if obj is None:
-            return self
-        if self.name not in obj._parts:
-            obj._parts[self.name] = obj._loaders[self.name]()
-        return obj._parts[self.name]
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj._parts[self.name] = value
-
-
 @dataclass
 class Flux2Components:
     """The loaded FLUX.2 parts. ``text_encoder``, ``ae`` and ``tokenizer`` are read on first access."""
@@ -171,9 +155,9 @@ class Flux2Components:
     _loaders: dict[str, Callable[[], Any]] = field(default_factory=dict)
     _parts: dict[str, Any] = field(default_factory=dict)
 
-    text_encoder = _Part()
-    ae = _Part()
-    tokenizer = _Part()
+    text_encoder = LazyPart()
+    ae = LazyPart()
+    tokenizer = LazyPart()
 
     def loaded(self, name: str) -> bool:
         return name in self._parts

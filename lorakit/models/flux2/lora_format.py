@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
-from lorakit.errors import ConfigError
 from lorakit.models.base import LoraModule
+from lorakit.models.common import chosen_blocks, module_ranks
 
 from .convert import DOUBLE_NAMES, SINGLE_NAMES
 
@@ -48,23 +48,8 @@ def module_table(num_double: int, num_single: int) -> list[tuple[str, tuple[str,
 
 def transformer_targets(network: Any, num_double: int, num_single: int) -> dict[str, int]:
     """diffusers module path -> rank, from NetworkCfg (train_blocks, block indices, module_ranks)."""
-    from lorakit.models.flux1.lora_format import parse_indices  # the shared '0,2-5' index parser
-    ranks = dict(getattr(network, "module_ranks", None) or {})
-    unknown = sorted(set(ranks) - set(MODULE_TYPES))
-    if unknown:
-        raise ConfigError(f"network.module_ranks: {unknown[0]!r} is not a FLUX.2 module type; use "
-                          f"{', '.join(MODULE_TYPES)}")
-    for k, v in ranks.items():
-        if not isinstance(v, int) or v < 0:
-            raise ConfigError(f"network.module_ranks.{k}: must be an integer >= 0 (0 skips), got {v!r}")
-    blocks = getattr(network, "train_blocks", "all") or "all"
-    if blocks not in ("all", "double", "single"):
-        raise ConfigError(f"network.train_blocks: {blocks!r}; use all, double or single")
-    doubles = parse_indices(getattr(network, "double_block_indices", None), num_double,
-                            "network.double_block_indices") if blocks in ("all", "double") else []
-    singles = parse_indices(getattr(network, "single_block_indices", None), num_single,
-                            "network.single_block_indices") if blocks in ("all", "single") else []
-    chosen = {f"double_blocks.{i}." for i in doubles} | {f"single_blocks.{i}." for i in singles}
+    ranks = module_ranks(network, MODULE_TYPES, "FLUX.2")
+    chosen = chosen_blocks(network, num_double, num_single)
     out: dict[str, int] = {}
     for bfl, parts, kind in module_table(num_double, num_single):
         rank = int(ranks.get(kind, network.rank))

@@ -1,0 +1,94 @@
+"""Helpers that family packages share; no family knowledge lives here.
+
+* :class:`LazyPart`: a component attribute read by its loader on first access (text encoders, autoencoders and
+  tokenizers that a cached run never needs).
+* :func:`block_indices` / :func:`chosen_blocks` / :func:`module_ranks`: ``network.train_blocks``, the block index
+  lists and ``network.module_ranks`` for transformers built of two-stream ("double") and single-stream blocks.
+* :func:`deferred_placement`: whether the memory settings leave the denoiser on the CPU after loading (the loop
+  places it block by block).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+from lorakit.errors import ConfigError
+
+__all__ = ["LazyPart", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement"]
+
+
+class LazyPart:
+    """A descriptor: ``obj.<name>`` calls ``obj._loaders[name]()`` once and keeps the result in ``obj._parts``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        if self.name not in obj._parts:
+            obj._parts[self.name] = obj._loaders[self.name]()
+        return obj._parts[self.name]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj._parts[self.name] = value
+
+
+def block_indices(value: Any, count: int, key: str) -> list[int]:
+    """'0,2-5' / [0, 2] / None (all) / 'all' / 'none' -> sorted block indices, checked against ``count``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "all")):
+        return list(range(count))
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return []
+    items: list[int] = []
+    parts: Iterable[Any] = value.split(",") if isinstance(value, str) else value
+    for part in parts:
+        s = str(part).strip()
+        try:
+            if "-" in s:
+                a, b = (int(x) for x in s.split("-", 1))
+                items.extend(range(a, b + 1))
+            else:
+                items.append(int(s))
+        except ValueError:
+            raise ConfigError(f"{key}: cannot read {s!r}; use indices like '0,2-5'") from None
+    bad = [i for i in items if not 0 <= i < count]
+    if bad:
+        raise ConfigError(f"{key}: index {bad[0]} out of range; this model has {count} blocks (0-{count - 1})")
+    return sorted(set(items))
+
+
+def chosen_blocks(network: Any, num_double: int, num_single: int) -> set[str]:
+    """Name prefixes (``double_blocks.I.`` / ``single_blocks.I.``) of the blocks that ``network.train_blocks`` and
+    ``network.double_block_indices`` / ``single_block_indices`` select."""
+    blocks = getattr(network, "train_blocks", "all") or "all"
+    if blocks not in ("all", "double", "single"):
+        raise ConfigError(f"network.train_blocks: {blocks!r}; use all, double or single")
+    doubles = block_indices(getattr(network, "double_block_indices", None), num_double,
+                            "network.double_block_indices") if blocks in ("all", "double") else []
+    singles = block_indices(getattr(network, "single_block_indices", None), num_single,
+                            "network.single_block_indices") if blocks in ("all", "single") else []
+    return {f"double_blocks.{i}." for i in doubles} | {f"single_blocks.{i}." for i in singles}
+
+
+def module_ranks(network: Any, types: Iterable[str], model: str) -> dict[str, int]:
+    """``network.module_ranks`` checked against the family's module ``types`` (``model`` names it in the error)."""
+    types = tuple(types)
+    ranks = dict(getattr(network, "module_ranks", None) or {})
+    unknown = sorted(set(ranks) - set(types))
+    if unknown:
+        raise ConfigError(f"network.module_ranks: {unknown[0]!r} is not a {model} module type; use "
+                          f"{', '.join(types)}")
+    for k, v in ranks.items():
+        if not isinstance(v, int) or v < 0:
+            raise ConfigError(f"network.module_ranks.{k}: must be an integer >= 0 (0 skips), got {v!r}")
+    return ranks
+
+
+def deferred_placement(memory: Any, *family_keys: str) -> bool:
+    """Whether the denoiser stays on the CPU after load(): block swap, fp8 storage or a VRAM budget (the loop
+    then places it block by block), or any of the family's own ``memory`` keys in ``family_keys``."""
+    if memory is None:
+        return False
+    keys = ("blocks_to_swap", "fp8_base", "vram_gb") + family_keys
+    return any(bool(getattr(memory, k, None)) for k in keys)
