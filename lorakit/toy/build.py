@@ -154,6 +154,30 @@ def caption_index(captions: list[str]) -> tuple[list[str], torch.Tensor]:
 
 # ------------------------------------------------------------------------------------------ denoiser
 
+def fit(params: Any, steps: int, lr: float, loss_at: Any, label: str, t0: float) -> list[float]:
+    """Full-weight pretraining: AdamW (weight decay 0.01) on the warm-up + cosine schedule, gradients clipped to
+    norm 1; ``loss_at(step)`` draws the batch and returns the loss. Returns the mean loss of each 100 steps."""
+    params = list(params)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    curve: list[float] = []
+    running: list[float] = []
+    for step in range(steps):
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if (step + 1) % 100 == 0 or step == steps - 1:
+            curve.append(float(np.mean(running)))
+            running = []
+            if (step + 1) % 500 == 0 or step == steps - 1:
+                _log(f"{label} step {step + 1} loss {curve[-1]:.4f}", t0)
+    return curve
+
+
 def toy_batch(latents: torch.Tensor, text: dict[str, torch.Tensor]) -> Any:
     """A training Batch of unresized, uncropped world images (micro-conditioning = the image size)."""
     from lorakit.models.base import Batch
@@ -174,11 +198,9 @@ def train_denoiser(recipe: Any, adapter: Any, training: Any, means: torch.Tensor
     model = adapter.denoiser()
     model.requires_grad_(True)
     predict = recipe.pretrain_predict or (lambda a, noised, batch, _gen: a.predict(noised, batch))
-    opt = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, plan.steps))
     model.train()
-    curve, running = [], []
-    for step in range(plan.steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(0, means.shape[0], (plan.batch,), generator=gen)
         x0 = means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
@@ -187,18 +209,9 @@ def train_denoiser(recipe: Any, adapter: Any, training: Any, means: torch.Tensor
         batch = toy_batch(x0, {k: v[ci] for k, v in text.items()})
         noised = adapter.noise(x0, noise, batch, training, gen)
         pred = predict(adapter, noised, batch, gen)
-        loss = obj.weighted_mean(obj.loss_per_sample(pred, noised.target), noised.weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if (step + 1) % 100 == 0 or step == plan.steps - 1:
-            curve.append(float(np.mean(running)))
-            running = []
-            if (step + 1) % 500 == 0 or step == plan.steps - 1:
-                _log(f"{adapter.spec.family} denoiser step {step + 1} loss {curve[-1]:.4f}", t0)
+        return obj.weighted_mean(obj.loss_per_sample(pred, noised.target), noised.weight)
+
+    curve = fit(model.parameters(), plan.steps, plan.lr, loss_at, f"{adapter.spec.family} denoiser", t0)
     model.requires_grad_(False)
     model.eval()
     return curve
@@ -306,7 +319,7 @@ def kit() -> Any:
 
     return SimpleNamespace(world=world, Plan=Plan, PLANS=PLANS, CAPTION_DROPOUT=CAPTION_DROPOUT, log=_log,
                            cosine_lr=_cosine_lr, set_determinism=set_determinism, images_to_tensor=images_to_tensor,
-                           train_vae=train_vae, encode_latents=encode_latents, caption_index=caption_index)
+                           train_vae=train_vae, encode_latents=encode_latents, caption_index=caption_index, fit=fit)
 
 
 def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str, t0: float,

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lorakit.models.base import ToyDemo, ToyRecipe
@@ -104,11 +103,9 @@ def pretrain(kit: Any, plan: Any, seed: int, t0: float) -> tuple[dict, dict]:
                                          max_length=TEXT_LENGTH)
     kit.log(f"flux2: training the transformer on {len(scenes)} images, {len(distinct) - 1} captions", t0)
     tr = models["transformer"]
-    opt = torch.optim.AdamW(tr.parameters(), lr=plan.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: kit.cosine_lr(s, plan.steps))
     tr.train()
-    curve, running = [], []
-    for step in range(plan.steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(0, means.shape[0], (plan.batch,), generator=gen)
         # the posterior mean, as lorakit's adapter and the pipelines encode (a sampled z would put the unused AE
         # channels' unit posterior noise, scaled up by their small batch-norm std, into the target)
@@ -118,18 +115,9 @@ def pretrain(kit: Any, plan: Any, seed: int, t0: float) -> tuple[dict, dict]:
         ci[torch.rand(plan.batch, generator=gen) < kit.CAPTION_DROPOUT] = 0
         sigma = maths.sample_sigmas(plan.batch, "flux_shift", gen, seq_len=x0.shape[-1] * x0.shape[-2])
         pred = predict(tr, maths.flow_noise(x0, noise, sigma), sigma, text[ci])
-        loss = torch.nn.functional.mse_loss(pred, maths.flow_target(x0, noise))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if (step + 1) % 100 == 0 or step == plan.steps - 1:
-            curve.append(float(np.mean(running)))
-            running = []
-            if (step + 1) % 500 == 0 or step == plan.steps - 1:
-                kit.log(f"flux2 transformer step {step + 1} loss {curve[-1]:.4f}", t0)
+        return torch.nn.functional.mse_loss(pred, maths.flow_target(x0, noise))
+
+    curve = kit.fit(tr.parameters(), plan.steps, plan.lr, loss_at, "flux2 transformer", t0)
     tr.eval()
     return models, {"loss_curve": curve}
 
