@@ -1,5 +1,8 @@
-"""ComfyUI's IMAGE type (a float32 tensor B×H×W×C, values in [0, 1], C = 3) to and from PIL images, through lorakit's
-one image-tensor helper pair (:func:`lorakit.data.images.to_tensor` / ``to_images``: [3, H, W] in [-1, 1])."""
+"""ComfyUI's IMAGE type (a float32 tensor B×H×W×C, values in [0, 1], C = 3) to and from PIL images.
+
+Into ComfyUI: 8-bit values / 255, exactly as ComfyUI's own LoadImage does (lorakit's training helper
+:func:`lorakit.data.images.to_tensor` maps to [-1, 1], whose way back to [0, 1] is not exact in float32). Out of
+ComfyUI: through :func:`lorakit.data.images.to_images` (rounded to the nearest 8-bit value)."""
 
 from __future__ import annotations
 
@@ -12,13 +15,12 @@ log = logging.getLogger("lorakit.comfy")
 
 def pil_to_comfy(images: Sequence[Any]) -> Any:
     """PIL images of one size → IMAGE [B, H, W, 3] float32 in [0, 1]."""
+    import numpy as np
     import torch
-
-    from lorakit.data.images import to_tensor
 
     if not images:
         raise ValueError("pil_to_comfy: no images")
-    return torch.stack([to_tensor(im).add(1.0).div(2.0).permute(1, 2, 0) for im in images]).contiguous()
+    return torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images]))
 
 
 def comfy_to_pil(images: Any) -> list[Any]:
