@@ -286,7 +286,9 @@ def run_prompt(prompt: dict, classes: dict[str, type], outputs: dict | None = No
                     flat.append(r["result"])
             else:
                 flat.append(r)
-        outputs[nid] = [[o[i] for o in flat] for i in range(len(flat[0]))] if flat else []
+        for o in flat:  # a FUNCTION returns one value per RETURN_TYPES entry
+            assert isinstance(o, (tuple, list)) and len(o) == len(cls.RETURN_TYPES), (nid, cls.RETURN_TYPES, o)
+        outputs[nid] = [[o[i] for o in flat] for i in range(len(cls.RETURN_TYPES))] if flat else []
 
     with torch.inference_mode():
         for nid, node in prompt.items():
