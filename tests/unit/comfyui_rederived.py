@@ -161,6 +161,7 @@ def core_nodes(folder_paths: Any) -> dict[str, type]:
             "positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "latent_image": ("LATENT",),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})}, ("LATENT",)),
         "VAEDecode": node("VAEDecode", {"samples": ("LATENT",), "vae": ("VAE",)}, ("IMAGE",)),
+        "ImageBatch": node("ImageBatch", {"image1": ("IMAGE",), "image2": ("IMAGE",)}, ("IMAGE",)),
     }
 
 
