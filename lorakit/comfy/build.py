@@ -72,18 +72,24 @@ def _subfolder_name(repeats: int, trigger: str, class_word: str) -> str:
 
 
 def plain_folder_dataset(folder: Path, home: Path, repeats: int, trigger: str, class_word: str) -> Path:
-    """A kohya parent folder of links to a plain folder's images and captions (rebuilt on every call, so images
-    added to the folder are seen). Returns the parent folder."""
+    """A kohya parent folder of links to a plain folder's images and captions, kept in step with the folder (made
+    again only when its files changed, so a run reading it is not disturbed by an unchanged re-queue). Returns the
+    parent folder."""
     key = hashlib.sha256(f"{folder.resolve()}|{repeats}|{trigger}|{class_word}".encode()).hexdigest()[:12]
     root = home / "comfy" / "datasets" / f"folder-{key}"
-    _fresh(root)
     sub = root / _subfolder_name(repeats, trigger, class_word)
-    sub.mkdir()
+    want: dict[str, Path] = {}
     for img in _images(folder):
-        _link_or_copy(img.resolve(), sub / img.name)
+        want[img.name] = img.resolve()
         for cap in folder.glob(f"{glob_escape(img.stem)}.*"):
             if cap.suffix.lower() in (".txt", ".caption") and cap.is_file():
-                _link_or_copy(cap.resolve(), sub / cap.name)
+                want[cap.name] = cap.resolve()
+    have = {p.name: p.resolve() for p in sub.iterdir()} if sub.is_dir() else None
+    if have != want or sorted(os.listdir(root)) != [sub.name]:
+        _fresh(root)
+        sub.mkdir()
+        for name, src in want.items():
+            _link_or_copy(src, sub / name)
     return root
 
 

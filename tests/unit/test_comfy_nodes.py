@@ -188,6 +188,11 @@ def test_dataset_node_kohya_plain_folder_and_image_batch(comfy, tmp_path):
     sub = Path(ds.folder) / "5_zkx shape"
     assert sorted(os.listdir(sub)) == before and all((sub / n).resolve() == plain / n for n in before)
     assert sorted(os.listdir(plain)) == before and "usable images: 3" in report and "samples/epoch: 15" in report
+    inode = sub.stat().st_ino
+    assert Path(node.load(str(plain), 5, "zkx", "shape")[0].folder) == sub.parent and sub.stat().st_ino == inode
+    (plain / "003.png").write_bytes((plain / "000.png").read_bytes()[:-1] + b"\0")  # a new image: linked too
+    node.load(str(plain), 5, "zkx", "shape")
+    assert (sub / "003.png").resolve() == plain / "003.png"
     # an IMAGE batch with one caption per line: PNGs holding those pixels
     images = torch.rand(2, 64, 64, 3)
     ds, report = node.load("", 3, "zkx", "", images=images, captions="a zkx\nanother zkx")
