@@ -130,9 +130,10 @@ def image_batch_dataset(images: Any, captions: str, home: Path, repeats: int, tr
     return root
 
 
-def data_report(data: Mapping[str, Any]) -> tuple[str, int]:
-    """``lorakit data check``'s table for these [data] keys (buckets and caption lengths checked for the strictest
-    installed family, as the CLI does without one) and the number of usable images; DataError if none is."""
+def data_report(data: Mapping[str, Any], check: Mapping[str, Any] = {}) -> tuple[str, int]:
+    """``lorakit data check``'s table for these [data] keys plus ``check`` (keys only the check assumes, e.g. the
+    resolution; the Config node sets the run's), buckets and caption lengths checked for the strictest installed
+    family as the CLI does without one, and the number of usable images; DataError if none is."""
     import math
 
     from lorakit.caption.text import family_limit
@@ -144,14 +145,14 @@ def data_report(data: Mapping[str, Any]) -> tuple[str, int]:
     names = families()
     divisibility = math.lcm(*(get_family(f).SPEC.bucket_divisibility for f in names))
     limit, counter = min((family_limit(f) for f in names), key=lambda lc: lc[0])
-    dataset = scan_dataset(DataCfg(**dict(data)), divisibility=divisibility, count_tokens=counter, max_tokens=limit)
+    dataset = scan_dataset(DataCfg(**{**dict(data), **dict(check)}), divisibility=divisibility, count_tokens=counter, max_tokens=limit)
     report = dataset.report
     report.problems += duplicate_captions(dataset)
     return report.to_table(), report.usable
 
 
 def make_dataset(folder: str, repeats: int, trigger: str, class_word: str, home: Path,
-                 images: Any = None, captions: str = "") -> DatasetHandle:
+                 images: Any = None, captions: str = "", resolution: int = 1024) -> DatasetHandle:
     """The Dataset node: a kohya folder as is, a plain folder (linked), or an IMAGE batch (written)."""
     trigger = (trigger or "").strip()
     if images is not None:
@@ -174,8 +175,14 @@ def make_dataset(folder: str, repeats: int, trigger: str, class_word: str, home:
     data: dict[str, Any] = {"dir": str(root)}
     if trigger:
         data["trigger"] = trigger
-    table, usable = data_report(data)
+    table, usable = data_report(data, check_keys(resolution))
     return DatasetHandle(data=data, folder=str(root), report=f"{source}\n{table}", usable=usable)
+
+
+def check_keys(resolution: int) -> dict[str, int]:
+    """The [data] keys the check assumes for a training resolution (smallest bucket side at most the resolution)."""
+    r = int(resolution)
+    return {"resolution": r, "min_bucket_reso": min(256, r), "max_bucket_reso": max(2048, 2 * r)}
 
 
 # ------------------------------------------------------------------------------------------- config

@@ -86,6 +86,8 @@ class LorakitDataset:
                 "images": ("IMAGE", {"tooltip": "training images from the graph instead of a folder"}),
                 "captions": ("STRING", {"multiline": True, "default": "",
                                         "tooltip": "one caption per line, one per image (or one for all)"}),
+                "resolution": _int(1024, 64, 4096, "the training resolution the report checks sizes against "
+                                   "(the Config node sets the run's)", 64),
             },
         }
 
@@ -107,10 +109,11 @@ class LorakitDataset:
         return h.hexdigest()
 
     def load(self, folder: str, repeats: int, trigger: str, class_word: str, images: Any = None,
-             captions: str = "") -> tuple:
+             captions: str = "", resolution: int = 1024) -> tuple:
         from lorakit.comfy.build import make_dataset
 
-        ds = make_dataset(folder, repeats, trigger, class_word, host.lorakit_home(), images=images, captions=captions)
+        ds = make_dataset(folder, repeats, trigger, class_word, host.lorakit_home(), images=images, captions=captions,
+                          resolution=resolution)
         return (ds, ds.report)
 
 
@@ -130,7 +133,7 @@ class LorakitToyDataset:
                              "repeats": _int(10, 1, 100, "repeats per image")}}
 
     def load(self, images: int, repeats: int) -> tuple:
-        from lorakit.comfy.build import DatasetHandle, data_report
+        from lorakit.comfy.build import DatasetHandle, check_keys, data_report
         from lorakit.toy.world import DEFAULT_TRIGGER, write_demo_dataset
 
         root = host.lorakit_home() / "comfy" / "toy" / f"demo-{images}x{repeats}"
@@ -142,7 +145,7 @@ class LorakitToyDataset:
             write_demo_dataset(tmp, n=int(images), repeats=int(repeats))
             tmp.rename(root)
         data = {"dir": str(root), "trigger": DEFAULT_TRIGGER}
-        table, usable = data_report(data)
+        table, usable = data_report(data, {**check_keys(64), "max_bucket_reso": 128})  # the toy trains at 64 px
         ds = DatasetHandle(data=data, folder=str(root), report=f"toy world demo set {root}\n{table}", usable=usable)
         return (ds, ds.report)
 

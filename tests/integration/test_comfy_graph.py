@@ -30,7 +30,7 @@ OVERRIDES = "\n".join(["training.device=cpu", "training.mixed_precision=no", "da
 def graph(dataset_dir: Path, steps: int) -> dict:
     return {
         "1": {"class_type": "LorakitDataset", "inputs": {"folder": str(dataset_dir), "repeats": 10, "trigger": "zkx",
-                                                          "class_word": ""}},
+                                                          "class_word": "", "resolution": 64}},
         "2": {"class_type": "LorakitConfig", "inputs": {
             "dataset": ["1", 0], "family": "sdxl", "preset": "(none)", "checkpoint": "(toy model)",
             "resolution": 64, "rank": 4, "alpha": 4.0, "learning_rate": 0.001, "optimizer": "adamw",
@@ -73,6 +73,7 @@ def test_graph_trains_on_the_toy_and_applies_every_lora_key(tmp_path, monkeypatc
 
     out = cu.run_prompt(prompt, classes)
 
+    assert "usable images: 4" in out["1"][1][0] and "warnings: 0" in out["1"][1][0]  # data check's table
     # the Train node: one job in the web UI's store, finished, its TOML the Config node's, an ordinary run folder
     store = JobStore(home)
     [job] = store.list()
