@@ -360,3 +360,36 @@ def test_not_waiting_returns_at_once_and_failures_are_one_line(train_node, comfy
     store = train_node("finish")
     with pytest.raises(LorakitError, match=r"step: e-step00000005.safetensors was not saved"):
         _train(_toml(tmp_path, "e"), step=5)
+
+
+def test_samples_and_loss_plot_read_the_run_folder_while_it_trains(comfy, tmp_path):
+    from lorakit.train.metrics import plot_loss
+
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "samples").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    made = {}
+    for name in ("r_before_00_1.png", "r_step00000005_00_1.png", "r_step00000010_01_2.png",
+                 "r_step00000010_00_1.png", "r_step00000010_02_3.png", "notes.png"):
+        arr = rng.integers(0, 256, (8, 6 if name != "r_step00000010_02_3.png" else 5, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(run_dir / "samples" / name)
+        made[name] = torch.from_numpy(arr.astype(np.float32) / 255.0)
+    rows = [{"step": s, "loss": 1.0 / s, "lr": 1e-4, "seconds": 0.5} for s in range(1, 11)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run_dir / "run.json").write_text(json.dumps({"status": "running", "step": 10, "max_steps": 20}))
+    run = tr.RunHandle(job_id=7, name="r", run_dir=str(run_dir), home=str(tmp_path / "home"), state="running")
+    last = nodes.LorakitSamples().samples(run, "last samples")[0]
+    assert torch.equal(last, torch.stack([made["r_step00000010_00_1.png"], made["r_step00000010_01_2.png"]]))
+    everything = nodes.LorakitSamples().samples(run, "all samples")[0]  # the 5-wide one left out (another size)
+    assert torch.equal(everything, torch.stack([made[n] for n in ("r_before_00_1.png", "r_step00000005_00_1.png",
+                                                                  "r_step00000010_00_1.png",
+                                                                  "r_step00000010_01_2.png")]))
+    with pytest.raises(LorakitError, match="no before/after grid yet .* job 7 is running"):
+        nodes.LorakitSamples().samples(run, "before/after grid")
+    plot = nodes.LorakitLossPlot().plot(run)[0]  # drawn from metrics.jsonl: the same picture the run draws
+    plot_loss(rows, tmp_path / "want.png")
+    assert torch.equal(plot[0], torch.from_numpy(np.asarray(Image.open(tmp_path / "want.png").convert("RGB"),
+                                                            dtype=np.float32) / 255.0))
+    (run_dir / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    with pytest.raises(LorakitError, match="fewer than two logged steps"):
+        nodes.LorakitLossPlot().plot(run)
