@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import lorakit.comfy as pack
-from lorakit.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, build, nodes
+from lorakit.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, nodes
 from lorakit.comfy import train as tr
 from lorakit.errors import ConfigError, DataError, LorakitError
 from lorakit.toy.world import write_demo_dataset
