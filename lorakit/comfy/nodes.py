@@ -185,6 +185,7 @@ class LorakitConfig:
                                     "same settings find the same run again"}),
                 "output_dir": ("STRING", {"default": "", "tooltip": "save.dir; empty = <lorakit home>/runs, where "
                                           "the web UI keeps its runs"}),
+                "train_text_encoder": (["(preset)", "true", "false"], {"tooltip": "network.train_text_encoder"}),
             },
             "optional": {
                 "vae": _model_widget("vae"),
@@ -202,8 +203,8 @@ class LorakitConfig:
     def build(self, dataset: Any, family: str, preset: str, checkpoint: str, resolution: int, rank: int,
               alpha: float, learning_rate: float, optimizer: str, max_steps: int, batch_size: int,
               training_seed: int, save_every: int, sample_every: int, sample_prompts: str, name: str,
-              output_dir: str, vae: str = "", ae: str = "", clip_l: str = "", t5xxl: str = "",
-              text_encoder: str = "", toml: str = "", overrides: str = "") -> tuple:
+              output_dir: str, train_text_encoder: str, vae: str = "", ae: str = "", clip_l: str = "",
+              t5xxl: str = "", text_encoder: str = "", toml: str = "", overrides: str = "") -> tuple:
         import os
 
         from lorakit.comfy.build import build_toml
@@ -213,7 +214,10 @@ class LorakitConfig:
                    "optimizer.lr": learning_rate, "optimizer.name": None if optimizer == "(preset)" else optimizer,
                    "training.max_steps": max_steps, "training.batch_size": batch_size,
                    "save.every_n_steps": save_every, "sample.every_n_steps": sample_every,
-                   "sample.prompts": prompts or None, "save.name": (name or "").strip() or None,
+                   "sample.prompts": prompts or None,
+                   "network.train_text_encoder": (None if train_text_encoder == "(preset)"
+                                                  else train_text_encoder == "true"),
+                   "save.name": (name or "").strip() or None,
                    "save.dir": os.path.abspath(os.path.expanduser(output_dir.strip())) if output_dir.strip() else None}
         text = build_toml(family=family, preset=preset, toml=toml, widgets=widgets,
                           picks={"checkpoint": checkpoint, "vae": vae, "ae": ae, "clip_l": clip_l, "t5xxl": t5xxl,

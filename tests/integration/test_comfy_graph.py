@@ -23,7 +23,7 @@ from lorakit.ui.jobs import JobStore
 from tests.unit import comfyui_rederived as cu
 
 OVERRIDES = "\n".join(["training.device=cpu", "training.mixed_precision=no", "data.min_bucket_reso=64",
-                       "data.max_bucket_reso=128", "network.train_text_encoder=true", "log.tensorboard=false",
+                       "data.max_bucket_reso=128", "log.tensorboard=false",
                        "log.progress=false"])
 
 
@@ -36,7 +36,7 @@ def graph(dataset_dir: Path, steps: int) -> dict:
             "resolution": 64, "rank": 4, "alpha": 4.0, "learning_rate": 0.001, "optimizer": "adamw",
             "max_steps": steps, "batch_size": 2, "training_seed": 7, "save_every": steps // 2, "sample_every": 0,
             "sample_prompts": "a red zkx on a blue background --d 1 --s 3", "name": "", "output_dir": "",
-            "overrides": OVERRIDES}},
+            "train_text_encoder": "true", "overrides": OVERRIDES}},
         "3": {"class_type": "LorakitTrain", "inputs": {"config": ["2", 0], "wait": True, "on_cancel": STOP_RUN,
                                                         "step": 0, "free_comfy_memory": True}},
         "4": {"class_type": "LorakitSamples", "inputs": {"run": ["3", 0], "which": "before/after grid"}},

@@ -215,7 +215,8 @@ def test_dataset_node_kohya_plain_folder_and_image_batch(comfy, tmp_path):
 def _config(ds, **kw):
     args = dict(dataset=ds, family="sdxl", preset="(none)", checkpoint="(toy model)", resolution=0, rank=0,
                 alpha=0.0, learning_rate=0.0, optimizer="(preset)", max_steps=0, batch_size=0, training_seed=-1,
-                save_every=0, sample_every=0, sample_prompts="", name="", output_dir="")
+                save_every=0, sample_every=0, sample_prompts="", name="", output_dir="",
+                train_text_encoder="(preset)")
     args.update(kw)
     handle, text = nodes.LorakitConfig().build(**args)
     assert handle.toml == text
@@ -238,6 +239,8 @@ def test_config_node_layers_and_names(comfy, tmp_path):
     assert cfg["save"]["dir"] == str(tmp_path / "home" / "runs")
     assert cfg["save"]["name"].startswith("comfy-zkx-")
     assert "rank" in preset.get("network", {})
+    assert "train_text_encoder" not in cfg.get("network", {})
+    assert _config(ds, train_text_encoder="false")["network"]["train_text_encoder"] is False
     cfg2 = _config(ds, preset="sdxl/character", training_seed=0, rank=8, learning_rate=0.0002,
                    sample_prompts="a zkx\n\nb zkx", overrides="network.alpha=2\n# a comment\noptimizer.lr=0.0003")
     assert cfg2["network"] == {"rank": 8, "alpha": 2.0} and cfg2["optimizer"]["lr"] == 0.0003
