@@ -396,3 +396,45 @@ def test_samples_and_loss_plot_read_the_run_folder_while_it_trains(comfy, tmp_pa
     (run_dir / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
     with pytest.raises(LorakitError, match="fewer than two logged steps"):
         nodes.LorakitLossPlot().plot(run)
+
+
+def test_two_train_nodes_in_one_graph_train_two_runs_side_by_side(comfy, tmp_path, monkeypatch):
+    """The comparison graph as ComfyUI runs it, over stand-in runs that write a LoRA file: two jobs, two folders."""
+    import textwrap
+
+    from tests.unit.test_ui_jobs import FAKE
+
+    script = tmp_path / "fake_python.py"
+    script.write_text(FAKE.replace('status(status="finished", step=10)', textwrap.dedent(
+        'status(status="finished", step=10); (run / (run.name + ".safetensors")).write_bytes(run.name.encode())')))
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("LORAKIT_SRC", str(Path(__file__).resolve().parents[2]))
+    from lorakit.ui.jobs import JobStore
+
+    store = JobStore(tmp_path / "home", python=str(wrapper), env=dict(os.environ, FAKE_MODE="finish"))
+    monkeypatch.setattr(tr, "job_store", lambda home: store)
+    monkeypatch.setattr(time, "sleep", lambda s, _real=time.sleep: _real(min(s, 0.05)))
+    write_demo_dataset(tmp_path / "data", n=2, repeats=1)
+    config = {"dataset": ["1", 0], "family": "sdxl", "preset": "(none)", "checkpoint": "(toy model)",
+              "resolution": 64, "rank": 4, "alpha": 4.0, "learning_rate": 0.001, "optimizer": "adamw", "max_steps": 10,
+              "batch_size": 1, "training_seed": 1, "save_every": 0, "sample_every": 0, "sample_prompts": "",
+              "name": "", "output_dir": "", "train_text_encoder": "(preset)",
+              "overrides": "data.min_bucket_reso=64\ndata.max_bucket_reso=128"}
+    train = {"wait": True, "on_cancel": tr.STOP_RUN, "step": 0, "free_comfy_memory": True}
+    prompt = {"1": {"class_type": "LorakitDataset", "inputs": {"folder": str(tmp_path / "data"), "repeats": 1,
+                                                               "trigger": "zkx", "class_word": ""}},
+              "2": {"class_type": "LorakitConfig", "inputs": config},
+              "3": {"class_type": "LorakitConfig", "inputs": {**config, "learning_rate": 0.0003}},
+              "4": {"class_type": "LorakitTrain", "inputs": {"config": ["2", 0], **train}},
+              "5": {"class_type": "LorakitTrain", "inputs": {"config": ["3", 0], **train}}}
+    out = cu.run_prompt(prompt, _classes(comfy))
+    a, b = out["4"][0][0], out["5"][0][0]
+    assert [j.state for j in store.list()] == ["finished", "finished"] and a.run_dir != b.run_dir
+    assert tomllib.loads(Path(a.run_dir, "config.toml").read_text())["optimizer"]["lr"] == 0.001
+    assert tomllib.loads(Path(b.run_dir, "config.toml").read_text())["optimizer"]["lr"] == 0.0003
+    for run, name in ((a, out["4"][2][0]), (b, out["5"][2][0])):
+        assert Path(run.lora_path).read_bytes() == run.name.encode()
+        assert (comfy.models / "loras" / name).resolve() == Path(run.lora_path).resolve()
+    assert comfy.unloaded == 2
