@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("toy", help="the embedded toy world")
     tsub = toy.add_subparsers(dest="toy_command")
-    tp = tsub.add_parser("path", help="print the toy base files as 'role path' lines (no FAMILY: the toy families)")
+    tp = tsub.add_parser("path", help="print the [model] table of a run on the toy (no FAMILY: the toy families)")
     tp.add_argument("family", nargs="?")
     tp.set_defaults(func=cmd_toy_path)
     td = tsub.add_parser("dataset", help="write the demo dataset (kohya folder layout)")
@@ -234,8 +234,12 @@ def cmd_toy_path(args) -> int:
     if args.family is None:
         print("\n".join(toy_families()))
         return 0
-    for role, path in toy_paths(args.family).items():
-        print(f"{role} {path}")
+    from lorakit.config.toml_io import toml_value
+    from lorakit.toy.paths import model_section
+
+    toy_paths(args.family)  # one line naming a missing toy file and the command that builds it
+    print(f"# the toy {args.family} base model: paste this table into a run config\n[model]")
+    print("\n".join(f"{key} = {toml_value(value)}" for key, value in model_section(args.family).items()))
     return 0
 
 

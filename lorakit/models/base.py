@@ -229,3 +229,17 @@ class ToyRecipe:
 def init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """A diffusers / transformers config dict (as ``config.json`` holds it) → constructor keyword arguments."""
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What a weights file is, read from its header's key names and shapes (no tensor data).
+
+    A family package may expose ``identify(header) -> FileKind | None`` (header: tensor name -> {"shape", "dtype"});
+    it returns None for a layout it does not know. :func:`lorakit.models.registry.identify` asks every family, then
+    knows the generic cases (a LoRA, a text encoder, a VAE) itself. Loading and ``lorakit inspect`` both use it."""
+
+    what: str                       # for people, after "this is": "an SD1.5 checkpoint (U-Net context width 768)"
+    family: Optional[str] = None    # the family that trains on it as its base model as it is; None: no family does
+    role: str = "checkpoint"        # "checkpoint" (a base model or its denoiser), "lora", "component", "unknown"
+    standard: bool = True           # sizes of the family's full-size model (False: a custom / tiny size)
