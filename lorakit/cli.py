@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_caption_parser(sub)
 
     i = sub.add_parser("inspect", help="show a LoRA file's metadata, modules and fit")
-    i.add_argument("file")
+    i.add_argument("file", help="a LoRA file, a run folder or a diffusers / PEFT LoRA folder")
+    i.add_argument("--base", help="check the modules against this base checkpoint (default: full size, or the run's)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_inspect)
 
@@ -223,7 +224,12 @@ def cmd_data_check(args) -> int:
 def cmd_inspect(args) -> int:
     from lorakit.lora.inspect import inspect_file, render
 
-    info = inspect_file(Path(args.file))
+    from lorakit.lora.inspect import run_base
+
+    base = Path(args.base) if getattr(args, "base", None) else None
+    info = inspect_file(Path(args.file), _keymaps(), base)
+    if base is None and "fit" in info and info["fit"]["unmatched"] and run_base(Path(info["file"])) is not None:
+        info = inspect_file(Path(args.file), _keymaps(), run_base(Path(info["file"])))  # the run's own base
     print(json.dumps(info, indent=2, default=str) if args.json else render(info))
     return 0
 
