@@ -198,7 +198,15 @@ def cmd_data_check(args) -> int:
         data, family = cfg.data, cfg.model.family
         batch_size = args.batch_size or cfg.training.batch_size
     elif target.is_dir():
-        data = DataCfg(dir=str(target))
+        if args.overrides:  # data.min_bucket_reso=64 ...: validated as in a run config
+            named = any(o.startswith("model.family=") for o in args.overrides)
+            cfg = load_config(None, [f"data.dir={target}", *args.overrides]
+                              + ([] if named else [f"model.family={family or families()[0]}"])
+                              + ([] if any(o.startswith("model.checkpoint=") for o in args.overrides)
+                                 else ["model.checkpoint=(not needed by data check)"]))
+            data, family = cfg.data, family or (cfg.model.family if named else None)
+        else:
+            data = DataCfg(dir=str(target))
     else:
         raise LorakitError(f"data check: {target} is neither a dataset folder nor a .toml file")
     # the family's bucket divisibility, caption limit and tokenizer; without one, the strictest installed family's
