@@ -97,6 +97,8 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     """Everything before the first step: dataset, model, caches, plan, optimizer, resume state, first previews."""
     cfg = r.cfg
     watchdog.beat("scanning the dataset")
+    if (warn := optim.schedule_warning(cfg.optimizer.scheduler, cfg.optimizer.warmup_steps, cfg.training.max_steps)):
+        log(warn)
     scan(r, resume_, force, log)
     watchdog.beat("loading the base model")
     load_and_cache(r, watchdog, log)
