@@ -237,7 +237,10 @@ def cmd_inspect(args) -> int:
     base = Path(args.base) if getattr(args, "base", None) else None
     info = inspect_file(Path(args.file), _keymaps(), base)
     if base is None and "fit" in info and info["fit"]["unmatched"] and run_base(Path(info["file"])) is not None:
-        info = inspect_file(Path(args.file), _keymaps(), run_base(Path(info["file"])))  # the run's own base
+        try:
+            info = inspect_file(Path(args.file), _keymaps(), run_base(Path(info["file"])))  # the run's own base
+        except LorakitError:
+            pass  # the run's base does not say more than the full-size check already shown
     print(json.dumps(info, indent=2, default=str) if args.json else render(info))
     return 0
 

@@ -111,9 +111,27 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
         "module_groups": dict(prefixes), "ranks": dict(ranks), "alphas": dict(alphas), "dtypes": dict(dtypes),
         "fits": family_fit(set(modules), outs), "metadata": {k: _maybe_json(v) for k, v in sorted(meta.items())},
     }
-    if keymaps:
+    keymaps = [k for k in keymaps if k.family in _candidates(info, base)]
+    if keymaps:  # the family the file is for (a family without a key map keeps the name count above)
         info.update(_canonical(path, tensors, meta, keymaps, base))
     return info
+
+
+def _candidates(info: dict[str, Any], base: Optional[Path]) -> set[str]:
+    """The families a LoRA is for: the base file's (--base), else the one its ss_base_model_version names, else
+    those whose full-size names it fits best."""
+    if base is not None:
+        from lorakit.models.registry import identify
+
+        family = identify(base).family
+        if family is not None:
+            return {family}
+    version = str(info["metadata"].get("ss_base_model_version", ""))
+    claimed = {fam for fam in info["fits"] if _claims(fam, version)}
+    if claimed:
+        return claimed
+    top = max((f["matched"] for f in info["fits"].values()), default=0)
+    return {fam for fam, f in info["fits"].items() if top and f["matched"] == top}
 
 
 def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], base: Optional[Path]) -> dict[str, Any]:
@@ -133,8 +151,8 @@ def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], ba
         from lorakit.models.registry import identify
 
         kind = identify(base)
-        family = kind.family or keys.family
-        keys = next((k for k in keymaps if k.family == family), keys)
+        if kind.family is not None and kind.family != keys.family:
+            raise LorakitError(f"--base {base}: this is {kind.what}, but the LoRA's modules are {keys.family}'s")
         keys = base_keymap(keys, base)
         checked = f"{base} ({kind.what})"
     state = read_lora(tensors, meta, [keys], where=str(path), family=keys.family)

@@ -32,7 +32,10 @@ def toy_lora(family: str, rank: int, out: Path, layout: str = "kohya") -> tuple[
                  for n in sizes]
         modules[keys.kohya_name(m)] = parts[0] if len(parts) == 1 else fuse(parts, sizes)
         fused += len(parts) > 1
-    save_state(LoraState(modules, {}, "kohya", family), keys, layout, out)
+    from lorakit.models.registry import get_family
+
+    version = {"ss_base_model_version": get_family(family).SPEC.metadata_base_version}  # as lorakit's export writes
+    save_state(LoraState(modules, version, "kohya", family), keys, layout, out)
     return out, len(modules), fused
 
 
