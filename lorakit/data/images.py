@@ -16,7 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -180,14 +180,23 @@ def to_images(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def save_image(img: Image.Image, path: str | os.PathLike) -> Path:
-    """Save ``img`` atomically (:func:`lorakit.fsutil.atomic_path`), in the format of the file's extension."""
+def save_image(img: Image.Image, path: str | os.PathLike, text: Optional[dict[str, str]] = None) -> Path:
+    """Save ``img`` atomically (:func:`lorakit.fsutil.atomic_path`), in the format of the file's extension;
+    ``text``: PNG text chunks (key → value; what drew the image), for a .png only."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: no image format for the extension {path.suffix!r}")
+    extra = {}
+    if text and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, str(value))
+        extra["pnginfo"] = info
     with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt)
+        img.save(tmp, format=fmt, **extra)
     return path
 
 
