@@ -105,6 +105,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,
                                buckets=len({item.bucket for item in r.dataset.items}), log=log)
     run_cfg = r.placed.cfg
+    check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force)
     write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))
@@ -343,13 +344,13 @@ def fused_adamw(cfg: Config, device: torch.device) -> Optional[bool]:
     return True if device.type == "cuda" and cfg.optimizer.name == "adamw" else None
 
 
-def check_disk(cfg: Config, run: RunDir, dataset, spec) -> None:
-    """Stop before training when the disk cannot hold what the run will write."""
+def check_disk(cfg: Config, run: RunDir, dataset, spec, lora_params: int = 0) -> None:
+    """Stop before training when the disk cannot hold what the run will write: the caches and samples (checked at
+    the scan), then with the LoRA's actual parameter count (after injection) its checkpoints too."""
     w, h = resolution_wh(cfg.data.resolution)
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
     n = len(dataset.items) * (2 if cfg.data.flip_aug else 1)
-    rank_params = cfg.network.rank * 2 * 3072 * 800  # generous upper bound of LoRA parameters
-    ckpt = rank_params * 2 + rank_params * 4 * 3
+    ckpt = lora_params * (2 + 4 * 3)  # the exported file (16-bit) + fp32 weights and two optimizer moments
     need = n * lat * 1.2 + ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
     free = shutil.disk_usage(run.root if run.root.exists() else Path(cfg.save.dir).resolve().anchor).free
     if free < need:
