@@ -56,6 +56,7 @@ class ImageInfo:
     format: str                # Pillow's format name of the content (PNG, JPEG, ...)
     frames: int                # > 1 for animations; the first frame is used
     mode: str                  # the file's own mode before conversion
+    transparent: bool = False  # some pixel is not fully opaque: flattened onto FLATTEN_COLOUR
 
 
 def _open_checked(path: Path, fh) -> Image.Image:
@@ -132,9 +133,21 @@ def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
             im = ImageOps.exif_transpose(im)
         except Exception:  # a broken EXIF block must not lose an otherwise good image
             pass
+        transparent = _has_transparency(im)
         rgb = _to_rgb(im)
         rgb.load()
-    return rgb, ImageInfo(size=rgb.size, format=fmt, frames=frames, mode=mode)
+    return rgb, ImageInfo(size=rgb.size, format=fmt, frames=frames, mode=mode, transparent=transparent)
+
+
+FLATTEN_COLOUR = "white"
+"""What transparent pixels are composited onto (``_to_rgb``); the data report names it."""
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    """Whether any pixel of ``im`` is less than fully opaque (an alpha channel or a transparent palette index)."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
