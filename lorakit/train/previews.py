@@ -24,8 +24,8 @@ class Previews:
     """Draws the run's sample prompts with the current weights; a sample that looks broken is reported."""
 
     def __init__(self, cfg, spec, adapter, run: RunDir, device: torch.device, compute_dtype: torch.dtype,
-                 watchdog, log: Callable[[str], None]) -> None:
-        w, h = resolution_wh(cfg.data.resolution)
+                 watchdog, log: Callable[[str], None], resolution: Optional[tuple[int, int]] = None) -> None:
+        w, h = resolution or resolution_wh(cfg.data.resolution)   # the run's (a data.config TOML's) over [data]'s
         defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=cfg.sample.width or w,
                                 height=cfg.sample.height or h, steps=cfg.sample.steps, seed=cfg.sample.seed,
                                 cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None

@@ -33,7 +33,7 @@ def _check(monkeypatch, free: int, lora_params: int) -> None:
                           sample=SimpleNamespace(prompts=[]))
     spec = SimpleNamespace(latent_channels=4, vae_downscale=8)
     run = SimpleNamespace(root=__import__("pathlib").Path("."))
-    loop.check_disk(cfg, run, SimpleNamespace(items=[0] * 10), spec, lora_params=lora_params)
+    loop.check_disk(cfg, run, SimpleNamespace(items=[0] * 10, subsets=[]), spec, lora_params=lora_params)
 
 
 def test_the_disk_estimate_follows_the_actual_lora(monkeypatch):
