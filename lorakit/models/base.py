@@ -6,7 +6,9 @@ never asks "is this FLUX?". A family is one package that exposes ``SPEC`` and ``
 point; :mod:`lorakit.models.registry` finds it by ``SPEC.family``. Optional module-level functions of the package:
 ``lora_key_universe() -> frozenset[str]`` (every LoRA module name, in the layouts ``export`` writes, that a full-size
 base accepts; `lorakit inspect` matches files against it) and ``write_tiny_checkpoint(folder) -> dict`` (a tiny random
-base model and the ModelCfg roles that load it; the contract tests run over it). docs/families.md walks through it all. It may also expose
+base model and the ModelCfg roles that load it; the contract tests run over it) and ``identify(header) -> FileKind | None``
+(what a file of the family's layout is, from its header: :func:`lorakit.models.registry.identify`). docs/families.md
+walks through it all. It may also expose
 ``TOY`` (a :class:`ToyRecipe`): tiny components for the toy world (docs/toy.md).
 """
 
