@@ -230,9 +230,7 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from lorakit.lora.inspect import inspect_file, render
-
-    from lorakit.lora.inspect import run_base
+    from lorakit.lora.inspect import inspect_file, render, run_base
 
     base = Path(args.base) if getattr(args, "base", None) else None
     info = inspect_file(Path(args.file), _keymaps(), base)
