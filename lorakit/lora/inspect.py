@@ -215,13 +215,14 @@ def render(info: dict[str, Any]) -> str:
     lines.append("dtypes: " + ", ".join(f"{k} {v}" for k, v in info["dtypes"].items()))
     if "fit" in info:
         fit = info["fit"]
-        lines.append(f"fits {info['family']} ({info['checked_against']}): {fit['matched']}/{fit['of']} modules")
+        lines.append(f"fits {info['family']}: {fit['matched']}/{fit['of']} modules (checked against "
+                     f"{info['checked_against']})")
         if fit["unmatched"]:
             full = info["checked_against"].startswith("full-size")
             hint = "; a smaller or pruned base? check with --base FILE" if full else ""
             lines.append(f"base model: {info['family']}; modules that fit nothing: {', '.join(fit['unmatched'])}{hint}")
         else:
-            lines.append(f"base model: {info['family']}; every module fits")
+            lines.append(f"base model: {info['family']}; every key fits")
         return "\n".join(lines + _metadata_lines(info))
     best = None
     version = str(info["metadata"].get("ss_base_model_version", ""))

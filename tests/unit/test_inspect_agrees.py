@@ -51,7 +51,7 @@ def test_fused_flux1_modules_show_the_lora_rank(tmp_path, capsys):
     out = inspect(capsys, str(path), "--base", str(toy_paths("flux1")["checkpoint"]))
     assert f"rank: 16 ({n} modules); {fused} modules store their parts side by side" in out, out
     assert f"alpha: 8 ({n} modules)" in out and "48" not in out.split("metadata:")[0].split("rank:")[1]
-    assert f"fits flux1 ({toy_paths('flux1')['checkpoint']}" in out and f"{n}/{n} modules" in out
+    assert f"fits flux1: {n}/{n} modules (checked against {toy_paths('flux1')['checkpoint']}" in out
     info = json.loads(inspect(capsys, str(path), "--json"))
     assert info["lora_ranks"] == {"16": n} and info["ranks"]["48"] > 0  # raw widths are still there, labelled
 
@@ -61,21 +61,21 @@ def test_a_toy_sdxl_lora_fits_its_own_base_and_its_run_folder_finds_it(tmp_path,
     run.mkdir()
     path, n, _ = toy_lora("sdxl", 4, run / "toy.safetensors")
     full = inspect(capsys, str(path))                     # against full-size SDXL: the toy's extra names are named
-    assert "fits sdxl (full-size sdxl)" in full and "check with --base FILE" in full
-    assert f"every module fits" in inspect(capsys, str(path), "--base", str(toy_paths("sdxl")["checkpoint"]))
+    assert "modules (checked against full-size sdxl)" in full and "check with --base FILE" in full
+    assert f"every key fits" in inspect(capsys, str(path), "--base", str(toy_paths("sdxl")["checkpoint"]))
     # in its run folder (run.json + config.toml naming the base), inspect checks against that base by itself
     (run / "run.json").write_text(json.dumps({"status": "finished", "lora": str(path)}))
     (run / "config.toml").write_text(f'[model]\nfamily = "sdxl"\ncheckpoint = "{toy_paths("sdxl")["checkpoint"]}"\n')
     for target in (path, run):
         out = inspect(capsys, str(target))
-        assert f"{n}/{n} modules" in out and "every module fits" in out, out
+        assert f"{n}/{n} modules" in out and "every key fits" in out, out
 
 
 def test_a_diffusers_format_lora_is_known(tmp_path, capsys):
     path, n, _ = toy_lora("flux1", 8, tmp_path / "pytorch_lora_weights.safetensors", layout="diffusers")
     for target in (path, tmp_path):                      # the file, and the folder diffusers saves it in
         out = inspect(capsys, str(target), "--base", str(toy_paths("flux1")["checkpoint"]))
-        assert "diffusers layout" in out and f"rank: 8 ({n} modules)" in out and "every module fits" in out, out
+        assert "diffusers layout" in out and f"rank: 8 ({n} modules)" in out and "every key fits" in out, out
         assert "no known family" not in out
 
 
