@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_caption_parser(sub)
 
     i = sub.add_parser("inspect", help="show a LoRA file's metadata, modules and fit")
-    i.add_argument("file")
+    i.add_argument("file", help="a LoRA file, a run folder or a diffusers / PEFT LoRA folder")
+    i.add_argument("--base", help="check the modules against this base checkpoint (default: full size, or the run's)")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.set_defaults(func=cmd_inspect)
 
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     toy = sub.add_parser("toy", help="the embedded toy world")
     tsub = toy.add_subparsers(dest="toy_command")
-    tp = tsub.add_parser("path", help="print the toy base files as 'role path' lines (no FAMILY: the toy families)")
+    tp = tsub.add_parser("path", help="print the [model] table of a run on the toy (no FAMILY: the toy families)")
     tp.add_argument("family", nargs="?")
     tp.set_defaults(func=cmd_toy_path)
     td = tsub.add_parser("dataset", help="write the demo dataset (kohya folder layout)")
@@ -197,7 +198,15 @@ def cmd_data_check(args) -> int:
         data, family = cfg.data, cfg.model.family
         batch_size = args.batch_size or cfg.training.batch_size
     elif target.is_dir():
-        data = DataCfg(dir=str(target))
+        if args.overrides:  # data.min_bucket_reso=64 ...: validated as in a run config
+            named = any(o.startswith("model.family=") for o in args.overrides)
+            cfg = load_config(None, [f"data.dir={target}", *args.overrides]
+                              + ([] if named else [f"model.family={family or families()[0]}"])
+                              + ([] if any(o.startswith("model.checkpoint=") for o in args.overrides)
+                                 else ["model.checkpoint=(not needed by data check)"]))
+            data, family = cfg.data, family or (cfg.model.family if named else None)
+        else:
+            data = DataCfg(dir=str(target))
     else:
         raise LorakitError(f"data check: {target} is neither a dataset folder nor a .toml file")
     # the family's bucket divisibility, caption limit and tokenizer; without one, the strictest installed family's
@@ -221,9 +230,15 @@ def cmd_data_check(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from lorakit.lora.inspect import inspect_file, render
+    from lorakit.lora.inspect import inspect_file, render, run_base
 
-    info = inspect_file(Path(args.file))
+    base = Path(args.base) if getattr(args, "base", None) else None
+    info = inspect_file(Path(args.file), _keymaps(), base)
+    if base is None and "fit" in info and info["fit"]["unmatched"] and run_base(Path(info["file"])) is not None:
+        try:
+            info = inspect_file(Path(args.file), _keymaps(), run_base(Path(info["file"])))  # the run's own base
+        except LorakitError:
+            pass  # the run's base does not say more than the full-size check already shown
     print(json.dumps(info, indent=2, default=str) if args.json else render(info))
     return 0
 
@@ -234,8 +249,12 @@ def cmd_toy_path(args) -> int:
     if args.family is None:
         print("\n".join(toy_families()))
         return 0
-    for role, path in toy_paths(args.family).items():
-        print(f"{role} {path}")
+    from lorakit.config.toml_io import toml_value
+    from lorakit.toy.paths import model_section
+
+    toy_paths(args.family)  # one line naming a missing toy file and the command that builds it
+    print(f"# the toy {args.family} base model: paste this table into a run config\n[model]")
+    print("\n".join(f"{key} = {toml_value(value)}" for key, value in model_section(args.family).items()))
     return 0
 
 

@@ -68,9 +68,11 @@ def validate(settings: BucketSettings, divisibility: int, key_prefix: str = "dat
             raise ConfigError(f"{key_prefix}.min_bucket_reso: {settings.min_reso} is larger than "
                               f"max_bucket_reso {settings.max_reso}")
         if not settings.min_reso <= side <= settings.max_reso:
-            raise ConfigError(f"{key_prefix}.max_bucket_reso: the square bucket of the resolution ({side}) must lie "
-                              f"between min_bucket_reso {settings.min_reso} and max_bucket_reso "
-                              f"{settings.max_reso}")
+            low = side < settings.min_reso     # name the key whose change lets the resolution's bucket in
+            key, to = ("min_bucket_reso", f"at most {side}") if low else ("max_bucket_reso", f"at least {side}")
+            raise ConfigError(f"{key_prefix}.{key}: the square bucket of the resolution ({side}) must lie between "
+                              f"min_bucket_reso {settings.min_reso} and max_bucket_reso {settings.max_reso}; set "
+                              f"{key_prefix}.{key} to {to} (or change the resolution)")
 
 
 def _snap(x: int, step: int) -> int:

@@ -16,7 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ class ImageInfo:
     format: str                # Pillow's format name of the content (PNG, JPEG, ...)
     frames: int                # > 1 for animations; the first frame is used
     mode: str                  # the file's own mode before conversion
+    transparent: bool = False  # some pixel is not fully opaque: flattened onto FLATTEN_COLOUR
 
 
 def _open_checked(path: Path, fh) -> Image.Image:
@@ -132,9 +133,21 @@ def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
             im = ImageOps.exif_transpose(im)
         except Exception:  # a broken EXIF block must not lose an otherwise good image
             pass
+        transparent = _has_transparency(im)
         rgb = _to_rgb(im)
         rgb.load()
-    return rgb, ImageInfo(size=rgb.size, format=fmt, frames=frames, mode=mode)
+    return rgb, ImageInfo(size=rgb.size, format=fmt, frames=frames, mode=mode, transparent=transparent)
+
+
+FLATTEN_COLOUR = "white"
+"""What transparent pixels are composited onto (``_to_rgb``); the data report names it."""
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    """Whether any pixel of ``im`` is less than fully opaque (an alpha channel or a transparent palette index)."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
@@ -180,14 +193,23 @@ def to_images(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arr]
 
 
-def save_image(img: Image.Image, path: str | os.PathLike) -> Path:
-    """Save ``img`` atomically (:func:`lorakit.fsutil.atomic_path`), in the format of the file's extension."""
+def save_image(img: Image.Image, path: str | os.PathLike, text: Optional[dict[str, str]] = None) -> Path:
+    """Save ``img`` atomically (:func:`lorakit.fsutil.atomic_path`), in the format of the file's extension;
+    ``text``: PNG text chunks (key → value; what drew the image), for a .png only."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: no image format for the extension {path.suffix!r}")
+    extra = {}
+    if text and fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, str(value))
+        extra["pnginfo"] = info
     with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt)
+        img.save(tmp, format=fmt, **extra)
     return path
 
 

@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # pragma: no cover
     from lorakit.data.scan import Dataset
@@ -48,6 +48,7 @@ class DataReport:
     buckets: dict[tuple[int, int], int] = field(default_factory=dict)          # (w, h) → images
     bucket_samples: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (group, w, h) → samples
     group_batch_sizes: dict[int, int] = field(default_factory=dict)          # TOML per-dataset batch_size
+    from_config: dict[str, Any] = field(default_factory=dict)  # what a data.config dataset TOML set (run_settings)
 
     @property
     def usable(self) -> int:
@@ -80,6 +81,7 @@ class DataReport:
             "subsets": [vars(s).copy() for s in self.subsets],
             "buckets": {f"{w}x{h}": n for (w, h), n in sorted(self.buckets.items())},
             "problems": [vars(p).copy() for p in self.problems],
+            **({"from_config": self.from_config} if self.from_config else {}),
         }
 
     def to_table(self, batch_size: int = 1) -> str:
@@ -94,6 +96,10 @@ class DataReport:
                      f"steps/epoch (batch {batch_size}): {self.steps_per_epoch(batch_size)}")
         if self.buckets:
             lines.append("buckets: " + ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(self.buckets.items())))
+        if self.from_config:
+            taken = dict(self.from_config)
+            taken["batch_size"] = taken["batch_size"] or batch_size      # 0: the dataset TOML sets none
+            lines.append("from data.config: " + settings_line(taken))
         if self.problems:
             lines.append(f"{'action':<8} {'file':<40} reason")
             for p in sorted(self.problems, key=lambda p: (p.file, p.action)):
@@ -140,7 +146,32 @@ def check(dataset: "Dataset") -> DataReport:
     report.bucket_samples = {k: v for k, v in samples.items() if v > 0}
     report.group_batch_sizes = {g: spec.batch_size for g, spec in enumerate(dataset.groups)
                                 if spec.batch_size is not None}
+    if any(g.key != "data" for g in dataset.groups):     # a data.config dataset TOML: say what the run takes from it
+        report.from_config = run_settings(dataset, 0)
     return report
+
+
+def run_settings(dataset: "Dataset", batch_size: int) -> dict[str, Any]:
+    """The data settings a run takes, read from the scanned dataset (a data.config dataset TOML's where it sets them,
+    else [data]'s): resolution (w, h), batch_size, keep_tokens and flip_aug of the first dataset and its first training
+    subset, as kohya's ss_* metadata records one value; ``per_dataset`` lists each where they differ. ``batch_size``:
+    the run's (training.batch_size), for datasets that set none."""
+    groups = dataset.groups
+    train = [s for s in dataset.subsets if not s.is_reg] or list(dataset.subsets)
+    per = [{"resolution": tuple(g.buckets.resolution), "batch_size": g.batch_size or batch_size} for g in groups]
+    subs = [{"keep_tokens": s.caption.keep_tokens, "flip_aug": s.flip_aug} for s in train]
+    out: dict[str, Any] = {**(per[0] if per else {}), **(subs[0] if subs else {})}
+    if len({json.dumps(p) for p in per}) > 1 or len({json.dumps(s) for s in subs}) > 1:
+        out["per_dataset"] = per
+        out["per_subset"] = subs
+    return out
+
+
+def settings_line(s: dict[str, Any]) -> str:
+    w, h = s["resolution"]
+    more = " (datasets or subsets differ: see data_report.json)" if "per_dataset" in s else ""
+    return (f"resolution {w}x{h}, batch size {s['batch_size']}, keep_tokens {s['keep_tokens']}, "
+            f"flip_aug {str(s['flip_aug']).lower()}{more}")
 
 
 def duplicate_captions(dataset: "Dataset") -> list[Problem]:

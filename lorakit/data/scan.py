@@ -33,8 +33,8 @@ from typing import Callable
 from lorakit.config.schema import DataCfg
 from lorakit.data.buckets import BucketSettings, bucket_list, place, validate
 from lorakit.data.captions import CaptionSettings, add_prefix_suffix
-from lorakit.data.images import (IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageProblem, decode,
-                                 extension_mismatch)
+from lorakit.data.images import (FLATTEN_COLOUR, IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageProblem,
+                                 decode, extension_mismatch)
 from lorakit.data.kohya_toml import (GroupSpec, SubsetSpec, bucket_settings, caption_settings,
                                      load_dataset_toml)
 from lorakit.data.report import DataReport, Problem, check
@@ -210,6 +210,9 @@ def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[
     ctx.seen[digest] = path
     if info.frames > 1:
         _warn(ctx, path, f"animated ({info.frames} frames): only the first frame is used")
+    if info.transparent:
+        _warn(ctx, path, f"transparent pixels are flattened onto {FLATTEN_COLOUR} (trained as seen on {FLATTEN_COLOUR}"
+              f"); fill the background yourself for another colour")
     if extension_mismatch(path, info.format):
         _warn(ctx, path, f"content is {info.format} but the extension is {path.suffix}; used as {info.format}")
     pl = place(info.size, settings, ctx.bucket_lists[spec.group])
@@ -268,9 +271,18 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
     items: list[ImageItem] = []
     missing: list[Path] = []
     files = sorted(spec.dir.iterdir())
+    image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
     for path in files:
         ext = path.suffix.lower()
         if path.name.startswith("."):
+            continue
+        if path.is_dir() and ext not in IMAGE_EXTENSIONS:       # a folder named like an image stays "unreadable"
+            if _has_images(path) or any(p.is_dir() for p in path.iterdir()):
+                _warn(ctx, path, "nested folder: not used (only the images directly in a subset folder are); move "
+                      f"its images up or make it a subset of its own like '10_{path.name}' in the data folder")
+            continue
+        if ext == spec.caption_extension.lower() and path.stem not in image_stems:
+            _warn(ctx, path, f"caption file without an image ({path.stem} + an image extension): not used")
             continue
         if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
             _warn(ctx, path, f"{ext} images are not supported: convert it to PNG or JPEG", "skipped")

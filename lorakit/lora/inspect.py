@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from lorakit.errors import LorakitError
 from lorakit.lora.io import load_lora_file
@@ -27,7 +27,68 @@ def split_key(key: str) -> tuple[str, str]:
     return key, ""
 
 
-def inspect_file(path: Path) -> dict[str, Any]:
+RUN_FILE = "run.json"
+LORA_FOLDER_FILES = ("pytorch_lora_weights.safetensors", "adapter_model.safetensors")
+
+
+def resolve(path: Path) -> tuple[Path, Optional[str]]:
+    """The LoRA file to inspect for a path (a run folder: its final LoRA; a diffusers / PEFT LoRA folder: its
+    weights), or (path, what it is) when it is not a LoRA at all. One-line errors for what cannot be told."""
+    path = Path(path)
+    if not path.exists():
+        raise LorakitError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise LorakitError(f"{path}: not a .safetensors file; inspect reads LoRAs in safetensors files")
+        from lorakit.models.registry import identify
+
+        kind = identify(path)
+        return path, (None if kind.role == "lora" else kind.what)
+    if (path / RUN_FILE).is_file():
+        lora = json.loads((path / RUN_FILE).read_text()).get("lora")
+        if lora and Path(lora).is_file():
+            return resolve(Path(lora))
+        done = sorted(p for p in path.glob("*.safetensors"))
+        if done:
+            return resolve(done[-1])
+        raise LorakitError(f"{path}: a run folder without a LoRA yet (run.json names none); inspect a checkpoint "
+                           f"from {path / 'state'} after the run saves one")
+    for name in LORA_FOLDER_FILES:
+        if (path / name).is_file():
+            return resolve(path / name)
+    if (path / "model_index.json").is_file():
+        return path, "a diffusers model folder (a base model)"
+    files = sorted(path.glob("*.safetensors"))
+    if len(files) == 1:
+        return resolve(files[0])
+    raise LorakitError(f"{path}: a folder with {len(files)} .safetensors files"
+                       + (f" ({', '.join(p.name for p in files[:5])}{', ...' if len(files) > 5 else ''})" if files
+                          else "") + "; name the LoRA file")
+
+
+def run_base(lora: Path) -> Optional[Path]:
+    """The base checkpoint of the run a LoRA was written by, when it sits in a run folder (its config.toml names
+    model.checkpoint and that file exists): the file ``inspect`` checks the keys against when no --base is given."""
+    for folder in (lora.parent, lora.parent.parent):
+        cfg = folder / "config.toml"
+        if (folder / RUN_FILE).is_file() and cfg.is_file():
+            import tomllib
+
+            try:
+                ckpt = tomllib.loads(cfg.read_text()).get("model", {}).get("checkpoint")
+            except (tomllib.TOMLDecodeError, OSError):
+                return None
+            return Path(ckpt) if ckpt and Path(ckpt).is_file() else None
+    return None
+
+
+def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] = None) -> dict[str, Any]:
+    """What a LoRA file holds and which base its keys fit. ``keymaps``: the families' FamilyKeys (passed in by the
+    caller): with them the file is read as the trainers and loaders read it (any layout; fused modules split into
+    their parts, so the rank shown is the LoRA's rank); ``base``: check against this base file's own modules."""
+    path, not_lora = resolve(Path(path))
+    if not_lora is not None:
+        return {"file": str(path), "not_lora": not_lora}
     tensors, meta = load_lora_file(path)
     modules: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -45,12 +106,72 @@ def inspect_file(path: Path) -> dict[str, Any]:
             alphas[float(parts[".alpha"].float().item())] += 1
         prefixes[name.split("_")[0] + "_" + name.split("_")[1] if name.startswith("lora_") else name.split(".")[0]] += 1
     outs = {n: int(p[s].shape[0]) for n, p in modules.items() for s in (".lora_up.weight", ".lora_B.weight") if s in p}
-    fits = family_fit(set(modules), outs)
-    return {
+    info = {
         "file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "modules": len(modules),
         "module_groups": dict(prefixes), "ranks": dict(ranks), "alphas": dict(alphas), "dtypes": dict(dtypes),
-        "fits": fits, "metadata": {k: _maybe_json(v) for k, v in sorted(meta.items())},
+        "fits": family_fit(set(modules), outs), "metadata": {k: _maybe_json(v) for k, v in sorted(meta.items())},
     }
+    keymaps = [k for k in keymaps if k.family in _candidates(info, base)]
+    if keymaps:  # the family the file is for (a family without a key map keeps the name count above)
+        info.update(_canonical(path, tensors, meta, keymaps, base))
+    return info
+
+
+def _candidates(info: dict[str, Any], base: Optional[Path]) -> set[str]:
+    """The families a LoRA is for: the base file's (--base), else the one its ss_base_model_version names, else
+    those whose full-size names it fits best."""
+    if base is not None:
+        from lorakit.models.registry import identify
+
+        family = identify(base).family
+        if family is not None:
+            return {family}
+    version = str(info["metadata"].get("ss_base_model_version", ""))
+    claimed = {fam for fam in info["fits"] if _claims(fam, version)}
+    if claimed:
+        return claimed
+    top = max((f["matched"] for f in info["fits"].values()), default=0)
+    return {fam for fam, f in info["fits"].items() if top and f["matched"] == top}
+
+
+def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], base: Optional[Path]) -> dict[str, Any]:
+    """The file read as the format readers read it: layout, per-part ranks and alphas, and the fit against the
+    best family's full-size modules, or against ``base``'s own (a toy or pruned model)."""
+    from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys, read_lora
+    from lorakit.lora.tools.files import base_keymap
+
+    layout = detect_layout(tensors)
+    if layout is None:
+        return {}
+    keys, n = choose_family(layout, sorted(group_keys(tensors)[0]), list(keymaps))
+    if n == 0:
+        return {"layout": layout}
+    checked = "full-size " + keys.family
+    if base is not None:
+        from lorakit.models.registry import identify
+
+        kind = identify(base)
+        if kind.family is not None and kind.family != keys.family:
+            raise LorakitError(f"--base {base}: this is {kind.what}, but the LoRA's modules are {keys.family}'s")
+        keys = base_keymap(keys, base)
+        checked = f"{base} ({kind.what})"
+    state = read_lora(tensors, meta, [keys], where=str(path), family=keys.family)
+    by_name = keys.by_kohya
+    ranks: Counter = Counter()
+    alphas: Counter = Counter()
+    fused = 0
+    for name, pair in state.modules.items():
+        m = by_name.get(name)
+        parts = len(m.diffusers) if m is not None and len(m.diffusers) > 1 and pair.rank % len(m.diffusers) == 0 else 1
+        fused += parts > 1
+        ranks[pair.rank // parts] += 1
+        if pair.alpha is not None:
+            alphas[float(pair.alpha) / parts] += 1
+    foreign = sorted(state.foreign)
+    return {"layout": layout, "family": keys.family, "lora_ranks": dict(ranks), "lora_alphas": dict(alphas),
+            "fused_modules": fused, "checked_against": checked,
+            "fit": {"matched": len(state.modules) - len(foreign), "of": len(state.modules),
+                    "unmatched": (foreign + state.unplaced())[:20]}}
 
 
 def family_fit(names: set[str], out_widths: dict[str, int] | None = None) -> dict[str, Any]:
@@ -80,13 +201,29 @@ def family_fit(names: set[str], out_widths: dict[str, int] | None = None) -> dic
 
 
 def render(info: dict[str, Any]) -> str:
+    if "not_lora" in info:
+        return f"{info['file']}: not a LoRA: this is {info['not_lora']}"
     lines = [f"{info['file']}  ({info['size_bytes'] / 2**20:.2f} MiB, {info['tensors']} tensors, "
-             f"{info['modules']} modules)"]
+             f"{info['modules']} modules" + (f", {info['layout']} layout" if info.get("layout") else "") + ")"]
     lines.append("modules by group: " + ", ".join(f"{k} {v}" for k, v in sorted(info["module_groups"].items())))
-    lines.append("rank: " + ", ".join(f"{k} ({v} modules)" for k, v in sorted(info["ranks"].items())))
-    if info["alphas"]:
-        lines.append("alpha: " + ", ".join(f"{k:g} ({v} modules)" for k, v in sorted(info["alphas"].items())))
+    ranks, alphas = info.get("lora_ranks", info["ranks"]), info.get("lora_alphas", info["alphas"])
+    fused = f"; {info['fused_modules']} modules store their parts side by side (fused), shown per part" \
+        if info.get("fused_modules") else ""
+    lines.append("rank: " + ", ".join(f"{k} ({v} modules)" for k, v in sorted(ranks.items())) + fused)
+    if alphas:
+        lines.append("alpha: " + ", ".join(f"{k:g} ({v} modules)" for k, v in sorted(alphas.items())))
     lines.append("dtypes: " + ", ".join(f"{k} {v}" for k, v in info["dtypes"].items()))
+    if "fit" in info:
+        fit = info["fit"]
+        lines.append(f"fits {info['family']}: {fit['matched']}/{fit['of']} modules (checked against "
+                     f"{info['checked_against']})")
+        if fit["unmatched"]:
+            full = info["checked_against"].startswith("full-size")
+            hint = "; a smaller or pruned base? check with --base FILE" if full else ""
+            lines.append(f"base model: {info['family']}; modules that fit nothing: {', '.join(fit['unmatched'])}{hint}")
+        else:
+            lines.append(f"base model: {info['family']}; every key fits")
+        return "\n".join(lines + _metadata_lines(info))
     best = None
     version = str(info["metadata"].get("ss_base_model_version", ""))
     for fam, fit in info["fits"].items():
@@ -101,11 +238,15 @@ def render(info: dict[str, Any]) -> str:
                                               else "; every key fits"))
     else:
         lines.append("base model: no known family matches these keys")
-    lines.append("metadata:")
+    return "\n".join(lines + _metadata_lines(info))
+
+
+def _metadata_lines(info: dict[str, Any]) -> list[str]:
+    lines = ["metadata:"]
     for key, value in info["metadata"].items():
         text = json.dumps(value) if not isinstance(value, str) else value
         lines.append(f"  {key}: {text[:200]}{'…' if len(text) > 200 else ''}")
-    return "\n".join(lines)
+    return lines
 
 
 def _claims(family: str, version: str) -> bool:

@@ -67,11 +67,13 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
     ``dataset_info`` (from the data pipeline) may hold: ``tag_frequency`` {dir: {tag: n}},
     ``dataset_dirs`` {dir: {"n_repeats": int, "img_count": int}}, ``num_train_images`` (with repeats),
     ``num_reg_images``, ``num_batches_per_epoch``, ``num_epochs`` (planned; default ``epochs``),
-    ``bucket_info`` (JSON-able). Missing entries are written as empty/zero values.
+    ``bucket_info`` (JSON-able), ``settings`` (:func:`lorakit.data.report.run_settings`: the resolution, batch
+    size, keep_tokens and flip_aug the run took, e.g. from a data.config dataset TOML). Missing entries are written as empty/zero values.
     ``finished_at`` None (an intermediate checkpoint) leaves ``ss_training_finished_at`` out.
     """
     net, opt, tr, data, mem = cfg.network, cfg.optimizer, cfg.training, cfg.data, cfg.memory
-    w, h = resolution_wh(data.resolution)
+    taken = dataset_info.get("settings") or {}    # what the scanned dataset (a data.config TOML) set, over [data]'s
+    w, h = taken.get("resolution") or resolution_wh(data.resolution)
     te_lr = (net.text_encoder_lr or opt.lr) if net.train_text_encoder else None
     md: dict[str, Any] = {
         "ss_session_id": session_id,
@@ -103,8 +105,8 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_mixed_precision": tr.mixed_precision,
         "ss_gradient_checkpointing": mem.gradient_checkpointing,
         "ss_gradient_accumulation_steps": tr.gradient_accumulation,
-        "ss_batch_size_per_device": tr.batch_size,
-        "ss_total_batch_size": tr.batch_size * tr.gradient_accumulation,
+        "ss_batch_size_per_device": taken.get("batch_size", tr.batch_size),
+        "ss_total_batch_size": taken.get("batch_size", tr.batch_size) * tr.gradient_accumulation,
         "ss_fp8_base": mem.fp8_base,
         "lorakit_fp8_compute": bool(mem.fp8_compute),  # float8 matmuls change the numerics, not only the storage
         "ss_resolution": f"({w}, {h})",
@@ -112,9 +114,9 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_min_bucket_reso": data.min_bucket_reso,
         "ss_max_bucket_reso": data.max_bucket_reso,
         "ss_bucket_no_upscale": data.bucket_no_upscale,
-        "ss_keep_tokens": data.keep_tokens,
+        "ss_keep_tokens": taken.get("keep_tokens", data.keep_tokens),
         "ss_shuffle_caption": data.shuffle_caption,
-        "ss_flip_aug": data.flip_aug,
+        "ss_flip_aug": taken.get("flip_aug", data.flip_aug),
         "ss_caption_dropout_rate": data.caption_dropout_rate,
         "ss_caption_tag_dropout_rate": data.caption_tag_dropout_rate,
         "ss_caption_dropout_every_n_epochs": 0,
@@ -160,11 +162,12 @@ def kohya_bucket_info(info: Any) -> dict[str, Any]:
             "mean_img_ar_error": float(info.get("mean_img_ar_error", 0.0)) if isinstance(info, dict) else 0.0}
 
 
-def run_modelspec(*, cfg: Config, family_md: dict[str, str], trigger_words: list[str], date: str) -> dict[str, str]:
+def run_modelspec(*, cfg: Config, family_md: dict[str, str], trigger_words: list[str], date: str,
+                  resolution: Optional[tuple[int, int]] = None) -> dict[str, str]:
     """Every ``modelspec.*`` key for a run (all families): the family's architecture / implementation /
-    prediction type (from its adapter's metadata) completed with spec version, title, resolution, date,
-    implementation_version and trigger_phrase."""
-    w, h = resolution_wh(cfg.data.resolution)
+    prediction type (from its adapter's metadata) completed with spec version, title, resolution (the one the run
+    took, e.g. from a data.config dataset TOML; default [data]'s), date, implementation_version and trigger_phrase."""
+    w, h = resolution or resolution_wh(cfg.data.resolution)
     extra = {"trigger_phrase": ", ".join(trigger_words) if trigger_words else None,
              "description": cfg.save.comment or None}
     return modelspec_metadata(architecture=family_md["modelspec.architecture"], title=cfg.save.name,

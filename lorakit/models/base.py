@@ -6,7 +6,9 @@ never asks "is this FLUX?". A family is one package that exposes ``SPEC`` and ``
 point; :mod:`lorakit.models.registry` finds it by ``SPEC.family``. Optional module-level functions of the package:
 ``lora_key_universe() -> frozenset[str]`` (every LoRA module name, in the layouts ``export`` writes, that a full-size
 base accepts; `lorakit inspect` matches files against it) and ``write_tiny_checkpoint(folder) -> dict`` (a tiny random
-base model and the ModelCfg roles that load it; the contract tests run over it). docs/families.md walks through it all. It may also expose
+base model and the ModelCfg roles that load it; the contract tests run over it) and ``identify(header) -> FileKind | None``
+(what a file of the family's layout is, from its header: :func:`lorakit.models.registry.identify`). docs/families.md
+walks through it all. It may also expose
 ``TOY`` (a :class:`ToyRecipe`): tiny components for the toy world (docs/toy.md).
 """
 
@@ -229,3 +231,17 @@ class ToyRecipe:
 def init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """A diffusers / transformers config dict (as ``config.json`` holds it) → constructor keyword arguments."""
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("architectures", "model_type")}
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What a weights file is, read from its header's key names and shapes (no tensor data).
+
+    A family package may expose ``identify(header) -> FileKind | None`` (header: tensor name -> {"shape", "dtype"});
+    it returns None for a layout it does not know. :func:`lorakit.models.registry.identify` asks every family, then
+    knows the generic cases (a LoRA, a text encoder, a VAE) itself. Loading and ``lorakit inspect`` both use it."""
+
+    what: str                       # for people, after "this is": "an SD1.5 checkpoint (U-Net context width 768)"
+    family: Optional[str] = None    # the family that trains on it as its base model as it is; None: no family does
+    role: str = "checkpoint"        # "checkpoint" (a base model or its denoiser), "lora", "component", "unknown"
+    standard: bool = True           # sizes of the family's full-size model (False: a custom / tiny size)

@@ -20,9 +20,13 @@ import os
 import pkgutil
 from functools import lru_cache
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import lorakit.models as _models
 from lorakit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lorakit.models.base import FileKind
 
 ENV = "LORAKIT_FAMILIES"
 ENTRY_POINT_GROUP = "lorakit.families"
@@ -150,3 +154,71 @@ def clear() -> None:
     from lorakit.config import families as config_families
 
     config_families.clear()
+
+
+# ------------------------------------------------------------------ what a file is (one detector: load + inspect)
+
+_LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight",
+                  ".hada_w1_a", ".lokr_w1", ".lora.down.weight", ".lora_linear_layer.down.weight")
+# generic layouts no family owns: (a key that marks it, what it is); checked after every family declined the file
+_COMPONENTS = (
+    ("encoder.block.0.layer.0.SelfAttention.q.weight", "a T5 text encoder"),
+    ("text_model.embeddings.token_embedding.weight", "a CLIP text encoder"),
+    ("embeddings.token_embedding.weight", "a CLIP text encoder"),
+    ("encoder.conv_in.weight", "an autoencoder (VAE)"),
+    ("model.embed_tokens.weight", "a language-model text encoder (Qwen / Llama / Mistral type)"),
+    ("embed_tokens.weight", "a language-model text encoder (Qwen / Llama / Mistral type)"),
+)
+
+
+def identify_header(header: dict, where: str = "") -> "FileKind":
+    """What a safetensors header (tensor name -> {"shape", ...}) holds: a LoRA, a family's checkpoint (asked of each
+    family's optional ``identify``), a known component, or an unknown layout."""
+    from lorakit.models.base import FileKind
+
+    keys = [k for k in header if k != "__metadata__"]
+    lora = [k for k in keys if k.endswith(_LORA_SUFFIXES)]
+    if lora and len(lora) * 2 >= len([k for k in keys if not k.endswith(".alpha")]):
+        layout = "kohya" if any(k.startswith("lora_") for k in lora) else "diffusers/PEFT"
+        return FileKind(f"a LoRA ({layout} layout, {len(lora) // 2} modules)", role="lora")
+    claims = []
+    for name in families():
+        fn = getattr(get_family(name), "identify", None)
+        kind = fn(header) if fn is not None else None
+        if kind is not None:
+            claims.append(kind)
+    if claims:
+        return next((c for c in claims if c.family is not None), claims[0])
+    bare = {k.split(".", 1)[1] if k.startswith(("vae.", "first_stage_model.")) else k for k in keys}
+    for mark, what in _COMPONENTS:
+        if mark in bare:
+            if "language-model" in what:
+                what = "a Qwen3 text encoder" if any("q_norm" in k for k in keys) else "a Mistral / Llama-type text encoder"
+            return FileKind(what, role="component")
+    return FileKind("not a known model layout" + (f" (e.g. {sorted(keys)[0]!r})" if keys else " (no tensors)"),
+                    role="unknown")
+
+
+def identify(path) -> "FileKind":
+    """:func:`identify_header` of a .safetensors file (header only; ModelLoadError naming a corrupt file)."""
+    from lorakit.safetensors_header import read_safetensors_header
+
+    header, _ = read_safetensors_header(path)
+    return identify_header(header, str(path))
+
+
+def require_base(path, family: str, key: str = "model.checkpoint") -> "FileKind":
+    """The FileKind of ``path`` when ``family`` trains on it as a base model; else one ModelLoadError line naming
+    ``key``, the file and what it is (a LoRA, another family's or size's checkpoint, an inpainting variant, ...).
+    Files no family recognises pass (the family's own loader then says what is missing)."""
+    from lorakit.errors import ModelLoadError
+
+    kind = identify(path)
+    if kind.family == family or kind.role == "unknown":
+        return kind
+    hint = ""
+    if kind.role == "lora":
+        hint = "; give the base model here (the LoRA is what training writes)"
+    elif kind.family is not None:
+        hint = f"; set model.family = \"{kind.family}\" to train on it"
+    raise ModelLoadError(f"{key}: {path} is {kind.what}, not a base model the {family} family trains on{hint}")

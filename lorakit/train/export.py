@@ -23,14 +23,14 @@ SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.floa
 def dataset_info(dataset, stream) -> dict:
     """What the ss_* metadata says about the data: tag frequency, folders, image counts, buckets."""
     from lorakit.data.captions import tag_frequency
-    from lorakit.data.report import bucket_info, dataset_dirs
+    from lorakit.data.report import bucket_info, dataset_dirs, run_settings
 
     # counts with repeats, bucket_info in sd-scripts' nested structure (issue 22)
     return {"tag_frequency": tag_frequency(dataset), "dataset_dirs": dataset_dirs(dataset),
             "num_train_images": sum(it.repeats for it in dataset.items if not it.is_reg),
             "num_reg_images": sum(it.repeats for it in dataset.items if it.is_reg),
             "num_batches_per_epoch": stream.steps_per_epoch, "num_epochs": None,
-            "bucket_info": bucket_info(dataset)}
+            "bucket_info": bucket_info(dataset), "settings": run_settings(dataset, stream.batch_size)}
 
 
 def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, step: int,
@@ -68,8 +68,11 @@ def _modelspec_and_base_hashes(cfg: Config, dataset, family_md: dict) -> dict:
             triggers.append(words[0])
     if cfg.data.trigger:
         triggers = [cfg.data.trigger]
+    from lorakit.data.report import run_settings
+
     out = run_modelspec(cfg=cfg, family_md=family_md, trigger_words=triggers,
-                        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+                        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                        resolution=run_settings(dataset, cfg.training.batch_size).get("resolution"))
     out.update(base_hashes(cfg.model.checkpoint))
     return out
 

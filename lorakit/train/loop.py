@@ -27,6 +27,7 @@ from lorakit.config.schema import Config
 from lorakit.config.resolution import resolution_wh
 from lorakit.data.cache import LatentCache, TextCache, cache_folder
 from lorakit.data.captions import fixed_captions
+from lorakit.data.report import run_settings
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
 from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
@@ -97,12 +98,15 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     """Everything before the first step: dataset, model, caches, plan, optimizer, resume state, first previews."""
     cfg = r.cfg
     watchdog.beat("scanning the dataset")
+    if (warn := optim.schedule_warning(cfg.optimizer.scheduler, cfg.optimizer.warmup_steps, cfg.training.max_steps)):
+        log(warn)
     scan(r, resume_, force, log)
     watchdog.beat("loading the base model")
     load_and_cache(r, watchdog, log)
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,
                                buckets=len({item.bucket for item in r.dataset.items}), log=log)
     run_cfg = r.placed.cfg
+    check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force)
     write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))
@@ -116,7 +120,8 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
                                     scheduler, r.stream, generator, log)
         if start_step == 0:  # steps logged before the kill are redone: drop them
             (r.run.root / "metrics.jsonl").unlink(missing_ok=True)
-    previews = Previews(run_cfg, r.adapter.spec, r.adapter, r.run, r.device, r.compute_dtype, watchdog, log)
+    previews = Previews(run_cfg, r.adapter.spec, r.adapter, r.run, r.device, r.compute_dtype, watchdog, log,
+                        resolution=run_settings(r.dataset, run_cfg.training.batch_size)["resolution"])
     metrics = MetricsWriter(r.run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step)
     previews.metrics = metrics
     r.run.write_status(status="running", step=start_step, max_steps=cfg.training.max_steps)
@@ -173,7 +178,8 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     cache_root = cache_folder(cfg.data, cfg.save.dir)
     r.latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
-    r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)
+    r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=any(s.flip_aug for s in r.dataset.subsets),
+                     progress=cfg.log.progress)  # a data.config TOML may flip where [data] does not
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")
@@ -341,13 +347,13 @@ def fused_adamw(cfg: Config, device: torch.device) -> Optional[bool]:
     return True if device.type == "cuda" and cfg.optimizer.name == "adamw" else None
 
 
-def check_disk(cfg: Config, run: RunDir, dataset, spec) -> None:
-    """Stop before training when the disk cannot hold what the run will write."""
+def check_disk(cfg: Config, run: RunDir, dataset, spec, lora_params: int = 0) -> None:
+    """Stop before training when the disk cannot hold what the run will write: the caches and samples (checked at
+    the scan), then with the LoRA's actual parameter count (after injection) its checkpoints too."""
     w, h = resolution_wh(cfg.data.resolution)
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
-    n = len(dataset.items) * (2 if cfg.data.flip_aug else 1)
-    rank_params = cfg.network.rank * 2 * 3072 * 800  # generous upper bound of LoRA parameters
-    ckpt = rank_params * 2 + rank_params * 4 * 3
+    n = len(dataset.items) * (2 if any(s.flip_aug for s in dataset.subsets) else 1)
+    ckpt = lora_params * (2 + 4 * 3)  # the exported file (16-bit) + fp32 weights and two optimizer moments
     need = n * lat * 1.2 + ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
     free = shutil.disk_usage(run.root if run.root.exists() else Path(cfg.save.dir).resolve().anchor).free
     if free < need:

@@ -52,6 +52,13 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(key.replace("_", "/", 1) if key.startswith("loss_") else key, value, step)
 
+    def add_image(self, tag: str, img: Any, step: int) -> None:
+        """A preview (PIL image) in TensorBoard's images tab, when TensorBoard logging is on."""
+        if self._tb is not None:
+            import numpy as np
+
+            self._tb.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
+
     def close(self) -> None:
         self._fh.close()
         if self._tb is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -119,6 +119,17 @@ def lr_multiplier(name: str, warmup_steps: int, total_steps: int, min_lr_ratio: 
         return min_lr_ratio + (1.0 - min_lr_ratio) * cos
 
     return multiplier
+
+
+def schedule_warning(name: str, warmup_steps: int, total_steps: int) -> Optional[str]:
+    """One line when the schedule does not fit the run: a warmup as long as the run or longer (the lr never reaches
+    optimizer.lr, and a decaying schedule never decays). None when it fits."""
+    if warmup_steps >= total_steps:
+        reached = (total_steps / warmup_steps) if warmup_steps else 1.0
+        decay = f"; the {name} decay never starts" if name != "constant" else ""
+        return (f"warning: optimizer.warmup_steps ({warmup_steps}) is not shorter than training.max_steps "
+                f"({total_steps}): the lr reaches only {reached:.0%} of optimizer.lr{decay}")
+    return None
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int,

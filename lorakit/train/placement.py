@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from lorakit.config.schema import Config
+from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
 from lorakit.train import budget, memory, speed, swap
 
@@ -40,6 +41,7 @@ def inject(cfg: Config, adapter, compute_dtype: torch.dtype) -> tuple[dict, dict
     groups = []
     for component, module_targets in targets.items():
         module = modules[component]
+        check_rank_fits(module, module_targets)
         alpha = {name: (cfg.network.conv_alpha if _is_conv(module, name) else cfg.network.alpha)
                  for name in module_targets}
         # every call of the denoiser runs in autocast (steps, previews, the LoRA check); a trained text encoder
@@ -50,6 +52,27 @@ def inject(cfg: Config, adapter, compute_dtype: torch.dtype) -> tuple[dict, dict
         lr = cfg.optimizer.lr if denoiser else (cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
     return modules, targets, groups
+
+
+def check_rank_fits(module: torch.nn.Module, targets: dict[str, int]) -> None:
+    """Refuse a rank larger than the narrowest targeted layer (min of its input and output width): such a LoRA
+    holds no more than a full update of that layer, in more parameters. One line naming the key and the layer."""
+    subs = dict(module.named_modules())
+    too_wide = []                                 # (layer width, path, config key, rank) of each layer the rank exceeds
+    for path, rank in targets.items():
+        sub = subs.get(path)
+        if isinstance(sub, torch.nn.Conv2d):
+            width, key = min(sub.out_channels, sub.in_channels * sub.kernel_size[0] * sub.kernel_size[1]), "conv_rank"
+        elif isinstance(sub, torch.nn.Linear):
+            width, key = min(sub.in_features, sub.out_features), "rank"
+        else:
+            continue
+        if rank > width:
+            too_wide.append((width, path, key, rank))
+    if too_wide:
+        width, path, key, rank = min(too_wide)
+        raise ConfigError(f"network.{key}: {rank} is larger than the narrowest targeted layer ({path}, {width} wide; "
+                          f"{len(too_wide)} layers are narrower than the rank); choose at most {width}")
 
 
 def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype, buckets: int,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
+import textwrap
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -21,8 +24,8 @@ class Previews:
     """Draws the run's sample prompts with the current weights; a sample that looks broken is reported."""
 
     def __init__(self, cfg, spec, adapter, run: RunDir, device: torch.device, compute_dtype: torch.dtype,
-                 watchdog, log: Callable[[str], None]) -> None:
-        w, h = resolution_wh(cfg.data.resolution)
+                 watchdog, log: Callable[[str], None], resolution: Optional[tuple[int, int]] = None) -> None:
+        w, h = resolution or resolution_wh(cfg.data.resolution)   # the run's (a data.config TOML's) over [data]'s
         defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=cfg.sample.width or w,
                                 height=cfg.sample.height or h, steps=cfg.sample.steps, seed=cfg.sample.seed,
                                 cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None
@@ -46,7 +49,7 @@ class Previews:
             with torch.no_grad(), autocast(self.device, self.dtype), eager:
                 img = self.adapter.sample(p, torch.Generator().manual_seed(p.seed))
             path = self.run.samples / sample_filename(self.cfg.save.name, step, i, p.seed, tag)
-            save_image(img, path)
+            save_image(img, path, sample_text(p, step, self.cfg))
             problem = health.image_problem(img)
             if problem:
                 self.log(f"warning: sample {path.name} looks {problem}: often NaN weights in disguise; check the "
@@ -55,25 +58,88 @@ class Previews:
                     self.metrics.write({"step": step, "sample_problem": problem, "sample": path.name})
             out.append(path)
         self.paths += out
+        if out:
+            from PIL import Image
+
+            label = tag or f"step {step}"
+            cells = [(Image.open(q), caption(p, label)) for q, p in zip(out, self.prompts)]
+            grid = self.run.samples / f"grid_{tag or f'step{step:08d}'}.png"
+            save_image(labelled_grid([cells]), grid, {"lorakit": json.dumps({"step": step, "samples": [
+                q.name for q in out]})})
+            if self.metrics is not None and hasattr(self.metrics, "add_image"):
+                self.metrics.add_image(f"samples/{tag or 'step'}", Image.open(grid), step)
         return out
 
     def grid(self) -> Optional[Path]:
-        return before_after_grid(self.run, self.cfg.save.name, len(self.prompts))
+        return before_after_grid(self.run, self.cfg.save.name, len(self.prompts), self.prompts)
 
 
-def before_after_grid(run: RunDir, name: str, n: int) -> Optional[Path]:
+CELL_MIN = 256
+"""Smallest side of a grid cell in pixels: smaller previews (the toy's 64 px) are enlarged with nearest-neighbour."""
+
+
+def sample_text(p: SamplePrompt, step: int, cfg) -> dict[str, str]:
+    """The PNG text chunks of a preview: its prompt and what drew it (step, seed, sampling settings, the run)."""
+    settings = {"step": step, "seed": p.seed, "width": p.width, "height": p.height, "sample_steps": p.steps,
+                "cfg_scale": p.cfg_scale, "guidance": p.guidance, "sampler": p.sampler, "run": cfg.save.name,
+                "family": cfg.model.family, "rank": cfg.network.rank, "alpha": cfg.network.alpha, "lr": cfg.optimizer.lr}
+    return {"prompt": p.prompt, "negative_prompt": p.negative, "step": str(step), "seed": str(p.seed),
+            "lorakit": json.dumps(settings)}
+
+
+def caption(p: SamplePrompt, label: str) -> str:
+    return f"{label} · seed {p.seed}\n{p.prompt}"
+
+
+def labelled_grid(rows: list[list[tuple["Image.Image", str]]]) -> "Image.Image":
+    """Rows of (image, caption) cells → one image: each cell enlarged (nearest) to at least CELL_MIN px, its
+    caption (wrapped) in a band under it."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    w, h = rows[0][0][0].size
+    k = max(1, math.ceil(CELL_MIN / min(w, h)))
+    cw, ch = w * k, h * k
+    font = ImageFont.load_default()
+    chars = max(16, cw // 7)
+
+    def wrap(text: str) -> list[str]:          # the label line, then the prompt on at most three lines
+        head, _, prompt = text.partition("\n")
+        return [head] + textwrap.wrap(prompt, chars)[:3]
+
+    wrapped = [wrap(text) for row in rows for _, text in row]
+    n_lines = max(len(lines) for lines in wrapped)
+    band = 6 + 12 * n_lines
+    grid = Image.new("RGB", (cw * max(len(r) for r in rows), (ch + band) * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    it = iter(wrapped)
+    for r, row in enumerate(rows):
+        for c, (img, _) in enumerate(row):
+            x, y = c * cw, r * (ch + band)
+            grid.paste(img.convert("RGB").resize((cw, ch), Image.NEAREST), (x, y))
+            draw.multiline_text((x + 4, y + ch + 3), "\n".join(next(it)), fill="black", font=font, spacing=2)
+    return grid
+
+
+def before_after_grid(run: RunDir, name: str, n: int, prompts: Optional[list[SamplePrompt]] = None
+                      ) -> Optional[Path]:
+    """The before samples over the after samples, each labelled (before/after, seed, prompt), enlarged to see."""
     from PIL import Image
 
     before = sorted(run.samples.glob(f"{glob_escape(name)}_before_*.png"))
     after = sorted(run.samples.glob(f"{glob_escape(name)}_after_*.png"))
     if not before or len(before) != len(after):
         return None
-    w, h = Image.open(before[0]).size
-    grid = Image.new("RGB", (w * len(before), h * 2), "white")
-    for i, (b, a) in enumerate(zip(before, after)):
-        grid.paste(Image.open(b).convert("RGB").resize((w, h)), (i * w, 0))
-        grid.paste(Image.open(a).convert("RGB").resize((w, h)), (i * w, h))
-    path = run.samples / "before_after.png"
-    save_image(grid, path)
-    return path
 
+    def cells(files: list[Path], label: str) -> list[tuple[Image.Image, str]]:
+        out = []
+        for i, f in enumerate(files):
+            img = Image.open(f)
+            prompt = prompts[i] if prompts and i < len(prompts) else SamplePrompt(
+                prompt=img.info.get("prompt", ""), seed=int(img.info.get("seed", 0) or 0))
+            step = img.info.get("step")
+            out.append((img, caption(prompt, f"{label}" + (f" (step {step})" if step else ""))))
+        return out
+
+    path = run.samples / "before_after.png"
+    save_image(labelled_grid([cells(before, "before"), cells(after, "after")]), path)
+    return path

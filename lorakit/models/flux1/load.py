@@ -253,7 +253,8 @@ def check_encoder_file(path: Path, role: str, allow_pickle: bool) -> None:
     header, _meta = read_safetensors_header(path)
     names, problem = _ROLE_KEYS[role]
     if not any(n in header for n in names):
-        raise ModelLoadError(f"{path}: {problem}")
+        from lorakit.models.registry import identify_header
+        raise ModelLoadError(f"model.{role}: {path} is {identify_header(header).what}; {problem}")
 
 
 def _single_file_loaders(files: dict[str, Path], dtype: torch.dtype, allow: bool, cdir: Optional[str]
@@ -279,6 +280,12 @@ def load_single_files(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy:
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     files = {"checkpoint": ckpt, **{r: _need(model_cfg, r) for r in ("clip_l", "t5xxl", "ae")}}
+    if ckpt.suffix == ".safetensors" and ckpt.is_file():
+        from lorakit.models.registry import require_base
+        kind = require_base(ckpt, "flux1")         # a FLUX.2, Fill, SDXL file or a LoRA: one line saying what it is
+        if not kind.standard and not cdir:         # rotary axes, norm groups and heads are not in the shapes
+            raise ConfigError(f"model.config_dir: {ckpt} is {kind.what}; set model.config_dir to its diffusers "
+                              "config folder (for lorakit's toy: `lorakit toy path flux1` prints the [model] table)")
     if lazy:
         for role in ("clip_l", "t5xxl", "ae"):
             check_encoder_file(files[role], role, allow)

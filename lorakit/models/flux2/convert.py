@@ -54,42 +54,11 @@ def layout(sd: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def what_is(keys: Iterable[str]) -> str:
-    """A short description of what a weights file holds, for the one-line refusal of a wrong file."""
-    ks = set(keys)
-    bare = {k.split(".", 2)[-1] if k.startswith(PREFIXES) else k for k in ks}
-
-    def has(*names: str) -> bool:
-        return any(n in ks or n in bare for n in names)
-
-    def starts(*ps: str) -> bool:
-        return any(k.startswith(ps) for k in ks | bare)
-
-    if has(BFL_MARK, DIFFUSERS_MARK):
-        return "a FLUX.2 transformer"
-    if has("early_stream_modulations.image.lin.weight"):
-        return "a FLUX.3 transformer"
-    if has("distilled_guidance_layer.in_proj.bias", "distilled_guidance_layer.0.norms.0.scale"):
-        return "a Chroma transformer"
-    if has("double_blocks.0.img_mod.lin.weight", "transformer_blocks.0.norm1.linear.weight"):
-        return "a FLUX.1 transformer"
-    if has("txt_norm.weight", "img_in.weight") and starts("transformer_blocks."):
-        return "a Qwen-Image transformer"
-    if starts("conditioner.embedders.", "input_blocks.", "model.diffusion_model.input_blocks.", "down_blocks."):
-        return "an SDXL / SD U-Net checkpoint"
-    if starts("model.layers.", "layers.", "language_model.model.layers.", "model.language_model.layers."):
-        if any("q_norm" in k for k in ks):
-            return "a Qwen3 text encoder"
-        return "a Mistral / Llama-type text encoder"
-    if has("encoder.block.0.layer.0.SelfAttention.q.weight"):
-        return "a T5 text encoder"
-    if starts("text_model.", "embeddings.token_embedding."):
-        return "a CLIP text encoder"
-    if has("encoder.conv_in.weight", "vae.encoder.conv_in.weight", "first_stage_model.encoder.conv_in.weight"):
-        return "an autoencoder (VAE)"
-    if any(k.endswith((".lora_down.weight", ".lora_A.weight")) for k in ks):
-        return "a LoRA, not a base model"
-    return "not a known model layout"
+def what_is(sd: Mapping[str, Any]) -> str:
+    """A short description of what a weights file holds (tensors or header entries), for the one-line refusal of a
+    wrong file: lorakit's one detector (:func:`lorakit.models.registry.identify_header`)."""
+    from lorakit.models.registry import identify_header
+    return identify_header({k: {"shape": list(_shape(v))} for k, v in sd.items() if k != "__metadata__"}).what
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,12 @@ def _source(model_cfg: Any) -> tuple[str, Any, Optional[Path]]:
     if path.is_file():
         check_weights_file(path, allow_pickle)
         if path.suffix.lower() not in PICKLE_SUFFIXES:
+            from lorakit.models.registry import require_base
+            kind = require_base(path, "sdxl")      # SD1.5, a refiner, an inpainting file or a LoRA: one line
             _has_sdxl_parts(read_header(path), path)
+            if not kind.standard and cfg_dir is None:
+                raise ConfigError(f"model.config_dir: {path} is {kind.what}; set model.config_dir to its diffusers "
+                                  "config folder (for lorakit's toy: `lorakit toy path sdxl` prints the [model] table)")
         return "file", path, cfg_dir or configs.shipped_config_dir()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
