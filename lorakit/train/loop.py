@@ -33,7 +33,7 @@ from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
-from lorakit.train import fused, health, memory, optim, placement, resume, steps
+from lorakit.train import autoplan, fused, health, memory, optim, placement, resume, steps
 from lorakit.train.export import verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.previews import Previews
@@ -168,7 +168,7 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     """The frozen base model, then the latent and text caches (encoders leave the GPU afterwards)."""
     cfg = r.cfg
     weight_dtype = r.compute_dtype if r.device.type == "cuda" else torch.float32
-    r.adapter.load(cfg.model, cfg.memory, r.device, weight_dtype)
+    r.adapter.load(cfg.model, autoplan.loading_memory(cfg, r.adapter.spec, r.device), r.device, weight_dtype)
     identity = r.adapter.identity()
     cache_root = cache_folder(cfg.data, cfg.save.dir)
     r.latents = LatentCache(cache_root, identity["vae"])

@@ -114,13 +114,13 @@ def check_fused_backward(cfg: Config) -> None:
 
 
 def configure_allocator(cfg: Config, device: torch.device) -> bool:
-    """Under a memory budget or block swap, let PyTorch's CUDA allocator grow segments in place
+    """Under a memory budget (``memory.vram_gb``, or the automatic plan) or block swap, let PyTorch's CUDA allocator grow segments in place
     (``expandable_segments``) instead of caching fixed-size ones: near a cap, fragmentation otherwise wastes
     most of a GiB (FLUX.1-dev at vram_gb = 8 failed with 0.7 GiB reserved but unusable, RESULTS.md run 5).
     Left alone when the user set ``PYTORCH_CUDA_ALLOC_CONF``. Returns whether it was switched on."""
     import os
 
-    if device.type != "cuda" or not (cfg.memory.vram_gb or cfg.memory.blocks_to_swap):
+    if device.type != "cuda" or not (cfg.memory.vram_gb or cfg.memory.blocks_to_swap or getattr(cfg.memory, "auto", 0)):
         return False
     if os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
         return False
