@@ -170,3 +170,43 @@ def loading_memory(cfg, spec, device) -> Any:
 
     free, _ = torch.cuda.mem_get_info(device)
     return replace(mem, vram_gb=math.floor(free / cards.GIB * 10) / 10)
+
+
+# VAE encoder working memory per 1024² image (bf16): issue 28's H100 run of the SDXL character preset peaked at 17.3 GiB
+# while caching latents in batches of 4, with about 6.9 GiB of SDXL weights on the device: (17.3 - 6.9) / 4 = 2.6
+ENCODE_GIB_PER_IMAGE = 2.6
+LATENT_BATCH = 4  # data/cache.py's default: the most the caching batches are ever raised to
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """How the caches are filled on this card: images per VAE call, decided from the memory free after loading."""
+
+    latent_batch: int
+    free_gib: float
+    line: str
+
+
+def plan_caching(free_bytes: int, max_pixels: int, *, default: int = LATENT_BATCH) -> CachePlan:
+    """The largest latent-caching batch (≤ ``default``) whose VAE working memory (:data:`ENCODE_GIB_PER_IMAGE` per
+    1024² image of the largest bucket) fits the free memory less the planner's reserve; at least 1."""
+    free = free_bytes / cards.GIB
+    per = ENCODE_GIB_PER_IMAGE * max_pixels / 1024**2
+    fits = int((free - budget.RESERVE_GIB) // per) if per > 0 else default
+    batch = max(1, min(default, fits))
+    line = (f"caching: {batch} image{'s' if batch > 1 else ''} per VAE call ({free:.1f} GiB free, ~{per:.1f} GiB each at "
+            f"the largest bucket)" + ("; even one may not fit: lower data.max_bucket_reso if caching runs out of "
+                                      "memory" if fits < 1 else ""))
+    return CachePlan(batch, round(free, 2), line)
+
+
+def caching_plan(cfg, items, device, log: Callable[[str], None] = print) -> Optional[CachePlan]:
+    """:func:`plan_caching` for a run about to fill its latent cache (None off the automatic plan)."""
+    if not wanted(cfg, device) or not items:
+        return None
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    plan = plan_caching(free, max(it.bucket[0] * it.bucket[1] for it in items))
+    log(plan.line)
+    return plan

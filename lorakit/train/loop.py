@@ -173,7 +173,9 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     cache_root = cache_folder(cfg.data, cfg.save.dir)
     r.latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
-    r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)
+    caching = autoplan.caching_plan(cfg, r.dataset.items, r.device, log)  # VAE batch from the free memory
+    r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress,
+                     **({"batch_size": caching.latent_batch} if caching else {}))
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")
