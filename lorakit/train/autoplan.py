@@ -84,10 +84,12 @@ def _swapped(plan: budget.Plan, sizes: budget.Sizes) -> int:
 
 
 def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: int, card: cards.CardFacts, *,
-           device=None, log: Callable[[str], None] = print) -> Optional[budget.Plan]:
+           device=None, log: Callable[[str], None] = print,
+           sizes: Optional[budget.Sizes] = None) -> Optional[budget.Plan]:
     """The fastest plan that fits ``card`` (see the module doc), logged in one line; None (with a line saying so)
     where nothing is planned: a family without measured rows, or nothing fitting the free memory when the user set
-    no ``memory.vram_gb`` (the run then goes as configured)."""
+    no ``memory.vram_gb`` (the run then goes as configured). ``sizes``: the model's byte counts (with
+    ``spec.host_linears``) when already known; else taken from ``model``."""
     from lorakit.config.load import explicit_keys
     from lorakit.config.resolution import resolution_wh
 
@@ -100,7 +102,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         return None
     room = float(mem.vram_gb) if mem.vram_gb else math.floor(card.free_gib * 10) / 10
     compiles = [bool(mem.compile)] if "memory.compile" in explicit else [card.can_compile]
-    sizes = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
+    sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears)
     w, h = resolution_wh(cfg.data.resolution)
     options: list[Option] = []
     failures: dict[str, str] = {}

@@ -30,23 +30,41 @@ def lora_parameters(model, targets: dict[str, int]) -> int:
     return total
 
 
-def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan], list[str]]:
-    """The automatic plan of ``cfg`` on ``card`` (None where nothing is planned) and the lines it logged."""
+_BUILT: dict[str, tuple] = {}  # one meta model per family / variant / network / dtype in a process (tests, the UI)
+
+
+def meta_model(cfg) -> tuple:
+    """(spec, model, blocks, trainable) of ``cfg``'s full-size denoiser on the meta device, LoRA counted."""
+    import json
+
     import torch
 
+    from lorakit.config.load import config_to_dict
     from lorakit.models.registry import get_family
-    from lorakit.train import speed, swap
+    from lorakit.train import speed
 
     spec = get_family(cfg.model.family).SPEC
     if spec.planning_model is None:
         raise ConfigError(f"lorakit plan: the {cfg.model.family} family does not describe its full-size model for "
                           "planning; plan it on the card itself (lorakit train logs the plan)")
-    with torch.device("meta"):
-        model, targets = spec.planning_model(cfg)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
-    model.to(dtype).requires_grad_(False)
-    trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
-    blocks = speed.repeated_blocks(model, extra=spec.compile_blocks)
+    key = json.dumps([cfg.model.family, getattr(cfg.model, "variant", None), cfg.training.mixed_precision,
+                      config_to_dict(cfg).get("network", {})], sort_keys=True, default=str)
+    if key not in _BUILT:
+        with torch.device("meta"):
+            model, targets = spec.planning_model(cfg)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
+        model._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)  # as loaded; ModelMixin.to() would warn
+        model.requires_grad_(False)
+        trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
+        _BUILT[key] = (spec, model, speed.repeated_blocks(model, extra=spec.compile_blocks), trainable)
+    return _BUILT[key]
+
+
+def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan], list[str]]:
+    """The automatic plan of ``cfg`` on ``card`` (None where nothing is planned) and the lines it logged."""
+    from lorakit.train import swap
+
+    spec, model, blocks, trainable = meta_model(cfg)
     lines: list[str] = []
     plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=None,
                            log=log or lines.append)
