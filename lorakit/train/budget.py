@@ -237,7 +237,9 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
             return plan
         best = plan
     # nothing fits: say which batch size would, at the leanest setting
-    assert best is not None
+    if best is None:  # every setting kept swaps blocks, which CUDA graphs cannot replay
+        raise ConfigError(f"memory.vram_gb = {budget_gib:g}: {_listed(keep)} swaps blocks, which memory.cuda_graphs "
+                          "cannot replay; set memory.cuda_graphs = false or memory.blocks_to_swap = 0")
     per_image = (best.parts["activations"] + best.parts.get("CUDA graph pool", 0.0)) / max(batch_size, 1)
     fixed = best.estimate_gib - per_image * batch_size
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0

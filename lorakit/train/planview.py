@@ -39,7 +39,7 @@ def meta_model(cfg) -> tuple:
 
     import torch
 
-    from lorakit.config.load import config_to_dict
+    from lorakit.config.toml_io import config_to_dict
     from lorakit.models.registry import get_family
     from lorakit.train import speed
 
