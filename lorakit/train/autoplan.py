@@ -168,10 +168,7 @@ def loading_memory(cfg, spec, device) -> Any:
     mem = cfg.memory
     if mem.vram_gb or not wanted(cfg, device) or not cards.has_rows(spec.family):
         return mem
-    import torch
-
-    free, _ = torch.cuda.mem_get_info(device)
-    return replace(mem, vram_gb=math.floor(free / cards.GIB * 10) / 10)
+    return replace(mem, vram_gb=math.floor(cards.local_card(device).free_gib * 10) / 10)
 
 
 # VAE encoder working memory per 1024² image (bf16): issue 28's H100 run of the SDXL character preset peaked at 17.3 GiB
@@ -206,9 +203,11 @@ def caching_plan(cfg, items, device, log: Callable[[str], None] = print) -> Opti
     """:func:`plan_caching` for a run about to fill its latent cache (None off the automatic plan)."""
     if not wanted(cfg, device) or not items:
         return None
-    import torch
+    free = cards.local_card(device).free_bytes
+    if cfg.memory.vram_gb:  # a budget the user set bounds the caches too
+        import torch
 
-    free, _ = torch.cuda.mem_get_info(device)
+        free = min(free, int(cfg.memory.vram_gb * cards.GIB) - torch.cuda.memory_allocated(device))
     plan = plan_caching(free, max(it.bucket[0] * it.bucket[1] for it in items))
     log(plan.line)
     return plan

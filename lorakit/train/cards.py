@@ -118,6 +118,12 @@ def local_card(device) -> CardFacts:
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
+    try:  # a per-process cap (torch.cuda.set_per_process_memory_fraction: a shared card, the tier benchmark) counts
+        fraction = float(torch.cuda.get_per_process_memory_fraction(device))
+    except (AttributeError, RuntimeError):
+        fraction = 1.0
+    if fraction < 1.0:
+        free = min(free, max(0, int(fraction * total) - torch.cuda.memory_reserved(device)))
     cap = tuple(torch.cuda.get_device_capability(device))
     name = torch.cuda.get_device_name(device)
     fp8 = cap >= (8, 9) and hasattr(torch, "float8_e4m3fn") and hasattr(torch, "_scaled_mm")
