@@ -109,34 +109,41 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
     seen: set[tuple] = set()
     for compile_ in compiles:
         graphs = [bool(mem.cuda_graphs)] if "memory.cuda_graphs" in explicit or not compile_ else [True, False]
-        for cuda_graphs in graphs:
-            for streaming in (False, True):
-                mode = (("compile" if compile_ else "eager") + (" + cuda_graphs" if cuda_graphs else "")
-                        + (", host streaming allowed" if streaming else ""))
-                planned = replace(cfg, memory=replace(mem, vram_gb=room, compile=compile_, cuda_graphs=cuda_graphs))
-                notes: list[str] = []
-                try:
-                    plan = budget.apply_budget(planned, spec, model, blocks, trainable, lookahead, log=notes.append,
-                                               device=device, fixed_keys=explicit, allow_streaming=streaming,
-                                               fp8_matmuls=card.fp8 if device is None else None, sizes=sizes)
-                except ConfigError as why:
-                    failures[mode] = str(why)
-                    continue
-                swapped = _swapped(plan, sizes)
-                pinned = swapped + (sizes.host_linears if plan.modulation_on_cpu else 0)
-                if card.host_ram_bytes and pinned > HOST_RAM_SHARE * card.host_ram_bytes:
-                    failures[mode] = (f"it pins {pinned / cards.GIB:.1f} GiB of host RAM, more than half of the "
-                                      f"{card.host_ram_bytes / cards.GIB:.0f} GiB here")
-                    continue
-                settings = settings_of(plan.applied.memory)
-                key = tuple(sorted(settings.items()))
-                if key in seen:
-                    continue
-                seen.add(key)
-                images = cfg.training.batch_size * w * h / 1024**2  # per optimizer step, split or not
-                step = cards.step_seconds(spec.family, settings, card, images=images, swapped_bytes=swapped,
-                                          host_bytes=sizes.host_linears if plan.modulation_on_cpu else 0)
-                options.append(Option(mode, plan, step))
+        # the budget tries bf16 settings before any fp8 one; where the card multiplies in float8, fp8 compute is
+        # also planned on its own, and the s/step model compares (FLUX.1-dev: fp8 compute with activation_budget 0.35
+        # ran 0.423 s against 0.536 s for bf16 with 98 % of the blocks checkpointed, RESULTS.md round 11 / issue 28)
+        fp8_too = compile_ and card.fp8 and "memory.fp8_base" not in explicit and mem.fp8_compute is not False
+        for cuda_graphs, streaming, fp8 in [(g, s, f) for g in graphs for s in (False, True)
+                                            for f in ((False, True) if fp8_too else (False,))]:
+            mode = (("compile" if compile_ else "eager") + (" + cuda_graphs" if cuda_graphs else "")
+                    + (", host streaming allowed" if streaming else "") + (", fp8 weights" if fp8 else ""))
+            planned = replace(cfg, memory=replace(mem, vram_gb=room, compile=compile_, cuda_graphs=cuda_graphs,
+                                                  **({"fp8_base": True} if fp8 else {})))
+            notes: list[str] = []
+            try:
+                plan = budget.apply_budget(planned, spec, model, blocks, trainable, lookahead, log=notes.append,
+                                           device=device, fixed_keys=explicit | ({"memory.fp8_base"} if fp8 else
+                                                                                 set()),
+                                           allow_streaming=streaming,
+                                           fp8_matmuls=card.fp8 if device is None else None, sizes=sizes)
+            except ConfigError as why:
+                failures[mode] = str(why)
+                continue
+            swapped = _swapped(plan, sizes)
+            pinned = swapped + (sizes.host_linears if plan.modulation_on_cpu else 0)
+            if card.host_ram_bytes and pinned > HOST_RAM_SHARE * card.host_ram_bytes:
+                failures[mode] = (f"it pins {pinned / cards.GIB:.1f} GiB of host RAM, more than half of the "
+                                  f"{card.host_ram_bytes / cards.GIB:.0f} GiB here")
+                continue
+            settings = settings_of(plan.applied.memory)
+            key = tuple(sorted(settings.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            images = cfg.training.batch_size * w * h / 1024**2  # per optimizer step, split or not
+            step = cards.step_seconds(spec.family, settings, card, images=images, swapped_bytes=swapped,
+                                      host_bytes=sizes.host_linears if plan.modulation_on_cpu else 0)
+            options.append(Option(mode, plan, step))
     if not options:
         why = failures.get("compile, host streaming allowed") or failures.get("eager, host streaming allowed") or \
             next(iter(failures.values()), "no setting was tried")
@@ -144,7 +151,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             raise ConfigError(why)
         log(f"plan for {card.describe()}: nothing lorakit plans fits ({why}); the [memory] settings run as written")
         return None
-    best = min(options, key=lambda o: o.seconds)  # min keeps the first of equals: graphs, no streaming first
+    best = min(options, key=lambda o: o.seconds)  # min keeps the first of equals: graphs, no streaming, bf16 first
     memory = best.plan.applied.memory
     others = sorted((o for o in options if o is not best), key=lambda o: o.seconds)
     runner = (f"; next best: {summary(others[0].plan.applied.memory, others[0].plan)}"
