@@ -100,7 +100,8 @@ def report(cfg, card: cards.CardFacts, label: str) -> str:
     parts = ", ".join(f"{k} {v:.2f}" for k, v in plan.parts.items())
     room = applied.memory.vram_gb
     out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB})")
-    out.append(f"  s/step: {plan.step.describe()}" if plan.step else "  s/step: no measured row for this family")
+    out.append(f"  estimated step: {plan.step.describe()}" if plan.step else
+               "  estimated step: no measured row for this family")
     if plan.step and plan.step.link_bound:
         out.append(f"  the host link ({card.host_link_gbs:g} GB/s) bounds this setting's step")
     out.append(f"  log line: {plan.line}")

@@ -216,7 +216,7 @@ def test_lorakit_plan_for_two_cards(capsys, monkeypatch):
     assert rows_b["memory.fp8_base"] == ["true", "planner"] and int(rows_b["memory.blocks_to_swap"][0]) > 0
     assert rows_b["memory.fp8_compute"][0] in ("false", "none")  # an RTX 3060 has no float8 matmuls
     for text in (a, b):
-        assert "estimated peak:" in text and "s/step: ~" in text and "extrapolated" in text
+        assert "estimated peak:" in text and "estimated step: ~" in text and "extrapolated" in text
 
 
 def test_lorakit_plan_without_a_gpu_names_the_card_list(monkeypatch, tmp_path):
