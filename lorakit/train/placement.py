@@ -73,7 +73,9 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
         chosen = budget.apply_budget(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
     if chosen is not None:
         run_cfg = chosen.applied
+    if chosen is not None or autoplan.wanted(cfg, device):  # combinations are checked on what runs
         memory.check_supported(run_cfg, device, planned=True)
+    if chosen is not None:
         adapter.before_placement(run_cfg.memory, log)  # what the plan chose that the adapter applies
     mem = run_cfg.memory
     swapper = swap.place_denoiser(denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,

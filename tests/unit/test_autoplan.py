@@ -312,3 +312,30 @@ def test_recorded_sizes_are_those_of_the_meta_models():
         spec, model, blocks, trainable = planview.meta_model(config(family))
         got = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
         assert got == sizes_of(family)
+
+
+@pytest.mark.slow  # a whole tiny run (~20 s of CPU); the fast variant: test_one_line_says_what_was_chosen_on_which_card
+def test_lorakit_train_plans_once_and_records_the_card(tmp_path, capsys, monkeypatch):
+    """The train path with the automatic plan on (CUDA faked: a card without Triton support, so the plan is eager and
+    runs on the CPU): one plan line, the caching line, plan.json with the card and the estimate."""
+    import re
+
+    from lorakit.cli import main
+    from lorakit.train import memory
+    from tests.integration.test_train_e2e import tiny_model, write_run_toml
+
+    card = dataclasses.replace(custom(20, fp8=False), capability=(6, 1), name="Old Card")
+    monkeypatch.setattr(autoplan, "wanted", lambda cfg, device: bool(cfg.memory.auto))
+    monkeypatch.setattr(cards, "local_card", lambda device: card)
+    checks = memory.check_supported
+    monkeypatch.setattr(memory, "check_supported", lambda cfg, device, planned=False: checks(
+        dataclasses.replace(cfg, memory=dataclasses.replace(cfg.memory, vram_gb=None)), device))
+    run_toml = write_run_toml(tmp_path, "sdxl", tiny_model("sdxl", tmp_path / "model"), name="auto")
+    assert main(["train", str(run_toml), "sample.prompts=[]", "training.max_steps=2"]) == 0
+    text = capsys.readouterr().out
+    assert len(re.findall(r"^plan for Old Card", text, re.M)) == 1, text
+    assert re.search(r"^caching: \d+ images? per VAE call", text, re.M), text
+    plan = json.loads((tmp_path / "out" / "auto" / "plan.json").read_text())
+    assert plan["card"].startswith("Old Card") and plan["s_step_estimate"] > 0
+    assert plan["settings"]["memory.compile"] is False and plan["settings"]["memory.gradient_checkpointing"] is False
+    assert plan["chosen_by"]["memory.gradient_checkpointing"] == "plan"
