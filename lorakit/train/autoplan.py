@@ -85,11 +85,13 @@ def _swapped(plan: budget.Plan, sizes: budget.Sizes) -> int:
 
 def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: int, card: cards.CardFacts, *,
            device=None, log: Callable[[str], None] = print,
-           sizes: Optional[budget.Sizes] = None) -> Optional[budget.Plan]:
+           sizes: Optional[budget.Sizes] = None, room: Optional[float] = None) -> Optional[budget.Plan]:
     """The fastest plan that fits ``card`` (see the module doc), logged in one line; None (with a line saying so)
     where nothing is planned: a family without measured rows, or nothing fitting the free memory when the user set
     no ``memory.vram_gb`` (the run then goes as configured). ``sizes``: the model's byte counts (with
-    ``spec.host_linears``) when already known; else taken from ``model``."""
+    ``spec.host_linears``) when already known; else taken from ``model``. ``room``: the budget in GiB when no
+    ``memory.vram_gb`` is set (a resumed run plans with the one it started with: :func:`recorded_room`), else the
+    card's free memory."""
     from lorakit.config.load import explicit_keys
     from lorakit.config.resolution import resolution_wh
 
@@ -100,7 +102,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         log(f"plan: {spec.family} has no measured memory and speed rows yet; the [memory] settings run as written "
             "(memory.vram_gb plans them if the family supports it)")
         return None
-    room = float(mem.vram_gb) if mem.vram_gb else math.floor(card.free_gib * 10) / 10
+    room = float(mem.vram_gb) if mem.vram_gb else room or math.floor(card.free_gib * 10) / 10
     compiles = [bool(mem.compile)] if "memory.compile" in explicit else [card.can_compile]
     sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears)
     w, h = resolution_wh(cfg.data.resolution)
@@ -218,3 +220,16 @@ def caching_plan(cfg, items, device, log: Callable[[str], None] = print) -> Opti
     plan = plan_caching(free, max(it.bucket[0] * it.bucket[1] for it in items))
     log(plan.line)
     return plan
+
+
+def recorded_room(run_root) -> Optional[float]:
+    """The budget a run's automatic plan used (``plan.json``'s ``budget_gib``), so that ``--resume`` plans the same
+    way whatever else holds the card's memory now; None when not recorded."""
+    import json
+    from pathlib import Path
+
+    try:
+        value = json.loads((Path(run_root) / "plan.json").read_text()).get("budget_gib")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None

@@ -101,7 +101,8 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     watchdog.beat("loading the base model")
     load_and_cache(r, watchdog, log)
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,
-                               buckets=len({item.bucket for item in r.dataset.items}), log=log)
+                               buckets=len({item.bucket for item in r.dataset.items}), log=log,
+                               room=autoplan.recorded_room(r.run.root) if resume_ else None)
     run_cfg = r.placed.cfg
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force)

@@ -54,7 +54,7 @@ def inject(cfg: Config, adapter, compute_dtype: torch.dtype) -> tuple[dict, dict
 
 
 def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype, buckets: int,
-          log: Callable[[str], None]) -> Placed:
+          log: Callable[[str], None], room: Optional[float] = None) -> Placed:
     """Inject the LoRA, plan memory, place the denoiser and prepare it (checkpointing, compile)."""
     spec = adapter.spec
     modules, targets, groups = inject(cfg, adapter, compute_dtype)
@@ -68,7 +68,7 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     run_cfg = cfg
     if autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
         chosen = autoplan.choose(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, cards.local_card(device),
-                                 device=device, log=log)
+                                 device=device, log=log, room=room)
     elif cfg.memory.vram_gb:
         chosen = budget.apply_budget(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
     if chosen is not None:
@@ -92,6 +92,7 @@ def plan_record(cfg: Config, run_cfg: Config, chosen: Optional[budget.Plan]) -> 
     return {"settings": settings,
             "chosen_by": {key: ("plan" if _get(cfg, key) != value else "config") for key, value in settings.items()},
             "vram_gb": cfg.memory.vram_gb,
+            "budget_gib": run_cfg.memory.vram_gb if chosen else None,  # the automatic plan's room (kept on --resume)
             "estimate_gib": round(chosen.estimate_gib, 3) if chosen else None,
             "parts": {k: round(v, 3) for k, v in chosen.parts.items()} if chosen else None,
             "notes": list(chosen.notes) if chosen else [],

@@ -134,6 +134,17 @@ def test_a_user_budget_is_the_room_and_nothing_fitting_it_is_an_error_naming_it(
         plan("flux1", cards.card("h100"), vram_gb=2, blocks_to_swap=0)
 
 
+def test_a_resumed_run_plans_with_the_budget_it_started_with(tmp_path):
+    (tmp_path / "plan.json").write_text(json.dumps({"settings": {}, "budget_gib": 11.5}))
+    room = autoplan.recorded_room(tmp_path)
+    assert room == 11.5 and autoplan.recorded_room(tmp_path / "none") is None
+    cfg = config("sdxl")
+    chosen = autoplan.choose(cfg, get_family("sdxl").SPEC, nn.Module(), [], [], swap.LOOKAHEAD, cards.card("h100"),
+                             log=lambda s: None, sizes=sizes_of("sdxl"), room=room)
+    fresh, _ = plan("sdxl", cards.card("h100"))
+    assert chosen.applied.memory.vram_gb == 11.5 and chosen.estimate_gib <= 11.5 < fresh.estimate_gib
+
+
 def test_nothing_fitting_the_free_memory_runs_as_written_with_one_line():
     chosen, lines = plan("flux1", custom(3.0, fp8=False))
     assert chosen is None and len(lines) == 1 and "the [memory] settings run as written" in lines[0]
