@@ -45,7 +45,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import first_step  # noqa: E402  (the random-weight files, the dataset, the timed `lorakit train`)
 
-HEADER = ("| preset | card (cap) | run | s/step (median) | peak alloc GiB | nvidia-smi max GiB | start → step 1 s | plan |\n"
+HEADER = ("| preset | card (cap) | run | s/step (median) | peak alloc GiB | nvidia-smi max GiB | start → step 1 s "
+          "| plan |\n"
           "| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 CHILD = ("import os, runpy, sys\n"
@@ -73,8 +74,8 @@ class SmiPoller(threading.Thread):
             if self.pid is None:
                 continue
             try:
-                out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
+                out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5).stdout
             except (OSError, subprocess.SubprocessError):
                 return
             for line in out.splitlines():
@@ -157,7 +158,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "model": model,
         "data": {"dir": str(data), "cache_dir": str(runs / "cache"),
                  **({"resolution": resolution, "min_bucket_reso": 64} if args.tiny else {})},
-        "training": {"max_steps": args.steps, **({} if device == "cuda" else {"device": "cpu", "mixed_precision": "no"})},
+        "training": {"max_steps": args.steps,
+                     **({} if device == "cuda" else {"device": "cpu", "mixed_precision": "no"})},
         "save": {"dir": str(runs), "every_n_steps": 0},
         "log": {"every_n_steps": 1},
     }).read_text()
@@ -180,8 +182,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(HEADER)
     lines = []
     for r in results:
-        lines.append(f"| {args.preset} | {card}{cap} | {r['run']} | {fmt(r['s_step'])} | {fmt(r['peak_alloc_gib'], 2)} | "
-                     f"{fmt(r['smi_peak_gib'], 2)} | {fmt(r['first_step_s'], 1)} | {r['plan']} |")
+        lines.append(f"| {args.preset} | {card}{cap} | {r['run']} | {fmt(r['s_step'])} | "
+                     f"{fmt(r['peak_alloc_gib'], 2)} | {fmt(r['smi_peak_gib'], 2)} | {fmt(r['first_step_s'], 1)} | "
+                     f"{r['plan']} |")
     print("\n".join(lines))
     out = os.environ.get("OUT")
     if out:

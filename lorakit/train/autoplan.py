@@ -159,7 +159,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
     runner = (f"; next best: {summary(others[0].plan.applied.memory, others[0].plan)}"
               + (f" ~{others[0].seconds:.2f} s/step" if others[0].step else "")) if others else ""
     split = (f"; training.batch_size {cfg.training.batch_size} split into {best.plan.batch_size} x "
-             f"{best.plan.gradient_accumulation} accumulated" if best.plan.batch_size != cfg.training.batch_size else "")
+             f"{best.plan.gradient_accumulation} accumulated"
+             if best.plan.batch_size != cfg.training.batch_size else "")
     line = (f"plan for {card.describe()}: {summary(memory, best.plan)}{split}; estimated peak "
             f"{best.plan.estimate_gib:.1f} of {room:g} GiB"
             + (f", ~{best.step.seconds:.2f} s/step ({'extrapolated' if best.step.extrapolated else 'measured'})"
@@ -180,8 +181,8 @@ def loading_memory(cfg, spec, device) -> Any:
     return replace(mem, vram_gb=math.floor(cards.local_card(device).free_gib * 10) / 10)
 
 
-# VAE encoder working memory per 1024² image (bf16): issue 28's H100 run of the SDXL character preset peaked at 17.3 GiB
-# while caching latents in batches of 4, with about 6.9 GiB of SDXL weights on the device: (17.3 - 6.9) / 4 = 2.6
+# VAE encoder working memory per 1024² image (bf16): issue 28's H100 run of the SDXL character preset peaked at
+# 17.3 GiB while caching latents in batches of 4, with about 6.9 GiB of SDXL weights on the device: (17.3 - 6.9) / 4 = 2.6
 ENCODE_GIB_PER_IMAGE = 2.6
 LATENT_BATCH = 4  # data/cache.py's default: the most the caching batches are ever raised to
 
@@ -202,8 +203,8 @@ def plan_caching(free_bytes: int, max_pixels: int, *, default: int = LATENT_BATC
     per = ENCODE_GIB_PER_IMAGE * max_pixels / 1024**2
     fits = int((free - budget.RESERVE_GIB) // per) if per > 0 else default
     batch = max(1, min(default, fits))
-    line = (f"caching: {batch} image{'s' if batch > 1 else ''} per VAE call ({free:.1f} GiB free, ~{per:.1f} GiB each at "
-            f"the largest bucket)" + ("; even one may not fit: lower data.max_bucket_reso if caching runs out of "
+    line = (f"caching: {batch} image{'s' if batch > 1 else ''} per VAE call ({free:.1f} GiB free, ~{per:.1f} GiB "
+            f"each at the largest bucket)" + ("; even one may not fit: lower data.max_bucket_reso if caching runs out of "
                                       "memory" if fits < 1 else ""))
     return CachePlan(batch, round(free, 2), line)
 

@@ -166,7 +166,8 @@ def has_rows(family: str) -> bool:
 
 def _kind(s: dict[str, Any]) -> tuple:
     """What a row must share with a setting to be interpolated along checkpointing / swap depth."""
-    return tuple(bool(s.get(k)) for k in _FLAGS) + (bool(s.get("blocks_to_swap")), s.get("activation_budget") is not None)
+    return tuple(bool(s.get(k)) for k in _FLAGS) + (bool(s.get("blocks_to_swap")),
+                                                     s.get("activation_budget") is not None)
 
 
 def _distance(row: dict[str, Any], s: dict[str, Any]) -> float:
