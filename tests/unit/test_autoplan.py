@@ -350,3 +350,19 @@ def test_lorakit_train_plans_once_and_records_the_card(tmp_path, capsys, monkeyp
     assert plan["card"].startswith("Old Card") and plan["s_step_estimate"] > 0
     assert plan["settings"]["memory.compile"] is False and plan["settings"]["memory.gradient_checkpointing"] is False
     assert plan["chosen_by"]["memory.gradient_checkpointing"] == "plan"
+
+
+def test_local_card_reads_the_driver_the_table_and_a_per_process_cap(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * GIB, 24 * GIB))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0, raising=False)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 2 * GIB)
+    c = cards.local_card("cuda")
+    assert (c.free_bytes, c.total_bytes, c.capability, c.key) == (20 * GIB, 24 * GIB, (8, 9), "rtx4090")
+    assert c.fp8 and c.host_link_gbs == 25 and c.tflops_bf16 == 165 and not c.notes
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.5, raising=False)
+    assert cards.local_card("cuda").free_bytes == 12 * GIB - 2 * GIB  # half the card, less what torch holds
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    odd = cards.local_card("cuda")
+    assert odd.key == "" and odd.host_link_gbs == cards.DEFAULT_LINK_GBS and "not in lorakit's card table" in odd.notes[0]
