@@ -285,7 +285,9 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
                    "blocks_to_swap": int(s.get("swap", 0)), "vram_gb": s.get("vram"),
                    "cuda_graphs": bool(s.get("cudagraphs")), "checkpoint_fraction": s.get("ckpt_fraction", 1.0),
                    "activation_budget": s.get("amb"), "modulation_on_cpu": True if s.get("modcpu") else None,
-                   "fused_backward": bool(s.get("fbwd")), "save_attention": s.get("save_attn")},
+                   "fused_backward": bool(s.get("fbwd")), "save_attention": s.get("save_attn"),
+                   # each row runs its settings exactly; the automatic plan is benchmarks/preset_as_shipped.py's
+                   "auto": bool(s.get("auto", False))},
     }
     return load_config(None, data=data)
 

@@ -24,6 +24,9 @@ Usage (repository root)::
     python benchmarks/first_step.py --dir /tmp/fs --tiny                     # tiny models, CPU smoke test
     python benchmarks/first_step.py --dir /tmp/fs --toy                      # the shipped toy SDXL
 
+On a CUDA machine a run.toml without ``[memory]`` keys now plans itself (issue 28: compile and CUDA graphs included,
+so run 2 also compiles or loads compiled blocks); ``--set memory.auto=false`` measures the eager path as before.
+
 Other options: ``--steps`` (1-3), ``--repeats`` (run 2 repeated, same caches), ``--set key=value`` (config
 overrides, e.g. ``--set memory.compile=true``), ``--build-only``, ``--repo`` (the lorakit tree to run, for
 before/after comparisons), ``--device auto|cuda|cpu``.

@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force-resume", action="store_true", help="resume even if the settings changed")
     t.set_defaults(func=cmd_train)
 
+    # issue 28: the automatic memory/speed plan for a card, without running anything
+    pl = sub.add_parser("plan", help="the settings, peak memory and s/step a run would get on a card (runs nothing)")
+    pl.add_argument("config", help="run.toml")
+    pl.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    pl.add_argument("--card", help="a card of lorakit's table (rtx4090, rtx3060-12g, h100, ...); default: this GPU")
+    pl.set_defaults(func=lambda args: __import__("lorakit.train.planview", fromlist=["main"]).main(
+        args.config, args.overrides, args.card))
+
     c = sub.add_parser("config", help="show the resolved config or its schema")
     csub = c.add_subparsers(dest="config_command")
     cs = csub.add_parser("show", help="print the resolved config as TOML")

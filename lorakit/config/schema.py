@@ -200,6 +200,10 @@ class MemoryCfg:
                                  "batch with gradient accumulation (same effective batch) to fit. Each of those you "
                                  "set by hand (file or override, not a preset) is a constraint the plan keeps; "
                                  "plan.json in the run folder records what ran.", gt=0.0)
+    auto: bool = f(True, "On a CUDA GPU: plan the fastest settings that fit the card (compile, CUDA graphs, "
+                   "checkpointing, fp8, block swap, host modulations) from its free memory, or memory.vram_gb when "
+                   "set; every [memory] key you set is kept as a constraint, and one log line says what was chosen. "
+                   "false: run the [memory] keys exactly as written.")
     fp8_base: bool = f(False, "Store frozen base weights in float8 (e4m3).")
     fp8_compute: Optional[bool] = f(None, "With fp8_base (or vram_gb): run the frozen Linears' matmuls in float8 on "
                                     "the tensor cores (compute capability 8.9+: RTX 40xx, L4, H100; bf16 runs). "

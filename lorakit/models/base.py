@@ -68,6 +68,10 @@ class ModelSpec:
     # the family-only config keys this family honours ("training.guidance_scale", "memory.blocks_to_swap", ...): the
     # schema marks such keys ``family_only``; setting one for a family that does not list it is an error naming both
     config_keys: frozenset[str] = frozenset()
+    # ``lorakit plan`` (lorakit/train/planview.py): the full-size denoiser for a config, built on the current default
+    # device (the meta device there: nothing allocated, nothing read), and its LoRA targets {path: rank}. None: the
+    # family cannot be planned without its files
+    planning_model: Optional[Callable[[Any], tuple[nn.Module, dict[str, int]]]] = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ without the LoRA, and measures drift on prompts without the trigger.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -72,6 +73,8 @@ def ensure_dataset(dataset_dir: Path, caption: bool = False) -> None:
 
 def run_demo(family: str, out: Path, steps: Optional[int] = None, caption: bool = False) -> dict[str, Any]:
     """Write the demo dataset (captioned by the toy captioner with ``caption``), train, print where things are."""
+    # the toy world compiles (on a GPU) into its own cache, never into the user's (lorakit/train/speed.py)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(out) / "inductor-cache"))
     from lorakit.train.loop import train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -96,6 +99,8 @@ def run_demo(family: str, out: Path, steps: Optional[int] = None, caption: bool 
 def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: tuple[str, ...] = (),
              seeds: int = 8, caption: bool = False) -> dict[str, Any]:
     """The learning benchmark: train on the demo dataset, then score concept and drift."""
+    # the toy world compiles (on a GPU) into its own cache, never into the user's (lorakit/train/speed.py)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(out) / "inductor-cache"))
     from lorakit.toy.eval import evaluate
     from lorakit.train.loop import train
 

@@ -80,6 +80,10 @@ class Plan:
     fp8_compute: Optional[bool] = None
     notes: tuple[str, ...] = ()
     applied: Any = None
+    # the automatic plan (lorakit/train/autoplan.py): the s/step estimate, the card planned for, its one log line
+    step: Any = None
+    card: Any = None
+    line: str = ""
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
@@ -233,7 +237,9 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
             return plan
         best = plan
     # nothing fits: say which batch size would, at the leanest setting
-    assert best is not None
+    if best is None:  # every setting kept swaps blocks, which CUDA graphs cannot replay
+        raise ConfigError(f"memory.vram_gb = {budget_gib:g}: {_listed(keep)} swaps blocks, which memory.cuda_graphs "
+                          "cannot replay; set memory.cuda_graphs = false or memory.blocks_to_swap = 0")
     per_image = (best.parts["activations"] + best.parts.get("CUDA graph pool", 0.0)) / max(batch_size, 1)
     fixed = best.estimate_gib - per_image * batch_size
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
@@ -276,22 +282,30 @@ def _listed(fixed: dict[str, Any]) -> str:
 
 
 def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
-                 lookahead: int, log=print, device: Optional[torch.device] = None) -> Plan:
+                 lookahead: int, log=print, device: Optional[torch.device] = None, *,
+                 fixed_keys: Optional[frozenset[str]] = None, allow_streaming: bool = True,
+                 fp8_matmuls: Optional[bool] = None, sizes: Optional["Sizes"] = None) -> Plan:
     """Plan for ``cfg.memory.vram_gb``; call after LoRA injection and before the denoiser is placed on the GPU.
 
     Returns a frozen :class:`Plan` whose ``applied`` is the config the run uses (a copy with the chosen
     checkpointing, fp8 storage / compute, swap depth, host modulations and batch split); ``cfg`` itself is never
     written. The knobs in :data:`CONSTRAINTS` that the user set by hand are kept by every setting considered
     (``memory.modulation_on_cpu`` and ``memory.fp8_compute`` as before: true is applied / planned as fp8 compute,
-    false is never planned)."""
+    false is never planned).
+
+    For the automatic plan (lorakit/train/autoplan.py): ``fixed_keys`` the keys the user set (default: those of
+    ``cfg``), ``allow_streaming`` False plans neither block swap nor host modulations, ``fp8_matmuls`` whether the
+    card has float8 matmuls (default: asked of ``device``), ``sizes`` the model's byte counts when already taken."""
     from dataclasses import replace
 
     from lorakit.config.load import explicit_keys
 
     mem = cfg.memory
+    explicit = explicit_keys(cfg) if fixed_keys is None else fixed_keys
     fixed = {k: getattr(mem, k) for k in CONSTRAINTS
-             if f"memory.{k}" in explicit_keys(cfg) and k not in ("modulation_on_cpu", "fp8_compute")}
-    can_swap = "memory.blocks_to_swap" in spec.config_keys and not getattr(mem, "modulation_on_cpu", False)
+             if f"memory.{k}" in explicit and k not in ("modulation_on_cpu", "fp8_compute")}
+    can_swap = "memory.blocks_to_swap" in spec.config_keys and not getattr(mem, "modulation_on_cpu", False) and \
+        (allow_streaming or "memory.blocks_to_swap" in fixed)
     w, h = resolution_wh(cfg.data.resolution)
     wanted = cfg.training.batch_size
     notes: list[str] = []
@@ -304,7 +318,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     # fp8_compute left unset is decided here, before planning: where the GPU multiplies in float8, fp8 tiers are
     # planned as fp8 compute (partial checkpointing allowed) and it is switched on if the plan picks fp8
     deciding = mem.fp8_compute is None and mem.compile
-    why_not = _fp8_compute_problem(cfg, device) if deciding else None
+    why_not = (_fp8_compute_problem(cfg, device) if fp8_matmuls is None else _fp8_card_problem(cfg, fp8_matmuls)) \
+        if deciding else None
     auto_compute = deciding and why_not is None
     partial_fp8 = bool(mem.fp8_compute or auto_compute or mem.cuda_graphs or not mem.compile)
     # selective recomputation was measured with fp8 compute under compile, without CUDA graphs
@@ -316,8 +331,9 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     # keeps the weights exact. Not where it cannot run (CUDA graphs, CLIP-L training) or was switched off.
     host_linears = bool(spec.host_linears) and mem.modulation_on_cpu is None and \
         (not mem.cuda_graphs or spec.host_linears_graph_safe()) and not cfg.network.train_text_encoder and \
-        not (mem.fp8_compute or auto_compute)
-    sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
+        not (mem.fp8_compute or auto_compute) and allow_streaming
+    if sizes is None:
+        sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
     # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate
     # adds the graph pool on top: on an H200 it measured 1.9 GiB against the 2.8 GiB counted, RESULTS.md round 10)
     host_budgets = spec.host_activation_budget_gib if host_linears and mem.compile else ()
@@ -368,6 +384,15 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     applied = replace(cfg, memory=memory, training=training)
     return replace(plan, batch_size=batch, gradient_accumulation=accumulation, fp8_compute=fp8_compute,
                    notes=tuple(notes), applied=applied)
+
+
+def _fp8_card_problem(cfg, fp8_matmuls: bool) -> Optional[str]:
+    """:func:`_fp8_compute_problem` for a card known by its facts (``lorakit plan --card``)."""
+    if not fp8_matmuls:
+        return "the card has no float8 matmuls (compute capability 8.9+)"
+    if cfg.training.mixed_precision != "bf16":
+        return f'training.mixed_precision = "{cfg.training.mixed_precision}" (float8 matmuls produce bf16)'
+    return None
 
 
 def _fp8_compute_problem(cfg, device: Optional[torch.device]) -> Optional[str]:

@@ -34,7 +34,7 @@ from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
-from lorakit.train import fused, health, memory, optim, placement, resume, steps
+from lorakit.train import autoplan, fused, health, memory, optim, placement, resume, steps
 from lorakit.train.export import verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.previews import Previews
@@ -104,7 +104,8 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     watchdog.beat("loading the base model")
     load_and_cache(r, watchdog, log)
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,
-                               buckets=len({item.bucket for item in r.dataset.items}), log=log)
+                               buckets=len({item.bucket for item in r.dataset.items}), log=log,
+                               room=autoplan.recorded_room(r.run.root) if resume_ else None)
     run_cfg = r.placed.cfg
     check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
     if resume_:
@@ -173,13 +174,15 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     """The frozen base model, then the latent and text caches (encoders leave the GPU afterwards)."""
     cfg = r.cfg
     weight_dtype = r.compute_dtype if r.device.type == "cuda" else torch.float32
-    r.adapter.load(cfg.model, cfg.memory, r.device, weight_dtype)
+    r.adapter.load(cfg.model, autoplan.loading_memory(cfg, r.adapter.spec, r.device), r.device, weight_dtype)
     identity = r.adapter.identity()
     cache_root = cache_folder(cfg.data, cfg.save.dir)
     r.latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
+    caching = autoplan.caching_plan(cfg, r.dataset.items, r.device, log)  # VAE batch from the free memory
     r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=any(s.flip_aug for s in r.dataset.subsets),
-                     progress=cfg.log.progress)  # a data.config TOML may flip where [data] does not
+                     progress=cfg.log.progress,  # a data.config TOML may flip where [data] does not
+                     **({"batch_size": caching.latent_batch} if caching else {}))
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")

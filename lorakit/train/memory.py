@@ -20,7 +20,9 @@ def check_supported(cfg: Config, device: torch.device, planned: bool = False) ->
     the swap depth (keeping any of them the user set as a constraint), so how those combine is checked on the plan's
     config (``planned``), not on the one loaded."""
     mem = cfg.memory
-    combos = planned or not mem.vram_gb
+    # the automatic plan (CUDA, memory.auto) chooses compile and the memory knobs: combinations are checked on its plan
+    auto = device.type == "cuda" and bool(getattr(mem, "auto", False)) and not planned
+    combos = planned or not (mem.vram_gb or auto)
     if mem.fp8_base and getattr(torch, "float8_e4m3fn", None) is None:
         raise ConfigError("memory.fp8_base: this PyTorch has no float8_e4m3fn; upgrade torch or set it to false")
     if mem.fp8_compute:
@@ -29,7 +31,7 @@ def check_supported(cfg: Config, device: torch.device, planned: bool = False) ->
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if mem.blocks_to_swap and device.type != "cuda":
         raise ConfigError("memory.blocks_to_swap: block swap streams blocks to a GPU; set it to 0 on the CPU")
-    if mem.cuda_graphs and not mem.compile:
+    if mem.cuda_graphs and not mem.compile and not auto:
         raise ConfigError("memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too")
     if mem.cuda_graphs and device.type != "cuda":
         raise ConfigError("memory.cuda_graphs: needs a CUDA GPU; set it to false on the CPU")
@@ -48,7 +50,7 @@ def check_supported(cfg: Config, device: torch.device, planned: bool = False) ->
         raise ConfigError("memory.checkpoint_fraction: with fp8_base under compile (no cuda_graphs) every block runs "
                           "inside lorakit's own checkpoint; a block left out would keep bf16 copies of its float8 "
                           "weights. Set checkpoint_fraction = 1, or add memory.fp8_compute or memory.cuda_graphs")
-    if mem.activation_budget is not None:
+    if mem.activation_budget is not None and not auto:
         check_activation_budget(cfg, combos)
     if getattr(mem, "save_attention", None) and mem.activation_budget is None and not mem.vram_gb:
         raise ConfigError("memory.save_attention: applies to the compiler's selective recomputation only; set "
@@ -114,13 +116,13 @@ def check_fused_backward(cfg: Config) -> None:
 
 
 def configure_allocator(cfg: Config, device: torch.device) -> bool:
-    """Under a memory budget or block swap, let PyTorch's CUDA allocator grow segments in place
+    """Under a memory budget (``memory.vram_gb``, or the automatic plan) or block swap, let PyTorch's CUDA allocator grow segments in place
     (``expandable_segments``) instead of caching fixed-size ones: near a cap, fragmentation otherwise wastes
     most of a GiB (FLUX.1-dev at vram_gb = 8 failed with 0.7 GiB reserved but unusable, RESULTS.md run 5).
     Left alone when the user set ``PYTORCH_CUDA_ALLOC_CONF``. Returns whether it was switched on."""
     import os
 
-    if device.type != "cuda" or not (cfg.memory.vram_gb or cfg.memory.blocks_to_swap):
+    if device.type != "cuda" or not (cfg.memory.vram_gb or cfg.memory.blocks_to_swap or getattr(cfg.memory, "auto", 0)):
         return False
     if os.environ.get("PYTORCH_CUDA_ALLOC_CONF"):
         return False

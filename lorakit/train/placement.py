@@ -16,10 +16,11 @@ import torch
 from lorakit.config.schema import Config
 from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
-from lorakit.train import budget, memory, speed, swap
+from lorakit.train import autoplan, budget, cards, memory, speed, swap
 
 # what the plan decides: the settings recorded in plan.json and compared on --resume
-PLANNED = tuple(f"memory.{k}" for k in budget.CONSTRAINTS) + ("training.batch_size", "training.gradient_accumulation")
+PLANNED = tuple(f"memory.{k}" for k in budget.CONSTRAINTS + autoplan.STEERED) + (
+    "training.batch_size", "training.gradient_accumulation")
 
 
 @dataclass
@@ -76,7 +77,7 @@ def check_rank_fits(module: torch.nn.Module, targets: dict[str, int]) -> None:
 
 
 def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype, buckets: int,
-          log: Callable[[str], None]) -> Placed:
+          log: Callable[[str], None], room: Optional[float] = None) -> Placed:
     """Inject the LoRA, plan memory, place the denoiser and prepare it (checkpointing, compile)."""
     spec = adapter.spec
     modules, targets, groups = inject(cfg, adapter, compute_dtype)
@@ -88,10 +89,16 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     blocks = speed.repeated_blocks(denoiser, extra=spec.compile_blocks)
     chosen: Optional[budget.Plan] = None
     run_cfg = cfg
-    if cfg.memory.vram_gb:
+    if autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
+        chosen = autoplan.choose(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, cards.local_card(device),
+                                 device=device, log=log, room=room)
+    elif cfg.memory.vram_gb:
         chosen = budget.apply_budget(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
+    if chosen is not None:
         run_cfg = chosen.applied
+    if chosen is not None or autoplan.wanted(cfg, device):  # combinations are checked on what runs
         memory.check_supported(run_cfg, device, planned=True)
+    if chosen is not None:
         adapter.before_placement(run_cfg.memory, log)  # what the plan chose that the adapter applies
     mem = run_cfg.memory
     swapper = swap.place_denoiser(denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,
@@ -108,9 +115,13 @@ def plan_record(cfg: Config, run_cfg: Config, chosen: Optional[budget.Plan]) -> 
     return {"settings": settings,
             "chosen_by": {key: ("plan" if _get(cfg, key) != value else "config") for key, value in settings.items()},
             "vram_gb": cfg.memory.vram_gb,
+            "budget_gib": run_cfg.memory.vram_gb if chosen else None,  # the automatic plan's room (kept on --resume)
             "estimate_gib": round(chosen.estimate_gib, 3) if chosen else None,
             "parts": {k: round(v, 3) for k, v in chosen.parts.items()} if chosen else None,
-            "notes": list(chosen.notes) if chosen else []}
+            "notes": list(chosen.notes) if chosen else [],
+            "card": chosen.card.describe() if chosen and chosen.card else None,
+            "s_step_estimate": round(chosen.step.seconds, 3) if chosen and chosen.step else None,
+            "s_step_basis": chosen.step.describe() if chosen and chosen.step else None}
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -106,7 +106,9 @@ def check_plan(run: RunDir, plan: dict, force: bool) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # no plan recorded yet (a run stopped before planning): this one is written
     changed = [f"{key}: {saved.get(key)!r} then, {plan['settings'].get(key)!r} now"
-               for key in sorted(set(saved) | set(plan["settings"])) if saved.get(key) != plan["settings"].get(key)]
+               for key in sorted(set(saved) | set(plan["settings"]))
+               # a key an older plan.json lacks (memory.compile, memory.cuda_graphs) is compared from now on
+               if key in saved and saved.get(key) != plan["settings"].get(key)]
     if changed and not force:
         raise TrainingError(f"cannot resume {run.root}: the memory plan differs from the one it ran with "
                             f"({'; '.join(changed)}). Resume on the same card and settings, or use --force-resume "

@@ -22,6 +22,8 @@ step, which ``lorakit.train.loop.train_step`` calls.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -97,6 +99,7 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
             ("; every attention output is kept (memory.save_attention)" if keep_attention else ""))
     if compile_:
         _configure_dynamo(buckets)
+        configure_compile_cache(log)
         if buckets > 1:
             log(f"compile: {buckets} bucket shapes; each compiles its blocks{' and records CUDA graphs' if graphs else ''}"
                 " once, the first time a batch of that shape comes (later runs reuse inductor's on-disk cache)")
@@ -211,8 +214,17 @@ def _prepare_wrapped(model: nn.Module, swapper: Any, checkpointing: bool, compil
     if compile_:
         _configure_dynamo()
 
+        failed: list[BaseException] = []
+
         def compile_fn(fn: Callable) -> Callable:
-            return torch.compile(fn, backend=backend, dynamic=False)
+            if failed:
+                return fn
+            try:
+                return torch.compile(fn, backend=backend, dynamic=False)
+            except Exception as why:  # noqa: BLE001  (eager is always correct)
+                failed.append(why)
+                _compile_failed(model, why, log)
+                return fn
 
     blocks = swapper.blocks if swapper is not None else repeated_blocks(model, extra_regions)
     if not blocks:
@@ -256,6 +268,42 @@ def mark_step() -> None:
         torch.compiler.cudagraph_mark_step_begin()
 
 
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def compile_cache_dir() -> Path:
+    """lorakit's compile cache: ``$XDG_CACHE_HOME/lorakit/inductor`` (``~/.cache/lorakit/inductor``). Inductor's own
+    default lies under /tmp, which a reboot empties: a cold compile of FLUX.1-dev costs a minute or more."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lorakit" / "inductor"
+
+
+def configure_compile_cache(log: Callable[[str], None] = print) -> Path:
+    """Point inductor (and Triton under it) at :func:`compile_cache_dir`, unless ``TORCHINDUCTOR_CACHE_DIR`` was set
+    (by the user, the test suite or the toy world, which keep their own). Returns the directory in use."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    given = os.environ.get(CACHE_ENV)
+    if given and os.path.abspath(given) != os.path.abspath(default_cache_dir()):
+        return Path(given)
+    where = compile_cache_dir()
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError as why:  # a read-only home: inductor's default stays
+        log(f"compile: cannot create the cache folder {where} ({why}); compiled blocks are cached under /tmp")
+        return Path(default_cache_dir())
+    os.environ[CACHE_ENV] = str(where)
+    return where
+
+
+def _compile_failed(model: nn.Module, why: BaseException, log: Callable[[str], None]) -> int:
+    """A compile that raised while being set up: everything runs eagerly again, said in one line."""
+    uncompile_regions(model)
+    first = (str(why).strip().splitlines() or [""])[0][:200]
+    log(f"compile: failed ({type(why).__name__}: {first}); training runs eagerly (memory.compile = false skips it)")
+    return 0
+
+
 def _configure_dynamo(buckets: int = 1) -> None:
     """Eager fallback on compile errors, and room for every block/bucket variant."""
     import torch._dynamo
@@ -274,7 +322,10 @@ def compile_whole(model: nn.Module, *, backend: Any = "inductor", mode: Optional
     Checkpointing, if wanted, must be switched on before (diffusers' non-reentrant per-block checkpoint is
     traced as a region AOTAutograd recomputes in backward). A failure to compile falls back to eager."""
     _configure_dynamo()
-    model.compile(backend=backend, mode=mode, dynamic=dynamic)
+    try:
+        model.compile(backend=backend, mode=mode, dynamic=dynamic)
+    except Exception as why:  # noqa: BLE001  (any failure of the compiler: eager is always correct)
+        return _compile_failed(model, why, log)
     log(f"compile: the whole {type(model).__name__} compiled as one graph (the first step includes compilation; "
         "a new bucket shape compiles again)")
     return 1
@@ -350,7 +401,10 @@ def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, 
         if type(sub).__name__ in wanted:
             if checkpoint and (selected is None or id(sub) in selected):
                 checkpoint_forward(sub)
-            sub.compile(backend=backend, mode=mode, dynamic=dynamic)
+            try:
+                sub.compile(backend=backend, mode=mode, dynamic=dynamic)
+            except Exception as why:  # noqa: BLE001  (any failure of the compiler: eager is always correct)
+                return _compile_failed(model, why, log)
             count += 1
     if count == 0:
         raise ConfigError(f"memory.compile: none of {sorted(wanted)} found in {type(model).__name__}; "

@@ -39,6 +39,7 @@ def train(tmp: Path, family: str, name: str, memory: dict, optimizer: str = "ada
     toml = write_run_toml(tmp, family, paths, name=name)
     text = toml.read_text().replace('mixed_precision = "no"', 'mixed_precision = "bf16"').replace(
         'device = "cpu"', 'device = "cuda"').replace('name = "adamw"', f'name = "{optimizer}"')
+    memory = {"auto": False, **memory}  # each test runs its path exactly (the automatic plan: its own tests)
     text += "\n[memory]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in memory.items()) + "\n"
     toml.write_text(text)
     assert main(["train", str(toml), *overrides]) == 0, (name, memory)
@@ -180,14 +181,28 @@ def test_host_copies_do_not_wait_for_the_gpu():
     assert len(slots) == 3, [(buffer.data_ptr(), event.query()) for buffer, event in slots]
 
 
+def test_auto_plan_on_this_card_trains_and_records_it(tmp_path):
+    """Issue 28: no [memory] key set, so the run plans itself for this card (compile and CUDA graphs fit the tiny
+    models anywhere); plan.json records the card, the chosen settings and the s/step estimate, and both families
+    train and export."""
+    for family in ("sdxl", "flux1"):
+        train(tmp_path, family, f"auto-{family}", {"auto": True})
+        plan = json.loads((tmp_path / "out" / f"auto-{family}" / "plan.json").read_text())
+        assert plan["card"] and torch.cuda.get_device_name() in plan["card"], plan
+        assert plan["settings"]["memory.compile"] is True and plan["chosen_by"]["memory.compile"] == "plan", plan
+        assert plan["settings"]["memory.cuda_graphs"] is True, plan
+        assert sum(n.startswith("plan for ") for n in plan["notes"]) == 1, plan["notes"]
+        assert plan["s_step_estimate"] > 0, plan
+
+
 if __name__ == "__main__":  # `python3 tests/integration/test_cuda_paths.py [host|flux|sdxl]`: all, or the ones named
     failed = 0
-    chosen = sys.argv[1:] or ["flux", "sdxl", "host"]
+    chosen = sys.argv[1:] or ["flux", "sdxl", "host", "auto"]
     for test in (test_host_copies_do_not_wait_for_the_gpu, test_flux_modulation_streams_and_prefetches_on_the_gpu,
                  test_flux_modulation_on_cpu_trains_eager_and_compiled,
                  test_flux_modulation_on_cpu_with_cuda_graphs_trains_like_the_plain_model,
                  test_flux_block_swap_fp8_and_budget_train_and_export,
-                 test_sdxl_budget_with_cuda_graphs_trains_and_exports):
+                 test_sdxl_budget_with_cuda_graphs_trains_and_exports, test_auto_plan_on_this_card_trains_and_records_it):
         if not any(test.__name__.startswith(f"test_{name}") for name in chosen):
             continue
         with tempfile.TemporaryDirectory() as tmp:

@@ -346,11 +346,15 @@ def test_fused_adamw_is_the_cuda_default_and_can_be_turned_off():
 def test_activation_budget_needs_compile_and_replaces_block_checkpointing():
     from lorakit.config.load import load_config
 
-    def check(**mem):
+    def check(planned=False, **mem):
         c = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
-                                    "memory": mem})
-        memory.check_supported(c, torch.device("cuda"))
+                                    "memory": {"auto": False, **mem}})
+        memory.check_supported(c, torch.device("cuda"), planned=planned)
 
+    # under the automatic plan (memory.auto, CUDA) compile and checkpointing are the plan's: checked on what it chose
+    check(activation_budget=0.35, auto=True)
+    with pytest.raises(ConfigError, match=r"memory.activation_budget: the compiler chooses .* memory.compile = true"):
+        check(activation_budget=0.35, auto=True, compile=False, planned=True)
     check(activation_budget=0.35, compile=True, gradient_checkpointing=False)  # the supported combination
     with pytest.raises(ConfigError, match=r"memory.activation_budget: the compiler chooses .* memory.compile = true"):
         check(activation_budget=0.35, gradient_checkpointing=False)

@@ -52,7 +52,24 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                      "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
                      "training.discrete_flow_shift", "training.guidance_scale", "training.t5_max_length",
                      "training.apply_t5_attn_mask", "memory.blocks_to_swap", "memory.modulation_on_cpu",
-                     "sample.guidance"}))
+                     "sample.guidance"}),
+                 planning_model=lambda cfg: planning_model(cfg))
+
+
+def planning_model(cfg: Any) -> tuple[nn.Module, dict[str, int]]:
+    """The full-size FLUX.1 transformer (dev unless model.variant says schnell; on the current default device) and its
+    LoRA targets, for ``lorakit plan``."""
+    from diffusers import FluxTransformer2DModel
+
+    from lorakit.models.base import init_kwargs
+
+    from . import configs
+    from .lora_format import transformer_targets
+
+    variant = cfg.model.variant if cfg.model.variant in configs.VARIANTS else "dev"
+    tr = FluxTransformer2DModel(**init_kwargs(configs.transformer_config(variant)))
+    return tr, transformer_targets(cfg.network, int(tr.config.num_layers), int(tr.config.num_single_layers))
+
 
 T5_DEFAULT_LENGTH = {"dev": 512, "schnell": 256}
 SAMPLE_STEPS = {"dev": 20, "schnell": 4}

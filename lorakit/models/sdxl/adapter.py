@@ -34,7 +34,18 @@ SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=
                  #                                     carry most of the remaining element-wise kernels
                  config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
                                         "training.min_timestep", "training.max_timestep", "training.noise_offset",
-                                        "training.min_snr_gamma", "sample.sampler"}))
+                                        "training.min_snr_gamma", "sample.sampler"}),
+                 planning_model=lambda cfg: planning_model(cfg))
+
+
+def planning_model(cfg: Any) -> tuple[nn.Module, dict[str, int]]:
+    """The full-size SDXL U-Net (on the current default device) and its LoRA targets, for ``lorakit plan``."""
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.models.base import init_kwargs
+
+    unet = UNet2DConditionModel(**init_kwargs(configs.UNET))
+    return unet, unet_lora_targets(unet, int(cfg.network.rank), int(getattr(cfg.network, "conv_rank", 0) or 0))
 
 # Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
 _ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",

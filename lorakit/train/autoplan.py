@@ -1,0 +1,236 @@
+"""The automatic plan: on CUDA, the fastest setting that fits the card, compile and CUDA graphs included.
+
+With ``memory.auto`` (the default) a CUDA run reads its card (:func:`lorakit.train.cards.local_card`: free memory,
+compute capability, float8 matmuls, host RAM, host link) and :func:`choose` plans it: the memory budget is
+``memory.vram_gb`` when set, else the memory free on the card when the model is placed. For each way of running the
+compiled blocks — ``compile`` with CUDA graphs, without, and each with and without host streaming (block swap,
+``modulation_on_cpu``) — :func:`lorakit.train.budget.apply_budget` finds the fastest memory setting that fits; the
+s/step model (:func:`lorakit.train.cards.step_seconds`, calibrated from benchmarks/RESULTS.md) then picks the fastest
+of those. Every ``[memory]`` key the user set (file or override; a preset's values are not the user's) is a
+constraint: ``compile`` and ``cuda_graphs`` are kept as set, the keys of :data:`lorakit.train.budget.CONSTRAINTS` as
+there. One log line says what was chosen, on which card, the estimate and the runner-up; ``plan.json`` has the rest.
+
+The same function answers ``lorakit plan run.toml --card NAME`` with the card table's facts and the full-size model
+built on the meta device (nothing is loaded or run).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Sequence
+
+from lorakit.errors import ConfigError
+from lorakit.train import budget, cards
+
+# what the automatic plan adds to budget.CONSTRAINTS: each, when the user set it, kept as set
+STEERED = ("compile", "cuda_graphs")
+HOST_RAM_SHARE = 0.5  # at most this share of host RAM is pinned for swapped blocks / host modulations
+
+
+@dataclass(frozen=True)
+class Option:
+    mode: str
+    plan: budget.Plan
+    step: Optional[cards.StepEstimate]
+
+    @property
+    def seconds(self) -> float:
+        return self.step.seconds if self.step else math.inf
+
+
+def wanted(cfg, device) -> bool:
+    """Whether this run plans automatically: on CUDA, unless ``memory.auto = false``."""
+    return getattr(device, "type", None) == "cuda" and bool(getattr(cfg.memory, "auto", True))
+
+
+def settings_of(memory: Any) -> dict[str, Any]:
+    """The knobs the s/step model reads, from a (planned) memory config."""
+    return {"compile": bool(memory.compile), "cuda_graphs": bool(memory.cuda_graphs), "fp8_base": bool(memory.fp8_base),
+            "fp8_compute": bool(memory.fp8_compute),
+            "checkpoint_fraction": float(memory.checkpoint_fraction) if memory.gradient_checkpointing else 0.0,
+            "activation_budget": memory.activation_budget, "modulation_on_cpu": bool(memory.modulation_on_cpu),
+            "blocks_to_swap": int(memory.blocks_to_swap)}
+
+
+def summary(memory: Any, plan: budget.Plan) -> str:
+    """The chosen setting in a few words."""
+    parts = ["compile" if memory.compile else "eager"]
+    if memory.cuda_graphs:
+        parts.append("cuda_graphs")
+    if memory.activation_budget is not None:
+        parts.append(f"activation_budget = {memory.activation_budget:g} (no block checkpointing)")
+    elif not memory.gradient_checkpointing:
+        parts.append("no checkpointing")
+    elif memory.checkpoint_fraction < 1:
+        parts.append(f"checkpoint_fraction = {memory.checkpoint_fraction:.3g}")
+    else:
+        parts.append("every block checkpointed")
+    parts.append("fp8 compute" if memory.fp8_compute and memory.fp8_base else
+                 "fp8 storage" if memory.fp8_base else "bf16 weights")
+    if memory.blocks_to_swap:
+        parts.append(f"blocks_to_swap = {memory.blocks_to_swap}")
+    if memory.modulation_on_cpu:
+        parts.append("modulation_on_cpu")
+    return ", ".join(parts)
+
+
+def _swapped(plan: budget.Plan, sizes: budget.Sizes) -> int:
+    """Bytes of the blocks the plan swaps, as stored."""
+    from lorakit.train.swap import spread
+
+    k = 1 if plan.fp8_base else 0
+    return sum(sizes.blocks[i][k] for i in spread(len(sizes.blocks), plan.blocks_to_swap)) if plan.blocks_to_swap else 0
+
+
+def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: int, card: cards.CardFacts, *,
+           device=None, log: Callable[[str], None] = print,
+           sizes: Optional[budget.Sizes] = None, room: Optional[float] = None) -> Optional[budget.Plan]:
+    """The fastest plan that fits ``card`` (see the module doc), logged in one line; None (with a line saying so)
+    where nothing is planned: a family without measured rows, or nothing fitting the free memory when the user set
+    no ``memory.vram_gb`` (the run then goes as configured). ``sizes``: the model's byte counts (with
+    ``spec.host_linears``) when already known; else taken from ``model``. ``room``: the budget in GiB when no
+    ``memory.vram_gb`` is set (a resumed run plans with the one it started with: :func:`recorded_room`), else the
+    card's free memory."""
+    from lorakit.config.load import explicit_keys
+    from lorakit.config.resolution import resolution_wh
+
+    explicit = explicit_keys(cfg)
+    mem = cfg.memory
+    mine = [k for k in ("vram_gb",) + STEERED + budget.CONSTRAINTS if f"memory.{k}" in explicit]
+    if not cards.has_rows(spec.family):
+        log(f"plan: {spec.family} has no measured memory and speed rows yet; the [memory] settings run as written "
+            "(memory.vram_gb plans them if the family supports it)")
+        return None
+    room = float(mem.vram_gb) if mem.vram_gb else room or math.floor(card.free_gib * 10) / 10
+    compiles = [bool(mem.compile)] if "memory.compile" in explicit else [card.can_compile]
+    sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears)
+    w, h = resolution_wh(cfg.data.resolution)
+    options: list[Option] = []
+    failures: dict[str, str] = {}
+    seen: set[tuple] = set()
+    for compile_ in compiles:
+        graphs = [bool(mem.cuda_graphs)] if "memory.cuda_graphs" in explicit or not compile_ else [True, False]
+        # the budget tries bf16 settings before any fp8 one; where the card multiplies in float8, fp8 compute is
+        # also planned on its own, and the s/step model compares (FLUX.1-dev: fp8 compute with activation_budget 0.35
+        # ran 0.423 s against 0.536 s for bf16 with 98 % of the blocks checkpointed, RESULTS.md round 11 / issue 28)
+        fp8_too = compile_ and card.fp8 and "memory.fp8_base" not in explicit and mem.fp8_compute is not False
+        for cuda_graphs, streaming, fp8 in [(g, s, f) for g in graphs for s in (False, True)
+                                            for f in ((False, True) if fp8_too else (False,))]:
+            mode = (("compile" if compile_ else "eager") + (" + cuda_graphs" if cuda_graphs else "")
+                    + (", host streaming allowed" if streaming else "") + (", fp8 weights" if fp8 else ""))
+            planned = replace(cfg, memory=replace(mem, vram_gb=room, compile=compile_, cuda_graphs=cuda_graphs,
+                                                  **({"fp8_base": True} if fp8 else {})))
+            notes: list[str] = []
+            try:
+                plan = budget.apply_budget(planned, spec, model, blocks, trainable, lookahead, log=notes.append,
+                                           device=device, fixed_keys=explicit | ({"memory.fp8_base"} if fp8 else
+                                                                                 set()),
+                                           allow_streaming=streaming,
+                                           fp8_matmuls=card.fp8 if device is None else None, sizes=sizes)
+            except ConfigError as why:
+                failures[mode] = str(why)
+                continue
+            swapped = _swapped(plan, sizes)
+            pinned = swapped + (sizes.host_linears if plan.modulation_on_cpu else 0)
+            if card.host_ram_bytes and pinned > HOST_RAM_SHARE * card.host_ram_bytes:
+                failures[mode] = (f"it pins {pinned / cards.GIB:.1f} GiB of host RAM, more than half of the "
+                                  f"{card.host_ram_bytes / cards.GIB:.0f} GiB here")
+                continue
+            settings = settings_of(plan.applied.memory)
+            key = tuple(sorted(settings.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            images = cfg.training.batch_size * w * h / 1024**2  # per optimizer step, split or not
+            step = cards.step_seconds(spec.family, settings, card, images=images, swapped_bytes=swapped,
+                                      host_bytes=sizes.host_linears if plan.modulation_on_cpu else 0)
+            options.append(Option(mode, plan, step))
+    if not options:
+        why = failures.get("compile, host streaming allowed") or failures.get("eager, host streaming allowed") or \
+            next(iter(failures.values()), "no setting was tried")
+        if mem.vram_gb:
+            raise ConfigError(why)
+        log(f"plan for {card.describe()}: nothing lorakit plans fits ({why}); the [memory] settings run as written")
+        return None
+    best = min(options, key=lambda o: o.seconds)  # min keeps the first of equals: graphs, no streaming, bf16 first
+    memory = best.plan.applied.memory
+    others = sorted((o for o in options if o is not best), key=lambda o: o.seconds)
+    runner = (f"; next best: {summary(others[0].plan.applied.memory, others[0].plan)}"
+              + (f" ~{others[0].seconds:.2f} s/step" if others[0].step else "")) if others else ""
+    split = (f"; training.batch_size {cfg.training.batch_size} split into {best.plan.batch_size} x "
+             f"{best.plan.gradient_accumulation} accumulated"
+             if best.plan.batch_size != cfg.training.batch_size else "")
+    line = (f"plan for {card.describe()}: {summary(memory, best.plan)}{split}; estimated peak "
+            f"{best.plan.estimate_gib:.1f} of {room:g} GiB"
+            + (f", ~{best.step.seconds:.2f} s/step ({'extrapolated' if best.step.extrapolated else 'measured'})"
+               if best.step else ", no s/step estimate")
+            + runner + ("; kept as you set: " + ", ".join(f"memory.{k}" for k in mine) if mine else "")
+            + "; plan.json has the details")
+    log(line)
+    return replace(best.plan, notes=best.plan.notes + (line,), step=best.step, card=card, line=line)
+
+
+def loading_memory(cfg, spec, device) -> Any:
+    """The ``[memory]`` the adapter loads with: under the automatic plan, ``vram_gb`` set to the card's free memory
+    (when the user set none), so that a family that places its denoiser block by block under a budget keeps it off
+    the GPU until the plan is made (FLUX.1: no 22 GiB of bf16 weights on a 12 GiB card while the caches fill)."""
+    mem = cfg.memory
+    if mem.vram_gb or not wanted(cfg, device) or not cards.has_rows(spec.family):
+        return mem
+    return replace(mem, vram_gb=math.floor(cards.local_card(device).free_gib * 10) / 10)
+
+
+# VAE encoder working memory per 1024² image (bf16): issue 28's H100 run of the SDXL character preset peaked at
+# 17.3 GiB while caching latents in batches of 4, with about 6.9 GiB of SDXL weights on the device: (17.3 - 6.9) / 4 = 2.6
+ENCODE_GIB_PER_IMAGE = 2.6
+LATENT_BATCH = 4  # data/cache.py's default: the most the caching batches are ever raised to
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """How the caches are filled on this card: images per VAE call, decided from the memory free after loading."""
+
+    latent_batch: int
+    free_gib: float
+    line: str
+
+
+def plan_caching(free_bytes: int, max_pixels: int, *, default: int = LATENT_BATCH) -> CachePlan:
+    """The largest latent-caching batch (≤ ``default``) whose VAE working memory (:data:`ENCODE_GIB_PER_IMAGE` per
+    1024² image of the largest bucket) fits the free memory less the planner's reserve; at least 1."""
+    free = free_bytes / cards.GIB
+    per = ENCODE_GIB_PER_IMAGE * max_pixels / 1024**2
+    fits = int((free - budget.RESERVE_GIB) // per) if per > 0 else default
+    batch = max(1, min(default, fits))
+    line = (f"caching: {batch} image{'s' if batch > 1 else ''} per VAE call ({free:.1f} GiB free, ~{per:.1f} GiB "
+            f"each at the largest bucket)" + ("; even one may not fit: lower data.max_bucket_reso if caching runs out of "
+                                      "memory" if fits < 1 else ""))
+    return CachePlan(batch, round(free, 2), line)
+
+
+def caching_plan(cfg, items, device, log: Callable[[str], None] = print) -> Optional[CachePlan]:
+    """:func:`plan_caching` for a run about to fill its latent cache (None off the automatic plan)."""
+    if not wanted(cfg, device) or not items:
+        return None
+    free = cards.local_card(device).free_bytes
+    if cfg.memory.vram_gb:  # a budget the user set bounds the caches too
+        import torch
+
+        free = min(free, int(cfg.memory.vram_gb * cards.GIB) - torch.cuda.memory_allocated(device))
+    plan = plan_caching(free, max(it.bucket[0] * it.bucket[1] for it in items))
+    log(plan.line)
+    return plan
+
+
+def recorded_room(run_root) -> Optional[float]:
+    """The budget a run's automatic plan used (``plan.json``'s ``budget_gib``), so that ``--resume`` plans the same
+    way whatever else holds the card's memory now; None when not recorded."""
+    import json
+    from pathlib import Path
+
+    try:
+        value = json.loads((Path(run_root) / "plan.json").read_text()).get("budget_gib")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None

@@ -1,0 +1,125 @@
+"""``lorakit plan run.toml [--card NAME]``: the plan a run would make on a card, without loading or running anything.
+
+The family's full-size denoiser is built on the meta device (``ModelSpec.planning_model``: shapes only, no memory, no
+file read), its LoRA counted from the targets, and :func:`lorakit.train.autoplan.choose` plans it for the card: the
+card table's facts with ``--card``, else the local CUDA card. Prints every planned setting with who chose it (you,
+the planner, or the default / preset), the estimated peak memory with its parts, the caching batch, and the s/step
+estimate with the measured row it comes from and what was extrapolated.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from lorakit.errors import ConfigError
+from lorakit.train import autoplan, budget, cards
+
+
+def lora_parameters(model, targets: dict[str, int]) -> int:
+    """Trainable LoRA parameters of ``targets`` ({path: rank}) on ``model``: down (in → rank) + up (rank → out)."""
+    from torch import nn
+
+    total = 0
+    for path, rank in targets.items():
+        sub = model.get_submodule(path)
+        if isinstance(sub, nn.Conv2d):
+            k = sub.kernel_size[0] * sub.kernel_size[1]
+            total += rank * (sub.in_channels * k + sub.out_channels)
+        else:
+            total += rank * (sub.in_features + sub.out_features)
+    return total
+
+
+_BUILT: dict[str, tuple] = {}  # one meta model per family / variant / network / dtype in a process (tests, the UI)
+
+
+def meta_model(cfg) -> tuple:
+    """(spec, model, blocks, trainable) of ``cfg``'s full-size denoiser on the meta device, LoRA counted."""
+    import json
+
+    import torch
+
+    from lorakit.config.toml_io import config_to_dict
+    from lorakit.models.registry import get_family
+    from lorakit.train import speed
+
+    spec = get_family(cfg.model.family).SPEC
+    if spec.planning_model is None:
+        raise ConfigError(f"lorakit plan: the {cfg.model.family} family does not describe its full-size model for "
+                          "planning; plan it on the card itself (lorakit train logs the plan)")
+    key = json.dumps([cfg.model.family, getattr(cfg.model, "variant", None), cfg.training.mixed_precision,
+                      config_to_dict(cfg).get("network", {})], sort_keys=True, default=str)
+    if key not in _BUILT:
+        with torch.device("meta"):
+            model, targets = spec.planning_model(cfg)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
+        model._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)  # as loaded; ModelMixin.to() would warn
+        model.requires_grad_(False)
+        trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
+        _BUILT[key] = (spec, model, speed.repeated_blocks(model, extra=spec.compile_blocks), trainable)
+    return _BUILT[key]
+
+
+def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan], list[str]]:
+    """The automatic plan of ``cfg`` on ``card`` (None where nothing is planned) and the lines it logged."""
+    from lorakit.train import swap
+
+    spec, model, blocks, trainable = meta_model(cfg)
+    lines: list[str] = []
+    plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=None,
+                           log=log or lines.append)
+    return plan, lines
+
+
+def who(cfg, key: str, value, explicit: frozenset[str]) -> str:
+    section, name = key.split(".")
+    if key in explicit:
+        return "you"
+    return "planner" if getattr(getattr(cfg, section), name) != value else "as loaded (default or preset)"
+
+
+def report(cfg, card: cards.CardFacts, label: str) -> str:
+    from lorakit.config.load import explicit_keys
+    from lorakit.train.placement import PLANNED
+
+    plan, lines = plan_for(cfg, card)
+    out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
+    out += [f"  note: {n}" for n in card.notes]
+    if plan is None:
+        out += lines
+        return "\n".join(out)
+    explicit = explicit_keys(cfg)
+    applied = plan.applied
+    rows = [(key, getattr(getattr(applied, key.split(".")[0]), key.split(".")[1])) for key in PLANNED]
+    width = max(len(k) for k, _ in rows) + 2
+    out.append(f"  {'setting':<{width}}{'value':<10}chosen by")
+    for key, value in rows:
+        shown = str(value).lower() if isinstance(value, bool) or value is None else f"{value:.3g}" \
+            if isinstance(value, float) else str(value)
+        out.append(f"  {key:<{width}}{shown:<10}{who(cfg, key, value, explicit)}")
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in plan.parts.items())
+    room = applied.memory.vram_gb
+    out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB})")
+    out.append(f"  estimated step: {plan.step.describe()}" if plan.step else
+               "  estimated step: no measured row for this family")
+    if plan.step and plan.step.link_bound:
+        out.append(f"  the host link ({card.host_link_gbs:g} GB/s) bounds this setting's step")
+    out.append(f"  log line: {plan.line}")
+    return "\n".join(out)
+
+
+def main(config: str, overrides: Sequence[str], card_key: Optional[str]) -> int:
+    from lorakit.config.load import load_config
+
+    cfg = load_config(config, list(overrides))
+    if card_key:
+        facts = cards.card(card_key)
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("lorakit plan: no CUDA GPU here; name a card with --card, one of: "
+                              + ", ".join(cards.card_names()))
+        facts = cards.local_card(torch.device("cuda"))
+    print(report(cfg, facts, config))
+    return 0
