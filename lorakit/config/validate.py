@@ -222,6 +222,9 @@ def _check_str(spec: FieldSpec, value: Any) -> str:
         raise err(key, "must be a path, got an empty string; remove the key to use the default")
     if "\x00" in value:
         raise err(key, f"must not contain NUL characters, got {show(value)}")
+    if spec.meta.get("kind") == "path" and (len(value) > 4096 or any(len(part.encode("utf-8", "surrogateescape")) > 255
+                                                                     for part in re.split(r"[\\/]", value))):
+        raise err(key, f"must be a path with names of at most 255 bytes (4096 in all), got {show(value)}")
     return value
 
 
