@@ -84,17 +84,10 @@ def skip_on_device(optimizer: torch.optim.Optimizer, stats: StepStats) -> bool:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True when a write failed because the disk is full.
+    """True when a write failed for lack of room (full disk, quota, EFBIG): :func:`lorakit.fsutil.is_disk_full`."""
+    from lorakit.fsutil import is_disk_full as _full
 
-    Python raises OSError(ENOSPC); safetensors' Rust writer and torch's zip writer raise their own errors whose
-    text carries the OS message ("No space left on device", "StorageFull", or "os error 28").
-    """
-    import errno
-
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return True
-    text = str(exc)
-    return any(s in text for s in ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded"))
+    return _full(exc)
 
 
 def image_problem(img: Image.Image) -> Optional[str]:
