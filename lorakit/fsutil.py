@@ -217,6 +217,21 @@ def is_disk_full(exc: BaseException) -> bool:
     return disk_problem(exc) is not None
 
 
+def printable(path: PathLike) -> str:
+    """A path as text any UTF-8 writer takes: bytes of a Linux name that are not UTF-8 become \\xNN escapes."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+
+
+def utf8_name(path: PathLike) -> bool:
+    """Whether a path's text is valid UTF-8 (on Linux a name is bytes; Python keeps undecodable ones as
+    surrogates, which no UTF-8 file, header or tokenizer can take)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def inside_folder(path: PathLike, folder: PathLike) -> bool:
     """Whether ``path``, with every symlink resolved, lies inside ``folder`` (resolved too)."""
     try:

@@ -222,6 +222,11 @@ def _check_str(spec: FieldSpec, value: Any) -> str:
         raise err(key, "must be a path, got an empty string; remove the key to use the default")
     if "\x00" in value:
         raise err(key, f"must not contain NUL characters, got {show(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a Linux name given on the command line
+        raise err(key, f"must be valid UTF-8 (rename the file or folder with UTF-8 characters), got "
+                  f"{show(value.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace'))}") from None
     if spec.meta.get("kind") == "path" and (len(value) > 4096 or any(len(part.encode("utf-8", "surrogateescape")) > 255
                                                                      for part in re.split(r"[\\/]", value))):
         raise err(key, f"must be a path with names of at most 255 bytes (4096 in all), got {show(value)}")

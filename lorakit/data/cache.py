@@ -26,7 +26,7 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -37,7 +37,7 @@ from lorakit.config.schema import DataCfg
 from lorakit.data.images import load_for_bucket
 from lorakit.data.scan import ImageItem
 from lorakit.errors import TrainingError
-from lorakit.fsutil import disk_problem, inside_folder, remove_stale_temps, write_bytes
+from lorakit.fsutil import disk_problem, inside_folder, printable as _printable, remove_stale_temps, write_bytes
 
 atomic_write_bytes = write_bytes  # the name this module exported before lorakit.fsutil (other branches use it)
 
@@ -243,11 +243,6 @@ class LatentCache:
         if loaded is None or name not in loaded.tensors:
             raise KeyError(f"{item.path}: no cached {name} in {self.folder}; run ensure() first")
         return loaded.tensors[name]
-
-
-def _printable(path: Any) -> str:
-    """A path as text that any UTF-8 writer takes (undecodable bytes of a Linux name as \\xNN escapes)."""
-    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 class TextCache:
