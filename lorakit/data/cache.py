@@ -37,6 +37,7 @@ from lorakit.config.schema import DataCfg
 from lorakit.data.images import load_for_bucket
 from lorakit.data.scan import ImageItem
 from lorakit.errors import TrainingError
+from lorakit.safetensors_header import metadata_json
 from lorakit.fsutil import disk_problem, inside_folder, printable as _printable, remove_stale_temps, write_bytes
 
 atomic_write_bytes = write_bytes  # the name this module exported before lorakit.fsutil (other branches use it)
@@ -267,8 +268,10 @@ class TextCache:
         if meta.get("key") != json.dumps(self.key(caption), sort_keys=True):
             return False
         try:
-            names = json.loads(meta.get("names", "[]"))
+            names = metadata_json(meta.get("names", "[]"))
         except ValueError:
+            return False
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             return False
         if sorted(names) != sorted(tensors) or not names:
             return False
