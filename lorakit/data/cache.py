@@ -10,8 +10,8 @@ A file that fails to load, lacks a key, or has a shape that disagrees with its b
 treated as missing and rebuilt. Writes are atomic (:func:`lorakit.fsutil.write_bytes`), so a
 killed run leaves either the old file or the new one, never half of one.
 
-Every entry carries a BLAKE2b checksum of its tensors (names, dtypes, shapes and bytes) in its header, checked on
-every read: a damaged entry (a flipped bit, a torn copy) or one holding NaN/Inf is dropped, re-encoded and
+Every entry carries a BLAKE2b checksum of its tensors (names, dtypes, shapes and bytes) in its header, checked when
+read (in the training loop again only if the file changed since this process verified or wrote it): a damaged entry (a flipped bit, a torn copy) or one holding NaN/Inf is dropped, re-encoded and
 reported in one line, never used. A freshly encoded NaN/Inf stops the run naming the image (or caption) and
 the encoder, whose weights are then the suspect, not the learning rate. A full disk (or a file-size limit)
 while caching stops with one line; the entries already written are kept. The ``latents``/``text`` folders
@@ -102,7 +102,30 @@ class Loaded:
         return (self.tensors, self.meta)[i]
 
 
-def _load(path: Path) -> Loaded | None:
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+class _Verified:
+    """Entries verified (or written) by this process, by (size, mtime): reading one of them again in the training
+    loop skips the checksum and NaN scan (T5 outputs are MBs per caption), unless the file changed since."""
+
+    def __init__(self) -> None:
+        self.seen: dict[Path, tuple[int, int] | None] = {}
+
+    def note(self, path: Path) -> None:
+        self.seen[path] = _signature(path)
+
+    def load(self, path: Path) -> Loaded | None:
+        sig = self.seen.get(path)
+        return _load(path, verify=sig is None or sig != _signature(path))
+
+
+def _load(path: Path, verify: bool = True) -> Loaded | None:
     """A cache file read and verified, or None when it is absent. A file that cannot be read, fails its
     checksum, holds NaN/Inf or is a symlink comes back with ``problem`` set (it is then rebuilt)."""
     if path.is_symlink():
@@ -115,6 +138,8 @@ def _load(path: Path) -> Loaded | None:
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
     except Exception:
         return Loaded({}, {}, "unreadable (truncated or not a safetensors file)")
+    if not verify:
+        return Loaded(tensors, meta)
     if meta.get("blake2b") != checksum(tensors):
         return Loaded(tensors, meta, "damaged (checksum mismatch)" if "blake2b" in meta else "without a checksum")
     bad = nonfinite(tensors)
@@ -152,6 +177,7 @@ class LatentCache:
         self.identity = identity
         remove_stale_temps(self.folder)  # leftovers of a killed run's writes
         self._shape_ref: tuple[int, int] | None = None  # (channels, downscale factor) seen so far
+        self._verified = _Verified()
 
     def key(self, item: ImageItem) -> dict:
         return {"v": CACHE_VERSION, "identity": self.identity, "sha256": item.sha256,
@@ -195,6 +221,8 @@ class LatentCache:
                 if loaded is not None and loaded.problem:
                     _drop(p, loaded.problem, log)
                 out[p.name] = it
+            else:
+                self._verified.note(p)
         return list(out.values())
 
     def ensure(self, items: Sequence[ImageItem], encode: Callable[[torch.Tensor], torch.Tensor], *,
@@ -230,12 +258,13 @@ class LatentCache:
             meta = {"key": json.dumps(self.key(it), sort_keys=True), "path": _printable(it.path),
                     "original_size": f"{it.original_size[0]}x{it.original_size[1]}"}
             _save(self.path(it), tensors, meta)
+            self._verified.note(self.path(it))
 
     def get(self, item: ImageItem, flipped: bool = False) -> torch.Tensor:
         """The cached latent [C, h, w] of `item` (KeyError with a clear message if not cached; a TrainingError
         naming the file if it was damaged since :meth:`ensure` checked it)."""
         path = self.path(item)
-        loaded = _load(path)
+        loaded = self._verified.load(path)
         name = "latents_flipped" if flipped else "latents"
         if loaded is not None and loaded.problem:
             _drop(path, loaded.problem, None)
@@ -254,6 +283,7 @@ class TextCache:
         self.identity = identity
         remove_stale_temps(self.folder)  # leftovers of a killed run's writes
         self._ref: dict[str, tuple] | None = None  # name → (dtype, ndim, last dim) seen so far
+        self._verified = _Verified()
 
     def key(self, caption: str) -> dict:
         return {"v": CACHE_VERSION, "identity": self.identity, "caption": caption}
@@ -293,6 +323,8 @@ class TextCache:
                 if loaded is not None and loaded.problem:
                     _drop(path, loaded.problem, log)
                 todo.append(cap)
+            else:
+                self._verified.note(path)
         with tqdm(total=len(todo), desc="caching text", unit="caption", disable=not progress) as bar:
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i:i + batch_size]
@@ -308,11 +340,12 @@ class TextCache:
                                             "learning rate")
                     meta = {"key": json.dumps(self.key(cap), sort_keys=True), "names": json.dumps(sorted(out))}
                     _save(self.path(cap), tensors, meta)
+                    self._verified.note(self.path(cap))
                 bar.update(len(chunk))
 
     def get(self, caption: str) -> dict[str, torch.Tensor]:
         path = self.path(caption)
-        loaded = _load(path)
+        loaded = self._verified.load(path)
         if loaded is not None and loaded.problem:
             _drop(path, loaded.problem, None)
             raise TrainingError(f"text cache entry {path} of caption {caption[:60]!r}: {loaded.problem} (it changed "

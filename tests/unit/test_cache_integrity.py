@@ -146,3 +146,18 @@ def test_cache_never_writes_through_a_planted_symlink(ds, tmp_path):
     c.ensure(ds.items, FakeVAE(), flip=False, progress=False, log=None)
     assert target.read_text() == "user file" and os.listdir(outside) == ["victim.txt"]
     assert not c.path(ds.items[0]).is_symlink() and c.get(ds.items[0]).ndim == 3
+
+
+def test_reads_in_the_loop_skip_the_checksum_of_unchanged_verified_files(ds, tmp_path, monkeypatch):
+    c = LatentCache(tmp_path / "c", "vae")
+    c.ensure(ds.items, FakeVAE(), flip=False, progress=False, log=None)
+    calls = []
+    real = cache_mod.checksum
+    monkeypatch.setattr(cache_mod, "checksum", lambda t: calls.append(1) or real(t))
+    for _ in range(3):
+        for it in ds.items:
+            c.get(it)
+    assert calls == []  # verified (written) by this process and unchanged: no second hash per step
+    os.utime(c.path(ds.items[0]), ns=(1, 1))  # touched: verified again on the next read
+    c.get(ds.items[0])
+    assert calls == [1]
