@@ -84,14 +84,20 @@ def test_deep_header_is_one_line_in_inspect_and_train(tmp_path, capsys):
     assert not (tmp_path / "out" / "lora").exists()  # a failed start leaves no run folder
 
 
-def test_deep_metadata_value_never_recurses(tmp_path, capsys):
+@pytest.fixture
+def no_family_fit(monkeypatch):
+    """inspect's key match against every family (seconds on first use) is not what these tests check."""
+    monkeypatch.setattr("lorakit.lora.inspect.family_fit", lambda names, widths=None: {})
+
+
+def test_deep_metadata_value_never_recurses(tmp_path, capsys, no_family_fit):
     f = _lora(tmp_path / "meta.safetensors", {"ss_tag_frequency": "[" * 100_000 + "]" * 100_000})
     assert main(["inspect", str(f)]) == 0
     out = capsys.readouterr().out
     assert "ss_tag_frequency: [[[[" in out  # shown as text, not parsed
 
 
-def test_inspect_flags_nan_and_inf(tmp_path, capsys):
+def test_inspect_flags_nan_and_inf(tmp_path, capsys, no_family_fit):
     assert main(["inspect", str(_lora(tmp_path / "nan.safetensors", nan=True))]) == 0
     out = capsys.readouterr().out
     assert "warning: 1 tensor(s) hold NaN/Inf" in out and "lora_unet_a.lora_up.weight" in out
