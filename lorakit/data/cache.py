@@ -53,7 +53,7 @@ def cache_folder(data: DataCfg, save_dir: str | Path) -> Path:
         base = data.dir or (Path(data.config).parent if data.config else None)
         if base is None:
             raise ValueError("data.cache_next_to_images: needs data.dir or data.config")
-        return Path(base) / ".lorakit-cache"
+        return _cache_subfolder(Path(base), ".lorakit-cache")  # a planted link out of the dataset is refused
     return Path(data.cache_dir) if data.cache_dir else Path(save_dir) / "cache"
 
 
@@ -160,8 +160,8 @@ def _cache_subfolder(folder: Path, name: str) -> Path:
     """``folder/name``, refused when it is a symlink leading out of the cache folder (writes would land there)."""
     sub = Path(folder) / name
     if sub.is_symlink() and not inside_folder(sub, folder):
-        raise TrainingError(f"{sub}: is a symlink to {os.path.realpath(sub)}, outside the cache folder; cache "
-                            "files are never written through it. Remove the link (or set data.cache_dir)")
+        raise TrainingError(f"{sub}: is a symlink to {os.path.realpath(sub)}, outside {folder}; cache files are "
+                            "never written through it. Remove the link (or set data.cache_dir)")
     return sub
 
 

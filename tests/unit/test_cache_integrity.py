@@ -135,7 +135,7 @@ def test_cache_never_writes_through_a_planted_symlink(ds, tmp_path):
     outside.mkdir()
     (tmp_path / "c").mkdir()
     os.symlink(outside, tmp_path / "c" / "latents")
-    with pytest.raises(TrainingError, match=r"latents: is a symlink to .*outside the cache folder"):
+    with pytest.raises(TrainingError, match=r"latents: is a symlink to .*outside .*/c; cache files are never written through it"):
         LatentCache(tmp_path / "c", "vae")
     os.unlink(tmp_path / "c" / "latents")
     c = LatentCache(tmp_path / "c", "vae")
@@ -161,3 +161,14 @@ def test_reads_in_the_loop_skip_the_checksum_of_unchanged_verified_files(ds, tmp
     os.utime(c.path(ds.items[0]), ns=(1, 1))  # touched: verified again on the next read
     c.get(ds.items[0])
     assert calls == [1]
+
+
+def test_cache_next_to_images_refuses_a_planted_link(tmp_path):
+    from lorakit.config.schema import DataCfg
+    from lorakit.data.cache import cache_folder
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "d" / ".lorakit-cache")
+    with pytest.raises(TrainingError, match=r"\.lorakit-cache: is a symlink to .*elsewhere, outside .*/d; cache files"):
+        cache_folder(DataCfg(dir=str(tmp_path / "d"), cache_next_to_images=True), tmp_path / "out")
