@@ -153,7 +153,8 @@ def _describe(spec: FieldSpec, kind_word: str, x: float | None = None) -> str:
     for meta_key, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
         if meta_key in spec.meta:
             bound = spec.meta[meta_key]
-            if meta_key in spec.meta.get("caps", ()) and (x is None or (x <= bound if meta_key == "le" else x >= bound)):
+            within = x is None or (x <= bound if meta_key == "le" else x >= bound)
+            if meta_key in spec.meta.get("caps", ()) and within:
                 continue
             parts.append(f"{sym} {num(bound)}")
     return kind_word + (" " + " and ".join(parts) if parts else "")

@@ -11,8 +11,9 @@ treated as missing and rebuilt. Writes are atomic (:func:`lorakit.fsutil.write_b
 killed run leaves either the old file or the new one, never half of one.
 
 Every entry carries a BLAKE2b checksum of its tensors (names, dtypes, shapes and bytes) in its header, checked when
-read (in the training loop again only if the file changed since this process verified or wrote it): a damaged entry (a flipped bit, a torn copy) or one holding NaN/Inf is dropped, re-encoded and
-reported in one line, never used. A freshly encoded NaN/Inf stops the run naming the image (or caption) and
+read (in the training loop again only if the file changed since this process verified or wrote it): a damaged
+entry (a flipped bit, a torn copy) or one holding NaN/Inf is dropped, re-encoded and reported in one line, never
+used. A freshly encoded NaN/Inf stops the run naming the image (or caption) and
 the encoder, whose weights are then the suspect, not the learning rate. A full disk (or a file-size limit)
 while caching stops with one line; the entries already written are kept. The ``latents``/``text`` folders
 must lie inside the cache folder and an entry that is a symlink is never read or written through.

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
-import math
 import random
 import traceback
 from pathlib import Path
@@ -148,9 +147,9 @@ def run_fuzz(n: int, tmp_path: Path, monkeypatch) -> dict[str, int]:
         try:
             if text is not None:
                 cfg_file.write_text(text, encoding="utf-8", errors="surrogatepass")
-                cfg = load_config(cfg_file, [f"save.dir={work / 'out'}"])
+                load_config(cfg_file, [f"save.dir={work / 'out'}"])
             else:
-                cfg = load_config(work / "run.toml", [f"save.dir={work / 'out'}"], data=data)
+                load_config(work / "run.toml", [f"save.dir={work / 'out'}"], data=data)
         except ConfigError as exc:
             assert "\n" not in str(exc), (data, str(exc))
             counts["refused"] += 1
