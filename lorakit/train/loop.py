@@ -142,9 +142,11 @@ def start(cfg: Config, resume_: bool, log: Callable[[str], None]) -> Run:
     memory.check_supported(cfg, device)
     family.Adapter.check_config(cfg, device)
     if not resume_:  # after the checks that need no file: a refused config leaves no folder behind
-        run.create()
         try:
+            run.create()  # refuses (TrainingError, below) a folder that holds anything; then only new files follow
             write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
+        except TrainingError:
+            raise
         except BaseException as exc:  # a full disk at start: a failed start leaves nothing that blocks the rerun
             run.discard()
             raise health.disk_error(exc, run.root / "config.toml") from None

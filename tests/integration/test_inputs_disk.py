@@ -90,6 +90,22 @@ def test_full_disk_at_start_leaves_nothing_that_blocks_the_rerun(toy, monkeypatc
     RunDir(run, "start").create()  # the corrected command's first act succeeds: nothing blocks it
 
 
+def test_full_disk_while_making_the_run_folder(toy, monkeypatch, capsys):
+    tmp, _, toml = toy
+    run = tmp / "out" / "mk"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *a, **k):
+        if self.name == "state":  # the run folder and samples/ are made, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real_mkdir(self, *a, **k)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    rc = main(["train", str(toml), "save.name=mk", *FAST])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and _lines(err)[0].startswith("lorakit: error: disk full"), err
+    assert not run.exists()
+
+
 def test_full_disk_while_caching_is_one_line(toy, monkeypatch, capsys):
     tmp, _, toml = toy
     cache = tmp / "cache-full"
