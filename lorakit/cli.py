@@ -42,6 +42,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LorakitError as exc:
         print(f"lorakit: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a file-size limit anywhere: one line, not a traceback (issue 27)
+        from lorakit.fsutil import disk_problem
+
+        if disk_problem(exc) is None:
+            raise
+        print(f"lorakit: error: {disk_problem(exc)} while writing {exc.filename or 'a file'}; files written before "
+              "are intact: free some space, then run again (a stopped training run continues with `lorakit train "
+              "--resume RUN_FOLDER`)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (cmd_train turns it into one)
         print(f"lorakit: {exc or 'interrupted; the last complete checkpoint is kept (resume with --resume)'}",
               file=sys.stderr)

@@ -185,6 +185,62 @@ def remove_stale_temps(folder: PathLike, *, max_age_s: float = 24 * 3600) -> lis
     return removed
 
 
+# ------------------------------------------------------------------------------------------- disk errors
+
+
+def disk_problem(exc: BaseException) -> Union[str, None]:
+    """What a failed write says about the disk, or None when it failed for another reason.
+
+    "disk full" for ENOSPC / EDQUOT, "file too large for this file system or the file-size limit (ulimit -f)"
+    for EFBIG. Python raises OSError with the errno; safetensors' Rust writer and torch's zip writer raise their
+    own errors whose text carries the OS message ("No space left on device", "StorageFull", "os error 28",
+    "File too large", "os error 27").
+    """
+    import errno
+
+    full = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+    if isinstance(exc, OSError) and exc.errno in full:
+        return "disk full"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "file too large for this file system or the file-size limit (ulimit -f)"
+    text = str(exc)
+    if any(s in text for s in ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded",
+                               "os error 122")):
+        return "disk full"
+    if any(s in text for s in ("File too large", "os error 27", "FileTooLarge")):
+        return "file too large for this file system or the file-size limit (ulimit -f)"
+    return None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when a write failed for lack of room: a full disk, a quota, or a file-size limit (EFBIG)."""
+    return disk_problem(exc) is not None
+
+
+def printable(path: PathLike) -> str:
+    """A path as text any UTF-8 writer takes: bytes of a Linux name that are not UTF-8 become \\xNN escapes."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+
+
+def utf8_name(path: PathLike) -> bool:
+    """Whether a path's text is valid UTF-8 (on Linux a name is bytes; Python keeps undecodable ones as
+    surrogates, which no UTF-8 file, header or tokenizer can take)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def inside_folder(path: PathLike, folder: PathLike) -> bool:
+    """Whether ``path``, with every symlink resolved, lies inside ``folder`` (resolved too)."""
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
+
+
 # ------------------------------------------------------------------------------------------------ identity
 
 

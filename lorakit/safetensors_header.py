@@ -138,3 +138,19 @@ def _check_entry(path: Path, name: str, info: Any, data_size: int) -> None:
     if offsets[1] - offsets[0] != nbytes:
         raise _fail(path, f"corrupt safetensors header (tensor {name!r} is {dtype}{shape} = {nbytes} bytes "
                           f"but spans {offsets[1] - offsets[0]})")
+
+
+MAX_METADATA_JSON_DEPTH = 32
+"""Deepest JSON accepted inside one metadata value (kohya's ss_tag_frequency nests 2 deep)."""
+
+
+def metadata_json(value: str) -> Any:
+    """A ``__metadata__`` value parsed as JSON. ValueError (never a RecursionError) when it is not JSON or nests
+    deeper than :data:`MAX_METADATA_JSON_DEPTH`: a crafted value such as 100,000 ``[`` is refused, not followed."""
+    try:
+        parsed = json.loads(value)
+    except RecursionError:
+        raise ValueError(f"JSON nested more than {MAX_METADATA_JSON_DEPTH} deep") from None
+    if _too_deep(parsed, MAX_METADATA_JSON_DEPTH):
+        raise ValueError(f"JSON nested more than {MAX_METADATA_JSON_DEPTH} deep")
+    return parsed

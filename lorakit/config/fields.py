@@ -27,6 +27,35 @@ TABLE_KEYS: dict[str, tuple[str, ...] | None] = {
 }
 INDICES_RE = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 
+SEED_MAX = 2**32 - 1
+"""Largest seed (kohya's range): every RNG lorakit feeds takes it, and seed + epoch stays far from overflow."""
+STEPS_MAX = 10**8
+"""Largest step count of any kind (years of training at 1 step/s)."""
+# Upper bounds of the numeric keys whose schema gives none (and the lower bound of logit_mean): a huge value
+# (a seed ≥ 2**64, 1e308 for a width or a rank) is refused with the key-naming line instead of failing deep in
+# torch. Every int/float key is bounded on both sides (a test walks the schema); bounds are far above any
+# sensible setting, so nothing that trains today is refused.
+BOUNDS: dict[str, dict[str, float]] = {
+    "data.prior_loss_weight": {"le": 1000.0}, "data.min_bucket_reso": {"le": 16384},
+    "data.max_bucket_reso": {"le": 16384}, "data.bucket_reso_steps": {"le": 4096}, "data.keep_tokens": {"le": 1000},
+    "network.rank": {"le": 4096}, "network.alpha": {"le": 65536.0}, "network.conv_rank": {"le": 4096},
+    "network.conv_alpha": {"le": 65536.0}, "network.text_encoder_lr": {"le": 100.0},
+    "optimizer.lr": {"le": 100.0}, "optimizer.weight_decay": {"le": 100.0}, "optimizer.eps": {"le": 1.0},
+    "optimizer.warmup_steps": {"le": STEPS_MAX}, "optimizer.max_grad_norm": {"le": 1e6},
+    "training.max_steps": {"le": STEPS_MAX}, "training.batch_size": {"le": 4096},
+    "training.gradient_accumulation": {"le": 4096}, "training.seed": {"le": SEED_MAX},
+    "training.noise_offset": {"le": 10.0}, "training.min_snr_gamma": {"le": 1000.0}, "training.huber_c": {"le": 1000.0},
+    "training.sigmoid_scale": {"le": 100.0}, "training.logit_mean": {"ge": -100.0, "le": 100.0},
+    "training.logit_std": {"le": 100.0}, "training.discrete_flow_shift": {"le": 1000.0},
+    "training.guidance_scale": {"le": 100.0}, "training.stall_timeout": {"le": 1e7},
+    "memory.vram_gb": {"le": 65536.0}, "sample.every_n_steps": {"le": STEPS_MAX}, "sample.steps": {"le": 1000},
+    "sample.cfg_scale": {"le": 100.0}, "sample.guidance": {"le": 100.0}, "sample.width": {"le": 16384},
+    "sample.height": {"le": 16384}, "sample.seed": {"le": SEED_MAX}, "save.every_n_steps": {"le": STEPS_MAX},
+    "save.keep_last": {"le": 10000}, "log.every_n_steps": {"le": STEPS_MAX},
+}
+TABLE_MAX = 4096
+"""Largest entry of a name → integer table (network.module_ranks: a rank)."""
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -79,8 +108,9 @@ def field_specs() -> dict[str, dict[str, FieldSpec]]:
                 default = fld.default_factory()  # type: ignore[misc]
             else:
                 default = None
-            specs[fld.name] = FieldSpec(section, fld.name, base, optional or default is None, default,
-                                        dict(fld.metadata))
+            caps = {k: v for k, v in BOUNDS.get(f"{section}.{fld.name}", {}).items() if k not in fld.metadata}
+            meta = {**fld.metadata, **caps, "caps": tuple(caps)}  # caps: named in messages only when exceeded
+            specs[fld.name] = FieldSpec(section, fld.name, base, optional or default is None, default, meta)
         out[section] = specs
     return out
 

@@ -58,6 +58,9 @@ def show(value: Any) -> str:
 
 
 def num(x: float) -> str:
+    """A bound as written: integers in full (4294967295, not 4.29497e+09), other numbers short."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return str(x)
     return f"{x:g}"
 
 

@@ -92,6 +92,8 @@ class DataCfg:
     cache_dir: Optional[str] = f(None, "Folder for latent and text-encoder caches (default: <save.dir>/cache).",
                                  kind="path")
     cache_next_to_images: bool = f(False, "Write caches next to the images instead of cache_dir.")
+    follow_symlinks: bool = f(False, "Use symlinked images, captions and folders that lead outside the dataset "
+                              "folder (by default data check reports them and they are not used).")
 
 
 @dataclass

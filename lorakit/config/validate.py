@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lorakit.config import schema
-from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, FieldSpec, as_int, field_specs
+from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, TABLE_MAX, FieldSpec, as_int, field_specs
 from lorakit.config.kohya_import import KOHYA_KEYS
 from lorakit.config.messages import BARE_KEY_RE, err, num, quote, seg, show, suggest
 from lorakit.config.resolution import resolution_wh
@@ -146,12 +146,17 @@ def _resolve_one(key: str, value: str, base: Path) -> str:
     return candidate
 
 
-def _describe(spec: FieldSpec, kind_word: str) -> str:
-    """``"an integer ≥ 1"`` / ``"a number > 0 and < 1"`` from the field's bounds."""
+def _describe(spec: FieldSpec, kind_word: str, x: float | None = None) -> str:
+    """``"an integer ≥ 1"`` / ``"a number > 0 and < 1"`` from the field's bounds (a sanity cap of
+    :data:`lorakit.config.fields.BOUNDS` is named only when ``x`` is beyond it)."""
     parts = []
     for meta_key, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
         if meta_key in spec.meta:
-            parts.append(f"{sym} {num(spec.meta[meta_key])}")
+            bound = spec.meta[meta_key]
+            within = x is None or (x <= bound if meta_key == "le" else x >= bound)
+            if meta_key in spec.meta.get("caps", ()) and within:
+                continue
+            parts.append(f"{sym} {num(bound)}")
     return kind_word + (" " + " and ".join(parts) if parts else "")
 
 
@@ -190,12 +195,12 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
     if spec.base is int:
         n = as_int(value)
         if n is None or not _in_bounds(spec, n):
-            raise err(key, f"must be {_describe(spec, 'an integer')}, got {show(value)}")
+            raise err(key, f"must be {_describe(spec, 'an integer', n)}, got {show(value)}")
         return n
     if spec.base is float:
         x = _as_float(value)
         if x is None or not _in_bounds(spec, x):
-            raise err(key, f"must be {_describe(spec, 'a number')}, got {show(value)}")
+            raise err(key, f"must be {_describe(spec, 'a number', x)}, got {show(value)}")
         return x
     if spec.base is str:
         return _check_str(spec, value)
@@ -218,6 +223,14 @@ def _check_str(spec: FieldSpec, value: Any) -> str:
         raise err(key, "must be a path, got an empty string; remove the key to use the default")
     if "\x00" in value:
         raise err(key, f"must not contain NUL characters, got {show(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a Linux name given on the command line
+        raise err(key, f"must be valid UTF-8 (rename the file or folder with UTF-8 characters), got "
+                  f"{show(value.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace'))}") from None
+    if spec.meta.get("kind") == "path" and (len(value) > 4096 or any(len(part.encode("utf-8", "surrogateescape")) > 255
+                                                                     for part in re.split(r"[\\/]", value))):
+        raise err(key, f"must be a path with names of at most 255 bytes (4096 in all), got {show(value)}")
     return value
 
 
@@ -263,8 +276,9 @@ def _check_table(spec: FieldSpec, value: Any) -> dict[str, int]:
             extra = f"did you mean {spec.key}.{hint}?" if hint else f"names are {', '.join(allowed or ())}"
             raise err(sub, f"unknown name; {extra}")
         n = as_int(entry)
-        if n is None or n < 0:
-            raise err(sub, f"must be an integer ≥ 0, got {show(entry)}")
+        if n is None or not 0 <= n <= TABLE_MAX:
+            cap = f" and ≤ {TABLE_MAX}" if n is not None and n > TABLE_MAX else ""
+            raise err(sub, f"must be an integer ≥ 0{cap}, got {show(entry)}")
         out[name] = n
     return out
 

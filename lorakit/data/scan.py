@@ -39,6 +39,7 @@ from lorakit.data.kohya_toml import (GroupSpec, SubsetSpec, bucket_settings, cap
                                      load_dataset_toml)
 from lorakit.data.report import DataReport, Problem, check
 from lorakit.errors import ConfigError, DataError
+from lorakit.fsutil import inside_folder, printable, utf8_name
 
 TOO_SMALL_AREA_FRACTION = 0.25
 EXTREME_CROP_KEPT_FRACTION = 0.5
@@ -118,6 +119,21 @@ def _has_images(folder: Path) -> bool:
         return False
 
 
+NOT_UTF8 = ("name is not valid UTF-8 (bytes the file system could not decode): not used; rename it with UTF-8 "
+            "characters (e.g. `convmv -f latin1 -t utf8`)")
+
+
+def entry_problem(path: Path, roots: list[Path], follow: bool) -> str | None:
+    """Why a dataset entry is not used: a name that is not UTF-8, or a symlink that leads out of every dataset
+    folder in ``roots`` (unless data.follow_symlinks). None when it may be used."""
+    if not utf8_name(path.name):
+        return NOT_UTF8
+    if not follow and path.is_symlink() and not any(inside_folder(path, r) for r in roots):
+        return (f"symlink to {printable(Path(path).resolve())}, outside the dataset folder: not followed; set "
+                "data.follow_symlinks = true to use it")
+    return None
+
+
 def folder_subsets(root: Path, *, is_reg: bool, data: DataCfg, key: str) -> tuple[list[SubsetSpec], list[Problem]]:
     """Subsets of a kohya-style parent folder; folders that cannot be used are reported, not dropped silently."""
     if not root.is_dir():
@@ -128,6 +144,10 @@ def folder_subsets(root: Path, *, is_reg: bool, data: DataCfg, key: str) -> tupl
     loose = 0
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
+            continue
+        why = entry_problem(entry, [root], data.follow_symlinks)
+        if why is not None:
+            problems.append(Problem(printable(entry), why, "skipped"))
             continue
         if not entry.is_dir():
             loose += entry.suffix.lower() in IMAGE_EXTENSIONS
@@ -150,11 +170,15 @@ def folder_subsets(root: Path, *, is_reg: bool, data: DataCfg, key: str) -> tupl
 
 # ---------------------------------------------------------------------------------------------- captions
 
-def read_caption(image: Path, extension: str) -> tuple[str | None, str | None]:
-    """(caption, problem) for `image`: caption None means 'use the fall-back'; problem explains why."""
+def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -> tuple[str | None, str | None]:
+    """(caption, problem) for `image`: caption None means 'use the fall-back'; problem explains why. With
+    ``roots`` (the dataset folders), a caption file that is a symlink leading out of them is not read."""
     cap_path = image.parent / (image.stem + extension)
     if not cap_path.exists():
         return None, "missing caption"
+    if roots is not None and cap_path.is_symlink() and not any(inside_folder(cap_path, r) for r in roots):
+        return None, (f"caption file {cap_path.name} is a symlink outside the dataset folder: not read (set "
+                      "data.follow_symlinks = true to use it)")
     try:
         raw = cap_path.read_bytes()
     except OSError as e:
@@ -182,10 +206,11 @@ class _Ctx:
     max_tokens: int | None
     problems: list[Problem]
     seen: dict[str, Path]
+    roots: list[Path] = field(default_factory=list)  # the dataset folders: symlinks must stay inside them
 
 
 def _warn(ctx: _Ctx, path: Path, reason: str, action: str = "warning") -> None:
-    ctx.problems.append(Problem(str(path), reason, action))  # type: ignore[arg-type]
+    ctx.problems.append(Problem(printable(path), reason, action))  # type: ignore[arg-type]
 
 
 def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[Path]) -> ImageItem | None:
@@ -241,7 +266,8 @@ def _fallback_text(spec: SubsetSpec) -> str:
 
 
 def _caption_for(ctx: _Ctx, path: Path, spec: SubsetSpec, missing: list[Path]) -> tuple[str, str]:
-    text, problem = read_caption(path, spec.caption_extension)
+    roots = None if ctx.data.follow_symlinks else ctx.roots + [spec.dir]
+    text, problem = read_caption(path, spec.caption_extension, roots)
     if text is not None:
         if problem:
             _warn(ctx, path, problem)
@@ -272,10 +298,16 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
     missing: list[Path] = []
     files = sorted(spec.dir.iterdir())
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
+    roots = ctx.roots + [spec.dir]
     for path in files:
         ext = path.suffix.lower()
         if path.name.startswith("."):
             continue
+        if ext in IMAGE_EXTENSIONS or ext in UNSUPPORTED_IMAGE_EXTENSIONS or not utf8_name(path.name):
+            why = entry_problem(path, roots, ctx.data.follow_symlinks)
+            if why is not None:
+                _warn(ctx, path, why, "skipped")
+                continue
         if path.is_dir() and ext not in IMAGE_EXTENSIONS:       # a folder named like an image stays "unreadable"
             if _has_images(path) or any(p.is_dir() for p in path.iterdir()):
                 _warn(ctx, path, "nested folder: not used (only the images directly in a subset folder are); move "
@@ -371,7 +403,8 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     groups, specs, problems, where = _resolve_specs(data)
     for g in groups:
         validate(g.buckets, divisibility, "data" if g.key == "data" else f"{Path(str(data.config)).name}: {g.key}")
-    ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {})
+    ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {},
+               [Path(d) for d in (data.dir, data.reg_dir) if d])
     items: list[ImageItem] = []
     for si, spec in enumerate(specs):
         items += _scan_subset(ctx, si, spec)

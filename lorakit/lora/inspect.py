@@ -110,6 +110,7 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
         "file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "modules": len(modules),
         "module_groups": dict(prefixes), "ranks": dict(ranks), "alphas": dict(alphas), "dtypes": dict(dtypes),
         "fits": family_fit(set(modules), outs), "metadata": {k: _maybe_json(v) for k, v in sorted(meta.items())},
+        "nonfinite": nonfinite_tensors(tensors),
     }
     keymaps = [k for k in keymaps if k.family in _candidates(info, base)]
     if keymaps:  # the family the file is for (a family without a key map keeps the name count above)
@@ -213,6 +214,12 @@ def render(info: dict[str, Any]) -> str:
     if alphas:
         lines.append("alpha: " + ", ".join(f"{k:g} ({v} modules)" for k, v in sorted(alphas.items())))
     lines.append("dtypes: " + ", ".join(f"{k} {v}" for k, v in info["dtypes"].items()))
+    bad = info.get("nonfinite") or []
+    if bad:
+        lines.append(f"warning: {len(bad)} tensor(s) hold NaN/Inf (the LoRA is damaged or training diverged; it "
+                     f"will break images): {', '.join(bad[:10])}{', …' if len(bad) > 10 else ''}")
+    else:
+        lines.append("values: all finite (no NaN/Inf)")
     if "fit" in info:
         fit = info["fit"]
         lines.append(f"fits {info['family']}: {fit['matched']}/{fit['of']} modules (checked against "
@@ -257,9 +264,19 @@ def _claims(family: str, version: str) -> bool:
 
 
 def _maybe_json(value: str) -> Any:
+    """A JSON-looking metadata value parsed; as text when it is not JSON or nests too deep (a crafted file)."""
+    from lorakit.safetensors_header import metadata_json
+
     if value[:1] in "{[":
         try:
-            return json.loads(value)
-        except json.JSONDecodeError:
+            return metadata_json(value)
+        except ValueError:
             return value
     return value
+
+
+def nonfinite_tensors(tensors: dict[str, Any]) -> list[str]:
+    """Names of the floating tensors holding NaN or Inf (a damaged or diverged LoRA), sorted."""
+    import torch
+
+    return sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))

@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lorakit.errors import TrainingError
+from lorakit.fsutil import disk_problem
+
 NAN_CAUSES = (
     "the learning rate is too high for this model (try optimizer.lr 2-10x lower)",
     "fp16 mixed precision overflowed (use training.mixed_precision = \"bf16\" on GPUs that support it, "
@@ -84,17 +87,8 @@ def skip_on_device(optimizer: torch.optim.Optimizer, stats: StepStats) -> bool:
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True when a write failed because the disk is full.
-
-    Python raises OSError(ENOSPC); safetensors' Rust writer and torch's zip writer raise their own errors whose
-    text carries the OS message ("No space left on device", "StorageFull", or "os error 28").
-    """
-    import errno
-
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return True
-    text = str(exc)
-    return any(s in text for s in ("No space left on device", "StorageFull", "os error 28", "Disk quota exceeded"))
+    """True when a write failed for lack of room (full disk, quota, EFBIG): :func:`lorakit.fsutil.is_disk_full`."""
+    return disk_problem(exc) is not None
 
 
 def image_problem(img: Image.Image) -> Optional[str]:
@@ -155,3 +149,67 @@ class StallWatchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1)
+
+
+# ------------------------------------------------------------------ issue 27: inputs that break a run, named
+
+
+def disk_error(exc: BaseException, path) -> BaseException:
+    """A write's failure as the one-line disk message (TrainingError naming ``path``), or ``exc`` itself when
+    the disk is not the reason."""
+    why = disk_problem(exc) if isinstance(exc, Exception) else None
+    if why is None:
+        return exc
+    return TrainingError(f"{why} while writing {path}: nothing was trained and no folder is left behind; free some "
+                         "space and run the same command again")
+
+
+def record_failure(run, **fields) -> None:
+    """run.json says how the run ended, when the disk lets it: a full disk must not hide the message that says
+    so behind a second error from this write."""
+    try:
+        run.write_status(**fields)
+    except Exception as exc:  # noqa: BLE001 - the first error is the one to report
+        if disk_problem(exc) is None and not isinstance(exc, (OSError, ValueError)):
+            raise
+
+
+def disk_needs(needs, dev_of=None):
+    """[(folder, bytes, what)] merged per file system: [(existing folder to ask, bytes, what)]. The run folder and
+    the cache folder may lie on different disks; each must hold its own share (both, where they share one)."""
+    import os
+    from pathlib import Path
+
+    merged: dict[int, list] = {}
+    for folder, size, what in needs:
+        probe = Path(folder).absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        key = (dev_of or (lambda q: os.stat(q).st_dev))(probe)
+        if key in merged:
+            merged[key][1] += size
+            merged[key][2] += f", {what}"
+        else:
+            merged[key] = [probe, size, what]
+    return [tuple(v) for v in merged.values()]
+
+
+def name_nonfinite_weights(exc: BaseException, failed_at, modules, model_cfg) -> BaseException:
+    """After a NaN/Inf stop: when a frozen base-model weight is itself NaN/Inf, say so (component, tensor, file)
+    instead of blaming the learning rate. Scans only on that failure (one pass over the weights)."""
+    if failed_at is None or not modules:
+        return exc
+    for component, module in modules.items():
+        for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.requires_grad or not t.is_floating_point() or t.dtype in _FP8:
+                continue
+            if not bool(torch.isfinite(t).all()):
+                return TrainingError(
+                    f"step {failed_at}: the loss is not finite because the base model's weights are not: "
+                    f"{component} tensor {name!r} holds NaN/Inf (loaded from {getattr(model_cfg, 'checkpoint', '?')}); "
+                    "the model file is damaged: replace it (`lorakit inspect` on it names NaN/Inf tensors); the "
+                    "learning rate is not the cause")
+    return exc
+
+
+_FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))

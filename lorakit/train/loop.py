@@ -148,8 +148,14 @@ def start(cfg: Config, resume_: bool, log: Callable[[str], None]) -> Run:
     memory.check_supported(cfg, device)
     family.Adapter.check_config(cfg, device)
     if not resume_:  # after the checks that need no file: a refused config leaves no folder behind
-        run.create()
-        write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
+        try:
+            run.create()  # refuses (TrainingError, below) a folder that holds anything; then only new files follow
+            write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
+        except TrainingError:
+            raise
+        except BaseException as exc:  # a full disk at start: a failed start leaves nothing that blocks the rerun
+            run.discard()
+            raise health.disk_error(exc, run.root / "config.toml") from None
     memory.configure_allocator(cfg, device)
     return Run(cfg, run, device, compute_dtype, adapter=family.Adapter(cfg))
 
@@ -274,11 +280,12 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
             "already set; by hand: training.batch_size = 1, memory.gradient_checkpointing = true, "
             "memory.fp8_base = true, memory.blocks_to_swap, or a lower data.resolution. "
             f"Last checkpoint kept: {reporter.last_saved or 'none yet'}.")
-        r.run.write_status(status="failed", step=step, error=str(failure))
+        health.record_failure(r.run, status="failed", step=step, error=str(failure))
         raise failure from None
     except TrainingError as exc:
-        r.run.write_status(status="failed", step=reporter.failed_at or step, error=str(exc))
-        raise
+        exc = health.name_nonfinite_weights(exc, reporter.failed_at, r.placed.modules, r.cfg.model)
+        health.record_failure(r.run, status="failed", step=reporter.failed_at or step, error=str(exc))
+        raise exc
     finally:
         reporter.progress.close()
         if freeze:
@@ -330,7 +337,7 @@ def interrupted(run: RunDir, step: int) -> Interrupted:
              f"no checkpoint was complete yet; `lorakit train --resume {run.root}` starts again from step 0 and "
              "reuses the caches")
     message = f"interrupted at step {step}: {where}"
-    run.write_status(status="interrupted", step=step, error=message)
+    health.record_failure(run, status="interrupted", step=step, error=message)
     return Interrupted(message)
 
 
@@ -357,11 +364,14 @@ def check_disk(cfg: Config, run: RunDir, dataset, spec, lora_params: int = 0) ->
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
     n = len(dataset.items) * (2 if any(s.flip_aug for s in dataset.subsets) else 1)
     ckpt = lora_params * (2 + 4 * 3)  # the exported file (16-bit) + fp32 weights and two optimizer moments
-    need = n * lat * 1.2 + ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
-    free = shutil.disk_usage(run.root if run.root.exists() else Path(cfg.save.dir).resolve().anchor).free
-    if free < need:
-        raise TrainingError(f"not enough disk space in {run.root}: about {need / 2**30:.2f} GiB needed "
-                            f"(caches, {cfg.save.keep_last} checkpoints, samples), {free / 2**30:.2f} GiB free")
+    need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
+    caches = n * lat * 1.2 + len(dataset.items) * 2e6  # latents, and text-encoder outputs (T5: ~1.5 MB a caption)
+    for folder, gib, what in health.disk_needs([(run.root, need, f"{cfg.save.keep_last} checkpoints, samples"),
+                                                (cache_folder(cfg.data, cfg.save.dir), caches, "caches")]):
+        free = shutil.disk_usage(folder).free
+        if free < gib:
+            raise TrainingError(f"not enough disk space in {folder}: about {gib / 2**30:.2f} GiB needed "
+                                f"({what}), {free / 2**30:.2f} GiB free")
 
 
 def _json(obj: Any) -> str:

@@ -42,7 +42,7 @@ def save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimiz
         if not health.is_disk_full(exc):
             raise
         raise TrainingError(
-            f"disk full while writing {target} (step {step}): nothing was "
+            f"{health.disk_problem(exc)} while writing {target} (step {step}): nothing was "
             f"overwritten; the last complete checkpoint is {previous or 'none yet'}. Free some space (or lower "
             f"save.keep_last) and continue with `lorakit train --resume {run.root}`.") from None
     run.prune(cfg.save.keep_last)

@@ -251,7 +251,7 @@ def test_disk_estimate_stops_before_any_work(world, monkeypatch, capsys):
     assert rc == 2
     msg = last_line(err)
     assert msg.startswith(f"lorakit: error: not enough disk space in {run}: about ")
-    assert "GiB needed (caches, 2 checkpoints, samples), 0.00 GiB free" in msg
+    assert "GiB needed (2 checkpoints, samples, caches), 0.00 GiB free" in msg  # one disk: both shares
     assert not cache.exists()  # stopped before the model was loaded or anything was cached
 
 

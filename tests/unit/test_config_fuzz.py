@@ -53,7 +53,7 @@ def plausible(spec):
         lo = m.get("ge", m.get("gt", 0)) - 1
         return st.integers(int(lo), int(m.get("le", lo + 3000)) + 1)
     if spec.base is float:
-        return st.floats(-0.5, 2.0 * (1 + m.get("ge", 0)), allow_nan=False)
+        return st.floats(-0.5, max(1.0, 2.0 * (1 + m.get("ge", 0))), allow_nan=False)
     if spec.base is list:
         return st.one_of(st.lists(st.floats(0, 1), min_size=2, max_size=2), st.lists(st.text(max_size=5), max_size=2))
     return st.text(max_size=8)

@@ -357,6 +357,9 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy: b
     elif p.is_dir():
         if not (p / "model_index.json").is_file() and not (p / "transformer").is_dir():
             raise ConfigError(f"model.checkpoint: folder {p} is not a diffusers FLUX.1 model (no model_index.json)")
+        from lorakit.models.weights import check_weights_folder
+
+        check_weights_folder(p, allow_pickle_ok(model_cfg))  # .safetensors only unless allowed, for folders too
         comps = load_pretrained(model_cfg, dtype, lazy=lazy)
     elif _is_hub_id(str(model_cfg.checkpoint)):
         comps = load_pretrained(model_cfg, dtype, lazy=lazy)

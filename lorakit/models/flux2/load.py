@@ -263,6 +263,9 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     if src.is_dir():
         if not (src / "transformer").is_dir():
             raise ConfigError(f"model.checkpoint: folder {src} is not a diffusers FLUX.2 model (no transformer/)")
+        from lorakit.models.weights import check_weights_folder
+
+        check_weights_folder(src, allow)  # .safetensors only unless allowed, for folders too
         index = src / "model_index.json"
         if index.is_file():
             data = json.loads(index.read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -195,6 +196,10 @@ def shipped_config_dir() -> Path:
         except OSError:  # another process won the race: its folder is identical
             if not (target / "model_index.json").is_file():
                 raise
+        else:  # said once: the one time lorakit writes outside the run folder without being asked
+            print(f"note: model.config_dir is not set: wrote the SDXL config folder (configs only, no weights) to "
+                  f"{target}; $XDG_CACHE_HOME or $LORAKIT_CACHE move it, model.config_dir replaces it",
+                  file=sys.stderr)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

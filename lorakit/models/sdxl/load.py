@@ -137,6 +137,9 @@ def _source(model_cfg: Any) -> tuple[str, Any, Optional[Path]]:
         if not (path / "model_index.json").is_file():
             raise ConfigError(f"model.checkpoint: {path} is a folder without model_index.json; give a diffusers "
                               f"SDXL folder or a .safetensors file")
+        from lorakit.models.weights import check_weights_folder
+
+        check_weights_folder(path, allow_pickle)  # .safetensors only unless allowed, for folders too
         return "folder", path, cfg_dir
     if _is_hub_id(str(source)):
         return "hub", str(source), cfg_dir
