@@ -286,3 +286,42 @@ def test_full_size_universe():
     u = keys.lora_key_universe()
     assert "transformer.layers.29.attention.to_q" in u and "lora_unet_layers_29_attention_qkv" in u
     assert "lora_unet_layers_30_attention_qkv" not in u and "lora_unet_layers_0_attention_q_norm" not in u
+
+
+# ------------------------------------------------------------------------------------------------ toy recipe
+
+def test_toy_recipe_trains_saves_and_loads_back_through_the_real_loader(tmp_path):
+    """The toy recipe (not yet exposed as TOY: its pretrained files are not built): its in-memory adapter trains the
+    transformer it was given, and the files ``save`` writes load through Adapter.load to the same predictions."""
+    import dataclasses
+
+    from lorakit.config.schema import Config, ModelCfg, TrainingCfg
+    from lorakit.models.base import Batch
+    from lorakit.models.zimage import Adapter
+    from lorakit.models.zimage.toy import FILES, TOY
+    mods = TOY.make(0)
+    assert sum(p.numel() * 2 for m in ("transformer", "text_encoder") for p in mods[m].parameters()) + \
+        sum(p.numel() * 4 for p in mods["ae"].parameters()) < 8 * 2**20
+    cfg = Config(training=dataclasses.replace(TrainingCfg(), device="cpu", mixed_precision="no", **TOY.training))
+    a = TOY.adapter(mods, cfg)
+    assert a.denoiser() is mods["transformer"]
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 16, 8, 8, generator=g)
+    text_in = a.encode_text(["a red circle on a blue background", ""])
+    batch = Batch(latents=x0, text=text_in, original_sizes=[(64, 64)] * 2, crop_top_lefts=[(0, 0)] * 2,
+                  target_sizes=[(64, 64)] * 2, loss_weight=torch.ones(2))
+    noised = a.noise(x0, torch.randn(x0.shape, generator=g), batch, cfg.training, g)
+    paths = TOY.save(mods, {"scaling_factor": 0.3611, "shift_factor": 0.1159}, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == set(FILES.values())
+    model = ModelCfg(family="zimage", checkpoint=str(paths["checkpoint"]), text_encoder=str(paths["text_encoder"]),
+                     ae=str(paths["ae"]), tokenizer_dir=str(paths["tokenizer_dir"]), config_dir=str(paths["config"]))
+    b = Adapter(dataclasses.replace(cfg, model=model))
+    b.load(model, cfg.memory, torch.device("cpu"), torch.float32)
+    assert b.variant == "base"                                    # the toy is sampled as a base model, with CFG
+    with torch.no_grad():
+        for m in mods.values():
+            if isinstance(m, torch.nn.Module):
+                m.to(torch.bfloat16).float()
+        mods["transformer"].load_state_dict({k: v.bfloat16().float() for k, v in
+                                             mods["transformer"].state_dict().items()})
+        assert torch.allclose(b.predict(noised, batch), a.predict(noised, batch), atol=1e-5)

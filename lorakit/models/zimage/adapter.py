@@ -166,7 +166,7 @@ class Adapter:
         c = self._c()
         with self._on_device(c.text_encoder):
             emb, _ids, mask = encode(c.text_encoder, c.tokenizer, captions, max_length=self.text_length())
-        return {"prompt_embeds": emb.cpu(), "prompt_mask": mask.cpu()}
+        return {"prompt_embeds": emb.float().cpu(), "prompt_mask": mask.cpu()}
 
     # ------------------------------------------------------------------------------------------ objective
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
