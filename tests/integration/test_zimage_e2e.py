@@ -1,6 +1,6 @@
 """Z-Image through `lorakit train` on the tiny ComfyUI-layout files: every output, the ComfyUI-layout LoRA that
 `inspect` matches to zimage with Z-Image's metadata, previews with its sampler, gradient checkpointing giving the same
-losses, and an interrupted run resumed to the same LoRA bit for bit."""
+losses, fp8 storage training, and an interrupted run resumed to the same LoRA bit for bit."""
 
 from __future__ import annotations
 
@@ -49,6 +49,11 @@ def test_train_inspect_resume(tmp_path, model, capsys, monkeypatch):
     assert main(["train", str(ckpt), "training.text_max_length=32", "sample.prompts=[]",
                  "memory.gradient_checkpointing=true"]) == 0
     assert _losses(tmp_path / "out" / "ckpt") == pytest.approx(losses, rel=1e-5)
+    # fp8 storage of the frozen Linears (the generic memory.fp8_base): trains, close to the bf16/fp32 losses
+    fp8 = write_run_toml(tmp_path, "zimage", model, name="fp8")
+    assert main(["train", str(fp8), "training.text_max_length=32", "sample.prompts=[]", "memory.fp8_base=true"]) == 0
+    assert "fp8_base: " in capsys.readouterr().out
+    assert _losses(tmp_path / "out" / "fp8") == pytest.approx(losses, rel=2e-2)
 
     # interrupted after the step-3 checkpoint, resumed: the same LoRA bit for bit
     import lorakit.train.steps as loop
