@@ -325,3 +325,25 @@ def test_toy_recipe_trains_saves_and_loads_back_through_the_real_loader(tmp_path
         mods["transformer"].load_state_dict({k: v.bfloat16().float() for k, v in
                                              mods["transformer"].state_dict().items()})
         assert torch.allclose(b.predict(noised, batch), a.predict(noised, batch), atol=1e-5)
+
+
+def test_identify_from_the_header(files, tmp_path):
+    from lorakit.models import base
+    if not hasattr(base, "FileKind"):
+        pytest.skip("FileKind (the identify hook) is not in this branch's base.py yet")
+    from lorakit.models.zimage import identify
+    from lorakit.safetensors_header import read_safetensors_header
+    header, _meta = read_safetensors_header(files["checkpoint"])
+    kind = identify(header)
+    assert kind.family == "zimage" and kind.standard is False and "width 32, 2 blocks" in kind.what
+    assert identify({"layers.0.self_attn.q_norm.weight": {"shape": [8], "dtype": "BF16"}}) is None
+    full = {k: {"shape": list(v.shape), "dtype": "BF16"} for k, v in
+            convert.diffusers_to_original(_meta_model().state_dict()).items()}
+    assert identify({"model.diffusion_model." + k: v for k, v in full.items()}).standard is True
+
+
+def _meta_model():
+    from diffusers import ZImageTransformer2DModel
+    with torch.device("meta"):
+        return ZImageTransformer2DModel(**{k: v for k, v in configs.transformer_config().items()
+                                           if not k.startswith("_")})

@@ -2,6 +2,7 @@
 diffusers folders; ComfyUI- and diffusers-layout LoRA export."""
 
 from .adapter import SPEC, Adapter
+from .identify import identify
 from .keys import lora_key_universe
 from .tiny import write_tiny_checkpoint
 
@@ -10,4 +11,4 @@ from .tiny import write_tiny_checkpoint
 # After `python -m lorakit.toy build --family zimage` (with this import in place) the assets ship and it stays.
 # from .toy import TOY
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe", "write_tiny_checkpoint"]
+__all__ = ["SPEC", "Adapter", "identify", "lora_key_universe", "write_tiny_checkpoint"]
