@@ -8,8 +8,9 @@ system turn with BFL's system message and the user turn, no generation prompt, l
 to all 512 positions, unmasked, exactly as the pipelines run it.
 
 Tokenizers are not shipped (Qwen's byte-level BPE vocabulary is 151,643 tokens, several MB): they come from the
-``tokenizer/`` folder of a diffusers model or from ``model.tokenizer_dir``. :func:`lorakit.models.tokenizers.tiny_qwen_tokenizer`
-builds a small tokenizer of the real class for tests and the toy world (shared with Z-Image).
+``tokenizer/`` folder of a diffusers model or from ``model.tokenizer_dir``.
+:func:`lorakit.models.tokenizers.tiny_qwen_tokenizer` builds a small tokenizer of the real class for tests and the toy
+world (shared with Z-Image).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -36,7 +36,8 @@ SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_s
                  denoiser_name="transformer", bucket_step=16,
                  config_keys=frozenset({
                      "model.ae", "model.text_encoder", "model.variant", "network.module_ranks",
-                     "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
+                     "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean",
+                     "training.logit_std",
                      "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}))
 # activation_gib etc. stay at ModelSpec's defaults: not measured for Z-Image yet (GPU rounds are the lead's)
 
