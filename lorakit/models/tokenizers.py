@@ -18,7 +18,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from lorakit.fsutil import write_json, write_text
 
@@ -126,3 +126,43 @@ def t5_tokenizer(folder: Optional[Path] = None) -> Any:
         return T5TokenizerFast.from_pretrained(str(folder))
     with resources.as_file(resources.files(_ASSETS).joinpath("t5")) as t5_dir:
         return T5TokenizerFast.from_pretrained(str(t5_dir))
+
+
+# Qwen3's special tokens and the part of its chat template the image pipelines use (FLUX.2 Klein, Z-Image): one user
+# turn, the assistant turn opened, and the empty thinking block only when ``enable_thinking`` is false (as Qwen3's own)
+QWEN3_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+TINY_QWEN3_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}")
+
+
+def tiny_qwen_tokenizer(words: Sequence[str] = (), bare: Sequence[str] = ()) -> Any:
+    """A small byte-level BPE tokenizer of the real class (``Qwen2TokenizerFast``) with Qwen3's special tokens and
+    the user-turn part of its chat template: 256 byte symbols, one merge chain per word of ``words`` (as a word
+    after a space, so the toy world's captions take few tokens) and per string of ``bare`` (as is: "user",
+    "assistant", "\n\n" are single tokens in Qwen's vocabulary too), then the specials. Tests and the toy only."""
+    from transformers import Qwen2TokenizerFast
+
+    symbols = _byte_symbols()           # GPT-2 byte stand-ins: printable bytes first (as themselves), then the rest
+    byte_to_sym = {b: s for b, s in zip(sorted(range(256), key=lambda b: (chr(b) not in symbols, b)), symbols)}
+    vocab = {s: i for i, s in enumerate(symbols)}
+    merges: list[tuple[str, str]] = []
+    for word in [" " + w for w in words] + list(bare):
+        pieces = [byte_to_sym[b] for b in word.encode("utf-8")]
+        acc = pieces[0]
+        for p in pieces[1:]:
+            if acc + p not in vocab:
+                merges.append((acc, p))
+                vocab[acc + p] = len(vocab)
+            acc += p
+    for s in QWEN3_SPECIALS:
+        vocab[s] = len(vocab)
+    tok = Qwen2TokenizerFast(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                             pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": list(QWEN3_SPECIALS[1:])})
+    tok.chat_template = TINY_QWEN3_TEMPLATE
+    tok.model_max_length = 512
+    return tok

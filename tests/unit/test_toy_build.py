@@ -110,7 +110,8 @@ PROMPTS = ["a red circle on a blue background", "a green square on a white backg
 # background 1/6). The toy FLUX draws the right colours but blobby shapes, hence its lower shape floor.
 FLOORS = {"sdxl": {"shape": 0.5, "colour": 0.6, "background": 0.6},
           "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5},
-          "flux2": {"colour": 0.4, "background": 0.5}}   # flux2 measured 0.58 / 0.75 (CFG 4); shapes at chance
+          "flux2": {"colour": 0.4, "background": 0.5},   # flux2 measured 0.58 / 0.75 (CFG 4); shapes at chance
+          "zimage": {"colour": 0.4, "background": 0.5}}  # zimage: not measured yet (its toy is not built yet)
 
 
 @pytest.mark.parametrize("family", TOY_FAMILIES)
@@ -118,7 +119,8 @@ def test_base_draws_what_the_prompt_says(family):
     """Loaded by the family Adapter from the shipped files, drawn by its sampler with the recipe's CFG (SDXL 4,
     FLUX.1-dev 1 = guidance input only)."""
     model = toy_eval.load_toy(family)
-    assert model.demo.cfg_scale == {"sdxl": 4.0, "flux1": 1.0, "flux2": 4.0}[family]  # FLUX.2 toy: Klein base
+    # the FLUX.2 toy is a Klein base, the Z-Image toy is sampled as Z-Image base: both with CFG
+    assert model.demo.cfg_scale == {"sdxl": 4.0, "flux1": 1.0, "flux2": 4.0, "zimage": 4.0}[family]
     prompts = [p for p in PROMPTS for _ in range(2)]
     imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20)
     r = toy_eval.prompt_following(imgs, prompts)
@@ -136,7 +138,8 @@ def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
     vae = recipe.make(0)[recipe.vae].eval()
     x = build.images_to_tensor([world.render(s) for s in world.sample_scenes(2, 0)])
     real_scale, real_shift = build.real_latent(family)
-    assert (real_scale, real_shift) == {"sdxl": (0.13025, 0.0), "flux1": (0.3611, 0.1159)}[family]
+    assert (real_scale, real_shift) == {"sdxl": (0.13025, 0.0), "flux1": (0.3611, 0.1159),
+                                         "zimage": (0.3611, 0.1159)}[family]
     scale = 1.7
     shift = real_shift * real_scale / scale                       # as pretrain() chooses it
     with torch.no_grad():

@@ -8,8 +8,9 @@ system turn with BFL's system message and the user turn, no generation prompt, l
 to all 512 positions, unmasked, exactly as the pipelines run it.
 
 Tokenizers are not shipped (Qwen's byte-level BPE vocabulary is 151,643 tokens, several MB): they come from the
-``tokenizer/`` folder of a diffusers model or from ``model.tokenizer_dir``. :func:`tiny_qwen_tokenizer` builds a
-small tokenizer of the real class for tests and the toy world.
+``tokenizer/`` folder of a diffusers model or from ``model.tokenizer_dir``.
+:func:`lorakit.models.tokenizers.tiny_qwen_tokenizer` builds a small tokenizer of the real class for tests and the toy
+world (shared with Z-Image).
 """
 
 from __future__ import annotations
@@ -18,18 +19,13 @@ from typing import Any, Sequence
 
 import torch
 
+# the tiny Qwen tokenizer and Qwen3 template are shared with Z-Image (lorakit/models/tokenizers.py)
+from lorakit.models.tokenizers import QWEN3_SPECIALS, TINY_QWEN3_TEMPLATE, tiny_qwen_tokenizer  # noqa: F401
+
 from . import configs
 
 # what Qwen3's chat template renders for one user turn, add_generation_prompt=True, enable_thinking=False
 QWEN3_TURN = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-QWEN3_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
-# a chat template (the part of Qwen3's that the prompt encoder uses) for tokenizers built here
-TINY_QWEN3_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{ '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}")
 # BFL's system message for FLUX.2 dev's prompt encoding (flux2/system_messages.py; the line break is part of it)
 DEV_SYSTEM_MESSAGE = ("You are an AI that reasons about image descriptions. You give structured responses focusing on "
                       "object relationships, object\nattribution and actions without speculation.")
@@ -93,33 +89,3 @@ def text_position_ids(length: int) -> torch.Tensor:
     ids = torch.zeros(length, 4, dtype=torch.int64)
     ids[:, 3] = torch.arange(length)
     return ids
-
-
-def tiny_qwen_tokenizer(words: Sequence[str] = (), bare: Sequence[str] = ()) -> Any:
-    """A small byte-level BPE tokenizer of the real class (``Qwen2TokenizerFast``) with Qwen3's special tokens and
-    the user-turn part of its chat template: 256 byte symbols, one merge chain per word of ``words`` (as a word
-    after a space, so the toy world's captions take few tokens) and per string of ``bare`` (as is: "user",
-    "assistant", "\n\n" are single tokens in Qwen's vocabulary too), then the specials. Tests and the toy only."""
-    from transformers import Qwen2TokenizerFast
-
-    from lorakit.models.tokenizers import _byte_symbols
-    symbols = _byte_symbols()           # GPT-2 byte stand-ins: printable bytes first (as themselves), then the rest
-    byte_to_sym = {b: s for b, s in zip(sorted(range(256), key=lambda b: (chr(b) not in symbols, b)), symbols)}
-    vocab = {s: i for i, s in enumerate(symbols)}
-    merges: list[tuple[str, str]] = []
-    for word in [" " + w for w in words] + list(bare):
-        pieces = [byte_to_sym[b] for b in word.encode("utf-8")]
-        acc = pieces[0]
-        for p in pieces[1:]:
-            if acc + p not in vocab:
-                merges.append((acc, p))
-                vocab[acc + p] = len(vocab)
-            acc += p
-    for s in QWEN3_SPECIALS:
-        vocab[s] = len(vocab)
-    tok = Qwen2TokenizerFast(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
-                             pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": list(QWEN3_SPECIALS[1:])})
-    tok.chat_template = TINY_QWEN3_TEMPLATE
-    tok.model_max_length = configs.MAX_TEXT_TOKENS
-    return tok

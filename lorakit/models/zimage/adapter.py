@@ -1,0 +1,295 @@
+"""The Z-Image family adapter (Turbo and base): rectified flow on FLUX.1's 16-channel latents.
+
+Conventions (checked against diffusers' ZImagePipeline in the tests):
+* latents: (AE posterior mean − 0.1159) · 0.3611 (FLUX.1's AE and constants), [B, 16, H/8, W/8]; the transformer
+  patchifies 2×2 itself.
+* x_σ = (1−σ)·x0 + σ·ε. The transformer takes t = 1 − σ (the pipeline's ``(1000 − timestep) / 1000``) and returns
+  x0 − ε (the pipeline negates it before the Euler step); ``predict`` returns the velocity ε − x0 (its negation), the
+  target of the flow objective.
+* caption features: Qwen3's hidden_states[-2] of the unpadded tokens (:mod:`.text`).
+* sampling: σ = linspace(1, 1/n, n) shifted with the scheduler's static shift 3 (σ' = 3σ / (1 + 2σ)), then 0; Euler.
+  Turbo: 9 steps, no CFG; base: CFG (lorakit's scale s = diffusers' guidance_scale + 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from lorakit.errors import ConfigError
+from lorakit.models import common
+from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+
+from . import configs
+
+VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159          # FLUX.1's AE constants (Z-Image's vae/config.json has the same)
+
+SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
+                 patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,
+                 text_encoders=("text_encoder",), max_caption_tokens=configs.MAX_TEXT_TOKENS, default_sample_steps=9,
+                 metadata_base_version="z_image", network_module="networks.lora_zimage", default_cfg_scale=1.0,
+                 denoiser_name="transformer", bucket_step=16,
+                 config_keys=frozenset({
+                     "model.ae", "model.text_encoder", "model.variant", "network.module_ranks",
+                     "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean",
+                     "training.logit_std",
+                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}))
+# activation_gib etc. stay at ModelSpec's defaults: not measured for Z-Image yet (GPU rounds are the lead's)
+
+ARCHITECTURE = "z-image"                       # SwarmUI's model class id ("z-image/lora" for LoRAs)
+
+
+def deferred_placement(memory: Any) -> bool:
+    return common.deferred_placement(memory)
+
+
+def time_shift(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """The scheduler's static shift: σ' = shift·σ / (1 + (shift − 1)·σ)."""
+    return shift * sigmas / (1 + (shift - 1) * sigmas)
+
+
+def sample_schedule(num_steps: int, shift: float = configs.SHIFT) -> torch.Tensor:
+    """``num_steps + 1`` descending sigmas (float32) of ZImagePipeline, ending at 0."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    base = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
+    return torch.cat([time_shift(base, shift), torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
+
+
+class Adapter:
+    """ModelAdapter for Z-Image; one instance per run, made with the whole Config."""
+
+    spec = SPEC
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.comps: Any = None
+        self.device = torch.device("cpu")
+        self.dtype = torch.bfloat16
+
+    # ------------------------------------------------------------------------------------------ loading
+    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+        from .load import load_components
+        self.comps = load_components(model, dtype)
+        self.device, self.dtype = torch.device(device), dtype
+        self._check_sampling()
+        if not deferred_placement(memory):
+            self.comps.transformer.to(self.device)
+
+    @staticmethod
+    def check_config(cfg: Any, device: torch.device) -> None:
+        """What Z-Image refuses before anything is read."""
+        if getattr(cfg.network, "train_text_encoder", False):
+            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Z-Image; set it to "
+                              "false")
+        if getattr(cfg.memory, "vram_gb", None):
+            raise ConfigError("memory.vram_gb: Z-Image's activation sizes are not measured yet, so the planner cannot "
+                              "fit a Z-Image run to a budget; remove it and set gradient_checkpointing, fp8_base and "
+                              "blocks_to_swap by hand")
+        if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
+            raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; Z-Image takes auto, "
+                              "distilled (Turbo) or base")
+
+    def _check_sampling(self) -> None:
+        if self._c().variant == "turbo" and getattr(self.cfg.sample, "cfg_scale", None) not in (None, 1.0):
+            raise ConfigError("sample.cfg_scale: Z-Image Turbo is step-distilled and samples without CFG (as its "
+                              "pipeline, guidance 0); remove it")
+
+    def before_placement(self, memory: Any, log: Any) -> None:
+        """Nothing Z-Image-specific to apply."""
+
+    def _c(self) -> Any:
+        if self.comps is None:
+            raise RuntimeError("zimage adapter: load() must be called first")
+        return self.comps
+
+    @property
+    def variant(self) -> str:
+        return self._c().variant
+
+    def text_length(self) -> int:
+        return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
+
+    def identity(self) -> dict[str, str]:
+        """Cache keys from file identities (size, mtime, header hash) and the encoding settings."""
+        from lorakit.fsutil import path_identity as file_identity  # the one file-identity algorithm
+        c = self._c()
+
+        def ident(role: str) -> str:
+            p = c.files.get(role)
+            return file_identity(Path(p)) if p is not None else "none"
+
+        def digest(*parts: str) -> str:
+            return "zimage-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+        tok = str(getattr(self.cfg.model, "tokenizer_dir", None) or "folder")
+        return {"vae": digest("vae", ident("ae"), f"mean;{VAE_SCALE};{VAE_SHIFT}"),
+                "text": digest("text", ident("text_encoder"), tok, f"len={self.text_length()}", "hidden[-2]"),
+                "model": digest("model", ident("checkpoint"))}
+
+    @contextlib.contextmanager
+    def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
+        module.to(self.device)
+        yield self.device
+
+    def offload_encoders(self) -> None:
+        c = self._c()
+        for name in ("text_encoder", "ae"):
+            if c.loaded(name):
+                getattr(c, name).to("cpu")
+
+    def denoiser(self) -> nn.Module:
+        return self._c().transformer
+
+    def text_encoder_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    # ------------------------------------------------------------------------------------------ encoding
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] -> (mean − shift) · scale, [B,16,H/8,W/8]; sides must be multiples of 16."""
+        ae = self._c().ae
+        if pixels.shape[-1] % 16 or pixels.shape[-2] % 16:
+            raise ValueError(f"zimage: image size {pixels.shape[-1]}x{pixels.shape[-2]} must be a multiple of 16")
+        with self._on_device(ae) as where:
+            z = ae.encode(pixels.to(where, next(ae.parameters()).dtype)).latent_dist.mode().float()
+        return ((z - VAE_SHIFT) * VAE_SCALE).cpu()
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """{"prompt_embeds": [B, L, 2560] (Qwen3 hidden_states[-2]), "prompt_mask": [B, L]}, L = text_max_length."""
+        from .text import encode
+        c = self._c()
+        with self._on_device(c.text_encoder):
+            emb, _ids, mask = encode(c.text_encoder, c.tokenizer, captions, max_length=self.text_length())
+        return {"prompt_embeds": emb.float().cpu(), "prompt_mask": mask.cpu()}
+
+    # ------------------------------------------------------------------------------------------ objective
+    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
+              generator: torch.Generator) -> NoisedInput:
+        """σ from training.timestep_sampling (flux_shift with the transformer's token count h·w/4); x_σ, ε − x0."""
+        from lorakit.diffusion.objectives import flow_noise, flow_target, sample_sigmas
+        b, _, h, w = latents.shape
+        sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
+                               logit_mean=training.logit_mean, logit_std=training.logit_std,
+                               shift=training.discrete_flow_shift, seq_len=(h // 2) * (w // 2))
+        host = sigmas
+        sigmas = to_gpu(sigmas, latents.device)
+        return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
+                           target=flow_target(latents, noise),
+                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
+
+    def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The transformer on [B,16,h,w] at σ with the captions' real tokens; returns the velocity ε − x0, float32."""
+        from .text import unpad
+        tr = self._c().transformer
+        p = next(tr.parameters())
+        dev, dt = p.device, p.dtype
+        b = x.shape[0]
+        caps = unpad(to_gpu(text["prompt_embeds"], dev, dt), to_gpu(text["prompt_mask"], dev))
+        t = 1.0 - to_gpu(sigmas, dev, torch.float32).reshape(-1).expand(b)
+        xs = list(to_gpu(x, dev, dt).unsqueeze(2).unbind(0))
+        out = tr(xs, t, caps, return_dict=False)[0]
+        return -torch.stack([o.float() for o in out]).squeeze(2)
+
+    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
+        return self._forward(noised.model_input, noised.timesteps, batch.text)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def sample_settings(self, prompt: SamplePrompt) -> tuple[int, float]:
+        """(steps, CFG scale): the variant's defaults where neither the prompt nor ``sample.*`` set them."""
+        steps_default, cfg_default = configs.SAMPLE_DEFAULTS[self._c().variant]
+        steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or steps_default
+        cfg_set = getattr(self.cfg.sample, "cfg_scale", None) is not None or prompt.cfg_scale != SPEC.default_cfg_scale
+        if self._c().variant == "turbo":
+            if cfg_set and prompt.cfg_scale != 1.0:
+                raise ConfigError("sample.cfg_scale: Z-Image Turbo samples without CFG; set it to 1 (or use base)")
+            return steps, 1.0
+        return steps, (prompt.cfg_scale if cfg_set else cfg_default)
+
+    @torch.no_grad()
+    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
+        """Flow-match Euler along ZImagePipeline's schedule; CFG on base (negative: the prompt's, else empty)."""
+        from PIL import Image
+        c = self._c()
+        steps, cfg_scale = self.sample_settings(prompt)
+        width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
+        x = torch.randn((1, SPEC.latent_channels, height // 8, width // 8), generator=generator,
+                        device=generator.device, dtype=torch.float32).to(self.device)
+        sigmas = sample_schedule(steps)
+        cond = self.encode_text([prompt.prompt])
+        neg = self.encode_text([prompt.negative]) if cfg_scale != 1.0 else None
+        tr = c.transformer
+        was_training = tr.training
+        tr.eval()
+        try:
+            for i in range(steps):
+                s = sigmas[i].reshape(1)
+                v = self._forward(x, s, cond)
+                if neg is not None:
+                    v_neg = self._forward(x, s, neg)
+                    v = v_neg + cfg_scale * (v - v_neg)
+                x = x + (sigmas[i + 1] - sigmas[i]).item() * v.to(x.device)
+        finally:
+            tr.train(was_training)
+        return self.decode(x, Image)
+
+    def decode(self, x: torch.Tensor, image_module: Any = None) -> Any:
+        ae = self._c().ae
+        with self._on_device(ae) as where:
+            z = x.float().to(where) / VAE_SCALE + VAE_SHIFT
+            img = ae.decode(z.to(next(ae.parameters()).dtype)).sample
+        arr = ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        if image_module is None:
+            from PIL import Image as image_module
+        return image_module.fromarray(arr)
+
+    # ------------------------------------------------------------------------------------------ LoRA
+    def _depths(self) -> tuple[int, int]:
+        s = self._c().shape
+        return s.n_layers, s.n_refiner
+
+    def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
+        from .lora_format import transformer_targets
+        if getattr(network, "train_text_encoder", False):
+            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Z-Image; set it to "
+                              "false")
+        out = {"transformer": transformer_targets(network, *self._depths())}
+        if not out["transformer"]:
+            raise ConfigError("network.module_ranks: leaves no Z-Image module to train")
+        return out
+
+    def export(self, lora: dict[str, dict[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
+        """ComfyUI names (original paths, fused qkv; save.format = "kohya") or diffusers lora_A/lora_B names."""
+        from .lora_format import to_comfy, to_diffusers
+        if fmt == "diffusers":
+            return to_diffusers(lora)
+        if fmt != "kohya":
+            raise ConfigError(f"save.format: {fmt!r} is not supported for zimage; use kohya or diffusers")
+        tr = self._c().transformer
+        outs = {n.removesuffix(".base_layer"): m.out_features for n, m in tr.named_modules()
+                if isinstance(m, nn.Linear)}
+        return to_comfy(lora, outs, *self._depths())
+
+    def metadata(self, config: Any) -> dict[str, str]:
+        """The ss_* keys musubi-tuner writes for Z-Image (``ss_base_model_version = z_image``) and the modelspec
+        architecture SwarmUI sorts by (``z-image/lora``; Turbo and base share it: one LoRA serves both)."""
+        t = config.training
+        return {
+            "ss_base_model_version": SPEC.metadata_base_version,
+            "ss_network_module": SPEC.network_module,
+            "ss_timestep_sampling": str(t.timestep_sampling),
+            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
+            "ss_logit_mean": str(float(t.logit_mean)),
+            "ss_logit_std": str(float(t.logit_std)),
+            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            "ss_model_prediction_type": "raw",
+            "lorakit_zimage_variant": self._c().variant,
+            "modelspec.architecture": f"{ARCHITECTURE}/lora",
+            "modelspec.implementation": "https://github.com/Tongyi-MAI/Z-Image",
+        }
