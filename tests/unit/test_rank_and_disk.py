@@ -29,7 +29,8 @@ def test_a_rank_wider_than_the_narrowest_targeted_layer_is_refused_naming_it():
 def _check(monkeypatch, free: int, lora_params: int) -> None:
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(loop.shutil, "disk_usage", lambda p: Usage(free, 0, free))
-    cfg = SimpleNamespace(data=SimpleNamespace(resolution=64, flip_aug=False), save=SimpleNamespace(keep_last=3, dir="."),
+    cfg = SimpleNamespace(data=SimpleNamespace(resolution=64, flip_aug=False, cache_next_to_images=False, cache_dir=None),
+                          save=SimpleNamespace(keep_last=3, dir="."),
                           sample=SimpleNamespace(prompts=[]))
     spec = SimpleNamespace(latent_channels=4, vae_downscale=8)
     run = SimpleNamespace(root=__import__("pathlib").Path("."))
