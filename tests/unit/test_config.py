@@ -152,10 +152,10 @@ def test_choices_error_lists_the_allowed_values_and_suggests(tmp_path):
 
 
 def test_family_must_be_known(tmp_path):
-    msg = err(tmp_path, BASE.replace('"sdxl"', '"sd15"'))
+    msg = err(tmp_path, BASE.replace('"sdxl"', '"sd9"'))
     from lorakit.models.registry import families
 
-    assert msg.startswith(f'model.family: must be one of {", ".join(families())}, got "sd15"')
+    assert msg.startswith(f'model.family: must be one of {", ".join(families())}, got "sd9"')
     assert "sdxl" in families() and "flux1" in families()
 
 
@@ -256,9 +256,9 @@ def test_flux_only_field_on_sdxl_is_rejected(tmp_path):
 
 def test_sdxl_only_field_on_flux_is_rejected(tmp_path):
     msg = err(tmp_path, FLUX_BASE + "[training]\nmin_snr_gamma = 5.0\n")
-    assert msg == "training.min_snr_gamma: applies only to sdxl, not flux1; remove it"
+    assert msg == "training.min_snr_gamma: applies only to sd15, sdxl, not flux1; remove it"
     msg = err(tmp_path, FLUX_BASE + "[network]\nconv_rank = 8\n")
-    assert msg == "network.conv_rank: applies only to sdxl, not flux1; remove it"
+    assert msg == "network.conv_rank: applies only to sd15, sdxl, not flux1; remove it"
 
 
 def test_family_field_at_its_default_is_accepted(tmp_path):
@@ -567,7 +567,7 @@ def test_field_specs_cover_the_schema():
     from lorakit.config import families
 
     assert families.applies_to("training.guidance_scale") == ("flux1", "flux2")
-    assert families.applies_to("training.min_snr_gamma") == ("sdxl",)
+    assert families.applies_to("training.min_snr_gamma") == ("sd15", "sdxl")
 
 
 # ------------------------------------------------------------------------------ JSON schema

@@ -11,7 +11,8 @@ from lorakit.config.load import PRESET_DIR, dump_toml, field_specs, list_presets
 from lorakit.errors import ConfigError
 
 EXPECTED = ["flux1/character", "flux1/product", "flux1/style", "flux2/character", "flux2/product", "flux2/style",
-            "sdxl/character", "sdxl/product", "sdxl/style", "zimage/character", "zimage/product", "zimage/style"]
+            "sd15/character", "sd15/product", "sd15/style", "sdxl/character", "sdxl/product", "sdxl/style",
+            "zimage/character", "zimage/product", "zimage/style"]
 DUMMY = ("model.checkpoint=/models/base.safetensors", "data.dir=/datasets/ohwx")
 
 
@@ -55,12 +56,12 @@ def test_preset_follows_the_guide(name):
     family, purpose = name.split("/")
     d = raw(name)
     assert d["model"]["family"] == family
-    assert d["data"]["resolution"] == 1024
+    assert d["data"]["resolution"] == (512 if family == "sd15" else 1024)
     assert d["optimizer"]["name"] == "adamw8bit"
     assert 5e-5 <= d["optimizer"]["lr"] <= 1e-4
     assert d["memory"]["gradient_checkpointing"] is True
     steps = d["training"]["max_steps"]
-    if family == "sdxl":
+    if family in ("sdxl", "sd15"):
         assert 32 <= d["network"]["rank"] <= 64 and 1000 <= steps <= 2000
         assert d["network"]["alpha"] == d["network"]["rank"] / 2
     else:

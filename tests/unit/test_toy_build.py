@@ -57,7 +57,7 @@ def test_missing_assets_name_the_build_command(tmp_path):
     with pytest.raises(ModelLoadError, match=r"python -m lorakit.toy build --family flux1"):
         paths.toy_paths("flux1", root=tmp_path)
     with pytest.raises(ModelLoadError, match="toy families are"):
-        paths.toy_paths("sd15")
+        paths.toy_paths("nosuchfamily")
 
 
 def test_sdxl_text_encoders_differ_in_width():

@@ -1,0 +1,345 @@
+"""The SD 1.5 family: CLIP-L conditioning, the DDPM ε / v objective, sampling, LoRA targets and export names.
+
+Conditioning as SD 1.x was trained: CLIP ViT-L/14's last hidden states (after the final layer norm), 77 tokens, as the
+cross-attention context; no pooled vector, no micro-conditioning. LoRA targets are kohya's (``networks/lora.py``):
+every Linear / 1×1 conv of a Transformer2DModel (proj_in/out are 1×1 convs in SD 1.5), optionally resnet and
+sampler convolutions (LoCon), optionally CLIP attention and MLP Linears. sd-scripts names SD 1.x modules by their
+diffusers paths (``lora_unet_down_blocks_0_attentions_0_proj_in``, ``lora_te_text_model_encoder_layers_0_mlp_fc1``),
+which ComfyUI and Forge map back to the LDM weights (``comfy/lora.py``: ``unet_to_diffusers``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models.sd15 import configs
+from lorakit.models.sdxl.adapter import (_OnFirstUse, _source_fingerprint, export_diffusers, text_encoder_lora_targets,
+                                         unet_lora_targets)
+
+SPEC = ModelSpec(family="sd15", latent_channels=4, vae_scale=0.18215, vae_shift=0.0, vae_downscale=8, patch_size=1,
+                 bucket_divisibility=64, prediction="epsilon", default_resolution=512,
+                 text_encoders=("clip_l",), max_caption_tokens=77, default_sample_steps=25,
+                 metadata_base_version="sd_v1", network_module="networks.lora", default_cfg_scale=7.0,
+                 denoiser_name="unet",
+                 # 3 UNet downsamplings (×8) on top of the VAE's ×8: bucket sides in steps of 64 px, as kohya's SD 1.x
+                 bucket_step=64,
+                 compile_blocks=("ResnetBlock2D",),  # as SDXL: the resnets carry most element-wise kernels
+                 config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
+                                        "training.min_timestep", "training.max_timestep", "training.noise_offset",
+                                        "training.min_snr_gamma", "sample.sampler"}))
+
+
+def kohya_name(component: str, path: str) -> str:
+    """sd-scripts' SD 1.x module name: ``lora_unet_<diffusers path>`` / ``lora_te_text_model_<path>``, dots → ``_``."""
+    if component in ("unet", "denoiser"):
+        return "lora_unet_" + path.replace(".", "_")
+    if component == "te1":
+        full = path if path.startswith("text_model.") else "text_model." + path
+        return "lora_te_" + full.replace(".", "_")
+    raise ValueError(f"SD 1.5 LoRA export: unknown component {component!r} (expected unet, te1)")
+
+
+def export_kohya(lora: dict[str, dict[str, LoraModule]]) -> dict[str, torch.Tensor]:
+    """kohya / ComfyUI / A1111 / Forge layout: ``<name>.lora_down.weight``, ``.lora_up.weight`` and ``.alpha``."""
+    out: dict[str, torch.Tensor] = {}
+    for component, modules in lora.items():
+        for path, m in modules.items():
+            name = kohya_name(component, path)
+            if name + ".alpha" in out:
+                raise ValueError(f"SD 1.5 LoRA export: two modules map to {name}")
+            out[name + ".lora_down.weight"] = m.down
+            out[name + ".lora_up.weight"] = m.up
+            out[name + ".alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+    return out
+
+
+def resolve_prediction(cfg: Any, detected: Optional[str]) -> str:
+    """``training.prediction`` when the user set it, else what the weights say (else the config's value)."""
+    from lorakit.config.load import explicit_keys
+
+    chosen = getattr(getattr(cfg, "training", None), "prediction", SPEC.prediction)
+    if detected is None or "training.prediction" in explicit_keys(cfg):
+        return chosen
+    return detected
+
+
+class Adapter:
+    """SD 1.5 behind the ModelAdapter protocol; made per run with the whole config."""
+
+    spec = SPEC
+    vae = _OnFirstUse("vae")
+    te1 = _OnFirstUse("text")
+    tokenizer = _OnFirstUse("text")
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.model_cfg = cfg.model
+        self.training = cfg.training
+        self.network = cfg.network
+        self.sample_cfg = cfg.sample
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self._parts: Any = None
+        self.unet: Any = None
+        self.vae: Any = None
+        self.te1: Any = None
+        self.tokenizer: Any = None
+        self.scheduler_config: dict = {k: v for k, v in configs.SCHEDULER.items() if not k.startswith("_")}
+        self.prediction = getattr(cfg.training, "prediction", SPEC.prediction)
+        self.variant_reason = "the config"
+        self._alphas_cumprod: Optional[torch.Tensor] = None
+
+    # ---- loading
+    @staticmethod
+    def check_config(cfg: Any, device: torch.device) -> None:
+        """SD 1.5 adds no checks beyond the shared ones."""
+
+    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+        """The frozen UNet now (in ``dtype`` on ``device``); VAE (fp32) and CLIP-L on first use. The prediction type
+        is ``training.prediction`` when set, else the variant detected from the weights."""
+        from lorakit.models.sd15.load import open_components
+
+        parts = open_components(model, dtype=dtype, device=torch.device(device))
+        self._parts = None
+        self.device, self.dtype = torch.device(device), dtype
+        self.unet = parts.unet.to(self.device, dtype)
+        self.unet.requires_grad_(False)
+        self.unet.eval()
+        self.vae = self.te1 = self.tokenizer = None
+        self.scheduler_config = dict(parts.scheduler_config)
+        self.prediction = resolve_prediction(self.cfg, parts.variant.prediction)
+        self.variant_reason = parts.variant.reason
+        self.model_cfg = model
+        self._parts = parts
+        self._alphas_cumprod = None
+        if memory is not None and getattr(memory, "gradient_checkpointing", False):
+            self.unet.enable_gradient_checkpointing()
+
+    def _read_part(self, part: str) -> None:
+        if part == "vae":
+            self.vae = self._parts.load_vae().to(self.device, torch.float32)
+        else:
+            te, self.tokenizer = self._parts.load_text()
+            self.te1 = te.to(self.device, self.dtype)
+
+    def attach(self, unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler_config: Optional[dict] = None,
+               *, device: torch.device = torch.device("cpu"), dtype: torch.dtype = torch.float32) -> None:
+        """Use already built modules (tests, the toy world): the state ``load`` leaves."""
+        self._parts = None
+        self.device, self.dtype = torch.device(device), dtype
+        self.unet = unet.to(self.device, dtype)
+        self.vae = vae.to(self.device, torch.float32)
+        self.te1 = text_encoder.to(self.device, dtype)
+        for m in (self.unet, self.vae, self.te1):
+            m.requires_grad_(False)
+            m.eval()
+        self.tokenizer = tokenizer
+        if scheduler_config:
+            self.scheduler_config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+        self._alphas_cumprod = None
+
+    def loaded_parts(self) -> list[str]:
+        return [name for name, slot in (("vae", "_vae"), ("text", "_te1")) if self.__dict__.get(slot) is not None]
+
+    def _need(self) -> None:
+        if self.unet is None:
+            raise RuntimeError("SD 1.5 adapter: call load() first")
+
+    def _unet_place(self) -> tuple[torch.device, torch.dtype]:
+        p = next(self.unet.parameters())
+        return p.device, p.dtype
+
+    def identity(self) -> dict[str, str]:
+        """Cache keys from file identities and configs; never reads weights."""
+        ckpt = getattr(self.model_cfg, "checkpoint", None)
+        base = _source_fingerprint(ckpt)
+        vae_file = getattr(self.model_cfg, "vae", None)
+        vae_fp = _source_fingerprint(vae_file) if vae_file else _source_fingerprint(ckpt, "vae")
+        if self.__dict__.get("_vae") is None and self._parts is not None:
+            scaling = self._parts.vae_scaling_factor
+        else:
+            scaling = getattr(getattr(self.vae, "config", None), "scaling_factor", SPEC.vae_scale)
+        tok = getattr(self.model_cfg, "tokenizer_dir", None) or "builtin"
+        text_fp = base if not Path(str(ckpt)).is_dir() else _source_fingerprint(ckpt, "text_encoder")
+
+        def digest(*parts: str) -> str:
+            return "sd15-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+        return {"vae": digest("vae", vae_fp, str(scaling), str(SPEC.vae_shift)),
+                "text": digest("text", text_fp, str(tok), "last_hidden_state"),
+                "model": digest("model", base)}
+
+    # ---- encoders
+    def vae_downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [-1,1] → a posterior sample (noise seeded by the run's seed and each image's pixels),
+        scaled; float32 on the CPU."""
+        self._need()
+        ds = self.vae_downscale()
+        if pixels.shape[-1] % ds or pixels.shape[-2] % ds:
+            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the VAE's {ds}")
+        dist = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist
+        eps = torch.stack([torch.randn(tuple(dist.mean.shape[1:]), generator=self._item_generator(p))
+                           for p in pixels])
+        z = dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)
+        return ((z - SPEC.vae_shift) * self.vae.config.scaling_factor).float().cpu()
+
+    def _item_generator(self, pixels: torch.Tensor) -> torch.Generator:
+        seed = int(getattr(self.training, "seed", 0) or 0)
+        digest = hashlib.sha256(f"{seed}:".encode() + pixels.detach().float().cpu().numpy().tobytes()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+    def token_ids(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
+                              return_tensors="pt").input_ids
+
+    def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """Captions → ``context`` [B,77,768]: CLIP-L's last hidden states, as StableDiffusionPipeline encodes them."""
+        self._need()
+        ids = self.token_ids(captions).to(self.te1.device)
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.te1.parameters())
+        with torch.set_grad_enabled(trains):
+            out = self.te1(ids)
+        return {"context": out.last_hidden_state.float().cpu()}
+
+    def before_placement(self, memory: Any, log: Any) -> None:
+        """Nothing SD 1.5-specific to apply before placement."""
+
+    def offload_encoders(self) -> None:
+        for m in (self.__dict__.get("_te1"), self.__dict__.get("_vae")):
+            if m is not None:
+                m.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def denoiser(self) -> nn.Module:
+        self._need()
+        return self.unet
+
+    def text_encoder_modules(self) -> dict[str, nn.Module]:
+        self._need()
+        if not getattr(self.network, "train_text_encoder", False) and self.__dict__.get("_te1") is None:
+            return {}
+        return {"te1": self.te1}
+
+    # ---- LoRA
+    def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
+        """{"unet": {path: rank}} (+ "te1" when network.train_text_encoder), kohya's SD 1.x targets."""
+        self._need()
+        targets = {"unet": unet_lora_targets(self.unet, network.rank, getattr(network, "conv_rank", 0))}
+        if getattr(network, "train_text_encoder", False):
+            targets["te1"] = text_encoder_lora_targets(self.te1, network.rank)
+        return targets
+
+    def export(self, lora: dict[str, dict[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
+        """kohya (default; ComfyUI, A1111, Forge, sd-scripts) or diffusers (PEFT keys, alpha/rank folded into B)."""
+        if fmt == "kohya":
+            return export_kohya(lora)
+        if fmt == "diffusers":
+            return export_diffusers(lora)
+        raise ValueError(f"save.format: {fmt!r} is not a LoRA format for SD 1.5; use 'kohya' or 'diffusers'")
+
+    def metadata(self, config: Any) -> dict[str, str]:
+        """The values sd-scripts writes for SD 1.x (CivitAI reads ss_base_model_version; ComfyUI/SwarmUI the
+        modelspec architecture)."""
+        v = self.prediction == "v_prediction"
+        return {
+            "ss_base_model_version": SPEC.metadata_base_version,
+            "ss_network_module": SPEC.network_module,
+            "ss_v2": "False",
+            "ss_v_parameterization": str(v),
+            "modelspec.sai_model_spec": "1.0.0",
+            "modelspec.architecture": "stable-diffusion-v1/lora",
+            "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+            "modelspec.prediction_type": "v" if v else "epsilon",
+        }
+
+    # ---- objective
+    def alphas_cumprod(self) -> torch.Tensor:
+        if self._alphas_cumprod is None:
+            from lorakit.diffusion.objectives import ddpm_alphas_cumprod
+
+            self._alphas_cumprod = ddpm_alphas_cumprod(self.scheduler_config.get("num_train_timesteps", 1000),
+                                                       self.scheduler_config.get("beta_start", 0.00085),
+                                                       self.scheduler_config.get("beta_end", 0.012))
+        return self._alphas_cumprod
+
+    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
+              generator: torch.Generator) -> NoisedInput:
+        """DDPM: noise offset, t ~ U[min_timestep, max_timestep), x_t, ε or v target, min-SNR-γ weight."""
+        from lorakit.diffusion import objectives as obj
+
+        ac = self.alphas_cumprod()
+        noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
+        t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
+                                         generator)
+        t = to_gpu(t, latents.device)
+        x_t = obj.ddpm_add_noise(latents, noise, t, ac)
+        target = obj.ddpm_target(latents, noise, t, ac, self.prediction)
+        gamma = float(getattr(training, "min_snr_gamma", 0.0))
+        weight = (obj.min_snr_weight(t, gamma, ac, self.prediction) if gamma > 0
+                  else torch.ones(latents.shape[0], device=latents.device))
+        return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
+
+    def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        dev, dt = self._unet_place()
+        return self.unet(to_gpu(x, dev, dt), to_gpu(t, dev), encoder_hidden_states=to_gpu(context, dev, dt),
+                         return_dict=False)[0]
+
+    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
+        self._need()
+        return self._unet_call(noised.model_input, noised.timesteps, batch.text["context"])
+
+    # ---- sampling
+    def _scheduler(self, name: str) -> Any:
+        from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+        cfg = dict(self.scheduler_config)
+        cfg["prediction_type"] = self.prediction
+        if name == "euler":
+            return EulerDiscreteScheduler.from_config(cfg)
+        if name == "dpmpp_2m":
+            return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
+                                                           use_karras_sigmas=True)
+        raise ValueError(f"sample.sampler: {name!r} is not an SD 1.5 sampler; use 'euler' or 'dpmpp_2m'")
+
+    @torch.no_grad()
+    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
+        """One preview image (PIL) with CFG against the negative prompt's encoding ("" when none), as
+        StableDiffusionPipeline draws it."""
+        from lorakit.data.images import to_images
+
+        self._need()
+        steps = prompt.steps or getattr(self.sample_cfg, "steps", None) or SPEC.default_sample_steps
+        sched = self._scheduler(prompt.sampler or getattr(self.sample_cfg, "sampler", "euler"))
+        unit = self.vae_downscale() * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        height = max(unit, int(round(prompt.height / unit)) * unit)
+        width = max(unit, int(round(prompt.width / unit)) * unit)
+        cfg_scale = float(prompt.cfg_scale)
+        use_cfg = cfg_scale > 1.0
+        cond = self.encode_text([prompt.prompt])["context"]
+        context = torch.cat([self.encode_text([prompt.negative])["context"], cond]) if use_cfg else cond
+        ds = self.vae_downscale()
+        shape = (1, self.unet.config.in_channels, height // ds, width // ds)
+        latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+        sched.set_timesteps(steps)
+        latents = latents.to(self._unet_place()[0]) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            inp = torch.cat([latents] * 2) if use_cfg else latents
+            inp = sched.scale_model_input(inp, t)
+            pred = self._unet_call(inp, t.expand(inp.shape[0]), context).float()
+            if use_cfg:
+                u, c = pred.chunk(2)
+                pred = u + cfg_scale * (c - u)
+            latents = sched.step(pred, t, latents, return_dict=False)[0]
+        z = latents.to(self.vae.device, torch.float32) / self.vae.config.scaling_factor + SPEC.vae_shift
+        return to_images(self.vae.decode(z).sample[0])[0]
