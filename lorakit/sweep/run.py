@@ -123,9 +123,9 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
 def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None) -> dict[str, Any]:
     """Run (or continue) every point not yet finished or failed; then write the comparison."""
     from lorakit.sweep.report import write_report
-    from lorakit.train.loop import train
 
-    train_fn = train_fn or train
+    if train_fn is None:
+        from lorakit.train.loop import train as train_fn
     manifest = sweep.read()
     todo = [p for p in manifest["points"] if p["state"] not in ("finished", "failed")]
     log(f"sweep {sweep.root}: {len(manifest['points'])} points, {len(todo)} to run; {manifest['execution']}")
