@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 from lorakit.errors import LorakitError
 from lorakit.ui import dataset as ds
 from lorakit.ui import form as fm
-from lorakit.ui import runs
+from lorakit.ui import runs, sweeps
 from lorakit.ui.jobs import JobError, JobStore, tail
 
 CSS = """
@@ -97,7 +97,8 @@ def build(state: UIState):
         with gr.Tabs() as tabs:
             u.tabs = tabs
             for title, page in (("Dataset", _dataset_page), ("Train", _train_page), ("Jobs", _jobs_page),
-                                ("Watch", _watch_page), ("Compare", _compare_page), ("Download", _download_page)):
+                                ("Watch", _watch_page), ("Compare", _compare_page), ("Sweeps", sweeps.page),
+                                ("Download", _download_page)):
                 with gr.Tab(title, id=title.lower()):
                     page(gr, state, u)
         u.timer = gr.Timer(2.0)
@@ -107,6 +108,7 @@ def build(state: UIState):
         jobs_refresh, job_rows = _jobs_events(gr, state, u)
         _watch_events(gr, state, u, jobs_refresh, job_rows)
         _compare_events(gr, state, u)
+        sweeps.events(gr, state, u)
         _download_events(gr, state, u)
 
         def refresh_choices():
@@ -183,7 +185,7 @@ def _train_page(gr, state: UIState, u) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             for section in ("model", "data", "network", "optimizer", "training", "memory", "sample",
-                            "save", "log"):
+                            "save", "validation", "log"):
                 with gr.Accordion(section, open=True):
                     row = [x for x in fm.fields() if x.spec.section == section and x.key != "model.family"]
                     for i in range(0, len(row), 3):

@@ -172,3 +172,20 @@ def test_cli_refusals(tmp_path, capsys):
     assert "no sweep.json" in capsys.readouterr().err
     assert main(["sweep", str(toml), "network.rank=4,8", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_ui_sweeps_tab_shows_the_same_comparison(tmp_path):
+    from lorakit.ui.sweeps import comparison
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    (tmp_path / "sw" / "comparison" / "ranking.md").unlink()          # made again on the spot
+    shown = comparison(tmp_path / "sw")
+    ranked = json.loads((tmp_path / "sw" / "comparison" / "ranking.json").read_text())["points"]
+    table = [line for line in shown["markdown"].splitlines() if line.startswith("| ") and "rank" not in line]
+    assert [line.split(" | ")[1] for line in table] == [p["name"] for p in ranked]
+    assert Image.open(shown["grid"]).size[1] == report.HEADER_H + 2 * SAMPLE_WH[1] * 4
+    assert Path(shown["curves"]).is_file()
+    with pytest.raises(LorakitError, match="no sweep.json"):
+        comparison(tmp_path)
