@@ -117,7 +117,7 @@ def plot_loss(rows: list[dict[str, Any]], out: Path, *, size: tuple[int, int] = 
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=7, loc="upper right")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.87, top=0.95, bottom=0.14)  # fixed margins: tight_layout draws twice
     import io
 
     buf = io.BytesIO()
