@@ -72,6 +72,18 @@ def rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ranked
 
 
+def concept_check(ranked: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """Where the toy benchmark scored the points: how far the validation-loss pick is from the best concept rate."""
+    scored = [e for e in ranked if e.get("concept_rate_after") is not None and e["state"] == "finished"]
+    if not scored:
+        return None
+    picked = scored[0]  # ranked order: the lowest validation loss first
+    best = max(scored, key=lambda e: (e["concept_rate_after"], -e["rank"]))
+    return {"picked": picked["name"], "picked_concept_rate": picked["concept_rate_after"], "best": best["name"],
+            "best_concept_rate": best["concept_rate_after"],
+            "gap": best["concept_rate_after"] - picked["concept_rate_after"]}
+
+
 def _fmt(v: Any) -> str:
     if v is None:
         return "—"
@@ -110,8 +122,14 @@ def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str,
     curves = loss_curves(root, manifest, out / "loss_curves.png")
     grid = grid_image(root, manifest, ranked, out / "grid.png")
     result["files"] = {"loss_curves": str(curves) if curves else None, "grid": str(grid) if grid else None}
-    write_json(out / "ranking.json", result, indent=2, default=str)
     md = f"# Sweep {root.name}\n\nRanked by {result['ranked_by']}.\n\n" + ranking_markdown(ranked, manifest["grid"])
+    pick = concept_check(ranked)
+    if pick:
+        result["concept_check"] = pick
+        md += (f"\nThe validation-loss pick ({pick['picked']}) has concept rate {pick['picked_concept_rate']:.3f}; "
+               f"the best concept rate is {pick['best_concept_rate']:.3f} ({pick['best']}): a gap of "
+               f"{pick['gap']:.3f}.\n")
+    write_json(out / "ranking.json", result, indent=2, default=str)
     write_text(out / "ranking.md", md)
     if ranked and ranked[0]["state"] == "finished":
         top = ranked[0]

@@ -189,3 +189,21 @@ def test_ui_sweeps_tab_shows_the_same_comparison(tmp_path):
     assert Path(shown["curves"]).is_file()
     with pytest.raises(LorakitError, match="no sweep.json"):
         comparison(tmp_path)
+
+
+def test_concept_scores_join_the_table_and_the_pick_is_checked(tmp_path):
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4", "network.rank=2,4"], steps=4, out=tmp_path / "sw")
+    run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    rates = {}
+    for i, p in enumerate(sweep.read()["points"]):
+        rates[p["name"]] = [0.5, 0.9, 0.7, 0.8][i]
+        (tmp_path / "sw" / p["name"] / "eval.json").write_text(json.dumps(
+            {"concept_rate_after": rates[p["name"]], "drift_concept_leak": 0.01 * i}))
+    result = report.write_report(tmp_path / "sw", log=lambda *_: None)
+    picked = result["points"][0]["name"]
+    best = max(rates, key=rates.get)
+    assert result["concept_check"] == {"picked": picked, "picked_concept_rate": rates[picked], "best": best,
+                                       "best_concept_rate": 0.9, "gap": 0.9 - rates[picked]}
+    md = (tmp_path / "sw" / "comparison" / "ranking.md").read_text()
+    assert "concept rate" in md and f"| {rates[picked]} |" in md and "a gap of" in md
