@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 from lorakit.errors import LorakitError
 from lorakit.ui import dataset as ds
 from lorakit.ui import form as fm
+from lorakit.train.metrics import series
 from lorakit.ui import runs, sweeps
 from lorakit.ui.jobs import JobError, JobStore, tail
 
@@ -667,6 +668,10 @@ def _watch_events(gr, state: UIState, u, jobs_refresh, job_rows) -> None:
                 smooth.append(ema)
             loss = pd.concat([loss, pd.DataFrame({"step": loss["step"], "loss": smooth,
                                                   "series": ["smoothed"] * len(lrows)})])
+        vsteps, vloss = series(rows, "val_loss")  # validation loss (issue 23), beside the training loss
+        if vsteps:
+            loss = pd.concat([loss, pd.DataFrame({"step": vsteps, "loss": vloss,
+                                                  "series": ["validation"] * len(vsteps)})])
         lr = pd.DataFrame({"step": [r["step"] for r in lrows if r.get("lr") is not None],
                            "lr": [r["lr"] for r in lrows if r.get("lr") is not None]})
         total = prog["max_steps"] or "?"
@@ -743,6 +748,8 @@ def _compare_events(gr, state: UIState, u) -> None:
         for j in jobs:
             for r in runs.loss_rows(runs.metrics(j.run_dir)):
                 curves.append({"step": r["step"], "loss": r["loss"], "job": f"{j.id}: {j.name}"})
+            for step, v in zip(*series(runs.metrics(j.run_dir), "val_loss")):
+                curves.append({"step": step, "loss": v, "job": f"{j.id}: {j.name} (validation)"})
         by_job = [{(s.label, s.index): s for s in runs.samples(j.run_dir)} for j in jobs]
         common = sorted(set.intersection(*[set(b) for b in by_job]) if by_job else set(),
                         key=lambda t: ({"before": -1, "after": 10**12}.get(t[0], int(t[0].split()[-1])
