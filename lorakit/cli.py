@@ -300,7 +300,8 @@ def cmd_sweep(args) -> int:
     signal.signal(signal.SIGTERM, stop)
     if args.resume:
         if args.args or args.steps or args.out:
-            raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; give no others")
+            raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; "
+                               "give no others")
         sweep = Sweep(Path(args.resume))
     elif len(args.args) < 2:
         raise LorakitError("sweep: give run.toml and at least one section.key=v1,v2 (or --resume DIR, or report DIR)")
