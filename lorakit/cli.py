@@ -13,6 +13,7 @@
     lorakit import kohya CONFIG.toml [--dataset D.toml] -o run.toml
     lorakit toy path FAMILY | toy dataset DIR | toy build | toy eval
     lorakit demo                                       the toy-world demo (what `make demo` runs)
+    lorakit sweep run.toml optimizer.lr=5e-5,1e-4 network.rank=16,32 [--steps N]   grid of runs + comparison
     lorakit ui [--listen --auth user:pass]             the web UI (dataset, train, jobs, watch, compare)
 """
 
@@ -133,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None)
     demo.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
     demo.set_defaults(func=cmd_demo)
+
+    sw = sub.add_parser("sweep", help="train a grid of settings and compare them (or: sweep report DIR)",
+                        description="lorakit sweep run.toml optimizer.lr=5e-5,1e-4 network.rank=16,32 [--steps N] "
+                        "[--out DIR] | lorakit sweep --resume DIR | lorakit sweep report DIR")
+    sw.add_argument("args", nargs="*", help="run.toml then section.key=v1,v2,... (or: report DIR)")
+    sw.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
+    sw.add_argument("--steps", type=int, default=None, help="training.max_steps of every point")
+    sw.add_argument("--out", metavar="DIR", default=None, help="the sweep folder (default: <save.dir>/<name>-sweep)")
+    sw.add_argument("--concept", action="store_true", help="toy world only: also score concept rate and drift")
+    sw.set_defaults(func=cmd_sweep)
 
     ui = sub.add_parser("ui", help="the web UI (Gradio; needs the ui extra)")
     ui.add_argument("--port", type=int, default=None, help="port (default: a free one)")
@@ -303,6 +314,40 @@ def cmd_demo(args) -> int:
     from lorakit.toy.paths import default_toy_family
 
     run_demo(args.family or default_toy_family(), Path(args.out), steps=args.steps, caption=args.caption)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    import signal
+
+    from lorakit.sweep import report as sweep_report
+    from lorakit.sweep.run import Sweep, create, run_sweep
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if args.args[:1] == ["report"]:
+        if len(args.args) != 2:
+            raise LorakitError("sweep report: give the sweep folder: lorakit sweep report DIR")
+        if args.concept:
+            sweep_report.evaluate_concept(Path(args.args[1]))
+        sweep_report.write_report(Path(args.args[1]))
+        return 0
+    signal.signal(signal.SIGTERM, stop)
+    if args.resume:
+        if args.args or args.steps or args.out:
+            raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; "
+                               "give no others")
+        sweep = Sweep(Path(args.resume))
+    elif len(args.args) < 2:
+        raise LorakitError("sweep: give run.toml and at least one section.key=v1,v2 (or --resume DIR, or report DIR)")
+    else:
+        sweep = create(Path(args.args[0]), args.args[1:], steps=args.steps,
+                       out=Path(args.out) if args.out else None)
+    run_sweep(sweep)
+    if args.concept:
+        sweep_report.evaluate_concept(sweep.root)
+        sweep_report.write_report(sweep.root)
     return 0
 
 

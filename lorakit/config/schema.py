@@ -94,6 +94,11 @@ class DataCfg:
     cache_next_to_images: bool = f(False, "Write caches next to the images instead of cache_dir.")
     follow_symlinks: bool = f(False, "Use symlinked images, captions and folders that lead outside the dataset "
                               "folder (by default data check reports them and they are not used).")
+    # validation (issue 23): images held out of training, scored with a fixed-noise loss
+    validation_split: float = f(0.0, "Fraction of the training images held out for validation (kohya's key); "
+                                "which ones is fixed by training.seed and the file names. 0 = none.", ge=0.0, lt=1.0)
+    validation_dir: Optional[str] = f(None, "A folder of validation images (same 'N_trigger class' layout and "
+                                      "captions as data.dir; repeats are ignored), never trained on.", kind="path")
 
 
 @dataclass
@@ -268,6 +273,19 @@ class SaveCfg:
     keep_last: int = f(3, "Step checkpoints to keep (older ones are deleted).", ge=1)
     precision: str = f("fp16", "dtype of saved LoRA tensors.", choices=("fp16", "bf16", "fp32"))
     comment: str = f("", "Free text stored as ss_training_comment.")
+    keep_best: bool = f(False, "Keep the LoRA of the step with the lowest validation loss as <name>-best.safetensors "
+                        "(its step in the metadata; never pruned by keep_last). Needs a validation set.")
+
+
+@dataclass
+class ValidationCfg:
+    """Validation loss on held-out images (data.validation_split or data.validation_dir)."""
+
+    every_n_steps: int = f(0, "Validation loss every N steps (also before the first step and at the end); 0 = at "
+                           "each save (save.every_n_steps) and at the end.", ge=0)
+    timesteps: int = f(4, "Timesteps per validation image. Timesteps and noise come from a generator of their own "
+                       "seeded from training.seed and each image's file name: the same numbers at every evaluation, "
+                       "in every run and resume.", ge=1, le=64)
 
 
 @dataclass
@@ -292,7 +310,8 @@ class Config:
     memory: MemoryCfg = f(None, "Memory and speed features.", factory=MemoryCfg)
     sample: SampleCfg = f(None, "Preview images.", factory=SampleCfg)
     save: SaveCfg = f(None, "Outputs.", factory=SaveCfg)
+    validation: ValidationCfg = f(None, "Validation loss.", factory=ValidationCfg)
     log: LogCfg = f(None, "Progress and metrics.", factory=LogCfg)
 
 
-SECTIONS = ("model", "data", "network", "optimizer", "training", "memory", "sample", "save", "log")
+SECTIONS = ("model", "data", "network", "optimizer", "training", "memory", "sample", "save", "validation", "log")

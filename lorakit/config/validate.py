@@ -412,6 +412,10 @@ _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
     ("training.logit_std", 'training.timestep_sampling = "logit_normal"',
      lambda c: c.training.timestep_sampling == "logit_normal"),
     ("data.prior_loss_weight", "data.reg_dir", lambda c: c.data.reg_dir is not None),
+    # validation (issue 23)
+    *((key, "a validation set (data.validation_split > 0 or data.validation_dir)",
+       lambda c: c.data.validation_split > 0 or c.data.validation_dir is not None)
+      for key in ("save.keep_best", "validation.every_n_steps", "validation.timesteps")),
 )
 
 
@@ -429,6 +433,8 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
                   "the GPU; remove the key")
     if d.dir is not None and d.config is not None:
         raise err("data.config", "set either data.dir or data.config, not both")
+    if d.validation_split > 0 and d.validation_dir is not None:
+        raise err("data.validation_dir", "set either data.validation_dir or data.validation_split, not both")
     if d.dir is None and d.config is None:
         raise err("data.dir", "required (or data.config): the parent folder of 'N_trigger class' image folders")
     if t.min_timestep >= t.max_timestep:

@@ -34,8 +34,9 @@ def dataset_info(dataset, stream) -> dict:
 
 
 def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, step: int,
-                session: tuple[str, float]) -> Path:
-    """Write ``lora`` (component → module → LoraModule) to ``path`` in ``cfg.save.format`` with metadata."""
+                session: tuple[str, float], extra: dict[str, str] | None = None) -> Path:
+    """Write ``lora`` (component → module → LoraModule) to ``path`` in ``cfg.save.format`` with metadata
+    (``extra``: more metadata entries, e.g. the best validation step)."""
     tensors = adapter.export(lora, cfg.save.format)
     dtype = SAVE_DTYPES[cfg.save.precision]
     tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous()
@@ -49,6 +50,7 @@ def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, s
                            base_model_file=cfg.model.checkpoint, session_id=session[0])
     meta.update(adapter.metadata(cfg))
     meta.update(_modelspec_and_base_hashes(cfg, dataset, meta))
+    meta.update(extra or {})
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
     save_safetensors_atomic(path, tensors, meta)
     return path

@@ -30,11 +30,12 @@ from lorakit.data.captions import fixed_captions
 from lorakit.data.report import run_settings
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
+from lorakit.data.validation import make_validation
 from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
-from lorakit.train import autoplan, fused, health, memory, optim, placement, resume, steps
+from lorakit.train import autoplan, fused, health, memory, optim, placement, resume, steps, validation
 from lorakit.train.export import verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.previews import Previews
@@ -66,6 +67,8 @@ class Run:
     latents: Any = None
     texts: Any = None
     placed: Any = None
+    validation: Any = None          # data.validation.ValidationSet (held-out images; empty when none)
+    validator: Any = None           # train.validation.Validator
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> RunResult:
@@ -125,6 +128,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
                         resolution=run_settings(r.dataset, run_cfg.training.batch_size)["resolution"])
     metrics = MetricsWriter(r.run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step)
     previews.metrics = metrics
+    r.validator = validation.start(r, run_cfg, metrics, start_step, log)
     r.run.write_status(status="running", step=start_step, max_steps=cfg.training.max_steps)
     if previews.prompts and cfg.sample.at_start and start_step == 0:
         previews.draw(0, "before")
@@ -169,6 +173,10 @@ def scan(r: Run, resume_: bool, force: bool, log: Callable[[str], None]) -> None
     log(report.to_table(cfg.training.batch_size))
     if report.usable == 0:
         raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
+    r.dataset, r.validation = make_validation(r.dataset, cfg.data, cfg.training.seed, spec.bucket_divisibility)
+    if len(r.validation):
+        log(f"validation: {len(r.validation)} image(s) from {r.validation.source}, never trained on: "
+            + ", ".join(r.validation.names()))
     r.stream = BatchStream(r.dataset, cfg.training.batch_size, cfg.training.seed)
     check_disk(cfg, r.run, r.dataset, spec)
     r.fingerprint = resume.run_fingerprint(cfg, r.dataset)
@@ -189,10 +197,12 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=any(s.flip_aug for s in r.dataset.subsets),
                      progress=cfg.log.progress,  # a data.config TOML may flip where [data] does not
                      **({"batch_size": caching.latent_batch} if caching else {}))
+    r.latents.ensure(r.validation.items, r.adapter.encode_images, flip=False, progress=cfg.log.progress)
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")
-        r.texts.ensure(sorted(set(fixed_captions(r.dataset))), r.adapter.encode_text, progress=cfg.log.progress)
+        r.texts.ensure(sorted(set(fixed_captions(r.dataset)) | set(r.validation.captions)), r.adapter.encode_text,
+                       progress=cfg.log.progress)
         r.adapter.offload_encoders()
 
 
@@ -256,16 +266,21 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
             now = time.perf_counter()
             save_now = cfg.save.every_n_steps and step % cfg.save.every_n_steps == 0 and step < cfg.training.max_steps
             sample_now = previews.due(step)
+            val_now = r.validator.due(step)
             # this step's numbers are read now when a save or preview follows (a step that went non-finite stops the
             # run before anything is saved after it)
             reporter.add(step, stats, {"seconds": now - t_last, "lr": scheduler.get_last_lr()[-1],
-                                       "epoch": r.stream.epoch}, read_now=bool(save_now or sample_now))
+                                       "epoch": r.stream.epoch}, read_now=bool(save_now or sample_now or val_now))
             t_last = now
+            if val_now:  # before the save: a kill between the two redoes both on resume
+                watchdog.beat(f"validation loss at step {step}")
+                r.validator.run_at(step)
             if save_now:
                 watchdog.beat(f"saving step {step}")
                 reporter.last_saved = resume.save_checkpoint(r.run, cfg, r.adapter, placed.modules, placed.targets,
                                                              optimizer, scheduler, r.stream, generator, step,
                                                              r.fingerprint, r.dataset)
+                plot_loss(read_metrics(r.run.root / "metrics.jsonl"), r.run.root / "loss.png")
             if sample_now:
                 previews.draw(step)
         reporter.flush()
@@ -320,7 +335,7 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
     for p in problems:
         log(f"warning: export check: {p}")
     r.run.write_status(status="finished", step=final_step, lora=str(r.run.lora_path()), lora_effect=effect,
-                       skipped_steps=reporter.skipped, export_problems=problems)
+                       skipped_steps=reporter.skipped, export_problems=problems, **validation.report(r.validator, log))
     log(f"LoRA: {r.run.lora_path()}")
     return RunResult(r.run.root, r.run.lora_path(), final_step, reporter.loss, previews.paths)
 

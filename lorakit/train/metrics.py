@@ -1,4 +1,5 @@
-"""Run metrics: metrics.jsonl (read by the UI and `lorakit` tools), TensorBoard events, and loss.png.
+"""Run metrics: metrics.jsonl (read by the UI and `lorakit` tools), TensorBoard events, and loss.png (matplotlib,
+imported only when a plot is drawn).
 
 metrics.jsonl is appended one JSON object per logged step and flushed+fsynced every write, so a killed
 run keeps every line it reported; on resume, lines past the resumed step are dropped so the file tells
@@ -13,10 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from PIL import Image, ImageDraw
-
-from lorakit.data.images import save_image
-from lorakit.fsutil import write_text
+from lorakit.fsutil import write_bytes, write_text
 
 
 class MetricsWriter:
@@ -79,37 +77,56 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average (TensorBoard's smoothing), started at the first value."""
+    out, ema = [], values[0] if values else 0.0
+    for v in values:
+        ema = weight * ema + (1 - weight) * v
+        out.append(ema)
+    return out
+
+
+def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of the rows holding a finite number under ``key``."""
+    pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
+           and math.isfinite(r[key]) and "step" in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def plot_loss(rows: list[dict[str, Any]], out: Path, *, size: tuple[int, int] = (640, 360)) -> Optional[Path]:
-    """Draw loss (raw and smoothed) against step as a PNG, with Pillow only."""
-    points = [(r["step"], r["loss"]) for r in rows if isinstance(r.get("loss"), (int, float))
-              and math.isfinite(r["loss"])]
-    if len(points) < 2:
+    """loss.png: training loss (raw and smoothed) and validation loss against step, the learning rate on a second
+    axis (matplotlib's Agg canvas, no pyplot state; written atomically). None when there is nothing to draw."""
+    steps, losses = series(rows, "loss")
+    vsteps, vlosses = series(rows, "val_loss")
+    if len(steps) < 2 and len(vsteps) < 2:
         return None
-    w, h = size
-    left, right, top, bottom = 60, 20, 20, 40
-    steps = [p[0] for p in points]
-    losses = [p[1] for p in points]
-    smooth, ema = [], losses[0]
-    for v in losses:
-        ema = 0.9 * ema + 0.1 * v
-        smooth.append(ema)
-    lo, hi = min(losses), max(losses)
-    if hi - lo < 1e-12:
-        hi = lo + 1e-12
-    s0, s1 = steps[0], max(steps[-1], steps[0] + 1)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    def xy(s: float, v: float) -> tuple[float, float]:
-        return (left + (s - s0) / (s1 - s0) * (w - left - right),
-                top + (1 - (v - lo) / (hi - lo)) * (h - top - bottom))
+    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if steps:
+        ax.plot(steps, losses, color="#9db8e6", linewidth=0.8, label="training loss")
+        ax.plot(steps, smooth(losses), color="#143ca0", linewidth=1.6, label="training loss (smoothed)")
+    if vsteps:
+        ax.plot(vsteps, vlosses, color="#d2481e", marker="o", markersize=3, linewidth=1.4, label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    lsteps, lrs = series(rows, "lr")
+    handles, labels = ax.get_legend_handles_labels()
+    if lsteps:
+        ax2 = ax.twinx()
+        ax2.plot(lsteps, lrs, color="#3c963c", linewidth=1.0, linestyle="--", label="learning rate")
+        ax2.set_ylabel("learning rate", color="#3c963c")
+        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=7, loc="upper right")
+    fig.subplots_adjust(left=0.11, right=0.87, top=0.95, bottom=0.14)  # fixed margins: tight_layout draws twice
+    import io
 
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    d.rectangle([left, top, w - right, h - bottom], outline=(180, 180, 180))
-    d.line([xy(s, v) for s, v in zip(steps, losses)], fill=(150, 180, 230), width=1)
-    d.line([xy(s, v) for s, v in zip(steps, smooth)], fill=(20, 60, 160), width=2)
-    d.text((5, top), f"{hi:.4g}", fill="black")
-    d.text((5, h - bottom - 10), f"{lo:.4g}", fill="black")
-    d.text((left, h - bottom + 8), f"step {s0}", fill="black")
-    d.text((w - right - 80, h - bottom + 8), f"step {steps[-1]}", fill="black")
-    d.text((w // 2 - 40, 4), "training loss", fill="black")
-    return save_image(img, out)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return write_bytes(out, buf.getvalue())

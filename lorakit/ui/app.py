@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence
 from lorakit.errors import LorakitError
 from lorakit.ui import dataset as ds
 from lorakit.ui import form as fm
-from lorakit.ui import runs
+from lorakit.train.metrics import series
+from lorakit.ui import runs, sweeps
 from lorakit.ui.jobs import JobError, JobStore, tail
 
 CSS = """
@@ -97,7 +98,8 @@ def build(state: UIState):
         with gr.Tabs() as tabs:
             u.tabs = tabs
             for title, page in (("Dataset", _dataset_page), ("Train", _train_page), ("Jobs", _jobs_page),
-                                ("Watch", _watch_page), ("Compare", _compare_page), ("Download", _download_page)):
+                                ("Watch", _watch_page), ("Compare", _compare_page), ("Sweeps", sweeps.page),
+                                ("Download", _download_page)):
                 with gr.Tab(title, id=title.lower()):
                     page(gr, state, u)
         u.timer = gr.Timer(2.0)
@@ -107,6 +109,7 @@ def build(state: UIState):
         jobs_refresh, job_rows = _jobs_events(gr, state, u)
         _watch_events(gr, state, u, jobs_refresh, job_rows)
         _compare_events(gr, state, u)
+        sweeps.events(gr, state, u)
         _download_events(gr, state, u)
 
         def refresh_choices():
@@ -183,7 +186,7 @@ def _train_page(gr, state: UIState, u) -> None:
     with gr.Row():
         with gr.Column(scale=3):
             for section in ("model", "data", "network", "optimizer", "training", "memory", "sample",
-                            "save", "log"):
+                            "save", "validation", "log"):
                 with gr.Accordion(section, open=True):
                     row = [x for x in fm.fields() if x.spec.section == section and x.key != "model.family"]
                     for i in range(0, len(row), 3):
@@ -665,6 +668,10 @@ def _watch_events(gr, state: UIState, u, jobs_refresh, job_rows) -> None:
                 smooth.append(ema)
             loss = pd.concat([loss, pd.DataFrame({"step": loss["step"], "loss": smooth,
                                                   "series": ["smoothed"] * len(lrows)})])
+        vsteps, vloss = series(rows, "val_loss")  # validation loss (issue 23), beside the training loss
+        if vsteps:
+            loss = pd.concat([loss, pd.DataFrame({"step": vsteps, "loss": vloss,
+                                                  "series": ["validation"] * len(vsteps)})])
         lr = pd.DataFrame({"step": [r["step"] for r in lrows if r.get("lr") is not None],
                            "lr": [r["lr"] for r in lrows if r.get("lr") is not None]})
         total = prog["max_steps"] or "?"
@@ -741,6 +748,8 @@ def _compare_events(gr, state: UIState, u) -> None:
         for j in jobs:
             for r in runs.loss_rows(runs.metrics(j.run_dir)):
                 curves.append({"step": r["step"], "loss": r["loss"], "job": f"{j.id}: {j.name}"})
+            for step, v in zip(*series(runs.metrics(j.run_dir), "val_loss")):
+                curves.append({"step": step, "loss": v, "job": f"{j.id}: {j.name} (validation)"})
         by_job = [{(s.label, s.index): s for s in runs.samples(j.run_dir)} for j in jobs]
         common = sorted(set.intersection(*[set(b) for b in by_job]) if by_job else set(),
                         key=lambda t: ({"before": -1, "after": 10**12}.get(t[0], int(t[0].split()[-1])

@@ -26,6 +26,9 @@ COMPANIONS = {
                               "memory.gradient_checkpointing": False},
     "memory.cuda_graphs": {"memory.compile": True},
     "memory.fp8_compute": {"memory.fp8_base": True},
+    "save.keep_best": {"data.validation_split": 0.2},
+    "validation.every_n_steps": {"data.validation_split": 0.2},
+    "validation.timesteps": {"data.validation_split": 0.2},
 }
 SPECIAL = {  # keys whose generic "another valid value" needs care
     "model.family": "flux1",

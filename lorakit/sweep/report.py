@@ -1,0 +1,287 @@
+"""A sweep's comparison, written into ``<sweep>/comparison/`` (and re-made by `lorakit sweep report DIR`):
+
+* ``ranking.json`` / ``ranking.md``: the points ranked by their lowest validation loss (a point without a validation
+  set, or that failed, ranks after those with one: by its smoothed final training loss, then by name), with the step
+  of that loss, the final losses and, where the toy world's learning benchmark was run (``--concept``), its concept
+  rate and drift;
+* ``loss_curves.png``: every point's training loss (smoothed, solid) and validation loss (dashed, markers), one
+  colour per point;
+* ``grid.png``: rows = points (labelled with their settings, the step and the validation loss), columns = the sample
+  prompts, each cell the point's last sample of that prompt (the same seeds in every row: the seeds come from
+  the shared config). Samples smaller than ``MIN_CELL`` pixels are enlarged by a whole factor (nearest neighbour).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from lorakit.fsutil import write_json, write_text
+
+LABEL_W = 240       # width of the label column of grid.png
+HEADER_H = 32       # height of its prompt row
+MIN_CELL = 128      # samples smaller than this are enlarged by a whole factor
+SMOOTH_TAIL = 0.1   # the final training loss: the mean of the last 10 % of logged steps (at least one)
+
+
+def _rows(run_dir: Path) -> list[dict[str, Any]]:
+    from lorakit.train.metrics import read_metrics
+
+    return read_metrics(run_dir / "metrics.jsonl")
+
+
+def point_summary(root: Path, point: dict[str, Any]) -> dict[str, Any]:
+    """What the comparison shows of one point, read from its run folder."""
+    from lorakit.train.metrics import series
+    from lorakit.train.validation import best_of
+
+    run_dir = root / point["name"]
+    rows = _rows(run_dir)
+    steps, losses = series(rows, "loss")
+    vsteps, vlosses = series(rows, "val_loss")
+    tail = losses[-max(1, math.ceil(len(losses) * SMOOTH_TAIL)):] if losses else []
+    best = best_of(rows)
+    out: dict[str, Any] = {
+        "name": point["name"], "label": point["label"], "settings": point["settings"], "state": point["state"],
+        "last_step": steps[-1] if steps else None,
+        "final_train_loss": sum(tail) / len(tail) if tail else None,
+        "best_val_loss": best[1] if best else None, "best_step": best[0] if best else None,
+        "final_val_loss": vlosses[-1] if vlosses else None,
+    }
+    if point.get("error"):
+        out["error"] = point["error"]
+    ev = run_dir / "eval.json"
+    if ev.is_file():
+        scores = json.loads(ev.read_text())
+        out.update({k: scores.get(k) for k in ("concept_rate_after", "concept_score_after", "drift_concept_leak",
+                                               "drift_shape_agreement", "drift_pixel")})
+    return out
+
+
+def rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best validation loss first; points without one after, by final training loss; ties by name."""
+    def key(e: dict[str, Any]):
+        has_val = e["best_val_loss"] is not None and e["state"] == "finished"
+        train = e["final_train_loss"] if e["final_train_loss"] is not None else math.inf
+        return (0 if has_val else 1, e["best_val_loss"] if has_val else train, e["name"])
+    ranked = sorted(entries, key=key)
+    for i, e in enumerate(ranked, 1):
+        e["rank"] = i
+    return ranked
+
+
+def concept_check(ranked: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """Where the toy benchmark scored the points: how far the validation-loss pick is from the best concept rate."""
+    scored = [e for e in ranked if e.get("concept_rate_after") is not None and e["state"] == "finished"]
+    if not scored:
+        return None
+    picked = scored[0]  # ranked order: the lowest validation loss first
+    best = max(scored, key=lambda e: (e["concept_rate_after"], -e["rank"]))
+    return {"picked": picked["name"], "picked_concept_rate": picked["concept_rate_after"], "best": best["name"],
+            "best_concept_rate": best["concept_rate_after"],
+            "gap": best["concept_rate_after"] - picked["concept_rate_after"]}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.5g}"
+    return str(v)
+
+
+def ranking_markdown(ranked: list[dict[str, Any]], grid: dict[str, list[str]]) -> str:
+    concept = any("concept_rate_after" in e for e in ranked)
+    cols = ["rank", "point", *grid, "best val loss", "at step", "final val loss", "final train loss"]
+    cols += ["concept rate", "concept leak (drift)"] if concept else []
+    cols.append("state")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for e in ranked:
+        cells = [e["rank"], e["name"], *(e["settings"].get(k) for k in grid), e["best_val_loss"], e["best_step"],
+                 e["final_val_loss"], e["final_train_loss"]]
+        cells += [e.get("concept_rate_after"), e.get("drift_concept_leak")] if concept else []
+        cells.append(e["state"])
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write comparison/ for the sweep in ``root``; returns what ranking.json holds."""
+    from lorakit.sweep.run import Sweep
+
+    root = Path(root)
+    manifest = Sweep(root).read()
+    ranked = rank([point_summary(root, p) for p in manifest["points"]])
+    out = root / "comparison"
+    out.mkdir(exist_ok=True)
+    has_val = any(e["best_val_loss"] is not None for e in ranked)
+    result = {"sweep": str(root), "grid": manifest["grid"], "ranked_by": "best validation loss" if has_val else
+              "final training loss (no validation set: add data.validation_split)", "points": ranked}
+    curves = loss_curves(root, manifest, out / "loss_curves.png")
+    grid = grid_image(root, manifest, ranked, out / "grid.png")
+    result["files"] = {"loss_curves": str(curves) if curves else None, "grid": str(grid) if grid else None}
+    md = f"# Sweep {root.name}\n\nRanked by {result['ranked_by']}.\n\n" + ranking_markdown(ranked, manifest["grid"])
+    pick = concept_check(ranked)
+    if pick:
+        result["concept_check"] = pick
+        md += (f"\nThe validation-loss pick ({pick['picked']}) has concept rate {pick['picked_concept_rate']:.3f}; "
+               f"the best concept rate is {pick['best_concept_rate']:.3f} ({pick['best']}): a gap of "
+               f"{pick['gap']:.3f}.\n")
+    write_json(out / "ranking.json", result, indent=2, default=str)
+    write_text(out / "ranking.md", md)
+    if ranked and ranked[0]["state"] == "finished":
+        top = ranked[0]
+        log(f"best: {top['name']} ({top['label']}): validation loss {_fmt(top['best_val_loss'])} at step "
+            f"{_fmt(top['best_step'])}")
+    log(f"comparison: {out} (ranking.md, grid.png, loss_curves.png)")
+    return result
+
+
+def evaluate_concept(root: Path, *, log: Callable[[str], None] = print) -> int:
+    """The toy world's learning benchmark (concept rate and drift, lorakit.toy.eval) on every finished point that
+    has no eval.json yet; refused for a point that does not train the toy base model. Returns how many were scored."""
+    from lorakit.config.load import load_config
+    from lorakit.errors import ConfigError
+    from lorakit.fsutil import write_json as _write
+    from lorakit.sweep.run import Sweep
+    from lorakit.toy.demo import lora_generator
+    from lorakit.toy.eval import evaluate
+    from lorakit.toy.paths import model_section, toy_families
+    from lorakit.toy.world import DEFAULT_TRIGGER
+
+    done = 0
+    for p in Sweep(root).read()["points"]:
+        run_dir = Path(root) / p["name"]
+        if p["state"] != "finished" or (run_dir / "eval.json").is_file():
+            continue
+        cfg = load_config(run_dir / "config.toml")
+        family = cfg.model.family
+        toy = family in toy_families() and \
+            Path(model_section(family)["checkpoint"]).resolve() == Path(cfg.model.checkpoint).resolve()
+        if not toy:
+            raise ConfigError(f"--concept: the concept score needs the toy world's base model; {p['name']} trains on "
+                              f"{cfg.model.checkpoint} (`lorakit toy path {family}` lists the toy files)")
+        log(f"concept score of {p['name']} (toy world learning benchmark)")
+        scores = evaluate(lora_generator(cfg, run_dir), DEFAULT_TRIGGER)
+        _write(run_dir / "eval.json", scores, indent=2)
+        done += 1
+    return done
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+def loss_curves(root: Path, manifest: dict[str, Any], path: Path) -> Optional[Path]:
+    """Every point's smoothed training loss (solid) and validation loss (dashed, markers) on one axis."""
+    from lorakit.train.metrics import series, smooth
+
+    curves = []
+    for p in manifest["points"]:
+        rows = _rows(root / p["name"])
+        curves.append((p, series(rows, "loss"), series(rows, "val_loss")))
+    if not any(len(t[0]) or len(v[0]) for _, t, v in curves):
+        return None
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9.6, 5.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = [f"C{i % 10}" for i in range(len(curves))]
+    for (p, (ts, tl), (vs, vl)), c in zip(curves, colours):
+        if ts:
+            ax.plot(ts, smooth(tl), color=c, linewidth=1.4, label=f"{p['label']} (train, smoothed)")
+        if vs:
+            ax.plot(vs, vl, color=c, linewidth=1.2, linestyle="--", marker="o", markersize=3,
+                    label=f"{p['label']} (validation)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training (solid) and validation (dashed) loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    from lorakit.fsutil import write_bytes
+
+    return write_bytes(path, buf.getvalue())
+
+
+def point_samples(run_dir: Path, name: str) -> dict[int, Path]:
+    """prompt index → the point's last sample of it (the "after" sample of a finished run, else the newest)."""
+    from lorakit.train.rundir import glob_escape
+
+    found: dict[int, tuple[str, Path]] = {}
+    for f in (run_dir / "samples").glob(f"{glob_escape(name)}_*.png"):
+        parts = f.stem[len(name) + 1:].split("_")
+        if len(parts) != 3 or not parts[1].isdigit() or parts[0] == "before":
+            continue
+        order = "~" if parts[0] == "after" else parts[0]  # "after" sorts last
+        idx = int(parts[1])
+        if idx not in found or order > found[idx][0]:
+            found[idx] = (order, f)
+    return {i: p for i, (_, p) in found.items()}
+
+
+def prompt_texts(run_dir: Path) -> list[str]:
+    import tomllib
+
+    try:
+        prompts = tomllib.loads((run_dir / "config.toml").read_text()).get("sample", {}).get("prompts", [])
+    except (OSError, ValueError):
+        return []
+    return [p.split(" --")[0].strip() for p in prompts]
+
+
+def grid_size(rows: int, cols: int, cell: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of grid.png for ``cell`` = (w, h) of one enlarged sample."""
+    return LABEL_W + cols * cell[0], HEADER_H + rows * cell[1]
+
+
+def cell_size(sample: tuple[int, int]) -> tuple[int, int]:
+    """A sample's (w, h) enlarged by the whole factor that brings its smaller side to at least MIN_CELL."""
+    k = max(1, -(-MIN_CELL // min(sample)))
+    return sample[0] * k, sample[1] * k
+
+
+def grid_image(root: Path, manifest: dict[str, Any], ranked: list[dict[str, Any]], path: Path) -> Optional[Path]:
+    """rows = points (in ranking order), columns = sample prompts; None when no point has samples."""
+    from PIL import Image, ImageDraw
+
+    from lorakit.data.images import open_image, save_image
+
+    samples = {e["name"]: point_samples(root / e["name"], e["name"]) for e in ranked}
+    cols = max((max(s) + 1 for s in samples.values() if s), default=0)
+    if cols == 0:
+        return None
+    first = next(p for s in samples.values() for p in s.values())
+    cw, ch = cell = cell_size(open_image(first).size)
+    texts = next((prompt_texts(root / e["name"]) for e in ranked if prompt_texts(root / e["name"])), [])
+    img = Image.new("RGB", grid_size(len(ranked), cols, cell), "white")
+    d = ImageDraw.Draw(img)
+    chars = max(8, cw // 6)
+    for c in range(cols):
+        label = texts[c] if c < len(texts) else f"prompt {c}"
+        d.text((LABEL_W + c * cw + 4, 4), label[:chars], fill="black")
+        if len(label) > chars:
+            d.text((LABEL_W + c * cw + 4, 16), label[chars:2 * chars], fill="black")
+    for r, e in enumerate(ranked):
+        y = HEADER_H + r * ch
+        lines = [f"{e['rank']}. {e['name']}", *e["label"].split(", "), f"step {_fmt(e['last_step'])}",
+                 f"val {_fmt(e['best_val_loss'])} @ {_fmt(e['best_step'])}"]
+        if e["state"] != "finished":
+            lines.append(e["state"])
+        for i, line in enumerate(lines[: max(1, ch // 12)]):
+            d.text((6, y + 4 + 12 * i), line[:38], fill="black")
+        for c in range(cols):
+            x = LABEL_W + c * cw
+            p = samples[e["name"]].get(c)
+            if p is None:
+                d.rectangle([x, y, x + cw - 1, y + ch - 1], fill=(220, 220, 220))
+                d.text((x + 6, y + ch // 2 - 6), "no sample", fill="black")
+                continue
+            img.paste(open_image(p).convert("RGB").resize((cw, ch), Image.NEAREST), (x, y))
+    return save_image(img, path)

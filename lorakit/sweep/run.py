@@ -1,0 +1,163 @@
+"""Running a sweep: the sweep folder, its manifest, and each point as a normal run.
+
+Layout of a sweep folder::
+
+    sweep.json            the manifest: base config, grid, steps, each point's state and results
+    run.toml              the user's config as given (each point re-reads it with its overrides)
+    <point>/              one normal run folder per point (config.toml, metrics.jsonl, samples/, LoRA, ...)
+    comparison/           grid.png, loss_curves.png, ranking.md, ranking.json (lorakit.sweep.report)
+
+The points run one after another in this process. Running several at once on one GPU is not implemented (the memory
+plan is per run; on the CPU parallel runs would only compete for the same cores). A point's state in sweep.json is
+``pending``, ``running``, ``interrupted``, ``finished`` or ``failed``; `lorakit sweep --resume DIR` keeps finished
+and failed points, resumes an interrupted (or killed, still ``running``) one from its last checkpoint, and starts
+the pending ones. A point that fails (a non-finite loss at a high learning rate, say) is recorded and the sweep goes
+on; it ranks last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from lorakit.config.load import load_config
+from lorakit.errors import ConfigError, LorakitError, TrainingError
+from lorakit.fsutil import write_json, write_text
+from lorakit.sweep.grid import Point, parse_grid, points
+
+MANIFEST = "sweep.json"
+SEQUENTIAL_NOTE = ("points run one after another (running several at once on one GPU is not implemented; on the CPU "
+                   "they would only compete for the same cores)")
+
+
+class Sweep:
+    """A sweep folder and its manifest."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.path = self.root / MANIFEST
+
+    def read(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            raise LorakitError(f"{self.root}: no {MANIFEST}; is it a sweep folder (made by `lorakit sweep`)?") \
+                from None
+        except ValueError as exc:
+            raise LorakitError(f"{self.path}: not readable JSON ({exc})") from None
+
+    def write(self, manifest: dict[str, Any]) -> None:
+        manifest["updated_at"] = time.time()
+        write_json(self.path, manifest, indent=2)
+
+    def set_point(self, manifest: dict[str, Any], name: str, **fields: Any) -> None:
+        for p in manifest["points"]:
+            if p["name"] == name:
+                p.update(fields)
+        self.write(manifest)
+
+    def source(self, manifest: dict[str, Any]) -> tuple[Path, dict]:
+        """The user's config path (relative paths resolve against its folder) and its text as the sweep began."""
+        return Path(manifest["config"]), tomllib.loads((self.root / "run.toml").read_text())
+
+    def point_config(self, manifest: dict[str, Any], point: dict[str, Any]):
+        path, data = self.source(manifest)
+        return load_config(path, point_overrides(self.root, manifest, point), data=data)
+
+
+def point_overrides(root: Path, manifest: dict[str, Any], point: dict[str, Any]) -> list[str]:
+    extra = [f"training.max_steps={manifest['steps']}"] if manifest.get("steps") else []
+    return [*manifest.get("overrides", []), *point["overrides"], *extra, f"save.dir={json.dumps(str(root))}",
+            f"save.name={json.dumps(point['name'])}"]
+
+
+def default_out(cfg) -> Path:
+    return Path(cfg.save.dir) / f"{cfg.save.name}-sweep"
+
+
+def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, out: Optional[Path] = None,
+           base_overrides: tuple[str, ...] = ()) -> Sweep:
+    """Check every point's config (before anything runs), then write the sweep folder and its manifest."""
+    config = Path(config).resolve()
+    if not config.is_file():
+        raise ConfigError(f"sweep: {config} not found")
+    if steps is not None and steps < 1:
+        raise ConfigError(f"sweep: --steps must be at least 1, got {steps}")
+    parsed = parse_grid(grid_items)
+    # a key with one value is a plain override of every point, not an axis of the grid
+    base_overrides = tuple(base_overrides) + tuple(f"{k}={v[0]}" for k, v in parsed.items() if len(v) == 1)
+    grid = {k: v for k, v in parsed.items() if len(v) > 1}
+    if not grid:
+        raise ConfigError("sweep: no key has two or more values; give e.g. optimizer.lr=5e-5,1e-4")
+    pts = points(grid)
+    text = config.read_text()
+    base = load_config(config, list(base_overrides))
+    root = Path(out).resolve() if out else default_out(base).resolve()
+    if root.exists() and any(root.iterdir()):
+        raise LorakitError(f"{root} is not empty; nothing was overwritten. Continue a sweep there with "
+                           f"`lorakit sweep --resume {root}`, or choose another --out")
+    manifest: dict[str, Any] = {
+        "version": 1, "config": str(config), "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "overrides": list(base_overrides), "grid": grid, "steps": steps, "execution": SEQUENTIAL_NOTE,
+        "created_at": time.time(),
+        "points": [{"name": p.name, "settings": dict(p.settings), "overrides": p.overrides, "label": p.label(),
+                    "state": "pending"} for p in pts],
+    }
+    sweep = Sweep(root)
+    data = tomllib.loads(text)
+    for p in manifest["points"]:  # every point must load: a bad value is refused before the first run
+        try:
+            load_config(config, point_overrides(root, manifest, p), data=data)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep point {p['label']}: {exc}") from None
+    root.mkdir(parents=True, exist_ok=True)
+    write_text(root / "run.toml", text)
+    sweep.write(manifest)
+    return sweep
+
+
+def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None) -> dict[str, Any]:
+    """Run (or continue) every point not yet finished or failed; then write the comparison."""
+    from lorakit.sweep.report import write_report
+
+    if train_fn is None:
+        from lorakit.train.loop import train as train_fn
+    manifest = sweep.read()
+    todo = [p for p in manifest["points"] if p["state"] not in ("finished", "failed")]
+    log(f"sweep {sweep.root}: {len(manifest['points'])} points, {len(todo)} to run; {manifest['execution']}")
+    for i, point in enumerate(todo, 1):
+        run_dir = sweep.root / point["name"]
+        if run_status(run_dir).get("status") == "finished":  # killed after the run ended, before the manifest knew
+            sweep.set_point(manifest, point["name"], state="finished", finished_at=time.time())
+            continue
+        resume = (run_dir / "config.toml").is_file()
+        log(f"[{i}/{len(todo)}] {point['name']}: {point['label']}" + (" (resuming)" if resume else ""))
+        cfg = load_config(run_dir / "config.toml") if resume else sweep.point_config(manifest, point)
+        sweep.set_point(manifest, point["name"], state="running", started_at=time.time())
+        try:
+            train_fn(cfg, resume=resume, log=log)
+        except KeyboardInterrupt:
+            sweep.set_point(manifest, point["name"], state="interrupted")
+            raise KeyboardInterrupt(f"sweep interrupted during {point['name']}; `lorakit sweep --resume "
+                                    f"{sweep.root}` continues it") from None
+        except TrainingError as exc:
+            sweep.set_point(manifest, point["name"], state="failed", error=str(exc))
+            log(f"point {point['name']} failed: {exc}")
+            continue
+        except LorakitError as exc:  # the data or the model, not the point's settings: stop; a resume retries it
+            sweep.set_point(manifest, point["name"], state="pending", error=str(exc))
+            raise
+        sweep.set_point(manifest, point["name"], state="finished", finished_at=time.time())
+    result = write_report(sweep.root, log=log)
+    return result
+
+
+def run_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}

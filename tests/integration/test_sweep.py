@@ -1,0 +1,60 @@
+"""`lorakit sweep` with real tiny SDXL runs (slow: eight short runs; tests/unit/test_sweep.py covers the same flow
+with a stand-in trainer): a 2x2 grid gives four run folders, a grid image of the right size, a ranking equal to
+sorting the metrics; a sweep interrupted mid-point and resumed finishes with the same numbers as one run straight."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from lorakit.cli import main
+from lorakit.sweep import report
+from lorakit.train import resume as resume_mod
+
+from tests.integration.test_train_e2e import tiny_model, write_run_toml
+from tests.unit.test_sweep import rank_from_metrics
+
+ARGS = ["optimizer.lr=1e-3,4e-3", "network.rank=2,4", "data.validation_split=0.25", "save.every_n_steps=1",
+        "validation.every_n_steps=1", "sample.at_start=false", 'sample.prompts=["a red zkx --d 1 --s 1"]',
+        "log.progress=false", "log.tensorboard=false", "--steps", "2"]
+
+
+@pytest.mark.slow
+def test_sweep_2x2_then_interrupted_sweep_resumes_to_the_same_results(tmp_path):
+    paths = tiny_model("sdxl", tmp_path / "model")
+    toml = write_run_toml(tmp_path, "sdxl", paths)
+    straight = tmp_path / "straight"
+    assert main(["sweep", str(toml), *ARGS, "--out", str(straight)]) == 0
+    names = [p["name"] for p in json.loads((straight / "sweep.json").read_text())["points"]]
+    assert sorted(p.name for p in straight.iterdir() if (p / "config.toml").is_file()) == sorted(names)
+    ranked = json.loads((straight / "comparison" / "ranking.json").read_text())["points"]
+    assert [p["name"] for p in ranked] == rank_from_metrics(straight)
+    w, h = Image.open(next((straight / names[0] / "samples").glob("*_after_00_*.png"))).size
+    cell = report.cell_size((w, h))
+    assert Image.open(straight / "comparison" / "grid.png").size == report.grid_size(4, 1, cell)
+
+    real = resume_mod.save_checkpoint
+    seen = []
+
+    def stop_in_second_point(*args, **kw):
+        path = real(*args, **kw)
+        seen.append(args[0].name)
+        if args[0].name == names[1] and args[9] == 1:
+            raise KeyboardInterrupt
+        return path
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(resume_mod, "save_checkpoint", stop_in_second_point)
+    again = tmp_path / "again"
+    try:
+        assert main(["sweep", str(toml), *ARGS, "--out", str(again)]) == 130
+    finally:
+        mp.undo()
+    states = [p["state"] for p in json.loads((again / "sweep.json").read_text())["points"]]
+    assert states == ["finished", "interrupted", "pending", "pending"]
+    assert main(["sweep", "--resume", str(again)]) == 0
+    resumed = json.loads((again / "comparison" / "ranking.json").read_text())["points"]
+    key = lambda ps: [(p["name"], p["best_val_loss"], p["best_step"], p["final_train_loss"]) for p in ps]
+    assert key(resumed) == key(ranked)
