@@ -37,6 +37,17 @@ def bucket_step(family: str) -> int:
     return int(getattr(get_family(family).SPEC, "bucket_step", 32))
 
 
+def default_resolution(family: str) -> int | None:
+    """The training resolution of ``family`` when neither the config nor its preset sets one (``ModelSpec.
+    default_resolution``: 512 for SD 1.5, 1024 for the others); None for a family that is not installed (the loader
+    refuses that family itself)."""
+    from lorakit.models.registry import get_family
+
+    if family not in installed():
+        return None
+    return int(get_family(family).SPEC.default_resolution)
+
+
 def clear() -> None:
     """Forget what was read, here and in the registry's discovery (after a family is registered at run time or
     ``LORAKIT_FAMILIES`` changed), so that the keys asked next come from the families installed now."""

@@ -106,6 +106,7 @@ def _load(path: Any, overrides: Sequence[str], data: Mapping[str, Any] | None) -
     merged.pop("preset", None)
     apply_overrides(merged, overrides, explicit)
     resolve_default_paths(merged, base)
+    _family_resolution(merged)
 
     cfg = build_config(merged, preset_name)
     notes: list[str] = []
@@ -116,6 +117,19 @@ def _load(path: Any, overrides: Sequence[str], data: Mapping[str, Any] | None) -
     setattr(cfg, _NOTES_ATTR, notes)
     setattr(cfg, _EXPLICIT_ATTR, frozenset(explicit))
     return cfg
+
+
+def _family_resolution(merged: dict[str, Any]) -> None:
+    """``data.resolution`` unset by the config and its preset: the family's own training size, not the schema's
+    1024 (an SD 1.5 run trains at 512)."""
+    from lorakit.config import families
+
+    family = (merged.get("model") or {}).get("family")
+    data = merged.setdefault("data", {})
+    if isinstance(family, str) and isinstance(data, dict) and "resolution" not in data:
+        size = families.default_resolution(family)
+        if size is not None:
+            data["resolution"] = size
 
 
 def cfg_notes(cfg: Config) -> list[str]:

@@ -752,3 +752,17 @@ def test_cache_latents_false_is_refused_and_true_still_loads():
     assert load_config(None, data={**base, "memory": {"cache_latents": True}}).memory.cache_latents is True
     with pytest.raises(ConfigError, match=r"^memory.cache_latents: false is not offered: latents are always cached"):
         load_config(None, data={**base, "memory": {"cache_latents": False}})
+
+
+def test_resolution_defaults_to_the_family_size_unless_set():
+    """data.resolution unset: the family's ModelSpec.default_resolution (SD 1.5 trains at 512, not the schema's 1024);
+    a value from the config is kept."""
+    from lorakit.models.registry import get_family
+
+    for family in ("sd15", "sdxl"):
+        cfg = load_config(None, data={"model": {"family": family, "checkpoint": "x.safetensors"}, "data": {"dir": "."}})
+        assert cfg.data.resolution == get_family(family).SPEC.default_resolution
+    assert get_family("sd15").SPEC.default_resolution == 512
+    cfg = load_config(None, data={"model": {"family": "sd15", "checkpoint": "x.safetensors"},
+                                  "data": {"dir": ".", "resolution": 768}})
+    assert cfg.data.resolution == 768
