@@ -67,18 +67,27 @@ class Run:
     placed: Any = None
 
 
-def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> RunResult:
+def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print,
+          run_dir: Optional[Path] = None) -> RunResult:
     """Run (or continue) one training run described by ``cfg``; the stall watchdog watches every phase, from
-    the dataset scan to the checks after the final save."""
+    the dataset scan to the checks after the final save. ``run_dir``: the folder a resume continues (the one given
+    to ``--resume``, wherever it was copied or moved; default ``save.dir/save.name``)."""
     watchdog = health.StallWatchdog(cfg.training.stall_timeout, log=log).start()
     try:
-        return _train(cfg, resume, force, log, watchdog)
+        return _train(cfg, resume, force, log, watchdog, run_dir)
     finally:
         watchdog.stop()
 
 
-def _train(cfg: Config, resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> RunResult:
-    r = start(cfg, resume_, log)
+def _train(cfg: Config, resume_: bool, force: bool, log: Callable[[str], None], watchdog, run_dir) -> RunResult:
+    r = start(cfg, resume_, log, run_dir)
+    try:
+        return _run(r, resume_, force, log, watchdog)
+    finally:
+        r.run.unlock()  # the run folder's lock (the OS drops it too when the process ends in any way)
+
+
+def _run(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> RunResult:
     try:
         ready = prepare(r, resume_, force, log, watchdog)
     except BaseException:
@@ -104,7 +113,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
                                buckets=len({item.bucket for item in r.dataset.items}), log=log)
     run_cfg = r.placed.cfg
     if resume_:
-        resume.check_plan(r.run, r.placed.plan, force)
+        resume.check_plan(r.run, r.placed.plan, force, log)
     write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))
     if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
         r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed)
@@ -117,8 +126,10 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
         if start_step == 0:  # steps logged before the kill are redone: drop them
             (r.run.root / "metrics.jsonl").unlink(missing_ok=True)
     previews = Previews(run_cfg, r.adapter.spec, r.adapter, r.run, r.device, r.compute_dtype, watchdog, log)
-    metrics = MetricsWriter(r.run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step)
-    previews.metrics = metrics
+    metrics = MetricsWriter(r.run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step if resume_ else None)
+    for note in metrics.notes:
+        log(f"warning: {note}")
+    previews.metrics, previews.modules = metrics, r.placed.modules
     r.run.write_status(status="running", step=start_step, max_steps=cfg.training.max_steps)
     if previews.prompts and cfg.sample.at_start and start_step == 0:
         previews.draw(0, "before")
@@ -131,11 +142,22 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
 # ====================================================================== phases before the loop
 
 
-def start(cfg: Config, resume_: bool, log: Callable[[str], None]) -> Run:
-    """The run folder, the device and the checks that need no file read."""
-    run = RunDir(Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
-    if resume_ and not run.root.exists():
+def start(cfg: Config, resume_: bool, log: Callable[[str], None], run_dir: Optional[Path] = None) -> Run:
+    """The run folder (locked while this process trains in it), the device and the checks that need no file read."""
+    run = RunDir(Path(run_dir) if run_dir else Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
+    if resume_ and not run.root.is_dir():
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
+    if resume_:
+        run.lock()
+        resume.tidy(run, log)
+    try:
+        return _start(cfg, resume_, run)
+    except BaseException:
+        run.unlock()
+        raise
+
+
+def _start(cfg: Config, resume_: bool, run: RunDir) -> Run:
     family = get_family(cfg.model.family)
     device = pick_device(cfg.training.device)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
@@ -170,7 +192,7 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     weight_dtype = r.compute_dtype if r.device.type == "cuda" else torch.float32
     r.adapter.load(cfg.model, cfg.memory, r.device, weight_dtype)
     identity = r.adapter.identity()
-    cache_root = cache_folder(cfg.data, cfg.save.dir)
+    cache_root = cache_folder(cfg.data, r.run.root.parent)  # save.dir, or where a moved run folder now lives
     r.latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
     r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)
@@ -246,13 +268,14 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
             reporter.add(step, stats, {"seconds": now - t_last, "lr": scheduler.get_last_lr()[-1],
                                        "epoch": r.stream.epoch}, read_now=bool(save_now or sample_now))
             t_last = now
+            if sample_now:  # before the save: once state N exists, so do step N's previews
+                previews.draw(step)
             if save_now:
                 watchdog.beat(f"saving step {step}")
+                reporter.metrics.flush()
                 reporter.last_saved = resume.save_checkpoint(r.run, cfg, r.adapter, placed.modules, placed.targets,
                                                              optimizer, scheduler, r.stream, generator, step,
                                                              r.fingerprint, r.dataset)
-            if sample_now:
-                previews.draw(step)
         reporter.flush()
     except KeyboardInterrupt:
         reporter.flush_quietly()
@@ -294,8 +317,8 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
     metrics.close()
     plot_loss(read_metrics(r.run.root / "metrics.jsonl"), r.run.root / "loss.png")
     watchdog.beat("checking the trained LoRA")
-    effect = steps.lora_effect(r.adapter, placed.modules, next_batch, cfg.training, generator, r.device,
-                               r.compute_dtype)
+    effect = steps.lora_effect(r.adapter, placed.modules, next_batch, cfg.training,
+                               torch.Generator().manual_seed(cfg.training.seed), r.device, r.compute_dtype)
     if effect == 0.0:
         log("warning: the trained LoRA does not change the model's output at all on the training data "
             "(the most common silent failure): check optimizer.lr and the LoRA targets")
