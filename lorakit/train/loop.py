@@ -114,7 +114,6 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     run_cfg = r.placed.cfg
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force, log)
-    write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))
     if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
         r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed)
     optimizer, scheduler, scaler = make_optimizer(run_cfg, r)
@@ -125,6 +124,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
                                     scheduler, r.stream, generator, log)
         if start_step == 0:  # steps logged before the kill are redone: drop them
             (r.run.root / "metrics.jsonl").unlink(missing_ok=True)
+    write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))  # a refused resume keeps it
     previews = Previews(run_cfg, r.adapter.spec, r.adapter, r.run, r.device, r.compute_dtype, watchdog, log)
     metrics = MetricsWriter(r.run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step if resume_ else None)
     for note in metrics.notes:
