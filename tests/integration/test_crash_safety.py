@@ -241,8 +241,9 @@ def test_partial_state_is_never_taken_for_complete(tmp_path, monkeypatch):
     lora = {"unet": {"a.b": checkpoint.LoraModule(down=torch.ones(2, 3), up=torch.zeros(3, 2), alpha=1.0)}}
     for step in (3, 6):
         checkpoint.save_state(run.state_path(step), lora=lora, optimizer_state={"state": {}, "param_groups": []},
-                              scheduler_state={}, rng=checkpoint.capture_rng(), data_state={}, step=step,
-                              config_fingerprint={"s": step})
+                              scheduler_state={}, step=step, config_fingerprint={"s": step},
+                              rng={**checkpoint.capture_rng(), "loop_generator": torch.Generator().get_state()},
+                              data_state={"epoch": 0, "position": step})
     (run.state_path(9)).mkdir()
     (run.state_path(9) / "lora.safetensors").write_bytes(b"partial")
     assert run.latest_state() == run.state_path(6)
