@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a LoRA from a TOML config")
     t.add_argument("config", nargs="?", help="run.toml")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    t.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (its config.toml is used; DIR may be a copied or moved run folder)")
+    t.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (its config.toml is used; DIR "
+                   "may be a copied or moved run folder)")
     t.add_argument("--force-resume", action="store_true", help="resume even if the settings changed")
     t.set_defaults(func=cmd_train)
 

@@ -171,8 +171,8 @@ def tidy(run: RunDir, log) -> None:
     when run.json was damaged (it is written anew)."""
     removed = run.clean_temps()
     if removed:
-        names = ", ".join(str(p.relative_to(run.root)) for p in removed[:4])
-        log(f"removed {len(removed)} temporary file(s) an interrupted run left: {names}{', …' if len(removed) > 4 else ''}")
+        names = ", ".join(str(p.relative_to(run.root)) for p in removed[:4]) + (", …" if len(removed) > 4 else "")
+        log(f"removed {len(removed)} temporary file(s) an interrupted run left: {names}")
     problem = run.status_problem()
     if problem:
         log(f"warning: {problem}")

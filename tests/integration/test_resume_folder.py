@@ -84,7 +84,8 @@ def test_resume_a_copied_and_a_moved_run_folder(tmp_path, capsys):
     assert rc == 0, err[-2000:]
     assert snapshot(base) == before  # nothing of the original was read for writing, pruned or overwritten
     assert f"resumed from {copy / 'state' / 'step00000002'} at step 2" in out
-    assert "step00000004: manifest.json is not a lorakit state manifest" in out and "trying the checkpoint before" in out
+    assert "step00000004: manifest.json is not a lorakit state manifest" in out
+    assert "trying the checkpoint before it" in out
     assert f"{copy / 'metrics.jsonl'}: skipped 1 damaged line(s) (line 2)" in out
     assert f"{copy / 'run.json'} is empty or damaged" in out
     assert "removed 5 temporary file(s) an interrupted run left" in out
