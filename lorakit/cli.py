@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a LoRA from a TOML config")
     t.add_argument("config", nargs="?", help="run.toml")
     t.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    t.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (its config.toml is used)")
+    t.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (its config.toml is used; DIR "
+                   "may be a copied or moved run folder)")
     t.add_argument("--force-resume", action="store_true", help="resume even if the settings changed")
     t.set_defaults(func=cmd_train)
 
@@ -180,7 +181,7 @@ def cmd_train(args) -> int:
             raise LorakitError(f"--resume: {cfg_path} not found; is {run_dir} a lorakit run folder?")
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         cfg = load_config(cfg_path, overrides)
-        train(cfg, resume=True, force=args.force_resume)
+        train(cfg, resume=True, force=args.force_resume, run_dir=run_dir)  # DIR itself, wherever it now lives
         return 0
     if not args.config:
         raise LorakitError("train: give a run.toml (or --resume DIR)")

@@ -161,10 +161,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: PathLike, *, max_age_s: float = 24 * 3600) -> list[Path]:
+def remove_stale_temps(folder: PathLike, *, max_age_s: float = 24 * 3600, others_dead: bool = False) -> list[Path]:
     """Delete the writer's temp files in ``folder`` left by a crashed writer: their pid is not running, or
-    they are older than ``max_age_s`` (a pid may be reused). Returns what was removed; other files are never
-    touched."""
+    they are older than ``max_age_s`` (a pid may be reused). ``others_dead``: the caller knows no other process
+    writes there (it holds the folder's lock), so every pid but its own is a dead writer's. Returns what was
+    removed; other files are never touched."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
@@ -178,7 +179,8 @@ def remove_stale_temps(folder: PathLike, *, max_age_s: float = 24 * 3600) -> lis
             old = now - p.stat().st_mtime > max_age_s
         except OSError:
             continue
-        if old or not _pid_alive(int(m.group(1))):
+        pid = int(m.group(1))
+        if old or not _pid_alive(pid) or (others_dead and pid != os.getpid()):
             with contextlib.suppress(OSError):
                 p.unlink()
                 removed.append(p)
@@ -284,3 +286,89 @@ def path_identity(path: PathLike, sub: str = "") -> str:
         h.update(str(p.relative_to(root)).encode())
         h.update(file_identity(p, samples=4).encode())
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------- locking
+
+
+class LockHeld(LorakitError):
+    """Another process holds the lock; ``holder`` is what it wrote into the lock file (may be empty)."""
+
+    def __init__(self, path: Path, holder: dict) -> None:
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is locked by {describe_holder(holder)}")
+
+
+def describe_holder(holder: dict) -> str:
+    """``pid 123 on host gpu1, started 2026-12-07 01:23:45 UTC`` (what is known of it)."""
+    if not holder.get("pid"):
+        return "another process (it has not written its details yet)"
+    when = holder.get("started")
+    when_s = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when)) if isinstance(when, (int, float)) else "?"
+    return f"pid {holder['pid']} on host {holder.get('host', '?')}, started {when_s}"
+
+
+class FileLock:
+    """An OS lock (``fcntl.flock``, exclusive, non-blocking) on ``path``, held until :meth:`release` or the
+    process ends in any way (the kernel drops it with the file descriptor, SIGKILL included). The holder's pid,
+    host and start time are written into the file so that a refused process can name it. Where ``fcntl`` does not
+    exist (Windows) :attr:`supported` is False and nothing is locked."""
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def supported(self) -> bool:
+        try:
+            import fcntl  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def acquire(self, **info: Any) -> "FileLock":
+        """Take the lock or raise :class:`LockHeld` naming the holder."""
+        if self._fd is not None or not self.supported:
+            return self
+        import fcntl
+        import socket
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = read_lock_holder(self.path)
+            os.close(fd)
+            raise LockHeld(self.path, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), **info}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # no stale holder for the next reader
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def read_lock_holder(path: PathLike) -> dict:
+    """What the holder wrote into a lock file ({} when nothing readable)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -174,21 +174,34 @@ def load_state(folder: Path, *, verify: bool = True) -> dict[str, Any]:
         raise IncompleteStateError(f"{folder}: incomplete state (no COMPLETE marker or manifest); it was being "
                                    "written when the run stopped. Resume from an earlier state folder.")
     try:
+        return _load_checked(folder, verify)
+    except IncompleteStateError:
+        raise
+    except Exception as e:  # valid JSON of the wrong shape, a file that no longer loads: damaged, as for a bad byte
+        raise IncompleteStateError(f"{folder}: damaged state ({type(e).__name__}: {str(e)[:120]})") from e
+
+
+def _load_checked(folder: Path, verify: bool) -> dict[str, Any]:
+    try:
         manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise IncompleteStateError(f"{folder}: unreadable manifest.json ({e})") from e
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise IncompleteStateError(f"{folder}: manifest.json is not a lorakit state manifest (no \"files\" table)")
     if manifest.get("format") != FORMAT_VERSION:
         raise IncompleteStateError(f"{folder}: state format {manifest.get('format')!r} is not supported by this "
                                    f"lorakit (expects {FORMAT_VERSION})")
     for name in FILES:
-        entry = manifest.get("files", {}).get(name)
+        entry = manifest["files"].get(name)
         path = folder / name
-        if entry is None or not path.is_file():
+        if not isinstance(entry, dict) or not path.is_file():
             raise IncompleteStateError(f"{folder}: {name} is missing")
-        if path.stat().st_size != entry["size"] or (verify and file_sha256(path) != entry["sha256"]):
+        if path.stat().st_size != entry.get("size") or (verify and file_sha256(path) != entry.get("sha256")):
             raise IncompleteStateError(f"{folder}: {name} is damaged (size or checksum differs from the manifest)")
     train_state = json.loads((folder / "train_state.json").read_text(encoding="utf-8"))
-    return {
+    if not isinstance(train_state, dict) or not {"step", "data_state", "config_fingerprint"} <= set(train_state):
+        raise IncompleteStateError(f"{folder}: train_state.json lacks step, data_state or config_fingerprint")
+    state = {
         "lora": _unflatten_lora(safetensors.torch.load_file(str(folder / "lora.safetensors"), device="cpu")),
         "optimizer_state": torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True),
         "scheduler_state": torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=True),
@@ -197,6 +210,14 @@ def load_state(folder: Path, *, verify: bool = True) -> dict[str, Any]:
         "step": int(train_state["step"]),
         "config_fingerprint": train_state["config_fingerprint"],
     }
+    if manifest.get("step", state["step"]) != state["step"]:
+        raise IncompleteStateError(f"{folder}: manifest.json says step {manifest.get('step')!r}, train_state.json "
+                                   f"{state['step']}")
+    for key, kind in (("optimizer_state", dict), ("scheduler_state", dict), ("rng", dict), ("data_state", dict),
+                      ("config_fingerprint", dict)):
+        if not isinstance(state[key], kind):
+            raise IncompleteStateError(f"{folder}: {key} is not a {kind.__name__}")
+    return state
 
 
 # ----------------------------------------------------------------------------------------- fingerprints

@@ -71,18 +71,27 @@ class Run:
     validator: Any = None           # train.validation.Validator
 
 
-def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> RunResult:
+def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print,
+          run_dir: Optional[Path] = None) -> RunResult:
     """Run (or continue) one training run described by ``cfg``; the stall watchdog watches every phase, from
-    the dataset scan to the checks after the final save."""
+    the dataset scan to the checks after the final save. ``run_dir``: the folder a resume continues (the one given
+    to ``--resume``, wherever it was copied or moved; default ``save.dir/save.name``)."""
     watchdog = health.StallWatchdog(cfg.training.stall_timeout, log=log).start()
     try:
-        return _train(cfg, resume, force, log, watchdog)
+        return _train(cfg, resume, force, log, watchdog, run_dir)
     finally:
         watchdog.stop()
 
 
-def _train(cfg: Config, resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> RunResult:
-    r = start(cfg, resume_, log)
+def _train(cfg: Config, resume_: bool, force: bool, log: Callable[[str], None], watchdog, run_dir) -> RunResult:
+    r = start(cfg, resume_, log, run_dir)
+    try:
+        return _run(r, resume_, force, log, watchdog)
+    finally:
+        r.run.unlock()  # the run folder's lock (the OS drops it too when the process ends in any way)
+
+
+def _run(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> RunResult:
     try:
         ready = prepare(r, resume_, force, log, watchdog)
     except BaseException:
@@ -112,8 +121,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     run_cfg = r.placed.cfg
     check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
     if resume_:
-        resume.check_plan(r.run, r.placed.plan, force)
-    write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))
+        resume.check_plan(r.run, r.placed.plan, force, log)
     if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
         r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed)
     optimizer, scheduler, scaler = make_optimizer(run_cfg, r)
@@ -124,10 +132,13 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
                                     scheduler, r.stream, generator, log)
         if start_step == 0:  # steps logged before the kill are redone: drop them
             (r.run.root / "metrics.jsonl").unlink(missing_ok=True)
+    write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))  # a refused resume keeps it
     previews = Previews(run_cfg, r.adapter.spec, r.adapter, r.run, r.device, r.compute_dtype, watchdog, log,
                         resolution=run_settings(r.dataset, run_cfg.training.batch_size)["resolution"])
-    metrics = MetricsWriter(r.run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step)
-    previews.metrics = metrics
+    metrics = MetricsWriter(r.run.root, tensorboard=cfg.log.tensorboard, resume_step=start_step if resume_ else None)
+    for note in metrics.notes:
+        log(f"warning: {note}")
+    previews.metrics, previews.modules = metrics, r.placed.modules
     r.validator = validation.start(r, run_cfg, metrics, start_step, log)
     r.run.write_status(status="running", step=start_step, max_steps=cfg.training.max_steps)
     if previews.prompts and cfg.sample.at_start and start_step == 0:
@@ -141,11 +152,22 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
 # ====================================================================== phases before the loop
 
 
-def start(cfg: Config, resume_: bool, log: Callable[[str], None]) -> Run:
-    """The run folder, the device and the checks that need no file read."""
-    run = RunDir(Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
-    if resume_ and not run.root.exists():
+def start(cfg: Config, resume_: bool, log: Callable[[str], None], run_dir: Optional[Path] = None) -> Run:
+    """The run folder (locked while this process trains in it), the device and the checks that need no file read."""
+    run = RunDir(Path(run_dir) if run_dir else Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
+    if resume_ and not run.root.is_dir():
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
+    if resume_:
+        run.lock()
+        resume.tidy(run, log)
+    try:
+        return _start(cfg, resume_, run)
+    except BaseException:
+        run.unlock()
+        raise
+
+
+def _start(cfg: Config, resume_: bool, run: RunDir) -> Run:
     family = get_family(cfg.model.family)
     device = pick_device(cfg.training.device)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
@@ -190,7 +212,7 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     weight_dtype = r.compute_dtype if r.device.type == "cuda" else torch.float32
     r.adapter.load(cfg.model, autoplan.loading_memory(cfg, r.adapter.spec, r.device), r.device, weight_dtype)
     identity = r.adapter.identity()
-    cache_root = cache_folder(cfg.data, cfg.save.dir)
+    cache_root = cache_folder(cfg.data, r.run.root.parent)  # save.dir, or where a moved run folder now lives
     r.latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
     caching = autoplan.caching_plan(cfg, r.dataset.items, r.device, log)  # VAE batch from the free memory
@@ -275,14 +297,15 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
             if val_now:  # before the save: a kill between the two redoes both on resume
                 watchdog.beat(f"validation loss at step {step}")
                 r.validator.run_at(step)
+            if sample_now:  # before the save: once state N exists, so do step N's previews
+                previews.draw(step)
             if save_now:
                 watchdog.beat(f"saving step {step}")
+                reporter.metrics.flush()
                 reporter.last_saved = resume.save_checkpoint(r.run, cfg, r.adapter, placed.modules, placed.targets,
                                                              optimizer, scheduler, r.stream, generator, step,
                                                              r.fingerprint, r.dataset)
                 plot_loss(read_metrics(r.run.root / "metrics.jsonl"), r.run.root / "loss.png")
-            if sample_now:
-                previews.draw(step)
         reporter.flush()
     except KeyboardInterrupt:
         reporter.flush_quietly()
@@ -325,8 +348,8 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
     metrics.close()
     plot_loss(read_metrics(r.run.root / "metrics.jsonl"), r.run.root / "loss.png")
     watchdog.beat("checking the trained LoRA")
-    effect = steps.lora_effect(r.adapter, placed.modules, next_batch, cfg.training, generator, r.device,
-                               r.compute_dtype)
+    effect = steps.lora_effect(r.adapter, placed.modules, next_batch, cfg.training,
+                               torch.Generator().manual_seed(cfg.training.seed), r.device, r.compute_dtype)
     if effect == 0.0:
         log("warning: the trained LoRA does not change the model's output at all on the training data "
             "(the most common silent failure): check optimizer.lr and the LoRA targets")

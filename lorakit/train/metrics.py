@@ -18,11 +18,16 @@ from lorakit.fsutil import write_bytes, write_text
 
 
 class MetricsWriter:
-    """Appends step metrics to metrics.jsonl and (optionally) TensorBoard."""
+    """Appends step metrics to metrics.jsonl and (optionally) TensorBoard.
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool, resume_step: int = 0) -> None:
+    ``resume_step``: None for a new run; on a resume the step it continues from. metrics.jsonl then keeps only the
+    rows up to that step (the steps after it are trained again; damaged lines are dropped and ``notes`` says so),
+    and TensorBoard is told to hide the events after it (``purge_step``), so both hold each step once."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool, resume_step: Optional[int] = None) -> None:
         self.path = run_dir / "metrics.jsonl"
-        if resume_step > 0 and self.path.exists():
+        self.notes: list[str] = []
+        if resume_step is not None and self.path.exists():
             self._truncate_after(resume_step)
         self._fh = open(self.path, "a", encoding="utf-8")
         self._tb = None
@@ -30,13 +35,20 @@ class MetricsWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_step or None)
+                # TensorBoard hides every earlier event with a step >= purge_step (the steps trained again)
+                purge = None if resume_step is None else resume_step + 1 if resume_step > 0 else 0
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
             except ImportError:  # tensorboard is a declared dependency; keep metrics.jsonl either way
                 self._tb = None
 
     def _truncate_after(self, step: int) -> None:
-        kept = [line for line in read_metrics(self.path) if line.get("step", 0) <= step]
-        write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
+        rows, bad = read_metrics_checked(self.path)
+        kept = [row for row in rows if _step(row) <= step]
+        if bad:
+            self.notes.append(f"{self.path}: skipped {len(bad)} damaged line(s) (line {', '.join(map(str, bad[:5]))}"
+                              f"{', …' if len(bad) > 5 else ''}); the file is rewritten without them")
+        if bad or len(kept) != len(rows):
+            write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, row: dict[str, Any]) -> None:
         # JSON has no NaN/Infinity: write null so every JSON reader (the UI's too) can parse the line
@@ -57,24 +69,47 @@ class MetricsWriter:
 
             self._tb.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
 
+    def flush(self) -> None:
+        """Put every event so far on disk (before a checkpoint: a kill after it loses no step the state holds)."""
+        if self._tb is not None:
+            self._tb.flush()
+
     def close(self) -> None:
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
 
 
+def _step(row: dict) -> float:
+    step = row.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else float("inf")
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All complete JSON lines of a metrics file (a torn last line from a crash is ignored)."""
-    rows = []
+    """All complete JSON rows of a metrics file (a torn last line from a crash, a damaged line, is left out)."""
+    return read_metrics_checked(path)[0]
+
+
+def read_metrics_checked(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(rows, numbers of the lines that are not a JSON object: torn, bad bytes, another type)."""
+    rows: list[dict[str, Any]] = []
+    bad: list[int] = []
     if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+        return rows, bad
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
-    return rows
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                bad.append(n)
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad.append(n)
+    return rows, bad
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:

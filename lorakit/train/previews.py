@@ -17,7 +17,7 @@ from lorakit.models.base import SamplePrompt
 from lorakit.train import health
 from lorakit.train.rundir import RunDir, glob_escape
 from lorakit.train.sampling import load_prompts, sample_filename
-from lorakit.train.steps import autocast
+from lorakit.train.steps import autocast, no_training_randomness
 
 
 class Previews:
@@ -34,6 +34,7 @@ class Previews:
         self.cfg, self.adapter, self.run, self.device, self.dtype = cfg, adapter, run, device, compute_dtype
         self.watchdog, self.log = watchdog, log
         self.metrics = None
+        self.modules: dict = {}  # the LoRA-carrying modules: dropout off while drawing (steps.no_training_randomness)
         self.paths: list[Path] = []
 
     def due(self, step: int) -> bool:
@@ -46,7 +47,7 @@ class Previews:
         for i, p in enumerate(self.prompts):
             # previews run eager: compiled training regions would recompile for every sample shape
             eager = torch.compiler.set_stance("force_eager") if self.cfg.memory.compile else contextlib.nullcontext()
-            with torch.no_grad(), autocast(self.device, self.dtype), eager:
+            with torch.no_grad(), autocast(self.device, self.dtype), eager, no_training_randomness(self.modules):
                 img = self.adapter.sample(p, torch.Generator().manual_seed(p.seed))
             path = self.run.samples / sample_filename(self.cfg.save.name, step, i, p.seed, tag)
             save_image(img, path, sample_text(p, step, self.cfg))

@@ -57,8 +57,10 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
     for state_dir in reversed(run.complete_states()):
         try:
             state = checkpoint.load_state(state_dir)
+            _check_parts(state_dir, state, targets)
             break
         except checkpoint.IncompleteStateError as exc:
+            state = None
             log(f"warning: {exc}; trying the checkpoint before it")
     if state is None:
         log(f"--resume: {run.root} has no complete checkpoint (the run stopped before its first save finished); "
@@ -67,6 +69,7 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
     changed = checkpoint.fingerprint_diff(state["config_fingerprint"], fingerprint)
     if changed and not force:
         raise settings_changed(state_dir, changed)
+    _check_data_order(state_dir, state["data_state"], stream)
     for component in targets:
         load_lora_into(modules[component], state["lora"][component])
     optimizer.load_state_dict(state["optimizer_state"])
@@ -79,12 +82,37 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
     return int(state["step"])
 
 
+def _check_parts(state_dir: Path, state: dict, targets) -> None:
+    """A state that loads but lacks what a resume of this run needs is damaged, like one with a bad byte."""
+    missing = [c for c in targets if c not in state["lora"]]
+    if missing:
+        raise checkpoint.IncompleteStateError(f"{state_dir}: no LoRA weights for {', '.join(missing)}")
+    if "loop_generator" not in state["rng"] or "torch" not in state["rng"]:
+        raise checkpoint.IncompleteStateError(f"{state_dir}: rng.pt lacks the training random streams")
+    try:
+        int(state["data_state"]["epoch"]), int(state["data_state"]["position"])
+    except (ValueError, KeyError, TypeError):
+        raise checkpoint.IncompleteStateError(f"{state_dir}: train_state.json has no data position") from None
+
+
+def _check_data_order(state_dir: Path, saved: dict, stream) -> None:
+    """The saved data position means something only for the data order it was taken in (seed, batch size): a
+    change that --force-resume let through ends here in one line, before any weight is touched."""
+    for key, name, now in (("seed", "training.seed", stream.seed), ("batch_size", "training.batch_size",
+                                                                     stream.batch_size)):
+        if key in saved and saved[key] != now:
+            raise TrainingError(
+                f"cannot resume {state_dir} with {name} = {now}: it was saved with {name} = {saved[key]}, and its "
+                f"data position belongs to that order (even with --force-resume). Set {name} = {saved[key]} to "
+                "continue it, or start a new run.")
+
+
 def check_unchanged(run: RunDir, fingerprint: dict) -> None:
     """Compare with the newest state's saved fingerprint (a cheap read; restore() verifies the state fully)."""
     latest = run.latest_state()
     try:
         saved = json.loads((latest / "train_state.json").read_text())["config_fingerprint"] if latest else None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # a damaged state: restore() reports it and falls back to an earlier one
     changed = checkpoint.fingerprint_diff(saved, fingerprint) if saved is not None else []
     if changed:
@@ -96,15 +124,21 @@ def settings_changed(state_dir: Path, changed: list[str]) -> TrainingError:
                          "Use --force-resume to continue anyway, or start a new run.")
 
 
-def check_plan(run: RunDir, plan: dict, force: bool) -> None:
+def check_plan(run: RunDir, plan: dict, force: bool, log=print) -> None:
     """A resumed run must run as it ran: the plan derived now against ``plan.json`` (what the first start chose).
     A different plan (another card, another PyTorch, a changed estimate) is refused naming each difference, unless
     ``force``; the new plan is then recorded."""
     path = run.root / "plan.json"
-    try:
-        saved = json.loads(path.read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+    if not path.exists():
         return  # no plan recorded yet (a run stopped before planning): this one is written
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        if not isinstance(saved, dict):
+            raise TypeError("settings is not a table")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log(f"warning: {path} is unreadable ({type(exc).__name__}: {str(exc)[:80]}): the memory plan cannot be "
+            "compared with the one the run started with; the plan chosen now is used and recorded")
+        return
     changed = [f"{key}: {saved.get(key)!r} then, {plan['settings'].get(key)!r} now"
                for key in sorted(set(saved) | set(plan["settings"]))
                # a key an older plan.json lacks (memory.compile, memory.cuda_graphs) is compared from now on
@@ -132,3 +166,15 @@ def dataset_fingerprint(dataset) -> str:
     for it in dataset.items:
         h.update(f"{it.sha256}|{it.caption}|{it.bucket}|{it.crop}|{it.repeats}|{it.is_reg}|{it.loss_weight}\n".encode())
     return h.hexdigest()
+
+
+def tidy(run: RunDir, log) -> None:
+    """At a resume (the folder locked): remove the temp files a kill left (lorakit's own names only), and say
+    when run.json was damaged (it is written anew)."""
+    removed = run.clean_temps()
+    if removed:
+        names = ", ".join(str(p.relative_to(run.root)) for p in removed[:4]) + (", …" if len(removed) > 4 else "")
+        log(f"removed {len(removed)} temporary file(s) an interrupted run left: {names}")
+    problem = run.status_problem()
+    if problem:
+        log(f"warning: {problem}")

@@ -7,6 +7,7 @@ Layout::
     state/step00000500/                resume state (LoRA, optimizer, scheduler, RNG, data position)
     samples/                           preview PNGs and the before/after grid
     metrics.jsonl  loss.png  tensorboard/  config.toml  data_report.json  run.json
+    .lorakit.lock                      the OS lock of the process training in the folder (pid, host, start)
 """
 
 from __future__ import annotations
@@ -20,9 +21,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorakit.errors import TrainingError
-from lorakit.fsutil import remove_stale_temps, write_json
+from lorakit.fsutil import TEMP_RE, FileLock, LockHeld, _pid_alive, describe_holder, remove_stale_temps, write_json
 
 STATE_RE = re.compile(r"^step(\d{8})$")
+LOCK_NAME = ".lorakit.lock"
+# the files lorakit writes at the top of a run folder; a ``*.tmp`` named after one of them (older writers:
+# ``run.json.tmp``, ``.data_report.json.<x>.tmp``, ``<name>-step….safetensors.<x>.tmp``) is a leftover of a kill
+OWN_FILES = ("run.json", "data_report.json", "metrics.jsonl", "config.toml", "plan.json", "loss.png")
+STATE_TEMP_RE = re.compile(r"^step\d{8}\.(tmp|old)-(\d+)$")
 
 
 class RunDir:
@@ -36,23 +42,82 @@ class RunDir:
 
     # --------------------------------------------------------------------------------------- lifecycle
     def create(self) -> None:
-        """Start a new run; refuse to reuse a folder that holds an earlier run's files."""
-        if self.root.exists() and any(self.root.iterdir()):
+        """Start a new run; refuse to reuse a folder that holds an earlier run's files. The folder is locked
+        (:meth:`lock`) before it is checked a second time, so of two new runs racing for one folder one wins and
+        the other is refused naming it."""
+        self._refuse_if_used()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock()
+        try:
+            self._refuse_if_used()
+        except TrainingError:
+            self.unlock()
+            raise
+        self.samples.mkdir(exist_ok=True)
+        self.state_root.mkdir(exist_ok=True)
+
+    def _refuse_if_used(self) -> None:
+        if self.root.exists() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
             raise TrainingError(
                 f"{self.root} already holds a run; nothing was overwritten. Continue it with "
                 f"`lorakit train --resume {self.root}`, or choose another save.name / save.dir.")
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.samples.mkdir(exist_ok=True)
-        self.state_root.mkdir(exist_ok=True)
+
+    def lock(self) -> None:
+        """Hold the run folder's OS lock while this process trains in it (released on any exit, a kill included);
+        a second process is refused in one line naming the holder."""
+        if getattr(self, "_lock", None) is not None and self._lock.held:
+            return
+        lock = FileLock(self.root / LOCK_NAME)
+        try:
+            lock.acquire(folder=str(self.root.resolve()))
+        except LockHeld as exc:
+            raise TrainingError(f"{self.root} is in use: another lorakit process trains in it "
+                                f"({describe_holder(exc.holder)}); wait for it to end or stop it, then try again"
+                                ) from None
+        self._lock = lock
+
+    def unlock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+    def clean_temps(self) -> list[Path]:
+        """Remove what a killed lorakit left in the run folder: the atomic writer's temp files whose writer is gone
+        (root, samples/), older writers' ``*.tmp`` named after a run file, and half-written resume states
+        (``state/stepN.tmp-<pid>``). A state moved aside by a save (``stepN.old-<pid>``) goes back to ``stepN``
+        when the kill came before the new one took its place. Only lorakit's own temp names are touched."""
+        locked = getattr(self, "_lock", None) is not None and self._lock.held
+        removed = remove_stale_temps(self.root, others_dead=locked) + remove_stale_temps(self.samples,
+                                                                                        others_dead=locked)
+        own = (self.name + ".safetensors", self.name + "-step") + OWN_FILES
+        for p in self.root.iterdir() if self.root.is_dir() else []:
+            bare = p.name.lstrip(".")
+            if (p.is_file() and p.name.endswith(".tmp") and not TEMP_RE.match(p.name)
+                    and any(bare.startswith(o) for o in own)):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        for p in sorted(self.state_root.iterdir()) if self.state_root.is_dir() else []:
+            m = STATE_TEMP_RE.match(p.name)
+            pid = int(m.group(2)) if m else 0
+            if not m or pid == os.getpid() or (not locked and _pid_alive(pid)):
+                continue  # not a temp name, this process's own save, or maybe a live writer's
+            final = p.with_name(p.name.split(".")[0])
+            if m.group(1) == "old" and not final.exists() and (p / "COMPLETE").exists():
+                os.replace(p, final)  # the kill fell between the two renames of a save: the old state returns
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        return removed
 
     def discard(self) -> bool:
         """Remove a run folder that a failed start left with nothing of value (no LoRA file, no complete resume
         state), so the corrected command starts cleanly; returns whether it was removed. Caches live outside."""
-        import shutil
-
         if not self.root.is_dir() or self.complete_states() or any(self.root.glob("*.safetensors")):
+            self.unlock()
             return False
         shutil.rmtree(self.root, ignore_errors=True)
+        self.unlock()
         return not self.root.exists()
 
     def lora_path(self, step: Optional[int] = None) -> Path:
@@ -86,27 +151,42 @@ class RunDir:
         complete = [p for p in states if (p / "COMPLETE").exists()]
         for old in complete[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-        for p in self.state_root.glob("*.tmp-*") if self.state_root.is_dir() else []:
-            shutil.rmtree(p, ignore_errors=True)
-        remove_stale_temps(self.root)
-        remove_stale_temps(self.samples)
+        self.clean_temps()
 
     def session(self) -> tuple[str, float]:
         """(session id, start time) of this run, created on first use and kept across resumes."""
-        path = self.root / "run.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
-        if "session_id" not in data:
+        data = self.read_status()
+        if not isinstance(data.get("session_id"), str) or not isinstance(data.get("started_at"), (int, float)):
             import uuid
 
             self.write_status(session_id=uuid.uuid4().hex, started_at=time.time())
-            data = json.loads(path.read_text())
+            data = self.read_status()
         return data["session_id"], float(data["started_at"])
 
-    def write_status(self, **fields: Any) -> None:
+    def read_status(self) -> dict:
+        """run.json as a dict; {} when it is missing, empty or damaged (what :meth:`status_problem` reports)."""
+        try:
+            data = json.loads((self.root / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def status_problem(self) -> Optional[str]:
+        """Why run.json cannot be read (None when it is fine or absent): a resume says so and rewrites it."""
         path = self.root / "run.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return f"{path} is empty or damaged ({type(exc).__name__}: {str(exc)[:80]}); it is written anew"
+        return None if isinstance(data, dict) else f"{path} holds no JSON object; it is written anew"
+
+    def write_status(self, **fields: Any) -> None:
+        """Update run.json (atomic and fsynced, :func:`lorakit.fsutil.write_json`); a damaged one is replaced."""
+        data = self.read_status()
         data.update(fields, updated_at=time.time(), pid=os.getpid())
-        write_json(path, data)
+        write_json(self.root / "run.json", data)
 
 
 def glob_escape(text: str) -> str:

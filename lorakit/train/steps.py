@@ -74,11 +74,30 @@ def optimizer_step(optimizer, scaler) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+@contextlib.contextmanager
+def no_training_randomness(modules: dict):
+    """For previews and checks: the LoRA's dropout off (its layers in eval mode) and every global random stream
+    (torch CPU and the current CUDA device) put back afterwards, so drawing a preview changes nothing that training
+    draws next (previews and checks take their own generators)."""
+    switched = [m for module in modules.values() for m in module.modules()
+                if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training]
+    for m in switched:
+        m.eval()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        for m in switched:
+            m.train()
+
+
 def lora_effect(adapter, modules, next_batch, training, generator, device, compute_dtype) -> float:
-    """Mean |output with LoRA − output without| on one training batch (0 means the LoRA does nothing)."""
+    """Mean |output with LoRA − output without| on one training batch (0 means the LoRA does nothing); dropout off,
+    ``generator`` only (the check's own)."""
     batch = to_device(next_batch(), device)
     noise = torch.randn(batch.latents.shape, generator=generator).to(device)
-    with torch.no_grad(), autocast(device, compute_dtype):
+    with torch.no_grad(), autocast(device, compute_dtype), no_training_randomness(modules):
         noised = adapter.noise(batch.latents, noise, batch, training, generator)
         with_lora = adapter.predict(noised, batch).float()
         for m in modules.values():

@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("_run_child.py")
 NO_SAMPLES = "sample.prompts=[]"
 AUGMENT = ("data.shuffle_caption=true", "data.caption_dropout_rate=0.2", "data.flip_aug=true")
+# everything that draws random numbers at once: LoRA dropout, previews at the save step (whose dropout must be off
+# and whose generators must be their own), caption shuffle and dropout, flips, noise offset, min-SNR weighting
+STRESS = (*AUGMENT, "network.dropout=0.25", "sample.every_n_steps=3", "training.noise_offset=0.05",
+          "training.min_snr_gamma=5")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -58,7 +62,7 @@ def kill_at(point: str, tmp: Path, *args: str) -> str:
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, str(CHILD), *args], cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=err, env=_env(LORAKIT_PAUSE_AT=point, LORAKIT_PAUSE_MARKER=str(marker)))
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a loaded 2-core machine takes minutes to get there
         while not marker.exists():
             if proc.poll() is not None:
                 raise AssertionError(f"child ended (rc {proc.returncode}) before {point}: {err_path.read_text()}")
@@ -112,16 +116,29 @@ def world(tmp_path_factory):
     return tmp, paths
 
 
+def assert_same_samples(a: Path, b: Path, name_a: str, name_b: str) -> None:
+    """The same preview images (pixel for pixel) under the same step/prompt names."""
+    from PIL import Image
+    import numpy as np
+
+    sa = {p.name.removeprefix(name_a): p for p in (a / "samples").glob("*.png") if p.name.startswith(name_a + "_")}
+    sb = {p.name.removeprefix(name_b): p for p in (b / "samples").glob("*.png") if p.name.startswith(name_b + "_")}
+    assert sa.keys() == sb.keys() and sa, (sorted(sa), sorted(sb))
+    for k in sa:
+        assert np.array_equal(np.asarray(Image.open(sa[k])), np.asarray(Image.open(sb[k]))), k
+
+
 def test_kill_mid_step_resumes_exactly_with_augmentation(world, capsys):
-    """SIGKILL in step 5 (after the step-3 checkpoint); the resumed run equals an uninterrupted one bitwise,
-    loss curve included, with caption shuffle, caption dropout and flips on (so no text-encoder cache)."""
+    """SIGKILL in step 5 (after the step-3 preview and checkpoint); the resumed run equals an uninterrupted one
+    bitwise, loss curve and previews included, with LoRA dropout, previews, caption shuffle and dropout, flips,
+    noise offset and min-SNR on (so no text-encoder cache)."""
     tmp, paths = world
     toml = write_run_toml(tmp, "sdxl", paths, name="aug")
-    assert main(["train", str(toml), NO_SAMPLES, *AUGMENT, "save.name=full"]) == 0
+    assert main(["train", str(toml), *STRESS, "save.name=full"]) == 0
     full = tmp / "out" / "full"
     assert not (tmp / "cache" / "text").exists() or not any((tmp / "cache" / "text").iterdir())
 
-    kill_at("step:5", tmp, "train", str(toml), NO_SAMPLES, *AUGMENT)
+    kill_at("step:5", tmp, "train", str(toml), *STRESS)
     run = tmp / "out" / "aug"
     assert_consistent(run, "aug", [3])
     assert [r[0] for r in loss_rows(run)] == [1, 2, 3, 4]
@@ -131,6 +148,43 @@ def test_kill_mid_step_resumes_exactly_with_augmentation(world, capsys):
     assert_same_lora(full / "full.safetensors", run / "aug.safetensors")
     assert_same_lora(full / "full-step00000003.safetensors", run / "aug-step00000003.safetensors")
     assert loss_rows(full) == loss_rows(run)
+    assert_same_samples(full, run, "full", "aug")
+
+
+# the save points of the step-3 checkpoint of a stress run, in the order a save passes them, and the checkpoints
+# complete at each (every kill resumes bitwise equal to the uninterrupted run)
+SAVE_POINTS = [
+    ("replace:stress-step00000003.safetensors", []),       # the step-3 LoRA written to its temp name, not renamed
+    ("torchsave:step00000003.tmp-", []),                    # the state half written in its temporary folder
+    ("replace:state/step00000003", []),                     # the state complete in its temporary folder
+    ("step:4", [3]),                                        # the checkpoint complete, the next step begins
+    ("torchsave:step00000006.tmp-", [3]),                   # the final save half written
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point, survivors", SAVE_POINTS, ids=[p for p, _ in SAVE_POINTS])
+def test_kill_at_each_save_point_resumes_bitwise(world, point, survivors, capsys):
+    """A SIGKILL at each point of a save in a run with everything random on resumes bitwise equal to an
+    uninterrupted run (in another folder), loss curve and previews included; the kill's temp files are gone."""
+    import shutil
+
+    tmp, paths = world
+    toml = write_run_toml(tmp, "sdxl", paths, name="stress")
+    full = tmp / "out" / "stressfull"
+    if not (full / "run.json").exists():
+        assert main(["train", str(toml), *STRESS, "save.name=stressfull"]) == 0
+    run = tmp / "out" / "stress"
+    shutil.rmtree(run, ignore_errors=True)
+    kill_at(point, tmp, "train", str(toml), *STRESS)
+    assert_consistent(run, "stress", survivors)
+    rc, out, err = resume(run, capsys)
+    assert_finished(run, "stress", rc, err)
+    assert_same_lora(full / "stressfull.safetensors", run / "stress.safetensors")
+    assert_same_lora(full / "stressfull-step00000003.safetensors", run / "stress-step00000003.safetensors")
+    assert loss_rows(full) == loss_rows(run)
+    assert_same_samples(full, run, "stressfull", "stress")
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".tmp-" in p.name or ".old-" in p.name]
 
 
 @pytest.mark.parametrize("point, survivors", [
@@ -187,8 +241,9 @@ def test_partial_state_is_never_taken_for_complete(tmp_path, monkeypatch):
     lora = {"unet": {"a.b": checkpoint.LoraModule(down=torch.ones(2, 3), up=torch.zeros(3, 2), alpha=1.0)}}
     for step in (3, 6):
         checkpoint.save_state(run.state_path(step), lora=lora, optimizer_state={"state": {}, "param_groups": []},
-                              scheduler_state={}, rng=checkpoint.capture_rng(), data_state={}, step=step,
-                              config_fingerprint={"s": step})
+                              scheduler_state={}, step=step, config_fingerprint={"s": step},
+                              rng={**checkpoint.capture_rng(), "loop_generator": torch.Generator().get_state()},
+                              data_state={"epoch": 0, "position": step})
     (run.state_path(9)).mkdir()
     (run.state_path(9) / "lora.safetensors").write_bytes(b"partial")
     assert run.latest_state() == run.state_path(6)
