@@ -213,3 +213,25 @@ def name_nonfinite_weights(exc: BaseException, failed_at, modules, model_cfg) ->
 
 
 _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
+
+
+def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
+    """Stop before training when the disk cannot hold what the run will write: the caches and samples (checked at
+    the scan), then with the LoRA's actual parameter count (after injection) its checkpoints too."""
+    import shutil
+
+    from lorakit.config.resolution import resolution_wh
+    from lorakit.data.cache import cache_folder
+
+    w, h = resolution_wh(cfg.data.resolution)
+    lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
+    n = len(dataset.items) * (2 if any(s.flip_aug for s in dataset.subsets) else 1)
+    ckpt = lora_params * (2 + 4 * 3)  # the exported file (16-bit) + fp32 weights and two optimizer moments
+    need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
+    caches = n * lat * 1.2 + len(dataset.items) * 2e6  # latents, and text-encoder outputs (T5: ~1.5 MB a caption)
+    for folder, gib, what in disk_needs([(run.root, need, f"{cfg.save.keep_last} checkpoints, samples"),
+                                                (cache_folder(cfg.data, cfg.save.dir), caches, "caches")]):
+        free = shutil.disk_usage(folder).free
+        if free < gib:
+            raise TrainingError(f"not enough disk space in {folder}: about {gib / 2**30:.2f} GiB needed "
+                                f"({what}), {free / 2**30:.2f} GiB free")

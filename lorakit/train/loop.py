@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import gc
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ import torch
 
 from lorakit.config.load import dump_toml
 from lorakit.config.schema import Config
-from lorakit.config.resolution import resolution_wh
 from lorakit.data.cache import LatentCache, TextCache, cache_folder
 from lorakit.data.captions import fixed_captions
 from lorakit.data.report import run_settings
@@ -119,7 +117,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
                                buckets=len({item.bucket for item in r.dataset.items}), log=log,
                                room=autoplan.recorded_room(r.run.root) if resume_ else None)
     run_cfg = r.placed.cfg
-    check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
+    health.check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force, log)
     if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
@@ -200,7 +198,7 @@ def scan(r: Run, resume_: bool, force: bool, log: Callable[[str], None]) -> None
         log(f"validation: {len(r.validation)} image(s) from {r.validation.source}, never trained on: "
             + ", ".join(r.validation.names()))
     r.stream = BatchStream(r.dataset, cfg.training.batch_size, cfg.training.seed)
-    check_disk(cfg, r.run, r.dataset, spec)
+    health.check_disk(cfg, r.run, r.dataset, spec)
     r.fingerprint = resume.run_fingerprint(cfg, r.dataset)
     if resume_ and not force:
         resume.check_unchanged(r.run, r.fingerprint)
@@ -393,23 +391,6 @@ def fused_adamw(cfg: Config, device: torch.device) -> Optional[bool]:
     if cfg.memory.fused_optimizer is not None:
         return cfg.memory.fused_optimizer
     return True if device.type == "cuda" and cfg.optimizer.name == "adamw" else None
-
-
-def check_disk(cfg: Config, run: RunDir, dataset, spec, lora_params: int = 0) -> None:
-    """Stop before training when the disk cannot hold what the run will write: the caches and samples (checked at
-    the scan), then with the LoRA's actual parameter count (after injection) its checkpoints too."""
-    w, h = resolution_wh(cfg.data.resolution)
-    lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
-    n = len(dataset.items) * (2 if any(s.flip_aug for s in dataset.subsets) else 1)
-    ckpt = lora_params * (2 + 4 * 3)  # the exported file (16-bit) + fp32 weights and two optimizer moments
-    need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
-    caches = n * lat * 1.2 + len(dataset.items) * 2e6  # latents, and text-encoder outputs (T5: ~1.5 MB a caption)
-    for folder, gib, what in health.disk_needs([(run.root, need, f"{cfg.save.keep_last} checkpoints, samples"),
-                                                (cache_folder(cfg.data, cfg.save.dir), caches, "caches")]):
-        free = shutil.disk_usage(folder).free
-        if free < gib:
-            raise TrainingError(f"not enough disk space in {folder}: about {gib / 2**30:.2f} GiB needed "
-                                f"({what}), {free / 2**30:.2f} GiB free")
 
 
 def _json(obj: Any) -> str:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from lorakit import fsutil
 from lorakit.cli import main
 from lorakit.config.load import load_config
-from lorakit.train import health, loop
+from lorakit.train import health
 from lorakit.train.rundir import RunDir
 from tests.integration.test_train_e2e import tiny_model, write_run_toml
 
@@ -133,9 +133,9 @@ def test_disk_check_asks_the_cache_disk_too(toy, monkeypatch):
     monkeypatch.setattr(health, "disk_needs", lambda needs: real_needs(needs, dev_of=lambda q: q == other))
     monkeypatch.setattr(shutil, "disk_usage", lambda q: real_usage(q)._replace(free=0) if Path(q) == other
                         else real_usage(q))
-    loop.check_disk(load_config(toml, ["save.name=chk"]), run, ds, spec)  # caches beside the run: room
+    health.check_disk(load_config(toml, ["save.name=chk"]), run, ds, spec)  # caches beside the run: room
     with pytest.raises(Exception) as e:
-        loop.check_disk(cfg, run, ds, spec)
+        health.check_disk(cfg, run, ds, spec)
     assert str(e.value).startswith(f"not enough disk space in {other}: ") and "(caches)" in str(e.value)
 
 

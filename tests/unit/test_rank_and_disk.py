@@ -7,11 +7,12 @@ from collections import namedtuple
 from types import SimpleNamespace
 
 import pytest
-import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, TrainingError
-from lorakit.train import loop
+import shutil
+
+from lorakit.train import health
 from lorakit.train.placement import check_rank_fits
 
 
@@ -28,13 +29,13 @@ def test_a_rank_wider_than_the_narrowest_targeted_layer_is_refused_naming_it():
 
 def _check(monkeypatch, free: int, lora_params: int) -> None:
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(loop.shutil, "disk_usage", lambda p: Usage(free, 0, free))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(free, 0, free))
     cfg = SimpleNamespace(data=SimpleNamespace(resolution=64, flip_aug=False, cache_next_to_images=False, cache_dir=None),
                           save=SimpleNamespace(keep_last=3, dir="."),
                           sample=SimpleNamespace(prompts=[]))
     spec = SimpleNamespace(latent_channels=4, vae_downscale=8)
     run = SimpleNamespace(root=__import__("pathlib").Path("."))
-    loop.check_disk(cfg, run, SimpleNamespace(items=[0] * 10, subsets=[]), spec, lora_params=lora_params)
+    health.check_disk(cfg, run, SimpleNamespace(items=[0] * 10, subsets=[]), spec, lora_params=lora_params)
 
 
 def test_the_disk_estimate_follows_the_actual_lora(monkeypatch):
