@@ -58,7 +58,7 @@ def test_full_disk_during_a_save_keeps_the_clean_message_and_the_last_checkpoint
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
     (line,) = _lines(err)
-    assert line.startswith(f"lorakit: error: disk full while writing {run}") and "step00000002" in line, line
+    assert line.startswith(f"lorakit: error: disk full while writing {run}"), line  # loss.png or a later save
     assert f"`lorakit train --resume {run}`" in line, line
     assert load_file(str(run / "save-step00000002.safetensors"))  # the previous checkpoint is intact
     assert not list(run.rglob("*.tmp")) and not (run / "save.safetensors").exists()
