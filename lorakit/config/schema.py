@@ -116,13 +116,17 @@ class NetworkCfg:
                            "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the "
                            "type.", factory=dict, kind="table",
                            family_only=True)
+    weights: Optional[str] = f(None, "Continue from an existing LoRA (kohya's network_weights): a LoRA file of this "
+                               "family in any layout lorakit reads, loaded before step 0 with a new optimizer state; "
+                               "its ranks must equal the run's.", kind="path")
 
 
 @dataclass
 class OptimizerCfg:
     """Optimizer and learning-rate schedule."""
 
-    name: str = f("adamw8bit", "Optimizer.", choices=("adamw", "adamw8bit", "prodigy", "adafactor"))
+    name: str = f("adamw8bit", "Optimizer.", choices=("adamw", "adamw8bit", "prodigy", "adafactor", "lion", "came",
+                                                  "adamw_schedulefree"))
     lr: float = f(1e-4, "Learning rate (Prodigy: 1.0).", gt=0.0)
     weight_decay: float = f(0.01, "Decoupled weight decay.", ge=0.0)
     betas: list = f(None, "Adam betas [beta1, beta2].", factory=lambda: [0.9, 0.999])
@@ -139,6 +143,12 @@ class TrainingCfg:
     """The training objective and run length."""
 
     max_steps: int = f(1500, "Optimizer steps to train.", ge=1)
+    max_epochs: Optional[int] = f(None, "Train this many epochs instead (kohya's max_train_epochs): max_steps = "
+                                  "epochs x ceil(batches per epoch / gradient_accumulation); not with max_steps.",
+                                  ge=1)
+    ema: bool = f(False, "Keep an exponential moving average of the LoRA weights, saved as <name>-ema.safetensors.")
+    ema_decay: float = f(0.999, "With training.ema: ema = decay * ema + (1 - decay) * weights after each step.",
+                         gt=0.0, lt=1.0)
     batch_size: int = f(1, "Images per step (one bucket per batch).", ge=1)
     gradient_accumulation: int = f(1, "Micro-batches accumulated per optimizer step.", ge=1)
     seed: int = f(42, "Seed for data order, noise, timesteps and LoRA init.", ge=0)
@@ -248,6 +258,7 @@ class SampleCfg:
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
     height: Optional[int] = f(None, "Sample height (default: training resolution).", ge=64)
     seed: int = f(0, "Base seed of sample images.", ge=0)
+    use_ema: bool = f(False, "With training.ema: previews use the EMA weights.")
 
 
 @dataclass
@@ -259,6 +270,8 @@ class SaveCfg:
     format: str = f("kohya", "LoRA file format: kohya (ComfyUI/A1111/Forge/kohya) or diffusers.",
                     choices=("kohya", "diffusers"))
     every_n_steps: int = f(500, "Save a checkpoint every N steps; 0 = only at the end.", ge=0)
+    every_n_epochs: int = f(0, "Save a checkpoint every N epochs instead (kohya's save_every_n_epochs); 0 = off; "
+                            "not with save.every_n_steps.", ge=0)
     keep_last: int = f(3, "Step checkpoints to keep (older ones are deleted).", ge=1)
     precision: str = f("fp16", "dtype of saved LoRA tensors.", choices=("fp16", "bf16", "fp32"))
     comment: str = f("", "Free text stored as ss_training_comment.")

@@ -389,6 +389,8 @@ _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
     ("optimizer.min_lr_ratio", 'optimizer.scheduler = "cosine_with_min_lr"',
      lambda c: c.optimizer.scheduler == "cosine_with_min_lr"),
     ("training.huber_c", 'training.loss = "huber"', lambda c: c.training.loss == "huber"),
+    ("training.ema_decay", "training.ema = true", lambda c: c.training.ema),  # issue 23
+    ("sample.use_ema", "training.ema = true", lambda c: c.training.ema),
     ("training.discrete_flow_shift", 'training.timestep_sampling = "shift"',
      lambda c: c.training.timestep_sampling == "shift"),
     ("training.sigmoid_scale", 'training.timestep_sampling = "sigmoid", "shift" or "flux_shift"',
@@ -444,6 +446,17 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         if _value(cfg, key) != defaults[section][name].default and not active(cfg):
             raise err(key, f"only has an effect with {needs}; remove it or set that too")
     _check_text_encoder_cache(cfg, explicit, notes)
+    _check_epochs(cfg, explicit)
+
+
+def _check_epochs(cfg: Config, explicit: set[str]) -> None:
+    """Epochs or steps, never both set by the user (issue 23); a preset's max_steps / every_n_steps give way."""
+    if cfg.training.max_epochs is not None and "training.max_steps" in explicit:
+        raise err("training.max_epochs", "set either training.max_epochs or training.max_steps, not both "
+                  "(remove one)")
+    if cfg.save.every_n_epochs and "save.every_n_steps" in explicit:
+        raise err("save.every_n_epochs", "set either save.every_n_epochs or save.every_n_steps, not both "
+                  "(remove one)")
 
 
 def _check_text_encoder_cache(cfg: Config, explicit: set[str], notes: list[str]) -> None:

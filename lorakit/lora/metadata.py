@@ -50,10 +50,17 @@ def describe_optimizer(name: str, weight_decay: float, betas: Sequence[float], e
         "adamw8bit": "bitsandbytes.optim.adamw.AdamW8bit",
         "prodigy": "prodigyopt.prodigy.Prodigy",
         "adafactor": "transformers.optimization.Adafactor",
+        "lion": "lion_pytorch.lion_pytorch.Lion",
+        "came": "came_pytorch.CAME.CAME",
+        "adamw_schedulefree": "schedulefree.adamw_schedulefree.AdamWScheduleFree",
     }
     args: dict[str, Any] = {"weight_decay": weight_decay}
     if name == "adafactor":
         args.update(relative_step=False, scale_parameter=False, warmup_init=False)
+    elif name == "lion":
+        args.update(betas=tuple(float(b) for b in betas))
+    elif name == "came":
+        args.update(betas=tuple(float(b) for b in betas) + (0.9999,))
     else:
         args.update(betas=tuple(float(b) for b in betas), eps=eps)
     return f"{paths.get(name, name)}({','.join(f'{k}={v}' for k, v in args.items())})"

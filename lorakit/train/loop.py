@@ -33,7 +33,7 @@ from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
-from lorakit.train import fused, health, memory, optim, placement, resume, steps
+from lorakit.train import epochs, fused, health, memory, optim, placement, resume, steps
 from lorakit.train.export import verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.previews import Previews
@@ -98,6 +98,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     cfg = r.cfg
     watchdog.beat("scanning the dataset")
     scan(r, resume_, force, log)
+    cfg = r.cfg = epochs.apply(cfg, r.stream.steps_per_epoch, log)  # training.max_epochs / save.every_n_epochs
     watchdog.beat("loading the base model")
     load_and_cache(r, watchdog, log)
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,

@@ -40,6 +40,8 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
     from lorakit.train import speed
 
     accumulation = cfg.training.gradient_accumulation
+    if getattr(optimizer, "needs_train_mode", False):  # schedule-free: gradients at y (zero_grad goes back to x)
+        optimizer.train()
     total = torch.zeros((), device=device)  # summed on the device: reading it would wait for the GPU
     for _ in range(accumulation):
         speed.mark_step()  # CUDA graph trees: a new forward/backward begins (no-op unless CUDA graphs are on)
