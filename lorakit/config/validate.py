@@ -446,11 +446,15 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         if _value(cfg, key) != defaults[section][name].default and not active(cfg):
             raise err(key, f"only has an effect with {needs}; remove it or set that too")
     _check_text_encoder_cache(cfg, explicit, notes)
-    _check_epochs(cfg, explicit)
+    _check_training_options(cfg, explicit)
 
 
-def _check_epochs(cfg: Config, explicit: set[str]) -> None:
-    """Epochs or steps, never both set by the user (issue 23); a preset's max_steps / every_n_steps give way."""
+def _check_training_options(cfg: Config, explicit: set[str]) -> None:
+    """Issue 23: epochs or steps, never both set by the user (a preset's max_steps / every_n_steps give way);
+    schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
+    if cfg.optimizer.name == "adamw_schedulefree" and cfg.optimizer.scheduler != "constant":
+        raise err("optimizer.scheduler", f"{show(cfg.optimizer.scheduler)} with adamw_schedulefree: schedule-free "
+                  "AdamW needs no decay (that is its point); use \"constant\" (optimizer.warmup_steps still applies)")
     if cfg.training.max_epochs is not None and "training.max_steps" in explicit:
         raise err("training.max_epochs", "set either training.max_epochs or training.max_steps, not both "
                   "(remove one)")
