@@ -33,7 +33,7 @@ from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
-from lorakit.train import epochs, fused, health, memory, optim, placement, resume, steps
+from lorakit.train import ema, epochs, fused, health, memory, optim, placement, resume, steps
 from lorakit.train.export import verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.previews import Previews
@@ -65,6 +65,7 @@ class Run:
     latents: Any = None
     texts: Any = None
     placed: Any = None
+    ema: Any = None                 # training.ema: ema.LoraEMA
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> RunResult:
@@ -110,6 +111,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
         r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed)
     optimizer, scheduler, scaler = make_optimizer(run_cfg, r)
+    r.ema = ema.attach(run_cfg, optimizer, r.placed.trainable, log)  # before restore: resume state carries it
     generator = torch.Generator().manual_seed(cfg.training.seed)
     start_step = 0
     if resume_:
@@ -235,6 +237,8 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
             watchdog.beat(f"training step {step}")
             stats = steps.update_step(r.adapter, next_batch, cfg, generator, optimizer, placed.trainable, scaler,
                                       r.device, r.compute_dtype)
+            if r.ema is not None:
+                r.ema.update()
             scheduler.step()
             if step == start_step + 1 and freeze:  # and what the first step built (compiled blocks, CUDA graphs)
                 gc.collect()
@@ -253,7 +257,8 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
                                                              optimizer, scheduler, r.stream, generator, step,
                                                              r.fingerprint, r.dataset)
             if sample_now:
-                previews.draw(step)
+                with ema.for_previews(r.ema, cfg):
+                    previews.draw(step)
         reporter.flush()
     except KeyboardInterrupt:
         reporter.flush_quietly()
@@ -287,8 +292,11 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
     watchdog.beat(f"saving the final LoRA (step {final_step})")
     resume.save_checkpoint(r.run, cfg, r.adapter, placed.modules, placed.targets, optimizer, scheduler, r.stream,
                            generator, final_step, r.fingerprint, r.dataset, final=True)
+    ema_path = ema.save_file(r.ema, r.run, cfg, r.adapter, placed.modules, placed.targets, r.dataset, r.stream,
+                             final_step)
     if previews.prompts:
-        previews.draw(final_step, "after")
+        with ema.for_previews(r.ema, cfg):
+            previews.draw(final_step, "after")
         grid = previews.grid()
         if grid:
             log(f"before/after grid: {grid}")
@@ -306,7 +314,7 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
         log(f"warning: export check: {p}")
     r.run.write_status(status="finished", step=final_step, lora=str(r.run.lora_path()), lora_effect=effect,
                        skipped_steps=reporter.skipped, export_problems=problems)
-    log(f"LoRA: {r.run.lora_path()}")
+    log(f"LoRA: {r.run.lora_path()}" + (f" (EMA: {ema_path})" if ema_path else ""))
     return RunResult(r.run.root, r.run.lora_path(), final_step, reporter.loss, previews.paths)
 
 
