@@ -92,6 +92,10 @@ class DataCfg:
     cache_dir: Optional[str] = f(None, "Folder for latent and text-encoder caches (default: <save.dir>/cache).",
                                  kind="path")
     cache_next_to_images: bool = f(False, "Write caches next to the images instead of cache_dir.")
+    alpha_mask: bool = f(False, "Weight the loss by each image's alpha channel (kohya's alpha_mask): transparent "
+                         "pixels are not learned.")
+    mask_dir: Optional[str] = f(None, "Folder of loss masks, one per image by file stem (kohya's "
+                                "conditioning_data_dir with masked_loss): white is learned, black is not.", kind="path")
 
 
 @dataclass
@@ -162,6 +166,15 @@ class TrainingCfg:
                             family_only=True)
     min_snr_gamma: float = f(0.0, "SDXL: min-SNR-gamma loss weighting; 0 = off (5 is common).", ge=0.0,
                              family_only=True)
+    multires_noise_iterations: int = f(0, "SDXL: multires (pyramid) noise levels; 0 = off (6-10 is common).", ge=0,
+                                       le=64, family_only=True)
+    multires_noise_discount: float = f(0.3, "SDXL: weight discount of each multires noise level.", gt=0.0, le=1.0,
+                                       family_only=True)
+    ip_noise_gamma: float = f(0.0, "SDXL: input-perturbation noise: the noisy input is built from noise + gamma * "
+                              "extra noise, the target keeps the noise; 0 = off (0.1 is common).", ge=0.0,
+                              family_only=True)
+    debiased_estimation_loss: bool = f(False, "SDXL: weight the loss by 1/sqrt(SNR) (epsilon) or 1/(SNR+1) "
+                                       "(v-prediction).", family_only=True)
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
     timestep_sampling: str = f("flux_shift", "FLUX.1/2: sigma sampling (flux_shift: FLUX's shift by the image "

@@ -390,6 +390,8 @@ _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
      lambda c: c.optimizer.scheduler == "cosine_with_min_lr"),
     ("training.huber_c", 'training.loss = "huber"', lambda c: c.training.loss == "huber"),
     ("training.ema_decay", "training.ema = true", lambda c: c.training.ema),  # issue 23
+    ("training.multires_noise_discount", "training.multires_noise_iterations > 0",
+     lambda c: c.training.multires_noise_iterations > 0),
     ("sample.use_ema", "training.ema = true", lambda c: c.training.ema),
     ("training.discrete_flow_shift", 'training.timestep_sampling = "shift"',
      lambda c: c.training.timestep_sampling == "shift"),
@@ -452,6 +454,8 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
 def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: epochs or steps, never both set by the user (a preset's max_steps / every_n_steps give way);
     schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
+    if cfg.data.alpha_mask and cfg.data.mask_dir:
+        raise err("data.mask_dir", "set either data.alpha_mask or data.mask_dir, not both (one mask per image)")
     if cfg.optimizer.name == "adamw_schedulefree" and cfg.optimizer.scheduler != "constant":
         raise err("optimizer.scheduler", f"{show(cfg.optimizer.scheduler)} with adamw_schedulefree: schedule-free "
                   "AdamW needs no decay (that is its point); use \"constant\" (optimizer.warmup_steps still applies)")

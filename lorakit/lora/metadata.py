@@ -133,6 +133,11 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_dataset_dirs": json.dumps(dataset_info.get("dataset_dirs", {}), ensure_ascii=False),
         "ss_noise_offset": tr.noise_offset,
         "ss_min_snr_gamma": tr.min_snr_gamma,
+        # issue 23 (the keys sd-scripts writes for these options)
+        "ss_multires_noise_iterations": tr.multires_noise_iterations or None,
+        "ss_multires_noise_discount": tr.multires_noise_discount,
+        "ss_ip_noise_gamma": tr.ip_noise_gamma or None,
+        "ss_debiased_estimation": tr.debiased_estimation_loss,
         "ss_loss_type": tr.loss,
         "ss_huber_c": tr.huber_c,
         "lorakit_version": lorakit.__version__,

@@ -27,6 +27,7 @@ from lorakit.config.schema import Config
 from lorakit.config.resolution import resolution_wh
 from lorakit.data.cache import LatentCache, TextCache, cache_folder
 from lorakit.data.captions import fixed_captions
+from lorakit.data.masks import MaskCache
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
 from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
@@ -66,6 +67,7 @@ class Run:
     texts: Any = None
     placed: Any = None
     ema: Any = None                 # training.ema: ema.LoraEMA
+    masks: Any = None               # data.alpha_mask / data.mask_dir: data.masks.MaskCache
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print) -> RunResult:
@@ -177,6 +179,9 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     r.latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
     r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)
+    if cfg.data.alpha_mask or cfg.data.mask_dir:
+        r.masks = MaskCache(cache_root, cfg.data.alpha_mask, cfg.data.mask_dir, r.adapter.spec.vae_downscale)
+        r.masks.ensure(r.dataset.items, flip=cfg.data.flip_aug)
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")
@@ -205,14 +210,17 @@ def batches(r: Run, cfg: Config) -> Callable[[], Batch]:
             text = {k: torch.stack([t[k] for t in per]) for k in per[0]}
         else:
             text = r.adapter.encode_text([caption for _, _, caption in picked])
+        latents = torch.stack([r.latents.get(item, flipped) for item, flipped, _ in picked])
         return Batch(
-            latents=torch.stack([r.latents.get(item, flipped) for item, flipped, _ in picked]),
+            latents=latents,
             text=text,
             original_sizes=[(it.original_size[1], it.original_size[0]) for it, _, _ in picked],
             crop_top_lefts=[(it.crop[1], it.crop[0]) for it, _, _ in picked],
             target_sizes=[(it.bucket[1], it.bucket[0]) for it, _, _ in picked],
             loss_weight=torch.tensor([it.loss_weight for it, _, _ in picked], dtype=torch.float32),
             captions=[caption for _, _, caption in picked],
+            mask=(torch.stack([r.masks.get(it, flipped, latents[0]) for it, flipped, _ in picked])
+                  if r.masks is not None else None),
         )
     return next_batch
 

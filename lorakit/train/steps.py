@@ -51,7 +51,7 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
         with autocast(device, compute_dtype):
             pred = adapter.predict(noised, batch)
         per_sample = objectives.loss_per_sample(pred.float(), noised.target.float(), cfg.training.loss,
-                                                cfg.training.huber_c)
+                                                cfg.training.huber_c, mask=batch.mask)
         loss = objectives.weighted_mean(per_sample, noised.weight.to(device) * batch.loss_weight) / accumulation
         (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach().float()
@@ -100,6 +100,8 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     batch.host_text = batch.text
     batch.text = {k: to_gpu(v, device) for k, v in batch.text.items()}
     batch.loss_weight = to_gpu(batch.loss_weight, device)
+    if batch.mask is not None:
+        batch.mask = to_gpu(batch.mask, device)
     return batch
 
 

@@ -43,7 +43,7 @@ def test_continue_from_a_file_with_epochs_lion_and_ema(tmp_path):
     args = ["train", str(run_toml), "sample.prompts=[]", f"network.weights={tmp_path / 'start.safetensors'}", "training.batch_size=8",
             "training.max_epochs=3", "save.every_n_epochs=1", "save.keep_last=5", "training.ema=true",
             f"training.ema_decay={DECAY}", "optimizer.name=lion", "optimizer.lr=1e-3",
-            "save.format=diffusers"]
+            "save.format=diffusers", "data.alpha_mask=true"]  # RGB images: whole masks, the wiring runs
     text = run_toml.read_text()
     run_toml.write_text(text.replace("max_steps = 6\n", "").replace("every_n_steps = 3\n", ""))
     assert main(args) == 0

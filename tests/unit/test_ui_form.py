@@ -26,7 +26,8 @@ COMPANIONS = {
                               "memory.gradient_checkpointing": False},
     "memory.cuda_graphs": {"memory.compile": True},
     "memory.fp8_compute": {"memory.fp8_base": True},
-    "training.ema_decay": {"training.ema": True}, "sample.use_ema": {"training.ema": True},  # issue 23
+    "training.ema_decay": {"training.ema": True},
+    "training.multires_noise_discount": {"training.multires_noise_iterations": 6}, "sample.use_ema": {"training.ema": True},  # issue 23
 }
 SPECIAL = {  # keys whose generic "another valid value" needs care
     "model.family": "flux1",

@@ -34,7 +34,10 @@ SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=
                  #                                     carry most of the remaining element-wise kernels
                  config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
                                         "training.min_timestep", "training.max_timestep", "training.noise_offset",
-                                        "training.min_snr_gamma", "sample.sampler"}))
+                                        "training.min_snr_gamma", "sample.sampler",
+                                        # issue 23: noise and loss options (lorakit.diffusion.noise_options)
+                                        "training.multires_noise_iterations", "training.multires_noise_discount",
+                                        "training.ip_noise_gamma", "training.debiased_estimation_loss"}))
 
 # Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
 _ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -415,20 +418,27 @@ class Adapter:
 
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
-        """DDPM: t ~ U[min_timestep, max_timestep), noise offset, x_t, ε or v target, min-SNR-γ weight."""
+        """DDPM: t ~ U[min_timestep, max_timestep), noise offset, multires noise, x_t (from ε + γ·ξ with
+        ip_noise_gamma), ε or v target, min-SNR-γ and debiased-estimation weights."""
+        from lorakit.diffusion import noise_options as nopt
         from lorakit.diffusion import objectives as obj
 
         ac = self.alphas_cumprod()
         prediction = getattr(training, "prediction", SPEC.prediction)
         noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
+        noise = nopt.multires_noise(noise, int(getattr(training, "multires_noise_iterations", 0)),
+                                    float(getattr(training, "multires_noise_discount", 0.3)), generator)
         t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
                                          generator)
         t = to_gpu(t, latents.device)
-        x_t = obj.ddpm_add_noise(latents, noise, t, ac)
+        x_t = obj.ddpm_add_noise(latents, nopt.input_perturbation(noise, float(getattr(training, "ip_noise_gamma", 0.0)),
+                                                                  generator), t, ac)
         target = obj.ddpm_target(latents, noise, t, ac, prediction)
         gamma = float(getattr(training, "min_snr_gamma", 0.0))
         weight = (obj.min_snr_weight(t, gamma, ac, prediction) if gamma > 0
                   else torch.ones(latents.shape[0], device=latents.device))
+        if getattr(training, "debiased_estimation_loss", False):
+            weight = weight * nopt.debiased_weight(t, ac, prediction)
         return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
 
     @staticmethod
