@@ -59,7 +59,7 @@ KOHYA_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "lr_warmup_steps": ("optimizer.warmup_steps", _SAME), "max_grad_norm": ("optimizer.max_grad_norm", _SAME),
     "max_train_steps": ("training.max_steps", _SAME), "max_train_epochs": ("training.max_epochs", _SAME),
     "save_every_n_epochs": ("save.every_n_epochs", _SAME), "network_weights": ("network.weights", _SAME),
-    "alpha_mask": ("data.alpha_mask", _SAME), "conditioning_data_dir": ("data.mask_dir", _SAME), "train_batch_size": ("training.batch_size", _SAME),
+    "max_token_length": ("data.max_token_length", _SAME), "alpha_mask": ("data.alpha_mask", _SAME), "conditioning_data_dir": ("data.mask_dir", _SAME), "train_batch_size": ("training.batch_size", _SAME),
     "gradient_accumulation_steps": ("training.gradient_accumulation", _SAME), "seed": ("training.seed", _SAME),
     "mixed_precision": ("training.mixed_precision", _SAME),
     "v_parameterization": ("training.prediction", lambda v: "v_prediction" if v is True else "epsilon"),

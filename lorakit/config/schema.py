@@ -92,6 +92,9 @@ class DataCfg:
     cache_dir: Optional[str] = f(None, "Folder for latent and text-encoder caches (default: <save.dir>/cache).",
                                  kind="path")
     cache_next_to_images: bool = f(False, "Write caches next to the images instead of cache_dir.")
+    max_token_length: int = f(75, "SDXL: caption tokens the text encoders see (kohya's max_token_length): 150 or 225 "
+                              "split longer captions into 75-token chunks, encoded separately and joined.",
+                              ge=75, le=225, family_only=True)
     alpha_mask: bool = f(False, "Weight the loss by each image's alpha channel (kohya's alpha_mask): transparent "
                          "pixels are not learned.")
     mask_dir: Optional[str] = f(None, "Folder of loss masks, one per image by file stem (kohya's "

@@ -454,6 +454,8 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
 def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: epochs or steps, never both set by the user (a preset's max_steps / every_n_steps give way);
     schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
+    if cfg.data.max_token_length not in (75, 150, 225):
+        raise err("data.max_token_length", f"must be 75, 150 or 225 (kohya's chunk sizes), got {cfg.data.max_token_length}")
     if cfg.data.alpha_mask and cfg.data.mask_dir:
         raise err("data.mask_dir", "set either data.alpha_mask or data.mask_dir, not both (one mask per image)")
     if cfg.optimizer.name == "adamw_schedulefree" and cfg.optimizer.scheduler != "constant":

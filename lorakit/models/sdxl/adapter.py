@@ -37,7 +37,8 @@ SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=
                                         "training.min_snr_gamma", "sample.sampler",
                                         # issue 23: noise and loss options (lorakit.diffusion.noise_options)
                                         "training.multires_noise_iterations", "training.multires_noise_discount",
-                                        "training.ip_noise_gamma", "training.debiased_estimation_loss"}))
+                                        "training.ip_noise_gamma", "training.debiased_estimation_loss",
+                                        "data.max_token_length"}))
 
 # Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
 _ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
@@ -101,6 +102,30 @@ def kohya_name(component: str, path: str, unet_config: Any) -> str:
 
 
 _DIFFUSERS_PREFIX = {"unet": "unet", "denoiser": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+
+
+def chunk_ids(ids: torch.Tensor, n: int, eos: int, pad: int) -> torch.Tensor:
+    """kohya's ``max_token_length`` chunking: [B, 75·n + 2] ids (BOS, text, EOS, padding) → [B·n, 77], chunk k =
+    BOS, tokens 1 + 75k … 75(k+1), the last id. Where padding is not EOS (bigG): a chunk whose text runs to its end
+    gets an EOS last, and an empty chunk starts BOS, EOS (sd-scripts' ``get_input_ids``)."""
+    chunks = []
+    for k in range(n):
+        chunk = torch.cat([ids[:, :1], ids[:, 1 + 75 * k:1 + 75 * (k + 1)], ids[:, -1:]], dim=1).clone()
+        if pad != eos:
+            full = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
+            chunk[full, -1] = eos
+            chunk[chunk[:, 1] == pad, 1] = eos
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1).reshape(-1, ids.shape[1] - 75 * (n - 1))
+
+
+def join_chunks(states: torch.Tensor, batch: int, n: int) -> torch.Tensor:
+    """[B·n, 77, d] per-chunk states → [B, 75·n + 2, d]: the first chunk's BOS state, the 75 text states of each
+    chunk, the last chunk's final state (sd-scripts' ``get_hidden_states_sdxl``). n = 1: unchanged."""
+    if n == 1:
+        return states
+    s = states.reshape(batch, n, states.shape[1], states.shape[2])
+    return torch.cat([s[:, 0, :1]] + [s[:, k, 1:76] for k in range(n)] + [s[:, -1, -1:]], dim=1)
 
 
 def export_kohya(lora: dict[str, dict[str, LoraModule]], unet_config: Any) -> dict[str, torch.Tensor]:
@@ -194,6 +219,7 @@ class Adapter:
         self.training = cfg.training
         self.network = cfg.network
         self.sample_cfg = cfg.sample
+        self.max_token_length = int(getattr(cfg.data, "max_token_length", 75))  # 75, 150 or 225 (issue 23)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self._parts: Any = None               # lorakit.models.sdxl.load.SDXLParts: what is still to be read
@@ -300,7 +326,8 @@ class Adapter:
             return "sdxl-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
         return {"vae": digest("vae", vae_fp, str(scaling), str(SPEC.vae_shift)),
-                "text": digest("text", text_fp, str(tok), "penultimate+pooled"),
+                "text": digest("text", text_fp, str(tok), "penultimate+pooled",
+                               *([f"chunks{self.max_token_length}"] if self.max_token_length != 75 else [])),
                 "model": digest("model", base)}
 
     # ---- encoders
@@ -330,8 +357,13 @@ class Adapter:
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
     def _tokens(self, tokenizer: Any, captions: list[str]) -> torch.Tensor:
-        return tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
-                         return_tensors="pt").input_ids
+        """[B·n, 77] token ids: n = max_token_length / 75 chunks per caption (n = 1: the plain 77 tokens)."""
+        if self.max_token_length == 75:
+            return tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
+                             return_tensors="pt").input_ids
+        return chunk_ids(tokenizer(captions, padding="max_length", max_length=self.max_token_length + 2,
+                                   truncation=True, return_tensors="pt").input_ids,
+                         self.max_token_length // 75, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Captions → ``context`` [B,77,768+1280] (penultimate states of both encoders, concatenated) and
@@ -345,8 +377,10 @@ class Adapter:
         with torch.set_grad_enabled(trains):
             out1 = self.te1(ids1, output_hidden_states=True)
             out2 = self.te2(ids2, output_hidden_states=True)
-        context = torch.cat([out1.hidden_states[-2].float().cpu(), out2.hidden_states[-2].float().cpu()], dim=-1)
-        return {"context": context, "pooled": out2.text_embeds.float().cpu()}
+        n = self.max_token_length // 75
+        h1, h2 = (join_chunks(h.float().cpu(), len(captions), n) for h in (out1.hidden_states[-2], out2.hidden_states[-2]))
+        pooled = out2.text_embeds.float().cpu().reshape(len(captions), n, -1)[:, 0]  # the first chunk's
+        return {"context": torch.cat([h1, h2], dim=-1), "pooled": pooled}
 
     def before_placement(self, memory: Any, log: Any) -> None:
         """Nothing SDXL-specific to apply before placement."""
