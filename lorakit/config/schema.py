@@ -105,6 +105,9 @@ class DataCfg:
 class NetworkCfg:
     """The LoRA network."""
 
+    type: str = f("lora", "Network type: lora (with network.conv_rank > 0 on SDXL: LoCon) or locon (the same, "
+                  "conv_rank required). LoHa, LoKr and DoRA are not built yet and are refused.",
+                  choices=("lora", "locon", "loha", "lokr", "dora"))
     rank: int = f(32, "LoRA rank (dim).", ge=1)
     alpha: float = f(16.0, "LoRA alpha; the update is scaled by alpha / rank.", gt=0.0)
     dropout: float = f(0.0, "Dropout on the LoRA path during training.", ge=0.0, lt=1.0)

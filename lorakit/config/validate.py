@@ -454,6 +454,12 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
 def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: epochs or steps, never both set by the user (a preset's max_steps / every_n_steps give way);
     schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
+    if cfg.network.type in ("loha", "lokr", "dora"):
+        raise err("network.type", f"{show(cfg.network.type)} is not built yet (issue 23): lorakit trains LoRA and "
+                  "LoCon; use \"lora\" (LoCon: network.conv_rank > 0 on SDXL)")
+    if cfg.network.type == "locon" and not cfg.network.conv_rank:
+        raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank (SDXL), or use "
+                  "\"lora\"")
     if cfg.data.max_token_length not in (75, 150, 225):
         raise err("data.max_token_length", f"must be 75, 150 or 225 (kohya's chunk sizes), got {cfg.data.max_token_length}")
     if cfg.data.alpha_mask and cfg.data.mask_dir:

@@ -68,3 +68,20 @@ def test_kohya_epoch_options_and_network_weights_import():
     assert out["training"] == {"max_epochs": 10} and out["save"] == {"every_n_epochs": 2}
     assert out["network"] == {"weights": "old.safetensors"}
     assert skipped == ["max_train_steps"]
+
+
+def test_unbuilt_network_types_and_bad_token_lengths_are_refused_in_one_line(tmp_path):
+    for kind in ("loha", "lokr", "dora"):
+        with pytest.raises(ConfigError, match=rf'^network\.type: "{kind}" is not built yet'):
+            load_config(data={**_base(tmp_path), "network": {"type": kind}})
+    with pytest.raises(ConfigError, match=r"^network\.type: \"locon\" trains the 3x3 convolutions too"):
+        load_config(data={**_base(tmp_path), "network": {"type": "locon"}})
+    assert load_config(data={**_base(tmp_path), "network": {"type": "locon", "conv_rank": 8}}).network.conv_rank == 8
+    with pytest.raises(ConfigError, match=r"^data\.max_token_length: must be 75, 150 or 225"):
+        load_config(data={**_base(tmp_path), "data": {**_base(tmp_path)["data"], "max_token_length": 100}})
+    with pytest.raises(ConfigError, match=r"^data\.mask_dir: set either data\.alpha_mask or data\.mask_dir"):
+        load_config(data={**_base(tmp_path), "data": {**_base(tmp_path)["data"], "alpha_mask": True,
+                                                      "mask_dir": str(tmp_path)}})
+    with pytest.raises(ConfigError, match=r"data\.max_token_length.*flux1"):  # SDXL only
+        load_config(data={**_base(tmp_path), "model": {"family": "flux1", "checkpoint": "x.safetensors"},
+                          "data": {**_base(tmp_path)["data"], "max_token_length": 150}})

@@ -26,7 +26,7 @@ COMPANIONS = {
                               "memory.gradient_checkpointing": False},
     "memory.cuda_graphs": {"memory.compile": True},
     "memory.fp8_compute": {"memory.fp8_base": True},
-    "training.ema_decay": {"training.ema": True},
+    "training.ema_decay": {"training.ema": True}, "network.type": {"network.conv_rank": 4},
     "training.multires_noise_discount": {"training.multires_noise_iterations": 6}, "sample.use_ema": {"training.ema": True},  # issue 23
 }
 SPECIAL = {  # keys whose generic "another valid value" needs care
@@ -47,6 +47,7 @@ SPECIAL = {  # keys whose generic "another valid value" needs care
     "save.name": "my run",
     "save.dir": "/data/out",
     "model.checkpoint": "/models/other.safetensors",
+    "data.max_token_length": 150,
 }
 
 
