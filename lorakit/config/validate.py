@@ -455,8 +455,10 @@ def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: epochs or steps, never both set by the user (a preset's max_steps / every_n_steps give way);
     schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
     if cfg.network.type in ("loha", "lokr", "dora"):
-        raise err("network.type", f"{show(cfg.network.type)} is not built yet (issue 23): lorakit trains LoRA and "
-                  "LoCon; use \"lora\" (LoCon: network.conv_rank > 0 on SDXL)")
+        why = ("peft's DoRA keeps one magnitude per output row, the dora_scale ComfyUI and LyCORIS read one per input "
+               "column, so it could not be exported exactly; " if cfg.network.type == "dora" else "")
+        raise err("network.type", f"{show(cfg.network.type)} is not built yet (issue 23): {why}lorakit trains LoRA "
+                  "and LoCon; use \"lora\" (LoCon: network.conv_rank > 0 on SDXL)")
     if cfg.network.type == "locon" and not cfg.network.conv_rank:
         raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank (SDXL), or use "
                   "\"lora\"")
