@@ -138,6 +138,7 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_multires_noise_discount": tr.multires_noise_discount,
         "ss_ip_noise_gamma": tr.ip_noise_gamma or None,
         "ss_debiased_estimation": tr.debiased_estimation_loss,
+        "ss_max_token_length": data.max_token_length if data.max_token_length != 75 else None,
         "ss_loss_type": tr.loss,
         "ss_huber_c": tr.huber_c,
         "lorakit_version": lorakit.__version__,
