@@ -180,7 +180,9 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     watchdog.beat("caching latents")
     r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=cfg.data.flip_aug, progress=cfg.log.progress)
     if cfg.data.alpha_mask or cfg.data.mask_dir:
-        r.masks = MaskCache(cache_root, cfg.data.alpha_mask, cfg.data.mask_dir, r.adapter.spec.vae_downscale)
+        first = r.dataset.items[0]  # pixels per latent pixel, as the loaded VAE encodes (tiny VAEs differ)
+        r.masks = MaskCache(cache_root, cfg.data.alpha_mask, cfg.data.mask_dir,
+                            first.bucket[0] // r.latents.get(first).shape[-1])
         r.masks.ensure(r.dataset.items, flip=cfg.data.flip_aug)
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
