@@ -55,11 +55,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--jobs", type=int, default=14)
     ap.add_argument("--families", default="sdxl,flux1")
+    ap.add_argument("--only", default="", help="comma-separated prefixes of the variants to run (default: all)")
     args = ap.parse_args()
     jobs = []
     for family in args.families.split(","):
         variants = dict(VARIANTS, **(SDXL_ONLY if family == "sdxl" else {}))
-        jobs += [(family, name, ov, args.steps) for name, ov in variants.items()]
+        jobs += [(family, name, ov, args.steps) for name, ov in variants.items()
+                 if not args.only or any(name.startswith(p) for p in args.only.split(","))]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(_one, jobs))
     table = "| family | variant | " + " | ".join(KEYS) + " |\n|" + "---|" * (len(KEYS) + 2) + "\n"
