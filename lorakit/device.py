@@ -74,3 +74,15 @@ def device_for(module: torch.nn.Module, device: torch.device, vram_gb: float | N
         log(f"note: {type(module).__name__} ({need / 2**30 - ENCODER_MARGIN_GIB:.1f} GiB) does not fit next to the "
             f"training state on the GPU ({free / 2**30:.1f} GiB free); it runs on the CPU (slower, same result)")
     return torch.device("cpu")
+
+
+def torch_device(name: str) -> torch.device:
+    """training.device ("auto", "cpu", "cuda", "cuda:1") as a torch device; CUDA asked for without one is refused."""
+    from lorakit.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"training.device: {name!r} asked for, but no CUDA device is available; use \"auto\" or \"cpu\"")
+    return dev

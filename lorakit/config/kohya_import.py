@@ -57,13 +57,16 @@ KOHYA_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "optimizer_type": ("optimizer.name", _lookup(_OPTIMIZERS)),
     "lr_scheduler": ("optimizer.scheduler", _lookup(_SCHEDULERS)),
     "lr_warmup_steps": ("optimizer.warmup_steps", _SAME), "max_grad_norm": ("optimizer.max_grad_norm", _SAME),
-    "max_train_steps": ("training.max_steps", _SAME), "train_batch_size": ("training.batch_size", _SAME),
+    "max_train_steps": ("training.max_steps", _SAME), "max_train_epochs": ("training.max_epochs", _SAME),
+    "save_every_n_epochs": ("save.every_n_epochs", _SAME), "network_weights": ("network.weights", _SAME),
+    "max_token_length": ("data.max_token_length", _SAME), "alpha_mask": ("data.alpha_mask", _SAME), "conditioning_data_dir": ("data.mask_dir", _SAME), "train_batch_size": ("training.batch_size", _SAME),
     "gradient_accumulation_steps": ("training.gradient_accumulation", _SAME), "seed": ("training.seed", _SAME),
     "mixed_precision": ("training.mixed_precision", _SAME),
     "v_parameterization": ("training.prediction", lambda v: "v_prediction" if v is True else "epsilon"),
     **{k: (f"training.{k}", _SAME) for k in (
         "min_timestep", "max_timestep", "noise_offset", "min_snr_gamma", "huber_c", "timestep_sampling",
-        "sigmoid_scale", "discrete_flow_shift", "guidance_scale", "apply_t5_attn_mask")},
+        "sigmoid_scale", "discrete_flow_shift", "guidance_scale", "apply_t5_attn_mask",
+        "multires_noise_iterations", "multires_noise_discount", "ip_noise_gamma", "debiased_estimation_loss")},
     "t5xxl_max_token_length": ("training.t5_max_length", _SAME),
     "loss_type": ("training.loss", _SAME),
     "gradient_checkpointing": ("memory.gradient_checkpointing", _SAME), "fp8_base": ("memory.fp8_base", _SAME),
@@ -115,6 +118,11 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             out.setdefault(section, {})[name] = convert(value)
         elif key not in _BUILT_IN and key != "network_module":
             skipped.append(key)
+    for epochs, steps in (("max_train_epochs", "max_train_steps"), ("save_every_n_epochs", "save_every_n_steps")):
+        if args.get(epochs) and steps in args:  # issue 23: epochs win, as in sd-scripts
+            target = KOHYA_KEYS[steps][0].split(".")
+            out[target[0]].pop(target[1], None)
+            skipped.append(steps)
     if args.get("fused_backward_pass"):
         # sd-scripts clips each gradient on its own under fused_backward_pass; lorakit offers no per-tensor
         # clipping there (global clipping needs every gradient at once), so clipping does not carry over
@@ -142,8 +150,9 @@ _DROP_REASONS = {
     "log_with": "lorakit writes metrics.jsonl and TensorBoard (log.tensorboard)",
     "highvram": "placement is planned by memory.vram_gb",
     "lowram": "placement is planned by memory.vram_gb",
-    "save_every_n_epochs": "lorakit counts in steps (save.every_n_steps)",
-    "max_train_epochs": "lorakit counts in steps (training.max_steps)",
+    "masked_loss": "lorakit masks the loss whenever data.alpha_mask or data.mask_dir is set",
+    "max_train_steps": "max_train_epochs is set too: sd-scripts lets the epochs win, and so does lorakit",
+    "save_every_n_steps": "save_every_n_epochs is set too: lorakit takes one of them (the epochs)",
     "sample_every_n_epochs": "lorakit counts in steps (sample.every_n_steps)",
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",

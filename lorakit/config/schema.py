@@ -99,12 +99,22 @@ class DataCfg:
                                 "which ones is fixed by training.seed and the file names. 0 = none.", ge=0.0, lt=1.0)
     validation_dir: Optional[str] = f(None, "A folder of validation images (same 'N_trigger class' layout and "
                                       "captions as data.dir; repeats are ignored), never trained on.", kind="path")
+    max_token_length: int = f(75, "SDXL: caption tokens the text encoders see (kohya's max_token_length): 150 or 225 "
+                              "split longer captions into 75-token chunks, encoded separately and joined.",
+                              ge=75, le=225, family_only=True)
+    alpha_mask: bool = f(False, "Weight the loss by each image's alpha channel (kohya's alpha_mask): transparent "
+                         "pixels are not learned.")
+    mask_dir: Optional[str] = f(None, "Folder of loss masks, one per image by file stem (kohya's "
+                                "conditioning_data_dir with masked_loss): white is learned, black is not.", kind="path")
 
 
 @dataclass
 class NetworkCfg:
     """The LoRA network."""
 
+    type: str = f("lora", "Network type: lora (with network.conv_rank > 0 on SDXL: LoCon) or locon (the same, "
+                  "conv_rank required). LoHa, LoKr and DoRA are not built yet and are refused.",
+                  choices=("lora", "locon", "loha", "lokr", "dora"))
     rank: int = f(32, "LoRA rank (dim).", ge=1)
     alpha: float = f(16.0, "LoRA alpha; the update is scaled by alpha / rank.", gt=0.0)
     dropout: float = f(0.0, "Dropout on the LoRA path during training.", ge=0.0, lt=1.0)
@@ -123,13 +133,17 @@ class NetworkCfg:
                            "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the "
                            "type.", factory=dict, kind="table",
                            family_only=True)
+    weights: Optional[str] = f(None, "Continue from an existing LoRA (kohya's network_weights): a LoRA file of this "
+                               "family in any layout lorakit reads, loaded before step 0 with a new optimizer state; "
+                               "its ranks must equal the run's.", kind="path")
 
 
 @dataclass
 class OptimizerCfg:
     """Optimizer and learning-rate schedule."""
 
-    name: str = f("adamw8bit", "Optimizer.", choices=("adamw", "adamw8bit", "prodigy", "adafactor"))
+    name: str = f("adamw8bit", "Optimizer.", choices=("adamw", "adamw8bit", "prodigy", "adafactor", "lion", "came",
+                                                  "adamw_schedulefree"))
     lr: float = f(1e-4, "Learning rate (Prodigy: 1.0).", gt=0.0)
     weight_decay: float = f(0.01, "Decoupled weight decay.", ge=0.0)
     betas: list = f(None, "Adam betas [beta1, beta2].", factory=lambda: [0.9, 0.999])
@@ -146,6 +160,12 @@ class TrainingCfg:
     """The training objective and run length."""
 
     max_steps: int = f(1500, "Optimizer steps to train.", ge=1)
+    max_epochs: Optional[int] = f(None, "Train this many epochs instead (kohya's max_train_epochs): max_steps = "
+                                  "epochs x ceil(batches per epoch / gradient_accumulation); not with max_steps.",
+                                  ge=1)
+    ema: bool = f(False, "Keep an exponential moving average of the LoRA weights, saved as <name>-ema.safetensors.")
+    ema_decay: float = f(0.999, "With training.ema: ema = decay * ema + (1 - decay) * weights after each step.",
+                         gt=0.0, lt=1.0)
     batch_size: int = f(1, "Images per step (one bucket per batch).", ge=1)
     gradient_accumulation: int = f(1, "Micro-batches accumulated per optimizer step.", ge=1)
     seed: int = f(42, "Seed for data order, noise, timesteps and LoRA init.", ge=0)
@@ -159,6 +179,15 @@ class TrainingCfg:
                             family_only=True)
     min_snr_gamma: float = f(0.0, "SDXL: min-SNR-gamma loss weighting; 0 = off (5 is common).", ge=0.0,
                              family_only=True)
+    multires_noise_iterations: int = f(0, "SDXL: multires (pyramid) noise levels; 0 = off (6-10 is common).", ge=0,
+                                       le=64, family_only=True)
+    multires_noise_discount: float = f(0.3, "SDXL: weight discount of each multires noise level.", gt=0.0, le=1.0,
+                                       family_only=True)
+    ip_noise_gamma: float = f(0.0, "SDXL: input-perturbation noise: the noisy input is built from noise + gamma * "
+                              "extra noise, the target keeps the noise; 0 = off (0.1 is common).", ge=0.0,
+                              family_only=True)
+    debiased_estimation_loss: bool = f(False, "SDXL: weight the loss by 1/sqrt(SNR) (epsilon) or 1/(SNR+1) "
+                                       "(v-prediction).", family_only=True)
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
     timestep_sampling: str = f("flux_shift", "FLUX.1/2: sigma sampling (flux_shift: FLUX's shift by the image "
@@ -259,6 +288,7 @@ class SampleCfg:
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
     height: Optional[int] = f(None, "Sample height (default: training resolution).", ge=64)
     seed: int = f(0, "Base seed of sample images.", ge=0)
+    use_ema: bool = f(False, "With training.ema: previews use the EMA weights.")
 
 
 @dataclass
@@ -270,6 +300,8 @@ class SaveCfg:
     format: str = f("kohya", "LoRA file format: kohya (ComfyUI/A1111/Forge/kohya) or diffusers.",
                     choices=("kohya", "diffusers"))
     every_n_steps: int = f(500, "Save a checkpoint every N steps; 0 = only at the end.", ge=0)
+    every_n_epochs: int = f(0, "Save a checkpoint every N epochs instead (kohya's save_every_n_epochs); 0 = off; "
+                            "not with save.every_n_steps.", ge=0)
     keep_last: int = f(3, "Step checkpoints to keep (older ones are deleted).", ge=1)
     precision: str = f("fp16", "dtype of saved LoRA tensors.", choices=("fp16", "bf16", "fp32"))
     comment: str = f("", "Free text stored as ss_training_comment.")

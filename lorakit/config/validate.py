@@ -403,6 +403,10 @@ _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
     ("optimizer.min_lr_ratio", 'optimizer.scheduler = "cosine_with_min_lr"',
      lambda c: c.optimizer.scheduler == "cosine_with_min_lr"),
     ("training.huber_c", 'training.loss = "huber"', lambda c: c.training.loss == "huber"),
+    ("training.ema_decay", "training.ema = true", lambda c: c.training.ema),  # issue 23
+    ("training.multires_noise_discount", "training.multires_noise_iterations > 0",
+     lambda c: c.training.multires_noise_iterations > 0),
+    ("sample.use_ema", "training.ema = true", lambda c: c.training.ema),
     ("training.discrete_flow_shift", 'training.timestep_sampling = "shift"',
      lambda c: c.training.timestep_sampling == "shift"),
     ("training.sigmoid_scale", 'training.timestep_sampling = "sigmoid", "shift" or "flux_shift"',
@@ -464,6 +468,33 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         if _value(cfg, key) != defaults[section][name].default and not active(cfg):
             raise err(key, f"only has an effect with {needs}; remove it or set that too")
     _check_text_encoder_cache(cfg, explicit, notes)
+    _check_training_options(cfg, explicit)
+
+
+def _check_training_options(cfg: Config, explicit: set[str]) -> None:
+    """Issue 23: epochs or steps, never both set by the user (a preset's max_steps / every_n_steps give way);
+    schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
+    if cfg.network.type in ("loha", "lokr", "dora"):
+        why = ("peft's DoRA keeps one magnitude per output row, the dora_scale ComfyUI and LyCORIS read one per input "
+               "column, so it could not be exported exactly; " if cfg.network.type == "dora" else "")
+        raise err("network.type", f"{show(cfg.network.type)} is not built yet (issue 23): {why}lorakit trains LoRA "
+                  "and LoCon; use \"lora\" (LoCon: network.conv_rank > 0 on SDXL)")
+    if cfg.network.type == "locon" and not cfg.network.conv_rank:
+        raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank (SDXL), or use "
+                  "\"lora\"")
+    if cfg.data.max_token_length not in (75, 150, 225):
+        raise err("data.max_token_length", f"must be 75, 150 or 225 (kohya's chunk sizes), got {cfg.data.max_token_length}")
+    if cfg.data.alpha_mask and cfg.data.mask_dir:
+        raise err("data.mask_dir", "set either data.alpha_mask or data.mask_dir, not both (one mask per image)")
+    if cfg.optimizer.name == "adamw_schedulefree" and cfg.optimizer.scheduler != "constant":
+        raise err("optimizer.scheduler", f"{show(cfg.optimizer.scheduler)} with adamw_schedulefree: schedule-free "
+                  "AdamW needs no decay (that is its point); use \"constant\" (optimizer.warmup_steps still applies)")
+    if cfg.training.max_epochs is not None and "training.max_steps" in explicit:
+        raise err("training.max_epochs", "set either training.max_epochs or training.max_steps, not both "
+                  "(remove one)")
+    if cfg.save.every_n_epochs and "save.every_n_steps" in explicit:
+        raise err("save.every_n_epochs", "set either save.every_n_epochs or save.every_n_steps, not both "
+                  "(remove one)")
 
 
 def _check_text_encoder_cache(cfg: Config, explicit: set[str], notes: list[str]) -> None:

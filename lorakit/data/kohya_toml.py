@@ -92,6 +92,9 @@ def _check_table(file: str, where: str, table: Any, allowed: set[str], elsewhere
     for key, value in table.items():
         if key in _NOT_YET:
             noop = _NOT_YET[key]
+            if key == "alpha_mask" and value is True:  # issue 23: one switch for the whole run
+                raise ConfigError(f"{file}: {where}.alpha_mask: per-subset masks are not offered; remove it and set "
+                                  "data.alpha_mask = true in the run config (it applies to every training image)")
             if noop is None or value != noop:
                 raise ConfigError(f"{file}: {where}.{key} is not supported by lorakit yet; remove it")
             continue

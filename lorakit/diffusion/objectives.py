@@ -201,8 +201,11 @@ def flow_schedule(num_steps: int, seq_len: Optional[int] = None, shift: Optional
 
 
 def loss_per_sample(pred: torch.Tensor, target: torch.Tensor, kind: LossKind = "l2",
-                    huber_c: float = 0.1) -> torch.Tensor:
+                    huber_c: float = 0.1, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-sample loss [B] in float32, averaged over every non-batch dimension.
+
+    ``mask`` ([B, 1, h, w] in [0, 1], latent resolution): each element's loss is multiplied by it before the mean
+    (sd-scripts' masked loss: the mean still runs over every element, so a half-masked image weighs half).
 
     ``l2`` (d²), ``l1`` (|d|) or ``huber`` (pseudo-Huber 2c(√(d²+c²) − c): quadratic near 0, linear far out,
     so a few outlier pixels do not dominate).
@@ -218,6 +221,11 @@ def loss_per_sample(pred: torch.Tensor, target: torch.Tensor, kind: LossKind = "
         elem = 2.0 * huber_c * (torch.sqrt(d * d + huber_c * huber_c) - huber_c)
     else:
         raise ValueError(f"loss must be 'l2', 'l1' or 'huber', got {kind!r}")
+    if mask is not None:
+        if elem.dim() != 4 or tuple(mask.shape[-2:]) != tuple(elem.shape[-2:]):
+            raise ValueError(f"a loss mask {tuple(mask.shape)} needs a [B, C, h, w] prediction of its size, got "
+                             f"{tuple(elem.shape)}")
+        elem = elem * mask.to(elem.device, elem.dtype)
     return elem.reshape(elem.shape[0], -1).mean(dim=1)
 
 

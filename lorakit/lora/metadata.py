@@ -50,10 +50,17 @@ def describe_optimizer(name: str, weight_decay: float, betas: Sequence[float], e
         "adamw8bit": "bitsandbytes.optim.adamw.AdamW8bit",
         "prodigy": "prodigyopt.prodigy.Prodigy",
         "adafactor": "transformers.optimization.Adafactor",
+        "lion": "lion_pytorch.lion_pytorch.Lion",
+        "came": "came_pytorch.CAME.CAME",
+        "adamw_schedulefree": "schedulefree.adamw_schedulefree.AdamWScheduleFree",
     }
     args: dict[str, Any] = {"weight_decay": weight_decay}
     if name == "adafactor":
         args.update(relative_step=False, scale_parameter=False, warmup_init=False)
+    elif name == "lion":
+        args.update(betas=tuple(float(b) for b in betas))
+    elif name == "came":
+        args.update(betas=tuple(float(b) for b in betas) + (0.9999,))
     else:
         args.update(betas=tuple(float(b) for b in betas), eps=eps)
     return f"{paths.get(name, name)}({','.join(f'{k}={v}' for k, v in args.items())})"
@@ -128,6 +135,12 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_dataset_dirs": json.dumps(dataset_info.get("dataset_dirs", {}), ensure_ascii=False),
         "ss_noise_offset": tr.noise_offset,
         "ss_min_snr_gamma": tr.min_snr_gamma,
+        # issue 23 (the keys sd-scripts writes for these options)
+        "ss_multires_noise_iterations": tr.multires_noise_iterations or None,
+        "ss_multires_noise_discount": tr.multires_noise_discount,
+        "ss_ip_noise_gamma": tr.ip_noise_gamma or None,
+        "ss_debiased_estimation": tr.debiased_estimation_loss,
+        "ss_max_token_length": data.max_token_length if data.max_token_length != 75 else None,
         "ss_loss_type": tr.loss,
         "ss_huber_c": tr.huber_c,
         "lorakit_version": lorakit.__version__,

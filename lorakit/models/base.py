@@ -86,6 +86,7 @@ class Batch:
     loss_weight: torch.Tensor                 # [B] per-sample weight (prior_loss_weight on reg images)
     captions: list[str] = field(default_factory=list)
     host_text: dict[str, torch.Tensor] = field(default_factory=dict)  # ``text`` as it was on the host (to_device)
+    mask: Optional[torch.Tensor] = None       # [B, 1, h, w] loss mask in [0, 1] (data.alpha_mask / data.mask_dir)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from torch import Tensor
 from lorakit.errors import ConfigError
 
 # Optimizers whose update of one tensor reads only that tensor's gradient and state.
-PER_TENSOR_OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
+PER_TENSOR_OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "lion", "came")
 
 
 class FusedBackwardOptimizer(torch.optim.Optimizer):

@@ -25,15 +25,17 @@ from lorakit.config.load import dump_toml
 from lorakit.config.schema import Config
 from lorakit.data.cache import LatentCache, TextCache, cache_folder
 from lorakit.data.captions import fixed_captions
+from lorakit.data.masks import MaskCache
 from lorakit.data.report import run_settings
 from lorakit.data.scan import scan_dataset
 from lorakit.data.stream import BatchStream
 from lorakit.data.validation import make_validation
-from lorakit.errors import ConfigError, DataError, Interrupted, TrainingError
+from lorakit.errors import DataError, TrainingError
+from lorakit.device import torch_device
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
-from lorakit.train import autoplan, fused, health, memory, optim, placement, resume, steps, validation
+from lorakit.train import autoplan, ema, epochs, fused, health, memory, optim, placement, resume, steps, validation
 from lorakit.train.export import verify_export
 from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
 from lorakit.train.previews import Previews
@@ -67,6 +69,8 @@ class Run:
     placed: Any = None
     validation: Any = None          # data.validation.ValidationSet (held-out images; empty when none)
     validator: Any = None           # train.validation.Validator
+    ema: Any = None                 # training.ema: ema.LoraEMA
+    masks: Any = None               # data.alpha_mask / data.mask_dir: data.masks.MaskCache
 
 
 def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callable[[str], None] = print,
@@ -111,6 +115,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     if (warn := optim.schedule_warning(cfg.optimizer.scheduler, cfg.optimizer.warmup_steps, cfg.training.max_steps)):
         log(warn)
     scan(r, resume_, force, log)
+    cfg = r.cfg = epochs.apply(cfg, r.stream.steps_per_epoch, log)  # training.max_epochs / save.every_n_epochs
     watchdog.beat("loading the base model")
     load_and_cache(r, watchdog, log)
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,
@@ -123,6 +128,7 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
         r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed)
     optimizer, scheduler, scaler = make_optimizer(run_cfg, r)
+    r.ema = ema.attach(run_cfg, optimizer, r.placed.trainable, log)  # before restore: resume state carries it
     generator = torch.Generator().manual_seed(cfg.training.seed)
     start_step = 0
     if resume_:
@@ -167,7 +173,7 @@ def start(cfg: Config, resume_: bool, log: Callable[[str], None], run_dir: Optio
 
 def _start(cfg: Config, resume_: bool, run: RunDir) -> Run:
     family = get_family(cfg.model.family)
-    device = pick_device(cfg.training.device)
+    device = torch_device(cfg.training.device)
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
     memory.check_supported(cfg, device)
     family.Adapter.check_config(cfg, device)
@@ -218,6 +224,11 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
                      progress=cfg.log.progress,  # a data.config TOML may flip where [data] does not
                      **({"batch_size": caching.latent_batch} if caching else {}))
     r.latents.ensure(r.validation.items, r.adapter.encode_images, flip=False, progress=cfg.log.progress)
+    if cfg.data.alpha_mask or cfg.data.mask_dir:
+        first = r.dataset.items[0]  # pixels per latent pixel, as the loaded VAE encodes (tiny VAEs differ)
+        r.masks = MaskCache(cache_root, cfg.data.alpha_mask, cfg.data.mask_dir,
+                            first.bucket[0] // r.latents.get(first).shape[-1])
+        r.masks.ensure(r.dataset.items, flip=any(s.flip_aug for s in r.dataset.subsets))
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")
@@ -231,7 +242,7 @@ def make_optimizer(cfg: Config, r: Run):
     if cfg.memory.fused_backward:  # each LoRA parameter is stepped inside backward; same optimizer interface
         build = functools.partial(fused.build_fused_optimizer, nan_policy=cfg.training.nan_policy)
     optimizer = build(r.placed.groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
-                      cfg.optimizer.betas, cfg.optimizer.eps, fused=fused_adamw(cfg, r.device))
+                      cfg.optimizer.betas, cfg.optimizer.eps, fused=optim.fused_adamw(cfg, r.device))
     scheduler = optim.build_scheduler(optimizer, cfg.optimizer.scheduler, cfg.optimizer.warmup_steps,
                                       cfg.training.max_steps, cfg.optimizer.min_lr_ratio)
     scaler = torch.amp.GradScaler(r.device.type) if cfg.training.mixed_precision == "fp16" else None
@@ -247,14 +258,17 @@ def batches(r: Run, cfg: Config) -> Callable[[], Batch]:
             text = {k: torch.stack([t[k] for t in per]) for k in per[0]}
         else:
             text = r.adapter.encode_text([caption for _, _, caption in picked])
+        latents = torch.stack([r.latents.get(item, flipped) for item, flipped, _ in picked])
         return Batch(
-            latents=torch.stack([r.latents.get(item, flipped) for item, flipped, _ in picked]),
+            latents=latents,
             text=text,
             original_sizes=[(it.original_size[1], it.original_size[0]) for it, _, _ in picked],
             crop_top_lefts=[(it.crop[1], it.crop[0]) for it, _, _ in picked],
             target_sizes=[(it.bucket[1], it.bucket[0]) for it, _, _ in picked],
             loss_weight=torch.tensor([it.loss_weight for it, _, _ in picked], dtype=torch.float32),
             captions=[caption for _, _, caption in picked],
+            mask=(torch.stack([r.masks.get(it, flipped, latents[0]) for it, flipped, _ in picked])
+                  if r.masks is not None else None),
         )
     return next_batch
 
@@ -279,6 +293,8 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
             watchdog.beat(f"training step {step}")
             stats = steps.update_step(r.adapter, next_batch, cfg, generator, optimizer, placed.trainable, scaler,
                                       r.device, r.compute_dtype)
+            if r.ema is not None:
+                r.ema.update()
             scheduler.step()
             if step == start_step + 1 and freeze:  # and what the first step built (compiled blocks, CUDA graphs)
                 gc.collect()
@@ -296,7 +312,8 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
                 watchdog.beat(f"validation loss at step {step}")
                 r.validator.run_at(step)
             if sample_now:  # before the save: once state N exists, so do step N's previews
-                previews.draw(step)
+                with ema.for_previews(r.ema, cfg):
+                    previews.draw(step)
             if save_now:
                 watchdog.beat(f"saving step {step}")
                 reporter.metrics.flush()
@@ -307,7 +324,7 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
         reporter.flush()
     except KeyboardInterrupt:
         reporter.flush_quietly()
-        raise interrupted(r.run, step) from None
+        raise resume.interrupted(r.run, step) from None
     except torch.cuda.OutOfMemoryError:
         reporter.flush_quietly()
         failure = TrainingError(
@@ -338,8 +355,11 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
     watchdog.beat(f"saving the final LoRA (step {final_step})")
     resume.save_checkpoint(r.run, cfg, r.adapter, placed.modules, placed.targets, optimizer, scheduler, r.stream,
                            generator, final_step, r.fingerprint, r.dataset, final=True)
+    ema_path = ema.save_file(r.ema, r.run, cfg, r.adapter, placed.modules, placed.targets, r.dataset, r.stream,
+                             final_step)
     if previews.prompts:
-        previews.draw(final_step, "after")
+        with ema.for_previews(r.ema, cfg):
+            previews.draw(final_step, "after")
         grid = previews.grid()
         if grid:
             log(f"before/after grid: {grid}")
@@ -357,40 +377,11 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
         log(f"warning: export check: {p}")
     r.run.write_status(status="finished", step=final_step, lora=str(r.run.lora_path()), lora_effect=effect,
                        skipped_steps=reporter.skipped, export_problems=problems, **validation.report(r.validator, log))
-    log(f"LoRA: {r.run.lora_path()}")
+    log(f"LoRA: {r.run.lora_path()}" + (f" (EMA: {ema_path})" if ema_path else ""))
     return RunResult(r.run.root, r.run.lora_path(), final_step, reporter.loss, previews.paths)
 
 
 # ====================================================================== helpers
-
-
-def interrupted(run: RunDir, step: int) -> Interrupted:
-    """Ctrl-C or SIGTERM during the steps: run.json says "interrupted", and one line names the checkpoint a resume
-    continues from."""
-    last = run.latest_state()
-    where = (f"the last complete checkpoint is step {int(last.name.removeprefix('step'))}; `lorakit train --resume "
-             f"{run.root}` continues from there" if last else
-             f"no checkpoint was complete yet; `lorakit train --resume {run.root}` starts again from step 0 and "
-             "reuses the caches")
-    message = f"interrupted at step {step}: {where}"
-    health.record_failure(run, status="interrupted", step=step, error=message)
-    return Interrupted(message)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"training.device: {name!r} asked for, but no CUDA device is available; use \"auto\" or \"cpu\"")
-    return dev
-
-
-def fused_adamw(cfg: Config, device: torch.device) -> Optional[bool]:
-    """memory.fused_optimizer, unset = on for AdamW on CUDA (measured faster and leaner: RESULTS.md run 4)."""
-    if cfg.memory.fused_optimizer is not None:
-        return cfg.memory.fused_optimizer
-    return True if device.type == "cuda" and cfg.optimizer.name == "adamw" else None
 
 
 def _json(obj: Any) -> str:

@@ -16,7 +16,7 @@ import torch
 from lorakit.config.schema import Config
 from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
-from lorakit.train import autoplan, budget, cards, memory, speed, swap
+from lorakit.train import autoplan, budget, cards, memory, speed, swap, warmstart
 
 # what the plan decides: the settings recorded in plan.json and compared on --resume
 PLANNED = tuple(f"memory.{k}" for k in budget.CONSTRAINTS + autoplan.STEERED) + (
@@ -33,18 +33,22 @@ class Placed:
     trainable: list[torch.Tensor]
 
 
-def inject(cfg: Config, adapter, compute_dtype: torch.dtype) -> tuple[dict, dict, list[dict]]:
-    """LoRA on every component the adapter targets; returns (modules, targets, optimizer parameter groups)."""
+def inject(cfg: Config, adapter, compute_dtype: torch.dtype, log: Callable[[str], None] = print
+           ) -> tuple[dict, dict, list[dict]]:
+    """LoRA on every component the adapter targets; returns (modules, targets, optimizer parameter groups). With
+    ``network.weights`` the LoRA then holds that file's weights (read and checked before injection)."""
     spec = adapter.spec
     targets = adapter.lora_targets(cfg.network)
     modules = {spec.denoiser_name: adapter.denoiser(), **adapter.text_encoder_modules()}
+    alphas = {component: {name: (cfg.network.conv_alpha if _is_conv(modules[component], name) else cfg.network.alpha)
+                          for name in module_targets} for component, module_targets in targets.items()}
+    start_from = warmstart.read(cfg, adapter, targets, alphas, log)  # network.weights (issue 23)
     torch.manual_seed(cfg.training.seed)
     groups = []
     for component, module_targets in targets.items():
         module = modules[component]
         check_rank_fits(module, module_targets)
-        alpha = {name: (cfg.network.conv_alpha if _is_conv(module, name) else cfg.network.alpha)
-                 for name in module_targets}
+        alpha = alphas[component]
         # every call of the denoiser runs in autocast (steps, previews, the LoRA check); a trained text encoder
         # also runs outside it (next_batch encodes the captions)
         denoiser = component == spec.denoiser_name
@@ -52,6 +56,7 @@ def inject(cfg: Config, adapter, compute_dtype: torch.dtype) -> tuple[dict, dict
                              under_autocast=denoiser and compute_dtype != torch.float32)
         lr = cfg.optimizer.lr if denoiser else (cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
+    warmstart.load(start_from, modules)
     return modules, targets, groups
 
 
@@ -80,7 +85,7 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
           log: Callable[[str], None], room: Optional[float] = None) -> Placed:
     """Inject the LoRA, plan memory, place the denoiser and prepare it (checkpointing, compile)."""
     spec = adapter.spec
-    modules, targets, groups = inject(cfg, adapter, compute_dtype)
+    modules, targets, groups = inject(cfg, adapter, compute_dtype, log)
     trainable = [p for g in groups for p in g["params"]]
     denoiser = modules[spec.denoiser_name]
     # after injection (peft wraps the Linears first), before compile: the memory plan, then fp8 storage and block

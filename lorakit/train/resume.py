@@ -178,3 +178,18 @@ def tidy(run: RunDir, log) -> None:
     problem = run.status_problem()
     if problem:
         log(f"warning: {problem}")
+
+
+def interrupted(run: RunDir, step: int) -> Exception:
+    """Ctrl-C or SIGTERM during the steps: run.json says "interrupted", and one line names the checkpoint a resume
+    continues from."""
+    last = run.latest_state()
+    where = (f"the last complete checkpoint is step {int(last.name.removeprefix('step'))}; `lorakit train --resume "
+             f"{run.root}` continues from there" if last else
+             f"no checkpoint was complete yet; `lorakit train --resume {run.root}` starts again from step 0 and "
+             "reuses the caches")
+    message = f"interrupted at step {step}: {where}"
+    from lorakit.errors import Interrupted
+
+    health.record_failure(run, status="interrupted", step=step, error=message)
+    return Interrupted(message)

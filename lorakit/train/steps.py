@@ -40,6 +40,8 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
     from lorakit.train import speed
 
     accumulation = cfg.training.gradient_accumulation
+    if getattr(optimizer, "needs_train_mode", False):  # schedule-free: gradients at y (zero_grad goes back to x)
+        optimizer.train()
     total = torch.zeros((), device=device)  # summed on the device: reading it would wait for the GPU
     for _ in range(accumulation):
         speed.mark_step()  # CUDA graph trees: a new forward/backward begins (no-op unless CUDA graphs are on)
@@ -49,7 +51,7 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
         with autocast(device, compute_dtype):
             pred = adapter.predict(noised, batch)
         per_sample = objectives.loss_per_sample(pred.float(), noised.target.float(), cfg.training.loss,
-                                                cfg.training.huber_c)
+                                                cfg.training.huber_c, mask=batch.mask)
         loss = objectives.weighted_mean(per_sample, noised.weight.to(device) * batch.loss_weight) / accumulation
         (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach().float()
@@ -117,6 +119,8 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     batch.host_text = batch.text
     batch.text = {k: to_gpu(v, device) for k, v in batch.text.items()}
     batch.loss_weight = to_gpu(batch.loss_weight, device)
+    if batch.mask is not None:
+        batch.mask = to_gpu(batch.mask, device)
     return batch
 
 

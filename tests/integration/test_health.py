@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import shutil
 from collections import namedtuple
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def test_out_of_memory_reports_settings_and_keeps_checkpoint(world, monkeypatch,
 
 def test_disk_estimate_stops_before_any_work(world, monkeypatch, capsys):
     Usage = namedtuple("Usage", "total used free")
-    monkeypatch.setattr(loop.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 10**6, 10**6))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 10**6, 10**6))
     cache = world[0] / "cache-disk"
     rc, run, out, err = run_cli(world, "disk", NO_SAMPLES, f"data.cache_dir=\"{cache}\"", capsys=capsys)
     assert rc == 2

@@ -145,7 +145,7 @@ def test_type_and_bound_errors_name_the_key_the_rule_and_the_value(tmp_path, sni
 
 def test_choices_error_lists_the_allowed_values_and_suggests(tmp_path):
     msg = err(tmp_path, BASE + '[optimizer]\nname = "adam"\n')
-    assert msg.startswith('optimizer.name: must be one of adamw, adamw8bit, prodigy, adafactor, got "adam"')
+    assert msg.startswith('optimizer.name: must be one of adamw, adamw8bit, prodigy, adafactor, lion, came, adamw_schedulefree, got "adam"')
     assert "did you mean adamw?" in msg
     msg = err(tmp_path, BASE + '[optimizer]\nname = "AdamW8bit"\n')
     assert "did you mean adamw8bit?" in msg

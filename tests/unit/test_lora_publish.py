@@ -75,14 +75,15 @@ def test_push_dry_run_and_offline(tmp_path, capsys, monkeypatch):
 def test_import_kohya_lists_mapped_and_dropped(tmp_path, capsys):
     cfg = tmp_path / "k.toml"
     cfg.write_text('network_module = "networks.lora_flux"\nnetwork_dim = 16\nlearning_rate = 1e-4\n'
-                   '[extra]\nsave_every_n_epochs = 2\nfrobnicate = true\n')
+                   '[extra]\nsave_every_n_epochs = 2\nsample_every_n_epochs = 2\nfrobnicate = true\n')
     ds = tmp_path / "ds.toml"
     ds.write_text('[[datasets]]\nresolution = 512\n[[datasets.subsets]]\nimage_dir = "img"\nnum_repeats = 2\n')
     out = tmp_path / "run.toml"
     assert main(["import", "kohya", str(cfg), "--dataset", str(ds), "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert "mapped   network_dim -> network.rank" in text and "dropped  frobnicate: no lorakit equivalent" in text
-    assert "dropped  save_every_n_epochs" in text
+    assert "dropped  sample_every_n_epochs" in text  # issue 23: save_every_n_epochs is mapped now
+    assert "mapped   save_every_n_epochs -> save.every_n_epochs" in text
     import tomllib
     doc = tomllib.loads(out.read_text())
     assert doc["model"]["family"] == "flux1" and doc["network"]["rank"] == 16 and doc["data"]["config"] == str(ds)

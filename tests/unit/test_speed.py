@@ -331,7 +331,7 @@ def test_fp8_compute_under_compile_keeps_the_checkpoint_inside_the_compiled_bloc
 
 
 def test_fused_adamw_is_the_cuda_default_and_can_be_turned_off():
-    from lorakit.train.loop import fused_adamw
+    from lorakit.train.optim import fused_adamw
 
     c = cfg(fused_optimizer=None)
     assert fused_adamw(c, torch.device("cuda")) is True and fused_adamw(c, torch.device("cpu")) is None

@@ -29,6 +29,8 @@ COMPANIONS = {
     "save.keep_best": {"data.validation_split": 0.2},
     "validation.every_n_steps": {"data.validation_split": 0.2},
     "validation.timesteps": {"data.validation_split": 0.2},
+    "training.ema_decay": {"training.ema": True}, "network.type": {"network.conv_rank": 4},
+    "training.multires_noise_discount": {"training.multires_noise_iterations": 6}, "sample.use_ema": {"training.ema": True},  # issue 23
 }
 SPECIAL = {  # keys whose generic "another valid value" needs care
     "model.family": "flux1",
@@ -48,6 +50,7 @@ SPECIAL = {  # keys whose generic "another valid value" needs care
     "save.name": "my run",
     "save.dir": "/data/out",
     "model.checkpoint": "/models/other.safetensors",
+    "data.max_token_length": 150,
 }
 
 

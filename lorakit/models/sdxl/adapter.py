@@ -34,8 +34,13 @@ SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=
                  #                                     carry most of the remaining element-wise kernels
                  config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
                                         "training.min_timestep", "training.max_timestep", "training.noise_offset",
-                                        "training.min_snr_gamma", "sample.sampler"}),
+                                        "training.min_snr_gamma", "sample.sampler",
+                                        # issue 23: noise and loss options (lorakit.diffusion.noise_options)
+                                        "training.multires_noise_iterations", "training.multires_noise_discount",
+                                        "training.ip_noise_gamma", "training.debiased_estimation_loss",
+                                        "data.max_token_length"}),
                  planning_model=lambda cfg: planning_model(cfg))
+
 
 
 def planning_model(cfg: Any) -> tuple[nn.Module, dict[str, int]]:
@@ -109,6 +114,30 @@ def kohya_name(component: str, path: str, unet_config: Any) -> str:
 
 
 _DIFFUSERS_PREFIX = {"unet": "unet", "denoiser": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
+
+
+def chunk_ids(ids: torch.Tensor, n: int, eos: int, pad: int) -> torch.Tensor:
+    """kohya's ``max_token_length`` chunking: [B, 75·n + 2] ids (BOS, text, EOS, padding) → [B·n, 77], chunk k =
+    BOS, tokens 1 + 75k … 75(k+1), the last id. Where padding is not EOS (bigG): a chunk whose text runs to its end
+    gets an EOS last, and an empty chunk starts BOS, EOS (sd-scripts' ``get_input_ids``)."""
+    chunks = []
+    for k in range(n):
+        chunk = torch.cat([ids[:, :1], ids[:, 1 + 75 * k:1 + 75 * (k + 1)], ids[:, -1:]], dim=1).clone()
+        if pad != eos:
+            full = (chunk[:, -2] != eos) & (chunk[:, -2] != pad)
+            chunk[full, -1] = eos
+            chunk[chunk[:, 1] == pad, 1] = eos
+        chunks.append(chunk)
+    return torch.stack(chunks, dim=1).reshape(-1, ids.shape[1] - 75 * (n - 1))
+
+
+def join_chunks(states: torch.Tensor, batch: int, n: int) -> torch.Tensor:
+    """[B·n, 77, d] per-chunk states → [B, 75·n + 2, d]: the first chunk's BOS state, the 75 text states of each
+    chunk, the last chunk's final state (sd-scripts' ``get_hidden_states_sdxl``). n = 1: unchanged."""
+    if n == 1:
+        return states
+    s = states.reshape(batch, n, states.shape[1], states.shape[2])
+    return torch.cat([s[:, 0, :1]] + [s[:, k, 1:76] for k in range(n)] + [s[:, -1, -1:]], dim=1)
 
 
 def export_kohya(lora: dict[str, dict[str, LoraModule]], unet_config: Any) -> dict[str, torch.Tensor]:
@@ -202,6 +231,7 @@ class Adapter:
         self.training = cfg.training
         self.network = cfg.network
         self.sample_cfg = cfg.sample
+        self.max_token_length = int(getattr(cfg.data, "max_token_length", 75))  # 75, 150 or 225 (issue 23)
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self._parts: Any = None               # lorakit.models.sdxl.load.SDXLParts: what is still to be read
@@ -308,7 +338,8 @@ class Adapter:
             return "sdxl-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
         return {"vae": digest("vae", vae_fp, str(scaling), str(SPEC.vae_shift)),
-                "text": digest("text", text_fp, str(tok), "penultimate+pooled"),
+                "text": digest("text", text_fp, str(tok), "penultimate+pooled",
+                               *([f"chunks{self.max_token_length}"] if self.max_token_length != 75 else [])),
                 "model": digest("model", base)}
 
     # ---- encoders
@@ -338,8 +369,13 @@ class Adapter:
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
     def _tokens(self, tokenizer: Any, captions: list[str]) -> torch.Tensor:
-        return tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
-                         return_tensors="pt").input_ids
+        """[B·n, 77] token ids: n = max_token_length / 75 chunks per caption (n = 1: the plain 77 tokens)."""
+        if self.max_token_length == 75:
+            return tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
+                             return_tensors="pt").input_ids
+        return chunk_ids(tokenizer(captions, padding="max_length", max_length=self.max_token_length + 2,
+                                   truncation=True, return_tensors="pt").input_ids,
+                         self.max_token_length // 75, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """Captions → ``context`` [B,77,768+1280] (penultimate states of both encoders, concatenated) and
@@ -353,8 +389,10 @@ class Adapter:
         with torch.set_grad_enabled(trains):
             out1 = self.te1(ids1, output_hidden_states=True)
             out2 = self.te2(ids2, output_hidden_states=True)
-        context = torch.cat([out1.hidden_states[-2].float().cpu(), out2.hidden_states[-2].float().cpu()], dim=-1)
-        return {"context": context, "pooled": out2.text_embeds.float().cpu()}
+        n = self.max_token_length // 75
+        h1, h2 = (join_chunks(h.float().cpu(), len(captions), n) for h in (out1.hidden_states[-2], out2.hidden_states[-2]))
+        pooled = out2.text_embeds.float().cpu().reshape(len(captions), n, -1)[:, 0]  # the first chunk's
+        return {"context": torch.cat([h1, h2], dim=-1), "pooled": pooled}
 
     def before_placement(self, memory: Any, log: Any) -> None:
         """Nothing SDXL-specific to apply before placement."""
@@ -426,20 +464,27 @@ class Adapter:
 
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
-        """DDPM: t ~ U[min_timestep, max_timestep), noise offset, x_t, ε or v target, min-SNR-γ weight."""
+        """DDPM: t ~ U[min_timestep, max_timestep), noise offset, multires noise, x_t (from ε + γ·ξ with
+        ip_noise_gamma), ε or v target, min-SNR-γ and debiased-estimation weights."""
+        from lorakit.diffusion import noise_options as nopt
         from lorakit.diffusion import objectives as obj
 
         ac = self.alphas_cumprod()
         prediction = getattr(training, "prediction", SPEC.prediction)
         noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
+        noise = nopt.multires_noise(noise, int(getattr(training, "multires_noise_iterations", 0)),
+                                    float(getattr(training, "multires_noise_discount", 0.3)), generator)
         t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
                                          generator)
         t = to_gpu(t, latents.device)
-        x_t = obj.ddpm_add_noise(latents, noise, t, ac)
+        x_t = obj.ddpm_add_noise(latents, nopt.input_perturbation(noise, float(getattr(training, "ip_noise_gamma", 0.0)),
+                                                                  generator), t, ac)
         target = obj.ddpm_target(latents, noise, t, ac, prediction)
         gamma = float(getattr(training, "min_snr_gamma", 0.0))
         weight = (obj.min_snr_weight(t, gamma, ac, prediction) if gamma > 0
                   else torch.ones(latents.shape[0], device=latents.device))
+        if getattr(training, "debiased_estimation_loss", False):
+            weight = weight * nopt.debiased_weight(t, ac, prediction)
         return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
 
     @staticmethod

@@ -1,0 +1,77 @@
+"""The toy learning benchmark for the training options of issue 23 (optimizers, noise options), each against the
+demo recipe, run in parallel processes on the CPU (one torch thread each).
+
+    python benchmarks/trainopts_bench.py [--steps 400] [--jobs 14] [--families sdxl,flux1]
+
+Prints a markdown table (concept rate/score after, drift) per family and variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+VARIANTS = {
+    "demo recipe (adamw 1e-3)": (),
+    "prodigy lr 1.0": ("optimizer.name=prodigy", "optimizer.lr=1.0"),
+    "lion lr 2e-4": ("optimizer.name=lion", "optimizer.lr=2e-4"),
+    "came lr 1e-3": ("optimizer.name=came",),
+    "adamw_schedulefree lr 1e-3": ("optimizer.name=adamw_schedulefree", "optimizer.scheduler=constant"),
+    "ema 0.99 (scores: trained weights)": ("training.ema=true", "training.ema_decay=0.99"),
+}
+SDXL_ONLY = {
+    "ip_noise_gamma 0.1": ("training.ip_noise_gamma=0.1",),
+    "multires noise 6 / 0.3": ("training.multires_noise_iterations=6",),
+    "debiased estimation": ("training.debiased_estimation_loss=true",),
+}
+KEYS = ("concept_rate_after", "concept_score_before", "concept_score_after", "concept_colour_match_after",
+        "drift_shape_agreement", "drift_concept_leak", "train_seconds")
+
+
+def _one(job):
+    family, name, overrides, steps = job
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+    from lorakit.toy.demo import run_eval
+
+    out = Path(tempfile.mkdtemp(prefix=f"trainopts-{family}-"))
+    t0 = time.perf_counter()
+    try:
+        r = run_eval(family, out, steps=steps, overrides=("log.progress=false", "log.tensorboard=false") + overrides)
+    except Exception as exc:  # report, keep the others
+        return family, name, {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    r["wall"] = time.perf_counter() - t0
+    return family, name, r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--jobs", type=int, default=14)
+    ap.add_argument("--families", default="sdxl,flux1")
+    ap.add_argument("--only", default="", help="comma-separated prefixes of the variants to run (default: all)")
+    args = ap.parse_args()
+    jobs = []
+    for family in args.families.split(","):
+        variants = dict(VARIANTS, **(SDXL_ONLY if family == "sdxl" else {}))
+        jobs += [(family, name, ov, args.steps) for name, ov in variants.items()
+                 if not args.only or any(name.startswith(p) for p in args.only.split(","))]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(_one, jobs))
+    table = "| family | variant | " + " | ".join(KEYS) + " |\n|" + "---|" * (len(KEYS) + 2) + "\n"
+    for family, name, r in rows:
+        if "error" in r:
+            table += f"| {family} | {name} | {r['error']} |\n"
+        else:
+            table += f"| {family} | {name} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS) + " |\n"
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Loss masks (issue 23): kohya's ``alpha_mask`` (the image's alpha channel) and ``conditioning_data_dir``
+(``data.mask_dir``: a mask image per training image, found by file stem; its red channel, as sd-scripts reads it,
+so a grey-scale or black-and-white mask works as drawn). White = trained, black = ignored.
+
+A mask goes through the same resize and bucket crop as its image (and the same flip), then is area-averaged to the
+latent resolution (``vae_downscale`` pixels per latent pixel, as sd-scripts' ``interpolate(mode="area")``), values in
+[0, 1]. Masks are cached on disk beside the latents (``<cache>/masks``), keyed by the mask's own content (the image's
+bytes for an alpha mask, the mask file's bytes otherwise), the bucket geometry and the downscale, so an edited mask is
+re-read and a stale one never used. Regularisation images have no mask: their loss stays whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from lorakit.data.images import resize_and_crop
+from lorakit.errors import DataError
+
+VERSION = 1
+MASK_SUFFIXES = (".png", ".webp", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def mask_file(item, mask_dir: str | Path) -> Path:
+    """The mask of ``item`` in ``mask_dir``: the image's file stem with any image suffix (one line if none)."""
+    folder = Path(mask_dir)
+    for suffix in MASK_SUFFIXES:
+        for cand in (folder / (item.path.stem + suffix), folder / (item.path.stem + suffix.upper())):
+            if cand.is_file():
+                return cand
+    raise DataError(f"data.mask_dir: no mask for {item.path} in {folder} (expected {item.path.stem}.png or another "
+                    "image with the same stem); add one or remove data.mask_dir")
+
+
+def _open(path: Path) -> Image.Image:
+    im = Image.open(path)
+    im.load()
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block: the image's own loader ignores it too
+        pass
+    return im
+
+
+def mask_image(item, alpha_mask: bool, mask_dir: Optional[str]) -> Optional[Image.Image]:
+    """The full-size mask of ``item`` as an 8-bit "L" image, or None (no mask: the loss is whole)."""
+    if item.is_reg:
+        return None
+    if alpha_mask:
+        im = _open(item.path)
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        if "A" not in im.getbands():
+            return Image.new("L", im.size, 255)  # no alpha channel: every pixel counts
+        return im.getchannel("A")
+    if mask_dir:
+        path = mask_file(item, mask_dir)
+        im = _open(path)
+        if im.size != tuple(item.original_size):
+            raise DataError(f"data.mask_dir: {path} is {im.size[0]}x{im.size[1]}, its image {item.path} is "
+                            f"{item.original_size[0]}x{item.original_size[1]}; masks must match their images")
+        return im.convert("RGB").getchannel("R")
+    return None
+
+
+def latent_mask(mask: Image.Image, item, downscale: int, flip: bool = False) -> torch.Tensor:
+    """[1, h, w] float32 in [0, 1]: the bucket window of ``mask`` (as its image is cropped), area-averaged over
+    ``downscale``×``downscale`` pixel blocks, flipped with the image if asked."""
+    window = resize_and_crop(mask, item.resized_size, item.crop, item.bucket)
+    arr = torch.from_numpy(np.asarray(window, dtype=np.float32) / 255.0)
+    small = torch.nn.functional.avg_pool2d(arr[None, None], downscale)[0]
+    return torch.flip(small, dims=[2]) if flip else small
+
+
+class MaskCache:
+    """Latent-resolution masks per (mask content, bucket geometry, downscale); see the module docstring."""
+
+    def __init__(self, folder: Path, alpha_mask: bool, mask_dir: Optional[str], downscale: int):
+        self.folder = Path(folder) / "masks"
+        self.alpha_mask, self.mask_dir, self.downscale = alpha_mask, mask_dir, int(downscale)
+        self._mem: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _source(self, item) -> str:
+        if self.alpha_mask:
+            return f"alpha:{item.sha256}"
+        return "file:" + hashlib.sha256(mask_file(item, self.mask_dir).read_bytes()).hexdigest()
+
+    def _path(self, item) -> Path:
+        key = {"v": VERSION, "source": self._source(item), "bucket": list(item.bucket),
+               "resized": list(item.resized_size), "crop": list(item.crop), "downscale": self.downscale}
+        return self.folder / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest() + ".safetensors")
+
+    def ensure(self, items: Sequence, flip: bool) -> None:
+        """Compute and cache every training image's mask (a cached one is read back)."""
+        from lorakit.data.cache import _load, _save  # the cache files' one reader and writer
+
+        for item in items:
+            if item.is_reg or str(item.path) in self._mem:
+                continue
+            path = self._path(item)
+            loaded = _load(path)
+            if loaded is not None and {"mask", "mask_flipped"} <= set(loaded[0]):
+                self._mem[str(item.path)] = loaded[0]
+                continue
+            full = mask_image(item, self.alpha_mask, self.mask_dir)
+            tensors = {"mask": latent_mask(full, item, self.downscale)}
+            tensors["mask_flipped"] = torch.flip(tensors["mask"], dims=[2])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _save(path, tensors, {"image": str(item.path)})
+            self._mem[str(item.path)] = tensors
+
+    def get(self, item, flipped: bool, like: torch.Tensor) -> torch.Tensor:
+        """[1, h, w] mask of ``item`` (ones for a regularisation image), shaped like latent ``like`` [C, h, w]."""
+        if item.is_reg:
+            return torch.ones(1, *like.shape[-2:])
+        got = self._mem.get(str(item.path))
+        if got is None:
+            raise KeyError(f"{item.path}: no cached mask; run ensure() first")
+        m = got["mask_flipped" if flipped else "mask"]
+        if tuple(m.shape[-2:]) != tuple(like.shape[-2:]):
+            raise DataError(f"{item.path}: its cached mask is {tuple(m.shape[-2:])}, the latent {tuple(like.shape[-2:])}")
+        return m
