@@ -250,7 +250,6 @@ class Adapter:
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler along the FLUX.2 pipelines' schedule; CFG for base Klein (negative prompt: the
         prompt's, else empty, as the pipeline)."""
-        from PIL import Image
         c = self._c()
         steps, cfg_scale, guidance = self.sample_settings(prompt)
         f = self._factor()
@@ -274,19 +273,17 @@ class Adapter:
                 x = x + (sigmas[i + 1] - sigmas[i]).item() * v
         finally:
             tr.train(was_training)
-        return self.decode(x, Image)
+        return self.decode(x)
 
-    def decode(self, x: torch.Tensor, image_module: Any = None) -> Any:
+    def decode(self, x: torch.Tensor) -> Any:
         """Normalised latents [1,128,h,w] -> PIL image (batch-norm undone, unpatchified, AE decode)."""
         ae = self._c().ae
         with self._on_device(ae) as where:
             mean, std = self._bn(ae, x)
             z = maths.unpatchify(x.float().to(mean.device) * std + mean)
             img = ae.decode(z.to(where, next(ae.parameters()).dtype)).sample
-        arr = ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        if image_module is None:
-            from PIL import Image as image_module
-        return image_module.fromarray(arr)
+        from lorakit.data.images import to_images
+        return to_images(img[0])[0]
 
     # ------------------------------------------------------------------------------------------ LoRA
     def _depths(self) -> tuple[int, int]:

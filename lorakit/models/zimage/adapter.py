@@ -215,7 +215,6 @@ class Adapter:
     @torch.no_grad()
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler along ZImagePipeline's schedule; CFG on base (negative: the prompt's, else empty)."""
-        from PIL import Image
         c = self._c()
         steps, cfg_scale = self.sample_settings(prompt)
         width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
@@ -237,17 +236,15 @@ class Adapter:
                 x = x + (sigmas[i + 1] - sigmas[i]).item() * v.to(x.device)
         finally:
             tr.train(was_training)
-        return self.decode(x, Image)
+        return self.decode(x)
 
-    def decode(self, x: torch.Tensor, image_module: Any = None) -> Any:
+    def decode(self, x: torch.Tensor) -> Any:
         ae = self._c().ae
         with self._on_device(ae) as where:
             z = x.float().to(where) / VAE_SCALE + VAE_SHIFT
             img = ae.decode(z.to(next(ae.parameters()).dtype)).sample
-        arr = ((img[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        if image_module is None:
-            from PIL import Image as image_module
-        return image_module.fromarray(arr)
+        from lorakit.data.images import to_images
+        return to_images(img[0])[0]
 
     # ------------------------------------------------------------------------------------------ LoRA
     def _depths(self) -> tuple[int, int]:
