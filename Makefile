@@ -22,7 +22,7 @@ demo: venv
 	$(BIN)/lorakit demo
 
 test: venv chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile  # two workers (CI has 2 cores); a test file stays on one worker
 
 # the browser tests drive the OS's Chromium (Playwright's own download is not used); they skip, saying why, without it
 chromium:

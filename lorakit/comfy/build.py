@@ -155,6 +155,7 @@ def make_dataset(folder: str, repeats: int, trigger: str, class_word: str, home:
                  images: Any = None, captions: str = "", resolution: int = 1024) -> DatasetHandle:
     """The Dataset node: a kohya folder as is, a plain folder (linked), or an IMAGE batch (written)."""
     trigger = (trigger or "").strip()
+    linked = False
     if images is not None:
         root = image_batch_dataset(images, captions, home, repeats, trigger, class_word)
         source = f"{len(images)} images from the graph"
@@ -169,10 +170,13 @@ def make_dataset(folder: str, repeats: int, trigger: str, class_word: str, home:
             root, source = path, f"kohya folder {path}"
         elif _images(path):
             root = plain_folder_dataset(path, home, repeats, trigger, class_word)
+            linked = True
             source = f"images + captions in {path} (linked from {root})"
         else:
             raise DataError(f"folder: {path} has neither `10_trigger class` subfolders nor images")
     data: dict[str, Any] = {"dir": str(root)}
+    if linked:  # lorakit's own links to the images the user picked, outside the generated folder: follow them
+        data["follow_symlinks"] = True
     if trigger:
         data["trigger"] = trigger
     table, usable = data_report(data, check_keys(resolution))

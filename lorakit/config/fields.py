@@ -48,6 +48,8 @@ BOUNDS: dict[str, dict[str, float]] = {
     "training.sigmoid_scale": {"le": 100.0}, "training.logit_mean": {"ge": -100.0, "le": 100.0},
     "training.logit_std": {"le": 100.0}, "training.discrete_flow_shift": {"le": 1000.0},
     "training.guidance_scale": {"le": 100.0}, "training.stall_timeout": {"le": 1e7},
+    "training.max_epochs": {"le": 100000}, "training.ip_noise_gamma": {"le": 10.0}, "save.every_n_epochs": {"le": 100000},
+    "validation.every_n_steps": {"le": STEPS_MAX},
     "memory.vram_gb": {"le": 65536.0}, "sample.every_n_steps": {"le": STEPS_MAX}, "sample.steps": {"le": 1000},
     "sample.cfg_scale": {"le": 100.0}, "sample.guidance": {"le": 100.0}, "sample.width": {"le": 16384},
     "sample.height": {"le": 16384}, "sample.seed": {"le": SEED_MAX}, "save.every_n_steps": {"le": STEPS_MAX},

@@ -37,7 +37,7 @@ from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
 from lorakit.train import autoplan, ema, epochs, fused, health, memory, optim, placement, resume, steps, validation
 from lorakit.train.export import verify_export
-from lorakit.train.metrics import MetricsWriter, plot_loss, read_metrics
+from lorakit.train.metrics import MetricsWriter
 from lorakit.train.previews import Previews
 from lorakit.train.report import Progress, StepReporter
 from lorakit.train.rundir import RunDir
@@ -320,7 +320,7 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
                 reporter.last_saved = resume.save_checkpoint(r.run, cfg, r.adapter, placed.modules, placed.targets,
                                                              optimizer, scheduler, r.stream, generator, step,
                                                              r.fingerprint, r.dataset)
-                plot_loss(read_metrics(r.run.root / "metrics.jsonl"), r.run.root / "loss.png")
+                resume.draw_loss(r.run, step)
         reporter.flush()
     except KeyboardInterrupt:
         reporter.flush_quietly()
@@ -364,7 +364,7 @@ def finish(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler, pre
         if grid:
             log(f"before/after grid: {grid}")
     metrics.close()
-    plot_loss(read_metrics(r.run.root / "metrics.jsonl"), r.run.root / "loss.png")
+    resume.draw_loss(r.run, final_step)
     watchdog.beat("checking the trained LoRA")
     effect = steps.lora_effect(r.adapter, placed.modules, next_batch, cfg.training,
                                torch.Generator().manual_seed(cfg.training.seed), r.device, r.compute_dtype)

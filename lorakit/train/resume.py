@@ -193,3 +193,19 @@ def interrupted(run: RunDir, step: int) -> Exception:
 
     health.record_failure(run, status="interrupted", step=step, error=message)
     return Interrupted(message)
+
+
+def draw_loss(run: RunDir, step: int) -> None:
+    """loss.png beside the checkpoints (after each save and at the end). A full disk here stops the run with the
+    resume line: the checkpoint of this step is complete."""
+    from lorakit.train.metrics import plot_loss, read_metrics
+
+    try:
+        plot_loss(read_metrics(run.root / "metrics.jsonl"), run.root / "loss.png")
+    except Exception as exc:
+        if not health.is_disk_full(exc):
+            raise
+        raise TrainingError(
+            f"{health.disk_problem(exc)} while writing {run.root / 'loss.png'} (step {step}): the last complete "
+            f"checkpoint is {run.latest_state() or 'none yet'}. Free some space and continue with "
+            f"`lorakit train --resume {run.root}`.") from None

@@ -207,6 +207,10 @@ def validate_toml(text: str) -> Config:
 def config_to_widgets(cfg: Config) -> dict[str, Any]:
     """key → widget value of every field, from a loaded Config (the "load TOML" button)."""
     flat = config_to_dict(cfg)
+    from lorakit.config.load import explicit_keys
+
+    if "data.resolution" not in explicit_keys(cfg) and "data" in flat:  # the family's own size (the loader's
+        flat["data"]["resolution"] = field_specs()["data"]["resolution"].default  # choice): shown as the default
     out = {}
     for field in fields():
         value = flat.get(field.spec.section, {}).get(field.spec.name)

@@ -9,6 +9,8 @@ at load time with a message naming the file.
 
 from __future__ import annotations
 
+import re
+
 from types import SimpleNamespace
 
 import pytest
@@ -259,7 +261,7 @@ def test_flux_bad_encoder_files_fail_at_load(flux_files, tmp_path):
                                  ("ae", "t5xxl", "not an autoencoder")):
         cfg = _flux_config(flux_files)
         setattr(cfg.model, role, str(flux_files[other]))
-        with pytest.raises(ModelLoadError, match=f"{flux_files[other].name}: {message}"):
+        with pytest.raises(ModelLoadError, match=rf"{re.escape(flux_files[other].name)}(: | is [^;]+; ){message}"):
             FluxAdapter(cfg).load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
     pickle = tmp_path / "t5xxl.pt"
     pickle.write_bytes(b"junk")

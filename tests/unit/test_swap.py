@@ -180,8 +180,9 @@ def test_swap_settings_are_checked():
     from lorakit.config.load import load_config
     from lorakit.train import memory
 
-    def cfg(**mem):
-        return load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."}, "memory": mem})
+    def cfg(**mem):  # memory.auto = false: the keys run as written, so the start-up check is the one that refuses
+        return load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
+                                       "memory": {"auto": False, **mem}})
 
     with pytest.raises(ConfigError, match="memory.blocks_to_swap: block swap streams"):
         memory.check_supported(cfg(blocks_to_swap=4), torch.device("cpu"))
