@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorakit.fsutil import write_json
+from lorakit.models.sdxl import configs as sdxl_configs
 from lorakit.models.tokenizers import CLIP_EOS, write_clip_tokenizer_files
 
 CONFIG_VERSION = "sd15-v1"  # bump when the dicts below change: the cache folder name follows it
@@ -57,26 +58,7 @@ VAE: dict[str, Any] = {
 
 # CLIP ViT-L/14 text tower as SD 1.5's folder ships it (eos_token_id 2: transformers then pools at the argmax id, the
 # first <|endoftext|>).
-TEXT_ENCODER: dict[str, Any] = {
-    "architectures": ["CLIPTextModel"],
-    "model_type": "clip_text_model",
-    "attention_dropout": 0.0,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "pad_token_id": 1,
-    "hidden_act": "quick_gelu",
-    "hidden_size": 768,
-    "initializer_factor": 1.0,
-    "initializer_range": 0.02,
-    "intermediate_size": 3072,
-    "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 77,
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "projection_dim": 768,
-    "vocab_size": 49408,
-    "torch_dtype": "float32",
-}
+TEXT_ENCODER: dict[str, Any] = {**sdxl_configs.TE1, "torch_dtype": "float32"}  # the same tower as SDXL's TE1
 
 # SD 1.5 ships a PNDM scheduler with these betas; lorakit samples with Euler / DPM++ built from the same numbers.
 SCHEDULER: dict[str, Any] = {
