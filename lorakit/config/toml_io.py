@@ -144,6 +144,11 @@ def dump_toml(cfg: Config | Mapping[str, Any]) -> str:
     data = config_to_dict(cfg) if isinstance(cfg, Config) else dict(cfg)
     if isinstance(cfg, Config) and cfg.model.family:
         data = _drop_other_family_defaults(data, cfg.model.family)
+    if isinstance(cfg, Config):  # an epoch count replaces the step count it becomes at the scan: write only the one
+        if cfg.training.max_epochs is not None:
+            data.get("training", {}).pop("max_steps", None)
+        if cfg.save.every_n_epochs:
+            data.get("save", {}).pop("every_n_steps", None)
     lines: list[str] = []
     for key, value in data.items():
         if not isinstance(value, dict):

@@ -85,3 +85,17 @@ def test_unbuilt_network_types_and_bad_token_lengths_are_refused_in_one_line(tmp
     with pytest.raises(ConfigError, match=r"data\.max_token_length.*flux1"):  # SDXL only
         load_config(data={**_base(tmp_path), "model": {"family": "flux1", "checkpoint": "x.safetensors"},
                           "data": {**_base(tmp_path)["data"], "max_token_length": 150}})
+
+
+@pytest.mark.parametrize("extra", [{"training": {"max_epochs": 3}}, {"save": {"every_n_epochs": 2}}])
+def test_a_config_in_epochs_survives_its_own_config_toml(tmp_path, extra):
+    """The run folder's config.toml (dump_toml) of an epoch-based config loads back to the same config: the step key
+    the epoch key replaces is not written (a --resume of such a run would otherwise be refused as setting both)."""
+    from lorakit.config.load import dump_toml
+
+    cfg = load_config(None, data={"model": {"family": "sdxl", "checkpoint": "/m.safetensors"}, "data": {"dir": "/d"},
+                                  **extra})
+    text = dump_toml(cfg)
+    assert "max_steps" not in text if "training" in extra else "every_n_steps" not in text
+    (tmp_path / "config.toml").write_text(text)
+    assert load_config(tmp_path / "config.toml") == cfg
