@@ -52,3 +52,36 @@ def debiased_weight(t: torch.Tensor, alphas_cumprod: torch.Tensor, prediction: s
     if prediction == "v_prediction":
         return 1.0 / (s + 1.0)
     raise ValueError(f"prediction must be 'epsilon' or 'v_prediction', got {prediction!r}")
+
+
+def scheduler_alphas(scheduler_config: dict) -> torch.Tensor:
+    """ᾱ_t of a diffusers scaled-linear scheduler config (SD 1.x / SDXL defaults where a key is absent)."""
+    from lorakit.diffusion.objectives import ddpm_alphas_cumprod
+
+    return ddpm_alphas_cumprod(scheduler_config.get("num_train_timesteps", 1000),
+                               scheduler_config.get("beta_start", 0.00085), scheduler_config.get("beta_end", 0.012))
+
+
+def ddpm_noised(latents: torch.Tensor, noise: torch.Tensor, training, generator: torch.Generator,
+                alphas_cumprod: torch.Tensor, prediction: str) -> tuple[torch.Tensor, ...]:
+    """The DDPM training input of the SD families: t ~ U[min_timestep, max_timestep), noise offset, multires noise,
+    x_t (from ε + γ·ξ with ip_noise_gamma), the ε or v target, min-SNR-γ and debiased-estimation weights. Options a
+    family does not offer stay at their off values and draw nothing. Returns (x_t, t, target, weight)."""
+    from lorakit.diffusion import objectives as obj
+
+    ac = alphas_cumprod
+    noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
+    noise = multires_noise(noise, int(getattr(training, "multires_noise_iterations", 0)),
+                           float(getattr(training, "multires_noise_discount", 0.3)), generator)
+    t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
+                                     generator)
+    t = to_gpu(t, latents.device)
+    x_t = obj.ddpm_add_noise(latents, input_perturbation(noise, float(getattr(training, "ip_noise_gamma", 0.0)),
+                                                         generator), t, ac)
+    target = obj.ddpm_target(latents, noise, t, ac, prediction)
+    gamma = float(getattr(training, "min_snr_gamma", 0.0))
+    weight = (obj.min_snr_weight(t, gamma, ac, prediction) if gamma > 0
+              else torch.ones(latents.shape[0], device=latents.device))
+    if getattr(training, "debiased_estimation_loss", False):
+        weight = weight * debiased_weight(t, ac, prediction)
+    return x_t, t, target, weight

@@ -4,17 +4,22 @@
   tokenizers that a cached run never needs).
 * :func:`block_indices` / :func:`chosen_blocks` / :func:`module_ranks`: ``network.train_blocks``, the block index
   lists and ``network.module_ranks`` for transformers built of two-stream ("double") and single-stream blocks.
+* :func:`shards` / :func:`need_file`: the weights files a ``model.*`` key names (split files, folders, required roles).
+* :func:`linear_widths`: output width of every Linear of a (LoRA-injected) model, for fusing exports.
 * :func:`deferred_placement`: whether the memory settings leave the denoiser on the CPU after loading (the loop
   places it block by block).
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from lorakit.errors import ConfigError
 
-__all__ = ["LazyPart", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement"]
+__all__ = ["LazyPart", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement", "shards", "need_file",
+           "linear_widths"]
 
 
 class LazyPart:
@@ -92,3 +97,41 @@ def deferred_placement(memory: Any, *family_keys: str) -> bool:
         return False
     keys = ("blocks_to_swap", "fp8_base", "vram_gb") + family_keys
     return any(bool(getattr(memory, k, None)) for k in keys)
+
+
+def shards(path: Path, key: str) -> list[Path]:
+    """A file, the parts of a split file named by its first part (``x-00001-of-00003.safetensors``), or the
+    .safetensors files of a folder; ``key`` (``model.text_encoder``) names the setting in the errors."""
+    if path.is_dir():
+        parts = sorted(path.glob("*.safetensors"))
+        if not parts:
+            raise ConfigError(f"{key}: folder {path} holds no .safetensors file")
+        return parts
+    m = re.match(r"(.*)-(\d+)-of-(\d+)\.safetensors$", path.name)
+    if not m:
+        return [path]
+    width = len(m.group(2))
+    parts = [path.with_name(f"{m.group(1)}-{i:0{width}d}-of-{m.group(3)}.safetensors")
+             for i in range(1, int(m.group(3)) + 1)]
+    absent = [p for p in parts if not p.is_file()]
+    if absent:
+        raise ConfigError(f"{key}: part {absent[0].name} of the split file is missing next to {path.name}")
+    return parts
+
+
+def need_file(model_cfg: Any, role: str, what: str, model: str) -> Path:
+    """``model.<role>``, required beside a single-file checkpoint of ``model`` (``what``: which file to give)."""
+    value = getattr(model_cfg, role, None)
+    if not value:
+        raise ConfigError(f"model.{role}: required with a {model} single-file checkpoint ({what})")
+    p = Path(value).expanduser()
+    if not p.exists():
+        raise ConfigError(f"model.{role}: not found: {p}")
+    return p
+
+
+def linear_widths(model: Any) -> dict[str, int]:
+    """Module path -> output width of every Linear (peft's ``.base_layer`` under its module's own path)."""
+    from torch import nn
+
+    return {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}

@@ -413,8 +413,7 @@ class Adapter:
             raise ConfigError(f"save.format: {fmt!r} is not supported for flux1; use kohya or diffusers")
         tr = self._c().transformer
         # after peft injection a target is a wrapper whose original Linear sits at "<path>.base_layer"
-        outs = {n.removesuffix(".base_layer"): m.out_features for n, m in tr.named_modules()
-                if isinstance(m, nn.Linear)}
+        outs = common.linear_widths(tr)
         nd, ns = self._depths()
         return to_kohya(lora, outs, nd, ns)
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart
+from lorakit.models.common import LazyPart, need_file, shards
 
 from . import configs
 from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infer_ae_config, layout, strip_prefix,
@@ -193,35 +193,6 @@ def resolve_distilled(shape: Shape, wanted: str, index_flag: Optional[bool], nam
                   "model.variant = 'base' if this is a base model)")
 
 
-def _shards(path: Path) -> list[Path]:
-    """A file, the parts of a split file named by its first part, or the .safetensors files of a folder."""
-    if path.is_dir():
-        parts = sorted(path.glob("*.safetensors"))
-        if not parts:
-            raise ConfigError(f"model.text_encoder: folder {path} holds no .safetensors file")
-        return parts
-    m = re.match(r"(.*)-(\d+)-of-(\d+)\.safetensors$", path.name)
-    if not m:
-        return [path]
-    n = int(m.group(3))
-    width = len(m.group(2))
-    parts = [path.with_name(f"{m.group(1)}-{i:0{width}d}-of-{m.group(3)}.safetensors") for i in range(1, n + 1)]
-    absent = [p for p in parts if not p.is_file()]
-    if absent:
-        raise ConfigError(f"model.text_encoder: part {absent[0].name} of the split file is missing next to {path.name}")
-    return parts
-
-
-def _need(model_cfg: Any, role: str, what: str) -> Path:
-    value = getattr(model_cfg, role, None)
-    if not value:
-        raise ConfigError(f"model.{role}: required with a FLUX.2 single-file checkpoint ({what})")
-    p = Path(value).expanduser()
-    if not p.exists():
-        raise ConfigError(f"model.{role}: not found: {p}")
-    return p
-
-
 def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[], str]) -> Callable[[], Any]:
     def load() -> Any:
         where = Path(model_cfg.tokenizer_dir).expanduser() if getattr(model_cfg, "tokenizer_dir", None) else folder
@@ -285,18 +256,18 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     else:
         tsd = read_file(src, allow)
     if getattr(model_cfg, "text_encoder", None):
-        te_src = _need(model_cfg, "text_encoder", "")
+        te_src = need_file(model_cfg, "text_encoder", "", "FLUX.2")
     if getattr(model_cfg, "ae", None):
-        ae_src = _need(model_cfg, "ae", "")
+        ae_src = need_file(model_cfg, "ae", "", "FLUX.2")
     if te_src is None:
-        _need(model_cfg, "text_encoder", "Klein 4B: Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors; "
-              "Klein 9B: Qwen3-8B; dev: Mistral Small 3.1, the first of its split files")
+        need_file(model_cfg, "text_encoder", "Klein 4B: Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors; "
+                  "Klein 9B: Qwen3-8B; dev: Mistral Small 3.1, the first of its split files", "FLUX.2")
     if ae_src is None:
-        _need(model_cfg, "ae", "the FLUX.2 ae.safetensors")
+        need_file(model_cfg, "ae", "the FLUX.2 ae.safetensors", "FLUX.2")
     transformer, shape = build_transformer(tsd, dtype, "model.checkpoint", configs.read_config(cdir, "transformer"))
     del tsd
     distilled, how = resolve_distilled(shape, getattr(model_cfg, "variant", "auto") or "auto", index_flag, src.name)
-    te_parts = _shards(te_src)
+    te_parts = shards(te_src, "model.text_encoder")
     files.update(text_encoder=te_src, ae=ae_src)
     ae_file = ae_src if ae_src.is_file() else next(iter(sorted(ae_src.glob("*.safetensors"))), ae_src)
     kind_box: dict[str, str] = {}

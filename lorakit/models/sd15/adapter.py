@@ -266,28 +266,18 @@ class Adapter:
     # ---- objective
     def alphas_cumprod(self) -> torch.Tensor:
         if self._alphas_cumprod is None:
-            from lorakit.diffusion.objectives import ddpm_alphas_cumprod
+            from lorakit.diffusion.noise_options import scheduler_alphas
 
-            self._alphas_cumprod = ddpm_alphas_cumprod(self.scheduler_config.get("num_train_timesteps", 1000),
-                                                       self.scheduler_config.get("beta_start", 0.00085),
-                                                       self.scheduler_config.get("beta_end", 0.012))
+            self._alphas_cumprod = scheduler_alphas(self.scheduler_config)
         return self._alphas_cumprod
 
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
         """DDPM: noise offset, t ~ U[min_timestep, max_timestep), x_t, ε or v target, min-SNR-γ weight."""
-        from lorakit.diffusion import objectives as obj
+        from lorakit.diffusion.noise_options import ddpm_noised
 
-        ac = self.alphas_cumprod()
-        noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
-        t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
-                                         generator)
-        t = to_gpu(t, latents.device)
-        x_t = obj.ddpm_add_noise(latents, noise, t, ac)
-        target = obj.ddpm_target(latents, noise, t, ac, self.prediction)
-        gamma = float(getattr(training, "min_snr_gamma", 0.0))
-        weight = (obj.min_snr_weight(t, gamma, ac, self.prediction) if gamma > 0
-                  else torch.ones(latents.shape[0], device=latents.device))
+        x_t, t, target, weight = ddpm_noised(latents, noise, training, generator, self.alphas_cumprod(),
+                                             self.prediction)
         return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
 
     def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

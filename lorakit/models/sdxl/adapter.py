@@ -12,7 +12,6 @@ linears. Module paths are diffusers paths; export renames them to kohya's SGM-ba
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -455,36 +454,19 @@ class Adapter:
     # ---- objective
     def alphas_cumprod(self) -> torch.Tensor:
         if self._alphas_cumprod is None:
-            from lorakit.diffusion.objectives import ddpm_alphas_cumprod
+            from lorakit.diffusion.noise_options import scheduler_alphas
 
-            self._alphas_cumprod = ddpm_alphas_cumprod(self.scheduler_config.get("num_train_timesteps", 1000),
-                                                       self.scheduler_config.get("beta_start", 0.00085),
-                                                       self.scheduler_config.get("beta_end", 0.012))
+            self._alphas_cumprod = scheduler_alphas(self.scheduler_config)
         return self._alphas_cumprod
 
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
         """DDPM: t ~ U[min_timestep, max_timestep), noise offset, multires noise, x_t (from ε + γ·ξ with
         ip_noise_gamma), ε or v target, min-SNR-γ and debiased-estimation weights."""
-        from lorakit.diffusion import noise_options as nopt
-        from lorakit.diffusion import objectives as obj
+        from lorakit.diffusion.noise_options import ddpm_noised
 
-        ac = self.alphas_cumprod()
-        prediction = getattr(training, "prediction", SPEC.prediction)
-        noise = obj.apply_noise_offset(noise, float(getattr(training, "noise_offset", 0.0)), generator)
-        noise = nopt.multires_noise(noise, int(getattr(training, "multires_noise_iterations", 0)),
-                                    float(getattr(training, "multires_noise_discount", 0.3)), generator)
-        t = obj.sample_timesteps_uniform(latents.shape[0], int(training.min_timestep), int(training.max_timestep),
-                                         generator)
-        t = to_gpu(t, latents.device)
-        x_t = obj.ddpm_add_noise(latents, nopt.input_perturbation(noise, float(getattr(training, "ip_noise_gamma", 0.0)),
-                                                                  generator), t, ac)
-        target = obj.ddpm_target(latents, noise, t, ac, prediction)
-        gamma = float(getattr(training, "min_snr_gamma", 0.0))
-        weight = (obj.min_snr_weight(t, gamma, ac, prediction) if gamma > 0
-                  else torch.ones(latents.shape[0], device=latents.device))
-        if getattr(training, "debiased_estimation_loss", False):
-            weight = weight * nopt.debiased_weight(t, ac, prediction)
+        x_t, t, target, weight = ddpm_noised(latents, noise, training, generator, self.alphas_cumprod(),
+                                             getattr(training, "prediction", SPEC.prediction))
         return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
 
     @staticmethod

@@ -269,8 +269,7 @@ class Adapter:
         if fmt != "kohya":
             raise ConfigError(f"save.format: {fmt!r} is not supported for zimage; use kohya or diffusers")
         tr = self._c().transformer
-        outs = {n.removesuffix(".base_layer"): m.out_features for n, m in tr.named_modules()
-                if isinstance(m, nn.Linear)}
+        outs = common.linear_widths(tr)
         return to_comfy(lora, outs, *self._depths())
 
     def metadata(self, config: Any) -> dict[str, str]:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart
+from lorakit.models.common import LazyPart, need_file, shards
 
 from . import configs
 from .convert import Shape, detect, layout, original_to_diffusers, strip_prefix, transformer_config, what_is
@@ -154,33 +154,6 @@ def resolve_variant(wanted: str, name: str) -> tuple[str, str]:
                     "'distilled' if this is Z-Image Turbo)")
 
 
-def shards(path: Path, key: str) -> list[Path]:
-    """A file, the parts of a split file named by its first part, or the .safetensors files of a folder."""
-    if path.is_dir():
-        parts = sorted(path.glob("*.safetensors"))
-        if not parts:
-            raise ConfigError(f"{key}: folder {path} holds no .safetensors file")
-        return parts
-    m = re.match(r"(.*)-(\d+)-of-(\d+)\.safetensors$", path.name)
-    if not m:
-        return [path]
-    width = len(m.group(2))
-    parts = [path.with_name(f"{m.group(1)}-{i:0{width}d}-of-{m.group(3)}.safetensors")
-             for i in range(1, int(m.group(3)) + 1)]
-    absent = [p for p in parts if not p.is_file()]
-    if absent:
-        raise ConfigError(f"{key}: part {absent[0].name} of the split file is missing next to {path.name}")
-    return parts
-
-
-def _need(model_cfg: Any, role: str, what: str) -> Path:
-    value = getattr(model_cfg, role, None)
-    if not value:
-        raise ConfigError(f"model.{role}: required with a Z-Image single-file checkpoint ({what})")
-    p = Path(value).expanduser()
-    if not p.exists():
-        raise ConfigError(f"model.{role}: not found: {p}")
-    return p
 
 
 def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], Any]:
@@ -233,13 +206,13 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     else:
         tsd = read_file(src, allow)
     if getattr(model_cfg, "text_encoder", None):
-        te_src = _need(model_cfg, "text_encoder", "")
+        te_src = need_file(model_cfg, "text_encoder", "", "Z-Image")
     if getattr(model_cfg, "ae", None):
-        ae_src = _need(model_cfg, "ae", "")
+        ae_src = need_file(model_cfg, "ae", "", "Z-Image")
     if te_src is None:
-        _need(model_cfg, "text_encoder", "Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors")
+        need_file(model_cfg, "text_encoder", "Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors", "Z-Image")
     if ae_src is None:
-        _need(model_cfg, "ae", "FLUX.1's autoencoder, e.g. ComfyUI's vae/ae.safetensors")
+        need_file(model_cfg, "ae", "FLUX.1's autoencoder, e.g. ComfyUI's vae/ae.safetensors", "Z-Image")
     transformer, shape = build_transformer(tsd, dtype, "model.checkpoint", configs.read_config(cdir, "transformer"))
     del tsd
     variant, how = resolve_variant(getattr(model_cfg, "variant", "auto") or "auto", src.name)
