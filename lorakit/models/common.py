@@ -135,3 +135,45 @@ def linear_widths(model: Any) -> dict[str, int]:
     from torch import nn
 
     return {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+class ComponentsAdapter:
+    """What adapters share whose ``self.comps`` holds a ``transformer``, lazily read encoders (``loaded(name)``) and
+    the ``files`` they came from: the FLUX.2 and Z-Image adapters. ``family`` names it in messages and cache keys."""
+
+    family = "?"
+    encoders: tuple[str, ...] = ("text_encoder", "ae")
+    comps: Any = None
+    cfg: Any = None
+
+    def _c(self) -> Any:
+        if self.comps is None:
+            raise RuntimeError(f"{self.family} adapter: load() must be called first")
+        return self.comps
+
+    @property
+    def variant(self) -> str:
+        return self._c().variant
+
+    def cache_key(self, part: str, role: str, *settings: str) -> str:
+        """The cache identity of ``part`` ("vae", "text", "model"): the identity (size, mtime, header hash) of the
+        file ``role`` was read from and the encoding ``settings``."""
+        import hashlib
+
+        from lorakit.fsutil import path_identity  # the one file-identity algorithm
+
+        p = self._c().files.get(role)
+        parts = (part, path_identity(Path(p)) if p is not None else "none", *settings)
+        return f"{self.family}-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+    def offload_encoders(self) -> None:
+        c = self._c()
+        for name in self.encoders:
+            if c.loaded(name):
+                getattr(c, name).to("cpu")
+
+    def denoiser(self) -> Any:
+        return self._c().transformer
+
+    def text_encoder_modules(self) -> dict[str, Any]:
+        return {}

@@ -11,8 +11,6 @@ Conventions (checked against diffusers' Flux2KleinPipeline in the tests):
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
@@ -46,10 +44,11 @@ def deferred_placement(memory: Any) -> bool:
     return common.deferred_placement(memory)
 
 
-class Adapter:
+class Adapter(common.ComponentsAdapter):
     """ModelAdapter for FLUX.2; one instance per run, made with the whole Config."""
 
     spec = SPEC
+    family = "flux2"
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -102,35 +101,16 @@ class Adapter:
     def before_placement(self, memory: Any, log: Any) -> None:
         """Nothing FLUX.2-specific to apply (memory.modulation_on_cpu is FLUX.1's)."""
 
-    def _c(self) -> Any:
-        if self.comps is None:
-            raise RuntimeError("flux2 adapter: load() must be called first")
-        return self.comps
-
-    @property
-    def variant(self) -> str:
-        return self._c().variant
-
     def text_length(self) -> int:
         return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
 
     def identity(self) -> dict[str, str]:
         """Cache keys from file identities (size, mtime, header hash) and the encoding settings."""
-        from lorakit.fsutil import path_identity as file_identity  # the one file-identity algorithm
-        c = self._c()
-
-        def ident(role: str) -> str:
-            p = c.files.get(role)
-            return file_identity(Path(p)) if p is not None else "none"
-
-        def digest(*parts: str) -> str:
-            return "flux2-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
-
         tok = str(getattr(self.cfg.model, "tokenizer_dir", None) or "folder")
-        layers = configs.MISTRAL_LAYERS if c.shape.size == "dev" else configs.QWEN3_LAYERS
-        return {"vae": digest("vae", ident("ae"), "mean+patchify+bn"),
-                "text": digest("text", ident("text_encoder"), tok, f"len={self.text_length()}", str(layers)),
-                "model": digest("model", ident("checkpoint"))}
+        layers = configs.MISTRAL_LAYERS if self._c().shape.size == "dev" else configs.QWEN3_LAYERS
+        return {"vae": self.cache_key("vae", "ae", "mean+patchify+bn"),
+                "text": self.cache_key("text", "text_encoder", tok, f"len={self.text_length()}", str(layers)),
+                "model": self.cache_key("model", "checkpoint")}
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
@@ -144,18 +124,6 @@ class Adapter:
                 where = torch.device("cpu")
         module.to(where)
         yield where
-
-    def offload_encoders(self) -> None:
-        c = self._c()
-        for name in ("text_encoder", "ae"):
-            if c.loaded(name):
-                getattr(c, name).to("cpu")
-
-    def denoiser(self) -> nn.Module:
-        return self._c().transformer
-
-    def text_encoder_modules(self) -> dict[str, nn.Module]:
-        return {}
 
     # ------------------------------------------------------------------------------------------ encoding
     def _bn(self, ae: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,6 @@ Conventions (checked against diffusers' ZImagePipeline in the tests):
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -61,10 +59,11 @@ def sample_schedule(num_steps: int, shift: float = configs.SHIFT) -> torch.Tenso
     return torch.cat([time_shift(base, shift), torch.zeros(1, dtype=torch.float64)]).to(torch.float32)
 
 
-class Adapter:
+class Adapter(common.ComponentsAdapter):
     """ModelAdapter for Z-Image; one instance per run, made with the whole Config."""
 
     spec = SPEC
+    family = "zimage"
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -103,51 +102,20 @@ class Adapter:
     def before_placement(self, memory: Any, log: Any) -> None:
         """Nothing Z-Image-specific to apply."""
 
-    def _c(self) -> Any:
-        if self.comps is None:
-            raise RuntimeError("zimage adapter: load() must be called first")
-        return self.comps
-
-    @property
-    def variant(self) -> str:
-        return self._c().variant
-
     def text_length(self) -> int:
         return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
 
     def identity(self) -> dict[str, str]:
         """Cache keys from file identities (size, mtime, header hash) and the encoding settings."""
-        from lorakit.fsutil import path_identity as file_identity  # the one file-identity algorithm
-        c = self._c()
-
-        def ident(role: str) -> str:
-            p = c.files.get(role)
-            return file_identity(Path(p)) if p is not None else "none"
-
-        def digest(*parts: str) -> str:
-            return "zimage-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
-
         tok = str(getattr(self.cfg.model, "tokenizer_dir", None) or "folder")
-        return {"vae": digest("vae", ident("ae"), f"mean;{VAE_SCALE};{VAE_SHIFT}"),
-                "text": digest("text", ident("text_encoder"), tok, f"len={self.text_length()}", "hidden[-2]"),
-                "model": digest("model", ident("checkpoint"))}
+        return {"vae": self.cache_key("vae", "ae", f"mean;{VAE_SCALE};{VAE_SHIFT}"),
+                "text": self.cache_key("text", "text_encoder", tok, f"len={self.text_length()}", "hidden[-2]"),
+                "model": self.cache_key("model", "checkpoint")}
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
         module.to(self.device)
         yield self.device
-
-    def offload_encoders(self) -> None:
-        c = self._c()
-        for name in ("text_encoder", "ae"):
-            if c.loaded(name):
-                getattr(c, name).to("cpu")
-
-    def denoiser(self) -> nn.Module:
-        return self._c().transformer
-
-    def text_encoder_modules(self) -> dict[str, nn.Module]:
-        return {}
 
     # ------------------------------------------------------------------------------------------ encoding
     @torch.no_grad()
