@@ -119,8 +119,8 @@ def _open_file(path: Path):
         raise ImageProblem(f"unreadable ({e.strerror or e})") from None
 
 
-def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
-    """Fully decode `path` (first frame) to RGB with EXIF applied; raise ImageProblem if it is unusable."""
+def _decoded(path: Path) -> tuple[Image.Image, str, int, str]:
+    """(first frame fully decoded with EXIF applied, in its own mode; format; frames; mode as stored)."""
     with _open_file(path) as fh:
         im = _open_checked(path, fh)
         frames = int(getattr(im, "n_frames", 1) or 1)
@@ -133,9 +133,22 @@ def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
             im = ImageOps.exif_transpose(im)
         except Exception:  # a broken EXIF block must not lose an otherwise good image
             pass
-        transparent = _has_transparency(im)
-        rgb = _to_rgb(im)
-        rgb.load()
+        im.load()
+    return im, fmt, frames, mode
+
+
+def open_oriented(path: str | os.PathLike) -> Image.Image:
+    """The first frame of ``path`` fully decoded with EXIF applied, its mode (alpha, palette) kept; raises
+    ImageProblem on bad files (what loss masks read)."""
+    return _decoded(Path(path))[0]
+
+
+def decode(path: Path) -> tuple[Image.Image, ImageInfo]:
+    """Fully decode `path` (first frame) to RGB with EXIF applied; raise ImageProblem if it is unusable."""
+    im, fmt, frames, mode = _decoded(path)
+    transparent = _has_transparency(im)
+    rgb = _to_rgb(im)
+    rgb.load()
     return rgb, ImageInfo(size=rgb.size, format=fmt, frames=frames, mode=mode, transparent=transparent)
 
 

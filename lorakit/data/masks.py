@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from lorakit.data.images import resize_and_crop
+from lorakit.data.images import open_oriented, resize_and_crop
 from lorakit.errors import DataError
 
 VERSION = 1
@@ -38,22 +38,12 @@ def mask_file(item, mask_dir: str | Path) -> Path:
                     "image with the same stem); add one or remove data.mask_dir")
 
 
-def _open(path: Path) -> Image.Image:
-    im = Image.open(path)
-    im.load()
-    try:
-        im = ImageOps.exif_transpose(im)
-    except Exception:  # a broken EXIF block: the image's own loader ignores it too
-        pass
-    return im
-
-
 def mask_image(item, alpha_mask: bool, mask_dir: Optional[str]) -> Optional[Image.Image]:
     """The full-size mask of ``item`` as an 8-bit "L" image, or None (no mask: the loss is whole)."""
     if item.is_reg:
         return None
     if alpha_mask:
-        im = _open(item.path)
+        im = open_oriented(item.path)
         if im.mode == "P":
             im = im.convert("RGBA")
         if "A" not in im.getbands():
@@ -61,7 +51,7 @@ def mask_image(item, alpha_mask: bool, mask_dir: Optional[str]) -> Optional[Imag
         return im.getchannel("A")
     if mask_dir:
         path = mask_file(item, mask_dir)
-        im = _open(path)
+        im = open_oriented(path)
         if im.size != tuple(item.original_size):
             raise DataError(f"data.mask_dir: {path} is {im.size[0]}x{im.size[1]}, its image {item.path} is "
                             f"{item.original_size[0]}x{item.original_size[1]}; masks must match their images")
