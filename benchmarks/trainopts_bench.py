@@ -2,6 +2,11 @@
 demo recipe, run in parallel processes on the CPU (one torch thread each).
 
     python benchmarks/trainopts_bench.py [--steps 400] [--jobs 14] [--families sdxl,flux1]
+    python benchmarks/trainopts_bench.py --only demo,came --steps 400,1000 --grid optimizer.lr=1e-3,3e-3 \
+        --grid network.rank=8,16 --families sdxl,flux1,flux2 --jobs 15
+
+``--grid section.key=a,b`` crosses every chosen variant with the grid (the sweep's own parser and point names;
+``network.rank`` sets ``network.alpha`` to the same value unless the grid sets it); ``--steps`` takes a list.
 
 Prints a markdown table (concept rate/score after, drift) per family and variant.
 """
@@ -52,16 +57,30 @@ def _one(job):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", default="400", help="steps, or a comma-separated list of them")
     ap.add_argument("--jobs", type=int, default=14)
     ap.add_argument("--families", default="sdxl,flux1")
     ap.add_argument("--only", default="", help="comma-separated prefixes of the variants to run (default: all)")
+    ap.add_argument("--grid", action="append", default=[], help="section.key=a,b,... crossed with every variant")
     args = ap.parse_args()
+    grid_points = [("", ())]
+    if args.grid:
+        from lorakit.sweep.grid import parse_grid, points
+
+        grid = parse_grid(args.grid)
+        grid_points = []
+        for p in points(grid):
+            ov = tuple(p.overrides)
+            if "network.rank" in grid and "network.alpha" not in grid:
+                ov += (f"network.alpha={dict(p.settings)['network.rank']}",)
+            grid_points.append((", " + p.label(), ov))
     jobs = []
     for family in args.families.split(","):
         variants = dict(VARIANTS, **(SDXL_ONLY if family == "sdxl" else {}))
-        jobs += [(family, name, ov, args.steps) for name, ov in variants.items()
-                 if not args.only or any(name.startswith(p) for p in args.only.split(","))]
+        for steps in (int(x) for x in args.steps.split(",")):
+            jobs += [(family, f"{name}{label}, {steps} steps", ov + gov, steps)
+                     for name, ov in variants.items() for label, gov in grid_points
+                     if not args.only or any(name.startswith(p) for p in args.only.split(","))]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(_one, jobs))
     table = "| family | variant | " + " | ".join(KEYS) + " |\n|" + "---|" * (len(KEYS) + 2) + "\n"
