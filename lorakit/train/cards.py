@@ -117,10 +117,13 @@ def local_card(device) -> CardFacts:
     and host link from the card table when it knows the card, else unknown / a PCIe 4.0 link."""
     import torch
 
+    device = torch.device(device)
+    if device.index is None:  # "cuda" means the current card; some of torch.cuda's queries need its index
+        device = torch.device("cuda", torch.cuda.current_device())
     free, total = torch.cuda.mem_get_info(device)
     try:  # a per-process cap (torch.cuda.set_per_process_memory_fraction: a shared card, the tier benchmark) counts
         fraction = float(torch.cuda.get_per_process_memory_fraction(device))
-    except (AttributeError, RuntimeError):
+    except (AttributeError, RuntimeError, ValueError):
         fraction = 1.0
     if fraction < 1.0:
         free = min(free, max(0, int(fraction * total) - torch.cuda.memory_reserved(device)))

@@ -353,6 +353,7 @@ def test_lorakit_train_plans_once_and_records_the_card(tmp_path, capsys, monkeyp
 
 
 def test_local_card_reads_the_driver_the_table_and_a_per_process_cap(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * GIB, 24 * GIB))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 4090")
@@ -366,3 +367,24 @@ def test_local_card_reads_the_driver_the_table_and_a_per_process_cap(monkeypatch
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
     odd = cards.local_card("cuda")
     assert odd.key == "" and odd.host_link_gbs == cards.DEFAULT_LINK_GBS and "not in lorakit's card table" in odd.notes[0]
+
+
+def test_local_card_gives_torch_an_indexed_device(monkeypatch):
+    """torch.cuda.get_per_process_memory_fraction refuses a bare "cuda" (found on an H100: the automatic plan
+    stopped every shipped preset there); local_card asks about the current card by its index."""
+    seen = []
+
+    def fraction(device):
+        if not isinstance(device, int) and getattr(device, "index", None) is None:
+            raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{device}")
+        seen.append(device)
+        return 0.5
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * GIB, 24 * GIB))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", fraction, raising=False)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    assert cards.local_card("cuda").free_bytes == 12 * GIB
+    assert seen == [torch.device("cuda", 3)]
