@@ -366,3 +366,4 @@ def test_full_size_universe_and_keymap():
     assert m.out_features == 3 * 2432 and m.part_sizes() == (2432,) * 3
     assert km.by_kohya["lora_unet_joint_blocks_0_context_block_adaLN_modulation_1"].out_features == 6 * 2432
     assert "lora_unet_joint_blocks_37_context_block_adaLN_modulation_1" not in km.by_kohya   # swapped rows: left out
+    assert "lora_unet_joint_blocks_12_x_block_attn2_qkv" in km.by_kohya                   # medium's attn2 too

@@ -49,16 +49,18 @@ def lora_sizes(names: set[str], out_widths: dict[str, int]) -> list[str]:
     return [s for s in SIZES if names <= size_universe(s) and (not widths or widths == {width[s]})]
 
 
-def lora_keymap(depth: int = 38, dual_layers: tuple[int, ...] = (), width: int = 2432):
+def lora_keymap(depth: int = 38, dual_layers: tuple[int, ...] = (), width: int = 2432,
+                attn2_layers: tuple[int, ...] = ()):
     """The LoRA tools' :class:`~lorakit.lora.formats.keymap.FamilyKeys` of the SD3 transformer (defaults: large).
-    The last block's caption modulation is left out: its original rows are (shift, scale), diffusers' (scale,
+    ``attn2_layers``: blocks whose ``attn2`` modules are listed too (medium's), at large's modulation width. The
+    last block's caption modulation is left out: its original rows are (shift, scale), diffusers' (scale,
     shift), a reordering the tools' row rules cannot say (lorakit's own export handles it)."""
     from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
 
     from .convert import module_table
     hidden = 4 * width
     mods = []
-    for m in module_table(depth, dual_layers):
+    for m in module_table(depth, tuple(dual_layers) + tuple(attn2_layers)):
         if m.swap:
             continue
         leaf = m.original.rsplit(".", 2)[-2:]
@@ -74,4 +76,5 @@ def lora_keymap(depth: int = 38, dual_layers: tuple[int, ...] = (), width: int =
 
 @lru_cache(maxsize=1)
 def full_lora_keymap():
-    return lora_keymap()
+    """Large's modules plus medium's ``attn2`` (blocks 0-12); checked against a base file, its shapes decide."""
+    return lora_keymap(attn2_layers=configs.MEDIUM_DUAL_LAYERS)
