@@ -246,6 +246,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         f = _role_file(model_cfg, role)
         if f is not None:
             sources[role] = (shards(f, f"model.{role}"), "")
+    detect(strip_prefix(tsd), "model.checkpoint")     # another family's file: one line saying what it is, first
     for role, what in (("clip_l", "CLIP-L, e.g. ComfyUI's text_encoders/clip_l.safetensors"),
                        ("clip_g", "CLIP-G, e.g. ComfyUI's text_encoders/clip_g.safetensors"),
                        ("vae", "the SD3 VAE, e.g. the vae/ folder's diffusion_pytorch_model.safetensors")):
