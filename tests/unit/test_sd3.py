@@ -367,3 +367,42 @@ def test_full_size_universe_and_keymap():
     assert km.by_kohya["lora_unet_joint_blocks_0_context_block_adaLN_modulation_1"].out_features == 6 * 2432
     assert "lora_unet_joint_blocks_37_context_block_adaLN_modulation_1" not in km.by_kohya   # swapped rows: left out
     assert "lora_unet_joint_blocks_12_x_block_attn2_qkv" in km.by_kohya                   # medium's attn2 too
+
+
+# ------------------------------------------------------------------------------------------------ toy recipe
+
+def test_toy_recipe_trains_saves_and_loads_back_through_the_real_loader(tmp_path):
+    """The toy recipe (not yet exposed as TOY: its pretrained files are not built): at most 8 MB in bf16, its in-memory
+    adapter trains the transformer it was given, and the single file ``save`` writes loads through Adapter.load to the
+    same predictions."""
+    import dataclasses
+
+    from lorakit.config.schema import Config, ModelCfg, TrainingCfg
+    from lorakit.models.base import Batch
+    from lorakit.models.sd3 import Adapter
+    from lorakit.models.sd3.toy import FILES, TOY
+    mods = TOY.make(0)
+    assert sum(p.numel() * 2 for m in mods.values() for p in m.parameters()) < 8 * 2**20
+    cfg = Config(training=dataclasses.replace(TrainingCfg(), device="cpu", mixed_precision="no", **TOY.training))
+    a = TOY.adapter(mods, cfg)
+    assert a.denoiser() is mods["transformer"]
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 16, 8, 8, generator=g)
+    text_in = a.encode_text(["a red circle on a blue background", ""])
+    assert text_in["prompt_embeds"].shape == (2, 77 + 32, 32) and text_in["pooled"].shape == (2, 32)
+    batch = Batch(latents=x0, text=text_in, original_sizes=[(64, 64)] * 2, crop_top_lefts=[(0, 0)] * 2,
+                  target_sizes=[(64, 64)] * 2, loss_weight=torch.ones(2))
+    noised = a.noise(x0, torch.randn(x0.shape, generator=g), batch, cfg.training, g)
+    with torch.no_grad():                                    # what the bf16 files hold
+        for m in mods.values():
+            m.to(torch.bfloat16).float()
+    paths = TOY.save(mods, {"scaling_factor": 1.5305, "shift_factor": 0.0609}, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == set(FILES.values())
+    assert paths["checkpoint"].stat().st_size < 8 * 2**20
+    model = ModelCfg(family="sd3", checkpoint=str(paths["checkpoint"]), config_dir=str(paths["config"]))
+    b = Adapter(dataclasses.replace(cfg, model=model))
+    b.load(model, cfg.memory, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(b.encode_text(["a red circle on a blue background", ""])["prompt_embeds"],
+                              text_in["prompt_embeds"], atol=0.05)
+        assert torch.allclose(b.predict(noised, batch), a.predict(noised, batch), atol=1e-5)
