@@ -195,7 +195,8 @@ def test_loading_layouts_and_variant(tmp_path, models, files):
         bad.clip_g
     from lorakit.models.flux1.load import write_tiny_checkpoint as flux1_tiny
     f1 = flux1_tiny(tmp_path / "f1")
-    with pytest.raises(ModelLoadError, match="this is a FLUX.1 transformer, not an SD3"):
+    with pytest.raises(ModelLoadError, match=r"model.checkpoint: .*flux1-dev.safetensors is a FLUX.1-dev-layout "
+                       r"transformer .*, not a base model the sd3 family trains on; set model.family = \"flux1\""):
         load_components(tiny.model_cfg({**files, "checkpoint": f1["checkpoint"]}), torch.float32, QUIET)
     with pytest.raises(ConfigError, match="model.clip_l: required: sd3.5_medium_tiny.safetensors holds no clip_l"):
         load_components(ModelCfg(family="sd3", checkpoint=str(files["checkpoint"])), torch.float32, QUIET)

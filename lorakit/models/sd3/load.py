@@ -239,6 +239,9 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         tok_folder = src
         cdir = cdir or str(src)
     else:
+        if src.suffix == ".safetensors":
+            from lorakit.models.registry import require_base
+            require_base(src, "sd3")     # a LoRA or another family's file: one line saying what it is and what to set
         tsd = read_part(src, ("model.diffusion_model.", "diffusion_model.", ""), allow)
         tsd = {k: v for k, v in tsd.items() if not k.startswith(tuple(ENCODER_PREFIXES.values()))}
         sources = {role: ([src], p) if _has(src, p) else None for role, p in ENCODER_PREFIXES.items()}
