@@ -407,3 +407,18 @@ def test_toy_recipe_trains_saves_and_loads_back_through_the_real_loader(tmp_path
         assert torch.allclose(b.encode_text(["a red circle on a blue background", ""])["prompt_embeds"],
                               text_in["prompt_embeds"], atol=0.05)
         assert torch.allclose(b.predict(noised, batch), a.predict(noised, batch), atol=1e-5)
+
+
+def test_import_of_an_sd_scripts_sd3_config(tmp_path):
+    """sd3_train_network.py's options: network_module networks.lora_sd3 chooses sd3, clip_l / clip_g / t5xxl /
+    t5xxl_max_token_length arrive as sd3's model and training keys, and the result loads."""
+    from lorakit.config.kohya_import import import_kohya_args, kohya_family
+    from lorakit.config.load import load_config
+    args = {"pretrained_model_name_or_path": "/m/sd3.5_large.safetensors", "network_module": "networks.lora_sd3",
+            "clip_l": "/m/clip_l.safetensors", "clip_g": "/m/clip_g.safetensors", "t5xxl": "/m/t5xxl_fp16.safetensors",
+            "t5xxl_max_token_length": 154, "network_dim": 16, "train_data_dir": "/d"}
+    assert kohya_family(args) == "sd3"
+    data, _skipped = import_kohya_args(args, family="sd3")
+    cfg = load_config(tmp_path / "imported.toml", data={**data, "model": {**data["model"], "family": "sd3"}})
+    assert (cfg.model.clip_g, cfg.model.t5xxl, cfg.training.t5_max_length) == ("/m/clip_g.safetensors",
+                                                                             "/m/t5xxl_fp16.safetensors", 154)
