@@ -1,5 +1,5 @@
 """SD3.5 through `lorakit train` on a tiny official-layout single file (every encoder bundled): every output, the
-kohya / ComfyUI-layout LoRA that `inspect` matches to sd3 with SD3's metadata, previews with its sampler; (slow) the
+kohya / ComfyUI-layout LoRA (transformer, CLIP-L and CLIP-G) that `inspect` matches to sd3 with SD3's metadata, previews with its sampler; (slow) the
 diffusers layout, gradient checkpointing giving the same losses, fp8 storage, and a resumed run equal bit for bit."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def _losses(run):
 
 def test_two_step_train_export_inspect(tmp_path, model, capsys):
     toml = write_run_toml(tmp_path, "sd3", model, name="two")
-    assert main(["train", str(toml), *FAST, "sample.prompts=[\"a red zkx --d 1 --s 2\"]"]) == 0
+    assert main(["train", str(toml), *FAST, "sample.prompts=[\"a red zkx --d 1 --s 2\"]",
+                 "network.train_text_encoder=true"]) == 0
     run = tmp_path / "out" / "two"
     for name in ("two.safetensors", "metrics.jsonl", "run.json", "samples/before_after.png"):
         assert (run / name).exists(), name
@@ -37,7 +38,9 @@ def test_two_step_train_export_inspect(tmp_path, model, capsys):
     losses = _losses(run)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     lora = load_file(run / "two.safetensors")
-    assert lora and all(k.startswith("lora_unet_joint_blocks_") for k in lora)
+    assert lora and all(k.startswith(("lora_unet_joint_blocks_", "lora_te1_text_model_encoder_layers_",
+                                      "lora_te2_text_model_encoder_layers_")) for k in lora)
+    assert "lora_te2_text_model_encoder_layers_1_mlp_fc2.lora_up.weight" in lora   # CLIP-G trained too
     assert "lora_unet_joint_blocks_0_x_block_attn2_qkv.lora_up.weight" in lora   # sd-scripts / ComfyUI names
     capsys.readouterr()
     assert main(["inspect", str(run / "two.safetensors")]) == 0

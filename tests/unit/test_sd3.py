@@ -422,3 +422,52 @@ def test_import_of_an_sd_scripts_sd3_config(tmp_path):
     cfg = load_config(tmp_path / "imported.toml", data={**data, "model": {**data["model"], "family": "sd3"}})
     assert (cfg.model.clip_g, cfg.model.t5xxl, cfg.training.t5_max_length) == ("/m/clip_g.safetensors",
                                                                              "/m/t5xxl_fp16.safetensors", 154)
+
+
+# ------------------------------------------------------------------------------------------------ text-encoder LoRA
+
+def test_clip_lora_names_and_diffusers_load_reproduce_lorakit(models):
+    """network.train_text_encoder: CLIP-L / CLIP-G LoRA as sd-scripts names it (lora_te1_ / lora_te2_ +
+    text_model path, which ComfyUI's model_lora_keys_clip maps: lora_te1_text_model_encoder_layers_{i}_{LORA_CLIP_MAP}),
+    and the diffusers layout, which StableDiffusion3Pipeline.load_lora_weights loads to the same prompt embeddings."""
+    from lorakit.models.sd3.lora_format import text_encoder_names
+    from lorakit.models.sdxl.adapter import text_encoder_lora_targets
+    g = torch.Generator().manual_seed(2)
+    lora, trained = {}, {}
+    for comp, key in (("te1", "clip_l"), ("te2", "clip_g")):
+        te = copy.deepcopy(models[key])
+        targets = text_encoder_lora_targets(te, 4)
+        inject_lora(te, targets, dict.fromkeys(targets, 2.0), 0.0, seed=0)
+        mods = dict(te.named_modules())
+        lora[comp] = {p: LoraModule(down=torch.randn(4, mods[p].base_layer.in_features, generator=g) * 0.3,
+                                    up=torch.randn(mods[p].base_layer.out_features, 4, generator=g) * 0.3, alpha=2.0)
+                      for p in targets}
+        load_lora_into(te, lora[comp])
+        trained[key] = te
+    kohya = text_encoder_names(lora, "kohya")
+    clip_map = ("mlp_fc1", "mlp_fc2", "self_attn_k_proj", "self_attn_q_proj", "self_attn_v_proj", "self_attn_out_proj")
+    comfy = {f"lora_te{n}_text_model_encoder_layers_{b}_{c}" for n, layers in ((1, 2), (2, 2)) for b in range(layers)
+             for c in clip_map}
+    assert {k.rsplit(".", 2)[0] for k in kohya if k.endswith("lora_down.weight")} == comfy
+    prompts = ["a red circle zkx", ""]
+    with torch.no_grad():
+        want = text.encode(trained["clip_l"], trained["clip_g"], models["t5"], models["tokenizers"], prompts, 24, 64)
+        plain = text.encode(models["clip_l"], models["clip_g"], models["t5"], models["tokenizers"], prompts, 24, 64)
+        pipe = _pipeline({**models, "clip_l": copy.deepcopy(models["clip_l"]), "clip_g": copy.deepcopy(models["clip_g"])})
+        pipe.load_lora_weights({k: v.clone() for k, v in text_encoder_names(lora, "diffusers").items()})
+        pe, _n, pooled, _np = pipe.encode_prompt(prompts, prompts, prompts, device=torch.device("cpu"),
+                                                 do_classifier_free_guidance=False, max_sequence_length=24)
+    assert (want["prompt_embeds"] - plain["prompt_embeds"]).abs().max() > 1e-3
+    assert torch.allclose(pe, want["prompt_embeds"], atol=1e-4, rtol=0)
+    assert torch.allclose(pooled, want["pooled"], atol=1e-4, rtol=0)
+
+
+def test_adapter_trains_clips_when_asked(adapter):
+    import dataclasses
+    net = dataclasses.replace(adapter.cfg.network, train_text_encoder=True)
+    a = copy.copy(adapter)
+    a.cfg = dataclasses.replace(adapter.cfg, network=net)
+    targets = a.lora_targets(net)
+    assert set(targets) == {"transformer", "te1", "te2"} and set(a.text_encoder_modules()) == {"te1", "te2"}
+    assert "text_model.encoder.layers.1.mlp.fc2" in targets["te2"] or "encoder.layers.1.mlp.fc2" in targets["te2"]
+    assert adapter.text_encoder_modules() == {}                                   # off: nothing of the CLIPs trains

@@ -93,9 +93,6 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What SD3 refuses before anything is read."""
-        if getattr(cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for SD3.5 yet; set it to "
-                              "false")
         if getattr(cfg.memory, "vram_gb", None):
             raise ConfigError("memory.vram_gb: SD3.5's activation sizes are not measured yet, so the planner cannot "
                               "fit an SD3.5 run to a budget; remove it and set gradient_checkpointing, fp8_base and "
@@ -149,17 +146,30 @@ class Adapter(common.ComponentsAdapter):
             z = vae.encode(pixels.to(where, next(vae.parameters()).dtype)).latent_dist.mode().float()
         return ((z - VAE_SHIFT) * VAE_SCALE).cpu()
 
-    @torch.no_grad()
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
-        """{"prompt_embeds": [B, 77 + t5_max_length, 4096], "pooled": [B, 2048]} (the pipeline's encode_prompt)."""
+        """{"prompt_embeds": [B, 77 + t5_max_length, 4096], "pooled": [B, 2048]} (the pipeline's encode_prompt); on
+        the CPU without gradients, or on the device with gradients while a CLIP trains (network.train_text_encoder)."""
         from .text import encode
         c = self._c()
         mods = [m for m in (c.clip_l, c.clip_g, c.t5) if m is not None]
         for m in mods:
             m.to(self.device)
-        out = encode(c.clip_l, c.clip_g, c.t5, c.tokenizers, captions, self.t5_length(),
-                     int(c.transformer.config.joint_attention_dim))
-        return {"prompt_embeds": out["prompt_embeds"].float().cpu(), "pooled": out["pooled"].float().cpu()}
+        trains = torch.is_grad_enabled() and any(p.requires_grad for m in (c.clip_l, c.clip_g) for p in m.parameters())
+        with torch.set_grad_enabled(trains):
+            out = encode(c.clip_l, c.clip_g, c.t5, c.tokenizers, captions, self.t5_length(),
+                         int(c.transformer.config.joint_attention_dim))
+        if trains:
+            return {"prompt_embeds": out["prompt_embeds"].float(), "pooled": out["pooled"].float()}
+        return {"prompt_embeds": out["prompt_embeds"].float().cpu().detach(), "pooled": out["pooled"].float().cpu()
+                .detach()}
+
+    def text_encoder_modules(self) -> dict[str, nn.Module]:
+        """{"te1": CLIP-L, "te2": CLIP-G} while network.train_text_encoder is on (as sd-scripts' lora_te1_ /
+        lora_te2_; T5 is not trained), else {}."""
+        if not getattr(self.cfg.network, "train_text_encoder", False):
+            return {}
+        c = self._c()
+        return {"te1": c.clip_l, "te2": c.clip_g}
 
     # ------------------------------------------------------------------------------------------ objective
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
@@ -244,23 +254,28 @@ class Adapter(common.ComponentsAdapter):
         return s.depth, s.dual_layers
 
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
+        from lorakit.models.sdxl.adapter import text_encoder_lora_targets  # CLIP q/k/v/out and fc1/fc2 of each layer
+
         from .lora_format import transformer_targets
-        if getattr(network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for SD3.5 yet; set it to "
-                              "false")
         out = {"transformer": transformer_targets(network, *self._depths())}
         if not out["transformer"]:
             raise ConfigError("network.module_ranks: leaves no SD3 module to train")
+        if getattr(network, "train_text_encoder", False):
+            for name, te in self.text_encoder_modules().items():
+                out[name] = text_encoder_lora_targets(te, network.rank)
         return out
 
     def export(self, lora: dict[str, dict[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
         """kohya / ComfyUI names (original paths, fused qkv; save.format = "kohya") or diffusers lora_A/lora_B."""
-        from .lora_format import to_comfy, to_diffusers
-        if fmt == "diffusers":
-            return to_diffusers(lora)
-        if fmt != "kohya":
+        from .lora_format import text_encoder_names, to_comfy, to_diffusers
+        if fmt not in ("kohya", "diffusers"):
             raise ConfigError(f"save.format: {fmt!r} is not supported for sd3; use kohya or diffusers")
-        return to_comfy(lora, common.linear_widths(self._c().transformer), *self._depths())
+        tes = {k: v for k, v in lora.items() if k in ("te1", "te2")}
+        rest = {k: v for k, v in lora.items() if k not in tes}
+        out = to_diffusers(rest) if fmt == "diffusers" else \
+            to_comfy(rest, common.linear_widths(self._c().transformer), *self._depths())
+        out.update(text_encoder_names(tes, fmt))
+        return out
 
     def metadata(self, config: Any) -> dict[str, str]:
         """sd-scripts' ss_* keys for SD3 (``ss_base_model_version`` = its MMDiT model type: 5-large / 5-medium /

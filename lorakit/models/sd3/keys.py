@@ -69,9 +69,20 @@ def lora_keymap(depth: int = 38, dual_layers: tuple[int, ...] = (), width: int =
         inp = hidden if leaf[-1] == "fc2" else width
         mods.append(BaseModule("denoiser", m.original, m.parts, out, inp, parts_rule="equal" if len(m.parts) == 3
                                else "", checkpoint_key=m.original + ".weight"))
-    return FamilyKeys("sd3", tuple(mods), kohya_prefix={"denoiser": "lora_unet_"},
-                      diffusers_prefix={"denoiser": "transformer."}, comfy_prefix={"denoiser": "diffusion_model."},
-                      checkpoint_prefix={"denoiser": "model.diffusion_model."})
+    for comp, layers, w in (("te1", 12, 768), ("te2", 32, 1280)):    # CLIP-L / CLIP-G (sd-scripts' lora_te1_/te2_)
+        for i in range(layers):
+            for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1",
+                         "mlp.fc2"):
+                native = f"text_model.encoder.layers.{i}.{part}"
+                out = 4 * w if part == "mlp.fc1" else w
+                mods.append(BaseModule(comp, native, (native,), out, 4 * w if part == "mlp.fc2" else w,
+                                       checkpoint_key=native + ".weight"))
+    return FamilyKeys("sd3", tuple(mods), kohya_prefix={"denoiser": "lora_unet_", "te1": "lora_te1_", "te2": "lora_te2_"},
+                      diffusers_prefix={"denoiser": "transformer.", "te1": "text_encoder.", "te2": "text_encoder_2."},
+                      comfy_prefix={"denoiser": "diffusion_model.", "te1": "text_encoders.clip_l.transformer.",
+                                    "te2": "text_encoders.clip_g.transformer."},
+                      checkpoint_prefix={"denoiser": "model.diffusion_model.", "te1": "text_encoders.clip_l.transformer.",
+                                         "te2": "text_encoders.clip_g.transformer."})
 
 
 @lru_cache(maxsize=1)

@@ -88,3 +88,29 @@ def to_diffusers(lora: Mapping[str, Mapping[str, LoraModule]]) -> dict[str, torc
 def kohya_module_names(depth: int, dual_layers: Iterable[int] = ()) -> list[str]:
     """Every kohya / ComfyUI module name lorakit can export for a model of this depth, sorted."""
     return sorted(kohya_name(m.original) for m in module_table(depth, dual_layers))
+
+
+TE_KOHYA = {"te1": "lora_te1_", "te2": "lora_te2_"}                   # sd-scripts' LORA_PREFIX_TEXT_ENCODER_CLIP_L/G
+TE_DIFFUSERS = {"te1": "text_encoder.", "te2": "text_encoder_2."}       # StableDiffusion3Pipeline's components
+
+
+def text_encoder_names(lora: Mapping[str, Mapping[str, LoraModule]], fmt: str) -> dict[str, torch.Tensor]:
+    """CLIP-L / CLIP-G LoRA (components te1 / te2): kohya ``lora_te1_text_model_encoder_layers_0_self_attn_q_proj``
+    (sd-scripts' names, ComfyUI's clip_l / clip_g map) with a real alpha, or diffusers
+    ``text_encoder(_2).text_model.…lora_A/B.weight`` with alpha/rank folded into B."""
+    out: dict[str, torch.Tensor] = {}
+    for comp, mods in lora.items():
+        if comp not in TE_KOHYA:
+            raise ValueError(f"sd3 export: unknown LoRA component {comp!r} (expected transformer, te1, te2)")
+        for path, p in mods.items():
+            full = path if path.startswith("text_model.") else "text_model." + path   # transformers >= 5.6 paths
+            if fmt == "kohya":
+                name = TE_KOHYA[comp] + full.replace(".", "_")
+                out[f"{name}.lora_down.weight"] = p.down.float().detach().clone().contiguous()
+                out[f"{name}.lora_up.weight"] = p.up.float().detach().clone().contiguous()
+                out[f"{name}.alpha"] = torch.tensor(float(p.alpha), dtype=torch.float32)
+            else:
+                scale = float(p.alpha) / p.down.shape[0]
+                out[f"{TE_DIFFUSERS[comp]}{full}.lora_A.weight"] = p.down.float().detach().clone().contiguous()
+                out[f"{TE_DIFFUSERS[comp]}{full}.lora_B.weight"] = (p.up.float() * scale).contiguous()
+    return out
