@@ -1,6 +1,7 @@
 """SD3.5 through `lorakit train` on a tiny official-layout single file (every encoder bundled): every output, the
-kohya / ComfyUI-layout LoRA (transformer, CLIP-L and CLIP-G) that `inspect` matches to sd3 with SD3's metadata, previews with its sampler; (slow) the
-diffusers layout, gradient checkpointing giving the same losses, fp8 storage, and a resumed run equal bit for bit."""
+kohya / ComfyUI-layout LoRA (transformer, CLIP-L and CLIP-G) that `inspect` matches to sd3 with SD3's metadata,
+previews with its sampler; (slow) the diffusers layout, gradient checkpointing giving the same losses, fp8 storage,
+and a resumed run equal bit for bit."""
 
 from __future__ import annotations
 

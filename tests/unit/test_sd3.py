@@ -7,8 +7,9 @@ ComfyUI re-derived from comfyanonymous/ComfyUI: comfy/lora.py ``model_lora_keys_
 underscored path of every ``diffusion_model.*.weight``; for SD3 ``transformer.<diffusers path>`` through
 ``comfy.utils.mmdit_to_diffusers``) and comfy/utils.py ``mmdit_to_diffusers`` / ``MMDIT_MAP_BASIC`` /
 ``MMDIT_MAP_BLOCK`` @ 2ba5cc8b867bc1aabe59fdaf0a8489e65012d603 (q/k/v as row slices of the fused qkv, the last block's
-caption modulation through swap_scale_shift). sd-scripts: networks/lora_sd3.py @ 077f6a4ff2ae39d43db738644b9ac6419e8812aa
-(``LORA_PREFIX_SD3 = "lora_unet"`` + the MMDiT module path with "." -> "_")."""
+caption modulation through swap_scale_shift). sd-scripts: networks/lora_sd3.py
+@ 077f6a4ff2ae39d43db738644b9ac6419e8812aa (``LORA_PREFIX_SD3 = "lora_unet"`` + the MMDiT module path, "." -> "_").
+"""
 
 from __future__ import annotations
 
@@ -254,6 +255,7 @@ def trained(models):
     c = base.config
     targets = lora_format.transformer_targets(NET, c.num_layers, c.dual_attention_layers)
     targets["transformer_blocks.0.attn.to_k"] = 6                     # uneven rank/alpha inside one fused qkv
+    targets[f"transformer_blocks.{c.num_layers - 1}.norm1_context.linear"] = 4   # not a default target: swapped rows
     del targets["transformer_blocks.1.attn.add_v_proj"]               # and an untrained part
     alpha_of = lambda p: 3.0 if p.endswith("to_k") else NET.alpha  # noqa: E731
     inject_lora(model, targets, {p: alpha_of(p) for p in targets}, 0.0, seed=0)
@@ -282,12 +284,13 @@ def _run(model):
 def test_targets_and_module_ranks():
     t = lora_format.transformer_targets(NET, 38, ())
     # per block 3+1 (x attn) + 3+1 (context attn) + 2 + 2 (mlps) + 2 (mods); the last: no context proj / mlp
-    assert len(t) == 38 * 14 - 3 and "transformer_blocks.37.norm1_context.linear" in t
+    assert len(t) == 38 * 14 - 4 and "transformer_blocks.36.norm1_context.linear" in t
+    assert "transformer_blocks.37.norm1_context.linear" not in t      # (shift, scale) vs (scale, shift): left out
     med = lora_format.transformer_targets(NET, 24, tuple(range(13)))
-    assert len(med) == 24 * 14 - 3 + 13 * 4 and "transformer_blocks.12.attn2.to_q" in med
+    assert len(med) == 24 * 14 - 4 + 13 * 4 and "transformer_blocks.12.attn2.to_q" in med
     only = lora_format.transformer_targets(SimpleNamespace(**{**vars(NET), "module_ranks": {"img_mod": 0,
                                                                                             "txt_mod": 0}}), 38, ())
-    assert not any("norm1" in p for p in only) and len(only) == len(t) - 76
+    assert not any("norm1" in p for p in only) and len(only) == len(t) - 75
     with pytest.raises(ConfigError, match="network.module_ranks: 'single' is not a SD3 module type"):
         lora_format.transformer_targets(SimpleNamespace(**{**vars(NET), "module_ranks": {"single": 4}}), 38, ())
 
@@ -453,7 +456,8 @@ def test_clip_lora_names_and_diffusers_load_reproduce_lorakit(models):
     with torch.no_grad():
         want = text.encode(trained["clip_l"], trained["clip_g"], models["t5"], models["tokenizers"], prompts, 24, 64)
         plain = text.encode(models["clip_l"], models["clip_g"], models["t5"], models["tokenizers"], prompts, 24, 64)
-        pipe = _pipeline({**models, "clip_l": copy.deepcopy(models["clip_l"]), "clip_g": copy.deepcopy(models["clip_g"])})
+        pipe = _pipeline({**models, "clip_l": copy.deepcopy(models["clip_l"]),
+                          "clip_g": copy.deepcopy(models["clip_g"])})
         pipe.load_lora_weights({k: v.clone() for k, v in text_encoder_names(lora, "diffusers").items()})
         pe, _n, pooled, _np = pipe.encode_prompt(prompts, prompts, prompts, device=torch.device("cpu"),
                                                  do_classifier_free_guidance=False, max_sequence_length=24)
@@ -471,3 +475,35 @@ def test_adapter_trains_clips_when_asked(adapter):
     assert set(targets) == {"transformer", "te1", "te2"} and set(a.text_encoder_modules()) == {"te1", "te2"}
     assert "text_model.encoder.layers.1.mlp.fc2" in targets["te2"] or "encoder.layers.1.mlp.fc2" in targets["te2"]
     assert adapter.text_encoder_modules() == {}                                   # off: nothing of the CLIPs trains
+
+
+def test_network_weights_warm_start_from_a_kohya_file(adapter, tmp_path):
+    """network.weights: a kohya SD3 file (fused qkv) put back on the run's split Linears with the family's key map
+    built on the loaded model, every ΔW equal to the file's."""
+    import dataclasses
+
+    from lorakit.lora.io import save_safetensors_atomic
+    from lorakit.train import warmstart
+    tr = adapter.denoiser()
+    c = tr.config
+    targets = lora_format.transformer_targets(NET, c.num_layers, c.dual_attention_layers)
+    mods = dict(tr.named_modules())
+    g = torch.Generator().manual_seed(4)
+    lora = {p: LoraModule(down=torch.randn(4, mods[p].in_features, generator=g),
+                          up=torch.randn(mods[p].out_features, 4, generator=g), alpha=2.0) for p in targets}
+    f = tmp_path / "prev.safetensors"
+    save_safetensors_atomic(f, lora_format.to_comfy({"transformer": lora}, common_widths(tr), c.num_layers,
+                                                    c.dual_attention_layers), {})
+    cfg = dataclasses.replace(adapter.cfg, network=dataclasses.replace(adapter.cfg.network, weights=str(f), rank=4,
+                                                                       alpha=2.0))
+    got = warmstart.read(cfg, adapter, {"transformer": targets}, {"transformer": dict.fromkeys(targets, 2.0)},
+                         QUIET)["transformer"]
+    assert set(got) == set(targets)
+    for p in ("transformer_blocks.0.attn2.to_k", "transformer_blocks.2.attn.add_v_proj",
+              "transformer_blocks.1.ff.net.2"):
+        assert torch.allclose(got[p].up @ got[p].down, lora[p].up @ lora[p].down, atol=1e-4)
+
+
+def common_widths(model):
+    from lorakit.models.common import linear_widths
+    return linear_widths(model)

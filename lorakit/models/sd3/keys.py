@@ -49,7 +49,41 @@ def lora_sizes(names: set[str], out_widths: dict[str, int]) -> list[str]:
     return [s for s in SIZES if names <= size_universe(s) and (not widths or widths == {width[s]})]
 
 
-def lora_keymap(depth: int = 38, dual_layers: tuple[int, ...] = (), width: int = 2432,
+def lora_keymap(transformer=None, *text_encoders):
+    """The LoRA tools' key map of a loaded model (``network.weights``: a run's transformer and the CLIPs it trains),
+    widths from its Linears; without one, :func:`full_lora_keymap`'s."""
+    if transformer is None:
+        return full_lora_keymap()
+    import torch
+
+    from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
+
+    from .convert import module_table
+    named = {n.removesuffix(".base_layer"): m for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+    c = transformer.config
+    mods = []
+    for m in module_table(int(c.num_layers), tuple(c.dual_attention_layers or ())):
+        if m.swap or not all(p in named for p in m.parts):
+            continue
+        mods.append(BaseModule("denoiser", m.original, m.parts, sum(int(named[p].out_features) for p in m.parts),
+                               int(named[m.parts[0]].in_features), parts_rule="equal" if len(m.parts) == 3 else "",
+                               checkpoint_key=m.original + ".weight"))
+    for comp, te in zip(("te1", "te2"), text_encoders):
+        for path, mod in te.named_modules():
+            path = path.removesuffix(".base_layer")
+            if isinstance(mod, torch.nn.Linear) and ".layers." in path and path.endswith(_TE_PARTS):
+                native = path if path.startswith("text_model.") else "text_model." + path
+                mods.append(BaseModule(comp, native, (native,), int(mod.out_features), int(mod.in_features),
+                                       checkpoint_key=native + ".weight"))
+    base = full_lora_keymap()
+    return FamilyKeys("sd3", tuple(mods), base.kohya_prefix, base.diffusers_prefix, base.comfy_prefix,
+                      base.checkpoint_prefix)
+
+
+_TE_PARTS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+
+def size_keymap(depth: int = 38, dual_layers: tuple[int, ...] = (), width: int = 2432,
                 attn2_layers: tuple[int, ...] = ()):
     """The LoRA tools' :class:`~lorakit.lora.formats.keymap.FamilyKeys` of the SD3 transformer (defaults: large).
     ``attn2_layers``: blocks whose ``attn2`` modules are listed too (medium's), at large's modulation width. The
@@ -77,15 +111,17 @@ def lora_keymap(depth: int = 38, dual_layers: tuple[int, ...] = (), width: int =
                 out = 4 * w if part == "mlp.fc1" else w
                 mods.append(BaseModule(comp, native, (native,), out, 4 * w if part == "mlp.fc2" else w,
                                        checkpoint_key=native + ".weight"))
-    return FamilyKeys("sd3", tuple(mods), kohya_prefix={"denoiser": "lora_unet_", "te1": "lora_te1_", "te2": "lora_te2_"},
+    return FamilyKeys("sd3", tuple(mods),
+                      kohya_prefix={"denoiser": "lora_unet_", "te1": "lora_te1_", "te2": "lora_te2_"},
                       diffusers_prefix={"denoiser": "transformer.", "te1": "text_encoder.", "te2": "text_encoder_2."},
                       comfy_prefix={"denoiser": "diffusion_model.", "te1": "text_encoders.clip_l.transformer.",
                                     "te2": "text_encoders.clip_g.transformer."},
-                      checkpoint_prefix={"denoiser": "model.diffusion_model.", "te1": "text_encoders.clip_l.transformer.",
+                      checkpoint_prefix={"denoiser": "model.diffusion_model.",
+                                         "te1": "text_encoders.clip_l.transformer.",
                                          "te2": "text_encoders.clip_g.transformer."})
 
 
 @lru_cache(maxsize=1)
 def full_lora_keymap():
     """Large's modules plus medium's ``attn2`` (blocks 0-12); checked against a base file, its shapes decide."""
-    return lora_keymap(attn2_layers=configs.MEDIUM_DUAL_LAYERS)
+    return size_keymap(attn2_layers=configs.MEDIUM_DUAL_LAYERS)

@@ -1,7 +1,8 @@
 """Loading SD3 / SD3.5 offline: the official single files, ComfyUI's split files, or a diffusers folder.
 
-* ``model.checkpoint``: Stability AI's ``sd3.5_large.safetensors`` / ``sd3.5_medium.safetensors`` (``model.diffusion_model.``
-  and ``first_stage_model.``, optionally ``text_encoders.clip_l/clip_g/t5xxl.transformer.`` bundled), ComfyUI's
+* ``model.checkpoint``: Stability AI's ``sd3.5_large.safetensors`` / ``sd3.5_medium.safetensors``
+  (``model.diffusion_model.`` and ``first_stage_model.``, optionally ``text_encoders.clip_l/clip_g/t5xxl.transformer.``
+  bundled), ComfyUI's
   ``diffusion_models/`` file (bf16 or fp8, with or without the prefix), a diffusers-layout transformer file, or a
   diffusers folder (``transformer/``, ``text_encoder/``, ``text_encoder_2/``, ``text_encoder_3/``, ``vae/``,
   ``tokenizer*/``, ``model_index.json``).

@@ -2,7 +2,8 @@
 
 Targets: every Linear of the joint blocks, as sd-scripts' ``networks/lora_sd3.py`` (all Linears of its
 ``SingleDiTBlock``s: attention qkv and proj, attn2 of medium's dual-attention blocks, MLP fc1/fc2 and the adaLN
-modulation), trained on diffusers' split Linears (``attn.to_q`` ...). ``network.module_ranks`` types, as sd-scripts'
+modulation; not the last block's caption modulation, whose halves are stored in another order), trained on diffusers'
+split Linears (``attn.to_q`` ...). ``network.module_ranks`` types, as sd-scripts'
 ``x_attn_dim`` ... ``context_mod_dim``: ``img_attn``, ``img_mlp``, ``img_mod`` (the image stream, ``x_block``) and
 ``txt_attn``, ``txt_mlp``, ``txt_mod`` (the caption stream, ``context_block``); 0 leaves a type out.
 
@@ -36,6 +37,8 @@ def transformer_targets(network: Any, depth: int, dual_layers: Iterable[int] = (
     ranks = module_ranks(network, MODULE_TYPES, "SD3")
     out: dict[str, int] = {}
     for m in module_table(depth, dual_layers):
+        if m.swap:     # the last block's caption modulation (2 of 6 outputs, reordered): the LoRA tools' key map
+            continue   # cannot say its row order, so files with it would not convert or warm-start; not trained
         rank = int(ranks.get(m.kind, network.rank))
         if rank:
             out.update(dict.fromkeys(m.parts, rank))

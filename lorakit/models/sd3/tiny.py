@@ -5,7 +5,6 @@ under ``text_encoders.*.transformer.``), ComfyUI's split files (``diffusion_mode
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
