@@ -252,6 +252,17 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux2-dev/fp8c+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "fp8c": True,
                                "compile": "regions", "phases": (True,)},
 }
+# SD3.5 (issue 29): Medium and Large (Large Turbo shares Large's tensors), random full-size weights, 1024²
+ROWS.update({
+    "sd35m/gc": {"family": "sd3", "size": "medium", "gc": True, "eager_first": True},
+    "sd35m/gc+compile": {"family": "sd3", "size": "medium", "gc": True, "compile": "regions", "phases": (True,)},
+    "sd35m/nogc+compile": {"family": "sd3", "size": "medium", "gc": False, "compile": "regions", "phases": (True,)},
+    "sd35l/gc": {"family": "sd3", "size": "large", "gc": True, "eager_first": True},
+    "sd35l/gc+compile": {"family": "sd3", "size": "large", "gc": True, "compile": "regions", "phases": (True,)},
+    "sd35l/fp8+compile": {"family": "sd3", "size": "large", "gc": True, "fp8": True, "compile": "regions",
+                          "phases": (True,)},
+    "sd35l/fp8+swap12": {"family": "sd3", "size": "large", "gc": True, "fp8": True, "swap": 12},
+})
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
 
@@ -371,6 +382,38 @@ def build_flux2(cfg: Any, device: Any, size: str) -> tuple[Any, Any, dict]:
     return adapter, tr, text
 
 
+def build_sd3(cfg: Any, device: Any, size: str) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size SD3.5 transformer (medium / large) on ``device`` (bf16), the components set
+    the way load() leaves them; text: 77 CLIP + 256 T5 tokens of width 4096 and the 2048-wide pooled vector."""
+    import torch
+    from diffusers import SD3Transformer2DModel
+
+    from lorakit.models.sd3 import configs
+    from lorakit.models.sd3.adapter import Adapter
+    from lorakit.models.sd3.convert import Shape
+    from lorakit.models.sd3.load import SD3Components
+
+    conf = {k: v for k, v in configs.transformer_config(size).items() if not k.startswith("_")}
+    if TINY:
+        conf.update(num_layers=3, num_attention_heads=2, attention_head_dim=16, caption_projection_dim=32,
+                    joint_attention_dim=64, pooled_projection_dim=40, dual_attention_layers=[0] if
+                    conf["dual_attention_layers"] else [])
+    with torch.device(device):
+        tr = SD3Transformer2DModel(**conf)
+    tr.to(torch.bfloat16).requires_grad_(False).eval()
+    width = conf["num_attention_heads"] * conf["attention_head_dim"]
+    shape = Shape(depth=conf["num_layers"], width=width, head_dim=conf["attention_head_dim"],
+                  dual_layers=tuple(conf["dual_attention_layers"]), qk_norm=True,
+                  pos_embed_max_size=conf["pos_embed_max_size"], patch_size=2, in_channels=16, out_channels=16,
+                  joint_attention_dim=conf["joint_attention_dim"], pooled_projection_dim=conf["pooled_projection_dim"])
+    adapter = Adapter(cfg)
+    adapter.comps = SD3Components(transformer=tr, shape=shape, variant=size, how="bench")
+    adapter.device, adapter.dtype = torch.device(device), torch.bfloat16
+    text = {"prompt_embeds": torch.randn(1, 77 + 256, conf["joint_attention_dim"]),
+            "pooled": torch.randn(1, conf["pooled_projection_dim"])}
+    return adapter, tr, text
+
+
 def count_forward_flops(adapter: Any, next_batch: Any, cfg: Any, device: Any) -> float:
     """FLOPs of one forward (torch's FlopCounterMode: matmuls, convs, attention) under no_grad."""
     import torch
@@ -409,6 +452,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     try:
         if family == "flux2":
             adapter, model, text = build_flux2(cfg, device, s["size"])
+        elif family == "sd3":
+            adapter, model, text = build_sd3(cfg, device, s["size"])
         else:
             adapter, model, text = (build_sdxl if family == "sdxl" else build_flux)(cfg, device)
     finally:

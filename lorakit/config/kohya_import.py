@@ -41,7 +41,7 @@ def _lookup(table: Mapping[str, str]) -> Callable[[Any], Any]:
 KOHYA_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "pretrained_model_name_or_path": ("model.checkpoint", _SAME),
     "vae": ("model.vae", _SAME), "clip_l": ("model.clip_l", _SAME), "t5xxl": ("model.t5xxl", _SAME),
-    "ae": ("model.ae", _SAME),
+    "ae": ("model.ae", _SAME), "clip_g": ("model.clip_g", _SAME),
     "train_data_dir": ("data.dir", _SAME), "dataset_config": ("data.config", _SAME),
     "reg_data_dir": ("data.reg_dir", _SAME), "prior_loss_weight": ("data.prior_loss_weight", _SAME),
     "resolution": ("data.resolution", _resolution),

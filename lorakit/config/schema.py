@@ -44,6 +44,8 @@ class ModelCfg:
                               family_only=True)
     t5xxl: Optional[str] = f(None, "FLUX.1: T5-XXL text encoder file (t5xxl_fp16.safetensors or fp8).", kind="path",
                              family_only=True)
+    clip_g: Optional[str] = f(None, "SD3.5: CLIP-G text encoder file (clip_g.safetensors).", kind="path",
+                              family_only=True)
     ae: Optional[str] = f(None, "FLUX.1 / FLUX.2: autoencoder file (each its own ae.safetensors).", kind="path",
                           family_only=True)
     text_encoder: Optional[str] = f(None, "FLUX.2: text encoder file, first of its split files, or folder (Klein 4B: "

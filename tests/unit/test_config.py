@@ -267,7 +267,7 @@ def test_family_field_at_its_default_is_accepted(tmp_path):
     cfg = load_text(tmp_path, FLUX_BASE.replace("[model]", '[model]\nclip_l = "/c.safetensors"\nvariant = "dev"'))
     assert cfg.model.clip_l == "/c.safetensors"
     msg = err(tmp_path, BASE.replace("[model]", '[model]\nclip_l = "/c.safetensors"'))
-    assert msg == "model.clip_l: applies only to flux1, not sdxl; remove it"
+    assert msg == "model.clip_l: applies only to flux1, sd3, not sdxl; remove it"
 
 
 # ---------------------------------------------------------------------------- cross-field
