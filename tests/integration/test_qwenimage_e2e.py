@@ -1,6 +1,6 @@
 """Qwen-Image through `lorakit train` on tiny files the test writes in ComfyUI's layout (diffusion_models/,
 text_encoders/ with the vision tower, vae/ in Wan 2.1's layout): two steps, previews with Qwen-Image's sampler and
-true CFG, the ComfyUI-layout LoRA that `inspect` matches to qwenimage with its metadata; then gradient checkpointing
+true CFG, the ComfyUI-layout LoRA that `inspect` matches to qwenimage with its metadata; (slow) gradient checkpointing
 and fp8 storage (the generic memory features through the spec) with the diffusers layout."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _losses(run):
     return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
 
-def test_train_two_steps_inspect_and_memory_features(tmp_path, model, capsys):
+def test_train_two_steps_previews_and_inspect(tmp_path, model, capsys):
     full = write_run_toml(tmp_path, "qwenimage", model, name="full")
     args = ["training.text_max_length=32", "training.max_steps=2", "save.every_n_steps=0"]
     assert main(["train", str(full), *args, "sample.prompts=[\"a red zkx --n blue --l 4 --s 2 --d 1\"]"]) == 0
@@ -45,9 +45,17 @@ def test_train_two_steps_inspect_and_memory_features(tmp_path, model, capsys):
     n = len(lora) // 3
     assert f"fits qwenimage: {n}/{n} modules" in shown and "ss_base_model_version: qwen_image" in shown
 
-    # gradient checkpointing and fp8 storage of the frozen Linears, diffusers layout
+
+@pytest.mark.slow
+def test_gradient_checkpointing_fp8_storage_and_diffusers_layout(tmp_path, model, capsys):
+    """The generic memory features through the spec (the fast test above covers training and both layouts are
+    checked against their loaders in tests/unit/test_qwenimage.py)."""
+    args = ["training.text_max_length=32", "training.max_steps=2", "save.every_n_steps=0", "sample.prompts=[]"]
+    plain = write_run_toml(tmp_path, "qwenimage", model, name="plain")
+    assert main(["train", str(plain), *args]) == 0
+    losses = _losses(tmp_path / "out" / "plain")
     mem = write_run_toml(tmp_path, "qwenimage", model, name="mem")
-    assert main(["train", str(mem), *args, "sample.prompts=[]", "memory.gradient_checkpointing=true",
+    assert main(["train", str(mem), *args, "memory.gradient_checkpointing=true",
                  "memory.fp8_base=true", "save.format=diffusers"]) == 0
     assert "fp8_base: " in capsys.readouterr().out
     d = load_file(tmp_path / "out" / "mem" / "mem.safetensors")
