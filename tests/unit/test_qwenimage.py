@@ -180,7 +180,8 @@ def test_loading_layouts(tmp_path, models, files):
           if n.startswith("model.language_model.")}
     assert all(torch.equal(cd.text_encoder.state_dict()[n], v) for n, v in lm.items())
     assert cd.tokenizer("red")["input_ids"] == models["tokenizer"]("red")["input_ids"]
-    assert torch.equal(cd.vae.state_dict()["decoder.conv_in.weight"], models["vae"].state_dict()["decoder.conv_in.weight"])
+    conv = "decoder.conv_in.weight"
+    assert torch.equal(cd.vae.state_dict()[conv], models["vae"].state_dict()[conv])
     # Qwen-Image-Edit: refused in one line (by its pipeline class and by its name)
     (folder / "model_index.json").write_text('{"_class_name": "QwenImageEditPlusPipeline"}')
     with pytest.raises(ConfigError, match="QwenImageEditPlusPipeline folder; Qwen-Image-Edit is not trained"):

@@ -168,7 +168,8 @@ class Adapter(common.ComponentsAdapter):
     # ------------------------------------------------------------------------------------------ objective
     def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
               generator: torch.Generator) -> NoisedInput:
-        """σ from training.timestep_sampling (flux_shift: Qwen-Image's dynamic shift for h·w/4 tokens); x_σ, ε − x0."""
+        """σ from training.timestep_sampling (flux_shift: Qwen-Image's dynamic shift for h·w/4 tokens); x_σ and
+        the target ε − x0."""
         from lorakit.diffusion.objectives import flow_noise, flow_target
         b, _, h, w = latents.shape
         host = training_sigmas(b, training, generator, (h // 2) * (w // 2))

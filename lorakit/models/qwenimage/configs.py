@@ -43,7 +43,8 @@ def transformer_config() -> dict[str, Any]:
 def text_config() -> dict[str, Any]:
     """transformers ``Qwen2_5_VLTextConfig`` of Qwen2.5-VL-7B's language model (the part Qwen-Image reads)."""
     return {"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-            "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu", "max_position_embeddings": 128000,
+            "num_attention_heads": 28, "num_key_value_heads": 4, "hidden_act": "silu",
+            "max_position_embeddings": 128000,
             "rms_norm_eps": 1e-6, "use_cache": False, "tie_word_embeddings": False, "bos_token_id": 151643,
             "eos_token_id": 151645,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}}

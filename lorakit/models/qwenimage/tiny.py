@@ -90,7 +90,8 @@ def save_files(root: str | os.PathLike[str], models: dict[str, Any], dtype: torc
     root = Path(root)
     out = {"checkpoint": root / "diffusion_models" / name,
            "text_encoder": root / "text_encoders" / "qwen_2.5_vl_tiny.safetensors",
-           "vae": root / "vae" / "qwen_image_vae.safetensors", "tokenizer": root / "tokenizer", "config": root / "config"}
+           "vae": root / "vae" / "qwen_image_vae.safetensors", "tokenizer": root / "tokenizer",
+           "config": root / "config"}
     tsd = {prefix + k: v for k, v in models["transformer"].state_dict().items()}
     save_safetensors_atomic(out["checkpoint"], _cast(tsd, dtype), {})
     te = comfy_text_layout(models["text_encoder"].state_dict())
