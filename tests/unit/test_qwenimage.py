@@ -323,3 +323,59 @@ def test_full_size_universe_and_keymap():
     fk = keys.full_lora_keymap()
     m = fk.by_kohya["lora_unet_transformer_blocks_0_img_mlp_net_0_proj"]
     assert (m.out_features, m.in_features) == (12288, 3072)
+
+
+# ------------------------------------------------------------------------------------------------ toy recipe
+
+def _toy_batch(a):
+    from lorakit.models.base import Batch
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 16, 8, 8, generator=g)
+    text_in = a.encode_text(["a red circle on a blue background", ""])
+    batch = Batch(latents=x0, text=text_in, original_sizes=[(64, 64)] * 2, crop_top_lefts=[(0, 0)] * 2,
+                  target_sizes=[(64, 64)] * 2, loss_weight=torch.ones(2))
+    return batch, a.noise(x0, torch.randn(x0.shape, generator=g), batch, a.cfg.training, g)
+
+
+def test_toy_recipe_saves_and_loads_back_through_the_real_loader(tmp_path):
+    """The toy recipe (not yet exposed as TOY: its pretrained files are not built): at most 8 MB, its in-memory adapter
+    trains the transformer it was given, and the files ``save`` writes (ComfyUI layout) load through Adapter.load to
+    the same predictions."""
+    import dataclasses
+
+    from lorakit.models.qwenimage import Adapter
+    from lorakit.models.qwenimage.toy import FILES, TOY, _config
+    mods = TOY.make(0)
+    size = sum(p.numel() * 2 for m in ("transformer", "text_encoder") for p in mods[m].parameters()) + \
+        sum(p.numel() * 4 for p in mods["vae"].parameters())
+    assert size < 8 * 2**20
+    cfg = _config()
+    a = TOY.adapter(mods, cfg)
+    assert a.denoiser() is mods["transformer"]
+    batch, noised = _toy_batch(a)
+    paths = TOY.save(mods, {}, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == set(FILES.values())
+    model = tiny.model_cfg({"checkpoint": paths["checkpoint"], "text_encoder": paths["text_encoder"],
+                            "vae": paths["vae"], "tokenizer": paths["tokenizer_dir"], "config": paths["config"]})
+    b = Adapter(dataclasses.replace(cfg, model=model))
+    b.load(model, cfg.memory, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        for m in ("transformer", "text_encoder"):
+            mods[m].load_state_dict({k: v.bfloat16().float() for k, v in mods[m].state_dict().items()})
+        assert torch.equal(b.encode_text(["a red circle"])["prompt_embeds"],
+                           a.encode_text(["a red circle"])["prompt_embeds"])
+        assert torch.allclose(b.predict(noised, batch), a.predict(noised, batch), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_toy_quick_build_learns_vae_statistics(tmp_path):
+    """The family's own pretraining (quick plan): the VAE's latents_mean / std become the toy's statistics."""
+    import time
+
+    from lorakit.models.qwenimage import toy
+    from lorakit.toy.build import kit
+    models, facts = toy.build(kit(), "quick", 0, time.time())
+    assert len(facts["loss_curve"]) >= 1 and all(torch.isfinite(torch.tensor(facts["loss_curve"])))
+    assert list(models["vae"].config.latents_mean) != list(configs.LATENTS_MEAN)
+    paths = toy.save(models, facts, tmp_path)
+    assert sum(p.stat().st_size for p in paths.values() if p.is_file()) < 8 * 2**20
