@@ -202,6 +202,21 @@ def test_loading_layouts(tmp_path, models, files):
         bad.vae
 
 
+def test_text_encoder_from_a_transformers4_config(models):
+    """Qwen/Qwen-Image's text_encoder/config.json is transformers 4's flat Qwen2_5_VLConfig (rope_scaling "mrope")."""
+    from lorakit.models.qwenimage.load import build_text_encoder
+    flat = {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl", "hidden_size": 16,
+            "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "rms_norm_eps": 1e-6, "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+            "rope_theta": 1000000.0, "vision_config": {"depth": 1}, "image_token_id": 151655,
+            "torch_dtype": "bfloat16", "vocab_size": len(models["tokenizer"]), "tie_word_embeddings": False}
+    te = build_text_encoder(tiny.comfy_text_layout(models["text_encoder"].state_dict()), torch.float32, "x", flat)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        want = models["text_encoder"].model.language_model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+        assert torch.equal(te(input_ids=ids, output_hidden_states=True).hidden_states[-1], want)
+
+
 def test_identify_from_the_header(files):
     from lorakit.models.qwenimage import identify
     from lorakit.models.registry import identify_header
