@@ -1,7 +1,8 @@
 """Qwen-Image through `lorakit train` on tiny files the test writes in ComfyUI's layout (diffusion_models/,
 text_encoders/ with the vision tower, vae/ in Wan 2.1's layout): two steps, previews with Qwen-Image's sampler and
 true CFG, the ComfyUI-layout LoRA that `inspect` matches to qwenimage with its metadata; (slow) gradient checkpointing
-and fp8 storage (the generic memory features through the spec) with the diffusers layout."""
+and fp8 storage (the generic memory features through the spec) with the diffusers layout, and an interrupted run
+resumed to the same LoRA bit for bit."""
 
 from __future__ import annotations
 
@@ -61,3 +62,29 @@ def test_gradient_checkpointing_fp8_storage_and_diffusers_layout(tmp_path, model
     d = load_file(tmp_path / "out" / "mem" / "mem.safetensors")
     assert d and all(k.startswith("transformer.transformer_blocks.") and ".lora_" in k for k in d)
     assert _losses(tmp_path / "out" / "mem") == pytest.approx(losses, rel=2e-2)
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_lora(tmp_path, model, monkeypatch):
+    """Interrupted after the step-3 checkpoint, resumed: the same LoRA bit for bit as an uninterrupted run."""
+    import lorakit.train.steps as loop
+    args = ["training.text_max_length=32", "sample.prompts=[]"]
+    full = write_run_toml(tmp_path, "qwenimage", model, name="full")
+    assert main(["train", str(full), *args]) == 0
+    part = write_run_toml(tmp_path, "qwenimage", model, name="part")
+    real_step, calls = loop.train_step, {"n": 0}
+
+    def dying_step(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(loop, "train_step", dying_step)
+    assert main(["train", str(part), *args]) == 130
+    monkeypatch.setattr(loop, "train_step", real_step)
+    assert main(["train", "--resume", str(tmp_path / "out" / "part")]) == 0
+    a = load_file(tmp_path / "out" / "full" / "full.safetensors")
+    b = load_file(tmp_path / "out" / "part" / "part.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _losses(tmp_path / "out" / "part") == _losses(tmp_path / "out" / "full")
