@@ -6,8 +6,8 @@ from .identify import identify
 from .keys import full_lora_keymap, lora_key_universe, lora_keymap
 from .tiny import write_tiny_checkpoint
 
-# The toy recipe (toy.py) is complete and tested, but its pretrained files are not built (pretraining takes over an
-# hour on a shared CPU): exposing ``TOY`` without lorakit/toy/assets/qwenimage/ would break `lorakit demo`. After
+# The toy recipe (toy.py) is complete and tested, but its pretrained files are not built (about 2 hours on the shared
+# 2-core CPU): exposing ``TOY`` without lorakit/toy/assets/qwenimage/ would break `lorakit demo`. After
 # `python -m lorakit.toy build --family qwenimage` (with this import in place) the assets ship and it stays.
 # from .toy import TOY
 
