@@ -251,6 +251,14 @@ ROWS: dict[str, dict[str, Any]] = {
                               "phases": (True,)},
     "flux2-dev/fp8c+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "fp8c": True,
                                "compile": "regions", "phases": (True,)},
+    # Qwen-Image (issue 29): 20 B, random full-size weights; the 24 GiB tier (musubi-tuner: fp8 + 16 swapped blocks) and
+    # the 16 GiB tier (45 swapped); "peak" must stay under 24 / 16 GiB on the card
+    "qwenimage/gc": {"family": "qwenimage", "gc": True, "eager_first": True},
+    "qwenimage/fp8": {"family": "qwenimage", "gc": True, "fp8": True},
+    "qwenimage/fp8+swap16": {"family": "qwenimage", "gc": True, "fp8": True, "swap": 16},
+    "qwenimage/fp8+swap16+compile": {"family": "qwenimage", "gc": True, "fp8": True, "swap": 16, "compile": "regions"},
+    "qwenimage/fp8+swap45": {"family": "qwenimage", "gc": True, "fp8": True, "swap": 45},
+    "qwenimage/fp8+swap45+compile": {"family": "qwenimage", "gc": True, "fp8": True, "swap": 45, "compile": "regions"},
 }
 # SD3.5 (issue 29): Medium and Large (Large Turbo shares Large's tensors), random full-size weights, 1024²
 ROWS.update({
@@ -414,6 +422,37 @@ def build_sd3(cfg: Any, device: Any, size: str) -> tuple[Any, Any, dict]:
     return adapter, tr, text
 
 
+def build_qwenimage(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size Qwen-Image transformer on ``device`` (bf16), as load() leaves it; a caption of
+    128 real tokens in the cached 512 (the adapter cuts the padding before the transformer)."""
+    import torch
+    from diffusers import QwenImageTransformer2DModel
+
+    from lorakit.models.qwenimage import configs
+    from lorakit.models.qwenimage.adapter import Adapter
+    from lorakit.models.qwenimage.convert import Shape
+    from lorakit.models.qwenimage.load import QwenImageComponents
+
+    conf = {k: v for k, v in configs.transformer_config().items() if not k.startswith("_")}
+    if TINY:
+        conf.update(num_layers=6, attention_head_dim=16, num_attention_heads=2, axes_dims_rope=[4, 6, 6],
+                    joint_attention_dim=48)
+    with torch.device(device):
+        tr = QwenImageTransformer2DModel(**conf)
+    tr.to(torch.bfloat16).requires_grad_(False).eval()
+    dim = conf["num_attention_heads"] * conf["attention_head_dim"]
+    shape = Shape(dim=dim, num_layers=conf["num_layers"], head_dim=conf["attention_head_dim"],
+                  text_dim=conf["joint_attention_dim"], in_channels=conf["in_channels"],
+                  out_channels=conf["out_channels"])
+    adapter = Adapter(cfg)
+    adapter.comps = QwenImageComponents(transformer=tr, shape=shape)
+    adapter.device, adapter.dtype = torch.device(device), torch.bfloat16
+    mask = torch.zeros(1, 512, dtype=torch.int64)
+    mask[:, :128] = 1
+    text = {"prompt_embeds": torch.randn(1, 512, conf["joint_attention_dim"]) * mask[..., None], "prompt_mask": mask}
+    return adapter, tr, text
+
+
 def count_forward_flops(adapter: Any, next_batch: Any, cfg: Any, device: Any) -> float:
     """FLOPs of one forward (torch's FlopCounterMode: matmuls, convs, attention) under no_grad."""
     import torch
@@ -454,6 +493,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             adapter, model, text = build_flux2(cfg, device, s["size"])
         elif family == "sd3":
             adapter, model, text = build_sd3(cfg, device, s["size"])
+        elif family == "qwenimage":
+            adapter, model, text = build_qwenimage(cfg, device)
         else:
             adapter, model, text = (build_sdxl if family == "sdxl" else build_flux)(cfg, device)
     finally:

@@ -27,7 +27,7 @@ def loaded(request, tmp_path_factory):
         importlib.import_module(f"{package.__name__}.load").write_tiny_checkpoint
     paths = writer(folder / "model")
     model = {"family": family, "checkpoint": str(paths["checkpoint"])}
-    for role in ("config_dir", "clip_l", "t5xxl", "ae", "text_encoder"):
+    for role in ("config_dir", "clip_l", "t5xxl", "ae", "text_encoder", "vae"):
         if role.replace("_dir", "") in paths:
             model[role] = str(paths[role.replace("_dir", "")])
     if "tokenizer" in paths:

@@ -43,7 +43,7 @@ def write_run_toml(tmp: Path, family: str, paths: dict[str, Path], **extra: str)
     if not dataset.exists():
         write_demo_dataset(dataset, n=4, repeats=2)
     model_lines = [f'family = "{family}"', f'checkpoint = "{paths["checkpoint"]}"', f'config_dir = "{paths["config"]}"']
-    for role in ("clip_l", "t5xxl", "ae", "text_encoder"):
+    for role in ("clip_l", "t5xxl", "ae", "text_encoder", "vae"):
         if role in paths:
             model_lines.append(f'{role} = "{paths[role]}"')
     if "tokenizer" in paths:

@@ -11,6 +11,7 @@ from lorakit.config.load import PRESET_DIR, dump_toml, field_specs, list_presets
 from lorakit.errors import ConfigError
 
 EXPECTED = ["flux1/character", "flux1/product", "flux1/style", "flux2/character", "flux2/product", "flux2/style",
+            "qwenimage/character", "qwenimage/product", "qwenimage/style",
             "sd15/character", "sd15/product", "sd15/style", "sd3/character", "sd3/product", "sd3/style",
             "sdxl/character", "sdxl/product", "sdxl/style",
             "zimage/character", "zimage/product", "zimage/style"]

@@ -16,7 +16,7 @@ from lorakit.errors import ModelLoadError
 from lorakit.models.base import ToyRecipe
 from lorakit.toy import build, paths
 
-FAMILY_WORDS = re.compile(r"""["'](sdxl|flux1|flux2|sd3|sd15|qwen_image|zimage)["']""")
+FAMILY_WORDS = re.compile(r"""["'](sdxl|flux1|flux2|sd3|sd15|qwen_image|qwenimage|zimage)["']""")
 
 
 def test_toy_world_and_cli_name_no_family():
