@@ -5,6 +5,7 @@ sorting the metrics; a sweep interrupted mid-point and resumed finishes with the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -89,10 +90,20 @@ def test_sweep_process_killed_mid_parallel_then_resumed_equals_points_run_one_af
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(3)  # the children got SIGTERM when their parent died
     manifest = json.loads((par / "sweep.json").read_text())
     assert [p["state"] for p in manifest["points"]] == ["running", "running"]
-    assert all(json.loads((par / n / "run.json").read_text())["status"] != "running" for n in names)
+
+    def alive(pid):  # a zombie (exited, not reaped yet) counts as gone
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 120  # the children got SIGTERM when their parent died: they stop as train stops
+    while any(alive(p["pid"]) for p in manifest["points"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert [json.loads((par / n / "run.json").read_text())["status"] for n in names] == ["interrupted"] * 2
     assert main(["sweep", "--resume", str(par)]) == 0
     assert [p["state"] for p in json.loads((par / "sweep.json").read_text())["points"]] == ["finished"] * 2
     seq = tmp_path / "seq"
