@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="train a grid of settings and compare them (or: sweep report DIR)",
                         description="lorakit sweep run.toml optimizer.lr=5e-5,1e-4 network.rank=16,32 [--steps N] "
-                        "[--out DIR] | lorakit sweep --resume DIR | lorakit sweep report DIR")
+                        "[--out DIR] | lorakit sweep --resume DIR | lorakit sweep report DIR | "
+                        "lorakit sweep preset DIR PRESET.toml")
     sw.add_argument("args", nargs="*", help="run.toml then section.key=v1,v2,... (or: report DIR)")
     sw.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
     sw.add_argument("--steps", type=int, default=None, help="training.max_steps of every point")
@@ -331,6 +332,16 @@ def cmd_sweep(args) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    if args.args[:1] == ["preset"]:  # lorakit sweep preset DIR PRESET.toml [--concept]
+        if len(args.args) != 3:
+            raise LorakitError("sweep preset: give the sweep folder and the preset: lorakit sweep preset DIR "
+                               "PRESET.toml [--concept]")
+        from lorakit.sweep.preset import update_preset
+
+        changed = update_preset(Path(args.args[1]), Path(args.args[2]), concept=args.concept)
+        print(f"{args.args[2]}: " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + " (the evidence is in "
+              "the comment above each)")
+        return 0
     if args.args[:1] == ["report"]:
         if len(args.args) != 2:
             raise LorakitError("sweep report: give the sweep folder: lorakit sweep report DIR")

@@ -265,3 +265,32 @@ def test_best_safetensors_is_the_pick_s_best_step_with_its_settings(tmp_path):
     report.write_report(tmp_path / "sw", log=lines.append)
     if want != 5:
         assert not best.exists() and any("save.keep_best = true keeps it" in line for line in lines)
+
+
+def test_sweep_preset_writes_the_winner_with_its_evidence(tmp_path, capsys):
+    import tomllib
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4", "network.rank=2,4"], steps=5, out=tmp_path / "sw")
+    result = run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    top = result["points"][0]
+    preset = tmp_path / "p.toml"
+    original = ('# a preset\n[network]\nrank = 32   # capacity\nalpha = 16\n\n[optimizer]\nname = "adamw"\n'
+                'lr = 1e-4                  # SDXL tolerates this well\n\n[training]\nmax_steps = 10\n')
+    preset.write_text(original)
+    assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset)]) == 0
+    assert "the evidence is in the comment" in capsys.readouterr().out
+    text = preset.read_text()
+    data = tomllib.loads(text)
+    assert data["optimizer"]["lr"] == float(top["settings"]["optimizer.lr"])
+    assert data["network"] == {"rank": int(top["settings"]["network.rank"]), "alpha": 16}
+    assert data["training"] == {"max_steps": 10} and data["optimizer"]["name"] == "adamw"
+    assert "# SDXL tolerates this well" in text and "# capacity" in text and text.startswith("# a preset\n")
+    note = f"# sweep sw (4 points, ranked by best validation loss): lr = {top['settings']['optimizer.lr']} was best"
+    assert note in text and f"val loss {report._fmt(top['best_val_loss'])}" in text
+    # a second update replaces the note instead of stacking another
+    assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset)]) == 0
+    assert preset.read_text() == text
+    # no concept scores: refused, the preset unchanged
+    assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset), "--concept"]) == 2
+    assert "no best-concept point" in capsys.readouterr().err and preset.read_text() == text
