@@ -346,7 +346,7 @@ def cmd_sweep(args) -> int:
         if len(args.args) != 2:
             raise LorakitError("sweep report: give the sweep folder: lorakit sweep report DIR")
         if args.concept:
-            sweep_report.evaluate_concept(Path(args.args[1]))
+            sweep_report.evaluate_concept(Path(args.args[1]), jobs=args.parallel or 1)
         sweep_report.write_report(Path(args.args[1]))
         return 0
     signal.signal(signal.SIGTERM, stop)
@@ -367,7 +367,7 @@ def cmd_sweep(args) -> int:
                        out=Path(args.out) if args.out else None)
     run_sweep(sweep, gpus=gpus, parallel=args.parallel)
     if args.concept:
-        sweep_report.evaluate_concept(sweep.root)
+        sweep_report.evaluate_concept(sweep.root, jobs=args.parallel or 1)
         sweep_report.write_report(sweep.root)
     return 0
 

@@ -225,19 +225,28 @@ def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str
     return done
 
 
-def evaluate_concept(root: Path, *, log: Callable[[str], None] = print) -> int:
+def _score_point(run_dir: str) -> dict[str, Any]:
+    """The learning benchmark on one point's final LoRA (a top-level function: it also runs in worker processes)."""
+    from lorakit.config.load import load_config
+    from lorakit.toy.demo import lora_generator
+    from lorakit.toy.eval import evaluate
+    from lorakit.toy.world import DEFAULT_TRIGGER
+
+    cfg = load_config(Path(run_dir) / "config.toml")
+    return evaluate(lora_generator(cfg, Path(run_dir)), DEFAULT_TRIGGER)
+
+
+def evaluate_concept(root: Path, *, log: Callable[[str], None] = print, jobs: int = 1) -> int:
     """The toy world's learning benchmark (concept rate and drift, lorakit.toy.eval) on every finished point that
-    has no eval.json yet; refused for a point that does not train the toy base model. Returns how many were scored."""
+    has no eval.json yet (``jobs`` points at once, each in its own process, when above 1); refused for a point that
+    does not train the toy base model. Returns how many were scored."""
     from lorakit.config.load import load_config
     from lorakit.errors import ConfigError
     from lorakit.fsutil import write_json as _write
     from lorakit.sweep.run import Sweep
-    from lorakit.toy.demo import lora_generator
-    from lorakit.toy.eval import evaluate
     from lorakit.toy.paths import model_section, toy_families
-    from lorakit.toy.world import DEFAULT_TRIGGER
 
-    done = 0
+    todo = []
     for p in Sweep(root).read()["points"]:
         run_dir = Path(root) / p["name"]
         if p["state"] != "finished" or (run_dir / "eval.json").is_file():
@@ -249,11 +258,20 @@ def evaluate_concept(root: Path, *, log: Callable[[str], None] = print) -> int:
         if not toy:
             raise ConfigError(f"--concept: the concept score needs the toy world's base model; {p['name']} trains on "
                               f"{cfg.model.checkpoint} (`lorakit toy path {family}` lists the toy files)")
-        log(f"concept score of {p['name']} (toy world learning benchmark)")
-        scores = evaluate(lora_generator(cfg, run_dir), DEFAULT_TRIGGER)
-        _write(run_dir / "eval.json", scores, indent=2)
-        done += 1
-    return done
+        todo.append(run_dir)
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        log(f"concept score of {len(todo)} points, {min(jobs, len(todo))} at once (toy world learning benchmark)")
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for run_dir, scores in zip(todo, pool.map(_score_point, [str(d) for d in todo])):
+                _write(run_dir / "eval.json", scores, indent=2)
+        return len(todo)
+    for run_dir in todo:
+        log(f"concept score of {run_dir.name} (toy world learning benchmark)")
+        _write(run_dir / "eval.json", _score_point(str(run_dir)), indent=2)
+    return len(todo)
 
 
 # ------------------------------------------------------------------------------------------ pictures

@@ -1,7 +1,8 @@
 """Sweep points at once (lorakit.sweep.parallel): the manifest under parallel completion, stop and resume, the failure
 mapping, with stand-in child processes (a short script instead of `lorakit train`); how many points the memory plan
-puts on one card; and, with real tiny SDXL runs, two points run at once equal to the same points run one after
-another, bit for bit. The same with a kill of the sweep process is tests/integration/test_sweep.py (slow)."""
+puts on one card; a child's command line loads the point's config exactly; and (slow) with real tiny SDXL runs, two
+points run at once equal to the same points run one after another, bit for bit. The same with a kill -9 of the sweep
+process is tests/integration/test_sweep.py (slow)."""
 
 from __future__ import annotations
 
@@ -206,8 +207,42 @@ def test_the_real_plan_keeps_each_point_s_setting_within_its_share(tmp_path):
     assert again.applied.memory.gradient_checkpointing == plan.applied.memory.gradient_checkpointing
 
 
+def test_a_child_trains_exactly_the_config_the_sweep_process_would(tmp_path):
+    """Fast stand-in for the bit-for-bit test below: the child's `lorakit train` command line, parsed and loaded by
+    lorakit's own CLI, gives the point's config as the sweep's own process loads it (same values, same keys set by
+    the user, so the same plan); a resumed child gets `train --resume <its folder>`."""
+    from lorakit.cli import build_parser
+    from lorakit.config.load import explicit_keys, load_config
+    from lorakit.config.toml_io import dump_toml
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4", "network.rank=2,4", "data.validation_split=0.5"], steps=3,
+                   out=tmp_path / "sw")
+    manifest = sweep.read()
+    for point in manifest["points"]:
+        argv = parallel.child_command(sweep.root, manifest, point, False, ())
+        assert argv[:4] == [sys.executable, "-m", "lorakit", "train"]
+        args = build_parser().parse_args(argv[3:])
+        child = load_config(args.config, args.overrides)
+        mine = sweep.point_config(manifest, point)
+        assert dump_toml(child) == dump_toml(mine) and explicit_keys(child) == explicit_keys(mine)
+        # on a card: the child's extra settings come last and win
+        argv = parallel.child_command(sweep.root, manifest, point, False, ("training.device=cuda",
+                                                                           "memory.vram_gb=26"))
+        args = build_parser().parse_args(argv[3:])
+        on_card = load_config(args.config, args.overrides)
+        assert (on_card.training.device, on_card.memory.vram_gb) == ("cuda", 26.0)
+        assert child.save.dir == str(sweep.root) and child.save.name == point["name"]
+        resume = parallel.child_command(sweep.root, manifest, point, True, ())
+        assert resume[3:] == ["train", "--resume", str(sweep.root / point["name"])]
+    env = parallel.child_env(parallel.Slot("3"), 4)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3"
+
+
+@pytest.mark.slow
 def test_two_points_at_once_equal_the_same_points_one_after_another(tmp_path):
-    """Real tiny SDXL runs: each point a `lorakit train` child process, against the same sweep in this process."""
+    """Real tiny SDXL runs (slow: ~45 s of CPU, two child processes importing torch): each point a `lorakit train`
+    child process, against the same sweep in this process, bit for bit."""
     from safetensors.torch import load_file
 
     from lorakit.cli import main
