@@ -213,7 +213,8 @@ def run_children(sweep, manifest: dict[str, Any], todo: list[dict[str, Any]], la
     from lorakit.sweep.run import run_status
 
     root = sweep.root
-    config_unchanged(manifest)
+    if any(not (root / p["name"] / "config.toml").is_file() for p in todo):  # a fresh point reads the config file
+        config_unchanged(manifest)
     (root / "logs").mkdir(exist_ok=True)
     queue = list(todo)
     free = list(lay.slots)
@@ -267,7 +268,7 @@ def run_children(sweep, manifest: dict[str, Any], todo: list[dict[str, Any]], la
                 free.append(slot)
                 status = run_status(root / name)
                 if rc == 0 and status.get("status") == "finished":
-                    sweep.set_point(manifest, name, state="finished", finished_at=time.time())
+                    sweep.set_point(manifest, name, state="finished", finished_at=time.time(), error=None)
                     log(f"point {name} finished")
                 elif status.get("status") == "failed":
                     sweep.set_point(manifest, name, state="failed", error=status.get("error") or last_error(logfile))

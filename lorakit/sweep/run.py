@@ -165,7 +165,7 @@ def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None
         except LorakitError as exc:  # the data or the model, not the point's settings: stop; a resume retries it
             sweep.set_point(manifest, point["name"], state="pending", error=str(exc))
             raise
-        sweep.set_point(manifest, point["name"], state="finished", finished_at=time.time())
+        sweep.set_point(manifest, point["name"], state="finished", finished_at=time.time(), error=None)
     result = write_report(sweep.root, log=log)
     return result
 

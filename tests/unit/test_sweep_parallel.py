@@ -94,7 +94,7 @@ def test_parallel_stop_then_resume_keeps_finished_points_and_resumes_the_running
     ckpt = tmp_path / "sw" / names[1] / "ckpt"
     assert not ckpt.exists() or json.loads(ckpt.read_text())[0] < 6
     run_sweep(Sweep(tmp_path / "sw"), log=lambda *_: None)   # --resume: the launch recorded is used again
-    assert [p["state"] for p in Sweep(tmp_path / "sw").read()["points"]] == ["finished"] * 3
+    assert [(p["state"], p.get("error")) for p in Sweep(tmp_path / "sw").read()["points"]] == [("finished", None)] * 3
     assert stand_in() == [(names[0], "0"), (names[1], "0"), (names[1], "1"), (names[2], "0")]
     straight = create(toml, args, steps=6, out=tmp_path / "sw2")
     run_sweep(straight, log=lambda *_: None, parallel=3)
