@@ -23,11 +23,13 @@ from tests.unit.test_sweep import write_config
 # a stand-in for `lorakit train`: one "step" per tick, a checkpoint (the step and a running value) after each, SIGTERM
 # answered as train answers it (run.json "interrupted", exit 130); the final value depends only on lr and steps
 CHILD = textwrap.dedent("""
-    import json, signal, sys, time
+    import json, os, signal, sys, time
     from pathlib import Path
     run, lr, steps, resume, calls = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
     with open(calls, "a") as f:
         f.write(f"{run.name} {int(resume)}\\n")
+    with open(calls + ".cards", "a") as f:
+        f.write(f"{run.name} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\\n")
     def stop(*_):
         (run / "run.json").write_text(json.dumps({"status": "interrupted"}))
         sys.exit(130)
@@ -67,6 +69,36 @@ def stand_in(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "child_command", command)
     monkeypatch.setattr(parallel, "POLL_S", 0.02)
     return lambda: [tuple(line.split()) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def test_gpus_run_points_at_once_each_on_its_card(tmp_path, stand_in, monkeypatch):
+    """--gpus 0,1 on a machine shown as two cards (the CUDA queries and the planner stood in): the plan fits two points
+    per card, so four children run at once, each with CUDA_VISIBLE_DEVICES set to its card (the parent's numbering
+    mapped through its own CUDA_VISIBLE_DEVICES), planned within their share."""
+    from dataclasses import replace
+
+    import torch
+
+    from lorakit.train import cards, planview
+
+    card = replace(cards.card("h100"), free_bytes=int(40.0 * cards.GIB))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(cards, "local_card", lambda device: card)
+    monkeypatch.setattr(planview, "plan_for", lambda cfg, c: (Planned(15.0), []))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,1.5e-4,1.7e-4,1.9e-4,3e-4"], steps=2, out=tmp_path / "sw")
+    lines = []
+    run_sweep(sweep, log=lines.append, gpus=["0", "1"])
+    assert "4 point(s) at once on card(s) 0,1" in lines[0] and "2 point(s) at once per card" in lines[0]
+    assert "memory.vram_gb = 20" in lines[0]
+    placed = dict(line.split() for line in (tmp_path / "calls.txt.cards").read_text().splitlines())
+    names = [p["name"] for p in sweep.read()["points"]]
+    assert [placed[n] for n in names[:4]] == ["4", "6", "4", "6"] and placed[names[4]] in ("4", "6")
+    manifest = Sweep(tmp_path / "sw").read()
+    assert [p["state"] for p in manifest["points"]] == ["finished"] * 5 and manifest["launch"]["gpus"] == ["0", "1"]
+    assert sorted(p["card"] for p in manifest["points"][:4]) == ["4", "4", "6", "6"]
 
 
 def final_values(root: Path) -> dict[str, str]:
