@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="lorakit sweep run.toml optimizer.lr=5e-5,1e-4 network.rank=16,32 [--steps N] "
                         "[--out DIR] | lorakit sweep --resume DIR | lorakit sweep report DIR | "
                         "lorakit sweep preset DIR PRESET.toml")
-    sw.add_argument("args", nargs="*", help="run.toml then section.key=v1,v2,... (or: report DIR)")
+    sw.add_argument("args", nargs="*", help="run.toml then section.key=v1,v2,... (or: report DIR, or: preset DIR "
+                    "PRESET.toml)")
     sw.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
     sw.add_argument("--steps", type=int, default=None, help="training.max_steps of every point")
     sw.add_argument("--out", metavar="DIR", default=None, help="the sweep folder (default: <save.dir>/<name>-sweep)")
