@@ -228,10 +228,12 @@ def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str
 def _score_point(run_dir: str) -> dict[str, Any]:
     """The learning benchmark on one point's final LoRA (a top-level function: it also runs in worker processes)."""
     from lorakit.config.load import load_config
+    from lorakit.logs import quiet_third_party
     from lorakit.toy.demo import lora_generator
     from lorakit.toy.eval import evaluate
     from lorakit.toy.world import DEFAULT_TRIGGER
 
+    quiet_third_party()  # a worker process starts without the CLI's settings
     cfg = load_config(Path(run_dir) / "config.toml")
     return evaluate(lora_generator(cfg, Path(run_dir)), DEFAULT_TRIGGER)
 
