@@ -138,12 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="train a grid of settings and compare them (or: sweep report DIR)",
                         description="lorakit sweep run.toml optimizer.lr=5e-5,1e-4 network.rank=16,32 [--steps N] "
-                        "[--out DIR] | lorakit sweep --resume DIR | lorakit sweep report DIR")
-    sw.add_argument("args", nargs="*", help="run.toml then section.key=v1,v2,... (or: report DIR)")
+                        "[--out DIR] | lorakit sweep --resume DIR | lorakit sweep report DIR | "
+                        "lorakit sweep preset DIR PRESET.toml")
+    sw.add_argument("args", nargs="*", help="run.toml then section.key=v1,v2,... (or: report DIR, or: preset DIR "
+                    "PRESET.toml)")
     sw.add_argument("--resume", metavar="DIR", help="continue the interrupted sweep in DIR")
     sw.add_argument("--steps", type=int, default=None, help="training.max_steps of every point")
     sw.add_argument("--out", metavar="DIR", default=None, help="the sweep folder (default: <save.dir>/<name>-sweep)")
     sw.add_argument("--concept", action="store_true", help="toy world only: also score concept rate and drift")
+    sw.add_argument("--gpus", metavar="0,1", default=None, help="run points at once, each a `lorakit train` on its "
+                    "card (as many per card as the memory plan fits)")
+    sw.add_argument("--parallel", metavar="N", type=int, default=None, help="on the CPU: N points at once (each a "
+                    "process); on GPUs: at most N per card")
     sw.set_defaults(func=cmd_sweep)
 
     ui = sub.add_parser("ui", help="the web UI (Gradio; needs the ui extra)")
@@ -327,27 +333,42 @@ def cmd_sweep(args) -> int:
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    if args.args[:1] == ["preset"]:  # lorakit sweep preset DIR PRESET.toml [--concept]
+        if len(args.args) != 3:
+            raise LorakitError("sweep preset: give the sweep folder and the preset: lorakit sweep preset DIR "
+                               "PRESET.toml [--concept]")
+        from lorakit.sweep.preset import update_preset
+
+        changed = update_preset(Path(args.args[1]), Path(args.args[2]), concept=args.concept)
+        print(f"{args.args[2]}: " + ", ".join(f"{k} = {v}" for k, v in changed.items()) + " (the evidence is in "
+              "the comment above each)")
+        return 0
     if args.args[:1] == ["report"]:
         if len(args.args) != 2:
             raise LorakitError("sweep report: give the sweep folder: lorakit sweep report DIR")
         if args.concept:
-            sweep_report.evaluate_concept(Path(args.args[1]))
+            sweep_report.evaluate_concept(Path(args.args[1]), jobs=args.parallel or 1)
         sweep_report.write_report(Path(args.args[1]))
         return 0
     signal.signal(signal.SIGTERM, stop)
+    from lorakit.sweep.parallel import parse_gpus
+
+    gpus = parse_gpus(args.gpus)  # refused before the sweep folder is made
+    if args.parallel is not None and args.parallel < 1:
+        raise LorakitError(f"sweep --parallel must be at least 1, got {args.parallel}")
     if args.resume:
         if args.args or args.steps or args.out:
             raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; "
-                               "give no others")
+                               "give no others (--gpus and --parallel may change)")
         sweep = Sweep(Path(args.resume))
     elif len(args.args) < 2:
         raise LorakitError("sweep: give run.toml and at least one section.key=v1,v2 (or --resume DIR, or report DIR)")
     else:
         sweep = create(Path(args.args[0]), args.args[1:], steps=args.steps,
                        out=Path(args.out) if args.out else None)
-    run_sweep(sweep)
+    run_sweep(sweep, gpus=gpus, parallel=args.parallel)
     if args.concept:
-        sweep_report.evaluate_concept(sweep.root)
+        sweep_report.evaluate_concept(sweep.root, jobs=args.parallel or 1)
         sweep_report.write_report(sweep.root)
     return 0
 

@@ -72,16 +72,35 @@ def rank(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ranked
 
 
+PICK_TOLERANCE = 0.1  # issue 23: the validation-loss pick within 0.1 of the best concept score
+BAR_RATE, BAR_LEAK = 0.8, 0.1  # the toy world's learning bar: concept rate at least 0.8, concept leak at most 0.1
+
+
 def concept_check(ranked: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """Where the toy benchmark scored the points: how far the validation-loss pick is from the best concept rate."""
+    """Where the toy benchmark scored the points: how far the validation-loss pick is from the best concept rate
+    (and concept score), whether that is within :data:`PICK_TOLERANCE`, and which points meet the learning bar."""
     scored = [e for e in ranked if e.get("concept_rate_after") is not None and e["state"] == "finished"]
     if not scored:
         return None
     picked = scored[0]  # ranked order: the lowest validation loss first
-    best = max(scored, key=lambda e: (e["concept_rate_after"], -e["rank"]))
+    best = concept_best(scored)
+    score = lambda e: e.get("concept_score_after") or 0.0  # noqa: E731
+    gap = best["concept_rate_after"] - picked["concept_rate_after"]
+    score_gap = max(score(e) for e in scored) - score(picked)
     return {"picked": picked["name"], "picked_concept_rate": picked["concept_rate_after"], "best": best["name"],
-            "best_concept_rate": best["concept_rate_after"],
-            "gap": best["concept_rate_after"] - picked["concept_rate_after"]}
+            "best_concept_rate": best["concept_rate_after"], "gap": gap, "score_gap": score_gap,
+            "within_tolerance": gap <= PICK_TOLERANCE + 1e-9, "tolerance": PICK_TOLERANCE,
+            "meet_bar": [e["name"] for e in scored if meets_bar(e)]}
+
+
+def meets_bar(e: dict[str, Any]) -> bool:
+    return e.get("concept_rate_after") is not None and e["concept_rate_after"] >= BAR_RATE - 1e-9 and \
+        (e.get("drift_concept_leak") or 0.0) <= BAR_LEAK + 1e-9
+
+
+def concept_best(scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best point by the toy benchmark: highest concept rate, then least concept leak, then ranking order."""
+    return max(scored, key=lambda e: (e["concept_rate_after"], -(e.get("drift_concept_leak") or 0.0), -e["rank"]))
 
 
 def _fmt(v: Any) -> str:
@@ -95,13 +114,14 @@ def _fmt(v: Any) -> str:
 def ranking_markdown(ranked: list[dict[str, Any]], grid: dict[str, list[str]]) -> str:
     concept = any("concept_rate_after" in e for e in ranked)
     cols = ["rank", "point", *grid, "best val loss", "at step", "final val loss", "final train loss"]
-    cols += ["concept rate", "concept leak (drift)"] if concept else []
+    cols += ["concept rate", "concept score", "concept leak (drift)", "shape kept (drift)"] if concept else []
     cols.append("state")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for e in ranked:
         cells = [e["rank"], e["name"], *(e["settings"].get(k) for k in grid), e["best_val_loss"], e["best_step"],
                  e["final_val_loss"], e["final_train_loss"]]
-        cells += [e.get("concept_rate_after"), e.get("drift_concept_leak")] if concept else []
+        cells += [e.get("concept_rate_after"), e.get("concept_score_after"), e.get("drift_concept_leak"),
+                  e.get("drift_shape_agreement")] if concept else []
         cells.append(e["state"])
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -128,30 +148,107 @@ def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str,
         result["concept_check"] = pick
         md += (f"\nThe validation-loss pick ({pick['picked']}) has concept rate {pick['picked_concept_rate']:.3f}; "
                f"the best concept rate is {pick['best_concept_rate']:.3f} ({pick['best']}): a gap of "
-               f"{pick['gap']:.3f}.\n")
+               f"{pick['gap']:.3f} ({'within' if pick['within_tolerance'] else 'more than'} {PICK_TOLERANCE:g}; "
+               f"concept score gap {pick['score_gap']:.3f}). Meeting the toy bar (concept rate ≥ {BAR_RATE:g}, "
+               f"concept leak ≤ {BAR_LEAK:g}): {', '.join(pick['meet_bar']) or 'none'}.\n")
+    best = write_best(root, ranked, pick, log=log)
+    if best:
+        result["best"] = best
+        md += "\n" + "".join(f"Best LoRA by {b['by']}: `{b['path']}` ({b['point']}: {b['label']}; from "
+                              f"{Path(b['source']).name})\n" for b in best.values())
     write_json(out / "ranking.json", result, indent=2, default=str)
     write_text(out / "ranking.md", md)
     if ranked and ranked[0]["state"] == "finished":
         top = ranked[0]
         log(f"best: {top['name']} ({top['label']}): validation loss {_fmt(top['best_val_loss'])} at step "
-            f"{_fmt(top['best_step'])}")
+            f"{_fmt(top['best_step'])}" + (f"; its LoRA: {best['best']['path']}" if "best" in best else ""))
+    if "best-concept" in best:
+        log(f"best by concept rate: {pick['best']} ({pick['best_concept_rate']:.3f}); its LoRA: "
+            f"{best['best-concept']['path']}")
     log(f"comparison: {out} (ranking.md, grid.png, loss_curves.png)")
     return result
 
 
-def evaluate_concept(root: Path, *, log: Callable[[str], None] = print) -> int:
+def point_lora(root: Path, e: dict[str, Any], *, best_step: bool) -> Optional[Path]:
+    """A finished point's LoRA file: with ``best_step``, the one of its lowest validation loss (``-best``, kept by
+    save.keep_best, or the checkpoint of that step, or the final LoRA when that step is the last), else the final."""
+    run_dir = root / e["name"]
+    final = run_dir / f"{e['name']}.safetensors"
+    if not best_step or e.get("best_step") is None:
+        return final if final.is_file() else None
+    from lorakit.sweep.run import run_status
+
+    kept = run_status(run_dir).get("best_lora")
+    if kept and Path(kept).is_file() and Path(kept).parent == run_dir:
+        return Path(kept)
+    step = run_dir / f"{e['name']}-step{int(e['best_step']):08d}.safetensors"
+    if step.is_file():
+        return step
+    return final if final.is_file() and e["best_step"] == e["last_step"] else None
+
+
+def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str, Any]], *,
+               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """``best.safetensors`` (the validation-loss pick's LoRA, at its best step) and, where the toy benchmark scored
+    the points, ``best-concept.safetensors`` (the highest concept rate's final LoRA, the one it scored) in the
+    sweep folder: the point's tensors with its metadata plus ``lorakit_sweep`` (JSON: point, settings, ranked by,
+    its numbers, the source file). Rewritten only when the pick or its source changed."""
+    from lorakit.lora.io import load_lora_file, save_safetensors_atomic
+    from lorakit.safetensors_header import read_safetensors_header
+
+    done: dict[str, dict[str, Any]] = {}
+    top = ranked[0] if ranked and ranked[0]["state"] == "finished" else None
+    chosen = []
+    if top is not None:
+        by = "validation loss" if top["best_val_loss"] is not None else "final training loss"
+        chosen.append(("best.safetensors", by, top, top["best_val_loss"] is not None))
+    if pick:
+        chosen.append(("best-concept.safetensors", "concept rate (toy world)",
+                       next(e for e in ranked if e["name"] == pick["best"]), False))
+    for filename, by, e, at_best_step in chosen:
+        src = point_lora(root, e, best_step=at_best_step)
+        if src is None:
+            log(f"{filename}: {e['name']} kept no LoRA of step {e['best_step']} (save.keep_best = true keeps it); "
+                "not written")
+            continue
+        stat = src.stat()
+        info = {"point": e["name"], "label": e["label"], "settings": e["settings"], "ranked_by": by,
+                "best_val_loss": e["best_val_loss"], "best_step": e["best_step"],
+                "concept_rate": e.get("concept_rate_after"), "concept_leak": e.get("drift_concept_leak"),
+                "source": str(src), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
+        text = json.dumps(info, sort_keys=True, default=str)
+        path = root / filename
+        if not (path.is_file() and read_safetensors_header(path)[1].get("lorakit_sweep") == text):
+            tensors, meta = load_lora_file(src)
+            save_safetensors_atomic(path, tensors, {**meta, "lorakit_sweep": text})
+        done[filename.removesuffix(".safetensors")] = {"by": by, "path": str(path), **info}
+    return done
+
+
+def _score_point(run_dir: str) -> dict[str, Any]:
+    """The learning benchmark on one point's final LoRA (a top-level function: it also runs in worker processes)."""
+    from lorakit.config.load import load_config
+    from lorakit.logs import quiet_third_party
+    from lorakit.toy.demo import lora_generator
+    from lorakit.toy.eval import evaluate
+    from lorakit.toy.world import DEFAULT_TRIGGER
+
+    quiet_third_party()  # a worker process starts without the CLI's settings
+    cfg = load_config(Path(run_dir) / "config.toml")
+    return evaluate(lora_generator(cfg, Path(run_dir)), DEFAULT_TRIGGER)
+
+
+def evaluate_concept(root: Path, *, log: Callable[[str], None] = print, jobs: int = 1) -> int:
     """The toy world's learning benchmark (concept rate and drift, lorakit.toy.eval) on every finished point that
-    has no eval.json yet; refused for a point that does not train the toy base model. Returns how many were scored."""
+    has no eval.json yet (``jobs`` points at once, each in its own process, when above 1); refused for a point that
+    does not train the toy base model. Returns how many were scored."""
     from lorakit.config.load import load_config
     from lorakit.errors import ConfigError
     from lorakit.fsutil import write_json as _write
     from lorakit.sweep.run import Sweep
-    from lorakit.toy.demo import lora_generator
-    from lorakit.toy.eval import evaluate
     from lorakit.toy.paths import model_section, toy_families
-    from lorakit.toy.world import DEFAULT_TRIGGER
 
-    done = 0
+    todo = []
     for p in Sweep(root).read()["points"]:
         run_dir = Path(root) / p["name"]
         if p["state"] != "finished" or (run_dir / "eval.json").is_file():
@@ -163,11 +260,20 @@ def evaluate_concept(root: Path, *, log: Callable[[str], None] = print) -> int:
         if not toy:
             raise ConfigError(f"--concept: the concept score needs the toy world's base model; {p['name']} trains on "
                               f"{cfg.model.checkpoint} (`lorakit toy path {family}` lists the toy files)")
-        log(f"concept score of {p['name']} (toy world learning benchmark)")
-        scores = evaluate(lora_generator(cfg, run_dir), DEFAULT_TRIGGER)
-        _write(run_dir / "eval.json", scores, indent=2)
-        done += 1
-    return done
+        todo.append(run_dir)
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        log(f"concept score of {len(todo)} points, {min(jobs, len(todo))} at once (toy world learning benchmark)")
+        with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for run_dir, scores in zip(todo, pool.map(_score_point, [str(d) for d in todo])):
+                _write(run_dir / "eval.json", scores, indent=2)
+        return len(todo)
+    for run_dir in todo:
+        log(f"concept score of {run_dir.name} (toy world learning benchmark)")
+        _write(run_dir / "eval.json", _score_point(str(run_dir)), indent=2)
+    return len(todo)
 
 
 # ------------------------------------------------------------------------------------------ pictures

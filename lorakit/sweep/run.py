@@ -7,8 +7,9 @@ Layout of a sweep folder::
     <point>/              one normal run folder per point (config.toml, metrics.jsonl, samples/, LoRA, ...)
     comparison/           grid.png, loss_curves.png, ranking.md, ranking.json (lorakit.sweep.report)
 
-The points run one after another in this process. Running several at once on one GPU is not implemented (the memory
-plan is per run; on the CPU parallel runs would only compete for the same cores). A point's state in sweep.json is
+The points run one after another in this process, or several at once as child `lorakit train` processes
+(``--gpus 0,1``: one or more per card, as many as the memory plan fits; ``--parallel N`` on the CPU):
+:mod:`lorakit.sweep.parallel`. A point's state in sweep.json is
 ``pending``, ``running``, ``interrupted``, ``finished`` or ``failed``; `lorakit sweep --resume DIR` keeps finished
 and failed points, resumes an interrupted (or killed, still ``running``) one from its last checkpoint, and starts
 the pending ones. A point that fails (a non-finite loss at a high learning rate, say) is recorded and the sweep goes
@@ -30,8 +31,7 @@ from lorakit.fsutil import write_json, write_text
 from lorakit.sweep.grid import Point, parse_grid, points
 
 MANIFEST = "sweep.json"
-SEQUENTIAL_NOTE = ("points run one after another (running several at once on one GPU is not implemented; on the CPU "
-                   "they would only compete for the same cores)")
+SEQUENTIAL_NOTE = "points run one after another"
 
 
 class Sweep:
@@ -120,15 +120,29 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
     return sweep
 
 
-def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None) -> dict[str, Any]:
-    """Run (or continue) every point not yet finished or failed; then write the comparison."""
+def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None, gpus: Optional[list[str]] = None,
+              parallel: Optional[int] = None) -> dict[str, Any]:
+    """Run (or continue) every point not yet finished or failed; then write the comparison. ``gpus`` / ``parallel``:
+    where the points run (:func:`lorakit.sweep.parallel.layout`); None: as the sweep last ran (sweep.json)."""
+    from lorakit.sweep import parallel as par
     from lorakit.sweep.report import write_report
 
-    if train_fn is None:
-        from lorakit.train.loop import train as train_fn
     manifest = sweep.read()
     todo = [p for p in manifest["points"] if p["state"] not in ("finished", "failed")]
-    log(f"sweep {sweep.root}: {len(manifest['points'])} points, {len(todo)} to run; {manifest['execution']}")
+    launch = manifest.get("launch") or {}
+    gpus = gpus if gpus is not None else launch.get("gpus")
+    parallel = parallel if parallel is not None else launch.get("parallel")
+    cfgs = [sweep.point_config(manifest, p) for p in todo]  # where they run: the points' configs as the sweep made them
+    lay = par.layout(cfgs, gpus=gpus, parallel=parallel) if todo else \
+        par.Layout((par.Slot(None),), (), SEQUENTIAL_NOTE, True)
+    manifest.update(launch={"gpus": gpus, "parallel": parallel}, execution=lay.line)
+    sweep.write(manifest)
+    log(f"sweep {sweep.root}: {len(manifest['points'])} points, {len(todo)} to run; {lay.line}")
+    if not lay.in_process:
+        par.run_children(sweep, manifest, todo, lay, log=log)
+        return write_report(sweep.root, log=log)
+    if train_fn is None:
+        from lorakit.train.loop import train as train_fn
     for i, point in enumerate(todo, 1):
         run_dir = sweep.root / point["name"]
         if run_status(run_dir).get("status") == "finished":  # killed after the run ended, before the manifest knew
@@ -151,7 +165,7 @@ def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None
         except LorakitError as exc:  # the data or the model, not the point's settings: stop; a resume retries it
             sweep.set_point(manifest, point["name"], state="pending", error=str(exc))
             raise
-        sweep.set_point(manifest, point["name"], state="finished", finished_at=time.time())
+        sweep.set_point(manifest, point["name"], state="finished", finished_at=time.time(), error=None)
     result = write_report(sweep.root, log=log)
     return result
 

@@ -61,7 +61,16 @@ class FakeTrain:
         for i in range(2):
             Image.new("RGB", SAMPLE_WH, (40 * rank, 60 * i, 100)).save(
                 run / "samples" / f"{cfg.save.name}_after_{i:02d}_{i + 1}.png")
-        (run / "run.json").write_text(json.dumps({"status": "finished", "step": steps}))
+        # the final LoRA and the best step's (-best, as save.keep_best keeps it): values that name the point and step
+        import torch
+        from safetensors.torch import save_file
+
+        best = min(range(1, steps + 1), key=lambda s: (fake_val(lr, rank, s), s))
+        for suffix, step in (("", steps), ("-best", best)):
+            save_file({"lora_unet_x.lora_down.weight": torch.full((rank, 3), lr * 1000 + step)},
+                      str(run / f"{cfg.save.name}{suffix}.safetensors"), metadata={"ss_network_dim": str(rank)})
+        (run / "run.json").write_text(json.dumps({"status": "finished", "step": steps,
+                                                  "best_lora": str(run / f"{cfg.save.name}-best.safetensors")}))
 
 
 def test_values_split_outside_brackets_and_points_cover_the_grid():
@@ -187,6 +196,8 @@ def test_ui_sweeps_tab_shows_the_same_comparison(tmp_path):
     assert [line.split(" | ")[1] for line in table] == [p["name"] for p in ranked]
     assert Image.open(shown["grid"]).size[1] == report.HEADER_H + 2 * SAMPLE_WH[1] * 4
     assert Path(shown["curves"]).is_file()
+    assert shown["best"] == [str(tmp_path / "sw" / "best.safetensors")] and "Best LoRA by validation loss" in \
+        shown["markdown"]
     with pytest.raises(LorakitError, match="no sweep.json"):
         comparison(tmp_path)
 
@@ -203,7 +214,83 @@ def test_concept_scores_join_the_table_and_the_pick_is_checked(tmp_path):
     result = report.write_report(tmp_path / "sw", log=lambda *_: None)
     picked = result["points"][0]["name"]
     best = max(rates, key=rates.get)
+    gap = 0.9 - rates[picked]
     assert result["concept_check"] == {"picked": picked, "picked_concept_rate": rates[picked], "best": best,
-                                       "best_concept_rate": 0.9, "gap": 0.9 - rates[picked]}
+                                       "best_concept_rate": 0.9, "gap": gap, "score_gap": 0.0,
+                                       "within_tolerance": gap <= 0.1, "tolerance": 0.1,
+                                       "meet_bar": sorted((n for n in rates if rates[n] >= 0.8),
+                                                          key=[e["name"] for e in result["points"]].index)}
     md = (tmp_path / "sw" / "comparison" / "ranking.md").read_text()
     assert "concept rate" in md and f"| {rates[picked]} |" in md and "a gap of" in md
+    assert ("within 0.1" if gap <= 0.1 else "more than 0.1") in md
+    # best-concept.safetensors: the final LoRA of the highest concept rate, with the settings in its metadata
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "sw" / "best-concept.safetensors"), "pt") as f:
+        info = json.loads(f.metadata()["lorakit_sweep"])
+        value = f.get_tensor("lora_unet_x.lora_down.weight")
+    settings = next(p["settings"] for p in sweep.read()["points"] if p["name"] == best)
+    assert info["point"] == best and info["settings"] == settings and info["ranked_by"].startswith("concept")
+    assert value.flatten()[0].item() == pytest.approx(float(settings["optimizer.lr"]) * 1000 + 4)
+    assert f"Best LoRA by concept rate (toy world): `{tmp_path / 'sw' / 'best-concept.safetensors'}`" in md
+
+
+def test_best_safetensors_is_the_pick_s_best_step_with_its_settings(tmp_path):
+    from safetensors import safe_open
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4", "network.rank=2,4"], steps=5, out=tmp_path / "sw")
+    result = run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    top = result["points"][0]
+    best = tmp_path / "sw" / "best.safetensors"
+    with safe_open(str(best), "pt") as f:
+        meta = f.metadata()
+        value = f.get_tensor("lora_unet_x.lora_down.weight")
+    info = json.loads(meta["lorakit_sweep"])
+    lr, rank = float(top["settings"]["optimizer.lr"]), int(top["settings"]["network.rank"])
+    # independent: the fake validation curve's lowest step
+    want = min(range(1, 6), key=lambda s: (fake_val(lr, rank, s), s))
+    assert value.shape == (rank, 3) and value.flatten()[0].item() == pytest.approx(lr * 1000 + want)
+    assert info["point"] == top["name"] and info["settings"] == top["settings"] and info["best_step"] == want
+    assert info["ranked_by"] == "validation loss" and meta["ss_network_dim"] == str(rank)  # the point's own metadata
+    assert result["best"]["best"]["path"] == str(best) and not (tmp_path / "sw" / "best-concept.safetensors").exists()
+    # written again only when the pick or its source changes
+    mtime = best.stat().st_mtime_ns
+    report.write_report(tmp_path / "sw", log=lambda *_: None)
+    assert best.stat().st_mtime_ns == mtime
+    # a best step whose LoRA was not kept: not written, and the log says so
+    (tmp_path / "sw" / top["name"] / f"{top['name']}-best.safetensors").unlink()
+    best.unlink()
+    lines = []
+    report.write_report(tmp_path / "sw", log=lines.append)
+    if want != 5:
+        assert not best.exists() and any("save.keep_best = true keeps it" in line for line in lines)
+
+
+def test_sweep_preset_writes_the_winner_with_its_evidence(tmp_path, capsys):
+    import tomllib
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4", "network.rank=2,4"], steps=5, out=tmp_path / "sw")
+    result = run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    top = result["points"][0]
+    preset = tmp_path / "p.toml"
+    original = ('# a preset\n[network]\nrank = 32   # capacity\nalpha = 16\n\n[optimizer]\nname = "adamw"\n'
+                'lr = 1e-4                  # SDXL tolerates this well\n\n[training]\nmax_steps = 10\n')
+    preset.write_text(original)
+    assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset)]) == 0
+    assert "the evidence is in the comment" in capsys.readouterr().out
+    text = preset.read_text()
+    data = tomllib.loads(text)
+    assert data["optimizer"]["lr"] == float(top["settings"]["optimizer.lr"])
+    assert data["network"] == {"rank": int(top["settings"]["network.rank"]), "alpha": 16}
+    assert data["training"] == {"max_steps": 10} and data["optimizer"]["name"] == "adamw"
+    assert "# SDXL tolerates this well" in text and "# capacity" in text and text.startswith("# a preset\n")
+    note = f"# sweep sw (4 points, ranked by best validation loss): lr = {top['settings']['optimizer.lr']} was best"
+    assert note in text and f"val loss {report._fmt(top['best_val_loss'])}" in text
+    # a second update replaces the note instead of stacking another
+    assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset)]) == 0
+    assert preset.read_text() == text
+    # no concept scores: refused, the preset unchanged
+    assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset), "--concept"]) == 2
+    assert "no best-concept point" in capsys.readouterr().err and preset.read_text() == text
