@@ -174,13 +174,23 @@ def barrier(what: str, timeout_s: float) -> None:
                             f"({_first_line(exc)})") from None
 
 
+def global_batch(settings: dict, processes: Optional[int] = None) -> dict:
+    """A memory plan's settings with training.batch_size as the global batch (× processes, default: this run's):
+    what a resume on another number of processes must keep."""
+    processes = _G.world if processes is None else processes
+    if processes == 1 or not isinstance(settings.get("training.batch_size"), int):
+        return settings
+    return {**settings, "training.batch_size": settings["training.batch_size"] * processes}
+
+
 def check_start(trainable, plan: dict, start_step: int) -> None:
     """Every process starts from the same LoRA weights, the same memory plan and the same step (asserted: a
-    difference would train a different LoRA on each rank)."""
+    difference would train a different LoRA on each rank); the plan records the number of processes."""
     if _G.world == 1:
         return
     import torch.distributed as dist
 
+    plan["processes"] = _G.world  # plan.json: a resume compares the global batch (resume.check_plan)
     _G.step = start_step
     sums = [[float(p.detach().double().sum()), float(p.detach().double().pow(2).sum())] for p in trainable]
     mine = (sums, json.dumps(plan.get("settings", plan), sort_keys=True, default=str), start_step)
@@ -402,7 +412,7 @@ def _blame(first: tuple[int, int], store, size: int, gpus: int, run_folder: Path
         behind = min(reached, key=lambda k: (reached[k], k))
         if behind != me:
             me, code = behind, None
-    how = ("hung (it did not reach the next gradient exchange)" if code is None else
+    how = ("did not reach the next gradient exchange (hung, or ended on another machine)" if code is None else
            f"was killed ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}")
     last = f"its last step reached: {reached[me]}" if me in reached else "before its first step"
     return (f"lorakit: rank {me} {how}, {last}; the other ranks were stopped. The last complete checkpoint is kept: "

@@ -134,17 +134,19 @@ def check_plan(run: RunDir, plan: dict, force: bool, log=print) -> None:
     if not path.exists():
         return  # no plan recorded yet (a run stopped before planning): this one is written
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        saved, processes = recorded["settings"], int(recorded.get("processes", 1))
         if not isinstance(saved, dict):
             raise TypeError("settings is not a table")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log(f"warning: {path} is unreadable ({type(exc).__name__}: {str(exc)[:80]}): the memory plan cannot be "
             "compared with the one the run started with; the plan chosen now is used and recorded")
         return
-    changed = [f"{key}: {saved.get(key)!r} then, {plan['settings'].get(key)!r} now"
-               for key in sorted(set(saved) | set(plan["settings"]))
+    saved, now = distributed.global_batch(saved, processes), distributed.global_batch(plan["settings"])
+    changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now"
+               for key in sorted(set(saved) | set(now))
                # a key an older plan.json lacks (memory.compile, memory.cuda_graphs) is compared from now on
-               if key in saved and saved.get(key) != plan["settings"].get(key)]
+               if key in saved and saved.get(key) != now.get(key)]
     if changed and not force:
         raise TrainingError(f"cannot resume {run.root}: the memory plan differs from the one it ran with "
                             f"({'; '.join(changed)}). Resume on the same card and settings, or use --force-resume "
