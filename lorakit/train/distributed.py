@@ -346,9 +346,22 @@ def launch(cfg, gpus: int, machine_rank: int, argv: list[str], run_folder: Path,
             port = s.getsockname()[1]
     from torch.distributed import TCPStore
 
+    try:
+        # machine 0 serves the store on every interface (its ranks reach it at main_process_ip); another machine
+        # waits up to distributed.timeout_s for machine 0 to be up
+        store = TCPStore("127.0.0.1" if machine_rank == 0 else d.main_process_ip, port, is_master=machine_rank == 0,
+                         wait_for_workers=False, timeout=timedelta(seconds=30 if machine_rank == 0 else d.timeout_s))
+    except Exception as exc:  # a port in use or not allowed, an address that is not this machine's
+        where = "listen on" if machine_rank == 0 else "reach machine 0's rendezvous store at"
+        raise ConfigError(f"distributed.main_process_ip / main_process_port: cannot {where} {d.main_process_ip}:"
+                          f"{port} ({_first_line(exc)})") from None
+    return _run_ranks(cfg, gpus, machine_rank, argv, run_folder, store, port, log)
+
+
+def _run_ranks(cfg, gpus: int, machine_rank: int, argv: list[str], run_folder: Path, store, port: int, log) -> int:
+    """Start this machine's ranks, watch them until all end; the exit code of the whole."""
+    d = cfg.distributed
     size = gpus * d.num_machines
-    store = TCPStore(d.main_process_ip, port, is_master=machine_rank == 0, wait_for_workers=False,
-                     timeout=timedelta(seconds=d.timeout_s * CACHING_WAIT))
     procs: dict[int, subprocess.Popen] = {}
     for local in range(gpus):
         me = machine_rank * gpus + local
