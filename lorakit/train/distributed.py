@@ -30,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
@@ -372,20 +373,34 @@ def _run_ranks(cfg, gpus: int, machine_rank: int, argv: list[str], run_folder: P
     log(f"lorakit: {gpus} process(es) started on this machine (ranks {min(procs)}-{max(procs)} of {size}, "
         f"{backend_of(cfg)})")
 
+    interrupted: list[int] = []
+
     def forward(signum, frame):  # Ctrl-C or SIGTERM: every rank stops as one process would
+        interrupted.append(signum)
         for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    main_thread = threading.current_thread() is threading.main_thread()  # (signal handlers: the main thread only)
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     try:
-        return _watch(procs, store, size, gpus, run_folder, log)
+        first = _watch(procs)
+        if interrupted:
+            log(f"lorakit: interrupted; the last complete checkpoint is kept: `lorakit train --resume {run_folder} "
+                f"--gpus {gpus}` continues from it")
+            return 130
+        if first is None:
+            return 0
+        log(_blame(first, store, size, gpus, run_folder))
+        return 1
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
 
 
-def _watch(procs: dict[int, subprocess.Popen], store, size: int, gpus: int, run_folder: Path, log) -> int:
+def _watch(procs: dict[int, subprocess.Popen]) -> Optional[tuple[int, int]]:
+    """Wait until every rank has ended; after the first that ends badly, give the others GRACE_S to stop by
+    themselves, then SIGTERM, then (10 s on) SIGKILL. That first one (rank, exit code), None when all succeeded."""
     first: Optional[tuple[int, int]] = None
     stop_at = kill_at = float("inf")
     while True:
@@ -406,10 +421,7 @@ def _watch(procs: dict[int, subprocess.Popen], store, size: int, gpus: int, run_
                 if p.poll() is None:
                     p.kill()
         time.sleep(0.1)
-    if first is None:
-        return 0
-    log(_blame(first, store, size, gpus, run_folder))
-    return 1
+    return first
 
 
 def _blame(first: tuple[int, int], store, size: int, gpus: int, run_folder: Path) -> str:
