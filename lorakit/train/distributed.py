@@ -93,12 +93,15 @@ def check_config(cfg, processes: int) -> None:
     if device.startswith("cuda:"):
         raise ConfigError(f"training.device = {device!r}: with several processes each one uses the card of its "
                           "LOCAL_RANK; set training.device = \"auto\" (or \"cuda\")")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"{processes} processes with training.device = {device!r}: this machine has no CUDA GPU; "
+                          "for CPU processes (tests, debugging) set training.device = \"cpu\" (the backend is gloo)")
     if backend == "gloo" and device != "cpu":
         raise ConfigError("distributed.backend = \"gloo\" runs CPU processes (tests, debugging): set training.device "
                           "= \"cpu\", or distributed.backend = \"auto\" for GPUs (nccl)")
-    if backend == "nccl" and torch.cuda.device_count() < 1:
-        raise ConfigError(f"{processes} processes on nccl need CUDA GPUs and this machine has none; for CPU "
-                          "processes set distributed.backend = \"gloo\" and training.device = \"cpu\"")
+    if backend == "nccl" and device == "cpu":
+        raise ConfigError("distributed.backend = \"nccl\" needs GPUs and training.device = \"cpu\": set "
+                          "distributed.backend = \"auto\" (gloo on the CPU)")
     if cfg.memory.fused_backward:
         raise ConfigError("memory.fused_backward = true steps each LoRA weight inside backward, before the gradients "
                           "of the other processes arrive: set it false for a multi-process run")
