@@ -126,11 +126,16 @@ def joined(cfg):
     if backend == "nccl":
         torch.cuda.set_device(local)
     store = None
-    if os.environ.get(AGENT_STORE):
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                              timeout=timeout)
-    dist.init_process_group(backend, rank=me, world_size=size, timeout=timeout,
-                            **({"store": store} if store is not None else {}))  # else env:// (torchrun, accelerate)
+    try:
+        if os.environ.get(AGENT_STORE):
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                  timeout=timeout)
+        dist.init_process_group(backend, rank=me, world_size=size, timeout=timeout,
+                                **({"store": store} if store is not None else {}))  # else env:// (torchrun, accelerate)
+    except Exception as exc:  # the others never came (another machine not started, a wrong address or port)
+        raise TrainingError(f"rank {me}: the {size} processes did not meet at {os.environ.get('MASTER_ADDR')}:"
+                            f"{os.environ.get('MASTER_PORT')} within distributed.timeout_s = "
+                            f"{cfg.distributed.timeout_s:g} s ({_first_line(exc)})") from None
     store = store or dist.distributed_c10d._get_default_store()
     store.set(f"lorakit/arrived/{me}", "0")
     ctrl = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
