@@ -128,7 +128,7 @@ def prepare_model(r: "Run", resume_: bool, force: bool, log: Callable[[str], Non
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force, log)
     if run_cfg.training.batch_size * distributed.world() != r.stream.batch_size:  # the plan split the batch
-        r.stream = BatchStream(r.dataset, run_cfg.training.batch_size * distributed.world(), run_cfg.training.seed)
+        r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed, distributed.world())
     optimizer, scheduler, scaler = make_optimizer(run_cfg, r)
     r.ema = ema.attach(run_cfg, optimizer, r.placed.trainable, log)  # before restore: resume state carries it
     generator = torch.Generator().manual_seed(cfg.training.seed)
@@ -214,7 +214,7 @@ def scan(r: Run, resume_: bool, force: bool, log: Callable[[str], None]) -> None
     if len(r.validation):
         log(f"validation: {len(r.validation)} image(s) from {r.validation.source}, never trained on: "
             + ", ".join(r.validation.names()))
-    r.stream = BatchStream(r.dataset, batch, cfg.training.seed)
+    r.stream = BatchStream(r.dataset, cfg.training.batch_size, cfg.training.seed, processes=distributed.world())
     health.check_disk(cfg, r.run, r.dataset, spec)
     r.fingerprint = resume.run_fingerprint(cfg, r.dataset)
     if resume_ and not force:
