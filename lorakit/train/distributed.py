@@ -242,8 +242,9 @@ def local_part(batch, noised) -> tuple[Any, Any, float]:
 
 
 def exchange(trainable, total: torch.Tensor) -> None:
-    """Sum the LoRA gradients and the step's loss over all processes (one all-reduce per dtype); a parameter no
-    process computed a gradient for keeps none, as alone. A failed exchange stops with the missing ranks named."""
+    """Sum the LoRA gradients and the step's loss over all processes (one all-reduce per dtype, and one of the
+    has-a-gradient flags on the CPU: no GPU wait); a parameter no process computed a gradient for keeps none, as
+    alone. A failed exchange stops with the missing ranks named."""
     if _G.world == 1:
         return
     import torch.distributed as dist
@@ -252,11 +253,12 @@ def exchange(trainable, total: torch.Tensor) -> None:
     _test_fault(_G.step)
     _G.store.set(f"lorakit/arrived/{_G.rank}", str(_G.step))
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
-    has = torch.tensor([float(p.grad is not None) for p in trainable], device=total.device)
+    has = torch.tensor([float(p.grad is not None) for p in trainable])  # on the host: read without a GPU wait
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in [*grads, total.reshape(1), has]:
+    for t in [*grads, total.reshape(1)]:
         by_dtype.setdefault(t.dtype, []).append(t)
     try:
+        dist.all_reduce(has, group=_G.ctrl)  # gloo, on the CPU
         for ts in by_dtype.values():
             flat = torch.cat([t.reshape(-1) for t in ts])
             dist.all_reduce(flat)
