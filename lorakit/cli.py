@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="DIR", help="continue the stopped run in DIR (its config.toml is used; DIR "
                    "may be a copied or moved run folder)")
     t.add_argument("--force-resume", action="store_true", help="resume even if the settings changed")
+    # issue 24: data-parallel over N processes on this machine (docs/multi-gpu.md); training.batch_size is per process
+    t.add_argument("--gpus", type=int, default=1, help="train on N GPUs of this machine (one process each)")
+    t.add_argument("--machine-rank", type=int, default=0, help="this machine's number (distributed.num_machines > 1)")
     t.set_defaults(func=cmd_train)
 
     # issue 28: the automatic memory/speed plan for a card, without running anything
@@ -187,13 +190,29 @@ def cmd_train(args) -> int:
             raise LorakitError(f"--resume: {cfg_path} not found; is {run_dir} a lorakit run folder?")
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         cfg = load_config(cfg_path, overrides)
+        if (launched := _launch(args, cfg, run_dir)) is not None:
+            return launched
         train(cfg, resume=True, force=args.force_resume, run_dir=run_dir)  # DIR itself, wherever it now lives
         return 0
     if not args.config:
         raise LorakitError("train: give a run.toml (or --resume DIR)")
     cfg = load_config(args.config, args.overrides)
+    if (launched := _launch(args, cfg, Path(cfg.save.dir) / cfg.save.name)) is not None:
+        return launched
     train(cfg)
     return 0
+
+
+def _launch(args, cfg, run_dir: Path) -> Optional[int]:
+    """--gpus N / several machines: lorakit's launcher starts and watches the processes (each runs this same command
+    as one rank); None when this process trains itself (alone, or a rank of a launcher: WORLD_SIZE is set)."""
+    if "WORLD_SIZE" in os.environ or (args.gpus == 1 and cfg.distributed.num_machines == 1):
+        return None
+    from lorakit.train.distributed import launch
+
+    argv = (["train"] + ([args.config] if args.config else []) + list(args.overrides)
+            + (["--resume", args.resume] if args.resume else []) + (["--force-resume"] if args.force_resume else []))
+    return launch(cfg, args.gpus, args.machine_rank, argv, run_dir)
 
 
 def cmd_config_show(args) -> int:

@@ -332,6 +332,22 @@ class LogCfg:
 
 
 @dataclass
+class DistributedCfg:
+    """Several processes (GPUs, machines) training one LoRA data-parallel (``lorakit train --gpus N``; docs/multi-gpu.md).
+    training.batch_size is per process: the global batch is processes × training.batch_size."""
+
+    backend: str = f("auto", "Collective backend: auto (nccl on CUDA, else gloo), nccl, or gloo (gloo with "
+                     "training.device = \"cpu\" runs CPU processes: tests and debugging).",
+                     choices=("auto", "nccl", "gloo"))
+    timeout_s: float = f(600.0, "Seconds a process waits for the others at a gradient exchange before the run stops "
+                         "naming the missing rank (a hung or dead process); caching waits 10× as long.", ge=1.0)
+    num_machines: int = f(1, "Machines in the run (each runs `lorakit train ... --gpus N --machine-rank I`).", ge=1)
+    main_process_ip: str = f("127.0.0.1", "Address of machine 0 (where the rendezvous store listens).")
+    main_process_port: int = f(29500, "Port of the rendezvous store on machine 0; 0 = any free port (one machine "
+                               "only).", ge=0)
+
+
+@dataclass
 class Config:
     """A whole lorakit run."""
 
@@ -346,6 +362,8 @@ class Config:
     save: SaveCfg = f(None, "Outputs.", factory=SaveCfg)
     validation: ValidationCfg = f(None, "Validation loss.", factory=ValidationCfg)
     log: LogCfg = f(None, "Progress and metrics.", factory=LogCfg)
+    distributed: DistributedCfg = f(None, "Several GPUs or machines.", factory=DistributedCfg)
 
 
-SECTIONS = ("model", "data", "network", "optimizer", "training", "memory", "sample", "save", "validation", "log")
+SECTIONS = ("model", "data", "network", "optimizer", "training", "memory", "sample", "save", "validation", "log",
+            "distributed")

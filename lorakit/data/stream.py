@@ -28,11 +28,15 @@ def _rng(*parts: object) -> random.Random:
 class BatchStream:
     """Infinite iterator of batches (lists of (item, flipped, caption)), epoch after epoch."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int):
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, processes: int = 1):
+        """``processes``: data-parallel processes (train/distributed.py). Batch sizes (``batch_size`` and a dataset
+        group's own) are per process; the stream yields global batches of ``processes`` × those, which every process
+        draws alike and slices."""
         if batch_size < 1:
             raise ValueError(f"training.batch_size: must be >= 1, got {batch_size}")
         self.dataset = dataset
-        self.batch_size = batch_size
+        self.processes = processes
+        self.batch_size = batch_size * processes
         self.seed = seed
         self.epoch = 0
         self.position = 0
@@ -42,7 +46,7 @@ class BatchStream:
     def _batch_size_of(self, group: int) -> int:
         groups = self.dataset.groups
         override = groups[group].batch_size if group < len(groups) else None
-        return override or self.batch_size
+        return override * self.processes if override else self.batch_size
 
     def epoch_batches(self, epoch: int) -> list[list[ImageItem]]:
         """The batches of `epoch`, in order (items only; captions and flips are drawn when yielded)."""

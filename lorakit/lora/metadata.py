@@ -113,7 +113,8 @@ def common_metadata(*, cfg: Config, spec: ModelSpec, dataset_info: dict, steps: 
         "ss_gradient_checkpointing": mem.gradient_checkpointing,
         "ss_gradient_accumulation_steps": tr.gradient_accumulation,
         "ss_batch_size_per_device": taken.get("batch_size", tr.batch_size),
-        "ss_total_batch_size": taken.get("batch_size", tr.batch_size) * tr.gradient_accumulation,
+        "ss_total_batch_size": taken.get("batch_size", tr.batch_size) * tr.gradient_accumulation
+        * taken.get("processes", 1),  # × data-parallel processes, as kohya's
         "ss_fp8_base": mem.fp8_base,
         "lorakit_fp8_compute": bool(mem.fp8_compute),  # float8 matmuls change the numerics, not only the storage
         "ss_resolution": f"({w}, {h})",

@@ -30,7 +30,9 @@ def dataset_info(dataset, stream) -> dict:
             "num_train_images": sum(it.repeats for it in dataset.items if not it.is_reg),
             "num_reg_images": sum(it.repeats for it in dataset.items if it.is_reg),
             "num_batches_per_epoch": stream.steps_per_epoch, "num_epochs": None,
-            "bucket_info": bucket_info(dataset), "settings": run_settings(dataset, stream.batch_size)}
+            "bucket_info": bucket_info(dataset),  # kohya's batch per device, and the processes (multi-GPU)
+            "settings": {**run_settings(dataset, stream.batch_size // getattr(stream, "processes", 1)),
+                         "processes": getattr(stream, "processes", 1)}}
 
 
 def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, step: int,

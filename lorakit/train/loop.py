@@ -35,7 +35,8 @@ from lorakit.device import torch_device
 from lorakit.fsutil import write_text
 from lorakit.models.base import Batch
 from lorakit.models.registry import get_family
-from lorakit.train import autoplan, ema, epochs, fused, health, memory, optim, placement, resume, steps, validation
+from lorakit.train import (autoplan, distributed, ema, epochs, fused, health, memory, optim, placement, resume, steps,
+                           validation)
 from lorakit.train.export import verify_export
 from lorakit.train.metrics import MetricsWriter
 from lorakit.train.previews import Previews
@@ -80,7 +81,8 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, log: Callab
     to ``--resume``, wherever it was copied or moved; default ``save.dir/save.name``)."""
     watchdog = health.StallWatchdog(cfg.training.stall_timeout, log=log).start()
     try:
-        return _train(cfg, resume, force, log, watchdog, run_dir)
+        with distributed.joined(cfg):  # several processes (--gpus N, accelerate launch): rank 0 runs, others follow
+            return (_train if distributed.is_main() else distributed.follow)(cfg, resume, force, log, watchdog, run_dir)
     finally:
         watchdog.stop()
 
@@ -108,8 +110,8 @@ def _run(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], watch
     return finish(r, run_cfg, next_batch, generator, optimizer, scheduler, previews, reporter, metrics, watchdog, log)
 
 
-def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> tuple:
-    """Everything before the first step: dataset, model, caches, plan, optimizer, resume state, first previews."""
+def prepare_model(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> tuple:
+    """Dataset, model, caches, plan, optimizer, resume state: what every process of a run prepares alike."""
     cfg = r.cfg
     watchdog.beat("scanning the dataset")
     if (warn := optim.schedule_warning(cfg.optimizer.scheduler, cfg.optimizer.warmup_steps, cfg.training.max_steps)):
@@ -125,8 +127,8 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     health.check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
     if resume_:
         resume.check_plan(r.run, r.placed.plan, force, log)
-    if run_cfg.training.batch_size != r.stream.batch_size:  # the plan split the batch (gradient accumulation)
-        r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed)
+    if run_cfg.training.batch_size * distributed.world() != r.stream.batch_size:  # the plan split the batch
+        r.stream = BatchStream(r.dataset, run_cfg.training.batch_size, run_cfg.training.seed, distributed.world())
     optimizer, scheduler, scaler = make_optimizer(run_cfg, r)
     r.ema = ema.attach(run_cfg, optimizer, r.placed.trainable, log)  # before restore: resume state carries it
     generator = torch.Generator().manual_seed(cfg.training.seed)
@@ -134,8 +136,16 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     if resume_:
         start_step = resume.restore(r.run, r.fingerprint, force, r.placed.modules, r.placed.targets, optimizer,
                                     scheduler, r.stream, generator, log)
-        if start_step == 0:  # steps logged before the kill are redone: drop them
-            (r.run.root / "metrics.jsonl").unlink(missing_ok=True)
+    distributed.check_start(r.placed.trainable, r.placed.plan, start_step)
+    return run_cfg, generator, optimizer, scheduler, scaler, start_step
+
+
+def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], watchdog) -> tuple:
+    """Everything before the first step: dataset, model, caches, plan, optimizer, resume state, first previews."""
+    run_cfg, generator, optimizer, scheduler, scaler, start_step = prepare_model(r, resume_, force, log, watchdog)
+    cfg = r.cfg
+    if resume_ and start_step == 0:  # steps logged before the kill are redone: drop them
+        (r.run.root / "metrics.jsonl").unlink(missing_ok=True)
     write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))  # a refused resume keeps it
     previews = Previews(run_cfg, r.adapter.spec, r.adapter, r.run, r.device, r.compute_dtype, watchdog, log,
                         resolution=run_settings(r.dataset, run_cfg.training.batch_size)["resolution"])
@@ -161,7 +171,7 @@ def start(cfg: Config, resume_: bool, log: Callable[[str], None], run_dir: Optio
     run = RunDir(Path(run_dir) if run_dir else Path(cfg.save.dir) / cfg.save.name, cfg.save.name)
     if resume_ and not run.root.is_dir():
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
-    if resume_:
+    if resume_ and distributed.is_main():
         run.lock()
         resume.tidy(run, log)
     try:
@@ -177,7 +187,7 @@ def _start(cfg: Config, resume_: bool, run: RunDir) -> Run:
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
     memory.check_supported(cfg, device)
     family.Adapter.check_config(cfg, device)
-    if not resume_:  # after the checks that need no file: a refused config leaves no folder behind
+    if not resume_ and distributed.is_main():  # after the checks that need no file: a refused config leaves none
         try:
             run.create()  # refuses (TrainingError, below) a folder that holds anything; then only new files follow
             write_text(run.root / "config.toml", dump_toml(cfg))  # first: makes --resume possible
@@ -192,18 +202,19 @@ def _start(cfg: Config, resume_: bool, run: RunDir) -> Run:
 
 def scan(r: Run, resume_: bool, force: bool, log: Callable[[str], None]) -> None:
     """The dataset check before any GPU work; a changed run is refused before minutes of loading and caching."""
-    cfg, spec = r.cfg, r.adapter.spec
+    cfg, spec, batch = r.cfg, r.adapter.spec, r.cfg.training.batch_size * distributed.world()  # the global batch
     r.dataset = scan_dataset(cfg.data, divisibility=spec.bucket_divisibility)
     report = r.dataset.report
-    write_text(r.run.root / "data_report.json", _json(report.to_json(cfg.training.batch_size)))
-    log(report.to_table(cfg.training.batch_size))
+    if distributed.is_main():
+        write_text(r.run.root / "data_report.json", _json(report.to_json(batch)))
+    log(report.to_table(batch))
     if report.usable == 0:
         raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
     r.dataset, r.validation = make_validation(r.dataset, cfg.data, cfg.training.seed, spec.bucket_divisibility)
     if len(r.validation):
         log(f"validation: {len(r.validation)} image(s) from {r.validation.source}, never trained on: "
             + ", ".join(r.validation.names()))
-    r.stream = BatchStream(r.dataset, cfg.training.batch_size, cfg.training.seed)
+    r.stream = BatchStream(r.dataset, cfg.training.batch_size, cfg.training.seed, processes=distributed.world())
     health.check_disk(cfg, r.run, r.dataset, spec)
     r.fingerprint = resume.run_fingerprint(cfg, r.dataset)
     if resume_ and not force:
@@ -220,10 +231,11 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     r.latents = LatentCache(cache_root, identity["vae"])
     watchdog.beat("caching latents")
     caching = autoplan.caching_plan(cfg, r.dataset.items, r.device, log)  # VAE batch from the free memory
-    r.latents.ensure(r.dataset.items, r.adapter.encode_images, flip=any(s.flip_aug for s in r.dataset.subsets),
-                     progress=cfg.log.progress,  # a data.config TOML may flip where [data] does not
-                     **({"batch_size": caching.latent_batch} if caching else {}))
-    r.latents.ensure(r.validation.items, r.adapter.encode_images, flip=False, progress=cfg.log.progress)
+    distributed.split(r.latents.ensure, r.dataset.items, r.latents.path, encode=r.adapter.encode_images,
+                      flip=any(s.flip_aug for s in r.dataset.subsets),  # a data.config TOML may flip where [data] not
+                      progress=cfg.log.progress, **({"batch_size": caching.latent_batch} if caching else {}))
+    distributed.split(r.latents.ensure, r.validation.items, r.latents.path, encode=r.adapter.encode_images, flip=False,
+                      progress=cfg.log.progress)
     if cfg.data.alpha_mask or cfg.data.mask_dir:
         first = r.dataset.items[0]  # pixels per latent pixel, as the loaded VAE encodes (tiny VAEs differ)
         r.masks = MaskCache(cache_root, cfg.data.alpha_mask, cfg.data.mask_dir,
@@ -232,8 +244,8 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     if cfg.memory.cache_text_encoder_outputs and not cfg.network.train_text_encoder:
         r.texts = TextCache(cache_root, identity["text"])
         watchdog.beat("caching text-encoder outputs")
-        r.texts.ensure(sorted(set(fixed_captions(r.dataset)) | set(r.validation.captions)), r.adapter.encode_text,
-                       progress=cfg.log.progress)
+        distributed.split(r.texts.ensure, sorted(set(fixed_captions(r.dataset)) | set(r.validation.captions)),
+                          r.texts.path, encode=r.adapter.encode_text, progress=cfg.log.progress)
         r.adapter.offload_encoders()
 
 

@@ -10,7 +10,7 @@ from lorakit.config.load import config_to_dict
 from lorakit.config.schema import Config
 from lorakit.errors import TrainingError
 from lorakit.lora.inject import extract_lora, load_lora_into
-from lorakit.train import checkpoint, health
+from lorakit.train import checkpoint, distributed, health
 from lorakit.train.export import export_lora
 from lorakit.train.rundir import RunDir
 
@@ -98,8 +98,8 @@ def _check_parts(state_dir: Path, state: dict, targets) -> None:
 def _check_data_order(state_dir: Path, saved: dict, stream) -> None:
     """The saved data position means something only for the data order it was taken in (seed, batch size): a
     change that --force-resume let through ends here in one line, before any weight is touched."""
-    for key, name, now in (("seed", "training.seed", stream.seed), ("batch_size", "training.batch_size",
-                                                                     stream.batch_size)):
+    batch = "training.batch_size" if distributed.world() == 1 else "processes × training.batch_size"
+    for key, name, now in (("seed", "training.seed", stream.seed), ("batch_size", batch, stream.batch_size)):
         if key in saved and saved[key] != now:
             raise TrainingError(
                 f"cannot resume {state_dir} with {name} = {now}: it was saved with {name} = {saved[key]}, and its "
@@ -120,6 +120,8 @@ def check_unchanged(run: RunDir, fingerprint: dict) -> None:
 
 
 def settings_changed(state_dir: Path, changed: list[str]) -> TrainingError:
+    changed = [line.replace("training.batch_size:", "the global batch (processes × training.batch_size):", 1)
+               for line in changed]
     return TrainingError(f"cannot resume {state_dir}: the run's settings changed ({'; '.join(changed)}). "
                          "Use --force-resume to continue anyway, or start a new run.")
 
@@ -132,17 +134,19 @@ def check_plan(run: RunDir, plan: dict, force: bool, log=print) -> None:
     if not path.exists():
         return  # no plan recorded yet (a run stopped before planning): this one is written
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))["settings"]
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        saved, processes = recorded["settings"], int(recorded.get("processes", 1))
         if not isinstance(saved, dict):
             raise TypeError("settings is not a table")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log(f"warning: {path} is unreadable ({type(exc).__name__}: {str(exc)[:80]}): the memory plan cannot be "
             "compared with the one the run started with; the plan chosen now is used and recorded")
         return
-    changed = [f"{key}: {saved.get(key)!r} then, {plan['settings'].get(key)!r} now"
-               for key in sorted(set(saved) | set(plan["settings"]))
+    saved, now = distributed.global_batch(saved, processes), distributed.global_batch(plan["settings"])
+    changed = [f"{key}: {saved.get(key)!r} then, {now.get(key)!r} now"
+               for key in sorted(set(saved) | set(now))
                # a key an older plan.json lacks (memory.compile, memory.cuda_graphs) is compared from now on
-               if key in saved and saved.get(key) != plan["settings"].get(key)]
+               if key in saved and saved.get(key) != now.get(key)]
     if changed and not force:
         raise TrainingError(f"cannot resume {run.root}: the memory plan differs from the one it ran with "
                             f"({'; '.join(changed)}). Resume on the same card and settings, or use --force-resume "
@@ -151,7 +155,8 @@ def check_plan(run: RunDir, plan: dict, force: bool, log=print) -> None:
 
 def run_fingerprint(cfg: Config, dataset) -> dict:
     """What must not change between a run and its resume."""
-    d = config_to_dict(cfg)
+    d = config_to_dict(cfg)  # training.batch_size: the global batch (processes × per process; resumable on others)
+    d["training"] = {**d.get("training", {}), "batch_size": cfg.training.batch_size * distributed.world()}
     return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
             "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
                                                              if k not in ("max_steps", "stall_timeout", "device")},

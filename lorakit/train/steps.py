@@ -10,7 +10,7 @@ import torch
 from lorakit.config.schema import Config
 from lorakit.lora.inject import enable_lora
 from lorakit.models.base import Batch, to_gpu
-from lorakit.train import health
+from lorakit.train import distributed, health
 
 
 def update_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable, scaler, device,
@@ -48,13 +48,17 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
         batch = to_device(next_batch(), device)
         noise = to_gpu(torch.randn(batch.latents.shape, generator=generator), device)
         noised = adapter.noise(batch.latents, noise, batch, cfg.training, generator)
+        batch, noised, share = distributed.local_part(batch, noised)  # this process's slice of the global batch
+        if not share:  # a short last batch with fewer samples than processes: nothing here this time
+            continue
         with autocast(device, compute_dtype):
             pred = adapter.predict(noised, batch)
         per_sample = objectives.loss_per_sample(pred.float(), noised.target.float(), cfg.training.loss,
                                                 cfg.training.huber_c, mask=batch.mask)
-        loss = objectives.weighted_mean(per_sample, noised.weight.to(device) * batch.loss_weight) / accumulation
+        loss = objectives.weighted_mean(per_sample, noised.weight.to(device) * batch.loss_weight) * share / accumulation
         (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach().float()
+    distributed.exchange(trainable, total)  # several processes: gradients and loss summed over them
     if scaler:
         scaler.unscale_(optimizer)
     if getattr(optimizer, "steps_in_backward", False):  # memory.fused_backward: stepped, grads already freed

@@ -133,6 +133,8 @@ def run_fuzz(n: int, tmp_path: Path, monkeypatch) -> dict[str, int]:
         def refuse(self, *a, **k):
             raise ReachedModelLoad()
         monkeypatch.setattr(get_family(fam).Adapter, "load", refuse)
+    # a multi-process run (distributed.num_machines > 1) starts its ranks here, after every check (issue 24)
+    monkeypatch.setattr("lorakit.train.distributed._run_ranks", refuse)
     monkeypatch.chdir(tmp_path)
     rng = random.Random(20261207)
     counts = {"configs": 0, "loaded": 0, "refused": 0, "show_ok": 0, "train_reached_model": 0, "train_refused": 0}
