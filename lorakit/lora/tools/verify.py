@@ -180,8 +180,9 @@ def _lycoris_row(stem: str, parts: dict[str, torch.Tensor]) -> dict[str, Any]:
         eff = numerical_rank(torch.linalg.svdvals(delta.float()))
     except RuntimeError:
         eff = -1
-    scale = (alpha / r) if alpha is not None and r else 1.0
-    return {"module": stem, "algo": algo, "rank": r, "alpha": alpha, "scale": scale, "effective_rank": eff}
+    scale = (alpha / r) if alpha is not None and r else 1.0  # LoKr with both factors full: loaders apply no alpha
+    return {"module": stem, "algo": algo, "rank": r or "full", "alpha": alpha if r else None, "scale": scale,
+            "effective_rank": eff}
 
 
 def render(report: dict[str, Any], limit: int = 8) -> str:
@@ -207,7 +208,7 @@ def render(report: dict[str, Any], limit: int = 8) -> str:
         ranks[k] = ranks.get(k, 0) + 1
     lines.append("rank / alpha / scale / effective rank:")
     for (r, a, e), n in sorted(ranks.items(), key=lambda kv: -kv[1]):
-        scale = (a / r) if a is not None else 1.0
+        scale = (a / r) if a is not None and isinstance(r, int) and r else 1.0
         lines.append(f"  {n:>5} modules: rank {r}, alpha {a if a is not None else '-'}, scale {scale:g}, "
                      f"effective rank {e}")
     lines.append(("every loader that reads " + "/".join(report["variants"]) + " applies every key")
