@@ -452,7 +452,7 @@ def cmd_verify(args) -> int:
     from lorakit.lora.io import load_lora_file
     from lorakit.lora.tools.files import base_keymap
     from lorakit.lora.tools.verify import render, verify
-    from lorakit.lora.variants import LYCORIS_SUFFIXES
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
     tensors, _ = load_lora_file(Path(args.file))
     maps = _keymaps(args.family)

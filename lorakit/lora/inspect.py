@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 from lorakit.errors import LorakitError
 from lorakit.lora.io import load_lora_file
-from lorakit.lora.variants import LYCORIS_SUFFIXES, algo_of_keys
+from lorakit.lora.variant_keys import LYCORIS_SUFFIXES, algo_of_keys
 
 SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_A.weight", ".lora_B.weight",
             ".lora_A.default.weight", ".lora_B.default.weight") + LYCORIS_SUFFIXES  # issue 23: LoHa/LoKr/DoRA

@@ -32,23 +32,10 @@ import torch
 from torch import nn
 
 from lorakit.errors import ModelLoadError
+from lorakit.lora.variant_keys import ALGOS, LOHA_KEYS, LOKR_KEYS, LYCORIS_SUFFIXES, algo_of_keys  # noqa: F401
 
-ALGOS = ("loha", "lokr", "dora")
-LOHA_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
-LOKR_KEYS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
-LYCORIS_SUFFIXES = tuple("." + k for k in LOHA_KEYS + ("hada_t1", "hada_t2") + LOKR_KEYS) + (".dora_scale",)
 DORA_ATTR = "lorakit_dora_magnitude"   # the magnitude parameter set on a peft LoRA layer
 EPS = torch.finfo(torch.float32).eps
-
-
-def algo_of_keys(names) -> str:
-    """"loha", "lokr", "dora" or "lora" from a module's LyCORIS suffixes."""
-    names = set(names)
-    if names & set(LOHA_KEYS):
-        return "loha"
-    if names & set(LOKR_KEYS):
-        return "lokr"
-    return "dora" if "dora_scale" in names else "lora"
 
 
 # ------------------------------------------------------------------------------------------------ maths
@@ -67,9 +54,8 @@ def lycoris_delta(algo: str, t: dict[str, torch.Tensor], alpha: float, shape) ->
     if algo == "lokr":
         w1 = t["lokr_w1"].float() if "lokr_w1" in t else _flat(t["lokr_w1_a"]) @ _flat(t["lokr_w1_b"])
         w2 = t["lokr_w2"].float() if "lokr_w2" in t else _flat(t["lokr_w2_a"]) @ _flat(t["lokr_w2_b"])
-        r = (t["lokr_w2_b"] if "lokr_w2_b" in t else t["lokr_w1_b"]).shape[0] if ("lokr_w2_b" in t or "lokr_w1_b" in t) \
-            else None
-        scale = alpha / r if r is not None else 1.0
+        low = next((t[k] for k in ("lokr_w2_b", "lokr_w1_b") if k in t), None)  # the decomposed factor's rank
+        scale = alpha / low.shape[0] if low is not None else 1.0
         w2 = w2.reshape(w2.shape[0], -1)
         return (scale * torch.kron(w1.reshape(w1.shape[0], -1), w2)).reshape(shape)
     raise ValueError(algo)

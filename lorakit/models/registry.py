@@ -178,7 +178,7 @@ def identify_header(header: dict, where: str = "") -> "FileKind":
 
     keys = [k for k in header if k != "__metadata__"]
     lora = [k for k in keys if k.endswith(_LORA_SUFFIXES)]
-    from lorakit.lora.variants import LYCORIS_SUFFIXES, algo_of_keys
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES, algo_of_keys
 
     lyco = [k for k in keys if k.endswith(LYCORIS_SUFFIXES)]
     rest = [k for k in keys if not k.endswith(".alpha") and k not in lyco]

@@ -112,7 +112,7 @@ def _unflatten_lora(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Lor
     for (component, path), d in parts.items():
         extra = {k[2:]: t for k, t in d.items() if k.startswith("x.")}
         if extra:
-            from lorakit.lora.variants import algo_of_keys
+            from lorakit.lora.variant_keys import algo_of_keys
 
             lm = LoraModule(down=d["down"], up=d["up"], alpha=float(d["alpha"].item()), algo=algo_of_keys(extra),
                             extra=extra, rank=int(d["rank"].item()))

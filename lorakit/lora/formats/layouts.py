@@ -121,7 +121,7 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
               family: Optional[str] = None) -> LoraState:
     """Any supported layout -> :class:`LoraState`. ``families``: the keymaps to match names against
     (``family`` forces one). Raises a one-line error for an unknown layout or a file no family fits."""
-    from lorakit.lora.variants import LYCORIS_SUFFIXES, algo_of_keys
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES, algo_of_keys
 
     lyco = sorted({algo_of_keys([k.rsplit(".", 1)[1]]) for k in tensors if k.endswith(LYCORIS_SUFFIXES)})
     if lyco:  # issue 23: a LoHa/LoKr/DoRA file is no pair of matrices per module; nothing here may drop its tensors

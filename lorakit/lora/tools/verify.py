@@ -49,7 +49,7 @@ def _shape_problem(m: BaseModule, part: int, down: torch.Tensor, up: torch.Tenso
 def _lycoris_groups(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """stem → {suffix without the dot: tensor} for every module holding a LoHa/LoKr/DoRA key (alpha and, for DoRA,
     its lora_up/lora_down included): issue 23."""
-    from lorakit.lora.variants import LYCORIS_SUFFIXES
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
     stems = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}
     out: dict[str, dict[str, torch.Tensor]] = {s: {} for s in stems}
@@ -112,7 +112,7 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
             else:
                 applied += names
         for stem, parts in lyco.items():  # issue 23: LoHa/LoKr/DoRA modules
-            from lorakit.lora.variants import algo_of_keys
+            from lorakit.lora.variant_keys import algo_of_keys
 
             names = sorted(f"{stem}.{k}" for k in parts)
             hit = index.get(stem)
@@ -134,7 +134,7 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
         report["loaders"][loader] = {"source": SOURCES[loader], "on_unknown": UNKNOWN[loader],
                                      "applied": len(applied), "ignored": sorted(ignored),
                                      "mismatched": sorted(mismatched)}
-        from lorakit.lora.variants import algo_of_keys
+        from lorakit.lora.variant_keys import algo_of_keys
 
         lacks = sorted({algo_of_keys(p) for p in lyco.values()} - set(VARIANTS.get(loader, ())))
         if lacks:  # issue 23: this loader does not read the variant at all; said once, not held against the file
