@@ -272,3 +272,27 @@ def test_what_a_variant_cannot_go_with_is_refused_naming_the_key(override, key):
     cfg2.network.factor = 4
     with pytest.raises(ConfigError, match=r"network\.factor"):
         _check_variant(cfg2, set())
+
+
+@pytest.mark.parametrize("card", ["h100", "rtx4090"])
+def test_the_automatic_plan_keeps_a_variant_eager_in_bf16_and_says_so(card):
+    """On a GPU the plan would choose compile, CUDA graphs or float8 weights for LoRA; for a variant it plans eager
+    bf16 weights and says so in one line (then the plan's own line)."""
+    from lorakit.train import cards
+    from tests.unit.test_autoplan import plan
+
+    lora, _ = plan("sdxl", cards.card(card))
+    assert lora.applied.memory.compile  # what a LoRA run gets on this card
+    for algo in ("loha", "dora"):
+        from tests.unit import test_autoplan
+
+        cfg = test_autoplan.config("sdxl")
+        cfg.network.type = algo
+        lines: list[str] = []
+        chosen = test_autoplan.autoplan.choose(cfg, test_autoplan.get_family("sdxl").SPEC, torch.nn.Module(), [], [],
+                                               test_autoplan.swap.LOOKAHEAD, cards.card(card), log=lines.append,
+                                               sizes=test_autoplan.sizes_of("sdxl"))
+        m = chosen.applied.memory
+        assert not (m.compile or m.cuda_graphs or m.fp8_base or m.fp8_compute)
+        assert lines[0] == (f'plan: network.type = "{algo}" runs eager without fp8 weights (compile, CUDA graphs and '
+                            "float8 are not built for its layers)") and len(lines) == 2
