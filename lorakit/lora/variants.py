@@ -10,7 +10,8 @@ rank r, alpha a, s = a / r:
   w1 [out_l, in_m] and w2 = w2a @ w2b ([out_k, r] @ [r, in_n·kh·kw]), or w2 full where the rank is at least half
   its sides (peft and LyCORIS decide alike). Stored as ``lokr_w1``, ``lokr_w2_a``/``lokr_w2_b`` (or ``lokr_w2``),
   ``alpha``. A loader applies alpha / r only where a factor is rank-decomposed (ComfyUI: alpha divided by the
-  decomposed factor's rank, else 1), so where both factors are full the scale is folded into ``lokr_w1``.
+  decomposed factor's rank, else 1), so where both factors are full the scale is folded into ``lokr_w1`` (and
+  the stored alpha is r).
 * DoRA: W' = (W + ΔW) · diag(m / ‖W + ΔW‖_col), ΔW = s · up @ down (a peft LoRA), one magnitude m_i per INPUT
   column i (the norm runs over the output rows and the kernel). Stored as the LoRA keys plus ``dora_scale`` of
   shape [1, in] ([1, in, 1, 1] for a convolution). Why per input column, not per output row as peft's
@@ -198,16 +199,18 @@ def load_variant(layer: nn.Module, algo: str, lm, path: str, adapter_name: str =
 def lycoris_tensors(lm) -> dict[str, torch.Tensor]:
     """suffix → tensor (float32) of one module in the LyCORIS layout ComfyUI reads, ``alpha`` included.
 
-    LoKr with both factors full: ComfyUI (and LyCORIS) ignore alpha there, so alpha / r is folded into lokr_w1."""
+    LoKr with both factors full: ComfyUI applies no alpha there, so alpha / r is folded into lokr_w1 and the stored
+    alpha is r (a loader that divides it by the rank gets 1 too)."""
     algo = lm.algo
     if algo == "dora":
         return {"lora_down.weight": lm.down.float(), "lora_up.weight": lm.up.float(),
                 "alpha": torch.tensor(float(lm.alpha)), "dora_scale": lm.extra["dora_scale"].float()}
     out = {k: v.float() for k, v in lm.extra.items()}
+    out["alpha"] = torch.tensor(float(lm.alpha))
     if algo == "lokr" and "lokr_w1_b" not in out and "lokr_w2_b" not in out:
         r = _lokr_rank(lm)
         out["lokr_w1"] = out["lokr_w1"] * (float(lm.alpha) / r)
-    out["alpha"] = torch.tensor(float(lm.alpha))
+        out["alpha"] = torch.tensor(float(r))  # alpha / rank = 1 for a loader that applies it anyway
     return out
 
 
@@ -250,10 +253,6 @@ def rank_of(lm) -> int:
                 return int(lm.extra[k].shape[0])
         return _lokr_rank(lm)
     return int(lm.down.shape[0])
-
-
-def param_count(lm) -> int:
-    return sum(t.numel() for t in lm.extra.values()) + lm.down.numel() + lm.up.numel()
 
 
 def kohya_entries(name: str, lm) -> dict[str, torch.Tensor]:
