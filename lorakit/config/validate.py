@@ -400,6 +400,7 @@ def check_families(cfg: Config) -> None:
 _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
     ("network.text_encoder_lr", "network.train_text_encoder = true", lambda c: c.network.train_text_encoder),
     ("network.conv_alpha", "network.conv_rank > 0", lambda c: c.network.conv_rank > 0),
+    ("network.factor", 'network.type = "lokr"', lambda c: c.network.type == "lokr"),  # issue 23
     ("optimizer.min_lr_ratio", 'optimizer.scheduler = "cosine_with_min_lr"',
      lambda c: c.optimizer.scheduler == "cosine_with_min_lr"),
     ("training.huber_c", 'training.loss = "huber"', lambda c: c.training.loss == "huber"),
@@ -496,8 +497,6 @@ def _check_training_options(cfg: Config, explicit: set[str]) -> None:
 def _check_variant(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: LoHa/LoKr/DoRA (lorakit.lora.variants) where they are built, and what they cannot go with."""
     n, m = cfg.network, cfg.memory
-    if n.factor != -1 and n.type != "lokr":
-        raise err("network.factor", f"only has an effect with network.type = \"lokr\"; remove it or set that too")
     if n.factor == 0:
         raise err("network.factor", "must be -1 (near the square root) or a positive factor, got 0")
     if n.type not in ("loha", "lokr", "dora"):

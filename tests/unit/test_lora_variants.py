@@ -268,10 +268,12 @@ def test_what_a_variant_cannot_go_with_is_refused_naming_the_key(override, key):
         setattr(getattr(cfg, section), name, v)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         _check_variant(cfg, set())
-    cfg2 = Config()
-    cfg2.network.factor = 4
-    with pytest.raises(ConfigError, match=r"network\.factor"):
-        _check_variant(cfg2, set())
+    from lorakit.config.load import load_config
+
+    data = {"model": {"family": "sdxl", "checkpoint": "x.safetensors"}, "data": {"dir": "/tmp"}}
+    with pytest.raises(ConfigError, match=r'^network\.factor: only has an effect with network\.type = "lokr"'):
+        load_config(None, data={**data, "network": {"type": "loha", "factor": 4}})
+    assert load_config(None, data={**data, "network": {"type": "lokr", "factor": 4}}).network.factor == 4
 
 
 @pytest.mark.parametrize("card", ["h100", "rtx4090"])
