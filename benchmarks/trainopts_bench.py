@@ -29,6 +29,12 @@ VARIANTS = {
     "ema 0.99 (scores: trained weights)": ("training.ema=true", "training.ema_decay=0.99"),
 }
 SDXL_ONLY = {
+    # issue 23, LoRA variants (LyCORIS defaults: LoHa/LoKr want a higher lr than LoRA)
+    "loha lr 1e-3": ("network.type=loha",),
+    "loha lr 4e-3": ("network.type=loha", "optimizer.lr=4e-3"),
+    "lokr lr 1e-3": ("network.type=lokr",),
+    "lokr lr 4e-3": ("network.type=lokr", "optimizer.lr=4e-3"),
+    "dora lr 1e-3": ("network.type=dora",),
     "ip_noise_gamma 0.1": ("training.ip_noise_gamma=0.1",),
     "multires noise 6 / 0.3": ("training.multires_noise_iterations=6",),
     "debiased estimation": ("training.debiased_estimation_loss=true",),

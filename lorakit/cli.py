@@ -492,11 +492,13 @@ def cmd_verify(args) -> int:
     from lorakit.lora.io import load_lora_file
     from lorakit.lora.tools.files import base_keymap
     from lorakit.lora.tools.verify import render, verify
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
     tensors, _ = load_lora_file(Path(args.file))
     maps = _keymaps(args.family)
     layout = detect_layout(tensors) or "kohya"
-    keys, n = choose_family(layout, sorted(group_keys(tensors)[0]), maps)
+    lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
+    keys, n = choose_family(layout, sorted(set(group_keys(tensors)[0]) | lyco), maps)
     if args.base:
         keys = base_keymap(keys, Path(args.base))
     report = verify(tensors, keys)

@@ -114,9 +114,9 @@ class DataCfg:
 class NetworkCfg:
     """The LoRA network."""
 
-    type: str = f("lora", "Network type: lora (with network.conv_rank > 0 on SDXL: LoCon) or locon (the same, "
-                  "conv_rank required). LoHa, LoKr and DoRA are not built yet and are refused.",
-                  choices=("lora", "locon", "loha", "lokr", "dora"))
+    type: str = f("lora", "Network type: lora (with network.conv_rank > 0 on SDXL: LoCon), locon (the same, "
+                  "conv_rank required), or on SDXL and SD 1.5 the LyCORIS variants loha, lokr and dora, written in "
+                  "the LyCORIS layout ComfyUI, Forge and A1111 load.", choices=("lora", "locon", "loha", "lokr", "dora"))
     rank: int = f(32, "LoRA rank (dim).", ge=1)
     alpha: float = f(16.0, "LoRA alpha; the update is scaled by alpha / rank.", gt=0.0)
     dropout: float = f(0.0, "Dropout on the LoRA path during training.", ge=0.0, lt=1.0)
@@ -135,6 +135,8 @@ class NetworkCfg:
                            "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the "
                            "type.", factory=dict, kind="table",
                            family_only=True)
+    factor: int = f(-1, "LoKr: the Kronecker factor (LyCORIS' factor): each side of a layer splits into factor x "
+                    "side/factor; -1 = as near the square root as the side allows.", ge=-1)
     weights: Optional[str] = f(None, "Continue from an existing LoRA (kohya's network_weights): a LoRA file of this "
                                "family in any layout lorakit reads, loaded before step 0 with a new optimizer state; "
                                "its ranks must equal the run's.", kind="path")

@@ -400,6 +400,7 @@ def check_families(cfg: Config) -> None:
 _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
     ("network.text_encoder_lr", "network.train_text_encoder = true", lambda c: c.network.train_text_encoder),
     ("network.conv_alpha", "network.conv_rank > 0", lambda c: c.network.conv_rank > 0),
+    ("network.factor", 'network.type = "lokr"', lambda c: c.network.type == "lokr"),  # issue 23
     ("optimizer.min_lr_ratio", 'optimizer.scheduler = "cosine_with_min_lr"',
      lambda c: c.optimizer.scheduler == "cosine_with_min_lr"),
     ("training.huber_c", 'training.loss = "huber"', lambda c: c.training.loss == "huber"),
@@ -474,11 +475,7 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
 def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: epochs or steps, never both set by the user (a preset's max_steps / every_n_steps give way);
     schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
-    if cfg.network.type in ("loha", "lokr", "dora"):
-        why = ("peft's DoRA keeps one magnitude per output row, the dora_scale ComfyUI and LyCORIS read one per input "
-               "column, so it could not be exported exactly; " if cfg.network.type == "dora" else "")
-        raise err("network.type", f"{show(cfg.network.type)} is not built yet (issue 23): {why}lorakit trains LoRA "
-                  "and LoCon; use \"lora\" (LoCon: network.conv_rank > 0 on SDXL)")
+    _check_variant(cfg, explicit)
     if cfg.network.type == "locon" and not cfg.network.conv_rank:
         raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank (SDXL), or use "
                   "\"lora\"")
@@ -495,6 +492,33 @@ def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     if cfg.save.every_n_epochs and "save.every_n_steps" in explicit:
         raise err("save.every_n_epochs", "set either save.every_n_epochs or save.every_n_steps, not both "
                   "(remove one)")
+
+
+def _check_variant(cfg: Config, explicit: set[str]) -> None:
+    """Issue 23: LoHa/LoKr/DoRA (lorakit.lora.variants) where they are built, and what they cannot go with."""
+    n, m = cfg.network, cfg.memory
+    if n.factor == 0:
+        raise err("network.factor", "must be -1 (near the square root) or a positive factor, got 0")
+    if n.type not in ("loha", "lokr", "dora"):
+        return
+    kind = show(n.type)
+    if cfg.model.family not in ("sdxl", "sd15"):
+        raise err("network.type", f"{kind} is built for sdxl and sd15 (kohya/LyCORIS names); {cfg.model.family} "
+                  "trains \"lora\" only for now")
+    if cfg.save.format != "kohya":
+        raise err("save.format", f"{show(cfg.save.format)} with network.type = {kind}: diffusers loads no "
+                  "LoHa/LoKr for SDXL/SD 1.5 and drops DoRA's dora_scale; use \"kohya\" (the LyCORIS layout "
+                  "ComfyUI, Forge and A1111 read)")
+    if n.weights:
+        raise err("network.weights", f"continuing from a LoRA file is built for \"lora\" runs; with network.type "
+                  f"= {kind} remove it (resume a {n.type} run with --resume)")
+    if n.dropout and n.type != "dora":
+        raise err("network.dropout", f"peft's {n.type} has no input dropout; set it to 0 with network.type = {kind}")
+    for key, on in (("memory.fp8_base", m.fp8_base), ("memory.fp8_compute", m.fp8_compute),
+                    ("memory.compile", m.compile), ("memory.cuda_graphs", m.cuda_graphs)):
+        if on:
+            raise err(key, f"is not built for network.type = {kind} (its layers were never run that way here); "
+                      "set it to false")
 
 
 def _check_text_encoder_cache(cfg: Config, explicit: set[str], notes: list[str]) -> None:

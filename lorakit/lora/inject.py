@@ -32,6 +32,15 @@ def _lora_layers(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, sub
 
 
+def _tuner_layers(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(path, layer) for every peft tuner layer: LoRA, and the LoHa/LoKr variants (issue 23)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, sub in module.named_modules():
+        if isinstance(sub, BaseTunerLayer):
+            yield name, sub
+
+
 def _exact_regex(paths: list[str]) -> str:
     return "(?:" + "|".join(re.escape(p) for p in paths) + ")"
 
@@ -71,7 +80,8 @@ def _lean_forward(layer: nn.Module, peft_forward):
 
 def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, dict[str, float]],
                 dropout: float, *, adapter_name: str = "default", seed: int | None = None,
-                dtype: torch.dtype = torch.float32, under_autocast: bool = False) -> list[nn.Parameter]:
+                dtype: torch.dtype = torch.float32, under_autocast: bool = False, algo: str = "lora",
+                factor: int = -1) -> list[nn.Parameter]:
     """Inject LoRA into the Linear/Conv2d modules named in ``targets`` (exact path → rank); return the
     trainable LoRA parameters, with every other parameter of ``module`` frozen.
 
@@ -86,6 +96,10 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
     turns straight back into a bf16 copy for the down-projection, which also saves that copy for backward. Without
     the casts the layer reads the activation as it is; outputs and gradients are bit-identical (the round trip
     bf16 → fp32 → bf16 is exact).
+
+    ``algo`` (network.type, issue 23): "lora" (LoRA/LoCon), or a variant of :mod:`lorakit.lora.variants`: "loha"
+    and "lokr" (peft's LoHa/LoKr layers; ``factor`` is LoKr's decompose_factor, -1 = near the square root), "dora"
+    (a peft LoRA with lorakit's input-axis magnitude). The returned parameters are the variant's own.
     """
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -108,6 +122,10 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
     ranks = {p: int(r) for p, r in targets.items()}
     alphas = {p: float(alphas[p]) for p in targets}
     r0, a0 = int(_most_common(ranks)), _most_common(alphas)
+    if algo in ("loha", "lokr"):
+        return _inject_lycoris(module, targets, ranks, alphas, r0, a0, algo, factor, adapter_name, seed, dtype)
+    if algo not in ("lora", "dora"):
+        raise ValueError(f"inject_lora: unknown algo {algo!r}")
     config = LoraConfig(
         r=r0,
         lora_alpha=a0,
@@ -144,16 +162,59 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
             for p in sub.parameters():
                 p.requires_grad_(True)
                 params.append(p)
+        if algo == "dora":
+            from lorakit.lora.variants import add_dora
+
+            params.append(add_dora(layer, adapter_name))
     if found != set(targets):
         raise RuntimeError(f"inject_lora: peft injected {len(found)} modules, expected {len(targets)}; "
                            f"e.g. unexpected {sorted(found - set(targets))[:3]}, missing {sorted(set(targets) - found)[:3]}")
     return params
 
 
+def _inject_lycoris(module, targets, ranks, alphas, r0, a0, algo, factor, adapter_name, seed, dtype):
+    """peft's LoHa/LoKr on exactly ``targets``; returns their trainable parameters (see :func:`inject_lora`)."""
+    from peft import inject_adapter_in_model
+
+    from lorakit.lora.variants import lycoris_params, peft_lycoris_config, variant_layers
+
+    config = peft_lycoris_config(algo, r=r0, alpha=a0, target_modules=_exact_regex(list(targets)),
+                                 rank_pattern={"^" + re.escape(p): r for p, r in ranks.items() if r != r0},
+                                 alpha_pattern={"^" + re.escape(p): a for p, a in alphas.items() if a != a0},
+                                 factor=factor)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        inject_adapter_in_model(config, module, adapter_name=adapter_name)
+    params: list[nn.Parameter] = []
+    found = set()
+    for path, kind, layer in variant_layers(module, adapter_name):
+        found.add(path)
+        if layer.r[adapter_name] != ranks.get(path) or layer.alpha[adapter_name] != alphas.get(path):
+            raise RuntimeError(f"inject_lora: peft gave {path!r} r={layer.r[adapter_name]} "
+                               f"alpha={layer.alpha[adapter_name]}, expected {ranks.get(path)}/{alphas.get(path)}")
+        for p in lycoris_params(layer, kind, adapter_name).values():
+            p.data = p.data.to(dtype)
+            p.requires_grad_(True)
+            params.append(p)
+    if found != set(targets):
+        raise RuntimeError(f"inject_lora: peft injected {len(found)} {algo} modules, expected {len(targets)}")
+    return params
+
+
 def extract_lora(module: nn.Module, adapter_name: str = "default") -> dict[str, LoraModule]:
-    """Module path → LoraModule (fp32 CPU clones of down = lora_A, up = lora_B, and alpha)."""
-    out: dict[str, LoraModule] = {}
+    """Module path → LoraModule (fp32 CPU clones of down = lora_A, up = lora_B, and alpha; a LoHa/LoKr/DoRA
+    module as :func:`lorakit.lora.variants.extract_variant` gives it)."""
+    from lorakit.lora.variants import extract_variant, variant_layers
+
+    out: dict[str, LoraModule] = {path: extract_variant(layer, kind, adapter_name)
+                                  for path, kind, layer in variant_layers(module, adapter_name)}
     for path, layer in _lora_layers(module):
+        if path in out:
+            continue
         if adapter_name not in layer.lora_A:
             continue
         down = layer.lora_A[adapter_name].weight.detach().to("cpu", torch.float32).clone()
@@ -169,7 +230,11 @@ def load_lora_into(module: nn.Module, loras: dict[str, LoraModule], adapter_name
     Shapes must match the injected ranks. With ``strict`` every injected module must be given and every
     given module must exist. A different alpha is applied (peft's scale is recomputed as alpha / r).
     """
+    from lorakit.lora.variants import load_variant, variant_layers
+
+    kinds = {p: (kind, layer) for p, kind, layer in variant_layers(module, adapter_name)}
     layers = {p: l for p, l in _lora_layers(module) if adapter_name in l.lora_A}
+    layers.update({p: l for p, (_, l) in kinds.items()})
     unknown = sorted(set(loras) - set(layers))
     if unknown:
         raise ModelLoadError(f"LoRA module {unknown[0]!r} (and {len(unknown) - 1} more) is not in the model; "
@@ -181,6 +246,13 @@ def load_lora_into(module: nn.Module, loras: dict[str, LoraModule], adapter_name
     with torch.no_grad():
         for path, lm in loras.items():
             layer = layers[path]
+            kind = kinds.get(path, ("lora", None))[0]
+            if kind != getattr(lm, "algo", "lora"):
+                raise ModelLoadError(f"LoRA module {path!r}: the weights are {getattr(lm, 'algo', 'lora')}, the "
+                                     f"model was given {kind} (network.type)")
+            if kind in ("loha", "lokr"):
+                load_variant(layer, kind, lm, path, adapter_name)
+                continue
             a, b = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
             if tuple(lm.down.shape) != tuple(a.shape) or tuple(lm.up.shape) != tuple(b.shape):
                 raise ModelLoadError(f"LoRA module {path!r}: down {tuple(lm.down.shape)} / up {tuple(lm.up.shape)} "
@@ -189,11 +261,13 @@ def load_lora_into(module: nn.Module, loras: dict[str, LoraModule], adapter_name
             b.copy_(lm.up.to(b.device, b.dtype))
             layer.lora_alpha[adapter_name] = float(lm.alpha)
             layer.set_scale(adapter_name, 1.0)
+            if kind == "dora":
+                load_variant(layer, kind, lm, path, adapter_name)
 
 
 def set_lora_scale(module: nn.Module, scale: float, adapter_name: str = "default") -> None:
     """Multiply every LoRA's effect by ``scale`` (1 = as trained, 0 = off) via peft's ``set_scale``."""
-    for _, layer in _lora_layers(module):
+    for _, layer in _tuner_layers(module):
         layer.set_scale(adapter_name, scale)
 
 
@@ -204,7 +278,7 @@ def enable_lora(module: nn.Module, enabled: bool) -> None:
     tuner layer (``enable_adapters``). Disabling also clears ``requires_grad`` of the LoRA weights and enabling
     sets it again, so call this outside the backward pass.
     """
-    for _, layer in _lora_layers(module):
+    for _, layer in _tuner_layers(module):
         layer.enable_adapters(enabled)
 
 

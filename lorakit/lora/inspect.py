@@ -15,9 +15,10 @@ from typing import Any, Optional, Sequence
 
 from lorakit.errors import LorakitError
 from lorakit.lora.io import load_lora_file
+from lorakit.lora.variant_keys import LYCORIS_SUFFIXES, algo_of_keys
 
 SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha", ".lora_A.weight", ".lora_B.weight",
-            ".lora_A.default.weight", ".lora_B.default.weight")
+            ".lora_A.default.weight", ".lora_B.default.weight") + LYCORIS_SUFFIXES  # issue 23: LoHa/LoKr/DoRA
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -98,8 +99,12 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
     alphas: Counter = Counter()
     prefixes: Counter = Counter()
     dtypes: Counter = Counter(str(v.dtype).replace("torch.", "") for v in tensors.values())
+    algos: Counter = Counter()
     for name, parts in modules.items():
+        algos[algo_of_keys(s[1:] for s in parts)] += 1
         down = parts.get(".lora_down.weight", parts.get(".lora_A.weight"))
+        for low_rank in (".hada_w1_b", ".lokr_w2_b", ".lokr_w1_b"):  # LoHa/LoKr: the rank of a factor
+            down = parts.get(low_rank) if down is None else down
         if down is not None:
             ranks[int(down.shape[0])] += 1
         if ".alpha" in parts:
@@ -110,7 +115,7 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
         "file": str(path), "size_bytes": path.stat().st_size, "tensors": len(tensors), "modules": len(modules),
         "module_groups": dict(prefixes), "ranks": dict(ranks), "alphas": dict(alphas), "dtypes": dict(dtypes),
         "fits": family_fit(set(modules), outs), "metadata": {k: _maybe_json(v) for k, v in sorted(meta.items())},
-        "nonfinite": nonfinite_tensors(tensors),
+        "nonfinite": nonfinite_tensors(tensors), "algos": dict(algos),
     }
     keymaps = [k for k in keymaps if k.family in _candidates(info, base)]
     if keymaps:  # the family the file is for (a family without a key map keeps the name count above)
@@ -142,8 +147,8 @@ def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], ba
     from lorakit.lora.tools.files import base_keymap
 
     layout = detect_layout(tensors)
-    if layout is None:
-        return {}
+    if layout is None or any(k.endswith(LYCORIS_SUFFIXES) for k in tensors):
+        return _lycoris_fit(tensors, keymaps) if layout != "peft" else {}
     keys, n = choose_family(layout, sorted(group_keys(tensors)[0]), list(keymaps))
     if n == 0:
         return {"layout": layout}
@@ -173,6 +178,19 @@ def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], ba
             "fused_modules": fused, "checked_against": checked,
             "fit": {"matched": len(state.modules) - len(foreign), "of": len(state.modules),
                     "unmatched": (foreign + state.unplaced())[:20]}}
+
+
+def _lycoris_fit(tensors: dict, keymaps: Sequence[Any]) -> dict[str, Any]:
+    """A LoHa/LoKr/DoRA file (kohya names): the family whose modules its names fit and how many fit."""
+    from lorakit.lora.formats.layouts import choose_family
+
+    stems = sorted({split_key(k)[0] for k in tensors})
+    keys, n = choose_family("kohya", stems, list(keymaps))
+    if n == 0:
+        return {"layout": "lycoris"}
+    unmatched = [s for s in stems if s not in keys.by_kohya]
+    return {"layout": "lycoris", "family": keys.family, "checked_against": "full-size " + keys.family,
+            "fit": {"matched": n, "of": len(stems), "unmatched": unmatched[:20]}}
 
 
 def family_fit(names: set[str], out_widths: dict[str, int] | None = None) -> dict[str, Any]:
@@ -214,6 +232,8 @@ def render(info: dict[str, Any]) -> str:
     if alphas:
         lines.append("alpha: " + ", ".join(f"{k:g} ({v} modules)" for k, v in sorted(alphas.items())))
     lines.append("dtypes: " + ", ".join(f"{k} {v}" for k, v in info["dtypes"].items()))
+    if set(info.get("algos") or {}) - {"lora"}:
+        lines.append("network: " + ", ".join(f"{k} ({v} modules)" for k, v in sorted(info["algos"].items())))
     bad = info.get("nonfinite") or []
     if bad:
         lines.append(f"warning: {len(bad)} tensor(s) hold NaN/Inf (the LoRA is damaged or training diverged; it "

@@ -40,7 +40,27 @@ def _network_args(cfg: Config) -> dict[str, str]:
         args["train_single_block_indices"] = str(net.single_block_indices)
     for kind, rank in sorted((net.module_ranks or {}).items()):
         args[f"{kind}_dim"] = str(rank)
+    args.update(variant_args(net))
     return args
+
+
+def variant_args(net) -> dict[str, str]:
+    """issue 23: the network_args LyCORIS' kohya module (``lycoris.kohya``) reads for a LoHa/LoKr/DoRA run:
+    ``algo`` (DoRA is LyCORIS' lora/locon with ``dora_wd``; lorakit's magnitude is on the input axis, so
+    ``wd_on_output`` is False), LoKr's ``factor``."""
+    if net.type == "loha":
+        return {"algo": "loha"}
+    if net.type == "lokr":
+        return {"algo": "lokr", "factor": str(net.factor)}
+    if net.type == "dora":
+        return {"algo": "locon" if net.conv_rank else "lora", "dora_wd": "True", "wd_on_output": "False"}
+    return {}
+
+
+def variant_metadata(cfg: Config) -> dict[str, str]:
+    """``ss_network_module`` of a LoHa/LoKr/DoRA file: LyCORIS' ``lycoris.kohya`` (what kohya's scripts and the
+    WebUIs' metadata readers expect of a LyCORIS file); empty for LoRA/LoCon (the family's module stands)."""
+    return {"ss_network_module": "lycoris.kohya"} if cfg.network.type in ("loha", "lokr", "dora") else {}
 
 
 def describe_optimizer(name: str, weight_decay: float, betas: Sequence[float], eps: float) -> str:

@@ -119,9 +119,14 @@ class SamplePrompt:
 class LoraModule:
     """One trained LoRA pair in peft's orientation: delta W = (alpha / rank) * up @ down."""
 
-    down: torch.Tensor      # [rank, in] (or [rank, in, kh, kw])
-    up: torch.Tensor        # [out, rank] (or [out, rank, 1, 1])
+    down: torch.Tensor      # [rank, in] (or [rank, in, kh, kw]); empty for loha/lokr
+    up: torch.Tensor        # [out, rank] (or [out, rank, 1, 1]); empty for loha/lokr
     alpha: float
+    # issue 23, LoRA variants (lorakit.lora.variants): "lora" (LoRA/LoCon), "loha", "lokr" or "dora"; the variant's
+    # tensors under their LyCORIS names (hada_w1_a…, lokr_w1…, dora_scale); the configured rank where no tensor shows it
+    algo: str = "lora"
+    extra: dict = field(default_factory=dict)
+    rank: int = 0
 
 
 class ModelAdapter(Protocol):

@@ -178,6 +178,14 @@ def identify_header(header: dict, where: str = "") -> "FileKind":
 
     keys = [k for k in header if k != "__metadata__"]
     lora = [k for k in keys if k.endswith(_LORA_SUFFIXES)]
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES, algo_of_keys
+
+    lyco = [k for k in keys if k.endswith(LYCORIS_SUFFIXES)]
+    rest = [k for k in keys if not k.endswith(".alpha") and k not in lyco]
+    if lyco and (not rest or len(lora) * 2 >= len(rest)):  # issue 23: LoHa/LoKr/DoRA keys are all LoRA keys
+        kinds = sorted({algo_of_keys([k.rsplit(".", 1)[1]]) for k in lyco})
+        stems = {k.rsplit(".", 1)[0] for k in lyco}
+        return FileKind(f"a LoRA (LyCORIS {'/'.join(kinds)} layout, {len(stems)} modules)", role="lora")
     if lora and len(lora) * 2 >= len([k for k in keys if not k.endswith(".alpha")]):
         layout = "kohya" if any(k.startswith("lora_") for k in lora) else "diffusers/PEFT"
         return FileKind(f"a LoRA ({layout} layout, {len(lora) // 2} modules)", role="lora")

@@ -122,6 +122,7 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
 def lora_generator(cfg, run_dir: Path):
     """generate(prompts, seeds, with_lora) over a fresh base model with the run's last trained LoRA."""
     from lorakit.lora.inject import enable_lora, inject_lora, load_lora_into
+    from lorakit.lora.variants import rank_of
     from lorakit.models.base import SamplePrompt
     from lorakit.models.registry import get_family
     from lorakit.train import checkpoint
@@ -134,8 +135,9 @@ def lora_generator(cfg, run_dir: Path):
     modules = {adapter.spec.denoiser_name: adapter.denoiser(), **adapter.text_encoder_modules()}
     for component, loras in state["lora"].items():
         module = modules[component]
-        inject_lora(module, {n: int(m.down.shape[0]) for n, m in loras.items()},
-                    {n: float(m.alpha) for n, m in loras.items()}, 0.0)
+        algo = next(iter(loras.values())).algo if loras else "lora"  # LoHa/LoKr/DoRA too (issue 23)
+        inject_lora(module, {n: rank_of(m) for n, m in loras.items()},
+                    {n: float(m.alpha) for n, m in loras.items()}, 0.0, algo=algo, factor=cfg.network.factor)
         load_lora_into(module, loras)
     roots = list({id(m): m for m in modules.values()}.values())
     s = toy_recipe(cfg.model.family).demo

@@ -104,6 +104,11 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         return None
     room = float(mem.vram_gb) if mem.vram_gb else room or math.floor(card.free_gib * 10) / 10
     compiles = [bool(mem.compile)] if "memory.compile" in explicit else [card.can_compile]
+    variant = cfg.network.type in ("loha", "lokr", "dora")  # issue 23: their layers run eager, in bf16 weights
+    if variant and (compiles != [False] or card.fp8):
+        log(f"plan: network.type = \"{cfg.network.type}\" runs eager without fp8 weights (compile, CUDA graphs and "
+            "float8 are not built for its layers)")
+        compiles = [False]
     sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears)
     w, h = resolution_wh(cfg.data.resolution)
     options: list[Option] = []
@@ -114,7 +119,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         # the budget tries bf16 settings before any fp8 one; where the card multiplies in float8, fp8 compute is
         # also planned on its own, and the s/step model compares (FLUX.1-dev: fp8 compute with activation_budget 0.35
         # ran 0.423 s against 0.536 s for bf16 with 98 % of the blocks checkpointed, RESULTS.md round 11 / issue 28)
-        fp8_too = compile_ and card.fp8 and "memory.fp8_base" not in explicit and mem.fp8_compute is not False
+        fp8_too = compile_ and card.fp8 and "memory.fp8_base" not in explicit and mem.fp8_compute is not False \
+            and not variant
         for cuda_graphs, streaming, fp8 in [(g, s, f) for g in graphs for s in (False, True)
                                             for f in ((False, True) if fp8_too else (False,))]:
             mode = (("compile" if compile_ else "eager") + (" + cuda_graphs" if cuda_graphs else "")

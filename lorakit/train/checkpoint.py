@@ -95,6 +95,10 @@ def _flatten_lora(lora: dict[str, dict[str, LoraModule]]) -> dict[str, torch.Ten
             out[f"{base}/down"] = lm.down.detach().to("cpu").contiguous()
             out[f"{base}/up"] = lm.up.detach().to("cpu").contiguous()
             out[f"{base}/alpha"] = torch.tensor(float(lm.alpha), dtype=torch.float64)
+            if lm.algo != "lora":  # issue 23: a LoHa/LoKr/DoRA module's own tensors, under their LyCORIS names
+                for name, t in lm.extra.items():
+                    out[f"{base}/x.{name}"] = t.detach().to("cpu").contiguous()
+                out[f"{base}/rank"] = torch.tensor(int(lm.rank), dtype=torch.int64)
     return out
 
 
@@ -106,7 +110,15 @@ def _unflatten_lora(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, Lor
         parts.setdefault((component, path), {})[what] = t
     out: dict[str, dict[str, LoraModule]] = {}
     for (component, path), d in parts.items():
-        out.setdefault(component, {})[path] = LoraModule(down=d["down"], up=d["up"], alpha=float(d["alpha"].item()))
+        extra = {k[2:]: t for k, t in d.items() if k.startswith("x.")}
+        if extra:
+            from lorakit.lora.variant_keys import algo_of_keys
+
+            lm = LoraModule(down=d["down"], up=d["up"], alpha=float(d["alpha"].item()), algo=algo_of_keys(extra),
+                            extra=extra, rank=int(d["rank"].item()))
+        else:
+            lm = LoraModule(down=d["down"], up=d["up"], alpha=float(d["alpha"].item()))
+        out.setdefault(component, {})[path] = lm
     return out
 
 

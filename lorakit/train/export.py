@@ -15,7 +15,7 @@ import torch
 
 from lorakit.config.schema import Config
 from lorakit.lora.io import load_lora_file, model_hashes, save_safetensors_atomic
-from lorakit.lora.metadata import common_metadata
+from lorakit.lora.metadata import common_metadata, variant_metadata
 
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -51,6 +51,7 @@ def export_lora(path: Path, adapter, lora: dict, cfg: Config, dataset, stream, s
                            epochs=epochs, started_at=session[1], finished_at=time.time(),
                            base_model_file=cfg.model.checkpoint, session_id=session[0])
     meta.update(adapter.metadata(cfg))
+    meta.update(variant_metadata(cfg))  # issue 23: lycoris.kohya for LoHa/LoKr/DoRA
     meta.update(_modelspec_and_base_hashes(cfg, dataset, meta))
     meta.update(extra or {})
     meta["sshs_model_hash"], meta["sshs_legacy_hash"] = model_hashes(tensors, meta)
@@ -127,6 +128,15 @@ def verify_export(path: Path, adapter, lora: dict, fmt: str) -> list[str]:
                 problems.append(f"{component}: {name} is not a module of the base model")
                 continue
             weight = getattr(base, "base_layer", base).weight
+            if pair.algo in ("loha", "lokr"):  # issue 23: the variant's ΔW must have the weight's shape
+                from lorakit.lora.variants import module_delta
+
+                try:
+                    module_delta(pair, weight)
+                except (RuntimeError, ValueError) as exc:
+                    problems.append(f"{component}: {name}: {pair.algo} does not fit weight {tuple(weight.shape)} "
+                                    f"({exc})")
+                continue
             if pair.down.shape[1] != weight.shape[1] or pair.up.shape[0] != weight.shape[0]:
                 problems.append(f"{component}: {name}: LoRA {tuple(pair.up.shape)}@{tuple(pair.down.shape)} does "
                                 f"not fit weight {tuple(weight.shape)}")

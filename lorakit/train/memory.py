@@ -27,6 +27,11 @@ def check_supported(cfg: Config, device: torch.device, planned: bool = False) ->
         raise ConfigError("memory.fp8_base: this PyTorch has no float8_e4m3fn; upgrade torch or set it to false")
     if mem.fp8_compute:
         check_fp8_compute(cfg, device)
+    if cfg.network.type in ("loha", "lokr", "dora"):  # issue 23: what a plan may choose that these layers lack
+        for key in ("fp8_base", "compile", "cuda_graphs"):
+            if getattr(mem, key):
+                raise ConfigError(f"memory.{key}: not built for network.type = \"{cfg.network.type}\"; set it to "
+                                  "false (or give memory.vram_gb room for bf16 weights)")
     if mem.compile and device.type != "cuda":
         raise ConfigError("memory.compile: torch.compile of the denoiser is offered on CUDA only; set it to false")
     if mem.blocks_to_swap and device.type != "cuda":

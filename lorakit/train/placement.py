@@ -53,7 +53,9 @@ def inject(cfg: Config, adapter, compute_dtype: torch.dtype, log: Callable[[str]
         # also runs outside it (next_batch encodes the captions)
         denoiser = component == spec.denoiser_name
         params = inject_lora(module, module_targets, alpha, cfg.network.dropout,
-                             under_autocast=denoiser and compute_dtype != torch.float32)
+                             under_autocast=denoiser and compute_dtype != torch.float32,
+                             algo="lora" if cfg.network.type == "locon" else cfg.network.type,
+                             factor=cfg.network.factor)
         lr = cfg.optimizer.lr if denoiser else (cfg.network.text_encoder_lr or cfg.optimizer.lr)
         groups.append({"params": params, "lr": lr, "name": component})
     warmstart.load(start_from, modules)

@@ -13,8 +13,13 @@ it cannot be installed in CI). Read, not copied, from comfyanonymous/ComfyUI at 
   STRING conversion, min/max, combo membership; validate_prompt: at least one OUTPUT_NODE).
 * folder_paths.py @ 00db33f6b7fcb1a1321286d88c95cf138cabe9fe: folder_names_and_paths, get_filename_list
   (relative paths, filtered by extension), get_full_path, get_folder_paths.
-* comfy/lora.py @ 41444b5236c613ee5ff7d09aa620f94b702f30eb: load_lora (the "lora_up/lora_down/alpha" triple;
-  every other key logged "lora key not loaded"), model_lora_keys_unet ("lora_unet_" + the diffusion_model path with
+* comfy/lora.py @ 41444b5236c613ee5ff7d09aa620f94b702f30eb: load_lora (the "lora_up/lora_down/alpha" triple, the
+  LyCORIS "hada_*" (LoHa) and "lokr_*" (LoKr) sets and ".dora_scale" beside any of them; every other key logged
+  "lora key not loaded"), and calculate_weight's "lora", "loha" and "lokr" branches (issue 23; the same maths as
+  comfy/weight_adapter/loha.py @ 183b377588102d00131247aec399f8b34e1122b4 and lokr.py @
+  e8f3bc5ab766ba0149ac8ba8f67c328f8bb3da7d). DoRA's weight_decompose from comfy/weight_adapter/base.py @
+  9c0cf36cd7964978850fd40f8cf76ac2cf9f9e15 (the input-axis branch equals 41444b5's, which had no eps and no
+  output-axis branch), model_lora_keys_unet ("lora_unet_" + the diffusion_model path with
   "." → "_"), model_lora_keys_clip (LORA_CLIP_MAP; lora_te1_ for clip_l, lora_te2_ for clip_g when clip_l is present).
 * comfy/utils.py (ProgressBar.update_absolute(value, total=None, preview=None)), comfy/model_management.py
   (InterruptProcessingException, throw_exception_if_processing_interrupted clears the flag and raises).
@@ -38,6 +43,9 @@ COMFYUI_COMMITS = {
     "execution.py": "f599e5ca303746f8e1f1b842d4fe31a4c6a10d36",
     "folder_paths.py": "00db33f6b7fcb1a1321286d88c95cf138cabe9fe",
     "comfy/lora.py": "41444b5236c613ee5ff7d09aa620f94b702f30eb",
+    "comfy/weight_adapter/loha.py": "183b377588102d00131247aec399f8b34e1122b4",
+    "comfy/weight_adapter/lokr.py": "e8f3bc5ab766ba0149ac8ba8f67c328f8bb3da7d",
+    "comfy/weight_adapter/base.py": "9c0cf36cd7964978850fd40f8cf76ac2cf9f9e15",
 }
 PRIMITIVES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 SECTIONS = ("required", "optional", "hidden")
@@ -428,24 +436,93 @@ def model_lora_keys_clip(sd: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+LYCORIS_NAMES = {"loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
+                 "lokr": ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")}
+
+
 def load_lora(lora: dict[str, torch.Tensor], key_map: dict[str, str]) -> tuple[dict[str, tuple], set[str]]:
-    """(target weight → (up, down, alpha)), and the keys of the file no rule consumed ("lora key not loaded")."""
+    """(target weight → (kind, {name: tensor}, alpha, dora_scale)), and the keys of the file no rule consumed
+    ("lora key not loaded"). Kinds as load_lora tells them apart, per mapped name x: "lora" (x.lora_up.weight with
+    x.lora_down.weight), "loha" (x.hada_w1_a present: w1_a/w1_b/w2_a/w2_b), "lokr" (any of x.lokr_w1, lokr_w2,
+    lokr_w1_a, lokr_w2_a present); x.alpha and x.dora_scale are read for every kind."""
     patches, loaded = {}, set()
     for x, target in key_map.items():
-        up, down, alpha = f"{x}.lora_up.weight", f"{x}.lora_down.weight", f"{x}.alpha"
+        alpha = lora[f"{x}.alpha"].item() if f"{x}.alpha" in lora else None
+        dora = lora.get(f"{x}.dora_scale")
+        loaded |= {k for k in (f"{x}.alpha", f"{x}.dora_scale") if k in lora}
+        up, down = f"{x}.lora_up.weight", f"{x}.lora_down.weight"
         if up in lora:
-            a = lora[alpha].item() if alpha in lora else None
-            patches[target] = (lora[up], lora[down], a)
-            loaded |= {up, down} | ({alpha} if alpha in lora else set())
+            patches[target] = ("lora", {"up": lora[up], "down": lora[down]}, alpha, dora)
+            loaded |= {up, down}
+        if f"{x}.hada_w1_a" in lora:
+            t = {n: lora[f"{x}.{n}"] for n in LYCORIS_NAMES["loha"] if f"{x}.{n}" in lora}
+            patches[target] = ("loha", t, alpha, dora)
+            loaded |= {f"{x}.{n}" for n in t}
+        t = {n: lora[f"{x}.{n}"] for n in LYCORIS_NAMES["lokr"] if f"{x}.{n}" in lora}
+        if t:
+            patches[target] = ("lokr", t, alpha, dora)
+            loaded |= {f"{x}.{n}" for n in t}
     return patches, set(lora) - loaded
 
 
+def lora_diff(patch: tuple, shape: torch.Size) -> tuple[torch.Tensor, float]:
+    """(the unscaled ΔW reshaped to the weight, the alpha factor) as calculate_weight builds them per kind:
+    lora: mm(up.flatten(1), down.flatten(1)), factor alpha / down.shape[0] (1 without alpha);
+    loha: (w1_a @ w1_b) * (w2_a @ w2_b), factor alpha / w1_b.shape[0];
+    lokr: kron(w1 or w1_a @ w1_b, w2 or w2_a @ w2_b) with w1 unsqueezed twice when w2 is 4-D; factor alpha / dim
+    where dim is the rank of the last rank-decomposed factor (w2_b's, else w1_b's), 1 when both factors are full or
+    no alpha is stored. (The Tucker forms hada_t1/t2, lokr_t2 are never written by lorakit and are refused here.)"""
+    kind, t, alpha, _ = patch
+    if kind == "lora":
+        diff = torch.mm(t["up"].flatten(1).float(), t["down"].flatten(1).float())
+        return diff.reshape(shape), (alpha / t["down"].shape[0]) if alpha is not None else 1.0
+    assert "hada_t1" not in t and "lokr_t2" not in t, "Tucker forms are not re-derived"
+    if kind == "loha":
+        m1 = torch.mm(t["hada_w1_a"].float(), t["hada_w1_b"].float())
+        m2 = torch.mm(t["hada_w2_a"].float(), t["hada_w2_b"].float())
+        return (m1 * m2).reshape(shape), (alpha / t["hada_w1_b"].shape[0]) if alpha is not None else 1.0
+    dim = None
+    if "lokr_w1" in t:
+        w1 = t["lokr_w1"].float()
+    else:
+        dim = t["lokr_w1_b"].shape[0]
+        w1 = torch.mm(t["lokr_w1_a"].float(), t["lokr_w1_b"].float())
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"].float()
+    else:
+        dim = t["lokr_w2_b"].shape[0]
+        w2 = torch.mm(t["lokr_w2_a"].float(), t["lokr_w2_b"].float())
+    if w2.dim() == 4:
+        w1 = w1.unsqueeze(2).unsqueeze(2)
+    factor = (alpha / dim) if alpha is not None and dim is not None else 1.0
+    return torch.kron(w1, w2).reshape(shape), factor
+
+
+def weight_decompose(dora_scale: torch.Tensor, weight: torch.Tensor, diff: torch.Tensor, factor: float,
+                     strength: float) -> torch.Tensor:
+    """comfy/weight_adapter/base.py weight_decompose (float32, no function hook): W_c = W + factor·diff; a
+    dora_scale whose dim 0 equals the weight's outputs is an output-axis scale normalised by the norm of the
+    ORIGINAL weight's rows; otherwise an input-axis scale normalised by W_c's norm over dim 0 (and the kernel);
+    eps = finfo(weight dtype).eps is added to the norm; W_c ·= dora_scale / norm; strength s gives W + s·(W_c − W)."""
+    weight_calc = weight + factor * diff
+    if dora_scale.shape[0] == weight_calc.shape[0]:
+        norm = weight.reshape(weight.shape[0], -1).norm(dim=1, keepdim=True)
+        norm = norm.reshape(weight.shape[0], *[1] * (weight.dim() - 1))
+    else:
+        norm = weight_calc.transpose(0, 1).reshape(weight_calc.shape[1], -1).norm(dim=1, keepdim=True)
+        norm = norm.reshape(weight_calc.shape[1], *[1] * (weight_calc.dim() - 1)).transpose(0, 1)
+    norm = norm + torch.finfo(weight.dtype).eps
+    weight_calc = weight_calc * (dora_scale.float() / norm)
+    return weight + strength * (weight_calc - weight) if strength != 1.0 else weight_calc
+
+
 def apply_lora(weight: torch.Tensor, patch: tuple, strength: float) -> torch.Tensor:
-    """comfy's "lora" patch: weight + strength * (alpha / rank) * (up @ down), reshaped to the weight."""
-    up, down, alpha = patch
-    scale = (alpha / down.shape[0]) if alpha is not None else 1.0
-    diff = torch.mm(up.flatten(1).float(), down.flatten(1).float()).reshape(weight.shape)
-    return weight + strength * scale * diff.to(weight.dtype)
+    """comfy's calculate_weight for one patch: weight + strength · factor · diff, or with a dora_scale the
+    weight_decompose above (the same for every kind)."""
+    diff, factor = lora_diff(patch, weight.shape)
+    if patch[3] is not None:
+        return weight_decompose(patch[3], weight.float(), diff, factor, strength).to(weight.dtype)
+    return weight + (strength * factor * diff).to(weight.dtype)
 
 
 class FakePatcher:

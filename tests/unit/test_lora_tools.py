@@ -138,7 +138,9 @@ def test_peft_folder_roundtrip(sdxl_keys, tmp_path):
 
 def test_unknown_layout_is_one_line(sdxl_keys):
     with pytest.raises(LorakitError, match="unknown LoRA layout"):
-        read_lora({"foo.hada_w1_a": torch.zeros(2, 2)}, {}, [sdxl_keys], where="x.safetensors")
+        read_lora({"foo.weight": torch.zeros(2, 2)}, {}, [sdxl_keys], where="x.safetensors")
+    with pytest.raises(LorakitError, match="x.safetensors: a LyCORIS loha file; this works on LoRA/LoCon files only"):
+        read_lora({"foo.hada_w1_a": torch.zeros(2, 2)}, {}, [sdxl_keys], where="x.safetensors")  # issue 23
 
 
 def test_resize_fixed_and_dynamic(sdxl_keys):

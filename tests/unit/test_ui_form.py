@@ -30,10 +30,12 @@ COMPANIONS = {
     "validation.every_n_steps": {"data.validation_split": 0.2},
     "validation.timesteps": {"data.validation_split": 0.2},
     "training.ema_decay": {"training.ema": True}, "network.type": {"network.conv_rank": 4},
+    "network.factor": {"network.type": "lokr"},  # issue 23 (LoKr's factor)
     "training.multires_noise_discount": {"training.multires_noise_iterations": 6}, "sample.use_ema": {"training.ema": True},  # issue 23
 }
 SPECIAL = {  # keys whose generic "another valid value" needs care
     "model.family": "flux1",
+    "network.factor": 4,  # -1 + 1 = 0 is refused (issue 23)
     "data.resolution": [768, 512],
     "data.config": "/data/dataset.toml",
     "data.caption_extension": ".caption",

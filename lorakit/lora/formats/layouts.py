@@ -121,10 +121,16 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
               family: Optional[str] = None) -> LoraState:
     """Any supported layout -> :class:`LoraState`. ``families``: the keymaps to match names against
     (``family`` forces one). Raises a one-line error for an unknown layout or a file no family fits."""
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES, algo_of_keys
+
+    lyco = sorted({algo_of_keys([k.rsplit(".", 1)[1]]) for k in tensors if k.endswith(LYCORIS_SUFFIXES)})
+    if lyco:  # issue 23: a LoHa/LoKr/DoRA file is no pair of matrices per module; nothing here may drop its tensors
+        raise LorakitError(f"{where}: a LyCORIS {'/'.join(lyco)} file; this works on LoRA/LoCon files only "
+                           "(lorakit verify and inspect read it, ComfyUI/Forge load it)")
     layout = detect_layout(tensors)
     if layout is None:
         raise LorakitError(f"{where}: unknown LoRA layout (no lora_down/lora_up or lora_A/lora_B keys); "
-                           f"supported: {', '.join(LAYOUTS)} (LyCORIS LoHa/LoKr are not)")
+                           f"supported: {', '.join(LAYOUTS)}")
     groups, loose = group_keys(tensors)
     stems = sorted(groups)
     pool = [f for f in families if family is None or f.family == family]

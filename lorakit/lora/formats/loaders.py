@@ -126,6 +126,19 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
     },
 }
 
+# issue 23: the LyCORIS variants each loader applies under the names its rules give (kohya-style ``lora_unet_…``):
+# ComfyUI's load_lora reads hada_w1_a/…, lokr_w1/…, dora_scale beside lora_up/lora_down for every mapped name
+# (comfy/lora.py@41444b5236c613ee5ff7d09aa620f94b702f30eb; comfy/weight_adapter/loha.py@183b3775, lokr.py@e8f3bc5a,
+# base.py@9c0cf36c weight_decompose), Forge the same (packages_3rdparty/comfyui_lora_collection/lora.py@5e1dcd35).
+# diffusers 0.42.1's SD/SDXL loaders filter out every dora_scale key with a warning and have no LoHa/LoKr conversion
+# (loaders/lora_pipeline.py: LoKr only for Z-Image and FLUX.2); sd-scripts' networks.lora loads lora_up/lora_down
+# only (a LyCORIS file needs LyCORIS' own lycoris.kohya module).
+VARIANTS: dict[str, tuple[str, ...]] = {"comfyui": ("loha", "lokr", "dora"), "forge": ("loha", "lokr", "dora"),
+                                        "diffusers": (), "kohya": ()}
+VARIANT_NOTES = {"diffusers": "its SD/SDXL loaders convert no LoHa/LoKr and drop dora_scale with a warning",
+                 "kohya": "sd-scripts' networks.lora reads lora_up/lora_down only; LyCORIS' lycoris.kohya module "
+                          "loads these"}
+
 # modules a loader's rules name but that loader never creates a LoRA module for (kohya's FLUX network has no
 # final_layer target; it only wraps the in_dims layers and the blocks)
 EXCLUDED_NATIVE: dict[tuple[str, str], tuple[str, ...]] = {

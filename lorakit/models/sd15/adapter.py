@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models.sd15 import configs
 from lorakit.models.sdxl.adapter import (_OnFirstUse, _source_fingerprint, export_diffusers, text_encoder_lora_targets,
@@ -53,9 +54,7 @@ def export_kohya(lora: dict[str, dict[str, LoraModule]]) -> dict[str, torch.Tens
             name = kohya_name(component, path)
             if name + ".alpha" in out:
                 raise ValueError(f"SD 1.5 LoRA export: two modules map to {name}")
-            out[name + ".lora_down.weight"] = m.down
-            out[name + ".lora_up.weight"] = m.up
-            out[name + ".alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+            out.update(kohya_entries(name, m))  # LoRA, or a LoHa/LoKr/DoRA module in LyCORIS names (issue 23)
     return out
 
 
@@ -245,6 +244,7 @@ class Adapter:
         if fmt == "kohya":
             return export_kohya(lora)
         if fmt == "diffusers":
+            refuse_in_diffusers(lora)
             return export_diffusers(lora)
         raise ValueError(f"save.format: {fmt!r} is not a LoRA format for SD 1.5; use 'kohya' or 'diffusers'")
 

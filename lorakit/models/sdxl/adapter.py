@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from lorakit.fsutil import path_identity
+from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models.sdxl import configs
 from lorakit.models.sdxl.convert import unet_module_to_sgm
@@ -147,9 +148,7 @@ def export_kohya(lora: dict[str, dict[str, LoraModule]], unet_config: Any) -> di
             name = kohya_name(component, path, unet_config)
             if name + ".alpha" in out:
                 raise ValueError(f"SDXL LoRA export: two modules map to {name}")
-            out[name + ".lora_down.weight"] = m.down
-            out[name + ".lora_up.weight"] = m.up
-            out[name + ".alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
+            out.update(kohya_entries(name, m))  # LoRA, or a LoHa/LoKr/DoRA module in LyCORIS names (issue 23)
     return out
 
 
@@ -435,6 +434,7 @@ class Adapter:
         if fmt == "kohya":
             return export_kohya(lora, self._unet_config())
         if fmt == "diffusers":
+            refuse_in_diffusers(lora)
             return export_diffusers(lora)
         raise ValueError(f"save.format: {fmt!r} is not a LoRA format for SDXL; use 'kohya' or 'diffusers'")
 
