@@ -16,6 +16,7 @@ from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
 from lorakit.lora.formats.layouts import detect_layout, group_keys
 from lorakit.lora.formats.loaders import EXCLUDED_NATIVE, PAIRS, RULES, SOURCES, UNKNOWN, VARIANT_NOTES, VARIANTS, expand
 from lorakit.lora.tools.svd import numerical_rank, product_svd
+from lorakit.lora.variant_keys import algo_of_keys
 
 
 def _index(loader: str, keys: FamilyKeys) -> dict[str, tuple[BaseModule, int, str]]:
@@ -63,7 +64,7 @@ def _lycoris_groups(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, tor
 
 def _lycoris_problem(m: BaseModule, part: int, t: dict[str, torch.Tensor]) -> str:
     """Why a variant module cannot patch ``m`` ("" when its ΔW has the weight's shape)."""
-    from lorakit.lora.variants import algo_of_keys, lycoris_delta
+    from lorakit.lora.variants import lycoris_delta
 
     if part >= 0:
         return f"a {algo_of_keys(t)} module on part {part} of the fused {m.native} (a loader patches whole weights)"
@@ -112,8 +113,6 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
             else:
                 applied += names
         for stem, parts in lyco.items():  # issue 23: LoHa/LoKr/DoRA modules
-            from lorakit.lora.variant_keys import algo_of_keys
-
             names = sorted(f"{stem}.{k}" for k in parts)
             hit = index.get(stem)
             algo = algo_of_keys(parts)
@@ -134,8 +133,6 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
         report["loaders"][loader] = {"source": SOURCES[loader], "on_unknown": UNKNOWN[loader],
                                      "applied": len(applied), "ignored": sorted(ignored),
                                      "mismatched": sorted(mismatched)}
-        from lorakit.lora.variant_keys import algo_of_keys
-
         lacks = sorted({algo_of_keys(p) for p in lyco.values()} - set(VARIANTS.get(loader, ())))
         if lacks:  # issue 23: this loader does not read the variant at all; said once, not held against the file
             report["loaders"][loader]["unsupported"] = lacks
@@ -162,7 +159,7 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
 
 def _lycoris_row(stem: str, parts: dict[str, torch.Tensor]) -> dict[str, Any]:
     """rank / alpha / scale / effective rank of one LoHa/LoKr/DoRA module (ΔW as ComfyUI builds it, alpha 1)."""
-    from lorakit.lora.variants import algo_of_keys, lycoris_delta
+    from lorakit.lora.variants import lycoris_delta
 
     algo = algo_of_keys(parts)
     alpha = float(parts["alpha"].float().item()) if "alpha" in parts else None
