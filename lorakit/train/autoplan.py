@@ -98,7 +98,9 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
     explicit = explicit_keys(cfg)
     mem = cfg.memory
     mine = [k for k in ("vram_gb",) + STEERED + budget.CONSTRAINTS if f"memory.{k}" in explicit]
-    if not cards.has_rows(spec.family):
+    spec = budget.for_model(spec, model)  # the numbers of this model's size (FLUX.2: Klein 4B / 9B / dev)
+    rows = cards.rows_for(spec)
+    if not rows:
         log(f"plan: {spec.family} has no measured memory and speed rows yet; the [memory] settings run as written "
             "(memory.vram_gb plans them if the family supports it)")
         return None
@@ -144,7 +146,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             seen.add(key)
             images = cfg.training.batch_size * w * h / 1024**2  # per optimizer step, split or not
             step = cards.step_seconds(spec.family, settings, card, images=images, swapped_bytes=swapped,
-                                      host_bytes=sizes.host_linears if plan.modulation_on_cpu else 0)
+                                      host_bytes=sizes.host_linears if plan.modulation_on_cpu else 0, rows=rows)
             options.append(Option(mode, plan, step))
     if not options:
         why = failures.get("compile, host streaming allowed") or failures.get("eager, host streaming allowed") or \
@@ -165,7 +167,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             f"{best.plan.estimate_gib:.1f} of {room:g} GiB"
             + (f", ~{best.step.seconds:.2f} s/step ({'extrapolated' if best.step.extrapolated else 'measured'})"
                if best.step else ", no s/step estimate")
-            + runner + ("; kept as you set: " + ", ".join(f"memory.{k}" for k in mine) if mine else "")
+            + runner + (f"; {spec.planning_estimate}" if spec.planning_estimate else "")
+            + ("; kept as you set: " + ", ".join(f"memory.{k}" for k in mine) if mine else "")
             + "; plan.json has the details")
     log(line)
     return replace(best.plan, notes=best.plan.notes + (line,), step=best.step, card=card, line=line)
@@ -176,7 +179,7 @@ def loading_memory(cfg, spec, device) -> Any:
     (when the user set none), so that a family that places its denoiser block by block under a budget keeps it off
     the GPU until the plan is made (FLUX.1: no 22 GiB of bf16 weights on a 12 GiB card while the caches fill)."""
     mem = cfg.memory
-    if mem.vram_gb or not wanted(cfg, device) or not cards.has_rows(spec.family):
+    if mem.vram_gb or not wanted(cfg, device) or not cards.has_rows(spec):
         return mem
     return replace(mem, vram_gb=math.floor(cards.local_card(device).free_gib * 10) / 10)
 

@@ -47,7 +47,9 @@ def meta_model(cfg) -> tuple:
     if spec.planning_model is None:
         raise ConfigError(f"lorakit plan: the {cfg.model.family} family does not describe its full-size model for "
                           "planning; plan it on the card itself (lorakit train logs the plan)")
-    key = json.dumps([cfg.model.family, getattr(cfg.model, "variant", None), cfg.training.mixed_precision,
+    # the checkpoint too: a family may read its size from the file's header (FLUX.2)
+    key = json.dumps([cfg.model.family, getattr(cfg.model, "variant", None), str(cfg.model.checkpoint),
+                      cfg.training.mixed_precision,
                       config_to_dict(cfg).get("network", {})], sort_keys=True, default=str)
     if key not in _BUILT:
         with torch.device("meta"):
