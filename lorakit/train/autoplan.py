@@ -26,6 +26,9 @@ from lorakit.train import budget, cards
 # what the automatic plan adds to budget.CONSTRAINTS: each, when the user set it, kept as set
 STEERED = ("compile", "cuda_graphs")
 HOST_RAM_SHARE = 0.5  # at most this share of host RAM is pinned for swapped blocks / host modulations
+# what the plan decides: the settings recorded in plan.json (lorakit/train/placement.py) and compared on --resume
+PLANNED = tuple(f"memory.{k}" for k in budget.CONSTRAINTS + STEERED) + (
+    "training.batch_size", "training.gradient_accumulation")
 
 
 @dataclass(frozen=True)

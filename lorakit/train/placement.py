@@ -18,9 +18,7 @@ from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
 from lorakit.train import autoplan, budget, cards, memory, speed, swap, warmstart
 
-# what the plan decides: the settings recorded in plan.json and compared on --resume
-PLANNED = tuple(f"memory.{k}" for k in budget.CONSTRAINTS + autoplan.STEERED) + (
-    "training.batch_size", "training.gradient_accumulation")
+PLANNED = autoplan.PLANNED  # what the plan decides: the settings recorded in plan.json and compared on --resume
 
 
 @dataclass

@@ -30,6 +30,7 @@ def lora_parameters(model, targets: dict[str, int]) -> int:
     return total
 
 
+_SIZES: dict[tuple, budget.Sizes] = {}
 _BUILT: dict[str, tuple] = {}  # one meta model per family / variant / network / dtype in a process (tests, the UI)
 
 
@@ -67,9 +68,12 @@ def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan
     from lorakit.train import swap
 
     spec, model, blocks, trainable = meta_model(cfg)
+    key = (id(model), tuple(spec.host_linears), sum(int(t.numel()) for t in trainable))
+    if key not in _SIZES:  # byte counts of a full-size model take seconds: once per model in a process
+        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
     lines: list[str] = []
     plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=None,
-                           log=log or lines.append)
+                           log=log or lines.append, sizes=_SIZES[key])
     return plan, lines
 
 
@@ -81,15 +85,21 @@ def who(cfg, key: str, value, explicit: frozenset[str]) -> str:
 
 
 def report(cfg, card: cards.CardFacts, label: str) -> str:
-    from lorakit.config.load import explicit_keys
-    from lorakit.train.placement import PLANNED
+    """What ``lorakit plan`` prints (and the web UI's Train page shows: the same text)."""
+    return planned(cfg, card, label)[0]
 
+
+def planned(cfg, card: cards.CardFacts, label: str) -> tuple[str, Optional[budget.Plan]]:
+    """:func:`report`'s text and the plan it shows (None where nothing is planned)."""
+    from lorakit.config.load import explicit_keys
+
+    PLANNED = autoplan.PLANNED
     plan, lines = plan_for(cfg, card)
     out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
     out += [f"  note: {n}" for n in card.notes]
     if plan is None:
         out += lines
-        return "\n".join(out)
+        return "\n".join(out), None
     explicit = explicit_keys(cfg)
     applied = plan.applied
     rows = [(key, getattr(getattr(applied, key.split(".")[0]), key.split(".")[1])) for key in PLANNED]
@@ -107,7 +117,7 @@ def report(cfg, card: cards.CardFacts, label: str) -> str:
     if plan.step and plan.step.link_bound:
         out.append(f"  the host link ({card.host_link_gbs:g} GB/s) bounds this setting's step")
     out.append(f"  log line: {plan.line}")
-    return "\n".join(out)
+    return "\n".join(out), plan
 
 
 def main(config: str, overrides: Sequence[str], card_key: Optional[str]) -> int:
