@@ -82,6 +82,11 @@ class ModelSpec:
     measured_steps: tuple[Mapping[str, Any], ...] = ()
     # non-empty: the planning numbers of this (variant) spec are estimates, not measurements; the plan says so
     planning_estimate: str = ""
+    # GiB of the frozen components besides the denoiser as loaded for training ("vae", "text encoders"), from their
+    # parameter counts: the whole-run plan counts them while the caches fill and during previews (train/autoplan.py)
+    component_gib: tuple[tuple[str, float], ...] = ()
+    # the VAE is a diffusers autoencoder with enable_tiling (the adapter's ``vae_module()``): the plan may tile it
+    vae_tiling: bool = False
 
 
 @dataclass

@@ -84,6 +84,7 @@ class Plan:
     step: Any = None
     card: Any = None
     line: str = ""
+    phases: Any = None  # autoplan.Phases: the peak of caching, training and previews
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())

@@ -114,6 +114,9 @@ def planned(cfg, card: cards.CardFacts, label: str) -> tuple[str, Optional[budge
     out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB})")
     out.append(f"  estimated step: {plan.step.describe()}" if plan.step else
                "  estimated step: no measured row for this family")
+    phases = autoplan.plan_phases(applied, budget.for_model(meta_model(cfg)[0], meta_model(cfg)[1]), plan, room)
+    out.append("  peak by phase (the whole run):")
+    out += [f"    {line}" for line in phases.lines()]
     if plan.step and plan.step.link_bound:
         out.append(f"  the host link ({card.host_link_gbs:g} GB/s) bounds this setting's step")
     out.append(f"  log line: {plan.line}")

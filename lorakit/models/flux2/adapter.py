@@ -37,7 +37,7 @@ SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0
                  # round 12; dev scaled, said to be an estimate). The family-wide rates are Klein 9B's (the larger)
                  activation_gib=planning.RATES["klein-9b"]["eager"],
                  activation_gib_compiled=planning.RATES["klein-9b"]["compiled"],
-                 measured_steps=planning.ALL_ROWS, variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 measured_steps=planning.ALL_ROWS, component_gib=planning.components("klein-9b"), vae_tiling=True, variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
 ARCHITECTURE = {"klein-4b": "Flux.2-klein-4b", "klein-9b": "Flux.2-klein-9b", "dev": "Flux.2-dev"}

@@ -120,7 +120,19 @@ def spec_for(spec: Any, model: Any) -> Any:
         name = "dev" if size == "dev" else f"width {hidden}, {nd}+{ns} blocks"
         note = ESTIMATED.format(size=name, base=base)
     return replace(spec, activation_gib=rates["eager"], activation_gib_compiled=rates["compiled"],
-                   measured_steps=rows, planning_estimate=note, variant_spec=None)
+                   measured_steps=rows, planning_estimate=note, variant_spec=None,
+                   component_gib=components(size if size in ENCODER_PARAMS else "klein-4b"))
+
+
+# published parameter counts of the text encoders (Qwen3-4B, Qwen3-8B, Mistral Small 3.1's language model) and of the
+# FLUX.2 autoencoder (84 M), loaded in bf16
+ENCODER_PARAMS = {"klein-4b": 4.02e9, "klein-9b": 8.19e9, "dev": 23.6e9}
+AE_PARAMS = 84e6
+
+
+def components(size: str) -> tuple[tuple[str, float], ...]:
+    """``ModelSpec.component_gib`` of a size: the autoencoder and the text encoder in bf16."""
+    return (("vae", round(AE_PARAMS * 2 / 2**30, 2)), ("text encoders", round(ENCODER_PARAMS[size] * 2 / 2**30, 2)))
 
 
 def _parameters(size: str) -> int:
