@@ -94,8 +94,6 @@ def _phase(name: str, folder: str, cache_dir: str) -> dict:
 
 def measure(phase: str, folder: Path) -> dict:
     """Run ``phase`` on ``folder`` in a child process; its wall time and peak resident memory (MiB)."""
-    import resource
-
     with tempfile.TemporaryDirectory() as cache_dir:
         code = (f"import json, resource, sys; sys.path.insert(0, {str(ROOT)!r}); "
                 f"from benchmarks.data_scale import _phase; r = _phase({phase!r}, {str(folder)!r}, {cache_dir!r}); "

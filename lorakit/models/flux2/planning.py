@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lorakit.errors import ConfigError
 
