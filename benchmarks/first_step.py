@@ -185,6 +185,30 @@ def flux_layout(tiny: bool, dtype: Any) -> dict[str, dict[str, tuple[tuple[int, 
             "ae": _shapes(ae_diffusers_to_bfl(ae.state_dict()), dtype)}
 
 
+def flux2_layout(size: str, dtype: Any) -> dict[str, dict[str, tuple[tuple[int, ...], Any]]]:
+    """role → {key: (shape, dtype)} of FLUX.2 files as ComfyUI users keep them: the BFL transformer of ``size``
+    (klein-4b / klein-9b), the Qwen3 text encoder (HF causal-LM names, no lm_head) and the BFL ``ae.safetensors``."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from lorakit.models.flux2 import configs
+    from lorakit.models.flux2.convert import ae_diffusers_to_bfl, diffusers_to_bfl
+
+    with torch.device("meta"):
+        tr = Flux2Transformer2DModel(**_clean(configs.transformer_config(size)))
+        te = Qwen3ForCausalLM(Qwen3Config(**_clean({k: v for k, v in configs.qwen3_config(size).items()
+                                                    if k != "model_type"})))
+        ae = AutoencoderKLFlux2(**_clean(configs.ae_config()))
+    te_sd = {k: v for k, v in te.state_dict().items() if k != "lm_head.weight"}
+    ae_sd = {k: v for k, v in ae_diffusers_to_bfl(ae.state_dict()).items() if not k.endswith("num_batches_tracked")}
+    return {"checkpoint": _shapes(diffusers_to_bfl(tr.state_dict()), dtype), "text_encoder": _shapes(te_sd, dtype),
+            "ae": _shapes(ae_sd, dtype)}
+
+
+FLUX2_SIZES = {"flux2": "klein-4b", "flux2-9b": "klein-9b"}  # --family: the Klein size written
+
+
 def build_models(family: str, root: Path, tiny: bool, device: str) -> dict[str, Path]:
     """Write the family's files under ``root`` once (a ``done.json`` marks a complete set); role -> path."""
     import torch
@@ -203,6 +227,17 @@ def build_models(family: str, root: Path, tiny: bool, device: str) -> dict[str, 
             paths["config"] = configs.write_config_folder(folder / "config", unet=tiny_cfgs["unet"],
                                                           vae=tiny_cfgs["vae"], te1=tiny_cfgs["te1"],
                                                           te2=tiny_cfgs["te2"])
+    elif family in FLUX2_SIZES:
+        if tiny:
+            raise SystemExit("first_step: --tiny is not offered for FLUX.2; use --toy (the shipped toy FLUX.2)")
+        size = FLUX2_SIZES[family]
+        names = {"checkpoint": f"flux2-{size.replace('klein-', 'klein-base-')}.safetensors",
+                 "text_encoder": f"qwen_3_{size.split('-')[1]}.safetensors", "ae": "flux2-ae.safetensors"}
+        for i, (role, shapes) in enumerate(flux2_layout(size, torch.bfloat16).items()):
+            paths[role] = write_random_safetensors(folder / names[role], shapes, device, seed=i)
+        # a Qwen3 tokenizer folder: the toy world's (a real Qwen3 tokenizer class; its ids index the full-size table)
+        from lorakit.toy.paths import toy_paths
+        paths["tokenizer_dir"] = toy_paths("flux2")["tokenizer_dir"]
     else:
         names = {"checkpoint": "flux1-dev.safetensors", "clip_l": "clip_l.safetensors",
                  "t5xxl": "t5xxl_fp16.safetensors", "ae": "ae.safetensors"}
@@ -482,7 +517,8 @@ def append_out(row: str, extra: str = "") -> None:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Time from `lorakit train` to the first training step (issue 6).")
     p.add_argument("--dir", required=True, help="folder for the model files (written once), dataset and runs")
-    p.add_argument("--family", choices=("sdxl", "flux1"), default="sdxl")
+    p.add_argument("--family", choices=("sdxl", "flux1", "flux2", "flux2-9b"), default="sdxl",
+                   help="flux2 / flux2-9b: FLUX.2 Klein base 4B / 9B")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="tiny models and 64 px images (CPU smoke test)")
     size.add_argument("--toy", action="store_true", help="lorakit's shipped toy model (64 px) instead of random files")
@@ -529,7 +565,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = root / "runs" / f"{args.family}-{'toy' if args.toy else 'tiny' if args.tiny else 'full'}-{stamp}"
     runs.mkdir(parents=True, exist_ok=True)
-    model = {"family": args.family, **{role: str(p) for role, p in paths.items() if role != "config"}}
+    model = {"family": "flux2" if args.family in FLUX2_SIZES else args.family,
+             **{role: str(p) for role, p in paths.items() if role != "config"}}
     if "config" in paths:
         model["config_dir"] = str(paths["config"])
     mixed = "bf16" if device == "cuda" else "no"
