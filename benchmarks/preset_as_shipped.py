@@ -137,6 +137,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="an override section.key=value (repeatable)")
     ap.add_argument("--runs", default="caching,cold,warm", help="which of caching,cold,warm to run")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--shared-cache", action="store_true",
+                    help="keep the data caches under --dir (a later call with --runs cold,warm reuses them) instead "
+                         "of in this call's run folder")
     ap.add_argument("--flux2-size", choices=("4b", "9b"), default="4b", help="FLUX.2 presets: Klein base 4B or 9B files")
     args = ap.parse_args(argv)
     import torch
@@ -159,7 +162,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = f'preset = "{args.preset}"\n\n'
     text += first_step.write_config(runs / "sections.toml", {
         "model": model,
-        "data": {"dir": str(data), "cache_dir": str(runs / "cache"),
+        "data": {"dir": str(data),
+                 "cache_dir": str(root / f"cache-{files}" if args.shared_cache else runs / "cache"),
                  **({"resolution": resolution, "min_bucket_reso": 64} if args.tiny else {})},
         "training": {"max_steps": args.steps,
                      **({} if device == "cuda" else {"device": "cpu", "mixed_precision": "no"})},
