@@ -87,9 +87,26 @@ def _phase(name: str, folder: str, cache_dir: str) -> dict:
     adapter.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
     t1, c1 = time.time(), time.process_time()
     cache = LatentCache(Path(cache_dir), adapter.identity()["vae"])
-    cache.ensure(dataset.items, adapter.encode_images, flip=False, progress=False, log=None)
-    return {"seconds": time.time() - t1, "phase_cpu": time.process_time() - c1, "scan_seconds": t_scan, "items": len(dataset.items),
+    rss: list[tuple[int, float]] = []  # (images encoded, resident MiB now): flat = bounded
+
+    def encode(pixels):
+        out = adapter.encode_images(pixels)
+        done = (rss[-1][0] if rss else 0) + pixels.shape[0]
+        rss.append((done, _rss_mib()))
+        return out
+
+    cache.ensure(dataset.items, encode, flip=False, progress=False, log=None)
+    tenth = max(1, len(rss) // 10)
+    series = [rss[i] for i in range(tenth - 1, len(rss), tenth)]
+    return {"seconds": time.time() - t1, "phase_cpu": time.process_time() - c1, "scan_seconds": t_scan,
+            "rss_series": " ".join(f"{n}:{m:.0f}" for n, m in series), "items": len(dataset.items),
             "buckets": len(dataset.buckets)}
+
+
+def _rss_mib() -> float:
+    """Resident memory of this process now (MiB), from /proc."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def measure(phase: str, folder: Path) -> dict:
@@ -134,6 +151,8 @@ def main() -> int:
             cpu = res.get("phase_cpu", res["cpu"])  # check: the CLI's whole process
             print(f"| {n} | {phase} | {res['seconds']:.1f} | {cpu:.1f} | {1000 * cpu / n:.1f} | {res['cpu']:.1f} | "
                   f"{res['maxrss_mib']:.0f} | {res.get('buckets', '')} |", flush=True)
+            if res.get("rss_series"):
+                print(f"  resident MiB while caching (images encoded: MiB): {res['rss_series']}", flush=True)
     return 0
 
 

@@ -173,13 +173,18 @@ def _digest(key: dict) -> str:
 def _decoded(chunk: list[ImageItem], flip: bool) -> list[torch.Tensor]:
     """The chunk's images decoded and resized for their bucket, in order; several at once on a machine with the cores
     (PIL decodes outside the GIL), never more than the chunk: what caching holds stays one VAE batch."""
-    workers = min(len(chunk), os.cpu_count() or 1, 8)
-    if workers < 2:
+    global _POOL
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(chunk) < 2:
         return [load_for_bucket(it, flip) for it in chunk]
-    from concurrent.futures import ThreadPoolExecutor
+    if _POOL is None:  # one pool for the process: the same threads (and their allocator arenas) chunk after chunk
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda it: load_for_bucket(it, flip), chunk))
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lorakit-decode")
+    return list(_POOL.map(lambda it: load_for_bucket(it, flip), chunk))
+
+
+_POOL = None
 
 
 class LatentCache:

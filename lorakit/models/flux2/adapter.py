@@ -111,14 +111,12 @@ class Adapter(common.ComponentsAdapter):
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
-        """Run an encoder on the training device, or on the CPU when it does not fit beside training."""
-        where = self.device
-        vram = getattr(self.cfg.memory, "vram_gb", None)
-        if where.type == "cuda" and vram:
-            need = sum(p.numel() * p.element_size() for p in module.parameters()) / 2**30
-            if need > 0.8 * float(vram):
-                print(f"flux2: the {need:.1f} GiB encoder runs on the CPU (memory.vram_gb = {vram})")
-                where = torch.device("cpu")
+        """Run an encoder on the training device, or on the CPU when it does not fit beside training: the memory free
+        on the card (within memory.vram_gb when set), lorakit.device.device_for's rule, which the automatic plan's
+        phases count with (Qwen3-8B's 15.3 GiB does not go on a 16 GB card)."""
+        from lorakit.device import device_for
+
+        where = device_for(module, self.device, getattr(self.cfg.memory, "vram_gb", None), log=print)
         module.to(where)
         yield where
 
