@@ -27,6 +27,12 @@ Usage (repository root)::
 On a CUDA machine a run.toml without ``[memory]`` keys now plans itself (issue 28: compile and CUDA graphs included,
 so run 2 also compiles or loads compiled blocks); ``--set memory.auto=false`` measures the eager path as before.
 
+``--compile-start`` (issue 28: compile cost, cold and warm): four runs of the same config, each timed from spawning
+``lorakit train`` to its first step: (1) fills the data caches, eager (``memory.compile=false``); (2) eager again, caches
+filled (the eager start); (3) compiled, with an empty inductor / Triton cache of its own (``TORCHINDUCTOR_CACHE_DIR``
+under the run folder: the cold start); (4) the same again (the warm start: same shapes, the compiled blocks read from
+that cache). The issue's targets: warm within 10 s of eager, cold FLUX.1-dev under 60 s. One table row each.
+
 Other options: ``--steps`` (1-3), ``--repeats`` (run 2 repeated, same caches), ``--set key=value`` (config
 overrides, e.g. ``--set memory.compile=true``), ``--build-only``, ``--repo`` (the lorakit tree to run, for
 before/after comparisons), ``--device auto|cuda|cpu``.
@@ -179,6 +185,30 @@ def flux_layout(tiny: bool, dtype: Any) -> dict[str, dict[str, tuple[tuple[int, 
             "ae": _shapes(ae_diffusers_to_bfl(ae.state_dict()), dtype)}
 
 
+def flux2_layout(size: str, dtype: Any) -> dict[str, dict[str, tuple[tuple[int, ...], Any]]]:
+    """role → {key: (shape, dtype)} of FLUX.2 files as ComfyUI users keep them: the BFL transformer of ``size``
+    (klein-4b / klein-9b), the Qwen3 text encoder (HF causal-LM names, no lm_head) and the BFL ``ae.safetensors``."""
+    import torch
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from lorakit.models.flux2 import configs
+    from lorakit.models.flux2.convert import ae_diffusers_to_bfl, diffusers_to_bfl
+
+    with torch.device("meta"):
+        tr = Flux2Transformer2DModel(**_clean(configs.transformer_config(size)))
+        te = Qwen3ForCausalLM(Qwen3Config(**_clean({k: v for k, v in configs.qwen3_config(size).items()
+                                                    if k != "model_type"})))
+        ae = AutoencoderKLFlux2(**_clean(configs.ae_config()))
+    te_sd = {k: v for k, v in te.state_dict().items() if k != "lm_head.weight"}
+    ae_sd = {k: v for k, v in ae_diffusers_to_bfl(ae.state_dict()).items() if not k.endswith("num_batches_tracked")}
+    return {"checkpoint": _shapes(diffusers_to_bfl(tr.state_dict()), dtype), "text_encoder": _shapes(te_sd, dtype),
+            "ae": _shapes(ae_sd, dtype)}
+
+
+FLUX2_SIZES = {"flux2": "klein-4b", "flux2-9b": "klein-9b"}  # --family: the Klein size written
+
+
 def build_models(family: str, root: Path, tiny: bool, device: str) -> dict[str, Path]:
     """Write the family's files under ``root`` once (a ``done.json`` marks a complete set); role -> path."""
     import torch
@@ -197,6 +227,17 @@ def build_models(family: str, root: Path, tiny: bool, device: str) -> dict[str, 
             paths["config"] = configs.write_config_folder(folder / "config", unet=tiny_cfgs["unet"],
                                                           vae=tiny_cfgs["vae"], te1=tiny_cfgs["te1"],
                                                           te2=tiny_cfgs["te2"])
+    elif family in FLUX2_SIZES:
+        if tiny:
+            raise SystemExit("first_step: --tiny is not offered for FLUX.2; use --toy (the shipped toy FLUX.2)")
+        size = FLUX2_SIZES[family]
+        names = {"checkpoint": f"flux2-{size.replace('klein-', 'klein-base-')}.safetensors",
+                 "text_encoder": f"qwen_3_{size.split('-')[1]}.safetensors", "ae": "flux2-ae.safetensors"}
+        for i, (role, shapes) in enumerate(flux2_layout(size, torch.bfloat16).items()):
+            paths[role] = write_random_safetensors(folder / names[role], shapes, device, seed=i)
+        # a Qwen3 tokenizer folder: the toy world's (a real Qwen3 tokenizer class; its ids index the full-size table)
+        from lorakit.toy.paths import toy_paths
+        paths["tokenizer_dir"] = toy_paths("flux2")["tokenizer_dir"]
     else:
         names = {"checkpoint": "flux1-dev.safetensors", "clip_l": "clip_l.safetensors",
                  "t5xxl": "t5xxl_fp16.safetensors", "ae": "ae.safetensors"}
@@ -338,9 +379,9 @@ CHILD = (f"import runpy, sys\nimport diffusers, transformers, lorakit.cli, lorak
 
 
 def run_train(python: str, repo: Path, config: Path, overrides: list[str], run_dir: Path, name: str,
-              timeout: float) -> RunTiming:
+              timeout: float, extra_env: Optional[dict[str, str]] = None) -> RunTiming:
     """Spawn `lorakit train config overrides` and time it; the first step is the first line of metrics.jsonl."""
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(repo)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.update(PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     metrics = run_dir / "metrics.jsonl"
@@ -476,7 +517,8 @@ def append_out(row: str, extra: str = "") -> None:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Time from `lorakit train` to the first training step (issue 6).")
     p.add_argument("--dir", required=True, help="folder for the model files (written once), dataset and runs")
-    p.add_argument("--family", choices=("sdxl", "flux1"), default="sdxl")
+    p.add_argument("--family", choices=("sdxl", "flux1", "flux2", "flux2-9b"), default="sdxl",
+                   help="flux2 / flux2-9b: FLUX.2 Klein base 4B / 9B")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="tiny models and 64 px images (CPU smoke test)")
     size.add_argument("--toy", action="store_true", help="lorakit's shipped toy model (64 px) instead of random files")
@@ -493,6 +535,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--repo", default=str(REPO), help="the lorakit source tree to run (default: this one)")
     p.add_argument("--label", default="", help="text added to the settings column")
     p.add_argument("--build-only", action="store_true", help="write the model files and dataset, then stop")
+    p.add_argument("--compile-start", action="store_true",
+                   help="time the start eager, compiled with a cold inductor cache and with a warm one (see above)")
     args = p.parse_args(argv)
     if not 1 <= args.steps <= 100:
         p.error("--steps: give 1-3 (at most 100)")
@@ -521,7 +565,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = root / "runs" / f"{args.family}-{'toy' if args.toy else 'tiny' if args.tiny else 'full'}-{stamp}"
     runs.mkdir(parents=True, exist_ok=True)
-    model = {"family": args.family, **{role: str(p) for role, p in paths.items() if role != "config"}}
+    model = {"family": "flux2" if args.family in FLUX2_SIZES else args.family,
+             **{role: str(p) for role, p in paths.items() if role != "config"}}
     if "config" in paths:
         model["config_dir"] = str(paths["config"])
     mixed = "bf16" if device == "cuda" else "no"
@@ -540,6 +585,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     repo = Path(args.repo).resolve()
     model_files = [p for role, p in paths.items() if role != "config"]
 
+    if args.compile_start:
+        return compile_start(args, config, overrides, runs, repo, model_files, device, mixed, resolution)
     warm = warm_page_cache(model_files)
     print(f"run 1 (fills the caches; page cache warmed in {warm:.1f} s): {runs / 'run1'}", flush=True)
     run1 = run_train(args.python, repo, config, overrides + ["save.name=run1"], runs / "run1", "run1", args.timeout)
@@ -565,6 +612,47 @@ def main(argv: Optional[list[str]] = None) -> int:
                "run1_first_step": run1.first_step, "run2_first_step": [t.first_step for t in run2s],
                "run2_phases": [t.phases() for t in run2s], "run2_step_seconds": [t.step_seconds for t in run2s],
                "runs": str(runs), "command": " ".join(shlex.quote(a) for a in sys.argv)}
+    (runs / "first_step.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def compile_start(args: argparse.Namespace, config: Path, overrides: list[str], runs: Path, repo: Path,
+                  model_files: list[Path], device: str, mixed: str, resolution: int) -> int:
+    """``--compile-start``: fill / eager / cold compile / warm compile, each from spawn to the first step."""
+    import torch
+
+    cache = runs / "inductor-cache"  # empty: run 3 compiles cold; run 4 reads what run 3 wrote
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(cache), "TRITON_CACHE_DIR": str(cache / "triton")}
+    plan = [("fill", ["memory.compile=false"], None), ("eager", ["memory.compile=false"], None),
+            ("cold compile", ["memory.compile=true"], env), ("warm compile", ["memory.compile=true"], env)]
+    timings: dict[str, RunTiming] = {}
+    for i, (what, keys, extra) in enumerate(plan, 1):
+        name = f"run{i}-{what.replace(' ', '-')}"
+        warm = warm_page_cache(model_files)
+        t = run_train(args.python, repo, config, overrides + keys + [f"save.name={name}"], runs / name, name,
+                      args.timeout, extra)
+        timings[what] = t
+        print(f"{name} (page cache warmed in {warm:.1f} s): first step at {t.first_step:.2f} s, exit after "
+              f"{t.total:.1f} s; phases: {format_phases(t)}", flush=True)
+    size = "toy" if args.toy else "tiny" if args.tiny else "full-size"
+    base = (f"{size}, {args.images} img {resolution}², rank {args.rank}, {mixed}"
+            + (f", {' '.join(overrides)}" if overrides else "") + (f", {args.label}" if args.label else ""))
+    print()
+    print(TABLE_HEADER)
+    rows = []
+    for what in ("eager", "cold compile", "warm compile"):
+        rows.append(table_row(args.family, f"{base}, start {what}", timings["fill"], [timings[what]],
+                              device_name(device), torch.__version__, commit_label(repo)))
+        print(rows[-1])
+        append_out(rows[-1])
+    eager, cold, warm_t = (timings[w].first_step for w in ("eager", "cold compile", "warm compile"))
+    verdict = (f"warm compile start - eager start = {warm_t - eager:+.1f} s (target within 10 s); cold compile start "
+               f"{cold:.1f} s (FLUX.1-dev target: under 60 s)")
+    print(verdict)
+    append_out("", verdict)
+    summary = {"family": args.family, "settings": base, **{f"{w}_first_step": t.first_step for w, t in timings.items()},
+               "phases": {w: t.phases() for w, t in timings.items()}, "runs": str(runs),
+               "command": " ".join(shlex.quote(a) for a in sys.argv)}
     (runs / "first_step.json").write_text(json.dumps(summary, indent=2))
     return 0
 

@@ -21,6 +21,7 @@ Usage::
 
     python benchmarks/preset_as_shipped.py --dir /data/preset sdxl/character
     python benchmarks/preset_as_shipped.py --dir /data/preset flux1/character --cap-gib 24 --steps 30
+    python benchmarks/preset_as_shipped.py --dir /data/preset flux2/character --flux2-size 9b --cap-gib 16
     python benchmarks/preset_as_shipped.py --dir /tmp/ps sdxl/character --tiny --device cpu   # harness smoke test
 
 ``--set key=value`` adds overrides (e.g. a hand-tuned row to compare with: ``--set memory.auto=false``).
@@ -136,6 +137,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="an override section.key=value (repeatable)")
     ap.add_argument("--runs", default="caching,cold,warm", help="which of caching,cold,warm to run")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--shared-cache", action="store_true",
+                    help="keep the data caches under --dir (a later call with --runs cold,warm reuses them) instead "
+                         "of in this call's run folder")
+    ap.add_argument("--flux2-size", choices=("4b", "9b"), default="4b", help="FLUX.2 presets: Klein base 4B or 9B files")
     args = ap.parse_args(argv)
     import torch
 
@@ -143,7 +148,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    paths = first_step.build_models(family, root, args.tiny, device)
+    files = "flux2-9b" if family == "flux2" and args.flux2_size == "9b" else family  # first_step's FLUX2_SIZES
+    paths = first_step.build_models(files, root, args.tiny, device)
     resolution = 64 if args.tiny else 1024
     data = first_step.write_dataset(root / f"data-{resolution}-{args.images}", args.images, resolution)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -156,7 +162,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = f'preset = "{args.preset}"\n\n'
     text += first_step.write_config(runs / "sections.toml", {
         "model": model,
-        "data": {"dir": str(data), "cache_dir": str(runs / "cache"),
+        "data": {"dir": str(data),
+                 "cache_dir": str(root / f"cache-{files}" if args.shared_cache else runs / "cache"),
                  **({"resolution": resolution, "min_bucket_reso": 64} if args.tiny else {})},
         "training": {"max_steps": args.steps,
                      **({} if device == "cuda" else {"device": "cpu", "mixed_precision": "no"})},

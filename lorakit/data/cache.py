@@ -170,6 +170,23 @@ def _digest(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def _decoded(chunk: list[ImageItem], flip: bool) -> list[torch.Tensor]:
+    """The chunk's images decoded and resized for their bucket, in order; several at once on a machine with the cores
+    (PIL decodes outside the GIL), never more than the chunk: what caching holds stays one VAE batch."""
+    global _POOL
+    workers = min(os.cpu_count() or 1, 8)
+    if workers < 2 or len(chunk) < 2:
+        return [load_for_bucket(it, flip) for it in chunk]
+    if _POOL is None:  # one pool for the process: the same threads (and their allocator arenas) chunk after chunk
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="lorakit-decode")
+    return list(_POOL.map(lambda it: load_for_bucket(it, flip), chunk))
+
+
+_POOL = None
+
+
 class LatentCache:
     """VAE latents per (image content, bucket, resize/crop, model identity)."""
 
@@ -245,8 +262,8 @@ class LatentCache:
     def _encode_chunk(self, chunk: list[ImageItem], encode: Callable[[torch.Tensor], torch.Tensor],
                       flip: bool) -> None:
         with torch.no_grad():
-            lat = encode(torch.stack([load_for_bucket(it, False) for it in chunk]))
-            lat_f = encode(torch.stack([load_for_bucket(it, True) for it in chunk])) if flip else None
+            lat = encode(torch.stack(_decoded(chunk, False)))
+            lat_f = encode(torch.stack(_decoded(chunk, True))) if flip else None
         for j, it in enumerate(chunk):
             tensors = {"latents": lat[j].float()}
             if lat_f is not None:

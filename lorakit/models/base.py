@@ -72,6 +72,21 @@ class ModelSpec:
     # device (the meta device there: nothing allocated, nothing read), and its LoRA targets {path: rank}. None: the
     # family cannot be planned without its files
     planning_model: Optional[Callable[[Any], tuple[nn.Module, dict[str, int]]]] = None
+    # a family whose sizes differ in their planning numbers (FLUX.2: Klein 4B / 9B / dev): (spec, denoiser) -> the spec
+    # with the activation rates, measured steps and estimate note of that denoiser's size (loaded or on the meta
+    # device); the planner asks it first (lorakit/train/budget.py: for_model). None = these fields hold for every size
+    variant_spec: Optional[Callable[["ModelSpec", nn.Module], "ModelSpec"]] = None
+    # the s/step model's measured rows of the family kept by the family package, in lorakit/train/cards.toml's
+    # [[measured]] form (family, card, s_step, peak_gib, the settings, source; "estimated": why a row is not a
+    # measurement), used besides the table's rows of the family
+    measured_steps: tuple[Mapping[str, Any], ...] = ()
+    # non-empty: the planning numbers of this (variant) spec are estimates, not measurements; the plan says so
+    planning_estimate: str = ""
+    # GiB of the frozen components besides the denoiser as loaded for training ("vae", "text encoders"), from their
+    # parameter counts: the whole-run plan counts them while the caches fill and during previews (train/autoplan.py)
+    component_gib: tuple[tuple[str, float], ...] = ()
+    # the VAE is a diffusers autoencoder with enable_tiling (the adapter's ``vae_module()``): the plan may tile it
+    vae_tiling: bool = False
 
 
 @dataclass

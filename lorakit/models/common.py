@@ -172,6 +172,10 @@ class ComponentsAdapter:
             if c.loaded(name):
                 getattr(c, name).to("cpu")
 
+    def vae_module(self) -> Any:
+        """The autoencoder: the planner may switch it to tiled encode / decode (train/autoplan.py)."""
+        return self._c().ae
+
     def denoiser(self) -> Any:
         return self._c().transformer
 

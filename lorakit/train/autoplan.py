@@ -26,6 +26,9 @@ from lorakit.train import budget, cards
 # what the automatic plan adds to budget.CONSTRAINTS: each, when the user set it, kept as set
 STEERED = ("compile", "cuda_graphs")
 HOST_RAM_SHARE = 0.5  # at most this share of host RAM is pinned for swapped blocks / host modulations
+# what the plan decides: the settings recorded in plan.json (lorakit/train/placement.py) and compared on --resume
+PLANNED = tuple(f"memory.{k}" for k in budget.CONSTRAINTS + STEERED) + (
+    "training.batch_size", "training.gradient_accumulation")
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,9 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
     explicit = explicit_keys(cfg)
     mem = cfg.memory
     mine = [k for k in ("vram_gb",) + STEERED + budget.CONSTRAINTS if f"memory.{k}" in explicit]
-    if not cards.has_rows(spec.family):
+    spec = budget.for_model(spec, model)  # the numbers of this model's size (FLUX.2: Klein 4B / 9B / dev)
+    rows = cards.rows_for(spec)
+    if not rows:
         log(f"plan: {spec.family} has no measured memory and speed rows yet; the [memory] settings run as written "
             "(memory.vram_gb plans them if the family supports it)")
         return None
@@ -150,7 +155,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             seen.add(key)
             images = cfg.training.batch_size * w * h / 1024**2  # per optimizer step, split or not
             step = cards.step_seconds(spec.family, settings, card, images=images, swapped_bytes=swapped,
-                                      host_bytes=sizes.host_linears if plan.modulation_on_cpu else 0)
+                                      host_bytes=sizes.host_linears if plan.modulation_on_cpu else 0, rows=rows)
             options.append(Option(mode, plan, step))
     if not options:
         why = failures.get("compile, host streaming allowed") or failures.get("eager, host streaming allowed") or \
@@ -171,7 +176,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             f"{best.plan.estimate_gib:.1f} of {room:g} GiB"
             + (f", ~{best.step.seconds:.2f} s/step ({'extrapolated' if best.step.extrapolated else 'measured'})"
                if best.step else ", no s/step estimate")
-            + runner + ("; kept as you set: " + ", ".join(f"memory.{k}" for k in mine) if mine else "")
+            + runner + (f"; {spec.planning_estimate}" if spec.planning_estimate else "")
+            + ("; kept as you set: " + ", ".join(f"memory.{k}" for k in mine) if mine else "")
             + "; plan.json has the details")
     log(line)
     return replace(best.plan, notes=best.plan.notes + (line,), step=best.step, card=card, line=line)
@@ -182,7 +188,7 @@ def loading_memory(cfg, spec, device) -> Any:
     (when the user set none), so that a family that places its denoiser block by block under a budget keeps it off
     the GPU until the plan is made (FLUX.1: no 22 GiB of bf16 weights on a 12 GiB card while the caches fill)."""
     mem = cfg.memory
-    if mem.vram_gb or not wanted(cfg, device) or not cards.has_rows(spec.family):
+    if mem.vram_gb or not wanted(cfg, device) or not cards.has_rows(spec):
         return mem
     return replace(mem, vram_gb=math.floor(cards.local_card(device).free_gib * 10) / 10)
 
@@ -190,33 +196,57 @@ def loading_memory(cfg, spec, device) -> Any:
 # VAE encoder working memory per 1024² image (bf16): issue 28's H100 run of the SDXL character preset peaked at
 # 17.3 GiB while caching latents in batches of 4, with about 6.9 GiB of SDXL weights on the device: (17.3 - 6.9) / 4 = 2.6
 ENCODE_GIB_PER_IMAGE = 2.6
+# VAE decoder working memory per 1024² image: an estimate, not a measurement (the decoder runs at full resolution with
+# the widest channels last; taken as twice the encoder's)
+DECODE_GIB_PER_IMAGE = 2 * ENCODE_GIB_PER_IMAGE
 LATENT_BATCH = 4  # data/cache.py's default: the most the caching batches are ever raised to
+TILE = 512        # side of the VAE tiles when tiling is planned (diffusers' enable_tiling, tile sizes set to this)
 
 
 @dataclass(frozen=True)
 class CachePlan:
-    """How the caches are filled on this card: images per VAE call, decided from the memory free after loading."""
+    """How the caches are filled on this card: images per VAE call and VAE tiling, from the memory free after
+    loading; ``work_gib`` the VAE's working memory at that batch."""
 
     latent_batch: int
     free_gib: float
     line: str
+    vae_tiling: bool = False
+    work_gib: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """What the latent cache key gets for tiled encoding (tiles blend at their seams: other latents)."""
+        return f"+tiled{TILE}" if self.vae_tiling else ""
 
 
-def plan_caching(free_bytes: int, max_pixels: int, *, default: int = LATENT_BATCH) -> CachePlan:
+def tiled_share(pixels: float) -> float:
+    """The share of an image's VAE working memory that tiling keeps: one TILE² tile (with its overlap) at a time."""
+    return min(1.0, 1.25 * TILE * TILE / max(pixels, 1.0))
+
+
+def plan_caching(free_bytes: int, max_pixels: int, *, default: int = LATENT_BATCH, tiling: bool = False) -> CachePlan:
     """The largest latent-caching batch (≤ ``default``) whose VAE working memory (:data:`ENCODE_GIB_PER_IMAGE` per
-    1024² image of the largest bucket) fits the free memory less the planner's reserve; at least 1."""
+    1024² image of the largest bucket) fits the free memory less the planner's reserve; at least 1. Where not even one
+    image fits and the family's VAE tiles (``tiling``), one image per call, tiled."""
     free = free_bytes / cards.GIB
     per = ENCODE_GIB_PER_IMAGE * max_pixels / 1024**2
     fits = int((free - budget.RESERVE_GIB) // per) if per > 0 else default
     batch = max(1, min(default, fits))
+    tiled = fits < 1 and tiling
+    work = per * (tiled_share(max_pixels) if tiled else batch)
     line = (f"caching: {batch} image{'s' if batch > 1 else ''} per VAE call ({free:.1f} GiB free, ~{per:.1f} GiB "
-            f"each at the largest bucket)" + ("; even one may not fit: lower data.max_bucket_reso if caching runs out of "
-                                      "memory" if fits < 1 else ""))
-    return CachePlan(batch, round(free, 2), line)
+            f"each at the largest bucket)")
+    if tiled:
+        line += f"; tiled ({TILE}² tiles, ~{work:.1f} GiB): not even one whole image fits"
+    elif fits < 1:
+        line += "; even one may not fit: lower data.max_bucket_reso if caching runs out of memory"
+    return CachePlan(batch, round(free, 2), line, tiled, round(work, 3))
 
 
-def caching_plan(cfg, items, device, log: Callable[[str], None] = print) -> Optional[CachePlan]:
-    """:func:`plan_caching` for a run about to fill its latent cache (None off the automatic plan)."""
+def caching_plan(cfg, items, device, log: Callable[[str], None] = print, adapter=None) -> Optional[CachePlan]:
+    """:func:`plan_caching` for a run about to fill its latent cache (None off the automatic plan); with tiling planned
+    the adapter's VAE tiles (:func:`tile_vae`)."""
     if not wanted(cfg, device) or not items:
         return None
     free = cards.local_card(device).free_bytes
@@ -224,9 +254,95 @@ def caching_plan(cfg, items, device, log: Callable[[str], None] = print) -> Opti
         import torch
 
         free = min(free, int(cfg.memory.vram_gb * cards.GIB) - torch.cuda.memory_allocated(device))
-    plan = plan_caching(free, max(it.bucket[0] * it.bucket[1] for it in items))
+    spec = getattr(adapter, "spec", None)
+    plan = plan_caching(free, max(it.bucket[0] * it.bucket[1] for it in items),
+                        tiling=bool(getattr(spec, "vae_tiling", False)))
+    if plan.vae_tiling and not tile_vae(adapter, log):
+        plan = replace(plan, vae_tiling=False, line=plan.line + "; this family's VAE does not tile")
     log(plan.line)
     return plan
+
+
+def tile_vae(adapter, log: Callable[[str], None] = print) -> bool:
+    """Switch the adapter's VAE (``adapter.vae_module()``, where the family has one) to diffusers' tiled encode and
+    decode with :data:`TILE`² tiles; False where it cannot tile."""
+    get = getattr(adapter, "vae_module", None)
+    vae = get() if get is not None else None
+    if vae is None or not hasattr(vae, "enable_tiling"):
+        return False
+    vae.enable_tiling()
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.tile_sample_min_size, vae.tile_latent_min_size = TILE, TILE // down
+    log(f"VAE: tiled encode / decode ({TILE}² tiles), planned from the free memory")
+    return True
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The whole run on the card: the peak of each phase (GiB, the planner's reserve included) and what was chosen
+    for it. ``cache``: latent caching (batch, tiling) and text caching (encoders on the GPU or the CPU); ``train``:
+    the training step (the plan's estimate); ``previews``: sampling at the preview size (a CFG batch of 2) and the
+    VAE decode (tiled where it would not fit)."""
+
+    room_gib: float
+    cache: dict
+    train_gib: float
+    previews: dict
+
+    def lines(self) -> list[str]:
+        c, p = self.cache, self.previews
+        out = [f"cache: ~{c['peak_gib']:.2f} GiB ({c['latent_batch']} image(s) per VAE call"
+               + (", VAE tiled" if c["vae_tiling"] else "") + f"; text encoders on the {c['text_encoders']})",
+               f"train: ~{self.train_gib:.2f} GiB (the step above)",
+               f"previews: ~{p['peak_gib']:.2f} GiB ({p['width']}x{p['height']}, batch {p['batch']}"
+               + (" (CFG)" if p["batch"] > 1 else "") + (", VAE decode tiled" if p["vae_tiling"] else "") + ")"]
+        worst = max(c["peak_gib"], self.train_gib, p["peak_gib"])
+        if worst > self.room_gib:
+            out.append(f"warning: a phase needs ~{worst:.1f} GiB, more than the {self.room_gib:g} GiB planned for")
+        return out
+
+    def record(self) -> dict:
+        return {"room_gib": self.room_gib, "cache": self.cache, "train_gib": round(self.train_gib, 3),
+                "previews": self.previews}
+
+
+def plan_phases(cfg, spec, plan: budget.Plan, room: float, *, max_pixels: Optional[int] = None) -> Phases:
+    """:class:`Phases` of a planned run on ``room`` GiB. Counts the family's frozen components as loaded
+    (``ModelSpec.component_gib``), the denoiser as planned (during caching only where the family does not place it
+    block by block later: the families with ``memory.blocks_to_swap`` keep it off the GPU while the caches fill), the
+    LoRA and optimizer state and CUDA graph pool during previews, and the activations of a forward without gradients at
+    the family's checkpointed rate (an upper bound: only one block's intermediates live at a time)."""
+    from lorakit.config.resolution import resolution_wh
+
+    parts = plan.parts
+    comps = dict(getattr(spec, "component_gib", ()) or ())
+    vae, te = comps.get("vae", 0.0), comps.get("text encoders", 0.0)
+    w, h = resolution_wh(cfg.data.resolution)
+    pixels = max_pixels or w * h
+    denoiser = 0.0 if "memory.blocks_to_swap" in spec.config_keys else parts["weights"]
+    reserve = budget.RESERVE_GIB
+    cache = plan_caching(int(max(room - denoiser - vae, 0) * cards.GIB), pixels, tiling=spec.vae_tiling)
+    from lorakit.device import ENCODER_MARGIN_GIB
+
+    te_gpu = denoiser + vae + te + ENCODER_MARGIN_GIB <= room  # device.device_for's rule, which the families follow
+    cache_peak = max(denoiser + vae + cache.work_gib, denoiser + (te if te_gpu else 0.0)) + reserve
+    sw = cfg.sample.width or w
+    sh = cfg.sample.height or h
+    scale = spec.default_cfg_scale if cfg.sample.cfg_scale is None else cfg.sample.cfg_scale
+    batch = 2 if float(scale) > 1.0 else 1
+    spix = sw * sh / 1024**2
+    held = parts["weights"] + parts.get("swap window", 0.0) + parts["LoRA+optimizer"] + \
+        parts.get("CUDA graph pool", 0.0) + vae
+    sample_act = batch * spec.activation_gib[0] * spix
+    decode = DECODE_GIB_PER_IMAGE * spix
+    tiled = spec.vae_tiling and held + max(sample_act, decode) + reserve > room
+    if tiled:
+        decode *= tiled_share(sw * sh)
+    previews = {"width": sw, "height": sh, "batch": batch, "vae_tiling": bool(tiled),
+                "peak_gib": round(held + max(sample_act, decode) + reserve, 3)}
+    return Phases(room, {"latent_batch": cache.latent_batch, "vae_tiling": cache.vae_tiling,
+                         "text_encoders": "GPU" if te_gpu else "CPU", "peak_gib": round(cache_peak, 3)},
+                  plan.estimate_gib, previews)
 
 
 def recorded_room(run_root) -> Optional[float]:

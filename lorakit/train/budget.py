@@ -84,6 +84,7 @@ class Plan:
     step: Any = None
     card: Any = None
     line: str = ""
+    phases: Any = None  # autoplan.Phases: the peak of caching, training and previews
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items())
@@ -281,6 +282,13 @@ def _listed(fixed: dict[str, Any]) -> str:
 
 
 
+def for_model(spec, model: nn.Module):
+    """``spec`` with the planning numbers of ``model``'s size where the family has several (``ModelSpec.variant_spec``:
+    FLUX.2's Klein 4B / 9B / dev), else ``spec`` itself."""
+    hook = getattr(spec, "variant_spec", None)
+    return hook(spec, model) if hook is not None else spec
+
+
 def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
                  lookahead: int, log=print, device: Optional[torch.device] = None, *,
                  fixed_keys: Optional[frozenset[str]] = None, allow_streaming: bool = True,
@@ -300,6 +308,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
 
     from lorakit.config.load import explicit_keys
 
+    spec = for_model(spec, model)
     mem = cfg.memory
     explicit = explicit_keys(cfg) if fixed_keys is None else fixed_keys
     fixed = {k: getattr(mem, k) for k in CONSTRAINTS
@@ -363,6 +372,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
         notes.append(f"vram_gb = {mem.vram_gb:g}: training.batch_size {wanted} does not fit; using batch_size = "
                      f"{batch} with gradient_accumulation = {accumulation} (the same effective batch)")
     notes.append(plan.describe())
+    if getattr(spec, "planning_estimate", ""):
+        notes.append(f"vram_gb = {mem.vram_gb:g}: {spec.planning_estimate}")
     fp8_compute = mem.fp8_compute
     if deciding and plan.fp8_base:
         if plan.blocks_to_swap:  # swapped blocks run inside lorakit's own checkpoint, where fp8 compute was slower

@@ -163,8 +163,15 @@ def measured_rows(family: str) -> list[dict[str, Any]]:
     return [r for r in _table().get("measured", []) if r["family"] == family]
 
 
-def has_rows(family: str) -> bool:
-    return bool(measured_rows(family))
+def rows_for(spec: Any) -> list[dict[str, Any]]:
+    """The measured rows of a family's (variant) spec: the table's, then those the family package keeps
+    (``ModelSpec.measured_steps``)."""
+    return measured_rows(spec.family) + [dict(r) for r in getattr(spec, "measured_steps", ())]
+
+
+def has_rows(family: Any) -> bool:
+    """Whether the s/step model has rows for ``family`` (a name: the table's rows; a ModelSpec: :func:`rows_for`)."""
+    return bool(measured_rows(family) if isinstance(family, str) else rows_for(family))
 
 
 def _kind(s: dict[str, Any]) -> tuple:
@@ -194,12 +201,13 @@ def _scale(seconds: float, ref: CardFacts, target: CardFacts, fp8_compute: bool)
 
 
 def step_seconds(family: str, settings: dict[str, Any], target: CardFacts, *, images: float = 1.0,
-                 swapped_bytes: int = 0, host_bytes: int = 0) -> Optional[StepEstimate]:
+                 swapped_bytes: int = 0, host_bytes: int = 0,
+                 rows: Optional[list[dict[str, Any]]] = None) -> Optional[StepEstimate]:
     """Seconds per step of ``settings`` (the [memory] knobs as planned; checkpoint_fraction 0 = no checkpointing) on
     ``target``, for ``images`` 1024²-image equivalents per step (linear in pixels). ``swapped_bytes``: bytes of the
     swapped blocks; ``host_bytes``: bytes of the weights modulation_on_cpu streams in. None when the family has no
-    measured row."""
-    rows = measured_rows(family)
+    measured row. ``rows``: the rows to start from (default: the table's rows of ``family``; :func:`rows_for`)."""
+    rows = measured_rows(family) if rows is None else rows
     if not rows:
         return None
     best = min(rows, key=lambda r: _distance(r, settings))
@@ -232,6 +240,7 @@ def step_seconds(family: str, settings: dict[str, Any], target: CardFacts, *, im
             if axis == "checkpoint_fraction" and _kind(row) == _kind(settings) and x(row) != want:
                 seconds *= 1 + RECOMPUTE * (want - x(row))
                 why.append(f"{RECOMPUTE:.0%} of a step per share of blocks recomputed")
+    why += sorted({str(r["estimated"]) for r in used if r.get("estimated")})
     source = " / ".join(f"{r['source']} ({card(r['card']).name}, {float(r['s_step']):g} s)" for r in used)
     if any(r["card"] != target.key for r in used):
         why.append("scaled to this card by tensor throughput and memory bandwidth")

@@ -228,9 +228,9 @@ def load_and_cache(r: Run, watchdog, log: Callable[[str], None]) -> None:
     r.adapter.load(cfg.model, autoplan.loading_memory(cfg, r.adapter.spec, r.device), r.device, weight_dtype)
     identity = r.adapter.identity()
     cache_root = cache_folder(cfg.data, r.run.root.parent)  # save.dir, or where a moved run folder now lives
-    r.latents = LatentCache(cache_root, identity["vae"])
+    caching = autoplan.caching_plan(cfg, r.dataset.items, r.device, log, r.adapter)  # VAE batch / tiling: free memory
+    r.latents = LatentCache(cache_root, identity["vae"] + (caching.key if caching else ""))
     watchdog.beat("caching latents")
-    caching = autoplan.caching_plan(cfg, r.dataset.items, r.device, log)  # VAE batch from the free memory
     distributed.split(r.latents.ensure, r.dataset.items, r.latents.path, encode=r.adapter.encode_images,
                       flip=any(s.flip_aug for s in r.dataset.subsets),  # a data.config TOML may flip where [data] not
                       progress=cfg.log.progress, **({"batch_size": caching.latent_batch} if caching else {}))

@@ -8,6 +8,7 @@ of the run uses and the LoRA's metadata records.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -18,9 +19,7 @@ from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
 from lorakit.train import autoplan, budget, cards, memory, speed, swap, warmstart
 
-# what the plan decides: the settings recorded in plan.json and compared on --resume
-PLANNED = tuple(f"memory.{k}" for k in budget.CONSTRAINTS + autoplan.STEERED) + (
-    "training.batch_size", "training.gradient_accumulation")
+PLANNED = autoplan.PLANNED  # what the plan decides: the settings recorded in plan.json and compared on --resume
 
 
 @dataclass
@@ -103,6 +102,11 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
         chosen = budget.apply_budget(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
     if chosen is not None:
         run_cfg = chosen.applied
+        if chosen.card is not None:  # the automatic plan: the previews' peak on the card too (VAE decode tiled if needed)
+            phases = autoplan.plan_phases(run_cfg, budget.for_model(spec, denoiser), chosen, run_cfg.memory.vram_gb)
+            if phases.previews["vae_tiling"]:
+                autoplan.tile_vae(adapter, log)
+            chosen = dataclasses.replace(chosen, phases=phases)
     if chosen is not None or autoplan.wanted(cfg, device):  # combinations are checked on what runs
         memory.check_supported(run_cfg, device, planned=True)
     if chosen is not None:
@@ -128,7 +132,8 @@ def plan_record(cfg: Config, run_cfg: Config, chosen: Optional[budget.Plan]) -> 
             "notes": list(chosen.notes) if chosen else [],
             "card": chosen.card.describe() if chosen and chosen.card else None,
             "s_step_estimate": round(chosen.step.seconds, 3) if chosen and chosen.step else None,
-            "s_step_basis": chosen.step.describe() if chosen and chosen.step else None}
+            "s_step_basis": chosen.step.describe() if chosen and chosen.step else None,
+            "phases": chosen.phases.record() if chosen and chosen.phases else None}
 
 
 def _get(cfg: Config, key: str) -> Any:

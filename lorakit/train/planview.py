@@ -30,6 +30,7 @@ def lora_parameters(model, targets: dict[str, int]) -> int:
     return total
 
 
+_SIZES: dict[tuple, budget.Sizes] = {}
 _BUILT: dict[str, tuple] = {}  # one meta model per family / variant / network / dtype in a process (tests, the UI)
 
 
@@ -47,7 +48,9 @@ def meta_model(cfg) -> tuple:
     if spec.planning_model is None:
         raise ConfigError(f"lorakit plan: the {cfg.model.family} family does not describe its full-size model for "
                           "planning; plan it on the card itself (lorakit train logs the plan)")
-    key = json.dumps([cfg.model.family, getattr(cfg.model, "variant", None), cfg.training.mixed_precision,
+    # the checkpoint too: a family may read its size from the file's header (FLUX.2)
+    key = json.dumps([cfg.model.family, getattr(cfg.model, "variant", None), str(cfg.model.checkpoint),
+                      cfg.training.mixed_precision,
                       config_to_dict(cfg).get("network", {})], sort_keys=True, default=str)
     if key not in _BUILT:
         with torch.device("meta"):
@@ -65,9 +68,12 @@ def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan
     from lorakit.train import swap
 
     spec, model, blocks, trainable = meta_model(cfg)
+    key = (id(model), tuple(spec.host_linears), sum(int(t.numel()) for t in trainable))
+    if key not in _SIZES:  # byte counts of a full-size model take seconds: once per model in a process
+        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
     lines: list[str] = []
     plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=None,
-                           log=log or lines.append)
+                           log=log or lines.append, sizes=_SIZES[key])
     return plan, lines
 
 
@@ -79,15 +85,21 @@ def who(cfg, key: str, value, explicit: frozenset[str]) -> str:
 
 
 def report(cfg, card: cards.CardFacts, label: str) -> str:
-    from lorakit.config.load import explicit_keys
-    from lorakit.train.placement import PLANNED
+    """What ``lorakit plan`` prints (and the web UI's Train page shows: the same text)."""
+    return planned(cfg, card, label)[0]
 
+
+def planned(cfg, card: cards.CardFacts, label: str) -> tuple[str, Optional[budget.Plan]]:
+    """:func:`report`'s text and the plan it shows (None where nothing is planned)."""
+    from lorakit.config.load import explicit_keys
+
+    PLANNED = autoplan.PLANNED
     plan, lines = plan_for(cfg, card)
     out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
     out += [f"  note: {n}" for n in card.notes]
     if plan is None:
         out += lines
-        return "\n".join(out)
+        return "\n".join(out), None
     explicit = explicit_keys(cfg)
     applied = plan.applied
     rows = [(key, getattr(getattr(applied, key.split(".")[0]), key.split(".")[1])) for key in PLANNED]
@@ -102,10 +114,13 @@ def report(cfg, card: cards.CardFacts, label: str) -> str:
     out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB})")
     out.append(f"  estimated step: {plan.step.describe()}" if plan.step else
                "  estimated step: no measured row for this family")
+    phases = autoplan.plan_phases(applied, budget.for_model(meta_model(cfg)[0], meta_model(cfg)[1]), plan, room)
+    out.append("  peak by phase (the whole run):")
+    out += [f"    {line}" for line in phases.lines()]
     if plan.step and plan.step.link_bound:
         out.append(f"  the host link ({card.host_link_gbs:g} GB/s) bounds this setting's step")
     out.append(f"  log line: {plan.line}")
-    return "\n".join(out)
+    return "\n".join(out), plan
 
 
 def main(config: str, overrides: Sequence[str], card_key: Optional[str]) -> int:

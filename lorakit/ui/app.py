@@ -172,9 +172,9 @@ def _train_page(gr, state: UIState, u) -> None:
 
         u.tr_preset = gr.Dropdown(["(none)"] + list_presets(), value="(none)", label="Preset",
                                 elem_id="tr-preset")
-        from lorakit.ui.plan import CARDS
+        from lorakit.ui.plan import CPU, card_choices
 
-        u.tr_card = gr.Dropdown(list(CARDS), value="CPU (this machine)", label="Card for the plan",
+        u.tr_card = gr.Dropdown(list(card_choices()), value=CPU, label="Card for the plan",
                               elem_id="tr-card")
     with gr.Row():
         u.tr_toy = gr.Button("Use the toy models (CPU, seconds)", elem_id="tr-toy")
@@ -476,7 +476,7 @@ def _train_events(gr, state: UIState, u):
             cpu = measured_cpu_seconds(runs.metrics(j.run_dir) for j in store.list()
                                        if j.state == "finished" and j.device == "cpu"
                                        and _family_of(j) == cfg.model.family)
-            plan = estimate(cfg, card, images=images, steps_per_epoch=steps, cpu_seconds=cpu)
+            plan = estimate(cfg, card, images=images, steps_per_epoch=steps, cpu_seconds=cpu, label=out.name)
         except LorakitError as exc:
             plan = f"⚠ {exc}"
         return [_msg("valid: this is the TOML a job runs"), text, plan, str(out)] + field_updates(previous)

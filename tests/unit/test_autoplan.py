@@ -209,7 +209,7 @@ def test_lorakit_plan_for_two_cards(capsys, monkeypatch):
     monkeypatch.setattr(planview, "meta_model", lambda cfg: (get_family(cfg.model.family).SPEC, nn.Module(), [],
                                                             []))
     real_choose = autoplan.choose
-    monkeypatch.setattr(autoplan, "choose", lambda *a, **k: real_choose(*a, **k, sizes=sizes_of("flux1")))
+    monkeypatch.setattr(autoplan, "choose", lambda *a, **k: real_choose(*a, **{**k, "sizes": sizes_of("flux1")}))
     toml = Path(os.environ.get("TMPDIR", "/tmp")) / "lorakit-plan-test.toml"
     toml.write_text('preset = "flux1/character"\n[model]\ncheckpoint = "/nonexistent/flux1-dev.safetensors"\n'
                     '[data]\ndir = "/tmp"\n[memory]\ncuda_graphs = false\n')

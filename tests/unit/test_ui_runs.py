@@ -52,25 +52,37 @@ def test_progress_samples_files_health(tmp_path):
     assert warnings[2] == "export check: 2 keys fit nothing"
 
 
-def test_plan_counts_the_toy_weights():
-    from safetensors import safe_open
+def test_ui_plan_is_the_text_of_lorakit_plan(tmp_path, capsys, monkeypatch):
+    """One estimator: the Train page shows exactly what `lorakit plan run.toml --card NAME` prints, and the run's time
+    from that plan's s/step. The model planned is a small stand-in with SDXL's spec (building the full-size U-Net on
+    the meta device takes ~20 s here; the full-size plans are tested in test_autoplan.py / test_flux2_planning.py)."""
+    import torch
+    from torch import nn
 
     from lorakit.config.load import load_config
-    from lorakit.toy.paths import toy_paths
-    from lorakit.ui.plan import base_elements, estimate
+    from lorakit.models.registry import get_family
+    from lorakit.train import planview
+    from lorakit.ui.plan import CPU, card_choices, estimate
 
-    ckpt = str(toy_paths("sdxl")["checkpoint"])
-    with safe_open(ckpt, "pt") as f:
-        expected = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
-    assert base_elements([ckpt]) == expected
-    cfg = load_config(None, ["model.family=sdxl", f"model.checkpoint={ckpt}", "data.dir=/d", "data.resolution=512",
-                             "training.batch_size=2"])
-    text = estimate(cfg, "8 GB GPU")
-    weights = expected * 2 / 2**30
-    act = 0.9 * 2 * 0.25  # checkpointing rate × batch × (512² / 1024²)
-    assert f"weights {weights:.2f} GiB + activations {act:.2f} GiB" in text
-    assert "fits the card's 8 GB" in text
-    assert "time: not measured on this card" in text or "no benchmark" in text
+    blocks = [nn.Linear(4096, 4096, dtype=torch.bfloat16, device="meta").requires_grad_(False) for _ in range(8)]
+    model = nn.Sequential(*blocks)
+    monkeypatch.setattr(planview, "meta_model", lambda cfg: (get_family("sdxl").SPEC, model, blocks,
+                                                            [torch.empty(10**6, device="meta")]))
+
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nfamily = "sdxl"\ncheckpoint = "/nonexistent/sdxl.safetensors"\n[data]\ndir = "/d"\n'
+                    '[network]\nrank = 32\n[training]\nmax_steps = 1000\n', encoding="utf-8")
+    assert planview.main(str(path), [], "rtx4090") == 0
+    cli = capsys.readouterr().out.strip()
+    cfg = load_config(str(path))
+    label = next(k for k, v in card_choices().items() if v == "rtx4090")
+    ui = estimate(cfg, label, label=str(path))
+    assert f"```\n{cli}\n```" in ui and "estimated peak" in cli
+    plan = planview.plan_for(cfg, planview.cards.card("rtx4090"))[0]
+    assert f"at the estimated {plan.step.seconds:.2f} s/step" in ui
+    assert "lorakit plan" not in estimate(cfg, CPU)  # the CPU has no GPU plan, only the measured CPU time
+    assert "12.0 s/step" not in estimate(cfg, CPU, cpu_seconds=12.0) and "12.00 s/step" in estimate(cfg, CPU,
+                                                                                                 cpu_seconds=12.0)
 
 
 def _prod(shape) -> int:

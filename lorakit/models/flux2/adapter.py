@@ -20,7 +20,7 @@ from lorakit.errors import ConfigError
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models import common
 
-from . import configs, maths
+from . import configs, maths, planning
 
 SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0.0, vae_downscale=16, patch_size=1,
                  bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),
@@ -32,8 +32,13 @@ SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0
                      "network.double_block_indices", "network.single_block_indices", "network.module_ranks",
                      "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
                      "training.discrete_flow_shift", "training.guidance_scale", "training.text_max_length",
-                     "memory.blocks_to_swap", "sample.guidance"}))
-# activation_gib etc. stay at ModelSpec's defaults: not measured for FLUX.2 yet (the GPU rounds are the lead's)
+                     "memory.blocks_to_swap", "sample.guidance"}),
+                 # the planning numbers differ per size: .planning (measured on an H100 for Klein 4B / 9B, RESULTS.md
+                 # round 12; dev scaled, said to be an estimate). The family-wide rates are Klein 9B's (the larger)
+                 activation_gib=planning.RATES["klein-9b"]["eager"],
+                 activation_gib_compiled=planning.RATES["klein-9b"]["compiled"],
+                 measured_steps=planning.ALL_ROWS, component_gib=planning.components("klein-9b"), vae_tiling=True, variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 planning_model=lambda cfg: planning.planning_model(cfg))
 
 ARCHITECTURE = {"klein-4b": "Flux.2-klein-4b", "klein-9b": "Flux.2-klein-9b", "dev": "Flux.2-dev"}
 BASE_VERSION = {"klein-4b": "flux_2_klein_4b", "klein-9b": "flux_2_klein_9b", "dev": "flux_2_dev"}
@@ -72,10 +77,6 @@ class Adapter(common.ComponentsAdapter):
         if getattr(cfg.network, "train_text_encoder", False):
             raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
                               "false")
-        if getattr(cfg.memory, "vram_gb", None):
-            raise ConfigError("memory.vram_gb: FLUX.2's activation sizes are not measured yet, so the planner cannot "
-                              "fit a FLUX.2 run to a budget; remove it and set gradient_checkpointing, fp8_base and "
-                              "blocks_to_swap by hand")
 
     def _check_settings(self) -> None:
         t = self.cfg.training
@@ -85,10 +86,6 @@ class Adapter(common.ComponentsAdapter):
         if getattr(self.cfg.network, "train_text_encoder", False):
             raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
                               "false")
-        if getattr(self.cfg.memory, "vram_gb", None):
-            raise ConfigError("memory.vram_gb: FLUX.2's activation sizes are not measured yet, so the planner cannot "
-                              "fit a FLUX.2 run to a budget; remove it and set gradient_checkpointing, fp8_base and "
-                              "blocks_to_swap by hand")
         from lorakit.config.load import field_specs
         sample = self.cfg.sample
         if not self._c().shape.guidance and sample.guidance != field_specs()["sample"]["guidance"].default:
@@ -114,14 +111,12 @@ class Adapter(common.ComponentsAdapter):
 
     @contextlib.contextmanager
     def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
-        """Run an encoder on the training device, or on the CPU when it does not fit beside training."""
-        where = self.device
-        vram = getattr(self.cfg.memory, "vram_gb", None)
-        if where.type == "cuda" and vram:
-            need = sum(p.numel() * p.element_size() for p in module.parameters()) / 2**30
-            if need > 0.8 * float(vram):
-                print(f"flux2: the {need:.1f} GiB encoder runs on the CPU (memory.vram_gb = {vram})")
-                where = torch.device("cpu")
+        """Run an encoder on the training device, or on the CPU when it does not fit beside training: the memory free
+        on the card (within memory.vram_gb when set), lorakit.device.device_for's rule, which the automatic plan's
+        phases count with (Qwen3-8B's 15.3 GiB does not go on a 16 GB card)."""
+        from lorakit.device import device_for
+
+        where = device_for(module, self.device, getattr(self.cfg.memory, "vram_gb", None), log=print)
         module.to(where)
         yield where
 

@@ -29,6 +29,8 @@ SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=
                  text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,
                  metadata_base_version="sdxl_base_v1-0", network_module="networks.lora",
                  activation_gib=(0.9, 7.5), activation_gib_compiled=(0.9, 6.2),
+                 # VAE 83.7 M parameters in fp32 (it encodes in fp32), CLIP-L + CLIP-G 0.82 B in bf16
+                 component_gib=(("vae", 0.31), ("text encoders", 1.52)), vae_tiling=True,
                  denoiser_name="unet",
                  compile_blocks=("ResnetBlock2D",),  # diffusers' list names only the transformer block; the resnets
                  #                                     carry most of the remaining element-wise kernels
@@ -403,6 +405,10 @@ class Adapter:
                 m.to("cpu")
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def vae_module(self) -> nn.Module:
+        """The VAE (read on first use): the planner may switch it to tiled encode / decode (train/autoplan.py)."""
+        return self.vae
 
     def denoiser(self) -> nn.Module:
         self._need()

@@ -1,0 +1,190 @@
+"""FLUX.2's planning numbers per size: what ``memory.vram_gb`` and the automatic plan count for Klein 4B, Klein 9B
+and dev, and the measured steps the s/step model starts from.
+
+Measured (benchmarks/RESULTS.md round 12: NVIDIA H100 80GB HBM3, commit f9bed5f, ``benchmarks/bench.py`` rows
+``flux2-4b/*`` / ``flux2-9b/*``; 1024², batch 1, 512 text tokens, rank 16 on every FLUX.2 target, AdamW, bf16
+autocast; peak = ``max_memory_allocated``):
+
+============  ==================================  ========  ============
+size          setting                             s/step    peak GiB
+============  ==================================  ========  ============
+Klein 4B      eager, every block checkpointed     0.409     9.17
+Klein 4B      compile, checkpointed               0.236     9.54
+Klein 4B      fp8 compute + compile, checkpointed 0.213     6.01
+Klein 4B      compile, no checkpointing           0.171     20.11
+Klein 9B      compile, checkpointed               0.447     20.34
+Klein 9B      fp8 compute + compile, checkpointed 0.405     12.03
+Klein 9B      compile, no checkpointing           0.337     38.71
+============  ==================================  ========  ============
+
+The activation rates below are those peaks less what the planner counts besides activations, taken from the full-size
+model built on the meta device (:func:`lorakit.train.budget.Sizes`): the frozen weights (bf16: 7.22 GiB at 4B, 16.91 at
+9B; fp8 storage with row scales: 3.66 / 8.56) and the LoRA's fp32 weights, gradients and AdamW state (16 bytes per
+parameter: 24.1 M / 43.5 M parameters = 0.36 / 0.65 GiB). With checkpointing fp8 compute kept about as much as bf16
+(4B 1.99 against 1.96 GiB), so one rate, the larger, serves both.
+
+Not measured, and planned from estimates that the plan says are estimates (:data:`ESTIMATED`):
+
+* the eager rate without checkpointing: the compiled one times 1.27 (FLUX.1-dev's eager / compiled ratio, 38.0 / 29.9
+  GiB); Klein 9B's eager rate with checkpointing: its compiled one (4B's eager rate measured 0.81 of its compiled one,
+  so this errs towards fitting);
+* dev (32 B): the rates of Klein 9B scaled by width x block count (6144 x 56 against 4096 x 32: 2.625x; from 4B to
+  9B that product grew 1.71x and the measured rates 1.69x without checkpointing and 1.42x with it, so the scaled rate
+  with checkpointing errs towards fitting) and its s/step by parameter count (32.2 B against 9.08 B) from 9B's rows;
+* any other width (the toy and test models): Klein 4B's rates scaled the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lorakit.errors import ConfigError
+
+from . import configs
+
+# GiB of activations per 1024² image: (with checkpointing, without); eager and compiled
+RATES = {
+    "klein-4b": {"eager": (1.59, 15.9), "compiled": (1.99, 12.53)},
+    "klein-9b": {"eager": (2.83, 26.9), "compiled": (2.83, 21.15)},
+}
+SOURCE = "RESULTS.md round 12 (H100)"
+# rows of the s/step model (lorakit/train/cards.toml's [[measured]] form), per size
+ROWS = {
+    "klein-4b": (
+        {"s_step": 0.409, "peak_gib": 9.17, "checkpoint_fraction": 1.0, "source": "flux2-4b/gc (eager)"},
+        {"s_step": 0.236, "peak_gib": 9.54, "compile": True, "checkpoint_fraction": 1.0,
+         "source": "flux2-4b/gc+compile"},
+        {"s_step": 0.213, "peak_gib": 6.01, "compile": True, "fp8_base": True, "fp8_compute": True,
+         "checkpoint_fraction": 1.0, "source": "flux2-4b/fp8c+compile"},
+        {"s_step": 0.171, "peak_gib": 20.11, "compile": True, "checkpoint_fraction": 0.0,
+         "source": "flux2-4b/nogc+compile"},
+    ),
+    "klein-9b": (
+        {"s_step": 0.447, "peak_gib": 20.34, "compile": True, "checkpoint_fraction": 1.0,
+         "source": "flux2-9b/gc+compile"},
+        {"s_step": 0.405, "peak_gib": 12.03, "compile": True, "fp8_base": True, "fp8_compute": True,
+         "checkpoint_fraction": 1.0, "source": "flux2-9b/fp8c+compile"},
+        {"s_step": 0.337, "peak_gib": 38.71, "compile": True, "checkpoint_fraction": 0.0,
+         "source": "flux2-9b/nogc+compile"},
+    ),
+}
+# the measured size an unmeasured one is scaled from
+SCALED_FROM = {"dev": "klein-9b", "custom": "klein-4b"}
+ESTIMATED = ("FLUX.2 {size}'s memory and speed are not measured: activation sizes scaled from {base}'s by width x "
+             "block count, s/step by parameter count (estimates; benchmarks/RESULTS.md has no {size} row yet)")
+
+
+def _rows(size: str) -> tuple[dict[str, Any], ...]:
+    return tuple({"family": "flux2", "card": "h100", **r, "source": f"{SOURCE}: {r['source']}"} for r in ROWS[size])
+
+
+ALL_ROWS = _rows("klein-4b") + _rows("klein-9b")
+
+
+def size_of(model: Any) -> tuple[str, int, int, int]:
+    """(size, hidden width, double blocks, single blocks) of a Flux2Transformer2DModel (loaded or on the meta
+    device, LoRA injected or not)."""
+    c = model.config
+    hidden = int(c.num_attention_heads) * int(c.attention_head_dim)
+    nd, ns = int(c.num_layers), int(c.num_single_layers)
+    size = configs.HIDDEN_TO_SIZE.get(hidden, "custom")
+    if size != "custom" and configs.SIZE_FACTS[size][:2] != (nd, ns):
+        size = "custom"
+    return size, hidden, nd, ns
+
+
+def _extent(size: str) -> tuple[int, int]:
+    """(hidden width, blocks) of a shipped size."""
+    hidden = {v: k for k, v in configs.HIDDEN_TO_SIZE.items()}[size]
+    nd, ns = configs.SIZE_FACTS[size][:2]
+    return hidden, nd + ns
+
+
+def spec_for(spec: Any, model: Any) -> Any:
+    """``spec`` with the planning numbers of ``model``'s size (``ModelSpec.variant_spec``)."""
+    size, hidden, nd, ns = size_of(model)
+    if size in RATES:
+        rates, rows, note = RATES[size], _rows(size), ""
+    else:
+        base = SCALED_FROM.get(size, "klein-4b")
+        bh, bn = _extent(base)
+        k = hidden * (nd + ns) / (bh * bn)
+        rates = {mode: (gc * k, nogc * k) for mode, (gc, nogc) in RATES[base].items()}
+        params = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        ratio = params / _parameters(base)
+        rows = tuple({**r, "s_step": round(r["s_step"] * ratio, 4), "peak_gib": None,
+                      "estimated": f"scaled from {base} by parameter count ({ratio:.2f}x)",
+                      "source": r["source"] + f", scaled to {size}"} for r in _rows(base))
+        name = "dev" if size == "dev" else f"width {hidden}, {nd}+{ns} blocks"
+        note = ESTIMATED.format(size=name, base=base)
+    return replace(spec, activation_gib=rates["eager"], activation_gib_compiled=rates["compiled"],
+                   measured_steps=rows, planning_estimate=note, variant_spec=None,
+                   component_gib=components(size if size in ENCODER_PARAMS else "klein-4b"))
+
+
+# published parameter counts of the text encoders (Qwen3-4B, Qwen3-8B, Mistral Small 3.1's language model) and of the
+# FLUX.2 autoencoder (84 M), loaded in bf16
+ENCODER_PARAMS = {"klein-4b": 4.02e9, "klein-9b": 8.19e9, "dev": 23.6e9}
+AE_PARAMS = 84e6
+
+
+def components(size: str) -> tuple[tuple[str, float], ...]:
+    """``ModelSpec.component_gib`` of a size: the autoencoder and the text encoder in bf16."""
+    return (("vae", round(AE_PARAMS * 2 / 2**30, 2)), ("text encoders", round(ENCODER_PARAMS[size] * 2 / 2**30, 2)))
+
+
+def _parameters(size: str) -> int:
+    """Frozen parameters of a shipped size's transformer (counted on the meta device once)."""
+    if size not in _PARAMS:
+        import torch
+        from diffusers import Flux2Transformer2DModel
+
+        from lorakit.models.base import init_kwargs
+
+        with torch.device("meta"):
+            tr = Flux2Transformer2DModel(**init_kwargs(configs.transformer_config(size)))
+        _PARAMS[size] = sum(p.numel() for p in tr.parameters())
+    return _PARAMS[size]
+
+
+_PARAMS: dict[str, int] = {}
+
+
+def planning_model(cfg: Any) -> tuple[Any, dict[str, int]]:
+    """The full-size transformer of ``model.checkpoint``'s size (read from its header: no tensor is read) on the
+    current default device, and its LoRA targets, for ``lorakit plan``."""
+    from diffusers import Flux2Transformer2DModel
+
+    from lorakit.models.base import init_kwargs
+
+    from .convert import detect, transformer_config
+    from .lora_format import transformer_targets
+
+    shape = detect(_header(cfg), "model.checkpoint")
+    tr = Flux2Transformer2DModel(**init_kwargs(transformer_config(shape)))
+    return tr, transformer_targets(cfg.network, shape.num_double, shape.num_single)
+
+
+def _header(cfg: Any) -> dict[str, Any]:
+    """name -> shape entries of ``model.checkpoint`` (a single file, or a diffusers folder's transformer/ files)."""
+    from .load import header_shapes
+
+    where = getattr(cfg.model, "checkpoint", None)
+    if not where:
+        raise ConfigError("model.checkpoint: lorakit plan reads FLUX.2's size (Klein 4B / 9B / dev) from its header; "
+                          "set it to the transformer file or diffusers folder")
+    src = Path(where).expanduser()
+    if src.is_dir():
+        files = sorted((src / "transformer").glob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"model.checkpoint: {src} has no transformer/*.safetensors to read FLUX.2's size from")
+        out: dict[str, Any] = {}
+        for f in files:
+            out.update(header_shapes(f))
+        return out
+    if not src.is_file():
+        raise ConfigError(f"model.checkpoint: {src} not found; lorakit plan reads FLUX.2's size from its header")
+    return header_shapes(src)
+

@@ -1,0 +1,117 @@
+"""Issue 28, "the whole run fits the plan": latent caching (batch, VAE tiling), text-encoder placement and previews
+(CFG batch, VAE decode tiling) are planned from the card's free memory, and `lorakit plan` shows each phase's peak.
+
+Cards are the card table's (or a copy with less free memory); the SDXL sizes are those of the full-size U-Net as
+`lorakit plan` counts them (tests/unit/data/planner_sizes.json, as in test_autoplan.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from lorakit.models.registry import get_family
+from lorakit.train import autoplan, budget, cards, swap
+
+from .test_autoplan import GIB, config, sizes_of
+
+
+def sdxl_plan(card):
+    cfg = config("sdxl")
+    spec = get_family("sdxl").SPEC
+    chosen = autoplan.choose(cfg, spec, nn.Module(), [], [], swap.LOOKAHEAD, card, log=lambda _: None,
+                             sizes=sizes_of("sdxl"))
+    return cfg, spec, chosen
+
+
+def test_caching_batch_and_tiling_follow_the_free_memory():
+    one = autoplan.ENCODE_GIB_PER_IMAGE  # VAE working memory of one 1024² image
+    px = 1024 * 1024
+    roomy = autoplan.plan_caching(int((budget.RESERVE_GIB + 10 * one) * GIB), px, tiling=True)
+    assert (roomy.latent_batch, roomy.vae_tiling, roomy.key) == (4, False, "")  # never above the default of 4
+    two = autoplan.plan_caching(int((budget.RESERVE_GIB + 2.5 * one) * GIB), px, tiling=True)
+    assert (two.latent_batch, two.vae_tiling) == (2, False) and two.work_gib == pytest.approx(2 * one, rel=1e-3)
+    tight = autoplan.plan_caching(int((budget.RESERVE_GIB + 0.5 * one) * GIB), 2048 * 2048, tiling=True)
+    assert (tight.latent_batch, tight.vae_tiling, tight.key) == (1, True, "+tiled512")
+    # one 512² tile with a quarter for the overlap, of the 2048² image's working memory
+    assert tight.work_gib == pytest.approx(4 * one * 1.25 * 512 * 512 / (2048 * 2048), rel=1e-3)
+    untiled = autoplan.plan_caching(int((budget.RESERVE_GIB + 0.5 * one) * GIB), 2048 * 2048, tiling=False)
+    assert not untiled.vae_tiling and "lower data.max_bucket_reso" in untiled.line
+
+
+def test_phases_on_a_big_and_a_small_card():
+    cfg, spec, chosen = sdxl_plan(cards.card("h100"))
+    room = chosen.applied.memory.vram_gb
+    ph = autoplan.plan_phases(chosen.applied, spec, chosen, room)
+    comps = dict(spec.component_gib)
+    # SDXL keeps its U-Net on the GPU while the caches fill (no block-by-block placement): weights + VAE + 4 images
+    assert ph.cache["latent_batch"] == 4 and not ph.cache["vae_tiling"] and ph.cache["text_encoders"] == "GPU"
+    assert ph.cache["peak_gib"] == pytest.approx(chosen.parts["weights"] + comps["vae"] + 4 * 2.6 + budget.RESERVE_GIB,
+                                                 rel=1e-3)
+    # previews: SDXL's CFG 7 doubles the batch; the decode fits untiled
+    assert (ph.previews["batch"], ph.previews["vae_tiling"], ph.previews["width"]) == (2, False, 1024)
+    assert ph.train_gib == chosen.estimate_gib
+    # an 8 GiB card (float8, like an RTX 4060): fewer images per VAE call, and the preview decode tiled
+    small = dataclasses.replace(cards.card("rtx4060ti-16g"), free_bytes=8 * GIB, key="")
+    cfg, spec, chosen = sdxl_plan(small)
+    ph = autoplan.plan_phases(chosen.applied, spec, chosen, chosen.applied.memory.vram_gb)
+    assert ph.cache["latent_batch"] < 4 and ph.previews["vae_tiling"]
+    assert max(ph.cache["peak_gib"], ph.previews["peak_gib"], ph.train_gib) <= 8.0
+    # a family that places its denoiser block by block (FLUX.1) caches without it; its 9.1 GiB of text encoders (T5-XXL
+    # + CLIP-L) go on a 12 GB card's GPU (with the 1 GiB margin of lorakit.device.device_for) but not on a 10 GB one's
+    fspec = get_family("flux1").SPEC
+    where = {}
+    for name, card in (("12", cards.card("rtx3060-12g")), ("10", cards.card("rtx3080-10g"))):
+        fchosen = autoplan.choose(config("flux1"), fspec, nn.Module(), [], [], swap.LOOKAHEAD, card,
+                                  log=lambda _: None, sizes=sizes_of("flux1"))
+        fph = autoplan.plan_phases(fchosen.applied, fspec, fchosen, fchosen.applied.memory.vram_gb)
+        where[name] = fph.cache["text_encoders"]
+        assert fph.previews["batch"] == 1  # FLUX.1: CFG off by default
+        assert fph.cache["peak_gib"] < fchosen.parts["weights"] + 9.1 + budget.RESERVE_GIB
+    assert where == {"12": "GPU", "10": "CPU"}
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+                         layers_per_block=1, sample_size=64)
+
+
+def test_a_run_short_of_memory_tiles_its_vae_and_keys_its_latents_apart(monkeypatch):
+    vae = tiny_vae()
+    adapter = SimpleNamespace(spec=get_family("sdxl").SPEC, vae_module=lambda: vae)
+    card = dataclasses.replace(cards.card("rtx3060-12g"), free_bytes=int(1.5 * GIB))
+    monkeypatch.setattr(autoplan, "wanted", lambda cfg, device: True)
+    monkeypatch.setattr(cards, "local_card", lambda device: card)
+    items = [SimpleNamespace(bucket=(2048, 2048)), SimpleNamespace(bucket=(1024, 1024))]
+    lines: list[str] = []
+    plan = autoplan.caching_plan(config("sdxl"), items, torch.device("cpu"), lines.append, adapter)
+    assert plan.vae_tiling and plan.key == "+tiled512" and vae.use_tiling
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == (512, 256)  # 2 levels: 2x down-sampling
+    assert any("tiled" in line for line in lines)
+    # a family whose adapter has no VAE to tile: one image per call, untiled, and the line says so
+    plain = SimpleNamespace(spec=get_family("sdxl").SPEC)
+    plan = autoplan.caching_plan(config("sdxl"), items, torch.device("cpu"), lines.append, plain)
+    assert not plan.vae_tiling and plan.key == "" and "does not tile" in lines[-1]
+
+
+def test_lorakit_plan_prints_the_peak_of_each_phase(monkeypatch, capsys, tmp_path):
+    from lorakit.train import planview
+
+    monkeypatch.setattr(planview, "meta_model", lambda cfg: (get_family("sdxl").SPEC, nn.Module(), [], []))
+    real_choose = autoplan.choose
+    monkeypatch.setattr(autoplan, "choose", lambda *a, **k: real_choose(*a, **{**k, "sizes": sizes_of("sdxl")}))
+    toml = tmp_path / "run.toml"
+    toml.write_text('[model]\nfamily = "sdxl"\ncheckpoint = "/nonexistent/sdxl.safetensors"\n[data]\ndir = "/tmp"\n'
+                    '[network]\nrank = 32\n')
+    assert planview.main(str(toml), [], "h100") == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("peak by phase"):].splitlines()
+    assert lines[1].strip().startswith("cache: ~") and "4 image(s) per VAE call" in lines[1]
+    assert lines[2].strip().startswith("train: ~") and lines[3].strip().startswith("previews: ~")
+    assert "batch 2 (CFG)" in lines[3]
