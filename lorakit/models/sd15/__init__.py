@@ -4,7 +4,7 @@ objective, sampling, kohya (sd-scripts / ComfyUI / Forge) and diffusers LoRA lay
 No ``TOY`` yet: the recipe in ``toy.py`` is not exported (docs/sd15.md, "Toy model")."""
 
 from lorakit.models.sd15.adapter import SPEC, Adapter
-from lorakit.models.sd15.keys import lora_key_universe
+from lorakit.models.sd15.keys import full_lora_keymap, lora_key_universe, lora_keymap
 from lorakit.models.sd15.load import write_tiny_checkpoint
 
-__all__ = ["SPEC", "Adapter", "lora_key_universe", "write_tiny_checkpoint"]
+__all__ = ["SPEC", "Adapter", "lora_key_universe", "lora_keymap", "full_lora_keymap", "write_tiny_checkpoint"]
