@@ -71,7 +71,7 @@ def lora_keymap(unet: Any = None, te1: Any = None, te2: Any = None):
         native = unet_module_to_sgm(path, unet.config)
         kernel = (int(w.shape[2]), int(w.shape[3])) if w.dim() == 4 else (1, 1)
         mods.append(BaseModule("denoiser", native, (path,), int(w.shape[0]), int(w.shape[1]), kernel,
-                               checkpoint_key=UNET_PREFIX + native + ".weight", conv=w.dim() == 4))
+                               checkpoint_key=UNET_PREFIX + native + ".weight"))
     for comp, te in (("te1", te1), ("te2", te2)):
         if te is None:
             continue
