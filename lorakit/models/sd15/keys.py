@@ -32,20 +32,14 @@ def lora_keymap(unet: Any = None, text_encoder: Any = None):
     Forge and ComfyUI also read (``lora_unet_input_blocks_1_1_proj_in``) are read too. Without models, the full-size
     ones are built on the meta device."""
     from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
-    from lorakit.models.sd15.adapter import text_encoder_lora_targets, unet_lora_targets
+    from lorakit.models.sd15.adapter import text_encoder_lora_targets
     from lorakit.models.sd15.convert import TE_PREFIX
-    from lorakit.models.sdxl.convert import UNET_PREFIX, unet_module_to_sgm
+    from lorakit.models.sdxl.convert import UNET_PREFIX
+    from lorakit.models.sdxl.keys import unet_modules
 
     if unet is None:
         unet, text_encoder = _meta_models()
-    mods = []
-    named = dict(unet.named_modules())
-    for path in sorted(unet_lora_targets(unet, 1, conv_rank=1)):
-        w = named[path].weight
-        native = unet_module_to_sgm(path, unet.config)
-        kernel = (int(w.shape[2]), int(w.shape[3])) if w.dim() == 4 else (1, 1)
-        mods.append(BaseModule("denoiser", native, (path,), int(w.shape[0]), int(w.shape[1]), kernel,
-                               checkpoint_key=UNET_PREFIX + native + ".weight", conv=w.dim() == 4))
+    mods = unet_modules(unet, conv=True)
     if text_encoder is not None:
         named = dict(text_encoder.named_modules())
         for path in sorted(text_encoder_lora_targets(text_encoder, 1)):
