@@ -42,7 +42,7 @@ def _config_from_toy_path(tmp_path, capsys, family: str, drop: str = "") -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["sdxl", "flux1", "flux2"])
+@pytest.mark.parametrize("family", ["sdxl", "flux1", "flux2", "sd15"])
 def test_a_config_written_from_toy_path_trains(tmp_path, capsys, family):
     run = _config_from_toy_path(tmp_path, capsys, family)
     assert main(["train", run]) == 0, capsys.readouterr().err[-2000:]
