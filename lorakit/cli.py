@@ -480,7 +480,8 @@ def _keymaps(family: Optional[str] = None) -> list:
     from lorakit.models.registry import families, get_family
 
     names = [family] if family else families()
-    return [get_family(n).full_lora_keymap() for n in names if hasattr(get_family(n), "full_lora_keymap")]
+    maps = [get_family(n).full_lora_keymap() for n in names if hasattr(get_family(n), "full_lora_keymap")]
+    return [k for m in maps for k in (m if isinstance(m, (list, tuple)) else [m])]  # one map per size (FLUX.2)
 
 
 def _default_out(src: Path, suffix: str, layout: str) -> Path:
@@ -488,7 +489,7 @@ def _default_out(src: Path, suffix: str, layout: str) -> Path:
 
 
 def cmd_verify(args) -> int:
-    from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys
+    from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys, stem_widths
     from lorakit.lora.io import load_lora_file
     from lorakit.lora.tools.files import base_keymap
     from lorakit.lora.tools.verify import render, verify
@@ -498,7 +499,8 @@ def cmd_verify(args) -> int:
     maps = _keymaps(args.family)
     layout = detect_layout(tensors) or "kohya"
     lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
-    keys, n = choose_family(layout, sorted(set(group_keys(tensors)[0]) | lyco), maps)
+    groups = group_keys(tensors)[0]
+    keys, n = choose_family(layout, sorted(set(groups) | lyco), maps, stem_widths(groups))
     if args.base:
         keys = base_keymap(keys, Path(args.base))
     report = verify(tensors, keys)
@@ -512,7 +514,7 @@ def cmd_convert(args) -> int:
     src = Path(args.file)
     maps = _keymaps(args.family)
     state = load_state(src, maps, args.family)
-    keys = next(k for k in maps if k.family == state.family)
+    keys = state.keys or next(k for k in maps if k.family == state.family)
     if args.base:
         keys = base_keymap(keys, Path(args.base))
         state = load_state(src, [keys], keys.family)
@@ -552,7 +554,7 @@ def cmd_resize(args) -> int:
             raise LorakitError(f"--dynamic {args.dynamic}: use sv_ratio=X, sv_fro=X or sv_cumulative=X")
         value = float(x)
     modules, rows = resize(state.modules, method, value)
-    keys = next(k for k in maps if k.family == state.family)
+    keys = state.keys or next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
     out = Path(args.out) if args.out else _default_out(src, tag, state.layout)
     save_state(LoraState(modules, state.metadata, state.layout, state.family, foreign=state.foreign), keys,
@@ -599,7 +601,7 @@ def cmd_merge(args) -> int:
     fams = {s.family for s, _ in loras}
     if len(fams) > 1:
         raise LorakitError(f"merge: the LoRAs are for different families ({', '.join(sorted(fams))})")
-    keys = next(k for k in maps if k.family == loras[0][0].family)
+    keys = loras[0][0].keys or next(k for k in maps if k.family == loras[0][0].family)
     out = Path(args.out)
     if args.into:
         if args.rank:

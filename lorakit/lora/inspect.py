@@ -143,16 +143,17 @@ def _candidates(info: dict[str, Any], base: Optional[Path]) -> set[str]:
 def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], base: Optional[Path]) -> dict[str, Any]:
     """The file read as the format readers read it: layout, per-part ranks and alphas, and the fit against the
     best family's full-size modules, or against ``base``'s own (a toy or pruned model)."""
-    from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys, read_lora
+    from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys, read_lora, stem_widths
     from lorakit.lora.tools.files import base_keymap
 
     layout = detect_layout(tensors)
     if layout is None or any(k.endswith(LYCORIS_SUFFIXES) for k in tensors):
         return _lycoris_fit(tensors, keymaps) if layout != "peft" else {}
-    keys, n = choose_family(layout, sorted(group_keys(tensors)[0]), list(keymaps))
+    groups = group_keys(tensors)[0]
+    keys, n = choose_family(layout, sorted(groups), list(keymaps), stem_widths(groups))
     if n == 0:
         return {"layout": layout}
-    checked = "full-size " + keys.family
+    checked = "full-size " + keys.family + (f" {keys.variant}" if keys.variant else "")
     if base is not None:
         from lorakit.models.registry import identify
 

@@ -21,6 +21,14 @@ it cannot be installed in CI). Read, not copied, from comfyanonymous/ComfyUI at 
   9c0cf36cd7964978850fd40f8cf76ac2cf9f9e15 (the input-axis branch equals 41444b5's, which had no eps and no
   output-axis branch), model_lora_keys_unet ("lora_unet_" + the diffusion_model path with
   "." → "_"), model_lora_keys_clip (LORA_CLIP_MAP; lora_te1_ for clip_l, lora_te2_ for clip_g when clip_l is present).
+* comfy/lora.py and comfy/utils.py @ 17358c8f73b581a0d22facc3c385822f09b8bfb1 (Comfy-Org/ComfyUI), for the families
+  beyond SDXL: model_lora_keys_unet's generic names (``diffusion_model.<path>`` beside ``lora_unet_``), the SD UNet's
+  diffusers names (unet_to_diffusers: ``lora_unet_<diffusers path>``, ``lycoris_``, ``.processor.to_`` names), the
+  ``isinstance(model, Flux)`` branch (model_base.Flux2 is a Flux) through flux_to_diffusers (FLUX.2's ``ff.linear_in``
+  / ``to_qkv_mlp_proj`` / ``attn.to_out`` included; q/k/v as row slices of the fused qkv), the ``Lumina2`` branch
+  (Z-Image) through z_image_to_diffusers, model_lora_keys_clip's ``lora_te_`` / ``text_encoder.`` names for clip_l
+  and its generic ``text_encoders.<path>``; load_lora's (weight, (dim, offset, size)) targets (calculate_weight
+  narrows the weight to the slice before patching).
 * comfy/utils.py (ProgressBar.update_absolute(value, total=None, preview=None)), comfy/model_management.py
   (InterruptProcessingException, throw_exception_if_processing_interrupted clears the flag and raises).
 * The registry's pyproject spec: docs.comfy.org/registry/specifications ([project] name/version/dependencies,
@@ -424,11 +432,16 @@ def model_lora_keys_unet(sd: dict[str, Any]) -> dict[str, str]:
 
 def model_lora_keys_clip(sd: dict[str, Any]) -> dict[str, str]:
     out, clip_l = {}, False
+    for k in sd:                         # the generic form: text_encoders.<clip state dict path>
+        if k.endswith(".weight"):
+            out["text_encoders." + k[:-len(".weight")]] = k
     for b in range(32):
         for c, short in LORA_CLIP_MAP.items():
             k = f"clip_l.transformer.text_model.encoder.layers.{b}.{c}.weight"
             if k in sd:
+                out[f"lora_te_text_model_encoder_layers_{b}_{short}"] = k
                 out[f"lora_te1_text_model_encoder_layers_{b}_{short}"] = k
+                out[f"text_encoder.text_model.encoder.layers.{b}.{c}"] = k
                 clip_l = True
             k = f"clip_g.transformer.text_model.encoder.layers.{b}.{c}.weight"
             if k in sd and clip_l:
@@ -438,6 +451,124 @@ def model_lora_keys_clip(sd: dict[str, Any]) -> dict[str, str]:
 
 LYCORIS_NAMES = {"loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
                  "lokr": ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")}
+
+
+def model_lora_keys_unet_full(sd: dict[str, Any], model: str, diffusers_map: dict[str, Any]) -> dict[str, Any]:
+    """model_lora_keys_unet for an SD UNet (``model="sd"``), a Flux / Flux2 (``"flux"``) or a Lumina2 / Z-Image
+    (``"lumina2"``) model. ``sd``: the model's state dict (``diffusion_model.*``); ``diffusers_map``: diffusers weight
+    key -> ``diffusion_model.*`` target or (target, (dim, offset, size)): unet_to_diffusers / flux_to_diffusers /
+    z_image_to_diffusers (:func:`flux_to_diffusers`, :func:`z_image_to_diffusers`, or the SD map read off diffusers'
+    own LDM converter). Values: the target weight key, or (key, (dim, offset, size)) for a row slice."""
+    out: dict[str, Any] = {}
+    for k in sd:
+        if k.startswith("diffusion_model.") and k.endswith(".weight"):
+            out["lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_")] = k
+            out[k[:-len(".weight")]] = k                       # generic lora format
+    for k, to in diffusers_map.items():
+        if not k.endswith(".weight"):
+            continue
+        d = k[:-len(".weight")]
+        if model == "sd":
+            out["lora_unet_" + d.replace(".", "_")] = to
+            out["lycoris_" + d.replace(".", "_")] = to
+            proc = d.replace(".to_", ".processor.to_")
+            proc = proc[:-2] if proc.endswith(".to_out.0") else proc
+            out[proc] = to
+            out["unet." + proc] = to
+        elif model == "flux":
+            out["transformer." + d] = to
+            out["lycoris_" + d.replace(".", "_")] = to
+            out["lora_transformer_" + d.replace(".", "_")] = to
+            out[d] = to
+        elif model == "lumina2":
+            out["diffusion_model." + d] = to
+            out["transformer." + d] = to
+            out["lycoris_" + d.replace(".", "_")] = to
+            out[d] = to
+        else:
+            raise ValueError(model)
+    return out
+
+
+def flux_to_diffusers(depth: int, depth_single: int, hidden: int) -> dict[str, Any]:
+    """comfy.utils.flux_to_diffusers, weights only (biases and norms are no LoRA targets), output prefix
+    ``diffusion_model.``: diffusers key -> BFL key or (BFL key, (0, offset, size))."""
+    out: dict[str, Any] = {}
+    for i in range(depth):
+        f, t = f"transformer_blocks.{i}.", f"diffusion_model.double_blocks.{i}."
+        for j, (img, txt) in enumerate((("to_q", "add_q_proj"), ("to_k", "add_k_proj"), ("to_v", "add_v_proj"))):
+            out[f"{f}attn.{img}.weight"] = (f"{t}img_attn.qkv.weight", (0, j * hidden, hidden))
+            out[f"{f}attn.{txt}.weight"] = (f"{t}txt_attn.qkv.weight", (0, j * hidden, hidden))
+        for d, b in (("attn.to_out.0", "img_attn.proj"), ("norm1.linear", "img_mod.lin"),
+                     ("norm1_context.linear", "txt_mod.lin"), ("attn.to_add_out", "txt_attn.proj"),
+                     ("ff.net.0.proj", "img_mlp.0"), ("ff.net.2", "img_mlp.2"), ("ff_context.net.0.proj", "txt_mlp.0"),
+                     ("ff_context.net.2", "txt_mlp.2"), ("ff.linear_in", "img_mlp.0"), ("ff.linear_out", "img_mlp.2"),
+                     ("ff_context.linear_in", "txt_mlp.0"), ("ff_context.linear_out", "txt_mlp.2")):
+            out[f"{f}{d}.weight"] = f"{t}{b}.weight"
+    for i in range(depth_single):
+        f, t = f"single_transformer_blocks.{i}.", f"diffusion_model.single_blocks.{i}."
+        for j, p in enumerate(("to_q", "to_k", "to_v")):
+            out[f"{f}attn.{p}.weight"] = (f"{t}linear1.weight", (0, j * hidden, hidden))
+        out[f"{f}proj_mlp.weight"] = (f"{t}linear1.weight", (0, 3 * hidden, 4 * hidden))
+        for d, b in (("norm.linear", "modulation.lin"), ("proj_out", "linear2"), ("attn.to_qkv_mlp_proj", "linear1"),
+                     ("attn.to_out", "linear2")):
+            out[f"{f}{d}.weight"] = f"{t}{b}.weight"
+    for d, b in (("proj_out", "final_layer.linear"), ("x_embedder", "img_in"),
+                 ("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer"),
+                 ("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer"), ("context_embedder", "txt_in"),
+                 ("time_text_embed.text_embedder.linear_1", "vector_in.in_layer"),
+                 ("time_text_embed.text_embedder.linear_2", "vector_in.out_layer"),
+                 ("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer"),
+                 ("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer")):
+        out[f"{d}.weight"] = f"diffusion_model.{b}.weight"
+    return out
+
+
+def z_image_to_diffusers(n_layers: int, dim: int, n_refiner: int = 2) -> dict[str, Any]:
+    """comfy.utils.z_image_to_diffusers, weights only, output prefix ``diffusion_model.``."""
+    out: dict[str, Any] = {}
+    blocks = ([f"layers.{i}" for i in range(n_layers)] + [f"context_refiner.{i}" for i in range(n_refiner)]
+              + [f"noise_refiner.{i}" for i in range(n_refiner)])
+    for b in blocks:
+        for j, p in enumerate(("to_q", "to_k", "to_v")):
+            out[f"{b}.attention.{p}.weight"] = (f"diffusion_model.{b}.attention.qkv.weight", (0, j * dim, dim))
+        for d, c in (("attention.to_out.0", "attention.out"), ("feed_forward.w1", "feed_forward.w1"),
+                     ("feed_forward.w2", "feed_forward.w2"), ("feed_forward.w3", "feed_forward.w3"),
+                     ("adaLN_modulation.0", "adaLN_modulation.0")):
+            out[f"{b}.{d}.weight"] = f"diffusion_model.{b}.{c}.weight"
+    for c, d in (("final_layer.linear", "all_final_layer.2-1.linear"),
+                 ("final_layer.adaLN_modulation.1", "all_final_layer.2-1.adaLN_modulation.1"),
+                 ("x_embedder", "all_x_embedder.2-1"), ("cap_embedder.1", "cap_embedder.1"),
+                 ("t_embedder.mlp.0", "t_embedder.mlp.0"), ("t_embedder.mlp.2", "t_embedder.mlp.2")):
+        out[f"{d}.weight"] = f"diffusion_model.{c}.weight"
+    return out
+
+
+def load_lora_sliced(lora: dict[str, torch.Tensor], key_map: dict[str, Any]) -> tuple[list[tuple], set[str]]:
+    """load_lora with ComfyUI's sliced targets: [(target key, (dim, offset, size) or None, (up, down, alpha))] and the
+    keys no rule consumed ("lora key not loaded"). The pair is ``lora_up``/``lora_down`` or, as
+    comfy/weight_adapter/lora.py also reads (its "diffusers2" names), ``lora_B``/``lora_A``."""
+    patches, loaded = [], set()
+    for x, to in key_map.items():
+        up, down, alpha = f"{x}.lora_up.weight", f"{x}.lora_down.weight", f"{x}.alpha"
+        if up not in lora and f"{x}.lora_B.weight" in lora:
+            up, down = f"{x}.lora_B.weight", f"{x}.lora_A.weight"
+        if up in lora:
+            a = lora[alpha].item() if alpha in lora else None
+            target, offset = (to, None) if isinstance(to, str) else to
+            patches.append((target, offset, (lora[up], lora[down], a)))
+            loaded |= {up, down} | ({alpha} if alpha in lora else set())
+    return patches, set(lora) - loaded
+
+
+def apply_sliced(weights: dict[str, torch.Tensor], patches: list[tuple], strength: float = 1.0) -> dict:
+    """calculate_weight for "lora" patches, a (dim, offset, size) target narrowed first; returns new weights."""
+    out = {k: v.clone() for k, v in weights.items()}
+    for target, offset, patch in patches:
+        w = out[target]
+        view = w.narrow(offset[0], offset[1], offset[2]) if offset is not None else w
+        view.copy_(apply_lora(view, patch, strength))
+    return out
 
 
 def load_lora(lora: dict[str, torch.Tensor], key_map: dict[str, str]) -> tuple[dict[str, tuple], set[str]]:

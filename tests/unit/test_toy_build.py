@@ -76,8 +76,10 @@ def test_shipped_assets_fit_the_budget_and_match_build_json():
         for role, f in report["files"].items():
             assert p[role].stat().st_size == f["bytes"]
             assert file_sha256(p[role]) == f["sha256"]
+        weights = sum(f["bytes"] for f in report["files"].values())
+        assert weights <= 8 * 1024 * 1024, (fam, weights)    # the issues' limit per toy model
         total += sum(f.stat().st_size for f in p["config"].parent.rglob("*") if f.is_file())
-    assert total <= 20 * 1024 * 1024
+    assert total <= 24 * 1024 * 1024
 
 
 def test_sdxl_loads_in_diffusers_from_single_file():
@@ -111,7 +113,8 @@ PROMPTS = ["a red circle on a blue background", "a green square on a white backg
 FLOORS = {"sdxl": {"shape": 0.5, "colour": 0.6, "background": 0.6},
           "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5},
           "flux2": {"colour": 0.4, "background": 0.5},   # flux2 measured 0.58 / 0.75 (CFG 4); shapes at chance
-          "zimage": {"colour": 0.4, "background": 0.5}}  # zimage: not measured yet (its toy is not built yet)
+          "zimage": {"colour": 0.4, "background": 0.5},  # zimage: not measured yet (its toy is not built yet)
+          "sd15": {"shape": 0.5, "colour": 0.4, "background": 0.25}}  # measured 0.75 / 0.58 / 0.33 (CFG 4)
 
 
 @pytest.mark.parametrize("family", TOY_FAMILIES)
@@ -120,7 +123,7 @@ def test_base_draws_what_the_prompt_says(family):
     FLUX.1-dev 1 = guidance input only)."""
     model = toy_eval.load_toy(family)
     # the FLUX.2 toy is a Klein base, the Z-Image toy is sampled as Z-Image base: both with CFG
-    assert model.demo.cfg_scale == {"sdxl": 4.0, "flux1": 1.0, "flux2": 4.0, "zimage": 4.0}[family]
+    assert model.demo.cfg_scale == {"sdxl": 4.0, "flux1": 1.0, "flux2": 4.0, "zimage": 4.0, "sd15": 4.0}[family]
     prompts = [p for p in PROMPTS for _ in range(2)]
     imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20)
     r = toy_eval.prompt_following(imgs, prompts)
@@ -139,7 +142,7 @@ def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
     x = build.images_to_tensor([world.render(s) for s in world.sample_scenes(2, 0)])
     real_scale, real_shift = build.real_latent(family)
     assert (real_scale, real_shift) == {"sdxl": (0.13025, 0.0), "flux1": (0.3611, 0.1159),
-                                         "zimage": (0.3611, 0.1159)}[family]
+                                         "zimage": (0.3611, 0.1159), "sd15": (0.18215, 0.0)}[family]
     scale = 1.7
     shift = real_shift * real_scale / scale                       # as pretrain() chooses it
     with torch.no_grad():

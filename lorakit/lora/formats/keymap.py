@@ -5,7 +5,9 @@ A :class:`FamilyKeys` lists every module a LoRA may target, each under the names
 * ``native``: the module path in the distributed single file, without the component prefix (SDXL: SGM path
   ``input_blocks.4.1.transformer_blocks.0.attn1.to_q``; FLUX.1: BFL path ``double_blocks.0.img_attn.qkv``;
   text encoders: the transformers path ``text_model.encoder.layers.0.self_attn.q_proj``). kohya's module
-  name is ``kohya_prefix[component] + native`` with "." replaced by "_" (the canonical name of the tools).
+  name is ``kohya_prefix[component] + native`` with "." replaced by "_" (the canonical name of the tools),
+  except for the components in ``kohya_diffusers``: sd-scripts names SD 1.x UNet modules by their diffusers
+  path (``lora_unet_down_blocks_0_attentions_0_proj_in``), so there the diffusers path makes the name.
 * ``diffusers``: the diffusers/transformers module path(s). A native module that diffusers splits (FLUX.1
   fused qkv / linear1) has several parts, each owning consecutive output rows of the native weight.
 * ``out_features`` / ``in_features`` / ``kernel``: the weight's shape ([out, in, kh, kw]).
@@ -13,7 +15,9 @@ A :class:`FamilyKeys` lists every module a LoRA may target, each under the names
   model and the full-size one share one table: "" (one part), "equal" (q/k/v of a fused qkv) or
   "in3_rest" (FLUX.1 single-block linear1: q, k, v of ``in`` rows each, the MLP takes the rest).
 
-The family packages build these (``lorakit.models.<family>.keys.lora_keymap``); the CLI passes them in.
+The family packages build these (``lorakit.models.<family>.keys.lora_keymap``); the CLI passes them in. A family
+of several sizes (FLUX.2: Klein 4B, Klein 9B, dev) gives one map per size (``variant``); the readers pick the one
+whose names and then shapes fit the file best.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class BaseModule:
     parts_rule: str = ""                 # "", "equal", "in3_rest"
     checkpoint_key: str = ""             # the weight's key in the single-file checkpoint ("" = not in it)
     checkpoint_split: Optional[tuple[int, int]] = None  # (i, n): the module owns the i-th of n equal row blocks
+    conv: bool = False                   # a Conv2d in diffusers (PEFT's LoRA factors are then 4-D, 1x1 included)
 
     def rows_in(self, out_rows: int) -> Optional[tuple[int, int]]:
         """Rows of the checkpoint tensor (``out_rows`` rows in all) this module owns; None = the whole tensor."""
@@ -71,9 +76,12 @@ class FamilyKeys:
     diffusers_prefix: dict[str, str]      # component -> "unet.", "transformer.", "text_encoder.", ...
     comfy_prefix: dict[str, str]          # component -> "diffusion_model.", "text_encoders.clip_l.transformer.", ...
     checkpoint_prefix: dict[str, str] = field(default_factory=dict)  # component -> prefix in the single file
+    kohya_diffusers: frozenset = frozenset()   # components whose kohya names are built from the diffusers path
+    variant: str = ""                          # the size these shapes are of ("klein-4b", ...; "" = the only one)
 
     def kohya_name(self, m: BaseModule) -> str:
-        return self.kohya_prefix[m.component] + m.native.replace(".", "_")
+        path = m.diffusers[0] if m.component in self.kohya_diffusers and len(m.diffusers) == 1 else m.native
+        return self.kohya_prefix[m.component] + path.replace(".", "_")
 
     @cached_property
     def by_kohya(self) -> dict[str, BaseModule]:
@@ -92,11 +100,15 @@ class FamilyKeys:
 
     @cached_property
     def by_kohya_diffusers(self) -> dict[str, tuple[BaseModule, int]]:
-        """kohya-style names built from diffusers paths (``lora_unet_down_blocks_…``), which older trainers wrote."""
+        """The other kohya-style names: built from diffusers paths (``lora_unet_down_blocks_…``, which older SDXL
+        trainers wrote) or, for ``kohya_diffusers`` components, from the single-file path (``lora_unet_input_blocks_…``
+        of an SD 1.x file, which A1111, Forge and ComfyUI also read)."""
         out: dict[str, tuple[BaseModule, int]] = {}
         for m in self.modules:
             for i, path in enumerate(m.diffusers):
                 out[self.kohya_prefix[m.component] + path.replace(".", "_")] = (m, i)
+            if m.component in self.kohya_diffusers:
+                out.setdefault(self.kohya_prefix[m.component] + m.native.replace(".", "_"), (m, -1))
         return out
 
     @cached_property
@@ -118,6 +130,27 @@ class FamilyKeys:
             out = (rows[1] - rows[0]) if rows else int(shape[0])
             kernel = (int(shape[2]), int(shape[3])) if len(shape) == 4 else (1, 1)
             mods.append(BaseModule(m.component, m.native, m.diffusers, out, int(shape[1]), kernel, m.parts_rule,
-                                   m.checkpoint_key, m.checkpoint_split))
-        return FamilyKeys(self.family, tuple(mods), self.kohya_prefix, self.diffusers_prefix, self.comfy_prefix,
-                          self.checkpoint_prefix)
+                                   m.checkpoint_key, m.checkpoint_split, m.conv or len(shape) == 4))
+        return self.with_modules(tuple(mods))
+
+    def with_modules(self, modules: tuple[BaseModule, ...]) -> "FamilyKeys":
+        """The same names and prefixes over other modules (shapes of a base file, modules a pruned base adds)."""
+        from dataclasses import replace
+
+        return replace(self, modules=modules)
+
+    def shape_fit(self, widths: dict[str, tuple[int, int]], lookup) -> int:
+        """How many of a file's modules (stem -> (rows of up, columns of down)) have this map's shapes; ``lookup``
+        (stem -> (module, part) or None) is the layout's name resolver."""
+        n = 0
+        for stem, (rows, cols) in widths.items():
+            hit = lookup(stem, self)
+            if hit is None:
+                continue
+            m, part = hit
+            try:
+                want = m.part_sizes()[part] if part >= 0 and len(m.diffusers) > 1 else m.out_features
+            except ValueError:
+                continue
+            n += rows == want and cols == m.in_features * m.kernel[0] * m.kernel[1]
+        return n

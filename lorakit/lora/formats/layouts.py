@@ -43,6 +43,7 @@ class LoraState:
     family: str
     unmatched: list[str] = field(default_factory=list)   # file keys that map onto no module of the family
     foreign: set[str] = field(default_factory=set)      # kohya modules kept by name though the family lacks them
+    keys: Optional[FamilyKeys] = None                   # the key map the file was read with (its size, if several)
 
     def unplaced(self) -> list[str]:
         """Unmatched keys that are not part of a module kept by name."""
@@ -105,15 +106,28 @@ def _lookup(layout: str, stem: str, keys: FamilyKeys) -> Optional[tuple[BaseModu
     raise ValueError(layout)
 
 
-def choose_family(layout: str, stems: Sequence[str], families: Sequence[FamilyKeys]) -> tuple[FamilyKeys, int]:
-    best, best_n = None, -1
+def stem_widths(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, tuple[int, int]]:
+    """module stem -> (rows of up, columns of down flattened): what a file says about each module's shape."""
+    out = {}
+    for stem, parts in groups.items():
+        if "down" in parts and "up" in parts and parts["down"].dim() >= 2:
+            out[stem] = (int(parts["up"].shape[0]), int(parts["down"].reshape(parts["down"].shape[0], -1).shape[1]))
+    return out
+
+
+def choose_family(layout: str, stems: Sequence[str], families: Sequence[FamilyKeys],
+                  widths: Optional[dict[str, tuple[int, int]]] = None) -> tuple[FamilyKeys, int]:
+    """The key map naming most of ``stems``; on equal names (FLUX.1 and FLUX.2 share BFL block names; FLUX.2's sizes
+    share their lower block indices) the one whose shapes fit most of ``widths`` (:func:`stem_widths`)."""
+    best, best_score = None, (-1, -1)
     for keys in families:
         n = sum(1 for s in stems if _lookup(layout, s, keys) is not None)
-        if n > best_n:
-            best, best_n = keys, n
-    if best is None or best_n == 0:
+        fit = keys.shape_fit(widths, lambda stem, k: _lookup(layout, stem, k)) if widths and n else 0
+        if (n, fit) > best_score:
+            best, best_score = keys, (n, fit)
+    if best is None or best_score[0] == 0:
         return (best or families[0]), 0
-    return best, best_n
+    return best, best_score[0]
 
 
 def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], families: Sequence[FamilyKeys], *,
@@ -136,7 +150,7 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
     pool = [f for f in families if family is None or f.family == family]
     if not pool:
         raise LorakitError(f"{where}: no key map for family {family!r}")
-    keys, n = choose_family(layout, stems, pool)
+    keys, n = choose_family(layout, stems, pool, stem_widths(groups))
     if n == 0:
         raise LorakitError(f"{where}: {layout} layout, but no module name fits "
                            f"{' or '.join(f.family for f in pool)} (e.g. {stems[0] if stems else '-'})")
@@ -170,7 +184,7 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
         in_features = int(some.down.reshape(some.rank, -1).shape[1])
         sizes = _part_sizes(module, parts, in_features)
         modules[name] = fuse([parts.get(i) for i in range(len(module.diffusers))], sizes)
-    return LoraState(modules, dict(metadata), layout, keys.family, sorted(unmatched), foreign)
+    return LoraState(modules, dict(metadata), layout, keys.family, sorted(unmatched), foreign, keys)
 
 
 def _part_sizes(module: BaseModule, parts: dict[int, Pair], in_features: int) -> list[int]:
@@ -215,6 +229,7 @@ def write_lora(state: LoraState, keys: FamilyKeys, layout: str) -> dict[str, Any
         for name, p in state.modules.items():
             stem = name if layout == "kohya" else keys.comfy_prefix[_module(keys, name).component] + \
                 _module(keys, name).native
+            p = _conv_factors(keys.by_kohya.get(name), p)   # as sd-scripts' Conv2d LoRA modules store them
             out[stem + ".lora_down.weight"] = p.down.float()
             out[stem + ".lora_up.weight"] = p.up.float()
             out[stem + ".alpha"] = torch.tensor(float(p.alpha if p.alpha is not None else p.rank))
@@ -228,6 +243,7 @@ def write_lora(state: LoraState, keys: FamilyKeys, layout: str) -> dict[str, Any
         for path, part in zip(m.diffusers, parts):
             if part is None:
                 continue
+            part = _conv_factors(m, part)
             if layout == "diffusers":
                 stem = keys.diffusers_prefix[m.component] + path
                 out[stem + ".lora_A.weight"] = part.down.float()
@@ -242,6 +258,14 @@ def write_lora(state: LoraState, keys: FamilyKeys, layout: str) -> dict[str, Any
     if layout == "diffusers":
         return {"tensors": out}
     return {"adapters": {folder: (t, _peft_config(c)) for folder, (t, c) in adapters.items()}}
+
+
+def _conv_factors(m: Optional[BaseModule], p: Pair) -> Pair:
+    """A Conv2d module's factors 4-D (down [r, in, kh, kw], up [out, r, 1, 1]), as PEFT and sd-scripts hold them;
+    other modules' unchanged."""
+    if m is None or not m.conv or p.down.dim() == 4:
+        return p
+    return Pair(p.down.reshape(p.rank, m.in_features, *m.kernel), p.up.reshape(p.up.shape[0], p.rank, 1, 1), p.alpha)
 
 
 def _peft_config(c: dict[str, Any]) -> dict[str, Any]:

@@ -47,7 +47,27 @@ class Rule:
     component: str
     template: str
     style: str  # "kohya", "peft", "any"
+    skip: tuple[str, ...] = ()  # native paths ending so are not named by this rule (the loader cannot split them)
 
+
+# FLUX.2's Linears outside the blocks that flux_to_diffusers has no diffusers name for (its time/guidance embedders
+# are FLUX.1's time_text_embed.*, FLUX.2 has no per-block modulation): ComfyUI reads them by BFL name only
+_FLUX2_NO_DIFFUSERS = ("time_in.in_layer", "time_in.out_layer", "guidance_in.in_layer", "guidance_in.out_layer",
+                       "double_stream_modulation_img.lin", "double_stream_modulation_txt.lin",
+                       "single_stream_modulation.lin")
+
+# model_lora_keys_unet for an SD UNet (SDXL, SD 1.x): every diffusion_model.* weight, then unet_to_diffusers
+_SD_UNET_COMFY = (Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+                  Rule("denoiser", "lora_unet_{diff_}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
+                  Rule("denoiser", "{diff_proc}", "any"), Rule("denoiser", "unet.{diff_proc}", "any"))
+# the Flux branch as FLUX.2 meets it (shared by ComfyUI and Forge's copy of its loader)
+_FLUX2_COMFY = (Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+                Rule("denoiser", "transformer.{diff}", "any", _FLUX2_NO_DIFFUSERS),
+                Rule("denoiser", "lycoris_{diff_}", "any", _FLUX2_NO_DIFFUSERS),
+                Rule("denoiser", "lora_transformer_{diff_}", "any", _FLUX2_NO_DIFFUSERS))
+# the Lumina2 branch (Z-Image): z_image_to_diffusers names under diffusion_model. and transformer.
+_ZIMAGE_COMFY = (Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+                 Rule("denoiser", "diffusion_model.{diff}", "any"), Rule("denoiser", "transformer.{diff}", "any"))
 
 _CLIP_L_COMFY = (Rule("te1", "lora_te_{native_}", "any"), Rule("te1", "lora_te1_{native_}", "any"),
                  Rule("te1", "text_encoder.{native}", "any"))
@@ -56,9 +76,7 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
     "comfyui": {
         "sdxl": (
             # model_lora_keys_unet: every diffusion_model.* weight, then unet_to_diffusers for SD UNets
-            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
-            Rule("denoiser", "lora_unet_{diff_}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
-            Rule("denoiser", "{diff_proc}", "any"), Rule("denoiser", "unet.{diff_proc}", "any"),
+            *_SD_UNET_COMFY,
             # model_lora_keys_clip: clip_l then clip_g (te2 names only when clip_l is present: SDXL base)
             *_CLIP_L_COMFY, Rule("te1", "text_encoders.clip_l.transformer.{native}", "any"),
             Rule("te2", "lora_te2_{native_}", "any"), Rule("te2", "text_encoder_2.{native}", "any"),
@@ -74,12 +92,29 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             Rule("te3", "lora_te2_{native_}", "any"), Rule("te3", "lora_te3_{native_}", "any"),
             Rule("te3", "text_encoders.t5xxl.transformer.{native}", "any"),
         ),
+        "sd15": (
+            # model_lora_keys_unet as for SDXL (unet_to_diffusers of the SD 1.x config); model_lora_keys_clip: clip_l
+            # takes lora_te_ and lora_te1_ (sd-scripts' SD 1.x names are lora_unet_<diffusers path>, lora_te_)
+            *_SD_UNET_COMFY,
+            *_CLIP_L_COMFY, Rule("te1", "text_encoders.clip_l.transformer.{native}", "any"),
+        ),
+        "flux2": (
+            # model_base.Flux2 is a Flux: the generic names plus flux_to_diffusers, which maps FLUX.2's block Linears
+            # (to_q/k/v and add_*_proj as row slices of qkv, ff.linear_in/out, to_qkv_mlp_proj, attn.to_out) and
+            # x_embedder / context_embedder / proj_out
+            *_FLUX2_COMFY,
+            Rule("denoiser", "{diff}", "any", _FLUX2_NO_DIFFUSERS),
+        ),
+        "zimage": (
+            # model_base.Lumina2: the generic names plus z_image_to_diffusers (every Linear; to_q/k/v as row slices
+            # of attention.qkv) under diffusion_model., transformer., lycoris_ and bare
+            *_ZIMAGE_COMFY,
+            Rule("denoiser", "lycoris_{diff_}", "any"), Rule("denoiser", "{diff}", "any"),
+        ),
     },
     "forge": {
         "sdxl": (
-            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
-            Rule("denoiser", "lora_unet_{diff_}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
-            Rule("denoiser", "{diff_proc}", "any"), Rule("denoiser", "unet.{diff_proc}", "any"),
+            *_SD_UNET_COMFY,
             *_CLIP_L_COMFY,
             Rule("te2", "lora_te2_{native_}", "any"), Rule("te2", "text_encoder_2.{native}", "any"),
         ),
@@ -91,6 +126,18 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             # backend/patcher/lora.py adds lora_te1_/te2_/te3_ for every t5xxl.transformer.* weight
             Rule("te3", "lora_te1_{native_}", "any"), Rule("te3", "lora_te2_{native_}", "any"),
             Rule("te3", "lora_te3_{native_}", "any"),
+        ),
+        "sd15": (
+            *_SD_UNET_COMFY,
+            *_CLIP_L_COMFY,
+        ),
+        # Forge's FLUX loader is ComfyUI's (packages_3rdparty/comfyui_lora_collection); Z-Image it takes from its
+        # z_image_to_diffusers copy (backend/utils.py)
+        "flux2": (
+            *_FLUX2_COMFY,
+        ),
+        "zimage": (
+            *_ZIMAGE_COMFY,
         ),
     },
     "diffusers": {
@@ -110,6 +157,27 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             Rule("te1", "lora_te_{native_}", "kohya"),
             Rule("denoiser", "transformer.{diff}", "any"), Rule("te1", "text_encoder.{native}", "peft"),
         ),
+        "sd15": (
+            # StableDiffusionLoraLoaderMixin: _maybe_map_sgm_blocks_to_diffusers (LDM names), then
+            # _convert_non_diffusers_lora_to_diffusers (lora_unet_<diffusers path>, lora_te_)
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("denoiser", "lora_unet_{diff_}", "kohya"),
+            Rule("te1", "lora_te_{native_}", "kohya"), Rule("te1", "lora_te1_{native_}", "kohya"),
+            Rule("denoiser", "unet.{diff}", "peft"), Rule("te1", "text_encoder.{native}", "peft"),
+        ),
+        "flux2": (
+            # Flux2LoraLoaderMixin: _convert_kohya_flux2_lora_to_diffusers (lora_unet_<BFL>),
+            # _convert_non_diffusers_flux2_lora_to_diffusers (diffusion_model.<BFL>, ai-toolkit), transformer.<path>
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            Rule("denoiser", "transformer.{diff}", "peft"),
+        ),
+        "zimage": (
+            # ZImageLoraLoaderMixin: _convert_non_diffusers_z_image_lora_to_diffusers turns lora_unet_ / diffusion_model.
+            # names into dotted diffusers paths (.out -> .to_out.0) but never splits a fused qkv
+            Rule("denoiser", "lora_unet_{native_}", "kohya", skip=(".attention.qkv",)),
+            Rule("denoiser", "lora_unet_{diff_}", "kohya"),
+            Rule("denoiser", "diffusion_model.{native}", "any", skip=(".attention.qkv",)),
+            Rule("denoiser", "diffusion_model.{diff}", "any"), Rule("denoiser", "transformer.{diff}", "any"),
+        ),
     },
     "kohya": {
         "sdxl": (
@@ -123,6 +191,13 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("te1", "lora_te1_{native_}", "kohya"),
             Rule("te3", "lora_te3_{native_}", "kohya"),
         ),
+        "sd15": (
+            # networks/lora.py for SD 1.x: Transformer2DModel Linears / 1x1 convs (+ resnet convs with conv_dim), named
+            # by the diffusers path; CLIP-L as lora_te_
+            Rule("denoiser", "lora_unet_{diff_}", "kohya"), Rule("te1", "lora_te_{native_}", "kohya"),
+        ),
+        # no FLUX.2 or Z-Image network in sd-scripts (networks/lora_flux.py is FLUX.1's): every key is ignored
+        "flux2": (), "zimage": (),
     },
 }
 

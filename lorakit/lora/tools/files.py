@@ -53,7 +53,7 @@ def _load_peft_folder(path: Path, families: Sequence[FamilyKeys], family: Option
     tensors, meta = load_lora_file(weights)
     cfg = json.loads((path / PEFT_CONFIG).read_text()) if (path / PEFT_CONFIG).is_file() else None
     state = read_lora(tensors, meta, families, where=str(weights), peft_config=cfg, family=family)
-    keys = _keymap(families, state.family)
+    keys = state.keys or _keymap(families, state.family)
     for comp, prefix in keys.diffusers_prefix.items():
         sub = path / prefix.rstrip(".")
         if comp == "denoiser" or not (sub / PEFT_WEIGHTS).is_file():
@@ -179,8 +179,7 @@ def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
                 kernel = (int(shape[2]), int(shape[3])) if len(shape) == 4 else (1, 1)
                 extra.append(BaseModule(comp, native, (), int(shape[0]), int(shape[1]), kernel,
                                         checkpoint_key=key[len(prefix):]))
-    return FamilyKeys(keys.family, fitted.modules + tuple(extra) + tuple(kept), keys.kohya_prefix,
-                      keys.diffusers_prefix, keys.comfy_prefix, keys.checkpoint_prefix)
+    return keys.with_modules(fitted.modules + tuple(extra) + tuple(kept))
 
 
 def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: FamilyKeys, out: Path, *,

@@ -26,6 +26,8 @@ def _index(loader: str, keys: FamilyKeys) -> dict[str, tuple[BaseModule, int, st
         for m in keys.modules:
             if m.component != rule.component or m.native.startswith(excluded):
                 continue
+            if rule.skip and m.native.endswith(rule.skip):
+                continue
             for name, part in expand(rule.template, m.native, m.diffusers):
                 out.setdefault(name, (m, part, rule.style))
     return out
@@ -96,6 +98,10 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
                               "layout": "lycoris" if lyco else (detect_layout(tensors) or "unknown"),
                               "keys": len(tensors), "loaders": {}, "modules": []}
     for loader in loaders:
+        if not RULES[loader].get(keys.family):  # no loader for the family at all (sd-scripts and FLUX.2 / Z-Image)
+            report["loaders"][loader] = {"source": SOURCES[loader], "on_unknown": UNKNOWN[loader], "applied": 0,
+                                         "ignored": [], "mismatched": [], "unsupported": True}
+            continue
         index = _index(loader, keys)
         applied: list[str] = []
         ignored: list[str] = list(loose)
@@ -187,6 +193,9 @@ def render(report: dict[str, Any], limit: int = 8) -> str:
              f"family {report['family']}" + (f", {'/'.join(report['variants'])}" if report.get("variants") else "")]
     lines.append(f"{'loader':<10} {'applied':>8} {'ignored':>8} {'shape mismatch':>15}")
     for name, r in report["loaders"].items():
+        if r.get("unsupported"):
+            lines.append(f"{name:<10} loads no {report['family']} LoRA at all (not counted)")
+            continue
         lines.append(f"{name:<10} {r['applied']:>8} {len(r['ignored']):>8} {len(r['mismatched']):>15}")
     for name, r in report["loaders"].items():
         if r.get("unsupported"):

@@ -3,7 +3,7 @@ diffusers folders; ComfyUI- and diffusers-layout LoRA export."""
 
 from .adapter import SPEC, Adapter
 from .identify import identify
-from .keys import lora_key_universe, lora_sizes
+from .keys import full_lora_keymap, lora_key_universe, lora_keymap, lora_sizes
 from .toy import TOY
 
-__all__ = ["SPEC", "TOY", "Adapter", "identify", "lora_key_universe", "lora_sizes"]
+__all__ = ["SPEC", "TOY", "Adapter", "identify", "lora_key_universe", "lora_keymap", "full_lora_keymap", "lora_sizes"]

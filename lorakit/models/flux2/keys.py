@@ -47,3 +47,49 @@ def lora_sizes(names: set[str], out_widths: dict[str, int]) -> list[str]:
     writers = ("_img_attn_proj", "_txt_attn_proj", "_linear2", ".attn.to_out.0", ".attn.to_add_out", ".attn.to_out")
     widths = {w for n, w in out_widths.items() if n.endswith(writers)}
     return [s for s in fitting_sizes(names) if not widths or widths == {hidden_of[s]}]
+
+
+# ------------------------------------------------------------------------------- LoRA tools' key map
+
+def lora_keymap(transformer=None, size: str = "klein-4b"):
+    """The LoRA tools' :class:`~lorakit.lora.formats.keymap.FamilyKeys` of one FLUX.2 transformer: the trainable
+    block Linears (80 on Klein 4B, 112 on Klein 9B, 160 on dev; the double blocks' fused ``qkv`` with its three
+    diffusers parts) and the 1:1 Linears outside the blocks, under BFL and diffusers names with shapes and
+    single-file keys. Without a model, the full-size ``size`` is built on the meta device. FLUX.2's
+    ``final_layer.adaLN_modulation.1`` (its halves swapped against diffusers' ``norm_out.linear``) is left out: a
+    LoRA on it is kept by name, not converted."""
+    import torch
+
+    from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
+
+    from .convert import _GLOBAL_NAMES
+    from .lora_format import module_table
+
+    if transformer is None:
+        cfg = {k: v for k, v in configs.transformer_config(size).items() if not k.startswith("_")}
+        with torch.device("meta"):
+            from diffusers import Flux2Transformer2DModel
+            transformer = Flux2Transformer2DModel(**cfg)
+        variant = size
+    else:
+        variant = ""
+    named = dict(transformer.named_modules())
+    nd = len(transformer.transformer_blocks)
+    ns = len(transformer.single_transformer_blocks)
+    table = [(bfl, parts) for bfl, parts, _kind in module_table(nd, ns)]
+    table += [(bfl, (dif,)) for bfl, dif in _GLOBAL_NAMES.items() if dif in named]
+    mods = []
+    for bfl, parts in table:
+        layers = [named[p] for p in parts]
+        mods.append(BaseModule("denoiser", bfl, parts, sum(int(x.out_features) for x in layers),
+                               int(layers[0].in_features), parts_rule="equal" if len(parts) == 3 else "",
+                               checkpoint_key=bfl + ".weight"))
+    return FamilyKeys("flux2", tuple(mods), kohya_prefix={"denoiser": "lora_unet_"},
+                      diffusers_prefix={"denoiser": "transformer."}, comfy_prefix={"denoiser": "diffusion_model."},
+                      checkpoint_prefix={"denoiser": ""}, variant=variant)
+
+
+@lru_cache(maxsize=1)
+def full_lora_keymap() -> tuple:
+    """One key map per full size (Klein 4B, Klein 9B, dev): the LoRA tools pick the one a file's names and shapes fit."""
+    return tuple(lora_keymap(size=s) for s in configs.SIZES)

@@ -1,14 +1,12 @@
 """Z-Image model family (Z-Image Turbo and base, Tongyi-MAI): the original single file, ComfyUI split files or
-diffusers folders; ComfyUI- and diffusers-layout LoRA export."""
+diffusers folders; ComfyUI- and diffusers-layout LoRA export; the toy (``TOY``, toy.py)."""
 
 from .adapter import SPEC, Adapter
 from .identify import identify
-from .keys import lora_key_universe
+from .keys import full_lora_keymap, lora_key_universe, lora_keymap
 from .tiny import write_tiny_checkpoint
 
-# The toy recipe (toy.py, ``TOY``) is complete and tested, but its pretrained files are not built yet (the full plan
-# takes over an hour on a shared CPU): exposing ``TOY`` without lorakit/toy/assets/zimage/ would break `lorakit demo`.
-# After `python -m lorakit.toy build --family zimage` (with this import in place) the assets ship and it stays.
-# from .toy import TOY
+from .toy import TOY
 
-__all__ = ["SPEC", "Adapter", "identify", "lora_key_universe", "write_tiny_checkpoint"]
+__all__ = ["SPEC", "TOY", "Adapter", "identify", "lora_key_universe", "lora_keymap", "full_lora_keymap",
+           "write_tiny_checkpoint"]

@@ -101,5 +101,7 @@ def save(modules: dict, facts: dict, out: Path) -> dict[str, Path]:
 
 TOY = ToyRecipe(files=FILES, configs=configs, make=make, vae="ae", adapter=adapter, save=save,
                 # sampled as a base model with true CFG (10 % of captions dropped in pretraining)
-                demo=ToyDemo(steps=400, lr=1e-3, rank=8, sample_steps=20, cfg_scale=4.0),
+                # lr 6e-3: at 1e-3 the 400 steps raised the concept score but drew no cross (rate 0.00); 6e-3 meets
+                # the learning benchmark's FLUX.1 thresholds (benchmarks/RESULTS.md)
+                demo=ToyDemo(steps=400, lr=6e-3, rank=8, sample_steps=20, cfg_scale=4.0),
                 training={"text_max_length": TEXT_LENGTH, "timestep_sampling": "flux_shift"})
