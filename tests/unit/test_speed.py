@@ -159,7 +159,7 @@ def cfg(**mem):
                 activation_budget=None)
     base.update(mem)
     return SimpleNamespace(memory=SimpleNamespace(**base), training=SimpleNamespace(mixed_precision="bf16"),
-                           optimizer=SimpleNamespace(name="adamw"))
+                           optimizer=SimpleNamespace(name="adamw"), network=SimpleNamespace(type="lora"))
 
 
 def test_prepare_denoiser_compile_needs_cuda():
