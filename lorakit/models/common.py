@@ -172,6 +172,24 @@ class ComponentsAdapter:
             if c.loaded(name):
                 getattr(c, name).to("cpu")
 
+    def euler_cfg(self, x: Any, sigmas: Any, steps: int, cond: Any, neg: Any, cfg_scale: float) -> Any:
+        """``steps`` flow-match Euler steps along ``sigmas`` with classifier-free guidance (``neg`` None: none), the
+        denoiser in eval mode meanwhile; the adapter's ``_forward(x, sigma, text)`` gives the velocity."""
+        tr = self._c().transformer
+        was_training = tr.training
+        tr.eval()
+        try:
+            for i in range(steps):
+                s = sigmas[i].reshape(1)
+                v = self._forward(x, s, cond)
+                if neg is not None:
+                    v_neg = self._forward(x, s, neg)
+                    v = v_neg + cfg_scale * (v - v_neg)
+                x = x + (sigmas[i + 1] - sigmas[i]).item() * v.to(x.device)
+        finally:
+            tr.train(was_training)
+        return x
+
     def vae_module(self) -> Any:
         """The autoencoder: the planner may switch it to tiled encode / decode (train/autoplan.py)."""
         return self._c().ae

@@ -183,7 +183,6 @@ class Adapter(common.ComponentsAdapter):
     @torch.no_grad()
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler along ZImagePipeline's schedule; CFG on base (negative: the prompt's, else empty)."""
-        c = self._c()
         steps, cfg_scale = self.sample_settings(prompt)
         width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
         x = torch.randn((1, SPEC.latent_channels, height // 8, width // 8), generator=generator,
@@ -191,20 +190,7 @@ class Adapter(common.ComponentsAdapter):
         sigmas = sample_schedule(steps)
         cond = self.encode_text([prompt.prompt])
         neg = self.encode_text([prompt.negative]) if cfg_scale != 1.0 else None
-        tr = c.transformer
-        was_training = tr.training
-        tr.eval()
-        try:
-            for i in range(steps):
-                s = sigmas[i].reshape(1)
-                v = self._forward(x, s, cond)
-                if neg is not None:
-                    v_neg = self._forward(x, s, neg)
-                    v = v_neg + cfg_scale * (v - v_neg)
-                x = x + (sigmas[i + 1] - sigmas[i]).item() * v.to(x.device)
-        finally:
-            tr.train(was_training)
-        return self.decode(x)
+        return self.decode(self.euler_cfg(x, sigmas, steps, cond, neg, cfg_scale))
 
     def decode(self, x: torch.Tensor) -> Any:
         ae = self._c().ae
