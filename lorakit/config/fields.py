@@ -55,7 +55,7 @@ BOUNDS: dict[str, dict[str, float]] = {
     "sample.height": {"le": 16384}, "sample.seed": {"le": SEED_MAX}, "save.every_n_steps": {"le": STEPS_MAX},
     "save.keep_last": {"le": 10000}, "log.every_n_steps": {"le": STEPS_MAX},
     "distributed.timeout_s": {"le": 86400.0}, "distributed.num_machines": {"le": 1024},
-    "distributed.main_process_port": {"le": 65535},
+    "distributed.main_process_port": {"le": 65535}, "network.factor": {"le": 65536},
 }
 TABLE_MAX = 4096
 """Largest entry of a name → integer table (network.module_ranks: a rank)."""

@@ -556,7 +556,7 @@ def load_lora_sliced(lora: dict[str, torch.Tensor], key_map: dict[str, Any]) -> 
         if up in lora:
             a = lora[alpha].item() if alpha in lora else None
             target, offset = (to, None) if isinstance(to, str) else to
-            patches.append((target, offset, (lora[up], lora[down], a)))
+            patches.append((target, offset, ("lora", {"up": lora[up], "down": lora[down]}, a, None)))
             loaded |= {up, down} | ({alpha} if alpha in lora else set())
     return patches, set(lora) - loaded
 

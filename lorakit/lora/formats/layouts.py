@@ -118,13 +118,16 @@ def stem_widths(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, tuple[i
 def choose_family(layout: str, stems: Sequence[str], families: Sequence[FamilyKeys],
                   widths: Optional[dict[str, tuple[int, int]]] = None) -> tuple[FamilyKeys, int]:
     """The key map naming most of ``stems``; on equal names (FLUX.1 and FLUX.2 share BFL block names; FLUX.2's sizes
-    share their lower block indices) the one whose shapes fit most of ``widths`` (:func:`stem_widths`)."""
-    best, best_score = None, (-1, -1)
+    share their lower block indices) the one whose shapes fit most of ``widths`` (:func:`stem_widths`); then, in the
+    kohya layout, the one whose own trainer writes these names (SDXL's ``lora_unet_input_blocks_…`` are sd-scripts'
+    SDXL names and only an alternative reading for SD 1.5)."""
+    best, best_score = None, (-1, -1, -1)
     for keys in families:
         n = sum(1 for s in stems if _lookup(layout, s, keys) is not None)
         fit = keys.shape_fit(widths, lambda stem, k: _lookup(layout, stem, k)) if widths and n else 0
-        if (n, fit) > best_score:
-            best, best_score = keys, (n, fit)
+        own = sum(1 for s in stems if s in keys.by_kohya) if layout == "kohya" and n else 0
+        if (n, fit, own) > best_score:
+            best, best_score = keys, (n, fit, own)
     if best is None or best_score[0] == 0:
         return (best or families[0]), 0
     return best, best_score[0]
