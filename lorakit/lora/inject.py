@@ -101,7 +101,7 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
     and "lokr" (peft's LoHa/LoKr layers; ``factor`` is LoKr's decompose_factor, -1 = near the square root), "dora"
     (a peft LoRA with lorakit's input-axis magnitude). The returned parameters are the variant's own.
     """
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
     if not targets:
         raise ValueError("inject_lora: no target modules")
@@ -136,13 +136,7 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
         init_lora_weights=True,
         bias="none",
     )
-    for p in module.parameters():
-        p.requires_grad_(False)
-    rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
-    with rng:
-        if seed is not None:
-            torch.manual_seed(seed)
-        inject_adapter_in_model(config, module, adapter_name=adapter_name)
+    _peft_inject(module, config, adapter_name, seed)
 
     params: list[nn.Parameter] = []
     found = set()
@@ -172,16 +166,11 @@ def inject_lora(module: nn.Module, targets: dict[str, int], alpha: Union[float, 
     return params
 
 
-def _inject_lycoris(module, targets, ranks, alphas, r0, a0, algo, factor, adapter_name, seed, dtype):
-    """peft's LoHa/LoKr on exactly ``targets``; returns their trainable parameters (see :func:`inject_lora`)."""
+def _peft_inject(module, config, adapter_name: str, seed) -> None:
+    """Freeze ``module`` and let peft add the adapter layers ``config`` names; their initial weights drawn from a
+    generator seeded with ``seed`` (the global RNG's state left as it was)."""
     from peft import inject_adapter_in_model
 
-    from lorakit.lora.variants import lycoris_params, peft_lycoris_config, variant_layers
-
-    config = peft_lycoris_config(algo, r=r0, alpha=a0, target_modules=_exact_regex(list(targets)),
-                                 rank_pattern={"^" + re.escape(p): r for p, r in ranks.items() if r != r0},
-                                 alpha_pattern={"^" + re.escape(p): a for p, a in alphas.items() if a != a0},
-                                 factor=factor)
     for p in module.parameters():
         p.requires_grad_(False)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext()
@@ -189,6 +178,17 @@ def _inject_lycoris(module, targets, ranks, alphas, r0, a0, algo, factor, adapte
         if seed is not None:
             torch.manual_seed(seed)
         inject_adapter_in_model(config, module, adapter_name=adapter_name)
+
+
+def _inject_lycoris(module, targets, ranks, alphas, r0, a0, algo, factor, adapter_name, seed, dtype):
+    """peft's LoHa/LoKr on exactly ``targets``; returns their trainable parameters (see :func:`inject_lora`)."""
+    from lorakit.lora.variants import lycoris_params, peft_lycoris_config, variant_layers
+
+    config = peft_lycoris_config(algo, r=r0, alpha=a0, target_modules=_exact_regex(list(targets)),
+                                 rank_pattern={"^" + re.escape(p): r for p, r in ranks.items() if r != r0},
+                                 alpha_pattern={"^" + re.escape(p): a for p, a in alphas.items() if a != a0},
+                                 factor=factor)
+    _peft_inject(module, config, adapter_name, seed)
     params: list[nn.Parameter] = []
     found = set()
     for path, kind, layer in variant_layers(module, adapter_name):
