@@ -172,6 +172,19 @@ class ComponentsAdapter:
             if c.loaded(name):
                 getattr(c, name).to("cpu")
 
+    def flow_sample(self, prompt: Any, generator: Any, channels: int, schedule: Any) -> Any:
+        """A preview: noise of the prompt's size (multiples of 16, latents 1/8), ``schedule(steps)``'s sigmas through
+        :meth:`euler_cfg` (CFG with the prompt's negative unless the scale is 1), then the adapter's ``decode``."""
+        import torch
+
+        steps, cfg_scale = self.sample_settings(prompt)
+        width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
+        x = torch.randn((1, channels, height // 8, width // 8), generator=generator, device=generator.device,
+                        dtype=torch.float32).to(self.device)
+        cond = self.encode_text([prompt.prompt])
+        neg = self.encode_text([prompt.negative]) if cfg_scale != 1.0 else None
+        return self.decode(self.euler_cfg(x, schedule(steps), steps, cond, neg, cfg_scale))
+
     def euler_cfg(self, x: Any, sigmas: Any, steps: int, cond: Any, neg: Any, cfg_scale: float) -> Any:
         """``steps`` flow-match Euler steps along ``sigmas`` with classifier-free guidance (``neg`` None: none), the
         denoiser in eval mode meanwhile; the adapter's ``_forward(x, sigma, text)`` gives the velocity."""

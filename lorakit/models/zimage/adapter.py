@@ -183,14 +183,7 @@ class Adapter(common.ComponentsAdapter):
     @torch.no_grad()
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler along ZImagePipeline's schedule; CFG on base (negative: the prompt's, else empty)."""
-        steps, cfg_scale = self.sample_settings(prompt)
-        width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
-        x = torch.randn((1, SPEC.latent_channels, height // 8, width // 8), generator=generator,
-                        device=generator.device, dtype=torch.float32).to(self.device)
-        sigmas = sample_schedule(steps)
-        cond = self.encode_text([prompt.prompt])
-        neg = self.encode_text([prompt.negative]) if cfg_scale != 1.0 else None
-        return self.decode(self.euler_cfg(x, sigmas, steps, cond, neg, cfg_scale))
+        return self.flow_sample(prompt, generator, SPEC.latent_channels, sample_schedule)
 
     def decode(self, x: torch.Tensor) -> Any:
         ae = self._c().ae
