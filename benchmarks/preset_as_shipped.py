@@ -140,6 +140,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--shared-cache", action="store_true",
                     help="keep the data caches under --dir (a later call with --runs cold,warm reuses them) instead "
                          "of in this call's run folder")
+    ap.add_argument("--inductor-dir", default="",
+                    help="one compile cache for the cold/warm runs of several calls (default: a new one per call)")
     ap.add_argument("--flux2-size", choices=("4b", "9b"), default="4b", help="FLUX.2 presets: Klein base 4B or 9B files")
     args = ap.parse_args(argv)
     import torch
@@ -175,7 +177,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     cap = f" ({args.cap_gib:g} GiB cap)" if args.cap_gib else ""
     results = []
-    inductor = runs / "inductor-cache"
+    inductor = Path(args.inductor_dir).resolve() if args.inductor_dir else runs / "inductor-cache"
     for name in args.runs.split(","):
         extra = dict(env_extra)
         if name in ("cold", "warm"):

@@ -146,8 +146,9 @@ class NetworkCfg:
 class OptimizerCfg:
     """Optimizer and learning-rate schedule."""
 
-    name: str = f("adamw8bit", "Optimizer.", choices=("adamw", "adamw8bit", "prodigy", "adafactor", "lion", "came",
-                                                  "adamw_schedulefree"))
+    name: str = f("adamw", "Optimizer (adamw: torch's fused kernel on CUDA; adamw8bit saves ~0.5 GiB but steps "
+                           "slower).", choices=("adamw", "adamw8bit", "prodigy", "adafactor", "lion", "came",
+                                                "adamw_schedulefree"))
     lr: float = f(1e-4, "Learning rate (Prodigy: 1.0).", gt=0.0)
     weight_decay: float = f(0.01, "Decoupled weight decay.", ge=0.0)
     betas: list = f(None, "Adam betas [beta1, beta2].", factory=lambda: [0.9, 0.999])

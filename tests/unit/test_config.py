@@ -58,7 +58,7 @@ def test_minimal_file_gives_typed_config_with_schema_defaults(tmp_path):
     assert cfg.model.family == "sdxl"
     assert cfg.model.checkpoint == "/models/sdxl.safetensors"
     assert cfg.network.rank == 32 and cfg.network.alpha == 16.0
-    assert cfg.optimizer.name == "adamw8bit" and cfg.optimizer.betas == [0.9, 0.999]
+    assert cfg.optimizer.name == "adamw" and cfg.optimizer.betas == [0.9, 0.999]
     assert cfg.data.resolution == 1024
     assert cfg.preset is None
     assert cfg_notes(cfg) == []

@@ -59,7 +59,8 @@ def test_preset_follows_the_guide(name):
     d = raw(name)
     assert d["model"]["family"] == family
     assert d["data"]["resolution"] == (512 if family == "sd15" else 1024)
-    assert d["optimizer"]["name"] == "adamw8bit"
+    # AdamW, not the guides' AdamW8bit: 8-bit ran 0.240 s/step against 0.160 (SDXL, H100, RESULTS.md round 14)
+    assert d["optimizer"]["name"] == "adamw"
     assert 5e-5 <= d["optimizer"]["lr"] <= 1e-4
     assert d["memory"]["gradient_checkpointing"] is True
     steps = d["training"]["max_steps"]
