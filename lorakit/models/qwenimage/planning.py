@@ -27,7 +27,7 @@ RATES = {"eager": (2.91, 38.07), "compiled": (2.91, 29.96)}
 # forward FLOPs per 1024² image against FLUX.1-dev's (the reference rows' s/step is multiplied by it)
 STEP_SCALE = 0.949
 REFERENCE = "FLUX.1-dev"
-# measured rows (cards.toml's [[measured]] form without family/card: s_step, peak_gib, settings, source)
+# measured rows (cards.toml's [[measured]] form without family; card defaults to "h100")
 MEASURED: tuple[dict[str, Any], ...] = ()
 ESTIMATED = True
 WIDTH, BLOCKS = 3072, 60

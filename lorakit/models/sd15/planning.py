@@ -24,7 +24,7 @@ RATES = {"eager": (1.2, 4.15), "compiled": (1.2, 3.43)}
 # forward FLOPs per 1024² image-equivalent against SDXL's at 1024² (the reference rows' s/step is multiplied by it)
 STEP_SCALE = 0.475
 REFERENCE = "SDXL"
-# measured rows (cards.toml's [[measured]] form without family/card: s_step, peak_gib, settings, source)
+# measured rows (cards.toml's [[measured]] form without family; card defaults to "h100")
 MEASURED: tuple[dict[str, Any], ...] = ()
 ESTIMATED = True
 # published parameter counts as loaded: CLIP-L's text tower (bf16) and the autoencoder (fp32, as the adapter keeps it)

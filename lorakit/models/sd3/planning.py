@@ -27,7 +27,7 @@ RATES = {
 # forward FLOPs per 1024² image against FLUX.1-dev's (the reference rows' s/step is multiplied by it)
 STEP_SCALE = {"medium": 0.151, "large": 0.418}
 REFERENCE = "FLUX.1-dev"
-# measured rows per size (cards.toml's [[measured]] form without family/card: s_step, peak_gib, settings, source)
+# measured rows per size (cards.toml's [[measured]] form without family; card defaults to "h100")
 MEASURED: dict[str, tuple[dict[str, Any], ...]] = {}
 ESTIMATED = ("medium", "large")
 NAMES = {"medium": "SD3.5 Medium", "large": "SD3.5 Large"}

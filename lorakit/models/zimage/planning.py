@@ -26,7 +26,7 @@ RATES = {"eager": (2.55, 26.83), "compiled": (2.55, 21.11)}
 # forward FLOPs per 1024² image against FLUX.1-dev's (the reference rows' s/step is multiplied by it)
 STEP_SCALE = 0.761
 REFERENCE = "FLUX.1-dev"
-# measured rows (cards.toml's [[measured]] form without family/card: s_step, peak_gib, settings, source)
+# measured rows (cards.toml's [[measured]] form without family; card defaults to "h100")
 MEASURED: tuple[dict[str, Any], ...] = ()
 ESTIMATED = True
 WIDTH, BLOCKS = 3840, 34  # 30 layers + 2 noise refiner + 2 context refiner blocks
