@@ -76,7 +76,7 @@ def measured_rows(family: str, rows: tuple[Mapping[str, Any], ...]) -> tuple[dic
 
 def note(name: str, reference: str) -> str:
     """``ModelSpec.planning_estimate`` of a size planned from estimates."""
-    return (f"{name}'s memory and speed are not measured: activation sizes estimated from its architecture "
+    return (f"{name}: memory and speed are not measured; activation sizes estimated from its architecture "
             f"(benchmarks/estimate_activations.py), s/step scaled from {reference}'s rows by forward FLOPs "
             "(estimates; benchmarks/RESULTS.md has no row for it yet)")
 
