@@ -271,6 +271,29 @@ ROWS.update({
                           "phases": (True,)},
     "sd35l/fp8+swap12": {"family": "sd3", "size": "large", "gc": True, "fp8": True, "swap": 12},
 })
+# Z-Image (6 B, 1024², tier 12 GiB) and SD 1.5 (512², tier 6 GiB), issue 29: random full-size weights
+ROWS.update({
+    "zimage/gc": {"family": "zimage", "gc": True, "eager_first": True},
+    "zimage/gc+compile": {"family": "zimage", "gc": True, "compile": "regions", "phases": (True,)},
+    "zimage/fp8+compile": {"family": "zimage", "gc": True, "fp8": True, "compile": "regions", "phases": (True,)},
+    "sd15/gc": {"family": "sd15", "gc": True, "eager_first": True, "phases": (None, True)},
+    "sd15/nogc+compile": {"family": "sd15", "gc": False, "compile": "regions", "phases": (True,)},
+    "sd15/graphs": {"family": "sd15", "gc": False, "compile": "regions", "cudagraphs": True, "phases": (True,)},
+})
+# the new families' card tiers through the planner (memory.vram_gb; what it chose is in the row's "plan"), under the
+# allocator cap of every "vram" row; compile as the automatic plan picks on a CUDA card, CUDA graphs where nothing is
+# swapped (SD 1.5). Their planning numbers are estimates (lorakit/models/<family>/planning.py) until these run
+ROWS.update({
+    "sd35m/vram12": {"family": "sd3", "size": "medium", "gc": True, "vram": 12, "compile": "regions", "phases": (True,)},
+    "sd35l/vram24": {"family": "sd3", "size": "large", "gc": True, "vram": 24, "compile": "regions", "phases": (True,)},
+    "qwenimage/vram24": {"family": "qwenimage", "gc": True, "vram": 24, "compile": "regions", "phases": (True,)},
+    "qwenimage/vram16": {"family": "qwenimage", "gc": True, "vram": 16, "compile": "regions", "phases": (True,)},
+    "zimage/vram12": {"family": "zimage", "gc": True, "vram": 12, "compile": "regions", "phases": (True,)},
+    "sd15/vram6": {"family": "sd15", "gc": True, "vram": 6, "compile": "regions", "cudagraphs": True,
+                   "phases": (True,)},
+})
+# pixels per side of each family's rows (SD 1.5 trains at 512²)
+RESOLUTION = {"sd15": 512}
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
 
@@ -287,10 +310,10 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
 
     s = s or {}
 
-    rank = 32 if family == "sdxl" else 16
+    rank = 32 if family in ("sdxl", "sd15") else 16
     data = {
         "model": {"family": family, "checkpoint": "random-weights.safetensors"},
-        "data": {"dir": str(ROOT), "resolution": 1024},
+        "data": {"dir": str(ROOT), "resolution": RESOLUTION.get(family, 1024)},
         "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0},
         # fused_backward steps each parameter inside backward: no clipping by the global norm there (nor in "noclip")
         "optimizer": {"name": s.get("optim", "adamw"), "lr": 1e-4,
@@ -308,6 +331,13 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
                    # each row runs its settings exactly; the automatic plan is benchmarks/preset_as_shipped.py's
                    "auto": bool(s.get("auto", False))},
     }
+    if s.get("vram"):  # what the planner chooses is left unset (a key set here would be a constraint it keeps)
+        data["memory"] = {k: v for k, v in data["memory"].items()
+                          if k not in ("gradient_checkpointing", "fp8_base", "blocks_to_swap", "checkpoint_fraction",
+                                       "activation_budget", "modulation_on_cpu")
+                          or (k == "checkpoint_fraction" and "ckpt_fraction" in s)
+                          or (k == "activation_budget" and s.get("amb") is not None)
+                          or (k == "modulation_on_cpu" and s.get("modcpu"))}
     return load_config(None, data=data)
 
 
@@ -453,6 +483,96 @@ def build_qwenimage(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
     return adapter, tr, text
 
 
+def build_zimage(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size Z-Image transformer on ``device`` (bf16), as load() leaves it; a caption of 128
+    real tokens in the cached 512 (the adapter drops the padding before the transformer)."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    from lorakit.models.zimage import configs
+    from lorakit.models.zimage.adapter import Adapter
+    from lorakit.models.zimage.convert import Shape
+    from lorakit.models.zimage.load import ZImageComponents
+
+    conf = {k: v for k, v in configs.transformer_config().items() if not k.startswith("_")}
+    if TINY:
+        conf.update(dim=32, n_layers=3, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=24,
+                    axes_dims=[4, 6, 6])
+    with torch.device(device):
+        tr = ZImageTransformer2DModel(**conf)
+    tr.to(torch.bfloat16).requires_grad_(False).eval()
+    shape = Shape(dim=conf["dim"], n_layers=conf["n_layers"], n_refiner=conf["n_refiner_layers"],
+                  head_dim=conf["dim"] // conf["n_heads"], cap_feat_dim=conf["cap_feat_dim"],
+                  in_channels=conf["in_channels"])
+    adapter = Adapter(cfg)
+    adapter.comps = ZImageComponents(transformer=tr, shape=shape, variant="base", how="bench")
+    adapter.device, adapter.dtype = torch.device(device), torch.bfloat16
+    mask = torch.zeros(1, 512, dtype=torch.int64)
+    mask[:, :128] = 1
+    text = {"prompt_embeds": torch.randn(1, 512, conf["cap_feat_dim"]) * mask[..., None], "prompt_mask": mask}
+    return adapter, tr, text
+
+
+def build_sd15(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size SD 1.5 U-Net on ``device`` (bf16); tiny stand-ins for the unused encoders."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.models.sd15 import configs
+    from lorakit.models.sd15.adapter import Adapter
+
+    conf = {k: v for k, v in configs.UNET.items() if not k.startswith("_")}
+    if TINY:
+        conf.update(block_out_channels=[32, 64, 64, 64], attention_head_dim=2, cross_attention_dim=32)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**conf)
+    adapter = Adapter(cfg)
+    adapter.attach(unet, torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), None, device=device, dtype=torch.bfloat16)
+    text = {"context": torch.randn(1, 77, conf["cross_attention_dim"])}
+    return adapter, adapter.unet, text
+
+
+def build_row(s: dict, cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """(adapter, denoiser, cached text tensors) of a row's family and size on ``device``."""
+    family = s["family"]
+    if family in ("flux2", "sd3"):
+        return {"flux2": build_flux2, "sd3": build_sd3}[family](cfg, device, s["size"])
+    return {"sdxl": build_sdxl, "flux1": build_flux, "qwenimage": build_qwenimage, "zimage": build_zimage,
+            "sd15": build_sd15}[family](cfg, device)
+
+
+def dry_row(name: str) -> str:
+    """A row's full-size model built on the meta device (nothing allocated or computed), its LoRA targets found in it,
+    and for a "vram" row the plan memory.vram_gb makes for it (an H100's float8 matmuls assumed): one line."""
+    import torch
+
+    from lorakit.train import budget, speed, swap
+    from lorakit.train.planview import lora_parameters
+
+    s = ROWS[name]
+    cfg = build_config(s["family"], s["gc"], bool(s.get("compile")), s)
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        adapter, model, _ = build_row(s, cfg, torch.device("meta"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    component = "unet" if s["family"] in ("sdxl", "sd15") else "transformer"
+    targets = adapter.lora_targets(cfg.network)[component]
+    names = dict(model.named_modules())
+    missing = [p for p in targets if p not in names]
+    if missing:
+        raise SystemExit(f"bench --dry: {name}: LoRA targets not in the model: {missing[:3]}")
+    line = (f"{name}: {type(model).__name__} on meta, {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B "
+            f"parameters, {len(targets)} LoRA targets")
+    if s.get("vram"):
+        blocks = speed.repeated_blocks(model, adapter.spec.compile_blocks)
+        trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
+        plan = budget.apply_budget(cfg, adapter.spec, model, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None,
+                                   fp8_matmuls=True)
+        line += f"; plan: {plan.describe()}" + (" fp8_compute" if plan.fp8_compute else "")
+    return line
+
+
 def count_forward_flops(adapter: Any, next_batch: Any, cfg: Any, device: Any) -> float:
     """FLOPs of one forward (torch's FlopCounterMode: matmuls, convs, attention) under no_grad."""
     import torch
@@ -489,14 +609,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
     t0 = time.time()
     torch.set_default_dtype(torch.bfloat16)  # build the base directly in bf16 (no fp32 copy of 12B weights)
     try:
-        if family == "flux2":
-            adapter, model, text = build_flux2(cfg, device, s["size"])
-        elif family == "sd3":
-            adapter, model, text = build_sd3(cfg, device, s["size"])
-        elif family == "qwenimage":
-            adapter, model, text = build_qwenimage(cfg, device)
-        else:
-            adapter, model, text = (build_sdxl if family == "sdxl" else build_flux)(cfg, device)
+        adapter, model, text = build_row(s, cfg, device)
     finally:
         torch.set_default_dtype(torch.float32)
     sync(device)
@@ -519,7 +632,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         cap = (s["vram"] - CONTEXT_GIB) * 2**30
         torch.cuda.set_per_process_memory_fraction(cap / total)
     targets = adapter.lora_targets(cfg.network)
-    component = "unet" if family == "sdxl" else "transformer"
+    component = "unet" if family in ("sdxl", "sd15") else "transformer"
     # as `lorakit train` in bf16 (every step runs in autocast); "peft_casts": as before round 6
     params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout,
                          under_autocast=not s.get("peft_casts"))
@@ -575,14 +688,16 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             del host, dev
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-    side = 16 if TINY else 128
-    latent_shape = {"sdxl": (1, 4, side, side), "flux2": (1, 128, side // 2, side // 2)}.get(family, (1, 16, side, side))
+    px = RESOLUTION.get(family, 1024)
+    side = 16 if TINY else px // 8
+    latent_shape = {"sdxl": (1, 4, side, side), "sd15": (1, 4, side, side),
+                    "flux2": (1, 128, side // 2, side // 2)}.get(family, (1, 16, side, side))
     gen_data = torch.Generator().manual_seed(123)
 
     def next_batch() -> Batch:
         """A cached batch as the loop builds it: float32 CPU tensors of the real shapes."""
         return Batch(latents=torch.randn(latent_shape, generator=gen_data), text={k: v.clone() for k, v in text.items()},
-                     original_sizes=[(1024, 1024)], crop_top_lefts=[(0, 0)], target_sizes=[(1024, 1024)],
+                     original_sizes=[(px, px)], crop_top_lefts=[(0, 0)], target_sizes=[(px, px)],
                      loss_weight=torch.ones(1), captions=["a photo"])
 
     if s.get("offload"):
@@ -971,7 +1086,7 @@ def settings_text(s: dict, cfg: Any) -> str:
     ckpt = ("ckpt" if s.get("ckpt_fraction", 1.0) == 1.0 else f"ckpt {s['ckpt_fraction']:.0%} of blocks") \
         if s["gc"] else "no-ckpt"
     optimizer = {"adamw8bit": "AdamW8bit"}.get(cfg.optimizer.name, "AdamW")
-    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", optimizer, "SDPA", ckpt]
+    parts = ["bf16", "b1", f"{RESOLUTION.get(cfg.model.family, 1024)}²", f"r{cfg.network.rank}", optimizer, "SDPA", ckpt]
     from lorakit.train import speed
 
     m = cfg.memory  # after the budget's choices
@@ -1079,6 +1194,8 @@ def main() -> None:
     ap.add_argument("rows", nargs="*", help="rows to run (default: all); see --list")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--dry", action="store_true", help="build each row's full-size model on the meta device (CPU, "
+                    "nothing allocated), check its LoRA targets and print the plan of a vram row; no timing")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--spawned", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--timeout", type=float, default=420, help="seconds per row (in --parallel: for all rows)")
@@ -1090,6 +1207,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.list:
         print("\n".join(ROWS))
+        return
+    if args.dry:
+        sys.path.insert(0, str(ROOT))
+        for name in args.rows or list(ROWS):
+            if name not in ROWS:
+                sys.exit(f"bench: unknown row {name!r}; see --list")
+            print(dry_row(name), flush=True)
         return
     if args.one:
         sys.path.insert(0, str(ROOT))

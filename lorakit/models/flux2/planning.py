@@ -37,10 +37,7 @@ Not measured, and planned from estimates that the plan says are estimates (:data
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
-
-from lorakit.errors import ConfigError
 
 from . import configs
 
@@ -169,22 +166,6 @@ def planning_model(cfg: Any) -> tuple[Any, dict[str, int]]:
 
 def _header(cfg: Any) -> dict[str, Any]:
     """name -> shape entries of ``model.checkpoint`` (a single file, or a diffusers folder's transformer/ files)."""
-    from .load import header_shapes
+    from lorakit.models.estimates import header
 
-    where = getattr(cfg.model, "checkpoint", None)
-    if not where:
-        raise ConfigError("model.checkpoint: lorakit plan reads FLUX.2's size (Klein 4B / 9B / dev) from its header; "
-                          "set it to the transformer file or diffusers folder")
-    src = Path(where).expanduser()
-    if src.is_dir():
-        files = sorted((src / "transformer").glob("*.safetensors"))
-        if not files:
-            raise ConfigError(f"model.checkpoint: {src} has no transformer/*.safetensors to read FLUX.2's size from")
-        out: dict[str, Any] = {}
-        for f in files:
-            out.update(header_shapes(f))
-        return out
-    if not src.is_file():
-        raise ConfigError(f"model.checkpoint: {src} not found; lorakit plan reads FLUX.2's size from its header")
-    return header_shapes(src)
-
+    return header(cfg, "FLUX.2's size (Klein 4B / 9B / dev)")

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models import common
+from lorakit.models import common, estimates
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 
-from . import configs
+from . import configs, planning
 
 SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shift=0.0, vae_downscale=8, patch_size=2,
                  bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),
@@ -38,8 +38,15 @@ SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shif
                  config_keys=frozenset({
                      "model.vae", "model.text_encoder", "network.module_ranks", "training.timestep_sampling",
                      "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
-                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}))
-# activation_gib etc. stay at ModelSpec's defaults: not measured for Qwen-Image yet (GPU rounds are the lead's)
+                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}),
+                 # estimates until GPU rows replace them (.planning)
+                 activation_gib=planning.RATES["eager"], activation_gib_compiled=planning.RATES["compiled"],
+                 measured_steps=estimates.scaled_rows("qwenimage", planning.REFERENCE, planning.STEP_SCALE,
+                                                      swap_blocks=planning.BLOCKS),
+                 planning_estimate=estimates.note("Qwen-Image", planning.REFERENCE),
+                 component_gib=planning.components(),
+                 variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 planning_model=lambda cfg: planning.planning_model(cfg))
 
 ARCHITECTURE = "qwen-image"          # SwarmUI's model class id ("qwen-image/lora" for LoRAs)
 
@@ -107,10 +114,6 @@ class Adapter(common.ComponentsAdapter):
         if getattr(cfg.network, "train_text_encoder", False):
             raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Qwen-Image; set it "
                               "to false")
-        if getattr(cfg.memory, "vram_gb", None):
-            raise ConfigError("memory.vram_gb: Qwen-Image's activation sizes are not measured yet, so the planner "
-                              "cannot fit a Qwen-Image run to a budget; remove it and set gradient_checkpointing, "
-                              "fp8_base and blocks_to_swap by hand (docs/qwenimage.md has the 24 and 16 GiB settings)")
         if getattr(cfg.model, "variant", "auto") not in ("auto", "", None):
             raise ConfigError(f"model.variant: {cfg.model.variant!r}; Qwen-Image has one variant, remove it")
 

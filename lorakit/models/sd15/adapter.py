@@ -19,7 +19,8 @@ from torch import nn
 
 from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
-from lorakit.models.sd15 import configs
+from lorakit.models import estimates
+from lorakit.models.sd15 import configs, planning
 from lorakit.models.sdxl.adapter import (_OnFirstUse, _source_fingerprint, export_diffusers, text_encoder_lora_targets,
                                          unet_lora_targets)
 
@@ -33,7 +34,14 @@ SPEC = ModelSpec(family="sd15", latent_channels=4, vae_scale=0.18215, vae_shift=
                  compile_blocks=("ResnetBlock2D",),  # as SDXL: the resnets carry most element-wise kernels
                  config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
                                         "training.min_timestep", "training.max_timestep", "training.noise_offset",
-                                        "training.min_snr_gamma", "sample.sampler"}))
+                                        "training.min_snr_gamma", "sample.sampler"}),
+                 # estimates until GPU rows replace them (.planning)
+                 activation_gib=planning.RATES["eager"], activation_gib_compiled=planning.RATES["compiled"],
+                 measured_steps=estimates.scaled_rows("sd15", planning.REFERENCE, planning.STEP_SCALE),
+                 planning_estimate=estimates.note("SD 1.5", planning.REFERENCE),
+                 component_gib=planning.components(),
+                 variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 planning_model=lambda cfg: planning.planning_model(cfg))
 
 
 def kohya_name(component: str, path: str) -> str:

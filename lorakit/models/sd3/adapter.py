@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models import common
+from lorakit.models import common, estimates
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 
-from . import configs
+from . import configs, planning
 
 VAE_SCALE, VAE_SHIFT = configs.VAE_SCALE, configs.VAE_SHIFT
 
@@ -37,8 +37,16 @@ SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shif
                      "model.clip_l", "model.clip_g", "model.t5xxl", "model.vae", "model.variant",
                      "network.module_ranks", "training.timestep_sampling", "training.sigmoid_scale",
                      "training.logit_mean", "training.logit_std", "training.discrete_flow_shift",
-                     "training.t5_max_length", "memory.blocks_to_swap"}))
-# activation_gib etc. stay at ModelSpec's defaults: not measured for SD3.5 yet (the GPU rounds are the lead's)
+                     "training.t5_max_length", "memory.blocks_to_swap"}),
+                 # the planning numbers differ per size and are estimates until GPU rows replace them (.planning);
+                 # the family-wide ones are Large's (the larger)
+                 activation_gib=planning.RATES["large"]["eager"],
+                 activation_gib_compiled=planning.RATES["large"]["compiled"],
+                 measured_steps=estimates.scaled_rows("sd3", planning.REFERENCE, planning.STEP_SCALE["large"]),
+                 planning_estimate=estimates.note("SD3.5", planning.REFERENCE),
+                 component_gib=planning.components(),
+                 variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 planning_model=lambda cfg: planning.planning_model(cfg))
 
 # sd-scripts' ss_base_model_version (its MMDiT model_type) and SwarmUI's model-class ids (modelspec.architecture)
 BASE_VERSION = {"large": "5-large", "large-turbo": "5-large", "medium": "5-medium", "sd3-medium": "medium",
@@ -93,10 +101,6 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What SD3 refuses before anything is read."""
-        if getattr(cfg.memory, "vram_gb", None):
-            raise ConfigError("memory.vram_gb: SD3.5's activation sizes are not measured yet, so the planner cannot "
-                              "fit an SD3.5 run to a budget; remove it and set gradient_checkpointing, fp8_base and "
-                              "blocks_to_swap by hand")
         if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
             raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; SD3.5 takes auto, distilled "
                               "(large-turbo) or base")

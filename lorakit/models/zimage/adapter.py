@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models import common
+from lorakit.models import common, estimates
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 
-from . import configs
+from . import configs, planning
 
 VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159          # FLUX.1's AE constants (Z-Image's vae/config.json has the same)
 
@@ -36,8 +36,15 @@ SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_s
                      "model.ae", "model.text_encoder", "model.variant", "network.module_ranks",
                      "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean",
                      "training.logit_std",
-                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}))
-# activation_gib etc. stay at ModelSpec's defaults: not measured for Z-Image yet (GPU rounds are the lead's)
+                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}),
+                 # estimates until GPU rows replace them (.planning)
+                 activation_gib=planning.RATES["eager"], activation_gib_compiled=planning.RATES["compiled"],
+                 measured_steps=estimates.scaled_rows("zimage", planning.REFERENCE, planning.STEP_SCALE,
+                                                      swap_blocks=planning.BLOCKS),
+                 planning_estimate=estimates.note("Z-Image", planning.REFERENCE),
+                 component_gib=planning.components(), vae_tiling=True,
+                 variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 planning_model=lambda cfg: planning.planning_model(cfg))
 
 ARCHITECTURE = "z-image"                       # SwarmUI's model class id ("z-image/lora" for LoRAs)
 
@@ -86,10 +93,6 @@ class Adapter(common.ComponentsAdapter):
         if getattr(cfg.network, "train_text_encoder", False):
             raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Z-Image; set it to "
                               "false")
-        if getattr(cfg.memory, "vram_gb", None):
-            raise ConfigError("memory.vram_gb: Z-Image's activation sizes are not measured yet, so the planner cannot "
-                              "fit a Z-Image run to a budget; remove it and set gradient_checkpointing, fp8_base and "
-                              "blocks_to_swap by hand")
         if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
             raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; Z-Image takes auto, "
                               "distilled (Turbo) or base")

@@ -1,0 +1,109 @@
+"""Planning numbers of a family that has no GPU rows yet (issue 29: SD3.5, Qwen-Image, Z-Image, SD 1.5): what the
+family planning modules (``lorakit/models/<family>/planning.py``) share.
+
+Their activation rates come from ``benchmarks/estimate_activations.py`` (the full-size denoiser run on the meta
+device, its Linear / Conv2d traffic counted per block and priced at the bytes per unit that FLUX.1-dev or SDXL
+measured); their s/step rows are the measured rows of that reference family below, scaled by the forward FLOPs per
+1024² image (the same script's ``step_scale``). Every such row carries ``"estimated"`` and no peak, and a plan made
+from them says so (``ModelSpec.planning_estimate``). A measured row of the family (a ``measured`` entry of its table)
+replaces the estimate of that size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from lorakit.errors import ConfigError
+
+# measured rows of the reference families (lorakit/train/cards.toml, benchmarks/RESULTS.md), in cards.toml's
+# [[measured]] form: the settings the new families are planned with (no host modulations, no activation budgets)
+REFERENCE: dict[str, tuple[dict[str, Any], ...]] = {
+    "FLUX.1-dev": (
+        {"card": "h200", "s_step": 0.94, "checkpoint_fraction": 1.0,
+         "source": "FLUX.1-dev eager (flux1/gc+compile x 1.7, cards.toml)"},
+        {"card": "h200", "s_step": 0.553, "compile": True, "checkpoint_fraction": 1.0,
+         "source": "FLUX.1-dev RESULTS.md run 13: flux1/gc+compile"},
+        {"card": "h200", "s_step": 0.49, "compile": True, "checkpoint_fraction": 0.5,
+         "source": "FLUX.1-dev RESULTS.md round 4: compile, checkpoint_fraction 0.5"},
+        {"card": "h100", "s_step": 0.536, "compile": True, "cuda_graphs": True, "checkpoint_fraction": 0.982,
+         "source": "FLUX.1-dev issue 28: compile + cuda_graphs, checkpoint_fraction 0.982"},
+        {"card": "h200", "s_step": 0.607, "compile": True, "fp8_base": True, "checkpoint_fraction": 1.0,
+         "source": "FLUX.1-dev RESULTS.md run 8: flux1/fp8+compile"},
+        {"card": "h200", "s_step": 0.519, "compile": True, "fp8_base": True, "fp8_compute": True,
+         "checkpoint_fraction": 1.0, "source": "FLUX.1-dev RESULTS.md round 4: fp8 compute + compile"},
+        {"card": "h200", "s_step": 0.47, "compile": True, "fp8_base": True, "fp8_compute": True,
+         "checkpoint_fraction": 0.6, "source": "FLUX.1-dev RESULTS.md round 5: fp8 compute + compile, fraction 0.6"},
+        {"card": "h200", "s_step": 0.65, "compile": True, "fp8_base": True, "checkpoint_fraction": 1.0,
+         "blocks_to_swap": 24, "source": "FLUX.1-dev RESULTS.md round 4: fp8 + 24 swapped blocks, compile"},
+        {"card": "h200", "s_step": 0.71, "compile": True, "fp8_base": True, "checkpoint_fraction": 1.0,
+         "blocks_to_swap": 45, "source": "FLUX.1-dev RESULTS.md round 4: fp8 + 45 swapped blocks, compile"},
+    ),
+    "SDXL": (
+        {"card": "h200", "s_step": 0.555, "checkpoint_fraction": 0.0, "source": "SDXL RESULTS.md run 1: sdxl/nogc"},
+        {"card": "h200", "s_step": 0.509, "compile": True, "checkpoint_fraction": 1.0,
+         "source": "SDXL RESULTS.md run 4: sdxl/gc+compile"},
+        {"card": "h200", "s_step": 0.444, "compile": True, "checkpoint_fraction": 0.0,
+         "source": "SDXL RESULTS.md run 2: sdxl/nogc+compile"},
+        {"card": "h100", "s_step": 0.139, "compile": True, "cuda_graphs": True, "checkpoint_fraction": 1.0,
+         "source": "SDXL issue 28: compile + cuda_graphs"},
+        {"card": "h100", "s_step": 0.165, "compile": True, "cuda_graphs": True, "fp8_base": True, "fp8_compute": True,
+         "checkpoint_fraction": 1.0, "source": "SDXL issue 28: fp8 compute + compile + cuda_graphs"},
+    ),
+}
+
+
+def scaled_rows(family: str, reference: str, factor: float, swap_blocks: int | None = None
+                ) -> tuple[dict[str, Any], ...]:
+    """The reference family's rows with s/step x ``factor`` (forward FLOPs per 1024² image against the reference's),
+    for ``family``; marked estimated, without a peak. ``swap_blocks``: the family's block count, so that a swap row
+    keeps its share of swapped blocks (FLUX.1-dev has 57)."""
+    out = []
+    for r in REFERENCE[reference]:
+        row = {"family": family, **r, "s_step": round(r["s_step"] * factor, 4), "peak_gib": None,
+               "estimated": f"s/step scaled from {reference}'s by forward FLOPs ({factor:.2f}x), not measured",
+               "source": f"{r['source']} x {factor:.2f}"}
+        if r.get("blocks_to_swap") and swap_blocks:
+            row["blocks_to_swap"] = max(1, round(r["blocks_to_swap"] * swap_blocks / 57))
+        out.append(row)
+    return tuple(out)
+
+
+def measured_rows(family: str, rows: tuple[Mapping[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    """A size's measured rows (a family table's ``measured`` entry) in cards.toml's form."""
+    return tuple({"family": family, "card": "h100", **r} for r in rows)
+
+
+def note(name: str, reference: str) -> str:
+    """``ModelSpec.planning_estimate`` of a size planned from estimates."""
+    return (f"{name}: memory and speed are not measured; activation sizes estimated from its architecture "
+            f"(benchmarks/estimate_activations.py), s/step scaled from {reference}'s rows by forward FLOPs "
+            "(estimates; benchmarks/RESULTS.md has no row for it yet)")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    from lorakit.safetensors_header import read_safetensors_header  # the one header reader
+
+    return read_safetensors_header(path)[0]
+
+
+def header(cfg: Any, what: str) -> dict[str, Any]:
+    """name -> {"shape", "dtype"} entries of ``model.checkpoint`` (a single file, or a diffusers folder's
+    ``transformer/`` files), from the headers alone, for ``lorakit plan``; ``what`` says what is read ("SD3.5's size
+    (medium / large)")."""
+    where = getattr(cfg.model, "checkpoint", None)
+    if not where:
+        raise ConfigError(f"model.checkpoint: lorakit plan reads {what} from its header; set it to the transformer "
+                          "file or diffusers folder")
+    src = Path(where).expanduser()
+    if src.is_dir():
+        files = sorted((src / "transformer").glob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"model.checkpoint: {src} has no transformer/*.safetensors to read {what} from")
+        out: dict[str, Any] = {}
+        for f in files:
+            out.update(_read(f))
+        return out
+    if not src.is_file():
+        raise ConfigError(f"model.checkpoint: {src} not found; lorakit plan reads {what} from its header")
+    return _read(src)
