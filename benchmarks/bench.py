@@ -251,6 +251,11 @@ ROWS: dict[str, dict[str, Any]] = {
                               "phases": (True,)},
     "flux2-dev/fp8c+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "fp8c": True,
                                "compile": "regions", "phases": (True,)},
+    # dev under 32 / 24 GiB (issue 19): fp8 storage (30.6 GiB of blocks) with blocks swapped to the host
+    "flux2-dev/fp8+swap12+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "swap": 12,
+                                     "compile": "regions"},
+    "flux2-dev/fp8+swap24+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "swap": 24,
+                                     "compile": "regions"},
     # Qwen-Image (issue 29): 20 B, random full-size weights; the 24 GiB tier (musubi-tuner: fp8 + 16 swapped blocks) and
     # the 16 GiB tier (45 swapped); "peak" must stay under 24 / 16 GiB on the card
     "qwenimage/gc": {"family": "qwenimage", "gc": True, "eager_first": True},
