@@ -1,13 +1,15 @@
 """Helpers that family packages share; no family knowledge lives here.
 
 * :class:`LazyPart`: a component attribute read by its loader on first access (text encoders, autoencoders and
-  tokenizers that a cached run never needs).
+  tokenizers that a cached run never needs); :class:`LazyParts`: their holder's ``loaded(name)``.
 * :func:`block_indices` / :func:`chosen_blocks` / :func:`module_ranks`: ``network.train_blocks``, the block index
   lists and ``network.module_ranks`` for transformers built of two-stream ("double") and single-stream blocks.
-* :func:`shards` / :func:`need_file`: the weights files a ``model.*`` key names (split files, folders, required roles).
+* :func:`local_checkpoint` / :func:`shards` / :func:`need_file`: the weights files a ``model.*`` key names (split
+  files, folders, required roles).
 * :func:`strip_prefix` / :func:`count_blocks` / :func:`tensor_shape` / :func:`layout` / :func:`what_else`: reading a
   transformer's weights (ComfyUI's prefixes, block counts, header shapes, which layout, what a wrong file is);
   :func:`read_config`: a diffusers folder's component config.
+* :func:`flow_metadata`: the ss_* keys of the flow-matching timestep settings.
 * :func:`linear_widths`: output width of every Linear of a (LoRA-injected) model, for fusing exports.
 * :func:`deferred_placement`: whether the memory settings leave the denoiser on the CPU after loading (the loop
   places it block by block).
@@ -22,9 +24,9 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from lorakit.errors import ConfigError
 
-__all__ = ["LazyPart", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement", "shards", "need_file",
-           "strip_prefix", "count_blocks", "tensor_shape", "layout", "what_else", "read_config", "linear_widths",
-           "ComponentsAdapter"]
+__all__ = ["LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement",
+           "local_checkpoint", "shards", "need_file", "strip_prefix", "count_blocks", "tensor_shape", "layout",
+           "what_else", "read_config", "flow_metadata", "linear_widths", "ComponentsAdapter"]
 
 
 class LazyPart:
@@ -42,6 +44,16 @@ class LazyPart:
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj._parts[self.name] = value
+
+
+class LazyParts:
+    """Base of a components holder whose :class:`LazyPart` attributes are read on first access."""
+
+    _parts: dict[str, Any]
+
+    def loaded(self, name: str) -> bool:
+        """Whether a part is in memory (never reads it)."""
+        return name in self._parts
 
 
 def block_indices(value: Any, count: int, key: str) -> list[int]:
@@ -122,6 +134,17 @@ def shards(path: Path, key: str) -> list[Path]:
     if absent:
         raise ConfigError(f"{key}: part {absent[0].name} of the split file is missing next to {path.name}")
     return parts
+
+
+def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:
+    """``model.checkpoint`` as an existing local path (a single file or a diffusers folder; ``example``: a file name
+    to give, ``model``: the family's name in the message)."""
+    if not getattr(model_cfg, "checkpoint", None):
+        raise ConfigError(f"model.checkpoint: required ({example}, a diffusers folder, ...)")
+    src = Path(model_cfg.checkpoint).expanduser()
+    if not src.exists():
+        raise ConfigError(f"model.checkpoint: {src} not found ({model} loads local files only)")
+    return src
 
 
 def need_file(model_cfg: Any, role: str, what: str, model: str) -> Path:
@@ -206,6 +229,17 @@ def linear_widths(model: Any) -> dict[str, int]:
     from torch import nn
 
     return {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def flow_metadata(training: Any, timestep_sampling: Optional[str] = None) -> dict[str, str]:
+    """The ss_* keys of the flow-matching timestep settings, as sd-scripts and musubi-tuner write them
+    (``timestep_sampling``: the name a family's trainer gives the mode, where it differs from lorakit's)."""
+    t = training
+    return {"ss_timestep_sampling": timestep_sampling or str(t.timestep_sampling),
+            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
+            "ss_logit_mean": str(float(t.logit_mean)),
+            "ss_logit_std": str(float(t.logit_std)),
+            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift))}
 
 
 class ComponentsAdapter:
@@ -321,8 +355,8 @@ class ComponentsAdapter:
                              shift=training.discrete_flow_shift, seq_len=seq_len)
 
     def noise(self, latents: Any, noise: Any, batch: Any, training: Any, generator: Any) -> Any:
-        """σ from :meth:`_sigmas` (with the transformer's token count h·w / patch²); x_σ = (1−σ)·x0 + σ·ε and the
-        target ε − x0."""
+        """σ from :meth:`_sigmas` (the transformer's token count: h·w / patch²); x_σ = (1−σ)·x0 + σ·ε; target
+        ε − x0."""
         import torch
 
         from lorakit.diffusion.objectives import flow_noise, flow_target

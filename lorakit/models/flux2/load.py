@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, shards
 
 from . import configs
 from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infer_ae_config, layout, strip_prefix,
@@ -143,7 +143,7 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mode
 # ----------------------------------------------------------------------------------------------- components
 
 @dataclass
-class Flux2Components:
+class Flux2Components(LazyParts):
     """The loaded FLUX.2 parts. ``text_encoder``, ``ae`` and ``tokenizer`` are read on first access."""
 
     transformer: nn.Module
@@ -158,9 +158,6 @@ class Flux2Components:
     text_encoder = LazyPart()
     ae = LazyPart()
     tokenizer = LazyPart()
-
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
 
 
 def variant_name(shape: Shape, distilled: bool) -> str:
@@ -218,11 +215,7 @@ def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[],
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                     log: Callable[[str], None] = print) -> Flux2Components:
     """Read the transformer now (any source), the rest on first use; variant decided and checked."""
-    if not getattr(model_cfg, "checkpoint", None):
-        raise ConfigError("model.checkpoint: required (flux2-klein-base-4b.safetensors, a diffusers folder, ...)")
-    src = Path(model_cfg.checkpoint).expanduser()
-    if not src.exists():
-        raise ConfigError(f"model.checkpoint: {src} not found (FLUX.2 loads local files only)")
+    src = local_checkpoint(model_cfg, "flux2-klein-base-4b.safetensors", "FLUX.2")
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     ae_dtype = torch.float32 if dtype == torch.float16 else dtype

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, shards
 
 from . import configs
 from .convert import Shape, detect, text_weights, transformer_config, vae_to_diffusers, what_is
@@ -125,7 +125,7 @@ def build_vae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mod
 # ----------------------------------------------------------------------------------------------- components
 
 @dataclass
-class QwenImageComponents:
+class QwenImageComponents(LazyParts):
     """The loaded Qwen-Image parts. ``text_encoder``, ``vae`` and ``tokenizer`` are read on first use."""
 
     transformer: nn.Module
@@ -138,9 +138,6 @@ class QwenImageComponents:
     text_encoder = LazyPart()
     vae = LazyPart()
     tokenizer = LazyPart()
-
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
 
 
 def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], Any]:
@@ -179,11 +176,7 @@ def _refuse_edit(src: Path, cdir: Optional[str]) -> None:
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                     log: Callable[[str], None] = print) -> QwenImageComponents:
     """Read the transformer now (any source), the rest on first use."""
-    if not getattr(model_cfg, "checkpoint", None):
-        raise ConfigError("model.checkpoint: required (qwen_image_bf16.safetensors, a diffusers folder, ...)")
-    src = Path(model_cfg.checkpoint).expanduser()
-    if not src.exists():
-        raise ConfigError(f"model.checkpoint: {src} not found (Qwen-Image loads local files only)")
+    src = local_checkpoint(model_cfg, "qwen_image_bf16.safetensors", "Qwen-Image")
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     te_src = vae_src = tok_folder = None

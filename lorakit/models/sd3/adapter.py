@@ -188,11 +188,7 @@ class Adapter(common.ComponentsAdapter):
         return {
             "ss_base_model_version": BASE_VERSION[variant],
             "ss_network_module": SPEC.network_module,
-            "ss_timestep_sampling": str(t.timestep_sampling),
-            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
-            "ss_logit_mean": str(float(t.logit_mean)),
-            "ss_logit_std": str(float(t.logit_std)),
-            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            **common.flow_metadata(t),
             "ss_t5xxl_max_token_length": str(self.t5_length()),
             "ss_model_prediction_type": "raw",
             "lorakit_sd3_variant": variant,

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, shards
 
 from . import configs
 from .convert import Shape, detect, layout, original_to_diffusers, strip_prefix, transformer_config, what_is
@@ -123,7 +123,7 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mode
 # ----------------------------------------------------------------------------------------------- components
 
 @dataclass
-class ZImageComponents:
+class ZImageComponents(LazyParts):
     """The loaded Z-Image parts. ``text_encoder``, ``ae`` and ``tokenizer`` are read on first use."""
 
     transformer: nn.Module
@@ -137,9 +137,6 @@ class ZImageComponents:
     text_encoder = LazyPart()
     ae = LazyPart()
     tokenizer = LazyPart()
-
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
 
 
 def resolve_variant(wanted: str, name: str) -> tuple[str, str]:
@@ -180,11 +177,7 @@ def _read_all(paths: list[Path], allow: bool) -> dict[str, torch.Tensor]:
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                     log: Callable[[str], None] = print) -> ZImageComponents:
     """Read the transformer now (any source), the rest on first use; the variant decided."""
-    if not getattr(model_cfg, "checkpoint", None):
-        raise ConfigError("model.checkpoint: required (z_image_turbo_bf16.safetensors, a diffusers folder, ...)")
-    src = Path(model_cfg.checkpoint).expanduser()
-    if not src.exists():
-        raise ConfigError(f"model.checkpoint: {src} not found (Z-Image loads local files only)")
+    src = local_checkpoint(model_cfg, "z_image_turbo_bf16.safetensors", "Z-Image")
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     te_src = ae_src = tok_folder = None
