@@ -9,6 +9,7 @@
 * :func:`strip_prefix` / :func:`count_blocks` / :func:`tensor_shape` / :func:`layout` / :func:`what_else`: reading a
   transformer's weights (ComfyUI's prefixes, block counts, header shapes, which layout, what a wrong file is);
   :func:`read_config`: a diffusers folder's component config.
+* :func:`flow_scheduler`: diffusers' flow-matching scheduler from a family's config.
 * :func:`flow_metadata`: the ss_* keys of the flow-matching timestep settings.
 * :func:`linear_widths`: output width of every Linear of a (LoRA-injected) model, for fusing exports.
 * :func:`deferred_placement`: whether the memory settings leave the denoiser on the CPU after loading (the loop
@@ -26,7 +27,7 @@ from lorakit.errors import ConfigError
 
 __all__ = ["LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement",
            "local_checkpoint", "shards", "need_file", "strip_prefix", "count_blocks", "tensor_shape", "layout",
-           "what_else", "read_config", "flow_metadata", "linear_widths", "ComponentsAdapter"]
+           "what_else", "read_config", "flow_scheduler", "flow_metadata", "linear_widths", "ComponentsAdapter"]
 
 
 class LazyPart:
@@ -229,6 +230,13 @@ def linear_widths(model: Any) -> dict[str, int]:
     from torch import nn
 
     return {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def flow_scheduler(config: Mapping[str, Any]) -> Any:
+    """diffusers' FlowMatchEulerDiscreteScheduler made from a family's scheduler config (``_class_name`` etc.
+    left out)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    return FlowMatchEulerDiscreteScheduler(**{k: v for k, v in config.items() if not k.startswith("_")})
 
 
 def flow_metadata(training: Any, timestep_sampling: Optional[str] = None) -> dict[str, str]:

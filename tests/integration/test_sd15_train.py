@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from lorakit.cli import main
 from lorakit.models.sd15 import write_tiny_checkpoint
+from tests.family_fixtures import interrupted_at_call, run_losses
 from tests.integration.test_train_e2e import write_run_toml
 
 
@@ -36,22 +37,9 @@ def test_sd15_trains_exports_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     assert f"fits sd15: {n}/{n} modules" in shown and "every key fits" in shown
 
     part = write_run_toml(tmp_path, "sd15", paths, name="part")
-    import lorakit.train.steps as steps
-
-    real_step, calls = steps.train_step, {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the step-3 checkpoint, in the middle of step 5
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(steps, "train_step", dying_step)
-    assert main(["train", str(part), "network.train_text_encoder=true", "sample.prompts=[]"]) == 130
-    monkeypatch.setattr(steps, "train_step", real_step)
+    with interrupted_at_call(monkeypatch):  # after the step-3 checkpoint, in the middle of step 5
+        assert main(["train", str(part), "network.train_text_encoder=true", "sample.prompts=[]"]) == 130
     assert main(["train", "--resume", str(tmp_path / "out" / "part")]) == 0
     b = load_file(tmp_path / "out" / "part" / "part.safetensors")
     assert tensors.keys() == b.keys() and all(torch.equal(tensors[k], b[k]) for k in tensors)
-    la = [json.loads(x).get("loss") for x in (run / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x).get("loss") for x in (tmp_path / "out" / "part" / "metrics.jsonl").read_text().splitlines()]
-    assert [x for x in la if x is not None] == [x for x in lb if x is not None]
+    assert run_losses(run) == run_losses(tmp_path / "out" / "part")

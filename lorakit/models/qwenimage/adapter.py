@@ -64,11 +64,9 @@ def sample_schedule(num_steps: int, seq_len: int) -> tuple[torch.Tensor, torch.T
     """(sigmas [n+1] ending at 0, timesteps [n]) of QwenImagePipeline for ``seq_len`` packed image tokens, from
     diffusers' scheduler with the shipped config."""
     import numpy as np
-    from diffusers import FlowMatchEulerDiscreteScheduler
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    sched = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                               if not k.startswith("_")})
+    sched = common.flow_scheduler(configs.scheduler_config())
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=dynamic_mu(seq_len), device="cpu")
     return sched.sigmas.float(), sched.timesteps.float()
 

@@ -49,9 +49,7 @@ ARCHITECTURE = {"large": "stable-diffusion-v3.5-large", "large-turbo": "stable-d
 
 def scheduler() -> Any:
     """diffusers' FlowMatchEulerDiscreteScheduler as the SD3.5 repositories ship it (static shift 3)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    return FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                              if not k.startswith("_")})
+    return common.flow_scheduler(configs.scheduler_config())
 
 
 def sample_schedule(num_steps: int) -> torch.Tensor:
