@@ -4,8 +4,9 @@
   tokenizers that a cached run never needs); :class:`LazyParts`: their holder's ``loaded(name)``.
 * :func:`block_indices` / :func:`chosen_blocks` / :func:`module_ranks`: ``network.train_blocks``, the block index
   lists and ``network.module_ranks`` for transformers built of two-stream ("double") and single-stream blocks.
-* :func:`local_checkpoint` / :func:`shards` / :func:`need_file`: the weights files a ``model.*`` key names (split
-  files, folders, required roles).
+* :func:`local_checkpoint` / :func:`shards` / :func:`need_file` / :func:`folder_parts` / :func:`component_files`: the
+  weights files a ``model.*`` key names (split files, folders, required roles, a diffusers folder's components);
+  :func:`tokenizer_folder`: where a family's tokenizer is read from.
 * :func:`strip_prefix` / :func:`count_blocks` / :func:`tensor_shape` / :func:`layout` / :func:`what_else`: reading a
   transformer's weights (ComfyUI's prefixes, block counts, header shapes, which layout, what a wrong file is);
   :func:`read_config`: a diffusers folder's component config.
@@ -26,7 +27,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from lorakit.errors import ConfigError
 
 __all__ = ["LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement",
-           "local_checkpoint", "shards", "need_file", "strip_prefix", "count_blocks", "tensor_shape", "layout",
+           "local_checkpoint", "shards", "need_file", "folder_parts",
+           "component_files", "tokenizer_folder", "strip_prefix", "count_blocks", "tensor_shape", "layout",
            "what_else", "read_config", "flow_scheduler", "flow_metadata", "linear_widths", "ComponentsAdapter"]
 
 
@@ -223,6 +225,35 @@ def read_config(config_dir: Any, sub: str) -> Optional[dict[str, Any]]:
         return None
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def folder_parts(src: Path, *subs: str) -> list[Optional[Path]]:
+    """The component folders ``subs`` of a diffusers folder, each None where the folder has no such component."""
+    return [src / s if (src / s).is_dir() else None for s in subs]
+
+
+def component_files(model_cfg: Any, model: str, **roles: tuple[Optional[Path], str]) -> list[Path]:
+    """Each role's source, in order: ``model.<role>`` when set (it must exist), else what the checkpoint's folder
+    holds; a role with neither is refused in one line naming what to give. ``roles``: role = (the folder's
+    component or None, what to give); ``model`` names the family in the messages."""
+    found = {role: (need_file(model_cfg, role, "", model) if getattr(model_cfg, role, None) else part)
+             for role, (part, _what) in roles.items()}
+    for role, (_part, what) in roles.items():
+        if found[role] is None:
+            need_file(model_cfg, role, what, model)
+    return list(found.values())
+
+
+def tokenizer_folder(model_cfg: Any, folder: Optional[Path], missing: str,
+                     marks: tuple[str, ...] = ("tokenizer.json", "vocab.json")) -> Path:
+    """``model.tokenizer_dir`` when set, else the checkpoint folder's tokenizer/ (``folder``), checked to hold one of
+    the tokenizer files ``marks``; ``missing``: the one-line refusal where there is neither."""
+    where = Path(model_cfg.tokenizer_dir).expanduser() if getattr(model_cfg, "tokenizer_dir", None) else folder
+    if where is None:
+        raise ConfigError(missing)
+    if not where.is_dir() or not any((where / n).is_file() for n in marks):
+        raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / vocab.json)")
+    return where
 
 
 def linear_widths(model: Any) -> dict[str, int]:
