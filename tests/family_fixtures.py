@@ -1,7 +1,7 @@
 """Pieces the families' tests share (tests/unit/test_<family>*.py, tests/integration/test_<family>*.py, the contract
 test): a LoRA given random weights as if trained on a tiny model, the Linears' output widths, a family's adapter
 loaded on the CPU from its tiny files, an fp8 copy of a checkpoint as ComfyUI stores them, a run's losses, and a run
-interrupted in the middle of a step. Each family's own numbers (targets, roles, settings) stay in its test."""
+interrupted in the middle of a step, its run.json and what `lorakit inspect` says of its LoRA. Each family's own numbers (targets, roles, settings) stay in its test."""
 
 from __future__ import annotations
 
@@ -77,6 +77,24 @@ def check_fp8_upcast(load_components: Callable[..., Any], model_cfg: Callable[[d
     fp8 = fp8_copy(files["checkpoint"], dst)
     c8 = load_components(model_cfg({**files, "checkpoint": fp8}), torch.float32, lambda _m: None)
     assert torch.equal(c8.transformer.state_dict()[key], ref[key].to(torch.float8_e4m3fn).float())
+
+
+def finished_status(run: Path) -> dict[str, Any]:
+    """A run folder's run.json, asserted to say the run finished and its export had no problem."""
+    status = json.loads((Path(run) / "run.json").read_text())
+    assert status["status"] == "finished" and status["export_problems"] == []
+    return status
+
+
+def inspected(capsys: Any, lora_file: Path, family: str, modules: int) -> str:
+    """`lorakit inspect` on a LoRA file, asserted to match all ``modules`` of it to ``family``; what it printed."""
+    from lorakit.cli import main
+
+    capsys.readouterr()
+    assert main(["inspect", str(lora_file)]) == 0
+    shown = capsys.readouterr().out
+    assert f"fits {family}: {modules}/{modules} modules" in shown
+    return shown
 
 
 def run_losses(run: Path) -> list[float]:

@@ -7,8 +7,9 @@
 * :func:`local_checkpoint` / :func:`shards` / :func:`need_file` / :func:`folder_parts` / :func:`component_files`: the
   weights files a ``model.*`` key names (split files, folders, required roles, a diffusers folder's components);
   :func:`tokenizer_folder`: where a family's tokenizer is read from.
-* :func:`strip_prefix` / :func:`count_blocks` / :func:`tensor_shape` / :func:`layout` / :func:`what_else`: reading a
-  transformer's weights (ComfyUI's prefixes, block counts, header shapes, which layout, what a wrong file is);
+* :func:`strip_prefix` / :func:`count_blocks` / :func:`tensor_shape` / :func:`layout` / :func:`what_else` /
+  :func:`what_component`: reading a transformer's weights (ComfyUI's prefixes, block counts, header shapes, which
+  layout, what a wrong file is);
   :func:`read_config`: a diffusers folder's component config.
 * :func:`flow_scheduler`: diffusers' flow-matching scheduler from a family's config.
 * :func:`flow_metadata`: the ss_* keys of the flow-matching timestep settings.
@@ -27,9 +28,9 @@ from typing import Any, Iterable, Iterator, Mapping, Optional
 from lorakit.errors import ConfigError
 
 __all__ = ["LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement",
-           "local_checkpoint", "shards", "need_file", "folder_parts",
-           "component_files", "tokenizer_folder", "strip_prefix", "count_blocks", "tensor_shape", "layout",
-           "what_else", "read_config", "flow_scheduler", "flow_metadata", "linear_widths", "ComponentsAdapter"]
+           "local_checkpoint", "shards", "need_file", "folder_parts", "component_files", "tokenizer_folder",
+           "strip_prefix", "count_blocks", "tensor_shape", "layout", "what_else", "what_component", "read_config",
+           "flow_scheduler", "flow_metadata", "linear_widths", "ComponentsAdapter"]
 
 
 class LazyPart:
@@ -204,6 +205,12 @@ def what_else(ks: set[str]) -> str:
         return "an SD / SDXL U-Net checkpoint"
     if starts("model.layers.", "layers.") and any("self_attn" in k for k in ks):
         return "a Qwen3 text encoder" if any("q_norm" in k for k in ks) else "a Llama-type text encoder"
+    return what_component(ks)
+
+
+def what_component(ks: set[str]) -> str:
+    """The last rules of :func:`what_else`: a T5 or CLIP text encoder, an autoencoder, else not recognised."""
+    starts = lambda *ps: any(k.startswith(ps) for k in ks)  # noqa: E731
     if starts("encoder.block.", "shared."):
         return "a T5 text encoder"
     if starts("text_model.", "embeddings.token_embedding."):

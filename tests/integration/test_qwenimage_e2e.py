@@ -6,15 +6,13 @@ resumed to the same LoRA bit for bit."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lorakit.cli import main
 from lorakit.models.qwenimage.tiny import write_tiny_checkpoint
-from tests.family_fixtures import interrupted_at_call, run_losses
+from tests.family_fixtures import finished_status, inspected, interrupted_at_call, run_losses
 from tests.integration.test_train_e2e import write_run_toml
 
 
@@ -30,18 +28,13 @@ def test_train_two_steps_previews_and_inspect(tmp_path, model, capsys):
     run = tmp_path / "out" / "full"
     for name in ("full.safetensors", "metrics.jsonl", "run.json", "samples/before_after.png"):
         assert (run / name).exists(), name
-    status = json.loads((run / "run.json").read_text())
-    assert status["status"] == "finished" and status["export_problems"] == []
+    finished_status(run)
     losses = run_losses(run)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     lora = load_file(run / "full.safetensors")
     assert lora and all(k.startswith("lora_unet_transformer_blocks_") for k in lora)
     assert "lora_unet_transformer_blocks_1_txt_mlp_net_2.lora_up.weight" in lora
-    capsys.readouterr()
-    assert main(["inspect", str(run / "full.safetensors")]) == 0
-    shown = capsys.readouterr().out
-    n = len(lora) // 3
-    assert f"fits qwenimage: {n}/{n} modules" in shown and "ss_base_model_version: qwen_image" in shown
+    assert "ss_base_model_version: qwen_image" in inspected(capsys, run / "full.safetensors", "qwenimage", len(lora) // 3)
 
 
 @pytest.mark.slow

@@ -5,15 +5,13 @@ and a resumed run equal bit for bit."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lorakit.cli import main
 from lorakit.models.sd3.tiny import write_tiny_checkpoint
-from tests.family_fixtures import interrupted_at_call, run_losses
+from tests.family_fixtures import finished_status, inspected, interrupted_at_call, run_losses
 from tests.integration.test_train_e2e import write_run_toml
 
 FAST = ["training.max_steps=2", "training.batch_size=1", "training.t5_max_length=16", "save.every_n_steps=0"]
@@ -31,8 +29,7 @@ def test_two_step_train_export_inspect(tmp_path, model, capsys):
     run = tmp_path / "out" / "two"
     for name in ("two.safetensors", "metrics.jsonl", "run.json", "samples/before_after.png"):
         assert (run / name).exists(), name
-    status = json.loads((run / "run.json").read_text())
-    assert status["status"] == "finished" and status["export_problems"] == []
+    finished_status(run)
     losses = run_losses(run)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     lora = load_file(run / "two.safetensors")
@@ -40,11 +37,7 @@ def test_two_step_train_export_inspect(tmp_path, model, capsys):
                                       "lora_te2_text_model_encoder_layers_")) for k in lora)
     assert "lora_te2_text_model_encoder_layers_1_mlp_fc2.lora_up.weight" in lora   # CLIP-G trained too
     assert "lora_unet_joint_blocks_0_x_block_attn2_qkv.lora_up.weight" in lora   # sd-scripts / ComfyUI names
-    capsys.readouterr()
-    assert main(["inspect", str(run / "two.safetensors")]) == 0
-    shown = capsys.readouterr().out
-    n = len(lora) // 3
-    assert f"fits sd3: {n}/{n} modules" in shown and "ss_base_model_version: 5-large" in shown
+    assert "ss_base_model_version: 5-large" in inspected(capsys, run / "two.safetensors", "sd3", len(lora) // 3)
 
 
 @pytest.mark.slow

@@ -4,15 +4,13 @@ losses, fp8 storage training, and an interrupted run resumed to the same LoRA bi
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from lorakit.cli import main
 from lorakit.models.zimage.tiny import write_tiny_checkpoint
-from tests.family_fixtures import interrupted_at_call, run_losses
+from tests.family_fixtures import finished_status, inspected, interrupted_at_call, run_losses
 from tests.integration.test_train_e2e import write_run_toml
 
 
@@ -28,18 +26,13 @@ def test_train_inspect_resume(tmp_path, model, capsys, monkeypatch):
     for name in ("full.safetensors", "full-step00000003.safetensors", "metrics.jsonl", "run.json",
                  "samples/before_after.png"):
         assert (run / name).exists(), name
-    status = json.loads((run / "run.json").read_text())
-    assert status["status"] == "finished" and status["export_problems"] == [] and status["lora_effect"] > 0
+    assert finished_status(run)["lora_effect"] > 0
     losses = run_losses(run)
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
     lora = load_file(run / "full.safetensors")
     assert lora and all(k.startswith("lora_unet_") for k in lora)
     assert "lora_unet_layers_1_attention_qkv.lora_up.weight" in lora          # q/k/v fused as ComfyUI loads them
-    capsys.readouterr()
-    assert main(["inspect", str(run / "full.safetensors")]) == 0
-    shown = capsys.readouterr().out
-    n = len(lora) // 3
-    assert f"fits zimage: {n}/{n} modules" in shown and "ss_base_model_version: z_image" in shown
+    assert "ss_base_model_version: z_image" in inspected(capsys, run / "full.safetensors", "zimage", len(lora) // 3)
 
     # gradient checkpointing (the blocks the generic placement recomputes) changes no loss
     ckpt = write_run_toml(tmp_path, "zimage", model, name="ckpt")

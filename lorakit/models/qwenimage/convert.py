@@ -74,13 +74,7 @@ def what_is(keys: Iterable[str]) -> str:
         if any(k.endswith("self_attn.q_proj.bias") for k in ks):
             return "a Qwen2 / Qwen2.5-VL text encoder"
         return "a Llama / Mistral-type text encoder"
-    if starts("encoder.block.", "shared."):
-        return "a T5 text encoder"
-    if starts("text_model.", "embeddings.token_embedding."):
-        return "a CLIP text encoder"
-    if starts("encoder.conv_in.", "decoder.conv_in.", "first_stage_model."):
-        return "an autoencoder"
-    return "not a recognised model file"
+    return common.what_component(ks)
 
 
 def detect(sd: Mapping[str, Any], where: str) -> Shape:
