@@ -26,10 +26,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import stat
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
 from lorakit.errors import LorakitError
 
@@ -147,6 +149,29 @@ def write_json(path: PathLike, obj: Any, *, overwrite: bool = True, **dumps: Any
     """Write ``json.dumps(obj, **dumps)`` and a newline to ``path`` atomically (``indent=2`` unless given)."""
     dumps.setdefault("indent", 2)
     return write_text(path, json.dumps(obj, **dumps) + "\n", overwrite=overwrite)
+
+
+def write_folder_once(target: PathLike, write: Callable[[Path], Any], marker: str) -> bool:
+    """Make the folder ``target`` once, whole: ``write(tmp)`` fills a temporary folder beside it, which is then
+    renamed into place. A folder already there (its ``marker`` file present) is kept, as is an identical one a
+    racing process renamed first. True when this call made it."""
+    target = Path(target)
+    if (target / marker).is_file():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race: its folder is identical
+            if not (target / marker).is_file():
+                raise
+            return False
+        return True
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,10 +1,18 @@
 """Helpers that family packages share; no family knowledge lives here.
 
 * :class:`LazyPart`: a component attribute read by its loader on first access (text encoders, autoencoders and
-  tokenizers that a cached run never needs).
+  tokenizers that a cached run never needs); :class:`LazyParts`: their holder's ``loaded(name)``.
 * :func:`block_indices` / :func:`chosen_blocks` / :func:`module_ranks`: ``network.train_blocks``, the block index
   lists and ``network.module_ranks`` for transformers built of two-stream ("double") and single-stream blocks.
-* :func:`shards` / :func:`need_file`: the weights files a ``model.*`` key names (split files, folders, required roles).
+* :func:`local_checkpoint` / :func:`shards` / :func:`need_file` / :func:`folder_parts` / :func:`component_files`: the
+  weights files a ``model.*`` key names (split files, folders, required roles, a diffusers folder's components);
+  :func:`tokenizer_folder`: where a family's tokenizer is read from.
+* :func:`strip_prefix` / :func:`count_blocks` / :func:`tensor_shape` / :func:`layout` / :func:`what_else` /
+  :func:`what_component`: reading a transformer's weights (ComfyUI's prefixes, block counts, header shapes, which
+  layout, what a wrong file is);
+  :func:`read_config`: a diffusers folder's component config.
+* :func:`flow_scheduler`: diffusers' flow-matching scheduler from a family's config.
+* :func:`flow_metadata`: the ss_* keys of the flow-matching timestep settings.
 * :func:`linear_widths`: output width of every Linear of a (LoRA-injected) model, for fusing exports.
 * :func:`deferred_placement`: whether the memory settings leave the denoiser on the CPU after loading (the loop
   places it block by block).
@@ -12,14 +20,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 from lorakit.errors import ConfigError
 
-__all__ = ["LazyPart", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement", "shards", "need_file",
-           "linear_widths"]
+__all__ = ["LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement",
+           "local_checkpoint", "shards", "need_file", "folder_parts", "component_files", "tokenizer_folder",
+           "strip_prefix", "count_blocks", "tensor_shape", "layout", "what_else", "what_component", "read_config",
+           "flow_scheduler", "flow_metadata", "linear_widths", "ComponentsAdapter"]
 
 
 class LazyPart:
@@ -37,6 +48,16 @@ class LazyPart:
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj._parts[self.name] = value
+
+
+class LazyParts:
+    """Base of a components holder whose :class:`LazyPart` attributes are read on first access."""
+
+    _parts: dict[str, Any]
+
+    def loaded(self, name: str) -> bool:
+        """Whether a part is in memory (never reads it)."""
+        return name in self._parts
 
 
 def block_indices(value: Any, count: int, key: str) -> list[int]:
@@ -119,6 +140,17 @@ def shards(path: Path, key: str) -> list[Path]:
     return parts
 
 
+def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:
+    """``model.checkpoint`` as an existing local path (a single file or a diffusers folder; ``example``: a file name
+    to give, ``model``: the family's name in the message)."""
+    if not getattr(model_cfg, "checkpoint", None):
+        raise ConfigError(f"model.checkpoint: required ({example}, a diffusers folder, ...)")
+    src = Path(model_cfg.checkpoint).expanduser()
+    if not src.exists():
+        raise ConfigError(f"model.checkpoint: {src} not found ({model} loads local files only)")
+    return src
+
+
 def need_file(model_cfg: Any, role: str, what: str, model: str) -> Path:
     """``model.<role>``, required beside a single-file checkpoint of ``model`` (``what``: which file to give)."""
     value = getattr(model_cfg, role, None)
@@ -130,6 +162,107 @@ def need_file(model_cfg: Any, role: str, what: str, model: str) -> Path:
     return p
 
 
+# ComfyUI's and the original repositories' single files wrap a transformer's tensors in one of these prefixes
+DIT_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+
+
+def strip_prefix(sd: Mapping[str, Any], prefixes: tuple[str, ...] = DIT_PREFIXES) -> dict[str, Any]:
+    """The tensors (or header entries) under the first of ``prefixes`` any key has, prefix removed; else all."""
+    for p in prefixes:
+        if any(k.startswith(p) for k in sd):
+            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+    return dict(sd)
+
+
+def count_blocks(keys: Iterable[str], prefix: str) -> int:
+    """How many numbered blocks ``<prefix><i>.`` the keys name (highest index + 1)."""
+    found = {int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def tensor_shape(v: Any) -> tuple[int, ...]:
+    """The shape of a tensor, of a header entry ({"shape": [...]}) or a shape itself."""
+    if isinstance(v, Mapping):
+        return tuple(v["shape"])
+    return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+
+def layout(sd: Mapping[str, Any], original_mark: str, diffusers_mark: str) -> str:
+    """"original" / "diffusers" / "unknown": which of the two marks (tensor names) a stripped state dict holds."""
+    if original_mark in sd:
+        return "original"
+    if diffusers_mark in sd:
+        return "diffusers"
+    return "unknown"
+
+
+def what_else(ks: set[str]) -> str:
+    """What a weights file holds (its stripped key names) that is no diffusion transformer: the end of a family's
+    ``what_is`` for the one-line refusal of a wrong file."""
+    starts = lambda *ps: any(k.startswith(ps) for k in ks)  # noqa: E731
+    if starts("conditioner.embedders.", "input_blocks.", "model.diffusion_model.input_blocks.", "down_blocks.",
+              "cond_stage_model."):
+        return "an SD / SDXL U-Net checkpoint"
+    if starts("model.layers.", "layers.") and any("self_attn" in k for k in ks):
+        return "a Qwen3 text encoder" if any("q_norm" in k for k in ks) else "a Llama-type text encoder"
+    return what_component(ks)
+
+
+def what_component(ks: set[str]) -> str:
+    """The last rules of :func:`what_else`: a T5 or CLIP text encoder, an autoencoder, else not recognised."""
+    starts = lambda *ps: any(k.startswith(ps) for k in ks)  # noqa: E731
+    if starts("encoder.block.", "shared."):
+        return "a T5 text encoder"
+    if starts("text_model.", "embeddings.token_embedding."):
+        return "a CLIP text encoder"
+    if starts("encoder.conv_in.", "decoder.conv_in.", "first_stage_model."):
+        return "an autoencoder"
+    return "not a recognised model file"
+
+
+def read_config(config_dir: Any, sub: str) -> Optional[dict[str, Any]]:
+    """The JSON config of one component (``transformer``/``text_encoder``/``vae``...) of a diffusers folder, or
+    None."""
+    import json
+
+    if config_dir is None:
+        return None
+    path = Path(config_dir) / sub / "config.json"
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def folder_parts(src: Path, *subs: str) -> list[Optional[Path]]:
+    """The component folders ``subs`` of a diffusers folder, each None where the folder has no such component."""
+    return [src / s if (src / s).is_dir() else None for s in subs]
+
+
+def component_files(model_cfg: Any, model: str, **roles: tuple[Optional[Path], str]) -> list[Path]:
+    """Each role's source, in order: ``model.<role>`` when set (it must exist), else what the checkpoint's folder
+    holds; a role with neither is refused in one line naming what to give. ``roles``: role = (the folder's
+    component or None, what to give); ``model`` names the family in the messages."""
+    found = {role: (need_file(model_cfg, role, "", model) if getattr(model_cfg, role, None) else part)
+             for role, (part, _what) in roles.items()}
+    for role, (_part, what) in roles.items():
+        if found[role] is None:
+            need_file(model_cfg, role, what, model)
+    return list(found.values())
+
+
+def tokenizer_folder(model_cfg: Any, folder: Optional[Path], missing: str,
+                     marks: tuple[str, ...] = ("tokenizer.json", "vocab.json")) -> Path:
+    """``model.tokenizer_dir`` when set, else the checkpoint folder's tokenizer/ (``folder``), checked to hold one of
+    the tokenizer files ``marks``; ``missing``: the one-line refusal where there is neither."""
+    where = Path(model_cfg.tokenizer_dir).expanduser() if getattr(model_cfg, "tokenizer_dir", None) else folder
+    if where is None:
+        raise ConfigError(missing)
+    if not where.is_dir() or not any((where / n).is_file() for n in marks):
+        raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / vocab.json)")
+    return where
+
+
 def linear_widths(model: Any) -> dict[str, int]:
     """Module path -> output width of every Linear (peft's ``.base_layer`` under its module's own path)."""
     from torch import nn
@@ -137,19 +270,79 @@ def linear_widths(model: Any) -> dict[str, int]:
     return {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
+def flow_scheduler(config: Mapping[str, Any]) -> Any:
+    """diffusers' FlowMatchEulerDiscreteScheduler made from a family's scheduler config (``_class_name`` etc.
+    left out)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    return FlowMatchEulerDiscreteScheduler(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def flow_metadata(training: Any, timestep_sampling: Optional[str] = None) -> dict[str, str]:
+    """The ss_* keys of the flow-matching timestep settings, as sd-scripts and musubi-tuner write them
+    (``timestep_sampling``: the name a family's trainer gives the mode, where it differs from lorakit's)."""
+    t = training
+    return {"ss_timestep_sampling": timestep_sampling or str(t.timestep_sampling),
+            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
+            "ss_logit_mean": str(float(t.logit_mean)),
+            "ss_logit_std": str(float(t.logit_std)),
+            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift))}
+
+
 class ComponentsAdapter:
     """What adapters share whose ``self.comps`` holds a ``transformer``, lazily read encoders (``loaded(name)``) and
-    the ``files`` they came from: the FLUX.2 and Z-Image adapters. ``family`` names it in messages and cache keys."""
+    the ``files`` they came from: the SD3.5, Z-Image, Qwen-Image and FLUX.2 adapters. ``family`` names it in messages
+    and cache keys. The defaults suit a flow-matching transformer on latents the VAE (``vae_role``) makes with the
+    SPEC's scalar scale and shift; a family overrides what it does otherwise and keeps its own numbers and names."""
 
     family = "?"
+    spec: Any = None
     encoders: tuple[str, ...] = ("text_encoder", "ae")
+    vae_role = "ae"                    # the component that encodes / decodes images
+    # the step-distilled variant that samples without CFG (sample_settings) and the two refusals of a CFG scale for
+    # it: (set in the config, read at load; asked for at sampling)
+    no_cfg_variant = ""
+    no_cfg_refusal: tuple[str, str] = ("", "")
+    # variant -> (preview steps, CFG scale) where neither the prompt nor sample.* set them (the first entry for a
+    # variant the table does not list)
+    sample_defaults: Mapping[str, tuple[int, float]] = {}
     comps: Any = None
     cfg: Any = None
+
+    def __init__(self, cfg: Any) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.comps: Any = None
+        self.device = torch.device("cpu")
+        self.dtype = torch.bfloat16
 
     def _c(self) -> Any:
         if self.comps is None:
             raise RuntimeError(f"{self.family} adapter: load() must be called first")
         return self.comps
+
+    # ------------------------------------------------------------------------------------------ loading
+    def _load_components(self, model: Any, dtype: Any) -> Any:
+        """The family's components read from ``ModelCfg`` (its ``load.load_components``)."""
+        raise NotImplementedError
+
+    def load(self, model: Any, memory: Any, device: Any, dtype: Any) -> None:
+        import torch
+
+        self.comps = self._load_components(model, dtype)
+        self.device, self.dtype = torch.device(device), dtype
+        self._check_loaded()
+        if not deferred_placement(memory):
+            self.comps.transformer.to(self.device)
+
+    def _check_loaded(self) -> None:
+        """Settings refused once the variant is known: a CFG scale for ``no_cfg_variant``."""
+        if self.no_cfg_variant and self._c().variant == self.no_cfg_variant and \
+                getattr(self.cfg.sample, "cfg_scale", None) not in (None, 1.0):
+            raise ConfigError(self.no_cfg_refusal[0])
+
+    def before_placement(self, memory: Any, log: Any) -> None:
+        """Nothing family-specific to apply."""
 
     @property
     def variant(self) -> str:
@@ -169,43 +362,122 @@ class ComponentsAdapter:
     def offload_encoders(self) -> None:
         c = self._c()
         for name in self.encoders:
-            if c.loaded(name):
+            if c.loaded(name) and getattr(c, name) is not None:
                 getattr(c, name).to("cpu")
+
+    @contextlib.contextmanager
+    def _on_device(self, module: Any) -> Iterator[Any]:
+        module.to(self.device)
+        yield self.device
+
+    # ------------------------------------------------------------------------------------------ encoding
+    def encode_images(self, pixels: Any) -> Any:
+        """[B,3,H,W] in [-1,1] -> (mean − shift) · scale, [B,C,H/8,W/8]; sides must be multiples of 16."""
+        import torch
+
+        vae = self.vae_module()
+        if pixels.shape[-1] % 16 or pixels.shape[-2] % 16:
+            raise ValueError(f"{self.family}: image size {pixels.shape[-1]}x{pixels.shape[-2]} must be a multiple of "
+                             "16")
+        with torch.no_grad(), self._on_device(vae) as where:
+            z = vae.encode(pixels.to(where, next(vae.parameters()).dtype)).latent_dist.mode().float()
+        return ((z - self.spec.vae_shift) * self.spec.vae_scale).cpu()
+
+    def decode(self, x: Any) -> Any:
+        """Latents [1,C,h,w] -> PIL image (scale and shift undone, VAE decode)."""
+        vae = self.vae_module()
+        with self._on_device(vae) as where:
+            z = x.float().to(where) / self.spec.vae_scale + self.spec.vae_shift
+            img = vae.decode(z.to(next(vae.parameters()).dtype)).sample
+        from lorakit.data.images import to_images
+        return to_images(img[0])[0]
+
+    # ------------------------------------------------------------------------------------------ objective
+    def _sigmas(self, b: int, training: Any, generator: Any, seq_len: int) -> Any:
+        """σ per sample from training.timestep_sampling (flux_shift with ``seq_len`` image tokens)."""
+        from lorakit.diffusion.objectives import sample_sigmas
+        return sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
+                             logit_mean=training.logit_mean, logit_std=training.logit_std,
+                             shift=training.discrete_flow_shift, seq_len=seq_len)
+
+    def noise(self, latents: Any, noise: Any, batch: Any, training: Any, generator: Any) -> Any:
+        """σ from :meth:`_sigmas` (the transformer's token count: h·w / patch²); x_σ = (1−σ)·x0 + σ·ε; target
+        ε − x0."""
+        import torch
+
+        from lorakit.diffusion.objectives import flow_noise, flow_target
+        from lorakit.models.base import NoisedInput, to_gpu
+        b, _, h, w = latents.shape
+        p = self.spec.patch_size
+        host = self._sigmas(b, training, generator, (h // p) * (w // p))
+        sigmas = to_gpu(host, latents.device)
+        return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
+                           target=flow_target(latents, noise),
+                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
+
+    def predict(self, noised: Any, batch: Any) -> Any:
+        return self._forward(noised.model_input, noised.timesteps, batch.text)
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def sample_settings(self, prompt: Any) -> tuple[int, float]:
+        """(steps, CFG scale): the variant's ``sample_defaults`` where neither the prompt nor ``sample.*`` set them;
+        ``no_cfg_variant`` samples without CFG."""
+        variant = self._c().variant
+        steps_default, cfg_default = self.sample_defaults.get(variant, next(iter(self.sample_defaults.values())))
+        steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or steps_default
+        cfg_set = getattr(self.cfg.sample, "cfg_scale", None) is not None or \
+            prompt.cfg_scale != self.spec.default_cfg_scale
+        if variant == self.no_cfg_variant:
+            if cfg_set and prompt.cfg_scale != 1.0:
+                raise ConfigError(self.no_cfg_refusal[1])
+            return steps, 1.0
+        return steps, (prompt.cfg_scale if cfg_set else cfg_default)
 
     def flow_sample(self, prompt: Any, generator: Any, channels: int, schedule: Any) -> Any:
         """A preview: noise of the prompt's size (multiples of 16, latents 1/8), ``schedule(steps)``'s sigmas through
         :meth:`euler_cfg` (CFG with the prompt's negative unless the scale is 1), then the adapter's ``decode``."""
-        import torch
-
         steps, cfg_scale = self.sample_settings(prompt)
-        width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
-        x = torch.randn((1, channels, height // 8, width // 8), generator=generator, device=generator.device,
-                        dtype=torch.float32).to(self.device)
+        x = self.preview_noise(prompt, generator, channels)
         cond = self.encode_text([prompt.prompt])
         neg = self.encode_text([prompt.negative]) if cfg_scale != 1.0 else None
         return self.decode(self.euler_cfg(x, schedule(steps), steps, cond, neg, cfg_scale))
 
-    def euler_cfg(self, x: Any, sigmas: Any, steps: int, cond: Any, neg: Any, cfg_scale: float) -> Any:
-        """``steps`` flow-match Euler steps along ``sigmas`` with classifier-free guidance (``neg`` None: none), the
-        denoiser in eval mode meanwhile; the adapter's ``_forward(x, sigma, text)`` gives the velocity."""
+    def preview_noise(self, prompt: Any, generator: Any, channels: int) -> Any:
+        """The starting noise of a preview, [1, channels, H/8, W/8] for the prompt's size rounded down to 16 (at least
+        16), drawn on the generator's device, then moved to the adapter's."""
+        import torch
+
+        width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
+        return torch.randn((1, channels, height // 8, width // 8), generator=generator, device=generator.device,
+                           dtype=torch.float32).to(self.device)
+
+    def euler_cfg(self, x: Any, sigmas: Any, steps: int, cond: Any, neg: Any, cfg_scale: float,
+                  times: Any = None, forward: Any = None) -> Any:
+        """``steps`` flow-match Euler steps along ``sigmas`` with classifier-free guidance (``neg`` None: none, else
+        :meth:`_guide`), the denoiser in eval mode meanwhile; ``forward(x, t, text)`` (default: the adapter's
+        ``_forward``) gives the velocity at ``t`` = ``times[i]`` (None: the step's sigma)."""
+        forward = forward or self._forward
         tr = self._c().transformer
         was_training = tr.training
         tr.eval()
         try:
             for i in range(steps):
-                s = sigmas[i].reshape(1)
-                v = self._forward(x, s, cond)
+                s = (sigmas if times is None else times)[i].reshape(1)
+                v = forward(x, s, cond)
                 if neg is not None:
-                    v_neg = self._forward(x, s, neg)
-                    v = v_neg + cfg_scale * (v - v_neg)
+                    v = self._guide(v, forward(x, s, neg), cfg_scale)
                 x = x + (sigmas[i + 1] - sigmas[i]).item() * v.to(x.device)
         finally:
             tr.train(was_training)
         return x
 
+    def _guide(self, v: Any, v_neg: Any, cfg_scale: float) -> Any:
+        """Classifier-free guidance: neg + s·(cond − neg)."""
+        return v_neg + cfg_scale * (v - v_neg)
+
     def vae_module(self) -> Any:
         """The autoencoder: the planner may switch it to tiled encode / decode (train/autoplan.py)."""
-        return self._c().ae
+        return getattr(self._c(), self.vae_role)
 
     def denoiser(self) -> Any:
         return self._c().transformer

@@ -20,6 +20,7 @@ import lorakit
 from lorakit.config import families as config_families
 from lorakit.errors import ConfigError
 from lorakit.models import registry
+from tests.family_fixtures import run_losses
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = "tests.families.tinydit"
@@ -90,11 +91,6 @@ progress = false
 tensorboard = false
 """)
     return path
-
-
-def _losses(run: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
 
 
 @pytest.fixture()
@@ -176,7 +172,7 @@ def test_train_sample_export_inspect_resume_through_the_cli(tmp_path):
     # resumed: the same losses as the uninterrupted run, and the same LoRA bit for bit (diffusers layout: A = down,
     # B = up · alpha/rank with alpha/rank = 0.5, exact in fp32)
     assert f"resumed from {out / 'part' / 'state' / 'step00000004'} at step 4" in resume_log
-    assert _losses(out / "part") == _losses(run) and len(_losses(run)) == 6
+    assert run_losses(out / "part") == run_losses(run) and len(run_losses(run)) == 6
     peft = load_file(out / "part" / "part.safetensors")
     bases = {k[: -len(".lora_A.weight")] for k in peft if k.endswith(".lora_A.weight")}
     assert len(peft) == 2 * len(bases) and all(b.startswith("transformer.transformer_blocks.") for b in bases)

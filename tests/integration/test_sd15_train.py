@@ -3,14 +3,13 @@ sd-scripts' metadata, and a run stopped mid-way and resumed equal bit for bit to
 
 from __future__ import annotations
 
-import json
-
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorakit.cli import main
 from lorakit.models.sd15 import write_tiny_checkpoint
+from tests.family_fixtures import finished_status, inspected, interrupted_at_call, run_losses
 from tests.integration.test_train_e2e import write_run_toml
 
 
@@ -19,8 +18,7 @@ def test_sd15_trains_exports_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     full = write_run_toml(tmp_path, "sd15", paths, name="full")
     assert main(["train", str(full), "network.train_text_encoder=true"]) == 0
     run = tmp_path / "out" / "full"
-    status = json.loads((run / "run.json").read_text())
-    assert status["status"] == "finished" and status["export_problems"] == [] and status["lora_effect"] > 0
+    assert finished_status(run)["lora_effect"] > 0
     assert (run / "samples" / "before_after.png").exists()
     tensors = load_file(run / "full.safetensors")
     assert any(k.startswith("lora_te_text_model_") for k in tensors)
@@ -29,29 +27,12 @@ def test_sd15_trains_exports_and_resumes_exactly(tmp_path, monkeypatch, capsys):
     with safe_open(str(run / "full.safetensors"), "pt") as fh:
         meta = fh.metadata()
     assert meta["ss_base_model_version"] == "sd_v1" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
-    capsys.readouterr()
-    assert main(["inspect", str(run / "full.safetensors")]) == 0
-    shown = capsys.readouterr().out
-    n = len(tensors) // 3
-    assert f"fits sd15: {n}/{n} modules" in shown and "every key fits" in shown
+    assert "every key fits" in inspected(capsys, run / "full.safetensors", "sd15", len(tensors) // 3)
 
     part = write_run_toml(tmp_path, "sd15", paths, name="part")
-    import lorakit.train.steps as steps
-
-    real_step, calls = steps.train_step, {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the step-3 checkpoint, in the middle of step 5
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(steps, "train_step", dying_step)
-    assert main(["train", str(part), "network.train_text_encoder=true", "sample.prompts=[]"]) == 130
-    monkeypatch.setattr(steps, "train_step", real_step)
+    with interrupted_at_call(monkeypatch):  # after the step-3 checkpoint, in the middle of step 5
+        assert main(["train", str(part), "network.train_text_encoder=true", "sample.prompts=[]"]) == 130
     assert main(["train", "--resume", str(tmp_path / "out" / "part")]) == 0
     b = load_file(tmp_path / "out" / "part" / "part.safetensors")
     assert tensors.keys() == b.keys() and all(torch.equal(tensors[k], b[k]) for k in tensors)
-    la = [json.loads(x).get("loss") for x in (run / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x).get("loss") for x in (tmp_path / "out" / "part" / "metrics.jsonl").read_text().splitlines()]
-    assert [x for x in la if x is not None] == [x for x in lb if x is not None]
+    assert run_losses(run) == run_losses(tmp_path / "out" / "part")

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from lorakit.cli import main
 from lorakit.toy.world import write_demo_dataset
+from tests.family_fixtures import interrupted_at_call, run_losses
 
 # Losses of the first steps of the seeded run below, pinned from lorakit itself: they guard against
 # unnoticed change of the data order, noise, objective or LoRA init (correctness is shown elsewhere).
@@ -196,20 +197,8 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     assert main(["train", str(full), "sample.prompts=[]"]) == 0
 
     part = write_run_toml(tmp_path, "sdxl", paths, name="part")
-    import lorakit.train.steps as loop
-
-    real_step = loop.train_step
-    calls = {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after the step-3 checkpoint, in the middle of step 5
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_step", dying_step)
-    assert main(["train", str(part), "sample.prompts=[]"]) == 130
-    monkeypatch.setattr(loop, "train_step", real_step)
+    with interrupted_at_call(monkeypatch):  # after the step-3 checkpoint, in the middle of step 5
+        assert main(["train", str(part), "sample.prompts=[]"]) == 130
     assert main(["train", "--resume", str(tmp_path / "out" / "part")]) == 0
 
     a = load_file(tmp_path / "out" / "full" / "full.safetensors")
@@ -217,9 +206,7 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    la = [json.loads(x)["loss"] for x in (tmp_path / "out" / "full" / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x)["loss"] for x in (tmp_path / "out" / "part" / "metrics.jsonl").read_text().splitlines()]
-    assert la == lb
+    assert run_losses(tmp_path / "out" / "full") == run_losses(tmp_path / "out" / "part")
 
 
 def test_resume_refuses_changed_settings(tmp_path):

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorakit.lora.inject import inject_lora, load_lora_into
 from lorakit.models.base import LoraModule
 from lorakit.models.flux1 import lora_format
 from lorakit.models.flux1.load import tiny_models
+from tests.family_fixtures import train_like
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_blocks="all", double_block_indices=None,
                       single_block_indices=None)
@@ -32,20 +32,6 @@ def _inputs(model, seed=0):
     return kw
 
 
-def _train_like(model, targets, alpha_of, seed=0):
-    """Inject LoRA (lorakit's injector) and give it random non-zero weights, as if trained."""
-    inject_lora(model, targets, {p: alpha_of(p) for p in targets}, 0.0, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    mods = dict(model.named_modules())
-    lora = {}
-    for p, r in targets.items():
-        base = mods[p].base_layer
-        lora[p] = LoraModule(down=torch.randn(r, base.in_features, generator=g) * 0.3,
-                             up=torch.randn(base.out_features, r, generator=g) * 0.3, alpha=alpha_of(p))
-    load_lora_into(model, lora)
-    return lora
-
-
 def _pipeline_with(transformer):
     from diffusers import FluxPipeline
     return FluxPipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
@@ -60,7 +46,7 @@ def _check_kohya(base, targets, alpha_of):
     nd, ns = base.config.num_layers, base.config.num_single_layers
     outs = {n: m.out_features for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
     ours = copy.deepcopy(base)
-    lora = _train_like(ours, targets, alpha_of)
+    lora = train_like(ours, targets, alpha_of)
     kohya = lora_format.to_kohya({"transformer": lora}, outs, nd, ns)
     theirs = copy.deepcopy(base)
     _pipeline_with(theirs).load_lora_weights({k: v.clone() for k, v in kohya.items()})
@@ -93,7 +79,7 @@ def test_diffusers_export_loads_exactly_tiny():
     targets = lora_format.transformer_targets(NET, 2, 2)          # every module, linear1 parts included
     targets = {p: 2 + i % 3 for i, p in enumerate(sorted(targets))}
     ours = copy.deepcopy(base)
-    lora = _train_like(ours, targets, lambda p: 1.5 + len(p) % 3)
+    lora = train_like(ours, targets, lambda p: 1.5 + len(p) % 3)
     sd = lora_format.to_diffusers({"transformer": lora})
     assert all(k.startswith("transformer.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in sd)
     theirs = copy.deepcopy(base)

@@ -11,6 +11,7 @@ import torch
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.flux2 import configs, convert, tiny
 from lorakit.models.flux2.load import build_transformer, load_components, resolve_distilled
+from tests.family_fixtures import flow_scheduler
 
 
 def _meta_transformer(size: str):
@@ -137,9 +138,8 @@ def test_wrong_text_encoder_and_ae_are_refused(models, tmp_path):
 
 
 def test_diffusers_folder_loads_with_is_distilled(models, tmp_path):
-    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
-    pipe = Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**{
-        k: v for k, v in configs.scheduler_config().items() if not k.startswith("_")}), vae=models["ae"],
+    from diffusers import Flux2KleinPipeline
+    pipe = Flux2KleinPipeline(scheduler=flow_scheduler(configs.scheduler_config()), vae=models["ae"],
         text_encoder=models["text_encoder"], tokenizer=models["tokenizer"], transformer=models["transformer"],
         is_distilled=False)
     pipe.save_pretrained(str(tmp_path / "klein"))

@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lorakit.lora.inject import inject_lora, load_lora_into
-from lorakit.models.base import LoraModule
 from lorakit.models.flux2 import configs, convert, keys, lora_format, tiny
+from tests.family_fixtures import linear_outs, train_like
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_blocks="all", double_block_indices=None,
                       single_block_indices=None)
@@ -23,19 +22,6 @@ def comfy_key_map(transformer) -> dict[str, str]:
     sd = {"diffusion_model." + k: v for k, v in convert.diffusers_to_bfl(transformer.state_dict()).items()}
     return {"lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_"): k
             for k in sd if k.endswith(".weight")}
-
-
-def _train_like(model, targets, alpha_of, seed=0):
-    inject_lora(model, targets, {p: alpha_of(p) for p in targets}, 0.0, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    mods = dict(model.named_modules())
-    lora = {}
-    for p, r in targets.items():
-        base = mods[p].base_layer
-        lora[p] = LoraModule(down=torch.randn(r, base.in_features, generator=g) * 0.3,
-                             up=torch.randn(base.out_features, r, generator=g) * 0.3, alpha=alpha_of(p))
-    load_lora_into(model, lora)
-    return lora
 
 
 def _inputs(model, seed=0):
@@ -70,9 +56,8 @@ def trained():
     # uneven ranks/alphas on one fused q/k/v (the exact-fusing case), one part untrained
     targets["transformer_blocks.0.attn.to_k"] = 6
     del targets["transformer_blocks.1.attn.add_v_proj"]
-    lora = _train_like(model, targets, lambda p: 3.0 if p.endswith("to_k") else NET.alpha)
-    outs = {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
+    lora = train_like(model, targets, lambda p: 3.0 if p.endswith("to_k") else NET.alpha)
+    outs = linear_outs(model)
     with torch.no_grad():
         want = model(**_inputs(model))[0]
     return SimpleNamespace(base=base, model=model, lora={"transformer": lora}, outs=outs, want=want)

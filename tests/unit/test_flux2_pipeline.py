@@ -13,18 +13,18 @@ import torch
 from lorakit.models.base import SamplePrompt
 from lorakit.models.flux2 import configs, maths, tiny
 from lorakit.models.flux2.text import QWEN3_TURN, encode_qwen3, qwen3_texts
+from tests.family_fixtures import flow_scheduler
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from diffusers import Flux2KleinPipeline
 
     from lorakit.config.load import load_config
     from lorakit.models.flux2 import Adapter
     models = tiny.tiny_models(seed=3, words=["red", "circle"])
     files = tiny.save_files(tmp_path_factory.mktemp("f2"), models, torch.float32)
-    sched = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                               if not k.startswith("_")})
+    sched = flow_scheduler(configs.scheduler_config())
     pipe = Flux2KleinPipeline(scheduler=sched, vae=models["ae"], text_encoder=models["text_encoder"],
                               tokenizer=models["tokenizer"], transformer=models["transformer"], is_distilled=False)
     data = tmp_path_factory.mktemp("data")

@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.lora.inject import inject_lora, load_lora_into
-from lorakit.models.base import LoraModule
 from lorakit.models.qwenimage import configs, convert, keys, lora_format, text, tiny
+from tests.family_fixtures import check_fp8_upcast, flow_scheduler, loaded_adapter, train_like
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_text_encoder=False)
 
@@ -36,26 +35,17 @@ def files(tmp_path_factory, models):
 
 
 def _pipeline(m, transformer=None):
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
-    sched = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                               if not k.startswith("_")})
+    from diffusers import QwenImagePipeline
+    sched = flow_scheduler(configs.scheduler_config())
     return QwenImagePipeline(scheduler=sched, vae=m["vae"], text_encoder=m["text_encoder"], tokenizer=m["tokenizer"],
                              transformer=transformer or m["transformer"])
 
 
 @pytest.fixture(scope="module")
 def adapter(files, tmp_path_factory):
-    from lorakit.config.load import load_config
-    from lorakit.models.qwenimage import Adapter
-    cfg = load_config(None, data={"model": {"family": "qwenimage", "checkpoint": str(files["checkpoint"]),
-                                            "text_encoder": str(files["text_encoder"]), "vae": str(files["vae"]),
-                                            "tokenizer_dir": str(files["tokenizer"]),
-                                            "config_dir": str(files["config"])},
-                                  "data": {"dir": str(tmp_path_factory.mktemp("data"))},
-                                  "training": {"device": "cpu", "mixed_precision": "no", "text_max_length": 24}})
-    a = Adapter(cfg)
-    a.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
-    return a
+    model = {**{k: files[k] for k in ("checkpoint", "text_encoder", "vae")}, "tokenizer_dir": files["tokenizer"],
+             "config_dir": files["config"]}
+    return loaded_adapter("qwenimage", model, tmp_path_factory.mktemp("data"), text_max_length=24)
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -84,13 +74,11 @@ def test_prompt_embeddings_equal_the_pipeline(models, adapter):
 
 def test_schedule_and_dynamic_shift_are_the_pipelines():
     import numpy as np
-    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
     from lorakit.models.qwenimage.adapter import dynamic_mu, sample_schedule, training_sigmas
     for seq in (16, 4096, 6400):
         assert dynamic_mu(seq) == pytest.approx(calculate_shift(seq, 256, 8192, 0.5, 0.9), abs=1e-12)
-    s = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                           if not k.startswith("_")})
+    s = flow_scheduler(configs.scheduler_config())
     s.set_timesteps(sigmas=np.linspace(1.0, 1 / 7, 7), mu=calculate_shift(4096, 256, 8192, 0.5, 0.9))
     sig, ts = sample_schedule(7, 4096)
     assert torch.equal(sig, s.sigmas.float()) and torch.equal(ts, s.timesteps.float())
@@ -150,7 +138,6 @@ def test_vae_original_layout_is_diffusers_converters(models):
 
 
 def test_loading_layouts(tmp_path, models, files):
-    from lorakit.lora.io import save_safetensors_atomic
     from lorakit.models.qwenimage.load import load_components
     from safetensors.torch import load_file
     ref = models["transformer"].state_dict()
@@ -163,13 +150,8 @@ def test_loading_layouts(tmp_path, models, files):
     assert "visual.blocks.0.attn.qkv.weight" in load_file(str(pre["text_encoder"]))
     assert type(c.text_encoder).__name__ == "Qwen2_5_VLTextModel"
     # fp8 (e4m3) storage as ComfyUI's qwen_image_fp8_e4m3fn: upcast on load
-    fp8 = tmp_path / "qwen_image_fp8_e4m3fn.safetensors"
-    save_safetensors_atomic(fp8, {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 else v)
-                                  for k, v in load_file(str(files["checkpoint"])).items()}, {})
-    c8 = load_components(tiny.model_cfg({**files, "checkpoint": fp8}), torch.float32, quiet)
-    w = ref["transformer_blocks.0.img_mlp.net.2.weight"]
-    assert torch.equal(c8.transformer.state_dict()["transformer_blocks.0.img_mlp.net.2.weight"],
-                       w.to(torch.float8_e4m3fn).float())
+    check_fp8_upcast(load_components, tiny.model_cfg, files, tmp_path / "qwen_image_fp8_e4m3fn.safetensors",
+                     ref, "transformer_blocks.0.img_mlp.net.2.weight")
     # a diffusers folder (the pipeline's save_pretrained): everything from inside it
     folder = tmp_path / "Qwen-Image"
     _pipeline(models).save_pretrained(str(folder))
@@ -187,7 +169,7 @@ def test_loading_layouts(tmp_path, models, files):
     with pytest.raises(ConfigError, match="QwenImageEditPlusPipeline folder; Qwen-Image-Edit is not trained"):
         load_components(ModelCfg(family="qwenimage", checkpoint=str(folder)), torch.float32, quiet)
     edit = tmp_path / "qwen_image_edit_2509_fp8_e4m3fn.safetensors"
-    edit.write_bytes(fp8.read_bytes())
+    edit.write_bytes((tmp_path / "qwen_image_fp8_e4m3fn.safetensors").read_bytes())
     with pytest.raises(ConfigError, match="named as Qwen-Image-Edit"):
         load_components(tiny.model_cfg({**files, "checkpoint": edit}), torch.float32, quiet)
     # another family's file / a wrong file in a role: one line naming what it is
@@ -265,14 +247,7 @@ def trained(models):
     targets = lora_format.transformer_targets(NET, base.config.num_layers)
     targets["transformer_blocks.0.attn.add_k_proj"] = 6
     del targets["transformer_blocks.1.txt_mlp.net.2"]
-    alpha_of = lambda p: 3.0 if p.endswith("add_k_proj") else NET.alpha  # noqa: E731
-    inject_lora(model, targets, {p: alpha_of(p) for p in targets}, 0.0, seed=0)
-    g = torch.Generator().manual_seed(1)
-    mods = dict(model.named_modules())
-    lora = {p: LoraModule(down=torch.randn(r, mods[p].base_layer.in_features, generator=g) * 0.3,
-                          up=torch.randn(mods[p].base_layer.out_features, r, generator=g) * 0.3, alpha=alpha_of(p))
-            for p, r in targets.items()}
-    load_lora_into(model, lora)
+    lora = train_like(model, targets, lambda p: 3.0 if p.endswith("add_k_proj") else NET.alpha)
     return SimpleNamespace(base=base, model=model, lora={"transformer": lora}, n=base.config.num_layers)
 
 

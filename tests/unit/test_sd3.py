@@ -23,6 +23,7 @@ from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.lora.inject import inject_lora, load_lora_into
 from lorakit.models.base import LoraModule
 from lorakit.models.sd3 import configs, convert, keys, lora_format, text, tiny
+from tests.family_fixtures import check_fp8_upcast, linear_outs, loaded_adapter, train_like
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_text_encoder=False)
 COMFYUI_UTILS_COMMIT = "2ba5cc8b867bc1aabe59fdaf0a8489e65012d603"
@@ -125,15 +126,8 @@ def _scheduler_sigmas(n):
 
 @pytest.fixture(scope="module")
 def adapter(files, tmp_path_factory):
-    from lorakit.config.load import load_config
-    from lorakit.models.sd3 import Adapter
-    model = {"family": "sd3", **{k: str(files[k]) for k in ("checkpoint", "clip_l", "clip_g", "t5xxl", "vae")},
-             "config_dir": str(files["config"])}
-    cfg = load_config(None, data={"model": model, "data": {"dir": str(tmp_path_factory.mktemp("data"))},
-                                  "training": {"device": "cpu", "mixed_precision": "no", "t5_max_length": 24}})
-    a = Adapter(cfg)
-    a.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
-    return a
+    model = {**{k: files[k] for k in ("checkpoint", "clip_l", "clip_g", "t5xxl", "vae")}, "config_dir": files["config"]}
+    return loaded_adapter("sd3", model, tmp_path_factory.mktemp("data"), t5_max_length=24)
 
 
 def test_forward_and_euler_cfg_steps_match_the_pipeline(adapter, models):
@@ -170,16 +164,8 @@ def test_loading_layouts_and_variant(tmp_path, models, files):
     assert torch.equal(c2.transformer.state_dict()["transformer_blocks.0.attn2.to_v.weight"],
                        ref["transformer_blocks.0.attn2.to_v.weight"])
     # ComfyUI split files (fp8 transformer, as ComfyUI's fp8 files): upcast on load
-    from safetensors.torch import load_file
-
-    from lorakit.lora.io import save_safetensors_atomic
-    fp8 = tmp_path / "sd3.5_medium_fp8_e4m3fn.safetensors"
-    save_safetensors_atomic(fp8, {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 else v)
-                                  for k, v in load_file(str(files["checkpoint"])).items()}, {})
-    c8 = load_components(tiny.model_cfg({**files, "checkpoint": fp8}), torch.float32, QUIET)
-    w = ref["transformer_blocks.1.ff.net.0.proj.weight"]
-    assert torch.equal(c8.transformer.state_dict()["transformer_blocks.1.ff.net.0.proj.weight"],
-                       w.to(torch.float8_e4m3fn).float())
+    check_fp8_upcast(load_components, tiny.model_cfg, files, tmp_path / "sd3.5_medium_fp8_e4m3fn.safetensors",
+                     ref, "transformer_blocks.1.ff.net.0.proj.weight")
     # a diffusers folder (save_pretrained of the pipeline): everything from inside it
     folder = tmp_path / "stable-diffusion-3.5-medium"
     _pipeline(models).save_pretrained(str(folder))
@@ -254,17 +240,8 @@ def trained(models):
     targets["transformer_blocks.0.attn.to_k"] = 6                     # uneven rank/alpha inside one fused qkv
     targets[f"transformer_blocks.{c.num_layers - 1}.norm1_context.linear"] = 4   # not a default target: swapped rows
     del targets["transformer_blocks.1.attn.add_v_proj"]               # and an untrained part
-    alpha_of = lambda p: 3.0 if p.endswith("to_k") else NET.alpha  # noqa: E731
-    inject_lora(model, targets, {p: alpha_of(p) for p in targets}, 0.0, seed=0)
-    g = torch.Generator().manual_seed(1)
-    mods = dict(model.named_modules())
-    lora = {p: LoraModule(down=torch.randn(r, mods[p].base_layer.in_features, generator=g) * 0.3,
-                          up=torch.randn(mods[p].base_layer.out_features, r, generator=g) * 0.3, alpha=alpha_of(p))
-            for p, r in targets.items()}
-    load_lora_into(model, lora)
-    outs = {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
-    return SimpleNamespace(base=base, model=model, lora={"transformer": lora}, outs=outs,
+    lora = train_like(model, targets, lambda p: 3.0 if p.endswith("to_k") else NET.alpha)
+    return SimpleNamespace(base=base, model=model, lora={"transformer": lora}, outs=linear_outs(model),
                            n=(c.num_layers, tuple(c.dual_attention_layers)))
 
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.lora.inject import inject_lora, load_lora_into
-from lorakit.models.base import LoraModule
 from lorakit.models.zimage import configs, convert, keys, lora_format, text, tiny
+from tests.family_fixtures import check_fp8_upcast, flow_scheduler, linear_outs, loaded_adapter, train_like
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_text_encoder=False)
 
@@ -29,10 +28,8 @@ def files(tmp_path_factory, models):
 
 
 def _pipeline(m, transformer=None):
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
-    return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**{k: v for k, v in
-                                                                       configs.scheduler_config().items()
-                                                                       if not k.startswith("_")}),
+    from diffusers import ZImagePipeline
+    return ZImagePipeline(scheduler=flow_scheduler(configs.scheduler_config()),
                           vae=m["ae"], text_encoder=m["text_encoder"], tokenizer=m["tokenizer"],
                           transformer=transformer or m["transformer"])
 
@@ -85,28 +82,18 @@ def test_prompt_ids_and_embeddings_equal_the_pipeline(models):
 # ------------------------------------------------------------------------------------------------ adapter maths
 
 def test_schedule_is_the_pipelines():
-    from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.pipelines.z_image.pipeline_z_image import get_default_z_image_sigmas
     from lorakit.models.zimage.adapter import sample_schedule
-    s = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                           if not k.startswith("_")})
+    s = flow_scheduler(configs.scheduler_config())
     s.set_timesteps(sigmas=get_default_z_image_sigmas(9), device="cpu")
     assert torch.allclose(sample_schedule(9), s.sigmas.float(), atol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def adapter(files, tmp_path_factory):
-    from lorakit.config.load import load_config
-    from lorakit.models.zimage import Adapter
-    cfg = load_config(None, data={"model": {"family": "zimage", "checkpoint": str(files["checkpoint"]),
-                                            "text_encoder": str(files["text_encoder"]), "ae": str(files["ae"]),
-                                            "tokenizer_dir": str(files["tokenizer"]),
-                                            "config_dir": str(files["config"])},
-                                  "data": {"dir": str(tmp_path_factory.mktemp("data"))},
-                                  "training": {"device": "cpu", "mixed_precision": "no", "text_max_length": 24}})
-    a = Adapter(cfg)
-    a.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
-    return a
+    model = {**{k: files[k] for k in ("checkpoint", "text_encoder", "ae")}, "tokenizer_dir": files["tokenizer"],
+             "config_dir": files["config"]}
+    return loaded_adapter("zimage", model, tmp_path_factory.mktemp("data"), text_max_length=24)
 
 
 def test_forward_and_euler_step_match_the_pipeline(adapter, models):
@@ -137,15 +124,8 @@ def test_loading_layouts_and_variant(tmp_path, models, files):
     assert load_components(tiny.model_cfg(files), torch.float32, quiet).variant == "turbo"
     assert load_components(tiny.model_cfg(files, variant="base"), torch.float32, quiet).variant == "base"
     # fp8 (e4m3) storage as ComfyUI's fp8 files: upcast on load
-    from lorakit.lora.io import save_safetensors_atomic
-    from safetensors.torch import load_file
-    fp8 = tmp_path / "z_image_turbo_fp8_e4m3fn.safetensors"
-    save_safetensors_atomic(fp8, {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 else v)
-                                  for k, v in load_file(str(files["checkpoint"])).items()}, {})
-    c8 = load_components(tiny.model_cfg({**files, "checkpoint": fp8}), torch.float32, quiet)
-    w = ref["layers.0.feed_forward.w1.weight"]
-    assert torch.equal(c8.transformer.state_dict()["layers.0.feed_forward.w1.weight"],
-                       w.to(torch.float8_e4m3fn).float())
+    check_fp8_upcast(load_components, tiny.model_cfg, files, tmp_path / "z_image_turbo_fp8_e4m3fn.safetensors",
+                     ref, "layers.0.feed_forward.w1.weight")
     # a diffusers folder (save_pretrained of the pipeline): everything from inside it
     folder = tmp_path / "Z-Image-Turbo"
     _pipeline(models).save_pretrained(str(folder))
@@ -209,18 +189,9 @@ def trained(models):
     targets = lora_format.transformer_targets(NET, c.n_layers, c.n_refiner_layers)
     targets["layers.0.attention.to_k"] = 6                    # uneven rank/alpha inside one fused qkv
     del targets["layers.1.attention.to_v"]                     # and an untrained part
-    alpha_of = lambda p: 3.0 if p.endswith("to_k") else NET.alpha  # noqa: E731
-    inject_lora(model, targets, {p: alpha_of(p) for p in targets}, 0.0, seed=0)
-    g = torch.Generator().manual_seed(1)
-    mods = dict(model.named_modules())
-    lora = {p: LoraModule(down=torch.randn(r, mods[p].base_layer.in_features, generator=g) * 0.3,
-                          up=torch.randn(mods[p].base_layer.out_features, r, generator=g) * 0.3, alpha=alpha_of(p))
-            for p, r in targets.items()}
-    load_lora_into(model, lora)
-    outs = {n.removesuffix(".base_layer"): m.out_features for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear)}
-    return SimpleNamespace(base=base, model=model, lora={"transformer": lora}, outs=outs, n=(c.n_layers,
-                                                                                            c.n_refiner_layers))
+    lora = train_like(model, targets, lambda p: 3.0 if p.endswith("to_k") else NET.alpha)
+    return SimpleNamespace(base=base, model=model, lora={"transformer": lora}, outs=linear_outs(model),
+                           n=(c.n_layers, c.n_refiner_layers))
 
 
 def _run(model):

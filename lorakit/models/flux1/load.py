@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart
+from lorakit.models.common import LazyPart, LazyParts
 
 from . import configs
 from .convert import (ae_bfl_to_diffusers, bfl_to_diffusers, detect_variant, infer_ae_config,
@@ -49,7 +49,7 @@ class FluxComponents:
         return getattr(self, name, None) is not None
 
 
-class LazyFluxComponents:
+class LazyFluxComponents(LazyParts):
     """FluxComponents whose encoders (``clip_l``, ``t5``, ``ae``) and tokenizers are read on first access.
 
     Same attributes as :class:`FluxComponents`; ``loaded(name)`` says whether a part is in memory without
@@ -68,9 +68,6 @@ class LazyFluxComponents:
         self.files = files
         self._parts: dict[str, Any] = {}
         self._loaders = dict(loaders)
-
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
 
 
 # ----------------------------------------------------------------------------------------------- building

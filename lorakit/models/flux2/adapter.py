@@ -44,11 +44,6 @@ ARCHITECTURE = {"klein-4b": "Flux.2-klein-4b", "klein-9b": "Flux.2-klein-9b", "d
 BASE_VERSION = {"klein-4b": "flux_2_klein_4b", "klein-9b": "flux_2_klein_9b", "dev": "flux_2_dev"}
 
 
-def deferred_placement(memory: Any) -> bool:
-    """Whether the transformer stays on the CPU after load() (the loop places it block by block)."""
-    return common.deferred_placement(memory)
-
-
 class Adapter(common.ComponentsAdapter):
     """ModelAdapter for FLUX.2; one instance per run, made with the whole Config."""
 
@@ -56,20 +51,13 @@ class Adapter(common.ComponentsAdapter):
     family = "flux2"
 
     def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
-        self.comps: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.bfloat16
+        super().__init__(cfg)
         self._ids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------------------------------ loading
-    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def _load_components(self, model: Any, dtype: torch.dtype) -> Any:
         from .load import load_components
-        self.comps = load_components(model, dtype)
-        self.device, self.dtype = torch.device(device), dtype
-        self._check_settings()
-        if not deferred_placement(memory):
-            self.comps.transformer.to(self.device)
+        return load_components(model, dtype)
 
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
@@ -78,7 +66,7 @@ class Adapter(common.ComponentsAdapter):
             raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
                               "false")
 
-    def _check_settings(self) -> None:
+    def _check_loaded(self) -> None:
         t = self.cfg.training
         if not self._c().shape.guidance and float(t.guidance_scale) != 1.0:
             raise ConfigError(f"training.guidance_scale: FLUX.2 {self._c().variant} has no guidance input (only dev "
@@ -94,9 +82,6 @@ class Adapter(common.ComponentsAdapter):
         if self._c().distilled and self._c().shape.klein and sample.cfg_scale not in (None, 1.0):
             raise ConfigError(f"sample.cfg_scale: {self._c().variant} is step-distilled and runs without CFG; remove "
                               "it (or train on the base model, as recommended)")
-
-    def before_placement(self, memory: Any, log: Any) -> None:
-        """Nothing FLUX.2-specific to apply (memory.modulation_on_cpu is FLUX.1's)."""
 
     def text_length(self) -> int:
         return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
@@ -153,19 +138,7 @@ class Adapter(common.ComponentsAdapter):
         return {"prompt_embeds": emb.cpu()}
 
     # ------------------------------------------------------------------------------------------ objective
-    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
-              generator: torch.Generator) -> NoisedInput:
-        """σ from training.timestep_sampling (flux_shift with the image token count h·w); rectified-flow noising."""
-        b, _, h, w = latents.shape
-        sigmas = maths.sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
-                                     logit_mean=training.logit_mean, logit_std=training.logit_std,
-                                     shift=training.discrete_flow_shift, seq_len=h * w)
-        host = sigmas
-        sigmas = to_gpu(sigmas, latents.device)
-        return NoisedInput(model_input=maths.flow_noise(latents, noise, sigmas), timesteps=sigmas,
-                           target=maths.flow_target(latents, noise),
-                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
-
+    # noise: the shared rectified-flow noising (ComponentsAdapter.noise; flux_shift with the image token count h·w)
     def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor],
                  guidance: Optional[float]) -> torch.Tensor:
         """Pack, run the transformer (σ as timestep), unpack; the raw velocity, float32."""
@@ -213,7 +186,6 @@ class Adapter(common.ComponentsAdapter):
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler along the FLUX.2 pipelines' schedule; CFG for base Klein (negative prompt: the
         prompt's, else empty, as the pipeline)."""
-        c = self._c()
         steps, cfg_scale, guidance = self.sample_settings(prompt)
         f = self._factor()
         width, height = max(f, prompt.width // f * f), max(f, prompt.height // f * f)
@@ -223,20 +195,8 @@ class Adapter(common.ComponentsAdapter):
         sigmas = maths.sample_schedule(steps, h * w)
         cond = self.encode_text([prompt.prompt])
         neg = self.encode_text([prompt.negative]) if cfg_scale != 1.0 else None
-        tr = c.transformer
-        was_training = tr.training
-        tr.eval()
-        try:
-            for i in range(steps):
-                s = sigmas[i].reshape(1)
-                v = self._forward(x, s, cond, guidance)
-                if neg is not None:
-                    v_neg = self._forward(x, s, neg, guidance)
-                    v = v_neg + cfg_scale * (v - v_neg)
-                x = x + (sigmas[i + 1] - sigmas[i]).item() * v
-        finally:
-            tr.train(was_training)
-        return self.decode(x)
+        return self.decode(self.euler_cfg(x, sigmas, steps, cond, neg, cfg_scale,
+                                          forward=lambda x, s, text: self._forward(x, s, text, guidance)))
 
     def decode(self, x: torch.Tensor) -> Any:
         """Normalised latents [1,128,h,w] -> PIL image (batch-norm undone, unpatchified, AE decode)."""
@@ -286,11 +246,7 @@ class Adapter(common.ComponentsAdapter):
             "ss_network_module": SPEC.network_module,
             "ss_model_type": "flux2",
             "ss_guidance_scale": str(float(t.guidance_scale)),
-            "ss_timestep_sampling": str(t.timestep_sampling),
-            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
-            "ss_logit_mean": str(float(t.logit_mean)),
-            "ss_logit_std": str(float(t.logit_std)),
-            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            **common.flow_metadata(t),
             "ss_model_prediction_type": "raw",
             "lorakit_flux2_variant": c.variant,
             "modelspec.architecture": f"{ARCHITECTURE[size]}/lora",

@@ -10,10 +10,9 @@ weights cannot tell (rotary axes, theta, norm eps, token ids).
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+from lorakit.models.common import read_config  # noqa: F401 (the one component-config reader: configs.read_config)
 
 SIZES = ("klein-4b", "klein-9b", "dev")
 VARIANTS = ("klein-4b", "klein-base-4b", "klein-9b", "klein-base-9b", "dev")
@@ -81,14 +80,3 @@ def scheduler_config() -> dict[str, Any]:
     return {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0,
             "use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
             "max_image_seq_len": 4096, "time_shift_type": "exponential"}
-
-
-def read_config(config_dir: Optional[str | os.PathLike[str]], sub: str) -> Optional[dict[str, Any]]:
-    """The JSON config of one component (``transformer``/``text_encoder``/``vae``) from a folder, or None."""
-    if config_dir is None:
-        return None
-    path = Path(config_dir) / sub / "config.json"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)

@@ -20,29 +20,15 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 
 from lorakit.errors import ModelLoadError
+from lorakit.models import common
+from lorakit.models.common import strip_prefix, tensor_shape as _shape  # noqa: F401 (re-exported)
 
 from . import configs
 
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+PREFIXES = common.DIT_PREFIXES        # full checkpoints and ComfyUI saves (common.strip_prefix drops them)
 # one tensor that only a FLUX.2 transformer has, in each layout (diffusers' single-file detector uses the first)
 BFL_MARK = "double_stream_modulation_img.lin.weight"
 DIFFUSERS_MARK = "double_stream_modulation_img.linear.weight"
-
-
-def _shape(v: Any) -> tuple[int, ...]:
-    if isinstance(v, torch.Tensor):
-        return tuple(v.shape)
-    if isinstance(v, dict):                    # a safetensors header entry
-        return tuple(v["shape"])
-    return tuple(v)
-
-
-def strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop a ``model.diffusion_model.`` / ``diffusion_model.`` prefix (full checkpoints and ComfyUI saves)."""
-    for p in PREFIXES:
-        if any(k.startswith(p) for k in sd):
-            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-    return dict(sd)
 
 
 def layout(sd: Mapping[str, Any]) -> Optional[str]:

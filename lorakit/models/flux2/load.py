@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
+    tokenizer_folder
 
 from . import configs
 from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infer_ae_config, layout, strip_prefix,
@@ -143,7 +144,7 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mode
 # ----------------------------------------------------------------------------------------------- components
 
 @dataclass
-class Flux2Components:
+class Flux2Components(LazyParts):
     """The loaded FLUX.2 parts. ``text_encoder``, ``ae`` and ``tokenizer`` are read on first access."""
 
     transformer: nn.Module
@@ -158,9 +159,6 @@ class Flux2Components:
     text_encoder = LazyPart()
     ae = LazyPart()
     tokenizer = LazyPart()
-
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
 
 
 def variant_name(shape: Shape, distilled: bool) -> str:
@@ -195,15 +193,11 @@ def resolve_distilled(shape: Shape, wanted: str, index_flag: Optional[bool], nam
 
 def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[], str]) -> Callable[[], Any]:
     def load() -> Any:
-        where = Path(model_cfg.tokenizer_dir).expanduser() if getattr(model_cfg, "tokenizer_dir", None) else folder
-        if where is None:
-            raise ConfigError("model.tokenizer_dir: FLUX.2 needs its text encoder's tokenizer (Klein: Qwen3's, from "
-                              "the tokenizer/ folder of black-forest-labs/FLUX.2-klein-4B; dev: Mistral Small 3.1's); "
-                              "lorakit does not ship it. Point model.tokenizer_dir at that folder")
-        if not where.is_dir() or not any((where / n).is_file() for n in ("tokenizer.json", "vocab.json",
-                                                                         "tekken.json", "tokenizer_config.json")):
-            raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / "
-                              "vocab.json)")
+        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: FLUX.2 needs its text encoder's tokenizer "
+                                 "(Klein: Qwen3's, from the tokenizer/ folder of black-forest-labs/FLUX.2-klein-4B; "
+                                 "dev: Mistral Small 3.1's); lorakit does not ship it. Point model.tokenizer_dir at "
+                                 "that folder",
+                                 ("tokenizer.json", "vocab.json", "tekken.json", "tokenizer_config.json"))
         if kind() == "mistral":
             from transformers import AutoProcessor
             try:
@@ -218,11 +212,7 @@ def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[],
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                     log: Callable[[str], None] = print) -> Flux2Components:
     """Read the transformer now (any source), the rest on first use; variant decided and checked."""
-    if not getattr(model_cfg, "checkpoint", None):
-        raise ConfigError("model.checkpoint: required (flux2-klein-base-4b.safetensors, a diffusers folder, ...)")
-    src = Path(model_cfg.checkpoint).expanduser()
-    if not src.exists():
-        raise ConfigError(f"model.checkpoint: {src} not found (FLUX.2 loads local files only)")
+    src = local_checkpoint(model_cfg, "flux2-klein-base-4b.safetensors", "FLUX.2")
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     ae_dtype = torch.float32 if dtype == torch.float16 else dtype
@@ -249,21 +239,14 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             tsd.update(read_file(p, allow))
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
-        te_src = src / "text_encoder" if (src / "text_encoder").is_dir() else None
-        ae_src = src / "vae" if (src / "vae").is_dir() else None
-        tok_folder = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+        te_src, ae_src, tok_folder = folder_parts(src, "text_encoder", "vae", "tokenizer")
         cdir = cdir or str(src)
     else:
         tsd = read_file(src, allow)
-    if getattr(model_cfg, "text_encoder", None):
-        te_src = need_file(model_cfg, "text_encoder", "", "FLUX.2")
-    if getattr(model_cfg, "ae", None):
-        ae_src = need_file(model_cfg, "ae", "", "FLUX.2")
-    if te_src is None:
-        need_file(model_cfg, "text_encoder", "Klein 4B: Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors; "
-                  "Klein 9B: Qwen3-8B; dev: Mistral Small 3.1, the first of its split files", "FLUX.2")
-    if ae_src is None:
-        need_file(model_cfg, "ae", "the FLUX.2 ae.safetensors", "FLUX.2")
+    te_src, ae_src = component_files(
+        model_cfg, "FLUX.2", text_encoder=(te_src, "Klein 4B: Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b"
+                                           ".safetensors; Klein 9B: Qwen3-8B; dev: Mistral Small 3.1, the first of its "
+                                           "split files"), ae=(ae_src, "the FLUX.2 ae.safetensors"))
     transformer, shape = build_transformer(tsd, dtype, "model.checkpoint", configs.read_config(cdir, "transformer"))
     del tsd
     distilled, how = resolve_distilled(shape, getattr(model_cfg, "variant", "auto") or "auto", index_flag, src.name)

@@ -18,15 +18,14 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.models import common, estimates
-from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 
 from . import configs, planning
 
@@ -72,11 +71,9 @@ def sample_schedule(num_steps: int, seq_len: int) -> tuple[torch.Tensor, torch.T
     """(sigmas [n+1] ending at 0, timesteps [n]) of QwenImagePipeline for ``seq_len`` packed image tokens, from
     diffusers' scheduler with the shipped config."""
     import numpy as np
-    from diffusers import FlowMatchEulerDiscreteScheduler
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    sched = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                               if not k.startswith("_")})
+    sched = common.flow_scheduler(configs.scheduler_config())
     sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=dynamic_mu(seq_len), device="cpu")
     return sched.sigmas.float(), sched.timesteps.float()
 
@@ -93,20 +90,12 @@ class Adapter(common.ComponentsAdapter):
     spec = SPEC
     family = "qwenimage"
     encoders = ("text_encoder", "vae")
-
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
-        self.comps: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.bfloat16
+    vae_role = "vae"
 
     # ------------------------------------------------------------------------------------------ loading
-    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def _load_components(self, model: Any, dtype: torch.dtype) -> Any:
         from .load import load_components
-        self.comps = load_components(model, dtype)
-        self.device, self.dtype = torch.device(device), dtype
-        if not common.deferred_placement(memory):
-            self.comps.transformer.to(self.device)
+        return load_components(model, dtype)
 
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
@@ -116,9 +105,6 @@ class Adapter(common.ComponentsAdapter):
                               "to false")
         if getattr(cfg.model, "variant", "auto") not in ("auto", "", None):
             raise ConfigError(f"model.variant: {cfg.model.variant!r}; Qwen-Image has one variant, remove it")
-
-    def before_placement(self, memory: Any, log: Any) -> None:
-        """Nothing Qwen-Image-specific to apply."""
 
     def text_length(self) -> int:
         n = int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
@@ -134,11 +120,6 @@ class Adapter(common.ComponentsAdapter):
                 "text": self.cache_key("text", "text_encoder", tok, f"len={self.text_length()}", "hidden[-1]",
                                        f"drop={configs.DROP_IDX}"),
                 "model": self.cache_key("model", "checkpoint")}
-
-    @contextlib.contextmanager
-    def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
-        module.to(self.device)
-        yield self.device
 
     # ------------------------------------------------------------------------------------------ encoding
     def _stats(self, vae: nn.Module, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,17 +150,9 @@ class Adapter(common.ComponentsAdapter):
         return {"prompt_embeds": emb.float().cpu(), "prompt_mask": mask.cpu()}
 
     # ------------------------------------------------------------------------------------------ objective
-    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
-              generator: torch.Generator) -> NoisedInput:
-        """σ from training.timestep_sampling (flux_shift: Qwen-Image's dynamic shift for h·w/4 tokens); x_σ and
-        the target ε − x0."""
-        from lorakit.diffusion.objectives import flow_noise, flow_target
-        b, _, h, w = latents.shape
-        host = training_sigmas(b, training, generator, (h // 2) * (w // 2))
-        sigmas = to_gpu(host, latents.device)
-        return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
-                           target=flow_target(latents, noise),
-                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
+    def _sigmas(self, b: int, training: Any, generator: torch.Generator, seq_len: int) -> torch.Tensor:
+        """σ from training.timestep_sampling (flux_shift: Qwen-Image's dynamic shift for h·w/4 tokens)."""
+        return training_sigmas(b, training, generator, seq_len)
 
     def _forward(self, x: torch.Tensor, t: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
         """The transformer on [B,16,h,w] at t (= σ) with the batch's prompt features; the velocity, float32."""
@@ -197,9 +170,6 @@ class Adapter(common.ComponentsAdapter):
                  img_shapes=[[(1, h // 2, w // 2)]] * b, return_dict=False)[0]
         return unpack_latents(out.float(), h, w)
 
-    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
-        return self._forward(noised.model_input, noised.timesteps, batch.text)
-
     # ------------------------------------------------------------------------------------------ sampling
     def sample_settings(self, prompt: SamplePrompt) -> tuple[int, float]:
         steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or configs.SAMPLE_STEPS
@@ -210,9 +180,7 @@ class Adapter(common.ComponentsAdapter):
         """QwenImagePipeline's sampler: its schedule, Euler steps, true CFG (negative: the prompt's, else empty)
         when cfg_scale > 1."""
         steps, cfg_scale = self.sample_settings(prompt)
-        width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
-        x = torch.randn((1, SPEC.latent_channels, height // 8, width // 8), generator=generator,
-                        device=generator.device, dtype=torch.float32).to(self.device)
+        x = self.preview_noise(prompt, generator, SPEC.latent_channels)
         return self.decode(self.denoise(x, prompt.prompt, prompt.negative if cfg_scale > 1.0 else None, steps,
                                         cfg_scale))
 
@@ -222,22 +190,13 @@ class Adapter(common.ComponentsAdapter):
         sigmas, timesteps = sample_schedule(steps, (x.shape[-2] // 2) * (x.shape[-1] // 2))
         cond = self.encode_text([prompt])
         neg = self.encode_text([negative]) if negative is not None else None
-        tr = self._c().transformer
-        was_training = tr.training
-        tr.eval()
-        try:
-            for i in range(steps):
-                t = (timesteps[i] / 1000).reshape(1)
-                v = self._forward(x, t, cond)
-                if neg is not None:
-                    from lorakit.diffusion.packing import pack_latents, unpack_latents
-                    h, w = x.shape[-2:]
-                    v = unpack_latents(true_cfg(pack_latents(v), pack_latents(self._forward(x, t, neg)), cfg_scale),
-                                       h, w)
-                x = x + (sigmas[i + 1] - sigmas[i]).item() * v.to(x.device)
-        finally:
-            tr.train(was_training)
-        return x
+        return self.euler_cfg(x, sigmas, steps, cond, neg, cfg_scale, times=timesteps / 1000)
+
+    def _guide(self, v: torch.Tensor, v_neg: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+        """The pipeline's true CFG on the packed tokens (rescaled per token to the conditional norm)."""
+        from lorakit.diffusion.packing import pack_latents, unpack_latents
+        h, w = v.shape[-2:]
+        return unpack_latents(true_cfg(pack_latents(v), pack_latents(v_neg), cfg_scale), h, w)
 
     def decode(self, x: torch.Tensor) -> Any:
         vae = self._c().vae
@@ -276,11 +235,7 @@ class Adapter(common.ComponentsAdapter):
         return {
             "ss_base_model_version": SPEC.metadata_base_version,
             "ss_network_module": SPEC.network_module,
-            "ss_timestep_sampling": "qwen_shift" if t.timestep_sampling == "flux_shift" else str(t.timestep_sampling),
-            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
-            "ss_logit_mean": str(float(t.logit_mean)),
-            "ss_logit_std": str(float(t.logit_std)),
-            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            **common.flow_metadata(t, "qwen_shift" if t.timestep_sampling == "flux_shift" else None),
             "ss_model_prediction_type": "raw",
             "modelspec.architecture": f"{ARCHITECTURE}/lora",
             "modelspec.implementation": "https://github.com/QwenLM/Qwen-Image",

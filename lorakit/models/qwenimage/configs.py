@@ -10,10 +10,9 @@ per channel with ``latents_mean`` / ``latents_std``). Widths and depths are read
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+from lorakit.models.common import read_config  # noqa: F401 (the one component-config reader: configs.read_config)
 
 # QwenImagePipeline's prompt template and the template tokens it drops (prompt_template_encode_start_idx): the system
 # turn and "<|im_start|>user\n" are 34 tokens in Qwen2.5-VL's vocabulary
@@ -65,14 +64,3 @@ def scheduler_config() -> dict[str, Any]:
             "max_image_seq_len": 8192, "shift_terminal": 0.02, "time_shift_type": "exponential",
             "invert_sigmas": False, "stochastic_sampling": False, "use_karras_sigmas": False,
             "use_exponential_sigmas": False, "use_beta_sigmas": False}
-
-
-def read_config(config_dir: Optional[str | os.PathLike[str]], sub: str) -> Optional[dict[str, Any]]:
-    """The JSON config of one component (``transformer``/``text_encoder``/``vae``) from a folder, or None."""
-    if config_dir is None:
-        return None
-    path = Path(config_dir) / sub / "config.json"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)

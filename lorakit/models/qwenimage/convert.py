@@ -22,8 +22,10 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from lorakit.errors import ModelLoadError
+from lorakit.models import common
+from lorakit.models.common import count_blocks as _count, strip_prefix, tensor_shape as _shape  # noqa: F401 (re-exported)
 
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+PREFIXES = common.DIT_PREFIXES
 QWEN_MARK = "transformer_blocks.0.img_mod.1.weight"      # Qwen-Image's per-block image modulation
 LAYERED_MARK = "time_text_embed.addition_t_embedding.weight"
 
@@ -42,18 +44,6 @@ class Shape:
     @property
     def heads(self) -> int:
         return self.dim // self.head_dim
-
-
-def strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
-    for p in PREFIXES:
-        if any(k.startswith(p) for k in sd):
-            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-    return dict(sd)
-
-
-def _count(keys: Iterable[str], prefix: str) -> int:
-    found = {int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return max(found) + 1 if found else 0
 
 
 def what_is(keys: Iterable[str]) -> str:
@@ -84,17 +74,7 @@ def what_is(keys: Iterable[str]) -> str:
         if any(k.endswith("self_attn.q_proj.bias") for k in ks):
             return "a Qwen2 / Qwen2.5-VL text encoder"
         return "a Llama / Mistral-type text encoder"
-    if starts("encoder.block.", "shared."):
-        return "a T5 text encoder"
-    if starts("text_model.", "embeddings.token_embedding."):
-        return "a CLIP text encoder"
-    if starts("encoder.conv_in.", "decoder.conv_in.", "first_stage_model."):
-        return "an autoencoder"
-    return "not a recognised model file"
-
-
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(v["shape"]) if isinstance(v, Mapping) else tuple(v.shape)
+    return common.what_component(ks)
 
 
 def detect(sd: Mapping[str, Any], where: str) -> Shape:

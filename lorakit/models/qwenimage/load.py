@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
+    tokenizer_folder
 
 from . import configs
 from .convert import Shape, detect, text_weights, transformer_config, vae_to_diffusers, what_is
@@ -125,7 +126,7 @@ def build_vae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mod
 # ----------------------------------------------------------------------------------------------- components
 
 @dataclass
-class QwenImageComponents:
+class QwenImageComponents(LazyParts):
     """The loaded Qwen-Image parts. ``text_encoder``, ``vae`` and ``tokenizer`` are read on first use."""
 
     transformer: nn.Module
@@ -139,19 +140,12 @@ class QwenImageComponents:
     vae = LazyPart()
     tokenizer = LazyPart()
 
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
-
 
 def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], Any]:
     def load() -> Any:
-        where = Path(model_cfg.tokenizer_dir).expanduser() if getattr(model_cfg, "tokenizer_dir", None) else folder
-        if where is None:
-            raise ConfigError("model.tokenizer_dir: Qwen-Image needs Qwen2.5-VL's tokenizer (the tokenizer/ folder of "
-                              "Qwen/Qwen-Image); lorakit does not ship it. Point model.tokenizer_dir at it")
-        if not where.is_dir() or not any((where / n).is_file() for n in ("tokenizer.json", "vocab.json")):
-            raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / "
-                              "vocab.json)")
+        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: Qwen-Image needs Qwen2.5-VL's tokenizer (the "
+                                 "tokenizer/ folder of Qwen/Qwen-Image); lorakit does not ship it. Point "
+                                 "model.tokenizer_dir at it")
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(where))
     return load
@@ -179,11 +173,7 @@ def _refuse_edit(src: Path, cdir: Optional[str]) -> None:
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                     log: Callable[[str], None] = print) -> QwenImageComponents:
     """Read the transformer now (any source), the rest on first use."""
-    if not getattr(model_cfg, "checkpoint", None):
-        raise ConfigError("model.checkpoint: required (qwen_image_bf16.safetensors, a diffusers folder, ...)")
-    src = Path(model_cfg.checkpoint).expanduser()
-    if not src.exists():
-        raise ConfigError(f"model.checkpoint: {src} not found (Qwen-Image loads local files only)")
+    src = local_checkpoint(model_cfg, "qwen_image_bf16.safetensors", "Qwen-Image")
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     te_src = vae_src = tok_folder = None
@@ -195,21 +185,14 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         tsd = _read_all(sorted((src / "transformer").glob("*.safetensors")), allow)
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
-        te_src = src / "text_encoder" if (src / "text_encoder").is_dir() else None
-        vae_src = src / "vae" if (src / "vae").is_dir() else None
-        tok_folder = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+        te_src, vae_src, tok_folder = folder_parts(src, "text_encoder", "vae", "tokenizer")
     else:
         _refuse_edit(src, cdir)
         tsd = _read_all(shards(src, "model.checkpoint"), allow)
-    if getattr(model_cfg, "text_encoder", None):
-        te_src = need_file(model_cfg, "text_encoder", "", "Qwen-Image")
-    if getattr(model_cfg, "vae", None):
-        vae_src = need_file(model_cfg, "vae", "", "Qwen-Image")
-    if te_src is None:
-        need_file(model_cfg, "text_encoder", "Qwen2.5-VL-7B, e.g. ComfyUI's text_encoders/qwen_2.5_vl_7b.safetensors",
-                  "Qwen-Image")
-    if vae_src is None:
-        need_file(model_cfg, "vae", "the Qwen-Image VAE, e.g. ComfyUI's vae/qwen_image_vae.safetensors", "Qwen-Image")
+    te_src, vae_src = component_files(
+        model_cfg, "Qwen-Image",
+        text_encoder=(te_src, "Qwen2.5-VL-7B, e.g. ComfyUI's text_encoders/qwen_2.5_vl_7b.safetensors"),
+        vae=(vae_src, "the Qwen-Image VAE, e.g. ComfyUI's vae/qwen_image_vae.safetensors"))
     transformer, shape = build_transformer(tsd, dtype, "model.checkpoint", configs.read_config(cdir, "transformer"))
     del tsd
     te_parts, vae_parts = shards(te_src, "model.text_encoder"), shards(vae_src, "model.vae")

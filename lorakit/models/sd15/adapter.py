@@ -10,8 +10,6 @@ which ComfyUI and Forge map back to the LDM weights (``comfy/lora.py``: ``unet_t
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -21,8 +19,8 @@ from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models import estimates
 from lorakit.models.sd15 import configs, planning
-from lorakit.models.sdxl.adapter import (_OnFirstUse, _source_fingerprint, export_diffusers, text_encoder_lora_targets,
-                                         unet_lora_targets)
+from lorakit.models.sdxl.adapter import export_diffusers, text_encoder_lora_targets, unet_lora_targets
+from lorakit.models.unet import UNetAdapter, _OnFirstUse
 
 SPEC = ModelSpec(family="sd15", latent_channels=4, vae_scale=0.18215, vae_shift=0.0, vae_downscale=8, patch_size=1,
                  bucket_divisibility=64, prediction="epsilon", default_resolution=512,
@@ -76,10 +74,11 @@ def resolve_prediction(cfg: Any, detected: Optional[str]) -> str:
     return detected
 
 
-class Adapter:
+class Adapter(UNetAdapter):
     """SD 1.5 behind the ModelAdapter protocol; made per run with the whole config."""
 
     spec = SPEC
+    label = "SD 1.5"
     vae = _OnFirstUse("vae")
     te1 = _OnFirstUse("text")
     tokenizer = _OnFirstUse("text")
@@ -151,60 +150,10 @@ class Adapter:
             self.scheduler_config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
         self._alphas_cumprod = None
 
-    def loaded_parts(self) -> list[str]:
-        return [name for name, slot in (("vae", "_vae"), ("text", "_te1")) if self.__dict__.get(slot) is not None]
-
-    def _need(self) -> None:
-        if self.unet is None:
-            raise RuntimeError("SD 1.5 adapter: call load() first")
-
-    def _unet_place(self) -> tuple[torch.device, torch.dtype]:
-        p = next(self.unet.parameters())
-        return p.device, p.dtype
-
-    def identity(self) -> dict[str, str]:
-        """Cache keys from file identities and configs; never reads weights."""
-        ckpt = getattr(self.model_cfg, "checkpoint", None)
-        base = _source_fingerprint(ckpt)
-        vae_file = getattr(self.model_cfg, "vae", None)
-        vae_fp = _source_fingerprint(vae_file) if vae_file else _source_fingerprint(ckpt, "vae")
-        if self.__dict__.get("_vae") is None and self._parts is not None:
-            scaling = self._parts.vae_scaling_factor
-        else:
-            scaling = getattr(getattr(self.vae, "config", None), "scaling_factor", SPEC.vae_scale)
-        tok = getattr(self.model_cfg, "tokenizer_dir", None) or "builtin"
-        text_fp = base if not Path(str(ckpt)).is_dir() else _source_fingerprint(ckpt, "text_encoder")
-
-        def digest(*parts: str) -> str:
-            return "sd15-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
-
-        return {"vae": digest("vae", vae_fp, str(scaling), str(SPEC.vae_shift)),
-                "text": digest("text", text_fp, str(tok), "last_hidden_state"),
-                "model": digest("model", base)}
+    def _text_settings(self) -> list[str]:
+        return ["last_hidden_state"]
 
     # ---- encoders
-    def vae_downscale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] → a posterior sample (noise seeded by the run's seed and each image's pixels),
-        scaled; float32 on the CPU."""
-        self._need()
-        ds = self.vae_downscale()
-        if pixels.shape[-1] % ds or pixels.shape[-2] % ds:
-            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the VAE's {ds}")
-        dist = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist
-        eps = torch.stack([torch.randn(tuple(dist.mean.shape[1:]), generator=self._item_generator(p))
-                           for p in pixels])
-        z = dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)
-        return ((z - SPEC.vae_shift) * self.vae.config.scaling_factor).float().cpu()
-
-    def _item_generator(self, pixels: torch.Tensor) -> torch.Generator:
-        seed = int(getattr(self.training, "seed", 0) or 0)
-        digest = hashlib.sha256(f"{seed}:".encode() + pixels.detach().float().cpu().numpy().tobytes()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-
     def token_ids(self, captions: list[str]) -> torch.Tensor:
         return self.tokenizer(captions, padding="max_length", max_length=SPEC.max_caption_tokens, truncation=True,
                               return_tensors="pt").input_ids
@@ -217,20 +166,6 @@ class Adapter:
         with torch.set_grad_enabled(trains):
             out = self.te1(ids)
         return {"context": out.last_hidden_state.float().cpu()}
-
-    def before_placement(self, memory: Any, log: Any) -> None:
-        """Nothing SD 1.5-specific to apply before placement."""
-
-    def offload_encoders(self) -> None:
-        for m in (self.__dict__.get("_te1"), self.__dict__.get("_vae")):
-            if m is not None:
-                m.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def denoiser(self) -> nn.Module:
-        self._need()
-        return self.unet
 
     def text_encoder_modules(self) -> dict[str, nn.Module]:
         self._need()
@@ -272,21 +207,8 @@ class Adapter:
         }
 
     # ---- objective
-    def alphas_cumprod(self) -> torch.Tensor:
-        if self._alphas_cumprod is None:
-            from lorakit.diffusion.noise_options import scheduler_alphas
-
-            self._alphas_cumprod = scheduler_alphas(self.scheduler_config)
-        return self._alphas_cumprod
-
-    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
-              generator: torch.Generator) -> NoisedInput:
-        """DDPM: noise offset, t ~ U[min_timestep, max_timestep), x_t, ε or v target, min-SNR-γ weight."""
-        from lorakit.diffusion.noise_options import ddpm_noised
-
-        x_t, t, target, weight = ddpm_noised(latents, noise, training, generator, self.alphas_cumprod(),
-                                             self.prediction)
-        return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
+    def _prediction(self, training: Any) -> str:
+        return self.prediction
 
     def _unet_call(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         dev, dt = self._unet_place()
@@ -298,46 +220,11 @@ class Adapter:
         return self._unet_call(noised.model_input, noised.timesteps, batch.text["context"])
 
     # ---- sampling
-    def _scheduler(self, name: str) -> Any:
-        from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    def _sample_prediction(self, scheduler_config: dict) -> str:
+        return self.prediction
 
-        cfg = dict(self.scheduler_config)
-        cfg["prediction_type"] = self.prediction
-        if name == "euler":
-            return EulerDiscreteScheduler.from_config(cfg)
-        if name == "dpmpp_2m":
-            return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
-                                                           use_karras_sigmas=True)
-        raise ValueError(f"sample.sampler: {name!r} is not an SD 1.5 sampler; use 'euler' or 'dpmpp_2m'")
-
-    @torch.no_grad()
-    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
-        """One preview image (PIL) with CFG against the negative prompt's encoding ("" when none), as
-        StableDiffusionPipeline draws it."""
-        from lorakit.data.images import to_images
-
-        self._need()
-        steps = prompt.steps or getattr(self.sample_cfg, "steps", None) or SPEC.default_sample_steps
-        sched = self._scheduler(prompt.sampler or getattr(self.sample_cfg, "sampler", "euler"))
-        unit = self.vae_downscale() * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        height = max(unit, int(round(prompt.height / unit)) * unit)
-        width = max(unit, int(round(prompt.width / unit)) * unit)
-        cfg_scale = float(prompt.cfg_scale)
-        use_cfg = cfg_scale > 1.0
+    def _preview_call(self, prompt: SamplePrompt, height: int, width: int, use_cfg: bool) -> Any:
+        """The negative prompt's encoding ("" when none) first, as StableDiffusionPipeline draws it."""
         cond = self.encode_text([prompt.prompt])["context"]
         context = torch.cat([self.encode_text([prompt.negative])["context"], cond]) if use_cfg else cond
-        ds = self.vae_downscale()
-        shape = (1, self.unet.config.in_channels, height // ds, width // ds)
-        latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-        sched.set_timesteps(steps)
-        latents = latents.to(self._unet_place()[0]) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            inp = torch.cat([latents] * 2) if use_cfg else latents
-            inp = sched.scale_model_input(inp, t)
-            pred = self._unet_call(inp, t.expand(inp.shape[0]), context).float()
-            if use_cfg:
-                u, c = pred.chunk(2)
-                pred = u + cfg_scale * (c - u)
-            latents = sched.step(pred, t, latents, return_dict=False)[0]
-        z = latents.to(self.vae.device, torch.float32) / self.vae.config.scaling_factor + SPEC.vae_shift
-        return to_images(self.vae.decode(z).sample[0])[0]
+        return lambda x, t: self._unet_call(x, t, context)

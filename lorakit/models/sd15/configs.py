@@ -8,12 +8,10 @@ SDXL family does. The numbers are those of ``runwayml/stable-diffusion-v1-5``'s 
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from lorakit.fsutil import write_json
+from lorakit.fsutil import write_folder_once, write_json
 from lorakit.models.sdxl import configs as sdxl_configs
 from lorakit.models.tokenizers import CLIP_EOS, write_clip_tokenizer_files
 
@@ -109,18 +107,5 @@ def shipped_config_dir() -> Path:
     from lorakit.models.sdxl.configs import cache_root  # the one cache-location rule
 
     target = cache_root() / "configs" / CONFIG_VERSION
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        write_config_folder(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race: its folder is identical
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    write_folder_once(target, write_config_folder, "model_index.json")
     return target

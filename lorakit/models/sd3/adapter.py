@@ -13,15 +13,14 @@ Conventions (checked against diffusers' StableDiffusion3Pipeline in the tests):
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.models import common, estimates
-from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 
 from . import configs, planning
 
@@ -56,15 +55,9 @@ ARCHITECTURE = {"large": "stable-diffusion-v3.5-large", "large-turbo": "stable-d
                 "custom": "stable-diffusion-v3.5-large"}
 
 
-def deferred_placement(memory: Any) -> bool:
-    return common.deferred_placement(memory)
-
-
 def scheduler() -> Any:
     """diffusers' FlowMatchEulerDiscreteScheduler as the SD3.5 repositories ship it (static shift 3)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    return FlowMatchEulerDiscreteScheduler(**{k: v for k, v in configs.scheduler_config().items()
-                                              if not k.startswith("_")})
+    return common.flow_scheduler(configs.scheduler_config())
 
 
 def sample_schedule(num_steps: int) -> torch.Tensor:
@@ -82,21 +75,17 @@ class Adapter(common.ComponentsAdapter):
     spec = SPEC
     family = "sd3"
     encoders = ("clip_l", "clip_g", "t5", "vae")
-
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
-        self.comps: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.bfloat16
+    vae_role = "vae"
+    sample_defaults = configs.SAMPLE_DEFAULTS
+    no_cfg_variant = "large-turbo"
+    no_cfg_refusal = ("sample.cfg_scale: SD3.5 Large Turbo is step-distilled and samples without CFG (as its model "
+                      "card: 4 steps, guidance 0); remove it",
+                      "sample.cfg_scale: SD3.5 Large Turbo samples without CFG; set it to 1")
 
     # ------------------------------------------------------------------------------------------ loading
-    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def _load_components(self, model: Any, dtype: torch.dtype) -> Any:
         from .load import load_components
-        self.comps = load_components(model, dtype)
-        self.device, self.dtype = torch.device(device), dtype
-        self._check_sampling()
-        if not deferred_placement(memory):
-            self.comps.transformer.to(self.device)
+        return load_components(model, dtype)
 
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
@@ -104,14 +93,6 @@ class Adapter(common.ComponentsAdapter):
         if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
             raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; SD3.5 takes auto, distilled "
                               "(large-turbo) or base")
-
-    def _check_sampling(self) -> None:
-        if self._c().variant == "large-turbo" and getattr(self.cfg.sample, "cfg_scale", None) not in (None, 1.0):
-            raise ConfigError("sample.cfg_scale: SD3.5 Large Turbo is step-distilled and samples without CFG (as its "
-                              "model card: 4 steps, guidance 0); remove it")
-
-    def before_placement(self, memory: Any, log: Any) -> None:
-        """Nothing SD3-specific to apply."""
 
     def t5_length(self) -> int:
         return int(getattr(self.cfg.training, "t5_max_length", None) or configs.T5_TOKENS)
@@ -127,28 +108,6 @@ class Adapter(common.ComponentsAdapter):
         return {"vae": self.cache_key("vae", "vae", f"mean;{VAE_SCALE};{VAE_SHIFT}"),
                 "text": self.cache_key("text", "clip_l", *other, tok, f"t5len={self.t5_length()}", "hidden[-2]"),
                 "model": self.cache_key("model", "checkpoint")}
-
-    def offload_encoders(self) -> None:
-        c = self._c()
-        for name in self.encoders:
-            if c.loaded(name) and getattr(c, name) is not None:
-                getattr(c, name).to("cpu")
-
-    @contextlib.contextmanager
-    def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
-        module.to(self.device)
-        yield self.device
-
-    # ------------------------------------------------------------------------------------------ encoding
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] -> (mean − shift) · scale, [B,16,H/8,W/8]; sides must be multiples of 16."""
-        vae = self._c().vae
-        if pixels.shape[-1] % 16 or pixels.shape[-2] % 16:
-            raise ValueError(f"sd3: image size {pixels.shape[-1]}x{pixels.shape[-2]} must be a multiple of 16")
-        with self._on_device(vae) as where:
-            z = vae.encode(pixels.to(where, next(vae.parameters()).dtype)).latent_dist.mode().float()
-        return ((z - VAE_SHIFT) * VAE_SCALE).cpu()
 
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """{"prompt_embeds": [B, 77 + t5_max_length, 4096], "pooled": [B, 2048]} (the pipeline's encode_prompt); on
@@ -176,20 +135,6 @@ class Adapter(common.ComponentsAdapter):
         return {"te1": c.clip_l, "te2": c.clip_g}
 
     # ------------------------------------------------------------------------------------------ objective
-    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
-              generator: torch.Generator) -> NoisedInput:
-        """σ from training.timestep_sampling (flux_shift with the transformer's token count h·w/4); x_σ, ε − x0."""
-        from lorakit.diffusion.objectives import flow_noise, flow_target, sample_sigmas
-        b, _, h, w = latents.shape
-        sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
-                               logit_mean=training.logit_mean, logit_std=training.logit_std,
-                               shift=training.discrete_flow_shift, seq_len=(h // 2) * (w // 2))
-        host = sigmas
-        sigmas = to_gpu(sigmas, latents.device)
-        return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
-                           target=flow_target(latents, noise),
-                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
-
     def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
         """The transformer on [B,16,h,w] at σ; returns the velocity ε − x0 in float32."""
         tr = self._c().transformer
@@ -202,34 +147,11 @@ class Adapter(common.ComponentsAdapter):
                  pooled_projections=to_gpu(text["pooled"], dev, dt), return_dict=False)[0]
         return out.float()
 
-    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
-        return self._forward(noised.model_input, noised.timesteps, batch.text)
-
     # ------------------------------------------------------------------------------------------ sampling
-    def sample_settings(self, prompt: SamplePrompt) -> tuple[int, float]:
-        """(steps, CFG scale): the variant's defaults where neither the prompt nor ``sample.*`` set them."""
-        variant = self._c().variant
-        steps_default, cfg_default = configs.SAMPLE_DEFAULTS.get(variant, configs.SAMPLE_DEFAULTS["large"])
-        steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or steps_default
-        cfg_set = getattr(self.cfg.sample, "cfg_scale", None) is not None or prompt.cfg_scale != SPEC.default_cfg_scale
-        if variant == "large-turbo":
-            if cfg_set and prompt.cfg_scale != 1.0:
-                raise ConfigError("sample.cfg_scale: SD3.5 Large Turbo samples without CFG; set it to 1")
-            return steps, 1.0
-        return steps, (prompt.cfg_scale if cfg_set else cfg_default)
-
     @torch.no_grad()
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler along the pipeline's scheduler; CFG (negative: the prompt's, else empty)."""
         return self.flow_sample(prompt, generator, SPEC.latent_channels, sample_schedule)
-
-    def decode(self, x: torch.Tensor) -> Any:
-        vae = self._c().vae
-        with self._on_device(vae) as where:
-            z = x.float().to(where) / VAE_SCALE + VAE_SHIFT
-            img = vae.decode(z.to(next(vae.parameters()).dtype)).sample
-        from lorakit.data.images import to_images
-        return to_images(img[0])[0]
 
     # ------------------------------------------------------------------------------------------ LoRA
     def _depths(self) -> tuple[int, tuple[int, ...]]:
@@ -268,11 +190,7 @@ class Adapter(common.ComponentsAdapter):
         return {
             "ss_base_model_version": BASE_VERSION[variant],
             "ss_network_module": SPEC.network_module,
-            "ss_timestep_sampling": str(t.timestep_sampling),
-            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
-            "ss_logit_mean": str(float(t.logit_mean)),
-            "ss_logit_std": str(float(t.logit_std)),
-            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            **common.flow_metadata(t),
             "ss_t5xxl_max_token_length": str(self.t5_length()),
             "ss_model_prediction_type": "raw",
             "lorakit_sd3_variant": variant,

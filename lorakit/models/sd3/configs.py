@@ -22,6 +22,8 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from lorakit.models.common import read_config  # noqa: F401 (the one component-config reader: configs.read_config)
+
 VAE_SCALE, VAE_SHIFT = 1.5305, 0.0609
 SHIFT = 3.0                                # the scheduler's static shift (scheduler_config.json of all SD3.5 repos)
 CLIP_TOKENS = 77
@@ -73,17 +75,6 @@ def vae_config() -> dict[str, Any]:
 
 def scheduler_config() -> dict[str, Any]:
     return {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": SHIFT}
-
-
-def read_config(config_dir: Optional[str | os.PathLike[str]], sub: str) -> Optional[dict[str, Any]]:
-    """The JSON config of one component (``transformer``/``vae``/``text_encoder``...) from a folder, or None."""
-    if config_dir is None:
-        return None
-    path = Path(config_dir) / sub / "config.json"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def write_config_folder(folder: str | os.PathLike[str], transformer: dict[str, Any],

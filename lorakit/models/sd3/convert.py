@@ -18,8 +18,10 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 
 from lorakit.errors import ModelLoadError
+from lorakit.models import common
+from lorakit.models.common import count_blocks as _count, strip_prefix, tensor_shape as _shape  # noqa: F401 (re-exported)
 
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+PREFIXES = common.DIT_PREFIXES
 ORIGINAL_MARK = "joint_blocks.0.x_block.attn.qkv.weight"
 DIFFUSERS_MARK = "transformer_blocks.0.attn.add_q_proj.weight"
 ENCODER_PREFIXES = {"clip_l": "text_encoders.clip_l.transformer.", "clip_g": "text_encoders.clip_g.transformer.",
@@ -114,22 +116,10 @@ def swap_halves(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([b, a], dim=0)
 
 
-def strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
-    for p in PREFIXES:
-        if any(k.startswith(p) for k in sd):
-            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-    return dict(sd)
-
-
 def encoder_part(sd: Mapping[str, Any], role: str) -> dict[str, Any]:
     """The tensors of a bundled single file's ``role`` (clip_l / clip_g / t5xxl / vae), prefix removed."""
     p = ENCODER_PREFIXES[role]
     return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-
-
-def _count(keys: Iterable[str], prefix: str) -> int:
-    found = {int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return max(found) + 1 if found else 0
 
 
 def what_is(keys: Iterable[str]) -> str:
@@ -148,29 +138,11 @@ def what_is(keys: Iterable[str]) -> str:
         return "a Z-Image transformer"
     if "txt_norm.weight" in ks and starts("transformer_blocks."):
         return "a Qwen-Image transformer"
-    if starts("conditioner.embedders.", "input_blocks.", "down_blocks.", "cond_stage_model."):
-        return "an SD / SDXL U-Net checkpoint"
-    if starts("model.layers.", "layers.") and any("self_attn" in k for k in ks):
-        return "a Qwen3 text encoder" if any("q_norm" in k for k in ks) else "a Llama-type text encoder"
-    if starts("encoder.block.", "shared."):
-        return "a T5 text encoder"
-    if starts("text_model.", "embeddings.token_embedding."):
-        return "a CLIP text encoder"
-    if starts("encoder.conv_in.", "decoder.conv_in.", "first_stage_model."):
-        return "an autoencoder"
-    return "not a recognised model file"
+    return common.what_else(ks)
 
 
 def layout(sd: Mapping[str, Any]) -> str:
-    if ORIGINAL_MARK in sd:
-        return "original"
-    if DIFFUSERS_MARK in sd:
-        return "diffusers"
-    return "unknown"
-
-
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(v["shape"]) if isinstance(v, Mapping) else tuple(v.shape)
+    return common.layout(sd, ORIGINAL_MARK, DIFFUSERS_MARK)
 
 
 def detect(sd: Mapping[str, Any], where: str, head_dim: Optional[int] = None) -> Shape:

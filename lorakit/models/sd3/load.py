@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, shards
 
 from . import configs
 from .convert import ENCODER_PREFIXES, Shape, detect, layout, original_to_diffusers, strip_prefix, \
@@ -139,7 +139,7 @@ def build_vae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base:
 # ----------------------------------------------------------------------------------------------- components
 
 @dataclass
-class SD3Components:
+class SD3Components(LazyParts):
     """The loaded SD3 parts; encoders, VAE and tokenizers are read on first use. ``t5`` may be None."""
 
     transformer: nn.Module
@@ -155,9 +155,6 @@ class SD3Components:
     t5 = LazyPart()
     vae = LazyPart()
     tokenizers = LazyPart()
-
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
 
 
 def resolve_variant(shape: Shape, wanted: str, name: str) -> tuple[str, str]:
@@ -219,11 +216,7 @@ def _folder_sources(src: Path) -> dict[str, Optional[tuple[list[Path], str]]]:
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                     log: Callable[[str], None] = print) -> SD3Components:
     """Read the transformer now (any source), the rest on first use; the variant decided."""
-    if not getattr(model_cfg, "checkpoint", None):
-        raise ConfigError("model.checkpoint: required (sd3.5_large.safetensors, a diffusers folder, ...)")
-    src = Path(model_cfg.checkpoint).expanduser()
-    if not src.exists():
-        raise ConfigError(f"model.checkpoint: {src} not found (SD3 loads local files only)")
+    src = local_checkpoint(model_cfg, "sd3.5_large.safetensors", "SD3")
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     sources: dict[str, Optional[tuple[list[Path], str]]]

@@ -11,18 +11,16 @@ linears. Module paths are diffusers paths; export renames them to kohya's SGM-ba
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from lorakit.fsutil import path_identity
 from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models.sdxl import configs
 from lorakit.models.sdxl.convert import unet_module_to_sgm
+from lorakit.models.unet import UNetAdapter, _OnFirstUse
 
 SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=0.0, vae_downscale=8, patch_size=1,
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
@@ -177,49 +175,13 @@ def export_diffusers(lora: dict[str, dict[str, LoraModule]]) -> dict[str, torch.
     return out
 
 
-# ------------------------------------------------------------------------------------------- identity
-
-def _source_fingerprint(source: Optional[str], sub: str = "") -> str:
-    """:func:`lorakit.fsutil.path_identity` of a file or a diffusers folder's component, or a hub id as text."""
-    if not source:
-        return "none"
-    path = Path(source).expanduser()
-    if path.is_file() or (path / sub).is_dir():
-        return path_identity(path, sub)
-    return hashlib.sha256(f"hub:{source}".encode()).hexdigest()
-
-
-# -------------------------------------------------------------------------------------------- adapter
-
-class _OnFirstUse:
-    """An adapter attribute (VAE, text encoder, tokenizer) read from disk the first time it is used.
-
-    ``load()`` reads only the UNet; a run whose latent and text caches are complete never touches the VAE
-    or the text encoders, so they are loaded here, on first access, and moved to the adapter's device.
-    Setting the attribute (``attach``) stores the module as given.
-    """
-
-    def __init__(self, part: str) -> None:
-        self.part = part                      # "vae" or "text": what is read together
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = "_" + name
-
-    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
-        if obj is None:
-            return self
-        if obj.__dict__.get(self.slot) is None and obj.__dict__.get("_parts") is not None:
-            obj._read_part(self.part)
-        return obj.__dict__.get(self.slot)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj.__dict__[self.slot] = value
-
-
-class Adapter:
+class Adapter(UNetAdapter):
     """SDXL behind the ModelAdapter protocol; made per run with the config sections it needs."""
 
     spec = SPEC
+    label = "SDXL"
+    text_folders = ("text_encoder", "text_encoder_2")
+    encoder_slots = ("_te1", "_te2", "_vae")
     vae = _OnFirstUse("vae")
     te1 = _OnFirstUse("text")
     te2 = _OnFirstUse("text")
@@ -282,10 +244,6 @@ class Adapter:
             te1, te2, self.tokenizer1, self.tokenizer2 = self._parts.load_text()
             self.te1, self.te2 = te1.to(self.device, self.dtype), te2.to(self.device, self.dtype)
 
-    def loaded_parts(self) -> list[str]:
-        """Which of the parts read on first use are in memory ("vae", "text"); for tests and benchmarks."""
-        return [name for name, slot in (("vae", "_vae"), ("text", "_te1")) if self.__dict__.get(slot) is not None]
-
     def attach(self, unet: Any, vae: Any, te1: Any, te2: Any, tokenizer1: Any, tokenizer2: Any,
                scheduler_config: Optional[dict] = None, *, device: torch.device = torch.device("cpu"),
                dtype: torch.dtype = torch.float32, force_zeros_for_empty_prompt: Optional[bool] = None) -> None:
@@ -306,67 +264,12 @@ class Adapter:
         if force_zeros_for_empty_prompt is not None:
             self.force_zeros_for_empty_prompt = bool(force_zeros_for_empty_prompt)
 
-    def _need(self) -> None:
-        if self.unet is None:
-            raise RuntimeError("SDXL adapter: call load() first")
-
-    def _unet_place(self) -> tuple[torch.device, torch.dtype]:
-        """The U-Net's device and compute dtype, read from its first parameter (``conv_in``, never swapped or
-        stored in fp8). diffusers' ``unet.device`` / ``unet.dtype`` first walk every submodule looking for
-        casting hooks: with the LoRA layers injected that is about 7,700 modules and 15 ms each (run 21 showed
-        the GPU idle about 40 ms per SDXL step at that spot)."""
-        p = next(self.unet.parameters())
-        return p.device, p.dtype
-
-    def identity(self) -> dict[str, str]:
-        """Cache keys: ``vae`` (VAE weights + scaling), ``text`` (both encoders + tokenizers), ``model``.
-
-        Reads file fingerprints and configs only: it never makes the VAE or the text encoders load."""
-        ckpt = getattr(self.model_cfg, "checkpoint", None)
-        base = _source_fingerprint(ckpt)
-        vae_file = getattr(self.model_cfg, "vae", None)
-        vae_fp = _source_fingerprint(vae_file) if vae_file else _source_fingerprint(ckpt, "vae")
-        if self.__dict__.get("_vae") is None and self._parts is not None:
-            scaling = self._parts.vae_scaling_factor
-        else:
-            scaling = getattr(getattr(self.vae, "config", None), "scaling_factor", SPEC.vae_scale)
-        tok = getattr(self.model_cfg, "tokenizer_dir", None) or "builtin"
-        text_fp = base if not Path(str(ckpt)).is_dir() else (
-            _source_fingerprint(ckpt, "text_encoder") + _source_fingerprint(ckpt, "text_encoder_2"))
-
-        def digest(*parts: str) -> str:
-            return "sdxl-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
-
-        return {"vae": digest("vae", vae_fp, str(scaling), str(SPEC.vae_shift)),
-                "text": digest("text", text_fp, str(tok), "penultimate+pooled",
-                               *([f"chunks{self.max_token_length}"] if self.max_token_length != 75 else [])),
-                "model": digest("model", base)}
+    def _text_settings(self) -> list[str]:
+        return ["penultimate+pooled", *([f"chunks{self.max_token_length}"] if self.max_token_length != 75 else [])]
 
     # ---- encoders
-    def vae_downscale(self) -> int:
-        """Pixels per latent pixel of the loaded VAE (8 for SDXL; tiny test VAEs may differ)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] → a sample of the VAE posterior, shifted and scaled; float32 on the CPU."""
-        self._need()
-        ds = self.vae_downscale()
-        if pixels.shape[-1] % ds or pixels.shape[-2] % ds:
-            raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of the VAE's {ds}")
-        dist = self.vae.encode(pixels.to(self.vae.device, torch.float32)).latent_dist
-        # the posterior sample (as kohya caches SDXL latents), with noise drawn from a generator derived from the run's
-        # seed and each image's own pixels: the same config and data give the same latents, batch or no batch
-        eps = torch.stack([torch.randn(tuple(dist.mean.shape[1:]), generator=self._item_generator(p))
-                           for p in pixels])
-        z = dist.mean + dist.std * eps.to(dist.mean.device, dist.mean.dtype)
-        shift = getattr(self.vae.config, "shift_factor", None) or SPEC.vae_shift
-        return ((z - shift) * self.vae.config.scaling_factor).float().cpu()
-
-    def _item_generator(self, pixels: torch.Tensor) -> torch.Generator:
-        seed = int(getattr(self.training, "seed", 0) or 0)
-        digest = hashlib.sha256(f"{seed}:".encode() + pixels.detach().float().cpu().numpy().tobytes()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    def _vae_shift(self) -> float:
+        return getattr(self.vae.config, "shift_factor", None) or SPEC.vae_shift
 
     def _tokens(self, tokenizer: Any, captions: list[str]) -> torch.Tensor:
         """[B·n, 77] token ids: n = max_token_length / 75 chunks per caption (n = 1: the plain 77 tokens)."""
@@ -393,26 +296,6 @@ class Adapter:
         h1, h2 = (join_chunks(h.float().cpu(), len(captions), n) for h in (out1.hidden_states[-2], out2.hidden_states[-2]))
         pooled = out2.text_embeds.float().cpu().reshape(len(captions), n, -1)[:, 0]  # the first chunk's
         return {"context": torch.cat([h1, h2], dim=-1), "pooled": pooled}
-
-    def before_placement(self, memory: Any, log: Any) -> None:
-        """Nothing SDXL-specific to apply before placement."""
-
-    def offload_encoders(self) -> None:
-        """Text encoders and VAE go to the CPU (after caching) to free accelerator memory; parts never read
-        stay unread."""
-        for m in (self.__dict__.get("_te1"), self.__dict__.get("_te2"), self.__dict__.get("_vae")):
-            if m is not None:
-                m.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def vae_module(self) -> nn.Module:
-        """The VAE (read on first use): the planner may switch it to tiled encode / decode (train/autoplan.py)."""
-        return self.vae
-
-    def denoiser(self) -> nn.Module:
-        self._need()
-        return self.unet
 
     def text_encoder_modules(self) -> dict[str, nn.Module]:
         """{"te1", "te2"}: read from disk if needed when ``network.train_text_encoder`` is on; otherwise only
@@ -458,22 +341,8 @@ class Adapter:
         }
 
     # ---- objective
-    def alphas_cumprod(self) -> torch.Tensor:
-        if self._alphas_cumprod is None:
-            from lorakit.diffusion.noise_options import scheduler_alphas
-
-            self._alphas_cumprod = scheduler_alphas(self.scheduler_config)
-        return self._alphas_cumprod
-
-    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
-              generator: torch.Generator) -> NoisedInput:
-        """DDPM: t ~ U[min_timestep, max_timestep), noise offset, multires noise, x_t (from ε + γ·ξ with
-        ip_noise_gamma), ε or v target, min-SNR-γ and debiased-estimation weights."""
-        from lorakit.diffusion.noise_options import ddpm_noised
-
-        x_t, t, target, weight = ddpm_noised(latents, noise, training, generator, self.alphas_cumprod(),
-                                             getattr(training, "prediction", SPEC.prediction))
-        return NoisedInput(model_input=x_t, timesteps=t, target=target, weight=weight)
+    def _prediction(self, training: Any) -> str:
+        return getattr(training, "prediction", SPEC.prediction)
 
     @staticmethod
     def time_ids(batch: Batch) -> torch.Tensor:
@@ -496,55 +365,17 @@ class Adapter:
                                self.time_ids(batch))
 
     # ---- sampling
-    def _scheduler(self, name: str) -> Any:
-        from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    def _sample_prediction(self, scheduler_config: dict) -> str:
+        return getattr(self.training, "prediction", scheduler_config.get("prediction_type", "epsilon"))
 
-        cfg = dict(self.scheduler_config)
-        cfg["prediction_type"] = getattr(self.training, "prediction", cfg.get("prediction_type", "epsilon"))
-        if name == "euler":
-            return EulerDiscreteScheduler.from_config(cfg)
-        if name == "dpmpp_2m":
-            return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
-                                                           use_karras_sigmas=True)
-        raise ValueError(f"sample.sampler: {name!r} is not an SDXL sampler; use 'euler' or 'dpmpp_2m'")
-
-    @torch.no_grad()
-    def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
-        """One preview image (PIL) with CFG and negative prompt, drawn with the current (LoRA) weights.
-
-        An empty negative prompt gives zero embeddings when the model's pipeline config says so
+    def _preview_call(self, prompt: SamplePrompt, height: int, width: int, use_cfg: bool) -> Any:
+        """An empty negative prompt gives zero embeddings when the model's pipeline config says so
         (``force_zeros_for_empty_prompt``, true for SDXL base), else the encoding of "".
         """
-        from lorakit.data.images import to_images
-
-        self._need()
-        steps = prompt.steps or getattr(self.sample_cfg, "steps", None) or SPEC.default_sample_steps
-        sched = self._scheduler(prompt.sampler or getattr(self.sample_cfg, "sampler", "euler"))
-        unit = self.vae_downscale() * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        height = max(unit, int(round(prompt.height / unit)) * unit)
-        width = max(unit, int(round(prompt.width / unit)) * unit)
         cond = self.encode_text([prompt.prompt])
         uncond = (self.encode_text([prompt.negative]) if prompt.negative or not self.force_zeros_for_empty_prompt
                   else {k: torch.zeros_like(v) for k, v in cond.items()})
-        cfg_scale = float(prompt.cfg_scale)
-        use_cfg = cfg_scale > 1.0
         context = torch.cat([uncond["context"], cond["context"]]) if use_cfg else cond["context"]
         pooled = torch.cat([uncond["pooled"], cond["pooled"]]) if use_cfg else cond["pooled"]
         time_ids = torch.tensor([[height, width, 0, 0, height, width]] * context.shape[0], dtype=torch.float32)
-        ds = self.vae_downscale()
-        shape = (1, self.unet.config.in_channels, height // ds, width // ds)
-        latents = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-        sched.set_timesteps(steps)
-        latents = latents.to(self._unet_place()[0]) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            inp = torch.cat([latents] * 2) if use_cfg else latents
-            inp = sched.scale_model_input(inp, t)
-            pred = self._unet_call(inp, t.expand(inp.shape[0]), context, pooled, time_ids).float()
-            if use_cfg:
-                u, c = pred.chunk(2)
-                pred = u + cfg_scale * (c - u)
-            latents = sched.step(pred, t, latents, return_dict=False)[0]
-        shift = getattr(self.vae.config, "shift_factor", None) or SPEC.vae_shift
-        z = latents.to(self.vae.device, torch.float32) / self.vae.config.scaling_factor + shift
-        image = self.vae.decode(z).sample[0]
-        return to_images(image)[0]
+        return lambda x, t: self._unet_call(x, t, context, pooled, time_ids)

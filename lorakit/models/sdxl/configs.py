@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from lorakit.fsutil import write_json
+from lorakit.fsutil import write_folder_once, write_json
 from lorakit.models.tokenizers import CLIP_EOS, write_clip_tokenizer_files
 
 CONFIG_VERSION = "sdxl-base-1.0-v1"  # bump when the dicts below change: the cache folder name follows it
@@ -185,22 +183,9 @@ def cache_root() -> Path:
 def shipped_config_dir() -> Path:
     """The full-size SDXL base config folder, written once into the cache (atomically: temp dir + rename)."""
     target = cache_root() / "configs" / CONFIG_VERSION
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    try:
-        write_config_folder(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process won the race: its folder is identical
-            if not (target / "model_index.json").is_file():
-                raise
-        else:  # said once: the one time lorakit writes outside the run folder without being asked
-            print(f"note: model.config_dir is not set: wrote the SDXL config folder (configs only, no weights) to "
-                  f"{target}; $XDG_CACHE_HOME or $LORAKIT_CACHE move it, model.config_dir replaces it",
-                  file=sys.stderr)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if write_folder_once(target, write_config_folder, "model_index.json"):
+        # said once: the one time lorakit writes outside the run folder without being asked
+        print(f"note: model.config_dir is not set: wrote the SDXL config folder (configs only, no weights) to "
+              f"{target}; $XDG_CACHE_HOME or $LORAKIT_CACHE move it, model.config_dir replaces it",
+              file=sys.stderr)
     return target

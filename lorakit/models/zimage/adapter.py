@@ -13,15 +13,13 @@ Conventions (checked against diffusers' ZImagePipeline in the tests):
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from torch import nn
 
 from lorakit.errors import ConfigError
 from lorakit.models import common, estimates
-from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 
 from . import configs, planning
 
@@ -49,10 +47,6 @@ SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_s
 ARCHITECTURE = "z-image"                       # SwarmUI's model class id ("z-image/lora" for LoRAs)
 
 
-def deferred_placement(memory: Any) -> bool:
-    return common.deferred_placement(memory)
-
-
 def time_shift(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     """The scheduler's static shift: σ' = shift·σ / (1 + (shift − 1)·σ)."""
     return shift * sigmas / (1 + (shift - 1) * sigmas)
@@ -71,21 +65,16 @@ class Adapter(common.ComponentsAdapter):
 
     spec = SPEC
     family = "zimage"
-
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
-        self.comps: Any = None
-        self.device = torch.device("cpu")
-        self.dtype = torch.bfloat16
+    sample_defaults = configs.SAMPLE_DEFAULTS
+    no_cfg_variant = "turbo"
+    no_cfg_refusal = ("sample.cfg_scale: Z-Image Turbo is step-distilled and samples without CFG (as its pipeline, "
+                      "guidance 0); remove it",
+                      "sample.cfg_scale: Z-Image Turbo samples without CFG; set it to 1 (or use base)")
 
     # ------------------------------------------------------------------------------------------ loading
-    def load(self, model: Any, memory: Any, device: torch.device, dtype: torch.dtype) -> None:
+    def _load_components(self, model: Any, dtype: torch.dtype) -> Any:
         from .load import load_components
-        self.comps = load_components(model, dtype)
-        self.device, self.dtype = torch.device(device), dtype
-        self._check_sampling()
-        if not deferred_placement(memory):
-            self.comps.transformer.to(self.device)
+        return load_components(model, dtype)
 
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
@@ -97,14 +86,6 @@ class Adapter(common.ComponentsAdapter):
             raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; Z-Image takes auto, "
                               "distilled (Turbo) or base")
 
-    def _check_sampling(self) -> None:
-        if self._c().variant == "turbo" and getattr(self.cfg.sample, "cfg_scale", None) not in (None, 1.0):
-            raise ConfigError("sample.cfg_scale: Z-Image Turbo is step-distilled and samples without CFG (as its "
-                              "pipeline, guidance 0); remove it")
-
-    def before_placement(self, memory: Any, log: Any) -> None:
-        """Nothing Z-Image-specific to apply."""
-
     def text_length(self) -> int:
         return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
 
@@ -115,22 +96,7 @@ class Adapter(common.ComponentsAdapter):
                 "text": self.cache_key("text", "text_encoder", tok, f"len={self.text_length()}", "hidden[-2]"),
                 "model": self.cache_key("model", "checkpoint")}
 
-    @contextlib.contextmanager
-    def _on_device(self, module: nn.Module) -> Iterator[torch.device]:
-        module.to(self.device)
-        yield self.device
-
     # ------------------------------------------------------------------------------------------ encoding
-    @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B,3,H,W] in [-1,1] -> (mean − shift) · scale, [B,16,H/8,W/8]; sides must be multiples of 16."""
-        ae = self._c().ae
-        if pixels.shape[-1] % 16 or pixels.shape[-2] % 16:
-            raise ValueError(f"zimage: image size {pixels.shape[-1]}x{pixels.shape[-2]} must be a multiple of 16")
-        with self._on_device(ae) as where:
-            z = ae.encode(pixels.to(where, next(ae.parameters()).dtype)).latent_dist.mode().float()
-        return ((z - VAE_SHIFT) * VAE_SCALE).cpu()
-
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """{"prompt_embeds": [B, L, 2560] (Qwen3 hidden_states[-2]), "prompt_mask": [B, L]}, L = text_max_length."""
@@ -141,20 +107,6 @@ class Adapter(common.ComponentsAdapter):
         return {"prompt_embeds": emb.float().cpu(), "prompt_mask": mask.cpu()}
 
     # ------------------------------------------------------------------------------------------ objective
-    def noise(self, latents: torch.Tensor, noise: torch.Tensor, batch: Batch, training: Any,
-              generator: torch.Generator) -> NoisedInput:
-        """σ from training.timestep_sampling (flux_shift with the transformer's token count h·w/4); x_σ, ε − x0."""
-        from lorakit.diffusion.objectives import flow_noise, flow_target, sample_sigmas
-        b, _, h, w = latents.shape
-        sigmas = sample_sigmas(b, training.timestep_sampling, generator, sigmoid_scale=training.sigmoid_scale,
-                               logit_mean=training.logit_mean, logit_std=training.logit_std,
-                               shift=training.discrete_flow_shift, seq_len=(h // 2) * (w // 2))
-        host = sigmas
-        sigmas = to_gpu(sigmas, latents.device)
-        return NoisedInput(model_input=flow_noise(latents, noise, sigmas), timesteps=sigmas,
-                           target=flow_target(latents, noise),
-                           weight=torch.ones(b, device=latents.device, dtype=torch.float32), host_timesteps=host)
-
     def _forward(self, x: torch.Tensor, sigmas: torch.Tensor, text: dict[str, torch.Tensor]) -> torch.Tensor:
         """The transformer on [B,16,h,w] at σ with the captions' real tokens; returns the velocity ε − x0, float32."""
         from .text import unpad
@@ -168,33 +120,11 @@ class Adapter(common.ComponentsAdapter):
         out = tr(xs, t, caps, return_dict=False)[0]
         return -torch.stack([o.float() for o in out]).squeeze(2)
 
-    def predict(self, noised: NoisedInput, batch: Batch) -> torch.Tensor:
-        return self._forward(noised.model_input, noised.timesteps, batch.text)
-
     # ------------------------------------------------------------------------------------------ sampling
-    def sample_settings(self, prompt: SamplePrompt) -> tuple[int, float]:
-        """(steps, CFG scale): the variant's defaults where neither the prompt nor ``sample.*`` set them."""
-        steps_default, cfg_default = configs.SAMPLE_DEFAULTS[self._c().variant]
-        steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or steps_default
-        cfg_set = getattr(self.cfg.sample, "cfg_scale", None) is not None or prompt.cfg_scale != SPEC.default_cfg_scale
-        if self._c().variant == "turbo":
-            if cfg_set and prompt.cfg_scale != 1.0:
-                raise ConfigError("sample.cfg_scale: Z-Image Turbo samples without CFG; set it to 1 (or use base)")
-            return steps, 1.0
-        return steps, (prompt.cfg_scale if cfg_set else cfg_default)
-
     @torch.no_grad()
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
         """Flow-match Euler along ZImagePipeline's schedule; CFG on base (negative: the prompt's, else empty)."""
         return self.flow_sample(prompt, generator, SPEC.latent_channels, sample_schedule)
-
-    def decode(self, x: torch.Tensor) -> Any:
-        ae = self._c().ae
-        with self._on_device(ae) as where:
-            z = x.float().to(where) / VAE_SCALE + VAE_SHIFT
-            img = ae.decode(z.to(next(ae.parameters()).dtype)).sample
-        from lorakit.data.images import to_images
-        return to_images(img[0])[0]
 
     # ------------------------------------------------------------------------------------------ LoRA
     def _depths(self) -> tuple[int, int]:
@@ -229,11 +159,7 @@ class Adapter(common.ComponentsAdapter):
         return {
             "ss_base_model_version": SPEC.metadata_base_version,
             "ss_network_module": SPEC.network_module,
-            "ss_timestep_sampling": str(t.timestep_sampling),
-            "ss_sigmoid_scale": str(float(t.sigmoid_scale)),
-            "ss_logit_mean": str(float(t.logit_mean)),
-            "ss_logit_std": str(float(t.logit_std)),
-            "ss_discrete_flow_shift": str(float(t.discrete_flow_shift)),
+            **common.flow_metadata(t),
             "ss_model_prediction_type": "raw",
             "lorakit_zimage_variant": self._c().variant,
             "modelspec.architecture": f"{ARCHITECTURE}/lora",

@@ -10,10 +10,9 @@ weights at load time (:mod:`.convert`); these dicts supply what the weights cann
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+from lorakit.models.common import read_config  # noqa: F401 (the one component-config reader: configs.read_config)
 
 MAX_TEXT_TOKENS = 512               # the pipeline's max_sequence_length
 VARIANTS = ("turbo", "base")
@@ -45,14 +44,3 @@ def scheduler_config() -> dict[str, Any]:
     """FlowMatchEulerDiscreteScheduler as ZImagePipeline ships it (static shift 3, no dynamic shifting)."""
     return {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": SHIFT,
             "use_dynamic_shifting": False}
-
-
-def read_config(config_dir: Optional[str | os.PathLike[str]], sub: str) -> Optional[dict[str, Any]]:
-    """The JSON config of one component (``transformer``/``text_encoder``/``vae``) from a folder, or None."""
-    if config_dir is None:
-        return None
-    path = Path(config_dir) / sub / "config.json"
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)

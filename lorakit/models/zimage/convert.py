@@ -17,8 +17,10 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 
 from lorakit.errors import ModelLoadError
+from lorakit.models import common
+from lorakit.models.common import count_blocks as _count, strip_prefix  # noqa: F401 (re-exported)
 
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+PREFIXES = common.DIT_PREFIXES
 ORIGINAL_MARK = "layers.0.attention.qkv.weight"          # original layout
 DIFFUSERS_MARK = "layers.0.attention.to_q.weight"        # diffusers layout
 ZIMAGE_MARK = "layers.0.adaLN_modulation.0.weight"       # Z-Image's block modulation (Lumina 2's is .1: SiLU first)
@@ -43,13 +45,6 @@ class Shape:
         return self.dim // self.head_dim
 
 
-def strip_prefix(sd: Mapping[str, Any]) -> dict[str, Any]:
-    for p in PREFIXES:
-        if any(k.startswith(p) for k in sd):
-            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-    return dict(sd)
-
-
 def what_is(keys: Iterable[str]) -> str:
     """A short description of what a weights file holds, for the one-line refusal of a wrong file."""
     ks = set(strip_prefix(dict.fromkeys(keys)))
@@ -70,31 +65,11 @@ def what_is(keys: Iterable[str]) -> str:
         return "a Qwen-Image transformer"
     if starts("joint_blocks."):
         return "an SD3 transformer"
-    if starts("conditioner.embedders.", "input_blocks.", "model.diffusion_model.input_blocks.", "down_blocks.",
-              "cond_stage_model."):
-        return "an SD / SDXL U-Net checkpoint"
-    if starts("model.layers.", "layers.") and any("self_attn" in k for k in ks):
-        return "a Qwen3 text encoder" if any("q_norm" in k for k in ks) else "a Llama-type text encoder"
-    if starts("encoder.block.", "shared."):
-        return "a T5 text encoder"
-    if starts("text_model.", "embeddings.token_embedding."):
-        return "a CLIP text encoder"
-    if starts("encoder.conv_in.", "decoder.conv_in.", "first_stage_model."):
-        return "an autoencoder"
-    return "not a recognised model file"
+    return common.what_else(ks)
 
 
 def layout(sd: Mapping[str, Any]) -> str:
-    if ORIGINAL_MARK in sd:
-        return "original"
-    if DIFFUSERS_MARK in sd:
-        return "diffusers"
-    return "unknown"
-
-
-def _count(keys: Iterable[str], prefix: str) -> int:
-    found = {int(m.group(1)) for k in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return max(found) + 1 if found else 0
+    return common.layout(sd, ORIGINAL_MARK, DIFFUSERS_MARK)
 
 
 def detect(sd: Mapping[str, torch.Tensor], where: str) -> Shape:

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from lorakit.models.common import tensor_shape as _shape
+
 from .convert import ZIMAGE_MARK, _count, strip_prefix, what_is
-
-
-def _shape(v: Any) -> tuple[int, ...]:
-    return tuple(v["shape"]) if isinstance(v, Mapping) else tuple(v.shape)
 
 
 def identify(header: Mapping[str, Any]) -> Optional[Any]:

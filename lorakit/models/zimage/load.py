@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
+    tokenizer_folder
 
 from . import configs
 from .convert import Shape, detect, layout, original_to_diffusers, strip_prefix, transformer_config, what_is
@@ -123,7 +124,7 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mode
 # ----------------------------------------------------------------------------------------------- components
 
 @dataclass
-class ZImageComponents:
+class ZImageComponents(LazyParts):
     """The loaded Z-Image parts. ``text_encoder``, ``ae`` and ``tokenizer`` are read on first use."""
 
     transformer: nn.Module
@@ -137,9 +138,6 @@ class ZImageComponents:
     text_encoder = LazyPart()
     ae = LazyPart()
     tokenizer = LazyPart()
-
-    def loaded(self, name: str) -> bool:
-        return name in self._parts
 
 
 def resolve_variant(wanted: str, name: str) -> tuple[str, str]:
@@ -158,13 +156,9 @@ def resolve_variant(wanted: str, name: str) -> tuple[str, str]:
 
 def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], Any]:
     def load() -> Any:
-        where = Path(model_cfg.tokenizer_dir).expanduser() if getattr(model_cfg, "tokenizer_dir", None) else folder
-        if where is None:
-            raise ConfigError("model.tokenizer_dir: Z-Image needs Qwen3's tokenizer (the tokenizer/ folder of "
-                              "Tongyi-MAI/Z-Image-Turbo); lorakit does not ship it. Point model.tokenizer_dir at it")
-        if not where.is_dir() or not any((where / n).is_file() for n in ("tokenizer.json", "vocab.json")):
-            raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / "
-                              "vocab.json)")
+        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: Z-Image needs Qwen3's tokenizer (the "
+                                 "tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo); lorakit does not ship it. Point "
+                                 "model.tokenizer_dir at it")
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(where))
     return load
@@ -180,11 +174,7 @@ def _read_all(paths: list[Path], allow: bool) -> dict[str, torch.Tensor]:
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                     log: Callable[[str], None] = print) -> ZImageComponents:
     """Read the transformer now (any source), the rest on first use; the variant decided."""
-    if not getattr(model_cfg, "checkpoint", None):
-        raise ConfigError("model.checkpoint: required (z_image_turbo_bf16.safetensors, a diffusers folder, ...)")
-    src = Path(model_cfg.checkpoint).expanduser()
-    if not src.exists():
-        raise ConfigError(f"model.checkpoint: {src} not found (Z-Image loads local files only)")
+    src = local_checkpoint(model_cfg, "z_image_turbo_bf16.safetensors", "Z-Image")
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
     te_src = ae_src = tok_folder = None
@@ -199,20 +189,13 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         tsd = _read_all(sorted((src / "transformer").glob("*.safetensors")), allow)
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
-        te_src = src / "text_encoder" if (src / "text_encoder").is_dir() else None
-        ae_src = src / "vae" if (src / "vae").is_dir() else None
-        tok_folder = src / "tokenizer" if (src / "tokenizer").is_dir() else None
+        te_src, ae_src, tok_folder = folder_parts(src, "text_encoder", "vae", "tokenizer")
         cdir = cdir or str(src)
     else:
         tsd = read_file(src, allow)
-    if getattr(model_cfg, "text_encoder", None):
-        te_src = need_file(model_cfg, "text_encoder", "", "Z-Image")
-    if getattr(model_cfg, "ae", None):
-        ae_src = need_file(model_cfg, "ae", "", "Z-Image")
-    if te_src is None:
-        need_file(model_cfg, "text_encoder", "Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors", "Z-Image")
-    if ae_src is None:
-        need_file(model_cfg, "ae", "FLUX.1's autoencoder, e.g. ComfyUI's vae/ae.safetensors", "Z-Image")
+    te_src, ae_src = component_files(
+        model_cfg, "Z-Image", text_encoder=(te_src, "Qwen3-4B, e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors"),
+        ae=(ae_src, "FLUX.1's autoencoder, e.g. ComfyUI's vae/ae.safetensors"))
     transformer, shape = build_transformer(tsd, dtype, "model.checkpoint", configs.read_config(cdir, "transformer"))
     del tsd
     variant, how = resolve_variant(getattr(model_cfg, "variant", "auto") or "auto", src.name)
