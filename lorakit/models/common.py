@@ -204,8 +204,10 @@ class ComponentsAdapter:
         return x
 
     def vae_module(self) -> Any:
-        """The autoencoder: the planner may switch it to tiled encode / decode (train/autoplan.py)."""
-        return self._c().ae
+        """The autoencoder (``ae`` or, in SD3.5's and Qwen-Image's components, ``vae``): the planner may switch it to
+        tiled encode / decode (train/autoplan.py)."""
+        c = self._c()
+        return c.vae if hasattr(type(c), "vae") else c.ae  # asked of the class: the part loads on first use
 
     def denoiser(self) -> Any:
         return self._c().transformer

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models import common, estimates
+from lorakit.models import common
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 
 from . import configs, planning
@@ -41,8 +41,8 @@ SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shif
                      "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}),
                  # measured (RESULTS.md round 14) and estimated numbers: .planning says which
                  activation_gib=planning.RATES["eager"], activation_gib_compiled=planning.RATES["compiled"],
-                 measured_steps=estimates.measured_rows("qwenimage", planning.MEASURED),
-                 component_gib=planning.components(),
+                 measured_steps=planning.steps(),
+                 component_gib=planning.components(), vae_tiling=True, cfg_batched=False,
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 

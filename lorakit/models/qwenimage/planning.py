@@ -80,13 +80,20 @@ def spec_for(spec: Any, model: Any) -> Any:
     custom = (width, depth) != (WIDTH, BLOCKS)
     rates = {mode: (gc * k, nogc * k) for mode, (gc, nogc) in RATES.items()}
     if MEASURED and not custom:
-        rows, note = estimates.measured_rows("qwenimage", MEASURED), ""
+        rows, note = steps(), ""
     else:
         rows = estimates.scaled_rows("qwenimage", REFERENCE, STEP_SCALE * k, swap_blocks=depth)
         note = estimates.note("Qwen-Image" if not custom else f"Qwen-Image width {width}, {depth} blocks", REFERENCE)
     return replace(spec, activation_gib=rates["eager"], activation_gib_compiled=rates["compiled"],
                    measured_steps=rows, planning_estimate=note if ESTIMATED or custom else "", variant_spec=None,
                    component_gib=components())
+
+
+def steps() -> tuple[dict[str, Any], ...]:
+    """The s/step model's rows: the measured (eager) rows, and the same settings under compile marked estimated
+    (``estimates.compiled``)."""
+    measured = estimates.measured_rows("qwenimage", MEASURED)
+    return measured + estimates.compiled(measured)
 
 
 def components() -> tuple[tuple[str, float], ...]:

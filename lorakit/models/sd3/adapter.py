@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models import common, estimates
+from lorakit.models import common
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 
 from . import configs, planning
@@ -42,8 +42,8 @@ SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shif
                  # ones are Large's (the larger)
                  activation_gib=planning.RATES["large"]["eager"],
                  activation_gib_compiled=planning.RATES["large"]["compiled"],
-                 measured_steps=estimates.measured_rows("sd3", planning.MEASURED["large"]),
-                 component_gib=planning.components(),
+                 measured_steps=planning.steps("large"),
+                 component_gib=planning.components(), vae_tiling=True, cfg_batched=False,
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 

@@ -103,7 +103,7 @@ def spec_for(spec: Any, model: Any) -> Any:
     k = 1.0 if size != "custom" else width * depth / _extent(base)
     rates = {mode: (gc * k, nogc * k) for mode, (gc, nogc) in RATES[base].items()}
     if base in MEASURED and size != "custom":
-        rows, note = estimates.measured_rows("sd3", MEASURED[base]), ""
+        rows, note = steps(base), ""
     else:
         rows = estimates.scaled_rows("sd3", REFERENCE, STEP_SCALE[base] * k, swap_blocks=depth)
         name = NAMES[base] if size != "custom" else f"SD3 width {width}, {depth} blocks"
@@ -111,6 +111,13 @@ def spec_for(spec: Any, model: Any) -> Any:
     return replace(spec, activation_gib=rates["eager"], activation_gib_compiled=rates["compiled"],
                    measured_steps=rows, planning_estimate=note if base in ESTIMATED or size == "custom" else "",
                    variant_spec=None, component_gib=components())
+
+
+def steps(size: str) -> tuple[dict[str, Any], ...]:
+    """The s/step model's rows of a measured size: its measured rows, and the same bf16 settings without checkpointing
+    marked estimated (``estimates.without_checkpointing``)."""
+    measured = estimates.measured_rows("sd3", MEASURED[size])
+    return measured + estimates.without_checkpointing(measured)
 
 
 def components() -> tuple[tuple[str, float], ...]:
