@@ -87,6 +87,9 @@ class ModelSpec:
     component_gib: tuple[tuple[str, float], ...] = ()
     # the VAE is a diffusers autoencoder with enable_tiling (the adapter's ``vae_module()``): the plan may tile it
     vae_tiling: bool = False
+    # the preview sampler runs CFG's two predictions as one batch of 2 (SDXL, SD 1.5); False: one after the other, each
+    # a batch of 1 (the flow families' samplers: models/common.py's euler_cfg, Qwen-Image's true CFG)
+    cfg_batched: bool = True
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Planning numbers of a family that has no GPU rows yet (issue 29: SD3.5, Qwen-Image, Z-Image, SD 1.5): what the
-family planning modules (``lorakit/models/<family>/planning.py``) share.
+"""Planning numbers of a family, or of settings, that have no GPU rows yet (issue 29: Z-Image, SD 1.5; SD3.5 and
+Qwen-Image beyond their measured settings): what the family planning modules (``lorakit/models/<family>/planning.py``)
+share.
 
 Their activation rates come from ``benchmarks/estimate_activations.py`` (the full-size denoiser run on the meta
 device, its Linear / Conv2d traffic counted per block and priced at the bytes per unit that FLUX.1-dev or SDXL
@@ -72,6 +73,32 @@ def scaled_rows(family: str, reference: str, factor: float, swap_blocks: int | N
 def measured_rows(family: str, rows: tuple[Mapping[str, Any], ...]) -> tuple[dict[str, Any], ...]:
     """A size's measured rows (a family table's ``measured`` entry) in cards.toml's form."""
     return tuple({"family": family, "card": "h100", **r} for r in rows)
+
+
+# a step's share spent recomputing every checkpointed block: lorakit/train/cards.py's RECOMPUTE (a test keeps them
+# equal; this layer does not import the trainer's)
+RECOMPUTE = 0.2
+
+
+def without_checkpointing(rows: tuple[Mapping[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    """For each measured row with bf16 weights, nothing swapped and every block checkpointed: the same setting without
+    checkpointing, estimated (s/step less :data:`RECOMPUTE`, as the s/step model extrapolates; no peak), so that a plan
+    of less checkpointing says what is not measured."""
+    return tuple({**r, "s_step": round(float(r["s_step"]) * (1 - RECOMPUTE), 4), "peak_gib": None,
+                  "checkpoint_fraction": 0.0, "source": f"{r['source']}, less {RECOMPUTE:.0%} for the recomputation",
+                  "estimated": "no checkpointing is not measured: its activation sizes are estimated from the "
+                               "architecture (benchmarks/estimate_activations.py), its s/step is the checkpointed "
+                               f"row's less {RECOMPUTE:.0%} for the recomputation"}
+                 for r in rows if float(r.get("checkpoint_fraction", 1.0)) == 1.0 and not r.get("fp8_base")
+                 and not r.get("blocks_to_swap") and not r.get("estimated"))
+
+
+def compiled(rows: tuple[Mapping[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+    """For each measured eager row: the same setting under ``memory.compile``, estimated at the eager row's s/step (no
+    peak), so that a compiled plan says what is not measured."""
+    return tuple({**r, "compile": True, "peak_gib": None, "source": f"{r['source']} (eager)",
+                  "estimated": "compile is not measured: the eager row's s/step and activation size"}
+                 for r in rows if not r.get("compile") and not r.get("estimated"))
 
 
 def note(name: str, reference: str) -> str:

@@ -279,9 +279,13 @@ def tile_vae(adapter, log: Callable[[str], None] = print) -> bool:
     vae = get() if get is not None else None
     if vae is None or not hasattr(vae, "enable_tiling"):
         return False
-    vae.enable_tiling()
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
-    vae.tile_sample_min_size, vae.tile_latent_min_size = TILE, TILE // down
+    if hasattr(vae, "tile_sample_min_height"):  # Qwen-Image's (Wan's) VAE: tile and stride in pixels, per axis
+        vae.enable_tiling(tile_sample_min_height=TILE, tile_sample_min_width=TILE,
+                          tile_sample_stride_height=TILE * 3 // 4, tile_sample_stride_width=TILE * 3 // 4)
+    else:
+        vae.enable_tiling()
+        down = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_sample_min_size, vae.tile_latent_min_size = TILE, TILE // down
     log(f"VAE: tiled encode / decode ({TILE}² tiles), planned from the free memory")
     return True
 
@@ -290,8 +294,9 @@ def tile_vae(adapter, log: Callable[[str], None] = print) -> bool:
 class Phases:
     """The whole run on the card: the peak of each phase (GiB, the planner's reserve included) and what was chosen
     for it. ``cache``: latent caching (batch, tiling) and text caching (encoders on the GPU or the CPU); ``train``:
-    the training step (the plan's estimate); ``previews``: sampling at the preview size (a CFG batch of 2) and the
-    VAE decode (tiled where it would not fit)."""
+    the training step (the plan's estimate); ``previews``: sampling at the preview size (CFG: a batch of 2, or two
+    passes of 1 where the family's sampler runs them one after the other) and the VAE decode (tiled where it would
+    not fit)."""
 
     room_gib: float
     cache: dict
@@ -304,7 +309,8 @@ class Phases:
                + (", VAE tiled" if c["vae_tiling"] else "") + f"; text encoders on the {c['text_encoders']})",
                f"train: ~{self.train_gib:.2f} GiB (the step above)",
                f"previews: ~{p['peak_gib']:.2f} GiB ({p['width']}x{p['height']}, batch {p['batch']}"
-               + (" (CFG)" if p["batch"] > 1 else "") + (", VAE decode tiled" if p["vae_tiling"] else "") + ")"]
+               + (" (CFG)" if p["batch"] > 1 else "") + (", CFG in 2 passes" if p.get("cfg_passes", 1) > 1 else "")
+               + (", VAE decode tiled" if p["vae_tiling"] else "") + ")"]
         worst = max(c["peak_gib"], self.train_gib, p["peak_gib"])
         if worst > self.room_gib:
             out.append(f"warning: a phase needs ~{worst:.1f} GiB, more than the {self.room_gib:g} GiB planned for")
@@ -320,7 +326,8 @@ def plan_phases(cfg, spec, plan: budget.Plan, room: float, *, max_pixels: Option
     (``ModelSpec.component_gib``), the denoiser as planned (during caching only where the family does not place it
     block by block later: the families with ``memory.blocks_to_swap`` keep it off the GPU while the caches fill), the
     LoRA and optimizer state and CUDA graph pool during previews, and the activations of a forward without gradients at
-    the family's checkpointed rate (an upper bound: only one block's intermediates live at a time)."""
+    the family's checkpointed rate (an upper bound: only one block's intermediates live at a time), for a batch of 2
+    under CFG where the family's sampler batches it (``ModelSpec.cfg_batched``), else of 1."""
     from lorakit.config.resolution import resolution_wh
 
     parts = plan.parts
@@ -338,7 +345,8 @@ def plan_phases(cfg, spec, plan: budget.Plan, room: float, *, max_pixels: Option
     sw = cfg.sample.width or w
     sh = cfg.sample.height or h
     scale = spec.default_cfg_scale if cfg.sample.cfg_scale is None else cfg.sample.cfg_scale
-    batch = 2 if float(scale) > 1.0 else 1
+    passes = 2 if float(scale) > 1.0 else 1  # CFG: conditional and unconditional predictions
+    batch = passes if spec.cfg_batched else 1  # in one forward, or one after the other
     spix = sw * sh / 1024**2
     held = parts["weights"] + parts.get("swap window", 0.0) + parts["LoRA+optimizer"] + \
         parts.get("CUDA graph pool", 0.0) + vae
@@ -347,7 +355,7 @@ def plan_phases(cfg, spec, plan: budget.Plan, room: float, *, max_pixels: Option
     tiled = spec.vae_tiling and held + max(sample_act, decode) + reserve > room
     if tiled:
         decode *= tiled_share(sw * sh)
-    previews = {"width": sw, "height": sh, "batch": batch, "vae_tiling": bool(tiled),
+    previews = {"width": sw, "height": sh, "batch": batch, "cfg_passes": passes // batch, "vae_tiling": bool(tiled),
                 "peak_gib": round(held + max(sample_act, decode) + reserve, 3)}
     return Phases(room, {"latent_batch": cache.latent_batch, "vae_tiling": cache.vae_tiling,
                          "text_encoders": "GPU" if te_gpu else "CPU", "peak_gib": round(cache_peak, 3)},

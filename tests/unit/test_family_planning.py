@@ -4,7 +4,9 @@ tier gets a plan whose predicted peak is within the cap, a cap below the family'
 memory.vram_gb, SD3.5's and Qwen-Image's shapes come from the checkpoint's header, and the weights the planner counts
 are the full-size models' own parameters (built on the meta device, as `lorakit plan` builds them).
 
-The numbers are estimates until GPU rows replace them (benchmarks/PENDING.md): the plans say so."""
+SD3.5's and Qwen-Image's checkpointed rates and s/step rows are measured (benchmarks/RESULTS.md round 14, H100): the
+planner re-predicts each measured peak and s/step; their other settings, Z-Image and SD 1.5 are estimates until GPU
+rows replace them (benchmarks/PENDING.md), and the plans say so."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from lorakit.models.qwenimage import planning as qwen_planning
 from lorakit.models.sd3 import planning as sd3_planning
 from lorakit.models.sd15 import planning as sd15_planning
 from lorakit.models.zimage import planning as zimage_planning
-from lorakit.train import budget, cards, planview
+from lorakit.models import estimates
+from lorakit.train import autoplan, budget, cards, planview, swap
 
 from .test_identify import write_header_file
 
@@ -98,8 +101,82 @@ def test_each_tier_gets_a_plan_within_the_cap_from_the_family_table(files, key, 
                  "qwen": qwen_planning.ESTIMATED, "zimage": zimage_planning.ESTIMATED,
                  "sd15": sd15_planning.ESTIMATED}[key]
     assert ("memory and speed are not measured" in plan.line) == estimated, plan.line
+    if key in MEASURED_SETTINGS:  # a measured size: "measured" only where a measured row has the chosen setting
+        chosen = autoplan.settings_of(m)
+        covered = any(all(chosen[k] == v for k, v in row.items()) for row in MEASURED_SETTINGS[key])
+        assert ("s/step (measured)" in plan.line) == covered and bool(plan.step.extrapolated) == (not covered), text
+        if not covered:  # and what is not measured is said where lorakit plan shows the step
+            assert any("not measured" in why or "nearest measured" in why for why in plan.step.extrapolated), text
     if key == "qwen" and tier == 16:  # 20 B: float8 storage and swapped blocks (musubi-tuner: 45 at 12 GB)
         assert m.fp8_base and m.blocks_to_swap > 0, text
+
+
+# benchmarks/RESULTS.md round 14 (NVIDIA H100 80GB HBM3, bench.py rows; full-size random weights, 1024², batch 1, rank
+# 16, AdamW): (model, row, [memory] settings as the row ran them, s/step, peak allocated GiB)
+ROUND14 = [
+    ("sd35m", "sd35m/gc", {"compile": False}, 0.397, 5.95),
+    ("sd35m", "sd35m/gc+compile", {"compile": True}, 0.172, 5.91),
+    ("sd35l", "sd35l/gc+compile", {"compile": True}, 0.297, 18.02),
+    ("sd35l", "sd35l/fp8+compile", {"compile": True, "fp8_base": True}, 0.522, 10.02),
+    ("qwen", "qwenimage/fp8+swap16", {"compile": False, "fp8_base": True, "blocks_to_swap": 16}, 1.267, 18.68),
+    ("qwen", "qwenimage/fp8+swap45", {"compile": False, "fp8_base": True, "blocks_to_swap": 45}, 1.307, 9.49),
+]
+# what the s/step model reads of each (autoplan.settings_of): every block checkpointed, no graphs, bf16 matmuls
+MEASURED_SETTINGS: dict[str, list[dict]] = {}
+for _key, _row, _m, _s, _p in ROUND14:
+    MEASURED_SETTINGS.setdefault(_key, []).append(
+        {"compile": _m["compile"], "cuda_graphs": False, "fp8_base": _m.get("fp8_base", False), "fp8_compute": False,
+         "checkpoint_fraction": 1.0, "activation_budget": None, "modulation_on_cpu": False,
+         "blocks_to_swap": _m.get("blocks_to_swap", 0)})
+
+
+@pytest.mark.parametrize("key,row,settings,seconds,peak", ROUND14, ids=[r for _, r, _, _, _ in ROUND14])
+def test_each_measured_row_is_re_predicted_by_the_planner(files, key, row, settings, seconds, peak):
+    """The planner's peak for the row's settings (less its reserve for the CUDA context, which allocated memory does not
+    count) is within 3 % of the measured peak, and the s/step model gives the measured s/step, not extrapolated."""
+    fixed = dict(settings, gradient_checkpointing=True, checkpoint_fraction=1.0, cuda_graphs=False,
+                 fp8_base=settings.get("fp8_base", False), fp8_compute=False,
+                 blocks_to_swap=settings.get("blocks_to_swap", 0))
+    cfg = config(files, key, vram_gb=80, **fixed)
+    spec, model, blocks, trainable = planview.meta_model(cfg)
+    plan = budget.apply_budget(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None,
+                               fp8_matmuls=True)
+    m = plan.applied.memory
+    assert (m.gradient_checkpointing, m.checkpoint_fraction, m.fp8_base, bool(m.fp8_compute), m.blocks_to_swap) == \
+        (True, 1.0, fixed["fp8_base"], False, fixed["blocks_to_swap"])
+    predicted = plan.estimate_gib - budget.RESERVE_GIB
+    assert abs(predicted - peak) / peak < 0.03, (predicted, peak, plan.parts)
+    # the weights counted: the parameters of the resident blocks and the rest in bf16 (2 bytes) or fp8 storage (1 byte
+    # + row scales), and the buffers (SD3's position embedding) as they are
+    swapped = set(swap.spread(len(blocks), m.blocks_to_swap))
+    resident = sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for i, b in enumerate(blocks) if i in swapped for p in b.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert plan.parts["weights"] * GIB == pytest.approx(resident * (1 if m.fp8_base else 2) + buffers, rel=0.02)
+    mine = budget.for_model(spec, model)
+    step = cards.step_seconds(mine.family, autoplan.settings_of(m), cards.card("h100"), rows=cards.rows_for(mine),
+                              swapped_bytes=autoplan._swapped(plan, budget.Sizes.of(model, blocks, trainable)))
+    assert step.seconds == pytest.approx(seconds) and not step.extrapolated, step.describe()
+    assert f"RESULTS.md round 14: bench.py {row} " in step.source
+
+
+def test_settings_beyond_the_measured_rows_are_marked_estimated():
+    """SD3.5's rows without checkpointing and Qwen-Image's compiled rows are derived from the measured ones (s/step: the
+    s/step model's own recomputation share, or the eager row's), carry no peak and say what is not measured."""
+    assert estimates.RECOMPUTE == cards.RECOMPUTE
+    for size, measured in sd3_planning.MEASURED.items():
+        rows = sd3_planning.steps(size)
+        derived = [r for r in rows if r.get("estimated")]
+        bf16 = [r for r in measured if not r.get("fp8_base")]
+        assert len(rows) == len(measured) + len(bf16) and len(derived) == len(bf16)
+        for r, base in zip(derived, bf16):
+            assert r["checkpoint_fraction"] == 0.0 and r["peak_gib"] is None and "not measured" in r["estimated"]
+            assert r["s_step"] == pytest.approx(base["s_step"] * (1 - cards.RECOMPUTE), abs=1e-4)
+            assert bool(r.get("compile")) == bool(base.get("compile"))
+    rows = qwen_planning.steps()
+    derived = [r for r in rows if r.get("estimated")]
+    assert [r["blocks_to_swap"] for r in derived] == [16, 45] and all(r["compile"] for r in derived)
+    assert [r["s_step"] for r in derived] == [r["s_step"] for r in qwen_planning.MEASURED]
 
 
 @pytest.mark.parametrize("key", ["sd35m", "sd35l", "qwen", "zimage", "sd15"])
@@ -118,7 +195,9 @@ def test_sd35_size_and_qwen_image_shape_come_from_the_checkpoint_header(files):
             (width, depth) and len(blocks) == depth
         mine = budget.for_model(spec, model)
         rates[key] = mine.activation_gib
-        assert ("Medium" if key == "sd35m" else "Large") in mine.planning_estimate
+        assert mine.planning_estimate == ""  # measured (RESULTS.md round 14)
+        assert {r["source"] for r in mine.measured_steps if not r.get("estimated")} == \
+            {r["source"] for r in sd3_planning.MEASURED["medium" if key == "sd35m" else "large"]}
     assert rates == {"sd35m": sd3_planning.RATES["medium"]["eager"], "sd35l": sd3_planning.RATES["large"]["eager"]}
     # a Qwen-Image file of another depth: its own block count, rates scaled by width x blocks and said so
     spec, model, blocks, _ = planview.meta_model(config(files, "qwen10"))
@@ -167,4 +246,8 @@ def test_the_tables_are_the_accounting_of_benchmarks_estimate_activations():
                ("sd15", ""): (sd15_planning.RATES, sd15_planning.STEP_SCALE)}
     for (family, size), (table, step) in derived.items():
         r = est.rates(family, size)
+        if family in ("sd3", "qwenimage"):  # measured with checkpointing (RESULTS.md round 14): the rest estimated
+            assert {k: r[k][1] for k in ("eager", "compiled")} == {k: table[k][1] for k in ("eager", "compiled")}
+            assert r["step_scale"] == step, (family, size, r)
+            continue
         assert {k: r[k] for k in ("eager", "compiled")} == table and r["step_scale"] == step, (family, size, r)

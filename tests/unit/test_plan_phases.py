@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from lorakit.config.load import load_config
 from lorakit.models.registry import get_family
 from lorakit.train import autoplan, budget, cards, swap
 
@@ -115,3 +116,83 @@ def test_lorakit_plan_prints_the_peak_of_each_phase(monkeypatch, capsys, tmp_pat
     assert lines[1].strip().startswith("cache: ~") and "4 image(s) per VAE call" in lines[1]
     assert lines[2].strip().startswith("train: ~") and lines[3].strip().startswith("previews: ~")
     assert "batch 2 (CFG)" in lines[3]
+
+
+class Recorder:
+    """A stand-in adapter whose ``_forward`` records the batch of each denoiser call (the samplers' only model call)."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+        self.transformer = nn.Linear(1, 1)
+
+    def _c(self):
+        return self
+
+    def _forward(self, x, t, text, *rest):
+        self.batches.append(x.shape[0])
+        return torch.zeros_like(x)
+
+    def encode_text(self, prompts):
+        return {"prompt": prompts}
+
+
+def test_flow_samplers_run_cfg_as_two_passes_of_one_and_the_previews_count_one():
+    """SD3.5 and Z-Image (common.ComponentsAdapter.euler_cfg) and Qwen-Image (its true-CFG denoise) call the denoiser
+    twice per step with a batch of 1, without gradients; SDXL batches CFG as 2. plan_phases counts the preview
+    activations for the batch the sampler runs: 1 x the checkpointed rate under CFG for those families, 2 x for SDXL."""
+    from lorakit.models import common
+    from lorakit.models.qwenimage.adapter import Adapter as QwenAdapter
+
+    rec = Recorder()
+    x = torch.zeros(1, 16, 4, 4)
+    common.ComponentsAdapter.euler_cfg(rec, x, torch.linspace(1, 0, 3), 2, {"c": 1}, {"n": 1}, 3.5)
+    assert rec.batches == [1, 1, 1, 1]  # 2 steps x (conditional, unconditional)
+    rec.batches.clear()
+    QwenAdapter.denoise(rec, x, "a photo", "", 2, 4.0)
+    assert rec.batches == [1, 1, 1, 1]
+    parts = {"weights": 10.0, "swap window": 0.0, "LoRA+optimizer": 1.0, "activations": 2.0}
+    plan = budget.Plan(40.0, True, False, 0, sum(parts.values()) + budget.RESERVE_GIB, parts)
+    for family, batched in (("sdxl", True), ("sd3", False), ("zimage", False), ("qwenimage", False)):
+        spec = get_family(family).SPEC
+        assert spec.cfg_batched is batched
+        cfg = load_config(None, data={"model": {"family": family, "checkpoint": "/nonexistent/model.safetensors"},
+                                      "data": {"dir": "/tmp"}, "sample": {"cfg_scale": 4.0, "width": 2048,
+                                                                          "height": 2048}})
+        p = autoplan.plan_phases(cfg, spec, plan, 40.0).previews
+        held = 10.0 + 1.0 + dict(spec.component_gib)["vae"]
+        act = (2 if batched else 1) * spec.activation_gib[0] * 4  # 2048² = 4 x 1024²
+        assert p["peak_gib"] == pytest.approx(held + max(act, autoplan.DECODE_GIB_PER_IMAGE * 4) + budget.RESERVE_GIB,
+                                              abs=1e-3), family
+        assert (p["batch"], p["cfg_passes"]) == ((2, 1) if batched else (1, 2))
+    text = autoplan.Phases(40.0, {"peak_gib": 1.0, "latent_batch": 4, "vae_tiling": False, "text_encoders": "GPU"},
+                           1.0, p).lines()[2]
+    assert "batch 1, CFG in 2 passes" in text
+
+
+def test_sd35_and_qwen_image_vaes_are_found_and_tiled():
+    """The shared vae_module() returns SD3.5's and Qwen-Image's ``vae`` (Z-Image's / FLUX.2's ``ae``), without loading
+    another part; tile_vae tiles both VAE kinds with TILE² tiles, and both families plan VAE tiling."""
+    from diffusers import AutoencoderKLQwenImage
+
+    from lorakit.models import common
+
+    qvae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False])
+    kl = tiny_vae()
+
+    class Named:  # a components object that names its VAE ``vae`` (SD3Components, QwenImageComponents)
+        vae = None
+
+    class Ae:  # one that names it ``ae`` (Z-Image, FLUX.2)
+        ae = None
+
+    for parts, vae in ((Named(), qvae), (Named(), kl), (Ae(), kl)):
+        setattr(parts, "vae" if isinstance(parts, Named) else "ae", vae)
+        adapter = SimpleNamespace(_c=lambda parts=parts: parts)
+        adapter.vae_module = lambda adapter=adapter: common.ComponentsAdapter.vae_module(adapter)
+        assert adapter.vae_module() is vae
+        vae.use_tiling = False
+        assert autoplan.tile_vae(adapter, lambda _: None) and vae.use_tiling
+    assert (qvae.tile_sample_min_height, qvae.tile_sample_min_width) == (autoplan.TILE, autoplan.TILE)
+    assert qvae.tile_sample_stride_height < autoplan.TILE  # tiles overlap, to blend their seams
+    assert (kl.tile_sample_min_size, kl.tile_latent_min_size) == (autoplan.TILE, autoplan.TILE // 2)
+    assert get_family("sd3").SPEC.vae_tiling and get_family("qwenimage").SPEC.vae_tiling

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models import common, estimates
+from lorakit.models import common
 from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 
 from . import configs, planning
@@ -38,12 +38,10 @@ SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shif
                      "model.vae", "model.text_encoder", "network.module_ranks", "training.timestep_sampling",
                      "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
                      "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}),
-                 # estimates until GPU rows replace them (.planning)
+                 # measured (RESULTS.md round 14) and estimated numbers: .planning says which
                  activation_gib=planning.RATES["eager"], activation_gib_compiled=planning.RATES["compiled"],
-                 measured_steps=estimates.scaled_rows("qwenimage", planning.REFERENCE, planning.STEP_SCALE,
-                                                      swap_blocks=planning.BLOCKS),
-                 planning_estimate=estimates.note("Qwen-Image", planning.REFERENCE),
-                 component_gib=planning.components(),
+                 measured_steps=planning.steps(),
+                 component_gib=planning.components(), vae_tiling=True, cfg_batched=False,
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError
-from lorakit.models import common, estimates
+from lorakit.models import common
 from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 
 from . import configs, planning
@@ -37,13 +37,12 @@ SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shif
                      "network.module_ranks", "training.timestep_sampling", "training.sigmoid_scale",
                      "training.logit_mean", "training.logit_std", "training.discrete_flow_shift",
                      "training.t5_max_length", "memory.blocks_to_swap"}),
-                 # the planning numbers differ per size and are estimates until GPU rows replace them (.planning);
-                 # the family-wide ones are Large's (the larger)
+                 # the planning numbers differ per size (.planning: measured, RESULTS.md round 14); the family-wide
+                 # ones are Large's (the larger)
                  activation_gib=planning.RATES["large"]["eager"],
                  activation_gib_compiled=planning.RATES["large"]["compiled"],
-                 measured_steps=estimates.scaled_rows("sd3", planning.REFERENCE, planning.STEP_SCALE["large"]),
-                 planning_estimate=estimates.note("SD3.5", planning.REFERENCE),
-                 component_gib=planning.components(),
+                 measured_steps=planning.steps("large"),
+                 component_gib=planning.components(), vae_tiling=True, cfg_batched=False,
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 

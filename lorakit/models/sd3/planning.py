@@ -1,15 +1,44 @@
 """SD3.5's planning numbers per size: what ``memory.vram_gb`` and the automatic plan count for Medium and Large (Large
 Turbo and SD3 Medium share these tensors' sizes), read from the checkpoint's header by ``lorakit plan``.
 
-Not measured yet: every number below is an estimate, and a plan made from them says so (``ModelSpec.
-planning_estimate``). The activation rates come from ``benchmarks/estimate_activations.py``: the full-size
-transformer run on the meta device at 1024², batch 1, 77 CLIP + 256 T5 tokens, its Linear traffic per block priced at
-FLUX.1-dev's measured bytes per unit (38.0 GiB eager / 29.9 compiled without checkpointing); with checkpointing, the
-blocks' inputs plus one block recomputed, at the largest measured / counted ratio of FLUX.1-dev and FLUX.2 Klein
-4B / 9B. The same accounting predicts Klein 4B / 9B within 5 % of their measured rates without checkpointing (12.0 /
-20.7 against 12.53 / 21.15 GiB compiled). s/step: FLUX.1-dev's measured rows times the forward FLOPs per 1024² image
-(``STEP_SCALE``). GPU rows to replace them: ``benchmarks/bench.py sd35m/* sd35l/*`` (benchmarks/PENDING.md); put the
-measured rows in ``MEASURED`` and the rates they give in ``RATES``, and drop the size from ``ESTIMATED``.
+Measured (benchmarks/RESULTS.md round 14: NVIDIA H100 80GB HBM3, ``benchmarks/bench.py`` rows ``sd35m/*`` /
+``sd35l/*``; full-size random weights, 1024², batch 1, 77 CLIP + 256 T5 tokens, rank 16, AdamW, bf16 autocast; peak =
+``max_memory_allocated``):
+
+============  ==========================================  ========  ============
+size          setting                                     s/step    peak GiB
+============  ==========================================  ========  ============
+Medium        eager, every block checkpointed             0.397     5.95
+Medium        compile, checkpointed (fused AdamW)         0.172     5.91
+Large         compile, checkpointed (fused AdamW)         0.297     18.02
+Large         fp8 storage (bf16 matmuls) + compile, ckpt  0.522     10.02
+============  ==========================================  ========  ============
+
+The activation rates with checkpointing are those peaks less what the planner counts besides activations, taken from
+the full-size model built on the meta device (:func:`lorakit.train.budget.Sizes`): the frozen weights (bf16: 4.60 GiB
+Medium, 15.17 Large; Large in fp8 storage with row scales: 7.72) and the LoRA's fp32 weights, gradients and AdamW state
+(16 bytes per parameter: 32.5 M / 73.2 M parameters = 0.49 / 1.09 GiB). Medium: 0.865 GiB eager, 0.825 compiled (kept
+as 0.87 / 0.83). Large under compile: 1.76 with bf16 weights, 1.21 with fp8 storage (each block then runs inside
+lorakit's own checkpoint); one rate serves both, their mean 1.48, which re-predicts both peaks within 3 % (17.74
+against 18.02, −1.5 %, and with the reserve 18.49 GiB, above the 18.47 reserved; 10.29 against 10.02, +2.7 %).
+
+Estimates, not measured (the s/step model says "extrapolated" for a setting no row covers, with the nearest measured
+row and why):
+
+* Large's eager rate with checkpointing: its bf16 compiled one times Medium's measured eager / compiled ratio (1.76 x
+  0.865 / 0.825 = 1.84);
+* the rates without checkpointing: ``benchmarks/estimate_activations.py``'s (the full-size transformer run on the meta
+  device at 1024², its Linear traffic per block priced at FLUX.1-dev's measured bytes per unit, 38.0 GiB eager / 29.9
+  compiled; the same accounting predicts FLUX.2 Klein 4B / 9B within 5 % of their measured rates without
+  checkpointing). They are not scaled by the measured / estimated ratio of the checkpointed rates: that ratio was
+  0.79 / 0.75 for Medium and 0.81 for Large (1.48 against 1.82), and the checkpointed estimate erred by the largest
+  measured / counted ratio of FLUX.1-dev and FLUX.2 it was priced at, which the rates without checkpointing do not use;
+* s/step of settings no row measured (no checkpointing, CUDA graphs, fp8 compute, block swap, eager Large): the
+  nearest measured row, as :func:`lorakit.train.cards.step_seconds` extrapolates (and says);
+* any other width (tiny test models): the rates of the nearest size scaled by width x blocks, s/step FLUX.1-dev's rows
+  scaled by forward FLOPs (``STEP_SCALE``), and the plan says so.
+
+Rows not run yet: ``benchmarks/bench.py sd35m/nogc+compile sd35l/gc sd35l/fp8+swap12`` (benchmarks/PENDING.md).
 """
 
 from __future__ import annotations
@@ -20,16 +49,31 @@ from typing import Any
 from lorakit.models import estimates
 
 # GiB of activations per 1024² image: (with checkpointing, without); eager and compiled
+# (with checkpointing: measured, Large's eager rate derived; without: estimates; see the module doc)
 RATES = {
-    "medium": {"eager": (1.10, 9.77), "compiled": (1.10, 7.69)},
-    "large": {"eager": (1.82, 20.01), "compiled": (1.82, 15.75)},
+    "medium": {"eager": (0.87, 9.77), "compiled": (0.83, 7.69)},
+    "large": {"eager": (1.84, 20.01), "compiled": (1.48, 15.75)},
 }
 # forward FLOPs per 1024² image against FLUX.1-dev's (the reference rows' s/step is multiplied by it)
 STEP_SCALE = {"medium": 0.151, "large": 0.418}
 REFERENCE = "FLUX.1-dev"
+SOURCE = "RESULTS.md round 14: bench.py"
 # measured rows per size (cards.toml's [[measured]] form without family; card defaults to "h100")
-MEASURED: dict[str, tuple[dict[str, Any], ...]] = {}
-ESTIMATED = ("medium", "large")
+MEASURED: dict[str, tuple[dict[str, Any], ...]] = {
+    "medium": (
+        {"s_step": 0.397, "peak_gib": 5.95, "checkpoint_fraction": 1.0, "source": f"{SOURCE} sd35m/gc"},
+        {"s_step": 0.172, "peak_gib": 5.91, "compile": True, "checkpoint_fraction": 1.0,
+         "source": f"{SOURCE} sd35m/gc+compile"},
+    ),
+    "large": (
+        {"s_step": 0.297, "peak_gib": 18.02, "compile": True, "checkpoint_fraction": 1.0,
+         "source": f"{SOURCE} sd35l/gc+compile"},
+        {"s_step": 0.522, "peak_gib": 10.02, "compile": True, "fp8_base": True, "fp8_compute": False,
+         "checkpoint_fraction": 1.0, "source": f"{SOURCE} sd35l/fp8+compile"},
+    ),
+}
+# the sizes still planned from estimates alone (their plans say so)
+ESTIMATED: tuple[str, ...] = ()
 NAMES = {"medium": "SD3.5 Medium", "large": "SD3.5 Large"}
 # the planning size of each variant the loader names (convert.Shape.variant)
 SIZE_OF = {"large": "large", "large-turbo": "large", "medium": "medium", "sd3-medium": "medium"}
@@ -59,7 +103,7 @@ def spec_for(spec: Any, model: Any) -> Any:
     k = 1.0 if size != "custom" else width * depth / _extent(base)
     rates = {mode: (gc * k, nogc * k) for mode, (gc, nogc) in RATES[base].items()}
     if base in MEASURED and size != "custom":
-        rows, note = estimates.measured_rows("sd3", MEASURED[base]), ""
+        rows, note = steps(base), ""
     else:
         rows = estimates.scaled_rows("sd3", REFERENCE, STEP_SCALE[base] * k, swap_blocks=depth)
         name = NAMES[base] if size != "custom" else f"SD3 width {width}, {depth} blocks"
@@ -67,6 +111,13 @@ def spec_for(spec: Any, model: Any) -> Any:
     return replace(spec, activation_gib=rates["eager"], activation_gib_compiled=rates["compiled"],
                    measured_steps=rows, planning_estimate=note if base in ESTIMATED or size == "custom" else "",
                    variant_spec=None, component_gib=components())
+
+
+def steps(size: str) -> tuple[dict[str, Any], ...]:
+    """The s/step model's rows of a measured size: its measured rows, and the same bf16 settings without checkpointing
+    marked estimated (``estimates.without_checkpointing``)."""
+    measured = estimates.measured_rows("sd3", MEASURED[size])
+    return measured + estimates.without_checkpointing(measured)
 
 
 def components() -> tuple[tuple[str, float], ...]:

@@ -40,7 +40,7 @@ SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_s
                  measured_steps=estimates.scaled_rows("zimage", planning.REFERENCE, planning.STEP_SCALE,
                                                       swap_blocks=planning.BLOCKS),
                  planning_estimate=estimates.note("Z-Image", planning.REFERENCE),
-                 component_gib=planning.components(), vae_tiling=True,
+                 component_gib=planning.components(), vae_tiling=True, cfg_batched=False,
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
