@@ -17,7 +17,7 @@ import torch
 from lorakit.config.schema import Config
 from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
-from lorakit.train import autoplan, budget, cards, memory, speed, swap, warmstart
+from lorakit.train import autoplan, budget, cards, distributed, memory, sharding, speed, swap, warmstart
 
 PLANNED = autoplan.PLANNED  # what the plan decides: the settings recorded in plan.json and compared on --resume
 
@@ -95,7 +95,9 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     blocks = speed.repeated_blocks(denoiser, extra=spec.compile_blocks)
     chosen: Optional[budget.Plan] = None
     run_cfg = cfg
-    if autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
+    if sharding.on(cfg):  # a sharded base (issue 24): the per-card estimate; the plan's choices do not compose with it
+        sharding.check_room(cfg, budget.for_model(spec, denoiser), denoiser, blocks, trainable, distributed.world(), log)
+    elif autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
         chosen = autoplan.choose(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, cards.local_card(device),
                                  device=device, log=log, room=room)
     elif cfg.memory.vram_gb:
@@ -116,6 +118,7 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
                                   blocks_to_swap=mem.blocks_to_swap, log=log)
     speed.prepare_denoiser(denoiser, mem, device, log=log, cuda_graphs=mem.cuda_graphs, swapper=swapper,
                            buckets=buckets, extra_regions=spec.compile_blocks)
+    distributed.shard(run_cfg, denoiser, blocks, device, log)  # distributed.shard = "base": FSDP2 over the processes
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
     return Placed(run_cfg, plan_record(cfg, run_cfg, chosen), modules, targets, groups, trainable)
 
