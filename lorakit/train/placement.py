@@ -95,8 +95,10 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     blocks = speed.repeated_blocks(denoiser, extra=spec.compile_blocks)
     chosen: Optional[budget.Plan] = None
     run_cfg = cfg
+    sharded = None
     if sharding.on(cfg):  # a sharded base (issue 24): the per-card estimate; the plan's choices do not compose with it
-        sharding.check_room(cfg, budget.for_model(spec, denoiser), denoiser, blocks, trainable, distributed.world(), log)
+        sharded = sharding.check_room(cfg, budget.for_model(spec, denoiser), denoiser, blocks, trainable,
+                                      distributed.world(), log)
     elif autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
         chosen = autoplan.choose(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, cards.local_card(device),
                                  device=device, log=log, room=room)
@@ -120,7 +122,10 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
                            buckets=buckets, extra_regions=spec.compile_blocks)
     distributed.shard(run_cfg, denoiser, blocks, device, log)  # distributed.shard = "base": FSDP2 over the processes
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
-    return Placed(run_cfg, plan_record(cfg, run_cfg, chosen), modules, targets, groups, trainable)
+    record = plan_record(cfg, run_cfg, chosen)
+    if sharded:
+        record["sharded"] = sharded  # plan.json: the per-card estimate of a sharded base
+    return Placed(run_cfg, record, modules, targets, groups, trainable)
 
 
 def plan_record(cfg: Config, run_cfg: Config, chosen: Optional[budget.Plan]) -> dict[str, Any]:

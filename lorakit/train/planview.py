@@ -107,7 +107,8 @@ def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.P
         fits[value] = peak <= room
         shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
         ckpt = "checkpointing" if cfg.memory.gradient_checkpointing else "no checkpointing"
-        out.append(f"    distributed.shard = \"{value}\" ({label}, weights as loaded, {ckpt}): ~{peak:.2f} GiB per card "
+        out.append(f"    distributed.shard = \"{value}\" ({label}, weights as loaded, {ckpt}): ~{peak:.2f} GiB per "
+                   "card "
                    f"({shown}, reserve {budget.RESERVE_GIB}) {'fits' if fits[value] else 'does not fit'}")
     if not sharding.on(cfg) and fits["base"] and (single is None or single.blocks_to_swap or single.fp8_base):
         if spec.family in _shardable():

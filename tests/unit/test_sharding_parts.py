@@ -72,7 +72,8 @@ def test_what_a_sharded_base_refuses(tmp_path):
         sharding.check_config(_flux(tmp_path), 1)
     for key, value, why in (("blocks_to_swap", 4, "block swap streams whole blocks"),
                             ("fp8_base", True, "float8 storage"), ("fp8_compute", True, "float8 matmuls"),
-                            ("compile", True, "compiled blocks"), ("modulation_on_cpu", True, "it keeps Linears on the host")):
+                            ("compile", True, "compiled blocks"),
+                            ("modulation_on_cpu", True, "it keeps Linears on the host")):
         with pytest.raises(ConfigError, match=f"memory.{key} with distributed.shard = \"base\": {why}"):
             distributed.check_config(_flux(tmp_path, **{f"memory__{key}": value}), 2)
     sharding.check_config(_flux(tmp_path, memory__blocks_to_swap=4, distributed__shard="none"), 2)  # off: no check
@@ -110,3 +111,34 @@ def test_per_card_memory_with_and_without_sharding(tmp_path):
     assert split["gathered blocks"] == 2 * 5.0 * 3 / 4  # the largest block gathered twice (running + prefetched)
     assert split["activations"] == whole["activations"] == 1.5 * 2  # per process: checkpointing, batch 2 of 1024²
     assert split["LoRA+optimizer"] == 2**20 * 16 / gib  # fp32 weights + grads + AdamW's two moments, on every card
+
+
+def test_lorakit_plan_for_two_cards_shows_the_memory_of_each_with_and_without_sharding(capsys, monkeypatch, tmp_path):
+    from torch import nn
+
+    from lorakit.models.registry import get_family
+    from lorakit.train import autoplan, planview
+    from tests.unit.test_autoplan import sizes_of
+
+    sizes = sizes_of("flux1")  # the full-size FLUX.1-dev's byte counts (tests/unit/data/planner_sizes.json)
+    monkeypatch.setattr(planview, "meta_model", lambda cfg: (get_family(cfg.model.family).SPEC, nn.Module(), [], []))
+    monkeypatch.setattr(planview, "sizes_of", lambda cfg: sizes)
+    real_choose = autoplan.choose
+    monkeypatch.setattr(autoplan, "choose", lambda *a, **k: real_choose(*a, **{**k, "sizes": sizes}))
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "flux1/character"\n[model]\ncheckpoint = "/nonexistent/flux1-dev.safetensors"\n'
+                    '[data]\ndir = "/tmp"\n[optimizer]\nname = "adamw"\n')
+    assert planview.main(str(toml), [], "rtx4090", 1) == 0
+    assert "cards (memory.vram_gb" not in capsys.readouterr().out  # one card: as before
+    assert planview.main(str(toml), [], "rtx4090", 4) == 0
+    text = capsys.readouterr().out
+    assert ("  4 cards (memory.vram_gb and every peak here are per card: 22.5 GiB each; training.batch_size 1 is per "
+            "card, the global batch 4):") in text
+    rows = {line.split('"')[1]: line for line in text.splitlines() if "(whole base" in line or "(base sharded" in line}
+    base = (sizes.outside[0] + sum(b[0] for b in sizes.blocks)) / budget.GIB  # ~22 GiB of bf16 weights
+    gathered = 2 * max(b[0] for b in sizes.blocks) * 3 / 4 / budget.GIB
+    assert f"weights {base:.2f}," in rows["none"] and rows["none"].endswith("does not fit")  # 22.5 GiB cards
+    assert f"weights {base / 4:.2f}, gathered blocks {gathered:.2f}," in rows["base"] and rows["base"].endswith(" fits")
+    assert 'one card cannot hold this base as loaded: distributed.shard = "base" with --gpus 4 fits' in text
+    assert planview.main(str(toml), ["distributed.shard=base"], "rtx4090", 4) == 0
+    assert "this config shards (distributed.shard = \"base\"): the run uses the sharded row" in capsys.readouterr().out

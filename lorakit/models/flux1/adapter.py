@@ -53,7 +53,8 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                      "network.double_block_indices", "network.single_block_indices", "network.module_ranks",
                      "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
                      "training.discrete_flow_shift", "training.guidance_scale", "training.t5_max_length",
-                     "training.apply_t5_attn_mask", "memory.blocks_to_swap", "distributed.shard", "memory.modulation_on_cpu",
+                     "training.apply_t5_attn_mask", "memory.blocks_to_swap", "memory.modulation_on_cpu",
+                     "distributed.shard",
                      "sample.guidance"}),
                  planning_model=lambda cfg: planning_model(cfg))
 

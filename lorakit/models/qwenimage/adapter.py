@@ -38,7 +38,8 @@ SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shif
                  config_keys=frozenset({
                      "model.vae", "model.text_encoder", "network.module_ranks", "training.timestep_sampling",
                      "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
-                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap", "distributed.shard"}))
+                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap",
+                     "distributed.shard"}))
 # activation_gib etc. stay at ModelSpec's defaults: not measured for Qwen-Image yet (GPU rounds are the lead's)
 
 ARCHITECTURE = "qwen-image"          # SwarmUI's model class id ("qwen-image/lora" for LoRAs)
