@@ -300,10 +300,12 @@ def exchange(trainable, total: torch.Tensor) -> None:
         p.grad = g if any_grad else None
 
 
-def shard(cfg, denoiser, blocks, device, log) -> None:
-    """distributed.shard = "base": the denoiser's frozen weights sharded over the processes (train/sharding.py)."""
+def shard(cfg, denoiser, blocks, device, log) -> bool:
+    """distributed.shard = "base": the denoiser placed on ``device`` with its frozen weights sharded over the
+    processes (train/sharding.py); False (nothing done) otherwise."""
     if sharding.shard_base(cfg, denoiser, blocks, device, _G.world, log):
         _G.sharded = True
+    return _G.sharded
 
 
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size

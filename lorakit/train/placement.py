@@ -116,11 +116,12 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     if chosen is not None:
         adapter.before_placement(run_cfg.memory, log)  # what the plan chose that the adapter applies
     mem = run_cfg.memory
-    swapper = swap.place_denoiser(denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,
-                                  blocks_to_swap=mem.blocks_to_swap, log=log)
+    # distributed.shard = "base": placed block by block while sharded over the processes (FSDP2), nothing swapped
+    swapper = None if distributed.shard(run_cfg, denoiser, blocks, device, log) else swap.place_denoiser(
+        denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,
+        blocks_to_swap=mem.blocks_to_swap, log=log)
     speed.prepare_denoiser(denoiser, mem, device, log=log, cuda_graphs=mem.cuda_graphs, swapper=swapper,
                            buckets=buckets, extra_regions=spec.compile_blocks)
-    distributed.shard(run_cfg, denoiser, blocks, device, log)  # distributed.shard = "base": FSDP2 over the processes
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
     record = plan_record(cfg, run_cfg, chosen)
     if sharded:

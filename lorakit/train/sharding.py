@@ -116,8 +116,10 @@ def check_room(cfg, spec, denoiser, blocks: Sequence[torch.nn.Module], trainable
 
 def shard_base(cfg, denoiser: torch.nn.Module, blocks: Sequence[torch.nn.Module], device: torch.device,
                processes: int, log: Callable[[str], None]) -> int:
-    """``fully_shard`` each repeated block, then the denoiser (what lies outside the blocks), the LoRA parameters
-    (everything trainable) left whole; returns the number of sharded blocks (0: sharding off)."""
+    """Place the (LoRA-injected) denoiser on ``device`` sharded: each repeated block moved there and
+    ``fully_shard``-ed in turn (at most one whole block on the device besides the shards: the adapter leaves a base
+    to be sharded on the CPU after loading, ``autoplan.loading_memory``), then what lies outside the blocks, the LoRA
+    parameters (everything trainable) left whole; returns the number of sharded blocks (0: sharding off)."""
     if not on(cfg):
         return 0
     from torch.distributed.device_mesh import init_device_mesh
@@ -131,8 +133,16 @@ def shard_base(cfg, denoiser: torch.nn.Module, blocks: Sequence[torch.nn.Module]
     # caller writes into that view in place, which would skip the backward gather; the gloo tests compare sharded
     # runs of the toy FLUX.1 against one process (tests/integration/test_multi_gpu_shard.py)
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+    def move(t: torch.Tensor) -> torch.Tensor:  # a model built on the meta device (benchmarks): left uninitialised
+        return torch.empty_like(t, device=device) if t.is_meta else t.to(device)
+
+    inside = {id(m) for b in blocks for m in b.modules()}
     for block in blocks:
+        block._apply(move)
         fully_shard(block, mesh=mesh, ignored_params={p for p in block.parameters() if p.requires_grad})
+    for mod in denoiser.modules():
+        if id(mod) not in inside:
+            mod._apply(move, recurse=False)
     fully_shard(denoiser, mesh=mesh, ignored_params={p for p in denoiser.parameters() if p.requires_grad})
     log(f"sharded base: {len(blocks)} blocks and the rest of the {type(denoiser).__name__} over {processes} "
         "processes (FSDP2); the LoRA stays whole on each")
