@@ -110,8 +110,8 @@ def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.P
         out.append(f"    distributed.shard = \"{value}\" ({label}, weights as loaded, {ckpt}): ~{peak:.2f} GiB per "
                    "card "
                    f"({shown}, reserve {budget.RESERVE_GIB}) {'fits' if fits[value] else 'does not fit'}")
-    if not sharding.on(cfg) and fits["base"] and (single is None or single.blocks_to_swap or single.fp8_base):
-        if spec.family in _shardable():
+    if not sharding.on(cfg) and fits["base"] and not fits["none"]:
+        if cfg.model.family in _shardable():
             out.append(f"    one card cannot hold this base as loaded: distributed.shard = \"base\" with --gpus {gpus} "
                        "fits without block swap or fp8 storage")
     if sharding.on(cfg):
