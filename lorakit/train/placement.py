@@ -116,12 +116,14 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     if chosen is not None:
         adapter.before_placement(run_cfg.memory, log)  # what the plan chose that the adapter applies
     mem = run_cfg.memory
-    # distributed.shard = "base": placed block by block while sharded over the processes (FSDP2), nothing swapped
-    swapper = None if distributed.shard(run_cfg, denoiser, blocks, device, log) else swap.place_denoiser(
+    swapper = None if sharding.on(run_cfg) else swap.place_denoiser(
         denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,
         blocks_to_swap=mem.blocks_to_swap, log=log)
     speed.prepare_denoiser(denoiser, mem, device, log=log, cuda_graphs=mem.cuda_graphs, swapper=swapper,
                            buckets=buckets, extra_regions=spec.compile_blocks)
+    # distributed.shard = "base": placed block by block while sharded over the processes (FSDP2), after checkpointing
+    # is chosen (it finds the blocks by class, which sharding renames)
+    distributed.shard(run_cfg, denoiser, blocks, device, log)
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
     record = plan_record(cfg, run_cfg, chosen)
     if sharded:

@@ -128,7 +128,7 @@ def shard_base(cfg, denoiser: torch.nn.Module, blocks: Sequence[torch.nn.Module]
     if not blocks:
         raise ConfigError(f"distributed.shard = \"base\": {type(denoiser).__name__} has no repeated blocks lorakit "
                           "knows how to shard; set distributed.shard = \"none\"")
-    mesh = init_device_mesh(device.type, (processes,))
+    mesh, name = init_device_mesh(device.type, (processes,)), type(denoiser).__name__
     # FSDP2 warns for every block that returns a view (diffusers' blocks slice their outputs): harmless unless the
     # caller writes into that view in place, which would skip the backward gather; the gloo tests compare sharded
     # runs of the toy FLUX.1 against one process (tests/integration/test_multi_gpu_shard.py)
@@ -144,7 +144,7 @@ def shard_base(cfg, denoiser: torch.nn.Module, blocks: Sequence[torch.nn.Module]
         if id(mod) not in inside:
             mod._apply(move, recurse=False)
     fully_shard(denoiser, mesh=mesh, ignored_params={p for p in denoiser.parameters() if p.requires_grad})
-    log(f"sharded base: {len(blocks)} blocks and the rest of the {type(denoiser).__name__} over {processes} "
+    log(f"sharded base: {len(blocks)} blocks and the rest of the {name} over {processes} "
         "processes (FSDP2); the LoRA stays whole on each")
     return len(blocks)
 

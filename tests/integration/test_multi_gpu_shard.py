@@ -43,7 +43,7 @@ def test_a_sharded_flux1_run_equals_one_process_draws_previews_and_resumes_bit_f
     ref, run = tmp_path / "out" / "ref", tmp_path / "out" / "sh"
     code, out, err = _two(toml, "sh", "distributed.shard=base")
     assert code == 0, err[-3000:]
-    assert "sharded base: 4 blocks and the rest of the FSDPFluxTransformer2DModel over 2 processes" in out
+    assert "sharded base: 4 blocks and the rest of the FluxTransformer2DModel over 2 processes" in out
     assert_same_steps(run, ref, [1, 2, 3])
     for step in (2, 3):
         assert max_diff(state(run, step), state(ref, step)) <= 0.1 * LR
