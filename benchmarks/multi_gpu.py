@@ -72,7 +72,11 @@ def _init_random(model, params) -> None:
     norms, 0 for biases, each process its own shard (DTensor's local part); the LoRA as peft starts it (up = 0)."""
     import torch
 
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    gens: dict[str, torch.Generator] = {}
+
+    def gen(device) -> torch.Generator:  # filled where the tensor lives (on the card: seconds for 32 B parameters)
+        return gens.setdefault(str(device), torch.Generator(device=device).manual_seed(0))
+
     lora = {id(p) for p in params}
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -81,12 +85,12 @@ def _init_random(model, params) -> None:
             local = p.to_local() if hasattr(p, "to_local") else p
             if p.dim() >= 2:
                 bound = p.shape[1] ** -0.5
-                local.copy_(torch.empty(local.shape).uniform_(-bound, bound, generator=gen).to(local.dtype))
+                local.uniform_(-bound, bound, generator=gen(local.device))
             else:
                 local.fill_(1.0 if "norm" in name else 0.0)
         for p in params:
             if p.dim() >= 2 and p.shape[0] <= p.shape[1]:  # down (rank × in)
-                p.copy_(torch.empty(p.shape).normal_(0, p.shape[0] ** -1, generator=gen).to(p.dtype))
+                p.normal_(0, p.shape[0] ** -1, generator=gen(p.device))
             else:
                 p.zero_()
 
