@@ -96,8 +96,10 @@ def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.P
     b = cfg.training.batch_size
     out = [f"  {gpus} cards (memory.vram_gb and every peak here are per card: {room:g} GiB each; training.batch_size "
            f"{b} is per card, the global batch {gpus * b}):"]
-    rows = [("none", "whole base on each card", sharding.per_card(sizes_of(cfg), spec, cfg, gpus, sharded=False)),
-            ("base", "base sharded", sharding.per_card(sizes_of(cfg), spec, cfg, gpus, sharded=True))]
+    shardable = cfg.model.family in _shardable()
+    rows = [("none", "whole base on each card", sharding.per_card(sizes_of(cfg), spec, cfg, gpus, sharded=False))]
+    if shardable:
+        rows.append(("base", "base sharded", sharding.per_card(sizes_of(cfg), spec, cfg, gpus, sharded=True)))
     if single is not None:
         out.append(f"    distributed.shard = \"none\" (data-parallel, the plan above on every card): "
                    f"~{single.estimate_gib:.2f} GiB per card")
@@ -108,12 +110,13 @@ def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.P
         shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
         ckpt = "checkpointing" if cfg.memory.gradient_checkpointing else "no checkpointing"
         out.append(f"    distributed.shard = \"{value}\" ({label}, weights as loaded, {ckpt}): ~{peak:.2f} GiB per "
-                   "card "
-                   f"({shown}, reserve {budget.RESERVE_GIB}) {'fits' if fits[value] else 'does not fit'}")
-    if not sharding.on(cfg) and fits["base"] and not fits["none"]:
-        if cfg.model.family in _shardable():
-            out.append(f"    one card cannot hold this base as loaded: distributed.shard = \"base\" with --gpus {gpus} "
-                       "fits without block swap or fp8 storage")
+                   f"card ({shown}, reserve {budget.RESERVE_GIB}) {'fits' if fits[value] else 'does not fit'}")
+    if not shardable:
+        out.append(f"    distributed.shard = \"base\" is not offered for {cfg.model.family} (only "
+                   f"{', '.join(sorted(_shardable()))})")
+    elif not sharding.on(cfg) and fits["base"] and not fits["none"]:
+        out.append(f"    one card cannot hold this base as loaded: distributed.shard = \"base\" with --gpus {gpus} "
+                   "fits without block swap or fp8 storage")
     if sharding.on(cfg):
         out.append("    this config shards (distributed.shard = \"base\"): the run uses the sharded row; the automatic "
                    "plan above (one card alone) is not applied")

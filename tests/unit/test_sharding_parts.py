@@ -142,3 +142,13 @@ def test_lorakit_plan_for_two_cards_shows_the_memory_of_each_with_and_without_sh
     assert 'one card cannot hold this base as loaded: distributed.shard = "base" with --gpus 4 fits' in text
     assert planview.main(str(toml), ["distributed.shard=base"], "rtx4090", 4) == 0
     assert "this config shards (distributed.shard = \"base\"): the run uses the sharded row" in capsys.readouterr().out
+    # a family that cannot shard: the whole-base row only, and why
+    sdxl = tmp_path / "sdxl.toml"
+    sdxl.write_text('preset = "sdxl/character"\n[model]\ncheckpoint = "/nonexistent/sdxl.safetensors"\n'
+                    '[data]\ndir = "/tmp"\n')
+    monkeypatch.setattr(planview, "sizes_of", lambda cfg: sizes_of("sdxl"))
+    monkeypatch.setattr(autoplan, "choose", lambda *a, **k: real_choose(*a, **{**k, "sizes": sizes_of("sdxl")}))
+    assert planview.main(str(sdxl), [], "rtx4090", 2) == 0
+    text = capsys.readouterr().out
+    assert '(base sharded' not in text and 'distributed.shard = "base" is not offered for sdxl (only flux1, flux2, ' \
+        'qwenimage)' in text
