@@ -84,3 +84,17 @@ def test_overlapped_gradient_exchange_equals_the_exchange_after_backward(tmp_pat
     assert [r["loss"] for r in rows(a)] == [r["loss"] for r in rows(b)]
     for step in (2, 3):
         assert _bitwise(state(a, step), state(b, step))
+
+
+def test_a_sharded_flux2_run_equals_one_process(tmp_path):
+    """The toy FLUX.2 (its double and single blocks sharded): steps, validation losses and LoRA as one process with
+    the doubled batch (measured on a 2-core CPU: losses equal to 1e-7, LoRA within 5.2e-6 = 0.005·lr)."""
+    toml = write_run_toml(tmp_path, "flux2", tiny_model("flux2", tmp_path / "model"))
+    assert main(["train", str(toml), *COMMON, "training.batch_size=2", "save.name=ref"]) == 0
+    code, out, err = _two(toml, "sh", "distributed.shard=base")
+    assert code == 0, err[-3000:]
+    assert "sharded base:" in out
+    ref, run = tmp_path / "out" / "ref", tmp_path / "out" / "sh"
+    assert_same_steps(run, ref, [1, 2, 3])
+    for step in (2, 3):
+        assert max_diff(state(run, step), state(ref, step)) <= 0.1 * LR
