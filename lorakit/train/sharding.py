@@ -70,7 +70,8 @@ def check_config(cfg, processes: int) -> None:
 
 
 def per_card(sizes, spec, cfg, processes: int, sharded: bool) -> dict[str, float]:
-    """GiB per part on each card of ``processes`` (weights as loaded, ``cfg``'s checkpointing and per-process batch):
+    """GiB per part on each card of ``processes`` (weights as loaded, ``cfg``'s checkpointing with its fraction, and
+    the per-process batch):
     the whole base on each card, or (``sharded``) its 1/N share plus the gathered working set
     (:data:`GATHERED_BLOCKS` of the largest block). :data:`budget.RESERVE_GIB` comes on top."""
     from lorakit.config.resolution import resolution_wh
@@ -80,7 +81,8 @@ def per_card(sizes, spec, cfg, processes: int, sharded: bool) -> dict[str, float
     largest = max((b[0] for b in sizes.blocks), default=0)
     w, h = resolution_wh(cfg.data.resolution)
     images = w * h / 1024**2 * cfg.training.batch_size
-    rate = spec.activation_gib[0 if cfg.memory.gradient_checkpointing else 1]
+    share = cfg.memory.checkpoint_fraction if cfg.memory.gradient_checkpointing else 0.0  # blocks left out keep theirs
+    rate = share * spec.activation_gib[0] + (1 - share) * spec.activation_gib[1]
     lora = sizes.lora_params * (4 + 4 + budget.STATE_BYTES.get(cfg.optimizer.name, 8))
     parts = {"weights": (base / processes if sharded else base) / GIB}
     if sharded:
@@ -133,6 +135,7 @@ def shard_base(cfg, denoiser: torch.nn.Module, blocks: Sequence[torch.nn.Module]
     # caller writes into that view in place, which would skip the backward gather; the gloo tests compare sharded
     # runs of the toy FLUX.1 against one process (tests/integration/test_multi_gpu_shard.py)
     warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+
     def move(t: torch.Tensor) -> torch.Tensor:  # a model built on the meta device (benchmarks): left uninitialised
         return torch.empty_like(t, device=device) if t.is_meta else t.to(device)
 

@@ -110,6 +110,9 @@ def test_per_card_memory_with_and_without_sharding(tmp_path):
     assert split["weights"] == 14.0 / 4
     assert split["gathered blocks"] == 2 * 5.0 * 3 / 4  # the largest block gathered twice (running + prefetched)
     assert split["activations"] == whole["activations"] == 1.5 * 2  # per process: checkpointing, batch 2 of 1024²
+    half = sharding.per_card(sizes, spec, _flux(tmp_path, data__resolution=1024, memory__checkpoint_fraction=0.5), 4,
+                             sharded=True)
+    assert half["activations"] == 0.5 * 1.5 + 0.5 * 6.0  # the blocks left out of checkpointing keep theirs
     assert split["LoRA+optimizer"] == 2**20 * 16 / gib  # fp32 weights + grads + AdamW's two moments, on every card
 
 
