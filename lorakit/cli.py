@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("config", help="run.toml")
     pl.add_argument("overrides", nargs="*", help="section.key=value overrides")
     pl.add_argument("--card", help="a card of lorakit's table (rtx4090, rtx3060-12g, h100, ...); default: this GPU")
+    pl.add_argument("--gpus", type=int, default=1, help="also the memory of each of N cards, with and without "
+                    "distributed.shard = \"base\" (issue 24)")
     pl.set_defaults(func=lambda args: __import__("lorakit.train.planview", fromlist=["main"]).main(
-        args.config, args.overrides, args.card))
+        args.config, args.overrides, args.card, args.gpus))
 
     c = sub.add_parser("config", help="show the resolved config or its schema")
     csub = c.add_subparsers(dest="config_command")

@@ -197,6 +197,8 @@ def loading_memory(cfg, spec, device) -> Any:
     (when the user set none), so that a family that places its denoiser block by block under a budget keeps it off
     the GPU until the plan is made (FLUX.1: no 22 GiB of bf16 weights on a 12 GiB card while the caches fill)."""
     mem = cfg.memory
+    if getattr(cfg.distributed, "shard", "none") == "base" and not mem.vram_gb:  # issue 24: a base to be sharded
+        return replace(mem, vram_gb=float("inf"))  # stays on the CPU after loading (deferred placement reads vram_gb)
     if mem.vram_gb or not wanted(cfg, device) or not cards.has_rows(spec):
         return mem
     return replace(mem, vram_gb=math.floor(cards.local_card(device).free_gib * 10) / 10)

@@ -24,6 +24,7 @@ launch`` or by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from lorakit.errors import ConfigError, TrainingError
+from lorakit.train import sharding
 
 AGENT_STORE = "LORAKIT_AGENT_STORE"  # set by launch(): the rendezvous store is the launcher's (it outlives ranks)
 TEST_FAULT = "LORAKIT_TEST_FAULT"  # TEST ONLY: "RANK:STEP:exit" or "RANK:STEP:hang" (a dead or hung rank)
@@ -55,6 +57,8 @@ class Group:
     step: int = 0           # the optimizer step whose gradients are exchanged next
     store: Any = None       # the rendezvous store (heartbeats)
     ctrl: Any = None        # a gloo group for barriers and checks (None: the default group, when it is gloo)
+    sharded: bool = False   # distributed.shard = "base": every forward runs on every process (train/sharding.py)
+    overlap: Any = None     # distributed.overlap: the LoRA gradients' buckets, summed while backward runs (Buckets)
 
 
 _G = Group()
@@ -102,6 +106,7 @@ def check_config(cfg, processes: int) -> None:
     if backend == "nccl" and device == "cpu":
         raise ConfigError("distributed.backend = \"nccl\" needs GPUs and training.device = \"cpu\": set "
                           "distributed.backend = \"auto\" (gloo on the CPU)")
+    sharding.check_config(cfg, processes)
     if cfg.memory.fused_backward:
         raise ConfigError("memory.fused_backward = true steps each LoRA weight inside backward, before the gradients "
                           "of the other processes arrive: set it false for a multi-process run")
@@ -116,6 +121,7 @@ def joined(cfg):
     global _G
     size = env_world()
     if size == 1:
+        sharding.check_config(cfg, 1)
         yield _G
         return
     import torch.distributed as dist
@@ -225,6 +231,9 @@ def local_part(batch, noised) -> tuple[Any, Any, float]:
     if _G.world == 1:
         return batch, noised, 1.0
     lo, hi = _G.rank * k // _G.world, (_G.rank + 1) * k // _G.world
+    share = (hi - lo) / k
+    if hi == lo and _G.sharded:  # every process must run the forward (it gathers shards): one sample, weight 0
+        lo, hi = k - 1, k
 
     def cut(v):
         if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == k:
@@ -238,13 +247,24 @@ def local_part(batch, noised) -> tuple[Any, Any, float]:
     def part(obj):
         return replace(obj, **{f.name: cut(getattr(obj, f.name)) for f in fields(obj) if f.init})
 
-    return part(batch), part(noised), (hi - lo) / k
+    return part(batch), part(noised), share
+
+
+def arm(cfg, trainable) -> None:
+    """Before a step's last backward: with ``distributed.overlap`` the LoRA gradients are summed in buckets as
+    backward produces them (:class:`Buckets`); nothing alone or with overlap off."""
+    if _G.world == 1 or not cfg.distributed.overlap:
+        return
+    if _G.overlap is None:
+        _G.overlap = Buckets(trainable)
+    _G.overlap.arm()
 
 
 def exchange(trainable, total: torch.Tensor) -> None:
     """Sum the LoRA gradients and the step's loss over all processes (one all-reduce per dtype, and one of the
     has-a-gradient flags on the CPU: no GPU wait); a parameter no process computed a gradient for keeps none, as
-    alone. A failed exchange stops with the missing ranks named."""
+    alone. With ``distributed.overlap`` the buckets backward launched are awaited instead. A failed exchange stops
+    with the missing ranks named."""
     if _G.world == 1:
         return
     import torch.distributed as dist
@@ -252,6 +272,14 @@ def exchange(trainable, total: torch.Tensor) -> None:
     _G.step += 1
     _test_fault(_G.step)
     _G.store.set(f"lorakit/arrived/{_G.rank}", str(_G.step))
+    if _G.overlap is not None and _G.overlap.armed:
+        try:
+            _G.overlap.finish(total)
+        except TrainingError:
+            raise
+        except Exception as exc:
+            raise lost(exc) from None
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable]
     has = torch.tensor([float(p.grad is not None) for p in trainable])  # on the host: read without a GPU wait
     by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
@@ -270,6 +298,95 @@ def exchange(trainable, total: torch.Tensor) -> None:
         raise lost(exc) from None
     for p, g, any_grad in zip(trainable, grads, has.tolist()):
         p.grad = g if any_grad else None
+
+
+def shard(cfg, denoiser, blocks, device, log) -> bool:
+    """distributed.shard = "base": the denoiser placed on ``device`` with its frozen weights sharded over the
+    processes (train/sharding.py); False (nothing done) otherwise."""
+    if sharding.shard_base(cfg, denoiser, blocks, device, _G.world, log):
+        _G.sharded = True
+    return _G.sharded
+
+
+BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
+
+
+class Buckets:
+    """``distributed.overlap``: the LoRA gradients summed over the processes while backward still runs, as DDP's
+    buckets do. The parameters are grouped, in reverse order (backward reaches the last layers first), into buckets of
+    at most :data:`BUCKET_BYTES` of one dtype and device; a hook (``register_post_accumulate_grad_hook``) counts the
+    gradients of a bucket as backward accumulates them, and a bucket whose gradients are all there is all-reduced
+    asynchronously, strictly in bucket order (the same order of collectives on every process), on a process group of
+    its own (apart from a sharded base's gathers). :meth:`finish`, before clipping, launches the buckets backward did
+    not complete (a parameter without a gradient here counts as zeros), sums the has-a-gradient flags and the loss,
+    and waits. Each gradient is the same sum of the same numbers as :func:`exchange`'s single all-reduce computes."""
+
+    def __init__(self, trainable, bucket_bytes: int = BUCKET_BYTES) -> None:
+        import torch.distributed as dist
+
+        self.params = list(trainable)
+        self.buckets: list[list[int]] = []
+        size, kind = 0, None
+        for i in reversed(range(len(self.params))):
+            p = self.params[i]
+            nbytes = p.numel() * p.element_size()
+            if not self.buckets or (p.dtype, p.device) != kind or size + nbytes > bucket_bytes:
+                self.buckets.append([])
+                size, kind = 0, (p.dtype, p.device)
+            self.buckets[-1].append(i)
+            size += nbytes
+        self.where = {i: b for b, members in enumerate(self.buckets) for i in members}
+        self.group = dist.new_group()  # every process builds its buckets at the same (first) step
+        self.hooks = [p.register_post_accumulate_grad_hook(functools.partial(self._ready, i))
+                      for i, p in enumerate(self.params)]
+        self.armed, self.twice = False, False
+
+    def arm(self) -> None:
+        self.armed, self.twice = True, False
+        self.seen: set[int] = set()
+        self.waiting = [len(b) for b in self.buckets]
+        self.launched = 0
+        self.works: list[tuple[int, torch.Tensor, Any]] = []
+
+    def _ready(self, i: int, _p) -> None:
+        if not self.armed:  # an earlier micro-batch of gradient accumulation
+            return
+        if i in self.seen:  # (a reentrant checkpoint would accumulate twice: refused in finish)
+            self.twice = True
+            return
+        self.seen.add(i)
+        self.waiting[self.where[i]] -= 1
+        while self.launched < len(self.buckets) and self.waiting[self.launched] == 0:
+            self._launch(self.launched)
+
+    def _launch(self, b: int) -> None:
+        import torch.distributed as dist
+
+        grads = [self.params[i].grad if self.params[i].grad is not None else torch.zeros_like(self.params[i])
+                 for i in self.buckets[b]]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.works.append((b, flat, dist.all_reduce(flat, group=self.group, async_op=True)))
+        self.launched = b + 1
+
+    def finish(self, total: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        while self.launched < len(self.buckets):
+            self._launch(self.launched)
+        self.armed = False
+        has = torch.tensor([float(p.grad is not None) for p in self.params])
+        dist.all_reduce(has, group=_G.ctrl)
+        dist.all_reduce(total, group=self.group)
+        for b, flat, work in self.works:
+            work.wait()
+            offset = 0
+            for i in self.buckets[b]:
+                p = self.params[i]
+                p.grad = flat[offset:offset + p.numel()].view_as(p) if has[i] else None
+                offset += p.numel()
+        if self.twice:
+            raise TrainingError("distributed.overlap: a LoRA gradient was accumulated twice in one backward "
+                                "(reentrant checkpointing?); set distributed.overlap = false")
 
 
 def lost(exc: BaseException) -> TrainingError:
@@ -302,6 +419,8 @@ def follow(cfg, resume_: bool, force: bool, log, watchdog, run_dir: Optional[Pat
     run_cfg, generator, optimizer, scheduler, scaler, start_step = loop.prepare_model(r, resume_, force, quiet,
                                                                                       watchdog)
     next_batch = loop.batches(r, run_cfg)
+    # a sharded base: rank 0's other forwards (previews, validation, the LoRA check) are run here too
+    forwards = sharding.Lockstep(r, run_cfg, start_step, watchdog) if _G.sharded else None
     for step in range(start_step + 1, run_cfg.training.max_steps + 1):
         watchdog.beat(f"training step {step}")
         steps.update_step(r.adapter, next_batch, run_cfg, generator, optimizer, r.placed.trainable, scaler,
@@ -309,6 +428,10 @@ def follow(cfg, resume_: bool, force: bool, log, watchdog, run_dir: Optional[Pat
         if r.ema is not None:
             r.ema.update()
         scheduler.step()
+        if forwards is not None:
+            forwards.after_step(step)
+    if forwards is not None:
+        forwards.finish(next_batch)
     return loop.RunResult(r.run.root, r.run.lora_path(), run_cfg.training.max_steps, float("nan"), [])
 
 

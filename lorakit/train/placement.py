@@ -17,7 +17,7 @@ import torch
 from lorakit.config.schema import Config
 from lorakit.errors import ConfigError
 from lorakit.lora.inject import inject_lora
-from lorakit.train import autoplan, budget, cards, memory, speed, swap, warmstart
+from lorakit.train import autoplan, budget, cards, distributed, memory, sharding, speed, swap, warmstart
 
 PLANNED = autoplan.PLANNED  # what the plan decides: the settings recorded in plan.json and compared on --resume
 
@@ -95,7 +95,11 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     blocks = speed.repeated_blocks(denoiser, extra=spec.compile_blocks)
     chosen: Optional[budget.Plan] = None
     run_cfg = cfg
-    if autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
+    sharded = None
+    if sharding.on(cfg):  # a sharded base (issue 24): the per-card estimate; the plan's choices do not compose with it
+        sharded = sharding.check_room(cfg, budget.for_model(spec, denoiser), denoiser, blocks, trainable,
+                                      distributed.world(), log)
+    elif autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
         chosen = autoplan.choose(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, cards.local_card(device),
                                  device=device, log=log, room=room)
     elif cfg.memory.vram_gb:
@@ -112,12 +116,19 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     if chosen is not None:
         adapter.before_placement(run_cfg.memory, log)  # what the plan chose that the adapter applies
     mem = run_cfg.memory
-    swapper = swap.place_denoiser(denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,
-                                  blocks_to_swap=mem.blocks_to_swap, log=log)
+    swapper = None if sharding.on(run_cfg) else swap.place_denoiser(
+        denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,
+        blocks_to_swap=mem.blocks_to_swap, log=log)
     speed.prepare_denoiser(denoiser, mem, device, log=log, cuda_graphs=mem.cuda_graphs, swapper=swapper,
                            buckets=buckets, extra_regions=spec.compile_blocks)
+    # distributed.shard = "base": placed block by block while sharded over the processes (FSDP2), after checkpointing
+    # is chosen (it finds the blocks by class, which sharding renames)
+    distributed.shard(run_cfg, denoiser, blocks, device, log)
     log(f"LoRA: {sum(len(t) for t in targets.values())} modules, {sum(p.numel() for p in trainable):,} parameters")
-    return Placed(run_cfg, plan_record(cfg, run_cfg, chosen), modules, targets, groups, trainable)
+    record = plan_record(cfg, run_cfg, chosen)
+    if sharded:
+        record["sharded"] = sharded  # plan.json: the per-card estimate of a sharded base
+    return Placed(run_cfg, record, modules, targets, groups, trainable)
 
 
 def plan_record(cfg: Config, run_cfg: Config, chosen: Optional[budget.Plan]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ estimate with the measured row it comes from and what was extrapolated.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 from lorakit.errors import ConfigError
@@ -63,18 +64,69 @@ def meta_model(cfg) -> tuple:
     return _BUILT[key]
 
 
+def sizes_of(cfg) -> budget.Sizes:
+    """The byte counts of ``cfg``'s full-size denoiser (once per model in a process: they take seconds)."""
+    spec, model, blocks, trainable = meta_model(cfg)
+    key = (id(model), tuple(spec.host_linears), sum(int(t.numel()) for t in trainable))
+    if key not in _SIZES:
+        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
+    return _SIZES[key]
+
+
 def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan], list[str]]:
     """The automatic plan of ``cfg`` on ``card`` (None where nothing is planned) and the lines it logged."""
     from lorakit.train import swap
 
     spec, model, blocks, trainable = meta_model(cfg)
-    key = (id(model), tuple(spec.host_linears), sum(int(t.numel()) for t in trainable))
-    if key not in _SIZES:  # byte counts of a full-size model take seconds: once per model in a process
-        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
     lines: list[str] = []
     plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=None,
-                           log=log or lines.append, sizes=_SIZES[key])
+                           log=log or lines.append, sizes=sizes_of(cfg))
     return plan, lines
+
+
+def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.Plan]) -> list[str]:
+    """``lorakit plan --gpus N`` (issue 24): the memory of each of N cards, the whole base on each (data-parallel:
+    the plan above on every card) and the base sharded (``distributed.shard = "base"``: 1/N of the weights as loaded
+    plus the gathered blocks, with the config's checkpointing; the plan's other levers do not compose with it)."""
+    from lorakit.train import sharding
+
+    spec, model = meta_model(cfg)[:2]
+    spec = budget.for_model(spec, model)
+    room = float(cfg.memory.vram_gb) if cfg.memory.vram_gb else math.floor(card.free_gib * 10) / 10
+    b = cfg.training.batch_size
+    out = [f"  {gpus} cards (memory.vram_gb and every peak here are per card: {room:g} GiB each; training.batch_size "
+           f"{b} is per card, the global batch {gpus * b}):"]
+    shardable = cfg.model.family in _shardable()
+    rows = [("none", "whole base on each card", sharding.per_card(sizes_of(cfg), spec, cfg, gpus, sharded=False))]
+    if shardable:
+        rows.append(("base", "base sharded", sharding.per_card(sizes_of(cfg), spec, cfg, gpus, sharded=True)))
+    if single is not None:
+        out.append(f"    distributed.shard = \"none\" (data-parallel, the plan above on every card): "
+                   f"~{single.estimate_gib:.2f} GiB per card")
+    fits = {}
+    for value, label, parts in rows:
+        peak = sum(parts.values()) + budget.RESERVE_GIB
+        fits[value] = peak <= room
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+        ckpt = "checkpointing" if cfg.memory.gradient_checkpointing else "no checkpointing"
+        out.append(f"    distributed.shard = \"{value}\" ({label}, weights as loaded, {ckpt}): ~{peak:.2f} GiB per "
+                   f"card ({shown}, reserve {budget.RESERVE_GIB}) {'fits' if fits[value] else 'does not fit'}")
+    if not shardable:
+        out.append(f"    distributed.shard = \"base\" is not offered for {cfg.model.family} (only "
+                   f"{', '.join(sorted(_shardable()))})")
+    elif not sharding.on(cfg) and fits["base"] and not fits["none"]:
+        out.append(f"    one card cannot hold this base as loaded: distributed.shard = \"base\" with --gpus {gpus} "
+                   "fits without block swap or fp8 storage")
+    if sharding.on(cfg):
+        out.append("    this config shards (distributed.shard = \"base\"): the run uses the sharded row; the automatic "
+                   "plan above (one card alone) is not applied")
+    return out
+
+
+def _shardable() -> set[str]:
+    from lorakit.config import families
+
+    return set(families.applies_to("distributed.shard"))
 
 
 def who(cfg, key: str, value, explicit: frozenset[str]) -> str:
@@ -89,16 +141,24 @@ def report(cfg, card: cards.CardFacts, label: str) -> str:
     return planned(cfg, card, label)[0]
 
 
-def planned(cfg, card: cards.CardFacts, label: str) -> tuple[str, Optional[budget.Plan]]:
-    """:func:`report`'s text and the plan it shows (None where nothing is planned)."""
+def planned(cfg, card: cards.CardFacts, label: str, gpus: int = 1) -> tuple[str, Optional[budget.Plan]]:
+    """:func:`report`'s text and the plan it shows (None where nothing is planned); ``gpus`` > 1: with the per-card
+    memory of that many cards (:func:`cards_lines`)."""
     from lorakit.config.load import explicit_keys
 
     PLANNED = autoplan.PLANNED
-    plan, lines = plan_for(cfg, card)
+    try:
+        plan, lines = plan_for(cfg, card)
+    except ConfigError as exc:  # nothing fits one card: with several, the sharded row may
+        if gpus == 1:
+            raise
+        plan, lines = None, [f"  one card: {exc}"]
     out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
     out += [f"  note: {n}" for n in card.notes]
     if plan is None:
         out += lines
+        if gpus > 1:
+            out += cards_lines(cfg, card, gpus, None)
         return "\n".join(out), None
     explicit = explicit_keys(cfg)
     applied = plan.applied
@@ -120,10 +180,12 @@ def planned(cfg, card: cards.CardFacts, label: str) -> tuple[str, Optional[budge
     if plan.step and plan.step.link_bound:
         out.append(f"  the host link ({card.host_link_gbs:g} GB/s) bounds this setting's step")
     out.append(f"  log line: {plan.line}")
+    if gpus > 1:
+        out += cards_lines(cfg, card, gpus, plan)
     return "\n".join(out), plan
 
 
-def main(config: str, overrides: Sequence[str], card_key: Optional[str]) -> int:
+def main(config: str, overrides: Sequence[str], card_key: Optional[str], gpus: int = 1) -> int:
     from lorakit.config.load import load_config
 
     cfg = load_config(config, list(overrides))
@@ -136,5 +198,7 @@ def main(config: str, overrides: Sequence[str], card_key: Optional[str]) -> int:
             raise ConfigError("lorakit plan: no CUDA GPU here; name a card with --card, one of: "
                               + ", ".join(cards.card_names()))
         facts = cards.local_card(torch.device("cuda"))
-    print(report(cfg, facts, config))
+    if gpus < 1:
+        raise ConfigError(f"--gpus {gpus}: give 1 or more")
+    print(planned(cfg, facts, config, gpus)[0])
     return 0

@@ -43,13 +43,15 @@ def train_step(adapter, next_batch, cfg: Config, generator, optimizer, trainable
     if getattr(optimizer, "needs_train_mode", False):  # schedule-free: gradients at y (zero_grad goes back to x)
         optimizer.train()
     total = torch.zeros((), device=device)  # summed on the device: reading it would wait for the GPU
-    for _ in range(accumulation):
+    for micro in range(accumulation):
+        if micro == accumulation - 1:  # distributed.overlap: gradients summed as this backward produces them
+            distributed.arm(cfg, trainable)
         speed.mark_step()  # CUDA graph trees: a new forward/backward begins (no-op unless CUDA graphs are on)
         batch = to_device(next_batch(), device)
         noise = to_gpu(torch.randn(batch.latents.shape, generator=generator), device)
         noised = adapter.noise(batch.latents, noise, batch, cfg.training, generator)
         batch, noised, share = distributed.local_part(batch, noised)  # this process's slice of the global batch
-        if not share:  # a short last batch with fewer samples than processes: nothing here this time
+        if not batch.latents.shape[0]:  # a short last batch with fewer samples than processes: nothing here
             continue
         with autocast(device, compute_dtype):
             pred = adapter.predict(noised, batch)

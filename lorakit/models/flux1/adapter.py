@@ -54,6 +54,7 @@ SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift
                      "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
                      "training.discrete_flow_shift", "training.guidance_scale", "training.t5_max_length",
                      "training.apply_t5_attn_mask", "memory.blocks_to_swap", "memory.modulation_on_cpu",
+                     "distributed.shard",
                      "sample.guidance"}),
                  planning_model=lambda cfg: planning_model(cfg))
 

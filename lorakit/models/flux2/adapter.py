@@ -32,7 +32,7 @@ SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0
                      "network.double_block_indices", "network.single_block_indices", "network.module_ranks",
                      "training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
                      "training.discrete_flow_shift", "training.guidance_scale", "training.text_max_length",
-                     "memory.blocks_to_swap", "sample.guidance"}),
+                     "memory.blocks_to_swap", "distributed.shard", "sample.guidance"}),
                  # the planning numbers differ per size: .planning (measured on an H100 for Klein 4B / 9B, RESULTS.md
                  # round 12; dev scaled, said to be an estimate). The family-wide rates are Klein 9B's (the larger)
                  activation_gib=planning.RATES["klein-9b"]["eager"],

@@ -37,7 +37,8 @@ SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shif
                  config_keys=frozenset({
                      "model.vae", "model.text_encoder", "network.module_ranks", "training.timestep_sampling",
                      "training.sigmoid_scale", "training.logit_mean", "training.logit_std",
-                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap"}),
+                     "training.discrete_flow_shift", "training.text_max_length", "memory.blocks_to_swap",
+                     "distributed.shard"}),
                  # measured (RESULTS.md round 14) and estimated numbers: .planning says which
                  activation_gib=planning.RATES["eager"], activation_gib_compiled=planning.RATES["compiled"],
                  measured_steps=planning.steps(),
