@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Assemble .peers/ (gitignored; carried to the GPU machine by the lead) for benchmarks/peers.py:
+#   .peers/diffusers/   diffusers' DreamBooth-LoRA example scripts (FLUX.2 Klein, Qwen-Image, Z-Image), unchanged
+#   .peers/sd-scripts/  kohya's sd-scripts (train_network.py, sd3_train_network.py, library/, networks/), unchanged
+#   .peers/site/        pure-python packages sd-scripts imports that the GPU machine lacks (voluptuous, toml,
+#                       einops, imagesize), installed from PyPI wheels with pip --target
+#   .peers/SOURCES.txt  the commits the files came from
+# The peer code is never committed to lorakit: it comes from the mirrors that the `fetch` tool leaves under
+# /work/.mirror (github:huggingface/diffusers, github:kohya-ss/sd-scripts). Usage, from the repository root:
+#   bash benchmarks/peers_fetch.sh            # MIRROR=/work/.mirror by default
+set -euo pipefail
+MIRROR=${MIRROR:-/work/.mirror}
+PY=${PY:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DEST=$ROOT/.peers
+DIFF=$MIRROR/huggingface+diffusers/repo
+KOHYA=$MIRROR/kohya-ss+sd-scripts/repo
+for r in "$DIFF" "$KOHYA"; do
+  git --git-dir="$r" rev-parse -q --verify HEAD >/dev/null 2>&1 ||
+    { echo "peers_fetch: no mirror at $r: fetch github:huggingface/diffusers and github:kohya-ss/sd-scripts first" >&2; exit 1; }
+done
+rm -rf "$DEST.part" && mkdir -p "$DEST.part/diffusers" "$DEST.part/sd-scripts" "$DEST.part/site"
+# diffusers' scripts at the mirror's HEAD (0.40.0.dev0: the newest snapshot stored; their check_min_version accepts
+# the carried 0.42.1 wheel; the 0.42.1 release itself is not in the mirror)
+for s in train_dreambooth_lora_flux2_klein.py train_dreambooth_lora_qwen_image.py train_dreambooth_lora_z_image.py; do
+  git --git-dir="$DIFF" show "HEAD:examples/dreambooth/$s" > "$DEST.part/diffusers/$s"
+done
+# sd-scripts: the two trainers and the folders they import
+git --git-dir="$KOHYA" archive HEAD train_network.py sd3_train_network.py library networks | tar -x -C "$DEST.part/sd-scripts"
+{
+  echo "diffusers $(git --git-dir="$DIFF" log -1 --format='%H %cs') examples/dreambooth"
+  echo "sd-scripts $(git --git-dir="$KOHYA" log -1 --format='%H %cs')"
+} > "$DEST.part/SOURCES.txt"
+# pure-python wheels (pinned as sd-scripts' requirements.txt pins them), unpacked for any Python 3
+WHEELS=(voluptuous==0.15.2 toml==0.10.2 einops==0.7.0 imagesize==1.4.1)
+$PY -m pip download -q --no-deps --only-binary=:all: -d "$DEST.part/wheels" "${WHEELS[@]}"
+$PY -m pip install -q --no-deps --no-compile --no-index --target "$DEST.part/site" "$DEST.part"/wheels/*.whl
+rm -rf "$DEST.part/wheels" "$DEST.part/site"/*.dist-info/RECORD
+rm -rf "$DEST" && mv "$DEST.part" "$DEST"
+echo "peers_fetch: $(du -sh "$DEST" | cut -f1) in $DEST"; cat "$DEST/SOURCES.txt"
