@@ -175,7 +175,183 @@ def write_flux2(folder: Path, size: str, tiny: bool, device: str) -> dict[str, A
     return {"model": str(folder)}
 
 
+def write_zimage(folder: Path, tiny: bool, device: str) -> dict[str, Any]:
+    """Diffusers folder of Z-Image (6 B single-stream DiT, Qwen3-4B ``Qwen3Model``, FLUX.1's 16-channel AE) as
+    ``ZImagePipeline`` loads it."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
+    from transformers import Qwen3Config, Qwen3Model
+
+    from lorakit.models.flux1.configs import ae_config
+    from lorakit.models.flux1.load import TINY_AE
+    from lorakit.models.zimage import configs
+    from lorakit.models.zimage import tiny as small
+
+    tok = qwen_tokenizer(folder / "tokenizer")
+    if tiny:
+        tcfg, aecfg, qcfg = small.TINY_TRANSFORMER, TINY_AE, {**small.TINY_QWEN3, "vocab_size": len(tok)}
+    else:
+        tcfg, aecfg = configs.transformer_config(), ae_config()
+        qcfg = {k: v for k, v in configs.qwen3_config().items() if k != "model_type"}
+    with torch.device("meta"):
+        tr = ZImageTransformer2DModel(**_clean(tcfg))
+        te = Qwen3Model(Qwen3Config(**_clean(qcfg)))
+        ae = AutoencoderKL(**_clean(aecfg))
+    diffusers_component(folder / "transformer", tr, 0, device)
+    transformers_component(folder / "text_encoder", te, 1, device)
+    diffusers_component(folder / "vae", ae, 2, device)
+    FlowMatchEulerDiscreteScheduler(**_clean(configs.scheduler_config())).save_config(folder / "scheduler")
+    write_json(folder / "model_index.json", {
+        "_class_name": "ZImagePipeline", "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "text_encoder": ["transformers", "Qwen3Model"],
+        "tokenizer": ["transformers", "Qwen2Tokenizer"], "transformer": ["diffusers", "ZImageTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"]})
+    return {"model": str(folder)}
+
+
+QWEN_TE_LAYERS = 4  # of Qwen2.5-VL-7B's 28 (see write_qwenimage)
+
+
+def write_qwenimage(folder: Path, tiny: bool, device: str) -> dict[str, Any]:
+    """Diffusers folder of Qwen-Image (20 B MMDiT, Qwen2.5-VL-7B ``Qwen2_5_VLForConditionalGeneration``,
+    ``AutoencoderKLQwenImage``) as ``QwenImagePipeline`` loads it.
+
+    The one departure from the real configs: the text encoder keeps QWEN_TE_LAYERS of its 28 decoder layers and a
+    one-block vision tower (widths, vocabulary and the 3584-wide hidden state the transformer reads are the real
+    ones). The full set (41 GB transformer + 16.6 GB encoder) does not fit the GPU machine's 64 GB disk beside the
+    system; the encoder runs once before training, to fill the text cache, and is off the GPU during the timed steps.
+    """
+    import torch
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from lorakit.models.qwenimage import configs
+    from lorakit.models.qwenimage import tiny as small
+    from lorakit.models.qwenimage.text import tiny_tokenizer
+
+    tok = tiny_tokenizer(PROMPT.split())
+    tok.save_pretrained(str(folder / "tokenizer"))
+    if tiny:
+        tcfg, vcfg = small.TINY_TRANSFORMER, {**small.TINY_VAE, "latents_mean": list(configs.LATENTS_MEAN),
+                                               "latents_std": list(configs.LATENTS_STD)}
+        text, vision = {**small.TINY_TEXT, "vocab_size": len(tok)}, small.TINY_VISION
+    else:
+        tcfg, vcfg = configs.transformer_config(), configs.vae_config()
+        text = {**configs.text_config(), "num_hidden_layers": QWEN_TE_LAYERS}
+        vision = {"depth": 1, "out_hidden_size": text["hidden_size"], "fullatt_block_indexes": [0]}
+    text = {**text, "pad_token_id": tok.pad_token_id, "bos_token_id": None, "eos_token_id": tok.eos_token_id}
+    with torch.device("meta"):
+        tr = QwenImageTransformer2DModel(**_clean(tcfg))
+        te = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(text_config=text, vision_config=vision))
+        vae = AutoencoderKLQwenImage(**_clean(vcfg))
+    diffusers_component(folder / "transformer", tr, 0, device)
+    transformers_component(folder / "text_encoder", te, 1, device)
+    diffusers_component(folder / "vae", vae, 2, device)
+    FlowMatchEulerDiscreteScheduler(**_clean(configs.scheduler_config())).save_config(folder / "scheduler")
+    write_json(folder / "model_index.json", {
+        "_class_name": "QwenImagePipeline", "_diffusers_version": "0.42.1",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+        "tokenizer": ["transformers", "Qwen2Tokenizer"], "transformer": ["diffusers", "QwenImageTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKLQwenImage"]})
+    return {"model": str(folder)}
+
+
+def kohya_tokenizers(folder: Path, t5: bool) -> Path:
+    """sd-scripts' ``--tokenizer_cache_dir``: the Hub ids it asks for, as folders (``org_name``) of tokenizers built
+    from lorakit's package data (CLIP-L / bigG: the real CLIP vocabulary; T5: the real SentencePiece model)."""
+    from lorakit.models.tokenizers import clip_tokenizer, t5_tokenizer
+
+    clip_tokenizer().save_pretrained(str(folder / "openai_clip-vit-large-patch14"))
+    if t5:  # SD3: CLIP-G pads with "!" as SD3's own tokenizer_2 does; T5-XXL
+        clip_tokenizer(pad_token="!").save_pretrained(str(folder / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
+        t5_tokenizer().save_pretrained(str(folder / "google_t5-v1_1-xxl"))
+    return folder
+
+
+def _no_position_ids(sd: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in sd.items() if not k.endswith("position_ids")}
+
+
+def sd3_layout(variant: str, tiny: bool) -> dict[str, dict[str, Any]]:
+    """role -> {key: meta tensor} of SD3.5 files as sd-scripts reads them: ``checkpoint`` (the official single file's
+    ``model.diffusion_model.*`` MMDiT in SAI names + ``first_stage_model.*`` LDM VAE), and the separate encoders
+    ComfyUI users keep: ``clip_l`` / ``clip_g`` (transformers ``CLIPTextModelWithProjection`` names) and ``t5xxl``
+    (``T5EncoderModel`` names). ``tiny``: a tiny MMDiT and VAE (the encoders are fixed-size in sd-scripts)."""
+    import torch
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from lorakit.models.flux1.convert import ae_diffusers_to_bfl
+    from lorakit.models.sd3 import configs
+    from lorakit.models.sd3 import tiny as small
+    from lorakit.models.sd3.convert import diffusers_to_original
+
+    tcfg = small.TINY_TRANSFORMER if tiny else configs.transformer_config(variant)
+    with torch.device("meta"):
+        tr = SD3Transformer2DModel(**_clean(tcfg))
+        vae = AutoencoderKL(**_clean(configs.vae_config()))
+        clip_l = CLIPTextModelWithProjection(CLIPTextConfig(**_clean(configs.clip_l_config())))
+        clip_g = CLIPTextModelWithProjection(CLIPTextConfig(**_clean(configs.clip_g_config())))
+        t5 = T5EncoderModel(T5Config(**_clean(configs.t5_config())))
+    ckpt = {"model.diffusion_model." + k: v for k, v in diffusers_to_original(tr.state_dict()).items()}
+    ckpt.update({"first_stage_model." + k: v for k, v in ae_diffusers_to_bfl(vae.state_dict()).items()})
+
+    def clip_sd(m: Any) -> dict[str, Any]:
+        return {(k if k.startswith(("text_model.", "text_projection")) else "text_model." + k): v
+                for k, v in _no_position_ids(m.state_dict()).items()}
+
+    return {"checkpoint": ckpt, "clip_l": clip_sd(clip_l), "clip_g": clip_sd(clip_g), "t5xxl": dict(t5.state_dict())}
+
+
+def write_sd3(folder: Path, variant: str, tiny: bool, device: str) -> dict[str, Any]:
+    import torch
+
+    names = {"checkpoint": f"sd3.5_{variant}.safetensors", "clip_l": "clip_l.safetensors",
+             "clip_g": "clip_g.safetensors", "t5xxl": "t5xxl_fp16.safetensors"}
+    paths: dict[str, Any] = {}
+    for i, (role, sd) in enumerate(sd3_layout(variant, tiny).items()):
+        dtype = torch.float16 if role != "checkpoint" else torch.bfloat16  # as the published files
+        paths[role] = str(random_file(folder / names[role], sd, device, seed=i, dtype=dtype))
+    paths["tokenizers"] = str(kohya_tokenizers(folder / "tokenizers", t5=True))
+    return paths
+
+
+def sd15_layout() -> dict[str, Any]:
+    """{key: meta tensor} of an SD 1.5 single file (LDM names: ``model.diffusion_model.``, ``first_stage_model.``,
+    ``cond_stage_model.transformer.``), through lorakit's own SGM converters. Always full size: sd-scripts builds
+    SD 1.5's fixed architecture (a ``--tiny`` dry run only lowers the resolution)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lorakit.models.sd15 import configs
+    from lorakit.models.sd15.convert import TE_PREFIX
+    from lorakit.models.sdxl.convert import te1_to_sgm, unet_to_sgm, vae_to_sgm
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**_clean(configs.UNET))
+        vae = AutoencoderKL(**_clean(configs.VAE))
+        te = CLIPTextModel(CLIPTextConfig(**_clean(configs.TEXT_ENCODER)))
+    sd = unet_to_sgm(unet.state_dict(), unet.config)
+    sd.update(vae_to_sgm(vae.state_dict(), vae.config))
+    sd.update(te1_to_sgm(_no_position_ids(te.state_dict()), prefix=TE_PREFIX))
+    return sd
+
+
+def write_sd15(folder: Path, tiny: bool, device: str) -> dict[str, Any]:
+    import torch
+
+    path = random_file(folder / "v1-5-pruned-emaonly.safetensors", sd15_layout(), device, 0, dtype=torch.float16)
+    return {"checkpoint": str(path), "tokenizers": str(kohya_tokenizers(folder / "tokenizers", t5=False))}
+
+
 MODELS: dict[str, Callable[[Path, bool, str], dict[str, Any]]] = {
+    "sd35-medium": lambda d, tiny, dev: write_sd3(d, "medium", tiny, dev),
+    "sd35-large": lambda d, tiny, dev: write_sd3(d, "large", tiny, dev),
+    "sd15": write_sd15,
+    "zimage": write_zimage,
+    "qwenimage": write_qwenimage,
     "flux2-klein-4b": lambda d, tiny, dev: write_flux2(d, "klein-4b", tiny, dev),
     "flux2-klein-9b": lambda d, tiny, dev: write_flux2(d, "klein-9b", tiny, dev),
 }
@@ -233,7 +409,28 @@ def diffusers_args(case: Case, paths: dict, data: Path, out: Path, steps: int, t
     return args
 
 
-PEER_ARGS = {"diffusers": diffusers_args}
+def sd_scripts_args(case: Case, paths: dict, data: Path, out: Path, steps: int, tiny: bool) -> list[str]:
+    """sd-scripts' LoRA trainer (``train_network.py`` / ``sd3_train_network.py``) with the same settings."""
+    res = case.resolution
+    args = ["--pretrained_model_name_or_path", paths["checkpoint"], "--tokenizer_cache_dir", paths["tokenizers"],
+            "--train_data_dir", str(data), "--caption_extension", ".txt", "--resolution", f"{res},{res}",
+            "--train_batch_size", "1", "--output_dir", str(out), "--output_name", "peer", "--save_model_as",
+            "safetensors", "--network_dim", "16", "--network_alpha", "16", "--learning_rate", "1e-4",
+            "--optimizer_type", "AdamW", "--lr_scheduler", "constant", "--mixed_precision", "bf16",
+            "--save_precision", "bf16", "--cache_latents", "--cache_text_encoder_outputs",
+            "--max_train_steps", str(steps + 2), "--seed", "0", "--sdpa", "--max_data_loader_n_workers", "0",
+            "--max_grad_norm", "1.0", *case.extra]
+    if case.script == "sd3_train_network.py":
+        args += ["--network_module", "networks.lora_sd3", "--clip_l", paths["clip_l"], "--clip_g", paths["clip_g"],
+                 "--t5xxl", paths["t5xxl"]]
+    else:
+        args += ["--network_module", "networks.lora"]
+    if case.gc:
+        args.append("--gradient_checkpointing")
+    return args
+
+
+PEER_ARGS = {"diffusers": diffusers_args, "sd-scripts": sd_scripts_args}
 
 
 # ============================================================================== running and reading

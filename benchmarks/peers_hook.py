@@ -129,12 +129,20 @@ class ShimFinder:
         return PathFinder.find_spec(name, [str(SHIM)])
 
 
-def install() -> None:
+def install_shims() -> list[str]:
+    """Serve the stand-ins for whichever of torchvision / cv2 is missing (at most once per process)."""
+    if any(isinstance(f, ShimFinder) for f in sys.meta_path):
+        return STATS["shims"]
     for mod in ("torchvision", "cv2"):
         if importlib.util.find_spec(mod) is None:
             STATS["shims"].append(mod)
     if STATS["shims"]:
         sys.meta_path.append(ShimFinder(STATS["shims"]))
+    return STATS["shims"]
+
+
+def install() -> None:
+    install_shims()
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(_after_step)
