@@ -141,8 +141,29 @@ def install_shims() -> list[str]:
     return STATS["shims"]
 
 
+# names sd-scripts imports that transformers 5 (on the GPU machine) no longer has: {missing: present equivalent}.
+# CLIPFeatureExtractor is only imported by sd-scripts' sampling pipelines (library/lpw_stable_diffusion.py), never
+# used by the training step.
+ALIASES = {"CLIPFeatureExtractor": "CLIPImageProcessor"}
+
+
+def install_aliases() -> list[str]:
+    import transformers
+
+    added = []
+    for missing, present in ALIASES.items():
+        try:
+            getattr(transformers, missing)
+        except (AttributeError, ImportError, ModuleNotFoundError):
+            setattr(transformers, missing, getattr(transformers, present))
+            added.append(missing)
+    STATS["aliases"] = added
+    return added
+
+
 def install() -> None:
     install_shims()
+    install_aliases()
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     register_optimizer_step_post_hook(_after_step)
