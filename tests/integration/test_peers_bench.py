@@ -142,7 +142,9 @@ def test_hook_records_each_optimizer_step_in_process(monkeypatch):
     monkeypatch.setattr(peers_hook, "STATS", {"step_end_s": [], "step_peak_gib": []})
     m = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    handle = torch.optim.optimizer.register_optimizer_step_post_hook(peers_hook._after_step)
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(peers_hook._after_step)
     try:
         for _ in range(4):
             m(torch.ones(1, 3)).sum().backward()
