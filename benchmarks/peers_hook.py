@@ -155,7 +155,10 @@ def install_aliases() -> list[str]:
         try:
             getattr(transformers, missing)
         except (AttributeError, ImportError, ModuleNotFoundError):
-            setattr(transformers, missing, getattr(transformers, present))
+            value = getattr(transformers, present)
+            # the lookup can swap the lazy module in sys.modules: set the name on what `from transformers import` reads
+            for module in (transformers, sys.modules["transformers"]):
+                setattr(module, missing, value)
             added.append(missing)
     STATS["aliases"] = added
     return added
