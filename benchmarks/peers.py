@@ -417,12 +417,12 @@ def sd_scripts_args(case: Case, paths: dict, data: Path, out: Path, steps: int, 
             "--train_batch_size", "1", "--output_dir", str(out), "--output_name", "peer", "--save_model_as",
             "safetensors", "--network_dim", "16", "--network_alpha", "16", "--learning_rate", "1e-4",
             "--optimizer_type", "AdamW", "--lr_scheduler", "constant", "--mixed_precision", "bf16",
-            "--save_precision", "bf16", "--cache_latents", "--cache_text_encoder_outputs",
+            "--save_precision", "bf16", "--cache_latents",
             "--max_train_steps", str(steps + 2), "--seed", "0", "--sdpa", "--max_data_loader_n_workers", "0",
             "--max_grad_norm", "1.0", *case.extra]
     if case.script == "sd3_train_network.py":
         args += ["--network_module", "networks.lora_sd3", "--clip_l", paths["clip_l"], "--clip_g", paths["clip_g"],
-                 "--t5xxl", paths["t5xxl"]]
+                 "--t5xxl", paths["t5xxl"], "--cache_text_encoder_outputs"]  # train_network.py has no such flag
     else:
         args += ["--network_module", "networks.lora"]
     if case.gc:
