@@ -271,6 +271,17 @@ ROWS.update({
                           "phases": (True,)},
     "sd35l/fp8+swap12": {"family": "sd3", "size": "large", "gc": True, "fp8": True, "swap": 12},
 })
+# Z-Image and SD 1.5 (issue 29), set against diffusers' Z-Image script and sd-scripts' train_network.py by peers.py
+ROWS.update({
+    "zimage/gc": {"family": "zimage", "gc": True, "eager_first": True},
+    "zimage/gc+compile": {"family": "zimage", "gc": True, "compile": "regions", "phases": (True,)},
+    "zimage/fp8c+compile": {"family": "zimage", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
+                            "phases": (True,)},
+    "sd15/gc": {"family": "sd15", "gc": True, "eager_first": True},
+    "sd15/gc+compile": {"family": "sd15", "gc": True, "compile": "regions", "phases": (True,)},
+    "sd15/gc+compile-graphs": {"family": "sd15", "gc": True, "compile": "regions", "cudagraphs": True,
+                               "phases": (True,)},
+})
 CONTEXT_GIB = 0.5  # what a "vram" row leaves of its budget to the CUDA context (not counted by the allocator)
 
 
@@ -290,7 +301,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
     rank = 32 if family == "sdxl" else 16
     data = {
         "model": {"family": family, "checkpoint": "random-weights.safetensors"},
-        "data": {"dir": str(ROOT), "resolution": 1024},
+        "data": {"dir": str(ROOT), "resolution": 512 if family == "sd15" else 1024},
         "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0},
         # fused_backward steps each parameter inside backward: no clipping by the global norm there (nor in "noclip")
         "optimizer": {"name": s.get("optim", "adamw"), "lr": 1e-4,
@@ -453,6 +464,53 @@ def build_qwenimage(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
     return adapter, tr, text
 
 
+def build_zimage(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size Z-Image transformer (6 B) on ``device`` (bf16), as load() leaves it; a caption
+    of 32 real tokens (the pipeline passes only the real tokens; the adapter cuts the padding)."""
+    import torch
+    from diffusers import ZImageTransformer2DModel
+
+    from lorakit.models.zimage import configs
+    from lorakit.models.zimage.adapter import Adapter
+    from lorakit.models.zimage.convert import Shape
+    from lorakit.models.zimage.load import ZImageComponents
+
+    conf = {k: v for k, v in configs.transformer_config().items() if not k.startswith("_")}
+    if TINY:
+        conf.update(dim=32, n_layers=2, n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6])
+    with torch.device(device):
+        tr = ZImageTransformer2DModel(**conf)
+    tr.to(torch.bfloat16).requires_grad_(False).eval()
+    shape = Shape(dim=conf["dim"], n_layers=conf["n_layers"], n_refiner=conf["n_refiner_layers"],
+                  head_dim=conf["dim"] // conf["n_heads"], cap_feat_dim=conf["cap_feat_dim"],
+                  in_channels=conf["in_channels"])
+    adapter = Adapter(cfg)
+    adapter.comps = ZImageComponents(transformer=tr, shape=shape, variant="base", how="bench")
+    adapter.device, adapter.dtype = torch.device(device), torch.bfloat16
+    mask = torch.zeros(1, 512, dtype=torch.int64)
+    mask[:, :32] = 1
+    text = {"prompt_embeds": torch.randn(1, 512, conf["cap_feat_dim"]) * mask[..., None], "prompt_mask": mask}
+    return adapter, tr, text
+
+
+def build_sd15(cfg: Any, device: Any) -> tuple[Any, Any, dict]:
+    """Adapter with a random full-size SD 1.5 U-Net on ``device`` (bf16); tiny stand-ins for the unused VAE / CLIP."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.models.sd15 import configs
+    from lorakit.models.sd15.adapter import Adapter
+
+    conf = {k: v for k, v in configs.UNET.items() if not k.startswith("_")}
+    if TINY:
+        conf.update(block_out_channels=[32, 64, 64, 64], attention_head_dim=2, norm_num_groups=32)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**conf)
+    adapter = Adapter(cfg)
+    adapter.attach(unet, torch.nn.Linear(1, 1), torch.nn.Linear(1, 1), None, device=device, dtype=torch.bfloat16)
+    return adapter, adapter.unet, {"context": torch.randn(1, 77, conf["cross_attention_dim"])}
+
+
 def count_forward_flops(adapter: Any, next_batch: Any, cfg: Any, device: Any) -> float:
     """FLOPs of one forward (torch's FlopCounterMode: matmuls, convs, attention) under no_grad."""
     import torch
@@ -495,6 +553,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             adapter, model, text = build_sd3(cfg, device, s["size"])
         elif family == "qwenimage":
             adapter, model, text = build_qwenimage(cfg, device)
+        elif family in ("zimage", "sd15"):
+            adapter, model, text = (build_zimage if family == "zimage" else build_sd15)(cfg, device)
         else:
             adapter, model, text = (build_sdxl if family == "sdxl" else build_flux)(cfg, device)
     finally:
@@ -519,7 +579,7 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
         cap = (s["vram"] - CONTEXT_GIB) * 2**30
         torch.cuda.set_per_process_memory_fraction(cap / total)
     targets = adapter.lora_targets(cfg.network)
-    component = "unet" if family == "sdxl" else "transformer"
+    component = "unet" if family in ("sdxl", "sd15") else "transformer"
     # as `lorakit train` in bf16 (every step runs in autocast); "peft_casts": as before round 6
     params = inject_lora(model, targets[component], cfg.network.alpha, cfg.network.dropout,
                          under_autocast=not s.get("peft_casts"))
@@ -576,7 +636,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
     side = 16 if TINY else 128
-    latent_shape = {"sdxl": (1, 4, side, side), "flux2": (1, 128, side // 2, side // 2)}.get(family, (1, 16, side, side))
+    latent_shape = {"sdxl": (1, 4, side, side), "flux2": (1, 128, side // 2, side // 2),
+                    "sd15": (1, 4, side // 2, side // 2)}.get(family, (1, 16, side, side))  # SD 1.5: 512²
     gen_data = torch.Generator().manual_seed(123)
 
     def next_batch() -> Batch:
@@ -971,7 +1032,7 @@ def settings_text(s: dict, cfg: Any) -> str:
     ckpt = ("ckpt" if s.get("ckpt_fraction", 1.0) == 1.0 else f"ckpt {s['ckpt_fraction']:.0%} of blocks") \
         if s["gc"] else "no-ckpt"
     optimizer = {"adamw8bit": "AdamW8bit"}.get(cfg.optimizer.name, "AdamW")
-    parts = ["bf16", "b1", "1024²", f"r{cfg.network.rank}", optimizer, "SDPA", ckpt]
+    parts = ["bf16", "b1", f"{cfg.data.resolution}²", f"r{cfg.network.rank}", optimizer, "SDPA", ckpt]
     from lorakit.train import speed
 
     m = cfg.memory  # after the budget's choices

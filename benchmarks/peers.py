@@ -452,6 +452,22 @@ def peer_stats(stats: dict, warm: int) -> dict[str, Any]:
             "device": stats.get("device", "cpu"), "torch": stats.get("torch"), "diffusers": stats.get("diffusers")}
 
 
+def kohya_site(root: Path) -> Path:
+    """sd-scripts' pinned transformers 4.54.1 / tokenizers / huggingface_hub / diffusers 0.32.1, installed once from
+    ``.peers/kohya-wheels`` into ``root/kohya-site`` (first on the sd-scripts processes' path only: sd-scripts cannot
+    run on transformers 5, whose CLIPTextModel lost the ``text_model.`` prefix its SD 1.5 loader writes)."""
+    site = root / "kohya-site"
+    if (site / "transformers").is_dir():
+        return site
+    wheels = sorted((PEERS / "kohya-wheels").glob("*.whl"))
+    if not wheels:
+        raise SystemExit(f"peers: {PEERS / 'kohya-wheels'} is empty: run `bash benchmarks/peers_fetch.sh` and carry .peers")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                    "--target", str(site.with_name(site.name + ".part")), *map(str, wheels)], check=True)
+    site.with_name(site.name + ".part").rename(site)
+    return site
+
+
 def run_peer(name: str, case: Case, root: Path, steps: int, warm: int, tiny: bool, timeout: float) -> dict[str, Any]:
     script = PEERS / case.peer / case.script
     if not script.is_file():
@@ -469,11 +485,11 @@ def run_peer(name: str, case: Case, root: Path, steps: int, warm: int, tiny: boo
     run_dir.mkdir(parents=True)
     args = PEER_ARGS[case.peer](case, paths, data, run_dir / "output", steps, tiny)
     stats_file = run_dir / "peer_stats.json"
-    site = PEERS / "site"
+    first = [str(kohya_site(root))] if case.peer == "sd-scripts" else []
     env = {**os.environ, "PEER_STATS": str(stats_file), "PEER_STEPS": str(steps), "PYTHONUNBUFFERED": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(root / "hf-home"),
-           "PYTHONPATH": os.pathsep.join([*(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
-                                            if p and Path(p).resolve() != ROOT), str(site)])}
+           "PYTHONPATH": os.pathsep.join([*first, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                    if p and Path(p).resolve() != ROOT), str(PEERS / "site")])}
     cmd = [sys.executable, str(HERE / "peers_hook.py"), str(script), *args]
     (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
     print(f"== {case.peer}:{name}: {' '.join(cmd[2:])}", flush=True)

@@ -4,6 +4,10 @@
 #   .peers/sd-scripts/  kohya's sd-scripts (train_network.py, sd3_train_network.py, library/, networks/), unchanged
 #   .peers/site/        pure-python packages sd-scripts imports that the GPU machine lacks (voluptuous, toml,
 #                       einops, imagesize), installed from PyPI wheels with pip --target
+#   .peers/kohya-wheels/ sd-scripts' own pins of the libraries whose current versions it cannot run with (transformers 5
+#                       renamed CLIPTextModel's keys and dropped CLIPFeatureExtractor): transformers 4.54.1,
+#                       tokenizers 0.21.4, huggingface_hub 0.34.3, diffusers 0.32.1 (17.7 MB of wheels); peers.py
+#                       installs them into <dir>/kohya-site on the GPU machine, for the sd-scripts processes only
 #   .peers/SOURCES.txt  the commits the files came from
 # The peer code is never committed to lorakit: it comes from the mirrors that the `fetch` tool leaves under
 # /work/.mirror (github:huggingface/diffusers, github:kohya-ss/sd-scripts). Usage, from the repository root:
@@ -36,5 +40,9 @@ WHEELS=(voluptuous==0.15.2 toml==0.10.2 einops==0.7.0 imagesize==1.4.1)
 $PY -m pip download -q --no-deps --only-binary=:all: -d "$DEST.part/wheels" "${WHEELS[@]}"
 $PY -m pip install -q --no-deps --no-compile --no-index --target "$DEST.part/site" "$DEST.part"/wheels/*.whl
 rm -rf "$DEST.part/wheels" "$DEST.part/site"/*.dist-info/RECORD
+# sd-scripts' pinned transformers stack, as wheels for the GPU machine's Python 3.12 / x86-64 (installed there)
+$PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d "$DEST.part/kohya-wheels" \
+  transformers==4.54.1 tokenizers==0.21.4 huggingface_hub==0.34.3 diffusers==0.32.1
 rm -rf "$DEST" && mv "$DEST.part" "$DEST"
 echo "peers_fetch: $(du -sh "$DEST" | cut -f1) in $DEST"; cat "$DEST/SOURCES.txt"
