@@ -30,7 +30,9 @@ for s in train_dreambooth_lora_flux2_klein.py train_dreambooth_lora_qwen_image.p
   git --git-dir="$DIFF" show "HEAD:examples/dreambooth/$s" > "$DEST.part/diffusers/$s"
 done
 # sd-scripts: the two trainers and the folders they import
-git --git-dir="$KOHYA" archive HEAD train_network.py sd3_train_network.py library networks | tar -x -C "$DEST.part/sd-scripts"
+# (the mirror lacks one Windows DLL blob outside these paths; git names it on stderr, harmlessly: filtered out)
+git --git-dir="$KOHYA" archive HEAD train_network.py sd3_train_network.py library networks \
+  2> >(grep -v bitsandbytes_windows >&2) | tar -x -C "$DEST.part/sd-scripts"
 {
   echo "diffusers $(git --git-dir="$DIFF" log -1 --format='%H %cs') examples/dreambooth"
   echo "sd-scripts $(git --git-dir="$KOHYA" log -1 --format='%H %cs')"
