@@ -260,12 +260,18 @@ def write_qwenimage(folder: Path, tiny: bool, device: str) -> dict[str, Any]:
 def kohya_tokenizers(folder: Path, t5: bool) -> Path:
     """sd-scripts' ``--tokenizer_cache_dir``: the Hub ids it asks for, as folders (``org_name``) of tokenizers built
     from lorakit's package data (CLIP-L / bigG: the real CLIP vocabulary; T5: the real SentencePiece model)."""
-    from lorakit.models.tokenizers import clip_tokenizer, t5_tokenizer
+    from importlib import resources
 
-    clip_tokenizer().save_pretrained(str(folder / "openai_clip-vit-large-patch14"))
-    if t5:  # SD3: CLIP-G pads with "!" as SD3's own tokenizer_2 does; T5-XXL
-        clip_tokenizer(pad_token="!").save_pretrained(str(folder / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
-        t5_tokenizer().save_pretrained(str(folder / "google_t5-v1_1-xxl"))
+    from lorakit.models.tokenizers import t5_tokenizer, write_clip_tokenizer_files
+
+    # vocab.json + merges.txt: what transformers 4's (slow) CLIPTokenizer, which sd-scripts asks for, reads
+    write_clip_tokenizer_files(folder / "openai_clip-vit-large-patch14")
+    if t5:  # SD3: CLIP-G pads with "!" as SD3's own tokenizer_2 does; T5-XXL (tokenizer.json and spiece.model)
+        write_clip_tokenizer_files(folder / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k", pad_token="!")
+        t5_dir = folder / "google_t5-v1_1-xxl"
+        t5_tokenizer().save_pretrained(str(t5_dir))
+        spiece = resources.files("lorakit.assets.tokenizers").joinpath("t5/spiece.model").read_bytes()
+        (t5_dir / "spiece.model").write_bytes(spiece)
     return folder
 
 
