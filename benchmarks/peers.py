@@ -272,6 +272,10 @@ def kohya_tokenizers(folder: Path, t5: bool) -> Path:
         t5_tokenizer().save_pretrained(str(t5_dir))
         spiece = resources.files("lorakit.assets.tokenizers").joinpath("t5/spiece.model").read_bytes()
         (t5_dir / "spiece.model").write_bytes(spiece)
+        # transformers 5 writes extra_special_tokens as a list, which transformers 4 cannot read: its own format
+        write_json(t5_dir / "tokenizer_config.json", {
+            "tokenizer_class": "T5Tokenizer", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>",
+            "extra_ids": 100, "model_max_length": 512, "legacy": True})
     return folder
 
 
@@ -455,7 +459,8 @@ def peer_stats(stats: dict, warm: int) -> dict[str, Any]:
             "process_peak_gib": max([stats.get("peak_before_prepare_gib", 0.0), *peaks]) if peaks else float("nan"),
             "lora_params": stats.get("lora_params"), "optimizer": stats.get("optimizer"),
             "optimizer_defaults": stats.get("optimizer_defaults"), "shims": stats.get("shims"),
-            "device": stats.get("device", "cpu"), "torch": stats.get("torch"), "diffusers": stats.get("diffusers")}
+            "device": stats.get("device", "cpu"), "torch": stats.get("torch"), "diffusers": stats.get("diffusers"),
+            "transformers": stats.get("transformers"), "aliases": stats.get("aliases")}
 
 
 def kohya_site(root: Path) -> Path:

@@ -59,12 +59,11 @@ def write_stats() -> None:
         STATS["final_reserved_gib"] = _gib(torch.cuda.max_memory_reserved())
         STATS["device"] = torch.cuda.get_device_name(0)
     STATS["torch"] = torch.__version__
-    try:
-        import diffusers
-
-        STATS["diffusers"] = diffusers.__version__
-    except Exception:  # noqa: BLE001 - only a label
-        pass
+    for name in ("diffusers", "transformers"):  # the versions the peer really ran with (labels only)
+        try:
+            STATS[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001
+            pass
     tmp = Path(os.environ["PEER_STATS"] + ".tmp")
     tmp.write_text(json.dumps(STATS, indent=1))
     os.replace(tmp, os.environ["PEER_STATS"])

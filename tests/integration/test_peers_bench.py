@@ -106,6 +106,24 @@ def test_sd15_layout_is_what_lorakit_reads_as_sd15():
     assert any(k.startswith("first_stage_model.decoder.") for k in sd)
 
 
+def test_kohya_tokenizer_cache_holds_the_real_vocabularies(tmp_path):
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    root = peers.kohya_tokenizers(tmp_path, t5=True)
+    assert {p.name for p in root.iterdir()} == {"openai_clip-vit-large-patch14", "google_t5-v1_1-xxl",
+                                                  "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"}
+    for sub in ("openai_clip-vit-large-patch14", "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"):
+        assert {"vocab.json", "merges.txt"} <= {p.name for p in (root / sub).iterdir()}  # transformers 4's slow class
+    clip = CLIPTokenizer.from_pretrained(str(root / "openai_clip-vit-large-patch14"))
+    assert clip("a photo")["input_ids"] == [49406, 320, 1125, 49407]  # CLIP's published ids
+    g = CLIPTokenizer.from_pretrained(str(root / "laion_CLIP-ViT-bigG-14-laion2B-39B-b160k"))
+    assert g.pad_token == "!" and g.convert_tokens_to_ids("!") == 0
+    cfg = json.loads((root / "google_t5-v1_1-xxl" / "tokenizer_config.json").read_text())
+    assert isinstance(cfg["extra_ids"], int) and "extra_special_tokens" not in cfg
+    t5 = T5TokenizerFast.from_pretrained(str(root / "google_t5-v1_1-xxl"))
+    assert t5("a photo")["input_ids"] == [3, 9, 1202, 1]  # T5's SentencePiece ids ("▁", "a", "▁photo", "</s>")
+
+
 def test_flux2_tiny_folder_loads_through_the_klein_pipeline(tmp_path):
     from diffusers import Flux2KleinPipeline
     from safetensors.torch import load_file
