@@ -77,8 +77,10 @@ CASES: dict[str, Case] = {
                   ("sd35m/gc", "sd35m/gc+compile")),
     "qwenimage": Case("diffusers", "train_dreambooth_lora_qwen_image.py", "qwenimage", 1024, True,
                       ("qwenimage/gc", "qwenimage/fp8")),
-    "zimage": Case("diffusers", "train_dreambooth_lora_z_image.py", "zimage", 1024, True, ()),
-    "sd15": Case("sd-scripts", "train_network.py", "sd15", 512, True, ()),
+    "zimage": Case("diffusers", "train_dreambooth_lora_z_image.py", "zimage", 1024, True,
+                   ("zimage/gc", "zimage/gc+compile", "zimage/fp8c+compile")),
+    "sd15": Case("sd-scripts", "train_network.py", "sd15", 512, True,
+                 ("sd15/gc", "sd15/gc+compile", "sd15/gc+compile-graphs")),
 }
 
 
@@ -429,7 +431,7 @@ def sd_scripts_args(case: Case, paths: dict, data: Path, out: Path, steps: int, 
             "--optimizer_type", "AdamW", "--lr_scheduler", "constant", "--mixed_precision", "bf16",
             "--save_precision", "bf16", "--cache_latents",
             "--max_train_steps", str(steps + 2), "--seed", "0", "--sdpa", "--max_data_loader_n_workers", "0",
-            "--max_grad_norm", "1.0", *case.extra]
+            "--max_grad_norm", "1.0", "--network_train_unet_only", *case.extra]  # as lorakit: denoiser LoRA only
     if case.script == "sd3_train_network.py":
         args += ["--network_module", "networks.lora_sd3", "--clip_l", paths["clip_l"], "--clip_g", paths["clip_g"],
                  "--t5xxl", paths["t5xxl"], "--cache_text_encoder_outputs"]  # train_network.py has no such flag
