@@ -6,7 +6,8 @@
 #                       einops, imagesize), installed from PyPI wheels with pip --target
 #   .peers/kohya-wheels/ sd-scripts' own pins of the libraries whose current versions it cannot run with (transformers 5
 #                       renamed CLIPTextModel's keys and dropped CLIPFeatureExtractor): transformers 4.54.1,
-#                       tokenizers 0.21.4, huggingface_hub 0.34.3, diffusers 0.32.1 (17.7 MB of wheels); peers.py
+#                       tokenizers 0.21.4, huggingface_hub 0.34.3 (+ requests, which it needs and the GPU machine
+#                       may lack), diffusers 0.32.1 (18 MB of wheels); peers.py
 #                       installs them into <dir>/kohya-site on the GPU machine, for the sd-scripts processes only
 #   .peers/SOURCES.txt  the commits the files came from
 # The peer code is never committed to lorakit: it comes from the mirrors that the `fetch` tool leaves under
@@ -45,6 +46,7 @@ rm -rf "$DEST.part/wheels" "$DEST.part/site"/*.dist-info/RECORD
 # sd-scripts' pinned transformers stack, as wheels for the GPU machine's Python 3.12 / x86-64 (installed there)
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d "$DEST.part/kohya-wheels" \
-  transformers==4.54.1 tokenizers==0.21.4 huggingface_hub==0.34.3 diffusers==0.32.1
+  transformers==4.54.1 tokenizers==0.21.4 huggingface_hub==0.34.3 diffusers==0.32.1 \
+  requests==2.32.3 urllib3==2.2.3 idna==3.10 certifi==2024.8.30 charset-normalizer==3.4.0  # hub 0.34 needs requests
 rm -rf "$DEST" && mv "$DEST.part" "$DEST"
 echo "peers_fetch: $(du -sh "$DEST" | cut -f1) in $DEST"; cat "$DEST/SOURCES.txt"
