@@ -562,13 +562,15 @@ def _gib(x: Any) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| case | row | settings | s/step median (min–max) | peak alloc GiB (training) | process peak GiB | "
-             "LoRA params | × vs peer | note |", "|---|---|---|---|---|---|---|---|---|"]
+             "LoRA params | vs peer (speed-up; memory) | note |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r.get('case', '')} | {r['row']} | | | | | | | **{r['error'][:300]}** |")
             continue
         peer = r.get("vs")
         speed = f"{peer / r['median_s']:.2f}×" if peer and r.get("median_s") else ""
+        if r.get("vs_peak") and r.get("peak_alloc_gib") == r.get("peak_alloc_gib"):  # memory: lorakit / peer
+            speed += f" at {r['peak_alloc_gib'] / r['vs_peak']:.2f}× the memory"
         settings = r.get("settings") or (f"{r['script']} bf16 b1 {r['resolution']}² r16 AdamW "
                                          f"{'ckpt' if r['gc'] else 'no-ckpt'} cached latents")
         lines.append(f"| {r.get('case', '')} | {r['row']} | {settings} | {r['median_s']:.3f} ({r['min_s']:.3f}–"
@@ -610,11 +612,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             got.append(run_peer(name, case, args.dir, args.steps, args.warm, args.tiny, args.timeout))
         if not args.no_lorakit and not args.tiny:
             got += run_lorakit(case.rows, args.steps, args.timeout)
-        ref = got[0].get("median_s") if got and not args.no_peer and "error" not in got[0] else None
+        ref = got[0] if got and not args.no_peer and "error" not in got[0] else None
         for r in got:
             r["case"] = name
-            if ref and r is not got[0]:
-                r["vs"] = ref
+            if ref and r is not ref:
+                r["vs"], r["vs_peak"] = ref.get("median_s"), ref.get("peak_alloc_gib")
             print(f"== {r['row']} -> {r.get('median_s', r.get('error'))}", flush=True)
             if out:
                 with open(out / "peers.jsonl", "a") as fh:
