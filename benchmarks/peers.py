@@ -49,6 +49,7 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+T_START = time.time()
 PROMPT = "a photo of sks bench subject"
 TINY_RESOLUTION = 64
 META_PT = {"format": "pt"}
@@ -481,7 +482,10 @@ def kohya_site(root: Path) -> Path:
     return site
 
 
-def run_peer(name: str, case: Case, root: Path, steps: int, warm: int, tiny: bool, timeout: float) -> dict[str, Any]:
+def run_peer(name: str, case: Case, root: Path, steps: int, warm: int, tiny: bool, timeout: float,
+             deadline: float = float("inf")) -> dict[str, Any]:
+    """Build what the peer reads (once), run it for ``steps`` optimizer steps (killed after ``timeout`` s or at
+    ``deadline``), and read its record."""
     script = PEERS / case.peer / case.script
     if not script.is_file():
         return {"row": f"{case.peer}:{name}", "error": f"{script} missing: run `bash benchmarks/peers_fetch.sh` here "
@@ -509,6 +513,7 @@ def run_peer(name: str, case: Case, root: Path, steps: int, warm: int, tiny: boo
     (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
     print(f"== {case.peer}:{name}: {' '.join(cmd[2:])}", flush=True)
     t0 = time.time()
+    timeout = max(1.0, min(timeout, deadline - time.time()))
     with open(run_dir / "peer.log", "w") as log:
         try:
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout,
@@ -591,6 +596,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--no-peer", action="store_true", help="run the lorakit rows only")
     ap.add_argument("--build-only", action="store_true", help="write the checkpoints and images, run nothing")
     ap.add_argument("--timeout", type=float, default=420, help="seconds for each peer run and each lorakit row")
+    ap.add_argument("--budget", type=float, default=560,
+                    help="seconds for the whole command (the lent GPU's 10-minute limit): later runs get what is left")
     args = ap.parse_args(argv)
     if args.list or not args.cases:
         for name, c in CASES.items():
@@ -605,25 +612,43 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
     results: list[dict[str, Any]] = []
+    deadline = T_START + args.budget
+
+    def limit() -> float:
+        """This run's timeout: --timeout, or what is left of --budget."""
+        return min(args.timeout, deadline - time.time())
+
+    def keep(r: dict[str, Any], name: str, ref: Optional[dict[str, Any]]) -> None:
+        """Record one result at once (a call cut off at its limit still brings back what finished)."""
+        r["case"] = name
+        if ref is not None and r is not ref:
+            r["vs"], r["vs_peak"] = ref.get("median_s"), ref.get("peak_alloc_gib")
+        print(f"== {r['row']} -> {r.get('median_s', r.get('error'))}", flush=True)
+        results.append(r)
+        if out:
+            with open(out / "peers.jsonl", "a") as fh:
+                fh.write(json.dumps(r) + "\n")
+            (out / "peers.md").write_text(table(results) + "\n")
+
     for name in args.cases:
         case = CASES[name]
-        got: list[dict[str, Any]] = []
+        ref = None
         if not args.no_peer:
-            got.append(run_peer(name, case, args.dir, args.steps, args.warm, args.tiny, args.timeout))
+            if limit() < 60:
+                keep({"row": f"{case.peer}:{name}", "error": "not run: --budget spent"}, name, None)
+            else:
+                peer = run_peer(name, case, args.dir, args.steps, args.warm, args.tiny, args.timeout, deadline)
+                ref = peer if "error" not in peer else None
+                keep(peer, name, ref)
+                if out and "log" in peer and Path(peer["log"]).is_file():  # the peer's own output comes back too
+                    shutil.copyfile(peer["log"], out / f"{name}.log")
         if not args.no_lorakit and not args.tiny:
-            got += run_lorakit(case.rows, args.steps, args.timeout)
-        ref = got[0] if got and not args.no_peer and "error" not in got[0] else None
-        for r in got:
-            r["case"] = name
-            if ref and r is not ref:
-                r["vs"], r["vs_peak"] = ref.get("median_s"), ref.get("peak_alloc_gib")
-            print(f"== {r['row']} -> {r.get('median_s', r.get('error'))}", flush=True)
-            if out:
-                with open(out / "peers.jsonl", "a") as fh:
-                    fh.write(json.dumps(r) + "\n")
-        results += got
-        if out:
-            (out / "peers.md").write_text(table(results) + "\n")
+            for row in case.rows:
+                if limit() < 45:
+                    keep({"row": row, "error": "not run: --budget spent"}, name, ref)
+                    continue
+                for r in run_lorakit((row,), args.steps, limit()):
+                    keep(r, name, ref)
     print(table(results))
     return 1 if any("error" in r for r in results) else 0
 
