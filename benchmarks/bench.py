@@ -284,6 +284,12 @@ ROWS.update({
     "sd15/gc": {"family": "sd15", "gc": True, "eager_first": True, "phases": (None, True)},
     "sd15/nogc+compile": {"family": "sd15", "gc": False, "compile": "regions", "phases": (True,)},
     "sd15/graphs": {"family": "sd15", "gc": False, "compile": "regions", "cudagraphs": True, "phases": (True,)},
+    # the rows benchmarks/peers.py sets against diffusers' Z-Image script and sd-scripts' train_network.py
+    "zimage/fp8c+compile": {"family": "zimage", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
+                            "phases": (True,)},
+    "sd15/gc+compile": {"family": "sd15", "gc": True, "compile": "regions", "phases": (True,)},
+    "sd15/gc+compile-graphs": {"family": "sd15", "gc": True, "compile": "regions", "cudagraphs": True,
+                               "phases": (True,)},
 })
 # the new families' card tiers through the planner (memory.vram_gb; what it chose is in the row's "plan"), under the
 # allocator cap of every "vram" row; compile as the automatic plan picks on a CUDA card, CUDA graphs where nothing is

@@ -70,16 +70,17 @@ POOL = 1 << 24        # random values drawn once and reused (with random offsets
 
 # ============================================================================== random-weight files
 
-_ST_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+_ST_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "int64": "I64"}
 
 
 def write_random_safetensors(path: Path, shapes: dict[str, tuple[tuple[int, ...], Any]], device: str,
-                             seed: int = 0) -> Path:
+                             seed: int = 0, metadata: Optional[dict[str, str]] = None) -> Path:
     """Write a .safetensors file holding ``shapes`` (name -> (shape, torch dtype)) with random values,
-    tensor by tensor (memory stays at one tensor), through a temp file renamed at the end."""
+    tensor by tensor (memory stays at one tensor), through a temp file renamed at the end. ``metadata``: the
+    header's ``__metadata__`` (transformers wants ``{"format": "pt"}``)."""
     import torch
 
-    header: dict[str, Any] = {}
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, (shape, dtype) in shapes.items():
         nbytes = math.prod(shape) * dtype.itemsize
