@@ -26,7 +26,8 @@ it cannot be installed in CI). Read, not copied, from comfyanonymous/ComfyUI at 
   diffusers names (unet_to_diffusers: ``lora_unet_<diffusers path>``, ``lycoris_``, ``.processor.to_`` names), the
   ``isinstance(model, Flux)`` branch (model_base.Flux2 is a Flux) through flux_to_diffusers (FLUX.2's ``ff.linear_in``
   / ``to_qkv_mlp_proj`` / ``attn.to_out`` included; q/k/v as row slices of the fused qkv), the ``Lumina2`` branch
-  (Z-Image) through z_image_to_diffusers, model_lora_keys_clip's ``lora_te_`` / ``text_encoder.`` names for clip_l
+  (Z-Image) through z_image_to_diffusers, the ``QwenImage`` branch (bare, ``transformer.`` and ``lycoris_`` names
+  of every ``diffusion_model.`` weight), model_lora_keys_clip's ``lora_te_`` / ``text_encoder.`` names for clip_l
   and its generic ``text_encoders.<path>``; load_lora's (weight, (dim, offset, size)) targets (calculate_weight
   narrows the weight to the slice before patching).
 * comfy/utils.py (ProgressBar.update_absolute(value, total=None, preview=None)), comfy/model_management.py
@@ -454,8 +455,9 @@ LYCORIS_NAMES = {"loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "h
 
 
 def model_lora_keys_unet_full(sd: dict[str, Any], model: str, diffusers_map: dict[str, Any]) -> dict[str, Any]:
-    """model_lora_keys_unet for an SD UNet (``model="sd"``), a Flux / Flux2 (``"flux"``) or a Lumina2 / Z-Image
-    (``"lumina2"``) model. ``sd``: the model's state dict (``diffusion_model.*``); ``diffusers_map``: diffusers weight
+    """model_lora_keys_unet for an SD UNet (``model="sd"``), a Flux / Flux2 (``"flux"``), a Lumina2 / Z-Image
+    (``"lumina2"``) or a QwenImage (``"qwenimage"``: no diffusers map, its paths are diffusers') model.
+    ``sd``: the model's state dict (``diffusion_model.*``); ``diffusers_map``: diffusers weight
     key -> ``diffusion_model.*`` target or (target, (dim, offset, size)): unet_to_diffusers / flux_to_diffusers /
     z_image_to_diffusers (:func:`flux_to_diffusers`, :func:`z_image_to_diffusers`, or the SD map read off diffusers'
     own LDM converter). Values: the target weight key, or (key, (dim, offset, size)) for a row slice."""
@@ -464,6 +466,11 @@ def model_lora_keys_unet_full(sd: dict[str, Any], model: str, diffusers_map: dic
         if k.startswith("diffusion_model.") and k.endswith(".weight"):
             out["lora_unet_" + k[len("diffusion_model."):-len(".weight")].replace(".", "_")] = k
             out[k[:-len(".weight")]] = k                       # generic lora format
+    if model == "qwenimage":               # the QwenImage branch: bare, transformer. and lycoris_ module paths
+        for k in sd:
+            if k.startswith("diffusion_model.") and k.endswith(".weight"):
+                path = k[len("diffusion_model."):-len(".weight")]
+                out[path] = out["transformer." + path] = out["lycoris_" + path.replace(".", "_")] = k
     for k, to in diffusers_map.items():
         if not k.endswith(".weight"):
             continue

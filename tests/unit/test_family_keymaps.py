@@ -109,6 +109,12 @@ def tiny():
     zmap = cu.z_image_to_diffusers(c.n_layers, c.dim, c.n_refiner_layers)
     out["zimage"] = dict(keys=zimage_keymap(tr), model=model, clip={}, modules=z,
                          key_map=cu.model_lora_keys_unet_full(model, "lumina2", zmap))
+    from lorakit.models.qwenimage import lora_keymap as qwen_keymap, tiny as qtiny
+    q = qtiny.tiny_models(seed=3)
+    tr = q["transformer"]                 # ComfyUI's Qwen-Image model keeps diffusers' module paths
+    model = {"diffusion_model." + k: v.float() for k, v in tr.state_dict().items()}
+    out["qwenimage"] = dict(keys=qwen_keymap(tr), model=model, clip={}, modules=q,
+                            key_map=cu.model_lora_keys_unet_full(model, "qwenimage", {}))
     return out
 
 
@@ -120,7 +126,7 @@ def _target(fam: str, keys, m) -> str:
 
 # the layouts ComfyUI reads for each family (SD's diffusers layout names attention without ".processor.": not read)
 COMFY_LAYOUTS = {"sd15": ("kohya", "comfyui"), "flux2": ("kohya", "comfyui", "diffusers"),
-                 "zimage": ("kohya", "comfyui", "diffusers")}
+                 "zimage": ("kohya", "comfyui", "diffusers"), "qwenimage": ("kohya", "comfyui", "diffusers")}
 
 
 @pytest.mark.parametrize("fam", sorted(COMFY_LAYOUTS))

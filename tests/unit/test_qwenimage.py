@@ -328,7 +328,7 @@ def _toy_batch(a):
 
 
 def test_toy_recipe_saves_and_loads_back_through_the_real_loader(tmp_path):
-    """The toy recipe (not yet exposed as TOY: its pretrained files are not built): at most 8 MB, its in-memory adapter
+    """The toy recipe (freshly made modules, not the shipped files): at most 8 MB, its in-memory adapter
     trains the transformer it was given, and the files ``save`` writes (ComfyUI layout) load through Adapter.load to
     the same predictions."""
     import dataclasses

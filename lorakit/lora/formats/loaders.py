@@ -111,6 +111,13 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             *_ZIMAGE_COMFY,
             Rule("denoiser", "lycoris_{diff_}", "any"), Rule("denoiser", "{diff}", "any"),
         ),
+        "qwenimage": (
+            # model_lora_keys_unet: the generic lora_unet_ / diffusion_model. names of every weight, then the
+            # QwenImage branch (the model keeps diffusers' paths): bare, transformer. and lycoris_ (SimpleTuner)
+            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            Rule("denoiser", "{native}", "any"), Rule("denoiser", "transformer.{native}", "any"),
+            Rule("denoiser", "lycoris_{native_}", "any"),
+        ),
     },
     "forge": {
         "sdxl": (
@@ -139,6 +146,7 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
         "zimage": (
             *_ZIMAGE_COMFY,
         ),
+        "qwenimage": (),  # Forge has no Qwen-Image model
     },
     "diffusers": {
         "sdxl": (
@@ -178,6 +186,11 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             Rule("denoiser", "diffusion_model.{native}", "any", skip=(".attention.qkv",)),
             Rule("denoiser", "diffusion_model.{diff}", "any"), Rule("denoiser", "transformer.{diff}", "any"),
         ),
+        "qwenimage": (
+            # QwenImageLoraLoaderMixin: _convert_non_diffusers_qwen_lora_to_diffusers for lora_unet_ names (musubi-tuner's,
+            # what lorakit writes), PEFT-style transformer.<path> files as they are
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("denoiser", "transformer.{diff}", "peft"),
+        ),
     },
     "kohya": {
         "sdxl": (
@@ -198,6 +211,8 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
         ),
         # no FLUX.2 or Z-Image network in sd-scripts (networks/lora_flux.py is FLUX.1's): every key is ignored
         "flux2": (), "zimage": (),
+        # nor a Qwen-Image one (musubi-tuner trains it)
+        "qwenimage": (),
     },
 }
 
