@@ -198,6 +198,8 @@ def render(report: dict[str, Any], limit: int = 8) -> str:
             continue
         lines.append(f"{name:<10} {r['applied']:>8} {len(r['ignored']):>8} {len(r['mismatched']):>15}")
     for name, r in report["loaders"].items():
+        if r.get("unsupported") is True:   # no loader for the family at all: said in the table above
+            continue
         if r.get("unsupported"):
             lines.append(f"  {name}: does not load {'/'.join(r['unsupported'])} modules "
                          f"({VARIANT_NOTES.get(name, r['on_unknown'])}); not counted against the file")
