@@ -10,7 +10,8 @@ Recipe (per family, all on one CPU thread, deterministic):
 1. Render a fixed set of world scenes (base shapes only for the denoiser; every shape for the VAE,
    because a VAE is a general image codec: the real SDXL/FLUX VAEs encode shapes their denoisers never
    saw, and the LoRA demo needs the concept to survive encode/decode).
-2. Train the AutoencoderKL: reconstruction (MSE + L1) + a small KL term. Its latent scale/shift for the
+2. Train the AutoencoderKL (or, with the recipe's ``vae_from``, start from that toy's shipped VAE of the same class
+   and config: :func:`shipped_vae`): reconstruction (MSE + L1) + a small KL term. Its latent scale/shift for the
    config are measured on the data (as SD's 0.18215 once was), so the denoiser sees unit-variance latents.
 3. Text encoders are *frozen random* (with the real tokenizers). Why: a real base model's text encoders
    are trained elsewhere and frozen while the denoiser learns to read them; random token embeddings of a

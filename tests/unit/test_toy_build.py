@@ -123,7 +123,8 @@ def test_base_draws_what_the_prompt_says(family):
     FLUX.1-dev 1 = guidance input only)."""
     model = toy_eval.load_toy(family)
     # the FLUX.2 toy is a Klein base, the Z-Image toy is sampled as Z-Image base: both with CFG
-    assert model.demo.cfg_scale == {"sdxl": 4.0, "flux1": 1.0, "flux2": 4.0, "zimage": 4.0, "sd15": 4.0}[family]
+    assert model.demo.cfg_scale == {"sdxl": 4.0, "flux1": 1.0, "flux2": 4.0, "zimage": 4.0, "sd15": 4.0,
+                                    "sd3": 4.0}[family]
     prompts = [p for p in PROMPTS for _ in range(2)]
     imgs = toy_eval.sample(model, prompts, list(range(len(prompts))), steps=20)
     r = toy_eval.prompt_following(imgs, prompts)
@@ -142,7 +143,8 @@ def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
     x = build.images_to_tensor([world.render(s) for s in world.sample_scenes(2, 0)])
     real_scale, real_shift = build.real_latent(family)
     assert (real_scale, real_shift) == {"sdxl": (0.13025, 0.0), "flux1": (0.3611, 0.1159),
-                                         "zimage": (0.3611, 0.1159), "sd15": (0.18215, 0.0)}[family]
+                                         "zimage": (0.3611, 0.1159), "sd15": (0.18215, 0.0),
+                                         "sd3": (1.5305, 0.0609)}[family]
     scale = 1.7
     shift = real_shift * real_scale / scale                       # as pretrain() chooses it
     with torch.no_grad():
