@@ -79,7 +79,7 @@ def test_shipped_assets_fit_the_budget_and_match_build_json():
         weights = sum(f["bytes"] for f in report["files"].values())
         assert weights <= 8 * 1024 * 1024, (fam, weights)    # the issues' limit per toy model
         total += sum(f.stat().st_size for f in p["config"].parent.rglob("*") if f.is_file())
-    assert total <= 24 * 1024 * 1024
+    assert total <= 32 * 1024 * 1024   # all toys with their config folders (sdxl, flux1, flux2, sd15, zimage, sd3: 28.9 MiB)
 
 
 def test_sdxl_loads_in_diffusers_from_single_file():
@@ -114,7 +114,8 @@ FLOORS = {"sdxl": {"shape": 0.5, "colour": 0.6, "background": 0.6},
           "flux1": {"shape": 0.3, "colour": 0.5, "background": 0.5},
           "flux2": {"colour": 0.4, "background": 0.5},   # flux2 measured 0.58 / 0.75 (CFG 4); shapes at chance
           "zimage": {"colour": 0.4, "background": 0.5},  # zimage: not measured yet (its toy is not built yet)
-          "sd15": {"shape": 0.5, "colour": 0.4, "background": 0.25}}  # measured 0.75 / 0.58 / 0.33 (CFG 4)
+          "sd15": {"shape": 0.5, "colour": 0.4, "background": 0.25},  # measured 0.75 / 0.58 / 0.33 (CFG 4)
+          "sd3": {"colour": 0.5, "background": 0.6}}  # measured 0.67 / 0.83 (CFG 4); shapes 0.33, near chance
 
 
 @pytest.mark.parametrize("family", TOY_FAMILIES)
