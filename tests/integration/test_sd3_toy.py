@@ -105,7 +105,7 @@ def test_demo_steps_change_the_lora_and_resume_bit_for_bit(tmp_path, monkeypatch
     from lorakit.train.loop import train
 
     cfg = _demo(tmp_path, "full")
-    assert cfg.training.t5_max_length == 32 and cfg.save.every_n_steps == 1
+    assert cfg.optimizer.lr == 6e-3 and cfg.training.t5_max_length == 32 and cfg.save.every_n_steps == 1
     full = train(cfg, log=lambda *_: None)
     lora = load_file(str(full.lora_path))
     ups = [v for k, v in lora.items() if k.endswith(".lora_up.weight")]
