@@ -254,6 +254,11 @@ class ToyRecipe:
     # scenes, the VAE trainer, the plans, the log), so the family imports nothing from lorakit.toy; its ``save`` then
     # writes the modules as they are (no re-targeting). None = the shared recipe (lorakit.toy.build.pretrain)
     build: Optional[Callable[[Any, str, int, float], tuple[dict, dict]]] = None
+    # the toy family whose shipped, already trained VAE this toy starts from instead of training its own (the same
+    # class and config: SD3.5's 16-channel AutoencoderKL is Z-Image's with other latent constants), and how this
+    # family reads that file (path -> the VAE module, through its own loader); None = the shared recipe trains one
+    vae_from: Optional[str] = None
+    read_vae: Optional[Callable[[Any], nn.Module]] = None
 
 
 def init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:

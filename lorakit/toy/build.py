@@ -10,7 +10,8 @@ Recipe (per family, all on one CPU thread, deterministic):
 1. Render a fixed set of world scenes (base shapes only for the denoiser; every shape for the VAE,
    because a VAE is a general image codec: the real SDXL/FLUX VAEs encode shapes their denoisers never
    saw, and the LoRA demo needs the concept to survive encode/decode).
-2. Train the AutoencoderKL: reconstruction (MSE + L1) + a small KL term. Its latent scale/shift for the
+2. Train the AutoencoderKL (or, with the recipe's ``vae_from``, start from that toy's shipped VAE of the same class
+   and config: :func:`shipped_vae`): reconstruction (MSE + L1) + a small KL term. Its latent scale/shift for the
    config are measured on the data (as SD's 0.18215 once was), so the denoiser sees unit-variance latents.
 3. Text encoders are *frozen random* (with the real tokenizers). Why: a real base model's text encoders
    are trained elsewhere and frozen while the denoiser learns to read them; random token embeddings of a
@@ -237,8 +238,14 @@ def pretrain(family: str, plan: Plan, seed: int = SEED, log_t0: float | None = N
     gen = torch.Generator().manual_seed(seed + 1)
     vae_scenes = world.sample_scenes(plan.n_vae_images, seed + 2, shapes=world.ALL_SHAPES,
                                      positions=tuple(world.POSITIONS))
-    _log(f"{family}: training the VAE on {len(vae_scenes)} images", t0)
-    train_vae(vae, images_to_tensor([world.render(s) for s in vae_scenes]), plan, gen, t0)
+    reused = None
+    if recipe.vae_from:                                  # another toy's trained VAE of the same class and config
+        vae, reused = shipped_vae(recipe)
+        models[recipe.vae] = vae
+        _log(f"{family}: the VAE is the {recipe.vae_from} toy's {reused['file']} (not trained again)", t0)
+    else:
+        _log(f"{family}: training the VAE on {len(vae_scenes)} images", t0)
+        train_vae(vae, images_to_tensor([world.render(s) for s in vae_scenes]), plan, gen, t0)
 
     scenes = world.sample_scenes(plan.n_images, seed + 3)
     pixels = images_to_tensor([world.render(s) for s in scenes])
@@ -257,7 +264,28 @@ def pretrain(family: str, plan: Plan, seed: int = SEED, log_t0: float | None = N
         text = adapter.encode_text(distinct)
     _log(f"{family}: training the denoiser on {len(scenes)} images, {len(distinct) - 1} captions", t0)
     curve = train_denoiser(recipe, adapter, cfg.training, means, stds, cap_idx, text, plan, gen, t0)
-    return models, {"scaling_factor": scale, "shift_factor": shift, "loss_curve": curve}
+    facts = {"scaling_factor": scale, "shift_factor": shift, "loss_curve": curve}
+    return models, {**facts, "vae_from": reused} if reused else facts
+
+
+def shipped_vae(recipe: Any) -> tuple[torch.nn.Module, dict[str, str]]:
+    """The VAE of the toy ``recipe.vae_from`` names, read from its shipped file by this family's ``read_vae`` and
+    checked to have this recipe's VAE config (latent constants aside: the build measures and re-targets them);
+    returns (module in eval mode, {family, file, sha256} for build.json)."""
+    from lorakit.errors import ModelLoadError
+    from lorakit.toy.paths import toy_paths
+
+    donor = recipe.vae_from
+    path = toy_paths(donor)[toy_recipe(donor).vae]
+    vae = recipe.read_vae(path).eval()
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    want = {k: norm(v) for k, v in recipe.configs()[recipe.vae].items()
+            if not k.startswith("_") and k not in ("scaling_factor", "shift_factor")}
+    differ = sorted(k for k, v in want.items() if norm(vae.config.get(k)) != v)
+    if type(vae).__name__ != recipe.configs()[recipe.vae].get("_class_name", type(vae).__name__) or differ:
+        raise ModelLoadError(f"{path}: the {donor} toy's VAE is not this toy's ({type(vae).__name__}; differs in "
+                             f"{', '.join(differ) or 'class'}); set vae_from = None to train one")
+    return vae, {"family": donor, "file": path.name, "sha256": file_sha256(path)}
 
 
 @torch.no_grad()
@@ -335,6 +363,7 @@ def finish(family: str, models: dict, facts: dict, target: Path, plan_name: str,
               "trained_scaling_factor": facts.get("scaling_factor"),
               "trained_shift_factor": facts.get("shift_factor"),
               "loss_curve": [round(x, 5) for x in facts["loss_curve"]],
+              **({"vae_from": facts["vae_from"]} if facts.get("vae_from") else {}),
               "files": {role: {"name": p.name, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
                         for role, p in files.items()},
               "torch": torch.__version__}

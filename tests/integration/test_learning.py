@@ -20,7 +20,8 @@ STEPS = 400
 # family: (min concept rate after, min concept-score gain, min colour match, min drift shape agreement,
 #          max concept leak)
 THRESHOLDS = {"sdxl": (0.25, 0.08, 0.6, 0.75, 0.25), "flux1": (0.15, 0.02, 0.3, 0.5, 0.25),
-              "sd15": (0.25, 0.08, 0.6, 0.75, 0.25), "zimage": (0.15, 0.02, 0.3, 0.5, 0.25)}
+              "sd15": (0.25, 0.08, 0.6, 0.75, 0.25), "zimage": (0.15, 0.02, 0.3, 0.5, 0.25),
+              "sd3": (0.15, 0.02, 0.3, 0.5, 0.25)}
 
 
 @pytest.fixture(scope="module", params=sorted(THRESHOLDS))

@@ -350,7 +350,7 @@ def test_full_size_universe_and_keymap():
 # ------------------------------------------------------------------------------------------------ toy recipe
 
 def test_toy_recipe_trains_saves_and_loads_back_through_the_real_loader(tmp_path):
-    """The toy recipe (not yet exposed as TOY: its pretrained files are not built): at most 8 MB in bf16, its in-memory
+    """The toy recipe (the shipped files: tests/integration/test_sd3_toy.py): at most 8 MB in bf16, its in-memory
     adapter trains the transformer it was given, and the single file ``save`` writes loads through Adapter.load to the
     same predictions."""
     import dataclasses
@@ -481,3 +481,49 @@ def test_network_weights_warm_start_from_a_kohya_file(adapter, tmp_path):
 def common_widths(model):
     from lorakit.models.common import linear_widths
     return linear_widths(model)
+
+
+# ------------------------------------------------------------------------------------------------ LoRA tools
+
+@pytest.mark.parametrize("layout", ["kohya", "comfyui", "diffusers"])
+def test_lora_tools_files_land_on_their_weights_in_comfyui_and_verify_agrees(models, layout):
+    """A LoRA on every module of the tiny model's key map (joint blocks, CLIP-L, CLIP-G), written by the LoRA tools
+    (convert) in each layout, applied through ComfyUI's SD3 map re-derived above (comfy_key_map) and its CLIP map
+    (tests/unit/comfyui_rederived.py): no key is left over, every weight or q/k/v row slice moves by exactly
+    (alpha/rank)·up@down, and `lorakit verify` counts the same keys applied by ComfyUI, the diffusers-layout file
+    alone applied by diffusers and the kohya layout alone by sd-scripts."""
+    from lorakit.lora.formats.layouts import read_lora, write_lora
+    from lorakit.lora.tools.verify import verify
+    from tests.unit import comfyui_rederived as cu
+    from tests.unit.test_lora_tools import kohya_lora, ref_delta, rel
+
+    tr = models["transformer"]
+    km = keys.lora_keymap(tr, models["clip_l"], models["clip_g"])
+    assert {m.component for m in km.modules} == {"denoiser", "te1", "te2"}
+    sd = kohya_lora(km, rank=3, alpha=2.0, seed=5)
+    state = read_lora(sd, {}, [km], where="t")
+    assert not state.unmatched and len(state.modules) == len(km.modules)
+    weights = {"diffusion_model." + k: v.float() for k, v in convert.diffusers_to_original(tr.state_dict()).items()}
+    clip = {f"clip_{w}.transformer.{k}": v.float() for w in "lg" for k, v in tiny._clip_sd(models[f"clip_{w}"]).items()}
+    weights.update(clip)
+    kmap: dict = {n: ("diffusion_model." + t if sl is None else ("diffusion_model." + t, (0, *sl)))
+                  for n, (t, sl, swap) in comfy_key_map(tr).items() if not swap}
+    kmap.update({k[:-len(".weight")]: k for k in weights if k.startswith("diffusion_model.")})  # the generic form
+    kmap.update(cu.model_lora_keys_clip(clip))
+    # model_lora_keys_clip: clip_g with clip_l present is also read as text_encoder_2.<path> (diffusers names)
+    kmap.update({"text_encoder_2." + k[len("clip_g.transformer."):-len(".weight")]: k for k in clip
+                 if k.startswith("clip_g.transformer.text_model.encoder.layers.")})
+    file = write_lora(state, km, layout)["tensors"]
+    patches, not_loaded = cu.load_lora_sliced(file, kmap)
+    assert not not_loaded, sorted(not_loaded)[:3]
+    loaders = verify(file, km)["loaders"]
+    assert loaders["comfyui"]["applied"] == len(file) and not loaders["comfyui"]["ignored"]
+    assert loaders["diffusers"]["applied"] == (len(file) if layout == "diffusers" else 0)
+    assert loaders["kohya"]["applied"] == (len(file) if layout == "kohya" else 0)
+    patched = cu.apply_sliced(weights, patches)
+    for m in km.modules:
+        target = ("diffusion_model." if m.component == "denoiser" else
+                  "clip_l.transformer." if m.component == "te1" else "clip_g.transformer.") + m.native + ".weight"
+        want = ref_delta(sd, km.kohya_name(m)).float()
+        got = patched[target] - weights[target]
+        assert rel(got, want.reshape(got.shape)) < 1e-5, (layout, m.native)

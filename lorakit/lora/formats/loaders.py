@@ -118,6 +118,18 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             Rule("denoiser", "{native}", "any"), Rule("denoiser", "transformer.{native}", "any"),
             Rule("denoiser", "lycoris_{native_}", "any"),
         ),
+        "sd3": (
+            # model_base.SD3: the generic names plus mmdit_to_diffusers (to_q/k/v, add_*_proj as row slices of qkv)
+            # under transformer., base_model.model., lora_transformer_ and lycoris_; model_lora_keys_clip: clip_l as
+            # lora_te_/lora_te1_, clip_g (clip_l present) as lora_te2_, t5xxl as lora_te3_
+            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            Rule("denoiser", "transformer.{diff}", "any"), Rule("denoiser", "base_model.model.{diff}", "any"),
+            Rule("denoiser", "lora_transformer_{diff_}", "any"), Rule("denoiser", "lycoris_{diff_}", "any"),
+            *_CLIP_L_COMFY, Rule("te1", "text_encoders.clip_l.transformer.{native}", "any"),
+            Rule("te2", "lora_te2_{native_}", "any"), Rule("te2", "text_encoder_2.{native}", "any"),
+            Rule("te2", "text_encoders.clip_g.transformer.{native}", "any"),
+            Rule("te3", "lora_te3_{native_}", "any"), Rule("te3", "text_encoders.t5xxl.transformer.{native}", "any"),
+        ),
     },
     "forge": {
         "sdxl": (
@@ -147,6 +159,14 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             *_ZIMAGE_COMFY,
         ),
         "qwenimage": (),  # Forge has no Qwen-Image model
+        # SD3.5 (backend/diffusion_engine/sd35.py): comfyui_lora_collection/lora.py@00f1cd36 has ComfyUI's SD3 branch
+        # (mmdit_to_diffusers) commented out: the generic names and the CLIP / T5 ones only
+        "sd3": (
+            Rule("denoiser", "lora_unet_{native_}", "any"), Rule("denoiser", "diffusion_model.{native}", "any"),
+            *_CLIP_L_COMFY,
+            Rule("te2", "lora_te2_{native_}", "any"), Rule("te2", "text_encoder_2.{native}", "any"),
+            Rule("te3", "lora_te3_{native_}", "any"),
+        ),
     },
     "diffusers": {
         "sdxl": (
@@ -191,6 +211,12 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
             # what lorakit writes), PEFT-style transformer.<path> files as they are
             Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("denoiser", "transformer.{diff}", "peft"),
         ),
+        "sd3": (
+            # SD3LoraLoaderMixin.lora_state_dict converts no non-diffusers names: PEFT-style transformer., text_encoder.
+            # (CLIP-L) and text_encoder_2. (CLIP-G) only
+            Rule("denoiser", "transformer.{diff}", "peft"), Rule("te1", "text_encoder.{native}", "peft"),
+            Rule("te2", "text_encoder_2.{native}", "peft"),
+        ),
     },
     "kohya": {
         "sdxl": (
@@ -213,6 +239,12 @@ RULES: dict[str, dict[str, tuple[Rule, ...]]] = {
         "flux2": (), "zimage": (),
         # nor a Qwen-Image one (musubi-tuner trains it)
         "qwenimage": (),
+        # networks/lora_sd3.py@077f6a4f: LORA_PREFIX_SD3 = "lora_unet" + the MMDiT module path, lora_te1_ / lora_te2_ /
+        # lora_te3_ for CLIP-L / CLIP-G / T5
+        "sd3": (
+            Rule("denoiser", "lora_unet_{native_}", "kohya"), Rule("te1", "lora_te1_{native_}", "kohya"),
+            Rule("te2", "lora_te2_{native_}", "kohya"), Rule("te3", "lora_te3_{native_}", "kohya"),
+        ),
     },
 }
 

@@ -5,10 +5,7 @@ from .adapter import SPEC, Adapter
 from .identify import identify
 from .keys import full_lora_keymap, lora_key_universe, lora_keymap, lora_sizes
 from .tiny import write_tiny_checkpoint
-
-# The toy recipe (toy.py, ``TOY``) is complete and tested, but its pretrained files are not built yet (the full plan
-# takes about 1-1.5 h on a shared CPU): exposing ``TOY`` without lorakit/toy/assets/sd3/ would break `lorakit demo`.
-# After `python -m lorakit.toy build --family sd3` (with `from .toy import TOY` here) the assets ship and it stays.
+from .toy import TOY
 
 __all__ = ["SPEC", "Adapter", "identify", "full_lora_keymap", "lora_key_universe", "lora_keymap", "lora_sizes",
-           "write_tiny_checkpoint"]
+           "write_tiny_checkpoint", "TOY"]
