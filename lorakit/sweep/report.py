@@ -220,9 +220,10 @@ def step_lora(run_dir: Path, name: str, step: int, last_step: Optional[int]) -> 
     from lorakit.sweep.run import run_status
 
     kept = run_status(run_dir).get("best_lora")
-    if kept and Path(kept).is_file() and Path(kept).parent == run_dir and \
-            read_safetensors_header(Path(kept))[1].get("lorakit_best_step") in (None, str(step)):
-        return Path(kept)
+    here = run_dir / f"{name}-best.safetensors"  # also where a moved or copied run folder keeps it
+    for path in ([Path(kept)] if kept and Path(kept).parent == run_dir else []) + [here]:
+        if path.is_file() and read_safetensors_header(path)[1].get("lorakit_best_step") in (None, str(step)):
+            return path
     path = run_dir / f"{name}-step{step:08d}.safetensors"
     if path.is_file():
         return path
