@@ -8,7 +8,8 @@ demo recipe, run in parallel processes on the CPU (one torch thread each).
 ``--grid section.key=a,b`` crosses every chosen variant with the grid (the sweep's own parser and point names;
 ``network.rank`` sets ``network.alpha`` to the same value unless the grid sets it); ``--steps`` takes a list.
 
-Prints a markdown table (concept rate/score after, drift) per family and variant.
+Prints a markdown table (concept rate/score after, drift) per family and variant; an EMA variant has a second row
+scoring its ``-ema.safetensors`` (the EMA weights).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ VARIANTS = {
     "lion lr 2e-4": ("optimizer.name=lion", "optimizer.lr=2e-4"),
     "came lr 1e-3": ("optimizer.name=came",),
     "adamw_schedulefree lr 1e-3": ("optimizer.name=adamw_schedulefree", "optimizer.scheduler=constant"),
-    "ema 0.99 (scores: trained weights)": ("training.ema=true", "training.ema_decay=0.99"),
+    "ema 0.99": ("training.ema=true", "training.ema_decay=0.99"),  # rows for the trained and the EMA weights
+    "slow ema 0.995": ("training.ema=true", "training.ema_decay=0.995"),
 }
 SDXL_ONLY = {
     # issue 23, LoRA variants (LyCORIS defaults: LoHa/LoKr want a higher lr than LoRA)
@@ -38,6 +40,13 @@ SDXL_ONLY = {
     "ip_noise_gamma 0.1": ("training.ip_noise_gamma=0.1",),
     "multires noise 6 / 0.3": ("training.multires_noise_iterations=6",),
     "debiased estimation": ("training.debiased_estimation_loss=true",),
+    "min_snr 5": ("training.min_snr_gamma=5",),
+}
+FLUX_ONLY = {  # timestep sampling (the default is flux_shift)
+    "timesteps uniform": ("training.timestep_sampling=uniform",),
+    "timesteps logit_normal": ("training.timestep_sampling=logit_normal",),
+    "timesteps sigmoid": ("training.timestep_sampling=sigmoid",),
+    "timesteps shift 3.16": ("training.timestep_sampling=shift",),
 }
 KEYS = ("concept_rate_after", "concept_score_before", "concept_score_after", "concept_colour_match_after",
         "drift_shape_agreement", "drift_concept_leak", "train_seconds")
@@ -82,7 +91,7 @@ def main() -> None:
             grid_points.append((", " + p.label(), ov))
     jobs = []
     for family in args.families.split(","):
-        variants = dict(VARIANTS, **(SDXL_ONLY if family == "sdxl" else {}))
+        variants = dict(VARIANTS, **(SDXL_ONLY if family == "sdxl" else FLUX_ONLY if family.startswith("flux") else {}))
         for steps in (int(x) for x in args.steps.split(",")):
             jobs += [(family, f"{name}{label}, {steps} steps", ov + gov, steps)
                      for name, ov in variants.items() for label, gov in grid_points
@@ -90,6 +99,9 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(_one, jobs))
     table = "| family | variant | " + " | ".join(KEYS) + " |\n|" + "---|" * (len(KEYS) + 2) + "\n"
+    rows = [x for family, name, r in rows for x in
+            [(family, name, r)] + ([(family, name + ", EMA weights", {**r["ema"], "train_seconds": r["train_seconds"]})]
+                                   if "ema" in r else [])]
     for family, name, r in rows:
         if "error" in r:
             table += f"| {family} | {name} | {r['error']} |\n"

@@ -45,7 +45,10 @@ def winner(root: Path, concept: bool = False) -> tuple[dict[str, Any], list[dict
             "score the toy points with `lorakit sweep report DIR --concept`)" if concept else
             "no finished point yet)"))
     by = "concept rate on the toy world" if concept else ranking["ranked_by"]
-    return next(p for p in ranking["points"] if p["name"] == pick["point"]), ranking["points"], by
+    win = next(p for p in ranking["points"] if p["name"] == pick["point"])
+    if concept:  # the numbers of the LoRA that won (its final one or its best validation step's)
+        win = dict(win, concept_rate_after=pick.get("concept_rate"), drift_concept_leak=pick.get("concept_leak"))
+    return win, ranking["points"], by
 
 
 def evidence(root: Path, win: dict[str, Any], points: list[dict[str, Any]], by: str, key: str) -> list[str]:

@@ -55,8 +55,29 @@ def point_summary(root: Path, point: dict[str, Any]) -> dict[str, Any]:
     ev = run_dir / "eval.json"
     if ev.is_file():
         scores = json.loads(ev.read_text())
-        out.update({k: scores.get(k) for k in ("concept_rate_after", "concept_score_after", "drift_concept_leak",
-                                               "drift_shape_agreement", "drift_pixel")})
+        out.update({k: scores.get(k) for k in CONCEPT_KEYS})
+        at = scores.get("at_best_step") or {}
+        if at.get("step") is not None and at.get("step") == out["best_step"]:  # the LoRA validation picked
+            out["concept_step"] = at["step"]
+            out.update({f"{k}{AT_BEST}": at.get(k) for k in CONCEPT_KEYS})
+            if at.get("error"):
+                out["concept_step_error"] = at["error"]
+    return out
+
+
+CONCEPT_KEYS = ("concept_rate_after", "concept_score_after", "drift_concept_leak", "drift_shape_agreement",
+                "drift_pixel")
+AT_BEST = "_at_best_step"  # suffix of the scores of the best validation step's LoRA (issue 23: like with like)
+
+
+def concept_loras(e: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """The scored LoRAs of a point: ("final" | "step N", concept rate, concept leak, concept score)."""
+    out = []
+    for label, sfx in (("final", ""), (f"step {e.get('concept_step')}", AT_BEST)):
+        rate = e.get(f"concept_rate_after{sfx}")
+        if rate is not None:
+            out.append((label, rate, e.get(f"drift_concept_leak{sfx}") or 0.0,
+                        e.get(f"concept_score_after{sfx}") or 0.0))
     return out
 
 
@@ -78,29 +99,37 @@ BAR_RATE, BAR_LEAK = 0.8, 0.1  # the toy world's learning bar: concept rate at l
 
 def concept_check(ranked: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
     """Where the toy benchmark scored the points: how far the validation-loss pick is from the best concept rate
-    (and concept score), whether that is within :data:`PICK_TOLERANCE`, and which points meet the learning bar."""
+    (and concept score), whether that is within :data:`PICK_TOLERANCE`, and which points meet the learning bar.
+
+    Like with like: the pick is scored on the LoRA validation picks (its best step's file, where that was scored;
+    else its final LoRA), the best over every scored LoRA of every point (final and best step)."""
     scored = [e for e in ranked if e.get("concept_rate_after") is not None and e["state"] == "finished"]
     if not scored:
         return None
     picked = scored[0]  # ranked order: the lowest validation loss first
-    best = concept_best(scored)
-    score = lambda e: e.get("concept_score_after") or 0.0  # noqa: E731
-    gap = best["concept_rate_after"] - picked["concept_rate_after"]
-    score_gap = max(score(e) for e in scored) - score(picked)
-    return {"picked": picked["name"], "picked_concept_rate": picked["concept_rate_after"], "best": best["name"],
-            "best_concept_rate": best["concept_rate_after"], "gap": gap, "score_gap": score_gap,
+    mine = concept_loras(picked)
+    picked_lora = mine[-1]  # its best step's LoRA where scored (it comes last), else the final one
+    best, best_lora = concept_best(scored)
+    gap = best_lora[1] - picked_lora[1]
+    score_gap = max(c[3] for e in scored for c in concept_loras(e)) - picked_lora[3]
+    return {"picked": picked["name"], "picked_lora": picked_lora[0], "picked_concept_rate": picked_lora[1],
+            "picked_final_concept_rate": picked["concept_rate_after"], "best": best["name"],
+            "best_lora": best_lora[0], "best_concept_rate": best_lora[1], "gap": gap, "score_gap": score_gap,
             "within_tolerance": gap <= PICK_TOLERANCE + 1e-9, "tolerance": PICK_TOLERANCE,
             "meet_bar": [e["name"] for e in scored if meets_bar(e)]}
 
 
 def meets_bar(e: dict[str, Any]) -> bool:
-    return e.get("concept_rate_after") is not None and e["concept_rate_after"] >= BAR_RATE - 1e-9 and \
-        (e.get("drift_concept_leak") or 0.0) <= BAR_LEAK + 1e-9
+    """One of the point's scored LoRAs (final or best step) meets the toy bar."""
+    return any(rate >= BAR_RATE - 1e-9 and leak <= BAR_LEAK + 1e-9 for _, rate, leak, _ in concept_loras(e))
 
 
-def concept_best(scored: list[dict[str, Any]]) -> dict[str, Any]:
-    """The best point by the toy benchmark: highest concept rate, then least concept leak, then ranking order."""
-    return max(scored, key=lambda e: (e["concept_rate_after"], -(e.get("drift_concept_leak") or 0.0), -e["rank"]))
+def concept_best(scored: list[dict[str, Any]]) -> tuple[dict[str, Any], tuple[str, float, float, float]]:
+    """The best (point, LoRA) by the toy benchmark: highest concept rate, then least concept leak, then ranking
+    order, then the final LoRA before the best step's."""
+    cands = [(e, c, i) for e in scored for i, c in enumerate(concept_loras(e))]
+    e, c, _ = max(cands, key=lambda t: (t[1][1], -t[1][2], -t[0]["rank"], -t[2]))
+    return e, c
 
 
 def _fmt(v: Any) -> str:
@@ -115,6 +144,9 @@ def ranking_markdown(ranked: list[dict[str, Any]], grid: dict[str, list[str]]) -
     concept = any("concept_rate_after" in e for e in ranked)
     cols = ["rank", "point", *grid, "best val loss", "at step", "final val loss", "final train loss"]
     cols += ["concept rate", "concept score", "concept leak (drift)", "shape kept (drift)"] if concept else []
+    at_best = concept and any(f"concept_rate_after{AT_BEST}" in e for e in ranked)
+    cols += ["concept rate @ best step", "concept score @ best step", "concept leak @ best step",
+             "shape kept @ best step"] if at_best else []
     cols.append("state")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for e in ranked:
@@ -122,6 +154,7 @@ def ranking_markdown(ranked: list[dict[str, Any]], grid: dict[str, list[str]]) -
                  e["final_val_loss"], e["final_train_loss"]]
         cells += [e.get("concept_rate_after"), e.get("concept_score_after"), e.get("drift_concept_leak"),
                   e.get("drift_shape_agreement")] if concept else []
+        cells += [e.get(f"{k}{AT_BEST}") for k in CONCEPT_KEYS[:4]] if at_best else []
         cells.append(e["state"])
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
@@ -146,8 +179,9 @@ def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str,
     pick = concept_check(ranked)
     if pick:
         result["concept_check"] = pick
-        md += (f"\nThe validation-loss pick ({pick['picked']}) has concept rate {pick['picked_concept_rate']:.3f}; "
-               f"the best concept rate is {pick['best_concept_rate']:.3f} ({pick['best']}): a gap of "
+        md += (f"\nThe validation-loss pick ({pick['picked']}, {pick['picked_lora']} LoRA) has concept rate "
+               f"{pick['picked_concept_rate']:.3f}; the best concept rate is {pick['best_concept_rate']:.3f} "
+               f"({pick['best']}, {pick['best_lora']} LoRA): a gap of "
                f"{pick['gap']:.3f} ({'within' if pick['within_tolerance'] else 'more than'} {PICK_TOLERANCE:g}; "
                f"concept score gap {pick['score_gap']:.3f}). Meeting the toy bar (concept rate ≥ {BAR_RATE:g}, "
                f"concept leak ≤ {BAR_LEAK:g}): {', '.join(pick['meet_bar']) or 'none'}.\n")
@@ -163,7 +197,7 @@ def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str,
         log(f"best: {top['name']} ({top['label']}): validation loss {_fmt(top['best_val_loss'])} at step "
             f"{_fmt(top['best_step'])}" + (f"; its LoRA: {best['best']['path']}" if "best" in best else ""))
     if "best-concept" in best:
-        log(f"best by concept rate: {pick['best']} ({pick['best_concept_rate']:.3f}); its LoRA: "
+        log(f"best by concept rate: {pick['best']} ({pick['best_lora']}: {pick['best_concept_rate']:.3f}); its LoRA: "
             f"{best['best-concept']['path']}")
     log(f"comparison: {out} (ranking.md, grid.png, loss_curves.png)")
     return result
@@ -176,22 +210,32 @@ def point_lora(root: Path, e: dict[str, Any], *, best_step: bool) -> Optional[Pa
     final = run_dir / f"{e['name']}.safetensors"
     if not best_step or e.get("best_step") is None:
         return final if final.is_file() else None
+    return step_lora(run_dir, e["name"], int(e["best_step"]), e["last_step"])
+
+
+def step_lora(run_dir: Path, name: str, step: int, last_step: Optional[int]) -> Optional[Path]:
+    """The LoRA file of ``step`` in a run folder: ``-best`` when it holds that step (save.keep_best), the step
+    checkpoint, or the final LoRA when ``step`` is the last; None when none was kept."""
+    from lorakit.safetensors_header import read_safetensors_header
     from lorakit.sweep.run import run_status
 
     kept = run_status(run_dir).get("best_lora")
-    if kept and Path(kept).is_file() and Path(kept).parent == run_dir:
-        return Path(kept)
-    step = run_dir / f"{e['name']}-step{int(e['best_step']):08d}.safetensors"
-    if step.is_file():
-        return step
-    return final if final.is_file() and e["best_step"] == e["last_step"] else None
+    here = run_dir / f"{name}-best.safetensors"  # also where a moved or copied run folder keeps it
+    for path in ([Path(kept)] if kept and Path(kept).parent == run_dir else []) + [here]:
+        if path.is_file() and read_safetensors_header(path)[1].get("lorakit_best_step") in (None, str(step)):
+            return path
+    path = run_dir / f"{name}-step{step:08d}.safetensors"
+    if path.is_file():
+        return path
+    final = run_dir / f"{name}.safetensors"
+    return final if final.is_file() and step == last_step else None
 
 
 def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str, Any]], *,
                log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """``best.safetensors`` (the validation-loss pick's LoRA, at its best step) and, where the toy benchmark scored
-    the points, ``best-concept.safetensors`` (the highest concept rate's final LoRA, the one it scored) in the
-    sweep folder: the point's tensors with its metadata plus ``lorakit_sweep`` (JSON: point, settings, ranked by,
+    the points, ``best-concept.safetensors`` (the LoRA with the highest concept rate: a point's final LoRA or
+    its best step's, whichever was scored higher) in the sweep folder: the point's tensors with its metadata plus ``lorakit_sweep`` (JSON: point, settings, ranked by,
     its numbers, the source file). Rewritten only when the pick or its source changed."""
     from lorakit.lora.io import load_lora_file, save_safetensors_atomic
     from lorakit.safetensors_header import read_safetensors_header
@@ -204,7 +248,7 @@ def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str
         chosen.append(("best.safetensors", by, top, top["best_val_loss"] is not None))
     if pick:
         chosen.append(("best-concept.safetensors", "concept rate (toy world)",
-                       next(e for e in ranked if e["name"] == pick["best"]), False))
+                       next(e for e in ranked if e["name"] == pick["best"]), pick["best_lora"] != "final"))
     for filename, by, e, at_best_step in chosen:
         src = point_lora(root, e, best_step=at_best_step)
         if src is None:
@@ -214,7 +258,8 @@ def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str
         stat = src.stat()
         info = {"point": e["name"], "label": e["label"], "settings": e["settings"], "ranked_by": by,
                 "best_val_loss": e["best_val_loss"], "best_step": e["best_step"],
-                "concept_rate": e.get("concept_rate_after"), "concept_leak": e.get("drift_concept_leak"),
+                "concept_rate": e.get(f"concept_rate_after{AT_BEST if at_best_step else ''}"),
+                "concept_leak": e.get(f"drift_concept_leak{AT_BEST if at_best_step else ''}"),
                 "source": str(src), "source_size": stat.st_size, "source_mtime_ns": stat.st_mtime_ns}
         text = json.dumps(info, sort_keys=True, default=str)
         path = root / filename
@@ -225,54 +270,115 @@ def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str
     return done
 
 
-def _score_point(run_dir: str) -> dict[str, Any]:
-    """The learning benchmark on one point's final LoRA (a top-level function: it also runs in worker processes)."""
+def _score_point(run_dir: str, final: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The learning benchmark on one point's final LoRA (``final``: its scores from an earlier eval.json) and on the
+    LoRA of its lowest validation loss (``at_best_step``: step, file and scores; the final scores when that step is
+    the last; an ``error`` when that step's LoRA was not kept or cannot be read back). A top-level function: it
+    also runs in worker processes."""
     from lorakit.config.load import load_config
+    from lorakit.errors import LorakitError
     from lorakit.logs import quiet_third_party
     from lorakit.toy.demo import lora_generator
     from lorakit.toy.eval import evaluate
     from lorakit.toy.world import DEFAULT_TRIGGER
+    from lorakit.train.metrics import series
+    from lorakit.train.validation import best_of
 
     quiet_third_party()  # a worker process starts without the CLI's settings
-    cfg = load_config(Path(run_dir) / "config.toml")
-    return evaluate(lora_generator(cfg, Path(run_dir)), DEFAULT_TRIGGER)
+    run = Path(run_dir)
+    cfg = load_config(run / "config.toml")
+    scores = dict(final) if final else evaluate(lora_generator(cfg, run), DEFAULT_TRIGGER)
+    scores.pop("at_best_step", None)
+    rows = _rows(run)
+    best, steps = best_of(rows), series(rows, "loss")[0]
+    if best is None:
+        return scores
+    step, last = best[0], (steps[-1] if steps else None)
+    src = step_lora(run, cfg.save.name, step, last)
+    at: dict[str, Any] = {"step": step, "lora": str(src) if src else None}
+    if src is None:
+        at["error"] = f"no LoRA of step {step} was kept (save.keep_best = true keeps it)"
+    elif step == last:
+        at.update({k: v for k, v in scores.items() if k in CONCEPT_KEYS or k.startswith(("concept_", "drift_"))})
+    else:
+        try:
+            at.update(evaluate(lora_generator(cfg, run, src), DEFAULT_TRIGGER))
+        except LorakitError as exc:
+            at["error"] = str(exc)
+    scores["at_best_step"] = at
+    return scores
+
+
+def _needs_score(run_dir: Path) -> Optional[dict[str, Any]]:
+    """None when ``eval.json`` is complete; else what it holds already ({} when it is absent): a point scored before
+    the best step's LoRA was (or whose best step moved) is completed, its final scores kept."""
+    ev = run_dir / "eval.json"
+    if not ev.is_file():
+        return {}
+    from lorakit.train.validation import best_of
+
+    scores = json.loads(ev.read_text())
+    best = best_of(_rows(run_dir))
+    if best is None or (scores.get("at_best_step") or {}).get("step") == best[0]:
+        return None
+    return scores
+
+
+def _toy_run(cfg) -> bool:
+    """Whether a point trains its family's toy base model (the only one the concept score knows)."""
+    from lorakit.toy.paths import model_section, toy_families
+
+    family = cfg.model.family
+    return family in toy_families() and \
+        Path(model_section(family)["checkpoint"]).resolve() == Path(cfg.model.checkpoint).resolve()
+
+
+def _score_job(job: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return _score_point(job[0], job[1] or None)
 
 
 def evaluate_concept(root: Path, *, log: Callable[[str], None] = print, jobs: int = 1) -> int:
     """The toy world's learning benchmark (concept rate and drift, lorakit.toy.eval) on every finished point that
-    has no eval.json yet (``jobs`` points at once, each in its own process, when above 1); refused for a point that
-    does not train the toy base model. Returns how many were scored."""
+    has no complete eval.json yet: its final LoRA and the LoRA of its lowest validation loss (``jobs`` points at
+    once, each in its own process, when above 1); refused for a point that does not train the toy base model.
+    Returns how many were scored."""
     from lorakit.config.load import load_config
     from lorakit.errors import ConfigError
     from lorakit.fsutil import write_json as _write
     from lorakit.sweep.run import Sweep
-    from lorakit.toy.paths import model_section, toy_families
 
     todo = []
     for p in Sweep(root).read()["points"]:
         run_dir = Path(root) / p["name"]
-        if p["state"] != "finished" or (run_dir / "eval.json").is_file():
+        if p["state"] != "finished":
+            continue
+        have = _needs_score(run_dir)
+        if have is None:
             continue
         cfg = load_config(run_dir / "config.toml")
-        family = cfg.model.family
-        toy = family in toy_families() and \
-            Path(model_section(family)["checkpoint"]).resolve() == Path(cfg.model.checkpoint).resolve()
-        if not toy:
+        if not _toy_run(cfg):
             raise ConfigError(f"--concept: the concept score needs the toy world's base model; {p['name']} trains on "
-                              f"{cfg.model.checkpoint} (`lorakit toy path {family}` lists the toy files)")
-        todo.append(run_dir)
+                              f"{cfg.model.checkpoint} (`lorakit toy path {cfg.model.family}` lists the toy files)")
+        todo.append((str(run_dir), have))
+
+    def done(run_dir: str, scores: dict[str, Any]) -> None:
+        _write(Path(run_dir) / "eval.json", scores, indent=2)
+        err = (scores.get("at_best_step") or {}).get("error")
+        if err:
+            log(f"{Path(run_dir).name}: best validation step not scored: {err}")
+
     if jobs > 1 and len(todo) > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         log(f"concept score of {len(todo)} points, {min(jobs, len(todo))} at once (toy world learning benchmark)")
         with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            for run_dir, scores in zip(todo, pool.map(_score_point, [str(d) for d in todo])):
-                _write(run_dir / "eval.json", scores, indent=2)
+            for (run_dir, _), scores in zip(todo, pool.map(_score_job, todo)):
+                done(run_dir, scores)
         return len(todo)
-    for run_dir in todo:
-        log(f"concept score of {run_dir.name} (toy world learning benchmark)")
-        _write(run_dir / "eval.json", _score_point(str(run_dir)), indent=2)
+    for run_dir, have in todo:
+        log(f"concept score of {Path(run_dir).name} (toy world learning benchmark)")
+        done(run_dir, _score_job((run_dir, have)))
     return len(todo)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from lorakit.config.load import load_config
+from lorakit.errors import ModelLoadError
 from lorakit.fsutil import write_json
 from lorakit.toy.paths import model_section, toy_recipe
 from lorakit.toy.world import DEFAULT_TRIGGER, write_demo_dataset, write_reg_dataset
@@ -115,12 +116,18 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
     scores = evaluate(generate, DEFAULT_TRIGGER)
     scores.update(family=family, steps=result.steps, captioned_by="toy captioner" if caption else "toy world", train_seconds=time.perf_counter() - t0,
                   final_loss=result.final_loss)
+    ema_file = result.run_dir / f"{cfg.save.name}-ema.safetensors"
+    if cfg.training.ema and ema_file.is_file():  # issue 23: the EMA weights scored as well as the trained ones
+        scores["ema"] = dict(evaluate(lora_generator(cfg, result.run_dir, ema_file), DEFAULT_TRIGGER),
+                             lora=str(ema_file))
     write_json(result.run_dir / "eval.json", scores, default=str)
     return scores
 
 
-def lora_generator(cfg, run_dir: Path):
-    """generate(prompts, seeds, with_lora) over a fresh base model with the run's last trained LoRA."""
+def lora_generator(cfg, run_dir: Path, lora_file: Optional[Path] = None):
+    """generate(prompts, seeds, with_lora) over a fresh base model with the run's last trained LoRA, or with the
+    LoRA file ``lora_file`` (a step file, ``-best`` or ``-ema`` of that run: read through the family's key map,
+    on the modules and ranks of the run's last state)."""
     from lorakit.lora.inject import enable_lora, inject_lora, load_lora_into
     from lorakit.lora.variants import rank_of
     from lorakit.models.base import SamplePrompt
@@ -133,12 +140,26 @@ def lora_generator(cfg, run_dir: Path):
     adapter.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
     state = checkpoint.load_state(RunDir(run_dir, cfg.save.name).latest_state())
     modules = {adapter.spec.denoiser_name: adapter.denoiser(), **adapter.text_encoder_modules()}
+    keys = _keymap(family, adapter, lora_file, state)  # built on the plain model, before injection
     for component, loras in state["lora"].items():
         module = modules[component]
         algo = next(iter(loras.values())).algo if loras else "lora"  # LoHa/LoKr/DoRA too (issue 23)
         inject_lora(module, {n: rank_of(m) for n, m in loras.items()},
                     {n: float(m.alpha) for n, m in loras.items()}, 0.0, algo=algo, factor=cfg.network.factor)
         load_lora_into(module, loras)
+    if lora_file is not None:
+        from lorakit.lora.tools.files import load_state
+        from lorakit.lora.warmstart import match
+
+        targets = {c: {n: rank_of(m) for n, m in loras.items()} for c, loras in state["lora"].items()}
+        alphas = {c: {n: float(m.alpha) for n, m in loras.items()} for c, loras in state["lora"].items()}
+        loaded = match(load_state(Path(lora_file), [keys], keys.family), keys, targets, alphas,
+                       {"denoiser": adapter.spec.denoiser_name}, str(lora_file), log=lambda *_: None)
+        if sum(map(len, loaded.values())) != sum(map(len, targets.values())):
+            raise ModelLoadError(f"{lora_file}: holds {sum(map(len, loaded.values()))} of the run's "
+                                 f"{sum(map(len, targets.values()))} LoRA modules")
+        for component, loras in loaded.items():
+            load_lora_into(modules[component], loras)
     roots = list({id(m): m for m in modules.values()}.values())
     s = toy_recipe(cfg.model.family).demo
 
@@ -156,6 +177,19 @@ def lora_generator(cfg, run_dir: Path):
         return images
 
     return generate
+
+
+def _keymap(family, adapter, lora_file: Optional[Path], state: dict):
+    """The family's key map on the plain model, for reading ``lora_file``; None without one. A file of a LoRA
+    variant (LoHa/LoKr/DoRA) or of a family without a key map is refused in one line."""
+    if lora_file is None:
+        return None
+    algos = {m.algo for loras in state["lora"].values() for m in loras.values()}
+    if algos - {"lora"} or not hasattr(family, "lora_keymap"):
+        raise ModelLoadError(f"{lora_file}: only a LoRA file of a family with a key map is read back for scoring "
+                             f"(this run trains {', '.join(sorted(algos))} on {family.SPEC.family}); the run's last "
+                             "state is what can be scored")
+    return family.lora_keymap(adapter.denoiser(), *adapter.text_encoder_modules().values())
 
 
 @contextlib.contextmanager

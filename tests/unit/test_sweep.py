@@ -215,8 +215,9 @@ def test_concept_scores_join_the_table_and_the_pick_is_checked(tmp_path):
     picked = result["points"][0]["name"]
     best = max(rates, key=rates.get)
     gap = 0.9 - rates[picked]
-    assert result["concept_check"] == {"picked": picked, "picked_concept_rate": rates[picked], "best": best,
-                                       "best_concept_rate": 0.9, "gap": gap, "score_gap": 0.0,
+    assert result["concept_check"] == {"picked": picked, "picked_lora": "final", "picked_concept_rate": rates[picked],
+                                       "picked_final_concept_rate": rates[picked], "best": best,
+                                       "best_lora": "final", "best_concept_rate": 0.9, "gap": gap, "score_gap": 0.0,
                                        "within_tolerance": gap <= 0.1, "tolerance": 0.1,
                                        "meet_bar": sorted((n for n in rates if rates[n] >= 0.8),
                                                           key=[e["name"] for e in result["points"]].index)}
@@ -294,3 +295,86 @@ def test_sweep_preset_writes_the_winner_with_its_evidence(tmp_path, capsys):
     # no concept scores: refused, the preset unchanged
     assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset), "--concept"]) == 2
     assert "no best-concept point" in capsys.readouterr().err and preset.read_text() == text
+
+
+def test_concept_at_the_best_step_is_compared_like_with_like(tmp_path):
+    """eval.json's at_best_step (the LoRA validation picked): its own columns; the verdict takes the pick's best-step
+    rate and the best over every scored LoRA; best-concept.safetensors is that LoRA's file."""
+    from safetensors import safe_open
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4", "network.rank=2,4"], steps=5, out=tmp_path / "sw")
+    ranked = run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())["points"]
+    picked, other = ranked[0], ranked[1]
+    final_rates = {e["name"]: 0.3 for e in ranked}
+    final_rates[other["name"]] = 0.8
+    step_rates = {picked["name"]: 0.75, other["name"]: 0.85}  # the best: other's best-step LoRA
+    for e in ranked:
+        at = {"step": e["best_step"], "concept_rate_after": step_rates.get(e["name"], 0.1), "drift_concept_leak": 0.0,
+              "drift_shape_agreement": 0.5, "concept_score_after": 0.6} if e["name"] in step_rates else \
+             {"step": e["best_step"] + 1, "concept_rate_after": 1.0}  # a stale step: not this run's best, ignored
+        (tmp_path / "sw" / e["name"] / "eval.json").write_text(json.dumps(
+            {"concept_rate_after": final_rates[e["name"]], "drift_concept_leak": 0.0, "drift_shape_agreement": 1.0,
+             "concept_score_after": 0.5, "at_best_step": at}))
+    result = report.write_report(tmp_path / "sw", log=lambda *_: None)
+    pick = result["concept_check"]
+    assert pick["picked"] == picked["name"] and pick["picked_lora"] == f"step {picked['best_step']}"
+    assert pick["picked_concept_rate"] == 0.75 and pick["picked_final_concept_rate"] == 0.3
+    assert pick["best"] == other["name"] and pick["best_lora"] == f"step {other['best_step']}"
+    assert pick["gap"] == pytest.approx(0.10) and pick["within_tolerance"] and pick["score_gap"] == pytest.approx(0.0)
+    assert pick["meet_bar"] == [other["name"]]
+    by_name = {e["name"]: e for e in result["points"]}
+    assert by_name[picked["name"]]["drift_shape_agreement_at_best_step"] == 0.5
+    assert all("concept_rate_after_at_best_step" not in e for n, e in by_name.items() if n not in step_rates)
+    md = (tmp_path / "sw" / "comparison" / "ranking.md").read_text()
+    assert "concept rate @ best step" in md and "shape kept @ best step" in md
+    assert f"({picked['name']}, step {picked['best_step']} LoRA) has concept rate 0.750" in md
+    # best-concept.safetensors: the other point's best-step file (the fake trainer's value lr*1000 + step)
+    with safe_open(str(tmp_path / "sw" / "best-concept.safetensors"), "pt") as f:
+        info = json.loads(f.metadata()["lorakit_sweep"])
+        value = f.get_tensor("lora_unet_x.lora_down.weight").flatten()[0].item()
+    lr = float(other["settings"]["optimizer.lr"])
+    assert value == pytest.approx(lr * 1000 + other["best_step"]) and info["concept_rate"] == 0.85
+    assert info["source"].endswith(f"{other['name']}-best.safetensors")
+
+
+def test_scoring_adds_the_best_step_lora_and_keeps_earlier_final_scores(tmp_path, monkeypatch):
+    """_score_point scores the best step's file (not the final) unless that step is the last; an eval.json without
+    it is completed without scoring the final LoRA again; a step whose LoRA was not kept says so."""
+    import lorakit.toy.demo as demo
+    import lorakit.toy.eval as toy_eval
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["network.rank=2,4"], steps=5, out=tmp_path / "sw")  # best steps 5 (the last) and 4
+    ranked = run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())["points"]
+    scored = []
+    monkeypatch.setattr(demo, "lora_generator", lambda cfg, run, lora_file=None: lora_file)
+    monkeypatch.setattr(toy_eval, "evaluate", lambda gen, trigger: scored.append(gen) or
+                        {"concept_rate_after": 0.2 if gen is None else 0.7, "drift_shape_agreement": 1.0})
+    monkeypatch.setattr(report, "_toy_run", lambda cfg: True)
+    e = next(e for e in ranked if e["best_step"] != e["last_step"])
+    run_dir = tmp_path / "sw" / e["name"]
+    (run_dir / "eval.json").write_text(json.dumps({"concept_rate_after": 0.25}))  # scored before: final only
+    for other in ranked:
+        if other is not e:
+            (tmp_path / "sw" / other["name"] / "eval.json").write_text(json.dumps({"concept_rate_after": 0.1}))
+    lines = []
+    assert report.evaluate_concept(tmp_path / "sw", log=lines.append) == len(ranked)
+    have = json.loads((run_dir / "eval.json").read_text())
+    assert have["concept_rate_after"] == 0.25 and have["at_best_step"]["step"] == e["best_step"]
+    assert have["at_best_step"]["concept_rate_after"] == 0.7
+    assert run_dir / f"{e['name']}-best.safetensors" in scored and None not in scored  # the final was not re-scored
+    last = next(o for o in ranked if o is not e)  # its best step is its last: the final scores, not scored again
+    assert json.loads((tmp_path / "sw" / last["name"] / "eval.json").read_text())["at_best_step"] == \
+        {"step": 5, "lora": str(tmp_path / "sw" / last["name"] / f"{last['name']}-best.safetensors"),
+         "concept_rate_after": 0.1}
+    assert report.evaluate_concept(tmp_path / "sw", log=lines.append) == 0  # complete now
+    # the best step's file gone: no score, one line saying so; the final scores stay
+    (run_dir / "eval.json").write_text(json.dumps({"concept_rate_after": 0.25}))
+    (run_dir / f"{e['name']}-best.safetensors").unlink()
+    lines.clear()
+    report.evaluate_concept(tmp_path / "sw", log=lines.append)
+    have = json.loads((run_dir / "eval.json").read_text())
+    assert "concept_rate_after" not in have["at_best_step"] and have["concept_rate_after"] == 0.25
+    assert any(f"{e['name']}: best validation step not scored: no LoRA of step {e['best_step']} was kept" in x
+               for x in lines)
