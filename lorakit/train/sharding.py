@@ -174,7 +174,7 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
     several processes run on CUDA under the automatic plan (``memory.auto``) for a family that allows sharding, and
     no single-card setting the planner considers fits ``card``'s free memory (or ``memory.vram_gb``, per card) without
     block swap or host modulations, while the sharded per-card estimate fits; where the s/step model estimates both
-    (:func:`_sharded_step`), only when sharding is the faster. ``spec``: sized (``budget.for_model``); ``card``: with
+    (:func:`_sharded_step`), only when sharding is not the slower (a tie shards: bf16 weights, no fp8 storage). ``spec``: sized (``budget.for_model``); ``card``: with
     the least free memory of all ranks (every rank decides the same); ``room``: a resumed run's recorded budget.
     Used by the run (train/placement.py) and ``lorakit plan --gpus N`` (train/planview.py)."""
     from lorakit.config import families
@@ -214,10 +214,12 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
     streams = plan is not None and (plan.applied.memory.blocks_to_swap > 0 or bool(plan.applied.memory.modulation_on_cpu))
     weights = int(sizes.outside[0] + sum(b[0] for b in sizes.blocks))
     step = _sharded_step(spec, run_cfg, card, processes, weights) if streams else None
-    faster = streams and (step is None or plan.step is None or step < plan.step.seconds)
-    one = (f"one card's best plan {autoplan.summary(plan.applied.memory, plan)} ~{plan.estimate_gib:.1f} GiB"
+    faster = streams and (step is None or plan.step is None or step <= plan.step.seconds)  # a tie: keep bf16 weights
+    one = (f"one card's best plan is {autoplan.summary(plan.applied.memory, plan)} ~{plan.estimate_gib:.1f} GiB"
            + (f", ~{plan.step.seconds:.2f} s/step" if plan.step else "") if plan is not None
            else "no single-card setting fits")
+    if plan is not None:  # what the single-card plan chose that sharding leaves out
+        off += [k for k, is_set, _w, _h in _REFUSED if is_set(plan.applied.memory) and k not in off + mine]
     record = {"single_card_gib": round(plan.estimate_gib, 3) if plan is not None else None,
               "single_card_s_step": round(plan.step.seconds, 3) if plan is not None and plan.step else None,
               "room_gib": budget_gib, "sharded_gib": round(peak, 3), "sharded_s_step": round(step, 3) if step else None,
@@ -235,10 +237,10 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
         if err:
             raise ConfigError(err + f"; {line}")
         return Decision(False, cfg, plan, tuple(lines), line, {**record, "sharded": False}, True)
-    line = (f"distributed.shard = \"auto\": the base is sharded over {processes} processes: {one} of {budget_gib:g} "
-            f"GiB free per card (the least of all ranks), sharded ~{peak:.1f} GiB per card"
+    line = (f"distributed.shard = \"auto\": the base is sharded over {processes} processes ({budget_gib:g} GiB per "
+            f"card, the least free of all ranks or memory.vram_gb): {one}; sharded ~{peak:.1f} GiB per card"
             + (f", ~{step:.2f} s/step (estimated)" if step else "")
-            + (f"; not chosen with sharding: {', '.join(off)}" if off else ""))
+            + (f"; not chosen with sharding (they do not compose with it): {', '.join(off)}" if off else ""))
     return Decision(True, run_cfg, plan, tuple(lines), line, {**record, "sharded": True}, True)
 
 
