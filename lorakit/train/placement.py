@@ -136,6 +136,8 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     record = plan_record(cfg, run_cfg, chosen)
     if sharded:
         record["sharded"] = sharded  # plan.json: the per-card estimate of a sharded base
+        if decision.record:  # chosen by distributed.shard = "auto": --resume decides again on the same budget
+            record["budget_gib"] = decision.record["room_gib"]
     return Placed(run_cfg, record, modules, targets, groups, trainable)
 
 

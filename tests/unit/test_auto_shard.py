@@ -146,3 +146,37 @@ def test_lorakit_plan_says_the_run_would_shard(checkpoints, tmp_path, capsys):
     assert planview.main(str(toml), ["distributed.shard=none"], "rtx4090", 8) == 0
     text = capsys.readouterr().out
     assert "the run would shard" not in text and "the run would not shard (distributed.shard = \"none\")" in text
+
+
+def test_the_run_decides_from_the_least_free_memory_of_all_ranks(checkpoints, monkeypatch):
+    """train/placement.py's call: the loaded denoiser's sizes, this card's facts with the free memory replaced by the
+    least of all ranks (distributed.least: an all-reduce MIN, tested on two gloo processes in test_sharding_parts),
+    the decision logged in one line. CUDA is faked (the card's facts and the float8 check)."""
+    import torch
+
+    from lorakit.train import autoplan, distributed, fp8, placement
+
+    cfg = flux2(checkpoints["dev"])
+    spec, model, blocks, trainable = planview.meta_model(cfg)
+    monkeypatch.setattr(autoplan, "wanted", lambda cfg, device: bool(cfg.memory.auto))
+    monkeypatch.setattr(fp8, "check_compute", lambda device: None)
+    monkeypatch.setattr(distributed, "world", lambda: 8)
+    asked = []
+
+    def least(value):  # this rank has 40 GiB free, another only 23
+        asked.append(value)
+        return min(value, 23 * GIB)
+
+    monkeypatch.setattr(distributed, "least", least)
+    monkeypatch.setattr(cards, "local_card", lambda device: card24(40.0))
+    lines: list[str] = []
+    d = placement._decide(cfg, get_family("flux2").SPEC, model, blocks, trainable, torch.device("cuda"), None,
+                          lines.append)
+    assert asked == [40 * GIB] and d.shard and d.record["room_gib"] == 23.0
+    assert lines == [d.line] and "(23 GiB per card, the least free of all ranks" in lines[0]
+    # alone on the 40 GiB card: the single-card plan fits without block swap, nothing sharded, nothing said
+    monkeypatch.setattr(distributed, "least", lambda value: value)
+    lines.clear()
+    d = placement._decide(cfg, get_family("flux2").SPEC, model, blocks, trainable, torch.device("cuda"), None,
+                          lines.append)
+    assert not d.shard and d.planned and d.single.applied.memory.blocks_to_swap == 0 and lines == []
