@@ -14,7 +14,10 @@ cannot hold (FLUX.2 dev, FLUX.1, Qwen-Image; the families list the key in ``Mode
   one sample with weight 0 (``distributed.local_part``).
 * **What does not compose**, refused in one line each (:func:`check_config`): block swap, fp8 storage and fp8
   matmuls, compile and CUDA graphs, modulations on the CPU, a single process. The automatic memory plan (which
-  chooses those) is not used; :func:`check_room` logs the per-card estimate and holds it against ``memory.vram_gb``.
+  chooses those) is not applied; :func:`check_room` logs the per-card estimate and holds it against ``memory.vram_gb``.
+* **``distributed.shard = "auto"``** (the default): :func:`decide` shards when the automatic plan finds that one card
+  cannot hold the run without block swap and the sharded base fits (and is not the slower by the s/step model); what
+  does not compose is then not chosen instead of refused (docs/multi-gpu.md).
 * **Checkpoints** hold the LoRA state only (as without sharding): rank 0 writes them, a resume on any number of
   processes reads them.
 """
@@ -137,13 +140,14 @@ class Decision:
 
 def _off(cfg, explicit: frozenset) -> tuple[Any, list[str], list[str]]:
     """``cfg`` with what does not compose with sharding switched off (the automatic plan would have chosen those);
-    returns (config, what was switched off, the keys among them the user set, which block sharding)."""
+    returns (config, what was switched off, the keys the user set (or the adapter already applied), which block
+    sharding)."""
     mem, off, mine = cfg.memory, [], []
     values = {"blocks_to_swap": 0, "fp8_base": False, "fp8_compute": False, "compile": False, "cuda_graphs": False,
               "activation_budget": None, "modulation_on_cpu": False}
-    for key, is_set, _why, _how in _REFUSED:
+    for key, is_set, _why, _how in _REFUSED:  # host modulations are installed before the decision: kept as set
         if is_set(cfg.memory):
-            (mine if key in explicit else off).append(key)
+            (mine if key in explicit or key == "memory.modulation_on_cpu" else off).append(key)
     mem = replace(mem, **{k.split(".")[1]: values[k.split(".")[1]] for k in off})
     return replace(cfg, memory=mem, distributed=replace(cfg.distributed, shard="base")), off, mine
 
@@ -233,7 +237,7 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
         return Decision(False, cfg, plan, tuple(lines), line, {**record, "sharded": False}, True)
     if mine:
         line = (f"distributed.shard = \"auto\": not sharded although {one} of {budget_gib:g} GiB and the sharded "
-                f"base fits (~{peak:.1f} GiB per card): {', '.join(mine)} (set by you) does not compose with sharding")
+                f"base fits (~{peak:.1f} GiB per card): {', '.join(mine)} (as set) does not compose with sharding")
         if err:
             raise ConfigError(err + f"; {line}")
         return Decision(False, cfg, plan, tuple(lines), line, {**record, "sharded": False}, True)

@@ -127,7 +127,7 @@ def test_auto_is_none_where_sharding_cannot_apply_and_a_hand_set_value_is_kept(c
     assert not d.shard and d.line.startswith('distributed.shard = "auto": not sharded, memory.auto = false')
     # a key the user set that does not compose with sharding: kept, not sharded, and the line says why
     d = decide(flux2(dev, memory__compile=True), 8)
-    assert not d.shard and "memory.compile (set by you) does not compose with sharding" in d.line
+    assert not d.shard and "memory.compile (as set) does not compose with sharding" in d.line
     # "auto" is not refused as "base" is: a single process with block swap set runs as before
     sharding.check_config(flux2(dev, memory__blocks_to_swap=4), 1)
 
