@@ -353,7 +353,7 @@ class DistributedCfg:
                    "(FSDP2, block by block; the LoRA stays whole on every process), for a base one card cannot hold; "
                    "\"none\": every process holds the whole base; \"auto\": the automatic plan shards when no "
                    "single-card setting fits without block swap (docs/multi-gpu.md).", choices=("auto", "none", "base"),
-                   family_only=True)
+                   family_only=True, off="none")  # off: "never" is accepted for every family
     overlap: bool = f(True, "Several processes: sum the LoRA gradients in buckets while backward still runs (false: "
                       "one exchange after backward; same result).")
 

@@ -106,6 +106,12 @@ def test_klein_4b_and_sdxl_never_shard(checkpoints):
     sdxl = load_config(None, data={"model": {"family": "sdxl", "checkpoint": "/nonexistent/sdxl.safetensors"},
                                    "data": {"dir": "/tmp"}, "network": {"rank": 32}})
     assert sdxl.distributed.shard == "auto"
+    never = load_config(None, data={"model": {"family": "sdxl", "checkpoint": "/nonexistent/sdxl.safetensors"},
+                                    "data": {"dir": "/tmp"}, "distributed": {"shard": "none"}})
+    assert never.distributed.shard == "none"  # "never" is accepted for every family ("base" is refused for sdxl)
+    from lorakit.config.toml_io import dump_toml
+
+    assert load_config(None, data=__import__("tomllib").loads(dump_toml(never))).distributed.shard == "none"
     from torch import nn
 
     for free in (23.0, 3.0):  # even where nothing fits one card: SDXL cannot shard, and says nothing of it
