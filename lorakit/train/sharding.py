@@ -126,8 +126,8 @@ def check_room(cfg, spec, denoiser, blocks: Sequence[torch.nn.Module], trainable
 class Decision:
     """What :func:`decide` chose: ``shard`` the base or not; ``cfg`` the config to run (sharding: the memory settings
     that do not compose with it switched off, ``distributed.shard = "base"``); ``single`` the single-card plan when
-    one was made (the run uses it when not sharding); ``line`` what to log ("" = nothing to say); ``record``
-    plan.json's ``"auto_shard"``."""
+    one was made (the run uses it when not sharding); ``line`` what to log ("" = nothing to say); ``record`` the
+    numbers behind an "auto" decision (plan.json's ``"sharded"."auto"`` when it shards)."""
 
     shard: bool
     cfg: Any
@@ -178,8 +178,9 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
     several processes run on CUDA under the automatic plan (``memory.auto``) for a family that allows sharding, and
     no single-card setting the planner considers fits ``card``'s free memory (or ``memory.vram_gb``, per card) without
     block swap or host modulations, while the sharded per-card estimate fits; where the s/step model estimates both
-    (:func:`_sharded_step`), only when sharding is not the slower (a tie shards: bf16 weights, no fp8 storage). ``spec``: sized (``budget.for_model``); ``card``: with
-    the least free memory of all ranks (every rank decides the same); ``room``: a resumed run's recorded budget.
+    (:func:`_sharded_step`), only when sharding is not the slower (a tie shards: bf16 weights, no fp8 storage).
+    ``spec``: sized (``budget.for_model``); ``card``: with the least free memory of all ranks (every rank decides the
+    same); ``room``: a resumed run's recorded budget.
     Used by the run (train/placement.py) and ``lorakit plan --gpus N`` (train/planview.py)."""
     from lorakit.config import families
     from lorakit.config.load import explicit_keys
@@ -215,7 +216,8 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
     parts = per_card(sizes, spec, run_cfg, processes, sharded=True)
     peak = sum(parts.values()) + budget.RESERVE_GIB
     budget_gib = float(cfg.memory.vram_gb) if cfg.memory.vram_gb else room or math.floor(card.free_gib * 10) / 10
-    streams = plan is not None and (plan.applied.memory.blocks_to_swap > 0 or bool(plan.applied.memory.modulation_on_cpu))
+    streams = plan is not None and (plan.applied.memory.blocks_to_swap > 0
+                                    or bool(plan.applied.memory.modulation_on_cpu))
     weights = int(sizes.outside[0] + sum(b[0] for b in sizes.blocks))
     step = _sharded_step(spec, run_cfg, card, processes, weights) if streams else None
     faster = streams and (step is None or plan.step is None or step <= plan.step.seconds)  # a tie: keep bf16 weights

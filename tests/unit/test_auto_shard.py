@@ -36,8 +36,8 @@ def card24(free_gib: float = 23.0) -> cards.CardFacts:
 
 
 def flux2(checkpoint: Path, resolution: int = 1024, **sections):
-    data = {"model": {"family": "flux2", "checkpoint": str(checkpoint)}, "data": {"dir": "/tmp", "resolution": resolution},
-            "network": {"rank": 16}, "optimizer": {"name": "adamw"}, "training": {"mixed_precision": "bf16"}}
+    data = {"model": {"family": "flux2", "checkpoint": str(checkpoint)},
+            "data": {"dir": "/tmp", "resolution": resolution}, "network": {"rank": 16}, "optimizer": {"name": "adamw"}, "training": {"mixed_precision": "bf16"}}
     for key, value in sections.items():
         section, name = key.split("__")
         data.setdefault(section, {})[name] = value
