@@ -184,13 +184,14 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
     Used by the run (train/placement.py) and ``lorakit plan --gpus N`` (train/planview.py)."""
     from lorakit.config import families
     from lorakit.config.load import explicit_keys
-    from lorakit.train import autoplan, budget, swap
+    from lorakit.train import autoplan, budget, cards, swap
 
     value = getattr(cfg.distributed, "shard", "none")
     if value != "auto":
         return Decision(value == "base", cfg)
     planned = cuda and bool(cfg.memory.auto)
     applies = processes >= 2 and cfg.model.family in families.applies_to("distributed.shard")
+    measured = cards.has_rows(spec)  # without rows the planner cannot tell whether one card holds the run
 
     def single() -> tuple[Any, list[str], str]:
         lines: list[str] = []
@@ -201,12 +202,14 @@ def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, bl
             return None, lines, str(exc)
         return plan, lines, ""
 
-    if not planned or not applies:  # as "none"; said only where sharding could have applied
+    if not planned or not applies or not measured:  # as "none"; said only where sharding could have applied
         plan, lines, err = single() if planned else (None, [], "")
         if err:
             raise ConfigError(err)
-        line = ("distributed.shard = \"auto\": not sharded, memory.auto = false (the [memory] settings run as "
-                "written); set distributed.shard = \"base\" to shard") if applies and cuda else ""
+        why = "memory.auto = false (the [memory] settings run as written)" if not planned else \
+            f"{spec.family} has no measured memory and speed rows to plan from"
+        line = (f"distributed.shard = \"auto\": not sharded, {why}; set distributed.shard = \"base\" to shard"
+                if applies and cuda else "")
         return Decision(False, cfg, plan, tuple(lines), line, planned=planned)
     plan, lines, err = single()
     explicit = explicit_keys(cfg)

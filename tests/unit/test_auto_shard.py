@@ -120,7 +120,7 @@ def test_klein_4b_and_sdxl_never_shard(checkpoints):
         assert not d.shard and d.line == "" and d.record is None
 
 
-def test_auto_is_none_where_sharding_cannot_apply_and_a_hand_set_value_is_kept(checkpoints):
+def test_auto_is_none_where_sharding_cannot_apply_and_a_hand_set_value_is_kept(checkpoints, monkeypatch):
     dev = checkpoints["dev"]
     assert flux2(dev).distributed.shard == "auto"  # the default
     for d in (decide(flux2(dev), 1), decide(flux2(dev), 8, cuda=False)):  # one process; CPU processes
@@ -131,6 +131,12 @@ def test_auto_is_none_where_sharding_cannot_apply_and_a_hand_set_value_is_kept(c
     assert d.shard and not d.planned
     d = decide(flux2(dev, memory__auto=False), 8)  # sharding could apply: said in one line
     assert not d.shard and d.line.startswith('distributed.shard = "auto": not sharded, memory.auto = false')
+    # a family without measured rows: the planner cannot tell, so "auto" does not shard and says so
+    bare = dataclasses.replace(budget.for_model(*planview.meta_model(flux2(dev))[:2]), measured_steps=())
+    monkeypatch.setattr(cards, "measured_rows", lambda family: [])
+    d = sharding.decide(flux2(dev), bare, planview.sizes_of(flux2(dev)), card24(), 8, cuda=True)
+    assert not d.shard and "flux2 has no measured memory and speed rows to plan from" in d.line
+    monkeypatch.undo()
     # a key the user set that does not compose with sharding: kept, not sharded, and the line says why
     d = decide(flux2(dev, memory__compile=True), 8)
     assert not d.shard and "memory.compile (as set) does not compose with sharding" in d.line
