@@ -120,8 +120,11 @@ def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.P
         return out
     # what the run decides (sharding.decide, as train/placement.py calls it, on N such cards)
     _, model, blocks, trainable = meta_model(cfg)
-    decision = sharding.decide(cfg, spec, sizes_of(cfg), card, gpus, cuda=True, model=model, blocks=blocks,
-                               trainable=trainable)
+    try:
+        decision = sharding.decide(cfg, spec, sizes_of(cfg), card, gpus, cuda=True, model=model, blocks=blocks,
+                                   trainable=trainable)
+    except ConfigError as exc:  # memory.vram_gb set and neither one card nor the sharded base fits it
+        return out + [f"    the run would stop: {exc}"]
     if decision.line:
         out.append(f"    {decision.line}")
     if decision.shard:

@@ -158,6 +158,10 @@ def test_lorakit_plan_says_the_run_would_shard(checkpoints, tmp_path, capsys):
     assert planview.main(str(toml), ["distributed.shard=none"], "rtx4090", 8) == 0
     text = capsys.readouterr().out
     assert "the run would shard" not in text and "the run would not shard (distributed.shard = \"none\")" in text
+    # a memory.vram_gb that neither one card nor the sharded base fits: the rows, then why the run would stop
+    assert planview.main(str(toml), ["memory.vram_gb=12"], "rtx4090", 4) == 0
+    text = capsys.readouterr().out
+    assert "(base sharded, weights as loaded" in text and "    the run would stop: memory.vram_gb = 12" in text
 
 
 def test_the_run_decides_from_the_least_free_memory_of_all_ranks(checkpoints, monkeypatch):
