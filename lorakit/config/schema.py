@@ -349,9 +349,11 @@ class DistributedCfg:
     main_process_port: int = f(29500, "Port of the rendezvous store on machine 0; 0 = any free port (one machine "
                                "only).", ge=0)
     # issue 24: sharded base (FSDP2) and the gradient exchange overlapped with backward (lorakit/train/sharding.py)
-    shard: str = f("none", "FLUX.1/2, Qwen-Image: \"base\" shards the frozen base weights over the processes "
+    shard: str = f("auto", "FLUX.1/2, Qwen-Image: \"base\" shards the frozen base weights over the processes "
                    "(FSDP2, block by block; the LoRA stays whole on every process), for a base one card cannot hold; "
-                   "\"none\": every process holds the whole base.", choices=("none", "base"), family_only=True)
+                   "\"none\": every process holds the whole base; \"auto\": the automatic plan shards when no "
+                   "single-card setting fits without block swap (docs/multi-gpu.md).", choices=("auto", "none", "base"),
+                   family_only=True, off="none")  # off: "never" is accepted for every family
     overlap: bool = f(True, "Several processes: sum the LoRA gradients in buckets while backward still runs (false: "
                       "one exchange after backward; same result).")
 

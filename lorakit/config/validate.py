@@ -391,6 +391,8 @@ def check_families(cfg: Config) -> None:
             value = getattr(getattr(cfg, section), name)
             if value is False and spec.default is None:  # an explicit "never" of an unset-means-auto switch
                 continue
+            if "off" in spec.meta and value == spec.meta["off"]:  # a choice's "never" (distributed.shard = "none")
+                continue
             if value != spec.default:
                 raise err(spec.key, f"applies only to {', '.join(fams) or 'no installed family'}, not {family}; "
                           "remove it")

@@ -300,6 +300,18 @@ def exchange(trainable, total: torch.Tensor) -> None:
         p.grad = g if any_grad else None
 
 
+def least(value: int) -> int:
+    """The smallest ``value`` of all processes (an all-reduce MIN on the CPU group), ``value`` alone: so that every
+    rank plans, and decides ``distributed.shard = "auto"``, from the same free memory (the cards' differ)."""
+    if _G.world == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=_G.ctrl)
+    return int(t.item())
+
+
 def shard(cfg, denoiser, blocks, device, log) -> bool:
     """distributed.shard = "base": the denoiser placed on ``device`` with its frozen weights sharded over the
     processes (train/sharding.py); False (nothing done) otherwise."""

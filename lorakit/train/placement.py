@@ -96,11 +96,19 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     chosen: Optional[budget.Plan] = None
     run_cfg = cfg
     sharded = None
-    if sharding.on(cfg):  # a sharded base (issue 24): the per-card estimate; the plan's choices do not compose with it
-        sharded = sharding.check_room(cfg, budget.for_model(spec, denoiser), denoiser, blocks, trainable,
-                                      distributed.world(), log)
+    decision = _decide(cfg, spec, denoiser, blocks, trainable, device, room, log)  # distributed.shard (issue 24)
+    if decision.shard:  # a sharded base: the per-card estimate; the plan's choices do not compose with it
+        run_cfg = decision.cfg
+        sharded = sharding.check_room(run_cfg, budget.for_model(spec, denoiser), denoiser, blocks, trainable,
+                                      distributed.world(), log, auto=decision.record is not None)
+        if decision.record:
+            sharded["auto"] = decision.record
+    elif decision.planned:  # the single-card plan decide() made
+        for line in decision.single_lines:
+            log(line)
+        chosen = decision.single
     elif autoplan.wanted(cfg, device):  # on CUDA: the fastest setting that fits the card (memory.auto)
-        chosen = autoplan.choose(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, cards.local_card(device),
+        chosen = autoplan.choose(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, _card(device),
                                  device=device, log=log, room=room)
     elif cfg.memory.vram_gb:
         chosen = budget.apply_budget(cfg, spec, denoiser, blocks, trainable, swap.LOOKAHEAD, log=log, device=device)
@@ -128,7 +136,29 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     record = plan_record(cfg, run_cfg, chosen)
     if sharded:
         record["sharded"] = sharded  # plan.json: the per-card estimate of a sharded base
+        if decision.record:  # chosen by distributed.shard = "auto": --resume decides again on the same budget
+            record["budget_gib"] = decision.record["room_gib"]
     return Placed(run_cfg, record, modules, targets, groups, trainable)
+
+
+def _card(device: torch.device) -> cards.CardFacts:
+    """This card's facts, its free memory the least of all processes' (every rank plans the same)."""
+    card = cards.local_card(device)
+    return dataclasses.replace(card, free_bytes=distributed.least(card.free_bytes))
+
+
+def _decide(cfg: Config, spec, denoiser, blocks, trainable, device: torch.device, room: Optional[float],
+            log: Callable[[str], None]) -> sharding.Decision:
+    """:func:`sharding.decide` for this run, logged: from the loaded denoiser's sizes and the least free memory."""
+    cuda, planned = device.type == "cuda", autoplan.wanted(cfg, device)
+    auto = getattr(cfg.distributed, "shard", "none") == "auto" and planned
+    spec = budget.for_model(spec, denoiser)
+    sizes = budget.Sizes.of(denoiser, blocks, trainable, spec.host_linears) if auto else None
+    decision = sharding.decide(cfg, spec, sizes, _card(device) if auto else None, distributed.world(), cuda=cuda,
+                               model=denoiser, blocks=blocks, trainable=trainable, room=room, device=device)
+    if decision.line:
+        log(decision.line)
+    return decision
 
 
 def plan_record(cfg: Config, run_cfg: Config, chosen: Optional[budget.Plan]) -> dict[str, Any]:

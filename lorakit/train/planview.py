@@ -114,12 +114,26 @@ def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.P
     if not shardable:
         out.append(f"    distributed.shard = \"base\" is not offered for {cfg.model.family} (only "
                    f"{', '.join(sorted(_shardable()))})")
-    elif not sharding.on(cfg) and fits["base"] and not fits["none"]:
-        out.append(f"    one card cannot hold this base as loaded: distributed.shard = \"base\" with --gpus {gpus} "
-                   "fits without block swap or fp8 storage")
     if sharding.on(cfg):
         out.append("    this config shards (distributed.shard = \"base\"): the run uses the sharded row; the automatic "
                    "plan above (one card alone) is not applied")
+        return out
+    # what the run decides (sharding.decide, as train/placement.py calls it, on N such cards)
+    _, model, blocks, trainable = meta_model(cfg)
+    try:
+        decision = sharding.decide(cfg, spec, sizes_of(cfg), card, gpus, cuda=True, model=model, blocks=blocks,
+                                   trainable=trainable)
+    except ConfigError as exc:  # memory.vram_gb set and neither one card nor the sharded base fits it
+        return out + [f"    the run would stop: {exc}"]
+    if decision.line:
+        out.append(f"    {decision.line}")
+    if decision.shard:
+        out.append(f"    the run would shard: `lorakit train --gpus {gpus}` runs the base sharded (distributed.shard "
+                   "= \"auto\"), the automatic plan above (one card alone) is not applied")
+    elif shardable and fits["base"] and not fits["none"]:
+        why = "distributed.shard = \"none\"" if cfg.distributed.shard == "none" else "it does not choose it"
+        out.append(f"    one card cannot hold this base as loaded: distributed.shard = \"base\" with --gpus {gpus} "
+                   f"fits without block swap or fp8 storage; the run would not shard ({why})")
     return out
 
 

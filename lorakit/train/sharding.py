@@ -14,15 +14,20 @@ cannot hold (FLUX.2 dev, FLUX.1, Qwen-Image; the families list the key in ``Mode
   one sample with weight 0 (``distributed.local_part``).
 * **What does not compose**, refused in one line each (:func:`check_config`): block swap, fp8 storage and fp8
   matmuls, compile and CUDA graphs, modulations on the CPU, a single process. The automatic memory plan (which
-  chooses those) is not used; :func:`check_room` logs the per-card estimate and holds it against ``memory.vram_gb``.
+  chooses those) is not applied; :func:`check_room` logs the per-card estimate and holds it against ``memory.vram_gb``.
+* **``distributed.shard = "auto"``** (the default): :func:`decide` shards when the automatic plan finds that one card
+  cannot hold the run without block swap and the sharded base fits (and is not the slower by the s/step model); what
+  does not compose is then not chosen instead of refused (docs/multi-gpu.md).
 * **Checkpoints** hold the LoRA state only (as without sharding): rank 0 writes them, a resume on any number of
   processes reads them.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -92,7 +97,7 @@ def per_card(sizes, spec, cfg, processes: int, sharded: bool) -> dict[str, float
 
 
 def check_room(cfg, spec, denoiser, blocks: Sequence[torch.nn.Module], trainable, processes: int,
-               log: Callable[[str], None]) -> dict:
+               log: Callable[[str], None], auto: bool = False) -> dict:
     """The run's per-card estimate with the base sharded, logged and returned (plan.json's ``"sharded"``); held
     against ``memory.vram_gb`` (per card) when set. The automatic plan is not used with sharding (what it chooses
     besides checkpointing does not compose)."""
@@ -103,14 +108,149 @@ def check_room(cfg, spec, denoiser, blocks: Sequence[torch.nn.Module], trainable
     peak = sum(parts.values()) + budget.RESERVE_GIB
     shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
     log(f"sharded base over {processes} processes: about {peak:.2f} GiB per card ({shown}, reserve "
-        f"{budget.RESERVE_GIB}); the automatic memory plan is off with distributed.shard = \"base\" ([memory] runs as "
-        "written)")
+        f"{budget.RESERVE_GIB}); " + ("chosen by distributed.shard = \"auto\" (above)" if auto else
+                                      "the automatic memory plan is off with distributed.shard = \"base\" ([memory] "
+                                      "runs as written)"))
     room = cfg.memory.vram_gb
     if room and peak > room:
         raise ConfigError(f"memory.vram_gb = {room:g} (per card): the sharded base needs about {peak:.1f} GiB per card "
                           f"on {processes} processes; use more processes, memory.gradient_checkpointing = true, a "
                           "smaller training.batch_size or data.resolution")
     return {"processes": processes, "per_card_gib": round(peak, 3), "parts": {k: round(v, 3) for k, v in parts.items()}}
+
+
+# ====================================================================== distributed.shard = "auto"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`decide` chose: ``shard`` the base or not; ``cfg`` the config to run (sharding: the memory settings
+    that do not compose with it switched off, ``distributed.shard = "base"``); ``single`` the single-card plan when
+    one was made (the run uses it when not sharding); ``line`` what to log ("" = nothing to say); ``record`` the
+    numbers behind an "auto" decision (plan.json's ``"sharded"."auto"`` when it shards)."""
+
+    shard: bool
+    cfg: Any
+    single: Any = None
+    single_lines: tuple[str, ...] = ()
+    line: str = ""
+    record: Optional[dict] = None
+    planned: bool = False   # ``single`` / ``single_lines`` hold the single-card plan (autoplan.choose was asked)
+
+
+def _off(cfg, explicit: frozenset) -> tuple[Any, list[str], list[str]]:
+    """``cfg`` with what does not compose with sharding switched off (the automatic plan would have chosen those);
+    returns (config, what was switched off, the keys the user set (or the adapter already applied), which block
+    sharding)."""
+    mem, off, mine = cfg.memory, [], []
+    values = {"blocks_to_swap": 0, "fp8_base": False, "fp8_compute": False, "compile": False, "cuda_graphs": False,
+              "activation_budget": None, "modulation_on_cpu": False}
+    for key, is_set, _why, _how in _REFUSED:  # host modulations are installed before the decision: kept as set
+        if is_set(cfg.memory):
+            (mine if key in explicit or key == "memory.modulation_on_cpu" else off).append(key)
+    mem = replace(mem, **{k.split(".")[1]: values[k.split(".")[1]] for k in off})
+    return replace(cfg, memory=mem, distributed=replace(cfg.distributed, shard="base")), off, mine
+
+
+def _sharded_step(spec, cfg, card, processes: int, weights_bytes: int):
+    """Seconds per step of the sharded base, estimated: the eager bf16 step of the s/step model at the config's
+    checkpointing, or the gathers, whichever is longer (FSDP2 prefetches the next block while one runs): every
+    process receives (N-1)/N of the weights twice a step (forward, backward), counted at the host link's rate (a
+    lower bound for a card-to-card link). None where the family has no measured rows."""
+    from lorakit.config.resolution import resolution_wh
+    from lorakit.train import autoplan, cards
+
+    rows = cards.rows_for(spec)
+    if not rows:
+        return None
+    w, h = resolution_wh(cfg.data.resolution)
+    compute = cards.step_seconds(spec.family, autoplan.settings_of(cfg.memory), card,
+                                 images=cfg.training.batch_size * w * h / 1024**2, rows=rows)
+    if compute is None:
+        return None
+    gather = 2 * weights_bytes * (processes - 1) / processes / (card.host_link_gbs * 1e9) if card.host_link_gbs else 0
+    return max(compute.seconds, gather)
+
+
+def decide(cfg, spec, sizes, card, processes: int, *, cuda: bool, model=None, blocks: Sequence = (),
+           trainable: Sequence = (), room: Optional[float] = None, device=None) -> Decision:
+    """Whether the base is sharded: ``distributed.shard`` = "base" yes, "none" no; "auto" (the default) shards when
+    several processes run on CUDA under the automatic plan (``memory.auto``) for a family that allows sharding, and
+    no single-card setting the planner considers fits ``card``'s free memory (or ``memory.vram_gb``, per card) without
+    block swap or host modulations, while the sharded per-card estimate fits; where the s/step model estimates both
+    (:func:`_sharded_step`), only when sharding is not the slower (a tie shards: bf16 weights, no fp8 storage).
+    ``spec``: sized (``budget.for_model``); ``card``: with the least free memory of all ranks (every rank decides the
+    same); ``room``: a resumed run's recorded budget.
+    Used by the run (train/placement.py) and ``lorakit plan --gpus N`` (train/planview.py)."""
+    from lorakit.config import families
+    from lorakit.config.load import explicit_keys
+    from lorakit.train import autoplan, budget, cards, swap
+
+    value = getattr(cfg.distributed, "shard", "none")
+    if value != "auto":
+        return Decision(value == "base", cfg)
+    planned = cuda and bool(cfg.memory.auto)
+    applies = processes >= 2 and cfg.model.family in families.applies_to("distributed.shard")
+    measured = cards.has_rows(spec)  # without rows the planner cannot tell whether one card holds the run
+
+    def single() -> tuple[Any, list[str], str]:
+        lines: list[str] = []
+        try:
+            plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=device,
+                                   log=lines.append, sizes=sizes, room=room)
+        except ConfigError as exc:  # memory.vram_gb set and nothing fits it
+            return None, lines, str(exc)
+        return plan, lines, ""
+
+    if not planned or not applies or not measured:  # as "none"; said only where sharding could have applied
+        plan, lines, err = single() if planned else (None, [], "")
+        if err:
+            raise ConfigError(err)
+        why = "memory.auto = false (the [memory] settings run as written)" if not planned else \
+            f"{spec.family} has no measured memory and speed rows to plan from"
+        line = (f"distributed.shard = \"auto\": not sharded, {why}; set distributed.shard = \"base\" to shard"
+                if applies and cuda else "")
+        return Decision(False, cfg, plan, tuple(lines), line, planned=planned)
+    plan, lines, err = single()
+    explicit = explicit_keys(cfg)
+    run_cfg, off, mine = _off(cfg, explicit)
+    if not ({"memory.gradient_checkpointing", "memory.checkpoint_fraction"} & explicit):
+        run_cfg = replace(run_cfg, memory=replace(run_cfg.memory, gradient_checkpointing=True, checkpoint_fraction=1.0))
+    parts = per_card(sizes, spec, run_cfg, processes, sharded=True)
+    peak = sum(parts.values()) + budget.RESERVE_GIB
+    budget_gib = float(cfg.memory.vram_gb) if cfg.memory.vram_gb else room or math.floor(card.free_gib * 10) / 10
+    streams = plan is not None and (plan.applied.memory.blocks_to_swap > 0
+                                    or bool(plan.applied.memory.modulation_on_cpu))
+    weights = int(sizes.outside[0] + sum(b[0] for b in sizes.blocks))
+    step = _sharded_step(spec, run_cfg, card, processes, weights) if streams else None
+    faster = streams and (step is None or plan.step is None or step <= plan.step.seconds)  # a tie: keep bf16 weights
+    one = (f"one card's best plan is {autoplan.summary(plan.applied.memory, plan)} ~{plan.estimate_gib:.1f} GiB"
+           + (f", ~{plan.step.seconds:.2f} s/step" if plan.step else "") if plan is not None
+           else "no single-card setting fits")
+    if plan is not None:  # what the single-card plan chose that sharding leaves out
+        off += [k for k, is_set, _w, _h in _REFUSED if is_set(plan.applied.memory) and k not in off + mine]
+    record = {"single_card_gib": round(plan.estimate_gib, 3) if plan is not None else None,
+              "single_card_s_step": round(plan.step.seconds, 3) if plan is not None and plan.step else None,
+              "room_gib": budget_gib, "sharded_gib": round(peak, 3), "sharded_s_step": round(step, 3) if step else None,
+              "processes": processes, "not_chosen": off}
+    wants = peak <= budget_gib and (plan is None or faster)
+    if not wants:
+        if err:
+            raise ConfigError(err)
+        line = "" if plan is not None else (f"distributed.shard = \"auto\": not sharded: {one} of {budget_gib:g} GiB "
+                                            f"and the sharded base needs ~{peak:.1f} GiB per card")
+        return Decision(False, cfg, plan, tuple(lines), line, {**record, "sharded": False}, True)
+    if mine:
+        line = (f"distributed.shard = \"auto\": not sharded although {one} of {budget_gib:g} GiB and the sharded "
+                f"base fits (~{peak:.1f} GiB per card): {', '.join(mine)} (as set) does not compose with sharding")
+        if err:
+            raise ConfigError(err + f"; {line}")
+        return Decision(False, cfg, plan, tuple(lines), line, {**record, "sharded": False}, True)
+    line = (f"distributed.shard = \"auto\": the base is sharded over {processes} processes ({budget_gib:g} GiB per "
+            f"card, the least free of all ranks or memory.vram_gb): {one}; sharded ~{peak:.1f} GiB per card"
+            + (f", ~{step:.2f} s/step (estimated)" if step else "")
+            + (f"; not chosen with sharding (they do not compose with it): {', '.join(off)}" if off else ""))
+    return Decision(True, run_cfg, plan, tuple(lines), line, {**record, "sharded": True}, True)
 
 
 # ====================================================================== sharding the denoiser

@@ -4,7 +4,8 @@ A small model of repeated blocks (frozen Linears, LoRA-like trainable pairs insi
 global batch of 4 three ways: unsharded on the whole batch in this process (the reference); sharded over the two
 processes (``sharding.shard_base``, FSDP2) with each process on its half and the gradients summed by
 ``distributed.exchange`` after backward; and the same with the exchange overlapped with backward
-(``distributed.Buckets``, buckets of ~1 pair so that several are launched during backward). Prints one JSON line.
+(``distributed.Buckets``, buckets of ~1 pair so that several are launched during backward). Then the least free memory
+of both (``distributed.least``, distributed.shard = "auto"'s all-reduce MIN). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def main() -> None:
     close = all((g is None and w is None) or (g is not None and w is not None and torch.allclose(g, w, rtol=1e-5,
                                                                                                  atol=1e-7))
                 for g, w in zip(grads[True], want))
-    print(json.dumps({"rank": rank, "local_rows": local_rows, "overlap_equals_exchange": exact,
+    least = distributed.least(1000 + 7 * (1 - rank))  # rank 0 offers 1007, rank 1 1000: both take 1000
+    print(json.dumps({"rank": rank, "least": least, "local_rows": local_rows, "overlap_equals_exchange": exact,
                       "equals_one_process": close, "unused_grad_none": grads[True][names.index("unused")] is None,
                       "lora_grads": sum(g is not None for g in grads[True]),
                       "buckets": len(distributed._G.overlap.buckets), "loss": losses[True],

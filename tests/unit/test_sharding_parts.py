@@ -45,6 +45,7 @@ def test_a_sharded_step_equals_one_process_and_the_overlapped_exchange_equals_th
         assert p.returncode == 0, err[-3000:]
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     for r in results:
+        assert r["least"] == 1000  # the all-reduce MIN of 1007 (rank 0) and 1000 (rank 1), the same on both
         assert r["local_rows"] == [8, 16]  # each process holds half of each frozen block weight (16 × 16)
         assert r["buckets"] == 4  # 3 blocks' pairs + the unused parameter: several launched during backward
         assert r["overlap_equals_exchange"] is True
