@@ -257,6 +257,8 @@ def test_folder_identity_follows_weights_and_configs_only(tmp_path):
 def test_both_families_use_the_one_identity():
     import lorakit.models.flux1.adapter as flux
     import lorakit.models.sdxl.adapter as sdxl
+    import lorakit.models.unet as unet  # SDXL's and SD 1.5's shared adapter
 
-    assert sdxl.path_identity is fsutil.path_identity and flux.path_identity is fsutil.path_identity
-    assert not hasattr(sdxl, "file_fingerprint") and not hasattr(flux, "file_identity")
+    assert unet.path_identity is fsutil.path_identity and flux.path_identity is fsutil.path_identity
+    assert not hasattr(sdxl, "file_fingerprint") and not hasattr(unet, "file_fingerprint")
+    assert not hasattr(flux, "file_identity")

@@ -143,12 +143,18 @@ def test_flow_samplers_run_cfg_as_two_passes_of_one_and_the_previews_count_one()
     from lorakit.models import common
     from lorakit.models.qwenimage.adapter import Adapter as QwenAdapter
 
-    rec = Recorder()
+    class FlowRecorder(Recorder, common.ComponentsAdapter):  # the shared loop and guidance, the recorded forward
+        pass
+
+    class QwenRecorder(Recorder, QwenAdapter):  # Qwen-Image's schedule and true CFG through the same loop
+        pass
+
+    rec = FlowRecorder()
     x = torch.zeros(1, 16, 4, 4)
-    common.ComponentsAdapter.euler_cfg(rec, x, torch.linspace(1, 0, 3), 2, {"c": 1}, {"n": 1}, 3.5)
+    rec.euler_cfg(x, torch.linspace(1, 0, 3), 2, {"c": 1}, {"n": 1}, 3.5)
     assert rec.batches == [1, 1, 1, 1]  # 2 steps x (conditional, unconditional)
-    rec.batches.clear()
-    QwenAdapter.denoise(rec, x, "a photo", "", 2, 4.0)
+    rec = QwenRecorder()
+    rec.denoise(x, "a photo", "", 2, 4.0)
     assert rec.batches == [1, 1, 1, 1]
     parts = {"weights": 10.0, "swap window": 0.0, "LoRA+optimizer": 1.0, "activations": 2.0}
     plan = budget.Plan(40.0, True, False, 0, sum(parts.values()) + budget.RESERVE_GIB, parts)
@@ -187,7 +193,7 @@ def test_sd35_and_qwen_image_vaes_are_found_and_tiled():
 
     for parts, vae in ((Named(), qvae), (Named(), kl), (Ae(), kl)):
         setattr(parts, "vae" if isinstance(parts, Named) else "ae", vae)
-        adapter = SimpleNamespace(_c=lambda parts=parts: parts)
+        adapter = SimpleNamespace(_c=lambda parts=parts: parts, vae_role="vae" if isinstance(parts, Named) else "ae")
         adapter.vae_module = lambda adapter=adapter: common.ComponentsAdapter.vae_module(adapter)
         assert adapter.vae_module() is vae
         vae.use_tiling = False
@@ -196,3 +202,8 @@ def test_sd35_and_qwen_image_vaes_are_found_and_tiled():
     assert qvae.tile_sample_stride_height < autoplan.TILE  # tiles overlap, to blend their seams
     assert (kl.tile_sample_min_size, kl.tile_latent_min_size) == (autoplan.TILE, autoplan.TILE // 2)
     assert get_family("sd3").SPEC.vae_tiling and get_family("qwenimage").SPEC.vae_tiling
+    # the families' adapters name their VAE as their components do
+    from lorakit.models.qwenimage.adapter import Adapter as Qwen
+    from lorakit.models.sd3.adapter import Adapter as SD3
+    from lorakit.models.zimage.adapter import Adapter as ZImage
+    assert (SD3.vae_role, Qwen.vae_role, ZImage.vae_role) == ("vae", "vae", "ae")

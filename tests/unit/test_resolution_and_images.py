@@ -92,10 +92,11 @@ def test_families_and_toy_convert_through_the_one_helper():
 
     import lorakit.models.flux1.adapter as flux
     import lorakit.models.sdxl.adapter as sdxl
+    import lorakit.models.unet as unet  # SDXL's and SD 1.5's shared adapter decodes through it
     import lorakit.toy.eval as toy_eval
 
-    for mod in (flux, sdxl, toy_eval):
+    for mod in (flux, sdxl, unet, toy_eval):
         src = inspect.getsource(mod)
         assert "* 127.5" not in src and "Image.fromarray" not in src, mod.__name__
-    for mod in (flux, sdxl):  # the toy samples through the family adapters, which convert
+    for mod in (flux, unet):  # the toy samples through the family adapters, which convert
         assert "to_images(" in inspect.getsource(mod), mod.__name__

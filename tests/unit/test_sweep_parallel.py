@@ -115,6 +115,13 @@ def test_parallel_stop_then_resume_keeps_finished_points_and_resumes_the_running
     def log(line):  # Ctrl-C the moment the fast point finishes; the slow one is mid-run, the third not started
         lines.append(line)
         if line == f"point {names[0]} finished":
+            # on a loaded machine the slow child may not have started yet: wait for its first checkpoint, so that it
+            # is interrupted mid-run (a child killed before it wrote anything is started afresh, not resumed)
+            import time
+
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "sw" / names[1] / "ckpt").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt, match="--resume"):
