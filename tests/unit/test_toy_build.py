@@ -156,3 +156,39 @@ def test_retarget_latents_keeps_normalised_latents_and_decoding(family):
         img1 = vae.decode(post.mean).sample
     assert torch.allclose(norm0, norm1, atol=1e-5) and torch.allclose(std0, std1, atol=1e-5)
     assert torch.allclose(img0, img1, atol=1e-4)
+
+
+def test_vae_crop_trains_on_grid_aligned_crops_then_whole_images():
+    """Plan.vae_crop: the first 3/4 of the VAE steps see random crops of that side on the 8-pixel latent grid, taken
+    from the images drawn for the step; the rest see the whole images."""
+    from types import SimpleNamespace
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+            self.seen = []
+
+        def encode(self, x):
+            self.seen.append(x.detach().clone())
+            m = x[:, :1] * self.w
+            return SimpleNamespace(latent_dist=SimpleNamespace(mean=m, std=torch.ones_like(m), var=torch.ones_like(m),
+                                                               logvar=torch.zeros_like(m)))
+
+        def decode(self, z):
+            return SimpleNamespace(sample=z.expand(-1, 3, -1, -1))
+
+    pixels = torch.arange(5 * 3 * 64 * 64, dtype=torch.float32).reshape(5, 3, 64, 64)
+    vae = Recorder()
+    plan = build.Plan(n_vae_images=5, vae_steps=8, vae_batch=2, n_images=0, steps=0, batch=1, vae_crop=32)
+    build.train_vae(vae, pixels, plan, torch.Generator().manual_seed(0), 0.0)
+    assert [tuple(x.shape[-2:]) for x in vae.seen] == [(32, 32)] * 6 + [(64, 64)] * 2
+    for x in vae.seen[:6]:
+        # every crop is a window of one whole image at a multiple of 8 (values encode image, channel, row, column)
+        for img in x:
+            n, rest = divmod(int(img[0, 0, 0]), 3 * 64 * 64)
+            i, j = divmod(rest, 64)
+            assert i % 8 == 0 and j % 8 == 0 and i <= 32 and j <= 32
+            assert torch.equal(img, pixels[n, :, i:i + 32, j:j + 32])
+    for x in vae.seen[6:]:
+        assert all(any(torch.equal(img, p) for p in pixels) for img in x)
