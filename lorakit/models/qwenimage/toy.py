@@ -40,8 +40,9 @@ def configs() -> dict[str, dict[str, Any]]:
 
 def plans(kit: Any) -> dict[str, Any]:
     # The causal 3-D VAE costs ~1 s per step at batch 16 on one idle core (~0.3 s on 32² crops; ~0.07 s a transformer
-    # step at batch 32). It learns colour at lr 1e-3, not at 3e-3 (100-step runs: MSE 0.39 vs 0.57; docs/qwenimage.md),
-    # so it trains on crops at 1e-3, its last quarter on whole images (the mid-block attention then sees 8x8 latents)
+    # step at batch 32). Its decoder learns hue only after ~300 steps (300 gave a two-tone VAE): 800 steps at lr 1e-3
+    # (which left the early collapse first in 100-step runs; docs/qwenimage.md), on crops, the last quarter on whole
+    # images (the mid-block attention then sees 8x8 latents)
     return {"full": kit.Plan(n_vae_images=1200, vae_steps=800, vae_batch=16, n_images=2000, steps=2000, batch=32,
                              vae_lr=1e-3, vae_crop=32),
             "quick": kit.PLANS["quick"]}
