@@ -66,6 +66,7 @@ class Plan:
     batch: int
     lr: float = 1e-3
     vae_lr: float = 2e-3
+    vae_crop: int = 0          # > 0: the first 3/4 of the VAE steps see random crops of this side (a multiple of 8)
 
 
 PLANS = {
@@ -121,6 +122,9 @@ def train_vae(vae: torch.nn.Module, pixels: torch.Tensor, plan: Plan, gen: torch
     for step in range(plan.vae_steps):
         idx = torch.randint(0, pixels.shape[0], (plan.vae_batch,), generator=gen)
         x = pixels[idx]
+        if plan.vae_crop and step < plan.vae_steps * 3 // 4:
+            i, j = (8 * torch.randint(0, (x.shape[-1] - plan.vae_crop) // 8 + 1, (2,), generator=gen)).tolist()
+            x = x[..., i:i + plan.vae_crop, j:j + plan.vae_crop]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         rec = vae.decode(z).sample

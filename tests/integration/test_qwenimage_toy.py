@@ -1,8 +1,7 @@
-"""The Qwen-Image toy recipe end to end (lorakit/models/qwenimage/toy.py), on its quick build while no pretrained toy
-ships (docs/qwenimage.md): its ComfyUI-layout files load through the real Qwen-Image loader with the build's own VAE
-statistics, and the demo's recipe trains a LoRA that `lorakit verify` finds loadable by ComfyUI and diffusers and that
-an interrupted and resumed run reproduces bit for bit. With ``TOY`` exported and assets built, the same tests run on
-the shipped files by dropping the ``toy`` fixture's build."""
+"""The shipped Qwen-Image toy (lorakit/models/qwenimage/toy.py, files in lorakit/toy/assets/qwenimage/) end to end: its
+ComfyUI-layout files load through the real Qwen-Image loader with the build's own VAE statistics, and the demo's recipe
+trains a LoRA that `lorakit verify` finds loadable by ComfyUI and diffusers and that an interrupted and resumed run
+reproduces bit for bit. (The recipe's quick build is checked bit for bit by tests/unit/test_toy_build.py.)"""
 
 from __future__ import annotations
 
@@ -16,22 +15,6 @@ from safetensors.torch import load_file
 from lorakit.cli import main
 from lorakit.toy.build import toy_config
 from lorakit.toy.paths import model_section, toy_paths
-
-
-@pytest.fixture(scope="module", autouse=True)
-def toy(tmp_path_factory):
-    """The toy built with the recipe's quick plan, standing in for lorakit/toy/assets/qwenimage/ (``TOY`` exposed
-    for this module only)."""
-    from lorakit.models import qwenimage
-    from lorakit.models.qwenimage.toy import TOY
-    from lorakit.toy import build, paths
-
-    root = tmp_path_factory.mktemp("qwenimage-toy")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(qwenimage, "TOY", TOY, raising=False)
-        mp.setattr(paths, "ASSETS", root)
-        build.build("qwenimage", root, plan_name="quick")
-        yield root
 
 
 def test_the_toy_loads_through_the_qwenimage_loader():

@@ -6,11 +6,8 @@ from .identify import identify
 from .keys import full_lora_keymap, lora_key_universe, lora_keymap
 from .tiny import write_tiny_checkpoint
 
-# The toy recipe (toy.py) is complete and tested (tests/integration/test_qwenimage_toy.py trains its quick build), but
-# no pretrained toy ships: the full build of 2026-12-07 (300 VAE steps, 466 s CPU) gave a VAE that reconstructs no
-# colours, so the base follows no prompt (docs/qwenimage.md). Exposing ``TOY`` without lorakit/toy/assets/qwenimage/
-# would break `lorakit demo`; after a build whose base draws what the prompt says, export it here.
-# from .toy import TOY
+# The toy (toy.py; files in lorakit/toy/assets/qwenimage/, built 2026-12-07: docs/qwenimage.md)
+from .toy import TOY
 
-__all__ = ["SPEC", "Adapter", "identify", "lora_key_universe", "lora_keymap", "full_lora_keymap",
+__all__ = ["SPEC", "TOY", "Adapter", "identify", "lora_key_universe", "lora_keymap", "full_lora_keymap",
            "write_tiny_checkpoint"]

@@ -7,7 +7,7 @@ the shared recipe's one scale and shift cannot express; so the family pretrains 
 toy world's kit: the VAE (through a one-frame view of the video VAE), its statistics written into its config, then the
 transformer through this family's Adapter (its noising, dynamic shift and masked prompt features). Saved as ComfyUI
 keeps the files (diffusers-named transformer, Qwen2.5-VL with its vision tower, Wan-layout VAE) plus ``tokenizer/``
-and a config folder. Build: ``python -m lorakit.toy build --family qwenimage`` (with ``TOY`` exposed).
+and a config folder (lorakit/toy/assets/qwenimage/). Build: ``python -m lorakit.toy build --family qwenimage``.
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ def configs() -> dict[str, dict[str, Any]]:
 
 
 def plans(kit: Any) -> dict[str, Any]:
-    # The causal 3-D VAE costs ~1 s per step at batch 16 on one idle core (~0.07 s a transformer step at batch 32).
-    # This plan (466 s CPU, built 2026-12-07) is too short for the VAE: it reconstructs no colours yet (MSE 0.33) and
-    # kept learning when trained on (docs/qwenimage.md); vae_steps must grow before the toy ships
-    return {"full": kit.Plan(n_vae_images=1200, vae_steps=300, vae_batch=16, n_images=2000, steps=2000, batch=32,
-                             vae_lr=3e-3),
+    # The causal 3-D VAE costs ~1 s per step at batch 16 on one idle core (~0.3 s on 32² crops; ~0.07 s a transformer
+    # step at batch 32). Its decoder learns hue only after ~300 steps (300 gave a two-tone VAE): 800 steps at lr 1e-3
+    # (which left the early collapse first in 100-step runs; docs/qwenimage.md), on crops, the last quarter on whole
+    # images (the mid-block attention then sees 8x8 latents)
+    return {"full": kit.Plan(n_vae_images=1200, vae_steps=800, vae_batch=16, n_images=2000, steps=2000, batch=32,
+                             vae_lr=1e-3, vae_crop=32),
             "quick": kit.PLANS["quick"]}
 
 
@@ -186,6 +187,7 @@ def build(kit: Any, plan_name: str, seed: int, t0: float) -> tuple[dict, dict]:
 
 
 TOY = ToyRecipe(files=FILES, configs=configs, make=make, vae="vae", adapter=adapter, save=save,
-                # sampled as the pipeline does: true CFG (10 % of captions dropped in pretraining)
-                demo=ToyDemo(steps=400, lr=1e-3, rank=8, sample_steps=20, cfg_scale=4.0),
+                # sampled as the pipeline does: true CFG (10 % of captions dropped in pretraining); lr 6e-3 learns the
+                # concept best of 1e-3 / 3e-3 / 6e-3 / 1e-2 (benchmarks/RESULTS.md)
+                demo=ToyDemo(steps=400, lr=6e-3, rank=8, sample_steps=20, cfg_scale=4.0),
                 training={"text_max_length": TEXT_LENGTH, "timestep_sampling": "flux_shift"}, build=build)
