@@ -369,3 +369,14 @@ def test_toy_quick_build_learns_vae_statistics(tmp_path):
     assert list(models["vae"].config.latents_mean) != list(configs.LATENTS_MEAN)
     paths = toy.save(models, facts, tmp_path)
     assert sum(p.stat().st_size for p in paths.values() if p.is_file()) < 8 * 2**20
+
+
+def test_write_config_orders_sets_whatever_the_hash_seed(tmp_path):
+    """diffusers keeps ``_use_default_values`` as a set: written sorted, so a toy rebuild in another process writes
+    the same config bytes (a list of the set came out in either order)."""
+    import json
+
+    from lorakit.models.qwenimage.tiny import write_config
+    write_config(tmp_path, {}, {"_use_default_values": {"input_channels", "dropout", "attn_scales"}}, {})
+    got = json.loads((tmp_path / "vae" / "config.json").read_text())
+    assert got["_use_default_values"] == ["attn_scales", "dropout", "input_channels"]

@@ -72,7 +72,7 @@ def write_config(folder: Path, transformer: dict[str, Any], vae: dict[str, Any],
     """A diffusers config folder (transformer/, vae/, text_encoder/ config.json, model_index.json) for split files."""
     for sub, cfg in (("transformer", transformer), ("vae", vae), ("text_encoder", text)):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-        (folder / sub / "config.json").write_text(json.dumps(dict(cfg), indent=2, default=list) + "\n",
+        (folder / sub / "config.json").write_text(json.dumps(dict(cfg), indent=2, default=sorted) + "\n",
                                                   encoding="utf-8")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "QwenImagePipeline"}) + "\n",
                                              encoding="utf-8")
