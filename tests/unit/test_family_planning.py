@@ -251,3 +251,19 @@ def test_the_tables_are_the_accounting_of_benchmarks_estimate_activations():
             assert r["step_scale"] == step, (family, size, r)
             continue
         assert {k: r[k] for k in ("eager", "compiled")} == table and r["step_scale"] == step, (family, size, r)
+
+
+def test_the_reference_rows_are_rows_of_the_card_table():
+    """estimates.REFERENCE copies rows of lorakit/train/cards.toml (the models layer does not read the trainer's
+    table): each must equal one of the table's rows of that family in card, s/step and settings, so a re-measured row
+    cannot leave a stale copy behind."""
+    from lorakit.models import estimates
+    from lorakit.train import cards
+
+    keys = ("card", "s_step", "compile", "cuda_graphs", "fp8_base", "fp8_compute", "blocks_to_swap")
+    for name, family in (("FLUX.1-dev", "flux1"), ("SDXL", "sdxl")):
+        table = {tuple(r.get(k) or None for k in keys) + (float(r.get("checkpoint_fraction", 1.0)),)
+                 for r in cards.measured_rows(family)}
+        for row in estimates.REFERENCE[name]:
+            got = tuple(row.get(k) or None for k in keys) + (float(row.get("checkpoint_fraction", 1.0)),)
+            assert got in table, (name, row["source"])
