@@ -302,6 +302,17 @@ ROWS.update({
     "zimage/vram12": {"family": "zimage", "gc": True, "vram": 12, "compile": "regions", "phases": (True,)},
     "sd15/vram6": {"family": "sd15", "gc": True, "vram": 6, "compile": "regions", "cudagraphs": True,
                    "phases": (True,)},
+    # FLUX.2 tiers of issue 19: Klein 4B in 8 GiB, Klein 9B in 12 and 16 GiB, dev under 24 and 32 GiB
+    "flux2-4b/vram8": {"family": "flux2", "size": "klein-4b", "gc": True, "vram": 8, "compile": "regions",
+                       "phases": (True,)},
+    "flux2-9b/vram12": {"family": "flux2", "size": "klein-9b", "gc": True, "vram": 12, "compile": "regions",
+                        "phases": (True,)},
+    "flux2-9b/vram16": {"family": "flux2", "size": "klein-9b", "gc": True, "vram": 16, "compile": "regions",
+                        "phases": (True,)},
+    "flux2-dev/vram24": {"family": "flux2", "size": "dev", "gc": True, "vram": 24, "compile": "regions",
+                         "phases": (True,)},
+    "flux2-dev/vram32": {"family": "flux2", "size": "dev", "gc": True, "vram": 32, "compile": "regions",
+                         "phases": (True,)},
 })
 # pixels per side of each family's rows (SD 1.5 trains at 512²)
 RESOLUTION = {"sd15": 512}

@@ -598,6 +598,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--timeout", type=float, default=420, help="seconds for each peer run and each lorakit row")
     ap.add_argument("--budget", type=float, default=560,
                     help="seconds for the whole command (the lent GPU's 10-minute limit): later runs get what is left")
+    ap.add_argument("--rows", help="comma-separated lorakit rows to set against the peer instead of the case's own")
     args = ap.parse_args(argv)
     if args.list or not args.cases:
         for name, c in CASES.items():
@@ -643,7 +644,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if out and "log" in peer and Path(peer["log"]).is_file():  # the peer's own output comes back too
                     shutil.copyfile(peer["log"], out / f"{name}.log")
         if not args.no_lorakit and not args.tiny:
-            for row in case.rows:
+            for row in (args.rows.split(",") if args.rows else case.rows):
                 if limit() < 45:
                     keep({"row": row, "error": "not run: --budget spent"}, name, ref)
                     continue
