@@ -40,6 +40,10 @@ SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0
                  measured_steps=planning.ALL_ROWS, component_gib=planning.components("klein-9b"), vae_tiling=True, variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
+# musubi-tuner's values (src/musubi_tuner/utils/sai_model_spec.py ARCH_FLUX_2_*, dataset/architectures.py
+# ARCHITECTURE_FLUX_2_*_FULL; kohya-ss/musubi-tuner @ 30c658c), one per size for base and distilled alike. SwarmUI
+# (T2IModelClassSorter.cs, mcmonkeyprojects/SwarmUI @ 062407c) lower-cases the architecture and sorts these into its
+# "Flux.2 Klein 4B / Klein 9B / Dev LoRA" classes; CivitAI and ComfyUI read neither key (docs/metadata.md).
 ARCHITECTURE = {"klein-4b": "Flux.2-klein-4b", "klein-9b": "Flux.2-klein-9b", "dev": "Flux.2-dev"}
 BASE_VERSION = {"klein-4b": "flux_2_klein_4b", "klein-9b": "flux_2_klein_9b", "dev": "flux_2_dev"}
 

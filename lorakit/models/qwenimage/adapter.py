@@ -46,7 +46,11 @@ SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shif
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
-ARCHITECTURE = "qwen-image"          # SwarmUI's model class id ("qwen-image/lora" for LoRAs)
+# SwarmUI's model class id ("qwen-image/lora" for LoRAs; T2IModelClassSorter.cs, mcmonkeyprojects/SwarmUI @ 062407c);
+# musubi-tuner writes "Qwen-Image/lora" (utils/sai_model_spec.py, kohya-ss/musubi-tuner @ 30c658c), the same id to
+# SwarmUI, which lower-cases it. ss_base_model_version "qwen_image" is musubi-tuner's (dataset/architectures.py).
+# CivitAI and ComfyUI read neither key (docs/metadata.md).
+ARCHITECTURE = "qwen-image"
 
 
 def dynamic_mu(seq_len: int) -> float:

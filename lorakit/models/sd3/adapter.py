@@ -46,7 +46,10 @@ SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shif
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
-# sd-scripts' ss_base_model_version (its MMDiT model_type) and SwarmUI's model-class ids (modelspec.architecture)
+# ss_base_model_version: sd-scripts' MMDiT model_type (library/sd3_utils.py, kohya-ss/sd-scripts @ 48d368f).
+# modelspec.architecture: SwarmUI's LoRA class ids (src/Text2Image/T2IModelClassSorter.cs, mcmonkeyprojects/SwarmUI
+# @ 062407c; Large Turbo is sorted as Large). sd-scripts writes "stable-diffusion-3-5-large/lora", an id SwarmUI does
+# not know; CivitAI and ComfyUI read neither key (docs/metadata.md).
 BASE_VERSION = {"large": "5-large", "large-turbo": "5-large", "medium": "5-medium", "sd3-medium": "medium",
                 "custom": "5-large"}
 ARCHITECTURE = {"large": "stable-diffusion-v3.5-large", "large-turbo": "stable-diffusion-v3.5-large",

@@ -44,7 +44,11 @@ SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_s
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
-ARCHITECTURE = "z-image"                       # SwarmUI's model class id ("z-image/lora" for LoRAs)
+# SwarmUI's model class id ("z-image/lora" for LoRAs, Turbo and base alike; T2IModelClassSorter.cs,
+# mcmonkeyprojects/SwarmUI @ 062407c); musubi-tuner writes "Z-Image/lora" (utils/sai_model_spec.py, kohya-ss/
+# musubi-tuner @ 30c658c), the same id to SwarmUI, which lower-cases it. ss_base_model_version "z_image" is
+# musubi-tuner's (dataset/architectures.py). CivitAI and ComfyUI read neither key (docs/metadata.md).
+ARCHITECTURE = "z-image"
 
 
 def time_shift(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
