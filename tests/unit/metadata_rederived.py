@@ -86,9 +86,24 @@ TRAINERS = {
     ("sd3", "sd3-medium"): ("sd-scripts", "medium", "stable-diffusion-3-medium/lora"),
 }
 
-# CivitAI's base-model names (basemodel.constants.ts BASE_MODELS ``name``) for lorakit's families / variants
+# CivitAI's base models of lorakit's families / variants (basemodel.constants.ts BASE_MODELS: ``name`` -> the
+# ``name`` of its ``licenseId`` in LICENSES); the SD 3 / 3.5 entries are hidden and disabled there
 CIVITAI_BASE_MODELS = {
-    "SD 1.5", "SDXL 1.0", "Flux.1 D", "Flux.1 S", "Flux.2 D", "Flux.2 Klein 9B", "Flux.2 Klein 9B-base",
-    "Flux.2 Klein 4B", "Flux.2 Klein 4B-base", "SD 3", "SD 3.5", "SD 3.5 Large", "SD 3.5 Large Turbo",
-    "SD 3.5 Medium", "Qwen", "ZImageTurbo", "ZImageBase",
+    "SD 1.5": "CreativeML Open RAIL-M",
+    "SDXL 1.0": "CreativeML Open RAIL++-M",
+    "Flux.1 D": "FLUX.1 [dev] Non-Commercial License",
+    "Flux.1 S": "Apache 2.0",
+    "Flux.2 D": "FLUX.2 [dev] Non-Commercial License",
+    "Flux.2 Klein 9B": "FLUX.2 Klein 9B Non-Commercial License",
+    "Flux.2 Klein 9B-base": "FLUX.2 Klein 9B Non-Commercial License",
+    "Flux.2 Klein 4B": "Apache 2.0",
+    "Flux.2 Klein 4B-base": "Apache 2.0",
+    "SD 3": "Stability AI Community License Agreement",
+    "SD 3.5": "Stability AI Community License Agreement",
+    "SD 3.5 Large": "Stability AI Community License Agreement",
+    "SD 3.5 Large Turbo": "Stability AI Community License Agreement",
+    "SD 3.5 Medium": "Stability AI Community License Agreement",
+    "Qwen": "Apache 2.0",
+    "ZImageTurbo": "Apache 2.0",
+    "ZImageBase": "Apache 2.0",
 }
