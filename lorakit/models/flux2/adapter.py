@@ -66,18 +66,14 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What FLUX.2 refuses before anything is read (the checks that need the variant run at load)."""
-        if getattr(cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(cfg.network, "FLUX.2 yet")
 
     def _check_loaded(self) -> None:
         t = self.cfg.training
         if not self._c().shape.guidance and float(t.guidance_scale) != 1.0:
             raise ConfigError(f"training.guidance_scale: FLUX.2 {self._c().variant} has no guidance input (only dev "
                               "has); remove it")
-        if getattr(self.cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(self.cfg.network, "FLUX.2 yet")
         from lorakit.config.load import field_specs
         sample = self.cfg.sample
         if not self._c().shape.guidance and sample.guidance != field_specs()["sample"]["guidance"].default:
@@ -219,9 +215,7 @@ class Adapter(common.ComponentsAdapter):
 
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
         from .lora_format import transformer_targets
-        if getattr(network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(network, "FLUX.2 yet")
         out = {"transformer": transformer_targets(network, *self._depths())}
         if not out["transformer"]:
             raise ConfigError("network: the block selection and module_ranks leave no FLUX.2 module to train")

@@ -103,9 +103,7 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What Qwen-Image refuses before anything is read."""
-        if getattr(cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Qwen-Image; set it "
-                              "to false")
+        common.refuse_text_encoder_lora(cfg.network, "Qwen-Image")
         if getattr(cfg.model, "variant", "auto") not in ("auto", "", None):
             raise ConfigError(f"model.variant: {cfg.model.variant!r}; Qwen-Image has one variant, remove it")
 
@@ -213,9 +211,7 @@ class Adapter(common.ComponentsAdapter):
     # ------------------------------------------------------------------------------------------ LoRA
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
         from .lora_format import transformer_targets
-        if getattr(network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Qwen-Image; set it "
-                              "to false")
+        common.refuse_text_encoder_lora(network, "Qwen-Image")
         out = {"transformer": transformer_targets(network, self._c().shape.num_layers)}
         if not out["transformer"]:
             raise ConfigError("network.module_ranks: leaves no Qwen-Image module to train")

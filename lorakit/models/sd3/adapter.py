@@ -92,9 +92,7 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What SD3 refuses before anything is read."""
-        if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
-            raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; SD3.5 takes auto, distilled "
-                              "(large-turbo) or base")
+        common.refuse_flux1_variant(cfg.model, "SD3.5 takes auto, distilled (large-turbo) or base")
 
     def t5_length(self) -> int:
         return int(getattr(self.cfg.training, "t5_max_length", None) or configs.T5_TOKENS)

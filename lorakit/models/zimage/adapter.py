@@ -83,12 +83,8 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What Z-Image refuses before anything is read."""
-        if getattr(cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Z-Image; set it to "
-                              "false")
-        if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
-            raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; Z-Image takes auto, "
-                              "distilled (Turbo) or base")
+        common.refuse_text_encoder_lora(cfg.network, "Z-Image")
+        common.refuse_flux1_variant(cfg.model, "Z-Image takes auto, distilled (Turbo) or base")
 
     def text_length(self) -> int:
         return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
@@ -137,9 +133,7 @@ class Adapter(common.ComponentsAdapter):
 
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
         from .lora_format import transformer_targets
-        if getattr(network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Z-Image; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(network, "Z-Image")
         out = {"transformer": transformer_targets(network, *self._depths())}
         if not out["transformer"]:
             raise ConfigError("network.module_ranks: leaves no Z-Image module to train")
