@@ -22,6 +22,29 @@ CIVITAI_BASE = {"sdxl": "SDXL 1.0", "flux1/dev": "Flux.1 D", "flux1/schnell": "F
 LICENSES = {"sdxl": "CreativeML Open RAIL++-M (the SDXL 1.0 base licence)",
             "flux1/dev": "FLUX.1 [dev] Non-Commercial License (the base model's)",
             "flux1/schnell": "Apache-2.0 (the FLUX.1 [schnell] base licence)"}
+# the families after SDXL / FLUX.1: CivitAI's base-model names and their licences as CivitAI lists them
+# (packages/civitai-shared/src/basemodel.constants.ts, civitai/civitai @ ebed661; its SD 3 / 3.5 entries are hidden
+# and disabled there), and the Hub repository of each base model (for the model card)
+_MORE = {  # variant: (CivitAI base model, licence, Hub repository)
+    "sd15": ("SD 1.5", "CreativeML Open RAIL-M", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    "flux2/klein-4b": ("Flux.2 Klein 4B", "Apache 2.0", "black-forest-labs/FLUX.2-klein-4B"),
+    "flux2/klein-4b-base": ("Flux.2 Klein 4B-base", "Apache 2.0", "black-forest-labs/FLUX.2-klein-base-4B"),
+    "flux2/klein-9b": ("Flux.2 Klein 9B", "FLUX.2 Klein 9B Non-Commercial License", "black-forest-labs/FLUX.2-klein-9B"),
+    "flux2/klein-9b-base": ("Flux.2 Klein 9B-base", "FLUX.2 Klein 9B Non-Commercial License",
+                            "black-forest-labs/FLUX.2-klein-base-9B"),
+    "flux2/dev": ("Flux.2 D", "FLUX.2 [dev] Non-Commercial License", "black-forest-labs/FLUX.2-dev"),
+    "sd3/large": ("SD 3.5 Large", "Stability AI Community License Agreement", "stabilityai/stable-diffusion-3.5-large"),
+    "sd3/large-turbo": ("SD 3.5 Large Turbo", "Stability AI Community License Agreement",
+                        "stabilityai/stable-diffusion-3.5-large-turbo"),
+    "sd3/medium": ("SD 3.5 Medium", "Stability AI Community License Agreement",
+                   "stabilityai/stable-diffusion-3.5-medium"),
+    "sd3/sd3-medium": ("SD 3", "Stability AI Community License Agreement", "stabilityai/stable-diffusion-3-medium"),
+    "qwenimage": ("Qwen", "Apache 2.0", "Qwen/Qwen-Image"),
+    "zimage/turbo": ("ZImageTurbo", "Apache 2.0", "Tongyi-MAI/Z-Image-Turbo"),
+    "zimage/base": ("ZImageBase", "Apache 2.0", "Tongyi-MAI/Z-Image"),
+}
+CIVITAI_BASE.update({v: m[0] for v, m in _MORE.items()})
+LICENSES.update({v: f"{m[1]} (the base model's)" for v, m in _MORE.items()})
 SAMPLE_RE = re.compile(r"^(?P<name>.+)_(?P<label>step\d{8}|before|after|final)_(?P<idx>\d{2})_(?P<seed>\d+)\.png$")
 
 
@@ -138,7 +161,18 @@ def _variant(meta: dict[str, str], family: str) -> str:
     arch = meta.get("modelspec.architecture", "")
     if family == "flux1":
         return "flux1/schnell" if "schnell" in arch else "flux1/dev"
-    return family
+    if family == "flux2":  # the size from ss_base_model_version, base vs distilled from lorakit's own key
+        size = str(meta.get("ss_base_model_version", "")).replace("flux_2_", "").replace("_", "-")
+        base = size != "dev" and "base" in meta.get("lorakit_flux2_variant", "")
+        variant = f"flux2/{size}" + ("-base" if base else "")
+    elif family in ("sd3", "zimage"):
+        variant = f"{family}/{meta.get(f'lorakit_{family}_variant', '')}"
+    else:
+        variant = family
+    if variant not in CIVITAI_BASE:
+        raise LorakitError(f"{family} LoRA of variant {variant.partition('/')[2] or '?'}: no CivitAI base model "
+                           "to name for it (a tiny or custom model?); upload it by hand")
+    return variant
 
 
 def package_run(run_dir: Path, out: Optional[Path] = None, *, step: Optional[int] = None,
@@ -148,9 +182,9 @@ def package_run(run_dir: Path, out: Optional[Path] = None, *, step: Optional[int
     out = Path(out) if out else run_dir / "package" / (cfg.save.name + ("" if step is None else f"-step{step}"))
     if out.exists() and any(out.iterdir()):
         raise LorakitError(f"{out}: already exists and is not empty; choose another -o or move it away")
-    out.mkdir(parents=True, exist_ok=True)
     meta = _meta(lora)
-    variant = _variant(meta, cfg.model.family)
+    variant = _variant(meta, cfg.model.family)  # before the folder is made: a refusal leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(lora, out / lora.name)  # not its mode: the package follows the user's umask
     from lorakit.lora.io import file_sha256
     sha = file_sha256(out / lora.name)
@@ -212,7 +246,7 @@ def _summary(meta: dict[str, str]) -> dict[str, Any]:
 def _model_card(cfg: Any, lora_name: str, variant: str, triggers: list[str], licence: str, info: dict[str, Any],
                 images: list[dict[str, Any]], label: str) -> str:
     base = {"sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "flux1/dev": "black-forest-labs/FLUX.1-dev",
-            "flux1/schnell": "black-forest-labs/FLUX.1-schnell"}[variant]
+            "flux1/schnell": "black-forest-labs/FLUX.1-schnell", **{v: m[2] for v, m in _MORE.items()}}[variant]
     lines = ["---", f"base_model: {base}", "library_name: diffusers", "tags: [lora, lorakit, text-to-image]",
              f"license: other" if "Apache" not in licence else "license: apache-2.0",
              f"instance_prompt: {', '.join(triggers)}" if triggers else "", "---", "",

@@ -52,6 +52,20 @@ def loaded_adapter(family: str, model: dict[str, Any], data_dir: Path, **trainin
     return adapter
 
 
+def exported_metadata(adapter: Any, lora: dict[str, Any], path: Path) -> dict[str, str]:
+    """The metadata in the header of the file lorakit's exporter (train/export.py export_lora, as a run's end calls it)
+    writes for ``lora`` with the adapter's own config; no dataset (the ss_* data keys come out empty)."""
+    from types import SimpleNamespace
+
+    from lorakit.safetensors_header import read_safetensors_header
+    from lorakit.train.export import export_lora
+
+    data = SimpleNamespace(items=[], subsets=[], groups=[])
+    stream = SimpleNamespace(steps_per_epoch=1, batch_size=1)
+    export_lora(path, adapter, lora, adapter.cfg, data, stream, 1, ("1", 0.0))
+    return read_safetensors_header(path)[1]
+
+
 def flow_scheduler(config: dict[str, Any]) -> Any:
     """diffusers' FlowMatchEulerDiscreteScheduler from a family's shipped scheduler config, for its pipeline."""
     from diffusers import FlowMatchEulerDiscreteScheduler

@@ -196,6 +196,34 @@ def layout(sd: Mapping[str, Any], original_mark: str, diffusers_mark: str) -> st
     return "unknown"
 
 
+def what_transformer(ks: set[str], own: str) -> str:
+    """Which other diffusion transformer lorakit trains a weights file holds (its stripped key names), "" for none:
+    the shared middle of the families' ``what_is`` (``own``: the asking family, whose rules are its own)."""
+    starts = lambda *ps: any(k.startswith(ps) for k in ks)  # noqa: E731
+    rules = (("flux2", "a FLUX.2 transformer", lambda: "double_stream_modulation_img.lin.weight" in ks
+              or "double_stream_modulation_img.linear.weight" in ks),
+             ("flux1", "a FLUX.1 transformer", lambda: starts("double_blocks.", "single_transformer_blocks.")),
+             ("zimage", "a Z-Image transformer", lambda: "layers.0.adaLN_modulation.0.weight" in ks
+              or "layers.0.attention.qkv.weight" in ks),
+             ("qwenimage", "a Qwen-Image transformer",
+              lambda: "txt_norm.weight" in ks and starts("transformer_blocks.")),
+             ("sd3", "an SD3 transformer", lambda: starts("joint_blocks.")))
+    return next((what for family, what, test in rules if family != own and test()), "")
+
+
+def refuse_text_encoder_lora(network: Any, name: str) -> None:
+    """A family that trains its transformer only refuses ``network.train_text_encoder`` (``name``: how the message
+    names the family)."""
+    if getattr(network, "train_text_encoder", False):
+        raise ConfigError(f"network.train_text_encoder: text-encoder LoRA is not offered for {name}; set it to false")
+
+
+def refuse_flux1_variant(model: Any, takes: str) -> None:
+    """``model.variant`` dev / schnell (FLUX.1's) refused by another family; ``takes``: what it takes instead."""
+    if getattr(model, "variant", "auto") in ("dev", "schnell"):
+        raise ConfigError(f"model.variant: {model.variant!r} is a FLUX.1 choice; {takes}")
+
+
 def what_else(ks: set[str]) -> str:
     """What a weights file holds (its stripped key names) that is no diffusion transformer: the end of a family's
     ``what_is`` for the one-line refusal of a wrong file."""

@@ -104,6 +104,20 @@ def test_noise_and_target(world):
     assert torch.equal(out.target, eps - x0)
 
 
+def test_metadata_in_the_exported_header(world, tmp_path):
+    # musubi-tuner's values, SwarmUI's Flux.2 Klein 4B LoRA class (a tiny Klein is sized as 4B; every size's pair:
+    # tests/unit/test_family_metadata_ids.py)
+    from lorakit.models.base import LoraModule
+    from tests.family_fixtures import exported_metadata
+    w = dict(world.adapter.denoiser().named_modules())["transformer_blocks.0.attn.to_k"].weight
+    g = torch.Generator().manual_seed(0)
+    lora = {"transformer": {"transformer_blocks.0.attn.to_k": LoraModule(
+        down=torch.randn(2, w.shape[1], generator=g), up=torch.randn(w.shape[0], 2, generator=g), alpha=2.0)}}
+    meta = exported_metadata(world.adapter, lora, tmp_path / "f.safetensors")
+    assert meta["ss_base_model_version"] == "flux_2_klein_4b" and meta["modelspec.architecture"] == "Flux.2-klein-4b/lora"
+    assert meta["lorakit_flux2_variant"] == world.adapter.variant and "base" in meta["lorakit_flux2_variant"]
+
+
 def _pipe_latents(world, prompt, steps, guidance_scale, seed):
     out = world.pipe(prompt=prompt, height=64, width=64, num_inference_steps=steps, guidance_scale=guidance_scale,
                      generator=torch.Generator().manual_seed(seed), output_type="latent", max_sequence_length=40)

@@ -131,3 +131,63 @@ def test_cli_verify_convert_exit_codes(tmp_path, capsys):
     assert main(["convert", str(good), "--to", "peft", "-o", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "adapter_config.json").is_file()
     assert main(["resize", str(good), "--dynamic", "sv_fro=2"]) == 2
+
+
+def _as_family(run, family: str, meta: dict[str, str]) -> None:
+    """The run folder of _run_dir re-labelled as a run of ``family`` whose LoRAs carry ``meta`` (its family keys)."""
+    from safetensors import safe_open
+
+    from lorakit.config.load import dump_toml
+    cfg = {"model": {"family": family, "checkpoint": "/home/me/models/base.safetensors"},
+           "data": {"dir": "/home/me/datasets/ohwx"}, "save": {"name": "ohwx"},
+           "sample": {"prompts": ["ohwx woman, portrait", "ohwx woman on a bike"]}}
+    (run / "config.toml").write_text(dump_toml(cfg))
+    for f in run.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as h:
+            tensors, old = {k: h.get_tensor(k) for k in h.keys()}, h.metadata()
+        save_file(tensors, f, metadata={**old, **meta})
+
+
+def _family_meta(family: str, variant: str) -> dict[str, str]:
+    """The keys lorakit's adapter writes for that family / variant (from its own tables)."""
+    if family == "flux2":
+        from lorakit.models.flux2.adapter import ARCHITECTURE, BASE_VERSION
+        size = variant.replace("base-", "") if variant != "dev" else "dev"
+        return {"ss_base_model_version": BASE_VERSION[size], "modelspec.architecture": f"{ARCHITECTURE[size]}/lora",
+                "lorakit_flux2_variant": variant}
+    if family == "sd3":
+        from lorakit.models.sd3.adapter import ARCHITECTURE, BASE_VERSION
+        return {"ss_base_model_version": BASE_VERSION[variant], "lorakit_sd3_variant": variant,
+                "modelspec.architecture": f"{ARCHITECTURE[variant]}/lora"}
+    if family == "zimage":
+        return {"ss_base_model_version": "z_image", "lorakit_zimage_variant": variant}
+    from lorakit.models.registry import get_family
+    return {"ss_base_model_version": get_family(family).SPEC.metadata_base_version}
+
+
+@pytest.mark.parametrize("family,variant,civitai", [
+    ("flux2", "klein-4b", "Flux.2 Klein 4B"), ("flux2", "klein-base-4b", "Flux.2 Klein 4B-base"),
+    ("flux2", "klein-9b", "Flux.2 Klein 9B"), ("flux2", "klein-base-9b", "Flux.2 Klein 9B-base"),
+    ("flux2", "dev", "Flux.2 D"), ("sd3", "large", "SD 3.5 Large"), ("sd3", "large-turbo", "SD 3.5 Large Turbo"),
+    ("sd3", "medium", "SD 3.5 Medium"), ("sd3", "sd3-medium", "SD 3"), ("qwenimage", "", "Qwen"),
+    ("zimage", "turbo", "ZImageTurbo"), ("zimage", "base", "ZImageBase"), ("sd15", "", "SD 1.5")])
+def test_package_names_civitais_base_model_and_licence(tmp_path, family, variant, civitai):
+    # civitai.json's baseModel is one of CivitAI's names, the one of that variant, with CivitAI's licence for it
+    # (tests/unit/metadata_rederived.py, from civitai/civitai's basemodel.constants.ts)
+    from tests.unit.metadata_rederived import CIVITAI_BASE_MODELS
+    run = _run_dir(tmp_path)
+    _as_family(run, family, _family_meta(family, variant))
+    assert main(["package", str(run), "-o", str(tmp_path / "pkg")]) == 0
+    civ = json.loads((tmp_path / "pkg" / "civitai.json").read_text())
+    assert civ["baseModel"] == civitai and civitai in CIVITAI_BASE_MODELS
+    assert civ["license"].startswith(CIVITAI_BASE_MODELS[civitai] + " ")
+    card = (tmp_path / "pkg" / "README.md").read_text()
+    assert f"A LoRA for **{civitai}**" in card
+
+
+def test_package_refuses_a_variant_civitai_has_no_name_for(tmp_path, capsys):
+    run = _run_dir(tmp_path)
+    _as_family(run, "sd3", _family_meta("sd3", "custom"))
+    assert main(["package", str(run), "-o", str(tmp_path / "pkg")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no CivitAI base model" in err[0] and not (tmp_path / "pkg").exists()

@@ -19,7 +19,7 @@ import torch
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.qwenimage import configs, convert, keys, lora_format, text, tiny
-from tests.family_fixtures import check_fp8_upcast, flow_scheduler, loaded_adapter, train_like
+from tests.family_fixtures import check_fp8_upcast, exported_metadata, flow_scheduler, loaded_adapter, train_like
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_text_encoder=False)
 
@@ -291,6 +291,13 @@ def test_every_comfy_key_maps_and_patches_exactly(trained):
     patched = copy.deepcopy(trained.base)
     patched.load_state_dict(patched_sd)
     assert torch.allclose(_run(patched), _run(trained.model), atol=1e-4, rtol=0)
+
+
+def test_metadata_in_the_exported_header(adapter, trained, tmp_path):
+    # SwarmUI's Qwen Image LoRA class and musubi-tuner's version (tests/unit/metadata_rederived.py)
+    meta = exported_metadata(adapter, trained.lora, tmp_path / "q.safetensors")
+    assert meta["ss_base_model_version"] == "qwen_image" and meta["modelspec.architecture"] == "qwen-image/lora"
+    assert meta["ss_network_module"] == "networks.lora_qwen_image" and meta["modelspec.sai_model_spec"] == "1.0.1"
 
 
 @pytest.mark.parametrize("fmt", ["diffusers", "kohya"])

@@ -281,3 +281,14 @@ def test_metadata_values_civitai_and_comfyui_read(tiny, tmp_path):
     assert SPEC.default_resolution == 512 and SPEC.metadata_base_version == "sd_v1"
     with pytest.raises(ValueError, match="save.format"):
         a.export({}, "comfy")
+
+
+@pytest.mark.parametrize("prediction,version", [("epsilon", "sd_v1"), ("v_prediction", "sd_v1_v")])
+def test_metadata_in_the_exported_header(tiny, tmp_path, prediction, version):
+    # sd-scripts' ss_base_model_version (sd_v1 / sd_v1_v) and SwarmUI's SD v1 LoRA class for both
+    from tests.family_fixtures import exported_metadata
+    a = _load(tmp_path, _file_model(tiny))
+    a.prediction = prediction
+    meta = exported_metadata(a, _trained_lora(a, a.cfg), tmp_path / "l.safetensors")
+    assert meta["ss_base_model_version"] == version and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert meta["modelspec.prediction_type"] == ("v" if prediction == "v_prediction" else "epsilon")

@@ -23,7 +23,7 @@ from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.lora.inject import inject_lora, load_lora_into
 from lorakit.models.base import LoraModule
 from lorakit.models.sd3 import configs, convert, keys, lora_format, text, tiny
-from tests.family_fixtures import check_fp8_upcast, linear_outs, loaded_adapter, train_like
+from tests.family_fixtures import check_fp8_upcast, exported_metadata, linear_outs, loaded_adapter, train_like
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_text_encoder=False)
 COMFYUI_UTILS_COMMIT = "2ba5cc8b867bc1aabe59fdaf0a8489e65012d603"
@@ -292,6 +292,14 @@ def test_every_comfy_key_maps_with_the_right_shape(trained):
             up = sd.get(n + ".lora_up.weight", sd.get(n + ".lora_B.weight"))
             down = sd.get(n + ".lora_down.weight", sd.get(n + ".lora_A.weight"))
             assert (up.shape[0], down.shape[1]) == (sl[1] if sl else orig[target].shape[0], orig[target].shape[1])
+
+
+def test_metadata_in_the_exported_header(adapter, trained, tmp_path):
+    # sd-scripts' MMDiT type and SwarmUI's SD 3.5 Large LoRA class (a tiny model is "custom", written as Large;
+    # every variant's pair: tests/unit/test_family_metadata_ids.py)
+    meta = exported_metadata(adapter, trained.lora, tmp_path / "s.safetensors")
+    assert meta["ss_base_model_version"] == "5-large"
+    assert meta["modelspec.architecture"] == "stable-diffusion-v3.5-large/lora" and meta["lorakit_sd3_variant"] == "custom"
 
 
 @pytest.mark.parametrize("layout", ["kohya", "diffusers"])

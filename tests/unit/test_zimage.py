@@ -12,7 +12,8 @@ import torch
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.zimage import configs, convert, keys, lora_format, text, tiny
-from tests.family_fixtures import check_fp8_upcast, flow_scheduler, linear_outs, loaded_adapter, train_like
+from tests.family_fixtures import (check_fp8_upcast, exported_metadata, flow_scheduler, linear_outs, loaded_adapter,
+                                   train_like)
 
 NET = SimpleNamespace(rank=4, alpha=2.0, module_ranks={}, train_text_encoder=False)
 
@@ -223,6 +224,13 @@ def test_every_comfy_key_maps_with_the_right_shape(trained):
             down = sd.get(n + ".lora_down.weight", sd.get(n + ".lora_A.weight"))
             rows = sl[1] if sl else orig[target].shape[0]
             assert (up.shape[0], down.shape[1]) == (rows, orig[target].shape[1])
+
+
+def test_metadata_in_the_exported_header(adapter, trained, tmp_path):
+    # SwarmUI's Z-Image LoRA class (Turbo and base alike) and musubi-tuner's version (tests/unit/metadata_rederived.py)
+    meta = exported_metadata(adapter, trained.lora, tmp_path / "z.safetensors")
+    assert meta["ss_base_model_version"] == "z_image" and meta["modelspec.architecture"] == "z-image/lora"
+    assert meta["lorakit_zimage_variant"] == adapter.variant
 
 
 def test_comfy_file_patches_the_original_weights_exactly(trained):

@@ -40,6 +40,10 @@ SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0
                  measured_steps=planning.ALL_ROWS, component_gib=planning.components("klein-9b"), vae_tiling=True, variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
+# musubi-tuner's values (src/musubi_tuner/utils/sai_model_spec.py ARCH_FLUX_2_*, dataset/architectures.py
+# ARCHITECTURE_FLUX_2_*_FULL; kohya-ss/musubi-tuner @ 30c658c), one per size for base and distilled alike. SwarmUI
+# (T2IModelClassSorter.cs, mcmonkeyprojects/SwarmUI @ 062407c) lower-cases the architecture and sorts these into its
+# "Flux.2 Klein 4B / Klein 9B / Dev LoRA" classes; CivitAI and ComfyUI read neither key (docs/metadata.md).
 ARCHITECTURE = {"klein-4b": "Flux.2-klein-4b", "klein-9b": "Flux.2-klein-9b", "dev": "Flux.2-dev"}
 BASE_VERSION = {"klein-4b": "flux_2_klein_4b", "klein-9b": "flux_2_klein_9b", "dev": "flux_2_dev"}
 
@@ -62,18 +66,14 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What FLUX.2 refuses before anything is read (the checks that need the variant run at load)."""
-        if getattr(cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(cfg.network, "FLUX.2 yet")
 
     def _check_loaded(self) -> None:
         t = self.cfg.training
         if not self._c().shape.guidance and float(t.guidance_scale) != 1.0:
             raise ConfigError(f"training.guidance_scale: FLUX.2 {self._c().variant} has no guidance input (only dev "
                               "has); remove it")
-        if getattr(self.cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(self.cfg.network, "FLUX.2 yet")
         from lorakit.config.load import field_specs
         sample = self.cfg.sample
         if not self._c().shape.guidance and sample.guidance != field_specs()["sample"]["guidance"].default:
@@ -215,9 +215,7 @@ class Adapter(common.ComponentsAdapter):
 
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
         from .lora_format import transformer_targets
-        if getattr(network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for FLUX.2 yet; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(network, "FLUX.2 yet")
         out = {"transformer": transformer_targets(network, *self._depths())}
         if not out["transformer"]:
             raise ConfigError("network: the block selection and module_ranks leave no FLUX.2 module to train")

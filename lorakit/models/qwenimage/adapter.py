@@ -46,7 +46,11 @@ SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shif
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
-ARCHITECTURE = "qwen-image"          # SwarmUI's model class id ("qwen-image/lora" for LoRAs)
+# SwarmUI's model class id ("qwen-image/lora" for LoRAs; T2IModelClassSorter.cs, mcmonkeyprojects/SwarmUI @ 062407c);
+# musubi-tuner writes "Qwen-Image/lora" (utils/sai_model_spec.py, kohya-ss/musubi-tuner @ 30c658c), the same id to
+# SwarmUI, which lower-cases it. ss_base_model_version "qwen_image" is musubi-tuner's (dataset/architectures.py).
+# CivitAI and ComfyUI read neither key (docs/metadata.md).
+ARCHITECTURE = "qwen-image"
 
 
 def dynamic_mu(seq_len: int) -> float:
@@ -99,9 +103,7 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What Qwen-Image refuses before anything is read."""
-        if getattr(cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Qwen-Image; set it "
-                              "to false")
+        common.refuse_text_encoder_lora(cfg.network, "Qwen-Image")
         if getattr(cfg.model, "variant", "auto") not in ("auto", "", None):
             raise ConfigError(f"model.variant: {cfg.model.variant!r}; Qwen-Image has one variant, remove it")
 
@@ -209,9 +211,7 @@ class Adapter(common.ComponentsAdapter):
     # ------------------------------------------------------------------------------------------ LoRA
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
         from .lora_format import transformer_targets
-        if getattr(network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Qwen-Image; set it "
-                              "to false")
+        common.refuse_text_encoder_lora(network, "Qwen-Image")
         out = {"transformer": transformer_targets(network, self._c().shape.num_layers)}
         if not out["transformer"]:
             raise ConfigError("network.module_ranks: leaves no Qwen-Image module to train")

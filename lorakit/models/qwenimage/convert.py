@@ -56,14 +56,9 @@ def what_is(keys: Iterable[str]) -> str:
         if any(".img_mlp.gate_up." in k or ".img_mlp.gate_layer." in k for k in ks):
             return "a Qwen-Image 2.1 transformer"
         return "a Qwen-Image transformer"
-    if "double_stream_modulation_img.lin.weight" in ks or "double_stream_modulation_img.linear.weight" in ks:
-        return "a FLUX.2 transformer"
-    if starts("double_blocks.", "single_transformer_blocks."):
-        return "a FLUX.1 transformer"
-    if "layers.0.adaLN_modulation.0.weight" in ks or "layers.0.attention.qkv.weight" in ks:
-        return "a Z-Image transformer"
-    if starts("joint_blocks."):
-        return "an SD3 transformer"
+    other = common.what_transformer(ks, "qwenimage")
+    if other:
+        return other
     if starts("conditioner.embedders.", "input_blocks.", "down_blocks.", "cond_stage_model."):
         return "an SD / SDXL U-Net checkpoint"
     if "decoder.middle.0.residual.0.gamma" in ks or "decoder.mid_block.resnets.0.norm1.gamma" in ks:

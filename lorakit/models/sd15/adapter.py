@@ -192,11 +192,13 @@ class Adapter(UNetAdapter):
         raise ValueError(f"save.format: {fmt!r} is not a LoRA format for SD 1.5; use 'kohya' or 'diffusers'")
 
     def metadata(self, config: Any) -> dict[str, str]:
-        """The values sd-scripts writes for SD 1.x (CivitAI reads ss_base_model_version; ComfyUI/SwarmUI the
-        modelspec architecture)."""
+        """The values sd-scripts writes for SD 1.x: ss_base_model_version "sd_v1", "sd_v1_v" with v-prediction
+        (library/model_util.py get_model_version_str_for_sd1_sd2, kohya-ss/sd-scripts @ 48d368f); modelspec
+        architecture "stable-diffusion-v1/lora", SwarmUI's SD v1 LoRA class for both (T2IModelClassSorter.cs,
+        mcmonkeyprojects/SwarmUI @ 062407c). CivitAI and ComfyUI read neither (docs/metadata.md)."""
         v = self.prediction == "v_prediction"
         return {
-            "ss_base_model_version": SPEC.metadata_base_version,
+            "ss_base_model_version": SPEC.metadata_base_version + ("_v" if v else ""),
             "ss_network_module": SPEC.network_module,
             "ss_v2": "False",
             "ss_v_parameterization": str(v),

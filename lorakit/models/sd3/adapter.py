@@ -46,7 +46,10 @@ SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shif
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
-# sd-scripts' ss_base_model_version (its MMDiT model_type) and SwarmUI's model-class ids (modelspec.architecture)
+# ss_base_model_version: sd-scripts' MMDiT model_type (library/sd3_utils.py, kohya-ss/sd-scripts @ 48d368f).
+# modelspec.architecture: SwarmUI's LoRA class ids (src/Text2Image/T2IModelClassSorter.cs, mcmonkeyprojects/SwarmUI
+# @ 062407c; Large Turbo is sorted as Large). sd-scripts writes "stable-diffusion-3-5-large/lora", an id SwarmUI does
+# not know; CivitAI and ComfyUI read neither key (docs/metadata.md).
 BASE_VERSION = {"large": "5-large", "large-turbo": "5-large", "medium": "5-medium", "sd3-medium": "medium",
                 "custom": "5-large"}
 ARCHITECTURE = {"large": "stable-diffusion-v3.5-large", "large-turbo": "stable-diffusion-v3.5-large",
@@ -89,9 +92,7 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What SD3 refuses before anything is read."""
-        if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
-            raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; SD3.5 takes auto, distilled "
-                              "(large-turbo) or base")
+        common.refuse_flux1_variant(cfg.model, "SD3.5 takes auto, distilled (large-turbo) or base")
 
     def t5_length(self) -> int:
         return int(getattr(self.cfg.training, "t5_max_length", None) or configs.T5_TOKENS)

@@ -130,15 +130,7 @@ def what_is(keys: Iterable[str]) -> str:
         return "an SD3 transformer"
     if starts("controlnet_blocks."):
         return "an SD3 ControlNet"
-    if "double_stream_modulation_img.lin.weight" in ks or "double_stream_modulation_img.linear.weight" in ks:
-        return "a FLUX.2 transformer"
-    if starts("double_blocks.", "single_transformer_blocks."):
-        return "a FLUX.1 transformer"
-    if "layers.0.adaLN_modulation.0.weight" in ks or "layers.0.attention.qkv.weight" in ks:
-        return "a Z-Image transformer"
-    if "txt_norm.weight" in ks and starts("transformer_blocks."):
-        return "a Qwen-Image transformer"
-    return common.what_else(ks)
+    return common.what_transformer(ks, "sd3") or common.what_else(ks)
 
 
 def layout(sd: Mapping[str, Any]) -> str:

@@ -44,7 +44,11 @@ SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_s
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
-ARCHITECTURE = "z-image"                       # SwarmUI's model class id ("z-image/lora" for LoRAs)
+# SwarmUI's model class id ("z-image/lora" for LoRAs, Turbo and base alike; T2IModelClassSorter.cs,
+# mcmonkeyprojects/SwarmUI @ 062407c); musubi-tuner writes "Z-Image/lora" (utils/sai_model_spec.py, kohya-ss/
+# musubi-tuner @ 30c658c), the same id to SwarmUI, which lower-cases it. ss_base_model_version "z_image" is
+# musubi-tuner's (dataset/architectures.py). CivitAI and ComfyUI read neither key (docs/metadata.md).
+ARCHITECTURE = "z-image"
 
 
 def time_shift(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -79,12 +83,8 @@ class Adapter(common.ComponentsAdapter):
     @staticmethod
     def check_config(cfg: Any, device: torch.device) -> None:
         """What Z-Image refuses before anything is read."""
-        if getattr(cfg.network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Z-Image; set it to "
-                              "false")
-        if getattr(cfg.model, "variant", "auto") in ("dev", "schnell"):
-            raise ConfigError(f"model.variant: {cfg.model.variant!r} is a FLUX.1 choice; Z-Image takes auto, "
-                              "distilled (Turbo) or base")
+        common.refuse_text_encoder_lora(cfg.network, "Z-Image")
+        common.refuse_flux1_variant(cfg.model, "Z-Image takes auto, distilled (Turbo) or base")
 
     def text_length(self) -> int:
         return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)
@@ -133,9 +133,7 @@ class Adapter(common.ComponentsAdapter):
 
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
         from .lora_format import transformer_targets
-        if getattr(network, "train_text_encoder", False):
-            raise ConfigError("network.train_text_encoder: text-encoder LoRA is not offered for Z-Image; set it to "
-                              "false")
+        common.refuse_text_encoder_lora(network, "Z-Image")
         out = {"transformer": transformer_targets(network, *self._depths())}
         if not out["transformer"]:
             raise ConfigError("network.module_ranks: leaves no Z-Image module to train")

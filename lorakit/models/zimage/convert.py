@@ -57,15 +57,7 @@ def what_is(keys: Iterable[str]) -> str:
         return "a Lumina Image 2.0 transformer"
     if starts("control_layers.", "control_all_x_embedder."):
         return "a Z-Image ControlNet"
-    if "double_stream_modulation_img.lin.weight" in ks or "double_stream_modulation_img.linear.weight" in ks:
-        return "a FLUX.2 transformer"
-    if starts("double_blocks.", "single_transformer_blocks."):
-        return "a FLUX.1 transformer"
-    if "txt_norm.weight" in ks and starts("transformer_blocks."):
-        return "a Qwen-Image transformer"
-    if starts("joint_blocks."):
-        return "an SD3 transformer"
-    return common.what_else(ks)
+    return common.what_transformer(ks, "zimage") or common.what_else(ks)
 
 
 def layout(sd: Mapping[str, Any]) -> str:
