@@ -27,7 +27,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
-    tokenizer_folder
+    qwen_tokenizer_for
 
 from . import configs
 from .convert import Shape, detect, text_weights, transformer_config, vae_to_diffusers, what_is
@@ -141,14 +141,9 @@ class QwenImageComponents(LazyParts):
     tokenizer = LazyPart()
 
 
-def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], Any]:
-    def load() -> Any:
-        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: Qwen-Image needs Qwen2.5-VL's tokenizer (the "
-                                 "tokenizer/ folder of Qwen/Qwen-Image); lorakit does not ship it. Point "
-                                 "model.tokenizer_dir at it")
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(where))
-    return load
+def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], log: Callable[[str], None]) -> Callable[[], Any]:
+    """Qwen2.5-VL's tokenizer: model.tokenizer_dir, else the folder's tokenizer/, else lorakit's shipped one."""
+    return lambda: qwen_tokenizer_for(model_cfg, folder, "qwen2.5-vl", "Qwen-Image", log)
 
 
 EDIT = "Qwen-Image-Edit is not trained by lorakit (it shares Qwen-Image's tensors but edits images); give Qwen-Image"
@@ -214,6 +209,6 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         return model
 
     comps = QwenImageComponents(transformer, shape, {"checkpoint": src, "text_encoder": te_src, "vae": vae_src},
-                                {"text_encoder": te, "vae": vae, "tokenizer": _tokenizer_loader(model_cfg, tok_folder)})
+                                {"text_encoder": te, "vae": vae, "tokenizer": _tokenizer_loader(model_cfg, tok_folder, log)})
     log(f"Qwen-Image ({shape.num_layers} blocks, width {shape.dim}, prompt width {shape.text_dim})")
     return comps
