@@ -230,9 +230,11 @@ def _qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 
 @lru_cache(maxsize=2)
-def _qwen_tokenizer_json(variant: str) -> str:
+def _qwen_prototype(variant: str) -> Any:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import Qwen2TokenizerFast
 
+    added, eos, pad, template = QWEN_VARIANTS[variant]
     vocab, merges = _qwen_vocab_and_merges()
     tk = Tokenizer(models.BPE(dict(vocab), list(merges), dropout=None, unk_token=None, continuing_subword_prefix="",
                               end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
@@ -241,31 +243,30 @@ def _qwen_tokenizer_json(variant: str) -> str:
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tk.decoder = decoders.ByteLevel()
     tk.post_processor = processors.ByteLevel(trim_offsets=False)
-    for content, special in QWEN_VARIANTS[variant][0]:  # in id order: each takes the next id from 151643 on
+    for content, special in added:  # in id order: each takes the next id from 151643 on
         token = AddedToken(content, special=special, normalized=False)
         (tk.add_special_tokens if special else tk.add_tokens)([token])
-    return tk.to_str()
+    tok = Qwen2TokenizerFast(tokenizer_object=tk, unk_token=None, bos_token=None, eos_token=eos, pad_token=pad,
+                             errors="replace", add_prefix_space=False, clean_up_tokenization_spaces=False,
+                             split_special_tokens=False)
+    tok.add_special_tokens({"additional_special_tokens": [t for t, special in added[1:] if special]})
+    tok.model_max_length = 131072
+    if template == "qwen3":
+        tok.chat_template = QWEN3_TEMPLATE
+    return tok
 
 
 def qwen_tokenizer(variant: str) -> Any:
     """Qwen's tokenizer built from lorakit's package data, as ``Qwen2TokenizerFast`` (the class the pipelines load):
     ``"qwen2.5-vl"`` (Qwen2.5-VL-7B, Qwen-Image's encoder) or ``"qwen3"`` (Qwen3-4B / 8B: FLUX.2 Klein, Z-Image; with
     the user-turn part of Qwen3's chat template, thinking switch included). Same ids as the real tokenizer folders.
-    The first call in a process takes a few seconds (the merges are derived from the ranks), later ones < 1 s."""
-    from tokenizers import Tokenizer
-    from transformers import Qwen2TokenizerFast
+    Built in memory: the first call in a process takes a few seconds (the merges are derived from the ranks), later
+    ones return a copy (< 1 s)."""
+    import copy
 
     if variant not in QWEN_VARIANTS:
         raise ValueError(f"unknown Qwen tokenizer variant {variant!r}; one of {', '.join(QWEN_VARIANTS)}")
-    added, eos, pad, template = QWEN_VARIANTS[variant]
-    tok = Qwen2TokenizerFast(tokenizer_object=Tokenizer.from_str(_qwen_tokenizer_json(variant)), unk_token=None,
-                             bos_token=None, eos_token=eos, pad_token=pad, errors="replace", add_prefix_space=False,
-                             clean_up_tokenization_spaces=False, split_special_tokens=False)
-    tok.add_special_tokens({"additional_special_tokens": [t for t, special in added[1:] if special]})
-    tok.model_max_length = 131072
-    if template == "qwen3":
-        tok.chat_template = QWEN3_TEMPLATE
-    return tok
+    return copy.deepcopy(_qwen_prototype(variant))
 
 
 def shipped_qwen_tokenizer(variant: str, family: str, log: Any = print) -> Any:

@@ -7,7 +7,8 @@
   (ComfyUI's ``text_encoders/qwen_3_4b.safetensors``), the first of split files (``...-00001-of-00002.safetensors``,
   all parts are read) or a folder of them.
 * ``model.ae``: the FLUX.2 ``ae.safetensors`` (BFL layout, or a diffusers-layout VAE file).
-* ``model.tokenizer_dir``: the Qwen3 / Mistral tokenizer folder (with a diffusers folder its ``tokenizer/``).
+* ``model.tokenizer_dir``: the Qwen3 / Mistral tokenizer folder (with a diffusers folder its ``tokenizer/``); Klein
+  without either uses lorakit's shipped Qwen3 tokenizer, dev needs it.
 
 Models are built on the meta device and the tensors assigned, so no random init of 4-32 B parameters happens and
 tiny test files go through the same code. Only the transformer is read at once; the text encoder, the AE and the

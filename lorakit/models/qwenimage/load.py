@@ -7,7 +7,8 @@
 * ``model.text_encoder``: Qwen2.5-VL-7B: ComfyUI's ``text_encoders/qwen_2.5_vl_7b.safetensors`` or
   ``qwen_2.5_vl_7b_fp8_scaled.safetensors``, split files or a folder of them. Only the language model is read.
 * ``model.vae``: ComfyUI's ``vae/qwen_image_vae.safetensors`` (Wan 2.1's layout) or a diffusers-layout VAE file.
-* ``model.tokenizer_dir``: Qwen2.5-VL's tokenizer folder (with a diffusers folder its ``tokenizer/``).
+* ``model.tokenizer_dir``: Qwen2.5-VL's tokenizer folder (with a diffusers folder its ``tokenizer/``); without
+  either, lorakit's shipped Qwen2.5-VL tokenizer.
 
 Qwen-Image-Edit (2508 / 2509 / 2511) has the same transformer tensors; it is refused by its folder
 (``model_index.json``: ``QwenImageEdit*Pipeline``), its transformer config (``zero_cond_t``) or its file name

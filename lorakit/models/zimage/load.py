@@ -6,7 +6,8 @@
 * ``model.text_encoder``: Qwen3-4B: ComfyUI's ``text_encoders/qwen_3_4b.safetensors`` (bf16 or fp8), the first of
   split files (``model-00001-of-00003.safetensors``: all parts are read) or a folder of them.
 * ``model.ae``: FLUX.1's ``ae.safetensors`` (ComfyUI's ``vae/ae.safetensors``) or a diffusers-layout VAE file.
-* ``model.tokenizer_dir``: Qwen3's tokenizer folder (with a diffusers folder its ``tokenizer/``).
+* ``model.tokenizer_dir``: Qwen3's tokenizer folder (with a diffusers folder its ``tokenizer/``); without either,
+  lorakit's shipped Qwen3 tokenizer.
 * ``model.variant``: ``distilled`` (Z-Image Turbo) or ``base``. Both releases have identical tensors, so ``auto``
   reads the name: a file or folder named ``*turbo*`` is Turbo (all of Tongyi-MAI's and ComfyUI's Turbo files are),
   anything else the base model.
