@@ -284,7 +284,7 @@ def tiny_qwen_tokenizer(words: Sequence[str] = (), bare: Sequence[str] = ()) -> 
     from transformers import Qwen2TokenizerFast
 
     symbols = _byte_symbols()           # GPT-2 byte stand-ins: printable bytes first (as themselves), then the rest
-    byte_to_sym = {b: s for b, s in zip(sorted(range(256), key=lambda b: (chr(b) not in symbols, b)), symbols)}
+    byte_to_sym = _byte_to_symbol()
     vocab = {s: i for i, s in enumerate(symbols)}
     merges: list[tuple[str, str]] = []
     for word in [" " + w for w in words] + list(bare):
