@@ -149,7 +149,6 @@ TINY_QWEN3_TEMPLATE = QWEN3_TEMPLATE  # the toy tokenizers carry the same templa
 QWEN_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
 QWEN_REGULAR = 151643
-QWEN_TIKTOKEN_SHA256 = "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186"  # dashscope 2.0.2's file
 # (token, special) from id 151643 on, as the added_tokens of Qwen2.5-VL-7B-Instruct (Qwen-Image's tokenizer/) and of
 # Qwen3-4B / Qwen3-8B (FLUX.2 Klein's, Z-Image's) define them; all lstrip/rstrip/single_word false, normalized false.
 # Checked against torchtune's QWEN2_5_SPECIAL_TOKENS / QWEN3_SPECIAL_TOKENS (pytorch/torchtune,
