@@ -1,5 +1,5 @@
 """Can Qwen2's byte-level BPE tokenizer (the Qwen2 / Qwen2.5 / Qwen2.5-VL vocabulary) be built offline from a PyPI
-package? An investigation (issue 29), not a feature: lorakit ships no Qwen tokenizer.
+package? The investigation behind issue 29's shipped Qwen tokenizer (lorakit now ships it: lorakit.models.tokenizers.qwen_tokenizer).
 
     pip download --no-deps dashscope==2.0.2 && unzip dashscope-2.0.2-py3-none-any.whl dashscope/resources/qwen.tiktoken
     python benchmarks/qwen_tokenizer_check.py dashscope/resources/qwen.tiktoken [OUT_DIR]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from lorakit.errors import ConfigError
 
@@ -289,6 +289,19 @@ def tokenizer_folder(model_cfg: Any, folder: Optional[Path], missing: str,
     if not where.is_dir() or not any((where / n).is_file() for n in marks):
         raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / vocab.json)")
     return where
+
+
+def qwen_tokenizer_for(model_cfg: Any, folder: Optional[Path], variant: str, family: str,
+                       log: Callable[[str], None] = print) -> Any:
+    """A Qwen-encoder family's tokenizer: ``model.tokenizer_dir`` when set, else the checkpoint folder's tokenizer/
+    (``folder``), else lorakit's shipped Qwen tokenizer of ``variant`` (single files and ComfyUI split files carry
+    none), said in the log."""
+    if folder is None and not getattr(model_cfg, "tokenizer_dir", None):
+        from lorakit.models.tokenizers import shipped_qwen_tokenizer
+        return shipped_qwen_tokenizer(variant, family, log)
+    where = tokenizer_folder(model_cfg, folder, "")  # one of the two is set: never the empty refusal
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(where))
 
 
 def linear_widths(model: Any) -> dict[str, int]:

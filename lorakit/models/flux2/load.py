@@ -7,7 +7,8 @@
   (ComfyUI's ``text_encoders/qwen_3_4b.safetensors``), the first of split files (``...-00001-of-00002.safetensors``,
   all parts are read) or a folder of them.
 * ``model.ae``: the FLUX.2 ``ae.safetensors`` (BFL layout, or a diffusers-layout VAE file).
-* ``model.tokenizer_dir``: the Qwen3 / Mistral tokenizer folder (with a diffusers folder its ``tokenizer/``).
+* ``model.tokenizer_dir``: the Qwen3 / Mistral tokenizer folder (with a diffusers folder its ``tokenizer/``); Klein
+  without either uses lorakit's shipped Qwen3 tokenizer, dev needs it.
 
 Models are built on the meta device and the tensors assigned, so no random init of 4-32 B parameters happens and
 tiny test files go through the same code. Only the transformer is read at once; the text encoder, the AE and the
@@ -27,7 +28,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
-    tokenizer_folder
+    qwen_tokenizer_for, tokenizer_folder
 
 from . import configs
 from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infer_ae_config, layout, strip_prefix,
@@ -191,19 +192,20 @@ def resolve_distilled(shape: Shape, wanted: str, index_flag: Optional[bool], nam
                   "model.variant = 'base' if this is a base model)")
 
 
-def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[], str]) -> Callable[[], Any]:
+def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[], str],
+                      log: Callable[[str], None]) -> Callable[[], Any]:
     def load() -> Any:
-        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: FLUX.2 needs its text encoder's tokenizer "
-                                 "(Klein: Qwen3's, from the tokenizer/ folder of black-forest-labs/FLUX.2-klein-4B; "
-                                 "dev: Mistral Small 3.1's); lorakit does not ship it. Point model.tokenizer_dir at "
-                                 "that folder",
+        if kind() == "qwen3":  # Klein: model.tokenizer_dir, else the folder's tokenizer/, else lorakit's shipped one
+            return qwen_tokenizer_for(model_cfg, folder, "qwen3", "FLUX.2 Klein", log)
+        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: FLUX.2 dev needs Mistral Small 3.1's "
+                                 "tokenizer, which lorakit does not ship: point model.tokenizer_dir at the tokenizer/ "
+                                 "folder of black-forest-labs/FLUX.2-dev (or a Mistral-Small-3.1 folder)",
                                  ("tokenizer.json", "vocab.json", "tekken.json", "tokenizer_config.json"))
-        if kind() == "mistral":
-            from transformers import AutoProcessor
-            try:
-                return AutoProcessor.from_pretrained(str(where))
-            except (OSError, ValueError):
-                pass
+        from transformers import AutoProcessor
+        try:
+            return AutoProcessor.from_pretrained(str(where))
+        except (OSError, ValueError):
+            pass
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(where))
     return load
@@ -275,7 +277,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     loaders = {"text_encoder": te,
                "ae": lambda: build_ae(read_file(ae_file, allow), ae_dtype, str(ae_file),
                                       configs.read_config(cdir, "vae")),
-               "tokenizer": _tokenizer_loader(model_cfg, tok_folder, kind)}
+               "tokenizer": _tokenizer_loader(model_cfg, tok_folder, kind, log)}
     comps = Flux2Components(transformer, shape, variant_name(shape, distilled), distilled, how, files, loaders)
     log(f"FLUX.2 {comps.variant} ({shape.num_double} double / {shape.num_single} single blocks, width {shape.hidden}); "
         f"{'distilled' if distilled else 'base'} from {how}")

@@ -7,8 +7,8 @@ system turn with BFL's system message and the user turn, no generation prompt, l
 (``Flux2Pipeline._get_mistral_3_small_prompt_embeds``). The padding tokens' states are kept: the transformer attends
 to all 512 positions, unmasked, exactly as the pipelines run it.
 
-Tokenizers are not shipped (Qwen's byte-level BPE vocabulary is 151,643 tokens, several MB): they come from the
-``tokenizer/`` folder of a diffusers model or from ``model.tokenizer_dir``.
+Klein's tokenizer: ``model.tokenizer_dir``, a diffusers folder's ``tokenizer/``, else lorakit's shipped Qwen3 tokenizer
+(:func:`lorakit.models.tokenizers.qwen_tokenizer`); dev's (Mistral) is not shipped.
 :func:`lorakit.models.tokenizers.tiny_qwen_tokenizer` builds a small tokenizer of the real class for tests and the toy
 world (shared with Z-Image).
 """

@@ -7,7 +7,8 @@
 * ``model.text_encoder``: Qwen2.5-VL-7B: ComfyUI's ``text_encoders/qwen_2.5_vl_7b.safetensors`` or
   ``qwen_2.5_vl_7b_fp8_scaled.safetensors``, split files or a folder of them. Only the language model is read.
 * ``model.vae``: ComfyUI's ``vae/qwen_image_vae.safetensors`` (Wan 2.1's layout) or a diffusers-layout VAE file.
-* ``model.tokenizer_dir``: Qwen2.5-VL's tokenizer folder (with a diffusers folder its ``tokenizer/``).
+* ``model.tokenizer_dir``: Qwen2.5-VL's tokenizer folder (with a diffusers folder its ``tokenizer/``); without
+  either, lorakit's shipped Qwen2.5-VL tokenizer.
 
 Qwen-Image-Edit (2508 / 2509 / 2511) has the same transformer tensors; it is refused by its folder
 (``model_index.json``: ``QwenImageEdit*Pipeline``), its transformer config (``zero_cond_t``) or its file name
@@ -27,7 +28,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
-    tokenizer_folder
+    qwen_tokenizer_for
 
 from . import configs
 from .convert import Shape, detect, text_weights, transformer_config, vae_to_diffusers, what_is
@@ -141,14 +142,9 @@ class QwenImageComponents(LazyParts):
     tokenizer = LazyPart()
 
 
-def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], Any]:
-    def load() -> Any:
-        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: Qwen-Image needs Qwen2.5-VL's tokenizer (the "
-                                 "tokenizer/ folder of Qwen/Qwen-Image); lorakit does not ship it. Point "
-                                 "model.tokenizer_dir at it")
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(where))
-    return load
+def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], log: Callable[[str], None]) -> Callable[[], Any]:
+    """Qwen2.5-VL's tokenizer: model.tokenizer_dir, else the folder's tokenizer/, else lorakit's shipped one."""
+    return lambda: qwen_tokenizer_for(model_cfg, folder, "qwen2.5-vl", "Qwen-Image", log)
 
 
 EDIT = "Qwen-Image-Edit is not trained by lorakit (it shares Qwen-Image's tensors but edits images); give Qwen-Image"
@@ -214,6 +210,6 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         return model
 
     comps = QwenImageComponents(transformer, shape, {"checkpoint": src, "text_encoder": te_src, "vae": vae_src},
-                                {"text_encoder": te, "vae": vae, "tokenizer": _tokenizer_loader(model_cfg, tok_folder)})
+                                {"text_encoder": te, "vae": vae, "tokenizer": _tokenizer_loader(model_cfg, tok_folder, log)})
     log(f"Qwen-Image ({shape.num_layers} blocks, width {shape.dim}, prompt width {shape.text_dim})")
     return comps

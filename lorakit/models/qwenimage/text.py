@@ -13,8 +13,8 @@ only that: the vision tower (0.7 B) and the LM head (0.5 B) are never read. lora
 fixed ``max_length`` (so captions cache and batch) and cuts them to the batch's longest caption right before the
 transformer (``adapter._forward``), which is the pipeline's input.
 
-Tokenizers are not shipped (Qwen's vocabulary is 151,643 tokens): a diffusers folder's ``tokenizer/`` or
-``model.tokenizer_dir``. Tests and the toy use :func:`tiny_tokenizer`.
+Tokenizer: ``model.tokenizer_dir``, a diffusers folder's ``tokenizer/``, else lorakit's shipped Qwen2.5-VL tokenizer
+(:func:`lorakit.models.tokenizers.qwen_tokenizer`). Tests and the toy use :func:`tiny_tokenizer`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 * ``model.text_encoder``: Qwen3-4B: ComfyUI's ``text_encoders/qwen_3_4b.safetensors`` (bf16 or fp8), the first of
   split files (``model-00001-of-00003.safetensors``: all parts are read) or a folder of them.
 * ``model.ae``: FLUX.1's ``ae.safetensors`` (ComfyUI's ``vae/ae.safetensors``) or a diffusers-layout VAE file.
-* ``model.tokenizer_dir``: Qwen3's tokenizer folder (with a diffusers folder its ``tokenizer/``).
+* ``model.tokenizer_dir``: Qwen3's tokenizer folder (with a diffusers folder its ``tokenizer/``); without either,
+  lorakit's shipped Qwen3 tokenizer.
 * ``model.variant``: ``distilled`` (Z-Image Turbo) or ``base``. Both releases have identical tensors, so ``auto``
   reads the name: a file or folder named ``*turbo*`` is Turbo (all of Tongyi-MAI's and ComfyUI's Turbo files are),
   anything else the base model.
@@ -28,7 +29,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
-    tokenizer_folder
+    qwen_tokenizer_for
 
 from . import configs
 from .convert import Shape, detect, layout, original_to_diffusers, strip_prefix, transformer_config, what_is
@@ -154,14 +155,9 @@ def resolve_variant(wanted: str, name: str) -> tuple[str, str]:
 
 
 
-def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], Any]:
-    def load() -> Any:
-        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: Z-Image needs Qwen3's tokenizer (the "
-                                 "tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo); lorakit does not ship it. Point "
-                                 "model.tokenizer_dir at it")
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(where))
-    return load
+def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], log: Callable[[str], None]) -> Callable[[], Any]:
+    """Qwen3's tokenizer: model.tokenizer_dir, else the folder's tokenizer/, else lorakit's shipped one."""
+    return lambda: qwen_tokenizer_for(model_cfg, folder, "qwen3", "Z-Image", log)
 
 
 def _read_all(paths: list[Path], allow: bool) -> dict[str, torch.Tensor]:
@@ -214,7 +210,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     loaders = {"text_encoder": te,
                "ae": lambda: build_ae(_read_all(ae_parts, allow), ae_dtype, str(ae_src), configs.read_config(cdir,
                                                                                                               "vae")),
-               "tokenizer": _tokenizer_loader(model_cfg, tok_folder)}
+               "tokenizer": _tokenizer_loader(model_cfg, tok_folder, log)}
     comps = ZImageComponents(transformer, shape, variant, how, {"checkpoint": src, "text_encoder": te_src,
                                                                  "ae": ae_src}, loaders)
     log(f"Z-Image {'Turbo' if variant == 'turbo' else 'base'} ({shape.n_refiner}+{shape.n_refiner} refiner and "

@@ -7,8 +7,9 @@ mask and ``hidden_states[-2]`` is kept. The pipeline hands the transformer only 
 (a list of [L_i, 2560]); lorakit keeps the padded [B, max_length, 2560] plus the mask so captions cache and batch,
 and drops the padding again right before the transformer (``adapter._forward``), which gives the same input.
 
-Tokenizers are not shipped (Qwen's vocabulary is 151,643 tokens): a diffusers folder's ``tokenizer/`` or
-``model.tokenizer_dir``, as for FLUX.2. Tests and the toy use :func:`lorakit.models.tokenizers.tiny_qwen_tokenizer`.
+Tokenizer: ``model.tokenizer_dir``, a diffusers folder's ``tokenizer/``, else lorakit's shipped Qwen3 tokenizer
+(:func:`lorakit.models.tokenizers.qwen_tokenizer`). Tests and the toy use
+:func:`lorakit.models.tokenizers.tiny_qwen_tokenizer`.
 """
 
 from __future__ import annotations
