@@ -256,6 +256,13 @@ ROWS: dict[str, dict[str, Any]] = {
                                      "compile": "regions"},
     "flux2-dev/fp8+swap24+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "swap": 24,
                                      "compile": "regions"},
+    # round 15: dev swapped 21 or 36 blocks ran 1.63 s, as fp8 storage without fp8 compute does resident: the matmuls
+    # bound it, not the copies. The same swap with float8 matmuls:
+    "flux2-dev/fp8c+swap21+compile": {"family": "flux2", "size": "dev", "gc": True, "fp8": True, "fp8c": True,
+                                      "swap": 21, "compile": "regions"},
+    # Klein 4B planned at the memory diffusers' script used in round 15 (9.02 GiB allocated): vram 9.5 = a 9.0 GiB cap
+    "flux2-4b/vram9.5": {"family": "flux2", "size": "klein-4b", "gc": True, "vram": 9.5, "compile": "regions",
+                         "phases": (True,)},
     # Qwen-Image (issue 29): 20 B, random full-size weights; the 24 GiB tier (musubi-tuner: fp8 + 16 swapped blocks) and
     # the 16 GiB tier (45 swapped); "peak" must stay under 24 / 16 GiB on the card
     "qwenimage/gc": {"family": "qwenimage", "gc": True, "eager_first": True},
