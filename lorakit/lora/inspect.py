@@ -278,10 +278,11 @@ def _metadata_lines(info: dict[str, Any]) -> list[str]:
 
 
 def _claims(family: str, version: str) -> bool:
-    """Whether ``ss_base_model_version`` names this family (its spec's version is a prefix of it)."""
+    """Whether ``ss_base_model_version`` names this family (its spec's version is a prefix of it, or it is one of the
+    variants' own values)."""
     from lorakit.models.registry import get_family
-    base = get_family(family).SPEC.metadata_base_version
-    return bool(version) and version.startswith(base)
+    spec = get_family(family).SPEC
+    return bool(version) and (version.startswith(spec.metadata_base_version) or version in spec.metadata_versions)
 
 
 def _maybe_json(value: str) -> Any:

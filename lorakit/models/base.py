@@ -43,6 +43,9 @@ class ModelSpec:
     metadata_base_version: str        # ss_base_model_version: "sdxl_base_v1-0" / "flux1"
     network_module: str               # ss_network_module: "networks.lora" / "networks.lora_flux"
     default_cfg_scale: float = 7.0    # preview CFG when sample.cfg_scale is unset (FLUX: 1.0 = off)
+    # other ss_base_model_version values the family writes for its variants, when they do not start with
+    # metadata_base_version (SD3: "5-medium", "medium"); `inspect` reads a file as this family's by either
+    metadata_versions: tuple[str, ...] = ()
     # GiB of activations (and workspaces) per 1024x1024 image in a bf16 LoRA step: (with gradient
     # checkpointing, without); used by memory.vram_gb (lorakit/train/budget.py); measured, see RESULTS.md
     activation_gib: tuple[float, float] = (1.0, 8.0)

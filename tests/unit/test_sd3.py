@@ -205,6 +205,18 @@ def test_metadata_values(adapter):
     assert ARCHITECTURE["medium"] == "stable-diffusion-v3.5-medium" and BASE_VERSION["medium"] == "5-medium"
 
 
+def test_inspect_reads_every_variants_version_as_sd3():
+    """`inspect` decides between families whose names a file fits by ss_base_model_version: each value the SD3
+    variants write (5-large, 5-medium, medium) names sd3 and no other family."""
+    from lorakit.lora.inspect import _claims
+    from lorakit.models.registry import families
+    from lorakit.models.sd3.adapter import BASE_VERSION
+
+    for version in set(BASE_VERSION.values()):
+        assert [f for f in families() if _claims(f, version)] == ["sd3"], version
+    assert not _claims("sd3", "") and not _claims("sd3", "sdxl_base_v1-0")
+
+
 # ------------------------------------------------------------------------------------------------ LoRA
 
 def comfy_key_map(transformer) -> dict[str, tuple[str, tuple[int, int] | None, bool]]:

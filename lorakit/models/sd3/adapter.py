@@ -30,6 +30,7 @@ SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shif
                  patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g", "t5xxl"), max_caption_tokens=configs.CLIP_TOKENS,
                  default_sample_steps=28, metadata_base_version="5-large", network_module="networks.lora_sd3",
+                 metadata_versions=("5-medium", "medium"),
                  default_cfg_scale=3.5, denoiser_name="transformer", bucket_step=16,
                  compile_blocks=("JointTransformerBlock",),
                  config_keys=frozenset({
