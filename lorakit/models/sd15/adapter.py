@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lorakit.lora.metadata import MODELSPEC_VERSION
 from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models import estimates
@@ -202,7 +203,7 @@ class Adapter(UNetAdapter):
             "ss_network_module": SPEC.network_module,
             "ss_v2": "False",
             "ss_v_parameterization": str(v),
-            "modelspec.sai_model_spec": "1.0.0",
+            "modelspec.sai_model_spec": MODELSPEC_VERSION,
             "modelspec.architecture": "stable-diffusion-v1/lora",
             "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
             "modelspec.prediction_type": "v" if v else "epsilon",

@@ -334,7 +334,7 @@ class Adapter(UNetAdapter):
             "ss_base_model_version": SPEC.metadata_base_version,
             "ss_network_module": SPEC.network_module,
             "ss_v2": "False",
-            "modelspec.sai_model_spec": "1.0.1",
+            "modelspec.sai_model_spec": MODELSPEC_VERSION,
             "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
             "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
             "modelspec.prediction_type": "v" if prediction == "v_prediction" else "epsilon",
