@@ -123,6 +123,12 @@ def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: s
         from transformers import MistralConfig as Config, MistralModel as Model
     with torch.device("meta"):
         model = Model(Config(**cfg))
+    if kind == "mistral" and cfg["num_hidden_layers"] == max(configs.MISTRAL_LAYERS):
+        # an encoder cut after layer 29 (ComfyUI's dev encoder files: embedding + layers 0-29, no final norm): hidden
+        # state 30 is then its last, which transformers passes through the final norm; in the 40-layer model (diffusers,
+        # BFL) it is layer 29's raw output, so the norm goes
+        sd = {k: v for k, v in sd.items() if k != "norm.weight"}
+        model.norm = nn.Identity()
     return _assign(model, _upcast(sd, dtype), where, dtype), kind
 
 
