@@ -287,7 +287,7 @@ def tokenizer_folder(model_cfg: Any, folder: Optional[Path], missing: str,
     if where is None:
         raise ConfigError(missing)
     if not where.is_dir() or not any((where / n).is_file() for n in marks):
-        raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (no tokenizer.json / vocab.json)")
+        raise ConfigError(f"model.tokenizer_dir: {where} is not a tokenizer folder (none of {' / '.join(marks)})")
     return where
 
 

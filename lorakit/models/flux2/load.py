@@ -123,6 +123,12 @@ def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: s
         from transformers import MistralConfig as Config, MistralModel as Model
     with torch.device("meta"):
         model = Model(Config(**cfg))
+    if kind == "mistral" and cfg["num_hidden_layers"] == max(configs.MISTRAL_LAYERS):
+        # an encoder cut after layer 29 (ComfyUI's dev encoder files: embedding + layers 0-29, no final norm): hidden
+        # state 30 is then its last, which transformers passes through the final norm; in the 40-layer model (diffusers,
+        # BFL) it is layer 29's raw output, so the norm goes
+        sd = {k: v for k, v in sd.items() if k != "norm.weight"}
+        model.norm = nn.Identity()
     return _assign(model, _upcast(sd, dtype), where, dtype), kind
 
 
@@ -197,18 +203,36 @@ def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], kind: Callable[[],
     def load() -> Any:
         if kind() == "qwen3":  # Klein: model.tokenizer_dir, else the folder's tokenizer/, else lorakit's shipped one
             return qwen_tokenizer_for(model_cfg, folder, "qwen3", "FLUX.2 Klein", log)
-        where = tokenizer_folder(model_cfg, folder, "model.tokenizer_dir: FLUX.2 dev needs Mistral Small 3.1's "
-                                 "tokenizer, which lorakit does not ship: point model.tokenizer_dir at the tokenizer/ "
-                                 "folder of black-forest-labs/FLUX.2-dev (or a Mistral-Small-3.1 folder)",
-                                 ("tokenizer.json", "vocab.json", "tekken.json", "tokenizer_config.json"))
+        where = tokenizer_folder(model_cfg, folder, DEV_TOKENIZER_MISSING, DEV_TOKENIZER_FILES)
         from transformers import AutoProcessor
         try:
-            return AutoProcessor.from_pretrained(str(where))
+            tok = AutoProcessor.from_pretrained(str(where))
         except (OSError, ValueError):
-            pass
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(str(where))
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(str(where))
+        if getattr(tok, "tokenizer", tok).pad_token is None:  # dev pads every prompt to its full length
+            raise ConfigError(f"model.tokenizer_dir: the tokenizer in {where} has no pad token; FLUX.2 dev pads each "
+                              "prompt to its full length: use the tokenizer/ folder of black-forest-labs/FLUX.2-dev")
+        log(describe_dev_tokenizer(tok, where))
+        return tok
     return load
+
+
+# FLUX.2 dev's tokenizer is not shipped (docs/tokenizers.md says what could not be established offline); the folder
+# diffusers' Flux2Pipeline loads is the FLUX.2-dev repository's tokenizer/ (a PixtralProcessor).
+DEV_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tekken.json", "vocab.json")
+DEV_TOKENIZER_MISSING = ("model.tokenizer_dir: FLUX.2 dev needs the Mistral tokenizer folder its pipeline loads, which "
+                         "lorakit does not ship: download it once (huggingface-cli download black-forest-labs/FLUX.2-dev "
+                         "--include 'tokenizer/*' --local-dir DIR) and set model.tokenizer_dir = 'DIR/tokenizer'")
+
+
+def describe_dev_tokenizer(tok: Any, where: Path) -> str:
+    """One log line saying what dev's prompts will be tokenized with: the padded positions are part of the prompt
+    embedding, so the pad token and the padding side matter as much as the vocabulary."""
+    inner = getattr(tok, "tokenizer", tok)  # a processor wraps the tokenizer
+    kind = type(tok).__name__ if inner is tok else f"{type(tok).__name__} ({type(inner).__name__})"
+    return (f"FLUX.2 dev: tokenizer from {where}: {kind}, prompts padded with {inner.pad_token!r} "
+            f"(id {inner.pad_token_id}) on the {inner.padding_side}")
 
 
 def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
