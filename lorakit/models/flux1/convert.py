@@ -18,6 +18,7 @@ import torch
 
 from lorakit.errors import ModelLoadError
 from lorakit.fsutil import atomic_path
+from lorakit.models.weights import load_safetensors, upcast  # noqa: F401  (shared; re-exported for flux1 callers)
 
 BFL_PREFIXES = ("model.diffusion_model.",)
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -217,42 +218,6 @@ def diffusers_to_bfl(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- dtypes
-
-def upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Cast floating tensors to ``dtype``; fp8 tensors are upcast (with ComfyUI ``scale_weight`` if present).
-
-    "Scaled fp8" files store ``W = w_fp8 * scale_weight``; plain e4m3 files have no scale.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k == "scaled_fp8" or k.endswith((".scale_weight", ".scale_input")):
-            continue
-        if v.is_floating_point():
-            scale_key = k[: -len("weight")] + "scale_weight" if k.endswith(".weight") else None
-            if scale_key and scale_key in sd:
-                v = v.to(torch.float32) * sd[scale_key].to(torch.float32)
-            v = v.to(dtype)
-        out[k] = v
-    return out
-
-
-def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a weights file; pickle formats only when the user allowed them (they can run code)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"{p}: file not found")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(p))
-        except Exception as e:  # header errors, truncation
-            raise ModelLoadError(f"{p}: not a readable .safetensors file ({e})") from None
-    if not allow_pickle:
-        raise ModelLoadError(f"{p}: only .safetensors files are loaded; set model.allow_pickle = true to load "
-                             "pickle-based files (unsafe: they can run code)")
-    obj = torch.load(str(p), map_location="cpu", weights_only=False)
-    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-
 
 def save_safetensors_atomic(sd: Mapping[str, torch.Tensor], path: Path,
                             metadata: Optional[dict[str, str]] = None) -> Path:

@@ -24,11 +24,11 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts
+from lorakit.models.weights import assign_weights, load_safetensors, upcast
 
 from . import configs
 from .convert import (ae_bfl_to_diffusers, bfl_to_diffusers, detect_variant, infer_ae_config,
-                      infer_transformer_config, is_bfl_transformer, load_safetensors, save_bfl_files, strip_prefix,
-                      upcast)
+                      infer_transformer_config, is_bfl_transformer, save_bfl_files, strip_prefix)
 
 
 @dataclass
@@ -72,36 +72,6 @@ class LazyFluxComponents(LazyParts):
 
 # ----------------------------------------------------------------------------------------------- building
 
-def _fill_meta_buffers(model: nn.Module, where: str) -> None:
-    """Non-persistent buffers stay on meta after an assign-load; rebuild the known ones, refuse the rest."""
-    for name, mod in model.named_modules():
-        for bname, buf in list(mod.named_buffers(recurse=False)):
-            if buf is not None and buf.is_meta:
-                if bname == "position_ids":
-                    mod.register_buffer(bname, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-                else:
-                    raise ModelLoadError(f"{where}: internal error, buffer {name}.{bname} was not loaded")
-    for pname, p in model.named_parameters():
-        if p.is_meta:
-            raise ModelLoadError(f"{where}: tensor {pname!r} is missing from the file")
-
-
-def _assign(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if unexpected:
-        raise ModelLoadError(f"{where}: unexpected tensors such as {sorted(unexpected)[0]!r} "
-                             f"({len(unexpected)} in all); wrong file for this role?")
-    real_missing = [k for k in missing if not k.endswith("position_ids")]
-    if real_missing:
-        raise ModelLoadError(f"{where}: missing tensors such as {sorted(real_missing)[0]!r} "
-                             f"({len(real_missing)} in all); truncated or wrong file?")
-    _fill_meta_buffers(model, where)
-    if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
-        model.to(dtype)
-    model.requires_grad_(False)
-    return model.eval()
-
-
 def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
                       where: str = "transformer") -> nn.Module:
     """FluxTransformer2DModel from a BFL (or diffusers-layout) state dict; widths from the weights."""
@@ -117,7 +87,7 @@ def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Opt
     init = {k: v for k, v in cfg.items() if not k.startswith("_")}
     with torch.device("meta"):
         model = FluxTransformer2DModel(**init)
-    return _assign(model, dsd, where, dtype)
+    return assign_weights(model, dsd, where, dtype)
 
 
 def _clip_config(sd: dict[str, torch.Tensor], base: dict[str, Any]) -> dict[str, Any]:
@@ -149,7 +119,7 @@ def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[d
     expected = set(model.state_dict())
     if not any(k in expected for k in sd):                      # an older transformers with text_model.*
         sd = {"text_model." + k: v for k, v in sd.items()}
-    return _assign(model, upcast(sd, dtype), where, dtype)
+    return assign_weights(model, upcast(sd, dtype), where, dtype)
 
 
 def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
@@ -174,7 +144,7 @@ def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dic
         model = T5EncoderModel(T5Config(**{k: v for k, v in cfg.items() if k != "architectures"}))
     sd = upcast(sd, dtype)
     sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
-    model = _assign(model, sd, where, dtype)
+    model = assign_weights(model, sd, where, dtype)
     model.encoder.embed_tokens.weight = model.shared.weight       # keep the tie after assign
     return model
 
@@ -195,7 +165,7 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dic
     dsd = ae_bfl_to_diffusers(upcast(sd, dtype), cfg)
     with torch.device("meta"):
         model = AutoencoderKL(**{k: v for k, v in cfg.items() if not k.startswith("_")})
-    return _assign(model, dsd, where, dtype)
+    return assign_weights(model, dsd, where, dtype)
 
 
 # ----------------------------------------------------------------------------------------------- entry points

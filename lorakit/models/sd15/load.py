@@ -69,7 +69,7 @@ def _source(model_cfg: Any) -> tuple[str, Path, Path]:
 def _read(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` whose names start with ``prefix`` (a .safetensors file reads nothing else)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        from lorakit.models.flux1.convert import load_safetensors  # the one weights reader (pickle when allowed)
+        from lorakit.models.weights import load_safetensors  # the one weights reader (pickle when allowed)
 
         sd = load_safetensors(path, allow_pickle=True)
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd

@@ -37,7 +37,7 @@ from .convert import ENCODER_PREFIXES, Shape, detect, layout, original_to_diffus
 
 
 def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
+    from lorakit.models.weights import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
     return upcast(sd, dtype)
 
 
@@ -45,7 +45,7 @@ def read_part(path: Path, prefixes: tuple[str, ...] = ("",), allow_pickle: bool 
     """The tensors of ``path`` whose names start with the first of ``prefixes`` that the file has (prefix removed;
     ``""`` = every tensor). Only those tensors are read from a .safetensors file."""
     if path.suffix != ".safetensors":
-        from lorakit.models.flux1.convert import load_safetensors  # pickle only when allowed
+        from lorakit.models.weights import load_safetensors  # pickle only when allowed
         sd = load_safetensors(path, allow_pickle)
         for p in prefixes:
             if not p or any(k.startswith(p) for k in sd):
@@ -64,7 +64,7 @@ def read_part(path: Path, prefixes: tuple[str, ...] = ("",), allow_pickle: bool 
 
 
 def _assign(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
-    from lorakit.models.flux1.load import _assign as assign  # strict assign-load, position_ids rebuilt, frozen
+    from lorakit.models.weights import assign_weights as assign  # strict assign-load, position_ids rebuilt, frozen
     return assign(model, sd, where, dtype)
 
 
