@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorakit.fsutil import write_json
+from lorakit.models.ldm_vae import ae_config
 
 VARIANTS = ("dev", "schnell")
 
@@ -85,29 +86,6 @@ def t5_config() -> dict[str, Any]:
         "use_cache": False,
         "pad_token_id": 0,
         "eos_token_id": 1,
-    }
-
-
-def ae_config() -> dict[str, Any]:
-    """diffusers ``AutoencoderKL`` config of the FLUX autoencoder (16 channels, no quant convs)."""
-    return {
-        "_class_name": "AutoencoderKL",
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "act_fn": "silu",
-        "latent_channels": 16,
-        "norm_num_groups": 32,
-        "sample_size": 1024,
-        "scaling_factor": 0.3611,
-        "shift_factor": 0.1159,
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-        "force_upcast": True,
-        "mid_block_add_attention": True,
     }
 
 

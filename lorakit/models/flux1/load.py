@@ -24,11 +24,11 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts
+from lorakit.models.ldm_vae import TINY_AE, build_ae
 from lorakit.models.weights import assign_weights, load_safetensors, upcast
 
 from . import configs
-from .convert import (ae_bfl_to_diffusers, bfl_to_diffusers, detect_variant, infer_ae_config,
-                      infer_transformer_config, is_bfl_transformer, save_bfl_files, strip_prefix)
+from .convert import (bfl_to_diffusers, detect_variant, infer_transformer_config, is_bfl_transformer, save_bfl_files, strip_prefix)
 
 
 @dataclass
@@ -147,25 +147,6 @@ def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dic
     model = assign_weights(model, sd, where, dtype)
     model.encoder.embed_tokens.weight = model.shared.weight       # keep the tie after assign
     return model
-
-
-def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
-             where: str = "ae") -> nn.Module:
-    """AutoencoderKL from a BFL ``ae.safetensors`` (no prefix) or a ``first_stage_model.``/``vae.`` one."""
-    from diffusers import AutoencoderKL
-    for p in ("first_stage_model.", "vae."):
-        if any(k.startswith(p) for k in sd):
-            sd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-    if "encoder.conv_in.weight" not in sd:
-        raise ModelLoadError(f"{where}: not an autoencoder (no encoder.conv_in.weight)")
-    if any(k.startswith("encoder.down_blocks.") for k in sd):          # already diffusers layout
-        from .convert import ae_diffusers_to_bfl
-        sd = ae_diffusers_to_bfl(sd)
-    cfg = infer_ae_config(sd, base or configs.ae_config())
-    dsd = ae_bfl_to_diffusers(upcast(sd, dtype), cfg)
-    with torch.device("meta"):
-        model = AutoencoderKL(**{k: v for k, v in cfg.items() if not k.startswith("_")})
-    return assign_weights(model, dsd, where, dtype)
 
 
 # ----------------------------------------------------------------------------------------------- entry points
@@ -365,10 +346,7 @@ TINY_CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hid
 TINY_T5 = dict(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
                use_cache=False)
-TINY_AE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16], layers_per_block=1,
-               norm_num_groups=4, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-               scaling_factor=0.3611, shift_factor=0.1159, sample_size=64)
+
 
 
 def tiny_models(variant: str = "dev", seed: int = 0) -> dict[str, nn.Module]:

@@ -69,7 +69,7 @@ def t5_config() -> dict[str, Any]:
 
 def vae_config() -> dict[str, Any]:
     """diffusers ``AutoencoderKL`` of SD3 (FLUX.1's layout, SD3's latent constants)."""
-    from lorakit.models.flux1.configs import ae_config
+    from lorakit.models.ldm_vae import ae_config
     return {**ae_config(), "scaling_factor": VAE_SCALE, "shift_factor": VAE_SHIFT}
 
 

@@ -126,7 +126,7 @@ def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base: 
 
 def build_vae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base: Optional[dict[str, Any]] = None
               ) -> nn.Module:
-    from lorakit.models.flux1.load import build_ae  # LDM or diffusers layout, sizes from the weights
+    from lorakit.models.ldm_vae import build_ae  # LDM or diffusers layout, sizes from the weights
     if not any(k.endswith("encoder.conv_in.weight") for k in sd):
         raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the SD3 VAE")
     model = build_ae(sd, dtype, base or configs.vae_config(), where)

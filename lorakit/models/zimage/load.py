@@ -92,8 +92,8 @@ def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: s
 def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "model.ae",
              base: Optional[dict[str, Any]] = None) -> nn.Module:
     """FLUX.1's 16-channel AutoencoderKL (Z-Image's AE), through FLUX.1's loader."""
-    from lorakit.models.flux1.configs import ae_config
-    from lorakit.models.flux1.load import build_ae as flux1_ae
+    from lorakit.models.ldm_vae import ae_config
+    from lorakit.models.ldm_vae import build_ae as flux1_ae
     if not any(k.endswith("encoder.conv_in.weight") for k in sd):
         raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the FLUX.1 / Z-Image autoencoder (ae.safetensors)")
     model = flux1_ae(sd, dtype, base or ae_config(), where)
