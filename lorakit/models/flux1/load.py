@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.clip_t5 import build_t5, clip_config
 from lorakit.models.common import LazyPart, LazyParts
 from lorakit.models.ldm_vae import TINY_AE, build_ae
 from lorakit.models.weights import assign_weights, load_safetensors, upcast
@@ -90,20 +91,6 @@ def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Opt
     return assign_weights(model, dsd, where, dtype)
 
 
-def _clip_config(sd: dict[str, torch.Tensor], base: dict[str, Any]) -> dict[str, Any]:
-    emb = sd["embeddings.token_embedding.weight"]
-    cfg = dict(base)
-    hidden = emb.shape[1]
-    if hidden != base.get("hidden_size") and hidden % base.get("num_attention_heads", 1):
-        cfg["num_attention_heads"] = max(1, hidden // 64)
-    cfg.update(vocab_size=emb.shape[0], hidden_size=hidden,
-               max_position_embeddings=sd["embeddings.position_embedding.weight"].shape[0],
-               intermediate_size=sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
-               num_hidden_layers=max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
-               + 1)
-    return cfg
-
-
 def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
                where: str = "clip_l") -> nn.Module:
     """CLIPTextModel from an HF-layout file (``text_model.`` prefix optional; projection ignored)."""
@@ -113,40 +100,13 @@ def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[d
           and not k.endswith("position_ids")}
     if "embeddings.token_embedding.weight" not in sd:
         raise ModelLoadError(f"{where}: not a CLIP text encoder (no text_model.embeddings.token_embedding.weight)")
-    cfg = _clip_config(sd, base or configs.clip_l_config())
+    cfg = clip_config(sd, base or configs.clip_l_config())
     with torch.device("meta"):
         model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
     expected = set(model.state_dict())
     if not any(k in expected for k in sd):                      # an older transformers with text_model.*
         sd = {"text_model." + k: v for k, v in sd.items()}
     return assign_weights(model, upcast(sd, dtype), where, dtype)
-
-
-def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
-             where: str = "t5xxl") -> nn.Module:
-    """T5EncoderModel from an HF-layout file (``shared.weight`` or ``encoder.embed_tokens.weight``)."""
-    from transformers import T5Config, T5EncoderModel
-    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.") and k != "lm_head.weight"}
-    emb = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
-    if emb is None or "encoder.block.0.layer.0.SelfAttention.q.weight" not in sd:
-        raise ModelLoadError(f"{where}: not a T5 encoder (no shared.weight / encoder.block.0.*)")
-    sd["shared.weight"] = emb
-    sd.pop("encoder.embed_tokens.weight", None)
-    rel = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
-    heads = rel.shape[1]
-    cfg = dict(base or configs.t5_config())
-    cfg.update(vocab_size=emb.shape[0], d_model=emb.shape[1], num_heads=heads,
-               relative_attention_num_buckets=rel.shape[0],
-               d_kv=sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // heads,
-               d_ff=sd["encoder.block.0.layer.1.DenseReluDense.wo.weight"].shape[1],
-               num_layers=max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k))) + 1)
-    with torch.device("meta"):
-        model = T5EncoderModel(T5Config(**{k: v for k, v in cfg.items() if k != "architectures"}))
-    sd = upcast(sd, dtype)
-    sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
-    model = assign_weights(model, sd, where, dtype)
-    model.encoder.embed_tokens.weight = model.shared.weight       # keep the tie after assign
-    return model
 
 
 # ----------------------------------------------------------------------------------------------- entry points

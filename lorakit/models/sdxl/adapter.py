@@ -19,6 +19,7 @@ from torch import nn
 from lorakit.lora.metadata import MODELSPEC_VERSION
 from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models.clip_t5 import text_encoder_lora_targets
 from lorakit.models.sdxl import configs
 from lorakit.models.sdxl.convert import unet_module_to_sgm
 from lorakit.models.unet import UNetAdapter, _OnFirstUse
@@ -56,8 +57,6 @@ def planning_model(cfg: Any) -> tuple[nn.Module, dict[str, int]]:
 # Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
 _ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                   "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
-_TE_SUFFIXES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                "mlp.fc1", "mlp.fc2")
 
 
 # ---------------------------------------------------------------------------------------- LoRA targets
@@ -93,12 +92,6 @@ def unet_lora_targets(unet: nn.Module, rank: int, conv_rank: int = 0) -> dict[st
 
 def _is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))
-
-
-def text_encoder_lora_targets(te: nn.Module, rank: int) -> dict[str, int]:
-    """CLIP attention q/k/v/out_proj and MLP fc1/fc2 of every encoder layer (not the text projection)."""
-    return {name: rank for name, module in te.named_modules()
-            if isinstance(module, nn.Linear) and ".encoder.layers." in f".{name}" and name.endswith(_TE_SUFFIXES)}
 
 
 # -------------------------------------------------------------------------------------------- export

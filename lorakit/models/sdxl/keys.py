@@ -18,7 +18,8 @@ def lora_key_universe() -> frozenset[str]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from lorakit.models.sdxl import configs
-    from lorakit.models.sdxl.adapter import kohya_name, text_encoder_lora_targets, unet_lora_targets
+    from lorakit.models.clip_t5 import text_encoder_lora_targets
+    from lorakit.models.sdxl.adapter import kohya_name, unet_lora_targets
 
     def clean(cfg: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "torch_dtype")}
@@ -59,7 +60,7 @@ def lora_keymap(unet: Any = None, te1: Any = None, te2: Any = None):
     transformer Linears, LoCon convs, both CLIPs) under its SGM, diffusers and ComfyUI names, with shapes
     and single-file keys. Without models, the full-size ones are built on the meta device."""
     from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
-    from lorakit.models.sdxl.adapter import text_encoder_lora_targets
+    from lorakit.models.clip_t5 import text_encoder_lora_targets
     from lorakit.models.sdxl.convert import TE1_PREFIX, UNET_PREFIX
 
     if unet is None:
