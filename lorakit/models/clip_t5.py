@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CLIP_L", "CLIP_G", "t5_config", "clip_config", "build_t5", "text_encoder_lora_targets"]
 
-# CLIP ViT-L/14 text tower (SDXL's TE1, SD 1.5's text encoder, SD3's CLIP-L). eos_token_id 2 is what the SDXL repo ships: transformers then pools at
-# the argmax token id, i.e. the first <|endoftext|> (49407, the largest id), whatever the pad token is.
+# CLIP ViT-L/14 text tower (SDXL's TE1, SD 1.5's text encoder, SD3's CLIP-L). eos_token_id 2 is what the SDXL repo
+# ships: transformers then pools at the argmax token id, i.e. the first <|endoftext|> (49407, the largest id), whatever
+# the pad token is.
 CLIP_L: dict[str, Any] = {
     "architectures": ["CLIPTextModel"],
     "model_type": "clip_text_model",

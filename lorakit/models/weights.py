@@ -44,7 +44,7 @@ def check_weights_folder(folder: Path, allow_pickle: bool, key: str = "model.che
                               "model.allow_pickle = true if you trust it")
 
 
-# ----------------------------------------------------------------------------------------------- reading, dtypes, assign
+# ------------------------------------------------------------------------------------- reading, dtypes, assign
 # Shared by every family's loader (moved here from flux1/zimage so that no family imports another).
 
 def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -29,7 +29,8 @@ from lorakit.models.ldm_vae import TINY_AE, build_ae
 from lorakit.models.weights import assign_weights, load_safetensors, upcast
 
 from . import configs
-from .convert import (bfl_to_diffusers, detect_variant, infer_transformer_config, is_bfl_transformer, save_bfl_files, strip_prefix)
+from .convert import (bfl_to_diffusers, detect_variant, infer_transformer_config, is_bfl_transformer, save_bfl_files,
+                      strip_prefix)
 
 
 @dataclass
