@@ -91,12 +91,11 @@ def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: s
 
 def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "model.ae",
              base: Optional[dict[str, Any]] = None) -> nn.Module:
-    """FLUX.1's 16-channel AutoencoderKL (Z-Image's AE), through FLUX.1's loader."""
-    from lorakit.models.ldm_vae import ae_config
-    from lorakit.models.ldm_vae import build_ae as flux1_ae
+    """FLUX.1's 16-channel AutoencoderKL (Z-Image's AE), through the shared LDM AE loader (models/ldm_vae.py)."""
+    from lorakit.models.ldm_vae import ae_config, build_ae as ldm_ae
     if not any(k.endswith("encoder.conv_in.weight") for k in sd):
         raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the FLUX.1 / Z-Image autoencoder (ae.safetensors)")
-    model = flux1_ae(sd, dtype, base or ae_config(), where)
+    model = ldm_ae(sd, dtype, base or ae_config(), where)
     if int(model.config.latent_channels) != 16:
         raise ModelLoadError(f"{where}: an autoencoder with {model.config.latent_channels} latent channels; Z-Image "
                              "uses FLUX.1's 16-channel ae.safetensors")
