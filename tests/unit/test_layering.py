@@ -52,8 +52,9 @@ def cross_family_imports(source: str, family: str, rel: str, families: list[str]
             parts = mod.split(".")
             if len(parts) >= 3 and parts[:2] == ["lorakit", "models"] and parts[2] in families \
                     and parts[2] != family:
-                bad.append(f"{rel}:{node.lineno}: the {family} family imports {mod} (family {parts[2]}); move what "
-                           "both use into a shared module under lorakit/models/")
+                who = f"the {family} family" if family else "a shared module"
+                bad.append(f"{rel}:{node.lineno}: {who} imports {mod} (family {parts[2]}); move what both use into a "
+                           "shared module under lorakit/models/")
                 break
     return bad
 
@@ -67,6 +68,17 @@ def test_no_family_imports_another_family():
             pkg = ".".join(("lorakit", "models") + path.relative_to(MODELS).parent.parts)
             rel = path.relative_to(MODELS.parent.parent).as_posix()
             bad += cross_family_imports(path.read_text(encoding="utf-8"), fam, rel, families, pkg)
+    assert not bad, "\n".join(bad)
+
+
+def test_shared_model_modules_import_no_family():
+    """models/*.py (common, weights, ldm_vae, clip_t5, kohya_pack, unet_parts, registry, ...) sit below every family:
+    a change inside one family package cannot break them (the registry finds families by name at run time)."""
+    families = family_packages()
+    bad = []
+    for path in sorted(MODELS.glob("*.py")):
+        rel = path.relative_to(MODELS.parent.parent).as_posix()
+        bad += cross_family_imports(path.read_text(encoding="utf-8"), "", rel, families, "lorakit.models")
     assert not bad, "\n".join(bad)
 
 
@@ -86,3 +98,6 @@ def test_checker_names_file_and_line_of_every_form():
     bad = cross_family_imports(src, "sd3", "lorakit/models/sd3/x.py", fams)
     assert [b.split(": ")[0] for b in bad] == [f"lorakit/models/sd3/x.py:{n}" for n in (5, 6, 7, 9, 10)]
     assert "imports lorakit.models.flux1.load " in bad[0] and "imports lorakit.models.sdxl " in bad[3]
+    shared = cross_family_imports("from lorakit.models.sdxl.convert import x\n", "", "lorakit/models/x.py", fams)
+    assert shared == ["lorakit/models/x.py:1: a shared module imports lorakit.models.sdxl.convert (family sdxl); move "
+                      "what both use into a shared module under lorakit/models/"]
