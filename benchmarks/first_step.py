@@ -140,7 +140,8 @@ def sdxl_layout(tiny: bool, dtype: Any) -> tuple[dict[str, tuple[tuple[int, ...]
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from lorakit.models.sdxl import configs
-    from lorakit.models.sdxl.convert import te1_to_sgm, te2_to_sgm, unet_to_sgm, vae_to_sgm
+    from lorakit.models.sdxl.convert import te2_to_sgm
+    from lorakit.models.unet_parts import te1_to_sgm, unet_to_sgm, vae_to_sgm
     from lorakit.models.sdxl.load import tiny_configs
 
     cfgs = tiny_configs() if tiny else {"unet": configs.UNET, "vae": configs.VAE, "te1": configs.TE1,
@@ -165,7 +166,8 @@ def flux_layout(tiny: bool, dtype: Any) -> dict[str, dict[str, tuple[tuple[int, 
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     from lorakit.models.flux1 import configs, load
-    from lorakit.models.flux1.convert import ae_diffusers_to_bfl, diffusers_to_bfl
+    from lorakit.models.flux1.convert import diffusers_to_bfl
+    from lorakit.models.ldm_vae import ae_diffusers_to_bfl
 
     if tiny:
         tcfg, ccfg, t5cfg, aecfg = ({**load.TINY_TRANSFORMER, "guidance_embeds": True}, load.TINY_CLIP,

@@ -185,8 +185,7 @@ def write_zimage(folder: Path, tiny: bool, device: str) -> dict[str, Any]:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from lorakit.models.flux1.configs import ae_config
-    from lorakit.models.flux1.load import TINY_AE
+    from lorakit.models.ldm_vae import TINY_AE, ae_config
     from lorakit.models.zimage import configs
     from lorakit.models.zimage import tiny as small
 
@@ -295,7 +294,7 @@ def sd3_layout(variant: str, tiny: bool) -> dict[str, dict[str, Any]]:
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from lorakit.models.flux1.convert import ae_diffusers_to_bfl
+    from lorakit.models.ldm_vae import ae_diffusers_to_bfl
     from lorakit.models.sd3 import configs
     from lorakit.models.sd3 import tiny as small
     from lorakit.models.sd3.convert import diffusers_to_original
@@ -340,7 +339,7 @@ def sd15_layout() -> dict[str, Any]:
 
     from lorakit.models.sd15 import configs
     from lorakit.models.sd15.convert import TE_PREFIX
-    from lorakit.models.sdxl.convert import te1_to_sgm, unet_to_sgm, vae_to_sgm
+    from lorakit.models.unet_parts import te1_to_sgm, unet_to_sgm, vae_to_sgm
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**_clean(configs.UNET))

@@ -11,6 +11,7 @@
   :func:`what_component`: reading a transformer's weights (ComfyUI's prefixes, block counts, header shapes, which
   layout, what a wrong file is);
   :func:`read_config`: a diffusers folder's component config.
+* :func:`cache_root`: lorakit's cache folder (the one cache-location rule; shipped config folders are written there).
 * :func:`flow_scheduler`: diffusers' flow-matching scheduler from a family's config.
 * :func:`flow_metadata`: the ss_* keys of the flow-matching timestep settings.
 * :func:`linear_widths`: output width of every Linear of a (LoRA-injected) model, for fusing exports.
@@ -21,13 +22,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from lorakit.errors import ConfigError
 
-__all__ = ["LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks", "deferred_placement",
+__all__ = ["cache_root", "LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks",
+           "deferred_placement",
            "local_checkpoint", "shards", "need_file", "folder_parts", "component_files", "tokenizer_folder",
            "strip_prefix", "count_blocks", "tensor_shape", "layout", "what_else", "what_component", "read_config",
            "flow_scheduler", "flow_metadata", "linear_widths", "ComponentsAdapter"]
@@ -525,3 +528,12 @@ class ComponentsAdapter:
 
     def text_encoder_modules(self) -> dict[str, Any]:
         return {}
+
+
+def cache_root() -> Path:
+    """lorakit's cache folder: $LORAKIT_CACHE, else $XDG_CACHE_HOME/lorakit, else ~/.cache/lorakit."""
+    env = os.environ.get("LORAKIT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lorakit"

@@ -5,14 +5,24 @@ weights exist only as pickle files (``diffusion_pytorch_model.bin``, ``pytorch_m
 is refused with one line naming the file and the key, before diffusers or transformers would read it. Every
 ``.safetensors`` file in the folder has its header checked by the one header reader (a crafted or truncated
 header is one line too, not a RecursionError from deep inside a loader).
+
+Also the one weights reader (:func:`load_safetensors`), the fp8 upcast (:func:`upcast`) and the meta-device
+assign-loads (:func:`assign_weights`, :func:`assign_weights_rotary`) every family's loader uses (torch is imported
+inside them, so this module stays light).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.safetensors_header import read_safetensors_header
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -32,3 +42,103 @@ def check_weights_folder(folder: Path, allow_pickle: bool, key: str = "model.che
             raise ConfigError(f"{key}: {pickles[0]} is a pickle file, which can run code when loaded, and "
                               f"{d.name}/ has no .safetensors weights; convert the folder to .safetensors or set "
                               "model.allow_pickle = true if you trust it")
+
+
+# ------------------------------------------------------------------------------------- reading, dtypes, assign
+# Shared by every family's loader (moved here from flux1/zimage so that no family imports another).
+
+def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Read a weights file; pickle formats only when the user allowed them (they can run code)."""
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: file not found")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(p))
+        except Exception as e:  # header errors, truncation
+            raise ModelLoadError(f"{p}: not a readable .safetensors file ({e})") from None
+    if not allow_pickle:
+        raise ModelLoadError(f"{p}: only .safetensors files are loaded; set model.allow_pickle = true to load "
+                             "pickle-based files (unsafe: they can run code)")
+    obj = torch.load(str(p), map_location="cpu", weights_only=False)
+    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+
+
+def upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Cast floating tensors to ``dtype``; fp8 tensors are upcast (with ComfyUI ``scale_weight`` if present).
+
+    "Scaled fp8" files store ``W = w_fp8 * scale_weight``; plain e4m3 files have no scale.
+    """
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k == "scaled_fp8" or k.endswith((".scale_weight", ".scale_input")):
+            continue
+        if v.is_floating_point():
+            scale_key = k[: -len("weight")] + "scale_weight" if k.endswith(".weight") else None
+            if scale_key and scale_key in sd:
+                v = v.to(torch.float32) * sd[scale_key].to(torch.float32)
+            v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+def _fill_meta_buffers(model: nn.Module, where: str) -> None:
+    """Non-persistent buffers stay on meta after an assign-load; rebuild the known ones, refuse the rest."""
+    import torch
+
+    for name, mod in model.named_modules():
+        for bname, buf in list(mod.named_buffers(recurse=False)):
+            if buf is not None and buf.is_meta:
+                if bname == "position_ids":
+                    mod.register_buffer(bname, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
+                else:
+                    raise ModelLoadError(f"{where}: internal error, buffer {name}.{bname} was not loaded")
+    for pname, p in model.named_parameters():
+        if p.is_meta:
+            raise ModelLoadError(f"{where}: tensor {pname!r} is missing from the file")
+
+
+def assign_weights(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
+    """Load ``sd`` into a meta-device ``model`` (strict but for ``position_ids``, which are rebuilt), cast to
+    ``dtype``, freeze, eval mode (FLUX.1's CLIP / T5 / AE / transformer, SD3's encoders)."""
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if unexpected:
+        raise ModelLoadError(f"{where}: unexpected tensors such as {sorted(unexpected)[0]!r} "
+                             f"({len(unexpected)} in all); wrong file for this role?")
+    real_missing = [k for k in missing if not k.endswith("position_ids")]
+    if real_missing:
+        raise ModelLoadError(f"{where}: missing tensors such as {sorted(real_missing)[0]!r} "
+                             f"({len(real_missing)} in all); truncated or wrong file?")
+    _fill_meta_buffers(model, where)
+    if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
+        model.to(dtype)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def assign_weights_rotary(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype
+                          ) -> nn.Module:
+    """Load ``sd`` into a meta-device ``model`` (assign, strict), rebuild rotary tables, freeze (Z-Image,
+    Qwen-Image: their transformers and Qwen text encoders)."""
+    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+    if unexpected:
+        raise ModelLoadError(f"{where}: unexpected tensors such as {sorted(unexpected)[0]!r} ({len(unexpected)} in "
+                             "all); is this the right file for this role?")
+    if missing:
+        raise ModelLoadError(f"{where}: missing tensors such as {sorted(missing)[0]!r} ({len(missing)} in all); "
+                             "truncated or wrong file?")
+    for name, mod in list(model.named_modules()):
+        metas = [b for b, t in mod.named_buffers(recurse=False) if t is not None and t.is_meta]
+        if metas and type(mod).__name__.endswith("RotaryEmbedding"):
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            setattr(parent, name.rsplit(".", 1)[-1], type(mod)(config=mod.config))
+        elif metas:
+            raise ModelLoadError(f"{where}: internal error, buffer {name}.{metas[0]} was not loaded")
+    model.to(dtype)
+    model.requires_grad_(False)
+    return model.eval()

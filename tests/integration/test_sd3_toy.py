@@ -50,7 +50,7 @@ def test_toy_path_prints_the_table_of_the_shipped_files(capsys):
 def test_the_vae_is_the_zimage_toys_retargeted():
     """build.json names the Z-Image toy's ae.safetensors (its hash as shipped); re-targeting that file's VAE from the
     trained constants build.json records to SD3's, independently here, gives the VAE in the SD3 file (bf16)."""
-    from lorakit.models.flux1.convert import ae_diffusers_to_bfl
+    from lorakit.models.ldm_vae import ae_diffusers_to_bfl
     from lorakit.models.sd3.toy import read_vae
     from lorakit.lora.io import file_sha256
 

@@ -68,7 +68,7 @@ def sdxl_sizes() -> budget.Sizes:
     from lorakit.models.registry import get_family
 
     from lorakit.models.sdxl import configs
-    from lorakit.models.sdxl.adapter import unet_lora_targets
+    from lorakit.models.unet_parts import unet_lora_targets
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**{k: v for k, v in configs.UNET.items() if not k.startswith("_")})

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models import ldm_vae, weights
 from lorakit.models.flux1 import convert, load
 
 
@@ -130,9 +131,9 @@ def test_tiny_checkpoint_loads_exactly(tiny_files):
 
 def test_ae_layout_round_trip_through_diffusers_converter(tiny):
     sd = tiny["ae"].state_dict()
-    bfl = convert.ae_diffusers_to_bfl(sd)
+    bfl = ldm_vae.ae_diffusers_to_bfl(sd)
     assert bfl["encoder.mid.attn_1.q.weight"].ndim == 4
-    back = convert.ae_bfl_to_diffusers(bfl, convert.infer_ae_config(bfl, dict(tiny["ae"].config)))
+    back = ldm_vae.ae_bfl_to_diffusers(bfl, ldm_vae.infer_ae_config(bfl, dict(tiny["ae"].config)))
     assert set(back) == set(sd)
     assert all(torch.equal(back[k], sd[k]) for k in sd)
 
@@ -151,7 +152,7 @@ def test_fp8_files_load_upcast(tiny_files, tmp_path):
 
 def test_scaled_fp8_weight_uses_scale():
     w = torch.tensor([[1.0, 2.0]]).to(torch.float8_e4m3fn)
-    out = convert.upcast({"a.weight": w, "a.scale_weight": torch.tensor(0.5), "scaled_fp8": torch.zeros(0)},
+    out = weights.upcast({"a.weight": w, "a.scale_weight": torch.tensor(0.5), "scaled_fp8": torch.zeros(0)},
                          torch.float32)
     assert set(out) == {"a.weight"} and torch.equal(out["a.weight"], torch.tensor([[0.5, 1.0]]))
 

@@ -24,7 +24,7 @@ from lorakit.models.flux1 import load as flux_load
 from lorakit.models.sdxl import Adapter as SDXLAdapter
 from lorakit.models.sdxl import configs as sdxl_configs
 from lorakit.models.sdxl import load as sdxl_load
-from lorakit.models.sdxl.convert import VAE_PREFIX
+from lorakit.models.unet_parts import VAE_PREFIX
 
 
 def assert_same_module(eager: torch.nn.Module, lazy: torch.nn.Module) -> None:

@@ -428,7 +428,7 @@ def test_clip_lora_names_and_diffusers_load_reproduce_lorakit(models):
     text_model path, which ComfyUI's model_lora_keys_clip maps: lora_te1_text_model_encoder_layers_{i}_{LORA_CLIP_MAP}),
     and the diffusers layout, which StableDiffusion3Pipeline.load_lora_weights loads to the same prompt embeddings."""
     from lorakit.models.sd3.lora_format import text_encoder_names
-    from lorakit.models.sdxl.adapter import text_encoder_lora_targets
+    from lorakit.models.clip_t5 import text_encoder_lora_targets
     g = torch.Generator().manual_seed(2)
     lora, trained = {}, {}
     for comp, key in (("te1", "clip_l"), ("te2", "clip_g")):

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lorakit.models import unet_parts
 from lorakit.models.sdxl import convert
 from lorakit.models.sdxl.load import build_models, tiny_configs, write_tiny_checkpoint
 
@@ -20,16 +21,16 @@ def _same(a: dict, b: dict) -> None:
 
 def test_unet_round_trip(models):
     unet = models["unet"]
-    sgm = convert.unet_to_sgm(unet.state_dict(), unet.config)
+    sgm = unet_parts.unet_to_sgm(unet.state_dict(), unet.config)
     assert "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight" in sgm
     assert "model.diffusion_model.output_blocks.2.2.conv.weight" in sgm  # upsampler after attention
     assert "model.diffusion_model.label_emb.0.0.weight" in sgm
-    _same(convert.sgm_to_unet(sgm, unet.config), unet.state_dict())
+    _same(unet_parts.sgm_to_unet(sgm, unet.config), unet.state_dict())
 
 
 def test_vae_round_trip(models):
     vae = models["vae"]
-    sgm = convert.vae_to_sgm(vae.state_dict(), vae.config)
+    sgm = unet_parts.vae_to_sgm(vae.state_dict(), vae.config)
     assert sgm["first_stage_model.encoder.mid.attn_1.q.weight"].ndim == 4  # stored as 1×1 convs
     assert "first_stage_model.decoder.up.0.block.0.conv1.weight" in sgm
     _same(convert.sgm_to_vae(sgm, vae.config), vae.state_dict())
@@ -37,7 +38,7 @@ def test_vae_round_trip(models):
 
 def test_text_encoders_round_trip(models):
     te1, te2 = models["te1"], models["te2"]
-    sgm1 = convert.te1_to_sgm(te1.state_dict())
+    sgm1 = unet_parts.te1_to_sgm(te1.state_dict())
     assert "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight" in sgm1
     _same(convert.sgm_to_te1(sgm1), te1.state_dict())
     sgm2 = convert.te2_to_sgm(te2.state_dict())
@@ -51,7 +52,7 @@ def test_text_encoders_round_trip(models):
 def test_unet_module_map_examples():
     from lorakit.models.sdxl.configs import UNET
 
-    m = convert.unet_module_to_sgm
+    m = unet_parts.unet_module_to_sgm
     assert m("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", UNET) == \
         "input_blocks.4.1.transformer_blocks.0.attn1.to_q"
     assert m("down_blocks.0.resnets.0.conv1", UNET) == "input_blocks.1.0.in_layers.2"

@@ -7,8 +7,9 @@ import torch
 
 from lorakit.models.base import LoraModule
 from lorakit.models.sdxl import configs
-from lorakit.models.sdxl.adapter import export_kohya, text_encoder_lora_targets, unet_lora_targets
-from lorakit.models.sdxl.convert import UNET_PREFIX, unet_to_sgm
+from lorakit.models.clip_t5 import text_encoder_lora_targets
+from lorakit.models.sdxl.adapter import export_kohya
+from lorakit.models.unet_parts import UNET_PREFIX, unet_lora_targets, unet_to_sgm
 
 GOLDEN = Path(__file__).parent / "golden" / "sdxl_unet_lora_keys.txt"
 RANK = 4

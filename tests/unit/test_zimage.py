@@ -52,7 +52,7 @@ def test_original_layout_matches_diffusers_single_file_converter(models):
 
 def test_what_is_names_other_families(tmp_path):
     from lorakit.models.flux1.load import write_tiny_checkpoint as flux1_tiny
-    from lorakit.models.flux1.convert import load_safetensors
+    from lorakit.models.weights import load_safetensors
     paths = flux1_tiny(tmp_path / "f1")
     assert convert.what_is(load_safetensors(paths["checkpoint"])) == "a FLUX.1 transformer"
     assert convert.what_is(["layers.0.self_attn.q_norm.weight", "embed_tokens.weight"]) == "a Qwen3 text encoder"

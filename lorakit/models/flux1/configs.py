@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorakit.fsutil import write_json
+from lorakit.models.clip_t5 import t5_config
+from lorakit.models.ldm_vae import ae_config
 
 VARIANTS = ("dev", "schnell")
 
@@ -58,56 +60,6 @@ def clip_l_config() -> dict[str, Any]:
         "bos_token_id": 49406,
         "eos_token_id": 49407,
         "pad_token_id": 49407,
-    }
-
-
-def t5_config() -> dict[str, Any]:
-    """transformers ``T5Config`` of google/t5-v1_1-xxl, encoder only (what FLUX uses)."""
-    return {
-        "architectures": ["T5EncoderModel"],
-        "model_type": "t5",
-        "vocab_size": 32128,
-        "d_model": 4096,
-        "d_kv": 64,
-        "d_ff": 10240,
-        "num_layers": 24,
-        "num_heads": 64,
-        "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128,
-        "dropout_rate": 0.1,
-        "layer_norm_epsilon": 1e-6,
-        "initializer_factor": 1.0,
-        "feed_forward_proj": "gated-gelu",
-        "is_gated_act": True,
-        "dense_act_fn": "gelu_new",
-        "tie_word_embeddings": False,
-        "is_encoder_decoder": False,
-        "use_cache": False,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-    }
-
-
-def ae_config() -> dict[str, Any]:
-    """diffusers ``AutoencoderKL`` config of the FLUX autoencoder (16 channels, no quant convs)."""
-    return {
-        "_class_name": "AutoencoderKL",
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownEncoderBlock2D"] * 4,
-        "up_block_types": ["UpDecoderBlock2D"] * 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "layers_per_block": 2,
-        "act_fn": "silu",
-        "latent_channels": 16,
-        "norm_num_groups": 32,
-        "sample_size": 1024,
-        "scaling_factor": 0.3611,
-        "shift_factor": 0.1159,
-        "use_quant_conv": False,
-        "use_post_quant_conv": False,
-        "force_upcast": True,
-        "mid_block_add_attention": True,
     }
 
 

@@ -18,6 +18,7 @@ import torch
 
 from lorakit.errors import ModelLoadError
 from lorakit.fsutil import atomic_path
+from lorakit.models.ldm_vae import ae_diffusers_to_bfl
 
 BFL_PREFIXES = ("model.diffusion_model.",)
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -218,42 +219,6 @@ def diffusers_to_bfl(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------------------------- dtypes
 
-def upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Cast floating tensors to ``dtype``; fp8 tensors are upcast (with ComfyUI ``scale_weight`` if present).
-
-    "Scaled fp8" files store ``W = w_fp8 * scale_weight``; plain e4m3 files have no scale.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k == "scaled_fp8" or k.endswith((".scale_weight", ".scale_input")):
-            continue
-        if v.is_floating_point():
-            scale_key = k[: -len("weight")] + "scale_weight" if k.endswith(".weight") else None
-            if scale_key and scale_key in sd:
-                v = v.to(torch.float32) * sd[scale_key].to(torch.float32)
-            v = v.to(dtype)
-        out[k] = v
-    return out
-
-
-def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Read a weights file; pickle formats only when the user allowed them (they can run code)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f"{p}: file not found")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(p))
-        except Exception as e:  # header errors, truncation
-            raise ModelLoadError(f"{p}: not a readable .safetensors file ({e})") from None
-    if not allow_pickle:
-        raise ModelLoadError(f"{p}: only .safetensors files are loaded; set model.allow_pickle = true to load "
-                             "pickle-based files (unsafe: they can run code)")
-    obj = torch.load(str(p), map_location="cpu", weights_only=False)
-    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-
-
 def save_safetensors_atomic(sd: Mapping[str, torch.Tensor], path: Path,
                             metadata: Optional[dict[str, str]] = None) -> Path:
     """Write through :func:`lorakit.fsutil.atomic_path`, so an interrupted write never leaves a broken file."""
@@ -261,57 +226,6 @@ def save_safetensors_atomic(sd: Mapping[str, torch.Tensor], path: Path,
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp), metadata=metadata)
     return path
-
-
-# ----------------------------------------------------------------------------------------------- AE
-
-def ae_bfl_to_diffusers(sd: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """BFL/LDM ``ae.safetensors`` -> diffusers AutoencoderKL (diffusers' own LDM VAE converter handles it)."""
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    return convert_ldm_vae_checkpoint(dict(sd), config)
-
-
-def _vae_key_to_ldm(k: str, n_up: int) -> str:
-    k = k.replace("mid_block.resnets.0.", "mid.block_1.").replace("mid_block.resnets.1.", "mid.block_2.")
-    k = k.replace("mid_block.attentions.0.", "mid.attn_1.")
-    k = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", k)
-    k = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
-    k = re.sub(r"decoder\.up_blocks\.(\d+)\.", lambda m: f"decoder.up.{n_up - 1 - int(m.group(1))}.", k)
-    k = re.sub(r"(decoder\.up\.\d+\.)resnets\.", r"\1block.", k)
-    k = re.sub(r"(decoder\.up\.\d+\.)upsamplers\.0\.", r"\1upsample.", k)
-    k = k.replace("conv_shortcut.", "nin_shortcut.").replace("conv_norm_out.", "norm_out.")
-    if ".attn_1." in k:
-        k = (k.replace("group_norm.", "norm.").replace("to_q.", "q.").replace("to_k.", "k.")
-             .replace("to_v.", "v.").replace("to_out.0.", "proj_out."))
-    return k
-
-
-def ae_diffusers_to_bfl(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers AutoencoderKL -> BFL ``ae.safetensors`` layout (attention projections back to 1x1 convs)."""
-    n_up = _count(sd, r"decoder\.up_blocks\.(\d+)\.")
-    out = {}
-    for k, v in sd.items():
-        nk = _vae_key_to_ldm(k, n_up)
-        if ".attn_1." in nk and nk.endswith(".weight") and v.ndim == 2:
-            v = v[:, :, None, None]
-        out[nk] = v.contiguous()
-    return out
-
-
-def infer_ae_config(sd: Mapping[str, torch.Tensor], base: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """AutoencoderKL config with block widths, depth and latent channels read from BFL AE weights."""
-    cfg = dict(base or {})
-    try:
-        n = _count(sd, r"encoder\.down\.(\d+)\.")
-        layers = _count([k for k in sd if k.startswith("encoder.down.0.block.")], r"encoder\.down\.0\.block\.(\d+)\.")
-        widths = [int(sd[f"encoder.down.{i}.block.0.conv2.weight"].shape[0]) for i in range(n)]
-        latent = int(sd["encoder.conv_out.weight"].shape[0]) // 2
-    except KeyError as e:
-        raise ModelLoadError(f"not a FLUX autoencoder: missing tensor {e.args[0]!r}") from None
-    cfg.update({"block_out_channels": widths, "layers_per_block": layers, "latent_channels": latent,
-                "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
-                "use_quant_conv": "quant_conv.weight" in sd, "use_post_quant_conv": "post_quant_conv.weight" in sd})
-    return cfg
 
 
 # ----------------------------------------------------------------------------------------------- public

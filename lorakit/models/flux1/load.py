@@ -23,12 +23,14 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.clip_t5 import build_t5, clip_config
 from lorakit.models.common import LazyPart, LazyParts
+from lorakit.models.ldm_vae import TINY_AE, build_ae
+from lorakit.models.weights import assign_weights, load_safetensors, upcast
 
 from . import configs
-from .convert import (ae_bfl_to_diffusers, bfl_to_diffusers, detect_variant, infer_ae_config,
-                      infer_transformer_config, is_bfl_transformer, load_safetensors, save_bfl_files, strip_prefix,
-                      upcast)
+from .convert import (bfl_to_diffusers, detect_variant, infer_transformer_config, is_bfl_transformer, save_bfl_files,
+                      strip_prefix)
 
 
 @dataclass
@@ -72,36 +74,6 @@ class LazyFluxComponents(LazyParts):
 
 # ----------------------------------------------------------------------------------------------- building
 
-def _fill_meta_buffers(model: nn.Module, where: str) -> None:
-    """Non-persistent buffers stay on meta after an assign-load; rebuild the known ones, refuse the rest."""
-    for name, mod in model.named_modules():
-        for bname, buf in list(mod.named_buffers(recurse=False)):
-            if buf is not None and buf.is_meta:
-                if bname == "position_ids":
-                    mod.register_buffer(bname, torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-                else:
-                    raise ModelLoadError(f"{where}: internal error, buffer {name}.{bname} was not loaded")
-    for pname, p in model.named_parameters():
-        if p.is_meta:
-            raise ModelLoadError(f"{where}: tensor {pname!r} is missing from the file")
-
-
-def _assign(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if unexpected:
-        raise ModelLoadError(f"{where}: unexpected tensors such as {sorted(unexpected)[0]!r} "
-                             f"({len(unexpected)} in all); wrong file for this role?")
-    real_missing = [k for k in missing if not k.endswith("position_ids")]
-    if real_missing:
-        raise ModelLoadError(f"{where}: missing tensors such as {sorted(real_missing)[0]!r} "
-                             f"({len(real_missing)} in all); truncated or wrong file?")
-    _fill_meta_buffers(model, where)
-    if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
-        model.to(dtype)
-    model.requires_grad_(False)
-    return model.eval()
-
-
 def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
                       where: str = "transformer") -> nn.Module:
     """FluxTransformer2DModel from a BFL (or diffusers-layout) state dict; widths from the weights."""
@@ -117,21 +89,7 @@ def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Opt
     init = {k: v for k, v in cfg.items() if not k.startswith("_")}
     with torch.device("meta"):
         model = FluxTransformer2DModel(**init)
-    return _assign(model, dsd, where, dtype)
-
-
-def _clip_config(sd: dict[str, torch.Tensor], base: dict[str, Any]) -> dict[str, Any]:
-    emb = sd["embeddings.token_embedding.weight"]
-    cfg = dict(base)
-    hidden = emb.shape[1]
-    if hidden != base.get("hidden_size") and hidden % base.get("num_attention_heads", 1):
-        cfg["num_attention_heads"] = max(1, hidden // 64)
-    cfg.update(vocab_size=emb.shape[0], hidden_size=hidden,
-               max_position_embeddings=sd["embeddings.position_embedding.weight"].shape[0],
-               intermediate_size=sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
-               num_hidden_layers=max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k)))
-               + 1)
-    return cfg
+    return assign_weights(model, dsd, where, dtype)
 
 
 def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
@@ -143,59 +101,13 @@ def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[d
           and not k.endswith("position_ids")}
     if "embeddings.token_embedding.weight" not in sd:
         raise ModelLoadError(f"{where}: not a CLIP text encoder (no text_model.embeddings.token_embedding.weight)")
-    cfg = _clip_config(sd, base or configs.clip_l_config())
+    cfg = clip_config(sd, base or configs.clip_l_config())
     with torch.device("meta"):
         model = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg.items() if k != "architectures"}))
     expected = set(model.state_dict())
     if not any(k in expected for k in sd):                      # an older transformers with text_model.*
         sd = {"text_model." + k: v for k, v in sd.items()}
-    return _assign(model, upcast(sd, dtype), where, dtype)
-
-
-def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
-             where: str = "t5xxl") -> nn.Module:
-    """T5EncoderModel from an HF-layout file (``shared.weight`` or ``encoder.embed_tokens.weight``)."""
-    from transformers import T5Config, T5EncoderModel
-    sd = {k: v for k, v in sd.items() if not k.startswith("decoder.") and k != "lm_head.weight"}
-    emb = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
-    if emb is None or "encoder.block.0.layer.0.SelfAttention.q.weight" not in sd:
-        raise ModelLoadError(f"{where}: not a T5 encoder (no shared.weight / encoder.block.0.*)")
-    sd["shared.weight"] = emb
-    sd.pop("encoder.embed_tokens.weight", None)
-    rel = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
-    heads = rel.shape[1]
-    cfg = dict(base or configs.t5_config())
-    cfg.update(vocab_size=emb.shape[0], d_model=emb.shape[1], num_heads=heads,
-               relative_attention_num_buckets=rel.shape[0],
-               d_kv=sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // heads,
-               d_ff=sd["encoder.block.0.layer.1.DenseReluDense.wo.weight"].shape[1],
-               num_layers=max(int(m.group(1)) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k))) + 1)
-    with torch.device("meta"):
-        model = T5EncoderModel(T5Config(**{k: v for k, v in cfg.items() if k != "architectures"}))
-    sd = upcast(sd, dtype)
-    sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
-    model = _assign(model, sd, where, dtype)
-    model.encoder.embed_tokens.weight = model.shared.weight       # keep the tie after assign
-    return model
-
-
-def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, base: Optional[dict[str, Any]] = None,
-             where: str = "ae") -> nn.Module:
-    """AutoencoderKL from a BFL ``ae.safetensors`` (no prefix) or a ``first_stage_model.``/``vae.`` one."""
-    from diffusers import AutoencoderKL
-    for p in ("first_stage_model.", "vae."):
-        if any(k.startswith(p) for k in sd):
-            sd = {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-    if "encoder.conv_in.weight" not in sd:
-        raise ModelLoadError(f"{where}: not an autoencoder (no encoder.conv_in.weight)")
-    if any(k.startswith("encoder.down_blocks.") for k in sd):          # already diffusers layout
-        from .convert import ae_diffusers_to_bfl
-        sd = ae_diffusers_to_bfl(sd)
-    cfg = infer_ae_config(sd, base or configs.ae_config())
-    dsd = ae_bfl_to_diffusers(upcast(sd, dtype), cfg)
-    with torch.device("meta"):
-        model = AutoencoderKL(**{k: v for k, v in cfg.items() if not k.startswith("_")})
-    return _assign(model, dsd, where, dtype)
+    return assign_weights(model, upcast(sd, dtype), where, dtype)
 
 
 # ----------------------------------------------------------------------------------------------- entry points
@@ -395,10 +307,7 @@ TINY_CLIP = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hid
 TINY_T5 = dict(vocab_size=32128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
                use_cache=False)
-TINY_AE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-               up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 16, 16], layers_per_block=1,
-               norm_num_groups=4, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-               scaling_factor=0.3611, shift_factor=0.1159, sample_size=64)
+
 
 
 def tiny_models(variant: str = "dev", seed: int = 0) -> dict[str, nn.Module]:

@@ -222,7 +222,7 @@ def ae_bfl_to_diffusers(sd: Mapping[str, torch.Tensor], config: dict[str, Any]) 
 
 def ae_diffusers_to_bfl(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """diffusers ``AutoencoderKLFlux2`` -> BFL ``ae.safetensors`` layout (the toy's single file)."""
-    from lorakit.models.flux1.convert import ae_diffusers_to_bfl as ldm_layout  # the shared LDM part
+    from lorakit.models.ldm_vae import ae_diffusers_to_bfl as ldm_layout  # the shared LDM part
     rest = {k: v for k, v in sd.items() if not k.startswith(("quant_conv.", "post_quant_conv.", "bn."))}
     out = ldm_layout(rest)
     for k, v in sd.items():

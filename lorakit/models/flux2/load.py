@@ -39,12 +39,12 @@ NEEDED_ENCODER = {"klein-4b": "Qwen3-4B", "klein-9b": "Qwen3-8B", "dev": "Mistra
 
 
 def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
+    from lorakit.models.weights import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
     return upcast(sd, dtype)
 
 
 def read_file(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import load_safetensors  # the one weights reader (pickle only when allowed)
+    from lorakit.models.weights import load_safetensors  # the one weights reader (pickle only when allowed)
     return load_safetensors(path, allow_pickle)
 
 

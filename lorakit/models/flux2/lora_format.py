@@ -65,7 +65,7 @@ def kohya_name(bfl_module: str) -> str:
 def to_comfy(lora: Mapping[str, Mapping[str, LoraModule]], out_features: Mapping[str, int], num_double: int,
              num_single: int) -> dict[str, torch.Tensor]:
     """component -> path -> LoraModule  =>  ComfyUI/kohya FLUX.2 state dict (BFL names, q/k/v fused)."""
-    from lorakit.models.flux1.lora_format import _pack, fuse  # the exact fusing maths shared with FLUX.1
+    from lorakit.models.kohya_pack import fuse, pack  # the exact fusing maths shared with FLUX.1
     unknown = sorted(set(lora) - {"transformer"})
     if unknown:
         raise ValueError(f"flux2 export: unknown LoRA component {unknown[0]!r} (expected transformer)")
@@ -79,10 +79,10 @@ def to_comfy(lora: Mapping[str, Mapping[str, LoraModule]], out_features: Mapping
         used.update(p for p in parts if p in trained)
         if len(parts) == 1:
             m = mods[0]
-            _pack(out, kohya_name(bfl), m.down.float(), m.up.float(), m.alpha)
+            pack(out, kohya_name(bfl), m.down.float(), m.up.float(), m.alpha)
         else:
             down, up, alpha = fuse(mods, [int(out_features[p]) for p in parts])
-            _pack(out, kohya_name(bfl), down, up, alpha)
+            pack(out, kohya_name(bfl), down, up, alpha)
     left = sorted(set(trained) - used)
     if left:
         raise ValueError(f"flux2 export: LoRA on {left[0]!r} has no ComfyUI FLUX.2 name")

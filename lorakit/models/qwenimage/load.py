@@ -35,7 +35,7 @@ from .convert import Shape, detect, text_weights, transformer_config, vae_to_dif
 
 
 def read_file(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import load_safetensors  # the one weights reader (pickle only when allowed)
+    from lorakit.models.weights import load_safetensors  # the one weights reader (pickle only when allowed)
     return load_safetensors(path, allow_pickle)
 
 
@@ -47,12 +47,12 @@ def _read_all(paths: list[Path], allow: bool) -> dict[str, torch.Tensor]:
 
 
 def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
+    from lorakit.models.weights import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
     return upcast(sd, dtype)
 
 
 def _assign(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
-    from lorakit.models.zimage.load import _assign as assign  # meta-model loading: the one copy (rotary rebuilt)
+    from lorakit.models.weights import assign_weights_rotary as assign  # meta-model loading: the one copy
     return assign(model, sd, where, dtype)
 
 

@@ -62,13 +62,13 @@ def _only_transformer(lora: Mapping[str, Any]) -> Mapping[str, LoraModule]:
 
 def to_comfy(lora: Mapping[str, Mapping[str, LoraModule]], num_layers: int) -> dict[str, torch.Tensor]:
     """component -> path -> LoraModule  =>  ``lora_unet_<path>`` with lora_down / lora_up / alpha."""
-    from lorakit.models.flux1.lora_format import _pack  # the kohya triple writer shared with FLUX.1 / Z-Image
+    from lorakit.models.kohya_pack import pack  # the kohya triple writer shared with FLUX.1 / Z-Image
     known = {p for p, _k in module_table(num_layers)}
     out: dict[str, torch.Tensor] = {}
     for path, m in _only_transformer(lora).items():
         if path not in known:
             raise ValueError(f"qwenimage export: LoRA on {path!r} has no ComfyUI Qwen-Image name")
-        _pack(out, kohya_name(path), m.down.float(), m.up.float(), m.alpha)
+        pack(out, kohya_name(path), m.down.float(), m.up.float(), m.alpha)
     return out
 
 

@@ -20,8 +20,9 @@ from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
 from lorakit.models import estimates
 from lorakit.models.sd15 import configs, planning
-from lorakit.models.sdxl.adapter import export_diffusers, text_encoder_lora_targets, unet_lora_targets
+from lorakit.models.clip_t5 import text_encoder_lora_targets
 from lorakit.models.unet import UNetAdapter, _OnFirstUse
+from lorakit.models.unet_parts import export_diffusers, unet_lora_targets
 
 SPEC = ModelSpec(family="sd15", latent_channels=4, vae_scale=0.18215, vae_shift=0.0, vae_downscale=8, patch_size=1,
                  bucket_divisibility=64, prediction="epsilon", default_resolution=512,

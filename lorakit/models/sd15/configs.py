@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lorakit.fsutil import write_folder_once, write_json
-from lorakit.models.sdxl import configs as sdxl_configs
+from lorakit.models.clip_t5 import CLIP_L
 from lorakit.models.tokenizers import CLIP_EOS, write_clip_tokenizer_files
 
 CONFIG_VERSION = "sd15-v1"  # bump when the dicts below change: the cache folder name follows it
@@ -56,7 +56,7 @@ VAE: dict[str, Any] = {
 
 # CLIP ViT-L/14 text tower as SD 1.5's folder ships it (eos_token_id 2: transformers then pools at the argmax id, the
 # first <|endoftext|>).
-TEXT_ENCODER: dict[str, Any] = {**sdxl_configs.TE1, "torch_dtype": "float32"}  # the same tower as SDXL's TE1
+TEXT_ENCODER: dict[str, Any] = {**CLIP_L, "torch_dtype": "float32"}  # the same tower as SDXL's TE1
 
 # SD 1.5 ships a PNDM scheduler with these betas; lorakit samples with Euler / DPM++ built from the same numbers.
 SCHEDULER: dict[str, Any] = {
@@ -104,7 +104,7 @@ def write_config_folder(folder: Path, *, unet: Optional[dict] = None, vae: Optio
 
 def shipped_config_dir() -> Path:
     """The full-size SD 1.5 config folder, written once into lorakit's cache (temp dir + rename)."""
-    from lorakit.models.sdxl.configs import cache_root  # the one cache-location rule
+    from lorakit.models.common import cache_root  # the one cache-location rule
 
     target = cache_root() / "configs" / CONFIG_VERSION
     write_folder_once(target, write_config_folder, "model_index.json")

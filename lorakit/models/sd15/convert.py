@@ -19,7 +19,7 @@ import torch
 
 from lorakit.errors import ModelLoadError
 from lorakit.fsutil import atomic_path
-from lorakit.models.sdxl.convert import UNET_PREFIX, VAE_PREFIX, te1_to_sgm, unet_to_sgm, vae_to_sgm
+from lorakit.models.unet_parts import UNET_PREFIX, VAE_PREFIX, te1_to_sgm, unet_to_sgm, vae_to_sgm
 
 TE_PREFIX = "cond_stage_model.transformer."
 V_PRED_MARKER = "v_pred"          # the empty tensor v-prediction SD 1.x/SDXL files carry (ComfyUI reads it)

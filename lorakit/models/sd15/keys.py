@@ -34,8 +34,7 @@ def lora_keymap(unet: Any = None, text_encoder: Any = None):
     from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
     from lorakit.models.sd15.adapter import text_encoder_lora_targets
     from lorakit.models.sd15.convert import TE_PREFIX
-    from lorakit.models.sdxl.convert import UNET_PREFIX
-    from lorakit.models.sdxl.keys import unet_modules
+    from lorakit.models.unet_parts import UNET_PREFIX, unet_modules
 
     if unet is None:
         unet, text_encoder = _meta_models()

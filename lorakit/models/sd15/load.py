@@ -19,7 +19,7 @@ import torch
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.sd15 import configs
 from lorakit.models.sd15.convert import TE_PREFIX, Variant, detect_file, save_ldm_checkpoint
-from lorakit.models.sdxl.convert import UNET_PREFIX, VAE_PREFIX
+from lorakit.models.unet_parts import UNET_PREFIX, VAE_PREFIX
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -69,7 +69,7 @@ def _source(model_cfg: Any) -> tuple[str, Path, Path]:
 def _read(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` whose names start with ``prefix`` (a .safetensors file reads nothing else)."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        from lorakit.models.flux1.convert import load_safetensors  # the one weights reader (pickle when allowed)
+        from lorakit.models.weights import load_safetensors  # the one weights reader (pickle when allowed)
 
         sd = load_safetensors(path, allow_pickle=True)
         sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
@@ -158,7 +158,7 @@ def _unet_from_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device: Optio
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from lorakit.models.sdxl.convert import sgm_to_unet
+    from lorakit.models.unet_parts import sgm_to_unet
 
     tensors = {k: (v if device is None else v.to(device)).to(dtype) for k, v in _read(path, UNET_PREFIX).items()}
     config = UNet2DConditionModel.load_config(str(cfg_dir), subfolder="unet", local_files_only=True)

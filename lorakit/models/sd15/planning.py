@@ -59,7 +59,7 @@ def planning_model(cfg: Any) -> tuple[Any, dict[str, int]]:
     from diffusers import UNet2DConditionModel
 
     from lorakit.models.base import init_kwargs
-    from lorakit.models.sdxl.adapter import unet_lora_targets
+    from lorakit.models.unet_parts import unet_lora_targets
 
     from . import configs
 

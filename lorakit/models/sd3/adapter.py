@@ -160,7 +160,7 @@ class Adapter(common.ComponentsAdapter):
         return s.depth, s.dual_layers
 
     def lora_targets(self, network: Any) -> dict[str, dict[str, int]]:
-        from lorakit.models.sdxl.adapter import text_encoder_lora_targets  # CLIP q/k/v/out and fc1/fc2 of each layer
+        from lorakit.models.clip_t5 import text_encoder_lora_targets  # CLIP q/k/v/out and fc1/fc2 of each layer
 
         from .lora_format import transformer_targets
         out = {"transformer": transformer_targets(network, *self._depths())}

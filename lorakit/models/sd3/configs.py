@@ -52,24 +52,24 @@ def transformer_config(variant: str = "large") -> dict[str, Any]:
 
 def clip_l_config() -> dict[str, Any]:
     """transformers ``CLIPTextConfig`` of SD3's CLIP-L (``text_encoder/config.json``: with projection)."""
-    from lorakit.models.sdxl.configs import TE1
-    return {**TE1, "architectures": ["CLIPTextModelWithProjection"]}
+    from lorakit.models.clip_t5 import CLIP_L
+    return {**CLIP_L, "architectures": ["CLIPTextModelWithProjection"]}
 
 
 def clip_g_config() -> dict[str, Any]:
     """transformers ``CLIPTextConfig`` of SD3's OpenCLIP bigG (``text_encoder_2``), as SDXL's second encoder."""
-    from lorakit.models.sdxl.configs import TE2
-    return dict(TE2)
+    from lorakit.models.clip_t5 import CLIP_G
+    return dict(CLIP_G)
 
 
 def t5_config() -> dict[str, Any]:
-    from lorakit.models.flux1.configs import t5_config as flux_t5
+    from lorakit.models.clip_t5 import t5_config as flux_t5
     return flux_t5()
 
 
 def vae_config() -> dict[str, Any]:
     """diffusers ``AutoencoderKL`` of SD3 (FLUX.1's layout, SD3's latent constants)."""
-    from lorakit.models.flux1.configs import ae_config
+    from lorakit.models.ldm_vae import ae_config
     return {**ae_config(), "scaling_factor": VAE_SCALE, "shift_factor": VAE_SHIFT}
 
 

@@ -37,7 +37,7 @@ from .convert import ENCODER_PREFIXES, Shape, detect, layout, original_to_diffus
 
 
 def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
+    from lorakit.models.weights import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
     return upcast(sd, dtype)
 
 
@@ -45,7 +45,7 @@ def read_part(path: Path, prefixes: tuple[str, ...] = ("",), allow_pickle: bool 
     """The tensors of ``path`` whose names start with the first of ``prefixes`` that the file has (prefix removed;
     ``""`` = every tensor). Only those tensors are read from a .safetensors file."""
     if path.suffix != ".safetensors":
-        from lorakit.models.flux1.convert import load_safetensors  # pickle only when allowed
+        from lorakit.models.weights import load_safetensors  # pickle only when allowed
         sd = load_safetensors(path, allow_pickle)
         for p in prefixes:
             if not p or any(k.startswith(p) for k in sd):
@@ -64,7 +64,7 @@ def read_part(path: Path, prefixes: tuple[str, ...] = ("",), allow_pickle: bool 
 
 
 def _assign(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
-    from lorakit.models.flux1.load import _assign as assign  # strict assign-load, position_ids rebuilt, frozen
+    from lorakit.models.weights import assign_weights as assign  # strict assign-load, position_ids rebuilt, frozen
     return assign(model, sd, where, dtype)
 
 
@@ -89,14 +89,14 @@ def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, which: str, wher
     A CLIP-L file without ``text_projection.weight`` (FLUX.1's clip_l) gets the identity, as ComfyUI does."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from lorakit.models.flux1.load import _clip_config
+    from lorakit.models.clip_t5 import clip_config
     sd = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if k != "logit_scale" and not k.endswith("position_ids")}
     if "embeddings.token_embedding.weight" not in sd:
         raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the CLIP text encoder SD3 needs for model.{which} "
                              f"(e.g. ComfyUI's text_encoders/{which}.safetensors)")
     default = configs.clip_l_config() if which == "clip_l" else configs.clip_g_config()
-    cfg = _clip_config(sd, base or default)
+    cfg = clip_config(sd, base or default)
     width = int(sd["embeddings.token_embedding.weight"].shape[1])
     if "text_projection.weight" not in sd:
         if which != "clip_l":
@@ -117,7 +117,7 @@ def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, which: str, wher
 
 def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base: Optional[dict[str, Any]] = None
              ) -> nn.Module:
-    from lorakit.models.flux1.load import build_t5 as flux_t5  # the same T5-XXL encoder as FLUX.1
+    from lorakit.models.clip_t5 import build_t5 as flux_t5  # the same T5-XXL encoder as FLUX.1
     if "encoder.block.0.layer.0.SelfAttention.q.weight" not in sd:
         raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the T5-XXL encoder SD3 uses for model.t5xxl (e.g. "
                              "ComfyUI's text_encoders/t5xxl_fp16.safetensors)")
@@ -126,7 +126,7 @@ def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base: 
 
 def build_vae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base: Optional[dict[str, Any]] = None
               ) -> nn.Module:
-    from lorakit.models.flux1.load import build_ae  # LDM or diffusers layout, sizes from the weights
+    from lorakit.models.ldm_vae import build_ae  # LDM or diffusers layout, sizes from the weights
     if not any(k.endswith("encoder.conv_in.weight") for k in sd):
         raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the SD3 VAE")
     model = build_ae(sd, dtype, base or configs.vae_config(), where)

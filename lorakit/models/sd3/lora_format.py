@@ -52,7 +52,7 @@ def kohya_name(original_module: str) -> str:
 def to_comfy(lora: Mapping[str, Mapping[str, LoraModule]], out_features: Mapping[str, int], depth: int,
              dual_layers: Iterable[int] = ()) -> dict[str, torch.Tensor]:
     """component -> path -> LoraModule  =>  the kohya / ComfyUI SD3 state dict (original names, q/k/v fused)."""
-    from lorakit.models.flux1.lora_format import _pack, fuse  # the exact fusing maths shared with FLUX.1
+    from lorakit.models.kohya_pack import fuse, pack  # the exact fusing maths shared with FLUX.1
     unknown = sorted(set(lora) - {"transformer"})
     if unknown:
         raise ValueError(f"sd3 export: unknown LoRA component {unknown[0]!r} (expected transformer)")
@@ -68,7 +68,7 @@ def to_comfy(lora: Mapping[str, Mapping[str, LoraModule]], out_features: Mapping
             down, up, alpha = mods[0].down.float(), mods[0].up.float(), mods[0].alpha
         else:
             down, up, alpha = fuse(mods, [int(out_features[p]) for p in m.parts])
-        _pack(out, kohya_name(m.original), down, swap_halves(up) if m.swap else up, alpha)
+        pack(out, kohya_name(m.original), down, swap_halves(up) if m.swap else up, alpha)
     left = sorted(set(trained) - used)
     if left:
         raise ValueError(f"sd3 export: LoRA on {left[0]!r} has no kohya / ComfyUI SD3 name")

@@ -32,7 +32,7 @@ def tiny_models(seed: int = 0, **transformer: Any) -> dict[str, Any]:
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from lorakit.models.flux1.load import TINY_AE
+    from lorakit.models.ldm_vae import TINY_AE
     from lorakit.models.tokenizers import clip_tokenizer, t5_tokenizer
     base_l, base_g = configs.clip_l_config(), configs.clip_g_config()
     clean = lambda c: {k: v for k, v in c.items() if k not in ("architectures", "torch_dtype")}  # noqa: E731
@@ -80,7 +80,7 @@ def save_single_file(path: str | os.PathLike[str], models: dict[str, Any], dtype
     """The official layout: ``model.diffusion_model.`` (original names), ``first_stage_model.`` (LDM VAE) and the
     ``bundle`` encoders under ``text_encoders.<role>.transformer.``."""
     from lorakit.lora.io import save_safetensors_atomic
-    from lorakit.models.flux1.convert import ae_diffusers_to_bfl
+    from lorakit.models.ldm_vae import ae_diffusers_to_bfl
     sd = {"model.diffusion_model." + k: v for k, v in diffusers_to_original(models["transformer"].state_dict()).items()}
     sd.update({"first_stage_model." + k: v for k, v in ae_diffusers_to_bfl(models["vae"].state_dict()).items()})
     parts = {"clip_l": _clip_sd(models["clip_l"]), "clip_g": _clip_sd(models["clip_g"]), "t5xxl": _t5_sd(models["t5"])}

@@ -16,11 +16,13 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from lorakit.lora.metadata import MODELSPEC_VERSION
 from lorakit.lora.variants import kohya_entries, refuse_in_diffusers
 from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, SamplePrompt, to_gpu
+from lorakit.models.clip_t5 import text_encoder_lora_targets
 from lorakit.models.sdxl import configs
-from lorakit.models.sdxl.convert import unet_module_to_sgm
 from lorakit.models.unet import UNetAdapter, _OnFirstUse
+from lorakit.models.unet_parts import export_diffusers, unet_lora_targets, unet_module_to_sgm
 
 SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=0.0, vae_downscale=8, patch_size=1,
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
@@ -52,53 +54,9 @@ def planning_model(cfg: Any) -> tuple[nn.Module, dict[str, int]]:
     unet = UNet2DConditionModel(**init_kwargs(configs.UNET))
     return unet, unet_lora_targets(unet, int(cfg.network.rank), int(getattr(cfg.network, "conv_rank", 0) or 0))
 
-# Linear layers inside a Transformer2DModel that kohya trains (names relative to the Transformer2DModel).
-_ATTN_SUFFIXES = ("proj_in", "proj_out", "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
-                  "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
-_TE_SUFFIXES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                "mlp.fc1", "mlp.fc2")
 
 
 # ---------------------------------------------------------------------------------------- LoRA targets
-
-def unet_lora_targets(unet: nn.Module, rank: int, conv_rank: int = 0) -> dict[str, int]:
-    """kohya's SDXL UNet targets as {diffusers module path: rank}.
-
-    Always: the Linear/1×1 layers of every Transformer2DModel (proj_in/out, attn1/attn2 q/k/v/out, ff).
-    With ``conv_rank`` > 0 (LoCon): 3×3 convs of resnets and down/up-samplers at ``conv_rank``, plus each
-    resnet's time-embedding Linear and 1×1 shortcut conv at ``rank``.
-    """
-    from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
-    from diffusers.models.transformers.transformer_2d import Transformer2DModel
-
-    targets: dict[str, int] = {}
-    for name, module in unet.named_modules():
-        if isinstance(module, Transformer2DModel):
-            for sub_name, sub in module.named_modules():
-                if sub_name.endswith(_ATTN_SUFFIXES) and _is_linear_like(sub):
-                    targets[f"{name}.{sub_name}"] = rank
-        elif conv_rank > 0 and isinstance(module, ResnetBlock2D):
-            for sub_name, sub in module.named_children():
-                if isinstance(sub, nn.Conv2d) and sub.kernel_size == (3, 3):
-                    targets[f"{name}.{sub_name}"] = conv_rank
-                elif _is_linear_like(sub) and sub_name in ("time_emb_proj", "conv_shortcut"):
-                    targets[f"{name}.{sub_name}"] = rank
-        elif conv_rank > 0 and isinstance(module, (Downsample2D, Upsample2D)):
-            conv = getattr(module, "conv", None)
-            if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
-                targets[f"{name}.conv"] = conv_rank
-    return targets
-
-
-def _is_linear_like(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))
-
-
-def text_encoder_lora_targets(te: nn.Module, rank: int) -> dict[str, int]:
-    """CLIP attention q/k/v/out_proj and MLP fc1/fc2 of every encoder layer (not the text projection)."""
-    return {name: rank for name, module in te.named_modules()
-            if isinstance(module, nn.Linear) and ".encoder.layers." in f".{name}" and name.endswith(_TE_SUFFIXES)}
-
 
 # -------------------------------------------------------------------------------------------- export
 
@@ -111,9 +69,6 @@ def kohya_name(component: str, path: str, unet_config: Any) -> str:
         full = path if path.startswith("text_model.") else "text_model." + path
         return f"lora_{component}_" + full.replace(".", "_")
     raise ValueError(f"SDXL LoRA export: unknown component {component!r} (expected unet, te1, te2)")
-
-
-_DIFFUSERS_PREFIX = {"unet": "unet", "denoiser": "unet", "te1": "text_encoder", "te2": "text_encoder_2"}
 
 
 def chunk_ids(ids: torch.Tensor, n: int, eos: int, pad: int) -> torch.Tensor:
@@ -149,29 +104,6 @@ def export_kohya(lora: dict[str, dict[str, LoraModule]], unet_config: Any) -> di
             if name + ".alpha" in out:
                 raise ValueError(f"SDXL LoRA export: two modules map to {name}")
             out.update(kohya_entries(name, m))  # LoRA, or a LoHa/LoKr/DoRA module in LyCORIS names (issue 23)
-    return out
-
-
-def export_diffusers(lora: dict[str, dict[str, LoraModule]]) -> dict[str, torch.Tensor]:
-    """diffusers/PEFT layout: ``unet.<path>.lora_A.weight`` / ``lora_B.weight`` (``text_encoder.``,
-    ``text_encoder_2.`` for the CLIPs).
-
-    A PEFT file carries no alpha tensor, and without adapter metadata diffusers loads every module with
-    scale 1 (alpha = rank). So the trained scale alpha/rank is folded into ``lora_B``: the loaded delta
-    B·A equals the trained (alpha/r)·up·down exactly, whatever loader reads the file.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for component, modules in lora.items():
-        prefix = _DIFFUSERS_PREFIX.get(component)
-        if prefix is None:
-            raise ValueError(f"SDXL LoRA export: unknown component {component!r} (expected unet, te1, te2)")
-        for path, m in modules.items():
-            full = path
-            if component == "te1" and not path.startswith("text_model."):
-                full = "text_model." + path  # the name older transformers and ComfyUI use; diffusers maps it
-            scale = float(m.alpha) / m.down.shape[0]
-            out[f"{prefix}.{full}.lora_A.weight"] = m.down
-            out[f"{prefix}.{full}.lora_B.weight"] = m.up * scale
     return out
 
 

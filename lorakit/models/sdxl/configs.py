@@ -8,12 +8,13 @@ to guess one. lorakit ships the configs as dicts here and writes the folder at r
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from lorakit.fsutil import write_folder_once, write_json
+from lorakit.models.common import cache_root
+from lorakit.models.clip_t5 import CLIP_G as TE2, CLIP_L as TE1  # noqa: F401  (SDXL's two text towers)
 from lorakit.models.tokenizers import CLIP_EOS, write_clip_tokenizer_files
 
 CONFIG_VERSION = "sdxl-base-1.0-v1"  # bump when the dicts below change: the cache folder name follows it
@@ -83,41 +84,6 @@ VAE: dict[str, Any] = {
     "up_block_types": ["UpDecoderBlock2D"] * 4,
 }
 
-# CLIP ViT-L/14 text tower (TE1). eos_token_id 2 is what the SDXL repo ships: transformers then pools at
-# the argmax token id, i.e. the first <|endoftext|> (49407, the largest id), whatever the pad token is.
-TE1: dict[str, Any] = {
-    "architectures": ["CLIPTextModel"],
-    "model_type": "clip_text_model",
-    "attention_dropout": 0.0,
-    "bos_token_id": 0,
-    "eos_token_id": 2,
-    "pad_token_id": 1,
-    "hidden_act": "quick_gelu",
-    "hidden_size": 768,
-    "initializer_factor": 1.0,
-    "initializer_range": 0.02,
-    "intermediate_size": 3072,
-    "layer_norm_eps": 1e-05,
-    "max_position_embeddings": 77,
-    "num_attention_heads": 12,
-    "num_hidden_layers": 12,
-    "projection_dim": 768,
-    "vocab_size": 49408,
-    "torch_dtype": "float16",
-}
-
-# OpenCLIP ViT-bigG/14 text tower (TE2), with its projection.
-TE2: dict[str, Any] = {
-    **TE1,
-    "architectures": ["CLIPTextModelWithProjection"],
-    "hidden_act": "gelu",
-    "hidden_size": 1280,
-    "intermediate_size": 5120,
-    "num_attention_heads": 20,
-    "num_hidden_layers": 32,
-    "projection_dim": 1280,
-}
-
 SCHEDULER: dict[str, Any] = {
     "_class_name": "EulerDiscreteScheduler",
     "beta_end": 0.012,
@@ -169,15 +135,6 @@ def write_config_folder(folder: Path, *, unet: Optional[dict] = None, vae: Optio
     write_clip_tokenizer_files(folder / "tokenizer", pad_token=CLIP_EOS)
     write_clip_tokenizer_files(folder / "tokenizer_2", pad_token="!")
     return folder
-
-
-def cache_root() -> Path:
-    """lorakit's cache folder: $LORAKIT_CACHE, else $XDG_CACHE_HOME/lorakit, else ~/.cache/lorakit."""
-    env = os.environ.get("LORAKIT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lorakit"
 
 
 def shipped_config_dir() -> Path:

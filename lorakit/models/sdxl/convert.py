@@ -5,8 +5,9 @@ which are what ``from_single_file`` runs. diffusers → original is ours (nothin
 it is derived from the config (levels, ``layers_per_block``, block types), so the same code serves the
 full-size model and tiny test models, and it is proven by round trip through diffusers' converters.
 
-The UNet map is also a *module* map (:func:`unet_module_to_sgm`): kohya names UNet LoRA modules by their
-SGM path (``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``).
+The UNet, VAE and CLIP-L maps (shared with SD 1.5) live in :mod:`lorakit.models.unet_parts`; the UNet map is also
+a *module* map (``unet_module_to_sgm``): kohya names UNet LoRA modules by their SGM path
+(``lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q``). Here: OpenCLIP bigG and the whole checkpoint.
 
 SGM prefixes: UNet ``model.diffusion_model.``, VAE ``first_stage_model.``, CLIP-L
 ``conditioner.embedders.0.transformer.text_model.``, OpenCLIP bigG ``conditioner.embedders.1.model.``.
@@ -21,137 +22,9 @@ from typing import Any, Mapping, Optional
 import torch
 
 from lorakit.fsutil import atomic_path
+from lorakit.models.unet_parts import TE1_PREFIX, VAE_PREFIX, te1_to_sgm, unet_to_sgm, vae_to_sgm
 
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TE1_PREFIX = "conditioner.embedders.0.transformer."
 TE2_PREFIX = "conditioner.embedders.1.model."
-
-_UNET_TOP = {
-    "conv_in": "input_blocks.0.0",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-_UNET_RESNET = {
-    "norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection",
-}
-_VAE_RESNET = {"conv_shortcut": "nin_shortcut"}
-_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _cfg(config: Any, key: str) -> Any:
-    """Read a config entry from a dict or a diffusers FrozenDict/ConfigMixin config."""
-    return config[key] if isinstance(config, Mapping) else getattr(config, key)
-
-
-def _layers_per_block(config: Any) -> int:
-    lpb = _cfg(config, "layers_per_block")
-    if not isinstance(lpb, int):
-        raise ValueError(f"SDXL conversion needs an int layers_per_block, got {lpb!r}")
-    return lpb
-
-
-def _map_resnet(rest: str) -> str:
-    head, _, tail = rest.partition(".")
-    if head not in _UNET_RESNET:
-        raise KeyError(f"unknown UNet resnet part {rest!r}")
-    return _UNET_RESNET[head] + (("." + tail) if tail else "")
-
-
-def unet_module_to_sgm(name: str, unet_config: Any) -> str:
-    """Map a diffusers UNet module (or parameter) path to its SGM path.
-
-    ``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q`` → ``input_blocks.4.1.transformer_blocks.0.attn1.to_q``
-    (with SDXL's ``layers_per_block`` 2). Resnet parts are renamed (conv1 → in_layers.2, time_emb_proj →
-    emb_layers.1, conv_shortcut → skip_connection); attention internals keep their names. A trailing
-    ``.weight``/``.bias`` passes through unchanged.
-    """
-    for src, dst in _UNET_TOP.items():
-        if name == src or name.startswith(src + "."):
-            return dst + name[len(src):]
-    lpb = _layers_per_block(unet_config)
-    step = lpb + 1
-    m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions|downsamplers)\.(\d+)(?:\.(.*))?$", name)
-    if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4] or ""
-        if kind == "downsamplers":
-            return f"input_blocks.{(i + 1) * step}.0.op" + rest.removeprefix("conv")
-        idx = 1 + i * step + j
-        if kind == "resnets":
-            return f"input_blocks.{idx}.0.{_map_resnet(rest)}"
-        return f"input_blocks.{idx}.1" + (f".{rest}" if rest else "")
-    m = re.match(r"mid_block\.(resnets|attentions)\.(\d+)(?:\.(.*))?$", name)
-    if m:
-        kind, j, rest = m[1], int(m[2]), m[3] or ""
-        if kind == "resnets":
-            return f"middle_block.{2 * j}.{_map_resnet(rest)}"
-        return f"middle_block.{2 * j + 1}" + (f".{rest}" if rest else "")
-    m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions|upsamplers)\.(\d+)(?:\.(.*))?$", name)
-    if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4] or ""
-        if kind == "upsamplers":
-            has_attn = "CrossAttn" in _cfg(unet_config, "up_block_types")[i]
-            return f"output_blocks.{i * step + lpb}.{2 if has_attn else 1}" + (f".{rest}" if rest else "")
-        idx = i * step + j
-        if kind == "resnets":
-            return f"output_blocks.{idx}.0.{_map_resnet(rest)}"
-        return f"output_blocks.{idx}.1" + (f".{rest}" if rest else "")
-    raise KeyError(f"no SGM equivalent for UNet module {name!r}")
-
-
-def unet_to_sgm(state_dict: Mapping[str, torch.Tensor], unet_config: Any, prefix: str = UNET_PREFIX
-                ) -> dict[str, torch.Tensor]:
-    """Diffusers UNet2DConditionModel state dict → SGM keys (with ``prefix``)."""
-    return {prefix + unet_module_to_sgm(k, unet_config): v for k, v in state_dict.items()}
-
-
-def _vae_key(key: str, n_levels: int) -> str:
-    enc = re.match(r"(encoder|decoder)\.(.*)$", key)
-    if not enc:
-        return key  # quant_conv / post_quant_conv keep their names
-    side, rest = enc[1], enc[2]
-    m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|downsamplers|upsamplers)\.(\d+)\.(.*)$", rest)
-    if m:
-        direction, i, kind, j, tail = m[1], int(m[2]), m[3], int(m[4]), m[5]
-        level = i if direction == "down" else n_levels - 1 - i  # decoder levels are stored reversed
-        if kind == "resnets":
-            head, _, p = tail.partition(".")
-            return f"{side}.{direction}.{level}.block.{j}.{_VAE_RESNET.get(head, head)}.{p}"
-        return f"{side}.{direction}.{level}.{'downsample' if direction == 'down' else 'upsample'}.{tail}"
-    m = re.match(r"mid_block\.resnets\.(\d+)\.(.*)$", rest)
-    if m:
-        head, _, p = m[2].partition(".")
-        return f"{side}.mid.block_{int(m[1]) + 1}.{_VAE_RESNET.get(head, head)}.{p}"
-    m = re.match(r"mid_block\.attentions\.0\.(.*)\.(weight|bias)$", rest)
-    if m:
-        return f"{side}.mid.attn_1.{_VAE_ATTN[m[1]]}.{m[2]}"
-    if rest.startswith("conv_norm_out."):
-        return f"{side}.norm_out." + rest.removeprefix("conv_norm_out.")
-    return key
-
-
-def vae_to_sgm(state_dict: Mapping[str, torch.Tensor], vae_config: Any, prefix: str = VAE_PREFIX
-               ) -> dict[str, torch.Tensor]:
-    """Diffusers AutoencoderKL state dict → SGM keys. Mid-attention q/k/v/proj_out become 1×1 convs."""
-    n_levels = len(_cfg(vae_config, "down_block_types"))
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        new = _vae_key(key, n_levels)
-        if ".mid.attn_1." in new and new.endswith(".weight") and value.ndim == 2:
-            value = value[:, :, None, None]
-        out[prefix + new] = value
-    return out
-
-
-def te1_to_sgm(state_dict: Mapping[str, torch.Tensor], prefix: str = TE1_PREFIX) -> dict[str, torch.Tensor]:
-    """CLIPTextModel state dict → SGM keys; transformers 5 drops ``text_model.``, SGM has it."""
-    return {prefix + (k if k.startswith("text_model.") else "text_model." + k): v for k, v in state_dict.items()}
-
 
 _TE2_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
               "self_attn.out_proj": "attn.out_proj"}
@@ -191,13 +64,6 @@ def te2_to_sgm(state_dict: Mapping[str, torch.Tensor], prefix: str = TE2_PREFIX)
 
 
 # ---- original → diffusers (diffusers' own converters) ----
-
-def sgm_to_unet(checkpoint: Mapping[str, torch.Tensor], unet_config: Any) -> dict[str, torch.Tensor]:
-    """SGM checkpoint → diffusers UNet state dict (diffusers' ``convert_ldm_unet_checkpoint``)."""
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
-
-    return convert_ldm_unet_checkpoint(dict(checkpoint), dict(unet_config))
-
 
 def sgm_to_vae(checkpoint: Mapping[str, torch.Tensor], vae_config: Any) -> dict[str, torch.Tensor]:
     """SGM checkpoint → diffusers AutoencoderKL state dict (diffusers' ``convert_ldm_vae_checkpoint``)."""

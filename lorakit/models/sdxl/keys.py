@@ -18,7 +18,9 @@ def lora_key_universe() -> frozenset[str]:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from lorakit.models.sdxl import configs
-    from lorakit.models.sdxl.adapter import kohya_name, text_encoder_lora_targets, unet_lora_targets
+    from lorakit.models.clip_t5 import text_encoder_lora_targets
+    from lorakit.models.sdxl.adapter import kohya_name
+    from lorakit.models.unet_parts import unet_lora_targets
 
     def clean(cfg: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in ("architectures", "torch_dtype")}
@@ -59,8 +61,8 @@ def lora_keymap(unet: Any = None, te1: Any = None, te2: Any = None):
     transformer Linears, LoCon convs, both CLIPs) under its SGM, diffusers and ComfyUI names, with shapes
     and single-file keys. Without models, the full-size ones are built on the meta device."""
     from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
-    from lorakit.models.sdxl.adapter import text_encoder_lora_targets
-    from lorakit.models.sdxl.convert import TE1_PREFIX, UNET_PREFIX
+    from lorakit.models.clip_t5 import text_encoder_lora_targets
+    from lorakit.models.unet_parts import TE1_PREFIX, UNET_PREFIX, unet_modules
 
     if unet is None:
         unet, te1, te2 = _meta_models()
@@ -86,24 +88,6 @@ def lora_keymap(unet: Any = None, te1: Any = None, te2: Any = None):
         comfy_prefix={"denoiser": "diffusion_model.", "te1": "text_encoders.clip_l.transformer.",
                       "te2": "text_encoders.clip_g.transformer."},
         checkpoint_prefix={"denoiser": UNET_PREFIX, "te1": TE1_PREFIX, "te2": "conditioner.embedders.1.model."})
-
-
-def unet_modules(unet: Any, conv: bool = False) -> list:
-    """The key map's modules of an SGM / LDM UNet (SDXL, SD 1.x): kohya's UNet targets with LoCon convs, each under
-    its single-file path with its shape; ``conv`` marks Conv2d modules (SD 1.x writes their factors 4-D)."""
-    from lorakit.lora.formats.keymap import BaseModule
-    from lorakit.models.sdxl.adapter import unet_lora_targets
-    from lorakit.models.sdxl.convert import UNET_PREFIX, unet_module_to_sgm
-
-    mods = []
-    named = dict(unet.named_modules())
-    for path in sorted(unet_lora_targets(unet, 1, conv_rank=1)):
-        w = named[path].weight
-        native = unet_module_to_sgm(path, unet.config)
-        kernel = (int(w.shape[2]), int(w.shape[3])) if w.dim() == 4 else (1, 1)
-        mods.append(BaseModule("denoiser", native, (path,), int(w.shape[0]), int(w.shape[1]), kernel,
-                               checkpoint_key=UNET_PREFIX + native + ".weight", conv=conv and w.dim() == 4))
-    return mods
 
 
 @lru_cache(maxsize=1)

@@ -25,7 +25,8 @@ import torch
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.sdxl import configs
-from lorakit.models.sdxl.convert import TE1_PREFIX, TE2_PREFIX, UNET_PREFIX, VAE_PREFIX, save_sgm_checkpoint
+from lorakit.models.sdxl.convert import TE2_PREFIX, save_sgm_checkpoint
+from lorakit.models.unet_parts import TE1_PREFIX, UNET_PREFIX, VAE_PREFIX
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -279,7 +280,7 @@ def _unet_from_single_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from lorakit.models.sdxl.convert import sgm_to_unet
+    from lorakit.models.unet_parts import sgm_to_unet
 
     # the file's bytes move first, then the cast runs on the device (a GPU casts 2.6 G values in milliseconds)
     tensors = {k: (v if device is None else v.to(device)).to(dtype)

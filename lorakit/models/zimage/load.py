@@ -31,39 +31,20 @@ from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
     qwen_tokenizer_for
 
+from lorakit.models.weights import assign_weights_rotary
+
 from . import configs
 from .convert import Shape, detect, layout, original_to_diffusers, strip_prefix, transformer_config, what_is
 
 
 def read_file(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import load_safetensors  # the one weights reader (pickle only when allowed)
+    from lorakit.models.weights import load_safetensors  # the one weights reader (pickle only when allowed)
     return load_safetensors(path, allow_pickle)
 
 
 def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    from lorakit.models.flux1.convert import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
+    from lorakit.models.weights import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
     return upcast(sd, dtype)
-
-
-def _assign(model: nn.Module, sd: dict[str, torch.Tensor], where: str, dtype: torch.dtype) -> nn.Module:
-    """Load ``sd`` into a meta-device ``model`` (assign), rebuild rotary tables, freeze."""
-    missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
-    if unexpected:
-        raise ModelLoadError(f"{where}: unexpected tensors such as {sorted(unexpected)[0]!r} ({len(unexpected)} in "
-                             "all); is this the right file for this role?")
-    if missing:
-        raise ModelLoadError(f"{where}: missing tensors such as {sorted(missing)[0]!r} ({len(missing)} in all); "
-                             "truncated or wrong file?")
-    for name, mod in list(model.named_modules()):
-        metas = [b for b, t in mod.named_buffers(recurse=False) if t is not None and t.is_meta]
-        if metas and type(mod).__name__.endswith("RotaryEmbedding"):
-            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-            setattr(parent, name.rsplit(".", 1)[-1], type(mod)(config=mod.config))
-        elif metas:
-            raise ModelLoadError(f"{where}: internal error, buffer {name}.{metas[0]} was not loaded")
-    model.to(dtype)
-    model.requires_grad_(False)
-    return model.eval()
 
 
 def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "model.checkpoint",
@@ -78,7 +59,7 @@ def build_transformer(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: st
     cfg = transformer_config(shape, base)
     with torch.device("meta"):
         model = ZImageTransformer2DModel(**{k: v for k, v in cfg.items() if not k.startswith("_")})
-    return _assign(model, sd, where, dtype), shape
+    return assign_weights_rotary(model, sd, where, dtype), shape
 
 
 def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "model.text_encoder",
@@ -105,17 +86,16 @@ def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: s
             cfg[tok_key] = None
     with torch.device("meta"):
         model = Qwen3Model(Qwen3Config(**cfg))
-    return _assign(model, _upcast(sd, dtype), where, dtype)
+    return assign_weights_rotary(model, _upcast(sd, dtype), where, dtype)
 
 
 def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "model.ae",
              base: Optional[dict[str, Any]] = None) -> nn.Module:
-    """FLUX.1's 16-channel AutoencoderKL (Z-Image's AE), through FLUX.1's loader."""
-    from lorakit.models.flux1.configs import ae_config
-    from lorakit.models.flux1.load import build_ae as flux1_ae
+    """FLUX.1's 16-channel AutoencoderKL (Z-Image's AE), through the shared LDM AE loader (models/ldm_vae.py)."""
+    from lorakit.models.ldm_vae import ae_config, build_ae as ldm_ae
     if not any(k.endswith("encoder.conv_in.weight") for k in sd):
         raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the FLUX.1 / Z-Image autoencoder (ae.safetensors)")
-    model = flux1_ae(sd, dtype, base or ae_config(), where)
+    model = ldm_ae(sd, dtype, base or ae_config(), where)
     if int(model.config.latent_channels) != 16:
         raise ModelLoadError(f"{where}: an autoencoder with {model.config.latent_channels} latent channels; Z-Image "
                              "uses FLUX.1's 16-channel ae.safetensors")

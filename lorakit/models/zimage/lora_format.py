@@ -62,7 +62,7 @@ def kohya_name(original_module: str) -> str:
 def to_comfy(lora: Mapping[str, Mapping[str, LoraModule]], out_features: Mapping[str, int], n_layers: int,
              n_refiner: int) -> dict[str, torch.Tensor]:
     """component -> path -> LoraModule  =>  ComfyUI Z-Image state dict (original names, q/k/v fused)."""
-    from lorakit.models.flux1.lora_format import _pack, fuse  # the exact fusing maths shared with FLUX.1
+    from lorakit.models.kohya_pack import fuse, pack  # the exact fusing maths shared with FLUX.1
     unknown = sorted(set(lora) - {"transformer"})
     if unknown:
         raise ValueError(f"zimage export: unknown LoRA component {unknown[0]!r} (expected transformer)")
@@ -75,10 +75,10 @@ def to_comfy(lora: Mapping[str, Mapping[str, LoraModule]], out_features: Mapping
             continue
         used.update(p for p in parts if p in trained)
         if len(parts) == 1:
-            _pack(out, kohya_name(orig), mods[0].down.float(), mods[0].up.float(), mods[0].alpha)
+            pack(out, kohya_name(orig), mods[0].down.float(), mods[0].up.float(), mods[0].alpha)
         else:
             down, up, alpha = fuse(mods, [int(out_features[p]) for p in parts])
-            _pack(out, kohya_name(orig), down, up, alpha)
+            pack(out, kohya_name(orig), down, up, alpha)
     left = sorted(set(trained) - used)
     if left:
         raise ValueError(f"zimage export: LoRA on {left[0]!r} has no ComfyUI Z-Image name")

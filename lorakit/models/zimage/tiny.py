@@ -29,7 +29,7 @@ def tiny_models(seed: int = 0, words: Sequence[str] = ()) -> dict[str, Any]:
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    from lorakit.models.flux1.load import TINY_AE
+    from lorakit.models.ldm_vae import TINY_AE
     from lorakit.models.tokenizers import tiny_qwen_tokenizer
     tok = tiny_qwen_tokenizer(words)
     with torch.random.fork_rng(devices=[]):
@@ -66,7 +66,7 @@ def save_files(root: str | os.PathLike[str], models: dict[str, Any], dtype: torc
     such as ``model.diffusion_model.``), ``text_encoders/qwen_3_tiny.safetensors`` (HF causal-LM names),
     ``vae/ae.safetensors`` (BFL layout), ``tokenizer/`` and ``config/``. Returns role -> path."""
     from lorakit.lora.io import save_safetensors_atomic
-    from lorakit.models.flux1.convert import ae_diffusers_to_bfl
+    from lorakit.models.ldm_vae import ae_diffusers_to_bfl
 
     from .convert import diffusers_to_original
     root = Path(root)

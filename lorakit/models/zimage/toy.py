@@ -80,7 +80,7 @@ def adapter(modules: dict, cfg: Any) -> Any:
 def save(modules: dict, facts: dict, out: Path) -> dict[str, Path]:
     """ComfyUI files (bf16 transformer and Qwen3, fp32 AE) + tokenizer + config folder (model_index says base)."""
     from lorakit.lora.io import save_safetensors_atomic
-    from lorakit.models.flux1.convert import ae_diffusers_to_bfl
+    from lorakit.models.ldm_vae import ae_diffusers_to_bfl
 
     from .convert import diffusers_to_original
     from .tiny import _cast, write_config
