@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -123,7 +125,9 @@ def page(tmp_path_factory):
     from lorakit.ui.jobs import JobStore
 
     home = tmp_path_factory.mktemp("home")
-    demo = app.build(app.UIState(home=home, roots=ds.Roots(None), store=JobStore(home)))
+    # jobs are queued as the page queues them; their process is `true` (no training here: that is the CLI's tests')
+    store = JobStore(home, python=shutil.which("true") or "/bin/true")
+    demo = app.build(app.UIState(home=home, roots=ds.Roots(None), store=store))
     fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
     train = [f for f in fns if f.fn.__qualname__.startswith(("_train_events.", "_train_fill_events."))]
     return demo, {f.name: f for f in train}, home
@@ -151,11 +155,11 @@ def test_page_lists_families_and_follows_the_pick(page):
     assert family_changed.fn("flux2", "sdxl/style")[-1]["value"] == "(none)"  # another family's preset does not
 
 
-def test_page_toy_then_show_for_every_family(page):
+def test_page_toy_show_and_start_for_every_family(page):
     demo, fns, home = page
     from lorakit.ui.plan import CPU
 
-    toy, show = fns["toy"], fns["show"]
+    toy, show, start = fns["toy"], fns["show"], fns["start"]
     comps = toy.inputs[1:]
     keys = [_key(c) for c in comps]
     values = {k: c.value for k, c in zip(keys, comps)}
@@ -174,3 +178,7 @@ def test_page_toy_then_show_for_every_family(page):
         assert data["model"]["family"] == family
         assert data["model"]["checkpoint"] == str(toy_paths(family)["checkpoint"])
         assert res[2].startswith("**20 steps**")
+        started = start.fn("(none)", None, *[values[k] for k in keys])
+        m = re.search(r"job (\d+) \(toy-" + family + r"\)", started[0])
+        assert m and started[1] == text, started[0]
+        assert (home / "jobs" / m.group(1) / "run.toml").read_text() == text  # the job runs exactly the TOML shown
