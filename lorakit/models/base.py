@@ -93,6 +93,8 @@ class ModelSpec:
     # the preview sampler runs CFG's two predictions as one batch of 2 (SDXL, SD 1.5); False: one after the other, each
     # a batch of 1 (the flow families' samplers: models/common.py's euler_cfg, Qwen-Image's true CFG)
     cfg_batched: bool = True
+    # the family's name as people write it ("SDXL", "FLUX.2", "SD 1.5"): labels in the web UI; "" = ``family``
+    display_name: str = ""
 
 
 @dataclass

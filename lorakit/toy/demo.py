@@ -35,10 +35,16 @@ def demo_config(family: str, dataset_dir: Path, out_dir: Path, name: str, steps:
                 overrides: tuple[str, ...] = ()):
     """The resolved Config of a toy-world run (the same schema a user's run.toml fills); the family's toy recipe
     (``TOY.demo``, ``TOY.training``) sets rank, lr, steps, sampling and its own [training] keys."""
+    return load_config(None, list(overrides), data=demo_data(family, dataset_dir, out_dir, name, steps))
+
+
+def demo_data(family: str, dataset_dir: Path, out_dir: Path, name: str, steps: Optional[int] = None) -> dict:
+    """The TOML-shaped dict of a toy-world run (what :func:`demo_config` loads; the web UI's "Use the toy models"
+    fills its form from it)."""
     recipe = toy_recipe(family)
     s = recipe.demo
     total = steps or s.steps
-    data = {
+    return {
         "model": model_section(family),
         "data": {"dir": str(dataset_dir / "train"), "reg_dir": str(dataset_dir / "reg"), "resolution": 64,
                  "min_bucket_reso": 64, "max_bucket_reso": 128,
@@ -53,7 +59,6 @@ def demo_config(family: str, dataset_dir: Path, out_dir: Path, name: str, steps:
                  "keep_last": 2},
         "log": {"tensorboard": True},
     }
-    return load_config(None, list(overrides), data=data)
 
 
 def ensure_dataset(dataset_dir: Path, caption: bool = False) -> None:

@@ -30,15 +30,6 @@ CSS = """
 .lk-error .info, .lk-error span[data-testid="block-info"] + div, .lk-fielderr { color: #c00 !important; }
 .lk-msg-error { color: #b00; font-weight: 600; }
 """
-TOY_SETTINGS = {  # one click from the Train page: the toy models' CPU recipe (lorakit/toy/demo.py's)
-    "data.resolution": "64", "data.min_bucket_reso": "64", "data.max_bucket_reso": "128",
-    "network.rank": "8", "network.alpha": "8.0", "optimizer.name": "adamw", "optimizer.lr": "0.001",
-    "training.batch_size": "2", "training.mixed_precision": "no", "training.device": "cpu",
-    "training.max_steps": "20", "sample.steps": "4", "sample.every_n_steps": "10",
-    "save.every_n_steps": "5", "save.keep_last": "2", "log.tensorboard": False, "log.progress": False,
-}
-TOY_PROMPTS = {"sdxl": "a red zkx on a blue background\na green zkx on a white background",
-               "flux1": "a red zkx on a blue background\na green zkx on a white background"}
 
 
 @dataclass
@@ -167,10 +158,9 @@ def _dataset_page(gr, state: UIState, u) -> None:
 
 def _train_page(gr, state: UIState, u) -> None:
     with gr.Row():
-        u.tr_family = gr.Dropdown(["sdxl", "flux1"], value="sdxl", label="Model family", elem_id="tr-family")
-        from lorakit.config.load import list_presets
-
-        u.tr_preset = gr.Dropdown(["(none)"] + list_presets(), value="(none)", label="Preset",
+        u.tr_family = gr.Dropdown(fm.family_choices(), value=fm.DEFAULT_FAMILY, label="Model family",
+                                  elem_id="tr-family")
+        u.tr_preset = gr.Dropdown(["(none)"] + fm.presets_for(fm.DEFAULT_FAMILY), value="(none)", label="Preset",
                                 elem_id="tr-preset")
         from lorakit.ui.plan import CPU, card_choices
 
@@ -362,7 +352,7 @@ def _dataset_events(gr, state: UIState, u) -> None:
             root = state.roots.check(root_text, "Dataset folder")
             # the data section as the CLI reads it (resolution and buckets validated with its messages)
             data = load_config(None, [f"data.resolution={resolution.strip() or 1024}"],
-                               data={"model": {"family": "sdxl", "checkpoint": "unused.safetensors"},
+                               data={"model": {"family": fm.DEFAULT_FAMILY, "checkpoint": "unused.safetensors"},
                                      "data": {"dir": str(root)}}).data
             side = min(parse_resolution(data.resolution))
             if side < data.min_bucket_reso:  # a small training resolution: buckets down to it (64 px steps)
@@ -424,11 +414,17 @@ def _train_events(gr, state: UIState, u):
     comps = [u.widgets[k] for k in keys]
     fam_fields = [f for f in all_fields if f.families and f.key in u.widgets]
 
-    def family_changed(family):
-        return [gr.update(visible=f.visible(family)) for f in fam_fields]
+    def family_changed(family, preset):
+        """The family's own fields shown, the others hidden; the presets of the family offered (the one picked kept
+        when it is the family's: a preset or a loaded TOML sets the family too)."""
+        presets = fm.presets_for(family)
+        keep = preset if preset in presets else "(none)"
+        return [gr.update(visible=f.visible(family)) for f in fam_fields] + \
+            [gr.update(choices=["(none)"] + presets, value=keep)]
 
-    u.tr_family.change(family_changed, [u.tr_family], [u.widgets[f.key] for f in fam_fields])
-    demo.load(family_changed, [u.tr_family], [u.widgets[f.key] for f in fam_fields])
+    fam_outs = [u.widgets[f.key] for f in fam_fields] + [u.tr_preset]
+    u.tr_family.change(family_changed, [u.tr_family, u.tr_preset], fam_outs)
+    demo.load(family_changed, [u.tr_family, u.tr_preset], fam_outs)
 
     def values_of(args) -> dict[str, Any]:
         return dict(zip(keys, args))
@@ -511,22 +507,12 @@ def _train_fill_events(gr, state: UIState, u, keys, comps) -> None:
         return dict(zip(keys, args))
 
     def toy(family, *args):
-        from lorakit.toy.paths import toy_paths
-
         try:
-            paths = toy_paths(family)
+            toy_vals = fm.toy_widgets(family)  # the family's toy recipe (lorakit demo's), made quick
         except LorakitError as exc:
             return [_msg(str(exc), True)] + [gr.update() for _ in comps]
         vals = values_of(args)
-        for role, p in paths.items():
-            vals["model.config_dir" if role == "config" else f"model.{role}"] = str(p)
-        vals.update(TOY_SETTINGS)
-        vals["sample.prompts"] = TOY_PROMPTS[family]
-        if family == "flux1":
-            vals["training.t5_max_length"] = "64"
-            vals["sample.cfg_scale"] = "1.0"
-        else:
-            vals["sample.cfg_scale"] = "4.0"
+        vals.update({k: v for k, v in toy_vals.items() if k in vals})
         old = values_of(args)
         return [_msg(f"toy {family} model files and CPU settings filled in")] + \
             [vals[k] if vals[k] != old[k] else gr.update() for k in keys]
@@ -836,7 +822,7 @@ def _widget(gr, f: fm.Field, state: UIState):
         default = str(state.home / "runs")
     value = fm.to_widget(f, default)
     common = dict(label=label, info=f.help(), elem_id=f"f-{f.key.replace('.', '-')}",
-                  visible=not f.families or "sdxl" in f.families)
+                  visible=f.visible(fm.DEFAULT_FAMILY))
     if f.widget == "checkbox":
         return gr.Checkbox(value=value, **common)
     if f.widget in ("tristate", "choice"):

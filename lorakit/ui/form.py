@@ -251,3 +251,60 @@ def apply_overrides_to_toml(text: str, overrides: Sequence[str]) -> str:
             value = table
         section[parts[1]] = value
     return dump_toml(data)
+
+
+# ------------------------------------------------------------------------------------------- families
+
+DEFAULT_FAMILY = "sdxl"
+# "Use the toy models": a run of seconds on the CPU, over the family's demo recipe (lorakit.toy.demo.demo_data: the
+# family's toy files, rank, lr, [training] keys, prompts and CFG). These keys hold for every family.
+TOY_QUICK = {"training.max_steps": 20, "training.batch_size": 2, "sample.steps": 4, "sample.every_n_steps": 10,
+             "save.every_n_steps": 5, "save.keep_last": 2, "log.tensorboard": False, "log.progress": False}
+TOY_KEEP = ("data.dir", "data.reg_dir", "data.cache_dir", "save.dir", "save.name")  # the user's, never the demo's
+
+
+def family_choices() -> list[tuple[str, str]]:
+    """(label, family) of every installed family, e.g. ``("FLUX.2 (flux2)", "flux2")``: the spec's display name."""
+    from lorakit.config import families
+    from lorakit.models.registry import get_family
+
+    out = []
+    for name in families.installed():
+        shown = getattr(get_family(name).SPEC, "display_name", "") or name
+        out.append((f"{shown} ({name})" if shown != name else name, name))
+    return out
+
+
+def presets_for(family: Optional[str]) -> list[str]:
+    """The shipped presets whose ``[model] family`` is ``family`` (all of them for None)."""
+    from lorakit.config.load import list_presets
+
+    return [p for p in list_presets() if family is None or baseline(p).get("model.family") == family]
+
+
+def shown_keys(family: Optional[str]) -> list[str]:
+    """The keys whose fields the form shows for ``family`` (family-only keys of other families hidden)."""
+    return [f.key for f in fields() if f.visible(family)]
+
+
+def toy_values(family: str) -> dict[str, Any]:
+    """key → config value that "Use the toy models" puts in the form: every ``model.*`` and family-only field back to
+    its default (nothing of another family's toy stays), then the family's toy run (``lorakit demo``'s recipe) made
+    quick (:data:`TOY_QUICK`). The dataset and output fields stay the user's. ModelLoadError without a toy."""
+    from pathlib import Path
+
+    from lorakit.toy.demo import demo_data
+
+    data = demo_data(family, Path("dataset"), Path("out"), "toy")
+    out = {f.key: f.spec.default for f in fields() if f.spec.section == "model" or f.families}
+    for section, body in data.items():
+        for name, value in body.items():
+            if f"{section}.{name}" not in TOY_KEEP:
+                out[f"{section}.{name}"] = value
+    return out | TOY_QUICK
+
+
+def toy_widgets(family: str) -> dict[str, Any]:
+    """:func:`toy_values` as the widgets show them."""
+    by_key = {f.key: f for f in fields()}
+    return {key: to_widget(by_key[key], value) for key, value in toy_values(family).items()}

@@ -3,9 +3,10 @@
 One scenario, in order: start the server on loopback; build a dataset from the toy world through the page (a zip
 upload, after a non-image and a zip-slip archive are refused); edit a caption (the file changes, the old one is kept
 as .bak); check the dataset; fill the Train form with the toy SDXL model (an invalid value shows the CLI's message
-next to its field); start a job; see the loss chart and the sample gallery fill; stop the job (SIGINT: it keeps its
-checkpoint) and resume it to the end; download the LoRA and check it with ``lorakit inspect``; restart the server and
-find the job history; start a duplicate job, kill the UI process mid-job, and check the job still finishes.
+next to its field), then with FLUX.2's (its own fields, presets and toy recipe in the TOML); start a job; see the
+loss chart and the sample gallery fill; stop the job (SIGINT: it keeps its checkpoint) and resume it to the end;
+download the LoRA and check it with ``lorakit inspect``; restart the server and find the job history; start a
+duplicate job, kill the UI process mid-job, and check the job still finishes.
 Screenshots of every page go to ``test-artifacts/browser/`` and are checked to be non-blank.
 
 Skipped (one line) when the ``playwright`` package or ``/usr/bin/chromium`` is missing; ``make test`` installs
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -258,6 +260,30 @@ def test_ui_end_to_end(tmp_path, capsys):
             _pick(page, "tr-family", "flux1")
             expect(_field(page, "training.guidance_scale")).to_be_visible(timeout=10_000)
             expect(_field(page, "training.noise_offset")).to_be_hidden()
+            mark("another family: FLUX.2's toy")
+            # another family on the form: its own model files and fields, its presets, its toy recipe
+            _pick(page, "tr-family", "FLUX.2 (flux2)")
+            expect(_field(page, "model.text_encoder")).to_be_visible(timeout=10_000)
+            expect(_field(page, "model.vae")).to_be_hidden()
+            expect(_field(page, "model.clip_l")).to_be_hidden()
+            page.locator("#tr-preset input").click()
+            expect(page.get_by_role("option")).to_have_count(4)  # (none) + flux2/character, product, style
+            expect(page.get_by_role("option").filter(has_text="flux2/")).to_have_count(3)
+            page.keyboard.press("Escape")
+            page.locator("#tr-toy").click()
+            expect(page.locator("#tr-status")).to_contain_text("toy flux2 model files", timeout=20_000)
+            _field(page, "save.name").locator("textarea").fill("toyflux2")
+            page.locator("#tr-show").click()
+            expect(page.locator("#tr-status")).to_contain_text("valid", timeout=30_000)
+            expect(page.locator("#tr-toml")).to_contain_text('family = "flux2"')
+            from lorakit.toy.paths import toy_paths
+
+            shown = tomllib.loads((home / "toml" / "toyflux2.toml").read_text())
+            assert shown["model"] == {"family": "flux2"} | {"config_dir" if r == "config" else r: str(p)
+                                                              for r, p in toy_paths("flux2").items()}
+            assert shown["training"]["text_max_length"] == 32  # the FLUX.2 toy recipe's, as `lorakit demo` uses
+            expect(page.locator("#tr-toml")).to_contain_text("text_encoder = ")
+            mark("load TOML, start")
             _field(page, "save.name").locator("textarea").fill("changed")
             with page.expect_file_chooser() as chooser:
                 page.locator("#tr-load").click()
@@ -353,7 +379,8 @@ def test_ui_end_to_end(tmp_path, capsys):
             page.locator("#cp-go").click()
             expect(page.locator("#cp-diff")).to_contain_text("training.max_steps", timeout=20_000)
             expect(page.locator("#cp-loss canvas, #cp-loss svg").first).to_be_visible(timeout=20_000)
-            expect(page.locator("#cp-gallery img")).to_have_count(4, timeout=20_000)  # 2 prompts' "before" × 2 jobs
+            n_prompts = len(tomllib.loads(toml_text)["sample"]["prompts"])  # the toy recipe's (lorakit demo's)
+            expect(page.locator("#cp-gallery img")).to_have_count(2 * n_prompts, timeout=20_000)  # "before" × 2 jobs
             _shot(page, "7-compare")
             assert json.loads((run2 / "run.json").read_text())["status"] == "running"
             servers[1].kill(signal.SIGKILL)  # the UI dies mid-job

@@ -25,6 +25,7 @@ from lorakit.safetensors_header import read_safetensors_header
 from .modulation import DOUBLE, SINGLE
 
 SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
+                 display_name="FLUX.1",
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,
                  metadata_base_version="flux1", network_module="networks.lora_flux",

@@ -23,6 +23,7 @@ from lorakit.models import common
 from . import configs, maths, planning
 
 SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0.0, vae_downscale=16, patch_size=1,
+                 display_name="FLUX.2",
                  bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),
                  max_caption_tokens=configs.MAX_TEXT_TOKENS, default_sample_steps=4,
                  metadata_base_version="flux_2", network_module="networks.lora_flux_2", default_cfg_scale=1.0,

@@ -30,6 +30,7 @@ from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 from . import configs, planning
 
 SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shift=0.0, vae_downscale=8, patch_size=2,
+                 display_name="Qwen-Image",
                  bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),
                  max_caption_tokens=configs.MAX_TEXT_TOKENS, default_sample_steps=configs.SAMPLE_STEPS,
                  metadata_base_version="qwen_image", network_module="networks.lora_qwen_image",

@@ -27,6 +27,7 @@ from . import configs, planning
 VAE_SCALE, VAE_SHIFT = configs.VAE_SCALE, configs.VAE_SHIFT
 
 SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
+                 display_name="SD3.5",
                  patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g", "t5xxl"), max_caption_tokens=configs.CLIP_TOKENS,
                  default_sample_steps=28, metadata_base_version="5-large", network_module="networks.lora_sd3",

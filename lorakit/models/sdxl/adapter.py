@@ -25,6 +25,7 @@ from lorakit.models.unet import UNetAdapter, _OnFirstUse
 from lorakit.models.unet_parts import export_diffusers, unet_lora_targets, unet_module_to_sgm
 
 SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=0.0, vae_downscale=8, patch_size=1,
+                 display_name="SDXL",
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,
                  metadata_base_version="sdxl_base_v1-0", network_module="networks.lora",

@@ -26,6 +26,7 @@ from . import configs, planning
 VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159          # FLUX.1's AE constants (Z-Image's vae/config.json has the same)
 
 SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
+                 display_name="Z-Image",
                  patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,
                  text_encoders=("text_encoder",), max_caption_tokens=configs.MAX_TEXT_TOKENS, default_sample_steps=9,
                  metadata_base_version="z_image", network_module="networks.lora_zimage", default_cfg_scale=1.0,
