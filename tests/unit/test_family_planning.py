@@ -10,6 +10,7 @@ rows replace them (benchmarks/PENDING.md), and the plans say so."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,21 @@ def test_the_reference_rows_are_rows_of_the_card_table():
         for row in estimates.REFERENCE[name]:
             got = tuple(row.get(k) or None for k in keys) + (float(row.get("checkpoint_fraction", 1.0)),)
             assert got in table, (name, row["source"])
+
+
+def test_qwen_image_plan_reads_model_config_dir_as_the_loader_does(tmp_path):
+    """A model whose rotary axes are not the full-size ones (the toy: head width 32) plans with `model.config_dir`'s
+    transformer config, as loading does; without it the header alone is refused naming model.config_dir."""
+    from lorakit.toy.paths import toy_paths
+
+    paths = toy_paths("qwenimage")
+    data = {"model": {"family": "qwenimage", "checkpoint": str(paths["checkpoint"])}, "data": {"dir": str(tmp_path)},
+            "network": {"rank": 4}, "optimizer": {"name": "adamw"}}
+    with pytest.raises(ModelLoadError, match="model.config_dir"):
+        planview.meta_model(load_config(None, data=data))
+    data["model"]["config_dir"] = str(paths["config"])
+    _spec, model, blocks, _ = planview.meta_model(load_config(None, data=data))
+    folder = json.loads((paths["config"] / "transformer" / "config.json").read_text())
+    assert list(model.config.axes_dims_rope) == list(folder["axes_dims_rope"]) and \
+        sum(folder["axes_dims_rope"]) == model.config.attention_head_dim
+    assert len(blocks) == model.config.num_layers == folder["num_layers"]

@@ -111,6 +111,15 @@ def planning_model(cfg: Any) -> tuple[Any, dict[str, int]]:
     from .convert import detect, transformer_config
     from .lora_format import transformer_targets
 
+    from pathlib import Path
+
+    from .configs import read_config
+
     shape = detect(estimates.header(cfg, "Qwen-Image's transformer shape"), "model.checkpoint")
-    tr = QwenImageTransformer2DModel(**init_kwargs(transformer_config(shape)))
+    # the config folder as the loader reads it: model.config_dir, else a diffusers folder's own (a toy or pruned model's
+    # rotary axes are not in the weights' shapes)
+    cdir = getattr(cfg.model, "config_dir", None)
+    src = Path(cfg.model.checkpoint).expanduser()
+    cdir = cdir or (str(src) if src.is_dir() else None)
+    tr = QwenImageTransformer2DModel(**init_kwargs(transformer_config(shape, read_config(cdir, "transformer"))))
     return tr, transformer_targets(cfg.network, shape.num_layers)
