@@ -15,7 +15,10 @@ exactly what each setting keeps on the device:
 
 Settings are tried from fastest to leanest — no checkpointing, checkpointing of the fewest blocks that fit
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
-blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
+blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used; where the
+family has measured s/step rows, a first fit with less than every block checkpointed is compared with the same storage
+and swap depth fully checkpointed, and the faster by the s/step model is used (under compile, SD3.5's partial
+checkpointing and SDXL's none under CUDA graphs measured slower than full checkpointing: RESULTS.md rounds 14-15).
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
 with no checkpointing.
 
