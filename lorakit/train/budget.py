@@ -179,7 +179,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
                 checkpoint_fraction: float = 1.0, fp8_only: bool = False, partial_fp8: bool = True,
                 activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False,
                 host_budgets: Sequence[tuple[float, float]] = (), keep: Optional[dict[str, Any]] = None,
-                seconds: Optional[Callable[[Plan], Optional[float]]] = None, graph_pool: float = GRAPH_POOL) -> Plan:
+                seconds: Optional[Callable[[Plan], Optional[float]]] = None, graph_pool: float = GRAPH_POOL,
+                host_fixed: bool = False) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
     storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
@@ -193,7 +194,9 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     s/step model (a plan's estimated seconds, None where it has none): the first setting that fits with less than every
     block checkpointed is compared with the same storage and swap depth with every block checkpointed (which then fits
     too), and the faster is taken: under compile, every block checkpointed measured faster than partial checkpointing
-    for SD3.5 (RESULTS.md rounds 14-15) and than none for SDXL under CUDA graphs (round 14)."""
+    for SD3.5 (RESULTS.md rounds 14-15) and than none for SDXL under CUDA graphs (round 14). ``graph_pool``: GiB of
+    CUDA graph pool per GiB of checkpointed activations (the family's, ``ModelSpec.graph_pool``). ``host_fixed``:
+    ``memory.modulation_on_cpu = true`` set by hand: bf16 settings only with the host Linears off the device."""
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
@@ -225,7 +228,7 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
             rates[amb, on_cpu] = min(above) if above else activation_gib[1]
         options += [(0.0, f, 0, amb, c) for f, c in ((False, False), (True, False), (False, True))
                     if (0.0, f, 0, amb, c) not in options]
-    options = [o for o in options if _keeps(o, keep)]
+    options = [o for o in options if _keeps(o, keep) and (o[4] or o[1] or not host_fixed)]
     if not options:
         raise ConfigError(f"memory.vram_gb = {budget_gib:g}: no setting lorakit plans keeps {_listed(keep)} together; "
                           "remove one of them")
@@ -364,8 +367,10 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     host_linears = bool(spec.host_linears) and mem.modulation_on_cpu is None and \
         (not mem.cuda_graphs or spec.host_linears_graph_safe()) and not cfg.network.train_text_encoder and \
         not (mem.fp8_compute or auto_compute) and allow_streaming
-    if spec.host_linears and mem.modulation_on_cpu is True:  # set by hand: applied, so counted off the device too
-        host_linears, fixed["modulation_on_cpu"] = True, True  # (counted on it, FLUX.1-dev's peak was 6 GiB over)
+    # set by hand: applied, so its bf16 settings are counted with the Linears off the device (counted on it, FLUX.1-dev's
+    # measured peak was 6 GiB under the estimate); its fp8 settings as before (on it: an upper bound)
+    host_fixed = bool(spec.host_linears) and mem.modulation_on_cpu is True
+    host_linears = host_linears or host_fixed
     if sizes is None:
         sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
     # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate
@@ -381,6 +386,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
                            checkpoint_fraction=float(mem.checkpoint_fraction),
                            fp8_only=bool(mem.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
                            host_linears=host_linears, host_budgets=host_budgets, keep=fixed, seconds=step_of,
+                           host_fixed=host_fixed,
                            graph_pool=GRAPH_POOL if getattr(spec, "graph_pool", None) is None else spec.graph_pool)
 
     batch, accumulation = wanted, cfg.training.gradient_accumulation
@@ -440,7 +446,6 @@ def _step_model(cfg, spec, auto_compute: bool, card: Any, device: Optional[torch
         except (RuntimeError, AssertionError):  # no CUDA in this torch (tests): ranked on the reference card
             card = None
     card = card or cards.card("h100")  # the ranking compares settings of one family; most rows ran on an H100
-    mem = cfg.memory
 
     def seconds(plan: Plan) -> Optional[float]:
         step = cards.step_seconds(spec.family, _settings(cfg.memory, plan, auto_compute), card, rows=rows)

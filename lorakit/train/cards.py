@@ -9,9 +9,8 @@ sizes and a ``CardFacts``.
 the same family whose settings are closest (same compile / CUDA graphs / fp8 mode / host streaming first, then the
 nearest checkpointed share, activation budget and swap depth; linear between two rows of the same kind; where a kind
 has measured rows at two or more points of that axis, its estimated rows are set aside: :func:`measured_over_estimates`),
-scaled to
-the card by its tensor throughput (80 %) and memory bandwidth (20 %), and never below the time the host link needs
-for what the setting copies each step (block swap: the swapped blocks twice, spread over the whole step; the
+scaled to the card by its tensor throughput (80 %) and memory bandwidth (20 %), and never below the time the host link
+needs for what the setting copies each step (block swap: the swapped blocks twice, spread over the whole step; the
 modulation weights: once, within the forward, about a third of the step). Anything but a measured row on its own
 card is an extrapolation, and the estimate says so.
 """
