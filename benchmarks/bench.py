@@ -599,6 +599,16 @@ def dry_row(name: str) -> str:
         plan = budget.apply_budget(cfg, adapter.spec, model, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None,
                                    fp8_matmuls=True)
         line += f"; plan: {plan.describe()}" + (" fp8_compute" if plan.fp8_compute else "")
+        # the s/step model's estimate of it on an H100, and what the plan says is not measured
+        from lorakit.train import autoplan, cards
+
+        mine = budget.for_model(adapter.spec, model)
+        step = cards.step_seconds(mine.family, autoplan.settings_of(plan.applied.memory), cards.card("h100"),
+                                  images=cfg.training.batch_size * RESOLUTION.get(s["family"], 1024) ** 2 / 1024**2,
+                                  swapped_bytes=autoplan._swapped(plan, budget.Sizes.of(model, blocks, trainable)),
+                                  rows=cards.rows_for(mine))
+        line += f"; {step.describe()}" if step else "; no s/step estimate"
+        line += "".join(f"; {n}" for n in plan.notes if "not measured" in n)
     return line
 
 

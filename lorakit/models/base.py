@@ -88,6 +88,9 @@ class ModelSpec:
     # GiB of the frozen components besides the denoiser as loaded for training ("vae", "text encoders"), from their
     # parameter counts: the whole-run plan counts them while the caches fill and during previews (train/autoplan.py)
     component_gib: tuple[tuple[str, float], ...] = ()
+    # GiB of CUDA graph pool per GiB of fully checkpointed activations (memory.cuda_graphs); None: the planner's
+    # default, SDXL's measured 1.2 (lorakit/train/budget.py: GRAPH_POOL)
+    graph_pool: Optional[float] = None
     # the VAE is a diffusers autoencoder with enable_tiling (the adapter's ``vae_module()``): the plan may tile it
     vae_tiling: bool = False
     # the preview sampler runs CFG's two predictions as one batch of 2 (SDXL, SD 1.5); False: one after the other, each

@@ -78,6 +78,20 @@ def measured_rows(family: str, rows: tuple[Mapping[str, Any], ...]) -> tuple[dic
     return tuple({"family": family, "card": "h100", **r} for r in rows)
 
 
+def _kind(row: Mapping[str, Any]) -> tuple:
+    """The settings a row measures apart from its checkpointed share, swap depth and activation budget."""
+    return tuple(bool(row.get(k)) for k in ("compile", "cuda_graphs", "fp8_base", "fp8_compute", "modulation_on_cpu",
+                                            "blocks_to_swap")) + (row.get("activation_budget") is not None,)
+
+
+def merged(measured: tuple[Mapping[str, Any], ...], estimated: tuple[Mapping[str, Any], ...]
+           ) -> tuple[dict[str, Any], ...]:
+    """A size's measured rows, and the estimated ones of the kinds of setting no measured row has (a measured row
+    replaces the estimates of its kind: the s/step model then interpolates between measurements only)."""
+    kinds = {_kind(r) for r in measured}
+    return tuple(dict(r) for r in measured) + tuple(dict(r) for r in estimated if _kind(r) not in kinds)
+
+
 # a step's share spent recomputing every checkpointed block: lorakit/train/cards.py's RECOMPUTE (a test keeps them
 # equal; this layer does not import the trainer's)
 RECOMPUTE = 0.2
@@ -104,11 +118,13 @@ def compiled(rows: tuple[Mapping[str, Any], ...]) -> tuple[dict[str, Any], ...]:
                  for r in rows if not r.get("compile") and not r.get("estimated"))
 
 
-def note(name: str, reference: str) -> str:
-    """``ModelSpec.planning_estimate`` of a size planned from estimates."""
+def note(name: str, reference: str, measured: str = "") -> str:
+    """``ModelSpec.planning_estimate`` of a size planned from estimates; ``measured``: the kind of setting that is
+    measured (the planner shows the note only for plans of another kind)."""
     return (f"{name}: memory and speed are not measured; activation sizes estimated from its architecture "
             f"(benchmarks/estimate_activations.py), s/step scaled from {reference}'s rows by forward FLOPs "
-            "(estimates; benchmarks/RESULTS.md has no row for it yet)")
+            + (f"(estimates; measured only: {measured})" if measured else
+               "(estimates; benchmarks/RESULTS.md has no row for it yet)"))
 
 
 def _read(path: Path) -> dict[str, Any]:

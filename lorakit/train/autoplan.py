@@ -147,7 +147,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
                 plan = budget.apply_budget(planned, spec, model, blocks, trainable, lookahead, log=notes.append,
                                            device=device, fixed_keys=fixed,
                                            allow_streaming=streaming,
-                                           fp8_matmuls=card.fp8 if device is None else None, sizes=sizes)
+                                           fp8_matmuls=card.fp8 if device is None else None, sizes=sizes,
+                                           card=card)
             except ConfigError as why:
                 failures[mode] = str(why)
                 continue
@@ -185,7 +186,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             f"{best.plan.estimate_gib:.1f} of {room:g} GiB"
             + (f", ~{best.step.seconds:.2f} s/step ({'extrapolated' if best.step.extrapolated else 'measured'})"
                if best.step else ", no s/step estimate")
-            + runner + (f"; {spec.planning_estimate}" if spec.planning_estimate else "")
+            + runner + (f"; {spec.planning_estimate}" if spec.planning_estimate
+                        and not cards.measured_kind(rows, settings_of(memory)) else "")
             + ("; kept as you set: " + ", ".join(f"memory.{k}" for k in mine) if mine else "")
             + "; plan.json has the details")
     log(line)

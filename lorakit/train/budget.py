@@ -15,7 +15,10 @@ exactly what each setting keeps on the device:
 
 Settings are tried from fastest to leanest — no checkpointing, checkpointing of the fewest blocks that fit
 (``memory.checkpoint_fraction``: blocks left out keep their activations and skip the recomputation), of all
-blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used.
+blocks, the same again with fp8 storage, then + 1, 2, … swapped blocks — and the first that fits is used; where the
+family has measured s/step rows, a first fit with less than every block checkpointed is compared with the same storage
+and swap depth fully checkpointed, and the faster by the s/step model is used (under compile, SD3.5's partial
+checkpointing and SDXL's none under CUDA graphs measured slower than full checkpointing: RESULTS.md rounds 14-15).
 With ``memory.fp8_compute`` only the fp8 settings are tried (it multiplies float8-stored weights), starting
 with no checkpointing.
 
@@ -43,7 +46,7 @@ the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -152,7 +155,8 @@ class Sizes:
 
 def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointing: bool, fp8_base: bool,
              swapped: Sequence[int], lookahead: int, cuda_graphs: bool = False,
-             checkpointed_gib: Optional[float] = None, modulation_on_cpu: bool = False) -> dict[str, float]:
+             checkpointed_gib: Optional[float] = None, modulation_on_cpu: bool = False,
+             graph_pool: float = GRAPH_POOL) -> dict[str, float]:
     """GiB per part for one setting (see the module doc); ``sum(values)`` + :data:`RESERVE_GIB` is the peak.
     ``modulation_on_cpu`` (bf16 weights, nothing swapped): ``sizes.host_linears`` stay off the device."""
     k = 1 if fp8_base else 0
@@ -166,7 +170,7 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
     parts = {"weights": (sizes.outside[k] + resident) / GIB, "swap window": sum(window) / GIB,
              "LoRA+optimizer": lora / GIB, "activations": activation_gib}
     if cuda_graphs:  # graph trees keep their own memory pool (SDXL: 1.0 GiB); checkpointed_gib: see GRAPH_POOL
-        parts["CUDA graph pool"] = GRAPH_POOL * (activation_gib if checkpointed_gib is None else checkpointed_gib)
+        parts["CUDA graph pool"] = graph_pool * (activation_gib if checkpointed_gib is None else checkpointed_gib)
     return parts
 
 
@@ -174,7 +178,9 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
                 optimizer: str, batch_size: int, can_swap: bool, lookahead: int, cuda_graphs: bool = False,
                 checkpoint_fraction: float = 1.0, fp8_only: bool = False, partial_fp8: bool = True,
                 activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False,
-                host_budgets: Sequence[tuple[float, float]] = (), keep: Optional[dict[str, Any]] = None) -> Plan:
+                host_budgets: Sequence[tuple[float, float]] = (), keep: Optional[dict[str, Any]] = None,
+                seconds: Optional[Callable[[Plan], Optional[float]]] = None, graph_pool: float = GRAPH_POOL,
+                host_fixed: bool = False) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
     storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
@@ -184,7 +190,13 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     measured no faster than bf16 with the modulations on the CPU: see :func:`apply_budget`); ``host_budgets``: (budget,
     GiB per image) settings of ``memory.activation_budget`` with bf16 and the modulations on the host, tried right
     after bf16 without checkpointing (faster than any bf16 block checkpointing, in less memory). ``keep``: the knobs
-    the user set by hand, each a constraint every considered setting keeps (see :data:`CONSTRAINTS`)."""
+    the user set by hand, each a constraint every considered setting keeps (see :data:`CONSTRAINTS`). ``seconds``: the
+    s/step model (a plan's estimated seconds, None where it has none): the first setting that fits with less than every
+    block checkpointed is compared with the same storage and swap depth with every block checkpointed (which then fits
+    too), and the faster is taken: under compile, every block checkpointed measured faster than partial checkpointing
+    for SD3.5 (RESULTS.md rounds 14-15) and than none for SDXL under CUDA graphs (round 14). ``graph_pool``: GiB of
+    CUDA graph pool per GiB of checkpointed activations (the family's, ``ModelSpec.graph_pool``). ``host_fixed``:
+    ``memory.modulation_on_cpu = true`` set by hand: bf16 settings only with the host Linears off the device."""
     from lorakit.train.swap import spread
 
     n = len(sizes.blocks)
@@ -216,25 +228,36 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
             rates[amb, on_cpu] = min(above) if above else activation_gib[1]
         options += [(0.0, f, 0, amb, c) for f, c in ((False, False), (True, False), (False, True))
                     if (0.0, f, 0, amb, c) not in options]
-    options = [o for o in options if _keeps(o, keep)]
+    options = [o for o in options if _keeps(o, keep) and (o[4] or o[1] or not host_fixed)]
     if not options:
         raise ConfigError(f"memory.vram_gb = {budget_gib:g}: no setting lorakit plans keeps {_listed(keep)} together; "
                           "remove one of them")
     room = budget_gib - RESERVE_GIB
-    best: Optional[Plan] = None
-    for share, use_fp8, k, amb, on_cpu in options:
-        if cuda_graphs and k:
-            break  # CUDA graphs cannot replay swapped weights
+
+    def plan_of(option: tuple[float, bool, int, Optional[float], bool]) -> Plan:
+        share, use_fp8, k, amb, on_cpu = option
         ckpt = share > 0
         # blocks left out of checkpointing keep their activations
         act = (rates[amb, on_cpu] if amb is not None else share * activation_gib[0] + (1 - share) * activation_gib[1]) \
             * images
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
                          swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs,
-                         checkpointed_gib=activation_gib[0] * images, modulation_on_cpu=on_cpu)
-        total = sum(parts.values())
-        plan = Plan(budget_gib, ckpt, use_fp8, k, total + RESERVE_GIB, parts, share if ckpt else 1.0, amb, on_cpu)
-        if total <= room:
+                         checkpointed_gib=activation_gib[0] * images, modulation_on_cpu=on_cpu, graph_pool=graph_pool)
+        return Plan(budget_gib, ckpt, use_fp8, k, sum(parts.values()) + RESERVE_GIB, parts, share if ckpt else 1.0,
+                    amb, on_cpu)
+
+    best: Optional[Plan] = None
+    for option in options:
+        if cuda_graphs and option[2]:
+            break  # CUDA graphs cannot replay swapped weights
+        plan = plan_of(option)
+        if sum(plan.parts.values()) <= room:
+            full = (1.0, option[1], option[2], None, option[4])
+            if seconds is not None and option != full and _keeps(full, keep):
+                other = plan_of(full)
+                mine, theirs = seconds(plan), seconds(other)
+                if mine is not None and theirs is not None and theirs < mine and sum(other.parts.values()) <= room:
+                    return other
             return plan
         best = plan
     # nothing fits: say which batch size would, at the leanest setting
@@ -292,7 +315,7 @@ def for_model(spec, model: nn.Module):
 def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
                  lookahead: int, log=print, device: Optional[torch.device] = None, *,
                  fixed_keys: Optional[frozenset[str]] = None, allow_streaming: bool = True,
-                 fp8_matmuls: Optional[bool] = None, sizes: Optional["Sizes"] = None) -> Plan:
+                 fp8_matmuls: Optional[bool] = None, sizes: Optional["Sizes"] = None, card: Any = None) -> Plan:
     """Plan for ``cfg.memory.vram_gb``; call after LoRA injection and before the denoiser is placed on the GPU.
 
     Returns a frozen :class:`Plan` whose ``applied`` is the config the run uses (a copy with the chosen
@@ -303,7 +326,10 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
 
     For the automatic plan (lorakit/train/autoplan.py): ``fixed_keys`` the keys the user set (default: those of
     ``cfg``), ``allow_streaming`` False plans neither block swap nor host modulations, ``fp8_matmuls`` whether the
-    card has float8 matmuls (default: asked of ``device``), ``sizes`` the model's byte counts when already taken."""
+    card has float8 matmuls (default: asked of ``device``), ``sizes`` the model's byte counts when already taken,
+    ``card`` the :class:`lorakit.train.cards.CardFacts` the s/step model ranks on (default: ``device``'s on CUDA, else
+    the H100 most rows were measured on): where the family has measured rows, partial checkpointing is taken only where
+    the s/step model has it faster than every block checkpointed (see :func:`plan_memory`'s ``seconds``)."""
     from dataclasses import replace
 
     from lorakit.config.load import explicit_keys
@@ -341,11 +367,17 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     host_linears = bool(spec.host_linears) and mem.modulation_on_cpu is None and \
         (not mem.cuda_graphs or spec.host_linears_graph_safe()) and not cfg.network.train_text_encoder and \
         not (mem.fp8_compute or auto_compute) and allow_streaming
+    # set by hand: applied, so its bf16 settings are counted with the Linears off the device (counted on it, FLUX.1-dev's
+    # measured peak was 6 GiB under the estimate); its fp8 settings as before (on it: an upper bound)
+    host_fixed = bool(spec.host_linears) and mem.modulation_on_cpu is True
+    host_linears = host_linears or host_fixed
     if sizes is None:
         sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
     # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate
     # adds the graph pool on top: on an H200 it measured 1.9 GiB against the 2.8 GiB counted, RESULTS.md round 10)
     host_budgets = spec.host_activation_budget_gib if host_linears and mem.compile else ()
+
+    step_of = _step_model(cfg, spec, auto_compute, card, device)
 
     def plan_for(batch: int) -> Plan:
         return plan_memory(float(mem.vram_gb), sizes, activation_gib=activations,
@@ -353,7 +385,9 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
                            can_swap=can_swap, lookahead=lookahead, cuda_graphs=bool(mem.cuda_graphs),
                            checkpoint_fraction=float(mem.checkpoint_fraction),
                            fp8_only=bool(mem.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
-                           host_linears=host_linears, host_budgets=host_budgets, keep=fixed)
+                           host_linears=host_linears, host_budgets=host_budgets, keep=fixed, seconds=step_of,
+                           host_fixed=host_fixed,
+                           graph_pool=GRAPH_POOL if getattr(spec, "graph_pool", None) is None else spec.graph_pool)
 
     batch, accumulation = wanted, cfg.training.gradient_accumulation
     try:
@@ -372,7 +406,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
         notes.append(f"vram_gb = {mem.vram_gb:g}: training.batch_size {wanted} does not fit; using batch_size = "
                      f"{batch} with gradient_accumulation = {accumulation} (the same effective batch)")
     notes.append(plan.describe())
-    if getattr(spec, "planning_estimate", ""):
+    if getattr(spec, "planning_estimate", "") and not _measured_kind(cfg, spec, plan, auto_compute):
         notes.append(f"vram_gb = {mem.vram_gb:g}: {spec.planning_estimate}")
     fp8_compute = mem.fp8_compute
     if deciding and plan.fp8_base:
@@ -395,6 +429,47 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     applied = replace(cfg, memory=memory, training=training)
     return replace(plan, batch_size=batch, gradient_accumulation=accumulation, fp8_compute=fp8_compute,
                    notes=tuple(notes), applied=applied)
+
+
+def _step_model(cfg, spec, auto_compute: bool, card: Any, device: Optional[torch.device]
+                ) -> Optional[Callable[[Plan], Optional[float]]]:
+    """A plan's s/step as :func:`lorakit.train.cards.step_seconds` estimates it from the family's measured rows (None
+    where the family has none), for :func:`plan_memory` to rank checkpointing settings with."""
+    from lorakit.train import cards
+
+    rows = cards.rows_for(spec)
+    if not rows:
+        return None
+    if card is None and device is not None and device.type == "cuda":
+        try:
+            card = cards.local_card(device)
+        except (RuntimeError, AssertionError):  # no CUDA in this torch (tests): ranked on the reference card
+            card = None
+    card = card or cards.card("h100")  # the ranking compares settings of one family; most rows ran on an H100
+
+    def seconds(plan: Plan) -> Optional[float]:
+        step = cards.step_seconds(spec.family, _settings(cfg.memory, plan, auto_compute), card, rows=rows)
+        return step.seconds if step is not None else None
+
+    return seconds
+
+
+def _settings(mem, plan: Plan, auto_compute: bool) -> dict[str, Any]:
+    """The knobs the s/step model reads (autoplan.settings_of's keys) of ``plan`` under ``mem``."""
+    return {"compile": bool(mem.compile), "cuda_graphs": bool(mem.cuda_graphs), "fp8_base": plan.fp8_base,
+            # as apply_budget decides it: fp8 compute where planned, not with swapped blocks
+            "fp8_compute": plan.fp8_base and bool(mem.fp8_compute or (auto_compute and not plan.blocks_to_swap)),
+            "checkpoint_fraction": plan.checkpoint_fraction if plan.gradient_checkpointing else 0.0,
+            "activation_budget": plan.activation_budget,
+            "modulation_on_cpu": bool(plan.modulation_on_cpu or mem.modulation_on_cpu),
+            "blocks_to_swap": plan.blocks_to_swap}
+
+
+def _measured_kind(cfg, spec, plan: Plan, auto_compute: bool) -> bool:
+    """Whether a measured row of the family has ``plan``'s kind of setting (lorakit/train/cards.py: measured_kind)."""
+    from lorakit.train import cards
+
+    return cards.measured_kind(cards.rows_for(spec), _settings(cfg.memory, plan, auto_compute))
 
 
 def _fp8_card_problem(cfg, fp8_matmuls: bool) -> Optional[str]:

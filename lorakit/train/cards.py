@@ -7,9 +7,10 @@ sizes and a ``CardFacts``.
 
 :func:`step_seconds` estimates a step from the measured rows in ``cards.toml`` (benchmarks/RESULTS.md): the row of
 the same family whose settings are closest (same compile / CUDA graphs / fp8 mode / host streaming first, then the
-nearest checkpointed share, activation budget and swap depth; linear between two rows of the same kind), scaled to
-the card by its tensor throughput (80 %) and memory bandwidth (20 %), and never below the time the host link needs
-for what the setting copies each step (block swap: the swapped blocks twice, spread over the whole step; the
+nearest checkpointed share, activation budget and swap depth; linear between two rows of the same kind; where a kind
+has measured rows at two or more points of that axis, its estimated rows are set aside: :func:`measured_over_estimates`),
+scaled to the card by its tensor throughput (80 %) and memory bandwidth (20 %), and never below the time the host link
+needs for what the setting copies each step (block swap: the swapped blocks twice, spread over the whole step; the
 modulation weights: once, within the forward, about a third of the step). Anything but a measured row on its own
 card is an extrapolation, and the estimate says so.
 """
@@ -191,6 +192,30 @@ def _distance(row: dict[str, Any], s: dict[str, Any]) -> float:
     return d
 
 
+def measured_kind(rows: list[dict[str, Any]], settings: dict[str, Any]) -> bool:
+    """Whether a measured (not estimated) row has the kind of ``settings``: the same compile / CUDA graphs / fp8 /
+    host-modulation flags, swap or not, activation budget or not, every block checkpointed or not (its share or swap
+    depth may differ)."""
+    def full(s: dict[str, Any]) -> bool:
+        return float(s.get("checkpoint_fraction", 1.0)) == 1.0
+
+    return any(not r.get("estimated") and _kind(r) == _kind(settings) and full(r) == full(settings) for r in rows)
+
+
+def measured_over_estimates(rows: list[dict[str, Any]], x: Any) -> list[dict[str, Any]]:
+    """``rows`` less the estimated rows of each kind that has measured rows at two or more points of the axis ``x``:
+    there the measurements, not the priors, say how the step changes along it. The priors (a row derived from a measured
+    one by :data:`RECOMPUTE`, or scaled from another size / family) had partial checkpointing of SD3.5 faster than full,
+    interpolated towards an estimated row without checkpointing at 80 % of the checkpointed step; measured, it was
+    slower (Medium 0.215 s at 0.25 against 0.172 s at 1.0, Large 0.350 s at 0.63 against 0.297 s, RESULTS.md rounds
+    14-15), as SDXL's was under CUDA graphs (round 14)."""
+    points: dict[tuple, set[float]] = {}
+    for r in rows:
+        if not r.get("estimated"):
+            points.setdefault(_kind(r), set()).add(x(r))
+    return [r for r in rows if not (r.get("estimated") and len(points.get(_kind(r), ())) >= 2)]
+
+
 def _scale(seconds: float, ref: CardFacts, target: CardFacts, fp8_compute: bool) -> float:
     def tflops(c: CardFacts) -> float:
         return (c.tflops_fp8 if fp8_compute and c.tflops_fp8 else c.tflops_bf16) or 0.0
@@ -210,14 +235,16 @@ def step_seconds(family: str, settings: dict[str, Any], target: CardFacts, *, im
     rows = measured_rows(family) if rows is None else rows
     if not rows:
         return None
-    best = min(rows, key=lambda r: _distance(r, settings))
-    why: list[str] = []
-    same = [r for r in rows if _kind(r) == _kind(best)]
     axis = "blocks_to_swap" if settings.get("blocks_to_swap") else (
         "activation_budget" if settings.get("activation_budget") is not None else "checkpoint_fraction")
 
     def x(s: dict[str, Any]) -> float:
         return float(s.get(axis) or (1.0 if axis == "checkpoint_fraction" and axis not in s else 0.0))
+
+    rows = measured_over_estimates(rows, x)
+    best = min(rows, key=lambda r: _distance(r, settings))
+    why: list[str] = []
+    same = [r for r in rows if _kind(r) == _kind(best)]
 
     def on_target(r: dict[str, Any]) -> float:
         return _scale(float(r["s_step"]), card(r["card"]), target, bool(settings.get("fp8_compute")))
@@ -248,7 +275,8 @@ def step_seconds(family: str, settings: dict[str, Any], target: CardFacts, *, im
         why.append("unknown card: at the reference card's speed")
     if abs(images - 1.0) > 1e-6:
         seconds *= images
-        why.append(f"{images:.2f}x the pixels of one 1024² image, linear")
+        if any(abs(float(r.get("pixels", 1024**2)) / 1024**2 - images) > 1e-6 for r in used):  # not as they ran
+            why.append(f"{images:.2f}x the pixels of one 1024² image, linear")
     link = target.host_link_gbs * 1e9
     copy = 0.0
     if settings.get("blocks_to_swap") and swapped_bytes:

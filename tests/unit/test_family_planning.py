@@ -168,7 +168,7 @@ def test_settings_beyond_the_measured_rows_are_marked_estimated():
     for size, measured in sd3_planning.MEASURED.items():
         rows = sd3_planning.steps(size)
         derived = [r for r in rows if r.get("estimated")]
-        bf16 = [r for r in measured if not r.get("fp8_base")]
+        bf16 = [r for r in measured if not r.get("fp8_base") and r["checkpoint_fraction"] == 1.0]
         assert len(rows) == len(measured) + len(bf16) and len(derived) == len(bf16)
         for r, base in zip(derived, bf16):
             assert r["checkpoint_fraction"] == 0.0 and r["peak_gib"] is None and "not measured" in r["estimated"]
@@ -247,6 +247,10 @@ def test_the_tables_are_the_accounting_of_benchmarks_estimate_activations():
                ("sd15", ""): (sd15_planning.RATES, sd15_planning.STEP_SCALE)}
     for (family, size), (table, step) in derived.items():
         r = est.rates(family, size)
+        if family == "sd15":  # measured without checkpointing under compile (RESULTS.md round 15): the rest estimated
+            assert {k: r[k][0] for k in ("eager", "compiled")} == {k: table[k][0] for k in ("eager", "compiled")}
+            assert r["step_scale"] == step, (family, size, r)
+            continue
         if family in ("sd3", "qwenimage"):  # measured with checkpointing (RESULTS.md round 14): the rest estimated
             assert {k: r[k][1] for k in ("eager", "compiled")} == {k: table[k][1] for k in ("eager", "compiled")}
             assert r["step_scale"] == step, (family, size, r)

@@ -1,36 +1,48 @@
 """FLUX.2's planning numbers per size: what ``memory.vram_gb`` and the automatic plan count for Klein 4B, Klein 9B
 and dev, and the measured steps the s/step model starts from.
 
-Measured (benchmarks/RESULTS.md round 12: NVIDIA H100 80GB HBM3, commit f9bed5f, ``benchmarks/bench.py`` rows
-``flux2-4b/*`` / ``flux2-9b/*``; 1024², batch 1, 512 text tokens, rank 16 on every FLUX.2 target, AdamW, bf16
-autocast; peak = ``max_memory_allocated``):
+Measured (benchmarks/RESULTS.md rounds 12, 13 and 15: NVIDIA H100 80GB HBM3, ``benchmarks/bench.py`` rows
+``flux2-4b/*`` / ``flux2-9b/*`` / ``flux2-dev/*``; 1024², batch 1, 512 text tokens, rank 16 on every FLUX.2 target,
+AdamW, bf16 autocast; peak = ``max_memory_allocated``, and from round 15 ``max_memory_reserved`` too):
 
-============  ==================================  ========  ============
-size          setting                             s/step    peak GiB
-============  ==================================  ========  ============
-Klein 4B      eager, every block checkpointed     0.409     9.17
-Klein 4B      compile, checkpointed               0.236     9.54
-Klein 4B      fp8 compute + compile, checkpointed 0.213     6.01
-Klein 4B      compile, no checkpointing           0.171     20.11
-Klein 9B      compile, checkpointed               0.447     20.34
-Klein 9B      fp8 compute + compile, checkpointed 0.405     12.03
-Klein 9B      compile, no checkpointing           0.337     38.71
-============  ==================================  ========  ============
+============  ===================================================  ========  ============
+size          setting                                              s/step    peak GiB
+============  ===================================================  ========  ============
+Klein 4B      eager, every block checkpointed                      0.409     9.17
+Klein 4B      compile, checkpointed                                0.236     9.54
+Klein 4B      compile + CUDA graphs, checkpointed (round 15)       0.225     9.64
+Klein 4B      fp8 compute + compile, checkpointed                  0.213     6.01
+Klein 4B      fp8 compute + compile, 92 % checkpointed (round 15)  0.207     6.90
+Klein 4B      compile, no checkpointing                            0.171     20.11
+Klein 9B      compile, checkpointed                                0.447     20.34
+Klein 9B      compile + CUDA graphs, checkpointed (round 15)       0.443     20.48
+Klein 9B      fp8 compute + compile, checkpointed                  0.405     12.03
+Klein 9B      fp8 compute + compile, 84 % checkpointed (round 15)  0.388     15.07
+Klein 9B      fp8 storage + compile, 8 blocks swapped (round 15)   0.494     10.78
+Klein 9B      compile, no checkpointing                            0.337     38.71
+dev           fp8 compute + compile, checkpointed (round 13)       1.284     37.14
+dev           fp8 storage + compile, checkpointed (round 13)       1.629     36.13
+dev           fp8 storage + compile, 36 blocks swapped (round 15)  1.629     20.12
+dev           fp8 storage + compile, 21 blocks swapped (round 15)  1.624     27.89
+============  ===================================================  ========  ============
 
 The activation rates below are those peaks less what the planner counts besides activations, taken from the full-size
 model built on the meta device (:func:`lorakit.train.budget.Sizes`): the frozen weights (bf16: 7.22 GiB at 4B, 16.91 at
-9B; fp8 storage with row scales: 3.66 / 8.56) and the LoRA's fp32 weights, gradients and AdamW state (16 bytes per
-parameter: 24.1 M / 43.5 M parameters = 0.36 / 0.65 GiB). With checkpointing fp8 compute kept about as much as bf16
-(4B 1.99 against 1.96 GiB), so one rate, the larger, serves both.
+9B, 60.0 at dev; fp8 storage with row scales: 3.66 / 8.56 / 30.26) and the LoRA's fp32 weights, gradients and AdamW
+state (16 bytes per parameter: 24.1 M / 43.5 M / 100.7 M parameters = 0.36 / 0.65 / 1.50 GiB). With checkpointing fp8
+compute kept about as much as bf16 (4B 1.99 against 1.96 GiB), so one rate, the larger, serves both. dev with
+checkpointing: 5.38 GiB with fp8 compute (each block checkpointed inside its compiled region), 4.37 with fp8 storage
+(inside lorakit's own checkpoint; the same 4.37 from both swap rows): the larger serves both, within 6 % of every dev
+peak. CUDA graphs added 0.10 / 0.14 GiB to the 4B / 9B peaks (0.05 GiB per GiB of checkpointed activations:
+:data:`GRAPH_POOL`), not the 1.2 SDXL measured.
 
-Not measured, and planned from estimates that the plan says are estimates (:data:`ESTIMATED`):
+Not measured, and planned from estimates that the plan and the s/step model say are estimates:
 
 * the eager rate without checkpointing: the compiled one times 1.27 (FLUX.1-dev's eager / compiled ratio, 38.0 / 29.9
-  GiB); Klein 9B's eager rate with checkpointing: its compiled one (4B's eager rate measured 0.81 of its compiled one,
-  so this errs towards fitting);
-* dev (32 B): the rates of Klein 9B scaled by width x block count (6144 x 56 against 4096 x 32: 2.625x; from 4B to
-  9B that product grew 1.71x and the measured rates 1.69x without checkpointing and 1.42x with it, so the scaled rate
-  with checkpointing errs towards fitting) and its s/step by parameter count (32.2 B against 9.08 B) from 9B's rows;
+  GiB); Klein 9B's and dev's eager rate with checkpointing: their compiled one (4B's eager rate measured 0.81 of its
+  compiled one, so this errs towards fitting);
+* dev without checkpointing: Klein 9B's rates scaled by width x block count (6144 x 56 against 4096 x 32: 2.625x); dev's
+  bf16 settings' s/step: Klein 9B's rows scaled by parameter count (32.2 B against 9.08 B) (:data:`DEV_ESTIMATED`);
 * any other width (the toy and test models): Klein 4B's rates scaled the same way.
 """
 
@@ -39,45 +51,76 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from lorakit.models import estimates
+
 from . import configs
 
 # GiB of activations per 1024² image: (with checkpointing, without); eager and compiled
 RATES = {
     "klein-4b": {"eager": (1.59, 15.9), "compiled": (1.99, 12.53)},
     "klein-9b": {"eager": (2.83, 26.9), "compiled": (2.83, 21.15)},
+    # with checkpointing measured (rounds 13 / 15); without: Klein 9B's x 2.625 (width x blocks), estimates
+    "dev": {"eager": (5.38, 70.61), "compiled": (5.38, 55.52)},
 }
-SOURCE = "RESULTS.md round 12 (H100)"
-# rows of the s/step model (lorakit/train/cards.toml's [[measured]] form), per size
+# CUDA graph pool per GiB of checkpointed activations (ModelSpec.graph_pool; rounds 12 / 15 with and without graphs)
+GRAPH_POOL = 0.05
+SOURCE = "RESULTS.md round {round} (H100)"
+# rows of the s/step model (lorakit/train/cards.toml's [[measured]] form; "round": the RESULTS.md round), per size
 ROWS = {
     "klein-4b": (
-        {"s_step": 0.409, "peak_gib": 9.17, "checkpoint_fraction": 1.0, "source": "flux2-4b/gc (eager)"},
+        {"s_step": 0.409, "peak_gib": 9.17, "checkpoint_fraction": 1.0, "source": "flux2-4b/gc (eager)", "round": 12},
         {"s_step": 0.236, "peak_gib": 9.54, "compile": True, "checkpoint_fraction": 1.0,
-         "source": "flux2-4b/gc+compile"},
+         "source": "flux2-4b/gc+compile", "round": 12},
         {"s_step": 0.213, "peak_gib": 6.01, "compile": True, "fp8_base": True, "fp8_compute": True,
-         "checkpoint_fraction": 1.0, "source": "flux2-4b/fp8c+compile"},
+         "checkpoint_fraction": 1.0, "source": "flux2-4b/fp8c+compile", "round": 12},
         {"s_step": 0.171, "peak_gib": 20.11, "compile": True, "checkpoint_fraction": 0.0,
-         "source": "flux2-4b/nogc+compile"},
+         "source": "flux2-4b/nogc+compile", "round": 12},
+        {"s_step": 0.207, "peak_gib": 6.90, "reserved_gib": 7.23, "compile": True, "fp8_base": True,
+         "fp8_compute": True, "checkpoint_fraction": 0.92, "source": "flux2-4b/vram8", "round": 15},
+        {"s_step": 0.225, "peak_gib": 9.64, "reserved_gib": 10.22, "compile": True, "cuda_graphs": True,
+         "checkpoint_fraction": 1.0, "source": "flux2-4b/gc+compile-graphs", "round": 15},
     ),
     "klein-9b": (
         {"s_step": 0.447, "peak_gib": 20.34, "compile": True, "checkpoint_fraction": 1.0,
-         "source": "flux2-9b/gc+compile"},
+         "source": "flux2-9b/gc+compile", "round": 12},
         {"s_step": 0.405, "peak_gib": 12.03, "compile": True, "fp8_base": True, "fp8_compute": True,
-         "checkpoint_fraction": 1.0, "source": "flux2-9b/fp8c+compile"},
+         "checkpoint_fraction": 1.0, "source": "flux2-9b/fp8c+compile", "round": 12},
         {"s_step": 0.337, "peak_gib": 38.71, "compile": True, "checkpoint_fraction": 0.0,
-         "source": "flux2-9b/nogc+compile"},
+         "source": "flux2-9b/nogc+compile", "round": 12},
+        {"s_step": 0.494, "peak_gib": 10.78, "reserved_gib": 11.50, "compile": True, "fp8_base": True,
+         "checkpoint_fraction": 1.0, "blocks_to_swap": 8, "source": "flux2-9b/vram12", "round": 15},
+        {"s_step": 0.388, "peak_gib": 15.07, "reserved_gib": 15.50, "compile": True, "fp8_base": True,
+         "fp8_compute": True, "checkpoint_fraction": 0.84375, "source": "flux2-9b/vram16", "round": 15},
+        {"s_step": 0.443, "peak_gib": 20.48, "reserved_gib": 21.23, "compile": True, "cuda_graphs": True,
+         "checkpoint_fraction": 1.0, "source": "flux2-9b/gc+compile-graphs", "round": 15},
+    ),
+    "dev": (
+        {"s_step": 1.284, "peak_gib": 37.14, "reserved_gib": 38.57, "compile": True, "fp8_base": True,
+         "fp8_compute": True, "checkpoint_fraction": 1.0, "source": "flux2-dev/fp8c+compile", "round": 13},
+        {"s_step": 1.629, "peak_gib": 36.13, "reserved_gib": 37.72, "compile": True, "fp8_base": True,
+         "checkpoint_fraction": 1.0, "source": "flux2-dev/fp8+compile", "round": 13},
+        {"s_step": 1.629, "peak_gib": 20.12, "reserved_gib": 21.17, "compile": True, "fp8_base": True,
+         "checkpoint_fraction": 1.0, "blocks_to_swap": 36, "source": "flux2-dev/vram24", "round": 15},
+        {"s_step": 1.624, "peak_gib": 27.89, "reserved_gib": 28.89, "compile": True, "fp8_base": True,
+         "checkpoint_fraction": 1.0, "blocks_to_swap": 21, "source": "flux2-dev/vram32", "round": 15},
     ),
 }
 # the measured size an unmeasured one is scaled from
 SCALED_FROM = {"dev": "klein-9b", "custom": "klein-4b"}
 ESTIMATED = ("FLUX.2 {size}'s memory and speed are not measured: activation sizes scaled from {base}'s by width x "
              "block count, s/step by parameter count (estimates; benchmarks/RESULTS.md has no {size} row yet)")
+# dev: what its measured rows do not cover (the plan says it where its setting is not of a measured kind)
+DEV_ESTIMATED = ("FLUX.2 dev: this setting's memory and speed are not measured (measured: fp8 with checkpointing, "
+                 "RESULTS.md rounds 13 / 15): activation sizes without checkpointing scaled from klein-9b's by width "
+                 "x block count, s/step by parameter count (estimates)")
 
 
 def _rows(size: str) -> tuple[dict[str, Any], ...]:
-    return tuple({"family": "flux2", "card": "h100", **r, "source": f"{SOURCE}: {r['source']}"} for r in ROWS[size])
+    return tuple({"family": "flux2", "card": "h100", **{k: v for k, v in r.items() if k != "round"},
+                  "source": f"{SOURCE.format(round=r['round'])}: {r['source']}"} for r in ROWS[size])
 
 
-ALL_ROWS = _rows("klein-4b") + _rows("klein-9b")
+ALL_ROWS = _rows("klein-4b") + _rows("klein-9b") + _rows("dev")
 
 
 def size_of(model: Any) -> tuple[str, int, int, int]:
@@ -102,13 +145,13 @@ def _extent(size: str) -> tuple[int, int]:
 def spec_for(spec: Any, model: Any) -> Any:
     """``spec`` with the planning numbers of ``model``'s size (``ModelSpec.variant_spec``)."""
     size, hidden, nd, ns = size_of(model)
-    if size in RATES:
+    base = SCALED_FROM.get(size, "klein-4b")
+    if size in RATES and size in ROWS and size not in SCALED_FROM:
         rates, rows, note = RATES[size], _rows(size), ""
     else:
-        base = SCALED_FROM.get(size, "klein-4b")
         bh, bn = _extent(base)
         k = hidden * (nd + ns) / (bh * bn)
-        rates = {mode: (gc * k, nogc * k) for mode, (gc, nogc) in RATES[base].items()}
+        rates = RATES.get(size) or {mode: (gc * k, nogc * k) for mode, (gc, nogc) in RATES[base].items()}
         params = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         ratio = params / _parameters(base)
         rows = tuple({**r, "s_step": round(r["s_step"] * ratio, 4), "peak_gib": None,
@@ -116,8 +159,10 @@ def spec_for(spec: Any, model: Any) -> Any:
                       "source": r["source"] + f", scaled to {size}"} for r in _rows(base))
         name = "dev" if size == "dev" else f"width {hidden}, {nd}+{ns} blocks"
         note = ESTIMATED.format(size=name, base=base)
+        if size in ROWS:  # dev: its measured rows, and the scaled ones of the kinds it has no row of
+            rows, note = estimates.merged(_rows(size), rows), DEV_ESTIMATED
     return replace(spec, activation_gib=rates["eager"], activation_gib_compiled=rates["compiled"],
-                   measured_steps=rows, planning_estimate=note, variant_spec=None,
+                   measured_steps=rows, planning_estimate=note, variant_spec=None, graph_pool=GRAPH_POOL,
                    component_gib=components(size if size in ENCODER_PARAMS else "klein-4b"))
 
 
