@@ -52,3 +52,24 @@ def test_broken_objective_scores_clearly_worse(trained, tmp_path):
     print(family, "broken objective:", broken)
     assert broken["concept_rate_after"] <= good["concept_rate_after"] - 0.1
     assert broken["concept_score_after"] <= good["concept_score_after"] - 0.02
+
+
+# issue 23's quality bar, on the toy recipes' best measured setting (TOY.quality): concept rate >= 0.8; on trigger-free
+# prompts concept leak <= 0.1 and shape changed (1 - shape agreement) <= 0.1. Pixel drift is reported beside
+# (benchmarks/RESULTS.md, "Issue 23, fourth session"): SDXL's setting changes 0.11 of a trigger-free image's pixels.
+QUALITY_BAR = {"rate": 0.8, "leak": 0.1, "shape_changed": 0.1}
+
+
+def _quality_families() -> list[str]:
+    from lorakit.toy.paths import toy_families, toy_recipe
+
+    return [f for f in toy_families() if toy_recipe(f).quality]
+
+
+@pytest.mark.parametrize("family", _quality_families())
+def test_quality_setting_meets_issue_23s_bar(family, tmp_path):
+    r = run_eval(family, tmp_path, overrides=("log.progress=false",), quality=True)
+    print(family, "quality setting:", r)
+    assert r["concept_rate_after"] >= QUALITY_BAR["rate"]
+    assert r["drift_concept_leak"] <= QUALITY_BAR["leak"]
+    assert 1.0 - r["drift_shape_agreement"] <= QUALITY_BAR["shape_changed"] + 1e-9
