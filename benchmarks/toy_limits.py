@@ -51,7 +51,7 @@ def decode(adapter, latents):
         return to_images(vae.decode(z).sample[0])[0]
 
 
-def probe_vae(family: str) -> dict:
+def probe_vae(family: str, root=None) -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -60,7 +60,7 @@ def probe_vae(family: str) -> dict:
     from lorakit.toy.build import images_to_tensor
     from lorakit.toy.eval import load_toy, prompt_following
 
-    toy = load_toy(family)
+    toy = load_toy(family, root=root)
     tmp = Path(tempfile.mkdtemp(prefix="toylimits-"))
     out = {"family": family}
     for label, folder in (("concept", world.write_demo_dataset(tmp / "train")), ("reg", world.write_reg_dataset(tmp / "reg"))):
@@ -92,13 +92,13 @@ def probe_vae(family: str) -> dict:
     return out
 
 
-def probe_text(family: str) -> dict:
+def probe_text(family: str, root=None) -> dict:
     import torch
 
     from lorakit.toy import world
     from lorakit.toy.eval import load_toy
 
-    toy = load_toy(family)
+    toy = load_toy(family, root=root)
     words = [world.DEFAULT_TRIGGER, *world.BASE_SHAPES, "cross"]
     prompts = [f"a red {w} on a blue background" for w in words] + ["", "a blue circle on a red background",
                                                                       "a red circle on a green background"]
@@ -135,14 +135,14 @@ def sampler_kwargs(setting: dict, demo) -> dict:
             "guidance": setting.get("guidance"), "negative": setting.get("negative", "")}
 
 
-def probe_sampler(family: str, settings: list[dict], seeds: int) -> list[dict]:
+def probe_sampler(family: str, settings: list[dict], seeds: int, root=None) -> list[dict]:
     import torch
 
     from lorakit.models.base import SamplePrompt
     from lorakit.toy import eval as ev
     from lorakit.toy.eval import load_toy
 
-    toy = load_toy(family)
+    toy = load_toy(family, root=root)
     prompts, ss = ev._expand(ev.DRIFT_PROMPTS, list(range(seeds)))
     rows = []
     for setting in settings:
@@ -162,6 +162,7 @@ def main() -> None:
     ap.add_argument("--families", default="all")
     ap.add_argument("--settings", default="steps=20")
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--toy-root", default=None, help="a folder of rebuilt toys (<root>/<family>/) instead of the shipped")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -169,14 +170,15 @@ def main() -> None:
     torch.set_num_threads(1)
     from lorakit.toy.paths import toy_families
 
+    root = Path(args.toy_root) if args.toy_root else None
     fams = toy_families() if args.families == "all" else args.families.split(",")
     for f in fams:
         if args.probe == "vae":
-            print(json.dumps(probe_vae(f)), flush=True)
+            print(json.dumps(probe_vae(f, root)), flush=True)
         elif args.probe == "text":
-            print(json.dumps(probe_text(f)), flush=True)
+            print(json.dumps(probe_text(f, root)), flush=True)
         else:
-            for row in probe_sampler(f, parse_settings(args.settings), args.seeds):
+            for row in probe_sampler(f, parse_settings(args.settings), args.seeds, root):
                 print(json.dumps(row), flush=True)
 
 

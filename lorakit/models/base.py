@@ -260,8 +260,8 @@ class ToyRecipe:
     vae_from: Optional[str] = None
     read_vae: Optional[Callable[[Any], nn.Module]] = None
     # issue 23, the quality bar: config overrides (``section.key=value``, ``training.max_steps`` included) of the best
-    # setting a toy-world sweep found for the learning benchmark, with the evidence in a comment beside them
-    # (benchmarks/RESULTS.md); ``lorakit toy eval --quality`` runs it. () = none measured that reaches the bar
+    # setting measured on this toy's learning benchmark, with the evidence in a comment beside them
+    # (benchmarks/RESULTS.md); ``lorakit toy eval --quality`` runs it. () = none measured beyond the demo's
     quality: tuple[str, ...] = ()
 
 
