@@ -40,6 +40,10 @@ def main() -> None:
     ap.add_argument("--large-only", action="store_true", help="train on the large concept images only (the toy VAEs "
                     "blur the small crosses into blobs: benchmarks/toy_limits.py vae); the benchmark asks for large ones")
     ap.add_argument("--toy-root", default="", help="load the toy from this folder (a scratch rebuild) instead of the shipped one")
+    ap.add_argument("--train-prompts", action="store_true", help="also score the trained model on the concept images' "
+                    "own training captions (seeds 0-3): memorised, or not even that?")
+    ap.add_argument("--concept-n", type=int, default=12, help="concept images (write_demo_dataset n; the demo's 12 have "
+                    "large crosses in 4 colours only, red and green ones only small)")
     ap.add_argument("--train-te", action="store_true", help="--mode full: the text encoders the adapter can train "
                     "(text_encoder_modules: FLUX.1's CLIP-L) are trainable too; captions are encoded every step")
     args = ap.parse_args()
@@ -68,7 +72,7 @@ def main() -> None:
     adapter.cfg = cfg
     tmp = Path(tempfile.mkdtemp(prefix="toyceil-"))
     items = []  # (path, caption, weight)
-    for folder, weight in ((world.write_demo_dataset(tmp / "train"), 10), (world.write_reg_dataset(tmp / "reg"), 1)):
+    for folder, weight in ((world.write_demo_dataset(tmp / "train", n=args.concept_n), 10), (world.write_reg_dataset(tmp / "reg"), 1)):
         for png in sorted(folder.glob("*.png")):
             text_ = png.with_suffix(".txt").read_text().strip()
             if args.large_only and weight == 10 and " small " in f" {text_} ":
@@ -174,14 +178,25 @@ def main() -> None:
         for i, im in enumerate(imgs):
             grid.paste(im, (64 * (i % n), 64 * (i // n)))
         grid.save(args.grid)
+    train_scores = {}
+    if args.train_prompts:  # the concept rate on the training captions themselves, large and small crosses apart
+        from lorakit.toy import detector
+
+        concept_caps = [c for _, c, w in items if w == 10]
+        for size in ("large", "small"):
+            caps = [c for c in concept_caps if (" small " in f" {c} ") == (size == "small")]
+            prompts = [c for c in caps for _ in range(4)]
+            imgs = generator_for(parse_settings(args.eval)[0] if args.eval else {})(prompts, [0, 1, 2, 3] * len(caps), True)
+            train_scores[f"train_captions_{size}_concept_rate"] = round(sum(
+                detector.shape_of(im) == world.CONCEPT_SHAPE for im in imgs) / len(imgs), 4)
     for setting in parse_settings(args.eval) if args.eval else [{}]:
         scores = evaluate(generator_for(setting))
         print(json.dumps({"family": args.family, "mode": args.mode, "rank": args.rank if args.mode == "lora" else None,
                           "lr": args.lr, "steps": args.steps, "set": args.set, "train_te": args.train_te,
-                          "large_only": args.large_only, "toy_root": args.toy_root,
+                          "large_only": args.large_only, "toy_root": args.toy_root, "concept_n": args.concept_n,
                           "sampler": setting, "trainable_params": n_params,
                           "final_loss": sum(tail) / len(tail), "train_seconds": round(trained_s, 1),
-                          **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
+                          **train_scores, **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
 
 
 if __name__ == "__main__":
