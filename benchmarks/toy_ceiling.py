@@ -33,6 +33,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--set", action="append", default=[], help="section.key=value over the toy config (training.*)")
+    ap.add_argument("--eval", default="", help="sampler settings to score the one trained model under, ';'-separated, "
+                    "each 'steps=N,cfg=X,guidance=G,negative=TEXT' (benchmarks/toy_limits.py); default: the recipe's")
+    ap.add_argument("--grid", default="", help="save the trained model's images of the benchmark's trigger prompts "
+                    "(rows = prompts, columns = seeds 0-3; first --eval setting) to this PNG")
+    ap.add_argument("--large-only", action="store_true", help="train on the large concept images only (the toy VAEs "
+                    "blur the small crosses into blobs: benchmarks/toy_limits.py vae); the benchmark asks for large ones")
+    ap.add_argument("--toy-root", default="", help="load the toy from this folder (a scratch rebuild) instead of the shipped one")
+    ap.add_argument("--train-prompts", action="store_true", help="also score the trained model on the concept images' "
+                    "own training captions (seeds 0-3): memorised, or not even that?")
+    ap.add_argument("--concept-n", type=int, default=12, help="concept images (write_demo_dataset n; the demo's 12 have "
+                    "large crosses in 4 colours only, red and green ones only small)")
+    ap.add_argument("--train-te", action="store_true", help="--mode full: the text encoders the adapter can train "
+                    "(text_encoder_modules: FLUX.1's CLIP-L) are trainable too; captions are encoded every step")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -47,20 +60,24 @@ def main() -> None:
     from lorakit.toy.paths import model_section
 
     t0 = time.perf_counter()
-    cfg = toy_config(args.family, model=model_section(args.family))
+    root = Path(args.toy_root) if args.toy_root else None
+    cfg = toy_config(args.family, model=model_section(args.family, root))
     for item in args.set:  # e.g. training.guidance_scale=3.5 (the value typed like the field's default)
         key, value = item.split("=", 1)
         section, name = key.split(".")
         old = getattr(getattr(cfg, section), name)
         setattr(getattr(cfg, section), name, type(old)(value) if old is not None else value)
-    toy = load_toy(args.family)
+    toy = load_toy(args.family, root=root)
     adapter = toy.adapter
     adapter.cfg = cfg
     tmp = Path(tempfile.mkdtemp(prefix="toyceil-"))
     items = []  # (path, caption, weight)
-    for folder, weight in ((world.write_demo_dataset(tmp / "train"), 10), (world.write_reg_dataset(tmp / "reg"), 1)):
+    for folder, weight in ((world.write_demo_dataset(tmp / "train", n=args.concept_n), 10), (world.write_reg_dataset(tmp / "reg"), 1)):
         for png in sorted(folder.glob("*.png")):
-            items.append((png, png.with_suffix(".txt").read_text().strip(), weight))
+            text_ = png.with_suffix(".txt").read_text().strip()
+            if args.large_only and weight == 10 and " small " in f" {text_} ":
+                continue
+            items.append((png, text_, weight))
     with torch.no_grad():
         pixels = images_to_tensor([Image.open(p).convert("RGB") for p, _, _ in items])
         latents = torch.cat([adapter.encode_images(pixels[i:i + 16]) for i in range(0, len(items), 16)]).float()
@@ -68,10 +85,20 @@ def main() -> None:
     weights = torch.tensor([float(w) for _, _, w in items])
 
     model = adapter.denoiser()
+    tes = {}
+    if args.train_te:
+        adapter.cfg.network.train_text_encoder = True  # text_encoder_modules() then reads the trainable encoders
+        tes = adapter.text_encoder_modules()
+        if not tes or args.mode != "full":
+            raise SystemExit(f"--train-te: {args.family} has no trainable text encoder here, or --mode is not full")
+    te_saved = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in tes.items()}
+    captions = [c for _, c, _ in items]
     if args.mode == "full":
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        params = [p for p in model.parameters()]
+        params = [p for p in model.parameters()] + [p for m in tes.values() for p in m.parameters()]
         model.requires_grad_(True)
+        for m in tes.values():
+            m.requires_grad_(True)
     else:
         from lorakit.lora.inject import inject_lora
 
@@ -93,7 +120,12 @@ def main() -> None:
     for step in range(args.steps):
         idx = torch.multinomial(weights, args.batch, replacement=True, generator=gen)
         x0 = latents[idx]
-        batch = toy_batch(x0, {k: v[idx] for k, v in text.items()})
+        if tes:  # re-encode through the trainable encoders (gradients flow into them)
+            with torch.enable_grad():
+                text_now = adapter.encode_text([captions[i] for i in idx.tolist()])
+            batch = toy_batch(x0, text_now)
+        else:
+            batch = toy_batch(x0, {k: v[idx] for k, v in text.items()})
         noised = adapter.noise(x0, torch.randn(x0.shape, generator=gen), batch, cfg.training, gen)
         loss = obj.weighted_mean(obj.loss_per_sample(adapter.predict(noised, batch).float(), noised.target.float()),
                                  noised.weight)
@@ -104,33 +136,67 @@ def main() -> None:
         losses.append(loss.item())
     model.eval()
     model.requires_grad_(False)
+    for m in tes.values():
+        m.eval().requires_grad_(False)
     trained_s = time.perf_counter() - t0
     if args.mode == "full":
         tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        te_tuned = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in tes.items()}
+    from toy_limits import parse_settings, sampler_kwargs
 
-    def generate(prompts, seeds, with_lora):
-        from lorakit.models.base import SamplePrompt
+    def generator_for(setting):
+        def generate(prompts, seeds, with_lora):
+            from lorakit.models.base import SamplePrompt
 
-        if args.mode == "full":
-            model.load_state_dict(tuned if with_lora else saved)
-        else:
-            from lorakit.lora.inject import enable_lora
+            if args.mode == "full":
+                model.load_state_dict(tuned if with_lora else saved)
+                for n, m in tes.items():
+                    m.load_state_dict((te_tuned if with_lora else te_saved)[n])
+            else:
+                from lorakit.lora.inject import enable_lora
 
-            enable_lora(model, with_lora)
-        out = []
-        for prompt, seed in zip(prompts, seeds):
-            p = SamplePrompt(prompt=prompt, width=64, height=64, steps=toy.demo.sample_steps, seed=seed,
-                             cfg_scale=toy.demo.cfg_scale)
-            with torch.no_grad():
-                out.append(adapter.sample(p, torch.Generator().manual_seed(seed)))
-        return out
+                enable_lora(model, with_lora)
+            out = []
+            for prompt, seed in zip(prompts, seeds):
+                p = SamplePrompt(prompt=prompt, width=64, height=64, seed=seed, **sampler_kwargs(setting, toy.demo))
+                with torch.no_grad():
+                    out.append(adapter.sample(p, torch.Generator().manual_seed(seed)))
+            return out
+        return generate
 
-    scores = evaluate(generate)
     tail = losses[-max(1, len(losses) // 10):]
-    print(json.dumps({"family": args.family, "mode": args.mode, "rank": args.rank if args.mode == "lora" else None,
-                      "lr": args.lr, "steps": args.steps, "set": args.set, "trainable_params": n_params,
-                      "final_loss": sum(tail) / len(tail), "train_seconds": round(trained_s, 1),
-                      **{k: round(v, 4) for k, v in scores.items()}}))
+    if args.grid:
+        from PIL import Image as _Image
+
+        from lorakit.toy import eval as ev
+
+        prompts, seeds = ev._expand(ev.concept_prompts(world.DEFAULT_TRIGGER) + list(ev.DRIFT_PROMPTS), ev.EVAL_SEEDS)
+        first = parse_settings(args.eval)[0] if args.eval else {}
+        imgs = generator_for(first)(prompts, seeds, True)
+        n = len(ev.EVAL_SEEDS)
+        grid = _Image.new("RGB", (64 * n, 64 * len(prompts) // n), (255, 255, 255))
+        for i, im in enumerate(imgs):
+            grid.paste(im, (64 * (i % n), 64 * (i // n)))
+        grid.save(args.grid)
+    train_scores = {}
+    if args.train_prompts:  # the concept rate on the training captions themselves, large and small crosses apart
+        from lorakit.toy import detector
+
+        concept_caps = [c for _, c, w in items if w == 10]
+        for size in ("large", "small"):
+            caps = [c for c in concept_caps if (" small " in f" {c} ") == (size == "small")]
+            prompts = [c for c in caps for _ in range(4)]
+            imgs = generator_for(parse_settings(args.eval)[0] if args.eval else {})(prompts, [0, 1, 2, 3] * len(caps), True)
+            train_scores[f"train_captions_{size}_concept_rate"] = round(sum(
+                detector.shape_of(im) == world.CONCEPT_SHAPE for im in imgs) / len(imgs), 4)
+    for setting in parse_settings(args.eval) if args.eval else [{}]:
+        scores = evaluate(generator_for(setting))
+        print(json.dumps({"family": args.family, "mode": args.mode, "rank": args.rank if args.mode == "lora" else None,
+                          "lr": args.lr, "steps": args.steps, "set": args.set, "train_te": args.train_te,
+                          "large_only": args.large_only, "toy_root": args.toy_root, "concept_n": args.concept_n,
+                          "sampler": setting, "trainable_params": n_params,
+                          "final_loss": sum(tail) / len(tail), "train_seconds": round(trained_s, 1),
+                          **train_scores, **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
 
 
 if __name__ == "__main__":

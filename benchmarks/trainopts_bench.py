@@ -49,7 +49,7 @@ FLUX_ONLY = {  # timestep sampling (the default is flux_shift)
     "timesteps shift 3.16": ("training.timestep_sampling=shift",),
 }
 KEYS = ("concept_rate_after", "concept_score_before", "concept_score_after", "concept_colour_match_after",
-        "drift_shape_agreement", "drift_concept_leak", "train_seconds")
+        "drift_shape_agreement", "drift_concept_leak", "drift_pixel", "train_seconds")
 
 
 def _one(job):

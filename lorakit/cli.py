@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     te.add_argument("--out", default="demo-output/eval")
     te.add_argument("--steps", type=int, default=None)
     te.add_argument("--caption", action="store_true", help="caption the demo images with the toy captioner first")
+    te.add_argument("--quality", action="store_true", help="the toy recipe's best measured setting (issue 23's bar)")
     te.set_defaults(func=cmd_toy_eval)
 
     demo = sub.add_parser("demo", help="train a LoRA on the toy world (what `make demo` runs)")
@@ -332,7 +333,8 @@ def cmd_toy_eval(args) -> int:
     from lorakit.toy.demo import run_eval
     from lorakit.toy.paths import default_toy_family
 
-    result = run_eval(args.family or default_toy_family(), Path(args.out), steps=args.steps, caption=args.caption)
+    result = run_eval(args.family or default_toy_family(), Path(args.out), steps=args.steps, caption=args.caption,
+                      quality=args.quality)
     print(json.dumps(result, indent=2))
     return 0
 

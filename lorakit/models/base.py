@@ -267,6 +267,10 @@ class ToyRecipe:
     # family reads that file (path -> the VAE module, through its own loader); None = the shared recipe trains one
     vae_from: Optional[str] = None
     read_vae: Optional[Callable[[Any], nn.Module]] = None
+    # issue 23, the quality bar: config overrides (``section.key=value``, ``training.max_steps`` included) of the best
+    # setting measured on this toy's learning benchmark, with the evidence in a comment beside them
+    # (benchmarks/RESULTS.md); ``lorakit toy eval --quality`` runs it. () = none measured beyond the demo's
+    quality: tuple[str, ...] = ()
 
 
 def init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
