@@ -102,10 +102,12 @@ def no_training_randomness(modules: dict):
 
 def lora_effect(adapter, modules, next_batch, training, generator, device, compute_dtype) -> float:
     """Mean |output with LoRA − output without| on one training batch (0 means the LoRA does nothing); dropout off,
-    ``generator`` only (the check's own)."""
+    ``generator`` only (the check's own). Runs eager, as previews and validation do: through compiled blocks, its
+    no_grad passes (with and without LoRA) would compile every block shape twice more at the end of the run."""
     batch = to_device(next_batch(), device)
     noise = torch.randn(batch.latents.shape, generator=generator).to(device)
-    with torch.no_grad(), autocast(device, compute_dtype), no_training_randomness(modules):
+    with torch.no_grad(), autocast(device, compute_dtype), no_training_randomness(modules), \
+            torch.compiler.set_stance("force_eager"):
         noised = adapter.noise(batch.latents, noise, batch, training, generator)
         with_lora = adapter.predict(noised, batch).float()
         for m in modules.values():
