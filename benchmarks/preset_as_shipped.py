@@ -24,7 +24,9 @@ Usage::
     python benchmarks/preset_as_shipped.py --dir /data/preset flux2/character --flux2-size 9b --cap-gib 16
     python benchmarks/preset_as_shipped.py --dir /tmp/ps sdxl/character --tiny --device cpu   # harness smoke test
 
-``--set key=value`` adds overrides (e.g. a hand-tuned row to compare with: ``--set memory.auto=false``).
+``--set key=value`` adds overrides (e.g. a hand-tuned row to compare with: ``--set memory.auto=false``). ``--data DIR``
+trains on a given dataset (many buckets; set ``training.max_steps`` past one epoch) and adds the steps after the first
+epoch (median, max, max/median) and dynamo's recompile count to each row.
 """
 
 from __future__ import annotations
@@ -112,7 +114,14 @@ def run_once(args, config: Path, runs: Path, name: str, env_extra: dict[str, str
     if (runs / name / "plan.json").is_file():
         plan = json.loads((runs / name / "plan.json").read_text())
     line = next((n for n in plan.get("notes", []) if n.startswith("plan for ")), "; ".join(plan.get("notes", [])))
+    later = [r["seconds"] for r in steps if r.get("epoch", 0) > min((x.get("epoch", 0) for x in steps), default=0)]
+    log_text = Path(timing.log).read_text(errors="replace") if Path(timing.log).is_file() else ""
     return {"run": name, "s_step": statistics.median(timed) if timed else None,
+            # --data (many buckets): the steps after the first epoch, their slowest against their median (issue 28: < 2)
+            # and dynamo's recompiles (TORCH_LOGS=recompiles; the first compile of each block is not one)
+            "later_median_s": statistics.median(later) if later else None, "later_max_s": max(later, default=None),
+            "later_max_over_median": max(later) / statistics.median(later) if later else None,
+            "recompiles": log_text.count("Recompiling function") if "TORCH_LOGS" in env_extra else None,
             "peak_alloc_gib": max((r.get("peak_mem_gib", 0.0) for r in steps), default=None),
             "smi_peak_gib": poller.peak_mib / 1024 if poller.peak_mib else None,
             "first_step_s": timing.first_step, "total_s": timing.total, "plan": line,
@@ -132,6 +141,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--skip", type=int, default=5, help="steps left out of the median (compilation, warm-up)")
     ap.add_argument("--cap-gib", type=float, default=0.0, help="cap each process at this many GiB (the card tier)")
     ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--data", default="", help="train on this dataset (e.g. benchmarks/data_scale.py make: mixed sizes, "
+                    "many buckets) instead of --images at 1024²; reports the steps after the first epoch and recompiles")
     ap.add_argument("--tiny", action="store_true", help="tiny models (a CPU smoke test of the harness)")
     ap.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     ap.add_argument("--set", action="append", default=[], help="an override section.key=value (repeatable)")
@@ -153,7 +164,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     files = "flux2-9b" if family == "flux2" and args.flux2_size == "9b" else family  # first_step's FLUX2_SIZES
     paths = first_step.build_models(files, root, args.tiny, device)
     resolution = 64 if args.tiny else 1024
-    data = first_step.write_dataset(root / f"data-{resolution}-{args.images}", args.images, resolution)
+    data = Path(args.data).resolve() if args.data else \
+        first_step.write_dataset(root / f"data-{resolution}-{args.images}", args.images, resolution)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     runs = root / "runs" / f"{args.preset.replace('/', '-')}-{stamp}"
     runs.mkdir(parents=True)
@@ -174,6 +186,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     }).read_text()
     config.write_text(text)
     env_extra = {"PRESET_CAP_GIB": str(args.cap_gib)} if args.cap_gib else {}
+    if args.data:
+        env_extra["TORCH_LOGS"] = "recompiles"
     card = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     cap = f" ({args.cap_gib:g} GiB cap)" if args.cap_gib else ""
     results = []
@@ -194,6 +208,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         lines.append(f"| {args.preset} | {card}{cap} | {r['run']} | {fmt(r['s_step'])} | "
                      f"{fmt(r['peak_alloc_gib'], 2)} | {fmt(r['smi_peak_gib'], 2)} | {fmt(r['first_step_s'], 1)} | "
                      f"{r['plan']} |")
+        if r.get("later_max_s") is not None:
+            lines[-1] += (f" after epoch 1: median {fmt(r['later_median_s'])} s, max {fmt(r['later_max_s'])} s "
+                          f"({fmt(r['later_max_over_median'], 2)}×), {r['recompiles']} recompiles in the run |")
     print("\n".join(lines))
     out = os.environ.get("OUT")
     if out:
