@@ -135,3 +135,43 @@ def test_each_block_and_bucket_shape_compiles_once_in_the_first_epoch(tmp_path, 
     assert all(grad for _, grad in compiles), compiles
     # ... each in the first step of its bucket, none after the first epoch
     assert {s for s, _ in compiles} == set(firsts.values()) and max(firsts.values()) <= 4, (compiles, step_shapes)
+
+
+def test_the_end_of_run_lora_check_compiles_nothing():
+    """Fast form of the fix above: ``steps.lora_effect`` (no_grad, LoRA on then off) over compiled blocks that training
+    already compiled adds no compilation, and still measures the LoRA (its output differs with LoRA off)."""
+    import torch._dynamo
+    from types import SimpleNamespace
+
+    from tests.unit.test_speed import step, tiny_flux
+
+    compiled: list[bool] = []
+
+    def recording_backend(gm, example_inputs):
+        compiled.append(torch.is_grad_enabled())
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        model, params = tiny_flux()
+        speed.compile_regions(model, backend=recording_backend, checkpoint=True, log=lambda s: None)
+        step(model, params)  # a training step compiles the blocks
+        assert compiled and all(compiled)
+        trained = len(compiled)
+        g = torch.Generator().manual_seed(3)
+        batch = SimpleNamespace(latents=torch.randn(1, 16, 16, generator=g), text={}, loss_weight=torch.ones(1),
+                                mask=None)
+        text = torch.randn(1, 8, 32, generator=g)
+
+        def predict(noised, b):
+            return model(hidden_states=noised, encoder_hidden_states=text, pooled_projections=torch.zeros(1, 8),
+                         timestep=torch.tensor([0.5]), img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3),
+                         return_dict=False)[0]
+
+        adapter = SimpleNamespace(noise=lambda latents, noise, b, training, gen: latents + noise, predict=predict)
+        effect = steps.lora_effect(adapter, {"denoiser": model}, lambda: batch, None, torch.Generator().manual_seed(4),
+                                   torch.device("cpu"), torch.float32)
+    finally:
+        torch._dynamo.reset()
+    assert effect > 0.0
+    assert len(compiled) == trained, "the LoRA check compiled the blocks again (no_grad / LoRA off)"
