@@ -63,7 +63,10 @@ def test_broken_objective_scores_clearly_worse(trained, tmp_path):
 # rate >= 0.8 with drift <= 0.1; SDXL's setting met it on one training seed in three (rate 1.00 / 0.71 / 0.67, shapes
 # kept 0.92 / 0.83 / 0.79, leak 0 over seeds 42 / 7 / 1234: benchmarks/RESULTS.md, "Issue 23, fourth session"), so
 # this asserts what held on all three, against the demo recipe's 0.38: a conservative floor, like the ones above.
-QUALITY_FLOOR = {"rate": 0.65, "leak": 0.1, "shape_kept": 0.75}
+# SD 1.5 (the same setting; "Issue 23, fifth session"): rate 0.75 / 0.67 / 0.58, leak 0 / 0.08 / 0, shapes kept
+# 0.63 / 0.67 / 0.88 over the same seeds (the demo recipe: rate 0.32); its floor is what held on all three.
+QUALITY_FLOOR = {"sdxl": {"rate": 0.65, "leak": 0.1, "shape_kept": 0.75},
+                 "sd15": {"rate": 0.55, "leak": 0.1, "shape_kept": 0.6}}
 
 
 def _quality_families() -> list[str]:
@@ -76,6 +79,7 @@ def _quality_families() -> list[str]:
 def test_quality_setting_learns_far_more_than_the_demo(family, tmp_path):
     r = run_eval(family, tmp_path, overrides=("log.progress=false",), quality=True)
     print(family, "quality setting:", r)
-    assert r["concept_rate_after"] >= QUALITY_FLOOR["rate"]
-    assert r["drift_concept_leak"] <= QUALITY_FLOOR["leak"]
-    assert r["drift_shape_agreement"] >= QUALITY_FLOOR["shape_kept"]
+    floor = QUALITY_FLOOR[family]  # a toy given a quality setting gets its measured floor here
+    assert r["concept_rate_after"] >= floor["rate"]
+    assert r["drift_concept_leak"] <= floor["leak"]
+    assert r["drift_shape_agreement"] >= floor["shape_kept"]

@@ -18,7 +18,7 @@ def _with_quality() -> list[str]:
 
 
 def test_some_toy_has_a_quality_setting():
-    assert "sdxl" in _with_quality()
+    assert {"sdxl", "sd15"} <= set(_with_quality())
 
 
 @pytest.mark.parametrize("family", _with_quality())
