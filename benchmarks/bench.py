@@ -68,6 +68,9 @@ def modcpu(amb: float, **extra: Any) -> dict[str, Any]:
             "save_attn": False, **extra}
 
 
+# FLUX.2 module types diffusers' train_dreambooth_lora_flux2_klein.py trains by default (0 = no LoRA; rank 16 as the rows)
+SCRIPT_TARGETS = {"img_attn": 16, "txt_attn": 0, "img_mlp": 0, "txt_mlp": 0, "single": 16}
+
 ROWS: dict[str, dict[str, Any]] = {
     "sdxl/gc": {"family": "sdxl", "gc": True, "eager_first": True, "phases": (None, True)},
     "sdxl/nogc": {"family": "sdxl", "gc": False, "eager_first": True},
@@ -263,6 +266,14 @@ ROWS: dict[str, dict[str, Any]] = {
     # Klein 4B planned at the memory diffusers' script used in round 15 (9.02 GiB allocated): vram 9.5 = a 9.0 GiB cap
     "flux2-4b/vram9.5": {"family": "flux2", "size": "klein-4b", "gc": True, "vram": 9.5, "compile": "regions",
                          "phases": (True,)},
+    # like for like with diffusers' Klein script: its default targets (double blocks' image attention q/k/v/out, single
+    # blocks' fused input and output; 16.7 M parameters at rank 16) instead of lorakit's every block Linear
+    "flux2-4b/scripttargets+fp8c+compile": {"family": "flux2", "size": "klein-4b", "gc": True, "fp8": True, "fp8c": True,
+                                            "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
+    "flux2-4b/scripttargets+vram9.5": {"family": "flux2", "size": "klein-4b", "gc": True, "vram": 9.5,
+                                       "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
+    "flux2-9b/scripttargets+fp8c+compile": {"family": "flux2", "size": "klein-9b", "gc": True, "fp8": True, "fp8c": True,
+                                            "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
     # Qwen-Image (issue 29): 20 B, random full-size weights; the 24 GiB tier (musubi-tuner: fp8 + 16 swapped blocks) and
     # the 16 GiB tier (45 swapped); "peak" must stay under 24 / 16 GiB on the card
     "qwenimage/gc": {"family": "qwenimage", "gc": True, "eager_first": True},
@@ -343,7 +354,8 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
     data = {
         "model": {"family": family, "checkpoint": "random-weights.safetensors"},
         "data": {"dir": str(ROOT), "resolution": RESOLUTION.get(family, 1024)},
-        "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0},
+        "network": {"rank": rank, "alpha": float(rank), "dropout": 0.0,
+                    **({"module_ranks": s["module_ranks"]} if s.get("module_ranks") else {})},
         # fused_backward steps each parameter inside backward: no clipping by the global norm there (nor in "noclip")
         "optimizer": {"name": s.get("optim", "adamw"), "lr": 1e-4,
                       "max_grad_norm": 0.0 if s.get("noclip") or s.get("fbwd") else 1.0},
