@@ -305,6 +305,12 @@ ROWS.update({
     # the rows benchmarks/peers.py sets against diffusers' Z-Image script and sd-scripts' train_network.py
     "zimage/fp8c+compile": {"family": "zimage", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
                             "phases": (True,)},
+    # like for like with diffusers' Z-Image script: its default targets (attention q/k/v/out; 16.7 M parameters at rank 16),
+    # and planned at the script's own memory (13.85 GiB allocated in round 16: vram 14.3 = a 13.8 GiB cap)
+    "zimage/scripttargets+fp8c+compile": {"family": "zimage", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
+                                          "phases": (True,), "module_ranks": {"attn": 16, "ffn": 0}},
+    "zimage/scripttargets+vram14.3": {"family": "zimage", "gc": True, "vram": 14.3, "compile": "regions",
+                                      "phases": (True,), "module_ranks": {"attn": 16, "ffn": 0}},
     "sd15/gc+compile": {"family": "sd15", "gc": True, "compile": "regions", "phases": (True,)},
     "sd15/gc+compile-graphs": {"family": "sd15", "gc": True, "compile": "regions", "cudagraphs": True,
                                "phases": (True,)},

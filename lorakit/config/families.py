@@ -30,6 +30,22 @@ def applies_to(key: str) -> tuple[str, ...]:
     return tuple(name for name, keys in _keys(installed()).items() if key in keys)
 
 
+def table_names(key: str, family: str | None = None) -> tuple[str, ...] | None:
+    """The names the table key ``key`` takes: for ``network.module_ranks`` the family's ``ModelSpec.module_types``
+    (``family`` installed), else every installed family's (sorted, once each); None for a key families do not name."""
+    if key != "network.module_ranks":
+        return None
+    from lorakit.models.registry import get_family
+
+    names = installed()
+    if family is not None and family in names:
+        return tuple(getattr(get_family(family).SPEC, "module_types", ()))
+    out: dict[str, None] = {}
+    for name in names:
+        out.update(dict.fromkeys(getattr(get_family(name).SPEC, "module_types", ())))
+    return tuple(sorted(out))
+
+
 def bucket_step(family: str) -> int:
     """The multiple ``data.bucket_reso_steps`` must be for ``family`` (its ``ModelSpec.bucket_step``)."""
     from lorakit.models.registry import get_family

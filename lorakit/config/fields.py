@@ -20,11 +20,9 @@ LIST_RULES: dict[str, tuple[str, int | None]] = {
     "optimizer.betas": ("beta", 2),
     "sample.prompts": ("str", None),
 }
-# Allowed keys of table-valued fields, from their docs (None: any key).
-TABLE_KEYS: dict[str, tuple[str, ...] | None] = {
-    "network.module_ranks": ("img_attn", "txt_attn", "img_mlp", "txt_mlp", "img_mod", "txt_mod", "single",
-                             "single_mod"),
-}
+# Allowed keys of table-valued fields whose names the config layer knows (None or absent: any key). The names of
+# network.module_ranks belong to the families (ModelSpec.module_types; lorakit/config/families.py: table_names).
+TABLE_KEYS: dict[str, tuple[str, ...] | None] = {}
 INDICES_RE = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 
 SEED_MAX = 2**32 - 1

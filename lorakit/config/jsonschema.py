@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from lorakit.config import families
 from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, FieldSpec, field_specs, section_doc
 from lorakit.config.schema import SECTIONS, Config
 from lorakit.config.toml_io import list_presets
@@ -35,7 +36,7 @@ def field_schema(spec: FieldSpec) -> dict[str, Any]:
         out = {"type": "string", "pattern": INDICES_PATTERN}
     elif kind == "table" or spec.base is dict:
         out = {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}}
-        names = TABLE_KEYS.get(spec.key)
+        names = TABLE_KEYS.get(spec.key) or families.table_names(spec.key)
         if names:
             out["propertyNames"] = {"enum": list(names)}
     elif spec.base is list:
@@ -64,12 +65,8 @@ def field_schema(spec: FieldSpec) -> dict[str, Any]:
     if spec.default is not None:
         out["default"] = spec.default
     if spec.meta.get("family_only"):
-        from lorakit.config import families
-
         out["x-families"] = list(families.applies_to(spec.key))
     if spec.meta.get("kind") == "family":
-        from lorakit.config import families
-
         out["enum"] = list(families.installed())
     if kind:
         out["x-kind"] = kind

@@ -131,9 +131,10 @@ class NetworkCfg:
                                             kind="indices", family_only=True)
     single_block_indices: Optional[str] = f(None, "FLUX.1/2: single-block indices, e.g. '0-10' (default all).",
                                             kind="indices", family_only=True)
-    module_ranks: dict = f(None, "Per-module-type ranks (FLUX.1: img_attn, txt_attn, img_mlp, txt_mlp, img_mod, "
-                           "txt_mod, single, single_mod; FLUX.2: the same without the _mod types); 0 skips the "
-                           "type.", factory=dict, kind="table",
+    module_ranks: dict = f(None, "Per-module-type ranks, named by the family (FLUX.1: img_attn, txt_attn, img_mlp, "
+                           "txt_mlp, img_mod, txt_mod, single, single_mod; FLUX.2: the same without the _mod types; "
+                           "SD3.5: img/txt_attn, img/txt_mlp, img/txt_mod; Qwen-Image: img/txt_attn, img/txt_mlp; "
+                           "Z-Image: attn, ffn); 0 skips the type.", factory=dict, kind="table",
                            family_only=True)
     factor: int = f(-1, "LoKr: the Kronecker factor (LyCORIS' factor): each side of a layer splits into factor x "
                     "side/factor; -1 = as near the square root as the side allows.", ge=-1)

@@ -267,7 +267,10 @@ def parse_indices(text: str) -> list[int]:
 def _check_table(spec: FieldSpec, value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
         raise err(spec.key, f"must be a table of name = integer ≥ 0, got {show(value)}")
-    allowed = TABLE_KEYS.get(spec.key)
+    from lorakit.config import families
+
+    # the family's own names are checked once the family is known (check_families); here any family's
+    allowed = TABLE_KEYS.get(spec.key) or families.table_names(spec.key)
     out: dict[str, int] = {}
     for name, entry in value.items():
         sub = f"{spec.key}.{seg(name)}"
@@ -387,6 +390,7 @@ def check_families(cfg: Config) -> None:
                 continue
             fams = families.applies_to(spec.key)
             if family in fams:
+                _check_family_table(spec, getattr(getattr(cfg, section), name), family)
                 continue
             value = getattr(getattr(cfg, section), name)
             if value is False and spec.default is None:  # an explicit "never" of an unset-means-auto switch
@@ -424,6 +428,23 @@ _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
        lambda c: c.data.validation_split > 0 or c.data.validation_dir is not None)
       for key in ("save.keep_best", "validation.every_n_steps", "validation.timesteps")),
 )
+
+
+def _check_family_table(spec: FieldSpec, value: Any, family: str) -> None:
+    """A table key whose names belong to the family (network.module_ranks): each name is one of this family's."""
+    from lorakit.config import families
+
+    names = families.table_names(spec.key, family)
+    if names is None or not isinstance(value, dict):
+        return
+    for name in value:
+        if name not in names:
+            from lorakit.models.registry import get_family
+
+            label = getattr(get_family(family).SPEC, "display_name", "") or family
+            hint = suggest(str(name), names)
+            extra = f"did you mean {spec.key}.{hint}?" if hint else f"names are {', '.join(names)}"
+            raise err(f"{spec.key}.{seg(name)}", f"not a {label} module type; {extra}")
 
 
 def _value(cfg: Config, key: str) -> Any:

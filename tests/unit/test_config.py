@@ -193,6 +193,30 @@ def test_table_kind(tmp_path):
     assert msg.startswith("network.module_ranks: must be a table")
 
 
+def test_module_ranks_take_each_familys_own_names(tmp_path):
+    """network.module_ranks names come from the family package (ModelSpec.module_types), not from a FLUX-only list in
+    the config layer: Z-Image's "attn" / "ffn" load (they were refused as unknown names), a name of another family is
+    refused for this one in one line naming the key, the family and its names, and the targets follow the table."""
+    from types import SimpleNamespace
+
+    from lorakit.models.zimage import lora_format
+
+    zimage = BASE.replace('"sdxl"', '"zimage"')
+    cfg = load_text(tmp_path, zimage + "[network]\nmodule_ranks = { attn = 16, ffn = 0 }\n")
+    assert cfg.network.module_ranks == {"attn": 16, "ffn": 0}
+    targets = lora_format.transformer_targets(SimpleNamespace(rank=8, module_ranks=cfg.network.module_ranks), 2, 1)
+    assert targets and all(".attention.to_" in path for path in targets) and set(targets.values()) == {16}
+    assert len(targets) == 4 * (2 + 2 * 1)  # q, k, v, out of the 2 layers and the 2 refiners
+    msg = err(tmp_path, zimage + "[network]\nmodule_ranks = { img_attn = 4 }\n")
+    assert msg == "network.module_ranks.img_attn: not a Z-Image module type; did you mean network.module_ranks.attn?"
+    msg = err(tmp_path, FLUX_BASE + "[network]\nmodule_ranks = { ffn = 4 }\n")
+    assert msg.startswith("network.module_ranks.ffn: not a FLUX.1 module type; "), msg
+    assert "img_attn" in msg and "single_mod" in msg
+    # a name no family has is refused before the family is asked, with the nearest name of any family
+    msg = err(tmp_path, zimage + "[network]\nmodule_ranks = { atn = 4 }\n")
+    assert msg == "network.module_ranks.atn: unknown name; did you mean network.module_ranks.attn?"
+
+
 # ---------------------------------------------------------------------------- unknown names
 
 

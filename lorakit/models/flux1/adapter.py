@@ -23,8 +23,10 @@ from lorakit.models import common
 from lorakit.safetensors_header import read_safetensors_header
 
 from .modulation import DOUBLE, SINGLE
+from .lora_format import MODULE_TYPES
 
 SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
+                 module_types=MODULE_TYPES,
                  display_name="FLUX.1",
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,

@@ -21,8 +21,10 @@ from lorakit.models.base import Batch, LoraModule, ModelSpec, NoisedInput, Sampl
 from lorakit.models import common
 
 from . import configs, maths, planning
+from .lora_format import MODULE_TYPES
 
 SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0.0, vae_downscale=16, patch_size=1,
+                 module_types=MODULE_TYPES,
                  display_name="FLUX.2",
                  bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),
                  max_caption_tokens=configs.MAX_TEXT_TOKENS, default_sample_steps=4,

@@ -23,10 +23,12 @@ from lorakit.models import common
 from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 
 from . import configs, planning
+from .lora_format import MODULE_TYPES
 
 VAE_SCALE, VAE_SHIFT = configs.VAE_SCALE, configs.VAE_SHIFT
 
 SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
+                 module_types=MODULE_TYPES,
                  display_name="SD3.5",
                  patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g", "t5xxl"), max_caption_tokens=configs.CLIP_TOKENS,

@@ -22,10 +22,12 @@ from lorakit.models import common, estimates
 from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 
 from . import configs, planning
+from .lora_format import MODULE_TYPES
 
 VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159          # FLUX.1's AE constants (Z-Image's vae/config.json has the same)
 
 SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
+                 module_types=MODULE_TYPES,
                  display_name="Z-Image",
                  patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,
                  text_encoders=("text_encoder",), max_caption_tokens=configs.MAX_TEXT_TOKENS, default_sample_steps=9,
