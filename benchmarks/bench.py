@@ -272,6 +272,9 @@ ROWS: dict[str, dict[str, Any]] = {
                                             "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
     "flux2-4b/scripttargets+vram9.5": {"family": "flux2", "size": "klein-4b", "gc": True, "vram": 9.5,
                                        "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
+    "flux2-4b/scripttargets+vram9.5+graphs": {"family": "flux2", "size": "klein-4b", "gc": True, "vram": 9.5,
+                                              "compile": "regions", "cudagraphs": True, "phases": (True,),
+                                              "module_ranks": SCRIPT_TARGETS},
     "flux2-9b/scripttargets+fp8c+compile": {"family": "flux2", "size": "klein-9b", "gc": True, "fp8": True, "fp8c": True,
                                             "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
     # Qwen-Image (issue 29): 20 B, random full-size weights; the 24 GiB tier (musubi-tuner: fp8 + 16 swapped blocks) and
