@@ -315,6 +315,11 @@ ROWS.update({
     "zimage/scripttargets+vram14.3": {"family": "zimage", "gc": True, "vram": 14.3, "compile": "regions",
                                       "phases": (True,), "module_ranks": {"attn": 16, "ffn": 0}},
     "sd15/gc+compile": {"family": "sd15", "gc": True, "compile": "regions", "phases": (True,)},
+    # like for like with sd-scripts' train_network.py in benchmarks/peers.py (network_dim 16)
+    "sd15/r16+gc+compile-graphs": {"family": "sd15", "gc": True, "compile": "regions", "cudagraphs": True,
+                                   "phases": (True,), "rank": 16},
+    "sd15/r16+vram6": {"family": "sd15", "gc": True, "vram": 6, "compile": "regions", "cudagraphs": True,
+                       "phases": (True,), "rank": 16},
     "sd15/gc+compile-graphs": {"family": "sd15", "gc": True, "compile": "regions", "cudagraphs": True,
                                "phases": (True,)},
 })
@@ -359,7 +364,7 @@ def build_config(family: str, gc: bool, compile_: bool, s: dict | None = None) -
 
     s = s or {}
 
-    rank = 32 if family in ("sdxl", "sd15") else 16
+    rank = int(s.get("rank") or (32 if family in ("sdxl", "sd15") else 16))
     data = {
         "model": {"family": family, "checkpoint": "random-weights.safetensors"},
         "data": {"dir": str(ROOT), "resolution": RESOLUTION.get(family, 1024)},
