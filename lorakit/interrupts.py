@@ -12,6 +12,8 @@ message, the interpreter's exit) is cut short by another signal:
   Checkpoints are written whole (temp file, then rename), so the last complete one is kept; run.json may still say
   "running" and the metrics of the last steps may be missing (a resume handles both).
 
+Inside :func:`deferred` (third-party imports and drawing in the loop) the first stop waits for the block's end.
+
 Why :class:`~lorakit.errors.Interrupted` and never a bare KeyboardInterrupt: CPython (3.10 to 3.13 at least)
 remembers a KeyboardInterrupt of exactly that type that leaves code run from a string (``exec``/``eval`` of a string:
 every dataclass and namedtuple created, e.g. while matplotlib is first imported to draw loss.png after the first
@@ -23,12 +25,13 @@ raises the bare type, which is why SIGINT is handled here too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from lorakit.errors import Interrupted
 
@@ -44,11 +47,15 @@ class StopHandler:
                  echo_s: Optional[float] = None) -> None:
         self.clock, self.exit, self.echo_s = clock, exit, echo_s
         self.first: Optional[tuple[int, float]] = None  # (signal, when) of the stop under way
+        self.deferring, self.pending = 0, False  # inside deferred(); a stop waiting for its end
 
     def __call__(self, signum: int, frame=None) -> None:
         now = self.clock()
         if self.first is None:
             self.first = (signum, now)
+            if self.deferring:
+                self.pending = True
+                return
             raise Interrupted()  # no message: the loop names the checkpoint, cli.main prints the generic line
         if now - self.first[1] < (ECHO_S if self.echo_s is None else self.echo_s):
             return  # the same stop delivered twice: the first is being handled
@@ -59,6 +66,18 @@ class StopHandler:
         except Exception:  # noqa: BLE001 - a closed or broken stderr must not keep the process alive
             pass
         self.exit(130)
+
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring += 1
+        try:
+            yield
+        finally:
+            self.deferring -= 1
+        if self.pending and not self.deferring:
+            self.pending = False
+            raise Interrupted()
 
 
 _active: Optional[StopHandler] = None
@@ -87,3 +106,12 @@ def release() -> None:
         for s, handler in _previous.items():
             signal.signal(s, handler)
     _active, _previous = None, {}
+
+
+def deferred() -> contextlib.AbstractContextManager:
+    """A stop that arrives inside the block is raised when the block ends, not inside it. For third-party imports and
+    drawing inside the loop (loss.png after a save: matplotlib's first import): CPython turns an exception raised while
+    a class is created into a RuntimeError (3.11), one inside a C extension's import into an ImportError, and drops
+    one raised in a callback ("Exception ignored"), so a stop landing there failed the run (exit 1) or was lost. A
+    second signal a second later still ends the process at once. Nothing happens here without :func:`install`."""
+    return _active.deferred() if _active is not None else contextlib.nullcontext()

@@ -77,6 +77,23 @@ def test_the_handler_raises_once_ignores_an_echo_and_exits_130_on_a_later_signal
     assert "SIGINT while stopping: exiting now" in capsys.readouterr().err
 
 
+def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends():
+    clock, exits, done = Clock(), [], []
+    handler = interrupts.StopHandler(clock=clock, exit=exits.append, echo_s=1.0)
+    with pytest.raises(Interrupted):
+        with handler.deferred():
+            with handler.deferred():  # nested: the outer end raises
+                assert handler(signal.SIGTERM) is None  # an import under way is not broken off
+                done.append("inner")
+            done.append("outer")
+    assert done == ["inner", "outer"] and exits == [] and not handler.pending
+    clock.now += 5
+    with handler.deferred():  # a second signal a while later still ends a block that hangs
+        handler(signal.SIGINT)
+    assert exits == [130]
+    assert interrupts.deferred().__enter__() is None  # nothing installed: a plain block
+
+
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers: main thread")
 def test_main_gives_the_callers_handlers_back_after_a_command(tmp_path, monkeypatch):
     monkeypatch.setattr("lorakit.logs.quiet_third_party", lambda: None)  # (it imports diffusers: seconds)
