@@ -12,7 +12,8 @@ message, the interpreter's exit) is cut short by another signal:
   Checkpoints are written whole (temp file, then rename), so the last complete one is kept; run.json may still say
   "running" and the metrics of the last steps may be missing (a resume handles both).
 
-Inside :func:`deferred` (third-party imports and drawing in the loop) the first stop waits for the block's end.
+Inside :func:`deferred` (third-party imports and drawing in the loop) the first stop waits for the block's end; one
+that a library swallowed is raised again before the next step (:func:`check`).
 
 Why :class:`~lorakit.errors.Interrupted` and never a bare KeyboardInterrupt: CPython (3.10 to 3.13 at least)
 remembers a KeyboardInterrupt of exactly that type that leaves code run from a string (``exec``/``eval`` of a string:
@@ -115,3 +116,11 @@ def deferred() -> contextlib.AbstractContextManager:
     one raised in a callback ("Exception ignored"), so a stop landing there failed the run (exit 1) or was lost. A
     second signal a second later still ends the process at once. Nothing happens here without :func:`install`."""
     return _active.deferred() if _active is not None else contextlib.nullcontext()
+
+
+def check() -> None:
+    """Raise a stop that came but was swallowed on its way (CPython drops an exception raised inside a ``__del__`` or
+    a weakref callback with "Exception ignored in ..."), so the run does not go on as if nothing had happened:
+    ``steps.update_step`` calls it before each step."""
+    if _active is not None and _active.first is not None and not _active.deferring:
+        raise Interrupted()

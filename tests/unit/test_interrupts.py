@@ -94,6 +94,20 @@ def test_a_stop_inside_a_deferred_block_is_raised_when_the_block_ends():
     assert interrupts.deferred().__enter__() is None  # nothing installed: a plain block
 
 
+def test_a_stop_that_a_library_swallowed_is_raised_before_the_next_step(monkeypatch):
+    handler = interrupts.StopHandler()
+    monkeypatch.setattr(interrupts, "_active", handler)
+    interrupts.check()  # no stop yet: nothing
+    try:
+        handler(signal.SIGTERM)
+    except KeyboardInterrupt:
+        pass  # e.g. "Exception ignored in: <weakref callback>": the run went on
+    with handler.deferred():
+        interrupts.check()  # inside a deferred block: the block's end is where a stop is raised
+    with pytest.raises(Interrupted):
+        interrupts.check()
+
+
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers: main thread")
 def test_main_gives_the_callers_handlers_back_after_a_command(tmp_path, monkeypatch):
     monkeypatch.setattr("lorakit.logs.quiet_third_party", lambda: None)  # (it imports diffusers: seconds)
