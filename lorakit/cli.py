@@ -56,6 +56,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"lorakit: {exc or 'interrupted; the last complete checkpoint is kept (resume with --resume)'}",
               file=sys.stderr)
         return 130
+    finally:  # a long command's SIGINT/SIGTERM handlers go back, unless it was stopped (lorakit/interrupts.py)
+        from lorakit.interrupts import release
+
+        release()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,15 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args) -> int:
-    import signal
-
     from lorakit.config.load import load_config
+    from lorakit.interrupts import install
     from lorakit.train.loop import train
 
-    def stop(signum, frame):  # SIGTERM (a scheduler, `kill`, a UI's stop) ends the run as Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    install()  # SIGTERM (a scheduler, `kill`, a UI's stop) ends the run as Ctrl-C does; a later second one aborts
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -348,13 +348,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    import signal
-
+    from lorakit.interrupts import install
     from lorakit.sweep import report as sweep_report
     from lorakit.sweep.run import Sweep, create, run_sweep
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt
 
     if args.args[:1] == ["preset"]:  # lorakit sweep preset DIR PRESET.toml [--concept]
         if len(args.args) != 3:
@@ -373,7 +369,7 @@ def cmd_sweep(args) -> int:
             sweep_report.evaluate_concept(Path(args.args[1]), jobs=args.parallel or 1)
         sweep_report.write_report(Path(args.args[1]))
         return 0
-    signal.signal(signal.SIGTERM, stop)
+    install()  # SIGINT/SIGTERM as for train (lorakit/interrupts.py)
     from lorakit.sweep.parallel import parse_gpus
 
     gpus = parse_gpus(args.gpus)  # refused before the sweep folder is made

@@ -203,10 +203,12 @@ def interrupted(run: RunDir, step: int) -> Exception:
 def draw_loss(run: RunDir, step: int) -> None:
     """loss.png beside the checkpoints (after each save and at the end). A full disk here stops the run with the
     resume line: the checkpoint of this step is complete."""
+    from lorakit.interrupts import deferred
     from lorakit.train.metrics import plot_loss, read_metrics
 
     try:
-        plot_loss(read_metrics(run.root / "metrics.jsonl"), run.root / "loss.png")
+        with deferred():  # a Ctrl-C/SIGTERM is raised after the drawing, not inside matplotlib's first import
+            plot_loss(read_metrics(run.root / "metrics.jsonl"), run.root / "loss.png")
     except Exception as exc:
         if not health.is_disk_full(exc):
             raise

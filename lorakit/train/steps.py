@@ -7,6 +7,7 @@ import contextlib
 
 import torch
 
+from lorakit import interrupts
 from lorakit.config.schema import Config
 from lorakit.lora.inject import enable_lora
 from lorakit.models.base import Batch, to_gpu
@@ -21,6 +22,7 @@ def update_step(adapter, next_batch, cfg: Config, generator, optimizer, trainabl
     A fused torch AdamW (the CUDA default) makes that decision on the GPU (``health.skip_on_device``), so the host
     queues the update and the next step without waiting, and reads this step's numbers later. Any other optimizer
     waits here for the numbers: one GPU synchronisation per step."""
+    interrupts.check()  # a Ctrl-C/SIGTERM that some library swallowed stops the run here
     stats = train_step(adapter, next_batch, cfg, generator, optimizer, trainable, scaler, device, compute_dtype)
     in_backward = getattr(optimizer, "steps_in_backward", False)  # memory.fused_backward: already stepped
     if scaler is None and not in_backward and health.skip_on_device(optimizer, stats):
