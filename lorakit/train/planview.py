@@ -33,6 +33,7 @@ def lora_parameters(model, targets: dict[str, int]) -> int:
 
 _SIZES: dict[tuple, budget.Sizes] = {}
 _BUILT: dict[str, tuple] = {}  # one meta model per family / variant / network / dtype in a process (tests, the UI)
+_TARGETS: dict[int, frozenset[str]] = {}  # id(meta model) -> its LoRA targets' paths (no LoRA is injected there)
 
 
 def meta_model(cfg) -> tuple:
@@ -61,6 +62,7 @@ def meta_model(cfg) -> tuple:
         model.requires_grad_(False)
         trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
         _BUILT[key] = (spec, model, speed.repeated_blocks(model, extra=spec.compile_blocks), trainable)
+        _TARGETS[id(model)] = frozenset(targets)
     return _BUILT[key]
 
 
@@ -69,7 +71,8 @@ def sizes_of(cfg) -> budget.Sizes:
     spec, model, blocks, trainable = meta_model(cfg)
     key = (id(model), tuple(spec.host_linears), sum(int(t.numel()) for t in trainable))
     if key not in _SIZES:
-        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
+        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears, spec=spec,
+                                         paths=_TARGETS.get(id(model)))
     return _SIZES[key]
 
 
