@@ -173,8 +173,7 @@ class Sizes:
         names = set(host_linears)
         host = sum(_frozen_bytes(m, set()) for b in blocks for name, m in b.named_modules()
                    if isinstance(m, nn.Linear) and name.removesuffix(".base_layer") in names)
-        paths = lora_paths(model) if paths is None else paths
-        inputs = lora_inputs(spec, model, blocks, paths) if spec is not None and paths else ()  # no LoRA: not known
+        inputs = lora_inputs(spec, model, blocks, lora_paths(model) if paths is None else paths)
         return cls(outside, per_block, sum(int(p.numel()) for p in trainable), host, inputs)
 
 
@@ -185,9 +184,10 @@ def lora_paths(model: nn.Module) -> frozenset[str]:
 
 def lora_inputs(spec, model: nn.Module, blocks: Sequence[nn.Module], paths: frozenset[str]) -> tuple[float, ...]:
     """Per block of ``blocks``, the GiB per 1024² image that the LoRA targets ``paths`` add to the family's activation
-    rates with fp8 weights (``ModelSpec.lora_input_gib``; () where the family has none)."""
+    rates with fp8 weights (``ModelSpec.lora_input_gib``; () where the family has none, or no target is known: a model
+    on the meta device carries no LoRA layers, its targets are passed)."""
     hook = getattr(spec, "lora_input_gib", None)
-    if hook is None:
+    if hook is None or not paths:
         return ()
     per_path = hook(model, frozenset(paths))
     index = {id(b): i for i, b in enumerate(blocks)}
@@ -434,7 +434,9 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     host_fixed = bool(spec.host_linears) and mem.modulation_on_cpu is True
     host_linears = host_linears or host_fixed
     if sizes is None:
-        sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else (), spec=spec)
+        sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
+    if not sizes.lora_inputs:  # the LoRA layers injected in ``model``
+        sizes = replace(sizes, lora_inputs=lora_inputs(spec, model, blocks, lora_paths(model)))
     # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate
     # adds the graph pool on top: on an H200 it measured 1.9 GiB against the 2.8 GiB counted, RESULTS.md round 10)
     host_budgets = spec.host_activation_budget_gib if host_linears and mem.compile else ()
