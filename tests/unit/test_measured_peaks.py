@@ -108,7 +108,7 @@ def row_name(row: dict) -> str:
 
 # diffusers' Klein script's targets (benchmarks/bench.py SCRIPT_TARGETS): no text attention, no double-block MLPs
 SCRIPT_TARGETS = {"img_attn": 16, "txt_attn": 0, "img_mlp": 0, "txt_mlp": 0, "single": 16}
-ROUND16 = "RESULTS.md round 16 (H100, bench.py e4cb90c)"
+ROUND16 = "H100 2026-12-07 (benchmarks/peers.py at e4cb90c)"
 # memory-only rows measured on a host whose s/step ran slow (SD3.5 eager 0.629 s against 0.397 in round 14): kept here
 # for their peaks, out of the s/step model's rows (the family packages' tables)
 MEMORY_ROWS = [
@@ -242,7 +242,7 @@ def test_measured_rows_replace_the_estimated_row_along_the_checkpointing_axis():
     assert cards.step_seconds("sd3", full, h100, rows=rows).seconds == pytest.approx(0.172)
 
 
-# flux2-4b/vram9.5 (RESULTS.md round 16, commit e4cb90c): the default targets at 76 % checkpointed, fp8 compute, ran out
+# flux2-4b/vram9.5 (H100 2026-12-07, commit e4cb90c): the default targets at 76 % checkpointed, fp8 compute, ran out
 # of memory under the bench's 9.0 GiB allocator cap: 8.50 GiB allocated, 0.24 asked, 0.27 reserved but unallocated
 OOM_ALLOCATED = 8.50 + 244 / 1024
 OOM_FRAGMENTED = 272.88 / 1024

@@ -35,11 +35,12 @@ checkpointing: 5.38 GiB with fp8 compute (each block checkpointed inside its com
 (inside lorakit's own checkpoint; the same 4.37 from both swap rows): the larger serves both, within 6 % of every dev
 peak. Without checkpointing, the blocks left out of it under fp8 compute kept more than bf16's compiled rate
 (12.53 / 21.15 GiB): 4B at 92 % checkpointed (flux2-4b/vram8, two single blocks left out) 13.13, at 76 % (diffusers'
-script's targets, one double block and five single ones left out, RESULTS.md round 16) 13.46 once the 0.11 GiB of inputs
-that the default targets' LoRAs keep in that double block is added (:func:`lora_input_gib`); 9B at 84 %
-(flux2-9b/vram16) 22.23. The larger, 13.46 / 22.23, serves both (the bf16 rows without checkpointing then predict
+script's targets, one double and five single blocks left out; H100, 2026-12-07, commit e4cb90c) 13.46 once the
+0.11 GiB of inputs that the default targets' LoRAs keep in that double block is added (:func:`lora_input_gib`); 9B at
+84 % (flux2-9b/vram16) 22.23. The larger, 13.46 / 22.23, serves both (the bf16 rows without checkpointing then predict
 +4.6 / +2.8 %); the default targets at 76 % are then counted at 8.76 GiB allocated, where they ran out of memory with
-8.50 allocated and 0.24 asked under a 9 GiB cap (0.27 GiB fragmented). CUDA graphs added 0.10 / 0.14 GiB to the 4B / 9B peaks (0.05 GiB per GiB of checkpointed activations:
+8.50 allocated and 0.24 asked under a 9 GiB cap (0.27 GiB fragmented). CUDA graphs added 0.10 / 0.14 GiB to the 4B /
+9B peaks (0.05 GiB per GiB of checkpointed activations:
 :data:`GRAPH_POOL`), not the 1.2 SDXL measured.
 
 Not measured, and planned from estimates that the plan and the s/step model say are estimates:
@@ -194,7 +195,7 @@ def lora_input_gib(model: Any, paths: frozenset) -> dict[str, float]:
     Counted where the base Linears keep no input (fp8 storage / compute): on Klein 4B at 76 % checkpointing, the
     default targets (100 Linears) ran out of memory at a 9 GiB cap where diffusers' script's (60: no text attention,
     no double-block MLPs) peaked at 8.54 GiB allocated; the one double block left out of checkpointing keeps 0.11 GiB
-    of inputs for those 40 LoRAs (RESULTS.md round 16)."""
+    of inputs for those 40 LoRAs (H100, 2026-12-07, bench.py at commit e4cb90c)."""
     from .lora_format import module_table
 
     c = model.config
