@@ -188,7 +188,8 @@ def planned(cfg, card: cards.CardFacts, label: str, gpus: int = 1) -> tuple[str,
         out.append(f"  {key:<{width}}{shown:<10}{who(cfg, key, value, explicit)}")
     parts = ", ".join(f"{k} {v:.2f}" for k, v in plan.parts.items())
     room = applied.memory.vram_gb
-    out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB})")
+    out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB}; "
+               f"{plan.margin_gib:.2f} more kept free)")
     out.append(f"  estimated step: {plan.step.describe()}" if plan.step else
                "  estimated step: no measured row for this family")
     phases = autoplan.plan_phases(applied, budget.for_model(meta_model(cfg)[0], meta_model(cfg)[1]), plan, room)
