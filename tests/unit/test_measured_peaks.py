@@ -305,3 +305,31 @@ def test_flux2_lora_inputs_follow_the_targets_and_count_only_with_fp8_weights(mo
     fp8_script = plan_of(models, "flux2-klein-4b", {**base, "fp8_base": True, "fp8_compute": True,
                                                     "network": {"module_ranks": SCRIPT_TARGETS}})
     assert fp8.parts["activations"] - fp8_script.parts["activations"] == pytest.approx(double_block_inputs(3072))
+
+
+def test_a_run_counts_the_lora_inputs_from_the_layers_injected():
+    """In a run, apply_budget finds the targets in the model itself (peft's layers), not from a config: on the tiny
+    FLUX.2 transformer with the script's targets, the double blocks count minus the inputs of the Linears left out."""
+    from lorakit.lora.inject import inject_lora
+    from lorakit.models.flux2 import tiny
+    from lorakit.models.flux2.lora_format import transformer_targets
+    from lorakit.train import speed
+
+    from diffusers import Flux2Transformer2DModel
+
+    tr = Flux2Transformer2DModel(**tiny.TINY_TRANSFORMER)
+    network = load_config(None, data={"model": {"family": "flux2", "checkpoint": "unused.safetensors"},
+                                      "data": {"dir": "."},
+                                      "network": {"rank": 4, "module_ranks": SCRIPT_TARGETS}}).network
+    targets = transformer_targets(network, tr.config.num_layers, tr.config.num_single_layers)
+    inject_lora(tr, targets, alpha=4, dropout=0.0)
+    assert budget.lora_paths(tr) == set(targets)
+    blocks = speed.repeated_blocks(tr)
+    spec = get_family("flux2").SPEC
+    per = budget.Sizes.of(tr, blocks, [], spec=spec).lora_inputs
+    b = tr.transformer_blocks[0]
+    left_out = (4096 * (b.ff.linear_in.in_features + b.ff.linear_out.in_features)
+                + 512 * (b.attn.add_q_proj.in_features + b.attn.to_add_out.in_features
+                         + b.ff_context.linear_in.in_features + b.ff_context.linear_out.in_features)) * 2 / 2**30
+    nd = len(tr.transformer_blocks)
+    assert per == pytest.approx((-left_out,) * nd + (0.0,) * len(tr.single_transformer_blocks))
