@@ -622,8 +622,11 @@ def dry_row(name: str) -> str:
     if s.get("vram"):
         blocks = speed.repeated_blocks(model, adapter.spec.compile_blocks)
         trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
+        # no LoRA is injected on meta: the targets' kept inputs are counted from their paths
+        sizes = budget.Sizes.of(model, blocks, trainable, adapter.spec.host_linears, spec=adapter.spec,
+                                paths=frozenset(targets))
         plan = budget.apply_budget(cfg, adapter.spec, model, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None,
-                                   fp8_matmuls=True)
+                                   fp8_matmuls=True, sizes=sizes)
         line += f"; plan: {plan.describe()}" + (" fp8_compute" if plan.fp8_compute else "")
         # the s/step model's estimate of it on an H100, and what the plan says is not measured
         from lorakit.train import autoplan, cards

@@ -91,6 +91,12 @@ class ModelSpec:
     # GiB of CUDA graph pool per GiB of fully checkpointed activations (memory.cuda_graphs); None: the planner's
     # default, SDXL's measured 1.2 (lorakit/train/budget.py: GRAPH_POOL)
     graph_pool: Optional[float] = None
+    # (denoiser, paths of its LoRA-targeted Linears) -> {repeated block's path: GiB per 1024² image} that those targets
+    # add to the activation rates (measured with the family's default targets; negative for fewer targets) where the
+    # base Linears keep no input of their own (fp8 storage / compute save only their fp8 weight, so a LoRA'd Linear's
+    # input is kept for the LoRA alone); lorakit/train/budget.py counts it for the blocks left out of checkpointing and
+    # the one recomputed. None: the rates are taken for any targets
+    lora_input_gib: Optional[Callable[[nn.Module, frozenset], Mapping[str, float]]] = None
     # the VAE is a diffusers autoencoder with enable_tiling (the adapter's ``vae_module()``): the plan may tile it
     vae_tiling: bool = False
     # the preview sampler runs CFG's two predictions as one batch of 2 (SDXL, SD 1.5); False: one after the other, each

@@ -114,7 +114,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         log(f"plan: network.type = \"{cfg.network.type}\" runs eager without fp8 weights (compile, CUDA graphs and "
             "float8 are not built for its layers)")
         compiles = [False]
-    sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears)
+    sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears, spec=spec)
     w, h = resolution_wh(cfg.data.resolution)
     options: list[Option] = []
     failures: dict[str, str] = {}

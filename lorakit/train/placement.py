@@ -153,7 +153,7 @@ def _decide(cfg: Config, spec, denoiser, blocks, trainable, device: torch.device
     cuda, planned = device.type == "cuda", autoplan.wanted(cfg, device)
     auto = getattr(cfg.distributed, "shard", "none") == "auto" and planned
     spec = budget.for_model(spec, denoiser)
-    sizes = budget.Sizes.of(denoiser, blocks, trainable, spec.host_linears) if auto else None
+    sizes = budget.Sizes.of(denoiser, blocks, trainable, spec.host_linears, spec=spec) if auto else None
     decision = sharding.decide(cfg, spec, sizes, _card(device) if auto else None, distributed.world(), cuda=cuda,
                                model=denoiser, blocks=blocks, trainable=trainable, room=room, device=device)
     if decision.line:

@@ -33,6 +33,7 @@ def lora_parameters(model, targets: dict[str, int]) -> int:
 
 _SIZES: dict[tuple, budget.Sizes] = {}
 _BUILT: dict[str, tuple] = {}  # one meta model per family / variant / network / dtype in a process (tests, the UI)
+_TARGETS: dict[int, frozenset[str]] = {}  # id(meta model) -> its LoRA targets' paths (no LoRA is injected there)
 
 
 def meta_model(cfg) -> tuple:
@@ -61,6 +62,7 @@ def meta_model(cfg) -> tuple:
         model.requires_grad_(False)
         trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
         _BUILT[key] = (spec, model, speed.repeated_blocks(model, extra=spec.compile_blocks), trainable)
+        _TARGETS[id(model)] = frozenset(targets)
     return _BUILT[key]
 
 
@@ -69,7 +71,8 @@ def sizes_of(cfg) -> budget.Sizes:
     spec, model, blocks, trainable = meta_model(cfg)
     key = (id(model), tuple(spec.host_linears), sum(int(t.numel()) for t in trainable))
     if key not in _SIZES:
-        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears)
+        _SIZES[key] = budget.Sizes.of(model, blocks, trainable, spec.host_linears, spec=spec,
+                                         paths=_TARGETS.get(id(model)))
     return _SIZES[key]
 
 
@@ -185,7 +188,8 @@ def planned(cfg, card: cards.CardFacts, label: str, gpus: int = 1) -> tuple[str,
         out.append(f"  {key:<{width}}{shown:<10}{who(cfg, key, value, explicit)}")
     parts = ", ".join(f"{k} {v:.2f}" for k, v in plan.parts.items())
     room = applied.memory.vram_gb
-    out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB})")
+    out.append(f"  estimated peak: {plan.estimate_gib:.2f} GiB of {room:g} GiB ({parts}, reserve {budget.RESERVE_GIB}; "
+               f"{plan.margin_gib:.2f} more kept free)")
     out.append(f"  estimated step: {plan.step.describe()}" if plan.step else
                "  estimated step: no measured row for this family")
     phases = autoplan.plan_phases(applied, budget.for_model(meta_model(cfg)[0], meta_model(cfg)[1]), plan, room)

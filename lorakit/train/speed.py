@@ -346,9 +346,14 @@ def checkpoint_selection(model: nn.Module, fraction: float,
     if fraction >= 1.0:
         return None
     blocks = repeated_blocks(model, extra_regions)
-    k = round(fraction * len(blocks))
-    picked = {min(len(blocks) - 1, int((j + 0.5) * len(blocks) / k)) for j in range(k)} if k else set()
-    return {id(blocks[i]) for i in picked}
+    return {id(blocks[i]) for i in checkpoint_indices(len(blocks), fraction)}
+
+
+def checkpoint_indices(n: int, fraction: float) -> set[int]:
+    """Indices of the ``n`` repeated blocks checkpointed at ``fraction`` (spread evenly; the planner counts the others'
+    activations: lorakit/train/budget.py)."""
+    k = round(fraction * n)
+    return {min(n - 1, int((j + 0.5) * n / k)) for j in range(k)} if k else set()
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool, log: Callable[[str], None] = print,

@@ -160,7 +160,8 @@ def test_the_host_link_decides_between_streaming_and_keeping_weights_on_the_card
     # PCIe-4 x8 link (12.5 GB/s) they take 6.46e9 / 12.5e9 / 0.35 = 1.48 s, so the card keeps its weights instead
     fast, _ = plan("flux1", custom(30, fp8=False, link=55))
     slow, _ = plan("flux1", custom(30, fp8=False, link=12.5))
-    assert knobs(fast)["modulation_on_cpu"] and knobs(fast)["activation_budget"] == 0.15
+    # (0.12: 0.15 fit 30 GiB before the planner kept budget.MARGIN of the activations and graph pool free)
+    assert knobs(fast)["modulation_on_cpu"] and knobs(fast)["activation_budget"] == 0.12
     assert not knobs(slow)["modulation_on_cpu"] and slow.step.seconds < 6.457e9 / 12.5e9 / cards.FORWARD_SHARE
     # too little host RAM to pin them: not planned either
     small, _ = plan("flux1", custom(30, fp8=False, link=55, ram_gib=8))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lorakit.config.load import load_config
 from lorakit.models.registry import get_family
@@ -73,7 +74,8 @@ def config(checkpoint: Path, family: str, row: dict, budget_gib: float = 80):
     side = round(row.get("pixels", 1024 * 1024) ** 0.5)
     return load_config(None, data={"model": {"family": family, "checkpoint": str(checkpoint)},
                                    "data": {"dir": str(checkpoint.parent), "resolution": side},
-                                   "network": {"rank": 32 if family in ("sdxl", "sd15") else 16},
+                                   "network": {"rank": 32 if family in ("sdxl", "sd15") else 16,
+                                               **row.get("network", {})},
                                    "optimizer": {"name": row.get("optimizer", "adamw")},
                                    "training": {"mixed_precision": "bf16"}, "memory": memory})
 
@@ -104,7 +106,28 @@ def row_name(row: dict) -> str:
     return found[-1] if found else row["source"]
 
 
-ROWS = measured_rows()
+# diffusers' Klein script's targets (benchmarks/bench.py SCRIPT_TARGETS): no text attention, no double-block MLPs
+SCRIPT_TARGETS = {"img_attn": 16, "txt_attn": 0, "img_mlp": 0, "txt_mlp": 0, "single": 16}
+ROUND16 = "H100 2026-12-07 (benchmarks/peers.py at e4cb90c)"
+# memory-only rows measured on a host whose s/step ran slow (SD3.5 eager 0.629 s against 0.397 in round 14): kept here
+# for their peaks, out of the s/step model's rows (the family packages' tables)
+MEMORY_ROWS = [
+    ("flux2-klein-4b", {"peak_gib": 5.93, "reserved_gib": 6.18, "compile": True, "fp8_base": True, "fp8_compute": True,
+                        "checkpoint_fraction": 1.0, "network": {"module_ranks": SCRIPT_TARGETS},
+                        "source": f"{ROUND16}: flux2-4b/scripttargets+fp8c+compile"}),
+    ("flux2-klein-4b", {"peak_gib": 8.54, "reserved_gib": 8.80, "compile": True, "fp8_base": True, "fp8_compute": True,
+                        "checkpoint_fraction": 0.76, "network": {"module_ranks": SCRIPT_TARGETS},
+                        "source": f"{ROUND16}: flux2-4b/scripttargets+vram9.5"}),
+    ("sd35m", {"peak_gib": 5.91, "reserved_gib": 6.03, "compile": True, "checkpoint_fraction": 1.0,
+               "source": f"{ROUND16}: sd35m/vram12 (planned every block checkpointed)"}),
+    ("zimage", {"peak_gib": 8.50, "reserved_gib": 9.96, "compile": True, "fp8_base": True, "fp8_compute": True,
+                "checkpoint_fraction": 1.0, "source": f"{ROUND16}: zimage/fp8c+compile"}),
+    ("zimage", {"peak_gib": 14.21, "reserved_gib": 15.58, "compile": True, "checkpoint_fraction": 1.0,
+                "source": f"{ROUND16}: zimage/gc+compile"}),
+    ("zimage", {"peak_gib": 10.66, "reserved_gib": 11.12, "compile": True, "fp8_base": True, "fp8_compute": True,
+                "checkpoint_fraction": 30 / 34, "source": f"{ROUND16}: zimage/vram12"}),
+]
+ROWS = measured_rows() + MEMORY_ROWS
 
 
 def plan_of(models, key: str, row: dict, budget_gib: float = 80) -> budget.Plan:
@@ -186,15 +209,17 @@ def test_vram_gb_takes_the_checkpointing_the_measured_rows_show_faster(models, k
         return
     slow, fast = measured(key, partial), measured(key, full)
     want_partial = slow["s_step"] < fast["s_step"]
-    assert plan.estimate_gib <= tier and m.gradient_checkpointing
-    if want_partial:  # the tier row's own setting, as measured
-        assert m.checkpoint_fraction == pytest.approx(slow["checkpoint_fraction"]), plan.describe()
+    assert plan.estimate_gib + plan.margin_gib <= tier and m.gradient_checkpointing
+    if want_partial:  # the tier row's setting, or more checkpointed where budget.MARGIN's headroom asks for it (9B at
+        # 16 GiB: its 0.84 row reserved 15.50 GiB + the 0.5 GiB context, the whole card; 0.875 is planned)
+        assert slow["checkpoint_fraction"] - 1e-9 <= m.checkpoint_fraction < 1, plan.describe()
     else:
         assert m.checkpoint_fraction == 1.0 and m.fp8_base == bool(fast.get("fp8_base")), plan.describe()
     # the automatic plan on an H100 at that budget agrees, from measured rows
     text, auto = planview.planned(tier_config(models, key, tier, auto=True, **memory), cards.card("h100"), "run.toml")
     assert auto.applied.memory.checkpoint_fraction == pytest.approx(m.checkpoint_fraction), text
-    assert "s/step (measured)" in auto.line, auto.line
+    assert "s/step (measured)" in auto.line or (m.checkpoint_fraction != slow["checkpoint_fraction"]
+                                                and "s/step (extrapolated" in auto.line), auto.line
 
 
 def test_measured_rows_replace_the_estimated_row_along_the_checkpointing_axis():
@@ -215,3 +240,96 @@ def test_measured_rows_replace_the_estimated_row_along_the_checkpointing_axis():
         assert prior < 0.172 < now.seconds, (share, prior, now.describe())
         assert "round 15: bench.py sd35m/vram12" in now.source and "less 20%" not in now.source
     assert cards.step_seconds("sd3", full, h100, rows=rows).seconds == pytest.approx(0.172)
+
+
+# flux2-4b/vram9.5 (H100 2026-12-07, commit e4cb90c): the default targets at 76 % checkpointed, fp8 compute, ran out
+# of memory under the bench's 9.0 GiB allocator cap: 8.50 GiB allocated, 0.24 asked, 0.27 reserved but unallocated
+OOM_ALLOCATED = 8.50 + 244 / 1024
+OOM_FRAGMENTED = 272.88 / 1024
+
+
+def test_klein_4b_at_9_5_gib_plans_clear_of_the_setting_that_ran_out_of_memory(models):
+    failed = {"compile": True, "fp8_base": True, "fp8_compute": True, "checkpoint_fraction": 0.76}
+    at_076 = plan_of(models, "flux2-klein-4b", failed)
+    # that setting is now counted at least at what it had allocated when it failed
+    assert at_076.estimate_gib - budget.RESERVE_GIB >= OOM_ALLOCATED, at_076.describe()
+    # and with the same targets, diffusers' script's 60 LoRAs at 76 % (which ran: 8.54 GiB) are counted lower, by the
+    # inputs the 40 other LoRAs keep in the one double block left out of checkpointing
+    script = plan_of(models, "flux2-klein-4b", {**failed, "network": {"module_ranks": SCRIPT_TARGETS}})
+    lora_gib = (at_076.parts["LoRA+optimizer"] - script.parts["LoRA+optimizer"])
+    assert at_076.estimate_gib - script.estimate_gib == pytest.approx(lora_gib + double_block_inputs(3072), abs=1e-6)
+
+    cfg = tier_config(models, "flux2-klein-4b", 9.5, cuda_graphs=False)
+    spec, model, blocks, trainable = planview.meta_model(cfg)
+    plan = budget.apply_budget(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None,
+                               fp8_matmuls=True, sizes=planview.sizes_of(cfg), card=cards.card("h100"))
+    m = plan.applied.memory
+    assert m.fp8_base and m.fp8_compute and m.blocks_to_swap == 0, plan.describe()
+    assert 0.76 < m.checkpoint_fraction < 1, plan.describe()  # more checkpointed than the failed plan, still partial
+    # the chosen plan fits with the failed run's fragmentation and the bench's 0.5 GiB context, and over 9 % of its
+    # activations spare on top (the failed plan, counted as before, had none: it asked 0.24 GiB beyond its cap)
+    allocated = plan.estimate_gib - budget.RESERVE_GIB
+    spare = 9.5 - (allocated + OOM_FRAGMENTED + CONTEXT_GIB)
+    assert spare >= 0.09 * plan.parts["activations"], (spare, plan.describe())
+    assert plan.margin_gib == pytest.approx(budget.MARGIN * plan.parts["activations"])
+    assert plan.estimate_gib + plan.margin_gib <= 9.5 < at_076.estimate_gib + at_076.margin_gib
+
+
+def double_block_inputs(width: int) -> float:
+    """GiB per 1024² image of the bf16 inputs that a FLUX.2 double block's text-attention and MLP LoRAs keep (the
+    Linears diffusers' script leaves out): image MLP in (4096 tokens x width) and out (x 3 width), text q/k/v (one
+    input), text out, text MLP in and out (512 tokens each)."""
+    image, text = 4096, 512
+    return (image * (width + 3 * width) + text * (width + width + width + 3 * width)) * 2 / 2**30
+
+
+def test_flux2_lora_inputs_follow_the_targets_and_count_only_with_fp8_weights(models):
+    from lorakit.models.flux2 import planning
+
+    base = {"compile": True, "checkpoint_fraction": 0.76}
+    cfg = config(models["flux2-klein-4b"], "flux2", base)
+    spec, model = planview.meta_model(cfg)[:2]
+    every = frozenset(name for name, sub in model.named_modules()
+                      if isinstance(sub, torch.nn.Linear) and name.startswith(("transformer_blocks.", "single_")))
+    assert set(planning.lora_input_gib(model, every).values()) == {0.0}  # the defaults the rates were measured with
+    script = planview._TARGETS[id(planview.meta_model(config(models["flux2-klein-4b"], "flux2",
+                                                             {**base, "network": {"module_ranks": SCRIPT_TARGETS}}))[1])]
+    per = planning.lora_input_gib(model, script)
+    assert {k: v for k, v in per.items() if v} == {f"transformer_blocks.{i}": pytest.approx(-double_block_inputs(3072))
+                                                  for i in range(5)}
+    # bf16 weights: the base Linears keep their inputs anyway, so the targets change only the LoRA's own bytes
+    bf16 = plan_of(models, "flux2-klein-4b", base)
+    bf16_script = plan_of(models, "flux2-klein-4b", {**base, "network": {"module_ranks": SCRIPT_TARGETS}})
+    assert bf16.parts["activations"] == pytest.approx(bf16_script.parts["activations"])
+    fp8 = plan_of(models, "flux2-klein-4b", {**base, "fp8_base": True, "fp8_compute": True})
+    fp8_script = plan_of(models, "flux2-klein-4b", {**base, "fp8_base": True, "fp8_compute": True,
+                                                    "network": {"module_ranks": SCRIPT_TARGETS}})
+    assert fp8.parts["activations"] - fp8_script.parts["activations"] == pytest.approx(double_block_inputs(3072))
+
+
+def test_a_run_counts_the_lora_inputs_from_the_layers_injected():
+    """In a run, apply_budget finds the targets in the model itself (peft's layers), not from a config: on the tiny
+    FLUX.2 transformer with the script's targets, the double blocks count minus the inputs of the Linears left out."""
+    from lorakit.lora.inject import inject_lora
+    from lorakit.models.flux2 import tiny
+    from lorakit.models.flux2.lora_format import transformer_targets
+    from lorakit.train import speed
+
+    from diffusers import Flux2Transformer2DModel
+
+    tr = Flux2Transformer2DModel(**tiny.TINY_TRANSFORMER)
+    network = load_config(None, data={"model": {"family": "flux2", "checkpoint": "unused.safetensors"},
+                                      "data": {"dir": "."},
+                                      "network": {"rank": 4, "module_ranks": SCRIPT_TARGETS}}).network
+    targets = transformer_targets(network, tr.config.num_layers, tr.config.num_single_layers)
+    inject_lora(tr, targets, alpha=4, dropout=0.0)
+    assert budget.lora_paths(tr) == set(targets)
+    blocks = speed.repeated_blocks(tr)
+    spec = get_family("flux2").SPEC
+    per = budget.Sizes.of(tr, blocks, [], spec=spec).lora_inputs
+    b = tr.transformer_blocks[0]
+    left_out = (4096 * (b.ff.linear_in.in_features + b.ff.linear_out.in_features)
+                + 512 * (b.attn.add_q_proj.in_features + b.attn.to_add_out.in_features
+                         + b.ff_context.linear_in.in_features + b.ff_context.linear_out.in_features)) * 2 / 2**30
+    nd = len(tr.transformer_blocks)
+    assert per == pytest.approx((-left_out,) * nd + (0.0,) * len(tr.single_transformer_blocks))

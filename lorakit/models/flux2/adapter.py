@@ -41,6 +41,7 @@ SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0
                  activation_gib=planning.RATES["klein-9b"]["eager"],
                  activation_gib_compiled=planning.RATES["klein-9b"]["compiled"],
                  measured_steps=planning.ALL_ROWS, component_gib=planning.components("klein-9b"), vae_tiling=True, variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 lora_input_gib=planning.lora_input_gib,
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
 # musubi-tuner's values (src/musubi_tuner/utils/sai_model_spec.py ARCH_FLUX_2_*, dataset/architectures.py

@@ -33,7 +33,14 @@ state (16 bytes per parameter: 24.1 M / 43.5 M / 100.7 M parameters = 0.36 / 0.6
 compute kept about as much as bf16 (4B 1.99 against 1.96 GiB), so one rate, the larger, serves both. dev with
 checkpointing: 5.38 GiB with fp8 compute (each block checkpointed inside its compiled region), 4.37 with fp8 storage
 (inside lorakit's own checkpoint; the same 4.37 from both swap rows): the larger serves both, within 6 % of every dev
-peak. CUDA graphs added 0.10 / 0.14 GiB to the 4B / 9B peaks (0.05 GiB per GiB of checkpointed activations:
+peak. Without checkpointing, the blocks left out of it under fp8 compute kept more than bf16's compiled rate
+(12.53 / 21.15 GiB): 4B at 92 % checkpointed (flux2-4b/vram8, two single blocks left out) 13.13, at 76 % (diffusers'
+script's targets, one double and five single blocks left out; H100, 2026-12-07, commit e4cb90c) 13.46 once the
+0.11 GiB of inputs that the default targets' LoRAs keep in that double block is added (:func:`lora_input_gib`); 9B at
+84 % (flux2-9b/vram16) 22.23. The larger, 13.46 / 22.23, serves both (the bf16 rows without checkpointing then predict
++4.6 / +2.8 %); the default targets at 76 % are then counted at 8.76 GiB allocated, where they ran out of memory with
+8.50 allocated and 0.24 asked under a 9 GiB cap (0.27 GiB fragmented). CUDA graphs added 0.10 / 0.14 GiB to the 4B /
+9B peaks (0.05 GiB per GiB of checkpointed activations:
 :data:`GRAPH_POOL`), not the 1.2 SDXL measured.
 
 Not measured, and planned from estimates that the plan and the s/step model say are estimates:
@@ -57,10 +64,10 @@ from . import configs
 
 # GiB of activations per 1024² image: (with checkpointing, without); eager and compiled
 RATES = {
-    "klein-4b": {"eager": (1.59, 15.9), "compiled": (1.99, 12.53)},
-    "klein-9b": {"eager": (2.83, 26.9), "compiled": (2.83, 21.15)},
+    "klein-4b": {"eager": (1.59, 17.09), "compiled": (1.99, 13.46)},
+    "klein-9b": {"eager": (2.83, 28.23), "compiled": (2.83, 22.23)},
     # with checkpointing measured (rounds 13 / 15); without: Klein 9B's x 2.625 (width x blocks), estimates
-    "dev": {"eager": (5.38, 70.61), "compiled": (5.38, 55.52)},
+    "dev": {"eager": (5.38, 74.1), "compiled": (5.38, 58.35)},
 }
 # CUDA graph pool per GiB of checkpointed activations (ModelSpec.graph_pool; rounds 12 / 15 with and without graphs)
 GRAPH_POOL = 0.05
@@ -170,6 +177,44 @@ def spec_for(spec: Any, model: Any) -> Any:
 # FLUX.2 autoencoder (84 M), loaded in bf16
 ENCODER_PARAMS = {"klein-4b": 4.02e9, "klein-9b": 8.19e9, "dev": 23.6e9}
 AE_PARAMS = 84e6
+
+
+# tokens per 1024² image: the 64 x 64 latent patches and the 512 caption tokens the rows were measured with
+IMAGE_TOKENS, TEXT_TOKENS = 4096, 512
+# a double block's Linears that read the text stream; to_k / to_v read to_q's input, add_k / add_v add_q's
+TEXT_LINEARS = ("attn.add_", "attn.to_add_out", "ff_context.")
+SAME_INPUT = {"attn.to_k": "attn.to_q", "attn.to_v": "attn.to_q", "attn.add_k_proj": "attn.add_q_proj",
+              "attn.add_v_proj": "attn.add_q_proj"}
+
+
+def lora_input_gib(model: Any, paths: frozenset) -> dict[str, float]:
+    """``ModelSpec.lora_input_gib``: per repeated block, GiB per 1024² image that the inputs the LoRA-targeted Linears
+    ``paths`` keep (bf16, one copy per distinct input: q / k / v share one) add over those of every block Linear, the
+    default targets :data:`RATES` were measured with (0 for the defaults, negative for fewer targets).
+
+    Counted where the base Linears keep no input (fp8 storage / compute): on Klein 4B at 76 % checkpointing, the
+    default targets (100 Linears) ran out of memory at a 9 GiB cap where diffusers' script's (60: no text attention,
+    no double-block MLPs) peaked at 8.54 GiB allocated; the one double block left out of checkpointing keeps 0.11 GiB
+    of inputs for those 40 LoRAs (H100, 2026-12-07, bench.py at commit e4cb90c)."""
+    from .lora_format import module_table
+
+    c = model.config
+    out: dict[str, float] = {}
+    for _bfl, parts, kind in module_table(int(c.num_layers), int(c.num_single_layers)):
+        for path in parts:
+            stack, index, local = path.split(".", 2)  # "transformer_blocks", "2", "attn.to_q"
+            block = f"{stack}.{index}"
+            if local in SAME_INPUT:
+                continue  # counted once, with its group's first Linear (not targeted alone: q / k / v go together)
+            tokens = IMAGE_TOKENS + TEXT_TOKENS if kind == "single" else \
+                TEXT_TOKENS if local.startswith(TEXT_LINEARS) else IMAGE_TOKENS
+            sub = model.get_submodule(path)
+            width = int(getattr(sub, "in_features", 0) or sub.base_layer.in_features)
+            if path not in paths:
+                out[block] = out.get(block, 0.0) - tokens * width * 2 / 2**30
+            else:
+                out.setdefault(block, 0.0)
+    return out
 
 
 def components(size: str) -> tuple[tuple[str, float], ...]:
