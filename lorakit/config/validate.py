@@ -370,7 +370,11 @@ def check_required(cfg: Config) -> None:
 
 
 def check_preset_family(cfg: Config, preset_layer: dict[str, Any], preset_name: str | None) -> None:
+    from lorakit.config import families
+
     pfam = preset_layer.get("model", {}).get("family")
+    if cfg.model.family not in families.installed():  # check_families refuses it, the value shown escaped
+        return
     if pfam is not None and pfam != cfg.model.family:
         raise err("model.family", f"preset {preset_name} is for {pfam}, got {cfg.model.family}; use a "
                    f"{cfg.model.family}/... preset ({', '.join(p for p in list_presets() if p.startswith(cfg.model.family + '/'))})")

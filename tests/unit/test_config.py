@@ -193,6 +193,18 @@ def test_table_kind(tmp_path):
     assert msg.startswith("network.module_ranks: must be a table")
 
 
+def test_an_unknown_family_with_a_preset_is_named_escaped_in_one_line(tmp_path):
+    """(found by test_config_fuzz) a preset's family check used to print the raw value: a family of "\\r" broke the
+    one-line message; an unknown family is refused by the family check, its value escaped."""
+    from lorakit.config.load import load_config
+
+    data = {"preset": "sdxl/character", "model": {"family": "\r", "checkpoint": "/m.safetensors"}, "data": {"dir": "/d"}}
+    with pytest.raises(ConfigError) as info:
+        load_config(None, data=data)
+    assert str(info.value) == ('model.family: must be one of flux1, flux2, qwenimage, sd15, sd3, sdxl, zimage, '
+                               'got "\\u000d"')
+
+
 def test_module_ranks_take_each_familys_own_names(tmp_path):
     """network.module_ranks names come from the family package (ModelSpec.module_types), not from a FLUX-only list in
     the config layer: Z-Image's "attn" / "ffn" load (they were refused as unknown names), a name of another family is
