@@ -108,11 +108,14 @@ def cmd_caption(args) -> int:
     target = Path(args.target)
     targets, progress, problems = list_targets(target, args.extension)
     device = pick_device(args.device)
-    captioner = load_captioner(args.captioner, args.model, device=device, **captioner_options(args))
     opts = TextOptions(trigger=args.trigger, class_word=args.class_word, prefix=args.prefix, suffix=args.suffix,
                        replace=tuple(args.replace), mode=args.mode, max_tokens=args.max_tokens or limit)
     batch = args.batch_size or (8 if device.startswith("cuda") else 1)
+    from lorakit.interrupts import install
+
+    install()  # Ctrl-C/SIGTERM as for train: one stop, exit 130 (lorakit/interrupts.py)
     try:
+        captioner = load_captioner(args.captioner, args.model, device=device, **captioner_options(args))
         summary = caption_dataset(targets, captioner, opts, progress_file=progress, model=str(args.model or ""),
                                   overwrite=args.overwrite, restart=args.restart, batch_size=batch,
                                   count_tokens=counter, root=target if target.is_dir() else target.parent)

@@ -26,7 +26,17 @@ def save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimiz
     the run uses (the plan applied), so the LoRA's metadata records what ran.
 
     A full disk stops the run with a TrainingError naming the file; the atomic writes leave the previous
-    checkpoint untouched, so the run resumes from it once there is space."""
+    checkpoint untouched, so the run resumes from it once there is space. A Ctrl-C/SIGTERM during the save is raised
+    when it is done (the first lazy import of torch's serialisation code is inside), so a stop keeps this checkpoint."""
+    from lorakit.interrupts import deferred
+
+    with deferred():
+        return _save_checkpoint(run, cfg, adapter, modules, targets, optimizer, scheduler, stream, generator, step,
+                                fingerprint, dataset, final)
+
+
+def _save_checkpoint(run: RunDir, cfg: Config, adapter, modules, targets, optimizer, scheduler, stream, generator,
+                     step: int, fingerprint: dict, dataset, final: bool) -> Path:
     previous = run.latest_state()
     lora = extract_all(modules, targets)
     target = run.lora_path(None if final else step)

@@ -122,3 +122,50 @@ def test_main_gives_the_callers_handlers_back_after_a_command(tmp_path, monkeypa
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_a_stop_during_a_checkpoint_save_is_raised_after_the_save(monkeypatch):
+    """save_checkpoint runs inside deferred(): a stop that lands while the LoRA and the resume state are written (the
+    first save imports torch's serialisation code) waits for the save, so the run stops with this checkpoint whole."""
+    from lorakit.train import resume
+
+    handler = interrupts.StopHandler()
+    monkeypatch.setattr(interrupts, "_active", handler)
+    written = []
+
+    def save(*args):
+        handler(signal.SIGTERM)  # arrives mid-save: not raised here
+        written.append(args[9])  # step
+        return Path("lora.safetensors")
+
+    monkeypatch.setattr(resume, "_save_checkpoint", save)
+    with pytest.raises(Interrupted):
+        resume.save_checkpoint(*([None] * 9), 7, {}, None)
+    assert written == [7]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signal handlers: main thread")
+def test_caption_installs_the_stop_handler_and_keeps_what_it_wrote(tmp_path, monkeypatch, capsys):
+    """`lorakit caption` takes Ctrl-C/SIGTERM as train does (Interrupted, not a bare KeyboardInterrupt: no -2 exit
+    under python -m), also while its model loads, and says that a rerun resumes."""
+    import lorakit.caption.backends as backends
+
+    monkeypatch.setattr("lorakit.logs.quiet_third_party", lambda: None)
+    (tmp_path / "a.png").write_bytes(b"")
+
+    def load(*args, **kwargs):
+        # (without the handler a SIGTERM would end the test process: check it is there first)
+        assert isinstance(signal.getsignal(signal.SIGTERM), interrupts.StopHandler), "caption did not install()"
+        os.kill(os.getpid(), signal.SIGTERM)  # the installed handler raises at once
+        raise AssertionError("the SIGTERM did not stop the caption command")
+
+    monkeypatch.setattr(backends, "load_captioner", load)
+    before = {s: signal.getsignal(s) for s in interrupts.SIGNALS}
+    try:
+        assert main(["caption", str(tmp_path), "--captioner", "toy"]) == 130
+    finally:
+        interrupts._active = None
+        for s, h in before.items():
+            signal.signal(s, h)
+    err = capsys.readouterr().err
+    assert "interrupted; the captions written are kept" in err and "run the same command again to resume" in err
