@@ -1,0 +1,148 @@
+"""Mistakes a new user makes on the way through the README (the walk of the fifth session): each is one lorakit
+error line naming the key or file, changes nothing the user made, and leaves nothing that blocks the corrected
+command. All stop before a model loads (the toy SDXL's files are only named)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lorakit.cli import main
+from lorakit.config.load import dump_toml, load_config
+from lorakit.errors import TrainingError
+from lorakit.toy.paths import model_section
+from lorakit.toy.world import write_demo_dataset
+from lorakit.train import resume
+from lorakit.train.rundir import RunDir
+
+
+def _toml_value(v) -> str:
+    return json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else str(v)
+
+
+@pytest.fixture
+def run_toml(tmp_path) -> Path:
+    data = tmp_path / "data"
+    write_demo_dataset(data, n=2, repeats=1)
+    model = "\n".join(f"{k} = {_toml_value(v)}" for k, v in model_section("sdxl").items())
+    path = tmp_path / "run.toml"
+    path.write_text(f"""[model]
+{model}
+
+[data]
+dir = "{data}"
+resolution = 64
+min_bucket_reso = 64
+max_bucket_reso = 128
+
+[network]
+rank = 4
+alpha = 4
+
+[training]
+max_steps = 2
+
+[sample]
+prompts = []
+
+[save]
+dir = "{tmp_path / 'out'}"
+name = "ohwx"
+""")
+    return path
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    return err.splitlines()[-1]
+
+
+def test_a_save_dir_that_cannot_be_made_is_one_line_naming_save_dir(run_toml, tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    assert main(["train", str(run_toml), f"save.dir={a_file}"]) == 2
+    assert _error(capsys) == (f"lorakit: error: save.dir: cannot create the run folder {a_file / 'ohwx'} (Not a "
+                              f"directory: {a_file / 'ohwx'}); set save.dir to a folder you can write")
+    # save.dir/save.name is the user's file: refused, and the file is untouched
+    assert main(["train", str(run_toml), f"save.dir={tmp_path}", "save.name=afile"]) == 2
+    assert _error(capsys).startswith(f"lorakit: error: {a_file} is a file, not a run folder; nothing was overwritten")
+    assert a_file.read_text() == "mine"
+
+
+def test_a_cache_dir_that_cannot_be_made_stops_at_the_scan_and_leaves_no_run_folder(run_toml, tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("mine")
+    assert main(["train", str(run_toml), f"data.cache_dir={a_file / 'cache'}"]) == 2
+    assert _error(capsys) == (f"lorakit: error: data.cache_dir: cannot create the cache folder {a_file / 'cache'}: "
+                              f"{a_file} is a file, not a folder; set data.cache_dir to a folder you can write")
+    assert not (tmp_path / "out" / "ohwx").exists() and a_file.read_text() == "mine"
+
+
+def test_resume_of_a_finished_run_is_refused_and_changes_nothing(run_toml, tmp_path, capsys):
+    run = tmp_path / "out" / "ohwx"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(dump_toml(load_config(run_toml)))
+    (run / "run.json").write_text(json.dumps({"status": "finished", "step": 2, "max_steps": 2}))
+    (run / "ohwx.safetensors").write_bytes(b"the user's LoRA")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    for _ in range(2):  # the second is refused alike: the first let go of the folder's lock
+        assert main(["train", "--resume", str(run)]) == 2
+        assert _error(capsys) == (
+            f"lorakit: error: --resume: {run} finished at step 2 (training.max_steps = 2); nothing was changed (its "
+            f"LoRA: {run / 'ohwx.safetensors'}). To train it further, raise the step count: `lorakit train --resume "
+            f"{run} training.max_steps=4`")
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != ".lorakit.lock"} == before
+    # more steps, an interrupted run, or a run counted in epochs go on to the resume as before
+    rd = RunDir(run, "ohwx")
+    resume.check_not_finished(rd, load_config(run_toml, ["training.max_steps=3"]))
+    resume.check_not_finished(rd, SimpleNamespace(training=SimpleNamespace(max_steps=2, max_epochs=1)))
+    with pytest.raises(TrainingError):
+        resume.check_not_finished(rd, load_config(run_toml, ["training.max_steps=1"]))
+    (run / "run.json").write_text(json.dumps({"status": "interrupted", "step": 2}))
+    resume.check_not_finished(rd, load_config(run_toml))
+
+
+def test_a_new_sweep_whose_first_point_cannot_start_leaves_no_sweep_folder(run_toml, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", str(run_toml), "optimizer.lr=1e-4,2e-4", "--steps", "2", "--out", str(out)]
+    assert main([*args[:3], f"data.dir={tmp_path / 'nope'}", *args[3:]]) == 2
+    err = _error(capsys)
+    assert err.startswith(f"lorakit: error: data.dir: folder {tmp_path / 'nope'} not found") and err.endswith(
+        f"; nothing was trained, so {out} was removed and the corrected command starts cleanly"), err
+    assert not out.exists()
+
+
+def test_a_sweep_folder_is_kept_once_a_point_has_a_run_folder(run_toml, tmp_path):
+    from lorakit.sweep.run import create
+
+    sweep = create(run_toml, ["optimizer.lr=1e-4,2e-4"], steps=2, out=tmp_path / "sw")
+    (sweep.root / "logs").mkdir()
+    (sweep.root / "logs" / "01_lr1e-4.log").write_text("x")
+    (sweep.root / "01_lr1e-4").mkdir()
+    assert not sweep.discard_untrained() and (sweep.root / "sweep.json").is_file()
+    (sweep.root / "01_lr1e-4").rmdir()
+    (sweep.root / "notes.txt").write_text("the user's")  # anything lorakit did not write keeps the folder
+    assert not sweep.discard_untrained() and (sweep.root / "notes.txt").is_file()
+    (sweep.root / "notes.txt").unlink()
+    assert sweep.discard_untrained() and not sweep.root.exists()
+
+
+def test_a_demo_family_typo_suggests_the_family_and_writes_nothing(tmp_path, capsys):
+    assert main(["demo", "--family", "sdxxl", "--out", str(tmp_path / "demo")]) == 2
+    assert _error(capsys).endswith("toy families are flux1, flux2, qwenimage, sd15, sd3, sdxl, zimage; did you "
+                                   "mean sdxl?")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_the_toy_captioner_is_named_as_asked(tmp_path, capsys):
+    folder = write_demo_dataset(tmp_path / "ds", n=2, repeats=1)
+    for txt in folder.glob("*.txt"):
+        txt.unlink()
+    assert main(["caption", str(tmp_path / "ds"), "--captioner", "toy", "--trigger", "zkx", "--device", "cpu"]) == 0
+    assert "2 image(s) to caption with toy (BLIP), 0 kept" in capsys.readouterr().err
+    assert all(p.read_text().startswith("zkx, a ") for p in folder.glob("*.txt")) and len(list(folder.glob("*.txt"))) == 2
