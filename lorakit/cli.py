@@ -59,7 +59,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lorakit", description="Train image LoRAs (SDXL, FLUX.1) locally.")
+    p = argparse.ArgumentParser(prog="lorakit", description="Train image LoRAs locally (SDXL, FLUX.1, FLUX.2, SD3.5, "
+                                "Qwen-Image, Z-Image, SD 1.5).")
     sub = p.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train a LoRA from a TOML config")
@@ -389,7 +390,13 @@ def cmd_sweep(args) -> int:
     else:
         sweep = create(Path(args.args[0]), args.args[1:], steps=args.steps,
                        out=Path(args.out) if args.out else None)
-    run_sweep(sweep, gpus=gpus, parallel=args.parallel)
+    try:
+        run_sweep(sweep, gpus=gpus, parallel=args.parallel)
+    except LorakitError as exc:  # a new sweep whose first point could not start: nothing blocks the corrected command
+        if args.resume or not sweep.discard_untrained():
+            raise
+        raise LorakitError(f"{str(exc).split('; `lorakit sweep --resume')[0]}; nothing was trained, so {sweep.root} "
+                           "was removed and the corrected command starts cleanly") from None
     if args.concept:
         sweep_report.evaluate_concept(sweep.root, jobs=args.parallel or 1)
         sweep_report.write_report(sweep.root)
