@@ -43,6 +43,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LorakitError as exc:
         print(f"lorakit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lorakit config schema | head`: the reader left early; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not raise again
+        return 141
     except OSError as exc:  # a full disk or a file-size limit anywhere: one line, not a traceback (issue 27)
         from lorakit.fsutil import disk_problem
 

@@ -146,3 +146,26 @@ def test_the_toy_captioner_is_named_as_asked(tmp_path, capsys):
     assert main(["caption", str(tmp_path / "ds"), "--captioner", "toy", "--trigger", "zkx", "--device", "cpu"]) == 0
     assert "2 image(s) to caption with toy (BLIP), 0 kept" in capsys.readouterr().err
     assert all(p.read_text().startswith("zkx, a ") for p in folder.glob("*.txt")) and len(list(folder.glob("*.txt"))) == 2
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
+    """`lorakit config schema | head`: the reader leaves early; no BrokenPipeError traceback."""
+    import sys
+
+    class ClosedPipe:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):
+            return self.fh.fileno()
+
+    with open(tmp_path / "stdout", "w") as fh:
+        monkeypatch.setattr(sys, "stdout", ClosedPipe(fh))
+        assert main(["config", "schema"]) == 141
+    assert capsys.readouterr().err == ""
