@@ -169,3 +169,12 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
         monkeypatch.setattr(sys, "stdout", ClosedPipe(fh))
         assert main(["config", "schema"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_nothing_to_cache_draws_no_empty_progress_bar(tmp_path, capsys):
+    """A run without validation images (or with everything cached) printed `caching latents: 0img [00:00, ?img/s]`."""
+    from lorakit.data.cache import LatentCache, TextCache
+
+    LatentCache(tmp_path, "vae").ensure([], encode=None, flip=False, progress=True)
+    TextCache(tmp_path, "te").ensure([], encode=None, progress=True)
+    assert capsys.readouterr().err == ""
