@@ -178,3 +178,16 @@ def test_nothing_to_cache_draws_no_empty_progress_bar(tmp_path, capsys):
     LatentCache(tmp_path, "vae").ensure([], encode=None, flip=False, progress=True)
     TextCache(tmp_path, "te").ensure([], encode=None, progress=True)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("family", ["flux1", "flux2", "qwenimage", "zimage"])
+def test_another_familys_checkpoint_is_named_before_the_missing_encoders(run_toml, tmp_path, capsys, family):
+    """The toy SDXL file under family = "zimage" (no text encoder set) said `model.text_encoder: required ...`; the
+    user gave one and only then learnt the checkpoint was the wrong family's."""
+    ckpt = model_section("sdxl")["checkpoint"]
+    assert main(["train", str(run_toml), f"model.family={family}"]) == 2
+    assert _error(capsys) == (
+        f"lorakit: error: model.checkpoint: {ckpt} is an SDXL-layout checkpoint of another size (U-Net width 32, "
+        f"context width 40; SDXL base 1.0 has 320 and 2048), not a base model the {family} family trains on; set "
+        'model.family = "sdxl" to train on it')
+    assert not (tmp_path / "out" / "ohwx").exists()
