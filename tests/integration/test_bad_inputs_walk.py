@@ -191,3 +191,16 @@ def test_another_familys_checkpoint_is_named_before_the_missing_encoders(run_tom
         f"context width 40; SDXL base 1.0 has 320 and 2048), not a base model the {family} family trains on; set "
         'model.family = "sdxl" to train on it')
     assert not (tmp_path / "out" / "ohwx").exists()
+
+
+def test_an_sd15_checkpoint_under_family_sdxl_names_the_sd15_family(run_toml, capsys):
+    """Since the sd15 family exists, an SD 1.x file given to the sdxl family says which family trains on it."""
+    from lorakit.models.registry import identify
+
+    ckpt = model_section("sd15")["checkpoint"]
+    kind = identify(ckpt)
+    assert (kind.family, kind.standard, kind.role) == ("sd15", False, "checkpoint")
+    assert main(["train", str(run_toml), f"model.checkpoint={ckpt}"]) == 2
+    assert _error(capsys) == (
+        f"lorakit: error: model.checkpoint: {ckpt} is a Stable Diffusion 1/2-type checkpoint (U-Net context width 16; "
+        "SDXL's is 2048), not a base model the sdxl family trains on; set model.family = \"sd15\" to train on it")
