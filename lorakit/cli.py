@@ -498,6 +498,23 @@ def _keymaps(family: Optional[str] = None) -> list:
     return [k for m in maps for k in (m if isinstance(m, (list, tuple)) else [m])]  # one map per size (FLUX.2)
 
 
+def _named_family(path: Path, family: Optional[str]) -> Optional[str]:
+    """--family, else the family a LoRA file's ss_base_model_version names when one key map has it: FLUX.1 and
+    FLUX.2 LoRAs share BFL's module names, and by names alone a FLUX.2 LoRA was converted with FLUX.1's."""
+    if family or not Path(path).is_file():
+        return family
+    from lorakit.lora.inspect import _claims
+    from lorakit.models.registry import families
+    from lorakit.safetensors_header import read_safetensors_header
+
+    try:
+        _, meta = read_safetensors_header(path)
+    except LorakitError:
+        return None  # the reader that follows says what is wrong with the file
+    named = [f for f in families() if _claims(f, str((meta or {}).get("ss_base_model_version", "")))]
+    return named[0] if len(named) == 1 and _keymaps(named[0]) else None
+
+
 def _default_out(src: Path, suffix: str, layout: str) -> Path:
     return src.with_name(src.stem + suffix + ("" if layout == "peft" else ".safetensors"))
 
@@ -510,7 +527,7 @@ def cmd_verify(args) -> int:
     from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
     tensors, _ = load_lora_file(Path(args.file))
-    maps = _keymaps(args.family)
+    maps = _keymaps(_named_family(Path(args.file), args.family))
     layout = detect_layout(tensors) or "kohya"
     lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
     groups = group_keys(tensors)[0]
@@ -526,15 +543,20 @@ def cmd_convert(args) -> int:
     from lorakit.lora.tools.files import base_keymap, load_state, save_state
 
     src = Path(args.file)
-    maps = _keymaps(args.family)
-    state = load_state(src, maps, args.family)
+    family = _named_family(src, args.family)
+    maps = _keymaps(family)
+    state = load_state(src, maps, family)
     keys = state.keys or next(k for k in maps if k.family == state.family)
     if args.base:
         keys = base_keymap(keys, Path(args.base))
         state = load_state(src, [keys], keys.family)
     _refuse_unmatched(state, src)
     out = Path(args.out) if args.out else _default_out(src, f"-{args.to}", args.to)
-    files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
+    try:
+        files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
+    except ValueError as exc:  # fused rows that do not split as the full-size model's (a toy, a pruned model)
+        raise LorakitError(f"{src}: {exc} (the {keys.family} key map's sizes); a LoRA of a model of another size "
+                           "converts with --base <its base checkpoint>; nothing written") from None
     print(f"{state.layout} -> {args.to}: {len(state.modules)} modules ({state.family}) written to "
           + ", ".join(str(f) for f in files))
     return 0

@@ -204,3 +204,38 @@ def test_an_sd15_checkpoint_under_family_sdxl_names_the_sd15_family(run_toml, ca
     assert _error(capsys) == (
         f"lorakit: error: model.checkpoint: {ckpt} is a Stable Diffusion 1/2-type checkpoint (U-Net context width 16; "
         "SDXL's is 2048), not a base model the sdxl family trains on; set model.family = \"sd15\" to train on it")
+
+
+def _flux2_kohya_lora(path: Path, width: int, rows: int) -> Path:
+    """A rank-2 kohya FLUX.2 Klein LoRA on single_blocks.0.linear1 (``width`` inputs, ``rows`` outputs), as lorakit
+    writes it (with its ss_base_model_version)."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    stem = "lora_unet_single_blocks_0_linear1"
+    save_file({f"{stem}.lora_down.weight": torch.randn(2, width, generator=g),
+               f"{stem}.lora_up.weight": torch.randn(rows, 2, generator=g), f"{stem}.alpha": torch.tensor(2.0)},
+              str(path), metadata={"ss_base_model_version": "flux_2_klein_4b"})
+    return path
+
+
+def test_convert_of_a_flux2_lora_uses_flux2s_names(tmp_path, capsys):
+    """FLUX.1 and FLUX.2 LoRAs share BFL's kohya names: on the toy FLUX.2 (--base), `convert --to diffusers` took
+    FLUX.1's key map (to_q, to_k, to_v, proj_mlp; "20 modules (flux1)"); the file's ss_base_model_version now picks
+    FLUX.2's (to_qkv_mlp_proj)."""
+    from safetensors import safe_open
+
+    src = _flux2_kohya_lora(tmp_path / "toy.safetensors", 64, 576)  # the toy FLUX.2's linear1: 64 → 576
+    out = tmp_path / "toy-diffusers.safetensors"
+    base = model_section("flux2")["checkpoint"]
+    assert main(["convert", str(src), "--to", "diffusers", "--base", base, "-o", str(out)]) == 0
+    assert "(flux2)" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        assert sorted(f.keys()) == ["transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_A.weight",
+                                    "transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj.lora_B.weight"]
+    # without --base its rows do not split as the full-size model's: one line pointing at --base, nothing written
+    assert main(["convert", str(src), "--to", "diffusers", "--family", "flux1", "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert _error(capsys).endswith("(the flux1 key map's sizes); a LoRA of a model of another size converts with "
+                                   "--base <its base checkpoint>; nothing written")
+    assert not (tmp_path / "x.safetensors").exists()
