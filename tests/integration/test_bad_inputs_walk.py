@@ -5,6 +5,7 @@ command. All stop before a model loads (the toy SDXL's files are only named)."""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -239,3 +240,25 @@ def test_convert_of_a_flux2_lora_uses_flux2s_names(tmp_path, capsys):
     assert _error(capsys).endswith("(the flux1 key map's sizes); a LoRA of a model of another size converts with "
                                    "--base <its base checkpoint>; nothing written")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("lines, family", [
+    ('pretrained_model_name_or_path = "/m/sd_xl_base_1.0.safetensors"', "sdxl"),      # the name says
+    ('pretrained_model_name_or_path = "/m/base.safetensors"\nsdxl = true', "sdxl"),   # kohya_ss's flag
+    ('pretrained_model_name_or_path = "/m/v1-5-pruned-emaonly.safetensors"', "sd15"),
+    ("pretrained_model_name_or_path = \"{sd15_toy}\"", "sd15"),                       # the file's header
+    ('pretrained_model_name_or_path = "/m/base.safetensors"', None),                  # nothing tells: --family
+])
+def test_import_kohya_tells_sdxl_from_sd15(tmp_path, capsys, lines, family):
+    """sd-scripts' networks.lora trains SD 1.x and SDXL; since the sd15 family exists every such config was imported
+    as family "sd15" (the first family of that module), an SDXL one included."""
+    config = tmp_path / "kohya.toml"
+    config.write_text(lines.format(sd15_toy=model_section("sd15")["checkpoint"])
+                      + '\nnetwork_module = "networks.lora"\nnetwork_dim = 8\n')
+    out = tmp_path / "run.toml"
+    rc = main(["import", "kohya", str(config), "-o", str(out)])
+    if family is None:
+        assert rc == 2 and not out.exists()
+        assert _error(capsys).endswith("pass --family, e.g. --family sdxl, --family sd15 or --family flux1")
+    else:
+        assert rc == 0 and tomllib.loads(out.read_text())["model"]["family"] == family
