@@ -277,7 +277,12 @@ def cmd_data_check(args) -> int:
     if not family:
         print(f"no family given: buckets and caption lengths checked for the strictest of {', '.join(checked)} "
               "(--family, or a run.toml, checks one)")
-    dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
+    try:
+        dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
+    except LorakitError as exc:  # no usable image: the report the message points at, then the line
+        if getattr(exc, "report", None) is not None:
+            print(exc.report.to_table(batch_size=batch_size))
+        raise
     report = dataset.report
     from lorakit.data.report import duplicate_captions
 

@@ -262,3 +262,17 @@ def test_import_kohya_tells_sdxl_from_sd15(tmp_path, capsys, lines, family):
         assert _error(capsys).endswith("pass --family, e.g. --family sdxl, --family sd15 or --family flux1")
     else:
         assert rc == 0 and tomllib.loads(out.read_text())["model"]["family"] == family
+
+
+def test_data_check_of_a_folder_without_usable_images_shows_the_report_it_points_at(tmp_path, capsys):
+    """Images straight in the folder (no `10_name` subfolder): the error said "see the data report" and none was
+    printed."""
+    folder = write_demo_dataset(tmp_path / "ds", n=3, repeats=1)
+    flat = tmp_path / "flat"
+    folder.rename(flat)
+    assert main(["data", "check", str(flat), "--family", "sdxl"]) == 2
+    out, err = capsys.readouterr()
+    assert "usable images: 0   skipped: 1" in out
+    assert any(line.startswith("skipped  ") and line.endswith("3 image(s) directly in this folder are not used: move "
+               "them into a subfolder named like '10_ohwx woman'") for line in out.splitlines()), out
+    assert err.strip().endswith("`lorakit data check` reports each file")
