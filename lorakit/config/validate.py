@@ -367,8 +367,10 @@ def check_required(cfg: Config) -> None:
 
 
 def check_preset_family(cfg: Config, preset_layer: dict[str, Any], preset_name: str | None) -> None:
+    from lorakit.config import families
+
     pfam = preset_layer.get("model", {}).get("family")
-    if pfam is not None and pfam != cfg.model.family:
+    if pfam is not None and pfam != cfg.model.family and cfg.model.family in families.installed():  # else: typo
         raise err("model.family", f"preset {preset_name} is for {pfam}, got {cfg.model.family}; use a "
                    f"{cfg.model.family}/... preset ({', '.join(p for p in list_presets() if p.startswith(cfg.model.family + '/'))})")
 
@@ -380,7 +382,11 @@ def check_families(cfg: Config) -> None:
     family = cfg.model.family
     known = families.installed()
     if family not in known:
-        raise err("model.family", f"must be one of {', '.join(known)}, got {show(family)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(family), known, n=1)
+        raise err("model.family", f"must be one of {', '.join(known)}, got {show(family)}"
+                  + (f"; did you mean {close[0]}?" if close else ""))
     for section, specs in field_specs().items():
         for name, spec in specs.items():
             if not spec.meta.get("family_only"):

@@ -276,3 +276,16 @@ def test_data_check_of_a_folder_without_usable_images_shows_the_report_it_points
     assert any(line.startswith("skipped  ") and line.endswith("3 image(s) directly in this folder are not used: move "
                "them into a subfolder named like '10_ohwx woman'") for line in out.splitlines()), out
     assert err.strip().endswith("`lorakit data check` reports each file")
+
+
+def test_a_family_typo_under_a_preset_names_the_family_not_the_preset(run_toml, capsys):
+    """With a preset, `model.family=sdxxl` said "preset sdxl/character is for sdxl, got sdxxl; use a sdxxl/... preset
+    ()"."""
+    text = run_toml.read_text()
+    run_toml.write_text('preset = "sdxl/character"\n' + text)
+    assert main(["config", "show", str(run_toml), "model.family=sdxxl"]) == 2
+    assert _error(capsys) == ('lorakit: error: model.family: must be one of flux1, flux2, qwenimage, sd15, sd3, sdxl, '
+                              'zimage, got "sdxxl"; did you mean sdxl?')
+    assert main(["config", "show", str(run_toml), "model.family=flux1"]) == 2  # a real family: the preset's line
+    assert _error(capsys) == ("lorakit: error: model.family: preset sdxl/character is for sdxl, got flux1; use a "
+                              "flux1/... preset (flux1/character, flux1/product, flux1/style)")
