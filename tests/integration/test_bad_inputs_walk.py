@@ -289,3 +289,26 @@ def test_a_family_typo_under_a_preset_names_the_family_not_the_preset(run_toml, 
     assert main(["config", "show", str(run_toml), "model.family=flux1"]) == 2  # a real family: the preset's line
     assert _error(capsys) == ("lorakit: error: model.family: preset sdxl/character is for sdxl, got flux1; use a "
                               "flux1/... preset (flux1/character, flux1/product, flux1/style)")
+
+
+def test_convert_to_diffusers_of_a_toy_topology_module_says_which_layouts_keep_it(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    from lorakit.safetensors_header import read_safetensors_header
+
+    base = model_section("sdxl")["checkpoint"]
+    header, _ = read_safetensors_header(Path(base))
+    tensors = {}
+    # input_blocks.3.1: a module full-size SDXL has not (its input_blocks.3 is a downsampler); middle_block.1 has
+    for stem, native in (("lora_unet_input_blocks_3_1_proj_in", "input_blocks.3.1.proj_in"),
+                         ("lora_unet_middle_block_1_proj_in", "middle_block.1.proj_in")):
+        out_f, in_f = header[f"model.diffusion_model.{native}.weight"]["shape"][:2]
+        tensors.update({f"{stem}.lora_down.weight": torch.ones(2, in_f), f"{stem}.lora_up.weight": torch.ones(out_f, 2),
+                        f"{stem}.alpha": torch.tensor(2.0)})
+    src = tmp_path / "toy.safetensors"
+    save_file(tensors, str(src), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    assert main(["convert", str(src), "--to", "diffusers", "--base", base, "-o", str(tmp_path / "d.safetensors")]) == 2
+    assert _error(capsys).endswith("cannot write diffusers: --to kohya or --to comfyui keep it under its own name")
+    assert main(["convert", str(src), "--to", "comfyui", "--base", base, "-o", str(tmp_path / "c.safetensors")]) == 0
+    assert (tmp_path / "c.safetensors").is_file() and not (tmp_path / "d.safetensors").exists()
