@@ -1,6 +1,7 @@
 """The lorakit command line. Thin: every command parses its arguments and calls into the package.
 
     lorakit train run.toml [section.key=value ...]     train (or --resume DIR to continue a stopped run)
+    lorakit plan run.toml [--card rtx4090] [--gpus N]  the settings, peak memory and s/step on a card
     lorakit config show run.toml [overrides]           the resolved config (after preset and overrides)
     lorakit config schema                              the JSON schema of the config (web UI forms)
     lorakit data check DIR|run.toml                    dataset report before any GPU work
