@@ -312,3 +312,16 @@ def test_convert_to_diffusers_of_a_toy_topology_module_says_which_layouts_keep_i
     assert _error(capsys).endswith("cannot write diffusers: --to kohya or --to comfyui keep it under its own name")
     assert main(["convert", str(src), "--to", "comfyui", "--base", base, "-o", str(tmp_path / "c.safetensors")]) == 0
     assert (tmp_path / "c.safetensors").is_file() and not (tmp_path / "d.safetensors").exists()
+
+
+def test_verify_counts_a_loader_that_skips_a_variant_instead_of_saying_it_loads_nothing():
+    """A DoRA LoRA: diffusers' row said "loads no sdxl LoRA at all" (it loads SDXL LoRAs; it skips dora modules)."""
+    from lorakit.lora.tools.verify import render
+
+    loader = {"applied": 237, "ignored": ["m.dora_scale"] * 79, "mismatched": [], "on_unknown": "drops them"}
+    report = {"keys": 316, "modules": [], "layout": "lycoris", "family": "sdxl", "variants": ["dora"], "ok": True,
+              "loaders": {"diffusers": {**loader, "unsupported": ["dora"]},
+                          "kohya": {"applied": 0, "ignored": [], "mismatched": [], "unsupported": True}}}
+    lines = render(report).splitlines()
+    assert "diffusers       237       79               0" in lines
+    assert "kohya      loads no sdxl LoRA at all (not counted)" in lines
