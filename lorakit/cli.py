@@ -1,6 +1,7 @@
 """The lorakit command line. Thin: every command parses its arguments and calls into the package.
 
     lorakit train run.toml [section.key=value ...]     train (or --resume DIR to continue a stopped run)
+    lorakit plan run.toml [--card rtx4090] [--gpus N]  the settings, peak memory and s/step on a card
     lorakit config show run.toml [overrides]           the resolved config (after preset and overrides)
     lorakit config schema                              the JSON schema of the config (web UI forms)
     lorakit data check DIR|run.toml                    dataset report before any GPU work
@@ -43,6 +44,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except LorakitError as exc:
         print(f"lorakit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lorakit config schema | head`: the reader left early; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not raise again
+        return 141
     except OSError as exc:  # a full disk or a file-size limit anywhere: one line, not a traceback (issue 27)
         from lorakit.fsutil import disk_problem
 
@@ -63,7 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lorakit", description="Train image LoRAs (SDXL, FLUX.1) locally.")
+    p = argparse.ArgumentParser(prog="lorakit", description="Train image LoRAs locally (SDXL, FLUX.1, FLUX.2, SD3.5, "
+                                "Qwen-Image, Z-Image, SD 1.5).")
     sub = p.add_subparsers(dest="command")
 
     t = sub.add_parser("train", help="train a LoRA from a TOML config")
@@ -273,7 +278,12 @@ def cmd_data_check(args) -> int:
     if not family:
         print(f"no family given: buckets and caption lengths checked for the strictest of {', '.join(checked)} "
               "(--family, or a run.toml, checks one)")
-    dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
+    try:
+        dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
+    except LorakitError as exc:  # no usable image: the report the message points at, then the line
+        if getattr(exc, "report", None) is not None:
+            print(exc.report.to_table(batch_size=batch_size))
+        raise
     report = dataset.report
     from lorakit.data.report import duplicate_captions
 
@@ -385,7 +395,13 @@ def cmd_sweep(args) -> int:
     else:
         sweep = create(Path(args.args[0]), args.args[1:], steps=args.steps,
                        out=Path(args.out) if args.out else None)
-    run_sweep(sweep, gpus=gpus, parallel=args.parallel)
+    try:
+        run_sweep(sweep, gpus=gpus, parallel=args.parallel)
+    except LorakitError as exc:  # a new sweep whose first point could not start: nothing blocks the corrected command
+        if args.resume or not sweep.discard_untrained():
+            raise
+        raise LorakitError(f"{str(exc).split('; `lorakit sweep --resume')[0]}; nothing was trained, so {sweep.root} "
+                           "was removed and the corrected command starts cleanly") from None
     if args.concept:
         sweep_report.evaluate_concept(sweep.root, jobs=args.parallel or 1)
         sweep_report.write_report(sweep.root)
@@ -484,6 +500,23 @@ def _keymaps(family: Optional[str] = None) -> list:
     return [k for m in maps for k in (m if isinstance(m, (list, tuple)) else [m])]  # one map per size (FLUX.2)
 
 
+def _named_family(path: Path, family: Optional[str]) -> Optional[str]:
+    """--family, else the family a LoRA file's ss_base_model_version names when one key map has it: FLUX.1 and
+    FLUX.2 LoRAs share BFL's module names, and by names alone a FLUX.2 LoRA was converted with FLUX.1's."""
+    if family or not Path(path).is_file():
+        return family
+    from lorakit.lora.inspect import _claims
+    from lorakit.models.registry import families
+    from lorakit.safetensors_header import read_safetensors_header
+
+    try:
+        _, meta = read_safetensors_header(path)
+    except LorakitError:
+        return None  # the reader that follows says what is wrong with the file
+    named = [f for f in families() if _claims(f, str((meta or {}).get("ss_base_model_version", "")))]
+    return named[0] if len(named) == 1 and _keymaps(named[0]) else None
+
+
 def _default_out(src: Path, suffix: str, layout: str) -> Path:
     return src.with_name(src.stem + suffix + ("" if layout == "peft" else ".safetensors"))
 
@@ -496,7 +529,7 @@ def cmd_verify(args) -> int:
     from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
     tensors, _ = load_lora_file(Path(args.file))
-    maps = _keymaps(args.family)
+    maps = _keymaps(_named_family(Path(args.file), args.family))
     layout = detect_layout(tensors) or "kohya"
     lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
     groups = group_keys(tensors)[0]
@@ -512,15 +545,20 @@ def cmd_convert(args) -> int:
     from lorakit.lora.tools.files import base_keymap, load_state, save_state
 
     src = Path(args.file)
-    maps = _keymaps(args.family)
-    state = load_state(src, maps, args.family)
+    family = _named_family(src, args.family)
+    maps = _keymaps(family)
+    state = load_state(src, maps, family)
     keys = state.keys or next(k for k in maps if k.family == state.family)
     if args.base:
         keys = base_keymap(keys, Path(args.base))
         state = load_state(src, [keys], keys.family)
     _refuse_unmatched(state, src)
     out = Path(args.out) if args.out else _default_out(src, f"-{args.to}", args.to)
-    files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
+    try:
+        files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
+    except ValueError as exc:  # fused rows that do not split as the full-size model's (a toy, a pruned model)
+        raise LorakitError(f"{src}: {exc} (the {keys.family} key map's sizes); a LoRA of a model of another size "
+                           "converts with --base <its base checkpoint>; nothing written") from None
     print(f"{state.layout} -> {args.to}: {len(state.modules)} modules ({state.family}) written to "
           + ", ".join(str(f) for f in files))
     return 0

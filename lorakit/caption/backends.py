@@ -15,6 +15,7 @@ def load_captioner(name: str, model: Optional[str | Path] = None, *, device: Opt
                    **options: Any) -> Captioner:
     """Build captioner ``name`` from the folder ``model`` (``toy``: the shipped toy captioner, no folder needed)."""
     device = pick_device(device)
+    asked = name
     if name == "toy":
         from lorakit.caption.toy import TOY_CAPTIONER
 
@@ -31,4 +32,7 @@ def load_captioner(name: str, model: Optional[str | Path] = None, *, device: Opt
     from lorakit.caption import hf
 
     cls = {"florence2": hf.Florence2Captioner, "vlm": hf.VLMCaptioner, "blip": hf.BlipCaptioner}[name]
-    return cls(folder, device=device, **options)
+    captioner = cls(folder, device=device, **options)
+    if asked == "toy":
+        captioner.name = "toy (BLIP)"  # the progress line names the captioner asked for
+    return captioner

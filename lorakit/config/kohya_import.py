@@ -90,7 +90,30 @@ def kohya_family(args: Mapping[str, Any]) -> str | None:
     from lorakit.models.registry import families, get_family
 
     module = str(args.get("network_module", ""))
-    return next((name for name in families() if get_family(name).SPEC.network_module == module), None)
+    found = [name for name in families() if get_family(name).SPEC.network_module == module]
+    return found[0] if len(found) == 1 else _one_of(found, args)
+
+
+def _one_of(found: list[str], args: Mapping[str, Any]) -> str | None:
+    """Families sharing a network module (sd-scripts' ``networks.lora`` trains SD 1.x and SDXL): the one the base
+    model file is (its header), else the one kohya_ss's ``sdxl`` flag or the file's name says; None when nothing
+    tells (the caller asks for --family)."""
+    model = str(args.get("pretrained_model_name_or_path", ""))
+    if model.endswith(".safetensors") and Path(model).expanduser().is_file():
+        from lorakit.models.registry import identify
+
+        try:
+            named = identify(Path(model).expanduser()).family
+        except Exception:  # noqa: BLE001 - a damaged file: the run's loader says so; here only a hint is sought
+            named = None
+        if named in found:
+            return named
+    if "sdxl" in args and "sdxl" in found and "sd15" in found:
+        return "sdxl" if args["sdxl"] in (True, "true", "True", 1) else "sd15"
+    stem = Path(model).name.lower().replace("-", "").replace("_", "").replace(" ", "")
+    hits = [f for f, marks in (("sdxl", ("sdxl", "xl")), ("sd15", ("v15", "sd15", "v1", "1.5"))) if f in found
+            and any(m in stem for m in marks)]
+    return hits[0] if len(hits) == 1 else None
 
 
 def flatten_kohya(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +166,7 @@ def import_kohya_toml(path: str | Path, family: str | None = None) -> tuple[dict
 # why an sd-scripts option has no lorakit key (anything not listed: "no lorakit equivalent")
 _DROP_REASONS = {
     "network_module": "read to choose model.family",
+    "sdxl": "read to choose model.family (kohya_ss's SDXL flag)",
     "network_args": "kohya network_args are not imported one by one; set network.* keys (conv_rank, train_blocks, "
                     "module_ranks) by hand",
     "save_state": "lorakit always saves resume state",
@@ -179,8 +203,10 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
         dropped_first = []
     out, skipped = import_kohya_args(flat, family)
     if "model" not in out or "family" not in out.get("model", {}):
-        raise ConfigError(f"{config}: cannot tell SDXL from FLUX.1 (network_module is "
-                          f"{flat.get('network_module', 'missing')!r}); pass --family sdxl or --family flux1")
+        raise ConfigError(f"{config}: cannot tell the model family (network_module is "
+                          f"{flat.get('network_module', 'missing')!r}, the base model "
+                          f"{flat.get('pretrained_model_name_or_path', 'not given')!r}); pass --family, e.g. "
+                          "--family sdxl, --family sd15 or --family flux1")
     mapped = [(k, KOHYA_KEYS[k][0]) for k in flat if k in KOHYA_KEYS and k not in skipped]
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
     dropped = dropped_first + [(k, _DROP_REASONS.get(k, "no lorakit equivalent")) for k in skipped]

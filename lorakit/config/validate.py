@@ -387,7 +387,11 @@ def check_families(cfg: Config) -> None:
     family = cfg.model.family
     known = families.installed()
     if family not in known:
-        raise err("model.family", f"must be one of {', '.join(known)}, got {show(family)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(family), known, n=1)
+        raise err("model.family", f"must be one of {', '.join(known)}, got {show(family)}"
+                  + (f"; did you mean {close[0]}?" if close else ""))
     for section, specs in field_specs().items():
         for name, spec in specs.items():
             if not spec.meta.get("family_only"):

@@ -251,7 +251,7 @@ class LatentCache:
         by_bucket: dict[tuple[int, int], list[ImageItem]] = defaultdict(list)
         for it in todo:
             by_bucket[it.bucket].append(it)
-        with tqdm(total=len(todo), desc="caching latents", unit="img", disable=not progress) as bar:
+        with tqdm(total=len(todo), desc="caching latents", unit="img", disable=not progress or not todo) as bar:
             for bucket in sorted(by_bucket):
                 group = by_bucket[bucket]
                 for i in range(0, len(group), batch_size):
@@ -343,7 +343,7 @@ class TextCache:
                 todo.append(cap)
             else:
                 self._verified.note(path)
-        with tqdm(total=len(todo), desc="caching text", unit="caption", disable=not progress) as bar:
+        with tqdm(total=len(todo), desc="caching text", unit="caption", disable=not progress or not todo) as bar:
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i:i + batch_size]
                 with torch.no_grad():

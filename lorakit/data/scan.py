@@ -432,6 +432,6 @@ def _no_usable(where: str, specs: list[SubsetSpec], problems: list[Problem], rep
             f"{n}× {r}" for r, n in skipped.most_common(4)) + ")"
     else:
         why = "the training folders hold no images (" + ", ".join(sorted(IMAGE_EXTENSIONS)) + ")"
-    err = DataError(f"no usable image in {where}: {why}; see the data report")
+    err = DataError(f"no usable image in {where}: {why}; `lorakit data check` reports each file")
     err.report = report  # type: ignore[attr-defined]
     return err

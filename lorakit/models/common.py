@@ -278,8 +278,18 @@ def component_files(model_cfg: Any, model: str, **roles: tuple[Optional[Path], s
              for role, (part, _what) in roles.items()}
     for role, (_part, what) in roles.items():
         if found[role] is None:
+            _refuse_other_family(model_cfg)  # an SDXL file under family = "zimage": say so, not "give a text encoder"
             need_file(model_cfg, role, what, model)
     return list(found.values())
+
+
+def _refuse_other_family(model_cfg: Any) -> None:
+    """One line naming what ``model.checkpoint`` is when another family (or a LoRA) is recognised in it."""
+    src = Path(getattr(model_cfg, "checkpoint", "") or "").expanduser()
+    if src.suffix == ".safetensors" and src.is_file() and getattr(model_cfg, "family", None):
+        from lorakit.models.registry import require_base
+
+        require_base(src, model_cfg.family)
 
 
 def tokenizer_folder(model_cfg: Any, folder: Optional[Path], missing: str,

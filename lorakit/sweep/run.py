@@ -60,6 +60,24 @@ class Sweep:
                 p.update(fields)
         self.write(manifest)
 
+    def discard_untrained(self) -> bool:
+        """Remove a new sweep folder none of whose points got a run folder (the first failed at its start, say on a
+        wrong data.validation_dir), so the corrected command is not refused as "not empty": only when it holds
+        nothing but what `lorakit sweep` wrote (sweep.json, run.toml, logs/). True when it is gone."""
+        import shutil
+
+        try:
+            names = {p["name"] for p in self.read()["points"]}
+            entries = list(self.root.iterdir())
+        except (LorakitError, OSError, KeyError, TypeError):
+            return False
+        if any(e.name in names or e.name not in (MANIFEST, "run.toml", "logs") for e in entries):
+            return False
+        for e in entries:
+            shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
+        self.root.rmdir()
+        return True
+
     def source(self, manifest: dict[str, Any]) -> tuple[Path, dict]:
         """The user's config path (relative paths resolve against its folder) and its text as the sweep began."""
         return Path(manifest["config"]), tomllib.loads((self.root / "run.toml").read_text())

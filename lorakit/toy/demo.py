@@ -83,6 +83,7 @@ def run_demo(family: str, out: Path, steps: Optional[int] = None, caption: bool 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(out) / "inductor-cache"))
     from lorakit.train.loop import train
 
+    toy_recipe(family)  # an unknown family is refused before the dataset is written
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dataset_dir = out / ("dataset-captioned" if caption else "dataset")
     ensure_dataset(dataset_dir, caption)
@@ -117,6 +118,7 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
     from lorakit.toy.eval import evaluate
     from lorakit.train.loop import train
 
+    toy_recipe(family)  # an unknown family is refused before the dataset is written
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dataset_dir = out / ("dataset-captioned" if caption else "dataset")
     ensure_dataset(dataset_dir, caption)

@@ -24,8 +24,12 @@ def toy_recipe(family: str) -> Any:
 
     recipe = getattr(get_family(family), "TOY", None) if family in families() else None
     if recipe is None:
+        import difflib
+
+        close = difflib.get_close_matches(str(family), toy_families(), n=1)
         raise ModelLoadError(f"model.family: no toy model for {family!r}; toy families are "
-                             f"{', '.join(toy_families()) or 'none'}")
+                             f"{', '.join(toy_families()) or 'none'}"
+                             + (f"; did you mean {close[0]}?" if close else ""))
     return recipe
 
 

@@ -215,6 +215,22 @@ def name_nonfinite_weights(exc: BaseException, failed_at, modules, model_cfg) ->
 _FP8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
 
+def unwritable(folder) -> Optional[str]:
+    """Why ``folder`` cannot be made or written (None when it can, as far as the OS says without writing): its
+    nearest existing ancestor is a file, or is not writable."""
+    import os
+    from pathlib import Path
+
+    p = Path(folder).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is a file, not a folder"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable for this user"
+    return None
+
+
 def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
     """Stop before training when the disk cannot hold what the run will write: the caches and samples (checked at
     the scan), then with the LoRA's actual parameter count (after injection) its checkpoints too."""
@@ -223,6 +239,11 @@ def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
     from lorakit.config.resolution import resolution_wh
     from lorakit.data.cache import cache_folder
 
+    cache_root = cache_folder(cfg.data, cfg.save.dir)
+    if (why := unwritable(cache_root)) is not None:  # at the scan, before minutes of model loading
+        key = "data.cache_dir" if cfg.data.cache_dir else ("data.dir" if cfg.data.cache_next_to_images else "save.dir")
+        raise TrainingError(f"{key}: cannot create the cache folder {cache_root}: {why}; set data.cache_dir to a "
+                            "folder you can write")
     w, h = resolution_wh(cfg.data.resolution)
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
     n = len(dataset.items) * (2 if any(s.flip_aug for s in dataset.subsets) else 1)
@@ -230,7 +251,7 @@ def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
     need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
     caches = n * lat * 1.2 + len(dataset.items) * 2e6  # latents, and text-encoder outputs (T5: ~1.5 MB a caption)
     for folder, gib, what in disk_needs([(run.root, need, f"{cfg.save.keep_last} checkpoints, samples"),
-                                                (cache_folder(cfg.data, cfg.save.dir), caches, "caches")]):
+                                                (cache_root, caches, "caches")]):
         free = shutil.disk_usage(folder).free
         if free < gib:
             raise TrainingError(f"not enough disk space in {folder}: about {gib / 2**30:.2f} GiB needed "

@@ -173,7 +173,7 @@ def start(cfg: Config, resume_: bool, log: Callable[[str], None], run_dir: Optio
         raise TrainingError(f"--resume: {run.root} does not exist; start the run without --resume")
     if resume_ and distributed.is_main():
         run.lock()
-        resume.tidy(run, log)
+        resume.tidy(run, log, cfg)  # refuses a finished run
     try:
         return _start(cfg, resume_, run)
     except BaseException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from lorakit.config.load import config_to_dict
 from lorakit.config.schema import Config
@@ -183,9 +184,15 @@ def dataset_fingerprint(dataset) -> str:
     return h.hexdigest()
 
 
-def tidy(run: RunDir, log) -> None:
-    """At a resume (the folder locked): remove the temp files a kill left (lorakit's own names only), and say
-    when run.json was damaged (it is written anew)."""
+def tidy(run: RunDir, log, cfg: Optional[Config] = None) -> None:
+    """At a resume (the folder locked): refuse a run that already finished (with ``cfg``), remove the temp files a
+    kill left (lorakit's own names only), and say when run.json was damaged (it is written anew)."""
+    if cfg is not None:
+        try:
+            check_not_finished(run, cfg)
+        except TrainingError:
+            run.unlock()
+            raise
     removed = run.clean_temps()
     if removed:
         names = ", ".join(str(p.relative_to(run.root)) for p in removed[:4]) + (", …" if len(removed) > 4 else "")
@@ -193,6 +200,21 @@ def tidy(run: RunDir, log) -> None:
     problem = run.status_problem()
     if problem:
         log(f"warning: {problem}")
+
+
+def check_not_finished(run: RunDir, cfg: Config) -> None:
+    """--resume of a run that already ended at ``training.max_steps`` (run.json says "finished"): nothing to
+    continue, so refuse in one line before anything loads, rather than redo the run's end over its LoRA and
+    previews. (A run counted in ``training.max_epochs`` learns its steps at the scan; it is not checked here.)"""
+    status, max_steps = run.read_status(), cfg.training.max_steps
+    step = status.get("step")
+    if status.get("status") != "finished" or cfg.training.max_epochs is not None or not isinstance(step, int) \
+            or step < max_steps:
+        return
+    raise TrainingError(
+        f"--resume: {run.root} finished at step {step} (training.max_steps = {max_steps}); nothing was changed (its "
+        f"LoRA: {run.lora_path()}). To train it further, raise the step count: `lorakit train --resume {run.root} "
+        f"training.max_steps={2 * step}`")
 
 
 def interrupted(run: RunDir, step: int) -> Exception:

@@ -46,7 +46,11 @@ class RunDir:
         (:meth:`lock`) before it is checked a second time, so of two new runs racing for one folder one wins and
         the other is refused naming it."""
         self._refuse_if_used()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file where a folder should be, no permission, a read-only or virtual file system
+            raise TrainingError(f"save.dir: cannot create the run folder {self.root} ({exc.strerror or exc}: "
+                                f"{exc.filename or self.root}); set save.dir to a folder you can write") from None
         self.lock()
         try:
             self._refuse_if_used()
@@ -57,6 +61,9 @@ class RunDir:
         self.state_root.mkdir(exist_ok=True)
 
     def _refuse_if_used(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise TrainingError(f"{self.root} is a file, not a run folder; nothing was overwritten. Choose another "
+                                "save.name / save.dir.")
         if self.root.exists() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
             raise TrainingError(
                 f"{self.root} already holds a run; nothing was overwritten. Continue it with "

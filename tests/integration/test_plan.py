@@ -22,15 +22,15 @@ def test_plan_json_records_what_ran_and_resume_refuses_a_different_plan(tmp_path
     assert plan["settings"]["memory.gradient_checkpointing"] is True and plan["settings"]["memory.fp8_base"] is False
     assert plan["settings"]["training.batch_size"] == 2 and plan["settings"]["training.gradient_accumulation"] == 1
     assert set(plan["chosen_by"].values()) == {"config"}  # no budget: every setting is the config's own
-    # the same card and settings: a resume runs (here it finds the run complete and finishes it again)
-    assert main(["train", "--resume", str(run)]) == 0
+    # the same card and settings: a resume runs (a finished run is refused in one line: it continues to more steps)
+    assert main(["train", "--resume", str(run), "training.max_steps=4"]) == 0
     # a plan that differs from the one recorded (another card, another estimate) is refused, naming the key
     plan["settings"]["memory.fp8_base"] = True
     (run / "plan.json").write_text(json.dumps(plan))
     capsys.readouterr()
-    assert main(["train", "--resume", str(run)]) == 2
+    assert main(["train", "--resume", str(run), "training.max_steps=5"]) == 2
     err = capsys.readouterr().err
     assert "memory plan differs" in err and "memory.fp8_base: True then, False now" in err, err
     # --force-resume continues with the new plan and records it
-    assert main(["train", "--resume", str(run), "--force-resume"]) == 0
+    assert main(["train", "--resume", str(run), "training.max_steps=5", "--force-resume"]) == 0
     assert json.loads((run / "plan.json").read_text())["settings"]["memory.fp8_base"] is False

@@ -214,7 +214,7 @@ def test_resume_refuses_changed_settings(tmp_path):
     run_toml = write_run_toml(tmp_path, "sdxl", paths)
     assert main(["train", str(run_toml), "sample.prompts=[]", "training.max_steps=3"]) == 0
     run = tmp_path / "out" / "tiny"
-    assert main(["train", "--resume", str(run), "network.rank=8"]) == 2
+    assert main(["train", "--resume", str(run), "network.rank=8", "training.max_steps=4"]) == 2  # changed settings
     assert main(["train", "--resume", str(run), "training.max_steps=4"]) == 0
 
 

@@ -241,7 +241,9 @@ def write_lora(state: LoraState, keys: FamilyKeys, layout: str) -> dict[str, Any
     for name, p in state.modules.items():
         m = _module(keys, name)
         if not m.diffusers:
-            raise LorakitError(f"module {name} has no diffusers name in this key map; cannot write {layout}")
+            raise LorakitError(f"module {name} has no diffusers name in this key map (a module of a model of another "
+                               f"size or topology, e.g. a toy's); cannot write {layout}: --to kohya or --to comfyui "
+                               "keep it under its own name")
         parts = [p] if len(m.diffusers) == 1 else split(p, m.part_sizes(int(p.up.shape[0])))
         for path, part in zip(m.diffusers, parts):
             if part is None:

@@ -193,7 +193,7 @@ def render(report: dict[str, Any], limit: int = 8) -> str:
              f"family {report['family']}" + (f", {'/'.join(report['variants'])}" if report.get("variants") else "")]
     lines.append(f"{'loader':<10} {'applied':>8} {'ignored':>8} {'shape mismatch':>15}")
     for name, r in report["loaders"].items():
-        if r.get("unsupported"):
+        if r.get("unsupported") is True:  # no loader for the family (a list: variants it skips, counted below)
             lines.append(f"{name:<10} loads no {report['family']} LoRA at all (not counted)")
             continue
         lines.append(f"{name:<10} {r['applied']:>8} {len(r['ignored']):>8} {len(r['mismatched']):>15}")

@@ -188,13 +188,13 @@ def load_single_files(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy:
     ckpt = Path(model_cfg.checkpoint).expanduser()
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
-    files = {"checkpoint": ckpt, **{r: _need(model_cfg, r) for r in ("clip_l", "t5xxl", "ae")}}
-    if ckpt.suffix == ".safetensors" and ckpt.is_file():
+    if ckpt.suffix == ".safetensors" and ckpt.is_file():  # what the file is first, then what else it needs
         from lorakit.models.registry import require_base
         kind = require_base(ckpt, "flux1")         # a FLUX.2, Fill, SDXL file or a LoRA: one line saying what it is
         if not kind.standard and not cdir:         # rotary axes, norm groups and heads are not in the shapes
             raise ConfigError(f"model.config_dir: {ckpt} is {kind.what}; set model.config_dir to its diffusers "
                               "config folder (for lorakit's toy: `lorakit toy path flux1` prints the [model] table)")
+    files = {"checkpoint": ckpt, **{r: _need(model_cfg, r) for r in ("clip_l", "t5xxl", "ae")}}
     if lazy:
         for role in ("clip_l", "t5xxl", "ae"):
             check_encoder_file(files[role], role, allow)

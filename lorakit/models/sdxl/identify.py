@@ -36,7 +36,9 @@ def identify(header: Mapping[str, Any]) -> Optional[FileKind]:
     if not adm:
         name = {768: "SD1.x (e.g. SD1.5)", 1024: "SD2.x"}.get(ctx)
         what = f"an {name}{variant} checkpoint" if name else f"a Stable Diffusion 1/2-type{variant} checkpoint"
-        return FileKind(f"{what}{unet_only} (U-Net context width {ctx}; SDXL's is 2048)")
+        sd15 = in_ch == 4 and ctx != 1024 and not unet_only  # the sd15 family trains these (SD 2.x, inpainting: not)
+        return FileKind(f"{what}{unet_only} (U-Net context width {ctx}; SDXL's is 2048)",
+                        family="sd15" if sd15 else None, standard=ctx == 768)
     if width == 384 and ctx == 1280:
         return FileKind(f"an SDXL refiner{variant} checkpoint{unet_only} (SDXL base 1.0 is what this family trains)")
     standard = width == 320 and ctx == 2048
