@@ -62,9 +62,15 @@ def _error(capsys) -> str:
     return err.splitlines()[-1]
 
 
-def test_a_save_dir_that_cannot_be_made_is_one_line_naming_save_dir(run_toml, tmp_path, capsys):
-    a_file = tmp_path / "afile"
-    a_file.write_text("mine")
+@pytest.fixture
+def a_file(tmp_path):
+    """A file of the user's where a folder is asked for."""
+    path = tmp_path / "afile"
+    path.write_text("mine")
+    return path
+
+
+def test_a_save_dir_that_cannot_be_made_is_one_line_naming_save_dir(run_toml, tmp_path, a_file, capsys):
     assert main(["train", str(run_toml), f"save.dir={a_file}"]) == 2
     assert _error(capsys) == (f"lorakit: error: save.dir: cannot create the run folder {a_file / 'ohwx'} (Not a "
                               f"directory: {a_file / 'ohwx'}); set save.dir to a folder you can write")
@@ -74,9 +80,8 @@ def test_a_save_dir_that_cannot_be_made_is_one_line_naming_save_dir(run_toml, tm
     assert a_file.read_text() == "mine"
 
 
-def test_a_cache_dir_that_cannot_be_made_stops_at_the_scan_and_leaves_no_run_folder(run_toml, tmp_path, capsys):
-    a_file = tmp_path / "afile"
-    a_file.write_text("mine")
+def test_a_cache_dir_that_cannot_be_made_stops_at_the_scan_and_leaves_no_run_folder(run_toml, tmp_path, a_file,
+                                                                                    capsys):
     assert main(["train", str(run_toml), f"data.cache_dir={a_file / 'cache'}"]) == 2
     assert _error(capsys) == (f"lorakit: error: data.cache_dir: cannot create the cache folder {a_file / 'cache'}: "
                               f"{a_file} is a file, not a folder; set data.cache_dir to a folder you can write")
