@@ -252,7 +252,7 @@ def cmd_data_check(args) -> int:
 
     target = Path(args.target)
     batch_size = args.batch_size or 1
-    family = args.family
+    family = _family_flag(args.family)
     if target.suffix == ".toml" and target.is_file() and _is_kohya_dataset_toml(target):
         data = DataCfg(config=str(target))  # a kohya dataset TOML ([[datasets]]) given directly
     elif target.suffix == ".toml" and target.is_file():
@@ -310,12 +310,35 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _family_flag(name: Optional[str], toy: bool = False) -> Optional[str]:
+    """``--family NAME`` checked where the command starts: one line naming the flag (not model.family), the names it
+    takes and the nearest one; None passes (the command's default)."""
+    if name is None:
+        return None
+    from lorakit.config.messages import suggest
+
+    if toy:
+        from lorakit.toy.paths import toy_families
+
+        names, what = tuple(toy_families()), "a family with a toy model"
+    else:
+        from lorakit.models.registry import families
+
+        names, what = tuple(families()), "an installed family"
+    if name in names:
+        return name
+    hint = suggest(str(name), names)
+    raise LorakitError(f"--family: {name!r} is not {what}; use one of {', '.join(names)}"
+                       + (f" (did you mean {hint}?)" if hint else ""))
+
+
 def cmd_toy_path(args) -> int:
     from lorakit.toy.paths import toy_families, toy_paths
 
     if args.family is None:
         print("\n".join(toy_families()))
         return 0
+    _family_flag(args.family, toy=True)
     from lorakit.config.toml_io import toml_value
     from lorakit.toy.paths import model_section
 
@@ -336,15 +359,16 @@ def cmd_toy_dataset(args) -> int:
 def cmd_toy_build(args) -> int:
     from lorakit.toy.__main__ import main as toy_main
 
-    return int(toy_main(["build", "--family", args.family]) or 0)
+    family = args.family if args.family == "all" else _family_flag(args.family, toy=True)
+    return int(toy_main(["build", "--family", family]) or 0)
 
 
 def cmd_toy_eval(args) -> int:
     from lorakit.toy.demo import run_eval
     from lorakit.toy.paths import default_toy_family
 
-    result = run_eval(args.family or default_toy_family(), Path(args.out), steps=args.steps, caption=args.caption,
-                      quality=args.quality)
+    result = run_eval(_family_flag(args.family, toy=True) or default_toy_family(), Path(args.out), steps=args.steps,
+                      caption=args.caption, quality=args.quality)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -353,7 +377,8 @@ def cmd_demo(args) -> int:
     from lorakit.toy.demo import run_demo
     from lorakit.toy.paths import default_toy_family
 
-    run_demo(args.family or default_toy_family(), Path(args.out), steps=args.steps, caption=args.caption)
+    run_demo(_family_flag(args.family, toy=True) or default_toy_family(), Path(args.out), steps=args.steps,
+             caption=args.caption)
     return 0
 
 

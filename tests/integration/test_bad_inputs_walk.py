@@ -140,9 +140,17 @@ def test_a_sweep_folder_is_kept_once_a_point_has_a_run_folder(run_toml, tmp_path
 
 def test_a_demo_family_typo_suggests_the_family_and_writes_nothing(tmp_path, capsys):
     assert main(["demo", "--family", "sdxxl", "--out", str(tmp_path / "demo")]) == 2
-    assert _error(capsys).endswith("toy families are flux1, flux2, qwenimage, sd15, sd3, sdxl, zimage; did you "
-                                   "mean sdxl?")
+    assert _error(capsys) == ("lorakit: error: --family: 'sdxxl' is not a family with a toy model; use one of flux1, "
+                              "flux2, qwenimage, sd15, sd3, sdxl, zimage (did you mean sdxl?)")
     assert not (tmp_path / "demo").exists()
+    # the other --family flags name the flag too, before anything runs
+    for argv in (["toy", "path", "sd3x"], ["toy", "eval", "--family", "sd3x", "--out", str(tmp_path / "e")],
+                 ["data", "check", str(tmp_path), "--family", "sd3x"]):
+        assert main(argv) == 2, argv
+        line = _error(capsys)
+        assert line.startswith("lorakit: error: --family: 'sd3x' is not ") and line.endswith("(did you mean sd3?)"), \
+            line
+    assert not (tmp_path / "e").exists()
 
 
 def test_the_toy_captioner_is_named_as_asked(tmp_path, capsys):
