@@ -248,6 +248,8 @@ class LatentCache:
                log: Callable[[str], None] | None = print) -> None:
         """Encode every item not cached yet, in same-bucket batches of `batch_size` (and flipped, if asked)."""
         todo = self.missing(items, flip, log)
+        if items and not todo and progress and log is not None:  # one line, not an empty bar: the caches were reused
+            log(f"caching latents: all {len(items)} image(s) already cached")
         by_bucket: dict[tuple[int, int], list[ImageItem]] = defaultdict(list)
         for it in todo:
             by_bucket[it.bucket].append(it)
@@ -343,6 +345,8 @@ class TextCache:
                 todo.append(cap)
             else:
                 self._verified.note(path)
+        if captions and not todo and progress and log is not None:
+            log(f"caching text: all {len(dict.fromkeys(captions))} caption(s) already cached")
         with tqdm(total=len(todo), desc="caching text", unit="caption", disable=not progress or not todo) as bar:
             for i in range(0, len(todo), batch_size):
                 chunk = todo[i:i + batch_size]

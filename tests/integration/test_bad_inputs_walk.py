@@ -186,12 +186,22 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path, monkeypatch, capsys):
 
 
 def test_nothing_to_cache_draws_no_empty_progress_bar(tmp_path, capsys):
-    """A run without validation images (or with everything cached) printed `caching latents: 0img [00:00, ?img/s]`."""
+    """A run without validation images printed `caching latents: 0img [00:00, ?img/s]`; nothing to cache now prints
+    nothing, and caches reused whole say so in one line (benchmarks/first_step.py times the model load up to it)."""
+    import torch
+
     from lorakit.data.cache import LatentCache, TextCache
 
     LatentCache(tmp_path, "vae").ensure([], encode=None, flip=False, progress=True)
     TextCache(tmp_path, "te").ensure([], encode=None, progress=True)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr() == ("", "")
+    cache = TextCache(tmp_path, "te")
+    cache.ensure(["a zkx", "a zkx", "a dog"], encode=lambda caps: {"context": torch.zeros(len(caps), 2, 3)},
+                 progress=False)
+    capsys.readouterr()
+    cache.ensure(["a zkx", "a dog"], encode=None, progress=True)  # all cached: encode is not called
+    out, err = capsys.readouterr()
+    assert out == "caching text: all 2 caption(s) already cached\n" and err == ""
 
 
 @pytest.mark.parametrize("family", ["flux1", "flux2", "qwenimage", "zimage"])
