@@ -435,7 +435,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     host_linears = host_linears or host_fixed
     if sizes is None:
         sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
-    if not sizes.lora_inputs:  # the LoRA layers injected in ``model``
+    if not sizes.lora_inputs and getattr(spec, "lora_input_gib", None) is not None:  # the LoRA layers in ``model``
         sizes = replace(sizes, lora_inputs=lora_inputs(spec, model, blocks, lora_paths(model)))
     # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate
     # adds the graph pool on top: on an H200 it measured 1.9 GiB against the 2.8 GiB counted, RESULTS.md round 10)
