@@ -277,6 +277,9 @@ ROWS: dict[str, dict[str, Any]] = {
                                               "module_ranks": SCRIPT_TARGETS},
     "flux2-9b/scripttargets+fp8c+compile": {"family": "flux2", "size": "klein-9b", "gc": True, "fp8": True, "fp8c": True,
                                             "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
+    # Klein 9B planned at the memory diffusers' script used in round 17 (19.55 GiB allocated): vram 20 = a 19.5 GiB cap
+    "flux2-9b/scripttargets+vram20": {"family": "flux2", "size": "klein-9b", "gc": True, "vram": 20,
+                                      "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
     # Qwen-Image (issue 29): 20 B, random full-size weights; the 24 GiB tier (musubi-tuner: fp8 + 16 swapped blocks) and
     # the 16 GiB tier (45 swapped); "peak" must stay under 24 / 16 GiB on the card
     "qwenimage/gc": {"family": "qwenimage", "gc": True, "eager_first": True},
@@ -312,6 +315,9 @@ ROWS.update({
     # and planned at the script's own memory (13.85 GiB allocated in round 16: vram 14.3 = a 13.8 GiB cap)
     "zimage/scripttargets+fp8c+compile": {"family": "zimage", "gc": True, "fp8": True, "fp8c": True, "compile": "regions",
                                           "phases": (True,), "module_ranks": {"attn": 16, "ffn": 0}},
+    "zimage/scripttargets+fp8c+gc55+compile": {"family": "zimage", "gc": True, "fp8": True, "fp8c": True,
+                                               "ckpt_fraction": 0.55, "compile": "regions", "phases": (True,),
+                                               "module_ranks": {"attn": 16, "ffn": 0}},
     "zimage/scripttargets+vram14.3": {"family": "zimage", "gc": True, "vram": 14.3, "compile": "regions",
                                       "phases": (True,), "module_ranks": {"attn": 16, "ffn": 0}},
     "sd15/gc+compile": {"family": "sd15", "gc": True, "compile": "regions", "phases": (True,)},
