@@ -127,6 +127,27 @@ MEMORY_ROWS = [
     ("zimage", {"peak_gib": 10.66, "reserved_gib": 11.12, "compile": True, "fp8_base": True, "fp8_compute": True,
                 "checkpoint_fraction": 30 / 34, "source": f"{ROUND16}: zimage/vram12"}),
 ]
+ROUND17 = "H100 2026-12-07 (benchmarks/peers.py at a7f025c)"
+ZIMAGE_SCRIPT = {"module_ranks": {"attn": 16, "ffn": 0}}  # diffusers' Z-Image script's targets: attention only
+FP8C = {"compile": True, "fp8_base": True, "fp8_compute": True}
+MEMORY_ROWS += [
+    ("flux2-klein-4b", {"peak_gib": 8.29, **FP8C, "checkpoint_fraction": 0.8,
+                        "source": f"{ROUND17}: flux2-4b/vram9.5 (out of memory at 0.76 in round 16)"}),
+    ("flux2-klein-9b", {"peak_gib": 11.85, **FP8C, "checkpoint_fraction": 1.0,
+                        "network": {"module_ranks": SCRIPT_TARGETS},
+                        "source": f"{ROUND17}: flux2-9b/scripttargets+fp8c+compile"}),
+    ("flux2-klein-9b", {"peak_gib": 18.13, **FP8C, "checkpoint_fraction": 21 / 32,
+                        "network": {"module_ranks": SCRIPT_TARGETS},
+                        "source": f"{ROUND17}: flux2-9b/scripttargets+vram20"}),
+    ("flux2-klein-9b", {"peak_gib": 14.47, **FP8C, "checkpoint_fraction": 0.875,
+                        "source": f"{ROUND17}: flux2-9b/vram16"}),
+    ("zimage", {"peak_gib": 7.75, **FP8C, "checkpoint_fraction": 1.0, "network": ZIMAGE_SCRIPT,
+                "source": f"{ROUND17}: zimage/scripttargets+fp8c+compile"}),
+    ("zimage", {"peak_gib": 10.35, **FP8C, "checkpoint_fraction": 27 / 34, "network": ZIMAGE_SCRIPT,
+                "source": f"{ROUND17}: zimage/scripttargets+vram14.3"}),
+    ("zimage", {"peak_gib": 13.86, **FP8C, "checkpoint_fraction": 19 / 34, "network": ZIMAGE_SCRIPT,
+                "source": f"{ROUND17}: zimage/scripttargets+fp8c+gc55+compile"}),
+]
 ROWS = measured_rows() + MEMORY_ROWS
 
 
@@ -333,3 +354,45 @@ def test_a_run_counts_the_lora_inputs_from_the_layers_injected():
                          + b.ff_context.linear_in.in_features + b.ff_context.linear_out.in_features)) * 2 / 2**30
     nd = len(tr.transformer_blocks)
     assert per == pytest.approx((-left_out,) * nd + (0.0,) * len(tr.single_transformer_blocks))
+
+
+def test_zimage_lora_inputs_follow_the_targets(models):
+    """Z-Image's hook (round 17: the planner left 3.5 GiB of a 13.8 GiB cap unused with diffusers' script's targets):
+    attention-only targets take off each block's feed-forward inputs — w1 / w3 read one copy of the block's input
+    (published dim 3840), w2 the 10,240-wide hidden state — over the tokens the block reads (main blocks: 4096 image +
+    128 caption tokens; noise refiners the image, context refiners the caption)."""
+    from lorakit.models.zimage import planning
+
+    base = {"compile": True, "fp8_base": True, "fp8_compute": True, "checkpoint_fraction": 27 / 34}
+    spec, model = planview.meta_model(config(models["zimage"], "zimage", base))[:2]
+    every = frozenset(name for name, sub in model.named_modules() if isinstance(sub, torch.nn.Linear)
+                      and (".attention." in name or ".feed_forward." in name))
+    assert len(every) == 34 * 7  # q, k, v, out, w1, w2, w3
+    assert set(planning.lora_input_gib(model, every).values()) == {0.0}
+    script = planview._TARGETS[id(planview.meta_model(config(models["zimage"], "zimage",
+                                                             {**base, "network": ZIMAGE_SCRIPT}))[1])]
+    assert script and not any(".feed_forward." in p for p in script)
+    per = planning.lora_input_gib(model, script)
+
+    def ffn(tokens: int) -> float:
+        return -tokens * (3840 + 10240) * 2 / 2**30
+
+    assert len(per) == 34
+    assert per == {**{f"layers.{i}": pytest.approx(ffn(4096 + 128)) for i in range(30)},
+                   **{f"noise_refiner.{i}": pytest.approx(ffn(4096)) for i in range(2)},
+                   **{f"context_refiner.{i}": pytest.approx(ffn(128)) for i in range(2)}}
+    # the plan at diffusers' script's memory (vram 14.3, its 13.85 GiB peak) checkpoints fewer blocks for its targets
+    # than for the defaults, and each still fits the budget with the margin
+    plans = {}
+    for name, network in (("default", {}), ("script", ZIMAGE_SCRIPT)):
+        cfg = load_config(None, data={"model": {"family": "zimage", "checkpoint": str(models["zimage"])},
+                                      "data": {"dir": str(models["zimage"].parent), "resolution": 1024},
+                                      "network": {"rank": 16, **network}, "optimizer": {"name": "adamw"},
+                                      "training": {"mixed_precision": "bf16"},
+                                      "memory": {"vram_gb": 14.3, "compile": True, "auto": False}})
+        spec, m, blocks, trainable = planview.meta_model(cfg)
+        plans[name] = budget.apply_budget(cfg, spec, m, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None,
+                                          fp8_matmuls=True, sizes=planview.sizes_of(cfg), card=cards.card("h100"))
+        assert plans[name].estimate_gib + plans[name].margin_gib <= 14.3
+    fractions = {k: p.applied.memory.checkpoint_fraction for k, p in plans.items()}
+    assert fractions["script"] < fractions["default"] < 1, fractions

@@ -45,6 +45,7 @@ SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_s
                  planning_estimate=estimates.note("Z-Image", planning.REFERENCE),
                  component_gib=planning.components(), vae_tiling=True, cfg_batched=False,
                  variant_spec=lambda spec, model: planning.spec_for(spec, model),
+                 lora_input_gib=planning.lora_input_gib,
                  planning_model=lambda cfg: planning.planning_model(cfg))
 
 # SwarmUI's model class id ("z-image/lora" for LoRAs, Turbo and base alike; T2IModelClassSorter.cs,
