@@ -294,6 +294,10 @@ ROWS.update({
     "sd35m/gc": {"family": "sd3", "size": "medium", "gc": True, "eager_first": True},
     "sd35m/gc+compile": {"family": "sd3", "size": "medium", "gc": True, "compile": "regions", "phases": (True,)},
     "sd35m/nogc+compile": {"family": "sd3", "size": "medium", "gc": False, "compile": "regions", "phases": (True,)},
+    # CUDA graphs: sd-scripts' SD3.5 M step is host-bound on a busy host (round 16: 0.518 s, lorakit compiled 0.306); graphs
+    # take lorakit's launches off the host
+    "sd35m/gc+compile-graphs": {"family": "sd3", "size": "medium", "gc": True, "compile": "regions", "cudagraphs": True,
+                                "phases": (True,)},
     "sd35l/gc": {"family": "sd3", "size": "large", "gc": True, "eager_first": True},
     "sd35l/gc+compile": {"family": "sd3", "size": "large", "gc": True, "compile": "regions", "phases": (True,)},
     "sd35l/fp8+compile": {"family": "sd3", "size": "large", "gc": True, "fp8": True, "compile": "regions",
