@@ -277,6 +277,18 @@ ROWS: dict[str, dict[str, Any]] = {
                                               "module_ranks": SCRIPT_TARGETS},
     "flux2-9b/scripttargets+fp8c+compile": {"family": "flux2", "size": "klein-9b", "gc": True, "fp8": True, "fp8c": True,
                                             "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
+    # the script's targets with selective recomputation inside each compiled block (memory.activation_budget) instead of
+    # block checkpointing, at about the script's memory (round 17: 20 of 25 blocks checkpointed = 0.194 s, 8.09 GiB; on
+    # FLUX.1-dev such budgets ran faster than any partial checkpointing of the same memory: RESULTS.md round 11)
+    "flux2-4b/scripttargets+fp8c+amb30+compile": {"family": "flux2", "size": "klein-4b", "gc": False, "fp8": True,
+                                                  "fp8c": True, "amb": 0.30, "compile": "regions", "phases": (True,),
+                                                  "module_ranks": SCRIPT_TARGETS},
+    "flux2-4b/scripttargets+fp8c+amb20+compile": {"family": "flux2", "size": "klein-4b", "gc": False, "fp8": True,
+                                                  "fp8c": True, "amb": 0.20, "compile": "regions", "phases": (True,),
+                                                  "module_ranks": SCRIPT_TARGETS},
+    "flux2-9b/scripttargets+fp8c+amb40+compile": {"family": "flux2", "size": "klein-9b", "gc": False, "fp8": True,
+                                                  "fp8c": True, "amb": 0.40, "compile": "regions", "phases": (True,),
+                                                  "module_ranks": SCRIPT_TARGETS},
     # Klein 9B planned at the memory diffusers' script used in round 17 (19.55 GiB allocated): vram 20 = a 19.5 GiB cap
     "flux2-9b/scripttargets+vram20": {"family": "flux2", "size": "klein-9b", "gc": True, "vram": 20,
                                       "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
