@@ -10,7 +10,9 @@ recipe, reg images included) on a scratch concept set instead, written into the 
 - ``large``: the same 12 scenes (colours, backgrounds, jitters) with every cross large: every colour appears as a
   large cross, and one of the 12 pairs is a benchmark pair (white on red), as in the demo;
 - ``cover``: 12 large crosses in exactly the benchmark's six (colour, background) pairs and their six swaps, so the
-  training set shows every pair the trigger prompts ask for (this scores the benchmark on pairs it trained on).
+  training set shows every pair the trigger prompts ask for (this scores the benchmark on pairs it trained on);
+- ``all-pairs``: 30 large crosses, one for every ordered pair of the six colours (the benchmark's six among them, none
+  favoured).
 
     python benchmarks/toy_data_variant.py --family flux1 --variant large --set optimizer.lr=6e-3 --steps 400
 
@@ -37,7 +39,8 @@ def write_variant(folder_root: Path, variant: str) -> Path:
         return world.write_demo_dataset(folder_root)
     folder = folder_root / f"{world.DEMO_REPEATS}_{world.DEFAULT_TRIGGER} {world.DEMO_CLASS}"
     folder.mkdir(parents=True, exist_ok=False)
-    scenes = world.sample_scenes(12, 1234, shapes=(world.CONCEPT_SHAPE,))  # write_demo_dataset's scenes and jitters
+    n = 30 if variant == "all-pairs" else 12
+    scenes = world.sample_scenes(n, 1234, shapes=(world.CONCEPT_SHAPE,))  # write_demo_dataset's scenes and jitters
     names = list(world.COLOURS)
     if variant == "large":
         pairs = []
@@ -46,8 +49,10 @@ def write_variant(folder_root: Path, variant: str) -> Path:
             pairs.append((colour, s.background if s.background != colour else names[(i + 3) % len(names)]))
     elif variant == "cover":
         pairs = list(CONCEPT_PAIRS) + [(b, c) for c, b in CONCEPT_PAIRS]
+    elif variant == "all-pairs":
+        pairs = [(c, b) for c in names for b in names if c != b]
     else:
-        raise SystemExit(f"--variant {variant!r}: one of demo, large, cover")
+        raise SystemExit(f"--variant {variant!r}: one of demo, large, cover, all-pairs")
     for i, (scene, (colour, background)) in enumerate(zip(scenes, pairs)):
         scene = replace(scene, colour=colour, background=background, size="large")
         save_image(world.render(scene), folder / f"{i:03d}.png")
@@ -58,7 +63,7 @@ def write_variant(folder_root: Path, variant: str) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", default="flux1")
-    ap.add_argument("--variant", default="large", choices=("demo", "large", "cover"))
+    ap.add_argument("--variant", default="large", choices=("demo", "large", "cover", "all-pairs"))
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], help="section.key=value config override (run_eval's)")
     ap.add_argument("--out", default="", help="run folder (default: a new temporary one)")
