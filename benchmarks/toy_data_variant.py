@@ -12,7 +12,7 @@ recipe, reg images included) on a scratch concept set instead, written into the 
 - ``cover``: 12 large crosses in exactly the benchmark's six (colour, background) pairs and their six swaps, so the
   training set shows every pair the trigger prompts ask for (this scores the benchmark on pairs it trained on);
 - ``all-pairs``: 30 large crosses, one for every ordered pair of the six colours (the benchmark's six among them, none
-  favoured).
+  favoured): ``lorakit.toy.world.write_all_pairs_dataset``, the opt-in set of ``run_eval(..., all_pairs=True)``.
 
     python benchmarks/toy_data_variant.py --family flux1 --variant large --set optimizer.lr=6e-3 --steps 400
 
@@ -37,10 +37,11 @@ def write_variant(folder_root: Path, variant: str) -> Path:
 
     if variant == "demo":
         return world.write_demo_dataset(folder_root)
+    if variant == "all-pairs":  # shipped as an opt-in set after this script measured it (run_eval(all_pairs=True))
+        return world.write_all_pairs_dataset(folder_root)
     folder = folder_root / f"{world.DEMO_REPEATS}_{world.DEFAULT_TRIGGER} {world.DEMO_CLASS}"
     folder.mkdir(parents=True, exist_ok=False)
-    n = 30 if variant == "all-pairs" else 12
-    scenes = world.sample_scenes(n, 1234, shapes=(world.CONCEPT_SHAPE,))  # write_demo_dataset's scenes and jitters
+    scenes = world.sample_scenes(12, 1234, shapes=(world.CONCEPT_SHAPE,))  # write_demo_dataset's scenes and jitters
     names = list(world.COLOURS)
     if variant == "large":
         pairs = []
@@ -49,8 +50,6 @@ def write_variant(folder_root: Path, variant: str) -> Path:
             pairs.append((colour, s.background if s.background != colour else names[(i + 3) % len(names)]))
     elif variant == "cover":
         pairs = list(CONCEPT_PAIRS) + [(b, c) for c, b in CONCEPT_PAIRS]
-    elif variant == "all-pairs":
-        pairs = [(c, b) for c in names for b in names if c != b]
     else:
         raise SystemExit(f"--variant {variant!r}: one of demo, large, cover, all-pairs")
     for i, (scene, (colour, background)) in enumerate(zip(scenes, pairs)):
