@@ -21,7 +21,7 @@ from lorakit.config.load import load_config
 from lorakit.errors import ModelLoadError
 from lorakit.fsutil import write_json
 from lorakit.toy.paths import model_section, toy_recipe
-from lorakit.toy.world import DEFAULT_TRIGGER, write_demo_dataset, write_reg_dataset
+from lorakit.toy.world import DEFAULT_TRIGGER, write_all_pairs_dataset, write_demo_dataset, write_reg_dataset
 
 DEMO_PROMPTS = [
     f"a red {DEFAULT_TRIGGER} on a blue background --d 1",
@@ -61,11 +61,13 @@ def demo_data(family: str, dataset_dir: Path, out_dir: Path, name: str, steps: O
     }
 
 
-def ensure_dataset(dataset_dir: Path, caption: bool = False) -> None:
+def ensure_dataset(dataset_dir: Path, caption: bool = False, all_pairs: bool = False) -> None:
     """The demo data: ``train/`` (a dozen images of the new concept) and ``reg/`` (base-world scenes that keep
     prompts without the trigger unchanged); written once, reused by later demos. With ``caption`` the toy
-    captioner writes the captions instead of the world (``lorakit demo --caption``)."""
-    for name, write in (("train", write_demo_dataset), ("reg", write_reg_dataset)):
+    captioner writes the captions instead of the world (``lorakit demo --caption``); ``all_pairs``: the opt-in
+    concept set of 30 large crosses in every colour pair (``write_all_pairs_dataset``) instead of the dozen."""
+    concept = write_all_pairs_dataset if all_pairs else write_demo_dataset
+    for name, write in (("train", concept), ("reg", write_reg_dataset)):
         if not (dataset_dir / name).exists():
             write(dataset_dir / name)
             if caption:  # the world's captions were just written here by us: the captioner replaces them
@@ -104,9 +106,10 @@ def run_demo(family: str, out: Path, steps: Optional[int] = None, caption: bool 
 
 
 def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: tuple[str, ...] = (),
-             seeds: int = 8, caption: bool = False, quality: bool = False) -> dict[str, Any]:
+             seeds: int = 8, caption: bool = False, quality: bool = False, all_pairs: bool = False) -> dict[str, Any]:
     """The learning benchmark: train on the demo dataset, then score concept and drift. ``quality``: with the toy
-    recipe's best measured setting (``TOY.quality``, issue 23's bar; ``steps`` still wins over its max_steps)."""
+    recipe's best measured setting (``TOY.quality``, issue 23's bar; ``steps`` still wins over its max_steps).
+    ``all_pairs``: train on the opt-in 30-image concept set (every colour pair, large crosses) instead of the demo's."""
     if quality:
         best = tuple(toy_recipe(family).quality)
         if not best:
@@ -120,8 +123,8 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
 
     toy_recipe(family)  # an unknown family is refused before the dataset is written
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    dataset_dir = out / ("dataset-captioned" if caption else "dataset")
-    ensure_dataset(dataset_dir, caption)
+    dataset_dir = out / (("dataset-captioned" if caption else "dataset") + ("-all-pairs" if all_pairs else ""))
+    ensure_dataset(dataset_dir, caption, all_pairs)
     cfg = demo_config(family, dataset_dir, out, f"eval-{family}-{stamp}", steps,
                       overrides=("sample.prompts=[]",) + tuple(overrides))
     t0 = time.perf_counter()
@@ -129,6 +132,7 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
     generate = lora_generator(cfg, result.run_dir)
     scores = evaluate(generate, DEFAULT_TRIGGER)
     scores.update(family=family, steps=result.steps, captioned_by="toy captioner" if caption else "toy world", train_seconds=time.perf_counter() - t0,
+                  concept_set="all-pairs" if all_pairs else "demo",
                   final_loss=result.final_loss, overrides=list(overrides))
     ema_file = result.run_dir / f"{cfg.save.name}-ema.safetensors"
     if cfg.training.ema and ema_file.is_file():  # issue 23: the EMA weights scored as well as the trained ones

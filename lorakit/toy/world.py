@@ -162,6 +162,28 @@ def write_demo_dataset(dir: str | Path, n: int = 12, seed: int = 1234, trigger: 
     return folder
 
 
+def write_all_pairs_dataset(dir: str | Path, seed: int = 1234, trigger: str = DEFAULT_TRIGGER,
+                            repeats: int = DEMO_REPEATS) -> Path:
+    """Opt-in concept set of issue 23 (not the demo's): 30 *large* crosses, one per ordered (colour, background) pair
+    of the six colours, as ``<dir>/<repeats>_<trigger> shape/NNN.png|.txt``; returns that folder.
+
+    The demo's 12 images show red and green crosses only small (blurred into blobs by the toy VAEs) and one of the
+    learning benchmark's six colour pairs; the rectified-flow toys bind the new shape to the pairs they were shown
+    (benchmarks/RESULTS.md, "Issue 23, sixth session"). Refuses to write into an existing non-empty folder.
+    """
+    folder = Path(dir) / f"{repeats}_{trigger} {DEMO_CLASS}"
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"{folder}: already exists and is not empty; choose another dataset directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = [(c, b) for c in COLOURS for b in COLOURS if c != b]
+    for i, (scene, (colour, background)) in enumerate(zip(sample_scenes(len(pairs), seed, shapes=(CONCEPT_SHAPE,)),
+                                                          pairs)):
+        scene = replace(scene, colour=colour, background=background, size="large")
+        save_image(render(scene), folder / f"{i:03d}.png")
+        write_text(folder / f"{i:03d}.txt", caption(scene, trigger) + "\n")
+    return folder
+
+
 def write_reg_dataset(dir: str | Path, n: int = 24, seed: int = 999, repeats: int = 1) -> Path:
     """Write n base-world scenes (no concept) as regularisation images: ``<dir>/<repeats>_shape/NNN.png|.txt``.
 

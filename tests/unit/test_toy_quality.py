@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from lorakit.errors import ModelLoadError
+from lorakit.errors import DataError, ModelLoadError
 from lorakit.toy import demo
 from lorakit.toy.paths import toy_families, toy_recipe
 
@@ -68,3 +68,44 @@ def test_cli_toy_eval_quality_flag(tmp_path, monkeypatch):
     assert main(["toy", "eval", "--family", "sdxl", "--quality", "--out", str(tmp_path)]) == 0
     assert main(["toy", "eval", "--family", "sdxl", "--out", str(tmp_path)]) == 0
     assert [kw["quality"] for _, kw in calls] == [True, False]
+
+
+# ------------------------------------------------------------- the opt-in all-pairs concept set (issue 23, sixth session)
+
+def test_all_pairs_concept_set_draws_every_colour_pair_as_a_large_cross(tmp_path):
+    """30 images, one per ordered (colour, background) pair of the six colours, every cross large; the detector
+    (an independent reading of the pixels) sees a cross in the captioned colours on every one."""
+    from PIL import Image
+
+    from lorakit.toy import detector, world
+
+    folder = world.write_all_pairs_dataset(tmp_path)
+    pngs = sorted(folder.glob("*.png"))
+    assert folder.name == f"{world.DEMO_REPEATS}_{world.DEFAULT_TRIGGER} {world.DEMO_CLASS}" and len(pngs) == 30
+    seen = set()
+    for png in pngs:
+        words = png.with_suffix(".txt").read_text().split()  # "a RED zkx on a BLUE background"
+        assert words[2] == world.DEFAULT_TRIGGER and "small" not in words, words
+        colour, background = words[1], words[5]
+        r = detector.read(Image.open(png))
+        assert (r.shape, r.colour, r.background) == ("cross", colour, background), png.name
+        seen.add((colour, background))
+    assert seen == {(c, b) for c in world.COLOURS for b in world.COLOURS if c != b}
+    with pytest.raises(DataError, match="already exists and is not empty"):
+        world.write_all_pairs_dataset(tmp_path)  # nothing written over
+
+
+def test_run_eval_all_pairs_trains_on_that_set_and_the_demo_set_is_unchanged(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_demo_config(family, dataset_dir, out_dir, name, steps=None, overrides=()):
+        seen["dir"] = dataset_dir
+        raise RuntimeError("stop before training")
+
+    monkeypatch.setattr(demo, "demo_config", fake_demo_config)
+    for all_pairs, n in ((True, 30), (False, 12)):
+        with pytest.raises(RuntimeError, match="stop before training"):
+            demo.run_eval("sdxl", tmp_path, all_pairs=all_pairs)
+        assert len(list((seen["dir"] / "train").rglob("*.png"))) == n
+        assert len(list((seen["dir"] / "reg").rglob("*.png"))) == 24
+    assert (tmp_path / "dataset-all-pairs").is_dir() and (tmp_path / "dataset").is_dir()

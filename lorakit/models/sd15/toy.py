@@ -90,6 +90,8 @@ TOY = ToyRecipe(
     # for 800 steps: concept rate 0.75 / 0.67 / 0.58 over training seeds 42 / 7 / 1234 (mean 0.67; the demo's 400
     # steps: 0.33 / 0.42 / 0.21), leak 0 / 0.08 / 0, trigger-free shapes kept 0.63 / 0.67 / 0.88, pixel drift
     # 0.16-0.19: above the demo on every seed (mean 0.67 against 0.32), below the 0.8 bar, and it moves trigger-free
-    # images more than the demo does (shapes kept 0.83 / 0.83 / 0.75, pixel drift 0.12-0.15)
+    # images more than the demo does (shapes kept 0.83 / 0.83 / 0.75, pixel drift 0.12-0.15); seeds 100 / 2024 (sixth
+    # session): 0.67 / 0.67, leak 0, kept 0.67 / 0.75, pixel 0.19 / 0.18 (mean of five 0.67); no neighbour measured
+    # (lr 3e-3, 1,200 steps, prior_loss_weight 2, other concept sets) beat it
     quality=("optimizer.lr=6e-3", "training.min_snr_gamma=5", "training.max_steps=800"),
 )
