@@ -1,0 +1,26 @@
+"""The sixth session's walk through docs/first-hour.md, sweeps.md, validation.md, lora-tools.md and
+training-options.md on the toy world: each test is a user's step that printed something wrong or confusing."""
+
+from __future__ import annotations
+
+import json
+
+from lorakit.cli import main
+from lorakit.sweep.run import create, run_sweep
+from tests.unit.test_sweep import FakeTrain, write_config
+
+
+def test_a_sweep_without_validation_names_the_training_loss_it_ranked_by(tmp_path, capsys):
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    for metrics in (tmp_path / "sw").glob("*/metrics.jsonl"):  # as a run without a validation set writes them
+        rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows if "val_loss" not in r))
+    capsys.readouterr()
+    assert main(["sweep", "report", str(tmp_path / "sw")]) == 0
+    ranked = json.loads((tmp_path / "sw" / "comparison" / "ranking.json").read_text())["points"]
+    top = ranked[0]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("best: "))
+    assert line == (f"best: {top['name']} ({top['label']}): final training loss {top['final_train_loss']:.5g} "
+                    f"(no validation set); its LoRA: {tmp_path / 'sw' / 'best.safetensors'}")
