@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lorakit.cli import main
 from lorakit.sweep.run import create, run_sweep
+from tests.integration.test_bad_inputs_walk import _error, run_toml  # noqa: F401 (a fixture)
 from tests.unit.test_sweep import FakeTrain, write_config
 
 
@@ -24,3 +27,11 @@ def test_a_sweep_without_validation_names_the_training_loss_it_ranked_by(tmp_pat
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("best: "))
     assert line == (f"best: {top['name']} ({top['label']}): final training loss {top['final_train_loss']:.5g} "
                     f"(no validation set); its LoRA: {tmp_path / 'sw' / 'best.safetensors'}")
+
+
+@pytest.mark.parametrize("where", ["nothere", "run.toml"])
+def test_a_missing_validation_dir_is_named_as_validation_dir_not_data_dir(run_toml, tmp_path, capsys, where):
+    assert main(["train", str(run_toml), f"data.validation_dir={tmp_path / where}"]) == 2
+    assert _error(capsys) == (f"lorakit: error: data.validation_dir: folder {tmp_path / where} not found (it should "
+                              "hold subfolders like '1_ohwx woman', as data.dir does)")
+    assert not (tmp_path / "out" / "ohwx").exists()
