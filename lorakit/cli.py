@@ -554,9 +554,15 @@ def cmd_verify(args) -> int:
     from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
     tensors, _ = load_lora_file(Path(args.file))
+    lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
+    if not lyco and detect_layout(tensors) is None and Path(args.file).is_file():  # a checkpoint, an encoder, ...
+        from lorakit.models.registry import identify
+
+        kind = identify(Path(args.file))
+        raise LorakitError(f"{args.file}: not a LoRA: this is {kind.what}; verify checks LoRA files" if kind.role !=
+                           "lora" else f"{args.file}: unknown LoRA layout; verify reads kohya, comfyui, diffusers, peft")
     maps = _keymaps(_named_family(Path(args.file), args.family))
     layout = detect_layout(tensors) or "kohya"
-    lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
     groups = group_keys(tensors)[0]
     keys, n = choose_family(layout, sorted(set(groups) | lyco), maps, stem_widths(groups))
     if args.base:

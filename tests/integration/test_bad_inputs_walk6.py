@@ -9,6 +9,7 @@ import pytest
 
 from lorakit.cli import main
 from lorakit.sweep.run import create, run_sweep
+from lorakit.toy.paths import model_section
 from tests.integration.test_bad_inputs_walk import _error, run_toml  # noqa: F401 (a fixture)
 from tests.unit.test_sweep import FakeTrain, write_config
 
@@ -35,3 +36,23 @@ def test_a_missing_validation_dir_is_named_as_validation_dir_not_data_dir(run_to
     assert _error(capsys) == (f"lorakit: error: data.validation_dir: folder {tmp_path / where} not found (it should "
                               "hold subfolders like '1_ohwx woman', as data.dir does)")
     assert not (tmp_path / "out" / "ohwx").exists()
+
+
+def _toy_sdxl_lora(path):
+    """A LoRA of the toy SDXL's topology (its middle block's 64-wide proj_in), as `lorakit demo` writes them."""
+    import torch
+    from safetensors.torch import save_file
+
+    stem = "lora_unet_middle_block_1_proj_in"
+    save_file({f"{stem}.lora_down.weight": torch.ones(4, 64), f"{stem}.lora_up.weight": torch.zeros(64, 4),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    return path
+
+
+def test_verify_of_a_checkpoint_says_what_the_file_is(capsys):
+    base = model_section("sdxl")["checkpoint"]
+    assert main(["verify", base]) == 2
+    assert _error(capsys) == (f"lorakit: error: {base}: not a LoRA: this is an SDXL-layout checkpoint of another size "
+                              "(U-Net width 32, context width 40; SDXL base 1.0 has 320 and 2048); verify checks "
+                              "LoRA files")
+
