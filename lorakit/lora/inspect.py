@@ -120,6 +120,13 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
     keymaps = [k for k in keymaps if k.family in _candidates(info, base)]
     if keymaps:  # the family the file is for (a family without a key map keeps the name count above)
         info.update(_canonical(path, tensors, meta, keymaps, base))
+    if base is not None and "fit" not in info:  # the --base's family has none of these modules: not this LoRA's base
+        from lorakit.models.registry import identify
+
+        best = max(info["fits"].items(), key=lambda f: f[1]["matched"], default=(None, {"matched": 0}))
+        raise LorakitError(f"--base {base}: this is {identify(base).what}; no module of this LoRA fits it"
+                           + (f" (its modules are {best[0]}'s: {best[1]['matched']}/{len(modules)} fit full-size "
+                              f"{best[0]})" if best[1]["matched"] else ""))
     return info
 
 

@@ -56,3 +56,12 @@ def test_verify_of_a_checkpoint_says_what_the_file_is(capsys):
                               "(U-Net width 32, context width 40; SDXL base 1.0 has 320 and 2048); verify checks "
                               "LoRA files")
 
+
+def test_inspect_with_a_base_of_another_family_is_refused_not_ignored(tmp_path, capsys):
+    lora = _toy_sdxl_lora(tmp_path / "demo.safetensors")
+    assert main(["inspect", str(lora), "--base", model_section("sdxl")["checkpoint"]]) == 0
+    assert "base model: sdxl; every key fits" in capsys.readouterr().out
+    flux = model_section("flux1")["checkpoint"]
+    assert main(["inspect", str(lora), "--base", flux]) == 2
+    assert _error(capsys).startswith(f"lorakit: error: --base {flux}: this is a FLUX.1-dev-layout transformer of "
+                                     "another size (width 64; FLUX.1 has 3072); no module of this LoRA fits it")
