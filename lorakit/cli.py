@@ -651,7 +651,8 @@ def _weighted_path(text: str) -> tuple[Path, float]:
         try:
             return Path(head), float(tail)
         except ValueError:
-            pass
+            if Path(head).is_file():  # FILE:weight with a weight that is no number
+                raise LorakitError(f"{text}: the weight after ':' must be a number, e.g. {head}:0.8") from None
     return Path(text), 1.0
 
 
@@ -660,10 +661,10 @@ def cmd_merge(args) -> int:
     from lorakit.lora.tools.files import base_keymap, common_dtype, load_state, merge_into, save_state
     from lorakit.lora.tools.ops import merge
 
+    weighted = [_weighted_path(text) for text in args.loras]  # a bad weight is named before the key maps load
     maps = _keymaps(args.family)
     loras = []
-    for text in args.loras:
-        path, w = _weighted_path(text)
+    for path, w in weighted:
         state = load_state(path, maps, args.family)
         _refuse_unmatched(state, path, keep_foreign=True)
         loras.append((state, w))

@@ -65,3 +65,10 @@ def test_inspect_with_a_base_of_another_family_is_refused_not_ignored(tmp_path, 
     assert main(["inspect", str(lora), "--base", flux]) == 2
     assert _error(capsys).startswith(f"lorakit: error: --base {flux}: this is a FLUX.1-dev-layout transformer of "
                                      "another size (width 64; FLUX.1 has 3072); no module of this LoRA fits it")
+
+
+def test_merge_names_a_weight_that_is_no_number(tmp_path, capsys):
+    lora = _toy_sdxl_lora(tmp_path / "demo.safetensors")
+    assert main(["merge", f"{lora}:O.8", str(lora), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert _error(capsys) == f"lorakit: error: {lora}:O.8: the weight after ':' must be a number, e.g. {lora}:0.8"
+    assert not (tmp_path / "m.safetensors").exists()
