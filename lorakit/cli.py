@@ -621,7 +621,10 @@ def cmd_resize(args) -> int:
         method, _, x = args.dynamic.partition("=")
         if method not in ("sv_ratio", "sv_fro", "sv_cumulative") or not x:
             raise LorakitError(f"--dynamic {args.dynamic}: use sv_ratio=X, sv_fro=X or sv_cumulative=X")
-        value = float(x)
+        try:
+            value = float(x)
+        except ValueError:
+            raise LorakitError(f"--dynamic {args.dynamic}: {x!r} is not a number (e.g. {method}=0.9)") from None
     modules, rows = resize(state.modules, method, value)
     keys = state.keys or next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"

@@ -72,3 +72,15 @@ def test_merge_names_a_weight_that_is_no_number(tmp_path, capsys):
     assert main(["merge", f"{lora}:O.8", str(lora), "-o", str(tmp_path / "m.safetensors")]) == 2
     assert _error(capsys) == f"lorakit: error: {lora}:O.8: the weight after ':' must be a number, e.g. {lora}:0.8"
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--rank", "4"], "resize: --rank 4 is not below the LoRA's rank (its modules have rank ≤ 4): the file would not "
+                      "change; nothing written (choose --rank < 4)"),
+    (["--dynamic", "sv_fro=O.9"], "--dynamic sv_fro=O.9: 'O.9' is not a number (e.g. sv_fro=0.9)"),
+])
+def test_resize_refuses_a_rank_that_changes_nothing_and_a_value_that_is_no_number(tmp_path, capsys, args, line):
+    lora = _toy_sdxl_lora(tmp_path / "demo.safetensors")
+    assert main(["resize", str(lora), *args, "-o", str(tmp_path / "r.safetensors")]) == 2
+    assert _error(capsys) == f"lorakit: error: {line}"
+    assert not (tmp_path / "r.safetensors").exists()
