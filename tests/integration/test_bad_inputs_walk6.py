@@ -84,3 +84,20 @@ def test_resize_refuses_a_rank_that_changes_nothing_and_a_value_that_is_no_numbe
     assert main(["resize", str(lora), *args, "-o", str(tmp_path / "r.safetensors")]) == 2
     assert _error(capsys) == f"lorakit: error: {line}"
     assert not (tmp_path / "r.safetensors").exists()
+
+
+def test_a_warmup_longer_than_the_epochs_run_is_warned(run_toml, tmp_path, monkeypatch, capsys):
+    from lorakit.errors import TrainingError
+    from lorakit.train import loop
+
+    def stop(*_a, **_k):  # the warning is due before the model loads: stop there
+        raise TrainingError("stopped before the model loads")
+
+    monkeypatch.setattr(loop, "load_and_cache", stop)
+    run_toml.write_text(run_toml.read_text().replace("max_steps = 2", "max_epochs = 2"))
+    assert main(["train", str(run_toml), "optimizer.warmup_steps=10"]) == 2
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "training.max_epochs = 2: 2 steps per epoch (2 batches of 1, gradient accumulation 1), 4 steps" in text
+    assert ("warning: optimizer.warmup_steps (10) is not shorter than training.max_steps (4): the lr reaches only "
+            "40% of optimizer.lr") in text
