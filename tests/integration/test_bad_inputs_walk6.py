@@ -10,6 +10,7 @@ import pytest
 from lorakit.cli import main
 from lorakit.sweep.run import create, run_sweep
 from lorakit.toy.paths import model_section
+from lorakit.toy.world import write_demo_dataset
 from tests.integration.test_bad_inputs_walk import _error, run_toml  # noqa: F401 (a fixture)
 from tests.unit.test_sweep import FakeTrain, write_config
 
@@ -101,3 +102,10 @@ def test_a_warmup_longer_than_the_epochs_run_is_warned(run_toml, tmp_path, monke
     assert "training.max_epochs = 2: 2 steps per epoch (2 batches of 1, gradient accumulation 1), 4 steps" in text
     assert ("warning: optimizer.warmup_steps (10) is not shorter than training.max_steps (4): the lr reaches only "
             "40% of optimizer.lr") in text
+
+
+def test_data_check_gives_a_small_images_share_of_the_area_not_zero(tmp_path, capsys):
+    write_demo_dataset(tmp_path / "data", n=1, repeats=1)  # 64x64 images; the default training area is 1024x1024
+    assert main(["data", "check", str(tmp_path / "data")]) == 0
+    share = 100 * 64 * 64 / (1024 * 1024)
+    assert f"too small: 64x64 is {share:.3g}% of the training area 1024x1024" in capsys.readouterr().out
