@@ -109,3 +109,16 @@ def test_data_check_gives_a_small_images_share_of_the_area_not_zero(tmp_path, ca
     assert main(["data", "check", str(tmp_path / "data")]) == 0
     share = 100 * 64 * 64 / (1024 * 1024)
     assert f"too small: 64x64 is {share:.3g}% of the training area 1024x1024" in capsys.readouterr().out
+
+
+def test_sweep_preset_names_each_other_point_by_all_its_settings(tmp_path):
+    from lorakit.sweep.preset import evidence
+
+    toml = write_config(tmp_path)
+    sweep = create(toml, ["optimizer.lr=1e-4,3e-4", "network.rank=2,4"], steps=5, out=tmp_path / "sw")
+    points = run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())["points"]
+    text = " ".join(line.lstrip("# ") for line in evidence(tmp_path / "sw", points[0], points, "best validation loss",
+                                                            "network.rank"))
+    others = "; ".join(f"{p['label']}: {p['best_val_loss']:.5g}" for p in points[1:])
+    assert text.endswith(f"the others: {others}")  # not '2: …; 4: …; 2: …', where a rank repeats the winner's
+    assert all(p["label"].count("=") == 2 for p in points)
