@@ -37,6 +37,9 @@ def winner(root: Path, concept: bool = False) -> tuple[dict[str, Any], list[dict
     try:
         ranking = json.loads(path.read_text())
     except (OSError, ValueError):
+        from lorakit.sweep.run import Sweep
+
+        Sweep(Path(root)).read()  # not a sweep folder at all: says so
         raise LorakitError(f"{path}: not found or unreadable; write it with `lorakit sweep report {root}`") from None
     key = "best-concept" if concept else "best"
     pick = (ranking.get("best") or {}).get(key)

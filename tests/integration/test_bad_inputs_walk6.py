@@ -122,3 +122,12 @@ def test_sweep_preset_names_each_other_point_by_all_its_settings(tmp_path):
     others = "; ".join(f"{p['label']}: {p['best_val_loss']:.5g}" for p in points[1:])
     assert text.endswith(f"the others: {others}")  # not '2: …; 4: …; 2: …', where a rank repeats the winner's
     assert all(p["label"].count("=") == 2 for p in points)
+
+
+def test_sweep_preset_of_a_folder_that_is_no_sweep_says_so(tmp_path, capsys):
+    preset = tmp_path / "p.toml"
+    preset.write_text("[network]\nrank = 4\n")
+    assert main(["sweep", "preset", str(tmp_path / "nothere"), str(preset)]) == 2
+    assert _error(capsys) == (f"lorakit: error: {tmp_path / 'nothere'}: no sweep.json; is it a sweep folder (made by "
+                              "`lorakit sweep`)?")
+    assert preset.read_text() == "[network]\nrank = 4\n"
