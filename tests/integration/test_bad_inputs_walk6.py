@@ -4,6 +4,7 @@ training-options.md on the toy world: each test is a user's step that printed so
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,21 @@ def test_sweep_preset_of_a_folder_that_is_no_sweep_says_so(tmp_path, capsys):
     assert _error(capsys) == (f"lorakit: error: {tmp_path / 'nothere'}: no sweep.json; is it a sweep folder (made by "
                               "`lorakit sweep`)?")
     assert preset.read_text() == "[network]\nrank = 4\n"
+
+
+def test_a_resumed_run_folder_keeps_no_stale_error_and_names_files_absolutely(tmp_path, monkeypatch):
+    from lorakit.train.rundir import RunDir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "ohwx").mkdir(parents=True)
+    run = RunDir(Path("out/ohwx"), "ohwx")  # `lorakit train --resume out/ohwx`, from the folder above
+    assert run.root == tmp_path / "out" / "ohwx" and run.lora_path().is_absolute()
+    run.write_status(status="interrupted", step=62, error="interrupted at step 62")
+    run.write_status(status="running", step=60)  # the resume
+    assert "error" not in run.read_status()
+    run.write_status(status="finished", step=100, lora=str(run.lora_path()))
+    status = json.loads((tmp_path / "out" / "ohwx" / "run.json").read_text())
+    assert status["status"] == "finished" and "error" not in status
+    assert status["lora"] == str(tmp_path / "out" / "ohwx" / "ohwx.safetensors")
+    run.write_status(status="failed", error="a NaN")  # a failure still says why
+    assert run.read_status()["error"] == "a NaN"
