@@ -150,3 +150,16 @@ def test_a_resumed_run_folder_keeps_no_stale_error_and_names_files_absolutely(tm
     assert status["lora"] == str(tmp_path / "out" / "ohwx" / "ohwx.safetensors")
     run.write_status(status="failed", error="a NaN")  # a failure still says why
     assert run.read_status()["error"] == "a NaN"
+
+
+def test_resume_of_a_run_extended_past_its_config_says_how_it_got_there(run_toml, tmp_path, capsys):
+    from lorakit.config.load import dump_toml, load_config
+
+    run = tmp_path / "out" / "ohwx"
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text(dump_toml(load_config(run_toml)))  # training.max_steps = 2
+    (run / "run.json").write_text(json.dumps({"status": "finished", "step": 4, "max_steps": 4}))  # resumed to 4
+    assert main(["train", "--resume", str(run)]) == 2
+    assert _error(capsys).startswith(
+        f"lorakit: error: --resume: {run} finished at step 4 (training.max_steps = 2 in its config.toml; an earlier "
+        f"--resume trained on to 4); nothing was changed")
