@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from lorakit.cli import main
 from lorakit.sweep.run import create, run_sweep
@@ -163,3 +164,20 @@ def test_resume_of_a_run_extended_past_its_config_says_how_it_got_there(run_toml
     assert _error(capsys).startswith(
         f"lorakit: error: --resume: {run} finished at step 4 (training.max_steps = 2 in its config.toml; an earlier "
         f"--resume trained on to 4); nothing was changed")
+
+
+def test_package_of_the_best_step_takes_the_best_file_that_holds_it(tmp_path, capsys):
+    """`lowest validation loss: … at step 5; its LoRA: …-best.safetensors`, then `lorakit package RUN --step 5`."""
+    from safetensors.torch import save_file
+
+    from tests.unit.test_lora_publish import _run_dir
+
+    run = _run_dir(tmp_path)
+    best = {"lora_unet_a.lora_down.weight": torch.ones(4, 8), "lora_unet_a.lora_up.weight": torch.ones(8, 4),
+            "lora_unet_a.alpha": torch.tensor(2.0)}
+    save_file(best, run / "ohwx-best.safetensors", metadata={"lorakit_best_step": "5", "ss_steps": "5"})
+    assert main(["package", str(run), "--step", "5", "-o", str(tmp_path / "pkg")]) == 0
+    assert (tmp_path / "pkg" / "ohwx-best.safetensors").read_bytes() == (run / "ohwx-best.safetensors").read_bytes()
+    assert main(["package", str(run), "--step", "6", "-o", str(tmp_path / "pkg6")]) == 2  # held by no file
+    assert _error(capsys) == (f"lorakit: error: --step 6: ohwx-step00000006.safetensors not in {run} (step "
+                              "checkpoints: 10)")
