@@ -181,3 +181,13 @@ def test_package_of_the_best_step_takes_the_best_file_that_holds_it(tmp_path, ca
     assert main(["package", str(run), "--step", "6", "-o", str(tmp_path / "pkg6")]) == 2  # held by no file
     assert _error(capsys) == (f"lorakit: error: --step 6: ohwx-step00000006.safetensors not in {run} (step "
                               "checkpoints: 10)")
+
+
+def test_a_kohya_dataset_tomls_bucket_range_names_the_key_in_its_file(tmp_path, capsys):
+    write_demo_dataset(tmp_path / "data", n=1, repeats=1)
+    ds = tmp_path / "kds.toml"
+    ds.write_text(f'[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "data" / "1_zkx shape"}"\n')
+    assert main(["data", "check", str(ds), "--family", "sdxl"]) == 2
+    assert _error(capsys) == ("lorakit: error: kds.toml: datasets[0].min_bucket_reso: the square bucket of the resolution "
+                              "(64) must lie between min_bucket_reso 256 and max_bucket_reso 2048; set "
+                              "datasets[0].min_bucket_reso in kds.toml to at most 64 (or change the resolution)")
