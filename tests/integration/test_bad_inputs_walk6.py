@@ -191,3 +191,17 @@ def test_a_kohya_dataset_tomls_bucket_range_names_the_key_in_its_file(tmp_path, 
     assert _error(capsys) == ("lorakit: error: kds.toml: datasets[0].min_bucket_reso: the square bucket of the resolution "
                               "(64) must lie between min_bucket_reso 256 and max_bucket_reso 2048; set "
                               "datasets[0].min_bucket_reso in kds.toml to at most 64 (or change the resolution)")
+
+
+def test_inspect_checks_a_lycoris_file_against_the_base_given(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    lokr = {}
+    for stem in ("lora_unet_middle_block_1_proj_in", "lora_unet_input_blocks_3_1_proj_in"):  # the second: toy only
+        lokr.update({f"{stem}.lokr_w1": torch.ones(8, 8), f"{stem}.lokr_w2": torch.ones(8, 8),
+                     f"{stem}.alpha": torch.tensor(8.0)})
+    save_file(lokr, str(tmp_path / "lokr.safetensors"), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    base = model_section("sdxl")["checkpoint"]
+    assert main(["inspect", str(tmp_path / "lokr.safetensors"), "--base", base]) == 0
+    out = capsys.readouterr().out
+    assert f"fits sdxl: 2/2 modules (checked against {base} (" in out and "base model: sdxl; every key fits" in out
