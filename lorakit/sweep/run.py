@@ -115,9 +115,12 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
     text = config.read_text()
     base = load_config(config, list(base_overrides))
     root = Path(out).resolve() if out else default_out(base).resolve()
+    if root.exists() and not root.is_dir():
+        raise LorakitError(f"--out {root} is a file, not a folder; nothing was overwritten: choose another --out")
     if root.exists() and any(root.iterdir()):
-        raise LorakitError(f"{root} is not empty; nothing was overwritten. Continue a sweep there with "
-                           f"`lorakit sweep --resume {root}`, or choose another --out")
+        resume = (f"Continue a sweep there with `lorakit sweep --resume {root}`, or choose" if
+                  (root / "sweep.json").is_file() else "It holds no sweep (no sweep.json): choose")
+        raise LorakitError(f"{root} is not empty; nothing was overwritten. {resume} another --out")
     manifest: dict[str, Any] = {
         "version": 1, "config": str(config), "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "overrides": list(base_overrides), "grid": grid, "steps": steps, "execution": SEQUENTIAL_NOTE,

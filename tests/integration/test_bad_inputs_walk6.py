@@ -205,3 +205,19 @@ def test_inspect_checks_a_lycoris_file_against_the_base_given(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "lokr.safetensors"), "--base", base]) == 0
     out = capsys.readouterr().out
     assert f"fits sdxl: 2/2 modules (checked against {base} (" in out and "base model: sdxl; every key fits" in out
+
+
+def test_a_sweep_out_that_is_a_file_or_a_run_folder_is_refused_in_one_line(tmp_path, capsys):
+    toml = write_config(tmp_path)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--out", str(afile)]) == 2
+    assert _error(capsys) == (f"lorakit: error: --out {afile} is a file, not a folder; nothing was overwritten: "
+                              "choose another --out")
+    assert afile.read_text() == "mine"
+    run = tmp_path / "out" / "t"  # a run folder, not a sweep: no --resume to suggest
+    run.mkdir(parents=True)
+    (run / "config.toml").write_text("")
+    assert main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--out", str(run)]) == 2
+    assert _error(capsys) == (f"lorakit: error: {run} is not empty; nothing was overwritten. It holds no sweep (no "
+                              "sweep.json): choose another --out")
