@@ -411,7 +411,7 @@ def cmd_sweep(args) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise LorakitError(f"sweep --parallel must be at least 1, got {args.parallel}")
     if args.resume:
-        if args.args or args.steps or args.out:
+        if args.args or args.steps is not None or args.out:
             raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; "
                                "give no others (--gpus and --parallel may change)")
         sweep = Sweep(Path(args.resume))

@@ -106,6 +106,9 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
     if steps is not None and steps < 1:
         raise ConfigError(f"sweep: --steps must be at least 1, got {steps}")
     parsed = parse_grid(grid_items)
+    if steps is not None and "training.max_steps" in parsed:  # both would set every point's steps: one wins silently
+        raise ConfigError(f"sweep: --steps {steps} and training.max_steps={','.join(parsed['training.max_steps'])} "
+                          "both set the steps; give one of them")
     # a key with one value is a plain override of every point, not an axis of the grid
     base_overrides = tuple(base_overrides) + tuple(f"{k}={v[0]}" for k, v in parsed.items() if len(v) == 1)
     grid = {k: v for k, v in parsed.items() if len(v) > 1}

@@ -221,3 +221,18 @@ def test_a_sweep_out_that_is_a_file_or_a_run_folder_is_refused_in_one_line(tmp_p
     assert main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--out", str(run)]) == 2
     assert _error(capsys) == (f"lorakit: error: {run} is not empty; nothing was overwritten. It holds no sweep (no "
                               "sweep.json): choose another --out")
+
+
+def test_sweep_steps_and_a_max_steps_axis_are_refused_together(tmp_path, capsys):
+    toml = write_config(tmp_path)
+    assert main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "training.max_steps=3,4", "--steps", "5",
+                 "--out", str(tmp_path / "sw")]) == 2
+    assert _error(capsys) == ("lorakit: error: sweep: --steps 5 and training.max_steps=3,4 both set the steps; give "
+                              "one of them")
+    assert not (tmp_path / "sw").exists()
+
+
+def test_demo_steps_zero_is_refused_not_replaced_by_the_default(tmp_path, capsys):
+    assert main(["demo", "--steps", "0", "--out", str(tmp_path / "d")]) == 2
+    assert _error(capsys) == "lorakit: error: training.max_steps: must be an integer ≥ 1, got 0"
+    assert not (tmp_path / "d" / "runs").exists()
