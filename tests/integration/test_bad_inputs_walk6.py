@@ -236,3 +236,19 @@ def test_demo_steps_zero_is_refused_not_replaced_by_the_default(tmp_path, capsys
     assert main(["demo", "--steps", "0", "--out", str(tmp_path / "d")]) == 2
     assert _error(capsys) == "lorakit: error: training.max_steps: must be an integer ≥ 1, got 0"
     assert not (tmp_path / "d" / "runs").exists()
+
+
+def test_a_missing_mask_dir_is_named_as_a_missing_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from lorakit.data.masks import mask_file
+    from lorakit.errors import DataError
+
+    item = SimpleNamespace(path=tmp_path / "data" / "1_x" / "cat.jpg")
+    with pytest.raises(DataError) as err:
+        mask_file(item, tmp_path / "nothere")
+    assert str(err.value) == (f"data.mask_dir: folder {tmp_path / 'nothere'} not found (it should hold one mask per "
+                              "image, named like the image: cat.png)")
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DataError, match=r"data.mask_dir: no mask for .*cat.jpg in"):  # a folder without that mask
+        mask_file(item, tmp_path / "masks")
