@@ -411,7 +411,7 @@ def cmd_sweep(args) -> int:
     if args.parallel is not None and args.parallel < 1:
         raise LorakitError(f"sweep --parallel must be at least 1, got {args.parallel}")
     if args.resume:
-        if args.args or args.steps or args.out:
+        if args.args or args.steps is not None or args.out:
             raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; "
                                "give no others (--gpus and --parallel may change)")
         sweep = Sweep(Path(args.resume))
@@ -554,9 +554,15 @@ def cmd_verify(args) -> int:
     from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
     tensors, _ = load_lora_file(Path(args.file))
+    lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
+    if not lyco and detect_layout(tensors) is None and Path(args.file).is_file():  # a checkpoint, an encoder, ...
+        from lorakit.models.registry import identify
+
+        kind = identify(Path(args.file))
+        raise LorakitError(f"{args.file}: not a LoRA: this is {kind.what}; verify checks LoRA files" if kind.role !=
+                           "lora" else f"{args.file}: unknown LoRA layout; verify reads kohya, comfyui, diffusers, peft")
     maps = _keymaps(_named_family(Path(args.file), args.family))
     layout = detect_layout(tensors) or "kohya"
-    lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
     groups = group_keys(tensors)[0]
     keys, n = choose_family(layout, sorted(set(groups) | lyco), maps, stem_widths(groups))
     if args.base:
@@ -615,7 +621,10 @@ def cmd_resize(args) -> int:
         method, _, x = args.dynamic.partition("=")
         if method not in ("sv_ratio", "sv_fro", "sv_cumulative") or not x:
             raise LorakitError(f"--dynamic {args.dynamic}: use sv_ratio=X, sv_fro=X or sv_cumulative=X")
-        value = float(x)
+        try:
+            value = float(x)
+        except ValueError:
+            raise LorakitError(f"--dynamic {args.dynamic}: {x!r} is not a number (e.g. {method}=0.9)") from None
     modules, rows = resize(state.modules, method, value)
     keys = state.keys or next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
@@ -645,7 +654,8 @@ def _weighted_path(text: str) -> tuple[Path, float]:
         try:
             return Path(head), float(tail)
         except ValueError:
-            pass
+            if Path(head).is_file():  # FILE:weight with a weight that is no number
+                raise LorakitError(f"{text}: the weight after ':' must be a number, e.g. {head}:0.8") from None
     return Path(text), 1.0
 
 
@@ -654,10 +664,10 @@ def cmd_merge(args) -> int:
     from lorakit.lora.tools.files import base_keymap, common_dtype, load_state, merge_into, save_state
     from lorakit.lora.tools.ops import merge
 
+    weighted = [_weighted_path(text) for text in args.loras]  # a bad weight is named before the key maps load
     maps = _keymaps(args.family)
     loras = []
-    for text in args.loras:
-        path, w = _weighted_path(text)
+    for path, w in weighted:
         state = load_state(path, maps, args.family)
         _refuse_unmatched(state, path, keep_foreign=True)
         loras.append((state, w))

@@ -66,9 +66,13 @@ def _run_files(run_dir: Path, step: Optional[int]) -> tuple[Any, Path, str]:
             lora = steps[-1]
             label = lora.stem.rsplit("-", 1)[1]
     else:
-        lora = run_dir / f"{name}-step{step:08d}.safetensors"
+        from lorakit.sweep.report import step_lora  # the step's checkpoint, or -best / the final LoRA holding it
+
+        done = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        lora = step_lora(run_dir, name, step, done.get("step") if done.get("status") == "finished" else None)
         label = f"step{step:08d}"
-        if not lora.is_file():
+        if lora is None:
+            lora = run_dir / f"{name}-step{step:08d}.safetensors"
             have = ", ".join(p.stem.rsplit("-step", 1)[1].lstrip("0") or "0"
                              for p in sorted(run_dir.glob(f"{glob_escape(name)}-step*.safetensors")))
             raise LorakitError(f"--step {step}: {lora.name} not in {run_dir} (step checkpoints: {have or 'none'})")

@@ -70,9 +70,10 @@ def validate(settings: BucketSettings, divisibility: int, key_prefix: str = "dat
         if not settings.min_reso <= side <= settings.max_reso:
             low = side < settings.min_reso     # name the key whose change lets the resolution's bucket in
             key, to = ("min_bucket_reso", f"at most {side}") if low else ("max_bucket_reso", f"at least {side}")
+            file, _, where = key_prefix.rpartition(": ")  # "dataset.toml: datasets[0]" for a kohya dataset TOML
             raise ConfigError(f"{key_prefix}.{key}: the square bucket of the resolution ({side}) must lie between "
                               f"min_bucket_reso {settings.min_reso} and max_bucket_reso {settings.max_reso}; set "
-                              f"{key_prefix}.{key} to {to} (or change the resolution)")
+                              f"{where}.{key}{f' in {file}' if file else ''} to {to} (or change the resolution)")
 
 
 def _snap(x: int, step: int) -> int:

@@ -34,6 +34,9 @@ def mask_file(item, mask_dir: str | Path) -> Path:
         for cand in (folder / (item.path.stem + suffix), folder / (item.path.stem + suffix.upper())):
             if cand.is_file():
                 return cand
+    if not folder.is_dir():
+        raise DataError(f"data.mask_dir: folder {folder} not found (it should hold one mask per image, named like "
+                        f"the image: {item.path.stem}.png)")
     raise DataError(f"data.mask_dir: no mask for {item.path} in {folder} (expected {item.path.stem}.png or another "
                     "image with the same stem); add one or remove data.mask_dir")
 

@@ -247,7 +247,7 @@ def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[
         return None
     if not settings.no_upscale and w * h < TOO_SMALL_AREA_FRACTION * settings.area:
         pct = 100 * w * h / settings.area
-        _warn(ctx, path, f"too small: {w}x{h} is {pct:.0f}% of the training area "
+        _warn(ctx, path, f"too small: {w}x{h} is {pct:.3g}% of the training area "
               f"{settings.resolution[0]}x{settings.resolution[1]}; it will be upscaled (blurry)")
     kept = pl.bucket[0] * pl.bucket[1] / (pl.resized[0] * pl.resized[1])
     if kept < EXTREME_CROP_KEPT_FRACTION:

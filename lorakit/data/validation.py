@@ -79,6 +79,9 @@ def split_validation(dataset: Dataset, fraction: float, seed: int) -> tuple[Data
 
 def scan_validation_dir(dataset: Dataset, data: DataCfg, divisibility: int) -> ValidationSet:
     """Scan ``data.validation_dir`` with the training data's bucket and caption settings."""
+    if not Path(data.validation_dir).is_dir():  # named here: the scan below would name data.dir
+        raise ConfigError(f"data.validation_dir: folder {data.validation_dir} not found (it should hold subfolders "
+                          "like '1_ohwx woman', as data.dir does)")
     vcfg = dataclasses.replace(data, dir=data.validation_dir, config=None, reg_dir=None, validation_dir=None,
                                validation_split=0.0)
     try:

@@ -120,6 +120,13 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
     keymaps = [k for k in keymaps if k.family in _candidates(info, base)]
     if keymaps:  # the family the file is for (a family without a key map keeps the name count above)
         info.update(_canonical(path, tensors, meta, keymaps, base))
+    if base is not None and "fit" not in info:  # the --base's family has none of these modules: not this LoRA's base
+        from lorakit.models.registry import identify
+
+        best = max(info["fits"].items(), key=lambda f: f[1]["matched"], default=(None, {"matched": 0}))
+        raise LorakitError(f"--base {base}: this is {identify(base).what}; no module of this LoRA fits it"
+                           + (f" (its modules are {best[0]}'s: {best[1]['matched']}/{len(modules)} fit full-size "
+                              f"{best[0]})" if best[1]["matched"] else ""))
     return info
 
 
@@ -148,7 +155,7 @@ def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], ba
 
     layout = detect_layout(tensors)
     if layout is None or any(k.endswith(LYCORIS_SUFFIXES) for k in tensors):
-        return _lycoris_fit(tensors, keymaps) if layout != "peft" else {}
+        return _lycoris_fit(tensors, keymaps, base) if layout != "peft" else {}
     groups = group_keys(tensors)[0]
     keys, n = choose_family(layout, sorted(groups), list(keymaps), stem_widths(groups))
     if n == 0:
@@ -181,17 +188,24 @@ def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], ba
                     "unmatched": (foreign + state.unplaced())[:20]}}
 
 
-def _lycoris_fit(tensors: dict, keymaps: Sequence[Any]) -> dict[str, Any]:
-    """A LoHa/LoKr/DoRA file (kohya names): the family whose modules its names fit and how many fit."""
+def _lycoris_fit(tensors: dict, keymaps: Sequence[Any], base: Optional[Path] = None) -> dict[str, Any]:
+    """A LoHa/LoKr/DoRA file (kohya names): the family whose modules its names fit and how many fit (against
+    ``base``'s own modules when given, as for a LoRA)."""
     from lorakit.lora.formats.layouts import choose_family
+    from lorakit.lora.tools.files import base_keymap
 
     stems = sorted({split_key(k)[0] for k in tensors})
     keys, n = choose_family("kohya", stems, list(keymaps))
     if n == 0:
         return {"layout": "lycoris"}
+    checked = "full-size " + keys.family
+    if base is not None:
+        from lorakit.models.registry import identify
+
+        keys, checked = base_keymap(keys, base), f"{base} ({identify(base).what})"
     unmatched = [s for s in stems if s not in keys.by_kohya]
-    return {"layout": "lycoris", "family": keys.family, "checked_against": "full-size " + keys.family,
-            "fit": {"matched": n, "of": len(stems), "unmatched": unmatched[:20]}}
+    return {"layout": "lycoris", "family": keys.family, "checked_against": checked,
+            "fit": {"matched": len(stems) - len(unmatched), "of": len(stems), "unmatched": unmatched[:20]}}
 
 
 def family_fit(names: set[str], out_widths: dict[str, int] | None = None) -> dict[str, Any]:

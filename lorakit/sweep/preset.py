@@ -37,6 +37,9 @@ def winner(root: Path, concept: bool = False) -> tuple[dict[str, Any], list[dict
     try:
         ranking = json.loads(path.read_text())
     except (OSError, ValueError):
+        from lorakit.sweep.run import Sweep
+
+        Sweep(Path(root)).read()  # not a sweep folder at all: says so
         raise LorakitError(f"{path}: not found or unreadable; write it with `lorakit sweep report {root}`") from None
     key = "best-concept" if concept else "best"
     pick = (ranking.get("best") or {}).get(key)
@@ -54,8 +57,8 @@ def winner(root: Path, concept: bool = False) -> tuple[dict[str, Any], list[dict
 def evidence(root: Path, win: dict[str, Any], points: list[dict[str, Any]], by: str, key: str) -> list[str]:
     """The comment lines above ``key`` (section.key): the sweep, its ranking, the winner's numbers and the others'."""
     score = "concept_rate_after" if by.startswith("concept") else "best_val_loss"
-    others = "; ".join(f"{p['settings'].get(key)}: {_fmt(p.get(score))}" for p in points
-                       if p["name"] != win["name"] and p["state"] == "finished")
+    others = "; ".join(f"{p['settings'].get(key) if len(p['settings']) == 1 else p['label']}: {_fmt(p.get(score))}"
+                       for p in points if p["name"] != win["name"] and p["state"] == "finished")  # all axes named
     text = (f"sweep {Path(root).name} ({len(points)} points, ranked by {by}): {key.split('.')[-1]} = "
             f"{win['settings'][key]} was best (val loss {_fmt(win.get('best_val_loss'))} at step "
             f"{_fmt(win.get('best_step'))}" + (f"; concept rate {win['concept_rate_after']:.3f}, leak "

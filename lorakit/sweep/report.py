@@ -194,8 +194,10 @@ def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str,
     write_text(out / "ranking.md", md)
     if ranked and ranked[0]["state"] == "finished":
         top = ranked[0]
-        log(f"best: {top['name']} ({top['label']}): validation loss {_fmt(top['best_val_loss'])} at step "
-            f"{_fmt(top['best_step'])}" + (f"; its LoRA: {best['best']['path']}" if "best" in best else ""))
+        score = (f"validation loss {_fmt(top['best_val_loss'])} at step {_fmt(top['best_step'])}" if has_val else
+                 f"final training loss {_fmt(top['final_train_loss'])} (no validation set)")
+        log(f"best: {top['name']} ({top['label']}): {score}" +
+            (f"; its LoRA: {best['best']['path']}" if "best" in best else ""))
     if "best-concept" in best:
         log(f"best by concept rate: {pick['best']} ({pick['best_lora']}: {pick['best_concept_rate']:.3f}); its LoRA: "
             f"{best['best-concept']['path']}")

@@ -106,6 +106,9 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
     if steps is not None and steps < 1:
         raise ConfigError(f"sweep: --steps must be at least 1, got {steps}")
     parsed = parse_grid(grid_items)
+    if steps is not None and "training.max_steps" in parsed:  # both would set every point's steps: one wins silently
+        raise ConfigError(f"sweep: --steps {steps} and training.max_steps={','.join(parsed['training.max_steps'])} "
+                          "both set the steps; give one of them")
     # a key with one value is a plain override of every point, not an axis of the grid
     base_overrides = tuple(base_overrides) + tuple(f"{k}={v[0]}" for k, v in parsed.items() if len(v) == 1)
     grid = {k: v for k, v in parsed.items() if len(v) > 1}
@@ -115,9 +118,12 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
     text = config.read_text()
     base = load_config(config, list(base_overrides))
     root = Path(out).resolve() if out else default_out(base).resolve()
+    if root.exists() and not root.is_dir():
+        raise LorakitError(f"--out {root} is a file, not a folder; nothing was overwritten: choose another --out")
     if root.exists() and any(root.iterdir()):
-        raise LorakitError(f"{root} is not empty; nothing was overwritten. Continue a sweep there with "
-                           f"`lorakit sweep --resume {root}`, or choose another --out")
+        resume = (f"Continue a sweep there with `lorakit sweep --resume {root}`, or choose" if
+                  (root / "sweep.json").is_file() else "It holds no sweep (no sweep.json): choose")
+        raise LorakitError(f"{root} is not empty; nothing was overwritten. {resume} another --out")
     manifest: dict[str, Any] = {
         "version": 1, "config": str(config), "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "overrides": list(base_overrides), "grid": grid, "steps": steps, "execution": SEQUENTIAL_NOTE,

@@ -43,7 +43,7 @@ def demo_data(family: str, dataset_dir: Path, out_dir: Path, name: str, steps: O
     fills its form from it)."""
     recipe = toy_recipe(family)
     s = recipe.demo
-    total = steps or s.steps
+    total = s.steps if steps is None else steps  # --steps 0 is refused by the config check, not replaced
     return {
         "model": model_section(family),
         "data": {"dir": str(dataset_dir / "train"), "reg_dir": str(dataset_dir / "reg"), "resolution": 64,

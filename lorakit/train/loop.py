@@ -114,10 +114,10 @@ def prepare_model(r: "Run", resume_: bool, force: bool, log: Callable[[str], Non
     """Dataset, model, caches, plan, optimizer, resume state: what every process of a run prepares alike."""
     cfg = r.cfg
     watchdog.beat("scanning the dataset")
-    if (warn := optim.schedule_warning(cfg.optimizer.scheduler, cfg.optimizer.warmup_steps, cfg.training.max_steps)):
-        log(warn)
     scan(r, resume_, force, log)
     cfg = r.cfg = epochs.apply(cfg, r.stream.steps_per_epoch, log)  # training.max_epochs / save.every_n_epochs
+    if (warn := optim.schedule_warning(cfg.optimizer.scheduler, cfg.optimizer.warmup_steps, cfg.training.max_steps)):
+        log(warn)  # after the epochs: their step count is the run's
     watchdog.beat("loading the base model")
     load_and_cache(r, watchdog, log)
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,

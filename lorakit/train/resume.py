@@ -211,9 +211,10 @@ def check_not_finished(run: RunDir, cfg: Config) -> None:
     if status.get("status") != "finished" or cfg.training.max_epochs is not None or not isinstance(step, int) \
             or step < max_steps:
         return
+    past = "" if step == max_steps else f" in its config.toml; an earlier --resume trained on to {step}"
     raise TrainingError(
-        f"--resume: {run.root} finished at step {step} (training.max_steps = {max_steps}); nothing was changed (its "
-        f"LoRA: {run.lora_path()}). To train it further, raise the step count: `lorakit train --resume {run.root} "
+        f"--resume: {run.root} finished at step {step} (training.max_steps = {max_steps}{past}); nothing was changed "
+        f"(its LoRA: {run.lora_path()}). To train it further, raise the step count: `lorakit train --resume {run.root} "
         f"training.max_steps={2 * step}`")
 
 

@@ -35,7 +35,7 @@ class RunDir:
     """Paths and bookkeeping of one run folder."""
 
     def __init__(self, root: Path, name: str) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # run.json names files that any working directory finds
         self.name = name
         self.samples = self.root / "samples"
         self.state_root = self.root / "state"
@@ -193,6 +193,8 @@ class RunDir:
         """Update run.json (atomic and fsynced, :func:`lorakit.fsutil.write_json`); a damaged one is replaced."""
         data = self.read_status()
         data.update(fields, updated_at=time.time(), pid=os.getpid())
+        if fields.get("status") in ("running", "finished") and "error" not in fields:
+            data.pop("error", None)  # how an earlier attempt stopped is no longer the run's state
         write_json(self.root / "run.json", data)
 
 

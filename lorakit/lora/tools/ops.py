@@ -30,6 +30,10 @@ def resize(modules: dict[str, Pair], method: str, value: float) -> tuple[dict[st
     """``method`` "rank" (value = R) or sv_ratio / sv_fro / sv_cumulative (value = X)."""
     if method == "rank" and value < 1:
         raise LorakitError(f"resize: --rank must be ≥ 1, got {value:g}")
+    top = max((p.rank for p in modules.values()), default=0)
+    if method == "rank" and value >= top:
+        raise LorakitError(f"resize: --rank {value:g} is not below the LoRA's rank (its modules have rank ≤ {top}): "
+                           f"the file would not change; nothing written (choose --rank < {top})")
     if method in ("sv_fro", "sv_cumulative") and not 0 < value <= 1:
         raise LorakitError(f"resize: --dynamic {method}={value:g}: the fraction must be in (0, 1]")
     if method == "sv_ratio" and value < 1:
