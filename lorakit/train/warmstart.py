@@ -34,9 +34,23 @@ def read(cfg: Config, adapter, targets: dict[str, dict[str, int]], alphas: dict[
     try:
         state = load_state(path, [keys], keys.family)
     except LorakitError as exc:
+        kind = _what(path)
+        if kind is not None and kind.role != "lora":  # a checkpoint, a VAE, an encoder: say so, not "unknown layout"
+            raise ConfigError(f"network.weights: {path} is not a LoRA: this is {kind.what}; name a LoRA .safetensors "
+                              "file (or remove network.weights)") from None
         raise ConfigError(f"network.weights: {exc}") from None
     components = {"denoiser": adapter.spec.denoiser_name}
     return warmstart.match(state, keys, targets, alphas, components, str(path), log)
+
+
+def _what(path: Path):
+    """What the file at ``path`` is (models.registry.identify), or None where its header cannot be read."""
+    from lorakit.models.registry import identify
+
+    try:
+        return identify(path) if path.is_file() else None
+    except LorakitError:
+        return None
 
 
 def load(loras: Optional[dict], modules: dict) -> None:

@@ -123,3 +123,14 @@ def test_fused_module_split_onto_its_parts_with_the_runs_alpha():
     with pytest.raises(ConfigError, match="which this run does not train"):
         match(state, _fused_keys(), {"transformer": {"blk.to_q": 2}}, alphas, {"denoiser": "transformer"},
               "f.safetensors", log=lambda s: None)
+
+
+def test_a_checkpoint_as_network_weights_says_what_the_file_is(tiny):
+    """network.weights naming the base model itself (a common slip: the two paths sit side by side) is refused in one
+    line saying it is a checkpoint, not 'unknown LoRA layout'."""
+    cfg = _cfg(tiny, weights=str(tiny["checkpoint"]))
+    with pytest.raises(ConfigError) as err:
+        placement.inject(cfg, _adapter(cfg), torch.float32, log=lambda s: None)
+    text = str(err.value)
+    assert text.startswith(f"network.weights: {tiny['checkpoint']} is not a LoRA: this is ") and "\n" not in text
+    assert "checkpoint" in text and "unknown LoRA layout" not in text
