@@ -564,7 +564,13 @@ def cmd_verify(args) -> int:
     maps = _keymaps(_named_family(Path(args.file), args.family))
     layout = detect_layout(tensors) or "kohya"
     groups = group_keys(tensors)[0]
-    keys, n = choose_family(layout, sorted(set(groups) | lyco), maps, stem_widths(groups))
+    stems = sorted(set(groups) | lyco)
+    keys, n = choose_family(layout, stems, maps, stem_widths(groups))
+    if args.family and n == 0:  # --family that fits none of the file's modules: say which family it fits
+        other, m = choose_family(layout, stems, _keymaps(), stem_widths(groups))
+        if m:
+            raise LorakitError(f"{args.file}: no module fits {args.family} (--family); it fits {other.family} "
+                               f"({m} of {len(stems)} modules): drop --family or pass --family {other.family}")
     if args.base:
         keys = base_keymap(keys, Path(args.base))
     report = verify(tensors, keys)

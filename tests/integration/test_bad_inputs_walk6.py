@@ -60,6 +60,14 @@ def test_verify_of_a_checkpoint_says_what_the_file_is(capsys):
                               "LoRA files")
 
 
+def test_verify_with_a_family_the_lora_does_not_fit_names_the_one_it_fits(tmp_path, capsys):
+    lora = _toy_sdxl_lora(tmp_path / "demo.safetensors")
+    assert main(["verify", str(lora), "--family", "flux1"]) == 2
+    line = _error(capsys)
+    assert line.startswith(f"lorakit: error: {lora}: no module fits flux1 (--family); it fits sdxl (")
+    assert line.endswith("drop --family or pass --family sdxl")
+
+
 def test_inspect_with_a_base_of_another_family_is_refused_not_ignored(tmp_path, capsys):
     lora = _toy_sdxl_lora(tmp_path / "demo.safetensors")
     assert main(["inspect", str(lora), "--base", model_section("sdxl")["checkpoint"]]) == 0
