@@ -92,6 +92,8 @@ def read_safetensors_header(path: PathLike) -> tuple[dict[str, dict[str, Any]], 
             if 8 + n > size:
                 raise _fail(path, f"truncated or not a safetensors file (header of {n} bytes, file of {size})")
             raw = fh.read(n)
+    except FileNotFoundError as e:  # the same words as the LoRA reader's (lorakit/lora/io.py)
+        raise _fail(path, "no such file") from e
     except OSError as e:
         raise _fail(path, f"cannot read ({e.strerror or e})") from e
     try:

@@ -142,6 +142,10 @@ def test_not_json_and_too_short(tmp_path):
     f.write_bytes(b"abc")
     with pytest.raises(ModelLoadError, match=r"too short for a header"):
         read_safetensors_header(f)
+    missing = tmp_path / "gone.safetensors"  # the LoRA reader's words (lora/io.py), not the OS error's
+    with pytest.raises(ModelLoadError) as err:
+        read_safetensors_header(missing)
+    assert str(err.value) == f"{missing}: no such file"
 
 
 def test_good_header_still_loads(tmp_path):
