@@ -146,6 +146,8 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             target = KOHYA_KEYS[steps][0].split(".")
             out[target[0]].pop(target[1], None)
             skipped.append(steps)
+    if "enable_bucket" not in args:  # sd-scripts' default is off: every image cropped to the resolution
+        out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
         # sd-scripts clips each gradient on its own under fused_backward_pass; lorakit offers no per-tensor
         # clipping there (global clipping needs every gradient at once), so clipping does not carry over
@@ -211,6 +213,10 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
     dropped = dropped_first + [(k, _DROP_REASONS.get(k, "no lorakit equivalent")) for k in skipped]
     notes: list[str] = []
+    if "enable_bucket" not in flat:
+        notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
+                     "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
+                     "(a dataset TOML's own enable_bucket still wins)")
     try:
         load_config(data=out)
     except ConfigError as exc:

@@ -719,7 +719,7 @@ def test_kohya_option_names_get_a_translation(tmp_path):
 
 
 def test_import_kohya_config_file(tmp_path):
-    from lorakit.config.kohya_import import import_kohya_toml
+    from lorakit.config.kohya_import import import_kohya_args, import_kohya_toml
 
     p = write(tmp_path, """
 [model_arguments]
@@ -759,6 +759,10 @@ save_precision = "bf16"
     assert cfg.data.resolution == 1024 and cfg.training.max_steps == 1600
     assert cfg.training.timestep_sampling == "shift" and cfg.training.discrete_flow_shift == 3.1582
     assert (cfg.save.dir, cfg.save.name, cfg.save.precision) == ("/out", "ohwx", "bf16")
+    # enable_bucket unset: sd-scripts does not bucket (its default), and neither does the imported config
+    assert cfg.data.enable_bucket is False
+    data, _ = import_kohya_args({"network_module": "networks.lora", "enable_bucket": True}, family="sdxl")
+    assert data["data"]["enable_bucket"] is True
 
 
 def test_import_kohya_fused_backward_pass_turns_global_clipping_off(tmp_path):
