@@ -67,8 +67,9 @@ def _run_files(run_dir: Path, step: Optional[int]) -> tuple[Any, Path, str]:
             label = lora.stem.rsplit("-", 1)[1]
     else:
         from lorakit.sweep.report import step_lora  # the step's checkpoint, or -best / the final LoRA holding it
+        from lorakit.train.rundir import RunDir
 
-        done = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+        done = RunDir(run_dir, name).read_status()  # {} when missing or damaged
         lora = step_lora(run_dir, name, step, done.get("step") if done.get("status") == "finished" else None)
         label = f"step{step:08d}"
         if lora is None:

@@ -44,15 +44,21 @@ def test_quality_without_a_measured_setting_is_refused_in_one_line(tmp_path, mon
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-def test_quality_overrides_go_first_and_steps_still_win(tmp_path, monkeypatch):
-    """run_eval(quality=True) trains with TOY.quality, then an explicit step count, then the caller's overrides."""
+def _stop_at_config(monkeypatch) -> dict:
+    """run_eval stops where it would build the run's config; returns what it was given (dataset folder, overrides)."""
     seen = {}
 
     def fake_demo_config(family, dataset_dir, out_dir, name, steps=None, overrides=()):
-        seen["overrides"] = overrides
+        seen.update(dir=dataset_dir, overrides=overrides)
         raise RuntimeError("stop before training")
 
     monkeypatch.setattr(demo, "demo_config", fake_demo_config)
+    return seen
+
+
+def test_quality_overrides_go_first_and_steps_still_win(tmp_path, monkeypatch):
+    """run_eval(quality=True) trains with TOY.quality, then an explicit step count, then the caller's overrides."""
+    seen = _stop_at_config(monkeypatch)
     monkeypatch.setattr(demo, "ensure_dataset", lambda *a, **k: None)
     with pytest.raises(RuntimeError, match="stop before training"):
         demo.run_eval("sdxl", tmp_path, steps=123, overrides=("log.progress=false",), quality=True)
@@ -96,13 +102,7 @@ def test_all_pairs_concept_set_draws_every_colour_pair_as_a_large_cross(tmp_path
 
 
 def test_run_eval_all_pairs_trains_on_that_set_and_the_demo_set_is_unchanged(tmp_path, monkeypatch):
-    seen = {}
-
-    def fake_demo_config(family, dataset_dir, out_dir, name, steps=None, overrides=()):
-        seen["dir"] = dataset_dir
-        raise RuntimeError("stop before training")
-
-    monkeypatch.setattr(demo, "demo_config", fake_demo_config)
+    seen = _stop_at_config(monkeypatch)
     for all_pairs, n in ((True, 30), (False, 12)):
         with pytest.raises(RuntimeError, match="stop before training"):
             demo.run_eval("sdxl", tmp_path, all_pairs=all_pairs)
