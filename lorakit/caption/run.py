@@ -25,6 +25,7 @@ from lorakit.caption.base import Captioner
 from lorakit.caption.text import TextOptions, finish
 from lorakit.data.cache import atomic_write_bytes
 from lorakit.data.images import IMAGE_EXTENSIONS, ImageProblem, open_image
+from lorakit.data.scan import caption_case_variant
 from lorakit.errors import DataError
 
 PROGRESS_NAME = ".lorakit-caption.json"
@@ -172,6 +173,9 @@ def caption_dataset(targets: list[Target], captioner: Captioner, opts: TextOptio
             continue
         if t.caption.exists() and not overwrite:
             summary.outcomes.append(Outcome(rel(t.image), "kept"))
+        elif (other := caption_case_variant(t.caption)) is not None and not overwrite:  # the user's, in another case
+            summary.outcomes.append(Outcome(rel(t.image), "kept", f"{other.name} exists (training reads "
+                                            f"{t.caption.name}: rename it); --overwrite writes {t.caption.name}"))
         else:
             todo.append(t)
     if resume:

@@ -175,7 +175,9 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
     ``roots`` (the dataset folders), a caption file that is a symlink leading out of them is not read."""
     cap_path = image.parent / (image.stem + extension)
     if not cap_path.exists():
-        return None, "missing caption"
+        other = caption_case_variant(cap_path)
+        return None, ("missing caption" if other is None else f"caption file {other.name} is not read: captions are "
+                      f"read as {cap_path.name} (the extension's case differs); rename it to {cap_path.name}")
     if roots is not None and cap_path.is_symlink() and not any(inside_folder(cap_path, r) for r in roots):
         return None, (f"caption file {cap_path.name} is a symlink outside the dataset folder: not read (set "
                       "data.follow_symlinks = true to use it)")
@@ -193,6 +195,17 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
         return None, "empty caption"
     extra = sum(1 for ln in lines[1:] if ln.strip())
     return first, (f"caption has {extra + 1} lines; only the first is used" if extra else None)
+
+
+def caption_case_variant(cap_path: Path) -> Path | None:
+    """An existing ``x.TXT`` (or ``x.Txt``) beside the missing ``x.txt``: on a case-sensitive file system it is
+    another file, which neither training nor kohya's tools read, and ``lorakit caption`` must not cover with a new one."""
+    ext = cap_path.suffix
+    for other in {ext.upper(), ext.lower(), ext[:2].upper() + ext[2:].lower()} - {ext}:
+        candidate = cap_path.with_suffix(other)
+        if candidate.is_file() and candidate.name in {p.name for p in candidate.parent.iterdir()}:
+            return candidate  # (the name check: a case-insensitive file system finds cap_path itself under it)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- scan

@@ -135,6 +135,12 @@ def _dataset_page(gr, state: UIState, u) -> None:
             u.ds_caption_btn = gr.Button("Auto-caption" if u.has_caption else
                                        "Auto-caption (unavailable)", interactive=u.has_caption,
                                        elem_id="ds-caption")
+            with gr.Row(visible=u.has_caption):  # `lorakit caption` needs a captioner and (but for toy) its folder
+                from lorakit.caption.backends import CAPTIONERS
+
+                u.ds_captioner = gr.Dropdown(label="Captioner", choices=list(CAPTIONERS), value=CAPTIONERS[0],
+                                             min_width=80, elem_id="ds-captioner")
+                u.ds_capmodel = gr.Textbox(label="Captioner folder (--model)", min_width=80, elem_id="ds-capmodel")
             with gr.Row():
                 u.ds_res = gr.Textbox(label="Check at resolution", value="1024", min_width=80,
                                     elem_id="ds-res")
@@ -275,6 +281,8 @@ def _dataset_events(gr, state: UIState, u) -> None:
     def open_root(root_text):
         try:
             root = state.roots.check(root_text, "Dataset folder")
+            if root.exists() and not root.is_dir():
+                return _msg(f"{root}: is a file, not a folder; give the dataset folder", True), [], [], "", ""
             if not root.is_dir():
                 return _msg(f"{root}: not found; it is created when you add images"), [], [], "", ""
             gal, paths = gallery_of(root)
@@ -306,12 +314,16 @@ def _dataset_events(gr, state: UIState, u) -> None:
 
         try:
             root = state.roots.check(root_text, "Dataset folder")
-            folder = world.write_demo_dataset(root, trigger=trigger.strip() or world.DEFAULT_TRIGGER,
-                                              repeats=int(repeats))
+            trigger = (trigger or "").strip() or world.DEFAULT_TRIGGER
+            n = int(ds.kohya_folder_name(repeats, trigger, world.DEMO_CLASS).split("_", 1)[0])  # the field's checks
+            folder = world.write_demo_dataset(root, trigger=trigger, repeats=n)
             gal, ps = gallery_of(root)
             return _msg(f"toy-world images written to {folder}"), gal, ps
-        except (LorakitError, ValueError) as exc:
+        except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update()
+        except OSError as exc:  # the folder is a file, or cannot be written
+            return _msg(f"Dataset folder: cannot write {exc.filename or root_text} ({exc.strerror or exc})",
+                        True), gr.update(), gr.update()
 
     u.ds_toy.click(add_toy, [u.ds_root, u.ds_trigger, u.ds_class, u.ds_repeats],
                    [u.ds_status, u.ds_gallery, u.ds_paths])
@@ -351,7 +363,7 @@ def _dataset_events(gr, state: UIState, u) -> None:
         try:
             root = state.roots.check(root_text, "Dataset folder")
             # the data section as the CLI reads it (resolution and buckets validated with its messages)
-            data = load_config(None, [f"data.resolution={resolution.strip() or 1024}"],
+            data = load_config(None, [f"data.resolution={(resolution or '').strip() or 1024}"],
                                data={"model": {"family": fm.DEFAULT_FAMILY, "checkpoint": "unused.safetensors"},
                                      "data": {"dir": str(root)}}).data
             side = min(parse_resolution(data.resolution))
@@ -381,19 +393,26 @@ def _dataset_events(gr, state: UIState, u) -> None:
 
     u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap])
 
-    def run_caption(root_text):
+    def run_caption(root_text, captioner=None, model=None):
+        """`lorakit caption DIR --captioner NAME [--model FOLDER]` (existing captions are kept: no --overwrite)."""
         if not caption_available():
             return _msg("auto-captioning is unavailable: this lorakit has no `caption` command", True)
         try:
             root = state.roots.check(root_text, "Dataset folder")
+            if not captioner:
+                raise LorakitError("Captioner: pick one (wd14, florence2, vlm, blip or toy)")
+            model_dir = state.roots.check(model, "Captioner folder") if (model or "").strip() else None
         except LorakitError as exc:
             return _msg(str(exc), True)
-        proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root)], capture_output=True,
+        proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root), "--captioner", captioner]
+                              + (["--model", str(model_dir)] if model_dir else []), capture_output=True,
                               text=True, timeout=3600)
-        out = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        errors = [ln for ln in lines if ln.startswith("lorakit")]  # a refusal is one `lorakit…: error:` line
+        out = errors[-1:] if proc.returncode != 0 and errors else lines[-5:]
         return _msg(" / ".join(out) or f"lorakit caption exited with {proc.returncode}", proc.returncode != 0)
 
-    u.ds_caption_btn.click(run_caption, [u.ds_root], [u.ds_status])
+    u.ds_caption_btn.click(run_caption, [u.ds_root, u.ds_captioner, u.ds_capmodel], [u.ds_status])
 
     def use_dataset(root_text):
         try:
@@ -525,6 +544,8 @@ def _train_fill_events(gr, state: UIState, u, keys, comps) -> None:
         from lorakit.config.load import load_config
 
         path = file if isinstance(file, str) else getattr(file, "name", None)
+        if not path:  # the file was cleared
+            return [gr.update() for _ in range(3)] + [gr.update() for _ in comps]
         try:
             raw = Path(path).read_bytes().decode("utf-8")
             data = tomllib.loads(raw)
@@ -608,6 +629,8 @@ def _jobs_events(gr, state: UIState, u):
             err = False
         except LorakitError as exc:
             msg, err = str(exc), True
+        except ValueError:  # a typed pick that is no job number
+            msg, err = f"job {pick!r}: no such job; pick one from the list", True
         choices = _job_choices(store)
         value = pick if err else (None if j is None else str(j.id))
         rows, note = jobs_refresh(value)
@@ -713,11 +736,15 @@ def _compare_events(gr, state: UIState, u) -> None:
     def compare(picks):
         import tomllib
 
-        picks = [int(p) for p in picks or []]
+        try:
+            picks = [int(p) for p in picks or []]
+            jobs = [store.get(p) for p in picks]
+        except (JobError, ValueError) as exc:  # a job deleted since the list was drawn
+            return pd.DataFrame({"setting": [f"⚠ {exc}; pick again"]}), pd.DataFrame(
+                {"step": [], "loss": [], "job": []}), []
         if len(picks) < 2:
             return pd.DataFrame({"setting": ["pick two or more jobs"]}), pd.DataFrame(
                 {"step": [], "loss": [], "job": []}), []
-        jobs = [store.get(p) for p in picks]
         flat = []
         for j in jobs:
             try:
@@ -757,7 +784,10 @@ def _download_events(gr, state: UIState, u) -> None:
     def files_of(pick):
         if not pick:
             return gr.update(choices=[], value=None), None, ""
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError) as exc:  # deleted since the list was drawn
+            return gr.update(choices=[], value=None), None, f"⚠ {exc}"
         files = [str(p) for p in runs.lora_files(j.run_dir)]
         state.allow(j.run_dir)
         return gr.update(choices=files, value=files[0] if files else None), (files[0] if files else None), \
@@ -768,7 +798,10 @@ def _download_events(gr, state: UIState, u) -> None:
     def pick_file(pick, path):
         if not path or not pick:
             return None
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError):
+            return None
         if Path(path).resolve().parent != j.run_dir.resolve():
             return None
         return path
@@ -778,7 +811,10 @@ def _download_events(gr, state: UIState, u) -> None:
     def inspect(pick, path):
         if not path:
             return "pick a LoRA file"
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError) as exc:
+            return f"⚠ {exc}"
         if Path(path).resolve().parent != j.run_dir.resolve():
             return f"{path}: not a file of job {j.id}"
         proc = subprocess.run([_python(), "-m", "lorakit", "inspect", path], capture_output=True, text=True,
@@ -794,7 +830,10 @@ def _download_events(gr, state: UIState, u) -> None:
 
         if not pick:
             return None, "pick a job"
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError) as exc:
+            return None, f"⚠ {exc}"
         out = j.run_dir / time.strftime("package-%Y%m%d-%H%M%S")
         proc = subprocess.run([_python(), "-m", "lorakit", "package", str(j.run_dir), "-o", str(out)],
                               capture_output=True, text=True, timeout=600)

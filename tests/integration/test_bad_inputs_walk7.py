@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from types import SimpleNamespace
 
 import pytest
 
@@ -44,3 +45,141 @@ def test_a_resume_with_more_steps_records_them_in_config_toml_and_keeps_the_old_
     assert _error(capsys).startswith(f"lorakit: error: --resume: {run} finished at step 4 (training.max_steps = 4); "
                                      "nothing was changed")
     assert kept.read_text() == first and set(run.glob("config*.toml")) == {kept, run / "config.toml"}
+
+
+# ------------------------------------------------------------------------------------------------ captions
+
+
+def test_a_caption_file_in_another_case_is_named_by_the_scan_and_kept_by_the_captioner(tmp_path, capsys):
+    """`g.PNG` + `g.TXT` (a Windows camera folder): training read neither (it reads g.txt) and said only "no caption
+    files"; `lorakit caption` then wrote g.txt beside the user's g.TXT, which silently lost its say."""
+    from PIL import Image
+
+    from lorakit.caption.run import Target, caption_dataset
+    from lorakit.caption.text import TextOptions
+
+    folder = tmp_path / "ds" / "1_ohwx woman"
+    folder.mkdir(parents=True)
+    for stem, colour in (("a", (200, 10, 10)), ("g", (10, 10, 200))):
+        Image.new("RGB", (64, 64), colour).save(folder / f"{stem}.png")
+    (folder / "g.TXT").write_text("the user's own words\n")
+    from lorakit.config.schema import DataCfg
+    from lorakit.data.scan import scan_dataset
+
+    out = scan_dataset(DataCfg(dir=str(tmp_path / "ds"), resolution=64, min_bucket_reso=64), divisibility=64).report.to_table()
+    assert ("caption file g.TXT is not read: captions are read as g.txt (the extension's case differs); rename it to "
+            "g.txt: class tokens 'ohwx woman' used") in out
+
+    class Stub:
+        name, kind = "stub", "sentence"
+
+        def caption(self, images):
+            return ["a red square"] * len(images)
+
+    targets = [Target(folder / f"{s}.png", folder / f"{s}.txt", "ohwx woman") for s in ("a", "g")]
+    summary = caption_dataset(targets, Stub(), TextOptions(), progress_file=tmp_path / "ds" / "progress.json",
+                              log=lambda *_: None)
+    assert (folder / "a.txt").read_text() == "ohwx woman, a red square\n"
+    assert not (folder / "g.txt").exists() and (folder / "g.TXT").read_text() == "the user's own words\n"
+    kept = {o.image: (o.status, o.reason) for o in summary.outcomes}["1_ohwx woman/g.png"]
+    assert kept == ("kept", "g.TXT exists (training reads g.txt: rename it); --overwrite writes g.txt")
+
+
+# ------------------------------------------------------------------------------------------------ the web UI
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    """The page's handlers by name (as Gradio calls them), over a job store whose jobs run `true`."""
+    pytest.importorskip("gradio", reason="the ui extra is not installed")
+    import shutil
+
+    from lorakit.ui import app
+    from lorakit.ui import dataset as ds
+    from lorakit.ui.jobs import JobStore
+
+    home = tmp_path_factory.mktemp("home")
+    store = JobStore(home, python=shutil.which("true") or "/bin/true")
+    demo = app.build(app.UIState(home=home, roots=ds.Roots(None), store=store))
+    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
+    named = {f.fn.__qualname__.split(".")[0] + "." + f.name: f.fn for f in fns}
+    lambdas = {tuple(c.elem_id for c in f.inputs): f.fn for f in fns if f.name == "<lambda>"}
+    return SimpleNamespace(home=home, store=store, fn=lambda n: named[n], act=lambdas, app=app)
+
+
+def test_ui_auto_caption_runs_a_command_the_caption_cli_accepts(ui, tmp_path, monkeypatch):
+    """The Auto-caption button ran `lorakit caption DIR`, which the CLI refuses (--captioner is required): the page
+    showed argparse's usage text, on every click."""
+    import subprocess
+
+    from lorakit.cli import build_parser
+
+    run_caption = ui.fn("_dataset_events.run_caption")
+    calls = []
+
+    def fake_run(argv, **kw):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 2, "", "12 image(s)\nlorakit: error: /m/model.onnx: missing; the "
+                                                        "WD14 tagger folder needs model.onnx (...)\n")
+
+    monkeypatch.setattr(ui.app.subprocess, "run", fake_run)
+    msg = run_caption(str(tmp_path), "wd14", str(tmp_path / "m"))
+    args = build_parser().parse_args(calls[0][3:])  # what the child process parses: accepted, nothing overwritten
+    assert (args.captioner, args.model, args.target, args.overwrite) == ("wd14", str(tmp_path / "m"),
+                                                                          str(tmp_path), False)
+    assert msg.endswith("⚠ lorakit: error: /m/model.onnx: missing; the WD14 tagger folder needs model.onnx (...)</span>")
+    assert "Captioner: pick one" in run_caption(str(tmp_path), None, "") and len(calls) == 1
+
+
+def test_ui_dataset_page_odd_inputs_are_one_message(ui, tmp_path):
+    import html
+
+    open_root, add_toy, check = (lambda *a, n=n: [html.unescape(str(x)) for x in ui.fn(f"_dataset_events.{n}")(*a)]
+                                 for n in ("open_root", "add_toy", "check"))
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert "Dataset folder: give a folder path" in open_root(None)[0]  # was "<cwd>/None: not found"
+    assert f"{afile}: is a file, not a folder" in open_root(str(afile))[0]  # was "not found; it is created …"
+    assert "repeats: must be a whole number ≥ 1, got None" in add_toy(str(tmp_path / "d"), "ohwx", "x", None)[0]
+    assert "repeats: must be a whole number ≥ 1, got '1.5'" in add_toy(str(tmp_path / "d"), "ohwx", "x", "1.5")[0]
+    assert f"Dataset folder: cannot write {afile / '3_ohwx shape'} (Not a directory)" in \
+        add_toy(str(afile), "ohwx", "x", "3")[0]
+    assert afile.read_text() == "mine" and not (tmp_path / "d").exists()
+    assert "data.dir: folder" in check(str(tmp_path / "nope"), None)[2]  # an empty resolution field: 1024
+
+
+def test_ui_pages_survive_a_deleted_job_and_a_damaged_run_folder(ui, tmp_path):
+    from lorakit.toy.paths import model_section
+
+    model = "\n".join(f"{k} = {json.dumps(v)}" for k, v in model_section("sdxl").items())
+    job = ui.store.add(f'[model]\n{model}\n[data]\ndir = "{tmp_path}"\n[save]\ndir = "{tmp_path / "runs"}"\n'
+                       'name = "w7"\n', start=False)
+    run = tmp_path / "runs" / "w7"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5, "lr": 0.001}\n{"step": "x", "loss": 0.4}\n'
+                                       '{"step": 2, "loss": 0.3, "lr": 0.001}\n{"step": true, "loss": 0.2}\n')
+    (run / "run.json").write_text('{"status": "running", "step": "three", "max_steps": [4]}')
+    head, loss = ui.fn("_watch_events.watch")(str(job.id))[:2]
+    assert "step **2 / ?**" in head and list(loss[loss.series == "loss"].step) == [1, 2]  # was a ValueError
+    gone = 9999
+    diff = ui.fn("_compare_events.compare")([str(job.id), str(gone)])[0]
+    assert list(diff.setting) == [f"⚠ job {gone}: no such job; pick again"]
+    assert ui.fn("_download_events.files_of")(str(gone))[2] == f"⚠ job {gone}: no such job"
+    assert ui.fn("_download_events.inspect")(str(gone), str(run / "w7.safetensors")) == f"⚠ job {gone}: no such job"
+    assert ui.fn("_download_events.package")(str(gone)) == (None, f"⚠ job {gone}: no such job")
+    assert ui.fn("_download_events.pick_file")(str(gone), "/etc/passwd") is None
+    job.toml_path.unlink()  # the job folder damaged: Duplicate names the file
+    msg = ui.act[("jb-pick", "jb-changes")](str(job.id), "")[0]
+    assert f"job {job.id}: cannot read {job.toml_path} (No such file or directory)" in msg
+    assert "no such job; pick one from the list" in ui.act[("jb-pick",)](str(job.id) + "x")[0]
+
+
+def test_ui_plan_for_a_card_not_in_the_table_says_so(tmp_path):
+    from lorakit.config.load import load_config
+    from lorakit.toy.paths import model_section
+    from lorakit.ui.plan import CPU, estimate
+
+    cfg = load_config(None, data={"model": model_section("sdxl"), "data": {"dir": str(tmp_path)}})
+    text = estimate(cfg, "rtx4909")
+    assert "plan: card 'rtx4909' is not in lorakit's card table; pick one from the list (" in text
+    assert "no earlier job" not in text and "no earlier job" in estimate(cfg, CPU)  # was shown as the CPU's plan
