@@ -157,8 +157,12 @@ def make_dataset(folder: str, repeats: int, trigger: str, class_word: str, home:
     trigger = (trigger or "").strip()
     linked = False
     if images is not None:
+        if str(folder or "").strip():  # one source: the folder would silently not be used
+            raise ConfigError(f"folder: {str(folder).strip()!r} is set and an IMAGE batch is connected; give one "
+                              "(clear the folder to train on the connected images, or disconnect them)")
         root = image_batch_dataset(images, captions, home, repeats, trigger, class_word)
-        source = f"{len(images)} images from the graph"
+        n = images.shape[0] if getattr(images, "dim", lambda: 4)() == 4 else 1  # one [H, W, C] image is one image
+        source = f"{n} image{'s' if n != 1 else ''} from the graph"
     else:
         if not str(folder or "").strip():
             raise ConfigError("folder: empty; give a dataset folder (kohya `10_trigger class` subfolders, or "

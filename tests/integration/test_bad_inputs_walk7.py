@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -183,3 +184,46 @@ def test_ui_plan_for_a_card_not_in_the_table_says_so(tmp_path):
     text = estimate(cfg, "rtx4909")
     assert "plan: card 'rtx4909' is not in lorakit's card table; pick one from the list (" in text
     assert "no earlier job" not in text and "no earlier job" in estimate(cfg, CPU)  # was shown as the CPU's plan
+
+
+# ------------------------------------------------------------------------------------------------ ComfyUI nodes
+
+
+def test_comfy_dataset_node_takes_one_source_and_counts_one_image_as_one(tmp_path, monkeypatch):
+    """A folder typed in *and* an IMAGE batch connected: the folder was silently not used. One [H, W, C] image was
+    reported as H images."""
+    import torch
+
+    from lorakit.comfy import nodes
+    from lorakit.errors import ConfigError
+
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    node = nodes.LorakitDataset()
+    with pytest.raises(ConfigError) as exc:
+        node.load(str(tmp_path / "mine"), 1, "ohwx", "woman", images=torch.rand(2, 64, 64, 3))
+    assert str(exc.value) == (f"folder: '{tmp_path / 'mine'}' is set and an IMAGE batch is connected; give one "
+                              "(clear the folder to train on the connected images, or disconnect them)")
+    assert not (tmp_path / "home").exists()
+    from lorakit.comfy import build
+
+    monkeypatch.setattr(build, "data_report", lambda data, check: ("(the scan's table)", 1))  # the scan: not tested here
+    ds, report = node.load("", 1, "ohwx", "woman", images=torch.rand(64, 48, 3), captions="ohwx woman")
+    assert report == "1 image from the graph\n(the scan's table)"
+    assert [p.name for p in sorted(Path(ds.folder).rglob("*.png"))] == ["0000.png"]  # written as one 48×64 image
+
+
+def test_comfy_samples_node_names_a_damaged_preview(tmp_path, monkeypatch):
+    from types import SimpleNamespace as NS
+
+    from lorakit.comfy import nodes
+    from lorakit.errors import DataError
+
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    (tmp_path / "run" / "samples").mkdir(parents=True)
+    grid = tmp_path / "run" / "samples" / "before_after.png"
+    grid.write_bytes(b"")
+    run = NS(home=str(tmp_path / "home"), run_dir=str(tmp_path / "run"), job_id=1, state="finished")
+    with pytest.raises(DataError) as exc:  # was lorakit.data.images.ImageProblem: "zero-byte file", no file named
+        nodes.LorakitSamples().samples(run, nodes.SAMPLE_CHOICES[0])
+    assert str(exc.value) == (f"{grid}: zero-byte file; this image file of the run folder is damaged: delete it (or "
+                              "replace it) and run the node again")
