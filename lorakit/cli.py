@@ -32,7 +32,12 @@ from lorakit.errors import LorakitError
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # --help ends here, before any heavy import
+    args, extra = parser.parse_known_args(argv)  # --help ends here, before any heavy import
+    if extra:  # `lorakit plan run.toml --card h100 memory.vram_gb=20`: key=value after an option is an override too
+        if not isinstance(getattr(args, "overrides", None), list) or any(x.startswith("-") or "=" not in x
+                                                                         for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -227,3 +227,20 @@ def test_comfy_samples_node_names_a_damaged_preview(tmp_path, monkeypatch):
         nodes.LorakitSamples().samples(run, nodes.SAMPLE_CHOICES[0])
     assert str(exc.value) == (f"{grid}: zero-byte file; this image file of the run folder is damaged: delete it (or "
                               "replace it) and run the node again")
+
+
+# ------------------------------------------------------------------------------------------------ lorakit plan
+
+
+def test_plan_takes_overrides_after_card_and_suggests_the_card_meant(run_toml, capsys):
+    """`lorakit plan run.toml --card h100 memory.vram_gb=1` was argparse's "unrecognized arguments"; `--card RTX4090`
+    listed the table without saying which one was meant."""
+    assert main(["plan", str(run_toml), "--card", "h100", "memory.vram_gb=1"]) == 2
+    assert _error(capsys).startswith("lorakit: error: memory.vram_gb = 1: even the leanest setting")  # applied
+    assert main(["plan", str(run_toml), "--card", "RTX4090"]) == 2
+    line = _error(capsys)
+    assert line.startswith("lorakit: error: --card 'RTX4090': not in lorakit's card table; choose one of h200, h100")
+    assert line.endswith(" (did you mean rtx4090?)")
+    with pytest.raises(SystemExit):  # an option that is no override stays argparse's refusal
+        main(["plan", str(run_toml), "--card", "h100", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
