@@ -244,3 +244,31 @@ def test_plan_takes_overrides_after_card_and_suggests_the_card_meant(run_toml, c
     with pytest.raises(SystemExit):  # an option that is no override stays argparse's refusal
         main(["plan", str(run_toml), "--card", "h100", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ package
+
+
+def test_package_says_when_it_takes_a_checkpoint_or_has_no_image(tmp_path, capsys):
+    """A run that has not finished was packaged from its newest checkpoint, and a step without previews gave a
+    package without images, both under a plain "package written to …"."""
+    from tests.unit.test_lora_publish import _run_dir
+
+    run = _run_dir(tmp_path)  # final LoRA ohwx.safetensors, checkpoint of step 10, previews before/10/after
+    (run / "ohwx.safetensors").unlink()
+    for p in (run / "samples").glob("ohwx_step00000010_*.png"):
+        p.unlink()
+    assert main(["package", str(run), "-o", str(tmp_path / "pkg")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"note: {run} has no final LoRA (ohwx.safetensors: the run has not finished); packaged its newest "
+                   "checkpoint, step 10 (--step N picks another)",
+                   "note: no preview image was drawn at step 10 (sample.prompts and sample.every_n_steps decide when "
+                   "they are drawn); the package has no images, and CivitAI asks for at least one",
+                   f"package written to {tmp_path / 'pkg'}"]
+    assert sorted(p.name for p in (tmp_path / "pkg").iterdir()) == ["README.md", "civitai.json",
+                                                                    "ohwx-step00000010.safetensors"]
+    assert main(["package", str(run), "--step", "0"]) == 2
+    assert _error(capsys) == "lorakit: error: --step 0: give the step number of a checkpoint (1 or more)"
+    assert main(["package", str(run / "config.toml")]) == 2
+    assert _error(capsys) == f"lorakit: error: {run / 'config.toml'}: is a file; give the run folder that holds it"
+    assert not (run / "package").exists()
