@@ -913,12 +913,24 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(home).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission, a read-only file system
+        raise LorakitError(f"--home {home}: cannot use it as the UI's folder ({exc.strerror or exc}: "
+                           f"{exc.filename or home}); give a folder you can write") from None
     roots = ds.Roots(tuple(Path(r).expanduser().resolve() for r in [home, Path.cwd(), *allow_roots])
                      if listen else None)
     state = UIState(home=home, roots=roots, store=JobStore(home), max_upload_mb=max_upload_mb,
                     allowed=[str(home)])
     host = "0.0.0.0" if listen else "127.0.0.1"
+    if port:  # taken (a first `lorakit ui` still running, another server): one line, before the page is built
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host if host != "0.0.0.0" else "", port))
+            except OSError as exc:
+                raise LorakitError(f"--port {port}: cannot serve on it ({exc.strerror or exc}: another `lorakit ui` "
+                                   "or another program uses it); pick another port, or leave --port out for a free "
+                                   "one") from None
     port = port or free_port(host)
     demo = build(state)
     stop = threading.Event()

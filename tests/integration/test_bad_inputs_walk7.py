@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from lorakit.cli import main
-from tests.integration.test_bad_inputs_walk import _error, run_toml  # noqa: F401 (a fixture)
+from tests.integration.test_bad_inputs_walk import _error, a_file, run_toml  # noqa: F401 (fixtures)
 
 
 def _rows(run_dir):
@@ -272,3 +272,23 @@ def test_package_says_when_it_takes_a_checkpoint_or_has_no_image(tmp_path, capsy
     assert main(["package", str(run / "config.toml")]) == 2
     assert _error(capsys) == f"lorakit: error: {run / 'config.toml'}: is a file; give the run folder that holds it"
     assert not (run / "package").exists()
+
+
+def test_ui_start_on_a_taken_port_or_a_file_as_home_is_one_line(tmp_path, a_file, capsys):
+    """A second `lorakit ui --port N` while the first runs, and `--home` naming a file, ended in tracebacks (Gradio's
+    OSError "Cannot find empty port", FileExistsError)."""
+    import socket
+
+    pytest.importorskip("gradio", reason="the ui extra is not installed")
+    assert main(["ui", "--home", str(a_file)]) == 2
+    assert _error(capsys) == (f"lorakit: error: --home {a_file}: cannot use it as the UI's folder (File exists: "
+                              f"{a_file}); give a folder you can write")
+    assert a_file.read_text() == "mine"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:  # the first UI's server
+        first.bind(("127.0.0.1", 0))
+        first.listen()
+        port = first.getsockname()[1]
+        assert main(["ui", "--port", str(port), "--home", str(tmp_path / "home")]) == 2
+    assert _error(capsys) == (f"lorakit: error: --port {port}: cannot serve on it (Address already in use: another "
+                              "`lorakit ui` or another program uses it); pick another port, or leave --port out for a "
+                              "free one")
