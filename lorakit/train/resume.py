@@ -97,7 +97,7 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
 def accepted(run: RunDir, cfg: Config, start_step: int, log) -> None:
     """A resume that passed every check (its state restored, or none to restore): the metrics rows of a run that
     starts again from step 0 go, and ``config.toml`` says what the run now continues with (a raised
-    ``training.max_steps``, a change --force-resume let through), so publish, sweep reports, inspect and the next
+    ``training.max_steps``, a change --force-resume let through), so sweep reports, inspect and the next
     --resume read the truth. The file it replaces is kept beside it as ``config.until-stepN.toml`` (N: the step it
     trained to), never overwritten; a resume that changes nothing writes nothing."""
     if start_step == 0:  # steps logged before the kill are redone: drop them

@@ -4,6 +4,7 @@ each test is a user's step that printed something wrong or confusing, or lost wh
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from lorakit.cli import main
+from lorakit.errors import LorakitError
 from tests.integration.test_bad_inputs_walk import _error, a_file, run_toml  # noqa: F401 (fixtures)
 
 
@@ -19,8 +21,8 @@ def _rows(run_dir):
 
 
 def test_a_resume_with_more_steps_records_them_in_config_toml_and_keeps_the_old_one(run_toml, tmp_path, capsys):
-    """`lorakit train --resume DIR training.max_steps=4`: config.toml said 2 after the run went on to 4 (publish,
-    sweep reports and the next resume read it); and the metrics' lr column showed each step the next step's lr, so
+    """`lorakit train --resume DIR training.max_steps=4`: config.toml said 2 after the run went on to 4 (sweep
+    reports, inspect and the next resume read it); and the metrics' lr column showed each step the next step's lr, so
     the last two rows repeated one value."""
     run = tmp_path / "out" / "ohwx"
     common = ["optimizer.scheduler=linear", "optimizer.warmup_steps=0", "optimizer.lr=1e-3", "log.every_n_steps=1",
@@ -292,3 +294,22 @@ def test_ui_start_on_a_taken_port_or_a_file_as_home_is_one_line(tmp_path, a_file
     assert _error(capsys) == (f"lorakit: error: --port {port}: cannot serve on it (Address already in use: another "
                               "`lorakit ui` or another program uses it); pick another port, or leave --port out for a "
                               "free one")
+
+
+@pytest.mark.parametrize("manifest, problem", [
+    ("[]", "a JSON list, not an object"),
+    ('{"config": "run.toml", "grid": {}, "points": [{"name": "a"}]}', "points[0].label is missing or not a str"),
+])
+def test_a_damaged_sweep_json_is_one_line_in_the_cli_and_the_ui(tmp_path, capsys, manifest, problem):
+    """The Sweeps tab and `lorakit sweep report` indexed sweep.json without a check: TypeError / KeyError."""
+    from lorakit.ui.sweeps import comparison
+
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "sweep.json").write_text(manifest)
+    line = (f"{tmp_path / 'sw' / 'sweep.json'}: damaged ({problem}); it is the sweep's record, written by `lorakit "
+            "sweep`: restore it from a copy, or run the sweep again with another --out")
+    assert main(["sweep", "report", str(tmp_path / "sw")]) == 2
+    assert _error(capsys) == f"lorakit: error: {line}"
+    with pytest.raises(LorakitError, match="^" + re.escape(line) + "$"):  # the tab shows it as "⚠ <line>"
+        comparison(tmp_path / "sw")
+    assert (tmp_path / "sw" / "sweep.json").read_text() == manifest and not (tmp_path / "sw" / "comparison").exists()
