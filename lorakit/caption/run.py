@@ -24,9 +24,9 @@ from typing import Any, Callable, Optional
 from lorakit.caption.base import Captioner
 from lorakit.caption.text import TextOptions, finish
 from lorakit.data.cache import atomic_write_bytes
-from lorakit.data.images import IMAGE_EXTENSIONS, ImageProblem, open_image
+from lorakit.data.images import IMAGE_EXTENSIONS, ImageProblem, caption_extension_problem, open_image
 from lorakit.data.scan import caption_case_variant
-from lorakit.errors import DataError
+from lorakit.errors import ConfigError, DataError
 
 PROGRESS_NAME = ".lorakit-caption.json"
 
@@ -102,6 +102,10 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
     else:
         raise DataError(f"{target}: neither a folder of images (or of 'N_trigger class' subfolders) nor a "
                         f"kohya dataset .toml")
+    for _, _, ext in folders:  # before any name is made from it: `--extension .png --overwrite` replaced the images
+        if (problem := caption_extension_problem(ext)) is not None:
+            raise ConfigError(f"{'--extension' if extension else f'{target}: caption_extension'}: {problem}, got "
+                              f"{ext!r}")
     targets = [Target(img, img.with_name(img.stem + ext), lead) for folder, lead, ext in folders
                for img in _images(folder)]
     if not targets:

@@ -34,7 +34,7 @@ from lorakit.config.schema import DataCfg
 from lorakit.data.buckets import BucketSettings, bucket_list, place, validate
 from lorakit.data.captions import CaptionSettings, add_prefix_suffix
 from lorakit.data.images import (FLATTEN_COLOUR, IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageProblem,
-                                 decode, extension_mismatch)
+                                 caption_extension_problem, decode, extension_mismatch)
 from lorakit.data.kohya_toml import (GroupSpec, SubsetSpec, bucket_settings, caption_settings,
                                      load_dataset_toml)
 from lorakit.data.report import DataReport, Problem, check
@@ -414,6 +414,10 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     the caption-length check (a family passes its tokenizer's counter and limit).
     """
     groups, specs, problems, where = _resolve_specs(data)
+    for s in specs:  # `.png` would read the images as captions (the config check knows no image extensions)
+        if (problem := caption_extension_problem(s.caption_extension)) is not None:
+            key = f"{Path(str(data.config)).name}: {s.key}" if data.config else "data"
+            raise ConfigError(f"{key}.caption_extension: {problem}, got {s.caption_extension!r}")
     for g in groups:
         validate(g.buckets, divisibility, "data" if g.key == "data" else f"{Path(str(data.config)).name}: {g.key}")
     ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {},

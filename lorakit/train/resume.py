@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from lorakit.config.load import config_to_dict, dump_toml
+from lorakit.config.load import config_to_dict, dump_toml, load_config
 from lorakit.config.schema import Config
-from lorakit.errors import TrainingError
-from lorakit.fsutil import write_text
+from lorakit.errors import LorakitError, TrainingError
+from lorakit.fsutil import write_bytes, write_text
 from lorakit.lora.inject import extract_lora, load_lora_into
 from lorakit.train import checkpoint, distributed, health
 from lorakit.train.export import export_lora
@@ -103,21 +103,23 @@ def accepted(run: RunDir, cfg: Config, start_step: int, log) -> None:
     if start_step == 0:  # steps logged before the kill are redone: drop them
         (run.root / "metrics.jsonl").unlink(missing_ok=True)
     path, new = run.root / "config.toml", dump_toml(cfg)
+    old = path.read_bytes() if path.is_file() else None  # none through the Python API on a folder without one
     try:
-        old = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        old = None  # none to keep (a resume through the Python API on a folder without one)
-    if old == new:
+        before = dump_toml(load_config(path)) if old is not None else ""  # as lorakit reads it: comments aside
+    except LorakitError:
+        before = None  # (the resume read it a moment ago; kept as it is either way)
+    if before == new:  # the same settings (a file edited by hand keeps its comments and layout)
         return
     kept, n = run.root / f"config.until-step{start_step:08d}.toml", 1
-    while old is not None and kept.exists() and kept.read_bytes() != old.encode("utf-8"):
+    while old is not None and kept.exists() and kept.read_bytes() != old:
         n += 1
         kept = run.root / f"config.until-step{start_step:08d}-{n}.toml"
     if old is not None:
-        write_text(kept, old)
+        write_bytes(kept, old)
     write_text(path, new)
-    changes = _toml_changes(old or "", new)
-    log(f"{path} now holds this resume's settings ({'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''})"
+    changes = _toml_changes(before or "", new) if before else []
+    log(f"{path} now holds this resume's settings"
+        + (f" ({'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''})" if changes else "")
         + (f"; the config it replaced is kept as {kept.name}" if old is not None else ""))
 
 

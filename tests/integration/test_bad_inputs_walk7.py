@@ -50,6 +50,31 @@ def test_a_resume_with_more_steps_records_them_in_config_toml_and_keeps_the_old_
     assert kept.read_text() == first and set(run.glob("config*.toml")) == {kept, run / "config.toml"}
 
 
+
+def test_a_resume_keeps_a_hand_edited_config_as_it_is_and_never_overwrites_a_kept_one(run_toml, tmp_path):
+    """The config a resume replaces is the user's (they may have edited it): same settings → the file is left as it
+    is, comments and all; changed settings → kept byte for byte, a second change from the same step → a second copy."""
+    from lorakit.config.load import dump_toml, load_config
+    from lorakit.train.resume import accepted
+    from lorakit.train.rundir import RunDir
+
+    run = RunDir(tmp_path / "run", "ohwx")
+    run.root.mkdir()
+    mine = "# ohwx, second try: lower lr\n" + dump_toml(load_config(run_toml))
+    (run.root / "config.toml").write_text(mine)
+    lines = []
+    accepted(run, load_config(run.root / "config.toml"), 2, lines.append)
+    assert (run.root / "config.toml").read_text() == mine and lines == []
+    for steps, copy in ((4, "config.until-step00000002.toml"), (8, "config.until-step00000002-2.toml")):
+        before = (run.root / "config.toml").read_text()
+        accepted(run, load_config(run.root / "config.toml", [f"training.max_steps={steps}"]), 2, lines.append)
+        assert (run.root / copy).read_text() == before  # the first copy holds the comment
+        assert load_config(run.root / "config.toml").training.max_steps == steps
+    assert (run.root / "config.until-step00000002.toml").read_text() == mine
+    assert lines[-1] == (f"{run.root / 'config.toml'} now holds this resume's settings (training.max_steps 4 → 8); "
+                         "the config it replaced is kept as config.until-step00000002-2.toml")
+
+
 # ------------------------------------------------------------------------------------------------ captions
 
 
@@ -313,3 +338,30 @@ def test_a_damaged_sweep_json_is_one_line_in_the_cli_and_the_ui(tmp_path, capsys
     with pytest.raises(LorakitError, match="^" + re.escape(line) + "$"):  # the tab shows it as "⚠ <line>"
         comparison(tmp_path / "sw")
     assert (tmp_path / "sw" / "sweep.json").read_text() == manifest and not (tmp_path / "sw" / "comparison").exists()
+
+
+def test_an_image_extension_as_the_caption_extension_is_refused_before_an_image_is_touched(tmp_path):
+    """`lorakit caption DIR --extension .png --overwrite` wrote every caption over its image (the image kept only as
+    a.png.bak); `data.caption_extension = ".png"` read the images as captions."""
+    from PIL import Image
+
+    from lorakit.caption.run import list_targets
+    from lorakit.config.schema import DataCfg
+    from lorakit.data.scan import scan_dataset
+    from lorakit.errors import ConfigError
+
+    folder = tmp_path / "ds" / "1_ohwx woman"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(folder / "a.png")
+    before = (folder / "a.png").read_bytes()
+    with pytest.raises(ConfigError) as exc:  # where `lorakit caption` turns the images into targets (no model yet)
+        list_targets(tmp_path / "ds", ".PNG")
+    assert str(exc.value) == ("--extension: is an image extension: captions would be read from, or written over, the "
+                              "images; use .txt or .caption, got '.PNG'")
+    with pytest.raises(ConfigError) as exc:
+        list_targets(tmp_path / "ds", "../x")
+    assert str(exc.value) == ("--extension: must be a plain extension like \".txt\" (no / or \\, no surrounding "
+                              "spaces), got '../x'")
+    assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
+    with pytest.raises(ConfigError, match=r"^data\.caption_extension: is an image extension: .*, got '\.png'$"):
+        scan_dataset(DataCfg(dir=str(tmp_path / "ds"), caption_extension=".png", resolution=64, min_bucket_reso=64))
