@@ -365,3 +365,17 @@ def test_an_image_extension_as_the_caption_extension_is_refused_before_an_image_
     assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
     with pytest.raises(ConfigError, match=r"^data\.caption_extension: is an image extension: .*, got '\.png'$"):
         scan_dataset(DataCfg(dir=str(tmp_path / "ds"), caption_extension=".png", resolution=64, min_bucket_reso=64))
+
+
+def test_plan_warns_when_vram_gb_is_more_than_the_card_has(run_toml, capsys):
+    """`--card rtx3060-12g memory.vram_gb=80` planned "8.78 GiB of 80 GiB" for a 12 GB card without a word."""
+    from lorakit.train import cards
+
+    card = cards.card("rtx3060-12g")
+    assert main(["plan", str(run_toml), "--card", "rtx3060-12g", "memory.vram_gb=80"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == (f"  warning: memory.vram_gb = 80 is more than the {card.name}'s {card.total_gib:.1f} GiB: the "
+                        "plan below is for 80 GiB and may not fit this card; set memory.vram_gb to at most "
+                        f"{int(card.free_gib * 10) / 10:g} (what lorakit plans with when it is unset) or leave it out")
+    assert main(["plan", str(run_toml), "--card", "rtx3060-12g", f"memory.vram_gb={card.total_gib:.1f}"]) == 0
+    assert "warning" not in capsys.readouterr().out
