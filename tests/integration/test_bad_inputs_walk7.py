@@ -379,3 +379,23 @@ def test_plan_warns_when_vram_gb_is_more_than_the_card_has(run_toml, capsys):
                         f"{int(card.free_gib * 10) / 10:g} (what lorakit plans with when it is unset) or leave it out")
     assert main(["plan", str(run_toml), "--card", "rtx3060-12g", f"memory.vram_gb={card.total_gib:.1f}"]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", [b'model = "x"\n', b"\xff\xfe[model]\n", b"[model]\ncheckpoint = 3\n"])
+def test_inspect_of_a_lora_in_a_run_folder_with_a_damaged_config_goes_on_without_its_base(tmp_path, capsys, damage):
+    """`lorakit inspect RUN/ohwx.safetensors` reads RUN/config.toml for the base to check against: a config that is
+    TOML but not lorakit's shape, or not UTF-8, ended in AttributeError / UnicodeDecodeError."""
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "run.json").write_text('{"status": "finished"}')
+    (tmp_path / "config.toml").write_bytes(damage)
+    lora, tensors = tmp_path / "ohwx.safetensors", {}
+    for stem in ("lora_unet_middle_block_1_proj_in", "lora_unet_input_blocks_99_1_proj_in"):  # one key SDXL lacks:
+        tensors.update({f"{stem}.lora_down.weight": torch.ones(4, 64), f"{stem}.lora_up.weight": torch.zeros(64, 4),
+                        f"{stem}.alpha": torch.tensor(4.0)})  # inspect then asks the run's config for its base
+    save_file(tensors, str(lora), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    assert main(["inspect", str(lora)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "lora_unet_input_blocks_99_1_proj_in" in captured.out
+    assert (tmp_path / "config.toml").read_bytes() == damage
