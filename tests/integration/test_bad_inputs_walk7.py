@@ -399,3 +399,15 @@ def test_inspect_of_a_lora_in_a_run_folder_with_a_damaged_config_goes_on_without
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "lora_unet_input_blocks_99_1_proj_in" in captured.out
     assert (tmp_path / "config.toml").read_bytes() == damage
+
+
+def test_demo_refuses_a_bad_step_count_or_out_folder_before_writing(tmp_path, a_file, capsys):
+    """`lorakit demo --out FILE` was a NotADirectoryError traceback; `--steps 0` was refused only after the demo
+    dataset had been written."""
+    assert main(["demo", "--steps", "0", "--out", str(tmp_path / "d0")]) == 2
+    assert _error(capsys) == "lorakit: error: training.max_steps: must be an integer ≥ 1, got 0"
+    assert not (tmp_path / "d0").exists()
+    assert main(["demo", "--out", str(a_file)]) == 2
+    assert _error(capsys) == (f"lorakit: error: --out {a_file}: cannot create the folder (File exists: {a_file}); "
+                              "give a folder you can write")
+    assert a_file.read_text() == "mine"
