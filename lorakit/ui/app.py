@@ -321,7 +321,7 @@ def _dataset_events(gr, state: UIState, u) -> None:
             return _msg(f"toy-world images written to {folder}"), gal, ps
         except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update()
-        except OSError as exc:  # the folder is a file, or cannot be written
+        except OSError as exc:  # an image that cannot be written (a full disk)
             return _msg(f"Dataset folder: cannot write {exc.filename or root_text} ({exc.strerror or exc})",
                         True), gr.update(), gr.update()
 

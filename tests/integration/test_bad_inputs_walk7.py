@@ -170,8 +170,9 @@ def test_ui_dataset_page_odd_inputs_are_one_message(ui, tmp_path):
     assert f"{afile}: is a file, not a folder" in open_root(str(afile))[0]  # was "not found; it is created …"
     assert "repeats: must be a whole number ≥ 1, got None" in add_toy(str(tmp_path / "d"), "ohwx", "x", None)[0]
     assert "repeats: must be a whole number ≥ 1, got '1.5'" in add_toy(str(tmp_path / "d"), "ohwx", "x", "1.5")[0]
-    assert f"Dataset folder: cannot write {afile / '3_ohwx shape'} (Not a directory)" in \
-        add_toy(str(afile), "ohwx", "x", "3")[0]
+    made = afile / "3_ohwx shape"
+    assert (f"{made}: cannot create it (Not a directory: {made}); choose a dataset directory you can write" in
+            add_toy(str(afile), "ohwx", "x", "3")[0])  # as `lorakit toy dataset FILE` says it (was NotADirectoryError)
     assert afile.read_text() == "mine" and not (tmp_path / "d").exists()
     assert "data.dir: folder" in check(str(tmp_path / "nope"), None)[2]  # an empty resolution field: 1024
 
