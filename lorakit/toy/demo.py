@@ -135,10 +135,10 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
     toy_recipe(family)  # an unknown family is refused before the dataset is written
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dataset_dir = out / (("dataset-captioned" if caption else "dataset") + ("-all-pairs" if all_pairs else ""))
-    cfg = demo_config(family, dataset_dir, out, f"eval-{family}-{stamp}", steps,
-                      overrides=("sample.prompts=[]",) + tuple(overrides))  # a bad value: refused before any write
     _out_folder(out)
     ensure_dataset(dataset_dir, caption, all_pairs)
+    cfg = demo_config(family, dataset_dir, out, f"eval-{family}-{stamp}", steps,
+                      overrides=("sample.prompts=[]",) + tuple(overrides))
     t0 = time.perf_counter()
     result = train(cfg, log=lambda *_: None)
     generate = lora_generator(cfg, result.run_dir)
