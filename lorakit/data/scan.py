@@ -199,7 +199,8 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
 
 def caption_case_variant(cap_path: Path) -> Path | None:
     """An existing ``x.TXT`` (or ``x.Txt``) beside the missing ``x.txt``: on a case-sensitive file system it is
-    another file, which neither training nor kohya's tools read, and ``lorakit caption`` must not cover with a new one."""
+    another file, which neither training nor kohya's tools read, and ``lorakit caption`` must not cover with a new
+    one."""
     ext = cap_path.suffix
     for other in {ext.upper(), ext.lower(), ext[:2].upper() + ext[2:].lower()} - {ext}:
         candidate = cap_path.with_suffix(other)

@@ -53,7 +53,8 @@ def test_a_resume_with_more_steps_records_them_in_config_toml_and_keeps_the_old_
 
 def test_a_resume_keeps_a_hand_edited_config_as_it_is_and_never_overwrites_a_kept_one(run_toml, tmp_path):
     """The config a resume replaces is the user's (they may have edited it): same settings → the file is left as it
-    is, comments and all; changed settings → kept byte for byte, a second change from the same step → a second copy."""
+    is, comments and all; changed settings → kept byte for byte, a second change from the same step → a second
+    copy."""
     from lorakit.config.load import dump_toml, load_config
     from lorakit.train.resume import accepted
     from lorakit.train.rundir import RunDir
@@ -94,7 +95,8 @@ def test_a_caption_file_in_another_case_is_named_by_the_scan_and_kept_by_the_cap
     from lorakit.config.schema import DataCfg
     from lorakit.data.scan import scan_dataset
 
-    out = scan_dataset(DataCfg(dir=str(tmp_path / "ds"), resolution=64, min_bucket_reso=64), divisibility=64).report.to_table()
+    data = DataCfg(dir=str(tmp_path / "ds"), resolution=64, min_bucket_reso=64)
+    out = scan_dataset(data, divisibility=64).report.to_table()
     assert ("caption file g.TXT is not read: captions are read as g.txt (the extension's case differs); rename it to "
             "g.txt: class tokens 'ohwx woman' used") in out
 
@@ -155,7 +157,8 @@ def test_ui_auto_caption_runs_a_command_the_caption_cli_accepts(ui, tmp_path, mo
     args = build_parser().parse_args(calls[0][3:])  # what the child process parses: accepted, nothing overwritten
     assert (args.captioner, args.model, args.target, args.overwrite) == ("wd14", str(tmp_path / "m"),
                                                                           str(tmp_path), False)
-    assert msg.endswith("⚠ lorakit: error: /m/model.onnx: missing; the WD14 tagger folder needs model.onnx (...)</span>")
+    assert msg.endswith("⚠ lorakit: error: /m/model.onnx: missing; the WD14 tagger folder needs model.onnx "
+                        "(...)</span>")
     assert "Captioner: pick one" in run_caption(str(tmp_path), None, "") and len(calls) == 1
 
 
@@ -234,7 +237,7 @@ def test_comfy_dataset_node_takes_one_source_and_counts_one_image_as_one(tmp_pat
     assert not (tmp_path / "home").exists()
     from lorakit.comfy import build
 
-    monkeypatch.setattr(build, "data_report", lambda data, check: ("(the scan's table)", 1))  # the scan: not tested here
+    monkeypatch.setattr(build, "data_report", lambda data, check: ("(the scan's table)", 1))  # (the scan: not here)
     ds, report = node.load("", 1, "ohwx", "woman", images=torch.rand(64, 48, 3), captions="ohwx woman")
     assert report == "1 image from the graph\n(the scan's table)"
     assert [p.name for p in sorted(Path(ds.folder).rglob("*.png"))] == ["0000.png"]  # written as one 48×64 image
