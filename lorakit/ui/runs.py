@@ -92,14 +92,16 @@ def grid(run_dir: Path) -> Optional[Path]:
 
 
 def lora_files(run_dir: Path) -> list[Path]:
-    """The final LoRA first (when written), then step checkpoints, newest first."""
+    """The final LoRA first (when written), then step checkpoints, newest first, then the LoRA of the best
+    validation step (``save.keep_best``) and the EMA weights (``training.ema``) when the run wrote them."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
     name = run_dir.name
     final = run_dir / f"{name}.safetensors"
     steps = sorted(run_dir.glob("*-step*.safetensors"), reverse=True)
-    return ([final] if final.is_file() else []) + [p for p in steps if p.name.startswith(name + "-step")]
+    extra = [p for p in (run_dir / f"{name}-best.safetensors", run_dir / f"{name}-ema.safetensors") if p.is_file()]
+    return ([final] if final.is_file() else []) + [p for p in steps if p.name.startswith(name + "-step")] + extra
 
 
 def health(run_dir: Path, rows: list[dict[str, Any]], log_text: str = "") -> list[str]:

@@ -415,3 +415,17 @@ def test_demo_refuses_a_bad_step_count_or_out_folder_before_writing(tmp_path, a_
     assert _error(capsys) == (f"lorakit: error: --out {a_file}: cannot create the folder (File exists: {a_file}); "
                               "give a folder you can write")
     assert a_file.read_text() == "mine"
+
+
+def test_ui_download_offers_the_best_and_the_ema_lora_too(tmp_path):
+    """save.keep_best's `<name>-best.safetensors` and training.ema's `<name>-ema.safetensors` were not offered on the
+    Download tab (only the final LoRA and the step checkpoints)."""
+    from lorakit.ui import runs
+
+    run = tmp_path / "w7"
+    run.mkdir()
+    for stem in ("w7", "w7-step00000002", "w7-step00000004", "w7-best", "w7-ema", "other-step00000002"):
+        (run / f"{stem}.safetensors").write_bytes(b"x")
+    assert [p.name for p in runs.lora_files(run)] == ["w7.safetensors", "w7-step00000004.safetensors",
+                                                       "w7-step00000002.safetensors", "w7-best.safetensors",
+                                                       "w7-ema.safetensors"]
