@@ -202,6 +202,12 @@ def cmd_train(args) -> int:
         if not cfg_path.is_file():
             raise LorakitError(f"--resume: {cfg_path} not found; is {run_dir} a lorakit run folder?")
         overrides = ([args.config] if args.config else []) + list(args.overrides)
+        from lorakit.config.load import parse_override  # a resumed run stays in DIR: save.dir/name would do nothing
+        moved = sorted({".".join(parse_override(o)[0]) for o in overrides} & {"save.dir", "save.name"})
+        if moved:
+            raise LorakitError(f"--resume: {moved[0]} cannot change: the run stays in {run_dir} and keeps its file "
+                               f"names (nothing was changed); to train into another folder, copy {run_dir} there and "
+                               "resume the copy")
         cfg = load_config(cfg_path, overrides)
         if (launched := _launch(args, cfg, run_dir)) is not None:
             return launched

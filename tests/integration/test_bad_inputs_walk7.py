@@ -429,3 +429,19 @@ def test_ui_download_offers_the_best_and_the_ema_lora_too(tmp_path):
     assert [p.name for p in runs.lora_files(run)] == ["w7.safetensors", "w7-step00000004.safetensors",
                                                        "w7-step00000002.safetensors", "w7-best.safetensors",
                                                        "w7-ema.safetensors"]
+
+
+@pytest.mark.parametrize("override", ["save.dir=/elsewhere", "save.name=other"])
+def test_a_resume_refuses_to_move_or_rename_the_run(tmp_path, capsys, override):
+    """`lorakit train --resume DIR save.dir=X` trained on in DIR (save.dir silently unused); save.name=Y named the
+    new files Y in DIR beside the old ones."""
+    run = tmp_path / "ohwx"
+    run.mkdir()
+    (run / "config.toml").write_text("# the run's config\n")
+    assert main(["train", "--resume", str(run), "training.max_steps=9", override]) == 2
+    key = override.split("=")[0]
+    assert _error(capsys) == (f"lorakit: error: --resume: {key} cannot change: the run stays in {run} and keeps its "
+                              f"file names (nothing was changed); to train into another folder, copy {run} there and "
+                              "resume the copy")
+    assert (run / "config.toml").read_text() == "# the run's config\n" and [p.name for p in run.iterdir()] == [
+        "config.toml"]
