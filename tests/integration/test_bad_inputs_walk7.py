@@ -193,6 +193,9 @@ def test_ui_pages_survive_a_deleted_job_and_a_damaged_run_folder(ui, tmp_path):
     (run / "run.json").write_text('{"status": "running", "step": "three", "max_steps": [4]}')
     head, loss = ui.fn("_watch_events.watch")(str(job.id))[:2]
     assert "step **2 / ?**" in head and list(loss[loss.series == "loss"].step) == [1, 2]  # was a ValueError
+    from lorakit.train.metrics import read_metrics, series
+
+    assert series(read_metrics(run / "metrics.jsonl"), "loss") == ([1, 2], [0.5, 0.3])  # loss.png, Loss Plot node
     gone = 9999
     diff = ui.fn("_compare_events.compare")([str(job.id), str(gone)])[0]
     assert list(diff.setting) == [f"⚠ job {gone}: no such job; pick again"]
