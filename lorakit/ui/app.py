@@ -907,6 +907,8 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
           block: bool = True):
     """Start the UI; prints its URL. ``listen`` serves other hosts and then requires credentials."""
     creds = parse_auth(auth, auth_file)
+    if not 0 < max_upload_mb < float("inf"):  # (Gradio's own parse of "-5mb" was a ValueError traceback)
+        raise LorakitError(f"--max-upload-mb: give the largest upload in MB (more than 0), got {max_upload_mb:g}")
     if listen and not creds:
         raise LorakitError("ui --listen: refusing to serve other hosts without a password; add --auth user:password "
                            "or --auth-file FILE (lines of user:password)")
@@ -946,7 +948,7 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, auth=creds, prevent_thread_lock=True, quiet=True,
                 show_error=True, allowed_paths=state.allowed, ssr_mode=False,
-                max_file_size=f"{int(max_upload_mb)}mb", css=CSS, footer_links=[])
+                max_file_size=int(max_upload_mb * 2**20), css=CSS, footer_links=[])  # bytes: 0.5 MB is not 0
     shown = "127.0.0.1" if not listen else socket.gethostname()
     print(f"lorakit ui: http://{shown}:{port}  (jobs and datasets under {home}; Ctrl-C stops the UI, "
           "never a running job)", flush=True)

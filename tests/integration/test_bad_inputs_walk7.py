@@ -309,8 +309,8 @@ def test_package_says_when_it_takes_a_checkpoint_or_has_no_image(tmp_path, capsy
 
 
 def test_ui_start_on_a_taken_port_or_a_file_as_home_is_one_line(tmp_path, a_file, capsys):
-    """A second `lorakit ui --port N` while the first runs, and `--home` naming a file, ended in tracebacks (Gradio's
-    OSError "Cannot find empty port", FileExistsError)."""
+    """A second `lorakit ui --port N` while the first runs, `--home` naming a file and `--max-upload-mb -5` ended in
+    tracebacks (Gradio's OSError "Cannot find empty port", FileExistsError, Gradio's ValueError)."""
     import socket
 
     pytest.importorskip("gradio", reason="the ui extra is not installed")
@@ -318,6 +318,9 @@ def test_ui_start_on_a_taken_port_or_a_file_as_home_is_one_line(tmp_path, a_file
     assert _error(capsys) == (f"lorakit: error: --home {a_file}: cannot use it as the UI's folder (File exists: "
                               f"{a_file}); give a folder you can write")
     assert a_file.read_text() == "mine"
+    assert main(["ui", "--max-upload-mb", "-5", "--home", str(tmp_path / "h")]) == 2  # was Gradio's ValueError
+    assert _error(capsys) == "lorakit: error: --max-upload-mb: give the largest upload in MB (more than 0), got -5"
+    assert not (tmp_path / "h").exists()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:  # the first UI's server
         first.bind(("127.0.0.1", 0))
         first.listen()
