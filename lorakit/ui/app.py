@@ -492,6 +492,9 @@ def _train_events(gr, state: UIState, u):
                                        if j.state == "finished" and j.device == "cpu"
                                        and _family_of(j) == cfg.model.family)
             plan = estimate(cfg, card, images=images, steps_per_epoch=steps, cpu_seconds=cpu, label=out.name)
+            if cfg.data.dir and not Path(cfg.data.dir).is_dir():  # valid TOML, but a job would stop at its scan
+                plan += (f"\n\n⚠ data.dir: folder {cfg.data.dir} not found (it should hold subfolders like "
+                         "'10_ohwx woman'); a job started now would stop at its dataset scan")
         except LorakitError as exc:
             plan = f"⚠ {exc}"
         return [_msg("valid: this is the TOML a job runs"), text, plan, str(out)] + field_updates(previous)

@@ -134,7 +134,10 @@ def ui(tmp_path_factory):
     fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
     named = {f.fn.__qualname__.split(".")[0] + "." + f.name: f.fn for f in fns}
     lambdas = {tuple(c.elem_id for c in f.inputs): f.fn for f in fns if f.name == "<lambda>"}
-    return SimpleNamespace(home=home, store=store, fn=lambda n: named[n], act=lambdas, app=app)
+    show = next(f for f in fns if f.name == "show" and f.fn.__qualname__.startswith("_train_events"))
+    form = {("model.family" if c.elem_id == "tr-family" else c.elem_id[2:].replace("-", ".", 1)): c.value
+            for c in show.inputs[3:]}  # the form's fields (key: default), in the order the Train handlers take them
+    return SimpleNamespace(home=home, store=store, fn=lambda n: named[n], act=lambdas, app=app, form=form)
 
 
 def test_ui_auto_caption_runs_a_command_the_caption_cli_accepts(ui, tmp_path, monkeypatch):
@@ -451,3 +454,17 @@ def test_a_resume_refuses_to_move_or_rename_the_run(tmp_path, capsys, override):
                               "resume the copy")
     assert (run / "config.toml").read_text() == "# the run's config\n" and [p.name for p in run.iterdir()] == [
         "config.toml"]
+
+
+
+def test_ui_show_says_when_data_dir_is_missing(ui, tmp_path):
+    """"valid: this is the TOML a job runs" with a data.dir that does not exist, and a plan without a word about it:
+    the job then failed at its dataset scan."""
+    from lorakit.ui.plan import CPU
+
+    values = dict(ui.form, **{"model.checkpoint": "/models/sd_xl_base_1.0.safetensors",
+                              "data.dir": str(tmp_path / "nope"), "save.dir": str(tmp_path / "runs")})
+    res = ui.fn("_train_events.show")("(none)", CPU, None, *values.values())  # preset, card, flagged field, fields
+    assert res[0] == "valid: this is the TOML a job runs"
+    assert res[2].endswith(f"⚠ data.dir: folder {tmp_path / 'nope'} not found (it should hold subfolders like "
+                           "'10_ohwx woman'); a job started now would stop at its dataset scan")
