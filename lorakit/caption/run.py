@@ -86,6 +86,9 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
     problems: list[str] = []
     if target.is_file() and target.suffix == ".toml":
         _, specs = load_dataset_toml(target, DataCfg(config=str(target)))
+        for s in specs if not extension else []:  # the TOML's own key named (the scan says it the same way)
+            if (problem := caption_extension_problem(s.caption_extension)) is not None:
+                raise ConfigError(f"{target.name}: {s.key}.caption_extension: {problem}, got {s.caption_extension!r}")
         folders = [(s.dir, s.class_tokens, extension or s.caption_extension) for s in specs]
         progress = target.with_name(target.name + ".caption.json")
     elif target.is_dir():
@@ -104,8 +107,7 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
                         f"kohya dataset .toml")
     for _, _, ext in folders:  # before any name is made from it: `--extension .png --overwrite` replaced the images
         if (problem := caption_extension_problem(ext)) is not None:
-            raise ConfigError(f"{'--extension' if extension else f'{target}: caption_extension'}: {problem}, got "
-                              f"{ext!r}")
+            raise ConfigError(f"--extension: {problem}, got {ext!r}")
     targets = [Target(img, img.with_name(img.stem + ext), lead) for folder, lead, ext in folders
                for img in _images(folder)]
     if not targets:

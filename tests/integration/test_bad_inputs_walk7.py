@@ -378,6 +378,16 @@ def test_an_image_extension_as_the_caption_extension_is_refused_before_an_image_
     assert (folder / "a.png").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
     with pytest.raises(ConfigError, match=r"^data\.caption_extension: is an image extension: .*, got '\.png'$"):
         scan_dataset(DataCfg(dir=str(tmp_path / "ds"), caption_extension=".png", resolution=64, min_bucket_reso=64))
+    toml = tmp_path / "kds.toml"  # a kohya dataset TOML: its key, for the captioner as for the scan
+    toml.write_text(f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\ncaption_extension = ".jpg"\n')
+    line = ("kds.toml: datasets[0].subsets[0].caption_extension: is an image extension: captions would be read "
+            "from, or written over, the images; use .txt or .caption, got '.jpg'")
+    with pytest.raises(ConfigError) as exc:
+        list_targets(toml)
+    assert str(exc.value) == line
+    with pytest.raises(ConfigError) as exc:
+        scan_dataset(DataCfg(config=str(toml), resolution=64, min_bucket_reso=64))
+    assert str(exc.value) == line
 
 
 def test_plan_warns_when_vram_gb_is_more_than_the_card_has(run_toml, capsys):
