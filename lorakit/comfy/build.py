@@ -205,9 +205,10 @@ def _toml_layer(toml: str) -> dict[str, Any]:
     if not text:
         return {}
     candidate = Path(os.path.expanduser(text))
-    if "\n" not in text and text.endswith(".toml"):
+    if "\n" not in text and (text.endswith(".toml") or not any(c in text for c in "=[")):  # a path, not TOML text
         if not candidate.is_file():
-            raise ConfigError(f"toml: {candidate} is not a file")
+            raise ConfigError(f"toml: {candidate} is not a file" + ("; give the run.toml in that folder"
+                                                                    if candidate.is_dir() else ""))
         raw, label, base = read_toml(candidate, str(candidate)), str(candidate), candidate.resolve().parent
     else:
         try:

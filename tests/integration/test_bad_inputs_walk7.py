@@ -478,3 +478,17 @@ def test_ui_show_says_when_data_dir_is_missing(ui, tmp_path):
     assert res[0] == "valid: this is the TOML a job runs"
     assert res[2].endswith(f"⚠ data.dir: folder {tmp_path / 'nope'} not found (it should hold subfolders like "
                            "'10_ohwx woman'); a job started now would stop at its dataset scan")
+
+
+def test_comfy_config_node_toml_widget_reads_a_path_without_toml_suffix_as_a_path(tmp_path):
+    """The Config node's `toml` widget took "/data/ohwx" (a folder) or "/data/ohwx/run" for TOML text: "toml: invalid
+    TOML: Invalid statement (at line 1, column 1)"."""
+    from lorakit.comfy.build import _toml_layer
+    from lorakit.errors import ConfigError
+
+    (tmp_path / "run").write_text("[network]\nrank = 4\n")
+    assert _toml_layer(str(tmp_path / "run")) == {"network": {"rank": 4}}
+    with pytest.raises(ConfigError) as exc:
+        _toml_layer(str(tmp_path))
+    assert str(exc.value) == f"toml: {tmp_path} is not a file; give the run.toml in that folder"
+    assert _toml_layer("network.rank = 8") == {"network": {"rank": 8}}  # TOML text stays TOML text
