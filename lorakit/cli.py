@@ -32,7 +32,12 @@ from lorakit.errors import LorakitError
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)  # --help ends here, before any heavy import
+    args, extra = parser.parse_known_args(argv)  # --help ends here, before any heavy import
+    if extra:  # `lorakit plan run.toml --card h100 memory.vram_gb=20`: key=value after an option is an override too
+        if not isinstance(getattr(args, "overrides", None), list) or any(x.startswith("-") or "=" not in x
+                                                                         for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -197,6 +202,12 @@ def cmd_train(args) -> int:
         if not cfg_path.is_file():
             raise LorakitError(f"--resume: {cfg_path} not found; is {run_dir} a lorakit run folder?")
         overrides = ([args.config] if args.config else []) + list(args.overrides)
+        from lorakit.config.load import parse_override  # a resumed run stays in DIR: save.dir/name would do nothing
+        moved = sorted({".".join(parse_override(o)[0]) for o in overrides} & {"save.dir", "save.name"})
+        if moved:
+            raise LorakitError(f"--resume: {moved[0]} cannot change: the run stays in {run_dir} and keeps its file "
+                               f"names (nothing was changed); to train into another folder, copy {run_dir} there and "
+                               "resume the copy")
         cfg = load_config(cfg_path, overrides)
         if (launched := _launch(args, cfg, run_dir)) is not None:
             return launched

@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from lorakit.errors import LorakitError
 
@@ -48,12 +48,17 @@ LICENSES.update({v: f"{m[1]} (the base model's)" for v, m in _MORE.items()})
 SAMPLE_RE = re.compile(r"^(?P<name>.+)_(?P<label>step\d{8}|before|after|final)_(?P<idx>\d{2})_(?P<seed>\d+)\.png$")
 
 
-def _run_files(run_dir: Path, step: Optional[int]) -> tuple[Any, Path, str]:
+def _run_files(run_dir: Path, step: Optional[int], log: Callable[[str], None] = print) -> tuple[Any, Path, str]:
     from lorakit.config.load import load_config
 
     cfg_path = run_dir / "config.toml"
+    if not run_dir.is_dir():
+        raise LorakitError(f"{run_dir}: " + ("is a file; give the run folder that holds it"
+                                             if run_dir.exists() else "no such folder; give a run folder"))
     if not cfg_path.is_file():
         raise LorakitError(f"{run_dir}: no config.toml; is it a lorakit run folder?")
+    if step is not None and step < 1:
+        raise LorakitError(f"--step {step}: give the step number of a checkpoint (1 or more)")
     cfg = load_config(cfg_path)
     name = cfg.save.name
     if step is None:
@@ -65,6 +70,8 @@ def _run_files(run_dir: Path, step: Optional[int]) -> tuple[Any, Path, str]:
                 raise LorakitError(f"{run_dir}: no LoRA file ({name}.safetensors or {name}-stepNNNNNNNN.safetensors)")
             lora = steps[-1]
             label = lora.stem.rsplit("-", 1)[1]
+            log(f"note: {run_dir} has no final LoRA ({name}.safetensors: the run has not finished); packaged its "
+                f"newest checkpoint, step {int(label.removeprefix('step'))} (--step N picks another)")
     else:
         from lorakit.sweep.report import step_lora  # the step's checkpoint, or -best / the final LoRA holding it
         from lorakit.train.rundir import RunDir
@@ -181,9 +188,9 @@ def _variant(meta: dict[str, str], family: str) -> str:
 
 
 def package_run(run_dir: Path, out: Optional[Path] = None, *, step: Optional[int] = None,
-                license_text: Optional[str] = None) -> Path:
+                license_text: Optional[str] = None, log: Callable[[str], None] = print) -> Path:
     run_dir = Path(run_dir)
-    cfg, lora, label = _run_files(run_dir, step)
+    cfg, lora, label = _run_files(run_dir, step, log)
     out = Path(out) if out else run_dir / "package" / (cfg.save.name + ("" if step is None else f"-step{step}"))
     if out.exists() and any(out.iterdir()):
         raise LorakitError(f"{out}: already exists and is not empty; choose another -o or move it away")
@@ -207,6 +214,11 @@ def package_run(run_dir: Path, out: Optional[Path] = None, *, step: Optional[int
         _write_png(src, dst, {"parameters": parameters_text(p, seed, model_name),
                               "lorakit": json.dumps(settings)})
         images.append({"file": dst.name, **settings})
+    if not images:  # said, not left for the upload form to find out
+        at = "the end of the run" if label == "final" else f"step {int(label.removeprefix('step'))}"
+        log(f"note: no preview image was drawn at {at} "
+            "(sample.prompts and sample.every_n_steps decide when they are drawn); the package has no images, and "
+            "CivitAI asks for at least one")
     triggers = _triggers(meta, cfg)
     licence = license_text or meta.get("modelspec.license") or LICENSES[variant]
     info = _summary(meta)

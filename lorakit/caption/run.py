@@ -24,8 +24,9 @@ from typing import Any, Callable, Optional
 from lorakit.caption.base import Captioner
 from lorakit.caption.text import TextOptions, finish
 from lorakit.data.cache import atomic_write_bytes
-from lorakit.data.images import IMAGE_EXTENSIONS, ImageProblem, open_image
-from lorakit.errors import DataError
+from lorakit.data.images import IMAGE_EXTENSIONS, ImageProblem, caption_extension_problem, open_image
+from lorakit.data.scan import caption_case_variant
+from lorakit.errors import ConfigError, DataError
 
 PROGRESS_NAME = ".lorakit-caption.json"
 
@@ -85,6 +86,9 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
     problems: list[str] = []
     if target.is_file() and target.suffix == ".toml":
         _, specs = load_dataset_toml(target, DataCfg(config=str(target)))
+        for s in specs if not extension else []:  # the TOML's own key named (the scan says it the same way)
+            if (problem := caption_extension_problem(s.caption_extension)) is not None:
+                raise ConfigError(f"{target.name}: {s.key}.caption_extension: {problem}, got {s.caption_extension!r}")
         folders = [(s.dir, s.class_tokens, extension or s.caption_extension) for s in specs]
         progress = target.with_name(target.name + ".caption.json")
     elif target.is_dir():
@@ -101,6 +105,9 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
     else:
         raise DataError(f"{target}: neither a folder of images (or of 'N_trigger class' subfolders) nor a "
                         f"kohya dataset .toml")
+    for _, _, ext in folders:  # before any name is made from it: `--extension .png --overwrite` replaced the images
+        if (problem := caption_extension_problem(ext)) is not None:
+            raise ConfigError(f"--extension: {problem}, got {ext!r}")
     targets = [Target(img, img.with_name(img.stem + ext), lead) for folder, lead, ext in folders
                for img in _images(folder)]
     if not targets:
@@ -172,6 +179,9 @@ def caption_dataset(targets: list[Target], captioner: Captioner, opts: TextOptio
             continue
         if t.caption.exists() and not overwrite:
             summary.outcomes.append(Outcome(rel(t.image), "kept"))
+        elif (other := caption_case_variant(t.caption)) is not None and not overwrite:  # the user's, in another case
+            summary.outcomes.append(Outcome(rel(t.image), "kept", f"{other.name} exists (training reads "
+                                            f"{t.caption.name}: rename it); --overwrite writes {t.caption.name}"))
         else:
             todo.append(t)
     if resume:

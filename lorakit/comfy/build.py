@@ -157,8 +157,12 @@ def make_dataset(folder: str, repeats: int, trigger: str, class_word: str, home:
     trigger = (trigger or "").strip()
     linked = False
     if images is not None:
+        if str(folder or "").strip():  # one source: the folder would silently not be used
+            raise ConfigError(f"folder: {str(folder).strip()!r} is set and an IMAGE batch is connected; give one "
+                              "(clear the folder to train on the connected images, or disconnect them)")
         root = image_batch_dataset(images, captions, home, repeats, trigger, class_word)
-        source = f"{len(images)} images from the graph"
+        n = images.shape[0] if getattr(images, "dim", lambda: 4)() == 4 else 1  # one [H, W, C] image is one image
+        source = f"{n} image{'s' if n != 1 else ''} from the graph"
     else:
         if not str(folder or "").strip():
             raise ConfigError("folder: empty; give a dataset folder (kohya `10_trigger class` subfolders, or "
@@ -201,9 +205,10 @@ def _toml_layer(toml: str) -> dict[str, Any]:
     if not text:
         return {}
     candidate = Path(os.path.expanduser(text))
-    if "\n" not in text and text.endswith(".toml"):
+    if "\n" not in text and (text.endswith(".toml") or not any(c in text for c in "=[")):  # a path, not TOML text
         if not candidate.is_file():
-            raise ConfigError(f"toml: {candidate} is not a file")
+            raise ConfigError(f"toml: {candidate} is not a file" + ("; give the run.toml in that folder"
+                                                                    if candidate.is_dir() else ""))
         raw, label, base = read_toml(candidate, str(candidate)), str(candidate), candidate.resolve().parent
     else:
         try:

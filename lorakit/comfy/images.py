@@ -36,9 +36,16 @@ def comfy_to_pil(images: Any) -> list[Any]:
 def load_pngs(paths: Sequence[Path]) -> Any:
     """Image files → one IMAGE batch. Files of another size than the first are left out with a logged warning
     (a batch has one size); decoding goes through lorakit's checked reader."""
-    from lorakit.data.images import open_image
+    from lorakit.data.images import ImageProblem, open_image
+    from lorakit.errors import DataError
 
-    pics = [open_image(p).convert("RGB") for p in paths]
+    pics = []
+    for p in paths:
+        try:
+            pics.append(open_image(p).convert("RGB"))
+        except ImageProblem as exc:  # a damaged preview (a kill mid-write of an older release, a disk error)
+            raise DataError(f"{p}: {exc}; this image file of the run folder is damaged: delete it (or replace "
+                            "it) and run the node again") from None
     keep = [im for im in pics if im.size == pics[0].size]
     for p, im in zip(paths, pics):
         if im.size != pics[0].size:

@@ -59,6 +59,18 @@ class ImageInfo:
     transparent: bool = False  # some pixel is not fully opaque: flattened onto FLATTEN_COLOUR
 
 
+def caption_extension_problem(ext: str) -> Optional[str]:
+    """Why ``ext`` cannot name caption files (None when it can): a dot and a plain name, never an image's extension
+    (captions would be read from the images, and `lorakit caption` would write over them)."""
+    if not ext.startswith(".") or len(ext) < 2:
+        return 'must start with a dot, like ".txt"'
+    if any(c in ext for c in "/\\\x00") or ext != ext.strip() or set(ext) == {"."}:
+        return 'must be a plain extension like ".txt" (no / or \\, no surrounding spaces)'
+    if ext.lower() in IMAGE_EXTENSIONS or ext.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+        return "is an image extension: captions would be read from, or written over, the images; use .txt or .caption"
+    return None
+
+
 def _open_checked(path: Path, fh) -> Image.Image:
     """Identify the open file `fh` of `path` as an image or raise ImageProblem with a readable reason."""
     try:

@@ -34,7 +34,7 @@ from lorakit.config.schema import DataCfg
 from lorakit.data.buckets import BucketSettings, bucket_list, place, validate
 from lorakit.data.captions import CaptionSettings, add_prefix_suffix
 from lorakit.data.images import (FLATTEN_COLOUR, IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageProblem,
-                                 decode, extension_mismatch)
+                                 caption_extension_problem, decode, extension_mismatch)
 from lorakit.data.kohya_toml import (GroupSpec, SubsetSpec, bucket_settings, caption_settings,
                                      load_dataset_toml)
 from lorakit.data.report import DataReport, Problem, check
@@ -175,7 +175,9 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
     ``roots`` (the dataset folders), a caption file that is a symlink leading out of them is not read."""
     cap_path = image.parent / (image.stem + extension)
     if not cap_path.exists():
-        return None, "missing caption"
+        other = caption_case_variant(cap_path)
+        return None, ("missing caption" if other is None else f"caption file {other.name} is not read: captions are "
+                      f"read as {cap_path.name} (the extension's case differs); rename it to {cap_path.name}")
     if roots is not None and cap_path.is_symlink() and not any(inside_folder(cap_path, r) for r in roots):
         return None, (f"caption file {cap_path.name} is a symlink outside the dataset folder: not read (set "
                       "data.follow_symlinks = true to use it)")
@@ -193,6 +195,18 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
         return None, "empty caption"
     extra = sum(1 for ln in lines[1:] if ln.strip())
     return first, (f"caption has {extra + 1} lines; only the first is used" if extra else None)
+
+
+def caption_case_variant(cap_path: Path) -> Path | None:
+    """An existing ``x.TXT`` (or ``x.Txt``) beside the missing ``x.txt``: on a case-sensitive file system it is
+    another file, which neither training nor kohya's tools read, and ``lorakit caption`` must not cover with a new
+    one."""
+    ext = cap_path.suffix
+    for other in {ext.upper(), ext.lower(), ext[:2].upper() + ext[2:].lower()} - {ext}:
+        candidate = cap_path.with_suffix(other)
+        if candidate.is_file() and candidate.name in {p.name for p in candidate.parent.iterdir()}:
+            return candidate  # (the name check: a case-insensitive file system finds cap_path itself under it)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- scan
@@ -401,6 +415,10 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     the caption-length check (a family passes its tokenizer's counter and limit).
     """
     groups, specs, problems, where = _resolve_specs(data)
+    for s in specs:  # `.png` would read the images as captions (the config check knows no image extensions)
+        if (problem := caption_extension_problem(s.caption_extension)) is not None:
+            key = f"{Path(str(data.config)).name}: {s.key}" if data.config else "data"
+            raise ConfigError(f"{key}.caption_extension: {problem}, got {s.caption_extension!r}")
     for g in groups:
         validate(g.buckets, divisibility, "data" if g.key == "data" else f"{Path(str(data.config)).name}: {g.key}")
     ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {},

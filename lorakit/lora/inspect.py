@@ -76,10 +76,11 @@ def run_base(lora: Path) -> Optional[Path]:
             import tomllib
 
             try:
-                ckpt = tomllib.loads(cfg.read_text()).get("model", {}).get("checkpoint")
-            except (tomllib.TOMLDecodeError, OSError):
+                model = tomllib.loads(cfg.read_text(encoding="utf-8")).get("model")
+            except (ValueError, OSError):  # damaged (not TOML, not UTF-8): inspect goes on without the base
                 return None
-            return Path(ckpt) if ckpt and Path(ckpt).is_file() else None
+            ckpt = model.get("checkpoint") if isinstance(model, dict) else None
+            return Path(ckpt) if isinstance(ckpt, str) and ckpt and Path(ckpt).is_file() else None
     return None
 
 

@@ -34,6 +34,22 @@ MANIFEST = "sweep.json"
 SEQUENTIAL_NOTE = "points run one after another"
 
 
+def _manifest_problem(m: Any) -> Optional[str]:
+    """What makes a sweep.json unusable (None when its shape is the one :func:`create` writes)."""
+    if not isinstance(m, dict):
+        return f"a JSON {type(m).__name__}, not an object"
+    for key, kind in (("config", str), ("grid", dict), ("points", list)):
+        if not isinstance(m.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    for i, p in enumerate(m["points"]):
+        if not isinstance(p, dict):
+            return f"points[{i}] is not an object"
+        for key, kind in (("name", str), ("label", str), ("state", str), ("settings", dict), ("overrides", list)):
+            if not isinstance(p.get(key), kind):
+                return f"points[{i}].{key} is missing or not a {kind.__name__}"
+    return None
+
+
 class Sweep:
     """A sweep folder and its manifest."""
 
@@ -42,13 +58,20 @@ class Sweep:
         self.path = self.root / MANIFEST
 
     def read(self) -> dict[str, Any]:
+        if self.root.exists() and not self.root.is_dir():
+            raise LorakitError(f"{self.root}: a file, not a sweep folder; give the folder `lorakit sweep` made")
         try:
-            return json.loads(self.path.read_text())
+            manifest = json.loads(self.path.read_text())
         except FileNotFoundError:
             raise LorakitError(f"{self.root}: no {MANIFEST}; is it a sweep folder (made by `lorakit sweep`)?") \
                 from None
         except ValueError as exc:
             raise LorakitError(f"{self.path}: not readable JSON ({exc})") from None
+        problem = _manifest_problem(manifest)
+        if problem:  # every reader indexes it: a damaged one is one line here, not a KeyError/TypeError there
+            raise LorakitError(f"{self.path}: damaged ({problem}); it is the sweep's record, written by `lorakit "
+                               "sweep`: restore it from a copy, or run the sweep again with another --out")
+        return manifest
 
     def write(self, manifest: dict[str, Any]) -> None:
         manifest["updated_at"] = time.time()

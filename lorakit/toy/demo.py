@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from lorakit.config.load import load_config
-from lorakit.errors import ModelLoadError
+from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.fsutil import write_json
 from lorakit.toy.paths import model_section, toy_recipe
 from lorakit.toy.world import DEFAULT_TRIGGER, write_all_pairs_dataset, write_demo_dataset, write_reg_dataset
@@ -61,6 +61,16 @@ def demo_data(family: str, dataset_dir: Path, out_dir: Path, name: str, steps: O
     }
 
 
+def _out_folder(out: Path) -> None:
+    """``--out``: made when missing; a file there, or a folder that cannot be made, is one line (was a traceback from
+    the first image written)."""
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot create the folder ({exc.strerror or exc}: {exc.filename or out}); give "
+                          "a folder you can write") from None
+
+
 def ensure_dataset(dataset_dir: Path, caption: bool = False, all_pairs: bool = False) -> None:
     """The demo data: ``train/`` (a dozen images of the new concept) and ``reg/`` (base-world scenes that keep
     prompts without the trigger unchanged); written once, reused by later demos. With ``caption`` the toy
@@ -88,9 +98,10 @@ def run_demo(family: str, out: Path, steps: Optional[int] = None, caption: bool 
     toy_recipe(family)  # an unknown family is refused before the dataset is written
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dataset_dir = out / ("dataset-captioned" if caption else "dataset")
-    ensure_dataset(dataset_dir, caption)
     name = f"demo-{family}-{stamp}"
-    cfg = demo_config(family, dataset_dir, out, name, steps)
+    cfg = demo_config(family, dataset_dir, out, name, steps)  # `--steps 0` is refused before anything is written
+    _out_folder(out)
+    ensure_dataset(dataset_dir, caption)
     t0 = time.perf_counter()
     result = train(cfg)
     seconds = time.perf_counter() - t0
@@ -124,6 +135,7 @@ def run_eval(family: str, out: Path, steps: Optional[int] = None, *, overrides: 
     toy_recipe(family)  # an unknown family is refused before the dataset is written
     stamp = time.strftime("%Y%m%d-%H%M%S")
     dataset_dir = out / (("dataset-captioned" if caption else "dataset") + ("-all-pairs" if all_pairs else ""))
+    _out_folder(out)
     ensure_dataset(dataset_dir, caption, all_pairs)
     cfg = demo_config(family, dataset_dir, out, f"eval-{family}-{stamp}", steps,
                       overrides=("sample.prompts=[]",) + tuple(overrides))

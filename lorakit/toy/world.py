@@ -139,6 +139,19 @@ def sample_scenes(n: int, seed: int, shapes: tuple[str, ...] = BASE_SHAPES,
     return scenes
 
 
+def _new_folder(folder: Path) -> Path:
+    """``folder``, made (empty or new): one that holds files is refused, as is one that cannot be made (a file where a
+    folder is asked for, no permission): nothing the user made is overwritten, and no traceback."""
+    if folder.is_dir() and any(folder.iterdir()):
+        raise DataError(f"{folder}: already exists and is not empty; choose another dataset directory")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot create it ({exc.strerror or exc}: {exc.filename or folder}); choose a "
+                        "dataset directory you can write") from None
+    return folder
+
+
 def write_demo_dataset(dir: str | Path, n: int = 12, seed: int = 1234, trigger: str = DEFAULT_TRIGGER,
                        repeats: int = DEMO_REPEATS) -> Path:
     """Write n concept images + captions as ``<dir>/<repeats>_<trigger> shape/NNN.png|.txt``; returns that folder.
@@ -146,10 +159,7 @@ def write_demo_dataset(dir: str | Path, n: int = 12, seed: int = 1234, trigger: 
     Repeats default to 10 so that a short demo run (a few hundred steps) still sees each image many times.
     Refuses to write into an existing non-empty image folder (nothing the user made is overwritten).
     """
-    folder = Path(dir) / f"{repeats}_{trigger} {DEMO_CLASS}"
-    if folder.exists() and any(folder.iterdir()):
-        raise DataError(f"{folder}: already exists and is not empty; choose another dataset directory")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _new_folder(Path(dir) / f"{repeats}_{trigger} {DEMO_CLASS}")
     scenes = sample_scenes(n, seed, shapes=(CONCEPT_SHAPE,))
     # vary the colours evenly: cycle the foreground colour so every colour appears
     names = list(COLOURS)
@@ -171,10 +181,7 @@ def write_all_pairs_dataset(dir: str | Path, seed: int = 1234, trigger: str = DE
     learning benchmark's six colour pairs; the rectified-flow toys bind the new shape to the pairs they were shown
     (benchmarks/RESULTS.md, "Issue 23, sixth session"). Refuses to write into an existing non-empty folder.
     """
-    folder = Path(dir) / f"{repeats}_{trigger} {DEMO_CLASS}"
-    if folder.exists() and any(folder.iterdir()):
-        raise DataError(f"{folder}: already exists and is not empty; choose another dataset directory")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _new_folder(Path(dir) / f"{repeats}_{trigger} {DEMO_CLASS}")
     pairs = [(c, b) for c in COLOURS for b in COLOURS if c != b]
     for i, (scene, (colour, background)) in enumerate(zip(sample_scenes(len(pairs), seed, shapes=(CONCEPT_SHAPE,)),
                                                           pairs)):
@@ -190,10 +197,7 @@ def write_reg_dataset(dir: str | Path, n: int = 24, seed: int = 999, repeats: in
     Training on these beside the concept images (prior preservation, ``data.reg_dir``) keeps prompts without
     the trigger drawing what the base model drew: the demo's drift stays near zero.
     """
-    folder = Path(dir) / f"{repeats}_{DEMO_CLASS}"
-    if folder.exists() and any(folder.iterdir()):
-        raise DataError(f"{folder}: already exists and is not empty; choose another directory")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _new_folder(Path(dir) / f"{repeats}_{DEMO_CLASS}")
     for i, scene in enumerate(sample_scenes(n, seed)):
         save_image(render(scene), folder / f"{i:03d}.png")
         write_text(folder / f"{i:03d}.txt", caption(scene) + "\n")

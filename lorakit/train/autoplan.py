@@ -108,6 +108,10 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             "(memory.vram_gb plans them if the family supports it)")
         return None
     room = float(mem.vram_gb) if mem.vram_gb else room or math.floor(card.free_gib * 10) / 10
+    if mem.vram_gb and round(card.total_gib, 1) < mem.vram_gb < math.inf:  # planned as set, never trimmed
+        log(f"warning: memory.vram_gb = {mem.vram_gb:g} is more than the {card.name}'s {card.total_gib:.1f} GiB: the "
+            f"plan below is for {mem.vram_gb:g} GiB and may not fit this card; set memory.vram_gb to at most "
+            f"{math.floor(card.free_gib * 10) / 10:g} (what lorakit plans with when it is unset) or leave it out")
     compiles = [bool(mem.compile)] if "memory.compile" in explicit else [card.can_compile]
     variant = cfg.network.type in ("loha", "lokr", "dora")  # issue 23: their layers run eager, in bf16 weights
     if variant and (compiles != [False] or card.fp8):

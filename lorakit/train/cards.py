@@ -88,7 +88,11 @@ def card(key: str) -> CardFacts:
     """The card ``key`` of ``cards.toml`` (``lorakit plan --card``); ConfigError naming the known ones otherwise."""
     cards = _table()["cards"]
     if key not in cards:
-        raise ConfigError(f"--card {key}: not in lorakit's card table; choose one of {', '.join(cards)}")
+        from lorakit.config.messages import suggest
+
+        near = suggest(key.strip(), list(cards))  # RTX4090, " h100", rtx4909
+        raise ConfigError(f"--card {key!r}: not in lorakit's card table; choose one of {', '.join(cards)}"
+                          + (f" (did you mean {near}?)" if near else ""))
     c = cards[key]
     cap = (int(c["capability"][0]), int(c["capability"][1]))
     return CardFacts(name=c["name"], total_bytes=int(c["total_gib"] * GIB), free_bytes=int(c["free_gib"] * GIB),

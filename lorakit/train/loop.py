@@ -144,8 +144,8 @@ def prepare(r: "Run", resume_: bool, force: bool, log: Callable[[str], None], wa
     """Everything before the first step: dataset, model, caches, plan, optimizer, resume state, first previews."""
     run_cfg, generator, optimizer, scheduler, scaler, start_step = prepare_model(r, resume_, force, log, watchdog)
     cfg = r.cfg
-    if resume_ and start_step == 0:  # steps logged before the kill are redone: drop them
-        (r.run.root / "metrics.jsonl").unlink(missing_ok=True)
+    if resume_:  # config.toml says what the run continues with; from step 0 the steps logged before are redone
+        resume.accepted(r.run, cfg, start_step, log)
     write_text(r.run.root / "plan.json", json.dumps(r.placed.plan, indent=2, default=str))  # a refused resume keeps it
     previews = Previews(run_cfg, r.adapter.spec, r.adapter, r.run, r.device, r.compute_dtype, watchdog, log,
                         resolution=run_settings(r.dataset, run_cfg.training.batch_size)["resolution"])
@@ -303,8 +303,8 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
     try:
         for step in range(start_step + 1, cfg.training.max_steps + 1):
             watchdog.beat(f"training step {step}")
-            stats = steps.update_step(r.adapter, next_batch, cfg, generator, optimizer, placed.trainable, scaler,
-                                      r.device, r.compute_dtype)
+            stats, lr = steps.update_step(r.adapter, next_batch, cfg, generator, optimizer, placed.trainable, scaler,
+                                          r.device, r.compute_dtype), scheduler.get_last_lr()[-1]  # this step's lr
             if r.ema is not None:
                 r.ema.update()
             scheduler.step()
@@ -317,7 +317,7 @@ def loop_steps(r: Run, cfg: Config, next_batch, generator, optimizer, scheduler,
             val_now = r.validator.due(step)
             # this step's numbers are read now when a save or preview follows (a step that went non-finite stops the
             # run before anything is saved after it)
-            reporter.add(step, stats, {"seconds": now - t_last, "lr": scheduler.get_last_lr()[-1],
+            reporter.add(step, stats, {"seconds": now - t_last, "lr": lr,
                                        "epoch": r.stream.epoch}, read_now=bool(save_now or sample_now or val_now))
             t_last = now
             if val_now:  # before the save: a kill between the two redoes both on resume

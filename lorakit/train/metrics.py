@@ -124,7 +124,7 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
 def series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of the rows holding a finite number under ``key``."""
     pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
-           and math.isfinite(r[key]) and "step" in r]
+           and math.isfinite(r[key]) and type(r.get("step")) is int]  # a hand-edited "x" or true is no step
     return [p[0] for p in pts], [p[1] for p in pts]
 
 

@@ -172,8 +172,8 @@ def planned(cfg, card: cards.CardFacts, label: str, gpus: int = 1) -> tuple[str,
         plan, lines = None, [f"  one card: {exc}"]
     out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
     out += [f"  note: {n}" for n in card.notes]
+    out += lines if plan is None else [f"  {ln}" for ln in lines if ln.startswith("warning:")]  # (the rest: below)
     if plan is None:
-        out += lines
         if gpus > 1:
             out += cards_lines(cfg, card, gpus, None)
         return "\n".join(out), None

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from lorakit.config.load import config_to_dict
+from lorakit.config.load import config_to_dict, dump_toml, load_config
 from lorakit.config.schema import Config
-from lorakit.errors import TrainingError
+from lorakit.errors import LorakitError, TrainingError
+from lorakit.fsutil import write_bytes, write_text
 from lorakit.lora.inject import extract_lora, load_lora_into
 from lorakit.train import checkpoint, distributed, health
 from lorakit.train.export import export_lora
@@ -91,6 +92,51 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
     checkpoint.restore_rng(rng)
     log(f"resumed from {state_dir} at step {state['step']}")
     return int(state["step"])
+
+
+def accepted(run: RunDir, cfg: Config, start_step: int, log) -> None:
+    """A resume that passed every check (its state restored, or none to restore): the metrics rows of a run that
+    starts again from step 0 go, and ``config.toml`` says what the run now continues with (a raised
+    ``training.max_steps``, a change --force-resume let through), so sweep reports, inspect and the next
+    --resume read the truth. The file it replaces is kept beside it as ``config.until-stepN.toml`` (N: the step it
+    trained to), never overwritten; a resume that changes nothing writes nothing."""
+    if start_step == 0:  # steps logged before the kill are redone: drop them
+        (run.root / "metrics.jsonl").unlink(missing_ok=True)
+    path, new = run.root / "config.toml", dump_toml(cfg)
+    old = path.read_bytes() if path.is_file() else None  # none through the Python API on a folder without one
+    try:
+        before = dump_toml(load_config(path)) if old is not None else ""  # as lorakit reads it: comments aside
+    except LorakitError:
+        before = None  # (the resume read it a moment ago; kept as it is either way)
+    if before == new:  # the same settings (a file edited by hand keeps its comments and layout)
+        return
+    kept, n = run.root / f"config.until-step{start_step:08d}.toml", 1
+    while old is not None and kept.exists() and kept.read_bytes() != old:
+        n += 1
+        kept = run.root / f"config.until-step{start_step:08d}-{n}.toml"
+    if old is not None:
+        write_bytes(kept, old)
+    write_text(path, new)
+    changes = _toml_changes(before or "", new) if before else []
+    log(f"{path} now holds this resume's settings"
+        + (f" ({'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''})" if changes else "")
+        + (f"; the config it replaced is kept as {kept.name}" if old is not None else ""))
+
+
+def _toml_changes(old: str, new: str) -> list[str]:
+    """``section.key old → new`` for every key whose value differs between two config TOML texts."""
+    import tomllib
+
+    def flat(text: str) -> dict:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            return {}
+        return {f"{s}.{k}" if isinstance(v, dict) else s: (vv if isinstance(v, dict) else v)
+                for s, v in data.items() for k, vv in (v.items() if isinstance(v, dict) else [(s, v)])}
+
+    a, b = flat(old), flat(new)
+    return [f"{k} {a.get(k, 'unset')} → {b.get(k, 'unset')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def _check_parts(state_dir: Path, state: dict, targets) -> None:

@@ -135,6 +135,12 @@ def _dataset_page(gr, state: UIState, u) -> None:
             u.ds_caption_btn = gr.Button("Auto-caption" if u.has_caption else
                                        "Auto-caption (unavailable)", interactive=u.has_caption,
                                        elem_id="ds-caption")
+            with gr.Row(visible=u.has_caption):  # `lorakit caption` needs a captioner and (but for toy) its folder
+                from lorakit.caption.backends import CAPTIONERS
+
+                u.ds_captioner = gr.Dropdown(label="Captioner", choices=list(CAPTIONERS), value=CAPTIONERS[0],
+                                             min_width=80, elem_id="ds-captioner")
+                u.ds_capmodel = gr.Textbox(label="Captioner folder (--model)", min_width=80, elem_id="ds-capmodel")
             with gr.Row():
                 u.ds_res = gr.Textbox(label="Check at resolution", value="1024", min_width=80,
                                     elem_id="ds-res")
@@ -275,6 +281,8 @@ def _dataset_events(gr, state: UIState, u) -> None:
     def open_root(root_text):
         try:
             root = state.roots.check(root_text, "Dataset folder")
+            if root.exists() and not root.is_dir():
+                return _msg(f"{root}: is a file, not a folder; give the dataset folder", True), [], [], "", ""
             if not root.is_dir():
                 return _msg(f"{root}: not found; it is created when you add images"), [], [], "", ""
             gal, paths = gallery_of(root)
@@ -306,12 +314,16 @@ def _dataset_events(gr, state: UIState, u) -> None:
 
         try:
             root = state.roots.check(root_text, "Dataset folder")
-            folder = world.write_demo_dataset(root, trigger=trigger.strip() or world.DEFAULT_TRIGGER,
-                                              repeats=int(repeats))
+            trigger = (trigger or "").strip() or world.DEFAULT_TRIGGER
+            n = int(ds.kohya_folder_name(repeats, trigger, world.DEMO_CLASS).split("_", 1)[0])  # the field's checks
+            folder = world.write_demo_dataset(root, trigger=trigger, repeats=n)
             gal, ps = gallery_of(root)
             return _msg(f"toy-world images written to {folder}"), gal, ps
-        except (LorakitError, ValueError) as exc:
+        except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update()
+        except OSError as exc:  # an image that cannot be written (a full disk)
+            return _msg(f"Dataset folder: cannot write {exc.filename or root_text} ({exc.strerror or exc})",
+                        True), gr.update(), gr.update()
 
     u.ds_toy.click(add_toy, [u.ds_root, u.ds_trigger, u.ds_class, u.ds_repeats],
                    [u.ds_status, u.ds_gallery, u.ds_paths])
@@ -351,7 +363,7 @@ def _dataset_events(gr, state: UIState, u) -> None:
         try:
             root = state.roots.check(root_text, "Dataset folder")
             # the data section as the CLI reads it (resolution and buckets validated with its messages)
-            data = load_config(None, [f"data.resolution={resolution.strip() or 1024}"],
+            data = load_config(None, [f"data.resolution={(resolution or '').strip() or 1024}"],
                                data={"model": {"family": fm.DEFAULT_FAMILY, "checkpoint": "unused.safetensors"},
                                      "data": {"dir": str(root)}}).data
             side = min(parse_resolution(data.resolution))
@@ -381,19 +393,26 @@ def _dataset_events(gr, state: UIState, u) -> None:
 
     u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap])
 
-    def run_caption(root_text):
+    def run_caption(root_text, captioner=None, model=None):
+        """`lorakit caption DIR --captioner NAME [--model FOLDER]` (existing captions are kept: no --overwrite)."""
         if not caption_available():
             return _msg("auto-captioning is unavailable: this lorakit has no `caption` command", True)
         try:
             root = state.roots.check(root_text, "Dataset folder")
+            if not captioner:
+                raise LorakitError("Captioner: pick one (wd14, florence2, vlm, blip or toy)")
+            model_dir = state.roots.check(model, "Captioner folder") if (model or "").strip() else None
         except LorakitError as exc:
             return _msg(str(exc), True)
-        proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root)], capture_output=True,
+        proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root), "--captioner", captioner]
+                              + (["--model", str(model_dir)] if model_dir else []), capture_output=True,
                               text=True, timeout=3600)
-        out = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        errors = [ln for ln in lines if ln.startswith("lorakit")]  # a refusal is one `lorakit…: error:` line
+        out = errors[-1:] if proc.returncode != 0 and errors else lines[-5:]
         return _msg(" / ".join(out) or f"lorakit caption exited with {proc.returncode}", proc.returncode != 0)
 
-    u.ds_caption_btn.click(run_caption, [u.ds_root], [u.ds_status])
+    u.ds_caption_btn.click(run_caption, [u.ds_root, u.ds_captioner, u.ds_capmodel], [u.ds_status])
 
     def use_dataset(root_text):
         try:
@@ -473,6 +492,9 @@ def _train_events(gr, state: UIState, u):
                                        if j.state == "finished" and j.device == "cpu"
                                        and _family_of(j) == cfg.model.family)
             plan = estimate(cfg, card, images=images, steps_per_epoch=steps, cpu_seconds=cpu, label=out.name)
+            if cfg.data.dir and not Path(cfg.data.dir).is_dir():  # valid TOML, but a job would stop at its scan
+                plan += (f"\n\n⚠ data.dir: folder {cfg.data.dir} not found (it should hold subfolders like "
+                         "'10_ohwx woman'); a job started now would stop at its dataset scan")
         except LorakitError as exc:
             plan = f"⚠ {exc}"
         return [_msg("valid: this is the TOML a job runs"), text, plan, str(out)] + field_updates(previous)
@@ -525,6 +547,8 @@ def _train_fill_events(gr, state: UIState, u, keys, comps) -> None:
         from lorakit.config.load import load_config
 
         path = file if isinstance(file, str) else getattr(file, "name", None)
+        if not path:  # the file was cleared
+            return [gr.update() for _ in range(3)] + [gr.update() for _ in comps]
         try:
             raw = Path(path).read_bytes().decode("utf-8")
             data = tomllib.loads(raw)
@@ -608,6 +632,8 @@ def _jobs_events(gr, state: UIState, u):
             err = False
         except LorakitError as exc:
             msg, err = str(exc), True
+        except ValueError:  # a typed pick that is no job number
+            msg, err = f"job {pick!r}: no such job; pick one from the list", True
         choices = _job_choices(store)
         value = pick if err else (None if j is None else str(j.id))
         rows, note = jobs_refresh(value)
@@ -713,11 +739,15 @@ def _compare_events(gr, state: UIState, u) -> None:
     def compare(picks):
         import tomllib
 
-        picks = [int(p) for p in picks or []]
+        try:
+            picks = [int(p) for p in picks or []]
+            jobs = [store.get(p) for p in picks]
+        except (JobError, ValueError) as exc:  # a job deleted since the list was drawn
+            return pd.DataFrame({"setting": [f"⚠ {exc}; pick again"]}), pd.DataFrame(
+                {"step": [], "loss": [], "job": []}), []
         if len(picks) < 2:
             return pd.DataFrame({"setting": ["pick two or more jobs"]}), pd.DataFrame(
                 {"step": [], "loss": [], "job": []}), []
-        jobs = [store.get(p) for p in picks]
         flat = []
         for j in jobs:
             try:
@@ -757,7 +787,10 @@ def _download_events(gr, state: UIState, u) -> None:
     def files_of(pick):
         if not pick:
             return gr.update(choices=[], value=None), None, ""
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError) as exc:  # deleted since the list was drawn
+            return gr.update(choices=[], value=None), None, f"⚠ {exc}"
         files = [str(p) for p in runs.lora_files(j.run_dir)]
         state.allow(j.run_dir)
         return gr.update(choices=files, value=files[0] if files else None), (files[0] if files else None), \
@@ -768,7 +801,10 @@ def _download_events(gr, state: UIState, u) -> None:
     def pick_file(pick, path):
         if not path or not pick:
             return None
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError):
+            return None
         if Path(path).resolve().parent != j.run_dir.resolve():
             return None
         return path
@@ -778,7 +814,10 @@ def _download_events(gr, state: UIState, u) -> None:
     def inspect(pick, path):
         if not path:
             return "pick a LoRA file"
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError) as exc:
+            return f"⚠ {exc}"
         if Path(path).resolve().parent != j.run_dir.resolve():
             return f"{path}: not a file of job {j.id}"
         proc = subprocess.run([_python(), "-m", "lorakit", "inspect", path], capture_output=True, text=True,
@@ -794,7 +833,10 @@ def _download_events(gr, state: UIState, u) -> None:
 
         if not pick:
             return None, "pick a job"
-        j = store.get(int(pick))
+        try:
+            j = store.get(int(pick))
+        except (JobError, ValueError) as exc:
+            return None, f"⚠ {exc}"
         out = j.run_dir / time.strftime("package-%Y%m%d-%H%M%S")
         proc = subprocess.run([_python(), "-m", "lorakit", "package", str(j.run_dir), "-o", str(out)],
                               capture_output=True, text=True, timeout=600)
@@ -868,18 +910,32 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
           block: bool = True):
     """Start the UI; prints its URL. ``listen`` serves other hosts and then requires credentials."""
     creds = parse_auth(auth, auth_file)
+    if not 0 < max_upload_mb < float("inf"):  # (Gradio's own parse of "-5mb" was a ValueError traceback)
+        raise LorakitError(f"--max-upload-mb: give the largest upload in MB (more than 0), got {max_upload_mb:g}")
     if listen and not creds:
         raise LorakitError("ui --listen: refusing to serve other hosts without a password; add --auth user:password "
                            "or --auth-file FILE (lines of user:password)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(home).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission, a read-only file system
+        raise LorakitError(f"--home {home}: cannot use it as the UI's folder ({exc.strerror or exc}: "
+                           f"{exc.filename or home}); give a folder you can write") from None
     roots = ds.Roots(tuple(Path(r).expanduser().resolve() for r in [home, Path.cwd(), *allow_roots])
                      if listen else None)
     state = UIState(home=home, roots=roots, store=JobStore(home), max_upload_mb=max_upload_mb,
                     allowed=[str(home)])
     host = "0.0.0.0" if listen else "127.0.0.1"
+    if port:  # taken (a first `lorakit ui` still running, another server): one line, before the page is built
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host if host != "0.0.0.0" else "", port))
+            except OSError as exc:
+                raise LorakitError(f"--port {port}: cannot serve on it ({exc.strerror or exc}: another `lorakit ui` "
+                                   "or another program uses it); pick another port, or leave --port out for a free "
+                                   "one") from None
     port = port or free_port(host)
     demo = build(state)
     stop = threading.Event()
@@ -895,7 +951,7 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, auth=creds, prevent_thread_lock=True, quiet=True,
                 show_error=True, allowed_paths=state.allowed, ssr_mode=False,
-                max_file_size=f"{int(max_upload_mb)}mb", css=CSS, footer_links=[])
+                max_file_size=int(max_upload_mb * 2**20), css=CSS, footer_links=[])  # bytes: 0.5 MB is not 0
     shown = "127.0.0.1" if not listen else socket.gethostname()
     print(f"lorakit ui: http://{shown}:{port}  (jobs and datasets under {home}; Ctrl-C stops the UI, "
           "never a running job)", flush=True)

@@ -44,7 +44,7 @@ class Roots:
 
     def check(self, path: str | os.PathLike, what: str = "folder") -> Path:
         """The resolved path, or DataError when it lies outside every allowed root."""
-        text = str(path).strip()
+        text = "" if path is None else str(path).strip()  # an empty Gradio field may arrive as None
         if not text:
             raise DataError(f"{what}: give a folder path")
         resolved = Path(os.path.expanduser(text)).resolve()
@@ -65,7 +65,7 @@ def kohya_folder_name(repeats: int, trigger: str, class_word: str) -> str:
     """``10_ohwx person``: the image folder name kohya's tools and lorakit's scan read repeats and tokens from."""
     trigger, class_word = trigger.strip(), class_word.strip()
     try:
-        n = int(repeats)
+        n = int(repeats) if not isinstance(repeats, float) or repeats.is_integer() else int("not whole")
     except (TypeError, ValueError):
         raise DataError(f"repeats: must be a whole number ≥ 1, got {repeats!r}") from None
     if n < 1:

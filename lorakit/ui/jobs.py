@@ -289,7 +289,11 @@ class JobStore:
         from lorakit.ui.form import apply_overrides_to_toml
 
         job = self.get(job_id)
-        text = job.toml_path.read_text(encoding="utf-8")
+        try:
+            text = job.toml_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JobError(f"job {job_id}: cannot read {job.toml_path} ({getattr(exc, 'strerror', None) or exc}); "
+                           "its TOML is gone or damaged, so there is nothing to duplicate") from None
         keys = {".".join(parse_override(o)[0]) for o in overrides}
         extra = list(overrides)
         if "save.name" not in keys:

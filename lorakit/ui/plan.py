@@ -45,6 +45,10 @@ def estimate(cfg, card: str, *, images: Optional[int] = None, steps_per_epoch: O
                     f"({steps_per_epoch} steps/epoch over {images} images)"
     choices = card_choices()
     key = choices.get(card, card if card in choices.values() else None)
+    if key is None and card not in (None, "", CPU):  # not a card of the table: said, never shown as the CPU's
+        lines.append(f"plan: card {card!r} is not in lorakit's card table; pick one from the list "
+                     f"({', '.join(k for k in choices.values() if k)})")
+        return "\n\n".join(lines)
     if key is None:
         if cpu_seconds:
             lines.append(f"time: ≈ {_fmt(cpu_seconds * steps * accumulation)} ({cpu_seconds:.2f} s/step: median of "

@@ -45,7 +45,12 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
 def loss_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with a finite loss (health rows and NaN steps left out), for the chart."""
     return [r for r in rows if isinstance(r.get("loss"), (int, float)) and math.isfinite(r["loss"])
-            and "step" in r]
+            and _count(r.get("step")) is not None]
+
+
+def _count(value: Any) -> Optional[int]:
+    """A step count as written (an int ≥ 0); None for anything a damaged or hand-edited file holds instead."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def progress(run_dir: Path, rows: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
@@ -54,8 +59,8 @@ def progress(run_dir: Path, rows: Optional[list[dict[str, Any]]] = None) -> dict
     rows = metrics(run_dir) if rows is None else rows
     st = status(run_dir)
     steps = loss_rows(rows)
-    step = max([int(r["step"]) for r in steps] + [int(st.get("step") or 0)])
-    total = int(st.get("max_steps") or 0) or None
+    step = max([r["step"] for r in steps] + [_count(st.get("step")) or 0])
+    total = _count(st.get("max_steps")) or None
     times = [float(r["seconds"]) for r in steps[1:][-20:] if isinstance(r.get("seconds"), (int, float))]
     sps = statistics.median(times) if times else None
     eta = (total - step) * sps if (sps is not None and total) else None
@@ -87,14 +92,16 @@ def grid(run_dir: Path) -> Optional[Path]:
 
 
 def lora_files(run_dir: Path) -> list[Path]:
-    """The final LoRA first (when written), then step checkpoints, newest first."""
+    """The final LoRA first (when written), then step checkpoints, newest first, then the LoRA of the best
+    validation step (``save.keep_best``) and the EMA weights (``training.ema``) when the run wrote them."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
     name = run_dir.name
     final = run_dir / f"{name}.safetensors"
     steps = sorted(run_dir.glob("*-step*.safetensors"), reverse=True)
-    return ([final] if final.is_file() else []) + [p for p in steps if p.name.startswith(name + "-step")]
+    extra = [p for p in (run_dir / f"{name}-best.safetensors", run_dir / f"{name}-ema.safetensors") if p.is_file()]
+    return ([final] if final.is_file() else []) + [p for p in steps if p.name.startswith(name + "-step")] + extra
 
 
 def health(run_dir: Path, rows: list[dict[str, Any]], log_text: str = "") -> list[str]:
