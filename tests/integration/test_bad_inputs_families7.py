@@ -187,3 +187,46 @@ def test_flux2_variant_dev_on_klein_weights_says_what_the_weights_are(tmp_path):
     name = Path(toy("flux2")).name
     assert _line(exc) == (f"model.variant: 'dev', but {name} holds FLUX.2 Klein weights (custom, width 64; dev has "
                           "6144); use auto, base or distilled, or give the FLUX.2 dev file")
+
+
+# ------------------------------------------------------------------ tools: a LoRA of family A given with --family B
+
+def _flux2_toy_lora(path: Path) -> Path:
+    """A kohya FLUX.2 LoRA of the toy's width (64) with FLUX.2's metadata, as `lorakit train` writes them: FLUX.1 and
+    FLUX.2 share BFL's block names, so only the metadata tells them apart."""
+    from safetensors.torch import save_file
+
+    stem = "lora_unet_double_blocks_0_img_attn_proj"
+    save_file({f"{stem}.lora_down.weight": torch.ones(4, 64), f"{stem}.lora_up.weight": torch.zeros(64, 4),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(path),
+              metadata={"ss_base_model_version": "flux_2_klein_4b", "modelspec.architecture": "Flux.2-klein-4b/lora"})
+    return path
+
+
+@pytest.mark.parametrize("command", ["verify", "convert"])
+def test_a_flux2_lora_with_another_family_names_flux2_not_flux1(tmp_path, capsys, command):
+    # before: verify said "it fits flux1" (FLUX.1's names, the metadata ignored); convert said "kohya layout, but no
+    # module name fits sd3" without what it fits, and for a Z-Image LoRA with --family flux2 "fits flux2 or flux2 or
+    # flux2"
+    from lorakit.cli import main
+
+    lora = _flux2_toy_lora(tmp_path / "mine.safetensors")
+    extra = ["--to", "diffusers", "-o", str(tmp_path / "out.safetensors")] if command == "convert" else []
+    assert main([command, str(lora), "--family", "sd3", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"lorakit: error: {lora}: no module fits sd3 (--family); it fits flux2 (1 of 1 "
+                                    "modules): drop --family or pass --family flux2")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_verify_of_a_toy_size_lora_says_to_pass_base(tmp_path, capsys):
+    from lorakit.cli import main
+
+    lora = _flux2_toy_lora(tmp_path / "mine.safetensors")
+    assert main(["verify", str(lora)]) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "no key has the full-size model's shapes: a LoRA of a model of another size (a toy, a pruned model) is "
+        "checked with --base <its base checkpoint>")
+    assert main(["verify", str(lora), "--base", toy("flux2")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "every loader applies every key"

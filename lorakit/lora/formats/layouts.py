@@ -156,7 +156,7 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
     keys, n = choose_family(layout, stems, pool, stem_widths(groups))
     if n == 0:
         raise LorakitError(f"{where}: {layout} layout, but no module name fits "
-                           f"{' or '.join(f.family for f in pool)} (e.g. {stems[0] if stems else '-'})")
+                           f"{' or '.join(dict.fromkeys(f.family for f in pool))} (e.g. {stems[0] if stems else '-'})")
     modules: dict[str, Pair] = {}
     foreign: set[str] = set()
     fused_parts: dict[str, tuple[BaseModule, dict[int, Pair]]] = {}
