@@ -438,6 +438,20 @@ class ComponentsAdapter:
         if not deferred_placement(memory):
             self.comps.transformer.to(self.device)
 
+    def _text_parts(self) -> tuple[Any, Any]:
+        """(text encoder, tokenizer), checked once to go together: a tokenizer with more ids than the encoder embeds
+        (the shipped full Qwen tokenizer beside a small or unrelated encoder) is one line, not an IndexError mid-run."""
+        c = self._c()
+        encoder, tokenizer = c.text_encoder, c.tokenizer
+        if not getattr(self, "_vocab_checked", False):
+            rows = int(encoder.get_input_embeddings().num_embeddings)
+            if len(tokenizer) > rows:
+                raise ConfigError(f"model.tokenizer_dir: the tokenizer has {len(tokenizer)} tokens, but the text "
+                                  f"encoder {c.files.get('text_encoder', '')} embeds only {rows}; set "
+                                  "model.tokenizer_dir to the tokenizer folder that comes with this encoder")
+            self._vocab_checked = True
+        return encoder, tokenizer
+
     def _check_loaded(self) -> None:
         """Settings refused once the variant is known: a CFG scale for ``no_cfg_variant``."""
         if self.no_cfg_variant and self._c().variant == self.no_cfg_variant and \

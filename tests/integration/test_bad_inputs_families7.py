@@ -151,6 +151,19 @@ def test_flux2_encoder_too_shallow_is_refused_at_load_naming_the_file(tmp_path):
                           "use its own")
 
 
+def test_a_tokenizer_larger_than_the_encoders_vocabulary_is_one_line(tmp_path):
+    # before: IndexError (index out of range in self) at the first caption: no tokenizer_dir beside a small encoder
+    # took the shipped full Qwen3 tokenizer (151,669 ids)
+    model = {k: v for k, v in model_section("zimage").items() if k not in ("family", "tokenizer_dir")}
+    adapter = loaded_adapter("zimage", model, tmp_path)
+    rows = adapter._c().text_encoder.get_input_embeddings().num_embeddings
+    with pytest.raises(ConfigError) as exc:
+        adapter.encode_text(["a zkx shape"])
+    assert _line(exc) == (f"model.tokenizer_dir: the tokenizer has {len(adapter._c().tokenizer)} tokens, but the text "
+                          f"encoder {toy('zimage', 'text_encoder')} embeds only {rows}; set model.tokenizer_dir to the "
+                          "tokenizer folder that comes with this encoder")
+
+
 # ------------------------------------------------------------------ truncated files, a variant the weights contradict
 
 def _truncated(src: str, dst: Path) -> Path:
