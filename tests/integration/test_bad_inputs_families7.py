@@ -152,10 +152,10 @@ def test_flux2_encoder_too_shallow_is_refused_at_load_naming_the_file(tmp_path):
 
 
 def test_a_tokenizer_larger_than_the_encoders_vocabulary_is_one_line(tmp_path):
-    # before: IndexError (index out of range in self) at the first caption: no tokenizer_dir beside a small encoder
-    # took the shipped full Qwen3 tokenizer (151,669 ids)
-    model = {k: v for k, v in model_section("zimage").items() if k not in ("family", "tokenizer_dir")}
-    adapter = loaded_adapter("zimage", model, tmp_path)
+    # before: IndexError (index out of range in self) at the first caption, e.g. no tokenizer_dir beside a small
+    # encoder (the shipped full Qwen3 tokenizer, 151,669 ids) or another encoder's tokenizer folder (here Qwen-Image's
+    # toy tokenizer, 421 ids, beside Z-Image's toy encoder)
+    adapter = _load("zimage", tmp_path, tokenizer_dir=toy("qwenimage", "tokenizer_dir"))
     rows = adapter._c().text_encoder.get_input_embeddings().num_embeddings
     with pytest.raises(ConfigError) as exc:
         adapter.encode_text(["a zkx shape"])
