@@ -243,3 +243,22 @@ def test_verify_of_a_toy_size_lora_says_to_pass_base(tmp_path, capsys):
         "checked with --base <its base checkpoint>")
     assert main(["verify", str(lora), "--base", toy("flux2")]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "every loader applies every key"
+
+
+@pytest.mark.parametrize("command, does", [("verify", "verify checks"), ("convert", "convert converts")])
+def test_an_sd35_checkpoint_given_to_the_lora_tools_says_what_it_is(tmp_path, capsys, command, does):
+    # before: its bundled text_encoders.* keys made it a "comfyui layout" LoRA: verify printed a table of dropped keys
+    # (exit 1) and convert "comfyui layout, but no module name fits flux1 or … (e.g. -)"; a Z-Image transformer got
+    # "unknown LoRA layout" from convert
+    from lorakit.cli import main
+    from lorakit.models.registry import identify
+
+    for family in ("sd3", "zimage"):
+        path = toy(family)
+        extra = ["--to", "diffusers", "-o", str(tmp_path / "out.safetensors")] if command == "convert" else []
+        assert main([command, path, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err
+        assert err.splitlines()[-1] == f"lorakit: error: {path}: not a LoRA: this is {identify(Path(path)).what}; " \
+                                       f"{does} LoRA files"
+    assert not (tmp_path / "out.safetensors").exists()
