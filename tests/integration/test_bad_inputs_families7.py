@@ -262,3 +262,11 @@ def test_an_sd35_checkpoint_given_to_the_lora_tools_says_what_it_is(tmp_path, ca
         assert err.splitlines()[-1] == f"lorakit: error: {path}: not a LoRA: this is {identify(Path(path)).what}; " \
                                        f"{does} LoRA files"
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_sd15_model_vae_folder_is_not_said_to_be_missing(tmp_path):
+    folder = Path(toy("sd15", "config_dir")) / "vae"  # a diffusers VAE folder (its config; the weights beside it)
+    with pytest.raises(ConfigError) as exc:
+        _load("sd15", tmp_path, vae=str(folder))
+    assert _line(exc) == (f"model.vae: {folder} is a folder; give the VAE's .safetensors file (for a diffusers VAE "
+                          "folder: its diffusion_pytorch_model.safetensors)")

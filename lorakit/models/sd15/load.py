@@ -237,7 +237,11 @@ def open_components(model_cfg: Any, dtype: torch.dtype = torch.float32,
     def load_text() -> tuple[Any, Any]:
         return _frozen(guarded(encoder)), _tokenizer(cfg_dir if kind == "file" else path, tokenizer_dir)
 
-    if getattr(model_cfg, "vae", None) and not Path(model_cfg.vae).expanduser().is_file():
+    vae_path = Path(model_cfg.vae).expanduser() if getattr(model_cfg, "vae", None) else None
+    if vae_path is not None and vae_path.is_dir():  # was "does not exist" for a folder
+        raise ConfigError(f"model.vae: {vae_path} is a folder; give the VAE's .safetensors file (for a diffusers VAE "
+                          "folder: its diffusion_pytorch_model.safetensors)")
+    if vae_path is not None and not vae_path.is_file():
         raise ConfigError(f"model.vae: {model_cfg.vae} does not exist")
     sched = {k: v for k, v in _scheduler_config(cfg_dir).items() if not k.startswith("_")}
     return SD15Parts(unet=_frozen(guarded(unet)), scheduler_config=sched, variant=variant,
