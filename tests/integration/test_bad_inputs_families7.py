@@ -270,3 +270,17 @@ def test_sd15_model_vae_folder_is_not_said_to_be_missing(tmp_path):
         _load("sd15", tmp_path, vae=str(folder))
     assert _line(exc) == (f"model.vae: {folder} is a folder; give the VAE's .safetensors file (for a diffusers VAE "
                           "folder: its diffusion_pytorch_model.safetensors)")
+
+
+def test_verify_base_of_another_family_says_what_the_base_is(tmp_path, capsys):
+    # before: "--base …: no flux2 weight of any LoRA target in it; is it a flux2 single-file checkpoint?"
+    from lorakit.cli import main
+    from lorakit.models.registry import identify
+
+    lora, base = _flux2_toy_lora(tmp_path / "mine.safetensors"), toy("zimage", "ae")
+    assert main(["verify", str(lora), "--base", base]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"lorakit: error: --base {base}: this is {identify(Path(base)).what}, with no "
+                                    "flux2 weight of any LoRA target; give the flux2 single-file checkpoint the LoRA "
+                                    "was trained on")
