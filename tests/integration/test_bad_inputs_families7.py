@@ -284,3 +284,19 @@ def test_verify_base_of_another_family_says_what_the_base_is(tmp_path, capsys):
     assert err.splitlines()[-1] == (f"lorakit: error: --base {base}: this is {identify(Path(base)).what}, with no "
                                     "flux2 weight of any LoRA target; give the flux2 single-file checkpoint the LoRA "
                                     "was trained on")
+
+
+def test_network_weights_of_another_familys_lora_says_what_the_file_is_for(tmp_path):
+    from lorakit.train import warmstart
+
+    lora = _flux2_toy_lora(tmp_path / "mine.safetensors")
+    adapter = _load("zimage", tmp_path)
+    from lorakit.config.load import load_config
+    model = {k: str(v) for k, v in model_section("zimage").items()}
+    run = load_config(None, data={"model": model, "data": {"dir": str(tmp_path)}, "network": {"weights": str(lora)},
+                                  "training": {"device": "cpu", "mixed_precision": "no"}})
+    with pytest.raises(ConfigError) as exc:
+        warmstart.read(run, adapter, {}, {}, lambda *_: None)
+    assert _line(exc) == (f"network.weights: {lora}: kohya layout, but no module name fits zimage (e.g. "
+                          "lora_unet_double_blocks_0_img_attn_proj); the file says it is a LoRA of flux_2_klein_4b "
+                          "(ss_base_model_version)")

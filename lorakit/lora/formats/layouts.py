@@ -161,8 +161,10 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
         raise LorakitError(f"{where}: no key map for family {family!r}")
     keys, n = choose_family(layout, stems, pool, stem_widths(groups))
     if n == 0:
+        version = str((metadata or {}).get("ss_base_model_version", ""))  # what the file says it was trained for
         raise LorakitError(f"{where}: {layout} layout, but no module name fits "
-                           f"{' or '.join(dict.fromkeys(f.family for f in pool))} (e.g. {stems[0] if stems else '-'})")
+                           f"{' or '.join(dict.fromkeys(f.family for f in pool))} (e.g. {stems[0] if stems else '-'})"
+                           + (f"; the file says it is a LoRA of {version} (ss_base_model_version)" if version else ""))
     modules: dict[str, Pair] = {}
     foreign: set[str] = set()
     fused_parts: dict[str, tuple[BaseModule, dict[int, Pair]]] = {}
