@@ -300,3 +300,17 @@ def test_network_weights_of_another_familys_lora_says_what_the_file_is_for(tmp_p
     assert _line(exc) == (f"network.weights: {lora}: kohya layout, but no module name fits zimage (e.g. "
                           "lora_unet_double_blocks_0_img_attn_proj); the file says it is a LoRA of flux_2_klein_4b "
                           "(ss_base_model_version)")
+
+
+@pytest.mark.parametrize("which, width, named, takes", [("clip_l", 1280, "CLIP-G (model.clip_g)", "CLIP-L (768)"),
+                                                         ("clip_g", 768, "CLIP-L (model.clip_l)", "CLIP-G (1280)")])
+def test_sd3_swapped_clip_files_are_refused(which, width, named, takes):
+    # before: CLIP-L and CLIP-G swapped gave the same 2048-wide embedding and trained on wrong text features silently
+    from lorakit.models.sd3.load import build_clip
+
+    sd = {"text_model.embeddings.token_embedding.weight": torch.zeros(2, width),
+          "text_projection.weight": torch.zeros(width, width)}  # the widths are what the check reads
+    with pytest.raises(ModelLoadError) as exc:
+        build_clip(sd, torch.float32, which, "/m/te.safetensors")
+    assert _line(exc) == (f"model.{which}: /m/te.safetensors: a CLIP text encoder of width {width}, the {named}; "
+                          f"model.{which} takes the {takes}: swap model.clip_l and model.clip_g")

@@ -97,13 +97,18 @@ def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, which: str, wher
     if "embeddings.token_embedding.weight" not in sd:
         raise wrong_file(f"model.{which}", where, given, f"the CLIP text encoder SD3 needs for model.{which} (e.g. "
                          f"ComfyUI's text_encoders/{which}.safetensors)")
+    width = int(sd["embeddings.token_embedding.weight"].shape[1])
+    if width == {"clip_l": 1280, "clip_g": 768}[which]:  # the other CLIP: same total width, silently wrong embeddings
+        other, named = ("clip_g", "CLIP-G") if which == "clip_l" else ("clip_l", "CLIP-L")
+        raise ModelLoadError(f"model.{which}: {where}: a CLIP text encoder of width {width}, the {named} (model.{other});"
+                             f" model.{which} takes the {'CLIP-L (768)' if which == 'clip_l' else 'CLIP-G (1280)'}: "
+                             "swap model.clip_l and model.clip_g")
     default = configs.clip_l_config() if which == "clip_l" else configs.clip_g_config()
     cfg = clip_config(sd, base or default)
-    width = int(sd["embeddings.token_embedding.weight"].shape[1])
     if "text_projection.weight" not in sd:
         if which != "clip_l":
-            raise ModelLoadError(f"model.{which}: {where}: a CLIP-G without text_projection.weight; SD3 needs the pooled projection "
-                                 "(ComfyUI's clip_g.safetensors has it)")
+            raise ModelLoadError(f"model.{which}: {where}: a CLIP-G without text_projection.weight; SD3 needs the "
+                                 "pooled projection (ComfyUI's clip_g.safetensors has it)")
         log(f"sd3: {where} has no text_projection.weight; using the identity (as ComfyUI does for such CLIP-L files)")
         sd["text_projection.weight"] = torch.eye(width)
     cfg["projection_dim"] = int(sd["text_projection.weight"].shape[0])
