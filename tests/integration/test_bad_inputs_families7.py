@@ -314,3 +314,18 @@ def test_sd3_swapped_clip_files_are_refused(which, width, named, takes):
         build_clip(sd, torch.float32, which, "/m/te.safetensors")
     assert _line(exc) == (f"model.{which}: /m/te.safetensors: a CLIP text encoder of width {width}, the {named}; "
                           f"model.{which} takes the {takes}: swap model.clip_l and model.clip_g")
+
+
+def test_sd15_a_lora_as_checkpoint_names_a_key_that_exists(tmp_path):
+    # before: "…; load LoRAs with network.init" (no such key: it is network.weights)
+    from lorakit.config.load import field_specs
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "mine.safetensors"
+    stem = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{stem}.lora_down.weight": torch.ones(4, 32), f"{stem}.lora_up.weight": torch.zeros(32, 4)}, str(lora))
+    with pytest.raises(ModelLoadError) as exc:
+        _load("sd15", tmp_path, checkpoint=str(lora))
+    assert _line(exc) == (f"model.checkpoint: {lora} is a LoRA file, not an SD 1.x checkpoint; model.checkpoint takes "
+                          "the base model; a LoRA to start from goes in network.weights")
+    assert "weights" in field_specs()["network"]

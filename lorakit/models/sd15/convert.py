@@ -60,7 +60,7 @@ def detect(header: Mapping[str, Any], metadata: Mapping[str, str], path: Path) -
         return _raise(refuse("a Stable Diffusion 3 (MMDiT) checkpoint", 'set model.family = "sd3"'))
     if not _has(keys, UNET_PREFIX):
         if _has(keys, "lora_unet_") or any(".lora_" in k or "lora_A" in k for k in keys):
-            return _raise(refuse("a LoRA file", "model.checkpoint takes the base model; load LoRAs with network.init"))
+            return _raise(refuse("a LoRA file", "model.checkpoint takes the base model; a LoRA to start from goes in network.weights"))
         if _has(keys, "encoder.down.") or _has(keys, "decoder.up.") or _has(keys, VAE_PREFIX) and len(keys) < 300:
             return _raise(refuse("a bare VAE", "give it as model.vae and a full SD 1.5 file as model.checkpoint"))
         from lorakit.models.registry import identify_header  # what it is instead (a Z-Image transformer, an encoder)
