@@ -557,6 +557,38 @@ def _default_out(src: Path, suffix: str, layout: str) -> Path:
     return src.with_name(src.stem + suffix + ("" if layout == "peft" else ".safetensors"))
 
 
+def _refuse_not_lora(path: Path, tensors: dict, does: str) -> None:
+    """A file in no LoRA layout (a checkpoint, an encoder, ...): one line saying what it is (``does``: what the
+    command does with LoRA files)."""
+    from lorakit.lora.formats.layouts import detect_layout
+
+    if detect_layout(tensors) is None and path.is_file():
+        from lorakit.models.registry import identify
+
+        kind = identify(path)
+        raise LorakitError(f"{path}: not a LoRA: this is {kind.what}; {does} LoRA files" if kind.role != "lora"
+                           else f"{path}: unknown LoRA layout; {does.split()[0]} reads kohya, comfyui, diffusers, peft")
+
+
+def _refuse_family_misfit(path: Path, tensors: dict, family: str, extra: set = frozenset()) -> None:
+    """--family that fits none of a LoRA's modules: one line naming the family the file fits (its metadata's first:
+    FLUX.2 shares FLUX.1's names) and what to pass; nothing when no family fits (the reader says so)."""
+    from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys, stem_widths
+
+    layout = detect_layout(tensors) or "kohya"
+    groups = group_keys(tensors)[0]
+    stems = sorted(set(groups) | set(extra))
+    if choose_family(layout, stems, _keymaps(family), stem_widths(groups))[1]:
+        return
+    named = _named_family(path, None)
+    other, m = choose_family(layout, stems, _keymaps(named), stem_widths(groups)) if named else (None, 0)
+    if not m:
+        other, m = choose_family(layout, stems, _keymaps(), stem_widths(groups))
+    if m:
+        raise LorakitError(f"{path}: no module fits {family} (--family); it fits {other.family} "
+                           f"({m} of {len(stems)} modules): drop --family or pass --family {other.family}")
+
+
 def cmd_verify(args) -> int:
     from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys, stem_widths
     from lorakit.lora.io import load_lora_file
@@ -566,22 +598,15 @@ def cmd_verify(args) -> int:
 
     tensors, _ = load_lora_file(Path(args.file))
     lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
-    if not lyco and detect_layout(tensors) is None and Path(args.file).is_file():  # a checkpoint, an encoder, ...
-        from lorakit.models.registry import identify
-
-        kind = identify(Path(args.file))
-        raise LorakitError(f"{args.file}: not a LoRA: this is {kind.what}; verify checks LoRA files" if kind.role !=
-                           "lora" else f"{args.file}: unknown LoRA layout; verify reads kohya, comfyui, diffusers, peft")
+    if not lyco:
+        _refuse_not_lora(Path(args.file), tensors, "verify checks")
     maps = _keymaps(_named_family(Path(args.file), args.family))
     layout = detect_layout(tensors) or "kohya"
     groups = group_keys(tensors)[0]
     stems = sorted(set(groups) | lyco)
     keys, n = choose_family(layout, stems, maps, stem_widths(groups))
     if args.family and n == 0:  # --family that fits none of the file's modules: say which family it fits
-        other, m = choose_family(layout, stems, _keymaps(), stem_widths(groups))
-        if m:
-            raise LorakitError(f"{args.file}: no module fits {args.family} (--family); it fits {other.family} "
-                               f"({m} of {len(stems)} modules): drop --family or pass --family {other.family}")
+        _refuse_family_misfit(Path(args.file), tensors, args.family, lyco)
     if args.base:
         keys = base_keymap(keys, Path(args.base))
     report = verify(tensors, keys)
@@ -593,6 +618,14 @@ def cmd_convert(args) -> int:
     from lorakit.lora.tools.files import base_keymap, load_state, save_state
 
     src = Path(args.file)
+    if src.is_file():  # a checkpoint given as the LoRA; a LoRA of another family: say which --family it takes
+        from lorakit.lora.io import load_lora_file
+        from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
+        tensors = load_lora_file(src)[0]
+        if not any(k.endswith(LYCORIS_SUFFIXES) for k in tensors):
+            _refuse_not_lora(src, tensors, "convert converts")
+        if args.family:
+            _refuse_family_misfit(src, tensors, args.family)
     family = _named_family(src, args.family)
     maps = _keymaps(family)
     state = load_state(src, maps, family)

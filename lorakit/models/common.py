@@ -37,7 +37,11 @@ __all__ = ["cache_root", "LazyPart", "LazyParts", "block_indices", "chosen_block
 
 
 class LazyPart:
-    """A descriptor: ``obj.<name>`` calls ``obj._loaders[name]()`` once and keeps the result in ``obj._parts``."""
+    """A descriptor: ``obj.<name>`` calls ``obj._loaders[name]()`` once and keeps the result in ``obj._parts``; a
+    ModelLoadError of the read (a truncated file) names the ``[model]`` key, ``key`` or ``model.<name>``."""
+
+    def __init__(self, key: Optional[str] = None) -> None:
+        self.key = key
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -46,11 +50,25 @@ class LazyPart:
         if obj is None:
             return self
         if self.name not in obj._parts:
-            obj._parts[self.name] = obj._loaders[self.name]()
+            with keyed(self.key or f"model.{self.name}"):
+                obj._parts[self.name] = obj._loaders[self.name]()
         return obj._parts[self.name]
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj._parts[self.name] = value
+
+
+@contextlib.contextmanager
+def keyed(key: str) -> Iterator[None]:
+    """A ModelLoadError raised inside that names no ``model.`` key (the readers know the file, not the setting) is
+    raised again with ``key`` in front, so the line says which setting to change."""
+    from lorakit.errors import ModelLoadError
+    try:
+        yield
+    except ModelLoadError as exc:
+        if str(exc).startswith("model."):
+            raise
+        raise ModelLoadError(f"{key}: {exc}") from None
 
 
 class LazyParts:
@@ -151,7 +169,38 @@ def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:
     src = Path(model_cfg.checkpoint).expanduser()
     if not src.exists():
         raise ConfigError(f"model.checkpoint: {src} not found ({model} loads local files only)")
+    if src.is_file() and shards(src, "model.checkpoint") == [src]:
+        with keyed("model.checkpoint"):  # a truncated file too
+            _refuse_other_family(model_cfg)  # another family's file, an encoder, a LoRA: the file, what it is, what to set
     return src
+
+
+def what_file(sd: Mapping[str, Any]) -> str:
+    """What a weights file holds (its tensors or header entries, as read), for the one-line refusal of a wrong file:
+    lorakit's one detector (:func:`lorakit.models.registry.identify_header`), never a family's own guess."""
+    from lorakit.models.registry import identify_header
+    return identify_header({k: {"shape": list(tensor_shape(v))} for k, v in sd.items() if k != "__metadata__"}).what
+
+
+def wrong_file(key: str, where: str, sd: Mapping[str, Any], wanted: str) -> Exception:
+    """The ModelLoadError for a file of another kind given as ``key`` (``model.text_encoder``): the key, the file
+    (``where``), what it is and what to give there (``wanted``)."""
+    from lorakit.errors import ModelLoadError
+    head = key if not where or where == key else f"{key}: {where}"
+    return ModelLoadError(f"{head}: this is {what_file(sd)}, not {wanted}")
+
+
+def refuse_checkpoint_as(key: str, path: Any, families: tuple[str, ...], wanted: str) -> None:
+    """``model.vae`` / ``model.ae`` naming a base model of a family not in ``families`` (an SD3.5 or SDXL checkpoint
+    whose bundled VAE is another model's): one ModelLoadError line; other files pass (the loader checks them)."""
+    from lorakit.errors import ModelLoadError
+    from lorakit.models.registry import identify
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return
+    kind = identify(p)
+    if kind.family is not None and kind.family not in families:
+        raise ModelLoadError(f"{key}: {p} is {kind.what}, not {wanted}")
 
 
 def need_file(model_cfg: Any, role: str, what: str, model: str) -> Path:
@@ -388,6 +437,20 @@ class ComponentsAdapter:
         self._check_loaded()
         if not deferred_placement(memory):
             self.comps.transformer.to(self.device)
+
+    def _text_parts(self) -> tuple[Any, Any]:
+        """(text encoder, tokenizer), checked once to go together: a tokenizer with more ids than the encoder embeds
+        (the shipped full Qwen tokenizer beside a small or unrelated encoder) is one line, not an IndexError mid-run."""
+        c = self._c()
+        encoder, tokenizer = c.text_encoder, c.tokenizer
+        if not getattr(self, "_vocab_checked", False):
+            rows = int(encoder.get_input_embeddings().num_embeddings)
+            if len(tokenizer) > rows:
+                raise ConfigError(f"model.tokenizer_dir: the tokenizer has {len(tokenizer)} tokens, but the text "
+                                  f"encoder {c.files.get('text_encoder', '')} embeds only {rows}; set "
+                                  "model.tokenizer_dir to the tokenizer folder that comes with this encoder")
+            self._vocab_checked = True
+        return encoder, tokenizer
 
     def _check_loaded(self) -> None:
         """Settings refused once the variant is known: a CFG scale for ``no_cfg_variant``."""

@@ -229,4 +229,7 @@ def require_base(path, family: str, key: str = "model.checkpoint") -> "FileKind"
         hint = "; give the base model here (the LoRA is what training writes)"
     elif kind.family is not None:
         hint = f"; set model.family = \"{kind.family}\" to train on it"
+    elif kind.role == "component":  # an encoder or a VAE: it has its own [model] key
+        hint = (f"; {key} takes the diffusion model itself (a file or a diffusers folder), text encoders and VAEs go "
+                "in their own [model] keys")
     raise ModelLoadError(f"{key}: {path} is {kind.what}, not a base model the {family} family trains on{hint}")

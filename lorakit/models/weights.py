@@ -59,6 +59,8 @@ def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -
         try:
             return load_file(str(p))
         except Exception as e:  # header errors, truncation
+            from lorakit.safetensors_header import read_safetensors_header
+            read_safetensors_header(p)  # the one header reader's line ("truncated file: tensor ... ends at byte ...")
             raise ModelLoadError(f"{p}: not a readable .safetensors file ({e})") from None
     if not allow_pickle:
         raise ModelLoadError(f"{p}: only .safetensors files are loaded; set model.allow_pickle = true to load "

@@ -175,7 +175,8 @@ def test_loading_layouts(tmp_path, models, files):
     # another family's file / a wrong file in a role: one line naming what it is
     from lorakit.models.flux1.load import write_tiny_checkpoint as flux1_tiny
     f1 = flux1_tiny(tmp_path / "f1")
-    with pytest.raises(ModelLoadError, match="this is a FLUX.1 transformer, not a Qwen-Image transformer"):
+    with pytest.raises(ModelLoadError, match=r"is a FLUX.1-dev-layout transformer .*, not a base model the qwenimage "
+                                             r"family trains on; set model.family = \"flux1\""):
         load_components(tiny.model_cfg({**files, "checkpoint": f1["checkpoint"]}), torch.float32, quiet)
     bad = load_components(tiny.model_cfg({**files, "text_encoder": f1["t5xxl"], "vae": f1["ae"]}), torch.float32, quiet)
     with pytest.raises(ModelLoadError, match="this is a T5 text encoder, not the Qwen2.5-VL-7B"):

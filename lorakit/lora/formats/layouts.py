@@ -69,12 +69,18 @@ def group_keys(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, to
     return groups, loose
 
 
+def _lora_key(key: str) -> bool:
+    from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
+    return key.endswith((".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha")
+                        + LYCORIS_SUFFIXES)
+
+
 def detect_layout(keys: Iterable[str]) -> Optional[str]:
     keys = list(keys)
     if any(k.startswith(PEFT_PREFIX) for k in keys):
         return "peft"
-    if any(k.startswith(("diffusion_model.", "text_encoders.")) for k in keys):
-        return "comfyui"
+    if any(k.startswith(("diffusion_model.", "text_encoders.")) for k in keys) and any(_lora_key(k) for k in keys):
+        return "comfyui"  # the LoRA keys, not an SD3.5 checkpoint's bundled text_encoders.clip_l.transformer.…
     if any(k.startswith("lora_") and (k.endswith(".lora_down.weight") or k.endswith(".lora_up.weight")) for k in keys):
         return "kohya"
     if any(k.startswith(("unet.", "transformer.", "text_encoder.", "text_encoder_2.")) and
@@ -155,8 +161,10 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
         raise LorakitError(f"{where}: no key map for family {family!r}")
     keys, n = choose_family(layout, stems, pool, stem_widths(groups))
     if n == 0:
+        version = str((metadata or {}).get("ss_base_model_version", ""))  # what the file says it was trained for
         raise LorakitError(f"{where}: {layout} layout, but no module name fits "
-                           f"{' or '.join(f.family for f in pool)} (e.g. {stems[0] if stems else '-'})")
+                           f"{' or '.join(dict.fromkeys(f.family for f in pool))} (e.g. {stems[0] if stems else '-'})"
+                           + (f"; the file says it is a LoRA of {version} (ss_base_model_version)" if version else ""))
     modules: dict[str, Pair] = {}
     foreign: set[str] = set()
     fused_parts: dict[str, tuple[BaseModule, dict[int, Pair]]] = {}

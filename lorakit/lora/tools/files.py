@@ -159,8 +159,9 @@ def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
     header, _ = read_safetensors_header(base)
     by_key, prefix = _checkpoint_modules(keys, header)
     if not by_key:
-        raise LorakitError(f"--base {base}: no {keys.family} weight of any LoRA target in it; is it a "
-                           f"{keys.family} single-file checkpoint?")
+        from lorakit.models.registry import identify  # what it is instead (the one detector, as inspect --base)
+        raise LorakitError(f"--base {base}: this is {identify(base).what}, with no {keys.family} weight of any LoRA "
+                           f"target; give the {keys.family} single-file checkpoint the LoRA was trained on")
     shapes = {k[len(prefix):]: tuple(header[k]["shape"]) for k in by_key}
     present = {m.component for ms in by_key.values() for m in ms}
     fitted = keys.with_shapes(shapes)

@@ -223,4 +223,8 @@ def render(report: dict[str, Any], limit: int = 8) -> str:
                  if report["ok"] and report.get("variants") else
                  "every loader applies every key" if report["ok"] else
                  "some loader would drop keys (see above); exit code 1")
+    checked = [r for r in report["loaders"].values() if r.get("unsupported") is not True]
+    if checked and all(r["mismatched"] and not r["applied"] for r in checked):  # every shape off: another size's LoRA
+        lines.append("no key has the full-size model's shapes: a LoRA of a model of another size (a toy, a pruned "
+                     "model) is checked with --base <its base checkpoint>")
     return "\n".join(lines)

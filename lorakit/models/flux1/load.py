@@ -58,10 +58,10 @@ class LazyFluxComponents(LazyParts):
     reading it. Each loader returns exactly what the eager load builds (frozen, eval mode)."""
 
     clip_l = LazyPart()
-    t5 = LazyPart()
+    t5 = LazyPart("model.t5xxl")
     ae = LazyPart()
-    clip_tokenizer = LazyPart()
-    t5_tokenizer = LazyPart()
+    clip_tokenizer = LazyPart("model.tokenizer_dir")
+    t5_tokenizer = LazyPart("model.tokenizer_dir")
 
     def __init__(self, transformer: nn.Module, variant: str, files: dict[str, Path],
                  loaders: dict[str, Callable[[], Any]]) -> None:

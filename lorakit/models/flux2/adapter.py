@@ -137,8 +137,9 @@ class Adapter(common.ComponentsAdapter):
         from .text import encode_mistral, encode_qwen3
         c = self._c()
         fn = encode_mistral if c.shape.size == "dev" else encode_qwen3
-        with self._on_device(c.text_encoder):
-            emb, _ids, _mask = fn(c.text_encoder, c.tokenizer, captions, max_length=self.text_length())
+        encoder, tokenizer = self._text_parts()
+        with self._on_device(encoder):
+            emb, _ids, _mask = fn(encoder, tokenizer, captions, max_length=self.text_length())
         return {"prompt_embeds": emb.cpu()}
 
     # ------------------------------------------------------------------------------------------ objective

@@ -21,7 +21,7 @@ import torch
 
 from lorakit.errors import ModelLoadError
 from lorakit.models import common
-from lorakit.models.common import strip_prefix, tensor_shape as _shape  # noqa: F401 (re-exported)
+from lorakit.models.common import strip_prefix, tensor_shape as _shape, wrong_file  # noqa: F401 (re-exported)
 
 from . import configs
 
@@ -235,8 +235,10 @@ def ae_diffusers_to_bfl(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def infer_ae_config(sd: Mapping[str, Any], base: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """AutoencoderKLFlux2 config with widths, depth and latent channels read from BFL AE weights."""
+def infer_ae_config(sd: Mapping[str, Any], base: Optional[dict[str, Any]] = None,
+                    where: str = "FLUX.2 autoencoder") -> dict[str, Any]:
+    """AutoencoderKLFlux2 config with widths, depth and latent channels read from BFL AE weights (``where``: how the
+    errors name the file)."""
     cfg = dict(configs.ae_config())
     cfg.update(base or {})
     try:
@@ -248,9 +250,9 @@ def infer_ae_config(sd: Mapping[str, Any], base: Optional[dict[str, Any]] = None
         if widths[0] % groups:
             groups = max(g for g in range(1, widths[0] + 1) if widths[0] % g == 0 and g <= 32)
     except KeyError as e:
-        raise ModelLoadError(f"FLUX.2 autoencoder: missing tensor {e.args[0]!r}") from None
+        raise ModelLoadError(f"{where}: missing tensor {e.args[0]!r}; truncated file?") from None
     if "bn.running_mean" not in sd:
-        raise ModelLoadError("FLUX.2 autoencoder: no bn.running_mean; this looks like the FLUX.1 ae.safetensors "
+        raise ModelLoadError(f"{where}: no bn.running_mean; this looks like the FLUX.1 ae.safetensors "
                              "(16 channels); FLUX.2 needs its own ae.safetensors (32 channels, with batch norm)")
     cfg.update(block_out_channels=widths, down_block_types=["DownEncoderBlock2D"] * n,
                up_block_types=["UpDecoderBlock2D"] * n, norm_num_groups=groups)
@@ -259,16 +261,24 @@ def infer_ae_config(sd: Mapping[str, Any], base: Optional[dict[str, Any]] = None
 
 # ----------------------------------------------------------------------------------------------- text encoders
 
+WANTED_ENCODER = ("a Qwen3 / Mistral text encoder (FLUX.2 Klein 4B: Qwen3-4B, Klein 9B: Qwen3-8B, dev: Mistral Small "
+                  "3.1)")
+
+
 def text_encoder_state(sd: Mapping[str, torch.Tensor], where: str) -> tuple[str, dict[str, torch.Tensor]]:
     """('qwen3' | 'mistral', state dict in the names of transformers' bare decoder model (``layers.N...``)).
 
     Accepts HF causal-LM files (``model.layers``), bare ones (``layers``), and Mistral 3's multimodal names
     (``language_model.model.layers`` / ``model.language_model.layers``); the vision tower, the projector and
     ``lm_head`` (unused: only hidden states are taken) are dropped."""
+    if any(k.endswith("layers.0.self_attn.q_proj.bias") for k in sd) and \
+            not any(k.endswith("layers.0.self_attn.q_norm.weight") for k in sd):
+        # a Qwen2 / Qwen2.5-VL encoder (biased q/k/v, no q/k norm: Qwen-Image's) would pass as a Mistral of wrong heads
+        raise wrong_file("model.text_encoder", where, sd, WANTED_ENCODER)
     for p in ("model.language_model.", "language_model.model.", "model.", ""):
         if f"{p}layers.0.self_attn.q_proj.weight" in sd:
             out = {k[len(p):]: v for k, v in sd.items() if k.startswith(p) and k[len(p):].split(".")[0] in
                    ("embed_tokens", "layers", "norm")}
             kind = "qwen3" if "layers.0.self_attn.q_norm.weight" in out else "mistral"
             return kind, out
-    raise ModelLoadError(f"{where}: this is {what_is(sd)}, not a Qwen3 / Mistral text encoder")
+    raise wrong_file("model.text_encoder", where, sd, WANTED_ENCODER)

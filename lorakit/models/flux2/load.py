@@ -28,7 +28,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
-    qwen_tokenizer_for, tokenizer_folder
+    qwen_tokenizer_for, tokenizer_folder, wrong_file
 
 from . import configs
 from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infer_ae_config, layout, strip_prefix,
@@ -136,12 +136,12 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mode
              base: Optional[dict[str, Any]] = None) -> nn.Module:
     """AutoencoderKLFlux2 from a BFL ``ae.safetensors`` or a diffusers-layout VAE file."""
     from diffusers import AutoencoderKLFlux2
-    if not any(k.endswith("encoder.conv_in.weight") for k in sd):
-        raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the FLUX.2 autoencoder")
+    if "encoder.conv_in.weight" not in sd:  # exact: an SDXL / SD3 file's bundled VAE (first_stage_model.) is not it
+        raise wrong_file("model.ae", where, sd, "the FLUX.2 autoencoder (BFL's FLUX.2 ae.safetensors)")
     if any(k.startswith("encoder.down_blocks.") for k in sd):          # diffusers layout already
         from .convert import ae_diffusers_to_bfl
         sd = ae_diffusers_to_bfl(sd)
-    cfg = infer_ae_config(sd, base)
+    cfg = infer_ae_config(sd, base, f"model.ae: {where}" if where != "model.ae" else where)
     dsd = ae_bfl_to_diffusers(_upcast(sd, dtype), cfg)
     with torch.device("meta"):
         model = AutoencoderKLFlux2(**{k: v for k, v in cfg.items() if not k.startswith("_")})
@@ -165,7 +165,7 @@ class Flux2Components(LazyParts):
 
     text_encoder = LazyPart()
     ae = LazyPart()
-    tokenizer = LazyPart()
+    tokenizer = LazyPart("model.tokenizer_dir")
 
 
 def variant_name(shape: Shape, distilled: bool) -> str:
@@ -188,6 +188,9 @@ def resolve_distilled(shape: Shape, wanted: str, index_flag: Optional[bool], nam
         if index_flag is not None and index_flag != (wanted == "distilled"):
             raise ConfigError(f"model.variant: {wanted!r}, but model_index.json says is_distilled = {index_flag}")
         return wanted == "distilled", "model.variant"
+    if wanted == "dev":  # a FLUX.2 name, but the weights decide the size
+        raise ConfigError(f"model.variant: 'dev', but {name} holds FLUX.2 Klein weights ({shape.size}, width "
+                          f"{shape.hidden}; dev has 6144); use auto, base or distilled, or give the FLUX.2 dev file")
     if wanted not in ("auto", "", None):
         raise ConfigError(f"model.variant: {wanted!r} is not a FLUX.2 choice; use auto, base or distilled")
     if index_flag is not None:
@@ -293,6 +296,10 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             raise ModelLoadError(f"model.text_encoder: {te_src} is a {kind} encoder of width {model.config.hidden_size}"
                                  f" (prompt width {3 * model.config.hidden_size}); this FLUX.2 {shape.size} "
                                  f"transformer takes {shape.text_dim}: use {need}")
+        layers = configs.MISTRAL_LAYERS if kind == "mistral" else configs.QWEN3_LAYERS
+        if max(layers) > int(model.config.num_hidden_layers):  # before any encoding, naming the file
+            raise ModelLoadError(f"model.text_encoder: {te_src} has {model.config.num_hidden_layers} layers; FLUX.2 "
+                                 f"takes its hidden states {layers}: use {NEEDED_ENCODER.get(shape.size, 'its own')}")
         return model
 
     def kind() -> str:

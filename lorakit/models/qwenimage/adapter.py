@@ -148,9 +148,9 @@ class Adapter(common.ComponentsAdapter):
     def encode_text(self, captions: list[str]) -> dict[str, torch.Tensor]:
         """{"prompt_embeds": [B, L, 3584], "prompt_mask": [B, L]}, L = training.text_max_length (512)."""
         from .text import encode
-        c = self._c()
-        with self._on_device(c.text_encoder):
-            emb, mask = encode(c.text_encoder, c.tokenizer, captions, max_length=self.text_length())
+        encoder, tokenizer = self._text_parts()
+        with self._on_device(encoder):
+            emb, mask = encode(encoder, tokenizer, captions, max_length=self.text_length())
         return {"prompt_embeds": emb.float().cpu(), "prompt_mask": mask.cpu()}
 
     # ------------------------------------------------------------------------------------------ objective

@@ -28,7 +28,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
-    qwen_tokenizer_for
+    qwen_tokenizer_for, wrong_file
 
 from . import configs
 from .convert import Shape, detect, text_weights, transformer_config, vae_to_diffusers, what_is
@@ -78,11 +78,11 @@ def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: s
     """Qwen2_5_VLTextModel (Qwen2.5-VL's language model) from Qwen2.5-VL weights in any stored layout."""
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
-    kind = what_is(sd)
+    kind, given = what_is(sd), sd
     sd = text_weights(sd)
     if kind != "a Qwen2 / Qwen2.5-VL text encoder" or "embed_tokens.weight" not in sd:
-        raise ModelLoadError(f"{where}: this is {kind}, not the Qwen2.5-VL-7B text encoder Qwen-Image uses (e.g. "
-                             "ComfyUI's text_encoders/qwen_2.5_vl_7b.safetensors)")
+        raise wrong_file("model.text_encoder", where, given, "the Qwen2.5-VL-7B text encoder Qwen-Image uses (e.g. "
+                         "ComfyUI's text_encoders/qwen_2.5_vl_7b.safetensors)")
     emb, q = sd["embed_tokens.weight"], sd["layers.0.self_attn.q_proj.weight"]
     cfg = dict(base.get("text_config", base) if base else configs.text_config())
     width = int(q.shape[0])
@@ -110,8 +110,8 @@ def build_vae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mod
     """AutoencoderKLQwenImage from Wan 2.1 original-layout (ComfyUI) or diffusers-layout weights."""
     from diffusers import AutoencoderKLQwenImage
     if "decoder.middle.0.residual.0.gamma" not in sd and "decoder.mid_block.resnets.0.norm1.gamma" not in sd:
-        raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the Qwen-Image autoencoder (e.g. ComfyUI's "
-                             "vae/qwen_image_vae.safetensors)")
+        raise wrong_file("model.vae", where, sd, "the Qwen-Image autoencoder (e.g. ComfyUI's "
+                         "vae/qwen_image_vae.safetensors)")
     sd = vae_to_diffusers(sd)
     cfg = {k: v for k, v in (base or configs.vae_config()).items() if not k.startswith("_")}
     conv_in = sd["encoder.conv_in.weight"]
@@ -139,7 +139,7 @@ class QwenImageComponents(LazyParts):
 
     text_encoder = LazyPart()
     vae = LazyPart()
-    tokenizer = LazyPart()
+    tokenizer = LazyPart("model.tokenizer_dir")
 
 
 def _tokenizer_loader(model_cfg: Any, folder: Optional[Path], log: Callable[[str], None]) -> Callable[[], Any]:

@@ -48,7 +48,7 @@ def detect(header: Mapping[str, Any], metadata: Mapping[str, str], path: Path) -
     keys = [k for k in header if k != "__metadata__"]
 
     def refuse(what: str, hint: str) -> ModelLoadError:
-        return ModelLoadError(f"{path}: this is {what}, not an SD 1.x checkpoint; {hint}")
+        return ModelLoadError(f"model.checkpoint: {path} is {what}, not an SD 1.x checkpoint; {hint}")
 
     if _has(keys, "conditioner.embedders.1.model.") or _has(keys, UNET_PREFIX + "label_emb."):
         return _raise(refuse("an SDXL checkpoint", 'set model.family = "sdxl"'))
@@ -57,14 +57,19 @@ def detect(header: Mapping[str, Any], metadata: Mapping[str, str], path: Path) -
         return _raise(refuse("a FLUX.2 transformer" if flux2 else "a FLUX.1 transformer",
                              f'set model.family = "{"flux2" if flux2 else "flux1"}"'))
     if any(".joint_blocks." in f".{k}" for k in keys):
-        return _raise(refuse("a Stable Diffusion 3 (MMDiT) checkpoint", "SD3 is not an SD 1.x family"))
+        return _raise(refuse("a Stable Diffusion 3 (MMDiT) checkpoint", 'set model.family = "sd3"'))
     if not _has(keys, UNET_PREFIX):
         if _has(keys, "lora_unet_") or any(".lora_" in k or "lora_A" in k for k in keys):
-            return _raise(refuse("a LoRA file", "model.checkpoint takes the base model; load LoRAs with network.init"))
+            return _raise(refuse("a LoRA file", "model.checkpoint takes the base model; a LoRA to start from goes in network.weights"))
         if _has(keys, "encoder.down.") or _has(keys, "decoder.up.") or _has(keys, VAE_PREFIX) and len(keys) < 300:
             return _raise(refuse("a bare VAE", "give it as model.vae and a full SD 1.5 file as model.checkpoint"))
-        return _raise(ModelLoadError(f"{path}: no UNet weights (model.diffusion_model.*); give a full SD 1.5 "
-                                     f".safetensors file (UNet, VAE and CLIP-L) or a diffusers folder"))
+        from lorakit.models.registry import identify_header  # what it is instead (a Z-Image transformer, an encoder)
+        kind = identify_header(dict(header))
+        if kind.family is not None:
+            return _raise(refuse(kind.what, f'set model.family = "{kind.family}"'))
+        what = f"this is {kind.what}, with " if kind.role == "component" else ""
+        return _raise(ModelLoadError(f"model.checkpoint: {path}: {what}no UNet weights (model.diffusion_model.*); give "
+                                     "a full SD 1.5 .safetensors file (UNet, VAE and CLIP-L) or a diffusers folder"))
     in_conv = header.get(_IN_CONV, {}).get("shape") or []
     if len(in_conv) == 4 and in_conv[1] == 9:
         return _raise(refuse("an inpainting model (9 input channels)", "train LoRAs on the 4-channel base model"))

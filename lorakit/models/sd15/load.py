@@ -147,6 +147,9 @@ def _vae_file(model_cfg: Any, cfg_dir: Path) -> Any:
     if vae_path.suffix.lower() in PICKLE_SUFFIXES and not getattr(model_cfg, "allow_pickle", False):
         raise ConfigError(f"model.vae: {vae_path} is a pickle file; convert it to .safetensors or set "
                           f"model.allow_pickle = true if you trust it")
+    from lorakit.models.common import refuse_checkpoint_as  # an SDXL file's VAE has SD 1.5's shapes, not its latents
+    refuse_checkpoint_as("model.vae", vae_path, ("sd15",), "an SD 1.5 VAE (e.g. vae-ft-mse-840000-ema-pruned"
+                         ".safetensors)")
     try:
         return AutoencoderKL.from_single_file(str(vae_path), config=str(cfg_dir), subfolder="vae",
                                               local_files_only=True)
@@ -177,7 +180,9 @@ def open_components(model_cfg: Any, dtype: torch.dtype = torch.float32,
     kind, path, cfg_dir = _source(model_cfg)
     tokenizer_dir = getattr(model_cfg, "tokenizer_dir", None)
     if kind == "file":
-        variant = _pickle_variant(path) if path.suffix.lower() in PICKLE_SUFFIXES else detect_file(path)
+        from lorakit.models.common import keyed
+        with keyed("model.checkpoint"):  # a truncated file: the header reader's line, with the key
+            variant = _pickle_variant(path) if path.suffix.lower() in PICKLE_SUFFIXES else detect_file(path)
         failed = f"{path}: could not be loaded as SD 1.5 with configs from {cfg_dir}"
 
         def unet() -> Any:
@@ -232,7 +237,11 @@ def open_components(model_cfg: Any, dtype: torch.dtype = torch.float32,
     def load_text() -> tuple[Any, Any]:
         return _frozen(guarded(encoder)), _tokenizer(cfg_dir if kind == "file" else path, tokenizer_dir)
 
-    if getattr(model_cfg, "vae", None) and not Path(model_cfg.vae).expanduser().is_file():
+    vae_path = Path(model_cfg.vae).expanduser() if getattr(model_cfg, "vae", None) else None
+    if vae_path is not None and vae_path.is_dir():  # was "does not exist" for a folder
+        raise ConfigError(f"model.vae: {vae_path} is a folder; give the VAE's .safetensors file (for a diffusers VAE "
+                          "folder: its diffusion_pytorch_model.safetensors)")
+    if vae_path is not None and not vae_path.is_file():
         raise ConfigError(f"model.vae: {model_cfg.vae} does not exist")
     sched = {k: v for k, v in _scheduler_config(cfg_dir).items() if not k.startswith("_")}
     return SD15Parts(unet=_frozen(guarded(unet)), scheduler_config=sched, variant=variant,

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
-from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, shards
+from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, refuse_checkpoint_as, shards, \
+    wrong_file
 
 from . import configs
 from .convert import ENCODER_PREFIXES, Shape, detect, layout, original_to_diffusers, strip_prefix, \
@@ -90,18 +91,24 @@ def build_clip(sd: dict[str, torch.Tensor], dtype: torch.dtype, which: str, wher
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from lorakit.models.clip_t5 import clip_config
+    given = sd
     sd = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if k != "logit_scale" and not k.endswith("position_ids")}
     if "embeddings.token_embedding.weight" not in sd:
-        raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the CLIP text encoder SD3 needs for model.{which} "
-                             f"(e.g. ComfyUI's text_encoders/{which}.safetensors)")
+        raise wrong_file(f"model.{which}", where, given, f"the CLIP text encoder SD3 needs for model.{which} (e.g. "
+                         f"ComfyUI's text_encoders/{which}.safetensors)")
+    width = int(sd["embeddings.token_embedding.weight"].shape[1])
+    if width == {"clip_l": 1280, "clip_g": 768}[which]:  # the other CLIP: same total width, silently wrong embeddings
+        other, named = ("clip_g", "CLIP-G") if which == "clip_l" else ("clip_l", "CLIP-L")
+        raise ModelLoadError(f"model.{which}: {where}: a CLIP text encoder of width {width}, the {named} (model.{other});"
+                             f" model.{which} takes the {'CLIP-L (768)' if which == 'clip_l' else 'CLIP-G (1280)'}: "
+                             "swap model.clip_l and model.clip_g")
     default = configs.clip_l_config() if which == "clip_l" else configs.clip_g_config()
     cfg = clip_config(sd, base or default)
-    width = int(sd["embeddings.token_embedding.weight"].shape[1])
     if "text_projection.weight" not in sd:
         if which != "clip_l":
-            raise ModelLoadError(f"{where}: a CLIP-G without text_projection.weight; SD3 needs the pooled projection "
-                                 "(ComfyUI's clip_g.safetensors has it)")
+            raise ModelLoadError(f"model.{which}: {where}: a CLIP-G without text_projection.weight; SD3 needs the "
+                                 "pooled projection (ComfyUI's clip_g.safetensors has it)")
         log(f"sd3: {where} has no text_projection.weight; using the identity (as ComfyUI does for such CLIP-L files)")
         sd["text_projection.weight"] = torch.eye(width)
     cfg["projection_dim"] = int(sd["text_projection.weight"].shape[0])
@@ -119,8 +126,8 @@ def build_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base: 
              ) -> nn.Module:
     from lorakit.models.clip_t5 import build_t5 as flux_t5  # the same T5-XXL encoder as FLUX.1
     if "encoder.block.0.layer.0.SelfAttention.q.weight" not in sd:
-        raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the T5-XXL encoder SD3 uses for model.t5xxl (e.g. "
-                             "ComfyUI's text_encoders/t5xxl_fp16.safetensors)")
+        raise wrong_file("model.t5xxl", where, sd, "the T5-XXL encoder SD3 uses for model.t5xxl (e.g. ComfyUI's "
+                         "text_encoders/t5xxl_fp16.safetensors)")
     return flux_t5(sd, dtype, base or configs.t5_config(), where)
 
 
@@ -128,11 +135,11 @@ def build_vae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str, base:
               ) -> nn.Module:
     from lorakit.models.ldm_vae import build_ae  # LDM or diffusers layout, sizes from the weights
     if not any(k.endswith("encoder.conv_in.weight") for k in sd):
-        raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the SD3 VAE")
+        raise wrong_file("model.vae", where, sd, "the SD3 VAE")
     model = build_ae(sd, dtype, base or configs.vae_config(), where)
     if int(model.config.latent_channels) != 16:
-        raise ModelLoadError(f"{where}: a VAE with {model.config.latent_channels} latent channels; SD3 uses its "
-                             "16-channel VAE")
+        raise ModelLoadError(f"model.vae: {where}: a VAE with {model.config.latent_channels} latent channels; SD3 uses "
+                             "its 16-channel VAE")
     return model
 
 
@@ -152,9 +159,9 @@ class SD3Components(LazyParts):
 
     clip_l = LazyPart()
     clip_g = LazyPart()
-    t5 = LazyPart()
+    t5 = LazyPart("model.t5xxl")
     vae = LazyPart()
-    tokenizers = LazyPart()
+    tokenizers = LazyPart("model.tokenizer_dir")
 
 
 def resolve_variant(shape: Shape, wanted: str, name: str) -> tuple[str, str]:
@@ -268,6 +275,12 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         return f"{paths[0]}" + (f" ({prefix}*)" if prefix else "")
 
     vae_dtype = torch.float32 if dtype == torch.float16 else dtype
+
+    def vae() -> nn.Module:
+        # an SDXL or FLUX.1 checkpoint's bundled VAE is another model's: refused by what the file is
+        refuse_checkpoint_as("model.vae", sources["vae"][0][0], ("sd3",), "the SD3 VAE")  # type: ignore[index]
+        return build_vae(reader("vae")(), vae_dtype, where("vae"), configs.read_config(cdir, "vae"))
+
     loaders: dict[str, Callable[[], Any]] = {
         "clip_l": lambda: build_clip(reader("clip_l")(), dtype, "clip_l", where("clip_l"),
                                      configs.read_config(cdir, "text_encoder"), log),
@@ -275,7 +288,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                                      configs.read_config(cdir, "text_encoder_2"), log),
         "t5": (lambda: build_t5(reader("t5xxl")(), dtype, where("t5xxl"), configs.read_config(cdir, "text_encoder_3")))
         if sources.get("t5xxl") is not None else (lambda: None),
-        "vae": lambda: build_vae(reader("vae")(), vae_dtype, where("vae"), configs.read_config(cdir, "vae")),
+        "vae": vae,
         "tokenizers": _tokenizer_loader(model_cfg, tok_folder),
     }
     files = {"checkpoint": src, **{r: (s[0][0] if s else None) for r, s in sources.items()}}

@@ -29,7 +29,7 @@ from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
-    qwen_tokenizer_for
+    qwen_tokenizer_for, refuse_checkpoint_as, wrong_file
 
 from lorakit.models.weights import assign_weights_rotary
 
@@ -66,12 +66,13 @@ def build_text_encoder(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: s
                        base: Optional[dict[str, Any]] = None) -> nn.Module:
     """Qwen3Model from HF-layout weights (``model.`` prefix and ``lm_head`` of a causal-LM file dropped)."""
     from transformers import Qwen3Config, Qwen3Model
+    given = sd
     if any(k.startswith("model.") for k in sd):
         sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
     sd = {k: v for k, v in sd.items() if k != "lm_head.weight"}
     if "embed_tokens.weight" not in sd or "layers.0.self_attn.q_norm.weight" not in sd:
-        raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the Qwen3 text encoder Z-Image uses (Qwen3-4B, "
-                             "e.g. ComfyUI's text_encoders/qwen_3_4b.safetensors)")
+        raise wrong_file("model.text_encoder", where, given, "the Qwen3 text encoder Z-Image uses (Qwen3-4B, e.g. "
+                         "ComfyUI's text_encoders/qwen_3_4b.safetensors)")
     emb = sd["embed_tokens.weight"]
     head_dim = int(sd["layers.0.self_attn.q_norm.weight"].shape[0])
     cfg = dict(base or configs.qwen3_config())
@@ -94,11 +95,11 @@ def build_ae(sd: dict[str, torch.Tensor], dtype: torch.dtype, where: str = "mode
     """FLUX.1's 16-channel AutoencoderKL (Z-Image's AE), through the shared LDM AE loader (models/ldm_vae.py)."""
     from lorakit.models.ldm_vae import ae_config, build_ae as ldm_ae
     if not any(k.endswith("encoder.conv_in.weight") for k in sd):
-        raise ModelLoadError(f"{where}: this is {what_is(sd)}, not the FLUX.1 / Z-Image autoencoder (ae.safetensors)")
+        raise wrong_file("model.ae", where, sd, "the FLUX.1 / Z-Image autoencoder (ae.safetensors)")
     model = ldm_ae(sd, dtype, base or ae_config(), where)
     if int(model.config.latent_channels) != 16:
-        raise ModelLoadError(f"{where}: an autoencoder with {model.config.latent_channels} latent channels; Z-Image "
-                             "uses FLUX.1's 16-channel ae.safetensors")
+        raise ModelLoadError(f"model.ae: {where}: an autoencoder with {model.config.latent_channels} latent channels; "
+                             "Z-Image uses FLUX.1's 16-channel ae.safetensors")
     return model
 
 
@@ -118,7 +119,7 @@ class ZImageComponents(LazyParts):
 
     text_encoder = LazyPart()
     ae = LazyPart()
-    tokenizer = LazyPart()
+    tokenizer = LazyPart("model.tokenizer_dir")
 
 
 def resolve_variant(wanted: str, name: str) -> tuple[str, str]:
@@ -187,9 +188,12 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
                                  f"transformer takes caption features of width {shape.cap_feat_dim} (Qwen3-4B: 2560)")
         return model
 
-    loaders = {"text_encoder": te,
-               "ae": lambda: build_ae(_read_all(ae_parts, allow), ae_dtype, str(ae_src), configs.read_config(cdir,
-                                                                                                              "vae")),
+    def ae() -> nn.Module:
+        # an SD3.5 checkpoint bundles a 16-channel VAE of the same shapes, but not FLUX.1's: refused by what the file is
+        refuse_checkpoint_as("model.ae", ae_src, ("zimage",), "FLUX.1's autoencoder (ae.safetensors) Z-Image uses")
+        return build_ae(_read_all(ae_parts, allow), ae_dtype, str(ae_src), configs.read_config(cdir, "vae"))
+
+    loaders = {"text_encoder": te, "ae": ae,
                "tokenizer": _tokenizer_loader(model_cfg, tok_folder, log)}
     comps = ZImageComponents(transformer, shape, variant, how, {"checkpoint": src, "text_encoder": te_src,
                                                                  "ae": ae_src}, loaders)
