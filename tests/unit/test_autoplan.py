@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -399,10 +400,32 @@ def test_full_checkpointing_is_planned_on_its_own_and_a_hand_set_choice_is_kept(
     m = chosen.applied.memory
     assert m.gradient_checkpointing and m.checkpoint_fraction == 1.0
     assert "every block checkpointed" in lines[0] and "~0.11 s/step (measured)" in lines[0]
-    assert "next best: compile, cuda_graphs, no checkpointing" in lines[0]
+    # the runner-up is slower; fp8 compute under graphs (one measured row, 0.165 s) is extrapolated along checkpointing
+    # by the slope measured for bf16 under graphs (0.114 s all, 0.127 none), not by the 20 % prior
+    runner = re.search(r"next best: ([^;]*?) ~([0-9.]+) s/step", lines[0])
+    assert runner and float(runner.group(2)) > 0.114 and "fp8 compute" in runner.group(1), lines[0]
     kept, lines = plan("sdxl", cards.card("h100"), gradient_checkpointing=False)
     assert not kept.applied.memory.gradient_checkpointing and "~0.13 s/step (measured)" in lines[0]
     assert "kept as you set: memory.gradient_checkpointing" in lines[0]
     # FLUX.1-dev (rows measured faster without recomputation): full checkpointing is considered but not chosen
     flux, lines = plan("flux1", cards.card("h100"))
     assert not flux.applied.memory.gradient_checkpointing
+
+
+def test_a_kind_with_one_measured_point_follows_the_slope_measured_for_another_kind():
+    """Along checkpoint_fraction, a setting whose kind has one measured row is extrapolated by the slope the nearest
+    kind with two measured points shows (its widest pair), not by the 20 % prior: there partial checkpointing measured
+    slower than full, so the one-row kind must not plan less checkpointing as faster."""
+    def row(s, fraction, **flags):
+        return {"s_step": s, "card": "h100", "compile": True, "checkpoint_fraction": fraction, "source": "t", **flags}
+
+    rows = [row(0.20, 1.0), row(0.23, 0.5), row(0.25, 0.0), row(0.10, 1.0, cuda_graphs=True)]
+    graphs_none = {"compile": True, "cuda_graphs": True, "checkpoint_fraction": 0.0}
+    share, pair = cards.measured_slope(rows, graphs_none, lambda r: float(r.get("checkpoint_fraction", 1.0)))
+    assert share == pytest.approx((0.20 - 0.25) / 0.20) and [r["checkpoint_fraction"] for r in pair] == [0.0, 1.0]
+    step = cards.step_seconds("sdxl", graphs_none, cards.card("h100"), rows=rows)
+    assert step.seconds == pytest.approx(0.10 * (1 + 0.25)), step.describe()
+    assert any("as measured" in why for why in step.extrapolated)
+    # without a kind of two points the prior stays: 20 % of a step per share recomputed
+    prior = cards.step_seconds("sdxl", graphs_none, cards.card("h100"), rows=rows[:1] + rows[3:])
+    assert prior.seconds == pytest.approx(0.10 * (1 - cards.RECOMPUTE))
