@@ -22,6 +22,7 @@ from lorakit.models.sd3 import planning as sd3_planning
 from lorakit.models.sd15 import planning as sd15_planning
 from lorakit.models.zimage import planning as zimage_planning
 from lorakit.models import estimates
+from lorakit.models.registry import get_family
 from lorakit.train import autoplan, budget, cards, planview, swap
 
 from .test_identify import write_header_file
@@ -100,7 +101,8 @@ def test_each_tier_gets_a_plan_within_the_cap_from_the_family_table(files, key, 
     # estimates until GPU rows replace them, and the plan says so (in the log line lorakit train prints too)
     estimated = {"sd35m": "medium" in sd3_planning.ESTIMATED, "sd35l": "large" in sd3_planning.ESTIMATED,
                  "qwen": qwen_planning.ESTIMATED, "zimage": zimage_planning.ESTIMATED,
-                 "sd15": sd15_planning.ESTIMATED}[key]
+                 # SD 1.5: measured only under compile + CUDA graphs in bf16 (round 18), which this tier plans
+                 "sd15": sd15_planning.ESTIMATED and not (m.compile and m.cuda_graphs and not m.fp8_base)}[key]
     assert ("(estimates;" in plan.line) == estimated, plan.line
     # Z-Image's activations are measured under compile (round 17): the line says which numbers are estimates
     assert ("memory and speed are not measured" in plan.line) == (estimated and key != "zimage"), plan.line
@@ -304,3 +306,23 @@ def test_sd35_medium_plans_its_measured_cuda_graphs_row_with_every_block_checkpo
     assert m.compile and m.cuda_graphs and m.gradient_checkpointing and m.checkpoint_fraction == 1.0, text
     assert not m.fp8_base, text
     assert "~0.13 s/step (measured)" in plan.line and "sd35m/gc+compile-graphs" in plan.step.source, plan.line
+
+
+def test_sd15_estimates_are_calibrated_by_its_measured_rows():
+    """SD 1.5's s/step rows beyond its measured kind are SDXL's scaled by forward FLOPs, then by how far SD 1.5's two
+    measured rows (round 18) sit from the estimates of their own settings; the automatic plan on an H100 is the
+    measured compile + CUDA graphs row with every block checkpointed (0.058 s at 512²), not an estimated kind."""
+    unet = type("U", (), {"config": type("C", (), {"block_out_channels": [320, 640, 1280, 1280]})()})()
+    spec = sd15_planning.spec_for(get_family("sd15").SPEC, unet)
+    measured = [r for r in spec.measured_steps if not r.get("estimated")]
+    assert [r["s_step"] for r in measured] == [round(0.058 * 4, 3), round(0.062 * 4, 3)]
+    plain = estimates.scaled_rows("sd15", "SDXL", sd15_planning.STEP_SCALE)
+    graphs = {r["checkpoint_fraction"]: r["s_step"] for r in plain if r.get("cuda_graphs") and not r.get("fp8_base")}
+    k = ((0.232 / graphs[1.0]) * (0.248 / graphs[0.0])) ** 0.5  # geometric mean over the two measured rows
+    fp8 = next(r for r in spec.measured_steps if r.get("fp8_compute"))
+    plain_fp8 = next(r for r in plain if r.get("fp8_compute"))
+    assert fp8["s_step"] == pytest.approx(plain_fp8["s_step"] * k, abs=1e-4) and "calibrated" in fp8["estimated"]
+    text, plan = planview.planned(config({"none": Path("unused.safetensors")}, "sd15"), cards.card("h100"), "run.toml")
+    m = plan.applied.memory
+    assert m.compile and m.cuda_graphs and m.checkpoint_fraction == 1.0 and not m.fp8_base, plan.line
+    assert "~0.06 s/step (measured)" in plan.line, plan.line

@@ -148,6 +148,11 @@ MEMORY_ROWS += [
     ("zimage", {"peak_gib": 13.86, **FP8C, "checkpoint_fraction": 19 / 34, "network": ZIMAGE_SCRIPT,
                 "source": f"{ROUND17}: zimage/scripttargets+fp8c+gc55+compile"}),
 ]
+ROUND18 = "H100 2026-12-07 (benchmarks/peers.py at 70a53a5)"
+MEMORY_ROWS += [
+    ("zimage", {"peak_gib": 12.94, "reserved_gib": 13.20, **FP8C, "checkpoint_fraction": 22 / 34,
+                "network": ZIMAGE_SCRIPT, "source": f"{ROUND18}: zimage/scripttargets+vram14.3 (22 of 34 planned)"}),
+]  # round 18's two SD 1.5 rows are the sd15 package's measured rows (measured_rows() holds them)
 ROWS = measured_rows() + MEMORY_ROWS
 
 
@@ -180,10 +185,11 @@ def test_every_measured_peak_is_predicted_within_10_percent(models, key, row):
 
 
 def test_rows_of_every_family_and_of_round_15_are_held():
-    """The list above is not empty by accident: each family's rows, and the nine round-15 tier rows, are in it."""
+    """The list above is not empty by accident: each family's rows, and the tier rows of rounds 15 and 18 (SD 1.5's
+    round-15 row gave way to round 18's), are in it."""
     assert {k for k, _ in ROWS} == set(MODELS)
     assert {"flux2-4b/vram8", "flux2-9b/vram12", "flux2-9b/vram16", "flux2-dev/vram24", "flux2-dev/vram32",
-            "sd15/vram6", "zimage/vram12", "sd35m/vram12", "sd35l/vram24"} <= {row_name(r) for _, r in ROWS}
+            "sd15/r16+vram6", "zimage/vram12", "sd35m/vram12", "sd35l/vram24"} <= {row_name(r) for _, r in ROWS}
 
 
 def tier_config(models, key: str, vram_gb: float, **memory):
