@@ -342,6 +342,8 @@ ROWS.update({
                                    "phases": (True,), "rank": 16},
     "sd15/r16+vram6": {"family": "sd15", "gc": True, "vram": 6, "compile": "regions", "cudagraphs": True,
                        "phases": (True,), "rank": 16},
+    "sd15/r16+gc+compile": {"family": "sd15", "gc": True, "compile": "regions", "phases": (True,), "rank": 16},
+    "sd15/r16+gc": {"family": "sd15", "gc": True, "phases": (True,), "rank": 16},
     "sd15/gc+compile-graphs": {"family": "sd15", "gc": True, "compile": "regions", "cudagraphs": True,
                                "phases": (True,)},
 })
