@@ -121,17 +121,11 @@ def test_a_caption_file_in_another_case_is_named_by_the_scan_and_kept_by_the_cap
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """The page's handlers by name (as Gradio calls them), over a job store whose jobs run `true`."""
-    pytest.importorskip("gradio", reason="the ui extra is not installed")
-    import shutil
-
     from lorakit.ui import app
-    from lorakit.ui import dataset as ds
-    from lorakit.ui.jobs import JobStore
+    from tests.unit.test_ui_families import built_page
 
     home = tmp_path_factory.mktemp("home")
-    store = JobStore(home, python=shutil.which("true") or "/bin/true")
-    demo = app.build(app.UIState(home=home, roots=ds.Roots(None), store=store))
-    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
+    demo, fns, store = built_page(home)
     named = {f.fn.__qualname__.split(".")[0] + "." + f.name: f.fn for f in fns}
     lambdas = {tuple(c.elem_id for c in f.inputs): f.fn for f in fns if f.name == "<lambda>"}
     show = next(f for f in fns if f.name == "show" and f.fn.__qualname__.startswith("_train_events"))

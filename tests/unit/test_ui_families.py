@@ -117,18 +117,23 @@ def test_no_toy_is_one_line():
 # ------------------------------------------------------------------------------------ the page's own handlers
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def built_page(home):
+    """(Gradio Blocks, its event functions, the job store) of the page over ``home``; jobs are queued as the page
+    queues them and their process is `true` (no training here: that is the CLI's tests')."""
     pytest.importorskip("gradio", reason="the ui extra is not installed")
     from lorakit.ui import app
     from lorakit.ui import dataset as ds
     from lorakit.ui.jobs import JobStore
 
-    home = tmp_path_factory.mktemp("home")
-    # jobs are queued as the page queues them; their process is `true` (no training here: that is the CLI's tests')
     store = JobStore(home, python=shutil.which("true") or "/bin/true")
     demo = app.build(app.UIState(home=home, roots=ds.Roots(None), store=store))
-    fns = list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns)
+    return demo, list(demo.fns.values()) if isinstance(demo.fns, dict) else list(demo.fns), store
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    demo, fns, _ = built_page(home)
     train = [f for f in fns if f.fn.__qualname__.startswith(("_train_events.", "_train_fill_events."))]
     return demo, {f.name: f for f in train}, home
 
