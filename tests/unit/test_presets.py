@@ -94,6 +94,17 @@ def test_preset_explains_its_choices(name):
 
 
 @pytest.mark.parametrize("name", EXPECTED)
+def test_preset_has_no_commented_out_speed_keys(name):
+    """Issue 28: on CUDA the planner chooses compile, CUDA graphs, fp8 and the memory budget; a preset does not ask the
+    user to uncomment them (the sd15 presets still had `# compile = true`)."""
+    import re
+
+    text = (PRESET_DIR / f"{name}.toml").read_text(encoding="utf-8")
+    knobs = r"(compile|cuda_graphs|vram_gb|fp8_base|fp8_compute|activation_budget|blocks_to_swap|modulation_on_cpu)"
+    assert not re.findall(rf"^\s*#\s*{knobs}\s*=", text, flags=re.M), name
+
+
+@pytest.mark.parametrize("name", EXPECTED)
 def test_preset_config_round_trips(name, tmp_path):
     cfg = load_config(overrides=(f"preset={name}",) + DUMMY)
     p = tmp_path / "dump.toml"
