@@ -1,0 +1,136 @@
+"""The seventh session's second-wave fixes: an explicit empty option value, `lorakit inspect` / `verify` on a toy
+SD 1.5 LoRA (names vs shapes, the base's own depth), a diffusers folder of another family, SD 1.5 given another VAE,
+non-finite images into the ComfyUI Dataset node, two web UIs on one home."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakit.cli import build_parser, main
+from lorakit.toy.paths import model_section
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+# ------------------------------------------------------------------ 1. an empty value is not "the default"
+
+@pytest.mark.parametrize("argv, option, what", [
+    (["caption", "DIR", "--captioner", "toy", "--extension", ""], "--extension", "caption file extension"),
+    (["package", "RUN", "--license="], "--license", "licence text for the model card"),
+    (["plan", "run.toml", "--card", ""], "--card", "a card of lorakit's table (rtx4090, rtx3060-12g, h100, ...)"),
+])
+def test_an_explicit_empty_option_value_is_refused_in_one_line(tmp_path, capsys, argv, option, what):
+    # before: --extension "" wrote .txt captions, --license "" used the base model's licence, --card '' said "no CUDA
+    # GPU here"; each read the empty value as the option left out
+    argv = [str(tmp_path / a) if a in ("DIR", "RUN", "run.toml") else a for a in argv]
+    assert main(argv) == 2
+    assert _err(capsys) == (f"lorakit: error: {option} was given an empty value; give a value ({what}) or leave "
+                            f"{option} out for its default")
+    assert list(tmp_path.iterdir()) == []  # nothing read or written
+
+
+def test_an_empty_value_stays_allowed_where_empty_is_the_default():
+    from lorakit.cli import _empty_option
+
+    parser = build_parser()
+    args, _ = parser.parse_known_args(["caption", "d", "--captioner", "toy", "--prefix", "", "--trigger", ""])
+    assert _empty_option(parser, args) is None
+    args, _ = parser.parse_known_args(["caption", "d", "--captioner", "toy", "--model", ""])
+    assert _empty_option(parser, args).startswith("--model was given an empty value")
+
+
+# ------------------------------------------------------------------ 2, 3. a toy SD 1.5 LoRA: shapes, and its own base
+
+TOY_SD15 = model_section("sd15")["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def toy_sd15_lora(tmp_path_factory) -> tuple[Path, int]:
+    """A LoRA named and shaped as a trainer on the toy SD 1.5 U-Net writes it: sd-scripts' names of the toy's own
+    diffusers module paths (1 layer per block, so ``up_blocks.1.attentions.1`` is the toy's output_blocks.3.1)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from lorakit.models.base import init_kwargs
+    from lorakit.models.sd15.adapter import kohya_name, unet_lora_targets
+
+    cfg = json.loads((Path(model_section("sd15")["config_dir"]) / "unet" / "config.json").read_text())
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**init_kwargs(cfg))
+    named, sd = dict(unet.named_modules()), {}
+    for path in sorted(unet_lora_targets(unet, 1, conv_rank=0)):
+        w, name = named[path].weight, kohya_name("unet", path)
+        sd[f"{name}.lora_down.weight"] = torch.ones(2, *w.shape[1:])
+        sd[f"{name}.lora_up.weight"] = torch.zeros(w.shape[0], 2, *([1, 1] if w.dim() == 4 else []))
+        sd[f"{name}.alpha"] = torch.tensor(2.0)
+    assert "lora_unet_up_blocks_1_attentions_1_proj_in.lora_up.weight" in sd
+    out = tmp_path_factory.mktemp("lora") / "toy_sd15_lora.safetensors"
+    save_file(sd, str(out))
+    return out, len(sd) // 3
+
+
+def _out(capsys, *argv: str) -> str:
+    capsys.readouterr()
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_inspect_without_base_says_the_shapes_do_not_fit_full_size(toy_sd15_lora, capsys):
+    # before: "base model: sd15; every key fits" (names only) while `lorakit verify` found 144 shape mismatches
+    lora, n = toy_sd15_lora
+    out = _out(capsys, "inspect", str(lora))
+    assert f"fits sd15: {n}/{n} modules (checked against full-size sd15)" in out
+    assert "every key fits" not in out
+    assert (f"base model: sd15; every name fits, but {n}/{n} modules have other shapes than full-size sd15's (e.g. "
+            "lora_unet_down_blocks_0_attentions_0_proj_in: LoRA 32x32 on weight 320x320): a LoRA of a smaller model "
+            f"(a toy or pruned one); check it with --base FILE or `lorakit verify {lora} --base FILE`") in out
+    info = json.loads(_out(capsys, "inspect", str(lora), "--json"))
+    assert len(info["fit"]["shape_mismatch"]) == n  # the 320-wide full-size weights against the toy's 32 / 64
+
+
+def test_a_toy_sd15_lora_fits_its_own_base_fully(toy_sd15_lora, capsys):
+    # before: 36/48, the 12 modules of up_blocks_1_attentions_1 "fit nothing" (the map assumed 2 layers per block)
+    lora, n = toy_sd15_lora
+    out = _out(capsys, "inspect", str(lora), "--base", TOY_SD15)
+    assert f"fits sd15: {n}/{n} modules (checked against {TOY_SD15}" in out and "base model: sd15; every key fits" in out
+    out = _out(capsys, "verify", str(lora), "--base", TOY_SD15)
+    assert "every loader applies every key" in out and f"comfyui {3 * n:>11}        0               0" in out, out
+
+
+def test_the_sd15_base_map_follows_the_files_blocks_and_full_size_is_unchanged():
+    from diffusers import UNet2DConditionModel
+
+    from lorakit.models.base import init_kwargs
+    from lorakit.models.sd15 import configs
+    from lorakit.models.sd15.keys import full_lora_keymap, keymap_for_base, unet_config_of
+    from lorakit.models.unet_parts import unet_to_sgm
+    from lorakit.safetensors_header import read_safetensors_header
+
+    def header_of(cfg):  # a single file's header (SGM keys and shapes) of a U-Net of this config
+        with torch.device("meta"):
+            sd = UNet2DConditionModel(**init_kwargs(cfg)).state_dict()
+        return {k: {"shape": list(v.shape)} for k, v in unet_to_sgm(sd, cfg).items()}
+
+    full = header_of(configs.UNET)
+    assert unet_config_of(full) == configs.UNET and keymap_for_base(full) is None  # a real SD 1.x file: as before
+    deep = {**configs.UNET, "layers_per_block": 3}  # a non-standard depth of full width
+    keys = keymap_for_base(header_of(deep))
+    assert unet_config_of(header_of(deep))["layers_per_block"] == 3
+    by = {m.native: m.diffusers[0] for m in keys.modules if m.component == "denoiser"}
+    assert by["output_blocks.7.1.proj_in"] == "up_blocks.1.attentions.3.proj_in"  # 4 blocks per up level
+    assert by["input_blocks.3.1.proj_in"] == "down_blocks.0.attentions.2.proj_in"
+    assert set(by) - {m.native for m in full_lora_keymap().modules}  # names full size lacks
+    toy_header, _ = read_safetensors_header(Path(TOY_SD15))
+    toy_cfg = json.loads((Path(model_section("sd15")["config_dir"]) / "unet" / "config.json").read_text())
+    got = unet_config_of(toy_header)
+    for key in ("layers_per_block", "block_out_channels", "down_block_types", "up_block_types",
+                "cross_attention_dim", "in_channels", "out_channels", "use_linear_projection"):
+        assert got[key] == toy_cfg[key], key
