@@ -134,3 +134,45 @@ def test_the_sd15_base_map_follows_the_files_blocks_and_full_size_is_unchanged()
     for key in ("layers_per_block", "block_out_channels", "down_block_types", "up_block_types",
                 "cross_attention_dim", "in_channels", "out_channels", "use_linear_projection"):
         assert got[key] == toy_cfg[key], key
+
+
+# ------------------------------------------------------------------ 4. another family's diffusers folder
+
+_LOADERS = {  # where each family reads model.checkpoint (the first check a folder meets)
+    "sd15": ("lorakit.models.sd15.load", "_source"), "sdxl": ("lorakit.models.sdxl.load", "_source"),
+    "flux1": ("lorakit.models.flux1.load", "load_components"), "flux2": ("lorakit.models.flux2.load", "load_components"),
+    "sd3": ("lorakit.models.sd3.load", "load_components"), "zimage": ("lorakit.models.zimage.load", "load_components"),
+    "qwenimage": ("lorakit.models.qwenimage.load", "load_components"),
+}
+
+
+@pytest.mark.parametrize("family, cls, other, shown", [
+    ("flux2", "StableDiffusionXLPipeline", "sdxl", "SDXL"),
+    ("sdxl", "FluxPipeline", "flux1", "FLUX.1"),
+    ("sd15", "Flux2KleinPipeline", "flux2", "FLUX.2"),
+    ("flux1", "StableDiffusion3Pipeline", "sd3", "SD3.5"),
+    ("sd3", "ZImagePipeline", "zimage", "Z-Image"),
+    ("zimage", "QwenImagePipeline", "qwenimage", "Qwen-Image"),
+    ("qwenimage", "StableDiffusionPipeline", "sd15", "SD 1.5"),
+])
+def test_another_familys_diffusers_folder_names_the_family_to_set(tmp_path, family, cls, other, shown):
+    # before: "model.checkpoint: folder … is not a diffusers FLUX.2 model (no transformer/)" for an SDXL folder
+    import importlib
+    from types import SimpleNamespace
+
+    from lorakit.errors import ModelLoadError
+    from lorakit.models.registry import folder_family, get_family
+
+    folder = tmp_path / "pipe"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": cls, "_diffusers_version": "0.36.0"}))
+    assert folder_family(folder) == (cls, other)
+    module, fn = _LOADERS[family]
+    cfg = SimpleNamespace(checkpoint=str(folder), family=family, config_dir=None, allow_pickle=False)
+    with pytest.raises(ModelLoadError) as exc:
+        getattr(importlib.import_module(module), fn)(cfg)
+    assert str(exc.value) == (f"model.checkpoint: {folder} is a diffusers {shown} folder ({cls}), not a base model "
+                              f"the {family} family trains on; set model.family = \"{other}\" to train on it")
+    assert get_family(other).SPEC.display_name == shown
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
+    assert folder_family(folder) == ("KandinskyPipeline", None)  # no family claims it: the family's own check speaks

@@ -58,6 +58,9 @@ def _source(model_cfg: Any) -> tuple[str, Path, Path]:
                               f"it to .safetensors or set model.allow_pickle = true if you trust it")
         return "file", path, cfg_dir or configs.shipped_config_dir()
     if path.is_dir():
+        from lorakit.models.registry import require_base_folder
+
+        require_base_folder(path, "sd15")  # another family's diffusers folder: the family to set
         if not (path / "model_index.json").is_file():
             raise ConfigError(f"model.checkpoint: {path} is a folder without model_index.json; give a diffusers "
                               f"SD 1.5 folder or a .safetensors file")
