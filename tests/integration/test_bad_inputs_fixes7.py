@@ -176,3 +176,45 @@ def test_another_familys_diffusers_folder_names_the_family_to_set(tmp_path, fami
     assert get_family(other).SPEC.display_name == shown
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyPipeline"}))
     assert folder_family(folder) == ("KandinskyPipeline", None)  # no family claims it: the family's own check speaks
+
+
+# ------------------------------------------------------------------ 5. SD 1.5 given another VAE as model.vae
+
+SD15_VAE = "an SD 1.5 VAE (4 latent channels, e.g. vae-ft-mse-840000-ema-pruned.safetensors)"
+
+
+@pytest.mark.parametrize("family, role, what", [
+    ("flux1", "ae", "an autoencoder (VAE) of 16 latent channels"),
+    ("flux2", "ae", "an autoencoder (VAE) of 32 latent channels"),
+    ("qwenimage", "vae", "a Wan 2.1 / Qwen-Image autoencoder (model.vae of qwenimage)"),
+])
+def test_sd15_model_vae_of_another_model_is_one_short_line(family, role, what):
+    # before: "model.vae: … could not be loaded as an SD 1.5 VAE (Cannot load because encoder.conv_out.weight expected
+    # shape … but got …; 400 more characters of diffusers advice)"
+    from types import SimpleNamespace
+
+    from lorakit.errors import ModelLoadError
+    from lorakit.models.sd15.load import _vae_file
+
+    path = model_section(family)[role]
+    with pytest.raises(ModelLoadError) as exc:
+        _vae_file(SimpleNamespace(vae=path), Path(model_section("sd15")["config_dir"]))
+    assert str(exc.value) == f"model.vae: {path} is {what}, not {SD15_VAE}"
+
+
+def test_sd15_model_vae_that_fails_to_load_is_still_one_line(tmp_path):
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from lorakit.errors import ModelLoadError
+    from lorakit.models.sd15.load import _vae_file
+
+    path = tmp_path / "half_vae.safetensors"  # SD 1.5's 8 conv_out rows, the rest missing or of other shapes
+    save_file({"encoder.conv_out.weight": torch.zeros(8, 32, 3, 3), "decoder.conv_in.weight": torch.zeros(7, 4, 3, 3)},
+              str(path))
+    with pytest.raises(ModelLoadError) as exc:
+        _vae_file(SimpleNamespace(vae=str(path)), Path(model_section("sd15")["config_dir"]))
+    msg = str(exc.value)
+    assert msg.startswith(f"model.vae: {path} could not be loaded as {SD15_VAE}: ") and "\n" not in msg
+    assert len(msg) <= len(f"model.vae: {path} could not be loaded as {SD15_VAE}: ") + 161
