@@ -218,3 +218,26 @@ def test_sd15_model_vae_that_fails_to_load_is_still_one_line(tmp_path):
     msg = str(exc.value)
     assert msg.startswith(f"model.vae: {path} could not be loaded as {SD15_VAE}: ") and "\n" not in msg
     assert len(msg) <= len(f"model.vae: {path} could not be loaded as {SD15_VAE}: ") + 161
+
+
+# ------------------------------------------------------------------ 6. NaN/Inf in the ComfyUI Dataset node's IMAGE batch
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_comfy_dataset_node_refuses_a_nonfinite_image_batch(tmp_path, monkeypatch, value):
+    # before: the batch was written as PNGs (NaN → black, Inf → white pixels) and the run trained on them
+    from lorakit.comfy import nodes
+    from lorakit.errors import ConfigError
+
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    images = torch.rand(3, 64, 64, 3)
+    images[1, 4, 5, 0] = value
+    with pytest.raises(ConfigError) as exc:
+        nodes.LorakitDataset().load("", 1, "zkx", "", images=images, captions="")
+    assert str(exc.value) == ("images: 1 of the 3 images of the IMAGE batch hold NaN/Inf values (image 2); fix or "
+                              "remove the node that makes them (ComfyUI images are values in [0, 1]); nothing was "
+                              "written")
+    assert not (tmp_path / "home" / "comfy" / "datasets").exists() or not any(
+        (tmp_path / "home" / "comfy" / "datasets").iterdir())
+    images[1, 4, 5, 0] = 0.5  # the same batch, finite: written
+    ds, _ = nodes.LorakitDataset().load("", 1, "zkx", "", images=images, captions="")
+    assert len(list((Path(ds.folder) / "1_zkx").glob("*.png"))) == 3
