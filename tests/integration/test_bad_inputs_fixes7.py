@@ -241,3 +241,66 @@ def test_comfy_dataset_node_refuses_a_nonfinite_image_batch(tmp_path, monkeypatc
     images[1, 4, 5, 0] = 0.5  # the same batch, finite: written
     ds, _ = nodes.LorakitDataset().load("", 1, "zkx", "", images=images, captions="")
     assert len(list((Path(ds.folder) / "1_zkx").glob("*.png"))) == 3
+
+
+# ------------------------------------------------------------------ 7. two web UIs on one home
+
+def test_a_second_ui_on_a_home_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    # before: a second `lorakit ui --home H --port P2` started on the queue the first one ran
+    import os
+    import subprocess
+    import sys
+
+    from lorakit.errors import LorakitError
+    from lorakit.ui.jobs import hold_home
+
+    home = tmp_path / "home"
+    home.mkdir()
+    first = hold_home(home, 7861)
+    with pytest.raises(LorakitError) as exc:
+        hold_home(home, 7862)
+    msg = str(exc.value)
+    assert msg.startswith(f"--home {home}: another `lorakit ui` serves this home and its job queue "
+                          f"(http://127.0.0.1:7861, pid {os.getpid()} on host ") and "\n" not in msg
+    assert msg.endswith("); use that one, stop it first, or give another --home")
+    first.release()
+    hold_home(home, 7862).release()  # released (the UI stopped): the next one starts
+    # a UI killed with SIGKILL leaves its lock file behind; the kernel dropped the lock, so the next UI takes it over
+    code = ("import sys, time; from lorakit.ui.jobs import hold_home; hold_home(sys.argv[1], 7863); "
+            "print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(home)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(LorakitError, match=rf"\(http://127.0.0.1:7863, pid {proc.pid} on host "):
+            hold_home(home, 7864)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (home / "ui.lock").is_file()
+    lock = hold_home(home, 7864)
+    assert json.loads((home / "ui.lock").read_text())["port"] == 7864
+    lock.release()
+
+
+def test_two_processes_on_one_queue_never_run_two_jobs_on_one_device(tmp_path):
+    # before: the device-busy check and the claim were two steps, so a UI (or the ComfyUI nodes) that had looked at the
+    # queue before another process started job 1 then started job 2 on the same device too
+    import shutil
+    import time
+
+    from lorakit.ui.jobs import JobStore
+
+    home = tmp_path / "home"
+    a, b = (JobStore(home, python=shutil.which("true") or "/bin/true") for _ in range(2))
+    with a._db() as db:
+        for name in ("one", "two"):
+            db.execute("INSERT INTO jobs (name, created, device, run_dir, state, updated) VALUES (?, ?, 'cpu', ?, "
+                       "'queued', ?)", (name, time.time(), str(tmp_path / name), time.time()))
+    for job in a.list():
+        job.job_dir.mkdir(parents=True, exist_ok=True)
+    snapshot = a.list()  # what A saw before B moved
+    assert b.schedule() == [1]
+    a.list = lambda: snapshot  # A schedules from its earlier look (both still queued there)
+    assert a.schedule() == []
+    states = {j.name: j.state for j in b.list()}
+    assert states == {"one": "running", "two": "queued"}
