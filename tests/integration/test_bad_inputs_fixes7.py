@@ -92,15 +92,14 @@ def test_inspect_without_base_says_the_shapes_do_not_fit_full_size(toy_sd15_lora
     assert (f"base model: sd15; every name fits, but {n}/{n} modules have other shapes than full-size sd15's (e.g. "
             "lora_unet_down_blocks_0_attentions_0_proj_in: LoRA 32x32 on weight 320x320): a LoRA of a smaller model "
             f"(a toy or pruned one); check it with --base FILE or `lorakit verify {lora} --base FILE`") in out
-    info = json.loads(_out(capsys, "inspect", str(lora), "--json"))
-    assert len(info["fit"]["shape_mismatch"]) == n  # the 320-wide full-size weights against the toy's 32 / 64
 
 
 def test_a_toy_sd15_lora_fits_its_own_base_fully(toy_sd15_lora, capsys):
     # before: 36/48, the 12 modules of up_blocks_1_attentions_1 "fit nothing" (the map assumed 2 layers per block)
     lora, n = toy_sd15_lora
     out = _out(capsys, "inspect", str(lora), "--base", TOY_SD15)
-    assert f"fits sd15: {n}/{n} modules (checked against {TOY_SD15}" in out and "base model: sd15; every key fits" in out
+    assert f"fits sd15: {n}/{n} modules (checked against {TOY_SD15}" in out
+    assert "base model: sd15; every key fits" in out
     out = _out(capsys, "verify", str(lora), "--base", TOY_SD15)
     assert "every loader applies every key" in out and f"comfyui {3 * n:>11}        0               0" in out, out
 
@@ -140,7 +139,8 @@ def test_the_sd15_base_map_follows_the_files_blocks_and_full_size_is_unchanged()
 
 _LOADERS = {  # where each family reads model.checkpoint (the first check a folder meets)
     "sd15": ("lorakit.models.sd15.load", "_source"), "sdxl": ("lorakit.models.sdxl.load", "_source"),
-    "flux1": ("lorakit.models.flux1.load", "load_components"), "flux2": ("lorakit.models.flux2.load", "load_components"),
+    "flux1": ("lorakit.models.flux1.load", "load_components"),
+    "flux2": ("lorakit.models.flux2.load", "load_components"),
     "sd3": ("lorakit.models.sd3.load", "load_components"), "zimage": ("lorakit.models.zimage.load", "load_components"),
     "qwenimage": ("lorakit.models.qwenimage.load", "load_components"),
 }
@@ -220,7 +220,7 @@ def test_sd15_model_vae_that_fails_to_load_is_still_one_line(tmp_path):
     assert len(msg) <= len(f"model.vae: {path} could not be loaded as {SD15_VAE}: ") + 161
 
 
-# ------------------------------------------------------------------ 6. NaN/Inf in the ComfyUI Dataset node's IMAGE batch
+# ------------------------------------------------------------------ 6. NaN/Inf in the ComfyUI Dataset node's images
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_comfy_dataset_node_refuses_a_nonfinite_image_batch(tmp_path, monkeypatch, value):
