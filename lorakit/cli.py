@@ -41,6 +41,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if (empty := _empty_option(parser, args)) is not None:  # `--extension ""` is not "the default" (fixes7)
+        print(f"lorakit: error: {empty}", file=sys.stderr)
+        return 2
     from lorakit.logs import quiet_third_party
 
     quiet_third_party()
@@ -69,6 +72,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from lorakit.interrupts import release
 
         release()
+
+
+def _empty_option(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[str]:
+    """The line refusing an option given an empty value (`--license ""`) whose default is not empty, else None:
+    an explicit empty value used to read as the option left out (a silent default)."""
+    import re
+
+    chain, p = [parser], parser
+    while sub := next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None):
+        if (p := sub.choices.get(getattr(args, sub.dest or "", None) or "")) is None:
+            break
+        chain.append(p)
+    for action in (a for p in reversed(chain) for a in p._actions):
+        if action.option_strings and action.default != "" and getattr(args, action.dest, None) == "":
+            opt = max(action.option_strings, key=len)
+            what = re.sub(r"\s*\(default[^)]*\)|;\s*default\b.*$", "", action.help or "").strip()
+            return (f"{opt} was given an empty value; give a value{f' ({what})' if what else ''} or leave {opt} "
+                    "out for its default")
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,7 +334,8 @@ def cmd_inspect(args) -> int:
 
     base = Path(args.base) if getattr(args, "base", None) else None
     info = inspect_file(Path(args.file), _keymaps(), base)
-    if base is None and "fit" in info and info["fit"]["unmatched"] and run_base(Path(info["file"])) is not None:
+    if (base is None and "fit" in info and (info["fit"]["unmatched"] or info["fit"].get("shape_mismatch"))
+            and run_base(Path(info["file"])) is not None):
         try:
             info = inspect_file(Path(args.file), _keymaps(), run_base(Path(info["file"])))  # the run's own base
         except LorakitError:

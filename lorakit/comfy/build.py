@@ -104,6 +104,7 @@ def image_batch_dataset(images: Any, captions: str, home: Path, repeats: int, tr
     so the same batch gives the same folder (and the same latent cache)."""
     from lorakit.comfy.images import comfy_to_pil
 
+    _refuse_nonfinite(images)
     pics = comfy_to_pil(images)
     lines = [ln.strip() for ln in (captions or "").splitlines() if ln.strip()]
     if len(lines) not in (0, 1, len(pics)):
@@ -128,6 +129,20 @@ def image_batch_dataset(images: Any, captions: str, home: Path, repeats: int, tr
                 write_text(sub / f"{i:04d}.txt", cap + "\n")
         write_text(root / ".complete", "")
     return root
+
+
+def _refuse_nonfinite(images: Any) -> None:
+    """NaN/Inf pixels in the IMAGE batch (a broken upstream node): one line naming the Dataset node's ``images`` input
+    and the images, not PNGs with black or white pixels written and trained on."""
+    import torch
+
+    x = images if images.dim() == 4 else images.unsqueeze(0)
+    bad = [i for i in range(x.shape[0]) if not bool(torch.isfinite(x[i]).all())]
+    if bad:
+        shown = ", ".join(str(i + 1) for i in bad[:10]) + (", …" if len(bad) > 10 else "")
+        raise ConfigError(f"images: {len(bad)} of the {x.shape[0]} images of the IMAGE batch hold NaN/Inf values "
+                          f"(image {shown}); fix or remove the node that makes them (ComfyUI images are values in "
+                          "[0, 1]); nothing was written")
 
 
 def data_report(data: Mapping[str, Any], check: Mapping[str, Any] = {}) -> tuple[str, int]:

@@ -183,10 +183,26 @@ def _canonical(path: Path, tensors: dict, meta: dict, keymaps: Sequence[Any], ba
         if pair.alpha is not None:
             alphas[float(pair.alpha) / parts] += 1
     foreign = sorted(state.foreign)
+    fit = {"matched": len(state.modules) - len(foreign), "of": len(state.modules),
+           "unmatched": (foreign + state.unplaced())[:20]}
+    if base is None:  # names fit full size; do the shapes? (a toy's LoRA has full-size names on smaller weights)
+        fit["shape_mismatch"] = _shape_mismatches(state.modules, by_name)
     return {"layout": layout, "family": keys.family, "lora_ranks": dict(ranks), "lora_alphas": dict(alphas),
-            "fused_modules": fused, "checked_against": checked,
-            "fit": {"matched": len(state.modules) - len(foreign), "of": len(state.modules),
-                    "unmatched": (foreign + state.unplaced())[:20]}}
+            "fused_modules": fused, "checked_against": checked, "fit": fit}
+
+
+def _shape_mismatches(modules: dict, by_name: dict) -> list[str]:
+    """``name: LoRA RxC on weight RxC`` for each module whose name fits but whose shapes are not the weight's."""
+    out = []
+    for name, pair in sorted(modules.items()):
+        m = by_name.get(name)
+        if m is None:
+            continue
+        rows, cols = int(pair.up.shape[0]), int(pair.down.reshape(pair.down.shape[0], -1).shape[1])
+        want = (m.out_features, m.in_features * m.kernel[0] * m.kernel[1])
+        if (rows, cols) != want:
+            out.append(f"{name}: LoRA {rows}x{cols} on weight {want[0]}x{want[1]}")
+    return out
 
 
 def _lycoris_fit(tensors: dict, keymaps: Sequence[Any], base: Optional[Path] = None) -> dict[str, Any]:
@@ -235,6 +251,10 @@ def family_fit(names: set[str], out_widths: dict[str, int] | None = None) -> dic
     return out
 
 
+# what a names-only check says (no key map with shapes for the family, or a LoHa/LoKr file): not that the shapes fit
+_NAMES_ONLY = " (module names checked, not shapes: `lorakit verify {0[file]}` checks them)"
+
+
 def render(info: dict[str, Any]) -> str:
     if "not_lora" in info:
         return f"{info['file']}: not a LoRA: this is {info['not_lora']}"
@@ -260,12 +280,19 @@ def render(info: dict[str, Any]) -> str:
         fit = info["fit"]
         lines.append(f"fits {info['family']}: {fit['matched']}/{fit['of']} modules (checked against "
                      f"{info['checked_against']})")
+        full = info["checked_against"].startswith("full-size")
         if fit["unmatched"]:
-            full = info["checked_against"].startswith("full-size")
             hint = "; a smaller or pruned base? check with --base FILE" if full else ""
             lines.append(f"base model: {info['family']}; modules that fit nothing: {', '.join(fit['unmatched'])}{hint}")
+        elif fit.get("shape_mismatch"):  # names fit, shapes do not: the loaders would skip these modules
+            bad = fit["shape_mismatch"]
+            lines.append(f"base model: {info['family']}; every name fits, but {len(bad)}/{fit['of']} modules have "
+                         f"other shapes than {info['checked_against']}'s (e.g. {bad[0]}): a LoRA of a smaller model "
+                         f"(a toy or pruned one); check it with --base FILE or `lorakit verify {info['file']} --base "
+                         "FILE`")
         else:
-            lines.append(f"base model: {info['family']}; every key fits")
+            lines.append(f"base model: {info['family']}; every key fits" + (
+                "" if not full else " (names and shapes)" if "shape_mismatch" in fit else _NAMES_ONLY.format(info)))
         return "\n".join(lines + _metadata_lines(info))
     best = None
     version = str(info["metadata"].get("ss_base_model_version", ""))
@@ -278,7 +305,7 @@ def render(info: dict[str, Any]) -> str:
     if best is not None:
         unmatched = info["fits"][best]["unmatched"]
         lines.append(f"base model: {best}" + (f"; keys that fit nothing: {', '.join(unmatched)}" if unmatched
-                                              else "; every key fits"))
+                                              else "; every key fits" + _NAMES_ONLY.format(info)))
     else:
         lines.append("base model: no known family matches these keys")
     return "\n".join(lines + _metadata_lines(info))

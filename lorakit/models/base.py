@@ -46,6 +46,9 @@ class ModelSpec:
     # other ss_base_model_version values the family writes for its variants, when they do not start with
     # metadata_base_version (SD3: "5-medium", "medium"); `inspect` reads a file as this family's by either
     metadata_versions: tuple[str, ...] = ()
+    # the diffusers pipeline classes (a folder's model_index.json ``_class_name``) of this family's base models: a
+    # folder of another family given as model.checkpoint names the family to set (registry.require_base_folder)
+    pipeline_classes: tuple[str, ...] = ()
     # GiB of activations (and workspaces) per 1024x1024 image in a bf16 LoRA step: (with gradient
     # checkpointing, without); used by memory.vram_gb (lorakit/train/budget.py); measured, see RESULTS.md
     activation_gib: tuple[float, float] = (1.0, 8.0)

@@ -169,6 +169,10 @@ def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:
     src = Path(model_cfg.checkpoint).expanduser()
     if not src.exists():
         raise ConfigError(f"model.checkpoint: {src} not found ({model} loads local files only)")
+    if src.is_dir() and getattr(model_cfg, "family", None):  # another family's diffusers folder: name the family
+        from lorakit.models.registry import require_base_folder
+
+        require_base_folder(src, model_cfg.family)
     if src.is_file() and shards(src, "model.checkpoint") == [src]:
         with keyed("model.checkpoint"):  # a truncated file too
             _refuse_other_family(model_cfg)  # another family's file, an encoder, a LoRA: the file, what it is, what to set

@@ -20,7 +20,7 @@ import os
 import pkgutil
 from functools import lru_cache
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import lorakit.models as _models
 from lorakit.errors import ConfigError
@@ -233,3 +233,36 @@ def require_base(path, family: str, key: str = "model.checkpoint") -> "FileKind"
         hint = (f"; {key} takes the diffusion model itself (a file or a diffusers folder), text encoders and VAEs go "
                 "in their own [model] keys")
     raise ModelLoadError(f"{key}: {path} is {kind.what}, not a base model the {family} family trains on{hint}")
+
+
+def folder_family(folder) -> tuple[Optional[str], Optional[str]]:
+    """(the pipeline class a diffusers folder's model_index.json names, the family that declares it in its
+    ``SPEC.pipeline_classes``); (None, None) without a readable model_index.json, (class, None) for a class no
+    installed family declares."""
+    import json
+    from pathlib import Path
+
+    try:
+        cls = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    if not isinstance(cls, str):
+        return None, None
+    for name in families():
+        if cls in getattr(getattr(get_family(name), "SPEC", None), "pipeline_classes", ()):
+            return cls, name
+    return cls, None
+
+
+def require_base_folder(folder, family: str, key: str = "model.checkpoint") -> None:
+    """One ModelLoadError line when the diffusers folder ``folder`` is another family's pipeline (its model_index.json
+    ``_class_name``): the key, the folder, what it is and the family to set. Folders no family claims pass."""
+    from lorakit.errors import ModelLoadError
+
+    cls, owner = folder_family(folder)
+    if owner is None or owner == family:
+        return
+    shown = getattr(getattr(get_family(owner), "SPEC", None), "display_name", "") or owner
+    raise ModelLoadError(f"{key}: {folder} is a diffusers {shown} folder ({cls}), not a base model the {family} "
+                         f"family trains on; set model.family = \"{owner}\" to train on it")
+

@@ -23,7 +23,7 @@ from lorakit.ui import dataset as ds
 from lorakit.ui import form as fm
 from lorakit.train.metrics import series
 from lorakit.ui import runs, sweeps
-from lorakit.ui.jobs import JobError, JobStore, tail
+from lorakit.ui.jobs import JobError, JobStore, hold_home, tail
 
 CSS = """
 .lk-error textarea, .lk-error input, .lk-error select { border-color: #d33 !important; }
@@ -937,6 +937,7 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
                                    "or another program uses it); pick another port, or leave --port out for a free "
                                    "one") from None
     port = port or free_port(host)
+    ui_lock = hold_home(home, port)  # one UI per home: a second one is refused (its queue is this one's)
     demo = build(state)
     stop = threading.Event()
 
@@ -956,6 +957,7 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
     print(f"lorakit ui: http://{shown}:{port}  (jobs and datasets under {home}; Ctrl-C stops the UI, "
           "never a running job)", flush=True)
     if not block:
+        state.ui_lock = ui_lock  # type: ignore[attr-defined]  (held while the caller keeps the UI)
         return demo, state
     try:
         while True:
@@ -965,4 +967,5 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
     finally:
         stop.set()
         demo.close()
+        ui_lock.release()
     return demo, state

@@ -325,9 +325,12 @@ class JobStore:
 
     def _launch(self, job: Job) -> bool:
         attempt = job.attempt + 1
-        with self._db() as db:  # claim it: a second UI on the same home cannot start it too
+        with self._db() as db:  # claim it in one statement: another process on this home (the ComfyUI nodes, a
+            # second UI) can neither start it too nor start another job on its device between our look and the claim
             claimed = db.execute("UPDATE jobs SET state = 'running', attempt = ?, pid = NULL, pid_start = NULL, "
-                                 "stop_requested = 0, note = '', updated = ? WHERE id = ? AND state = 'queued'",
+                                 "stop_requested = 0, note = '', updated = ? WHERE id = ? AND state = 'queued' AND "
+                                 "NOT EXISTS (SELECT 1 FROM jobs AS o WHERE o.device = jobs.device AND o.id != jobs.id "
+                                 f"AND o.state IN ({', '.join(repr(a) for a in ACTIVE)}))",
                                  (attempt, time.time(), job.id)).rowcount
         if claimed != 1:
             return False
@@ -411,6 +414,23 @@ class JobStore:
         why = (f"the run exited with status {rc}" if rc is not None
                else "the run's process ended without an exit status (killed, or the machine restarted)")
         return "failed", f"{why}\n--- last lines of the log ---\n{last}"
+
+
+UI_LOCK = "ui.lock"
+
+
+def hold_home(home: Path, port: int) -> Any:
+    """The home's UI lock (an OS lock: a UI that died, even by SIGKILL, leaves nothing to clean up, and the next
+    takes it over); a second `lorakit ui` on the same home is refused in one line naming the one that serves it."""
+    from lorakit.fsutil import FileLock, LockHeld, describe_holder
+
+    lock = FileLock(Path(home) / UI_LOCK)
+    try:
+        return lock.acquire(port=port)
+    except LockHeld as exc:
+        url = f"http://127.0.0.1:{exc.holder['port']}, " if exc.holder.get("port") else ""
+        raise JobError(f"--home {home}: another `lorakit ui` serves this home and its job queue ({url}"
+                       f"{describe_holder(exc.holder)}); use that one, stop it first, or give another --home") from None
 
 
 class _Closing:

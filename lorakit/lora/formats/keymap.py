@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Optional
+from typing import Callable, Optional
 
 COMPONENTS = ("denoiser", "te1", "te2", "te3")
 
@@ -78,6 +78,8 @@ class FamilyKeys:
     checkpoint_prefix: dict[str, str] = field(default_factory=dict)  # component -> prefix in the single file
     kohya_diffusers: frozenset = frozenset()   # components whose kohya names are built from the diffusers path
     variant: str = ""                          # the size these shapes are of ("klein-4b", ...; "" = the only one)
+    # a family whose module names depend on the base's depth: header -> the map of that base (None: this one's)
+    for_base: Optional[Callable[[dict], Optional["FamilyKeys"]]] = field(default=None, compare=False, repr=False)
 
     def kohya_name(self, m: BaseModule) -> str:
         path = m.diffusers[0] if m.component in self.kohya_diffusers and len(m.diffusers) == 1 else m.native

@@ -157,6 +157,8 @@ def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
     name (diffusers names are unknown for those, so only native-name rules can match them).
     """
     header, _ = read_safetensors_header(base)
+    if keys.for_base is not None:  # names that follow the base's own depth (an SD 1.x U-Net's layers per block)
+        keys = keys.for_base(header) or keys
     by_key, prefix = _checkpoint_modules(keys, header)
     if not by_key:
         from lorakit.models.registry import identify  # what it is instead (the one detector, as inspect --base)

@@ -25,7 +25,8 @@ from lorakit.safetensors_header import read_safetensors_header
 from .modulation import DOUBLE, SINGLE
 from .lora_format import MODULE_TYPES
 
-SPEC = ModelSpec(family="flux1", latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
+SPEC = ModelSpec(family="flux1", pipeline_classes=("FluxPipeline",),
+                 latent_channels=16, vae_scale=0.3611, vae_shift=0.1159, vae_downscale=8,
                  module_types=MODULE_TYPES,
                  display_name="FLUX.1",
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,

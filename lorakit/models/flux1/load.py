@@ -264,6 +264,9 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy: b
     if p.is_file():
         comps = load_single_files(model_cfg, dtype, lazy=lazy)
     elif p.is_dir():
+        from lorakit.models.registry import require_base_folder
+
+        require_base_folder(p, "flux1")  # another family's diffusers folder: the family to set
         if not (p / "model_index.json").is_file() and not (p / "transformer").is_dir():
             raise ConfigError(f"model.checkpoint: folder {p} is not a diffusers FLUX.1 model (no model_index.json)")
         from lorakit.models.weights import check_weights_folder

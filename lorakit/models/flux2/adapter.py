@@ -23,7 +23,8 @@ from lorakit.models import common
 from . import configs, maths, planning
 from .lora_format import MODULE_TYPES
 
-SPEC = ModelSpec(family="flux2", latent_channels=128, vae_scale=1.0, vae_shift=0.0, vae_downscale=16, patch_size=1,
+SPEC = ModelSpec(family="flux2", pipeline_classes=("Flux2KleinPipeline", "Flux2Pipeline"),
+                 latent_channels=128, vae_scale=1.0, vae_shift=0.0, vae_downscale=16, patch_size=1,
                  module_types=MODULE_TYPES,
                  display_name="FLUX.2",
                  bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),

@@ -30,7 +30,8 @@ from lorakit.models.base import LoraModule, ModelSpec, SamplePrompt, to_gpu
 from . import configs, planning
 from .lora_format import MODULE_TYPES
 
-SPEC = ModelSpec(family="qwenimage", latent_channels=16, vae_scale=1.0, vae_shift=0.0, vae_downscale=8, patch_size=2,
+SPEC = ModelSpec(family="qwenimage", pipeline_classes=("QwenImagePipeline",),
+                 latent_channels=16, vae_scale=1.0, vae_shift=0.0, vae_downscale=8, patch_size=2,
                  module_types=MODULE_TYPES,
                  display_name="Qwen-Image",
                  bucket_divisibility=16, prediction="flow", default_resolution=1024, text_encoders=("text_encoder",),

@@ -24,7 +24,8 @@ from lorakit.models.clip_t5 import text_encoder_lora_targets
 from lorakit.models.unet import UNetAdapter, _OnFirstUse
 from lorakit.models.unet_parts import export_diffusers, unet_lora_targets
 
-SPEC = ModelSpec(family="sd15", latent_channels=4, vae_scale=0.18215, vae_shift=0.0, vae_downscale=8, patch_size=1,
+SPEC = ModelSpec(family="sd15", pipeline_classes=("StableDiffusionPipeline",),
+                 latent_channels=4, vae_scale=0.18215, vae_shift=0.0, vae_downscale=8, patch_size=1,
                  display_name="SD 1.5",
                  bucket_divisibility=64, prediction="epsilon", default_resolution=512,
                  text_encoders=("clip_l",), max_caption_tokens=77, default_sample_steps=25,

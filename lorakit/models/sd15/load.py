@@ -58,6 +58,9 @@ def _source(model_cfg: Any) -> tuple[str, Path, Path]:
                               f"it to .safetensors or set model.allow_pickle = true if you trust it")
         return "file", path, cfg_dir or configs.shipped_config_dir()
     if path.is_dir():
+        from lorakit.models.registry import require_base_folder
+
+        require_base_folder(path, "sd15")  # another family's diffusers folder: the family to set
         if not (path / "model_index.json").is_file():
             raise ConfigError(f"model.checkpoint: {path} is a folder without model_index.json; give a diffusers "
                               f"SD 1.5 folder or a .safetensors file")
@@ -139,8 +142,6 @@ def _tokenizer(model_dir: Optional[Path], tokenizer_dir: Optional[str]) -> Any:
 
 def _vae_file(model_cfg: Any, cfg_dir: Path) -> Any:
     """``model.vae``: a separate VAE file (LDM or diffusers keys), loaded with the VAE config of ``cfg_dir``."""
-    from diffusers import AutoencoderKL
-
     vae_path = Path(model_cfg.vae).expanduser()
     if not vae_path.is_file():
         raise ConfigError(f"model.vae: {vae_path} does not exist")
@@ -150,11 +151,37 @@ def _vae_file(model_cfg: Any, cfg_dir: Path) -> Any:
     from lorakit.models.common import refuse_checkpoint_as  # an SDXL file's VAE has SD 1.5's shapes, not its latents
     refuse_checkpoint_as("model.vae", vae_path, ("sd15",), "an SD 1.5 VAE (e.g. vae-ft-mse-840000-ema-pruned"
                          ".safetensors)")
+    what = _not_sd15_vae(vae_path)  # another VAE (FLUX.1's 16 channels, Qwen-Image's): what it is, before diffusers
+    if what:
+        raise ModelLoadError(f"model.vae: {vae_path} is {what}, not {_SD15_VAE}")
+    from diffusers import AutoencoderKL
+
     try:
         return AutoencoderKL.from_single_file(str(vae_path), config=str(cfg_dir), subfolder="vae",
                                               local_files_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"model.vae: {vae_path} could not be loaded as an SD 1.5 VAE ({exc})") from exc
+    except Exception as exc:  # diffusers' text can run to pages: its first line, clipped
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"model.vae: {vae_path} could not be loaded as {_SD15_VAE}: "
+                             f"{first[:160]}{'…' if len(first) > 160 else ''}") from exc
+
+
+_SD15_VAE = "an SD 1.5 VAE (4 latent channels, e.g. vae-ft-mse-840000-ema-pruned.safetensors)"
+
+
+def _not_sd15_vae(path: Path) -> str:
+    """What ``path`` is when it is not a VAE of SD 1.5's latents (4 channels: its encoder's conv_out has 8 rows,
+    mean and log-variance), read from the header; "" when it is one."""
+    import re
+
+    from lorakit.models.registry import identify_header
+    from lorakit.safetensors_header import read_safetensors_header
+
+    header, _ = read_safetensors_header(path)
+    out = [v["shape"] for k, v in header.items() if re.search(r"(^|\.)encoder\.conv_out\.weight$", k)]
+    if out and int(out[0][0]) == 8:
+        return ""
+    what = identify_header(header, str(path)).what
+    return f"{what} of {int(out[0][0]) // 2} latent channels" if out else what
 
 
 def _unet_from_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device: Optional[torch.device]) -> Any:

@@ -27,7 +27,8 @@ from .lora_format import MODULE_TYPES
 
 VAE_SCALE, VAE_SHIFT = configs.VAE_SCALE, configs.VAE_SHIFT
 
-SPEC = ModelSpec(family="sd3", latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
+SPEC = ModelSpec(family="sd3", pipeline_classes=("StableDiffusion3Pipeline",),
+                 latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
                  module_types=MODULE_TYPES,
                  display_name="SD3.5",
                  patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,

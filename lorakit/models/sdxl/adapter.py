@@ -24,7 +24,8 @@ from lorakit.models.sdxl import configs
 from lorakit.models.unet import UNetAdapter, _OnFirstUse
 from lorakit.models.unet_parts import export_diffusers, unet_lora_targets, unet_module_to_sgm
 
-SPEC = ModelSpec(family="sdxl", latent_channels=4, vae_scale=0.13025, vae_shift=0.0, vae_downscale=8, patch_size=1,
+SPEC = ModelSpec(family="sdxl", pipeline_classes=("StableDiffusionXLPipeline",),
+                 latent_channels=4, vae_scale=0.13025, vae_shift=0.0, vae_downscale=8, patch_size=1,
                  display_name="SDXL",
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,

@@ -135,6 +135,9 @@ def _source(model_cfg: Any) -> tuple[str, Any, Optional[Path]]:
                                   "config folder (for lorakit's toy: `lorakit toy path sdxl` prints the [model] table)")
         return "file", path, cfg_dir or configs.shipped_config_dir()
     if path.is_dir():
+        from lorakit.models.registry import require_base_folder
+
+        require_base_folder(path, "sdxl")  # another family's diffusers folder: the family to set
         if not (path / "model_index.json").is_file():
             raise ConfigError(f"model.checkpoint: {path} is a folder without model_index.json; give a diffusers "
                               f"SDXL folder or a .safetensors file")

@@ -26,7 +26,8 @@ from .lora_format import MODULE_TYPES
 
 VAE_SCALE, VAE_SHIFT = 0.3611, 0.1159          # FLUX.1's AE constants (Z-Image's vae/config.json has the same)
 
-SPEC = ModelSpec(family="zimage", latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
+SPEC = ModelSpec(family="zimage", pipeline_classes=("ZImagePipeline",),
+                 latent_channels=16, vae_scale=VAE_SCALE, vae_shift=VAE_SHIFT, vae_downscale=8,
                  module_types=MODULE_TYPES,
                  display_name="Z-Image",
                  patch_size=2, bucket_divisibility=16, prediction="flow", default_resolution=1024,
