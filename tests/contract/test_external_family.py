@@ -167,6 +167,9 @@ def test_train_sample_export_inspect_resume_through_the_cli(tmp_path):
 
     # inspect asked the registry: the external family's key universe recognises every module
     assert "fits tinydit: 20/20 modules" in shown and "base model: tinydit; every key fits" in shown
+    # no key map of full-size shapes for this family: inspect says it checked the names only (docs/families.md)
+    lora = out / "full" / "full.safetensors"
+    assert f"every key fits (module names checked, not shapes: `lorakit verify {lora}` checks them)" in shown, shown
     assert "ss_base_model_version: tinydit" in shown
 
     # resumed: the same losses as the uninterrupted run, and the same LoRA bit for bit (diffusers layout: A = down,
