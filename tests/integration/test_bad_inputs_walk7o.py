@@ -35,3 +35,40 @@ def test_keep_tokens_without_shuffle_or_tag_dropout_is_refused_not_ignored(run_t
     assert "keep_tokens" not in out["data"] and "keep_tokens" in skipped
     out, skipped = import_kohya_args({"keep_tokens": 1, "shuffle_caption": True}, "sdxl")
     assert out["data"]["keep_tokens"] == 1 and "keep_tokens" not in skipped
+
+
+def test_a_missing_mis_sized_or_empty_mask_is_refused_at_the_scan_before_any_model_loads(tmp_path):
+    """`data.mask_dir` with a mask missing for one image, or of the wrong size, stopped the run only after the base
+    model had loaded and every latent was encoded; an all-black mask (or, with `data.alpha_mask`, a fully transparent
+    image) trained nothing from its image without a word. All are now one line at the dataset scan."""
+    from PIL import Image
+
+    from lorakit.config.schema import DataCfg
+    from lorakit.data.scan import scan_dataset
+    from lorakit.errors import DataError
+    from lorakit.toy.world import write_demo_dataset
+
+    data, masks = tmp_path / "data", tmp_path / "masks"
+    write_demo_dataset(data, n=2, repeats=1)
+    images = sorted(data.glob("*/*.png"))
+    masks.mkdir()
+    size = Image.open(images[0]).size
+    Image.new("L", size, 255).save(masks / f"{images[0].stem}.png")
+    cfg = DataCfg(dir=str(data), mask_dir=str(masks), resolution=64, min_bucket_reso=64, max_bucket_reso=128)
+    with pytest.raises(DataError, match=rf"^data\.mask_dir: no mask for .*{images[1].name} in {masks}"):
+        scan_dataset(cfg)
+    Image.new("L", (size[0] // 2, size[1]), 255).save(masks / f"{images[1].stem}.png")
+    with pytest.raises(DataError, match=rf"^data\.mask_dir: .*{images[1].stem}\.png is {size[0] // 2}x{size[1]}"):
+        scan_dataset(cfg)
+    Image.new("L", size, 0).save(masks / f"{images[1].stem}.png")
+    with pytest.raises(DataError, match=rf"^data\.mask_dir: .*{images[1].stem}\.png is all black, so .* would train "
+                                        "nothing"):
+        scan_dataset(cfg)
+    Image.new("RGB", size, (255, 0, 0)).save(masks / f"{images[1].stem}.png")  # red channel: all learned
+    assert len(scan_dataset(cfg).items) == 2
+    # alpha_mask: an image without alpha counts whole; a fully transparent one is refused
+    alpha = DataCfg(dir=str(data), alpha_mask=True, resolution=64, min_bucket_reso=64, max_bucket_reso=128)
+    assert Image.open(images[0]).mode != "RGBA" and len(scan_dataset(alpha).items) == 2
+    Image.new("RGBA", size, (10, 20, 30, 0)).save(images[1])
+    with pytest.raises(DataError, match=rf"^data\.alpha_mask: .*{images[1].name} is fully transparent"):
+        scan_dataset(alpha)
