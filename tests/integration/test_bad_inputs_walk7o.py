@@ -72,3 +72,48 @@ def test_a_missing_mis_sized_or_empty_mask_is_refused_at_the_scan_before_any_mod
     Image.new("RGBA", size, (10, 20, 30, 0)).save(images[1])
     with pytest.raises(DataError, match=rf"^data\.alpha_mask: .*{images[1].name} is fully transparent"):
         scan_dataset(alpha)
+
+
+def test_resume_of_a_run_started_from_network_weights_does_not_need_the_file_any_more(tmp_path):
+    """`lorakit train --resume` of a run that started from `network.weights` loaded the base model, then stopped with
+    `network.weights: … does not exist` when the starting file had been moved or deleted, though the resume state
+    holds the LoRA (and overwrote what the file gave). A resuming run no longer reads the file."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lorakit.config.schema import Config
+    from lorakit.lora.inject import extract_lora
+    from lorakit.train import placement
+
+    class Tiny:  # the part of a family adapter injection uses: one denoiser of two Linears
+        spec = SimpleNamespace(denoiser_name="unet")
+
+        def __init__(self):
+            self.unet = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+
+        def lora_targets(self, network):
+            return {"unet": {"0": network.rank, "1": network.rank}}
+
+        def denoiser(self):
+            return self.unet
+
+        def text_encoder_modules(self):
+            return {}
+
+    cfg = Config()
+    cfg.model.family = "sdxl"
+    cfg.network.rank, cfg.network.alpha, cfg.network.weights = 4, 4.0, str(tmp_path / "gone.safetensors")
+
+    def lora(resuming):
+        modules, targets, _ = placement.inject(cfg, Tiny(), torch.float32, log=lambda s: None, resuming=resuming)
+        return extract_lora(modules["unet"])
+
+    with pytest.raises(ConfigError, match=r"^network\.weights: .*gone\.safetensors does not exist$"):
+        lora(False)  # a new run still needs the file
+    resumed = lora(True)
+    cfg.network.weights = None
+    fresh = lora(False)  # what a run without the key injects (seeded): the resume state then overwrites it
+    assert resumed.keys() == fresh.keys() == {"0", "1"}
+    for name, m in fresh.items():
+        assert torch.equal(resumed[name].down, m.down) and torch.equal(resumed[name].up, m.up)
