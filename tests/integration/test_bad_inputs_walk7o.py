@@ -117,3 +117,26 @@ def test_resume_of_a_run_started_from_network_weights_does_not_need_the_file_any
     assert resumed.keys() == fresh.keys() == {"0", "1"}
     for name, m in fresh.items():
         assert torch.equal(resumed[name].down, m.down) and torch.equal(resumed[name].up, m.up)
+
+
+def test_resume_may_raise_max_epochs_as_it_may_raise_max_steps():
+    """`lorakit train --resume DIR training.max_epochs=4` on a run of 2 epochs was refused as a changed setting
+    ("training.max_epochs: 2 → 4 … --force-resume"), while `training.max_steps=…` extends a run. The epochs are the
+    run's length too: not compared (also against a state written before, which recorded them); anything else is."""
+    import json
+    from types import SimpleNamespace
+
+    from lorakit.config.schema import Config
+    from lorakit.train import checkpoint, resume
+
+    def fp(epochs, seed=42):
+        cfg = Config()
+        cfg.training.max_epochs, cfg.training.seed = epochs, seed
+        return json.loads(json.dumps(resume.run_fingerprint(cfg, SimpleNamespace(items=[]))))  # as stored
+
+    assert "max_epochs" not in fp(2)["training"] and fp(2) == fp(4)
+    older = fp(2)
+    older["training"]["max_epochs"] = 2  # a train_state.json written before this change
+    assert checkpoint.fingerprint_diff(older, fp(4)) == ["training.max_epochs: 2 in the saved state, absent now"]
+    assert resume._changed(older, fp(4)) == []
+    assert resume._changed(older, fp(4, seed=7)) == ["training.seed: 42 → 7"]
