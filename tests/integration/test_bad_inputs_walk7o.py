@@ -140,3 +140,19 @@ def test_resume_may_raise_max_epochs_as_it_may_raise_max_steps():
     assert checkpoint.fingerprint_diff(older, fp(4)) == ["training.max_epochs: 2 in the saved state, absent now"]
     assert resume._changed(older, fp(4)) == []
     assert resume._changed(older, fp(4, seed=7)) == ["training.seed: 42 → 7"]
+
+
+def test_data_check_with_long_sdxl_captions_counts_against_max_token_length(run_toml, tmp_path, capsys):
+    """`lorakit data check run.toml` with `data.max_token_length = 225` warned "caption is 216 tokens; the text
+    encoder only sees the first 77", though the run encodes 225 tokens (three chunks of 75 between BOS and EOS)."""
+    from lorakit.cli import main
+
+    caption = next((tmp_path / "data").glob("*/*.txt"))
+    caption.write_text(", ".join(f"tag{i} word" for i in range(45)))  # 216 CLIP tokens with BOS and EOS
+    for setting, seen in ((75, 77), (150, 152), (225, None)):
+        assert main(["data", "check", str(run_toml), f"data.max_token_length={setting}"]) == 0
+        out = capsys.readouterr().out
+        lines = [x.split() for x in out.splitlines() if "caption is 216 tokens" in x]
+        assert lines == ([] if seen is None else [
+            ["warning", *f"{caption.parent.name}/{caption.stem}.png".split(), *f"caption is 216 tokens; the text "
+             f"encoder only sees the first {seen}".split()]]), out
