@@ -156,3 +156,29 @@ def test_data_check_with_long_sdxl_captions_counts_against_max_token_length(run_
         assert lines == ([] if seen is None else [
             ["warning", *f"{caption.parent.name}/{caption.stem}.png".split(), *f"caption is 216 tokens; the text "
              f"encoder only sees the first {seen}".split()]]), out
+
+
+@pytest.mark.parametrize(("name", "key", "value"), [("adafactor", "optimizer.betas", "[0.8,0.99]"),
+                                                     ("adafactor", "optimizer.eps", "1e-6"),
+                                                     ("lion", "optimizer.eps", "1e-6"),
+                                                     ("came", "optimizer.eps", "1e-6")])
+def test_an_optimizer_setting_the_optimizer_does_not_take_is_refused(run_toml, name, key, value):
+    """`optimizer.name = "adafactor"` with `optimizer.betas` / `optimizer.eps`, or Lion / CAME with `optimizer.eps`:
+    accepted, and never passed to the optimizer (its package has no such argument). Refused naming the key; the
+    optimizers that take them still do."""
+    import torch
+
+    from lorakit.train import optim
+
+    with pytest.raises(ConfigError, match=rf"^{key}: only has an effect with "):
+        load_config(run_toml, [f"optimizer.name={name}", f"{key}={value}"])
+    # independent: the optimizer built with the value keeps none of it (what the key would have set is not there)
+    built = optim.build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(2))]}], name, 1e-3, 0.0, [0.8, 0.99],
+                                  1e-6).defaults
+    if key == "optimizer.eps":
+        assert built.get("eps") != 1e-6
+    else:
+        assert tuple(built.get("betas") or ())[:2] != (0.8, 0.99) and built.get("beta1") is None
+    assert load_config(run_toml, ["optimizer.name=adamw", f"{key}={value}"]).optimizer.name == "adamw"
+    assert load_config(run_toml, ["optimizer.name=prodigy", "optimizer.lr=1", "optimizer.eps=1e-6"]).optimizer.eps \
+        == 1e-6
