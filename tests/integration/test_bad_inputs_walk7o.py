@@ -182,3 +182,19 @@ def test_an_optimizer_setting_the_optimizer_does_not_take_is_refused(run_toml, n
     assert load_config(run_toml, ["optimizer.name=adamw", f"{key}={value}"]).optimizer.name == "adamw"
     assert load_config(run_toml, ["optimizer.name=prodigy", "optimizer.lr=1", "optimizer.eps=1e-6"]).optimizer.eps \
         == 1e-6
+
+
+def test_kohyas_conditioning_data_dir_in_a_dataset_toml_points_at_data_mask_dir(tmp_path):
+    """A kohya dataset TOML with `conditioning_data_dir` (sd-scripts' masked-loss folder) was refused as "not a
+    dataset-config key (typo?)"; it is a real kohya key, so the line says what lorakit offers instead."""
+    from lorakit.config.schema import DataCfg
+    from lorakit.data.kohya_toml import load_dataset_toml
+
+    (tmp_path / "1_a").mkdir()
+    toml = tmp_path / "dataset.toml"
+    toml.write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "1_a"\nconditioning_data_dir = "masks"\n')
+    with pytest.raises(ConfigError) as e:
+        load_dataset_toml(toml, DataCfg())
+    assert str(e.value) == ("dataset.toml: datasets[0].subsets[0].conditioning_data_dir: per-subset mask folders are "
+                            "not offered; remove it and set data.mask_dir in the run config (one folder of masks named "
+                            "like the images)")
