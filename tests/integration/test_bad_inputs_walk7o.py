@@ -198,3 +198,25 @@ def test_kohyas_conditioning_data_dir_in_a_dataset_toml_points_at_data_mask_dir(
     assert str(e.value) == ("dataset.toml: datasets[0].subsets[0].conditioning_data_dir: per-subset mask folders are "
                             "not offered; remove it and set data.mask_dir in the run config (one folder of masks named "
                             "like the images)")
+
+
+def test_validation_dir_images_need_no_masks(tmp_path):
+    """The scan's mask check covers the training images only: a `data.validation_dir` image (validation loss is
+    never masked) needs no mask in `data.mask_dir`."""
+    from PIL import Image
+
+    from lorakit.config.schema import DataCfg
+    from lorakit.data.scan import scan_dataset
+    from lorakit.data.validation import scan_validation_dir
+    from lorakit.toy.world import write_demo_dataset
+
+    write_demo_dataset(tmp_path / "data", n=1, repeats=1)
+    write_demo_dataset(tmp_path / "val", n=2, repeats=1)
+    (tmp_path / "val" / next((tmp_path / "val").iterdir()).name / "000.png").unlink()  # not the training image
+    (tmp_path / "masks").mkdir()
+    image = next((tmp_path / "data").glob("*/*.png"))
+    Image.new("L", Image.open(image).size, 255).save(tmp_path / "masks" / f"{image.stem}.png")
+    cfg = DataCfg(dir=str(tmp_path / "data"), mask_dir=str(tmp_path / "masks"), resolution=64, min_bucket_reso=64,
+                  max_bucket_reso=128, validation_dir=str(tmp_path / "val"))
+    val = scan_validation_dir(scan_dataset(cfg), cfg, 64)
+    assert [it.path.name for it in val.items] == ["001.png"]  # no mask for it in data.mask_dir: none needed
