@@ -263,17 +263,36 @@ def tidy(run: RunDir, log, cfg: Optional[Config] = None) -> None:
 def check_not_finished(run: RunDir, cfg: Config) -> None:
     """--resume of a run that already ended at ``training.max_steps`` (run.json says "finished"): nothing to
     continue, so refuse in one line before anything loads, rather than redo the run's end over its LoRA and
-    previews. (A run counted in ``training.max_epochs`` learns its steps at the scan; it is not checked here.)"""
+    previews. A run counted in ``training.max_epochs`` learns its steps at the scan: it is refused when its epochs are
+    those its config.toml trained to."""
     status, max_steps = run.read_status(), cfg.training.max_steps
     step = status.get("step")
-    if status.get("status") != "finished" or cfg.training.max_epochs is not None or not isinstance(step, int) \
-            or step < max_steps:
+    epochs = cfg.training.max_epochs
+    if epochs is not None and status.get("status") == "finished" and isinstance(step, int) \
+            and epochs <= (_recorded_epochs(run) or 0):  # walk7o: an epochs run whose epochs were not raised
+        raise TrainingError(
+            f"--resume: {run.root} finished at step {step} (training.max_epochs = {epochs}); nothing was changed "
+            f"(its LoRA: {run.lora_path()}). To train it further, raise the epochs: `lorakit train --resume "
+            f"{run.root} training.max_epochs={2 * epochs}`")
+    if status.get("status") != "finished" or epochs is not None or not isinstance(step, int) or step < max_steps:
         return
     past = "" if step == max_steps else f" in its config.toml; an earlier --resume trained on to {step}"
     raise TrainingError(
         f"--resume: {run.root} finished at step {step} (training.max_steps = {max_steps}{past}); nothing was changed "
         f"(its LoRA: {run.lora_path()}). To train it further, raise the step count: `lorakit train --resume {run.root} "
         f"training.max_steps={2 * step}`")
+
+
+def _recorded_epochs(run: RunDir) -> Optional[int]:
+    """training.max_epochs of the run's config.toml (what it trained to); None when unset or unreadable."""
+    import tomllib
+
+    try:
+        value = tomllib.loads((run.root / "config.toml").read_text(encoding="utf-8")).get("training", {}) \
+            .get("max_epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def interrupted(run: RunDir, step: int) -> Exception:

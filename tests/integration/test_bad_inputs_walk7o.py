@@ -220,3 +220,31 @@ def test_validation_dir_images_need_no_masks(tmp_path):
                   max_bucket_reso=128, validation_dir=str(tmp_path / "val"))
     val = scan_validation_dir(scan_dataset(cfg), cfg, 64)
     assert [it.path.name for it in val.items] == ["001.png"]  # no mask for it in data.mask_dir: none needed
+
+
+def test_resume_of_a_finished_epochs_run_is_refused_unless_its_epochs_are_raised(tmp_path, capsys):
+    """`lorakit train --resume DIR` of a finished run counted in `training.max_epochs` loaded the model and wrote its
+    LoRA again (a finished run counted in steps is refused in one line); now refused alike, naming the epochs."""
+    from types import SimpleNamespace
+
+    from lorakit.errors import TrainingError
+    from lorakit.train import resume
+    from lorakit.train.rundir import RunDir
+
+    run = RunDir(tmp_path / "ohwx", "ohwx")
+    run.root.mkdir()
+    (run.root / "config.toml").write_text("[training]\nmax_epochs = 4\n")
+    (run.root / "run.json").write_text('{"status": "finished", "step": 8, "max_steps": 8}')
+
+    def cfg(epochs):
+        return SimpleNamespace(training=SimpleNamespace(max_steps=1500, max_epochs=epochs))
+
+    for epochs in (4, 3):  # the same epochs, or fewer
+        with pytest.raises(TrainingError) as e:
+            resume.check_not_finished(run, cfg(epochs))
+        assert str(e.value) == (f"--resume: {run.root} finished at step 8 (training.max_epochs = {epochs}); nothing "
+                                f"was changed (its LoRA: {run.root / 'ohwx.safetensors'}). To train it further, raise "
+                                f"the epochs: `lorakit train --resume {run.root} training.max_epochs={2 * epochs}`")
+    resume.check_not_finished(run, cfg(5))  # more epochs: the resume goes on
+    (run.root / "run.json").write_text('{"status": "interrupted", "step": 6}')
+    resume.check_not_finished(run, cfg(4))  # an interrupted run goes on
