@@ -308,6 +308,8 @@ def cmd_data_check(args) -> int:
     checked = [family] if family else families()
     divisibility = math.lcm(*(get_family(f).SPEC.bucket_divisibility for f in checked))
     limit, counter = min((family_limit(f) for f in checked), key=lambda lc: lc[0])
+    if data.max_token_length > 75:  # walk7o: SDXL's long captions (chunks of 75 between BOS and EOS) are read whole
+        limit = max(limit, data.max_token_length + 2)
     if not family:
         print(f"no family given: buckets and caption lengths checked for the strictest of {', '.join(checked)} "
               "(--family, or a run.toml, checks one)")

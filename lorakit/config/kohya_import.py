@@ -146,6 +146,10 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             target = KOHYA_KEYS[steps][0].split(".")
             out[target[0]].pop(target[1], None)
             skipped.append(steps)
+    d = out.get("data", {})  # walk7o: an inert keep_tokens is not carried over (lorakit refuses it)
+    if d.get("keep_tokens") and not (d.get("shuffle_caption") or d.get("caption_tag_dropout_rate") or d.get("config")):
+        d.pop("keep_tokens")
+        skipped.append("keep_tokens")
     if "enable_bucket" not in args:  # sd-scripts' default is off: every image cropped to the resolution
         out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
@@ -182,6 +186,7 @@ _DROP_REASONS = {
     "sample_every_n_epochs": "lorakit counts in steps (sample.every_n_steps)",
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
+    "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
 
 

@@ -431,6 +431,14 @@ _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
     ("training.logit_std", 'training.timestep_sampling = "logit_normal"',
      lambda c: c.training.timestep_sampling == "logit_normal"),
     ("data.prior_loss_weight", "data.reg_dir", lambda c: c.data.reg_dir is not None),
+    # walk7o: Adafactor takes no Adam betas or eps; Lion and CAME no eps (CAME's eps pair is the package's own)
+    ("optimizer.betas", "an optimizer.name other than adafactor", lambda c: c.optimizer.name != "adafactor"),
+    ("optimizer.eps", "optimizer.name = adamw, adamw8bit, prodigy or adamw_schedulefree",
+     lambda c: c.optimizer.name in ("adamw", "adamw8bit", "prodigy", "adamw_schedulefree")),
+    # walk7o: keep_tokens only fixes tags that shuffling or tag dropout would move (a dataset TOML's subsets fall back
+    # to it, so data.config keeps it too)
+    ("data.keep_tokens", "data.shuffle_caption = true or data.caption_tag_dropout_rate > 0",
+     lambda c: c.data.shuffle_caption or c.data.caption_tag_dropout_rate > 0 or c.data.config is not None),
     # validation (issue 23)
     *((key, "a validation set (data.validation_split > 0 or data.validation_dir)",
        lambda c: c.data.validation_split > 0 or c.data.validation_dir is not None)

@@ -90,6 +90,9 @@ def _check_table(file: str, where: str, table: Any, allowed: set[str], elsewhere
     if not isinstance(table, dict):
         raise ConfigError(f"{file}: {where} must be a table")
     for key, value in table.items():
+        if key == "conditioning_data_dir":  # walk7o: sd-scripts' masked-loss folder (was "not a dataset-config key")
+            raise ConfigError(f"{file}: {where}.conditioning_data_dir: per-subset mask folders are not offered; remove "
+                              "it and set data.mask_dir in the run config (one folder of masks named like the images)")
         if key in _NOT_YET:
             noop = _NOT_YET[key]
             if key == "alpha_mask" and value is True:  # issue 23: one switch for the whole run

@@ -62,6 +62,19 @@ def mask_image(item, alpha_mask: bool, mask_dir: Optional[str]) -> Optional[Imag
     return None
 
 
+def check_masks(items: Sequence, alpha_mask: bool, mask_dir: Optional[str]) -> None:
+    """walk7o: at the dataset scan, before any model loads: every training image has its mask, of its size, and the
+    mask keeps something (an all-black mask or a fully transparent image would train nothing from that image)."""
+    for item in items:
+        full = mask_image(item, alpha_mask, mask_dir)
+        if full is not None and full.getextrema()[1] == 0:
+            if alpha_mask:
+                raise DataError(f"data.alpha_mask: {item.path} is fully transparent, so it would train nothing; "
+                                "give it an alpha channel that keeps the subject, or remove the image")
+            raise DataError(f"data.mask_dir: {mask_file(item, mask_dir)} is all black, so {item.path} would train "
+                            "nothing; white marks what is learned (fix the mask or remove the image)")
+
+
 def latent_mask(mask: Image.Image, item, downscale: int, flip: bool = False) -> torch.Tensor:
     """[1, h, w] float32 in [0, 1]: the bucket window of ``mask`` (as its image is cropped), area-averaged over
     ``downscale``×``downscale`` pixel blocks, flipped with the image if asked."""

@@ -436,6 +436,10 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     dataset.report = check(dataset)
     if not any(not it.is_reg for it in items):
         raise _no_usable(where, specs, problems, dataset.report)
+    if data.alpha_mask or data.mask_dir:  # walk7o: a missing, mis-sized or empty mask before any model loads
+        from lorakit.data.masks import check_masks
+
+        check_masks(items, data.alpha_mask, data.mask_dir)
     return dataset
 
 

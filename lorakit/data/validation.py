@@ -83,7 +83,7 @@ def scan_validation_dir(dataset: Dataset, data: DataCfg, divisibility: int) -> V
         raise ConfigError(f"data.validation_dir: folder {data.validation_dir} not found (it should hold subfolders "
                           "like '1_ohwx woman', as data.dir does)")
     vcfg = dataclasses.replace(data, dir=data.validation_dir, config=None, reg_dir=None, validation_dir=None,
-                               validation_split=0.0)
+                               validation_split=0.0, alpha_mask=False, mask_dir=None)  # validation: no loss masks
     try:
         found = scan_dataset(vcfg, divisibility=divisibility)
     except DataError as exc:

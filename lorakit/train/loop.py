@@ -122,7 +122,7 @@ def prepare_model(r: "Run", resume_: bool, force: bool, log: Callable[[str], Non
     load_and_cache(r, watchdog, log)
     r.placed = placement.place(cfg, r.adapter, r.device, r.compute_dtype,
                                buckets=len({item.bucket for item in r.dataset.items}), log=log,
-                               room=autoplan.recorded_room(r.run.root) if resume_ else None)
+                               room=autoplan.recorded_room(r.run.root) if resume_ else None, resuming=resume_)
     run_cfg = r.placed.cfg
     health.check_disk(run_cfg, r.run, r.dataset, r.adapter.spec, lora_params=sum(p.numel() for p in r.placed.trainable))
     if resume_:

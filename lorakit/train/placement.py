@@ -32,16 +32,17 @@ class Placed:
     trainable: list[torch.Tensor]
 
 
-def inject(cfg: Config, adapter, compute_dtype: torch.dtype, log: Callable[[str], None] = print
-           ) -> tuple[dict, dict, list[dict]]:
+def inject(cfg: Config, adapter, compute_dtype: torch.dtype, log: Callable[[str], None] = print,
+           resuming: bool = False) -> tuple[dict, dict, list[dict]]:
     """LoRA on every component the adapter targets; returns (modules, targets, optimizer parameter groups). With
-    ``network.weights`` the LoRA then holds that file's weights (read and checked before injection)."""
+    ``network.weights`` the LoRA then holds that file's weights (read and checked before injection), unless the run
+    is resuming: its resume state holds the LoRA, so the file is not read (it may be gone by then)."""
     spec = adapter.spec
     targets = adapter.lora_targets(cfg.network)
     modules = {spec.denoiser_name: adapter.denoiser(), **adapter.text_encoder_modules()}
     alphas = {component: {name: (cfg.network.conv_alpha if _is_conv(modules[component], name) else cfg.network.alpha)
                           for name in module_targets} for component, module_targets in targets.items()}
-    start_from = warmstart.read(cfg, adapter, targets, alphas, log)  # network.weights (issue 23)
+    start_from = None if resuming else warmstart.read(cfg, adapter, targets, alphas, log)  # network.weights
     torch.manual_seed(cfg.training.seed)
     groups = []
     for component, module_targets in targets.items():
@@ -83,10 +84,10 @@ def check_rank_fits(module: torch.nn.Module, targets: dict[str, int]) -> None:
 
 
 def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype, buckets: int,
-          log: Callable[[str], None], room: Optional[float] = None) -> Placed:
+          log: Callable[[str], None], room: Optional[float] = None, resuming: bool = False) -> Placed:
     """Inject the LoRA, plan memory, place the denoiser and prepare it (checkpointing, compile)."""
     spec = adapter.spec
-    modules, targets, groups = inject(cfg, adapter, compute_dtype, log)
+    modules, targets, groups = inject(cfg, adapter, compute_dtype, log, resuming)
     trainable = [p for g in groups for p in g["params"]]
     denoiser = modules[spec.denoiser_name]
     # after injection (peft wraps the Linears first), before compile: the memory plan, then fp8 storage and block

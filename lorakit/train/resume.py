@@ -78,7 +78,7 @@ def restore(run: RunDir, fingerprint: dict, force: bool, modules, targets, optim
         log(f"--resume: {run.root} has no complete checkpoint (the run stopped before its first save finished); "
             "starting again from step 0. Caches already written are reused.")
         return 0
-    changed = checkpoint.fingerprint_diff(state["config_fingerprint"], fingerprint)
+    changed = _changed(state["config_fingerprint"], fingerprint)
     if changed and not force:
         raise settings_changed(state_dir, changed)
     _check_data_order(state_dir, state["data_state"], stream)
@@ -171,7 +171,7 @@ def check_unchanged(run: RunDir, fingerprint: dict) -> None:
         saved = json.loads((latest / "train_state.json").read_text())["config_fingerprint"] if latest else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # a damaged state: restore() reports it and falls back to an earlier one
-    changed = checkpoint.fingerprint_diff(saved, fingerprint) if saved is not None else []
+    changed = _changed(saved, fingerprint) if saved is not None else []
     if changed:
         raise settings_changed(latest, changed)
 
@@ -210,13 +210,25 @@ def check_plan(run: RunDir, plan: dict, force: bool, log=print) -> None:
                             "to continue with the new plan.")
 
 
+# the run's length (steps or, walk7o, epochs: a resume may raise either) and where it runs: not compared at a resume
+_EXTENDABLE = ("max_steps", "max_epochs", "stall_timeout", "device")
+
+
+def _changed(saved: dict, now: dict) -> list[str]:
+    """``checkpoint.fingerprint_diff`` without the keys a resume may change (a state written before walk7o holds
+    ``training.max_epochs``)."""
+    if isinstance(saved, dict) and isinstance(saved.get("training"), dict):
+        saved = {**saved, "training": {k: v for k, v in saved["training"].items() if k not in _EXTENDABLE}}
+    return checkpoint.fingerprint_diff(saved, now)
+
+
 def run_fingerprint(cfg: Config, dataset) -> dict:
     """What must not change between a run and its resume."""
     d = config_to_dict(cfg)  # training.batch_size: the global batch (processes × per process; resumable on others)
     d["training"] = {**d.get("training", {}), "batch_size": cfg.training.batch_size * distributed.world()}
     return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
             "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
-                                                             if k not in ("max_steps", "stall_timeout", "device")},
+                                                             if k not in _EXTENDABLE},
             "optimizer": d.get("optimizer", {})}
 
 
@@ -251,17 +263,36 @@ def tidy(run: RunDir, log, cfg: Optional[Config] = None) -> None:
 def check_not_finished(run: RunDir, cfg: Config) -> None:
     """--resume of a run that already ended at ``training.max_steps`` (run.json says "finished"): nothing to
     continue, so refuse in one line before anything loads, rather than redo the run's end over its LoRA and
-    previews. (A run counted in ``training.max_epochs`` learns its steps at the scan; it is not checked here.)"""
+    previews. A run counted in ``training.max_epochs`` learns its steps at the scan: it is refused when its epochs are
+    those its config.toml trained to."""
     status, max_steps = run.read_status(), cfg.training.max_steps
     step = status.get("step")
-    if status.get("status") != "finished" or cfg.training.max_epochs is not None or not isinstance(step, int) \
-            or step < max_steps:
+    epochs = cfg.training.max_epochs
+    if epochs is not None and status.get("status") == "finished" and isinstance(step, int) \
+            and epochs <= (_recorded_epochs(run) or 0):  # walk7o: an epochs run whose epochs were not raised
+        raise TrainingError(
+            f"--resume: {run.root} finished at step {step} (training.max_epochs = {epochs}); nothing was changed "
+            f"(its LoRA: {run.lora_path()}). To train it further, raise the epochs: `lorakit train --resume "
+            f"{run.root} training.max_epochs={2 * epochs}`")
+    if status.get("status") != "finished" or epochs is not None or not isinstance(step, int) or step < max_steps:
         return
     past = "" if step == max_steps else f" in its config.toml; an earlier --resume trained on to {step}"
     raise TrainingError(
         f"--resume: {run.root} finished at step {step} (training.max_steps = {max_steps}{past}); nothing was changed "
         f"(its LoRA: {run.lora_path()}). To train it further, raise the step count: `lorakit train --resume {run.root} "
         f"training.max_steps={2 * step}`")
+
+
+def _recorded_epochs(run: RunDir) -> Optional[int]:
+    """training.max_epochs of the run's config.toml (what it trained to); None when unset or unreadable."""
+    import tomllib
+
+    try:
+        value = tomllib.loads((run.root / "config.toml").read_text(encoding="utf-8")).get("training", {}) \
+            .get("max_epochs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) else None
 
 
 def interrupted(run: RunDir, step: int) -> Exception:

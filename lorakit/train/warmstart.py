@@ -24,9 +24,9 @@ def read(cfg: Config, adapter, targets: dict[str, dict[str, int]], alphas: dict[
     from lorakit.models.registry import get_family
 
     path = Path(cfg.network.weights)
-    family = get_family(cfg.model.family)
     if not path.exists():
         raise ConfigError(f"network.weights: {path} does not exist")
+    family = get_family(cfg.model.family)
     if not hasattr(family, "lora_keymap"):
         raise ConfigError(f"network.weights: {cfg.model.family} has no LoRA key map yet, so {path} cannot be "
                           "read into a run of it; remove network.weights")

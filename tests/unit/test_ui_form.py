@@ -32,6 +32,7 @@ COMPANIONS = {
     "training.ema_decay": {"training.ema": True}, "network.type": {"network.conv_rank": 4},
     "network.factor": {"network.type": "lokr"},  # issue 23 (LoKr's factor)
     "training.multires_noise_discount": {"training.multires_noise_iterations": 6}, "sample.use_ema": {"training.ema": True},  # issue 23
+    "data.keep_tokens": {"data.caption_tag_dropout_rate": 0.1},  # walk7o
 }
 SPECIAL = {  # keys whose generic "another valid value" needs care
     "model.family": "flux1",
