@@ -12,6 +12,7 @@ replaces the estimate of that size.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -108,9 +109,7 @@ def calibrated(measured: tuple[Mapping[str, Any], ...], estimated: tuple[Mapping
             ratios.append(float(m["s_step"]) / float(e["s_step"]))
     if not ratios:
         return tuple(dict(r) for r in estimated)
-    k = 1.0
-    for r in ratios:
-        k *= r ** (1 / len(ratios))
+    k = math.prod(ratios) ** (1 / len(ratios))
     return tuple({**r, "s_step": round(float(r["s_step"]) * k, 4), "source": f"{r['source']}, calibrated x {k:.2f}",
                   "estimated": f"{r['estimated']}; calibrated by the measured rows (x {k:.2f})"} for r in estimated)
 
