@@ -289,6 +289,14 @@ ROWS: dict[str, dict[str, Any]] = {
     "flux2-9b/scripttargets+fp8c+amb40+compile": {"family": "flux2", "size": "klein-9b", "gc": False, "fp8": True,
                                                   "fp8c": True, "amb": 0.40, "compile": "regions", "phases": (True,),
                                                   "module_ranks": SCRIPT_TARGETS},
+    # round 18: budgets 0.3 / 0.2 used 6.5 / 6.3 GiB of the script's 9.02: larger budgets (and none: every activation
+    # kept, fp8 weights) toward the script's memory
+    **{f"flux2-4b/scripttargets+fp8c+amb{int(a * 100)}+compile": {
+        "family": "flux2", "size": "klein-4b", "gc": False, "fp8": True, "fp8c": True, "amb": a, "compile": "regions",
+        "phases": (True,), "module_ranks": SCRIPT_TARGETS} for a in (0.5, 0.7)},
+    "flux2-4b/scripttargets+fp8c+nogc+compile": {"family": "flux2", "size": "klein-4b", "gc": False, "fp8": True,
+                                                 "fp8c": True, "compile": "regions", "phases": (True,),
+                                                 "module_ranks": SCRIPT_TARGETS},
     # Klein 9B planned at the memory diffusers' script used in round 17 (19.55 GiB allocated): vram 20 = a 19.5 GiB cap
     "flux2-9b/scripttargets+vram20": {"family": "flux2", "size": "klein-9b", "gc": True, "vram": 20,
                                       "compile": "regions", "phases": (True,), "module_ranks": SCRIPT_TARGETS},
