@@ -1,0 +1,115 @@
+"""fixes8: an extended run keeps the LoRA it delivered; claiming a run folder is atomic across the faces; a mask
+edited between a run and its --resume is reported."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from lorakit.errors import ConfigError, TrainingError
+from lorakit.train.rundir import CLAIM_ENV, CLAIM_NAME, RunDir, claim, read_claim
+
+
+# ------------------------------------------------------------------ 2. claiming a run folder is atomic
+
+
+def _race(n: int, call) -> tuple[list, list]:
+    """Run ``call(i)`` in ``n`` threads released together; (results, errors)."""
+    barrier, wins, errors = threading.Barrier(n), [], []
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            wins.append(call(i))
+        except Exception as exc:  # noqa: BLE001 (collected for the asserts)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return wins, errors
+
+
+def test_claims_racing_for_one_run_folder_leave_exactly_one_winner(tmp_path):
+    root = tmp_path / "runs with spaces" / "ohwx"
+    wins, errors = _race(8, lambda i: claim(root, f"job {i}", f"token{i}") or i)
+    assert len(wins) == 1 and len(errors) == 7
+    assert read_claim(root)["token"] == f"token{wins[0]}"
+    for exc in errors:
+        assert isinstance(exc, TrainingError) and "\n" not in str(exc)
+        assert str(exc).startswith(f"{root} is already the output folder of ")
+        assert "nothing was changed" in str(exc) and str(root / CLAIM_NAME) in str(exc)
+
+
+def _toml(tmp_path: Path, name: str) -> str:
+    (tmp_path / "data" / "10_zkx shape").mkdir(parents=True, exist_ok=True)
+    return textwrap.dedent(f'''
+        [model]
+        family = "sdxl"
+        checkpoint = "{tmp_path / 'base.safetensors'}"
+        [data]
+        dir = "{tmp_path / 'data'}"
+        [training]
+        device = "cpu"
+        [save]
+        dir = "{tmp_path / 'runs'}"
+        name = "{name}"
+    ''')
+
+
+def test_the_web_ui_and_the_comfy_nodes_queueing_into_one_folder_at_once_start_one_job(tmp_path):
+    """Before: each face checked its own queue and the folder, then queued: both passed and two runs wrote into one
+    folder. Now the claim (an exclusive-create marker in the run folder) decides, and a deleted job frees it."""
+    from lorakit.ui.jobs import JobStore
+
+    true = shutil.which("true") or "/bin/true"
+    ui, comfy = JobStore(tmp_path / "ui home", python=true), JobStore(tmp_path / "comfy home", python=true)
+    text = _toml(tmp_path, "ohwx")
+    wins, errors = _race(2, lambda i: (ui, comfy)[i].add(text, start=False))
+    assert len(wins) == 1 and len(errors) == 1
+    winner, (loser_exc,) = wins[0], errors
+    assert isinstance(loser_exc, ConfigError) and "\n" not in str(loser_exc)
+    run_dir = (tmp_path / "runs" / "ohwx").resolve()
+    assert str(loser_exc).startswith(f"save.name: {run_dir} is already the output folder of ")
+    loser = comfy if winner.job_dir.is_relative_to(ui.home) else ui
+    assert loser.list() == []  # nothing half-added
+    assert f"job {winner.id} (ohwx) of the job queue in " in read_claim(run_dir)["owner"]
+    # the winner's job is deleted before it ran: the folder is free for the other face
+    (ui if loser is comfy else comfy).delete(winner.id)
+    assert not run_dir.exists()
+    assert loser.add(text, start=False).run_dir == run_dir
+
+
+def test_a_refused_claim_leaves_nothing_that_blocks_the_corrected_rerun(tmp_path):
+    from lorakit.ui.jobs import JobStore
+
+    store = JobStore(tmp_path / "home", python=shutil.which("true") or "/bin/true")
+    run_dir = tmp_path / "runs" / "ohwx"
+    run_dir.mkdir(parents=True)
+    (run_dir / "mine.txt").write_text("user file")
+    with pytest.raises(ConfigError, match="already holds a run; nothing was overwritten"):
+        store.add(_toml(tmp_path, "ohwx"), start=False)
+    assert sorted(p.name for p in run_dir.iterdir()) == ["mine.txt"]  # no claim left behind
+    (run_dir / "mine.txt").unlink()
+    assert store.add(_toml(tmp_path, "ohwx"), start=False).run_dir == run_dir.resolve()
+
+
+def test_a_run_started_by_hand_into_a_folder_a_queued_job_claimed_is_refused(tmp_path, monkeypatch):
+    root = tmp_path / "runs" / "ohwx"
+    claim(root, "job 3 (ohwx) of the job queue in /home/u/.lorakit", "abc")
+    monkeypatch.delenv(CLAIM_ENV, raising=False)
+    with pytest.raises(TrainingError, match=r"is reserved for job 3 \(ohwx\) of the job queue in /home/u/.lorakit; "
+                                            "nothing was changed"):
+        RunDir(root, "ohwx").create()
+    assert (root / CLAIM_NAME).exists()
+    monkeypatch.setenv(CLAIM_ENV, "abc")  # the job's own run: the claim becomes the run
+    run = RunDir(root, "ohwx")
+    run.create()
+    run.unlock()
+    assert not (root / CLAIM_NAME).exists() and (root / "state").is_dir()
