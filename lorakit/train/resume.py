@@ -10,7 +10,7 @@ from typing import Optional
 from lorakit.config.load import config_to_dict, dump_toml, load_config
 from lorakit.config.schema import Config
 from lorakit.errors import LorakitError, TrainingError
-from lorakit.fsutil import write_bytes, write_text
+from lorakit.fsutil import atomic_path, write_bytes, write_text
 from lorakit.lora.inject import extract_lora, load_lora_into
 from lorakit.train import checkpoint, distributed, health
 from lorakit.train.export import export_lora
@@ -102,6 +102,7 @@ def accepted(run: RunDir, cfg: Config, start_step: int, log) -> None:
     trained to), never overwritten; a resume that changes nothing writes nothing."""
     if start_step == 0:  # steps logged before the kill are redone: drop them
         (run.root / "metrics.jsonl").unlink(missing_ok=True)
+    keep_delivered(run, cfg, start_step, log)
     path, new = run.root / "config.toml", dump_toml(cfg)
     old = path.read_bytes() if path.is_file() else None  # none through the Python API on a folder without one
     try:
@@ -121,6 +122,50 @@ def accepted(run: RunDir, cfg: Config, start_step: int, log) -> None:
     log(f"{path} now holds this resume's settings"
         + (f" ({'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''})" if changes else "")
         + (f"; the config it replaced is kept as {kept.name}" if old is not None else ""))
+
+
+def keep_delivered(run: RunDir, cfg: Config, start_step: int, log) -> list[Path]:
+    """A resume that goes on past a run's end (a raised ``training.max_steps`` / ``max_epochs``) would write its
+    final LoRA over the one the run delivered: that file (and its ``-ema`` twin) is kept beside it first as
+    ``<name>.until-stepN.safetensors`` (N: the step it holds), byte for byte and never overwritten, like
+    ``config.until-stepN.toml``; one line says so. Returns the copies made."""
+    kept_paths = []
+    for path in (run.lora_path(), run.root / f"{cfg.save.name}-ema.safetensors"):
+        if not path.is_file():
+            continue
+        step = _file_step(path) or start_step
+        stem = path.name.removesuffix(".safetensors")
+        kept, n = path.with_name(f"{stem}.until-step{step:08d}.safetensors"), 1
+        while kept.exists() and not _same_bytes(kept, path):
+            n += 1
+            kept = path.with_name(f"{stem}.until-step{step:08d}-{n}.safetensors")
+        if kept.exists():
+            continue  # kept by an earlier attempt of this resume
+        import shutil
+
+        with atomic_path(kept, overwrite=False) as tmp:
+            shutil.copyfile(path, tmp)
+        kept_paths.append(kept)
+        log(f"the LoRA this run delivered at step {step} is kept as {kept} (this resume writes {path.name} anew "
+            "when it finishes)")
+    return kept_paths
+
+
+def _file_step(path: Path) -> int:
+    """The step a LoRA file holds (its ``ss_steps`` metadata); 0 when unknown."""
+    from lorakit.safetensors_header import read_safetensors_header
+
+    try:
+        value = read_safetensors_header(path)[1].get("ss_steps", "")
+    except LorakitError:
+        return 0
+    return int(value) if value.isdigit() else 0
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def _toml_changes(old: str, new: str) -> list[str]:

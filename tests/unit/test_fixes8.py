@@ -113,3 +113,52 @@ def test_a_run_started_by_hand_into_a_folder_a_queued_job_claimed_is_refused(tmp
     run.create()
     run.unlock()
     assert not (root / CLAIM_NAME).exists() and (root / "state").is_dir()
+
+
+# ------------------------------------------------------------------ 1. extending a finished run keeps its LoRA
+
+
+def _lora(path: Path, steps: int, value: float) -> bytes:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lora_unet_x.lora_down.weight": torch.full((2, 4), value)}, str(path), {"ss_steps": str(steps)})
+    return path.read_bytes()
+
+
+def test_extending_a_finished_run_keeps_the_lora_it_delivered(tmp_path):
+    """Before: `--resume DIR training.max_steps=4` wrote the new final LoRA over the one the 2-step run delivered;
+    the old one survived only inside state/step00000002."""
+    from lorakit.config.load import dump_toml, load_config
+    from lorakit.train.resume import accepted
+    from lorakit.ui.runs import lora_files
+
+    run = RunDir(tmp_path / "my runs" / "ohwx", "ohwx")
+    run.root.mkdir(parents=True)
+    (run.root / "config.toml").write_text(dump_toml(load_config(None, [
+        "model.family=sdxl", f"model.checkpoint={tmp_path / 'base.safetensors'}", f"data.dir={tmp_path / 'data'}",
+        "save.name=ohwx", "training.max_steps=2"])))
+    delivered = _lora(run.lora_path(), 2, 1.0)
+    ema = _lora(run.root / "ohwx-ema.safetensors", 2, 0.5)
+    lines: list[str] = []
+    cfg = load_config(run.root / "config.toml", ["training.max_steps=4"])
+    accepted(run, cfg, 2, lines.append)
+    kept = run.root / "ohwx.until-step00000002.safetensors"
+    assert kept.read_bytes() == delivered and run.lora_path().read_bytes() == delivered
+    assert (run.root / "ohwx-ema.until-step00000002.safetensors").read_bytes() == ema
+    assert lines[0] == (f"the LoRA this run delivered at step 2 is kept as {kept} (this resume writes "
+                        "ohwx.safetensors anew when it finishes)")
+    # the extension is interrupted and resumed again: nothing new is copied; a later extension keeps step 4's
+    accepted(run, cfg, 3, lines.append)
+    assert len(list(run.root.glob("ohwx.until-step*"))) == 1
+    four = _lora(run.lora_path(), 4, 2.0)
+    accepted(run, load_config(run.root / "config.toml", ["training.max_steps=8"]), 4, lines.append)
+    assert (run.root / "ohwx.until-step00000004.safetensors").read_bytes() == four
+    assert kept.read_bytes() == delivered
+    # a different file under a kept name is never overwritten
+    (run.root / "ohwx.until-step00000004.safetensors").write_bytes(b"mine")
+    accepted(run, cfg, 4, lines.append)
+    assert (run.root / "ohwx.until-step00000004-2.safetensors").read_bytes() == four
+    assert (run.root / "ohwx.until-step00000004.safetensors").read_bytes() == b"mine"
+    names = [p.name for p in lora_files(run.root)]
+    assert names[0] == "ohwx.safetensors" and "ohwx.until-step00000002.safetensors" in names
