@@ -264,6 +264,8 @@ def _changed(saved: dict, now: dict) -> list[str]:
     ``training.max_epochs``)."""
     if isinstance(saved, dict) and isinstance(saved.get("training"), dict):
         saved = {**saved, "training": {k: v for k, v in saved["training"].items() if k not in _EXTENDABLE}}
+    if isinstance(saved, dict) and "mask_hash" not in saved and isinstance(now, dict):  # a state from before fixes8
+        now = {k: v for k, v in now.items() if k != "mask_hash"}
     return checkpoint.fingerprint_diff(saved, now)
 
 
@@ -271,10 +273,28 @@ def run_fingerprint(cfg: Config, dataset) -> dict:
     """What must not change between a run and its resume."""
     d = config_to_dict(cfg)  # training.batch_size: the global batch (processes × per process; resumable on others)
     d["training"] = {**d.get("training", {}), "batch_size": cfg.training.batch_size * distributed.world()}
-    return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
-            "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
-                                                             if k not in _EXTENDABLE},
-            "optimizer": d.get("optimizer", {})}
+    out = {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
+           "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
+                                                            if k not in _EXTENDABLE},
+           "optimizer": d.get("optimizer", {})}
+    if cfg.data.mask_dir and not cfg.data.alpha_mask:  # an alpha mask is in the image's bytes (dataset_hash)
+        out["mask_hash"] = mask_fingerprint(dataset, cfg.data.mask_dir)
+    return out
+
+
+def mask_fingerprint(dataset, mask_dir) -> str:
+    """fixes8: a hash of the ``data.mask_dir`` mask of every training image (its bytes), so a mask edited between a
+    run and its --resume is reported like an edited image or caption."""
+    import hashlib
+
+    from lorakit.data.masks import mask_file
+
+    h = hashlib.sha256()
+    for it in dataset.items:
+        if not it.is_reg:
+            path = mask_file(it, mask_dir)
+            h.update(f"{it.path.name}|{path.name}|{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
 
 
 def dataset_fingerprint(dataset) -> str:

@@ -162,3 +162,60 @@ def test_extending_a_finished_run_keeps_the_lora_it_delivered(tmp_path):
     assert (run.root / "ohwx.until-step00000004.safetensors").read_bytes() == b"mine"
     names = [p.name for p in lora_files(run.root)]
     assert names[0] == "ohwx.safetensors" and "ohwx.until-step00000002.safetensors" in names
+
+
+# ------------------------------------------------------------------ 3. an edited mask is reported at --resume
+
+
+def _masked_set(tmp_path: Path):
+    import numpy as np
+    from PIL import Image
+
+    folder, masks = tmp_path / "data" / "10_zkx shape", tmp_path / "masks"
+    folder.mkdir(parents=True)
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for stem in ("001", "002"):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8), "RGBA").save(folder / f"{stem}.png")
+        Image.new("L", (64, 64), 255).save(masks / f"{stem}.png")
+    return folder, masks
+
+
+def _fingerprint(tmp_path: Path, *overrides: str) -> dict:
+    from lorakit.config.load import load_config
+    from lorakit.data.scan import scan_dataset
+    from lorakit.train.resume import run_fingerprint
+
+    cfg = load_config(None, ["model.family=sdxl", f"model.checkpoint={tmp_path / 'base.safetensors'}",
+                             f"data.dir={tmp_path / 'data'}", "data.resolution=64", "data.min_bucket_reso=64",
+                             *overrides])
+    return run_fingerprint(cfg, scan_dataset(cfg.data, divisibility=8))
+
+
+def test_a_mask_edited_between_a_run_and_its_resume_is_reported(tmp_path):
+    """Before: a data.mask_dir mask edited between a run and --resume went unnoticed (the fingerprint held the
+    images' bytes and captions, not the masks'), so the run went on training on other masks than its first steps."""
+    from PIL import Image
+
+    from lorakit.train.resume import _changed, settings_changed
+
+    folder, masks = _masked_set(tmp_path)
+    saved = _fingerprint(tmp_path, f"data.mask_dir={masks}")
+    assert _changed(saved, _fingerprint(tmp_path, f"data.mask_dir={masks}")) == []
+    edited = Image.new("L", (64, 64), 255)
+    edited.paste(0, (0, 0, 32, 64))  # the left half no longer trained
+    edited.save(masks / "002.png")
+    changed = _changed(saved, _fingerprint(tmp_path, f"data.mask_dir={masks}"))
+    assert len(changed) == 1 and changed[0].startswith("mask_hash: changed (")
+    assert "the run's settings changed (mask_hash: changed (" in str(settings_changed(tmp_path / "state", changed))
+    # a state written before fixes8 has no mask_hash: its resume is not refused for that
+    old = {k: v for k, v in saved.items() if k != "mask_hash"}
+    assert _changed(old, _fingerprint(tmp_path, f"data.mask_dir={masks}")) == []
+    # with data.alpha_mask the mask is the image's alpha channel: an edit changes the image's bytes, reported too
+    alpha = _fingerprint(tmp_path, "data.alpha_mask=true")
+    with Image.open(folder / "001.png") as im:
+        im = im.copy()
+    im.putalpha(Image.new("L", (64, 64), 200))
+    im.save(folder / "001.png")
+    assert [c.split(":")[0] for c in _changed(alpha, _fingerprint(tmp_path, "data.alpha_mask=true"))] == \
+        ["dataset_hash"]
