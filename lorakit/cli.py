@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,10 +35,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # --help ends here, before any heavy import
     if extra:  # `lorakit plan run.toml --card h100 memory.vram_gb=20`: key=value after an option is an override too
-        if not isinstance(getattr(args, "overrides", None), list) or any(x.startswith("-") or "=" not in x
-                                                                         for x in extra):
+        # (walk8: also a sweep's axes and overrides, `lorakit sweep run.toml a=1,2 --steps 40 save.every_n_steps=10`)
+        dest = next((d for d in ("overrides", "args") if isinstance(getattr(args, d, None), list)), None)
+        if dest is None or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides += extra
+        getattr(args, dest).extend(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -727,18 +729,25 @@ def _weighted_path(text: str) -> tuple[Path, float]:
     head, sep, tail = text.rpartition(":")
     if sep and not Path(text).exists():
         try:
-            return Path(head), float(tail)
+            weight = float(tail)
         except ValueError:
             if Path(head).is_file():  # FILE:weight with a weight that is no number
                 raise LorakitError(f"{text}: the weight after ':' must be a number, e.g. {head}:0.8") from None
+        else:
+            if not math.isfinite(weight):  # walk8: nan / inf were taken and wrote a LoRA of NaN weights
+                raise LorakitError(f"{text}: the weight after ':' must be a finite number, e.g. {head}:0.8")
+            return Path(head), weight
     return Path(text), 1.0
 
 
 def cmd_merge(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
     from lorakit.lora.tools.files import base_keymap, common_dtype, load_state, merge_into, save_state
-    from lorakit.lora.tools.ops import merge
+    from lorakit.lora.tools.ops import check_rank, merge
 
+    if args.into and args.rank is not None:
+        raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
+    check_rank(args.rank, "merge")
     weighted = [_weighted_path(text) for text in args.loras]  # a bad weight is named before the key maps load
     maps = _keymaps(args.family)
     loras = []
@@ -752,9 +761,7 @@ def cmd_merge(args) -> int:
     keys = loras[0][0].keys or next(k for k in maps if k.family == loras[0][0].family)
     out = Path(args.out)
     if args.into:
-        if args.rank:
-            raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
-        info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into)), out)
+        info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into), flag="--into"), out)
         print(f"{info['weights_changed']} of {info['tensors']} tensors changed; written to {out}")
         return 0
     modules, rows = merge([(s.modules, w) for s, w in loras], rank=args.rank)
@@ -771,6 +778,11 @@ def cmd_extract(args) -> int:
     from lorakit.lora.io import read_safetensors_header
     from lorakit.models.registry import get_family
 
+    from lorakit.lora.tools.ops import check_rank
+
+    check_rank(args.rank, "extract")
+    if not math.isfinite(args.min_diff) or args.min_diff < 0:
+        raise LorakitError(f"extract: --min-diff must be a number ≥ 0, got {args.min_diff:g}")
     tuned, base = Path(args.tuned), Path(args.base)
     header, _ = read_safetensors_header(tuned)
     maps = _keymaps()

@@ -201,7 +201,9 @@ def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str,
     if "best-concept" in best:
         log(f"best by concept rate: {pick['best']} ({pick['best_lora']}: {pick['best_concept_rate']:.3f}); its LoRA: "
             f"{best['best-concept']['path']}")
-    log(f"comparison: {out} (ranking.md, grid.png, loss_curves.png)")
+    made = ["ranking.md"] + (["grid.png"] if grid else []) + (["loss_curves.png"] if curves else [])
+    log(f"comparison: {out} ({', '.join(made)})" + ("" if grid else "; no grid.png: no point drew sample images "
+                                                    "(sample.prompts)"))
     return result
 
 

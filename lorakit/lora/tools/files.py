@@ -148,13 +148,14 @@ def _pattern(native: str) -> str:
     return re.sub(r"\d+", "#", native)
 
 
-def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
+def base_keymap(keys: FamilyKeys, base: Path, flag: str = "--base") -> FamilyKeys:
     """``keys`` with the shapes of the actual base file; components the file does not hold keep theirs.
 
     A base whose topology differs from the full-size one (a pruned or toy model) has LoRA targets the
     full-size table lacks: every 2-D/4-D weight of the file whose path has the shape of a known target
     (digits aside, e.g. ``input_blocks.#.#.transformer_blocks.#.attn#.to_q``) is added under its native
-    name (diffusers names are unknown for those, so only native-name rules can match them).
+    name (diffusers names are unknown for those, so only native-name rules can match them). ``flag``: the option
+    that named ``base`` (``merge --into``'s), for the error.
     """
     header, _ = read_safetensors_header(base)
     if keys.for_base is not None:  # names that follow the base's own depth (an SD 1.x U-Net's layers per block)
@@ -162,7 +163,7 @@ def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
     by_key, prefix = _checkpoint_modules(keys, header)
     if not by_key:
         from lorakit.models.registry import identify  # what it is instead (the one detector, as inspect --base)
-        raise LorakitError(f"--base {base}: this is {identify(base).what}, with no {keys.family} weight of any LoRA "
+        raise LorakitError(f"{flag} {base}: this is {identify(base).what}, with no {keys.family} weight of any LoRA "
                            f"target; give the {keys.family} single-file checkpoint the LoRA was trained on")
     shapes = {k[len(prefix):]: tuple(header[k]["shape"]) for k in by_key}
     present = {m.component for ms in by_key.values() for m in ms}

@@ -18,6 +18,13 @@ from lorakit.lora.formats.fused import Pair
 from lorakit.lora.tools.svd import choose_rank, energy, product_svd, split_factors
 
 
+def check_rank(rank: Optional[int], tool: str) -> None:
+    """A target rank below 1 is refused in one line (before any file is read, by the CLI): a LoRA of rank 0 or less
+    is no LoRA (walk8: merge and extract wrote one)."""
+    if rank is not None and rank < 1:
+        raise LorakitError(f"{tool}: --rank must be ≥ 1, got {rank}")
+
+
 def _shape_down(pair: Pair, r: int) -> tuple[int, ...]:
     return (r, *pair.down.shape[1:])
 
@@ -58,6 +65,7 @@ def _weighted(pair: Pair, w: float) -> tuple[torch.Tensor, torch.Tensor]:
 def merge(loras: Sequence[tuple[dict[str, Pair], float]], rank: Optional[int] = None
           ) -> tuple[dict[str, Pair], list[dict[str, Any]]]:
     """Σ w_i ΔW_i per module: concatenated (``rank`` None, exact) or SVD to ``rank`` (energy reported)."""
+    check_rank(rank, "merge")
     names: list[str] = []
     for mods, _ in loras:
         names += [n for n in mods if n not in names]
@@ -97,6 +105,7 @@ def merge(loras: Sequence[tuple[dict[str, Pair], float]], rank: Optional[int] = 
 
 def extract_module(diff: torch.Tensor, rank: int, name: str) -> tuple[Pair, dict[str, Any]]:
     """Rank-``rank`` LoRA of a weight difference ([out, in] or [out, in, kh, kw]); alpha = rank (scale 1)."""
+    check_rank(rank, "extract")
     d = diff.float().reshape(diff.shape[0], -1)
     limit = min(d.shape)
     if rank > limit:

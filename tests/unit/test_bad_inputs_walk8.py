@@ -1,0 +1,152 @@
+"""walk8: a demanding user on the less-used tools (sweep, its comparison, merge / extract / convert / resize,
+package and push --dry-run): each bad input is one line naming the option, and nothing is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from lorakit.cli import main
+from lorakit.toy.paths import model_section
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    return err.splitlines()[-1]
+
+
+def _toy_sdxl_lora(path: Path, value: float = 1.0) -> Path:
+    """A LoRA of the toy SDXL's topology (its middle block's 64-wide proj_in), as `lorakit demo` writes them."""
+    import torch
+    from safetensors.torch import save_file
+
+    stem = "lora_unet_middle_block_1_proj_in"
+    save_file({f"{stem}.lora_down.weight": torch.full((4, 64), value), f"{stem}.lora_up.weight": torch.ones(64, 4),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(path), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    return path
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--rank", "0"], "merge: --rank must be ≥ 1, got 0"),
+    (["--rank", "-3"], "merge: --rank must be ≥ 1, got -3"),
+    (["--into", "base.safetensors", "--rank", "0"],
+     "merge --into: --rank has no meaning when merging into a checkpoint; drop it"),
+])
+def test_merge_refuses_a_rank_below_one_before_reading_a_file(tmp_path, capsys, extra, line):
+    """Before: `merge A B --rank 0 -o OUT` wrote a LoRA of rank 0 (every module empty); `--into … --rank 0` passed."""
+    lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", str(lora), str(lora), "-o", str(out), *extra]) == 2
+    assert _error(capsys) == f"lorakit: error: {line}"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-inf"])
+def test_merge_refuses_a_weight_that_is_not_finite(tmp_path, capsys, weight):
+    """Before: `A:nan` was taken and the merged LoRA held NaN everywhere."""
+    lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", f"{lora}:{weight}", str(lora), "-o", str(out)]) == 2
+    assert _error(capsys) == (f"lorakit: error: {lora}:{weight}: the weight after ':' must be a finite number, e.g. "
+                              f"{lora}:0.8")
+    assert not out.exists()
+    assert main(["merge", f"{lora}:0.5", f"{lora}:-0.25", "-o", str(out)]) == 0  # finite weights merge as before
+    from safetensors.torch import load_file
+
+    ups = load_file(str(out))["lora_unet_middle_block_1_proj_in.lora_up.weight"]
+    assert ups.shape == (64, 8)
+
+
+def test_merge_into_a_file_that_is_no_checkpoint_names_into_not_base(tmp_path, capsys):
+    """Before: `merge --into LORA …` said `--base LORA: this is a LoRA …`, an option merge has not."""
+    lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
+    out = tmp_path / "baked.safetensors"
+    assert main(["merge", "--into", str(lora), str(lora), "-o", str(out)]) == 2
+    assert _error(capsys).startswith(f"lorakit: error: --into {lora}: this is a LoRA (kohya layout")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra, line", [
+    (["--rank", "0"], "extract: --rank must be ≥ 1, got 0"),
+    (["--rank", "-2"], "extract: --rank must be ≥ 1, got -2"),
+    (["--rank", "4", "--min-diff", "-1"], "extract: --min-diff must be a number ≥ 0, got -1"),
+    (["--rank", "4", "--min-diff", "nan"], "extract: --min-diff must be a number ≥ 0, got nan"),
+])
+def test_extract_refuses_a_rank_below_one_and_a_bad_min_diff(tmp_path, capsys, extra, line):
+    """Before: `extract TUNED BASE --rank 0` wrote '48 modules extracted' of rank 0, `--rank -2` a file of rank -2."""
+    base = model_section("sdxl")["checkpoint"]
+    out = tmp_path / "ex.safetensors"
+    assert main(["extract", base, base, "-o", str(out), *extra]) == 2
+    assert _error(capsys) == f"lorakit: error: {line}"
+    assert not out.exists()
+
+
+def test_the_ops_refuse_a_rank_below_one_through_the_python_api():
+    import torch
+
+    from lorakit.errors import LorakitError
+    from lorakit.lora.tools.ops import extract_module, merge
+
+    with pytest.raises(LorakitError, match=r"^merge: --rank must be ≥ 1, got 0$"):
+        merge([({}, 1.0)], rank=0)
+    with pytest.raises(LorakitError, match=r"^extract: --rank must be ≥ 1, got 0$"):
+        extract_module(torch.ones(4, 4), 0, "x")
+
+
+# ------------------------------------------------------------------ sweep
+
+
+def _sweep_config(tmp: Path) -> Path:
+    from tests.unit.test_sweep import write_config
+
+    return write_config(tmp)
+
+
+def test_sweep_takes_axes_and_overrides_after_its_options(tmp_path, capsys, monkeypatch):
+    """Before: `lorakit sweep run.toml optimizer.lr=1e-4,3e-4 --steps 2 save.every_n_steps=1` stopped with
+    `unrecognized arguments: save.every_n_steps=1` (train and plan take key=value after an option)."""
+    import lorakit.sweep.run as sweep_run
+
+    toml = _sweep_config(tmp_path)
+    ran = []
+    monkeypatch.setattr(sweep_run, "run_sweep", lambda sweep, **kw: ran.append(sweep.root))
+    out = tmp_path / "sw with space"
+    assert main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--steps", "2", "--out", str(out),
+                 "save.every_n_steps=1", "network.rank=2,4"]) == 0
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["grid"] == {"optimizer.lr": ["1e-4", "3e-4"], "network.rank": ["2", "4"]}
+    assert manifest["overrides"] == ["save.every_n_steps=1"] and ran == [out]
+    # a bad value after an option is the sweep's own one line, and an option-looking word is still refused
+    assert main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--steps", "2", "network.rank=0,4",
+                 "--out", str(tmp_path / "sw2")]) == 2
+    assert _error(capsys) == "lorakit: error: sweep point lr=1e-4, rank=0: network.rank: must be an integer ≥ 1, got 0"
+    assert not (tmp_path / "sw2").exists()
+    with pytest.raises(SystemExit):
+        main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--steps", "2", "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err
+
+
+def test_sweep_report_names_only_the_files_it_wrote(tmp_path):
+    """Before: `comparison: DIR (ranking.md, grid.png, loss_curves.png)` also when no point drew samples, so no
+    grid.png was written."""
+    from lorakit.sweep.report import write_report
+    from lorakit.sweep.run import create, run_sweep
+    from tests.unit.test_sweep import FakeTrain
+
+    sweep = create(_sweep_config(tmp_path), ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    lines: list[str] = []
+    run_sweep(sweep, log=lines.append, train_fn=FakeTrain())
+    cmp = tmp_path / "sw" / "comparison"
+    assert lines[-1] == f"comparison: {cmp} (ranking.md, grid.png, loss_curves.png)"
+    (cmp / "grid.png").unlink()
+    for samples in (tmp_path / "sw").glob("*/samples"):
+        shutil.rmtree(samples)
+    lines.clear()
+    result = write_report(tmp_path / "sw", log=lines.append)
+    assert lines[-1] == (f"comparison: {cmp} (ranking.md, loss_curves.png); no grid.png: no point drew sample "
+                         "images (sample.prompts)")
+    assert result["files"]["grid"] is None and not (cmp / "grid.png").exists()
