@@ -150,3 +150,25 @@ def test_sweep_report_names_only_the_files_it_wrote(tmp_path):
     assert lines[-1] == (f"comparison: {cmp} (ranking.md, loss_curves.png); no grid.png: no point drew sample "
                          "images (sample.prompts)")
     assert result["files"]["grid"] is None and not (cmp / "grid.png").exists()
+
+
+def test_sweep_preset_of_a_sweep_without_validation_gives_the_training_loss_as_evidence(tmp_path, capsys):
+    """Before: the note said `was best (val loss — at step —); the others: 3e-4: —` for a sweep ranked by final
+    training loss (no validation set)."""
+    from lorakit.sweep.report import _fmt, write_report
+    from lorakit.sweep.run import create, run_sweep
+    from tests.unit.test_sweep import FakeTrain
+
+    sweep = create(_sweep_config(tmp_path), ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    for metrics in (tmp_path / "sw").glob("*/metrics.jsonl"):  # as a run without a validation set logs
+        metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines() if '"val_loss"' not in x))
+    points = write_report(tmp_path / "sw", log=lambda *_: None)["points"]
+    win, other = points
+    preset = tmp_path / "my preset.toml"
+    preset.write_text('[optimizer]\nlr = 1e-4\n')
+    assert main(["sweep", "preset", str(tmp_path / "sw"), str(preset)]) == 0
+    note = " ".join(line.lstrip("# ") for line in preset.read_text().splitlines() if line.startswith("#"))
+    assert f"was best (final train loss {_fmt(win['final_train_loss'])}); the others: " \
+           f"{other['settings']['optimizer.lr']}: {_fmt(other['final_train_loss'])}" in note
+    assert "—" not in note
