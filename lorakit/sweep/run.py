@@ -102,8 +102,23 @@ class Sweep:
         return True
 
     def source(self, manifest: dict[str, Any]) -> tuple[Path, dict]:
-        """The user's config path (relative paths resolve against its folder) and its text as the sweep began."""
-        return Path(manifest["config"]), tomllib.loads((self.root / "run.toml").read_text())
+        """The user's config path (relative paths resolve against its folder) and its text as the sweep began.
+        walk8: the sweep folder's run.toml must still be that text (every point runs with it; the finished ones did):
+        an edited or missing one is refused in one line (before: an edit changed the points not yet run, silently,
+        and a missing one was a traceback)."""
+        path = self.root / "run.toml"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LorakitError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc}); it is the config "
+                               "every point of the sweep runs with: restore it (the sweep began from "
+                               f"{manifest['config']}), or start a new sweep with another --out") from None
+        sha = manifest.get("config_sha256")
+        if isinstance(sha, str) and hashlib.sha256(text.encode()).hexdigest() != sha:
+            raise LorakitError(f"{path}: changed since the sweep began; every point must run with the config the "
+                               "others ran with, so nothing was run: restore it (the sweep began from "
+                               f"{manifest['config']}), or start a new sweep with another --out")
+        return Path(manifest["config"]), tomllib.loads(text)
 
     def point_config(self, manifest: dict[str, Any], point: dict[str, Any]):
         path, data = self.source(manifest)

@@ -172,3 +172,34 @@ def test_sweep_preset_of_a_sweep_without_validation_gives_the_training_loss_as_e
     assert f"was best (final train loss {_fmt(win['final_train_loss'])}); the others: " \
            f"{other['settings']['optimizer.lr']}: {_fmt(other['final_train_loss'])}" in note
     assert "—" not in note
+
+
+def test_sweep_resume_refuses_an_edited_or_missing_run_toml_in_the_sweep_folder(tmp_path, capsys, monkeypatch):
+    """Before: an edit of DIR/run.toml between an interrupted sweep and `sweep --resume` changed the points not yet
+    run (rank 4 → 8, say) while the finished ones kept theirs, so the comparison compared unlike runs; a deleted one
+    was a FileNotFoundError traceback."""
+    import lorakit.train.loop as loop
+    from lorakit.sweep.run import Sweep, create, run_sweep
+    from tests.unit.test_sweep import FakeTrain
+
+    sweep = create(_sweep_config(tmp_path), ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    names = [p["name"] for p in sweep.read()["points"]]
+    fake = FakeTrain(interrupt_at=names[1])
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, log=lambda *_: None, train_fn=fake)
+    copy = tmp_path / "sw" / "run.toml"
+    original = copy.read_text()
+    copy.write_text(original.replace("max_steps = 5", "max_steps = 5\nseed = 7"))
+    monkeypatch.setattr(loop, "train", fake)
+    assert main(["sweep", "--resume", str(tmp_path / "sw")]) == 2
+    assert _error(capsys) == (f"lorakit: error: {copy}: changed since the sweep began; every point must run with the "
+                              "config the others ran with, so nothing was run: restore it (the sweep began from "
+                              f"{tmp_path / 'run.toml'}), or start a new sweep with another --out")
+    copy.unlink()
+    assert main(["sweep", "--resume", str(tmp_path / "sw")]) == 2
+    assert _error(capsys).startswith(f"lorakit: error: {copy}: cannot be read (No such file or directory); it is the "
+                                     "config every point of the sweep runs with")
+    assert len(fake.calls) == 2  # nothing ran
+    copy.write_text(original)  # restored: the sweep goes on
+    run_sweep(Sweep(tmp_path / "sw"), log=lambda *_: None, train_fn=fake)
+    assert fake.calls[2:] == [(names[1], True)]
