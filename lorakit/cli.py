@@ -559,6 +559,10 @@ def _keymaps(family: Optional[str] = None) -> list:
     from lorakit.models.registry import families, get_family
 
     names = [family] if family else families()
+    if family and family not in families():  # walk8: named model.family, a key these tools do not have
+        from lorakit.errors import ConfigError
+
+        raise ConfigError(f"--family {family!r}: unknown family; choose one of {', '.join(families())}")
     maps = [get_family(n).full_lora_keymap() for n in names if hasattr(get_family(n), "full_lora_keymap")]
     return [k for m in maps for k in (m if isinstance(m, (list, tuple)) else [m])]  # one map per size (FLUX.2)
 

@@ -203,3 +203,25 @@ def test_sweep_resume_refuses_an_edited_or_missing_run_toml_in_the_sweep_folder(
     copy.write_text(original)  # restored: the sweep goes on
     run_sweep(Sweep(tmp_path / "sw"), log=lambda *_: None, train_fn=fake)
     assert fake.calls[2:] == [(names[1], True)]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_resize_refuses_a_ratio_that_is_not_finite(tmp_path, capsys, value):
+    """Before: `--dynamic sv_ratio=nan` wrote rank 1 in every module, `sv_ratio=inf` an unchanged copy."""
+    lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
+    out = tmp_path / "r.safetensors"
+    assert main(["resize", str(lora), "--dynamic", f"sv_ratio={value}", "-o", str(out)]) == 2
+    assert _error(capsys) == f"lorakit: error: resize: --dynamic sv_ratio={value}: the ratio must be a finite number ≥ 1"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("cmd", [["resize", "--rank", "2"], ["verify"], ["convert", "--to", "kohya"]])
+def test_an_unknown_family_option_is_named_as_the_option(tmp_path, capsys, cmd):
+    """Before: `--family nope` said `model.family: unknown family 'nope'`, a config key these tools do not read."""
+    from lorakit.models.registry import families
+
+    lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
+    assert main([cmd[0], str(lora), *cmd[1:], "--family", "nope", "-o" if cmd[0] != "verify" else "--json",
+                 *([str(tmp_path / "o.safetensors")] if cmd[0] != "verify" else [])]) == 2
+    assert _error(capsys) == f"lorakit: error: --family 'nope': unknown family; choose one of {', '.join(families())}"
+    assert not (tmp_path / "o.safetensors").exists()

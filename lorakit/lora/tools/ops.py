@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -43,8 +44,8 @@ def resize(modules: dict[str, Pair], method: str, value: float) -> tuple[dict[st
                            f"the file would not change; nothing written (choose --rank < {top})")
     if method in ("sv_fro", "sv_cumulative") and not 0 < value <= 1:
         raise LorakitError(f"resize: --dynamic {method}={value:g}: the fraction must be in (0, 1]")
-    if method == "sv_ratio" and value < 1:
-        raise LorakitError(f"resize: --dynamic sv_ratio={value:g}: the ratio must be ≥ 1")
+    if method == "sv_ratio" and not 1 <= value < math.inf:  # walk8: nan and inf were taken (nan: rank 1 everywhere)
+        raise LorakitError(f"resize: --dynamic sv_ratio={value:g}: the ratio must be a finite number ≥ 1")
     out: dict[str, Pair] = {}
     rows: list[dict[str, Any]] = []
     for name, p in modules.items():
