@@ -562,7 +562,7 @@ def _keymaps(family: Optional[str] = None) -> list:
     if family and family not in families():  # walk8: named model.family, a key these tools do not have
         from lorakit.errors import ConfigError
 
-        raise ConfigError(f"--family {family!r}: unknown family; choose one of {', '.join(families())}")
+        raise ConfigError(f"--family: unknown family {family!r}; available: {', '.join(families())}")
     maps = [get_family(n).full_lora_keymap() for n in names if hasattr(get_family(n), "full_lora_keymap")]
     return [k for m in maps for k in (m if isinstance(m, (list, tuple)) else [m])]  # one map per size (FLUX.2)
 

@@ -223,5 +223,5 @@ def test_an_unknown_family_option_is_named_as_the_option(tmp_path, capsys, cmd):
     lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
     assert main([cmd[0], str(lora), *cmd[1:], "--family", "nope", "-o" if cmd[0] != "verify" else "--json",
                  *([str(tmp_path / "o.safetensors")] if cmd[0] != "verify" else [])]) == 2
-    assert _error(capsys) == f"lorakit: error: --family 'nope': unknown family; choose one of {', '.join(families())}"
+    assert _error(capsys) == f"lorakit: error: --family: unknown family 'nope'; available: {', '.join(families())}"
     assert not (tmp_path / "o.safetensors").exists()
