@@ -292,14 +292,24 @@ def _model_card(cfg: Any, lora_name: str, variant: str, triggers: list[str], lic
     return "\n".join(line for line in lines if line is not None)
 
 
+def valid_repo_id(repo: str) -> bool:
+    """``user/name`` as the Hub accepts it (huggingface_hub's ``validate_repo_id``): walk8, a --dry-run said "would
+    upload" for names (``user/-name``, ``user/a..b``) the real push is refused for."""
+    part = r"\w(?:[\w.-]*\w)?"
+    return (bool(re.fullmatch(f"{part}/{part}", repo, flags=re.ASCII)) and "--" not in repo and ".." not in repo
+            and len(repo.split("/")[1]) <= 96)
+
+
 def push_run(run_dir: Path, repo: str, *, private: bool = False, dry_run: bool = False,
              step: Optional[int] = None) -> int:
     """Package (into a temporary folder unless a package exists) and upload to ``repo`` on the Hub."""
     import os
     import tempfile
 
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise LorakitError(f"--repo {repo!r}: use user/name")
+    if not valid_repo_id(repo):
+        raise LorakitError(f"--repo {repo!r}: use user/name (ASCII letters, digits, '-', '_', '.'; neither part "
+                           "starting or ending with '-' or '.', no '--' or '..', a name of at most 96 characters: "
+                           "the Hub's rules)")
     with tempfile.TemporaryDirectory() as tmp:
         pkg = package_run(Path(run_dir), Path(tmp) / "pkg", step=step)
         files = sorted(p for p in pkg.rglob("*") if p.is_file())

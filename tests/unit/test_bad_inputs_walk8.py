@@ -123,7 +123,8 @@ def test_sweep_takes_axes_and_overrides_after_its_options(tmp_path, capsys, monk
     # a bad value after an option is the sweep's own one line, and an option-looking word is still refused
     assert main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--steps", "2", "network.rank=0,4",
                  "--out", str(tmp_path / "sw2")]) == 2
-    assert _error(capsys) == "lorakit: error: sweep point lr=1e-4, rank=0: network.rank: must be an integer ≥ 1, got 0"
+    assert _error(capsys) == ("lorakit: error: sweep point lr=1e-4, rank=0: network.rank: must be an integer ≥ 1, "
+                              "got 0")
     assert not (tmp_path / "sw2").exists()
     with pytest.raises(SystemExit):
         main(["sweep", str(toml), "optimizer.lr=1e-4,3e-4", "--steps", "2", "stray"])
@@ -211,7 +212,8 @@ def test_resize_refuses_a_ratio_that_is_not_finite(tmp_path, capsys, value):
     lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
     out = tmp_path / "r.safetensors"
     assert main(["resize", str(lora), "--dynamic", f"sv_ratio={value}", "-o", str(out)]) == 2
-    assert _error(capsys) == f"lorakit: error: resize: --dynamic sv_ratio={value}: the ratio must be a finite number ≥ 1"
+    assert _error(capsys) == (f"lorakit: error: resize: --dynamic sv_ratio={value}: the ratio must be a finite "
+                              "number ≥ 1")
     assert not out.exists()
 
 
@@ -225,3 +227,29 @@ def test_an_unknown_family_option_is_named_as_the_option(tmp_path, capsys, cmd):
                  *([str(tmp_path / "o.safetensors")] if cmd[0] != "verify" else [])]) == 2
     assert _error(capsys) == f"lorakit: error: --family: unknown family 'nope'; available: {', '.join(families())}"
     assert not (tmp_path / "o.safetensors").exists()
+
+
+# ------------------------------------------------------------------ publish
+
+
+@pytest.mark.parametrize("repo", ["user/-name", "user/name-", "user/na..me", "user/na--me", ".user/name",
+                                  "user/" + "x" * 97, "a b/c", "user/name/extra"])
+def test_push_dry_run_refuses_a_repo_name_the_hub_refuses(tmp_path, capsys, repo):
+    """Before: `push RUN --repo user/-name --dry-run` listed what it "would upload"; the real push then failed at
+    the Hub's name check."""
+    assert main(["push", str(tmp_path / "run"), "--repo", repo, "--dry-run"]) == 2
+    assert _error(capsys).startswith(f"lorakit: error: --repo {repo!r}: use user/name (ASCII letters, digits, ")
+
+
+def test_the_repo_name_rule_agrees_with_huggingface_hub():
+    hub = pytest.importorskip("huggingface_hub.utils")
+    from lorakit.publish import valid_repo_id
+
+    for repo in ["user/name", "u_1/n.a-m_e", "user/-name", "user/name.", "user/a..b", "user/a--b", "_u/n",
+                 "user/" + "x" * 96, "user/" + "x" * 97, "user/ná", "user/name/x", "/name"]:
+        try:
+            hub.validate_repo_id(repo)
+            ok = "/" in repo  # lorakit asks for user/name; the Hub also takes a bare name
+        except hub.HFValidationError:
+            ok = False
+        assert valid_repo_id(repo) == ok, repo
