@@ -219,7 +219,8 @@ def point_lora(root: Path, e: dict[str, Any], *, best_step: bool) -> Optional[Pa
 
 def step_lora(run_dir: Path, name: str, step: int, last_step: Optional[int]) -> Optional[Path]:
     """The LoRA file of ``step`` in a run folder: ``-best`` when it holds that step (save.keep_best), the step
-    checkpoint, or the final LoRA when ``step`` is the last; None when none was kept."""
+    checkpoint, the LoRA a run extended past ``step`` delivered there (``<name>.until-stepN.safetensors``), or the
+    final LoRA when ``step`` is the last; None when none was kept."""
     from lorakit.safetensors_header import read_safetensors_header
     from lorakit.sweep.run import run_status
 
@@ -228,9 +229,9 @@ def step_lora(run_dir: Path, name: str, step: int, last_step: Optional[int]) -> 
     for path in ([Path(kept)] if kept and Path(kept).parent == run_dir else []) + [here]:
         if path.is_file() and read_safetensors_header(path)[1].get("lorakit_best_step") in (None, str(step)):
             return path
-    path = run_dir / f"{name}-step{step:08d}.safetensors"
-    if path.is_file():
-        return path
+    for path in (run_dir / f"{name}-step{step:08d}.safetensors", run_dir / f"{name}.until-step{step:08d}.safetensors"):
+        if path.is_file():
+            return path
     final = run_dir / f"{name}.safetensors"
     return final if final.is_file() and step == last_step else None
 

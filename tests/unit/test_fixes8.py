@@ -164,6 +164,26 @@ def test_extending_a_finished_run_keeps_the_lora_it_delivered(tmp_path):
     assert names[0] == "ohwx.safetensors" and "ohwx.until-step00000002.safetensors" in names
 
 
+def test_package_step_of_an_extended_run_finds_the_lora_it_delivered_there(tmp_path):
+    """`lorakit package DIR --step 2` after the 2-step run was extended to 4: the kept until-step file is that
+    step's LoRA (its checkpoint was pruned)."""
+    import json
+
+    from lorakit.config.load import dump_toml, load_config
+    from lorakit.publish import _run_files
+
+    run = tmp_path / "ohwx"
+    run.mkdir()
+    (run / "config.toml").write_text(dump_toml(load_config(None, [
+        "model.family=sdxl", f"model.checkpoint={tmp_path / 'base.safetensors'}", f"data.dir={tmp_path / 'data'}",
+        "save.name=ohwx", "training.max_steps=4"])))
+    (run / "run.json").write_text(json.dumps({"status": "finished", "step": 4}))
+    _lora(run / "ohwx.safetensors", 4, 2.0)
+    _lora(run / "ohwx.until-step00000002.safetensors", 2, 1.0)
+    assert _run_files(run, 2, log=lambda *_: None)[1] == run / "ohwx.until-step00000002.safetensors"
+    assert _run_files(run, 4, log=lambda *_: None)[1] == run / "ohwx.safetensors"
+
+
 # ------------------------------------------------------------------ 3. an edited mask is reported at --resume
 
 
