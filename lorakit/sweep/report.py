@@ -48,7 +48,9 @@ def point_summary(root: Path, point: dict[str, Any]) -> dict[str, Any]:
         "last_step": steps[-1] if steps else None,
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "best_val_loss": best[1] if best else None, "best_step": best[0] if best else None,
-        "final_val_loss": vlosses[-1] if vlosses else None,
+        # after step 0, as best_val_loss (walk8: a point that failed before its first validation showed the loss
+        # before training as its "final val loss")
+        "final_val_loss": next((v for s, v in zip(reversed(vsteps), reversed(vlosses)) if s >= 1), None),
     }
     if point.get("error"):
         out["error"] = point["error"]

@@ -253,3 +253,21 @@ def test_the_repo_name_rule_agrees_with_huggingface_hub():
         except hub.HFValidationError:
             ok = False
         assert valid_repo_id(repo) == ok, repo
+
+
+def test_a_point_that_failed_before_its_first_validation_has_no_final_val_loss(tmp_path):
+    """Before: the table showed the validation loss before training (step 0) as the failed point's final val loss,
+    while its best val loss (after step 0) was empty."""
+    from lorakit.sweep.report import point_summary
+
+    run = tmp_path / "02_lr100"
+    run.mkdir()
+    rows = [{"step": 0, "val_loss": 0.0815}, {"step": 1, "loss": 0.09}, {"step": 2, "loss": 0.02}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    point = {"name": "02_lr100", "label": "lr=100", "settings": {"optimizer.lr": "100"}, "state": "failed",
+             "error": "step 3: loss nan"}
+    e = point_summary(tmp_path, point)
+    assert (e["best_val_loss"], e["final_val_loss"], e["last_step"]) == (None, None, 2)
+    rows += [{"step": 2, "val_loss": 0.07}, {"step": 4, "loss": 0.01}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert point_summary(tmp_path, point)["final_val_loss"] == 0.07
