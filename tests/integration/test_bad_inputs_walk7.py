@@ -189,7 +189,7 @@ def test_ui_pages_survive_a_deleted_job_and_a_damaged_run_folder(ui, tmp_path):
     job = ui.store.add(f'[model]\n{model}\n[data]\ndir = "{tmp_path}"\n[save]\ndir = "{tmp_path / "runs"}"\n'
                        'name = "w7"\n', start=False)
     run = tmp_path / "runs" / "w7"
-    run.mkdir(parents=True)
+    assert (run / ".lorakit.claim").is_file()  # fixes8: the job holds its run folder from the moment it is added
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5, "lr": 0.001}\n{"step": "x", "loss": 0.4}\n'
                                        '{"step": 2, "loss": 0.3, "lr": 0.001}\n{"step": true, "loss": 0.2}\n')
     (run / "run.json").write_text('{"status": "running", "step": "three", "max_steps": [4]}')

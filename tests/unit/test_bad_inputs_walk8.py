@@ -271,3 +271,25 @@ def test_a_point_that_failed_before_its_first_validation_has_no_final_val_loss(t
     rows += [{"step": 2, "val_loss": 0.07}, {"step": 4, "loss": 0.01}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert point_summary(tmp_path, point)["final_val_loss"] == 0.07
+
+
+def test_a_lora_holding_nan_is_refused_by_the_tools_and_flagged_by_verify(tmp_path, capsys):
+    """Before: resize failed with a LinAlgError traceback, `merge --into` baked the NaN into a checkpoint, merge and
+    convert passed it on, and verify said `every loader applies every key` with exit code 0."""
+    base = model_section("sdxl")["checkpoint"]
+    lora = _toy_sdxl_lora(tmp_path / "diverged.safetensors", value=float("nan"))
+    key = "lora_unet_middle_block_1_proj_in.lora_down.weight"
+    line = (f"lorakit: error: {lora}: 1 tensor(s) hold NaN or Inf values (e.g. {key}): the LoRA is damaged or its "
+            "training diverged, and would break every image; nothing written (`lorakit inspect` lists them)")
+    out = tmp_path / "out.safetensors"
+    for args in (["resize", str(lora), "--rank", "2"], ["merge", str(lora)], ["merge", "--into", base, str(lora)],
+                 ["convert", str(lora), "--to", "comfyui", "--base", base]):
+        assert main([*args, "-o", str(out)]) == 2, args
+        assert _error(capsys) == line, args
+        assert not out.exists()
+    assert main(["verify", str(lora), "--base", base]) == 1
+    text = capsys.readouterr().out
+    assert (f"1 tensor(s) hold NaN or Inf (e.g. {key}): the LoRA is damaged or its training diverged, and would break "
+            "every image; exit code 1") in text
+    assert main(["verify", str(_toy_sdxl_lora(tmp_path / "fine.safetensors")), "--base", base]) == 0
+    assert "NaN" not in capsys.readouterr().out

@@ -38,11 +38,24 @@ def load_state(path: Path, families: Sequence[FamilyKeys], family: Optional[str]
     if path.is_dir():
         return _load_peft_folder(path, families, family)
     tensors, meta = load_lora_file(path)
+    _refuse_nonfinite(tensors, path)
     cfg = None
     side = path.parent / PEFT_CONFIG
     if side.is_file() and any(k.startswith("base_model.model.") for k in tensors):
         cfg = json.loads(side.read_text())
     return read_lora(tensors, meta, families, where=str(path), peft_config=cfg, family=family)
+
+
+def _refuse_nonfinite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """walk8: a LoRA holding NaN/Inf is refused by the tools that write from it (resize failed with a LinAlgError
+    traceback; merge --into baked the NaN into a checkpoint; merge and convert passed it on)."""
+    from lorakit.lora.inspect import nonfinite_tensors
+
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise LorakitError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (e.g. {bad[0]}): the LoRA is damaged "
+                           "or its training diverged, and would break every image; nothing written (`lorakit inspect` "
+                           "lists them)")
 
 
 def _load_peft_folder(path: Path, families: Sequence[FamilyKeys], family: Optional[str]) -> LoraState:
@@ -51,6 +64,7 @@ def _load_peft_folder(path: Path, families: Sequence[FamilyKeys], family: Option
         raise LorakitError(f"{path}: a folder, but no {PEFT_WEIGHTS} in it; give a .safetensors file or a PEFT "
                            "adapter folder")
     tensors, meta = load_lora_file(weights)
+    _refuse_nonfinite(tensors, weights)
     cfg = json.loads((path / PEFT_CONFIG).read_text()) if (path / PEFT_CONFIG).is_file() else None
     state = read_lora(tensors, meta, families, where=str(weights), peft_config=cfg, family=family)
     keys = state.keys or _keymap(families, state.family)
@@ -59,6 +73,7 @@ def _load_peft_folder(path: Path, families: Sequence[FamilyKeys], family: Option
         if comp == "denoiser" or not (sub / PEFT_WEIGHTS).is_file():
             continue
         t, _ = load_lora_file(sub / PEFT_WEIGHTS)
+        _refuse_nonfinite(t, sub / PEFT_WEIGHTS)
         c = json.loads((sub / PEFT_CONFIG).read_text()) if (sub / PEFT_CONFIG).is_file() else None
         renamed = {prefix + k[len("base_model.model."):]: v for k, v in t.items()}
         part = read_lora(renamed, {}, [keys], where=str(sub / PEFT_WEIGHTS), family=keys.family)
