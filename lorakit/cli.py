@@ -646,9 +646,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from lorakit.lora.tools.files import base_keymap, load_state, save_state
+    from lorakit.lora.tools.files import base_keymap, check_out, load_state, save_state
 
     src = Path(args.file)
+    if args.out:
+        check_out(Path(args.out), folder=args.to == "peft")
     if src.is_file():  # a checkpoint given as the LoRA; a LoRA of another family: say which --family it takes
         from lorakit.lora.io import load_lora_file
         from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
@@ -666,6 +668,7 @@ def cmd_convert(args) -> int:
         state = load_state(src, [keys], keys.family)
     _refuse_unmatched(state, src)
     out = Path(args.out) if args.out else _default_out(src, f"-{args.to}", args.to)
+    check_out(out, folder=args.to == "peft")
     try:
         files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
     except ValueError as exc:  # fused rows that do not split as the full-size model's (a toy, a pruned model)
@@ -689,10 +692,12 @@ def _refuse_unmatched(state, src: Path, keep_foreign: bool = False) -> None:
 
 def cmd_resize(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
-    from lorakit.lora.tools.files import common_dtype, load_state, save_state
+    from lorakit.lora.tools.files import check_out, common_dtype, load_state, save_state
     from lorakit.lora.tools.ops import resize
 
     src = Path(args.file)
+    if args.out:
+        check_out(Path(args.out))
     maps = _keymaps(args.family)
     state = load_state(src, maps, args.family)
     _refuse_unmatched(state, src, keep_foreign=True)
@@ -710,6 +715,7 @@ def cmd_resize(args) -> int:
     keys = state.keys or next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
     out = Path(args.out) if args.out else _default_out(src, tag, state.layout)
+    check_out(out)
     save_state(LoraState(modules, state.metadata, state.layout, state.family, foreign=state.foreign), keys,
                state.layout, out,
                dtype=common_dtype(state), metadata={"lorakit_resized": f"{method}={value:g}"})
@@ -746,12 +752,13 @@ def _weighted_path(text: str) -> tuple[Path, float]:
 
 def cmd_merge(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
-    from lorakit.lora.tools.files import base_keymap, common_dtype, load_state, merge_into, save_state
+    from lorakit.lora.tools.files import base_keymap, check_out, common_dtype, load_state, merge_into, save_state
     from lorakit.lora.tools.ops import check_rank, merge
 
     if args.into and args.rank is not None:
         raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
     check_rank(args.rank, "merge")
+    check_out(Path(args.out))
     weighted = [_weighted_path(text) for text in args.loras]  # a bad weight is named before the key maps load
     maps = _keymaps(args.family)
     loras = []
@@ -785,6 +792,9 @@ def cmd_extract(args) -> int:
     from lorakit.lora.tools.ops import check_rank
 
     check_rank(args.rank, "extract")
+    from lorakit.lora.tools.files import check_out
+
+    check_out(Path(args.out))
     if not math.isfinite(args.min_diff) or args.min_diff < 0:
         raise LorakitError(f"extract: --min-diff must be a number ≥ 0, got {args.min_diff:g}")
     tuned, base = Path(args.tuned), Path(args.base)

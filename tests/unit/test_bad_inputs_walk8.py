@@ -293,3 +293,28 @@ def test_a_lora_holding_nan_is_refused_by_the_tools_and_flagged_by_verify(tmp_pa
             "every image; exit code 1") in text
     assert main(["verify", str(_toy_sdxl_lora(tmp_path / "fine.safetensors")), "--base", base]) == 0
     assert "NaN" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cmd", [["merge", "{lora}"], ["resize", "{lora}", "--rank", "2"],
+                                 ["convert", "{lora}", "--to", "kohya"], ["extract", "{base}", "{base}", "--rank", "2"],
+                                 ["merge", "--into", "{base}", "{lora}"]])
+@pytest.mark.parametrize("name, fix", [("lora.pt", "lora.safetensors"), ("lora", "lora.safetensors")])
+def test_an_output_not_named_safetensors_is_refused_before_any_work(tmp_path, capsys, cmd, name, fix):
+    """Before: `merge A -o lora.pt` wrote safetensors bytes under .pt (A1111 and ComfyUI open a .pt as a pickle and
+    fail), `-o lora` a file no loader lists."""
+    lora = _toy_sdxl_lora(tmp_path / "a lora.safetensors")
+    args = [a.format(lora=lora, base=model_section("sdxl")["checkpoint"]) for a in cmd]
+    out = tmp_path / name
+    assert main([*args, "-o", str(out)]) == 2
+    assert _error(capsys) == (f"lorakit: error: -o {out}: lorakit writes .safetensors files, and loaders go by the "
+                              f"extension; name it {tmp_path / fix}")
+    assert not out.exists()
+
+
+def test_an_existing_output_is_refused_before_the_inputs_are_read(tmp_path, capsys):
+    out = tmp_path / "taken.safetensors"
+    out.write_bytes(b"mine")
+    assert main(["extract", str(tmp_path / "huge-tuned.safetensors"), str(tmp_path / "huge-base.safetensors"),
+                 "--rank", "4", "-o", str(out)]) == 2
+    assert _error(capsys) == f"lorakit: error: {out}: already exists; choose another -o or move the file away"
+    assert out.read_bytes() == b"mine"

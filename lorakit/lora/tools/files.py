@@ -140,6 +140,17 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise LorakitError(f"{out}: already exists; choose another -o or move the file away")
 
 
+def check_out(out: Path, *, folder: bool = False) -> None:
+    """An output named by -o, checked before any file is read: not there yet, and (a file) named ``.safetensors``,
+    the extension loaders read a file's format from (walk8: ``-o lora.pt`` wrote safetensors bytes that A1111 and
+    ComfyUI then open as a pickle, ``-o lora`` a file no loader lists)."""
+    out = Path(out)
+    _check_target(out, False)
+    if not folder and out.suffix.lower() != ".safetensors":
+        raise LorakitError(f"-o {out}: lorakit writes .safetensors files, and loaders go by the extension; name it "
+                           f"{out.with_name((out.stem if out.suffix else out.name) + '.safetensors')}")
+
+
 # --------------------------------------------------------------------------------------- checkpoints
 
 def _checkpoint_modules(keys: FamilyKeys, header: dict[str, Any]) -> tuple[dict[str, list[BaseModule]], str]:
