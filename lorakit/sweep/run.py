@@ -94,7 +94,9 @@ class Sweep:
             entries = list(self.root.iterdir())
         except (LorakitError, OSError, KeyError, TypeError):
             return False
-        if any(e.name in names or e.name not in (MANIFEST, "run.toml", "logs") for e in entries):
+        from lorakit.train.rundir import LOCK_NAME
+
+        if any(e.name in names or e.name not in (MANIFEST, "run.toml", "logs", LOCK_NAME) for e in entries):
             return False
         for e in entries:
             shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
@@ -185,7 +187,29 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
 def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None, gpus: Optional[list[str]] = None,
               parallel: Optional[int] = None) -> dict[str, Any]:
     """Run (or continue) every point not yet finished or failed; then write the comparison. ``gpus`` / ``parallel``:
-    where the points run (:func:`lorakit.sweep.parallel.layout`); None: as the sweep last ran (sweep.json)."""
+    where the points run (:func:`lorakit.sweep.parallel.layout`); None: as the sweep last ran (sweep.json).
+
+    The sweep folder is locked while this process runs it (walk8: a second ``sweep --resume`` of a running sweep
+    marked its running point "failed" with the point's "in use" error and trained the next one alongside, both
+    processes writing sweep.json); a second is refused in one line naming the first."""
+    from lorakit.fsutil import FileLock, LockHeld, describe_holder
+    from lorakit.train.rundir import LOCK_NAME
+
+    sweep.read()  # not a sweep folder (or none at all): said before a lock file is made in it
+    lock = FileLock(sweep.root / LOCK_NAME)
+    try:
+        lock.acquire(sweep=str(sweep.root.resolve()))
+    except LockHeld as exc:
+        raise LorakitError(f"{sweep.root} is in use: another `lorakit sweep` runs it ({describe_holder(exc.holder)}); "
+                           "wait for it to end or stop it, then try again") from None
+    try:
+        return _run_sweep(sweep, log=log, train_fn=train_fn, gpus=gpus, parallel=parallel)
+    finally:
+        lock.release()
+
+
+def _run_sweep(sweep: Sweep, *, log: Callable[[str], None], train_fn, gpus: Optional[list[str]],
+               parallel: Optional[int]) -> dict[str, Any]:
     from lorakit.sweep import parallel as par
     from lorakit.sweep.report import write_report
 

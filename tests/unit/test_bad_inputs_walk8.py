@@ -318,3 +318,30 @@ def test_an_existing_output_is_refused_before_the_inputs_are_read(tmp_path, caps
                  "--rank", "4", "-o", str(out)]) == 2
     assert _error(capsys) == f"lorakit: error: {out}: already exists; choose another -o or move the file away"
     assert out.read_bytes() == b"mine"
+
+
+def test_a_second_sweep_process_on_a_running_sweep_is_refused(tmp_path, capsys, monkeypatch):
+    """Before: `sweep --resume DIR` while DIR's sweep ran marked the running point "failed" (its "in use" error),
+    trained the next point alongside, and both processes wrote sweep.json."""
+    import lorakit.train.loop as loop
+    from lorakit.fsutil import FileLock
+    from lorakit.sweep.run import Sweep, create, run_sweep
+    from tests.unit.test_sweep import FakeTrain
+
+    sweep = create(_sweep_config(tmp_path), ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    before = (tmp_path / "sw" / "sweep.json").read_text()
+    fake = FakeTrain()
+    monkeypatch.setattr(loop, "train", fake)
+    running = FileLock(tmp_path / "sw" / ".lorakit.lock").acquire(sweep=str(tmp_path / "sw"))  # the first sweep
+    try:
+        assert main(["sweep", "--resume", str(tmp_path / "sw")]) == 2
+        line = _error(capsys)
+        assert line.startswith(f"lorakit: error: {tmp_path / 'sw'} is in use: another `lorakit sweep` runs it (pid ")
+        assert line.endswith("wait for it to end or stop it, then try again")
+        assert fake.calls == [] and (tmp_path / "sw" / "sweep.json").read_text() == before
+    finally:
+        running.release()
+    run_sweep(Sweep(tmp_path / "sw"), log=lambda *_: None, train_fn=fake)  # once it ended, the sweep goes on
+    assert [c[0] for c in fake.calls] == [p["name"] for p in sweep.read()["points"]]
+    assert main(["sweep", "--resume", str(tmp_path / "nope")]) == 2
+    assert "no sweep.json; is it a sweep folder" in _error(capsys)
