@@ -54,6 +54,8 @@ def point_summary(root: Path, point: dict[str, Any]) -> dict[str, Any]:
     }
     if point.get("error"):
         out["error"] = point["error"]
+    if not run_dir.is_dir():  # walk8: a point whose folder was deleted or moved was shown "finished", all "—"
+        out["state"], out["error"] = "missing", f"its run folder {run_dir} is gone (deleted or moved)"
     ev = run_dir / "eval.json"
     if ev.is_file():
         scores = json.loads(ev.read_text())
@@ -260,7 +262,9 @@ def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str
         src = point_lora(root, e, best_step=at_best_step)
         if src is None:
             log(f"{filename}: {e['name']} kept no LoRA of step {e['best_step']} (save.keep_best = true keeps it); "
-                "not written")
+                "not written" if at_best_step and e.get("best_step") is not None else
+                f"{filename}: {e['name']}'s final LoRA {root / e['name'] / (e['name'] + '.safetensors')} is missing "
+                "(deleted or moved); not written")  # walk8: was "kept no LoRA of step None (save.keep_best …)"
             continue
         stat = src.stat()
         info = {"point": e["name"], "label": e["label"], "settings": e["settings"], "ranked_by": by,

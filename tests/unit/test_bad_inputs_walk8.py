@@ -345,3 +345,28 @@ def test_a_second_sweep_process_on_a_running_sweep_is_refused(tmp_path, capsys, 
     assert [c[0] for c in fake.calls] == [p["name"] for p in sweep.read()["points"]]
     assert main(["sweep", "--resume", str(tmp_path / "nope")]) == 2
     assert "no sweep.json; is it a sweep folder" in _error(capsys)
+
+
+def test_the_sweep_report_says_when_a_point_folder_or_its_final_lora_is_gone(tmp_path):
+    """Before: a deleted point folder was ranked "finished" with every number "—", and a deleted final LoRA of a
+    sweep without validation said `kept no LoRA of step None (save.keep_best = true keeps it)`."""
+    from lorakit.sweep.report import write_report
+    from lorakit.sweep.run import create, run_sweep
+    from tests.unit.test_sweep import FakeTrain
+
+    sweep = create(_sweep_config(tmp_path), ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    a, b = [p["name"] for p in sweep.read()["points"]]
+    shutil.rmtree(tmp_path / "sw" / b)
+    for metrics in (tmp_path / "sw").glob("*/metrics.jsonl"):  # no validation set: ranked by training loss
+        metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines() if '"val_loss"' not in x))
+    (tmp_path / "sw" / a / f"{a}.safetensors").unlink()
+    (tmp_path / "sw" / "best.safetensors").unlink()
+    lines: list[str] = []
+    points = {e["name"]: e for e in write_report(tmp_path / "sw", log=lines.append)["points"]}
+    assert points[b]["state"] == "missing" and points[b]["rank"] == 2
+    assert points[b]["error"] == f"its run folder {tmp_path / 'sw' / b} is gone (deleted or moved)"
+    assert "| missing |" in (tmp_path / "sw" / "comparison" / "ranking.md").read_text()
+    assert (f"best.safetensors: {a}'s final LoRA {tmp_path / 'sw' / a / (a + '.safetensors')} is missing (deleted or "
+            "moved); not written") in lines
+    assert not (tmp_path / "sw" / "best.safetensors").exists()
