@@ -134,6 +134,8 @@ def keep_delivered(run: RunDir, cfg: Config, start_step: int, log) -> list[Path]
         if not path.is_file():
             continue
         step = _file_step(path) or start_step
+        if cfg.training.max_steps <= step:
+            continue  # this resume ends where the file's run ended (a run stopped after its final save): no extension
         stem = path.name.removesuffix(".safetensors")
         kept, n = path.with_name(f"{stem}.until-step{step:08d}.safetensors"), 1
         while kept.exists() and not _same_bytes(kept, path):

@@ -130,7 +130,7 @@ def test_extending_a_finished_run_keeps_the_lora_it_delivered(tmp_path):
     """Before: `--resume DIR training.max_steps=4` wrote the new final LoRA over the one the 2-step run delivered;
     the old one survived only inside state/step00000002."""
     from lorakit.config.load import dump_toml, load_config
-    from lorakit.train.resume import accepted
+    from lorakit.train.resume import accepted, keep_delivered
     from lorakit.ui.runs import lora_files
 
     run = RunDir(tmp_path / "my runs" / "ohwx", "ohwx")
@@ -157,11 +157,18 @@ def test_extending_a_finished_run_keeps_the_lora_it_delivered(tmp_path):
     assert kept.read_bytes() == delivered
     # a different file under a kept name is never overwritten
     (run.root / "ohwx.until-step00000004.safetensors").write_bytes(b"mine")
-    accepted(run, cfg, 4, lines.append)
+    accepted(run, load_config(run.root / "config.toml"), 4, lines.append)  # (max_steps 8 now)
     assert (run.root / "ohwx.until-step00000004-2.safetensors").read_bytes() == four
     assert (run.root / "ohwx.until-step00000004.safetensors").read_bytes() == b"mine"
     names = [p.name for p in lora_files(run.root)]
     assert names[0] == "ohwx.safetensors" and "ohwx.until-step00000002.safetensors" in names
+    # a resume that ends where the file's run ended (it stopped after its final save, before run.json said
+    # "finished") writes that LoRA again: nothing to keep
+    other = RunDir(tmp_path / "other", "ohwx")
+    other.root.mkdir()
+    _lora(other.lora_path(), 2, 1.0)
+    assert keep_delivered(other, load_config(run.root / "config.toml", ["training.max_steps=2"]), 2, lines.append) \
+        == [] and sorted(p.name for p in other.root.iterdir()) == ["ohwx.safetensors"]
 
 
 def test_package_step_of_an_extended_run_finds_the_lora_it_delivered_there(tmp_path):
