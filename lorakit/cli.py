@@ -627,6 +627,12 @@ def cmd_verify(args) -> int:
     from lorakit.lora.tools.verify import render, verify
     from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
+    if Path(args.file).is_dir():  # walk8: was "no such file"
+        from lorakit.lora.tools.files import PEFT_WEIGHTS
+
+        peft = Path(args.file) / PEFT_WEIGHTS
+        raise LorakitError(f"{args.file}: a folder; verify reads one .safetensors file"
+                           + (f" (this PEFT adapter's: {peft})" if peft.is_file() else ""))
     tensors, _ = load_lora_file(Path(args.file))
     lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
     if not lyco:

@@ -370,3 +370,34 @@ def test_the_sweep_report_says_when_a_point_folder_or_its_final_lora_is_gone(tmp
     assert (f"best.safetensors: {a}'s final LoRA {tmp_path / 'sw' / a / (a + '.safetensors')} is missing (deleted or "
             "moved); not written") in lines
     assert not (tmp_path / "sw" / "best.safetensors").exists()
+
+
+def test_a_peft_folder_without_its_config_is_refused_not_read_at_another_strength(tmp_path, capsys):
+    """Before: `convert ADAPTER_DIR --to kohya` without adapter_config.json read every module at alpha = rank: a LoRA
+    of alpha 1, rank 2 came out twice as strong, silently. And `verify ADAPTER_DIR` said `no such file`."""
+    from safetensors.torch import load_file, save_file
+
+    from lorakit.models.registry import get_family
+    from tests.unit.test_lora_tools import kohya_lora
+
+    keys = get_family("sdxl").full_lora_keymap()
+    some = [m for m in keys.modules if ".attentions." in m.diffusers[0]][::60]
+    src = tmp_path / "full.safetensors"
+    save_file(kohya_lora(keys.with_modules(tuple(some)), rank=2, alpha=1.0), str(src))
+    peft = tmp_path / "my adapter"
+    assert main(["convert", str(src), "--to", "peft", "-o", str(peft), "--family", "sdxl"]) == 0
+    back = tmp_path / "back.safetensors"
+    assert main(["convert", str(peft), "--to", "kohya", "-o", str(back), "--family", "sdxl"]) == 0
+    assert {float(v) for k, v in load_file(str(back)).items() if k.endswith(".alpha")} == {1.0}
+    capsys.readouterr()
+    (peft / "adapter_config.json").unlink()
+    out = tmp_path / "back2.safetensors"
+    assert main(["convert", str(peft), "--to", "kohya", "-o", str(out), "--family", "sdxl"]) == 2
+    assert _error(capsys) == (f"lorakit: error: {peft}: no adapter_config.json beside adapter_model.safetensors; it "
+                              "holds the adapter's lora_alpha (its strength), so the folder cannot be read faithfully "
+                              f"without it: restore it, or give {peft / 'adapter_model.safetensors'} itself to read "
+                              "it at scale 1 (alpha = rank)")
+    assert not out.exists()
+    assert main(["verify", str(peft)]) == 2
+    assert _error(capsys) == (f"lorakit: error: {peft}: a folder; verify reads one .safetensors file (this PEFT "
+                              f"adapter's: {peft / 'adapter_model.safetensors'})")

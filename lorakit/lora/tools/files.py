@@ -58,23 +58,34 @@ def _refuse_nonfinite(tensors: dict[str, torch.Tensor], path: Path) -> None:
                            "lists them)")
 
 
+def _need_peft_config(folder: Path) -> None:
+    """walk8: a PEFT adapter folder without its adapter_config.json was read at scale 1 (alpha = rank): a LoRA
+    trained with alpha = rank / 2 came out twice as strong, silently. Its config holds lora_alpha: refused without."""
+    if not (folder / PEFT_CONFIG).is_file():
+        raise LorakitError(f"{folder}: no {PEFT_CONFIG} beside {PEFT_WEIGHTS}; it holds the adapter's lora_alpha "
+                           f"(its strength), so the folder cannot be read faithfully without it: restore it, or give "
+                           f"{folder / PEFT_WEIGHTS} itself to read it at scale 1 (alpha = rank)")
+
+
 def _load_peft_folder(path: Path, families: Sequence[FamilyKeys], family: Optional[str]) -> LoraState:
     weights = path / PEFT_WEIGHTS
     if not weights.is_file():
         raise LorakitError(f"{path}: a folder, but no {PEFT_WEIGHTS} in it; give a .safetensors file or a PEFT "
                            "adapter folder")
+    _need_peft_config(path)
     tensors, meta = load_lora_file(weights)
     _refuse_nonfinite(tensors, weights)
-    cfg = json.loads((path / PEFT_CONFIG).read_text()) if (path / PEFT_CONFIG).is_file() else None
+    cfg = json.loads((path / PEFT_CONFIG).read_text())
     state = read_lora(tensors, meta, families, where=str(weights), peft_config=cfg, family=family)
     keys = state.keys or _keymap(families, state.family)
     for comp, prefix in keys.diffusers_prefix.items():
         sub = path / prefix.rstrip(".")
         if comp == "denoiser" or not (sub / PEFT_WEIGHTS).is_file():
             continue
+        _need_peft_config(sub)
         t, _ = load_lora_file(sub / PEFT_WEIGHTS)
         _refuse_nonfinite(t, sub / PEFT_WEIGHTS)
-        c = json.loads((sub / PEFT_CONFIG).read_text()) if (sub / PEFT_CONFIG).is_file() else None
+        c = json.loads((sub / PEFT_CONFIG).read_text())
         renamed = {prefix + k[len("base_model.model."):]: v for k, v in t.items()}
         part = read_lora(renamed, {}, [keys], where=str(sub / PEFT_WEIGHTS), family=keys.family)
         if c is not None:  # alphas of the text encoder adapter
