@@ -425,6 +425,17 @@ def cmd_sweep(args) -> int:
     from lorakit.sweep import report as sweep_report
     from lorakit.sweep.run import Sweep, create, run_sweep
 
+    if args.parallel is not None and args.parallel < 1:
+        raise LorakitError(f"sweep --parallel must be at least 1, got {args.parallel}")
+    if args.args[:1] in (["preset"], ["report"]):  # walk8: options these take no part in were ignored silently
+        allowed = ("concept", "parallel") if args.args[0] == "report" and args.concept else ("concept",)
+        given = [f"--{n}" for n in ("resume", "steps", "out", "gpus", "parallel", "concept")
+                 if getattr(args, n) not in (None, False) and n not in allowed]
+        if given:
+            raise LorakitError(f"sweep {args.args[0]}: {', '.join(given)} {'has' if len(given) == 1 else 'have'} no "
+                               "meaning here; drop " + ("it" if len(given) == 1 else "them")
+                               + (" (--parallel N scores N points at once with --concept)"
+                                  if given == ["--parallel"] and args.args[0] == "report" else ""))
     if args.args[:1] == ["preset"]:  # lorakit sweep preset DIR PRESET.toml [--concept]
         if len(args.args) != 3:
             raise LorakitError("sweep preset: give the sweep folder and the preset: lorakit sweep preset DIR "
@@ -446,8 +457,6 @@ def cmd_sweep(args) -> int:
     from lorakit.sweep.parallel import parse_gpus
 
     gpus = parse_gpus(args.gpus)  # refused before the sweep folder is made
-    if args.parallel is not None and args.parallel < 1:
-        raise LorakitError(f"sweep --parallel must be at least 1, got {args.parallel}")
     if args.resume:
         if args.args or args.steps is not None or args.out:
             raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; "

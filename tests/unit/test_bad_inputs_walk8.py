@@ -401,3 +401,18 @@ def test_a_peft_folder_without_its_config_is_refused_not_read_at_another_strengt
     assert main(["verify", str(peft)]) == 2
     assert _error(capsys) == (f"lorakit: error: {peft}: a folder; verify reads one .safetensors file (this PEFT "
                               f"adapter's: {peft / 'adapter_model.safetensors'})")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["report", "{sw}", "--steps", "5"], "sweep report: --steps has no meaning here; drop it"),
+    (["report", "{sw}", "--out", "x", "--gpus", "0"], "sweep report: --out, --gpus have no meaning here; drop them"),
+    (["report", "{sw}", "--parallel", "2"], "sweep report: --parallel has no meaning here; drop it (--parallel N "
+                                            "scores N points at once with --concept)"),
+    (["report", "{sw}", "--concept", "--parallel", "-2"], "sweep --parallel must be at least 1, got -2"),
+    (["preset", "{sw}", "p.toml", "--resume", "{sw}"], "sweep preset: --resume has no meaning here; drop it"),
+])
+def test_sweep_report_and_preset_refuse_options_they_do_not_use(tmp_path, capsys, args, line):
+    """Before: `sweep report DIR --steps 5` / `--out` / `--gpus`, and `--parallel` without --concept, were ignored;
+    `--concept --parallel -2` ran as 1."""
+    assert main(["sweep", *[a.format(sw=tmp_path / "sw") for a in args]]) == 2
+    assert _error(capsys) == f"lorakit: error: {line}"
