@@ -713,8 +713,9 @@ def cmd_resize(args) -> int:
     src = Path(args.file)
     if args.out:
         check_out(Path(args.out))
-    maps = _keymaps(args.family)
-    state = load_state(src, maps, args.family)
+    family = _named_family(src, args.family)  # walk8: a FLUX.2 LoRA was read (and named) as FLUX.1 here
+    maps = _keymaps(family)
+    state = load_state(src, maps, family)
     _refuse_unmatched(state, src, keep_foreign=True)
     if args.rank is not None:
         method, value = "rank", float(args.rank)
@@ -778,7 +779,8 @@ def cmd_merge(args) -> int:
     maps = _keymaps(args.family)
     loras = []
     for path, w in weighted:
-        state = load_state(path, maps, args.family)
+        family = _named_family(path, args.family)  # walk8: as convert, a FLUX.2 LoRA is FLUX.2's (was FLUX.1's)
+        state = load_state(path, _keymaps(family) if family != args.family else maps, family)
         _refuse_unmatched(state, path, keep_foreign=True)
         loras.append((state, w))
     fams = {s.family for s, _ in loras}

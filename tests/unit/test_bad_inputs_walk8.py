@@ -416,3 +416,25 @@ def test_sweep_report_and_preset_refuse_options_they_do_not_use(tmp_path, capsys
     `--concept --parallel -2` ran as 1."""
     assert main(["sweep", *[a.format(sw=tmp_path / "sw") for a in args]]) == 2
     assert _error(capsys) == f"lorakit: error: {line}"
+
+
+def test_merge_and_resize_read_a_flux2_lora_as_flux2s(tmp_path, capsys):
+    """Before: merge and resize took a FLUX.2 LoRA (BFL's module names, like FLUX.1's) for FLUX.1's, so their
+    messages said flux1 (`merge --into SDXL …: no flux1 weight …`; `different families (flux1, sdxl)`), where
+    convert and verify, which read ss_base_model_version, said flux2."""
+    import torch
+    from safetensors.torch import save_file
+
+    stem = "lora_unet_single_blocks_0_linear1"
+    flux2 = tmp_path / "klein lora.safetensors"
+    save_file({f"{stem}.lora_down.weight": torch.ones(2, 64), f"{stem}.lora_up.weight": torch.ones(576, 2),
+               f"{stem}.alpha": torch.tensor(2.0)}, str(flux2), metadata={"ss_base_model_version": "flux_2_klein_4b"})
+    sdxl = _toy_sdxl_lora(tmp_path / "sdxl lora.safetensors")
+    out = tmp_path / "m.safetensors"
+    assert main(["merge", str(flux2), str(sdxl), "-o", str(out)]) == 2
+    assert _error(capsys) == "lorakit: error: merge: the LoRAs are for different families (flux2, sdxl)"
+    assert main(["merge", "--into", model_section("sdxl")["checkpoint"], str(flux2), "-o", str(out)]) == 2
+    assert "with no flux2 weight of any LoRA target; give the flux2 single-file checkpoint" in _error(capsys)
+    assert main(["merge", "--into", model_section("flux2")["checkpoint"], str(flux2), "-o", str(out)]) == 0
+    assert main(["resize", str(flux2), "--rank", "1", "-o", str(tmp_path / "r.safetensors")]) == 0
+    assert not list(tmp_path.glob("*.safetensors.tmp*"))
