@@ -438,3 +438,22 @@ def test_merge_and_resize_read_a_flux2_lora_as_flux2s(tmp_path, capsys):
     assert main(["merge", "--into", model_section("flux2")["checkpoint"], str(flux2), "-o", str(out)]) == 0
     assert main(["resize", str(flux2), "--rank", "1", "-o", str(tmp_path / "r.safetensors")]) == 0
     assert not list(tmp_path.glob("*.safetensors.tmp*"))
+
+
+@pytest.mark.parametrize("line, fix", [("a zkx shape --seed 3", "--d"), ("a zkx shape --n ugly --cfg 7", "--l"),
+                                       ("a zkx shape --steps 20", "--s"), ("a zkx shape --foo", None)])
+def test_a_prompt_flag_that_is_not_one_is_refused_not_drawn_into_the_prompt(line, fix):
+    """Before: `a zkx shape --seed 3` (the sweep grid's prompts included) drew "a zkx shape --seed 3" with the default
+    seed: the flag stayed in the prompt text."""
+    from lorakit.errors import ConfigError
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import parse_prompt
+
+    name = line.split(" --")[-1].split()[0]
+    with pytest.raises(ConfigError) as exc:
+        parse_prompt(line, SamplePrompt(prompt=""), "sample.prompts[0]")
+    assert str(exc.value) == (f"sample.prompts[0]: --{name} is not a prompt flag in {line!r} (the flags: --n negative "
+                              "prompt, --w width, --h height, --s steps, --d seed, --l CFG scale, --g guidance, --ss "
+                              "sampler)" + (f"; write {fix} instead" if fix else ""))
+    ok = parse_prompt("a photo -- cinematic --d 3 --n low-res", SamplePrompt(prompt=""))
+    assert (ok.prompt, ok.seed, ok.negative) == ("a photo -- cinematic", 3, "low-res")
