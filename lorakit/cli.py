@@ -699,7 +699,9 @@ def _refuse_unmatched(state, src: Path, keep_foreign: bool = False) -> None:
     left = state.unplaced() if keep_foreign else state.unmatched
     if left:
         raise LorakitError(f"{src}: {len(left)} keys fit no {state.family} module (e.g. {left[0]}); nothing "
-                           "written (`lorakit verify` lists them)")
+                           "written (`lorakit verify` lists them)" + (
+                               "; a LoRA of a model of another size (a toy, a pruned model) converts with --base <its "
+                               "base checkpoint>" if not keep_foreign else ""))  # walk8: the way out was not said
     if keep_foreign and state.foreign:
         print(f"note: {len(state.foreign)} modules fit no full-size {state.family} module (another topology, e.g. "
               f"{sorted(state.foreign)[0]}); kept under their names")

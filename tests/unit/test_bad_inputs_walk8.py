@@ -457,3 +457,25 @@ def test_a_prompt_flag_that_is_not_one_is_refused_not_drawn_into_the_prompt(line
                               "sampler)" + (f"; write {fix} instead" if fix else ""))
     ok = parse_prompt("a photo -- cinematic --d 3 --n low-res", SamplePrompt(prompt=""))
     assert (ok.prompt, ok.seed, ok.negative) == ("a photo -- cinematic", 3, "low-res")
+
+
+def test_convert_of_a_toy_size_lora_without_base_says_to_give_base(tmp_path, capsys):
+    """Before: `convert demo.safetensors --to kohya` (a LoRA of the toy SDXL) said only `… keys fit no sdxl module
+    …; nothing written (`lorakit verify` lists them)`; --base is what converts it."""
+    demo = tmp_path / "demo.safetensors"
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for stem in ("lora_unet_middle_block_1_proj_in",  # a name full-size SDXL has too
+                 "lora_unet_input_blocks_3_1_proj_in"):  # a module the toy has and full-size SDXL has not
+        tensors.update({f"{stem}.lora_down.weight": torch.ones(4, 64), f"{stem}.lora_up.weight": torch.ones(64, 4),
+                        f"{stem}.alpha": torch.tensor(4.0)})
+    save_file(tensors, str(demo), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    out = tmp_path / "k.safetensors"
+    assert main(["convert", str(demo), "--to", "comfyui", "-o", str(out)]) == 2
+    assert _error(capsys).endswith("nothing written (`lorakit verify` lists them); a LoRA of a model of another size "
+                                   "(a toy, a pruned model) converts with --base <its base checkpoint>")
+    assert main(["convert", str(demo), "--to", "comfyui", "-o", str(out), "--base",
+                 model_section("sdxl")["checkpoint"]]) == 0
+    assert out.is_file()
