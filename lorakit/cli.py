@@ -771,7 +771,7 @@ def _weighted_path(text: str) -> tuple[Path, float]:
 def cmd_merge(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
     from lorakit.lora.tools.files import base_keymap, check_out, common_dtype, load_state, merge_into, save_state
-    from lorakit.lora.tools.ops import check_rank, merge
+    from lorakit.lora.tools.ops import check_not_void, check_rank, merge
 
     if args.into and args.rank is not None:
         raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
@@ -791,10 +791,13 @@ def cmd_merge(args) -> int:
     keys = loras[0][0].keys or next(k for k in maps if k.family == loras[0][0].family)
     out = Path(args.out)
     if args.into:
+        if all(w == 0 for _, w in loras):  # walk8: baked nothing into a copy of the checkpoint
+            raise LorakitError("merge --into: every weight is 0, so the checkpoint would not change; nothing written")
         info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into), flag="--into"), out)
         print(f"{info['weights_changed']} of {info['tensors']} tensors changed; written to {out}")
         return 0
     modules, rows = merge([(s.modules, w) for s, w in loras], rank=args.rank)
+    check_not_void([(s.modules, w) for s, w in loras], modules)
     meta = dict(loras[0][0].metadata)
     meta["lorakit_merged_from"] = json.dumps([{"file": Path(t).name, "weight": w} for t, (_, w) in zip(args.loras, loras)])
     save_state(LoraState(modules, meta, "kohya", keys.family), keys, "kohya", out, dtype=common_dtype(loras[0][0]))

@@ -479,3 +479,37 @@ def test_convert_of_a_toy_size_lora_without_base_says_to_give_base(tmp_path, cap
     assert main(["convert", str(demo), "--to", "comfyui", "-o", str(out), "--base",
                  model_section("sdxl")["checkpoint"]]) == 0
     assert out.is_file()
+
+
+@pytest.mark.parametrize("weights, extra, line", [
+    ((1, -1), [], "merge: the weighted LoRAs cancel out: the merged LoRA would change nothing; nothing written (check "
+                  "the weights after ':')"),
+    ((1, -1), ["--rank", "2"], "merge: the weighted LoRAs cancel out: the merged LoRA would change nothing; nothing "
+                               "written (check the weights after ':')"),
+    ((0, 0), [], "merge: every weight is 0: the merged LoRA would change nothing; nothing written (check the weights "
+                 "after ':')"),
+    ((0,), ["--into", "{base}"], "merge --into: every weight is 0, so the checkpoint would not change; nothing "
+                                 "written"),
+])
+def test_a_merge_that_changes_nothing_is_refused(tmp_path, capsys, weights, extra, line):
+    """Before: `merge A:1 A:-1` and `merge A:0` wrote a LoRA of zeros (and `--into BASE A:0` a copy of the
+    checkpoint), reporting the energy kept as if it were a LoRA."""
+    lora = _toy_sdxl_lora(tmp_path / "a.safetensors")
+    out = tmp_path / "m.safetensors"
+    args = [a.format(base=model_section("sdxl")["checkpoint"]) for a in extra]
+    assert main(["merge", *[f"{lora}:{w}" for w in weights], *args, "-o", str(out)]) == 2
+    assert _error(capsys) == f"lorakit: error: {line}"
+    assert not out.exists()
+
+
+def test_merging_loras_that_are_all_zero_is_refused(tmp_path, capsys):
+    import torch
+    from safetensors.torch import save_file
+
+    stem = "lora_unet_middle_block_1_proj_in"
+    zero = tmp_path / "fresh.safetensors"
+    save_file({f"{stem}.lora_down.weight": torch.ones(4, 64), f"{stem}.lora_up.weight": torch.zeros(64, 4),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(zero))
+    assert main(["merge", str(zero), "-o", str(tmp_path / "m.safetensors")]) == 2
+    assert _error(capsys) == ("lorakit: error: merge: the LoRAs given change nothing (every ΔW is 0: untrained, or "
+                              "lora_up all zeros); nothing written")

@@ -26,6 +26,27 @@ def check_rank(rank: Optional[int], tool: str) -> None:
         raise LorakitError(f"{tool}: --rank must be ≥ 1, got {rank}")
 
 
+def delta_norm2(pair: Pair) -> float:
+    """‖ΔW‖² of a module from its factors (trace((UᵀU)(DDᵀ)), r×r products: no full matrix)."""
+    up, down = pair.factors()
+    return float(torch.trace((up.T @ up) @ (down @ down.T)).double())
+
+
+def check_not_void(loras: Sequence[tuple[dict[str, Pair], float]], merged: dict[str, Pair]) -> None:
+    """walk8: weights that are all 0, or that cancel (``A:1 A:-1``), merged into a LoRA that changes nothing, written
+    without a word. Refused: Σ‖ΔW‖² of the result below 1e-10 of Σ w²‖ΔW_i‖² of the inputs."""
+    if all(w == 0 for _, w in loras):
+        raise LorakitError("merge: every weight is 0: the merged LoRA would change nothing; nothing written (check "
+                           "the weights after ':')")
+    given = sum(w * w * delta_norm2(p) for mods, w in loras for p in mods.values())
+    if given == 0:
+        raise LorakitError("merge: the LoRAs given change nothing (every ΔW is 0: untrained, or lora_up all zeros); "
+                           "nothing written")
+    if sum(delta_norm2(p) for p in merged.values()) <= 1e-10 * given:
+        raise LorakitError("merge: the weighted LoRAs cancel out: the merged LoRA would change nothing; nothing "
+                           "written (check the weights after ':')")
+
+
 def _shape_down(pair: Pair, r: int) -> tuple[int, ...]:
     return (r, *pair.down.shape[1:])
 
