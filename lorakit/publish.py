@@ -56,6 +56,10 @@ def _run_files(run_dir: Path, step: Optional[int], log: Callable[[str], None] = 
         raise LorakitError(f"{run_dir}: " + ("is a file; give the run folder that holds it"
                                              if run_dir.exists() else "no such folder; give a run folder"))
     if not cfg_path.is_file():
+        if (run_dir / "sweep.json").is_file():  # walk8: a sweep folder was "is it a lorakit run folder?"
+            best = _sweep_best(run_dir)
+            raise LorakitError(f"{run_dir}: a sweep folder; package one of its points' run folders"
+                               + (f", e.g. its best: {run_dir / best}" if best else ""))
         raise LorakitError(f"{run_dir}: no config.toml; is it a lorakit run folder?")
     if step is not None and step < 1:
         raise LorakitError(f"--step {step}: give the step number of a checkpoint (1 or more)")
@@ -85,6 +89,14 @@ def _run_files(run_dir: Path, step: Optional[int], log: Callable[[str], None] = 
                              for p in sorted(run_dir.glob(f"{glob_escape(name)}-step*.safetensors")))
             raise LorakitError(f"--step {step}: {lora.name} not in {run_dir} (step checkpoints: {have or 'none'})")
     return cfg, lora, label
+
+
+def _sweep_best(root: Path) -> Optional[str]:
+    """The point the sweep's comparison picked (comparison/ranking.json), None when there is none yet."""
+    try:
+        return json.loads((root / "comparison" / "ranking.json").read_text())["best"]["best"]["point"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def glob_escape(text: str) -> str:

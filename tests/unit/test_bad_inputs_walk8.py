@@ -513,3 +513,18 @@ def test_merging_loras_that_are_all_zero_is_refused(tmp_path, capsys):
     assert main(["merge", str(zero), "-o", str(tmp_path / "m.safetensors")]) == 2
     assert _error(capsys) == ("lorakit: error: merge: the LoRAs given change nothing (every ΔW is 0: untrained, or "
                               "lora_up all zeros); nothing written")
+
+
+def test_package_of_a_sweep_folder_names_the_point_to_package(tmp_path, capsys):
+    """Before: `package SWEEP_DIR` said `no config.toml; is it a lorakit run folder?`."""
+    from lorakit.sweep.run import create, run_sweep
+    from tests.unit.test_sweep import FakeTrain
+
+    sweep = create(_sweep_config(tmp_path), ["optimizer.lr=1e-4,3e-4"], steps=3, out=tmp_path / "sw")
+    result = run_sweep(sweep, log=lambda *_: None, train_fn=FakeTrain())
+    for cmd in (["package", str(tmp_path / "sw"), "-o", str(tmp_path / "pkg")],
+                ["push", str(tmp_path / "sw"), "--repo", "user/name", "--dry-run"]):
+        assert main(cmd) == 2
+        assert _error(capsys) == (f"lorakit: error: {tmp_path / 'sw'}: a sweep folder; package one of its points' run "
+                                  f"folders, e.g. its best: {tmp_path / 'sw' / result['best']['best']['point']}")
+    assert not (tmp_path / "pkg").exists()
