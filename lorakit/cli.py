@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -34,10 +35,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # --help ends here, before any heavy import
     if extra:  # `lorakit plan run.toml --card h100 memory.vram_gb=20`: key=value after an option is an override too
-        if not isinstance(getattr(args, "overrides", None), list) or any(x.startswith("-") or "=" not in x
-                                                                         for x in extra):
+        # (walk8: also a sweep's axes and overrides, `lorakit sweep run.toml a=1,2 --steps 40 save.every_n_steps=10`)
+        dest = next((d for d in ("overrides", "args") if isinstance(getattr(args, d, None), list)), None)
+        if dest is None or any(x.startswith("-") or "=" not in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides += extra
+        getattr(args, dest).extend(extra)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -423,6 +425,17 @@ def cmd_sweep(args) -> int:
     from lorakit.sweep import report as sweep_report
     from lorakit.sweep.run import Sweep, create, run_sweep
 
+    if args.parallel is not None and args.parallel < 1:
+        raise LorakitError(f"sweep --parallel must be at least 1, got {args.parallel}")
+    if args.args[:1] in (["preset"], ["report"]):  # walk8: options these take no part in were ignored silently
+        allowed = ("concept", "parallel") if args.args[0] == "report" and args.concept else ("concept",)
+        given = [f"--{n}" for n in ("resume", "steps", "out", "gpus", "parallel", "concept")
+                 if getattr(args, n) not in (None, False) and n not in allowed]
+        if given:
+            raise LorakitError(f"sweep {args.args[0]}: {', '.join(given)} {'has' if len(given) == 1 else 'have'} no "
+                               "meaning here; drop " + ("it" if len(given) == 1 else "them")
+                               + (" (--parallel N scores N points at once with --concept)"
+                                  if given == ["--parallel"] and args.args[0] == "report" else ""))
     if args.args[:1] == ["preset"]:  # lorakit sweep preset DIR PRESET.toml [--concept]
         if len(args.args) != 3:
             raise LorakitError("sweep preset: give the sweep folder and the preset: lorakit sweep preset DIR "
@@ -444,8 +457,6 @@ def cmd_sweep(args) -> int:
     from lorakit.sweep.parallel import parse_gpus
 
     gpus = parse_gpus(args.gpus)  # refused before the sweep folder is made
-    if args.parallel is not None and args.parallel < 1:
-        raise LorakitError(f"sweep --parallel must be at least 1, got {args.parallel}")
     if args.resume:
         if args.args or args.steps is not None or args.out:
             raise LorakitError("sweep --resume DIR: the grid, --steps and --out come from DIR/sweep.json; "
@@ -557,6 +568,10 @@ def _keymaps(family: Optional[str] = None) -> list:
     from lorakit.models.registry import families, get_family
 
     names = [family] if family else families()
+    if family and family not in families():  # walk8: named model.family, a key these tools do not have
+        from lorakit.errors import ConfigError
+
+        raise ConfigError(f"--family: unknown family {family!r}; available: {', '.join(families())}")
     maps = [get_family(n).full_lora_keymap() for n in names if hasattr(get_family(n), "full_lora_keymap")]
     return [k for m in maps for k in (m if isinstance(m, (list, tuple)) else [m])]  # one map per size (FLUX.2)
 
@@ -621,6 +636,12 @@ def cmd_verify(args) -> int:
     from lorakit.lora.tools.verify import render, verify
     from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
 
+    if Path(args.file).is_dir():  # walk8: was "no such file"
+        from lorakit.lora.tools.files import PEFT_WEIGHTS
+
+        peft = Path(args.file) / PEFT_WEIGHTS
+        raise LorakitError(f"{args.file}: a folder; verify reads one .safetensors file"
+                           + (f" (this PEFT adapter's: {peft})" if peft.is_file() else ""))
     tensors, _ = load_lora_file(Path(args.file))
     lyco = {k.rsplit(".", 1)[0] for k in tensors if k.endswith(LYCORIS_SUFFIXES)}  # LoHa/LoKr/DoRA (issue 23)
     if not lyco:
@@ -640,9 +661,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from lorakit.lora.tools.files import base_keymap, load_state, save_state
+    from lorakit.lora.tools.files import base_keymap, check_out, load_state, save_state
 
     src = Path(args.file)
+    if args.out:
+        check_out(Path(args.out), folder=args.to == "peft")
     if src.is_file():  # a checkpoint given as the LoRA; a LoRA of another family: say which --family it takes
         from lorakit.lora.io import load_lora_file
         from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
@@ -660,6 +683,7 @@ def cmd_convert(args) -> int:
         state = load_state(src, [keys], keys.family)
     _refuse_unmatched(state, src)
     out = Path(args.out) if args.out else _default_out(src, f"-{args.to}", args.to)
+    check_out(out, folder=args.to == "peft")
     try:
         files = save_state(state, keys, args.to, out, metadata={"lorakit_converted_from": state.layout})
     except ValueError as exc:  # fused rows that do not split as the full-size model's (a toy, a pruned model)
@@ -675,7 +699,9 @@ def _refuse_unmatched(state, src: Path, keep_foreign: bool = False) -> None:
     left = state.unplaced() if keep_foreign else state.unmatched
     if left:
         raise LorakitError(f"{src}: {len(left)} keys fit no {state.family} module (e.g. {left[0]}); nothing "
-                           "written (`lorakit verify` lists them)")
+                           "written (`lorakit verify` lists them)" + (
+                               "; a LoRA of a model of another size (a toy, a pruned model) converts with --base <its "
+                               "base checkpoint>" if not keep_foreign else ""))  # walk8: the way out was not said
     if keep_foreign and state.foreign:
         print(f"note: {len(state.foreign)} modules fit no full-size {state.family} module (another topology, e.g. "
               f"{sorted(state.foreign)[0]}); kept under their names")
@@ -683,12 +709,15 @@ def _refuse_unmatched(state, src: Path, keep_foreign: bool = False) -> None:
 
 def cmd_resize(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
-    from lorakit.lora.tools.files import common_dtype, load_state, save_state
+    from lorakit.lora.tools.files import check_out, common_dtype, load_state, save_state
     from lorakit.lora.tools.ops import resize
 
     src = Path(args.file)
-    maps = _keymaps(args.family)
-    state = load_state(src, maps, args.family)
+    if args.out:
+        check_out(Path(args.out))
+    family = _named_family(src, args.family)  # walk8: a FLUX.2 LoRA was read (and named) as FLUX.1 here
+    maps = _keymaps(family)
+    state = load_state(src, maps, family)
     _refuse_unmatched(state, src, keep_foreign=True)
     if args.rank is not None:
         method, value = "rank", float(args.rank)
@@ -704,6 +733,7 @@ def cmd_resize(args) -> int:
     keys = state.keys or next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
     out = Path(args.out) if args.out else _default_out(src, tag, state.layout)
+    check_out(out)
     save_state(LoraState(modules, state.metadata, state.layout, state.family, foreign=state.foreign), keys,
                state.layout, out,
                dtype=common_dtype(state), metadata={"lorakit_resized": f"{method}={value:g}"})
@@ -727,23 +757,32 @@ def _weighted_path(text: str) -> tuple[Path, float]:
     head, sep, tail = text.rpartition(":")
     if sep and not Path(text).exists():
         try:
-            return Path(head), float(tail)
+            weight = float(tail)
         except ValueError:
             if Path(head).is_file():  # FILE:weight with a weight that is no number
                 raise LorakitError(f"{text}: the weight after ':' must be a number, e.g. {head}:0.8") from None
+        else:
+            if not math.isfinite(weight):  # walk8: nan / inf were taken and wrote a LoRA of NaN weights
+                raise LorakitError(f"{text}: the weight after ':' must be a finite number, e.g. {head}:0.8")
+            return Path(head), weight
     return Path(text), 1.0
 
 
 def cmd_merge(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
-    from lorakit.lora.tools.files import base_keymap, common_dtype, load_state, merge_into, save_state
-    from lorakit.lora.tools.ops import merge
+    from lorakit.lora.tools.files import base_keymap, check_out, common_dtype, load_state, merge_into, save_state
+    from lorakit.lora.tools.ops import check_not_void, check_rank, merge
 
+    if args.into and args.rank is not None:
+        raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
+    check_rank(args.rank, "merge")
+    check_out(Path(args.out))
     weighted = [_weighted_path(text) for text in args.loras]  # a bad weight is named before the key maps load
     maps = _keymaps(args.family)
     loras = []
     for path, w in weighted:
-        state = load_state(path, maps, args.family)
+        family = _named_family(path, args.family)  # walk8: as convert, a FLUX.2 LoRA is FLUX.2's (was FLUX.1's)
+        state = load_state(path, _keymaps(family) if family != args.family else maps, family)
         _refuse_unmatched(state, path, keep_foreign=True)
         loras.append((state, w))
     fams = {s.family for s, _ in loras}
@@ -752,12 +791,13 @@ def cmd_merge(args) -> int:
     keys = loras[0][0].keys or next(k for k in maps if k.family == loras[0][0].family)
     out = Path(args.out)
     if args.into:
-        if args.rank:
-            raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
-        info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into)), out)
+        if all(w == 0 for _, w in loras):  # walk8: baked nothing into a copy of the checkpoint
+            raise LorakitError("merge --into: every weight is 0, so the checkpoint would not change; nothing written")
+        info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into), flag="--into"), out)
         print(f"{info['weights_changed']} of {info['tensors']} tensors changed; written to {out}")
         return 0
     modules, rows = merge([(s.modules, w) for s, w in loras], rank=args.rank)
+    check_not_void([(s.modules, w) for s, w in loras], modules)
     meta = dict(loras[0][0].metadata)
     meta["lorakit_merged_from"] = json.dumps([{"file": Path(t).name, "weight": w} for t, (_, w) in zip(args.loras, loras)])
     save_state(LoraState(modules, meta, "kohya", keys.family), keys, "kohya", out, dtype=common_dtype(loras[0][0]))
@@ -771,6 +811,14 @@ def cmd_extract(args) -> int:
     from lorakit.lora.io import read_safetensors_header
     from lorakit.models.registry import get_family
 
+    from lorakit.lora.tools.ops import check_rank
+
+    check_rank(args.rank, "extract")
+    from lorakit.lora.tools.files import check_out
+
+    check_out(Path(args.out))
+    if not math.isfinite(args.min_diff) or args.min_diff < 0:
+        raise LorakitError(f"extract: --min-diff must be a number ≥ 0, got {args.min_diff:g}")
     tuned, base = Path(args.tuned), Path(args.base)
     header, _ = read_safetensors_header(tuned)
     maps = _keymaps()

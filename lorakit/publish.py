@@ -56,6 +56,10 @@ def _run_files(run_dir: Path, step: Optional[int], log: Callable[[str], None] = 
         raise LorakitError(f"{run_dir}: " + ("is a file; give the run folder that holds it"
                                              if run_dir.exists() else "no such folder; give a run folder"))
     if not cfg_path.is_file():
+        if (run_dir / "sweep.json").is_file():  # walk8: a sweep folder was "is it a lorakit run folder?"
+            best = _sweep_best(run_dir)
+            raise LorakitError(f"{run_dir}: a sweep folder; package one of its points' run folders"
+                               + (f", e.g. its best: {run_dir / best}" if best else ""))
         raise LorakitError(f"{run_dir}: no config.toml; is it a lorakit run folder?")
     if step is not None and step < 1:
         raise LorakitError(f"--step {step}: give the step number of a checkpoint (1 or more)")
@@ -85,6 +89,14 @@ def _run_files(run_dir: Path, step: Optional[int], log: Callable[[str], None] = 
                              for p in sorted(run_dir.glob(f"{glob_escape(name)}-step*.safetensors")))
             raise LorakitError(f"--step {step}: {lora.name} not in {run_dir} (step checkpoints: {have or 'none'})")
     return cfg, lora, label
+
+
+def _sweep_best(root: Path) -> Optional[str]:
+    """The point the sweep's comparison picked (comparison/ranking.json), None when there is none yet."""
+    try:
+        return json.loads((root / "comparison" / "ranking.json").read_text())["best"]["best"]["point"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def glob_escape(text: str) -> str:
@@ -292,14 +304,24 @@ def _model_card(cfg: Any, lora_name: str, variant: str, triggers: list[str], lic
     return "\n".join(line for line in lines if line is not None)
 
 
+def valid_repo_id(repo: str) -> bool:
+    """``user/name`` as the Hub accepts it (huggingface_hub's ``validate_repo_id``): walk8, a --dry-run said "would
+    upload" for names (``user/-name``, ``user/a..b``) the real push is refused for."""
+    part = r"\w(?:[\w.-]*\w)?"
+    return (bool(re.fullmatch(f"{part}/{part}", repo, flags=re.ASCII)) and "--" not in repo and ".." not in repo
+            and len(repo.split("/")[1]) <= 96)
+
+
 def push_run(run_dir: Path, repo: str, *, private: bool = False, dry_run: bool = False,
              step: Optional[int] = None) -> int:
     """Package (into a temporary folder unless a package exists) and upload to ``repo`` on the Hub."""
     import os
     import tempfile
 
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise LorakitError(f"--repo {repo!r}: use user/name")
+    if not valid_repo_id(repo):
+        raise LorakitError(f"--repo {repo!r}: use user/name (ASCII letters, digits, '-', '_', '.'; neither part "
+                           "starting or ending with '-' or '.', no '--' or '..', a name of at most 96 characters: "
+                           "the Hub's rules)")
     with tempfile.TemporaryDirectory() as tmp:
         pkg = package_run(Path(run_dir), Path(tmp) / "pkg", step=step)
         files = sorted(p for p in pkg.rglob("*") if p.is_file())

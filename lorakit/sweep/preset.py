@@ -56,15 +56,18 @@ def winner(root: Path, concept: bool = False) -> tuple[dict[str, Any], list[dict
 
 def evidence(root: Path, win: dict[str, Any], points: list[dict[str, Any]], by: str, key: str) -> list[str]:
     """The comment lines above ``key`` (section.key): the sweep, its ranking, the winner's numbers and the others'."""
-    score = "concept_rate_after" if by.startswith("concept") else "best_val_loss"
+    # walk8: a sweep without a validation set is ranked by final training loss; its evidence says that number
+    # (before: "val loss — at step —", and "—" for every other point)
+    by_train = by.startswith("final training loss")
+    score = "concept_rate_after" if by.startswith("concept") else "final_train_loss" if by_train else "best_val_loss"
     others = "; ".join(f"{p['settings'].get(key) if len(p['settings']) == 1 else p['label']}: {_fmt(p.get(score))}"
                        for p in points if p["name"] != win["name"] and p["state"] == "finished")  # all axes named
+    score_text = (f"final train loss {_fmt(win.get('final_train_loss'))}" if by_train else
+                  f"val loss {_fmt(win.get('best_val_loss'))} at step {_fmt(win.get('best_step'))}")
+    concept = (f"; concept rate {win['concept_rate_after']:.3f}, leak {win.get('drift_concept_leak') or 0:.3f}"
+               if win.get("concept_rate_after") is not None else "")
     text = (f"sweep {Path(root).name} ({len(points)} points, ranked by {by}): {key.split('.')[-1]} = "
-            f"{win['settings'][key]} was best (val loss {_fmt(win.get('best_val_loss'))} at step "
-            f"{_fmt(win.get('best_step'))}" + (f"; concept rate {win['concept_rate_after']:.3f}, leak "
-                                               f"{win.get('drift_concept_leak') or 0:.3f}"
-                                               if win.get("concept_rate_after") is not None else "")
-            + f"); the others: {others or 'none finished'}")
+            f"{win['settings'][key]} was best ({score_text}{concept}); the others: {others or 'none finished'}")
     lines, cur = [], "#"
     for word in text.split(" "):
         if len(cur) + 1 + len(word) > 116:

@@ -48,10 +48,14 @@ def point_summary(root: Path, point: dict[str, Any]) -> dict[str, Any]:
         "last_step": steps[-1] if steps else None,
         "final_train_loss": sum(tail) / len(tail) if tail else None,
         "best_val_loss": best[1] if best else None, "best_step": best[0] if best else None,
-        "final_val_loss": vlosses[-1] if vlosses else None,
+        # after step 0, as best_val_loss (walk8: a point that failed before its first validation showed the loss
+        # before training as its "final val loss")
+        "final_val_loss": next((v for s, v in zip(reversed(vsteps), reversed(vlosses)) if s >= 1), None),
     }
     if point.get("error"):
         out["error"] = point["error"]
+    if not run_dir.is_dir():  # walk8: a point whose folder was deleted or moved was shown "finished", all "—"
+        out["state"], out["error"] = "missing", f"its run folder {run_dir} is gone (deleted or moved)"
     ev = run_dir / "eval.json"
     if ev.is_file():
         scores = json.loads(ev.read_text())
@@ -201,7 +205,9 @@ def write_report(root: Path, *, log: Callable[[str], None] = print) -> dict[str,
     if "best-concept" in best:
         log(f"best by concept rate: {pick['best']} ({pick['best_lora']}: {pick['best_concept_rate']:.3f}); its LoRA: "
             f"{best['best-concept']['path']}")
-    log(f"comparison: {out} (ranking.md, grid.png, loss_curves.png)")
+    made = ["ranking.md"] + (["grid.png"] if grid else []) + (["loss_curves.png"] if curves else [])
+    log(f"comparison: {out} ({', '.join(made)})" + ("" if grid else "; no grid.png: no point drew sample images "
+                                                    "(sample.prompts)"))
     return result
 
 
@@ -217,7 +223,8 @@ def point_lora(root: Path, e: dict[str, Any], *, best_step: bool) -> Optional[Pa
 
 def step_lora(run_dir: Path, name: str, step: int, last_step: Optional[int]) -> Optional[Path]:
     """The LoRA file of ``step`` in a run folder: ``-best`` when it holds that step (save.keep_best), the step
-    checkpoint, or the final LoRA when ``step`` is the last; None when none was kept."""
+    checkpoint, the LoRA a run extended past ``step`` delivered there (``<name>.until-stepN.safetensors``), or the
+    final LoRA when ``step`` is the last; None when none was kept."""
     from lorakit.safetensors_header import read_safetensors_header
     from lorakit.sweep.run import run_status
 
@@ -226,9 +233,9 @@ def step_lora(run_dir: Path, name: str, step: int, last_step: Optional[int]) -> 
     for path in ([Path(kept)] if kept and Path(kept).parent == run_dir else []) + [here]:
         if path.is_file() and read_safetensors_header(path)[1].get("lorakit_best_step") in (None, str(step)):
             return path
-    path = run_dir / f"{name}-step{step:08d}.safetensors"
-    if path.is_file():
-        return path
+    for path in (run_dir / f"{name}-step{step:08d}.safetensors", run_dir / f"{name}.until-step{step:08d}.safetensors"):
+        if path.is_file():
+            return path
     final = run_dir / f"{name}.safetensors"
     return final if final.is_file() and step == last_step else None
 
@@ -255,7 +262,9 @@ def write_best(root: Path, ranked: list[dict[str, Any]], pick: Optional[dict[str
         src = point_lora(root, e, best_step=at_best_step)
         if src is None:
             log(f"{filename}: {e['name']} kept no LoRA of step {e['best_step']} (save.keep_best = true keeps it); "
-                "not written")
+                "not written" if at_best_step and e.get("best_step") is not None else
+                f"{filename}: {e['name']}'s final LoRA {root / e['name'] / (e['name'] + '.safetensors')} is missing "
+                "(deleted or moved); not written")  # walk8: was "kept no LoRA of step None (save.keep_best …)"
             continue
         stat = src.stat()
         info = {"point": e["name"], "label": e["label"], "settings": e["settings"], "ranked_by": by,

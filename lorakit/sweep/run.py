@@ -94,7 +94,9 @@ class Sweep:
             entries = list(self.root.iterdir())
         except (LorakitError, OSError, KeyError, TypeError):
             return False
-        if any(e.name in names or e.name not in (MANIFEST, "run.toml", "logs") for e in entries):
+        from lorakit.train.rundir import LOCK_NAME
+
+        if any(e.name in names or e.name not in (MANIFEST, "run.toml", "logs", LOCK_NAME) for e in entries):
             return False
         for e in entries:
             shutil.rmtree(e) if e.is_dir() and not e.is_symlink() else e.unlink()
@@ -102,8 +104,23 @@ class Sweep:
         return True
 
     def source(self, manifest: dict[str, Any]) -> tuple[Path, dict]:
-        """The user's config path (relative paths resolve against its folder) and its text as the sweep began."""
-        return Path(manifest["config"]), tomllib.loads((self.root / "run.toml").read_text())
+        """The user's config path (relative paths resolve against its folder) and its text as the sweep began.
+        walk8: the sweep folder's run.toml must still be that text (every point runs with it; the finished ones did):
+        an edited or missing one is refused in one line (before: an edit changed the points not yet run, silently,
+        and a missing one was a traceback)."""
+        path = self.root / "run.toml"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LorakitError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc}); it is the config "
+                               "every point of the sweep runs with: restore it (the sweep began from "
+                               f"{manifest['config']}), or start a new sweep with another --out") from None
+        sha = manifest.get("config_sha256")
+        if isinstance(sha, str) and hashlib.sha256(text.encode()).hexdigest() != sha:
+            raise LorakitError(f"{path}: changed since the sweep began; every point must run with the config the "
+                               "others ran with, so nothing was run: restore it (the sweep began from "
+                               f"{manifest['config']}), or start a new sweep with another --out")
+        return Path(manifest["config"]), tomllib.loads(text)
 
     def point_config(self, manifest: dict[str, Any], point: dict[str, Any]):
         path, data = self.source(manifest)
@@ -170,7 +187,29 @@ def create(config: Path, grid_items: list[str], *, steps: Optional[int] = None, 
 def run_sweep(sweep: Sweep, *, log: Callable[[str], None] = print, train_fn=None, gpus: Optional[list[str]] = None,
               parallel: Optional[int] = None) -> dict[str, Any]:
     """Run (or continue) every point not yet finished or failed; then write the comparison. ``gpus`` / ``parallel``:
-    where the points run (:func:`lorakit.sweep.parallel.layout`); None: as the sweep last ran (sweep.json)."""
+    where the points run (:func:`lorakit.sweep.parallel.layout`); None: as the sweep last ran (sweep.json).
+
+    The sweep folder is locked while this process runs it (walk8: a second ``sweep --resume`` of a running sweep
+    marked its running point "failed" with the point's "in use" error and trained the next one alongside, both
+    processes writing sweep.json); a second is refused in one line naming the first."""
+    from lorakit.fsutil import FileLock, LockHeld, describe_holder
+    from lorakit.train.rundir import LOCK_NAME
+
+    sweep.read()  # not a sweep folder (or none at all): said before a lock file is made in it
+    lock = FileLock(sweep.root / LOCK_NAME)
+    try:
+        lock.acquire(sweep=str(sweep.root.resolve()))
+    except LockHeld as exc:
+        raise LorakitError(f"{sweep.root} is in use: another `lorakit sweep` runs it ({describe_holder(exc.holder)}); "
+                           "wait for it to end or stop it, then try again") from None
+    try:
+        return _run_sweep(sweep, log=log, train_fn=train_fn, gpus=gpus, parallel=parallel)
+    finally:
+        lock.release()
+
+
+def _run_sweep(sweep: Sweep, *, log: Callable[[str], None], train_fn, gpus: Optional[list[str]],
+               parallel: Optional[int]) -> dict[str, Any]:
     from lorakit.sweep import parallel as par
     from lorakit.sweep.report import write_report
 

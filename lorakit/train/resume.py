@@ -10,7 +10,7 @@ from typing import Optional
 from lorakit.config.load import config_to_dict, dump_toml, load_config
 from lorakit.config.schema import Config
 from lorakit.errors import LorakitError, TrainingError
-from lorakit.fsutil import write_bytes, write_text
+from lorakit.fsutil import atomic_path, write_bytes, write_text
 from lorakit.lora.inject import extract_lora, load_lora_into
 from lorakit.train import checkpoint, distributed, health
 from lorakit.train.export import export_lora
@@ -102,6 +102,7 @@ def accepted(run: RunDir, cfg: Config, start_step: int, log) -> None:
     trained to), never overwritten; a resume that changes nothing writes nothing."""
     if start_step == 0:  # steps logged before the kill are redone: drop them
         (run.root / "metrics.jsonl").unlink(missing_ok=True)
+    keep_delivered(run, cfg, start_step, log)
     path, new = run.root / "config.toml", dump_toml(cfg)
     old = path.read_bytes() if path.is_file() else None  # none through the Python API on a folder without one
     try:
@@ -121,6 +122,52 @@ def accepted(run: RunDir, cfg: Config, start_step: int, log) -> None:
     log(f"{path} now holds this resume's settings"
         + (f" ({'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''})" if changes else "")
         + (f"; the config it replaced is kept as {kept.name}" if old is not None else ""))
+
+
+def keep_delivered(run: RunDir, cfg: Config, start_step: int, log) -> list[Path]:
+    """A resume that goes on past a run's end (a raised ``training.max_steps`` / ``max_epochs``) would write its
+    final LoRA over the one the run delivered: that file (and its ``-ema`` twin) is kept beside it first as
+    ``<name>.until-stepN.safetensors`` (N: the step it holds), byte for byte and never overwritten, like
+    ``config.until-stepN.toml``; one line says so. Returns the copies made."""
+    kept_paths = []
+    for path in (run.lora_path(), run.root / f"{cfg.save.name}-ema.safetensors"):
+        if not path.is_file():
+            continue
+        step = _file_step(path) or start_step
+        if cfg.training.max_steps <= step:
+            continue  # this resume ends where the file's run ended (a run stopped after its final save): no extension
+        stem = path.name.removesuffix(".safetensors")
+        kept, n = path.with_name(f"{stem}.until-step{step:08d}.safetensors"), 1
+        while kept.exists() and not _same_bytes(kept, path):
+            n += 1
+            kept = path.with_name(f"{stem}.until-step{step:08d}-{n}.safetensors")
+        if kept.exists():
+            continue  # kept by an earlier attempt of this resume
+        import shutil
+
+        with atomic_path(kept, overwrite=False) as tmp:
+            shutil.copyfile(path, tmp)
+        kept_paths.append(kept)
+        log(f"the LoRA this run delivered at step {step} is kept as {kept} (this resume writes {path.name} anew "
+            "when it finishes)")
+    return kept_paths
+
+
+def _file_step(path: Path) -> int:
+    """The step a LoRA file holds (its ``ss_steps`` metadata); 0 when unknown."""
+    from lorakit.safetensors_header import read_safetensors_header
+
+    try:
+        value = read_safetensors_header(path)[1].get("ss_steps", "")
+    except LorakitError:
+        return 0
+    return int(value) if value.isdigit() else 0
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    import filecmp
+
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def _toml_changes(old: str, new: str) -> list[str]:
@@ -219,6 +266,8 @@ def _changed(saved: dict, now: dict) -> list[str]:
     ``training.max_epochs``)."""
     if isinstance(saved, dict) and isinstance(saved.get("training"), dict):
         saved = {**saved, "training": {k: v for k, v in saved["training"].items() if k not in _EXTENDABLE}}
+    if isinstance(saved, dict) and "mask_hash" not in saved and isinstance(now, dict):  # a state from before fixes8
+        now = {k: v for k, v in now.items() if k != "mask_hash"}
     return checkpoint.fingerprint_diff(saved, now)
 
 
@@ -226,10 +275,28 @@ def run_fingerprint(cfg: Config, dataset) -> dict:
     """What must not change between a run and its resume."""
     d = config_to_dict(cfg)  # training.batch_size: the global batch (processes × per process; resumable on others)
     d["training"] = {**d.get("training", {}), "batch_size": cfg.training.batch_size * distributed.world()}
-    return {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
-            "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
-                                                             if k not in _EXTENDABLE},
-            "optimizer": d.get("optimizer", {})}
+    out = {"model": d.get("model", {}), "network": d.get("network", {}), "data": d.get("data", {}),
+           "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
+                                                            if k not in _EXTENDABLE},
+           "optimizer": d.get("optimizer", {})}
+    if cfg.data.mask_dir and not cfg.data.alpha_mask:  # an alpha mask is in the image's bytes (dataset_hash)
+        out["mask_hash"] = mask_fingerprint(dataset, cfg.data.mask_dir)
+    return out
+
+
+def mask_fingerprint(dataset, mask_dir) -> str:
+    """fixes8: a hash of the ``data.mask_dir`` mask of every training image (its bytes), so a mask edited between a
+    run and its --resume is reported like an edited image or caption."""
+    import hashlib
+
+    from lorakit.data.masks import mask_file
+
+    h = hashlib.sha256()
+    for it in dataset.items:
+        if not it.is_reg:
+            path = mask_file(it, mask_dir)
+            h.update(f"{it.path.name}|{path.name}|{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
 
 
 def dataset_fingerprint(dataset) -> str:

@@ -8,6 +8,8 @@ Layout::
     samples/                           preview PNGs and the before/after grid
     metrics.jsonl  loss.png  tensorboard/  config.toml  data_report.json  run.json
     .lorakit.lock                      the OS lock of the process training in the folder (pid, host, start)
+    .lorakit.claim                     a queued web UI / ComfyUI job's reservation of the folder (:func:`claim`);
+                                       the job's run removes it when it starts
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from lorakit.fsutil import TEMP_RE, FileLock, LockHeld, _pid_alive, describe_hol
 
 STATE_RE = re.compile(r"^step(\d{8})$")
 LOCK_NAME = ".lorakit.lock"
+CLAIM_NAME = ".lorakit.claim"
+CLAIM_ENV = "LORAKIT_RUN_CLAIM"  # the claim token a job's run is started with (the web UI / ComfyUI job store)
+_BOOKKEEPING = (LOCK_NAME, CLAIM_NAME)
 # the files lorakit writes at the top of a run folder; a ``*.tmp`` named after one of them (older writers:
 # ``run.json.tmp``, ``.data_report.json.<x>.tmp``, ``<name>-step….safetensors.<x>.tmp``) is a leftover of a kill
 OWN_FILES = ("run.json", "data_report.json", "metrics.jsonl", "config.toml", "plan.json", "loss.png")
@@ -54,6 +59,7 @@ class RunDir:
         self.lock()
         try:
             self._refuse_if_used()
+            self._take_claim()
         except TrainingError:
             self.unlock()
             raise
@@ -64,10 +70,23 @@ class RunDir:
         if self.root.exists() and not self.root.is_dir():
             raise TrainingError(f"{self.root} is a file, not a run folder; nothing was overwritten. Choose another "
                                 "save.name / save.dir.")
-        if self.root.exists() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
+        if self.root.exists() and any(p.name not in _BOOKKEEPING for p in self.root.iterdir()):
             raise TrainingError(
                 f"{self.root} already holds a run; nothing was overwritten. Continue it with "
                 f"`lorakit train --resume {self.root}`, or choose another save.name / save.dir.")
+
+    def _take_claim(self) -> None:
+        """A folder a queued job reserved (:func:`claim`) is this run's only when the job started it (its token in
+        ``$LORAKIT_RUN_CLAIM``); the reservation then ends, the lock and the run's files guard the folder."""
+        path = self.root / CLAIM_NAME
+        if not path.exists():
+            return
+        held = read_claim(self.root)
+        if not held.get("token") or held.get("token") != os.environ.get(CLAIM_ENV):
+            raise TrainingError(f"{self.root} is reserved for {held.get('owner') or 'a queued job'}; nothing was "
+                                "changed. Choose another save.name / save.dir (if that job no longer exists, delete "
+                                f"{path})")
+        path.unlink(missing_ok=True)
 
     def lock(self) -> None:
         """Hold the run folder's OS lock while this process trains in it (released on any exit, a kill included);
@@ -196,6 +215,70 @@ class RunDir:
         if fields.get("status") in ("running", "finished") and "error" not in fields:
             data.pop("error", None)  # how an earlier attempt stopped is no longer the run's state
         write_json(self.root / "run.json", data)
+
+
+def claim(root: Path, owner: str, token: str) -> None:
+    """Reserve the run folder ``root`` for a queued job in one step: the folder is made if missing and
+    ``.lorakit.claim`` is created exclusively (``O_EXCL``), so of two faces (the web UI, the ComfyUI nodes, each with
+    its own queue) queueing a run into one folder at the same moment exactly one wins; the other gets one
+    TrainingError line naming the owner. A folder that already holds files is refused (the claim is released).
+    ``token`` is what the job's run is started with (``$LORAKIT_RUN_CLAIM``, :meth:`RunDir.create`)."""
+    root = Path(root).absolute()
+    path = root / CLAIM_NAME
+    for _ in range(3):  # a racing claimant that lost may remove the folder it made between our mkdir and open
+        if root.exists() and not root.is_dir():
+            raise TrainingError(f"{root} is a file, not a run folder; nothing was overwritten. Choose another "
+                                "save.name / save.dir.")
+        made = not root.exists()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            if path.exists():
+                held = read_claim(root)
+                raise TrainingError(
+                    f"{root} is already the output folder of {held.get('owner') or 'another queued job'}; nothing was "
+                    f"changed. Choose another save.name / save.dir (if that job no longer exists, delete {path})"
+                ) from None
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise TrainingError(f"cannot create the run folder {root} ({exc.strerror or exc}); set save.dir to a "
+                                "folder you can write") from None
+    else:
+        raise TrainingError(f"cannot create the run folder {root} (it keeps vanishing); try again")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump({"owner": owner, "token": token, "pid": os.getpid(), "made": made, "created": time.time()}, fh)
+    if any(p.name not in _BOOKKEEPING for p in root.iterdir()):
+        release_claim(root, token)
+        raise TrainingError(f"{root} already holds a run; nothing was overwritten. Choose another save.name / "
+                            "save.dir")
+
+
+def read_claim(root: Path) -> dict:
+    """What ``.lorakit.claim`` in ``root`` says ({} when absent, empty or damaged)."""
+    try:
+        data = json.loads((Path(root) / CLAIM_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def release_claim(root: Path, token: str) -> bool:
+    """End ``token``'s claim on ``root`` (another's is left alone); the folder goes too when the claim made it and it
+    is empty. True when a claim was released."""
+    root = Path(root)
+    held = read_claim(root)
+    if not token or held.get("token") != token:
+        return False
+    (root / CLAIM_NAME).unlink(missing_ok=True)
+    if held.get("made"):
+        try:
+            root.rmdir()  # only an empty folder: a run that started meanwhile keeps everything
+        except OSError:
+            pass
+    return True
 
 
 def glob_escape(text: str) -> str:

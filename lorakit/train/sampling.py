@@ -49,7 +49,20 @@ def parse_prompt(line: str, defaults: SamplePrompt, where: str = "sample.prompts
             raise ConfigError(f"{where}: --{flag} needs a number, got {value!r} in {line!r}") from None
     if not text:
         raise ConfigError(f"{where}: empty prompt in {line!r}")
+    for piece in [text, *parts[2::2]]:  # walk8: `--seed 3` stayed in the prompt text, and the seed was the default
+        m = _UNKNOWN_FLAG.search(" " + piece)
+        if m:
+            name = m.group(1)
+            hint = f"; write --{_ALIASES[name.lower()]} instead" if name.lower() in _ALIASES else ""
+            raise ConfigError(f"{where}: --{name} is not a prompt flag in {line!r} (the flags: --n negative prompt, "
+                              f"--w width, --h height, --s steps, --d seed, --l CFG scale, --g guidance, --ss "
+                              f"sampler){hint}")
     return p
+
+
+_UNKNOWN_FLAG = re.compile(r"\s--([A-Za-z][\w-]*)")
+_ALIASES = {"seed": "d", "steps": "s", "step": "s", "cfg": "l", "scale": "l", "cfg_scale": "l", "neg": "n",
+            "negative": "n", "width": "w", "height": "h", "guidance": "g", "sampler": "ss"}
 
 
 def load_prompts(prompts: list[str], prompts_file: Optional[str], defaults: SamplePrompt) -> list[SamplePrompt]:

@@ -35,6 +35,7 @@ ACTIVE = ("running", "stopping")
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 LOG_TAIL_LINES = 20
 STARTING_GRACE_S = 30.0
+CLAIM_FILE = "claim"  # in the job folder: the token of the job's claim on its run folder (lorakit.train.rundir.claim)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -203,14 +204,23 @@ class JobStore:
                 cfg = load_config(tmp_dir / "run.toml")  # exactly what `lorakit train run.toml` will read
                 run_dir = (Path(cfg.save.dir) / cfg.save.name).resolve()
                 self._check_run_dir_free(run_dir)
-                now = time.time()
-                with self._db() as db:
-                    cur = db.execute(
-                        "INSERT INTO jobs (name, created, device, run_dir, state, parent, updated) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (cfg.save.name, now, device_key(cfg.training.device), str(run_dir),
-                         "queued" if start else "stopped", parent, now))
-                    job_id = int(cur.lastrowid)
+                token = self._claim(run_dir)  # atomic across processes: another face's queue may race us
+                try:
+                    (tmp_dir / CLAIM_FILE).write_text(token, encoding="utf-8")
+                    now = time.time()
+                    with self._db() as db:
+                        cur = db.execute(
+                            "INSERT INTO jobs (name, created, device, run_dir, state, parent, updated) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (cfg.save.name, now, device_key(cfg.training.device), str(run_dir),
+                             "queued" if start else "stopped", parent, now))
+                        job_id = int(cur.lastrowid)
+                except BaseException:
+                    from lorakit.train.rundir import release_claim
+
+                    release_claim(run_dir, token)
+                    raise
+                self._name_claim(run_dir, token, f"job {job_id} ({cfg.save.name}) of the job queue in {self.home}")
                 final = self.jobs_root / str(job_id)
                 shutil.rmtree(final, ignore_errors=True)  # a folder left by a deleted job of the same id
                 os.replace(tmp_dir, final)
@@ -226,9 +236,48 @@ class JobStore:
             if job.run_dir == run_dir:
                 raise ConfigError(f"save.name: {run_dir} is already the output folder of job {job.id} "
                                   f"({job.name}, {job.state}); choose another save.name or save.dir")
-        if run_dir.exists() and any(run_dir.iterdir()):
+        from lorakit.train.rundir import CLAIM_NAME, LOCK_NAME
+
+        if run_dir.exists() and any(p.name not in (CLAIM_NAME, LOCK_NAME) for p in run_dir.iterdir()):
             raise ConfigError(f"save.name: {run_dir} already holds a run; nothing was overwritten. Choose another "
                               "save.name or save.dir")
+
+    def _claim(self, run_dir: Path) -> str:
+        """Reserve ``run_dir`` for the job being added (``.lorakit.claim``, made in one step: of the web UI and the
+        ComfyUI nodes queueing into one folder at once, one wins); returns the token the job's run starts with."""
+        import uuid
+
+        from lorakit.errors import TrainingError
+        from lorakit.train.rundir import claim
+
+        token = uuid.uuid4().hex
+        try:
+            claim(run_dir, f"a job being queued in {self.home}", token)
+        except TrainingError as exc:
+            raise ConfigError(f"save.name: {exc}") from None
+        return token
+
+    @staticmethod
+    def _name_claim(run_dir: Path, token: str, owner: str) -> None:
+        """Put the job's number into its claim (what a refused face names), when the claim is still this job's."""
+        from lorakit.fsutil import write_json
+        from lorakit.train.rundir import CLAIM_NAME, read_claim
+
+        held = read_claim(run_dir)
+        if held.get("token") == token:
+            try:
+                write_json(run_dir / CLAIM_NAME, {**held, "owner": owner})
+            except OSError:
+                pass  # the claim stands as made; only its wording is plainer
+
+    def _release_claim(self, job: Job) -> None:
+        from lorakit.train.rundir import release_claim
+
+        try:
+            token = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            return
+        release_claim(job.run_dir, token)
 
     def start(self, job_id: int) -> Job:
         """Queue a job that never ran (it starts when its device is free)."""
@@ -281,6 +330,7 @@ class JobStore:
                 raise JobError(f"job {job_id}: is {job.state}; stop it first")
             with self._db() as db:
                 db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            self._release_claim(job)  # a job that never started frees its run folder for another face
             shutil.rmtree(job.job_dir, ignore_errors=True)
 
     def duplicate(self, job_id: int, overrides: Sequence[str] = (), *, start: bool = False) -> Job:
@@ -341,6 +391,12 @@ class JobStore:
         cmd = [self.python, "-m", "lorakit.ui.runner", str(job.job_dir), str(attempt), "--", *train]
         env = dict(self.env if self.env is not None else os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        try:  # the run folder's claim this job holds (RunDir.create takes it over)
+            from lorakit.train.rundir import CLAIM_ENV
+
+            env[CLAIM_ENV] = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            pass
         for name in ("exit.json", "runner.json"):
             (job.job_dir / name).unlink(missing_ok=True)
         proc = subprocess.Popen(cmd, cwd=job.job_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

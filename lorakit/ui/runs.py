@@ -93,7 +93,8 @@ def grid(run_dir: Path) -> Optional[Path]:
 
 def lora_files(run_dir: Path) -> list[Path]:
     """The final LoRA first (when written), then step checkpoints, newest first, then the LoRA of the best
-    validation step (``save.keep_best``) and the EMA weights (``training.ema``) when the run wrote them."""
+    validation step (``save.keep_best``) and the EMA weights (``training.ema``) when the run wrote them, then the
+    LoRAs an extended run delivered before (``<name>.until-stepN.safetensors``), newest first."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
@@ -101,6 +102,9 @@ def lora_files(run_dir: Path) -> list[Path]:
     final = run_dir / f"{name}.safetensors"
     steps = sorted(run_dir.glob("*-step*.safetensors"), reverse=True)
     extra = [p for p in (run_dir / f"{name}-best.safetensors", run_dir / f"{name}-ema.safetensors") if p.is_file()]
+    from lorakit.train.rundir import glob_escape
+
+    extra += sorted(run_dir.glob(f"{glob_escape(name)}.until-step*.safetensors"), reverse=True)
     return ([final] if final.is_file() else []) + [p for p in steps if p.name.startswith(name + "-step")] + extra
 
 

@@ -30,6 +30,7 @@ def test_a_resume_with_more_steps_records_them_in_config_toml_and_keeps_the_old_
     assert main(["train", str(run_toml), *common]) == 0
     first = (run / "config.toml").read_text()
     assert tomllib.loads(first)["training"]["max_steps"] == 2
+    delivered = (run / "ohwx.safetensors").read_bytes()
     # linear decay over 2 steps from 1e-3: step 1 trains at 1e-3, step 2 at 5e-4
     assert [(r["step"], r["lr"]) for r in _rows(run)] == [(1, pytest.approx(1e-3)), (2, pytest.approx(5e-4))]
     capsys.readouterr()
@@ -41,6 +42,10 @@ def test_a_resume_with_more_steps_records_them_in_config_toml_and_keeps_the_old_
     assert (f"{run / 'config.toml'} now holds this resume's settings (training.max_steps 2 → 4); the config it "
             f"replaced is kept as {kept.name}") in out
     assert json.loads((run / "run.json").read_text())["step"] == 4
+    # fixes8: the LoRA the 2-step run delivered is kept, not replaced by step 4's
+    assert (run / "ohwx.until-step00000002.safetensors").read_bytes() == delivered
+    assert (run / "ohwx.safetensors").read_bytes() != delivered
+    assert f"the LoRA this run delivered at step 2 is kept as {run / 'ohwx.until-step00000002.safetensors'}" in out
     # steps 3 and 4 on the schedule of 4 steps: 1e-3 × (1 − 2/4), 1e-3 × (1 − 3/4)
     assert [r["lr"] for r in _rows(run)] == pytest.approx([1e-3, 5e-4, 5e-4, 2.5e-4])
     # the finished run is refused with the step count config.toml now holds, and nothing changes
@@ -184,7 +189,7 @@ def test_ui_pages_survive_a_deleted_job_and_a_damaged_run_folder(ui, tmp_path):
     job = ui.store.add(f'[model]\n{model}\n[data]\ndir = "{tmp_path}"\n[save]\ndir = "{tmp_path / "runs"}"\n'
                        'name = "w7"\n', start=False)
     run = tmp_path / "runs" / "w7"
-    run.mkdir(parents=True)
+    assert (run / ".lorakit.claim").is_file()  # fixes8: the job holds its run folder from the moment it is added
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5, "lr": 0.001}\n{"step": "x", "loss": 0.4}\n'
                                        '{"step": 2, "loss": 0.3, "lr": 0.001}\n{"step": true, "loss": 0.2}\n')
     (run / "run.json").write_text('{"status": "running", "step": "three", "max_steps": [4]}')

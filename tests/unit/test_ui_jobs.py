@@ -35,7 +35,7 @@ FAKE = textwrap.dedent('''
     else:
         cfg = tomllib.loads(Path(args[3]).read_text())
         run = Path(cfg["save"]["dir"]) / cfg["save"]["name"]
-        run.mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)  # the job store claimed it (.lorakit.claim)
         (run / "config.toml").write_text(Path(args[3]).read_text())
     mode = os.environ.get("FAKE_MODE", "finish")
     def status(**kw):

@@ -38,6 +38,7 @@ def load_state(path: Path, families: Sequence[FamilyKeys], family: Optional[str]
     if path.is_dir():
         return _load_peft_folder(path, families, family)
     tensors, meta = load_lora_file(path)
+    _refuse_nonfinite(tensors, path)
     cfg = None
     side = path.parent / PEFT_CONFIG
     if side.is_file() and any(k.startswith("base_model.model.") for k in tensors):
@@ -45,21 +46,46 @@ def load_state(path: Path, families: Sequence[FamilyKeys], family: Optional[str]
     return read_lora(tensors, meta, families, where=str(path), peft_config=cfg, family=family)
 
 
+def _refuse_nonfinite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """walk8: a LoRA holding NaN/Inf is refused by the tools that write from it (resize failed with a LinAlgError
+    traceback; merge --into baked the NaN into a checkpoint; merge and convert passed it on)."""
+    from lorakit.lora.inspect import nonfinite_tensors
+
+    bad = nonfinite_tensors(tensors)
+    if bad:
+        raise LorakitError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values (e.g. {bad[0]}): the LoRA is damaged "
+                           "or its training diverged, and would break every image; nothing written (`lorakit inspect` "
+                           "lists them)")
+
+
+def _need_peft_config(folder: Path) -> None:
+    """walk8: a PEFT adapter folder without its adapter_config.json was read at scale 1 (alpha = rank): a LoRA
+    trained with alpha = rank / 2 came out twice as strong, silently. Its config holds lora_alpha: refused without."""
+    if not (folder / PEFT_CONFIG).is_file():
+        raise LorakitError(f"{folder}: no {PEFT_CONFIG} beside {PEFT_WEIGHTS}; it holds the adapter's lora_alpha "
+                           f"(its strength), so the folder cannot be read faithfully without it: restore it, or give "
+                           f"{folder / PEFT_WEIGHTS} itself to read it at scale 1 (alpha = rank)")
+
+
 def _load_peft_folder(path: Path, families: Sequence[FamilyKeys], family: Optional[str]) -> LoraState:
     weights = path / PEFT_WEIGHTS
     if not weights.is_file():
         raise LorakitError(f"{path}: a folder, but no {PEFT_WEIGHTS} in it; give a .safetensors file or a PEFT "
                            "adapter folder")
+    _need_peft_config(path)
     tensors, meta = load_lora_file(weights)
-    cfg = json.loads((path / PEFT_CONFIG).read_text()) if (path / PEFT_CONFIG).is_file() else None
+    _refuse_nonfinite(tensors, weights)
+    cfg = json.loads((path / PEFT_CONFIG).read_text())
     state = read_lora(tensors, meta, families, where=str(weights), peft_config=cfg, family=family)
     keys = state.keys or _keymap(families, state.family)
     for comp, prefix in keys.diffusers_prefix.items():
         sub = path / prefix.rstrip(".")
         if comp == "denoiser" or not (sub / PEFT_WEIGHTS).is_file():
             continue
+        _need_peft_config(sub)
         t, _ = load_lora_file(sub / PEFT_WEIGHTS)
-        c = json.loads((sub / PEFT_CONFIG).read_text()) if (sub / PEFT_CONFIG).is_file() else None
+        _refuse_nonfinite(t, sub / PEFT_WEIGHTS)
+        c = json.loads((sub / PEFT_CONFIG).read_text())
         renamed = {prefix + k[len("base_model.model."):]: v for k, v in t.items()}
         part = read_lora(renamed, {}, [keys], where=str(sub / PEFT_WEIGHTS), family=keys.family)
         if c is not None:  # alphas of the text encoder adapter
@@ -125,6 +151,17 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise LorakitError(f"{out}: already exists; choose another -o or move the file away")
 
 
+def check_out(out: Path, *, folder: bool = False) -> None:
+    """An output named by -o, checked before any file is read: not there yet, and (a file) named ``.safetensors``,
+    the extension loaders read a file's format from (walk8: ``-o lora.pt`` wrote safetensors bytes that A1111 and
+    ComfyUI then open as a pickle, ``-o lora`` a file no loader lists)."""
+    out = Path(out)
+    _check_target(out, False)
+    if not folder and out.suffix.lower() != ".safetensors":
+        raise LorakitError(f"-o {out}: lorakit writes .safetensors files, and loaders go by the extension; name it "
+                           f"{out.with_name((out.stem if out.suffix else out.name) + '.safetensors')}")
+
+
 # --------------------------------------------------------------------------------------- checkpoints
 
 def _checkpoint_modules(keys: FamilyKeys, header: dict[str, Any]) -> tuple[dict[str, list[BaseModule]], str]:
@@ -148,13 +185,14 @@ def _pattern(native: str) -> str:
     return re.sub(r"\d+", "#", native)
 
 
-def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
+def base_keymap(keys: FamilyKeys, base: Path, flag: str = "--base") -> FamilyKeys:
     """``keys`` with the shapes of the actual base file; components the file does not hold keep theirs.
 
     A base whose topology differs from the full-size one (a pruned or toy model) has LoRA targets the
     full-size table lacks: every 2-D/4-D weight of the file whose path has the shape of a known target
     (digits aside, e.g. ``input_blocks.#.#.transformer_blocks.#.attn#.to_q``) is added under its native
-    name (diffusers names are unknown for those, so only native-name rules can match them).
+    name (diffusers names are unknown for those, so only native-name rules can match them). ``flag``: the option
+    that named ``base`` (``merge --into``'s), for the error.
     """
     header, _ = read_safetensors_header(base)
     if keys.for_base is not None:  # names that follow the base's own depth (an SD 1.x U-Net's layers per block)
@@ -162,7 +200,7 @@ def base_keymap(keys: FamilyKeys, base: Path) -> FamilyKeys:
     by_key, prefix = _checkpoint_modules(keys, header)
     if not by_key:
         from lorakit.models.registry import identify  # what it is instead (the one detector, as inspect --base)
-        raise LorakitError(f"--base {base}: this is {identify(base).what}, with no {keys.family} weight of any LoRA "
+        raise LorakitError(f"{flag} {base}: this is {identify(base).what}, with no {keys.family} weight of any LoRA "
                            f"target; give the {keys.family} single-file checkpoint the LoRA was trained on")
     shapes = {k[len(prefix):]: tuple(header[k]["shape"]) for k in by_key}
     present = {m.component for ms in by_key.values() for m in ms}

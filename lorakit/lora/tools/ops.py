@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import torch
@@ -16,6 +17,34 @@ import torch
 from lorakit.errors import LorakitError
 from lorakit.lora.formats.fused import Pair
 from lorakit.lora.tools.svd import choose_rank, energy, product_svd, split_factors
+
+
+def check_rank(rank: Optional[int], tool: str) -> None:
+    """A target rank below 1 is refused in one line (before any file is read, by the CLI): a LoRA of rank 0 or less
+    is no LoRA (walk8: merge and extract wrote one)."""
+    if rank is not None and rank < 1:
+        raise LorakitError(f"{tool}: --rank must be ≥ 1, got {rank}")
+
+
+def delta_norm2(pair: Pair) -> float:
+    """‖ΔW‖² of a module from its factors (trace((UᵀU)(DDᵀ)), r×r products: no full matrix)."""
+    up, down = pair.factors()
+    return float(torch.trace((up.T @ up) @ (down @ down.T)).double())
+
+
+def check_not_void(loras: Sequence[tuple[dict[str, Pair], float]], merged: dict[str, Pair]) -> None:
+    """walk8: weights that are all 0, or that cancel (``A:1 A:-1``), merged into a LoRA that changes nothing, written
+    without a word. Refused: Σ‖ΔW‖² of the result below 1e-10 of Σ w²‖ΔW_i‖² of the inputs."""
+    if all(w == 0 for _, w in loras):
+        raise LorakitError("merge: every weight is 0: the merged LoRA would change nothing; nothing written (check "
+                           "the weights after ':')")
+    given = sum(w * w * delta_norm2(p) for mods, w in loras for p in mods.values())
+    if given == 0:
+        raise LorakitError("merge: the LoRAs given change nothing (every ΔW is 0: untrained, or lora_up all zeros); "
+                           "nothing written")
+    if sum(delta_norm2(p) for p in merged.values()) <= 1e-10 * given:
+        raise LorakitError("merge: the weighted LoRAs cancel out: the merged LoRA would change nothing; nothing "
+                           "written (check the weights after ':')")
 
 
 def _shape_down(pair: Pair, r: int) -> tuple[int, ...]:
@@ -36,8 +65,8 @@ def resize(modules: dict[str, Pair], method: str, value: float) -> tuple[dict[st
                            f"the file would not change; nothing written (choose --rank < {top})")
     if method in ("sv_fro", "sv_cumulative") and not 0 < value <= 1:
         raise LorakitError(f"resize: --dynamic {method}={value:g}: the fraction must be in (0, 1]")
-    if method == "sv_ratio" and value < 1:
-        raise LorakitError(f"resize: --dynamic sv_ratio={value:g}: the ratio must be ≥ 1")
+    if method == "sv_ratio" and not 1 <= value < math.inf:  # walk8: nan and inf were taken (nan: rank 1 everywhere)
+        raise LorakitError(f"resize: --dynamic sv_ratio={value:g}: the ratio must be a finite number ≥ 1")
     out: dict[str, Pair] = {}
     rows: list[dict[str, Any]] = []
     for name, p in modules.items():
@@ -58,6 +87,7 @@ def _weighted(pair: Pair, w: float) -> tuple[torch.Tensor, torch.Tensor]:
 def merge(loras: Sequence[tuple[dict[str, Pair], float]], rank: Optional[int] = None
           ) -> tuple[dict[str, Pair], list[dict[str, Any]]]:
     """Σ w_i ΔW_i per module: concatenated (``rank`` None, exact) or SVD to ``rank`` (energy reported)."""
+    check_rank(rank, "merge")
     names: list[str] = []
     for mods, _ in loras:
         names += [n for n in mods if n not in names]
@@ -97,6 +127,7 @@ def merge(loras: Sequence[tuple[dict[str, Pair], float]], rank: Optional[int] = 
 
 def extract_module(diff: torch.Tensor, rank: int, name: str) -> tuple[Pair, dict[str, Any]]:
     """Rank-``rank`` LoRA of a weight difference ([out, in] or [out, in, kh, kw]); alpha = rank (scale 1)."""
+    check_rank(rank, "extract")
     d = diff.float().reshape(diff.shape[0], -1)
     limit = min(d.shape)
     if rank > limit:

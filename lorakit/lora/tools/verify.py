@@ -157,8 +157,11 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
                                   "scale": (alpha / r) if alpha is not None else 1.0, "effective_rank": eff})
     for stem, parts in sorted(lyco.items()):
         report["modules"].append(_lycoris_row(stem, parts))
+    from lorakit.lora.inspect import nonfinite_tensors
+
+    report["nonfinite"] = nonfinite_tensors(tensors)  # walk8: a NaN LoRA was "every loader applies every key"
     report["ok"] = all(not v["ignored"] and not v["mismatched"] for v in report["loaders"].values()
-                       if not v.get("unsupported"))
+                       if not v.get("unsupported")) and not report["nonfinite"]
     report["variants"] = sorted({m.get("algo", "lora") for m in report["modules"]} - {"lora"})
     return report
 
@@ -219,9 +222,14 @@ def render(report: dict[str, Any], limit: int = 8) -> str:
         scale = (a / r) if a is not None and isinstance(r, int) and r else 1.0
         lines.append(f"  {n:>5} modules: rank {r}, alpha {a if a is not None else '-'}, scale {scale:g}, "
                      f"effective rank {e}")
+    dropped = any(r["ignored"] or r["mismatched"] for r in report["loaders"].values() if not r.get("unsupported"))
+    bad = report.get("nonfinite") or []
+    if bad:
+        lines.append(f"{len(bad)} tensor(s) hold NaN or Inf (e.g. {bad[0]}): the LoRA is damaged or its training "
+                     "diverged, and would break every image" + ("" if dropped else "; exit code 1"))
     lines.append(("every loader that reads " + "/".join(report["variants"]) + " applies every key")
-                 if report["ok"] and report.get("variants") else
-                 "every loader applies every key" if report["ok"] else
+                 if not dropped and report.get("variants") else
+                 "every loader applies every key" if not dropped else
                  "some loader would drop keys (see above); exit code 1")
     checked = [r for r in report["loaders"].values() if r.get("unsupported") is not True]
     if checked and all(r["mismatched"] and not r["applied"] for r in checked):  # every shape off: another size's LoRA
