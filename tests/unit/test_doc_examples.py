@@ -1,0 +1,155 @@
+"""What a user copies from README.md and docs/*.md still works: every ```toml block parses and validates against the
+config schema (config validation only, nothing is trained), and every `lorakit <subcommand> ... --option` written
+in a code block or an inline code span names a subcommand and an option the CLI's parser has.
+
+A TOML block is a part of a run config: it is laid over a minimal run (an SDXL checkpoint and a dataset folder, which
+no file needs to exist for) and must validate for its own `model.family`, or, when it names none, for at least one
+installed family (the speed page's `[memory]` blocks are FLUX.1 settings). A block that is not a run config at all
+(a `pyproject.toml` snippet) carries the comment `# not a run config` and is skipped."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SKIP = "# not a run config"
+BASE = {"model": {"checkpoint": "models/base.safetensors"}, "data": {"dir": "datasets/ohwx"}}
+
+
+def _toml_blocks() -> list[tuple[str, str]]:
+    out = []
+    for f in DOCS:
+        text = f.read_text(encoding="utf-8")
+        for m in re.finditer(r"^[ \t]*```toml[ \t]*\n(.*?)^[ \t]*```", text, re.S | re.M):
+            out.append((f"{f.name}:{text[:m.start()].count(chr(10)) + 1}", m.group(1)))
+    return out
+
+
+def _merge(base: dict, layer: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in layer.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _validate(body: str) -> str | None:
+    """None when the block validates; else the reason (parse error, or each family's refusal)."""
+    from lorakit.config import families
+    from lorakit.config.load import load_config
+    from lorakit.errors import ConfigError
+
+    try:
+        raw = tomllib.loads(body)
+    except tomllib.TOMLDecodeError as e:
+        return f"not TOML: {e}"
+    named = (raw.get("model") or {}).get("family")
+    errors = []
+    for family in [named] if named else ["sdxl", *[f for f in families.installed() if f != "sdxl"]]:
+        try:
+            load_config(data=_merge(_merge(BASE, {"model": {"family": family}}), raw))
+            return None
+        except ConfigError as e:
+            errors.append(f"{family}: {e}")
+    return "; ".join(errors)
+
+
+BLOCKS = _toml_blocks()
+
+
+def test_the_docs_have_toml_examples():
+    assert len(BLOCKS) >= 10 and any(name.startswith("README.md") for name, _ in BLOCKS)
+
+
+@pytest.mark.parametrize("name,body", BLOCKS, ids=[n for n, _ in BLOCKS])
+def test_toml_example_validates(name, body):
+    if SKIP in body:
+        return
+    assert _validate(body) is None, name
+
+
+def test_the_toml_check_catches_a_stale_key():
+    assert _validate("[network]\nrank = 8\n") is None
+    assert "network.rnak" in _validate("[network]\nrnak = 8\n")
+    assert "not TOML" in _validate("[network\nrank = 8\n")
+
+
+# ---- `lorakit <subcommand> --option` in code ----
+
+CALL = re.compile(r"(?<![\w.\-])lorakit((?:[ \t]+[^\s`#|;&]+)+)")
+
+
+def _code_lines(text: str) -> list[str]:
+    lines = []
+    for m in re.finditer(r"```[^\n]*\n(.*?)```", text, re.S):
+        lines += m.group(1).splitlines()
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    lines += re.findall(r"`([^`\n]+)`", prose)
+    return lines
+
+
+def _subparsers(p: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return dict(a.choices)
+    return {}
+
+
+def _options(p: argparse.ArgumentParser) -> set[str]:
+    return {o for a in p._actions for o in a.option_strings}
+
+
+def _problems(lines: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    bad = []
+    for line in lines:
+        if re.search(r"\blorakit( [a-z]+)?: ", line):
+            continue                                    # output: "lorakit: error: ...", "lorakit ui: http://..."
+        for m in CALL.finditer(re.sub(r"(^|\s)#.*", "", line)):     # a comment is prose
+            words = m.group(1).split()
+            if not re.fullmatch(r"[a-z][a-z0-9-]*", words[0]):
+                continue
+            p, path = parser, ["lorakit"]
+            for w in words:
+                subs = _subparsers(p)
+                if w in subs:
+                    p, path = subs[w], path + [w]
+                elif subs and len(path) == 1 and re.fullmatch(r"\s*(\$\s+)?(\w+=\S*\s+)*", line[:m.start()]):
+                    bad.append(f"{' '.join(path)} {w}: no such subcommand ({line.strip()})")
+                    break
+                else:
+                    break
+            if len(path) == 1:
+                continue
+            for w in words:
+                opt = w.split("=", 1)[0]
+                if re.fullmatch(r"--[a-z][a-z0-9-]*", opt) and opt not in _options(p):
+                    bad.append(f"{' '.join(path)} {opt}: no such option ({line.strip()})")
+    return bad
+
+
+def test_every_lorakit_command_in_the_docs_exists():
+    from lorakit.cli import build_parser
+
+    parser = build_parser()
+    bad = []
+    for f in DOCS:
+        bad += [f"{f.name}: {b}" for b in _problems(_code_lines(f.read_text(encoding="utf-8")), parser)]
+    assert bad == []
+
+
+def test_the_command_check_finds_a_renamed_option_and_subcommand():
+    from lorakit.cli import build_parser
+
+    md = ("```\n$ lorakit train run.toml --resume out/x   # ok\nlorakit: error: output is fine\n```\n"
+          "Run `lorakit caption DIR --overwrite` or `lorakit trian run.toml` or `lorakit demo --stpes 5`, "
+          "`lorakit config show run.toml --flag`.\n")
+    assert _problems(_code_lines(md), build_parser()) == [
+        "lorakit trian: no such subcommand (lorakit trian run.toml)",
+        "lorakit demo --stpes: no such option (lorakit demo --stpes 5)",
+        "lorakit config show --flag: no such option (lorakit config show run.toml --flag)"]
