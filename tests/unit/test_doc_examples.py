@@ -153,3 +153,41 @@ def test_the_command_check_finds_a_renamed_option_and_subcommand():
         "lorakit trian: no such subcommand (lorakit trian run.toml)",
         "lorakit demo --stpes: no such option (lorakit demo --stpes 5)",
         "lorakit config show --flag: no such option (lorakit config show run.toml --flag)"]
+
+
+def test_every_python_m_module_in_the_docs_runs():
+    """`python -m lorakit.x.y` in the docs names a module that exists (a package needs its __main__)."""
+    import importlib.util
+
+    bad = []
+    for f in DOCS:
+        for name in sorted(set(re.findall(r"python -m (lorakit(?:\.\w+)*)", f.read_text(encoding="utf-8")))):
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.submodule_search_locations is not None:
+                spec = importlib.util.find_spec(name + ".__main__")
+            if spec is None:
+                bad.append(f"{f.name}: python -m {name}")
+    assert bad == []
+
+
+def _stale_overrides(lines: list[str], specs: dict) -> list[str]:
+    bad = []
+    for line in lines:
+        line = re.sub(r"(^|\s)#.*", "", line)
+        if re.search(r"(?<![\w.\-])lorakit\s+(train|plan|config show|data check|sweep)\b", line):
+            for section, key in re.findall(r"(?<![\w./-])([a-z_]+)\.([a-z_0-9]+)=", line):
+                if key not in specs.get(section, {}):
+                    bad.append(f"{section}.{key} ({line.strip()})")
+    return bad
+
+
+def test_every_dotted_override_in_the_docs_is_a_config_key():
+    """`lorakit train run.toml network.rank=16`: the key exists (bad-inputs.md shows wrong ones on purpose)."""
+    from lorakit.config.fields import field_specs
+
+    specs = field_specs()
+    bad = [f"{f.name}: {b}" for f in DOCS if f.name != "bad-inputs.md"
+           for b in _stale_overrides(_code_lines(f.read_text(encoding="utf-8")), specs)]
+    assert bad == []
+    assert _stale_overrides(["$ lorakit train run.toml network.rnak=3 optimizer.lr=1e-4"], specs) == [
+        "network.rnak ($ lorakit train run.toml network.rnak=3 optimizer.lr=1e-4)"]
