@@ -191,3 +191,16 @@ def test_every_dotted_override_in_the_docs_is_a_config_key():
     assert bad == []
     assert _stale_overrides(["$ lorakit train run.toml network.rnak=3 optimizer.lr=1e-4"], specs) == [
         "network.rnak ($ lorakit train run.toml network.rnak=3 optimizer.lr=1e-4)"]
+
+
+def test_every_lorakit_path_named_in_the_docs_exists():
+    """`lorakit/caption/hf.py`, `presets/sdxl/…`, `benchmarks/…` in prose: the file or folder is there."""
+    bad = []
+    for f in DOCS:
+        prose = re.sub(r"```.*?```", "", f.read_text(encoding="utf-8"), flags=re.S)
+        for span in re.findall(r"`([^`\n]+)`", prose):
+            for tok in span.split():
+                tok = tok.rstrip(".,:;)")
+                if re.fullmatch(r"(lorakit|benchmarks|presets)/[\w./-]+", tok) and not (ROOT / tok).exists():
+                    bad.append(f"{f.name}: {tok}")
+    assert bad == []
