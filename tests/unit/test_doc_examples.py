@@ -1,6 +1,8 @@
 """What a user copies from README.md and docs/*.md still works: every ```toml block parses and validates against the
 config schema (config validation only, nothing is trained), and every `lorakit <subcommand> ... --option` written
-in a code block or an inline code span names a subcommand and an option the CLI's parser has.
+in a code block or an inline code span names a subcommand and an option the CLI's parser has, every dotted override
+in such a command (`network.rank=16`) is a config key, every `python -m lorakit.x` module exists, and every
+`lorakit/…` path named in prose is in the repository.
 
 A TOML block is a part of a run config: it is laid over a minimal run (an SDXL checkpoint and a dataset folder, which
 no file needs to exist for) and must validate for its own `model.family`, or, when it names none, for at least one
