@@ -72,7 +72,7 @@ def test_the_docs_have_toml_examples():
 @pytest.mark.parametrize("name,body", BLOCKS, ids=[n for n, _ in BLOCKS])
 def test_toml_example_validates(name, body):
     if SKIP in body:
-        return
+        pytest.skip("marked: not a run config")
     assert _validate(body) is None, name
 
 
