@@ -70,6 +70,10 @@ class DataReport:
         return sum(math.ceil(n / self.group_batch_sizes.get(g, batch_size))
                    for (g, _w, _h), n in self.bucket_samples.items())
 
+    def batch_sizes(self, batch_size: int = 1) -> list[int]:
+        """The batch sizes the steps are counted with: a dataset TOML's per-dataset batch_size where it sets one."""
+        return sorted({self.group_batch_sizes.get(g, batch_size) for g, _w, _h in self.bucket_samples} or {batch_size})
+
     def to_json(self, batch_size: int = 1) -> dict:
         return {
             "usable": self.usable,
@@ -93,7 +97,8 @@ class DataReport:
                          f"{s.images:>6} {s.repeats:>7} {s.samples:>7}")
         lines.append(f"usable images: {self.usable}   skipped: {len(self.skipped)}   warnings: "
                      f"{len(self.warnings)}   samples/epoch: {self.samples_per_epoch()}   "
-                     f"steps/epoch (batch {batch_size}): {self.steps_per_epoch(batch_size)}")
+                     f"steps/epoch (batch {' / '.join(map(str, self.batch_sizes(batch_size)))}): "
+                     f"{self.steps_per_epoch(batch_size)}")
         if self.buckets:
             lines.append("buckets: " + ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(self.buckets.items())))
         if self.from_config:
