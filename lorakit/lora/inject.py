@@ -66,11 +66,14 @@ def _lean_forward(layer: nn.Module, peft_forward):
         if lora_b.bias is not None:  # peft's lora_bias: not covered here
             return peft_forward(x, *args, **kwargs)
         flat = x.reshape(-1, x.shape[-1])
-        out = layer.base_layer(flat)
+        # the base Linear sees the input as the model gave it: on some CPUs a 3-D input runs another GEMM than its
+        # 2-D view, and a LoRA whose up-projection is zero must give the base model's output bit for bit
+        base = layer.base_layer(x)
+        out = base if base.dim() == 2 else base.reshape(-1, base.shape[-1])
         h = lora_a(layer.lora_dropout[name](layer._cast_input_dtype(flat, lora_a.weight.dtype)))
         up = (h.to(out.dtype), lora_b.weight.to(out.dtype).t())
-        if out._base is None:  # a fresh tensor (a view, e.g. from fp8 compute's Function, may not change in place)
-            out.addmm_(*up, alpha=layer.scaling[name])
+        if out is base and base._base is None:  # a fresh 2-D tensor (views, e.g. from fp8 compute's Function or of a
+            out.addmm_(*up, alpha=layer.scaling[name])  # 3-D output, are not changed in place)
         else:
             out = torch.addmm(out, *up, alpha=layer.scaling[name])
         return out.view(*x.shape[:-1], out.shape[-1])
