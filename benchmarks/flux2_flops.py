@@ -3,7 +3,8 @@
     python benchmarks/flux2_flops.py klein-4b [--text 512] [--size 1024]
 
 The transformer is diffusers' ``Flux2Transformer2DModel`` at lorakit's full-size config for that size; its weights are
-frozen and the gradient flows to the input only, as in LoRA training (LoRA's own matmuls at rank 16 add < 0.1 %).
+frozen and the gradient flows to the input only, as in LoRA training (LoRA's own matmuls at rank 16 add about 0.5 %,
+not counted).
 Prints the forward, forward + backward (no checkpointing) and + a recomputed forward (every block checkpointed), in TFLOP.
 """
 from __future__ import annotations
