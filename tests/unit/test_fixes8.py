@@ -4,7 +4,6 @@ edited between a run and its --resume is reported."""
 from __future__ import annotations
 
 import shutil
-import textwrap
 import threading
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 
 from lorakit.errors import ConfigError, TrainingError
 from lorakit.train.rundir import CLAIM_ENV, CLAIM_NAME, RunDir, claim, read_claim
+from tests.unit.test_ui_jobs import _toml
 
 
 # ------------------------------------------------------------------ 2. claiming a run folder is atomic
@@ -45,22 +45,6 @@ def test_claims_racing_for_one_run_folder_leave_exactly_one_winner(tmp_path):
         assert isinstance(exc, TrainingError) and "\n" not in str(exc)
         assert str(exc).startswith(f"{root} is already the output folder of ")
         assert "nothing was changed" in str(exc) and str(root / CLAIM_NAME) in str(exc)
-
-
-def _toml(tmp_path: Path, name: str) -> str:
-    (tmp_path / "data" / "10_zkx shape").mkdir(parents=True, exist_ok=True)
-    return textwrap.dedent(f'''
-        [model]
-        family = "sdxl"
-        checkpoint = "{tmp_path / 'base.safetensors'}"
-        [data]
-        dir = "{tmp_path / 'data'}"
-        [training]
-        device = "cpu"
-        [save]
-        dir = "{tmp_path / 'runs'}"
-        name = "{name}"
-    ''')
 
 
 def test_the_web_ui_and_the_comfy_nodes_queueing_into_one_folder_at_once_start_one_job(tmp_path):
