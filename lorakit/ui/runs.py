@@ -98,7 +98,7 @@ def lora_files(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    name = run_dir.name
+    name = _file_name(run_dir)
     final = run_dir / f"{name}.safetensors"
     steps = sorted(run_dir.glob("*-step*.safetensors"), reverse=True)
     extra = [p for p in (run_dir / f"{name}-best.safetensors", run_dir / f"{name}-ema.safetensors") if p.is_file()]
@@ -106,6 +106,18 @@ def lora_files(run_dir: Path) -> list[Path]:
 
     extra += sorted(run_dir.glob(f"{glob_escape(name)}.until-step*.safetensors"), reverse=True)
     return ([final] if final.is_file() else []) + [p for p in steps if p.name.startswith(name + "-step")] + extra
+
+
+def _file_name(run_dir: Path) -> str:
+    """The name the run's files carry: its ``save.name`` (config.toml), which stays when the user renames the
+    folder; the folder's name when config.toml is missing or unreadable."""
+    import tomllib
+
+    try:
+        name = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8")).get("save", {}).get("name")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and name and "/" not in name else run_dir.name
 
 
 def health(run_dir: Path, rows: list[dict[str, Any]], log_text: str = "") -> list[str]:

@@ -90,3 +90,16 @@ def _prod(shape) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def test_lora_files_of_a_renamed_run_folder_follow_its_save_name(tmp_path):
+    """The files keep the run's save.name when the user renames the folder (walk8: the UI listed none)."""
+    root = tmp_path / "renamed by hand"
+    root.mkdir()
+    (root / "config.toml").write_text('[save]\nname = "my_run"\ndir = "runs"\n', encoding="utf-8")
+    for f in ("my_run.safetensors", "my_run-step00000004.safetensors", "my_run-ema.safetensors", "other.safetensors"):
+        (root / f).write_bytes(b"x")
+    assert [p.name for p in runs.lora_files(root)] == ["my_run.safetensors", "my_run-step00000004.safetensors",
+                                                        "my_run-ema.safetensors"]
+    (root / "config.toml").write_text("[save\n", encoding="utf-8")  # damaged: the folder's name, nothing listed here
+    assert runs.lora_files(root) == []
