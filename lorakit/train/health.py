@@ -231,6 +231,18 @@ def unwritable(folder) -> Optional[str]:
     return None
 
 
+def preview_count(cfg) -> int:
+    """How many preview prompts the run draws (sample.prompts and sample.prompts_file), each parsed as the previews
+    will parse it: a bad prompt line or file stops the run at the scan, before minutes of model loading (walk8: a
+    wrong flag such as ``--seed 3`` was refused only after the model had loaded)."""
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import load_prompts
+
+    if not (cfg.sample.prompts or cfg.sample.prompts_file):
+        return 0
+    return len(load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, SamplePrompt(prompt="")))
+
+
 def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
     """Stop before training when the disk cannot hold what the run will write: the caches and samples (checked at
     the scan), then with the LoRA's actual parameter count (after injection) its checkpoints too."""
@@ -248,7 +260,7 @@ def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
     n = len(dataset.items) * (2 if any(s.flip_aug for s in dataset.subsets) else 1)
     ckpt = lora_params * (2 + 4 * 3)  # the exported file (16-bit) + fp32 weights and two optimizer moments
-    need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (len(cfg.sample.prompts) + 1) * 4
+    need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (preview_count(cfg) + 1) * 4
     caches = n * lat * 1.2 + len(dataset.items) * 2e6  # latents, and text-encoder outputs (T5: ~1.5 MB a caption)
     for folder, gib, what in disk_needs([(run.root, need, f"{cfg.save.keep_last} checkpoints, samples"),
                                                 (cache_root, caches, "caches")]):

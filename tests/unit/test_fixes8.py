@@ -230,3 +230,21 @@ def test_a_mask_edited_between_a_run_and_its_resume_is_reported(tmp_path):
     im.save(folder / "001.png")
     assert [c.split(":")[0] for c in _changed(alpha, _fingerprint(tmp_path, "data.alpha_mask=true"))] == \
         ["dataset_hash"]
+
+
+def test_preview_prompts_are_counted_and_checked_at_the_scan(tmp_path):
+    """The disk check at the scan (before the model loads) parses every preview prompt, inline and from
+    sample.prompts_file: a wrong flag stops the run there, and the file's prompts count toward the samples' space."""
+    from lorakit.config.load import load_config
+    from lorakit.train.health import preview_count
+
+    def cfg(**sample):
+        return load_config(None, data={"model": {"family": "sdxl", "checkpoint": str(tmp_path / "m.safetensors")},
+                                       "data": {"dir": str(tmp_path)}, "sample": sample})
+
+    listed = tmp_path / "prompts.txt"
+    listed.write_text("a zkx --d 3\na red zkx --w 512\n", encoding="utf-8")
+    assert preview_count(cfg(prompts=[])) == 0
+    assert preview_count(cfg(prompts=["a zkx"], prompts_file=str(listed))) == 3
+    with pytest.raises(ConfigError, match=r"sample\.prompts\[0\]: --seed is not a prompt flag.*write --d instead"):
+        preview_count(cfg(prompts=["a zkx --seed 3"]))
