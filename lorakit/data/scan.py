@@ -186,7 +186,7 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
     except OSError as e:
         return None, f"caption file unreadable ({e.strerror or e})"
     try:
-        text = raw.decode("utf-8-sig")
+        text = decode_caption_bytes(raw)
     except UnicodeDecodeError:
         return None, f"caption file {cap_path.name} is not UTF-8: ignored; re-save it as UTF-8"
     lines = text.splitlines()
@@ -195,6 +195,14 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
         return None, "empty caption"
     extra = sum(1 for ln in lines[1:] if ln.strip())
     return first, (f"caption has {extra + 1} lines; only the first is used" if extra else None)
+
+
+def decode_caption_bytes(raw: bytes) -> str:
+    """A caption file's text: UTF-8 (a BOM dropped), or UTF-16 when it starts with a UTF-16 BOM (what Windows
+    Notepad's "Unicode" saves; the BOM makes it unambiguous). Raises UnicodeDecodeError otherwise (Latin-1 …)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) and not raw.startswith(b"\xff\xfe\x00\x00"):
+        return raw.decode("utf-16")
+    return raw.decode("utf-8-sig")
 
 
 def caption_case_variant(cap_path: Path) -> Path | None:
