@@ -24,6 +24,7 @@ Decisions, in one place (the report shows each as a line with action `skipped` o
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -236,6 +237,10 @@ def _warn(ctx: _Ctx, path: Path, reason: str, action: str = "warning") -> None:
 
 
 def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[Path]) -> ImageItem | None:
+    if path.is_symlink() and not path.exists():
+        _warn(ctx, path, f"unreadable: broken symlink to {printable(Path(os.readlink(path)))} (the file it points to "
+              f"is missing); fix or remove the link", "skipped")
+        return None
     try:
         img, info = decode(path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -247,7 +252,9 @@ def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[
         return None
     del img
     if digest in ctx.seen:
-        _warn(ctx, path, f"exact duplicate of {ctx.seen[digest]}", "skipped")
+        cap = path.with_name(path.stem + spec.caption_extension)
+        _warn(ctx, path, f"exact duplicate of {printable(ctx.seen[digest])}" + (
+            f" (its caption file {cap.name} is not used either)" if cap.is_file() else ""), "skipped")
         return None
     settings: BucketSettings = ctx.groups[spec.group].buckets
     w, h = info.size
@@ -318,7 +325,8 @@ def _check_caption(ctx: _Ctx, path: Path, spec: SubsetSpec, caption: str) -> Non
 def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
     items: list[ImageItem] = []
     missing: list[Path] = []
-    files = sorted(spec.dir.iterdir())
+    # Real files before symlinks: of an image and a link to it, the file (and its caption) is kept, the link skipped.
+    files = sorted(spec.dir.iterdir(), key=lambda p: (p.is_symlink(), p))
     image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
     roots = ctx.roots + [spec.dir]
     for path in files:

@@ -30,3 +30,21 @@ def test_a_utf16_caption_with_bom_is_read_not_ignored(tmp_path):
     assert caps["a.png"] == ("zkx, ünïcode", "file")
     assert caps["b.png"] == ("zkx", "class_tokens")
     assert any("b.txt is not UTF-8" in r for r in _reasons(ds, sub / "b.png"))
+
+
+def test_an_image_and_a_symlink_to_it_keep_the_file_and_its_caption(tmp_path):
+    sub = tmp_path / "d" / "2_zkx"
+    save(rgb(128, 128), sub / "ok.png")
+    (sub / "ok.txt").write_text("zkx, the real caption")
+    (sub / "a_link.png").symlink_to("ok.png")          # sorts first by name: was kept, and ok.png's caption lost
+    (sub / "gone.png").symlink_to("deleted.png")
+    save(rgb(128, 128, seed=1), sub / "b.png")
+    (sub / "c.png").write_bytes((sub / "b.png").read_bytes())
+    (sub / "c.txt").write_text("zkx, c")
+    ds = _scan(tmp_path / "d")
+    assert {it.path.name: it.caption for it in ds.items} == {"ok.png": "zkx, the real caption", "b.png": "zkx"}
+    assert _reasons(ds, sub / "a_link.png") == [f"skipped: exact duplicate of {sub / 'ok.png'}"]
+    assert _reasons(ds, sub / "c.png") == [f"skipped: exact duplicate of {sub / 'b.png'} "
+                                           "(its caption file c.txt is not used either)"]
+    assert _reasons(ds, sub / "gone.png") == ["skipped: unreadable: broken symlink to deleted.png (the file it points "
+                                              "to is missing); fix or remove the link"]
