@@ -48,3 +48,49 @@ def test_an_image_and_a_symlink_to_it_keep_the_file_and_its_caption(tmp_path):
                                            "(its caption file c.txt is not used either)"]
     assert _reasons(ds, sub / "gone.png") == ["skipped: unreadable: broken symlink to deleted.png (the file it points "
                                               "to is missing); fix or remove the link"]
+
+
+class _Stub:
+    name, kind = "stub", "sentence"
+
+    def caption(self, images):
+        return [f"a picture {i}" for i in range(len(images))]
+
+
+def _caption(folder: Path, overwrite: bool = False):
+    from lorakit.caption.run import caption_dataset, list_targets
+    from lorakit.caption.text import TextOptions
+
+    targets, progress, _ = list_targets(folder)
+    s = caption_dataset(targets, _Stub(), TextOptions(), progress_file=progress, overwrite=overwrite, log=lambda m: None)
+    return {o.image: (o.status, o.reason) for o in s.outcomes}
+
+
+def test_caption_of_two_images_sharing_a_stem_writes_one_caption_and_names_the_other(tmp_path):
+    folder = tmp_path / "imgs"
+    save(rgb(64, 64), folder / "a.png")
+    save(rgb(64, 64, seed=1), folder / "a.jpg")
+    out = _caption(folder)
+    assert out["a.jpg"][0] == "captioned"
+    assert out["a.png"] == ("failed", "shares the caption file a.txt with a.jpg (training reads it for both): not "
+                                      "captioned; rename one so that each image has its own caption")
+    assert (folder / "a.txt").read_text() == "a picture 0\n"
+    out = _caption(folder, overwrite=True)            # before: a.png's caption replaced a.jpg's new one, backed up
+    assert out["a.png"][0] == "failed" and out["a.jpg"][0] == "captioned"
+    assert [p.name for p in folder.glob("*.bak*")] == ["a.txt.bak"]      # the first run's, once
+
+
+def test_caption_says_why_a_kept_caption_file_is_useless_to_training(tmp_path):
+    folder = tmp_path / "imgs"
+    for i, name in enumerate(["e", "w", "l", "ok"]):
+        save(rgb(64, 64, seed=i), folder / f"{name}.png")
+    (folder / "e.txt").write_text("")
+    (folder / "w.txt").write_text("  \n\t\n")
+    (folder / "l.txt").write_bytes("café".encode("latin-1"))
+    (folder / "ok.txt").write_bytes("ok".encode("utf-16"))
+    out = _caption(folder)
+    assert out["e.png"] == ("kept", "e.txt is empty, so training uses the folder's class tokens; --overwrite captions it")
+    assert out["w.png"][1].startswith("w.txt is empty")
+    assert out["l.png"] == ("kept", "l.txt is not UTF-8, so training ignores it; re-save it as UTF-8, or --overwrite "
+                                    "captions it")
+    assert out["ok.png"] == ("kept", "")
