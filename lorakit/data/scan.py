@@ -440,7 +440,16 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {},
                [Path(d) for d in (data.dir, data.reg_dir) if d])
     items: list[ImageItem] = []
+    first_of: dict[Path, SubsetSpec] = {}
     for si, spec in enumerate(specs):
+        earlier = first_of.setdefault(spec.dir.resolve(), spec)
+        if earlier is not spec:  # every image would be an "exact duplicate of" itself: one line for the folder
+            fix = (f"list the folder once, with num_repeats = {earlier.repeats + spec.repeats} to train it as both "
+                   f"would" if earlier.is_reg == spec.is_reg else
+                   "a folder is either training or regularisation images; copy the images for the other use")
+            problems.append(Problem(printable(spec.dir), f"{spec.key or spec.dir}: the same folder as {earlier.key}: "
+                                    f"not used (its images are trained once, by the first); {fix}", "skipped"))
+            continue
         items += _scan_subset(ctx, si, spec)
     items = balance_reg(items, problems, specs)
     subsets = [Subset(dir=s.dir, repeats=s.repeats, class_tokens=s.class_tokens, is_reg=s.is_reg,

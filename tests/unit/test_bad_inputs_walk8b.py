@@ -94,3 +94,24 @@ def test_caption_says_why_a_kept_caption_file_is_useless_to_training(tmp_path):
     assert out["l.png"] == ("kept", "l.txt is not UTF-8, so training ignores it; re-save it as UTF-8, or --overwrite "
                                     "captions it")
     assert out["ok.png"] == ("kept", "")
+
+
+def test_a_dataset_toml_listing_one_folder_twice_says_so_once(tmp_path):
+    for i in range(3):
+        save(rgb(128, 128, seed=i), tmp_path / "imgA" / f"a{i}.png")
+    toml = tmp_path / "ds.toml"
+    toml.write_text('[[datasets]]\nresolution = 128\nmin_bucket_reso = 64\nmax_bucket_reso = 256\n'
+                    'bucket_reso_steps = 32\n'
+                    '[[datasets.subsets]]\nimage_dir = "imgA"\nnum_repeats = 2\n'
+                    '[[datasets.subsets]]\nimage_dir = "imgA"\nnum_repeats = 3\ncaption_extension = ".caption"\n'
+                    '[[datasets.subsets]]\nimage_dir = "./imgA/"\nis_reg = true\n')
+    ds = scan_dataset(DataCfg(config=str(toml)), divisibility=32)
+    assert [(it.path.name, it.subset, it.repeats) for it in ds.items] == [("a0.png", 0, 2), ("a1.png", 0, 2),
+                                                                           ("a2.png", 0, 2)]
+    lines = [(p.action, p.reason) for p in ds.report.problems if p.action == "skipped"]
+    assert lines == [  # before: each image "exact duplicate of" itself, one line per image and subset
+        ("skipped", "datasets[0].subsets[1]: the same folder as datasets[0].subsets[0]: not used (its images are "
+                    "trained once, by the first); list the folder once, with num_repeats = 5 to train it as both would"),
+        ("skipped", "datasets[0].subsets[2]: the same folder as datasets[0].subsets[0]: not used (its images are "
+                    "trained once, by the first); a folder is either training or regularisation images; copy the "
+                    "images for the other use")]
