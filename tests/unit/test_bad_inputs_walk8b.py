@@ -115,3 +115,17 @@ def test_a_dataset_toml_listing_one_folder_twice_says_so_once(tmp_path):
         ("skipped", "datasets[0].subsets[2]: the same folder as datasets[0].subsets[0]: not used (its images are "
                     "trained once, by the first); a folder is either training or regularisation images; copy the "
                     "images for the other use")]
+
+
+def test_a_damaged_mask_file_is_one_line_not_a_traceback(tmp_path):
+    import pytest
+    from lorakit.errors import DataError
+
+    save(rgb(128, 128), tmp_path / "d" / "2_zkx" / "i0.png")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "i0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as e:
+        scan_dataset(DataCfg(dir=str(tmp_path / "d"), mask_dir=str(tmp_path / "masks"), **SMALL), divisibility=32)
+    assert str(e.value) == (f"data.mask_dir: the mask {tmp_path / 'masks' / 'i0.png'} of {tmp_path / 'd/2_zkx/i0.png'} "
+                            "cannot be read (not an image despite its extension); replace it with a valid image "
+                            "(white = trained, black = ignored) or remove data.mask_dir")
