@@ -69,6 +69,13 @@ def mask_image(item, alpha_mask: bool, mask_dir: Optional[str]) -> Optional[Imag
 def check_masks(items: Sequence, alpha_mask: bool, mask_dir: Optional[str]) -> None:
     """walk7o: at the dataset scan, before any model loads: every training image has its mask, of its size, and the
     mask keeps something (an all-black mask or a fully transparent image would train nothing from that image)."""
+    if mask_dir and not alpha_mask:
+        by_stem: dict[str, Path] = {}
+        for item in items:
+            if not item.is_reg and (other := by_stem.setdefault(item.path.stem, item.path)) != item.path:
+                raise DataError(f"data.mask_dir: {other} and {item.path} share the file stem '{item.path.stem}', so "
+                                f"both would use the one mask {item.path.stem}.png (masks are found by stem); rename "
+                                "one image so that each has its own mask")
     for item in items:
         full = mask_image(item, alpha_mask, mask_dir)
         if full is not None and full.getextrema()[1] == 0:

@@ -129,3 +129,18 @@ def test_a_damaged_mask_file_is_one_line_not_a_traceback(tmp_path):
     assert str(e.value) == (f"data.mask_dir: the mask {tmp_path / 'masks' / 'i0.png'} of {tmp_path / 'd/2_zkx/i0.png'} "
                             "cannot be read (not an image despite its extension); replace it with a valid image "
                             "(white = trained, black = ignored) or remove data.mask_dir")
+
+
+def test_two_training_images_of_one_stem_cannot_share_a_mask_silently(tmp_path):
+    import pytest
+    from PIL import Image
+    from lorakit.errors import DataError
+
+    save(rgb(128, 128), tmp_path / "d" / "2_zkx" / "x.png")
+    save(rgb(128, 192, seed=1), tmp_path / "d" / "3_other" / "x.jpg")
+    save(Image.new("L", (128, 128), 255), tmp_path / "masks" / "x.png")
+    with pytest.raises(DataError) as e:  # before: x.jpg took x.png's mask (here: "masks must match their images")
+        scan_dataset(DataCfg(dir=str(tmp_path / "d"), mask_dir=str(tmp_path / "masks"), **SMALL), divisibility=32)
+    assert str(e.value) == (f"data.mask_dir: {tmp_path / 'd/2_zkx/x.png'} and {tmp_path / 'd/3_other/x.jpg'} share "
+                            "the file stem 'x', so both would use the one mask x.png (masks are found by stem); rename "
+                            "one image so that each has its own mask")
