@@ -144,3 +144,15 @@ def test_two_training_images_of_one_stem_cannot_share_a_mask_silently(tmp_path):
     assert str(e.value) == (f"data.mask_dir: {tmp_path / 'd/2_zkx/x.png'} and {tmp_path / 'd/3_other/x.jpg'} share "
                             "the file stem 'x', so both would use the one mask x.png (masks are found by stem); rename "
                             "one image so that each has its own mask")
+
+
+def test_two_images_of_one_stem_sharing_a_caption_file_are_named(tmp_path):
+    sub = tmp_path / "d" / "2_zkx"
+    save(rgb(128, 128), sub / "a.png")
+    save(rgb(128, 128, seed=1), sub / "a.jpg")
+    (sub / "a.txt").write_text("zkx, a red cup")
+    ds = _scan(tmp_path / "d")
+    assert [it.caption for it in ds.items] == ["zkx, a red cup", "zkx, a red cup"]
+    assert _reasons(ds, sub / "a.png") == ["warning: shares its caption file a.txt with a.jpg: both are trained with "
+                                           "one caption; rename one and give it its own caption"]
+    assert _reasons(ds, sub / "a.jpg")[0].startswith("warning: shares its caption file a.txt with a.png")
