@@ -101,6 +101,9 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
             specs, found = folder_subsets(target, is_reg=False, data=DataCfg(dir=str(target)), key=str(target))
             folders = [(s.dir, s.class_tokens, ext) for s in specs]
             problems = [f"{p.file}: {p.reason}" for p in found]
+            problems += [f"{d}: nested folder: not captioned (training does not use it either); move its images up or "
+                         f"make it a subset of its own like '10_{d.name}'" for s in specs for d in sorted(s.dir.iterdir())
+                         if d.is_dir() and not d.name.startswith(".") and _images(d)]
         progress = target / PROGRESS_NAME
     else:
         raise DataError(f"{target}: neither a folder of images (or of 'N_trigger class' subfolders) nor a "

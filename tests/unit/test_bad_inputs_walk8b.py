@@ -156,3 +156,14 @@ def test_two_images_of_one_stem_sharing_a_caption_file_are_named(tmp_path):
     assert _reasons(ds, sub / "a.png") == ["warning: shares its caption file a.txt with a.jpg: both are trained with "
                                            "one caption; rename one and give it its own caption"]
     assert _reasons(ds, sub / "a.jpg")[0].startswith("warning: shares its caption file a.txt with a.png")
+
+
+def test_caption_names_a_nested_folder_it_does_not_caption(tmp_path):
+    from lorakit.caption.run import list_targets
+
+    save(rgb(64, 64), tmp_path / "d" / "3_nest" / "top.png")
+    save(rgb(64, 64, seed=1), tmp_path / "d" / "3_nest" / "sub" / "n.png")
+    targets, _, problems = list_targets(tmp_path / "d")
+    assert [t.image.name for t in targets] == ["top.png"]
+    assert problems == [f"{tmp_path / 'd/3_nest/sub'}: nested folder: not captioned (training does not use it either); "
+                        "move its images up or make it a subset of its own like '10_sub'"]
