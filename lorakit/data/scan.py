@@ -203,6 +203,13 @@ def decode_caption_bytes(raw: bytes) -> str:
     Notepad's "Unicode" saves; the BOM makes it unambiguous). Raises UnicodeDecodeError otherwise (Latin-1 …)."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) and not raw.startswith(b"\xff\xfe\x00\x00"):
         return raw.decode("utf-16")
+    if b"\x00" in raw:  # valid UTF-8 to the letter, but NULs between letters: UTF-16 saved without a BOM
+        body = raw[:len(raw) // 2 * 2]
+        if len(raw) % 2 == 0 and body[1::2].count(0) > len(body) // 4 and 0 not in body[0::2]:
+            return raw.decode("utf-16-le")
+        if len(raw) % 2 == 0 and body[0::2].count(0) > len(body) // 4 and 0 not in body[1::2]:
+            return raw.decode("utf-16-be")
+        raise UnicodeDecodeError("utf-8", raw, raw.index(0), raw.index(0) + 1, "NUL byte in a caption")
     return raw.decode("utf-8-sig")
 
 

@@ -167,3 +167,15 @@ def test_caption_names_a_nested_folder_it_does_not_caption(tmp_path):
     assert [t.image.name for t in targets] == ["top.png"]
     assert problems == [f"{tmp_path / 'd/3_nest/sub'}: nested folder: not captioned (training does not use it either); "
                         "move its images up or make it a subset of its own like '10_sub'"]
+
+
+def test_a_utf16_caption_without_bom_is_read_not_trained_with_nul_bytes(tmp_path):
+    sub = tmp_path / "d" / "2_zkx"
+    for i, (name, raw) in enumerate([("le", "zkx, a cup".encode("utf-16-le")), ("be", "zkx, a mug".encode("utf-16-be")),
+                                     ("nul", b"zkx\x00\xff junk")]):
+        save(rgb(128, 128, seed=i), sub / f"{name}.png")
+        (sub / f"{name}.txt").write_bytes(raw)
+    ds = _scan(tmp_path / "d")
+    caps = {it.path.stem: it.caption for it in ds.items}
+    assert caps == {"le": "zkx, a cup", "be": "zkx, a mug", "nul": "zkx"}   # before: "z\x00k\x00x\x00…", no word
+    assert "caption file nul.txt is not UTF-8" in _reasons(ds, sub / "nul.png")[0]
