@@ -179,3 +179,12 @@ def test_a_utf16_caption_without_bom_is_read_not_trained_with_nul_bytes(tmp_path
     caps = {it.path.stem: it.caption for it in ds.items}
     assert caps == {"le": "zkx, a cup", "be": "zkx, a mug", "nul": "zkx"}   # before: "z\x00k\x00x\x00…", no word
     assert "caption file nul.txt is not UTF-8" in _reasons(ds, sub / "nul.png")[0]
+
+
+def test_the_ui_lists_a_utf16_caption_as_training_reads_it(tmp_path):
+    from lorakit.ui.dataset import list_images
+
+    sub = tmp_path / "d" / "2_zkx"
+    save(rgb(64, 64), sub / "a.png")
+    (sub / "a.txt").write_bytes("zkx, ünï".encode("utf-16"))    # before: "" (the UI read it as UTF-8 and gave up)
+    assert list_images(tmp_path / "d") == [(sub / "a.png", "zkx, ünï")]
