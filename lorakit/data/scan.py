@@ -352,7 +352,13 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
                       f"its images up or make it a subset of its own like '10_{path.name}' in the data folder")
             continue
         if ext == spec.caption_extension.lower() and path.stem not in image_stems:
-            _warn(ctx, path, f"caption file without an image ({path.stem} + an image extension): not used")
+            if path.stem in image_names:  # a.png.txt, as some captioners name it
+                want = Path(path.stem).stem + spec.caption_extension
+                _warn(ctx, path, f"caption file not used: captions are read as {want} (the image's name without its "
+                      f"extension); rename it to {want}" + (f" ({want} exists: merge the two)"
+                                                          if (path.parent / want).exists() else ""))
+            else:
+                _warn(ctx, path, f"caption file without an image ({path.stem} + an image extension): not used")
             continue
         if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
             _warn(ctx, path, f"{ext} images are not supported: convert it to PNG or JPEG", "skipped")

@@ -188,3 +188,16 @@ def test_the_ui_lists_a_utf16_caption_as_training_reads_it(tmp_path):
     save(rgb(64, 64), sub / "a.png")
     (sub / "a.txt").write_bytes("zkx, ünï".encode("utf-16"))    # before: "" (the UI read it as UTF-8 and gave up)
     assert list_images(tmp_path / "d") == [(sub / "a.png", "zkx, ünï")]
+
+
+def test_a_caption_named_after_the_whole_image_name_says_how_to_rename_it(tmp_path):
+    sub = tmp_path / "d" / "2_zkx"
+    save(rgb(128, 128), sub / "a.png")
+    (sub / "a.png.txt").write_text("zkx, a cup")                  # before: "caption file without an image"
+    save(rgb(128, 128, seed=1), sub / "b.jpg")
+    (sub / "b.jpg.txt").write_text("zkx, b")
+    (sub / "b.txt").write_text("zkx, bee")
+    ds = _scan(tmp_path / "d")
+    assert _reasons(ds, sub / "a.png.txt") == ["warning: caption file not used: captions are read as a.txt (the "
+                                               "image's name without its extension); rename it to a.txt"]
+    assert _reasons(ds, sub / "b.jpg.txt")[0].endswith("rename it to b.txt (b.txt exists: merge the two)")
