@@ -88,17 +88,22 @@ class DataReport:
             **({"from_config": self.from_config} if self.from_config else {}),
         }
 
-    def to_table(self, batch_size: int = 1) -> str:
-        """A fixed-width text table for the terminal (problem paths relative to the dataset's parent folder)."""
+    def to_table(self, batch_size: int = 1, accumulation: int = 1) -> str:
+        """A fixed-width text table for the terminal (problem paths relative to the dataset's parent folder).
+        ``accumulation`` (training.gradient_accumulation): an optimizer step takes that many batches, so steps/epoch
+        is ceil(batches / accumulation), as training.max_epochs counts it."""
+        batches = self.steps_per_epoch(batch_size)
+        steps = (f"steps/epoch (batch {' / '.join(map(str, self.batch_sizes(batch_size)))}): {batches}"
+                 if accumulation <= 1 else
+                 f"steps/epoch (batch {' / '.join(map(str, self.batch_sizes(batch_size)))}, gradient accumulation "
+                 f"{accumulation}): {math.ceil(batches / accumulation)} ({batches} batches)")
         base = _common_dir([os.path.dirname(os.path.abspath(s.dir)) for s in self.subsets])
         lines = [f"{'subset':<40} {'kind':<5} {'images':>6} {'repeats':>7} {'samples':>7}"]
         for s in self.subsets:
             lines.append(f"{_clip(Path(s.dir).name, 40):<40} {'reg' if s.is_reg else 'train':<5} "
                          f"{s.images:>6} {s.repeats:>7} {s.samples:>7}")
         lines.append(f"usable images: {self.usable}   skipped: {len(self.skipped)}   warnings: "
-                     f"{len(self.warnings)}   samples/epoch: {self.samples_per_epoch()}   "
-                     f"steps/epoch (batch {' / '.join(map(str, self.batch_sizes(batch_size)))}): "
-                     f"{self.steps_per_epoch(batch_size)}")
+                     f"{len(self.warnings)}   samples/epoch: {self.samples_per_epoch()}   {steps}")
         if self.buckets:
             lines.append("buckets: " + ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(self.buckets.items())))
         if self.from_config:

@@ -201,3 +201,16 @@ def test_a_caption_named_after_the_whole_image_name_says_how_to_rename_it(tmp_pa
     assert _reasons(ds, sub / "a.png.txt") == ["warning: caption file not used: captions are read as a.txt (the "
                                                "image's name without its extension); rename it to a.txt"]
     assert _reasons(ds, sub / "b.jpg.txt")[0].endswith("rename it to b.txt (b.txt exists: merge the two)")
+
+
+def test_data_check_counts_optimizer_steps_with_gradient_accumulation(tmp_path, capsys):
+    from lorakit.cli import main
+
+    for i in range(5):
+        save(rgb(128, 128, seed=i), tmp_path / "d" / "3_zkx" / f"i{i}.png")       # 15 samples: 4 batches of 4
+    args = ["data", "check", str(tmp_path / "d"), "--family", "sdxl", "data.resolution=128",  # batch_size: was ignored
+            "data.min_bucket_reso=64", "data.max_bucket_reso=256", "training.batch_size=4"]
+    assert main(args) == 0
+    assert "steps/epoch (batch 4): 4\n" in capsys.readouterr().out
+    assert main(args + ["training.gradient_accumulation=3"]) == 0                 # before: 4, the batches
+    assert "steps/epoch (batch 4, gradient accumulation 3): 2 (4 batches)\n" in capsys.readouterr().out
