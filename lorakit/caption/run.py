@@ -113,6 +113,8 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
             raise ConfigError(f"--extension: {problem}, got {ext!r}")
     targets = [Target(img, img.with_name(img.stem + ext), lead) for folder, lead, ext in folders
                for img in _images(folder)]
+    seen: set[tuple[Path, Path]] = set()  # a TOML listing one folder twice: each image and caption file once
+    targets = [t for t in targets if (key := (t.image.resolve(), t.caption.resolve())) not in seen and not seen.add(key)]
     if not targets:
         raise DataError(f"{target}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return targets, progress, problems

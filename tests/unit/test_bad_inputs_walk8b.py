@@ -214,3 +214,15 @@ def test_data_check_counts_optimizer_steps_with_gradient_accumulation(tmp_path, 
     assert "steps/epoch (batch 4): 4\n" in capsys.readouterr().out
     assert main(args + ["training.gradient_accumulation=3"]) == 0                 # before: 4, the batches
     assert "steps/epoch (batch 4, gradient accumulation 3): 2 (4 batches)\n" in capsys.readouterr().out
+
+
+def test_caption_of_a_toml_listing_one_folder_twice_captions_each_image_once(tmp_path):
+    from lorakit.caption.run import list_targets
+
+    for i in range(2):
+        save(rgb(64, 64, seed=i), tmp_path / "imgA" / f"a{i}.png")
+    toml = tmp_path / "ds.toml"
+    toml.write_text('[[datasets]]\n[[datasets.subsets]]\nimage_dir = "imgA"\n'
+                    '[[datasets.subsets]]\nimage_dir = "imgA"\nnum_repeats = 3\n')
+    targets, _, _ = list_targets(toml)
+    assert [t.image.name for t in targets] == ["a0.png", "a1.png"]   # before: each twice ("a caption appeared")
