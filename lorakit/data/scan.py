@@ -434,6 +434,9 @@ def _resolve_specs(data: DataCfg) -> tuple[list[GroupSpec], list[SubsetSpec], li
     else:
         raise ConfigError("data.dir: set data.dir (a folder of 'N_trigger class' subfolders) or data.config "
                           "(a kohya dataset TOML)")
+    if data.reg_dir and data.dir and Path(data.reg_dir).resolve() == Path(data.dir).resolve():
+        raise ConfigError(f"data.reg_dir: {data.reg_dir} is data.dir itself; regularisation images go in a folder of "
+                          f"their own (e.g. reg/1_woman), or remove data.reg_dir")
     if data.reg_dir:
         reg, reg_problems = folder_subsets(Path(data.reg_dir), is_reg=True, data=data, key="data.reg_dir")
         specs += reg
@@ -462,8 +465,10 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     for si, spec in enumerate(specs):
         earlier = first_of.setdefault(spec.dir.resolve(), spec)
         if earlier is not spec:  # every image would be an "exact duplicate of" itself: one line for the folder
-            fix = (f"list the folder once, with num_repeats = {earlier.repeats + spec.repeats} to train it as both "
-                   f"would" if earlier.is_reg == spec.is_reg else
+            n = earlier.repeats + spec.repeats
+            fix = ((f"list the folder once, with num_repeats = {n} to train it as both would" if data.config else
+                    f"keep one folder, named '{n}_{earlier.class_tokens}', to train it as both would")
+                   if earlier.is_reg == spec.is_reg else
                    "a folder is either training or regularisation images; copy the images for the other use")
             problems.append(Problem(printable(spec.dir), f"{spec.key or spec.dir}: the same folder as {earlier.key}: "
                                     f"not used (its images are trained once, by the first); {fix}", "skipped"))

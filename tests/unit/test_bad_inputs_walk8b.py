@@ -226,3 +226,19 @@ def test_caption_of_a_toml_listing_one_folder_twice_captions_each_image_once(tmp
                     '[[datasets.subsets]]\nimage_dir = "imgA"\nnum_repeats = 3\n')
     targets, _, _ = list_targets(toml)
     assert [t.image.name for t in targets] == ["a0.png", "a1.png"]   # before: each twice ("a caption appeared")
+
+
+def test_a_subset_folder_linked_twice_or_reg_dir_equal_to_dir_is_one_line(tmp_path):
+    import pytest
+    from lorakit.errors import ConfigError
+
+    save(rgb(128, 128), tmp_path / "d" / "10_zkx" / "a.png")
+    (tmp_path / "d" / "5_b").symlink_to("10_zkx")
+    ds = _scan(tmp_path / "d")
+    assert [(it.path.name, it.repeats) for it in ds.items] == [("a.png", 10)]
+    assert _reasons(ds, tmp_path / "d" / "5_b") == [
+        f"skipped: {tmp_path / 'd/5_b'}: the same folder as {tmp_path / 'd/10_zkx'}: not used (its images are trained "
+        "once, by the first); keep one folder, named '15_zkx', to train it as both would"]
+    with pytest.raises(ConfigError, match=r"^data\.reg_dir: .* is data\.dir itself; regularisation images go in a "
+                                          r"folder of their own"):
+        scan_dataset(DataCfg(dir=str(tmp_path / "d"), reg_dir=str(tmp_path / "d" / "."), **SMALL), divisibility=32)
