@@ -177,6 +177,10 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
     cap_path = image.parent / (image.stem + extension)
     if not cap_path.exists():
         other = caption_case_variant(cap_path)
+        if other is None and (other := _unicode_form_variant(cap_path)) is not None:
+            return None, (f"caption file {other.name} is not read: its name spells {cap_path.name} with other Unicode "
+                          f"code points (macOS's decomposed accents, NFD); rename the files to one form, e.g. "
+                          f"`convmv -r -f utf8 -t utf8 --nfc --notest FOLDER`")
         return None, ("missing caption" if other is None else f"caption file {other.name} is not read: captions are "
                       f"read as {cap_path.name} (the extension's case differs); rename it to {cap_path.name}")
     if roots is not None and cap_path.is_symlink() and not any(inside_folder(cap_path, r) for r in roots):
@@ -211,6 +215,21 @@ def decode_caption_bytes(raw: bytes) -> str:
             return raw.decode("utf-16-be")
         raise UnicodeDecodeError("utf-8", raw, raw.index(0), raw.index(0) + 1, "NUL byte in a caption")
     return raw.decode("utf-8-sig")
+
+
+def _unicode_form_variant(cap_path: Path) -> Path | None:
+    """A file beside the missing ``cap_path`` whose name is the same text in another Unicode normal form (an image
+    ``café.png`` in NFC, its caption ``café.txt`` in NFD: two names on Linux)."""
+    import unicodedata
+
+    want = unicodedata.normalize("NFC", cap_path.name)
+    if want.isascii():
+        return None
+    try:
+        return next((p for p in cap_path.parent.iterdir()
+                     if p.name != cap_path.name and unicodedata.normalize("NFC", p.name) == want), None)
+    except OSError:
+        return None
 
 
 def caption_case_variant(cap_path: Path) -> Path | None:

@@ -242,3 +242,16 @@ def test_a_subset_folder_linked_twice_or_reg_dir_equal_to_dir_is_one_line(tmp_pa
     with pytest.raises(ConfigError, match=r"^data\.reg_dir: .* is data\.dir itself; regularisation images go in a "
                                           r"folder of their own"):
         scan_dataset(DataCfg(dir=str(tmp_path / "d"), reg_dir=str(tmp_path / "d" / "."), **SMALL), divisibility=32)
+
+
+def test_a_caption_whose_name_is_in_another_unicode_form_is_named(tmp_path):
+    import unicodedata
+
+    sub = tmp_path / "d" / "2_zkx"
+    save(rgb(128, 128), sub / unicodedata.normalize("NFC", "café.png"))
+    nfd = unicodedata.normalize("NFD", "café.txt")
+    (sub / nfd).write_text("zkx, coffee")                      # before: "missing caption", the file beside it
+    ds = _scan(tmp_path / "d")
+    [r] = [r for r in _reasons(ds, sub / unicodedata.normalize("NFC", "café.png")) if "caption" in r]
+    assert r.startswith(f"warning: caption file {nfd} is not read: its name spells café.txt with other Unicode code "
+                        "points (macOS's decomposed accents, NFD); rename the files to one form")
