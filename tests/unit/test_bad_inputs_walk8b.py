@@ -203,8 +203,11 @@ def test_a_caption_named_after_the_whole_image_name_says_how_to_rename_it(tmp_pa
     assert _reasons(ds, sub / "b.jpg.txt")[0].endswith("rename it to b.txt (b.txt exists: merge the two)")
 
 
-def test_data_check_counts_optimizer_steps_with_gradient_accumulation(tmp_path, capsys):
+def test_data_check_counts_optimizer_steps_with_gradient_accumulation(tmp_path, capsys, monkeypatch):
+    import lorakit.caption.text
     from lorakit.cli import main
+
+    monkeypatch.setattr(lorakit.caption.text, "family_limit", lambda family: (77, None))   # no tokenizer load
 
     for i in range(5):
         save(rgb(128, 128, seed=i), tmp_path / "d" / "3_zkx" / f"i{i}.png")       # 15 samples: 4 batches of 4
