@@ -157,8 +157,8 @@ def folder_subsets(root: Path, *, is_reg: bool, data: DataCfg, key: str) -> tupl
         if m is None or int(m.group(1)) == 0:
             if _has_images(entry):
                 why = ("0 repeats" if m else "folder name has no repeats prefix")
-                problems.append(Problem(str(entry), f"{why}: not used; rename it like '10_{entry.name}' "
-                                        f"(10 = repeats)", "skipped"))
+                problems.append(Problem(str(entry), f"{why}: not used; rename it like "
+                                        f"'10_{m.group(2) if m else entry.name}' (10 = repeats)", "skipped"))
             continue
         specs.append(SubsetSpec(dir=entry, repeats=int(m.group(1)), class_tokens=m.group(2).strip(),
                                 is_reg=is_reg, caption=cap, caption_extension=data.caption_extension,

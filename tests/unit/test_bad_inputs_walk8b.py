@@ -258,3 +258,11 @@ def test_a_caption_whose_name_is_in_another_unicode_form_is_named(tmp_path):
     [r] = [r for r in _reasons(ds, sub / unicodedata.normalize("NFC", "café.png")) if "caption" in r]
     assert r.startswith(f"warning: caption file {nfd} is not read: its name spells café.txt with other Unicode code "
                         "points (macOS's decomposed accents, NFD); rename the files to one form")
+
+
+def test_a_zero_repeats_folder_is_told_the_name_to_use(tmp_path):
+    save(rgb(128, 128), tmp_path / "d" / "0_zkx shape" / "a.png")
+    save(rgb(128, 128, seed=1), tmp_path / "d" / "1_ok" / "b.png")
+    ds = _scan(tmp_path / "d")
+    assert _reasons(ds, tmp_path / "d" / "0_zkx shape") == [   # before: "rename it like '10_0_zkx shape'"
+        "skipped: 0 repeats: not used; rename it like '10_zkx shape' (10 = repeats)"]
