@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -113,6 +114,9 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
             raise ConfigError(f"--extension: {problem}, got {ext!r}")
     targets = [Target(img, img.with_name(img.stem + ext), lead) for folder, lead, ext in folders
                for img in _images(folder)]
+    problems += [f"{p}: broken symlink to {os.readlink(p)} (the file it points to is missing): not captioned; fix or "
+                 "remove the link" for folder in dict.fromkeys(f for f, _, _ in folders) for p in sorted(folder.iterdir())
+                 if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS]
     seen: set[tuple[Path, Path]] = set()  # a TOML listing one folder twice: each image and caption file once
     targets = [t for t in targets if (key := (t.image.resolve(), t.caption.resolve())) not in seen and not seen.add(key)]
     if not targets:

@@ -266,3 +266,15 @@ def test_a_zero_repeats_folder_is_told_the_name_to_use(tmp_path):
     ds = _scan(tmp_path / "d")
     assert _reasons(ds, tmp_path / "d" / "0_zkx shape") == [   # before: "rename it like '10_0_zkx shape'"
         "skipped: 0 repeats: not used; rename it like '10_zkx shape' (10 = repeats)"]
+
+
+def test_caption_names_a_broken_symlink_it_cannot_caption(tmp_path):
+    from lorakit.caption.run import list_targets
+
+    folder = tmp_path / "imgs"
+    save(rgb(64, 64), folder / "a.png")
+    (folder / "b.png").symlink_to("gone.png")                   # before: left out without a word
+    targets, _, problems = list_targets(folder)
+    assert [t.image.name for t in targets] == ["a.png"]
+    assert problems == [f"{folder / 'b.png'}: broken symlink to gone.png (the file it points to is missing): not "
+                        "captioned; fix or remove the link"]
