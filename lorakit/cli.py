@@ -332,7 +332,7 @@ def cmd_data_check(args) -> int:
           else report.to_table())
     out = Path(args.json) if args.json else None
     if out:
-        write_json(out, report.to_json(), default=str)
+        write_json(out, report.to_json(batch_size, accumulation), default=str)  # (was: batch 1 always)
         print(f"report written to {out}")
     return 0 if report.usable else 1
 

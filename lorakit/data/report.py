@@ -74,7 +74,10 @@ class DataReport:
         """The batch sizes the steps are counted with: a dataset TOML's per-dataset batch_size where it sets one."""
         return sorted({self.group_batch_sizes.get(g, batch_size) for g, _w, _h in self.bucket_samples} or {batch_size})
 
-    def to_json(self, batch_size: int = 1) -> dict:
+    def to_json(self, batch_size: int = 1, accumulation: int = 1) -> dict:
+        extra = ({"gradient_accumulation": accumulation,
+                  "optimizer_steps_per_epoch": math.ceil(self.steps_per_epoch(batch_size) / accumulation)}
+                 if accumulation > 1 else {})
         return {
             "usable": self.usable,
             "skipped": len(self.skipped),
@@ -82,6 +85,7 @@ class DataReport:
             "samples_per_epoch": self.samples_per_epoch(),
             "steps_per_epoch": self.steps_per_epoch(batch_size),
             "batch_size": batch_size,
+            **extra,
             "subsets": [vars(s).copy() for s in self.subsets],
             "buckets": {f"{w}x{h}": n for (w, h), n in sorted(self.buckets.items())},
             "problems": [vars(p).copy() for p in self.problems],

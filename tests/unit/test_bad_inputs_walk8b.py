@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lorakit.config.schema import DataCfg
@@ -215,8 +216,10 @@ def test_data_check_counts_optimizer_steps_with_gradient_accumulation(tmp_path, 
             "data.min_bucket_reso=64", "data.max_bucket_reso=256", "training.batch_size=4"]
     assert main(args) == 0
     assert "steps/epoch (batch 4): 4\n" in capsys.readouterr().out
-    assert main(args + ["training.gradient_accumulation=3"]) == 0                 # before: 4, the batches
+    assert main(args + ["training.gradient_accumulation=3", "--json", str(tmp_path / "r.json")]) == 0  # before: 4
     assert "steps/epoch (batch 4, gradient accumulation 3): 2 (4 batches)\n" in capsys.readouterr().out
+    got = json.loads((tmp_path / "r.json").read_text())                         # before: batch 1, 15 steps
+    assert (got["batch_size"], got["steps_per_epoch"], got["optimizer_steps_per_epoch"]) == (4, 4, 2)
 
 
 def test_caption_of_a_toml_listing_one_folder_twice_captions_each_image_once(tmp_path):
