@@ -198,6 +198,9 @@ def duplicate_captions(dataset: "Dataset") -> list[Problem]:
             groups.setdefault(" ".join(it.caption.lower().split()), []).append(it)
     out = []
     for same in groups.values():
+        # images of one stem read one caption file: the scan says so ("shares its caption file"), not this line
+        if len({(o.path.parent, o.path.stem) for o in same}) < 2:
+            continue
         for it in same if len(same) > 1 else ():
             other = next(o for o in same if o is not it)
             out.append(Problem(str(it.path), f"same caption as {len(same) - 1} other image(s) (e.g. "

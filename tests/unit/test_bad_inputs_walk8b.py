@@ -157,6 +157,8 @@ def test_two_images_of_one_stem_sharing_a_caption_file_are_named(tmp_path):
     assert _reasons(ds, sub / "a.png") == ["warning: shares its caption file a.txt with a.jpg: both are trained with "
                                            "one caption; rename one and give it its own caption"]
     assert _reasons(ds, sub / "a.jpg")[0].startswith("warning: shares its caption file a.txt with a.png")
+    from lorakit.data.report import duplicate_captions
+    assert duplicate_captions(ds) == []           # not also "same caption as 1 other image(s); say what differs"
 
 
 def test_caption_names_a_nested_folder_it_does_not_caption(tmp_path):
