@@ -286,7 +286,7 @@ def cmd_data_check(args) -> int:
     from lorakit.models.registry import families, get_family
 
     target = Path(args.target)
-    batch_size = args.batch_size or 1
+    batch_size, accumulation = args.batch_size or 1, 1
     family = _family_flag(args.family)
     if target.suffix == ".toml" and target.is_file() and _is_kohya_dataset_toml(target):
         data = DataCfg(config=str(target))  # a kohya dataset TOML ([[datasets]]) given directly
@@ -294,6 +294,7 @@ def cmd_data_check(args) -> int:
         cfg = load_config(target, args.overrides)
         data, family = cfg.data, cfg.model.family
         batch_size = args.batch_size or cfg.training.batch_size
+        accumulation = cfg.training.gradient_accumulation
     elif target.is_dir():
         if args.overrides:  # data.min_bucket_reso=64 ...: validated as in a run config
             named = any(o.startswith("model.family=") for o in args.overrides)
@@ -302,6 +303,8 @@ def cmd_data_check(args) -> int:
                               + ([] if any(o.startswith("model.checkpoint=") for o in args.overrides)
                                  else ["model.checkpoint=(not needed by data check)"]))
             data, family = cfg.data, family or (cfg.model.family if named else None)
+            batch_size = args.batch_size or cfg.training.batch_size     # training.batch_size=4 (was: batch 1)
+            accumulation = cfg.training.gradient_accumulation
         else:
             data = DataCfg(dir=str(target))
     else:
@@ -319,16 +322,17 @@ def cmd_data_check(args) -> int:
         dataset = scan_dataset(data, divisibility=divisibility, count_tokens=counter, max_tokens=limit)
     except LorakitError as exc:  # no usable image: the report the message points at, then the line
         if getattr(exc, "report", None) is not None:
-            print(exc.report.to_table(batch_size=batch_size))
+            print(exc.report.to_table(batch_size=batch_size, accumulation=accumulation))
         raise
     report = dataset.report
     from lorakit.data.report import duplicate_captions
 
     report.problems += duplicate_captions(dataset)
-    print(report.to_table(batch_size=batch_size) if _accepts(report.to_table, "batch_size") else report.to_table())
+    print(report.to_table(batch_size=batch_size, accumulation=accumulation) if _accepts(report.to_table, "batch_size")
+          else report.to_table())
     out = Path(args.json) if args.json else None
     if out:
-        write_json(out, report.to_json(), default=str)
+        write_json(out, report.to_json(batch_size, accumulation), default=str)  # (was: batch 1 always)
         print(f"report written to {out}")
     return 0 if report.usable else 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -25,7 +26,7 @@ from lorakit.caption.base import Captioner
 from lorakit.caption.text import TextOptions, finish
 from lorakit.data.cache import atomic_write_bytes
 from lorakit.data.images import IMAGE_EXTENSIONS, ImageProblem, caption_extension_problem, open_image
-from lorakit.data.scan import caption_case_variant
+from lorakit.data.scan import caption_case_variant, decode_caption_bytes
 from lorakit.errors import ConfigError, DataError
 
 PROGRESS_NAME = ".lorakit-caption.json"
@@ -101,6 +102,9 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
             specs, found = folder_subsets(target, is_reg=False, data=DataCfg(dir=str(target)), key=str(target))
             folders = [(s.dir, s.class_tokens, ext) for s in specs]
             problems = [f"{p.file}: {p.reason}" for p in found]
+            problems += [f"{d}: nested folder: not captioned (training does not use it either); move its images up or "
+                         f"make it a subset of its own like '10_{d.name}'" for s in specs for d in sorted(s.dir.iterdir())
+                         if d.is_dir() and not d.name.startswith(".") and _images(d)]
         progress = target / PROGRESS_NAME
     else:
         raise DataError(f"{target}: neither a folder of images (or of 'N_trigger class' subfolders) nor a "
@@ -110,6 +114,11 @@ def list_targets(target: Path, extension: Optional[str] = None) -> tuple[list[Ta
             raise ConfigError(f"--extension: {problem}, got {ext!r}")
     targets = [Target(img, img.with_name(img.stem + ext), lead) for folder, lead, ext in folders
                for img in _images(folder)]
+    problems += [f"{p}: broken symlink to {os.readlink(p)} (the file it points to is missing): not captioned; fix or "
+                 "remove the link" for folder in dict.fromkeys(f for f, _, _ in folders) for p in sorted(folder.iterdir())
+                 if p.is_symlink() and not p.exists() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    seen: set[tuple[Path, Path]] = set()  # a TOML listing one folder twice: each image and caption file once
+    targets = [t for t in targets if (key := (t.image.resolve(), t.caption.resolve())) not in seen and not seen.add(key)]
     if not targets:
         raise DataError(f"{target}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return targets, progress, problems
@@ -174,11 +183,17 @@ def caption_dataset(targets: list[Target], captioner: Captioner, opts: TextOptio
              "backups": dict(prev.get("backups") or {}) if resume else {}}
     summary = Summary(resumed=len(state["done"]) if resume else 0)
     todo: list[Target] = []
+    claimed: dict[Path, Path] = {}   # caption file → the image it is written for (a.png and a.jpg share a.txt)
     for t in targets:
+        if (first := claimed.setdefault(t.caption, t.image)) != t.image:
+            summary.outcomes.append(Outcome(rel(t.image), "failed", f"shares the caption file {t.caption.name} with "
+                                            f"{first.name} (training reads it for both): not captioned; rename one "
+                                            f"so that each image has its own caption"))
+            continue
         if rel(t.image) in state["done"]:
             continue
         if t.caption.exists() and not overwrite:
-            summary.outcomes.append(Outcome(rel(t.image), "kept"))
+            summary.outcomes.append(Outcome(rel(t.image), "kept", _unusable_caption(t.caption)))
         elif (other := caption_case_variant(t.caption)) is not None and not overwrite:  # the user's, in another case
             summary.outcomes.append(Outcome(rel(t.image), "kept", f"{other.name} exists (training reads "
                                             f"{t.caption.name}: rename it); --overwrite writes {t.caption.name}"))
@@ -202,6 +217,19 @@ def caption_dataset(targets: list[Target], captioner: Captioner, opts: TextOptio
     _write_json(progress_file, state)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _unusable_caption(path: Path) -> str:
+    """Why training cannot use the existing caption file ``path`` ("" when it can): empty, or not UTF-8."""
+    try:
+        text = decode_caption_bytes(path.read_bytes())
+    except UnicodeDecodeError:
+        return f"{path.name} is not UTF-8, so training ignores it; re-save it as UTF-8, or --overwrite captions it"
+    except OSError:
+        return ""
+    if not text.strip():
+        return f"{path.name} is empty, so training uses the folder's class tokens; --overwrite captions it"
+    return ""
 
 
 def _caption_batch(batch: list[Target], captioner: Captioner, opts: TextOptions, count_tokens, rel,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lorakit.data.images import open_oriented, resize_and_crop
+from lorakit.data.images import ImageProblem, open_oriented, resize_and_crop
 from lorakit.errors import DataError
 
 VERSION = 1
@@ -54,7 +54,11 @@ def mask_image(item, alpha_mask: bool, mask_dir: Optional[str]) -> Optional[Imag
         return im.getchannel("A")
     if mask_dir:
         path = mask_file(item, mask_dir)
-        im = open_oriented(path)
+        try:
+            im = open_oriented(path)
+        except ImageProblem as e:
+            raise DataError(f"data.mask_dir: the mask {path} of {item.path} cannot be read ({e.reason}); replace it "
+                            "with a valid image (white = trained, black = ignored) or remove data.mask_dir") from None
         if im.size != tuple(item.original_size):
             raise DataError(f"data.mask_dir: {path} is {im.size[0]}x{im.size[1]}, its image {item.path} is "
                             f"{item.original_size[0]}x{item.original_size[1]}; masks must match their images")
@@ -65,6 +69,13 @@ def mask_image(item, alpha_mask: bool, mask_dir: Optional[str]) -> Optional[Imag
 def check_masks(items: Sequence, alpha_mask: bool, mask_dir: Optional[str]) -> None:
     """walk7o: at the dataset scan, before any model loads: every training image has its mask, of its size, and the
     mask keeps something (an all-black mask or a fully transparent image would train nothing from that image)."""
+    if mask_dir and not alpha_mask:
+        by_stem: dict[str, Path] = {}
+        for item in items:
+            if not item.is_reg and (other := by_stem.setdefault(item.path.stem, item.path)) != item.path:
+                raise DataError(f"data.mask_dir: {other} and {item.path} share the file stem '{item.path.stem}', so "
+                                f"both would use the one mask {item.path.stem}.png (masks are found by stem); rename "
+                                "one image so that each has its own mask")
     for item in items:
         full = mask_image(item, alpha_mask, mask_dir)
         if full is not None and full.getextrema()[1] == 0:

@@ -74,7 +74,10 @@ class DataReport:
         """The batch sizes the steps are counted with: a dataset TOML's per-dataset batch_size where it sets one."""
         return sorted({self.group_batch_sizes.get(g, batch_size) for g, _w, _h in self.bucket_samples} or {batch_size})
 
-    def to_json(self, batch_size: int = 1) -> dict:
+    def to_json(self, batch_size: int = 1, accumulation: int = 1) -> dict:
+        extra = ({"gradient_accumulation": accumulation,
+                  "optimizer_steps_per_epoch": math.ceil(self.steps_per_epoch(batch_size) / accumulation)}
+                 if accumulation > 1 else {})
         return {
             "usable": self.usable,
             "skipped": len(self.skipped),
@@ -82,23 +85,29 @@ class DataReport:
             "samples_per_epoch": self.samples_per_epoch(),
             "steps_per_epoch": self.steps_per_epoch(batch_size),
             "batch_size": batch_size,
+            **extra,
             "subsets": [vars(s).copy() for s in self.subsets],
             "buckets": {f"{w}x{h}": n for (w, h), n in sorted(self.buckets.items())},
             "problems": [vars(p).copy() for p in self.problems],
             **({"from_config": self.from_config} if self.from_config else {}),
         }
 
-    def to_table(self, batch_size: int = 1) -> str:
-        """A fixed-width text table for the terminal (problem paths relative to the dataset's parent folder)."""
+    def to_table(self, batch_size: int = 1, accumulation: int = 1) -> str:
+        """A fixed-width text table for the terminal (problem paths relative to the dataset's parent folder).
+        ``accumulation`` (training.gradient_accumulation): an optimizer step takes that many batches, so steps/epoch
+        is ceil(batches / accumulation), as training.max_epochs counts it."""
+        batches = self.steps_per_epoch(batch_size)
+        steps = (f"steps/epoch (batch {' / '.join(map(str, self.batch_sizes(batch_size)))}): {batches}"
+                 if accumulation <= 1 else
+                 f"steps/epoch (batch {' / '.join(map(str, self.batch_sizes(batch_size)))}, gradient accumulation "
+                 f"{accumulation}): {math.ceil(batches / accumulation)} ({batches} batches)")
         base = _common_dir([os.path.dirname(os.path.abspath(s.dir)) for s in self.subsets])
         lines = [f"{'subset':<40} {'kind':<5} {'images':>6} {'repeats':>7} {'samples':>7}"]
         for s in self.subsets:
             lines.append(f"{_clip(Path(s.dir).name, 40):<40} {'reg' if s.is_reg else 'train':<5} "
                          f"{s.images:>6} {s.repeats:>7} {s.samples:>7}")
         lines.append(f"usable images: {self.usable}   skipped: {len(self.skipped)}   warnings: "
-                     f"{len(self.warnings)}   samples/epoch: {self.samples_per_epoch()}   "
-                     f"steps/epoch (batch {' / '.join(map(str, self.batch_sizes(batch_size)))}): "
-                     f"{self.steps_per_epoch(batch_size)}")
+                     f"{len(self.warnings)}   samples/epoch: {self.samples_per_epoch()}   {steps}")
         if self.buckets:
             lines.append("buckets: " + ", ".join(f"{w}x{h}:{n}" for (w, h), n in sorted(self.buckets.items())))
         if self.from_config:
@@ -189,6 +198,9 @@ def duplicate_captions(dataset: "Dataset") -> list[Problem]:
             groups.setdefault(" ".join(it.caption.lower().split()), []).append(it)
     out = []
     for same in groups.values():
+        # images of one stem read one caption file: the scan says so ("shares its caption file"), not this line
+        if len({(o.path.parent, o.path.stem) for o in same}) < 2:
+            continue
         for it in same if len(same) > 1 else ():
             other = next(o for o in same if o is not it)
             out.append(Problem(str(it.path), f"same caption as {len(same) - 1} other image(s) (e.g. "

@@ -24,6 +24,7 @@ Decisions, in one place (the report shows each as a line with action `skipped` o
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,8 +157,8 @@ def folder_subsets(root: Path, *, is_reg: bool, data: DataCfg, key: str) -> tupl
         if m is None or int(m.group(1)) == 0:
             if _has_images(entry):
                 why = ("0 repeats" if m else "folder name has no repeats prefix")
-                problems.append(Problem(str(entry), f"{why}: not used; rename it like '10_{entry.name}' "
-                                        f"(10 = repeats)", "skipped"))
+                problems.append(Problem(str(entry), f"{why}: not used; rename it like "
+                                        f"'10_{m.group(2) if m else entry.name}' (10 = repeats)", "skipped"))
             continue
         specs.append(SubsetSpec(dir=entry, repeats=int(m.group(1)), class_tokens=m.group(2).strip(),
                                 is_reg=is_reg, caption=cap, caption_extension=data.caption_extension,
@@ -176,6 +177,10 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
     cap_path = image.parent / (image.stem + extension)
     if not cap_path.exists():
         other = caption_case_variant(cap_path)
+        if other is None and (other := _unicode_form_variant(cap_path)) is not None:
+            return None, (f"caption file {other.name} is not read: its name spells {cap_path.name} with other Unicode "
+                          f"code points (macOS's decomposed accents, NFD); rename the files to one form, e.g. "
+                          f"`convmv -r -f utf8 -t utf8 --nfc --notest FOLDER`")
         return None, ("missing caption" if other is None else f"caption file {other.name} is not read: captions are "
                       f"read as {cap_path.name} (the extension's case differs); rename it to {cap_path.name}")
     if roots is not None and cap_path.is_symlink() and not any(inside_folder(cap_path, r) for r in roots):
@@ -186,7 +191,7 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
     except OSError as e:
         return None, f"caption file unreadable ({e.strerror or e})"
     try:
-        text = raw.decode("utf-8-sig")
+        text = decode_caption_bytes(raw)
     except UnicodeDecodeError:
         return None, f"caption file {cap_path.name} is not UTF-8: ignored; re-save it as UTF-8"
     lines = text.splitlines()
@@ -195,6 +200,36 @@ def read_caption(image: Path, extension: str, roots: list[Path] | None = None) -
         return None, "empty caption"
     extra = sum(1 for ln in lines[1:] if ln.strip())
     return first, (f"caption has {extra + 1} lines; only the first is used" if extra else None)
+
+
+def decode_caption_bytes(raw: bytes) -> str:
+    """A caption file's text: UTF-8 (a BOM dropped), or UTF-16 when it starts with a UTF-16 BOM (what Windows
+    Notepad's "Unicode" saves; the BOM makes it unambiguous). Raises UnicodeDecodeError otherwise (Latin-1 …)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) and not raw.startswith(b"\xff\xfe\x00\x00"):
+        return raw.decode("utf-16")
+    if b"\x00" in raw:  # valid UTF-8 to the letter, but NULs between letters: UTF-16 saved without a BOM
+        body = raw[:len(raw) // 2 * 2]
+        if len(raw) % 2 == 0 and body[1::2].count(0) > len(body) // 4 and 0 not in body[0::2]:
+            return raw.decode("utf-16-le")
+        if len(raw) % 2 == 0 and body[0::2].count(0) > len(body) // 4 and 0 not in body[1::2]:
+            return raw.decode("utf-16-be")
+        raise UnicodeDecodeError("utf-8", raw, raw.index(0), raw.index(0) + 1, "NUL byte in a caption")
+    return raw.decode("utf-8-sig")
+
+
+def _unicode_form_variant(cap_path: Path) -> Path | None:
+    """A file beside the missing ``cap_path`` whose name is the same text in another Unicode normal form (an image
+    ``café.png`` in NFC, its caption ``café.txt`` in NFD: two names on Linux)."""
+    import unicodedata
+
+    want = unicodedata.normalize("NFC", cap_path.name)
+    if want.isascii():
+        return None
+    try:
+        return next((p for p in cap_path.parent.iterdir()
+                     if p.name != cap_path.name and unicodedata.normalize("NFC", p.name) == want), None)
+    except OSError:
+        return None
 
 
 def caption_case_variant(cap_path: Path) -> Path | None:
@@ -228,6 +263,10 @@ def _warn(ctx: _Ctx, path: Path, reason: str, action: str = "warning") -> None:
 
 
 def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[Path]) -> ImageItem | None:
+    if path.is_symlink() and not path.exists():
+        _warn(ctx, path, f"unreadable: broken symlink to {printable(Path(os.readlink(path)))} (the file it points to "
+              f"is missing); fix or remove the link", "skipped")
+        return None
     try:
         img, info = decode(path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -239,7 +278,9 @@ def _scan_image(ctx: _Ctx, path: Path, si: int, spec: SubsetSpec, missing: list[
         return None
     del img
     if digest in ctx.seen:
-        _warn(ctx, path, f"exact duplicate of {ctx.seen[digest]}", "skipped")
+        cap = path.with_name(path.stem + spec.caption_extension)
+        _warn(ctx, path, f"exact duplicate of {printable(ctx.seen[digest])}" + (
+            f" (its caption file {cap.name} is not used either)" if cap.is_file() else ""), "skipped")
         return None
     settings: BucketSettings = ctx.groups[spec.group].buckets
     w, h = info.size
@@ -310,8 +351,10 @@ def _check_caption(ctx: _Ctx, path: Path, spec: SubsetSpec, caption: str) -> Non
 def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
     items: list[ImageItem] = []
     missing: list[Path] = []
-    files = sorted(spec.dir.iterdir())
-    image_stems = {p.stem for p in files if p.suffix.lower() in IMAGE_EXTENSIONS}
+    # Real files before symlinks: of an image and a link to it, the file (and its caption) is kept, the link skipped.
+    files = sorted(spec.dir.iterdir(), key=lambda p: (p.is_symlink(), p))
+    image_names = [p.name for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+    image_stems = {Path(n).stem for n in image_names}
     roots = ctx.roots + [spec.dir]
     for path in files:
         ext = path.suffix.lower()
@@ -328,7 +371,13 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
                       f"its images up or make it a subset of its own like '10_{path.name}' in the data folder")
             continue
         if ext == spec.caption_extension.lower() and path.stem not in image_stems:
-            _warn(ctx, path, f"caption file without an image ({path.stem} + an image extension): not used")
+            if path.stem in image_names:  # a.png.txt, as some captioners name it
+                want = Path(path.stem).stem + spec.caption_extension
+                _warn(ctx, path, f"caption file not used: captions are read as {want} (the image's name without its "
+                      f"extension); rename it to {want}" + (f" ({want} exists: merge the two)"
+                                                          if (path.parent / want).exists() else ""))
+            else:
+                _warn(ctx, path, f"caption file without an image ({path.stem} + an image extension): not used")
             continue
         if ext in UNSUPPORTED_IMAGE_EXTENSIONS:
             _warn(ctx, path, f"{ext} images are not supported: convert it to PNG or JPEG", "skipped")
@@ -338,6 +387,10 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
         item = _scan_image(ctx, path, si, spec, missing)
         if item is not None:
             items.append(item)
+            others = [n for n in image_names if Path(n).stem == path.stem and n != path.name]
+            if others and item.caption_source == "file":  # a.png + a.jpg: one a.txt captions both
+                _warn(ctx, path, f"shares its caption file {path.stem}{spec.caption_extension} with {', '.join(others)}: "
+                      "both are trained with one caption; rename one and give it its own caption")
     fallback = _fallback_text(spec)
     if missing and len(missing) == len(items) and len(items) > 1:
         _warn(ctx, spec.dir, f"no caption files ({spec.caption_extension}) for any of the {len(items)} images: "
@@ -400,6 +453,9 @@ def _resolve_specs(data: DataCfg) -> tuple[list[GroupSpec], list[SubsetSpec], li
     else:
         raise ConfigError("data.dir: set data.dir (a folder of 'N_trigger class' subfolders) or data.config "
                           "(a kohya dataset TOML)")
+    if data.reg_dir and data.dir and Path(data.reg_dir).resolve() == Path(data.dir).resolve():
+        raise ConfigError(f"data.reg_dir: {data.reg_dir} is data.dir itself; regularisation images go in a folder of "
+                          f"their own (e.g. reg/1_woman), or remove data.reg_dir")
     if data.reg_dir:
         reg, reg_problems = folder_subsets(Path(data.reg_dir), is_reg=True, data=data, key="data.reg_dir")
         specs += reg
@@ -424,7 +480,18 @@ def scan_dataset(data: DataCfg, *, divisibility: int = 64, count_tokens: Callabl
     ctx = _Ctx(data, groups, [bucket_list(g.buckets) for g in groups], count_tokens, max_tokens, problems, {},
                [Path(d) for d in (data.dir, data.reg_dir) if d])
     items: list[ImageItem] = []
+    first_of: dict[Path, SubsetSpec] = {}
     for si, spec in enumerate(specs):
+        earlier = first_of.setdefault(spec.dir.resolve(), spec)
+        if earlier is not spec:  # every image would be an "exact duplicate of" itself: one line for the folder
+            n = earlier.repeats + spec.repeats
+            fix = ((f"list the folder once, with num_repeats = {n} to train it as both would" if data.config else
+                    f"keep one folder, named '{n}_{earlier.class_tokens}', to train it as both would")
+                   if earlier.is_reg == spec.is_reg else
+                   "a folder is either training or regularisation images; copy the images for the other use")
+            problems.append(Problem(printable(spec.dir), f"{spec.key or spec.dir}: the same folder as {earlier.key}: "
+                                    f"not used (its images are trained once, by the first); {fix}", "skipped"))
+            continue
         items += _scan_subset(ctx, si, spec)
     items = balance_reg(items, problems, specs)
     subsets = [Subset(dir=s.dir, repeats=s.repeats, class_tokens=s.class_tokens, is_reg=s.is_reg,

@@ -206,8 +206,8 @@ def scan(r: Run, resume_: bool, force: bool, log: Callable[[str], None]) -> None
     r.dataset = scan_dataset(cfg.data, divisibility=spec.bucket_divisibility)
     report = r.dataset.report
     if distributed.is_main():
-        write_text(r.run.root / "data_report.json", _json(report.to_json(batch)))
-    log(report.to_table(batch))
+        write_text(r.run.root / "data_report.json", _json(report.to_json(batch, cfg.training.gradient_accumulation)))
+    log(report.to_table(batch, cfg.training.gradient_accumulation))
     if report.usable == 0:
         raise DataError(f"no usable image in {cfg.data.dir or cfg.data.config}: see the report above")
     r.dataset, r.validation = make_validation(r.dataset, cfg.data, cfg.training.seed, spec.bucket_divisibility)

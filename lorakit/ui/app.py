@@ -333,7 +333,7 @@ def _dataset_events(gr, state: UIState, u) -> None:
             return "", ""
         p = Path(paths[evt.index])
         cap = p.with_name(p.stem + ".txt")
-        return str(p), cap.read_text(encoding="utf-8-sig").strip() if cap.is_file() else ""
+        return str(p), ds.caption_text(cap.read_bytes()).strip() if cap.is_file() else ""
 
     u.ds_gallery.select(pick_image, [u.ds_paths], [u.ds_sel, u.ds_cap])
 
@@ -388,7 +388,7 @@ def _dataset_events(gr, state: UIState, u) -> None:
             return gr.update(), gr.update()
         p = Path(file)
         cap = p.with_name(p.stem + ".txt")
-        text = cap.read_text(encoding="utf-8-sig").strip() if cap.is_file() else ""
+        text = ds.caption_text(cap.read_bytes()).strip() if cap.is_file() else ""
         return file, text
 
     u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap])

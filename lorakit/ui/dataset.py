@@ -102,7 +102,7 @@ def list_images(root: Path, caption_extension: str = ".txt") -> list[tuple[Path,
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
                 cap = p.with_name(p.stem + caption_extension)
                 try:
-                    text = cap.read_text(encoding="utf-8-sig") if cap.is_file() else ""
+                    text = caption_text(cap.read_bytes()) if cap.is_file() else ""
                 except (OSError, UnicodeDecodeError):
                     text = ""
                 out.append((p, text.strip()))
@@ -140,9 +140,16 @@ def _check_image(path: Path, shown: str) -> None:
         raise DataError(f"{shown}: not a usable image ({exc.reason})") from None
 
 
+def caption_text(raw: bytes) -> str:
+    """A caption file's text as training reads it (UTF-8, or UTF-16 as Notepad saves it)."""
+    from lorakit.data.scan import decode_caption_bytes
+
+    return decode_caption_bytes(raw)
+
+
 def _check_caption(path: Path, shown: str) -> None:
     try:
-        path.read_bytes().decode("utf-8-sig")
+        caption_text(path.read_bytes())
     except UnicodeDecodeError:
         raise DataError(f"{shown}: caption is not UTF-8 text; re-save it as UTF-8") from None
 
