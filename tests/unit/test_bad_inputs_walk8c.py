@@ -1,0 +1,35 @@
+"""Walk 8c: bad configuration input (overrides, kohya import, resume) found by a bug bash."""
+
+from __future__ import annotations
+
+from lorakit.config.kohya_import import import_kohya_args, import_kohya_files
+
+
+def _kohya(tmp_path, body: str):
+    path = tmp_path / "kohya.toml"
+    path.write_text('pretrained_model_name_or_path = "/m/sd_xl_base_1.0.safetensors"\n'
+                    'network_module = "networks.lora"\ntrain_data_dir = "/data/img"\n' + body)
+    return import_kohya_files(path)
+
+
+def test_kohya_unet_lr_wins_over_a_later_learning_rate(tmp_path):
+    text, mapped, dropped, _ = _kohya(tmp_path, "unet_lr = 1e-4\nnetwork_train_unet_only = true\n"
+                                      "learning_rate = 5e-5\n")
+    assert "lr = 0.0001" in text and "5e-05" not in text
+    assert ("unet_lr", "optimizer.lr") in mapped
+    assert dict(dropped)["learning_rate"].startswith("unet_lr is set and wins")
+
+
+def test_kohya_learning_rate_beside_unet_lr_reaches_the_text_encoder():
+    out, skipped = import_kohya_args({"network_module": "networks.lora", "learning_rate": 5e-5, "unet_lr": 1e-4,
+                                      "network_train_unet_only": False}, "sdxl")
+    assert out["optimizer"]["lr"] == 1e-4 and out["network"]["text_encoder_lr"] == 5e-5
+    assert "learning_rate" not in skipped
+
+
+def test_kohya_empty_values_are_reported_as_unset_not_imported(tmp_path):
+    text, mapped, dropped, notes = _kohya(tmp_path, 'vae = ""\nreg_data_dir = ""\nnetwork_dim = 8\n')
+    assert "vae" not in text and "reg_dir" not in text
+    assert dict(dropped)["vae"].startswith("empty: sd-scripts reads an empty value as not set")
+    assert "reg_data_dir" in dict(dropped)
+    assert not any("refuses" in n for n in notes)
