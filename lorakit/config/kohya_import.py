@@ -217,6 +217,19 @@ _DROP_REASONS = {
     "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
 
+def _refuse_json(path: Path) -> None:
+    """kohya_ss's GUI saves its own JSON (keys like epoch, max_resolution, lr_warmup in percent), not sd-scripts'
+    options: say so in one line rather than 'invalid TOML' at line 1."""
+    try:
+        head = path.read_bytes()[:64].lstrip()
+    except OSError:
+        return  # read_toml names a missing or unreadable file
+    if path.suffix.lower() == ".json" or head.startswith(b"{"):
+        raise ConfigError(f"{path}: a JSON file (kohya_ss's GUI config), not an sd-scripts --config_file TOML; "
+                          "import the TOML kohya_ss writes for the run it starts (config_lora-*.toml in its output "
+                          "folder), or sd-scripts' own TOML")
+
+
 _EMPTY = "empty: sd-scripts reads an empty value as not set, so lorakit's default applies"
 
 
@@ -227,6 +240,7 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     which lorakit reads in sd-scripts' own schema."""
     from lorakit.config.load import dump_toml, load_config
 
+    _refuse_json(Path(config))
     raw = read_toml(Path(config), str(config))
     flat = flatten_kohya(raw)
     if dataset is not None:

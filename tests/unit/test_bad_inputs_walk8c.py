@@ -33,3 +33,18 @@ def test_kohya_empty_values_are_reported_as_unset_not_imported(tmp_path):
     assert dict(dropped)["vae"].startswith("empty: sd-scripts reads an empty value as not set")
     assert "reg_data_dir" in dict(dropped)
     assert not any("refuses" in n for n in notes)
+
+
+def test_kohya_ss_gui_json_is_named_as_such_not_invalid_toml(tmp_path):
+    import json
+
+    import pytest
+
+    from lorakit.errors import ConfigError
+
+    path = tmp_path / "gui.json"
+    path.write_text(json.dumps({"LoRA_type": "Standard", "epoch": 10, "max_resolution": "1024,1024"}))
+    with pytest.raises(ConfigError) as exc:
+        import_kohya_files(path)
+    assert "a JSON file (kohya_ss's GUI config), not an sd-scripts --config_file TOML" in str(exc.value)
+    assert "config_lora-*.toml" in str(exc.value) and "invalid TOML" not in str(exc.value)
