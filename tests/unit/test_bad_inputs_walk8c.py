@@ -48,3 +48,17 @@ def test_kohya_ss_gui_json_is_named_as_such_not_invalid_toml(tmp_path):
         import_kohya_files(path)
     assert "a JSON file (kohya_ss's GUI config), not an sd-scripts --config_file TOML" in str(exc.value)
     assert "config_lora-*.toml" in str(exc.value) and "invalid TOML" not in str(exc.value)
+
+
+def test_an_override_without_its_section_names_the_section():
+    import pytest
+
+    from lorakit.config.validate import parse_override
+    from lorakit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r'override "max_steps=3": expected section.key=value; did you mean '
+                                          r'training.max_steps=3\?'):
+        parse_override("max_steps=3")
+    with pytest.raises(ConfigError) as exc:
+        parse_override("nosuchkey=3")
+    assert str(exc.value) == 'override "nosuchkey=3": expected section.key=value'
