@@ -62,3 +62,18 @@ def test_an_override_without_its_section_names_the_section():
     with pytest.raises(ConfigError) as exc:
         parse_override("nosuchkey=3")
     assert str(exc.value) == 'override "nosuchkey=3": expected section.key=value'
+
+
+def test_plan_shows_a_warmup_longer_than_the_run(tmp_path, capsys, monkeypatch):
+    from lorakit.train import planview
+
+    monkeypatch.setattr(planview, "planned", lambda *a, **k: ("(the plan)",))
+    run = tmp_path / "run.toml"
+    data = tmp_path / "ds" / "10_zkx"
+    data.mkdir(parents=True)
+    run.write_text(f'[model]\nfamily = "sdxl"\ncheckpoint = "x.safetensors"\n[data]\ndir = "{data.parent}"\n'
+                   '[training]\nmax_steps = 4\n[optimizer]\nscheduler = "cosine"\nwarmup_steps = 100\n')
+    assert planview.main(str(run), [], "rtx4090") == 0
+    out = capsys.readouterr().out
+    assert "warning: optimizer.warmup_steps (100) is not shorter than training.max_steps (4)" in out
+    assert "the cosine decay never starts" in out
