@@ -267,6 +267,11 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
                      "(a dataset TOML's own enable_bucket still wins)")
+    te_lr = flat.get("text_encoder_lr")
+    if isinstance(te_lr, list) and len(set(te_lr)) > 1:
+        notes.append(f"text_encoder_lr gives one lr per text encoder ({te_lr}); lorakit has one "
+                     f"network.text_encoder_lr for all of them: {te_lr[0]} was written, so the other "
+                     "encoder(s) train at another lr than in sd-scripts; set network.text_encoder_lr yourself")
     try:
         load_config(data=out)
     except ConfigError as exc:

@@ -77,3 +77,12 @@ def test_plan_shows_a_warmup_longer_than_the_run(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "warning: optimizer.warmup_steps (100) is not shorter than training.max_steps (4)" in out
     assert "the cosine decay never starts" in out
+
+
+def test_kohya_two_text_encoder_lrs_are_not_narrowed_to_one_silently(tmp_path):
+    text, _, _, notes = _kohya(tmp_path, "network_train_unet_only = false\ntext_encoder_lr = [1e-5, 2e-5]\n")
+    assert "text_encoder_lr = 1e-05" in text
+    assert any(n.startswith("text_encoder_lr gives one lr per text encoder ([1e-05, 2e-05])") and "1e-05 was written"
+               in n for n in notes)
+    _, _, _, same = _kohya(tmp_path, "network_train_unet_only = false\ntext_encoder_lr = [1e-5, 1e-5]\n")
+    assert not any("per text encoder" in n for n in same)
