@@ -86,3 +86,29 @@ def test_kohya_two_text_encoder_lrs_are_not_narrowed_to_one_silently(tmp_path):
                in n for n in notes)
     _, _, _, same = _kohya(tmp_path, "network_train_unet_only = false\ntext_encoder_lr = [1e-5, 1e-5]\n")
     assert not any("per text encoder" in n for n in same)
+
+
+def _finished_run(tmp_path, recorded_steps):
+    from types import SimpleNamespace
+
+    (tmp_path / "config.toml").write_text(f"[training]\nmax_steps = {recorded_steps}\n")
+    return SimpleNamespace(root=tmp_path, read_status=lambda: {"status": "finished", "step": 2},
+                           lora_path=lambda: tmp_path / "r.safetensors")
+
+
+def test_resume_with_a_lower_max_steps_says_it_came_from_the_command_not_config_toml(tmp_path):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from lorakit.errors import TrainingError
+    from lorakit.train.resume import check_not_finished
+
+    cfg = SimpleNamespace(training=SimpleNamespace(max_steps=1, max_epochs=None))
+    with pytest.raises(TrainingError) as exc:
+        check_not_finished(_finished_run(tmp_path, 2), cfg)
+    assert "(training.max_steps = 1 given here, below the 2 it trained to; its config.toml says 2)" in str(exc.value)
+    assert "an earlier --resume" not in str(exc.value)
+    with pytest.raises(TrainingError) as exc:  # config.toml says 1: an earlier resume trained on to 2
+        check_not_finished(_finished_run(tmp_path, 1), cfg)
+    assert "(training.max_steps = 1 in its config.toml; an earlier --resume trained on to 2)" in str(exc.value)
