@@ -135,12 +135,15 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
     if fam:
         out["model"] = {"family": fam}
     for key, value in args.items():
-        if key in KOHYA_KEYS:
+        if value == "" and key in KOHYA_KEYS:  # kohya_ss writes unset paths as "": sd-scripts reads them as unset
+            skipped.append(key)
+        elif key in KOHYA_KEYS:
             target, convert = KOHYA_KEYS[key]
             section, name = target.split(".")
             out.setdefault(section, {})[name] = convert(value)
         elif key not in _BUILT_IN and key != "network_module":
             skipped.append(key)
+    _unet_lr_wins(args, out, skipped)
     for epochs, steps in (("max_train_epochs", "max_train_steps"), ("save_every_n_epochs", "save_every_n_steps")):
         if args.get(epochs) and steps in args:  # issue 23: epochs win, as in sd-scripts
             target = KOHYA_KEYS[steps][0].split(".")
@@ -159,6 +162,30 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             skipped.append("max_grad_norm")
         out.setdefault("optimizer", {})["max_grad_norm"] = 0.0
     return out, sorted(skipped)
+
+
+def _set(value: Any) -> bool:
+    return value not in (None, "")
+
+
+def _unet_lr_wins(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipped: list[str]) -> None:
+    """sd-scripts trains the denoiser at unet_lr whenever it is set, whatever the order of the keys; learning_rate
+    then only reaches the text encoders (when text_encoder_lr is not given)."""
+    if not (_set(args.get("unet_lr")) and _set(args.get("learning_rate"))):
+        return
+    out["optimizer"]["lr"] = args["unet_lr"]
+    te_trained = args.get("network_train_unet_only") is False  # what lorakit writes as train_text_encoder = true
+    if te_trained and not _set(args.get("text_encoder_lr")) and args["learning_rate"] != args["unet_lr"]:
+        out.setdefault("network", {})["text_encoder_lr"] = args["learning_rate"]
+    else:
+        skipped.append("learning_rate")
+
+
+def _target(key: str, args: Mapping[str, Any]) -> str:
+    """The lorakit key a carried-over kohya option landed on (learning_rate moves aside for unet_lr)."""
+    if key == "learning_rate" and _set(args.get("unet_lr")):
+        return "network.text_encoder_lr"
+    return KOHYA_KEYS[key][0]
 
 
 def import_kohya_toml(path: str | Path, family: str | None = None) -> tuple[dict[str, Any], list[str]]:
@@ -186,8 +213,24 @@ _DROP_REASONS = {
     "sample_every_n_epochs": "lorakit counts in steps (sample.every_n_steps)",
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
+    "learning_rate": "unet_lr is set and wins for the denoiser, as in sd-scripts (optimizer.lr = unet_lr)",
     "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
+
+def _refuse_json(path: Path) -> None:
+    """kohya_ss's GUI saves its own JSON (keys like epoch, max_resolution, lr_warmup in percent), not sd-scripts'
+    options: say so in one line rather than 'invalid TOML' at line 1."""
+    try:
+        head = path.read_bytes()[:64].lstrip()
+    except OSError:
+        return  # read_toml names a missing or unreadable file
+    if path.suffix.lower() == ".json" or head.startswith(b"{"):
+        raise ConfigError(f"{path}: a JSON file (kohya_ss's GUI config), not an sd-scripts --config_file TOML; "
+                          "import the TOML kohya_ss writes for the run it starts (config_lora-*.toml in its output "
+                          "folder), or sd-scripts' own TOML")
+
+
+_EMPTY = "empty: sd-scripts reads an empty value as not set, so lorakit's default applies"
 
 
 def import_kohya_files(config: Path, dataset: Path | None = None, family: str | None = None
@@ -197,6 +240,7 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     which lorakit reads in sd-scripts' own schema."""
     from lorakit.config.load import dump_toml, load_config
 
+    _refuse_json(Path(config))
     raw = read_toml(Path(config), str(config))
     flat = flatten_kohya(raw)
     if dataset is not None:
@@ -214,14 +258,20 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                           f"{flat.get('network_module', 'missing')!r}, the base model "
                           f"{flat.get('pretrained_model_name_or_path', 'not given')!r}); pass --family, e.g. "
                           "--family sdxl, --family sd15 or --family flux1")
-    mapped = [(k, KOHYA_KEYS[k][0]) for k in flat if k in KOHYA_KEYS and k not in skipped]
+    mapped = [(k, _target(k, flat)) for k in flat if k in KOHYA_KEYS and k not in skipped]
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
-    dropped = dropped_first + [(k, _DROP_REASONS.get(k, "no lorakit equivalent")) for k in skipped]
+    dropped = dropped_first + [(k, _EMPTY if flat.get(k) == "" else _DROP_REASONS.get(k, "no lorakit equivalent"))
+                               for k in skipped]
     notes: list[str] = []
     if "enable_bucket" not in flat:
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
                      "(a dataset TOML's own enable_bucket still wins)")
+    te_lr = flat.get("text_encoder_lr")
+    if isinstance(te_lr, list) and len(set(te_lr)) > 1:
+        notes.append(f"text_encoder_lr gives one lr per text encoder ({te_lr}); lorakit has one "
+                     f"network.text_encoder_lr for all of them: {te_lr[0]} was written, so the other "
+                     "encoder(s) train at another lr than in sd-scripts; set network.text_encoder_lr yourself")
     try:
         load_config(data=out)
     except ConfigError as exc:

@@ -56,7 +56,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if key_text.strip() == "preset":
         return ["preset"], value_text.strip().strip("\"'")
     if len(parts) not in (2, 3) or not all(BARE_KEY_RE.match(p) for p in parts):
-        raise ConfigError(f"override {quote(item)}: expected section.key=value")
+        homes = [s for s, keys in field_specs().items() if len(parts) == 1 and parts[0] in keys]
+        hint = "; did you mean " + " or ".join(f"{s}.{parts[0]}={value_text.strip()}" for s in homes) + "?" \
+            if homes else ""
+        raise ConfigError(f"override {quote(item)}: expected section.key=value{hint}")
     spec = field_specs().get(parts[0], {}).get(parts[1]) if len(parts) == 2 else None
     return parts, parse_override_value(value_text, spec)
 

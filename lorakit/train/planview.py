@@ -219,4 +219,9 @@ def main(config: str, overrides: Sequence[str], card_key: Optional[str], gpus: i
     if gpus < 1:
         raise ConfigError(f"--gpus {gpus}: give 1 or more")
     print(planned(cfg, facts, config, gpus)[0])
+    from lorakit.train import optim
+
+    o, steps = cfg.optimizer, cfg.training.max_steps
+    if isinstance(steps, int) and (warn := optim.schedule_warning(o.scheduler, o.warmup_steps, steps)):
+        print(warn)  # the line the run would log at its start, shown before anything runs
     return 0

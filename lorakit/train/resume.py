@@ -343,20 +343,28 @@ def check_not_finished(run: RunDir, cfg: Config) -> None:
             f"{run.root} training.max_epochs={2 * epochs}`")
     if status.get("status") != "finished" or epochs is not None or not isinstance(step, int) or step < max_steps:
         return
-    past = "" if step == max_steps else f" in its config.toml; an earlier --resume trained on to {step}"
+    recorded = _recorded_epochs(run, "max_steps")
+    if step == max_steps:
+        past = ""
+    elif recorded == max_steps:
+        past = f" in its config.toml; an earlier --resume trained on to {step}"
+    else:  # walk8c: the lower count came with this command, not from the run's config.toml
+        past = (f" given here, below the {step} it trained to; its config.toml says "
+                f"{recorded if recorded is not None else 'nothing'}")
     raise TrainingError(
         f"--resume: {run.root} finished at step {step} (training.max_steps = {max_steps}{past}); nothing was changed "
         f"(its LoRA: {run.lora_path()}). To train it further, raise the step count: `lorakit train --resume {run.root} "
         f"training.max_steps={2 * step}`")
 
 
-def _recorded_epochs(run: RunDir) -> Optional[int]:
-    """training.max_epochs of the run's config.toml (what it trained to); None when unset or unreadable."""
+def _recorded_epochs(run: RunDir, key: str = "max_epochs") -> Optional[int]:
+    """training.max_epochs (or another training key) of the run's config.toml (what it trained to); None when unset
+    or unreadable."""
     import tomllib
 
     try:
         value = tomllib.loads((run.root / "config.toml").read_text(encoding="utf-8")).get("training", {}) \
-            .get("max_epochs")
+            .get(key)
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) else None
