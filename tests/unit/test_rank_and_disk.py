@@ -32,7 +32,7 @@ def _check(monkeypatch, free: int, lora_params: int) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(free, 0, free))
     cfg = SimpleNamespace(data=SimpleNamespace(resolution=64, flip_aug=False, cache_next_to_images=False, cache_dir=None),
                           save=SimpleNamespace(keep_last=3, dir="."),
-                          sample=SimpleNamespace(prompts=[]))
+                          sample=SimpleNamespace(prompts=[], prompts_file=None))
     spec = SimpleNamespace(latent_channels=4, vae_downscale=8)
     run = SimpleNamespace(root=__import__("pathlib").Path("."))
     health.check_disk(cfg, run, SimpleNamespace(items=[0] * 10, subsets=[]), spec, lora_params=lora_params)
