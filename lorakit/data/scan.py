@@ -354,7 +354,10 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
     # Real files before symlinks: of an image and a link to it, the file (and its caption) is kept, the link skipped.
     files = sorted(spec.dir.iterdir(), key=lambda p: (p.is_symlink(), p))
     image_names = [p.name for p in files if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
-    image_stems = {Path(n).stem for n in image_names}
+    names_of: dict[str, list[str]] = {}  # stem -> the image names of that stem (a.png + a.jpg share a.txt)
+    for n in image_names:
+        names_of.setdefault(Path(n).stem, []).append(n)
+    image_stems = set(names_of)
     roots = ctx.roots + [spec.dir]
     for path in files:
         ext = path.suffix.lower()
@@ -387,7 +390,7 @@ def _scan_subset(ctx: _Ctx, si: int, spec: SubsetSpec) -> list[ImageItem]:
         item = _scan_image(ctx, path, si, spec, missing)
         if item is not None:
             items.append(item)
-            others = [n for n in image_names if Path(n).stem == path.stem and n != path.name]
+            others = [n for n in names_of.get(path.stem, ()) if n != path.name]
             if others and item.caption_source == "file":  # a.png + a.jpg: one a.txt captions both
                 _warn(ctx, path, f"shares its caption file {path.stem}{spec.caption_extension} with {', '.join(others)}: "
                       "both are trained with one caption; rename one and give it its own caption")
