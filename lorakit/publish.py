@@ -305,11 +305,17 @@ def _model_card(cfg: Any, lora_name: str, variant: str, triggers: list[str], lic
 
 
 def valid_repo_id(repo: str) -> bool:
-    """``user/name`` as the Hub accepts it (huggingface_hub's ``validate_repo_id``): walk8, a --dry-run said "would
-    upload" for names (``user/-name``, ``user/a..b``) the real push is refused for."""
-    part = r"\w(?:[\w.-]*\w)?"
-    return (bool(re.fullmatch(f"{part}/{part}", repo, flags=re.ASCII)) and "--" not in repo and ".." not in repo
-            and len(repo.split("/")[1]) <= 96)
+    """``user/name`` as the Hub accepts it (huggingface_hub's own ``validate_repo_id``, with the namespace required):
+    walk8, a --dry-run said "would upload" for names (``user/-name``, ``user/a..b``) the real push is refused for."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if repo.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(repo)
+    except HFValidationError:
+        return False
+    return True
 
 
 def push_run(run_dir: Path, repo: str, *, private: bool = False, dry_run: bool = False,

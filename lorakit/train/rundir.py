@@ -70,7 +70,7 @@ class RunDir:
         if self.root.exists() and not self.root.is_dir():
             raise TrainingError(f"{self.root} is a file, not a run folder; nothing was overwritten. Choose another "
                                 "save.name / save.dir.")
-        if self.root.exists() and any(p.name not in _BOOKKEEPING for p in self.root.iterdir()):
+        if holds_files(self.root):
             raise TrainingError(
                 f"{self.root} already holds a run; nothing was overwritten. Continue it with "
                 f"`lorakit train --resume {self.root}`, or choose another save.name / save.dir.")
@@ -250,10 +250,16 @@ def claim(root: Path, owner: str, token: str) -> None:
         raise TrainingError(f"cannot create the run folder {root} (it keeps vanishing); try again")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump({"owner": owner, "token": token, "pid": os.getpid(), "made": made, "created": time.time()}, fh)
-    if any(p.name not in _BOOKKEEPING for p in root.iterdir()):
+    if holds_files(root):
         release_claim(root, token)
         raise TrainingError(f"{root} already holds a run; nothing was overwritten. Choose another save.name / "
                             "save.dir")
+
+
+def holds_files(root: Path) -> bool:
+    """Whether the folder ``root`` holds anything besides lorakit's lock and claim markers."""
+    root = Path(root)
+    return root.is_dir() and any(p.name not in _BOOKKEEPING for p in root.iterdir())
 
 
 def read_claim(root: Path) -> dict:

@@ -236,9 +236,9 @@ class JobStore:
             if job.run_dir == run_dir:
                 raise ConfigError(f"save.name: {run_dir} is already the output folder of job {job.id} "
                                   f"({job.name}, {job.state}); choose another save.name or save.dir")
-        from lorakit.train.rundir import CLAIM_NAME, LOCK_NAME
+        from lorakit.train.rundir import holds_files
 
-        if run_dir.exists() and any(p.name not in (CLAIM_NAME, LOCK_NAME) for p in run_dir.iterdir()):
+        if holds_files(run_dir):
             raise ConfigError(f"save.name: {run_dir} already holds a run; nothing was overwritten. Choose another "
                               "save.name or save.dir")
 
