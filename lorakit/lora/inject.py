@@ -51,8 +51,8 @@ def _most_common(values: dict[str, float]) -> float:
 
 def _lean_forward(layer: nn.Module, peft_forward):
     """peft's Linear LoRA forward, ``base(x) + B(A(dropout(x))) · scale``, with the up-projection accumulated onto
-    the base output by one in-place ``addmm`` (the scale as its alpha): no LoRA-sized output, no separate scale and
-    add kernels, forward or backward. Eager only: under ``torch.compile`` peft's own forward runs (the compiler
+    the base output by one ``addmm`` (the scale as its alpha; in place where the base output is a fresh 2-D tensor):
+    no LoRA-sized output, no separate scale and add kernels, forward or backward. Eager only: under ``torch.compile`` peft's own forward runs (the compiler
     fuses it better), as in every case this does not cover (adapters off or merged, several adapters, a LoRA
     variant or bias, extra arguments). The base output may be overwritten: a Linear's backward never reads it."""
 
