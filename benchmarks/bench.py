@@ -782,7 +782,8 @@ def run_row(name: str, steps: int, t_spawn: float) -> dict[str, Any]:
             adapter.before_placement(cfg.memory, print)  # as the loop does: what the plan chose (modulation_on_cpu)
         swapper = swap.place_denoiser(model, blocks, device, fp8_base=cfg.memory.fp8_base,
                                       fp8_compute=cfg.memory.fp8_compute,
-                                      blocks_to_swap=cfg.memory.blocks_to_swap, log=print)
+                                      blocks_to_swap=cfg.memory.blocks_to_swap, log=print,
+                                      fp8_convs=adapter.spec.fp8_convs)
         sync(device)
         t_place = time.time() - t1
         if swapper is not None and cuda:  # host-to-device bandwidth of this machine, pinned, one 1 GiB copy

@@ -110,6 +110,9 @@ class ModelSpec:
     # the names ``network.module_ranks`` takes for this family (FLUX.1: "img_attn", ..., Z-Image: "attn", "ffn"); the
     # config layer checks a run's table against its family's names (lorakit/config/families.py); () = none
     module_types: tuple[str, ...] = ()
+    # memory.fp8_base stores the frozen convolutions in float8 too, not only the Linears (SD 1.5: its U-Net holds 589 M
+    # conv parameters against 270 M Linear ones; lorakit/train/fp8.py). False: Linears only (the transformers, SDXL)
+    fp8_convs: bool = False
 
 
 @dataclass

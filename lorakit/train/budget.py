@@ -133,12 +133,13 @@ def _frozen_bytes(module: nn.Module, exclude: set[int]) -> int:
     return total
 
 
-def _fp8_saving(model: nn.Module, within: Optional[nn.Module], exclude: set[int]) -> int:
-    """Bytes that fp8 storage saves on the layers it converts (weight → 1 byte/value + fp32 row scales)."""
+def _fp8_saving(model: nn.Module, within: Optional[nn.Module], exclude: set[int], convs: bool = False) -> int:
+    """Bytes that fp8 storage saves on the layers it converts (weight → 1 byte/value + fp32 row scales; the
+    convolutions too with ``convs``, the family's ``ModelSpec.fp8_convs``)."""
     from lorakit.train import fp8
 
     saved = 0
-    for _, sub in fp8.candidates(model, within=within):
+    for _, sub in fp8.candidates(model, convs, within=within):
         if id(sub) in exclude:
             continue
         w = sub.weight
@@ -161,14 +162,15 @@ class Sizes:
     def of(cls, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
            host_linears: Sequence[str] = (), spec: Any = None, paths: Optional[frozenset[str]] = None) -> "Sizes":
         """``spec`` (the family's): its ``lora_input_gib`` counted for the LoRA targets ``paths`` (default: the LoRA
-        layers in ``model``; :func:`lora_inputs`)."""
+        layers in ``model``; :func:`lora_inputs`) and its ``fp8_convs`` (fp8 storage of the convolutions too)."""
+        convs = bool(getattr(spec, "fp8_convs", False))
         inside = {id(m) for b in blocks for m in b.modules()}
         whole = _frozen_bytes(model, inside)
-        outside = (whole, whole - _fp8_saving(model, None, inside))
+        outside = (whole, whole - _fp8_saving(model, None, inside, convs))
         per_block = []
         for b in blocks:
             n = _frozen_bytes(b, set())
-            per_block.append((n, n - _fp8_saving(model, b, set())))
+            per_block.append((n, n - _fp8_saving(model, b, set(), convs)))
         # a Linear wrapped by peft's LoRA layer sits at <name>.base_layer
         names = set(host_linears)
         host = sum(_frozen_bytes(m, set()) for b in blocks for name, m in b.named_modules()
@@ -434,7 +436,7 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
     host_fixed = bool(spec.host_linears) and mem.modulation_on_cpu is True
     host_linears = host_linears or host_fixed
     if sizes is None:
-        sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else ())
+        sizes = Sizes.of(model, blocks, trainable, spec.host_linears if host_linears else (), spec=spec)
     if not sizes.lora_inputs and getattr(spec, "lora_input_gib", None) is not None:  # the LoRA layers in ``model``
         sizes = replace(sizes, lora_inputs=lora_inputs(spec, model, blocks, lora_paths(model)))
     # selective recomputation with the modulations on the host, measured under compile (with CUDA graphs the estimate

@@ -127,7 +127,7 @@ def place(cfg: Config, adapter, device: torch.device, compute_dtype: torch.dtype
     mem = run_cfg.memory
     swapper = None if sharding.on(run_cfg) else swap.place_denoiser(
         denoiser, blocks, device, fp8_base=mem.fp8_base, fp8_compute=mem.fp8_compute,
-        blocks_to_swap=mem.blocks_to_swap, log=log)
+        blocks_to_swap=mem.blocks_to_swap, log=log, fp8_convs=spec.fp8_convs)
     speed.prepare_denoiser(denoiser, mem, device, log=log, cuda_graphs=mem.cuda_graphs, swapper=swapper,
                            buckets=buckets, extra_regions=spec.compile_blocks)
     # distributed.shard = "base": placed block by block while sharded over the processes (FSDP2), after checkpointing

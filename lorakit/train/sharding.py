@@ -103,7 +103,7 @@ def check_room(cfg, spec, denoiser, blocks: Sequence[torch.nn.Module], trainable
     besides checkpointing does not compose)."""
     from lorakit.train import budget
 
-    sizes = budget.Sizes.of(denoiser, blocks, trainable)
+    sizes = budget.Sizes.of(denoiser, blocks, trainable, spec=spec)
     parts = per_card(sizes, budget.for_model(spec, denoiser), cfg, processes, sharded=True)
     peak = sum(parts.values()) + budget.RESERVE_GIB
     shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items())

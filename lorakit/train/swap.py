@@ -274,9 +274,9 @@ def _inside(blocks: Sequence[nn.Module]) -> set[int]:
 
 def place_denoiser(model: nn.Module, blocks: Sequence[nn.Module], device: torch.device, *, fp8_base: bool = False,
                    fp8_compute: bool = False, blocks_to_swap: int = 0, lookahead: int = LOOKAHEAD,
-                   log: Callable[[str], None] = print) -> Optional[BlockSwapper]:
+                   log: Callable[[str], None] = print, fp8_convs: bool = False) -> Optional[BlockSwapper]:
     """Move the (LoRA-injected) denoiser to ``device`` one block at a time, storing frozen weights in fp8 when
-    ``fp8_base`` (multiplied in float8 with ``fp8_compute``) and packing ``blocks_to_swap`` blocks into CPU
+    ``fp8_base`` (multiplied in float8 with ``fp8_compute``; the convolutions too with ``fp8_convs``) and packing ``blocks_to_swap`` blocks into CPU
     memory; returns the swapper (None without swap). The whole model never needs to fit on the device at once:
     at most the resident part plus one block in the load dtype. Works for a model that is already on ``device`` too."""
     from lorakit.train import fp8
@@ -292,12 +292,12 @@ def place_denoiser(model: nn.Module, blocks: Sequence[nn.Module], device: torch.
     for i, block in enumerate(blocks):
         block.to(device)
         if fp8_base:
-            done = fp8.apply_fp8_base(model, within=block, compute=fp8_compute)
+            done = fp8.apply_fp8_base(model, within=block, compute=fp8_compute, convs=fp8_convs)
             layers, computed = layers + done["layers"], computed + done["computed"]
         if swapper is not None and i in swapped:
             swapper.offload(i)
     if fp8_base:
-        done = fp8.apply_fp8_base(model, compute=fp8_compute)  # what lies outside the blocks
+        done = fp8.apply_fp8_base(model, compute=fp8_compute, convs=fp8_convs)  # what lies outside the blocks
         layers, computed = layers + done["layers"], computed + done["computed"]
         log(f"fp8_base: {layers} frozen layers stored as float8_e4m3fn (row scaling); parameters now "
             f"{fp8.parameter_bytes(model) / 2**30:.2f} GiB")

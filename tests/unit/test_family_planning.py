@@ -326,3 +326,37 @@ def test_sd15_estimates_are_calibrated_by_its_measured_rows():
     m = plan.applied.memory
     assert m.compile and m.cuda_graphs and m.checkpoint_fraction == 1.0 and not m.fp8_base, plan.line
     assert "~0.06 s/step (measured)" in plan.line, plan.line
+
+
+def test_sd15_fp8_storage_counts_and_converts_its_convolutions():
+    """SD 1.5's U-Net is two thirds convolution (589 M conv against 270 M Linear parameters at full size), so its
+    family spec has fp8 storage convert the frozen convs too (``ModelSpec.fp8_convs``): the planner's fp8 bytes are
+    1 byte per converted value plus a float32 scale per output channel, re-counted here from the modules, and
+    ``swap.place_denoiser`` converts exactly the Conv2d / Linear layers the planner counted."""
+    import torch
+    from torch import nn
+
+    from lorakit.train import fp8
+
+    spec = get_family("sd15").SPEC
+    assert spec.fp8_convs and not get_family("sdxl").SPEC.fp8_convs
+    with torch.device("meta"):
+        unet, _ = sd15_planning.planning_model(config({"none": Path("unused.safetensors")}, "sd15"))
+    unet.requires_grad_(False).to(torch.bfloat16)
+    convs = [m for p, m in unet.named_modules() if type(m) is nn.Conv2d and not fp8.keep_full_precision(p)]
+    linears = [m for p, m in unet.named_modules() if type(m) is nn.Linear and not fp8.keep_full_precision(p)]
+    conv_params = sum(m.weight.numel() for m in convs)
+    assert conv_params > 2 * sum(m.weight.numel() for m in linears)  # why the switch exists
+
+    def saving(mods):  # bf16 → fp8: one byte per value, minus one float32 scale per output row / channel
+        return sum(m.weight.numel() - 4 * m.weight.shape[0] for m in mods)
+
+    whole = budget.Sizes.of(unet, [], [], spec=spec).outside
+    linear_only = budget.Sizes.of(unet, [], []).outside
+    assert whole[0] == linear_only[0]
+    assert whole[0] - whole[1] == saving(convs + linears)
+    assert linear_only[0] - linear_only[1] == saving(linears)
+
+    swap.place_denoiser(unet, [], torch.device("meta"), fp8_base=True, fp8_convs=spec.fp8_convs, log=lambda _: None)
+    assert all(type(m) is fp8.Fp8Conv2d for m in convs) and all(type(m) is fp8.Fp8Linear for m in linears)
+    assert all(m.weight.dtype == fp8.FP8 for m in convs)

@@ -34,6 +34,9 @@ SPEC = ModelSpec(family="sd15", pipeline_classes=("StableDiffusionPipeline",),
                  # 3 UNet downsamplings (×8) on top of the VAE's ×8: bucket sides in steps of 64 px, as kohya's SD 1.x
                  bucket_step=64,
                  compile_blocks=("ResnetBlock2D",),  # as SDXL: the resnets carry most element-wise kernels
+                 # fp8 storage of the resnet convs too: 2/3 of the U-Net's weights are convolutions (sd-scripts' fp8_base
+                 # casts the whole U-Net; with Linears only lorakit stayed above its memory, RESULTS.md round 19)
+                 fp8_convs=True,
                  config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
                                         "training.min_timestep", "training.max_timestep", "training.noise_offset",
                                         "training.min_snr_gamma", "sample.sampler"}),
