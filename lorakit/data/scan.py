@@ -47,6 +47,13 @@ EXTREME_CROP_KEPT_FRACTION = 0.5
 _FOLDER_RE = re.compile(r"^(\d+)_(.*)$", re.DOTALL)
 
 
+def folder_repeats(name: str) -> int:
+    """The repeats of a kohya 'N_name' image folder (10 for '10_ohwx woman'); 0 for a name without the prefix (such a
+    folder is not used)."""
+    m = _FOLDER_RE.match(name)
+    return int(m.group(1)) if m else 0
+
+
 @dataclass
 class ImageItem:
     """One usable image: where it is, its caption, and exactly how it becomes a training tensor."""
@@ -154,7 +161,7 @@ def folder_subsets(root: Path, *, is_reg: bool, data: DataCfg, key: str) -> tupl
             loose += entry.suffix.lower() in IMAGE_EXTENSIONS
             continue
         m = _FOLDER_RE.match(entry.name)
-        if m is None or int(m.group(1)) == 0:
+        if folder_repeats(entry.name) == 0:
             if _has_images(entry):
                 why = ("0 repeats" if m else "folder name has no repeats prefix")
                 problems.append(Problem(str(entry), f"{why}: not used; rename it like "
