@@ -566,6 +566,20 @@ def _add_lora_tools(sub) -> None:
     ik.add_argument("-o", "--out", required=True)
     ik.add_argument("--family", help="the model family (default: from network_module)")
     ik.set_defaults(func=cmd_import_kohya)
+    iss = isub.add_parser("kohya_ss", help="a kohya_ss GUI config (the JSON its LoRA tab saves) -> run.toml; "
+                          "epochs become steps by counting the 'N_name' image folders, lr_warmup %% becomes steps")
+    iss.add_argument("config", help="the kohya_ss GUI JSON")
+    iss.add_argument("-o", "--out", required=True, help="the run.toml to write (never overwritten)")
+    iss.add_argument("--family", help="the model family (default: from the sdxl / flux1 / sd3 boxes and the base "
+                     "model file)")
+    iss.set_defaults(func=cmd_import_kohya_ss)
+    iat = isub.add_parser("ai-toolkit", help="an ostris ai-toolkit job YAML -> run.toml and <out>.dataset.toml "
+                          "(its dataset folders as a kohya dataset TOML)")
+    iat.add_argument("config", help="the ai-toolkit YAML (config.process[0] is imported)")
+    iat.add_argument("-o", "--out", required=True, help="the run.toml to write (never overwritten)")
+    iat.add_argument("--family", help="the model family (default: from model.arch / is_flux / is_xl / the model "
+                     "name or file)")
+    iat.set_defaults(func=cmd_import_aitoolkit)
 
 
 def _keymaps(family: Optional[str] = None) -> list:
@@ -880,6 +894,40 @@ def cmd_import_kohya(args) -> int:
         print(f"note: {note}")
     print(f"{len(mapped)} keys mapped, {len(dropped)} dropped; written to {out}")
     return 0
+
+
+def _print_import(result, kind: str) -> int:
+    from lorakit.config.importing import write_new
+
+    write_new(result.files)
+    for src, dst in result.mapped:
+        print(f"mapped   {src} -> {dst}")
+    for key, why in result.dropped:
+        print(f"dropped  {key}: {why}")
+    for note in result.notes:
+        print(f"note: {note}")
+    written = " and ".join(str(p) for p in result.files)
+    print(f"{len({k for k, _ in result.mapped})} {kind} keys mapped, {len(result.dropped)} not carried over; "
+          f"written to {written}")
+    return 0
+
+
+def cmd_import_kohya_ss(args) -> int:
+    from lorakit.config.importing import check_new
+    from lorakit.config.kohya_ss_import import import_kohya_ss_gui
+
+    check_new([Path(args.out)])
+    return _print_import(import_kohya_ss_gui(Path(args.config), Path(args.out), family=_family_flag(args.family)),
+                         "kohya_ss")
+
+
+def cmd_import_aitoolkit(args) -> int:
+    from lorakit.config.aitoolkit_import import dataset_path, import_aitoolkit
+    from lorakit.config.importing import check_new
+
+    check_new([Path(args.out), dataset_path(Path(args.out))])
+    return _print_import(import_aitoolkit(Path(args.config), Path(args.out), family=_family_flag(args.family)),
+                         "ai-toolkit")
 
 
 def _is_kohya_dataset_toml(path: Path) -> bool:

@@ -224,10 +224,13 @@ def _refuse_json(path: Path) -> None:
         head = path.read_bytes()[:64].lstrip()
     except OSError:
         return  # read_toml names a missing or unreadable file
+    if path.suffix.lower() in (".yaml", ".yml") or head.startswith((b"job:", b"---", b"config:")):
+        raise ConfigError(f"{path}: a YAML file (an ai-toolkit job config?), not an sd-scripts --config_file TOML; "
+                          f"import it with `lorakit import ai-toolkit {path}`")
     if path.suffix.lower() == ".json" or head.startswith(b"{"):
         raise ConfigError(f"{path}: a JSON file (kohya_ss's GUI config), not an sd-scripts --config_file TOML; "
-                          "import the TOML kohya_ss writes for the run it starts (config_lora-*.toml in its output "
-                          "folder), or sd-scripts' own TOML")
+                          f"import it with `lorakit import kohya_ss {path}`, or import the TOML kohya_ss writes for "
+                          "the run it starts (config_lora-*.toml in its output folder)")
 
 
 _EMPTY = "empty: sd-scripts reads an empty value as not set, so lorakit's default applies"

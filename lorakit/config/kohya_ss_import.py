@@ -375,8 +375,8 @@ def _optimizer_args(gui: Mapping[str, Any], out: dict[str, dict[str, Any]], rep:
                  f"{' '.join(rest)}: no lorakit equivalent (lorakit takes weight_decay, betas and eps)")
 
 
-def import_kohya_ss_gui(config: Path, family: str | None = None) -> ImportResult:
-    """`lorakit import kohya_ss GUI.json`: the GUI config → run.toml text and the report."""
+def import_kohya_ss_gui(config: Path, out_path: Path = Path("run.toml"), family: str | None = None) -> ImportResult:
+    """`lorakit import kohya_ss GUI.json -o run.toml`: the GUI config → {out_path: run.toml text} and the report."""
     path = Path(config)
     gui = read_gui_json(path)
     if not str(gui.get("pretrained_model_name_or_path") or "").strip():
@@ -418,7 +418,7 @@ def import_kohya_ss_gui(config: Path, family: str | None = None) -> ImportResult
         if key not in rep.seen:
             rep.drop(key, "no lorakit equivalent")
     header = f"# imported from {path.name} by `lorakit import kohya_ss`\n"
-    return ImportResult({Path("run.toml"): render(out, header)}, sorted(set(rep.mapped)),
+    return ImportResult({Path(out_path): render(out, header)}, sorted(set(rep.mapped)),
                         sorted(rep.dropped), rep.notes)
 
 
