@@ -883,9 +883,9 @@ def cmd_import_kohya(args) -> int:
     text, mapped, dropped, notes = import_kohya_files(Path(args.config), Path(args.dataset) if args.dataset else None,
                                                family=args.family)
     out = Path(args.out)
-    if out.exists():
-        raise LorakitError(f"{out}: already exists; choose another -o")
-    out.write_text(text)
+    from lorakit.config.importing import write_new
+
+    write_new({out: text})
     for src, dst in mapped:
         print(f"mapped   {src} -> {dst}")
     for key, why in dropped:

@@ -60,12 +60,13 @@ def set_key(out: dict[str, dict[str, Any]], key: str, value: Any) -> None:
     out.setdefault(section, {})[name] = value
 
 
-def settle(out: dict[str, dict[str, Any]], origin: Mapping[str, str], source: Path | str
-           ) -> tuple[list[tuple[str, str]], list[str]]:
+def settle(out: dict[str, dict[str, Any]], origin: Mapping[str, str], source: Path | str, *,
+           required_is_error: bool = True) -> tuple[list[tuple[str, str]], list[str]]:
     """Validate ``out`` with lorakit's loader; take out each value it refuses (``origin``: lorakit key → the source
     key it came from) and return (dropped (source key, why), notes). A refused optimizer takes its learning rates
     with it (they were tuned for that optimizer). Problems with the model or the data folder are errors naming the
-    file: without them no run can start."""
+    file: without them no run can start (``required_is_error=False``: a note, for `lorakit import kohya`, whose
+    configs often leave the model and the data to the command line)."""
     from lorakit.config.load import load_config
 
     dropped: list[tuple[str, str]] = []
@@ -77,6 +78,8 @@ def settle(out: dict[str, dict[str, Any]], origin: Mapping[str, str], source: Pa
             msg = str(exc)
             key = msg.split(":", 1)[0].split("[", 1)[0].strip()
             section, _, name = key.partition(".")
+            if key in _REQUIRED and not required_is_error:
+                return dropped, [f"lorakit refuses the imported config as it stands: {msg}"]
             if key in _REQUIRED:
                 raise ConfigError(f"{source}: {msg} (after import; fix the source file, or pass --family where the "
                                   "family is the problem)") from None

@@ -98,16 +98,12 @@ def _one_of(found: list[str], args: Mapping[str, Any]) -> str | None:
     """Families sharing a network module (sd-scripts' ``networks.lora`` trains SD 1.x and SDXL): the one the base
     model file is (its header), else the one kohya_ss's ``sdxl`` flag or the file's name says; None when nothing
     tells (the caller asks for --family)."""
-    model = str(args.get("pretrained_model_name_or_path", ""))
-    if model.endswith(".safetensors") and Path(model).expanduser().is_file():
-        from lorakit.models.registry import identify
+    from lorakit.config.importing import file_family
 
-        try:
-            named = identify(Path(model).expanduser()).family
-        except Exception:  # noqa: BLE001 - a damaged file: the run's loader says so; here only a hint is sought
-            named = None
-        if named in found:
-            return named
+    model = str(args.get("pretrained_model_name_or_path", ""))
+    named = file_family(model, found)
+    if named:
+        return named
     if "sdxl" in args and "sdxl" in found and "sd15" in found:
         return "sdxl" if args["sdxl"] in (True, "true", "True", 1) else "sd15"
     stem = Path(model).name.lower().replace("-", "").replace("_", "").replace(" ", "")
@@ -241,7 +237,8 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     """`lorakit import kohya`: an sd-scripts config TOML (+ its dataset TOML) -> (run.toml text, mapped
     (kohya key, lorakit key), dropped (kohya key, why), notes). The dataset TOML is referenced as data.config,
     which lorakit reads in sd-scripts' own schema."""
-    from lorakit.config.load import dump_toml, load_config
+    from lorakit.config.importing import settle
+    from lorakit.config.load import dump_toml
 
     _refuse_json(Path(config))
     raw = read_toml(Path(config), str(config))
@@ -275,10 +272,12 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
         notes.append(f"text_encoder_lr gives one lr per text encoder ({te_lr}); lorakit has one "
                      f"network.text_encoder_lr for all of them: {te_lr[0]} was written, so the other "
                      "encoder(s) train at another lr than in sd-scripts; set network.text_encoder_lr yourself")
-    try:
-        load_config(data=out)
-    except ConfigError as exc:
-        notes.append(f"lorakit refuses the imported config as it stands: {exc}")
+    origin = {_target(k, flat): k for k, _ in mapped if k in KOHYA_KEYS}
+    refused, more = settle(out, origin, config, required_is_error=False)  # a value lorakit refuses is taken out and named
+    gone = {k for k, _ in refused}
+    mapped = [(k, t) for k, t in mapped if k not in gone]
+    dropped += refused
+    notes += more
     header = f"# imported from {Path(config).name}" + (f" and {Path(dataset).name}" if dataset else "") + \
         " by `lorakit import kohya`\n"
     return header + dump_toml(out), mapped, dropped, notes

@@ -68,7 +68,6 @@ _GUI_REASONS = {
     "sdxl_cache_text_encoder_outputs_to_disk": "lorakit caches text-encoder outputs on disk",
     "flux1_cache_text_encoder_outputs_to_disk": "lorakit caches text-encoder outputs on disk",
     "sd3_cache_text_encoder_outputs_to_disk": "lorakit caches text-encoder outputs on disk",
-    "clip_skip": "lorakit uses the text encoders' own layers (clip_skip 1, sd-scripts' default)",
     "noise_offset_type": "read to choose between noise_offset and multires noise",
     "sdxl_no_half_vae": "lorakit encodes latents with the VAE in float32 where fp16 overflows",
     "full_bf16": "lorakit keeps the LoRA weights in fp32 with bf16 compute (training.mixed_precision)",
