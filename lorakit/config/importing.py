@@ -86,8 +86,7 @@ def settle(out: dict[str, dict[str, Any]], origin: Mapping[str, str], source: Pa
             if not name or name not in out.get(section, {}):
                 return dropped, [f"lorakit refuses the imported config as it stands: {msg}"]
             value = out[section].pop(name)
-            dropped.append((origin.get(key, key), f"{value!r} not carried over, lorakit refuses it: "
-                                                  f"{msg.split(':', 1)[1].strip()}"))
+            dropped.append((origin.get(key, key), f"{value!r} not carried over, lorakit refuses it ({msg})"))
             if key == "optimizer.name":
                 for lr_key in ("optimizer.lr", "network.text_encoder_lr"):
                     s, n = lr_key.split(".")
