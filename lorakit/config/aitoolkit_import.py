@@ -431,7 +431,14 @@ def _datasets(sets: Any, walk: _Walk, path: Path, toml_path: Path) -> str:
 
 def import_aitoolkit(config: Path, out_path: Path = Path("run.toml"), family: str | None = None) -> ImportResult:
     """`lorakit import ai-toolkit job.yaml -o run.toml`: → {run.toml, run.dataset.toml} and the report."""
-    path = Path(config)
+    try:
+        return _import(Path(config), out_path, family)
+    except (TypeError, ValueError, AttributeError) as exc:  # `linear: sixteen`, a list where a table belongs ...
+        raise ConfigError(f"{config}: a value of an unexpected type ({exc}); fix it in the YAML and import "
+                          "again") from None
+
+
+def _import(path: Path, out_path: Path, family: str | None) -> ImportResult:
     doc, proc = read_job(path)
     model = proc.get("model") if isinstance(proc.get("model"), dict) else {}
     if not str(model.get("name_or_path") or "").strip():

@@ -376,7 +376,14 @@ def _optimizer_args(gui: Mapping[str, Any], out: dict[str, dict[str, Any]], rep:
 
 def import_kohya_ss_gui(config: Path, out_path: Path = Path("run.toml"), family: str | None = None) -> ImportResult:
     """`lorakit import kohya_ss GUI.json -o run.toml`: the GUI config → {out_path: run.toml text} and the report."""
-    path = Path(config)
+    try:
+        return _import(Path(config), out_path, family)
+    except (TypeError, ValueError, AttributeError) as exc:  # a number field holding text, a list for a string ...
+        raise ConfigError(f"{config}: a value of an unexpected type ({exc}); fix it in kohya_ss (or the file) and "
+                          "import again") from None
+
+
+def _import(path: Path, out_path: Path, family: str | None) -> ImportResult:
     gui = read_gui_json(path)
     if not str(gui.get("pretrained_model_name_or_path") or "").strip():
         raise ConfigError(f"{path}: pretrained_model_name_or_path is empty; choose the base model in kohya_ss (or set "

@@ -172,6 +172,8 @@ def test_kohya_ss_unknown_optimizer_takes_its_lr_with_it_and_epochs_fall_back(tm
     ({"train_data_dir": ""}, "train_data_dir and dataset_config are both empty"),
     ({"hunyuan_image_checkbox": True}, "hunyuan_image_checkbox is ticked: lorakit has no HunyuanImage family"),
     ({"LoRA_type": None}, "a kohya_ss Dreambooth / fine-tuning config (no LoRA_type key); lorakit trains LoRAs"),
+    ({"epoch": "ten"}, "a value of an unexpected type (invalid literal for int() with base 10: 'ten'); fix it in "
+                       "kohya_ss (or the file) and import again"),
 ])
 def test_kohya_ss_refusals_name_the_file_and_what_to_do(tmp_path, capsys, change, message):
     gui = {"LoRA_type": "Standard", "sdxl": True, "pretrained_model_name_or_path": "/m/sd_xl_base_1.0.safetensors",
@@ -427,6 +429,8 @@ def test_aitoolkit_sdxl_yaml(tmp_path):
     (("- folder_path: \"/data/style\"", "- dataset_path: \"/data/style.json\""), "datasets[0] has no folder_path"),
     (("job: extension", "job: [extension"), "not valid YAML"),
     (("config:", "settings:"), "not an ai-toolkit job config (no config.process list)"),
+    (("linear: 32", "linear: thirty-two"), "a value of an unexpected type (invalid literal for int() with base 10: "
+                                           "'thirty-two'); fix it in the YAML and import again"),
 ])
 def test_aitoolkit_refusals_name_the_file_and_what_to_do(tmp_path, capsys, edit, message):
     job = tmp_path / "job.yaml"
