@@ -96,7 +96,8 @@ _SAVE: dict[str, Any] = {
 }
 _SAMPLE: dict[str, Any] = {
     "sample_every": ("sample.every_n_steps", int), "width": ("sample.width", int), "height": ("sample.height", int),
-    "sample_steps": ("sample.steps", int), "seed": ("sample.seed", int), "neg": ("sample.negative_prompt", str),
+    "sample_steps": ("sample.steps", int), "seed": ("sample.seed", int),
+    "neg": ("sample.negative_prompt", lambda v: "" if v in (None, False) else str(v)),  # ai-toolkit's default: False
     "sampler": "lorakit samples with the family's own sampler (SDXL: sample.sampler)",
     "walk_seed": "lorakit derives every preview's seed from sample.seed",
 }
@@ -279,7 +280,11 @@ def _network(net: Any, walk: _Walk, path: Path) -> None:
             walk.put("network.dropout", "network.dropout", float(net["dropout"]))
         else:
             walk.drop("network.dropout", "off or empty: nothing to carry over")
+    if kind == "lokr" and net.get("lokr_full_rank", True):  # ai-toolkit's default
+        walk.drop("network.lokr_full_rank", "lorakit's LoKr keeps the rank (network.rank) on the smaller factor; "
+                                            "ai-toolkit's full-rank LoKr is not available")
     used = {"type", "linear", "rank", "linear_alpha", "alpha", "conv", "conv_alpha", "lokr_factor", "dropout"}
+    used |= {"lokr_full_rank"} if kind == "lokr" and net.get("lokr_full_rank", True) else set()
     for key, value in net.items():
         if key not in used:
             walk.other(f"network.{key}", key, value)
@@ -293,6 +298,10 @@ def _train(train: Any, walk: _Walk, path: Path) -> None:
     if train.get("train_unet") is False:
         raise ConfigError(f"{path}: train.train_unet is false (text encoder only): lorakit always trains the "
                           "denoiser's LoRA; remove it and import again")
+    if "timestep_type" not in train and walk.out.get("model", {}).get("family") in ("flux1", "flux2"):
+        walk.notes.append("train.timestep_type is not set: ai-toolkit then draws FLUX timesteps with 'sigmoid'; "
+                          "lorakit's default is training.timestep_sampling = \"flux_shift\" (set \"sigmoid\" to "
+                          "match)")
     walk.table("train", train, _TRAIN, skip=("ema_config", "optimizer_params", "text_encoder_lr", "disable_sampling",
                                              "lr", "unet_lr"))
     if train.get("unet_lr") is not None:

@@ -314,6 +314,8 @@ def test_aitoolkit_flux1_yaml_becomes_run_and_dataset_toml(tmp_path, capsys):
     assert "dropped  meta: ai-toolkit's own metadata; lorakit writes ss_* and modelspec.* metadata itself" in lines
     assert "dropped  save.push_to_hub: uploads: use `lorakit push RUN --repo user/name` after the run" in lines
     assert any(line.startswith("note: trigger_word 'p3r5on': ai-toolkit adds it to captions") for line in lines)
+    assert any(line.startswith("note: train.timestep_type is not set: ai-toolkit then draws FLUX timesteps with "
+                               "'sigmoid'") for line in lines)
     assert lines[-1] == f"35 ai-toolkit keys mapped, 12 not carried over; written to {out} and {ds_path}"
     assert main(["import", "ai-toolkit", str(job), "-o", str(tmp_path / "other.toml")]) == 0  # a new name: fine
     (tmp_path / "third.dataset.toml").write_text("# mine\n")
