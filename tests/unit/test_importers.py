@@ -307,6 +307,11 @@ def test_aitoolkit_flux1_yaml_becomes_run_and_dataset_toml(tmp_path, capsys):
                for d in ds["datasets"])
     cfg = load_config(out)
     assert cfg.data.config == str(ds_path) and cfg.network.alpha == 16.0
+    from lorakit.data.kohya_toml import load_dataset_toml
+
+    (tmp_path / "images").mkdir()
+    groups, subsets = load_dataset_toml(ds_path, cfg.data)  # lorakit's own reader of the dataset TOML takes it
+    assert len(groups) == 3 and [s.repeats for s in subsets] == [3, 3, 3]
     assert "mapped   datasets[0].num_repeats -> run.dataset.toml: num_repeats" in lines
     assert "mapped   sample.guidance_scale -> sample.guidance" in lines
     assert "dropped  train.linear_timesteps: True: no lorakit equivalent" in lines
