@@ -273,7 +273,8 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                      f"network.text_encoder_lr for all of them: {te_lr[0]} was written, so the other "
                      "encoder(s) train at another lr than in sd-scripts; set network.text_encoder_lr yourself")
     origin = {_target(k, flat): k for k, _ in mapped if k in KOHYA_KEYS}
-    refused, more = settle(out, origin, config, required_is_error=False)  # a value lorakit refuses is taken out and named
+    # a value lorakit refuses is taken out and named
+    refused, more = settle(out, origin, config, required_is_error=False)
     gone = {k for k, _ in refused}
     mapped = [(k, t) for k, t in mapped if k not in gone]
     dropped += refused

@@ -110,9 +110,11 @@ def read_gui_json(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = ("an ai-toolkit YAML config? use `lorakit import ai-toolkit`" if re.search(r"^\s*(job|config):", text, re.M)
-                else "an sd-scripts TOML? use `lorakit import kohya`" if re.search(r"^\s*\[?\w+\]?\s*=?", text)
-                and "=" in text else "pass the JSON kohya_ss saved from its LoRA tab")
+        yaml_like = re.search(r"^\s*(job|config):", text, re.M)
+        toml_like = re.search(r"^\s*[\w.]+\s*=", text, re.M)
+        hint = ("an ai-toolkit YAML config? use `lorakit import ai-toolkit`" if yaml_like
+                else "an sd-scripts TOML? use `lorakit import kohya`" if toml_like
+                else "pass the JSON kohya_ss saved from its LoRA tab")
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {hint}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a JSON object of kohya_ss settings, got {type(doc).__name__}; pass the "
