@@ -101,7 +101,7 @@ def settle(out: dict[str, dict[str, Any]], origin: Mapping[str, str], source: Pa
 def render(out: Mapping[str, Any], header: str) -> str:
     from lorakit.config.load import dump_toml
 
-    return header + dump_toml(dict(out))
+    return header + dump_toml({section: body for section, body in out.items() if body != {}})
 
 
 def check_new(paths: list[Path]) -> None:

@@ -32,7 +32,7 @@ _LORA_TYPES = {"Standard": "lora", "Flux1": "lora", "Kohya LoCon": "locon", "LoC
 _CONV_TYPES = {"Kohya LoCon", "LoCon", "LyCORIS/LoCon", "LyCORIS/LoHa", "LyCORIS/LoKr", "Kohya LoHa", "Kohya LoKr"}
 # kohya_ss passes these only with one model box ticked (lora_gui.py's config_toml_data)
 _ONLY_FOR = {
-    "clip_l": ("flux1", "sd3"), "t5xxl": ("flux1", "sd3"), "ae": ("flux1",), "clip_g": ("sd3",),
+    "clip_l": ("flux1",), "t5xxl": ("flux1",), "ae": ("flux1",), "clip_g": ("sd3",),  # SD3: sd3_clip_l, sd3_t5xxl
     "t5xxl_max_token_length": ("flux1",), "guidance_scale": ("flux1",), "apply_t5_attn_mask": ("flux1",),
     "blocks_to_swap": ("flux1", "sd3"), "discrete_flow_shift": ("flux1", "sd3"),
     "timestep_sampling": ("flux1", "sd3"), "max_token_length": ("sdxl", "sd15", "sd3"),
@@ -455,13 +455,13 @@ def _options(gui: Mapping[str, Any], fam: str, args: dict[str, Any], origin: dic
                 key.startswith("multires_noise") and noise_type != "Multires":
             rep.drop(key, f"noise_offset_type is {noise_type!r}: kohya_ss does not pass it")
             continue
-        if key.endswith("_cache_text_encoder_outputs") and key.split("_")[0] in ("sdxl", "flux1", "sd3"):
-            if key.split("_")[0] == fam:
-                args["cache_text_encoder_outputs"] = bool(value)
-                origin["cache_text_encoder_outputs"] = key
-            else:
-                rep.drop(key, f"a setting of the {key.split('_')[0]} box; this is a {fam} config")
-            continue
+        box, _, rest = key.partition("_")
+        if box in ("sdxl", "flux1", "sd3") and rest and not rest.endswith("checkbox"):
+            if box != fam:  # e.g. sdxl_cache_text_encoder_outputs in a FLUX.1 config: kohya_ss does not pass it
+                rep.drop(key, f"a setting of the {box} box; this is a {fam} config")
+                continue
+            if rest in KOHYA_KEYS:  # sd3_clip_l -> clip_l, flux1_cache_text_encoder_outputs -> ...
+                opt = rest
         if opt not in KOHYA_KEYS:
             continue  # reported by _report_options
         if key in _ZERO_UNSET and value == 0 or value == "":
@@ -481,8 +481,6 @@ def _report_options(gui: Mapping[str, Any], args: Mapping[str, Any], origin: Map
             continue
         if opt in KOHYA_KEYS and opt in args:
             rep.map(key, _target(opt, args))
-        elif opt == "cache_text_encoder_outputs":
-            rep.map(key, "memory.cache_text_encoder_outputs")
     for key, opt in skipped_gui.items():
         if key not in rep.seen:
             rep.drop(key, _DROP_REASONS.get(opt, "no lorakit equivalent"))

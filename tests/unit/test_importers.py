@@ -457,3 +457,28 @@ def test_aitoolkit_family_from_model_name_and_file_header(tmp_path):
     assert aitoolkit_family({"name_or_path": "ostris/Flex.1-alpha", "arch": "flex1:tag"}, tmp_path)[0] == "flux1"
     fam, notes = aitoolkit_family({"name_or_path": "runwayml/my-model"}, tmp_path)
     assert fam == "sd15" and "ai-toolkit then trains SD 1.x" in notes[0]
+
+
+def test_kohya_ss_sd3_box_uses_its_own_encoder_fields(tmp_path):
+    """With the SD3 box ticked kohya_ss passes sd3_clip_l / sd3_t5xxl as clip_l / t5xxl (its clip_l / t5xxl fields
+    are the FLUX.1 ones) and sd3_cache_text_encoder_outputs as cache_text_encoder_outputs."""
+    from lorakit.config.kohya_ss_import import import_kohya_ss_gui
+
+    gui = {"LoRA_type": "Standard", "sd3_checkbox": True, "sdxl": False, "flux1_checkbox": False,
+           "pretrained_model_name_or_path": "/m/sd3.5_large.safetensors", "train_data_dir": "/data/img",
+           "sd3_clip_l": "/m/clip_l.safetensors", "sd3_t5xxl": "/m/t5xxl_fp16.safetensors",
+           "clip_g": "/m/clip_g.safetensors", "clip_l": "/m/flux_clip_l.safetensors", "t5xxl": "",
+           "sd3_cache_text_encoder_outputs": True, "flux1_cache_text_encoder_outputs": True, "network_dim": 8,
+           "network_alpha": 4, "learning_rate": 1e-4, "unet_lr": 1e-4, "text_encoder_lr": 0, "max_train_steps": 500,
+           "epoch": 1}
+    res = import_kohya_ss_gui(_write(tmp_path, gui))
+    doc = tomllib.loads(res.text)
+    assert doc["model"] == {"family": "sd3", "checkpoint": "/m/sd3.5_large.safetensors",
+                            "clip_l": "/m/clip_l.safetensors", "t5xxl": "/m/t5xxl_fp16.safetensors",
+                            "clip_g": "/m/clip_g.safetensors"}
+    assert doc["memory"]["cache_text_encoder_outputs"] is True
+    assert ("sd3_clip_l", "model.clip_l") in res.mapped and ("sd3_t5xxl", "model.t5xxl") in res.mapped
+    why = dict(res.dropped)
+    assert why["clip_l"] == "kohya_ss passes it only for flux1, not for sd3"
+    assert why["flux1_cache_text_encoder_outputs"] == "a setting of the flux1 box; this is a sd3 config"
+    assert {k for k, _ in res.mapped} | set(why) == set(gui)
