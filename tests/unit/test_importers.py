@@ -482,3 +482,26 @@ def test_kohya_ss_sd3_box_uses_its_own_encoder_fields(tmp_path):
     assert why["clip_l"] == "kohya_ss passes it only for flux1, not for sd3"
     assert why["flux1_cache_text_encoder_outputs"] == "a setting of the flux1 box; this is a sd3 config"
     assert {k for k, _ in res.mapped} | set(why) == set(gui)
+
+
+def test_the_base_model_files_header_wins_over_the_configs_flags(tmp_path):
+    """A local .safetensors base is asked what it is (header only): an SD 1.5 file under kohya_ss's sdxl box or
+    ai-toolkit's arch: sdxl is imported as sd15, with a note naming both."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lorakit.config.aitoolkit_import import aitoolkit_family
+    from lorakit.config.kohya_ss_import import import_kohya_ss_gui
+
+    base = tmp_path / "my_model.safetensors"  # the SGM layout with SD1's 768-wide cross-attention context
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 1, 1, dtype=torch.float16),
+               "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                   torch.zeros(8, 768, dtype=torch.float16)}, str(base))
+    gui = {"LoRA_type": "Standard", "sdxl": True, "pretrained_model_name_or_path": str(base),
+           "train_data_dir": "/data/img", "max_train_steps": 100}
+    res = import_kohya_ss_gui(_write(tmp_path, gui))
+    assert tomllib.loads(res.text)["model"]["family"] == "sd15"
+    assert res.notes[0] == f"the model boxes say sdxl, but {base} is a sd15 checkpoint (its header): model.family = " \
+                           "'sd15' was written"
+    fam, notes = aitoolkit_family({"arch": "sdxl", "name_or_path": str(base)}, tmp_path)
+    assert fam == "sd15" and notes[0].startswith("model.arch / flags say sdxl, but")
