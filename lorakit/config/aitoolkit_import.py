@@ -51,10 +51,6 @@ def _lookup(table: Mapping[str, str], what: str) -> Callable[[Any], Any]:
     return convert
 
 
-def _same(value: Any) -> Any:
-    return value
-
-
 # section → key → (lorakit key, conversion) or a reason it is not carried over
 _TRAIN: dict[str, Any] = {
     "steps": ("training.max_steps", int), "lr": ("optimizer.lr", float), "unet_lr": ("optimizer.lr", float),
