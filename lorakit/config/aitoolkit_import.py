@@ -426,6 +426,10 @@ def _datasets(sets: Any, walk: _Walk, path: Path, toml_path: Path) -> str:
         lines.append(f"resolution = {size}")
         for key, value in members[0][0].items():
             lines.append(f"{key} = {toml_value(value)}")
+        if any(group != members[0][0] for group, _ in members):
+            walk.notes.append(f"the datasets at resolution {size} differ in buckets / bucket_tolerance, which kohya's "
+                              f"dataset TOML sets once per resolution: the first one's ({members[0][0] or 'defaults'}) "
+                              "was written")
         for _, subset in members:
             lines.append("\n  [[datasets.subsets]]")
             lines += [f"  {key} = {toml_value(value)}" for key, value in subset.items()]
