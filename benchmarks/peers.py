@@ -549,8 +549,12 @@ def run_lorakit(rows: tuple[str, ...], steps: int, timeout: float) -> list[dict[
         try:
             proc = subprocess.run([sys.executable, str(HERE / "bench.py"), "--one", name, "--steps", str(steps),
                                    "--spawned", repr(t0)], capture_output=True, text=True, timeout=timeout, env=env)
-        except subprocess.TimeoutExpired:
-            out.append({"row": name, "error": f"timed out after {timeout:.0f} s"})
+        except subprocess.TimeoutExpired as exc:  # where it was: the last lines it printed
+            text = "\n".join(t.decode(errors="replace") if isinstance(t, bytes) else t
+                             for t in (exc.stdout, exc.stderr) if t)
+            tail = " / ".join(text.strip().splitlines()[-6:])
+            print(f"   {name}: last output: {tail}", flush=True)
+            out.append({"row": name, "error": f"timed out after {timeout:.0f} s", "tail": tail[-1500:]})
             continue
         lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
