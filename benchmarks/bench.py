@@ -293,7 +293,7 @@ ROWS: dict[str, dict[str, Any]] = {
     # kept, fp8 weights) toward the script's memory
     **{f"flux2-4b/scripttargets+fp8c+amb{int(a * 100)}+compile": {
         "family": "flux2", "size": "klein-4b", "gc": False, "fp8": True, "fp8c": True, "amb": a, "compile": "regions",
-        "phases": (True,), "module_ranks": SCRIPT_TARGETS} for a in (0.5, 0.7)},
+        "phases": (True,), "module_ranks": SCRIPT_TARGETS} for a in (0.5, 0.6, 0.7, 0.8, 0.9)},
     "flux2-4b/scripttargets+fp8c+nogc+compile": {"family": "flux2", "size": "klein-4b", "gc": False, "fp8": True,
                                                  "fp8c": True, "compile": "regions", "phases": (True,),
                                                  "module_ranks": SCRIPT_TARGETS},
