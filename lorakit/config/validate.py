@@ -18,7 +18,7 @@ from lorakit.config import schema
 from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, TABLE_MAX, FieldSpec, as_int, field_specs
 from lorakit.config.kohya_import import KOHYA_KEYS
 from lorakit.config.messages import BARE_KEY_RE, err, num, quote, seg, show, suggest
-from lorakit.config.resolution import resolution_wh
+from lorakit.config.resolution import resolution_wh, square_bucket_side
 from lorakit.config.schema import SECTIONS, Config
 from lorakit.config.toml_io import list_presets
 from lorakit.errors import ConfigError
@@ -496,6 +496,7 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         raise err("data.bucket_reso_steps",
                    f"must be a multiple of {step} for {cfg.model.family} (bucket sides must divide evenly through the "
                    f"VAE's and the model's down-sampling), got {d.bucket_reso_steps}")
+    _check_bucket_range(d)
     if not cfg.save.name.strip() or any(c in cfg.save.name for c in '/\\:\x00') or cfg.save.name in (".", ".."):
         raise err("save.name", f"must be a plain file name (no / \\ or :), got {show(cfg.save.name)}")
     if not _DEVICE_RE.match(t.device):
@@ -512,6 +513,21 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
             raise err(key, f"only has an effect with {needs}; remove it or set that too")
     _check_text_encoder_cache(cfg, explicit, notes)
     _check_training_options(cfg, explicit)
+
+
+def _check_bucket_range(d: Any) -> None:
+    """With buckets (and upscaling) the resolution's square bucket must lie between min_bucket_reso and
+    max_bucket_reso; said here, not after the dataset scan (a dataset TOML's own values are checked at its scan)."""
+    if d.config is not None or not d.enable_bucket or d.bucket_no_upscale:
+        return
+    side = square_bucket_side(resolution_wh(d.resolution), d.bucket_reso_steps)
+    res = show(d.resolution)
+    if side < d.min_bucket_reso:
+        raise err("data.resolution", f"{res} (square bucket {side}) is smaller than data.min_bucket_reso "
+                  f"({d.min_bucket_reso}); set data.min_bucket_reso to at most {side}, or raise data.resolution")
+    if side > d.max_bucket_reso:
+        raise err("data.resolution", f"{res} (square bucket {side}) is larger than data.max_bucket_reso "
+                  f"({d.max_bucket_reso}); set data.max_bucket_reso to at least {side}, or lower data.resolution")
 
 
 def _check_training_options(cfg: Config, explicit: set[str]) -> None:
