@@ -153,6 +153,7 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
     if d.get("keep_tokens") and not (d.get("shuffle_caption") or d.get("caption_tag_dropout_rate") or d.get("config")):
         d.pop("keep_tokens")
         skipped.append("keep_tokens")
+    _restarts(args, out, skipped)
     if "enable_bucket" not in args:  # sd-scripts' default is off: every image cropped to the resolution
         out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
@@ -162,6 +163,18 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             skipped.append("max_grad_norm")
         out.setdefault("optimizer", {})["max_grad_norm"] = 0.0
     return out, sorted(skipped)
+
+
+def _restarts(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipped: list[str]) -> None:
+    """sd-scripts' cosine_with_restarts with one cycle (lr_scheduler_num_cycles unset or 1, its default) is one cosine
+    decay: imported as "cosine". More cycles have no lorakit equivalent: left for the validation to refuse."""
+    if str(args.get("lr_scheduler", "")).lower() != "cosine_with_restarts":
+        return
+    cycles = args.get("lr_scheduler_num_cycles", 1)
+    if cycles in (None, "", 1):
+        out["optimizer"]["scheduler"] = "cosine"
+        if "lr_scheduler_num_cycles" in args:
+            skipped.remove("lr_scheduler_num_cycles")
 
 
 def _set(value: Any) -> bool:
@@ -214,6 +227,8 @@ _DROP_REASONS = {
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
     "learning_rate": "unet_lr is set and wins for the denoiser, as in sd-scripts (optimizer.lr = unet_lr)",
+    "lr_scheduler_num_cycles": "lorakit's schedules have no restarts (cosine_with_restarts with 1 cycle is "
+                               "imported as \"cosine\"); pick optimizer.scheduler \"cosine\" or \"cosine_with_min_lr\"",
     "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
 
@@ -258,11 +273,17 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                           f"{flat.get('network_module', 'missing')!r}, the base model "
                           f"{flat.get('pretrained_model_name_or_path', 'not given')!r}); pass --family, e.g. "
                           "--family sdxl, --family sd15 or --family flux1")
+    notes: list[str] = []
     mapped = [(k, _target(k, flat)) for k in flat if k in KOHYA_KEYS and k not in skipped]
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
+    if out.get("optimizer", {}).get("scheduler") == "cosine" and str(flat.get("lr_scheduler")).lower() == \
+            "cosine_with_restarts":
+        notes.append("lr_scheduler cosine_with_restarts with 1 cycle is one cosine decay: written as "
+                     "optimizer.scheduler = \"cosine\"")
+        if "lr_scheduler_num_cycles" in flat:
+            mapped.append(("lr_scheduler_num_cycles", "optimizer.scheduler"))
     dropped = dropped_first + [(k, _EMPTY if flat.get(k) == "" else _DROP_REASONS.get(k, "no lorakit equivalent"))
                                for k in skipped]
-    notes: list[str] = []
     if "enable_bucket" not in flat:
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "

@@ -212,6 +212,18 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
+# other tools' names for a choice: what to write instead (difflib's nearest name can be another schedule:
+# "cosine_with_restarts" is not "cosine_with_min_lr")
+_CHOICE_HINTS: dict[str, dict[str, str]] = {"optimizer.scheduler": {
+    "cosine_with_restarts": "lorakit's schedules have no restarts (sd-scripts' lr_scheduler_num_cycles has no lorakit "
+                            "key): use \"cosine\" (one cosine decay: cosine_with_restarts with 1 cycle) or "
+                            "\"cosine_with_min_lr\" (cosine down to optimizer.min_lr_ratio x optimizer.lr)",
+    "constant_with_warmup": "use \"constant\" (every schedule warms up over optimizer.warmup_steps)",
+    "cosine_with_warmup": "use \"cosine\" (every schedule warms up over optimizer.warmup_steps)",
+    "polynomial": "use \"linear\" (polynomial with lr_scheduler_power = 1); other powers are not offered",
+}}
+
+
 def _check_str(spec: FieldSpec, value: Any) -> str:
     key = spec.key
     choices = spec.meta.get("choices")
@@ -219,6 +231,8 @@ def _check_str(spec: FieldSpec, value: Any) -> str:
         if choices:
             hint = suggest(value, choices) if isinstance(value, str) else None
             extra = f"; did you mean {hint}?" if hint else ""
+            extra = f"; {_CHOICE_HINTS[key][value]}" if isinstance(value, str) and value in _CHOICE_HINTS.get(key, {}) \
+                else extra
             raise err(key, f"must be one of {', '.join(choices)}, got {show(value)}{extra}")
         what = "a path (string)" if spec.meta.get("kind") == "path" else "a string"
         raise err(key, f"must be {what}, got {show(value)}")
