@@ -71,3 +71,11 @@ def clear() -> None:
 
     forget()
     _keys.cache_clear()
+
+
+def text_encoder_lora(family: str) -> bool:
+    """Whether ``family`` offers ``network.train_text_encoder`` (its ``ModelSpec.text_encoder_lora``); False for a
+    family that is not installed."""
+    from lorakit.models.registry import get_family
+
+    return family in installed() and bool(getattr(get_family(family).SPEC, "text_encoder_lora", False))

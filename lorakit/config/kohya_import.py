@@ -143,6 +143,7 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             out.setdefault(section, {})[name] = convert(value)
         elif key not in _BUILT_IN and key != "network_module":
             skipped.append(key)
+    _text_encoder(args, out, skipped, fam)
     _unet_lr_wins(args, out, skipped)
     for epochs, steps in (("max_train_epochs", "max_train_steps"), ("save_every_n_epochs", "save_every_n_steps")):
         if args.get(epochs) and steps in args:  # issue 23: epochs win, as in sd-scripts
@@ -177,6 +178,34 @@ def _restarts(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipped: 
             skipped.remove("lr_scheduler_num_cycles")
 
 
+SD_SCRIPTS_DEFAULT_LR = 2e-6   # sd-scripts' --learning_rate default (library/train_util.py)
+
+
+def _text_encoder(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipped: list[str], fam: str | None) -> None:
+    """sd-scripts trains the text-encoder LoRA unless network_train_unet_only is set (train_network.py:
+    ``is_train_text_encoder = not args.network_train_unet_only``; FLUX.1 its CLIP-L, SD3 its CLIPs), at
+    text_encoder_lr, else learning_rate (whose default is 2e-6). Imported the same way where the family offers a
+    text-encoder LoRA; a text_encoder_lr of 0 trains none there (sd-scripts skips a group whose lr is 0)."""
+    from lorakit.config import families
+
+    if not _set(args.get("network_train_unet_only")) and fam and families.text_encoder_lora(fam):
+        out.setdefault("network", {})["train_text_encoder"] = True
+    net = out.get("network", {})
+    if not net.get("train_text_encoder"):
+        return
+    te_lr = args.get("text_encoder_lr")
+    if te_lr == 0 or (isinstance(te_lr, list) and te_lr and all(v == 0 for v in te_lr)):
+        net["train_text_encoder"] = False
+        net.pop("text_encoder_lr", None)
+        skipped.append("text_encoder_lr")
+        return
+    if not _set(te_lr) and _set(args.get("unet_lr")) and not _set(args.get("learning_rate")):
+        net["text_encoder_lr"] = SD_SCRIPTS_DEFAULT_LR
+    if out.get("memory", {}).get("cache_text_encoder_outputs"):
+        out["memory"].pop("cache_text_encoder_outputs")
+        skipped.append("cache_text_encoder_outputs")
+
+
 def _set(value: Any) -> bool:
     return value not in (None, "")
 
@@ -187,7 +216,7 @@ def _unet_lr_wins(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipp
     if not (_set(args.get("unet_lr")) and _set(args.get("learning_rate"))):
         return
     out["optimizer"]["lr"] = args["unet_lr"]
-    te_trained = args.get("network_train_unet_only") is False  # what lorakit writes as train_text_encoder = true
+    te_trained = out.get("network", {}).get("train_text_encoder") is True
     if te_trained and not _set(args.get("text_encoder_lr")) and args["learning_rate"] != args["unet_lr"]:
         out.setdefault("network", {})["text_encoder_lr"] = args["learning_rate"]
     else:
@@ -229,8 +258,29 @@ _DROP_REASONS = {
     "learning_rate": "unet_lr is set and wins for the denoiser, as in sd-scripts (optimizer.lr = unet_lr)",
     "lr_scheduler_num_cycles": "lorakit's schedules have no restarts (cosine_with_restarts with 1 cycle is "
                                "imported as \"cosine\"); pick optimizer.scheduler \"cosine\" or \"cosine_with_min_lr\"",
+    "text_encoder_lr": "0: sd-scripts trains no text-encoder LoRA then, so network.train_text_encoder = false",
+    "cache_text_encoder_outputs": "the text-encoder LoRA trains, so its outputs change every step: lorakit keeps the "
+                                  "text encoders loaded (set network_train_unet_only = true to cache them)",
     "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
+
+def _text_encoder_notes(flat: Mapping[str, Any], out: Mapping[str, Any], family: str) -> list[str]:
+    """What the import did about sd-scripts' default of training the text encoder (network_train_unet_only unset)."""
+    if _set(flat.get("network_train_unet_only")):
+        return []
+    net = out.get("network", {})
+    if net.get("train_text_encoder"):
+        lr = net.get("text_encoder_lr") or out.get("optimizer", {}).get("lr", "optimizer.lr")
+        why = (" (sd-scripts' default learning_rate: unet_lr is set, learning_rate is not)"
+               if net.get("text_encoder_lr") == SD_SCRIPTS_DEFAULT_LR and not _set(flat.get("text_encoder_lr")) else "")
+        return [f"network_train_unet_only is not set, so sd-scripts trains a LoRA on the text encoder too (its "
+                f"default): written as network.train_text_encoder = true, at lr {lr}{why}; set it to false to train "
+                "the denoiser only"]
+    if flat.get("text_encoder_lr") is not None and "text_encoder_lr" not in net:
+        return []
+    return [f"network_train_unet_only is not set (sd-scripts' default trains the text encoder too), but lorakit "
+            f"offers no text-encoder LoRA for {family}: the denoiser alone is trained"]
+
 
 def _refuse_json(path: Path) -> None:
     """kohya_ss's GUI saves its own JSON (keys like epoch, max_resolution, lr_warmup in percent), not sd-scripts'
@@ -288,6 +338,7 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
                      "(a dataset TOML's own enable_bucket still wins)")
+    notes += _text_encoder_notes(flat, out, family or out["model"]["family"])
     te_lr = flat.get("text_encoder_lr")
     if isinstance(te_lr, list) and len(set(te_lr)) > 1:
         notes.append(f"text_encoder_lr gives one lr per text encoder ({te_lr}); lorakit has one "

@@ -57,3 +57,63 @@ def test_kohya_cosine_with_restarts_of_one_cycle_imports_as_cosine(tmp_path):
                                           "lr_scheduler_num_cycles = 3\nnetwork_train_unet_only = true\n")
     assert "no restarts" in dict(dropped)["lr_scheduler_num_cycles"]
     assert any("refuses" in n and "optimizer.scheduler" in n and "no restarts" in n for n in notes)
+
+
+# ------------------------------------------------------------------------ kohya import: sd-scripts' TE default
+
+def test_kohya_without_unet_only_trains_the_text_encoder_as_sd_scripts(tmp_path):
+    """sd-scripts' train_network.py: is_train_text_encoder = not network_train_unet_only (store_true, default off)."""
+    text, _, _, notes = _kohya(tmp_path, "learning_rate = 1e-4\n")
+    cfg = load_config(data=__import__("tomllib").loads(text))
+    assert cfg.network.train_text_encoder is True and cfg.network.text_encoder_lr is None  # at optimizer.lr, 1e-4
+    assert any(n.startswith("network_train_unet_only is not set, so sd-scripts trains a LoRA on the text encoder too")
+               and "at lr 0.0001" in n for n in notes)
+    # unet_lr alone: sd-scripts trains the text encoder at its default learning_rate, 2e-6
+    text, _, _, notes = _kohya(tmp_path, "unet_lr = 1e-4\n")
+    cfg = load_config(data=__import__("tomllib").loads(text))
+    assert cfg.optimizer.lr == 1e-4 and cfg.network.text_encoder_lr == 2e-6
+    assert any("sd-scripts' default learning_rate" in n for n in notes)
+    # both: learning_rate reaches the text encoder
+    text, _, _, _ = _kohya(tmp_path, "unet_lr = 1e-4\nlearning_rate = 5e-5\n")
+    cfg = load_config(data=__import__("tomllib").loads(text))
+    assert (cfg.optimizer.lr, cfg.network.text_encoder_lr) == (1e-4, 5e-5)
+    # set: as written
+    text, _, _, notes = _kohya(tmp_path, "network_train_unet_only = true\n")
+    assert "train_text_encoder = false" in text and not any("network_train_unet_only" in n for n in notes)
+
+
+def test_kohya_without_unet_only_text_encoder_lr_zero_and_te_cache(tmp_path):
+    text, _, dropped, notes = _kohya(tmp_path, "text_encoder_lr = 0\n")
+    assert "train_text_encoder = false" in text and dict(dropped)["text_encoder_lr"].startswith("0: sd-scripts trains no")
+    assert not any("refuses" in n for n in notes)
+    text, _, dropped, notes = _kohya(tmp_path, "cache_text_encoder_outputs = true\n")
+    assert "train_text_encoder = true" in text and "cache_text_encoder_outputs" not in text
+    assert "keeps the text encoders loaded" in dict(dropped)["cache_text_encoder_outputs"]
+    assert not any("refuses" in n for n in notes)
+
+
+def test_kohya_without_unet_only_for_a_family_without_text_encoder_lora_says_so(tmp_path):
+    path = tmp_path / "k.toml"
+    path.write_text('pretrained_model_name_or_path = "/m/z.safetensors"\nnetwork_module = "networks.lora_zimage"\n'
+                    'train_data_dir = "/d"\n')
+    text, _, _, notes = import_kohya_files(path)
+    assert "train_text_encoder" not in text and not any("refuses" in n for n in notes)
+    assert any("offers no text-encoder LoRA for zimage: the denoiser alone is trained" in n for n in notes)
+
+
+def test_spec_text_encoder_lora_matches_what_each_family_refuses():
+    """ModelSpec.text_encoder_lora (read by the import) says what the family's own check says."""
+    import torch
+
+    from lorakit.models.registry import families, get_family
+
+    for name in families():
+        family = get_family(name)
+        cfg = load_config(data={"model": {"family": name, "checkpoint": "/m/x.safetensors"}, "data": {"dir": "/d"},
+                                "network": {"train_text_encoder": True}})
+        try:
+            family.Adapter.check_config(cfg, torch.device("cpu"))
+            refused = ""
+        except ConfigError as e:
+            refused = str(e)
+        assert family.SPEC.text_encoder_lora == (not refused.startswith("network.train_text_encoder")), (name, refused)
