@@ -135,7 +135,7 @@ def _prompts(cfg: Any) -> list[Any]:
                             cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None else cfg.sample.cfg_scale,
                             guidance=cfg.sample.guidance if cfg.model.family == "flux1" else None,
                             sampler=cfg.sample.sampler if cfg.model.family == "sdxl" else "flow-match euler")
-    return load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults)
+    return load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, spec.sample_multiple)
 
 
 def parameters_text(p: Any, seed: int, model: str) -> str:

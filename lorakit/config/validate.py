@@ -511,6 +511,12 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
                    f"must be a multiple of {step} for {cfg.model.family} (bucket sides must divide evenly through the "
                    f"VAE's and the model's down-sampling), got {d.bucket_reso_steps}")
     _check_bucket_range(d)
+    multiple = families.sample_multiple(cfg.model.family)
+    for key in ("width", "height"):
+        side = getattr(cfg.sample, key)
+        if side is not None and side % multiple:
+            raise err(f"sample.{key}", f"must be a multiple of {multiple} for {cfg.model.family} (the sampler's latent "
+                      f"grid), got {side}; use {max(multiple, round(side / multiple) * multiple)}")
     if not cfg.save.name.strip() or any(c in cfg.save.name for c in '/\\:\x00') or cfg.save.name in (".", ".."):
         raise err("save.name", f"must be a plain file name (no / \\ or :), got {show(cfg.save.name)}")
     if not _DEVICE_RE.match(t.device):

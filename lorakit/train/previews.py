@@ -26,11 +26,17 @@ class Previews:
     def __init__(self, cfg, spec, adapter, run: RunDir, device: torch.device, compute_dtype: torch.dtype,
                  watchdog, log: Callable[[str], None], resolution: Optional[tuple[int, int]] = None) -> None:
         w, h = resolution or resolution_wh(cfg.data.resolution)   # the run's (a data.config TOML's) over [data]'s
-        defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=cfg.sample.width or w,
-                                height=cfg.sample.height or h, steps=cfg.sample.steps, seed=cfg.sample.seed,
+        multiple = getattr(spec, "sample_multiple", 8)
+        width, height = cfg.sample.width or w, cfg.sample.height or h   # sample.* are checked at validation
+        sized = (max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple))
+        if sized != (width, height):  # a size that comes from data.resolution: rounded down, said once
+            log(f"note: previews are drawn at {sized[0]}x{sized[1]}: the training resolution {width}x{height} is not a "
+                f"multiple of {multiple}, which the sampler needs (set sample.width / sample.height to choose)")
+        defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=sized[0],
+                                height=sized[1], steps=cfg.sample.steps, seed=cfg.sample.seed,
                                 cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None
                                 else cfg.sample.cfg_scale)
-        self.prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults)
+        self.prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, multiple)
         self.cfg, self.adapter, self.run, self.device, self.dtype = cfg, adapter, run, device, compute_dtype
         self.watchdog, self.log = watchdog, log
         self.metrics = None

@@ -117,3 +117,44 @@ def test_spec_text_encoder_lora_matches_what_each_family_refuses():
         except ConfigError as e:
             refused = str(e)
         assert family.SPEC.text_encoder_lora == (not refused.startswith("network.train_text_encoder")), (name, refused)
+
+
+# ------------------------------------------------------------------------------------------ sample sizes
+
+def test_sample_size_not_a_multiple_of_the_family_s_is_refused_once_for_every_family():
+    from lorakit.models.registry import get_family
+
+    assert (get_family("sdxl").SPEC.sample_multiple, get_family("sd15").SPEC.sample_multiple,
+            get_family("flux1").SPEC.sample_multiple) == (32, 64, 16)
+    assert _refused(sample={"width": 1000}) == ("sample.width: must be a multiple of 32 for sdxl (the sampler's "
+                                                "latent grid), got 1000; use 992")
+    msg = _refused(model={"family": "flux1"}, sample={"height": 1010})
+    assert msg.startswith("sample.height: must be a multiple of 16 for flux1") and msg.endswith("use 1008")
+    assert _load(model={"family": "flux1"}, sample={"height": 1008}).sample.height == 1008
+    # a prompt's --w / --h: the same rule, naming the line
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import parse_prompt
+
+    with pytest.raises(ConfigError) as info:
+        parse_prompt("a cat --w 1000", SamplePrompt(prompt=""), "p.txt:3", multiple=32)
+    assert str(info.value) == ("p.txt:3: --w in 'a cat --w 1000' must be a multiple of 32 between 32 and 16384 (the "
+                               "sampler's latent grid), got 1000; use 992")
+    assert parse_prompt("a cat --w 992 --h 1024", SamplePrompt(prompt=""), multiple=32).width == 992
+
+
+def test_previews_round_a_default_size_from_the_resolution_with_a_note(tmp_path):
+    from types import SimpleNamespace
+
+    from lorakit.models.registry import get_family
+    from lorakit.train.previews import Previews
+
+    cfg = _load(data={"resolution": 1000}, sample={"prompts": ["a cat", "a dog --w 512"]})
+    logged: list[str] = []
+    pv = Previews(cfg, get_family("sdxl").SPEC, None, SimpleNamespace(), None, None, None, logged.append)
+    assert [(p.width, p.height) for p in pv.prompts] == [(992, 992), (512, 992)]
+    assert logged == ["note: previews are drawn at 992x992: the training resolution 1000x1000 is not a multiple of "
+                      "32, which the sampler needs (set sample.width / sample.height to choose)"]
+    logged.clear()
+    Previews(_load(data={"resolution": 1024}), get_family("sdxl").SPEC, None, SimpleNamespace(), None, None, None,
+             logged.append)
+    assert logged == []
