@@ -158,3 +158,89 @@ def test_previews_round_a_default_size_from_the_resolution_with_a_note(tmp_path)
     Previews(_load(data={"resolution": 1024}), get_family("sdxl").SPEC, None, SimpleNamespace(), None, None, None,
              logged.append)
     assert logged == []
+
+
+# ------------------------------------------------------------------------------------------ prompt files
+
+def _prompts(tmp_path: Path, name: str, data: bytes | str, inline=()):
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import load_prompts
+
+    path = tmp_path / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return load_prompts(list(inline), str(path), SamplePrompt(prompt="", width=512, height=512), 16)
+
+
+def _prompt_error(tmp_path: Path, name: str, data: bytes | str) -> str:
+    with pytest.raises(ConfigError) as info:
+        _prompts(tmp_path, name, data)
+    return str(info.value)
+
+
+def test_prompt_file_in_utf16_is_read_and_undecodable_or_huge_ones_are_one_line(tmp_path):
+    got = _prompts(tmp_path, "p.txt", "a zkx café --d 3\n".encode("utf-16"))   # Notepad's "Unicode" (BOM)
+    assert [(p.prompt, p.seed) for p in got] == [("a zkx café", 3)]
+    msg = _prompt_error(tmp_path, "p.txt", "a zkx caf\xe9\n".encode("latin-1"))
+    assert msg.startswith("sample.prompts_file: ") and msg.endswith("is not UTF-8 (nor UTF-16 with a BOM) text; save "
+                                                                    "it as UTF-8")
+    msg = _prompt_error(tmp_path, "p.txt", b"a zkx\n" * 200_000)
+    assert msg.endswith("is 1.1 MiB, not a prompt file (a few lines of text, at most 1 MiB); check the path")
+    assert _prompts(tmp_path, "p.toml", "[[prompts]]\nprompt = 'a'\n".encode("utf-16"))[0].prompt == "a"
+
+
+def test_prompt_file_without_a_prompt_is_refused_not_silently_empty(tmp_path):
+    msg = _prompt_error(tmp_path, "p.txt", "# only a comment\n\n")
+    assert msg.endswith("holds no prompt (only blank or # lines); write one prompt per line, or remove the key")
+    assert "holds no prompt (no [[prompts]] table)" in _prompt_error(tmp_path, "p.toml", "")
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import load_prompts
+
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_prompts([], str(tmp_path), SamplePrompt(prompt=""))
+
+
+def test_prompt_toml_in_sd_scripts_layout_or_with_other_tables_is_refused(tmp_path):
+    kohya = '[prompt]\nwidth = 1024\n[[prompt.subset]]\nprompt = "a zkx"\n'
+    msg = _prompt_error(tmp_path, "p.toml", kohya)
+    assert "is in sd-scripts' [prompt] / [[prompt.subset]] layout; lorakit reads [[prompts]] tables" in msg
+    msg = _prompt_error(tmp_path, "p.toml", '[[prompt]]\nprompt = "a"\n[[prompts]]\nprompt = "b"\n')
+    assert msg.endswith("only [[prompts]] tables are read, got prompt")
+
+
+@pytest.mark.parametrize("table, expect", [
+    ('width = "big"', "prompts[0].width needs a whole number, got 'big'"),
+    ("width = 1000", "prompts[0].width must be a multiple of 16 between 16 and 16384"),
+    ("steps = 0", "prompts[0].steps (steps) must be between 1 and 1000, got 0"),
+    ("seed = -1", "prompts[0].seed (seed) must be a whole number ≥ 0, got -1"),
+    ("seed = 1.5", "prompts[0].seed needs a whole number, got 1.5"),
+    ("cfg_scale = true", "prompts[0].cfg_scale needs a number, got True"),
+    ("sampler = 3", "prompts[0].sampler must be text, got 3"),
+    ("negative_prompt = ['x']", "prompts[0].negative_prompt must be text"),
+])
+def test_prompt_toml_values_are_checked_as_the_sample_keys(tmp_path, table, expect):
+    msg = _prompt_error(tmp_path, "p.toml", f'[[prompts]]\nprompt = "a zkx"\n{table}\n')
+    assert expect in msg and msg.startswith("sample.prompts_file: ")
+    msg = _prompt_error(tmp_path, "p.toml", "[[prompts]]\nprompt = 5\n")
+    assert msg.endswith("prompts[0].prompt must be text, got 5")
+
+
+@pytest.mark.parametrize("flags, expect", [("--s 0", "(steps) must be between 1 and 1000, got 0"),
+                                           ("--d -1", "(seed) must be a whole number ≥ 0, got -1"),
+                                           ("--l -2", "must be between 0 and 100, got -2.0"),
+                                           ("--w 0", "must be a multiple of 16 between 16 and 16384"),
+                                           ("--s 2.5", "needs a whole number, got '2.5'")])
+def test_prompt_flag_values_out_of_range_are_refused(flags, expect):
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import parse_prompt
+
+    with pytest.raises(ConfigError) as info:
+        parse_prompt(f"a zkx {flags}", SamplePrompt(prompt=""), "sample.prompts[0]", 16)
+    assert str(info.value).startswith("sample.prompts[0]: --") and expect in str(info.value)
+
+
+def test_prompt_flags_are_read_in_any_case_as_sd_scripts_does():
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import parse_prompt
+
+    p = parse_prompt("a zkx --W 768 --H 512 --D 4 --N blurry --SS euler", SamplePrompt(prompt=""), multiple=16)
+    assert (p.prompt, p.width, p.height, p.seed, p.negative, p.sampler) == ("a zkx", 768, 512, 4, "blurry", "euler")
