@@ -37,6 +37,11 @@ class Previews:
                                 cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None
                                 else cfg.sample.cfg_scale)
         self.prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, multiple)
+        every = cfg.sample.every_n_steps
+        if not self.prompts and (every or cfg.sample.at_start):  # was silent: a preset's every_n_steps drew nothing
+            what = f"no samples every {every} steps, no before/after grid" if every else "no before/after grid"
+            log(f"note: no previews are drawn ({what}): set sample.prompts or sample.prompts_file, e.g. "
+                "sample.prompts = [\"a photo of <trigger> ...\"]")
         self.cfg, self.adapter, self.run, self.device, self.dtype = cfg, adapter, run, device, compute_dtype
         self.watchdog, self.log = watchdog, log
         self.metrics = None

@@ -155,7 +155,7 @@ def test_previews_round_a_default_size_from_the_resolution_with_a_note(tmp_path)
     assert logged == ["note: previews are drawn at 992x992: the training resolution 1000x1000 is not a multiple of "
                       "32, which the sampler needs (set sample.width / sample.height to choose)"]
     logged.clear()
-    Previews(_load(data={"resolution": 1024}), get_family("sdxl").SPEC, None, SimpleNamespace(), None, None, None,
+    Previews(_load(data={"resolution": 1024}, sample={"prompts": ["a"]}), get_family("sdxl").SPEC, None, SimpleNamespace(), None, None, None,
              logged.append)
     assert logged == []
 
@@ -244,3 +244,37 @@ def test_prompt_flags_are_read_in_any_case_as_sd_scripts_does():
 
     p = parse_prompt("a zkx --W 768 --H 512 --D 4 --N blurry --SS euler", SamplePrompt(prompt=""), multiple=16)
     assert (p.prompt, p.width, p.height, p.seed, p.negative, p.sampler) == ("a zkx", 768, 512, 4, "blurry", "euler")
+
+
+# ------------------------------------------------------------------------- notes said before training
+
+def test_previews_without_prompts_say_so_once(tmp_path):
+    from types import SimpleNamespace
+
+    from lorakit.models.registry import get_family
+    from lorakit.train.previews import Previews
+
+    logged: list[str] = []
+    Previews(_load(sample={"every_n_steps": 250}), get_family("sdxl").SPEC, None, SimpleNamespace(), None, None,
+             None, logged.append)
+    assert logged == ["note: no previews are drawn (no samples every 250 steps, no before/after grid): set "
+                      "sample.prompts or sample.prompts_file, e.g. sample.prompts = [\"a photo of <trigger> ...\"]"]
+    logged.clear()
+    Previews(_load(sample={"prompts": ["a zkx"]}), get_family("sdxl").SPEC, None, SimpleNamespace(), None, None,
+             None, logged.append)
+    assert logged == []
+
+
+def test_lorakit_train_prints_the_config_notes_before_training(tmp_path, monkeypatch, capsys):
+    """cfg_notes (e.g. memory.cache_text_encoder_outputs turned off) were printed by `config show` only."""
+    import lorakit.train.loop as loop
+    from lorakit.cli import main
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda cfg, **kw: seen.append(cfg))
+    run = tmp_path / "run.toml"
+    run.write_text('[model]\nfamily = "sdxl"\ncheckpoint = "/m/x.safetensors"\n[data]\ndir = "/d"\nshuffle_caption = '
+                   f'true\n[save]\ndir = "{tmp_path.as_posix()}"\n')
+    assert main(["train", str(run)]) == 0 and seen
+    out = capsys.readouterr().out
+    assert "note: memory.cache_text_encoder_outputs: turned off because data.shuffle_caption makes" in out
