@@ -278,3 +278,33 @@ def test_lorakit_train_prints_the_config_notes_before_training(tmp_path, monkeyp
     assert main(["train", str(run)]) == 0 and seen
     out = capsys.readouterr().out
     assert "note: memory.cache_text_encoder_outputs: turned off because data.shuffle_caption makes" in out
+
+
+# -------------------------------------------------------------------------------- package: preview settings
+
+def test_package_previews_name_the_family_s_sampler_and_the_drawn_size(tmp_path):
+    """SD 1.5 previews were labelled 'Sampler: flow-match euler' (only sdxl was named) and sized from data.resolution."""
+    import json
+
+    from PIL import Image
+
+    from lorakit.cli import main
+    from lorakit.config.load import dump_toml
+    from tests.unit.test_lora_publish import _run_dir
+
+    run = _run_dir(tmp_path)
+    cfg = {"model": {"family": "sd15", "checkpoint": "/m/v1-5-pruned-emaonly.safetensors"},
+           "data": {"dir": "/d", "resolution": 512}, "save": {"name": "ohwx"},
+           "sample": {"prompts": ["ohwx woman, portrait --d 7", "ohwx woman on a bike"], "sampler": "dpmpp_2m"}}
+    (run / "config.toml").write_text(dump_toml(cfg))
+    meta = run / "ohwx.safetensors"
+    from safetensors.torch import load_file, safe_open, save_file
+
+    with safe_open(str(meta), "pt") as f:
+        md = {**f.metadata(), "modelspec.architecture": "stable-diffusion-v1/lora", "ss_base_model_version": "sd_v1"}
+    save_file(load_file(str(meta)), meta, metadata=md)
+    assert main(["package", str(run), "-o", str(tmp_path / "pkg")]) == 0
+    with Image.open(tmp_path / "pkg" / "preview_00.png") as im:
+        params, settings = im.text["parameters"], json.loads(im.text["lorakit"])
+    assert "Sampler: dpmpp_2m" in params and settings["sampler"] == "dpmpp_2m"
+    assert "Size: 16x16" in params and (settings["width"], settings["height"]) == (16, 16)   # as drawn
