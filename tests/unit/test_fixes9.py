@@ -308,3 +308,47 @@ def test_package_previews_name_the_family_s_sampler_and_the_drawn_size(tmp_path)
         params, settings = im.text["parameters"], json.loads(im.text["lorakit"])
     assert "Sampler: dpmpp_2m" in params and settings["sampler"] == "dpmpp_2m"
     assert "Size: 16x16" in params and (settings["width"], settings["height"]) == (16, 16)   # as drawn
+
+
+# ------------------------------------------------------------------------------------------------ captioning
+
+def test_caption_thresholds_and_generation_lengths_out_of_range_are_refused(tmp_path, capsys):
+    from PIL import Image
+
+    from lorakit.cli import main
+
+    (tmp_path / "plain").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "plain" / "a.png")
+    for args, expect in ((["--captioner", "wd14", "--general-threshold", "35"],
+                          "--general-threshold: a probability in (0, 1], e.g. 0.35, got 35"),
+                         (["--captioner", "wd14", "--character-threshold", "0"],
+                          "--character-threshold: a probability in (0, 1], e.g. 0.35, got 0"),
+                         (["--captioner", "toy", "--max-new-tokens", "0"], "--max-new-tokens: must be at least 1, got 0"),
+                         (["--captioner", "toy", "--num-beams", "-1"], "--num-beams: must be at least 1, got -1")):
+        assert main(["caption", str(tmp_path / "plain"), "--model", str(tmp_path / "none"), *args]) == 2
+        assert expect in capsys.readouterr().err
+    assert not list((tmp_path / "plain").glob("*.txt"))
+
+
+def test_a_captioner_answering_for_fewer_images_fails_the_batch_and_writes_nothing(tmp_path):
+    from PIL import Image
+
+    from lorakit.caption.run import caption_dataset, list_targets
+    from lorakit.caption.text import TextOptions
+
+    for i in range(3):
+        Image.new("RGB", (16, 16), (i * 60, 0, 0)).save(tmp_path / f"{i}.png")
+
+    class Short:
+        name, kind = "short", "sentence"
+
+        def caption(self, images):
+            return ["a red square"] * (len(images) - 1)
+
+    targets, progress, _ = list_targets(tmp_path)
+    summary = caption_dataset(targets, Short(), TextOptions(trigger="zkx"), progress_file=progress, batch_size=3,
+                              log=lambda s: None)
+    assert [o.status for o in summary.outcomes] == ["failed"] * 3   # was: KeyError (a traceback)
+    assert summary.outcomes[0].reason == ("captioner error: 2 caption(s) for 3 image(s) in this batch; none written "
+                                          "(try --batch-size 1)")
+    assert not list(tmp_path.glob("*.txt"))
