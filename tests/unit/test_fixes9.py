@@ -352,3 +352,39 @@ def test_a_captioner_answering_for_fewer_images_fails_the_batch_and_writes_nothi
     assert summary.outcomes[0].reason == ("captioner error: 2 caption(s) for 3 image(s) in this batch; none written "
                                           "(try --batch-size 1)")
     assert not list(tmp_path.glob("*.txt"))
+
+
+def test_a_blacklist_tag_the_tagger_does_not_have_is_refused_with_the_nearest(tmp_path):
+    from lorakit.caption.tagger import TagOptions, WD14Tagger
+    from tests.unit.caption_models import build_tagger
+
+    folder = build_tagger(tmp_path / "wd14")
+    with pytest.raises(ConfigError) as info:
+        WD14Tagger(folder, TagOptions(blacklist=("1girl", "red theme", "simple_backgrund")))
+    csv_path = folder / "selected_tags.csv"
+    assert str(info.value) == (f"--blacklist: 'simple backgrund' is not a tag of this tagger ({csv_path}); did you "
+                               "mean 'simple background'?")
+    assert WD14Tagger(folder, TagOptions(blacklist=("1girl", "Red_Theme")))._black == {"1girl", "red theme"}
+
+
+def test_class_without_trigger_keeps_the_folder_s_trigger_in_front():
+    from lorakit.caption.text import TextOptions, finish
+
+    lead = "ohwx woman"
+    assert finish("a woman in a red coat", TextOptions(class_word="woman"), "sentence", lead=lead).text == \
+        "ohwx woman, a woman in a red coat"                               # was: "woman, a woman in a red coat"
+    assert finish(["smile", "red coat"], TextOptions(class_word="person"), "tags", lead=lead).text == \
+        "ohwx woman person, smile, red coat"
+    assert finish(["smile"], TextOptions(trigger="zkx", class_word="woman"), "tags", lead=lead).text == \
+        "zkx woman, smile"
+    assert finish(["smile"], TextOptions(class_word="woman"), "tags").text == "woman, smile"   # a plain folder
+
+
+def test_toy_captioner_with_a_wrong_model_path_says_to_leave_it_out(tmp_path):
+    from lorakit.caption.backends import load_captioner
+    from lorakit.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError) as info:
+        load_captioner("toy", tmp_path / "nope", device="cpu")
+    assert str(info.value) == (f"--model: {tmp_path / 'nope'} not found; --captioner toy uses the toy captioner "
+                               "lorakit ships (leave --model out)")
