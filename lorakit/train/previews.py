@@ -108,9 +108,9 @@ def labelled_grid(rows: list[list[tuple["Image.Image", str]]]) -> "Image.Image":
     caption (wrapped) in a band under it."""
     from PIL import Image, ImageDraw, ImageFont
 
-    w, h = rows[0][0][0].size
-    k = max(1, math.ceil(CELL_MIN / min(w, h)))
-    cw, ch = w * k, h * k
+    sizes = [img.size for row in rows for img, _ in row]   # prompts may have their own --w/--h: no cell is squashed
+    k = max(1, math.ceil(CELL_MIN / min(min(w, h) for w, h in sizes)))
+    cw, ch = max(w for w, _ in sizes) * k, max(h for _, h in sizes) * k
     font = ImageFont.load_default()
     chars = max(16, cw // 7)
 
@@ -127,7 +127,8 @@ def labelled_grid(rows: list[list[tuple["Image.Image", str]]]) -> "Image.Image":
     for r, row in enumerate(rows):
         for c, (img, _) in enumerate(row):
             x, y = c * cw, r * (ch + band)
-            grid.paste(img.convert("RGB").resize((cw, ch), Image.NEAREST), (x, y))
+            w, h = img.size[0] * k, img.size[1] * k
+            grid.paste(img.convert("RGB").resize((w, h), Image.NEAREST), (x + (cw - w) // 2, y + (ch - h) // 2))
             draw.multiline_text((x + 4, y + ch + 3), "\n".join(next(it)), fill="black", font=font, spacing=2)
     return grid
 
@@ -146,8 +147,9 @@ def before_after_grid(run: RunDir, name: str, n: int, prompts: Optional[list[Sam
         out = []
         for i, f in enumerate(files):
             img = Image.open(f)
-            prompt = prompts[i] if prompts and i < len(prompts) else SamplePrompt(
-                prompt=img.info.get("prompt", ""), seed=int(img.info.get("seed", 0) or 0))
+            own = img.info.get("prompt")   # what drew it (a resume may have changed sample.prompts since "before")
+            prompt = SamplePrompt(prompt=own, seed=int(img.info.get("seed", 0) or 0)) if own is not None else (
+                prompts[i] if prompts and i < len(prompts) else SamplePrompt(prompt="", seed=0))
             step = img.info.get("step")
             out.append((img, caption(prompt, f"{label}" + (f" (step {step})" if step else ""))))
         return out

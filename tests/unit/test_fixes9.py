@@ -388,3 +388,43 @@ def test_toy_captioner_with_a_wrong_model_path_says_to_leave_it_out(tmp_path):
         load_captioner("toy", tmp_path / "nope", device="cpu")
     assert str(info.value) == (f"--model: {tmp_path / 'nope'} not found; --captioner toy uses the toy captioner "
                                "lorakit ships (leave --model out)")
+
+
+# ------------------------------------------------------------------------------------------ preview grids
+
+def test_grid_cells_of_other_sizes_keep_their_aspect(tmp_path):
+    from PIL import Image
+
+    from lorakit.train.previews import labelled_grid
+
+    wide, tall = Image.new("RGB", (128, 64), (255, 0, 0)), Image.new("RGB", (64, 128), (0, 0, 255))
+    grid = labelled_grid([[(wide, "a\nwide"), (tall, "b\ntall")]])
+    k = 4                                                    # 64 px sides enlarged to CELL_MIN (256)
+    assert grid.width == 2 * 128 * k                         # boxes of the largest width and height
+    assert grid.getpixel((2, 128 * k // 2)) == (255, 0, 0)   # the wide one spans its box's width ...
+    assert grid.getpixel((128 * k // 2, 5)) == (255, 255, 255)   # ... and is centred in its height (not stretched)
+    assert grid.getpixel((128 * k + 10, 128 * k // 2)) == (255, 255, 255)   # the tall one is centred in its width
+    assert grid.getpixel((128 * k + 64 * k, 128 * k // 2)) == (0, 0, 255)
+
+
+def test_before_after_grid_labels_each_image_with_its_own_prompt(tmp_path):
+    """A resume may change sample.prompts: the 'before' row is labelled with what drew it, not today's prompts."""
+    from lorakit.train.previews import before_after_grid
+    from tests.unit.test_preview_grids import previews
+
+    pv = previews(tmp_path)
+    pv.draw(0, tag="before")
+    pv.draw(20, tag="after")
+    labels: list[str] = []
+    import lorakit.train.previews as previews_module
+
+    real = previews_module.labelled_grid
+    try:
+        previews_module.labelled_grid = lambda rows: (labels.extend(t for row in rows for _, t in row), real(rows))[1]
+        from lorakit.models.base import SamplePrompt
+
+        before_after_grid(pv.run, "toy", 2, [SamplePrompt(prompt="edited later", seed=1)] * 2)
+    finally:
+        previews_module.labelled_grid = real
+    assert labels[0] == "before (step 0) · seed 3\na red zkx on a blue background"
+    assert labels[3] == "after (step 20) · seed 5\na zkx at night"
