@@ -139,7 +139,8 @@ def _prompts(cfg: Any) -> list[Any]:
                             else None,   # the families that take these keys say so (was: flux1 / sdxl by name)
                             sampler=cfg.sample.sampler if cfg.model.family in families.applies_to("sample.sampler")
                             else "flow-match euler")
-    return load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, spec.sample_multiple)
+    return load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, spec.sample_multiple,
+                        cfg.model.family)
 
 
 def parameters_text(p: Any, seed: int, model: str) -> str:

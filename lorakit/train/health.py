@@ -240,7 +240,8 @@ def preview_count(cfg, multiple: int = 8) -> int:
 
     if not (cfg.sample.prompts or cfg.sample.prompts_file):
         return 0
-    return len(load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, SamplePrompt(prompt=""), multiple))
+    return len(load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, SamplePrompt(prompt=""), multiple,
+                            getattr(cfg.model, "family", None)))
 
 
 def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:

@@ -36,7 +36,7 @@ class Previews:
                                 height=sized[1], steps=cfg.sample.steps, seed=cfg.sample.seed,
                                 cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None
                                 else cfg.sample.cfg_scale)
-        self.prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, multiple)
+        self.prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, multiple, cfg.model.family)
         every = cfg.sample.every_n_steps
         if not self.prompts and (every or cfg.sample.at_start):  # was silent: a preset's every_n_steps drew nothing
             what = f"no samples every {every} steps, no before/after grid" if every else "no before/after grid"

@@ -53,11 +53,28 @@ def _value(attr: str, value, what: str, multiple: int):
     return x
 
 
+def _honoured(attr: str, value, what: str, family: Optional[str]) -> None:
+    """--g / --ss (guidance, sampler) only for the families that take sample.guidance / sample.sampler, and a sampler
+    among sample.sampler's choices; ``family`` None: not checked (a caller that knows no family)."""
+    if family is None or attr not in ("guidance", "sampler"):
+        return
+    from lorakit.config import families
+    from lorakit.config.load import field_specs
+
+    takes = families.applies_to(f"sample.{attr}")
+    if family not in takes:
+        raise ConfigError(f"{what}: {family}'s previews take no {attr} (only {', '.join(takes)} do); remove it")
+    choices = field_specs()["sample"][attr].meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{what}: the sampler must be one of {', '.join(choices)}, got {value!r}")
+
+
 _FLAG_ATTR = {"n": "negative", "w": "width", "h": "height", "s": "steps", "d": "seed", "l": "cfg_scale",
               "g": "guidance", "ss": "sampler"}
 
 
-def parse_prompt(line: str, defaults: SamplePrompt, where: str = "sample.prompts", multiple: int = 8) -> SamplePrompt:
+def parse_prompt(line: str, defaults: SamplePrompt, where: str = "sample.prompts", multiple: int = 8,
+                 family: Optional[str] = None) -> SamplePrompt:
     """One kohya-syntax prompt line → SamplePrompt (unset flags keep ``defaults``). ``multiple``: what --w / --h
     must be a multiple of (the family's ``ModelSpec.sample_multiple``)."""
     parts = _FLAG.split(" " + line.strip())
@@ -71,7 +88,9 @@ def parse_prompt(line: str, defaults: SamplePrompt, where: str = "sample.prompts
                 float(value)
             except ValueError:
                 raise ConfigError(f"{where}: --{flag} needs a number, got {value!r} in {line!r}") from None
-        setattr(p, attr, _value(attr, value, f"{where}: --{flag.lower()} in {line!r}", multiple))
+        what = f"{where}: --{flag.lower()} in {line!r}"
+        setattr(p, attr, _value(attr, value, what, multiple))
+        _honoured(attr, getattr(p, attr), what, family)
     if not text:
         raise ConfigError(f"{where}: empty prompt in {line!r}")
     for piece in [text, *parts[2::2]]:  # walk8: `--seed 3` stayed in the prompt text, and the seed was the default
@@ -107,7 +126,7 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"sample.prompts_file: cannot read {path} ({exc.strerror or exc})") from None
 
 
-def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int) -> list[SamplePrompt]:
+def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int, family: Optional[str]) -> list[SamplePrompt]:
     try:
         doc = tomllib.loads(_read_text(path))
     except tomllib.TOMLDecodeError as exc:
@@ -128,30 +147,32 @@ def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int) -> list[Sam
                               f"{', '.join(sorted(_TOML_KEYS))} (got {', '.join(sorted(table))})")
         if not isinstance(table["prompt"], str):
             raise ConfigError(f"sample.prompts_file: {path}: prompts[{i}].prompt must be text, got {table['prompt']!r}")
-        p = parse_prompt(table["prompt"], defaults, f"{path}: prompts[{i}]", multiple)
+        p = parse_prompt(table["prompt"], defaults, f"{path}: prompts[{i}]", multiple, family)
         for key, attr in (("negative_prompt", "negative"), ("width", "width"), ("height", "height"),
                           ("steps", "steps"), ("seed", "seed"), ("cfg_scale", "cfg_scale"),
                           ("guidance", "guidance"), ("sampler", "sampler")):
             if key in table:
-                setattr(p, attr, _value(attr, table[key], f"sample.prompts_file: {path}: prompts[{i}].{key}",
-                                        multiple))
+                what = f"sample.prompts_file: {path}: prompts[{i}].{key}"
+                setattr(p, attr, _value(attr, table[key], what, multiple))
+                _honoured(attr, getattr(p, attr), what, family)
         out.append(p)
     return out
 
 
 def load_prompts(prompts: list[str], prompts_file: Optional[str], defaults: SamplePrompt,
-                 multiple: int = 8) -> list[SamplePrompt]:
-    """All preview prompts of a run: the inline list, then the file's (a file without one prompt is refused)."""
-    out = [parse_prompt(line, defaults, f"sample.prompts[{i}]", multiple) for i, line in enumerate(prompts)]
+                 multiple: int = 8, family: Optional[str] = None) -> list[SamplePrompt]:
+    """All preview prompts of a run: the inline list, then the file's (a file without one prompt is refused).
+    ``family``: --g / --ss are refused where its previews ignore them."""
+    out = [parse_prompt(line, defaults, f"sample.prompts[{i}]", multiple, family) for i, line in enumerate(prompts)]
     if prompts_file:
         path = Path(prompts_file)
         if not path.is_file():
             raise ConfigError(f"sample.prompts_file: {path} "
                               f"{'is a folder, not a file' if path.is_dir() else 'does not exist'}")
         if path.suffix.lower() == ".toml":
-            found = _toml_prompts(path, defaults, multiple)
+            found = _toml_prompts(path, defaults, multiple, family)
         else:
-            found = [parse_prompt(line, defaults, f"{path}:{n}", multiple)
+            found = [parse_prompt(line, defaults, f"{path}:{n}", multiple, family)
                      for n, line in enumerate(_read_text(path).splitlines(), 1)
                      if line.strip() and not line.lstrip().startswith("#")]
         if not found:

@@ -428,3 +428,24 @@ def test_before_after_grid_labels_each_image_with_its_own_prompt(tmp_path):
         previews_module.labelled_grid = real
     assert labels[0] == "before (step 0) · seed 3\na red zkx on a blue background"
     assert labels[3] == "after (step 20) · seed 5\na zkx at night"
+
+
+def test_guidance_and_sampler_flags_are_refused_where_the_family_s_previews_ignore_them(tmp_path):
+    from lorakit.models.base import SamplePrompt
+    from lorakit.train.sampling import load_prompts, parse_prompt
+
+    d = SamplePrompt(prompt="")
+    with pytest.raises(ConfigError) as info:
+        parse_prompt("a zkx --ss dpmpp_2m", d, "p.txt:1", 16, "flux1")
+    assert str(info.value) == ("p.txt:1: --ss in 'a zkx --ss dpmpp_2m': flux1's previews take no sampler (only sd15, "
+                               "sdxl do); remove it")
+    with pytest.raises(ConfigError, match=r"--g in 'a zkx --g 3.5': sdxl's previews take no guidance \(only flux1, "):
+        parse_prompt("a zkx --g 3.5", d, "p.txt:1", 32, "sdxl")
+    with pytest.raises(ConfigError, match=r"the sampler must be one of euler, dpmpp_2m, got 'ddim'"):
+        parse_prompt("a zkx --ss ddim", d, "p.txt:1", 32, "sdxl")
+    assert parse_prompt("a zkx --ss dpmpp_2m", d, "p.txt:1", 32, "sdxl").sampler == "dpmpp_2m"
+    assert parse_prompt("a zkx --g 2.5", d, "p.txt:1", 16, "flux1").guidance == 2.5
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[prompts]]\nprompt = "a zkx"\nsampler = "euler"\n')
+    with pytest.raises(ConfigError, match=r"prompts\[0\]\.sampler: zimage's previews take no sampler"):
+        load_prompts([], str(toml), d, 16, "zimage")
