@@ -233,6 +233,7 @@ def cmd_train(args) -> int:
                                f"names (nothing was changed); to train into another folder, copy {run_dir} there and "
                                "resume the copy")
         cfg = load_config(cfg_path, overrides)
+        _print_notes(cfg)
         if (launched := _launch(args, cfg, run_dir)) is not None:
             return launched
         train(cfg, resume=True, force=args.force_resume, run_dir=run_dir)  # DIR itself, wherever it now lives
@@ -240,10 +241,21 @@ def cmd_train(args) -> int:
     if not args.config:
         raise LorakitError("train: give a run.toml (or --resume DIR)")
     cfg = load_config(args.config, args.overrides)
+    _print_notes(cfg)
     if (launched := _launch(args, cfg, Path(cfg.save.dir) / cfg.save.name)) is not None:
         return launched
     train(cfg)
     return 0
+
+
+def _print_notes(cfg) -> None:
+    """What the loader adapted (memory.cache_text_encoder_outputs turned off, …): said before training, once (rank 0
+    or a single process), as `lorakit config show` says it."""
+    from lorakit.config.load import cfg_notes
+
+    if os.environ.get("RANK", "0") == "0":
+        for note in cfg_notes(cfg):
+            print(f"note: {note}", flush=True)
 
 
 def _launch(args, cfg, run_dir: Path) -> Optional[int]:

@@ -9,6 +9,7 @@ no path from the user's machine is written, only folder and file names.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -123,6 +124,7 @@ def _previews(run_dir: Path, name: str, label: str) -> list[tuple[Path, int, int
 
 
 def _prompts(cfg: Any) -> list[Any]:
+    from lorakit.config import families
     from lorakit.models.base import SamplePrompt
     from lorakit.models.registry import get_family
     from lorakit.train.sampling import load_prompts
@@ -133,9 +135,12 @@ def _prompts(cfg: Any) -> list[Any]:
                             height=cfg.sample.height or int(res[1]), steps=cfg.sample.steps or spec.default_sample_steps,
                             seed=cfg.sample.seed,
                             cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None else cfg.sample.cfg_scale,
-                            guidance=cfg.sample.guidance if cfg.model.family == "flux1" else None,
-                            sampler=cfg.sample.sampler if cfg.model.family == "sdxl" else "flow-match euler")
-    return load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults)
+                            guidance=cfg.sample.guidance if cfg.model.family in families.applies_to("sample.guidance")
+                            else None,   # the families that take these keys say so (was: flux1 / sdxl by name)
+                            sampler=cfg.sample.sampler if cfg.model.family in families.applies_to("sample.sampler")
+                            else "flow-match euler")
+    return load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, spec.sample_multiple,
+                        cfg.model.family)
 
 
 def parameters_text(p: Any, seed: int, model: str) -> str:
@@ -218,7 +223,10 @@ def package_run(run_dir: Path, out: Optional[Path] = None, *, step: Optional[int
     for i, (src, idx, seed) in enumerate(_previews(run_dir, cfg.save.name, label)):
         if idx >= len(prompts):
             raise LorakitError(f"{src.name}: prompt {idx} is not in the run's config (it lists {len(prompts)})")
-        p = prompts[idx]
+        from PIL import Image
+
+        with Image.open(src) as drawn:  # the size it was drawn at (the run's resolution, rounded to the sampler's grid)
+            p = dataclasses.replace(prompts[idx], width=drawn.width, height=drawn.height)
         dst = out / f"preview_{i:02d}.png"
         settings = {"prompt": p.prompt, "negative_prompt": p.negative, "seed": seed, "steps": p.steps,
                     "cfg_scale": p.cfg_scale, "guidance": p.guidance, "sampler": p.sampler,

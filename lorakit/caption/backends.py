@@ -19,6 +19,9 @@ def load_captioner(name: str, model: Optional[str | Path] = None, *, device: Opt
     if name == "toy":
         from lorakit.caption.toy import TOY_CAPTIONER
 
+        if model is not None and not Path(model).expanduser().exists():
+            raise ModelLoadError(f"--model: {model} not found; --captioner toy uses the toy captioner lorakit ships "
+                                 "(leave --model out)")
         name, model = "blip", model or TOY_CAPTIONER
     if name not in CAPTIONERS:
         raise ModelLoadError(f"--captioner: {name!r} is not one of {', '.join(CAPTIONERS)}")

@@ -69,6 +69,12 @@ def captioner_options(args) -> dict:
     for k, d in defaults.items():
         if k not in own and getattr(args, k) != d:
             raise ConfigError(f"--{k.replace('_', '-')}: not an option of the {name} captioner")
+    for k in ("general_threshold", "character_threshold"):  # a percentage (35) selected no tag: captions of the lead
+        if not 0.0 < getattr(args, k) <= 1.0:
+            raise ConfigError(f"--{k.replace('_', '-')}: a probability in (0, 1], e.g. 0.35, got {getattr(args, k):g}")
+    for k in ("max_new_tokens", "num_beams"):  # 0 failed every image with transformers' error, one by one
+        if getattr(args, k) is not None and getattr(args, k) < 1:
+            raise ConfigError(f"--{k.replace('_', '-')}: must be at least 1, got {getattr(args, k)}")
     if name == "wd14":
         return {"general_threshold": args.general_threshold, "character_threshold": args.character_threshold,
                 "blacklist": tuple(b for b in args.blacklist.split(",") if b.strip()),

@@ -251,6 +251,11 @@ def _caption_batch(batch: list[Target], captioner: Captioner, opts: TextOptions,
             for t in ok:
                 outcomes[t.image] = Outcome(rel(t.image), "failed", f"captioner error: {msg}")
             ok = []
+    if len(raws) != len(ok):  # a back-end that dropped or added an answer: no caption is matched to the wrong image
+        for t in ok:
+            outcomes[t.image] = Outcome(rel(t.image), "failed", f"captioner error: {len(raws)} caption(s) for "
+                                        f"{len(ok)} image(s) in this batch; none written (try --batch-size 1)")
+        ok = []
     for t, raw in zip(ok, raws):
         done = finish(raw, opts, captioner.kind, count_tokens, lead=t.lead)
         if not done.text.strip():

@@ -9,6 +9,7 @@ probability ≥ ``general_threshold``, character tags ≥ ``character_threshold`
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from lorakit.caption.base import require
-from lorakit.errors import ModelLoadError
+from lorakit.errors import ConfigError, ModelLoadError
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
 WHERE = ("a SmilingWolf WD14 tagger folder: model.onnx + selected_tags.csv, "
@@ -92,6 +93,11 @@ class WD14Tagger:
             raise ModelLoadError(f"{folder / 'selected_tags.csv'}: {len(self.tags)} tags but model.onnx outputs "
                                  f"{width}; the CSV belongs to another model")
         black = {b.strip().lower().replace("_", " ") for b in self.options.blacklist if b.strip()}
+        known = {name.lower().replace("_", " ") for name, _ in self.tags}
+        for tag in sorted(black - known):  # a misspelt tag removed nothing, silently
+            near = difflib.get_close_matches(tag, sorted(known), n=1, cutoff=0.75)
+            raise ConfigError(f"--blacklist: {tag!r} is not a tag of this tagger ({folder / 'selected_tags.csv'})"
+                              + (f"; did you mean {near[0]!r}?" if near else ""))
         self._black = black
 
     def preprocess(self, image: Image.Image) -> np.ndarray:

@@ -62,12 +62,20 @@ def to_sentence(raw: Raw) -> str:
     return " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
 
 
+def _head(trigger: str, class_word: str, lead: str) -> str:
+    """What leads the caption: ``trigger class``; without --trigger a kohya folder's class tokens (``ohwx woman``),
+    with --class added when they lack it (--class alone dropped the folder's trigger from every caption)."""
+    if trigger or not lead:
+        return " ".join(p for p in (trigger, class_word) if p)
+    return lead if not class_word or has_word(lead, class_word) else f"{lead} {class_word}"
+
+
 def finish(raw: Raw, opts: TextOptions, kind: Mode, count_tokens: Optional[Callable[[str], int]] = None,
            lead: str = "") -> Finished:
     """The caption text. ``lead`` is the folder's class tokens, used when no trigger/class is given."""
     mode = opts.mode or kind
     trigger = opts.trigger.strip()
-    head = " ".join(p for p in (trigger, opts.class_word.strip()) if p) or lead.strip()
+    head = _head(trigger, opts.class_word.strip(), lead.strip())
     body: list[str] = to_tags(raw) if mode == "tags" else [to_sentence(raw)] if to_sentence(raw) else []
     if trigger and opts.replace:
         for word in opts.replace:

@@ -71,3 +71,19 @@ def clear() -> None:
 
     forget()
     _keys.cache_clear()
+
+
+def text_encoder_lora(family: str) -> bool:
+    """Whether ``family`` offers ``network.train_text_encoder`` (its ``ModelSpec.text_encoder_lora``); False for a
+    family that is not installed."""
+    from lorakit.models.registry import get_family
+
+    return family in installed() and bool(getattr(get_family(family).SPEC, "text_encoder_lora", False))
+
+
+def sample_multiple(family: str) -> int:
+    """What ``family``'s preview sizes must be multiples of (its ``ModelSpec.sample_multiple``); 8 for a family that
+    is not installed (the loader refuses that family itself)."""
+    from lorakit.models.registry import get_family
+
+    return int(getattr(get_family(family).SPEC, "sample_multiple", 8)) if family in installed() else 8

@@ -139,6 +139,7 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             out.setdefault(section, {})[name] = convert(value)
         elif key not in _BUILT_IN and key != "network_module":
             skipped.append(key)
+    _text_encoder(args, out, skipped, fam)
     _unet_lr_wins(args, out, skipped)
     for epochs, steps in (("max_train_epochs", "max_train_steps"), ("save_every_n_epochs", "save_every_n_steps")):
         if args.get(epochs) and steps in args:  # issue 23: epochs win, as in sd-scripts
@@ -149,6 +150,7 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
     if d.get("keep_tokens") and not (d.get("shuffle_caption") or d.get("caption_tag_dropout_rate") or d.get("config")):
         d.pop("keep_tokens")
         skipped.append("keep_tokens")
+    _restarts(args, out, skipped)
     if "enable_bucket" not in args:  # sd-scripts' default is off: every image cropped to the resolution
         out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
@@ -158,6 +160,46 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
             skipped.append("max_grad_norm")
         out.setdefault("optimizer", {})["max_grad_norm"] = 0.0
     return out, sorted(skipped)
+
+
+def _restarts(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipped: list[str]) -> None:
+    """sd-scripts' cosine_with_restarts with one cycle (lr_scheduler_num_cycles unset or 1, its default) is one cosine
+    decay: imported as "cosine". More cycles have no lorakit equivalent: left for the validation to refuse."""
+    if str(args.get("lr_scheduler", "")).lower() != "cosine_with_restarts":
+        return
+    cycles = args.get("lr_scheduler_num_cycles", 1)
+    if cycles in (None, "", 1):
+        out["optimizer"]["scheduler"] = "cosine"
+        if "lr_scheduler_num_cycles" in args:
+            skipped.remove("lr_scheduler_num_cycles")
+
+
+SD_SCRIPTS_DEFAULT_LR = 2e-6   # sd-scripts' --learning_rate default (library/train_util.py)
+
+
+def _text_encoder(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipped: list[str], fam: str | None) -> None:
+    """sd-scripts trains the text-encoder LoRA unless network_train_unet_only is set (train_network.py:
+    ``is_train_text_encoder = not args.network_train_unet_only``; FLUX.1 its CLIP-L, SD3 its CLIPs), at
+    text_encoder_lr, else learning_rate (whose default is 2e-6). Imported the same way where the family offers a
+    text-encoder LoRA; a text_encoder_lr of 0 trains none there (sd-scripts skips a group whose lr is 0)."""
+    from lorakit.config import families
+
+    if not _set(args.get("network_train_unet_only")) and fam and families.text_encoder_lora(fam):
+        out.setdefault("network", {})["train_text_encoder"] = True
+    net = out.get("network", {})
+    if not net.get("train_text_encoder"):
+        return
+    te_lr = args.get("text_encoder_lr")
+    if te_lr == 0 or (isinstance(te_lr, list) and te_lr and all(v == 0 for v in te_lr)):
+        net["train_text_encoder"] = False
+        net.pop("text_encoder_lr", None)
+        skipped.append("text_encoder_lr")
+        return
+    if not _set(te_lr) and _set(args.get("unet_lr")) and not _set(args.get("learning_rate")):
+        net["text_encoder_lr"] = SD_SCRIPTS_DEFAULT_LR
+    if out.get("memory", {}).get("cache_text_encoder_outputs"):
+        out["memory"].pop("cache_text_encoder_outputs")
+        skipped.append("cache_text_encoder_outputs")
 
 
 def _set(value: Any) -> bool:
@@ -170,7 +212,7 @@ def _unet_lr_wins(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipp
     if not (_set(args.get("unet_lr")) and _set(args.get("learning_rate"))):
         return
     out["optimizer"]["lr"] = args["unet_lr"]
-    te_trained = args.get("network_train_unet_only") is False  # what lorakit writes as train_text_encoder = true
+    te_trained = out.get("network", {}).get("train_text_encoder") is True
     if te_trained and not _set(args.get("text_encoder_lr")) and args["learning_rate"] != args["unet_lr"]:
         out.setdefault("network", {})["text_encoder_lr"] = args["learning_rate"]
     else:
@@ -210,8 +252,31 @@ _DROP_REASONS = {
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
     "learning_rate": "unet_lr is set and wins for the denoiser, as in sd-scripts (optimizer.lr = unet_lr)",
+    "lr_scheduler_num_cycles": "lorakit's schedules have no restarts (cosine_with_restarts with 1 cycle is "
+                               "imported as \"cosine\"); pick optimizer.scheduler \"cosine\" or \"cosine_with_min_lr\"",
+    "text_encoder_lr": "0: sd-scripts trains no text-encoder LoRA then, so network.train_text_encoder = false",
+    "cache_text_encoder_outputs": "the text-encoder LoRA trains, so its outputs change every step: lorakit keeps the "
+                                  "text encoders loaded (set network_train_unet_only = true to cache them)",
     "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
+
+def _text_encoder_notes(flat: Mapping[str, Any], out: Mapping[str, Any], family: str) -> list[str]:
+    """What the import did about sd-scripts' default of training the text encoder (network_train_unet_only unset)."""
+    if _set(flat.get("network_train_unet_only")):
+        return []
+    net = out.get("network", {})
+    if net.get("train_text_encoder"):
+        lr = net.get("text_encoder_lr") or out.get("optimizer", {}).get("lr", "optimizer.lr")
+        why = (" (sd-scripts' default learning_rate: unet_lr is set, learning_rate is not)"
+               if net.get("text_encoder_lr") == SD_SCRIPTS_DEFAULT_LR and not _set(flat.get("text_encoder_lr")) else "")
+        return [f"network_train_unet_only is not set, so sd-scripts trains a LoRA on the text encoder too (its "
+                f"default): written as network.train_text_encoder = true, at lr {lr}{why}; set it to false to train "
+                "the denoiser only"]
+    if flat.get("text_encoder_lr") is not None and "text_encoder_lr" not in net:
+        return []
+    return [f"network_train_unet_only is not set (sd-scripts' default trains the text encoder too), but lorakit "
+            f"offers no text-encoder LoRA for {family}: the denoiser alone is trained"]
+
 
 def _refuse_json(path: Path) -> None:
     """kohya_ss's GUI saves its own JSON (keys like epoch, max_resolution, lr_warmup in percent), not sd-scripts'
@@ -258,15 +323,22 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                           f"{flat.get('network_module', 'missing')!r}, the base model "
                           f"{flat.get('pretrained_model_name_or_path', 'not given')!r}); pass --family, e.g. "
                           "--family sdxl, --family sd15 or --family flux1")
+    notes: list[str] = []
     mapped = [(k, _target(k, flat)) for k in flat if k in KOHYA_KEYS and k not in skipped]
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
+    if out.get("optimizer", {}).get("scheduler") == "cosine" and str(flat.get("lr_scheduler")).lower() == \
+            "cosine_with_restarts":
+        notes.append("lr_scheduler cosine_with_restarts with 1 cycle is one cosine decay: written as "
+                     "optimizer.scheduler = \"cosine\"")
+        if "lr_scheduler_num_cycles" in flat:
+            mapped.append(("lr_scheduler_num_cycles", "optimizer.scheduler"))
     dropped = dropped_first + [(k, _EMPTY if flat.get(k) == "" else _DROP_REASONS.get(k, "no lorakit equivalent"))
                                for k in skipped]
-    notes: list[str] = []
     if "enable_bucket" not in flat:
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
                      "(a dataset TOML's own enable_bucket still wins)")
+    notes += _text_encoder_notes(flat, out, family or out["model"]["family"])
     te_lr = flat.get("text_encoder_lr")
     if isinstance(te_lr, list) and len(set(te_lr)) > 1:
         notes.append(f"text_encoder_lr gives one lr per text encoder ({te_lr}); lorakit has one "

@@ -27,3 +27,11 @@ def resolution_wh(value: Any, key: str = "data.resolution", *, minimum: int = 1,
     raise ConfigError(f"{key}: must be an integer ≥ {minimum} (square side) or [width, height] with integers ≥ "
                       f"{minimum}{bound}, got {show(value)}")
 
+
+
+def square_bucket_side(wh: tuple[int, int], step: int) -> int:
+    """The side of the resolution's square bucket: ``floor(√(w·h) / step)·step`` (kohya's rule, lorakit.data.buckets);
+    with buckets on it must lie between data.min_bucket_reso and data.max_bucket_reso."""
+    import math
+
+    return math.isqrt(wh[0] * wh[1]) // step * step

@@ -18,7 +18,7 @@ from lorakit.config import schema
 from lorakit.config.fields import INDICES_RE, LIST_RULES, TABLE_KEYS, TABLE_MAX, FieldSpec, as_int, field_specs
 from lorakit.config.kohya_import import KOHYA_KEYS
 from lorakit.config.messages import BARE_KEY_RE, err, num, quote, seg, show, suggest
-from lorakit.config.resolution import resolution_wh
+from lorakit.config.resolution import resolution_wh, square_bucket_side
 from lorakit.config.schema import SECTIONS, Config
 from lorakit.config.toml_io import list_presets
 from lorakit.errors import ConfigError
@@ -212,6 +212,18 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
     return value
 
 
+# other tools' names for a choice: what to write instead (difflib's nearest name can be another schedule:
+# "cosine_with_restarts" is not "cosine_with_min_lr")
+_CHOICE_HINTS: dict[str, dict[str, str]] = {"optimizer.scheduler": {
+    "cosine_with_restarts": "lorakit's schedules have no restarts (sd-scripts' lr_scheduler_num_cycles has no lorakit "
+                            "key): use \"cosine\" (one cosine decay: cosine_with_restarts with 1 cycle) or "
+                            "\"cosine_with_min_lr\" (cosine down to optimizer.min_lr_ratio x optimizer.lr)",
+    "constant_with_warmup": "use \"constant\" (every schedule warms up over optimizer.warmup_steps)",
+    "cosine_with_warmup": "use \"cosine\" (every schedule warms up over optimizer.warmup_steps)",
+    "polynomial": "use \"linear\" (polynomial with lr_scheduler_power = 1); other powers are not offered",
+}}
+
+
 def _check_str(spec: FieldSpec, value: Any) -> str:
     key = spec.key
     choices = spec.meta.get("choices")
@@ -219,6 +231,8 @@ def _check_str(spec: FieldSpec, value: Any) -> str:
         if choices:
             hint = suggest(value, choices) if isinstance(value, str) else None
             extra = f"; did you mean {hint}?" if hint else ""
+            extra = f"; {_CHOICE_HINTS[key][value]}" if isinstance(value, str) and value in _CHOICE_HINTS.get(key, {}) \
+                else extra
             raise err(key, f"must be one of {', '.join(choices)}, got {show(value)}{extra}")
         what = "a path (string)" if spec.meta.get("kind") == "path" else "a string"
         raise err(key, f"must be {what}, got {show(value)}")
@@ -496,6 +510,13 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         raise err("data.bucket_reso_steps",
                    f"must be a multiple of {step} for {cfg.model.family} (bucket sides must divide evenly through the "
                    f"VAE's and the model's down-sampling), got {d.bucket_reso_steps}")
+    _check_bucket_range(d)
+    multiple = families.sample_multiple(cfg.model.family)
+    for key in ("width", "height"):
+        side = getattr(cfg.sample, key)
+        if side is not None and side % multiple:
+            raise err(f"sample.{key}", f"must be a multiple of {multiple} for {cfg.model.family} (the sampler's latent "
+                      f"grid), got {side}; use {max(multiple, round(side / multiple) * multiple)}")
     if not cfg.save.name.strip() or any(c in cfg.save.name for c in '/\\:\x00') or cfg.save.name in (".", ".."):
         raise err("save.name", f"must be a plain file name (no / \\ or :), got {show(cfg.save.name)}")
     if not _DEVICE_RE.match(t.device):
@@ -512,6 +533,21 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
             raise err(key, f"only has an effect with {needs}; remove it or set that too")
     _check_text_encoder_cache(cfg, explicit, notes)
     _check_training_options(cfg, explicit)
+
+
+def _check_bucket_range(d: Any) -> None:
+    """With buckets (and upscaling) the resolution's square bucket must lie between min_bucket_reso and
+    max_bucket_reso; said here, not after the dataset scan (a dataset TOML's own values are checked at its scan)."""
+    if d.config is not None or not d.enable_bucket or d.bucket_no_upscale:
+        return
+    side = square_bucket_side(resolution_wh(d.resolution), d.bucket_reso_steps)
+    res = show(d.resolution)
+    if side < d.min_bucket_reso:
+        raise err("data.resolution", f"{res} (square bucket {side}) is smaller than data.min_bucket_reso "
+                  f"({d.min_bucket_reso}); set data.min_bucket_reso to at most {side}, or raise data.resolution")
+    if side > d.max_bucket_reso:
+        raise err("data.resolution", f"{res} (square bucket {side}) is larger than data.max_bucket_reso "
+                  f"({d.max_bucket_reso}); set data.max_bucket_reso to at least {side}, or lower data.resolution")
 
 
 def _check_training_options(cfg: Config, explicit: set[str]) -> None:

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from lorakit.config.resolution import resolution_wh as parse_resolution  # noqa: F401  (the data/ name)
+from lorakit.config.resolution import square_bucket_side
 from lorakit.errors import ConfigError
 
 
@@ -63,7 +64,7 @@ def validate(settings: BucketSettings, divisibility: int, key_prefix: str = "dat
     """All checks of one group's bucket settings (divisibility, min ≤ square side ≤ max)."""
     check_divisibility(settings, divisibility, key_prefix)
     if settings.enable_bucket and not settings.no_upscale:
-        side = _snap(math.isqrt(settings.area), settings.step)
+        side = square_bucket_side(settings.resolution, settings.step)
         if settings.min_reso > settings.max_reso:
             raise ConfigError(f"{key_prefix}.min_bucket_reso: {settings.min_reso} is larger than "
                               f"max_bucket_reso {settings.max_reso}")

@@ -107,6 +107,13 @@ class ModelSpec:
     cfg_batched: bool = True
     # the family's name as people write it ("SDXL", "FLUX.2", "SD 1.5"): labels in the web UI; "" = ``family``
     display_name: str = ""
+    # network.train_text_encoder is offered (a LoRA on the text encoder(s), kohya's lora_te*_ keys); False: the family
+    # trains its denoiser only (and refuses the key). `lorakit import kohya` reads it to follow sd-scripts' default
+    text_encoder_lora: bool = False
+    # preview sizes (sample.width / sample.height, a prompt's --w / --h) must be multiples of this: the VAE's down-
+    # sampling times the denoiser's (patch size, or the U-Net's levels: SDXL 32, SD 1.5 64). Checked once, by the config
+    # validation and the prompt parser; a default size from data.resolution is rounded down to it with a note
+    sample_multiple: int = 16
     # the names ``network.module_ranks`` takes for this family (FLUX.1: "img_attn", ..., Z-Image: "attn", "ffn"); the
     # config layer checks a run's table against its family's names (lorakit/config/families.py); () = none
     module_types: tuple[str, ...] = ()

@@ -231,7 +231,7 @@ def unwritable(folder) -> Optional[str]:
     return None
 
 
-def preview_count(cfg) -> int:
+def preview_count(cfg, multiple: int = 8) -> int:
     """How many preview prompts the run draws (sample.prompts and sample.prompts_file), each parsed as the previews
     will parse it: a bad prompt line or file stops the run at the scan, before minutes of model loading (walk8: a
     wrong flag such as ``--seed 3`` was refused only after the model had loaded)."""
@@ -240,7 +240,8 @@ def preview_count(cfg) -> int:
 
     if not (cfg.sample.prompts or cfg.sample.prompts_file):
         return 0
-    return len(load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, SamplePrompt(prompt="")))
+    return len(load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, SamplePrompt(prompt=""), multiple,
+                            getattr(cfg.model, "family", None)))
 
 
 def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
@@ -260,7 +261,8 @@ def check_disk(cfg, run, dataset, spec, lora_params: int = 0) -> None:
     lat = spec.latent_channels * (w // spec.vae_downscale) * (h // spec.vae_downscale) * 4
     n = len(dataset.items) * (2 if any(s.flip_aug for s in dataset.subsets) else 1)
     ckpt = lora_params * (2 + 4 * 3)  # the exported file (16-bit) + fp32 weights and two optimizer moments
-    need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (preview_count(cfg) + 1) * 4
+    previews = preview_count(cfg, getattr(spec, "sample_multiple", 8))   # a bad prompt line is refused here too
+    need = ckpt * (cfg.save.keep_last + 1) + 2e6 * (previews + 1) * 4
     caches = n * lat * 1.2 + len(dataset.items) * 2e6  # latents, and text-encoder outputs (T5: ~1.5 MB a caption)
     for folder, gib, what in disk_needs([(run.root, need, f"{cfg.save.keep_last} checkpoints, samples"),
                                                 (cache_root, caches, "caches")]):

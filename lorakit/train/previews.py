@@ -26,11 +26,22 @@ class Previews:
     def __init__(self, cfg, spec, adapter, run: RunDir, device: torch.device, compute_dtype: torch.dtype,
                  watchdog, log: Callable[[str], None], resolution: Optional[tuple[int, int]] = None) -> None:
         w, h = resolution or resolution_wh(cfg.data.resolution)   # the run's (a data.config TOML's) over [data]'s
-        defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=cfg.sample.width or w,
-                                height=cfg.sample.height or h, steps=cfg.sample.steps, seed=cfg.sample.seed,
+        multiple = getattr(spec, "sample_multiple", 8)
+        width, height = cfg.sample.width or w, cfg.sample.height or h   # sample.* are checked at validation
+        sized = (max(multiple, width // multiple * multiple), max(multiple, height // multiple * multiple))
+        if sized != (width, height):  # a size that comes from data.resolution: rounded down, said once
+            log(f"note: previews are drawn at {sized[0]}x{sized[1]}: the training resolution {width}x{height} is not a "
+                f"multiple of {multiple}, which the sampler needs (set sample.width / sample.height to choose)")
+        defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=sized[0],
+                                height=sized[1], steps=cfg.sample.steps, seed=cfg.sample.seed,
                                 cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None
                                 else cfg.sample.cfg_scale)
-        self.prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults)
+        self.prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, multiple, cfg.model.family)
+        every = cfg.sample.every_n_steps
+        if not self.prompts and (every or cfg.sample.at_start):  # was silent: a preset's every_n_steps drew nothing
+            what = f"no samples every {every} steps, no before/after grid" if every else "no before/after grid"
+            log(f"note: no previews are drawn ({what}): set sample.prompts or sample.prompts_file, e.g. "
+                "sample.prompts = [\"a photo of <trigger> ...\"]")
         self.cfg, self.adapter, self.run, self.device, self.dtype = cfg, adapter, run, device, compute_dtype
         self.watchdog, self.log = watchdog, log
         self.metrics = None
@@ -97,9 +108,9 @@ def labelled_grid(rows: list[list[tuple["Image.Image", str]]]) -> "Image.Image":
     caption (wrapped) in a band under it."""
     from PIL import Image, ImageDraw, ImageFont
 
-    w, h = rows[0][0][0].size
-    k = max(1, math.ceil(CELL_MIN / min(w, h)))
-    cw, ch = w * k, h * k
+    sizes = [img.size for row in rows for img, _ in row]   # prompts may have their own --w/--h: no cell is squashed
+    k = max(1, math.ceil(CELL_MIN / min(min(w, h) for w, h in sizes)))
+    cw, ch = max(w for w, _ in sizes) * k, max(h for _, h in sizes) * k
     font = ImageFont.load_default()
     chars = max(16, cw // 7)
 
@@ -116,7 +127,8 @@ def labelled_grid(rows: list[list[tuple["Image.Image", str]]]) -> "Image.Image":
     for r, row in enumerate(rows):
         for c, (img, _) in enumerate(row):
             x, y = c * cw, r * (ch + band)
-            grid.paste(img.convert("RGB").resize((cw, ch), Image.NEAREST), (x, y))
+            w, h = img.size[0] * k, img.size[1] * k
+            grid.paste(img.convert("RGB").resize((w, h), Image.NEAREST), (x + (cw - w) // 2, y + (ch - h) // 2))
             draw.multiline_text((x + 4, y + ch + 3), "\n".join(next(it)), fill="black", font=font, spacing=2)
     return grid
 
@@ -135,8 +147,9 @@ def before_after_grid(run: RunDir, name: str, n: int, prompts: Optional[list[Sam
         out = []
         for i, f in enumerate(files):
             img = Image.open(f)
-            prompt = prompts[i] if prompts and i < len(prompts) else SamplePrompt(
-                prompt=img.info.get("prompt", ""), seed=int(img.info.get("seed", 0) or 0))
+            own = img.info.get("prompt")   # what drew it (a resume may have changed sample.prompts since "before")
+            prompt = SamplePrompt(prompt=own, seed=int(img.info.get("seed", 0) or 0)) if own is not None else (
+                prompts[i] if prompts and i < len(prompts) else SamplePrompt(prompt="", seed=0))
             step = img.info.get("step")
             out.append((img, caption(prompt, f"{label}" + (f" (step {step})" if step else ""))))
         return out

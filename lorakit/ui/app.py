@@ -356,19 +356,22 @@ def _dataset_events(gr, state: UIState, u) -> None:
     def check(root_text, resolution):
         import dataclasses
 
-        from lorakit.config.load import load_config
+        from lorakit.config.load import field_specs, load_config
         from lorakit.data.buckets import parse_resolution
         from lorakit.data.scan import scan_dataset
 
         try:
             root = state.roots.check(root_text, "Dataset folder")
             # the data section as the CLI reads it (resolution and buckets validated with its messages)
-            data = load_config(None, [f"data.resolution={(resolution or '').strip() or 1024}"],
+            # loaded with the smallest buckets (a small resolution is valid here), then the default 256 unless the
+            # resolution is smaller: buckets down to it (64 px steps)
+            data = load_config(None, [f"data.resolution={(resolution or '').strip() or 1024}",
+                                      "data.min_bucket_reso=64"],
                                data={"model": {"family": fm.DEFAULT_FAMILY, "checkpoint": "unused.safetensors"},
                                      "data": {"dir": str(root)}}).data
             side = min(parse_resolution(data.resolution))
-            if side < data.min_bucket_reso:  # a small training resolution: buckets down to it (64 px steps)
-                data = dataclasses.replace(data, min_bucket_reso=max(64, side // 64 * 64))
+            default_min = field_specs()["data"]["min_bucket_reso"].default
+            data = dataclasses.replace(data, min_bucket_reso=min(default_min, max(64, side // 64 * 64)))
             dataset = scan_dataset(data, divisibility=64)
             report = dataset.report
             rows = ds.problem_files(report.problems)

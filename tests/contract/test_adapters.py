@@ -33,7 +33,8 @@ def loaded(request, tmp_path_factory):
     if "tokenizer" in paths:
         model["tokenizer_dir"] = str(paths["tokenizer"])
     (folder / "data").mkdir()
-    cfg = load_config(None, data={"model": model, "data": {"dir": str(folder / "data"), "resolution": 64},
+    cfg = load_config(None, data={"model": model, "data": {"dir": str(folder / "data"), "resolution": 64,
+                                                                           "min_bucket_reso": 64},
                                   "network": {"rank": 4, "alpha": 2.0},
                                   "training": {"mixed_precision": "no", "device": "cpu"}})
     adapter = get_family(family).Adapter(cfg)

@@ -204,7 +204,7 @@ def test_registered_family_keys_are_honoured_and_others_refused(tmp_path, with_t
     assert sorted(config_families.applies_to("training.guidance_scale")) == list(_listing("training.guidance_scale"))
     assert "tinydit" not in _listing("training.guidance_scale")
     model = {"family": "tinydit", "checkpoint": str(tmp_path / "x.safetensors")}
-    base = {"model": model, "data": {"dir": str(tmp_path)}}
+    base = {"model": model, "data": {"dir": str(tmp_path), "min_bucket_reso": 64}}  # its 64 px default
     cfg = load_config(None, data={**base, "training": {"timestep_sampling": "uniform"}})
     assert cfg.training.timestep_sampling == "uniform"
     with pytest.raises(ConfigError, match=rf"^training\.guidance_scale: applies only to {', '.join(_listing('training.guidance_scale'))}, not tinydit"):

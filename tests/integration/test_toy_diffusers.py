@@ -29,7 +29,7 @@ def lorakit_adapter(tmp_path):
     (tmp_path / "data").mkdir(exist_ok=True)
     cfg = load_config(None, data={"model": {"family": "sdxl", "checkpoint": str(paths["checkpoint"]),
                                             "config_dir": str(paths["config"])},
-                                  "data": {"dir": str(tmp_path / "data"), "resolution": 64},
+                                  "data": {"dir": str(tmp_path / "data"), "resolution": 64, "min_bucket_reso": 64},
                                   "training": {"mixed_precision": "no", "device": "cpu"}})
     adapter = get_family("sdxl").Adapter(cfg)
     adapter.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)

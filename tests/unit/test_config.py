@@ -318,13 +318,30 @@ def test_timestep_range(tmp_path):
 def test_bucket_range_and_steps(tmp_path):
     msg = err(tmp_path, BASE.replace("[data]", "[data]\nmin_bucket_reso = 1024\nmax_bucket_reso = 512"))
     assert msg == "data.min_bucket_reso: must be ≤ data.max_bucket_reso (512), got 1024"
-    assert load_text(tmp_path, BASE.replace("[data]", "[data]\nmin_bucket_reso = 512\nmax_bucket_reso = 512"))
+    # min = max = 512 is a valid range, for a resolution whose square bucket lies in it (the default 1024 does not:
+    # its square bucket 1024 is above max_bucket_reso, refused below, as the dataset scan refused it before)
+    assert load_text(tmp_path, BASE.replace("[data]", "[data]\nresolution = 512\nmin_bucket_reso = 512\n"
+                                                      "max_bucket_reso = 512"))
     msg = err(tmp_path, BASE.replace("[data]", "[data]\nbucket_reso_steps = 48"))
     assert msg.startswith("data.bucket_reso_steps: must be a multiple of 32 for sdxl (")
     assert msg.endswith("got 48")
     msg = err(tmp_path, FLUX_BASE.replace("[data]", "[data]\nbucket_reso_steps = 16"))
     assert msg.startswith("data.bucket_reso_steps: must be a multiple of 32 for flux1")
     assert load_text(tmp_path, BASE.replace("[data]", "[data]\nbucket_reso_steps = 32")).data.bucket_reso_steps == 32
+
+
+def test_resolution_outside_the_bucket_range_is_refused_at_load(tmp_path):
+    """Said when the config is read, not after the dataset scan: one line naming both keys."""
+    msg = err(tmp_path, BASE.replace("[data]", "[data]\nresolution = 512\nmin_bucket_reso = 768"))
+    assert msg == ("data.resolution: 512 (square bucket 512) is smaller than data.min_bucket_reso (768); set "
+                   "data.min_bucket_reso to at most 512, or raise data.resolution")
+    msg = err(tmp_path, BASE.replace("[data]", "[data]\nmin_bucket_reso = 512\nmax_bucket_reso = 512"))
+    assert msg.startswith("data.resolution: 1024 (square bucket 1024) is larger than data.max_bucket_reso (512)")
+    msg = err(tmp_path, BASE.replace("[data]", "[data]\nresolution = [512, 640]\nmin_bucket_reso = 640"))
+    assert msg.startswith("data.resolution: [512, 640] (square bucket 512) is smaller than data.min_bucket_reso")
+    # buckets off or no upscaling: min/max do not apply, as in the scan
+    for extra in ("enable_bucket = false", "bucket_no_upscale = true"):
+        assert load_text(tmp_path, BASE.replace("[data]", f"[data]\nresolution = 512\nmin_bucket_reso = 768\n{extra}"))
 
 
 @pytest.mark.parametrize("option", ["data.shuffle_caption=true", "data.caption_dropout_rate=0.1",

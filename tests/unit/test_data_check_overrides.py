@@ -18,7 +18,8 @@ def test_data_check_on_a_folder_honours_overrides(tmp_path, capsys):
     # the default buckets (256..2048) refuse a 64-px resolution, naming the key that lets it in
     assert main(["data", "check", str(tmp_path / "d"), "data.resolution=64", "--family", "sdxl"]) == 2
     err = capsys.readouterr().err
-    assert "data.min_bucket_reso: the square bucket of the resolution (64)" in err
+    # said when the overrides are read (config validation), before the folder is scanned
+    assert "data.resolution: 64 (square bucket 64) is smaller than data.min_bucket_reso (256)" in err
     assert "set data.min_bucket_reso to at most 64" in err
     assert main(["data", "check", str(tmp_path / "d"), "data.resolution=64", "data.min_bucket_reso=64",
                  "--family", "sdxl"]) == 0

@@ -31,7 +31,7 @@ def world(tmp_path_factory):
     cfg = load_config(None, data={"model": {"family": "flux2", "checkpoint": str(files["checkpoint"]),
                                             "text_encoder": str(files["text_encoder"]), "ae": str(files["ae"]),
                                             "tokenizer_dir": str(files["tokenizer"]), "variant": "base"},
-                                  "data": {"dir": str(data), "resolution": 64},
+                                  "data": {"dir": str(data), "resolution": 64, "min_bucket_reso": 64},
                                   "training": {"mixed_precision": "no", "device": "cpu", "text_max_length": 40}})
     adapter = Adapter(cfg)
     adapter.load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)

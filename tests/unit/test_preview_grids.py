@@ -25,7 +25,7 @@ class FakeAdapter:
 
 def previews(tmp_path: Path, metrics=None) -> Previews:
     cfg = load_config(None, ["model.family=sdxl", "model.checkpoint=x.safetensors", f"data.dir={tmp_path}",
-                             "data.resolution=64", "save.name=toy", "network.rank=4",
+                             "data.resolution=64", "data.min_bucket_reso=64", "save.name=toy", "network.rank=4",
                              'sample.prompts=["a red zkx on a blue background --d 3", "a zkx at night --d 5"]'])
     run = SimpleNamespace(samples=tmp_path / "samples")
     run.samples.mkdir()

@@ -25,7 +25,8 @@ from lorakit.models.tokenizers import clip_tokenizer
 def _cfg(tmp: Path, model: dict, **training) -> object:
     (tmp / "data").mkdir(exist_ok=True)
     return load_config(None, data={"model": {"family": "sd15", **model}, "data": {"dir": str(tmp / "data"),
-                                                                                  "resolution": 64},
+                                                                                  "resolution": 64,
+                                                                                  "min_bucket_reso": 64},
                                    "network": {"rank": 4, "alpha": 2.0, "train_text_encoder": True},
                                    "training": {"mixed_precision": "no", "device": "cpu", **training}})
 

@@ -66,7 +66,8 @@ def test_kohya_epoch_options_and_network_weights_import():
     out, skipped = import_kohya_args({"max_train_epochs": 10, "max_train_steps": 1600, "save_every_n_epochs": 2,
                                       "network_weights": "old.safetensors"}, family="sdxl")
     assert out["training"] == {"max_epochs": 10} and out["save"] == {"every_n_epochs": 2}
-    assert out["network"] == {"weights": "old.safetensors"}
+    # no network_train_unet_only: the text-encoder LoRA trains, as in sd-scripts (tests/unit/test_fixes9.py)
+    assert out["network"] == {"weights": "old.safetensors", "train_text_encoder": True}
     assert skipped == ["max_train_steps"]
 
 

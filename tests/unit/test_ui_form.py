@@ -54,6 +54,8 @@ SPECIAL = {  # keys whose generic "another valid value" needs care
     "save.dir": "/data/out",
     "model.checkpoint": "/models/other.safetensors",
     "data.max_token_length": 150,
+    "sample.width": 832,    # a multiple of the family's ModelSpec.sample_multiple (65 is refused)
+    "sample.height": 1216,
 }
 
 

@@ -31,7 +31,7 @@ SPEC = ModelSpec(family="flux1", pipeline_classes=("FluxPipeline",),
                  display_name="FLUX.1",
                  patch_size=2, bucket_divisibility=64, prediction="flow", default_resolution=1024,
                  text_encoders=("clip_l", "t5xxl"), max_caption_tokens=512, default_sample_steps=20,
-                 metadata_base_version="flux1", network_module="networks.lora_flux",
+                 metadata_base_version="flux1", network_module="networks.lora_flux", text_encoder_lora=True,
                  default_cfg_scale=1.0, activation_gib=(2.3, 38.0),
                  # AE 83.8 M parameters, T5-XXL encoder 4.76 B + CLIP-L 0.12 B, all bf16
                  component_gib=(("vae", 0.16), ("text encoders", 9.09)), vae_tiling=True,

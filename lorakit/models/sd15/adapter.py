@@ -30,6 +30,7 @@ SPEC = ModelSpec(family="sd15", pipeline_classes=("StableDiffusionPipeline",),
                  bucket_divisibility=64, prediction="epsilon", default_resolution=512,
                  text_encoders=("clip_l",), max_caption_tokens=77, default_sample_steps=25,
                  metadata_base_version="sd_v1", network_module="networks.lora", default_cfg_scale=7.0,
+                 text_encoder_lora=True, sample_multiple=64,
                  denoiser_name="unet",
                  # 3 UNet downsamplings (×8) on top of the VAE's ×8: bucket sides in steps of 64 px, as kohya's SD 1.x
                  bucket_step=64,

@@ -30,6 +30,7 @@ SPEC = ModelSpec(family="sdxl", pipeline_classes=("StableDiffusionXLPipeline",),
                  bucket_divisibility=64, prediction="epsilon", default_resolution=1024,
                  text_encoders=("clip_l", "clip_g"), max_caption_tokens=77, default_sample_steps=28,
                  metadata_base_version="sdxl_base_v1-0", network_module="networks.lora",
+                 text_encoder_lora=True, sample_multiple=32,
                  activation_gib=(0.9, 7.5), activation_gib_compiled=(0.9, 6.2),
                  # VAE 83.7 M parameters in fp32 (it encodes in fp32), CLIP-L + CLIP-G 0.82 B in bf16
                  component_gib=(("vae", 0.31), ("text encoders", 1.52)), vae_tiling=True,
