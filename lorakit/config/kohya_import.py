@@ -210,6 +210,8 @@ _DROP_REASONS = {
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
     "learning_rate": "unet_lr is set and wins for the denoiser, as in sd-scripts (optimizer.lr = unet_lr)",
+    "model_prediction_type": "lorakit's FLUX.1 objective uses the model's raw prediction (sd-scripts' 'raw', which "
+                             "FluxGym passes); 'additive' and 'sigma_scaled' are not offered",
     "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
 
@@ -236,22 +238,40 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                        ) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]], list[str]]:
     """`lorakit import kohya`: an sd-scripts config TOML (+ its dataset TOML) -> (run.toml text, mapped
     (kohya key, lorakit key), dropped (kohya key, why), notes). The dataset TOML is referenced as data.config,
-    which lorakit reads in sd-scripts' own schema."""
+    which lorakit reads in sd-scripts' own schema. A script or text file holding the training command line
+    (``accelerate launch ... flux_train_network.py --network_dim 4 ...``) is read by
+    :mod:`lorakit.config.kohya_cmd_import`."""
+    from lorakit.config.cmdline import looks_like_command
+
+    if looks_like_command(Path(config)):
+        from lorakit.config.kohya_cmd_import import import_kohya_command
+
+        return import_kohya_command(Path(config), dataset, family)
+    _refuse_json(Path(config))
+    raw = read_toml(Path(config), str(config))
+    return import_kohya_flat(flatten_kohya(raw), Path(config), dataset, family)
+
+
+Extra = list[tuple[str | None, str, Any]]  # (source key or None for a default, lorakit key, value)
+
+
+def import_kohya_flat(flat: dict[str, Any], config: Path, dataset: Path | None = None, family: str | None = None, *,
+                      extra: Extra | None = None, dropped_first: list[tuple[str, str]] | None = None,
+                      notes_first: list[str] | None = None, how: str = "lorakit import kohya"
+                      ) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+    """sd-scripts' options (one flat namespace) -> (run.toml text, mapped, dropped, notes); ``extra``: values the
+    caller translated itself (a command line's --optimizer_args, sd-scripts' defaults), put in before validation."""
     from lorakit.config.importing import settle
     from lorakit.config.load import dump_toml
 
-    _refuse_json(Path(config))
-    raw = read_toml(Path(config), str(config))
-    flat = flatten_kohya(raw)
+    dropped_first = list(dropped_first or [])
     if dataset is not None:
         if not Path(dataset).is_file():
             raise ConfigError(f"--dataset: {dataset} not found")
         flat["dataset_config"] = str(Path(dataset).resolve())
     if flat.get("dataset_config") and flat.get("train_data_dir"):
         flat.pop("train_data_dir")
-        dropped_first = [("train_data_dir", "replaced by the dataset config (sd-scripts does the same)")]
-    else:
-        dropped_first = []
+        dropped_first.append(("train_data_dir", "replaced by the dataset config (sd-scripts does the same)"))
     out, skipped = import_kohya_args(flat, family)
     if "model" not in out or "family" not in out.get("model", {}):
         raise ConfigError(f"{config}: cannot tell the model family (network_module is "
@@ -262,7 +282,7 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
     dropped = dropped_first + [(k, _EMPTY if flat.get(k) == "" else _DROP_REASONS.get(k, "no lorakit equivalent"))
                                for k in skipped]
-    notes: list[str] = []
+    notes: list[str] = list(notes_first or [])
     if "enable_bucket" not in flat:
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
@@ -273,6 +293,12 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                      f"network.text_encoder_lr for all of them: {te_lr[0]} was written, so the other "
                      "encoder(s) train at another lr than in sd-scripts; set network.text_encoder_lr yourself")
     origin = {_target(k, flat): k for k, _ in mapped if k in KOHYA_KEYS}
+    for src, target, value in extra or []:
+        section, name = target.split(".")
+        out.setdefault(section, {})[name] = value
+        if src is not None:
+            mapped.append((src, target))
+            origin[target] = src
     # a value lorakit refuses is taken out and named
     refused, more = settle(out, origin, config, required_is_error=False)
     gone = {k for k, _ in refused}
@@ -280,5 +306,5 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     dropped += refused
     notes += more
     header = f"# imported from {Path(config).name}" + (f" and {Path(dataset).name}" if dataset else "") + \
-        " by `lorakit import kohya`\n"
+        f" by `{how}`\n"
     return header + dump_toml(out), mapped, dropped, notes
