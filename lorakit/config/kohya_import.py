@@ -123,8 +123,11 @@ def flatten_kohya(raw: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tuple[dict[str, Any], list[str]]:
-    """kohya options → (lorakit config dict, names of options that were not carried over)."""
+def import_kohya_args(args: Mapping[str, Any], family: str | None = None, bucket_default: bool = True
+                      ) -> tuple[dict[str, Any], list[str]]:
+    """kohya options → (lorakit config dict, names of options that were not carried over); ``bucket_default``:
+    write sd-scripts' enable_bucket = false when the options leave it out (musubi-tuner sets it in its dataset
+    TOML only)."""
     out: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     fam = family or kohya_family(args)
@@ -149,7 +152,7 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
     if d.get("keep_tokens") and not (d.get("shuffle_caption") or d.get("caption_tag_dropout_rate") or d.get("config")):
         d.pop("keep_tokens")
         skipped.append("keep_tokens")
-    if "enable_bucket" not in args:  # sd-scripts' default is off: every image cropped to the resolution
+    if "enable_bucket" not in args and bucket_default:  # sd-scripts' default is off: every image cropped to the resolution
         out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
         # sd-scripts clips each gradient on its own under fused_backward_pass; lorakit offers no per-tensor
@@ -257,7 +260,8 @@ Extra = list[tuple[str | None, str, Any]]  # (source key or None for a default, 
 
 def import_kohya_flat(flat: dict[str, Any], config: Path, dataset: Path | None = None, family: str | None = None, *,
                       extra: Extra | None = None, dropped_first: list[tuple[str, str]] | None = None,
-                      notes_first: list[str] | None = None, how: str = "lorakit import kohya"
+                      notes_first: list[str] | None = None, how: str = "lorakit import kohya",
+                      bucket_default: bool = True
                       ) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]], list[str]]:
     """sd-scripts' options (one flat namespace) -> (run.toml text, mapped, dropped, notes); ``extra``: values the
     caller translated itself (a command line's --optimizer_args, sd-scripts' defaults), put in before validation."""
@@ -272,7 +276,7 @@ def import_kohya_flat(flat: dict[str, Any], config: Path, dataset: Path | None =
     if flat.get("dataset_config") and flat.get("train_data_dir"):
         flat.pop("train_data_dir")
         dropped_first.append(("train_data_dir", "replaced by the dataset config (sd-scripts does the same)"))
-    out, skipped = import_kohya_args(flat, family)
+    out, skipped = import_kohya_args(flat, family, bucket_default)
     if "model" not in out or "family" not in out.get("model", {}):
         raise ConfigError(f"{config}: cannot tell the model family (network_module is "
                           f"{flat.get('network_module', 'missing')!r}, the base model "
@@ -282,8 +286,10 @@ def import_kohya_flat(flat: dict[str, Any], config: Path, dataset: Path | None =
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
     dropped = dropped_first + [(k, _EMPTY if flat.get(k) == "" else _DROP_REASONS.get(k, "no lorakit equivalent"))
                                for k in skipped]
+    if "network_module" in flat:  # read by kohya_family; named, never silently left out
+        dropped.append(("network_module", f"{flat['network_module']!r}: {_DROP_REASONS['network_module']}"))
     notes: list[str] = list(notes_first or [])
-    if "enable_bucket" not in flat:
+    if "enable_bucket" not in flat and bucket_default:
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
                      "(a dataset TOML's own enable_bucket still wins)")
