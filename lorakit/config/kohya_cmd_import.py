@@ -103,7 +103,7 @@ def network_args(value: Any, extra: list, dropped: list) -> None:
 
 
 def defaults(flat: Mapping[str, Any], trainer: str, extra: list, notes: list,
-             mixed_precision: str | None = None) -> None:
+             mixed_precision: str | None = None, text_encoder: bool = True) -> None:
     """What the trainer does when the command line leaves an option out, where lorakit's default differs."""
     def put(target: str, value: Any, why: str) -> None:
         extra.append((None, target, value))
@@ -126,6 +126,9 @@ def defaults(flat: Mapping[str, Any], trainer: str, extra: list, notes: list,
     if "save_every_n_steps" not in flat and "save_every_n_epochs" not in flat:
         put("save.every_n_steps", 0, "--save_every_n_steps / --save_every_n_epochs are not given, so only the "
                                      "final LoRA is saved")
+    if text_encoder and "network_train_unet_only" not in flat and not flat.get("cache_text_encoder_outputs"):
+        put("network.train_text_encoder", True, "--network_train_unet_only is not given (nor "
+            "--cache_text_encoder_outputs), so the text encoder LoRA trains too")
     if "seed" not in flat:
         notes.append(f"--seed is not given: {trainer} then draws a random seed; lorakit uses training.seed = 42")
 

@@ -229,7 +229,8 @@ def _import(path: Path, out_path: Path, family: str | None, dataset: Path | None
     if cmd is not None and "mixed_precision" not in flat and launch_mp:
         rep.dropped = [(k, w) for k, w in rep.dropped if k != "accelerate launch --mixed_precision"]
         rep.extra.append(("accelerate launch --mixed_precision", "training.mixed_precision", str(launch_mp)))
-    defaults({**flat, **({"mixed_precision": launch_mp} if launch_mp else {})}, "musubi-tuner", rep.extra, rep.notes)
+    defaults({**flat, **({"mixed_precision": launch_mp} if launch_mp else {})}, "musubi-tuner", rep.extra, rep.notes,
+             text_encoder=False)
     toml_path = dataset_path(out_path)
     source = dataset or flat.pop("dataset_config", None)
     if not source:
