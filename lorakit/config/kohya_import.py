@@ -252,7 +252,13 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
         return import_kohya_command(Path(config), dataset, family)
     _refuse_json(Path(config))
     raw = read_toml(Path(config), str(config))
-    return import_kohya_flat(flatten_kohya(raw), Path(config), dataset, family)
+    from lorakit.config.kohya_cmd_import import defaults
+
+    flat = flatten_kohya(raw)
+    extra: Extra = []
+    notes: list[str] = []
+    defaults(flat, "sd-scripts", extra, notes)
+    return import_kohya_flat(flat, Path(config), dataset, family, extra=extra, notes_first=notes)
 
 
 Extra = list[tuple[str | None, str, Any]]  # (source key or None for a default, lorakit key, value)

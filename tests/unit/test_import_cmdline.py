@@ -412,3 +412,20 @@ def test_musubi_never_overwrites_and_loha_is_read_as_the_network_type(tmp_path, 
     assert main(["import", "musubi", str(script), "-o", str(tmp_path / "run.toml")]) == 2
     assert "run.dataset.toml: already exists; choose another -o" in capsys.readouterr().err
     assert (tmp_path / "run.dataset.toml").read_text() == "# mine\n" and not (tmp_path / "run.toml").exists()
+
+
+def test_a_kohya_toml_gets_sd_scripts_defaults_too(tmp_path, capsys):
+    """A --config_file TOML is the same option namespace as a command line: what it leaves out is sd-scripts'
+    default (alpha 1, not lorakit's 16, which would scale the LoRA 16x)."""
+    config, out = tmp_path / "config.toml", tmp_path / "run.toml"
+    config.write_text('[model]\npretrained_model_name_or_path = "/m/sd_xl_base_1.0.safetensors"\n'
+                      'network_module = "networks.lora"\nnetwork_dim = 16\n[training]\nmax_train_steps = 800\n'
+                      'learning_rate = 1e-4\nmixed_precision = "bf16"\nsave_every_n_steps = 200\n'
+                      'network_train_unet_only = true\ntrain_data_dir = "/data/img"\ncaption_extension = ".txt"\n')
+    assert main(["import", "kohya", str(config), "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    doc = tomllib.loads(out.read_text())
+    assert doc["network"] == {"rank": 16, "train_text_encoder": False, "alpha": 1.0}
+    assert doc["training"] == {"max_steps": 800, "mixed_precision": "bf16"}
+    assert "note: --network_alpha is not given: sd-scripts' default 1.0 was written (network.alpha)" in lines
+    assert load_config(out).network.alpha == 1.0
