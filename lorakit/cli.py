@@ -12,7 +12,7 @@
     lorakit resize FILE --rank R | --dynamic sv_fro=0.9 ;  merge A[:w] B[:w] -o OUT [--rank R | --into BASE]
     lorakit extract TUNED BASE --rank R -o OUT ;  package RUN_DIR ;  push RUN_DIR --repo user/name
     lorakit import kohya CONFIG.toml|train.sh|train.bat [--dataset D.toml] -o run.toml
-    lorakit import kohya_ss GUI.json | ai-toolkit JOB.yaml | musubi train.sh  -o run.toml
+    lorakit import kohya_ss GUI.json | ai-toolkit JOB.yaml | musubi train.sh | onetrainer CONFIG.json  -o run.toml
     lorakit toy path FAMILY | toy dataset DIR | toy build | toy eval
     lorakit demo                                       the toy-world demo (what `make demo` runs)
     lorakit sweep run.toml optimizer.lr=5e-5,1e-4 network.rank=16,32 [--steps N]   grid of runs + comparison
@@ -591,6 +591,12 @@ def _add_lora_tools(sub) -> None:
     imu.add_argument("-o", "--out", required=True, help="the run.toml to write (never overwritten)")
     imu.add_argument("--family", help="the model family (default: from the script name or network_module)")
     imu.set_defaults(func=cmd_import_musubi)
+    iot = isub.add_parser("onetrainer", help="a OneTrainer saved config (JSON) -> run.toml and <out>.dataset.toml "
+                          "(its concepts as a kohya dataset TOML)")
+    iot.add_argument("config", help="the JSON OneTrainer saves (concepts inline, or its concept_file_name)")
+    iot.add_argument("-o", "--out", required=True, help="the run.toml to write (never overwritten)")
+    iot.add_argument("--family", help="the model family (default: from model_type and the base model file)")
+    iot.set_defaults(func=cmd_import_onetrainer)
 
 
 def _keymaps(family: Optional[str] = None) -> list:
@@ -948,6 +954,15 @@ def cmd_import_musubi(args) -> int:
     check_new([Path(args.out), dataset_path(Path(args.out))])
     return _print_import(import_musubi(Path(args.config), Path(args.out), family=_family_flag(args.family),
                                        dataset=Path(args.dataset) if args.dataset else None), "musubi-tuner")
+
+
+def cmd_import_onetrainer(args) -> int:
+    from lorakit.config.importing import check_new
+    from lorakit.config.onetrainer_import import dataset_path, import_onetrainer
+
+    check_new([Path(args.out), dataset_path(Path(args.out))])
+    return _print_import(import_onetrainer(Path(args.config), Path(args.out), family=_family_flag(args.family)),
+                         "OneTrainer")
 
 
 def _is_kohya_dataset_toml(path: Path) -> bool:
