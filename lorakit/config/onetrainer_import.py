@@ -63,7 +63,8 @@ _REASONS = {
     "model_type": "read to choose model.family", "training_method": "a LoRA training (LORA) is imported",
     "peft_type": "read to choose network.type", "concept_file_name": "its concepts are written to the dataset TOML",
     "concepts": "written to the dataset TOML", "sample_definition_file_name": "its prompts are read",
-    "samples": "its prompts are read", "train_device": "training.device picks the device (auto: cuda)",
+    "samples": "its prompts are read", "learning_rate_cycles": "cycles of OneTrainer's restart schedules; "
+    "lorakit's cosine runs one", "learning_rate_min_factor": "set optimizer.min_lr_ratio with cosine_with_min_lr", "train_device": "training.device picks the device (auto: cuda)",
 }
 
 
@@ -224,8 +225,8 @@ def _units(doc: Mapping[str, Any], walk: _Walk, key: str, unit_key: str, steps: 
     else:
         walk.drop(key, f"every {value} {unit.lower()}(s): lorakit counts in steps" + (" or epochs" if epochs else ""))
     if unit_key in doc:
-        walk.mapped.append((unit_key, steps)) if key in {s for s, _ in walk.mapped} else walk.drop(unit_key,
-                                                                                                 "read with " + key)
+        used = [t for s, t in walk.mapped if s == key]
+        walk.mapped.append((unit_key, used[0])) if used else walk.drop(unit_key, "read with " + key)
         walk.seen.add(unit_key)
 
 
@@ -310,6 +311,8 @@ def _samples(doc: Mapping[str, Any], path: Path, walk: _Walk) -> None:
                and s.get("enabled", True) is not False]
     if prompts:
         set_key(walk.out, "sample.prompts", prompts)
+        walk.mapped.append(("samples" if doc.get("samples") else "sample_definition_file_name", "sample.prompts"))
+        walk.seen.add(walk.mapped[-1][0])
         walk.notes.append(f"{len(prompts)} sample prompt(s) imported; their own size / seed / steps are not "
                           "(lorakit has one sample.width / seed / steps for every preview)")
 

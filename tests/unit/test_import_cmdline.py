@@ -429,3 +429,107 @@ def test_a_kohya_toml_gets_sd_scripts_defaults_too(tmp_path, capsys):
     assert doc["training"] == {"max_steps": 800, "mixed_precision": "bf16"}
     assert "note: --network_alpha is not given: sd-scripts' default 1.0 was written (network.alpha)" in lines
     assert load_config(out).network.alpha == 1.0
+
+
+# --------------------------------------------------------------------------------------------- OneTrainer
+
+def _onetrainer_sdxl(images) -> dict:
+    """A OneTrainer UI save of its '#sdxl 1.0 LoRA' preset (key names, enums and defaults of TrainConfig.py)."""
+    return {
+        "__version": 10, "training_method": "LORA", "model_type": "STABLE_DIFFUSION_XL_10_BASE", "debug_mode": False,
+        "workspace_dir": "workspace/run", "cache_dir": "workspace-cache/run", "tensorboard": True,
+        "continue_last_backup": False, "base_model_name": "stabilityai/stable-diffusion-xl-base-1.0",
+        "output_dtype": "FLOAT_16", "output_model_format": "SAFETENSORS",
+        "output_model_destination": "models/ohwx-xl.safetensors", "compile": False,
+        "concept_file_name": "training_concepts/concepts.json",
+        "concepts": [{"name": "ohwx", "path": str(images), "enabled": True, "type": "STANDARD",
+                      "include_subdirectories": False, "balancing": 4.0, "balancing_strategy": "REPEATS",
+                      "loss_weight": 1.0, "seed": 123, "image_variations": 1, "text_variations": 1,
+                      "image": {"enable_crop_jitter": True, "enable_random_flip": True, "enable_fixed_flip": False,
+                                "enable_random_rotate": False, "random_rotate_max_angle": 0.0,
+                                "enable_resolution_override": False, "resolution_override": "512"},
+                      "text": {"prompt_source": "sample", "prompt_path": "", "enable_tag_shuffling": True,
+                               "tag_delimiter": ",", "keep_tags_count": 1, "tag_dropout_enable": False,
+                               "tag_dropout_mode": "FULL", "tag_dropout_probability": 0.0,
+                               "caps_randomize_enable": False}},
+                     {"name": "val", "path": "/data/val", "enabled": True, "type": "VALIDATION"}],
+        "aspect_ratio_bucketing": True, "latent_caching": True, "learning_rate_scheduler": "COSINE",
+        "learning_rate": 0.0003, "learning_rate_warmup_steps": 200.0, "learning_rate_cycles": 1.0, "epochs": 30,
+        "batch_size": 4, "gradient_accumulation_steps": 1, "ema": "OFF", "ema_decay": 0.999,
+        "train_dtype": "BFLOAT_16", "resolution": "1024", "attention_mechanism": "SDP", "mse_strength": 1.0,
+        "mae_strength": 0.0, "huber_strength": 0.0, "clip_grad_norm": 1.0, "offset_noise_weight": 0.05,
+        "perturbation_noise_weight": 0.0, "timestep_distribution": "UNIFORM", "dynamic_timestep_shifting": False,
+        "unet": {"train": True, "learning_rate": None, "weight_dtype": "FLOAT_16", "gradient_checkpointing": True,
+                 "stop_training_after": None},
+        "text_encoder": {"train": False, "weight_dtype": "FLOAT_16", "learning_rate": None},
+        "text_encoder_2": {"train": False, "weight_dtype": "FLOAT_16"},
+        "vae": {"weight_dtype": "FLOAT_32"},
+        "masked_training": False, "peft_type": "LORA", "lora_rank": 32, "lora_alpha": 16.0, "lora_decompose": False,
+        "optimizer": {"optimizer": "ADAMW_8BIT", "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.01,
+                      "amsgrad": False, "is_paged": False, "min_8bit_size": 4096, "stochastic_rounding": True},
+        "sample_after": 250, "sample_after_unit": "STEP",
+        "samples": [{"enabled": True, "prompt": "ohwx woman, portrait", "width": 1024, "height": 1024, "seed": 42},
+                    {"enabled": False, "prompt": "not this one"}],
+        "save_every": 5, "save_every_unit": "EPOCH", "save_filename_prefix": "",
+        "secrets": {"huggingface_token": "hf_x"},
+    }
+
+
+def test_onetrainer_sdxl_lora_config_becomes_run_and_dataset_toml(tmp_path, capsys):
+    import json
+
+    from lorakit.data.kohya_toml import load_dataset_toml
+
+    cfg_json = _onetrainer_sdxl(_images(tmp_path / "ohwx"))
+    src, out = tmp_path / "ohwx.json", tmp_path / "run.toml"
+    src.write_text(json.dumps(cfg_json, indent=4))
+    assert main(["import", "onetrainer", str(src), "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    doc = tomllib.loads(out.read_text())
+    assert doc["model"] == {"family": "sdxl", "checkpoint": "stabilityai/stable-diffusion-xl-base-1.0"}
+    assert doc["network"] == {"train_text_encoder": False, "rank": 32, "alpha": 16.0}
+    assert doc["optimizer"] == {"name": "adamw8bit", "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.01,
+                                "lr": 0.0003, "scheduler": "cosine", "warmup_steps": 200, "max_grad_norm": 1.0}
+    assert doc["training"] == {"max_epochs": 30, "batch_size": 4, "gradient_accumulation": 1,
+                               "mixed_precision": "bf16", "noise_offset": 0.05, "loss": "l2"}
+    assert doc["save"] == {"every_n_epochs": 5, "precision": "fp16", "dir": "models", "name": "ohwx-xl"}
+    assert doc["sample"] == {"prompts": ["ohwx woman, portrait"], "every_n_steps": 250}
+    assert doc["data"] == {"config": str(tmp_path / "run.dataset.toml"), "resolution": 1024, "enable_bucket": True}
+    assert doc["memory"] == {"gradient_checkpointing": True, "compile": False}
+    ds = tomllib.loads((tmp_path / "run.dataset.toml").read_text())
+    assert ds["datasets"][0]["subsets"] == [{"image_dir": str(tmp_path / "ohwx"), "caption_extension": ".txt",
+                                             "num_repeats": 4, "shuffle_caption": True, "keep_tokens": 1,
+                                             "caption_separator": ",", "flip_aug": True}]
+    cfg = load_config(out)
+    _, subsets = load_dataset_toml(cfg.data.config, cfg.data)
+    assert [(s.repeats, s.flip_aug) for s in subsets] == [(4, True)]
+    assert "dropped  concepts[1]: type 'VALIDATION': lorakit imports training concepts (STANDARD) only; set " \
+           "validation.* / data.validation_dir by hand" in lines
+    assert "dropped  secrets: never imported (tokens)" in lines
+    assert "mapped   save_every_unit -> save.every_n_epochs" in lines and "mapped   samples -> sample.prompts" in lines
+    assert "dropped  output_model_format: 'SAFETENSORS': lorakit writes the kohya layout (ComfyUI, A1111, Forge " \
+           "read it)" in lines
+    assert "dropped  optimizer.min_8bit_size: 4096: no lorakit equivalent" in lines
+    assert "dropped  unet.weight_dtype: 'FLOAT_16': lorakit stores the frozen base in bf16, or fp8 with " \
+           "memory.fp8_base" in lines
+    reported = {line.split()[1].rstrip(":").split(".")[0].split("[")[0] for line in lines
+                if line.startswith(("mapped ", "dropped "))}
+    assert set(cfg_json) <= reported | {"concepts", "samples", "optimizer"}  # every top-level key named
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"training_method": "FINE_TUNE"}, "training_method is 'FINE_TUNE'; lorakit trains LoRAs"),
+    ({"model_type": "STABLE_CASCADE_1"}, "model_type 'STABLE_CASCADE_1' has no lorakit family"),
+    ({"peft_type": "OFT_2"}, "peft_type 'OFT_2' has no lorakit equivalent"),
+    ({"concepts": None, "concept_file_name": "missing.json"}, "no concepts, and the concept file 'missing.json' is "
+     "not found"),
+])
+def test_onetrainer_refusals_name_the_file_and_what_to_do(tmp_path, capsys, change, message):
+    import json
+
+    cfg_json = {**_onetrainer_sdxl(tmp_path), **change}
+    src, out = tmp_path / "ot.json", tmp_path / "run.toml"
+    src.write_text(json.dumps(cfg_json))
+    assert main(["import", "onetrainer", str(src), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(src) in err[0] and message in err[0] and not out.exists()
