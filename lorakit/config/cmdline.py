@@ -46,6 +46,8 @@ def looks_like_command(path: Path) -> bool:
     """A script / text file holding a training command line (rather than a TOML of options)."""
     if path.suffix.lower() in COMMAND_SUFFIXES and path.suffix.lower() != ".txt":
         return True
+    if path.suffix.lower() in (".toml", ".json", ".yaml", ".yml"):
+        return False  # a config file that merely mentions a script in a comment
     try:
         head = path.read_bytes()[:65536].decode("utf-8", "replace")
     except OSError:
@@ -188,6 +190,8 @@ def read_command(path: Path) -> CommandLine:
         raise ConfigError(f"{path}: {len(found)} training commands ({lines}); keep the one to import in a file of "
                           "its own and import that")
     number, script, before, after = found[0]
+    if before and before[-1] == "-m":  # `python -m package.module` / `accelerate launch ... -m package.module`
+        before = before[:-1]
     unknown: set[str] = set()
     after = [_expand(t, env, unknown) for t in after]
     options, loose, repeated = parse_options(after)

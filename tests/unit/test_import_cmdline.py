@@ -533,3 +533,37 @@ def test_onetrainer_refusals_name_the_file_and_what_to_do(tmp_path, capsys, chan
     assert main(["import", "onetrainer", str(src), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(src) in err[0] and message in err[0] and not out.exists()
+
+
+def test_zimage_powershell_module_form_and_the_vae_key_the_family_takes(tmp_path):
+    """PowerShell backticks, `python -m musubi_tuner.zimage_train_network`, --vae → model.ae (Z-Image's key)."""
+    from lorakit.config.musubi_import import import_musubi
+
+    dataset = tmp_path / "zi.toml"
+    dataset.write_text(f'[general]\nresolution = 1024\ncaption_extension = ".txt"\nenable_bucket = true\n\n'
+                       f'[[datasets]]\nimage_directory = "{_images(tmp_path / "zi")}"\n')
+    script = tmp_path / "train.ps1"
+    script.write_text("$env:MODELS = 'D:\\models'\n"
+                      "accelerate launch --mixed_precision bf16 -m musubi_tuner.zimage_train_network `\n"
+                      "  --dit \"$env:MODELS\\z_image_de_turbo.safetensors\" --vae \"$env:MODELS\\ae.safetensors\" `\n"
+                      f"  --text_encoder \"$env:MODELS\\qwen3_4b.safetensors\" --dataset_config \"{dataset}\" `\n"
+                      "  --timestep_sampling shift --discrete_flow_shift 2.0 --network_module networks.lora_zimage `\n"
+                      "  --network_dim 32 --network_alpha 32 --learning_rate 1e-4 --fp8_llm --max_train_steps 3000\n")
+    res = import_musubi(script, tmp_path / "run.toml")
+    doc = tomllib.loads(res.text)
+    assert doc["model"] == {"family": "zimage", "checkpoint": "D:\\models\\z_image_de_turbo.safetensors",
+                            "ae": "D:\\models\\ae.safetensors", "text_encoder": "D:\\models\\qwen3_4b.safetensors"}
+    assert doc["training"] == {"max_steps": 3000, "timestep_sampling": "shift", "discrete_flow_shift": 2.0,
+                               "mixed_precision": "bf16"}
+    assert ("fp8_llm", "lorakit runs the text encoder once before training and caches its outputs") in res.dropped
+    assert tomllib.loads(res.files[tmp_path / "run.dataset.toml"])["general"] == {
+        "resolution": 1024, "caption_extension": ".txt", "enable_bucket": True}
+
+
+def test_a_kohya_toml_mentioning_a_script_in_a_comment_is_still_a_toml(tmp_path):
+    from lorakit.config.cmdline import looks_like_command
+
+    config = tmp_path / "config_lora.toml"
+    config.write_text("# run: accelerate launch sdxl_train_network.py --config_file config_lora.toml\n"
+                      "network_dim = 8\n")
+    assert not looks_like_command(config) and looks_like_command(tmp_path / "train.bat")
