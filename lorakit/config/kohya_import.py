@@ -228,6 +228,9 @@ def _refuse_json(path: Path) -> None:
     if path.suffix.lower() in (".yaml", ".yml") or head.startswith((b"job:", b"---", b"config:")):
         raise ConfigError(f"{path}: a YAML file (an ai-toolkit job config?), not an sd-scripts --config_file TOML; "
                           f"import it with `lorakit import ai-toolkit {path}`")
+    if (path.suffix.lower() == ".json" or head.startswith(b"{")) and b'"model_type"' in path.read_bytes()[:1 << 20]:
+        raise ConfigError(f"{path}: a JSON file (a OneTrainer config?), not an sd-scripts --config_file TOML; import "
+                          f"it with `lorakit import onetrainer {path}`")
     if path.suffix.lower() == ".json" or head.startswith(b"{"):
         raise ConfigError(f"{path}: a JSON file (kohya_ss's GUI config), not an sd-scripts --config_file TOML; "
                           f"import it with `lorakit import kohya_ss {path}`, or import the TOML kohya_ss writes for "

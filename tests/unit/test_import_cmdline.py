@@ -567,3 +567,27 @@ def test_a_kohya_toml_mentioning_a_script_in_a_comment_is_still_a_toml(tmp_path)
     config.write_text("# run: accelerate launch sdxl_train_network.py --config_file config_lora.toml\n"
                       "network_dim = 8\n")
     assert not looks_like_command(config) and looks_like_command(tmp_path / "train.bat")
+
+
+def test_each_importer_names_the_one_for_a_file_of_another_kind(tmp_path, capsys):
+    import json
+
+    script = tmp_path / "train.sh"
+    script.write_text(_FLUXGYM_SH)
+    ot = tmp_path / "ot.json"
+    ot.write_text(json.dumps(_onetrainer_sdxl(tmp_path)))
+    out = str(tmp_path / "run.toml")
+    assert main(["import", "kohya_ss", str(script), "-o", out]) == 2
+    assert "a training command line? use `lorakit import kohya` (sd-scripts, FluxGym) or `lorakit import musubi` " \
+           "(musubi-tuner)" in capsys.readouterr().err
+    assert main(["import", "ai-toolkit", str(script), "-o", out]) == 2
+    assert "(a training command line? use `lorakit import kohya` or `lorakit import musubi`)" in \
+        capsys.readouterr().err
+    assert main(["import", "kohya_ss", str(ot), "-o", out]) == 2
+    assert f"a OneTrainer config, not a kohya_ss GUI config; use `lorakit import onetrainer {ot}`" in \
+        capsys.readouterr().err
+    assert main(["import", "kohya", str(ot), "-o", out]) == 2
+    assert f"import it with `lorakit import onetrainer {ot}`" in capsys.readouterr().err
+    assert main(["import", "musubi", str(script), "-o", out]) == 2
+    assert "an sd-scripts command (flux_train_network.py); import it with `lorakit import kohya" in \
+        capsys.readouterr().err
