@@ -591,3 +591,20 @@ def test_each_importer_names_the_one_for_a_file_of_another_kind(tmp_path, capsys
     assert main(["import", "musubi", str(script), "-o", out]) == 2
     assert "an sd-scripts command (flux_train_network.py); import it with `lorakit import kohya" in \
         capsys.readouterr().err
+
+
+def test_a_command_line_with_config_file_reads_it_and_its_own_options_win(tmp_path, capsys):
+    (tmp_path / "base.toml").write_text('[network]\nnetwork_module = "networks.lora"\nnetwork_dim = 8\n'
+                                        'network_alpha = 4\n[training]\nlearning_rate = 1e-4\nmax_train_steps = 500\n'
+                                        'mixed_precision = "fp16"\nsave_every_n_steps = 100\n'
+                                        'network_train_unet_only = true\ntrain_data_dir = "/data"\n'
+                                        'caption_extension = ".txt"\n')
+    script, out = tmp_path / "train.sh", tmp_path / "run.toml"
+    script.write_text("accelerate launch sdxl_train_network.py --config_file base --network_dim 16 "
+                      "--pretrained_model_name_or_path /m/sdxl.safetensors\n")
+    assert main(["import", "kohya", str(script), "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    doc = tomllib.loads(out.read_text())
+    assert (doc["network"]["rank"], doc["network"]["alpha"], doc["optimizer"]["lr"], doc["training"]["max_steps"]) \
+        == (16, 4, 1e-4, 500)
+    assert f"note: --config_file {tmp_path / 'base.toml'} was read; the command line's own options win over it" in lines
