@@ -129,6 +129,10 @@ def defaults(flat: Mapping[str, Any], trainer: str, extra: list, notes: list,
     if text_encoder and "network_train_unet_only" not in flat and not flat.get("cache_text_encoder_outputs"):
         put("network.train_text_encoder", True, "--network_train_unet_only is not given (nor "
             "--cache_text_encoder_outputs), so the text encoder LoRA trains too")
+    if "train_data_dir" in flat and "caption_extension" not in flat and "dataset_config" not in flat:
+        extra.append((None, "data.caption_extension", ".caption"))
+        notes.append("--caption_extension is not given: sd-scripts then reads <image>.caption files; written as "
+                     "data.caption_extension = \".caption\" (pass .txt if your captions are .txt files)")
     if "seed" not in flat:
         notes.append(f"--seed is not given: {trainer} then draws a random seed; lorakit uses training.seed = 42")
 
@@ -199,8 +203,4 @@ def import_kohya_command(path: Path, dataset: Path | None = None, family: str | 
     if flat.pop("split_mode", None) is True:
         extra.append(("split_mode", "network.train_blocks", "single"))
     defaults(flat, "sd-scripts", extra, notes)
-    if "train_data_dir" in flat and "caption_extension" not in flat and "dataset_config" not in flat:
-        extra.append((None, "data.caption_extension", ".caption"))
-        notes.append("--caption_extension is not given: sd-scripts then reads <image>.caption files; written as "
-                     "data.caption_extension = \".caption\" (pass .txt if your captions are .txt files)")
     return import_kohya_flat(flat, path, dataset, fam, extra=extra, dropped_first=dropped, notes_first=notes)

@@ -608,3 +608,39 @@ def test_a_command_line_with_config_file_reads_it_and_its_own_options_win(tmp_pa
     assert (doc["network"]["rank"], doc["network"]["alpha"], doc["optimizer"]["lr"], doc["training"]["max_steps"]) \
         == (16, 4, 1e-4, 500)
     assert f"note: --config_file {tmp_path / 'base.toml'} was read; the command line's own options win over it" in lines
+
+
+def test_onetrainer_flux_preset_shape_with_its_defaults(tmp_path):
+    """OneTrainer's '#flux LoRA' preset keys (NF4 transformer, dynamic shifting, DIFFUSERS_LORA) with concepts; what
+    the preset leaves out is OneTrainer's default (rank 16, alpha 1.0, 100 epochs)."""
+    import json
+
+    from lorakit.config.onetrainer_import import import_onetrainer
+
+    concepts = tmp_path / "training_concepts" / "concepts.json"
+    concepts.parent.mkdir()
+    concepts.write_text(json.dumps([{"name": "c", "path": str(tmp_path / "img"), "balancing": 2.5,
+                                     "balancing_strategy": "REPEATS"}]))
+    src = tmp_path / "flux.json"
+    src.write_text(json.dumps({
+        "backup_after": 10, "base_model_name": "black-forest-labs/FLUX.1-dev", "batch_size": 4,
+        "learning_rate": 0.0003, "model_type": "FLUX_DEV_1", "output_model_destination": "models/lora.safetensors",
+        "output_model_format": "DIFFUSERS_LORA", "resolution": "768",
+        "transformer": {"train": True, "weight_dtype": "NFLOAT_4"},
+        "text_encoder": {"train": False, "weight_dtype": "BFLOAT_16"},
+        "text_encoder_2": {"train": False, "weight_dtype": "NFLOAT_4"}, "training_method": "LORA",
+        "vae": {"weight_dtype": "FLOAT_32"}, "train_dtype": "BFLOAT_16", "timestep_distribution": "LOGIT_NORMAL",
+        "dynamic_timestep_shifting": True, "concept_file_name": "training_concepts/concepts.json"}))
+    res = import_onetrainer(src, tmp_path / "run.toml")
+    doc = tomllib.loads(res.text)
+    assert doc["model"] == {"family": "flux1", "checkpoint": "black-forest-labs/FLUX.1-dev"}
+    assert doc["network"] == {"train_text_encoder": False, "rank": 16, "alpha": 1.0}
+    assert doc["training"] == {"batch_size": 4, "max_epochs": 100, "mixed_precision": "bf16",
+                               "timestep_sampling": "flux_shift"}
+    assert doc["save"] == {"dir": "models", "name": "lora", "format": "diffusers"}
+    assert ("transformer.weight_dtype", "'NFLOAT_4': lorakit stores the frozen base in bf16, or fp8 with "
+            "memory.fp8_base") in res.dropped
+    assert "lora_alpha is not set: OneTrainer's default 1.0 was written (network.alpha = 1.0)" in res.notes
+    assert "concepts.json[0]: balancing 2.5 (REPEATS) was written as num_repeats = 2 (lorakit repeats whole images)" \
+        in res.notes
+    assert tomllib.loads(res.files[tmp_path / "run.dataset.toml"])["datasets"][0]["subsets"][0]["num_repeats"] == 2
