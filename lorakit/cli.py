@@ -11,7 +11,8 @@
     lorakit convert FILE --to kohya|diffusers|peft|comfyui   lossless layout conversion
     lorakit resize FILE --rank R | --dynamic sv_fro=0.9 ;  merge A[:w] B[:w] -o OUT [--rank R | --into BASE]
     lorakit extract TUNED BASE --rank R -o OUT ;  package RUN_DIR ;  push RUN_DIR --repo user/name
-    lorakit import kohya CONFIG.toml [--dataset D.toml] -o run.toml
+    lorakit import kohya CONFIG.toml|train.sh|train.bat [--dataset D.toml] -o run.toml
+    lorakit import kohya_ss GUI.json | ai-toolkit JOB.yaml | musubi train.sh | onetrainer CONFIG.json  -o run.toml
     lorakit toy path FAMILY | toy dataset DIR | toy build | toy eval
     lorakit demo                                       the toy-world demo (what `make demo` runs)
     lorakit sweep run.toml optimizer.lr=5e-5,1e-4 network.rank=16,32 [--steps N]   grid of runs + comparison
@@ -572,8 +573,10 @@ def _add_lora_tools(sub) -> None:
     u.set_defaults(func=cmd_push)
     im = sub.add_parser("import", help="import a config from another trainer")
     isub = im.add_subparsers(dest="import_command")
-    ik = isub.add_parser("kohya", help="an sd-scripts --config_file TOML (and dataset TOML) -> run.toml")
-    ik.add_argument("config")
+    ik = isub.add_parser("kohya", help="an sd-scripts --config_file TOML (and dataset TOML) -> run.toml; or the "
+                         "training command line in a .sh / .bat / .ps1 / text file (FluxGym's train.sh / train.bat)")
+    ik.add_argument("config", help="the --config_file TOML, or a script / text file holding the "
+                    "`accelerate launch ... *train_network.py --option value ...` command")
     ik.add_argument("--dataset", help="the sd-scripts --dataset_config TOML")
     ik.add_argument("-o", "--out", required=True)
     ik.add_argument("--family", help="the model family (default: from network_module)")
@@ -592,6 +595,20 @@ def _add_lora_tools(sub) -> None:
     iat.add_argument("--family", help="the model family (default: from model.arch / is_flux / is_xl / the model "
                      "name or file)")
     iat.set_defaults(func=cmd_import_aitoolkit)
+    imu = isub.add_parser("musubi", help="a musubi-tuner training command (flux_2 / qwen_image / zimage "
+                          "_train_network.py in a .sh / .bat / text file, or its --config_file TOML) -> run.toml and "
+                          "<out>.dataset.toml (its dataset TOML in kohya's schema)")
+    imu.add_argument("config", help="the script / text file holding the training command (or a --config_file TOML)")
+    imu.add_argument("--dataset", help="musubi's dataset TOML (default: the command's --dataset_config)")
+    imu.add_argument("-o", "--out", required=True, help="the run.toml to write (never overwritten)")
+    imu.add_argument("--family", help="the model family (default: from the script name or network_module)")
+    imu.set_defaults(func=cmd_import_musubi)
+    iot = isub.add_parser("onetrainer", help="a OneTrainer saved config (JSON) -> run.toml and <out>.dataset.toml "
+                          "(its concepts as a kohya dataset TOML)")
+    iot.add_argument("config", help="the JSON OneTrainer saves (concepts inline, or its concept_file_name)")
+    iot.add_argument("-o", "--out", required=True, help="the run.toml to write (never overwritten)")
+    iot.add_argument("--family", help="the model family (default: from model_type and the base model file)")
+    iot.set_defaults(func=cmd_import_onetrainer)
 
 
 def _keymaps(family: Optional[str] = None) -> list:
@@ -940,6 +957,24 @@ def cmd_import_aitoolkit(args) -> int:
     check_new([Path(args.out), dataset_path(Path(args.out))])
     return _print_import(import_aitoolkit(Path(args.config), Path(args.out), family=_family_flag(args.family)),
                          "ai-toolkit")
+
+
+def cmd_import_musubi(args) -> int:
+    from lorakit.config.importing import check_new
+    from lorakit.config.musubi_import import dataset_path, import_musubi
+
+    check_new([Path(args.out), dataset_path(Path(args.out))])
+    return _print_import(import_musubi(Path(args.config), Path(args.out), family=_family_flag(args.family),
+                                       dataset=Path(args.dataset) if args.dataset else None), "musubi-tuner")
+
+
+def cmd_import_onetrainer(args) -> int:
+    from lorakit.config.importing import check_new
+    from lorakit.config.onetrainer_import import dataset_path, import_onetrainer
+
+    check_new([Path(args.out), dataset_path(Path(args.out))])
+    return _print_import(import_onetrainer(Path(args.config), Path(args.out), family=_family_flag(args.family)),
+                         "OneTrainer")
 
 
 def _is_kohya_dataset_toml(path: Path) -> bool:

@@ -143,7 +143,9 @@ def read_job(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     process = doc.get("config", {}).get("process") if isinstance(doc, dict) and isinstance(doc.get("config"),
                                                                                           dict) else None
     if not isinstance(process, list) or not process or not isinstance(process[0], dict):
-        hint = (" (an sd-scripts TOML? use `lorakit import kohya`)" if path.suffix.lower() == ".toml" else "")
+        hint = (" (an sd-scripts TOML? use `lorakit import kohya`)" if path.suffix.lower() == ".toml" else
+                " (a training command line? use `lorakit import kohya` or `lorakit import musubi`)"
+                if "train_network.py" in text or "train.py" in text else "")
         raise ConfigError(f"{path}: not an ai-toolkit job config (no config.process list){hint}; pass the job YAML "
                           "ai-toolkit runs (job: extension, config: {name, process: [...]})")
     first = process[0]

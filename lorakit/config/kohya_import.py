@@ -123,8 +123,11 @@ def flatten_kohya(raw: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tuple[dict[str, Any], list[str]]:
-    """kohya options → (lorakit config dict, names of options that were not carried over)."""
+def import_kohya_args(args: Mapping[str, Any], family: str | None = None, bucket_default: bool = True
+                      ) -> tuple[dict[str, Any], list[str]]:
+    """kohya options → (lorakit config dict, names of options that were not carried over); ``bucket_default``:
+    write sd-scripts' enable_bucket = false when the options leave it out (musubi-tuner sets it in its dataset
+    TOML only)."""
     out: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     fam = family or kohya_family(args)
@@ -151,7 +154,7 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None) -> tup
         d.pop("keep_tokens")
         skipped.append("keep_tokens")
     _restarts(args, out, skipped)
-    if "enable_bucket" not in args:  # sd-scripts' default is off: every image cropped to the resolution
+    if "enable_bucket" not in args and bucket_default:  # sd-scripts' default is off: every image cropped to the resolution
         out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
         # sd-scripts clips each gradient on its own under fused_backward_pass; lorakit offers no per-tensor
@@ -257,6 +260,8 @@ _DROP_REASONS = {
     "text_encoder_lr": "0: sd-scripts trains no text-encoder LoRA then, so network.train_text_encoder = false",
     "cache_text_encoder_outputs": "the text-encoder LoRA trains, so its outputs change every step: lorakit keeps the "
                                   "text encoders loaded (set network_train_unet_only = true to cache them)",
+    "model_prediction_type": "lorakit's FLUX.1 objective uses the model's raw prediction (sd-scripts' 'raw', which "
+                             "FluxGym passes); 'additive' and 'sigma_scaled' are not offered",
     "keep_tokens": "has no effect without shuffle_caption or caption_tag_dropout_rate (sd-scripts ignores it too)",
 }
 
@@ -288,6 +293,9 @@ def _refuse_json(path: Path) -> None:
     if path.suffix.lower() in (".yaml", ".yml") or head.startswith((b"job:", b"---", b"config:")):
         raise ConfigError(f"{path}: a YAML file (an ai-toolkit job config?), not an sd-scripts --config_file TOML; "
                           f"import it with `lorakit import ai-toolkit {path}`")
+    if (path.suffix.lower() == ".json" or head.startswith(b"{")) and b'"model_type"' in path.read_bytes()[:1 << 20]:
+        raise ConfigError(f"{path}: a JSON file (a OneTrainer config?), not an sd-scripts --config_file TOML; import "
+                          f"it with `lorakit import onetrainer {path}`")
     if path.suffix.lower() == ".json" or head.startswith(b"{"):
         raise ConfigError(f"{path}: a JSON file (kohya_ss's GUI config), not an sd-scripts --config_file TOML; "
                           f"import it with `lorakit import kohya_ss {path}`, or import the TOML kohya_ss writes for "
@@ -301,29 +309,54 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                        ) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]], list[str]]:
     """`lorakit import kohya`: an sd-scripts config TOML (+ its dataset TOML) -> (run.toml text, mapped
     (kohya key, lorakit key), dropped (kohya key, why), notes). The dataset TOML is referenced as data.config,
-    which lorakit reads in sd-scripts' own schema."""
+    which lorakit reads in sd-scripts' own schema. A script or text file holding the training command line
+    (``accelerate launch ... flux_train_network.py --network_dim 4 ...``) is read by
+    :mod:`lorakit.config.kohya_cmd_import`."""
+    from lorakit.config.cmdline import looks_like_command
+
+    if looks_like_command(Path(config)):
+        from lorakit.config.kohya_cmd_import import import_kohya_command
+
+        return import_kohya_command(Path(config), dataset, family)
+    _refuse_json(Path(config))
+    raw = read_toml(Path(config), str(config))
+    from lorakit.config.kohya_cmd_import import defaults
+
+    flat = flatten_kohya(raw)
+    extra: Extra = []
+    notes: list[str] = []
+    defaults(flat, "sd-scripts", extra, notes)
+    return import_kohya_flat(flat, Path(config), dataset, family, extra=extra, notes_first=notes)
+
+
+Extra = list[tuple[str | None, str, Any]]  # (source key or None for a default, lorakit key, value)
+
+
+def import_kohya_flat(flat: dict[str, Any], config: Path, dataset: Path | None = None, family: str | None = None, *,
+                      extra: Extra | None = None, dropped_first: list[tuple[str, str]] | None = None,
+                      notes_first: list[str] | None = None, how: str = "lorakit import kohya",
+                      bucket_default: bool = True
+                      ) -> tuple[str, list[tuple[str, str]], list[tuple[str, str]], list[str]]:
+    """sd-scripts' options (one flat namespace) -> (run.toml text, mapped, dropped, notes); ``extra``: values the
+    caller translated itself (a command line's --optimizer_args, sd-scripts' defaults), put in before validation."""
     from lorakit.config.importing import settle
     from lorakit.config.load import dump_toml
 
-    _refuse_json(Path(config))
-    raw = read_toml(Path(config), str(config))
-    flat = flatten_kohya(raw)
+    dropped_first = list(dropped_first or [])
     if dataset is not None:
         if not Path(dataset).is_file():
             raise ConfigError(f"--dataset: {dataset} not found")
         flat["dataset_config"] = str(Path(dataset).resolve())
     if flat.get("dataset_config") and flat.get("train_data_dir"):
         flat.pop("train_data_dir")
-        dropped_first = [("train_data_dir", "replaced by the dataset config (sd-scripts does the same)")]
-    else:
-        dropped_first = []
-    out, skipped = import_kohya_args(flat, family)
+        dropped_first.append(("train_data_dir", "replaced by the dataset config (sd-scripts does the same)"))
+    out, skipped = import_kohya_args(flat, family, bucket_default)
     if "model" not in out or "family" not in out.get("model", {}):
         raise ConfigError(f"{config}: cannot tell the model family (network_module is "
                           f"{flat.get('network_module', 'missing')!r}, the base model "
                           f"{flat.get('pretrained_model_name_or_path', 'not given')!r}); pass --family, e.g. "
                           "--family sdxl, --family sd15 or --family flux1")
-    notes: list[str] = []
+    notes: list[str] = list(notes_first or [])
     mapped = [(k, _target(k, flat)) for k in flat if k in KOHYA_KEYS and k not in skipped]
     mapped += [(k, "(built in)") for k in flat if k in _BUILT_IN]
     if out.get("optimizer", {}).get("scheduler") == "cosine" and str(flat.get("lr_scheduler")).lower() == \
@@ -334,7 +367,9 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
             mapped.append(("lr_scheduler_num_cycles", "optimizer.scheduler"))
     dropped = dropped_first + [(k, _EMPTY if flat.get(k) == "" else _DROP_REASONS.get(k, "no lorakit equivalent"))
                                for k in skipped]
-    if "enable_bucket" not in flat:
+    if "network_module" in flat:  # read by kohya_family; named, never silently left out
+        dropped.append(("network_module", f"{flat['network_module']!r}: {_DROP_REASONS['network_module']}"))
+    if "enable_bucket" not in flat and bucket_default:
         notes.append("enable_bucket is not set, so sd-scripts crops every image to the resolution (its default): "
                      "written as data.enable_bucket = false; set it true to train in aspect-ratio buckets "
                      "(a dataset TOML's own enable_bucket still wins)")
@@ -345,6 +380,12 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
                      f"network.text_encoder_lr for all of them: {te_lr[0]} was written, so the other "
                      "encoder(s) train at another lr than in sd-scripts; set network.text_encoder_lr yourself")
     origin = {_target(k, flat): k for k, _ in mapped if k in KOHYA_KEYS}
+    for src, target, value in extra or []:
+        section, name = target.split(".")
+        out.setdefault(section, {})[name] = value
+        if src is not None:
+            mapped.append((src, target))
+            origin[target] = src
     # a value lorakit refuses is taken out and named
     refused, more = settle(out, origin, config, required_is_error=False)
     gone = {k for k, _ in refused}
@@ -352,5 +393,5 @@ def import_kohya_files(config: Path, dataset: Path | None = None, family: str | 
     dropped += refused
     notes += more
     header = f"# imported from {Path(config).name}" + (f" and {Path(dataset).name}" if dataset else "") + \
-        " by `lorakit import kohya`\n"
+        f" by `{how}`\n"
     return header + dump_toml(out), mapped, dropped, notes

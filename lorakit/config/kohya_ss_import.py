@@ -112,7 +112,10 @@ def read_gui_json(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         yaml_like = re.search(r"^\s*(job|config):", text, re.M)
         toml_like = re.search(r"^\s*[\w.]+\s*=", text, re.M)
-        hint = ("an ai-toolkit YAML config? use `lorakit import ai-toolkit`" if yaml_like
+        command = re.search(r"train(_network)?\.py", text)
+        hint = ("a training command line? use `lorakit import kohya` (sd-scripts, FluxGym) or `lorakit import "
+                "musubi` (musubi-tuner)" if command
+                else "an ai-toolkit YAML config? use `lorakit import ai-toolkit`" if yaml_like
                 else "an sd-scripts TOML? use `lorakit import kohya`" if toml_like
                 else "pass the JSON kohya_ss saved from its LoRA tab")
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {hint}") from None
@@ -120,6 +123,9 @@ def read_gui_json(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a JSON object of kohya_ss settings, got {type(doc).__name__}; pass the "
                           "JSON kohya_ss saved from its LoRA tab")
     if "LoRA_type" not in doc:
+        if "model_type" in doc and "training_method" in doc:
+            raise ConfigError(f"{path}: a OneTrainer config, not a kohya_ss GUI config; use `lorakit import "
+                              f"onetrainer {path}`")
         kind = ("a kohya_ss Dreambooth / fine-tuning config" if "max_resolution" in doc or "epoch" in doc
                 else "not a kohya_ss GUI config")
         raise ConfigError(f"{path}: {kind} (no LoRA_type key); lorakit trains LoRAs: pass a config saved from "
