@@ -203,7 +203,8 @@ class JobStore:
                 (tmp_dir / "run.toml").write_text(toml_text, encoding="utf-8")
                 cfg = load_config(tmp_dir / "run.toml")  # exactly what `lorakit train run.toml` will read
                 run_dir = (Path(cfg.save.dir) / cfg.save.name).resolve()
-                self._check_run_dir_free(run_dir)
+                for gone in self._check_run_dir_free(run_dir):  # jobs whose run never began: the folder is free
+                    self._release_claim(gone)
                 token = self._claim(run_dir)  # atomic across processes: another face's queue may race us
                 try:
                     (tmp_dir / CLAIM_FILE).write_text(token, encoding="utf-8")
@@ -221,6 +222,10 @@ class JobStore:
                     release_claim(run_dir, token)
                     raise
                 self._name_claim(run_dir, token, f"job {job_id} ({cfg.save.name}) of the job queue in {self.home}")
+                for j in self.list():
+                    if j.run_dir == run_dir and j.id != job_id:
+                        self._set(j.id, note=f"its output folder {run_dir} is now job {job_id}'s (this job never "
+                                             f"began a run there)\n{j.note}".rstrip())
                 final = self.jobs_root / str(job_id)
                 shutil.rmtree(final, ignore_errors=True)  # a folder left by a deleted job of the same id
                 os.replace(tmp_dir, final)
@@ -231,16 +236,29 @@ class JobStore:
         self.schedule()
         return self.get(job_id)
 
-    def _check_run_dir_free(self, run_dir: Path) -> None:
-        for job in self.list():
-            if job.run_dir == run_dir:
-                raise ConfigError(f"save.name: {run_dir} is already the output folder of job {job.id} "
-                                  f"({job.name}, {job.state}); choose another save.name or save.dir")
+    def _check_run_dir_free(self, run_dir: Path) -> list[Job]:
+        """Refuse a run folder another job uses or that holds a run; returns the jobs on it that ended (failed or
+        stopped) before their run began there: their folder goes to the new job (a corrected re-run)."""
         from lorakit.train.rundir import holds_files
 
+        on = [j for j in self.list() if j.run_dir == run_dir]  # the newest one holds it (older ones gave it up)
+        if on and not self._never_began(on[-1]):
+            job = on[-1]
+            hint = "; Resume it, or choose another save.name or save.dir" if job.state in ("stopped", "failed") \
+                else "; choose another save.name or save.dir"
+            raise ConfigError(f"save.name: {run_dir} is already the output folder of job {job.id} "
+                              f"({job.name}, {job.state}){hint}")
         if holds_files(run_dir):
             raise ConfigError(f"save.name: {run_dir} already holds a run; nothing was overwritten. Choose another "
                               "save.name or save.dir")
+        return on
+
+    @staticmethod
+    def _never_began(job: Job) -> bool:
+        """A job that ran and ended (failed, or stopped) before its run wrote anything into its run folder."""
+        from lorakit.train.rundir import holds_files
+
+        return job.attempt > 0 and job.state in ("failed", "stopped") and not holds_files(job.run_dir)
 
     def _claim(self, run_dir: Path) -> str:
         """Reserve ``run_dir`` for the job being added (``.lorakit.claim``, made in one step: of the web UI and the
@@ -297,6 +315,10 @@ class JobStore:
             job = self.reconcile_one(self.get(job_id))
             if job.state not in ("stopped", "failed"):
                 raise JobError(f"job {job_id}: only a stopped or failed job can be resumed, this one is {job.state}")
+            newer = [j for j in self.list() if j.run_dir == job.run_dir and j.id > job.id]
+            if newer:
+                raise JobError(f"job {job_id}: its output folder {job.run_dir} is now job {newer[-1].id}'s "
+                               f"({newer[-1].name}); this job never began a run there, so there is nothing to resume")
             if not (job.run_dir / "config.toml").is_file():
                 if job.attempt == 0:
                     return self.start(job_id)
@@ -447,6 +469,8 @@ class JobStore:
             return job
         state, note = self.final_state(job)
         self._set(job.id, state=state, note=note, resume=0)
+        if state == "failed":  # a run that failed before it began holds its folder no longer (a corrected re-run,
+            self._release_claim(job)  # from this queue, another face or the CLI, may use it; a begun run owns it)
         return self.get(job.id)
 
     def final_state(self, job: Job) -> tuple[str, str]:

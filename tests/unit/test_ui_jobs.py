@@ -30,6 +30,9 @@ FAKE = textwrap.dedent('''
         from lorakit.ui.runner import main
         sys.exit(main(args[2:]))
     assert args[:3] == ["-m", "lorakit", "train"], args
+    if os.environ.get("FAKE_MODE") == "early":  # refused before the run folder is made (a missing base model)
+        print("lorakit train: error: model.checkpoint: file not found", flush=True)
+        sys.exit(2)
     if args[3] == "--resume":
         run = Path(args[4])
     else:
@@ -254,3 +257,23 @@ def test_tail_keeps_last_progress_state(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("a\nbar 1%\rbar 50%\rbar 100%\nwarning: x\n\n")
     assert tail(log, 2) == "bar 100%\nwarning: x"
+
+
+def test_failed_job_frees_its_run_folder_for_a_corrected_rerun(fake, tmp_path):
+    """A job that failed before its run began (a missing base model) no longer holds the folder's claim: the
+    corrected TOML is queued on the same save.name from the UI, and `lorakit train` by hand is not refused either."""
+    from lorakit.train.rundir import CLAIM_NAME
+
+    store = fake("early")
+    text = _toml(tmp_path, "same")
+    failed = _settle(store, store.add(text).id)
+    assert failed.state == "failed" and "model.checkpoint: file not found" in failed.note
+    assert not (failed.run_dir / CLAIM_NAME).exists() and not failed.run_dir.exists()  # claim and its empty folder
+    again = fake("finish")
+    fixed = _settle(again, again.add(text).id)
+    assert (fixed.id, fixed.state, fixed.run_dir) == (failed.id + 1, "finished", failed.run_dir)
+    assert "is now job 2's" in again.get(failed.id).note
+    with pytest.raises(JobError, match=r"^job 1: its output folder .* is now job 2's \(same\)"):
+        again.resume(failed.id)  # never the newer job's run
+    with pytest.raises(ConfigError, match=r"already the output folder of job 2 \(same, finished\)"):
+        again.add(text)  # a run that began keeps its folder
