@@ -132,7 +132,7 @@ def from_widget(field: Field, shown: Any) -> tuple[bool, Any]:
             text = text.strip()
             if not text:
                 return False, None
-            return True, os.path.abspath(os.path.expanduser(text))
+            return True, _absolute(spec.key, text)
         if text == "" and spec.default is None:
             return False, None
         return True, text
@@ -141,6 +141,16 @@ def from_widget(field: Field, shown: Any) -> tuple[bool, Any]:
             return False, None
         return True, ""  # the loader says what the key must be
     return True, _parse_override_value(text, spec)
+
+
+def _absolute(key: str, text: str) -> str:
+    """A path typed into the form, absolute against the UI's current folder as the CLI makes it (a
+    ``model.checkpoint`` hub id such as ``stabilityai/stable-diffusion-xl-base-1.0`` stays a hub id)."""
+    from pathlib import Path
+
+    from lorakit.config.validate import _resolve_one
+
+    return _resolve_one(key, text, Path.cwd())
 
 
 def baseline(preset: Optional[str]) -> dict[str, Any]:
@@ -243,7 +253,7 @@ def apply_overrides_to_toml(text: str, overrides: Sequence[str]) -> str:
             raise ConfigError(f"{parts[0]}: must be a table")
         spec = field_specs().get(parts[0], {}).get(parts[1])
         if spec is not None and spec.meta.get("kind") == "path" and isinstance(value, str) and value.strip():
-            value = os.path.abspath(os.path.expanduser(value.strip()))
+            value = _absolute(spec.key, value.strip())
         if len(parts) == 3:
             table = section.get(parts[1])
             table = dict(table) if isinstance(table, dict) else {}
