@@ -486,8 +486,15 @@ def _train_events(gr, state: UIState, u):
                 from lorakit.data.scan import scan_dataset
                 from lorakit.models.registry import get_family
 
-                scanned = scan_dataset(cfg.data, divisibility=get_family(cfg.model.family).SPEC.bucket_divisibility)
-                images, steps = scanned.report.usable, scanned.report.steps_per_epoch(cfg.training.batch_size)
+                from lorakit.data.stream import BatchStream
+                from lorakit.data.validation import make_validation
+
+                div = get_family(cfg.model.family).SPEC.bucket_divisibility
+                scanned = scan_dataset(cfg.data, divisibility=div)
+                if scanned.report.usable:  # as the run counts: held-out validation images are never trained on
+                    trained, _ = make_validation(scanned, cfg.data, cfg.training.seed, div)
+                    images = len({item.path for item in trained.items})
+                    steps = BatchStream(trained, cfg.training.batch_size, cfg.training.seed).steps_per_epoch
             cpu = measured_cpu_seconds(runs.metrics(j.run_dir) for j in store.list()
                                        if j.state == "finished" and j.device == "cpu"
                                        and _family_of(j) == cfg.model.family)

@@ -1,0 +1,64 @@
+"""A new user's walk through the web UI, driven through the page's own event handlers (no browser): what each
+handler shows, writes and refuses. Jobs run `true` instead of training (the CLI's tests train)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lorakit.ui.plan import CPU
+
+from tests.unit.test_ui_families import built_page
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    demo, fns, store = built_page(home)
+    by_name = {f.fn.__qualname__.replace("<locals>.", ""): f for f in fns}
+    return by_name, home, store
+
+
+def _key(comp) -> str:
+    elem = comp.elem_id or ""
+    return "model.family" if elem == "tr-family" else elem[2:].replace("-", ".", 1)
+
+
+def _toy_form(fns, home: Path, family: str = "sdxl", **changes) -> tuple[list[str], dict]:
+    """The Train form after "Use the toy models" on a toy-world dataset, with ``changes`` (key → widget text)."""
+    from lorakit.toy import world
+
+    toy = fns["_train_fill_events.toy"]
+    comps = toy.inputs[1:]
+    keys = [_key(c) for c in comps]
+    values = {k: c.value for k, c in zip(keys, comps)}
+    data = home / "toyset"
+    if not data.is_dir():
+        world.write_demo_dataset(data, trigger="zkx", repeats=2)
+    values["data.dir"] = str(data)
+    out = toy.fn(family, *[values[k] for k in keys])
+    values.update({k: v for k, v in zip(keys, out[1:]) if not isinstance(v, dict)})  # dict: gr.update()
+    values.update({k.replace("__", "."): v for k, v in changes.items()})
+    return keys, values
+
+
+def _show(fns, keys, values, card=CPU):
+    return fns["_train_events.show"].fn("(none)", card, None, *[values[k] for k in keys])
+
+
+def test_plan_counts_the_steps_max_epochs_gives(page):
+    """training.max_epochs: the run trains max_epochs × steps per epoch (validation images held out); the plan said
+    max_steps (1500, the default) and '≈ 125 epochs'."""
+    fns, home, _ = page
+    keys, values = _toy_form(fns, home, training__max_steps="1500", training__max_epochs="3",
+                             data__validation_split="0.25")
+    res = _show(fns, keys, values)
+    assert "valid" in res[0], res[0]
+    # 12 toy images, 3 held out for validation; 9 × 2 repeats in batches of 2 = 9 steps an epoch
+    assert res[2].startswith("**27 steps** (3 epochs: training.max_epochs) × batch 2 × accumulation 1 (9 steps/epoch "
+                             "over 9 images)"), res[2]
+    values["data.dir"] = str(home / "not-there")
+    assert _show(fns, keys, values)[2].startswith("**3 epochs** (training.max_epochs) × batch 2 × accumulation 1: "
+                                                  "the steps follow from the dataset")
