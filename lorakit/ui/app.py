@@ -67,6 +67,12 @@ def caption_available() -> bool:
     return False
 
 
+def _open_caption(image: Path) -> tuple[str, str, str]:
+    """(selected image, its caption, status) for the caption editor; an unreadable caption is said, not raised."""
+    text, problem = ds.read_caption(image)
+    return str(image), text, _msg(problem, True)
+
+
 def _job_choices(store: JobStore) -> list[tuple[str, str]]:
     return [(f"{j.id}: {j.name} ({j.state})", str(j.id)) for j in reversed(store.list())]
 
@@ -330,12 +336,10 @@ def _dataset_events(gr, state: UIState, u) -> None:
 
     def pick_image(paths, evt: gr.SelectData):
         if evt.index is None or evt.index >= len(paths):
-            return "", ""
-        p = Path(paths[evt.index])
-        cap = p.with_name(p.stem + ".txt")
-        return str(p), ds.caption_text(cap.read_bytes()).strip() if cap.is_file() else ""
+            return "", "", gr.update()
+        return _open_caption(Path(paths[evt.index]))
 
-    u.ds_gallery.select(pick_image, [u.ds_paths], [u.ds_sel, u.ds_cap])
+    u.ds_gallery.select(pick_image, [u.ds_paths], [u.ds_sel, u.ds_cap, u.ds_status])
 
     def save_cap(root_text, image, text):
         try:
@@ -385,13 +389,10 @@ def _dataset_events(gr, state: UIState, u) -> None:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
             file = str(table.iloc[row]["file"])
         except Exception:
-            return gr.update(), gr.update()
-        p = Path(file)
-        cap = p.with_name(p.stem + ".txt")
-        text = ds.caption_text(cap.read_bytes()).strip() if cap.is_file() else ""
-        return file, text
+            return gr.update(), gr.update(), gr.update()
+        return _open_caption(Path(file))
 
-    u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap])
+    u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap, u.ds_status])
 
     def run_caption(root_text, captioner=None, model=None):
         """`lorakit caption DIR --captioner NAME [--model FOLDER]` (existing captions are kept: no --overwrite)."""

@@ -109,14 +109,33 @@ def list_images(root: Path, caption_extension: str = ".txt") -> list[tuple[Path,
     return out
 
 
+def read_caption(image: Path, caption_extension: str = ".txt") -> tuple[str, str]:
+    """(caption text, problem) of ``image`` for the caption editor: a caption that cannot be read as text (not
+    UTF-8 / UTF-16, unreadable) is said in the status line, never a traceback; saving then replaces it (its first
+    version kept as ``.bak``)."""
+    cap = Path(image).with_name(Path(image).stem + caption_extension)
+    if not cap.is_file():
+        return "", ""
+    try:
+        return caption_text(cap.read_bytes()).strip(), ""
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+        return "", (f"{cap}: cannot be read ({why}); training ignores it. Type a caption and save: the old file is "
+                    f"kept as {cap.name}.bak")
+
+
 def save_caption(image: Path, text: str, caption_extension: str = ".txt") -> Path:
     """Write the caption of ``image`` atomically; the caption it replaces is kept once as ``<caption>.bak``
     (the first edit's original: later edits never overwrite that backup)."""
     from lorakit.data.cache import atomic_write_bytes
 
+    from lorakit.data.images import IMAGE_EXTENSIONS
+
     image = Path(image)
     if not image.is_file():
         raise DataError(f"{image}: image not found; reload the dataset")
+    if image.suffix.lower() not in IMAGE_EXTENSIONS:  # a report row of a stray file: its .txt may be the user's
+        raise DataError(f"{image}: not an image, so it has no caption; pick an image")
     cap = image.with_name(image.stem + caption_extension)
     bak = cap.with_name(cap.name + ".bak")
     if cap.is_file() and not bak.exists():

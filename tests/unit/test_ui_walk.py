@@ -62,3 +62,46 @@ def test_plan_counts_the_steps_max_epochs_gives(page):
     values["data.dir"] = str(home / "not-there")
     assert _show(fns, keys, values)[2].startswith("**3 epochs** (training.max_epochs) × batch 2 × accumulation 1: "
                                                   "the steps follow from the dataset")
+
+
+class _Sel:  # gr.SelectData as the gallery / table sends it
+    def __init__(self, index):
+        self.index = index
+
+
+def test_caption_that_is_no_text_is_said_and_replaced_with_a_backup(page, tmp_path):
+    """Clicking an image whose caption is not UTF-8 raised UnicodeDecodeError (a traceback, the editor stuck);
+    now the status says so and Save keeps the old bytes as .bak."""
+    from PIL import Image
+
+    fns, home, _ = page
+    folder = tmp_path / "set" / "10_zkx toy"
+    folder.mkdir(parents=True)
+    img = folder / "a.png"
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(img)
+    (folder / "a.txt").write_bytes(b"\xff\xfe\x00\xd8bad")
+    sel, cap, status = fns["_dataset_events.pick_image"].fn([str(img)], _Sel(0))
+    assert (sel, cap) == (str(img), "")
+    assert "a.txt: cannot be read (not UTF-8 text)" in status and "kept as a.txt.bak" in status
+    saved = fns["_dataset_events.save_cap"].fn(str(tmp_path / "set"), sel, "a zkx toy")
+    assert "caption saved" in saved[0]
+    assert (folder / "a.txt").read_text() == "a zkx toy\n"
+    assert (folder / "a.txt.bak").read_bytes() == b"\xff\xfe\x00\xd8bad"
+
+
+def test_caption_save_refuses_a_stray_file_of_the_report(page, tmp_path):
+    """A report row can name a non-image (notes.docx): opening it and saving wrote notes.txt, the user's file."""
+    import pandas as pd
+
+    fns, home, _ = page
+    folder = tmp_path / "set" / "10_zkx toy"
+    folder.mkdir(parents=True)
+    (folder / "notes.docx").write_bytes(b"PK")
+    (folder / "notes.txt").write_text("my notes")
+    table = pd.DataFrame([["skipped", str(folder / "notes.docx"), "not an image"]],
+                         columns=["action", "file", "reason"])
+    sel, cap, status = fns["_dataset_events.pick_problem"].fn(table, _Sel([0, 1]))
+    assert sel == str(folder / "notes.docx") and cap == "my notes"
+    out = fns["_dataset_events.save_cap"].fn(str(tmp_path / "set"), sel, "overwritten?")
+    assert "notes.docx: not an image, so it has no caption" in out[0]
+    assert (folder / "notes.txt").read_text() == "my notes" and not (folder / "notes.txt.bak").exists()
