@@ -479,8 +479,15 @@ def _train_events(gr, state: UIState, u):
             key = fm.error_key(str(exc))
             return [_msg(str(exc), True), gr.update(), "", None] + field_updates(previous, key, str(exc))
         out = state.home / "toml" / f"{cfg.save.name}.toml"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        saved = None
+        try:
+            from lorakit.fsutil import write_text
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_text(out, text)
+            saved = str(out)
+        except OSError as exc:  # a full disk, an unwritable home: the TOML is still shown, only the file is missing
+            saved_err = f"the TOML file to download could not be written ({exc.filename or out}: {exc.strerror or exc})"
         try:
             images = steps = None
             if cfg.data.dir and Path(cfg.data.dir).is_dir():
@@ -505,7 +512,10 @@ def _train_events(gr, state: UIState, u):
                          "'10_ohwx woman'); a job started now would stop at its dataset scan")
         except LorakitError as exc:
             plan = f"⚠ {exc}"
-        return [_msg("valid: this is the TOML a job runs"), text, plan, str(out)] + field_updates(previous)
+        if saved is None:
+            return [_msg(f"valid: this is the TOML a job runs; {saved_err}", True), text, plan, None] + \
+                field_updates(previous)
+        return [_msg("valid: this is the TOML a job runs"), text, plan, saved] + field_updates(previous)
 
     u.tr_show.click(show, [u.tr_preset, u.tr_card, u.tr_err, *comps],
                     [u.tr_status, u.tr_toml, u.tr_plan, u.tr_file, *comps, u.tr_err])

@@ -197,42 +197,49 @@ class JobStore:
 
         with self._lock:
             tmp_dir = self.jobs_root / f".new-{os.getpid()}-{threading.get_ident()}"
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            tmp_dir.mkdir(parents=True)
+            job_id = token = run_dir = None
             try:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                tmp_dir.mkdir(parents=True)
                 (tmp_dir / "run.toml").write_text(toml_text, encoding="utf-8")
                 cfg = load_config(tmp_dir / "run.toml")  # exactly what `lorakit train run.toml` will read
                 run_dir = (Path(cfg.save.dir) / cfg.save.name).resolve()
                 for gone in self._check_run_dir_free(run_dir):  # jobs whose run never began: the folder is free
                     self._release_claim(gone)
                 token = self._claim(run_dir)  # atomic across processes: another face's queue may race us
-                try:
-                    (tmp_dir / CLAIM_FILE).write_text(token, encoding="utf-8")
-                    now = time.time()
-                    with self._db() as db:
-                        cur = db.execute(
-                            "INSERT INTO jobs (name, created, device, run_dir, state, parent, updated) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (cfg.save.name, now, device_key(cfg.training.device), str(run_dir),
-                             "queued" if start else "stopped", parent, now))
-                        job_id = int(cur.lastrowid)
-                except BaseException:
-                    from lorakit.train.rundir import release_claim
-
-                    release_claim(run_dir, token)
-                    raise
-                self._name_claim(run_dir, token, f"job {job_id} ({cfg.save.name}) of the job queue in {self.home}")
-                for j in self.list():
-                    if j.run_dir == run_dir and j.id != job_id:
-                        self._set(j.id, note=f"its output folder {run_dir} is now job {job_id}'s (this job never "
-                                             f"began a run there)\n{j.note}".rstrip())
+                (tmp_dir / CLAIM_FILE).write_text(token, encoding="utf-8")
+                now = time.time()
+                with self._db() as db:
+                    cur = db.execute(
+                        "INSERT INTO jobs (name, created, device, run_dir, state, parent, updated) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (cfg.save.name, now, device_key(cfg.training.device), str(run_dir),
+                         "stopped", parent, now))  # startable only once its folder is in place (below)
+                    job_id = int(cur.lastrowid)
                 final = self.jobs_root / str(job_id)
                 shutil.rmtree(final, ignore_errors=True)  # a folder left by a deleted job of the same id
                 os.replace(tmp_dir, final)
-                if not start:
-                    self._set(job_id, note="created; press Start to run it")
+            except BaseException as exc:
+                if job_id is not None:
+                    with self._db() as db:
+                        db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                if token is not None:
+                    from lorakit.train.rundir import release_claim
+
+                    release_claim(run_dir, token)
+                if isinstance(exc, OSError):  # a full disk, a read-only or unwritable --home
+                    raise JobError(f"cannot queue the job: {exc.filename or self.jobs_root}: {exc.strerror or exc}; "
+                                   f"nothing was queued (free space, or give a --home you can write)") from None
+                raise
             finally:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+            self._set(job_id, state="queued" if start else "stopped",
+                      note="" if start else "created; press Start to run it")
+            self._name_claim(run_dir, token, f"job {job_id} ({cfg.save.name}) of the job queue in {self.home}")
+            for j in self.list():
+                if j.run_dir == run_dir and j.id != job_id:
+                    self._set(j.id, note=f"its output folder {run_dir} is now job {job_id}'s (this job never "
+                                         f"began a run there)\n{j.note}".rstrip())
         self.schedule()
         return self.get(job_id)
 

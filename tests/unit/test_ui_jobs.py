@@ -277,3 +277,26 @@ def test_failed_job_frees_its_run_folder_for_a_corrected_rerun(fake, tmp_path):
         again.resume(failed.id)  # never the newer job's run
     with pytest.raises(ConfigError, match=r"already the output folder of job 2 \(same, finished\)"):
         again.add(text)  # a run that began keeps its folder
+
+
+def test_unwritable_home_is_one_line_and_queues_nothing(fake, tmp_path, monkeypatch):
+    """A full disk or unwritable --home while queueing: one JobError line (was an OSError traceback), no job row
+    and no claim left on the output folder (the job's folder is moved into place before it may start)."""
+    import errno
+
+    store = fake("finish")
+    real = os.replace
+
+    def full(src, dst, *a, **k):
+        if Path(dst).parent == store.jobs_root:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(JobError, match=r"^cannot queue the job: .*/jobs/1: No space left on device; nothing was "
+                                       r"queued"):
+        store.add(_toml(tmp_path, "full"))
+    monkeypatch.setattr(os, "replace", real)
+    assert store.list() == [] and not (tmp_path / "runs" / "full").exists()
+    assert [p.name for p in store.jobs_root.iterdir()] == []
+    assert _settle(store, store.add(_toml(tmp_path, "full")).id).state == "finished"  # the retry just works

@@ -105,3 +105,14 @@ def test_caption_save_refuses_a_stray_file_of_the_report(page, tmp_path):
     out = fns["_dataset_events.save_cap"].fn(str(tmp_path / "set"), sel, "overwritten?")
     assert "notes.docx: not an image, so it has no caption" in out[0]
     assert (folder / "notes.txt").read_text() == "my notes" and not (folder / "notes.txt.bak").exists()
+
+
+def test_show_with_an_unwritable_toml_folder_still_shows_the_toml(page):
+    """Check + show wrote <home>/toml/NAME.toml unguarded: a full disk or a file in the way was a traceback."""
+    fns, home, _ = page
+    keys, values = _toy_form(fns, home, save__name="blocked")
+    (home / "toml").mkdir(exist_ok=True)
+    (home / "toml" / "blocked.toml").mkdir()  # a folder where the file goes
+    res = _show(fns, keys, values)
+    assert "valid: this is the TOML a job runs; the TOML file to download could not be written" in res[0]
+    assert "blocked.toml" in res[0] and 'name = "blocked"' in res[1] and res[3] is None
