@@ -214,8 +214,9 @@ def _jobs_page(gr, state: UIState, u) -> None:
         u.jb_resume = gr.Button("Resume", elem_id="jb-resume")
         u.jb_delete = gr.Button("Delete", elem_id="jb-delete")
     with gr.Row():
-        u.jb_changes = gr.Textbox(label="Duplicate with changes (section.key=value, one per line)",
-                                lines=2, elem_id="jb-changes", scale=4)
+        u.jb_changes = gr.Textbox(label="Changes (section.key=value, one per line) for Duplicate, or for Resume "
+                                        "(training.max_steps=3000 trains a finished run on to step 3000)",
+                                  lines=2, elem_id="jb-changes", scale=4)
         u.jb_dup = gr.Button("Duplicate", elem_id="jb-dup", scale=1)
     u.jb_status = gr.HTML(elem_id="jb-status")
     u.jb_note = gr.Code(label="Job note / last lines of its log", language=None, elem_id="jb-note")
@@ -639,7 +640,7 @@ def _jobs_events(gr, state: UIState, u):
             elif action == "stop":
                 j = store.stop(jid)
             elif action == "resume":
-                j = store.resume(jid)
+                j = store.resume(jid, [ln.strip() for ln in (changes or "").splitlines() if ln.strip()])
             elif action == "delete":
                 store.delete(jid)
                 j = None
@@ -662,7 +663,7 @@ def _jobs_events(gr, state: UIState, u):
     outs = [u.jb_status, u.jb_table, u.jb_note, u.jb_pick, u.wt_pick, u.cp_pick, u.dl_pick]
     u.jb_start.click(lambda p: act("start", p), [u.jb_pick], outs)
     u.jb_stop.click(lambda p: act("stop", p), [u.jb_pick], outs)
-    u.jb_resume.click(lambda p: act("resume", p), [u.jb_pick], outs)
+    u.jb_resume.click(lambda p, c: act("resume", p, c), [u.jb_pick, u.jb_changes], outs)
     u.jb_delete.click(lambda p: act("delete", p), [u.jb_pick], outs)
     u.jb_dup.click(lambda p, c: act("duplicate", p, c), [u.jb_pick, u.jb_changes], outs)
     u.jb_pick.change(jobs_refresh, [u.jb_pick], [u.jb_table, u.jb_note])

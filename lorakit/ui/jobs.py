@@ -35,6 +35,7 @@ ACTIVE = ("running", "stopping")
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 LOG_TAIL_LINES = 20
 STARTING_GRACE_S = 30.0
+RESUME_FILE = "resume.json"  # in the job folder: the changes (section.key=value) a Resume passes to `--resume`
 CLAIM_FILE = "claim"  # in the job folder: the token of the job's claim on its run folder (lorakit.train.rundir.claim)
 
 _SCHEMA = """
@@ -316,24 +317,87 @@ class JobStore:
         self.schedule()
         return self.get(job_id)
 
-    def resume(self, job_id: int) -> Job:
-        """Continue a stopped or failed run from its newest complete checkpoint (``lorakit train --resume``)."""
+    def resume(self, job_id: int, overrides: Sequence[str] = ()) -> Job:
+        """Continue a stopped or failed run from its newest complete checkpoint (``lorakit train --resume RUN_DIR
+        [overrides]``); with ``section.key=value`` changes (``training.max_steps=3000``) also a finished run, which
+        then trains on to the new end. A run that never began (it failed or was stopped before writing anything)
+        starts again from its TOML."""
+        overrides = [o.strip() for o in overrides if o.strip()]
         with self._lock:
             job = self.reconcile_one(self.get(job_id))
-            if job.state not in ("stopped", "failed"):
-                raise JobError(f"job {job_id}: only a stopped or failed job can be resumed, this one is {job.state}")
+            if job.state == "finished" and not overrides:
+                raise JobError(f"job {job_id}: finished; to train it further, give the new end in the changes box "
+                               "(training.max_steps=N, or training.max_epochs=N) and press Resume")
+            if job.state not in ("stopped", "failed", "finished"):
+                raise JobError(f"job {job_id}: only a stopped, failed or finished job can be resumed, this one is "
+                               f"{job.state}")
             newer = [j for j in self.list() if j.run_dir == job.run_dir and j.id > job.id]
             if newer:
                 raise JobError(f"job {job_id}: its output folder {job.run_dir} is now job {newer[-1].id}'s "
                                f"({newer[-1].name}); this job never began a run there, so there is nothing to resume")
             if not (job.run_dir / "config.toml").is_file():
+                if overrides:
+                    raise JobError(f"job {job_id}: its run never began, so there is nothing to resume with changes "
+                                   "(nothing was changed); use Duplicate with these changes")
                 if job.attempt == 0:
                     return self.start(job_id)
-                raise JobError(f"job {job_id}: {job.run_dir / 'config.toml'} is missing (the run stopped before it "
-                               "wrote anything); use Duplicate to start it again")
+                return self._restart(job)
+            cfg_overrides = self._check_resume(job, overrides)
+            from lorakit.fsutil import write_json
+
+            try:
+                write_json(job.job_dir / RESUME_FILE, {"attempt": job.attempt + 1, "overrides": cfg_overrides})
+            except OSError as exc:
+                raise JobError(f"job {job_id}: cannot write {job.job_dir / RESUME_FILE} ({exc.strerror or exc}); "
+                               "nothing was changed") from None
             self._set(job_id, state="queued", resume=1, stop_requested=0, note="")
         self.schedule()
         return self.get(job_id)
+
+    def _check_resume(self, job: Job, overrides: list[str]) -> list[str]:
+        """The changes of a resume, checked as `lorakit train --resume` checks them (one line each, before the job is
+        queued): the run's folder and name cannot change, and a finished run must be given a later end."""
+        from lorakit.config.load import field_specs, load_config, parse_override
+
+        keys = sorted({".".join(parse_override(o)[0]) for o in overrides} & {"save.dir", "save.name"})
+        if keys:
+            raise ConfigError(f"{keys[0]}: cannot change on Resume: the run stays in {job.run_dir} (nothing was "
+                              "changed); use Duplicate to train into another folder")
+        cfg = load_config(job.run_dir / "config.toml", overrides)
+        if job.state == "finished":
+            from lorakit.errors import TrainingError
+            from lorakit.train.resume import check_not_finished
+            from lorakit.train.rundir import RunDir
+
+            try:
+                check_not_finished(RunDir(job.run_dir, job.name), cfg)
+            except TrainingError as exc:
+                raise JobError(f"job {job.id}: {str(exc).split(' To train it further')[0]} Raise "
+                               "training.max_steps (or training.max_epochs) in the changes box.") from None
+        out = []
+        for item in overrides:  # a path is made absolute here: the run's process starts in the job's folder
+            parts, value = parse_override(item)
+            spec = field_specs().get(parts[0], {}).get(parts[-1]) if len(parts) == 2 else None
+            if spec is not None and spec.meta.get("kind") == "path" and isinstance(value, str) and value.strip():
+                from lorakit.ui.form import _absolute
+
+                item = f"{'.'.join(parts)}={_absolute(spec.key, value.strip())}"
+            out.append(item)
+        return out
+
+    def _restart(self, job: Job) -> Job:
+        """Start again from its TOML a job whose run never began (its folder reserved again under its token)."""
+        from lorakit.errors import TrainingError
+        from lorakit.train.rundir import claim
+
+        try:
+            token = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
+            claim(job.run_dir, f"job {job.id} ({job.name}) of the job queue in {self.home}", token)
+        except (OSError, TrainingError) as exc:
+            raise JobError(f"job {job.id}: cannot start it again: {exc}") from None
+        self._set(job.id, state="queued", resume=0, stop_requested=0, note="")
+        self.schedule()
+        return self.get(job.id)
 
     def stop(self, job_id: int) -> Job:
         """SIGINT to the run: it finishes the step, keeps its last complete checkpoint and exits (resumable).
@@ -414,7 +478,9 @@ class JobStore:
         if claimed != 1:
             return False
         if job.resume:
-            train = [self.python, "-m", "lorakit", "train", "--resume", str(job.run_dir)]
+            changes = _read_json(job.job_dir / RESUME_FILE)
+            extra = changes.get("overrides", []) if changes.get("attempt") == attempt else []
+            train = [self.python, "-m", "lorakit", "train", "--resume", str(job.run_dir), *extra]
         else:
             train = [self.python, "-m", "lorakit", "train", str(job.toml_path)]
         cmd = [self.python, "-m", "lorakit.ui.runner", str(job.job_dir), str(attempt), "--", *train]

@@ -47,6 +47,7 @@ FAKE = textwrap.dedent('''
         d.update(kw, pid=os.getpid())
         p.write_text(json.dumps(d))
     status(status="running", step=0, max_steps=10)
+    print("args:", " ".join(args[3:]), flush=True)
     print("step 1 of 10", flush=True)
     if mode == "finish":
         status(status="finished", step=10)
@@ -228,7 +229,7 @@ def test_refusals(fake, tmp_path):
         store.add(_toml(tmp_path, "same"))
     with pytest.raises(JobError, match="stop it first"):
         store.delete(job.id)
-    with pytest.raises(JobError, match="only a stopped or failed job can be resumed"):
+    with pytest.raises(JobError, match="only a stopped, failed or finished job can be resumed, this one is running"):
         store.resume(job.id)
     with pytest.raises(ConfigError, match=r"^network.rank: must be an integer ≥ 1, got 0"):
         store.add(_toml(tmp_path, "other") + "[network]\nrank = 0\n")
@@ -300,3 +301,45 @@ def test_unwritable_home_is_one_line_and_queues_nothing(fake, tmp_path, monkeypa
     assert store.list() == [] and not (tmp_path / "runs" / "full").exists()
     assert [p.name for p in store.jobs_root.iterdir()] == []
     assert _settle(store, store.add(_toml(tmp_path, "full")).id).state == "finished"  # the retry just works
+
+
+def test_resume_honours_the_changes_and_extends_a_finished_run(fake, tmp_path):
+    """The changes box beside Resume was ignored by it (Resume ran a bare --resume): now its lines go to
+    `lorakit train --resume RUN key=value` (a finished run trains on to a raised end), checked first."""
+    store = fake("finish")
+    text = _toml(tmp_path, "ext").replace('device = "cpu"', 'device = "cpu"\nmax_steps = 10')
+    job = _settle(store, store.add(text).id)
+    assert job.state == "finished"
+    with pytest.raises(JobError, match=r"^job 1: finished; to train it further, give the new end in the changes box"):
+        store.resume(job.id)
+    with pytest.raises(ConfigError, match=r"^save.name: cannot change on Resume: the run stays in "):
+        store.resume(job.id, ["save.name=other"])
+    with pytest.raises(JobError, match=r"^job 1: --resume: .* finished at step 10 \(training.max_steps = 10\); "
+                                       r"nothing was changed .* Raise training.max_steps"):
+        store.resume(job.id, ["training.max_steps=10"])
+    with pytest.raises(ConfigError, match=r"^training.max_steps: must be an integer ≥ 1"):
+        store.resume(job.id, ["training.max_steps=0"])
+    assert store.get(job.id).state == "finished"  # nothing of the refused ones queued
+    resumed = store.resume(job.id, ["training.max_steps=20", "data.cache_dir=rel/cache"])
+    assert resumed.state == "running" and resumed.attempt == 2
+    job = _settle(store, job.id)
+    assert job.state == "finished"
+    assert f"args: --resume {job.run_dir} training.max_steps=20 data.cache_dir={Path.cwd() / 'rel/cache'}" \
+        in job.log_path.read_text()
+
+
+def test_resume_of_a_run_that_never_began_starts_it_again(fake, tmp_path):
+    """Resume of a job that failed before its run began said 'use Duplicate'; it now starts the job's TOML again,
+    on its own save.name."""
+    from lorakit.train.rundir import CLAIM_NAME
+
+    store = fake("early")
+    job = _settle(store, store.add(_toml(tmp_path, "again")).id)
+    assert job.state == "failed" and not (job.run_dir / CLAIM_NAME).exists()
+    with pytest.raises(JobError, match="never began, so there is nothing to resume with changes"):
+        store.resume(job.id, ["training.max_steps=5"])
+    fixed = fake("finish")
+    assert fixed.resume(job.id).state == "running"
+    job = _settle(fixed, job.id)
+    assert job.state == "finished" and job.attempt == 2
+    assert job.log_path.read_text().count("args: ") == 1 and f"args: {job.toml_path}" in job.log_path.read_text()
