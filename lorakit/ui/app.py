@@ -756,8 +756,6 @@ def _compare_events(gr, state: UIState, u) -> None:
     store = state.store
 
     def compare(picks):
-        import tomllib
-
         try:
             picks = [int(p) for p in picks or []]
             jobs = [store.get(p) for p in picks]
@@ -767,14 +765,7 @@ def _compare_events(gr, state: UIState, u) -> None:
         if len(picks) < 2:
             return pd.DataFrame({"setting": ["pick two or more jobs"]}), pd.DataFrame(
                 {"step": [], "loss": [], "job": []}), []
-        flat = []
-        for j in jobs:
-            try:
-                data = tomllib.loads(j.toml_path.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError):
-                data = {}
-            flat.append({f"{s}.{k}": v for s, body in data.items() if isinstance(body, dict)
-                         for k, v in body.items()} | ({"preset": data["preset"]} if "preset" in data else {}))
+        flat = [_settings_of(j) for j in jobs]
         keys_all = sorted(set().union(*flat))
         diff = [[k] + [str(f.get(k, "—")) for f in flat] for k in keys_all
                 if len({repr(f.get(k)) for f in flat}) > 1]
@@ -865,6 +856,29 @@ def _download_events(gr, state: UIState, u) -> None:
         return archive, (proc.stdout + proc.stderr).strip() + f"\nzip: {archive}"
 
     u.dl_package.click(package, [u.dl_pick], [u.dl_download, u.dl_out])
+
+
+def _settings_of(job) -> dict[str, Any]:
+    """``section.key`` → value of every setting the job's run uses: its run folder's ``config.toml`` (what the run
+    trains with: the preset's values spelled out, a Resume's changes included), else the job's TOML as the CLI loads
+    it; the TOML's own text when neither loads."""
+    import tomllib
+
+    from lorakit.config.load import config_to_dict, load_config
+
+    for path in (job.run_dir / "config.toml", job.toml_path):
+        try:
+            data = config_to_dict(load_config(path))
+            break
+        except (LorakitError, OSError, ValueError):
+            continue
+    else:
+        try:
+            data = tomllib.loads(job.toml_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+    return {f"{s}.{k}": v for s, body in data.items() if isinstance(body, dict) for k, v in body.items()} | \
+        ({"preset": data["preset"]} if isinstance(data.get("preset"), str) else {})
 
 
 def _family_of(job) -> Optional[str]:

@@ -116,3 +116,24 @@ def test_show_with_an_unwritable_toml_folder_still_shows_the_toml(page):
     res = _show(fns, keys, values)
     assert "valid: this is the TOML a job runs; the TOML file to download could not be written" in res[0]
     assert "blocked.toml" in res[0] and 'name = "blocked"' in res[1] and res[3] is None
+
+
+def test_compare_shows_the_settings_the_runs_used(page):
+    """Compare read the jobs' TOMLs: a preset's values never showed, and a run extended by Resume
+    (training.max_steps=40 in its config.toml) showed the TOML's 20. It now compares each run's config.toml."""
+    from lorakit.config.load import dump_toml, load_config
+
+    fns, home, store = page
+    keys, values = _toy_form(fns, home, save__name="cmp-a")
+    text_a = fns["_train_events.show"].fn("(none)", CPU, None, *[values[k] for k in keys])[1]
+    a = store.add(text_a)
+    values["save.name"] = "cmp-b"
+    values["network.rank"] = "4"
+    b = store.add(fns["_train_events.show"].fn("(none)", CPU, None, *[values[k] for k in keys])[1])
+    a.run_dir.mkdir(parents=True, exist_ok=True)
+    (a.run_dir / "config.toml").write_text(dump_toml(load_config(a.toml_path, ["training.max_steps=40"])))
+    diff = fns["_compare_events.compare"].fn([str(a.id), str(b.id)])[0]
+    rows = {r[0]: list(r[1:]) for r in diff.values.tolist()}
+    assert rows["training.max_steps"] == ["40", "20"]  # job a's run was extended; b never ran: its TOML
+    assert rows["network.rank"] == ["8", "4"] and rows["save.name"] == ["cmp-a", "cmp-b"]
+    assert "optimizer.lr" not in rows and "model.family" not in rows  # the same in both
