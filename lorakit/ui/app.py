@@ -836,8 +836,9 @@ def _download_events(gr, state: UIState, u) -> None:
 
     u.dl_inspect.click(inspect, [u.dl_pick, u.dl_file], [u.dl_out])
 
-    def package(pick):
-        """`lorakit package` on the job's run (a new folder in it each time), offered as one zip to download."""
+    def package(pick, path=None):
+        """`lorakit package` of the LoRA file picked (the final LoRA, or ``--step N`` for a step checkpoint, the
+        best-step LoRA or an extended run's earlier end) into a new folder of the run, offered as one zip."""
         import shutil
         import time
 
@@ -845,17 +846,30 @@ def _download_events(gr, state: UIState, u) -> None:
             return None, "pick a job"
         try:
             j = store.get(int(pick))
-        except (JobError, ValueError) as exc:
+            step = runs.package_step(j.run_dir, Path(path)) if path else None
+        except (LorakitError, ValueError) as exc:
             return None, f"⚠ {exc}"
-        out = j.run_dir / time.strftime("package-%Y%m%d-%H%M%S")
-        proc = subprocess.run([_python(), "-m", "lorakit", "package", str(j.run_dir), "-o", str(out)],
-                              capture_output=True, text=True, timeout=600)
+        stamp = time.strftime("package-%Y%m%d-%H%M%S") + ("" if step is None else f"-step{step}")
+        out, n = j.run_dir / stamp, 1
+        while out.exists() or out.with_suffix(".zip").exists():  # a second click (another tab) in the same second
+            n += 1
+            out = j.run_dir / f"{stamp}-{n}"
+        cmd = [_python(), "-m", "lorakit", "package", str(j.run_dir), "-o", str(out)]
+        try:
+            proc = subprocess.run(cmd + ([] if step is None else ["--step", str(step)]), capture_output=True,
+                                  text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return None, f"⚠ lorakit package did not finish in 10 minutes; {out} may be incomplete"
         if proc.returncode != 0 or not out.is_dir():
             return None, (proc.stdout + proc.stderr).strip()
-        archive = shutil.make_archive(str(out), "zip", root_dir=out)
+        try:
+            archive = shutil.make_archive(str(out), "zip", root_dir=out)
+        except OSError as exc:  # a full disk: the package folder is there, its zip is not
+            return None, (proc.stdout + proc.stderr).strip() + f"\n⚠ the zip could not be written " \
+                f"({exc.filename or out}: {exc.strerror or exc}); the package is in {out}"
         return archive, (proc.stdout + proc.stderr).strip() + f"\nzip: {archive}"
 
-    u.dl_package.click(package, [u.dl_pick], [u.dl_download, u.dl_out])
+    u.dl_package.click(package, [u.dl_pick, u.dl_file], [u.dl_download, u.dl_out])
 
 
 def _settings_of(job) -> dict[str, Any]:

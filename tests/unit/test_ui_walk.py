@@ -137,3 +137,47 @@ def test_compare_shows_the_settings_the_runs_used(page):
     assert rows["training.max_steps"] == ["40", "20"]  # job a's run was extended; b never ran: its TOML
     assert rows["network.rank"] == ["8", "4"] and rows["save.name"] == ["cmp-a", "cmp-b"]
     assert "optimizer.lr" not in rows and "model.family" not in rows  # the same in both
+
+
+def test_package_packages_the_lora_file_picked(page, monkeypatch):
+    """Download: 'Package' ignored the LoRA file picked beside it and always packaged the final LoRA; now a step
+    checkpoint (or the best step's LoRA) is packaged with `--step N`, and the EMA file is refused in one line."""
+    import subprocess
+
+    import torch
+
+    from lorakit.lora.io import save_safetensors_atomic
+
+    fns, home, store = page
+    keys, values = _toy_form(fns, home, save__name="pkg")
+    job = store.add(fns["_train_events.show"].fn("(none)", CPU, None, *[values[k] for k in keys])[1])
+    run = job.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.toml").write_text(job.toml_path.read_text())
+    for f in ("pkg.safetensors", "pkg-step00000005.safetensors", "pkg-ema.safetensors"):
+        (run / f).write_bytes(b"x")
+    save_safetensors_atomic(run / "pkg-best.safetensors", {"a": torch.zeros(1)}, {"lorakit_best_step": "10"})
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("-o") + 1])
+        out.mkdir()
+        (out / "README.md").write_text("card")
+        return subprocess.CompletedProcess(cmd, 0, f"package written to {out}\n", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    package = fns["_download_events.package"].fn
+    zip_path, text = package(str(job.id), str(run / "pkg-step00000005.safetensors"))
+    assert calls[-1][-2:] == ["--step", "5"] and zip_path.endswith("-step5.zip") and Path(zip_path).is_file()
+    package(str(job.id), str(run / "pkg-best.safetensors"))
+    assert calls[-1][-2:] == ["--step", "10"]
+    package(str(job.id), str(run / "pkg.safetensors"))
+    assert "--step" not in calls[-1]
+    again = package(str(job.id), str(run / "pkg.safetensors"))[0]  # a second click in the same second
+    assert Path(again).is_file() and len(list(run.glob("package-*.zip"))) == 4
+    n = len(calls)
+    assert package(str(job.id), str(run / "pkg-ema.safetensors")) == (
+        None, "⚠ pkg-ema.safetensors: `lorakit package` packages the final LoRA or a step's; pick pkg.safetensors "
+              "or a pkg-stepNNNNNNNN.safetensors checkpoint")
+    assert len(calls) == n
