@@ -396,25 +396,36 @@ def _dataset_events(gr, state: UIState, u) -> None:
     u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap, u.ds_status])
 
     def run_caption(root_text, captioner=None, model=None):
-        """`lorakit caption DIR --captioner NAME [--model FOLDER]` (existing captions are kept: no --overwrite)."""
+        """`lorakit caption DIR --captioner NAME [--model FOLDER]` (existing captions are kept: no --overwrite); the
+        thumbnails then show the captions written."""
+        keep = gr.update(), gr.update()
         if not caption_available():
-            return _msg("auto-captioning is unavailable: this lorakit has no `caption` command", True)
+            return (_msg("auto-captioning is unavailable: this lorakit has no `caption` command", True),) + keep
         try:
             root = state.roots.check(root_text, "Dataset folder")
             if not captioner:
                 raise LorakitError("Captioner: pick one (wd14, florence2, vlm, blip or toy)")
             model_dir = state.roots.check(model, "Captioner folder") if (model or "").strip() else None
         except LorakitError as exc:
-            return _msg(str(exc), True)
-        proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root), "--captioner", captioner]
-                              + (["--model", str(model_dir)] if model_dir else []), capture_output=True,
-                              text=True, timeout=3600)
+            return (_msg(str(exc), True),) + keep
+        try:
+            proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root), "--captioner", captioner]
+                                  + (["--model", str(model_dir)] if model_dir else []), capture_output=True,
+                                  text=True, timeout=3600)
+        except subprocess.TimeoutExpired:
+            proc = SimpleNamespace(returncode=124, stdout="", stderr="lorakit caption: did not finish in an hour; "
+                                   "the captions written so far are kept")
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         errors = [ln for ln in lines if ln.startswith("lorakit")]  # a refusal is one `lorakit…: error:` line
         out = errors[-1:] if proc.returncode != 0 and errors else lines[-5:]
-        return _msg(" / ".join(out) or f"lorakit caption exited with {proc.returncode}", proc.returncode != 0)
+        status = _msg(" / ".join(out) or f"lorakit caption exited with {proc.returncode}", proc.returncode != 0)
+        try:
+            return (status,) + gallery_of(root)
+        except LorakitError:  # no dataset there (the command said why)
+            return (status,) + keep
 
-    u.ds_caption_btn.click(run_caption, [u.ds_root, u.ds_captioner, u.ds_capmodel], [u.ds_status])
+    u.ds_caption_btn.click(run_caption, [u.ds_root, u.ds_captioner, u.ds_capmodel],
+                           [u.ds_status, u.ds_gallery, u.ds_paths])
 
     def use_dataset(root_text):
         try:

@@ -155,13 +155,13 @@ def test_ui_auto_caption_runs_a_command_the_caption_cli_accepts(ui, tmp_path, mo
                                                         "WD14 tagger folder needs model.onnx (...)\n")
 
     monkeypatch.setattr(ui.app.subprocess, "run", fake_run)
-    msg = run_caption(str(tmp_path), "wd14", str(tmp_path / "m"))
+    msg = run_caption(str(tmp_path), "wd14", str(tmp_path / "m"))[0]  # (status, thumbnails, their paths)
     args = build_parser().parse_args(calls[0][3:])  # what the child process parses: accepted, nothing overwritten
     assert (args.captioner, args.model, args.target, args.overwrite) == ("wd14", str(tmp_path / "m"),
                                                                           str(tmp_path), False)
     assert msg.endswith("⚠ lorakit: error: /m/model.onnx: missing; the WD14 tagger folder needs model.onnx "
                         "(...)</span>")
-    assert "Captioner: pick one" in run_caption(str(tmp_path), None, "") and len(calls) == 1
+    assert "Captioner: pick one" in run_caption(str(tmp_path), None, "")[0] and len(calls) == 1
 
 
 def test_ui_dataset_page_odd_inputs_are_one_message(ui, tmp_path):

@@ -181,3 +181,32 @@ def test_package_packages_the_lora_file_picked(page, monkeypatch):
         None, "⚠ pkg-ema.safetensors: `lorakit package` packages the final LoRA or a step's; pick pkg.safetensors "
               "or a pkg-stepNNNNNNNN.safetensors checkpoint")
     assert len(calls) == n
+
+
+def test_auto_caption_shows_the_captions_it_wrote(page, tmp_path, monkeypatch):
+    """After Auto-caption the thumbnails still said '(no caption)' until the folder was opened again; a caption
+    command that hung past its hour was a TimeoutExpired traceback."""
+    import subprocess
+
+    from PIL import Image
+
+    fns, home, _ = page
+    folder = tmp_path / "set" / "10_zkx toy"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(folder / "a.png")
+
+    def fake_run(argv, **kw):
+        (folder / "a.txt").write_text("zkx toy, a black square\n")
+        return subprocess.CompletedProcess(argv, 0, "1 captioned, 0 kept\n", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    status, gallery, paths = fns["_dataset_events.run_caption"].fn(str(tmp_path / "set"), "toy", "")
+    assert status == "1 captioned, 0 kept"
+    assert gallery == [(str(folder / "a.png"), "zkx toy, a black square")] and paths == [str(folder / "a.png")]
+
+    def slow(argv, **kw):
+        raise subprocess.TimeoutExpired(argv, kw.get("timeout"))
+
+    monkeypatch.setattr(subprocess, "run", slow)
+    status = fns["_dataset_events.run_caption"].fn(str(tmp_path / "set"), "toy", "")[0]
+    assert "lorakit caption: did not finish in an hour; the captions written so far are kept" in status
