@@ -524,6 +524,10 @@ def _train_events(gr, state: UIState, u):
                          "'10_ohwx woman'); a job started now would stop at its dataset scan")
         except LorakitError as exc:
             plan = f"⚠ {exc}"
+        problem = fm.model_file_problem(cfg)
+        if problem:  # valid TOML, but the job would fail to load its base model: said now, under the field
+            return [_msg(f"{problem}", True), text, plan, saved] + \
+                field_updates(previous, fm.error_key(problem), problem)
         if saved is None:
             return [_msg(f"valid: this is the TOML a job runs; {saved_err}", True), text, plan, None] + \
                 field_updates(previous)
@@ -535,6 +539,8 @@ def _train_events(gr, state: UIState, u):
     def start(preset, previous, *args):
         try:
             text, cfg = make_toml(preset, args)
+            if (problem := fm.model_file_problem(cfg)):
+                raise LorakitError(f"{problem}; nothing was queued")
             job = store.add(text)
         except LorakitError as exc:
             key = fm.error_key(str(exc))

@@ -214,6 +214,39 @@ def validate_toml(text: str) -> Config:
     return load_config(None, data=data)
 
 
+def model_file_problem(cfg: Config) -> Optional[str]:
+    """Why the job would fail to load its base model, found before it is queued (None when nothing is seen): a model
+    file or folder that does not exist, a checkpoint that is another family's, a LoRA or an encoder
+    (:func:`lorakit.models.registry.require_base`), or another family's diffusers folder. One line naming the key; hub
+    ids and files no family recognises pass (the job's loader has the last word)."""
+    from pathlib import Path
+
+    from lorakit.errors import LorakitError
+
+    family = cfg.model.family
+    for field in fields():
+        if field.spec.section != "model" or field.spec.meta.get("kind") != "path" or not field.visible(family):
+            continue
+        value = getattr(cfg.model, field.spec.name, None)
+        if not isinstance(value, str) or not value or not os.path.isabs(value):
+            continue  # unset, or a hub id (model.checkpoint only)
+        path = Path(value)
+        if not path.exists():
+            return f"{field.key}: {path} not found; give a file or folder on this machine (a job would stop there)"
+        if field.key != "model.checkpoint":
+            continue
+        from lorakit.models.registry import require_base, require_base_folder
+
+        try:
+            if path.is_dir():
+                require_base_folder(path, family)
+            elif path.suffix.lower() == ".safetensors":
+                require_base(path, family)
+        except LorakitError as exc:
+            return str(exc)
+    return None
+
+
 def config_to_widgets(cfg: Config) -> dict[str, Any]:
     """key → widget value of every field, from a loaded Config (the "load TOML" button)."""
     flat = config_to_dict(cfg)

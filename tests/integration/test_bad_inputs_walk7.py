@@ -469,9 +469,10 @@ def test_a_resume_refuses_to_move_or_rename_the_run(tmp_path, capsys, override):
 def test_ui_show_says_when_data_dir_is_missing(ui, tmp_path):
     """"valid: this is the TOML a job runs" with a data.dir that does not exist, and a plan without a word about it:
     the job then failed at its dataset scan."""
+    from lorakit.toy.paths import toy_paths
     from lorakit.ui.plan import CPU
 
-    values = dict(ui.form, **{"model.checkpoint": "/models/sd_xl_base_1.0.safetensors",
+    values = dict(ui.form, **{"model.checkpoint": str(toy_paths("sdxl")["checkpoint"]),  # a file that exists
                               "data.dir": str(tmp_path / "nope"), "save.dir": str(tmp_path / "runs")})
     res = ui.fn("_train_events.show")("(none)", CPU, None, *values.values())  # preset, card, flagged field, fields
     assert res[0] == "valid: this is the TOML a job runs"

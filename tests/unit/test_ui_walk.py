@@ -3,6 +3,7 @@ handler shows, writes and refuses. Jobs run `true` instead of training (the CLI'
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
@@ -210,3 +211,35 @@ def test_auto_caption_shows_the_captions_it_wrote(page, tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", slow)
     status = fns["_dataset_events.run_caption"].fn(str(tmp_path / "set"), "toy", "")[0]
     assert "lorakit caption: did not finish in an hour; the captions written so far are kept" in status
+
+
+def test_base_model_missing_or_of_another_family_is_said_before_a_job_fails(page, tmp_path):
+    """A missing base model file or another family's checkpoint passed Check and Start: the job started, loaded for
+    half a minute and failed. Now Check says it under the field, and Start refuses it (nothing queued)."""
+    import json
+
+    from lorakit.toy.paths import toy_paths
+
+    fns, home, store = page
+    show, start = fns["_train_events.show"].fn, fns["_train_events.start"].fn
+    n_jobs = len(store.list())
+    keys, values = _toy_form(fns, home, family="flux1", save__name="fam")
+    i = keys.index("model.checkpoint")
+    cases = {str(tmp_path / "gone.safetensors"): f"model.checkpoint: {tmp_path / 'gone.safetensors'} not found",
+             str(toy_paths("sdxl")["checkpoint"]): "is an SDXL-layout checkpoint of another size",
+             str(tmp_path / "sdxl-folder"): "is a diffusers SDXL folder (StableDiffusionXLPipeline), not a base "
+                                            "model the flux1 family trains on; set model.family = \"sdxl\""}
+    (tmp_path / "sdxl-folder").mkdir()
+    (tmp_path / "sdxl-folder" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    for path, said in cases.items():
+        values["model.checkpoint"] = path
+        res = show("(none)", CPU, None, *[values[k] for k in keys])
+        assert said in html.unescape(res[0]) and f'checkpoint = "{path}"' in res[1], res[0]
+        assert res[4 + i]["info"].startswith("⚠ model.checkpoint: ") and res[-1] == "model.checkpoint"
+        out = start("(none)", None, *[values[k] for k in keys])
+        assert said in html.unescape(out[0]) and "nothing was queued" in out[0]
+    values["model.ae"] = str(tmp_path / "ae.safetensors")
+    values["model.checkpoint"] = str(toy_paths("flux1")["checkpoint"])
+    assert f"model.ae: {tmp_path / 'ae.safetensors'} not found" in show("(none)", CPU, None,
+                                                                       *[values[k] for k in keys])[0]
+    assert len(store.list()) == n_jobs
