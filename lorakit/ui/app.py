@@ -296,6 +296,8 @@ def _dataset_events(gr, state: UIState, u) -> None:
             return _msg(f"{root}: {len(paths)} image(s)"), gal, paths, "", ""
         except LorakitError as exc:
             return _msg(str(exc), True), [], [], "", ""
+        except OSError as exc:  # a folder this user may not read
+            return _msg(f"{exc.filename or root_text}: cannot read it ({exc.strerror or exc})", True), [], [], "", ""
 
     u.ds_open.click(open_root, [u.ds_root], [u.ds_status, u.ds_gallery, u.ds_paths, u.ds_sel, u.ds_cap])
 
@@ -355,6 +357,9 @@ def _dataset_events(gr, state: UIState, u) -> None:
             return _msg(f"caption saved: {cap} (the first version is kept as {cap.name}.bak)"), gal, ps
         except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update()
+        except OSError as exc:  # a full disk, a read-only folder: the caption on disk is the one it was
+            return _msg(f"{exc.filename or image}: the caption was not saved ({exc.strerror or exc}); the file on "
+                        "disk is unchanged", True), gr.update(), gr.update()
 
     u.ds_save.click(save_cap, [u.ds_root, u.ds_sel, u.ds_cap], [u.ds_status, u.ds_gallery, u.ds_paths])
 

@@ -218,6 +218,18 @@ def import_uploads(files: Sequence[str | os.PathLike], dest: Path, *, max_file_m
     and a file that already exists there is refused rather than overwritten. Returns the files written.
     """
     dest = Path(dest)
+    written: list[Path] = []
+    try:
+        return _import_uploads(files, dest, max_file_mb, max_total_mb, written)
+    except OSError as exc:  # a full disk, a read-only or unwritable folder: what was moved in goes again
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise DataError(f"{exc.filename or dest}: cannot write ({exc.strerror or exc}); nothing of this upload was "
+                        "added (free space or pick a folder you can write)") from None
+
+
+def _import_uploads(files: Sequence[str | os.PathLike], dest: Path, max_file_mb: float, max_total_mb: float,
+                    written: list[Path]) -> list[Path]:
     max_file, max_total = int(max_file_mb * 2**20), int(max_total_mb * 2**20)
     staged: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix=".upload-", dir=dest.parent if dest.parent.is_dir() else None) as tmp:
@@ -242,12 +254,11 @@ def import_uploads(files: Sequence[str | os.PathLike], dest: Path, *, max_file_m
             raise DataError(f"{dest / clashes[0]}: already exists; nothing was overwritten (rename the upload or "
                             "remove the old file)")
         dest.mkdir(parents=True, exist_ok=True)
-        written = []
         for name, path in staged.items():
             target = dest / name
             shutil.move(str(path), target)
             written.append(target)
-    return written
+    return list(written)
 
 
 def _stage_one(src: Path, name: str, stage: Path, staged: dict[str, Path]) -> None:

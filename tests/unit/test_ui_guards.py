@@ -199,3 +199,28 @@ def test_parse_auth(tmp_path):
     f.write_text("broken\n")
     with pytest.raises(LorakitError, match=rf"{f}:1: expected user:password"):
         parse_auth(None, str(f))
+
+
+def test_upload_onto_a_full_disk_adds_nothing(tmp_path, monkeypatch):
+    """The disk filling up while the uploads are moved in was an OSError traceback, with the files moved so far
+    left in the image folder; now one line, and the folder is as it was."""
+    import errno
+
+    dest = tmp_path / "set" / "10_x"
+    dest.mkdir(parents=True)
+    mine = _png(dest / "mine.png")
+    uploads = [_png(tmp_path / "a.png"), _png(tmp_path / "b.png", colour=(1, 1, 1))]
+    real, moved = ds.shutil.move, []
+
+    def move(src, dst):
+        if moved:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        moved.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(ds.shutil, "move", move)
+    with pytest.raises(DataError, match=r"/10_x/b.png: cannot write \(No space left on device\); nothing of this "
+                                        r"upload was added"):
+        ds.import_uploads(uploads, dest)
+    assert moved == [dest / "a.png"] and sorted(p.name for p in dest.iterdir()) == ["mine.png"]
+    assert mine.is_file() and not list(dest.parent.glob(".upload-*"))
