@@ -148,7 +148,8 @@ def _dataset_page(gr, state: UIState, u) -> None:
                                              min_width=80, elem_id="ds-captioner")
                 u.ds_capmodel = gr.Textbox(label="Captioner folder (--model)", min_width=80, elem_id="ds-capmodel")
             with gr.Row():
-                u.ds_res = gr.Textbox(label="Check at resolution", value="1024", min_width=80,
+                u.ds_res = gr.Textbox(label="Check at resolution", value="", min_width=80,
+                                      placeholder="the family's own (1024; SD 1.5: 512)",
                                     elem_id="ds-res")
                 u.ds_check = gr.Button("Check dataset", elem_id="ds-check")
             u.ds_use = gr.Button("Use for training →", elem_id="ds-use")
@@ -363,32 +364,40 @@ def _dataset_events(gr, state: UIState, u) -> None:
 
     u.ds_save.click(save_cap, [u.ds_root, u.ds_sel, u.ds_cap], [u.ds_status, u.ds_gallery, u.ds_paths])
 
-    def check(root_text, resolution):
+    def check(root_text, resolution, family=None):
+        """`lorakit data check` of the folder, bucketed as the Train page's family buckets (its divisibility; its
+        own resolution when the field is empty)."""
         import dataclasses
 
         from lorakit.config.load import load_config
         from lorakit.data.buckets import parse_resolution
         from lorakit.data.scan import scan_dataset
+        from lorakit.models.registry import get_family
 
         try:
             root = state.roots.check(root_text, "Dataset folder")
+            family = family or fm.DEFAULT_FAMILY
+            spec = get_family(family).SPEC
             # the data section as the CLI reads it (resolution and buckets validated with its messages)
-            data = load_config(None, [f"data.resolution={(resolution or '').strip() or 1024}"],
-                               data={"model": {"family": fm.DEFAULT_FAMILY, "checkpoint": "unused.safetensors"},
+            given = (resolution or "").strip()
+            data = load_config(None, [f"data.resolution={given}"] if given else [],
+                               data={"model": {"family": family, "checkpoint": "unused.safetensors"},
                                      "data": {"dir": str(root)}}).data
             side = min(parse_resolution(data.resolution))
             if side < data.min_bucket_reso:  # a small training resolution: buckets down to it (64 px steps)
                 data = dataclasses.replace(data, min_bucket_reso=max(64, side // 64 * 64))
-            dataset = scan_dataset(data, divisibility=64)
+            dataset = scan_dataset(data, divisibility=spec.bucket_divisibility)
             report = dataset.report
             rows = ds.problem_files(report.problems)
             text = f"```\n{report.to_table()}\n```"
+            shown = getattr(spec, "display_name", "") or family
             return text, pd.DataFrame(rows, columns=["action", "file", "reason"]), _msg(
-                f"{report.usable} usable image(s), {len(report.skipped)} skipped, {len(report.warnings)} warning(s)")
+                f"{report.usable} usable image(s), {len(report.skipped)} skipped, {len(report.warnings)} warning(s); "
+                f"checked as {shown} trains at {data.resolution} px (the family picked on the Train page)")
         except LorakitError as exc:
             return "", pd.DataFrame(columns=["action", "file", "reason"]), _msg(str(exc), True)
 
-    u.ds_check.click(check, [u.ds_root, u.ds_res], [u.ds_report, u.ds_problems, u.ds_status])
+    u.ds_check.click(check, [u.ds_root, u.ds_res, u.tr_family], [u.ds_report, u.ds_problems, u.ds_status])
 
     def pick_problem(table, evt: gr.SelectData):
         try:

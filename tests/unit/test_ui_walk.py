@@ -243,3 +243,20 @@ def test_base_model_missing_or_of_another_family_is_said_before_a_job_fails(page
     assert f"model.ae: {tmp_path / 'ae.safetensors'} not found" in show("(none)", CPU, None,
                                                                        *[values[k] for k in keys])[0]
     assert len(store.list()) == n_jobs
+
+
+def test_dataset_check_is_the_familys(page, tmp_path):
+    """The Dataset page's check read every dataset as SDXL does, at 1024 px: an SD 1.5 dataset's buckets and 'too
+    small' warnings were not the ones its run (512 px) sees. It now checks as the Train page's family trains."""
+    from PIL import Image
+
+    fns, home, _ = page
+    folder = tmp_path / "set" / "1_zkx toy"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (1000, 600)).save(folder / "wide.png")
+    check = fns["_dataset_events.check"].fn
+    report, _, status = check(str(tmp_path / "set"), "528", "flux2")
+    assert "1 usable image(s)" in status and "checked as FLUX.2 trains at 528 px" in status
+    report, _, status = check(str(tmp_path / "set"), "", "sd15")  # the field left empty: the family's own size
+    assert "checked as SD 1.5 trains at 512 px" in status and "buckets: 640x384:1" in report
+    assert "buckets: 1280x768:1" in check(str(tmp_path / "set"), "", "sdxl")[0]
