@@ -551,6 +551,11 @@ class JobStore:
         exit_info = _read_json(job.job_dir / "exit.json")
         rc = exit_info.get("rc") if exit_info.get("attempt") == job.attempt else None
         status = _read_json(job.run_dir / "run.json")
+        runner = _read_json(job.job_dir / "runner.json")
+        began = runner.get("started_at") if runner.get("attempt") == job.attempt else None
+        if isinstance(began, (int, float)) and not (isinstance(status.get("updated_at"), (int, float))
+                                                    and status["updated_at"] >= began):
+            status = {}  # an earlier attempt's word (a resume stopped or killed before its run wrote any): not this one's
         last = tail(job.log_path)
         if status.get("status") == "finished" and rc in (0, None):
             return "finished", ""

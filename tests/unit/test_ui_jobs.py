@@ -41,10 +41,17 @@ FAKE = textwrap.dedent('''
         run.mkdir(parents=True, exist_ok=True)  # the job store claimed it (.lorakit.claim)
         (run / "config.toml").write_text(Path(args[3]).read_text())
     mode = os.environ.get("FAKE_MODE", "finish")
+    if mode == "loading":  # a resume still loading its model when stopped: it writes nothing to run.json
+        print("loading the base model", flush=True)
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            sys.exit(130)
     def status(**kw):
         p = run / "run.json"
         d = json.loads(p.read_text()) if p.exists() else {}
-        d.update(kw, pid=os.getpid())
+        d.update(kw, pid=os.getpid(), updated_at=time.time())
         p.write_text(json.dumps(d))
     status(status="running", step=0, max_steps=10)
     print("args:", " ".join(args[3:]), flush=True)
@@ -343,3 +350,21 @@ def test_resume_of_a_run_that_never_began_starts_it_again(fake, tmp_path):
     job = _settle(fixed, job.id)
     assert job.state == "finished" and job.attempt == 2
     assert job.log_path.read_text().count("args: ") == 1 and f"args: {job.toml_path}" in job.log_path.read_text()
+
+
+def test_an_earlier_attempts_run_json_is_not_this_attempts_end(fake, tmp_path):
+    """A failed run resumed and stopped while still loading (its run.json untouched since attempt 1) was shown
+    'failed' with attempt 1's error; it is 'stopped'."""
+    store = fake("failed")
+    job = _settle(store, store.add(_toml(tmp_path, "again")).id)
+    assert job.state == "failed" and job.note.startswith("step 3: loss nan")
+    loading = fake("loading")
+    loading.resume(job.id)
+    deadline = time.time() + 30
+    while "loading the base model" not in job.log_path.read_text():
+        assert time.time() < deadline, "the resumed job never started"
+        time.sleep(0.05)
+    _wait_file(job.job_dir / "runner.json")
+    loading.stop(job.id)
+    job = _settle(loading, job.id)
+    assert job.state == "stopped" and "loss nan" not in job.note.split("---")[0], job.note
