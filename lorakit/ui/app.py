@@ -609,7 +609,13 @@ def _train_fill_events(gr, state: UIState, u, keys, comps) -> None:
         except LorakitError as exc:
             return [_msg(str(exc), True), gr.update(), gr.update()] + [gr.update() for _ in comps]
         vals = fm.config_to_widgets(cfg)
-        return [_msg(f"loaded {Path(str(path)).name}"), cfg.preset or "(none)", raw] + [vals[k] for k in keys]
+        preset = cfg.preset or "(none)"
+        try:  # the TOML box shows what Start queues (the form's TOML: paths absolute), not the file's own text
+            shown = fm.form_to_toml(vals, cfg.preset or None)
+        except LorakitError:
+            shown = ""
+        return [_msg(f"loaded {Path(str(path)).name}; press Check to see the plan"), preset, shown] + \
+            [vals[k] for k in keys]
 
     u.tr_load.upload(load_toml, [u.tr_load], [u.tr_status, u.tr_preset, u.tr_toml, *comps])
 

@@ -260,3 +260,24 @@ def test_dataset_check_is_the_familys(page, tmp_path):
     report, _, status = check(str(tmp_path / "set"), "", "sd15")  # the field left empty: the family's own size
     assert "checked as SD 1.5 trains at 512 px" in status and "buckets: 640x384:1" in report
     assert "buckets: 1280x768:1" in check(str(tmp_path / "set"), "", "sdxl")[0]
+
+
+def test_load_toml_shows_the_toml_start_queues(page, tmp_path, monkeypatch):
+    """After Load TOML the box labelled 'exactly what the job runs' held the file's own text (relative paths,
+    comments), while Start queued the form's TOML with absolute paths: two different TOMLs under one label."""
+    from lorakit.toy.paths import toy_paths
+
+    fns, home, store = page
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "5_zkx toy").mkdir(parents=True)
+    src = tmp_path / "mine.toml"
+    src.write_text(f'# my run\n[model]\nfamily = "sdxl"\ncheckpoint = "{toy_paths("sdxl")["checkpoint"]}"\n'
+                   '[data]\ndir = "data"\n[network]\nrank = 4\n[save]\ndir = "runs"\nname = "loaded"\n')
+    load = fns["_train_fill_events.load_toml"]
+    out = load.fn(str(src))
+    shown = out[2]
+    assert f'dir = "{tmp_path / "data"}"' in shown and "# my run" not in shown and "rank = 4" in shown
+    values = out[3:]
+    started = fns["_train_events.start"].fn(out[1], None, *values)
+    jid = re.search(r"job (\d+) \(loaded\)", started[0]).group(1)
+    assert (home / "jobs" / jid / "run.toml").read_text() == shown == started[1]
