@@ -35,6 +35,7 @@ ACTIVE = ("running", "stopping")
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 LOG_TAIL_LINES = 20
 STARTING_GRACE_S = 30.0
+STOP_AGAIN_S = 10.0  # a second Stop (SIGTERM: ends the run at once) counts only this long after the first
 RESUME_FILE = "resume.json"  # in the job folder: the changes (section.key=value) a Resume passes to `--resume`
 CLAIM_FILE = "claim"  # in the job folder: the token of the job's claim on its run folder (lorakit.train.rundir.claim)
 
@@ -409,6 +410,11 @@ class JobStore:
                 return self.get(job_id)
             if job.state not in ACTIVE:
                 raise JobError(f"job {job_id}: not running ({job.state})")
+            asked = time.time() - job.updated
+            if job.state == "stopping" and asked < STOP_AGAIN_S:  # a double click, or a second tab's Stop
+                raise JobError(f"job {job_id}: already stopping (asked {asked:.0f} s ago): it finishes its step and "
+                               f"exits; only a stop that hangs needs a second Stop (after {STOP_AGAIN_S:.0f} s), which "
+                               "ends it at once")
             sig = signal.SIGINT if job.state == "running" else signal.SIGTERM
             self._signal(job, sig)
             self._set(job_id, state="stopping", stop_requested=1)

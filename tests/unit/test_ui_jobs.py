@@ -71,6 +71,15 @@ FAKE = textwrap.dedent('''
         except KeyboardInterrupt:
             print("lorakit: interrupted", flush=True)
             sys.exit(130)
+    elif mode == "slowstop":  # the stop's save takes a moment
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            print("saving the last checkpoint", flush=True)
+            time.sleep(1.0)
+            print("saved; lorakit: interrupted", flush=True)
+            sys.exit(130)
 ''')
 
 
@@ -368,3 +377,30 @@ def test_an_earlier_attempts_run_json_is_not_this_attempts_end(fake, tmp_path):
     loading.stop(job.id)
     job = _settle(loading, job.id)
     assert job.state == "stopped" and "loss nan" not in job.note.split("---")[0], job.note
+
+
+def test_a_second_stop_right_after_the_first_does_not_abort_the_save(fake, tmp_path, monkeypatch):
+    """Stop twice in a row (a double click, or Stop in two tabs) sent SIGTERM on top of SIGINT, which aborts the
+    run's save of its last checkpoint; a second Stop now counts only after STOP_AGAIN_S."""
+    from lorakit.ui import jobs
+
+    store = fake("slowstop")
+    job = store.add(_toml(tmp_path, "twice"))
+    _wait_running(job)
+    assert store.stop(job.id).state == "stopping"
+    with pytest.raises(JobError, match=r"^job 1: already stopping \(asked 0 s ago\): it finishes its step"):
+        store.stop(job.id)
+    job = _settle(store, job.id)
+    assert job.state == "stopped" and "saved; lorakit: interrupted" in job.log_path.read_text()
+    monkeypatch.setattr(jobs, "STOP_AGAIN_S", 0.0)  # past the wait, a second Stop ends a hanging stop at once
+    store.resume(job.id)
+    _wait_file(job.job_dir / "runner.json")
+    deadline = time.time() + 30
+    while job.log_path.read_text().count("step 1 of 10") < 2:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    store.stop(job.id)
+    time.sleep(0.2)  # the SIGINT arrives first
+    store.stop(job.id)
+    job = _settle(store, job.id)
+    assert job.state == "stopped" and job.log_path.read_text().count("saved; lorakit: interrupted") == 1
