@@ -516,7 +516,7 @@ def _train_events(gr, state: UIState, u):
             saved_err = f"the TOML file to download could not be written ({exc.filename or out}: {exc.strerror or exc})"
         try:
             images = steps = None
-            if cfg.data.dir and Path(cfg.data.dir).is_dir():
+            if (cfg.data.dir and Path(cfg.data.dir).is_dir()) or (cfg.data.config and Path(cfg.data.config).is_file()):
                 from lorakit.data.scan import scan_dataset
                 from lorakit.models.registry import get_family
 
@@ -533,6 +533,9 @@ def _train_events(gr, state: UIState, u):
                                        if j.state == "finished" and j.device == "cpu"
                                        and _family_of(j) == cfg.model.family)
             plan = estimate(cfg, card, images=images, steps_per_epoch=steps, cpu_seconds=cpu, label=out.name)
+            if cfg.data.config and not Path(cfg.data.config).is_file():
+                plan += (f"\n\n⚠ data.config: file {cfg.data.config} not found; a job started now would stop at its "
+                         "dataset scan")
             if cfg.data.dir and not Path(cfg.data.dir).is_dir():  # valid TOML, but a job would stop at its scan
                 plan += (f"\n\n⚠ data.dir: folder {cfg.data.dir} not found (it should hold subfolders like "
                          "'10_ohwx woman'); a job started now would stop at its dataset scan")

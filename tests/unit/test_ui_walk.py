@@ -281,3 +281,24 @@ def test_load_toml_shows_the_toml_start_queues(page, tmp_path, monkeypatch):
     started = fns["_train_events.start"].fn(out[1], None, *values)
     jid = re.search(r"job (\d+) \(loaded\)", started[0]).group(1)
     assert (home / "jobs" / jid / "run.toml").read_text() == shown == started[1]
+
+
+def test_plan_counts_a_dataset_toml_and_says_when_it_is_missing(page, tmp_path):
+    """With data.config (kohya's dataset TOML) instead of data.dir the plan counted no epochs (only data.dir was
+    scanned), and a missing dataset TOML passed Check without a word."""
+    from PIL import Image
+
+    fns, home, _ = page
+    (tmp_path / "imgs").mkdir()
+    for i in range(6):
+        Image.new("RGB", (64, 64), (i * 40, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
+    ds_toml = tmp_path / "ds.toml"
+    ds_toml.write_text('[[datasets]]\nbatch_size = 2\n[[datasets.subsets]]\nimage_dir = "imgs"\nnum_repeats = 2\n'
+                       'class_tokens = "zkx toy"\n')
+    keys, values = _toy_form(fns, home, data__dir="", data__config=str(ds_toml), training__max_steps="12",
+                             training__batch_size="1")
+    plan = _show(fns, keys, values)[2]
+    assert plan.startswith("**12 steps** × batch 1 × accumulation 1 ≈ 2.0 epochs (6 steps/epoch over 6 images)"), plan
+    values["data.config"] = str(tmp_path / "gone.toml")
+    plan = _show(fns, keys, values)[2]
+    assert f"⚠ data.config: file {tmp_path / 'gone.toml'} not found; a job started now would stop" in plan
