@@ -870,8 +870,11 @@ def _download_events(gr, state: UIState, u) -> None:
             return f"⚠ {exc}"
         if Path(path).resolve().parent != j.run_dir.resolve():
             return f"{path}: not a file of job {j.id}"
-        proc = subprocess.run([_python(), "-m", "lorakit", "inspect", path], capture_output=True, text=True,
-                              timeout=300)
+        try:
+            proc = subprocess.run([_python(), "-m", "lorakit", "inspect", path], capture_output=True, text=True,
+                                  timeout=300)
+        except subprocess.TimeoutExpired:
+            return f"⚠ lorakit inspect {path} did not finish in 5 minutes"
         return (proc.stdout + proc.stderr).strip()
 
     u.dl_inspect.click(inspect, [u.dl_pick, u.dl_file], [u.dl_out])

@@ -445,9 +445,10 @@ class JobStore:
                            "its TOML is gone or damaged, so there is nothing to duplicate") from None
         keys = {".".join(parse_override(o)[0]) for o in overrides}
         extra = list(overrides)
-        if "save.name" not in keys:
-            extra.append(f"save.name={self._free_name(job)}")
-        return self.add(apply_overrides_to_toml(text, extra), start=start, parent=job_id)
+        with self._lock:  # the free name is picked and taken in one step (two tabs duplicating at once get two)
+            if "save.name" not in keys:
+                extra.append(f"save.name={self._free_name(job)}")
+            return self.add(apply_overrides_to_toml(text, extra), start=start, parent=job_id)
 
     def _free_name(self, job: Job) -> str:
         taken = {j.run_dir for j in self.list()}

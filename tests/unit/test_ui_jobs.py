@@ -404,3 +404,34 @@ def test_a_second_stop_right_after_the_first_does_not_abort_the_save(fake, tmp_p
     store.stop(job.id)
     job = _settle(store, job.id)
     assert job.state == "stopped" and job.log_path.read_text().count("saved; lorakit: interrupted") == 1
+
+
+def test_two_tabs_duplicating_at_once_get_two_names(fake, tmp_path, monkeypatch):
+    """Duplicate picked the free save.name outside the queue's lock: two tabs duplicating one job at once both
+    picked 'base-2' and one was refused ('already the output folder of job 2')."""
+    import threading
+
+    store = fake("finish")
+    job = _settle(store, store.add(_toml(tmp_path, "base")).id)
+    pick = store._free_name
+
+    def slow_pick(j):
+        name = pick(j)
+        time.sleep(0.3)  # the other tab's click lands here
+        return name
+
+    monkeypatch.setattr(store, "_free_name", slow_pick)
+    out, errors = [], []
+
+    def dup():
+        try:
+            out.append(store.duplicate(job.id, ["training.max_steps=7"]).name)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=dup) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(out) == ["base-2", "base-3"]
