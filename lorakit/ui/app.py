@@ -294,6 +294,10 @@ def _dataset_events(gr, state: UIState, u) -> None:
             if not root.is_dir():
                 return _msg(f"{root}: not found; it is created when you add images"), [], [], "", ""
             gal, paths = gallery_of(root)
+            if ds.image_folders(root) == [root]:  # images right in the folder: shown, but a run trains none of them
+                return _msg(f"{root}: {len(paths)} image(s) directly in this folder, which training does not use: they "
+                            "go in a subfolder named like '10_ohwx person' (Add to dataset makes it from the "
+                            "trigger, class and repeats)", True), gal, paths, "", ""
             return _msg(f"{root}: {len(paths)} image(s)"), gal, paths, "", ""
         except LorakitError as exc:
             return _msg(str(exc), True), [], [], "", ""

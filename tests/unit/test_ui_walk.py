@@ -302,3 +302,19 @@ def test_plan_counts_a_dataset_toml_and_says_when_it_is_missing(page, tmp_path):
     values["data.config"] = str(tmp_path / "gone.toml")
     plan = _show(fns, keys, values)[2]
     assert f"⚠ data.config: file {tmp_path / 'gone.toml'} not found; a job started now would stop" in plan
+
+
+def test_open_says_when_images_lie_where_training_never_looks(page, tmp_path):
+    """A folder of images without an `N_trigger class` subfolder opened as '3 image(s)', thumbnails and all; a run
+    on it finds no usable image. Open now says they are not trained on and where they go."""
+    from PIL import Image
+
+    fns, home, _ = page
+    for i in range(3):
+        Image.new("RGB", (64, 64)).save(tmp_path / f"{i}.png")
+    status, gallery, paths = fns["_dataset_events.open_root"].fn(str(tmp_path))[:3]
+    assert len(paths) == 3 and "3 image(s) directly in this folder, which training does not use" in status
+    assert "subfolder named like &#x27;10_ohwx person&#x27;" in status
+    (tmp_path / "10_zkx toy").mkdir()
+    Image.new("RGB", (64, 64)).save(tmp_path / "10_zkx toy" / "a.png")
+    assert fns["_dataset_events.open_root"].fn(str(tmp_path))[0] == html.escape(f"{tmp_path}: 1 image(s)")
