@@ -656,10 +656,14 @@ def _jobs_events(gr, state: UIState, u):
 
     def job_rows():
         rows = []
-        for j in store.reconcile():
+        jobs = store.reconcile()
+        for j in jobs:
+            note = j.note.strip().splitlines()[0] if j.note.strip() else ""
+            if (newer := store.successor(j, jobs)) is not None:  # the folder holds the newer job's run, not this one's
+                rows.append([j.id, j.name, j.state, "—", j.device, f"{j.run_dir} (now job {newer.id}'s)", note])
+                continue
             prog = runs.progress(j.run_dir) if j.run_dir.is_dir() else {"step": 0, "max_steps": None}
             step = f"{prog['step']}/{prog['max_steps']}" if prog.get("max_steps") else str(prog["step"])
-            note = j.note.strip().splitlines()[0] if j.note.strip() else ""
             rows.append([j.id, j.name, j.state, step, j.device, str(j.run_dir), note])
         return pd.DataFrame(rows, columns=["id", "name", "state", "step", "device", "output", "note"])
 
@@ -730,6 +734,10 @@ def _watch_events(gr, state: UIState, u, jobs_refresh, job_rows) -> None:
             j = store.reconcile_one(store.get(int(pick)))
         except (JobError, ValueError) as exc:
             return _msg(str(exc), True), empty, pd.DataFrame({"step": [], "lr": []}), "", [], None, ""
+        if (newer := store.successor(j)) is not None:  # its folder's charts and samples are the newer job's run
+            head = (f"**job {j.id} {j.name}: {j.state}** — it never began a run; its output folder {j.run_dir} is now "
+                    f"job {newer.id}'s ({newer.name}): pick job {newer.id} to watch that run")
+            return head, empty, pd.DataFrame({"step": [], "lr": []}), "", [], None, tail(j.log_path, 40)
         state.allow(j.run_dir)
         rows = runs.metrics(j.run_dir)
         lrows = runs.loss_rows(rows)
@@ -809,18 +817,21 @@ def _compare_events(gr, state: UIState, u) -> None:
         if len(picks) < 2:
             return pd.DataFrame({"setting": ["pick two or more jobs"]}), pd.DataFrame(
                 {"step": [], "loss": [], "job": []}), []
-        flat = [_settings_of(j) for j in jobs]
+        gone = {j.id for j in jobs if store.successor(j) is not None}  # their folder holds a newer job's run
+        flat = [_settings_of(j, own_run=j.id not in gone) for j in jobs]
         keys_all = sorted(set().union(*flat))
         diff = [[k] + [str(f.get(k, "—")) for f in flat] for k in keys_all
                 if len({repr(f.get(k)) for f in flat}) > 1]
         cols = ["setting"] + [f"{j.id}: {j.name}" for j in jobs]
         curves = []
         for j in jobs:
+            if j.id in gone:
+                continue
             for r in runs.loss_rows(runs.metrics(j.run_dir)):
                 curves.append({"step": r["step"], "loss": r["loss"], "job": f"{j.id}: {j.name}"})
             for step, v in zip(*series(runs.metrics(j.run_dir), "val_loss")):
                 curves.append({"step": step, "loss": v, "job": f"{j.id}: {j.name} (validation)"})
-        by_job = [{(s.label, s.index): s for s in runs.samples(j.run_dir)} for j in jobs]
+        by_job = [{} if j.id in gone else {(s.label, s.index): s for s in runs.samples(j.run_dir)} for j in jobs]
         common = sorted(set.intersection(*[set(b) for b in by_job]) if by_job else set(),
                         key=lambda t: ({"before": -1, "after": 10**12}.get(t[0], int(t[0].split()[-1])
                                                                             if t[0].startswith("step") else 0),
@@ -845,6 +856,9 @@ def _download_events(gr, state: UIState, u) -> None:
             j = store.get(int(pick))
         except (JobError, ValueError) as exc:  # deleted since the list was drawn
             return gr.update(choices=[], value=None), None, f"⚠ {exc}"
+        if (newer := store.successor(j)) is not None:
+            return gr.update(choices=[], value=None), None, \
+                f"job {j.id} never began a run; its output folder is now job {newer.id}'s: pick job {newer.id}"
         files = [str(p) for p in runs.lora_files(j.run_dir)]
         state.allow(j.run_dir)
         return gr.update(choices=files, value=files[0] if files else None), (files[0] if files else None), \
@@ -893,6 +907,9 @@ def _download_events(gr, state: UIState, u) -> None:
             return None, "pick a job"
         try:
             j = store.get(int(pick))
+            if (newer := store.successor(j)) is not None:
+                raise LorakitError(f"job {j.id} never began a run; its output folder is now job {newer.id}'s: pick "
+                                   f"job {newer.id}")
             step = runs.package_step(j.run_dir, Path(path)) if path else None
         except (LorakitError, ValueError) as exc:
             return None, f"⚠ {exc}"
@@ -919,7 +936,7 @@ def _download_events(gr, state: UIState, u) -> None:
     u.dl_package.click(package, [u.dl_pick, u.dl_file], [u.dl_download, u.dl_out])
 
 
-def _settings_of(job) -> dict[str, Any]:
+def _settings_of(job, own_run: bool = True) -> dict[str, Any]:
     """``section.key`` → value of every setting the job's run uses: its run folder's ``config.toml`` (what the run
     trains with: the preset's values spelled out, a Resume's changes included), else the job's TOML as the CLI loads
     it; the TOML's own text when neither loads."""
@@ -927,7 +944,7 @@ def _settings_of(job) -> dict[str, Any]:
 
     from lorakit.config.load import config_to_dict, load_config
 
-    for path in (job.run_dir / "config.toml", job.toml_path):
+    for path in ((job.run_dir / "config.toml",) if own_run else ()) + (job.toml_path,):
         try:
             data = config_to_dict(load_config(path))
             break

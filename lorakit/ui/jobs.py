@@ -262,6 +262,12 @@ class JobStore:
                               "save.name or save.dir")
         return on
 
+    def successor(self, job: Job, jobs: Optional[Sequence[Job]] = None) -> Optional[Job]:
+        """The newer job that took over ``job``'s run folder (``job`` ended before its run began there); None while
+        the folder is ``job``'s. What the folder holds is then the successor's run, never ``job``'s."""
+        newer = [j for j in (self.list() if jobs is None else jobs) if j.run_dir == job.run_dir and j.id > job.id]
+        return newer[-1] if newer else None
+
     @staticmethod
     def _never_began(job: Job) -> bool:
         """A job that ran and ended (failed, or stopped) before its run wrote anything into its run folder."""
@@ -332,10 +338,9 @@ class JobStore:
             if job.state not in ("stopped", "failed", "finished"):
                 raise JobError(f"job {job_id}: only a stopped, failed or finished job can be resumed, this one is "
                                f"{job.state}")
-            newer = [j for j in self.list() if j.run_dir == job.run_dir and j.id > job.id]
-            if newer:
-                raise JobError(f"job {job_id}: its output folder {job.run_dir} is now job {newer[-1].id}'s "
-                               f"({newer[-1].name}); this job never began a run there, so there is nothing to resume")
+            if (newer := self.successor(job)) is not None:
+                raise JobError(f"job {job_id}: its output folder {job.run_dir} is now job {newer.id}'s "
+                               f"({newer.name}); this job never began a run there, so there is nothing to resume")
             if not (job.run_dir / "config.toml").is_file():
                 if overrides:
                     raise JobError(f"job {job_id}: its run never began, so there is nothing to resume with changes "

@@ -318,3 +318,35 @@ def test_open_says_when_images_lie_where_training_never_looks(page, tmp_path):
     (tmp_path / "10_zkx toy").mkdir()
     Image.new("RGB", (64, 64)).save(tmp_path / "10_zkx toy" / "a.png")
     assert fns["_dataset_events.open_root"].fn(str(tmp_path))[0] == html.escape(f"{tmp_path}: 1 image(s)")
+
+
+def test_a_job_whose_folder_went_to_a_corrected_rerun_shows_nothing_of_that_run(page):
+    """Once a corrected re-run took the folder of a job that failed before its run began, the old job's Watch,
+    Jobs row, Download and Compare showed the new run's steps, loss, samples, LoRA files and settings as its own."""
+    import json
+    import time
+
+    fns, home, store = page
+    keys, values = _toy_form(fns, home, save__name="taken")
+    text = _show(fns, keys, values)[1]
+    old = store.add(text)
+    deadline = time.time() + 30
+    while store.reconcile_one(store.get(old.id)).state != "failed":  # its process (`true`) wrote nothing
+        assert time.time() < deadline
+        time.sleep(0.05)
+    new = store.add(text)
+    run = new.run_dir
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5, "lr": 1e-3, "seconds": 1.0}) + "\n")
+    (run / "taken.safetensors").write_bytes(b"x")
+    (run / "config.toml").write_text(text.replace("rank = 8", "rank = 16"))
+    head = fns["_watch_events.watch"].fn(str(old.id))[0]
+    assert f"its output folder {run} is now job {new.id}'s (taken): pick job {new.id}" in head
+    assert "step **1" in fns["_watch_events.watch"].fn(str(new.id))[0]
+    rows = {r[0]: r for r in fns["_jobs_events.jobs_refresh"].fn(None)[0].values.tolist()}
+    assert rows[old.id][3] == "—" and rows[old.id][5].endswith(f"(now job {new.id}'s)") and rows[new.id][3] == "1"
+    assert fns["_download_events.files_of"].fn(str(old.id))[2].endswith(f"is now job {new.id}'s: pick job {new.id}")
+    assert fns["_download_events.package"].fn(str(old.id))[0] is None
+    diff = fns["_compare_events.compare"].fn([str(old.id), str(new.id)])
+    assert {r[0]: r[1:] for r in diff[0].values.tolist()}["network.rank"] == ["8", "16"]
+    assert set(diff[1]["job"]) == {f"{new.id}: taken"}
