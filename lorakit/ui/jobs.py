@@ -318,7 +318,10 @@ class JobStore:
             job = self.reconcile_one(self.get(job_id))
             if job.state in ACTIVE or job.state == "queued":
                 raise JobError(f"job {job_id}: already {job.state}")
-            if job.attempt > 0 or job.state == "finished":
+            if job.state == "finished":
+                raise JobError(f"job {job_id}: already ran (finished); to train it further give training.max_steps=N "
+                               "in the changes box and press Resume, or Duplicate it")
+            if job.attempt > 0:
                 raise JobError(f"job {job_id}: already ran ({job.state}); use Resume to continue it, or Duplicate")
             self._set(job_id, state="queued", stop_requested=0, note="")
         self.schedule()

@@ -328,6 +328,9 @@ def test_resume_honours_the_changes_and_extends_a_finished_run(fake, tmp_path):
     assert job.state == "finished"
     with pytest.raises(JobError, match=r"^job 1: finished; to train it further, give the new end in the changes box"):
         store.resume(job.id)
+    with pytest.raises(JobError, match=r"^job 1: already ran \(finished\); to train it further give "
+                                       r"training.max_steps=N in the changes box and press Resume"):
+        store.start(job.id)
     with pytest.raises(ConfigError, match=r"^save.name: cannot change on Resume: the run stays in "):
         store.resume(job.id, ["save.name=other"])
     with pytest.raises(JobError, match=r"^job 1: --resume: .* finished at step 10 \(training.max_steps = 10\); "
