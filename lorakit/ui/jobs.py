@@ -399,9 +399,12 @@ class JobStore:
         from lorakit.errors import TrainingError
         from lorakit.train.rundir import claim
 
+        from lorakit.train.rundir import read_claim
+
         try:
             token = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
-            claim(job.run_dir, f"job {job.id} ({job.name}) of the job queue in {self.home}", token)
+            if read_claim(job.run_dir).get("token") != token:  # a stopped job still holds it; a failed one let go
+                claim(job.run_dir, f"job {job.id} ({job.name}) of the job queue in {self.home}", token)
         except (OSError, TrainingError) as exc:
             raise JobError(f"job {job.id}: cannot start it again: {exc}") from None
         self._set(job.id, state="queued", resume=0, stop_requested=0, note="")

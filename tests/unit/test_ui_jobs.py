@@ -30,6 +30,13 @@ FAKE = textwrap.dedent('''
         from lorakit.ui.runner import main
         sys.exit(main(args[2:]))
     assert args[:3] == ["-m", "lorakit", "train"], args
+    if os.environ.get("FAKE_MODE") == "startup":  # stopped while starting, before the run folder is made
+        print("starting", flush=True)
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            sys.exit(130)
     if os.environ.get("FAKE_MODE") == "early":  # refused before the run folder is made (a missing base model)
         print("lorakit train: error: model.checkpoint: file not found", flush=True)
         sys.exit(2)
@@ -438,3 +445,25 @@ def test_two_tabs_duplicating_at_once_get_two_names(fake, tmp_path, monkeypatch)
     for t in threads:
         t.join()
     assert errors == [] and sorted(out) == ["base-2", "base-3"]
+
+
+def test_resume_of_a_job_stopped_before_its_run_began(fake, tmp_path):
+    """Stopped while starting (before its run made anything), the job keeps its folder's reservation; Resume starts
+    its TOML again under that reservation."""
+    from lorakit.train.rundir import CLAIM_NAME, read_claim
+
+    store = fake("startup")
+    job = store.add(_toml(tmp_path, "early-stop"))
+    deadline = time.time() + 30
+    while "starting" not in (job.log_path.read_text() if job.log_path.exists() else ""):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    _wait_file(job.job_dir / "runner.json")
+    store.stop(job.id)
+    job = _settle(store, job.id)
+    assert job.state == "stopped" and (job.run_dir / CLAIM_NAME).exists()
+    assert read_claim(job.run_dir)["token"] == (job.job_dir / "claim").read_text()
+    again = fake("finish")
+    assert again.resume(job.id).state == "running"
+    job = _settle(again, job.id)
+    assert job.state == "finished" and f"args: {job.toml_path}" in job.log_path.read_text()
