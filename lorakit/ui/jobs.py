@@ -510,10 +510,18 @@ class JobStore:
             env[CLAIM_ENV] = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
         except OSError:
             pass
-        for name in ("exit.json", "runner.json"):
-            (job.job_dir / name).unlink(missing_ok=True)
-        proc = subprocess.Popen(cmd, cwd=job.job_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            for name in ("exit.json", "runner.json"):
+                (job.job_dir / name).unlink(missing_ok=True)
+            proc = subprocess.Popen(cmd, cwd=job.job_dir, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:  # the Python gone (a removed venv), the job folder deleted by hand, no memory left
+            self._set(job.id, state="failed", resume=0,
+                      note=f"could not start the run: {exc.filename or cmd[0]}: {exc.strerror or exc} (nothing ran); "
+                           "fix that, then Resume")
+            if not job.resume:
+                self._release_claim(job)
+            return False
         self._children[proc.pid] = proc
         start = None
         for _ in range(50):  # /proc may lag a moment behind fork

@@ -467,3 +467,15 @@ def test_resume_of_a_job_stopped_before_its_run_began(fake, tmp_path):
     assert again.resume(job.id).state == "running"
     job = _settle(again, job.id)
     assert job.state == "finished" and f"args: {job.toml_path}" in job.log_path.read_text()
+
+
+def test_a_run_that_cannot_be_started_is_failed_at_once(tmp_path):
+    """Starting the run's process failed (the Python of a removed venv): an OSError traceback on Start, and the job
+    showed 'running' for half a minute before it was found dead. Now it is failed at once, saying why."""
+    from lorakit.train.rundir import CLAIM_NAME
+
+    store = JobStore(tmp_path / "home", python=str(tmp_path / "gone" / "python"))
+    job = store.add(_toml(tmp_path, "nopython"))
+    assert job.state == "failed" and job.note.startswith(f"could not start the run: {tmp_path / 'gone' / 'python'}: "
+                                                        "No such file or directory (nothing ran)")
+    assert not (job.run_dir / CLAIM_NAME).exists()
