@@ -109,6 +109,10 @@ def fake(tmp_path, monkeypatch):
     yield make
     for store in started:  # end what this test started (pid and start time checked), never anything else
         for job in store.list():
+            deadline = time.time() + 10  # a runner that has not named its child yet would orphan it when killed
+            while alive(job.pid, job.pid_start) and _read(job.job_dir / "runner.json").get("attempt") != job.attempt \
+                    and time.time() < deadline:
+                time.sleep(0.05)
             runner = _read(job.job_dir / "runner.json")
             for pid, start in ((job.pid, job.pid_start), (runner.get("child_pid"), runner.get("child_start"))):
                 if alive(pid, start):
