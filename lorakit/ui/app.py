@@ -767,7 +767,9 @@ def _watch_events(gr, state: UIState, u, jobs_refresh, job_rows) -> None:
         if j.state in ("failed", "stopped") and j.note:
             head += f"\n\n```\n{j.note.strip()[-1500:]}\n```"
         log_text = tail(j.log_path, 40)
-        warnings = runs.health(j.run_dir, rows, tail(j.log_path, 400))
+        recent = tail(j.log_path, 400)  # the warnings of this attempt (the runner marks where each one starts)
+        recent = recent[recent.rfind("=== attempt "):] if "=== attempt " in recent else recent
+        warnings = runs.health(j.run_dir, rows, recent)
         health = ("**Health:** " + "; ".join(warnings)) if warnings else "Health: no warnings"
         gal = [(str(s.path), f"{s.label} · prompt {s.index}") for s in runs.samples(j.run_dir)]
         grid = runs.grid(j.run_dir)

@@ -350,3 +350,18 @@ def test_a_job_whose_folder_went_to_a_corrected_rerun_shows_nothing_of_that_run(
     diff = fns["_compare_events.compare"].fn([str(old.id), str(new.id)])
     assert {r[0]: r[1:] for r in diff[0].values.tolist()}["network.rank"] == ["8", "16"]
     assert set(diff[1]["job"]) == {f"{new.id}: taken"}
+
+
+def test_watch_health_is_this_attempts(page):
+    """The health line read the log's last 400 lines across attempts: a warning of a run stopped and resumed with
+    the problem fixed stayed on screen as if the resumed run had it."""
+    fns, home, store = page
+    keys, values = _toy_form(fns, home, save__name="health")
+    job = store.add(_show(fns, keys, values)[1])
+    job.log_path.write_text("\n=== attempt 1: python -m lorakit train run.toml\nwarning: data.dir: 3 images are tiny\n"
+                            "=== attempt 1 ended with exit status 130\n"
+                            "\n=== attempt 2: python -m lorakit train --resume RUN\nstep 5 of 20\n")
+    assert fns["_watch_events.watch"].fn(str(job.id))[3] == "Health: no warnings"
+    with open(job.log_path, "a") as fh:
+        fh.write("warning: sample at step 10 is black\n")
+    assert fns["_watch_events.watch"].fn(str(job.id))[3] == "**Health:** sample at step 10 is black"
