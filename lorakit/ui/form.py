@@ -237,6 +237,10 @@ def model_file_problem(cfg: Config) -> Optional[str]:
             continue
         from lorakit.models.registry import require_base, require_base_folder
 
+        if path.is_dir() and not (path / "model_index.json").is_file() and not any(path.glob("*.safetensors")) \
+                and not any(path.glob("*/*.safetensors")):
+            return (f"model.checkpoint: folder {path} holds no model (no model_index.json of a diffusers folder, no "
+                    ".safetensors file); give the model file itself, or its diffusers folder")
         try:
             if path.is_dir():
                 require_base_folder(path, family)

@@ -229,6 +229,9 @@ def test_base_model_missing_or_of_another_family_is_said_before_a_job_fails(page
              str(toy_paths("sdxl")["checkpoint"]): "is an SDXL-layout checkpoint of another size",
              str(tmp_path / "sdxl-folder"): "is a diffusers SDXL folder (StableDiffusionXLPipeline), not a base "
                                             "model the flux1 family trains on; set model.family = \"sdxl\""}
+    (tmp_path / "models").mkdir()  # the folder the files are in, picked instead of the file
+    (tmp_path / "models" / "notes.txt").write_text("x")
+    cases[str(tmp_path / "models")] = f"model.checkpoint: folder {tmp_path / 'models'} holds no model"
     (tmp_path / "sdxl-folder").mkdir()
     (tmp_path / "sdxl-folder" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     for path, said in cases.items():
