@@ -562,6 +562,10 @@ def _train_events(gr, state: UIState, u):
             text, cfg = make_toml(preset, args)
             if (problem := fm.model_file_problem(cfg)):
                 raise LorakitError(f"{problem}; nothing was queued")
+            from lorakit.config.load import config_to_dict
+
+            ds.check_config_paths(state.roots, {f"{sec}.{k}": v for sec, body in config_to_dict(cfg).items()
+                                                if isinstance(body, dict) for k, v in body.items()})
             job = store.add(text)
         except LorakitError as exc:
             key = fm.error_key(str(exc))
@@ -688,12 +692,15 @@ def _jobs_events(gr, state: UIState, u):
             elif action == "stop":
                 j = store.stop(jid)
             elif action == "resume":
-                j = store.resume(jid, [ln.strip() for ln in (changes or "").splitlines() if ln.strip()])
+                overrides = [ln.strip() for ln in (changes or "").splitlines() if ln.strip()]
+                _check_override_paths(state.roots, overrides)
+                j = store.resume(jid, overrides)
             elif action == "delete":
                 store.delete(jid)
                 j = None
             else:
                 overrides = [ln.strip() for ln in (changes or "").splitlines() if ln.strip()]
+                _check_override_paths(state.roots, overrides)
                 j = store.duplicate(jid, overrides)
             msg = f"job {jid} deleted (its run folder is kept)" if j is None else f"job {j.id} ({j.name}): {j.state}"
             err = False
@@ -936,6 +943,18 @@ def _download_events(gr, state: UIState, u) -> None:
         return archive, (proc.stdout + proc.stderr).strip() + f"\nzip: {archive}"
 
     u.dl_package.click(package, [u.dl_pick, u.dl_file], [u.dl_download, u.dl_out])
+
+
+def _check_override_paths(roots: ds.Roots, overrides: Sequence[str]) -> None:
+    """The path values of ``section.key=value`` changes (Duplicate, Resume) checked against the allowed folders."""
+    from lorakit.config.load import parse_override
+
+    values = {}
+    for item in overrides:
+        parts, value = parse_override(item)
+        if len(parts) == 2 and isinstance(value, str):
+            values[".".join(parts)] = os.path.abspath(os.path.expanduser(value)) if value.strip() else value
+    ds.check_config_paths(roots, values)
 
 
 def _settings_of(job, own_run: bool = True) -> dict[str, Any]:

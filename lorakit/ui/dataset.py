@@ -58,6 +58,27 @@ class Roots:
                         f"({roots}); start it with --allow-root to add one")
 
 
+def check_config_paths(roots: "Roots", values: dict[str, object]) -> None:
+    """``section.key`` → value of a config's path settings, each checked against ``roots`` (while the UI listens on
+    other hosts): the folders a job reads its dataset from and writes its run, caches and samples into (and the page
+    then serves). Base model files (``model.*``) are only read by the run and may lie anywhere. DataError naming the
+    key when one lies outside."""
+    if roots.allowed is None:
+        return
+    from lorakit.config.load import field_specs
+
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        spec = field_specs().get(section, {}).get(name)
+        if section == "model" or spec is None or spec.meta.get("kind") != "path":
+            continue
+        if isinstance(value, str) and value.strip():
+            try:
+                roots.check(value, key)
+            except DataError as exc:
+                raise DataError(f"{key}: {exc}") from None
+
+
 # ------------------------------------------------------------------------------------------------ folders
 
 

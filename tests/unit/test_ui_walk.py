@@ -19,6 +19,9 @@ def page(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     demo, fns, store = built_page(home)
     by_name = {f.fn.__qualname__.replace("<locals>.", ""): f for f in fns}
+    jobs_buttons = sorted((f.fn for f in fns if f.name == "<lambda>"), key=lambda fn: fn.__code__.co_argcount)
+    by_name["the Jobs page's buttons"] = {c: fn for fn in jobs_buttons  # by the action they pass (Watch's come first)
+                                          for c in fn.__code__.co_consts if isinstance(c, str)}
     return by_name, home, store
 
 
@@ -368,3 +371,28 @@ def test_watch_health_is_this_attempts(page):
     with open(job.log_path, "a") as fh:
         fh.write("warning: sample at step 10 is black\n")
     assert fns["_watch_events.watch"].fn(str(job.id))[3] == "**Health:** sample at step 10 is black"
+
+
+def test_listening_ui_keeps_jobs_inside_the_allowed_folders(page, tmp_path, monkeypatch):
+    """With --listen, only the Dataset page's folder was checked against --allow-root: the Train form (save.dir,
+    data.dir, ...), Duplicate and Resume changes could make a job write its run anywhere, which Watch and Download
+    then served."""
+    from lorakit.ui import dataset as ds
+
+    fns, home, store = page
+    start = fns["_train_events.start"].fn
+    state = start.__closure__[start.__code__.co_freevars.index("state")].cell_contents
+    monkeypatch.setattr(state, "roots", ds.Roots((home,)))
+    keys, values = _toy_form(fns, home, save__name="outside", save__dir=str(tmp_path / "elsewhere"))
+    n = len(store.list())
+    out = start("(none)", None, *[values[k] for k in keys])
+    assert html.unescape(out[0]).startswith(f"<span class='lk-msg-error'>⚠ save.dir: {tmp_path / 'elsewhere'}: "
+                                            "outside the folders this UI may use while listening on other hosts")
+    assert len(store.list()) == n and not (tmp_path / "elsewhere").exists()
+    values["save.dir"] = str(home / "runs")
+    job_id = re.search(r"job (\d+) \(outside\)", start("(none)", None, *[values[k] for k in keys])[0]).group(1)
+    dup = fns["the Jobs page's buttons"]["duplicate"]
+    msg = dup(job_id, f"data.cache_dir={tmp_path / 'cache'}")[0]
+    assert f"data.cache_dir: {tmp_path / 'cache'}: outside the folders" in msg and len(store.list()) == n + 1
+    msg = fns["the Jobs page's buttons"]["resume"](job_id, f"data.dir={tmp_path}")[0]
+    assert f"data.dir: {tmp_path}: outside the folders" in msg
