@@ -241,11 +241,13 @@ def model_file_problem(cfg: Config) -> Optional[str]:
                 and not any(path.glob("*/*.safetensors")):
             return (f"model.checkpoint: folder {path} holds no model (no model_index.json of a diffusers folder, no "
                     ".safetensors file); give the model file itself, or its diffusers folder")
+        from lorakit.models.common import shards
+
         try:
             if path.is_dir():
                 require_base_folder(path, family)
-            elif path.suffix.lower() == ".safetensors":
-                require_base(path, family)
+            elif path.suffix.lower() == ".safetensors" and shards(path, field.key) == [path]:
+                require_base(path, family)  # (a split file's first part alone says little: the loader reads them all)
         except LorakitError as exc:
             return str(exc)
     return None

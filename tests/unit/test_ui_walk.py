@@ -235,6 +235,9 @@ def test_base_model_missing_or_of_another_family_is_said_before_a_job_fails(page
     (tmp_path / "models").mkdir()  # the folder the files are in, picked instead of the file
     (tmp_path / "models" / "notes.txt").write_text("x")
     cases[str(tmp_path / "models")] = f"model.checkpoint: folder {tmp_path / 'models'} holds no model"
+    (tmp_path / "flux1-00001-of-00002.safetensors").write_bytes(b"")  # a split file without its second part
+    cases[str(tmp_path / "flux1-00001-of-00002.safetensors")] = \
+        "model.checkpoint: part flux1-00002-of-00002.safetensors of the split file is missing"
     (tmp_path / "sdxl-folder").mkdir()
     (tmp_path / "sdxl-folder" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     for path, said in cases.items():
