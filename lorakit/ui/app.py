@@ -316,7 +316,10 @@ def _dataset_events(gr, state: UIState, u) -> None:
             written = ds.import_uploads(paths, folder, max_file_mb=state.max_upload_mb)
             gal, ps = gallery_of(root)
             n_img = sum(1 for p in written if p.suffix.lower() not in ds.CAPTION_EXTENSIONS)
-            return _msg(f"added {n_img} image(s) and {len(written) - n_img} caption(s) to {folder}"), gal, ps, None
+            other = sum(1 for p in written if p.suffix.lower() == ".caption")
+            note = (f"; {other} of them .caption files, which training reads only with data.caption_extension = "
+                    "\".caption\" (the default reads <image>.txt)") if other else ""
+            return _msg(f"added {n_img} image(s) and {len(written) - n_img} caption(s) to {folder}{note}"), gal, ps, None
         except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update(), gr.update()
 

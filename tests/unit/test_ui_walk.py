@@ -399,3 +399,18 @@ def test_listening_ui_keeps_jobs_inside_the_allowed_folders(page, tmp_path, monk
     assert f"data.cache_dir: {tmp_path / 'cache'}: outside the folders" in msg and len(store.list()) == n + 1
     msg = fns["the Jobs page's buttons"]["resume"](job_id, f"data.dir={tmp_path}")[0]
     assert f"data.dir: {tmp_path}: outside the folders" in msg
+
+
+def test_upload_says_caption_files_training_does_not_read(page, tmp_path):
+    """Uploaded `.caption` files were counted as captions ('added 1 image(s) and 1 caption(s)'), while a run reads
+    <image>.txt unless data.caption_extension says otherwise: the thumbnails said '(no caption)'."""
+    from PIL import Image
+
+    fns, home, _ = page
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    (tmp_path / "a.caption").write_text("zkx toy, a black square")
+    status, gallery = fns["_dataset_events.add_files"].fn(str(tmp_path / "set"), "zkx", "toy", "10",
+                                                          [str(tmp_path / "a.png"), str(tmp_path / "a.caption")])[:2]
+    assert "added 1 image(s) and 1 caption(s)" in status
+    assert "1 of them .caption files, which training reads only with data.caption_extension = &quot;.caption&quot;" \
+        in status and gallery[0][1] == "(no caption)"
