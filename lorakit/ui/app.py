@@ -319,7 +319,8 @@ def _dataset_events(gr, state: UIState, u) -> None:
             other = sum(1 for p in written if p.suffix.lower() == ".caption")
             note = (f"; {other} of them .caption files, which training reads only with data.caption_extension = "
                     "\".caption\" (the default reads <image>.txt)") if other else ""
-            return _msg(f"added {n_img} image(s) and {len(written) - n_img} caption(s) to {folder}{note}"), gal, ps, None
+            text = f"added {n_img} image(s) and {len(written) - n_img} caption(s) to {folder}{note}"
+            return _msg(text), gal, ps, None
         except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update(), gr.update()
 
@@ -525,10 +526,9 @@ def _train_events(gr, state: UIState, u):
             images = steps = None
             if (cfg.data.dir and Path(cfg.data.dir).is_dir()) or (cfg.data.config and Path(cfg.data.config).is_file()):
                 from lorakit.data.scan import scan_dataset
-                from lorakit.models.registry import get_family
-
                 from lorakit.data.stream import BatchStream
                 from lorakit.data.validation import make_validation
+                from lorakit.models.registry import get_family
 
                 div = get_family(cfg.model.family).SPEC.bucket_divisibility
                 scanned = scan_dataset(cfg.data, divisibility=div)
@@ -745,8 +745,8 @@ def _watch_events(gr, state: UIState, u, jobs_refresh, job_rows) -> None:
         except (JobError, ValueError) as exc:
             return _msg(str(exc), True), empty, pd.DataFrame({"step": [], "lr": []}), "", [], None, ""
         if (newer := store.successor(j)) is not None:  # its folder's charts and samples are the newer job's run
-            head = (f"**job {j.id} {j.name}: {j.state}** — it never began a run; its output folder {j.run_dir} is now "
-                    f"job {newer.id}'s ({newer.name}): pick job {newer.id} to watch that run")
+            head = (f"**job {j.id} {j.name}: {j.state}** — it never began a run; its output folder {j.run_dir} is "
+                    f"now job {newer.id}'s ({newer.name}): pick job {newer.id} to watch that run")
             return head, empty, pd.DataFrame({"step": [], "lr": []}), "", [], None, tail(j.log_path, 40)
         state.allow(j.run_dir)
         rows = runs.metrics(j.run_dir)

@@ -581,7 +581,7 @@ class JobStore:
         began = runner.get("started_at") if runner.get("attempt") == job.attempt else None
         if isinstance(began, (int, float)) and not (isinstance(status.get("updated_at"), (int, float))
                                                     and status["updated_at"] >= began):
-            status = {}  # an earlier attempt's word (a resume stopped or killed before its run wrote any): not this one's
+            status = {}  # an earlier attempt's (a resume stopped or killed before its run wrote any): not this one's
         last = tail(job.log_path)
         if status.get("status") == "finished" and rc in (0, None):
             return "finished", ""

@@ -307,7 +307,8 @@ def test_plan_counts_a_dataset_toml_and_says_when_it_is_missing(page, tmp_path):
     keys, values = _toy_form(fns, home, data__dir="", data__config=str(ds_toml), training__max_steps="12",
                              training__batch_size="1")
     plan = _show(fns, keys, values)[2]
-    assert plan.startswith("**12 steps** × batch 1 × accumulation 1 ≈ 2.0 epochs (6 steps/epoch over 6 images)"), plan
+    assert plan.startswith("**12 steps** × batch 1 × accumulation 1 ≈ 2.0 epochs (6 steps/epoch over 6 images)"), \
+        plan
     values["data.config"] = str(tmp_path / "gone.toml")
     plan = _show(fns, keys, values)[2]
     assert f"⚠ data.config: file {tmp_path / 'gone.toml'} not found; a job started now would stop" in plan
