@@ -297,7 +297,13 @@ def _stage_zip(src: Path, stage: Path, staged: dict[str, Path], max_file: int, m
         raise DataError(f"{src.name}: not a readable zip file") from None
     with zf:
         written = 0
-        for info, rel in _plan_zip(zf, max_file, max_total):
+        planned = _plan_zip(zf, max_file, max_total)
+        kohya = sorted({part for _, rel in planned for part in rel.split("/")[:-1] if re.match(r"^\d+_", part)})
+        if len(kohya) > 1:  # a whole kohya dataset: flattened, its repeats and regularisation folders would mix
+            raise DataError(f"{src.name}: its images are in {len(kohya)} kohya folders ({', '.join(kohya[:4])}), and "
+                            "an upload goes into one image folder; nothing was extracted. Upload one folder per zip, "
+                            "or unzip the dataset and Open its folder")
+        for info, rel in planned:
             name = rel.split("/")[-1]
             if name in staged:
                 raise DataError(f"{src.name}: {rel}: a second file named {name} (the images go into one folder); "
