@@ -67,6 +67,12 @@ def caption_available() -> bool:
     return False
 
 
+def _open_caption(image: Path) -> tuple[str, str, str]:
+    """(selected image, its caption, status) for the caption editor; an unreadable caption is said, not raised."""
+    text, problem = ds.read_caption(image)
+    return str(image), text, _msg(problem, True)
+
+
 def _job_choices(store: JobStore) -> list[tuple[str, str]]:
     return [(f"{j.id}: {j.name} ({j.state})", str(j.id)) for j in reversed(store.list())]
 
@@ -142,7 +148,8 @@ def _dataset_page(gr, state: UIState, u) -> None:
                                              min_width=80, elem_id="ds-captioner")
                 u.ds_capmodel = gr.Textbox(label="Captioner folder (--model)", min_width=80, elem_id="ds-capmodel")
             with gr.Row():
-                u.ds_res = gr.Textbox(label="Check at resolution", value="1024", min_width=80,
+                u.ds_res = gr.Textbox(label="Check at resolution", value="", min_width=80,
+                                      placeholder="the family's own (1024; SD 1.5: 512)",
                                     elem_id="ds-res")
                 u.ds_check = gr.Button("Check dataset", elem_id="ds-check")
             u.ds_use = gr.Button("Use for training →", elem_id="ds-use")
@@ -208,8 +215,9 @@ def _jobs_page(gr, state: UIState, u) -> None:
         u.jb_resume = gr.Button("Resume", elem_id="jb-resume")
         u.jb_delete = gr.Button("Delete", elem_id="jb-delete")
     with gr.Row():
-        u.jb_changes = gr.Textbox(label="Duplicate with changes (section.key=value, one per line)",
-                                lines=2, elem_id="jb-changes", scale=4)
+        u.jb_changes = gr.Textbox(label="Changes (section.key=value, one per line) for Duplicate, or for Resume "
+                                        "(training.max_steps=3000 trains a finished run on to step 3000)",
+                                  lines=2, elem_id="jb-changes", scale=4)
         u.jb_dup = gr.Button("Duplicate", elem_id="jb-dup", scale=1)
     u.jb_status = gr.HTML(elem_id="jb-status")
     u.jb_note = gr.Code(label="Job note / last lines of its log", language=None, elem_id="jb-note")
@@ -286,9 +294,15 @@ def _dataset_events(gr, state: UIState, u) -> None:
             if not root.is_dir():
                 return _msg(f"{root}: not found; it is created when you add images"), [], [], "", ""
             gal, paths = gallery_of(root)
+            if ds.image_folders(root) == [root]:  # images right in the folder: shown, but a run trains none of them
+                return _msg(f"{root}: {len(paths)} image(s) directly in this folder, which training does not use: they "
+                            "go in a subfolder named like '10_ohwx person' (Add to dataset makes it from the "
+                            "trigger, class and repeats)", True), gal, paths, "", ""
             return _msg(f"{root}: {len(paths)} image(s)"), gal, paths, "", ""
         except LorakitError as exc:
             return _msg(str(exc), True), [], [], "", ""
+        except OSError as exc:  # a folder this user may not read
+            return _msg(f"{exc.filename or root_text}: cannot read it ({exc.strerror or exc})", True), [], [], "", ""
 
     u.ds_open.click(open_root, [u.ds_root], [u.ds_status, u.ds_gallery, u.ds_paths, u.ds_sel, u.ds_cap])
 
@@ -302,7 +316,11 @@ def _dataset_events(gr, state: UIState, u) -> None:
             written = ds.import_uploads(paths, folder, max_file_mb=state.max_upload_mb)
             gal, ps = gallery_of(root)
             n_img = sum(1 for p in written if p.suffix.lower() not in ds.CAPTION_EXTENSIONS)
-            return _msg(f"added {n_img} image(s) and {len(written) - n_img} caption(s) to {folder}"), gal, ps, None
+            other = sum(1 for p in written if p.suffix.lower() == ".caption")
+            note = (f"; {other} of them .caption files, which training reads only with data.caption_extension = "
+                    "\".caption\" (the default reads <image>.txt)") if other else ""
+            text = f"added {n_img} image(s) and {len(written) - n_img} caption(s) to {folder}{note}"
+            return _msg(text), gal, ps, None
         except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update(), gr.update()
 
@@ -330,12 +348,10 @@ def _dataset_events(gr, state: UIState, u) -> None:
 
     def pick_image(paths, evt: gr.SelectData):
         if evt.index is None or evt.index >= len(paths):
-            return "", ""
-        p = Path(paths[evt.index])
-        cap = p.with_name(p.stem + ".txt")
-        return str(p), ds.caption_text(cap.read_bytes()).strip() if cap.is_file() else ""
+            return "", "", gr.update()
+        return _open_caption(Path(paths[evt.index]))
 
-    u.ds_gallery.select(pick_image, [u.ds_paths], [u.ds_sel, u.ds_cap])
+    u.ds_gallery.select(pick_image, [u.ds_paths], [u.ds_sel, u.ds_cap, u.ds_status])
 
     def save_cap(root_text, image, text):
         try:
@@ -350,72 +366,90 @@ def _dataset_events(gr, state: UIState, u) -> None:
             return _msg(f"caption saved: {cap} (the first version is kept as {cap.name}.bak)"), gal, ps
         except LorakitError as exc:
             return _msg(str(exc), True), gr.update(), gr.update()
+        except OSError as exc:  # a full disk, a read-only folder: the caption on disk is the one it was
+            return _msg(f"{exc.filename or image}: the caption was not saved ({exc.strerror or exc}); the file on "
+                        "disk is unchanged", True), gr.update(), gr.update()
 
     u.ds_save.click(save_cap, [u.ds_root, u.ds_sel, u.ds_cap], [u.ds_status, u.ds_gallery, u.ds_paths])
 
-    def check(root_text, resolution):
+    def check(root_text, resolution, family=None):
+        """`lorakit data check` of the folder, bucketed as the Train page's family buckets (its divisibility; its
+        own resolution when the field is empty)."""
         import dataclasses
 
         from lorakit.config.load import field_specs, load_config
         from lorakit.data.buckets import parse_resolution
         from lorakit.data.scan import scan_dataset
+        from lorakit.models.registry import get_family
 
         try:
             root = state.roots.check(root_text, "Dataset folder")
+            family = family or fm.DEFAULT_FAMILY
+            spec = get_family(family).SPEC
             # the data section as the CLI reads it (resolution and buckets validated with its messages)
             # loaded with the smallest buckets (a small resolution is valid here), then the default 256 unless the
             # resolution is smaller: buckets down to it (64 px steps)
-            data = load_config(None, [f"data.resolution={(resolution or '').strip() or 1024}",
-                                      "data.min_bucket_reso=64"],
-                               data={"model": {"family": fm.DEFAULT_FAMILY, "checkpoint": "unused.safetensors"},
+            given = (resolution or "").strip()
+            data = load_config(None, ([f"data.resolution={given}"] if given else []) + ["data.min_bucket_reso=64"],
+                               data={"model": {"family": family, "checkpoint": "unused.safetensors"},
                                      "data": {"dir": str(root)}}).data
             side = min(parse_resolution(data.resolution))
             default_min = field_specs()["data"]["min_bucket_reso"].default
             data = dataclasses.replace(data, min_bucket_reso=min(default_min, max(64, side // 64 * 64)))
-            dataset = scan_dataset(data, divisibility=64)
+            dataset = scan_dataset(data, divisibility=spec.bucket_divisibility)
             report = dataset.report
             rows = ds.problem_files(report.problems)
             text = f"```\n{report.to_table()}\n```"
+            shown = getattr(spec, "display_name", "") or family
             return text, pd.DataFrame(rows, columns=["action", "file", "reason"]), _msg(
-                f"{report.usable} usable image(s), {len(report.skipped)} skipped, {len(report.warnings)} warning(s)")
+                f"{report.usable} usable image(s), {len(report.skipped)} skipped, {len(report.warnings)} warning(s); "
+                f"checked as {shown} trains at {data.resolution} px (the family picked on the Train page)")
         except LorakitError as exc:
             return "", pd.DataFrame(columns=["action", "file", "reason"]), _msg(str(exc), True)
 
-    u.ds_check.click(check, [u.ds_root, u.ds_res], [u.ds_report, u.ds_problems, u.ds_status])
+    u.ds_check.click(check, [u.ds_root, u.ds_res, u.tr_family], [u.ds_report, u.ds_problems, u.ds_status])
 
     def pick_problem(table, evt: gr.SelectData):
         try:
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
             file = str(table.iloc[row]["file"])
         except Exception:
-            return gr.update(), gr.update()
-        p = Path(file)
-        cap = p.with_name(p.stem + ".txt")
-        text = ds.caption_text(cap.read_bytes()).strip() if cap.is_file() else ""
-        return file, text
+            return gr.update(), gr.update(), gr.update()
+        return _open_caption(Path(file))
 
-    u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap])
+    u.ds_problems.select(pick_problem, [u.ds_problems], [u.ds_sel, u.ds_cap, u.ds_status])
 
     def run_caption(root_text, captioner=None, model=None):
-        """`lorakit caption DIR --captioner NAME [--model FOLDER]` (existing captions are kept: no --overwrite)."""
+        """`lorakit caption DIR --captioner NAME [--model FOLDER]` (existing captions are kept: no --overwrite); the
+        thumbnails then show the captions written."""
+        keep = gr.update(), gr.update()
         if not caption_available():
-            return _msg("auto-captioning is unavailable: this lorakit has no `caption` command", True)
+            return (_msg("auto-captioning is unavailable: this lorakit has no `caption` command", True),) + keep
         try:
             root = state.roots.check(root_text, "Dataset folder")
             if not captioner:
                 raise LorakitError("Captioner: pick one (wd14, florence2, vlm, blip or toy)")
             model_dir = state.roots.check(model, "Captioner folder") if (model or "").strip() else None
         except LorakitError as exc:
-            return _msg(str(exc), True)
-        proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root), "--captioner", captioner]
-                              + (["--model", str(model_dir)] if model_dir else []), capture_output=True,
-                              text=True, timeout=3600)
+            return (_msg(str(exc), True),) + keep
+        try:
+            proc = subprocess.run([_python(), "-m", "lorakit", "caption", str(root), "--captioner", captioner]
+                                  + (["--model", str(model_dir)] if model_dir else []), capture_output=True,
+                                  text=True, timeout=3600)
+        except subprocess.TimeoutExpired:
+            proc = SimpleNamespace(returncode=124, stdout="", stderr="lorakit caption: did not finish in an hour; "
+                                   "the captions written so far are kept")
         lines = (proc.stdout + proc.stderr).strip().splitlines()
         errors = [ln for ln in lines if ln.startswith("lorakit")]  # a refusal is one `lorakit…: error:` line
         out = errors[-1:] if proc.returncode != 0 and errors else lines[-5:]
-        return _msg(" / ".join(out) or f"lorakit caption exited with {proc.returncode}", proc.returncode != 0)
+        status = _msg(" / ".join(out) or f"lorakit caption exited with {proc.returncode}", proc.returncode != 0)
+        try:
+            return (status,) + gallery_of(root)
+        except LorakitError:  # no dataset there (the command said why)
+            return (status,) + keep
 
-    u.ds_caption_btn.click(run_caption, [u.ds_root, u.ds_captioner, u.ds_capmodel], [u.ds_status])
+    u.ds_caption_btn.click(run_caption, [u.ds_root, u.ds_captioner, u.ds_capmodel],
+                           [u.ds_status, u.ds_gallery, u.ds_paths])
 
     def use_dataset(root_text):
         try:
@@ -481,26 +515,49 @@ def _train_events(gr, state: UIState, u):
             key = fm.error_key(str(exc))
             return [_msg(str(exc), True), gr.update(), "", None] + field_updates(previous, key, str(exc))
         out = state.home / "toml" / f"{cfg.save.name}.toml"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        saved = None
+        try:
+            from lorakit.fsutil import write_text
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_text(out, text)
+            saved = str(out)
+        except OSError as exc:  # a full disk, an unwritable home: the TOML is still shown, only the file is missing
+            saved_err = f"the TOML file to download could not be written ({exc.filename or out}: {exc.strerror or exc})"
         try:
             images = steps = None
-            if cfg.data.dir and Path(cfg.data.dir).is_dir():
+            if (cfg.data.dir and Path(cfg.data.dir).is_dir()) or (cfg.data.config and Path(cfg.data.config).is_file()):
                 from lorakit.data.scan import scan_dataset
+                from lorakit.data.stream import BatchStream
+                from lorakit.data.validation import make_validation
                 from lorakit.models.registry import get_family
 
-                scanned = scan_dataset(cfg.data, divisibility=get_family(cfg.model.family).SPEC.bucket_divisibility)
-                images, steps = scanned.report.usable, scanned.report.steps_per_epoch(cfg.training.batch_size)
+                div = get_family(cfg.model.family).SPEC.bucket_divisibility
+                scanned = scan_dataset(cfg.data, divisibility=div)
+                if scanned.report.usable:  # as the run counts: held-out validation images are never trained on
+                    trained, _ = make_validation(scanned, cfg.data, cfg.training.seed, div)
+                    images = len({item.path for item in trained.items})
+                    steps = BatchStream(trained, cfg.training.batch_size, cfg.training.seed).steps_per_epoch
             cpu = measured_cpu_seconds(runs.metrics(j.run_dir) for j in store.list()
                                        if j.state == "finished" and j.device == "cpu"
                                        and _family_of(j) == cfg.model.family)
             plan = estimate(cfg, card, images=images, steps_per_epoch=steps, cpu_seconds=cpu, label=out.name)
+            if cfg.data.config and not Path(cfg.data.config).is_file():
+                plan += (f"\n\n⚠ data.config: file {cfg.data.config} not found; a job started now would stop at its "
+                         "dataset scan")
             if cfg.data.dir and not Path(cfg.data.dir).is_dir():  # valid TOML, but a job would stop at its scan
                 plan += (f"\n\n⚠ data.dir: folder {cfg.data.dir} not found (it should hold subfolders like "
                          "'10_ohwx woman'); a job started now would stop at its dataset scan")
         except LorakitError as exc:
             plan = f"⚠ {exc}"
-        return [_msg("valid: this is the TOML a job runs"), text, plan, str(out)] + field_updates(previous)
+        problem = fm.model_file_problem(cfg)
+        if problem:  # valid TOML, but the job would fail to load its base model: said now, under the field
+            return [_msg(f"{problem}", True), text, plan, saved] + \
+                field_updates(previous, fm.error_key(problem), problem)
+        if saved is None:
+            return [_msg(f"valid: this is the TOML a job runs; {saved_err}", True), text, plan, None] + \
+                field_updates(previous)
+        return [_msg("valid: this is the TOML a job runs"), text, plan, saved] + field_updates(previous)
 
     u.tr_show.click(show, [u.tr_preset, u.tr_card, u.tr_err, *comps],
                     [u.tr_status, u.tr_toml, u.tr_plan, u.tr_file, *comps, u.tr_err])
@@ -508,6 +565,12 @@ def _train_events(gr, state: UIState, u):
     def start(preset, previous, *args):
         try:
             text, cfg = make_toml(preset, args)
+            if (problem := fm.model_file_problem(cfg)):
+                raise LorakitError(f"{problem}; nothing was queued")
+            from lorakit.config.load import config_to_dict
+
+            ds.check_config_paths(state.roots, {f"{sec}.{k}": v for sec, body in config_to_dict(cfg).items()
+                                                if isinstance(body, dict) for k, v in body.items()})
             job = store.add(text)
         except LorakitError as exc:
             key = fm.error_key(str(exc))
@@ -562,7 +625,13 @@ def _train_fill_events(gr, state: UIState, u, keys, comps) -> None:
         except LorakitError as exc:
             return [_msg(str(exc), True), gr.update(), gr.update()] + [gr.update() for _ in comps]
         vals = fm.config_to_widgets(cfg)
-        return [_msg(f"loaded {Path(str(path)).name}"), cfg.preset or "(none)", raw] + [vals[k] for k in keys]
+        preset = cfg.preset or "(none)"
+        try:  # the TOML box shows what Start queues (the form's TOML: paths absolute), not the file's own text
+            shown = fm.form_to_toml(vals, cfg.preset or None)
+        except LorakitError:
+            shown = ""
+        return [_msg(f"loaded {Path(str(path)).name}; press Check to see the plan"), preset, shown] + \
+            [vals[k] for k in keys]
 
     u.tr_load.upload(load_toml, [u.tr_load], [u.tr_status, u.tr_preset, u.tr_toml, *comps])
 
@@ -596,10 +665,14 @@ def _jobs_events(gr, state: UIState, u):
 
     def job_rows():
         rows = []
-        for j in store.reconcile():
+        jobs = store.reconcile()
+        for j in jobs:
+            note = j.note.strip().splitlines()[0] if j.note.strip() else ""
+            if (newer := store.successor(j, jobs)) is not None:  # the folder holds the newer job's run, not this one's
+                rows.append([j.id, j.name, j.state, "—", j.device, f"{j.run_dir} (now job {newer.id}'s)", note])
+                continue
             prog = runs.progress(j.run_dir) if j.run_dir.is_dir() else {"step": 0, "max_steps": None}
             step = f"{prog['step']}/{prog['max_steps']}" if prog.get("max_steps") else str(prog["step"])
-            note = j.note.strip().splitlines()[0] if j.note.strip() else ""
             rows.append([j.id, j.name, j.state, step, j.device, str(j.run_dir), note])
         return pd.DataFrame(rows, columns=["id", "name", "state", "step", "device", "output", "note"])
 
@@ -624,12 +697,15 @@ def _jobs_events(gr, state: UIState, u):
             elif action == "stop":
                 j = store.stop(jid)
             elif action == "resume":
-                j = store.resume(jid)
+                overrides = [ln.strip() for ln in (changes or "").splitlines() if ln.strip()]
+                _check_override_paths(state.roots, overrides)
+                j = store.resume(jid, overrides)
             elif action == "delete":
                 store.delete(jid)
                 j = None
             else:
                 overrides = [ln.strip() for ln in (changes or "").splitlines() if ln.strip()]
+                _check_override_paths(state.roots, overrides)
                 j = store.duplicate(jid, overrides)
             msg = f"job {jid} deleted (its run folder is kept)" if j is None else f"job {j.id} ({j.name}): {j.state}"
             err = False
@@ -647,7 +723,7 @@ def _jobs_events(gr, state: UIState, u):
     outs = [u.jb_status, u.jb_table, u.jb_note, u.jb_pick, u.wt_pick, u.cp_pick, u.dl_pick]
     u.jb_start.click(lambda p: act("start", p), [u.jb_pick], outs)
     u.jb_stop.click(lambda p: act("stop", p), [u.jb_pick], outs)
-    u.jb_resume.click(lambda p: act("resume", p), [u.jb_pick], outs)
+    u.jb_resume.click(lambda p, c: act("resume", p, c), [u.jb_pick, u.jb_changes], outs)
     u.jb_delete.click(lambda p: act("delete", p), [u.jb_pick], outs)
     u.jb_dup.click(lambda p, c: act("duplicate", p, c), [u.jb_pick, u.jb_changes], outs)
     u.jb_pick.change(jobs_refresh, [u.jb_pick], [u.jb_table, u.jb_note])
@@ -670,6 +746,10 @@ def _watch_events(gr, state: UIState, u, jobs_refresh, job_rows) -> None:
             j = store.reconcile_one(store.get(int(pick)))
         except (JobError, ValueError) as exc:
             return _msg(str(exc), True), empty, pd.DataFrame({"step": [], "lr": []}), "", [], None, ""
+        if (newer := store.successor(j)) is not None:  # its folder's charts and samples are the newer job's run
+            head = (f"**job {j.id} {j.name}: {j.state}** — it never began a run; its output folder {j.run_dir} is "
+                    f"now job {newer.id}'s ({newer.name}): pick job {newer.id} to watch that run")
+            return head, empty, pd.DataFrame({"step": [], "lr": []}), "", [], None, tail(j.log_path, 40)
         state.allow(j.run_dir)
         rows = runs.metrics(j.run_dir)
         lrows = runs.loss_rows(rows)
@@ -699,7 +779,9 @@ def _watch_events(gr, state: UIState, u, jobs_refresh, job_rows) -> None:
         if j.state in ("failed", "stopped") and j.note:
             head += f"\n\n```\n{j.note.strip()[-1500:]}\n```"
         log_text = tail(j.log_path, 40)
-        warnings = runs.health(j.run_dir, rows, tail(j.log_path, 400))
+        recent = tail(j.log_path, 400)  # the warnings of this attempt (the runner marks where each one starts)
+        recent = recent[recent.rfind("=== attempt "):] if "=== attempt " in recent else recent
+        warnings = runs.health(j.run_dir, rows, recent)
         health = ("**Health:** " + "; ".join(warnings)) if warnings else "Health: no warnings"
         gal = [(str(s.path), f"{s.label} · prompt {s.index}") for s in runs.samples(j.run_dir)]
         grid = runs.grid(j.run_dir)
@@ -740,8 +822,6 @@ def _compare_events(gr, state: UIState, u) -> None:
     store = state.store
 
     def compare(picks):
-        import tomllib
-
         try:
             picks = [int(p) for p in picks or []]
             jobs = [store.get(p) for p in picks]
@@ -751,25 +831,21 @@ def _compare_events(gr, state: UIState, u) -> None:
         if len(picks) < 2:
             return pd.DataFrame({"setting": ["pick two or more jobs"]}), pd.DataFrame(
                 {"step": [], "loss": [], "job": []}), []
-        flat = []
-        for j in jobs:
-            try:
-                data = tomllib.loads(j.toml_path.read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError):
-                data = {}
-            flat.append({f"{s}.{k}": v for s, body in data.items() if isinstance(body, dict)
-                         for k, v in body.items()} | ({"preset": data["preset"]} if "preset" in data else {}))
+        gone = {j.id for j in jobs if store.successor(j) is not None}  # their folder holds a newer job's run
+        flat = [_settings_of(j, own_run=j.id not in gone) for j in jobs]
         keys_all = sorted(set().union(*flat))
         diff = [[k] + [str(f.get(k, "—")) for f in flat] for k in keys_all
                 if len({repr(f.get(k)) for f in flat}) > 1]
         cols = ["setting"] + [f"{j.id}: {j.name}" for j in jobs]
         curves = []
         for j in jobs:
+            if j.id in gone:
+                continue
             for r in runs.loss_rows(runs.metrics(j.run_dir)):
                 curves.append({"step": r["step"], "loss": r["loss"], "job": f"{j.id}: {j.name}"})
             for step, v in zip(*series(runs.metrics(j.run_dir), "val_loss")):
                 curves.append({"step": step, "loss": v, "job": f"{j.id}: {j.name} (validation)"})
-        by_job = [{(s.label, s.index): s for s in runs.samples(j.run_dir)} for j in jobs]
+        by_job = [{} if j.id in gone else {(s.label, s.index): s for s in runs.samples(j.run_dir)} for j in jobs]
         common = sorted(set.intersection(*[set(b) for b in by_job]) if by_job else set(),
                         key=lambda t: ({"before": -1, "after": 10**12}.get(t[0], int(t[0].split()[-1])
                                                                             if t[0].startswith("step") else 0),
@@ -794,6 +870,9 @@ def _download_events(gr, state: UIState, u) -> None:
             j = store.get(int(pick))
         except (JobError, ValueError) as exc:  # deleted since the list was drawn
             return gr.update(choices=[], value=None), None, f"⚠ {exc}"
+        if (newer := store.successor(j)) is not None:
+            return gr.update(choices=[], value=None), None, \
+                f"job {j.id} never began a run; its output folder is now job {newer.id}'s: pick job {newer.id}"
         files = [str(p) for p in runs.lora_files(j.run_dir)]
         state.allow(j.run_dir)
         return gr.update(choices=files, value=files[0] if files else None), (files[0] if files else None), \
@@ -823,14 +902,18 @@ def _download_events(gr, state: UIState, u) -> None:
             return f"⚠ {exc}"
         if Path(path).resolve().parent != j.run_dir.resolve():
             return f"{path}: not a file of job {j.id}"
-        proc = subprocess.run([_python(), "-m", "lorakit", "inspect", path], capture_output=True, text=True,
-                              timeout=300)
+        try:
+            proc = subprocess.run([_python(), "-m", "lorakit", "inspect", path], capture_output=True, text=True,
+                                  timeout=300)
+        except subprocess.TimeoutExpired:
+            return f"⚠ lorakit inspect {path} did not finish in 5 minutes"
         return (proc.stdout + proc.stderr).strip()
 
     u.dl_inspect.click(inspect, [u.dl_pick, u.dl_file], [u.dl_out])
 
-    def package(pick):
-        """`lorakit package` on the job's run (a new folder in it each time), offered as one zip to download."""
+    def package(pick, path=None):
+        """`lorakit package` of the LoRA file picked (the final LoRA, or ``--step N`` for a step checkpoint, the
+        best-step LoRA or an extended run's earlier end) into a new folder of the run, offered as one zip."""
         import shutil
         import time
 
@@ -838,17 +921,68 @@ def _download_events(gr, state: UIState, u) -> None:
             return None, "pick a job"
         try:
             j = store.get(int(pick))
-        except (JobError, ValueError) as exc:
+            if (newer := store.successor(j)) is not None:
+                raise LorakitError(f"job {j.id} never began a run; its output folder is now job {newer.id}'s: pick "
+                                   f"job {newer.id}")
+            step = runs.package_step(j.run_dir, Path(path)) if path else None
+        except (LorakitError, ValueError) as exc:
             return None, f"⚠ {exc}"
-        out = j.run_dir / time.strftime("package-%Y%m%d-%H%M%S")
-        proc = subprocess.run([_python(), "-m", "lorakit", "package", str(j.run_dir), "-o", str(out)],
-                              capture_output=True, text=True, timeout=600)
+        stamp = time.strftime("package-%Y%m%d-%H%M%S") + ("" if step is None else f"-step{step}")
+        out, n = j.run_dir / stamp, 1
+        while out.exists() or out.with_suffix(".zip").exists():  # a second click (another tab) in the same second
+            n += 1
+            out = j.run_dir / f"{stamp}-{n}"
+        cmd = [_python(), "-m", "lorakit", "package", str(j.run_dir), "-o", str(out)]
+        try:
+            proc = subprocess.run(cmd + ([] if step is None else ["--step", str(step)]), capture_output=True,
+                                  text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return None, f"⚠ lorakit package did not finish in 10 minutes; {out} may be incomplete"
         if proc.returncode != 0 or not out.is_dir():
             return None, (proc.stdout + proc.stderr).strip()
-        archive = shutil.make_archive(str(out), "zip", root_dir=out)
+        try:
+            archive = shutil.make_archive(str(out), "zip", root_dir=out)
+        except OSError as exc:  # a full disk: the package folder is there, its zip is not
+            return None, (proc.stdout + proc.stderr).strip() + f"\n⚠ the zip could not be written " \
+                f"({exc.filename or out}: {exc.strerror or exc}); the package is in {out}"
         return archive, (proc.stdout + proc.stderr).strip() + f"\nzip: {archive}"
 
-    u.dl_package.click(package, [u.dl_pick], [u.dl_download, u.dl_out])
+    u.dl_package.click(package, [u.dl_pick, u.dl_file], [u.dl_download, u.dl_out])
+
+
+def _check_override_paths(roots: ds.Roots, overrides: Sequence[str]) -> None:
+    """The path values of ``section.key=value`` changes (Duplicate, Resume) checked against the allowed folders."""
+    from lorakit.config.load import parse_override
+
+    values = {}
+    for item in overrides:
+        parts, value = parse_override(item)
+        if len(parts) == 2 and isinstance(value, str):
+            values[".".join(parts)] = os.path.abspath(os.path.expanduser(value)) if value.strip() else value
+    ds.check_config_paths(roots, values)
+
+
+def _settings_of(job, own_run: bool = True) -> dict[str, Any]:
+    """``section.key`` → value of every setting the job's run uses: its run folder's ``config.toml`` (what the run
+    trains with: the preset's values spelled out, a Resume's changes included), else the job's TOML as the CLI loads
+    it; the TOML's own text when neither loads."""
+    import tomllib
+
+    from lorakit.config.load import config_to_dict, load_config
+
+    for path in ((job.run_dir / "config.toml",) if own_run else ()) + (job.toml_path,):
+        try:
+            data = config_to_dict(load_config(path))
+            break
+        except (LorakitError, OSError, ValueError):
+            continue
+    else:
+        try:
+            data = tomllib.loads(job.toml_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+    return {f"{s}.{k}": v for s, body in data.items() if isinstance(body, dict) for k, v in body.items()} | \
+        ({"preset": data["preset"]} if isinstance(data.get("preset"), str) else {})
 
 
 def _family_of(job) -> Optional[str]:

@@ -58,6 +58,27 @@ class Roots:
                         f"({roots}); start it with --allow-root to add one")
 
 
+def check_config_paths(roots: "Roots", values: dict[str, object]) -> None:
+    """``section.key`` → value of a config's path settings, each checked against ``roots`` (while the UI listens on
+    other hosts): the folders a job reads its dataset from and writes its run, caches and samples into (and the page
+    then serves). Base model files (``model.*``) are only read by the run and may lie anywhere. DataError naming the
+    key when one lies outside."""
+    if roots.allowed is None:
+        return
+    from lorakit.config.load import field_specs
+
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        spec = field_specs().get(section, {}).get(name)
+        if section == "model" or spec is None or spec.meta.get("kind") != "path":
+            continue
+        if isinstance(value, str) and value.strip():
+            try:
+                roots.check(value, key)
+            except DataError as exc:
+                raise DataError(f"{key}: {exc}") from None
+
+
 # ------------------------------------------------------------------------------------------------ folders
 
 
@@ -109,14 +130,33 @@ def list_images(root: Path, caption_extension: str = ".txt") -> list[tuple[Path,
     return out
 
 
+def read_caption(image: Path, caption_extension: str = ".txt") -> tuple[str, str]:
+    """(caption text, problem) of ``image`` for the caption editor: a caption that cannot be read as text (not
+    UTF-8 / UTF-16, unreadable) is said in the status line, never a traceback; saving then replaces it (its first
+    version kept as ``.bak``)."""
+    cap = Path(image).with_name(Path(image).stem + caption_extension)
+    if not cap.is_file():
+        return "", ""
+    try:
+        return caption_text(cap.read_bytes()).strip(), ""
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or str(exc))
+        return "", (f"{cap}: cannot be read ({why}); training ignores it. Type a caption and save: the old file is "
+                    f"kept as {cap.name}.bak")
+
+
 def save_caption(image: Path, text: str, caption_extension: str = ".txt") -> Path:
     """Write the caption of ``image`` atomically; the caption it replaces is kept once as ``<caption>.bak``
     (the first edit's original: later edits never overwrite that backup)."""
     from lorakit.data.cache import atomic_write_bytes
 
+    from lorakit.data.images import IMAGE_EXTENSIONS
+
     image = Path(image)
     if not image.is_file():
         raise DataError(f"{image}: image not found; reload the dataset")
+    if image.suffix.lower() not in IMAGE_EXTENSIONS:  # a report row of a stray file: its .txt may be the user's
+        raise DataError(f"{image}: not an image, so it has no caption; pick an image")
     cap = image.with_name(image.stem + caption_extension)
     bak = cap.with_name(cap.name + ".bak")
     if cap.is_file() and not bak.exists():
@@ -199,6 +239,18 @@ def import_uploads(files: Sequence[str | os.PathLike], dest: Path, *, max_file_m
     and a file that already exists there is refused rather than overwritten. Returns the files written.
     """
     dest = Path(dest)
+    written: list[Path] = []
+    try:
+        return _import_uploads(files, dest, max_file_mb, max_total_mb, written)
+    except OSError as exc:  # a full disk, a read-only or unwritable folder: what was moved in goes again
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise DataError(f"{exc.filename or dest}: cannot write ({exc.strerror or exc}); nothing of this upload was "
+                        "added (free space or pick a folder you can write)") from None
+
+
+def _import_uploads(files: Sequence[str | os.PathLike], dest: Path, max_file_mb: float, max_total_mb: float,
+                    written: list[Path]) -> list[Path]:
     max_file, max_total = int(max_file_mb * 2**20), int(max_total_mb * 2**20)
     staged: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix=".upload-", dir=dest.parent if dest.parent.is_dir() else None) as tmp:
@@ -223,12 +275,11 @@ def import_uploads(files: Sequence[str | os.PathLike], dest: Path, *, max_file_m
             raise DataError(f"{dest / clashes[0]}: already exists; nothing was overwritten (rename the upload or "
                             "remove the old file)")
         dest.mkdir(parents=True, exist_ok=True)
-        written = []
         for name, path in staged.items():
             target = dest / name
             shutil.move(str(path), target)
             written.append(target)
-    return written
+    return list(written)
 
 
 def _stage_one(src: Path, name: str, stage: Path, staged: dict[str, Path]) -> None:
@@ -246,7 +297,13 @@ def _stage_zip(src: Path, stage: Path, staged: dict[str, Path], max_file: int, m
         raise DataError(f"{src.name}: not a readable zip file") from None
     with zf:
         written = 0
-        for info, rel in _plan_zip(zf, max_file, max_total):
+        planned = _plan_zip(zf, max_file, max_total)
+        kohya = sorted({part for _, rel in planned for part in rel.split("/")[:-1] if re.match(r"^\d+_", part)})
+        if len(kohya) > 1:  # a whole kohya dataset: flattened, its repeats and regularisation folders would mix
+            raise DataError(f"{src.name}: its images are in {len(kohya)} kohya folders ({', '.join(kohya[:4])}), and "
+                            "an upload goes into one image folder; nothing was extracted. Upload one folder per zip, "
+                            "or unzip the dataset and Open its folder")
+        for info, rel in planned:
             name = rel.split("/")[-1]
             if name in staged:
                 raise DataError(f"{src.name}: {rel}: a second file named {name} (the images go into one folder); "

@@ -132,7 +132,7 @@ def from_widget(field: Field, shown: Any) -> tuple[bool, Any]:
             text = text.strip()
             if not text:
                 return False, None
-            return True, os.path.abspath(os.path.expanduser(text))
+            return True, _absolute(spec.key, text)
         if text == "" and spec.default is None:
             return False, None
         return True, text
@@ -141,6 +141,16 @@ def from_widget(field: Field, shown: Any) -> tuple[bool, Any]:
             return False, None
         return True, ""  # the loader says what the key must be
     return True, _parse_override_value(text, spec)
+
+
+def _absolute(key: str, text: str) -> str:
+    """A path typed into the form, absolute against the UI's current folder as the CLI makes it (a
+    ``model.checkpoint`` hub id such as ``stabilityai/stable-diffusion-xl-base-1.0`` stays a hub id)."""
+    from pathlib import Path
+
+    from lorakit.config.validate import _resolve_one
+
+    return _resolve_one(key, text, Path.cwd())
 
 
 def baseline(preset: Optional[str]) -> dict[str, Any]:
@@ -204,6 +214,45 @@ def validate_toml(text: str) -> Config:
     return load_config(None, data=data)
 
 
+def model_file_problem(cfg: Config) -> Optional[str]:
+    """Why the job would fail to load its base model, found before it is queued (None when nothing is seen): a model
+    file or folder that does not exist, a checkpoint that is another family's, a LoRA or an encoder
+    (:func:`lorakit.models.registry.require_base`), or another family's diffusers folder. One line naming the key; hub
+    ids and files no family recognises pass (the job's loader has the last word)."""
+    from pathlib import Path
+
+    from lorakit.errors import LorakitError
+
+    family = cfg.model.family
+    for field in fields():
+        if field.spec.section != "model" or field.spec.meta.get("kind") != "path" or not field.visible(family):
+            continue
+        value = getattr(cfg.model, field.spec.name, None)
+        if not isinstance(value, str) or not value or not os.path.isabs(value):
+            continue  # unset, or a hub id (model.checkpoint only)
+        path = Path(value)
+        if not path.exists():
+            return f"{field.key}: {path} not found; give a file or folder on this machine (a job would stop there)"
+        if field.key != "model.checkpoint":
+            continue
+        from lorakit.models.registry import require_base, require_base_folder
+
+        if path.is_dir() and not (path / "model_index.json").is_file() and not any(path.glob("*.safetensors")) \
+                and not any(path.glob("*/*.safetensors")):
+            return (f"model.checkpoint: folder {path} holds no model (no model_index.json of a diffusers folder, no "
+                    ".safetensors file); give the model file itself, or its diffusers folder")
+        from lorakit.models.common import shards
+
+        try:
+            if path.is_dir():
+                require_base_folder(path, family)
+            elif path.suffix.lower() == ".safetensors" and shards(path, field.key) == [path]:
+                require_base(path, family)  # (a split file's first part alone says little: the loader reads them all)
+        except LorakitError as exc:
+            return str(exc)
+    return None
+
+
 def config_to_widgets(cfg: Config) -> dict[str, Any]:
     """key → widget value of every field, from a loaded Config (the "load TOML" button)."""
     flat = config_to_dict(cfg)
@@ -243,7 +292,7 @@ def apply_overrides_to_toml(text: str, overrides: Sequence[str]) -> str:
             raise ConfigError(f"{parts[0]}: must be a table")
         spec = field_specs().get(parts[0], {}).get(parts[1])
         if spec is not None and spec.meta.get("kind") == "path" and isinstance(value, str) and value.strip():
-            value = os.path.abspath(os.path.expanduser(value.strip()))
+            value = _absolute(spec.key, value.strip())
         if len(parts) == 3:
             table = section.get(parts[1])
             table = dict(table) if isinstance(table, dict) else {}

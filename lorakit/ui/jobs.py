@@ -35,6 +35,8 @@ ACTIVE = ("running", "stopping")
 STATES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 LOG_TAIL_LINES = 20
 STARTING_GRACE_S = 30.0
+STOP_AGAIN_S = 10.0  # a second Stop (SIGTERM: ends the run at once) counts only this long after the first
+RESUME_FILE = "resume.json"  # in the job folder: the changes (section.key=value) a Resume passes to `--resume`
 CLAIM_FILE = "claim"  # in the job folder: the token of the job's claim on its run folder (lorakit.train.rundir.claim)
 
 _SCHEMA = """
@@ -197,50 +199,81 @@ class JobStore:
 
         with self._lock:
             tmp_dir = self.jobs_root / f".new-{os.getpid()}-{threading.get_ident()}"
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-            tmp_dir.mkdir(parents=True)
+            job_id = token = run_dir = None
             try:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+                tmp_dir.mkdir(parents=True)
                 (tmp_dir / "run.toml").write_text(toml_text, encoding="utf-8")
                 cfg = load_config(tmp_dir / "run.toml")  # exactly what `lorakit train run.toml` will read
                 run_dir = (Path(cfg.save.dir) / cfg.save.name).resolve()
-                self._check_run_dir_free(run_dir)
+                for gone in self._check_run_dir_free(run_dir):  # jobs whose run never began: the folder is free
+                    self._release_claim(gone)
                 token = self._claim(run_dir)  # atomic across processes: another face's queue may race us
-                try:
-                    (tmp_dir / CLAIM_FILE).write_text(token, encoding="utf-8")
-                    now = time.time()
-                    with self._db() as db:
-                        cur = db.execute(
-                            "INSERT INTO jobs (name, created, device, run_dir, state, parent, updated) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (cfg.save.name, now, device_key(cfg.training.device), str(run_dir),
-                             "queued" if start else "stopped", parent, now))
-                        job_id = int(cur.lastrowid)
-                except BaseException:
-                    from lorakit.train.rundir import release_claim
-
-                    release_claim(run_dir, token)
-                    raise
-                self._name_claim(run_dir, token, f"job {job_id} ({cfg.save.name}) of the job queue in {self.home}")
+                (tmp_dir / CLAIM_FILE).write_text(token, encoding="utf-8")
+                now = time.time()
+                with self._db() as db:
+                    cur = db.execute(
+                        "INSERT INTO jobs (name, created, device, run_dir, state, parent, updated) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (cfg.save.name, now, device_key(cfg.training.device), str(run_dir),
+                         "stopped", parent, now))  # startable only once its folder is in place (below)
+                    job_id = int(cur.lastrowid)
                 final = self.jobs_root / str(job_id)
                 shutil.rmtree(final, ignore_errors=True)  # a folder left by a deleted job of the same id
                 os.replace(tmp_dir, final)
-                if not start:
-                    self._set(job_id, note="created; press Start to run it")
+            except BaseException as exc:
+                if job_id is not None:
+                    with self._db() as db:
+                        db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                if token is not None:
+                    from lorakit.train.rundir import release_claim
+
+                    release_claim(run_dir, token)
+                if isinstance(exc, OSError):  # a full disk, a read-only or unwritable --home
+                    raise JobError(f"cannot queue the job: {exc.filename or self.jobs_root}: {exc.strerror or exc}; "
+                                   f"nothing was queued (free space, or give a --home you can write)") from None
+                raise
             finally:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+            self._set(job_id, state="queued" if start else "stopped",
+                      note="" if start else "created; press Start to run it")
+            self._name_claim(run_dir, token, f"job {job_id} ({cfg.save.name}) of the job queue in {self.home}")
+            for j in self.list():
+                if j.run_dir == run_dir and j.id != job_id:
+                    self._set(j.id, note=f"its output folder {run_dir} is now job {job_id}'s (this job never "
+                                         f"began a run there)\n{j.note}".rstrip())
         self.schedule()
         return self.get(job_id)
 
-    def _check_run_dir_free(self, run_dir: Path) -> None:
-        for job in self.list():
-            if job.run_dir == run_dir:
-                raise ConfigError(f"save.name: {run_dir} is already the output folder of job {job.id} "
-                                  f"({job.name}, {job.state}); choose another save.name or save.dir")
+    def _check_run_dir_free(self, run_dir: Path) -> list[Job]:
+        """Refuse a run folder another job uses or that holds a run; returns the jobs on it that ended (failed or
+        stopped) before their run began there: their folder goes to the new job (a corrected re-run)."""
         from lorakit.train.rundir import holds_files
 
+        on = [j for j in self.list() if j.run_dir == run_dir]  # the newest one holds it (older ones gave it up)
+        if on and not self._never_began(on[-1]):
+            job = on[-1]
+            hint = "; Resume it, or choose another save.name or save.dir" if job.state in ("stopped", "failed") \
+                else "; choose another save.name or save.dir"
+            raise ConfigError(f"save.name: {run_dir} is already the output folder of job {job.id} "
+                              f"({job.name}, {job.state}){hint}")
         if holds_files(run_dir):
             raise ConfigError(f"save.name: {run_dir} already holds a run; nothing was overwritten. Choose another "
                               "save.name or save.dir")
+        return on
+
+    def successor(self, job: Job, jobs: Optional[Sequence[Job]] = None) -> Optional[Job]:
+        """The newer job that took over ``job``'s run folder (``job`` ended before its run began there); None while
+        the folder is ``job``'s. What the folder holds is then the successor's run, never ``job``'s."""
+        newer = [j for j in (self.list() if jobs is None else jobs) if j.run_dir == job.run_dir and j.id > job.id]
+        return newer[-1] if newer else None
+
+    @staticmethod
+    def _never_began(job: Job) -> bool:
+        """A job that ran and ended (failed, or stopped) before its run wrote anything into its run folder."""
+        from lorakit.train.rundir import holds_files
+
+        return job.attempt > 0 and job.state in ("failed", "stopped") and not holds_files(job.run_dir)
 
     def _claim(self, run_dir: Path) -> str:
         """Reserve ``run_dir`` for the job being added (``.lorakit.claim``, made in one step: of the web UI and the
@@ -285,26 +318,98 @@ class JobStore:
             job = self.reconcile_one(self.get(job_id))
             if job.state in ACTIVE or job.state == "queued":
                 raise JobError(f"job {job_id}: already {job.state}")
-            if job.attempt > 0 or job.state == "finished":
+            if job.state == "finished":
+                raise JobError(f"job {job_id}: already ran (finished); to train it further give training.max_steps=N "
+                               "in the changes box and press Resume, or Duplicate it")
+            if job.attempt > 0:
                 raise JobError(f"job {job_id}: already ran ({job.state}); use Resume to continue it, or Duplicate")
             self._set(job_id, state="queued", stop_requested=0, note="")
         self.schedule()
         return self.get(job_id)
 
-    def resume(self, job_id: int) -> Job:
-        """Continue a stopped or failed run from its newest complete checkpoint (``lorakit train --resume``)."""
+    def resume(self, job_id: int, overrides: Sequence[str] = ()) -> Job:
+        """Continue a stopped or failed run from its newest complete checkpoint (``lorakit train --resume RUN_DIR
+        [overrides]``); with ``section.key=value`` changes (``training.max_steps=3000``) also a finished run, which
+        then trains on to the new end. A run that never began (it failed or was stopped before writing anything)
+        starts again from its TOML."""
+        overrides = [o.strip() for o in overrides if o.strip()]
         with self._lock:
             job = self.reconcile_one(self.get(job_id))
-            if job.state not in ("stopped", "failed"):
-                raise JobError(f"job {job_id}: only a stopped or failed job can be resumed, this one is {job.state}")
+            if job.state == "finished" and not overrides:
+                raise JobError(f"job {job_id}: finished; to train it further, give the new end in the changes box "
+                               "(training.max_steps=N, or training.max_epochs=N) and press Resume")
+            if job.state not in ("stopped", "failed", "finished"):
+                raise JobError(f"job {job_id}: only a stopped, failed or finished job can be resumed, this one is "
+                               f"{job.state}")
+            if (newer := self.successor(job)) is not None:
+                raise JobError(f"job {job_id}: its output folder {job.run_dir} is now job {newer.id}'s "
+                               f"({newer.name}); this job never began a run there, so there is nothing to resume")
             if not (job.run_dir / "config.toml").is_file():
+                if overrides:
+                    raise JobError(f"job {job_id}: its run never began, so there is nothing to resume with changes "
+                                   "(nothing was changed); use Duplicate with these changes")
                 if job.attempt == 0:
                     return self.start(job_id)
-                raise JobError(f"job {job_id}: {job.run_dir / 'config.toml'} is missing (the run stopped before it "
-                               "wrote anything); use Duplicate to start it again")
+                return self._restart(job)
+            cfg_overrides = self._check_resume(job, overrides)
+            from lorakit.fsutil import write_json
+
+            try:
+                write_json(job.job_dir / RESUME_FILE, {"attempt": job.attempt + 1, "overrides": cfg_overrides})
+            except OSError as exc:
+                raise JobError(f"job {job_id}: cannot write {job.job_dir / RESUME_FILE} ({exc.strerror or exc}); "
+                               "nothing was changed") from None
             self._set(job_id, state="queued", resume=1, stop_requested=0, note="")
         self.schedule()
         return self.get(job_id)
+
+    def _check_resume(self, job: Job, overrides: list[str]) -> list[str]:
+        """The changes of a resume, checked as `lorakit train --resume` checks them (one line each, before the job is
+        queued): the run's folder and name cannot change, and a finished run must be given a later end."""
+        from lorakit.config.load import field_specs, load_config, parse_override
+
+        keys = sorted({".".join(parse_override(o)[0]) for o in overrides} & {"save.dir", "save.name"})
+        if keys:
+            raise ConfigError(f"{keys[0]}: cannot change on Resume: the run stays in {job.run_dir} (nothing was "
+                              "changed); use Duplicate to train into another folder")
+        cfg = load_config(job.run_dir / "config.toml", overrides)
+        if job.state == "finished":
+            from lorakit.errors import TrainingError
+            from lorakit.train.resume import check_not_finished
+            from lorakit.train.rundir import RunDir
+
+            try:
+                check_not_finished(RunDir(job.run_dir, job.name), cfg)
+            except TrainingError as exc:
+                raise JobError(f"job {job.id}: {str(exc).split(' To train it further')[0]} Raise "
+                               "training.max_steps (or training.max_epochs) in the changes box.") from None
+        out = []
+        for item in overrides:  # a path is made absolute here: the run's process starts in the job's folder
+            parts, value = parse_override(item)
+            spec = field_specs().get(parts[0], {}).get(parts[-1]) if len(parts) == 2 else None
+            if spec is not None and spec.meta.get("kind") == "path" and isinstance(value, str) and value.strip():
+                from lorakit.ui.form import _absolute
+
+                item = f"{'.'.join(parts)}={_absolute(spec.key, value.strip())}"
+            out.append(item)
+        return out
+
+    def _restart(self, job: Job) -> Job:
+        """Start again from its TOML a job whose run never began (its folder reserved again under its token)."""
+        from lorakit.errors import TrainingError
+        from lorakit.train.rundir import claim
+
+        from lorakit.train.rundir import read_claim
+
+        try:
+            token = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
+            if read_claim(job.run_dir).get("token") != token:  # a stopped job still holds it; a failed one let go
+                claim(job.run_dir, f"job {job.id} ({job.name}) of the job queue in {self.home}", token)
+        except (OSError, TrainingError) as exc:
+            raise JobError(f"job {job.id}: cannot start it again: {exc}") from None
+        self._set(job.id, state="queued", resume=0, stop_requested=0, note="")
+        self.schedule()
+        return self.get(job.id)
 
     def stop(self, job_id: int) -> Job:
         """SIGINT to the run: it finishes the step, keeps its last complete checkpoint and exits (resumable).
@@ -316,6 +421,11 @@ class JobStore:
                 return self.get(job_id)
             if job.state not in ACTIVE:
                 raise JobError(f"job {job_id}: not running ({job.state})")
+            asked = time.time() - job.updated
+            if job.state == "stopping" and asked < STOP_AGAIN_S:  # a double click, or a second tab's Stop
+                raise JobError(f"job {job_id}: already stopping (asked {asked:.0f} s ago): it finishes its step and "
+                               f"exits; only a stop that hangs needs a second Stop (after {STOP_AGAIN_S:.0f} s), which "
+                               "ends it at once")
             sig = signal.SIGINT if job.state == "running" else signal.SIGTERM
             self._signal(job, sig)
             self._set(job_id, state="stopping", stop_requested=1)
@@ -346,9 +456,10 @@ class JobStore:
                            "its TOML is gone or damaged, so there is nothing to duplicate") from None
         keys = {".".join(parse_override(o)[0]) for o in overrides}
         extra = list(overrides)
-        if "save.name" not in keys:
-            extra.append(f"save.name={self._free_name(job)}")
-        return self.add(apply_overrides_to_toml(text, extra), start=start, parent=job_id)
+        with self._lock:  # the free name is picked and taken in one step (two tabs duplicating at once get two)
+            if "save.name" not in keys:
+                extra.append(f"save.name={self._free_name(job)}")
+            return self.add(apply_overrides_to_toml(text, extra), start=start, parent=job_id)
 
     def _free_name(self, job: Job) -> str:
         taken = {j.run_dir for j in self.list()}
@@ -385,7 +496,9 @@ class JobStore:
         if claimed != 1:
             return False
         if job.resume:
-            train = [self.python, "-m", "lorakit", "train", "--resume", str(job.run_dir)]
+            changes = _read_json(job.job_dir / RESUME_FILE)
+            extra = changes.get("overrides", []) if changes.get("attempt") == attempt else []
+            train = [self.python, "-m", "lorakit", "train", "--resume", str(job.run_dir), *extra]
         else:
             train = [self.python, "-m", "lorakit", "train", str(job.toml_path)]
         cmd = [self.python, "-m", "lorakit.ui.runner", str(job.job_dir), str(attempt), "--", *train]
@@ -397,10 +510,18 @@ class JobStore:
             env[CLAIM_ENV] = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
         except OSError:
             pass
-        for name in ("exit.json", "runner.json"):
-            (job.job_dir / name).unlink(missing_ok=True)
-        proc = subprocess.Popen(cmd, cwd=job.job_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            for name in ("exit.json", "runner.json"):
+                (job.job_dir / name).unlink(missing_ok=True)
+            proc = subprocess.Popen(cmd, cwd=job.job_dir, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:  # the Python gone (a removed venv), the job folder deleted by hand, no memory left
+            self._set(job.id, state="failed", resume=0,
+                      note=f"could not start the run: {exc.filename or cmd[0]}: {exc.strerror or exc} (nothing ran); "
+                           "fix that, then Resume")
+            if not job.resume:
+                self._release_claim(job)
+            return False
         self._children[proc.pid] = proc
         start = None
         for _ in range(50):  # /proc may lag a moment behind fork
@@ -447,6 +568,8 @@ class JobStore:
             return job
         state, note = self.final_state(job)
         self._set(job.id, state=state, note=note, resume=0)
+        if state == "failed":  # a run that failed before it began holds its folder no longer (a corrected re-run,
+            self._release_claim(job)  # from this queue, another face or the CLI, may use it; a begun run owns it)
         return self.get(job.id)
 
     def final_state(self, job: Job) -> tuple[str, str]:
@@ -454,6 +577,11 @@ class JobStore:
         exit_info = _read_json(job.job_dir / "exit.json")
         rc = exit_info.get("rc") if exit_info.get("attempt") == job.attempt else None
         status = _read_json(job.run_dir / "run.json")
+        runner = _read_json(job.job_dir / "runner.json")
+        began = runner.get("started_at") if runner.get("attempt") == job.attempt else None
+        if isinstance(began, (int, float)) and not (isinstance(status.get("updated_at"), (int, float))
+                                                    and status["updated_at"] >= began):
+            status = {}  # an earlier attempt's (a resume stopped or killed before its run wrote any): not this one's
         last = tail(job.log_path)
         if status.get("status") == "finished" and rc in (0, None):
             return "finished", ""

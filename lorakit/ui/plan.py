@@ -37,12 +37,25 @@ def estimate(cfg, card: str, *, images: Optional[int] = None, steps_per_epoch: O
     from lorakit.errors import LorakitError
     from lorakit.train import cards, planview
 
-    steps = cfg.training.max_steps
+    from lorakit.train.epochs import optimizer_steps_per_epoch
+
+    steps: Optional[int] = cfg.training.max_steps
     accumulation = cfg.training.gradient_accumulation
-    lines = [f"**{steps} steps** × batch {cfg.training.batch_size} × accumulation {accumulation}"]
-    if steps_per_epoch:
-        lines[0] += f" ≈ {steps * accumulation / steps_per_epoch:.1f} epochs " \
-                    f"({steps_per_epoch} steps/epoch over {images} images)"
+    epochs = cfg.training.max_epochs
+    shape = f"batch {cfg.training.batch_size} × accumulation {accumulation}"
+    if epochs is not None and steps_per_epoch:  # what train.epochs.apply makes of it when the run starts
+        steps = epochs * optimizer_steps_per_epoch(steps_per_epoch, accumulation)
+        lines = [f"**{steps} steps** ({epochs} epochs: training.max_epochs) × {shape} ({steps_per_epoch} "
+                 f"steps/epoch over {images} images)"]
+    elif epochs is not None:
+        steps = None
+        lines = [f"**{epochs} epochs** (training.max_epochs) × {shape}: the steps follow from the dataset, counted "
+                 "when the run scans it"]
+    else:
+        lines = [f"**{steps} steps** × {shape}"]
+        if steps_per_epoch:
+            lines[0] += f" ≈ {steps * accumulation / steps_per_epoch:.1f} epochs " \
+                        f"({steps_per_epoch} steps/epoch over {images} images)"
     choices = card_choices()
     key = choices.get(card, card if card in choices.values() else None)
     if key is None and card not in (None, "", CPU):  # not a card of the table: said, never shown as the CPU's
@@ -50,7 +63,7 @@ def estimate(cfg, card: str, *, images: Optional[int] = None, steps_per_epoch: O
                      f"({', '.join(k for k in choices.values() if k)})")
         return "\n\n".join(lines)
     if key is None:
-        if cpu_seconds:
+        if cpu_seconds and steps:
             lines.append(f"time: ≈ {_fmt(cpu_seconds * steps * accumulation)} ({cpu_seconds:.2f} s/step: median of "
                          f"earlier {cfg.model.family} jobs on this machine)")
         else:
@@ -62,7 +75,7 @@ def estimate(cfg, card: str, *, images: Optional[int] = None, steps_per_epoch: O
         lines.append(f"plan: {exc}")
         return "\n\n".join(lines)
     lines.append(f"```\n{text}\n```")
-    if plan is not None and plan.step is not None:
+    if plan is not None and plan.step is not None and steps:
         lines.append(f"time: ≈ {_fmt(plan.step.seconds * steps * accumulation)} at the estimated "
                      f"{plan.step.seconds:.2f} s/step ({'extrapolated' if plan.step.extrapolated else 'measured'})")
     return "\n\n".join(lines)

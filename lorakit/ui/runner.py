@@ -64,6 +64,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     log = open(job_dir / "train.log", "ab", buffering=0)
     log.write(f"\n=== attempt {attempt}: {' '.join(command)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+    started = time.time()  # before the run can write anything: its run.json is this attempt's when updated since
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                              cwd=job_dir)
     children.append(child)
@@ -71,7 +72,7 @@ def main(argv: list[str]) -> int:
         child.send_signal(stop[0])
     write_json(job_dir / "runner.json", {"attempt": attempt, "runner_pid": os.getpid(),
                                          "runner_start": process_start(os.getpid()), "child_pid": child.pid,
-                                         "child_start": process_start(child.pid), "started_at": time.time()})
+                                         "child_start": process_start(child.pid), "started_at": started})
     while True:
         try:
             rc = child.wait()

@@ -108,6 +108,30 @@ def lora_files(run_dir: Path) -> list[Path]:
     return ([final] if final.is_file() else []) + [p for p in steps if p.name.startswith(name + "-step")] + extra
 
 
+def package_step(run_dir: Path, lora: Path) -> Optional[int]:
+    """The ``lorakit package --step`` that packages the LoRA file ``lora`` of the run (None: the final LoRA); a file
+    `lorakit package` cannot package (the EMA weights, a file of another folder) is a DataError naming it."""
+    from lorakit.errors import DataError
+
+    run_dir, lora = Path(run_dir), Path(lora)
+    name = _file_name(run_dir)
+    if lora.resolve().parent != run_dir.resolve() or not lora.is_file():
+        raise DataError(f"{lora}: not a LoRA file of {run_dir}; pick one from the list")
+    if lora.name == f"{name}.safetensors":
+        return None
+    m = re.match(re.escape(name) + r"(?:-step|\.until-step)(\d{8})\.safetensors$", lora.name)
+    if m:
+        return int(m.group(1))
+    if lora.name == f"{name}-best.safetensors":
+        from lorakit.safetensors_header import read_safetensors_header
+
+        best = read_safetensors_header(lora)[1].get("lorakit_best_step")
+        if best and str(best).isdigit():
+            return int(best)
+    raise DataError(f"{lora.name}: `lorakit package` packages the final LoRA or a step's; pick {name}.safetensors or "
+                    f"a {name}-stepNNNNNNNN.safetensors checkpoint")
+
+
 def _file_name(run_dir: Path) -> str:
     """The name the run's files carry: its ``save.name`` (config.toml), which stays when the user renames the
     folder; the folder's name when config.toml is missing or unreadable."""

@@ -155,13 +155,13 @@ def test_ui_auto_caption_runs_a_command_the_caption_cli_accepts(ui, tmp_path, mo
                                                         "WD14 tagger folder needs model.onnx (...)\n")
 
     monkeypatch.setattr(ui.app.subprocess, "run", fake_run)
-    msg = run_caption(str(tmp_path), "wd14", str(tmp_path / "m"))
+    msg = run_caption(str(tmp_path), "wd14", str(tmp_path / "m"))[0]  # (status, thumbnails, their paths)
     args = build_parser().parse_args(calls[0][3:])  # what the child process parses: accepted, nothing overwritten
     assert (args.captioner, args.model, args.target, args.overwrite) == ("wd14", str(tmp_path / "m"),
                                                                           str(tmp_path), False)
     assert msg.endswith("⚠ lorakit: error: /m/model.onnx: missing; the WD14 tagger folder needs model.onnx "
                         "(...)</span>")
-    assert "Captioner: pick one" in run_caption(str(tmp_path), None, "") and len(calls) == 1
+    assert "Captioner: pick one" in run_caption(str(tmp_path), None, "")[0] and len(calls) == 1
 
 
 def test_ui_dataset_page_odd_inputs_are_one_message(ui, tmp_path):
@@ -469,9 +469,10 @@ def test_a_resume_refuses_to_move_or_rename_the_run(tmp_path, capsys, override):
 def test_ui_show_says_when_data_dir_is_missing(ui, tmp_path):
     """"valid: this is the TOML a job runs" with a data.dir that does not exist, and a plan without a word about it:
     the job then failed at its dataset scan."""
+    from lorakit.toy.paths import toy_paths
     from lorakit.ui.plan import CPU
 
-    values = dict(ui.form, **{"model.checkpoint": "/models/sd_xl_base_1.0.safetensors",
+    values = dict(ui.form, **{"model.checkpoint": str(toy_paths("sdxl")["checkpoint"]),  # a file that exists
                               "data.dir": str(tmp_path / "nope"), "save.dir": str(tmp_path / "runs")})
     res = ui.fn("_train_events.show")("(none)", CPU, None, *values.values())  # preset, card, flagged field, fields
     assert res[0] == "valid: this is the TOML a job runs"

@@ -196,3 +196,17 @@ def test_duplicate_overrides_applied_to_toml(tmp_path):
     data = tomllib.loads(out)
     assert data["training"]["max_steps"] == 7 and data["network"]["module_ranks"] == {"img_attn": 4}
     assert data["data"]["reg_dir"].startswith("/") and data["data"]["reg_dir"].endswith("rel/reg")
+
+
+def test_hub_id_checkpoint_stays_a_hub_id(tmp_path, monkeypatch):
+    """The schema allows a hub id for model.checkpoint; the form made it '<cwd>/owner/name' (a missing file)."""
+    monkeypatch.chdir(tmp_path)
+    hub = "stabilityai/stable-diffusion-xl-base-1.0"
+    data = fm.form_to_data({"model.family": "sdxl", "model.checkpoint": hub, "model.vae": "vae/fix.safetensors",
+                          "data.dir": "d"})
+    assert data["model"]["checkpoint"] == hub
+    assert data["model"]["vae"] == str(tmp_path / "vae" / "fix.safetensors")  # a file path is made absolute
+    assert fm.validate_toml(fm.data_to_toml(data)).model.checkpoint == hub
+    text = fm.apply_overrides_to_toml('[model]\nfamily = "sdxl"\ncheckpoint = "/m/a.safetensors"\n',
+                                      [f"model.checkpoint={hub}"])
+    assert tomllib.loads(text)["model"]["checkpoint"] == hub

@@ -199,3 +199,46 @@ def test_parse_auth(tmp_path):
     f.write_text("broken\n")
     with pytest.raises(LorakitError, match=rf"{f}:1: expected user:password"):
         parse_auth(None, str(f))
+
+
+def test_upload_onto_a_full_disk_adds_nothing(tmp_path, monkeypatch):
+    """The disk filling up while the uploads are moved in was an OSError traceback, with the files moved so far
+    left in the image folder; now one line, and the folder is as it was."""
+    import errno
+
+    dest = tmp_path / "set" / "10_x"
+    dest.mkdir(parents=True)
+    mine = _png(dest / "mine.png")
+    uploads = [_png(tmp_path / "a.png"), _png(tmp_path / "b.png", colour=(1, 1, 1))]
+    real, moved = ds.shutil.move, []
+
+    def move(src, dst):
+        if moved:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        moved.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(ds.shutil, "move", move)
+    with pytest.raises(DataError, match=r"/10_x/b.png: cannot write \(No space left on device\); nothing of this "
+                                        r"upload was added"):
+        ds.import_uploads(uploads, dest)
+    assert moved == [dest / "a.png"] and sorted(p.name for p in dest.iterdir()) == ["mine.png"]
+    assert mine.is_file() and not list(dest.parent.glob(".upload-*"))
+
+
+def test_zip_of_a_whole_kohya_dataset_is_refused_not_mixed(tmp_path):
+    """A zip of a kohya dataset (`5_ohwx person/`, `1_person/` regularisation images) was flattened into the one
+    image folder of the form: repeats lost, regularisation images trained as the subject. One folder still goes in."""
+    z = tmp_path / "dataset.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("ds/5_ohwx person/a.png", _png_bytes())
+        zf.writestr("ds/1_person/b.png", _png_bytes((1, 2, 3)))
+    dest = tmp_path / "set" / "10_ohwx person"
+    with pytest.raises(DataError, match=r"^dataset.zip: its images are in 2 kohya folders \(1_person, 5_ohwx person\)"
+                                        r", and an upload goes into one image folder; nothing was extracted"):
+        ds.import_uploads([z], dest)
+    assert not dest.exists()
+    one = tmp_path / "one.zip"
+    with zipfile.ZipFile(one, "w") as zf:
+        zf.writestr("5_ohwx person/a.png", _png_bytes())
+    assert [p.name for p in ds.import_uploads([one], dest)] == ["a.png"]

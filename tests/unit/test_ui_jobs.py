@@ -30,6 +30,16 @@ FAKE = textwrap.dedent('''
         from lorakit.ui.runner import main
         sys.exit(main(args[2:]))
     assert args[:3] == ["-m", "lorakit", "train"], args
+    if os.environ.get("FAKE_MODE") == "startup":  # stopped while starting, before the run folder is made
+        print("starting", flush=True)
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    if os.environ.get("FAKE_MODE") == "early":  # refused before the run folder is made (a missing base model)
+        print("lorakit train: error: model.checkpoint: file not found", flush=True)
+        sys.exit(2)
     if args[3] == "--resume":
         run = Path(args[4])
     else:
@@ -38,12 +48,20 @@ FAKE = textwrap.dedent('''
         run.mkdir(parents=True, exist_ok=True)  # the job store claimed it (.lorakit.claim)
         (run / "config.toml").write_text(Path(args[3]).read_text())
     mode = os.environ.get("FAKE_MODE", "finish")
+    if mode == "loading":  # a resume still loading its model when stopped: it writes nothing to run.json
+        print("loading the base model", flush=True)
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            sys.exit(130)
     def status(**kw):
         p = run / "run.json"
         d = json.loads(p.read_text()) if p.exists() else {}
-        d.update(kw, pid=os.getpid())
+        d.update(kw, pid=os.getpid(), updated_at=time.time())
         p.write_text(json.dumps(d))
     status(status="running", step=0, max_steps=10)
+    print("args:", " ".join(args[3:]), flush=True)
     print("step 1 of 10", flush=True)
     if mode == "finish":
         status(status="finished", step=10)
@@ -59,6 +77,15 @@ FAKE = textwrap.dedent('''
                 time.sleep(0.05)
         except KeyboardInterrupt:
             print("lorakit: interrupted", flush=True)
+            sys.exit(130)
+    elif mode == "slowstop":  # the stop's save takes a moment
+        try:
+            while True:
+                time.sleep(0.05)
+        except KeyboardInterrupt:
+            print("saving the last checkpoint", flush=True)
+            time.sleep(1.0)
+            print("saved; lorakit: interrupted", flush=True)
             sys.exit(130)
 ''')
 
@@ -82,6 +109,10 @@ def fake(tmp_path, monkeypatch):
     yield make
     for store in started:  # end what this test started (pid and start time checked), never anything else
         for job in store.list():
+            deadline = time.time() + 10  # a runner that has not named its child yet would orphan it when killed
+            while alive(job.pid, job.pid_start) and _read(job.job_dir / "runner.json").get("attempt") != job.attempt \
+                    and time.time() < deadline:
+                time.sleep(0.05)
             runner = _read(job.job_dir / "runner.json")
             for pid, start in ((job.pid, job.pid_start), (runner.get("child_pid"), runner.get("child_start"))):
                 if alive(pid, start):
@@ -225,7 +256,7 @@ def test_refusals(fake, tmp_path):
         store.add(_toml(tmp_path, "same"))
     with pytest.raises(JobError, match="stop it first"):
         store.delete(job.id)
-    with pytest.raises(JobError, match="only a stopped or failed job can be resumed"):
+    with pytest.raises(JobError, match="only a stopped, failed or finished job can be resumed, this one is running"):
         store.resume(job.id)
     with pytest.raises(ConfigError, match=r"^network.rank: must be an integer ≥ 1, got 0"):
         store.add(_toml(tmp_path, "other") + "[network]\nrank = 0\n")
@@ -254,3 +285,201 @@ def test_tail_keeps_last_progress_state(tmp_path):
     log = tmp_path / "train.log"
     log.write_text("a\nbar 1%\rbar 50%\rbar 100%\nwarning: x\n\n")
     assert tail(log, 2) == "bar 100%\nwarning: x"
+
+
+def test_failed_job_frees_its_run_folder_for_a_corrected_rerun(fake, tmp_path):
+    """A job that failed before its run began (a missing base model) no longer holds the folder's claim: the
+    corrected TOML is queued on the same save.name from the UI, and `lorakit train` by hand is not refused either."""
+    from lorakit.train.rundir import CLAIM_NAME
+
+    store = fake("early")
+    text = _toml(tmp_path, "same")
+    failed = _settle(store, store.add(text).id)
+    assert failed.state == "failed" and "model.checkpoint: file not found" in failed.note
+    assert not (failed.run_dir / CLAIM_NAME).exists() and not failed.run_dir.exists()  # claim and its empty folder
+    again = fake("finish")
+    fixed = _settle(again, again.add(text).id)
+    assert (fixed.id, fixed.state, fixed.run_dir) == (failed.id + 1, "finished", failed.run_dir)
+    assert "is now job 2's" in again.get(failed.id).note
+    with pytest.raises(JobError, match=r"^job 1: its output folder .* is now job 2's \(same\)"):
+        again.resume(failed.id)  # never the newer job's run
+    with pytest.raises(ConfigError, match=r"already the output folder of job 2 \(same, finished\)"):
+        again.add(text)  # a run that began keeps its folder
+
+
+def test_unwritable_home_is_one_line_and_queues_nothing(fake, tmp_path, monkeypatch):
+    """A full disk or unwritable --home while queueing: one JobError line (was an OSError traceback), no job row
+    and no claim left on the output folder (the job's folder is moved into place before it may start)."""
+    import errno
+
+    store = fake("finish")
+    real = os.replace
+
+    def full(src, dst, *a, **k):
+        if Path(dst).parent == store.jobs_root:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(JobError, match=r"^cannot queue the job: .*/jobs/1: No space left on device; nothing was "
+                                       r"queued"):
+        store.add(_toml(tmp_path, "full"))
+    monkeypatch.setattr(os, "replace", real)
+    assert store.list() == [] and not (tmp_path / "runs" / "full").exists()
+    assert [p.name for p in store.jobs_root.iterdir()] == []
+    assert _settle(store, store.add(_toml(tmp_path, "full")).id).state == "finished"  # the retry just works
+
+
+def test_resume_honours_the_changes_and_extends_a_finished_run(fake, tmp_path):
+    """The changes box beside Resume was ignored by it (Resume ran a bare --resume): now its lines go to
+    `lorakit train --resume RUN key=value` (a finished run trains on to a raised end), checked first."""
+    store = fake("finish")
+    text = _toml(tmp_path, "ext").replace('device = "cpu"', 'device = "cpu"\nmax_steps = 10')
+    job = _settle(store, store.add(text).id)
+    assert job.state == "finished"
+    with pytest.raises(JobError, match=r"^job 1: finished; to train it further, give the new end in the changes box"):
+        store.resume(job.id)
+    with pytest.raises(JobError, match=r"^job 1: already ran \(finished\); to train it further give "
+                                       r"training.max_steps=N in the changes box and press Resume"):
+        store.start(job.id)
+    with pytest.raises(ConfigError, match=r"^save.name: cannot change on Resume: the run stays in "):
+        store.resume(job.id, ["save.name=other"])
+    with pytest.raises(JobError, match=r"^job 1: --resume: .* finished at step 10 \(training.max_steps = 10\); "
+                                       r"nothing was changed .* Raise training.max_steps"):
+        store.resume(job.id, ["training.max_steps=10"])
+    with pytest.raises(ConfigError, match=r"^training.max_steps: must be an integer ≥ 1"):
+        store.resume(job.id, ["training.max_steps=0"])
+    assert store.get(job.id).state == "finished"  # nothing of the refused ones queued
+    resumed = store.resume(job.id, ["training.max_steps=20", "data.cache_dir=rel/cache"])
+    assert resumed.state == "running" and resumed.attempt == 2
+    job = _settle(store, job.id)
+    assert job.state == "finished"
+    assert f"args: --resume {job.run_dir} training.max_steps=20 data.cache_dir={Path.cwd() / 'rel/cache'}" \
+        in job.log_path.read_text()
+
+
+def test_resume_of_a_run_that_never_began_starts_it_again(fake, tmp_path):
+    """Resume of a job that failed before its run began said 'use Duplicate'; it now starts the job's TOML again,
+    on its own save.name."""
+    from lorakit.train.rundir import CLAIM_NAME
+
+    store = fake("early")
+    job = _settle(store, store.add(_toml(tmp_path, "again")).id)
+    assert job.state == "failed" and not (job.run_dir / CLAIM_NAME).exists()
+    with pytest.raises(JobError, match="never began, so there is nothing to resume with changes"):
+        store.resume(job.id, ["training.max_steps=5"])
+    fixed = fake("finish")
+    assert fixed.resume(job.id).state == "running"
+    job = _settle(fixed, job.id)
+    assert job.state == "finished" and job.attempt == 2
+    assert job.log_path.read_text().count("args: ") == 1 and f"args: {job.toml_path}" in job.log_path.read_text()
+
+
+def test_an_earlier_attempts_run_json_is_not_this_attempts_end(fake, tmp_path):
+    """A failed run resumed and stopped while still loading (its run.json untouched since attempt 1) was shown
+    'failed' with attempt 1's error; it is 'stopped'."""
+    store = fake("failed")
+    job = _settle(store, store.add(_toml(tmp_path, "again")).id)
+    assert job.state == "failed" and job.note.startswith("step 3: loss nan")
+    loading = fake("loading")
+    loading.resume(job.id)
+    deadline = time.time() + 30
+    while "loading the base model" not in job.log_path.read_text():
+        assert time.time() < deadline, "the resumed job never started"
+        time.sleep(0.05)
+    _wait_file(job.job_dir / "runner.json")
+    loading.stop(job.id)
+    job = _settle(loading, job.id)
+    assert job.state == "stopped" and "loss nan" not in job.note.split("---")[0], job.note
+
+
+def test_a_second_stop_right_after_the_first_does_not_abort_the_save(fake, tmp_path, monkeypatch):
+    """Stop twice in a row (a double click, or Stop in two tabs) sent SIGTERM on top of SIGINT, which aborts the
+    run's save of its last checkpoint; a second Stop now counts only after STOP_AGAIN_S."""
+    from lorakit.ui import jobs
+
+    store = fake("slowstop")
+    job = store.add(_toml(tmp_path, "twice"))
+    _wait_running(job)
+    assert store.stop(job.id).state == "stopping"
+    with pytest.raises(JobError, match=r"^job 1: already stopping \(asked 0 s ago\): it finishes its step"):
+        store.stop(job.id)
+    job = _settle(store, job.id)
+    assert job.state == "stopped" and "saved; lorakit: interrupted" in job.log_path.read_text()
+    monkeypatch.setattr(jobs, "STOP_AGAIN_S", 0.0)  # past the wait, a second Stop ends a hanging stop at once
+    store.resume(job.id)
+    _wait_file(job.job_dir / "runner.json")
+    deadline = time.time() + 30
+    while job.log_path.read_text().count("step 1 of 10") < 2:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    store.stop(job.id)
+    time.sleep(0.2)  # the SIGINT arrives first
+    store.stop(job.id)
+    job = _settle(store, job.id)
+    assert job.state == "stopped" and job.log_path.read_text().count("saved; lorakit: interrupted") == 1
+
+
+def test_two_tabs_duplicating_at_once_get_two_names(fake, tmp_path, monkeypatch):
+    """Duplicate picked the free save.name outside the queue's lock: two tabs duplicating one job at once both
+    picked 'base-2' and one was refused ('already the output folder of job 2')."""
+    import threading
+
+    store = fake("finish")
+    job = _settle(store, store.add(_toml(tmp_path, "base")).id)
+    pick = store._free_name
+
+    def slow_pick(j):
+        name = pick(j)
+        time.sleep(0.3)  # the other tab's click lands here
+        return name
+
+    monkeypatch.setattr(store, "_free_name", slow_pick)
+    out, errors = [], []
+
+    def dup():
+        try:
+            out.append(store.duplicate(job.id, ["training.max_steps=7"]).name)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=dup) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(out) == ["base-2", "base-3"]
+
+
+def test_resume_of_a_job_stopped_before_its_run_began(fake, tmp_path):
+    """Stopped while starting (before its run made anything), the job keeps its folder's reservation; Resume starts
+    its TOML again under that reservation."""
+    from lorakit.train.rundir import CLAIM_NAME, read_claim
+
+    store = fake("startup")
+    job = store.add(_toml(tmp_path, "early-stop"))
+    deadline = time.time() + 30
+    while "starting" not in (job.log_path.read_text() if job.log_path.exists() else ""):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    _wait_file(job.job_dir / "runner.json")
+    store.stop(job.id)
+    job = _settle(store, job.id)
+    assert job.state == "stopped" and (job.run_dir / CLAIM_NAME).exists()
+    assert read_claim(job.run_dir)["token"] == (job.job_dir / "claim").read_text()
+    again = fake("finish")
+    assert again.resume(job.id).state == "running"
+    job = _settle(again, job.id)
+    assert job.state == "finished" and f"args: {job.toml_path}" in job.log_path.read_text()
+
+
+def test_a_run_that_cannot_be_started_is_failed_at_once(tmp_path):
+    """Starting the run's process failed (the Python of a removed venv): an OSError traceback on Start, and the job
+    showed 'running' for half a minute before it was found dead. Now it is failed at once, saying why."""
+    from lorakit.train.rundir import CLAIM_NAME
+
+    store = JobStore(tmp_path / "home", python=str(tmp_path / "gone" / "python"))
+    job = store.add(_toml(tmp_path, "nopython"))
+    assert job.state == "failed" and job.note.startswith(f"could not start the run: {tmp_path / 'gone' / 'python'}: "
+                                                        "No such file or directory (nothing ran)")
+    assert not (job.run_dir / CLAIM_NAME).exists()
