@@ -62,6 +62,13 @@ _cuda_graphs_active = False
 RECOMPILE_LIMIT = 64
 PER_BUCKET = 16
 
+# Experiment (benchmarks only, no config key yet): with memory.activation_budget under regional compile, the share of
+# the repeated blocks (spread evenly, as checkpoint_fraction's) that recompute under the budget; the others keep every
+# activation (compiled with the partitioner's budget at 1.0). None: every block under the budget. Round 20 (Klein 4B):
+# the partitioner jumps from 6.9 GiB at budget 0.5 to 11.3 GiB at 0.6 with nothing between; per block, the memory and
+# the time move in steps of one block.
+BUDGET_SHARE: Optional[float] = None
+
 
 def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
                      log: Callable[[str], None] = print, *, scope: Optional[str] = None,
@@ -129,9 +136,14 @@ def prepare_denoiser(model: nn.Module, memory: Any, device: torch.device,
         inside = compile_ and checkpointing and CHECKPOINT_INSIDE_COMPILE
         report = {"gradient_checkpointing": set_gradient_checkpointing(model, checkpointing and not inside, log,
                                                                        selected, extra_regions) or inside}
+        keep_all = budget_exempt(model, extra_regions) if compile_ and budget else None
         report["compiled_blocks"] = compile_regions(model, region_names(model, extra_regions), backend=backend,
                                                     mode=mode, checkpoint=inside, log=log,
-                                                    selected=selected) if compile_ else 0
+                                                    selected=selected,
+                                                    **({"keep_all": keep_all} if keep_all else {})) if compile_ else 0
+        if keep_all:
+            log(f"activation_budget: {len(keep_all)} of {len(repeated_blocks(model, extra_regions))} blocks keep every "
+                f"activation (BUDGET_SHARE {BUDGET_SHARE})")
     _cuda_graphs_active = mode == "reduce-overhead"
     report["scope"], report["cuda_graphs"] = (scope if compile_ else None), _cuda_graphs_active
     if selected is not None:
@@ -388,26 +400,64 @@ def region_names(model: nn.Module, extra: tuple[str, ...] = ()) -> tuple[str, ..
     return names + tuple(n for n in extra if n not in names)
 
 
+def budget_exempt(model: nn.Module, extra_regions: tuple[str, ...] = ()) -> Optional[set[int]]:
+    """ids of the repeated blocks that keep every activation under :data:`BUDGET_SHARE` (None: none do)."""
+    if BUDGET_SHARE is None or BUDGET_SHARE >= 1.0:
+        return None
+    blocks = repeated_blocks(model, extra_regions)
+    under = checkpoint_indices(len(blocks), BUDGET_SHARE)
+    return {id(b) for i, b in enumerate(blocks) if i not in under}
+
+
+def keeping_every_activation(backend: Any, mode: Optional[str] = None, dynamic: Optional[bool] = False) -> Callable:
+    """A compile backend that partitions with ``activation_memory_budget`` 1.0 (every activation kept), whatever the
+    process-wide budget; ``backend`` as ``torch.compile`` takes it ("inductor" with ``mode``, or a callable).
+
+    The partitioner reads the budget when a graph compiles (inside the backend call), and dynamo keeps one cache entry
+    per backend, so blocks of one class compiled with this and with the plain backend get two graphs."""
+    if backend == "inductor":
+        inner = torch._TorchCompileInductorWrapper(mode, None, dynamic)
+    elif isinstance(backend, str):
+        from torch._dynamo.backends.registry import lookup_backend
+
+        inner = lookup_backend(backend)
+    else:
+        inner = backend
+
+    def keep_all(gm: Any, example_inputs: Any, **kwargs: Any) -> Any:
+        with torch._functorch.config.patch(activation_memory_budget=1.0):
+            return inner(gm, example_inputs, **kwargs)
+
+    return keep_all
+
+
 def compile_regions(model: nn.Module, names: Optional[Iterable[str]] = None, *, backend: Any = "inductor",
                     mode: Optional[str] = None, dynamic: Optional[bool] = False, checkpoint: bool = False,
-                    log: Callable[[str], None] = print, selected: Optional[set[int]] = None) -> int:
+                    log: Callable[[str], None] = print, selected: Optional[set[int]] = None,
+                    keep_all: Optional[set[int]] = None) -> int:
     """``torch.compile`` every submodule whose class name is in ``names`` (default :func:`region_names`),
     in place (``nn.Module.compile``); returns how many were compiled. Compilation itself happens lazily
     at each block's first call; a block that fails to compile falls back to eager (see the module doc).
     With ``checkpoint`` each block's forward is wrapped in non-reentrant ``torch.utils.checkpoint`` (only
-    while gradients are on) before compiling, so the compiled backward recomputes the block itself."""
+    while gradients are on) before compiling, so the compiled backward recomputes the block itself. Blocks in
+    ``keep_all`` (ids) compile with :func:`keeping_every_activation` (:data:`BUDGET_SHARE`)."""
     wanted = set(region_names(model) if names is None else names)
     if not wanted:
         raise ConfigError(f"memory.compile: {type(model).__name__} has no repeated blocks lorakit knows how to "
                           "compile; set memory.compile = false")
     _configure_dynamo()
     count = 0
+    kept: Optional[Callable] = None
     for sub in model.modules():
         if type(sub).__name__ in wanted:
             if checkpoint and (selected is None or id(sub) in selected):
                 checkpoint_forward(sub)
             try:
-                sub.compile(backend=backend, mode=mode, dynamic=dynamic)
+                if keep_all and id(sub) in keep_all:  # one backend for all of them: one graph per shape
+                    kept = kept or keeping_every_activation(backend, mode, dynamic)
+                    sub.compile(backend=kept, dynamic=dynamic)
+                else:
+                    sub.compile(backend=backend, mode=mode, dynamic=dynamic)
             except Exception as why:  # noqa: BLE001  (any failure of the compiler: eager is always correct)
                 return _compile_failed(model, why, log)
             count += 1

@@ -277,7 +277,7 @@ def test_a_budget_that_picks_modulation_on_cpu_gets_it_installed(tmp_path, capsy
     from tests.unit.test_budget import full_flux_sizes
 
     full = full_flux_sizes(get_family("flux1").SPEC.host_linears)
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): full))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(), **k: full))
     checks = memory.check_supported
 
     def on_a_gpu(cfg, device, planned=False):  # vram_gb is refused on the CPU; every other check still runs

@@ -139,7 +139,7 @@ def test_apply_budget_returns_the_choice_and_leaves_the_config_as_loaded(flux_si
 
     cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},
                                   "memory": {"vram_gb": 12}})
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: flux_sizes))
     lines: list[str] = []
     loaded = copy.deepcopy(cfg)
     p = budget.apply_budget(cfg, get_family("flux1").SPEC, nn.Linear(1, 1), [], [], swap.LOOKAHEAD, log=lines.append)
@@ -226,7 +226,7 @@ def test_apply_budget_splits_a_batch_that_does_not_fit(flux_sizes, monkeypatch):
     from lorakit.models.registry import get_family
 
     spec = get_family("flux1").SPEC
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: flux_sizes))
 
     def cfg_for(vram, batch, accumulation=1):
         return load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
@@ -285,7 +285,7 @@ def test_compiled_blocks_are_budgeted_with_their_own_activation_rate(flux_sizes,
 
     spec = get_family("flux1").SPEC
     assert spec.activation_gib_compiled[1] < spec.activation_gib[1]
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: flux_sizes))
     plans = {}
     for compile_ in (False, True):
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
@@ -310,7 +310,7 @@ def test_fp8_storage_under_compile_is_planned_with_every_block_checkpointed(flux
     from lorakit.models.registry import get_family
 
     spec = get_family("flux1").SPEC
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: flux_sizes))
 
     def planned(vram_gb=24, **memory):
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},
@@ -341,7 +341,7 @@ def test_the_budget_turns_fp8_compute_on_under_compile_where_the_gpu_has_it(sdxl
     from lorakit.train import fp8
 
     spec = get_family("sdxl").SPEC
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: sdxl_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: sdxl_sizes))
     have = {"ok": True}
 
     def check(device):
@@ -386,7 +386,7 @@ def test_unset_fp8_compute_lets_the_budget_plan_partial_checkpointing(flux_sizes
     from lorakit.train import fp8
 
     spec = get_family("flux1").SPEC
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: flux_sizes))
     monkeypatch.setattr(fp8, "check_compute", lambda device: None)
 
     def chosen(vram_gb=26, **memory):
@@ -419,7 +419,7 @@ def test_the_budget_plans_selective_recomputation_where_it_was_measured_fastest(
 
     spec = get_family("flux1").SPEC
     rates = dict(spec.activation_budget_gib)
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: flux_sizes))
     monkeypatch.setattr(fp8, "check_compute", lambda device: None)
 
     def chosen(vram_gb, batch=1, **memory):
@@ -489,7 +489,7 @@ def test_apply_budget_offers_modulation_on_cpu_only_where_fp8_would_be_storage(f
     where torch cannot keep the modulation op out of the graphs)."""
     from lorakit.config.load import load_config
 
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): (
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(), **k: (
         flux_host_sizes if host else flux_sizes)))
 
     def apply(memory=None, network=None):
@@ -530,7 +530,7 @@ def test_bf16_with_the_modulations_on_the_host_plans_selective_recomputation_und
 
     spec = get_family_spec("flux1")
     assert [amb for amb, _ in spec.host_activation_budget_gib] == [0.15, 0.12]
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(): (
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, model, blocks, trainable, host=(), **k: (
         flux_host_sizes if host else flux_sizes)))
 
     def apply(vram, **memory):
@@ -581,7 +581,7 @@ def test_hand_set_knobs_are_constraints_the_plan_keeps(flux_sizes, monkeypatch):
     from lorakit.models.registry import get_family
 
     spec = get_family("flux1").SPEC
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: flux_sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: flux_sizes))
 
     def plan(vram_gb, **memory):
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"},

@@ -244,7 +244,7 @@ def test_the_budget_never_plans_block_swap_with_modulation_on_cpu(monkeypatch):
     from tests.unit.test_budget import flux_sizes
 
     sizes = flux_sizes.__wrapped__()
-    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a: sizes))
+    monkeypatch.setattr(budget.Sizes, "of", classmethod(lambda cls, *a, **k: sizes))
 
     def plan(**memory):
         cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "f.safetensors"}, "data": {"dir": "."},

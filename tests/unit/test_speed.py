@@ -547,3 +547,59 @@ def _prepare_with_and_without() -> None:
                                torch.device("cuda"), log=lines.append, cuda_graphs=False, backend="aot_eager")
         assert isinstance(inductor_config.joint_custom_pre_pass, speed.SaveAttention) is installed, mem
         assert any("every attention output is kept" in line for line in lines) is installed, lines
+
+
+def test_budget_share_compiles_the_exempt_blocks_with_every_activation_kept(monkeypatch):
+    """speed.BUDGET_SHARE (benchmark experiment, RESULTS.md round 20): under a process-wide activation budget, the
+    blocks outside the share compile through a backend that partitions at budget 1.0. The budget each graph was
+    compiled under is read inside the backend; one graph per backend (the blocks of one class share it), and the
+    outputs equal the eager model's."""
+    import torch._functorch.config as fconfig
+    from torch import nn
+
+    from lorakit.train import speed
+
+    class Blk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.tanh(self.lin(x)) * x
+
+    class Net(nn.Module):
+        _repeated_blocks = ("Blk",)
+
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(Blk() for _ in range(4))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    torch.manual_seed(0)
+    net = Net()
+    x = torch.randn(2, 8, requires_grad=True)  # every block's input needs grad (else the first block guards apart)
+    want = net(x)
+    seen: list[float] = []
+
+    def recorder(gm, example_inputs):
+        seen.append(fconfig.activation_memory_budget)
+        return gm.forward
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(fconfig, "activation_memory_budget", 0.5)
+    monkeypatch.setattr(speed, "BUDGET_SHARE", 0.5)
+    exempt = speed.budget_exempt(net)
+    blocks = speed.repeated_blocks(net)
+    assert exempt == {id(blocks[i]) for i in range(4)} - {id(blocks[i]) for i in speed.checkpoint_indices(4, 0.5)}
+    assert len(exempt) == 2
+    assert speed.compile_regions(net, backend=recorder, keep_all=exempt, log=lambda _: None) == 4
+    got = net(x)
+    torch._dynamo.reset()
+    assert torch.allclose(got, want)
+    assert sorted(seen) == [0.5, 1.0]  # one graph under the budget, one keeping everything
+    monkeypatch.setattr(speed, "BUDGET_SHARE", None)
+    assert speed.budget_exempt(net) is None
