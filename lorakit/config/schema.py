@@ -293,7 +293,7 @@ class SampleCfg:
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
     height: Optional[int] = f(None, "Sample height (default: training resolution).", ge=64)
-    seed: int = f(0, "Base seed of sample images.", ge=0)
+    seed: int = f(0, "Base seed of sample images: prompt i without its own --d draws with seed + i.", ge=0)
     use_ema: bool = f(False, "With training.ema: previews use the EMA weights.")
 
 

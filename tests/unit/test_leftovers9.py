@@ -1,0 +1,22 @@
+"""Ninth-session leftovers: preview seeds, prompt TOML types, package preview settings, restarts, imports, UI."""
+
+import pytest
+
+from lorakit.errors import ConfigError
+from lorakit.models.base import SamplePrompt
+
+
+def test_preview_prompts_walk_the_base_seed(tmp_path):
+    from lorakit.train.sampling import load_prompts
+
+    txt = tmp_path / "p.txt"
+    txt.write_text("a dog\na cat --d 3\n# note\na bird\n", encoding="utf-8")
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[prompts]]\nprompt = "a fox"\n[[prompts]]\nprompt = "an owl"\nseed = 1\n', encoding="utf-8")
+    d = SamplePrompt(prompt="", seed=100)
+    got = [(p.prompt, p.seed) for p in load_prompts(["one", "two"], str(txt), d)]
+    assert got == [("one", 100), ("two", 101), ("a dog", 102), ("a cat", 3), ("a bird", 104)]
+    again = [(p.prompt, p.seed) for p in load_prompts(["one", "two"], str(txt), d)]
+    assert again == got   # the same seeds at every load (every sampling step, every resume)
+    assert [(p.prompt, p.seed) for p in load_prompts(["x"], str(toml), d)] == [("x", 100), ("a fox", 101),
+                                                                                ("an owl", 1)]
