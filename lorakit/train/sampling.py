@@ -126,6 +126,14 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"sample.prompts_file: cannot read {path} ({exc.strerror or exc})") from None
 
 
+def _numeric(text: str) -> bool:
+    """A quoted number in a prompt TOML (``width = "1024"``): refused as sample.width = "1024" is."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _seeded(defaults: SamplePrompt, index: int) -> SamplePrompt:
     """The defaults of the run's prompt ``index``: seed = sample.seed + index (ai-toolkit's walk_seed), so the
     previews differ from one another and each prompt keeps its seed at every step and across resumes."""
@@ -160,6 +168,9 @@ def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int, family: Opt
                           ("guidance", "guidance"), ("sampler", "sampler")):
             if key in table:
                 what = f"sample.prompts_file: {path}: prompts[{i}].{key}"
+                if attr not in ("negative", "sampler") and isinstance(table[key], str) and _numeric(table[key]):
+                    raise ConfigError(f"{what} needs a number, got text {table[key]!r}; write {key} = "
+                                      f"{table[key].strip()} without quotes")
                 setattr(p, attr, _value(attr, table[key], what, multiple))
                 _honoured(attr, getattr(p, attr), what, family)
         out.append(p)

@@ -20,3 +20,20 @@ def test_preview_prompts_walk_the_base_seed(tmp_path):
     assert again == got   # the same seeds at every load (every sampling step, every resume)
     assert [(p.prompt, p.seed) for p in load_prompts(["x"], str(toml), d)] == [("x", 100), ("a fox", 101),
                                                                                 ("an owl", 1)]
+
+
+@pytest.mark.parametrize("line, key", [('width = "1024"', "width"), ('seed = "3"', "seed"),
+                                       ('cfg_scale = "7.5"', "cfg_scale")])
+def test_prompt_toml_quoted_numbers_are_refused_naming_file_and_key(tmp_path, line, key):
+    from lorakit.train.sampling import load_prompts
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[[prompts]]\nprompt = "a fox"\n{line}\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_prompts([], str(toml), SamplePrompt(prompt="", width=512, height=512), 16)
+    value = line.split('"')[1]
+    assert str(info.value) == (f"sample.prompts_file: {toml}: prompts[0].{key} needs a number, got text '{value}'; "
+                               f"write {key} = {value} without quotes")
+    assert "\n" not in str(info.value)
+    toml.write_text(f'[[prompts]]\nprompt = "a fox"\n{line.replace(chr(34), "")}\n', encoding="utf-8")
+    assert load_prompts([], str(toml), SamplePrompt(prompt="", width=512, height=512), 16)[0].prompt == "a fox"
