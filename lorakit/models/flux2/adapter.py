@@ -194,8 +194,7 @@ class Adapter(common.ComponentsAdapter):
         prompt's, else empty, as the pipeline)."""
         steps, cfg_scale, guidance = self.sample_settings(prompt)
         f = self._factor()
-        width, height = max(f, prompt.width // f * f), max(f, prompt.height // f * f)
-        h, w = height // f, width // f
+        h, w = prompt.height // f, prompt.width // f   # sizes are multiples of SPEC.sample_multiple (checked)
         x = torch.randn((1, SPEC.latent_channels, h, w), generator=generator, device=generator.device,
                         dtype=torch.float32).to(self.device)
         sigmas = maths.sample_schedule(steps, h * w)
