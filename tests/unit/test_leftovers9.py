@@ -37,3 +37,27 @@ def test_prompt_toml_quoted_numbers_are_refused_naming_file_and_key(tmp_path, li
     assert "\n" not in str(info.value)
     toml.write_text(f'[[prompts]]\nprompt = "a fox"\n{line.replace(chr(34), "")}\n', encoding="utf-8")
     assert load_prompts([], str(toml), SamplePrompt(prompt="", width=512, height=512), 16)[0].prompt == "a fox"
+
+
+@pytest.mark.parametrize("variant, steps, cfg_scale, guidance", [
+    ("klein-4b", 4, 1.0, None), ("klein-base-9b", 50, 4.0, None), ("dev", 50, 1.0, 3.5)])
+def test_package_writes_the_flux2_variants_own_preview_settings(tmp_path, variant, steps, cfg_scale, guidance):
+    # Klein has no guidance input: its package previews carry none (was sample.guidance's 3.5); steps / CFG are the
+    # variant's own defaults, as its previews were drawn
+    import json
+
+    from PIL import Image
+
+    from lorakit.cli import main
+    from tests.unit.test_lora_publish import _as_family, _family_meta, _run_dir
+
+    run = _run_dir(tmp_path)
+    _as_family(run, "flux2", _family_meta("flux2", variant))
+    assert main(["package", str(run), "-o", str(tmp_path / "pkg")]) == 0
+    with Image.open(tmp_path / "pkg" / "preview_00.png") as im:
+        settings, params = json.loads(im.text["lorakit"]), im.text["parameters"]
+    assert (settings["steps"], settings["cfg_scale"], settings["guidance"]) == (steps, cfg_scale, guidance)
+    assert ("Guidance:" in params) == (guidance is not None)
+    civ = json.loads((tmp_path / "pkg" / "civitai.json").read_text())
+    assert (civ["images"][0]["meta"]["steps"], civ["images"][0]["meta"]["cfgScale"]) == (steps, cfg_scale)
+    assert ("guidance" in (tmp_path / "pkg" / "README.md").read_text()) == (guidance is not None)
