@@ -61,3 +61,42 @@ def test_package_writes_the_flux2_variants_own_preview_settings(tmp_path, varian
     civ = json.loads((tmp_path / "pkg" / "civitai.json").read_text())
     assert (civ["images"][0]["meta"]["steps"], civ["images"][0]["meta"]["cfgScale"]) == (steps, cfg_scale)
     assert ("guidance" in (tmp_path / "pkg" / "README.md").read_text()) == (guidance is not None)
+
+
+@pytest.mark.parametrize("warmup, total, cycles", [(0, 40, 3), (5, 37, 4), (3, 20, 1)])
+def test_cosine_with_restarts_follows_diffusers_hard_restarts(warmup, total, cycles):
+    # after the warmup, every step's lr multiplier is diffusers' (what sd-scripts runs for lr_scheduler_num_cycles);
+    # the warmup is lorakit's (step + 1) / warmup, as for every schedule
+    import torch
+    from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
+
+    from lorakit.train.optim import build_scheduler
+
+    def lrs(make):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.5)
+        sched, out = make(opt), []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = lrs(lambda o: build_scheduler(o, "cosine_with_restarts", warmup, total, num_cycles=cycles))
+    ref = lrs(lambda o: get_cosine_with_hard_restarts_schedule_with_warmup(o, warmup, total, cycles))
+    assert ours[warmup:] == pytest.approx(ref[warmup:], abs=1e-12)
+    assert ours[:warmup] == pytest.approx([0.5 * (s + 1) / warmup for s in range(warmup)])
+    assert sum(1 for a, b in zip(ours[warmup:], ours[warmup + 1:]) if b > a) == cycles - 1   # the restarts
+
+
+def test_num_cycles_is_a_key_and_refused_without_restarts():
+    from lorakit.config.load import load_config
+
+    base = {"model": {"family": "sdxl", "checkpoint": "/m/sdxl.safetensors"}, "data": {"dir": "/d"}}
+    cfg = load_config(data={**base, "optimizer": {"scheduler": "cosine_with_restarts", "num_cycles": 3}})
+    assert (cfg.optimizer.scheduler, cfg.optimizer.num_cycles) == ("cosine_with_restarts", 3)
+    with pytest.raises(ConfigError) as info:
+        load_config(data={**base, "optimizer": {"scheduler": "cosine", "num_cycles": 3}})
+    assert str(info.value).startswith('optimizer.num_cycles: only has an effect with optimizer.scheduler = '
+                                      '"cosine_with_restarts"')
+    with pytest.raises(ConfigError, match=r"^optimizer.num_cycles: "):
+        load_config(data={**base, "optimizer": {"scheduler": "cosine_with_restarts", "num_cycles": 0}})
