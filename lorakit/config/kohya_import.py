@@ -154,6 +154,10 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None, bucket
         d.pop("keep_tokens")
         skipped.append("keep_tokens")
     _restarts(args, out, skipped)
+    if str(args.get("lr_scheduler") or "constant").lower() == "constant" and args.get("lr_warmup_steps") not in (
+            None, "", 0):   # sd-scripts refuses it ("constant does not require num_warmup_steps"), as kohya_ss's import
+        out["optimizer"].pop("warmup_steps", None)
+        skipped.append("lr_warmup_steps")
     if "enable_bucket" not in args and bucket_default:  # sd-scripts' default is off: every image cropped to the resolution
         out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
@@ -258,6 +262,9 @@ _DROP_REASONS = {
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
     "learning_rate": "unet_lr is set and wins for the denoiser, as in sd-scripts (optimizer.lr = unet_lr)",
+    "lr_warmup_steps": "lr_scheduler is constant (sd-scripts' default), which sd-scripts refuses with a warmup "
+                       "(\"constant does not require num_warmup_steps\"); for a warmup, import lr_scheduler = "
+                       "\"constant_with_warmup\"",
     "lr_scheduler_num_cycles": "sd-scripts reads it only with lr_scheduler = \"cosine_with_restarts\" "
                                "(optimizer.num_cycles there)",
     "text_encoder_lr": "0: sd-scripts trains no text-encoder LoRA then, so network.train_text_encoder = false",

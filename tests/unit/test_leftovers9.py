@@ -100,3 +100,20 @@ def test_num_cycles_is_a_key_and_refused_without_restarts():
                                       '"cosine_with_restarts"')
     with pytest.raises(ConfigError, match=r"^optimizer.num_cycles: "):
         load_config(data={**base, "optimizer": {"scheduler": "cosine_with_restarts", "num_cycles": 0}})
+
+
+@pytest.mark.parametrize("scheduler", ['lr_scheduler = "constant"\n', ""])   # "constant" is sd-scripts' default
+def test_kohya_import_drops_warmup_with_a_constant_schedule(tmp_path, scheduler):
+    from lorakit.config.kohya_import import import_kohya_files
+
+    path = tmp_path / "kohya.toml"
+    head = ('pretrained_model_name_or_path = "/m/sd_xl_base_1.0.safetensors"\nnetwork_module = "networks.lora"\n'
+            'train_data_dir = "/data/img"\nnetwork_train_unet_only = true\n')
+    path.write_text(head + scheduler + "lr_warmup_steps = 100\n")
+    text, mapped, dropped, notes = import_kohya_files(path)
+    assert "warmup_steps" not in text
+    assert dict(dropped)["lr_warmup_steps"].startswith("lr_scheduler is constant (sd-scripts' default), which "
+                                                       "sd-scripts refuses with a warmup")
+    path.write_text(head + 'lr_scheduler = "constant_with_warmup"\nlr_warmup_steps = 100\n')
+    text, mapped, dropped, notes = import_kohya_files(path)
+    assert "warmup_steps = 100" in text and "lr_warmup_steps" not in dict(dropped)
