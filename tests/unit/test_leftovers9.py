@@ -117,3 +117,26 @@ def test_kohya_import_drops_warmup_with_a_constant_schedule(tmp_path, scheduler)
     path.write_text(head + 'lr_scheduler = "constant_with_warmup"\nlr_warmup_steps = 100\n')
     text, mapped, dropped, notes = import_kohya_files(path)
     assert "warmup_steps = 100" in text and "lr_warmup_steps" not in dict(dropped)
+
+
+def test_ui_metrics_are_reread_only_when_the_file_changes(tmp_path, monkeypatch):
+    import json
+
+    from lorakit.ui import runs
+
+    reads = []
+    real = runs.read_metrics
+    monkeypatch.setattr(runs, "read_metrics", lambda path: reads.append(path) or real(path))
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "loss": 0.5}) + "\n")
+    for _ in range(3):   # the Jobs table's 2 s refresh, in one or more tabs
+        assert [r["step"] for r in runs.metrics(tmp_path)] == [1]
+    assert len(reads) == 1
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"step": 2, "loss": 0.4}) + "\n")
+    assert [r["step"] for r in runs.metrics(tmp_path)] == [1, 2]
+    assert [r["step"] for r in runs.metrics(tmp_path)] == [1, 2]
+    assert len(reads) == 2
+    runs.metrics(tmp_path).append({"step": 99})   # a caller's list is its own
+    assert [r["step"] for r in runs.metrics(tmp_path)] == [1, 2]
+    assert runs.metrics(tmp_path / "nowhere") == [] and len(reads) == 2
