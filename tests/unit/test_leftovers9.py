@@ -140,3 +140,31 @@ def test_ui_metrics_are_reread_only_when_the_file_changes(tmp_path, monkeypatch)
     runs.metrics(tmp_path).append({"step": 99})   # a caller's list is its own
     assert [r["step"] for r in runs.metrics(tmp_path)] == [1, 2]
     assert runs.metrics(tmp_path / "nowhere") == [] and len(reads) == 2
+
+
+def test_cpu_estimate_divides_earlier_runs_steps_by_their_own_accumulation(tmp_path):
+    # an earlier run with accumulation 4 took 8 s per optimizer step = 2 s per batch; the form's accumulation 2 and
+    # 10 steps: 10 x 2 x 2 s = 40 s (was 8 s x 10 x 2 = 160 s, the earlier accumulation counted twice)
+    import json
+
+    from lorakit.config.load import dump_toml, load_config
+    from lorakit.ui import runs
+    from lorakit.ui.plan import CPU, estimate, measured_cpu_seconds, run_accumulation
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.toml").write_text(dump_toml({"training": {"gradient_accumulation": 4}}))
+    (old / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.1, "seconds": 30.0 if s == 1 else 8.0})
+                                               + "\n" for s in range(1, 6)))
+    plain = tmp_path / "plain"   # no config.toml readable: accumulation 1
+    plain.mkdir()
+    (plain / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 0.1, "seconds": 2.0}) + "\n"
+                                                 for s in range(1, 4)))
+    assert (run_accumulation(old), run_accumulation(plain)) == (4, 1)
+    cpu = measured_cpu_seconds((runs.metrics(d), run_accumulation(d)) for d in (old, plain))
+    assert cpu == 2.0
+    cfg = load_config(data={"model": {"family": "sdxl", "checkpoint": "/m/sdxl.safetensors"}, "data": {"dir": "/d"},
+                            "training": {"max_steps": 10, "gradient_accumulation": 2}})
+    text = estimate(cfg, CPU, cpu_seconds=cpu)
+    assert "time: ≈ 40s (2.00 s per batch" in text
+    assert "2.00 s per batch" in text
