@@ -168,3 +168,38 @@ def test_cpu_estimate_divides_earlier_runs_steps_by_their_own_accumulation(tmp_p
     text = estimate(cfg, CPU, cpu_seconds=cpu)
     assert "time: ≈ 40s (2.00 s per batch" in text
     assert "2.00 s per batch" in text
+
+
+def test_kohya_ss_import_carries_restart_cycles_over(tmp_path):
+    import json
+    import tomllib
+
+    from lorakit.config.kohya_ss_import import import_kohya_ss_gui
+    from tests.unit.test_importers import _sdxl_gui
+
+    (tmp_path / "img" / "10_ohwx woman").mkdir(parents=True)
+    gui = {**_sdxl_gui(tmp_path / "img"), "lr_scheduler": "cosine_with_restarts", "lr_scheduler_num_cycles": 3}
+    (tmp_path / "gui.json").write_text(json.dumps(gui))
+    res = import_kohya_ss_gui(tmp_path / "gui.json", tmp_path / "run.toml")
+    opt = tomllib.loads(res.text)["optimizer"]
+    assert (opt["scheduler"], opt["num_cycles"]) == ("cosine_with_restarts", 3)
+    assert ("lr_scheduler_num_cycles", "optimizer.num_cycles") in res.mapped
+    assert "lr_scheduler_num_cycles" not in dict(res.dropped)
+
+
+def test_musubi_import_carries_restart_cycles_over(tmp_path):
+    import tomllib
+
+    from lorakit.config.musubi_import import import_musubi
+    from tests.unit.test_import_cmdline import _QWEN_DATASET, _QWEN_SH, _images
+
+    a, b = _images(tmp_path / "a"), _images(tmp_path / "b")
+    dataset = tmp_path / "qwen_dataset.toml"
+    dataset.write_text(_QWEN_DATASET.format(a=a, b=b))
+    script = tmp_path / "qwen.txt"
+    script.write_text(_QWEN_SH.format(dataset=dataset).replace(
+        "--learning_rate 5e-5", "--learning_rate 5e-5 --lr_scheduler cosine_with_restarts --lr_scheduler_num_cycles 2"))
+    res = import_musubi(script, tmp_path / "qwen.toml")
+    opt = tomllib.loads(res.text)["optimizer"]
+    assert (opt["scheduler"], opt["num_cycles"]) == ("cosine_with_restarts", 2)
+    assert "lr_scheduler_num_cycles" not in dict(res.dropped)
