@@ -123,24 +123,34 @@ def _previews(run_dir: Path, name: str, label: str) -> list[tuple[Path, int, int
     return []
 
 
-def _prompts(cfg: Any) -> list[Any]:
+def _prompts(cfg: Any, meta: Optional[dict[str, str]] = None) -> list[Any]:
+    """The run's preview prompts with the settings they were drawn with: a family with ``package_preview_settings``
+    (FLUX.2: per variant, Klein without guidance) says them, else the sample.* keys and the spec's defaults."""
     from lorakit.config import families
     from lorakit.models.base import SamplePrompt
     from lorakit.models.registry import get_family
     from lorakit.train.sampling import load_prompts
 
-    spec = get_family(cfg.model.family).SPEC
+    family = get_family(cfg.model.family)
+    spec, own = family.SPEC, getattr(family, "package_preview_settings", None)
     res = cfg.data.resolution if isinstance(cfg.data.resolution, (list, tuple)) else [cfg.data.resolution] * 2
     defaults = SamplePrompt(prompt="", negative=cfg.sample.negative_prompt, width=cfg.sample.width or int(res[0]),
-                            height=cfg.sample.height or int(res[1]), steps=cfg.sample.steps or spec.default_sample_steps,
+                            height=cfg.sample.height or int(res[1]), steps=cfg.sample.steps,
                             seed=cfg.sample.seed,
                             cfg_scale=spec.default_cfg_scale if cfg.sample.cfg_scale is None else cfg.sample.cfg_scale,
                             guidance=cfg.sample.guidance if cfg.model.family in families.applies_to("sample.guidance")
                             else None,   # the families that take these keys say so (was: flux1 / sdxl by name)
                             sampler=cfg.sample.sampler if cfg.model.family in families.applies_to("sample.sampler")
                             else "flow-match euler")
-    return load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, spec.sample_multiple,
-                        cfg.model.family)
+    prompts = load_prompts(cfg.sample.prompts, cfg.sample.prompts_file, defaults, spec.sample_multiple,
+                           cfg.model.family)
+    if own is None:
+        return [dataclasses.replace(p, steps=p.steps or spec.default_sample_steps) for p in prompts]
+    out = []
+    for p in prompts:
+        steps, cfg_scale, guidance = own(meta or {}, p, cfg.sample)
+        out.append(dataclasses.replace(p, steps=steps, cfg_scale=cfg_scale, guidance=guidance))
+    return out
 
 
 def parameters_text(p: Any, seed: int, model: str) -> str:
@@ -217,7 +227,7 @@ def package_run(run_dir: Path, out: Optional[Path] = None, *, step: Optional[int
     shutil.copyfile(lora, out / lora.name)  # not its mode: the package follows the user's umask
     from lorakit.lora.io import file_sha256
     sha = file_sha256(out / lora.name)
-    prompts = _prompts(cfg)
+    prompts = _prompts(cfg, meta)
     model_name = Path(cfg.model.checkpoint or "").name or variant
     images = []
     for i, (src, idx, seed) in enumerate(_previews(run_dir, cfg.save.name, label)):

@@ -95,7 +95,7 @@ _SAMPLE: dict[str, Any] = {
     "sample_steps": ("sample.steps", int), "seed": ("sample.seed", int),
     "neg": ("sample.negative_prompt", lambda v: "" if v in (None, False) else str(v)),  # ai-toolkit's default: False
     "sampler": "lorakit samples with the family's own sampler (SDXL: sample.sampler)",
-    "walk_seed": "lorakit derives every preview's seed from sample.seed",
+    "walk_seed": "lorakit always walks: preview i without its own seed draws with sample.seed + i",
 }
 _LOGGING: dict[str, Any] = {"log_every": ("log.every_n_steps", int),
                             "use_wandb": "lorakit writes metrics.jsonl and TensorBoard (log.tensorboard)",

@@ -39,7 +39,7 @@ BOUNDS: dict[str, dict[str, float]] = {
     "network.rank": {"le": 4096}, "network.alpha": {"le": 65536.0}, "network.conv_rank": {"le": 4096},
     "network.conv_alpha": {"le": 65536.0}, "network.text_encoder_lr": {"le": 100.0},
     "optimizer.lr": {"le": 100.0}, "optimizer.weight_decay": {"le": 100.0}, "optimizer.eps": {"le": 1.0},
-    "optimizer.warmup_steps": {"le": STEPS_MAX}, "optimizer.max_grad_norm": {"le": 1e6},
+    "optimizer.warmup_steps": {"le": STEPS_MAX}, "optimizer.num_cycles": {"le": STEPS_MAX}, "optimizer.max_grad_norm": {"le": 1e6},
     "training.max_steps": {"le": STEPS_MAX}, "training.batch_size": {"le": 4096},
     "training.gradient_accumulation": {"le": 4096}, "training.seed": {"le": SEED_MAX},
     "training.noise_offset": {"le": 10.0}, "training.min_snr_gamma": {"le": 1000.0}, "training.huber_c": {"le": 1000.0},

@@ -19,7 +19,7 @@ _SAME = lambda v: v  # noqa: E731
 _OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "prodigy": "prodigy", "adafactor": "adafactor",
                "bitsandbytes.optim.adamw8bit": "adamw8bit", "prodigyopt.prodigy": "prodigy"}
 _SCHEDULERS = {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine",
-               "cosine_with_min_lr": "cosine_with_min_lr"}
+               "cosine_with_min_lr": "cosine_with_min_lr", "cosine_with_restarts": "cosine_with_restarts"}
 _PRECISION = {"fp16": "fp16", "bf16": "bf16", "float": "fp32", "fp32": "fp32"}
 
 
@@ -154,6 +154,10 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None, bucket
         d.pop("keep_tokens")
         skipped.append("keep_tokens")
     _restarts(args, out, skipped)
+    if str(args.get("lr_scheduler") or "constant").lower() == "constant" and args.get("lr_warmup_steps") not in (
+            None, "", 0):   # sd-scripts refuses it ("constant does not require num_warmup_steps"), as kohya_ss's import
+        out["optimizer"].pop("warmup_steps", None)
+        skipped.append("lr_warmup_steps")
     if "enable_bucket" not in args and bucket_default:  # sd-scripts' default is off: every image cropped to the resolution
         out.setdefault("data", {})["enable_bucket"] = False
     if args.get("fused_backward_pass"):
@@ -166,15 +170,18 @@ def import_kohya_args(args: Mapping[str, Any], family: str | None = None, bucket
 
 
 def _restarts(args: Mapping[str, Any], out: dict[str, dict[str, Any]], skipped: list[str]) -> None:
-    """sd-scripts' cosine_with_restarts with one cycle (lr_scheduler_num_cycles unset or 1, its default) is one cosine
-    decay: imported as "cosine". More cycles have no lorakit equivalent: left for the validation to refuse."""
+    """sd-scripts' cosine_with_restarts (diffusers' hard restarts): lr_scheduler_num_cycles is carried over as
+    optimizer.num_cycles; with one cycle (unset or 1, its default) it is one cosine decay, imported as "cosine".
+    With another schedule sd-scripts does not read lr_scheduler_num_cycles: it stays dropped."""
     if str(args.get("lr_scheduler", "")).lower() != "cosine_with_restarts":
         return
     cycles = args.get("lr_scheduler_num_cycles", 1)
     if cycles in (None, "", 1):
         out["optimizer"]["scheduler"] = "cosine"
-        if "lr_scheduler_num_cycles" in args:
-            skipped.remove("lr_scheduler_num_cycles")
+    else:
+        out["optimizer"]["num_cycles"] = cycles   # a bad value is refused by the validation, naming the key
+    if "lr_scheduler_num_cycles" in args:
+        skipped.remove("lr_scheduler_num_cycles")
 
 
 SD_SCRIPTS_DEFAULT_LR = 2e-6   # sd-scripts' --learning_rate default (library/train_util.py)
@@ -255,8 +262,11 @@ _DROP_REASONS = {
     "sample_sampler": "set sample.sampler (euler, dpmpp_2m)",
     "max_grad_norm": "not carried over with fused_backward_pass (no global clipping there)",
     "learning_rate": "unet_lr is set and wins for the denoiser, as in sd-scripts (optimizer.lr = unet_lr)",
-    "lr_scheduler_num_cycles": "lorakit's schedules have no restarts (cosine_with_restarts with 1 cycle is "
-                               "imported as \"cosine\"); pick optimizer.scheduler \"cosine\" or \"cosine_with_min_lr\"",
+    "lr_warmup_steps": "lr_scheduler is constant (sd-scripts' default), which sd-scripts refuses with a warmup "
+                       "(\"constant does not require num_warmup_steps\"); for a warmup, import lr_scheduler = "
+                       "\"constant_with_warmup\"",
+    "lr_scheduler_num_cycles": "sd-scripts reads it only with lr_scheduler = \"cosine_with_restarts\" "
+                               "(optimizer.num_cycles there)",
     "text_encoder_lr": "0: sd-scripts trains no text-encoder LoRA then, so network.train_text_encoder = false",
     "cache_text_encoder_outputs": "the text-encoder LoRA trains, so its outputs change every step: lorakit keeps the "
                                   "text encoders loaded (set network_train_unet_only = true to cache them)",
@@ -365,6 +375,8 @@ def import_kohya_flat(flat: dict[str, Any], config: Path, dataset: Path | None =
                      "optimizer.scheduler = \"cosine\"")
         if "lr_scheduler_num_cycles" in flat:
             mapped.append(("lr_scheduler_num_cycles", "optimizer.scheduler"))
+    if "num_cycles" in out.get("optimizer", {}):
+        mapped.append(("lr_scheduler_num_cycles", "optimizer.num_cycles"))
     dropped = dropped_first + [(k, _EMPTY if flat.get(k) == "" else _DROP_REASONS.get(k, "no lorakit equivalent"))
                                for k in skipped]
     if "network_module" in flat:  # read by kohya_family; named, never silently left out

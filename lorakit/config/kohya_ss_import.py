@@ -407,6 +407,7 @@ def _import(path: Path, out_path: Path, family: str | None) -> ImportResult:
     origin: dict[str, str] = {}  # sd-scripts option → GUI key
     steps = _steps(gui, args, origin, rep)
     _warmup(gui, args, origin, steps, rep)
+    _cycles(gui, args, rep)
     _learning_rates(gui, args, origin, rep)
     _network(gui, path, out, rep)
     _samples(gui, out, rep)
@@ -434,6 +435,16 @@ def _import(path: Path, out_path: Path, family: str | None) -> ImportResult:
     header = f"# imported from {path.name} by `lorakit import kohya_ss`\n"
     return ImportResult({Path(out_path): render(out, header)}, sorted(set(rep.mapped)),
                         sorted(rep.dropped), rep.notes)
+
+
+def _cycles(gui: Mapping[str, Any], args: dict[str, Any], rep: _Report) -> None:
+    """lr_scheduler_num_cycles, which kohya_ss passes on and sd-scripts reads with cosine_with_restarts only:
+    optimizer.num_cycles there (1, its default, is one cosine decay: "cosine"); otherwise reported as a default."""
+    value = gui.get("lr_scheduler_num_cycles")
+    if str(gui.get("lr_scheduler", "")).lower() != "cosine_with_restarts" or value in (None, "", 0, 1):
+        return
+    args["lr_scheduler_num_cycles"] = value   # a bad value is refused by the validation and reported (settle)
+    rep.map("lr_scheduler_num_cycles", "optimizer.num_cycles")
 
 
 def _options(gui: Mapping[str, Any], fam: str, args: dict[str, Any], origin: dict[str, str], handled: set[str],

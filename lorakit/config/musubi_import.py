@@ -65,7 +65,7 @@ _REASONS: dict[str, str] = {
     "save_last_n_epochs_state": "lorakit keeps the last save.keep_last checkpoints",
     "save_last_n_steps_state": "lorakit keeps the last save.keep_last checkpoints",
     "lr_decay_steps": "lorakit's schedules decay over the whole run",
-    "lr_scheduler_num_cycles": "no lorakit equivalent", "lr_scheduler_power": "no lorakit equivalent",
+    "lr_scheduler_power": "no lorakit equivalent",
 }
 # musubi --timestep_sampling → lorakit training.timestep_sampling (None: every family; else that family's own shift)
 _TIMESTEPS: dict[str, tuple[str, str | None]] = {

@@ -155,9 +155,11 @@ class OptimizerCfg:
     betas: list = f(None, "Adam betas [beta1, beta2].", factory=lambda: [0.9, 0.999])
     eps: float = f(1e-8, "Adam epsilon.", gt=0.0)
     scheduler: str = f("constant", "Learning-rate schedule (each with warmup).",
-                       choices=("constant", "linear", "cosine", "cosine_with_min_lr"))
+                       choices=("constant", "linear", "cosine", "cosine_with_min_lr", "cosine_with_restarts"))
     warmup_steps: int = f(0, "Linear warmup steps.", ge=0)
     min_lr_ratio: float = f(0.1, "cosine_with_min_lr: final lr as a fraction of lr.", ge=0.0, le=1.0)
+    num_cycles: int = f(1, "cosine_with_restarts: cosine decays to 0 that many times, each restarting at lr "
+                           "(sd-scripts' lr_scheduler_num_cycles; diffusers' hard restarts).", ge=1)
     max_grad_norm: float = f(1.0, "Gradient clipping norm; 0 disables clipping.", ge=0.0)
 
 
@@ -293,7 +295,7 @@ class SampleCfg:
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
     height: Optional[int] = f(None, "Sample height (default: training resolution).", ge=64)
-    seed: int = f(0, "Base seed of sample images.", ge=0)
+    seed: int = f(0, "Base seed of sample images: prompt i without its own --d draws with seed + i.", ge=0)
     use_ema: bool = f(False, "With training.ema: previews use the EMA weights.")
 
 

@@ -215,9 +215,6 @@ def _check_value(spec: FieldSpec, value: Any) -> Any:
 # other tools' names for a choice: what to write instead (difflib's nearest name can be another schedule:
 # "cosine_with_restarts" is not "cosine_with_min_lr")
 _CHOICE_HINTS: dict[str, dict[str, str]] = {"optimizer.scheduler": {
-    "cosine_with_restarts": "lorakit's schedules have no restarts (sd-scripts' lr_scheduler_num_cycles has no lorakit "
-                            "key): use \"cosine\" (one cosine decay: cosine_with_restarts with 1 cycle) or "
-                            "\"cosine_with_min_lr\" (cosine down to optimizer.min_lr_ratio x optimizer.lr)",
     "constant_with_warmup": "use \"constant\" (every schedule warms up over optimizer.warmup_steps)",
     "cosine_with_warmup": "use \"cosine\" (every schedule warms up over optimizer.warmup_steps)",
     "polynomial": "use \"linear\" (polynomial with lr_scheduler_power = 1); other powers are not offered",
@@ -434,6 +431,8 @@ _ONLY_WITH: tuple[tuple[str, str, typing.Callable[[Config], bool]], ...] = (
     ("network.factor", 'network.type = "lokr"', lambda c: c.network.type == "lokr"),  # issue 23
     ("optimizer.min_lr_ratio", 'optimizer.scheduler = "cosine_with_min_lr"',
      lambda c: c.optimizer.scheduler == "cosine_with_min_lr"),
+    ("optimizer.num_cycles", 'optimizer.scheduler = "cosine_with_restarts"',
+     lambda c: c.optimizer.scheduler == "cosine_with_restarts"),
     ("training.huber_c", 'training.loss = "huber"', lambda c: c.training.loss == "huber"),
     ("training.ema_decay", "training.ema = true", lambda c: c.training.ema),  # issue 23
     ("training.multires_noise_discount", "training.multires_noise_iterations > 0",

@@ -564,12 +564,12 @@ class ComponentsAdapter:
         return self.decode(self.euler_cfg(x, schedule(steps), steps, cond, neg, cfg_scale))
 
     def preview_noise(self, prompt: Any, generator: Any, channels: int) -> Any:
-        """The starting noise of a preview, [1, channels, H/8, W/8] for the prompt's size rounded down to 16 (at least
-        16), drawn on the generator's device, then moved to the adapter's."""
+        """The starting noise of a preview, [1, channels, H/8, W/8] (the prompt's size, already a multiple of the
+        spec's ``sample_multiple``: checked once where prompts are read), drawn on the generator's device, then moved to
+        the adapter's."""
         import torch
 
-        width, height = max(16, prompt.width // 16 * 16), max(16, prompt.height // 16 * 16)
-        return torch.randn((1, channels, height // 8, width // 8), generator=generator, device=generator.device,
+        return torch.randn((1, channels, prompt.height // 8, prompt.width // 8), generator=generator, device=generator.device,
                            dtype=torch.float32).to(self.device)
 
     def euler_cfg(self, x: Any, sigmas: Any, steps: int, cond: Any, neg: Any, cfg_scale: float,

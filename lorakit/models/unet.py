@@ -212,9 +212,7 @@ class UNetAdapter:
         self._need()
         steps = prompt.steps or getattr(self.sample_cfg, "steps", None) or self.spec.default_sample_steps
         sched = self._scheduler(prompt.sampler or getattr(self.sample_cfg, "sampler", "euler"))
-        unit = self.vae_downscale() * 2 ** (len(self.unet.config.block_out_channels) - 1)
-        height = max(unit, int(round(prompt.height / unit)) * unit)
-        width = max(unit, int(round(prompt.width / unit)) * unit)
+        height, width = prompt.height, prompt.width   # multiples of the spec's sample_multiple (checked once)
         cfg_scale = float(prompt.cfg_scale)
         use_cfg = cfg_scale > 1.0
         call = self._preview_call(prompt, height, width, use_cfg)

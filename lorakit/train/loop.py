@@ -256,7 +256,7 @@ def make_optimizer(cfg: Config, r: Run):
     optimizer = build(r.placed.groups, cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.weight_decay,
                       cfg.optimizer.betas, cfg.optimizer.eps, fused=optim.fused_adamw(cfg, r.device))
     scheduler = optim.build_scheduler(optimizer, cfg.optimizer.scheduler, cfg.optimizer.warmup_steps,
-                                      cfg.training.max_steps, cfg.optimizer.min_lr_ratio)
+                                      cfg.training.max_steps, cfg.optimizer.min_lr_ratio, cfg.optimizer.num_cycles)
     scaler = torch.amp.GradScaler(r.device.type) if cfg.training.mixed_precision == "fp16" else None
     return optimizer, scheduler, scaler
 

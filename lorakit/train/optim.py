@@ -23,7 +23,7 @@ from lorakit.lora.metadata import describe_optimizer  # noqa: F401  (ss_optimize
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor", "lion", "came", "adamw_schedulefree")
-SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_min_lr")
+SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_min_lr", "cosine_with_restarts")
 
 
 def _missing(name: str, package: str, extra: str) -> ConfigError:
@@ -123,14 +123,26 @@ class ScheduleFreeAdamW:
         return _ScheduleFreeAdamW(*args, **kwargs)
 
 
-def lr_multiplier(name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
+def _hard_restarts(warmup_steps: int, total_steps: int, num_cycles: int) -> Callable[[int], float]:
+    """diffusers' ``get_cosine_with_hard_restarts_schedule_with_warmup`` multiplier (what sd-scripts runs for
+    cosine_with_restarts with lr_scheduler_num_cycles), taken from the scheduler it builds on a throwaway optimizer."""
+    from diffusers.optimization import get_cosine_with_hard_restarts_schedule_with_warmup
+
+    throwaway = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    return get_cosine_with_hard_restarts_schedule_with_warmup(throwaway, warmup_steps, total_steps,
+                                                              num_cycles).lr_lambdas[0]
+
+
+def lr_multiplier(name: str, warmup_steps: int, total_steps: int, min_lr_ratio: float,
+                  num_cycles: int = 1) -> Callable[[int], float]:
     """The schedule as a function step → lr multiplier (exposed for tests and for plotting a plan).
 
     Warmup is linear, (step+1)/warmup for step < warmup, so the first step already learns and the last
     warmup step runs at full lr. The decay runs over [warmup, total) with progress
     p = (step − warmup)/(total − warmup); steps past the end are clamped to the last step
     (total − 1), so the lr never reaches 0 and never turns negative or back up (cosine) when a run is resumed
-    with more steps than it was planned for.
+    with more steps than it was planned for. cosine_with_restarts: after the warmup, diffusers' hard restarts
+    (``num_cycles`` cosine decays, each restarting at lr).
     """
     if name not in SCHEDULERS:
         raise ConfigError(f"optimizer.scheduler: unknown schedule {name!r}; choose one of {', '.join(SCHEDULERS)}")
@@ -140,12 +152,17 @@ def lr_multiplier(name: str, warmup_steps: int, total_steps: int, min_lr_ratio: 
         raise ConfigError(f"optimizer.warmup_steps: must be >= 0, got {warmup_steps}")
     if not 0.0 <= min_lr_ratio <= 1.0:
         raise ConfigError(f"optimizer.min_lr_ratio: must be in [0, 1], got {min_lr_ratio}")
+    if num_cycles < 1:
+        raise ConfigError(f"optimizer.num_cycles: must be >= 1, got {num_cycles}")
+    restarts = _hard_restarts(warmup_steps, total_steps, num_cycles) if name == "cosine_with_restarts" else None
 
     def multiplier(step: int) -> float:
         step = min(max(step, 0), total_steps - 1)
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        if restarts is not None:
+            return restarts(step)
         if name == "constant":
             return 1.0
         if name == "linear":
@@ -170,13 +187,13 @@ def schedule_warning(name: str, warmup_steps: int, total_steps: int) -> Optional
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, warmup_steps: int, total_steps: int,
-                    min_lr_ratio: float = 0.0) -> LambdaLR:
+                    min_lr_ratio: float = 0.0, num_cycles: int = 1) -> LambdaLR:
     """A ``LambdaLR`` following :func:`lr_multiplier` for every parameter group.
 
     The multiplier is a plain function (not an object with state), so ``state_dict()`` holds only the step
     counters; the schedule's shape always comes from the current config.
     """
-    fn = lr_multiplier(name, warmup_steps, total_steps, min_lr_ratio)
+    fn = lr_multiplier(name, warmup_steps, total_steps, min_lr_ratio, num_cycles)
 
     def lr_lambda(step: int) -> float:
         return fn(step)

@@ -126,7 +126,22 @@ def _read_text(path: Path) -> str:
         raise ConfigError(f"sample.prompts_file: cannot read {path} ({exc.strerror or exc})") from None
 
 
-def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int, family: Optional[str]) -> list[SamplePrompt]:
+def _numeric(text: str) -> bool:
+    """A quoted number in a prompt TOML (``width = "1024"``): refused as sample.width = "1024" is."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _seeded(defaults: SamplePrompt, index: int) -> SamplePrompt:
+    """The defaults of the run's prompt ``index``: seed = sample.seed + index (ai-toolkit's walk_seed), so the
+    previews differ from one another and each prompt keeps its seed at every step and across resumes."""
+    return SamplePrompt(**{**defaults.__dict__, "seed": defaults.seed + index})
+
+
+def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int, family: Optional[str],
+                  first: int = 0) -> list[SamplePrompt]:
     try:
         doc = tomllib.loads(_read_text(path))
     except tomllib.TOMLDecodeError as exc:
@@ -147,12 +162,15 @@ def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int, family: Opt
                               f"{', '.join(sorted(_TOML_KEYS))} (got {', '.join(sorted(table))})")
         if not isinstance(table["prompt"], str):
             raise ConfigError(f"sample.prompts_file: {path}: prompts[{i}].prompt must be text, got {table['prompt']!r}")
-        p = parse_prompt(table["prompt"], defaults, f"{path}: prompts[{i}]", multiple, family)
+        p = parse_prompt(table["prompt"], _seeded(defaults, first + i), f"{path}: prompts[{i}]", multiple, family)
         for key, attr in (("negative_prompt", "negative"), ("width", "width"), ("height", "height"),
                           ("steps", "steps"), ("seed", "seed"), ("cfg_scale", "cfg_scale"),
                           ("guidance", "guidance"), ("sampler", "sampler")):
             if key in table:
                 what = f"sample.prompts_file: {path}: prompts[{i}].{key}"
+                if attr not in ("negative", "sampler") and isinstance(table[key], str) and _numeric(table[key]):
+                    raise ConfigError(f"{what} needs a number, got text {table[key]!r}; write {key} = "
+                                      f"{table[key].strip()} without quotes")
                 setattr(p, attr, _value(attr, table[key], what, multiple))
                 _honoured(attr, getattr(p, attr), what, family)
         out.append(p)
@@ -162,19 +180,22 @@ def _toml_prompts(path: Path, defaults: SamplePrompt, multiple: int, family: Opt
 def load_prompts(prompts: list[str], prompts_file: Optional[str], defaults: SamplePrompt,
                  multiple: int = 8, family: Optional[str] = None) -> list[SamplePrompt]:
     """All preview prompts of a run: the inline list, then the file's (a file without one prompt is refused).
-    ``family``: --g / --ss are refused where its previews ignore them."""
-    out = [parse_prompt(line, defaults, f"sample.prompts[{i}]", multiple, family) for i, line in enumerate(prompts)]
+    ``family``: --g / --ss are refused where its previews ignore them. Prompt i (inline first, then the file's) without
+    its own seed (--d, seed =) draws with ``defaults.seed + i``."""
+    out = [parse_prompt(line, _seeded(defaults, i), f"sample.prompts[{i}]", multiple, family)
+           for i, line in enumerate(prompts)]
     if prompts_file:
         path = Path(prompts_file)
         if not path.is_file():
             raise ConfigError(f"sample.prompts_file: {path} "
                               f"{'is a folder, not a file' if path.is_dir() else 'does not exist'}")
         if path.suffix.lower() == ".toml":
-            found = _toml_prompts(path, defaults, multiple, family)
+            found = _toml_prompts(path, defaults, multiple, family, len(out))
         else:
-            found = [parse_prompt(line, defaults, f"{path}:{n}", multiple, family)
-                     for n, line in enumerate(_read_text(path).splitlines(), 1)
+            lines = [(n, line) for n, line in enumerate(_read_text(path).splitlines(), 1)
                      if line.strip() and not line.lstrip().startswith("#")]
+            found = [parse_prompt(line, _seeded(defaults, len(out) + k), f"{path}:{n}", multiple, family)
+                     for k, (n, line) in enumerate(lines)]
         if not found:
             raise ConfigError(f"sample.prompts_file: {path} holds no prompt "
                               f"({'no [[prompts]] table' if path.suffix.lower() == '.toml' else 'only blank or # lines'})"

@@ -507,7 +507,7 @@ def _train_events(gr, state: UIState, u):
         return text, cfg
 
     def show(preset, card, previous, *args):
-        from lorakit.ui.plan import estimate, measured_cpu_seconds
+        from lorakit.ui.plan import estimate, measured_cpu_seconds, run_accumulation
 
         try:
             text, cfg = make_toml(preset, args)
@@ -538,7 +538,7 @@ def _train_events(gr, state: UIState, u):
                     trained, _ = make_validation(scanned, cfg.data, cfg.training.seed, div)
                     images = len({item.path for item in trained.items})
                     steps = BatchStream(trained, cfg.training.batch_size, cfg.training.seed).steps_per_epoch
-            cpu = measured_cpu_seconds(runs.metrics(j.run_dir) for j in store.list()
+            cpu = measured_cpu_seconds((runs.metrics(j.run_dir), run_accumulation(j.run_dir)) for j in store.list()
                                        if j.state == "finished" and j.device == "cpu"
                                        and _family_of(j) == cfg.model.family)
             plan = estimate(cfg, card, images=images, steps_per_epoch=steps, cpu_seconds=cpu, label=out.name)

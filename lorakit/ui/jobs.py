@@ -323,9 +323,7 @@ class JobStore:
                                "in the changes box and press Resume, or Duplicate it")
             if job.attempt > 0:
                 raise JobError(f"job {job_id}: already ran ({job.state}); use Resume to continue it, or Duplicate")
-            self._set(job_id, state="queued", stop_requested=0, note="")
-        self.schedule()
-        return self.get(job_id)
+            return self._restart(job)   # its folder reserved again if taking it off the queue released it
 
     def resume(self, job_id: int, overrides: Sequence[str] = ()) -> Job:
         """Continue a stopped or failed run from its newest complete checkpoint (``lorakit train --resume RUN_DIR
@@ -403,7 +401,7 @@ class JobStore:
 
         try:
             token = (job.job_dir / CLAIM_FILE).read_text(encoding="utf-8").strip()
-            if read_claim(job.run_dir).get("token") != token:  # a stopped job still holds it; a failed one let go
+            if read_claim(job.run_dir).get("token") != token:  # a stopped or failed job let go of it
                 claim(job.run_dir, f"job {job.id} ({job.name}) of the job queue in {self.home}", token)
         except (OSError, TrainingError) as exc:
             raise JobError(f"job {job.id}: cannot start it again: {exc}") from None
@@ -418,6 +416,7 @@ class JobStore:
             job = self.reconcile_one(self.get(job_id))
             if job.state == "queued":
                 self._set(job_id, state="stopped", note="taken off the queue before it started")
+                self._release_claim(job)  # its folder is free for `lorakit train` by hand until Start / Resume
                 return self.get(job_id)
             if job.state not in ACTIVE:
                 raise JobError(f"job {job_id}: not running ({job.state})")
@@ -568,8 +567,9 @@ class JobStore:
             return job
         state, note = self.final_state(job)
         self._set(job.id, state=state, note=note, resume=0)
-        if state == "failed":  # a run that failed before it began holds its folder no longer (a corrected re-run,
-            self._release_claim(job)  # from this queue, another face or the CLI, may use it; a begun run owns it)
+        if state in ("failed", "stopped"):  # a run that failed or was stopped before it began holds its folder no
+            self._release_claim(job)  # longer (a corrected re-run, from this queue, another face or the CLI, may use
+            # it); a begun run took the reservation over (RunDir._take_claim), so there is nothing to release
         return self.get(job.id)
 
     def final_state(self, job: Job) -> tuple[str, str]:

@@ -25,10 +25,26 @@ def card_choices() -> dict[str, Optional[str]]:
     return out
 
 
-def measured_cpu_seconds(jobs_rows: Iterable[list[dict[str, Any]]]) -> Optional[float]:
-    times = [float(r["seconds"]) for rows in jobs_rows for r in rows[1:]
+def measured_cpu_seconds(jobs_rows: Iterable[tuple[list[dict[str, Any]], int]]) -> Optional[float]:
+    """Median seconds per accumulated batch of earlier runs: (metrics rows, that run's gradient_accumulation) each; a
+    row's seconds are one optimizer step, all its accumulated batches, so they are divided by its accumulation (the
+    estimate multiplies by the form's own). The first step of each run (compiling, warming up) is left out."""
+    times = [float(r["seconds"]) / max(1, accumulation) for rows, accumulation in jobs_rows for r in rows[1:]
              if isinstance(r.get("seconds"), (int, float)) and r.get("loss") is not None]
     return statistics.median(times) if times else None
+
+
+def run_accumulation(run_dir: Any) -> int:
+    """``training.gradient_accumulation`` a run trained with (its run folder's config.toml; 1 when unreadable)."""
+    import tomllib
+    from pathlib import Path
+
+    try:
+        value = tomllib.loads((Path(run_dir) / "config.toml").read_text(encoding="utf-8")).get(
+            "training", {}).get("gradient_accumulation", 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
 def estimate(cfg, card: str, *, images: Optional[int] = None, steps_per_epoch: Optional[int] = None,
@@ -64,8 +80,8 @@ def estimate(cfg, card: str, *, images: Optional[int] = None, steps_per_epoch: O
         return "\n\n".join(lines)
     if key is None:
         if cpu_seconds and steps:
-            lines.append(f"time: ≈ {_fmt(cpu_seconds * steps * accumulation)} ({cpu_seconds:.2f} s/step: median of "
-                         f"earlier {cfg.model.family} jobs on this machine)")
+            lines.append(f"time: ≈ {_fmt(cpu_seconds * steps * accumulation)} ({cpu_seconds:.2f} s per batch: median "
+                         f"of earlier {cfg.model.family} jobs on this machine, each step over its accumulation)")
         else:
             lines.append("time: no earlier job of this family on this machine to measure from")
         return "\n\n".join(lines)

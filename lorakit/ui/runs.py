@@ -12,6 +12,7 @@ import json
 import math
 import re
 import statistics
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -38,8 +39,31 @@ def status(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+_METRICS: dict[str, tuple[tuple[int, int, int], list[dict[str, Any]]]] = {}
+_METRICS_LOCK = threading.Lock()
+_METRICS_KEEP = 256   # run folders whose rows are kept (the Jobs table's, the compare page's)
+
+
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
-    return read_metrics(Path(run_dir) / "metrics.jsonl")
+    """The run's metrics rows, reread only when ``metrics.jsonl`` changed (its size, mtime or inode): the Jobs table
+    asks for every job's every 2 s in every open tab. A new list each call (the rows themselves are shared)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        st = path.stat()
+    except OSError:
+        return []
+    key, ident = str(path.absolute()), (st.st_size, st.st_mtime_ns, st.st_ino)
+    with _METRICS_LOCK:
+        hit = _METRICS.get(key)
+    if hit is not None and hit[0] == ident:
+        return list(hit[1])
+    rows = read_metrics(path)
+    with _METRICS_LOCK:
+        _METRICS.pop(key, None)
+        _METRICS[key] = (ident, rows)
+        while len(_METRICS) > _METRICS_KEEP:
+            _METRICS.pop(next(iter(_METRICS)))
+    return list(rows)
 
 
 def loss_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

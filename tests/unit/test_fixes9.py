@@ -35,11 +35,9 @@ def _kohya(tmp_path: Path, body: str):
 
 # ------------------------------------------------------------------------------------------- scheduler names
 
-def test_cosine_with_restarts_is_not_suggested_as_cosine_with_min_lr():
-    msg = _refused(optimizer={"scheduler": "cosine_with_restarts"})
-    assert "did you mean" not in msg and "cosine_with_min_lr?" not in msg
-    assert "no restarts" in msg and "lr_scheduler_num_cycles has no lorakit key" in msg
-    assert 'use "cosine" (one cosine decay' in msg
+def test_other_tools_scheduler_names_get_their_lorakit_equivalent():
+    # cosine_with_restarts is a lorakit schedule now (leftovers9: tests/unit/test_leftovers9.py)
+    assert _load(optimizer={"scheduler": "cosine_with_restarts"}).optimizer.num_cycles == 1
     assert 'use "constant"' in _refused(optimizer={"scheduler": "constant_with_warmup"})
     assert 'use "linear"' in _refused(optimizer={"scheduler": "polynomial"})
     assert "did you mean cosine?" in _refused(optimizer={"scheduler": "cosin"})   # a typo still gets difflib's hint
@@ -55,10 +53,9 @@ def test_kohya_cosine_with_restarts_of_one_cycle_imports_as_cosine(tmp_path):
     assert 'scheduler = "cosine"' in text and "lr_scheduler_num_cycles" not in dict(dropped)
     text, mapped, dropped, notes = _kohya(tmp_path, 'lr_scheduler = "cosine_with_restarts"\n'
                                           "lr_scheduler_num_cycles = 3\nnetwork_train_unet_only = true\n")
-    assert "no restarts" in dict(dropped)["lr_scheduler_num_cycles"]
-    # the refused value is taken out of the run.toml and named with lorakit's reason (lorakit/config/importing.settle)
-    assert "lorakit refuses it" in dict(dropped)["lr_scheduler"] and "no restarts" in dict(dropped)["lr_scheduler"]
-    assert "cosine_with_restarts" not in text
+    # more cycles are carried over (leftovers9): lorakit's cosine_with_restarts with optimizer.num_cycles
+    assert 'scheduler = "cosine_with_restarts"' in text and "num_cycles = 3" in text
+    assert ("lr_scheduler_num_cycles", "optimizer.num_cycles") in mapped and "lr_scheduler_num_cycles" not in dict(dropped)
 
 
 # ------------------------------------------------------------------------ kohya import: sd-scripts' TE default

@@ -315,7 +315,7 @@ def test_aitoolkit_flux1_yaml_becomes_run_and_dataset_toml(tmp_path, capsys):
     assert "mapped   datasets[0].num_repeats -> run.dataset.toml: num_repeats" in lines
     assert "mapped   sample.guidance_scale -> sample.guidance" in lines
     assert "dropped  train.linear_timesteps: True: no lorakit equivalent" in lines
-    assert "dropped  sample.walk_seed: lorakit derives every preview's seed from sample.seed" in lines
+    assert "dropped  sample.walk_seed: lorakit always walks: preview i without its own seed draws with sample.seed + i" in lines
     assert "dropped  meta: ai-toolkit's own metadata; lorakit writes ss_* and modelspec.* metadata itself" in lines
     assert "dropped  save.push_to_hub: uploads: use `lorakit push RUN --repo user/name` after the run" in lines
     assert any(line.startswith("note: trigger_word 'p3r5on': ai-toolkit adds it to captions") for line in lines)

@@ -39,7 +39,7 @@ def test_prompt_files(tmp_path):
     toml = tmp_path / "p.toml"
     toml.write_text('[[prompts]]\nprompt = "a bird"\nseed = 9\nwidth = 640\n', encoding="utf-8")
     got = load_prompts(["inline --d 1"], str(txt), DEFAULTS)
-    assert [(p.prompt, p.seed, p.steps) for p in got] == [("inline", 1, None), ("a dog", 3, None), ("a cat", 7, 10)]
+    assert [(p.prompt, p.seed, p.steps) for p in got] == [("inline", 1, None), ("a dog", 3, None), ("a cat", 9, 10)]  # 7 + its index 2
     got = load_prompts([], str(toml), DEFAULTS)
     assert (got[0].prompt, got[0].seed, got[0].width) == ("a bird", 9, 640)
     bad = tmp_path / "bad.toml"

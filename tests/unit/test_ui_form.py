@@ -17,6 +17,7 @@ COMPANIONS = {
     "network.text_encoder_lr": {"network.train_text_encoder": True},
     "network.conv_alpha": {"network.conv_rank": 4},
     "optimizer.min_lr_ratio": {"optimizer.scheduler": "cosine_with_min_lr"},
+    "optimizer.num_cycles": {"optimizer.scheduler": "cosine_with_restarts"},
     "training.huber_c": {"training.loss": "huber"},
     "training.discrete_flow_shift": {"training.timestep_sampling": "shift"},
     "training.logit_mean": {"training.timestep_sampling": "logit_normal"},

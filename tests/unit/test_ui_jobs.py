@@ -452,8 +452,8 @@ def test_two_tabs_duplicating_at_once_get_two_names(fake, tmp_path, monkeypatch)
 
 
 def test_resume_of_a_job_stopped_before_its_run_began(fake, tmp_path):
-    """Stopped while starting (before its run made anything), the job keeps its folder's reservation; Resume starts
-    its TOML again under that reservation."""
+    """Stopped while starting (before its run made anything), the job lets go of its folder's reservation (as a failed
+    one: `lorakit train` by hand into it is not refused, leftovers9); Resume reserves it again and starts its TOML."""
     from lorakit.train.rundir import CLAIM_NAME, read_claim
 
     store = fake("startup")
@@ -465,8 +465,7 @@ def test_resume_of_a_job_stopped_before_its_run_began(fake, tmp_path):
     _wait_file(job.job_dir / "runner.json")
     store.stop(job.id)
     job = _settle(store, job.id)
-    assert job.state == "stopped" and (job.run_dir / CLAIM_NAME).exists()
-    assert read_claim(job.run_dir)["token"] == (job.job_dir / "claim").read_text()
+    assert job.state == "stopped" and not (job.run_dir / CLAIM_NAME).exists() and read_claim(job.run_dir) == {}
     again = fake("finish")
     assert again.resume(job.id).state == "running"
     job = _settle(again, job.id)
@@ -483,3 +482,23 @@ def test_a_run_that_cannot_be_started_is_failed_at_once(tmp_path):
     assert job.state == "failed" and job.note.startswith(f"could not start the run: {tmp_path / 'gone' / 'python'}: "
                                                         "No such file or directory (nothing ran)")
     assert not (job.run_dir / CLAIM_NAME).exists()
+
+
+def test_a_job_taken_off_the_queue_frees_its_folder_and_start_reserves_it_again(fake, tmp_path):
+    """leftovers9: a queued job stopped before it started kept `.lorakit.claim`, so `lorakit train` by hand into its
+    folder was refused. Now the claim goes with the stop; Start reserves the folder again (refused, one line, when
+    another face took it meanwhile)."""
+    from lorakit.train.rundir import CLAIM_NAME, claim, release_claim
+
+    store = fake("finish")
+    job = store.add(_toml(tmp_path, "off-queue"), start=False)
+    assert (job.run_dir / CLAIM_NAME).exists()   # a job made to be started later keeps its reservation
+    store._set(job.id, state="queued")           # waiting for its device
+    job = store.stop(job.id)
+    assert job.state == "stopped" and not (job.run_dir / CLAIM_NAME).exists()
+    claim(job.run_dir, "a ComfyUI job", "other")
+    with pytest.raises(JobError, match=r"^job 1: cannot start it again: .* already the output folder of a ComfyUI job"):
+        store.start(job.id)
+    release_claim(job.run_dir, "other")
+    assert store.start(job.id).state == "running"
+    assert _settle(store, job.id).state == "finished"

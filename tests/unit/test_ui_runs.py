@@ -81,7 +81,7 @@ def test_ui_plan_is_the_text_of_lorakit_plan(tmp_path, capsys, monkeypatch):
     plan = planview.plan_for(cfg, planview.cards.card("rtx4090"))[0]
     assert f"at the estimated {plan.step.seconds:.2f} s/step" in ui
     assert "lorakit plan" not in estimate(cfg, CPU)  # the CPU has no GPU plan, only the measured CPU time
-    assert "12.0 s/step" not in estimate(cfg, CPU, cpu_seconds=12.0) and "12.00 s/step" in estimate(cfg, CPU,
+    assert "12.0 s/step" not in estimate(cfg, CPU, cpu_seconds=12.0) and "12.00 s per batch" in estimate(cfg, CPU,
                                                                                                  cpu_seconds=12.0)
 
 

@@ -367,9 +367,7 @@ class Adapter:
         from lorakit.diffusion.objectives import flow_schedule
         c = self._c()
         down = self._downscale()
-        f = down * 2
-        width, height = max(f, prompt.width // f * f), max(f, prompt.height // f * f)
-        h, w = height // down, width // down
+        h, w = prompt.height // down, prompt.width // down   # sizes are multiples of SPEC.sample_multiple (checked)
         steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or SAMPLE_STEPS[self.variant]
         guidance = prompt.guidance if prompt.guidance is not None else getattr(self.cfg.sample, "guidance", 3.5)
         x = torch.randn((1, SPEC.latent_channels, h, w), generator=generator, device=generator.device,

@@ -53,6 +53,28 @@ ARCHITECTURE = {"klein-4b": "Flux.2-klein-4b", "klein-9b": "Flux.2-klein-9b", "d
 BASE_VERSION = {"klein-4b": "flux_2_klein_4b", "klein-9b": "flux_2_klein_9b", "dev": "flux_2_dev"}
 
 
+def preview_settings(variant: str, prompt: SamplePrompt, sample: Any, distilled: Optional[bool] = None,
+                     dev: Optional[bool] = None) -> tuple[int, float, Optional[float]]:
+    """(steps, CFG scale, guidance) that ``variant`` ("klein-4b", "klein-base-9b", "dev", ... as
+    ``lorakit_flux2_variant`` records it) draws ``prompt`` with under the ``[sample]`` section ``sample``: Klein has
+    no guidance input (None), dev takes the prompt's or sample.guidance. The adapter's previews and ``lorakit package``
+    both read it. ``distilled`` / ``dev``: the loaded model's (None: from the variant's name)."""
+    dev = variant == "dev" if dev is None else dev
+    distilled = (not dev and not variant.startswith("klein-base")) if distilled is None else distilled
+    steps_default, value = configs.SAMPLE_DEFAULTS.get(variant, (28, 4.0) if not distilled else (4, 1.0))
+    steps = prompt.steps or getattr(sample, "steps", None) or steps_default
+    cfg_set = getattr(sample, "cfg_scale", None) is not None or prompt.cfg_scale != SPEC.default_cfg_scale
+    if dev:
+        guidance = prompt.guidance if prompt.guidance is not None else float(sample.guidance)
+        return steps, (prompt.cfg_scale if cfg_set else 1.0), guidance
+    if distilled:
+        if cfg_set and prompt.cfg_scale != 1.0:
+            raise ConfigError(f"sample.cfg_scale: {variant} is step-distilled and runs without CFG; set it to 1 "
+                              "(or train/sample a base model)")
+        return steps, 1.0, None
+    return steps, (prompt.cfg_scale if cfg_set else value), None
+
+
 class Adapter(common.ComponentsAdapter):
     """ModelAdapter for FLUX.2; one instance per run, made with the whole Config."""
 
@@ -175,18 +197,7 @@ class Adapter(common.ComponentsAdapter):
         ``sample.*`` set them (distilled Klein 4 steps without CFG, base 50 steps with CFG 4, dev 50 steps with
         guidance 4; CFG on a distilled model is refused, as the pipelines ignore it)."""
         c = self._c()
-        steps_default, value = configs.SAMPLE_DEFAULTS.get(c.variant, (28, 4.0) if not c.distilled else (4, 1.0))
-        steps = prompt.steps or getattr(self.cfg.sample, "steps", None) or steps_default
-        cfg_set = getattr(self.cfg.sample, "cfg_scale", None) is not None or prompt.cfg_scale != SPEC.default_cfg_scale
-        if c.shape.size == "dev":
-            guidance = prompt.guidance if prompt.guidance is not None else float(self.cfg.sample.guidance)
-            return steps, (prompt.cfg_scale if cfg_set else 1.0), guidance
-        if c.distilled:
-            if cfg_set and prompt.cfg_scale != 1.0:
-                raise ConfigError(f"sample.cfg_scale: {c.variant} is step-distilled and runs without CFG; set it to 1 "
-                                  "(or train/sample a base model)")
-            return steps, 1.0, None
-        return steps, (prompt.cfg_scale if cfg_set else value), None
+        return preview_settings(c.variant, prompt, self.cfg.sample, c.distilled, c.shape.size == "dev")
 
     @torch.no_grad()
     def sample(self, prompt: SamplePrompt, generator: torch.Generator) -> Any:
@@ -194,8 +205,7 @@ class Adapter(common.ComponentsAdapter):
         prompt's, else empty, as the pipeline)."""
         steps, cfg_scale, guidance = self.sample_settings(prompt)
         f = self._factor()
-        width, height = max(f, prompt.width // f * f), max(f, prompt.height // f * f)
-        h, w = height // f, width // f
+        h, w = prompt.height // f, prompt.width // f   # sizes are multiples of SPEC.sample_multiple (checked)
         x = torch.randn((1, SPEC.latent_channels, h, w), generator=generator, device=generator.device,
                         dtype=torch.float32).to(self.device)
         sigmas = maths.sample_schedule(steps, h * w)
