@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from lorakit.errors import ConfigError
+from lorakit.safetensors_header import is_safetensors
 
 __all__ = ["cache_root", "LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks",
            "deferred_placement",
@@ -175,8 +176,23 @@ def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:
         require_base_folder(src, model_cfg.family)
     if src.is_file() and shards(src, "model.checkpoint") == [src]:
         with keyed("model.checkpoint"):  # a truncated file too
+            refuse_unreadable(src, bool(getattr(model_cfg, "allow_pickle", False)))
             _refuse_other_family(model_cfg)  # another family's file, an encoder, a LoRA: the file, what it is, what to set
     return src
+
+
+def refuse_unreadable(path: Path, allow_pickle: bool = True) -> None:
+    """One ModelLoadError line for a file that is neither safetensors nor a pickle by its content (a GGUF, an empty
+    or damaged file, whatever its name), or a pickle when ``allow_pickle`` is off; safetensors files pass (their
+    readers check them)."""
+    from lorakit.safetensors_header import read_safetensors_header, weights_format
+    kind = weights_format(path)
+    if kind == "pickle" and not allow_pickle:
+        from lorakit.errors import ModelLoadError
+        raise ModelLoadError(f"{path}: a pickle file, which can run code when loaded; only .safetensors files are "
+                             "loaded: convert it, or set model.allow_pickle = true if you trust it")
+    if kind not in ("safetensors", "pickle"):
+        read_safetensors_header(path)  # raises the line saying what it is (GGUF, too short, ...)
 
 
 def what_file(sd: Mapping[str, Any]) -> str:
@@ -200,7 +216,7 @@ def refuse_checkpoint_as(key: str, path: Any, families: tuple[str, ...], wanted:
     from lorakit.errors import ModelLoadError
     from lorakit.models.registry import identify
     p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
+    if not is_safetensors(p):
         return
     kind = identify(p)
     if kind.family is not None and kind.family not in families:
@@ -339,7 +355,7 @@ def component_files(model_cfg: Any, model: str, **roles: tuple[Optional[Path], s
 def _refuse_other_family(model_cfg: Any) -> None:
     """One line naming what ``model.checkpoint`` is when another family (or a LoRA) is recognised in it."""
     src = Path(getattr(model_cfg, "checkpoint", "") or "").expanduser()
-    if src.suffix == ".safetensors" and src.is_file() and getattr(model_cfg, "family", None):
+    if is_safetensors(src) and getattr(model_cfg, "family", None):
         from lorakit.models.registry import require_base
 
         require_base(src, model_cfg.family)

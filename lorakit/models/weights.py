@@ -51,22 +51,40 @@ def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -
     """Read a weights file; pickle formats only when the user allowed them (they can run code)."""
     import torch
 
+    from lorakit.safetensors_header import GGUF_WHY, weights_format
+
     p = Path(path)
+    if p.is_dir():
+        raise ModelLoadError(f"{p}: is a folder; give the .safetensors file itself (in a diffusers component folder: "
+                             "its diffusion_pytorch_model.safetensors or model.safetensors)")
     if not p.is_file():
         raise ModelLoadError(f"{p}: file not found")
-    if p.suffix == ".safetensors":
+    kind = weights_format(p)  # by the content, not the name: BFL's .sft files are safetensors, a renamed GGUF is not
+    if kind == "safetensors":
         from safetensors.torch import load_file
         try:
             return load_file(str(p))
         except Exception as e:  # header errors, truncation
-            from lorakit.safetensors_header import read_safetensors_header
             read_safetensors_header(p)  # the one header reader's line ("truncated file: tensor ... ends at byte ...")
             raise ModelLoadError(f"{p}: not a readable .safetensors file ({e})") from None
+    if kind == "gguf":
+        raise ModelLoadError(f"{p}: {GGUF_WHY}")
+    if kind != "pickle":
+        read_safetensors_header(p)  # "too short for a header", "not a safetensors file (header length ...)"
+        raise ModelLoadError(f"{p}: not a weights file lorakit reads (neither safetensors nor a PyTorch pickle)")
     if not allow_pickle:
         raise ModelLoadError(f"{p}: only .safetensors files are loaded; set model.allow_pickle = true to load "
                              "pickle-based files (unsafe: they can run code)")
-    obj = torch.load(str(p), map_location="cpu", weights_only=False)
-    return obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (a truncated or damaged pickle: one line naming it)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelLoadError(f"{p}: damaged pickle file, cannot be read ({type(e).__name__}: {first})") from None
+    obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelLoadError(f"{p}: the pickle holds no state dict of tensors ({type(obj).__name__}); give the "
+                             "model's weights as a .safetensors file")
+    return obj
 
 
 def upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:

@@ -153,7 +153,11 @@ _ROLE_KEYS = {
 def check_encoder_file(path: Path, role: str, allow_pickle: bool) -> None:
     """Refuse, before anything is read, an encoder file that the lazy load would refuse on first use: a
     pickle file not allowed, a broken safetensors header, or the weights of another role."""
-    if path.suffix != ".safetensors":
+    from lorakit.safetensors_header import is_safetensors
+    if not is_safetensors(path):
+        from lorakit.safetensors_header import read_safetensors_header, weights_format
+        if weights_format(path) != "pickle":
+            read_safetensors_header(path)  # a GGUF, a file too short: one line saying what it is
         if not allow_pickle:
             raise ModelLoadError(f"{path}: only .safetensors files are loaded; set model.allow_pickle = true to "
                                  "load pickle-based files (unsafe: they can run code)")
@@ -188,16 +192,22 @@ def load_single_files(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy:
     ckpt = Path(model_cfg.checkpoint).expanduser()
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
-    if ckpt.suffix == ".safetensors" and ckpt.is_file():  # what the file is first, then what else it needs
+    from lorakit.models.common import keyed, refuse_unreadable
+    from lorakit.safetensors_header import is_safetensors
+    with keyed("model.checkpoint"):
+        refuse_unreadable(ckpt, allow)  # a GGUF, an empty or damaged file, whatever its name; a pickle not allowed
+    if is_safetensors(ckpt):  # what the file is first, then what else it needs
         from lorakit.models.registry import require_base
-        kind = require_base(ckpt, "flux1")         # a FLUX.2, Fill, SDXL file or a LoRA: one line saying what it is
+        with keyed("model.checkpoint"):
+            kind = require_base(ckpt, "flux1")     # a FLUX.2, Fill, SDXL file or a LoRA: one line saying what it is
         if not kind.standard and not cdir:         # rotary axes, norm groups and heads are not in the shapes
             raise ConfigError(f"model.config_dir: {ckpt} is {kind.what}; set model.config_dir to its diffusers "
                               "config folder (for lorakit's toy: `lorakit toy path flux1` prints the [model] table)")
     files = {"checkpoint": ckpt, **{r: _need(model_cfg, r) for r in ("clip_l", "t5xxl", "ae")}}
     if lazy:
         for role in ("clip_l", "t5xxl", "ae"):
-            check_encoder_file(files[role], role, allow)
+            with keyed(f"model.{role}"):
+                check_encoder_file(files[role], role, allow)
     tsd = load_safetensors(ckpt, allow)
     variant = _check_variant(model_cfg, detect_variant(tsd), str(ckpt))
     transformer = build_transformer(tsd, dtype, configs.read_config(cdir, "transformer"), str(ckpt))

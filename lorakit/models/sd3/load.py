@@ -45,7 +45,8 @@ def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.
 def read_part(path: Path, prefixes: tuple[str, ...] = ("",), allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` whose names start with the first of ``prefixes`` that the file has (prefix removed;
     ``""`` = every tensor). Only those tensors are read from a .safetensors file."""
-    if path.suffix != ".safetensors":
+    from lorakit.safetensors_header import is_safetensors
+    if not is_safetensors(path):
         from lorakit.models.weights import load_safetensors  # pickle only when allowed
         sd = load_safetensors(path, allow_pickle)
         for p in prefixes:
@@ -196,7 +197,8 @@ def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], tu
 
 def _has(path: Path, prefix: str) -> bool:
     from lorakit.safetensors_header import read_safetensors_header
-    if path.suffix != ".safetensors":
+    from lorakit.safetensors_header import is_safetensors
+    if not is_safetensors(path):
         return False
     header, _ = read_safetensors_header(path)
     return any(k.startswith(prefix) for k in header)
@@ -240,7 +242,8 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         tok_folder = src
         cdir = cdir or str(src)
     else:
-        if src.suffix == ".safetensors":
+        from lorakit.safetensors_header import is_safetensors
+        if is_safetensors(src):
             from lorakit.models.registry import require_base
             require_base(src, "sd3")     # a LoRA or another family's file: one line saying what it is and what to set
         tsd = read_part(src, ("model.diffusion_model.", "diffusion_model.", ""), allow)

@@ -27,8 +27,7 @@ from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.sdxl import configs
 from lorakit.models.sdxl.convert import TE2_PREFIX, save_sgm_checkpoint
 from lorakit.models.unet_parts import TE1_PREFIX, UNET_PREFIX, VAE_PREFIX
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+from lorakit.safetensors_header import is_pickle  # by content: a renamed .ckpt is a pickle too
 
 
 @dataclass
@@ -60,12 +59,15 @@ def check_weights_file(path: Path, allow_pickle: bool, key: str = "model.checkpo
     """Refuse pickle files unless allowed, and broken safetensors files, with one clear line."""
     if not path.is_file():
         raise ConfigError(f"{key}: {path} does not exist")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    from lorakit.models.common import keyed
+    from lorakit.safetensors_header import weights_format
+    if weights_format(path) == "pickle":  # by the content: a renamed .ckpt is one too
         if not allow_pickle:
             raise ConfigError(f"{key}: {path} is a pickle file, which can run code when loaded; convert it to "
                               f".safetensors or set model.allow_pickle = true if you trust it")
         return
-    read_header(path)
+    with keyed(key):  # a GGUF, a truncated or empty file: the key, the file and what it is
+        read_header(path)
 
 
 def _has_sdxl_parts(header: dict[str, Any], path: Path) -> None:
@@ -126,7 +128,7 @@ def _source(model_cfg: Any) -> tuple[str, Any, Optional[Path]]:
     allow_pickle = bool(getattr(model_cfg, "allow_pickle", False))
     if path.is_file():
         check_weights_file(path, allow_pickle)
-        if path.suffix.lower() not in PICKLE_SUFFIXES:
+        if not is_pickle(path):
             from lorakit.models.registry import require_base
             kind = require_base(path, "sdxl")      # SD1.5, a refiner, an inpainting file or a LoRA: one line
             _has_sdxl_parts(read_header(path), path)
@@ -305,7 +307,7 @@ def open_components(model_cfg: Any, dtype: torch.dtype = torch.float32,
     so a bad path still fails at once. Pickle files and hub ids are read whole (:func:`load_components`),
     their parts handed out from memory."""
     kind, path, cfg_dir = _source(model_cfg)
-    if kind == "hub" or (kind == "file" and path.suffix.lower() in PICKLE_SUFFIXES):
+    if kind == "hub" or (kind == "file" and is_pickle(path)):
         return _from_components(load_components(model_cfg, dtype))
     vae_path = _vae_file(model_cfg)
     tokenizer_dir = getattr(model_cfg, "tokenizer_dir", None)

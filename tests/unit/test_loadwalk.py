@@ -1,0 +1,92 @@
+"""The ninth session's walk through the base-model files users keep (loadwalk): GGUF files, BFL's ``.sft`` files,
+pickles by content, damaged pickles, config folders and component folders, sharded diffusers components. Each is one
+line naming the key and the file, or a load that works; the files are the shipped toy models' (real layouts)."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.toy.paths import model_section
+from tests.family_fixtures import loaded_adapter
+
+FAMILIES = ("sdxl", "flux1", "flux2", "sd3", "sd15", "zimage", "qwenimage")
+
+
+def _model(family: str, **over: object) -> dict:
+    return {**{k: v for k, v in model_section(family).items() if k != "family"}, **over}
+
+
+def _line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def _gguf(path: Path) -> Path:
+    path.write_bytes(b"GGUF" + struct.pack("<I", 3) + struct.pack("<Q", 0) * 2 + b"\0" * 64)
+    return path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_gguf_checkpoint_is_refused_as_gguf_naming_the_key(tmp_path, family):
+    # before: "not a safetensors file (header length 14064895815 is over 104857600 bytes)" (SDXL, SD 1.5) or "only
+    # .safetensors files are loaded; set model.allow_pickle = true" (the rest; with it set, torch.load's traceback)
+    g = _gguf(tmp_path / "flux1-dev-Q4_K_S.gguf")
+    with pytest.raises((ModelLoadError, ConfigError)) as exc:
+        loaded_adapter(family, _model(family, checkpoint=g), tmp_path)
+    assert _line(exc) == (f"model.checkpoint: {g}: a GGUF file (quantized weights, as ComfyUI-GGUF and llama.cpp read "
+                          "them); lorakit trains on .safetensors weights (bf16, fp16 or fp8), not GGUF: give the "
+                          "model's .safetensors release")
+
+
+def test_a_gguf_encoder_names_its_key(tmp_path):
+    g = _gguf(tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf")
+    with pytest.raises(ModelLoadError) as exc:
+        loaded_adapter("flux1", _model("flux1", t5xxl=g), tmp_path)
+    assert _line(exc).startswith(f"model.t5xxl: {g}: a GGUF file")
+
+
+@pytest.mark.parametrize("family", ["flux1", "flux2", "zimage"])
+def test_a_safetensors_file_named_sft_loads(tmp_path, family):
+    # BFL's first FLUX.1 release was flux1-dev.sft / ae.sft; before: "only .safetensors files are loaded; set
+    # model.allow_pickle = true" (and with it set, torch.load of a safetensors file: UnpicklingError)
+    sft = tmp_path / "model.sft"
+    shutil.copy(model_section(family)["checkpoint"], sft)
+    ref = loaded_adapter(family, _model(family), tmp_path)
+    got = loaded_adapter(family, _model(family, checkpoint=sft), tmp_path)
+    a, b = ref.comps.transformer, got.comps.transformer
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_pickle_named_safetensors_is_called_a_pickle(tmp_path):
+    # before: "corrupt safetensors header (not JSON ...)" / "header length ... is over" for a renamed .ckpt
+    p = tmp_path / "model.safetensors"
+    torch.save({"state_dict": {"a": torch.zeros(2)}}, p)
+    with pytest.raises(ModelLoadError) as exc:
+        loaded_adapter("zimage", _model("zimage", checkpoint=p), tmp_path)
+    assert _line(exc) == (f"model.checkpoint: {p}: a pickle file, which can run code when loaded; only .safetensors "
+                          "files are loaded: convert it, or set model.allow_pickle = true if you trust it")
+
+
+def test_a_damaged_pickle_with_allow_pickle_is_one_line(tmp_path):
+    from lorakit.models.weights import load_safetensors
+
+    p = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {"a": torch.zeros(1000)}}, p)
+    p.write_bytes(p.read_bytes()[:300])
+    with pytest.raises(ModelLoadError) as exc:
+        load_safetensors(p, allow_pickle=True)
+    assert _line(exc).startswith(f"{p}: damaged pickle file, cannot be read (")
+    q = tmp_path / "obj.pt"
+    torch.save([1, 2, 3], q)
+    with pytest.raises(ModelLoadError) as exc:
+        load_safetensors(q, allow_pickle=True)
+    assert _line(exc) == (f"{q}: the pickle holds no state dict of tensors (list); give the model's weights as a "
+                          ".safetensors file")
