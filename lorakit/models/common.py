@@ -320,18 +320,38 @@ def what_component(ks: set[str]) -> str:
     return "not a recognised model file"
 
 
-def read_config(config_dir: Any, sub: str) -> Optional[dict[str, Any]]:
+def read_config(config_dir: Any, sub: str, name: str = "config.json") -> Optional[dict[str, Any]]:
     """The JSON config of one component (``transformer``/``text_encoder``/``vae``...) of a diffusers folder, or
-    None."""
+    None where the folder has none for it. A ``config_dir`` that is no folder, or a folder holding no component
+    config at all (not a diffusers config folder), and a config.json that is not a JSON object are one ConfigError
+    line naming ``model.config_dir`` (before: silently replaced by the shipped configs, or a traceback)."""
     import json
 
     if config_dir is None:
         return None
-    path = Path(config_dir) / sub / "config.json"
+    folder = Path(config_dir).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"model.config_dir: {folder} {'is a file' if folder.exists() else 'does not exist'}; give the "
+                          "model's diffusers config folder (the one holding transformer/config.json, vae/config.json, "
+                          "...), or leave model.config_dir out to use lorakit's shipped configs")
+    path = folder / sub / name
     if not path.is_file():
+        if not (folder / "model_index.json").is_file() and not any(folder.glob("*/config.json")) \
+                and not any(folder.glob("*/*.safetensors")):  # (a checkpoint folder as its own config folder passes)
+            raise ConfigError(f"model.config_dir: {folder} holds no component config (no model_index.json, no "
+                              "*/config.json): not a diffusers config folder; give the model's config folder, or "
+                              "leave model.config_dir out to use lorakit's shipped configs")
         return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"model.config_dir: {path} cannot be read as JSON ({e}); restore the file from the "
+                          "model's repository") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"model.config_dir: {path} is not a JSON object; restore the file from the model's "
+                          "repository")
+    return data
 
 
 def folder_parts(src: Path, *subs: str) -> list[Optional[Path]]:

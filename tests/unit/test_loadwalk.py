@@ -90,3 +90,27 @@ def test_a_damaged_pickle_with_allow_pickle_is_one_line(tmp_path):
         load_safetensors(q, allow_pickle=True)
     assert _line(exc) == (f"{q}: the pickle holds no state dict of tensors (list); give the model's weights as a "
                           ".safetensors file")
+
+
+@pytest.mark.parametrize("family", ["flux1", "flux2", "sd3", "zimage", "qwenimage"])
+def test_a_config_dir_that_is_no_config_folder_is_refused(tmp_path, family):
+    # before: silently replaced by the shipped configs (flux2), "num_channels (8) must be divisible by num_groups
+    # (32)" (flux1, sd3: a ValueError traceback) or "pass the model's config folder as model.config_dir" (set!)
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError) as exc:
+        loaded_adapter(family, _model(family, config_dir=missing), tmp_path)
+    assert _line(exc) == (f"model.config_dir: {missing} does not exist; give the model's diffusers config folder (the "
+                          "one holding transformer/config.json, vae/config.json, ...), or leave model.config_dir out "
+                          "to use lorakit's shipped configs")
+    with pytest.raises(ConfigError) as exc:
+        loaded_adapter(family, _model(family, config_dir=tmp_path), tmp_path)  # a folder of no configs
+    assert _line(exc).startswith(f"model.config_dir: {tmp_path} holds no component config (no model_index.json")
+
+
+def test_a_damaged_component_config_names_the_file(tmp_path):
+    cfg = tmp_path / "config"
+    shutil.copytree(model_section("zimage")["config_dir"], cfg)
+    (cfg / "transformer" / "config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError) as exc:
+        loaded_adapter("zimage", _model("zimage", config_dir=cfg), tmp_path)
+    assert _line(exc).startswith(f"model.config_dir: {cfg / 'transformer' / 'config.json'} cannot be read as JSON (")
