@@ -210,6 +210,20 @@ def wrong_file(key: str, where: str, sd: Mapping[str, Any], wanted: str) -> Exce
     return ModelLoadError(f"{head}: this is {what_file(sd)}, not {wanted}")
 
 
+def not_a_vae_of(path: Any, channels: int) -> str:
+    """What the safetensors file ``path`` is when it is not a VAE of ``channels`` latent channels (its encoder's
+    conv_out has 2 × channels rows, mean and log-variance), read from the header; "" when it is one."""
+    from lorakit.models.registry import identify_header
+    from lorakit.safetensors_header import read_safetensors_header
+
+    header, _ = read_safetensors_header(path)
+    out = [v["shape"] for k, v in header.items() if re.search(r"(^|\.)encoder\.conv_out\.weight$", k)]
+    if out and int(out[0][0]) == 2 * channels:
+        return ""
+    what = identify_header(header, str(path)).what
+    return f"{what} of {int(out[0][0]) // 2} latent channels" if out else what
+
+
 def refuse_checkpoint_as(key: str, path: Any, families: tuple[str, ...], wanted: str) -> None:
     """``model.vae`` / ``model.ae`` naming a base model of a family not in ``families`` (an SD3.5 or SDXL checkpoint
     whose bundled VAE is another model's): one ModelLoadError line; other files pass (the loader checks them)."""

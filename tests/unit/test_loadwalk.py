@@ -114,3 +114,45 @@ def test_a_damaged_component_config_names_the_file(tmp_path):
     with pytest.raises(ConfigError) as exc:
         loaded_adapter("zimage", _model("zimage", config_dir=cfg), tmp_path)
     assert _line(exc).startswith(f"model.config_dir: {cfg / 'transformer' / 'config.json'} cannot be read as JSON (")
+
+
+SDXL_VAE = "an SDXL VAE (4 latent channels, e.g. sdxl_vae.safetensors or sdxl.vae.safetensors)"
+
+
+@pytest.mark.parametrize("other, what", [
+    (("flux1", "ae"), "an autoencoder (VAE) of 16 latent channels"),
+    (("sd15", "checkpoint"), "a Stable Diffusion 1/2-type checkpoint (U-Net context width 16; SDXL's is 2048)"),
+    (("zimage", "checkpoint"), "a Z-Image-layout transformer of another size (width 64, 2 blocks)"),
+])
+def test_sdxl_model_vae_of_another_kind_is_refused_at_load(tmp_path, other, what):
+    # before: accepted at load; at the first image diffusers' "Weights for this component appear to be missing" or
+    # its several-hundred-character shape-mismatch text (an SD 1.5 file's VAE: used silently, other latents)
+    path = model_section(other[0])[other[1]]
+    with pytest.raises(ModelLoadError) as exc:
+        loaded_adapter("sdxl", _model("sdxl", vae=path), tmp_path)
+    assert _line(exc) == f"model.vae: {path} is {what}, not {SDXL_VAE}"
+
+
+def test_sdxl_model_vae_a_lora_or_a_folder(tmp_path):
+    from safetensors.torch import save_file
+
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_a.lora_down.weight": torch.ones(2, 4), "lora_unet_a.lora_up.weight": torch.ones(4, 2)},
+              str(lora))
+    with pytest.raises(ModelLoadError) as exc:
+        loaded_adapter("sdxl", _model("sdxl", vae=lora), tmp_path)
+    assert _line(exc) == f"model.vae: {lora} is a LoRA (kohya layout, 1 modules), not {SDXL_VAE}"
+    with pytest.raises(ConfigError) as exc:
+        loaded_adapter("sdxl", _model("sdxl", vae=tmp_path), tmp_path)
+    assert _line(exc) == (f"model.vae: {tmp_path} is a folder; give the VAE's .safetensors file (for a diffusers VAE "
+                          "folder: its diffusion_pytorch_model.safetensors)")  # was "does not exist"
+    loaded_adapter("sdxl", _model("sdxl", vae=model_section("sdxl")["checkpoint"]), tmp_path)  # its own VAE: fine
+
+
+def test_flux1_encoder_given_a_folder_says_so(tmp_path):
+    # before: "model.clip_l: file not found: <the folder>"
+    with pytest.raises(ConfigError) as exc:
+        loaded_adapter("flux1", _model("flux1", clip_l=tmp_path), tmp_path)
+    assert _line(exc) == (f"model.clip_l: {tmp_path} is a folder; give the .safetensors file (e.g. ComfyUI's "
+                          "text_encoders/clip_l.safetensors), or set model.checkpoint to the diffusers FLUX.1 folder "
+                          "and leave model.clip_l out to use its component")

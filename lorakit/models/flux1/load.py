@@ -126,9 +126,17 @@ def _need(model_cfg: Any, role: str) -> Path:
         raise ConfigError(f"model.{role}: required with a FLUX.1 single-file checkpoint "
                           f"(e.g. {role}.safetensors from ComfyUI's models folder)")
     p = Path(value).expanduser()
+    if p.is_dir():  # a diffusers component folder: its files are read through the whole diffusers folder
+        raise ConfigError(f"model.{role}: {p} is a folder; give the .safetensors file (e.g. ComfyUI's "
+                          f"{_ROLE_EXAMPLE[role]}), or set model.checkpoint to the diffusers FLUX.1 folder and leave "
+                          f"model.{role} out to use its component")
     if not p.is_file():
         raise ConfigError(f"model.{role}: file not found: {p}")
     return p
+
+
+_ROLE_EXAMPLE = {"clip_l": "text_encoders/clip_l.safetensors", "t5xxl": "text_encoders/t5xxl_fp16.safetensors",
+                 "ae": "vae/ae.safetensors"}
 
 
 def _check_variant(model_cfg: Any, detected: str, where: str) -> str:

@@ -169,19 +169,10 @@ _SD15_VAE = "an SD 1.5 VAE (4 latent channels, e.g. vae-ft-mse-840000-ema-pruned
 
 
 def _not_sd15_vae(path: Path) -> str:
-    """What ``path`` is when it is not a VAE of SD 1.5's latents (4 channels: its encoder's conv_out has 8 rows,
-    mean and log-variance), read from the header; "" when it is one."""
-    import re
-
-    from lorakit.models.registry import identify_header
-    from lorakit.safetensors_header import read_safetensors_header
-
-    header, _ = read_safetensors_header(path)
-    out = [v["shape"] for k, v in header.items() if re.search(r"(^|\.)encoder\.conv_out\.weight$", k)]
-    if out and int(out[0][0]) == 8:
-        return ""
-    what = identify_header(header, str(path)).what
-    return f"{what} of {int(out[0][0]) // 2} latent channels" if out else what
+    """What ``path`` is when it is not a VAE of SD 1.5's latents (4 channels), read from the header; "" when it is
+    one (:func:`lorakit.models.common.not_a_vae_of`)."""
+    from lorakit.models.common import not_a_vae_of
+    return not_a_vae_of(path, 4)
 
 
 def _unet_from_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device: Optional[torch.device]) -> Any:

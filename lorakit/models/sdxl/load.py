@@ -157,8 +157,21 @@ def _vae_file(model_cfg: Any) -> Optional[Path]:
     if not getattr(model_cfg, "vae", None):
         return None
     vae_path = Path(model_cfg.vae).expanduser()
+    if vae_path.is_dir():
+        raise ConfigError(f"model.vae: {vae_path} is a folder; give the VAE's .safetensors file (for a diffusers VAE "
+                          "folder: its diffusion_pytorch_model.safetensors)")
     check_weights_file(vae_path, bool(getattr(model_cfg, "allow_pickle", False)), key="model.vae")
+    from lorakit.safetensors_header import is_safetensors
+    if is_safetensors(vae_path):  # what it is, now: diffusers' words come only at the first image, and run to pages
+        from lorakit.models.common import not_a_vae_of, refuse_checkpoint_as
+        refuse_checkpoint_as("model.vae", vae_path, ("sdxl",), _SDXL_VAE)  # an SD 1.5 / SD3 file's VAE: not SDXL's
+        what = not_a_vae_of(vae_path, 4)
+        if what:
+            raise ModelLoadError(f"model.vae: {vae_path} is {what}, not {_SDXL_VAE}")
     return vae_path
+
+
+_SDXL_VAE = "an SDXL VAE (4 latent channels, e.g. sdxl_vae.safetensors or sdxl.vae.safetensors)"
 
 
 def _load_vae_file(vae_path: Path, cfg_dir: Optional[Path]) -> Any:
