@@ -146,7 +146,7 @@ def shards(path: Path, key: str) -> list[Path]:
     """A file, the parts of a split file named by its first part (``x-00001-of-00003.safetensors``), or the
     .safetensors files of a folder; ``key`` (``model.text_encoder``) names the setting in the errors."""
     if path.is_dir():
-        parts = sorted(path.glob("*.safetensors"))
+        parts = folder_weights(path, key)
         if not parts:
             raise ConfigError(f"{key}: folder {path} holds no .safetensors file")
         return parts
@@ -160,6 +160,32 @@ def shards(path: Path, key: str) -> list[Path]:
     if absent:
         raise ConfigError(f"{key}: part {absent[0].name} of the split file is missing next to {path.name}")
     return parts
+
+
+def folder_weights(folder: Path, key: str) -> list[Path]:
+    """The .safetensors files of one diffusers component folder (``transformer/``, ``text_encoder/``...) that make
+    its weights: the shards its ``*.safetensors.index.json`` lists (one missing is a ConfigError naming it, not a
+    "truncated?" guess after the others were read), else its files without a variant (``x.fp16.safetensors`` beside
+    ``x.safetensors`` is the same weights again, not more of them), else all its files."""
+    import json
+
+    indexes = sorted(folder.glob("*.safetensors.index.json"), key=lambda p: (p.name.count("."), p.name))
+    if indexes:
+        index = indexes[0]  # the plain one before a variant's (x.safetensors.index.json before x.fp16....)
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = list(dict.fromkeys(str(v) for v in weight_map.values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{key}: {index} is damaged ({type(e).__name__}: {e}); download it again") from None
+        parts = [folder / n for n in names]
+        absent = [p for p in parts if not p.is_file()]
+        if absent:
+            raise ConfigError(f"{key}: {absent[0]} is missing ({len(absent)} of the {len(parts)} files {index.name} "
+                              "lists are not there; an interrupted download?); download the folder again")
+        return parts
+    files = sorted(folder.glob("*.safetensors"))
+    plain = [p for p in files if "." not in p.name[: -len(".safetensors")]]
+    return plain or files
 
 
 def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:

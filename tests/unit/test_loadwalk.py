@@ -156,3 +156,56 @@ def test_flux1_encoder_given_a_folder_says_so(tmp_path):
     assert _line(exc) == (f"model.clip_l: {tmp_path} is a folder; give the .safetensors file (e.g. ComfyUI's "
                           "text_encoders/clip_l.safetensors), or set model.checkpoint to the diffusers FLUX.1 folder "
                           "and leave model.clip_l out to use its component")
+
+
+def _sharded_folder(root: Path, family: str) -> Path:
+    """A diffusers folder whose transformer/ is the toy transformer in two shards with their index json."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(model_section(family)["checkpoint"])
+    keys = sorted(sd)
+    sub = root / "transformer"
+    sub.mkdir(parents=True)
+    wm = {}
+    for i, ks in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:]), 1):
+        name = f"diffusion_pytorch_model-0000{i}-of-00002.safetensors"
+        save_file({k: sd[k] for k in ks}, str(sub / name))
+        wm.update({k: name for k in ks})
+    (sub / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    shutil.copy(Path(model_section(family)["config_dir"]) / "transformer" / "config.json", sub / "config.json")
+    return root
+
+
+@pytest.mark.parametrize("family", ["flux2", "zimage"])
+def test_a_sharded_diffusers_transformer_with_a_missing_shard_names_it(tmp_path, family):
+    # before: the shards present were read and then "not a known model layout (e.g. 'double_blocks.0…')" (flux2),
+    # "a Z-Image transformer without x_embedder / q_norm / cap_embedder; truncated?" (zimage)
+    root = _sharded_folder(tmp_path / "diff", family)
+    model = _model(family, checkpoint=root)
+    ref = loaded_adapter(family, model, tmp_path).comps.transformer.state_dict()
+    # the same weights again as an fp16 variant beside them: not read on top (was: both sets read, twice the memory)
+    from safetensors.torch import save_file
+    save_file({"junk": torch.zeros(1)}, str(root / "transformer" / "diffusion_pytorch_model.fp16.safetensors"))
+    got = loaded_adapter(family, model, tmp_path).comps.transformer.state_dict()
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    gone = root / "transformer" / "diffusion_pytorch_model-00002-of-00002.safetensors"
+    gone.unlink()
+    with pytest.raises(ConfigError) as exc:
+        loaded_adapter(family, model, tmp_path)
+    assert _line(exc) == (f"model.checkpoint: {gone} is missing (1 of the 2 files diffusion_pytorch_model.safetensors"
+                          ".index.json lists are not there; an interrupted download?); download the folder again")
+
+
+def test_folder_weights_prefers_the_plain_files_to_a_variant(tmp_path):
+    from lorakit.models.common import folder_weights
+
+    for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
+        (tmp_path / n).write_bytes(b"x")
+    assert folder_weights(tmp_path, "k") == [tmp_path / "diffusion_pytorch_model.safetensors"]
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    assert folder_weights(tmp_path, "k") == [tmp_path / "diffusion_pytorch_model.fp16.safetensors"]
+    (tmp_path / "model.safetensors.index.json").write_text("{")
+    with pytest.raises(ConfigError, match=r"^k: .*model.safetensors.index.json is damaged \(JSONDecodeError"):
+        folder_weights(tmp_path, "k")

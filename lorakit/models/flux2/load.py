@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import folder_weights
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
     qwen_tokenizer_for, tokenizer_folder, wrong_file
 
@@ -264,7 +265,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             if "is_distilled" in data:
                 index_flag = bool(data["is_distilled"])
         tsd: dict[str, torch.Tensor] = {}
-        for p in sorted((src / "transformer").glob("*.safetensors")):
+        for p in folder_weights(src / "transformer", "model.checkpoint"):
             tsd.update(read_file(p, allow))
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
@@ -281,7 +282,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     distilled, how = resolve_distilled(shape, getattr(model_cfg, "variant", "auto") or "auto", index_flag, src.name)
     te_parts = shards(te_src, "model.text_encoder")
     files.update(text_encoder=te_src, ae=ae_src)
-    ae_file = ae_src if ae_src.is_file() else next(iter(sorted(ae_src.glob("*.safetensors"))), ae_src)
+    ae_file = ae_src if ae_src.is_file() else next(iter(folder_weights(ae_src, "model.ae")), ae_src)
     kind_box: dict[str, str] = {}
 
     def te() -> nn.Module:

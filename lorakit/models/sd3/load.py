@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import folder_weights
 from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, refuse_checkpoint_as, shards, \
     wrong_file
 
@@ -217,7 +218,7 @@ def _folder_sources(src: Path) -> dict[str, Optional[tuple[list[Path], str]]]:
     out: dict[str, Optional[tuple[list[Path], str]]] = {}
     for role, sub in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2"), ("t5xxl", "text_encoder_3"),
                       ("vae", "vae")):
-        parts = sorted((src / sub).glob("*.safetensors")) if (src / sub).is_dir() else []
+        parts = folder_weights(src / sub, f"model.checkpoint: {sub}") if (src / sub).is_dir() else []
         out[role] = (parts, "") if parts else None
     return out
 
@@ -235,7 +236,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             raise ConfigError(f"model.checkpoint: folder {src} is not a diffusers SD3 model (no transformer/)")
         sources = _folder_sources(src)
         tsd: dict[str, torch.Tensor] = {}
-        for p in sorted((src / "transformer").glob("*.safetensors")):
+        for p in folder_weights(src / "transformer", "model.checkpoint"):
             tsd.update(read_part(p))
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
