@@ -87,21 +87,60 @@ def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -
     return obj
 
 
-def upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Cast floating tensors to ``dtype``; fp8 tensors are upcast (with ComfyUI ``scale_weight`` if present).
+# what ComfyUI's quantized files hold beside the weights: the older "scaled fp8" (``x.scale_weight``, ``x.scale_input``,
+# a ``scaled_fp8`` marker) and the newer mixed-precision layout (``x.weight_scale``, ``x.input_scale``, a per-layer
+# ``x.comfy_quant`` JSON of its format, ``_quantization_metadata`` in the header)
+_QUANT_AUX = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant", ".weight_scale_2")
 
-    "Scaled fp8" files store ``W = w_fp8 * scale_weight``; plain e4m3 files have no scale.
+
+def _quant_format(v: torch.Tensor) -> str:
+    """The ``format`` of a ComfyUI ``x.comfy_quant`` tensor (JSON bytes), or "?"."""
+    import json
+    try:
+        return str(json.loads(bytes(v.flatten().tolist()).decode("utf-8")).get("format", "?"))
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
+        return "?"
+
+
+def upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Cast floating tensors to ``dtype``; fp8 tensors are upcast with their ComfyUI scale if present.
+
+    "Scaled fp8" files store ``W = w_fp8 * scale``: the scale as ``x.scale_weight`` (older ComfyUI files) or
+    ``x.weight_scale`` (the mixed-precision layout, ``x.comfy_quant`` saying ``float8_e4m3fn``), one per tensor or
+    one per output row; plain e4m3 files have no scale. A layer quantized otherwise (nvfp4, int8 blocks: packed
+    integers, block scales) cannot be read as weights: one ModelLoadError line naming the tensor and the format.
     """
     import torch
 
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
-        if k == "scaled_fp8" or k.endswith((".scale_weight", ".scale_input")):
+        if k.endswith(".comfy_quant"):
+            fmt = _quant_format(v)
+            if not fmt.startswith("float8"):
+                raise ModelLoadError(f"tensor {k[: -len('.comfy_quant')] + '.weight'!r} is quantized as {fmt} "
+                                     "(ComfyUI's mixed-precision layout), which lorakit cannot train on; use the "
+                                     "bf16, fp16 or fp8 file of this model")
+    for k, v in sd.items():
+        if k == "scaled_fp8" or k.endswith(_QUANT_AUX):
             continue
+        stem = k[: -len("weight")] if k.endswith(".weight") else None
+        scale = next((sd[stem + n] for n in ("scale_weight", "weight_scale") if stem and stem + n in sd), None)
+        if scale is not None and (not v.is_floating_point() or v.element_size() != 1):
+            if not v.is_floating_point():
+                raise ModelLoadError(f"tensor {k!r} is stored as packed {v.dtype} with a scale (a quantized layout "
+                                     "such as nvfp4 or int8), which lorakit cannot train on; use the bf16, fp16 or "
+                                     "fp8 file of this model")
+            scale = None  # a 16-bit weight kept unquantized in a mixed file: its scale is 1
         if v.is_floating_point():
-            scale_key = k[: -len("weight")] + "scale_weight" if k.endswith(".weight") else None
-            if scale_key and scale_key in sd:
-                v = v.to(torch.float32) * sd[scale_key].to(torch.float32)
+            if scale is not None:
+                s = scale.to(torch.float32)
+                if s.numel() > 1:
+                    if s.numel() != v.shape[0]:
+                        raise ModelLoadError(f"tensor {k!r} has a scale of shape {tuple(scale.shape)} (block-wise "
+                                             "quantization), which lorakit cannot read; use the bf16, fp16 or fp8 "
+                                             "file of this model")
+                    s = s.reshape(-1, *([1] * (v.ndim - 1)))
+                v = v.to(torch.float32) * s
             v = v.to(dtype)
         out[k] = v
     return out

@@ -209,3 +209,73 @@ def test_folder_weights_prefers_the_plain_files_to_a_variant(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text("{")
     with pytest.raises(ConfigError, match=r"^k: .*model.safetensors.index.json is damaged \(JSONDecodeError"):
         folder_weights(tmp_path, "k")
+
+
+def _scaled_fp8(src: str, dst: Path, newer: bool, fmt: str = "float8_e4m3fn") -> Path:
+    """``src`` as ComfyUI's scaled fp8 files store it: each 2-D weight as e4m3 / its scale, the scale as
+    ``x.scale_weight`` + a ``scaled_fp8`` marker (older files) or ``x.weight_scale`` + ``x.comfy_quant`` (the newer
+    mixed-precision layout)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    out = {}
+    for k, v in load_file(src).items():
+        if v.ndim == 2 and k.endswith(".weight") and v.is_floating_point():
+            s = v.float().abs().max() / 448
+            out[k] = (v.float() / s).to(torch.float8_e4m3fn)
+            if newer:
+                out[k[:-6] + "weight_scale"] = s
+                out[k[:-6] + "comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+            else:
+                out[k[:-6] + "scale_weight"] = s.reshape(1)
+        else:
+            out[k] = v
+    if not newer:
+        out["scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    save_file(out, str(dst))
+    return dst
+
+
+def _worst(ref: dict, got: dict) -> float:
+    return max(((got[k].float() - ref[k].float()).norm() / ref[k].float().norm().clamp_min(1e-12)).item()
+               for k in ref if ref[k].ndim == 2)
+
+
+@pytest.mark.parametrize("newer", [False, True])
+def test_scaled_fp8_sdxl_checkpoint_is_dequantized(tmp_path, newer):
+    # before: the UNet's fp8 weights were cast without their scale: 3357x the base weights (relative error), trained
+    # on silently
+    ref = loaded_adapter("sdxl", _model("sdxl"), tmp_path).unet.state_dict()
+    f = _scaled_fp8(model_section("sdxl")["checkpoint"], tmp_path / "sdxl_fp8_scaled.safetensors", newer)
+    got = loaded_adapter("sdxl", _model("sdxl", checkpoint=f), tmp_path).unet.state_dict()
+    assert _worst(ref, got) < 0.05  # e4m3's rounding
+
+
+def test_comfy_mixed_precision_fp8_loads(tmp_path):
+    # before: "unexpected tensors such as 'all_final_layer.2-1.adaLN_modulation.1.comfy_quant' (58 in all); is this
+    # the right file for this role?" (every family reading it; FLUX.2: a RuntimeError from diffusers' converter)
+    ref = loaded_adapter("zimage", _model("zimage"), tmp_path).comps.transformer.state_dict()
+    f = _scaled_fp8(model_section("zimage")["checkpoint"], tmp_path / "z_image_fp8_scaled.safetensors", True)
+    got = loaded_adapter("zimage", _model("zimage", checkpoint=f), tmp_path).comps.transformer.state_dict()
+    assert _worst(ref, got) < 0.05
+
+
+def test_upcast_scales_per_row_and_refuses_other_quantizations():
+    import json
+
+    from lorakit.models.weights import upcast
+
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    s = torch.tensor([2.0, 0.5])
+    got = upcast({"l.weight": w.to(torch.float8_e4m3fn), "l.weight_scale": s}, torch.float32)
+    assert torch.equal(got["l.weight"], w * s[:, None]) and list(got) == ["l.weight"]
+    q = torch.tensor(list(json.dumps({"format": "nvfp4"}).encode()), dtype=torch.uint8)
+    with pytest.raises(ModelLoadError) as exc:
+        upcast({"l.weight": torch.zeros(2, 1, dtype=torch.uint8), "l.weight_scale": s, "l.comfy_quant": q},
+               torch.float32)
+    assert _line(exc) == ("tensor 'l.weight' is quantized as nvfp4 (ComfyUI's mixed-precision layout), which lorakit "
+                          "cannot train on; use the bf16, fp16 or fp8 file of this model")
+    with pytest.raises(ModelLoadError, match=r"^tensor 'l.weight' has a scale of shape \(1, 2\) \(block-wise"):
+        upcast({"l.weight": torch.zeros(4, 2).to(torch.float8_e4m3fn), "l.weight_scale": torch.ones(1, 2)},
+               torch.float32)

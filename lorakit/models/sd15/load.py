@@ -181,7 +181,9 @@ def _unet_from_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device: Optio
 
     from lorakit.models.unet_parts import sgm_to_unet
 
-    tensors = {k: (v if device is None else v.to(device)).to(dtype) for k, v in _read(path, UNET_PREFIX).items()}
+    from lorakit.models.weights import upcast  # fp8 with its ComfyUI scale (scaled fp8 files), the rest cast
+
+    tensors = upcast({k: (v if device is None else v.to(device)) for k, v in _read(path, UNET_PREFIX).items()}, dtype)
     config = UNet2DConditionModel.load_config(str(cfg_dir), subfolder="unet", local_files_only=True)
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)

@@ -301,8 +301,10 @@ def _unet_from_single_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device
     from lorakit.models.unet_parts import sgm_to_unet
 
     # the file's bytes move first, then the cast runs on the device (a GPU casts 2.6 G values in milliseconds)
-    tensors = {k: (v if device is None else v.to(device)).to(dtype)
-               for k, v in _read_prefixed(path, UNET_PREFIX).items()}
+    from lorakit.models.weights import upcast  # fp8 with its ComfyUI scale (scaled fp8 files), the rest cast
+
+    tensors = upcast({k: (v if device is None else v.to(device)) for k, v in _read_prefixed(path, UNET_PREFIX).items()},
+                     dtype)
     config = UNet2DConditionModel.load_config(str(cfg_dir), subfolder="unet", local_files_only=True)
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
