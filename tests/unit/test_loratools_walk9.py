@@ -1,0 +1,137 @@
+"""The ninth session's walk through the LoRA tools with files other trainers write (loadwalk): damaged pairs (rank 0,
+factors that disagree on the rank, an alpha of several values), diffusers' training-script names. The LoRAs are random,
+on every 50th module of the full-size SDXL key map (built on the meta device)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lorakit.cli import main
+
+
+@pytest.fixture(scope="module")
+def sdxl_map():
+    from lorakit.models.sdxl import full_lora_keymap
+    return full_lora_keymap()
+
+
+def kohya(keys, every=50, rank=4, alpha=2.0, seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for m in keys.modules[::every]:
+        n = keys.kohya_name(m)
+        down = torch.randn(rank, m.in_features, *m.kernel, generator=g) * 0.1
+        up = torch.randn(m.out_features, rank, generator=g) * 0.1
+        sd[n + ".lora_down.weight"] = down.reshape(rank, m.in_features) if m.kernel == (1, 1) else down
+        sd[n + ".lora_up.weight"] = up if m.kernel == (1, 1) else up.reshape(m.out_features, rank, 1, 1)
+        sd[n + ".alpha"] = torch.tensor(alpha)
+    return sd
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def _first_module(sd: dict) -> str:
+    return sorted(k for k in sd if k.endswith(".lora_down.weight"))[0][: -len(".lora_down.weight")]
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("rank0", "lora_down is 0x{i}, lora_up {o}x0: a zero-size factor (rank 0)"),
+    ("rank", "lora_up has 3 columns, lora_down 4 rows: the two factors disagree on the rank"),
+    ("alpha", "alpha holds 4 values (shape 4); one number is expected"),
+    ("flat", "lora_down is {n}, lora_up {o}x4: each must be a matrix (rank x in, out x rank)"),
+])
+def test_a_damaged_pair_is_named_by_every_tool_and_nothing_is_written(tmp_path, capsys, sdxl_map, damage, why):
+    # before: RuntimeError tracebacks ("cannot reshape tensor of 0 elements", "a Tensor with 4 elements cannot be
+    # converted to Scalar", "mat1 and mat2 shapes cannot be multiplied") from inspect / verify / resize / merge, and
+    # convert wrote the damaged module into a new file
+    sd = kohya(sdxl_map)
+    m = _first_module(sd)
+    o, i = sd[m + ".lora_up.weight"].shape[0], sd[m + ".lora_down.weight"].shape[1]
+    if damage == "rank0":
+        sd[m + ".lora_down.weight"], sd[m + ".lora_up.weight"] = torch.zeros(0, i), torch.zeros(o, 0)
+    elif damage == "rank":
+        sd[m + ".lora_up.weight"] = torch.zeros(o, 3)
+    elif damage == "alpha":
+        sd[m + ".alpha"] = torch.full((4,), 2.0)
+    else:
+        sd[m + ".lora_down.weight"] = sd[m + ".lora_down.weight"].flatten()
+    f = tmp_path / "bad.safetensors"
+    save_file(sd, str(f))
+    problem = f"{m}: " + why.format(i=i, o=o, n=4 * i)
+    refusal = f"lorakit: error: {f}: 1 module(s) are damaged, e.g. {problem}; nothing written (`lorakit inspect` lists them)"
+    for argv in (["convert", str(f), "--to", "diffusers", "-o", str(tmp_path / "c.safetensors")],
+                 ["resize", str(f), "--rank", "2", "-o", str(tmp_path / "r.safetensors")],
+                 ["merge", str(f), "-o", str(tmp_path / "m.safetensors")]):
+        code, out = run(capsys, *argv)
+        assert code == 2 and out.strip() == refusal, argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+    code, out = run(capsys, "verify", str(f))
+    assert code == 1 and f"damaged module {problem}" in out and "Traceback" not in out
+    code, out = run(capsys, "inspect", str(f))
+    assert code == 0 and f"warning: 1 module(s) are damaged (no loader can apply them; lorakit's tools refuse the " \
+                          f"file): {problem}" in out
+
+
+def _diffusers_script_names(sd: dict, processor: bool) -> dict:
+    """A diffusers-layout dict under the names diffusers' training scripts write: ``x.lora.down.weight`` (and with
+    ``processor`` the older attention-processor names ``…attn1.processor.to_q_lora.down.weight``)."""
+    out = {}
+    for k, v in sd.items():
+        if processor and k.startswith("unet.") and re.search(r"attn[12]\.to_(q|k|v|out\.0)\.lora_[AB]\.weight$", k):
+            k = re.sub(r"\.to_(q|k|v|out)(\.0)?\.lora_([AB])\.weight$",
+                       lambda mt: f".processor.to_{mt.group(1)}_lora.{'down' if mt.group(3) == 'A' else 'up'}.weight",
+                       k)
+        out[k.replace(".lora_A.weight", ".lora.down.weight").replace(".lora_B.weight", ".lora.up.weight")] = v
+    return out
+
+
+@pytest.mark.parametrize("processor", [False, True])
+def test_diffusers_training_script_names_convert(tmp_path, capsys, sdxl_map, processor):
+    # SDXL / SD 1.5 LoRAs from diffusers' train_dreambooth_lora_sdxl.py (convert_state_dict_to_diffusers) and older
+    # attention-processor files; before: "unknown LoRA layout; convert reads kohya, comfyui, diffusers, peft" and
+    # inspect "base model: no known family matches these keys"
+    src = tmp_path / "k.safetensors"
+    save_file(kohya(sdxl_map, every=7), str(src))
+    assert run(capsys, "convert", str(src), "--to", "diffusers", "-o", str(tmp_path / "d.safetensors"))[0] == 0
+    d = load_file(str(tmp_path / "d.safetensors"))
+    script = tmp_path / "script.safetensors"
+    save_file(_diffusers_script_names(d, processor), str(script))
+    code, out = run(capsys, "convert", str(script), "--to", "kohya", "-o", str(tmp_path / "back.safetensors"))
+    assert code == 0, out
+    a, b = load_file(str(src)), load_file(str(tmp_path / "back.safetensors"))
+    assert sorted(a) == sorted(b)
+    for k in a:
+        if k.endswith(".lora_up.weight"):  # ΔW per module kept (alpha folded into lora_B by the diffusers file)
+            stem = k[: -len(".lora_up.weight")]
+            da = (a[k].flatten(1) @ a[stem + ".lora_down.weight"].flatten(1)) * (a[stem + ".alpha"] / 4)
+            db = (b[k].flatten(1) @ b[stem + ".lora_down.weight"].flatten(1)) * (b[stem + ".alpha"] / 4)
+            assert torch.allclose(da, db, atol=1e-6)
+    code, out = run(capsys, "inspect", str(script))
+    assert "base model: sdxl; every key fits (names and shapes)" in out
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux1"])
+def test_inspect_names_the_family_of_a_diffusers_layout_file(tmp_path, capsys, family):
+    # before: lorakit's own `convert --to diffusers` output was "base model: no known family matches these keys"
+    # (SDXL) or "fits sd3: 37/37 … base model: sd3; modules that fit nothing: text_encoder_2…" (FLUX.1: SD3 shares
+    # FLUX.1's diffusers transformer names)
+    from lorakit.models.registry import get_family
+
+    src = tmp_path / "k.safetensors"
+    save_file(kohya(get_family(family).full_lora_keymap(), every=20), str(src))
+    out_file = tmp_path / "d.safetensors"
+    assert run(capsys, "convert", str(src), "--to", "diffusers", "-o", str(out_file))[0] == 0
+    code, out = run(capsys, "inspect", str(out_file))
+    n = len(load_file(str(src))) // 3
+    assert code == 0 and f"fits {family}: {n}/{n} modules (checked against full-size {family})" in out
+    assert f"base model: {family}; every key fits (names and shapes)" in out
