@@ -717,8 +717,8 @@ def cmd_resize(args) -> int:
     from lorakit.lora.tools.ops import resize
 
     src = Path(args.file)
-    if args.out:
-        check_out(Path(args.out))
+    if args.out:  # a PEFT adapter folder is resized into a folder of its layout (was: a folder named -o x.safetensors)
+        check_out(Path(args.out), folder=src.is_dir())
     family = _named_family(src, args.family)  # walk8: a FLUX.2 LoRA was read (and named) as FLUX.1 here
     maps = _keymaps(family)
     state = load_state(src, maps, family)
@@ -737,7 +737,7 @@ def cmd_resize(args) -> int:
     keys = state.keys or next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
     out = Path(args.out) if args.out else _default_out(src, tag, state.layout)
-    check_out(out)
+    check_out(out, folder=state.layout == "peft")
     save_state(LoraState(modules, state.metadata, state.layout, state.family, foreign=state.foreign), keys,
                state.layout, out,
                dtype=common_dtype(state), metadata={"lorakit_resized": f"{method}={value:g}"})

@@ -135,3 +135,23 @@ def test_inspect_names_the_family_of_a_diffusers_layout_file(tmp_path, capsys, f
     n = len(load_file(str(src))) // 3
     assert code == 0 and f"fits {family}: {n}/{n} modules (checked against full-size {family})" in out
     assert f"base model: {family}; every key fits (names and shapes)" in out
+
+
+def test_resize_of_a_peft_folder_writes_a_peft_folder(tmp_path, capsys, sdxl_map):
+    # before: `resize ADAPTER --rank 2` was refused ("-o ADAPTER-r2: lorakit writes .safetensors files") and
+    # `-o out.safetensors` wrote a *folder* named out.safetensors
+    import json
+
+    src = tmp_path / "k.safetensors"
+    save_file(kohya(sdxl_map), str(src))
+    peft = tmp_path / "adapter"
+    assert run(capsys, "convert", str(src), "--to", "peft", "-o", str(peft))[0] == 0
+    code, out = run(capsys, "resize", str(peft), "--rank", "2", "-o", str(tmp_path / "r.safetensors"))
+    assert code == 2 and out.strip() == (
+        f"lorakit: error: -o {tmp_path / 'r.safetensors'}: the output is a PEFT adapter, a folder "
+        f"(adapter_model.safetensors + adapter_config.json); give a folder name, e.g. {tmp_path / 'r'} (lorakit "
+        "convert --to kohya makes one .safetensors file of it)")
+    assert not (tmp_path / "r.safetensors").exists()
+    code, out = run(capsys, "resize", str(peft), "--rank", "2")
+    assert code == 0 and f"written to {tmp_path / 'adapter-r2'}" in out
+    assert json.loads((tmp_path / "adapter-r2" / "adapter_config.json").read_text())["r"] == 2
