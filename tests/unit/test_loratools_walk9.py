@@ -155,3 +155,41 @@ def test_resize_of_a_peft_folder_writes_a_peft_folder(tmp_path, capsys, sdxl_map
     code, out = run(capsys, "resize", str(peft), "--rank", "2")
     assert code == 0 and f"written to {tmp_path / 'adapter-r2'}" in out
     assert json.loads((tmp_path / "adapter-r2" / "adapter_config.json").read_text())["r"] == 2
+
+
+# ------------------------------------------------------------------------------------------ the ComfyUI Config node
+
+def test_comfy_config_node_refuses_another_familys_checkpoint(tmp_path, monkeypatch):
+    # before: accepted at the Config node; the queued job failed after it started, its reason in the Train node's
+    # summary only
+    import shutil
+
+    from lorakit.comfy import nodes
+    from lorakit.errors import ConfigError, LorakitError
+    from lorakit.toy.paths import model_section
+    from lorakit.toy.world import write_demo_dataset
+    from tests.unit import comfyui_rederived as cu
+
+    models = tmp_path / "ComfyUI" / "models"
+    (models / "diffusion_models").mkdir(parents=True)
+    (models / "checkpoints").mkdir(parents=True)
+    flux = models / "diffusion_models" / "flux1-dev.safetensors"
+    shutil.copy(model_section("flux1")["checkpoint"], flux)
+    (models / "diffusion_models" / "flux1-dev-Q4_K_S.gguf").write_bytes(b"GGUF" + bytes(60))
+    shutil.copy(model_section("sdxl")["checkpoint"], models / "checkpoints" / "sdxl.safetensors")
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    cu.install_fake_comfy(monkeypatch, models)
+    write_demo_dataset(tmp_path / "kohya", n=2, repeats=1)
+    ds, _ = nodes.LorakitDataset().load(str(tmp_path / "kohya"), 1, "zkx", "")
+    args = dict(dataset=ds, family="sdxl", preset="(none)", checkpoint="flux1-dev.safetensors", resolution=0, rank=0,
+                alpha=0.0, learning_rate=0.0, optimizer="(preset)", max_steps=0, batch_size=0, training_seed=-1,
+                save_every=0, sample_every=0, sample_prompts="", name="", output_dir="",
+                train_text_encoder="(preset)", overrides="model.config_dir=" + model_section("sdxl")["config_dir"])
+    with pytest.raises(ConfigError) as exc:
+        nodes.LorakitConfig().build(**args)
+    assert str(exc.value) == (f"model.checkpoint: {flux} is a FLUX.1-dev-layout transformer of another size (width 64; "
+                              "FLUX.1 has 3072), not a base model the sdxl family trains on; set family = \"flux1\" to "
+                              "train on it")
+    with pytest.raises(LorakitError, match=r"flux1-dev-Q4_K_S.gguf: a GGUF file"):
+        nodes.LorakitConfig().build(**{**args, "checkpoint": "flux1-dev-Q4_K_S.gguf"})
+    nodes.LorakitConfig().build(**{**args, "checkpoint": "sdxl.safetensors"})  # its own family's file: fine
