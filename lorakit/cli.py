@@ -609,6 +609,15 @@ def _refuse_not_lora(path: Path, tensors: dict, does: str) -> None:
     if detect_layout(tensors) is None and path.is_file():
         from lorakit.models.registry import identify
 
+        if does.startswith("verify") and any(k.endswith(".lora_A.default.weight") for k in tensors):
+            raise LorakitError(f"{path}: PEFT's in-memory names (….lora_A.default.weight: a model's state_dict saved "
+                               "as is), which no loader reads; `lorakit convert FILE --to diffusers` (or --to kohya) "
+                               "writes a file they read")
+        if does.startswith("convert") and any(k.endswith(".lora_A.default.weight") for k in tensors):
+            print(f"note: {path} holds PEFT's in-memory names (….lora_A.default.weight), which carry no lora_alpha: "
+                  "read at scale 1 (alpha = rank); if the adapter was trained with lora_alpha ≠ r, scale the result "
+                  "(lorakit merge OUT:<lora_alpha/r>)")
+            return  # read as the adapter "default"'s factors (lorakit.lora.formats.layouts.read_lora)
         kind = identify(path)
         raise LorakitError(f"{path}: not a LoRA: this is {kind.what}; {does} LoRA files" if kind.role != "lora"
                            else f"{path}: unknown LoRA layout; {does.split()[0]} reads kohya, comfyui, diffusers, peft")
@@ -824,6 +833,12 @@ def cmd_extract(args) -> int:
     if not math.isfinite(args.min_diff) or args.min_diff < 0:
         raise LorakitError(f"extract: --min-diff must be a number ≥ 0, got {args.min_diff:g}")
     tuned, base = Path(args.tuned), Path(args.base)
+    from lorakit.models.registry import identify
+    for flag, path in (("TUNED", tuned), ("BASE", base)):  # a LoRA, an encoder, a VAE: what it is, not "no weight"
+        kind = identify(path)
+        if kind.role in ("lora", "component"):
+            raise LorakitError(f"extract: {flag} {path} is {kind.what}; extract takes two checkpoints of one family "
+                               "(the fine-tuned model and its base) and writes the LoRA of their difference")
     header, _ = read_safetensors_header(tuned)
     maps = _keymaps()
     keys = max(maps, key=lambda k: len(_checkpoint_modules(k, header)[0]))

@@ -193,3 +193,35 @@ def test_comfy_config_node_refuses_another_familys_checkpoint(tmp_path, monkeypa
     with pytest.raises(LorakitError, match=r"flux1-dev-Q4_K_S.gguf: a GGUF file"):
         nodes.LorakitConfig().build(**{**args, "checkpoint": "flux1-dev-Q4_K_S.gguf"})
     nodes.LorakitConfig().build(**{**args, "checkpoint": "sdxl.safetensors"})  # its own family's file: fine
+
+
+def test_peft_in_memory_names_convert_with_a_note_and_verify_says_what_they_are(tmp_path, capsys, sdxl_map):
+    # a PEFT model's state_dict saved as is (….lora_A.default.weight); before: "unknown LoRA layout" from every tool
+    src = tmp_path / "k.safetensors"
+    save_file(kohya(sdxl_map, alpha=4.0), str(src))  # alpha = rank: scale 1, what such a file is read at
+    assert run(capsys, "convert", str(src), "--to", "diffusers", "-o", str(tmp_path / "d.safetensors"))[0] == 0
+    raw = tmp_path / "raw.safetensors"
+    save_file({k.replace(".lora_A.weight", ".lora_A.default.weight").replace(".lora_B.weight", ".lora_B.default.weight"):
+               v for k, v in load_file(str(tmp_path / "d.safetensors")).items()}, str(raw))
+    code, out = run(capsys, "verify", str(raw))
+    assert code == 2 and "PEFT's in-memory names (….lora_A.default.weight: a model's state_dict saved as is), which " \
+                         "no loader reads; `lorakit convert FILE --to diffusers` (or --to kohya) writes a file they " \
+                         "read" in out
+    code, out = run(capsys, "convert", str(raw), "--to", "kohya", "-o", str(tmp_path / "k2.safetensors"))
+    assert code == 0 and "read at scale 1 (alpha = rank)" in out
+    a, b = load_file(str(src)), load_file(str(tmp_path / "k2.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_extract_given_a_lora_says_it_is_one(tmp_path, capsys, sdxl_map):
+    # before: "extract: lora.safetensors holds no weight of a known family's LoRA targets"
+    from lorakit.toy.paths import model_section
+
+    lora = tmp_path / "lora.safetensors"
+    save_file(kohya(sdxl_map), str(lora))
+    code, out = run(capsys, "extract", str(lora), model_section("sdxl")["checkpoint"], "--rank", "4", "-o",
+                    str(tmp_path / "x.safetensors"))
+    assert code == 2 and out.strip() == (
+        f"lorakit: error: extract: TUNED {lora} is a LoRA (kohya layout, {len(load_file(str(lora))) // 3} modules); "
+        "extract takes two checkpoints of one family (the fine-tuned model and its base) and writes the LoRA of their "
+        "difference")

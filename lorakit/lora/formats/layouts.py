@@ -194,6 +194,14 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
     if lyco:  # issue 23: a LoHa/LoKr/DoRA file is no pair of matrices per module; nothing here may drop its tensors
         raise LorakitError(f"{where}: a LyCORIS {'/'.join(lyco)} file; this works on LoRA/LoCon files only "
                            "(lorakit verify and inspect read it, ComfyUI/Forge load it)")
+    if any(k.endswith((".lora_A.default.weight", ".lora_B.default.weight")) for k in tensors):
+        # PEFT's in-memory names (a model.state_dict() saved as is): the adapter "default"'s factors, read as such
+        tensors = {k.replace(".lora_A.default.weight", ".lora_A.weight").replace(".lora_B.default.weight",
+                                                                                  ".lora_B.weight"): v
+                   for k, v in tensors.items()}
+        if not any(k.startswith(("unet.", "transformer.", "text_encoder.", "text_encoder_2.", PEFT_PREFIX))
+                   for k in tensors):  # a bare model's names: the denoiser's PEFT paths
+            tensors = {PEFT_PREFIX + k: v for k, v in tensors.items()}
     layout = detect_layout(tensors)
     if layout is None:
         raise LorakitError(f"{where}: unknown LoRA layout (no lora_down/lora_up or lora_A/lora_B keys); "
