@@ -221,6 +221,23 @@ def refuse_unreadable(path: Path, allow_pickle: bool = True) -> None:
         read_safetensors_header(path)  # raises the line saying what it is (GGUF, too short, ...)
 
 
+def encoder_width(parts: Iterable[Path]) -> tuple[Optional[int], bool]:
+    """(the width of a language-model text encoder, from its ``embed_tokens.weight`` in the headers of its files;
+    whether it has Qwen3's ``q_norm``), read before any tensor: None when no file names the embedding (the loader
+    then says what the file is)."""
+    from lorakit.safetensors_header import read_safetensors_header
+    width, qnorm = None, False
+    for p in parts:
+        if not is_safetensors(p):
+            return None, False
+        header, _ = read_safetensors_header(p)
+        for k, v in header.items():
+            if k.endswith("embed_tokens.weight") and len(v["shape"]) == 2 and width is None:
+                width = int(v["shape"][1])
+            qnorm = qnorm or "q_norm" in k
+    return width, qnorm
+
+
 def what_file(sd: Mapping[str, Any]) -> str:
     """What a weights file holds (its tensors or header entries, as read), for the one-line refusal of a wrong file:
     lorakit's one detector (:func:`lorakit.models.registry.identify_header`), never a family's own guess."""

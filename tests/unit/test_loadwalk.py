@@ -279,3 +279,26 @@ def test_upcast_scales_per_row_and_refuses_other_quantizations():
     with pytest.raises(ModelLoadError, match=r"^tensor 'l.weight' has a scale of shape \(1, 2\) \(block-wise"):
         upcast({"l.weight": torch.zeros(4, 2).to(torch.float8_e4m3fn), "l.weight_scale": torch.ones(1, 2)},
                torch.float32)
+
+
+@pytest.mark.parametrize("family, message", [
+    ("flux2", "is a qwen3 encoder of width 96 (prompt width 288); this FLUX.2 custom transformer takes {dim}: use its "
+              "own encoder"),
+    ("zimage", "has width 96; this Z-Image transformer takes caption features of width {dim} (Qwen3-4B: 2560)"),
+])
+def test_a_text_encoder_of_another_size_is_refused_at_load_from_its_header(tmp_path, family, message):
+    # e.g. Qwen3-8B given for Klein 4B or Z-Image; before: found only at the first caption, after the encoder (16 GB for
+    # Qwen3-8B) was read whole
+    from safetensors.torch import save_file
+
+    from lorakit.safetensors_header import read_safetensors_header
+
+    te = tmp_path / "qwen_3_8b.safetensors"
+    save_file({"model.embed_tokens.weight": torch.zeros(10, 96), "model.layers.0.self_attn.q_norm.weight":
+               torch.zeros(8)}, str(te))  # a header is all the check reads
+    with pytest.raises(ModelLoadError) as exc:
+        loaded_adapter(family, _model(family, text_encoder=te), tmp_path)
+    h, _ = read_safetensors_header(model_section(family)["text_encoder"])
+    width = next(v["shape"][1] for k, v in h.items() if k.endswith("embed_tokens.weight"))
+    dim = 3 * width if family == "flux2" else width
+    assert _line(exc) == f"model.text_encoder: {te} " + message.format(dim=dim)
