@@ -30,13 +30,18 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 def check_weights_folder(folder: Path, allow_pickle: bool, key: str = "model.checkpoint") -> None:
     """Refuse pickle-only components unless ``allow_pickle``; validate every safetensors header (two levels: the
     folder and its component subfolders)."""
+    from lorakit.models.common import folder_weights, keyed
+
     folder = Path(folder)
     dirs = [folder] + sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     for d in dirs:
         files = sorted(p for p in d.iterdir() if p.is_file())
         safe = [p for p in files if p.suffix == ".safetensors"]
-        for p in safe:
-            read_safetensors_header(p)
+        if any(d.glob("*.safetensors.index.json")):
+            folder_weights(d, key)  # a shard the index lists is missing: named now, with the key
+        with keyed(key):  # a truncated shard: the header reader's line, with the key
+            for p in safe:
+                read_safetensors_header(p)
         pickles = [p for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
         if pickles and not safe and not allow_pickle:
             raise ConfigError(f"{key}: {pickles[0]} is a pickle file, which can run code when loaded, and "

@@ -302,3 +302,31 @@ def test_a_text_encoder_of_another_size_is_refused_at_load_from_its_header(tmp_p
     width = next(v["shape"][1] for k, v in h.items() if k.endswith("embed_tokens.weight"))
     dim = 3 * width if family == "flux2" else width
     assert _line(exc) == f"model.text_encoder: {te} " + message.format(dim=dim)
+
+
+def test_diffusers_folder_check_names_a_missing_or_truncated_shard_with_the_key(tmp_path):
+    # the SDXL / SD 1.5 / FLUX.1 folders (read by diffusers' from_pretrained); before: "…: could not be loaded as a
+    # diffusers SDXL folder (…/unet does not appear to have a file named … which is required according to the
+    # checkpoint index.)", and a truncated shard's line without the key
+    import json
+
+    from safetensors.torch import save_file
+
+    from lorakit.models.weights import check_weights_folder
+
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    one = unet / "diffusion_pytorch_model-00001-of-00002.safetensors"
+    save_file({"a": torch.zeros(64)}, str(one))
+    (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"a": one.name, "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}}))
+    with pytest.raises(ConfigError) as exc:
+        check_weights_folder(tmp_path, False)
+    assert _line(exc) == (f"model.checkpoint: {unet / 'diffusion_pytorch_model-00002-of-00002.safetensors'} is missing "
+                          "(1 of the 2 files diffusion_pytorch_model.safetensors.index.json lists are not there; an "
+                          "interrupted download?); download the folder again")
+    (unet / "diffusion_pytorch_model-00002-of-00002.safetensors").write_bytes(one.read_bytes()[:-100])
+    with pytest.raises(ModelLoadError) as exc:
+        check_weights_folder(tmp_path, False)
+    assert _line(exc).startswith(f"model.checkpoint: {unet / 'diffusion_pytorch_model-00002-of-00002.safetensors'}: "
+                                 "truncated file: tensor 'a' ends at byte 256")
