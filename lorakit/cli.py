@@ -812,7 +812,8 @@ def cmd_merge(args) -> int:
     modules, rows = merge([(s.modules, w) for s, w in loras], rank=args.rank)
     check_not_void([(s.modules, w) for s, w in loras], modules)
     meta = dict(loras[0][0].metadata)
-    meta["lorakit_merged_from"] = json.dumps([{"file": Path(t).name, "weight": w} for t, (_, w) in zip(args.loras, loras)])
+    meta["lorakit_merged_from"] = json.dumps([{"file": path.name, "weight": w} for path, w in weighted])  # (was
+    # the argument's text: "b.safetensors:0.5" as the file name)
     save_state(LoraState(modules, meta, "kohya", keys.family), keys, "kohya", out, dtype=common_dtype(loras[0][0]))
     _print_rows(rows, "rank", False)
     print(f"written to {out}")

@@ -225,3 +225,18 @@ def test_extract_given_a_lora_says_it_is_one(tmp_path, capsys, sdxl_map):
         f"lorakit: error: extract: TUNED {lora} is a LoRA (kohya layout, {len(load_file(str(lora))) // 3} modules); "
         "extract takes two checkpoints of one family (the fine-tuned model and its base) and writes the LoRA of their "
         "difference")
+
+
+def test_merge_records_the_file_names_without_their_weights(tmp_path, capsys, sdxl_map):
+    import json
+
+    from lorakit.safetensors_header import read_safetensors_header
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file(kohya(sdxl_map, seed=1), str(a))
+    save_file(kohya(sdxl_map, seed=2), str(b))
+    out = tmp_path / "m.safetensors"
+    assert run(capsys, "merge", str(a), f"{b}:0.5", "-o", str(out))[0] == 0
+    meta = read_safetensors_header(out)[1]
+    assert json.loads(meta["lorakit_merged_from"]) == [{"file": "a.safetensors", "weight": 1.0},
+                                                      {"file": "b.safetensors", "weight": 0.5}]  # was "b.safetensors:0.5"
