@@ -330,3 +330,12 @@ def test_diffusers_folder_check_names_a_missing_or_truncated_shard_with_the_key(
         check_weights_folder(tmp_path, False)
     assert _line(exc).startswith(f"model.checkpoint: {unet / 'diffusion_pytorch_model-00002-of-00002.safetensors'}: "
                                  "truncated file: tensor 'a' ends at byte 256")
+
+
+def test_flux1_refuses_flux2s_32_channel_ae_at_load(tmp_path):
+    # before: loaded as a 32-latent-channel AutoencoderKL, whose latents the FLUX.1 transformer cannot take
+    path = model_section("flux2")["ae"]
+    with pytest.raises(ModelLoadError) as exc:
+        loaded_adapter("flux1", _model("flux1", ae=path), tmp_path)
+    assert _line(exc).startswith(f"model.ae: {path} is ")
+    assert _line(exc).endswith(" of 32 latent channels, not FLUX.1's autoencoder (ae.safetensors, 16 latent channels)")

@@ -176,6 +176,12 @@ def check_encoder_file(path: Path, role: str, allow_pickle: bool) -> None:
     if not any(n in header for n in names):
         from lorakit.models.registry import identify_header
         raise ModelLoadError(f"model.{role}: {path} is {identify_header(header).what}; {problem}")
+    if role == "ae":  # FLUX.2's 32-channel AE (or an SDXL file's 4-channel VAE) loaded, then broke the first step
+        from lorakit.models.common import not_a_vae_of
+        what = not_a_vae_of(path, 16)
+        if what:
+            raise ModelLoadError(f"model.ae: {path} is {what}, not FLUX.1's autoencoder (ae.safetensors, 16 latent "
+                                 "channels)")
 
 
 def _single_file_loaders(files: dict[str, Path], dtype: torch.dtype, allow: bool, cdir: Optional[str]
