@@ -240,3 +240,34 @@ def test_merge_records_the_file_names_without_their_weights(tmp_path, capsys, sd
     meta = read_safetensors_header(out)[1]
     assert json.loads(meta["lorakit_merged_from"]) == [{"file": "a.safetensors", "weight": 1.0},
                                                       {"file": "b.safetensors", "weight": 0.5}]  # was "b.safetensors:0.5"
+
+
+def test_comfy_config_node_takes_sd3s_clip_g(tmp_path, monkeypatch):
+    # SD3.5 from ComfyUI's split files needs clip_l, clip_g and t5xxl; before: no clip_g widget (only `overrides`)
+    import shutil
+    import tomllib
+
+    from lorakit.comfy import nodes
+    from lorakit.toy.paths import model_section
+    from lorakit.toy.world import write_demo_dataset
+    from tests.unit import comfyui_rederived as cu
+
+    models = tmp_path / "ComfyUI" / "models"
+    (models / "text_encoders").mkdir(parents=True)
+    (models / "checkpoints").mkdir(parents=True)
+    shutil.copy(model_section("sd3")["checkpoint"], models / "checkpoints" / "sd3.5_medium.safetensors")
+    for name in ("clip_l", "clip_g", "t5xxl_fp16"):
+        (models / "text_encoders" / f"{name}.safetensors").write_bytes(b"x")
+    monkeypatch.setenv("LORAKIT_HOME", str(tmp_path / "home"))
+    cu.install_fake_comfy(monkeypatch, models)
+    assert "clip_g.safetensors" in nodes.LorakitConfig.INPUT_TYPES()["optional"]["clip_g"][0]
+    write_demo_dataset(tmp_path / "kohya", n=2, repeats=1)
+    ds, _ = nodes.LorakitDataset().load(str(tmp_path / "kohya"), 1, "zkx", "")
+    _, text = nodes.LorakitConfig().build(
+        dataset=ds, family="sd3", preset="(none)", checkpoint="sd3.5_medium.safetensors", resolution=0, rank=0,
+        alpha=0.0, learning_rate=0.0, optimizer="(preset)", max_steps=0, batch_size=0, training_seed=-1, save_every=0,
+        sample_every=0, sample_prompts="", name="", output_dir="", train_text_encoder="(preset)",
+        clip_l="clip_l.safetensors", clip_g="clip_g.safetensors", t5xxl="t5xxl_fp16.safetensors")
+    model = tomllib.loads(text)["model"]
+    assert model["clip_g"] == str(models / "text_encoders" / "clip_g.safetensors")
+    assert model["clip_l"] == str(models / "text_encoders" / "clip_l.safetensors")
