@@ -47,14 +47,14 @@ PICKLE_WHY = "a PyTorch pickle file (.ckpt / .pt / .bin content), not a .safeten
 
 
 def _kind_of_head(head: bytes) -> str:
+    if len(head) >= 9:  # first: a header length of 640 starts with the bytes 0x80 0x02, a pickle's first two
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{":
+            return "safetensors"
     if head[:4] == b"GGUF":
         return "gguf"
     if head[:4] == b"PK\x03\x04" or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
         return "pickle"  # torch.save's zip container, or a bare pickle (protocol 2-5)
-    if len(head) >= 9:
-        (n,) = struct.unpack("<Q", head[:8])
-        if 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{":
-            return "safetensors"
     return "other"
 
 

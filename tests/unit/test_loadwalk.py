@@ -339,3 +339,21 @@ def test_flux1_refuses_flux2s_32_channel_ae_at_load(tmp_path):
         loaded_adapter("flux1", _model("flux1", ae=path), tmp_path)
     assert _line(exc).startswith(f"model.ae: {path} is ")
     assert _line(exc).endswith(" of 32 latent channels, not FLUX.1's autoencoder (ae.safetensors, 16 latent channels)")
+
+
+@pytest.mark.parametrize("n", [0x280, 0x380, 0x480, 0x580, 0x2080])
+def test_weights_format_does_not_take_a_header_length_for_a_pickle_opcode(tmp_path, n):
+    # a header of 640 bytes starts the file with 0x80 0x02, a protocol-2 pickle's first bytes
+    import json
+
+    from lorakit.safetensors_header import read_safetensors_header, weights_format
+
+    raw = json.dumps({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    raw += b" " * (n - len(raw))
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(struct.pack("<Q", n) + raw + b"\0" * 4)
+    assert weights_format(p) == "safetensors" and list(read_safetensors_header(p)[0]) == ["a"]
+    torch.save({"a": torch.zeros(1)}, tmp_path / "x.pt")
+    with open(tmp_path / "legacy.pt", "wb") as fh:
+        torch.save({"a": torch.zeros(1)}, fh, _use_new_zipfile_serialization=False)
+    assert weights_format(tmp_path / "x.pt") == weights_format(tmp_path / "legacy.pt") == "pickle"
