@@ -271,3 +271,24 @@ def test_comfy_config_node_takes_sd3s_clip_g(tmp_path, monkeypatch):
     model = tomllib.loads(text)["model"]
     assert model["clip_g"] == str(models / "text_encoders" / "clip_g.safetensors")
     assert model["clip_l"] == str(models / "text_encoders" / "clip_l.safetensors")
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("alpha", "alpha holds 3 values; one number is expected"),
+    ("zero", "hada_w1_a, hada_w1_b: zero-size (rank 0)"),
+])
+def test_verify_lists_a_damaged_loha_module(tmp_path, capsys, damage, why):
+    # before: RuntimeError tracebacks ("a Tensor with 3 elements cannot be converted to Scalar", "cannot reshape tensor
+    # of 0 elements")
+    n = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    sd = {n + ".hada_w1_a": torch.randn(640, 4), n + ".hada_w1_b": torch.randn(4, 640),
+          n + ".hada_w2_a": torch.randn(640, 4), n + ".hada_w2_b": torch.randn(4, 640), n + ".alpha": torch.tensor(4.0)}
+    if damage == "alpha":
+        sd[n + ".alpha"] = torch.ones(3)
+    else:
+        sd[n + ".hada_w1_a"], sd[n + ".hada_w1_b"] = torch.zeros(640, 0), torch.zeros(0, 640)
+    f = tmp_path / "loha.safetensors"
+    save_file(sd, str(f))
+    code, out = run(capsys, "verify", str(f))
+    assert code == 1 and f"damaged module {n}: {why}" in out and "Traceback" not in out
+    assert run(capsys, "inspect", str(f))[0] == 0

@@ -157,15 +157,34 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
         report["modules"].append({"module": stem, "rank": r, "alpha": alpha,
                                   "scale": (alpha / r) if alpha is not None else 1.0, "effective_rank": eff})
     for stem, parts in sorted(lyco.items()):
+        problem = _lycoris_damage(parts)
+        if problem:  # an alpha of several values, a zero-size or mismatched factor: listed, not a traceback
+            damaged[stem] = problem
+            continue
         report["modules"].append(_lycoris_row(stem, parts))
     from lorakit.lora.inspect import nonfinite_tensors
 
     report["nonfinite"] = nonfinite_tensors(tensors)  # walk8: a NaN LoRA was "every loader applies every key"
-    report["damaged"] = [f"{stem}: {why}" for stem, why in damaged.items()]
+    report["damaged"] = [f"{stem}: {why}" for stem, why in sorted(damaged.items())]
     report["ok"] = all(not v["ignored"] and not v["mismatched"] for v in report["loaders"].values()
                        if not v.get("unsupported")) and not report["nonfinite"] and not report["damaged"]
     report["variants"] = sorted({m.get("algo", "lora") for m in report["modules"]} - {"lora"})
     return report
+
+
+def _lycoris_damage(parts: dict[str, torch.Tensor]) -> str:
+    """Why a LoHa/LoKr/DoRA module's tensors cannot make a ΔW ("" when they can)."""
+    alpha = parts.get("alpha")
+    if alpha is not None and alpha.numel() != 1:
+        return f"alpha holds {alpha.numel()} values; one number is expected"
+    empty = sorted(k for k, v in parts.items() if k != "alpha" and v.numel() == 0)
+    if empty:
+        return f"{', '.join(empty)}: zero-size (rank 0)"
+    try:
+        _lycoris_row("", parts)
+    except (RuntimeError, KeyError, AttributeError, ValueError) as exc:
+        return f"{algo_of_keys(parts)} tensors do not combine ({str(exc).splitlines()[0][:120]})"
+    return ""
 
 
 def _lycoris_row(stem: str, parts: dict[str, torch.Tensor]) -> dict[str, Any]:
