@@ -89,9 +89,13 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
     """What a LoRA file holds and which base its keys fit. ``keymaps``: the families' FamilyKeys (passed in by the
     caller): with them the file is read as the trainers and loaders read it (any layout; fused modules split into
     their parts, so the rank shown is the LoRA's rank); ``base``: check against this base file's own modules."""
-    path, not_lora = resolve(Path(path))
+    given = Path(path)
+    path, not_lora = resolve(given)
     if not_lora is not None:
         return {"file": str(path), "not_lora": not_lora}
+    # a PEFT adapter folder keeps each text encoder's adapter in a subfolder of its own: shown here, not counted below
+    others = sorted(str(p.relative_to(given)) for p in given.glob("*/adapter_model.safetensors")) if given.is_dir() \
+        else []
     tensors, meta = load_lora_file(path)
     modules: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -120,6 +124,8 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
         "nonfinite": nonfinite_tensors(tensors), "algos": dict(algos),
         "damaged": [f"{stem}: {why}" for stem, why in module_problems(tensors).items()],
     }
+    if others:
+        info["other_adapters"] = others
     keymaps = [k for k in keymaps if k.family in _candidates(info, base, tensors, keymaps)]
     if keymaps and not info["damaged"]:  # (a damaged pair cannot be read as the loaders read it: reported instead)  # the family the file is for (a family without a key map keeps the name count above)
         info.update(_canonical(path, tensors, meta, keymaps, base))
@@ -275,6 +281,9 @@ def render(info: dict[str, Any]) -> str:
     lines = [f"{info['file']}  ({info['size_bytes'] / 2**20:.2f} MiB, {info['tensors']} tensors, "
              f"{info['modules']} modules" + (f", {info['layout']} layout" if info.get("layout") else "") + ")"]
     lines.append("modules by group: " + ", ".join(f"{k} {v}" for k, v in sorted(info["module_groups"].items())))
+    if info.get("other_adapters"):
+        lines.append(f"note: this is the folder's denoiser adapter; its text encoders' adapters "
+                     f"({', '.join(info['other_adapters'])}) are not counted here: inspect each of them")
     ranks, alphas = info.get("lora_ranks", info["ranks"]), info.get("lora_alphas", info["alphas"])
     fused = f"; {info['fused_modules']} modules store their parts side by side (fused), shown per part" \
         if info.get("fused_modules") else ""

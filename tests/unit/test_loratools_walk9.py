@@ -292,3 +292,15 @@ def test_verify_lists_a_damaged_loha_module(tmp_path, capsys, damage, why):
     code, out = run(capsys, "verify", str(f))
     assert code == 1 and f"damaged module {n}: {why}" in out and "Traceback" not in out
     assert run(capsys, "inspect", str(f))[0] == 0
+
+
+def test_inspect_of_a_peft_folder_names_its_text_encoder_adapters(tmp_path, capsys, sdxl_map):
+    # before: "fits sdxl: 113/113 modules … every key fits" for a 151-module adapter, its text encoders unmentioned
+    src = tmp_path / "k.safetensors"
+    save_file(kohya(sdxl_map, every=7), str(src))
+    peft = tmp_path / "adapter"
+    assert run(capsys, "convert", str(src), "--to", "peft", "-o", str(peft))[0] == 0
+    code, out = run(capsys, "inspect", str(peft))
+    assert code == 0 and ("note: this is the folder's denoiser adapter; its text encoders' adapters "
+                          "(text_encoder/adapter_model.safetensors, text_encoder_2/adapter_model.safetensors) are not "
+                          "counted here: inspect each of them") in out
