@@ -669,8 +669,25 @@ def cmd_verify(args) -> int:
     if args.base:
         keys = base_keymap(keys, Path(args.base))
     report = verify(tensors, keys)
+    _in_file_names(report, Path(args.file))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0 if report["ok"] else 1
+
+
+def _in_file_names(report: dict, path: Path) -> None:
+    """The keys a verify report lists, in the file's own names (diffusers' training-script names are read as
+    lora_A / lora_B: lorakit.lora.io.canonical_pair_names)."""
+    from lorakit.lora.io import pair_renames
+    from lorakit.safetensors_header import read_safetensors_header
+
+    back = {new: old for old, new in pair_renames(read_safetensors_header(path)[0]).items()}
+    if not back:
+        return
+    for r in report["loaders"].values():
+        if isinstance(r.get("ignored"), list):
+            r["ignored"] = sorted(back.get(k, k) for k in r["ignored"])
+        if isinstance(r.get("mismatched"), list):
+            r["mismatched"] = sorted((back.get(k, k), why) for k, why in r["mismatched"])
 
 
 def cmd_convert(args) -> int:

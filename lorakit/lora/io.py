@@ -83,18 +83,22 @@ def canonical_pair_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
     """``tensors`` with diffusers' training-script pair names (``x.lora.down.weight``, ``x.lora_linear_layer.up.weight``,
     ``x.to_q_lora.down.weight``) as ``x.lora_A.weight`` / ``x.lora_B.weight``, the names every reader here knows (the
     same factors: diffusers' converter and ComfyUI read both); other keys, and any name that would collide, unchanged."""
-    out: dict[str, torch.Tensor] = {}
+    renamed = pair_renames(tensors)
+    return {renamed.get(key, key): value for key, value in tensors.items()}
+
+
+def pair_renames(keys: Any) -> dict[str, str]:
+    """file key -> the name :func:`canonical_pair_names` gives it, for the keys it renames ({} when a name would
+    collide); the reverse map shows a report in the file's own names."""
     renamed = {}
-    for key in tensors:
+    for key in keys:
         for old, new in _DIFFUSERS_SCRIPT_SUFFIXES:
             if key.endswith(old) and not key.endswith(".lora_down.weight") and not key.endswith(".lora_up.weight"):
                 renamed[key] = key[: -len(old)] + new
                 break
-    if len(set(renamed.values())) != len(renamed) or set(renamed.values()) & (set(tensors) - set(renamed)):
-        return dict(tensors)
-    for key, value in tensors.items():
-        out[renamed.get(key, key)] = value
-    return out
+    if len(set(renamed.values())) != len(renamed) or set(renamed.values()) & (set(keys) - set(renamed)):
+        return {}
+    return renamed
 
 
 def load_lora_file(path: PathLike, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

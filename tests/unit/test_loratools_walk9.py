@@ -304,3 +304,16 @@ def test_inspect_of_a_peft_folder_names_its_text_encoder_adapters(tmp_path, caps
     assert code == 0 and ("note: this is the folder's denoiser adapter; its text encoders' adapters "
                           "(text_encoder/adapter_model.safetensors, text_encoder_2/adapter_model.safetensors) are not "
                           "counted here: inspect each of them") in out
+
+
+def test_verify_lists_diffusers_script_keys_under_the_files_own_names(tmp_path, capsys, sdxl_map):
+    # after the names were read as lora_A / lora_B, verify listed keys the file does not hold (….lora_A.weight)
+    src = tmp_path / "k.safetensors"
+    save_file(kohya(sdxl_map), str(src))
+    assert run(capsys, "convert", str(src), "--to", "diffusers", "-o", str(tmp_path / "d.safetensors"))[0] == 0
+    script = tmp_path / "script.safetensors"
+    save_file(_diffusers_script_names(load_file(str(tmp_path / "d.safetensors")), False), str(script))
+    code, out = run(capsys, "verify", str(script))
+    ignored = [ln.split("ignored ", 1)[1] for ln in out.splitlines() if ": ignored " in ln]
+    assert code == 1 and ignored and all(k in load_file(str(script)) for k in ignored)  # sd-scripts reads none
+    assert all(".lora.down.weight" in k or ".lora.up.weight" in k for k in ignored)
