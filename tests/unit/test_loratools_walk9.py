@@ -101,11 +101,13 @@ def test_diffusers_training_script_names_convert(tmp_path, capsys, sdxl_map, pro
     # attention-processor files; before: "unknown LoRA layout; convert reads kohya, comfyui, diffusers, peft" and
     # inspect "base model: no known family matches these keys"
     src = tmp_path / "k.safetensors"
-    save_file(kohya(sdxl_map, every=7), str(src))
+    save_file(kohya(sdxl_map, every=23), str(src))
     assert run(capsys, "convert", str(src), "--to", "diffusers", "-o", str(tmp_path / "d.safetensors"))[0] == 0
     d = load_file(str(tmp_path / "d.safetensors"))
     script = tmp_path / "script.safetensors"
-    save_file(_diffusers_script_names(d, processor), str(script))
+    named = _diffusers_script_names(d, processor)
+    assert any("processor.to_" in k for k in named) == processor
+    save_file(named, str(script))
     code, out = run(capsys, "convert", str(script), "--to", "kohya", "-o", str(tmp_path / "back.safetensors"))
     assert code == 0, out
     a, b = load_file(str(src)), load_file(str(tmp_path / "back.safetensors"))
