@@ -652,6 +652,15 @@ def _refuse_not_lora(path: Path, tensors: dict, does: str) -> None:
     if detect_layout(tensors) is None and path.is_file():
         from lorakit.models.registry import identify
 
+        if does.startswith("verify") and any(k.endswith(".lora_A.default.weight") for k in tensors):
+            raise LorakitError(f"{path}: PEFT's in-memory names (….lora_A.default.weight: a model's state_dict saved "
+                               "as is), which no loader reads; `lorakit convert FILE --to diffusers` (or --to kohya) "
+                               "writes a file they read")
+        if does.startswith("convert") and any(k.endswith(".lora_A.default.weight") for k in tensors):
+            print(f"note: {path} holds PEFT's in-memory names (….lora_A.default.weight), which carry no lora_alpha: "
+                  "read at scale 1 (alpha = rank); if the adapter was trained with lora_alpha ≠ r, scale the result "
+                  "(lorakit merge OUT:<lora_alpha/r>)")
+            return  # read as the adapter "default"'s factors (lorakit.lora.formats.layouts.read_lora)
         kind = identify(path)
         raise LorakitError(f"{path}: not a LoRA: this is {kind.what}; {does} LoRA files" if kind.role != "lora"
                            else f"{path}: unknown LoRA layout; {does.split()[0]} reads kohya, comfyui, diffusers, peft")
@@ -703,8 +712,25 @@ def cmd_verify(args) -> int:
     if args.base:
         keys = base_keymap(keys, Path(args.base))
     report = verify(tensors, keys)
+    _in_file_names(report, Path(args.file))
     print(json.dumps(report, indent=2) if args.json else render(report))
     return 0 if report["ok"] else 1
+
+
+def _in_file_names(report: dict, path: Path) -> None:
+    """The keys a verify report lists, in the file's own names (diffusers' training-script names are read as
+    lora_A / lora_B: lorakit.lora.io.canonical_pair_names)."""
+    from lorakit.lora.io import pair_renames
+    from lorakit.safetensors_header import read_safetensors_header
+
+    back = {new: old for old, new in pair_renames(read_safetensors_header(path)[0]).items()}
+    if not back:
+        return
+    for r in report["loaders"].values():
+        if isinstance(r.get("ignored"), list):
+            r["ignored"] = sorted(back.get(k, k) for k in r["ignored"])
+        if isinstance(r.get("mismatched"), list):
+            r["mismatched"] = sorted((back.get(k, k), why) for k, why in r["mismatched"])
 
 
 def cmd_convert(args) -> int:
@@ -760,8 +786,8 @@ def cmd_resize(args) -> int:
     from lorakit.lora.tools.ops import resize
 
     src = Path(args.file)
-    if args.out:
-        check_out(Path(args.out))
+    if args.out:  # a PEFT adapter folder is resized into a folder of its layout (was: a folder named -o x.safetensors)
+        check_out(Path(args.out), folder=src.is_dir())
     family = _named_family(src, args.family)  # walk8: a FLUX.2 LoRA was read (and named) as FLUX.1 here
     maps = _keymaps(family)
     state = load_state(src, maps, family)
@@ -780,7 +806,7 @@ def cmd_resize(args) -> int:
     keys = state.keys or next(k for k in maps if k.family == state.family)
     tag = f"-r{args.rank}" if args.rank is not None else f"-{method}{value:g}"
     out = Path(args.out) if args.out else _default_out(src, tag, state.layout)
-    check_out(out)
+    check_out(out, folder=state.layout == "peft")
     save_state(LoraState(modules, state.metadata, state.layout, state.family, foreign=state.foreign), keys,
                state.layout, out,
                dtype=common_dtype(state), metadata={"lorakit_resized": f"{method}={value:g}"})
@@ -846,7 +872,8 @@ def cmd_merge(args) -> int:
     modules, rows = merge([(s.modules, w) for s, w in loras], rank=args.rank)
     check_not_void([(s.modules, w) for s, w in loras], modules)
     meta = dict(loras[0][0].metadata)
-    meta["lorakit_merged_from"] = json.dumps([{"file": Path(t).name, "weight": w} for t, (_, w) in zip(args.loras, loras)])
+    meta["lorakit_merged_from"] = json.dumps([{"file": path.name, "weight": w} for path, w in weighted])  # (was
+    # the argument's text: "b.safetensors:0.5" as the file name)
     save_state(LoraState(modules, meta, "kohya", keys.family), keys, "kohya", out, dtype=common_dtype(loras[0][0]))
     _print_rows(rows, "rank", False)
     print(f"written to {out}")
@@ -867,6 +894,12 @@ def cmd_extract(args) -> int:
     if not math.isfinite(args.min_diff) or args.min_diff < 0:
         raise LorakitError(f"extract: --min-diff must be a number ≥ 0, got {args.min_diff:g}")
     tuned, base = Path(args.tuned), Path(args.base)
+    from lorakit.models.registry import identify
+    for flag, path in (("TUNED", tuned), ("BASE", base)):  # a LoRA, an encoder, a VAE: what it is, not "no weight"
+        kind = identify(path)
+        if kind.role in ("lora", "component"):
+            raise LorakitError(f"extract: {flag} {path} is {kind.what}; extract takes two checkpoints of one family "
+                               "(the fine-tuned model and its base) and writes the LoRA of their difference")
     header, _ = read_safetensors_header(tuned)
     maps = _keymaps()
     keys = max(maps, key=lambda k: len(_checkpoint_modules(k, header)[0]))

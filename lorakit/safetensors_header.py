@@ -41,6 +41,45 @@ def _fail(path: PathLike, why: str) -> ModelLoadError:
     return ModelLoadError(f"{path}: {why}")
 
 
+GGUF_WHY = ("a GGUF file (quantized weights, as ComfyUI-GGUF and llama.cpp read them); lorakit trains on .safetensors "
+            "weights (bf16, fp16 or fp8), not GGUF: give the model's .safetensors release")
+PICKLE_WHY = "a PyTorch pickle file (.ckpt / .pt / .bin content), not a .safetensors file, whatever its name says"
+
+
+def _kind_of_head(head: bytes) -> str:
+    if len(head) >= 9:  # first: a header length of 640 starts with the bytes 0x80 0x02, a pickle's first two
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= MAX_HEADER_BYTES and head[8:9] == b"{":
+            return "safetensors"
+    if head[:4] == b"GGUF":
+        return "gguf"
+    if head[:4] == b"PK\x03\x04" or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "pickle"  # torch.save's zip container, or a bare pickle (protocol 2-5)
+    return "other"
+
+
+def weights_format(path: PathLike) -> str:
+    """What a weights file is by its first bytes, never its name: ``"safetensors"`` (also a truncated one, and
+    BFL's ``.sft`` files), ``"gguf"``, ``"pickle"`` (torch.save's zip or a bare pickle), ``"other"``; ``"missing"``
+    for a path that is not a readable file."""
+    try:
+        with open(path, "rb") as fh:
+            return _kind_of_head(fh.read(9))
+    except OSError:
+        return "missing"
+
+
+def is_pickle(path: PathLike) -> bool:
+    """Whether ``path`` is a PyTorch pickle file (``.ckpt`` / ``.pt`` / ``.bin``) by its content, whatever its name."""
+    return Path(path).is_file() and weights_format(path) == "pickle"
+
+
+def is_safetensors(path: PathLike) -> bool:
+    """Whether ``path`` is a file in the safetensors format (by its content: ``x.sft`` is, ``x.safetensors``
+    holding a pickle or a GGUF is not)."""
+    return Path(path).is_file() and weights_format(path) == "safetensors"
+
+
 def raw_header(fh: BinaryIO, size: int) -> Optional[bytes]:
     """The header bytes of an open file of ``size`` bytes (read from its start), or None when the length
     field is missing, zero, over :data:`MAX_HEADER_BYTES` or past the end of the file. Never parses it."""
@@ -86,11 +125,15 @@ def read_safetensors_header(path: PathLike) -> tuple[dict[str, dict[str, Any]], 
             head = fh.read(8)
             if len(head) < 8:
                 raise _fail(path, f"not a safetensors file ({size} bytes, too short for a header)")
+            kind = _kind_of_head(head + fh.read(1))
+            if kind in ("gguf", "pickle"):
+                raise _fail(path, GGUF_WHY if kind == "gguf" else PICKLE_WHY)
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES:
                 raise _fail(path, f"not a safetensors file (header length {n} is over {MAX_HEADER_BYTES} bytes)")
             if 8 + n > size:
                 raise _fail(path, f"truncated or not a safetensors file (header of {n} bytes, file of {size})")
+            fh.seek(8)
             raw = fh.read(n)
     except FileNotFoundError as e:  # the same words as the LoRA reader's (lorakit/lora/io.py)
         raise _fail(path, "no such file") from e

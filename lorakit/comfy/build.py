@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from lorakit.errors import ConfigError, DataError
+from lorakit.errors import ConfigError, DataError, LorakitError
 
 NONE = "(none)"
 TOY = "(toy model)"
@@ -258,7 +258,27 @@ def model_files(family: str, picks: Mapping[str, str]) -> dict[str, str]:
         if name in (None, "", NONE, TOY):
             continue
         out[key] = str(model_path(key, name))
+    if "checkpoint" in out and picks.get("checkpoint") not in (None, "", NONE, TOY):
+        _refuse_other_base(out["checkpoint"], family)
     return out
+
+
+def _refuse_other_base(path: str, family: str) -> None:
+    """The checkpoint picked, told from its header at the Config node: another family's model, a LoRA, an encoder or a
+    VAE is one line naming the file, what it is and what to pick (was: accepted here, and the queued job failed after
+    starting, its reason only in the Train node's summary)."""
+    from lorakit.models.registry import families, require_base
+    from lorakit.safetensors_header import is_safetensors, read_safetensors_header, weights_format
+
+    if family not in families():
+        return  # the config's own check names an unknown family
+    if weights_format(path) == "gguf":
+        read_safetensors_header(path)  # "a GGUF file (...)": one line
+    if is_safetensors(path):
+        try:
+            require_base(path, family)
+        except LorakitError as exc:
+            raise ConfigError(str(exc).replace("model.family = ", "family = ", 1)) from None
 
 
 def build_toml(*, family: str, preset: str, toml: str, widgets: Mapping[str, Any], picks: Mapping[str, str],

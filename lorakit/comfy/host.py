@@ -23,6 +23,7 @@ MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
     "clip_l": ("text_encoders", "clip"),
     "t5xxl": ("text_encoders", "clip"),
     "text_encoder": ("text_encoders", "clip"),
+    "clip_g": ("text_encoders", "clip"),
 }
 
 

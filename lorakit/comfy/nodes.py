@@ -197,6 +197,7 @@ class LorakitConfig:
                                     "tooltip": "a path to a run.toml, or TOML text: the layer under the widgets"}),
                 "overrides": ("STRING", {"multiline": True, "default": "",
                                          "tooltip": "section.key=value lines, applied last (as on the CLI)"}),
+                "clip_g": _model_widget("clip_g"),  # SD3.5's split files (last: saved workflows keep their values)
             },
         }
 
@@ -204,7 +205,7 @@ class LorakitConfig:
               alpha: float, learning_rate: float, optimizer: str, max_steps: int, batch_size: int,
               training_seed: int, save_every: int, sample_every: int, sample_prompts: str, name: str,
               output_dir: str, train_text_encoder: str, vae: str = "", ae: str = "", clip_l: str = "",
-              t5xxl: str = "", text_encoder: str = "", toml: str = "", overrides: str = "") -> tuple:
+              t5xxl: str = "", text_encoder: str = "", toml: str = "", overrides: str = "", clip_g: str = "") -> tuple:
         import os
 
         from lorakit.comfy.build import build_toml
@@ -221,7 +222,7 @@ class LorakitConfig:
                    "save.dir": os.path.abspath(os.path.expanduser(output_dir.strip())) if output_dir.strip() else None}
         text = build_toml(family=family, preset=preset, toml=toml, widgets=widgets,
                           picks={"checkpoint": checkpoint, "vae": vae, "ae": ae, "clip_l": clip_l, "t5xxl": t5xxl,
-                                 "text_encoder": text_encoder},
+                                 "text_encoder": text_encoder, "clip_g": clip_g},
                           dataset=dataset, overrides=(overrides or "").splitlines(),
                           runs_dir=host.lorakit_home() / "runs", seed=None if training_seed < 0 else training_seed)
         return (ConfigHandle(text), text)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from lorakit.errors import LorakitError
+from lorakit.lora.formats.layouts import module_problems
 from lorakit.lora.io import load_lora_file
 from lorakit.lora.variant_keys import LYCORIS_SUFFIXES, algo_of_keys
 
@@ -88,9 +89,13 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
     """What a LoRA file holds and which base its keys fit. ``keymaps``: the families' FamilyKeys (passed in by the
     caller): with them the file is read as the trainers and loaders read it (any layout; fused modules split into
     their parts, so the rank shown is the LoRA's rank); ``base``: check against this base file's own modules."""
-    path, not_lora = resolve(Path(path))
+    given = Path(path)
+    path, not_lora = resolve(given)
     if not_lora is not None:
         return {"file": str(path), "not_lora": not_lora}
+    # a PEFT adapter folder keeps each text encoder's adapter in a subfolder of its own: shown here, not counted below
+    others = sorted(str(p.relative_to(given)) for p in given.glob("*/adapter_model.safetensors")) if given.is_dir() \
+        else []
     tensors, meta = load_lora_file(path)
     modules: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -108,7 +113,7 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
             down = parts.get(low_rank) if down is None else down
         if down is not None:
             ranks[int(down.shape[0])] += 1
-        if ".alpha" in parts:
+        if ".alpha" in parts and parts[".alpha"].numel() == 1:  # (one of several values: listed as damaged)
             alphas[float(parts[".alpha"].float().item())] += 1
         prefixes[name.split("_")[0] + "_" + name.split("_")[1] if name.startswith("lora_") else name.split(".")[0]] += 1
     outs = {n: int(p[s].shape[0]) for n, p in modules.items() for s in (".lora_up.weight", ".lora_B.weight") if s in p}
@@ -117,9 +122,12 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
         "module_groups": dict(prefixes), "ranks": dict(ranks), "alphas": dict(alphas), "dtypes": dict(dtypes),
         "fits": family_fit(set(modules), outs), "metadata": {k: _maybe_json(v) for k, v in sorted(meta.items())},
         "nonfinite": nonfinite_tensors(tensors), "algos": dict(algos),
+        "damaged": [f"{stem}: {why}" for stem, why in module_problems(tensors).items()],
     }
-    keymaps = [k for k in keymaps if k.family in _candidates(info, base)]
-    if keymaps:  # the family the file is for (a family without a key map keeps the name count above)
+    if others:
+        info["other_adapters"] = others
+    keymaps = [k for k in keymaps if k.family in _candidates(info, base, tensors, keymaps)]
+    if keymaps and not info["damaged"]:  # (a damaged pair cannot be read as the loaders read it: reported instead)  # the family the file is for (a family without a key map keeps the name count above)
         info.update(_canonical(path, tensors, meta, keymaps, base))
     if base is not None and "fit" not in info:  # the --base's family has none of these modules: not this LoRA's base
         from lorakit.models.registry import identify
@@ -131,9 +139,12 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
     return info
 
 
-def _candidates(info: dict[str, Any], base: Optional[Path]) -> set[str]:
-    """The families a LoRA is for: the base file's (--base), else the one its ss_base_model_version names, else
-    those whose full-size names it fits best."""
+def _candidates(info: dict[str, Any], base: Optional[Path], tensors: Optional[dict] = None,
+                keymaps: Sequence[Any] = ()) -> set[str]:
+    """The families a LoRA is for: the base file's (--base), else the one its ss_base_model_version names, else the
+    one whose key map reads most of its modules in its layout (names and shapes: a diffusers-layout FLUX.1 file was
+    called SD3's, whose diffusers names FLUX.1's share, and an SDXL one no family's), else those whose full-size
+    names it fits best."""
     if base is not None:
         from lorakit.models.registry import identify
 
@@ -145,6 +156,15 @@ def _candidates(info: dict[str, Any], base: Optional[Path]) -> set[str]:
     if claimed:
         return claimed
     top = max((f["matched"] for f in info["fits"].values()), default=0)
+    if keymaps and tensors is not None and not info.get("damaged"):
+        from lorakit.lora.formats.layouts import choose_family, detect_layout, group_keys, stem_widths
+
+        layout = detect_layout(tensors)
+        if layout is not None and not any(k.endswith(LYCORIS_SUFFIXES) for k in tensors):
+            groups = group_keys(tensors)[0]
+            keys, n = choose_family(layout, sorted(groups), list(keymaps), stem_widths(groups))
+            if n and n >= top:
+                return {keys.family}
     return {fam for fam, f in info["fits"].items() if top and f["matched"] == top}
 
 
@@ -261,6 +281,9 @@ def render(info: dict[str, Any]) -> str:
     lines = [f"{info['file']}  ({info['size_bytes'] / 2**20:.2f} MiB, {info['tensors']} tensors, "
              f"{info['modules']} modules" + (f", {info['layout']} layout" if info.get("layout") else "") + ")"]
     lines.append("modules by group: " + ", ".join(f"{k} {v}" for k, v in sorted(info["module_groups"].items())))
+    if info.get("other_adapters"):
+        lines.append(f"note: this is the folder's denoiser adapter; its text encoders' adapters "
+                     f"({', '.join(info['other_adapters'])}) are not counted here: inspect each of them")
     ranks, alphas = info.get("lora_ranks", info["ranks"]), info.get("lora_alphas", info["alphas"])
     fused = f"; {info['fused_modules']} modules store their parts side by side (fused), shown per part" \
         if info.get("fused_modules") else ""
@@ -276,6 +299,10 @@ def render(info: dict[str, Any]) -> str:
                      f"will break images): {', '.join(bad[:10])}{', …' if len(bad) > 10 else ''}")
     else:
         lines.append("values: all finite (no NaN/Inf)")
+    damaged = info.get("damaged") or []
+    if damaged:
+        lines.append(f"warning: {len(damaged)} module(s) are damaged (no loader can apply them; lorakit's tools refuse "
+                     f"the file): {'; '.join(damaged[:5])}{'; …' if len(damaged) > 5 else ''}")
     if "fit" in info:
         fit = info["fit"]
         lines.append(f"fits {info['family']}: {fit['matched']}/{fit['of']} modules (checked against "

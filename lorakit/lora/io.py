@@ -71,6 +71,36 @@ def _fail(path: PathLike, why: str) -> ModelLoadError:
     return ModelLoadError(f"{path}: {why}")
 
 
+# the names diffusers' own training scripts write (convert_state_dict_to_diffusers: SDXL / SD 1.5 DreamBooth LoRAs;
+# older attention-processor files ``…processor.to_q_lora.down.weight``) for the pair PEFT names lora_A / lora_B
+_DIFFUSERS_SCRIPT_SUFFIXES = ((".lora.down.weight", ".lora_A.weight"), (".lora.up.weight", ".lora_B.weight"),
+                              (".lora_linear_layer.down.weight", ".lora_A.weight"),
+                              (".lora_linear_layer.up.weight", ".lora_B.weight"),
+                              ("_lora.down.weight", ".lora_A.weight"), ("_lora.up.weight", ".lora_B.weight"))
+
+
+def canonical_pair_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with diffusers' training-script pair names (``x.lora.down.weight``, ``x.lora_linear_layer.up.weight``,
+    ``x.to_q_lora.down.weight``) as ``x.lora_A.weight`` / ``x.lora_B.weight``, the names every reader here knows (the
+    same factors: diffusers' converter and ComfyUI read both); other keys, and any name that would collide, unchanged."""
+    renamed = pair_renames(tensors)
+    return {renamed.get(key, key): value for key, value in tensors.items()}
+
+
+def pair_renames(keys: Any) -> dict[str, str]:
+    """file key -> the name :func:`canonical_pair_names` gives it, for the keys it renames ({} when a name would
+    collide); the reverse map shows a report in the file's own names."""
+    renamed = {}
+    for key in keys:
+        for old, new in _DIFFUSERS_SCRIPT_SUFFIXES:
+            if key.endswith(old) and not key.endswith(".lora_down.weight") and not key.endswith(".lora_up.weight"):
+                renamed[key] = key[: -len(old)] + new
+                break
+    if len(set(renamed.values())) != len(renamed) or set(renamed.values()) & (set(keys) - set(renamed)):
+        return {}
+    return renamed
+
+
 def load_lora_file(path: PathLike, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load a LoRA file → (tensors on the CPU, metadata).
 
@@ -84,13 +114,13 @@ def load_lora_file(path: PathLike, *, allow_pickle: bool = False) -> tuple[dict[
         if not allow_pickle:
             raise _fail(path, f"{path.suffix} files are Python pickles that can run code when loaded; convert it "
                               "to .safetensors, or set model.allow_pickle = true if you trust its source")
-        return _load_pickle(path), {}
+        return canonical_pair_names(_load_pickle(path)), {}
     _, metadata = read_safetensors_header(path)
     try:
         tensors = safetensors.torch.load_file(str(path), device="cpu")
     except Exception as e:  # the header passed, so this is a damaged data section or an exotic dtype
         raise _fail(path, f"cannot load tensors ({e})") from e
-    return tensors, metadata
+    return canonical_pair_names(tensors), metadata
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:

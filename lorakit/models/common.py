@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from lorakit.errors import ConfigError
+from lorakit.safetensors_header import is_safetensors
 
 __all__ = ["cache_root", "LazyPart", "LazyParts", "block_indices", "chosen_blocks", "module_ranks",
            "deferred_placement",
@@ -145,7 +146,7 @@ def shards(path: Path, key: str) -> list[Path]:
     """A file, the parts of a split file named by its first part (``x-00001-of-00003.safetensors``), or the
     .safetensors files of a folder; ``key`` (``model.text_encoder``) names the setting in the errors."""
     if path.is_dir():
-        parts = sorted(path.glob("*.safetensors"))
+        parts = folder_weights(path, key)
         if not parts:
             raise ConfigError(f"{key}: folder {path} holds no .safetensors file")
         return parts
@@ -159,6 +160,32 @@ def shards(path: Path, key: str) -> list[Path]:
     if absent:
         raise ConfigError(f"{key}: part {absent[0].name} of the split file is missing next to {path.name}")
     return parts
+
+
+def folder_weights(folder: Path, key: str) -> list[Path]:
+    """The .safetensors files of one diffusers component folder (``transformer/``, ``text_encoder/``...) that make
+    its weights: the shards its ``*.safetensors.index.json`` lists (one missing is a ConfigError naming it, not a
+    "truncated?" guess after the others were read), else its files without a variant (``x.fp16.safetensors`` beside
+    ``x.safetensors`` is the same weights again, not more of them), else all its files."""
+    import json
+
+    indexes = sorted(folder.glob("*.safetensors.index.json"), key=lambda p: (p.name.count("."), p.name))
+    if indexes:
+        index = indexes[0]  # the plain one before a variant's (x.safetensors.index.json before x.fp16....)
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = list(dict.fromkeys(str(v) for v in weight_map.values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{key}: {index} is damaged ({type(e).__name__}: {e}); download it again") from None
+        parts = [folder / n for n in names]
+        absent = [p for p in parts if not p.is_file()]
+        if absent:
+            raise ConfigError(f"{key}: {absent[0]} is missing ({len(absent)} of the {len(parts)} files {index.name} "
+                              "lists are not there; an interrupted download?); download the folder again")
+        return parts
+    files = sorted(folder.glob("*.safetensors"))
+    plain = [p for p in files if "." not in p.name[: -len(".safetensors")]]
+    return plain or files
 
 
 def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:
@@ -175,8 +202,40 @@ def local_checkpoint(model_cfg: Any, example: str, model: str) -> Path:
         require_base_folder(src, model_cfg.family)
     if src.is_file() and shards(src, "model.checkpoint") == [src]:
         with keyed("model.checkpoint"):  # a truncated file too
+            refuse_unreadable(src, bool(getattr(model_cfg, "allow_pickle", False)))
             _refuse_other_family(model_cfg)  # another family's file, an encoder, a LoRA: the file, what it is, what to set
     return src
+
+
+def refuse_unreadable(path: Path, allow_pickle: bool = True) -> None:
+    """One ModelLoadError line for a file that is neither safetensors nor a pickle by its content (a GGUF, an empty
+    or damaged file, whatever its name), or a pickle when ``allow_pickle`` is off; safetensors files pass (their
+    readers check them)."""
+    from lorakit.safetensors_header import read_safetensors_header, weights_format
+    kind = weights_format(path)
+    if kind == "pickle" and not allow_pickle:
+        from lorakit.errors import ModelLoadError
+        raise ModelLoadError(f"{path}: a pickle file, which can run code when loaded; only .safetensors files are "
+                             "loaded: convert it, or set model.allow_pickle = true if you trust it")
+    if kind not in ("safetensors", "pickle"):
+        read_safetensors_header(path)  # raises the line saying what it is (GGUF, too short, ...)
+
+
+def encoder_width(parts: Iterable[Path]) -> tuple[Optional[int], bool]:
+    """(the width of a language-model text encoder, from its ``embed_tokens.weight`` in the headers of its files;
+    whether it has Qwen3's ``q_norm``), read before any tensor: None when no file names the embedding (the loader
+    then says what the file is)."""
+    from lorakit.safetensors_header import read_safetensors_header
+    width, qnorm = None, False
+    for p in parts:
+        if not is_safetensors(p):
+            return None, False
+        header, _ = read_safetensors_header(p)
+        for k, v in header.items():
+            if k.endswith("embed_tokens.weight") and len(v["shape"]) == 2 and width is None:
+                width = int(v["shape"][1])
+            qnorm = qnorm or "q_norm" in k
+    return width, qnorm
 
 
 def what_file(sd: Mapping[str, Any]) -> str:
@@ -194,13 +253,27 @@ def wrong_file(key: str, where: str, sd: Mapping[str, Any], wanted: str) -> Exce
     return ModelLoadError(f"{head}: this is {what_file(sd)}, not {wanted}")
 
 
+def not_a_vae_of(path: Any, channels: int) -> str:
+    """What the safetensors file ``path`` is when it is not a VAE of ``channels`` latent channels (its encoder's
+    conv_out has 2 × channels rows, mean and log-variance), read from the header; "" when it is one."""
+    from lorakit.models.registry import identify_header
+    from lorakit.safetensors_header import read_safetensors_header
+
+    header, _ = read_safetensors_header(path)
+    out = [v["shape"] for k, v in header.items() if re.search(r"(^|\.)encoder\.conv_out\.weight$", k)]
+    if out and int(out[0][0]) == 2 * channels:
+        return ""
+    what = identify_header(header, str(path)).what
+    return f"{what} of {int(out[0][0]) // 2} latent channels" if out else what
+
+
 def refuse_checkpoint_as(key: str, path: Any, families: tuple[str, ...], wanted: str) -> None:
     """``model.vae`` / ``model.ae`` naming a base model of a family not in ``families`` (an SD3.5 or SDXL checkpoint
     whose bundled VAE is another model's): one ModelLoadError line; other files pass (the loader checks them)."""
     from lorakit.errors import ModelLoadError
     from lorakit.models.registry import identify
     p = Path(path)
-    if p.suffix != ".safetensors" or not p.is_file():
+    if not is_safetensors(p):
         return
     kind = identify(p)
     if kind.family is not None and kind.family not in families:
@@ -304,18 +377,38 @@ def what_component(ks: set[str]) -> str:
     return "not a recognised model file"
 
 
-def read_config(config_dir: Any, sub: str) -> Optional[dict[str, Any]]:
+def read_config(config_dir: Any, sub: str, name: str = "config.json") -> Optional[dict[str, Any]]:
     """The JSON config of one component (``transformer``/``text_encoder``/``vae``...) of a diffusers folder, or
-    None."""
+    None where the folder has none for it. A ``config_dir`` that is no folder, or a folder holding no component
+    config at all (not a diffusers config folder), and a config.json that is not a JSON object are one ConfigError
+    line naming ``model.config_dir`` (before: silently replaced by the shipped configs, or a traceback)."""
     import json
 
     if config_dir is None:
         return None
-    path = Path(config_dir) / sub / "config.json"
+    folder = Path(config_dir).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"model.config_dir: {folder} {'is a file' if folder.exists() else 'does not exist'}; give the "
+                          "model's diffusers config folder (the one holding transformer/config.json, vae/config.json, "
+                          "...), or leave model.config_dir out to use lorakit's shipped configs")
+    path = folder / sub / name
     if not path.is_file():
+        if not (folder / "model_index.json").is_file() and not any(folder.glob("*/config.json")) \
+                and not any(folder.glob("*/*.safetensors")):  # (a checkpoint folder as its own config folder passes)
+            raise ConfigError(f"model.config_dir: {folder} holds no component config (no model_index.json, no "
+                              "*/config.json): not a diffusers config folder; give the model's config folder, or "
+                              "leave model.config_dir out to use lorakit's shipped configs")
         return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"model.config_dir: {path} cannot be read as JSON ({e}); restore the file from the "
+                          "model's repository") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"model.config_dir: {path} is not a JSON object; restore the file from the model's "
+                          "repository")
+    return data
 
 
 def folder_parts(src: Path, *subs: str) -> list[Optional[Path]]:
@@ -339,7 +432,7 @@ def component_files(model_cfg: Any, model: str, **roles: tuple[Optional[Path], s
 def _refuse_other_family(model_cfg: Any) -> None:
     """One line naming what ``model.checkpoint`` is when another family (or a LoRA) is recognised in it."""
     src = Path(getattr(model_cfg, "checkpoint", "") or "").expanduser()
-    if src.suffix == ".safetensors" and src.is_file() and getattr(model_cfg, "family", None):
+    if is_safetensors(src) and getattr(model_cfg, "family", None):
         from lorakit.models.registry import require_base
 
         require_base(src, model_cfg.family)

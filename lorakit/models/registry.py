@@ -159,7 +159,8 @@ def clear() -> None:
 # ------------------------------------------------------------------ what a file is (one detector: load + inspect)
 
 _LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".lora_A.default.weight",
-                  ".hada_w1_a", ".lokr_w1", ".lora.down.weight", ".lora_linear_layer.down.weight")
+                  ".hada_w1_a", ".lokr_w1", ".lora.down.weight", ".lora_linear_layer.down.weight",
+                  "_lora.down.weight")  # (diffusers' attention-processor files: …processor.to_q_lora.down.weight)
 # generic layouts no family owns: (a key that marks it, what it is); checked after every family declined the file
 _COMPONENTS = (
     ("encoder.block.0.layer.0.SelfAttention.q.weight", "a T5 text encoder"),

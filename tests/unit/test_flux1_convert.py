@@ -163,7 +163,10 @@ def test_variant_mismatch_and_missing_files_are_clear(tiny_files, tmp_path):
     with pytest.raises(ConfigError, match="model.clip_l"):
         load.load_single_files(_cfg(tiny_files, clip_l=None), torch.float32)
     pt = tmp_path / "x.ckpt"
-    pt.write_bytes(b"junk")
+    pt.write_bytes(b"junk")  # told by its content: no pickle, no weights file at all
+    with pytest.raises(ModelLoadError, match="too short for a header"):
+        load.load_single_files(_cfg(tiny_files, checkpoint=str(pt)), torch.float32)
+    torch.save({"a": torch.zeros(1)}, pt)
     with pytest.raises(ModelLoadError, match="allow_pickle"):
         load.load_single_files(_cfg(tiny_files, checkpoint=str(pt)), torch.float32)
     with pytest.raises(ModelLoadError, match="not a CLIP"):

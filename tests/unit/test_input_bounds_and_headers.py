@@ -80,7 +80,8 @@ def test_deep_header_is_one_line_in_inspect_and_train(tmp_path, capsys):
                    f'[save]\ndir = "{tmp_path / "out"}"\n[log]\ntensorboard = false\nprogress = false\n')
     assert main(["train", str(cfg)]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("lorakit")]
-    assert lines == [f"lorakit: error: {bad}: corrupt safetensors header (JSON nested more than 8 deep)"], lines
+    assert lines == [f"lorakit: error: model.checkpoint: {bad}: corrupt safetensors header (JSON nested more than 8 "
+                     "deep)"], lines  # (the key named since the ninth walk)
     assert not (tmp_path / "out" / "lora").exists()  # a failed start leaves no run folder
 
 

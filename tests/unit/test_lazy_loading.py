@@ -160,7 +160,7 @@ def test_sdxl_text_encoder_training_reads_the_encoders(sdxl_tiny):
 def test_sdxl_bad_parts_fail_at_load_naming_the_file(sdxl_tiny, tmp_path):
     cfg = _sdxl_config(sdxl_tiny)
     cfg.model.vae = str(tmp_path / "vae.ckpt")
-    (tmp_path / "vae.ckpt").write_bytes(b"junk")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "vae.ckpt")  # a pickle by content (junk is "not a safetensors file")
     with pytest.raises(LorakitError, match=r"^model\.vae: .*vae\.ckpt is a pickle file"):
         SDXLAdapter(cfg).load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
     # a VAE tensor of the wrong shape is only read on first use; the error then names the checkpoint
@@ -264,7 +264,7 @@ def test_flux_bad_encoder_files_fail_at_load(flux_files, tmp_path):
         with pytest.raises(ModelLoadError, match=rf"{re.escape(flux_files[other].name)}(: | is [^;]+; ){message}"):
             FluxAdapter(cfg).load(cfg.model, cfg.memory, torch.device("cpu"), torch.float32)
     pickle = tmp_path / "t5xxl.pt"
-    pickle.write_bytes(b"junk")
+    torch.save({"a": torch.zeros(1)}, pickle)
     cfg = _flux_config(flux_files)
     cfg.model.t5xxl = str(pickle)
     with pytest.raises(ModelLoadError, match="t5xxl.pt: only .safetensors files are loaded; set model.allow_pickle"):

@@ -32,7 +32,7 @@ def crafted(path: Path, header: dict, data: bytes = b"", header_len: int | None 
 
 def one_line_naming(exc: BaseException, path: Path) -> str:
     msg = str(exc)
-    assert "\n" not in msg and msg.startswith(f"{path}: "), msg
+    assert "\n" not in msg and msg.removeprefix("model.checkpoint: ").startswith(f"{path}: "), msg
     return msg
 
 

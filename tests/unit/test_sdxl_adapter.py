@@ -191,7 +191,7 @@ def test_metadata_entries(adapter):
 
 def test_load_errors_are_clear(tmp_path, tiny):
     bad = tmp_path / "model.ckpt"
-    bad.write_bytes(b"not really")
+    torch.save({"a": torch.zeros(1)}, bad)  # a pickle by its content (junk bytes are "not a safetensors file")
     for path, match in ((bad, "pickle"), (tmp_path / "missing.safetensors", "does not exist")):
         cfg = _cfg(path, tiny["config"])
         with pytest.raises(LorakitError, match=match):

@@ -69,6 +69,41 @@ def group_keys(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, to
     return groups, loose
 
 
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape) or "a scalar"
+
+
+def module_problems(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """module stem -> what is wrong with its pair, for the pairs no loader can apply: a factor that is no matrix or
+    holds no value (rank 0, a zero-size tensor), an up whose columns are not the down's rows (the rank), an alpha
+    that is not one number. The tools refuse such a file in one line; inspect and verify report the modules."""
+    groups, _ = group_keys(tensors)
+    out: dict[str, str] = {}
+    for stem, parts in sorted(groups.items()):
+        down, up, alpha = parts.get("down"), parts.get("up"), parts.get("alpha")
+        if down is not None and up is not None:
+            if down.dim() < 2 or up.dim() < 2:
+                out[stem] = (f"lora_down is {_shape(down)}, lora_up {_shape(up)}: each must be a matrix (rank x in, "
+                             "out x rank)")
+            elif down.numel() == 0 or up.numel() == 0:
+                out[stem] = f"lora_down is {_shape(down)}, lora_up {_shape(up)}: a zero-size factor (rank 0)"
+            elif up.reshape(up.shape[0], -1).shape[1] != down.shape[0]:
+                out[stem] = (f"lora_up has {up.reshape(up.shape[0], -1).shape[1]} columns, lora_down "
+                             f"{down.shape[0]} rows: the two factors disagree on the rank")
+        if alpha is not None and alpha.numel() != 1 and stem not in out:
+            out[stem] = f"alpha holds {alpha.numel()} values (shape {_shape(alpha)}); one number is expected"
+    return out
+
+
+def refuse_damaged(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """One LorakitError line when :func:`module_problems` finds any (the tools write nothing from such a file)."""
+    bad = module_problems(tensors)
+    if bad:
+        stem, why = next(iter(bad.items()))
+        raise LorakitError(f"{where}: {len(bad)} module(s) are damaged, e.g. {stem}: {why}; nothing written "
+                           "(`lorakit inspect` lists them)")
+
+
 def _lora_key(key: str) -> bool:
     from lorakit.lora.variant_keys import LYCORIS_SUFFIXES
     return key.endswith((".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".alpha")
@@ -105,18 +140,27 @@ def _lookup(layout: str, stem: str, keys: FamilyKeys) -> Optional[tuple[BaseModu
     if layout == "comfyui":
         m = keys.by_comfy.get(stem)
         return (m, -1) if m is not None else None
-    if layout == "diffusers":
-        return keys.by_diffusers.get(stem)
+    if layout == "diffusers":  # older attention-processor names: …attn1.processor.to_q / …processor.to_out
+        return keys.by_diffusers.get(stem) or keys.by_diffusers.get(_plain_path(stem))
     if layout == "peft":
         return keys.by_diffusers.get(keys.diffusers_prefix["denoiser"] + stem[len(PEFT_PREFIX):])
     raise ValueError(layout)
+
+
+def _plain_path(stem: str) -> str:
+    """A diffusers attention-processor path as the module's own: ``attn1.processor.to_q`` -> ``attn1.to_q``,
+    ``processor.to_out`` -> ``to_out.0``."""
+    if ".processor.to_" not in stem:
+        return stem
+    stem = stem.replace(".processor.to_", ".to_")
+    return stem + ".0" if stem.endswith(".to_out") else stem
 
 
 def stem_widths(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, tuple[int, int]]:
     """module stem -> (rows of up, columns of down flattened): what a file says about each module's shape."""
     out = {}
     for stem, parts in groups.items():
-        if "down" in parts and "up" in parts and parts["down"].dim() >= 2:
+        if "down" in parts and "up" in parts and parts["down"].dim() >= 2 and parts["down"].numel() > 0:
             out[stem] = (int(parts["up"].shape[0]), int(parts["down"].reshape(parts["down"].shape[0], -1).shape[1]))
     return out
 
@@ -150,10 +194,19 @@ def read_lora(tensors: dict[str, torch.Tensor], metadata: dict[str, str], famili
     if lyco:  # issue 23: a LoHa/LoKr/DoRA file is no pair of matrices per module; nothing here may drop its tensors
         raise LorakitError(f"{where}: a LyCORIS {'/'.join(lyco)} file; this works on LoRA/LoCon files only "
                            "(lorakit verify and inspect read it, ComfyUI/Forge load it)")
+    if any(k.endswith((".lora_A.default.weight", ".lora_B.default.weight")) for k in tensors):
+        # PEFT's in-memory names (a model.state_dict() saved as is): the adapter "default"'s factors, read as such
+        tensors = {k.replace(".lora_A.default.weight", ".lora_A.weight").replace(".lora_B.default.weight",
+                                                                                  ".lora_B.weight"): v
+                   for k, v in tensors.items()}
+        if not any(k.startswith(("unet.", "transformer.", "text_encoder.", "text_encoder_2.", PEFT_PREFIX))
+                   for k in tensors):  # a bare model's names: the denoiser's PEFT paths
+            tensors = {PEFT_PREFIX + k: v for k, v in tensors.items()}
     layout = detect_layout(tensors)
     if layout is None:
         raise LorakitError(f"{where}: unknown LoRA layout (no lora_down/lora_up or lora_A/lora_B keys); "
                            f"supported: {', '.join(LAYOUTS)}")
+    refuse_damaged(tensors, where)  # rank 0, a rank that down and up disagree on, an alpha of several values
     groups, loose = group_keys(tensors)
     stems = sorted(groups)
     pool = [f for f in families if family is None or f.family == family]

@@ -157,6 +157,10 @@ def check_out(out: Path, *, folder: bool = False) -> None:
     ComfyUI then open as a pickle, ``-o lora`` a file no loader lists)."""
     out = Path(out)
     _check_target(out, False)
+    if folder and out.suffix.lower() == ".safetensors":  # a PEFT adapter is a folder: one named x.safetensors misleads
+        raise LorakitError(f"-o {out}: the output is a PEFT adapter, a folder (adapter_model.safetensors + "
+                           f"adapter_config.json); give a folder name, e.g. {out.with_suffix('')} (lorakit convert "
+                           "--to kohya makes one .safetensors file of it)")
     if not folder and out.suffix.lower() != ".safetensors":
         raise LorakitError(f"-o {out}: lorakit writes .safetensors files, and loaders go by the extension; name it "
                            f"{out.with_name((out.stem if out.suffix else out.name) + '.safetensors')}")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
-from lorakit.lora.formats.layouts import detect_layout, group_keys
+from lorakit.lora.formats.layouts import detect_layout, group_keys, module_problems
 from lorakit.lora.formats.loaders import EXCLUDED_NATIVE, PAIRS, RULES, SOURCES, UNKNOWN, VARIANT_NOTES, VARIANTS, expand
 from lorakit.lora.tools.svd import numerical_rank, product_svd
 from lorakit.lora.variant_keys import algo_of_keys
@@ -84,6 +84,7 @@ def _lycoris_problem(m: BaseModule, part: int, t: dict[str, torch.Tensor]) -> st
 
 def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[str, ...] = tuple(RULES)
            ) -> dict[str, Any]:
+    damaged = module_problems(tensors)  # rank 0, a rank the factors disagree on, several alphas: no loader applies
     lyco = _lycoris_groups(tensors)
     lyco_keys = {f"{s}.{k}" for s, parts in lyco.items() for k in parts}
     groups, loose = group_keys({k: v for k, v in tensors.items() if k not in lyco_keys})
@@ -113,7 +114,7 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
             if hit is None or (hit[2] != "any" and hit[2] != style) or "down" not in parts or "up" not in parts:
                 ignored += names
                 continue
-            problem = _shape_problem(hit[0], hit[1], parts["down"], parts["up"])
+            problem = damaged.get(stem) or _shape_problem(hit[0], hit[1], parts["down"], parts["up"])
             if problem:
                 mismatched += [(n, problem) for n in names]
             else:
@@ -143,7 +144,7 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
         if lacks:  # issue 23: this loader does not read the variant at all; said once, not held against the file
             report["loaders"][loader]["unsupported"] = lacks
     for stem, parts in sorted(groups.items()):
-        if "down" not in parts or "up" not in parts:
+        if "down" not in parts or "up" not in parts or stem in damaged:
             continue
         down, up = parts["down"].float(), parts["up"].float()
         r = int(down.shape[0])
@@ -156,14 +157,34 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
         report["modules"].append({"module": stem, "rank": r, "alpha": alpha,
                                   "scale": (alpha / r) if alpha is not None else 1.0, "effective_rank": eff})
     for stem, parts in sorted(lyco.items()):
+        problem = _lycoris_damage(parts)
+        if problem:  # an alpha of several values, a zero-size or mismatched factor: listed, not a traceback
+            damaged[stem] = problem
+            continue
         report["modules"].append(_lycoris_row(stem, parts))
     from lorakit.lora.inspect import nonfinite_tensors
 
     report["nonfinite"] = nonfinite_tensors(tensors)  # walk8: a NaN LoRA was "every loader applies every key"
+    report["damaged"] = [f"{stem}: {why}" for stem, why in sorted(damaged.items())]
     report["ok"] = all(not v["ignored"] and not v["mismatched"] for v in report["loaders"].values()
-                       if not v.get("unsupported")) and not report["nonfinite"]
+                       if not v.get("unsupported")) and not report["nonfinite"] and not report["damaged"]
     report["variants"] = sorted({m.get("algo", "lora") for m in report["modules"]} - {"lora"})
     return report
+
+
+def _lycoris_damage(parts: dict[str, torch.Tensor]) -> str:
+    """Why a LoHa/LoKr/DoRA module's tensors cannot make a ΔW ("" when they can)."""
+    alpha = parts.get("alpha")
+    if alpha is not None and alpha.numel() != 1:
+        return f"alpha holds {alpha.numel()} values; one number is expected"
+    empty = sorted(k for k, v in parts.items() if k != "alpha" and v.numel() == 0)
+    if empty:
+        return f"{', '.join(empty)}: zero-size (rank 0)"
+    try:
+        _lycoris_row("", parts)
+    except (RuntimeError, KeyError, AttributeError, ValueError) as exc:
+        return f"{algo_of_keys(parts)} tensors do not combine ({str(exc).splitlines()[0][:120]})"
+    return ""
 
 
 def _lycoris_row(stem: str, parts: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -227,6 +248,10 @@ def render(report: dict[str, Any], limit: int = 8) -> str:
     if bad:
         lines.append(f"{len(bad)} tensor(s) hold NaN or Inf (e.g. {bad[0]}): the LoRA is damaged or its training "
                      "diverged, and would break every image" + ("" if dropped else "; exit code 1"))
+    for line in (report.get("damaged") or [])[:limit]:
+        lines.append(f"damaged module {line}")
+    if report.get("damaged"):
+        dropped = True
     lines.append(("every loader that reads " + "/".join(report["variants"]) + " applies every key")
                  if not dropped and report.get("variants") else
                  "every loader applies every key" if not dropped else

@@ -112,11 +112,7 @@ def write_config_folder(directory: str | os.PathLike[str], variant: str = "dev",
 
 
 def read_config(config_dir: Optional[str | os.PathLike[str]], sub: str) -> Optional[dict[str, Any]]:
-    """The JSON config of one component from a user config folder, or None when absent."""
-    if config_dir is None:
-        return None
-    path = Path(config_dir) / sub / SUBFOLDERS[sub]
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """The JSON config of one component from a user config folder, or None when absent (the one reader,
+    :func:`lorakit.models.common.read_config`: a config_dir that is no config folder is one line)."""
+    from lorakit.models.common import read_config as read
+    return read(config_dir, sub, SUBFOLDERS[sub])

@@ -126,9 +126,17 @@ def _need(model_cfg: Any, role: str) -> Path:
         raise ConfigError(f"model.{role}: required with a FLUX.1 single-file checkpoint "
                           f"(e.g. {role}.safetensors from ComfyUI's models folder)")
     p = Path(value).expanduser()
+    if p.is_dir():  # a diffusers component folder: its files are read through the whole diffusers folder
+        raise ConfigError(f"model.{role}: {p} is a folder; give the .safetensors file (e.g. ComfyUI's "
+                          f"{_ROLE_EXAMPLE[role]}), or set model.checkpoint to the diffusers FLUX.1 folder and leave "
+                          f"model.{role} out to use its component")
     if not p.is_file():
         raise ConfigError(f"model.{role}: file not found: {p}")
     return p
+
+
+_ROLE_EXAMPLE = {"clip_l": "text_encoders/clip_l.safetensors", "t5xxl": "text_encoders/t5xxl_fp16.safetensors",
+                 "ae": "vae/ae.safetensors"}
 
 
 def _check_variant(model_cfg: Any, detected: str, where: str) -> str:
@@ -153,7 +161,11 @@ _ROLE_KEYS = {
 def check_encoder_file(path: Path, role: str, allow_pickle: bool) -> None:
     """Refuse, before anything is read, an encoder file that the lazy load would refuse on first use: a
     pickle file not allowed, a broken safetensors header, or the weights of another role."""
-    if path.suffix != ".safetensors":
+    from lorakit.safetensors_header import is_safetensors
+    if not is_safetensors(path):
+        from lorakit.safetensors_header import read_safetensors_header, weights_format
+        if weights_format(path) != "pickle":
+            read_safetensors_header(path)  # a GGUF, a file too short: one line saying what it is
         if not allow_pickle:
             raise ModelLoadError(f"{path}: only .safetensors files are loaded; set model.allow_pickle = true to "
                                  "load pickle-based files (unsafe: they can run code)")
@@ -164,6 +176,12 @@ def check_encoder_file(path: Path, role: str, allow_pickle: bool) -> None:
     if not any(n in header for n in names):
         from lorakit.models.registry import identify_header
         raise ModelLoadError(f"model.{role}: {path} is {identify_header(header).what}; {problem}")
+    if role == "ae":  # FLUX.2's 32-channel AE (or an SDXL file's 4-channel VAE) loaded, then broke the first step
+        from lorakit.models.common import not_a_vae_of
+        what = not_a_vae_of(path, 16)
+        if what:
+            raise ModelLoadError(f"model.ae: {path} is {what}, not FLUX.1's autoencoder (ae.safetensors, 16 latent "
+                                 "channels)")
 
 
 def _single_file_loaders(files: dict[str, Path], dtype: torch.dtype, allow: bool, cdir: Optional[str]
@@ -188,16 +206,22 @@ def load_single_files(model_cfg: Any, dtype: torch.dtype = torch.bfloat16, lazy:
     ckpt = Path(model_cfg.checkpoint).expanduser()
     allow = bool(getattr(model_cfg, "allow_pickle", False))
     cdir = getattr(model_cfg, "config_dir", None)
-    if ckpt.suffix == ".safetensors" and ckpt.is_file():  # what the file is first, then what else it needs
+    from lorakit.models.common import keyed, refuse_unreadable
+    from lorakit.safetensors_header import is_safetensors
+    with keyed("model.checkpoint"):
+        refuse_unreadable(ckpt, allow)  # a GGUF, an empty or damaged file, whatever its name; a pickle not allowed
+    if is_safetensors(ckpt):  # what the file is first, then what else it needs
         from lorakit.models.registry import require_base
-        kind = require_base(ckpt, "flux1")         # a FLUX.2, Fill, SDXL file or a LoRA: one line saying what it is
+        with keyed("model.checkpoint"):
+            kind = require_base(ckpt, "flux1")     # a FLUX.2, Fill, SDXL file or a LoRA: one line saying what it is
         if not kind.standard and not cdir:         # rotary axes, norm groups and heads are not in the shapes
             raise ConfigError(f"model.config_dir: {ckpt} is {kind.what}; set model.config_dir to its diffusers "
                               "config folder (for lorakit's toy: `lorakit toy path flux1` prints the [model] table)")
     files = {"checkpoint": ckpt, **{r: _need(model_cfg, r) for r in ("clip_l", "t5xxl", "ae")}}
     if lazy:
         for role in ("clip_l", "t5xxl", "ae"):
-            check_encoder_file(files[role], role, allow)
+            with keyed(f"model.{role}"):
+                check_encoder_file(files[role], role, allow)
     tsd = load_safetensors(ckpt, allow)
     variant = _check_variant(model_cfg, detect_variant(tsd), str(ckpt))
     transformer = build_transformer(tsd, dtype, configs.read_config(cdir, "transformer"), str(ckpt))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import encoder_width, folder_weights
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
     qwen_tokenizer_for, tokenizer_folder, wrong_file
 
@@ -264,7 +265,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             if "is_distilled" in data:
                 index_flag = bool(data["is_distilled"])
         tsd: dict[str, torch.Tensor] = {}
-        for p in sorted((src / "transformer").glob("*.safetensors")):
+        for p in folder_weights(src / "transformer", "model.checkpoint"):
             tsd.update(read_file(p, allow))
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
@@ -280,8 +281,13 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     del tsd
     distilled, how = resolve_distilled(shape, getattr(model_cfg, "variant", "auto") or "auto", index_flag, src.name)
     te_parts = shards(te_src, "model.text_encoder")
+    width, qwen3 = encoder_width(te_parts)  # now, from the header: not after reading 16 GB at the first caption
+    if width is not None and 3 * width != shape.text_dim:
+        raise ModelLoadError(f"model.text_encoder: {te_src} is a {'qwen3' if qwen3 else 'mistral'} encoder of width "
+                             f"{width} (prompt width {3 * width}); this FLUX.2 {shape.size} transformer takes "
+                             f"{shape.text_dim}: use {NEEDED_ENCODER.get(shape.size, 'its own encoder')}")
     files.update(text_encoder=te_src, ae=ae_src)
-    ae_file = ae_src if ae_src.is_file() else next(iter(sorted(ae_src.glob("*.safetensors"))), ae_src)
+    ae_file = ae_src if ae_src.is_file() else next(iter(folder_weights(ae_src, "model.ae")), ae_src)
     kind_box: dict[str, str] = {}
 
     def te() -> nn.Module:

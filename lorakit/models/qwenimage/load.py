@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import folder_weights
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
     qwen_tokenizer_for, wrong_file
 
@@ -178,7 +179,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             raise ConfigError(f"model.checkpoint: folder {src} is not a diffusers Qwen-Image model (no transformer/)")
         cdir = cdir or str(src)
         _refuse_edit(src, cdir)
-        tsd = _read_all(sorted((src / "transformer").glob("*.safetensors")), allow)
+        tsd = _read_all(folder_weights(src / "transformer", "model.checkpoint"), allow)
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
         te_src, vae_src, tok_folder = folder_parts(src, "text_encoder", "vae", "tokenizer")

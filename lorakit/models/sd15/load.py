@@ -20,8 +20,7 @@ from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.sd15 import configs
 from lorakit.models.sd15.convert import TE_PREFIX, Variant, detect_file, save_ldm_checkpoint
 from lorakit.models.unet_parts import UNET_PREFIX, VAE_PREFIX
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+from lorakit.safetensors_header import is_pickle  # by content: a renamed .ckpt is a pickle too
 
 
 @dataclass
@@ -53,7 +52,8 @@ def _source(model_cfg: Any) -> tuple[str, Path, Path]:
         raise ConfigError(f"model.config_dir: {cfg_dir} has no model_index.json; point it at a diffusers SD 1.5 "
                           f"config folder")
     if path.is_file():
-        if path.suffix.lower() in PICKLE_SUFFIXES and not getattr(model_cfg, "allow_pickle", False):
+        from lorakit.safetensors_header import weights_format
+        if weights_format(path) == "pickle" and not getattr(model_cfg, "allow_pickle", False):
             raise ConfigError(f"model.checkpoint: {path} is a pickle file, which can run code when loaded; convert "
                               f"it to .safetensors or set model.allow_pickle = true if you trust it")
         return "file", path, cfg_dir or configs.shipped_config_dir()
@@ -71,7 +71,7 @@ def _source(model_cfg: Any) -> tuple[str, Path, Path]:
 
 def _read(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` whose names start with ``prefix`` (a .safetensors file reads nothing else)."""
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    if is_pickle(path):
         from lorakit.models.weights import load_safetensors  # the one weights reader (pickle when allowed)
 
         sd = load_safetensors(path, allow_pickle=True)
@@ -145,7 +145,7 @@ def _vae_file(model_cfg: Any, cfg_dir: Path) -> Any:
     vae_path = Path(model_cfg.vae).expanduser()
     if not vae_path.is_file():
         raise ConfigError(f"model.vae: {vae_path} does not exist")
-    if vae_path.suffix.lower() in PICKLE_SUFFIXES and not getattr(model_cfg, "allow_pickle", False):
+    if is_pickle(vae_path) and not getattr(model_cfg, "allow_pickle", False):
         raise ConfigError(f"model.vae: {vae_path} is a pickle file; convert it to .safetensors or set "
                           f"model.allow_pickle = true if you trust it")
     from lorakit.models.common import refuse_checkpoint_as  # an SDXL file's VAE has SD 1.5's shapes, not its latents
@@ -169,19 +169,10 @@ _SD15_VAE = "an SD 1.5 VAE (4 latent channels, e.g. vae-ft-mse-840000-ema-pruned
 
 
 def _not_sd15_vae(path: Path) -> str:
-    """What ``path`` is when it is not a VAE of SD 1.5's latents (4 channels: its encoder's conv_out has 8 rows,
-    mean and log-variance), read from the header; "" when it is one."""
-    import re
-
-    from lorakit.models.registry import identify_header
-    from lorakit.safetensors_header import read_safetensors_header
-
-    header, _ = read_safetensors_header(path)
-    out = [v["shape"] for k, v in header.items() if re.search(r"(^|\.)encoder\.conv_out\.weight$", k)]
-    if out and int(out[0][0]) == 8:
-        return ""
-    what = identify_header(header, str(path)).what
-    return f"{what} of {int(out[0][0]) // 2} latent channels" if out else what
+    """What ``path`` is when it is not a VAE of SD 1.5's latents (4 channels), read from the header; "" when it is
+    one (:func:`lorakit.models.common.not_a_vae_of`)."""
+    from lorakit.models.common import not_a_vae_of
+    return not_a_vae_of(path, 4)
 
 
 def _unet_from_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device: Optional[torch.device]) -> Any:
@@ -190,7 +181,9 @@ def _unet_from_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device: Optio
 
     from lorakit.models.unet_parts import sgm_to_unet
 
-    tensors = {k: (v if device is None else v.to(device)).to(dtype) for k, v in _read(path, UNET_PREFIX).items()}
+    from lorakit.models.weights import upcast  # fp8 with its ComfyUI scale (scaled fp8 files), the rest cast
+
+    tensors = upcast({k: (v if device is None else v.to(device)) for k, v in _read(path, UNET_PREFIX).items()}, dtype)
     config = UNet2DConditionModel.load_config(str(cfg_dir), subfolder="unet", local_files_only=True)
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
@@ -209,7 +202,7 @@ def open_components(model_cfg: Any, dtype: torch.dtype = torch.float32,
     if kind == "file":
         from lorakit.models.common import keyed
         with keyed("model.checkpoint"):  # a truncated file: the header reader's line, with the key
-            variant = _pickle_variant(path) if path.suffix.lower() in PICKLE_SUFFIXES else detect_file(path)
+            variant = _pickle_variant(path) if is_pickle(path) else detect_file(path)
         failed = f"{path}: could not be loaded as SD 1.5 with configs from {cfg_dir}"
 
         def unet() -> Any:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import folder_weights
 from lorakit.models.common import LazyPart, LazyParts, local_checkpoint, need_file, refuse_checkpoint_as, shards, \
     wrong_file
 
@@ -45,7 +46,8 @@ def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.
 def read_part(path: Path, prefixes: tuple[str, ...] = ("",), allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` whose names start with the first of ``prefixes`` that the file has (prefix removed;
     ``""`` = every tensor). Only those tensors are read from a .safetensors file."""
-    if path.suffix != ".safetensors":
+    from lorakit.safetensors_header import is_safetensors
+    if not is_safetensors(path):
         from lorakit.models.weights import load_safetensors  # pickle only when allowed
         sd = load_safetensors(path, allow_pickle)
         for p in prefixes:
@@ -196,7 +198,8 @@ def _tokenizer_loader(model_cfg: Any, folder: Optional[Path]) -> Callable[[], tu
 
 def _has(path: Path, prefix: str) -> bool:
     from lorakit.safetensors_header import read_safetensors_header
-    if path.suffix != ".safetensors":
+    from lorakit.safetensors_header import is_safetensors
+    if not is_safetensors(path):
         return False
     header, _ = read_safetensors_header(path)
     return any(k.startswith(prefix) for k in header)
@@ -215,7 +218,7 @@ def _folder_sources(src: Path) -> dict[str, Optional[tuple[list[Path], str]]]:
     out: dict[str, Optional[tuple[list[Path], str]]] = {}
     for role, sub in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2"), ("t5xxl", "text_encoder_3"),
                       ("vae", "vae")):
-        parts = sorted((src / sub).glob("*.safetensors")) if (src / sub).is_dir() else []
+        parts = folder_weights(src / sub, f"model.checkpoint: {sub}") if (src / sub).is_dir() else []
         out[role] = (parts, "") if parts else None
     return out
 
@@ -233,14 +236,15 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             raise ConfigError(f"model.checkpoint: folder {src} is not a diffusers SD3 model (no transformer/)")
         sources = _folder_sources(src)
         tsd: dict[str, torch.Tensor] = {}
-        for p in sorted((src / "transformer").glob("*.safetensors")):
+        for p in folder_weights(src / "transformer", "model.checkpoint"):
             tsd.update(read_part(p))
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
         tok_folder = src
         cdir = cdir or str(src)
     else:
-        if src.suffix == ".safetensors":
+        from lorakit.safetensors_header import is_safetensors
+        if is_safetensors(src):
             from lorakit.models.registry import require_base
             require_base(src, "sd3")     # a LoRA or another family's file: one line saying what it is and what to set
         tsd = read_part(src, ("model.diffusion_model.", "diffusion_model.", ""), allow)

@@ -27,8 +27,7 @@ from lorakit.errors import ConfigError, ModelLoadError
 from lorakit.models.sdxl import configs
 from lorakit.models.sdxl.convert import TE2_PREFIX, save_sgm_checkpoint
 from lorakit.models.unet_parts import TE1_PREFIX, UNET_PREFIX, VAE_PREFIX
-
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+from lorakit.safetensors_header import is_pickle  # by content: a renamed .ckpt is a pickle too
 
 
 @dataclass
@@ -60,12 +59,15 @@ def check_weights_file(path: Path, allow_pickle: bool, key: str = "model.checkpo
     """Refuse pickle files unless allowed, and broken safetensors files, with one clear line."""
     if not path.is_file():
         raise ConfigError(f"{key}: {path} does not exist")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    from lorakit.models.common import keyed
+    from lorakit.safetensors_header import weights_format
+    if weights_format(path) == "pickle":  # by the content: a renamed .ckpt is one too
         if not allow_pickle:
             raise ConfigError(f"{key}: {path} is a pickle file, which can run code when loaded; convert it to "
                               f".safetensors or set model.allow_pickle = true if you trust it")
         return
-    read_header(path)
+    with keyed(key):  # a GGUF, a truncated or empty file: the key, the file and what it is
+        read_header(path)
 
 
 def _has_sdxl_parts(header: dict[str, Any], path: Path) -> None:
@@ -126,7 +128,7 @@ def _source(model_cfg: Any) -> tuple[str, Any, Optional[Path]]:
     allow_pickle = bool(getattr(model_cfg, "allow_pickle", False))
     if path.is_file():
         check_weights_file(path, allow_pickle)
-        if path.suffix.lower() not in PICKLE_SUFFIXES:
+        if not is_pickle(path):
             from lorakit.models.registry import require_base
             kind = require_base(path, "sdxl")      # SD1.5, a refiner, an inpainting file or a LoRA: one line
             _has_sdxl_parts(read_header(path), path)
@@ -155,8 +157,21 @@ def _vae_file(model_cfg: Any) -> Optional[Path]:
     if not getattr(model_cfg, "vae", None):
         return None
     vae_path = Path(model_cfg.vae).expanduser()
+    if vae_path.is_dir():
+        raise ConfigError(f"model.vae: {vae_path} is a folder; give the VAE's .safetensors file (for a diffusers VAE "
+                          "folder: its diffusion_pytorch_model.safetensors)")
     check_weights_file(vae_path, bool(getattr(model_cfg, "allow_pickle", False)), key="model.vae")
+    from lorakit.safetensors_header import is_safetensors
+    if is_safetensors(vae_path):  # what it is, now: diffusers' words come only at the first image, and run to pages
+        from lorakit.models.common import not_a_vae_of, refuse_checkpoint_as
+        refuse_checkpoint_as("model.vae", vae_path, ("sdxl",), _SDXL_VAE)  # an SD 1.5 / SD3 file's VAE: not SDXL's
+        what = not_a_vae_of(vae_path, 4)
+        if what:
+            raise ModelLoadError(f"model.vae: {vae_path} is {what}, not {_SDXL_VAE}")
     return vae_path
+
+
+_SDXL_VAE = "an SDXL VAE (4 latent channels, e.g. sdxl_vae.safetensors or sdxl.vae.safetensors)"
 
 
 def _load_vae_file(vae_path: Path, cfg_dir: Optional[Path]) -> Any:
@@ -286,8 +301,10 @@ def _unet_from_single_file(path: Path, cfg_dir: Path, dtype: torch.dtype, device
     from lorakit.models.unet_parts import sgm_to_unet
 
     # the file's bytes move first, then the cast runs on the device (a GPU casts 2.6 G values in milliseconds)
-    tensors = {k: (v if device is None else v.to(device)).to(dtype)
-               for k, v in _read_prefixed(path, UNET_PREFIX).items()}
+    from lorakit.models.weights import upcast  # fp8 with its ComfyUI scale (scaled fp8 files), the rest cast
+
+    tensors = upcast({k: (v if device is None else v.to(device)) for k, v in _read_prefixed(path, UNET_PREFIX).items()},
+                     dtype)
     config = UNet2DConditionModel.load_config(str(cfg_dir), subfolder="unet", local_files_only=True)
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
@@ -305,7 +322,7 @@ def open_components(model_cfg: Any, dtype: torch.dtype = torch.float32,
     so a bad path still fails at once. Pickle files and hub ids are read whole (:func:`load_components`),
     their parts handed out from memory."""
     kind, path, cfg_dir = _source(model_cfg)
-    if kind == "hub" or (kind == "file" and path.suffix.lower() in PICKLE_SUFFIXES):
+    if kind == "hub" or (kind == "file" and is_pickle(path)):
         return _from_components(load_components(model_cfg, dtype))
     vae_path = _vae_file(model_cfg)
     tokenizer_dir = getattr(model_cfg, "tokenizer_dir", None)

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.models.common import encoder_width, folder_weights
 from lorakit.models.common import LazyPart, LazyParts, component_files, folder_parts, local_checkpoint, shards, \
     qwen_tokenizer_for, refuse_checkpoint_as, wrong_file
 
@@ -163,7 +164,7 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
             cls = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
             if cls not in (None, "ZImagePipeline"):
                 raise ConfigError(f"model.checkpoint: {src} is a {cls} folder, not Z-Image (ZImagePipeline)")
-        tsd = _read_all(sorted((src / "transformer").glob("*.safetensors")), allow)
+        tsd = _read_all(folder_weights(src / "transformer", "model.checkpoint"), allow)
         if not tsd:
             raise ConfigError(f"model.checkpoint: {src / 'transformer'} holds no .safetensors weights")
         te_src, ae_src, tok_folder = folder_parts(src, "text_encoder", "vae", "tokenizer")
@@ -179,6 +180,10 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     te_parts = shards(te_src, "model.text_encoder")
     ae_parts = shards(ae_src, "model.ae")
     ae_dtype = torch.float32 if dtype == torch.float16 else dtype
+    width, _ = encoder_width(te_parts)  # now, from the header: not after the encoder was read at the first caption
+    if width is not None and width != shape.cap_feat_dim:
+        raise ModelLoadError(f"model.text_encoder: {te_src} has width {width}; this Z-Image transformer takes caption "
+                             f"features of width {shape.cap_feat_dim} (Qwen3-4B: 2560)")
 
     def te() -> nn.Module:
         model = build_text_encoder(_read_all(te_parts, allow), dtype, str(te_src),
