@@ -47,7 +47,7 @@ def fake_train(cfg, **kwargs):
         raise Interrupted(MESSAGE) from None
 
 
-sys.modules["lorakit.config.load"] = types.SimpleNamespace(load_config=fake_load_config)
+sys.modules["lorakit.config.load"] = types.SimpleNamespace(load_config=fake_load_config, cfg_notes=lambda cfg: [])
 sys.modules["lorakit.train.loop"] = types.SimpleNamespace(train=fake_train)
 sys.modules["lorakit.logs"] = types.SimpleNamespace(quiet_third_party=lambda: None)  # it imports diffusers
 import lorakit.interrupts  # noqa: E402
