@@ -76,6 +76,33 @@ def _err(text: str) -> str:
     return f"<span class='lk-msg-error'>⚠ {html.escape(text)}</span>"
 
 
+def _absolute_paths(axes: list[str]) -> list[str]:
+    """``section.key=v1,v2`` lines with the relative values of path settings made absolute against the folder the UI
+    was started from, as the command typed there would take them (the sweep runs in a task folder of its own)."""
+    import json
+
+    from lorakit.config.load import field_specs, parse_override
+    from lorakit.config.validate import _resolve_one
+    from lorakit.sweep.grid import parse_grid
+
+    out = []
+    for line in axes:
+        parsed = parse_grid([line])
+        key, values = next(iter(parsed.items()))
+        section, _, name = key.partition(".")
+        spec = field_specs().get(section, {}).get(name)
+        if spec is None or spec.meta.get("kind") != "path":
+            out.append(line)
+            continue
+        fixed = []
+        for v in values:
+            value = parse_override(f"{key}={v}")[1]
+            fixed.append(json.dumps(_resolve_one(key, value, Path.cwd()))  # the CLI's rule (a hub id stays one)
+                         if isinstance(value, str) and value.strip() else v)
+        out.append(f"{key}={','.join(fixed)}")
+    return out
+
+
 def plan_sweep(state, config_text, axes_text, steps_text, out_text) -> tuple[Path, list[str]]:
     """The sweep folder and the `lorakit sweep` arguments of the form, after the checks the command makes (every
     point's config loads; the folder is new or empty) and, while the UI listens, the allowed folders. LorakitError
@@ -103,6 +130,7 @@ def plan_sweep(state, config_text, axes_text, steps_text, out_text) -> tuple[Pat
         if not text.isdigit() or int(text) < 1:
             raise LorakitError(f"Steps: give a whole number of at least 1 (or leave it empty), got {text!r}")
         steps = int(text)
+    axes = _absolute_paths(axes)
     parsed = parse_grid(axes)
     base = load_config(config, [f"{k}={v[0]}" for k, v in parsed.items() if len(v) == 1])
     root = state.roots.check(out_text, "Sweep folder") if (out_text or "").strip() else default_out(base).resolve()

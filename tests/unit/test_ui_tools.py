@@ -288,3 +288,15 @@ def test_push_dry_run_lists_the_files_and_takes_no_token(page, swept, monkeypatc
     assert "HF_HUB_OFFLINE" not in tools.push_env(state)
     monkeypatch.setattr(state, "hub_offline_by_ui", False)
     assert tools.push_env(state)["HF_HUB_OFFLINE"] == "1"
+
+
+def test_relative_paths_of_sweep_settings_are_the_ui_folders(tmp_path, monkeypatch):
+    """The sweep runs in a task folder of its own: a relative path among the settings is made absolute against the
+    folder the UI was started from (as the command typed there takes it); a hub id stays a hub id."""
+    from lorakit.ui.sweeps import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert _absolute_paths(["data.validation_dir=val,/abs/v", "network.rank=2,4",
+                            'model.checkpoint=org/model,"m.safetensors"']) == [
+        f'data.validation_dir="{tmp_path / "val"}","/abs/v"', "network.rank=2,4",
+        f'model.checkpoint="org/model","{tmp_path / "m.safetensors"}"']
