@@ -158,8 +158,6 @@ def plan_sweep(state, config_text, axes_text, steps_text, out_text) -> tuple[Pat
 
 
 def events(gr, state, u) -> None:
-    import gradio as gr_
-
     def show(text):
         try:
             folder = state.roots.check(text, "Sweep folder")
@@ -173,7 +171,7 @@ def events(gr, state, u) -> None:
 
     def started(task, root) -> tuple:
         return (f"sweep started as task {task.id}: {root} (it runs on without this page; Show comparison when it "
-                "ends, or while it runs)", gr_.update(choices=_task_choices(state), value=str(task.id)),
+                "ends, or while it runs)", gr.update(choices=_task_choices(state), value=str(task.id)),
                 str(root))
 
     def start_sweep(config_text, axes_text, steps_text, out_text):
@@ -182,7 +180,7 @@ def events(gr, state, u) -> None:
             root, args = plan_sweep(state, config_text, axes_text, steps_text, out_text)
             task = tasks.start(state.home, "sweep", root, args)
         except LorakitError as exc:
-            return _err(str(exc)), gr_.update(), gr_.update()
+            return _err(str(exc)), gr.update(), gr.update()
         return started(task, root)
 
     u.sw_start.click(start_sweep, [u.sw_config, u.sw_axes, u.sw_steps, u.sw_out], [u.sw_status, u.sw_task, u.sw_dir])
@@ -202,14 +200,14 @@ def events(gr, state, u) -> None:
                 raise LorakitError(f"{folder}: task {busy[0].id} still runs this sweep; stop it first")
             task = tasks.start(state.home, "sweep --resume", folder, ["sweep", "--resume", str(folder)])
         except LorakitError as exc:
-            return _err(str(exc)), gr_.update(), gr_.update()
+            return _err(str(exc)), gr.update(), gr.update()
         return started(task, folder)
 
     u.sw_resume.click(resume_sweep, [u.sw_dir], [u.sw_status, u.sw_task, u.sw_dir])
 
     def watch(pick):
         if not pick:
-            return gr_.update(), ""
+            return gr.update(), ""
         try:
             task = tasks.get(state.home, int(pick))
         except (LorakitError, ValueError) as exc:
@@ -226,8 +224,8 @@ def events(gr, state, u) -> None:
                 raise LorakitError("pick the sweep task to stop")
             task = tasks.stop(state.home, int(pick))
         except (LorakitError, ValueError) as exc:
-            return _err(str(exc)), gr_.update(choices=_task_choices(state))
+            return _err(str(exc)), gr.update(choices=_task_choices(state))
         return (f"task {task.id}: asked to stop (the running point keeps its last checkpoint; Resume continues it)",
-                gr_.update(choices=_task_choices(state)))
+                gr.update(choices=_task_choices(state)))
 
     u.sw_stop.click(stop, [u.sw_task], [u.sw_status, u.sw_task])
