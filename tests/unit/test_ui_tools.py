@@ -141,6 +141,7 @@ def test_sweep_form_refusals_are_one_line_and_start_nothing(page, tmp_path, monk
     msg = _text(start(str(toml), AXES + f"\ndata.cache_dir={tmp_path / 'cache'}", "2", str(home / "sw-x"))[0])
     assert msg.startswith(f"⚠ data.cache_dir: {tmp_path / 'cache'}: outside the folders"), msg
     assert len(tasks.list_tasks(home)) == n and not (home / "sw-x").exists()
+    assert _text(fns["sweeps.resume_sweep"](str(home))[0]).startswith(f"⚠ {home}: no sweep.json; is it a sweep folder")
     assert not list(home.glob(".sweep-check-*"))  # the points' check leaves nothing behind
 
 
@@ -299,3 +300,32 @@ def test_relative_paths_of_sweep_settings_are_the_ui_folders(tmp_path, monkeypat
                             'model.checkpoint=org/model,"m.safetensors"']) == [
         f'data.validation_dir="{tmp_path / "val"}","/abs/v"', "network.rank=2,4",
         f'model.checkpoint="org/model","{tmp_path / "m.safetensors"}"']
+
+
+def test_stop_reaches_the_command_and_the_task_ends_stopped(tmp_path):
+    """*Stop* sends SIGINT to the task's runner, which passes it on (a sweep then stops as on Ctrl-C); a second
+    Stop at once is refused; the task then reads `stopped`. A stand-in for `python -m lorakit` waits for the signal."""
+    import os
+    import stat
+    import sys
+
+    from lorakit.errors import LorakitError
+    from lorakit.ui import tasks
+
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\nif [ \"$2\" = lorakit.ui.runner ]; then exec {sys.executable} \"$@\"; fi\n"
+                    "trap 'echo interrupted; exit 130' INT\necho waiting\nwhile :; do sleep 0.1; done\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    task = tasks.start(tmp_path, "sweep", tmp_path / "sw", ["sweep", "x.toml", "a.b=1,2"], python=str(fake),
+                       env=dict(os.environ))
+    deadline = time.time() + 30
+    while "waiting" not in tasks.log_tail(task) and time.time() < deadline:
+        time.sleep(0.1)
+    assert tasks.get(tmp_path, task.id).state == "running"
+    assert tasks.stop(tmp_path, task.id).state in ("stopping", "stopped")
+    with pytest.raises(LorakitError, match=f"task {task.id} is (already stopping; wait|stopped; nothing to stop)"):
+        tasks.stop(tmp_path, task.id)  # a double click (or the task already ended)
+    while tasks.get(tmp_path, task.id).state == "stopping" and time.time() < deadline:
+        time.sleep(0.1)
+    done = tasks.get(tmp_path, task.id)
+    assert done.state == "stopped" and "interrupted" in tasks.log_tail(done), (done, tasks.log_tail(done))
