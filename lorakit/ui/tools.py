@@ -37,14 +37,16 @@ def run_cli(args: Sequence[str], *, env: Optional[dict[str, str]] = None) -> tup
     return proc.returncode, (proc.stdout + proc.stderr).strip()
 
 
-def status_line(command: str, rc: int, text: str) -> str:
+def status_line(command: str, rc: int, text: str, with_base: bool = False) -> str:
     """One line: the command's refusal (``lorakit: error: ...``) or its last line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("lorakit")]
     if rc == 0:
         return html.escape(lines[-1] if lines else f"lorakit {command}: done")
     if command == "verify" and rc == 1:
-        return _err("verify: some keys would not load (see the report below)")
+        return _err("verify: some keys would not load (see the report below)" + (
+            "; a LoRA of a toy or pruned model fits only its own base: give it as Base checkpoint"
+            if not with_base else ""))
     return _err(errors[-1] if errors else (lines[-1] if lines else f"lorakit {command} exited with status {rc}"))
 
 
@@ -166,7 +168,7 @@ def run_tool(state, command: str, *fields) -> tuple[str, str, Optional[list[str]
         elif path.is_dir():  # a PEFT folder
             state.allow(path)
             files += [str(f) for f in sorted(path.iterdir()) if f.is_file()]
-    return status_line(command, rc, text), f"$ lorakit {' '.join(args)}\n{text}", files or None
+    return status_line(command, rc, text, "--base" in args), f"$ lorakit {' '.join(args)}\n{text}", files or None
 
 
 # ------------------------------------------------------------------------------------------------ the page
