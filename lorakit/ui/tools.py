@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from lorakit.errors import LorakitError
 
 AUTO = "(from the file)"
-TIMEOUTS = {"verify": 600, "convert": 600, "resize": 1200, "merge": 3600, "push": 3600}
+TIMEOUTS = {"verify": 600, "convert": 600, "resize": 1200, "merge": 3600, "push": 1200}  # push here: --dry-run
 
 
 def _err(text: str) -> str:
@@ -234,6 +234,7 @@ def push_page(gr, state, u) -> None:
         u.pu_push = gr.Button("Push", variant="primary", elem_id="pu-push")
     u.pu_status = gr.HTML(elem_id="pu-status")
     u.pu_out = gr.Code(label="The command and its output", language=None, elem_id="pu-out")
+    u.pu_task = gr.State(None)  # the upload's task id (an upload runs as a task: it outlives the page)
 
 
 def events(gr, state, u) -> None:
@@ -260,10 +261,34 @@ def events(gr, state, u) -> None:
                         family)
 
     def push(run, repo, private, dry, step):
-        return run_tool(state, "push", run, repo, private, dry, step)[:2]
+        """A dry run is shown at once; an upload runs as a task of its own (:mod:`lorakit.ui.tasks`), followed here."""
+        if dry:
+            return run_tool(state, "push", run, repo, private, dry, step)[:2] + (None,)
+        from lorakit.ui import tasks
+
+        try:
+            args = push_args(state, run, repo, private, dry, step)
+            task = tasks.start(state.home, "push", args[3], args, env=push_env(state))
+        except LorakitError as exc:
+            return _err(str(exc)), "", None
+        return (f"upload started as task {task.id} (it goes on without this page)", f"$ lorakit {' '.join(args)}",
+                task.id)
+
+    def follow_push(task_id):
+        if task_id is None:
+            return gr.update(), gr.update()
+        from lorakit.ui import tasks
+
+        try:
+            task = tasks.get(state.home, task_id)
+        except LorakitError as exc:
+            return _err(str(exc)), gr.update()
+        line = f"task {task.id}: push to {task.target}: {task.state}" + (f" — {task.note}" if task.note else "")
+        return (_err(line) if task.state == "failed" else html.escape(line)), tasks.log_tail(task)
 
     u.lt_verify.click(verify, [u.lt_file, u.lt_family, u.lt_base], outs)
     u.lt_convert.click(convert, [u.lt_file, u.lt_family, u.lt_base, u.lt_to, u.lt_cout], outs)
     u.lt_resize.click(resize, [u.lt_file, u.lt_family, u.lt_base, u.lt_rank, u.lt_rout], outs)
     u.lt_merge.click(merge, [u.lt_file, u.lt_family, u.lt_base, u.lt_loras, u.lt_mout, u.lt_mrank, u.lt_into], outs)
-    u.pu_push.click(push, [u.pu_run, u.pu_repo, u.pu_private, u.pu_dry, u.pu_step], [u.pu_status, u.pu_out])
+    u.pu_push.click(push, [u.pu_run, u.pu_repo, u.pu_private, u.pu_dry, u.pu_step], [u.pu_status, u.pu_out, u.pu_task])
+    u.timer.tick(follow_push, [u.pu_task], [u.pu_status, u.pu_out])

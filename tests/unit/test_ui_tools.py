@@ -269,8 +269,8 @@ def test_push_dry_run_lists_the_files_and_takes_no_token(page, swept, monkeypatc
     fns, home, state, _ = page
     out, _ = swept
     run = out / "01_rank2"
-    status, text = fns["tools.push"](str(run), "me/toy-lora", False, True, "")
-    assert not status.startswith("<span"), (status, text)
+    status, text, task_id = fns["tools.push"](str(run), "me/toy-lora", False, True, "")
+    assert not status.startswith("<span") and task_id is None, (status, text)
     assert "would upload to https://huggingface.co/me/toy-lora (public):" in text
     assert "01_rank2.safetensors" in text and "README.md" in text and "civitai.json" in text
     assert text.startswith(f"$ lorakit push {run} --repo me/toy-lora --dry-run\n")
@@ -287,8 +287,25 @@ def test_push_dry_run_lists_the_files_and_takes_no_token(page, swept, monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(state, "hub_offline_by_ui", True)
     assert "HF_HUB_OFFLINE" not in tools.push_env(state)
-    monkeypatch.setattr(state, "hub_offline_by_ui", False)
+    # an upload (Dry run off) runs as a task of its own, with that environment
+    from lorakit.ui import tasks
+
+    started = []
+
+    def fake_start(home_, kind, target, args, env=None):
+        started.append((kind, target, args, env))
+        return tasks.Task(7, home_ / "tasks" / "7", kind, target, args, "running", "starting")
+
+    monkeypatch.setattr(tasks, "start", fake_start)
+    status, text, task_id = fns["tools.push"](str(run), "me/toy-lora", True, False, "")
+    assert status == "upload started as task 7 (it goes on without this page)" and task_id == 7
+    kind, target, args, env = started[0]
+    assert (kind, target, args) == ("push", "me/toy-lora", ["push", str(run), "--repo", "me/toy-lora", "--private"])
+    assert "HF_HUB_OFFLINE" not in env
+    monkeypatch.setattr(state, "hub_offline_by_ui", False)  # the user's own HF_HUB_OFFLINE=1 is kept
     assert tools.push_env(state)["HF_HUB_OFFLINE"] == "1"
+    fns["tools.push"](str(run), "me/toy-lora", False, False, "10")
+    assert started[1][2][-2:] == ["--step", "10"] and started[1][3]["HF_HUB_OFFLINE"] == "1"
 
 
 def test_relative_paths_of_sweep_settings_are_the_ui_folders(tmp_path, monkeypatch):
