@@ -1,6 +1,6 @@
-"""The LoRA tools tab: `lorakit verify`, `convert`, `resize`, `merge` and `push` of the CLI, each run as
+"""The LoRA tools tab (`lorakit verify`, `convert`, `resize`, `merge`) and the Push tab (`lorakit push`): each runs
 ``python -m lorakit ...`` in a process of its own (the page's handler waits for it in Gradio's queue; the page stays
-live). The command's own checks hold: an output file that exists is refused (nothing the user made is overwritten),
+live); a push that uploads (no --dry-run) runs as a task (:mod:`lorakit.ui.tasks`) that outlives the page. The command's own checks hold: an output file that exists is refused (nothing the user made is overwritten),
 a refusal is the command's one line. While the UI listens on other hosts every file and folder named here is checked
 against the allowed folders. No field takes a Hugging Face token: `push` uses the server's (``HF_TOKEN`` or
 ``hf auth login`` on the machine the UI runs on)."""
