@@ -118,6 +118,7 @@ def test_sweep_form_refusals_are_one_line_and_start_nothing(page, tmp_path, monk
     cases = [
         ((str(tmp_path / "nope.toml"), AXES, "2", ""), f"⚠ Config: {tmp_path / 'nope.toml'} is not a file"),
         ((str(toml), "", "2", ""), "⚠ Settings: give at least one section.key=v1,v2 line"),
+        ((str(toml), "--out=/etc/x", "2", ""), '⚠ override "--out=/etc/x": expected section.key=value'),  # no flags
         ((str(toml), AXES, "0", ""), "⚠ Steps: give a whole number of at least 1 (or leave it empty), got '0'"),
         ((str(toml), "optimizer.lr=-1,1e-4", "2", str(tmp_path / "a")),
          "⚠ sweep point lr=-1: optimizer.lr: must be a number > 0, got -1"),
