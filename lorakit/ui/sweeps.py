@@ -52,6 +52,7 @@ def page(gr, state, u) -> None:
             u.sw_task = gr.Dropdown(label="Sweep task", choices=_task_choices(state), elem_id="sw-task", scale=3)
             u.sw_stop = gr.Button("Stop", elem_id="sw-stop", scale=1)
         u.sw_status = gr.HTML(elem_id="sw-status")
+        u.sw_state = gr.HTML(elem_id="sw-state")  # the picked task's state (refreshed; the line above stays yours)
         u.sw_log = gr.Code(label="Its output (last lines)", language=None, elem_id="sw-log")
     with gr.Row():
         u.sw_dir = gr.Textbox(label="Sweep folder", value=str(state.home / "sweeps"), elem_id="sw-dir", scale=4)
@@ -207,16 +208,18 @@ def events(gr, state, u) -> None:
 
     def watch(pick):
         if not pick:
-            return gr.update(), ""
+            return "", ""
         try:
             task = tasks.get(state.home, int(pick))
         except (LorakitError, ValueError) as exc:
             return _err(str(exc)), ""
         line = f"task {task.id}: {task.kind} {task.target}: {task.state}" + (f" — {task.note}" if task.note else "")
-        return (_err(line) if task.state == "failed" else line), tasks.log_tail(task)
+        import html
 
-    u.sw_task.change(watch, [u.sw_task], [u.sw_status, u.sw_log])
-    u.timer.tick(watch, [u.sw_task], [u.sw_status, u.sw_log])
+        return (_err(line) if task.state == "failed" else html.escape(line)), tasks.log_tail(task)
+
+    u.sw_task.change(watch, [u.sw_task], [u.sw_state, u.sw_log])
+    u.timer.tick(watch, [u.sw_task], [u.sw_state, u.sw_log])
 
     def stop(pick):
         try:

@@ -233,6 +233,7 @@ def push_page(gr, state, u) -> None:
         u.pu_dry = gr.Checkbox(label="Dry run (list the files, upload nothing)", value=True, elem_id="pu-dry")
         u.pu_push = gr.Button("Push", variant="primary", elem_id="pu-push")
     u.pu_status = gr.HTML(elem_id="pu-status")
+    u.pu_state = gr.HTML(elem_id="pu-state")  # the upload task's state (refreshed; the line above stays)
     u.pu_out = gr.Code(label="The command and its output", language=None, elem_id="pu-out")
     u.pu_task = gr.State(None)  # the upload's task id (an upload runs as a task: it outlives the page)
 
@@ -291,4 +292,4 @@ def events(gr, state, u) -> None:
     u.lt_resize.click(resize, [u.lt_file, u.lt_family, u.lt_base, u.lt_rank, u.lt_rout], outs)
     u.lt_merge.click(merge, [u.lt_file, u.lt_family, u.lt_base, u.lt_loras, u.lt_mout, u.lt_mrank, u.lt_into], outs)
     u.pu_push.click(push, [u.pu_run, u.pu_repo, u.pu_private, u.pu_dry, u.pu_step], [u.pu_status, u.pu_out, u.pu_task])
-    u.timer.tick(follow_push, [u.pu_task], [u.pu_status, u.pu_out])
+    u.timer.tick(follow_push, [u.pu_task], [u.pu_state, u.pu_out])

@@ -47,6 +47,10 @@ def page(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     demo, fns, store = built_page(home)
     by_name = {f"{f.fn.__module__.rsplit('.', 1)[-1]}.{f.fn.__name__}": f.fn for f in fns}
+    by_name["outputs"] = {}  # handler name -> elem_ids of its outputs, per event it is wired to
+    for f in fns:
+        by_name["outputs"].setdefault(f"{f.fn.__module__.rsplit('.', 1)[-1]}.{f.fn.__name__}", []).append(
+            [c.elem_id for c in f.outputs])
     state = by_name["sweeps.start_sweep"].__closure__[
         by_name["sweeps.start_sweep"].__code__.co_freevars.index("state")].cell_contents
     toml = write_run_toml(home, "sdxl", tiny_model("sdxl", home / "model"))
@@ -94,7 +98,10 @@ def test_a_sweep_started_on_the_page_is_the_cli_sweep(page, swept):
     assert [p["name"] for p in ranked] == rank_from_metrics(out)
     w, h = Image.open(next((out / names[0] / "samples").glob("*_after_00_*.png"))).size
     assert Image.open(out / "comparison" / "grid.png").size == report.grid_size(2, 1, report.cell_size((w, h)))
-    # the page then shows it: the task's state, and the comparison of the folder it filled in
+    # the page then shows it: the task's state (in a line of its own, refreshed every 2 s: a refusal in the status
+    # line above stays), and the comparison of the folder it filled in
+    assert fns["outputs"]["sweeps.watch"] == [["sw-state", "sw-log"]] * 2
+    assert fns["outputs"]["tools.follow_push"] == [["pu-state", "pu-out"]]
     status, log = fns["sweeps.watch"]("1")
     assert status == f"task 1: sweep {out}: finished" and "comparison:" in log
     table, grid, curves, best = fns["sweeps.show"](str(out))
