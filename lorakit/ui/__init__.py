@@ -8,4 +8,7 @@ as separate processes and reads run folders.
 ``runs``     reading a run folder: metrics, progress, samples, LoRA files, health warnings
 ``dataset``  uploads, folder guards, captions, kohya folder names
 ``plan``     memory and time estimates before a run starts
+``sweeps``   the Sweeps page: start / stop / resume a sweep (a task), show its comparison
+``tasks``    long CLI commands besides the job queue (a sweep), run through ``runner``, states from their files
+``tools``    the LoRA tools page (verify, convert, resize, merge) and the Push page
 """

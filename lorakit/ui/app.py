@@ -1,4 +1,5 @@
-"""``lorakit ui``: the web UI (Gradio). Pages: Dataset, Train, Jobs, Watch, Compare, Download.
+"""``lorakit ui``: the web UI (Gradio). Pages: Dataset, Train, Jobs, Watch, Compare, Sweeps, Download, LoRA tools,
+Push (the last two in :mod:`lorakit.ui.tools`).
 
 The page is a face over the same files and commands as the CLI (DESIGN.md principle 10): the Train form writes a
 TOML and a job runs ``python -m lorakit train`` on it in a process of its own (:mod:`lorakit.ui.jobs`); Watch,
@@ -22,7 +23,7 @@ from lorakit.errors import LorakitError
 from lorakit.ui import dataset as ds
 from lorakit.ui import form as fm
 from lorakit.train.metrics import series
-from lorakit.ui import runs, sweeps
+from lorakit.ui import runs, sweeps, tools
 from lorakit.ui.jobs import JobError, JobStore, hold_home, tail
 
 CSS = """
@@ -40,6 +41,7 @@ class UIState:
     roots: ds.Roots
     store: JobStore
     max_upload_mb: float = ds.MAX_UPLOAD_MB
+    hub_offline_by_ui: bool = False  # HF_HUB_OFFLINE=1 is the UI's own default, not the user's (push goes online)
     allowed: list[str] = field(default_factory=list)  # folders Gradio may serve files from (grows as used)
 
     def allow(self, path: Path) -> None:
@@ -96,8 +98,9 @@ def build(state: UIState):
             u.tabs = tabs
             for title, page in (("Dataset", _dataset_page), ("Train", _train_page), ("Jobs", _jobs_page),
                                 ("Watch", _watch_page), ("Compare", _compare_page), ("Sweeps", sweeps.page),
-                                ("Download", _download_page)):
-                with gr.Tab(title, id=title.lower()):
+                                ("Download", _download_page), ("LoRA tools", tools.page),
+                                ("Push", tools.push_page)):
+                with gr.Tab(title, id=title.lower().replace(" ", "-")):
                     page(gr, state, u)
         u.timer = gr.Timer(2.0)
         _dataset_events(gr, state, u)
@@ -108,6 +111,7 @@ def build(state: UIState):
         _compare_events(gr, state, u)
         sweeps.events(gr, state, u)
         _download_events(gr, state, u)
+        tools.events(gr, state, u)
 
         def refresh_choices():
             choices = _job_choices(state.store)
@@ -1053,6 +1057,7 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
         raise LorakitError("ui --listen: refusing to serve other hosts without a password; add --auth user:password "
                            "or --auth-file FILE (lines of user:password)")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    offline_by_ui = "HF_HUB_OFFLINE" not in os.environ
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     home = Path(home).expanduser().resolve()
     try:
@@ -1063,7 +1068,7 @@ def serve(*, home: Path, port: Optional[int] = None, listen: bool = False, auth:
     roots = ds.Roots(tuple(Path(r).expanduser().resolve() for r in [home, Path.cwd(), *allow_roots])
                      if listen else None)
     state = UIState(home=home, roots=roots, store=JobStore(home), max_upload_mb=max_upload_mb,
-                    allowed=[str(home)])
+                    allowed=[str(home)], hub_offline_by_ui=offline_by_ui)
     host = "0.0.0.0" if listen else "127.0.0.1"
     if port:  # taken (a first `lorakit ui` still running, another server): one line, before the page is built
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -346,6 +346,14 @@ def test_ui_end_to_end(tmp_path, capsys):
             expect(page.locator("#dl-out")).to_contain_text("sdxl", timeout=120_000)
             _shot(page, "5-download")
 
+            mark("LoRA tools: verify")
+            # ---------------------------------------------------------------- the LoRA tools tab: verify
+            _open_tab(page, "LoRA tools")
+            page.locator("#lt-file textarea").fill(str(run_dir / "toyjob.safetensors"))
+            page.locator("#lt-verify").click()
+            expect(page.locator("#lt-out")).to_contain_text("layout kohya, family sdxl", timeout=120_000)
+            _shot(page, "5b-lora-tools")
+
             mark("restart: history intact")
             # ---------------------------------------------------------------- restart: history intact
             servers[0].kill()
