@@ -644,6 +644,23 @@ def _default_out(src: Path, suffix: str, layout: str) -> Path:
     return src.with_name(src.stem + suffix + ("" if layout == "peft" else ".safetensors"))
 
 
+def _note_peft_in_memory(path: Path) -> None:
+    """The one note for a file of PEFT's in-memory names (….lora_A.default.weight): convert, resize and merge read it
+    at scale 1, as no lora_alpha travels with it (loadleft: resize and merge read it without the note)."""
+    from lorakit.safetensors_header import read_safetensors_header
+
+    if not path.is_file():
+        return
+    try:
+        header, _ = read_safetensors_header(path)
+    except LorakitError:
+        return  # the reader that follows says what is wrong with the file
+    if any(k.endswith(".lora_A.default.weight") for k in header):
+        print(f"note: {path} holds PEFT's in-memory names (….lora_A.default.weight), which carry no lora_alpha: "
+              "read at scale 1 (alpha = rank); if the adapter was trained with lora_alpha ≠ r, scale the result "
+              "(lorakit merge OUT:<lora_alpha/r>)")
+
+
 def _refuse_not_lora(path: Path, tensors: dict, does: str) -> None:
     """A file in no LoRA layout (a checkpoint, an encoder, ...): one line saying what it is (``does``: what the
     command does with LoRA files)."""
@@ -657,10 +674,7 @@ def _refuse_not_lora(path: Path, tensors: dict, does: str) -> None:
                                "as is), which no loader reads; `lorakit convert FILE --to diffusers` (or --to kohya) "
                                "writes a file they read")
         if does.startswith("convert") and any(k.endswith(".lora_A.default.weight") for k in tensors):
-            print(f"note: {path} holds PEFT's in-memory names (….lora_A.default.weight), which carry no lora_alpha: "
-                  "read at scale 1 (alpha = rank); if the adapter was trained with lora_alpha ≠ r, scale the result "
-                  "(lorakit merge OUT:<lora_alpha/r>)")
-            return  # read as the adapter "default"'s factors (lorakit.lora.formats.layouts.read_lora)
+            return  # read as the adapter "default"'s factors (lorakit.lora.formats.layouts.read_lora); load_state notes
         kind = identify(path)
         raise LorakitError(f"{path}: not a LoRA: this is {kind.what}; {does} LoRA files" if kind.role != "lora"
                            else f"{path}: unknown LoRA layout; {does.split()[0]} reads kohya, comfyui, diffusers, peft")
@@ -750,6 +764,7 @@ def cmd_convert(args) -> int:
     family = _named_family(src, args.family)
     maps = _keymaps(family)
     state = load_state(src, maps, family)
+    _note_peft_in_memory(src)
     keys = state.keys or next(k for k in maps if k.family == state.family)
     if args.base:
         keys = base_keymap(keys, Path(args.base))
@@ -792,6 +807,7 @@ def cmd_resize(args) -> int:
     maps = _keymaps(family)
     state = load_state(src, maps, family)
     _refuse_unmatched(state, src, keep_foreign=True)
+    _note_peft_in_memory(src)
     if args.rank is not None:
         method, value = "rank", float(args.rank)
     else:
@@ -857,6 +873,7 @@ def cmd_merge(args) -> int:
         family = _named_family(path, args.family)  # walk8: as convert, a FLUX.2 LoRA is FLUX.2's (was FLUX.1's)
         state = load_state(path, _keymaps(family) if family != args.family else maps, family)
         _refuse_unmatched(state, path, keep_foreign=True)
+        _note_peft_in_memory(path)
         loras.append((state, w))
     fams = {s.family for s, _ in loras}
     if len(fams) > 1:
