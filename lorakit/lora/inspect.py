@@ -124,6 +124,11 @@ def inspect_file(path: Path, keymaps: Sequence[Any] = (), base: Optional[Path] =
         "nonfinite": nonfinite_tensors(tensors), "algos": dict(algos),
         "damaged": [f"{stem}: {why}" for stem, why in module_problems(tensors).items()],
     }
+    if algos.keys() - {"lora"}:  # loadleft: a damaged LoHa/LoKr/DoRA module was listed by verify only
+        from lorakit.lora.tools.verify import lycoris_problems
+
+        listed = {d.split(": ", 1)[0] for d in info["damaged"]}  # (an alpha of several values: listed above)
+        info["damaged"] += [f"{stem}: {why}" for stem, why in lycoris_problems(tensors).items() if stem not in listed]
     if others:
         info["other_adapters"] = others
     keymaps = [k for k in keymaps if k.family in _candidates(info, base, tensors, keymaps)]

@@ -29,3 +29,32 @@ def test_resize_and_merge_of_peft_in_memory_names_print_the_note(tmp_path, capsy
         assert code == 0 and out.count(f"note: {raw} {NOTE}") == 1, (argv, out)
     code, out = run(capsys, "merge", str(src), "-o", str(tmp_path / "m2.safetensors"))
     assert code == 0 and "in-memory" not in out
+
+
+@pytest.mark.parametrize("algo, damage, why", [
+    ("loha", "zero", "hada_w1_a, hada_w1_b: zero-size (rank 0)"),
+    ("lokr", "zero", "lokr_w2_a, lokr_w2_b: zero-size (rank 0)"),
+])
+def test_inspect_lists_a_damaged_lycoris_module_as_verify_does(tmp_path, capsys, algo, damage, why):
+    # before: inspect printed no warning for a LoHa/LoKr module no loader can apply (verify listed it)
+    n = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+    if algo == "loha":
+        sd = {n + ".hada_w1_a": torch.randn(640, 4), n + ".hada_w1_b": torch.randn(4, 640),
+              n + ".hada_w2_a": torch.randn(640, 4), n + ".hada_w2_b": torch.randn(4, 640)}
+        if damage == "zero":
+            sd[n + ".hada_w1_a"], sd[n + ".hada_w1_b"] = torch.zeros(640, 0), torch.zeros(0, 640)
+    else:
+        sd = {n + ".lokr_w1": torch.randn(8, 8), n + ".lokr_w2_a": torch.zeros(80, 0), n + ".lokr_w2_b": torch.zeros(0, 80)}
+    sd[n + ".alpha"] = torch.tensor(4.0)
+    f = tmp_path / f"{algo}.safetensors"
+    save_file(sd, str(f))
+    code, out = run(capsys, "verify", str(f))
+    assert code == 1 and f"damaged module {n}: {why}" in out
+    code, out = run(capsys, "inspect", str(f))
+    assert code == 0 and ("warning: 1 module(s) are damaged (no loader can apply them; lorakit's tools refuse the "
+                          f"file): {n}: {why}") in out and "Traceback" not in out
+    ok = tmp_path / "ok.safetensors"  # an undamaged LoHa: no warning
+    save_file({n + ".hada_w1_a": torch.randn(640, 4), n + ".hada_w1_b": torch.randn(4, 640),
+               n + ".hada_w2_a": torch.randn(640, 4), n + ".hada_w2_b": torch.randn(4, 640),
+               n + ".alpha": torch.tensor(4.0)}, str(ok))
+    assert "module(s) are damaged" not in run(capsys, "inspect", str(ok))[1]

@@ -172,6 +172,11 @@ def verify(tensors: dict[str, torch.Tensor], keys: FamilyKeys, loaders: tuple[st
     return report
 
 
+def lycoris_problems(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """stem → why, for every LoHa/LoKr/DoRA module whose tensors cannot make a ΔW (verify's list; inspect's too)."""
+    return {stem: why for stem, parts in sorted(_lycoris_groups(tensors).items()) if (why := _lycoris_damage(parts))}
+
+
 def _lycoris_damage(parts: dict[str, torch.Tensor]) -> str:
     """Why a LoHa/LoKr/DoRA module's tensors cannot make a ΔW ("" when they can)."""
     alpha = parts.get("alpha")
