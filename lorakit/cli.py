@@ -878,6 +878,11 @@ def cmd_merge(args) -> int:
     fams = {s.family for s, _ in loras}
     if len(fams) > 1:
         raise LorakitError(f"merge: the LoRAs are for different families ({', '.join(sorted(fams))})")
+    sizes = {(s.keys.variant if s.keys is not None else None) for s, _ in loras}
+    if len(sizes) > 1 and None not in sizes:  # loadleft: FLUX.2 Klein 4B + 9B was a per-module shape message
+        fits = ", ".join(f"{p.name} fits {s.family} {s.keys.variant}" for (p, _), (s, _) in zip(weighted, loras))
+        raise LorakitError(f"merge: the LoRAs are for different sizes of one model ({fits}); merge LoRAs of one "
+                           "size; nothing written")
     keys = loras[0][0].keys or next(k for k in maps if k.family == loras[0][0].family)
     out = Path(args.out)
     if args.into:

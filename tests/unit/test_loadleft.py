@@ -58,3 +58,19 @@ def test_inspect_lists_a_damaged_lycoris_module_as_verify_does(tmp_path, capsys,
                n + ".hada_w2_a": torch.randn(640, 4), n + ".hada_w2_b": torch.randn(4, 640),
                n + ".alpha": torch.tensor(4.0)}, str(ok))
     assert "module(s) are damaged" not in run(capsys, "inspect", str(ok))[1]
+
+
+def test_merge_of_klein_4b_and_klein_9b_loras_names_the_two_sizes(tmp_path, capsys):
+    # before: "merge: lora_unet_double_blocks_0_img_attn_qkv has shape (12288,)x(4096,) in one LoRA and ..."
+    from lorakit.models.flux2.keys import lora_keymap
+
+    a, b = tmp_path / "k4.safetensors", tmp_path / "k9.safetensors"
+    save_file(kohya(lora_keymap(size="klein-4b"), every=30), str(a))
+    save_file(kohya(lora_keymap(size="klein-9b"), every=30, seed=1), str(b))
+    out = tmp_path / "m.safetensors"
+    code, text = run(capsys, "merge", str(a), f"{b}:0.5", "-o", str(out))
+    assert code == 2 and text.strip() == (
+        "lorakit: error: merge: the LoRAs are for different sizes of one model (k4.safetensors fits flux2 klein-4b, "
+        "k9.safetensors fits flux2 klein-9b); merge LoRAs of one size; nothing written")
+    assert not out.exists()
+    assert run(capsys, "merge", str(a), f"{a}:0.5", "-o", str(out))[0] == 0  # one size: merged
