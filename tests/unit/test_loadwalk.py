@@ -282,8 +282,9 @@ def test_upcast_scales_per_row_and_refuses_other_quantizations():
 
 
 @pytest.mark.parametrize("family, message", [
-    ("flux2", "is a qwen3 encoder of width 96 (prompt width 288); this FLUX.2 custom transformer takes {dim}: use its "
-              "own encoder"),
+    ("flux2", "is a qwen3 encoder of width 96 (prompt width 288); this FLUX.2 transformer of a custom size (width "
+              "{hidden}, not Klein 4B / 9B or dev) takes {dim}: use a Qwen3 encoder of width {width}, the one the model "
+              "was made with"),  # loadleft: was "this FLUX.2 custom transformer … use its own encoder"
     ("zimage", "has width 96; this Z-Image transformer takes caption features of width {dim} (Qwen3-4B: 2560)"),
 ])
 def test_a_text_encoder_of_another_size_is_refused_at_load_from_its_header(tmp_path, family, message):
@@ -301,7 +302,8 @@ def test_a_text_encoder_of_another_size_is_refused_at_load_from_its_header(tmp_p
     h, _ = read_safetensors_header(model_section(family)["text_encoder"])
     width = next(v["shape"][1] for k, v in h.items() if k.endswith("embed_tokens.weight"))
     dim = 3 * width if family == "flux2" else width
-    assert _line(exc) == f"model.text_encoder: {te} " + message.format(dim=dim)
+    hidden = read_safetensors_header(model_section(family)["checkpoint"])[0].get("img_in.weight", {"shape": [0]})
+    assert _line(exc) == f"model.text_encoder: {te} " + message.format(dim=dim, width=width, hidden=hidden["shape"][0])
 
 
 def test_diffusers_folder_check_names_a_missing_or_truncated_shard_with_the_key(tmp_path):

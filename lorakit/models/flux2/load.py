@@ -39,6 +39,15 @@ from .convert import (Shape, ae_bfl_to_diffusers, bfl_to_diffusers, detect, infe
 NEEDED_ENCODER = {"klein-4b": "Qwen3-4B", "klein-9b": "Qwen3-8B", "dev": "Mistral Small 3.1"}
 
 
+def _needs(shape) -> tuple[str, str]:
+    """(what the transformer is, which encoder it takes) for the text-encoder messages; a custom size (a toy or tiny
+    model) is named by its widths (loadleft: was "this FLUX.2 custom transformer … use its own encoder")."""
+    if shape.size in NEEDED_ENCODER:
+        return f"this FLUX.2 {shape.size} transformer", NEEDED_ENCODER[shape.size]
+    return (f"this FLUX.2 transformer of a custom size (width {shape.hidden}, not Klein 4B / 9B or dev)",
+            f"a Qwen3 encoder of width {shape.text_dim // 3}, the one the model was made with")
+
+
 def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     from lorakit.models.weights import upcast  # fp8 (+ ComfyUI scale_weight) -> dtype; shared helper
     return upcast(sd, dtype)
@@ -284,8 +293,8 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
     width, qwen3 = encoder_width(te_parts)  # now, from the header: not after reading 16 GB at the first caption
     if width is not None and 3 * width != shape.text_dim:
         raise ModelLoadError(f"model.text_encoder: {te_src} is a {'qwen3' if qwen3 else 'mistral'} encoder of width "
-                             f"{width} (prompt width {3 * width}); this FLUX.2 {shape.size} transformer takes "
-                             f"{shape.text_dim}: use {NEEDED_ENCODER.get(shape.size, 'its own encoder')}")
+                             f"{width} (prompt width {3 * width}); {_needs(shape)[0]} takes "
+                             f"{shape.text_dim}: use {_needs(shape)[1]}")
     files.update(text_encoder=te_src, ae=ae_src)
     ae_file = ae_src if ae_src.is_file() else next(iter(folder_weights(ae_src, "model.ae")), ae_src)
     kind_box: dict[str, str] = {}
@@ -298,14 +307,14 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         kind_box["kind"] = kind
         want = "mistral" if shape.size == "dev" else "qwen3"
         if kind != want or 3 * model.config.hidden_size != shape.text_dim:
-            need = NEEDED_ENCODER.get(shape.size, "its own encoder")
+            what, need = _needs(shape)
             raise ModelLoadError(f"model.text_encoder: {te_src} is a {kind} encoder of width {model.config.hidden_size}"
-                                 f" (prompt width {3 * model.config.hidden_size}); this FLUX.2 {shape.size} "
-                                 f"transformer takes {shape.text_dim}: use {need}")
+                                 f" (prompt width {3 * model.config.hidden_size}); {what} "
+                                 f"takes {shape.text_dim}: use {need}")
         layers = configs.MISTRAL_LAYERS if kind == "mistral" else configs.QWEN3_LAYERS
         if max(layers) > int(model.config.num_hidden_layers):  # before any encoding, naming the file
             raise ModelLoadError(f"model.text_encoder: {te_src} has {model.config.num_hidden_layers} layers; FLUX.2 "
-                                 f"takes its hidden states {layers}: use {NEEDED_ENCODER.get(shape.size, 'its own')}")
+                                 f"takes its hidden states {layers}: use {_needs(shape)[1]}")
         return model
 
     def kind() -> str:
