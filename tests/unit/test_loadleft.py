@@ -74,3 +74,26 @@ def test_merge_of_klein_4b_and_klein_9b_loras_names_the_two_sizes(tmp_path, caps
         "k9.safetensors fits flux2 klein-9b); merge LoRAs of one size; nothing written")
     assert not out.exists()
     assert run(capsys, "merge", str(a), f"{a}:0.5", "-o", str(out))[0] == 0  # one size: merged
+
+
+def test_sd3_ckpt_with_allow_pickle_finds_its_bundled_encoders(tmp_path):
+    # before: "model.clip_l: required: sd3.5_medium.ckpt holds no clip_l" (the .safetensors file of the same tensors
+    # loads, its bundled encoders found by name)
+    from safetensors.torch import load_file as load_st
+
+    from lorakit.config.load import load_config
+    from lorakit.models.sd3.load import load_components
+    from lorakit.toy.paths import model_section
+
+    m = {k: v for k, v in model_section("sd3").items() if k != "family"}
+    ckpt = tmp_path / "sd3.5_medium.ckpt"
+    torch.save({"state_dict": load_st(m["checkpoint"])}, ckpt)
+
+    def comps(**over):
+        cfg = load_config(None, data={"model": {"family": "sd3", **m, **over}, "data": {"dir": str(tmp_path)}})
+        return load_components(cfg.model, torch.float32, log=lambda _: None)
+
+    got, ref = comps(checkpoint=str(ckpt), allow_pickle=True), comps()
+    for role in ("clip_l", "clip_g", "t5"):
+        a, b = getattr(got, role).state_dict(), getattr(ref, role).state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), role

@@ -43,17 +43,21 @@ def _upcast(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.
     return upcast(sd, dtype)
 
 
+def _pick(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The tensors under the first of ``prefixes`` that ``sd`` has, the prefix removed (``""`` = every tensor)."""
+    for p in prefixes:
+        if not p or any(k.startswith(p) for k in sd):
+            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+    return {}
+
+
 def read_part(path: Path, prefixes: tuple[str, ...] = ("",), allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` whose names start with the first of ``prefixes`` that the file has (prefix removed;
     ``""`` = every tensor). Only those tensors are read from a .safetensors file."""
     from lorakit.safetensors_header import is_safetensors
     if not is_safetensors(path):
         from lorakit.models.weights import load_safetensors  # pickle only when allowed
-        sd = load_safetensors(path, allow_pickle)
-        for p in prefixes:
-            if not p or any(k.startswith(p) for k in sd):
-                return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
-        return {}
+        return _pick(load_safetensors(path, allow_pickle), prefixes)
     from safetensors import safe_open
 
     from lorakit.safetensors_header import read_safetensors_header
@@ -247,9 +251,17 @@ def load_components(model_cfg: Any, dtype: torch.dtype = torch.bfloat16,
         if is_safetensors(src):
             from lorakit.models.registry import require_base
             require_base(src, "sd3")     # a LoRA or another family's file: one line saying what it is and what to set
-        tsd = read_part(src, ("model.diffusion_model.", "diffusion_model.", ""), allow)
+        prefixes = ("model.diffusion_model.", "diffusion_model.", "")
+        if is_safetensors(src):
+            tsd = read_part(src, prefixes, allow)
+            sources = {role: ([src], p) if _has(src, p) else None for role, p in ENCODER_PREFIXES.items()}
+        else:  # a pickle (allow_pickle): its bundled encoders found by name too (loadleft: was "model.clip_l: required")
+            full = read_part(src, ("",), allow)
+            tsd = _pick(full, prefixes)
+            sources = {role: ([src], p) if any(k.startswith(p) for k in full) else None
+                       for role, p in ENCODER_PREFIXES.items()}
+            del full
         tsd = {k: v for k, v in tsd.items() if not k.startswith(tuple(ENCODER_PREFIXES.values()))}
-        sources = {role: ([src], p) if _has(src, p) else None for role, p in ENCODER_PREFIXES.items()}
     for role in ("clip_l", "clip_g", "t5xxl", "vae"):
         f = _role_file(model_cfg, role)
         if f is not None:
