@@ -149,6 +149,8 @@ def shards(path: Path, key: str) -> list[Path]:
         parts = folder_weights(path, key)
         if not parts:
             raise ConfigError(f"{key}: folder {path} holds no .safetensors file")
+        if not any(path.glob("*.safetensors.index.json")):
+            _one_model(parts, path, key)
         return parts
     m = re.match(r"(.*)-(\d+)-of-(\d+)\.safetensors$", path.name)
     if not m:
@@ -160,6 +162,48 @@ def shards(path: Path, key: str) -> list[Path]:
     if absent:
         raise ConfigError(f"{key}: part {absent[0].name} of the split file is missing next to {path.name}")
     return parts
+
+
+def _one_model(parts: list[Path], folder: Path, key: str) -> None:
+    """The .safetensors files of a folder without an index json are read as the shards of one model: a file that is
+    not one of them (a tensor another file holds too, names under other roots, other dtypes) is named (loadleft: the
+    error named the folder, after the files were read as one model)."""
+    if len(parts) < 2:
+        return
+    from lorakit.errors import LorakitError
+    from lorakit.safetensors_header import read_safetensors_header
+
+    heads: dict[Path, dict[str, str]] = {}
+    for p in parts:
+        try:
+            heads[p] = {k: str(v["dtype"]) for k, v in read_safetensors_header(p)[0].items()}
+        except LorakitError:
+            return  # the reader that follows names the damaged file
+    seen: dict[str, Path] = {}
+    for p in parts:
+        for k in heads[p]:
+            if k in seen:
+                raise ConfigError(f"{key}: {p} holds tensor {k!r}, which {seen[k].name} in the same folder holds too: "
+                                  "two models (or two copies of one), not the shards of one; keep one model's files "
+                                  f"in {folder} (or set {key} to the file itself)")
+            seen[k] = p
+    floats = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+    def odd(facts: dict[Path, set[str]]) -> list[Path]:
+        return [p for p in parts if facts[p] and not facts[p] & set().union(*(facts[q] for q in parts if q != p))]
+
+    for what, facts in (("names under", {p: {k.split(".")[0] for k in h} for p, h in heads.items()}),
+                        ("dtype", {p: {d for d in h.values() if d in floats} for p, h in heads.items()})):
+        bad = odd(facts)
+        if bad and len(bad) == len(parts):  # no two agree (two files): each one named with its own
+            each = "; ".join(f"{p.name}: {what} {', '.join(sorted(facts[p]))}" for p in parts)
+            raise ConfigError(f"{key}: the files of {folder} are not the shards of one model ({each}); keep one "
+                              f"model's files in the folder (or set {key} to the file itself)")
+        if bad:
+            rest = sorted(set().union(*(facts[q] for q in parts if q != bad[0])))
+            raise ConfigError(f"{key}: {bad[0]} is not a shard of the model the other files of {folder} make (its "
+                              f"{what} {', '.join(sorted(facts[bad[0]]))}; theirs: {', '.join(rest)}); keep one "
+                              f"model's files in the folder (or set {key} to the file itself)")
 
 
 def folder_weights(folder: Path, key: str) -> list[Path]:

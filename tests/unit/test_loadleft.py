@@ -97,3 +97,43 @@ def test_sd3_ckpt_with_allow_pickle_finds_its_bundled_encoders(tmp_path):
     for role in ("clip_l", "clip_g", "t5"):
         a, b = getattr(got, role).state_dict(), getattr(ref, role).state_dict()
         assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a), role
+
+
+@pytest.mark.parametrize("family", ["flux2", "zimage", "qwenimage"])
+def test_an_encoder_folder_of_unrelated_files_names_the_odd_file(tmp_path, family):
+    # before: the files were read as the shards of one model and the error named the folder
+    import shutil
+
+    from lorakit.errors import ConfigError
+    from lorakit.models.common import shards
+    from lorakit.toy.paths import model_section
+
+    m = model_section(family)
+    te = tmp_path / "text_encoders"
+    te.mkdir()
+    shutil.copy(m["text_encoder"], te / "qwen.safetensors")
+    vae = m.get("ae") or m.get("vae")
+    shutil.copy(vae, te / "ae.safetensors")  # another model's keys (and a third file: the encoder's again)
+    shutil.copy(m["text_encoder"], te / "qwen_copy.safetensors")
+    with pytest.raises(ConfigError) as exc:
+        shards(te, "model.text_encoder")
+    assert str(exc.value).startswith(f"model.text_encoder: {te / 'qwen_copy.safetensors'} holds tensor ")
+    assert "which qwen.safetensors in the same folder holds too: two models (or two copies of one)" in str(exc.value)
+    (te / "qwen_copy.safetensors").unlink()
+    with pytest.raises(ConfigError) as exc:
+        shards(te, "model.text_encoder")
+    assert str(exc.value).startswith(f"model.text_encoder: the files of {te} are not the shards of one model (ae.")
+    # the encoder split in two shards beside the odd file: the odd one is named
+    from safetensors.torch import load_file as load_st
+    sd = load_st(str(te / "qwen.safetensors"))
+    names = sorted(sd)
+    save_file({k: sd[k] for k in names[: len(names) // 2]}, str(te / "qwen-00001-of-00002.safetensors"))
+    save_file({k: sd[k] for k in names[len(names) // 2:]}, str(te / "qwen-00002-of-00002.safetensors"))
+    (te / "qwen.safetensors").unlink()
+    with pytest.raises(ConfigError) as exc:
+        shards(te, "model.text_encoder")
+    assert str(exc.value).startswith(f"model.text_encoder: {te / 'ae.safetensors'} is not a shard of the model the "
+                                     f"other files of {te} make (its names under ")
+    (te / "ae.safetensors").unlink()
+    assert [p.name for p in shards(te, "model.text_encoder")] == ["qwen-00001-of-00002.safetensors",
+                                                                    "qwen-00002-of-00002.safetensors"]
