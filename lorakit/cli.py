@@ -888,7 +888,8 @@ def cmd_merge(args) -> int:
     if args.into:
         if all(w == 0 for _, w in loras):  # walk8: baked nothing into a copy of the checkpoint
             raise LorakitError("merge --into: every weight is 0, so the checkpoint would not change; nothing written")
-        info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into), flag="--into"), out)
+        info = merge_into(Path(args.into), loras, base_keymap(keys, Path(args.into), flag="--into"), out,
+                          files=[path.name for path, _ in weighted])
         print(f"{info['weights_changed']} of {info['tensors']} tensors changed; written to {out}")
         return 0
     modules, rows = merge([(s.modules, w) for s, w in loras], rank=args.rank)

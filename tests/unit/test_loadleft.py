@@ -137,3 +137,32 @@ def test_an_encoder_folder_of_unrelated_files_names_the_odd_file(tmp_path, famil
     (te / "ae.safetensors").unlink()
     assert [p.name for p in shards(te, "model.text_encoder")] == ["qwen-00001-of-00002.safetensors",
                                                                     "qwen-00002-of-00002.safetensors"]
+
+
+def test_merge_into_records_the_lora_files_and_drops_the_bases_weight_hashes(tmp_path, capsys):
+    # before: lorakit_merged_loras held no file name (an extracted LoRA's output_name is ""), and the base's
+    # sshs_model_hash / modelspec.hash_sha256 were copied onto the changed weights
+    import json
+
+    from lorakit.safetensors_header import read_safetensors_header
+    from lorakit.toy.paths import model_section
+
+    sd = load_file(model_section("sdxl")["checkpoint"])
+    base = tmp_path / "base.safetensors"
+    save_file(sd, str(base), metadata={"sshs_model_hash": "0" * 64, "modelspec.hash_sha256": "0x" + "0" * 64,
+                                       "modelspec.architecture": "stable-diffusion-xl-v1-base"})
+    key = "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
+    name = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    o, i = sd[key].shape
+    lora = tmp_path / "style.safetensors"
+    save_file({name + ".lora_down.weight": torch.randn(2, i), name + ".lora_up.weight": torch.randn(o, 2),
+               name + ".alpha": torch.tensor(2.0)}, str(lora), metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    out = tmp_path / "baked.safetensors"
+    code, text = run(capsys, "merge", f"{lora}:0.5", "--into", str(base), "-o", str(out))
+    assert code == 0, text
+    meta = read_safetensors_header(out)[1]
+    assert json.loads(meta["lorakit_merged_loras"]) == [{"file": "style.safetensors", "modules": 1, "weight": 0.5,
+                                                         "output_name": ""}]
+    assert "sshs_model_hash" not in meta and "modelspec.hash_sha256" not in meta
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
+    assert not torch.equal(load_file(str(out))[key], sd[key])

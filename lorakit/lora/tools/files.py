@@ -227,8 +227,11 @@ def base_keymap(keys: FamilyKeys, base: Path, flag: str = "--base") -> FamilyKey
     return keys.with_modules(fitted.modules + tuple(extra) + tuple(kept))
 
 
+STALE_HASHES = ("sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256")  # hashes of the base's weights
+
+
 def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: FamilyKeys, out: Path, *,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, files: Sequence[str] = ()) -> dict[str, Any]:
     """Stream ``base`` tensor by tensor into ``out`` (same keys, dtypes, order), adding Σ w·ΔW where a LoRA
     module lands. RAM: one tensor of the base plus the LoRAs. Every LoRA module must find its weight."""
     from safetensors import safe_open
@@ -272,10 +275,11 @@ def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: Famil
             touched.append(key)
             return w32.to(t.dtype)
 
-        md = dict(meta)
-        md["lorakit_merged_loras"] = json.dumps([{"modules": len(s.modules), "weight": w,
+        md = {k: v for k, v in meta.items() if k not in STALE_HASHES}  # loadleft: the base's hashes were kept
+        md["lorakit_merged_loras"] = json.dumps([{**({"file": files[i]} if i < len(files) else {}),
+                                                  "modules": len(s.modules), "weight": w,
                                                   "output_name": s.metadata.get("ss_output_name", "")}
-                                                 for s, w in loras])
+                                                 for i, (s, w) in enumerate(loras)])  # (file: loadleft)
         save_safetensors_streaming(out, entries, produce, md)
     return {"weights_changed": len(touched), "tensors": len(entries)}
 
