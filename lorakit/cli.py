@@ -857,6 +857,21 @@ def _weighted_path(text: str) -> tuple[Path, float]:
     return Path(text), 1.0
 
 
+def _single_checkpoint(flag: str, path: Path, does: str) -> None:
+    """extract's TUNED / BASE and merge's --into: one .safetensors checkpoint; a folder or a pickle is named with its
+    flag and what to give (loadleft: was "fold: cannot read (Is a directory)", the pickle's line without the flag)."""
+    from lorakit.safetensors_header import weights_format
+
+    if not path.exists():
+        raise LorakitError(f"{flag} {path}: no such file")
+    if path.is_dir():
+        raise LorakitError(f"{flag} {path}: a folder; {does} reads one single-file .safetensors checkpoint (as "
+                           "ComfyUI's models/checkpoints/ holds), not a diffusers folder")
+    if path.is_file() and weights_format(path) == "pickle":
+        raise LorakitError(f"{flag} {path}: a PyTorch pickle (.ckpt / .pt / .bin content); {does} reads .safetensors "
+                           "checkpoints: convert it to .safetensors first (only if you trust the file)")
+
+
 def cmd_merge(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
     from lorakit.lora.tools.files import base_keymap, check_out, common_dtype, load_state, merge_into, save_state
@@ -866,6 +881,8 @@ def cmd_merge(args) -> int:
         raise LorakitError("merge --into: --rank has no meaning when merging into a checkpoint; drop it")
     check_rank(args.rank, "merge")
     check_out(Path(args.out))
+    if args.into:
+        _single_checkpoint("--into", Path(args.into), "merge --into")
     weighted = [_weighted_path(text) for text in args.loras]  # a bad weight is named before the key maps load
     maps = _keymaps(args.family)
     loras = []
@@ -917,6 +934,8 @@ def cmd_extract(args) -> int:
     if not math.isfinite(args.min_diff) or args.min_diff < 0:
         raise LorakitError(f"extract: --min-diff must be a number ≥ 0, got {args.min_diff:g}")
     tuned, base = Path(args.tuned), Path(args.base)
+    for flag, path in (("TUNED", tuned), ("BASE", base)):
+        _single_checkpoint(f"extract: {flag}", path, "extract")
     from lorakit.models.registry import identify
     for flag, path in (("TUNED", tuned), ("BASE", base)):  # a LoRA, an encoder, a VAE: what it is, not "no weight"
         kind = identify(path)

@@ -166,3 +166,31 @@ def test_merge_into_records_the_lora_files_and_drops_the_bases_weight_hashes(tmp
     assert "sshs_model_hash" not in meta and "modelspec.hash_sha256" not in meta
     assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base"
     assert not torch.equal(load_file(str(out))[key], sd[key])
+
+
+def test_extract_and_merge_into_name_a_folder_or_pickle_with_its_flag(tmp_path, capsys):
+    # before: "fold: cannot read (Is a directory)", and a pickle's line without the flag or what to do
+    from lorakit.toy.paths import model_section
+
+    ckpt = model_section("sdxl")["checkpoint"]
+    fold = tmp_path / "fold"
+    fold.mkdir()
+    pkl = tmp_path / "base.ckpt"
+    torch.save({"a": torch.zeros(1)}, pkl)
+    lora = tmp_path / "l.safetensors"
+    lora.write_bytes(b"x")
+    folder = "a folder; {} reads one single-file .safetensors checkpoint (as ComfyUI's models/checkpoints/ holds), " \
+             "not a diffusers folder"
+    pickle = "a PyTorch pickle (.ckpt / .pt / .bin content); {} reads .safetensors checkpoints: convert it to " \
+             ".safetensors first (only if you trust the file)"
+    out = tmp_path / "o.safetensors"
+    for argv, want in (
+            (["extract", str(fold), ckpt], f"extract: TUNED {fold}: " + folder.format("extract")),
+            (["extract", ckpt, str(pkl)], f"extract: BASE {pkl}: " + pickle.format("extract")),
+            (["extract", ckpt, str(tmp_path / "nope.safetensors")],
+             f"extract: BASE {tmp_path / 'nope.safetensors'}: no such file"),
+            (["merge", str(lora), "--into", str(fold)], f"--into {fold}: " + folder.format("merge --into")),
+            (["merge", str(lora), "--into", str(pkl)], f"--into {pkl}: " + pickle.format("merge --into"))):
+        code, text = run(capsys, *argv, *(["--rank", "2"] if argv[0] == "extract" else []), "-o", str(out))
+        assert code == 2 and text.strip() == f"lorakit: error: {want}", argv
+    assert not out.exists()
