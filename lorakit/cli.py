@@ -872,6 +872,17 @@ def _single_checkpoint(flag: str, path: Path, does: str) -> None:
                            "checkpoints: convert it to .safetensors first (only if you trust the file)")
 
 
+def _checkpoint_family(path: Path) -> Optional[str]:
+    """The family whose checkpoint ``path`` is (header only), when it has LoRA key maps; else None."""
+    from lorakit.models.registry import identify
+
+    try:
+        kind = identify(path)
+    except LorakitError:
+        return None
+    return kind.family if kind.role == "checkpoint" and kind.family and _keymaps(kind.family) else None
+
+
 def cmd_merge(args) -> int:
     from lorakit.lora.formats.layouts import LoraState
     from lorakit.lora.tools.files import base_keymap, check_out, common_dtype, load_state, merge_into, save_state
@@ -885,10 +896,18 @@ def cmd_merge(args) -> int:
         _single_checkpoint("--into", Path(args.into), "merge --into")
     weighted = [_weighted_path(text) for text in args.loras]  # a bad weight is named before the key maps load
     maps = _keymaps(args.family)
+    into_family = _checkpoint_family(Path(args.into)) if args.into and not args.family else None
     loras = []
     for path, w in weighted:
         family = _named_family(path, args.family)  # walk8: as convert, a FLUX.2 LoRA is FLUX.2's (was FLUX.1's)
-        state = load_state(path, _keymaps(family) if family != args.family else maps, family)
+        state = None
+        if family is None and into_family is not None:  # loadleft: names FLUX.1 shares with SDXL (lora_te1_…) were
+            try:                                        # read as FLUX.1's when --into is an SDXL checkpoint
+                state = load_state(path, _keymaps(into_family), into_family)
+            except LorakitError:
+                state = None  # fits nothing of the checkpoint's family: read as before, the mismatch said below
+        if state is None:
+            state = load_state(path, _keymaps(family) if family != args.family else maps, family)
         _refuse_unmatched(state, path, keep_foreign=True)
         _note_peft_in_memory(path)
         loras.append((state, w))

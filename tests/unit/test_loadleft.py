@@ -194,3 +194,22 @@ def test_extract_and_merge_into_name_a_folder_or_pickle_with_its_flag(tmp_path, 
         code, text = run(capsys, *argv, *(["--rank", "2"] if argv[0] == "extract" else []), "-o", str(out))
         assert code == 2 and text.strip() == f"lorakit: error: {want}", argv
     assert not out.exists()
+
+
+def test_merge_into_reads_a_lora_of_shared_names_as_the_checkpoints_family(tmp_path, capsys):
+    # a LoRA of CLIP-L modules only (lora_te1_…: FLUX.1 and SDXL share the names) and no metadata; before: read as
+    # FLUX.1's, then "--into …: this is an SDXL-layout checkpoint …, with no flux1 weight of any LoRA target"
+    from lorakit.toy.paths import model_section
+
+    base = model_section("sdxl")["checkpoint"]
+    sd = load_file(base)
+    key = "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight"
+    name = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    o, i = sd[key].shape
+    lora = tmp_path / "te.safetensors"
+    save_file({name + ".lora_down.weight": torch.randn(2, i), name + ".lora_up.weight": torch.randn(o, 2),
+               name + ".alpha": torch.tensor(2.0)}, str(lora))
+    out = tmp_path / "baked.safetensors"
+    code, text = run(capsys, "merge", str(lora), "--into", base, "-o", str(out))
+    assert code == 0 and f"1 of {len(sd)} tensors changed" in text, text
+    assert not torch.equal(load_file(str(out))[key], sd[key])
