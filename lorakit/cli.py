@@ -956,11 +956,17 @@ def cmd_extract(args) -> int:
     for flag, path in (("TUNED", tuned), ("BASE", base)):
         _single_checkpoint(f"extract: {flag}", path, "extract")
     from lorakit.models.registry import identify
+    kinds = {}
     for flag, path in (("TUNED", tuned), ("BASE", base)):  # a LoRA, an encoder, a VAE: what it is, not "no weight"
-        kind = identify(path)
+        kind = kinds[flag] = identify(path)
         if kind.role in ("lora", "component"):
             raise LorakitError(f"extract: {flag} {path} is {kind.what}; extract takes two checkpoints of one family "
                                "(the fine-tuned model and its base) and writes the LoRA of their difference")
+    fam_t, fam_b = kinds["TUNED"].family, kinds["BASE"].family
+    if fam_t and fam_b and fam_t != fam_b:  # loadleft: was "share no sdxl LoRA-target weight; are they the same ...?"
+        raise LorakitError(f"extract: TUNED {tuned} is {kinds['TUNED'].what} ({fam_t}), BASE {base} is "
+                           f"{kinds['BASE'].what} ({fam_b}); extract takes two checkpoints of one family: give the "
+                           f"{fam_t} base the tuned model was trained from")
     header, _ = read_safetensors_header(tuned)
     maps = _keymaps()
     keys = max(maps, key=lambda k: len(_checkpoint_modules(k, header)[0]))

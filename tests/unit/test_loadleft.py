@@ -213,3 +213,16 @@ def test_merge_into_reads_a_lora_of_shared_names_as_the_checkpoints_family(tmp_p
     code, text = run(capsys, "merge", str(lora), "--into", base, "-o", str(out))
     assert code == 0 and f"1 of {len(sd)} tensors changed" in text, text
     assert not torch.equal(load_file(str(out))[key], sd[key])
+
+
+def test_extract_of_two_families_checkpoints_names_both(tmp_path, capsys):
+    # before: "extract: TUNED and BASE share no sdxl LoRA-target weight; are they the same model family and layout?"
+    from lorakit.models.registry import identify
+    from lorakit.toy.paths import model_section
+
+    a, b = model_section("sdxl")["checkpoint"], model_section("flux1")["checkpoint"]
+    code, text = run(capsys, "extract", a, b, "--rank", "2", "-o", str(tmp_path / "x.safetensors"))
+    assert code == 2 and text.strip() == (
+        f"lorakit: error: extract: TUNED {a} is {identify(a).what} (sdxl), BASE {b} is {identify(b).what} (flux1); "
+        "extract takes two checkpoints of one family: give the sdxl base the tuned model was trained from")
+    assert not (tmp_path / "x.safetensors").exists()
