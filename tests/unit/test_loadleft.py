@@ -226,3 +226,26 @@ def test_extract_of_two_families_checkpoints_names_both(tmp_path, capsys):
         f"lorakit: error: extract: TUNED {a} is {identify(a).what} (sdxl), BASE {b} is {identify(b).what} (flux1); "
         "extract takes two checkpoints of one family: give the sdxl base the tuned model was trained from")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_merge_into_a_transformer_only_file_says_it_has_no_text_encoder(tmp_path, capsys):
+    # a FLUX.1 LoRA with CLIP-L modules baked into a transformer-only file (FLUX.1's usual release); before: "1 LoRA
+    # modules have no weight in this checkpoint (…); is it the base the LoRA was trained for?"
+    from lorakit.safetensors_header import read_safetensors_header
+    from lorakit.toy.paths import model_section
+
+    base = model_section("flux1")["checkpoint"]
+    o, i = read_safetensors_header(base)[0]["double_blocks.0.img_attn.proj.weight"]["shape"]
+    te = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    lora = tmp_path / "f.safetensors"
+    save_file({"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": torch.randn(2, i),
+               "lora_unet_double_blocks_0_img_attn_proj.lora_up.weight": torch.randn(o, 2),
+               te + ".lora_down.weight": torch.randn(2, 768), te + ".lora_up.weight": torch.randn(768, 2)},
+              str(lora), metadata={"ss_base_model_version": "flux1"})
+    out = tmp_path / "m.safetensors"
+    code, text = run(capsys, "merge", str(lora), "--into", base, "-o", str(out))
+    assert code == 2 and text.strip() == (
+        f"lorakit: error: merge --into {base}: the checkpoint holds no text encoder (a denoiser-only file, as ComfyUI's "
+        f"models/diffusion_models/ holds), and 1 of the LoRA's modules are text-encoder modules (e.g. {te}); bake into "
+        "a single-file checkpoint that bundles the text encoder, or load the LoRA at generation time; nothing written")
+    assert not out.exists()

@@ -248,6 +248,15 @@ def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: Famil
                 missing.append(name)
                 continue
             wanted.setdefault(key, []).append((m, pair, w))
+    te_names = tuple(f"lora_{p}" for p in ("te", "te1", "te2", "te3"))
+    if missing and all(n.startswith(te_names) for n in missing) and not any(
+            m.component != "denoiser" for ms in by_key.values() for m in ms):
+        # loadleft: a FLUX.1 LoRA with CLIP-L modules and a transformer-only file (its usual release) was asked "is
+        # it the base the LoRA was trained for?"
+        raise LorakitError(f"merge --into {base}: the checkpoint holds no text encoder (a denoiser-only file, as "
+                           f"ComfyUI's models/diffusion_models/ holds), and {len(missing)} of the LoRA's modules are "
+                           f"text-encoder modules (e.g. {missing[0]}); bake into a single-file checkpoint that bundles "
+                           "the text encoder, or load the LoRA at generation time; nothing written")
     if missing:
         raise LorakitError(f"merge --into {base}: {len(missing)} LoRA modules have no weight in this checkpoint "
                            f"(e.g. {missing[0]}); is it the base the LoRA was trained for?")
