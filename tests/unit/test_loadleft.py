@@ -4,6 +4,8 @@ encoders."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -248,4 +250,23 @@ def test_merge_into_a_transformer_only_file_says_it_has_no_text_encoder(tmp_path
         f"lorakit: error: merge --into {base}: the checkpoint holds no text encoder (a denoiser-only file, as ComfyUI's "
         f"models/diffusion_models/ holds), and 1 of the LoRA's modules are text-encoder modules (e.g. {te}); bake into "
         "a single-file checkpoint that bundles the text encoder, or load the LoRA at generation time; nothing written")
+    assert not out.exists()
+
+
+def test_merge_into_a_checkpoint_of_another_size_names_the_loras_size(tmp_path, capsys):
+    # a FLUX.2 Klein 4B LoRA into a checkpoint of another size (here the toy's width 64; a Klein 9B file alike);
+    # before: "merge --into: lora_unet_double_blocks_0_img_attn_proj ΔW (3072, 3072) does not fit … (64, 64)" only
+    from lorakit.models.flux2.keys import lora_keymap
+    from lorakit.models.registry import identify
+    from lorakit.toy.paths import model_section
+
+    base = model_section("flux2")["checkpoint"]
+    lora = tmp_path / "k4.safetensors"
+    save_file({k: v for k, v in kohya(lora_keymap(size="klein-4b"), every=1).items() if "_blocks_0_" in k}, str(lora),
+              metadata={"ss_base_model_version": "flux2"})
+    out = tmp_path / "m.safetensors"
+    code, text = run(capsys, "merge", str(lora), "--into", base, "-o", str(out))
+    assert code == 2 and text.strip().endswith(
+        f": the LoRA fits flux2 klein-4b, and {Path(base).name} is {identify(base).what}; bake it into a flux2 "
+        "klein-4b checkpoint; nothing written"), text
     assert not out.exists()

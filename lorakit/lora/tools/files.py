@@ -227,6 +227,18 @@ def base_keymap(keys: FamilyKeys, base: Path, flag: str = "--base") -> FamilyKey
     return keys.with_modules(fitted.modules + tuple(extra) + tuple(kept))
 
 
+def _sizes(state: LoraState, base: Path) -> str:
+    """For a ΔW that does not fit: the model size the LoRA fits and what the checkpoint is (loadleft: a FLUX.2 Klein
+    4B LoRA into a Klein 9B checkpoint was a shape message only)."""
+    size = getattr(state.keys, "variant", None)
+    if not size:
+        return ""
+    from lorakit.models.registry import identify
+
+    return (f": the LoRA fits {state.family} {size}, and {base.name} is {identify(base).what}; bake it into a "
+            f"{state.family} {size} checkpoint; nothing written")
+
+
 STALE_HASHES = ("sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256")  # hashes of the base's weights
 
 
@@ -247,7 +259,7 @@ def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: Famil
             if key is None:
                 missing.append(name)
                 continue
-            wanted.setdefault(key, []).append((m, pair, w))
+            wanted.setdefault(key, []).append((m, pair, w, state))
     te_names = tuple(f"lora_{p}" for p in ("te", "te1", "te2", "te3"))
     if missing and all(n.startswith(te_names) for n in missing) and not any(
             m.component != "denoiser" for ms in by_key.values() for m in ms):
@@ -270,7 +282,7 @@ def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: Famil
             if key not in wanted:
                 return t
             w32 = t.float()
-            for m, pair, w in wanted[key]:
+            for m, pair, w, state in wanted[key]:
                 d = pair.delta() * w
                 rows = m.rows_in(int(w32.shape[0]))
                 target = w32[rows[0]:rows[1]] if rows else w32
@@ -279,7 +291,7 @@ def merge_into(base: Path, loras: Sequence[tuple[LoraState, float]], keys: Famil
                     d = d.reshape(target.shape)  # a 1×1 conv stored 4-D, its LoRA 2-D (or the reverse)
                 if tuple(d.shape) != tuple(target.shape):
                     raise LorakitError(f"merge --into: {keys.kohya_name(m)} ΔW {tuple(d.shape)} does not fit "
-                                       f"{key} {tuple(target.shape)}")
+                                       f"{key} {tuple(target.shape)}" + _sizes(state, base))
                 target += d
             touched.append(key)
             return w32.to(t.dtype)
