@@ -270,3 +270,22 @@ def test_merge_into_a_checkpoint_of_another_size_names_the_loras_size(tmp_path, 
         f": the LoRA fits flux2 klein-4b, and {Path(base).name} is {identify(base).what}; bake it into a flux2 "
         "klein-4b checkpoint; nothing written"), text
     assert not out.exists()
+
+
+def test_extract_of_a_checkpoint_holding_nan_names_the_file_and_tensor(tmp_path, capsys):
+    # before: torch._C._LinAlgError traceback ("linalg.svd: The algorithm failed to converge …")
+    from lorakit.toy.paths import model_section
+
+    base = model_section("sdxl")["checkpoint"]
+    sd = load_file(base)
+    key = next(k for k in sorted(sd) if k.endswith("attn1.to_q.weight") and k.startswith("model.diffusion_model."))
+    sd[key] = sd[key].clone()
+    sd[key][0, 0] = float("nan")
+    tuned = tmp_path / "tuned.safetensors"
+    save_file(sd, str(tuned))
+    out = tmp_path / "x.safetensors"
+    code, text = run(capsys, "extract", str(tuned), base, "--rank", "2", "-o", str(out))
+    assert code == 2 and text.strip() == (
+        f"lorakit: error: extract: {tuned}: tensor {key!r} holds NaN or Inf values (a damaged file, or a diverged "
+        "training run); extract needs finite weights; nothing written")
+    assert not out.exists()

@@ -330,6 +330,10 @@ def extract_from(tuned: Path, base: Path, keys: FamilyKeys, rank: int, *, min_di
                 raise LorakitError(f"extract: {key} is {tuple(a.shape)} in {tuned} but {tuple(b.shape)} in {base}; "
                                    "not the same architecture")
             diff = a.float() - b.float()
+            if not bool(torch.isfinite(diff).all()):  # loadleft: was linalg.svd's LinAlgError traceback
+                where, k = (tuned, key) if not bool(torch.isfinite(a.float()).all()) else (base, pb + key[len(pt):])
+                raise LorakitError(f"extract: {where}: tensor {k!r} holds NaN or Inf values (a damaged file, or a "
+                                   "diverged training run); extract needs finite weights; nothing written")
             for m in bt[key]:
                 span = m.rows_in(int(diff.shape[0]))
                 d = diff[span[0]:span[1]] if span else diff
