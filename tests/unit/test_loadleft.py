@@ -289,3 +289,27 @@ def test_extract_of_a_checkpoint_holding_nan_names_the_file_and_tensor(tmp_path,
         f"lorakit: error: extract: {tuned}: tensor {key!r} holds NaN or Inf values (a damaged file, or a diverged "
         "training run); extract needs finite weights; nothing written")
     assert not out.exists()
+
+
+def test_extract_and_merge_into_refuse_a_scaled_fp8_checkpoint(tmp_path, capsys):
+    # before: the fp8 values were read without their scale_weight: extract wrote, and merge --into baked, a wrong ΔW
+    from lorakit.toy.paths import model_section
+
+    base = model_section("sdxl")["checkpoint"]
+    sd = load_file(base)
+    key = next(k for k in sorted(sd) if k.endswith("attn1.to_q.weight") and k.startswith("model.diffusion_model."))
+    scaled = dict(sd)
+    scaled[key] = (sd[key].float() / 2).to(torch.float8_e4m3fn)
+    scaled[key[: -len("weight")] + "scale_weight"] = torch.tensor(2.0)
+    fp8 = tmp_path / "fp8_scaled.safetensors"
+    save_file(scaled, str(fp8))
+    lora = tmp_path / "l.safetensors"
+    lora.write_bytes(b"x")
+    out = tmp_path / "o.safetensors"
+    why = (f": a scaled-fp8 / quantized file (e.g. {key[: -len('weight')] + 'scale_weight'!r}: its weights are stored "
+           "times a scale); {} reads bf16, fp16, fp32 or plain fp8 weights: give the model's bf16 or fp16 file")
+    code, text = run(capsys, "extract", str(fp8), base, "--rank", "2", "-o", str(out))
+    assert code == 2 and text.strip() == f"lorakit: error: extract: TUNED {fp8}" + why.format("extract")
+    code, text = run(capsys, "merge", str(lora), "--into", str(fp8), "-o", str(out))
+    assert code == 2 and text.strip() == f"lorakit: error: --into {fp8}" + why.format("merge --into")
+    assert not out.exists()
