@@ -187,6 +187,10 @@ def _one_model(parts: list[Path], folder: Path, key: str) -> None:
                                   "two models (or two copies of one), not the shards of one; keep one model's files "
                                   f"in {folder} (or set {key} to the file itself)")
             seen[k] = p
+    groups = {(m.group(1), m.group(3)) if (m := re.match(r"(.*)-\d+-of-(\d+)\.safetensors$", p.name)) else None
+              for p in parts}
+    if len(groups) == 1 and None not in groups and int(next(iter(groups))[1]) == len(parts):
+        return  # the complete parts of one split file (x-0000N-of-0000M): a part may hold other names (lm_head only)
     floats = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
     def odd(facts: dict[Path, set[str]]) -> list[Path]:
@@ -196,13 +200,14 @@ def _one_model(parts: list[Path], folder: Path, key: str) -> None:
                         ("dtype", {p: {d for d in h.values() if d in floats} for p, h in heads.items()})):
         bad = odd(facts)
         if bad and len(bad) == len(parts):  # no two agree (two files): each one named with its own
-            each = "; ".join(f"{p.name}: {what} {', '.join(sorted(facts[p]))}" for p in parts)
+            each = "; ".join(f"{p.name}: {what} {', '.join(sorted(facts[p])[:4])}" for p in parts[:4]) + (
+                f"; … {len(parts) - 4} more" if len(parts) > 4 else "")
             raise ConfigError(f"{key}: the files of {folder} are not the shards of one model ({each}); keep one "
                               f"model's files in the folder (or set {key} to the file itself)")
         if bad:
             rest = sorted(set().union(*(facts[q] for q in parts if q != bad[0])))
             raise ConfigError(f"{key}: {bad[0]} is not a shard of the model the other files of {folder} make (its "
-                              f"{what} {', '.join(sorted(facts[bad[0]]))}; theirs: {', '.join(rest)}); keep one "
+                              f"{what} {', '.join(sorted(facts[bad[0]])[:6])}; theirs: {', '.join(rest[:6])}); keep one "
                               f"model's files in the folder (or set {key} to the file itself)")
 
 
