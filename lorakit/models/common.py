@@ -187,7 +187,7 @@ def _one_model(parts: list[Path], folder: Path, key: str) -> None:
                                   "two models (or two copies of one), not the shards of one; keep one model's files "
                                   f"in {folder} (or set {key} to the file itself)")
             seen[k] = p
-    groups = {(m.group(1), m.group(3)) if (m := re.match(r"(.*)-\d+-of-(\d+)\.safetensors$", p.name)) else None
+    groups = {(m.group(1), m.group(2)) if (m := re.match(r"(.*)-\d+-of-(\d+)\.safetensors$", p.name)) else None
               for p in parts}
     if len(groups) == 1 and None not in groups and int(next(iter(groups))[1]) == len(parts):
         return  # the complete parts of one split file (x-0000N-of-0000M): a part may hold other names (lm_head only)
