@@ -139,8 +139,8 @@ def test_an_encoder_folder_of_unrelated_files_names_the_odd_file(tmp_path, famil
     (te / "ae.safetensors").unlink()
     assert [p.name for p in shards(te, "model.text_encoder")] == ["qwen-00001-of-00002.safetensors",
                                                                     "qwen-00002-of-00002.safetensors"]
-    save_file({"lm_head.weight": torch.zeros(4, 4)}, str(te / "qwen-00002-of-00002.safetensors"))
-    assert len(shards(te, "model.text_encoder")) == 2  # a complete split whose last part holds lm_head only: fine
+    save_file({"head_only.weight": torch.zeros(4, 4)}, str(te / "qwen-00002-of-00002.safetensors"))
+    assert len(shards(te, "model.text_encoder")) == 2  # a complete split whose last part holds a head only: fine
 
 
 def test_merge_into_records_the_lora_files_and_drops_the_bases_weight_hashes(tmp_path, capsys):
