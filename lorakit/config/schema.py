@@ -187,14 +187,14 @@ class TrainingCfg:
                             family_only=True)
     min_snr_gamma: float = f(0.0, "SDXL: min-SNR-gamma loss weighting; 0 = off (5 is common).", ge=0.0,
                              family_only=True)
-    multires_noise_iterations: int = f(0, "SDXL: multires (pyramid) noise levels; 0 = off (6-10 is common).", ge=0,
+    multires_noise_iterations: int = f(0, "SDXL, SD 1.5: multires (pyramid) noise levels; 0 = off (6-10 is common).", ge=0,
                                        le=64, family_only=True)
-    multires_noise_discount: float = f(0.3, "SDXL: weight discount of each multires noise level.", gt=0.0, le=1.0,
+    multires_noise_discount: float = f(0.3, "SDXL, SD 1.5: weight discount of each multires noise level.", gt=0.0, le=1.0,
                                        family_only=True)
-    ip_noise_gamma: float = f(0.0, "SDXL: input-perturbation noise: the noisy input is built from noise + gamma * "
+    ip_noise_gamma: float = f(0.0, "SDXL, SD 1.5: input-perturbation noise: the noisy input is built from noise + gamma * "
                               "extra noise, the target keeps the noise; 0 = off (0.1 is common).", ge=0.0,
                               family_only=True)
-    debiased_estimation_loss: bool = f(False, "SDXL: weight the loss by 1/sqrt(SNR) (epsilon) or 1/(SNR+1) "
+    debiased_estimation_loss: bool = f(False, "SDXL, SD 1.5: weight the loss by 1/sqrt(SNR) (epsilon) or 1/(SNR+1) "
                                        "(v-prediction).", family_only=True)
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)

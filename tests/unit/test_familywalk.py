@@ -1,0 +1,61 @@
+"""Family walk (ninth session): lifecycle keys on FLUX.2, SD3.5, Qwen-Image, Z-Image and SD 1.5 are honoured or
+refused in one line at load (no training)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lorakit.config.load import load_config
+from lorakit.config.schema import TrainingCfg
+from lorakit.diffusion import noise_options as nopt
+from lorakit.diffusion.objectives import ddpm_alphas_cumprod
+from lorakit.errors import ConfigError
+
+FLOW = ("flux1", "flux2", "sd3", "qwenimage", "zimage")
+
+
+def _load(family: str, **sections):
+    data = {"model": {"family": family, "checkpoint": "/models/base.safetensors"}, "data": {"dir": "/data/ohwx"}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return load_config(data=data)
+
+
+def _refused(family: str, **sections) -> str:
+    with pytest.raises(ConfigError) as info:
+        _load(family, **sections)
+    return str(info.value)
+
+
+def test_sd15_takes_the_noise_and_loss_options_its_u_net_objective_honours():
+    """SD 1.5 shares SDXL's DDPM objective (unet.py): multires noise, ip_noise_gamma and the debiased loss were
+    refused at load as 'sdxl only' although the objective applies them."""
+    cfg = _load("sd15", training={"multires_noise_iterations": 2, "multires_noise_discount": 0.4,
+                                  "ip_noise_gamma": 0.1, "debiased_estimation_loss": True})
+    assert (cfg.training.multires_noise_iterations, cfg.training.ip_noise_gamma) == (2, 0.1)
+    from lorakit.models.sd15.adapter import Adapter
+
+    ad = Adapter.__new__(Adapter)  # the objective needs only the schedule and the prediction type
+    ad._alphas_cumprod, ad.prediction = ddpm_alphas_cumprod(1000, 0.00085, 0.012), "epsilon"
+    tr = TrainingCfg()
+    tr.multires_noise_iterations, tr.ip_noise_gamma, tr.debiased_estimation_loss = 2, 0.2, True
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    got = ad.noise(latents, noise, None, tr, torch.Generator().manual_seed(6))
+    g = torch.Generator().manual_seed(6)
+    n = nopt.multires_noise(noise, 2, 0.3, g)
+    t = torch.randint(0, 1000, (2,), generator=g)
+    xi = torch.randn(2, 4, 8, 8, generator=g)
+    a = ad._alphas_cumprod[t].view(2, 1, 1, 1).float()
+    torch.testing.assert_close(got.model_input, a.sqrt() * latents + (1 - a).sqrt() * (n + 0.2 * xi))
+    torch.testing.assert_close(got.weight, nopt.debiased_weight(t, ad._alphas_cumprod, "epsilon"))
+
+
+@pytest.mark.parametrize("family", FLOW)
+@pytest.mark.parametrize("key,value", [("min_snr_gamma", 5.0), ("debiased_estimation_loss", True),
+                                       ("multires_noise_iterations", 6), ("ip_noise_gamma", 0.1),
+                                       ("noise_offset", 0.05), ("prediction", "v_prediction")])
+def test_ddpm_only_options_are_refused_on_flow_matching_families(family, key, value):
+    msg = _refused(family, training={key: value})
+    assert f"training.{key}" in msg and "remove it" in msg and family in msg
