@@ -554,8 +554,13 @@ def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
     _check_variant(cfg, explicit)
     if cfg.network.type == "locon" and not cfg.network.conv_rank:
-        raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank (SDXL), or use "
-                  "\"lora\"")
+        from lorakit.config import families
+
+        conv = families.applies_to("network.conv_rank")
+        if cfg.model.family not in conv:  # a transformer family: no 3x3 convolutions to train (familywalk)
+            raise err("network.type", f"\"locon\" trains 3x3 convolutions, which {cfg.model.family} has none of "
+                      f"(LoCon is offered for {', '.join(conv)}); use \"lora\"")
+        raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank, or use \"lora\"")
     if cfg.data.max_token_length not in (75, 150, 225):
         raise err("data.max_token_length", f"must be 75, 150 or 225 (kohya's chunk sizes), got {cfg.data.max_token_length}")
     if cfg.data.alpha_mask and cfg.data.mask_dir:

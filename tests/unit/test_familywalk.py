@@ -59,3 +59,17 @@ def test_sd15_takes_the_noise_and_loss_options_its_u_net_objective_honours():
 def test_ddpm_only_options_are_refused_on_flow_matching_families(family, key, value):
     msg = _refused(family, training={key: value})
     assert f"training.{key}" in msg and "remove it" in msg and family in msg
+
+
+@pytest.mark.parametrize("family", FLOW)
+def test_locon_on_a_transformer_family_says_it_has_no_convolutions(family):
+    """Was "set network.conv_rank (SDXL)", and conv_rank is then refused for the family: a loop of advice."""
+    msg = _refused(family, network={"type": "locon"})
+    assert msg.startswith("network.type:") and f"which {family} has none of" in msg and "sd15, sdxl" in msg
+    assert "conv_rank" not in msg and msg.endswith('use "lora"')
+
+
+def test_locon_without_conv_rank_on_sd15_asks_for_conv_rank():
+    assert _refused("sd15", network={"type": "locon"}) == ('network.type: "locon" trains the 3x3 convolutions too: set '
+                                                           'network.conv_rank, or use "lora"')
+    assert _load("sd15", network={"type": "locon", "conv_rank": 4}).network.conv_rank == 4
