@@ -73,3 +73,24 @@ def test_locon_without_conv_rank_on_sd15_asks_for_conv_rank():
     assert _refused("sd15", network={"type": "locon"}) == ('network.type: "locon" trains the 3x3 convolutions too: set '
                                                            'network.conv_rank, or use "lora"')
     assert _load("sd15", network={"type": "locon", "conv_rank": 4}).network.conv_rank == 4
+
+
+LABELS = {"sdxl": "SDXL", "sd15": "SD 1.5", "flux1": "FLUX.1", "flux2": "FLUX.2", "sd3": "SD3.5",
+          "qwenimage": "Qwen-Image", "zimage": "Z-Image"}
+
+
+def test_each_family_only_key_s_help_names_every_family_that_honours_it():
+    """The help text (web UI form, JSON schema, `lorakit train --help-keys`) begins with the families a family-only key
+    applies to; it said "FLUX.1/2:" for keys SD3.5, Qwen-Image and Z-Image honour, "SDXL:" for SD 1.5's."""
+    from lorakit.config import families
+    from lorakit.config.fields import field_specs
+
+    wrong = []
+    for specs in field_specs().values():
+        for spec in specs.values():
+            if spec.meta.get("family_only"):
+                prefix = str(spec.meta.get("doc") or spec.meta.get("help") or "").split(":")[0]
+                missing = [f for f in families.applies_to(spec.key) if f in LABELS and LABELS[f] not in prefix]
+                if missing:
+                    wrong.append(f"{spec.key}: {missing}")
+    assert not wrong
