@@ -52,8 +52,11 @@ def match(state: LoraState, keys: FamilyKeys, targets: dict[str, dict[str, int]]
     run does not train, keys that fit no module of the family, a rank that differs from the run's."""
     stray = state.unplaced() or sorted(state.foreign)
     if stray:
+        version = str((state.metadata or {}).get("ss_base_model_version", ""))  # familywalk: say what it says
+        said = (f"the file says it is a LoRA of {version} (ss_base_model_version)" if version else
+                "is it a LoRA of another family or model?")
         raise ConfigError(f"{KEY}: {where}: {len(stray)} keys fit no {keys.family} module of this model (e.g. "
-                          f"{stray[0]}); is it a LoRA of another family or model?")
+                          f"{stray[0]}); {said}")
     out: dict[str, dict[str, LoraModule]] = {}
     rescaled = 0
     for comp, pairs in pairs_by_path(state, keys).items():

@@ -94,3 +94,24 @@ def test_each_family_only_key_s_help_names_every_family_that_honours_it():
                 if missing:
                     wrong.append(f"{spec.key}: {missing}")
     assert not wrong
+
+
+def test_network_weights_of_another_family_whose_names_partly_fit_says_what_the_file_is():
+    """An SD3.5 LoRA in a Qwen-Image run: both name blocks transformer_blocks.N.attn.to_q, so the layout check
+    passes and the stray keys are refused; the refusal now says what the file's metadata says it is."""
+    from lorakit.lora.formats.fused import Pair
+    from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
+    from lorakit.lora.formats.layouts import LoraState
+    from lorakit.lora.warmstart import match
+
+    keys = FamilyKeys("qwenimage", (BaseModule("denoiser", "blk.q", ("blk.to_q",), 4, 4),),
+                      {"denoiser": "lora_unet_"}, {"denoiser": "transformer."}, {"denoiser": "diffusion_model."})
+    pair = Pair(torch.zeros(2, 4), torch.zeros(4, 2), 2.0)
+    state = LoraState({"lora_unet_blk_q": pair}, {"ss_base_model_version": "sd3"}, "diffusers", "qwenimage",
+                      unmatched=["text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight"])
+    with pytest.raises(ConfigError) as info:
+        match(state, keys, {"transformer": {"blk.to_q": 2}}, {"transformer": {"blk.to_q": 2.0}},
+              {"denoiser": "transformer"}, "sd3.safetensors", log=lambda s: None)
+    assert str(info.value) == ("network.weights: sd3.safetensors: 1 keys fit no qwenimage module of this model (e.g. "
+                               "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight); the file says it is a "
+                               "LoRA of sd3 (ss_base_model_version)")
