@@ -115,3 +115,37 @@ def test_network_weights_of_another_family_whose_names_partly_fit_says_what_the_
     assert str(info.value) == ("network.weights: sd3.safetensors: 1 keys fit no qwenimage module of this model (e.g. "
                                "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight); the file says it is a "
                                "LoRA of sd3 (ss_base_model_version)")
+
+
+def _one_module_keys(family: str):
+    from lorakit.lora.formats.keymap import BaseModule, FamilyKeys
+
+    return FamilyKeys(family, (BaseModule("denoiser", "blk.q", ("blk.to_q",), 4, 4),
+                               BaseModule("denoiser", "blk.k", ("blk.to_k",), 4, 4)),
+                      {"denoiser": "lora_unet_"}, {"denoiser": "transformer."}, {"denoiser": "diffusion_model."})
+
+
+@pytest.mark.parametrize("family,blocks,ranks", [
+    ("zimage", "network.module_ranks", "network.module_ranks"),
+    ("qwenimage", "network.module_ranks", "network.module_ranks"),
+    ("flux2", "network.train_blocks, network.double_block_indices, network.single_block_indices, "
+              "network.module_ranks", "network.module_ranks"),
+    ("sd15", "network.conv_rank", "network.conv_rank")])
+def test_network_weights_hints_name_only_keys_the_family_honours(family, blocks, ranks):
+    """The hints named train_blocks, *_block_indices and conv_rank to Z-Image / Qwen-Image / SD3.5 runs, which refuse
+    those keys."""
+    from lorakit.lora.formats.fused import Pair
+    from lorakit.lora.formats.layouts import LoraState
+    from lorakit.lora.warmstart import match
+
+    pair = Pair(torch.zeros(2, 4), torch.zeros(4, 2), 2.0)
+    state = LoraState({"lora_unet_blk_q": pair, "lora_unet_blk_k": pair}, {}, "kohya", family)
+    alphas = {"transformer": {"blk.to_q": 2.0, "blk.to_k": 2.0}}
+    with pytest.raises(ConfigError) as info:
+        match(state, _one_module_keys(family), {"transformer": {"blk.to_q": 2}}, alphas, {"denoiser": "transformer"},
+              "f.safetensors", log=lambda s: None)
+    assert str(info.value).endswith(f"which this run does not train; train the same blocks ({blocks})")
+    with pytest.raises(ConfigError) as info:
+        match(state, _one_module_keys(family), {"transformer": {"blk.to_q": 2, "blk.to_k": 4}}, alphas,
+              {"denoiser": "transformer"}, "f.safetensors", log=lambda s: None)
+    assert str(info.value).endswith(f"this run injects rank 4; set network.rank (or {ranks}) to the file's ranks")
