@@ -149,3 +149,20 @@ def test_network_weights_hints_name_only_keys_the_family_honours(family, blocks,
         match(state, _one_module_keys(family), {"transformer": {"blk.to_q": 2, "blk.to_k": 4}}, alphas,
               {"denoiser": "transformer"}, "f.safetensors", log=lambda s: None)
     assert str(info.value).endswith(f"this run injects rank 4; set network.rank (or {ranks}) to the file's ranks")
+
+
+def test_resume_with_other_validation_timesteps_is_refused_and_older_states_still_resume(monkeypatch):
+    """validation.timesteps draws other noise per image: a resume that changed it compared the new losses with the
+    old ones (keep_best kept a step by another measure). It is part of the run's fingerprint now."""
+    from lorakit.train import resume
+
+    monkeypatch.setattr(resume, "dataset_fingerprint", lambda dataset: "d")
+    before = resume.run_fingerprint(_load("zimage", data={"validation_split": 0.25}), None)
+    after = resume.run_fingerprint(_load("zimage", data={"validation_split": 0.25},
+                                         validation={"timesteps": 8, "every_n_steps": 5}), None)
+    assert resume._changed(before, after) == ["validation.timesteps: 4 → 8"]
+    assert resume._changed(before, resume.run_fingerprint(_load("zimage", data={"validation_split": 0.25},
+                                                                validation={"every_n_steps": 5}), None)) == []
+    old = {k: v for k, v in before.items() if k != "validation"}  # a state written before the key was recorded
+    assert resume._changed(old, after) == []
+    assert "validation" not in resume.run_fingerprint(_load("zimage"), None)
