@@ -530,6 +530,10 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         section, name = key.split(".")
         if _value(cfg, key) != defaults[section][name].default and not active(cfg):
             raise err(key, f"only has an effect with {needs}; remove it or set that too")
+    if cfg.network.train_text_encoder and not families.text_encoder_lora(cfg.model.family):
+        # familywalk: said at load (the web UI form, plan, sweeps), not only when a run starts
+        raise err("network.train_text_encoder", f"text-encoder LoRA is not offered for {cfg.model.family} (it trains "
+                  "its denoiser only); set it to false")
     _check_text_encoder_cache(cfg, explicit, notes)
     _check_training_options(cfg, explicit)
 

@@ -166,3 +166,12 @@ def test_resume_with_other_validation_timesteps_is_refused_and_older_states_stil
     old = {k: v for k, v in before.items() if k != "validation"}  # a state written before the key was recorded
     assert resume._changed(old, after) == []
     assert "validation" not in resume.run_fingerprint(_load("zimage"), None)
+
+
+@pytest.mark.parametrize("family", ("flux2", "qwenimage", "zimage"))
+def test_text_encoder_lora_is_refused_at_load_for_a_family_without_it(family):
+    """It was refused only when a run started (the adapter's check), so the web UI form, plan and sweeps passed it."""
+    assert _refused(family, network={"train_text_encoder": True}) == (
+        f"network.train_text_encoder: text-encoder LoRA is not offered for {family} (it trains its denoiser only); "
+        "set it to false")
+    assert _load("sd3", network={"train_text_encoder": True}).network.train_text_encoder
