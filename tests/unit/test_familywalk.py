@@ -175,3 +175,41 @@ def test_text_encoder_lora_is_refused_at_load_for_a_family_without_it(family):
         f"network.train_text_encoder: text-encoder LoRA is not offered for {family} (it trains its denoiser only); "
         "set it to false")
     assert _load("sd3", network={"train_text_encoder": True}).network.train_text_encoder
+
+
+@pytest.mark.parametrize("family,variant,label", [("zimage", "turbo", "Z-Image turbo"),
+                                                  ("sd3", "large-turbo", "SD3.5 large-turbo")])
+def test_negative_prompt_is_refused_where_the_loaded_variant_samples_without_cfg(family, variant, label):
+    """Step-distilled variants sample without CFG (a sample.cfg_scale is refused): sample.negative_prompt was
+    accepted and never read. Base variants keep it."""
+    from types import SimpleNamespace
+
+    from lorakit.models.registry import get_family
+
+    cls = get_family(family).Adapter
+    ad = cls.__new__(cls)
+    ad.cfg = _load(family, sample={"negative_prompt": "blurry"})
+    ad._c = lambda: SimpleNamespace(variant=variant)
+    with pytest.raises(ConfigError) as info:
+        ad._check_loaded()
+    assert str(info.value) == (f"sample.negative_prompt: {label} samples without CFG, so a negative prompt is never "
+                               "used; remove it")
+    ad._c = lambda: SimpleNamespace(variant="base" if family == "zimage" else "large")
+    ad._check_loaded()
+    ad.cfg, ad._c = _load(family), (lambda: SimpleNamespace(variant=variant))
+    ad._check_loaded()
+
+
+def test_negative_prompt_is_refused_for_step_distilled_flux2_klein():
+    from types import SimpleNamespace
+
+    from lorakit.models.flux2.adapter import Adapter
+
+    ad = Adapter.__new__(Adapter)
+    ad.cfg = _load("flux2", sample={"negative_prompt": "blurry"})
+    ad._c = lambda: SimpleNamespace(variant="klein-4b", distilled=True, shape=SimpleNamespace(guidance=False, klein=True))
+    with pytest.raises(ConfigError, match=r"^sample\.negative_prompt: FLUX\.2 klein-4b samples without CFG"):
+        ad._check_loaded()
+    ad._c = lambda: SimpleNamespace(variant="klein-base-4b", distilled=False,
+                                    shape=SimpleNamespace(guidance=False, klein=True))
+    ad._check_loaded()
