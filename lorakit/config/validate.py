@@ -526,6 +526,10 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         raise err("memory.fused_backward", "cannot be used with training.gradient_accumulation > 1 (each "
                    f"gradient is applied as soon as it is computed), got {t.gradient_accumulation}")
     defaults = field_specs()
+    if cfg.network.factor != defaults["network"]["factor"].default and cfg.model.family not in _VARIANT_FAMILIES:
+        # familywalk: "only has an effect with network.type = lokr" sent the user to a type the family refuses
+        raise err("network.factor", f"is LoKr's factor, and network.type = \"lokr\" is built for "
+                  f"{' and '.join(_VARIANT_FAMILIES)}, not {cfg.model.family}; remove it")
     for key, needs, active in _ONLY_WITH:
         section, name = key.split(".")
         if _value(cfg, key) != defaults[section][name].default and not active(cfg):
@@ -580,6 +584,9 @@ def _check_training_options(cfg: Config, explicit: set[str]) -> None:
                   "(remove one)")
 
 
+_VARIANT_FAMILIES = ("sdxl", "sd15")  # where LoHa / LoKr / DoRA are built (their kohya/LyCORIS names)
+
+
 def _check_variant(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: LoHa/LoKr/DoRA (lorakit.lora.variants) where they are built, and what they cannot go with."""
     n, m = cfg.network, cfg.memory
@@ -588,7 +595,7 @@ def _check_variant(cfg: Config, explicit: set[str]) -> None:
     if n.type not in ("loha", "lokr", "dora"):
         return
     kind = show(n.type)
-    if cfg.model.family not in ("sdxl", "sd15"):
+    if cfg.model.family not in _VARIANT_FAMILIES:
         raise err("network.type", f"{kind} is built for sdxl and sd15 (kohya/LyCORIS names); {cfg.model.family} "
                   "trains \"lora\" only for now")
     if cfg.save.format != "kohya":

@@ -213,3 +213,12 @@ def test_negative_prompt_is_refused_for_step_distilled_flux2_klein():
     ad._c = lambda: SimpleNamespace(variant="klein-base-4b", distilled=False,
                                     shape=SimpleNamespace(guidance=False, klein=True))
     ad._check_loaded()
+
+
+@pytest.mark.parametrize("family", FLOW)
+def test_lokr_factor_on_a_family_without_lokr_says_so(family):
+    """Was "only has an effect with network.type = lokr", and lokr is then refused for the family."""
+    assert _refused(family, network={"factor": 4}) == (f'network.factor: is LoKr\'s factor, and network.type = "lokr" '
+                                                       f"is built for sdxl and sd15, not {family}; remove it")
+    assert _load("sd15", network={"type": "lokr", "factor": 4}).network.factor == 4
+    assert "only has an effect with" in _refused("sd15", network={"factor": 4})
