@@ -530,6 +530,9 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         # familywalk: "only has an effect with network.type = lokr" sent the user to a type the family refuses
         raise err("network.factor", f"is LoKr's factor, and network.type = \"lokr\" is built for "
                   f"{' and '.join(_VARIANT_FAMILIES)}, not {cfg.model.family}; remove it")
+    if cfg.network.text_encoder_lr is not None and not families.text_encoder_lora(cfg.model.family):
+        raise err("network.text_encoder_lr", f"text-encoder LoRA is not offered for {cfg.model.family} (it trains its "
+                  "denoiser only); remove it")
     for key, needs, active in _ONLY_WITH:
         section, name = key.split(".")
         if _value(cfg, key) != defaults[section][name].default and not active(cfg):

@@ -222,3 +222,12 @@ def test_lokr_factor_on_a_family_without_lokr_says_so(family):
                                                        f"is built for sdxl and sd15, not {family}; remove it")
     assert _load("sd15", network={"type": "lokr", "factor": 4}).network.factor == 4
     assert "only has an effect with" in _refused("sd15", network={"factor": 4})
+
+
+@pytest.mark.parametrize("family", ("flux2", "qwenimage", "zimage"))
+def test_text_encoder_lr_for_a_family_without_text_encoder_lora_says_so(family):
+    """Was "only has an effect with network.train_text_encoder = true", which the family then refuses."""
+    assert _refused(family, network={"text_encoder_lr": 1e-5}) == (
+        f"network.text_encoder_lr: text-encoder LoRA is not offered for {family} (it trains its denoiser only); "
+        "remove it")
+    assert "only has an effect with" in _refused("sd3", network={"text_encoder_lr": 1e-5})
