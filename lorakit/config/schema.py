@@ -38,21 +38,22 @@ class ModelCfg:
                     "detected from the weights).", required=True, kind="family")
     checkpoint: Optional[str] = f(None, "Base model: a single .safetensors file, a diffusers folder, or a hub id.",
                                   required=True, kind="path")
-    vae: Optional[str] = f(None, "Optional separate VAE file (e.g. the SDXL fp16-fix VAE).", kind="path",
+    vae: Optional[str] = f(None, "SDXL, SD 1.5, SD3.5, Qwen-Image: optional separate VAE file (e.g. the SDXL fp16-fix VAE).", kind="path",
                            family_only=True)
-    clip_l: Optional[str] = f(None, "FLUX.1: CLIP-L text encoder file (clip_l.safetensors).", kind="path",
+    clip_l: Optional[str] = f(None, "FLUX.1, SD3.5: CLIP-L text encoder file (clip_l.safetensors).", kind="path",
                               family_only=True)
-    t5xxl: Optional[str] = f(None, "FLUX.1: T5-XXL text encoder file (t5xxl_fp16.safetensors or fp8).", kind="path",
+    t5xxl: Optional[str] = f(None, "FLUX.1, SD3.5: T5-XXL text encoder file (t5xxl_fp16.safetensors or fp8).", kind="path",
                              family_only=True)
     clip_g: Optional[str] = f(None, "SD3.5: CLIP-G text encoder file (clip_g.safetensors).", kind="path",
                               family_only=True)
-    ae: Optional[str] = f(None, "FLUX.1 / FLUX.2: autoencoder file (each its own ae.safetensors).", kind="path",
+    ae: Optional[str] = f(None, "FLUX.1, FLUX.2, Z-Image: autoencoder file (each its own ae.safetensors).", kind="path",
                           family_only=True)
-    text_encoder: Optional[str] = f(None, "FLUX.2: text encoder file, first of its split files, or folder (Klein 4B: "
-                                    "Qwen3-4B, Klein 9B: Qwen3-8B, dev: Mistral Small 3.1).", kind="path",
+    text_encoder: Optional[str] = f(None, "FLUX.2, Qwen-Image, Z-Image: text encoder file, first of its split files, or "
+                                    "folder (FLUX.2 Klein 4B: Qwen3-4B, Klein 9B: Qwen3-8B, dev: Mistral Small 3.1).", kind="path",
                                     family_only=True)
-    variant: str = f("auto", "FLUX.1: 'auto' detects dev/schnell from the guidance embedding. FLUX.2 Klein: base or "
-                     "distilled (their weights look alike; auto reads model_index.json, else the file name).",
+    variant: str = f("auto", "FLUX.1, FLUX.2, SD3.5, Z-Image: FLUX.1 'auto' detects dev/schnell from the guidance "
+                     "embedding; FLUX.2 Klein, SD3.5 large(-turbo) and Z-Image: base or distilled (their "
+                     "weights look alike; auto reads model_index.json, else the file name).",
                      choices=("auto", "dev", "schnell", "base", "distilled"), family_only=True)
     config_dir: Optional[str] = f(None, "Diffusers config folder for single-file loading (default: the one "
                                   "shipped with lorakit for the family).", kind="path")
@@ -120,18 +121,18 @@ class NetworkCfg:
     rank: int = f(32, "LoRA rank (dim).", ge=1)
     alpha: float = f(16.0, "LoRA alpha; the update is scaled by alpha / rank.", gt=0.0)
     dropout: float = f(0.0, "Dropout on the LoRA path during training.", ge=0.0, lt=1.0)
-    conv_rank: int = f(0, "SDXL: rank of LoRA on 3x3 convolutions (LoCon); 0 = off.", ge=0, family_only=True)
-    conv_alpha: float = f(1.0, "SDXL: alpha of the convolution LoRA.", gt=0.0, family_only=True)
+    conv_rank: int = f(0, "SDXL, SD 1.5: rank of LoRA on 3x3 convolutions (LoCon); 0 = off.", ge=0, family_only=True)
+    conv_alpha: float = f(1.0, "SDXL, SD 1.5: alpha of the convolution LoRA.", gt=0.0, family_only=True)
     train_text_encoder: bool = f(False, "Also train LoRA on the CLIP text encoder(s).")
     text_encoder_lr: Optional[float] = f(None, "Learning rate of the text-encoder LoRA (default: optimizer.lr).",
                                          gt=0.0)
-    train_blocks: str = f("all", "FLUX.1/2: which transformer blocks get LoRA.", choices=("all", "double", "single"),
+    train_blocks: str = f("all", "FLUX.1, FLUX.2: which transformer blocks get LoRA.", choices=("all", "double", "single"),
                           family_only=True)
-    double_block_indices: Optional[str] = f(None, "FLUX.1/2: double-block indices, e.g. '0,2-5' (default all).",
+    double_block_indices: Optional[str] = f(None, "FLUX.1, FLUX.2: double-block indices, e.g. '0,2-5' (default all).",
                                             kind="indices", family_only=True)
-    single_block_indices: Optional[str] = f(None, "FLUX.1/2: single-block indices, e.g. '0-10' (default all).",
+    single_block_indices: Optional[str] = f(None, "FLUX.1, FLUX.2: single-block indices, e.g. '0-10' (default all).",
                                             kind="indices", family_only=True)
-    module_ranks: dict = f(None, "Per-module-type ranks, named by the family (FLUX.1: img_attn, txt_attn, img_mlp, "
+    module_ranks: dict = f(None, "FLUX.1, FLUX.2, SD3.5, Qwen-Image, Z-Image: per-module-type ranks, named by the family (FLUX.1: img_attn, txt_attn, img_mlp, "
                            "txt_mlp, img_mod, txt_mod, single, single_mod; FLUX.2: the same without the _mod types; "
                            "SD3.5: img/txt_attn, img/txt_mlp, img/txt_mod; Qwen-Image: img/txt_attn, img/txt_mlp; "
                            "Z-Image: attn, ffn); 0 skips the type.", factory=dict, kind="table",
@@ -179,41 +180,42 @@ class TrainingCfg:
     seed: int = f(42, "Seed for data order, noise, timesteps and LoRA init.", ge=0)
     mixed_precision: str = f("bf16", "Compute precision; LoRA weights stay fp32.", choices=("bf16", "fp16", "no"))
     device: str = f("auto", "Device: auto (cuda if available), cuda, cuda:N or cpu.")
-    prediction: str = f("epsilon", "SDXL: prediction type of the base model.", choices=("epsilon", "v_prediction"),
+    prediction: str = f("epsilon", "SDXL, SD 1.5: prediction type of the base model.", choices=("epsilon", "v_prediction"),
                         family_only=True)
-    min_timestep: int = f(0, "SDXL: lowest training timestep.", ge=0, le=1000, family_only=True)
-    max_timestep: int = f(1000, "SDXL: highest training timestep (exclusive).", ge=1, le=1000, family_only=True)
-    noise_offset: float = f(0.0, "SDXL: noise offset (per-channel constant added to the noise).", ge=0.0,
+    min_timestep: int = f(0, "SDXL, SD 1.5: lowest training timestep.", ge=0, le=1000, family_only=True)
+    max_timestep: int = f(1000, "SDXL, SD 1.5: highest training timestep (exclusive).", ge=1, le=1000, family_only=True)
+    noise_offset: float = f(0.0, "SDXL, SD 1.5: noise offset (per-channel constant added to the noise).", ge=0.0,
                             family_only=True)
-    min_snr_gamma: float = f(0.0, "SDXL: min-SNR-gamma loss weighting; 0 = off (5 is common).", ge=0.0,
+    min_snr_gamma: float = f(0.0, "SDXL, SD 1.5: min-SNR-gamma loss weighting; 0 = off (5 is common).", ge=0.0,
                              family_only=True)
-    multires_noise_iterations: int = f(0, "SDXL: multires (pyramid) noise levels; 0 = off (6-10 is common).", ge=0,
+    multires_noise_iterations: int = f(0, "SDXL, SD 1.5: multires (pyramid) noise levels; 0 = off (6-10 is common).", ge=0,
                                        le=64, family_only=True)
-    multires_noise_discount: float = f(0.3, "SDXL: weight discount of each multires noise level.", gt=0.0, le=1.0,
+    multires_noise_discount: float = f(0.3, "SDXL, SD 1.5: weight discount of each multires noise level.", gt=0.0, le=1.0,
                                        family_only=True)
-    ip_noise_gamma: float = f(0.0, "SDXL: input-perturbation noise: the noisy input is built from noise + gamma * "
+    ip_noise_gamma: float = f(0.0, "SDXL, SD 1.5: input-perturbation noise: the noisy input is built from noise + gamma * "
                               "extra noise, the target keeps the noise; 0 = off (0.1 is common).", ge=0.0,
                               family_only=True)
-    debiased_estimation_loss: bool = f(False, "SDXL: weight the loss by 1/sqrt(SNR) (epsilon) or 1/(SNR+1) "
+    debiased_estimation_loss: bool = f(False, "SDXL, SD 1.5: weight the loss by 1/sqrt(SNR) (epsilon) or 1/(SNR+1) "
                                        "(v-prediction).", family_only=True)
     loss: str = f("l2", "Loss: l2, l1 or huber.", choices=("l2", "l1", "huber"))
     huber_c: float = f(0.1, "Huber loss threshold c.", gt=0.0)
-    timestep_sampling: str = f("flux_shift", "FLUX.1/2: sigma sampling (flux_shift: FLUX's shift by the image "
-                               "token count).",
+    timestep_sampling: str = f("flux_shift", "FLUX.1, FLUX.2, SD3.5, Qwen-Image, Z-Image: sigma sampling (flux_shift: "
+                               "the shift by the image token count).",
                                choices=("uniform", "sigmoid", "logit_normal", "shift", "flux_shift"),
                                family_only=True)
-    sigmoid_scale: float = f(1.0, "FLUX.1/2: scale of the normal sample before the sigmoid.", gt=0.0,
+    sigmoid_scale: float = f(1.0, "FLUX.1, FLUX.2, SD3.5, Qwen-Image, Z-Image: scale of the normal sample before the sigmoid.", gt=0.0,
                              family_only=True)
-    logit_mean: float = f(0.0, "FLUX.1/2: logit-normal mean.", family_only=True)
-    logit_std: float = f(1.0, "FLUX.1/2: logit-normal std.", gt=0.0, family_only=True)
-    discrete_flow_shift: float = f(3.1582, "FLUX.1/2: shift for timestep_sampling = 'shift'.", gt=0.0,
+    logit_mean: float = f(0.0, "FLUX.1, FLUX.2, SD3.5, Qwen-Image, Z-Image: logit-normal mean.", family_only=True)
+    logit_std: float = f(1.0, "FLUX.1, FLUX.2, SD3.5, Qwen-Image, Z-Image: logit-normal std.", gt=0.0, family_only=True)
+    discrete_flow_shift: float = f(3.1582, "FLUX.1, FLUX.2, SD3.5, Qwen-Image, Z-Image: shift for timestep_sampling = 'shift'.", gt=0.0,
                                    family_only=True)
     guidance_scale: float = f(1.0, "FLUX.1-dev / FLUX.2-dev: guidance embedding value during training.", ge=0.0,
                               family_only=True)
-    t5_max_length: Optional[int] = f(None, "FLUX.1: T5 tokens (default 512 dev, 256 schnell).", ge=1, le=512,
+    t5_max_length: Optional[int] = f(None, "FLUX.1, SD3.5: T5 tokens (default FLUX.1 dev 512, schnell 256; SD3.5 256).", ge=1, le=512,
                                      family_only=True)
     apply_t5_attn_mask: bool = f(False, "FLUX.1: mask T5 padding tokens in attention.", family_only=True)
-    text_max_length: Optional[int] = f(None, "FLUX.2: tokens of the prompt embedding (default 512, as the pipelines).",
+    text_max_length: Optional[int] = f(None, "FLUX.2, Qwen-Image, Z-Image: tokens of the prompt embedding (default "
+                                       "512, as the pipelines).",
                                        ge=1, le=512, family_only=True)
     nan_policy: str = f("stop", "On a NaN/Inf loss or gradient: stop (default) or skip the step.",
                         choices=("stop", "skip"))
@@ -253,7 +255,7 @@ class MemoryCfg:
                                     "the tensor cores (compute capability 8.9+: RTX 40xx, L4, H100; bf16 runs). "
                                     "Default: on when vram_gb picks fp8 storage under compile (measured faster "
                                     "there); false: never.")
-    blocks_to_swap: int = f(0, "FLUX.1/2: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
+    blocks_to_swap: int = f(0, "FLUX.1, FLUX.2, SD3.5, Qwen-Image, Z-Image: transformer blocks kept in CPU memory and streamed in.", ge=0, le=55,
                             family_only=True)
     modulation_on_cpu: Optional[bool] = f(None, "FLUX.1: keep the 3.2 B frozen modulation weights (6 GiB in bf16, a "
                                          "quarter of the transformer) in CPU memory; their outputs depend only on the "
@@ -291,7 +293,7 @@ class SampleCfg:
                                    ge=0.0)
     guidance: float = f(3.5, "FLUX.1-dev / FLUX.2-dev: distilled guidance value for sampling (FLUX.2-dev: 4.0).",
                         ge=0.0, family_only=True)
-    sampler: str = f("euler", "SDXL sampler.", choices=("euler", "dpmpp_2m"), family_only=True)
+    sampler: str = f("euler", "SDXL, SD 1.5: preview sampler.", choices=("euler", "dpmpp_2m"), family_only=True)
     negative_prompt: str = f("", "Default negative prompt.")
     width: Optional[int] = f(None, "Sample width (default: training resolution).", ge=64)
     height: Optional[int] = f(None, "Sample height (default: training resolution).", ge=64)
@@ -352,7 +354,7 @@ class DistributedCfg:
     main_process_port: int = f(29500, "Port of the rendezvous store on machine 0; 0 = any free port (one machine "
                                "only).", ge=0)
     # issue 24: sharded base (FSDP2) and the gradient exchange overlapped with backward (lorakit/train/sharding.py)
-    shard: str = f("auto", "FLUX.1/2, Qwen-Image: \"base\" shards the frozen base weights over the processes "
+    shard: str = f("auto", "FLUX.1, FLUX.2, Qwen-Image: \"base\" shards the frozen base weights over the processes "
                    "(FSDP2, block by block; the LoRA stays whole on every process), for a base one card cannot hold; "
                    "\"none\": every process holds the whole base; \"auto\": the automatic plan shards when no "
                    "single-card setting fits without block swap (docs/multi-gpu.md).", choices=("auto", "none", "base"),

@@ -526,10 +526,21 @@ def check_cross(cfg: Config, explicit: set[str], notes: list[str]) -> None:
         raise err("memory.fused_backward", "cannot be used with training.gradient_accumulation > 1 (each "
                    f"gradient is applied as soon as it is computed), got {t.gradient_accumulation}")
     defaults = field_specs()
+    if cfg.network.factor != defaults["network"]["factor"].default and cfg.model.family not in _VARIANT_FAMILIES:
+        # familywalk: "only has an effect with network.type = lokr" sent the user to a type the family refuses
+        raise err("network.factor", f"is LoKr's factor, and network.type = \"lokr\" is built for "
+                  f"{' and '.join(_VARIANT_FAMILIES)}, not {cfg.model.family}; remove it")
+    if cfg.network.text_encoder_lr is not None and not families.text_encoder_lora(cfg.model.family):
+        raise err("network.text_encoder_lr", f"text-encoder LoRA is not offered for {cfg.model.family} (it trains its "
+                  "denoiser only); remove it")
     for key, needs, active in _ONLY_WITH:
         section, name = key.split(".")
         if _value(cfg, key) != defaults[section][name].default and not active(cfg):
             raise err(key, f"only has an effect with {needs}; remove it or set that too")
+    if cfg.network.train_text_encoder and not families.text_encoder_lora(cfg.model.family):
+        # familywalk: said at load (the web UI form, plan, sweeps), not only when a run starts
+        raise err("network.train_text_encoder", f"text-encoder LoRA is not offered for {cfg.model.family} (it trains "
+                  "its denoiser only); set it to false")
     _check_text_encoder_cache(cfg, explicit, notes)
     _check_training_options(cfg, explicit)
 
@@ -554,8 +565,13 @@ def _check_training_options(cfg: Config, explicit: set[str]) -> None:
     schedule-free AdamW replaces the lr schedule, so only warmup goes with it."""
     _check_variant(cfg, explicit)
     if cfg.network.type == "locon" and not cfg.network.conv_rank:
-        raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank (SDXL), or use "
-                  "\"lora\"")
+        from lorakit.config import families
+
+        conv = families.applies_to("network.conv_rank")
+        if cfg.model.family not in conv:  # a transformer family: no 3x3 convolutions to train (familywalk)
+            raise err("network.type", f"\"locon\" trains 3x3 convolutions, which {cfg.model.family} has none of "
+                      f"(LoCon is offered for {', '.join(conv)}); use \"lora\"")
+        raise err("network.type", "\"locon\" trains the 3x3 convolutions too: set network.conv_rank, or use \"lora\"")
     if cfg.data.max_token_length not in (75, 150, 225):
         raise err("data.max_token_length", f"must be 75, 150 or 225 (kohya's chunk sizes), got {cfg.data.max_token_length}")
     if cfg.data.alpha_mask and cfg.data.mask_dir:
@@ -571,6 +587,9 @@ def _check_training_options(cfg: Config, explicit: set[str]) -> None:
                   "(remove one)")
 
 
+_VARIANT_FAMILIES = ("sdxl", "sd15")  # where LoHa / LoKr / DoRA are built (their kohya/LyCORIS names)
+
+
 def _check_variant(cfg: Config, explicit: set[str]) -> None:
     """Issue 23: LoHa/LoKr/DoRA (lorakit.lora.variants) where they are built, and what they cannot go with."""
     n, m = cfg.network, cfg.memory
@@ -579,7 +598,7 @@ def _check_variant(cfg: Config, explicit: set[str]) -> None:
     if n.type not in ("loha", "lokr", "dora"):
         return
     kind = show(n.type)
-    if cfg.model.family not in ("sdxl", "sd15"):
+    if cfg.model.family not in _VARIANT_FAMILIES:
         raise err("network.type", f"{kind} is built for sdxl and sd15 (kohya/LyCORIS names); {cfg.model.family} "
                   "trains \"lora\" only for now")
     if cfg.save.format != "kohya":

@@ -42,6 +42,20 @@ def _on_target(path: str, targets: dict[str, int]) -> str | None:
     return None
 
 
+# the keys that choose which modules a run trains (familywalk: a hint names only those the family honours)
+_BLOCK_KEYS = ("network.train_blocks", "network.double_block_indices", "network.single_block_indices",
+               "network.module_ranks", "network.conv_rank")
+
+
+def _honoured(family: str, keys: tuple[str, ...]) -> list[str]:
+    """The family-only ``keys`` that ``family`` honours (all of them for a family that is not installed)."""
+    from lorakit.config import families
+
+    if family not in families.installed():
+        return list(keys)
+    return [k for k in keys if family in families.applies_to(k)]
+
+
 def match(state: LoraState, keys: FamilyKeys, targets: dict[str, dict[str, int]], alphas: dict[str, dict[str, float]],
           components: dict[str, str], where: str, log: Callable[[str], None] = print
           ) -> dict[str, dict[str, LoraModule]]:
@@ -52,8 +66,11 @@ def match(state: LoraState, keys: FamilyKeys, targets: dict[str, dict[str, int]]
     run does not train, keys that fit no module of the family, a rank that differs from the run's."""
     stray = state.unplaced() or sorted(state.foreign)
     if stray:
+        version = str((state.metadata or {}).get("ss_base_model_version", ""))  # familywalk: say what it says
+        said = (f"the file says it is a LoRA of {version} (ss_base_model_version)" if version else
+                "is it a LoRA of another family or model?")
         raise ConfigError(f"{KEY}: {where}: {len(stray)} keys fit no {keys.family} module of this model (e.g. "
-                          f"{stray[0]}); is it a LoRA of another family or model?")
+                          f"{stray[0]}); {said}")
     out: dict[str, dict[str, LoraModule]] = {}
     rescaled = 0
     for comp, pairs in pairs_by_path(state, keys).items():
@@ -62,14 +79,17 @@ def match(state: LoraState, keys: FamilyKeys, targets: dict[str, dict[str, int]]
         for path, pair in sorted(pairs.items()):
             target = _on_target(path, have)
             if target is None:
+                chosen = _honoured(keys.family, _BLOCK_KEYS)
                 hint = ("set network.train_text_encoder = true" if run_comp != components.get("denoiser") else
-                        "train the same blocks (network.train_blocks, *_block_indices, module_ranks, conv_rank)")
+                        f"train the same blocks ({', '.join(chosen)})" if chosen else
+                        "train the same modules (this family's LoRA covers its default modules)")
                 raise ConfigError(f"{KEY}: {where} holds {run_comp} module {path}, which this run does not train; "
                                   f"{hint}")
             rank = have[target]
             if pair.rank != rank:
+                other = " / ".join(_honoured(keys.family, ("network.conv_rank", "network.module_ranks")))
                 raise ConfigError(f"{KEY}: {where} has rank {pair.rank} at {run_comp} {path}, this run injects rank "
-                                  f"{rank}; set network.rank (or conv_rank / module_ranks) to the file's ranks")
+                                  f"{rank}; set network.rank{f' (or {other})' if other else ''} to the file's ranks")
             alpha = float(alphas[run_comp][target])
             factor = pair.scale / (alpha / rank)
             rescaled += factor != 1.0

@@ -389,6 +389,13 @@ def what_transformer(ks: set[str], own: str) -> str:
     return next((what for family, what, test in rules if family != own and test()), "")
 
 
+def refuse_unused_negative(sample: Any, label: str) -> None:
+    """``sample.negative_prompt`` where the loaded variant samples without CFG (it would never be read)."""
+    if str(getattr(sample, "negative_prompt", "") or "").strip():
+        raise ConfigError(f"sample.negative_prompt: {label} samples without CFG, so a negative prompt is never used; "
+                          "remove it")
+
+
 def refuse_text_encoder_lora(network: Any, name: str) -> None:
     """A family that trains its transformer only refuses ``network.train_text_encoder`` (``name``: how the message
     names the family)."""
@@ -603,6 +610,8 @@ class ComponentsAdapter:
         if self.no_cfg_variant and self._c().variant == self.no_cfg_variant and \
                 getattr(self.cfg.sample, "cfg_scale", None) not in (None, 1.0):
             raise ConfigError(self.no_cfg_refusal[0])
+        if self.no_cfg_variant and self._c().variant == self.no_cfg_variant:
+            refuse_unused_negative(self.cfg.sample, f"{self.spec.display_name or self.family} {self._c().variant}")
 
     def before_placement(self, memory: Any, log: Any) -> None:
         """Nothing family-specific to apply."""

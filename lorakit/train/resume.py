@@ -268,6 +268,8 @@ def _changed(saved: dict, now: dict) -> list[str]:
         saved = {**saved, "training": {k: v for k, v in saved["training"].items() if k not in _EXTENDABLE}}
     if isinstance(saved, dict) and "mask_hash" not in saved and isinstance(now, dict):  # a state from before fixes8
         now = {k: v for k, v in now.items() if k != "mask_hash"}
+    if isinstance(saved, dict) and "validation" not in saved and isinstance(now, dict):  # before the family walk
+        now = {k: v for k, v in now.items() if k != "validation"}
     return checkpoint.fingerprint_diff(saved, now)
 
 
@@ -279,6 +281,10 @@ def run_fingerprint(cfg: Config, dataset) -> dict:
            "dataset_hash": dataset_fingerprint(dataset), "training": {k: v for k, v in d.get("training", {}).items()
                                                             if k not in _EXTENDABLE},
            "optimizer": d.get("optimizer", {})}
+    if cfg.data.validation_split > 0 or cfg.data.validation_dir is not None:
+        # familywalk: other timesteps per image draw other noise, so the losses (and keep_best) would compare
+        # numbers of two measures; every_n_steps and keep_best may change
+        out["validation"] = {"timesteps": cfg.validation.timesteps}
     if cfg.data.mask_dir and not cfg.data.alpha_mask:  # an alpha mask is in the image's bytes (dataset_hash)
         out["mask_hash"] = mask_fingerprint(dataset, cfg.data.mask_dir)
     return out

@@ -109,6 +109,8 @@ class Adapter(common.ComponentsAdapter):
         if self._c().distilled and self._c().shape.klein and sample.cfg_scale not in (None, 1.0):
             raise ConfigError(f"sample.cfg_scale: {self._c().variant} is step-distilled and runs without CFG; remove "
                               "it (or train on the base model, as recommended)")
+        if self._c().distilled and self._c().shape.klein:
+            common.refuse_unused_negative(sample, f"FLUX.2 {self._c().variant}")
 
     def text_length(self) -> int:
         return int(getattr(self.cfg.training, "text_max_length", None) or configs.MAX_TEXT_TOKENS)

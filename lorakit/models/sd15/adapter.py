@@ -40,7 +40,10 @@ SPEC = ModelSpec(family="sd15", pipeline_classes=("StableDiffusionPipeline",),
                  fp8_convs=True,
                  config_keys=frozenset({"model.vae", "network.conv_rank", "network.conv_alpha", "training.prediction",
                                         "training.min_timestep", "training.max_timestep", "training.noise_offset",
-                                        "training.min_snr_gamma", "sample.sampler"}),
+                                        "training.min_snr_gamma", "sample.sampler",
+                                        # the shared U-Net objective (unet.py: ddpm_noised) honours these as for SDXL
+                                        "training.multires_noise_iterations", "training.multires_noise_discount",
+                                        "training.ip_noise_gamma", "training.debiased_estimation_loss"}),
                  # estimates until GPU rows replace them (.planning)
                  activation_gib=planning.RATES["eager"], activation_gib_compiled=planning.RATES["compiled"],
                  measured_steps=estimates.scaled_rows("sd15", planning.REFERENCE, planning.STEP_SCALE),

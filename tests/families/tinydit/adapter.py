@@ -26,7 +26,7 @@ SPEC = ModelSpec(family="tinydit", latent_channels=4, vae_scale=0.5, vae_shift=0
                  bucket_divisibility=16, prediction="flow", default_resolution=64, text_encoders=("clip",),
                  max_caption_tokens=77, default_sample_steps=4, metadata_base_version="tinydit",
                  network_module="networks.lora", default_cfg_scale=3.0, activation_gib=(0.01, 0.02),
-                 denoiser_name="transformer",
+                 denoiser_name="transformer", text_encoder_lora=True,  # network.train_text_encoder (LoRA on its CLIP)
                  compile_blocks=("BasicTransformerBlock",),  # PixArt lists no _repeated_blocks of its own
                  config_keys=frozenset({"training.timestep_sampling", "training.sigmoid_scale", "training.logit_mean",
                                         "training.logit_std", "training.discrete_flow_shift"}))
