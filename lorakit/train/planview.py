@@ -16,8 +16,10 @@ from lorakit.errors import ConfigError
 from lorakit.train import autoplan, budget, cards
 
 
-def lora_parameters(model, targets: dict[str, int]) -> int:
-    """Trainable LoRA parameters of ``targets`` ({path: rank}) on ``model``: down (in → rank) + up (rank → out)."""
+def lora_parameters(model, targets: dict[str, int], algo: str = "lora") -> int:
+    """Trainable parameters of ``targets`` ({path: rank}) on ``model``: LoRA's down (in → rank) + up (rank → out);
+    LoHa (``network.type = "loha"``) two such pairs; DoRA one pair plus its magnitude, one per input column
+    (lorakit/lora/variants.py). LoKr is counted as LoRA (its Kronecker factors are mostly smaller)."""
     from torch import nn
 
     total = 0
@@ -25,9 +27,11 @@ def lora_parameters(model, targets: dict[str, int]) -> int:
         sub = model.get_submodule(path)
         if isinstance(sub, nn.Conv2d):
             k = sub.kernel_size[0] * sub.kernel_size[1]
-            total += rank * (sub.in_channels * k + sub.out_channels)
+            fan_in, fan_out, columns = sub.in_channels * k, sub.out_channels, sub.in_channels
         else:
-            total += rank * (sub.in_features + sub.out_features)
+            fan_in, fan_out = sub.in_features, sub.out_features
+            columns = fan_in
+        total += rank * (fan_in + fan_out) * (2 if algo == "loha" else 1) + (columns if algo == "dora" else 0)
     return total
 
 
@@ -60,7 +64,8 @@ def meta_model(cfg) -> tuple:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
         model._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)  # as loaded; ModelMixin.to() would warn
         model.requires_grad_(False)
-        trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
+        trainable = [torch.empty(lora_parameters(model, targets, str(getattr(cfg.network, "type", "lora"))),
+                                 device="meta")]
         _BUILT[key] = (spec, model, speed.repeated_blocks(model, extra=spec.compile_blocks), trainable)
         _TARGETS[id(model)] = frozenset(targets)
     return _BUILT[key]

@@ -1,0 +1,42 @@
+"""`lorakit plan` with LoHa / DoRA (planwalk): the trainable parameters the planner counts are those peft and lorakit
+make for the same targets (LoHa: two low-rank pairs; DoRA: a LoRA pair plus one magnitude per input column), so the
+plan counts their optimizer state as the run does."""
+
+from __future__ import annotations
+
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from lorakit.lora import variants
+from lorakit.train import planview
+
+
+def tiny() -> nn.Module:
+    return nn.Sequential(nn.Linear(24, 40), nn.Conv2d(8, 12, 3), nn.Linear(40, 16))
+
+
+TARGETS = {"0": 4, "1": 4, "2": 4}
+
+
+def trainable(model: nn.Module) -> int:
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "base_layer" not in n)
+
+
+def test_loha_counts_two_pairs_as_peft_makes_them():
+    model = tiny().requires_grad_(False)
+    cfg = variants.peft_lycoris_config("loha", r=4, alpha=4, target_modules=["0", "1", "2"], rank_pattern={},
+                                       alpha_pattern={}, factor=-1)
+    inject_adapter_in_model(cfg, model)
+    assert planview.lora_parameters(tiny(), TARGETS, "loha") == trainable(model)
+    assert planview.lora_parameters(tiny(), TARGETS, "loha") == 2 * planview.lora_parameters(tiny(), TARGETS)
+
+
+def test_dora_counts_its_magnitude_per_input_column():
+    model = tiny().requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["0", "1", "2"]), model)
+    for name in TARGETS:
+        variants.add_dora(model.get_submodule(name))
+    magnitudes = sum(getattr(model.get_submodule(n), variants.DORA_ATTR).numel() for n in TARGETS)
+    assert magnitudes == 24 + 8 + 40
+    assert planview.lora_parameters(tiny(), TARGETS, "dora") == trainable(model)  # the magnitudes included
+    assert planview.lora_parameters(tiny(), TARGETS, "dora") == planview.lora_parameters(tiny(), TARGETS) + 72
