@@ -177,7 +177,8 @@ def planned(cfg, card: cards.CardFacts, label: str, gpus: int = 1) -> tuple[str,
         plan, lines = None, [f"  one card: {exc}"]
     out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
     out += [f"  note: {n}" for n in card.notes]
-    out += lines if plan is None else [f"  {ln}" for ln in lines if ln.startswith("warning:")]  # (the rest: below)
+    # the planner's warnings and notes (network.type = "loha" runs eager: why compile is off); its log line: below
+    out += lines if plan is None else [f"  {ln}" for ln in lines if ln.startswith(("warning:", "plan: "))]
     if plan is None:
         if gpus > 1:
             out += cards_lines(cfg, card, gpus, None)

@@ -40,3 +40,17 @@ def test_dora_counts_its_magnitude_per_input_column():
     assert magnitudes == 24 + 8 + 40
     assert planview.lora_parameters(tiny(), TARGETS, "dora") == trainable(model)  # the magnitudes included
     assert planview.lora_parameters(tiny(), TARGETS, "dora") == planview.lora_parameters(tiny(), TARGETS) + 72
+
+
+def test_plan_says_why_a_variant_runs_eager(tmp_path):
+    """The planner's note that LoHa / DoRA / LoKr layers run eager without fp8 was logged by `lorakit train` but left
+    out of `lorakit plan`, whose table then showed memory.compile false with no reason."""
+    from lorakit.config.load import load_config
+    from lorakit.train import cards
+
+    cfg = load_config(None, data={"model": {"family": "sd15", "checkpoint": str(tmp_path / "m.safetensors")},
+                                  "data": {"dir": str(tmp_path)}, "network": {"rank": 8, "type": "loha"},
+                                  "training": {"mixed_precision": "bf16"}})
+    text, plan = planview.planned(cfg, cards.card("rtx4090"), "run.toml")
+    assert '  plan: network.type = "loha" runs eager without fp8 weights' in text, text
+    assert not plan.applied.memory.compile and not plan.applied.memory.fp8_base
