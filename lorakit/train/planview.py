@@ -153,9 +153,11 @@ def _shardable() -> set[str]:
 
 def who(cfg, key: str, value, explicit: frozenset[str]) -> str:
     section, name = key.split(".")
-    if key in explicit:
-        return "you"
-    return "planner" if getattr(getattr(cfg, section), name) != value else "as loaded (default or preset)"
+    set_to = getattr(getattr(cfg, section), name)
+    if key in explicit:  # kept as set, except a batch the card cannot hold (split with accumulation, same effective)
+        return "you" if set_to == value else f"planner (you set {set_to}" + (
+            "; the same effective batch)" if section == "training" else ")")
+    return "planner" if set_to != value else "as loaded (default or preset)"
 
 
 def report(cfg, card: cards.CardFacts, label: str) -> str:

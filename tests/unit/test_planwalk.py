@@ -1,0 +1,31 @@
+"""`lorakit plan` as a user meets it (planwalk): what the plan's table says about each setting, the keys the user
+set, and what the run would do. SD 1.5's full-size U-Net on the meta device (well under a second)."""
+
+from __future__ import annotations
+
+from lorakit.config.load import load_config
+from lorakit.train import cards, planview
+
+
+def sd15(tmp_path, **sections):
+    data = {"model": {"family": "sd15", "checkpoint": str(tmp_path / "m.safetensors")}, "data": {"dir": str(tmp_path)},
+            "network": {"rank": 8}, "training": {"mixed_precision": "bf16"}}
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return load_config(None, data=data)
+
+
+def row(text: str, key: str) -> str:
+    return next(line for line in text.splitlines() if line.strip().startswith(key + " "))
+
+
+def test_a_batch_split_to_fit_is_shown_as_the_planners_not_yours(tmp_path):
+    """training.batch_size = 16 on a 4 GiB budget is split into a smaller batch with accumulation; the table said
+    "you" beside the planner's batch size."""
+    cfg = sd15(tmp_path, training={"batch_size": 16}, memory={"vram_gb": 3.5})
+    text, plan = planview.planned(cfg, cards.card("rtx3060-12g"), "run.toml")
+    b, acc = plan.applied.training.batch_size, plan.applied.training.gradient_accumulation
+    assert b < 16 and b * acc == 16, text
+    assert row(text, "training.batch_size").split()[1:] == [str(b), "planner", "(you", "set", "16;", "the", "same",
+                                                            "effective", "batch)"], text
+    assert row(text, "training.gradient_accumulation").split()[1:] == [str(acc), "planner"], text
