@@ -107,6 +107,11 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         log(f"plan: {spec.family} has no measured memory and speed rows yet; the [memory] settings run as written "
             "(memory.vram_gb plans them if the family supports it)")
         return None
+    if mem.blocks_to_swap and "memory.blocks_to_swap" in explicit:  # a swap the user set, with what cannot run it:
+        from lorakit.train.memory import check_block_swap  # the run's own refusal, not "nothing fits … as written"
+
+        check_block_swap(bool(mem.gradient_checkpointing) or "memory.gradient_checkpointing" not in explicit,
+                         bool(mem.cuda_graphs) and "memory.cuda_graphs" in explicit)
     room = float(mem.vram_gb) if mem.vram_gb else room or math.floor(card.free_gib * 10) / 10
     if mem.vram_gb and round(card.total_gib, 1) < mem.vram_gb < math.inf:  # planned as set, never trimmed
         log(f"warning: memory.vram_gb = {mem.vram_gb:g} is more than the {card.name}'s {card.total_gib:.1f} GiB: the "

@@ -7,8 +7,8 @@ from lorakit.config.load import load_config
 from lorakit.train import cards, planview
 
 
-def sd15(tmp_path, **sections):
-    data = {"model": {"family": "sd15", "checkpoint": str(tmp_path / "m.safetensors")}, "data": {"dir": str(tmp_path)},
+def sd15(tmp_path, family: str = "sd15", **sections):
+    data = {"model": {"family": family, "checkpoint": str(tmp_path / "m.safetensors")}, "data": {"dir": str(tmp_path)},
             "network": {"rank": 8}, "training": {"mixed_precision": "bf16"}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -29,3 +29,22 @@ def test_a_batch_split_to_fit_is_shown_as_the_planners_not_yours(tmp_path):
     assert row(text, "training.batch_size").split()[1:] == [str(b), "planner", "(you", "set", "16;", "the", "same",
                                                             "effective", "batch)"], text
     assert row(text, "training.gradient_accumulation").split()[1:] == [str(acc), "planner"], text
+
+
+def test_cuda_graphs_with_a_swap_you_set_is_the_runs_refusal_not_a_plan_that_runs_as_written(tmp_path):
+    """memory.cuda_graphs = true with memory.blocks_to_swap = 4: `lorakit plan` said "no setting lorakit plans keeps
+    memory.blocks_to_swap = 4 together; remove one of them ... the [memory] settings run as written", naming one key;
+    the run then stopped where block swap is installed. Both now refuse it up front, naming both keys."""
+    import pytest
+
+    from lorakit.errors import ConfigError
+
+    cfg = sd15(tmp_path, "zimage", memory={"cuda_graphs": True, "blocks_to_swap": 4})
+    with pytest.raises(ConfigError) as exc:
+        planview.planned(cfg, cards.card("rtx4090"), "run.toml")
+    assert str(exc.value) == ("memory.cuda_graphs: CUDA graphs replay fixed weight addresses, which block swap changes "
+                              "every step; set memory.cuda_graphs = false or memory.blocks_to_swap = 0")
+    with pytest.raises(ConfigError) as exc:
+        planview.planned(sd15(tmp_path, "zimage", memory={"gradient_checkpointing": False, "blocks_to_swap": 4}),
+                         cards.card("rtx4090"), "run.toml")
+    assert str(exc.value).startswith("memory.blocks_to_swap: needs memory.gradient_checkpointing = true")
