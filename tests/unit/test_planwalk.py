@@ -48,3 +48,14 @@ def test_cuda_graphs_with_a_swap_you_set_is_the_runs_refusal_not_a_plan_that_run
         planview.planned(sd15(tmp_path, "zimage", memory={"gradient_checkpointing": False, "blocks_to_swap": 4}),
                          cards.card("rtx4090"), "run.toml")
     assert str(exc.value).startswith("memory.blocks_to_swap: needs memory.gradient_checkpointing = true")
+
+
+def test_text_encoder_training_says_the_estimate_leaves_the_text_encoders_out(tmp_path):
+    """network.train_text_encoder = true keeps CLIP-L on the GPU through training; the plan's estimate (the denoiser's
+    parts) was the same as without it, and nothing said so."""
+    text, plan = planview.planned(sd15(tmp_path, network={"train_text_encoder": True}), cards.card("rtx3060-12g"),
+                                  "run.toml")
+    te = dict(planview.meta_model(sd15(tmp_path))[0].component_gib)["text encoders"]
+    assert f"  warning: network.train_text_encoder: the text encoders (~{te:.2f} GiB as loaded) stay on the GPU" in text
+    assert "warning: network.train_text_encoder" not in planview.planned(sd15(tmp_path), cards.card("rtx3060-12g"),
+                                                                         "run.toml")[0]
