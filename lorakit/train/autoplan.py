@@ -117,7 +117,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         log(f"warning: memory.vram_gb = {mem.vram_gb:g} is more than the {card.name}'s {card.total_gib:.1f} GiB: the "
             f"plan below is for {mem.vram_gb:g} GiB and may not fit this card; set memory.vram_gb to at most "
             f"{math.floor(card.free_gib * 10) / 10:g} (what lorakit plans with when it is unset) or leave it out")
-    te_gib = dict(getattr(spec, "component_gib", ()) or ()).get("text encoders", 0.0)
+    comps = dict(getattr(spec, "component_gib", ()) or ())
+    te_gib = comps.get("trained text encoders", comps.get("text encoders", 0.0))  # (FLUX.1, SD3.5: not T5)
     if getattr(cfg.network, "train_text_encoder", False) and te_gib:
         log(f"warning: network.train_text_encoder: the text encoders (~{te_gib:.2f} GiB as loaded) stay on the GPU "
             "while training, with their activations; the estimated peak below counts the denoiser only: keep that "

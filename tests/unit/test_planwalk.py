@@ -59,3 +59,21 @@ def test_text_encoder_training_says_the_estimate_leaves_the_text_encoders_out(tm
     assert f"  warning: network.train_text_encoder: the text encoders (~{te:.2f} GiB as loaded) stay on the GPU" in text
     assert "warning: network.train_text_encoder" not in planview.planned(sd15(tmp_path), cards.card("rtx3060-12g"),
                                                                          "run.toml")[0]
+
+
+def test_text_encoder_training_counts_the_encoders_trained_not_t5():
+    """FLUX.1 trains CLIP-L only (T5-XXL's 8.9 GiB is not kept for training): the warning names CLIP-L's size."""
+    from torch import nn
+
+    from lorakit.models.registry import get_family
+    from lorakit.train import autoplan, swap
+
+    from .test_autoplan import sizes_of
+
+    cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "/nonexistent/model.safetensors"},
+                                  "data": {"dir": "/tmp"}, "network": {"rank": 16, "train_text_encoder": True},
+                                  "training": {"mixed_precision": "bf16"}})
+    lines: list[str] = []
+    autoplan.choose(cfg, get_family("flux1").SPEC, nn.Module(), [], [], swap.LOOKAHEAD, cards.card("h100"),
+                    log=lines.append, sizes=sizes_of("flux1"))
+    assert any(line.startswith("warning: network.train_text_encoder: the text encoders (~0.23 GiB") for line in lines)
