@@ -341,9 +341,14 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         hint += f"; memory.checkpoint_fraction = {checkpoint_fraction:g} keeps activations: raise it toward 1"
     if cuda_graphs:
         hint += "; memory.cuda_graphs = false saves the graph pool and allows block swap"
-    raise ConfigError(f"memory.vram_gb = {budget_gib:g}: even the leanest setting (checkpointing, fp8 storage, "
-                      f"{best.blocks_to_swap} swapped blocks) needs about {best.needs_gib:.1f} GiB at "
-                      f"training.batch_size = {batch_size}; {hint}{hint_fixed}")
+    # the leanest setting tried, as it was (a key the user fixed may have kept it from checkpointing or fp8 storage)
+    ckpt = (f"activation_budget = {best.activation_budget:g}" if best.activation_budget is not None else
+            "no checkpointing" if not best.gradient_checkpointing else "checkpointing" if
+            best.checkpoint_fraction >= 1 else f"checkpoint_fraction = {best.checkpoint_fraction:g}")
+    leanest = (f"{ckpt}, {'fp8 storage' if best.fp8_base else 'bf16 weights'}"
+               + (", modulation_on_cpu" if best.modulation_on_cpu else "") + f", {best.blocks_to_swap} swapped blocks")
+    raise ConfigError(f"memory.vram_gb = {budget_gib:g}: even the leanest setting ({leanest}) needs about "
+                      f"{best.needs_gib:.1f} GiB at training.batch_size = {batch_size}; {hint}{hint_fixed}")
 
 
 # the [memory] knobs memory.vram_gb plans; each one set by hand (in the file or an override, not a preset) is a

@@ -77,3 +77,30 @@ def test_text_encoder_training_counts_the_encoders_trained_not_t5():
     autoplan.choose(cfg, get_family("flux1").SPEC, nn.Module(), [], [], swap.LOOKAHEAD, cards.card("h100"),
                     log=lines.append, sizes=sizes_of("flux1"))
     assert any(line.startswith("warning: network.train_text_encoder: the text encoders (~0.23 GiB") for line in lines)
+
+
+def test_the_leanest_setting_named_is_the_one_tried_under_the_keys_you_fixed():
+    """With memory.fp8_base = false set, "even the leanest setting (checkpointing, fp8 storage, …)" named a setting
+    the plan never tried; the refusal names what it tried (bf16 weights)."""
+    import pytest
+    from torch import nn
+
+    from lorakit.errors import ConfigError
+    from lorakit.models.registry import get_family
+    from lorakit.train import budget, swap
+
+    from .test_autoplan import sizes_of
+
+    def refusal(**memory) -> str:
+        cfg = load_config(None, data={"model": {"family": "flux1", "checkpoint": "/nonexistent/model.safetensors"},
+                                      "data": {"dir": "/tmp"}, "network": {"rank": 16},
+                                      "training": {"mixed_precision": "bf16"}, "memory": {"vram_gb": 12, **memory}})
+        with pytest.raises(ConfigError) as exc:
+            budget.apply_budget(cfg, get_family("flux1").SPEC, nn.Module(), [], [], swap.LOOKAHEAD, log=lambda _: None,
+                                sizes=sizes_of("flux1"), fp8_matmuls=False)
+        return str(exc.value)
+
+    assert "even the leanest setting (checkpointing, bf16 weights, 0 swapped blocks) needs about" in \
+        refusal(fp8_base=False, blocks_to_swap=0, modulation_on_cpu=False)
+    assert "even the leanest setting (checkpointing, fp8 storage, 0 swapped blocks)" in \
+        refusal(blocks_to_swap=0, vram_gb=6)
