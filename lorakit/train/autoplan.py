@@ -330,9 +330,13 @@ class Phases:
                f"previews: ~{p['peak_gib']:.2f} GiB ({p['width']}x{p['height']}, batch {p['batch']}"
                + (" (CFG)" if p["batch"] > 1 else "") + (", CFG in 2 passes" if p.get("cfg_passes", 1) > 1 else "")
                + (", VAE decode tiled" if p["vae_tiling"] else "") + ")"]
-        worst = max(c["peak_gib"], self.train_gib, p["peak_gib"])
-        if worst > self.room_gib:
-            out.append(f"warning: a phase needs ~{worst:.1f} GiB, more than the {self.room_gib:g} GiB planned for")
+        over = [(name, gib) for name, gib in (("caching", c["peak_gib"]), ("training", self.train_gib),
+                                               ("previews", p["peak_gib"])) if gib > self.room_gib]
+        hints = {"caching": "lower data.max_bucket_reso",
+                 "previews": f"set sample.width / sample.height below {p['width']}x{p['height']}"}
+        for name, gib in over:  # (two decimals: 22.52 is not "~22.5 GiB, more than the 22.5 GiB")
+            out.append(f"warning: {name} need{'' if name == 'previews' else 's'} ~{gib:.2f} GiB, more than the {self.room_gib:g} GiB planned for"
+                       + (f"; {hints[name]} if it runs out of memory" if name in hints else ""))
         return out
 
     def record(self) -> dict:

@@ -104,3 +104,20 @@ def test_the_leanest_setting_named_is_the_one_tried_under_the_keys_you_fixed():
         refusal(fp8_base=False, blocks_to_swap=0, modulation_on_cpu=False)
     assert "even the leanest setting (checkpointing, fp8 storage, 0 swapped blocks)" in \
         refusal(blocks_to_swap=0, vram_gb=6)
+
+
+def test_a_phase_over_the_budget_is_named_with_what_to_lower(tmp_path):
+    """Previews at 2048² (CFG batch of 2) need more than the card: the warning said "a phase needs ~13.7 GiB" without
+    naming the phase or what to change, and rounded 22.52 to "~22.5 GiB, more than the 22.5 GiB"."""
+    from lorakit.train import autoplan
+
+    phases = autoplan.Phases(22.5, {"latent_batch": 1, "vae_tiling": False, "text_encoders": "GPU", "peak_gib": 23.1},
+                             20.0, {"width": 2048, "height": 2048, "batch": 2, "vae_tiling": True, "peak_gib": 22.52})
+    lines = phases.lines()
+    assert lines[3:] == [
+        "warning: caching needs ~23.10 GiB, more than the 22.5 GiB planned for; lower data.max_bucket_reso if it runs "
+        "out of memory",
+        "warning: previews need ~22.52 GiB, more than the 22.5 GiB planned for; set sample.width / sample.height below "
+        "2048x2048 if it runs out of memory"]
+    assert len(autoplan.Phases(22.5, dict(phases.cache, peak_gib=9.0), 20.0, dict(phases.previews, peak_gib=9.0))
+               .lines()) == 3
