@@ -112,6 +112,10 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
 
         check_block_swap(bool(mem.gradient_checkpointing) or "memory.gradient_checkpointing" not in explicit,
                          bool(mem.cuda_graphs) and "memory.cuda_graphs" in explicit)
+    if mem.fp8_compute and not card.fp8:  # the run stops there before loading (fp8.check_compute): say so here too
+        raise ConfigError(f"memory.fp8_compute: {card.name} has no float8 tensor cores (needs compute capability "
+                          "8.9+, e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for the memory "
+                          "saving")
     room = float(mem.vram_gb) if mem.vram_gb else room or math.floor(card.free_gib * 10) / 10
     if mem.vram_gb and round(card.total_gib, 1) < mem.vram_gb < math.inf:  # planned as set, never trimmed
         log(f"warning: memory.vram_gb = {mem.vram_gb:g} is more than the {card.name}'s {card.total_gib:.1f} GiB: the "

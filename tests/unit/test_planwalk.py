@@ -121,3 +121,19 @@ def test_a_phase_over_the_budget_is_named_with_what_to_lower(tmp_path):
         "2048x2048 if it runs out of memory"]
     assert len(autoplan.Phases(22.5, dict(phases.cache, peak_gib=9.0), 20.0, dict(phases.previews, peak_gib=9.0))
                .lines()) == 3
+
+
+def test_fp8_compute_you_set_on_a_card_without_float8_is_refused_as_the_run_refuses_it(tmp_path):
+    """memory.fp8_compute = true with --card rtx3060-12g planned "fp8 compute ... kept as you set" where the run stops
+    before loading (no float8 tensor cores); on an RTX 4090 it plans as before."""
+    import pytest
+
+    from lorakit.errors import ConfigError
+
+    cfg = sd15(tmp_path, memory={"fp8_compute": True})
+    with pytest.raises(ConfigError) as exc:
+        planview.planned(cfg, cards.card("rtx3060-12g"), "run.toml")
+    assert str(exc.value) == ("memory.fp8_compute: NVIDIA GeForce RTX 3060 has no float8 tensor cores (needs compute "
+                              "capability 8.9+, e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for "
+                              "the memory saving")
+    assert planview.planned(cfg, cards.card("rtx4090"), "run.toml")[1].applied.memory.fp8_compute is True
