@@ -87,9 +87,33 @@ def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan
 
     spec, model, blocks, trainable = meta_model(cfg)
     lines: list[str] = []
+    if not getattr(cfg.memory, "auto", True):  # as train/placement.py: memory.vram_gb alone plans, or nothing does
+        return (_as_written_plan(cfg, card, log or lines.append) if cfg.memory.vram_gb else None), lines
     plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=None,
                            log=log or lines.append, sizes=sizes_of(cfg))
     return plan, lines
+
+
+def _as_written_plan(cfg, card: cards.CardFacts, log) -> budget.Plan:
+    """``memory.auto = false`` with ``memory.vram_gb``: the run's :func:`budget.apply_budget` (compile and CUDA graphs
+    as written, nothing steered), with the s/step estimate and a log line for :func:`planned`."""
+    from dataclasses import replace
+
+    from lorakit.config.resolution import resolution_wh
+    from lorakit.train import swap
+
+    spec, model, blocks, trainable = meta_model(cfg)
+    plan = budget.apply_budget(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None, device=None,
+                               fp8_matmuls=card.fp8, sizes=sizes_of(cfg), card=card)
+    w, h = resolution_wh(cfg.data.resolution)
+    step = cards.step_seconds(spec.family, autoplan.settings_of(plan.applied.memory), card,
+                              images=cfg.training.batch_size * w * h / 1024**2,
+                              rows=cards.rows_for(budget.for_model(spec, model)))
+    chosen = autoplan.summary(plan.applied.memory, plan)
+    line = (f"memory.auto = false: memory.vram_gb = {cfg.memory.vram_gb:g} plans {chosen} (compile and cuda_graphs "
+            f"as written); estimated peak {plan.estimate_gib:.1f} of {cfg.memory.vram_gb:g} GiB")
+    log(line)
+    return replace(plan, step=step, card=card, line=line)
 
 
 def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.Plan]) -> list[str]:
@@ -179,6 +203,9 @@ def planned(cfg, card: cards.CardFacts, label: str, gpus: int = 1) -> tuple[str,
         plan, lines = None, [f"  one card: {exc}"]
     out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
     out += [f"  note: {n}" for n in card.notes]
+    if plan is None and not getattr(cfg.memory, "auto", True):
+        out.append("  memory.auto = false: lorakit train runs the [memory] settings as written (nothing is planned); "
+                   "remove it, or set memory.vram_gb, for a plan")
     # the planner's warnings and notes (network.type = "loha" runs eager: why compile is off); its log line: below
     out += lines if plan is None else [f"  {ln}" for ln in lines if ln.startswith(("warning:", "plan: "))]
     if plan is None:

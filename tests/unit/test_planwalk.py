@@ -137,3 +137,19 @@ def test_fp8_compute_you_set_on_a_card_without_float8_is_refused_as_the_run_refu
                               "capability 8.9+, e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for "
                               "the memory saving")
     assert planview.planned(cfg, cards.card("rtx4090"), "run.toml")[1].applied.memory.fp8_compute is True
+
+
+def test_memory_auto_false_shows_what_the_run_does_not_the_automatic_plan(tmp_path):
+    """memory.auto = false: `lorakit plan` showed the automatic plan (compile and CUDA graphs switched on by the
+    planner) that lorakit train does not apply. Without memory.vram_gb it now says nothing is planned; with it, it shows
+    memory.vram_gb's plan with compile / cuda_graphs as written (train/placement.py's budget.apply_budget)."""
+    text, plan = planview.planned(sd15(tmp_path, memory={"auto": False}), cards.card("rtx4090"), "run.toml")
+    assert plan is None
+    assert text.splitlines()[1] == ("  memory.auto = false: lorakit train runs the [memory] settings as written "
+                                    "(nothing is planned); remove it, or set memory.vram_gb, for a plan")
+    text, plan = planview.planned(sd15(tmp_path, memory={"auto": False, "vram_gb": 4}), cards.card("rtx4090"),
+                                  "run.toml")
+    m = plan.applied.memory
+    assert not m.compile and not m.cuda_graphs and plan.estimate_gib <= 4, text
+    assert row(text, "memory.compile").split()[1] == "false"
+    assert "  log line: memory.auto = false: memory.vram_gb = 4 plans eager, " in text
