@@ -323,7 +323,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
                         sum(other.parts.values()) + other.margin_gib <= room:
                     return other
             return plan
-        best = plan
+        if best is None or plan.needs_gib < best.needs_gib:  # the leanest tried (the options go fastest first)
+            best = plan
     # nothing fits: say which batch size would, at the leanest setting
     if best is None:  # every setting kept swaps blocks, which CUDA graphs cannot replay
         raise ConfigError(f"memory.vram_gb = {budget_gib:g}: {_listed(keep)} swaps blocks, which memory.cuda_graphs "

@@ -104,6 +104,13 @@ def test_the_leanest_setting_named_is_the_one_tried_under_the_keys_you_fixed():
         refusal(fp8_base=False, blocks_to_swap=0, modulation_on_cpu=False)
     assert "even the leanest setting (checkpointing, fp8 storage, 0 swapped blocks)" in \
         refusal(blocks_to_swap=0, vram_gb=6)
+    # the leanest of the settings tried, not the last: with activation_budget = 0.5 set, the last was bf16 with the
+    # modulations on the host (51.1 GiB), the leanest fp8 storage
+    import re
+
+    text = refusal(activation_budget=0.5, gradient_checkpointing=False, compile=True, vram_gb=20)
+    assert "even the leanest setting (activation_budget = 0.5, fp8 storage, 0 swapped blocks)" in text, text
+    assert float(re.search(r"needs about ([\d.]+) GiB", text).group(1)) < 50, text
 
 
 def test_a_phase_over_the_budget_is_named_with_what_to_lower(tmp_path):
