@@ -160,3 +160,13 @@ def test_memory_auto_false_shows_what_the_run_does_not_the_automatic_plan(tmp_pa
     assert not m.compile and not m.cuda_graphs and plan.estimate_gib <= 4, text
     assert row(text, "memory.compile").split()[1] == "false"
     assert "  log line: memory.auto = false: memory.vram_gb = 4 plans eager, " in text
+
+
+def test_ema_counts_its_fp32_copy_of_the_lora(tmp_path):
+    """training.ema keeps an fp32 copy of every LoRA parameter on the GPU (lorakit/train/ema.py); the plan counted
+    LoRA + AdamW (16 bytes a parameter) without it."""
+    import pytest
+
+    plain = planview.planned(sd15(tmp_path), cards.card("rtx4090"), "run.toml")[1]
+    ema = planview.planned(sd15(tmp_path, training={"ema": True}), cards.card("rtx4090"), "run.toml")[1]
+    assert ema.parts["LoRA+optimizer"] == pytest.approx(plain.parts["LoRA+optimizer"] * (16 + 4) / 16)
