@@ -112,6 +112,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
 
         check_block_swap(bool(mem.gradient_checkpointing) or "memory.gradient_checkpointing" not in explicit,
                          bool(mem.cuda_graphs) and "memory.cuda_graphs" in explicit)
+    if mem.cuda_graphs and "memory.cuda_graphs" in explicit and "memory.compile" in explicit and not mem.compile:
+        raise ConfigError("memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too")
     if mem.fp8_compute and not card.fp8:  # the run stops there before loading (fp8.check_compute): say so here too
         raise ConfigError(f"memory.fp8_compute: {card.name} has no float8 tensor cores (needs compute capability "
                           "8.9+, e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for the memory "

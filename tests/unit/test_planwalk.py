@@ -170,3 +170,15 @@ def test_ema_counts_its_fp32_copy_of_the_lora(tmp_path):
     plain = planview.planned(sd15(tmp_path), cards.card("rtx4090"), "run.toml")[1]
     ema = planview.planned(sd15(tmp_path, training={"ema": True}), cards.card("rtx4090"), "run.toml")[1]
     assert ema.parts["LoRA+optimizer"] == pytest.approx(plain.parts["LoRA+optimizer"] * (16 + 4) / 16)
+
+
+def test_cuda_graphs_you_set_with_compile_false_is_the_runs_refusal(tmp_path):
+    """memory.compile = false with memory.cuda_graphs = true: `lorakit plan` showed an "eager, cuda_graphs" plan; the
+    run checks the planned config and stops (CUDA graphs replay the compiled blocks)."""
+    import pytest
+
+    from lorakit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        planview.planned(sd15(tmp_path, memory={"compile": False, "cuda_graphs": True}), cards.card("rtx4090"), "run")
+    assert str(exc.value) == "memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too"
