@@ -114,6 +114,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
                          bool(mem.cuda_graphs) and "memory.cuda_graphs" in explicit)
     if mem.cuda_graphs and "memory.cuda_graphs" in explicit and "memory.compile" in explicit and not mem.compile:
         raise ConfigError("memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too")
+    _refuse_conflicts(cfg, explicit)
     if mem.fp8_compute and not card.fp8:  # the run stops there before loading (fp8.check_compute): say so here too
         raise ConfigError(f"memory.fp8_compute: {card.name} has no float8 tensor cores (needs compute capability "
                           "8.9+, e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for the memory "
@@ -213,6 +214,24 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             + "; plan.json has the details")
     log(line)
     return replace(best.plan, notes=best.plan.notes + (line,), step=best.step, card=card, line=line)
+
+
+def _refuse_conflicts(cfg, explicit) -> None:
+    """Keys the user set that no plan can keep together, refused as the run refuses the planned config
+    (lorakit/train/memory.py check_supported), not "nothing fits ... run as written"; a key left unset is taken as the
+    plan would choose it."""
+    from lorakit.train import memory as checks
+
+    mem = cfg.memory
+    if mem.activation_budget is not None and "memory.activation_budget" in explicit:
+        view = replace(mem, compile=mem.compile if "memory.compile" in explicit else True,
+                       gradient_checkpointing=mem.gradient_checkpointing
+                       if "memory.gradient_checkpointing" in explicit else False)
+        checks.check_activation_budget(replace(cfg, memory=view))
+    if mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing and \
+            {"memory.checkpoint_fraction", "memory.gradient_checkpointing"} <= set(explicit):
+        raise ConfigError("memory.checkpoint_fraction: only has an effect with memory.gradient_checkpointing = true; "
+                          "remove it or turn checkpointing on")
 
 
 def loading_memory(cfg, spec, device) -> Any:

@@ -182,3 +182,26 @@ def test_cuda_graphs_you_set_with_compile_false_is_the_runs_refusal(tmp_path):
     with pytest.raises(ConfigError) as exc:
         planview.planned(sd15(tmp_path, memory={"compile": False, "cuda_graphs": True}), cards.card("rtx4090"), "run")
     assert str(exc.value) == "memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too"
+
+
+def test_keys_you_set_that_conflict_are_the_runs_refusal_not_nothing_fits(tmp_path):
+    """activation_budget with compile = false (or gradient_checkpointing = true), checkpoint_fraction < 1 with
+    gradient_checkpointing = false: `lorakit plan` planned the first ("eager, activation_budget = 0.25") and said
+    "nothing lorakit plans fits … the [memory] settings run as written" for the others; the run refuses all three."""
+    import pytest
+
+    from lorakit.errors import ConfigError
+
+    for memory, message in (
+            ({"compile": False, "activation_budget": 0.25}, "memory.activation_budget: the compiler chooses what to "
+             "recompute; set memory.compile = true or remove it"),
+            ({"gradient_checkpointing": True, "activation_budget": 0.25}, "memory.activation_budget: replaces block "
+             "checkpointing; set memory.gradient_checkpointing = false, or remove it and use "
+             "memory.checkpoint_fraction"),
+            ({"gradient_checkpointing": False, "checkpoint_fraction": 0.5}, "memory.checkpoint_fraction: only has an "
+             "effect with memory.gradient_checkpointing = true; remove it or turn checkpointing on")):
+        with pytest.raises(ConfigError) as exc:
+            planview.planned(sd15(tmp_path, memory=memory), cards.card("h100"), "run.toml")
+        assert str(exc.value) == message, memory
+    plan = planview.planned(sd15(tmp_path, memory={"activation_budget": 0.25}), cards.card("h100"), "run.toml")[1]
+    assert plan.applied.memory.activation_budget == 0.25 and plan.applied.memory.compile
