@@ -136,6 +136,14 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         log(f"plan: network.type = \"{cfg.network.type}\" runs eager without fp8 weights (compile, CUDA graphs and "
             "float8 are not built for its layers)")
         compiles = [False]
+    # LoHa / LoKr (peft) build each layer's full-size ΔW in fp32 and keep it for the backward: a block left out of
+    # checkpointing keeps 4 bytes per base weight, which the activation rates do not count; every block checkpointed
+    materialized = cfg.network.type in ("loha", "lokr") and not ({"memory.gradient_checkpointing",
+                                                                 "memory.checkpoint_fraction",
+                                                                 "memory.activation_budget"} & explicit)
+    if materialized:
+        log(f"plan: network.type = \"{cfg.network.type}\" keeps each layer's full-size delta weight (fp32) for the "
+            "backward: every block checkpointed (the activation estimate does not count those copies)")
     sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears, spec=spec)
     w, h = resolution_wh(cfg.data.resolution)
     options: list[Option] = []
@@ -153,6 +161,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         # against 0.127 s with none, H100, RESULTS.md round 14)
         ckpts = (False, True) if not ({"memory.gradient_checkpointing", "memory.checkpoint_fraction",
                                        "memory.activation_budget"} & explicit) else (False,)
+        if materialized and ckpts == (False, True):
+            ckpts = (True,)
         for cuda_graphs, streaming, fp8, full in [(g, s, f, c) for g in graphs for s in (False, True)
                                                   for f in ((False, True) if fp8_too else (False,)) for c in ckpts]:
             mode = (("compile" if compile_ else "eager") + (" + cuda_graphs" if cuda_graphs else "")
@@ -160,10 +170,11 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
                     + (", every block checkpointed" if full else ""))
             planned = replace(cfg, memory=replace(mem, vram_gb=room, compile=compile_, cuda_graphs=cuda_graphs,
                                                   **({"fp8_base": True} if fp8 else {}),
+                                                  **({"fp8_base": False} if variant else {}),  # bf16 weights only
                                                   **({"gradient_checkpointing": True, "checkpoint_fraction": 1.0}
                                                      if full else {})))
             notes: list[str] = []
-            fixed = explicit | ({"memory.fp8_base"} if fp8 else set()) | (
+            fixed = explicit | ({"memory.fp8_base"} if fp8 or variant else set()) | (
                 {"memory.gradient_checkpointing", "memory.checkpoint_fraction"} if full else set())
             try:
                 plan = budget.apply_budget(planned, spec, model, blocks, trainable, lookahead, log=notes.append,

@@ -54,3 +54,46 @@ def test_plan_says_why_a_variant_runs_eager(tmp_path):
     text, plan = planview.planned(cfg, cards.card("rtx4090"), "run.toml")
     assert '  plan: network.type = "loha" runs eager without fp8 weights' in text, text
     assert not plan.applied.memory.compile and not plan.applied.memory.fp8_base
+
+
+def test_loha_and_lokr_plans_checkpoint_every_block(tmp_path):
+    """peft's LoHa / LoKr layers build their full-size delta weight in fp32 and keep it for the backward (4 bytes per
+    base weight of every block left out of checkpointing, which the activation rates do not count): the plan had
+    SDXL-like partial checkpointing (0.885) for them; now every block is checkpointed, and the plan says why."""
+    from lorakit.config.load import load_config
+    from lorakit.train import cards
+
+    for algo in ("loha", "lokr"):
+        cfg = load_config(None, data={"model": {"family": "sd15", "checkpoint": str(tmp_path / "m.safetensors")},
+                                      "data": {"dir": str(tmp_path)}, "network": {"rank": 8, "type": algo},
+                                      "training": {"mixed_precision": "bf16"}})
+        text, plan = planview.planned(cfg, cards.card("rtx4090"), "run.toml")
+        m = plan.applied.memory
+        assert m.gradient_checkpointing and m.checkpoint_fraction == 1.0 and m.activation_budget is None, text
+        assert f'plan: network.type = "{algo}" keeps each layer\'s full-size delta weight (fp32)' in text
+    cfg = load_config(None, data={"model": {"family": "sd15", "checkpoint": str(tmp_path / "m.safetensors")},
+                                  "data": {"dir": str(tmp_path)}, "network": {"rank": 8, "type": "loha"},
+                                  "memory": {"gradient_checkpointing": False}, "training": {"mixed_precision": "bf16"}})
+    assert not planview.planned(cfg, cards.card("rtx4090"), "run.toml")[1].applied.memory.gradient_checkpointing
+
+
+def test_a_variant_is_never_planned_with_fp8_storage(tmp_path):
+    """LoHa on a 3.3-3.6 GiB budget was planned with fp8 storage, which the run refuses for its layers ("memory.fp8_base:
+    not built for network.type = loha"); it is planned in bf16 weights (or refused as not fitting)."""
+    from lorakit.config.load import load_config
+    from lorakit.train import cards
+
+    cfg = load_config(None, data={"model": {"family": "sd15", "checkpoint": str(tmp_path / "m.safetensors")},
+                                  "data": {"dir": str(tmp_path)}, "network": {"rank": 8, "type": "loha"},
+                                  "memory": {"vram_gb": 3.6}, "training": {"mixed_precision": "bf16"}})
+    text, plan = planview.planned(cfg, cards.card("rtx3060-12g"), "run.toml")
+    assert not plan.applied.memory.fp8_base and plan.estimate_gib <= 3.6, text
+    import dataclasses
+
+    import pytest
+
+    from lorakit.errors import ConfigError
+
+    tight = dataclasses.replace(cfg, memory=dataclasses.replace(cfg.memory, vram_gb=3.3))  # fp8 storage was planned
+    with pytest.raises(ConfigError, match=r"leanest setting \(checkpointing, bf16 weights"):
+        planview.planned(tight, cards.card("rtx3060-12g"), "run.toml")
