@@ -181,7 +181,7 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
                                            device=device, fixed_keys=fixed,
                                            allow_streaming=streaming,
                                            fp8_matmuls=card.fp8 if device is None else None, sizes=sizes,
-                                           card=card)
+                                           card=card, user_keys=frozenset(explicit))
             except ConfigError as why:
                 failures[mode] = str(why)
                 continue

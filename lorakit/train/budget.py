@@ -241,7 +241,7 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
                 activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False,
                 host_budgets: Sequence[tuple[float, float]] = (), keep: Optional[dict[str, Any]] = None,
                 seconds: Optional[Callable[[Plan], Optional[float]]] = None, graph_pool: float = GRAPH_POOL,
-                host_fixed: bool = False, ema: bool = False) -> Plan:
+                host_fixed: bool = False, ema: bool = False, named: Optional[dict[str, Any]] = None) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
     storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
@@ -335,7 +335,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     fixed = best.needs_gib - per_image * batch_size
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
     if keep:
-        hint_fixed = f"; you fixed {_listed(keep)}: removing some lets the plan choose them"
+        named = keep if named is None else named  # the user's keys among them (the automatic plan fixes some itself)
+        hint_fixed = f"; you fixed {_listed(named)}: removing some lets the plan choose them" if named else ""
     else:
         hint_fixed = ""
     hint = (f"training.batch_size = {fits} fits (raise training.gradient_accumulation to keep the effective batch)"
@@ -387,7 +388,8 @@ def for_model(spec, model: nn.Module):
 def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
                  lookahead: int, log=print, device: Optional[torch.device] = None, *,
                  fixed_keys: Optional[frozenset[str]] = None, allow_streaming: bool = True,
-                 fp8_matmuls: Optional[bool] = None, sizes: Optional["Sizes"] = None, card: Any = None) -> Plan:
+                 fp8_matmuls: Optional[bool] = None, sizes: Optional["Sizes"] = None, card: Any = None,
+                 user_keys: Optional[frozenset[str]] = None) -> Plan:
     """Plan for ``cfg.memory.vram_gb``; call after LoRA injection and before the denoiser is placed on the GPU.
 
     Returns a frozen :class:`Plan` whose ``applied`` is the config the run uses (a copy with the chosen
@@ -461,6 +463,8 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
                            fp8_only=bool(mem.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
                            host_linears=host_linears, host_budgets=host_budgets, keep=fixed, seconds=step_of,
                            host_fixed=host_fixed, ema=bool(getattr(cfg.training, "ema", False)),
+                           named=None if user_keys is None else {k: v for k, v in fixed.items()
+                                                                 if f"memory.{k}" in user_keys},
                            graph_pool=GRAPH_POOL if getattr(spec, "graph_pool", None) is None else spec.graph_pool)
 
     batch, accumulation = wanted, cfg.training.gradient_accumulation
