@@ -107,17 +107,43 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         log(f"plan: {spec.family} has no measured memory and speed rows yet; the [memory] settings run as written "
             "(memory.vram_gb plans them if the family supports it)")
         return None
+    if mem.blocks_to_swap and "memory.blocks_to_swap" in explicit:  # a swap the user set, with what cannot run it:
+        from lorakit.train.memory import check_block_swap  # the run's own refusal, not "nothing fits … as written"
+
+        check_block_swap(bool(mem.gradient_checkpointing) or "memory.gradient_checkpointing" not in explicit,
+                         bool(mem.cuda_graphs) and "memory.cuda_graphs" in explicit)
+    if mem.cuda_graphs and "memory.cuda_graphs" in explicit and "memory.compile" in explicit and not mem.compile:
+        raise ConfigError("memory.cuda_graphs: CUDA graphs replay the compiled blocks; set memory.compile = true too")
+    _refuse_conflicts(cfg, explicit)
+    if mem.fp8_compute and not card.fp8:  # the run stops there before loading (fp8.check_compute): say so here too
+        raise ConfigError(f"memory.fp8_compute: {card.name} has no float8 tensor cores (needs compute capability "
+                          "8.9+, e.g. RTX 40xx, L4, H100); set it to false and keep memory.fp8_base for the memory "
+                          "saving")
     room = float(mem.vram_gb) if mem.vram_gb else room or math.floor(card.free_gib * 10) / 10
     if mem.vram_gb and round(card.total_gib, 1) < mem.vram_gb < math.inf:  # planned as set, never trimmed
         log(f"warning: memory.vram_gb = {mem.vram_gb:g} is more than the {card.name}'s {card.total_gib:.1f} GiB: the "
             f"plan below is for {mem.vram_gb:g} GiB and may not fit this card; set memory.vram_gb to at most "
             f"{math.floor(card.free_gib * 10) / 10:g} (what lorakit plans with when it is unset) or leave it out")
+    comps = dict(getattr(spec, "component_gib", ()) or ())
+    te_gib = comps.get("trained text encoders", comps.get("text encoders", 0.0))  # (FLUX.1, SD3.5: not T5)
+    if getattr(cfg.network, "train_text_encoder", False) and te_gib:
+        log(f"warning: network.train_text_encoder: the text encoders (~{te_gib:.2f} GiB as loaded) stay on the GPU "
+            "while training, with their activations; the estimated peak below counts the denoiser only: keep that "
+            "much more free (a lower memory.vram_gb) if the run runs out of memory")
     compiles = [bool(mem.compile)] if "memory.compile" in explicit else [card.can_compile]
     variant = cfg.network.type in ("loha", "lokr", "dora")  # issue 23: their layers run eager, in bf16 weights
     if variant and (compiles != [False] or card.fp8):
         log(f"plan: network.type = \"{cfg.network.type}\" runs eager without fp8 weights (compile, CUDA graphs and "
             "float8 are not built for its layers)")
         compiles = [False]
+    # LoHa / LoKr (peft) build each layer's full-size ΔW in fp32 and keep it for the backward: a block left out of
+    # checkpointing keeps 4 bytes per base weight, which the activation rates do not count; every block checkpointed
+    materialized = cfg.network.type in ("loha", "lokr") and not ({"memory.gradient_checkpointing",
+                                                                 "memory.checkpoint_fraction",
+                                                                 "memory.activation_budget"} & explicit)
+    if materialized:
+        log(f"plan: network.type = \"{cfg.network.type}\" keeps each layer's full-size delta weight (fp32) for the "
+            "backward: every block checkpointed (the activation estimate does not count those copies)")
     sizes = sizes or budget.Sizes.of(model, blocks, trainable, spec.host_linears, spec=spec)
     w, h = resolution_wh(cfg.data.resolution)
     options: list[Option] = []
@@ -135,6 +161,8 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
         # against 0.127 s with none, H100, RESULTS.md round 14)
         ckpts = (False, True) if not ({"memory.gradient_checkpointing", "memory.checkpoint_fraction",
                                        "memory.activation_budget"} & explicit) else (False,)
+        if materialized and ckpts == (False, True):
+            ckpts = (True,)
         for cuda_graphs, streaming, fp8, full in [(g, s, f, c) for g in graphs for s in (False, True)
                                                   for f in ((False, True) if fp8_too else (False,)) for c in ckpts]:
             mode = (("compile" if compile_ else "eager") + (" + cuda_graphs" if cuda_graphs else "")
@@ -142,17 +170,18 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
                     + (", every block checkpointed" if full else ""))
             planned = replace(cfg, memory=replace(mem, vram_gb=room, compile=compile_, cuda_graphs=cuda_graphs,
                                                   **({"fp8_base": True} if fp8 else {}),
+                                                  **({"fp8_base": False} if variant else {}),  # bf16 weights only
                                                   **({"gradient_checkpointing": True, "checkpoint_fraction": 1.0}
                                                      if full else {})))
             notes: list[str] = []
-            fixed = explicit | ({"memory.fp8_base"} if fp8 else set()) | (
+            fixed = explicit | ({"memory.fp8_base"} if fp8 or variant else set()) | (
                 {"memory.gradient_checkpointing", "memory.checkpoint_fraction"} if full else set())
             try:
                 plan = budget.apply_budget(planned, spec, model, blocks, trainable, lookahead, log=notes.append,
                                            device=device, fixed_keys=fixed,
                                            allow_streaming=streaming,
                                            fp8_matmuls=card.fp8 if device is None else None, sizes=sizes,
-                                           card=card)
+                                           card=card, user_keys=frozenset(explicit))
             except ConfigError as why:
                 failures[mode] = str(why)
                 continue
@@ -196,6 +225,24 @@ def choose(cfg, spec, model, blocks: Sequence, trainable: Sequence, lookahead: i
             + "; plan.json has the details")
     log(line)
     return replace(best.plan, notes=best.plan.notes + (line,), step=best.step, card=card, line=line)
+
+
+def _refuse_conflicts(cfg, explicit) -> None:
+    """Keys the user set that no plan can keep together, refused as the run refuses the planned config
+    (lorakit/train/memory.py check_supported), not "nothing fits ... run as written"; a key left unset is taken as the
+    plan would choose it."""
+    from lorakit.train import memory as checks
+
+    mem = cfg.memory
+    if mem.activation_budget is not None and "memory.activation_budget" in explicit:
+        view = replace(mem, compile=mem.compile if "memory.compile" in explicit else True,
+                       gradient_checkpointing=mem.gradient_checkpointing
+                       if "memory.gradient_checkpointing" in explicit else False)
+        checks.check_activation_budget(replace(cfg, memory=view))
+    if mem.checkpoint_fraction < 1.0 and not mem.gradient_checkpointing and \
+            {"memory.checkpoint_fraction", "memory.gradient_checkpointing"} <= set(explicit):
+        raise ConfigError("memory.checkpoint_fraction: only has an effect with memory.gradient_checkpointing = true; "
+                          "remove it or turn checkpointing on")
 
 
 def loading_memory(cfg, spec, device) -> Any:
@@ -319,9 +366,13 @@ class Phases:
                f"previews: ~{p['peak_gib']:.2f} GiB ({p['width']}x{p['height']}, batch {p['batch']}"
                + (" (CFG)" if p["batch"] > 1 else "") + (", CFG in 2 passes" if p.get("cfg_passes", 1) > 1 else "")
                + (", VAE decode tiled" if p["vae_tiling"] else "") + ")"]
-        worst = max(c["peak_gib"], self.train_gib, p["peak_gib"])
-        if worst > self.room_gib:
-            out.append(f"warning: a phase needs ~{worst:.1f} GiB, more than the {self.room_gib:g} GiB planned for")
+        over = [(name, gib) for name, gib in (("caching", c["peak_gib"]), ("training", self.train_gib),
+                                               ("previews", p["peak_gib"])) if gib > self.room_gib]
+        hints = {"caching": "lower data.max_bucket_reso",
+                 "previews": f"set sample.width / sample.height below {p['width']}x{p['height']}"}
+        for name, gib in over:  # (two decimals: 22.52 is not "~22.5 GiB, more than the 22.5 GiB")
+            out.append(f"warning: {name} need{'' if name == 'previews' else 's'} ~{gib:.2f} GiB, more than the {self.room_gib:g} GiB planned for"
+                       + (f"; {hints[name]} if it runs out of memory" if name in hints else ""))
         return out
 
     def record(self) -> dict:

@@ -70,6 +70,7 @@ RESERVE_GIB = 0.75
 MARGIN = 0.10
 # optimizer state bytes per trainable parameter (fp32 LoRA weights)
 STATE_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "adafactor": 4}
+EMA_BYTES = 4  # training.ema: an fp32 copy of every LoRA parameter on its device (lorakit/train/ema.py)
 # CUDA graph trees' extra reserve, per GiB of *fully checkpointed* activations (SDXL at 1024²: 0.99 GiB, H200 run 5).
 # It does not grow with partial checkpointing: SDXL with half the blocks checkpointed kept the same ~0.9 GiB gap
 # between reserved and allocated memory (run 8: 9.58 / 10.45 GiB).
@@ -216,7 +217,7 @@ def _lora_input_part(sizes: Sizes, share: float) -> float:
 def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointing: bool, fp8_base: bool,
              swapped: Sequence[int], lookahead: int, cuda_graphs: bool = False,
              checkpointed_gib: Optional[float] = None, modulation_on_cpu: bool = False,
-             graph_pool: float = GRAPH_POOL) -> dict[str, float]:
+             graph_pool: float = GRAPH_POOL, ema: bool = False) -> dict[str, float]:
     """GiB per part for one setting (see the module doc); ``sum(values)`` + :data:`RESERVE_GIB` is the peak.
     ``modulation_on_cpu`` (bf16 weights, nothing swapped): ``sizes.host_linears`` stay off the device."""
     k = 1 if fp8_base else 0
@@ -226,7 +227,7 @@ def estimate(sizes: Sizes, *, activation_gib: float, optimizer: str, checkpointi
         assert not fp8_base and not swapped_set, "modulation_on_cpu is planned with bf16 weights and no swap"
         resident -= sizes.host_linears
     window = [max(sizes.blocks[i][k] for i in swapped_set)] * (1 + lookahead) if swapped_set else []  # fixed slots
-    lora = sizes.lora_params * (4 + 4 + STATE_BYTES.get(optimizer, 8))
+    lora = sizes.lora_params * (4 + 4 + STATE_BYTES.get(optimizer, 8) + (EMA_BYTES if ema else 0))
     parts = {"weights": (sizes.outside[k] + resident) / GIB, "swap window": sum(window) / GIB,
              "LoRA+optimizer": lora / GIB, "activations": activation_gib}
     if cuda_graphs:  # graph trees keep their own memory pool (SDXL: 1.0 GiB); checkpointed_gib: see GRAPH_POOL
@@ -240,7 +241,7 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
                 activation_budgets: Sequence[tuple[float, float]] = (), host_linears: bool = False,
                 host_budgets: Sequence[tuple[float, float]] = (), keep: Optional[dict[str, Any]] = None,
                 seconds: Optional[Callable[[Plan], Optional[float]]] = None, graph_pool: float = GRAPH_POOL,
-                host_fixed: bool = False) -> Plan:
+                host_fixed: bool = False, ema: bool = False, named: Optional[dict[str, Any]] = None) -> Plan:
     """The fastest setting that fits ``budget_gib`` (see the module doc). ``images`` = batch pixels in units of
     1024² images; ``activation_gib`` = (with checkpointing, without) per such image. ``partial_fp8`` False: with fp8
     storage only full checkpointing is counted on (see :func:`apply_budget`). ``activation_budgets``: (budget, GiB
@@ -304,7 +305,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
             act = max(act + _lora_input_part(sizes, share) * images, 0.0)
         parts = estimate(sizes, activation_gib=act, optimizer=optimizer, checkpointing=ckpt, fp8_base=use_fp8,
                          swapped=spread(n, k), lookahead=lookahead, cuda_graphs=cuda_graphs,
-                         checkpointed_gib=activation_gib[0] * images, modulation_on_cpu=on_cpu, graph_pool=graph_pool)
+                         checkpointed_gib=activation_gib[0] * images, modulation_on_cpu=on_cpu, graph_pool=graph_pool,
+                         ema=ema)
         margin = MARGIN * (parts["activations"] + parts.get("CUDA graph pool", 0.0))
         return Plan(budget_gib, ckpt, use_fp8, k, sum(parts.values()) + RESERVE_GIB, parts, share if ckpt else 1.0,
                     amb, on_cpu, margin_gib=margin)
@@ -323,7 +325,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
                         sum(other.parts.values()) + other.margin_gib <= room:
                     return other
             return plan
-        best = plan
+        if best is None or plan.needs_gib < best.needs_gib:  # the leanest tried (the options go fastest first)
+            best = plan
     # nothing fits: say which batch size would, at the leanest setting
     if best is None:  # every setting kept swaps blocks, which CUDA graphs cannot replay
         raise ConfigError(f"memory.vram_gb = {budget_gib:g}: {_listed(keep)} swaps blocks, which memory.cuda_graphs "
@@ -332,7 +335,8 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
     fixed = best.needs_gib - per_image * batch_size
     fits = int((budget_gib - fixed) // per_image) if per_image > 0 else 0
     if keep:
-        hint_fixed = f"; you fixed {_listed(keep)}: removing some lets the plan choose them"
+        named = keep if named is None else named  # the user's keys among them (the automatic plan fixes some itself)
+        hint_fixed = f"; you fixed {_listed(named)}: removing some lets the plan choose them" if named else ""
     else:
         hint_fixed = ""
     hint = (f"training.batch_size = {fits} fits (raise training.gradient_accumulation to keep the effective batch)"
@@ -341,9 +345,14 @@ def plan_memory(budget_gib: float, sizes: Sizes, *, activation_gib: tuple[float,
         hint += f"; memory.checkpoint_fraction = {checkpoint_fraction:g} keeps activations: raise it toward 1"
     if cuda_graphs:
         hint += "; memory.cuda_graphs = false saves the graph pool and allows block swap"
-    raise ConfigError(f"memory.vram_gb = {budget_gib:g}: even the leanest setting (checkpointing, fp8 storage, "
-                      f"{best.blocks_to_swap} swapped blocks) needs about {best.needs_gib:.1f} GiB at "
-                      f"training.batch_size = {batch_size}; {hint}{hint_fixed}")
+    # the leanest setting tried, as it was (a key the user fixed may have kept it from checkpointing or fp8 storage)
+    ckpt = (f"activation_budget = {best.activation_budget:g}" if best.activation_budget is not None else
+            "no checkpointing" if not best.gradient_checkpointing else "checkpointing" if
+            best.checkpoint_fraction >= 1 else f"checkpoint_fraction = {best.checkpoint_fraction:g}")
+    leanest = (f"{ckpt}, {'fp8 storage' if best.fp8_base else 'bf16 weights'}"
+               + (", modulation_on_cpu" if best.modulation_on_cpu else "") + f", {best.blocks_to_swap} swapped blocks")
+    raise ConfigError(f"memory.vram_gb = {budget_gib:g}: even the leanest setting ({leanest}) needs about "
+                      f"{best.needs_gib:.1f} GiB at training.batch_size = {batch_size}; {hint}{hint_fixed}")
 
 
 # the [memory] knobs memory.vram_gb plans; each one set by hand (in the file or an override, not a preset) is a
@@ -379,7 +388,8 @@ def for_model(spec, model: nn.Module):
 def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], trainable: Sequence[torch.Tensor],
                  lookahead: int, log=print, device: Optional[torch.device] = None, *,
                  fixed_keys: Optional[frozenset[str]] = None, allow_streaming: bool = True,
-                 fp8_matmuls: Optional[bool] = None, sizes: Optional["Sizes"] = None, card: Any = None) -> Plan:
+                 fp8_matmuls: Optional[bool] = None, sizes: Optional["Sizes"] = None, card: Any = None,
+                 user_keys: Optional[frozenset[str]] = None) -> Plan:
     """Plan for ``cfg.memory.vram_gb``; call after LoRA injection and before the denoiser is placed on the GPU.
 
     Returns a frozen :class:`Plan` whose ``applied`` is the config the run uses (a copy with the chosen
@@ -452,7 +462,9 @@ def apply_budget(cfg, spec, model: nn.Module, blocks: Sequence[nn.Module], train
                            checkpoint_fraction=float(mem.checkpoint_fraction),
                            fp8_only=bool(mem.fp8_compute), partial_fp8=partial_fp8, activation_budgets=budgets,
                            host_linears=host_linears, host_budgets=host_budgets, keep=fixed, seconds=step_of,
-                           host_fixed=host_fixed,
+                           host_fixed=host_fixed, ema=bool(getattr(cfg.training, "ema", False)),
+                           named=None if user_keys is None else {k: v for k, v in fixed.items()
+                                                                 if f"memory.{k}" in user_keys},
                            graph_pool=GRAPH_POOL if getattr(spec, "graph_pool", None) is None else spec.graph_pool)
 
     batch, accumulation = wanted, cfg.training.gradient_accumulation

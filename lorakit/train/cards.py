@@ -87,18 +87,45 @@ def card_names() -> list[str]:
 def card(key: str) -> CardFacts:
     """The card ``key`` of ``cards.toml`` (``lorakit plan --card``); ConfigError naming the known ones otherwise."""
     cards = _table()["cards"]
+    key = _resolve(key)
     if key not in cards:
         from lorakit.config.messages import suggest
 
-        near = suggest(key.strip(), list(cards))  # RTX4090, " h100", rtx4909
+        near = suggest(key.strip(), list(cards))  # rtx4909
+        gib = _gib(key)
         raise ConfigError(f"--card {key!r}: not in lorakit's card table; choose one of {', '.join(cards)}"
-                          + (f" (did you mean {near}?)" if near else ""))
+                          + (f" (did you mean {near}?)" if near else "")
+                          + (f"; for a card of {gib:g} GiB lorakit does not know, set memory.vram_gb = {gib:g} "
+                             "in the config instead" if gib else ""))
     c = cards[key]
     cap = (int(c["capability"][0]), int(c["capability"][1]))
     return CardFacts(name=c["name"], total_bytes=int(c["total_gib"] * GIB), free_bytes=int(c["free_gib"] * GIB),
                      capability=cap, fp8="tflops_fp8" in c, host_ram_bytes=int(c["host_ram_gib"] * GIB),
                      host_link_gbs=float(c["host_link_gbs"]), tflops_bf16=float(c["tflops_bf16"]),
                      tflops_fp8=float(c.get("tflops_fp8", 0.0)), bandwidth_gbs=float(c["bandwidth_gbs"]), key=key)
+
+
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _resolve(key: str) -> str:
+    """The table key that ``key`` names: itself, or the one it spells with other case, spaces or dashes ("RTX 4090",
+    "H100", "rtx3060_12g") or as torch names the card ("NVIDIA GeForce RTX 4090"), where exactly one matches."""
+    cards = _table()["cards"]
+    if key in cards:
+        return key
+    want = _squash(key)
+    hits = {k for k, c in cards.items() if want and want in (_squash(k), _squash(c["name"]))}
+    return hits.pop() if len(hits) == 1 else key
+
+
+def _gib(key: str) -> float:
+    """The size a "--card 24gb" / "16 GiB" names (0.0 for anything else)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:gb|gib|g)?\s*", key.lower())
+    return float(m.group(1)) if m else 0.0
 
 
 def _by_name(name: str) -> Optional[str]:

@@ -16,8 +16,10 @@ from lorakit.errors import ConfigError
 from lorakit.train import autoplan, budget, cards
 
 
-def lora_parameters(model, targets: dict[str, int]) -> int:
-    """Trainable LoRA parameters of ``targets`` ({path: rank}) on ``model``: down (in → rank) + up (rank → out)."""
+def lora_parameters(model, targets: dict[str, int], algo: str = "lora") -> int:
+    """Trainable parameters of ``targets`` ({path: rank}) on ``model``: LoRA's down (in → rank) + up (rank → out);
+    LoHa (``network.type = "loha"``) two such pairs; DoRA one pair plus its magnitude, one per input column
+    (lorakit/lora/variants.py). LoKr is counted as LoRA (its Kronecker factors are mostly smaller)."""
     from torch import nn
 
     total = 0
@@ -25,9 +27,11 @@ def lora_parameters(model, targets: dict[str, int]) -> int:
         sub = model.get_submodule(path)
         if isinstance(sub, nn.Conv2d):
             k = sub.kernel_size[0] * sub.kernel_size[1]
-            total += rank * (sub.in_channels * k + sub.out_channels)
+            fan_in, fan_out, columns = sub.in_channels * k, sub.out_channels, sub.in_channels
         else:
-            total += rank * (sub.in_features + sub.out_features)
+            fan_in, fan_out = sub.in_features, sub.out_features
+            columns = fan_in
+        total += rank * (fan_in + fan_out) * (2 if algo == "loha" else 1) + (columns if algo == "dora" else 0)
     return total
 
 
@@ -60,7 +64,8 @@ def meta_model(cfg) -> tuple:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}[cfg.training.mixed_precision]
         model._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)  # as loaded; ModelMixin.to() would warn
         model.requires_grad_(False)
-        trainable = [torch.empty(lora_parameters(model, targets), device="meta")]
+        trainable = [torch.empty(lora_parameters(model, targets, str(getattr(cfg.network, "type", "lora"))),
+                                 device="meta")]
         _BUILT[key] = (spec, model, speed.repeated_blocks(model, extra=spec.compile_blocks), trainable)
         _TARGETS[id(model)] = frozenset(targets)
     return _BUILT[key]
@@ -82,9 +87,33 @@ def plan_for(cfg, card: cards.CardFacts, log=None) -> tuple[Optional[budget.Plan
 
     spec, model, blocks, trainable = meta_model(cfg)
     lines: list[str] = []
+    if not getattr(cfg.memory, "auto", True):  # as train/placement.py: memory.vram_gb alone plans, or nothing does
+        return (_as_written_plan(cfg, card, log or lines.append) if cfg.memory.vram_gb else None), lines
     plan = autoplan.choose(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, card, device=None,
                            log=log or lines.append, sizes=sizes_of(cfg))
     return plan, lines
+
+
+def _as_written_plan(cfg, card: cards.CardFacts, log) -> budget.Plan:
+    """``memory.auto = false`` with ``memory.vram_gb``: the run's :func:`budget.apply_budget` (compile and CUDA graphs
+    as written, nothing steered), with the s/step estimate and a log line for :func:`planned`."""
+    from dataclasses import replace
+
+    from lorakit.config.resolution import resolution_wh
+    from lorakit.train import swap
+
+    spec, model, blocks, trainable = meta_model(cfg)
+    plan = budget.apply_budget(cfg, spec, model, blocks, trainable, swap.LOOKAHEAD, log=lambda _: None, device=None,
+                               fp8_matmuls=card.fp8, sizes=sizes_of(cfg), card=card)
+    w, h = resolution_wh(cfg.data.resolution)
+    step = cards.step_seconds(spec.family, autoplan.settings_of(plan.applied.memory), card,
+                              images=cfg.training.batch_size * w * h / 1024**2,
+                              rows=cards.rows_for(budget.for_model(spec, model)))
+    chosen = autoplan.summary(plan.applied.memory, plan)
+    line = (f"memory.auto = false: memory.vram_gb = {cfg.memory.vram_gb:g} plans {chosen} (compile and cuda_graphs "
+            f"as written); estimated peak {plan.estimate_gib:.1f} of {cfg.memory.vram_gb:g} GiB")
+    log(line)
+    return replace(plan, step=step, card=card, line=line)
 
 
 def cards_lines(cfg, card: cards.CardFacts, gpus: int, single: Optional[budget.Plan]) -> list[str]:
@@ -148,9 +177,11 @@ def _shardable() -> set[str]:
 
 def who(cfg, key: str, value, explicit: frozenset[str]) -> str:
     section, name = key.split(".")
-    if key in explicit:
-        return "you"
-    return "planner" if getattr(getattr(cfg, section), name) != value else "as loaded (default or preset)"
+    set_to = getattr(getattr(cfg, section), name)
+    if key in explicit:  # kept as set, except a batch the card cannot hold (split with accumulation, same effective)
+        return "you" if set_to == value else f"planner (you set {set_to}" + (
+            "; the same effective batch)" if section == "training" else ")")
+    return "planner" if set_to != value else "as loaded (default or preset)"
 
 
 def report(cfg, card: cards.CardFacts, label: str) -> str:
@@ -172,7 +203,11 @@ def planned(cfg, card: cards.CardFacts, label: str, gpus: int = 1) -> tuple[str,
         plan, lines = None, [f"  one card: {exc}"]
     out = [f"lorakit plan: {label} on {card.describe()}" + (f" (card table: {card.key})" if card.key else "")]
     out += [f"  note: {n}" for n in card.notes]
-    out += lines if plan is None else [f"  {ln}" for ln in lines if ln.startswith("warning:")]  # (the rest: below)
+    if plan is None and not getattr(cfg.memory, "auto", True):
+        out.append("  memory.auto = false: lorakit train runs the [memory] settings as written (nothing is planned); "
+                   "remove it, or set memory.vram_gb, for a plan")
+    # the planner's warnings and notes (network.type = "loha" runs eager: why compile is off); its log line: below
+    out += lines if plan is None else [f"  {ln}" for ln in lines if ln.startswith(("warning:", "plan: "))]
     if plan is None:
         if gpus > 1:
             out += cards_lines(cfg, card, gpus, None)

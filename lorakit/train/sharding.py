@@ -88,7 +88,8 @@ def per_card(sizes, spec, cfg, processes: int, sharded: bool) -> dict[str, float
     images = w * h / 1024**2 * cfg.training.batch_size
     share = cfg.memory.checkpoint_fraction if cfg.memory.gradient_checkpointing else 0.0  # blocks left out keep theirs
     rate = share * spec.activation_gib[0] + (1 - share) * spec.activation_gib[1]
-    lora = sizes.lora_params * (4 + 4 + budget.STATE_BYTES.get(cfg.optimizer.name, 8))
+    lora = sizes.lora_params * (4 + 4 + budget.STATE_BYTES.get(cfg.optimizer.name, 8)
+                                + (budget.EMA_BYTES if getattr(cfg.training, "ema", False) else 0))
     parts = {"weights": (base / processes if sharded else base) / GIB}
     if sharded:
         parts["gathered blocks"] = GATHERED_BLOCKS * largest * (processes - 1) / processes / GIB

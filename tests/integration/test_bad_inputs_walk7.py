@@ -273,9 +273,9 @@ def test_plan_takes_overrides_after_card_and_suggests_the_card_meant(run_toml, c
     listed the table without saying which one was meant."""
     assert main(["plan", str(run_toml), "--card", "h100", "memory.vram_gb=1"]) == 2
     assert _error(capsys).startswith("lorakit: error: memory.vram_gb = 1: even the leanest setting")  # applied
-    assert main(["plan", str(run_toml), "--card", "RTX4090"]) == 2
+    assert main(["plan", str(run_toml), "--card", "rtx4909"]) == 2  # (RTX4090 is taken as rtx4090: test_cards_names)
     line = _error(capsys)
-    assert line.startswith("lorakit: error: --card 'RTX4090': not in lorakit's card table; choose one of h200, h100")
+    assert line.startswith("lorakit: error: --card 'rtx4909': not in lorakit's card table; choose one of h200, h100")
     assert line.endswith(" (did you mean rtx4090?)")
     with pytest.raises(SystemExit):  # an option that is no override stays argparse's refusal
         main(["plan", str(run_toml), "--card", "h100", "--bogus"])
