@@ -871,12 +871,9 @@ def _single_checkpoint(flag: str, path: Path, does: str) -> None:
         raise LorakitError(f"{flag} {path}: a PyTorch pickle (.ckpt / .pt / .bin content); {does} reads .safetensors "
                            "checkpoints: convert it to .safetensors first (only if you trust the file)")
     if path.is_file() and weights_format(path) == "safetensors":
-        from lorakit.safetensors_header import read_safetensors_header
+        from lorakit.safetensors_header import quantized_tensor, read_safetensors_header
 
-        header = read_safetensors_header(path)[0]
-        from lorakit.models.weights import _QUANT_AUX  # the loaders' list of scale / quantization tensors
-
-        scaled = next((k for k in header if k == "scaled_fp8" or k.endswith(_QUANT_AUX)), None)
+        scaled = quantized_tensor(read_safetensors_header(path)[0])
         if scaled is not None:  # loadleft: the raw fp8 values were read without their scale (a wrong ΔW, silently)
             raise LorakitError(f"{flag} {path}: a scaled-fp8 / quantized file (e.g. {scaled!r}: its weights are "
                                f"stored times a scale); {does} reads bf16, fp16, fp32 or plain fp8 weights: give "

@@ -46,6 +46,17 @@ GGUF_WHY = ("a GGUF file (quantized weights, as ComfyUI-GGUF and llama.cpp read 
 PICKLE_WHY = "a PyTorch pickle file (.ckpt / .pt / .bin content), not a .safetensors file, whatever its name says"
 
 
+# what ComfyUI's quantized files hold beside the weights: the older "scaled fp8" (``x.scale_weight``, ``x.scale_input``,
+# a ``scaled_fp8`` marker) and the newer mixed-precision layout (``x.weight_scale``, ``x.input_scale``, a per-layer
+# ``x.comfy_quant`` JSON of its format, ``_quantization_metadata`` in the header)
+QUANT_AUX = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant", ".weight_scale_2")
+
+
+def quantized_tensor(names) -> Optional[str]:
+    """The first tensor name (or the ``scaled_fp8`` marker) of a scaled-fp8 / quantized file, None for plain weights."""
+    return next((k for k in names if k == "scaled_fp8" or k.endswith(QUANT_AUX)), None)
+
+
 def _kind_of_head(head: bytes) -> str:
     if len(head) >= 9:  # first: a header length of 640 starts with the bytes 0x80 0x02, a pickle's first two
         (n,) = struct.unpack("<Q", head[:8])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lorakit.errors import ConfigError, ModelLoadError
+from lorakit.safetensors_header import QUANT_AUX as _QUANT_AUX  # ComfyUI's scale / quantization tensors
 from lorakit.safetensors_header import read_safetensors_header
 
 if TYPE_CHECKING:
@@ -90,12 +91,6 @@ def load_safetensors(path: str | os.PathLike[str], allow_pickle: bool = False) -
         raise ModelLoadError(f"{p}: the pickle holds no state dict of tensors ({type(obj).__name__}); give the "
                              "model's weights as a .safetensors file")
     return obj
-
-
-# what ComfyUI's quantized files hold beside the weights: the older "scaled fp8" (``x.scale_weight``, ``x.scale_input``,
-# a ``scaled_fp8`` marker) and the newer mixed-precision layout (``x.weight_scale``, ``x.input_scale``, a per-layer
-# ``x.comfy_quant`` JSON of its format, ``_quantization_metadata`` in the header)
-_QUANT_AUX = (".scale_weight", ".scale_input", ".weight_scale", ".input_scale", ".comfy_quant", ".weight_scale_2")
 
 
 def _quant_format(v: torch.Tensor) -> str:

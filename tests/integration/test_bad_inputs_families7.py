@@ -147,8 +147,9 @@ def test_flux2_encoder_too_shallow_is_refused_at_load_naming_the_file(tmp_path):
     adapter = _load("flux2", tmp_path, text_encoder=path)
     with pytest.raises(ModelLoadError) as exc:
         adapter._c().text_encoder
+    # (a custom-size FLUX.2, the toy, names the encoder width it takes: loadleft)
     assert _line(exc) == (f"model.text_encoder: {path} has 4 layers; FLUX.2 takes its hidden states (9, 18, 27): "
-                          "use its own")
+                          "use a Qwen3 encoder of width 16, the one the model was made with")
 
 
 def test_a_tokenizer_larger_than_the_encoders_vocabulary_is_one_line(tmp_path):
