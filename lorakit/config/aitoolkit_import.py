@@ -124,12 +124,9 @@ def read_job(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the whole document, config.process[0]) of an ai-toolkit job YAML, or one line naming the file."""
     import yaml  # PyYAML: a hard dependency of transformers and huggingface_hub, both pinned by lorakit
 
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; pass the job YAML ai-toolkit runs (e.g. config/my_lora.yaml)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc}); pass the job YAML ai-toolkit runs") from None
+    from lorakit.config.importing import read_source
+
+    text = read_source(path, "pass the job YAML ai-toolkit runs (e.g. config/my_lora.yaml)")
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -117,3 +117,13 @@ def write_new(files: Mapping[Path, str]) -> None:
     check_new(list(files))
     for path, text in files.items():
         write_text(path, text, overwrite=False)
+
+
+def read_source(path: Path, what: str) -> str:
+    """The text of an imported file (UTF-8, a BOM dropped), or one line naming it and ``what`` to pass instead."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}); {what}") from None

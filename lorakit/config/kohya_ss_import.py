@@ -101,12 +101,9 @@ def _off(value: Any) -> bool:
 
 def read_gui_json(path: Path) -> dict[str, Any]:
     """The GUI JSON as a dict of GUI keys, or one line naming the file and what to pass instead."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; pass the JSON kohya_ss saved from its LoRA tab") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc}); pass the JSON kohya_ss saved from its LoRA tab") from None
+    from lorakit.config.importing import read_source
+
+    text = read_source(path, "pass the JSON kohya_ss saved from its LoRA tab")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -73,12 +73,11 @@ def dataset_path(out: Path) -> Path:
 
 
 def _json(path: Path, what: str) -> Any:
+    from lorakit.config.importing import read_source
+
+    text = read_source(path, what)
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; {what}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc}); {what}") from None
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); {what}") from None
 
