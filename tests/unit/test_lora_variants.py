@@ -297,4 +297,8 @@ def test_the_automatic_plan_keeps_a_variant_eager_in_bf16_and_says_so(card):
         m = chosen.applied.memory
         assert not (m.compile or m.cuda_graphs or m.fp8_base or m.fp8_compute)
         assert lines[0] == (f'plan: network.type = "{algo}" runs eager without fp8 weights (compile, CUDA graphs and '
-                            "float8 are not built for its layers)") and len(lines) == 2
+                            "float8 are not built for its layers)")
+        if algo == "loha":  # peft's LoHa keeps each layer's full-size delta weight for backward: checkpointed (planwalk)
+            assert "every block checkpointed" in lines[1] and m.gradient_checkpointing and len(lines) == 3
+        else:
+            assert len(lines) == 2
